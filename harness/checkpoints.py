@@ -1,0 +1,655 @@
+"""Checkpoint registry: names -> local weights, content fingerprints, pipeline loading.
+
+A checkpoint spec (as written in an experiment) is resolved in this order:
+
+1. a built-in name (`tiny`, `sd15-random`, or one added with `register_builtin`);
+2. an alias (`sd15` -> `stable-diffusion-v1-5/stable-diffusion-v1-5`, ...);
+3. an existing local path: a diffusers folder (has `model_index.json`) or a single
+   `.ckpt` / `.safetensors` file; relative paths are taken from `base_dir`;
+4. a Hugging Face hub id `owner/name[@revision]`, looked up in the local HF cache
+   only. Nothing is ever downloaded here: fetch models on a connected machine with
+   `huggingface-cli download <id>` and copy the cache, or point to a local folder.
+
+Fingerprints identify weights by content:
+
+- single file: the AUTOMATIC1111 "Model hash", the first 10 hex digits of the
+  file's SHA-256 (`model_hash`);
+- folder (built-ins and hub snapshots too): the first 10 hex digits of SHA-256
+  over the sorted lines `relative/path<TAB>sha256` of `model_index.json` and the
+  weights and configs of each component it names. Per folder, `*.safetensors`
+  win over `*.bin` and plain names over variants (`x.fp16.safetensors`), which
+  is what `from_pretrained` loads. JSON configs are hashed canonically with
+  library version stamps removed, so re-saving with a newer diffusers keeps the
+  fingerprint.
+
+Full-file SHA-256s are cached in `<cache>/file-hashes.json`, keyed by path, size
+and mtime, so multi-GB files are hashed once.
+
+Torch and diffusers are imported inside functions: `import harness.checkpoints`
+stays cheap for the planner and the PNG infotext writer (`SAMPLER_NAMES`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import shutil
+import struct
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+CACHE_ENV = "HARNESS_CACHE"
+MODES = ("txt2img", "img2img")
+SINGLE_FILE_SUFFIXES = (".ckpt", ".safetensors")
+HASH_LENGTH = 10
+_CHUNK = 4 << 20
+
+
+def cache_dir() -> Path:
+    """`$HARNESS_CACHE`, else `~/.cache/harness`."""
+    env = os.environ.get(CACHE_ENV)
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "harness"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be resolved or loaded; the message says how to fix it."""
+
+
+@dataclass(frozen=True)
+class CheckpointRef:
+    """A resolved checkpoint. `name` is the spec as the user wrote it."""
+
+    name: str
+    kind: str            # "builtin" | "hub" | "folder" | "file"
+    source: str          # hub id (with @revision if given) or absolute path
+    fingerprint: str     # content hash, enters every job key
+    native_size: int     # training resolution in pixels (512 v1/tiny, 768 sd21)
+    family: str          # "sd1" | "sd2" | "tiny" | "unknown"
+    config: str | None = None  # single files: diffusers config folder, hub id or .yaml
+    model_hash: str = ""       # what A1111 shows as "Model hash" (= fingerprint for folders)
+
+
+# ---------------------------------------------------------------- built-ins
+
+@dataclass(frozen=True)
+class Builtin:
+    name: str
+    builder: Callable[[Path], None]   # writes a full diffusers pipeline folder at the given path
+    folder: str                       # sub-folder of <cache>/models; bump its version when the builder changes
+    native_size: int
+    family: str
+    description: str = ""
+
+
+BUILTINS: dict[str, Builtin] = {}
+
+
+def register_builtin(name: str, builder: Callable[[Path], None], *, folder: str, native_size: int = 512,
+                     family: str = "unknown", description: str = "") -> Builtin:
+    """Add a built-in checkpoint built on first use by `builder(path)`."""
+    if not re.fullmatch(r"[a-z0-9][a-z0-9_.\-]*", name):
+        raise CheckpointError(f"register_builtin(name={name!r}): use lowercase letters, digits, '.', '_' or '-'")
+    spec = Builtin(name, builder, folder, native_size, family, description)
+    BUILTINS[name] = spec
+    return spec
+
+
+def _build_tiny(path: Path) -> None:
+    from harness.tiny import build_tiny
+
+    build_tiny(path)
+
+
+def _build_sd15_random(path: Path) -> None:
+    from harness.tiny import build_sd15_random
+
+    build_sd15_random(path)
+
+
+register_builtin("tiny", _build_tiny, folder="tiny-v1", native_size=512, family="tiny",
+                 description="2 M-parameter random SD-style model for demos and tests (CPU friendly)")
+register_builtin("sd15-random", _build_sd15_random, folder="sd15-random-v1", native_size=512, family="sd1",
+                 description="SD v1.5 shapes with random fp16 weights, for GPU benchmarks (2 GB)")
+
+
+def builtin_folder(name: str) -> Path:
+    """The folder of built-in `name`, building it on first use.
+
+    The build happens in a temporary sibling folder that is renamed into place,
+    so readers never see a half-written model; if another process finished first,
+    its folder is kept and ours is discarded.
+    """
+    if name not in BUILTINS:
+        raise CheckpointError(f"unknown built-in checkpoint {name!r}; built-ins are: {', '.join(sorted(BUILTINS))}")
+    spec = BUILTINS[name]
+    target = cache_dir() / "models" / spec.folder
+    if (target / "model_index.json").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".{spec.folder}.building-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        spec.builder(tmp)
+        if not (tmp / "model_index.json").is_file():
+            raise CheckpointError(f"builder of built-in {name!r} wrote no model_index.json into {tmp}")
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            if not (target / "model_index.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+# ---------------------------------------------------------------- aliases and hub
+
+ALIASES: dict[str, str] = {
+    "sd14": "CompVis/stable-diffusion-v1-4",
+    "sd1.4": "CompVis/stable-diffusion-v1-4",
+    "sd15": "stable-diffusion-v1-5/stable-diffusion-v1-5",
+    "sd1.5": "stable-diffusion-v1-5/stable-diffusion-v1-5",
+    "sd21-base": "stabilityai/stable-diffusion-2-1-base",
+    "sd2.1-base": "stabilityai/stable-diffusion-2-1-base",
+    "sd21": "stabilityai/stable-diffusion-2-1",
+    "sd2.1": "stabilityai/stable-diffusion-2-1",
+}
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.\-]*/[\w.\-]+(@[\w.\-/]+)?")
+
+
+def hf_cache_dir() -> Path:
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE)
+
+
+def _split_revision(hub_id: str) -> tuple[str, str | None]:
+    repo, _, rev = hub_id.partition("@")
+    return repo, (rev or None)
+
+
+def hub_snapshot(hub_id: str, *, name: str | None = None) -> Path:
+    """The local snapshot folder of `owner/name[@revision]` in the HF cache; never downloads."""
+    from huggingface_hub import snapshot_download
+
+    repo, rev = _split_revision(hub_id)
+    try:
+        path = Path(snapshot_download(repo, revision=rev, local_files_only=True))
+    except Exception as exc:  # LocalEntryNotFoundError, validation errors, offline errors
+        label = f"{name!r} (hub id {hub_id!r})" if name and name != hub_id else repr(hub_id)
+        raise CheckpointError(
+            f"checkpoint {label} is not in the Hugging Face cache at {hf_cache_dir()} and this harness never "
+            f"downloads. Fix: on a connected machine run `huggingface-cli download {repo}"
+            f"{' --revision ' + rev if rev else ''}` and copy the cache (or set HF_HOME / HF_HUB_CACHE to it), "
+            f"or point the checkpoint at a local diffusers folder or a .safetensors/.ckpt file. ({type(exc).__name__})"
+        ) from exc
+    if not (path / "model_index.json").is_file():
+        raise CheckpointError(f"hub snapshot {hub_id!r} at {path} has no model_index.json; it is not a complete "
+                              f"diffusers pipeline. Re-download it with `huggingface-cli download {repo}`")
+    return path
+
+
+# ---------------------------------------------------------------- hashing
+
+def _hash_cache_path() -> Path:
+    return cache_dir() / "file-hashes.json"
+
+
+def _read_hash_cache() -> dict:
+    try:
+        return json.loads(_hash_cache_path().read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_hash_cache(entries: dict) -> None:
+    path = _hash_cache_path()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:6]}")
+        tmp.write_text(json.dumps(entries, sort_keys=True, indent=0), encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError:
+        pass  # the cache is an optimisation only
+
+
+def _hf_blob_sha256(path: Path) -> str | None:
+    """HF cache stores LFS files as blobs named by their SHA-256: use it instead of re-hashing."""
+    if not path.is_symlink():
+        return None
+    target = path.resolve()
+    if target.parent.name == "blobs" and re.fullmatch(r"[0-9a-f]{64}", target.name):
+        return target.name
+    return None
+
+
+def file_sha256(path: str | Path) -> str:
+    """Full SHA-256 hex of a file, streamed, cached by (path, size, mtime)."""
+    path = Path(path)
+    blob = _hf_blob_sha256(path)
+    if blob:
+        return blob
+    real = path.resolve()
+    st = real.stat()
+    key = str(real)
+    cache = _read_hash_cache()
+    hit = cache.get(key)
+    if hit and hit.get("size") == st.st_size and hit.get("mtime_ns") == st.st_mtime_ns:
+        return hit["sha256"]
+    digest = hashlib.sha256()
+    with open(real, "rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            digest.update(chunk)
+    value = digest.hexdigest()
+    if st.st_size >= 1 << 20:
+        cache = _read_hash_cache()
+        cache[key] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": value}
+        _write_hash_cache(cache)
+    return value
+
+
+def a1111_hash(path: str | Path) -> str:
+    """AUTOMATIC1111's "Model hash": the first 10 hex digits of the file's SHA-256."""
+    return file_sha256(path)[:HASH_LENGTH]
+
+
+_VOLATILE_KEYS = {"_diffusers_version", "transformers_version", "_name_or_path", "_commit_hash",
+                  "_use_default_values"}
+
+
+def _json_digest(path: Path) -> str:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError:
+        return file_sha256(path)
+    if isinstance(data, dict):
+        data = {k: v for k, v in data.items() if k not in _VOLATILE_KEYS}
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _is_variant(name: str) -> bool:
+    return name.count(".") > 1  # diffusion_pytorch_model.fp16.safetensors
+
+
+def fingerprint_files(folder: Path) -> list[Path]:
+    """The files a folder fingerprint covers (see module docstring)."""
+    folder = Path(folder)
+    index = folder / "model_index.json"
+    chosen = [index]
+    components = json.loads(index.read_text(encoding="utf-8"))
+    for comp, value in sorted(components.items()):
+        if comp.startswith("_") or not isinstance(value, list) or value[0] is None:
+            continue
+        sub = folder / comp
+        if not sub.is_dir():
+            continue
+        files = sorted(p for p in sub.rglob("*") if p.is_file() and not p.name.startswith("."))
+        weights = [p for p in files if p.suffix in (".safetensors", ".bin")]
+        for pool in ([p for p in weights if p.suffix == ".safetensors"], [p for p in weights if p.suffix == ".bin"]):
+            if pool:
+                plain = [p for p in pool if not _is_variant(p.name)]
+                weights = plain or pool
+                break
+        configs = [p for p in files if p.suffix in (".json", ".txt")]
+        chosen += weights + configs
+    return chosen
+
+
+def folder_fingerprint(folder: str | Path) -> str:
+    folder = Path(folder)
+    lines = []
+    for path in fingerprint_files(folder):
+        digest = _json_digest(path) if path.suffix == ".json" else file_sha256(path)
+        lines.append(f"{path.relative_to(folder).as_posix()}\t{digest}\n")
+    return hashlib.sha256("".join(sorted(lines)).encode("utf-8")).hexdigest()[:HASH_LENGTH]
+
+
+# ---------------------------------------------------------------- inspection
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def folder_family(folder: Path) -> tuple[str, int]:
+    """(family, native size) from a diffusers folder's UNet and VAE configs."""
+    unet = _read_json(folder / "unet" / "config.json")
+    vae = _read_json(folder / "vae" / "config.json")
+    scale = 2 ** (len(vae.get("block_out_channels", [0, 0, 0, 0])) - 1)
+    native = int(unet.get("sample_size", 64)) * scale
+    family = {768: "sd1", 1024: "sd2"}.get(unet.get("cross_attention_dim"), "unknown")
+    return family, native
+
+
+def _check_pipeline_folder(folder: Path, name: str) -> None:
+    index = _read_json(folder / "model_index.json")
+    missing = [c for c in ("unet", "vae", "text_encoder", "tokenizer", "scheduler") if c not in index]
+    if missing:
+        raise CheckpointError(f"checkpoint {name!r}: {folder / 'model_index.json'} has no {', '.join(missing)}; "
+                              f"expected a Stable Diffusion 1.x/2.x pipeline (class {index.get('_class_name')!r})")
+
+
+def safetensors_header(path: str | Path) -> dict[str, Any]:
+    """Tensor names -> {dtype, shape, ...} from a .safetensors header, without reading the data."""
+    with open(path, "rb") as fh:
+        raw = fh.read(8)
+        if len(raw) != 8:
+            raise CheckpointError(f"{path} is not a safetensors file (shorter than its 8-byte header length)")
+        (size,) = struct.unpack("<Q", raw)
+        if size > 100 << 20:
+            raise CheckpointError(f"{path} is not a safetensors file (header length {size} bytes is implausible)")
+        header = json.loads(fh.read(size))
+    header.pop("__metadata__", None)
+    return header
+
+
+# Default diffusers config repos per detected single-file type (the same defaults diffusers uses).
+SINGLE_FILE_CONFIG_REPOS = {
+    "sd1": "stable-diffusion-v1-5/stable-diffusion-v1-5",
+    "sd2": "stabilityai/stable-diffusion-2-1",
+}
+
+
+def single_file_family(keys_and_shapes: dict[str, tuple]) -> str:
+    """"sd1" | "sd2" from CompVis-layout key names; CheckpointError for anything else."""
+    keys = keys_and_shapes
+    if not any(k.startswith("model.diffusion_model.") for k in keys):
+        raise CheckpointError("no 'model.diffusion_model.*' tensors: not a Stable Diffusion (CompVis layout) checkpoint")
+    if any(k.startswith("conditioner.") for k in keys):
+        raise CheckpointError("this is an SDXL checkpoint (it has 'conditioner.*' tensors); only SD 1.x/2.x are supported")
+    first = keys.get("model.diffusion_model.input_blocks.0.0.weight")
+    if first is not None and len(first) > 1 and first[1] != 4:
+        raise CheckpointError(f"the UNet takes {first[1]} input channels (inpainting/depth model); "
+                              f"only text-to-image checkpoints with 4 latent channels are supported")
+    if any(k.startswith("cond_stage_model.model.") for k in keys):
+        return "sd2"
+    return "sd1"
+
+
+def _single_file_keys(path: Path) -> dict[str, tuple]:
+    if path.suffix == ".safetensors":
+        return {k: tuple(v.get("shape", ())) for k, v in safetensors_header(path).items()}
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:  # legacy (non-zip) pickles cannot be memory-mapped
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    while isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    return {k: tuple(getattr(v, "shape", ())) for k, v in state.items()}
+
+
+# ---------------------------------------------------------------- resolve
+
+def _looks_like_path(spec: str) -> bool:
+    """True for specs that can only be paths (a hub id is exactly `owner/name`)."""
+    return spec.startswith((".", "/", "~")) or spec.endswith(SINGLE_FILE_SUFFIXES) or "\\" in spec \
+        or spec.count("/") > 1
+
+
+def _valid_names() -> str:
+    return (f"built-ins: {', '.join(sorted(BUILTINS))}; aliases: {', '.join(sorted(ALIASES))}; "
+            f"or a diffusers folder, a .safetensors/.ckpt file, or a hub id 'owner/name' in the HF cache")
+
+
+def resolve(spec: str, *, base_dir: Path | None = None, config: str | None = None) -> CheckpointRef:
+    """Turn a checkpoint spec into a `CheckpointRef` (see the module docstring for the order)."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise CheckpointError(f"checkpoint spec {spec!r} is empty; expected one of the {_valid_names()}")
+    spec_s = spec.strip()
+    if spec_s in BUILTINS:
+        b = BUILTINS[spec_s]
+        folder = builtin_folder(spec_s)
+        fp = folder_fingerprint(folder)
+        return CheckpointRef(spec, "builtin", str(folder), fp, b.native_size, b.family, model_hash=fp)
+    if spec_s.lower() in ALIASES:
+        return _resolve_hub(spec, ALIASES[spec_s.lower()])
+    base = Path(base_dir) if base_dir is not None else Path.cwd()
+    path = Path(spec_s).expanduser()
+    path = (path if path.is_absolute() else base / path).resolve()
+    if path.is_dir():
+        if not (path / "model_index.json").is_file():
+            raise CheckpointError(f"checkpoint {spec!r}: folder {path} has no model_index.json, so it is not a "
+                                  f"diffusers pipeline folder (single-file checkpoints are .safetensors/.ckpt files)")
+        _check_pipeline_folder(path, spec)
+        family, native = folder_family(path)
+        fp = folder_fingerprint(path)
+        return CheckpointRef(spec, "folder", str(path), fp, native, family, model_hash=fp)
+    if path.is_file():
+        if path.suffix not in SINGLE_FILE_SUFFIXES:
+            raise CheckpointError(f"checkpoint {spec!r}: {path} is a file but not {' or '.join(SINGLE_FILE_SUFFIXES)}")
+        return _resolve_file(spec, path, config, base)
+    if _HUB_ID.fullmatch(spec_s) and not spec_s.endswith(SINGLE_FILE_SUFFIXES):
+        return _resolve_hub(spec, spec_s, local_path=path)
+    if _looks_like_path(spec_s):
+        raise CheckpointError(f"checkpoint {spec!r}: no file or folder at {path}")
+    raise CheckpointError(f"unknown checkpoint {spec!r}; valid: {_valid_names()}")
+
+
+def _resolve_hub(name: str, hub_id: str, *, local_path: Path | None = None) -> CheckpointRef:
+    try:
+        folder = hub_snapshot(hub_id, name=name)
+    except CheckpointError as exc:
+        if local_path is not None:
+            raise CheckpointError(f"{exc} (there is no local folder {local_path} either)") from exc.__cause__
+        raise
+    _check_pipeline_folder(folder, name)
+    family, native = folder_family(folder)
+    fp = folder_fingerprint(folder)
+    return CheckpointRef(name, "hub", hub_id, fp, native, family, model_hash=fp)
+
+
+def _absolute_config(config: str | None, base: Path) -> str | None:
+    if config is None:
+        return None
+    p = Path(config).expanduser()
+    p = p if p.is_absolute() else base / p
+    if p.exists():
+        return str(p.resolve())
+    if _HUB_ID.fullmatch(config):
+        return config
+    raise CheckpointError(f"config={config!r}: no such file or folder at {p}, and not a hub id 'owner/name'; expected "
+                          f"a diffusers folder with model_index.json, a hub id in the HF cache, or an original .yaml")
+
+
+def _resolve_file(name: str, path: Path, config: str | None, base: Path) -> CheckpointRef:
+    config = _absolute_config(config, base)
+    try:
+        family = single_file_family(_single_file_keys(path))
+    except CheckpointError as exc:
+        raise CheckpointError(f"checkpoint {name!r} ({path}): {exc}") from None
+    except Exception:  # unreadable header or pickle: let the loader report it
+        family = "unknown"
+    native = 768 if family == "sd2" else 512
+    if config and Path(config).is_dir():
+        cfg_family, native = folder_family(Path(config))
+        family = cfg_family if cfg_family != "unknown" else family
+    model_hash = a1111_hash(path)
+    fp = model_hash
+    if config:
+        # The config changes pixels (e.g. the prediction type), so it is part of the identity.
+        cfg = Path(config)
+        cfg_fp = folder_fingerprint(cfg) if cfg.is_dir() else (file_sha256(cfg) if cfg.is_file() else config)
+        fp = hashlib.sha256(f"{file_sha256(path)}\n{cfg_fp}".encode()).hexdigest()[:HASH_LENGTH]
+    return CheckpointRef(name, "file", str(path), fp, native, family, config=config, model_hash=model_hash)
+
+
+# ---------------------------------------------------------------- schedulers
+
+@dataclass(frozen=True)
+class SchedulerSpec:
+    name: str
+    class_name: str          # diffusers class
+    sampler: str             # AUTOMATIC1111 display name, written to PNG infotext
+    options: tuple = ()      # (key, value) overrides applied on top of the checkpoint's scheduler config
+
+
+SCHEDULERS: dict[str, SchedulerSpec] = {s.name: s for s in (
+    SchedulerSpec("ddim", "DDIMScheduler", "DDIM"),
+    SchedulerSpec("pndm", "PNDMScheduler", "PLMS", (("skip_prk_steps", True),)),
+    SchedulerSpec("euler", "EulerDiscreteScheduler", "Euler"),
+    SchedulerSpec("euler_a", "EulerAncestralDiscreteScheduler", "Euler a"),
+    SchedulerSpec("dpmpp_2m", "DPMSolverMultistepScheduler", "DPM++ 2M",
+                  (("algorithm_type", "dpmsolver++"), ("solver_order", 2))),
+    SchedulerSpec("lms", "LMSDiscreteScheduler", "LMS"),
+    SchedulerSpec("heun", "HeunDiscreteScheduler", "Heun"),
+    SchedulerSpec("ddpm", "DDPMScheduler", "DDPM"),
+)}
+SAMPLER_NAMES: dict[str, str] = {s.name: s.sampler for s in SCHEDULERS.values()}
+
+
+def scheduler_spec(name: str) -> SchedulerSpec:
+    if name not in SCHEDULERS:
+        raise CheckpointError(f"unknown scheduler {name!r}; valid: {', '.join(SCHEDULERS)}")
+    return SCHEDULERS[name]
+
+
+def make_scheduler(name: str, base_config: Any):
+    """A fresh scheduler of registry `name`, configured from a checkpoint's scheduler config."""
+    import diffusers
+
+    spec = scheduler_spec(name)
+    cls = getattr(diffusers, spec.class_name)
+    return cls.from_config(base_config, **dict(spec.options))
+
+
+def scheduler_name_of(pipe) -> str | None:
+    """The registry name whose class `pipe.scheduler` is, or None."""
+    cls = type(pipe.scheduler).__name__
+    return next((s.name for s in SCHEDULERS.values() if s.class_name == cls), None)
+
+
+# ---------------------------------------------------------------- loading
+
+@contextlib.contextmanager
+def hub_offline() -> Iterator[None]:
+    """Make any Hugging Face hub request fail at once instead of reaching the network."""
+    from huggingface_hub import constants
+
+    before = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = before
+
+
+def _pipeline_class(mode: str):
+    if mode not in MODES:
+        raise CheckpointError(f"mode={mode!r}: expected one of {', '.join(MODES)}")
+    import diffusers
+
+    return diffusers.StableDiffusionPipeline if mode == "txt2img" else diffusers.StableDiffusionImg2ImgPipeline
+
+
+def derive_pipeline(pipe, mode: str, scheduler: str | None = None):
+    """A pipeline for `mode` that shares `pipe`'s models (no reload), with its own scheduler."""
+    cls = _pipeline_class(mode)
+    components = dict(pipe.components)
+    base = pipe.scheduler.config
+    components["scheduler"] = make_scheduler(scheduler, base) if scheduler else type(pipe.scheduler).from_config(base)
+    out = cls(**components, requires_safety_checker=False)
+    out.set_progress_bar_config(disable=True)
+    return out
+
+
+def _folder_of(ref: CheckpointRef) -> Path:
+    if ref.kind == "hub":
+        return hub_snapshot(ref.source, name=ref.name)
+    return Path(ref.source)
+
+
+def _weights_variant(folder: Path) -> str | None:
+    """'fp16' when the folder holds only fp16 variant weights (a common partial download)."""
+    for comp in ("unet", "vae", "text_encoder"):
+        names = [p.name for p in (folder / comp).glob("*") if p.suffix in (".safetensors", ".bin")]
+        if names and not any(not _is_variant(n) for n in names):
+            return "fp16" if any(".fp16." in n for n in names) else None
+    return None
+
+
+def load_pipeline(ref: CheckpointRef, mode: str = "txt2img", *, device: str | None = "cpu", dtype=None,
+                  scheduler: str | None = None, config: str | None = None):
+    """Load `ref` as a txt2img or img2img pipeline without touching the network.
+
+    `dtype` is a torch dtype (None: float32). `scheduler` is a registry name
+    (None keeps the checkpoint's own). `device=None` leaves the models on the CPU
+    so that a memory policy (offload) can place them. Single files need a
+    diffusers config: `config` (argument or `ref.config`) or the default config
+    repo for their family in the HF cache.
+    """
+    cls = _pipeline_class(mode)
+    if scheduler is not None:
+        scheduler_spec(scheduler)
+    kwargs = dict(torch_dtype=dtype, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+                  local_files_only=True)
+    with hub_offline():
+        if ref.kind == "file":
+            pipe = _load_single_file(ref, kwargs, config or ref.config)
+        else:
+            folder = _folder_of(ref)
+            variant = _weights_variant(folder)
+            try:
+                pipe = cls.from_pretrained(str(folder), variant=variant, **kwargs)
+            except (OSError, ValueError, KeyError) as exc:
+                raise CheckpointError(f"checkpoint {ref.name!r}: loading the diffusers folder {folder} failed: {exc}. "
+                                      f"Check that every component listed in model_index.json has its config and "
+                                      f"weights (re-download, or rebuild a built-in by deleting the folder)") from exc
+    if type(pipe) is not cls or scheduler is not None:
+        pipe = derive_pipeline(pipe, mode, scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    if device is not None:
+        pipe.to(device)
+    return pipe
+
+
+def _single_file_config(ref: CheckpointRef, config: str | None) -> tuple[str | None, str | None]:
+    """(diffusers config folder, original .yaml) for a single file, all local."""
+    if config:
+        p = Path(config)
+        if p.suffix in (".yaml", ".yml") and p.is_file():
+            return None, str(p)
+        if p.is_dir():
+            if not (p / "model_index.json").is_file():
+                raise CheckpointError(f"config={config!r} for {ref.name!r}: folder has no model_index.json; expected "
+                                      f"a diffusers pipeline folder of the same architecture")
+            return str(p), None
+        return str(hub_snapshot(config, name=f"config for {ref.name}")), None
+    family = ref.family if ref.family in SINGLE_FILE_CONFIG_REPOS else single_file_family(_single_file_keys(Path(ref.source)))
+    repo = SINGLE_FILE_CONFIG_REPOS[family]
+    try:
+        return str(hub_snapshot(repo)), None
+    except CheckpointError as exc:
+        raise CheckpointError(
+            f"single-file checkpoint {ref.name!r} ({ref.source}) looks like an {family.upper()} model, and building "
+            f"its pipeline needs the diffusers configs of {repo!r} (model_index.json, component config.json files, "
+            f"tokenizer), which are not in the Hugging Face cache at {hf_cache_dir()}. Fix one of: "
+            f"(1) on a connected machine run `huggingface-cli download {repo} --include '*.json' '*.txt'` and copy "
+            f"the cache here; (2) pass config=<local diffusers folder of the same architecture> (in the experiment: "
+            f"the checkpoint's `config` key); (3) pass the original LDM config as config=<v1-inference.yaml>"
+        ) from exc.__cause__
+
+
+def _load_single_file(ref: CheckpointRef, kwargs: dict, config: str | None):
+    import diffusers
+
+    config_dir, original = _single_file_config(ref, config)
+    try:
+        return diffusers.StableDiffusionPipeline.from_single_file(
+            ref.source, config=config_dir, original_config=original, **kwargs)
+    except CheckpointError:
+        raise
+    except Exception as exc:
+        raise CheckpointError(
+            f"single-file checkpoint {ref.name!r} ({ref.source}) could not be loaded with "
+            f"{'config ' + config_dir if config_dir else 'original_config ' + str(original)}: "
+            f"{type(exc).__name__}: {exc}. If a file was missing from the hub, the config must be fully local: "
+            f"pass config=<local diffusers folder>") from exc

@@ -1,0 +1,34 @@
+"""Metrics: one file per metric, a registry mapping names to them.
+
+    from harness.metrics import get_metric, Item
+    metric = get_metric("clip_score", model="tiny")       # or parse_metric_spec("clip_score:model=tiny")
+    scores = metric.score([Item(key, path, prompt="a red fox")])
+
+Every metric returns one `harness.core.Score` per item, with `Score.metric`
+set to the metric's id (name plus the options that change values, e.g.
+`clip_score[model=ViT-L-14,pretrained=openai,scale=100,clamp=image]`), and NaN
+with `detail["reason"]` for an item it cannot score. Importing this package is
+cheap: torch, open_clip and OpenCV load only when a metric first scores.
+"""
+
+from harness.metrics.base import (
+    Item,
+    Metric,
+    MetricInfo,
+    MetricUnavailable,
+    Option,
+    get_metric,
+    list_metrics,
+    metric_from_spec,
+    metric_options,
+    parse_metric_spec,
+    register,
+)
+
+# Importing a metric module registers it.
+from harness.metrics import clip_directional, clip_image_similarity, clip_score, health, watermark  # noqa: E402,F401
+
+__all__ = [
+    "Item", "Metric", "MetricInfo", "MetricUnavailable", "Option", "get_metric", "list_metrics",
+    "metric_from_spec", "metric_options", "parse_metric_spec", "register",
+]

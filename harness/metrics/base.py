@@ -1,0 +1,307 @@
+"""What every metric shares: its metadata, the item it scores, options, the registry.
+
+A metric is one class in one file. Its `INFO` (name, range, direction, needed
+inputs) is stated once; its options are declared with types and defaults so a
+spec string from the command line or TOML (`clip_score:model=ViT-L-14,scale=2.5`)
+is checked and converted before any model is loaded. The metric's `id` spells
+out the options that change values, so scores from different configurations
+never share a ledger column.
+
+Nothing here imports torch: listing and validating metrics stays cheap.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Iterable, Mapping, Sequence
+
+from harness.core import Score
+
+INPUTS = frozenset({"image", "prompt", "init_image", "source_prompt", "parent_image"})
+
+
+@dataclass(frozen=True)
+class MetricInfo:
+    """Metadata of one metric, stated once in its module."""
+
+    name: str
+    description: str
+    unit: str
+    range: tuple[float, float]
+    higher_is_better: bool
+    needs: frozenset[str] = frozenset({"image"})
+
+    def __post_init__(self) -> None:
+        unknown = set(self.needs) - INPUTS
+        if unknown:
+            raise ValueError(f"MetricInfo {self.name!r}: needs has unknown inputs {sorted(unknown)}; "
+                             f"valid inputs are {sorted(INPUTS)}")
+        if self.range[0] > self.range[1]:
+            raise ValueError(f"MetricInfo {self.name!r}: range {self.range} has lo > hi")
+
+
+@dataclass(frozen=True)
+class Item:
+    """One image to score, with whatever inputs a metric may need."""
+
+    key: str
+    image_path: Path
+    prompt: str = ""
+    negative_prompt: str = ""
+    init_image_path: Path | None = None
+    source_prompt: str | None = None
+    parent_image_path: Path | None = None
+
+
+class MetricUnavailable(RuntimeError):
+    """The metric as a whole cannot run (its model did not load). Every item gets NaN with this reason."""
+
+
+@dataclass(frozen=True)
+class Option:
+    """One metric option: default, how to read it from text, and whether it enters the metric id."""
+
+    default: Any
+    help: str
+    parse: Callable[[Any], Any] = str
+    choices: tuple | None = None
+    in_id: bool = True
+
+
+def parse_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected a boolean (true/false), got {value!r}")
+
+
+def parse_positive_int(value: Any) -> int:
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        raise ValueError(f"expected a positive integer, got {value!r}")
+    number = int(str(value).strip()) if isinstance(value, str) else int(value)
+    if number < 1:
+        raise ValueError(f"expected a positive integer, got {value!r}")
+    return number
+
+
+def parse_positive_float(value: Any) -> float:
+    if isinstance(value, bool):
+        raise ValueError(f"expected a positive number, got {value!r}")
+    number = float(str(value).strip()) if isinstance(value, str) else float(value)
+    if not math.isfinite(number) or number <= 0:
+        raise ValueError(f"expected a positive finite number, got {value!r}")
+    return number
+
+
+def format_option(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+class Metric:
+    """Base class. Subclasses set INFO and OPTIONS and implement `_score`.
+
+    `score(items)` returns one Score per item, in order, and never raises for
+    one bad item: an item without the inputs the metric needs, or whose image
+    cannot be read, gets NaN with `detail["reason"]`; a metric whose model
+    cannot load gives NaN with the reason for every item.
+    """
+
+    INFO: ClassVar[MetricInfo]
+    OPTIONS: ClassVar[Mapping[str, Option]] = {}
+
+    def __init__(self, **options: Any) -> None:
+        self.options = resolve_options(self.INFO.name, self.OPTIONS, options)
+
+    @property
+    def info(self) -> MetricInfo:
+        return self.INFO
+
+    @property
+    def id(self) -> str:
+        parts = [f"{name}={format_option(self.options[name])}" for name, opt in self.OPTIONS.items() if opt.in_id]
+        return f"{self.INFO.name}[{','.join(parts)}]" if parts else self.INFO.name
+
+    def __repr__(self) -> str:
+        return f"<metric {self.id}>"
+
+    # -- scoring ---------------------------------------------------------------
+    def score(self, items: Sequence[Item]) -> list[Score]:
+        items = list(items)
+        results: list[Score | None] = [None] * len(items)
+        ready: list[int] = []
+        for index, item in enumerate(items):
+            reason = self.missing_input(item)
+            if reason:
+                results[index] = self.nan(item, reason)
+            else:
+                ready.append(index)
+        if ready:
+            try:
+                outcomes = self._score([items[i] for i in ready])
+            except MetricUnavailable as exc:
+                outcomes = [(math.nan, {"reason": str(exc)})] * len(ready)
+            if len(outcomes) != len(ready):
+                raise RuntimeError(f"metric {self.id} returned {len(outcomes)} results for {len(ready)} items")
+            for index, (value, detail) in zip(ready, outcomes):
+                results[index] = Score(key=items[index].key, metric=self.id, value=float(value), detail=detail)
+        return results  # type: ignore[return-value]
+
+    def _score(self, items: list[Item]) -> list[tuple[float, dict]]:
+        """Score items whose needed inputs are present: one (value, detail) per item, in order."""
+        raise NotImplementedError
+
+    def missing_input(self, item: Item) -> str | None:
+        """Why this item cannot be scored before any file is opened, or None."""
+        needs = self.INFO.needs
+        if "image" in needs and not Path(item.image_path).is_file():
+            return f"image file not found: {item.image_path}"
+        if "prompt" in needs and not item.prompt:
+            return "item has no prompt"
+        if "init_image" in needs:
+            if item.init_image_path is None:
+                return "item has no init image (only img2img items can be scored by this metric)"
+            if not Path(item.init_image_path).is_file():
+                return f"init image file not found: {item.init_image_path}"
+        if "source_prompt" in needs and item.source_prompt is None:
+            return "item has no source prompt (the prompt the init image was made from)"
+        if "parent_image" in needs:
+            if item.parent_image_path is None:
+                return "item has no parent image"
+            if not Path(item.parent_image_path).is_file():
+                return f"parent image file not found: {item.parent_image_path}"
+        return None
+
+    def nan(self, item: Item, reason: str, **detail: Any) -> Score:
+        return Score(key=item.key, metric=self.id, value=math.nan, detail={"reason": reason, **detail})
+
+
+def resolve_options(metric: str, declared: Mapping[str, Option], given: Mapping[str, Any]) -> dict[str, Any]:
+    """Defaults filled in, every given value parsed and checked; unknown names fail listing the valid ones."""
+    unknown = [name for name in given if name not in declared]
+    if unknown:
+        valid = ", ".join(f"{n} (default {format_option(o.default)!s}: {o.help})" for n, o in declared.items())
+        raise ValueError(f"metric {metric!r} has no option(s) {', '.join(map(repr, unknown))}; "
+                         f"valid options: {valid or 'none'}")
+    resolved: dict[str, Any] = {}
+    for name, opt in declared.items():
+        if name not in given:
+            resolved[name] = opt.default
+            continue
+        raw = given[name]
+        try:
+            value = opt.parse(raw)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"metric {metric!r} option {name}={raw!r}: {exc} ({opt.help})") from None
+        if opt.choices is not None and value not in opt.choices:
+            raise ValueError(f"metric {metric!r} option {name}={raw!r}: expected one of "
+                             f"{', '.join(map(str, opt.choices))}")
+        resolved[name] = value
+    return resolved
+
+
+# -- registry ------------------------------------------------------------------
+_REGISTRY: dict[str, type[Metric]] = {}
+
+
+def register(cls: type[Metric]) -> type[Metric]:
+    """Class decorator: make a metric available by its INFO.name."""
+    name = cls.INFO.name
+    if name in _REGISTRY and _REGISTRY[name] is not cls:
+        raise ValueError(f"metric name {name!r} is registered twice ({_REGISTRY[name].__module__} and {cls.__module__})")
+    _REGISTRY[name] = cls
+    return cls
+
+
+def metric_class(name: str) -> type[Metric]:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        close = difflib.get_close_matches(name, list(_REGISTRY), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise KeyError(f"unknown metric {name!r}{hint}; valid metrics: {', '.join(sorted(_REGISTRY))}") from None
+
+
+def get_metric(name: str, **options: Any) -> Metric:
+    """The metric called `name`, configured with `options` (strings are parsed to the declared types)."""
+    return metric_class(name)(**options)
+
+
+def list_metrics() -> list[MetricInfo]:
+    return [_REGISTRY[name].INFO for name in sorted(_REGISTRY)]
+
+
+def metric_options(name: str) -> Mapping[str, Option]:
+    return dict(metric_class(name).OPTIONS)
+
+
+def parse_metric_spec(spec: str) -> tuple[str, dict[str, str]]:
+    """`"clip_score:model=ViT-L-14,pretrained=openai"` -> `("clip_score", {"model": ..., "pretrained": ...})`.
+
+    The id form `clip_score[model=ViT-L-14,pretrained=openai]` is read too, so a
+    ledger's metric column can be turned back into a metric. Values stay text;
+    `get_metric` parses them against the declared option types.
+    """
+    text = spec.strip()
+    if not text:
+        raise ValueError("empty metric spec; expected NAME or NAME:key=value,key=value")
+    if text.endswith("]") and "[" in text:
+        name, _, body = text[:-1].partition("[")
+    else:
+        name, _, body = text.partition(":")
+    name = name.strip()
+    if not name or any(c in name for c in "=,[]: "):
+        raise ValueError(f"metric spec {spec!r}: bad metric name {name!r}; expected NAME or NAME:key=value,...")
+    options: dict[str, str] = {}
+    for part in (p for p in body.split(",") if p.strip()) if body.strip() else ():
+        key, eq, value = part.partition("=")
+        key = key.strip()
+        if not eq or not key:
+            raise ValueError(f"metric spec {spec!r}: option {part.strip()!r} is not key=value "
+                             f"(write e.g. {name}:scale=2.5,batch_size=16)")
+        if key in options:
+            raise ValueError(f"metric spec {spec!r}: option {key!r} given twice")
+        options[key] = value.strip()
+    return name, options
+
+
+def metric_from_spec(spec: str) -> Metric:
+    name, options = parse_metric_spec(spec)
+    return get_metric(name, **options)
+
+
+# -- small shared helpers ------------------------------------------------------
+def cache_dir() -> Path:
+    """Where built-in models and the default embedding cache live: $HARNESS_CACHE or ~/.cache/harness."""
+    root = os.environ.get("HARNESS_CACHE")
+    return Path(root).expanduser() if root else Path.home() / ".cache" / "harness"
+
+
+def read_rgb(path: Path | str):
+    """(PIL RGB image, None) or (None, reason). Never raises for a bad file."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image.convert("RGB"), None
+    except FileNotFoundError:
+        return None, f"image file not found: {path}"
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        return None, f"image unreadable: {path}: {type(exc).__name__}: {exc}"
+
+
+def chunks(seq: Sequence, size: int) -> Iterable[Sequence]:
+    for start in range(0, len(seq), size):
+        yield seq[start:start + size]

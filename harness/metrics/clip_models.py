@@ -1,0 +1,236 @@
+"""Loading CLIP scorer models with open_clip, kept apart from any scoring.
+
+`load_clip(model, pretrained, device)` accepts:
+
+- a pretrained tag (`openai`, `laion2b_s32b_b79k`, ...): open_clip's normal path,
+  which reads the Hugging Face cache and downloads when online;
+- a local weights file (`.pt`, `.pth`, `.bin`, `.safetensors`) for the
+  architecture named by `model`;
+- a folder holding `open_clip_config.json` and weights (open_clip's
+  `local-dir:` layout; `model` is then only a label);
+- `model="tiny"`: the built-in tiny CLIP. It is a small random-initialised
+  open_clip CLIP built from the config below with a fixed seed, saved once to
+  `$HARNESS_CACHE/clip/tiny/` (default `~/.cache/harness`), and from then on
+  loaded through the same path as any local weights file. Its scores mean
+  nothing; it exists so demos and tests run without downloads.
+
+Models are cached in-process per (model, pretrained, device); a failed load is
+remembered too, so a run does not retry it for every batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from harness.metrics.base import cache_dir
+
+TINY = "tiny"
+TINY_ARCH = "harness-tiny-clip"
+TINY_SEED = 20220822  # fixed: the tiny CLIP is the same on every machine that builds it
+TINY_CONFIG: dict[str, Any] = {
+    "embed_dim": 64,
+    "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "head_width": 32, "patch_size": 16},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
+}
+TINY_WEIGHTS = "open_clip_model.safetensors"
+WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
+
+
+class ClipLoadError(RuntimeError):
+    """A CLIP model could not be loaded; the message says which and how to fix it."""
+
+
+@dataclass
+class ClipModel:
+    """A loaded scorer: the open_clip model, its eval preprocessing and tokenizer."""
+
+    model: Any
+    preprocess: Callable
+    tokenizer: Any
+    context_length: int
+    device: str
+    ident: str  # names model + weights; keys the embedding cache
+
+    def count_tokens(self, text: str) -> int:
+        """BPE tokens of `text`, without the start and end tokens."""
+        tok = self.tokenizer
+        if hasattr(tok, "encode"):
+            return len(tok.encode(text))
+        inner = getattr(tok, "tokenizer", None)  # open_clip's HFTokenizer
+        if inner is not None:
+            return len(inner(text, add_special_tokens=False)["input_ids"])
+        raise ClipLoadError(f"cannot count tokens with tokenizer {type(tok).__name__}")
+
+
+_LOADED: dict[tuple[str, str, str], ClipModel | ClipLoadError] = {}
+_LOCK = threading.Lock()
+
+
+def resolve_device(device: str) -> str:
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_clip(model: str, pretrained: str, device: str = "cpu") -> ClipModel:
+    """The CLIP scorer for (model, pretrained) on `device`, loaded once per process.
+
+    Raises ClipLoadError naming the model and weights and saying how to fix it.
+    """
+    device = resolve_device(device)
+    key = (model, pretrained, device)
+    with _LOCK:
+        cached = _LOADED.get(key)
+        if cached is None:
+            try:
+                cached = _load(model, pretrained, device)
+            except ClipLoadError as exc:
+                cached = exc
+            _LOADED[key] = cached
+    if isinstance(cached, ClipLoadError):
+        raise cached
+    return cached
+
+
+def _load(model: str, pretrained: str, device: str) -> ClipModel:
+    if model == TINY:
+        if pretrained not in ("", TINY):
+            raise ClipLoadError(f"model='tiny' has only its built-in weights; got pretrained={pretrained!r} "
+                                f"(leave pretrained empty or write pretrained=tiny)")
+        folder = ensure_tiny_clip()
+        register_tiny_config(folder)
+        weights = folder / TINY_WEIGHTS
+        ident = f"{TINY}@{_file_sha256(weights)[:16]}"
+        return _open(TINY_ARCH, str(weights), device, ident)
+    if pretrained == TINY:
+        raise ClipLoadError(f"pretrained='tiny' goes with model='tiny' only, not model={model!r}")
+
+    path = Path(pretrained).expanduser()
+    if path.is_dir():
+        if not (path / "open_clip_config.json").is_file():
+            raise ClipLoadError(f"pretrained folder {path} has no open_clip_config.json; a folder must hold "
+                                f"open_clip_config.json and the weights (open_clip_model.safetensors or "
+                                f"open_clip_pytorch_model.bin), or pass the weights file itself")
+        return _open(f"local-dir:{path.resolve()}", None, device, f"dir:{path.resolve()}|{_stat_tag(path)}")
+    if path.is_file():
+        _check_architecture(model, pretrained)
+        return _open(model, str(path), device, f"{model}|file:{path.resolve()}|{_stat_tag(path)}")
+    if pretrained.endswith(WEIGHT_SUFFIXES) or os.sep in pretrained:
+        raise ClipLoadError(f"CLIP weights file not found: {pretrained!r} (model={model!r}); give an existing "
+                            f"{'/'.join(WEIGHT_SUFFIXES)} file, a folder with open_clip_config.json, or a "
+                            f"pretrained tag")
+    _check_architecture(model, pretrained)
+    import open_clip
+
+    tags = open_clip.list_pretrained_tags_by_model(model)
+    if pretrained not in tags:
+        raise ClipLoadError(f"unknown pretrained tag {pretrained!r} for CLIP model {model!r}; "
+                            f"known tags: {', '.join(tags) or 'none'}; or pass a local weights file")
+    return _open(model, pretrained, device, f"{model}|tag:{pretrained}")
+
+
+def _check_architecture(model: str, pretrained: str) -> None:
+    import difflib
+
+    import open_clip
+
+    names = open_clip.list_models()
+    if model not in names:
+        close = difflib.get_close_matches(model, names, n=5)
+        raise ClipLoadError(f"unknown CLIP architecture {model!r} (pretrained={pretrained!r}); "
+                            f"close open_clip names: {', '.join(close) or 'none'} "
+                            f"(all: open_clip.list_models(), or model=tiny for the built-in test model)")
+
+
+def _open(model_name: str, pretrained: str | None, device: str, ident: str) -> ClipModel:
+    import open_clip
+    import torch
+
+    try:
+        clip, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=pretrained, device=device)
+        tokenizer = open_clip.get_tokenizer(model_name)
+    except Exception as exc:  # open_clip raises RuntimeError, OSError, ValueError... for the same causes
+        hint = ""
+        if pretrained and not Path(pretrained).exists():
+            hint = (f". The weights for tag {pretrained!r} come from the Hugging Face cache "
+                    f"(HF_HOME, default ~/.cache/huggingface) and are downloaded when online. Offline: fetch them "
+                    f"once on a machine with network (python -c \"import open_clip; "
+                    f"open_clip.create_model_and_transforms('{model_name}', pretrained='{pretrained}')\") and copy "
+                    f"the cache over, or pass pretrained=/path/to/weights.safetensors")
+        raise ClipLoadError(f"could not load CLIP model={model_name!r} pretrained={pretrained!r}: "
+                            f"{type(exc).__name__}: {exc}{hint}") from exc
+    clip.eval()
+    if not torch.is_floating_point(next(clip.parameters())):
+        raise ClipLoadError(f"CLIP model {model_name!r} has non-float weights")
+    context = int(getattr(clip, "context_length", 0) or getattr(tokenizer, "context_length", 77))
+    return ClipModel(clip, preprocess, tokenizer, context, device, ident)
+
+
+# -- the built-in tiny CLIP ----------------------------------------------------
+def tiny_clip_dir() -> Path:
+    return cache_dir() / "clip" / TINY
+
+
+def ensure_tiny_clip() -> Path:
+    """Create the tiny CLIP's folder once (atomically: build in a temp folder, then rename)."""
+    folder = tiny_clip_dir()
+    if (folder / TINY_WEIGHTS).is_file():
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tiny-", dir=folder.parent))
+    try:
+        _build_tiny(tmp)
+        try:
+            os.rename(tmp, folder)
+        except OSError:
+            if not (folder / TINY_WEIGHTS).is_file():  # not a concurrent builder: a real failure
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+def _build_tiny(folder: Path) -> None:
+    import open_clip
+    import torch
+    from safetensors.torch import save_file
+
+    with torch.random.fork_rng(devices=[]):  # seed a private copy of the RNG, leave the caller's alone
+        torch.manual_seed(TINY_SEED)
+        clip = open_clip.CLIP(**TINY_CONFIG)
+    state = {name: tensor.detach().contiguous() for name, tensor in clip.state_dict().items()}
+    save_file(state, str(folder / TINY_WEIGHTS))
+    (folder / f"{TINY_ARCH}.json").write_text(json.dumps(TINY_CONFIG, indent=2))
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY_CONFIG}, indent=2))
+
+
+def register_tiny_config(folder: Path) -> None:
+    """Make the tiny architecture known to open_clip under TINY_ARCH."""
+    import open_clip
+
+    if TINY_ARCH not in open_clip.list_models():
+        open_clip.add_model_config(folder / f"{TINY_ARCH}.json")
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _stat_tag(path: Path) -> str:
+    """Cheap change detector for big weight files (size and mtime; hashing GBs each load is too slow)."""
+    stat = path.stat()
+    return f"{stat.st_size}:{stat.st_mtime_ns}"

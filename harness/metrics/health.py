@@ -1,0 +1,108 @@
+"""Image health: catches the broken images diffusion pipelines produce silently.
+
+Flags:
+
+- `nonfinite`: NaN or inf pixels in a float array (fp16 VAE overflow; only
+  float inputs can carry them, a saved PNG cannot);
+- `all_black`: max <= 2 or mean < 2 levels (of 255): the fp16 VAE NaN image after
+  conversion to uint8, and the safety checker's replacement image;
+- `near_uniform`: every channel's standard deviation < 2 levels: flat grey or
+  flat colour images from a collapsed sampler or decoder;
+- `unreadable`: the file exists but is not a decodable image.
+
+Metric value: 1.0 healthy, 0.0 unhealthy (flags in the detail). A missing file
+is NaN with a reason: nothing was made, so there is nothing to judge.
+
+`check_array(arr)` runs the same checks on an array in memory, for the runner
+right after generation. uint8 arrays are in levels 0..255; float arrays are
+taken to be in [0, 1] (diffusers' `output_type="np"`) unless another
+`value_range` is given.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from harness.metrics.base import Item, Metric, MetricInfo, register
+
+BLACK_MAX = 2.0    # levels: brightest pixel at most this -> black
+BLACK_MEAN = 2.0   # levels: mean below this -> black
+UNIFORM_STD = 2.0  # levels: every channel's std below this -> near uniform
+
+INFO = MetricInfo(
+    name="health",
+    description="1 if the image is not black, flat, non-finite or unreadable, else 0",
+    unit="flag",
+    range=(0.0, 1.0),
+    higher_is_better=True,
+    needs=frozenset({"image"}),
+)
+
+
+def check_array(arr: Any, value_range: tuple[float, float] | None = None) -> tuple[bool, list[str]]:
+    """(ok, flags) for one HxW or HxWxC image (C = 1, 3 or 4; alpha is ignored).
+
+    Integer arrays are in 0..255 levels; float arrays in `value_range`, default (0, 1).
+    Channels-first (CxHxW) arrays are refused rather than guessed at.
+    """
+    ok, flags, _ = _check(arr, value_range)
+    return ok, flags
+
+
+def _check(arr: Any, value_range: tuple[float, float] | None) -> tuple[bool, list[str], dict]:
+    a = np.asarray(arr)
+    if a.ndim == 3 and a.shape[-1] == 4:
+        a = a[..., :3]
+    if a.ndim == 2:
+        a = a[..., None]
+    if a.ndim != 3 or a.shape[-1] not in (1, 3) or a.size == 0:
+        raise ValueError(f"check_array: expected an HxW or HxWxC image array (C = 1, 3 or 4), got shape {a.shape}")
+    flags: list[str] = []
+    if np.issubdtype(a.dtype, np.floating):
+        finite = np.isfinite(a)
+        if not finite.all():
+            flags.append("nonfinite")
+        lo, hi = value_range or (0.0, 1.0)
+        if not hi > lo:
+            raise ValueError(f"check_array: value_range {value_range} must have hi > lo")
+        levels = (np.where(finite, a, lo).astype(np.float64) - lo) * (255.0 / (hi - lo))
+    elif np.issubdtype(a.dtype, np.integer) or a.dtype == np.bool_:
+        levels = a.astype(np.float64) * (255.0 if a.dtype == np.bool_ else 1.0)
+    else:
+        raise ValueError(f"check_array: unsupported dtype {a.dtype}; give uint8 levels or floats in [0, 1]")
+    stats = {
+        "max": float(levels.max()),
+        "mean": float(levels.mean()),
+        "std": [float(s) for s in levels.reshape(-1, levels.shape[-1]).std(axis=0)],
+    }
+    if stats["max"] <= BLACK_MAX or stats["mean"] < BLACK_MEAN:
+        flags.append("all_black")
+    if all(s < UNIFORM_STD for s in stats["std"]):
+        flags.append("near_uniform")
+    return not flags, flags, stats
+
+
+@register
+class Health(Metric):
+    INFO = INFO
+
+    def _score(self, items: list[Item]) -> list[tuple[float, dict]]:
+        from PIL import Image, UnidentifiedImageError
+
+        out: list[tuple[float, dict]] = []
+        for item in items:
+            try:
+                with Image.open(item.image_path) as image:
+                    image.load()
+                    arr = np.asarray(image.convert("RGB") if image.mode not in ("L", "RGB", "F") else image)
+            except FileNotFoundError:
+                out.append((float("nan"), {"reason": f"image file not found: {item.image_path}"}))
+                continue
+            except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+                out.append((0.0, {"flags": ["unreadable"], "reason": f"image unreadable: {type(exc).__name__}: {exc}"}))
+                continue
+            ok, flags, stats = _check(arr, (0.0, 255.0) if arr.dtype.kind == "f" else None)
+            out.append((1.0 if ok else 0.0, {"flags": flags, **stats}))
+        return out

@@ -1,0 +1,382 @@
+"""Built-in random-weight Stable Diffusion checkpoints, built from configs in code.
+
+`tiny` is a few-MB StableDiffusionPipeline for demos and tests: the same
+architecture families as SD v1 (UNet with cross-attention, an AutoencoderKL
+that downsamples by 8, a CLIP text encoder, the real CLIP BPE tokenizer) but
+with small widths, so a 256x256 image takes a fraction of a second on a CPU.
+`sd15-random` has exactly SD v1.5's shapes (about 1.07 B parameters) with random
+weights, for GPU throughput benchmarks without downloading anything.
+
+Both are written with `save_pretrained` into a folder and then loaded through
+the same `from_pretrained` code path as any real model folder.
+
+Weights are filled by `deterministic_init`: every parameter draws from its own
+`torch.Generator` seeded from (namespace, parameter name) with a uniform
+distribution, which is bit-identical on every CPU, so a rebuild anywhere gives
+the same files and the same fingerprint. Scales are LeCun-style
+(`uniform(±sqrt(3 / fan_in))`) so activations keep unit variance and the random
+decoder paints coloured noise rather than flat grey.
+
+The tokenizer is OpenAI CLIP's: `vocab.json`/`merges.txt` are rebuilt offline from
+the BPE merges file that open_clip ships (see `write_clip_tokenizer_files`).
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import math
+import os
+from pathlib import Path
+
+import torch
+
+CLIP_VOCAB_SIZE = 49408
+CLIP_MAX_LENGTH = 77
+BOS, EOS = "<|startoftext|>", "<|endoftext|>"
+
+# SD v1 noise schedule (scaled_linear 0.00085..0.012, 1000 steps) as PNDM/PLMS,
+# which is what the SD v1 repositories ship as their default scheduler.
+SD_SCHEDULER_CONFIG = {
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "num_train_timesteps": 1000,
+    "set_alpha_to_one": False,
+    "skip_prk_steps": True,
+    "steps_offset": 1,
+    "prediction_type": "epsilon",
+}
+
+TINY_UNET = {
+    "sample_size": 64,  # latent size; x8 = the 512 px native size of SD v1
+    "in_channels": 4,
+    "out_channels": 4,
+    # Attention only at the half-resolution level: 4x fewer tokens, same code paths.
+    "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"),
+    "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D"),
+    "block_out_channels": (32, 64),
+    "layers_per_block": 1,
+    "cross_attention_dim": 32,
+    "attention_head_dim": 8,
+    "norm_num_groups": 32,
+}
+TINY_VAE = {
+    "in_channels": 3,
+    "out_channels": 3,
+    "down_block_types": ("DownEncoderBlock2D",) * 4,  # three downsamplers: factor 8
+    "up_block_types": ("UpDecoderBlock2D",) * 4,
+    "block_out_channels": (8, 16, 32, 32),
+    "layers_per_block": 1,
+    "latent_channels": 4,
+    "norm_num_groups": 4,
+    "sample_size": 512,
+    "scaling_factor": 0.18215,
+}
+TINY_TEXT = {
+    "vocab_size": CLIP_VOCAB_SIZE,
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "max_position_embeddings": CLIP_MAX_LENGTH,
+    "projection_dim": 32,
+    "hidden_act": "quick_gelu",
+    "bos_token_id": 49406,
+    "eos_token_id": 49407,
+    "pad_token_id": 1,
+}
+
+# Stable Diffusion v1.5's published component configs (shapes only).
+SD15_UNET = {
+    "sample_size": 64,
+    "in_channels": 4,
+    "out_channels": 4,
+    "down_block_types": ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+    "up_block_types": ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+    "block_out_channels": (320, 640, 1280, 1280),
+    "layers_per_block": 2,
+    "cross_attention_dim": 768,
+    "attention_head_dim": 8,
+    "norm_num_groups": 32,
+    "norm_eps": 1e-5,
+    "downsample_padding": 1,
+    "flip_sin_to_cos": True,
+    "freq_shift": 0,
+    "act_fn": "silu",
+}
+SD15_VAE = {
+    "in_channels": 3,
+    "out_channels": 3,
+    "down_block_types": ("DownEncoderBlock2D",) * 4,
+    "up_block_types": ("UpDecoderBlock2D",) * 4,
+    "block_out_channels": (128, 256, 512, 512),
+    "layers_per_block": 2,
+    "latent_channels": 4,
+    "norm_num_groups": 32,
+    "sample_size": 512,
+    "scaling_factor": 0.18215,
+}
+SD15_TEXT = {  # OpenAI CLIP ViT-L/14 text tower
+    "vocab_size": CLIP_VOCAB_SIZE,
+    "hidden_size": 768,
+    "intermediate_size": 3072,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "max_position_embeddings": CLIP_MAX_LENGTH,
+    "projection_dim": 768,
+    "hidden_act": "quick_gelu",
+    "bos_token_id": 49406,
+    "eos_token_id": 49407,
+    "pad_token_id": 1,
+}
+
+
+# ---------------------------------------------------------------- tokenizer
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """CLIP/GPT-2's reversible byte -> printable unicode character table."""
+    printable = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+                 + list(range(ord("®"), ord("ÿ") + 1)))
+    codes = printable[:]
+    extra = 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            codes.append(256 + extra)
+            extra += 1
+    return dict(zip(printable, (chr(c) for c in codes)))
+
+
+def clip_bpe_path() -> Path:
+    """The BPE merges file that open_clip ships (OpenAI CLIP's vocabulary)."""
+    import open_clip
+
+    path = Path(open_clip.__file__).parent / "bpe_simple_vocab_16e6.txt.gz"
+    if not path.is_file():
+        raise FileNotFoundError(f"open_clip's BPE file is missing at {path}; reinstall open_clip_torch")
+    return path
+
+
+def clip_vocab_and_merges(bpe_path: Path | None = None) -> tuple[dict[str, int], list[str]]:
+    """Rebuild OpenAI CLIP's vocabulary (49408 entries) and merge list.
+
+    Order: the 256 byte characters, the same with `</w>`, one entry per merge
+    (the pair joined), then `<|startoftext|>` and `<|endoftext|>`.
+    """
+    lines = gzip.open(bpe_path or clip_bpe_path()).read().decode("utf-8").split("\n")
+    merges = lines[1:49152 - 256 - 2 + 1]  # line 0 is a version header
+    chars = list(_bytes_to_unicode().values())
+    tokens = chars + [c + "</w>" for c in chars] + ["".join(m.split()) for m in merges] + [BOS, EOS]
+    if len(tokens) != CLIP_VOCAB_SIZE:
+        raise ValueError(f"CLIP vocabulary from {bpe_path} has {len(tokens)} entries, expected {CLIP_VOCAB_SIZE}")
+    return {t: i for i, t in enumerate(tokens)}, merges
+
+
+def write_clip_tokenizer_files(folder: Path) -> None:
+    """Write `vocab.json` and `merges.txt` in the layout CLIPTokenizer reads."""
+    vocab, merges = clip_vocab_and_merges()
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+
+
+def clip_tokenizer(workdir: Path):
+    """A `CLIPTokenizer` equal to OpenAI CLIP's, built without any download."""
+    from transformers import CLIPTokenizer
+
+    files = workdir / "clip-bpe"
+    write_clip_tokenizer_files(files)
+    return CLIPTokenizer.from_pretrained(str(files), model_max_length=CLIP_MAX_LENGTH, local_files_only=True)
+
+
+# ---------------------------------------------------------------- weights
+
+def _param_seed(namespace: str, name: str) -> int:
+    return int.from_bytes(hashlib.sha256(f"{namespace}/{name}".encode()).digest()[:8], "little") >> 1
+
+
+@torch.no_grad()
+def deterministic_init(module: torch.nn.Module, namespace: str, *, embed_std: float = 0.02) -> None:
+    """Overwrite every parameter with platform-independent pseudo-random values.
+
+    Norm layers get weight 1, bias 0; biases 0; embeddings uniform with std
+    `embed_std`; other weights uniform(-b, b) with b = sqrt(3 / fan_in) (unit
+    output variance for unit input). Each tensor has its own generator, so the
+    result does not depend on parameter order.
+    """
+    norm_types = (torch.nn.GroupNorm, torch.nn.LayerNorm, torch.nn.BatchNorm2d)
+    norm_params = set()
+    embed_params = set()
+    for mod_name, mod in module.named_modules():
+        prefix = f"{mod_name}." if mod_name else ""
+        if isinstance(mod, norm_types):
+            norm_params.update(prefix + p for p, _ in mod.named_parameters(recurse=False))
+        elif isinstance(mod, torch.nn.Embedding):
+            embed_params.update(prefix + p for p, _ in mod.named_parameters(recurse=False))
+    for name, param in module.named_parameters():
+        if name in norm_params:
+            param.fill_(1.0 if name.endswith("weight") else 0.0)
+            continue
+        if name.endswith("bias"):
+            param.zero_()
+            continue
+        if name in embed_params or param.dim() < 2:
+            bound = embed_std * math.sqrt(3.0)
+        else:
+            bound = math.sqrt(3.0 / param[0].numel())
+        gen = torch.Generator(device="cpu").manual_seed(_param_seed(namespace, name))
+        u = torch.rand(param.shape, generator=gen, dtype=torch.float32)
+        param.copy_((u * 2.0 - 1.0) * bound)
+
+
+# ---------------------------------------------------------------- pipelines
+
+def build_pipeline(folder: Path, *, namespace: str, unet: dict, vae: dict, text: dict,
+                   dtype: torch.dtype = torch.float32) -> None:
+    """Create a StableDiffusionPipeline with deterministic random weights and save it to `folder`."""
+    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    folder = Path(folder)
+    torch.manual_seed(0)  # constructors draw default inits; all of it is overwritten below
+    unet_model = UNet2DConditionModel(**unet)
+    vae_model = AutoencoderKL(**vae)
+    text_model = CLIPTextModel(CLIPTextConfig(**text))
+    for part, model in (("unet", unet_model), ("vae", vae_model), ("text_encoder", text_model)):
+        deterministic_init(model, f"{namespace}/{part}")
+        model.to(dtype)
+    pipe = StableDiffusionPipeline(
+        vae=vae_model,
+        text_encoder=text_model,
+        tokenizer=clip_tokenizer(folder.parent / f"{folder.name}.tok"),
+        unet=unet_model,
+        scheduler=PNDMScheduler(**SD_SCHEDULER_CONFIG),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(str(folder), safe_serialization=True)
+    _rmtree_quiet(folder.parent / f"{folder.name}.tok")
+
+
+def build_tiny(folder: Path) -> None:
+    """The built-in `tiny` checkpoint (about 2.5 M parameters, fp32)."""
+    build_pipeline(folder, namespace="tiny-v1", unet=TINY_UNET, vae=TINY_VAE, text=TINY_TEXT)
+
+
+def build_sd15_random(folder: Path) -> None:
+    """SD v1.5 shapes with random weights, stored in fp16 (about 2 GB on disk)."""
+    build_pipeline(folder, namespace="sd15-random-v1", unet=SD15_UNET, vae=SD15_VAE, text=SD15_TEXT,
+                   dtype=torch.float16)
+
+
+def _rmtree_quiet(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- single file export
+
+def _ldm_unet_names(cfg: dict) -> dict[str, str]:
+    """Map diffusers UNet2DConditionModel prefixes to CompVis LDM prefixes."""
+    m = {"conv_in": "input_blocks.0.0", "time_embedding.linear_1": "time_embed.0",
+         "time_embedding.linear_2": "time_embed.2", "conv_norm_out": "out.0", "conv_out": "out.2",
+         "mid_block.attentions.0": "middle_block.1"}
+    for j in range(2):
+        m[f"mid_block.resnets.{j}"] = f"middle_block.{2 * j}"
+    n_levels = len(cfg["block_out_channels"])
+    layers = cfg["layers_per_block"]
+    per_level = layers + 1  # LDM numbers resnets and the resampler of a level consecutively
+    for i in range(n_levels):
+        for j in range(layers):
+            m[f"down_blocks.{i}.resnets.{j}"] = f"input_blocks.{1 + i * per_level + j}.0"
+            m[f"down_blocks.{i}.attentions.{j}"] = f"input_blocks.{1 + i * per_level + j}.1"
+        if i < n_levels - 1:
+            m[f"down_blocks.{i}.downsamplers.0.conv"] = f"input_blocks.{(i + 1) * per_level}.0.op"
+        for j in range(layers + 1):
+            m[f"up_blocks.{i}.resnets.{j}"] = f"output_blocks.{i * per_level + j}.0"
+            m[f"up_blocks.{i}.attentions.{j}"] = f"output_blocks.{i * per_level + j}.1"
+        if i < n_levels - 1:
+            has_attn = "CrossAttn" in cfg["up_block_types"][i]
+            m[f"up_blocks.{i}.upsamplers.0"] = f"output_blocks.{i * per_level + layers}.{2 if has_attn else 1}"
+    return m
+
+
+_RESNET_UNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1",
+                "norm2": "out_layers.0", "conv2": "out_layers.3", "conv_shortcut": "skip_connection"}
+_RESNET_VAE = {"conv_shortcut": "nin_shortcut"}
+_VAE_ATTN = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
+
+
+def _ldm_vae_names(cfg: dict) -> dict[str, str]:
+    n = len(cfg["block_out_channels"])
+    m = {"quant_conv": "quant_conv", "post_quant_conv": "post_quant_conv"}
+    for side in ("encoder", "decoder"):
+        for name in ("conv_in", "conv_out"):
+            m[f"{side}.{name}"] = f"{side}.{name}"
+        m[f"{side}.conv_norm_out"] = f"{side}.norm_out"
+        m[f"{side}.mid_block.attentions.0"] = f"{side}.mid.attn_1"
+        for j in range(2):
+            m[f"{side}.mid_block.resnets.{j}"] = f"{side}.mid.block_{j + 1}"
+    for i in range(n):
+        for j in range(cfg["layers_per_block"]):
+            m[f"encoder.down_blocks.{i}.resnets.{j}"] = f"encoder.down.{i}.block.{j}"
+        if i < n - 1:
+            m[f"encoder.down_blocks.{i}.downsamplers.0.conv"] = f"encoder.down.{i}.downsample.conv"
+        for j in range(cfg["layers_per_block"] + 1):
+            m[f"decoder.up_blocks.{i}.resnets.{j}"] = f"decoder.up.{n - 1 - i}.block.{j}"
+        if i < n - 1:
+            m[f"decoder.up_blocks.{i}.upsamplers.0.conv"] = f"decoder.up.{n - 1 - i}.upsample.conv"
+    return m
+
+
+def _rename(key: str, prefixes: dict[str, str], inner: dict[str, str]) -> str:
+    for src in sorted(prefixes, key=len, reverse=True):
+        if key.startswith(src + "."):
+            rest = key[len(src) + 1:]
+            for a in sorted(inner, key=len, reverse=True):
+                if rest.startswith(a + "."):
+                    rest = inner[a] + rest[len(a):]
+                    break
+            return f"{prefixes[src]}.{rest}"
+    raise KeyError(f"no CompVis name known for diffusers parameter {key!r}")
+
+
+def ldm_state_dict(pipe) -> dict[str, torch.Tensor]:
+    """A diffusers SD v1-style pipeline's weights under CompVis (single-file) names.
+
+    This is the layout of `v1-5-pruned-emaonly.safetensors` and of the files that
+    web UIs load, so it exercises the same `from_single_file` conversion path.
+    """
+    out: dict[str, torch.Tensor] = {}
+    unet_names = _ldm_unet_names(dict(pipe.unet.config))
+    for key, value in pipe.unet.state_dict().items():
+        out["model.diffusion_model." + _rename(key, unet_names, _RESNET_UNET)] = value
+    vae_names = _ldm_vae_names(dict(pipe.vae.config))
+    for key, value in pipe.vae.state_dict().items():
+        inner = _VAE_ATTN if ".attentions." in key else _RESNET_VAE
+        new = _rename(key, vae_names, inner)
+        if ".attn_1." in new and value.dim() == 2:
+            value = value[:, :, None, None]  # LDM stores VAE attention projections as 1x1 convs
+        out["first_stage_model." + new] = value
+    for key, value in pipe.text_encoder.state_dict().items():
+        # SD v1 files nest the HF CLIP text model under `text_model.` (newer transformers flatten it)
+        key = key if key.startswith("text_model.") else "text_model." + key
+        out["cond_stage_model.transformer." + key] = value
+    return {k: v.contiguous() for k, v in sorted(out.items())}
+
+
+def save_single_file(pipe, path: Path) -> Path:
+    """Write `pipe`'s weights as one CompVis-layout `.safetensors` file."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise ValueError(f"save_single_file(path={str(path)!r}): expected a path ending in .safetensors")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    save_file(ldm_state_dict(pipe), str(tmp))
+    os.replace(tmp, path)
+    return path

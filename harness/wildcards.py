@@ -1,0 +1,71 @@
+"""Wildcard files: `__name__` -> the lines of `name.txt` on a search path.
+
+A wildcard file holds one option per line; blank lines and lines starting
+with `#` are skipped; each line is itself a template (it may use braces,
+slashes and other wildcards). `__artists/painters__` reads
+`artists/painters.txt`. The first folder on the search path that has the file
+wins: the experiment's (or template file's) folder, then any `--grammars`
+folders, then `$HARNESS_GRAMMARS` (os.pathsep-separated), then `./grammars`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+
+@dataclass(frozen=True)
+class WildcardFile:
+    name: str
+    path: Path
+    text: str
+    lines: tuple[tuple[int, str], ...]  # (1-based line number, option text)
+
+
+class WildcardLibrary:
+    def __init__(self, search_path: Iterable[Path | str] = ()):
+        seen: list[Path] = []
+        for d in search_path:
+            p = Path(d).resolve()
+            if p.is_dir() and p not in seen:
+                seen.append(p)
+        self.search_path = tuple(seen)
+        self._cache: dict[str, WildcardFile | None] = {}
+
+    def get(self, name: str) -> WildcardFile | None:
+        if name not in self._cache:
+            self._cache[name] = self._load(name)
+        return self._cache[name]
+
+    def _load(self, name: str) -> WildcardFile | None:
+        if ".." in name.split("/"):
+            return None
+        for d in self.search_path:
+            path = d / f"{name}.txt"
+            if path.is_file():
+                text = path.read_text(encoding="utf-8")
+                lines = tuple((i, ln.strip()) for i, ln in enumerate(text.splitlines(), start=1)
+                              if ln.strip() and not ln.strip().startswith("#"))
+                return WildcardFile(name, path, text, lines)
+        return None
+
+    def names(self) -> list[str]:
+        found: set[str] = set()
+        for d in self.search_path:
+            for path in d.rglob("*.txt"):
+                found.add(path.relative_to(d).with_suffix("").as_posix())
+        return sorted(found)
+
+
+def default_search_path(template_dir: Path | None = None, extra: Iterable[Path | str] = ()) -> list[Path]:
+    dirs: list[Path] = []
+    if template_dir is not None:
+        dirs.append(Path(template_dir))
+    dirs.extend(Path(d) for d in extra)
+    env = os.environ.get("HARNESS_GRAMMARS")
+    if env:
+        dirs.extend(Path(d) for d in env.split(os.pathsep) if d)
+    dirs.append(Path.cwd() / "grammars")
+    return dirs

@@ -1,0 +1,54 @@
+"""`harness expand` as a user runs it: a real subprocess."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def harness(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, "-m", "harness", *args], capture_output=True, text=True, cwd=cwd)
+
+
+def test_expand_jsonl_prints_one_object_per_prompt_with_factors():
+    r = harness("expand", "photo/35mm of red/green lambo", "--format", "jsonl")
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(line) for line in r.stdout.splitlines()]
+    assert len(rows) == 4
+    assert all(len(row["factors"]) == 2 for row in rows)
+    assert rows[0] == {"prompt": "photo of red lambo", "factors": {"photo|35mm": "photo", "red|green": "red"}}
+
+
+def test_grammar_error_exits_2_with_line_column_and_caret():
+    r = harness("expand", "{a|b")
+    assert r.returncode == 2
+    assert r.stderr.splitlines() == ["<template>:1:1: unbalanced '{': expected '}' before the end of the template",
+                                     "  {a|b", "  ^"]
+
+
+def test_count_of_shipped_example():
+    r = harness("expand", "@experiments/lambo.txt", "--count")
+    assert r.returncode == 0, r.stderr
+    assert int(r.stdout) == 3 * 3 * 3 * 3 * (9 + 1)
+
+
+def test_sample_is_deterministic_and_limit_applies():
+    a = harness("expand", "@experiments/lambo.txt", "--sample", "5", "--seed", "7")
+    b = harness("expand", "@experiments/lambo.txt", "--sample", "5", "--seed", "7")
+    c = harness("expand", "@experiments/lambo.txt", "--sample", "5", "--seed", "8")
+    assert a.stdout == b.stdout != c.stdout and len(a.stdout.splitlines()) == 5
+    assert len(harness("expand", "@experiments/lambo.txt", "--limit", "3").stdout.splitlines()) == 3
+
+
+def test_csv_has_prompt_and_factor_columns(tmp_path):
+    (tmp_path / "pets.txt").write_text("cat\ndog\n")
+    r = harness("expand", "a __pets__ {by monet|}", "--format", "csv", "--grammars", str(tmp_path))
+    lines = r.stdout.splitlines()
+    assert lines[0] == "prompt,pets,by monet|" and len(lines) == 5
+
+
+def test_unknown_wildcard_names_the_search_path(tmp_path):
+    r = harness("expand", "__nope__", "--grammars", str(tmp_path))
+    assert r.returncode == 2 and "unknown wildcard __nope__" in r.stderr and str(tmp_path) in r.stderr

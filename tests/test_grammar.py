@@ -1,0 +1,224 @@
+"""Parser behaviour: each syntax element and each error, by name."""
+
+import pytest
+
+from harness.grammar import Alt, GrammarError, Seq, Text, Wildcard, parse, render
+from harness.expand import compile_template
+
+
+def prompts(template, **kw):
+    return [v.prompt for v in compile_template(template, **kw).expand()]
+
+
+def test_braces_expand_each_option():
+    assert prompts("a {red|green} car") == ["a red car", "a green car"]
+
+
+def test_nested_braces_expand_inside_options():
+    assert prompts("{a {x|y}|b}") == ["a x", "a y", "b"]
+
+
+def test_empty_option_makes_clause_optional():
+    assert prompts("cat{, by greg rutkowski|}") == ["cat, by greg rutkowski", "cat"]
+
+
+def test_slash_shorthand_binds_single_words():
+    assert prompts("photo/35mm of red/green lambo") == [
+        "photo of red lambo", "photo of green lambo", "35mm of red lambo", "35mm of green lambo"]
+
+
+def test_slash_shorthand_keeps_fractions_literal():
+    assert prompts("1/2 cup, 24/7, f/2.8 lens") == ["1/2 cup, 24/7, f/2.8 lens"]
+
+
+def test_slash_shorthand_keeps_urls_literal():
+    assert prompts("see http://example.com/a/b and www.x.org/y") == ["see http://example.com/a/b and www.x.org/y"]
+
+
+def test_slash_with_empty_side_stays_literal():
+    assert prompts("w/ hat and a//b") == ["w/ hat and a//b"]
+
+
+def test_escaped_slash_is_literal():
+    assert prompts(r"AC\/DC poster") == ["AC/DC poster"]
+
+
+def test_slash_group_ignores_trailing_punctuation():
+    assert prompts("red/green.") == ["red.", "green."]
+
+
+def test_slash_group_inside_a1111_emphasis():
+    assert prompts("(red/green:1.2)") == ["(red:1.2)", "(green:1.2)"]
+
+
+def test_a1111_emphasis_and_scheduling_pass_through():
+    t = "(masterpiece:1.2), [cat:dog:0.5], ((sharp))"
+    assert prompts(t) == [t]
+
+
+@pytest.mark.parametrize("ch", ["{", "}", "|", "/", "_", "\\"])
+def test_escapes_make_metacharacters_literal(ch):
+    assert prompts(f"a \\{ch} b") == [f"a {ch} b"]
+
+
+def test_backslash_before_other_characters_is_kept():
+    assert prompts(r"\(literal parens\)") == [r"\(literal parens\)"]
+
+
+def test_weights_are_parsed():
+    alt = parse("{0.7::a|0.3::b}").parts[0]
+    assert [o.weight for o in alt.options] == [0.7, 0.3]
+
+
+def test_choose_k_is_ordered_distinct_selection():
+    assert sorted(prompts("{2$$a|b|c}")) == sorted(["a,b", "a,c", "b,a", "b,c", "c,a", "c,b"])
+
+
+def test_choose_k_custom_joiner():
+    assert "a and b" in prompts("{2$$ and $$a|b|c}")
+
+
+def test_choose_k_range():
+    assert sorted(prompts("{1-2$$a|b}")) == sorted(["a", "b", "a,b", "b,a"])
+
+
+def test_explicit_factor_name():
+    v = next(compile_template("{@color: red|green} car").expand())
+    assert v.factors == {"color": "red"}
+
+
+def test_explicit_name_on_wildcard(tmp_path):
+    (tmp_path / "animals.txt").write_text("cat\ndog\n")
+    from harness.wildcards import WildcardLibrary
+    t = compile_template("{@pet: __animals__}", library=WildcardLibrary([tmp_path]))
+    assert [v.factors for v in t.expand()] == [{"pet": "cat"}, {"pet": "dog"}]
+
+
+def test_automatic_names_come_from_content():
+    t = compile_template("x {red|green} y {cat|dog}")
+    assert t.factors == ["red|green", "cat|dog"]
+
+
+def test_automatic_names_stable_when_unrelated_text_changes():
+    a = compile_template("a photo of a {red|green} car").factors
+    b = compile_template("{cute|ugly} drawing: {red|green} car, highly detailed").factors
+    assert "red|green" in a and "red|green" in b
+
+
+def test_repeated_automatic_names_get_suffix():
+    assert compile_template("{a|b} {a|b}").factors == ["a|b", "a|b#2"]
+
+
+def test_duplicate_explicit_names_are_an_error():
+    with pytest.raises(GrammarError, match="used twice"):
+        compile_template("{@c: a|b} {@c: x|y}")
+
+
+def test_factor_value_is_the_chosen_option_text():
+    vs = list(compile_template("{@m: {oil|ink} painting|photo}").expand())
+    assert [v.factors["m"] for v in vs] == ["oil painting", "ink painting", "photo"]
+
+
+def test_wildcard_reads_lines_skipping_comments_and_blanks(tmp_path):
+    (tmp_path / "colors.txt").write_text("# colours\nred\n\n  green  \n")
+    from harness.wildcards import WildcardLibrary
+    assert prompts("__colors__ car", library=WildcardLibrary([tmp_path])) == ["red car", "green car"]
+
+
+def test_wildcard_subfolders_and_nesting(tmp_path):
+    (tmp_path / "artists").mkdir()
+    (tmp_path / "artists" / "painters.txt").write_text("monet\n{van gogh|turner}\n")
+    (tmp_path / "all.txt").write_text("__artists/painters__\n")
+    from harness.wildcards import WildcardLibrary
+    got = prompts("by __all__", library=WildcardLibrary([tmp_path]))
+    assert got == ["by monet", "by van gogh", "by turner"]
+
+
+def test_search_path_prefers_earlier_folder(tmp_path):
+    first, second = tmp_path / "exp", tmp_path / "grammars"
+    first.mkdir(), second.mkdir()
+    (first / "x.txt").write_text("mine\n")
+    (second / "x.txt").write_text("shared\n")
+    from harness.wildcards import WildcardLibrary
+    assert prompts("__x__", library=WildcardLibrary([first, second])) == ["mine"]
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+def error(template, **kw) -> GrammarError:
+    with pytest.raises(GrammarError) as e:
+        compile_template(template, **kw)
+    return e.value
+
+
+def test_unbalanced_open_brace_points_at_it():
+    e = error("a photo {red|green")
+    assert (e.line, e.column) == (1, 9)
+    assert str(e).splitlines()[-1] == "  " + " " * 8 + "^"
+
+
+def test_unbalanced_close_brace():
+    e = error("a}b")
+    assert e.column == 2 and "unbalanced '}'" in e.message
+
+
+def test_error_on_second_line_reports_line_and_column():
+    e = error("first line\nsecond {x|y")
+    assert (e.line, e.column) == (2, 8)
+    assert "second {x|y" in str(e)
+
+
+def test_empty_template():
+    assert "empty template" in error("   ").message
+
+
+def test_bar_outside_braces():
+    assert "outside braces" in error("a|b").message
+
+
+def test_bad_weight():
+    e = error("{1.2.3::a|b}")
+    assert "bad weight '1.2.3'" in e.message and e.column == 2
+
+
+def test_all_zero_weights():
+    assert "weigh 0" in error("{0::a|0::b}").message
+
+
+def test_k_larger_than_options():
+    assert "only 2 options" in error("{3$$a|b}").message
+
+
+def test_unknown_wildcard_suggests_close_names(tmp_path):
+    (tmp_path / "colors.txt").write_text("red\n")
+    from harness.wildcards import WildcardLibrary
+    e = error("a __colours__ car", library=WildcardLibrary([tmp_path]))
+    assert "did you mean __colors__" in e.message and e.column == 3
+
+
+def test_wildcard_cycle_is_reported_with_chain(tmp_path):
+    (tmp_path / "a.txt").write_text("x __b__\n")
+    (tmp_path / "b.txt").write_text("__a__\n")
+    from harness.wildcards import WildcardLibrary
+    assert "wildcard cycle: a -> b -> a" in error("__a__", library=WildcardLibrary([tmp_path])).message
+
+
+def test_error_inside_wildcard_file_names_file_and_line(tmp_path):
+    (tmp_path / "w.txt").write_text("ok\n# c\nbroken {x\n")
+    from harness.wildcards import WildcardLibrary
+    e = error("__w__", library=WildcardLibrary([tmp_path]))
+    assert e.origin.endswith("w.txt") and (e.line, e.column) == (3, 8)
+
+
+def test_deep_nesting_is_a_grammar_error():
+    assert "nest deeper" in error("{" * 200 + "}" * 200).message
+
+
+def test_render_round_trips_a1111_text():
+    t = parse("{@c: (red:1.2)|1.5::x} and \\{")
+    assert parse(render(t)) == t
+
+
+def test_impossible_choose_k_is_an_error():
+    assert "cannot pick 2 different texts" in error("x {2$$a|a}").message

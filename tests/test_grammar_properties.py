@@ -1,0 +1,109 @@
+"""Algebraic properties of the grammar, checked on generated templates."""
+
+import random
+
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from harness.expand import compile_template, count, expand, sample
+from harness.grammar import Alt, GrammarError, Option, Seq, Text, Wildcard, _merge_texts, parse, render
+
+SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+# Small alphabets make duplicate prompts likely, which is what we want to test.
+words = st.sampled_from(["a", "b", "ab", " ", "x y", ", ", "c"])
+any_text = st.text(alphabet=st.sampled_from(list("ab ,:$@/_\\{}|()[].0123456789")), min_size=1, max_size=8)
+
+
+def seqs(leaf_text, depth: int):
+    part = leaf_text.map(Text)
+    if depth > 0:
+        part = st.one_of(part, alts(leaf_text, depth - 1))
+    return st.lists(part, max_size=4).map(lambda ps: Seq(tuple(_merge_texts(list(ps)))))
+
+
+def alts(leaf_text, depth: int):
+    def build(options, k, joiner, weights):
+        opts = tuple(Option(body, w) for body, w in zip(options, weights))
+        kk = None
+        if k is not None:
+            lo = min(k, len(opts))
+            kk = (lo, min(lo + 1, len(opts)))
+        return Alt(opts, k=kk, joiner=joiner if kk else None)
+
+    options = st.lists(seqs(leaf_text, depth), min_size=1, max_size=3)
+    return options.flatmap(lambda opts: st.builds(
+        build, st.just(opts), st.one_of(st.none(), st.integers(0, 2)),
+        st.one_of(st.none(), st.sampled_from([" and ", "-", ", "])),
+        st.lists(st.one_of(st.none(), st.sampled_from([0.5, 1.0, 2.0])), min_size=len(opts), max_size=len(opts))))
+
+
+from harness.expand import raw_count
+
+def _compiles(tree) -> bool:
+    try:
+        compile_template(render(tree))
+    except GrammarError:
+        return False
+    return True
+
+
+templates = seqs(words, 2).filter(lambda s: render(s).strip() != "" and raw_count(s) <= 3000 and _compiles(s))
+
+
+@SETTINGS
+@given(templates)
+def test_count_equals_number_of_distinct_expansions(tree):
+    t = compile_template(render(tree))
+    prompts = [v.prompt for v in t.expand()]
+    assert len(prompts) == len(set(prompts))
+    assert count(t.tree) == len(set(prompts))
+
+
+@SETTINGS
+@given(templates, st.integers(0, 2**32))
+def test_sampling_is_deterministic_for_a_seed(tree, seed):
+    t = compile_template(render(tree))
+    n = min(3, t.count())
+    a = sample(t.tree, n, random.Random(seed))
+    b = sample(t.tree, n, random.Random(seed))
+    assert a == b and len({v.prompt for v in a}) == n
+
+
+@SETTINGS
+@given(templates, st.integers(0, 2**32))
+def test_samples_are_among_the_expansions(tree, seed):
+    t = compile_template(render(tree))
+    allp = {v.prompt for v in t.expand()}
+    assert {v.prompt for v in sample(t.tree, 5, random.Random(seed), replace=True)} <= allp
+
+
+@SETTINGS
+@given(templates)
+def test_expansions_contain_no_grammar_metacharacters(tree):
+    for v in compile_template(render(tree)).expand():
+        assert not set("{}|") & set(v.prompt)
+
+
+@settings(max_examples=300, deadline=None)
+@given(seqs(any_text, 2))
+def test_parse_render_parse_is_identity(tree):
+    source = render(tree)
+    if not source.strip():
+        return
+    assert parse(source) == tree
+
+
+@SETTINGS
+@given(seqs(any_text, 2).map(lambda s: Seq(s.parts + (Wildcard("w/x", name="n"),))))
+def test_render_round_trips_named_wildcards(tree):
+    assert parse(render(tree)) == tree
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text(alphabet=st.characters(), max_size=40) | st.text(alphabet=list("{}|/_\\$@:0.5-2 ab\n"), max_size=40))
+def test_parser_raises_only_grammar_error(text):
+    try:
+        t = compile_template(text)
+        list(expand(t.tree, limit=50))
+    except GrammarError:
+        pass

@@ -1,0 +1,422 @@
+"""The run ledger: real SQLite files and real PNGs in tmp_path."""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+from harness.core import Job, Score
+from harness.ledger import Done, Ledger, LedgerError, LedgerLocked
+from harness.provenance import (
+    a1111_parameters, check_png, is_temp_name, provenance_record, read_provenance, temp_path_for,
+    write_png_atomic,
+)
+
+
+def make_jobs(n: int, **changes) -> list[Job]:
+    colors, media = ["red", "blue", "green"], ["photo", "painting"]
+    jobs = []
+    for i in range(n):
+        color, medium = colors[i % 3], media[(i // 3) % 2]
+        fields = dict(checkpoint="tiny", fingerprint="ab" * 32, mode="txt2img",
+                      prompt=f"a {color} fox, {medium}", negative_prompt="", seed=i, steps=4,
+                      guidance=7.5, scheduler="ddim", width=64, height=64,
+                      factors={"color": color, "medium": medium}, meta={"prompt_seed": 0})
+        fields.update(changes)
+        jobs.append(Job(**fields))
+    return jobs
+
+
+def save_image(ledger: Ledger, job: Job) -> None:
+    write_png_atomic(ledger.image_path(job.key), np.full((16, 16, 3), job.seed % 256, np.uint8),
+                     parameters=a1111_parameters(job, sampler="DDIM", model_name="tiny"),
+                     provenance=provenance_record(job, batch_size=1, slot=0))
+
+
+def finish(ledger: Ledger, job: Job, **run) -> None:
+    save_image(ledger, job)
+    ledger.mark_done(job.key, **{**dict(batch_id=1, batch_size=1, slot=0, seconds=0.5, device="cpu",
+                                         dtype="float32", memory=[]), **run})
+
+
+@pytest.fixture
+def ledger(tmp_path):
+    with Ledger.open(tmp_path / "run") as led:
+        yield led
+
+
+# ---------------------------------------------------------------- opening
+
+
+def test_open_creates_layout_in_wal_mode(tmp_path):
+    with Ledger.open(tmp_path / "run") as led:
+        assert led.get_meta("schema_version") == "1"
+    run = tmp_path / "run"
+    assert (run / "images").is_dir() and (run / "tables").is_dir()
+    conn = sqlite3.connect(run / "ledger.sqlite")
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    conn.close()
+
+
+def test_jobs_survive_reopening(tmp_path):
+    jobs = make_jobs(4)
+    with Ledger.open(tmp_path) as led:
+        led.add_jobs(jobs)
+        finish(led, jobs[0])
+    with Ledger.open(tmp_path) as led:
+        assert led.all_jobs() == jobs
+        assert led.done_keys() == {jobs[0].key}
+
+
+def test_a_second_writer_is_refused_but_readers_are_fine(tmp_path):
+    with Ledger.open(tmp_path) as led:
+        led.add_jobs(make_jobs(3))
+        with pytest.raises(LedgerLocked, match="already open for writing in this process"):
+            Ledger.open(tmp_path)
+        with Ledger.open(tmp_path, readonly=True) as reader:
+            assert reader.count() == 3
+            with pytest.raises(LedgerError, match="readonly"):
+                reader.add_jobs(make_jobs(1))
+    with Ledger.open(tmp_path):  # released on close
+        pass
+
+
+def test_writer_lock_names_the_other_process(tmp_path):
+    Ledger.open(tmp_path).close()
+    child = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import sys, time
+        from harness.ledger import Ledger
+        led = Ledger.open({str(tmp_path)!r})
+        print("ready", flush=True)
+        time.sleep(30)
+        """)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "ready"
+        with pytest.raises(LedgerLocked, match=f"another process \\(pid {child.pid}\\)"):
+            Ledger.open(tmp_path)
+    finally:
+        child.kill()
+        child.wait()
+    Ledger.open(tmp_path).close()  # a killed writer's lock is released by the kernel
+
+
+def test_unknown_schema_version_is_refused(tmp_path):
+    Ledger.open(tmp_path).close()
+    conn = sqlite3.connect(tmp_path / "ledger.sqlite")
+    conn.execute("UPDATE meta SET value = '99' WHERE name = 'schema_version'")
+    conn.commit()
+    conn.close()
+    with pytest.raises(LedgerError, match="schema version '99'"):
+        Ledger.open(tmp_path)
+
+
+# ---------------------------------------------------------------- jobs
+
+
+def test_adding_jobs_twice_never_duplicates(ledger):
+    jobs = make_jobs(6)
+    assert ledger.add_jobs(jobs) == 6
+    assert ledger.add_jobs(jobs + make_jobs(8)[6:]) == 2
+    assert ledger.count() == 8
+    assert [j.key for j in ledger.all_jobs()] == [j.key for j in make_jobs(8)]
+
+
+def test_re_adding_keeps_the_existing_status(ledger):
+    jobs = make_jobs(3)
+    ledger.add_jobs(jobs)
+    finish(ledger, jobs[1])
+    assert ledger.add_jobs(jobs) == 0
+    assert ledger.status_of(jobs[1].key) == "done"
+    assert ledger.pending_jobs() == [jobs[0], jobs[2]]
+
+
+def test_pending_to_done_records_how_it_was_made(ledger):
+    jobs = make_jobs(3)
+    ledger.add_jobs(jobs)
+    finish(ledger, jobs[0], batch_id="b7", batch_size=2, slot=1, seconds=0.25, device="cuda:0",
+           dtype="float16", memory=["attention_slicing", "vae_tiling"], health={"nan": False, "std": 0.3},
+           host="gpu-box")
+    assert ledger.count("done") == 1 and ledger.count("pending") == 2
+    assert ledger.done_keys() == {jobs[0].key}
+    row = ledger.jobs_frame().set_index("key").loc[jobs[0].key]
+    assert (row["batch_id"], row["batch_size"], row["slot"], row["seconds"]) == ("b7", 2, 1, 0.25)
+    assert (row["device"], row["dtype_used"], row["host"]) == ("cuda:0", "float16", "gpu-box")
+    assert row["memory"] == "attention_slicing,vae_tiling"
+    assert row["h.std"] == 0.3 and not row["h.nan"]
+
+
+def test_mark_done_refuses_a_job_without_its_image(ledger):
+    job = make_jobs(1)[0]
+    ledger.add_jobs([job])
+    with pytest.raises(LedgerError, match="write the image"):
+        ledger.mark_done(job.key, batch_id=0, batch_size=1, slot=0, seconds=1.0, device="cpu", dtype="float32")
+    assert ledger.status_of(job.key) == "pending"
+
+
+def test_mark_done_many_commits_all_or_nothing(ledger):
+    jobs = make_jobs(3)
+    ledger.add_jobs(jobs[:2])
+    for job in jobs:
+        save_image(ledger, job)
+    rows = [Done(j.key, 1, 3, i, 0.1, "cpu", "float32") for i, j in enumerate(jobs)]
+    with pytest.raises(LedgerError, match="not in the ledger"):
+        ledger.mark_done_many(rows)  # jobs[2] was never added
+    assert ledger.count("done") == 0
+    ledger.mark_done_many(rows[:2])
+    assert ledger.done_keys() == {jobs[0].key, jobs[1].key}
+
+
+def test_mark_done_many_accepts_mappings_and_rejects_unknown_fields(ledger):
+    job = make_jobs(1)[0]
+    ledger.add_jobs([job])
+    save_image(ledger, job)
+    row = dict(key=job.key, batch_id=1, batch_size=1, slot=0, seconds=0.1, device="cpu", dtype="float32")
+    with pytest.raises(TypeError, match="unknown fields \\['colour'\\]"):
+        ledger.mark_done_many([{**row, "colour": 1}])
+    ledger.mark_done_many([row])
+    assert ledger.status_of(job.key) == "done"
+
+
+def test_failed_jobs_stay_failed_until_requeued(ledger):
+    jobs = make_jobs(2)
+    ledger.add_jobs(jobs)
+    ledger.mark_failed(jobs[0].key, "CUDA out of memory")
+    assert ledger.pending_jobs() == [jobs[1]]
+    assert ledger.jobs_frame().set_index("key").loc[jobs[0].key, "error"] == "CUDA out of memory"
+    assert ledger.requeue_failed() == 1
+    assert ledger.pending_jobs() == jobs
+
+
+def test_reset_returns_done_jobs_to_pending_and_removes_image_and_scores(ledger):
+    jobs = make_jobs(2)
+    ledger.add_jobs(jobs)
+    for job in jobs:
+        finish(ledger, job)
+    ledger.put_scores([Score(jobs[0].key, "clip:ViT-B-32", 30.0)])
+    assert ledger.reset([jobs[0].key]) == 1
+    assert ledger.status_of(jobs[0].key) == "pending"
+    assert not ledger.image_path(jobs[0].key).exists()
+    assert ledger.scored_keys("clip:ViT-B-32") == set()
+    assert ledger.status_of(jobs[1].key) == "done" and ledger.image_path(jobs[1].key).exists()
+    with pytest.raises(LedgerError, match="not in the ledger"):
+        ledger.reset(["0" * 64])
+
+
+def test_image_paths_only_accept_job_keys(ledger):
+    assert ledger.image_path("a" * 64).name == "a" * 64 + ".png"
+    with pytest.raises(ValueError, match="64 lowercase hex"):
+        ledger.image_path("../../etc/passwd")
+
+
+# ---------------------------------------------------------------- reconcile
+
+
+def test_reconcile_requeues_a_done_job_whose_image_was_deleted(ledger):
+    jobs = make_jobs(2)
+    ledger.add_jobs(jobs)
+    for job in jobs:
+        finish(ledger, job)
+    ledger.image_path(jobs[0].key).unlink()
+    result = ledger.reconcile()
+    assert result.requeued == {jobs[0].key: "missing"}
+    assert ledger.pending_jobs() == [jobs[0]]
+    assert "missing" in ledger.jobs_frame().set_index("key").loc[jobs[0].key, "error"]
+
+
+def test_reconcile_requeues_a_truncated_image_and_deletes_it(ledger):
+    job = make_jobs(1)[0]
+    ledger.add_jobs([job])
+    finish(ledger, job)
+    ledger.put_scores([Score(job.key, "m", 1.0)])
+    path = ledger.image_path(job.key)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    result = ledger.reconcile()
+    assert "truncated" in result.requeued[job.key]
+    assert ledger.status_of(job.key) == "pending"
+    assert not path.exists()
+    assert ledger.scored_keys("m") == set()
+
+
+def test_reconcile_removes_temp_files_and_reports_orphans(ledger):
+    jobs = make_jobs(2)
+    ledger.add_jobs(jobs)
+    finish(ledger, jobs[0])
+    save_image(ledger, jobs[1])  # written, never marked done (a crash between the two)
+    temp = temp_path_for(ledger.image_path(jobs[1].key))
+    temp.write_bytes(b"\x89PNG half")
+    result = ledger.reconcile()
+    assert result.temp_removed == [temp.name]
+    assert result.orphans == [jobs[1].key]
+    assert result.requeued == {}
+    assert sorted(p.name for p in ledger.images_dir.iterdir()) == sorted(
+        f"{j.key}.png" for j in jobs)
+
+
+def test_crash_between_temp_write_and_rename_leaves_job_pending(ledger, monkeypatch):
+    job = make_jobs(1)[0]
+    ledger.add_jobs([job])
+
+    def crash(src, dst):
+        raise OSError("power cut")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError, match="power cut"):
+        finish(ledger, job)
+    monkeypatch.undo()
+    assert not ledger.image_path(job.key).exists()
+    assert ledger.status_of(job.key) == "pending"
+    assert ledger.reconcile().requeued == {}
+
+
+# ---------------------------------------------------------------- scores and frames
+
+
+def test_scores_upsert_and_nan_is_stored_as_null(ledger):
+    jobs = make_jobs(2)
+    ledger.add_jobs(jobs)
+    ledger.put_scores([Score(jobs[0].key, "clip", 25.0), Score(jobs[1].key, "clip", float("nan"),
+                                                                {"reason": "black image"})])
+    ledger.put_scores([Score(jobs[0].key, "clip", 27.5, {"truncated": True})])
+    assert ledger.scored_keys("clip") == {jobs[0].key, jobs[1].key}
+    assert ledger.scored_keys("aesthetic") == set()
+    frame = ledger.scores_frame().set_index("key")
+    assert len(frame) == 2
+    assert frame.loc[jobs[0].key, "value"] == 27.5
+    assert frame.loc[jobs[0].key, "detail"] == '{"truncated":true}'
+    assert math.isnan(frame.loc[jobs[1].key, "value"])
+    raw = sqlite3.connect(ledger.run_dir / "ledger.sqlite").execute(
+        "SELECT value FROM scores WHERE key = ?", (jobs[1].key,)).fetchone()
+    assert raw == (None,)
+
+
+def test_score_detail_with_nan_is_refused_with_its_metric(ledger):
+    with pytest.raises(ValueError, match="detail of score clip"):
+        ledger.put_scores([Score("a" * 64, "clip", 1.0, {"x": float("nan")})])
+
+
+def test_jobs_frame_has_job_factor_and_status_columns(ledger):
+    jobs = make_jobs(6)
+    ledger.add_jobs(jobs)
+    finish(ledger, jobs[0])
+    frame = ledger.jobs_frame()
+    assert list(frame["key"]) == [j.key for j in jobs]
+    assert {"f.color", "f.medium", "m.prompt_seed", "prompt", "seed", "guidance", "status",
+            "seconds"} <= set(frame.columns)
+    assert list(frame["f.color"]) == ["red", "blue", "green"] * 2
+    assert frame.groupby("f.medium").size().to_dict() == {"photo": 3, "painting": 3}
+    assert list(frame["status"]) == ["done"] + ["pending"] * 5
+
+
+def test_empty_frames_have_their_columns(ledger):
+    assert {"key", "prompt", "status"} <= set(ledger.jobs_frame().columns)
+    assert list(ledger.scores_frame().columns) == ["key", "metric", "value", "detail", "scored_at"]
+
+
+# ---------------------------------------------------------------- merge
+
+
+def test_merge_copies_done_jobs_images_and_scores_once(tmp_path):
+    jobs = make_jobs(5)
+    with Ledger.open(tmp_path / "b") as b:  # a finished shard
+        b.add_jobs(jobs)
+        for job in jobs[2:4]:
+            finish(b, job, device="cuda:1")
+        b.mark_failed(jobs[4].key, "oom")
+        b.put_scores([Score(jobs[2].key, "clip", 2.0), Score(jobs[3].key, "clip", 3.0),
+                      Score(jobs[4].key, "clip", float("nan"))])
+    with Ledger.open(tmp_path / "a") as a:
+        a.add_jobs(jobs)
+        for job in jobs[:3]:
+            finish(a, job, device="cuda:0")
+        a.put_scores([Score(jobs[2].key, "clip", 1.0)])
+
+        result = a.merge_from(tmp_path / "b")
+        assert (result.jobs_added, result.jobs_already_done, result.bad_images) == (1, 1, {})
+        assert a.done_keys() == {j.key for j in jobs[:4]}
+        assert a.count() == 5 and a.status_of(jobs[4].key) == "pending"
+        frame = a.jobs_frame().set_index("key")
+        assert frame.loc[jobs[2].key, "device"] == "cuda:0"  # ours kept
+        assert frame.loc[jobs[3].key, "device"] == "cuda:1"
+        assert read_provenance(a.image_path(jobs[3].key))["key"] == jobs[3].key
+        scores = a.scores_frame().set_index("key")["value"].to_dict()
+        assert scores == {jobs[2].key: 1.0, jobs[3].key: 3.0}
+        assert result.scores_added == 1
+
+        again = a.merge_from(tmp_path / "b")
+        assert (again.jobs_added, again.scores_added) == (0, 0)
+        assert not any(is_temp_name(p.name) for p in a.images_dir.iterdir())
+
+
+def test_merge_adds_rows_for_keys_it_did_not_know_and_skips_damaged_images(tmp_path):
+    jobs = make_jobs(3)
+    with Ledger.open(tmp_path / "a") as a, Ledger.open(tmp_path / "b") as b:
+        b.add_jobs(jobs)
+        for job in jobs:
+            finish(b, job)
+        b.image_path(jobs[0].key).write_bytes(b"\x89PNG\r\n\x1a\n broken")
+        result = a.merge_from(tmp_path / "b")
+        assert "CRC" in result.bad_images[jobs[0].key] or "truncated" in result.bad_images[jobs[0].key]
+        assert a.all_jobs() == jobs[1:]
+        assert a.done_keys() == {j.key for j in jobs[1:]}
+        assert all(check_png(a.image_path(j.key)) is None for j in jobs[1:])
+
+
+# ---------------------------------------------------------------- kill -9
+
+
+CHILD = textwrap.dedent("""
+    import os, sys
+    from PIL import Image
+    from harness.core import Job
+    from harness.ledger import Ledger
+    from harness.provenance import a1111_parameters, provenance_record, write_png_atomic
+
+    jobs = [Job("tiny", "cd" * 32, "txt2img", f"prompt {i}", "", i, 4, 7.0, "ddim", 96, 96)
+            for i in range(1000)]
+    with Ledger.open(sys.argv[1]) as led:
+        led.reconcile()
+        led.add_jobs(jobs)
+        pending = led.pending_jobs()
+        provenance_record(jobs[0])  # warm the library-version cache
+        print("ready", flush=True)
+        for n, job in enumerate(pending):
+            image = Image.frombytes("RGB", (96, 96), os.urandom(96 * 96 * 3))
+            write_png_atomic(led.image_path(job.key), image, provenance=provenance_record(job),
+                             parameters=a1111_parameters(job, sampler="DDIM", model_name="tiny"))
+            led.mark_done(job.key, batch_id=n, batch_size=1, slot=0, seconds=0.0, device="cpu",
+                          dtype="float32")
+""")
+
+
+def test_kill_9_at_a_random_moment_never_leaves_a_bad_done_image(tmp_path):
+    run = tmp_path / "run"
+    rng = random.Random()
+    done_before = 0
+    for _ in range(3):
+        delay = rng.uniform(0.05, 0.5)
+        child = subprocess.Popen([sys.executable, "-c", CHILD, str(run)], stdout=subprocess.PIPE, text=True)
+        assert child.stdout.readline().strip() == "ready"
+        time.sleep(delay)
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        with Ledger.open(run) as led:
+            result = led.reconcile(decode=True)
+            assert result.requeued == {}, f"kill after {delay:.3f}s left bad done rows"
+            assert not any(is_temp_name(p.name) for p in led.images_dir.iterdir())
+            done = led.done_keys()
+            assert len(done) >= done_before
+            for key in done:
+                assert check_png(led.image_path(key), decode=True) is None
+                assert read_provenance(led.image_path(key))["key"] == key
+            done_before = len(done)
+    assert done_before > 0

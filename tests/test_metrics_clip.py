@@ -1,0 +1,228 @@
+"""CLIP metrics on the built-in tiny CLIP: values, truncation, cache, conventions, bad items."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("open_clip")
+skdata = pytest.importorskip("skimage.data")
+
+from PIL import Image  # noqa: E402
+
+from harness.metrics import Item, get_metric  # noqa: E402
+from harness.metrics.clip_embed import EmbeddingCache  # noqa: E402
+from harness.metrics.clip_models import TINY_ARCH, TINY_WEIGHTS, ensure_tiny_clip  # noqa: E402
+
+PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera", "moon")
+PROMPTS = ("a photo of an astronaut", "a cup of coffee", "a cat", "a rocket on the launch pad",
+           "a man with a camera", "the moon")
+LONG_PROMPT = " ".join(["a highly detailed matte painting of a castle on a hill"] * 10)  # 100 words
+
+
+@pytest.fixture(scope="module")
+def harness_cache(tmp_path_factory):
+    root = tmp_path_factory.mktemp("harness-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HARNESS_CACHE", str(root))
+        yield root
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> list[Path]:
+    folder = tmp_path_factory.mktemp("photos")
+    paths = []
+    for name in PHOTOS:
+        image = Image.fromarray(getattr(skdata, name)()).convert("RGB").resize((96, 96), Image.BICUBIC)
+        path = folder / f"{name}.png"
+        image.save(path)
+        paths.append(path)
+    return paths
+
+
+@pytest.fixture
+def items(photos) -> list[Item]:
+    return [Item(key=path.stem, image_path=path, prompt=prompt) for path, prompt in zip(photos, PROMPTS)]
+
+
+def tiny(metric: str, tmp_path: Path, **options):
+    return get_metric(metric, model="tiny", cache=str(tmp_path / "embeddings.sqlite"), **options)
+
+
+def reference_cosines(items: list[Item]) -> list[float]:
+    """cos(image, prompt) straight from open_clip, without any harness code but the weights' location."""
+    import open_clip
+    import torch
+
+    folder = ensure_tiny_clip()
+    open_clip.add_model_config(folder / f"{TINY_ARCH}.json")
+    model, _, preprocess = open_clip.create_model_and_transforms(TINY_ARCH, pretrained=str(folder / TINY_WEIGHTS))
+    model.eval()
+    tokenizer = open_clip.get_tokenizer(TINY_ARCH)
+    with torch.no_grad():
+        images = torch.stack([preprocess(Image.open(item.image_path).convert("RGB")) for item in items])
+        image_features = model.encode_image(images)
+        text_features = model.encode_text(tokenizer([item.prompt for item in items]))
+    image_features = image_features / image_features.norm(dim=-1, keepdim=True)
+    text_features = text_features / text_features.norm(dim=-1, keepdim=True)
+    return (image_features * text_features).sum(dim=-1).tolist()
+
+
+def test_clip_score_equals_independent_open_clip_computation(harness_cache, items, tmp_path):
+    expected = [max(100 * cos, 0.0) for cos in reference_cosines(items)]
+    scores = tiny("clip_score", tmp_path).score(items)
+    assert [s.key for s in scores] == [item.key for item in items]
+    assert [s.value for s in scores] == pytest.approx(expected, abs=1e-4)
+    assert any(v == 0.0 for v in expected) and any(v > 0 for v in expected), "want both clamped and positive cases"
+
+
+def test_clip_score_id_names_model_and_conventions(harness_cache, items, tmp_path):
+    metric = tiny("clip_score", tmp_path)
+    assert metric.id == "clip_score[model=tiny,pretrained=tiny,scale=100,clamp=image]"
+    assert all(s.metric == metric.id for s in metric.score(items[:1]))
+    assert tiny("clip_score", tmp_path, scale="2.5").id != metric.id
+
+
+def test_long_prompt_is_truncated_and_flagged(harness_cache, photos, tmp_path):
+    metric = tiny("clip_score", tmp_path)
+    long_score, short_score = metric.score([Item("long", photos[0], prompt=LONG_PROMPT),
+                                            Item("short", photos[0], prompt="a castle on a hill")])
+    assert long_score.detail["truncated"] is True
+    assert long_score.detail["tokens"] > 75
+    assert not math.isnan(long_score.value)
+    assert not short_score.detail.get("truncated")
+    assert short_score.detail["tokens"] == 5
+
+
+def test_rescoring_hits_the_embedding_cache(harness_cache, items, tmp_path):
+    cache = EmbeddingCache(tmp_path / "run" / "embeddings.sqlite")
+    first = get_metric("clip_score", model="tiny", cache=cache).score(items)
+    assert cache.hits == 0 and cache.misses == 2 * len(items)
+    again = get_metric("clip_score", model="tiny", cache=cache, scale=2.5).score(items)
+    assert cache.hits == 2 * len(items) and cache.misses == 2 * len(items)
+    assert [a.value for a in again] == pytest.approx([f.value * 2.5 / 100 for f in first], abs=1e-6)
+    assert len(cache) == 2 * len(items)
+
+
+def test_cache_persists_on_disk_between_processes(harness_cache, items, tmp_path):
+    path = tmp_path / "embeddings.sqlite"
+    get_metric("clip_score", model="tiny", cache=EmbeddingCache(path)).score(items)
+    reopened = EmbeddingCache(path)
+    get_metric("clip_score", model="tiny", cache=reopened).score(items)
+    assert reopened.misses == 0 and reopened.hits == 2 * len(items)
+
+
+def test_scale_2_5_is_the_clipscore_paper_convention(harness_cache, items, tmp_path):
+    cosines = reference_cosines(items)
+    scores = tiny("clip_score", tmp_path, scale=2.5).score(items)
+    assert [s.value for s in scores] == pytest.approx([2.5 * max(c, 0.0) for c in cosines], abs=1e-5)
+
+
+def test_batch_mean_clamp_reproduces_torchmetrics(harness_cache, items, tmp_path):
+    cosines = reference_cosines(items)
+    metric = tiny("clip_score", tmp_path, clamp="batch_mean")
+    values = [s.value for s in metric.score(items)]
+    assert values == pytest.approx([100 * c for c in cosines], abs=1e-4)  # unclamped per image
+    assert min(values) < 0
+    assert metric.aggregate(values) == pytest.approx(max(100 * float(np.mean(cosines)), 0.0), abs=1e-4)
+    per_image = tiny("clip_score", tmp_path)
+    assert per_image.aggregate([s.value for s in per_image.score(items)]) > metric.aggregate(values)
+
+
+def test_batch_size_does_not_change_scores(harness_cache, items, tmp_path):
+    one = get_metric("clip_score", model="tiny", cache="none", batch_size=1).score(items)
+    many = get_metric("clip_score", model="tiny", cache="none", batch_size=4).score(items)
+    assert [s.value for s in one] == pytest.approx([s.value for s in many], abs=1e-4)
+
+
+def test_image_similarity_of_an_image_with_itself_is_one(harness_cache, photos, tmp_path):
+    metric = tiny("clip_image_similarity", tmp_path)
+    same, other = metric.score([Item("same", photos[0], init_image_path=photos[0]),
+                                Item("other", photos[0], init_image_path=photos[1])])
+    assert same.value == pytest.approx(1.0, abs=1e-5)
+    assert -1.0 <= other.value < 1.0 - 1e-3
+
+
+def test_image_similarity_needs_an_init_image(harness_cache, photos, tmp_path):
+    (score,) = tiny("clip_image_similarity", tmp_path).score([Item("txt2img", photos[0], prompt="a cat")])
+    assert math.isnan(score.value)
+    assert "init image" in score.detail["reason"]
+
+
+def test_directional_is_nan_without_source_prompt(harness_cache, photos, tmp_path):
+    metric = tiny("clip_directional", tmp_path)
+    missing, scored = metric.score([
+        Item("no-source", photos[0], prompt="a cat", init_image_path=photos[1]),
+        Item("edit", photos[0], prompt="a photo of an astronaut", init_image_path=photos[1], source_prompt="a cat"),
+    ])
+    assert math.isnan(missing.value) and "source prompt" in missing.detail["reason"]
+    assert -1.0 <= scored.value <= 1.0
+
+
+def test_directional_matches_its_definition(harness_cache, photos, tmp_path):
+    metric = tiny("clip_directional", tmp_path)
+    item = Item("edit", photos[0], prompt="a photo of an astronaut", init_image_path=photos[1], source_prompt="a cat")
+    (score,) = metric.score([item])
+    out, init = metric.embedder.images([photos[0], photos[1]])
+    new, old = metric.embedder.texts(["a photo of an astronaut", "a cat"])
+    a, b = out - init, new.vector - old.vector
+    assert score.value == pytest.approx(float(a @ b / np.linalg.norm(a) / np.linalg.norm(b)), abs=1e-5)
+
+
+def test_directional_without_image_change_is_nan(harness_cache, photos, tmp_path):
+    (score,) = tiny("clip_directional", tmp_path).score(
+        [Item("same", photos[0], prompt="a dog", init_image_path=photos[0], source_prompt="a cat")])
+    assert math.isnan(score.value) and "identical" in score.detail["reason"]
+
+
+def test_corrupt_png_is_nan_while_the_rest_of_the_batch_is_scored(harness_cache, items, tmp_path):
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n" + b"not really a png" * 10)
+    batch = [items[0], Item("broken", broken, prompt="a cat"), Item("missing", tmp_path / "nope.png", prompt="x"),
+             Item("no-prompt", items[1].image_path), items[2]]
+    scores = tiny("clip_score", tmp_path).score(batch)
+    assert [s.key for s in scores] == [item.key for item in batch]
+    assert not math.isnan(scores[0].value) and not math.isnan(scores[4].value)
+    assert math.isnan(scores[1].value) and "unreadable" in scores[1].detail["reason"]
+    assert math.isnan(scores[2].value) and "not found" in scores[2].detail["reason"]
+    assert math.isnan(scores[3].value) and "no prompt" in scores[3].detail["reason"]
+
+
+def test_model_that_cannot_load_gives_nan_for_all_with_reason(items, tmp_path):
+    metric = get_metric("clip_score", model="ViT-B-32", pretrained=str(tmp_path / "missing.safetensors"), cache="none")
+    scores = metric.score(items[:3])
+    assert all(math.isnan(s.value) for s in scores)
+    assert all("missing.safetensors" in s.detail["reason"] and "not found" in s.detail["reason"] for s in scores)
+
+
+def test_unknown_pretrained_tag_lists_known_tags(items):
+    (score,) = get_metric("clip_score", model="ViT-B-32", pretrained="no-such-tag", cache="none").score(items[:1])
+    assert "unknown pretrained tag" in score.detail["reason"] and "openai" in score.detail["reason"]
+
+
+def test_tiny_clip_is_built_once_and_loadable_as_a_local_folder(harness_cache, items, tmp_path):
+    folder = ensure_tiny_clip()
+    assert folder == harness_cache / "clip" / "tiny"
+    assert {"open_clip_config.json", TINY_WEIGHTS} <= {p.name for p in folder.iterdir()}
+    mtime = (folder / TINY_WEIGHTS).stat().st_mtime_ns
+    assert ensure_tiny_clip() == folder and (folder / TINY_WEIGHTS).stat().st_mtime_ns == mtime
+    via_folder = get_metric("clip_score", model="folder", pretrained=str(folder), cache="none").score(items)
+    via_tiny = tiny("clip_score", tmp_path).score(items)
+    assert [s.value for s in via_folder] == pytest.approx([s.value for s in via_tiny], abs=1e-4)
+
+
+def test_tiny_clip_is_deterministic_and_leaves_global_rng_alone(harness_cache, tmp_path):
+    import torch
+
+    first = (ensure_tiny_clip() / TINY_WEIGHTS).read_bytes()
+    torch.manual_seed(123)
+    expected_next = torch.rand(1)
+    torch.manual_seed(123)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HARNESS_CACHE", str(tmp_path / "other-cache"))
+        other = ensure_tiny_clip()
+    assert torch.equal(torch.rand(1), expected_next)
+    assert (other / TINY_WEIGHTS).read_bytes() == first

@@ -1,0 +1,151 @@
+"""Invisible watermark: decoder fidelity, detection, false positives, edge cases."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+cv2 = pytest.importorskip("cv2")
+imwatermark = pytest.importorskip("imwatermark")
+skdata = pytest.importorskip("skimage.data")
+
+from PIL import Image  # noqa: E402
+
+from harness.metrics import Item, get_metric  # noqa: E402
+from harness.metrics.watermark import (  # noqa: E402
+    ALPHA, PRESETS, TOO_SMALL, bits_from_votes, block_votes, detect, detect_paths, embed, embed_file,
+    resolve_message,
+)
+from harness.metrics.watermark_robustness import natural_images  # noqa: E402
+
+
+def sd_scripts_watermark(rgb: np.ndarray) -> np.ndarray:
+    """What SD 1.x scripts/txt2img.py does, written against imwatermark directly."""
+    from imwatermark import WatermarkEncoder
+
+    encoder = WatermarkEncoder()
+    encoder.set_watermark("bytes", b"StableDiffusionV1")
+    bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+    return cv2.cvtColor(encoder.encode(bgr, "dwtDct"), cv2.COLOR_BGR2RGB)
+
+
+@pytest.fixture(scope="module")
+def photos() -> list[np.ndarray]:
+    return [rgb for _, rgb in natural_images(6, 512, gray=False)]
+
+
+def test_vectorised_decoder_equals_imwatermark_on_both_dtype_paths(photos):
+    from imwatermark import WatermarkDecoder
+
+    for rgb in (photos[0], sd_scripts_watermark(photos[1]), embed(photos[2], "sdxl", path="float32")):
+        bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+        for array in (bgr, bgr.astype(np.float32)):
+            for n_bits in (136, 32, 48):
+                reference = np.asarray(WatermarkDecoder("bits", n_bits).decode(array, "dwtDct"), dtype=bool)
+                assert np.array_equal(bits_from_votes(block_votes(array), n_bits), reference)
+
+
+def test_preset_messages_have_the_documented_lengths():
+    assert len(resolve_message("sdv1").bits) == 136 and PRESETS["sdv1"] == b"StableDiffusionV1"
+    assert len(resolve_message("sdv2").bits) == 32
+    assert resolve_message("sdxl").bits == tuple(int(b) for b in bin(0xB3EC907BB19E)[2:])
+    assert resolve_message("hello").name == "text:hello"
+    assert resolve_message("text:sdv1").bits != resolve_message("sdv1").bits
+
+
+def test_sd_v1_script_watermark_is_detected_on_natural_photos(photos):
+    for rgb in photos:
+        result = detect(sd_scripts_watermark(rgb))
+        evidence = result["messages"]["sdv1"]
+        assert result["detected"] is True and result["best"] == "sdv1"
+        assert evidence["p_corrected"] < 1e-3 and evidence["p_value"] < 1e-3
+        assert evidence["accuracy"] > 0.68
+
+
+def test_clean_photos_are_not_detected(photos):
+    images = natural_images(56, 256)  # 7 colour + 5 grey sources, crops and mirror images
+    assert len({rgb.tobytes() for _, rgb in images}) == 56
+    flagged = [name for name, rgb in images if detect(rgb)["detected"]]
+    assert flagged == []  # calibrated rate is <= 1e-3 per image: one hit in 56 would already be suspicious
+
+
+def test_clean_photo_evidence_is_reported_per_message(photos):
+    result = detect(photos[0])
+    assert result["detected"] is False and result["best"] is None
+    assert set(result["messages"]) == {"sdv1", "sdv2", "sdxl"}
+    assert result["attempts"] == 18  # 2 dtype paths x 9 grid offsets for a 512x512 image
+    for evidence in result["messages"].values():
+        assert 0 <= evidence["matched"] <= evidence["bits"]
+        assert evidence["p_corrected"] >= evidence["p_value"]
+
+
+def test_zero_heavy_text_message_is_not_a_false_positive(photos):
+    # Clean photos read (almost) all bits as 0, so a message that is mostly 0 bits
+    # "matches" by accident; the balance-conditioned p-value guards against it.
+    message = "0" * 40  # 0x30 = 00110000: 75 % zero bits
+    result = detect(photos[0], messages=[message])
+    evidence = result["messages"][f"text:{message}"]
+    assert evidence["p_binomial"] < 1e-6
+    assert result["detected"] is False
+
+
+def test_embed_keeps_the_input_type_and_is_detected():
+    rgb = natural_images(1, 320, gray=False)[0][1]
+    marked_array = embed(rgb, "sdv2")
+    assert isinstance(marked_array, np.ndarray) and marked_array.shape == rgb.shape
+    assert marked_array.dtype == np.uint8
+    marked_image = embed(Image.fromarray(rgb), "sdv2")
+    assert isinstance(marked_image, Image.Image) and marked_image.size == (320, 320)
+    assert np.array_equal(np.asarray(marked_image), marked_array)
+    assert detect(marked_array)["best"] == "sdv2"
+
+
+def test_float_path_watermark_is_read_on_the_float_path(photos):
+    result = detect(embed(photos[3], "sdxl", path="float32"))
+    assert result["best"] == "sdxl" and result["messages"]["sdxl"]["path"] == "float32"
+
+
+def test_small_crop_is_recovered_by_realignment(photos):
+    cropped = np.ascontiguousarray(sd_scripts_watermark(photos[0])[2:, 2:])
+    result = detect(cropped)
+    assert result["detected"] is True and result["messages"]["sdv1"]["offset"] == [2, 2]
+
+
+def test_image_smaller_than_256_gives_reason_and_nan(tmp_path):
+    small = np.zeros((200, 300, 3), np.uint8)
+    assert detect(small) == {"detected": None, "reason": TOO_SMALL, "size": [300, 200], "messages": {}}
+    path = tmp_path / "small.png"
+    Image.fromarray(small).save(path)
+    (score,) = get_metric("watermark").score([Item("small", path)])
+    assert math.isnan(score.value) and score.detail["reason"] == "image smaller than 256x256"
+    with pytest.raises(ValueError, match="smaller than 256x256"):
+        embed(small)
+
+
+def test_metric_and_file_helpers(tmp_path, photos):
+    from PIL.PngImagePlugin import PngInfo
+
+    clean = tmp_path / "clean.png"
+    info = PngInfo()
+    info.add_text("parameters", "a red fox\nSteps: 20, Seed: 1")
+    Image.fromarray(photos[4]).save(clean, pnginfo=info)
+    marked = embed_file(clean, tmp_path / "marked.png", "sdv1")
+    assert Image.open(marked).text["parameters"].startswith("a red fox")
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"garbage")
+    metric = get_metric("watermark")
+    assert metric.id == f"watermark[messages=sdv1+sdv2+sdxl,alpha={ALPHA:g}]"
+    scores = metric.score([Item("clean", clean), Item("marked", marked), Item("broken", broken)])
+    assert [s.value for s in scores[:2]] == [0.0, 1.0]
+    assert scores[1].detail["best"] == "sdv1"
+    assert math.isnan(scores[2].value) and "unreadable" in scores[2].detail["reason"]
+    found = detect_paths([clean, marked, broken])
+    assert [r["detected"] for r in found] == [False, True, None]
+    assert found[2]["reason"] and found[1]["path"] == str(marked)
+
+
+def test_unknown_embed_path_is_refused(photos):
+    with pytest.raises(ValueError, match="uint8, float32"):
+        embed(photos[0], "sdv1", path="float16")

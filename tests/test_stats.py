@@ -1,0 +1,307 @@
+"""Tests for harness.stats: calibration by simulation, hand-checked numbers, reporting."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, strategies as st
+from scipy import stats as sps
+
+from harness.stats import (
+    cluster_bootstrap_ci,
+    cluster_bootstrap_means,
+    holm,
+    paired_compare,
+    summarize,
+    t_interval,
+)
+
+ARTISTS = ["", "greg rutkowski", "ian mcque"]
+
+
+def study_table(values: dict[str, np.ndarray], n_clusters: int, n_seeds: int) -> pd.DataFrame:
+    """A tidy table: one row per (subject, seed, artist); values[artist] has shape (clusters, seeds)."""
+    rows = []
+    for c in range(n_clusters):
+        for s in range(n_seeds):
+            for artist, v in values.items():
+                rows.append({"key": f"{c}-{s}-{artist}", "f.subject": f"subject {c}", "f.artist": artist,
+                             "checkpoint": "tiny", "seed": s, "mode": "txt2img", "steps": 20, "guidance": 7.5,
+                             "width": 256, "height": 256, "m.clip_score": float(v[c, s]), "healthy": True})
+    return pd.DataFrame(rows)
+
+
+def simulated_pair(rng, n_clusters, n_seeds, effect, sd_cluster=0.5, sd_noise=0.5):
+    """Baseline arm and treatment arm whose difference is effect + cluster effect + noise."""
+    base = rng.normal(20, 1, (n_clusters, n_seeds))
+    diff = effect + rng.normal(0, sd_cluster, (n_clusters, 1)) + rng.normal(0, sd_noise, (n_clusters, n_seeds))
+    return {"": base, "greg rutkowski": base + diff}
+
+
+# ------------------------------------------------------------ calibration
+
+
+def test_cluster_bootstrap_ci_covers_true_effect_at_nominal_rate():
+    # Design: 30 clusters x 4 seeds, cluster SD 0.5 and seed noise SD 0.5 on the
+    # difference. With 30 clusters the percentile interval's small-sample
+    # shrinkage and the two-stage double count of seed noise roughly cancel
+    # (about 95% by a 2000-run simulation; 20 clusters with a dominant cluster
+    # effect gives about 93%). An interval that ignored clusters would cover
+    # only about 78% here.
+    rng = np.random.default_rng(20240501)
+    reps, covered = 400, 0
+    for _ in range(reps):
+        df = study_table(simulated_pair(rng, 30, 4, effect=0.5), 30, 4)
+        row = paired_compare(df, factor="artist", metric="clip_score", n_boot=400, rng=rng).rows[0]
+        covered += row.ci_low <= 0.5 <= row.ci_high
+    assert 0.925 <= covered / reps <= 0.975
+
+
+def test_wilcoxon_rejects_at_nominal_rate_without_effect():
+    # The cluster effect is shared by a cluster's seeds: a test that treated the
+    # 80 pairs as independent would reject far more often than 5%.
+    rng = np.random.default_rng(7)
+    reps, rejected = 400, 0
+    for _ in range(reps):
+        df = study_table(simulated_pair(rng, 20, 4, effect=0.0), 20, 4)
+        row = paired_compare(df, factor="artist", metric="clip_score", n_boot=1, rng=rng).rows[0]
+        rejected += row.p_value < 0.05
+    assert 0.02 <= rejected / reps <= 0.08
+
+
+def test_two_stage_bootstrap_resamples_seeds_within_a_cluster():
+    rng = np.random.default_rng(0)
+    values, clusters = np.array([1.0, 2.0, 3.0, 4.0]), np.zeros(4)
+    one_stage = cluster_bootstrap_means(values, clusters, n_boot=200, rng=rng, two_stage=False)
+    two_stage = cluster_bootstrap_means(values, clusters, n_boot=200, rng=rng, two_stage=True)
+    assert np.allclose(one_stage, 2.5)
+    assert two_stage.std() > 0.3
+    assert set(np.round(two_stage * 4)).issubset(set(range(4, 17)))
+
+
+def test_bootstrap_means_center_on_the_pair_mean_and_weight_by_pairs():
+    rng = np.random.default_rng(1)
+    values = np.array([0.0, 0.0, 0.0, 3.0])  # cluster a: three pairs, cluster b: one
+    clusters = ["a", "a", "a", "b"]
+    boot = cluster_bootstrap_means(values, clusters, n_boot=20000, rng=rng)
+    # draws: {a,a} -> 0, {b,b} -> 3, {a,b} -> 3/4 (pair-weighted, not 1.5)
+    assert set(np.round(boot, 6)) == {0.0, 0.75, 3.0}
+    lo, hi = cluster_bootstrap_ci(values, clusters, rng=rng, n_boot=400)
+    assert lo == 0.0 and hi == 3.0
+
+
+# ------------------------------------------------------------ hand-checked
+
+
+def crafted_table() -> pd.DataFrame:
+    # subjects s1, s2; seeds 0, 1; baseline values 10; diffs (style a) 0.5, 0.0 | 1.0, -0.25
+    # and (style b) 2, 2 | 2, 2.
+    rows = []
+    diffs = {"a": {("s1", 0): 0.5, ("s1", 1): 0.0, ("s2", 0): 1.0, ("s2", 1): -0.25},
+             "b": {("s1", 0): 2.0, ("s1", 1): 2.0, ("s2", 0): 2.0, ("s2", 1): 2.0}}
+    for subj in ("s1", "s2"):
+        for seed in (0, 1):
+            rows.append({"f.subject": subj, "f.style": "", "seed": seed, "m.score": 10.0, "healthy": True})
+            for style in ("a", "b"):
+                rows.append({"f.subject": subj, "f.style": style, "seed": seed,
+                             "m.score": 10.0 + diffs[style][(subj, seed)], "healthy": True})
+    return pd.DataFrame(rows)
+
+
+def test_crafted_table_mean_diff_pairs_and_win_rate_with_ties():
+    c = paired_compare(crafted_table(), factor="style", metric="score", tie_margin=0.1,
+                       rng=np.random.default_rng(0), n_boot=200)
+    a = c.rows[0]
+    assert (a.level, a.n_pairs, a.n_clusters) == ("a", 4, 2)
+    assert a.mean_diff == pytest.approx(0.3125)
+    assert (a.wins, a.ties, a.losses) == (2, 1, 1)
+    assert a.win_rate == pytest.approx(0.625)
+    assert c.tie_margin == 0.1 and "tie if |diff| <= 0.1" in c.method
+    # per-cluster mean diffs 0.25 and 0.375, both positive: exact two-sided p = 2 / 2**2
+    assert a.p_value == pytest.approx(0.5)
+    assert "smallest attainable p = 0.5" in a.note
+
+
+def test_crafted_table_holm_adjusts_across_levels():
+    c = paired_compare(crafted_table(), factor="style", metric="score", rng=np.random.default_rng(0), n_boot=200)
+    ps = [r.p_value for r in c.rows]
+    assert [r.p_holm for r in c.rows] == pytest.approx(holm(ps))
+    b = c.rows[1]
+    assert b.mean_diff == 2.0 and (b.ci_low, b.ci_high) == (2.0, 2.0) and b.win_rate == 1.0
+
+
+def test_holm_matches_hand_computed_values():
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert holm([0.5, 0.6]) == pytest.approx([1.0, 1.0])
+    out = holm([0.02, float("nan")])
+    assert out[0] == pytest.approx(0.02) and math.isnan(out[1])
+
+
+@given(st.lists(st.floats(0, 1), min_size=1, max_size=12))
+def test_holm_is_monotone_bounded_and_never_below_raw(ps):
+    adj = holm(ps)
+    order = np.argsort(ps, kind="stable")
+    assert all(a >= p - 1e-12 and a <= 1.0 for a, p in zip(adj, ps))
+    sorted_adj = np.asarray(adj)[order]
+    assert np.all(np.diff(sorted_adj) >= -1e-12)
+
+
+def test_all_zero_differences_give_p_one():
+    df = crafted_table()
+    df.loc[df["f.style"] == "a", "m.score"] = 10.0
+    row = paired_compare(df, factor="style", metric="score", rng=np.random.default_rng(0), n_boot=50).rows[0]
+    assert row.p_value == 1.0 and row.mean_diff == 0.0 and row.win_rate == 0.5
+
+
+# ------------------------------------------------------------ exclusions
+
+
+def test_unhealthy_unscored_and_unpaired_rows_are_excluded_and_counted():
+    df = crafted_table()
+    base = df["f.style"] == ""
+    unhealthy = df.index[(df["f.subject"] == "s1") & (df.seed == 0) & base][0]
+    df.loc[unhealthy, "healthy"] = False  # partners a and b of (s1, 0) become unpaired
+    unscored = df.index[(df["f.subject"] == "s2") & (df.seed == 1) & (df["f.style"] == "a")][0]
+    df.loc[unscored, "m.score"] = np.nan
+    c = paired_compare(df, factor="style", metric="score", tie_margin=0.1, rng=np.random.default_rng(0), n_boot=50)
+    assert c.n_excluded == {"unhealthy": 1, "unscored": 1, "unpaired": 2}
+    a = c.rows[0]
+    assert a.n_pairs == 2 and a.mean_diff == pytest.approx((0.0 + 1.0) / 2)
+    assert c.rows[1].n_pairs == 3
+
+
+def test_duplicate_conditions_fail_with_advice_on_pair_on():
+    df = pd.concat([crafted_table(), crafted_table().head(1)])
+    with pytest.raises(ValueError, match="pair_on"):
+        paired_compare(df, factor="style", metric="score", rng=np.random.default_rng(0))
+
+
+# ------------------------------------------------------------ names and errors
+
+
+def test_bare_factor_and_metric_names_map_to_columns():
+    c = paired_compare(crafted_table(), factor="style", metric="score", rng=np.random.default_rng(0), n_boot=20)
+    assert (c.factor, c.metric, c.baseline) == ("f.style", "m.score", "")
+    assert c.pair_on == ["f.subject", "seed"]
+
+
+def test_unknown_factor_error_lists_available_factors():
+    with pytest.raises(ValueError, match=r"styel.*f\.subject.*f\.style"):
+        paired_compare(crafted_table(), factor="styel", metric="score", rng=np.random.default_rng(0))
+
+
+def test_unknown_baseline_error_lists_levels():
+    with pytest.raises(ValueError, match=r"'c' is not a level.*'a', 'b'"):
+        paired_compare(crafted_table(), factor="style", metric="score", baseline="c", rng=np.random.default_rng(0))
+
+
+def test_unknown_metric_error_lists_metrics():
+    with pytest.raises(ValueError, match=r"m\.score"):
+        paired_compare(crafted_table(), factor="style", metric="clip", rng=np.random.default_rng(0))
+
+
+def test_rng_must_be_a_generator():
+    with pytest.raises(TypeError, match="Generator"):
+        paired_compare(crafted_table(), factor="style", metric="score", rng=0)
+
+
+def test_checkpoint_factor_pairs_on_artist_and_defaults_baseline_to_first_level():
+    rng = np.random.default_rng(3)
+    df = study_table({a: rng.normal(0, 1, (6, 2)) for a in ARTISTS}, 6, 2)
+    other = df.assign(checkpoint="sd-v1-5", **{"m.clip_score": df["m.clip_score"] + 1.0})
+    c = paired_compare(pd.concat([df, other]), factor="checkpoint", metric="clip_score", rng=rng, n_boot=50)
+    assert c.baseline == "sd-v1-5" and "f.artist" in c.pair_on and "checkpoint" not in c.pair_on
+    row = c.rows[0]
+    assert row.level == "tiny" and row.n_pairs == 36 and row.n_clusters == 18
+    assert row.mean_diff == pytest.approx(-1.0) and row.win_rate == 0.0
+    assert c.ranking is None
+
+
+def test_explicit_baseline_and_lower_is_better_flip_wins():
+    c = paired_compare(crafted_table(), factor="style", metric="score", baseline="b", higher_is_better=False,
+                       rng=np.random.default_rng(0), n_boot=20)
+    assert [r.level for r in c.rows] == ["", "a"]
+    assert all(r.win_rate == 1.0 for r in c.rows)  # both are lower than b everywhere
+    assert [r.level for r in c.ranking][0] == ""
+
+
+# ------------------------------------------------------------ ranking
+
+
+def test_ranking_recovers_clearly_different_levels_with_tight_intervals():
+    rng = np.random.default_rng(11)
+    true = {"": 0.0, "greg rutkowski": 2.0, "ian mcque": 1.0}
+    subject = rng.normal(0, 1, (12, 1))
+    values = {a: subject + m + rng.normal(0, 0.2, (12, 3)) for a, m in true.items()}
+    c = paired_compare(study_table(values, 12, 3), factor="artist", metric="clip_score", rng=rng, n_boot=500)
+    assert [r.level for r in c.ranking] == ["greg rutkowski", "ian mcque", ""]
+    for i, r in enumerate(c.ranking, start=1):
+        assert r.rank == i and (r.rank_ci_low, r.rank_ci_high) == (i, i)
+        assert r.n_blocks == 36 and r.n_clusters == 12
+        # means share the subject effect, so intervals are wide but rank-stable
+        assert r.ci_low <= np.mean(values[r.level]) <= r.ci_high
+
+
+# ------------------------------------------------------------ summarize
+
+
+def test_summarize_matches_scipy_t_interval_and_counts_exclusions():
+    rng = np.random.default_rng(5)
+    df = study_table({a: rng.normal(i, 1, (5, 2)) for i, a in enumerate(ARTISTS)}, 5, 2)
+    df.loc[0, "healthy"] = False
+    df.loc[1, "m.clip_score"] = np.nan
+    out = summarize(df, ["f.artist"], "clip_score").set_index("f.artist")
+    for artist in ARTISTS:
+        x = df[(df["f.artist"] == artist) & df.healthy]["m.clip_score"].dropna().to_numpy()
+        lo, hi = sps.t.interval(0.95, df=len(x) - 1, loc=x.mean(), scale=sps.sem(x))
+        row = out.loc[artist]
+        assert row["n"] == len(x) and row["sd"] == pytest.approx(x.std(ddof=1))
+        assert row["sem"] == pytest.approx(sps.sem(x))
+        assert (row["ci_low"], row["ci_high"]) == pytest.approx((lo, hi))
+    assert out.loc["", "n_unhealthy"] == 1 and out.loc["greg rutkowski", "n_unscored"] == 1
+    assert out["n_unhealthy"].sum() == 1 and out["n_unscored"].sum() == 1
+
+
+def test_t_interval_is_nan_below_two_values():
+    assert all(math.isnan(v) for v in t_interval([1.0]))
+    assert all(math.isnan(v) for v in t_interval([1.0, float("nan")]))
+
+
+# ------------------------------------------------------------ output
+
+
+def test_to_dict_is_json_serialisable_with_nan_as_null():
+    df = crafted_table()
+    df.loc[df["f.style"] == "a", "healthy"] = False  # level a has no pairs: NaN fields
+    c = paired_compare(df, factor="style", metric="score", rng=np.random.default_rng(0), n_boot=20)
+    d = json.loads(json.dumps(c.to_dict(), allow_nan=False))
+    a = d["rows"][0]
+    assert a["level"] == "a" and a["n_pairs"] == 0 and a["mean_diff"] is None and a["p_value"] is None
+    assert "no complete pairs" in a["note"]
+    assert d["n_excluded"]["unhealthy"] == 4 and d["ranking"] == []
+
+
+def test_to_markdown_has_header_and_one_row_per_level():
+    c = paired_compare(crafted_table(), factor="style", metric="score", rng=np.random.default_rng(0), n_boot=20)
+    lines = c.to_markdown().splitlines()
+    start = next(i for i, ln in enumerate(lines) if ln.startswith("|"))
+    table = []
+    for ln in lines[start:]:
+        if not ln.startswith("|"):
+            break
+        table.append(ln)
+    assert table[0].startswith("| level | pairs |") and set(table[1]) <= set("|-")
+    assert [row.split("|")[1].strip() for row in table[2:]] == ["a", "b"]
+    assert len({ln.count("|") for ln in table}) == 1
+
+
+def test_to_text_and_to_frame_list_every_level():
+    c = paired_compare(crafted_table(), factor="style", metric="score", rng=np.random.default_rng(0), n_boot=20)
+    text = c.to_text()
+    assert "pairs" in text and "\na " in text and "\nb " in text and "(empty)" in text
+    frame = c.to_frame()
+    assert list(frame["level"]) == ["a", "b"] and {"mean_diff", "ci_low", "p_holm", "win_rate"} <= set(frame)
