@@ -262,6 +262,8 @@ _VOLATILE_KEYS = {"_diffusers_version", "transformers_version", "_name_or_path",
 
 
 def _json_digest(path: Path) -> str:
+    if path.stat().st_size > 256 << 10:  # tokenizer.json and other data files: raw bytes
+        return file_sha256(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except ValueError:
@@ -558,6 +560,7 @@ def derive_pipeline(pipe, mode: str, scheduler: str | None = None):
     components["scheduler"] = make_scheduler(scheduler, base) if scheduler else type(pipe.scheduler).from_config(base)
     out = cls(**components, requires_safety_checker=False)
     out.set_progress_bar_config(disable=True)
+    out.harness_fingerprint = getattr(pipe, "harness_fingerprint", None)
     return out
 
 
@@ -576,6 +579,13 @@ def _weights_variant(folder: Path) -> str | None:
     return None
 
 
+def _dtype_keyword() -> str:
+    """diffusers renamed `torch_dtype` to `dtype` (the old name now warns); use what this version wants."""
+    from diffusers.utils import deprecation_utils
+
+    return "dtype" if hasattr(deprecation_utils, "_TORCH_DTYPE_DEPRECATION_MESSAGE") else "torch_dtype"
+
+
 def load_pipeline(ref: CheckpointRef, mode: str = "txt2img", *, device: str | None = "cpu", dtype=None,
                   scheduler: str | None = None, config: str | None = None):
     """Load `ref` as a txt2img or img2img pipeline without touching the network.
@@ -589,8 +599,8 @@ def load_pipeline(ref: CheckpointRef, mode: str = "txt2img", *, device: str | No
     cls = _pipeline_class(mode)
     if scheduler is not None:
         scheduler_spec(scheduler)
-    kwargs = dict(torch_dtype=dtype, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-                  local_files_only=True)
+    kwargs = dict(safety_checker=None, feature_extractor=None, requires_safety_checker=False, local_files_only=True)
+    kwargs[_dtype_keyword()] = dtype
     with hub_offline():
         if ref.kind == "file":
             pipe = _load_single_file(ref, kwargs, config or ref.config)
@@ -603,6 +613,7 @@ def load_pipeline(ref: CheckpointRef, mode: str = "txt2img", *, device: str | No
                 raise CheckpointError(f"checkpoint {ref.name!r}: loading the diffusers folder {folder} failed: {exc}. "
                                       f"Check that every component listed in model_index.json has its config and "
                                       f"weights (re-download, or rebuild a built-in by deleting the folder)") from exc
+    pipe.harness_fingerprint = ref.fingerprint  # lets generate_batch check that jobs match the weights
     if type(pipe) is not cls or scheduler is not None:
         pipe = derive_pipeline(pipe, mode, scheduler)
     pipe.set_progress_bar_config(disable=True)

@@ -17,6 +17,7 @@ from typing import List, Optional
 import typer
 
 from .expand import compile_template, count_info
+from .experiment import ExperimentError
 from .grammar import GrammarError
 from .wildcards import WildcardLibrary, default_search_path
 
@@ -96,6 +97,101 @@ def write_variants(variants, fmt: Fmt, factors: list[str]) -> None:
             out.write(json.dumps(v.to_dict(), ensure_ascii=False) + "\n")
         else:
             out.write(v.prompt + "\n")
+
+
+class PlanFmt(str, Enum):
+    text = "text"
+    jsonl = "jsonl"
+
+
+def _parse_shard(shard: Optional[str]) -> Optional[tuple[int, int]]:
+    if shard is None:
+        return None
+    try:
+        i, n = (int(x) for x in shard.split("/"))
+    except ValueError:
+        fail(f"--shard {shard!r}: expected i/n, for example 0/4")
+    if not 0 <= i < n:
+        fail(f"--shard {shard!r}: expected 0 <= i < n")
+    return i, n
+
+
+def _user_errors():
+    """Errors a user can fix, shown as one clean message with exit code 2."""
+    from .checkpoints import CheckpointError
+    return (ExperimentError, GrammarError, CheckpointError, FileNotFoundError)
+
+
+@app.command()
+def plan(
+    experiment: Path = typer.Argument(..., help="experiment .toml"),
+    fmt: PlanFmt = typer.Option(PlanFmt.text, "--format", help="text | jsonl (one job per line)"),
+    shard: Optional[str] = typer.Option(None, "--shard", help="Only the jobs of shard i/n."),
+) -> None:
+    """Show the jobs an experiment makes: count, factors, batch groups, time estimate."""
+    from .experiment import load_experiment
+    from .plan import make_plan, shard as shard_jobs
+
+    try:
+        exp = load_experiment(experiment)
+        p = make_plan(exp)
+    except _user_errors() as e:
+        fail(str(e))
+    jobs = list(p.jobs) if shard is None else shard_jobs(p.jobs, *_parse_shard(shard))
+    if fmt is PlanFmt.jsonl:
+        for job in jobs:
+            sys.stdout.write(json.dumps(job.to_dict(), ensure_ascii=False) + "\n")
+        return
+    from .plan import group_jobs
+    groups = group_jobs(jobs)
+    typer.echo(f"experiment: {exp.name} ({exp.path})")
+    typer.echo(f"jobs: {len(jobs)}")
+    typer.echo(f"factors: {', '.join(p.factors) or '(none)'}")
+    for name, ref in p.checkpoints.items():
+        typer.echo(f"checkpoint {name}: {ref.kind} {ref.source} fingerprint {ref.fingerprint}")
+    typer.echo(f"groups (jobs sharing pipeline calls): {len(groups)}")
+    for g, gj in groups.items():
+        j = gj[0]
+        strength = f" strength={j.strength}" if j.mode == "img2img" else ""
+        typer.echo(f"  {len(gj):6d}  {j.checkpoint} {j.mode}{strength} steps={j.steps} cfg={j.guidance} "
+                   f"{j.scheduler} {j.width}x{j.height} dtype={j.dtype}")
+    for device in ("cpu", "cuda"):
+        typer.echo(f"estimate on {device}: {_duration(p.estimate_seconds(device) * len(jobs) / max(1, len(p.jobs)))}")
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+@app.command()
+def run(
+    experiment: Path = typer.Argument(..., help="experiment .toml"),
+    out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default reports/<name>)."),
+    force: bool = typer.Option(False, "--force", help="Regenerate images that are already done."),
+    exact: bool = typer.Option(False, "--exact", help="One image per pipeline call: bitwise repeatable."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda | mps"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Override the batch size."),
+    shard: Optional[str] = typer.Option(None, "--shard", help="Run only shard i/n of the plan (by key)."),
+) -> None:
+    """Generate every image of an experiment into its run folder (resumable)."""
+    from .run import run_experiment
+
+    try:
+        r = run_experiment(experiment, out=out, force=force, exact=exact or None, device=device,
+                           batch_size=batch_size, shard=_parse_shard(shard))
+    except _user_errors() as e:
+        fail(str(e))
+    typer.echo(f"run folder: {r.run_dir}")
+    typer.echo(f"jobs: {r.planned} planned, {r.already_done} already done, {r.generated} generated"
+               + (f" ({r.images_per_s:.2f} images/s on {r.device})" if r.generated else ""))
+    if r.unhealthy:
+        typer.echo(f"unhealthy images: {r.unhealthy} (black, uniform or NaN; excluded from statistics)")
+    for m in r.oom_events:
+        typer.echo(f"note: {m}")
 
 
 def main() -> None:  # pragma: no cover

@@ -388,6 +388,16 @@ class Ledger:
             conn.execute(f"UPDATE jobs SET status = 'failed', {_CLEAR_RUN}, error = ? WHERE key = ?",
                          (str(error), key))
 
+    def drop_pending(self, keep: Iterable[str]) -> int:
+        """Delete pending or failed rows whose key is not in `keep` (jobs an
+        edited experiment no longer asks for). Done rows and images stay."""
+        keep = set(keep)
+        with self._write() as conn:
+            stale = [k for (k,) in conn.execute("SELECT key FROM jobs WHERE status != 'done'") if k not in keep]
+            for key in stale:
+                conn.execute("DELETE FROM jobs WHERE key = ?", (key,))
+        return len(stale)
+
     def requeue_failed(self) -> int:
         """Put every failed job back to pending; returns how many."""
         with self._write() as conn:

@@ -47,6 +47,7 @@ SD_SCHEDULER_CONFIG = {
     "skip_prk_steps": True,
     "steps_offset": 1,
     "prediction_type": "epsilon",
+    "clip_sample": False,  # read by DDIM/DDPM when a scheduler is swapped in, as in SD v1.5's config
 }
 
 TINY_UNET = {
@@ -246,13 +247,14 @@ def build_pipeline(folder: Path, *, namespace: str, unet: dict, vae: dict, text:
     text_model = CLIPTextModel(CLIPTextConfig(**text))
     for part, model in (("unet", unet_model), ("vae", vae_model), ("text_encoder", text_model)):
         deterministic_init(model, f"{namespace}/{part}")
-        model.to(dtype)
+        if dtype != torch.float32:
+            model.to(dtype)
     pipe = StableDiffusionPipeline(
         vae=vae_model,
         text_encoder=text_model,
         tokenizer=clip_tokenizer(folder.parent / f"{folder.name}.tok"),
         unet=unet_model,
-        scheduler=PNDMScheduler(**SD_SCHEDULER_CONFIG),
+        scheduler=PNDMScheduler.from_config(SD_SCHEDULER_CONFIG),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,

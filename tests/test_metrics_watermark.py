@@ -103,7 +103,13 @@ def test_embed_keeps_the_input_type_and_is_detected():
 
 
 def test_float_path_watermark_is_read_on_the_float_path(photos):
-    result = detect(embed(photos[3], "sdxl", path="float32"))
+    marked = embed(photos[0], "sdxl", path="float32")  # diffusers' SDXL way
+    sdxl = resolve_message("sdxl").array
+    bgr = np.ascontiguousarray(marked[:, :, ::-1])
+    on_uint8 = (bits_from_votes(block_votes(bgr), 48) == sdxl).mean()
+    on_float = (bits_from_votes(block_votes(bgr.astype(np.float32)), 48) == sdxl).mean()
+    assert on_float == 1.0 and on_uint8 < 0.9
+    result = detect(marked)
     assert result["best"] == "sdxl" and result["messages"]["sdxl"]["path"] == "float32"
 
 

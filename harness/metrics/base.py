@@ -15,7 +15,7 @@ from __future__ import annotations
 import difflib
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterable, Mapping, Sequence
 
@@ -219,7 +219,8 @@ def register(cls: type[Metric]) -> type[Metric]:
     """Class decorator: make a metric available by its INFO.name."""
     name = cls.INFO.name
     if name in _REGISTRY and _REGISTRY[name] is not cls:
-        raise ValueError(f"metric name {name!r} is registered twice ({_REGISTRY[name].__module__} and {cls.__module__})")
+        raise ValueError(f"metric name {name!r} is registered twice "
+                         f"({_REGISTRY[name].__module__} and {cls.__module__})")
     _REGISTRY[name] = cls
     return cls
 
@@ -290,7 +291,7 @@ def cache_dir() -> Path:
 
 def read_rgb(path: Path | str):
     """(PIL RGB image, None) or (None, reason). Never raises for a bad file."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     try:
         with Image.open(path) as image:
@@ -298,7 +299,7 @@ def read_rgb(path: Path | str):
             return image.convert("RGB"), None
     except FileNotFoundError:
         return None, f"image file not found: {path}"
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+    except Exception as exc:  # any decoder failure (PIL raises many types) is a per-item reason
         return None, f"image unreadable: {path}: {type(exc).__name__}: {exc}"
 
 

@@ -53,7 +53,8 @@ class ClipDirectional(ClipMetric):
             if np.linalg.norm(image_dir) < _ZERO:
                 results.append((math.nan, {"reason": "output embeds identical to the init image: no image direction"}))
             elif np.linalg.norm(text_dir) < _ZERO:
-                results.append((math.nan, {"reason": "prompt embeds identical to the source prompt: no text direction"}))
+                reason = "prompt embeds identical to the source prompt: no text direction"
+                results.append((math.nan, {"reason": reason}))
             else:
                 results.append((cosine(image_dir, text_dir), detail))
         return results

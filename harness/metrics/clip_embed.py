@@ -31,7 +31,8 @@ DEFAULT_PRETRAINED = "openai"
 
 # The options every CLIP-based metric takes; model and pretrained enter the metric id.
 CLIP_OPTIONS: dict[str, Option] = {
-    "model": Option(DEFAULT_MODEL, "open_clip architecture (ViT-L-14, ViT-H-14, ...) or tiny for the built-in test model"),
+    "model": Option(DEFAULT_MODEL, "open_clip architecture (ViT-L-14, ViT-H-14, ...) or tiny for the "
+                    "built-in test model"),
     "pretrained": Option(DEFAULT_PRETRAINED, "open_clip pretrained tag, a weights file, or a folder with "
                          "open_clip_config.json; model=tiny takes pretrained=tiny (its default)"),
     "device": Option("auto", "torch device: auto, cpu, cuda, cuda:1 ...", in_id=False),
@@ -127,8 +128,18 @@ class ClipEmbedder:
         self.pretrained = pretrained
         self.device = device
         self.batch_size = batch_size
-        self.cache = open_cache(cache)
+        self._cache_spec = cache
+        self._cache: EmbeddingCache | None = None
         self._clip: ClipModel | None = None
+
+    @property
+    def cache(self) -> EmbeddingCache | None:
+        """The embedding cache, opened on first use (making a metric touches no file)."""
+        if self._cache is None and self._cache_spec is not None:
+            self._cache = open_cache(self._cache_spec)
+            if self._cache is None:
+                self._cache_spec = None  # 'none': no cache
+        return self._cache
 
     @classmethod
     def from_options(cls, options: dict[str, Any]) -> "ClipEmbedder":
@@ -154,7 +165,7 @@ class ClipEmbedder:
         return results
 
     def _images_batch(self, paths: Sequence[Path | str]) -> list[np.ndarray | str]:
-        from PIL import Image, UnidentifiedImageError
+        from PIL import Image
 
         results: list[np.ndarray | str | None] = [None] * len(paths)
         digests: list[str | None] = [None] * len(paths)
@@ -179,7 +190,7 @@ class ClipEmbedder:
                 with Image.open(io.BytesIO(raw[i])) as image:
                     image.load()
                     todo.append((i, image.convert("RGB")))
-            except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+            except Exception as exc:  # any decoder failure (PIL raises many types) is a per-item reason
                 results[i] = f"image unreadable: {paths[i]}: {type(exc).__name__}: {exc}"
         fresh: dict[str, np.ndarray] = {}
         if todo:

@@ -166,7 +166,8 @@ def _open(model_name: str, pretrained: str | None, device: str, ident: str) -> C
                     f"(HF_HOME, default ~/.cache/huggingface) and are downloaded when online. Offline: fetch them "
                     f"once on a machine with network (python -c \"import open_clip; "
                     f"open_clip.create_model_and_transforms('{model_name}', pretrained='{pretrained}')\") and copy "
-                    f"the cache over, or pass pretrained=/path/to/weights.safetensors")
+                    f"the cache over, or pass pretrained=/path/to/weights.safetensors; HF_HUB_OFFLINE=1 makes "
+                    f"an offline attempt fail at once instead of after the hub's retries")
         raise ClipLoadError(f"could not load CLIP model={model_name!r} pretrained={pretrained!r}: "
                             f"{type(exc).__name__}: {exc}{hint}") from exc
     clip.eval()

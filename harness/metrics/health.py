@@ -89,7 +89,7 @@ class Health(Metric):
     INFO = INFO
 
     def _score(self, items: list[Item]) -> list[tuple[float, dict]]:
-        from PIL import Image, UnidentifiedImageError
+        from PIL import Image
 
         out: list[tuple[float, dict]] = []
         for item in items:
@@ -100,7 +100,7 @@ class Health(Metric):
             except FileNotFoundError:
                 out.append((float("nan"), {"reason": f"image file not found: {item.image_path}"}))
                 continue
-            except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+            except Exception as exc:  # any decoder failure (PIL raises many types) is a per-item reason
                 out.append((0.0, {"flags": ["unreadable"], "reason": f"image unreadable: {type(exc).__name__}: {exc}"}))
                 continue
             ok, flags, stats = _check(arr, (0.0, 255.0) if arr.dtype.kind == "f" else None)

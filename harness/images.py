@@ -1,0 +1,53 @@
+"""Init images as the pipeline sees them: load, fit, hash. Pillow only, no torch.
+
+The rule: apply EXIF rotation, convert to RGB (alpha dropped), scale to cover
+width x height keeping the aspect ratio (Lanczos), then centre-crop. The hash
+of the prepared pixels goes into the job key, so editing an init image, or
+changing the size it is fitted to, makes new jobs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from PIL import Image, ImageOps
+
+
+def fit_cover(img: Image.Image, width: int, height: int) -> Image.Image:
+    """Resize to cover width x height keeping the aspect ratio, then centre-crop.
+
+    The scale is max(width / w, height / h); the scaled size is rounded and
+    never smaller than the target; the crop box starts at ((W - width) // 2,
+    (H - height) // 2). An image already at the target size is returned as is.
+    """
+    w, h = img.size
+    if (w, h) == (width, height):
+        return img
+    scale = max(width / w, height / h)
+    new_w, new_h = max(width, round(w * scale)), max(height, round(h * scale))
+    img = img.resize((new_w, new_h), Image.LANCZOS)
+    left, top = (new_w - width) // 2, (new_h - height) // 2
+    return img.crop((left, top, left + width, top + height))
+
+
+def load_init_image(path: str | Path, width: int, height: int) -> Image.Image:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"init image {str(path)!r} does not exist")
+    with Image.open(path) as im:
+        im = ImageOps.exif_transpose(im)
+        rgb = im.convert("RGB")
+    return fit_cover(rgb, width, height)
+
+
+def image_hash(img: Image.Image) -> str:
+    """SHA-256 of 'RGB WxH' and the RGB pixel bytes: the `Job.init_hash` of a prepared init image."""
+    rgb = img.convert("RGB")
+    digest = hashlib.sha256(f"RGB {rgb.width}x{rgb.height}\n".encode("ascii"))
+    digest.update(rgb.tobytes())
+    return digest.hexdigest()
+
+
+def init_hash(path: str | Path, width: int, height: int) -> str:
+    return image_hash(load_init_image(path, width, height))

@@ -1,0 +1,162 @@
+"""Experiment -> Jobs: the full cross product, content-keyed, grouped for batching.
+
+Nothing here touches torch. Checkpoints are resolved (for their fingerprints)
+through a function passed in, so plans can be built and tested without
+loading a model.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+from .core import Job, Variant, content_key
+from .expand import compile_template
+from .experiment import Experiment
+from .wildcards import WildcardLibrary, default_search_path
+
+NEGATIVE_PREFIX = "negative:"
+
+# Rough seconds per denoising step per 512x512 image, by (family, device); the
+# run's own timings replace these once some images are done.
+_STEP_SECONDS = {("tiny", "cpu"): 0.4, ("toy", "cpu"): 0.6, ("sd1", "cpu"): 6.0, ("sd2", "cpu"): 7.0,
+                 ("tiny", "cuda"): 0.004, ("toy", "cuda"): 0.006, ("sd1", "cuda"): 0.05, ("sd2", "cuda"): 0.06}
+
+
+@dataclass(frozen=True)
+class Plan:
+    experiment: Experiment
+    jobs: tuple[Job, ...]
+    factors: tuple[str, ...]
+    checkpoints: dict = field(default_factory=dict)  # name -> CheckpointRef
+
+    @property
+    def keys(self) -> list[str]:
+        return [j.key for j in self.jobs]
+
+    def groups(self) -> dict[tuple, list[Job]]:
+        """Jobs that can share one pipeline call, in checkpoint order."""
+        return group_jobs(self.jobs)
+
+    def estimate_seconds(self, device: str = "cpu", seconds_per_step: float | None = None) -> float:
+        total = 0.0
+        for job in self.jobs:
+            ref = self.checkpoints.get(job.checkpoint)
+            family = getattr(ref, "family", "sd1")
+            per = seconds_per_step or _STEP_SECONDS.get((family, device), _STEP_SECONDS[("sd1", device)]
+                                                        if ("sd1", device) in _STEP_SECONDS else 1.0)
+            steps = job.steps if job.mode == "txt2img" else max(1, int(job.strength * job.steps))
+            total += per * steps * (job.width * job.height) / (512 * 512)
+        return total
+
+
+def group_jobs(jobs: Iterable[Job]) -> dict[tuple, list[Job]]:
+    groups: dict[tuple, list[Job]] = defaultdict(list)
+    for job in jobs:
+        groups[job.group].append(job)
+    order = {}
+    for job in jobs:
+        order.setdefault(job.checkpoint, len(order))
+    return dict(sorted(groups.items(), key=lambda kv: (order[kv[0][1]], str(kv[0]))))
+
+
+def variants_of(exp: Experiment, library: WildcardLibrary | None = None) -> tuple[list[Variant], list[Variant]]:
+    """The prompt and negative-prompt variants of an experiment."""
+    library = library or WildcardLibrary(default_search_path(exp.base_dir))
+    tpl = compile_template(exp.prompt, library=library, origin=exp.prompt_origin)
+    if exp.expand == "sample":
+        prompts = tpl.sample(exp.sample, random.Random(exp.prompt_seed))
+    else:
+        prompts = list(tpl.expand())
+    if exp.negative_prompt.strip():
+        neg = compile_template(exp.negative_prompt, library=library, origin=f"{exp.path} (negative_prompt)")
+        negatives = [Variant(v.prompt, {NEGATIVE_PREFIX + k: val for k, val in v.factors.items()})
+                     for v in neg.expand()]
+    else:
+        negatives = [Variant("", {})]
+    return prompts, negatives
+
+
+def _random_params(exp: Experiment, prompt: str, negative: str, seed: int, draw: int, checkpoint: str) -> dict:
+    """Randomised parameters for one (variant, seed, draw): their own stream,
+    keyed by content so adding a variant never shifts another's draws."""
+    r = exp.randomize
+    rng = random.Random(content_key(["randomize", r.seed, prompt, negative, seed, draw, checkpoint]))
+    out = {}
+    if r.strength:
+        out["strength"] = round(rng.uniform(*r.strength), 2)
+    if r.steps:
+        out["steps"] = rng.randint(*r.steps)
+    if r.guidance:
+        out["guidance"] = round(rng.uniform(*r.guidance), 1)
+    return out
+
+
+def make_plan(exp: Experiment, *, resolve: Callable | None = None, library: WildcardLibrary | None = None,
+              init_hash: Callable | None = None) -> Plan:
+    """Build every job. `resolve(name, base_dir=...)` returns a CheckpointRef
+    (default: the checkpoint registry); `init_hash(path, w, h)` hashes an init
+    image as it will be fed to the pipeline (default: images.init_hash)."""
+    if resolve is None:
+        from .checkpoints import resolve as resolve_ref
+
+        def resolve(name, base_dir=None):
+            return resolve_ref(name, base_dir=base_dir)
+    if init_hash is None:
+        from .images import init_hash
+    prompts, negatives = variants_of(exp, library)
+    refs = {name: resolve(name, base_dir=exp.base_dir) for name in exp.checkpoints}
+    fingerprints: dict[str, str] = {}
+    for name, ref in refs.items():
+        if ref.fingerprint in fingerprints:
+            raise ValueError(f"{exp.path}: checkpoints '{fingerprints[ref.fingerprint]}' and '{name}' are the "
+                             f"same weights (fingerprint {ref.fingerprint}); list it once")
+        fingerprints[ref.fingerprint] = name
+
+    jobs: dict[str, Job] = {}
+    draws = exp.randomize.draws if exp.randomize else 1
+    hashes: dict[tuple, str] = {}
+    for ck, ref in refs.items():
+        width, height = exp.setting(ck, "width"), exp.setting(ck, "height")
+        base = dict(checkpoint=ck, fingerprint=ref.fingerprint, scheduler=exp.setting(ck, "scheduler"),
+                    width=width, height=height, dtype=exp.setting(ck, "dtype"), watermark=exp.watermark)
+        for mode in exp.modes:
+            inits = [(None, None)]
+            strengths: list = [None]
+            if mode == "img2img":
+                inits = []
+                for p in exp.init_images:
+                    if (p, width, height) not in hashes:
+                        hashes[(p, width, height)] = init_hash(p, width, height)
+                    inits.append((str(p), hashes[(p, width, height)]))
+                strengths = list(exp.strengths)
+            for v in prompts:
+                for neg in negatives:
+                    for seed in exp.seeds:
+                        for draw in range(draws):
+                            rnd = _random_params(exp, v.prompt, neg.prompt, seed, draw, ck) if exp.randomize else {}
+                            for init_path, ihash in inits:
+                                for strength in ([rnd["strength"]] if "strength" in rnd and mode == "img2img"
+                                                 else strengths):
+                                    job = Job(
+                                        **base, mode=mode, prompt=v.prompt, negative_prompt=neg.prompt, seed=seed,
+                                        steps=rnd.get("steps", exp.setting(ck, "steps")),
+                                        guidance=rnd.get("guidance", exp.setting(ck, "guidance")),
+                                        strength=strength, init_hash=ihash, init_image=init_path,
+                                        factors={**v.factors, **neg.factors},
+                                        meta={"template": exp.prompt, "negative_template": exp.negative_prompt,
+                                              "prompt_seed": exp.prompt_seed, "stage": "main",
+                                              **({"draw": draw} if draws > 1 else {})},
+                                    )
+                                    jobs.setdefault(job.key, job)
+    factors = list(dict.fromkeys(f for j in jobs.values() for f in j.factors))
+    return Plan(exp, tuple(jobs.values()), tuple(factors), refs)
+
+
+def shard(jobs: Iterable[Job], index: int, count: int) -> list[Job]:
+    """A deterministic 1/count of the jobs, chosen by key."""
+    if not (count >= 1 and 0 <= index < count):
+        raise ValueError(f"shard must be i/n with 0 <= i < n, got {index}/{count}")
+    return [j for j in jobs if int(j.key[:16], 16) % count == index]

@@ -1,0 +1,301 @@
+"""Checkpoint registry: built-in tiny model, resolution, fingerprints, single files, schedulers."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from harness import checkpoints as ck
+
+
+@pytest.fixture(scope="session")
+def harness_cache(tmp_path_factory):
+    """One HARNESS_CACHE for the session (shared by test files through the same base temp)."""
+    path = tmp_path_factory.getbasetemp() / "harness-cache"
+    before = os.environ.get(ck.CACHE_ENV)
+    os.environ[ck.CACHE_ENV] = str(path)
+    yield path
+    if before is None:
+        os.environ.pop(ck.CACHE_ENV, None)
+    else:
+        os.environ[ck.CACHE_ENV] = before
+
+
+@pytest.fixture(scope="session")
+def tiny_ref(harness_cache):
+    return ck.resolve("tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_pipe(tiny_ref):
+    return ck.load_pipeline(tiny_ref, "txt2img")
+
+
+@pytest.fixture
+def empty_hf_cache(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    path = tmp_path / "hf-hub"
+    path.mkdir()
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(path))
+    return path
+
+
+def fake_hub_snapshot(hf_cache: Path, repo: str, source: Path, commit: str = "0" * 40) -> Path:
+    """Lay out `source` the way huggingface_hub caches a downloaded repo."""
+    root = hf_cache / f"models--{repo.replace('/', '--')}"
+    (root / "refs").mkdir(parents=True)
+    (root / "refs" / "main").write_text(commit)
+    snapshot = root / "snapshots" / commit
+    shutil.copytree(source, snapshot)
+    return snapshot
+
+
+# ---------------------------------------------------------------- built-in tiny
+
+def test_tiny_resolves_to_a_builtin_diffusers_folder_in_the_cache(tiny_ref, harness_cache):
+    assert tiny_ref.kind == "builtin" and tiny_ref.family == "tiny" and tiny_ref.native_size == 512
+    folder = Path(tiny_ref.source)
+    assert folder.is_relative_to(harness_cache) and (folder / "model_index.json").is_file()
+    assert len(tiny_ref.fingerprint) == 10 and tiny_ref.model_hash == tiny_ref.fingerprint
+
+
+def test_tiny_is_built_once_and_leaves_no_temporary_folders(tiny_ref):
+    folder = Path(tiny_ref.source)
+    stamp = (folder / "model_index.json").stat().st_mtime_ns
+    again = ck.resolve("tiny")
+    assert again == tiny_ref
+    assert (folder / "model_index.json").stat().st_mtime_ns == stamp
+    assert [p.name for p in folder.parent.iterdir() if p.name.startswith(".")] == []
+
+
+def test_tiny_loads_through_from_pretrained_as_a_stable_diffusion_pipeline(tiny_pipe, tiny_ref):
+    assert type(tiny_pipe).__name__ == "StableDiffusionPipeline"
+    assert tiny_pipe.vae_scale_factor == 8
+    assert tiny_pipe.safety_checker is None
+    assert tiny_pipe.harness_fingerprint == tiny_ref.fingerprint
+    assert tiny_pipe.text_encoder.config.vocab_size == 49408
+    assert tiny_pipe.tokenizer.model_max_length == 77
+
+
+def test_tiny_fingerprint_is_the_same_when_built_in_another_cache(tiny_ref, tmp_path, monkeypatch):
+    monkeypatch.setenv(ck.CACHE_ENV, str(tmp_path / "other-cache"))
+    rebuilt = ck.resolve("tiny")
+    assert rebuilt.source != tiny_ref.source
+    assert rebuilt.fingerprint == tiny_ref.fingerprint
+
+
+def test_tiny_tokenizer_ids_equal_open_clip_simple_tokenizer(tiny_pipe):
+    from open_clip.tokenizer import SimpleTokenizer
+
+    reference = SimpleTokenizer()
+    for text in ["a photo of an astronaut riding a horse, by greg rutkowski",
+                 "Octane render, 35mm photograph!! 8k", "café au lait, (masterpiece:1.2)"]:
+        ours = tiny_pipe.tokenizer(text).input_ids
+        assert ours == [reference.sot_token_id, *reference.encode(text), reference.eot_token_id]
+
+
+def test_builtin_build_tolerates_another_process_finishing_first(harness_cache, monkeypatch):
+    def builder(path: Path) -> None:
+        path.mkdir(parents=True)
+        (path / "model_index.json").write_text("{}")
+        # meanwhile another process published the same built-in
+        target = ck.cache_dir() / "models" / "race-v1"
+        target.mkdir(parents=True, exist_ok=True)
+        (target / "model_index.json").write_text('{"winner": true}')
+        (target / "other").write_text("x")
+
+    monkeypatch.setitem(ck.BUILTINS, "race", ck.Builtin("race", builder, "race-v1", 512, "tiny"))
+    folder = ck.builtin_folder("race")
+    assert json.loads((folder / "model_index.json").read_text()) == {"winner": True}
+    assert not [p for p in folder.parent.iterdir() if p.name.startswith(".race")]
+
+
+def test_register_builtin_rejects_names_that_are_not_simple_identifiers():
+    with pytest.raises(ck.CheckpointError, match="register_builtin"):
+        ck.register_builtin("My Model", lambda p: None, folder="x")
+
+
+# ---------------------------------------------------------------- resolve
+
+def test_unknown_name_lists_builtins_and_aliases(harness_cache):
+    with pytest.raises(ck.CheckpointError) as err:
+        ck.resolve("stable-diffusion-99")
+    message = str(err.value)
+    assert "'stable-diffusion-99'" in message
+    for name in ("tiny", "sd15", "sd21-base"):
+        assert name in message
+
+
+def test_alias_not_in_hf_cache_says_where_it_looked_and_how_to_fix(empty_hf_cache):
+    with pytest.raises(ck.CheckpointError) as err:
+        ck.resolve("sd15")
+    message = str(err.value)
+    assert "stable-diffusion-v1-5/stable-diffusion-v1-5" in message
+    assert "Hugging Face cache" in message and str(empty_hf_cache) in message
+    assert "huggingface-cli download stable-diffusion-v1-5/stable-diffusion-v1-5" in message
+
+
+def test_aliases_accept_dotted_spellings():
+    assert ck.ALIASES["sd1.5"] == ck.ALIASES["sd15"]
+    assert ck.ALIASES["sd2.1-base"] == "stabilityai/stable-diffusion-2-1-base"
+    assert ck.ALIASES["sd14"] == "CompVis/stable-diffusion-v1-4"
+
+
+def test_hub_id_found_in_hf_cache_resolves_with_the_folder_fingerprint(tiny_ref, empty_hf_cache):
+    fake_hub_snapshot(empty_hf_cache, "someone/tiny-copy", Path(tiny_ref.source))
+    ref = ck.resolve("someone/tiny-copy")
+    assert (ref.kind, ref.source) == ("hub", "someone/tiny-copy")
+    assert ref.fingerprint == tiny_ref.fingerprint
+    pipe = ck.load_pipeline(ref, "img2img", scheduler="ddim")
+    assert type(pipe).__name__ == "StableDiffusionImg2ImgPipeline"
+
+
+def test_relative_folder_resolves_against_base_dir(tiny_ref, tmp_path):
+    shutil.copytree(tiny_ref.source, tmp_path / "models" / "mine")
+    ref = ck.resolve("models/mine", base_dir=tmp_path)
+    assert ref.kind == "folder" and ref.source == str((tmp_path / "models" / "mine").resolve())
+    assert ref.name == "models/mine" and ref.fingerprint == tiny_ref.fingerprint
+
+
+def test_folder_without_model_index_is_rejected_with_its_path(tmp_path):
+    (tmp_path / "weights").mkdir()
+    with pytest.raises(ck.CheckpointError, match="no model_index.json"):
+        ck.resolve(str(tmp_path / "weights"))
+
+
+def test_missing_path_is_reported_as_a_path(tmp_path):
+    with pytest.raises(ck.CheckpointError, match="no file or folder"):
+        ck.resolve("./nowhere/model.safetensors", base_dir=tmp_path)
+
+
+def test_folder_fingerprint_changes_when_a_weight_changes(tiny_ref, tmp_path):
+    copy = tmp_path / "edited"
+    shutil.copytree(tiny_ref.source, copy)
+    weights = copy / "vae" / "diffusion_pytorch_model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    assert ck.folder_fingerprint(copy) != tiny_ref.fingerprint
+
+
+def test_folder_fingerprint_ignores_library_version_stamps(tiny_ref, tmp_path):
+    copy = tmp_path / "restamped"
+    shutil.copytree(tiny_ref.source, copy)
+    config = copy / "unet" / "config.json"
+    data = json.loads(config.read_text())
+    data["_diffusers_version"] = "9.9.9"
+    config.write_text(json.dumps(data, indent=4))
+    assert ck.folder_fingerprint(copy) == tiny_ref.fingerprint
+
+
+# ---------------------------------------------------------------- single files
+
+@pytest.fixture(scope="session")
+def tiny_single_file(tiny_pipe, tmp_path_factory):
+    from harness.tiny import save_single_file
+
+    return save_single_file(tiny_pipe, tmp_path_factory.mktemp("single") / "tiny.safetensors")
+
+
+def test_single_file_fingerprint_is_the_a1111_model_hash(tiny_single_file, harness_cache):
+    ref = ck.resolve(str(tiny_single_file))
+    expected = hashlib.sha256(tiny_single_file.read_bytes()).hexdigest()[:10]
+    assert (ref.kind, ref.fingerprint, ref.model_hash, ref.family) == ("file", expected, expected, "sd1")
+
+
+def test_file_hash_is_cached_by_path_size_and_mtime(tmp_path, harness_cache):
+    path = tmp_path / "big.ckpt"
+    path.write_bytes(b"a" * (1 << 20))
+    first = ck.file_sha256(path)
+    entries = json.loads((harness_cache / "file-hashes.json").read_text())
+    assert entries[str(path.resolve())]["sha256"] == first
+    path.write_bytes(b"b" * (1 << 20) + b"!")
+    assert ck.file_sha256(path) == hashlib.sha256(path.read_bytes()).hexdigest() != first
+
+
+def test_single_file_without_cached_config_repo_fails_naming_the_repo(tiny_single_file, empty_hf_cache):
+    ref = ck.resolve(str(tiny_single_file))
+    with pytest.raises(ck.CheckpointError) as err:
+        ck.load_pipeline(ref, "txt2img")
+    message = str(err.value)
+    assert "stable-diffusion-v1-5/stable-diffusion-v1-5" in message and "Hugging Face cache" in message
+    assert "config=" in message
+
+
+def test_single_file_loads_offline_with_a_local_config_folder(tiny_single_file, tiny_ref, tiny_pipe):
+    import torch
+
+    ref = ck.resolve(str(tiny_single_file), config=tiny_ref.source)
+    assert ref.config == tiny_ref.source and ref.model_hash == ck.a1111_hash(tiny_single_file)
+    assert ref.fingerprint != ref.model_hash  # the config is part of what makes the pixels
+    pipe = ck.load_pipeline(ref, "txt2img")
+    for part in ("unet", "vae", "text_encoder"):
+        ours, theirs = getattr(pipe, part).state_dict(), getattr(tiny_pipe, part).state_dict()
+        assert ours.keys() == theirs.keys()
+        assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+
+def test_non_stable_diffusion_safetensors_is_rejected(tmp_path):
+    from safetensors.torch import save_file
+    import torch
+
+    path = tmp_path / "lora.safetensors"
+    save_file({"lora_unet_down.weight": torch.zeros(2, 2)}, str(path))
+    with pytest.raises(ck.CheckpointError, match="not a Stable Diffusion"):
+        ck.resolve(str(path))
+
+
+# ---------------------------------------------------------------- schedulers
+
+def test_every_registered_scheduler_builds_from_the_checkpoint_config(tiny_pipe):
+    for name, spec in ck.SCHEDULERS.items():
+        scheduler = ck.make_scheduler(name, tiny_pipe.scheduler.config)
+        assert type(scheduler).__name__ == spec.class_name
+        assert scheduler.config.beta_schedule == "scaled_linear"
+
+
+def test_sampler_names_are_the_a1111_display_names():
+    assert ck.SAMPLER_NAMES == {"ddim": "DDIM", "pndm": "PLMS", "euler": "Euler", "euler_a": "Euler a",
+                                "dpmpp_2m": "DPM++ 2M", "lms": "LMS", "heun": "Heun", "ddpm": "DDPM"}
+
+
+def test_unknown_scheduler_lists_the_valid_names(tiny_ref):
+    with pytest.raises(ck.CheckpointError) as err:
+        ck.load_pipeline(tiny_ref, "txt2img", scheduler="k_dpm_2")
+    assert "'k_dpm_2'" in str(err.value) and "euler_a" in str(err.value) and "dpmpp_2m" in str(err.value)
+
+
+def test_unknown_mode_is_rejected(tiny_ref):
+    with pytest.raises(ck.CheckpointError, match="inpaint"):
+        ck.load_pipeline(tiny_ref, "inpaint")
+
+
+def test_derived_pipelines_share_models_but_not_schedulers(tiny_pipe):
+    img2img = ck.derive_pipeline(tiny_pipe, "img2img", "euler")
+    assert img2img.unet is tiny_pipe.unet and img2img.vae is tiny_pipe.vae
+    assert img2img.scheduler is not tiny_pipe.scheduler
+    assert ck.scheduler_name_of(img2img) == "euler"
+
+
+def test_hub_offline_blocks_requests_and_restores_the_setting():
+    from huggingface_hub import constants
+
+    before = constants.HF_HUB_OFFLINE
+    with ck.hub_offline():
+        assert constants.HF_HUB_OFFLINE is True
+    assert constants.HF_HUB_OFFLINE == before
+
+
+def test_importing_checkpoints_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, harness.checkpoints; print('torch' in sys.modules, 'diffusers' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]

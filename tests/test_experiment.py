@@ -1,0 +1,149 @@
+"""Experiment files: validation catalogue and planning, without loading a model."""
+
+from pathlib import Path
+
+import pytest
+
+from harness.checkpoints import CheckpointRef
+from harness.experiment import ExperimentError, load_experiment
+from harness.plan import make_plan, shard
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def fake_resolve(name, base_dir=None):
+    return CheckpointRef(name=name, kind="builtin", source=name, fingerprint=f"fp-{name}", native_size=512,
+                         family="sd1")
+
+
+def fake_hash(path, w, h):
+    return f"hash-{Path(path).name}-{w}x{h}"
+
+
+def write(tmp_path, text, name="exp.toml"):
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def problems(tmp_path, text):
+    with pytest.raises(ExperimentError) as e:
+        load_experiment(write(tmp_path, text))
+    return e.value.problems, str(e.value)
+
+
+def test_demo_experiment_loads_and_plans():
+    exp = load_experiment(ROOT / "experiments" / "demo.toml")
+    plan = make_plan(exp, resolve=fake_resolve, init_hash=fake_hash)
+    assert len(plan.jobs) == 8 * 3 + 8 * 3 * 2
+    assert plan.factors == ("color", "shape", "artist")
+    assert len(plan.groups()) == 3
+
+
+@pytest.mark.parametrize("text, expected", [
+    ('prompt = "a"\nstpes = 3', "unknown key 'stpes'; did you mean 'steps'?"),
+    ('prompt = "a"\nsteps = 0', "key 'steps': got 0, expected an integer in [1, 1000]"),
+    ('prompt = "a"\nsteps = "20"', "key 'steps': got '20', expected an integer"),
+    ('prompt = "a"\nguidance = true', "key 'guidance': got True, expected a number"),
+    ('prompt = "a"\nwidth = 500', "key 'width': got 500, expected a multiple of 8"),
+    ('prompt = "a"\nmode = "inpaint"', "key 'mode': got 'inpaint', expected 'txt2img', 'img2img'"),
+    ('prompt = "a"\ndtype = "fp8"', "key 'dtype': got 'fp8', expected one of 'auto', 'fp32'"),
+    ('prompt = "a"\nseeds = [1, 1]', "key 'seeds': got [1, 1], expected distinct seeds"),
+    ('prompt = "a"\nseeds = { start = 3 }', "key 'seeds.count': missing"),
+    ('prompt = "a"\nexpand = "sample"', "key 'sample': missing"),
+    ('prompt = "a"\nmode = "img2img"', "key 'init_images': missing"),
+    ('prompt = "a"\nmode = "img2img"\ninit_images = "nope/*.png"\nstrengths = [1.5]',
+     "key 'strengths': got [1.5], expected a list of numbers in (0, 1]"),
+    ('prompt = "a"\nbatch_size = 0', "key 'batch_size': got 0, expected 'auto' or an integer >= 1"),
+    ('prompt = "a"\n[randomize]\nstrength = [0.8, 0.2]', "key 'randomize.strength'"),
+    ('prompt = "a"\n[randomize]\nstepz = [1, 2]', "unknown key 'randomize.stepz'; did you mean 'randomize.steps'?"),
+    ('prompt = "a"\ncheckpoints = ["tiny"]\n[checkpoint.tinny]\nwidth = 768',
+     "table '[checkpoint.tinny]': 'tinny' is not in checkpoints; did you mean 'tiny'?"),
+    ('prompt = "@missing.txt"', "key 'prompt': got '@missing.txt', expected an existing template file"),
+    ('steps = 3', "key 'prompt': missing"),
+])
+def test_validation_names_key_value_and_expectation(tmp_path, text, expected):
+    found, message = problems(tmp_path, text)
+    assert any(expected in p for p in found), found
+    assert str(tmp_path / "exp.toml") in message
+
+
+def test_all_problems_are_reported_at_once(tmp_path):
+    found, _ = problems(tmp_path, 'prompt = "a"\nsteps = -1\nwidth = 7\nfoo = 1')
+    assert len(found) >= 3
+
+
+def test_toml_syntax_error_names_file_and_line(tmp_path):
+    found, message = problems(tmp_path, 'prompt = "a\nsteps = 3')
+    assert "not valid TOML" in found[0] and "line 1" in found[0]
+
+
+def test_prompt_from_file_and_wildcards_next_to_experiment(tmp_path):
+    (tmp_path / "p.txt").write_text("a __pets__\n")
+    (tmp_path / "pets.txt").write_text("cat\ndog\n")
+    exp = load_experiment(write(tmp_path, 'prompt = "@p.txt"\nseeds = [1, 2]'))
+    plan = make_plan(exp, resolve=fake_resolve)
+    assert sorted({j.prompt for j in plan.jobs}) == ["a cat", "a dog"] and len(plan.jobs) == 4
+    assert plan.jobs[0].factors == {"pets": "cat"}
+
+
+def test_three_checkpoints_by_two_strengths_plan_counts(tmp_path):
+    (tmp_path / "in").mkdir()
+    from PIL import Image
+    for n in ("a", "b"):
+        Image.new("RGB", (64, 64), (n == "a") * 255).save(tmp_path / "in" / f"{n}.png")
+    exp = load_experiment(write(tmp_path, '''
+prompt = "{red|blue} cat"
+seeds = { count = 3 }
+checkpoints = ["one", "two", "three"]
+mode = "img2img"
+init_images = "in"
+strengths = [0.3, 0.7]
+[checkpoint.three]
+width = 768
+height = 768
+'''))
+    plan = make_plan(exp, resolve=fake_resolve)
+    assert len(plan.jobs) == 3 * 2 * 2 * 3 * 2  # checkpoints x strengths x prompts x seeds x inits
+    assert len(plan.groups()) == 3 * 2
+    assert {j.width for j in plan.jobs if j.checkpoint == "three"} == {768}
+    assert list(dict.fromkeys(j.checkpoint for g in plan.groups().values() for j in g)) == ["one", "two", "three"]
+
+
+def test_keys_change_with_pixels_not_with_factors():
+    from harness.core import Job
+    a = Job("tiny", "fp", "txt2img", "a cat", "", 1, 10, 7.5, "ddim", 64, 64, factors={"x": "1"})
+    assert a.key == Job("other-name", "fp", "txt2img", "a cat", "", 1, 10, 7.5, "ddim", 64, 64).key
+    assert a.key != Job("tiny", "fp", "txt2img", "a cat", "", 2, 10, 7.5, "ddim", 64, 64).key
+    assert a.key != Job("tiny", "fp2", "txt2img", "a cat", "", 1, 10, 7.5, "ddim", 64, 64).key
+
+
+def test_editing_the_experiment_adds_jobs_by_key(tmp_path):
+    p = write(tmp_path, 'prompt = "{a|b} cat"\nseeds = [1]')
+    before = {j.key for j in make_plan(load_experiment(p), resolve=fake_resolve).jobs}
+    p.write_text('prompt = "{a|b|c} cat"\nseeds = [1]')
+    after = {j.key for j in make_plan(load_experiment(p), resolve=fake_resolve).jobs}
+    assert before < after and len(after - before) == 1
+
+
+def test_randomized_parameters_are_seeded_and_in_range(tmp_path):
+    text = 'prompt = "{a|b} cat"\nseeds = [1, 2, 3]\n[randomize]\nseed = 5\nsteps = [5, 9]\nguidance = [3.0, 6.0]\ndraws = 2'
+    p = write(tmp_path, text)
+    jobs = make_plan(load_experiment(p), resolve=fake_resolve).jobs
+    again = make_plan(load_experiment(p), resolve=fake_resolve).jobs
+    assert [j.key for j in jobs] == [j.key for j in again] and len(jobs) == 12
+    assert all(5 <= j.steps <= 9 and 3.0 <= j.guidance <= 6.0 for j in jobs)
+    assert len({(j.steps, j.guidance) for j in jobs}) > 3
+
+
+def test_shards_partition_the_plan(tmp_path):
+    p = write(tmp_path, 'prompt = "{a|b|c|d} cat"\nseeds = { count = 5 }')
+    jobs = make_plan(load_experiment(p), resolve=fake_resolve).jobs
+    parts = [shard(jobs, i, 3) for i in range(3)]
+    assert sorted(j.key for part in parts for j in part) == sorted(j.key for j in jobs)
+
+
+def test_same_weights_twice_is_an_error(tmp_path):
+    p = write(tmp_path, 'prompt = "a"\ncheckpoints = ["x", "y"]')
+    with pytest.raises(ValueError, match="same weights"):
+        make_plan(load_experiment(p), resolve=lambda n, base_dir=None: fake_resolve("same"))

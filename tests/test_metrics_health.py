@@ -1,0 +1,75 @@
+"""Health flags on synthetic broken images and on a natural photo."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from harness.metrics import Item, get_metric
+from harness.metrics.health import check_array
+
+
+@pytest.fixture
+def photo() -> np.ndarray:
+    skdata = pytest.importorskip("skimage.data")
+    return skdata.astronaut()
+
+
+def test_natural_photo_is_healthy(photo):
+    assert check_array(photo) == (True, [])
+
+
+def test_black_image_is_flagged():
+    ok, flags = check_array(np.zeros((64, 64, 3), np.uint8))
+    assert not ok and "all_black" in flags
+
+
+def test_dim_noise_below_two_levels_mean_is_black():
+    rng = np.random.default_rng(0)
+    ok, flags = check_array(rng.integers(0, 4, (64, 64, 3)).astype(np.uint8))
+    assert not ok and "all_black" in flags
+
+
+def test_uniform_grey_is_flagged_but_not_black():
+    ok, flags = check_array(np.full((64, 64, 3), 128, np.uint8))
+    assert not ok and flags == ["near_uniform"]
+
+
+def test_nan_pixels_in_float_output_are_flagged(photo):
+    image = photo.astype(np.float32) / 255
+    image[10:20, 10:20] = np.nan
+    ok, flags = check_array(image)
+    assert not ok and flags == ["nonfinite"]
+
+
+def test_float_image_in_unit_range_is_judged_in_levels(photo):
+    assert check_array(photo.astype(np.float32) / 255) == (True, [])
+    assert check_array(np.full((8, 8, 3), 0.001, np.float32))[1] == ["all_black", "near_uniform"]
+    assert check_array(photo.astype(np.float32) / 127.5 - 1, value_range=(-1, 1)) == (True, [])
+
+
+def test_channels_first_array_is_refused():
+    with pytest.raises(ValueError, match="HxW or HxWxC"):
+        check_array(np.zeros((3, 64, 64), np.uint8))
+
+
+def test_health_metric_scores_files_and_flags_unreadable(tmp_path, photo):
+    paths = {}
+    for name, array in {"photo": photo, "black": np.zeros((64, 64, 3), np.uint8),
+                        "grey": np.full((64, 64, 3), 90, np.uint8)}.items():
+        paths[name] = tmp_path / f"{name}.png"
+        Image.fromarray(array).save(paths[name])
+    paths["corrupt"] = tmp_path / "corrupt.png"
+    paths["corrupt"].write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(100))
+    metric = get_metric("health")
+    items = [Item(name, path) for name, path in paths.items()] + [Item("missing", tmp_path / "missing.png")]
+    scores = {s.key: s for s in metric.score(items)}
+    assert metric.id == "health"
+    assert scores["photo"].value == 1.0 and scores["photo"].detail["flags"] == []
+    assert scores["black"].value == 0.0 and "all_black" in scores["black"].detail["flags"]
+    assert scores["grey"].value == 0.0 and scores["grey"].detail["flags"] == ["near_uniform"]
+    assert scores["corrupt"].value == 0.0 and scores["corrupt"].detail["flags"] == ["unreadable"]
+    assert math.isnan(scores["missing"].value) and "not found" in scores["missing"].detail["reason"]

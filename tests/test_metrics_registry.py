@@ -1,0 +1,90 @@
+"""Metric registry, specs and options: names map to code, and bad input teaches."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from harness.metrics import MetricInfo, get_metric, list_metrics, metric_from_spec, parse_metric_spec
+
+
+def test_unknown_metric_name_lists_the_valid_ones():
+    with pytest.raises(KeyError) as error:
+        get_metric("clip_scor")
+    message = str(error.value)
+    assert "unknown metric 'clip_scor'" in message and "did you mean 'clip_score'" in message
+    for name in ("clip_score", "clip_image_similarity", "clip_directional", "watermark", "health"):
+        assert name in message
+
+
+def test_list_metrics_gives_metadata_for_every_metric():
+    infos = {info.name: info for info in list_metrics()}
+    assert set(infos) == {"clip_score", "clip_image_similarity", "clip_directional", "watermark", "health"}
+    assert all(isinstance(info, MetricInfo) for info in infos.values())
+    assert infos["clip_score"].needs == {"image", "prompt"}
+    assert infos["clip_directional"].needs == {"image", "init_image", "prompt", "source_prompt"}
+    assert infos["clip_image_similarity"].range == (-1.0, 1.0)
+    assert infos["watermark"].higher_is_better is False
+
+
+def test_metric_info_refuses_unknown_inputs():
+    with pytest.raises(ValueError, match="unknown inputs.*'mask'"):
+        MetricInfo("x", "d", "u", (0, 1), True, frozenset({"image", "mask"}))
+
+
+def test_spec_with_options_parses_to_name_and_text_options():
+    assert parse_metric_spec("clip_score:model=ViT-L-14,pretrained=openai") == (
+        "clip_score", {"model": "ViT-L-14", "pretrained": "openai"})
+    assert parse_metric_spec("health") == ("health", {})
+    assert parse_metric_spec(" watermark : alpha = 0.01 ") == ("watermark", {"alpha": "0.01"})
+
+
+def test_metric_id_parses_back_to_the_same_metric():
+    metric = get_metric("clip_score", model="tiny", scale="2.5", clamp="batch_mean")
+    assert metric.id == "clip_score[model=tiny,pretrained=tiny,scale=2.5,clamp=batch_mean]"
+    assert metric_from_spec(metric.id).id == metric.id
+    assert metric.info.range == (-2.5, 2.5)
+
+
+@pytest.mark.parametrize("spec, fragment", [
+    ("clip_score:scale", "not key=value"),
+    ("clip_score:scale=1,scale=2", "given twice"),
+    ("", "empty metric spec"),
+    (":scale=1", "bad metric name"),
+])
+def test_malformed_specs_explain_the_expected_form(spec, fragment):
+    with pytest.raises(ValueError, match=fragment):
+        parse_metric_spec(spec)
+
+
+def test_unknown_option_lists_the_valid_ones():
+    with pytest.raises(ValueError) as error:
+        get_metric("clip_score", scael=2.5)
+    assert "'scael'" in str(error.value) and "scale" in str(error.value) and "clamp" in str(error.value)
+
+
+@pytest.mark.parametrize("options, fragment", [
+    ({"scale": "big"}, "scale='big'"),
+    ({"scale": "-1"}, "positive"),
+    ({"clamp": "mean"}, "image, batch_mean"),
+    ({"batch_size": "0"}, "positive integer"),
+])
+def test_bad_option_values_name_the_option_and_what_was_expected(options, fragment):
+    with pytest.raises(ValueError, match=fragment):
+        get_metric("clip_score", **options)
+
+
+def test_watermark_messages_option_is_checked():
+    assert get_metric("watermark", messages="sdv1").id == "watermark[messages=sdv1,alpha=0.001]"
+    assert get_metric("watermark", messages=["sdv1", "sdxl"]).options["messages"] == "sdv1+sdxl"
+    with pytest.raises(ValueError, match="no messages"):
+        get_metric("watermark", messages="")
+
+
+def test_importing_metrics_loads_no_heavy_libraries():
+    code = ("import sys, harness.metrics as m; m.list_metrics(); m.get_metric('clip_score', model='tiny'); "
+            "print(sorted(k for k in ('torch', 'open_clip', 'cv2', 'imwatermark') if k in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
