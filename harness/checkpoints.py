@@ -112,7 +112,7 @@ def _build_sd15_random(path: Path) -> None:
 
 
 register_builtin("tiny", _build_tiny, folder="tiny-v1", native_size=512, family="tiny",
-                 description="2 M-parameter random SD-style model for demos and tests (CPU friendly)")
+                 description="2.8 M-parameter random SD-style model for demos and tests (CPU friendly)")
 register_builtin("sd15-random", _build_sd15_random, folder="sd15-random-v1", native_size=512, family="sd1",
                  description="SD v1.5 shapes with random fp16 weights, for GPU benchmarks (2 GB)")
 
@@ -184,7 +184,8 @@ def hub_snapshot(hub_id: str, *, name: str | None = None) -> Path:
         raise CheckpointError(
             f"checkpoint {label} is not in the Hugging Face cache at {hf_cache_dir()} and this harness never "
             f"downloads. Fix: on a connected machine run `huggingface-cli download {repo}"
-            f"{' --revision ' + rev if rev else ''}` and copy the cache (or set HF_HOME / HF_HUB_CACHE to it), "
+            f"{' --revision ' + rev if rev else ''}` (or `hf download {repo}`) and copy the cache here (or set "
+            f"HF_HOME / HF_HUB_CACHE to where it is), "
             f"or point the checkpoint at a local diffusers folder or a .safetensors/.ckpt file. ({type(exc).__name__})"
         ) from exc
     if not (path / "model_index.json").is_file():
@@ -407,6 +408,9 @@ def resolve(spec: str, *, base_dir: Path | None = None, config: str | None = Non
     if not isinstance(spec, str) or not spec.strip():
         raise CheckpointError(f"checkpoint spec {spec!r} is empty; expected one of the {_valid_names()}")
     spec_s = spec.strip()
+    if config is not None and not spec_s.endswith(SINGLE_FILE_SUFFIXES):
+        raise CheckpointError(f"checkpoint {spec!r}: config={config!r} applies only to single .safetensors/.ckpt "
+                              f"files; diffusers folders, hub ids and built-ins carry their own configs")
     if spec_s in BUILTINS:
         b = BUILTINS[spec_s]
         folder = builtin_folder(spec_s)
@@ -567,6 +571,8 @@ def derive_pipeline(pipe, mode: str, scheduler: str | None = None):
 def _folder_of(ref: CheckpointRef) -> Path:
     if ref.kind == "hub":
         return hub_snapshot(ref.source, name=ref.name)
+    if ref.kind == "builtin" and not (Path(ref.source) / "model_index.json").is_file() and ref.name in BUILTINS:
+        return builtin_folder(ref.name)  # deleted since it was resolved: rebuild (deterministic, same fingerprint)
     return Path(ref.source)
 
 

@@ -192,6 +192,101 @@ def run(
         typer.echo(f"unhealthy images: {r.unhealthy} (black, uniform or NaN; excluded from statistics)")
     for m in r.oom_events:
         typer.echo(f"note: {m}")
+    _print_metric_summaries(r.metrics)
+
+
+def _print_metric_summaries(summaries) -> None:
+    for s in summaries:
+        nan = f", {s.nan} NaN" + (f" ({'; '.join(f'{n}x {r}' for r, n in s.reasons.most_common(3))})"
+                                   if s.nan else "") if s.nan else ""
+        typer.echo(f"{s.metric}: {s.scored} scored now, {s.skipped} before{nan}; mean {s.mean:.4g}")
+
+
+@app.command("eval")
+def eval_(
+    run_dir: Path = typer.Argument(..., help="Run folder (reports/<name>)."),
+    metric: List[str] = typer.Option([], "--metric", "-m",
+                                     help="Metric spec, e.g. clip_score:model=ViT-L-14,pretrained=openai "
+                                          "(repeatable; default: the experiment's metrics)."),
+    scale: Optional[float] = typer.Option(None, "--scale", help="CLIP score scale: 100 (default) or 2.5 "
+                                                                "(original CLIPScore)."),
+) -> None:
+    """Score every image of a run not yet scored with each metric (resumable)."""
+    from .evaluate import evaluate_run
+    from .metrics import MetricUnavailable
+
+    if not (run_dir / "ledger.sqlite").is_file():
+        fail(f"{run_dir}: not a run folder (no ledger.sqlite); run an experiment first")
+    specs = list(metric)
+    if scale is not None:
+        specs = [s + ("," if ":" in s else ":") + f"scale={scale:g}" if s.split(":")[0] == "clip_score" else s
+                 for s in (specs or ["clip_score"])]
+    try:
+        _print_metric_summaries(evaluate_run(run_dir, specs or None))
+    except (ValueError, MetricUnavailable) as e:
+        fail(f"error: {e}")
+
+
+@app.command("metrics")
+def metrics_() -> None:
+    """List the available metrics and their options."""
+    from .metrics import list_metrics, metric_options
+
+    for info in list_metrics():
+        lo, hi = info.range
+        typer.echo(f"{info.name}: {info.description} [{lo:g}, {hi:g}], "
+                   f"{'higher' if info.higher_is_better else 'lower'} is better; needs {', '.join(sorted(info.needs))}")
+        for name, opt in metric_options(info.name).items():
+            typer.echo(f"    {name} = {opt.default!r}  {getattr(opt, 'help', '')}")
+
+
+watermark_app = typer.Typer(help="Embed or detect the invisible watermark of the reference SD scripts.",
+                            no_args_is_help=True)
+app.add_typer(watermark_app, name="watermark")
+
+
+@watermark_app.command("detect")
+def watermark_detect(
+    paths: List[Path] = typer.Argument(..., help="Image files."),
+    fmt: PlanFmt = typer.Option(PlanFmt.text, "--format", help="text | jsonl"),
+) -> None:
+    """Statistical detection of the SD v1 / v2 / XL messages in image files."""
+    from .metrics.watermark import detect_paths
+
+    for r in detect_paths(paths):
+        if fmt is PlanFmt.jsonl:
+            sys.stdout.write(json.dumps(r, default=_json_default) + "\n")
+            continue
+        if r["detected"] is None:
+            typer.echo(f"{r['path']}: cannot decide ({r.get('reason')})")
+            continue
+        best = r["messages"].get(r.get("best")) or min(r["messages"].values(), key=lambda e: e["p_corrected"])
+        verdict = f"DETECTED {r['best']}" if r["detected"] else "not detected"
+        typer.echo(f"{r['path']}: {verdict} (best: {best['matched']}/{best['bits']} bits, "
+                   f"p={best['p_corrected']:.2g} corrected)")
+
+
+def _json_default(o):
+    import numpy as np
+    if isinstance(o, np.generic):
+        return o.item()
+    raise TypeError(type(o).__name__)
+
+
+@watermark_app.command("embed")
+def watermark_embed(
+    src: Path = typer.Argument(..., help="Input image."),
+    dst: Path = typer.Argument(..., help="Output image (PNG keeps the mark; JPEG destroys most of it)."),
+    message: str = typer.Option("sdv1", "--message", help="sdv1 | sdv2 | sdxl | any TEXT"),
+) -> None:
+    """Embed a message the way the reference SD scripts do (dwtDct, BGR)."""
+    from .metrics.watermark import embed_file
+
+    try:
+        embed_file(src, dst, message)
+    except (ValueError, OSError) as e:
+        fail(f"error: {e}")
+    typer.echo(f"wrote {dst} with message {message}")
 
 
 def main() -> None:  # pragma: no cover

@@ -164,7 +164,9 @@ class PipelineCache:
 
     txt2img/img2img and scheduler variants of a checkpoint share its models.
     Switching checkpoint (or dtype) drops the old models and frees memory first.
-    `memory_applied` lists what the memory policy chose for the resident one.
+    `memory_applied` lists what the memory policy chose for the resident one;
+    `embeds` is a prompt-embedding cache for `generate_batch(embeds_cache=...)`
+    that is emptied with the checkpoint (its tensors live on the device).
     """
 
     def __init__(self, device: str = "auto", *, memory: str | Sequence[str] = "auto",
@@ -175,6 +177,7 @@ class PipelineCache:
         self._key: tuple | None = None
         self._pipes: dict[tuple, Any] = {}
         self.memory_applied: list[str] = []
+        self.embeds: dict = {}
         self.loads = 0
 
     @property
@@ -201,6 +204,7 @@ class PipelineCache:
         if base is not None and any(o.endswith("cpu_offload") for o in self.memory_applied):
             base.remove_all_hooks()
         self._pipes.clear()
+        self.embeds.clear()
         self._key = None
         self.memory_applied = []
         del base

@@ -42,6 +42,7 @@ class RunResult:
     seconds: float = 0.0
     oom_events: list[str] = field(default_factory=list)
     device: str = ""
+    metrics: list = field(default_factory=list)
 
     @property
     def images_per_s(self) -> float:
@@ -74,7 +75,8 @@ def prepare_run(exp: Experiment, plan: Plan, run_dir: Path, *, jobs: list[Job] |
 def run_experiment(path: Path | str, *, out: Path | str | None = None, force: bool = False,
                    exact: bool | None = None, device: str | None = None, batch_size: int | None = None,
                    shard: tuple[int, int] | None = None, log: Callable[[str], None] | None = None,
-                   progress: bool | None = None) -> RunResult:
+                   progress: bool | None = None, evaluate_after: bool = True) -> RunResult:
+    """Plan, generate what is not done yet, then score with the experiment's metrics."""
     exp = load_experiment(path)
     plan = make_plan(exp)
     jobs = list(plan.jobs) if shard is None else shard_jobs(plan.jobs, *shard)
@@ -84,6 +86,9 @@ def run_experiment(path: Path | str, *, out: Path | str | None = None, force: bo
     try:
         generate_jobs(exp, plan, ledger, pending, result, exact=exp.exact if exact is None else exact,
                       device=device or exp.device, batch_size=batch_size, log=log or _stderr, progress=progress)
+        if exp.metrics and evaluate_after:
+            from .evaluate import evaluate
+            result.metrics = evaluate(ledger, exp.metrics, log=log or _stderr)
     finally:
         ledger.close()
     return result

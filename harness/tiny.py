@@ -264,7 +264,7 @@ def build_pipeline(folder: Path, *, namespace: str, unet: dict, vae: dict, text:
 
 
 def build_tiny(folder: Path) -> None:
-    """The built-in `tiny` checkpoint (about 2.5 M parameters, fp32)."""
+    """The built-in `tiny` checkpoint (about 2.8 M parameters, 1.6 M of them token embeddings; fp32)."""
     build_pipeline(folder, namespace="tiny-v1", unet=TINY_UNET, vae=TINY_VAE, text=TINY_TEXT)
 
 

@@ -13,6 +13,17 @@ import pytest
 from harness import checkpoints as ck
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_cpu_thread():
+    """The tiny model is too small to gain from threads; on a shared CPU they cost a lot."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def harness_cache(tmp_path_factory):
     """One HARNESS_CACHE for the session (shared by test files through the same base temp)."""
@@ -241,6 +252,11 @@ def test_single_file_loads_offline_with_a_local_config_folder(tiny_single_file, 
         assert all(torch.equal(ours[k], theirs[k]) for k in ours)
 
 
+def test_config_is_refused_for_checkpoints_that_carry_their_own(harness_cache):
+    with pytest.raises(ck.CheckpointError, match="applies only to single"):
+        ck.resolve("tiny", config="some/folder")
+
+
 def test_non_stable_diffusion_safetensors_is_rejected(tmp_path):
     from safetensors.torch import save_file
     import torch
@@ -299,3 +315,14 @@ def test_importing_checkpoints_does_not_import_torch():
     code = "import sys, harness.checkpoints; print('torch' in sys.modules, 'diffusers' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
+
+
+@pytest.mark.slow
+def test_sd15_random_has_stable_diffusion_v15_shapes(tmp_path, monkeypatch):
+    monkeypatch.setenv(ck.CACHE_ENV, str(tmp_path))
+    ref = ck.resolve("sd15-random")
+    assert (ref.family, ref.native_size) == ("sd1", 512)
+    pipe = ck.load_pipeline(ref, device=None)
+    counts = {part: sum(p.numel() for p in getattr(pipe, part).parameters())
+              for part in ("unet", "vae", "text_encoder")}
+    assert counts == {"unet": 859_520_964, "vae": 83_653_863, "text_encoder": 123_060_480}

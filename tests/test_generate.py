@@ -14,6 +14,15 @@ from harness import generate as gen
 from harness.core import Job
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_cpu_thread():
+    """The tiny model is too small to gain from threads; on a shared CPU they cost a lot."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def harness_cache(tmp_path_factory):
     """One HARNESS_CACHE for the session (shared by test files through the same base temp)."""
@@ -117,11 +126,12 @@ def test_prompts_are_encoded_once_per_checkpoint_prompt_and_negative(pipes, tiny
     calls = []
     original = pipe.encode_prompt
     monkeypatch.setattr(pipe, "encode_prompt", lambda *a, **k: calls.append(a[0]) or original(*a, **k))
+    # (the pipeline also calls encode_prompt(None, ..., prompt_embeds=...), which only passes embeddings through)
     cache: dict = {}
     jobs = [job(tiny_ref, seed=s, prompt="a cat") for s in (1, 2, 3)]
     gen.generate_batch(pipe, jobs, device="cpu", embeds_cache=cache)
     gen.generate_batch(pipe, jobs[:1], device="cpu", embeds_cache=cache)
-    assert calls == ["a cat"]
+    assert [c for c in calls if c is not None] == ["a cat"]
     assert [key[2:] for key in cache] == [("a cat", "")]
 
 
@@ -145,20 +155,22 @@ def test_every_scheduler_generates(pipes, tiny_ref):
 # ---------------------------------------------------------------- img2img
 
 def test_img2img_runs_int_strength_times_steps_denoising_steps(pipes, tiny_ref):
-    init = Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8))
+    init = Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8))
     steps = []
     out = gen.generate_batch(pipes.get(tiny_ref, "img2img", "ddim"),
-                             [job(tiny_ref, mode="img2img", strength=0.5, steps=10)], device="cpu",
+                             [job(tiny_ref, mode="img2img", strength=0.5, steps=10, width=32, height=32)],
+                             device="cpu",
                              init_images=[init], step_callback=lambda step, t: steps.append(t))
-    assert len(steps) == 5 and out[0].shape == (48, 64, 3)
+    assert len(steps) == 5 and out[0].shape == (32, 32, 3)
 
 
-def test_img2img_with_low_strength_stays_closer_to_the_init_image(pipes, tiny_ref):
-    init_arr = np.random.default_rng(1).integers(0, 255, (48, 64, 3), dtype=np.uint8)
+def test_img2img_output_depends_on_the_init_image(pipes, tiny_ref):
+    rng = np.random.default_rng(1)
+    inits = [Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)) for _ in range(2)]
     pipe = pipes.get(tiny_ref, "img2img", "ddim")
-    low, high = (gen.generate_batch(pipe, [job(tiny_ref, mode="img2img", strength=s, steps=10)], device="cpu",
-                                    init_images=[Image.fromarray(init_arr)])[0] for s in (0.2, 1.0))
-    assert np.abs(low.astype(float) - init_arr).mean() < np.abs(high.astype(float) - init_arr).mean()
+    same_job = job(tiny_ref, mode="img2img", strength=0.3, steps=4)
+    a, b = (gen.generate_batch(pipe, [same_job], device="cpu", init_images=[init])[0] for init in inits)
+    assert max_diff(a, b) > 10
 
 
 def test_img2img_rejects_a_strength_that_runs_no_steps(pipes, tiny_ref):
@@ -235,8 +247,10 @@ def test_pipeline_cache_keeps_one_checkpoint_resident(tiny_ref, tmp_path):
     other = ck.resolve(str(tmp_path / "copy"))
     pipes = gen.PipelineCache("cpu", memory="none")
     first = pipes.get(tiny_ref, "txt2img", "ddim")
+    gen.generate_batch(first, [job(tiny_ref, width=32, height=32, steps=1)], device="cpu", embeds_cache=pipes.embeds)
+    assert len(pipes.embeds) == 1
     second = pipes.get(other, "txt2img", "ddim")
-    assert pipes.loads == 2 and second.unet is not first.unet
+    assert pipes.loads == 2 and second.unet is not first.unet and pipes.embeds == {}
     assert pipes.resident[1] == other.source
 
 

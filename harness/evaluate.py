@@ -1,0 +1,94 @@
+"""Score the images of a run with metrics, incrementally and resumably.
+
+Each metric configuration has an id (`clip_score[model=...,...]`); an image is
+scored once per id. Scores are written to the ledger after every chunk, so an
+interrupted evaluation resumes where it stopped. An image that cannot be
+scored gets NaN with a reason and the rest go on.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+from .core import Job
+from .ledger import Ledger
+
+# Offline-friendly defaults for runs whose experiment names no metrics.
+DEFAULT_METRICS = ("health", "watermark", "clip_score")
+CHUNK = 32
+
+
+@dataclass
+class MetricSummary:
+    metric: str
+    scored: int = 0
+    skipped: int = 0          # already scored before this call
+    nan: int = 0
+    reasons: Counter = field(default_factory=Counter)
+    mean: float = float("nan")
+
+
+def item_for(ledger: Ledger, job: Job):
+    from .metrics import Item
+    parent = job.meta.get("parent_key")
+    init = job.init_image
+    return Item(key=job.key, image_path=ledger.image_path(job.key), prompt=job.prompt,
+                negative_prompt=job.negative_prompt,
+                init_image_path=Path(init) if init else None,
+                source_prompt=job.meta.get("source_prompt"),
+                parent_image_path=ledger.image_path(parent) if parent else None)
+
+
+def metrics_for_run(ledger: Ledger, specs: Iterable[str] | None):
+    from .metrics import metric_from_spec
+    specs = list(specs or [])
+    if not specs:
+        raw = ledger.get_meta("experiment")
+        specs = list(json.loads(raw).get("metrics", [])) if raw else []
+    return [metric_from_spec(s) for s in (specs or DEFAULT_METRICS)]
+
+
+def evaluate(ledger: Ledger, specs: Iterable[str] | None = None, *, log: Callable[[str], None] | None = None,
+             chunk: int = CHUNK) -> list[MetricSummary]:
+    """Score every done image of the run not yet scored by each metric."""
+    log = log or (lambda m: print(m, file=sys.stderr, flush=True))
+    metrics = metrics_for_run(ledger, specs)
+    jobs = ledger.all_jobs(status="done")
+    out = []
+    for metric in metrics:
+        summary = MetricSummary(metric.id)
+        have = ledger.scored_keys(metric.id)
+        todo = [j for j in jobs if j.key not in have]
+        summary.skipped = len(jobs) - len(todo)
+        t0, last = time.perf_counter(), 0.0
+        for i in range(0, len(todo), chunk):
+            part = todo[i:i + chunk]
+            scores = metric.score([item_for(ledger, j) for j in part])
+            ledger.put_scores(scores)
+            for s in scores:
+                summary.scored += 1
+                if isinstance(s.value, float) and math.isnan(s.value):
+                    summary.nan += 1
+                    summary.reasons[str(s.detail.get("reason", "unknown"))] += 1
+            if time.perf_counter() - last > 2 or i + chunk >= len(todo):
+                last = time.perf_counter()
+                rate = summary.scored / max(1e-9, last - t0)
+                log(f"{metric.id}: {summary.scored}/{len(todo)} scored ({rate:.1f} images/s)")
+        values = ledger.scores_frame()
+        if len(values):
+            v = values[values["metric"] == metric.id]["value"].dropna()
+            summary.mean = float(v.mean()) if len(v) else float("nan")
+        out.append(summary)
+    return out
+
+
+def evaluate_run(run_dir: Path | str, specs: Iterable[str] | None = None, **kw) -> list[MetricSummary]:
+    with Ledger.open(Path(run_dir)) as ledger:
+        return evaluate(ledger, specs, **kw)

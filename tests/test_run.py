@@ -1,0 +1,156 @@
+"""The runner end to end on the tiny model: real pipelines, SQLite, PNGs, processes."""
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from harness.ledger import Ledger
+from harness.provenance import read_png_text, read_provenance
+from harness.run import run_experiment
+
+from infotext import parse_infotext
+
+ROOT = Path(__file__).resolve().parents[1]
+
+SMALL = """
+name = "small"
+prompt = "a {red|blue} {cat|dog}"
+negative_prompt = "blurry"
+seeds = [1, 2]
+checkpoints = ["tiny"]
+mode = ["txt2img", "img2img"]
+init_images = "init.png"
+strengths = [0.5]
+steps = 4
+width = 64
+height = 64
+batch_size = 3
+"""
+
+
+def experiment(tmp_path, text=SMALL, name="exp.toml"):
+    Image.new("RGB", (80, 60), (200, 30, 30)).save(tmp_path / "init.png")
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def pixels(path):
+    return np.asarray(Image.open(path).convert("RGB"), dtype=np.int16)
+
+
+def test_run_writes_every_image_with_readable_provenance(tmp_path):
+    r = run_experiment(experiment(tmp_path), out=tmp_path / "run", progress=False)
+    assert (r.planned, r.generated) == (16, 16)
+    with Ledger.open(tmp_path / "run", readonly=True) as led:
+        jobs = {j.key: j for j in led.all_jobs()}
+        assert led.count("done") == 16
+    files = sorted((tmp_path / "run" / "images").glob("*.png"))
+    assert len(files) == 16
+    for f in files:
+        job = jobs[f.stem]
+        info = parse_infotext(read_png_text(f)["parameters"])
+        assert info.prompt == job.prompt and info.negative_prompt == "blurry"
+        assert info.params["Steps"] == "4" and info.params["Seed"] == str(job.seed)
+        assert info.params["CFG scale"] == "7.5" and info.params["Size"] == "64x64"
+        assert info.params["Model hash"] == job.fingerprint[:10] and info.params["Model"] == "tiny"
+        assert info.params.get("Denoising strength") == ("0.5" if job.mode == "img2img" else None)
+        prov = read_provenance(f)
+        assert prov["key"] == f.stem and prov["factors"] == dict(job.factors)
+        assert prov["run"]["batch_size"] in (1, 2, 3) and prov["run"]["safety_checker"] == "off"
+        assert Image.open(f).size == (64, 64)
+    assert (tmp_path / "run" / "experiment.toml").read_text() == SMALL
+
+
+def test_rerun_resumes_and_force_regenerates(tmp_path):
+    exp = experiment(tmp_path)
+    run_experiment(exp, out=tmp_path / "run", progress=False)
+    again = run_experiment(exp, out=tmp_path / "run", progress=False)
+    assert (again.already_done, again.generated) == (16, 0)
+    forced = run_experiment(exp, out=tmp_path / "run", force=True, progress=False)
+    assert forced.generated == 16
+
+
+def test_editing_experiment_adds_only_new_jobs(tmp_path):
+    exp = experiment(tmp_path)
+    run_experiment(exp, out=tmp_path / "run", progress=False)
+    exp.write_text(SMALL.replace("seeds = [1, 2]", "seeds = [1, 2, 3]"))
+    r = run_experiment(exp, out=tmp_path / "run", progress=False)
+    assert (r.planned, r.already_done, r.generated) == (24, 16, 8)
+    with sqlite3.connect(tmp_path / "run" / "ledger.sqlite") as db:
+        assert db.execute("SELECT COUNT(*), COUNT(DISTINCT key) FROM jobs").fetchone() == (24, 24)
+
+
+def test_same_job_gives_identical_pixels_and_batch_within_one_level(tmp_path):
+    exp = experiment(tmp_path)
+    run_experiment(exp, out=tmp_path / "a", progress=False)
+    run_experiment(exp, out=tmp_path / "b", progress=False)
+    run_experiment(exp, out=tmp_path / "c", exact=True, progress=False)
+    for f in (tmp_path / "a" / "images").glob("*.png"):
+        a, b, c = pixels(f), pixels(tmp_path / "b" / "images" / f.name), pixels(tmp_path / "c" / "images" / f.name)
+        assert np.array_equal(a, b)
+        assert np.abs(a - c).max() <= 1
+
+
+def test_out_of_memory_halves_the_batch_and_completes(tmp_path, monkeypatch):
+    import torch
+    import harness.generate as gen
+
+    real = gen.generate_batch
+    sizes = []
+
+    def flaky(pipe, jobs, **kw):
+        sizes.append(len(jobs))
+        if len(jobs) > 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(pipe, jobs, **kw)
+
+    monkeypatch.setattr(gen, "generate_batch", flaky)
+    r = run_experiment(experiment(tmp_path), out=tmp_path / "run", progress=False)
+    assert r.generated == 16 and r.oom_events and "retrying with batch size 1" in r.oom_events[0]
+    assert 3 in sizes and set(sizes) <= {1, 3}
+    with Ledger.open(tmp_path / "run", readonly=True) as led:
+        assert set(led.jobs_frame()["batch_size"]) == {1}
+
+
+KILL = SMALL.replace("seeds = [1, 2]", "seeds = { count = 12 }").replace("batch_size = 3", "batch_size = 2") \
+    .replace('mode = ["txt2img", "img2img"]', 'mode = "txt2img"').replace('init_images = "init.png"\n', "") \
+    .replace("strengths = [0.5]\n", "").replace("width = 64\nheight = 64", "width = 128\nheight = 128")
+
+
+def test_sigkill_mid_run_then_rerun_gives_every_job_exactly_once(tmp_path):
+    exp = experiment(tmp_path, KILL)
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "harness", "run", str(exp), "--out", str(run_dir)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 240
+    images = run_dir / "images"
+    while time.time() < deadline and proc.poll() is None:
+        if images.is_dir() and len(list(images.glob("*.png"))) >= 6:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    with Ledger.open(run_dir, readonly=True) as led:
+        done_at_kill = led.count("done")
+    assert 0 < done_at_kill < 48
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    with Ledger.open(run_dir, readonly=True) as led:
+        frame = led.jobs_frame()
+        assert len(frame) == 48 and frame["key"].is_unique and set(frame["status"]) == {"done"}
+    files = sorted(images.glob("*.png"))
+    assert sorted(f.stem for f in files) == sorted(frame["key"])
+    assert not [p for p in images.iterdir() if not p.name.endswith(".png")]
+    for f in files:
+        Image.open(f).load()
+    assert f"{48 - done_at_kill} generated" in r.stdout or "generated" in r.stdout
