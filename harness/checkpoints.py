@@ -361,12 +361,14 @@ SINGLE_FILE_CONFIG_REPOS = {
 
 
 def single_file_family(keys_and_shapes: dict[str, tuple]) -> str:
-    """"sd1" | "sd2" from CompVis-layout key names; CheckpointError for anything else."""
+    """'sd1' | 'sd2' from CompVis-layout key names; CheckpointError for anything else."""
     keys = keys_and_shapes
     if not any(k.startswith("model.diffusion_model.") for k in keys):
-        raise CheckpointError("no 'model.diffusion_model.*' tensors: not a Stable Diffusion (CompVis layout) checkpoint")
+        raise CheckpointError("no 'model.diffusion_model.*' tensors: "
+                              "not a Stable Diffusion (CompVis layout) checkpoint")
     if any(k.startswith("conditioner.") for k in keys):
-        raise CheckpointError("this is an SDXL checkpoint (it has 'conditioner.*' tensors); only SD 1.x/2.x are supported")
+        raise CheckpointError("this is an SDXL checkpoint (it has 'conditioner.*' tensors); "
+                              "only SD 1.x/2.x are supported")
     first = keys.get("model.diffusion_model.input_blocks.0.0.weight")
     if first is not None and len(first) > 1 and first[1] != 4:
         raise CheckpointError(f"the UNet takes {first[1]} input channels (inpainting/depth model); "
@@ -599,8 +601,10 @@ def load_pipeline(ref: CheckpointRef, mode: str = "txt2img", *, device: str | No
     `dtype` is a torch dtype (None: float32). `scheduler` is a registry name
     (None keeps the checkpoint's own). `device=None` leaves the models on the CPU
     so that a memory policy (offload) can place them. Single files need a
-    diffusers config: `config` (argument or `ref.config`) or the default config
-    repo for their family in the HF cache.
+    diffusers config: `ref.config`, the `config` argument, or the default config
+    repo of their family in the HF cache (SD2 files default to the 768 px
+    v-prediction `stable-diffusion-2-1`; give SD2-base files their config).
+    Prefer `resolve(spec, config=...)`: then the config is part of the fingerprint.
     """
     cls = _pipeline_class(mode)
     if scheduler is not None:
@@ -640,7 +644,9 @@ def _single_file_config(ref: CheckpointRef, config: str | None) -> tuple[str | N
                                       f"a diffusers pipeline folder of the same architecture")
             return str(p), None
         return str(hub_snapshot(config, name=f"config for {ref.name}")), None
-    family = ref.family if ref.family in SINGLE_FILE_CONFIG_REPOS else single_file_family(_single_file_keys(Path(ref.source)))
+    family = ref.family
+    if family not in SINGLE_FILE_CONFIG_REPOS:
+        family = single_file_family(_single_file_keys(Path(ref.source)))
     repo = SINGLE_FILE_CONFIG_REPOS[family]
     try:
         return str(hub_snapshot(repo)), None
@@ -651,7 +657,8 @@ def _single_file_config(ref: CheckpointRef, config: str | None) -> tuple[str | N
             f"tokenizer), which are not in the Hugging Face cache at {hf_cache_dir()}. Fix one of: "
             f"(1) on a connected machine run `huggingface-cli download {repo} --include '*.json' '*.txt'` and copy "
             f"the cache here; (2) pass config=<local diffusers folder of the same architecture> (in the experiment: "
-            f"the checkpoint's `config` key); (3) pass the original LDM config as config=<v1-inference.yaml>"
+            f"the checkpoint's `config` key). An original LDM config (config=<v1-inference.yaml>) also works, but "
+            f"diffusers then still needs the CLIP tokenizer repo in the HF cache"
         ) from exc.__cause__
 
 

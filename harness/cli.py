@@ -240,6 +240,70 @@ def metrics_() -> None:
             typer.echo(f"    {name} = {opt.default!r}  {getattr(opt, 'help', '')}")
 
 
+class CompareFmt(str, Enum):
+    text = "text"
+    json = "json"
+    markdown = "markdown"
+
+
+@app.command()
+def report(
+    run_dir: Path = typer.Argument(..., help="Run folder."),
+    rows: Optional[str] = typer.Option(None, "--rows", help="Contact-sheet rows: a factor, seed, checkpoint..."),
+    cols: Optional[str] = typer.Option(None, "--cols", help="Contact-sheet columns."),
+    metric: Optional[str] = typer.Option(None, "--metric", help="Metric for the comparisons."),
+    no_html: bool = typer.Option(False, "--no-html", help="Tables only."),
+) -> None:
+    """Tables (csv/parquet/md), paired comparisons, plots and index.html, rebuilt from the ledger."""
+    from .report import build_report
+
+    try:
+        r = build_report(run_dir, rows=rows, cols=cols, metric=metric, html=not no_html)
+    except (FileNotFoundError, ValueError) as e:
+        fail(f"error: {e}")
+    typer.echo(f"{r.images} images; tables in {run_dir / 'tables'}")
+    if r.excluded.get("unhealthy"):
+        typer.echo(f"unhealthy images excluded from statistics: {r.excluded['unhealthy']}")
+    for c in r.comparisons:
+        typer.echo("")
+        typer.echo(c.to_text().rstrip())
+    if r.index:
+        typer.echo(f"\ncontact sheet: {r.index}")
+
+
+@app.command()
+def compare(
+    run_dir: Path = typer.Argument(..., help="Run folder."),
+    factor: str = typer.Option(..., "--factor", help="Factor to compare (a grammar factor name, or checkpoint)."),
+    baseline: Optional[str] = typer.Option(None, "--baseline", help="Baseline level (default: the empty "
+                                                                      "level, else the first)."),
+    metric: Optional[str] = typer.Option(None, "--metric", help="Metric name or id (default: CLIP/oracle)."),
+    fmt: CompareFmt = typer.Option(CompareFmt.text, "--format", help="text | json | markdown"),
+    n_boot: int = typer.Option(2000, "--n-boot", min=100, help="Bootstrap resamples."),
+    tie_margin: float = typer.Option(0.0, "--tie-margin", min=0.0, help="|difference| counted as a tie."),
+    seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
+) -> None:
+    """Paired A/B statistics across shared seeds: mean difference, cluster-bootstrap CI, Wilcoxon, Holm."""
+    from .ledger import Ledger
+    from .report import compare as compare_levels, image_table
+
+    if not (run_dir / "ledger.sqlite").is_file():
+        fail(f"{run_dir}: not a run folder (no ledger.sqlite)")
+    with Ledger.open(run_dir, readonly=True) as led:
+        table = image_table(led)
+    try:
+        c = compare_levels(table, factor, metric=metric, baseline=baseline, n_boot=n_boot, seed=seed,
+                           tie_margin=tie_margin)
+    except (ValueError, KeyError) as e:
+        fail(f"error: {e}")
+    if fmt is CompareFmt.json:
+        typer.echo(json.dumps(c.to_dict(), indent=2))
+    elif fmt is CompareFmt.markdown:
+        typer.echo(c.to_markdown())
+    else:
+        typer.echo(c.to_text())
+
+
 watermark_app = typer.Typer(help="Embed or detect the invisible watermark of the reference SD scripts.",
                             no_args_is_help=True)
 app.add_typer(watermark_app, name="watermark")

@@ -25,7 +25,13 @@ from PIL import Image
 
 from harness import checkpoints as ck
 from harness.core import Job
-from harness.images import fit_cover, image_hash, load_init_image  # noqa: F401  (init images, torch-free)
+from harness.images import fit_cover, image_hash, load_init_image  # init images live in a torch-free module
+
+__all__ = [
+    "DTYPES", "MEMORY_OPTIONS", "OOM_ERRORS", "Chunk", "OutOfMemory", "PipelineCache", "apply_memory",
+    "auto_batch_size", "auto_memory", "dtype_name", "fit_cover", "free_accelerator_memory", "generate_batch",
+    "image_hash", "is_oom", "load_init_image", "pick_device", "pick_dtype", "run_batched", "to_uint8", "weight_bytes",
+]
 
 # ---------------------------------------------------------------- device and dtype
 
@@ -246,7 +252,8 @@ def _check_batch(pipe, jobs: Sequence[Job], device: str, init_images) -> None:
         raise ValueError(f"job.fingerprint={first.fingerprint!r} but the pipeline holds checkpoint {fingerprint!r}")
     want = pick_dtype(first.dtype, device)
     if pipe.unet.dtype != want:
-        raise ValueError(f"job.dtype={first.dtype!r} means {want} on {device}, but the pipeline holds {pipe.unet.dtype}")
+        raise ValueError(f"job.dtype={first.dtype!r} means {want} on {device}, "
+                         f"but the pipeline holds {pipe.unet.dtype}")
     if first.steps < 1:
         raise ValueError(f"job.steps={first.steps}: expected at least 1")
     for name in ("width", "height"):

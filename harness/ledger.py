@@ -479,7 +479,7 @@ class Ledger:
     # ---------------------------------------------------------------- frames
 
     def jobs_frame(self):
-        """One row per job: Job fields, ``f.<factor>``, ``m.<meta>``, run columns, ``h.<health>``."""
+        """One row per job: Job fields, ``f.<factor>``, ``meta.<name>``, run columns, ``h.<health>``."""
         import pandas as pd
 
         job_fields = [f.name for f in fields(Job) if f.name not in ("factors", "meta")]
@@ -493,8 +493,8 @@ class Ledger:
                 rec[f"f.{k}"] = v
                 fcols.add(f"f.{k}")
             for k, v in d.get("meta", {}).items():
-                rec[f"m.{k}"] = v if v is None or isinstance(v, (str, int, float, bool)) else canonical_json(v)
-                mcols.add(f"m.{k}")
+                rec[f"meta.{k}"] = v if v is None or isinstance(v, (str, int, float, bool)) else canonical_json(v)
+                mcols.add(f"meta.{k}")
             rec.update({c: row[c] for c in run_cols})
             rec["memory"] = None if row["memory"] is None else ",".join(json.loads(row["memory"]))
             for k, v in (json.loads(row["health"]) if row["health"] else {}).items():

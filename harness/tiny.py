@@ -240,6 +240,8 @@ def build_pipeline(folder: Path, *, namespace: str, unet: dict, vae: dict, text:
     from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
+    import tempfile
+
     folder = Path(folder)
     torch.manual_seed(0)  # constructors draw default inits; all of it is overwritten below
     unet_model = UNet2DConditionModel(**unet)
@@ -249,10 +251,12 @@ def build_pipeline(folder: Path, *, namespace: str, unet: dict, vae: dict, text:
         deterministic_init(model, f"{namespace}/{part}")
         if dtype != torch.float32:
             model.to(dtype)
+    with tempfile.TemporaryDirectory(prefix="clip-bpe-") as workdir:
+        tokenizer = clip_tokenizer(Path(workdir))
     pipe = StableDiffusionPipeline(
         vae=vae_model,
         text_encoder=text_model,
-        tokenizer=clip_tokenizer(folder.parent / f"{folder.name}.tok"),
+        tokenizer=tokenizer,
         unet=unet_model,
         scheduler=PNDMScheduler.from_config(SD_SCHEDULER_CONFIG),
         safety_checker=None,
@@ -260,7 +264,6 @@ def build_pipeline(folder: Path, *, namespace: str, unet: dict, vae: dict, text:
         requires_safety_checker=False,
     )
     pipe.save_pretrained(str(folder), safe_serialization=True)
-    _rmtree_quiet(folder.parent / f"{folder.name}.tok")
 
 
 def build_tiny(folder: Path) -> None:
@@ -272,12 +275,6 @@ def build_sd15_random(folder: Path) -> None:
     """SD v1.5 shapes with random weights, stored in fp16 (about 2 GB on disk)."""
     build_pipeline(folder, namespace="sd15-random-v1", unet=SD15_UNET, vae=SD15_VAE, text=SD15_TEXT,
                    dtype=torch.float16)
-
-
-def _rmtree_quiet(path: Path) -> None:
-    import shutil
-
-    shutil.rmtree(path, ignore_errors=True)
 
 
 # ---------------------------------------------------------------- single file export

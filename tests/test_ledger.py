@@ -310,7 +310,7 @@ def test_jobs_frame_has_job_factor_and_status_columns(ledger):
     finish(ledger, jobs[0])
     frame = ledger.jobs_frame()
     assert list(frame["key"]) == [j.key for j in jobs]
-    assert {"f.color", "f.medium", "m.prompt_seed", "prompt", "seed", "guidance", "status",
+    assert {"f.color", "f.medium", "meta.prompt_seed", "prompt", "seed", "guidance", "status",
             "seconds"} <= set(frame.columns)
     assert list(frame["f.color"]) == ["red", "blue", "green"] * 2
     assert frame.groupby("f.medium").size().to_dict() == {"photo": 3, "painting": 3}

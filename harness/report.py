@@ -1,0 +1,245 @@
+"""Ledger -> tables (csv, parquet, markdown), comparisons, plots and the contact sheet.
+
+Everything written here is derived: delete `tables/`, `plots/`, `thumbs/` or
+`index.html` and `harness report` rebuilds them from the ledger.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import pandas as pd
+
+from .ledger import Ledger
+from .stats import Comparison, paired_compare, summarize
+
+IMAGE_COLUMNS = ["key", "image", "stage", "checkpoint", "fingerprint", "mode", "prompt", "negative_prompt", "seed",
+                 "steps", "guidance", "scheduler", "width", "height", "strength", "init_image", "parent_key",
+                 "watermark_embedded", "healthy", "watermark", "health_flags", "batch_size", "slot", "seconds",
+                 "device", "dtype_used", "status"]
+VARIANT_KEYS = ["stage", "checkpoint", "mode", "strength", "prompt", "negative_prompt"]
+
+
+def image_table(ledger: Ledger) -> pd.DataFrame:
+    """One row per generated image: every factor (`f.*`), parameter and score (`m.<metric id>`)."""
+    jobs = ledger.jobs_frame()
+    jobs = jobs[jobs["status"] == "done"].copy() if len(jobs) else jobs
+    if not len(jobs):
+        return pd.DataFrame(columns=IMAGE_COLUMNS)
+    jobs["image"] = "images/" + jobs["key"] + ".png"
+    jobs["watermark_embedded"] = jobs["watermark"]
+    jobs["health_flags"] = jobs.get("h.flags", pd.Series([[]] * len(jobs), index=jobs.index)).map(
+        lambda f: ",".join(f) if isinstance(f, list) else "")
+    scores = ledger.scores_frame()
+    if len(scores):
+        wide = scores.pivot_table(index="key", columns="metric", values="value", aggfunc="first", dropna=False)
+        wide.columns = [f"m.{c}" for c in wide.columns]
+        jobs = jobs.merge(wide, left_on="key", right_index=True, how="left")
+    healthy = jobs.get("h.ok", pd.Series(True, index=jobs.index)).fillna(True).astype(bool)
+    for col in _metric_cols(jobs, "health"):
+        healthy &= ~(jobs[col] == 0)
+    jobs["healthy"] = healthy
+    wm = _metric_cols(jobs, "watermark")
+    if wm:
+        vals = jobs[wm[0]]
+        jobs["watermark"] = [None if (isinstance(v, float) and math.isnan(v)) else bool(v == 1) for v in vals]
+    else:
+        jobs["watermark"] = None
+    factor_cols = sorted(c for c in jobs.columns if c.startswith("f."))
+    metric_cols = sorted(c for c in jobs.columns if c.startswith("m."))
+    front = [c for c in IMAGE_COLUMNS if c in jobs.columns]
+    return jobs[front + factor_cols + metric_cols].reset_index(drop=True)
+
+
+def _metric_cols(df: pd.DataFrame, name: str) -> list[str]:
+    return [c for c in df.columns if c == f"m.{name}" or c.startswith(f"m.{name}[")]
+
+
+def metric_columns(df: pd.DataFrame) -> list[str]:
+    return [c for c in df.columns if c.startswith("m.")]
+
+
+def factor_columns(df: pd.DataFrame) -> list[str]:
+    return [c for c in df.columns if c.startswith("f.")]
+
+
+def short_metric(col: str) -> str:
+    return col[2:].split("[")[0] if col.startswith("m.") else col
+
+
+def _long_summary(df: pd.DataFrame, by: list[str]) -> pd.DataFrame:
+    parts = []
+    for m in metric_columns(df):
+        if short_metric(m) in ("health", "watermark") or df[m].isna().all():
+            continue
+        s = summarize(df, by, m)
+        s.insert(len(by), "metric", m[2:])
+        parts.append(s)
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=[*by, "metric", "n", "mean"])
+
+
+def variant_summary(df: pd.DataFrame) -> pd.DataFrame:
+    by = [c for c in VARIANT_KEYS if c in df.columns and df[c].notna().any()]
+    return _long_summary(df, by)
+
+
+def factor_summary(df: pd.DataFrame) -> pd.DataFrame:
+    """Each factor level pooled over everything else (a long table: factor, level, metric, stats)."""
+    parts = []
+    for f in factor_columns(df) + [c for c in ("checkpoint", "mode", "strength") if c in df.columns]:
+        if df[f].nunique(dropna=True) < 2:
+            continue
+        s = _long_summary(df, [f]).rename(columns={f: "level"})
+        s.insert(0, "factor", f[2:] if f.startswith("f.") else f)
+        s["level"] = s["level"].astype(str)
+        parts.append(s)
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["factor", "level", "metric"])
+
+
+def checkpoint_summary(df: pd.DataFrame) -> pd.DataFrame:
+    """Per checkpoint: images, the sizes it ran at (so differing sizes show), health, mean of each metric."""
+    rows = []
+    for ck, g in df.groupby("checkpoint", sort=False):
+        row = {"checkpoint": ck, "fingerprint": g["fingerprint"].iloc[0], "images": len(g),
+               "sizes": ", ".join(sorted({f"{w}x{h}" for w, h in zip(g["width"], g["height"])})),
+               "unhealthy": int((~g["healthy"]).sum())}
+        for m in metric_columns(df):
+            v = g.loc[g["healthy"], m].dropna()
+            row[f"mean {m[2:]}"] = float(v.mean()) if len(v) else float("nan")
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    if len(out) > 1 and out["sizes"].nunique() > 1:
+        out["note"] = "checkpoints ran at different sizes"
+    return out
+
+
+def markdown_table(df: pd.DataFrame, floatfmt: str = ".4g") -> str:
+    def cell(v) -> str:
+        if isinstance(v, (float, np.floating)):
+            return "" if math.isnan(v) else format(float(v), floatfmt)
+        if isinstance(v, (list, tuple)):
+            v = ", ".join(map(str, v))
+        return str(v).replace("|", "\\|").replace("\n", " ")
+
+    cols = [str(c) for c in df.columns]
+    lines = ["| " + " | ".join(c.replace("|", "\\|") for c in cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+
+def write_table(df: pd.DataFrame, folder: Path, name: str) -> list[Path]:
+    """csv + parquet + md, each written to a temp name and renamed."""
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    flat = df.copy()
+    for c in flat.columns:  # parquet needs one type per column
+        if flat[c].dtype == object:
+            flat[c] = flat[c].map(lambda v: None if v is None or (isinstance(v, float) and math.isnan(v))
+                                  else (json.dumps(v) if isinstance(v, (list, dict)) else str(v)))
+    for suffix, write in (("csv", lambda p: flat.to_csv(p, index=False)),
+                          ("parquet", lambda p: flat.to_parquet(p, index=False)),
+                          ("md", lambda p: p.write_text(markdown_table(flat), encoding="utf-8"))):
+        path = folder / f"{name}.{suffix}"
+        tmp = path.with_name(f".{path.name}.tmp")
+        write(tmp)
+        tmp.replace(path)
+        out.append(path)
+    return out
+
+
+def default_compare_metric(df: pd.DataFrame) -> str | None:
+    cols = [c for c in metric_columns(df) if short_metric(c) not in ("health", "watermark") and df[c].notna().any()]
+    preferred = [c for c in cols if short_metric(c).startswith("toy_")] + \
+                [c for c in cols if short_metric(c) == "clip_score"] + cols
+    return preferred[0] if preferred else None
+
+
+def compare(df: pd.DataFrame, factor: str, *, metric: str | None = None, baseline: str | None = None,
+            n_boot: int = 2000, seed: int = 0, tie_margin: float = 0.0) -> Comparison:
+    """Paired comparison of a factor's levels on a metric (defaults: the first CLIP/oracle metric)."""
+    from .metrics.base import metric_class
+
+    metric = metric or default_compare_metric(df)
+    if metric is None:
+        raise ValueError("no scored metric in this run; run `harness eval RUN` first")
+    col = _find_metric(df, metric)
+    try:
+        higher = metric_class(short_metric(col)).INFO.higher_is_better
+    except (KeyError, ValueError, AttributeError):
+        higher = True
+    return paired_compare(df, factor=factor, metric=col, baseline=baseline, n_boot=n_boot, tie_margin=tie_margin,
+                          rng=np.random.default_rng(seed), higher_is_better=higher)
+
+
+def _find_metric(df: pd.DataFrame, metric: str) -> str:
+    cols = metric_columns(df)
+    for c in cols:
+        if c == metric or c[2:] == metric:
+            return c
+    matches = [c for c in cols if short_metric(c) == metric]
+    if len(matches) == 1:
+        return matches[0]
+    listing = ", ".join(c[2:] for c in cols) or "(none scored)"
+    if matches:
+        raise ValueError(f"metric '{metric}' is ambiguous; use the full id, one of: {listing}")
+    raise ValueError(f"unknown metric '{metric}'; scored metrics in this run: {listing}")
+
+
+@dataclass
+class ReportResult:
+    run_dir: Path
+    images: int
+    tables: list[Path] = field(default_factory=list)
+    comparisons: list[Comparison] = field(default_factory=list)
+    plots: list[Path] = field(default_factory=list)
+    index: Path | None = None
+    excluded: dict = field(default_factory=dict)
+
+
+def build_report(run_dir: Path | str, *, rows: str | None = None, cols: str | None = None,
+                 compare_factors: Iterable[str] | None = None, metric: str | None = None,
+                 html: bool = True) -> ReportResult:
+    run_dir = Path(run_dir)
+    if not (run_dir / "ledger.sqlite").is_file():
+        raise FileNotFoundError(f"{run_dir}: not a run folder (no ledger.sqlite); run an experiment first")
+    with Ledger.open(run_dir, readonly=True) as ledger:
+        table = image_table(ledger)
+    result = ReportResult(run_dir, len(table))
+    tables = run_dir / "tables"
+    result.tables += write_table(table, tables, "images")
+    variants = variant_summary(table)
+    result.tables += write_table(variants, tables, "variants")
+    result.tables += write_table(factor_summary(table), tables, "factors")
+    if len(table):
+        result.tables += write_table(checkpoint_summary(table), tables, "checkpoints")
+    result.excluded = {"unhealthy": int((~table["healthy"]).sum()) if len(table) else 0}
+    factors = list(compare_factors) if compare_factors is not None else [
+        f for f in factor_columns(table) + ["checkpoint"] if table[f].nunique(dropna=True) >= 2]
+    if default_compare_metric(table) or metric:
+        for f in factors:
+            try:
+                result.comparisons.append(compare(table, f, metric=metric))
+            except ValueError:
+                continue  # a factor without complete pairs (e.g. nested) has nothing to compare
+        if result.comparisons:
+            frames = []
+            for c in result.comparisons:
+                fr = c.to_frame()
+                fr.insert(0, "factor", c.factor)
+                fr.insert(1, "metric", c.metric)
+                frames.append(fr)
+            result.tables += write_table(pd.concat(frames, ignore_index=True), tables, "comparisons")
+            (tables / "comparisons.txt").write_text("\n".join(c.to_text() for c in result.comparisons))
+    if html and len(table):
+        from .plots import plots_for
+        from .sheet import write_sheet
+        result.plots = plots_for(table, run_dir)
+        result.index = write_sheet(run_dir, table, rows=rows, cols=cols, variant_summary=variants,
+                                   comparisons=result.comparisons, plots=result.plots,
+                                   title=f"{run_dir.name}: {len(table)} images")
+    return result
