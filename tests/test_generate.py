@@ -25,15 +25,14 @@ def one_cpu_thread():
 
 @pytest.fixture(scope="session")
 def harness_cache(tmp_path_factory):
-    """One HARNESS_CACHE for the session (shared by test files through the same base temp)."""
+    """The session's model cache: tests/conftest.py points HARNESS_CACHE at a temporary folder."""
+    if os.environ.get(ck.CACHE_ENV):
+        yield ck.cache_dir()
+        return
     path = tmp_path_factory.getbasetemp() / "harness-cache"
-    before = os.environ.get(ck.CACHE_ENV)
     os.environ[ck.CACHE_ENV] = str(path)
     yield path
-    if before is None:
-        os.environ.pop(ck.CACHE_ENV, None)
-    else:
-        os.environ[ck.CACHE_ENV] = before
+    os.environ.pop(ck.CACHE_ENV, None)
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,105 @@
+"""Report tables and comparisons on a crafted run (real SQLite and PNGs, no model)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from harness.core import Job, Score
+from harness.ledger import Done, Ledger
+from harness.provenance import write_png_atomic
+from harness.report import build_report, compare, image_table
+
+ROOT = Path(__file__).resolve().parents[1]
+METRIC = "clip_score[model=tiny,pretrained=tiny,scale=100,clamp=image]"
+
+# Hand-made scores: artist "by x" adds exactly +2 except in one pair (+0 -> a tie at margin 0).
+SCORES = {  # (color, seed, artist) -> score
+    ("red", 1, ""): 20.0, ("red", 1, ", by x"): 22.0,
+    ("red", 2, ""): 21.0, ("red", 2, ", by x"): 23.0,
+    ("blue", 1, ""): 18.0, ("blue", 1, ", by x"): 20.0,
+    ("blue", 2, ""): 19.0, ("blue", 2, ", by x"): 19.0,
+}
+
+
+@pytest.fixture()
+def crafted_run(tmp_path):
+    run = tmp_path / "run"
+    with Ledger.open(run) as led:
+        jobs = []
+        for (color, seed, artist), _ in SCORES.items():
+            jobs.append(Job("tiny", "fp", "txt2img", f"a {color} cat{artist}", "", seed, 4, 7.5, "ddim", 64, 64,
+                            factors={"color": color, "artist": artist}, meta={"stage": "main"}))
+        jobs.append(Job("tiny", "fp", "txt2img", "a green cat", "", 1, 4, 7.5, "ddim", 64, 64,
+                        factors={"color": "green", "artist": ""}, meta={"stage": "main"}))  # unpaired for artist
+        led.add_jobs(jobs)
+        for job in jobs:
+            write_png_atomic(led.image_path(job.key), np.full((64, 64, 3), 120, np.uint8), parameters=job.prompt,
+                             provenance={"key": job.key})
+        led.mark_done_many([Done(j.key, "b", 1, 0, 0.1, "cpu", "fp32", health={"ok": True, "flags": []})
+                            for j in jobs])
+        scores = [Score(j.key, METRIC, SCORES.get((j.factors["color"], j.seed, j.factors["artist"]), 10.0))
+                  for j in jobs]
+        scores.append(Score(jobs[0].key, "health", 1.0))
+        led.put_scores(scores)
+    return run
+
+
+def test_image_table_has_factors_parameters_and_scores(crafted_run):
+    with Ledger.open(crafted_run, readonly=True) as led:
+        t = image_table(led)
+    assert len(t) == 9
+    assert {"f.color", "f.artist", "seed", "prompt", "steps", f"m.{METRIC}", "healthy", "image"} <= set(t.columns)
+    assert t["healthy"].all() and (t["image"] == "images/" + t["key"] + ".png").all()
+
+
+def test_compare_gives_hand_checked_numbers(crafted_run):
+    with Ledger.open(crafted_run, readonly=True) as led:
+        t = image_table(led)
+    c = compare(t, "artist", metric="clip_score", n_boot=500)
+    (row,) = c.rows
+    assert c.baseline == "" and row.level == ", by x"
+    assert row.n_pairs == 4 and row.mean_diff == pytest.approx((2 + 2 + 2 + 0) / 4)
+    assert row.win_rate == pytest.approx((3 + 0.5) / 4)
+    assert row.ci_low <= row.mean_diff <= row.ci_high
+    assert c.n_excluded["unpaired"] == 1
+
+
+def test_tables_round_trip_through_pandas(crafted_run):
+    r = build_report(crafted_run, html=False)
+    tables = crafted_run / "tables"
+    csv = pd.read_csv(tables / "images.csv", keep_default_na=False, na_values=[""])
+    pq = pd.read_parquet(tables / "images.parquet")
+    assert len(csv) == len(pq) == 9
+    assert sorted(csv["key"]) == sorted(pq["key"])
+    assert pq.set_index("key").loc[csv["key"][0], f"m.{METRIC}"] == pytest.approx(csv[f"m.{METRIC}"][0])
+    assert (tables / "images.md").read_text().startswith("| key | image |")
+    factors = pd.read_parquet(tables / "factors.parquet")
+    red = factors[(factors.factor == "color") & (factors.level == "red")].iloc[0]
+    assert red["n"] == 4 and red["mean"] == pytest.approx(21.5)
+    assert {c.factor for c in r.comparisons} >= {"f.artist", "f.color"}
+
+
+def test_report_is_rebuilt_from_the_ledger(crafted_run):
+    build_report(crafted_run, html=False)
+    first = (crafted_run / "tables" / "factors.csv").read_text()
+    import shutil
+    shutil.rmtree(crafted_run / "tables")
+    build_report(crafted_run, html=False)
+    assert (crafted_run / "tables" / "factors.csv").read_text() == first
+
+
+def test_compare_cli_json_and_errors(crafted_run):
+    r = subprocess.run([sys.executable, "-m", "harness", "compare", str(crafted_run), "--factor", "artist",
+                        "--metric", "clip_score", "--format", "json", "--n-boot", "200"],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout)
+    assert data["rows"][0]["n_pairs"] == 4 and data["rows"][0]["mean_diff"] == pytest.approx(1.5)
+    bad = subprocess.run([sys.executable, "-m", "harness", "compare", str(crafted_run), "--factor", "artsit"],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert bad.returncode == 2 and "artist" in bad.stderr
