@@ -353,5 +353,9 @@ def watermark_embed(
     typer.echo(f"wrote {dst} with message {message}")
 
 
+# Commands defined in other modules register themselves on `app`.
+from . import cli_search  # noqa: E402,F401
+
+
 def main() -> None:  # pragma: no cover
     app()

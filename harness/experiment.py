@@ -88,7 +88,7 @@ class Experiment:
     randomize: Randomize | None
     overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     stages: tuple[Stage, ...] = ()
-    raw: Mapping[str, Any] = field(default_factory=dict)
+    raw: Mapping[str, Any] = field(default_factory=dict)  # the TOML as read; [search] is validated by search.py
 
     @property
     def base_dir(self) -> Path:
@@ -102,7 +102,7 @@ class Experiment:
 _TOP_KEYS = {
     "name", "prompt", "negative_prompt", "expand", "sample", "prompt_seed", "seeds", "checkpoints", "mode",
     "scheduler", "steps", "guidance", "width", "height", "strengths", "init_images", "batch_size", "dtype",
-    "device", "memory", "watermark", "metrics", "exact", "randomize", "checkpoint", "stages",
+    "device", "memory", "watermark", "metrics", "exact", "randomize", "checkpoint", "stages", "search",
 }
 _OVERRIDE_KEYS = {"width", "height", "scheduler", "dtype", "steps", "guidance"}
 _RANDOM_KEYS = {"seed", "draws", "strength", "steps", "guidance"}

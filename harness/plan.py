@@ -94,19 +94,13 @@ def _random_params(exp: Experiment, prompt: str, negative: str, seed: int, draw:
     return out
 
 
-def make_plan(exp: Experiment, *, resolve: Callable | None = None, library: WildcardLibrary | None = None,
-              init_hash: Callable | None = None) -> Plan:
-    """Build every job. `resolve(name, base_dir=...)` returns a CheckpointRef
-    (default: the checkpoint registry); `init_hash(path, w, h)` hashes an init
-    image as it will be fed to the pipeline (default: images.init_hash)."""
+def resolve_checkpoints(exp: Experiment, resolve: Callable | None = None) -> dict:
+    """name -> CheckpointRef for the experiment's checkpoints; the same weights twice is an error."""
     if resolve is None:
         from .checkpoints import resolve as resolve_ref
 
         def resolve(name, base_dir=None):
             return resolve_ref(name, base_dir=base_dir)
-    if init_hash is None:
-        from .images import init_hash
-    prompts, negatives = variants_of(exp, library)
     refs = {name: resolve(name, base_dir=exp.base_dir) for name in exp.checkpoints}
     fingerprints: dict[str, str] = {}
     for name, ref in refs.items():
@@ -114,45 +108,74 @@ def make_plan(exp: Experiment, *, resolve: Callable | None = None, library: Wild
             raise ValueError(f"{exp.path}: checkpoints '{fingerprints[ref.fingerprint]}' and '{name}' are the "
                              f"same weights (fingerprint {ref.fingerprint}); list it once")
         fingerprints[ref.fingerprint] = name
+    return refs
 
-    jobs: dict[str, Job] = {}
+
+def make_plan(exp: Experiment, *, resolve: Callable | None = None, library: WildcardLibrary | None = None,
+              init_hash: Callable | None = None) -> Plan:
+    """Build every job. `resolve(name, base_dir=...)` returns a CheckpointRef
+    (default: the checkpoint registry); `init_hash(path, w, h)` hashes an init
+    image as it will be fed to the pipeline (default: images.init_hash)."""
+    prompts, negatives = variants_of(exp, library)
+    refs = resolve_checkpoints(exp, resolve)
+    jobs = jobs_for(exp, refs, prompts, negatives, init_hash=init_hash)
+    factors = list(dict.fromkeys(f for j in jobs for f in j.factors))
+    return Plan(exp, tuple(jobs), tuple(factors), refs)
+
+
+def jobs_for(exp: Experiment, refs: dict, prompts: list[Variant], negatives: list[Variant], *,
+             seeds: Iterable[int] | None = None, modes: Iterable[str] | None = None,
+             strengths: Iterable[float] | None = None, inits: list[tuple[str, str]] | None = None,
+             steps: int | None = None, stage: str = "main", meta: dict | None = None,
+             init_hash: Callable | None = None) -> list[Job]:
+    """The cross product checkpoints x modes x prompts x negatives x seeds x draws
+    x init images x strengths, deduplicated by key, in that order. `inits` are
+    (path, hash) pairs that override the experiment's init images (later stages,
+    search); `meta` is merged into every job's meta."""
+    if init_hash is None:
+        from .images import init_hash
+    seeds = list(exp.seeds if seeds is None else seeds)
+    modes = list(exp.modes if modes is None else modes)
     draws = exp.randomize.draws if exp.randomize else 1
     hashes: dict[tuple, str] = {}
+    jobs: dict[str, Job] = {}
     for ck, ref in refs.items():
         width, height = exp.setting(ck, "width"), exp.setting(ck, "height")
         base = dict(checkpoint=ck, fingerprint=ref.fingerprint, scheduler=exp.setting(ck, "scheduler"),
                     width=width, height=height, dtype=exp.setting(ck, "dtype"), watermark=exp.watermark)
-        for mode in exp.modes:
-            inits = [(None, None)]
-            strengths: list = [None]
+        for mode in modes:
+            mode_inits: list = [(None, None)]
+            mode_strengths: list = [None]
             if mode == "img2img":
-                inits = []
-                for p in exp.init_images:
-                    if (p, width, height) not in hashes:
-                        hashes[(p, width, height)] = init_hash(p, width, height)
-                    inits.append((str(p), hashes[(p, width, height)]))
-                strengths = list(exp.strengths)
+                if inits is not None:
+                    mode_inits = list(inits)
+                else:
+                    mode_inits = []
+                    for p in exp.init_images:
+                        if (p, width, height) not in hashes:
+                            hashes[(p, width, height)] = init_hash(p, width, height)
+                        mode_inits.append((str(p), hashes[(p, width, height)]))
+                mode_strengths = list(exp.strengths if strengths is None else strengths)
             for v in prompts:
                 for neg in negatives:
-                    for seed in exp.seeds:
+                    for seed in seeds:
                         for draw in range(draws):
                             rnd = _random_params(exp, v.prompt, neg.prompt, seed, draw, ck) if exp.randomize else {}
-                            for init_path, ihash in inits:
+                            for init_path, ihash in mode_inits:
                                 for strength in ([rnd["strength"]] if "strength" in rnd and mode == "img2img"
-                                                 else strengths):
+                                                 else mode_strengths):
                                     job = Job(
                                         **base, mode=mode, prompt=v.prompt, negative_prompt=neg.prompt, seed=seed,
-                                        steps=rnd.get("steps", exp.setting(ck, "steps")),
+                                        steps=rnd.get("steps", steps or exp.setting(ck, "steps")),
                                         guidance=rnd.get("guidance", exp.setting(ck, "guidance")),
                                         strength=strength, init_hash=ihash, init_image=init_path,
                                         factors={**v.factors, **neg.factors},
                                         meta={"template": exp.prompt, "negative_template": exp.negative_prompt,
-                                              "prompt_seed": exp.prompt_seed, "stage": "main",
-                                              **({"draw": draw} if draws > 1 else {})},
+                                              "prompt_seed": exp.prompt_seed, "stage": stage,
+                                              **({"draw": draw} if draws > 1 else {}), **(meta or {})},
                                     )
                                     jobs.setdefault(job.key, job)
-    factors = list(dict.fromkeys(f for j in jobs.values() for f in j.factors))
-    return Plan(exp, tuple(jobs.values()), tuple(factors), refs)
+    return list(jobs.values())
 
 
 def shard(jobs: Iterable[Job], index: int, count: int) -> list[Job]:

@@ -1,6 +1,6 @@
 """Built-in random-weight Stable Diffusion checkpoints, built from configs in code.
 
-`tiny` is a few-MB StableDiffusionPipeline for demos and tests: the same
+`tiny` is a 15 MB StableDiffusionPipeline for demos and tests: the same
 architecture families as SD v1 (UNet with cross-attention, an AutoencoderKL
 that downsamples by 8, a CLIP text encoder, the real CLIP BPE tokenizer) but
 with small widths, so a 256x256 image takes a fraction of a second on a CPU.
@@ -12,8 +12,9 @@ the same `from_pretrained` code path as any real model folder.
 
 Weights are filled by `deterministic_init`: every parameter draws from its own
 `torch.Generator` seeded from (namespace, parameter name) with a uniform
-distribution, which is bit-identical on every CPU, so a rebuild anywhere gives
-the same files and the same fingerprint. Scales are LeCun-style
+distribution, which is bit-identical on every CPU, so a rebuild on any machine
+gives the same weights (and, with the same library versions writing the files,
+the same bytes and fingerprint). Scales are LeCun-style
 (`uniform(±sqrt(3 / fan_in))`) so activations keep unit variance and the random
 decoder paints coloured noise rather than flat grey.
 
