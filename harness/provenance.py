@@ -77,7 +77,7 @@ def model_hash(fingerprint: str) -> str:
 
 
 def a1111_parameters(job: Job, *, sampler: str, model_name: str,
-                     extra: Mapping[str, Any] | None = None) -> str:
+                     extra: Mapping[str, Any] | None = None, model_hash_override: str | None = None) -> str:
     """The ``parameters`` text of AUTOMATIC1111's web UI for `job`.
 
     Line 1 (and following, for multi-line prompts) is the prompt, then a
@@ -94,7 +94,7 @@ def a1111_parameters(job: Job, *, sampler: str, model_name: str,
         "CFG scale": repr(float(job.guidance)),
         "Seed": str(job.seed),
         "Size": f"{job.width}x{job.height}",
-        "Model hash": model_hash(job.fingerprint),
+        "Model hash": model_hash_override or model_hash(job.fingerprint),
         "Model": model_name,
     }
     if job.mode == "img2img":

@@ -84,14 +84,40 @@ def run_experiment(path: Path | str, *, out: Path | str | None = None, force: bo
     ledger, pending = prepare_run(exp, plan, run_dir, jobs=jobs, force=force)
     result = RunResult(run_dir, len(jobs), len(jobs) - len(pending))
     try:
-        generate_jobs(exp, plan, ledger, pending, result, exact=exp.exact if exact is None else exact,
-                      device=device or exp.device, batch_size=batch_size, log=log or _stderr, progress=progress)
+        options = dict(exact=exp.exact if exact is None else exact, device=device or exp.device,
+                       batch_size=batch_size, log=log or _stderr, progress=progress)
+        generate_jobs(exp, plan, ledger, pending, result, **options)
         if exp.metrics and evaluate_after:
             from .evaluate import evaluate
             result.metrics = evaluate(ledger, exp.metrics, log=log or _stderr)
+        for stage in exp.stages:
+            run_stage(exp, stage, plan, ledger, result, shard=shard, evaluate_after=evaluate_after, **options)
     finally:
         ledger.close()
     return result
+
+
+def run_stage(exp: Experiment, stage, plan: Plan, ledger: Ledger, result: RunResult, *, shard=None,
+              evaluate_after: bool = True, **options) -> None:
+    """Generate one later stage from its source stage's outputs (resumable like the main stage)."""
+    from .evaluate import evaluate
+    from .stages import stage_jobs
+
+    log = options.get("log") or _stderr
+    if stage.metric:  # top-k selection needs the source images scored
+        evaluate(ledger, [stage.metric], log=log)
+    jobs = stage_jobs(exp, stage, ledger, plan.checkpoints)
+    if shard is not None:
+        jobs = shard_jobs(jobs, *shard)
+    ledger.add_jobs(jobs)
+    done = ledger.done_keys()
+    pending = [j for j in jobs if j.key not in done]
+    result.planned += len(jobs)
+    result.already_done += len(jobs) - len(pending)
+    log(f"stage {stage.name}: {len(jobs)} jobs from stage {stage.source}, {len(pending)} to generate")
+    generate_jobs(exp, plan, ledger, pending, result, **options)
+    if exp.metrics and evaluate_after:
+        result.metrics = evaluate(ledger, exp.metrics, log=log)
 
 
 def _stderr(msg: str) -> None:
@@ -109,7 +135,6 @@ def generate_jobs(exp: Experiment, plan: Plan, ledger: Ledger, pending: list[Job
 
     cache = gen.PipelineCache(device, memory=exp.memory)
     result.device = cache.device
-    embeds: dict = {}
     inits: dict = {}
     host = socket.gethostname()
     writer = ThreadPoolExecutor(max_workers=max(1, min(4, (os.cpu_count() or 2))))
@@ -141,7 +166,7 @@ def generate_jobs(exp: Experiment, plan: Plan, ledger: Ledger, pending: list[Job
                 if first.mode == "img2img":
                     images = [_init(inits, gen, j) for j in chunk]
                 return gen.generate_batch(pipe, chunk, device=cache.device, init_images=images,
-                                          embeds_cache=embeds, exact=exact)
+                                          embeds_cache=cache.embeds, exact=exact)
 
             started = time.perf_counter()
             for chunk in gen.run_batched(call, jobs, size, on_oom=lambda m: (result.oom_events.append(m), log(m))):
@@ -161,7 +186,8 @@ def generate_jobs(exp: Experiment, plan: Plan, ledger: Ledger, pending: list[Job
                     futures.append(writer.submit(
                         write_png_atomic, ledger.image_path(job.key), pixels,
                         parameters=a1111_parameters(job, sampler=SAMPLER_NAMES.get(job.scheduler, job.scheduler),
-                                                    model_name=job.checkpoint),
+                                                    model_name=job.checkpoint,
+                                                    model_hash_override=getattr(ref, "model_hash", "") or None),
                         provenance=provenance_record(job, **extra), compress_level=PNG_LEVEL))
                     rows.append(Done(job.key, batch_id=f"{os.getpid()}-{batch_no}", batch_size=chunk.batch_size,
                                      slot=slot, seconds=per_image, device=cache.device, dtype=dtype_used,

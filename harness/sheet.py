@@ -1,0 +1,528 @@
+"""The HTML contact sheet of a run: ``RUN/index.html``, a static page that opens from disk.
+
+Input is the per-image table built by :mod:`harness.report` (one row per image,
+``f.<factor>`` and ``m.<metric id>`` columns). The page holds:
+
+- grids of thumbnails, rows x columns chosen among the factors and parameters;
+  every other dimension that varies splits the grids into sections;
+- a detail view per image (full image, prompt, parameters, scores, the image it
+  was made from), built in the browser from a JSON blob with ``textContent``;
+- the per-variant table (sortable), the paired comparisons and the plots.
+
+Safety: jinja2 autoescapes every value; the JSON blob escapes ``<``, ``>`` and
+``&`` so it cannot close its ``<script>`` element; a Content-Security-Policy
+allows only the page's own inline script (by hash) and local images, so even a
+missed escape could not run code or reach the network. Links are relative, so
+the run folder can be moved or zipped.
+
+Thumbnails go to ``RUN/thumbs/<key>.jpg`` (written atomically, skipped while
+newer than their image), which keeps pages of 10k images quick to rebuild.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import math
+import os
+import re
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+from urllib.parse import quote
+
+import pandas as pd
+
+THUMBS_DIR = "thumbs"
+THUMB_PX = 160
+# Parameters that may span grid rows/columns/sections, in section order (factors come first).
+GRID_PARAMS = ("checkpoint", "mode", "stage", "strength", "steps", "guidance", "scheduler", "width", "height",
+               "init_image", "negative_prompt", "seed")
+# Columns shown in the detail view's own places, or not worth showing as parameters.
+_NOT_PARAMS = {"key", "image", "prompt", "negative_prompt"}
+# Metrics whose meaning the badges already carry; not repeated under every thumbnail.
+_BADGE_METRICS = ("health", "watermark")
+_SAFE_KEY = re.compile(r"[A-Za-z0-9_-]{1,128}")
+_TEMPLATES = Path(__file__).parent / "templates"
+MISSING = "—"
+
+
+# ------------------------------------------------------------------ values and names
+
+
+def is_missing(v: Any) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NA or v is pd.NaT
+
+
+def level_label(v: Any) -> str:
+    """How a level reads on the page: '' is '(empty)', missing is '—', floats without noise."""
+    if is_missing(v):
+        return MISSING
+    if isinstance(v, str):
+        return "(empty)" if v == "" else v
+    if isinstance(v, float) or getattr(getattr(v, "dtype", None), "kind", "") == "f":
+        v = float(v)
+        return str(int(v)) if v.is_integer() and abs(v) < 1e15 else format(v, ".6g")
+    return str(v)
+
+
+def _is_number(v: Any) -> bool:
+    if isinstance(v, bool):
+        return False
+    return isinstance(v, (int, float)) or getattr(getattr(v, "dtype", None), "kind", "") in ("i", "u", "f")
+
+
+def _sort_key(v: Any) -> tuple:
+    if is_missing(v):
+        return (2, 0.0, "")
+    if _is_number(v):
+        return (0, float(v), "")
+    return (1, 0.0, str(v))
+
+
+def flag(v: Any) -> bool:
+    """True only for a real true value (True, numpy True, 1); None/NaN/False are not set."""
+    return not is_missing(v) and not isinstance(v, str) and bool(v == 1)
+
+
+def sorted_levels(values: Iterable[Any]) -> list[Any]:
+    """Distinct values, numbers numerically, then text, missing last."""
+    seen: dict[str, Any] = {}
+    for v in values:
+        seen.setdefault(level_label(v), v)
+    return sorted(seen.values(), key=_sort_key)
+
+
+def dim_name(column: str) -> str:
+    return column[2:] if column.startswith("f.") else column
+
+
+def short_metric(column: str) -> str:
+    """``m.clip_score[model=...]`` -> ``clip_score``."""
+    return column[2:].split("[", 1)[0] if column.startswith("m.") else column
+
+
+def fmt_score(v: Any) -> str:
+    if is_missing(v):
+        return MISSING
+    v = float(v)
+    return f"{v:.0f}" if abs(v) >= 1000 else f"{v:.3g}"
+
+
+def grid_dims(table: pd.DataFrame) -> list[str]:
+    """Columns that may become grid rows, columns or sections: factors first, then parameters."""
+    return [c for c in table.columns if str(c).startswith("f.")] + [c for c in GRID_PARAMS if c in table.columns]
+
+
+def resolve_dim(table: pd.DataFrame, name: str, what: str) -> str:
+    dims = grid_dims(table)
+    for column in (name, f"f.{name}"):
+        if column in dims:
+            return column
+    names = ", ".join(dim_name(c) for c in dims) or "(none)"
+    raise ValueError(f"{what}={name!r} is not a factor or parameter of this run; choose one of: {names} "
+                     "(a factor is named without its 'f.' prefix; write 'f.seed' for a factor called seed)")
+
+
+def _varies(table: pd.DataFrame, column: str) -> bool:
+    return len(sorted_levels(table[column])) > 1
+
+
+def numeric_metrics(table: pd.DataFrame) -> list[str]:
+    """``m.*`` columns holding numbers (the table may also carry text ``m.*`` job metadata)."""
+    return [c for c in table.columns if str(c).startswith("m.") and pd.api.types.is_numeric_dtype(table[c])
+            and not pd.api.types.is_bool_dtype(table[c])]
+
+
+def resolve_metrics(table: pd.DataFrame, metrics: Sequence[str] | None) -> list[str]:
+    available = numeric_metrics(table)
+    if metrics is None:
+        return [c for c in available if short_metric(c) not in _BADGE_METRICS]
+    out = []
+    for name in metrics:
+        exact = [c for c in available if c in (name, f"m.{name}")]
+        short = [c for c in available if short_metric(c) == name]
+        found = exact or short
+        if len(found) != 1:
+            listing = ", ".join(c[2:] for c in available) or "(none scored)"
+            problem = "is ambiguous; use the full id" if found else "is not a scored metric of this run"
+            raise ValueError(f"metrics: {name!r} {problem}; metrics in the table: {listing}")
+        out.append(found[0])
+    return out
+
+
+def metric_labels(columns: Sequence[str]) -> dict[str, str]:
+    """Short names (before '['), falling back to the full id where two share a short name."""
+    shorts = [short_metric(c) for c in columns]
+    return {c: (s if shorts.count(s) == 1 else c[2:]) for c, s in zip(columns, shorts)}
+
+
+def _check_key(key: Any) -> str:
+    if not isinstance(key, str) or not _SAFE_KEY.fullmatch(key):
+        raise ValueError(f"table key {key!r} cannot name a thumbnail file; keys are letters, digits, '-' or '_' "
+                         "(a job key is 64 hex digits)")
+    return key
+
+
+def _url(rel: str | os.PathLike) -> str:
+    return quote(Path(rel).as_posix())
+
+
+# ------------------------------------------------------------------ thumbnails
+
+
+def _image_file(run_dir: Path, image: Any, key: str) -> Path:
+    if is_missing(image) or image == "":
+        return run_dir / "images" / f"{key}.png"
+    p = Path(image)
+    return p if p.is_absolute() else run_dir / p
+
+
+def make_thumbnail(image: Path, thumb: Path, size: int = THUMB_PX) -> bool:
+    """Write a JPEG of at most `size` px on its long side, unless a newer one exists. True if written."""
+    from PIL import Image
+
+    try:
+        if thumb.stat().st_mtime_ns >= image.stat().st_mtime_ns:
+            return False
+    except FileNotFoundError:
+        pass
+    with Image.open(image) as im:
+        im.thumbnail((size, size), Image.Resampling.BICUBIC, reducing_gap=2.0)
+        rgb = im.convert("RGB")
+    tmp = thumb.with_name(f".{thumb.name}.tmp-{os.getpid()}-{os.urandom(4).hex()}")
+    try:
+        rgb.save(tmp, format="JPEG", quality=85)
+        os.replace(tmp, thumb)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return True
+
+
+def ensure_thumbnails(run_dir: Path, images: dict[str, Path], size: int = THUMB_PX) -> dict[str, str | None]:
+    """Thumbnails for `images` (key -> image file). Returns key -> None, or why there is no thumbnail."""
+    folder = run_dir / THUMBS_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def one(item: tuple[str, Path]) -> tuple[str, str | None]:
+        key, image = item
+        if not image.is_file():
+            return key, "image file missing"
+        try:
+            make_thumbnail(image, folder / f"{key}.jpg", size)
+        except OSError as exc:  # damaged or unreadable image: show a placeholder, keep the page
+            return key, f"unreadable image ({exc})"
+        return key, None
+
+    items = list(images.items())
+    workers = min(4, os.cpu_count() or 1)
+    if len(items) < 32 or workers == 1:
+        return dict(map(one, items))
+    with ThreadPoolExecutor(workers) as pool:  # Pillow releases the GIL while decoding and resizing
+        return dict(pool.map(one, items))
+
+
+# ------------------------------------------------------------------ page model
+
+
+def _json_for_script(data: Any) -> str:
+    """JSON that is safe inside <script type="application/json">: no '<', '>' or '&' characters."""
+    text = json.dumps(data, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    for ch, esc in (("&", "\\u0026"), ("<", "\\u003c"), (">", "\\u003e"), ("\u2028", "\\u2028"),
+                    ("\u2029", "\\u2029")):
+        text = text.replace(ch, esc)
+    return text
+
+
+def _plain(v: Any) -> Any:
+    """A JSON-friendly version of a table value."""
+    if is_missing(v):
+        return None
+    if hasattr(v, "item") and not isinstance(v, (str, bytes)):
+        v = v.item()
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    return v if isinstance(v, (str, int, bool)) else str(v)
+
+
+def _score_bars(table: pd.DataFrame, metrics: list[str]) -> dict[str, tuple[float, float]]:
+    out = {}
+    for m in metrics:
+        values = pd.to_numeric(table[m], errors="coerce")
+        lo, hi = values.min(), values.max()
+        if pd.notna(lo) and hi > lo:
+            out[m] = (float(lo), float(hi))
+    return out
+
+
+def _parent(row: dict) -> str | None:
+    p = row.get("parent_key")
+    return p if isinstance(p, str) and p else None
+
+
+def _thumb_box(row: dict, size: int = THUMB_PX) -> tuple[int, int]:
+    """Displayed thumbnail size from the image's width/height (square when unknown)."""
+    w, h = row.get("width"), row.get("height")
+    if not (_is_number(w) and _is_number(h)) or is_missing(w) or is_missing(h) or w <= 0 or h <= 0:
+        return size, size
+    scale = size / max(w, h)
+    return max(1, round(w * scale)), max(1, round(h * scale))
+
+
+def _records(run_dir: Path, table: pd.DataFrame, metrics: list[str], labels: dict[str, str],
+             dims: list[str]) -> tuple[list[dict], dict[str, dict]]:
+    """Per image: what the grid cell shows, and the JSON record of the detail view."""
+    rows = table.to_dict("records")
+    keys = {_check_key(r["key"]) for r in rows}
+    if len(keys) != len(rows):
+        dup = table["key"][table["key"].duplicated()].iloc[0]
+        raise ValueError(f"table has {len(rows) - len(keys)} duplicate key(s), e.g. {dup!r}; "
+                         "the contact sheet expects one row per image")
+    files = {r["key"]: _image_file(run_dir, r.get("image"), r["key"]) for r in rows}
+    parents = {_parent(r) for r in rows} - {None}
+    for p in parents - keys:
+        files[_check_key(p)] = run_dir / "images" / f"{p}.png"
+    problems = ensure_thumbnails(run_dir, files)
+
+    def rel(path: Path) -> str:
+        return _url(os.path.relpath(path, run_dir))
+
+    def thumb(key: str) -> str | None:
+        return None if problems.get(key) else _url(f"{THUMBS_DIR}/{key}.jpg")
+
+    children = defaultdict(list)
+    for r in rows:
+        if _parent(r):
+            children[_parent(r)].append(r["key"])
+    bars = _score_bars(table, metrics)
+    all_metrics = numeric_metrics(table)
+    param_cols = [c for c in table.columns
+                  if c not in _NOT_PARAMS and not str(c).startswith(("f.", "m."))]
+    cells, data = [], {}
+    for r in rows:
+        key = r["key"]
+        parent = _parent(r)
+        heading = ", ".join(f"{dim_name(d)}={level_label(r[d])}" for d in dims)
+        scores = []
+        for m in metrics:
+            v = r[m]
+            frac = None
+            if m in bars and not is_missing(v):
+                lo, hi = bars[m]
+                frac = round((float(v) - lo) / (hi - lo), 3)
+            scores.append({"label": labels[m], "id": m[2:], "value": fmt_score(v), "frac": frac})
+        cell = {"key": key, "thumb": thumb(key), "box": _thumb_box(r), "problem": problems.get(key), "alt": heading,
+                "watermark": flag(r.get("watermark")),
+                "unhealthy": "healthy" in r and not flag(r["healthy"]),
+                "status": r.get("status"), "scores": scores,
+                "parent": parent, "parent_thumb": thumb(parent) if parent else None}
+        cells.append(cell)
+        data[key] = {
+            "key": key, "title": heading, "image": rel(files[key]), "thumb": cell["thumb"],
+            "problem": cell["problem"], "prompt": _plain(r.get("prompt")),
+            "negative_prompt": _plain(r.get("negative_prompt")),
+            "factors": [[dim_name(c), level_label(r[c])] for c in table.columns if str(c).startswith("f.")],
+            "params": [[c, level_label(_plain(r[c]))] for c in param_cols if not is_missing(_plain(r[c]))],
+            "scores": [[c[2:], fmt_score(r[c]), _plain(r[c])] for c in all_metrics],
+            "badges": [b for b, on in (("watermark", cell["watermark"]), ("unhealthy", cell["unhealthy"])) if on],
+            "parent": parent, "children": children.get(key, []),
+            "parent_image": rel(files[parent]) if parent else None,
+            "parent_thumb": cell["parent_thumb"],
+        }
+    return cells, data
+
+
+def _grid_sections(table: pd.DataFrame, cells: list[dict], row_dim: str, col_dim: str,
+                   section_dims: list[str]) -> list[dict]:
+    """Group cells into sections (one per observed combination of section dims), each a row x col grid."""
+    values = {d: table[d].tolist() for d in (row_dim, col_dim, *section_dims)}
+    groups: dict[tuple, list[int]] = defaultdict(list)
+    raw: dict[tuple, tuple] = {}
+    for i in range(len(cells)):
+        label = tuple(level_label(values[d][i]) for d in section_dims)
+        groups[label].append(i)
+        raw.setdefault(label, tuple(values[d][i] for d in section_dims))
+    sections = []
+    for label in sorted(groups, key=lambda lb: tuple(_sort_key(v) for v in raw[lb])):
+        idx = groups[label]
+        rlevels = sorted_levels(values[row_dim][i] for i in idx)
+        clevels = sorted_levels(values[col_dim][i] for i in idx)
+        cpos = {level_label(v): j for j, v in enumerate(clevels)}
+        rpos = {level_label(v): j for j, v in enumerate(rlevels)}
+        grid = [[[] for _ in clevels] for _ in rlevels]
+        for i in idx:
+            grid[rpos[level_label(values[row_dim][i])]][cpos[level_label(values[col_dim][i])]].append(cells[i])
+        sections.append({
+            "heading": [(dim_name(d), lv) for d, lv in zip(section_dims, label)],
+            "anchor": f"s{len(sections) + 1}", "count": len(idx),
+            "cols": [level_label(v) for v in clevels],
+            "rows": [(level_label(v), grid[j]) for j, v in enumerate(rlevels)],
+        })
+    return sections
+
+
+def _table_model(df: pd.DataFrame) -> dict:
+    """Header and cells of a DataFrame; numeric cells carry their raw value for sorting."""
+    if not isinstance(df.index, pd.RangeIndex):
+        df = df.reset_index()
+    head, body = [str(c) for c in df.columns], []
+    numeric = [pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c]) for c in df.columns]
+    for row in df.itertuples(index=False):
+        cells = []
+        for v, num in zip(row, numeric):
+            if num and not is_missing(v):
+                cells.append({"text": f"{float(v):.4g}" if isinstance(v, float) else str(v), "sort": float(v)})
+            else:
+                cells.append({"text": level_label(v) if not isinstance(v, (list, tuple)) else ", ".join(map(str, v)),
+                              "sort": None})
+        body.append(cells)
+    return {"head": head, "numeric": numeric, "body": body}
+
+
+def _comparison_model(item: Any) -> dict:
+    """A Comparison (harness.stats), a DataFrame, a (title, DataFrame) pair or markdown text."""
+    if isinstance(item, str):
+        return {"title": "", "tables": [], "notes": [], "markdown": _markdown_blocks(item)}
+    if isinstance(item, tuple) and len(item) == 2 and isinstance(item[1], pd.DataFrame):
+        return {"title": str(item[0]), "tables": [_table_model(item[1])], "notes": []}
+    if isinstance(item, pd.DataFrame):
+        return {"title": "", "tables": [_table_model(item)], "notes": []}
+    if hasattr(item, "to_frame") and hasattr(item, "factor"):
+        frame = item.to_frame()
+        frame["level"] = frame["level"].map(level_label)
+        tables = [_table_model(frame)]
+        if getattr(item, "ranking", None):
+            rank = pd.DataFrame([vars(r) if not hasattr(r, "__dataclass_fields__") else
+                                 {f: getattr(r, f) for f in r.__dataclass_fields__} for r in item.ranking])
+            rank["level"] = rank["level"].map(level_label)
+            tables.append(_table_model(rank))
+        better = "higher" if getattr(item, "higher_is_better", True) else "lower"
+        title = (f"{short_metric(item.metric) if str(item.metric).startswith('m.') else item.metric} by "
+                 f"{dim_name(str(item.factor))}, baseline {level_label(item.baseline)} ({better} is better)")
+        ex = getattr(item, "n_excluded", {}) or {}
+        notes = [f"pairs share: {', '.join(map(dim_name, getattr(item, 'pair_on', [])))}",
+                 f"metric: {str(item.metric).removeprefix('m.')}",
+                 "excluded: " + ", ".join(f"{v} {k}" for k, v in ex.items()),
+                 *getattr(item, "notes", [])]
+        return {"title": title, "tables": tables, "notes": notes, "method": getattr(item, "method", "")}
+    raise TypeError(f"comparisons: cannot show a {type(item).__name__}; pass harness.stats.Comparison objects, "
+                    "DataFrames, (title, DataFrame) pairs or markdown text")
+
+
+def _markdown_blocks(text: str) -> list[dict]:
+    """Pipe tables become tables, **bold** lines headings, other lines paragraphs."""
+    blocks: list[dict] = []
+    lines = text.splitlines()
+    i = 0
+    while i < len(lines):
+        line = lines[i].strip()
+        if line.startswith("|") and i + 1 < len(lines) and set(lines[i + 1].strip()) <= set("|-: "):
+            split = lambda s: [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", s.strip())[1:-1]]  # noqa: E731
+            head, body = split(line), []
+            i += 2
+            while i < len(lines) and lines[i].strip().startswith("|"):
+                body.append(split(lines[i]))
+                i += 1
+            frame = pd.DataFrame(body, columns=head) if body else pd.DataFrame(columns=head)
+            blocks.append({"table": _table_model(frame)})
+            continue
+        if line.startswith("**") and line.endswith("**") and len(line) > 4:
+            blocks.append({"heading": line[2:-2]})
+        elif line:
+            blocks.append({"text": line})
+        i += 1
+    return blocks
+
+
+def _plot_models(run_dir: Path, plots: Sequence[Path]) -> list[dict]:
+    out = []
+    root = run_dir.resolve()
+    for p in plots:
+        p = Path(p)
+        full = (p if p.is_absolute() else run_dir / p).resolve()
+        if root not in full.parents:
+            raise ValueError(f"plots: {p} is outside the run folder {run_dir}; the page links relatively, "
+                             "so write plots under RUN/plots/ (harness.plots.plots_for does)")
+        out.append({"src": _url(full.relative_to(root)), "name": full.stem.replace("__", " ")})
+    return out
+
+
+# ------------------------------------------------------------------ the page
+
+
+def _environment():
+    import jinja2
+
+    return jinja2.Environment(loader=jinja2.FileSystemLoader(str(_TEMPLATES)), autoescape=True,
+                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+
+
+def default_axes(table: pd.DataFrame) -> tuple[str, str]:
+    """rows = seed; cols = the first factor that varies (else the first factor, checkpoint or mode)."""
+    factors = [c for c in table.columns if str(c).startswith("f.")]
+    varying = [c for c in factors if _varies(table, c)]
+    params = [c for c in ("checkpoint", "mode", "stage", "strength") if c in table.columns]
+    cols = (varying or [c for c in params if _varies(table, c)] or factors or params or [None])[0]
+    rows = "seed" if "seed" in table.columns and cols != "seed" else None
+    if rows is None:
+        rest = [c for c in grid_dims(table) if c != cols]
+        rows = ([c for c in rest if _varies(table, c)] or rest or [None])[0]
+    if rows is None or cols is None:
+        raise ValueError("the table has no factor or parameter columns to lay out (need e.g. 'seed', "
+                         f"'checkpoint' or 'f.<factor>'); columns: {list(table.columns)}")
+    return rows, cols
+
+
+def write_sheet(run_dir: Path, table: pd.DataFrame, *, rows: str | None = None, cols: str | None = None,
+                metrics: list[str] | None = None, variant_summary: pd.DataFrame | None = None,
+                comparisons: list | None = None, plots: list[Path] | None = None, title: str = "") -> Path:
+    """Write ``run_dir/index.html`` (and missing thumbnails) for the per-image `table`; returns its path."""
+    from markupsafe import Markup
+
+    run_dir = Path(run_dir)
+    if "key" not in table.columns:
+        raise ValueError(f"table needs a 'key' column (one row per image); columns: {list(table.columns)}")
+    table = table.reset_index(drop=True)
+    d_rows, d_cols = default_axes(table) if len(table) else ("seed", "seed")
+    row_dim = resolve_dim(table, rows, "rows") if rows else d_rows
+    col_dim = resolve_dim(table, cols, "cols") if cols else (d_cols if d_cols != row_dim else None)
+    if col_dim is None or col_dim == row_dim:
+        raise ValueError(f"rows and cols must be different dimensions, both are {dim_name(row_dim)!r}; "
+                         f"choose among: {', '.join(dim_name(c) for c in grid_dims(table))}")
+    section_dims = [d for d in grid_dims(table) if d not in (row_dim, col_dim) and _varies(table, d)]
+    shown = resolve_metrics(table, metrics)
+    labels = metric_labels(shown)
+    cells, data = _records(run_dir, table, shown, labels, [d for d in grid_dims(table) if _varies(table, d)])
+    sections = _grid_sections(table, cells, row_dim, col_dim, section_dims)
+
+    script = (_TEMPLATES / "sheet.js").read_text(encoding="utf-8")
+    digest = base64.b64encode(hashlib.sha256(script.encode("utf-8")).digest()).decode("ascii")
+    healthy = table["healthy"] if "healthy" in table.columns else pd.Series(True, index=table.index)
+    counts = {"images": len(table), "missing": sum(1 for c in cells if c["problem"]),
+              "unhealthy": sum(1 for c in cells if c["unhealthy"]),
+              "watermarked": sum(1 for c in cells if c["watermark"]),
+              "healthy": int(healthy.map(flag).sum())}
+    page = _environment().get_template("sheet.html.j2").render(
+        title=title or f"{run_dir.name}: contact sheet", counts=counts,
+        row_name=dim_name(row_dim), col_name=dim_name(col_dim),
+        section_names=[dim_name(d) for d in section_dims], sections=sections,
+        metrics=[(labels[m], m[2:]) for m in shown],
+        variants=_table_model(variant_summary) if variant_summary is not None and len(variant_summary) else None,
+        comparisons=[_comparison_model(c) for c in comparisons or []],
+        plots=_plot_models(run_dir, plots or []),
+        css=Markup((_TEMPLATES / "sheet.css").read_text(encoding="utf-8")),
+        script=Markup(script), script_hash=f"sha256-{digest}",
+        data=Markup(_json_for_script(data)), thumb_px=THUMB_PX,
+    )
+    out = run_dir / "index.html"
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}-{os.urandom(4).hex()}")
+    try:
+        tmp.write_text(page, encoding="utf-8")
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return out

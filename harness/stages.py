@@ -1,0 +1,77 @@
+"""Later stages of an experiment: img2img from an earlier stage's outputs.
+
+A stage lists `from` (an earlier stage, "main" for the base experiment), its
+own prompt template, strengths, seeds and steps, and optionally `top_k` +
+`metric`: keep only the k best images per variant of the source stage (a
+variant = same checkpoint, prompt, negative prompt, mode and strength). In a
+stage prompt, `__parent__` stands for the parent image's prompt, so
+`__parent__, highly detailed` refines it. Every stage job records its parent's
+key (provenance and the ledger's parent_key) and the parent prompt as the
+source prompt for directional CLIP similarity.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+
+from .core import Job, Variant
+from .experiment import Experiment, Stage
+from .expand import compile_template
+from .grammar import escape_text
+from .images import init_hash
+from .ledger import Ledger
+from .plan import NEGATIVE_PREFIX, jobs_for
+from .wildcards import WildcardLibrary, default_search_path
+
+PARENT_TOKEN = "__parent__"
+
+
+def select_parents(stage: Stage, parents: list[Job], ledger: Ledger) -> list[Job]:
+    if stage.top_k is None:
+        return parents
+    from .metrics import metric_from_spec
+    metric = metric_from_spec(stage.metric)
+    scores = ledger.scores_frame()
+    scores = scores[scores["metric"] == metric.id].set_index("key")["value"] if len(scores) else {}
+    higher = metric.info.higher_is_better
+    by_variant: dict[tuple, list[tuple[float, Job]]] = defaultdict(list)
+    for job in parents:
+        value = scores.get(job.key, float("nan")) if len(scores) else float("nan")
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            continue
+        by_variant[(job.checkpoint, job.prompt, job.negative_prompt, job.mode, job.strength)].append((value, job))
+    chosen = []
+    for ranked in by_variant.values():
+        ranked.sort(key=lambda vj: (-vj[0] if higher else vj[0], vj[1].seed, vj[1].key))
+        chosen += [j for _, j in ranked[: stage.top_k]]
+    return chosen
+
+
+def stage_jobs(exp: Experiment, stage: Stage, ledger: Ledger, refs: dict,
+               library: WildcardLibrary | None = None) -> list[Job]:
+    """Jobs of one stage, from the done images of its source stage."""
+    library = library or WildcardLibrary(default_search_path(exp.base_dir))
+    parents = [j for j in ledger.all_jobs(status="done") if j.meta.get("stage", "main") == stage.source]
+    parents = select_parents(stage, sorted(parents, key=lambda j: j.key), ledger)
+    negative = exp.negative_prompt if stage.negative_prompt is None else stage.negative_prompt
+    negatives = [Variant("", {})]
+    if negative.strip():
+        negatives = [Variant(v.prompt, {NEGATIVE_PREFIX + k: val for k, val in v.factors.items()})
+                     for v in compile_template(negative, library=library, origin=f"{exp.path} ({stage.name})").expand()]
+    templates: dict[str, list[Variant]] = {}
+    jobs: list[Job] = []
+    for parent in parents:
+        if parent.prompt not in templates:
+            text = stage.prompt.replace(PARENT_TOKEN, escape_text(parent.prompt))
+            tpl = compile_template(text, library=library, origin=f"{exp.path} (stage {stage.name})")
+            templates[parent.prompt] = list(tpl.expand())
+        path = ledger.image_path(parent.key)
+        prompts = [Variant(v.prompt, {**parent.factors, **v.factors}) for v in templates[parent.prompt]]
+        jobs += jobs_for(
+            exp, {parent.checkpoint: refs[parent.checkpoint]}, prompts, negatives,
+            seeds=stage.seeds if stage.seeds is not None else [parent.seed], modes=["img2img"],
+            strengths=stage.strengths, inits=[(str(path), init_hash(path, parent.width, parent.height))],
+            steps=stage.steps, stage=stage.name,
+            meta={"parent_key": parent.key, "source_prompt": parent.prompt, "source_stage": stage.source})
+    return jobs

@@ -1,0 +1,150 @@
+"use strict";
+(function () {
+  // Every value shown here comes from the JSON blob and is written with textContent:
+  // prompts and factor values are data, never markup.
+  var data = JSON.parse(document.getElementById("sheet-data").textContent);
+  var dialog = document.getElementById("detail");
+  var order = Array.prototype.map.call(document.querySelectorAll("figure.item"), function (f) {
+    return f.getAttribute("data-key");
+  });
+  var current = null;
+
+  function $(id) { return document.getElementById(id); }
+
+  function text(el, value) { el.textContent = value === null || value === undefined ? "" : String(value); }
+
+  function fillPairs(tbody, pairs) {
+    tbody.replaceChildren();
+    pairs.forEach(function (pair) {
+      var tr = document.createElement("tr");
+      var th = document.createElement("th");
+      var td = document.createElement("td");
+      text(th, pair[0]);
+      text(td, pair[1]);
+      tr.append(th, td);
+      tbody.append(tr);
+    });
+    if (!pairs.length) {
+      var empty = document.createElement("tr");
+      var cell = document.createElement("td");
+      text(cell, "none");
+      empty.append(cell);
+      tbody.append(empty);
+    }
+  }
+
+  function linkTo(key) {
+    var rec = data[key];
+    var b = document.createElement("button");
+    b.type = "button";
+    b.className = "link";
+    b.setAttribute("data-open", key);
+    text(b, rec ? rec.title || key : key.slice(0, 12));
+    b.disabled = !rec;
+    return b;
+  }
+
+  function show(key) {
+    var r = data[key];
+    if (!r) { return; }
+    current = key;
+    text($("d-title"), r.title || key);
+    var badges = $("d-badges");
+    badges.replaceChildren();
+    r.badges.forEach(function (name) {
+      var s = document.createElement("span");
+      s.className = "badge " + (name === "watermark" ? "wm" : "bad");
+      text(s, name === "watermark" ? "WM" : name);
+      badges.append(s);
+    });
+    var img = $("d-img");
+    img.hidden = !!r.problem;
+    $("d-missing").hidden = !r.problem;
+    text($("d-missing"), r.problem ? "No image: " + r.problem : "");
+    if (r.problem) { img.removeAttribute("src"); } else { img.src = r.image; }
+    img.alt = r.title || "";
+    $("d-link").href = r.image;
+    var parentBox = $("d-parent");
+    parentBox.hidden = !r.parent;
+    if (r.parent) {
+      $("d-parent-img").src = r.parent_image;
+      var open = $("d-parent-open");
+      open.setAttribute("data-open", r.parent);
+      open.disabled = !data[r.parent];
+      text(open, data[r.parent] ? data[r.parent].title || r.parent : r.parent.slice(0, 12));
+    } else {
+      $("d-parent-img").removeAttribute("src");
+    }
+    text($("d-prompt"), r.prompt);
+    text($("d-neg"), r.negative_prompt ? r.negative_prompt : "(none)");
+    $("d-children-box").hidden = !r.children.length;
+    $("d-children").replaceChildren.apply($("d-children"), r.children.map(linkTo));
+    fillPairs($("d-scores"), r.scores.map(function (s) { return [s[0], s[1]]; }));
+    fillPairs($("d-factors"), r.factors);
+    fillPairs($("d-params"), [["key", r.key]].concat(r.params));
+    var i = order.indexOf(key);
+    $("d-prev").disabled = i <= 0;
+    $("d-next").disabled = i < 0 || i >= order.length - 1;
+    if (!dialog.open) { dialog.showModal(); }
+    $("d-close").focus();
+  }
+
+  function step(delta) {
+    var i = order.indexOf(current) + delta;
+    if (current !== null && i >= 0 && i < order.length) { show(order[i]); }
+  }
+
+  document.addEventListener("click", function (ev) {
+    var target = ev.target.closest("[data-open]");
+    if (target) {
+      ev.preventDefault();
+      show(target.getAttribute("data-open"));
+    }
+  });
+  $("d-close").addEventListener("click", function () { dialog.close(); });
+  $("d-prev").addEventListener("click", function () { step(-1); });
+  $("d-next").addEventListener("click", function () { step(1); });
+  dialog.addEventListener("click", function (ev) { if (ev.target === dialog) { dialog.close(); } });
+  dialog.addEventListener("close", function () { current = null; });
+  dialog.addEventListener("keydown", function (ev) {
+    if (ev.key === "ArrowLeft") { step(-1); ev.preventDefault(); }
+    if (ev.key === "ArrowRight") { step(1); ev.preventDefault(); }
+  });
+
+  // Sortable tables: numbers by value (missing last), text in natural order.
+  function sortBy(th) {
+    var table = th.closest("table");
+    var column = Array.prototype.indexOf.call(th.parentNode.children, th);
+    var numeric = th.getAttribute("data-type") === "num";
+    var dir = th.getAttribute("aria-sort") === "ascending" ? -1 : 1;
+    Array.prototype.forEach.call(th.parentNode.children, function (h) { h.removeAttribute("aria-sort"); });
+    th.setAttribute("aria-sort", dir === 1 ? "ascending" : "descending");
+    var body = table.tBodies[0];
+    var rows = Array.prototype.slice.call(body.rows);
+    function value(row) {
+      var c = row.cells[column];
+      if (!numeric) { return c ? c.textContent : ""; }
+      var v = c ? c.getAttribute("data-sort") : null;
+      return v === null || v === "" ? NaN : Number(v);
+    }
+    rows.sort(function (a, b) {
+      var x = value(a), y = value(b);
+      if (numeric) {
+        if (isNaN(x) || isNaN(y)) { return isNaN(x) - isNaN(y); }
+        return (x - y) * dir;
+      }
+      return x.localeCompare(y, undefined, { numeric: true }) * dir;
+    });
+    body.append.apply(body, rows);
+  }
+  document.querySelectorAll("table.sortable thead th").forEach(function (th) {
+    th.addEventListener("click", function () { sortBy(th); });
+  });
+
+  var size = $("size");
+  if (size) {
+    size.addEventListener("input", function () {
+      document.body.style.setProperty("--thumb", size.value + "px");
+    });
+  }
+})();

@@ -1,0 +1,60 @@
+"""Multi-stage experiments: later stages are img2img from earlier outputs, linked by parent key."""
+
+from pathlib import Path
+
+from harness.ledger import Ledger
+from harness.provenance import read_provenance
+from harness.run import run_experiment
+
+STAGED = """
+name = "staged"
+prompt = "a {red|blue} fox"
+seeds = [1, 2]
+checkpoints = ["tiny"]
+steps = 4
+width = 64
+height = 64
+metrics = ["clip_score:model=tiny"]
+
+[[stages]]
+name = "refine"
+prompt = "__parent__, {highly detailed|sharp focus}"
+strengths = [0.5]
+top_k = 1
+metric = "clip_score:model=tiny"
+
+[[stages]]
+name = "polish"
+from = "refine"
+prompt = "__parent__, masterpiece"
+strengths = [0.3]
+seeds = [7]
+"""
+
+
+def test_later_stages_link_every_image_to_an_existing_parent(tmp_path):
+    exp = tmp_path / "exp.toml"
+    exp.write_text(STAGED)
+    r = run_experiment(exp, out=tmp_path / "run", progress=False)
+    with Ledger.open(tmp_path / "run", readonly=True) as led:
+        jobs = {j.key: j for j in led.all_jobs(status="done")}
+        frame = led.jobs_frame().set_index("key")
+    by_stage = {}
+    for j in jobs.values():
+        by_stage.setdefault(j.meta["stage"], []).append(j)
+    assert len(by_stage["main"]) == 4
+    # top 1 of 2 seeds per main variant (2 variants), times 2 refine prompts
+    assert len(by_stage["refine"]) == 2 * 2
+    assert len(by_stage["polish"]) == 4
+    for stage, source in (("refine", "main"), ("polish", "refine")):
+        for j in by_stage[stage]:
+            parent = jobs[j.meta["parent_key"]]
+            assert parent.meta["stage"] == source
+            assert j.mode == "img2img" and j.init_image == str(tmp_path / "run" / "images" / f"{parent.key}.png")
+            assert j.prompt.startswith(parent.prompt) and j.meta["source_prompt"] == parent.prompt
+            assert frame.loc[j.key, "parent_key"] == parent.key
+            assert read_provenance(tmp_path / "run" / "images" / f"{j.key}.png")["job"]["meta"]["parent_key"] == parent.key
+    assert {j.seed for j in by_stage["polish"]} == {7}
+    assert r.generated == 12
+    again = run_experiment(exp, out=tmp_path / "run", progress=False)
+    assert again.generated == 0 and again.already_done == 12
