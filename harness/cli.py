@@ -240,6 +240,22 @@ def metrics_() -> None:
             typer.echo(f"    {name} = {opt.default!r}  {getattr(opt, 'help', '')}")
 
 
+@app.command()
+def merge(
+    sources: List[Path] = typer.Argument(..., help="Run folders to merge (e.g. the shards of one plan)."),
+    out: Path = typer.Option(..., "--out", help="The merged run folder (created if missing)."),
+) -> None:
+    """Merge run folders (shards from `harness run --shard i/n`) into one run."""
+    from .run import merge_runs
+
+    try:
+        t = merge_runs(out, sources)
+    except (FileNotFoundError, ValueError) as e:
+        fail(f"error: {e}")
+    typer.echo(f"{out}: {t['done']} done jobs ({t['added']} added, {t['already']} already there, "
+               f"{t['scores']} scores, {t['bad']} damaged images skipped)")
+
+
 class CompareFmt(str, Enum):
     text = "text"
     json = "json"
@@ -351,6 +367,14 @@ def watermark_embed(
     except (ValueError, OSError) as e:
         fail(f"error: {e}")
     typer.echo(f"wrote {dst} with message {message}")
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []})
+def bench(ctx: typer.Context) -> None:
+    """Throughput: the harness runner vs the naive loop (see `harness bench --help`)."""
+    from .bench import main as bench_main
+
+    raise typer.Exit(bench_main(ctx.args))
 
 
 # Commands defined in other modules register themselves on `app`.

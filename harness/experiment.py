@@ -86,6 +86,7 @@ class Experiment:
     metrics: tuple[str, ...]
     exact: bool
     randomize: Randomize | None
+    speedups: tuple[str, ...] = ()
     overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     stages: tuple[Stage, ...] = ()
     raw: Mapping[str, Any] = field(default_factory=dict)  # the TOML as read; [search] is validated by search.py
@@ -102,7 +103,7 @@ class Experiment:
 _TOP_KEYS = {
     "name", "prompt", "negative_prompt", "expand", "sample", "prompt_seed", "seeds", "checkpoints", "mode",
     "scheduler", "steps", "guidance", "width", "height", "strengths", "init_images", "batch_size", "dtype",
-    "device", "memory", "watermark", "metrics", "exact", "randomize", "checkpoint", "stages", "search",
+    "device", "memory", "watermark", "metrics", "exact", "randomize", "checkpoint", "stages", "search", "speedups",
 }
 _OVERRIDE_KEYS = {"width", "height", "scheduler", "dtype", "steps", "guidance"}
 _RANDOM_KEYS = {"seed", "draws", "strength", "steps", "guidance"}
@@ -271,6 +272,10 @@ def experiment_from_dict(raw: Mapping[str, Any], path: Path) -> Experiment:
     if not (isinstance(metrics, list) and all(isinstance(m, str) and m for m in metrics)):
         c.bad("metrics", metrics, "a list of metric names such as \"clip_score\"")
         metrics = []
+    speedups = raw.get("speedups", [])
+    if not (isinstance(speedups, list) and all(x in ("channels_last", "compile") for x in speedups)):
+        c.bad("speedups", speedups, "a list of 'channels_last', 'compile'")
+        speedups = []
     exact = raw.get("exact", False)
     if not isinstance(exact, bool):
         c.bad("exact", exact, "true or false")
@@ -331,7 +336,8 @@ def experiment_from_dict(raw: Mapping[str, Any], path: Path) -> Experiment:
         checkpoints=tuple(checkpoints), modes=tuple(modes), scheduler=scheduler, steps=steps,
         guidance=guidance, width=width, height=height, strengths=tuple(float(s) for s in strengths),
         init_images=tuple(init_images), batch_size=batch_size, dtype=dtype, device=device, memory=memory,
-        watermark=watermark, metrics=tuple(metrics), exact=exact, randomize=randomize, overrides=overrides,
+        watermark=watermark, metrics=tuple(metrics), exact=exact, randomize=randomize, speedups=tuple(speedups),
+        overrides=overrides,
         stages=stages, raw=dict(raw),
     )
 

@@ -124,20 +124,61 @@ def _stderr(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+@dataclass(frozen=True)
+class Tuning:
+    """Knobs that change speed, never pixels (the benchmark turns each off to measure it)."""
+
+    png_level: int = PNG_LEVEL
+    writers: int = 4                  # PNG encode/write threads; 0 = in the generation thread
+    speedups: tuple[str, ...] = ()    # opt-in: "channels_last", "compile" (torch.compile of the UNet)
+    on_load: Callable | None = None   # called with every loaded pipeline (timing hooks)
+
+
+SPEEDUPS = ("channels_last", "compile")
+
+
+def _loader(tuning: Tuning):
+    from .checkpoints import load_pipeline
+
+    def load(ref, mode, **kw):
+        pipe = load_pipeline(ref, mode, **kw)
+        if "channels_last" in tuning.speedups:
+            import torch
+            pipe.unet.to(memory_format=torch.channels_last)
+        if "compile" in tuning.speedups:
+            import torch
+            pipe.unet = torch.compile(pipe.unet)
+        if tuning.on_load is not None:
+            tuning.on_load(pipe)
+        return pipe
+    return load
+
+
+def _write_now(path, pixels, **kw) -> Future:
+    f: Future = Future()
+    try:
+        f.set_result(write_png_atomic(path, pixels, **kw))
+    except BaseException as exc:  # noqa: BLE001 - surfaced by commit() before marking done
+        f.set_exception(exc)
+    return f
+
+
 def generate_jobs(exp: Experiment, plan: Plan, ledger: Ledger, pending: list[Job], result: RunResult, *,
                   exact: bool, device: str, batch_size: int | None, log: Callable[[str], None],
-                  progress: bool | None = None) -> None:
+                  progress: bool | None = None, tuning: Tuning | None = None) -> None:
     if not pending:
         return
     from . import generate as gen  # torch is imported only when there is work
     from .checkpoints import SAMPLER_NAMES
     from .metrics.health import check_array
 
-    cache = gen.PipelineCache(device, memory=exp.memory)
+    tuning = tuning or Tuning(speedups=exp.speedups)
+    cache = gen.PipelineCache(device, memory=exp.memory, loader=_loader(tuning))
     result.device = cache.device
     inits: dict = {}
     host = socket.gethostname()
-    writer = ThreadPoolExecutor(max_workers=max(1, min(4, (os.cpu_count() or 2))))
+    writer = ThreadPoolExecutor(max_workers=max(1, tuning.writers))
+    submit = writer.submit if tuning.writers > 0 else _write_now
     inflight: deque[tuple[list[Done], list[Future]]] = deque()
     bar = _Progress(len(pending), enabled=progress, log=log)
     t0 = time.perf_counter()
@@ -183,12 +224,12 @@ def generate_jobs(exp: Experiment, plan: Plan, ledger: Ledger, pending: list[Job
                         pixels = embed(pixels, job.watermark)
                     extra = dict(batch_size=chunk.batch_size, slot=slot, device=cache.device, dtype=dtype_used,
                                  memory=list(cache.memory_applied), safety_checker="off", host=host)
-                    futures.append(writer.submit(
+                    futures.append(submit(
                         write_png_atomic, ledger.image_path(job.key), pixels,
                         parameters=a1111_parameters(job, sampler=SAMPLER_NAMES.get(job.scheduler, job.scheduler),
                                                     model_name=job.checkpoint,
                                                     model_hash_override=getattr(ref, "model_hash", "") or None),
-                        provenance=provenance_record(job, **extra), compress_level=PNG_LEVEL))
+                        provenance=provenance_record(job, **extra), compress_level=tuning.png_level))
                     rows.append(Done(job.key, batch_id=f"{os.getpid()}-{batch_no}", batch_size=chunk.batch_size,
                                      slot=slot, seconds=per_image, device=cache.device, dtype=dtype_used,
                                      memory=list(cache.memory_applied), health={"ok": ok, "flags": flags},
@@ -204,6 +245,35 @@ def generate_jobs(exp: Experiment, plan: Plan, ledger: Ledger, pending: list[Job
             cache.clear()
             result.seconds = time.perf_counter() - t0
             bar.close()
+
+
+def merge_runs(out: Path | str, sources: Iterable[Path | str], *, log: Callable[[str], None] | None = None) -> dict:
+    """Merge shard run folders into one run: done jobs, images (verified, atomic) and scores.
+    The experiment copy and run metadata come from the first source that has them."""
+    log = log or _stderr
+    out = Path(out)
+    totals = {"added": 0, "already": 0, "scores": 0, "bad": 0}
+    with Ledger.open(out) as ledger:
+        for src in sources:
+            src = Path(src)
+            if not (src / "ledger.sqlite").is_file():
+                raise FileNotFoundError(f"{src}: not a run folder (no ledger.sqlite)")
+            if not (out / "experiment.toml").exists() and (src / "experiment.toml").exists():
+                shutil.copyfile(src / "experiment.toml", out / "experiment.toml")
+                with Ledger.open(src, readonly=True) as other:
+                    for name in ("experiment", "experiment_path", "factors"):
+                        value = other.get_meta(name)
+                        if value is not None:
+                            ledger.set_meta(name, value)
+            m = ledger.merge_from(src)
+            totals["added"] += m.jobs_added
+            totals["already"] += m.jobs_already_done
+            totals["scores"] += m.scores_added
+            totals["bad"] += len(m.bad_images)
+            log(f"{src}: {m.jobs_added} jobs added, {m.jobs_already_done} already present, "
+                f"{m.scores_added} scores, {len(m.bad_images)} damaged images skipped")
+        totals["done"] = ledger.count("done")
+    return totals
 
 
 def _init(cache: dict, gen, job: Job):

@@ -37,9 +37,12 @@ import pandas as pd
 
 THUMBS_DIR = "thumbs"
 THUMB_PX = 160
-# Parameters that may span grid rows/columns/sections, in section order (factors come first).
+# Parameters that may span grid rows or columns, in section order (factors come first).
 GRID_PARAMS = ("checkpoint", "mode", "stage", "strength", "steps", "guidance", "scheduler", "width", "height",
-               "init_image", "negative_prompt", "seed")
+               "seed", "init_image", "negative_prompt")
+# Varying parameters split the grids into sections, except these: long text or one value per parent
+# image would make a section per image. Images they tell apart share a cell unless chosen as rows/cols.
+NOT_SECTIONS = ("init_image", "negative_prompt")
 # Columns shown in the detail view's own places, or not worth showing as parameters.
 _NOT_PARAMS = {"key", "image", "prompt", "negative_prompt"}
 # Metrics whose meaning the badges already carry; not repeated under every thumbnail.
@@ -305,7 +308,7 @@ def _records(run_dir: Path, table: pd.DataFrame, metrics: list[str], labels: dic
     for r in rows:
         key = r["key"]
         parent = _parent(r)
-        heading = ", ".join(f"{dim_name(d)}={level_label(r[d])}" for d in dims)
+        heading = ", ".join(f"{dim_name(d)}={level_label(r[d])}" for d in dims if not is_missing(r[d]))
         scores = []
         for m in metrics:
             v = r[m]
@@ -335,6 +338,17 @@ def _records(run_dir: Path, table: pd.DataFrame, metrics: list[str], labels: dic
     return cells, data
 
 
+def _splitting(table: pd.DataFrame, dims: list[str]) -> list[str]:
+    """Keep a dim only if it splits the sections further (mode/strength often follow from stage)."""
+    kept: list[str] = []
+    n = 1
+    for d in dims:
+        m = len(set(zip(*(table[c].map(level_label) for c in [*kept, d]))))
+        if m > n:
+            kept, n = kept + [d], m
+    return kept
+
+
 def _grid_sections(table: pd.DataFrame, cells: list[dict], row_dim: str, col_dim: str,
                    section_dims: list[str]) -> list[dict]:
     """Group cells into sections (one per observed combination of section dims), each a row x col grid."""
@@ -345,8 +359,17 @@ def _grid_sections(table: pd.DataFrame, cells: list[dict], row_dim: str, col_dim
         label = tuple(level_label(values[d][i]) for d in section_dims)
         groups[label].append(i)
         raw.setdefault(label, tuple(values[d][i] for d in section_dims))
+    # Stages keep run order ("main" first, later stages as they first appear); other levels sort naturally.
+    stage_rank = {"main": -1}
+    for v in table["stage"].tolist() if "stage" in table.columns else []:
+        stage_rank.setdefault(level_label(v), len(stage_rank))
+
+    def order(label: tuple) -> tuple:
+        return tuple((stage_rank.get(lv, 0), 0.0, "") if d == "stage" else _sort_key(v)
+                     for d, lv, v in zip(section_dims, label, raw[label]))
+
     sections = []
-    for label in sorted(groups, key=lambda lb: tuple(_sort_key(v) for v in raw[lb])):
+    for label in sorted(groups, key=order):
         idx = groups[label]
         rlevels = sorted_levels(values[row_dim][i] for i in idx)
         clevels = sorted_levels(values[col_dim][i] for i in idx)
@@ -384,12 +407,16 @@ def _table_model(df: pd.DataFrame) -> dict:
 
 def _comparison_model(item: Any) -> dict:
     """A Comparison (harness.stats), a DataFrame, a (title, DataFrame) pair or markdown text."""
+    def model(title="", tables=(), notes=(), markdown=(), method=""):
+        return {"title": title, "tables": list(tables), "notes": list(notes), "markdown": list(markdown),
+                "method": method}
+
     if isinstance(item, str):
-        return {"title": "", "tables": [], "notes": [], "markdown": _markdown_blocks(item)}
+        return model(markdown=_markdown_blocks(item))
     if isinstance(item, tuple) and len(item) == 2 and isinstance(item[1], pd.DataFrame):
-        return {"title": str(item[0]), "tables": [_table_model(item[1])], "notes": []}
+        return model(str(item[0]), [_table_model(item[1])])
     if isinstance(item, pd.DataFrame):
-        return {"title": "", "tables": [_table_model(item)], "notes": []}
+        return model(tables=[_table_model(item)])
     if hasattr(item, "to_frame") and hasattr(item, "factor"):
         frame = item.to_frame()
         frame["level"] = frame["level"].map(level_label)
@@ -407,7 +434,7 @@ def _comparison_model(item: Any) -> dict:
                  f"metric: {str(item.metric).removeprefix('m.')}",
                  "excluded: " + ", ".join(f"{v} {k}" for k, v in ex.items()),
                  *getattr(item, "notes", [])]
-        return {"title": title, "tables": tables, "notes": notes, "method": getattr(item, "method", "")}
+        return model(title, tables, notes, method=getattr(item, "method", ""))
     raise TypeError(f"comparisons: cannot show a {type(item).__name__}; pass harness.stats.Comparison objects, "
                     "DataFrames, (title, DataFrame) pairs or markdown text")
 
@@ -427,12 +454,12 @@ def _markdown_blocks(text: str) -> list[dict]:
                 body.append(split(lines[i]))
                 i += 1
             frame = pd.DataFrame(body, columns=head) if body else pd.DataFrame(columns=head)
-            blocks.append({"table": _table_model(frame)})
+            blocks.append({"table": _table_model(frame), "heading": None, "text": None})
             continue
         if line.startswith("**") and line.endswith("**") and len(line) > 4:
-            blocks.append({"heading": line[2:-2]})
+            blocks.append({"table": None, "heading": line[2:-2], "text": None})
         elif line:
-            blocks.append({"text": line})
+            blocks.append({"table": None, "heading": None, "text": line})
         i += 1
     return blocks
 
@@ -492,19 +519,21 @@ def write_sheet(run_dir: Path, table: pd.DataFrame, *, rows: str | None = None, 
     if col_dim is None or col_dim == row_dim:
         raise ValueError(f"rows and cols must be different dimensions, both are {dim_name(row_dim)!r}; "
                          f"choose among: {', '.join(dim_name(c) for c in grid_dims(table))}")
-    section_dims = [d for d in grid_dims(table) if d not in (row_dim, col_dim) and _varies(table, d)]
+    section_dims = [d for d in grid_dims(table)
+                    if d not in (row_dim, col_dim, *NOT_SECTIONS) and _varies(table, d)]
+    section_dims.sort(key=lambda d: d != "stage")  # one pass of an iterated run after the other
+    section_dims = _splitting(table, section_dims)
     shown = resolve_metrics(table, metrics)
     labels = metric_labels(shown)
-    cells, data = _records(run_dir, table, shown, labels, [d for d in grid_dims(table) if _varies(table, d)])
+    named = [d for d in grid_dims(table) if d not in NOT_SECTIONS and _varies(table, d)]
+    cells, data = _records(run_dir, table, shown, labels, named)
     sections = _grid_sections(table, cells, row_dim, col_dim, section_dims)
 
     script = (_TEMPLATES / "sheet.js").read_text(encoding="utf-8")
     digest = base64.b64encode(hashlib.sha256(script.encode("utf-8")).digest()).decode("ascii")
-    healthy = table["healthy"] if "healthy" in table.columns else pd.Series(True, index=table.index)
     counts = {"images": len(table), "missing": sum(1 for c in cells if c["problem"]),
               "unhealthy": sum(1 for c in cells if c["unhealthy"]),
-              "watermarked": sum(1 for c in cells if c["watermark"]),
-              "healthy": int(healthy.map(flag).sum())}
+              "watermarked": sum(1 for c in cells if c["watermark"])}
     page = _environment().get_template("sheet.html.j2").render(
         title=title or f"{run_dir.name}: contact sheet", counts=counts,
         row_name=dim_name(row_dim), col_name=dim_name(col_dim),

@@ -1,0 +1,300 @@
+"""Throughput: the harness runner against the loop a user would write.
+
+`harness bench` (or `python -m harness.bench`) runs one fixed sweep two ways in
+the same process and prints images/s for each, their ratio, the share of wall
+time outside the denoising loop, peak memory and, on a GPU, achieved TFLOP/s
+in the denoising loop against the GPU's dense peak:
+
+  naive    one diffusers pipeline call per image, default settings (PIL
+           output, Pillow's default PNG compression, saved in the loop)
+  harness  the runner: mixed-prompt/mixed-seed batches with cached prompt
+           embeddings, one call per strength group, uint8 on the device with one
+           transfer per batch, PNG level 1 written by a thread pool, SQLite ledger
+
+`--ablate` also runs the harness with one optimisation turned off at a time.
+The last line is `ratio: X.XX` (harness images/s over naive images/s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+# Dense tensor-core peaks (TFLOP/s, bf16/fp16, no sparsity) by device-name fragment.
+GPU_PEAK_TFLOPS = {"H200": 989.0, "H100 SXM": 989.0, "H100 PCIe": 756.0, "H100": 989.0, "A100": 312.0,
+                   "L40S": 362.0, "A10G": 125.0, "RTX 4090": 165.0, "RTX 3090": 71.0, "V100": 125.0}
+
+
+@dataclass(frozen=True)
+class Sweep:
+    model: str = "tiny"
+    size: int = 256
+    steps: int = 10
+    prompts: int = 4
+    seeds: int = 4
+    strengths: tuple[float, ...] = (0.5,)
+    guidance: float = 7.5
+
+    def experiment_toml(self, init: Path) -> str:
+        words = ["red", "blue", "green", "yellow", "purple", "orange", "white", "black"][: self.prompts]
+        modes = '["txt2img", "img2img"]' if self.strengths else '"txt2img"'
+        return f"""
+name = "bench"
+prompt = "a {{{'|'.join(words)}}} house on a hill, highly detailed"
+negative_prompt = "blurry"
+seeds = {{ count = {self.seeds} }}
+checkpoints = ["{self.model}"]
+mode = {modes}
+init_images = "{init.name}"
+strengths = {list(self.strengths)}
+scheduler = "ddim"
+steps = {self.steps}
+guidance = {self.guidance}
+width = {self.size}
+height = {self.size}
+"""
+
+
+class DenoiseTimer:
+    """Accumulates wall time inside UNet forwards (synchronising on CUDA) and counts them."""
+
+    def __init__(self):
+        self.seconds, self.calls, self._t = 0.0, 0, 0.0
+
+    def attach(self, pipe) -> None:
+        import torch
+        sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+
+        def pre(_m, _a):
+            sync()
+            self._t = time.perf_counter()
+
+        def post(_m, _a, _o):
+            sync()
+            self.seconds += time.perf_counter() - self._t
+            self.calls += 1
+
+        unet = getattr(pipe.unet, "_orig_mod", pipe.unet)
+        unet.register_forward_pre_hook(pre)
+        unet.register_forward_hook(post)
+
+
+def unet_flops(pipe, size: int, device: str) -> float:
+    """FLOPs of one UNet forward on one latent (counted by torch's FlopCounterMode)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+    unet = getattr(pipe.unet, "_orig_mod", pipe.unet)
+    lat = size // 8
+    dtype = next(unet.parameters()).dtype
+    x = torch.randn(1, unet.config.in_channels, lat, lat, device=device, dtype=dtype)
+    ctx = torch.randn(1, 77, unet.config.cross_attention_dim, device=device, dtype=dtype)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        unet(x, 10, encoder_hidden_states=ctx)
+    return float(counter.get_total_flops())
+
+
+def _peak_memory(device: str) -> str:
+    import torch
+    if device.startswith("cuda"):
+        return f"{torch.cuda.max_memory_allocated() / 2**30:.2f} GiB GPU"
+    return f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB RSS"
+
+
+def _reset_peak(device: str) -> None:
+    import torch
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+
+
+def naive_loop(exp, plan, out: Path, device: str, dtype, timer: DenoiseTimer) -> float:
+    """What a user writes: one pipeline call per image, PIL output, default PNG save."""
+    import torch
+    from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
+
+    from .checkpoints import load_pipeline
+    from .images import load_init_image
+
+    ref = plan.checkpoints[exp.checkpoints[0]]
+    t0 = time.perf_counter()
+    pipe = load_pipeline(ref, "txt2img", device=device, dtype=dtype, scheduler=exp.scheduler)
+    assert isinstance(pipe, StableDiffusionPipeline)
+    img2img = StableDiffusionImg2ImgPipeline(**pipe.components, requires_safety_checker=False)
+    timer.attach(pipe)
+    out.mkdir(parents=True, exist_ok=True)
+    for n, job in enumerate(plan.jobs):
+        generator = torch.Generator(device="cpu").manual_seed(job.seed)
+        common = dict(prompt=job.prompt, negative_prompt=job.negative_prompt, num_inference_steps=job.steps,
+                      guidance_scale=job.guidance, generator=generator)
+        if job.mode == "txt2img":
+            image = pipe(height=job.height, width=job.width, **common).images[0]
+        else:
+            init = load_init_image(job.init_image, job.width, job.height)
+            image = img2img(image=init, strength=job.strength, **common).images[0]
+        image.save(out / f"{n}.png")
+    return time.perf_counter() - t0
+
+
+def harness_run(exp, plan, run_dir: Path, device: str, timer: DenoiseTimer, tuning=None, batch_size=None,
+                exact: bool = False) -> float:
+    from .run import RunResult, Tuning, generate_jobs, prepare_run
+
+    tuning = replace(tuning or Tuning(speedups=exp.speedups), on_load=timer.attach)
+    t0 = time.perf_counter()
+    ledger, pending = prepare_run(exp, plan, run_dir)
+    try:
+        result = RunResult(run_dir, len(plan.jobs), 0)
+        generate_jobs(exp, plan, ledger, pending, result, exact=exact, device=device, batch_size=batch_size,
+                      log=lambda m: None, progress=False, tuning=tuning)
+    finally:
+        ledger.close()
+    return time.perf_counter() - t0
+
+
+@dataclass
+class Figures:
+    name: str
+    images: int
+    seconds: float
+    denoise: float
+    unet_calls: int
+    memory: str
+
+    @property
+    def rate(self) -> float:
+        return self.images / self.seconds
+
+    @property
+    def outside(self) -> float:
+        return max(0.0, 1 - self.denoise / self.seconds)
+
+
+def run_bench(sweep: Sweep, *, device: str = "auto", dtype: str = "auto", ablate: bool = False,
+              speedups: tuple[str, ...] = (), batch_size: int | None = None, keep: Path | None = None,
+              out=print) -> dict:
+    from PIL import Image
+
+    from . import generate as gen
+    from .experiment import load_experiment
+    from .plan import make_plan
+    from .run import Tuning
+
+    device = gen.pick_device(device)
+    torch_dtype = gen.pick_dtype(dtype, device)
+    work = Path(tempfile.mkdtemp(prefix="harness-bench-"))
+    try:
+        Image.radial_gradient("L").convert("RGB").resize((sweep.size, sweep.size)).save(work / "init.png")
+        text = sweep.experiment_toml(work / "init.png") + (f'dtype = "{dtype}"\n' if dtype != "auto" else "") \
+            + (f"speedups = {list(speedups)}\n" if speedups else "")
+        (work / "bench.toml").write_text(text)
+        exp = load_experiment(work / "bench.toml")
+        plan = make_plan(exp)
+        n = len(plan.jobs)
+        out(f"sweep: {n} images ({sweep.model}, {sweep.size}x{sweep.size}, {sweep.steps} steps, "
+            f"{sweep.prompts} prompts x {sweep.seeds} seeds, txt2img + img2img at strengths "
+            f"{list(sweep.strengths)}), device {device}, {gen.dtype_name(torch_dtype)}")
+
+        # Warm-up: load once so both paths find weights in the page cache and kernels initialised.
+        warm = DenoiseTimer()
+        harness_run(exp, replace(plan, jobs=plan.jobs[:1]), work / "warm", device, warm)
+
+        rows: list[Figures] = []
+
+        def measure(name, fn):
+            timer = DenoiseTimer()
+            _reset_peak(device)
+            seconds = fn(timer)
+            rows.append(Figures(name, n, seconds, timer.seconds, timer.calls, _peak_memory(device)))
+            f = rows[-1]
+            out(f"{name:<28} {f.rate:8.3f} images/s  {f.seconds:7.1f} s  outside denoising {f.outside:6.1%}  "
+                f"UNet calls {f.unet_calls:5d}  peak {f.memory}")
+            return f
+
+        naive = measure("naive loop", lambda t: naive_loop(exp, plan, work / "naive", device, torch_dtype, t))
+        best = measure("harness", lambda t: harness_run(exp, plan, work / "harness", device, t,
+                                                        batch_size=batch_size))
+        if ablate:
+            base = Tuning(speedups=exp.speedups)
+            variants = {
+                "harness, no batching": dict(exact=True),
+                "harness, PNG sync level 6": dict(tuning=replace(base, writers=0, png_level=6)),
+                "harness, PNG sync level 1": dict(tuning=replace(base, writers=0)),
+            }
+            if device.startswith("cuda"):
+                variants["harness + channels_last"] = dict(tuning=replace(base, speedups=("channels_last",)))
+            for name, kw in variants.items():
+                measure(name, lambda t, kw=kw, name=name: harness_run(
+                    exp, plan, work / name.replace(" ", "_").replace(",", ""), device, t,
+                    batch_size=batch_size, **kw))
+        figures = {"images": n, "naive_images_per_s": naive.rate, "harness_images_per_s": best.rate,
+                   "ratio": best.rate / naive.rate, "harness_outside_share": best.outside,
+                   "naive_outside_share": naive.outside, "rows": rows, "work": work}
+        if device.startswith("cuda"):
+            from .checkpoints import load_pipeline
+            pipe = load_pipeline(plan.checkpoints[exp.checkpoints[0]], "txt2img", device=device, dtype=torch_dtype)
+            flops = unet_flops(pipe, sweep.size, device)
+            import torch
+            name = torch.cuda.get_device_name()
+            peak = next((v for k, v in GPU_PEAK_TFLOPS.items() if k in name), float("nan"))
+            for f in (naive, best):
+                # UNet calls run the CFG batch (2 latents per image) in one forward.
+                per_call = flops * (2 * f.images / max(1, f.unet_calls)) * f.unet_calls
+                tflops = per_call / f.denoise / 1e12
+                out(f"{f.name:<28} {tflops:8.1f} TFLOP/s in the denoising loop "
+                    f"({tflops / peak:.1%} of {name} dense peak {peak:g})")
+            figures["unet_tflop_per_latent"] = flops / 1e12
+        figures["max_diff"] = compare_images(work, plan, out)
+        if keep is not None:
+            shutil.copytree(work, keep, dirs_exist_ok=True)
+        out(f"ratio: {best.rate / naive.rate:.2f}")
+        return figures
+    finally:
+        if keep is None:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def compare_images(work: Path, plan, out=print) -> int:
+    """Largest per-channel difference between the naive and harness images of the same job."""
+    import numpy as np
+    from PIL import Image
+    worst = 0
+    for n, job in enumerate(plan.jobs):
+        a = np.asarray(Image.open(work / "naive" / f"{n}.png").convert("RGB"), dtype=np.int16)
+        b = np.asarray(Image.open(work / "harness" / "images" / f"{job.key}.png").convert("RGB"), dtype=np.int16)
+        worst = max(worst, int(np.abs(a - b).max()))
+    out(f"same images: max difference {worst} level(s) per channel over {len(plan.jobs)} jobs "
+        f"(tolerance 1: batching changes kernels)")
+    return worst
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="harness bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="tiny", help="tiny (CPU default) or sd15-random (SD1.5-sized, GPU)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--size", type=int, default=None)
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--prompts", type=int, default=4)
+    p.add_argument("--seeds", type=int, default=4)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--speedups", default="", help="comma list: channels_last,compile")
+    p.add_argument("--ablate", action="store_true", help="also measure each optimisation turned off")
+    p.add_argument("--quick", action="store_true", help="a tiny sweep for CI: checks images agree")
+    a = p.parse_args(argv)
+    size = a.size or (512 if a.model != "tiny" else 256)
+    steps = a.steps or (50 if a.model != "tiny" else 10)
+    sweep = Sweep(model=a.model, size=size, steps=steps, prompts=a.prompts, seeds=a.seeds)
+    if a.quick:
+        sweep = Sweep(model=a.model, size=64, steps=2, prompts=2, seeds=2)
+    run_bench(sweep, device=a.device, dtype=a.dtype, ablate=a.ablate, batch_size=a.batch_size,
+              speedups=tuple(x for x in a.speedups.split(",") if x))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

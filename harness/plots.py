@@ -1,0 +1,222 @@
+"""Default plots of a run's per-image table (matplotlib, no display needed).
+
+Each plot is a PNG under ``RUN/plots/`` that the contact sheet links to. Means
+come with 95 % Student-t intervals (:func:`harness.stats.t_interval`) over
+healthy, scored images; unhealthy images and NaN scores are left out and the
+number of images behind each point is printed under it.
+
+Figures are made with ``matplotlib.figure.Figure`` directly (the Agg canvas),
+never through pyplot, so importing this module changes no global backend and
+works without a display.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .stats import t_interval
+
+PLOTS_DIR = "plots"
+_BADGE_METRICS = ("health", "watermark")  # 0/1 flags: the sheet shows them as badges, not as plots
+
+
+def _short(metric: str) -> str:
+    return metric[2:].split("[", 1)[0] if metric.startswith("m.") else metric
+
+
+def _label(level) -> str:
+    if level is None or (isinstance(level, float) and math.isnan(level)):
+        return "—"
+    if level == "":
+        return "(empty)"
+    if isinstance(level, float):
+        return f"{level:g}"
+    return str(level)
+
+
+def _metric_column(table: pd.DataFrame, metric: str) -> str:
+    numeric = [c for c in table.columns if str(c).startswith("m.") and pd.api.types.is_numeric_dtype(table[c])]
+    found = [c for c in numeric if c in (metric, f"m.{metric}")] or [c for c in numeric if _short(c) == metric]
+    if len(found) != 1:
+        listing = ", ".join(c[2:] for c in numeric) or "(none scored)"
+        why = "is ambiguous; use the full id" if found else "is not a scored metric column"
+        raise ValueError(f"metric {metric!r} {why}; metrics in the table: {listing}")
+    return found[0]
+
+
+def _factor_column(table: pd.DataFrame, factor: str) -> str:
+    for name in (f"f.{factor}", factor):
+        if name in table.columns and (name.startswith("f.") or not name.startswith("m.")):
+            return name
+    factors = [c[2:] for c in table.columns if str(c).startswith("f.")]
+    raise ValueError(f"factor {factor!r} is not a column of the table; factors: {', '.join(factors) or '(none)'} "
+                     "(or a parameter column such as checkpoint, mode, strength)")
+
+
+def _usable(table: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """Healthy rows with a finite score; the score as float column '_v'."""
+    values = pd.to_numeric(table[metric], errors="coerce")
+    keep = np.isfinite(values.to_numpy(float))
+    if "healthy" in table.columns:
+        keep &= table["healthy"].map(lambda v: v is True or v == 1).to_numpy(bool)
+    return table[keep].assign(_v=values[keep])
+
+
+def _levels(values: pd.Series) -> list:
+    uniq = list(pd.unique(values))
+    try:
+        return sorted(uniq)
+    except TypeError:
+        return sorted(uniq, key=str)
+
+
+def _mean_ci(x: np.ndarray) -> tuple[float, float, float]:
+    lo, hi = t_interval(x)
+    return (float(np.mean(x)) if len(x) else math.nan), lo, hi
+
+
+def _save(fig, out: Path) -> Path:
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    try:
+        fig.savefig(tmp, format="png", dpi=100)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out
+
+
+def _figure(width: float, height: float):
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), layout="constrained")
+    return fig
+
+
+def level_stats(table: pd.DataFrame, factor: str, metric: str) -> pd.DataFrame:
+    """Per level of `factor`: n, mean, ci_low, ci_high of `metric` over healthy, scored images."""
+    fcol, mcol = _factor_column(table, factor), _metric_column(table, metric)
+    data = _usable(table, mcol)
+    labels = data[fcol].map(_label)
+    levels = [_label(v) for v in _levels(data[fcol].dropna())] + (["—"] if data[fcol].isna().any() else [])
+    rows = []
+    for lv in levels:
+        x = data.loc[labels == lv, "_v"].to_numpy()
+        mean, lo, hi = _mean_ci(x)
+        rows.append({"level": lv, "n": len(x), "mean": mean, "ci_low": lo, "ci_high": hi})
+    return pd.DataFrame(rows, columns=["level", "n", "mean", "ci_low", "ci_high"])
+
+
+def metric_by_level(table: pd.DataFrame, factor: str, metric: str, out: Path) -> Path:
+    """Mean and 95 % CI of `metric` per level of `factor` (healthy, scored images only)."""
+    fcol, mcol = _factor_column(table, factor), _metric_column(table, metric)
+    stats = level_stats(table, fcol, mcol)
+    if stats.empty:
+        raise ValueError(f"metric_by_level: no healthy image has a {_short(mcol)} score; nothing to plot")
+    fig = _figure(max(3.6, 0.9 * len(stats) + 1.8), 3.2)
+    ax = fig.subplots()
+    x = np.arange(len(stats))
+    means = stats["mean"].to_numpy()
+    below = np.nan_to_num(means - stats["ci_low"].to_numpy())  # no bar where n < 2
+    above = np.nan_to_num(stats["ci_high"].to_numpy() - means)
+    ax.errorbar(x, means, yerr=[below, above], fmt="o", color="#2f5dbd", ecolor="#2f5dbd", capsize=4,
+                markersize=6)
+    ax.set_xticks(x, [f"{lv}\nn={n}" for lv, n in zip(stats["level"], stats["n"])])
+    name = fcol[2:] if fcol.startswith("f.") else fcol
+    ax.set_xlabel(name)
+    ax.set_ylabel(_short(mcol))
+    ax.set_title(f"{_short(mcol)} by {name} (mean, 95% CI)", fontsize=10)
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_xlim(-0.6, len(stats) - 0.4)
+    return _save(fig, out)
+
+
+def _img2img(table: pd.DataFrame) -> pd.DataFrame:
+    if "strength" not in table.columns:
+        return table.iloc[0:0]
+    strength = pd.to_numeric(table["strength"], errors="coerce")
+    mask = strength.notna()
+    if "mode" in table.columns:
+        mask &= table["mode"] == "img2img"
+    return table[mask].assign(strength=strength[mask])
+
+
+def strength_curves(table: pd.DataFrame, metrics: list[str], out: Path) -> Path | None:
+    """img2img strength on x, mean and 95 % CI of each metric (one panel each, a line per checkpoint).
+
+    None when the table has no img2img rows or none of them has a healthy score.
+    """
+    rows = _img2img(table)
+    if rows.empty:
+        return None
+    columns = [_metric_column(table, m) for m in metrics]
+    panels = [(c, _usable(rows, c)) for c in columns]
+    panels = [(c, d) for c, d in panels if not d.empty]
+    if not panels:
+        return None
+    groups = _levels(rows["checkpoint"]) if "checkpoint" in rows.columns else [None]
+    fig = _figure(4.2 * len(panels), 3.2)
+    axes = np.atleast_1d(fig.subplots(1, len(panels), squeeze=False)[0])
+    for ax, (col, data) in zip(axes, panels):
+        for group in groups:
+            part = data if group is None else data[data["checkpoint"] == group]
+            xs = sorted(part["strength"].unique())
+            if not xs:
+                continue
+            stats = [_mean_ci(part.loc[part["strength"] == s, "_v"].to_numpy()) for s in xs]
+            means = np.array([s[0] for s in stats])
+            lo = np.array([s[1] for s in stats])
+            hi = np.array([s[2] for s in stats])
+            line, = ax.plot(xs, means, marker="o", label=None if group is None else str(group))
+            ok = ~np.isnan(lo)
+            if ok.any():
+                ax.fill_between(np.array(xs)[ok], lo[ok], hi[ok], alpha=0.2, color=line.get_color(), linewidth=0)
+        ax.set_xlabel("strength")
+        ax.set_ylabel(_short(col))
+        ax.set_title(f"{_short(col)} by img2img strength", fontsize=10)
+        ax.grid(alpha=0.3)
+        if len(groups) > 1:
+            ax.legend(fontsize=8, title="checkpoint", title_fontsize=8)
+    return _save(fig, out)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "x"
+
+
+def plot_metrics(table: pd.DataFrame) -> list[str]:
+    """Numeric metric columns with at least one score, without the 0/1 health and watermark flags."""
+    return [c for c in table.columns if str(c).startswith("m.") and pd.api.types.is_numeric_dtype(table[c])
+            and not pd.api.types.is_bool_dtype(table[c]) and _short(c) not in _BADGE_METRICS
+            and table[c].notna().any()]
+
+
+def plots_for(table: pd.DataFrame, run_dir: Path) -> list[Path]:
+    """The default plots: every varying factor (and checkpoint) x every metric, and the strength curves."""
+    run_dir = Path(run_dir)
+    metrics = plot_metrics(table)
+    factors = [c for c in table.columns if str(c).startswith("f.")]
+    factors += [c for c in ("checkpoint",) if c in table.columns]
+    factors = [f for f in factors if table[f].nunique(dropna=False) > 1]
+    out: list[Path] = []
+    folder = run_dir / PLOTS_DIR
+    slugs = {m: _slug(_short(m)) for m in metrics}
+    if len(set(slugs.values())) < len(slugs):  # two configurations of one metric: use full ids
+        slugs = {m: _slug(m[2:]) for m in metrics}
+    for metric in metrics:
+        for factor in factors:
+            if _usable(table, metric).empty:
+                continue
+            name = factor[2:] if factor.startswith("f.") else factor
+            out.append(metric_by_level(table, factor, metric, folder / f"{slugs[metric]}__by__{_slug(name)}.png"))
+    curve = strength_curves(table, metrics, folder / "strength.png") if metrics else None
+    if curve is not None:
+        out.append(curve)
+    return out

@@ -1,0 +1,110 @@
+"""The contact sheet in a real browser: headless Chromium opens index.html from disk (file://).
+
+Run with ``pytest -m browser tests/test_browser.py``; needs Debian's ``chromium`` on PATH
+(``apt-get install -y chromium``). A screenshot lands in ``test-artifacts/sheet.png``.
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from browser import Chromium, find_chromium
+from harness.plots import plots_for
+from harness.sheet import write_sheet
+from harness.stats import paired_compare
+from test_sheet import CLIP, EVIL_NEGATIVE, EVIL_PROMPT, make_run
+
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+TITLE = "browser check: 13 images"
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(find_chromium() is None, reason="chromium (or chromium-browser) is not on PATH; "
+                                                       "install it with: apt-get install -y chromium"),
+]
+
+LOAD_ALL_IMAGES = """(async () => {
+  window.scrollTo(0, document.documentElement.scrollHeight);
+  const imgs = Array.from(document.querySelectorAll("img[src]"));
+  imgs.forEach(img => { img.loading = "eager"; });
+  await Promise.all(imgs.map(img => img.decode().catch(() => null)));
+  window.scrollTo(0, 0);
+  return imgs.filter(img => !(img.naturalWidth > 0)).map(img => img.getAttribute("src"));
+})()"""
+
+
+@pytest.fixture(scope="module")
+def sheet(tmp_path_factory):
+    run = tmp_path_factory.mktemp("browser") / "run"
+    table = make_run(run)
+    main = table[table["stage"] == "main"]
+    comparison = paired_compare(main, factor="color", metric=CLIP, rng=np.random.default_rng(0), n_boot=100)
+    variants = main.groupby(["f.color", "f.shape"], as_index=False)[f"m.{CLIP}"].mean()
+    page = write_sheet(run, table, variant_summary=variants, comparisons=[comparison],
+                       plots=plots_for(table, run), title=TITLE)
+    with Chromium(width=1280, height=900) as browser:
+        browser.navigate(page.as_uri())
+        yield browser, table
+
+
+def js(browser, expression):
+    return browser.evaluate(expression)
+
+
+def test_every_image_loads_and_nothing_is_logged(sheet):
+    browser, table = sheet
+    assert js(browser, "document.querySelectorAll('img.thumb').length") == len(table) == 13
+    assert js(browser, LOAD_ALL_IMAGES) == []
+    assert js(browser, "document.querySelectorAll('#plots img').length") >= 2
+    ARTIFACTS.mkdir(exist_ok=True)
+    browser.screenshot(ARTIFACTS / "sheet.png", full_page=True)
+    assert browser.errors == [] and browser.dialogs == []
+
+
+def test_clicking_a_thumbnail_shows_its_details_as_text(sheet):
+    browser, table = sheet
+    first = table.iloc[0]["key"]
+    browser.click(f'figure.item[data-key="{first}"] button.open')
+    assert js(browser, "document.getElementById('detail').open") is True
+    assert js(browser, "document.getElementById('d-prompt').textContent") == EVIL_PROMPT
+    assert js(browser, "document.getElementById('d-neg').textContent") == EVIL_NEGATIVE
+    assert js(browser, "document.getElementById('d-img').getAttribute('src')") == f"images/{first}.png"
+    # Shown as text: no element was made from the prompt, no handler ran, no dialog opened.
+    assert js(browser, "document.querySelectorAll('img[src=\"x\"], #detail script').length") == 0
+    assert js(browser, "typeof window.__pwned") == "undefined"
+    assert js(browser, "document.title") == TITLE
+    assert browser.dialogs == [] and browser.errors == []
+    browser.evaluate("document.getElementById('d-img').decode().then(() => true)")
+    browser.screenshot(ARTIFACTS / "sheet-detail.png")
+    js(browser, "document.getElementById('detail').close()")
+
+
+def test_child_detail_shows_the_parent_and_links_back(sheet):
+    browser, table = sheet
+    child = table.iloc[-1]
+    browser.click(f'figure.item[data-key="{child["key"]}"] button.open')
+    assert js(browser, "document.getElementById('d-parent').hidden") is False
+    assert js(browser, "document.getElementById('d-parent-img').getAttribute('src')") == child["init_image"]
+    browser.click("#d-parent-open")
+    assert js(browser, "document.getElementById('d-prompt').textContent") == "a red circle"
+    children = js(browser, "Array.from(document.querySelectorAll('#d-children [data-open]'), b => b.dataset.open)")
+    assert children == [child["key"]]
+    js(browser, "document.getElementById('detail').close()")
+    assert browser.errors == []
+
+
+def test_headers_sort_numbers_numerically(sheet):
+    browser, _ = sheet
+    column = js(browser, f"""Array.from(document.querySelectorAll('#variants thead th'))
+                             .findIndex(th => th.textContent.trim() === {json.dumps('m.' + CLIP)})""")
+    assert column >= 0
+    values = f"""Array.from(document.querySelectorAll('#variants tbody tr'),
+                            tr => Number(tr.cells[{column}].dataset.sort))"""
+    browser.click(f"#variants thead th:nth-child({column + 1}) button")
+    ascending = js(browser, values)
+    assert ascending == sorted(ascending) and len(ascending) == 4
+    browser.click(f"#variants thead th:nth-child({column + 1}) button")
+    assert js(browser, values) == sorted(ascending, reverse=True)
+    assert browser.errors == []

@@ -1,0 +1,206 @@
+"""The HTML contact sheet on a synthetic run folder (real PNGs, no model, no browser)."""
+
+import hashlib
+import html
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image, ImageDraw
+
+from harness.sheet import THUMB_PX, write_sheet
+from harness.stats import paired_compare
+
+CLIP = "clip_score[model=tiny,pretrained=tiny]"
+EVIL_PROMPT = "<img src=x onerror=alert(1)>"
+EVIL_NEGATIVE = '</script><script>window.__pwned = 1</script>"&'
+COLORS = {"red": (200, 40, 40), "blue": (40, 70, 200)}
+SHAPES = ("circle", "square")
+SEEDS = (1, 2, 3)
+
+
+def key_of(*parts) -> str:
+    return hashlib.sha256("/".join(map(str, parts)).encode()).hexdigest()
+
+
+def draw(path: Path, rgb, shape: str, seed: int, size=(256, 192)) -> None:
+    img = Image.new("RGB", size, (235, 232, 225))
+    d = ImageDraw.Draw(img)
+    x, y = 40 + 50 * (seed - 1), 50
+    box = (x, y, x + 90, y + 90)
+    (d.ellipse if shape == "circle" else d.rectangle)(box, fill=rgb)
+    img.save(path)
+
+
+def make_run(run: Path) -> pd.DataFrame:
+    """2 colors x 2 shapes x 3 seeds txt2img, plus one img2img child of the first image."""
+    (run / "images").mkdir(parents=True)
+    rows = []
+    for color, rgb in COLORS.items():
+        for shape in SHAPES:
+            for seed in SEEDS:
+                key = key_of(color, shape, seed)
+                draw(run / "images" / f"{key}.png", rgb, shape, seed)
+                first = (color, shape, seed) == ("red", "circle", 1)
+                rows.append(dict(
+                    key=key, image=f"images/{key}.png", checkpoint="tiny", mode="txt2img",
+                    prompt=EVIL_PROMPT if first else f"a {color} {shape}",
+                    negative_prompt=EVIL_NEGATIVE if first else "", seed=seed, steps=4, guidance=7.5,
+                    scheduler="ddim", width=256, height=192, strength=float("nan"), init_image=None,
+                    stage="main", parent_key=None, status="done, ok",
+                    **{"f.color": color, "f.shape": shape},
+                    **{f"m.{CLIP}": 20.0 + seed + (3.0 if color == "red" else 0.0),
+                       "m.health": 0.0 if (color, shape, seed) == ("blue", "square", 3) else 1.0,
+                       "m.stage": "main"},
+                    healthy=(color, shape, seed) != ("blue", "square", 3),
+                    watermark=(color, shape, seed) == ("blue", "circle", 2)))
+    parent = rows[1]
+    child = key_of("child")
+    draw(run / "images" / f"{child}.png", (90, 160, 60), "circle", 2)
+    rows.append({**parent, "key": child, "image": f"images/{child}.png", "mode": "img2img", "strength": 0.5,
+                 "init_image": parent["image"], "stage": "refine", "parent_key": parent["key"],
+                 "prompt": "a red circle, refined", f"m.{CLIP}": 30.0})
+    table = pd.DataFrame(rows)
+    table["status"] = "done"
+    return table
+
+
+@pytest.fixture()
+def run(tmp_path):
+    folder = tmp_path / "run"
+    return folder, make_run(folder)
+
+
+def thumbs_in(page: str) -> list[str]:
+    return re.findall(r'<img class="thumb"[^>]*src="([^"]+)"', page)
+
+
+def test_one_thumbnail_per_image_and_files_exist(run):
+    folder, table = run
+    page = write_sheet(folder, table).read_text()
+    srcs = thumbs_in(page)
+    assert len(srcs) == len(table) == 13
+    assert page.count('<figure class="item') == 13
+    for key in table["key"]:
+        thumb = folder / "thumbs" / f"{key}.jpg"
+        assert f"thumbs/{key}.jpg" in srcs and thumb.is_file()
+        with Image.open(thumb) as im:
+            assert max(im.size) == THUMB_PX and im.format == "JPEG"
+    assert 'loading="lazy"' in page
+
+
+def test_adversarial_text_is_escaped(run):
+    folder, table = run
+    page = write_sheet(folder, table, title="<b>title</b>").read_text()
+    assert "<img src=x" not in page and "onerror=alert(1)>" not in page
+    assert "&lt;b&gt;title&lt;/b&gt;" in page
+    # The JSON blob cannot close its script element; parsed back it holds the exact prompt.
+    blob = re.search(r'<script type="application/json" id="sheet-data">(.*?)</script>', page, re.S).group(1)
+    assert "<" not in blob and ">" not in blob and "&" not in blob
+    records = json.loads(blob)
+    first = table.iloc[0]["key"]
+    assert records[first]["prompt"] == EVIL_PROMPT and records[first]["negative_prompt"] == EVIL_NEGATIVE
+    assert page.count("<script") == 2  # the data blob and the page's own script, nothing injected
+
+
+def test_alt_and_headings_escape_factor_values_and_names(run):
+    folder, table = run
+    table = table.rename(columns={"f.shape": 'f.<s onclick="x">'})
+    table['f.<s onclick="x">'] = table['f.<s onclick="x">'].map({"circle": "<i>o</i>", "square": "sq"})
+    page = write_sheet(folder, table).read_text()
+    assert "<i>o</i>" not in page and "&lt;i&gt;o&lt;/i&gt;" in page
+    assert '<s onclick="x">' not in page and "&lt;s onclick=&#34;x&#34;&gt;" in page
+
+
+def test_no_network_urls_in_src_or_href(run):
+    folder, table = run
+    page = write_sheet(folder, table).read_text()
+    urls = re.findall(r'(?:src|href)="([^"]*)"', page)
+    assert urls and not [u for u in urls if re.match(r"[a-z][a-z0-9+.-]*:|//", u, re.I)]
+    assert "http://" not in page and "https://" not in page
+
+
+def test_default_layout_is_seed_by_first_factor_with_sections_for_the_rest(run):
+    folder, table = run
+    page = write_sheet(folder, table).read_text()
+    assert "rows <b>seed</b> · columns <b>color</b>" in page
+    headings = re.findall(r'<section class="grid-section" id="s\d+">\s*<h2>(.*?)</h2>', page, re.S)
+    text = [" ".join(html.unescape(re.sub(r"<[^>]+>", " ", h)).split()) for h in headings]
+    # Stage first, later stages last; mode and strength follow from the stage, so they split nothing.
+    assert text == ["stage main shape circle 6 images", "stage main shape square 6 images",
+                    "stage refine shape circle 1 image"]
+    assert "one grid per <b>stage, shape</b>" in page
+
+
+def test_chosen_rows_and_cols_and_unknown_names(run):
+    folder, table = run
+    page = write_sheet(folder, table, rows="shape", cols="color").read_text()
+    assert "rows <b>shape</b> · columns <b>color</b>" in page and "one grid per <b>" in page
+    with pytest.raises(ValueError, match=r"rows='colour'.*color, shape"):
+        write_sheet(folder, table, rows="colour")
+    with pytest.raises(ValueError, match="must be different"):
+        write_sheet(folder, table, rows="color", cols="f.color")
+
+
+def test_scores_use_short_names_and_badges_mark_cells(run):
+    folder, table = run
+    page = write_sheet(folder, table).read_text()
+    assert f'title="{CLIP}"><span class="m">clip_score</span><span class="v">21</span>' in page
+    assert page.count('<span class="badge wm"') == 1
+    assert page.count('<span class="badge bad"') == 1
+    assert "m.stage" not in page and ">stage</span><span" not in page  # text m.* columns are not scores
+    with pytest.raises(ValueError, match="clip_scor.*clip_score"):
+        write_sheet(folder, table, metrics=["clip_scor"])
+
+
+def test_child_cell_shows_its_parent(run):
+    folder, table = run
+    page = write_sheet(folder, table).read_text()
+    child, parent = table.iloc[-1]["key"], table.iloc[-1]["parent_key"]
+    assert page.count('class="from"') == 1
+    assert f'data-open="{parent}"' in page and f'src="thumbs/{parent}.jpg" alt="source image"' in page
+    records = json.loads(re.search(r'id="sheet-data">(.*?)</script>', page, re.S).group(1))
+    assert records[child]["parent"] == parent and records[parent]["children"] == [child]
+
+
+def test_missing_image_gets_a_placeholder(run):
+    folder, table = run
+    (folder / table.iloc[2]["image"]).unlink()
+    page = write_sheet(folder, table).read_text()
+    assert len(thumbs_in(page)) == 12 and page.count('class="open placeholder"') == 1
+
+
+def test_rerun_keeps_fresh_thumbnails_and_remakes_stale_ones(run):
+    folder, table = run
+    write_sheet(folder, table)
+    thumbs = sorted((folder / "thumbs").glob("*.jpg"))
+    before = {p: p.stat().st_mtime_ns for p in thumbs}
+    stale_image = folder / table.iloc[0]["image"]
+    ns = before[folder / "thumbs" / f"{table.iloc[0]['key']}.jpg"] + 10**9
+    import os
+    os.utime(stale_image, ns=(ns, ns))
+    write_sheet(folder, table)
+    changed = [p.stem for p in thumbs if p.stat().st_mtime_ns != before[p]]
+    assert changed == [table.iloc[0]["key"]]
+    assert not [p for p in (folder / "thumbs").iterdir() if p.name.startswith(".")]
+
+
+def test_variant_table_comparisons_and_plots_are_rendered(run):
+    folder, table = run
+    main = table[table["stage"] == "main"]
+    variants = main.groupby(["f.color", "f.shape"], as_index=False)[f"m.{CLIP}"].mean()
+    comparison = paired_compare(main, factor="color", metric=CLIP, rng=np.random.default_rng(0), n_boot=50)
+    (folder / "plots").mkdir()
+    Image.new("RGB", (10, 10)).save(folder / "plots" / "clip_score__by__color.png")
+    page = write_sheet(folder, table, variant_summary=variants, comparisons=[comparison, "**md**\n\n| a | b |\n|---|---|\n| 1 | x |"],
+                       plots=[folder / "plots" / "clip_score__by__color.png"]).read_text()
+    variants_html = page.split('id="variants"')[1].split("</section>")[0]
+    assert variants_html.count("<tr>") == 1 + 4 and 'data-type="num"' in variants_html
+    assert "clip_score by color, baseline blue" in page and '<td class="num" data-sort="' in page
+    assert "<h3>md</h3>" in page
+    assert 'src="plots/clip_score__by__color.png"' in page
+    with pytest.raises(ValueError, match="outside the run folder"):
+        write_sheet(folder, table, plots=[folder.parent / "elsewhere.png"])
