@@ -142,7 +142,8 @@ def naive_loop(exp, plan, out: Path, device: str, dtype, timer: DenoiseTimer) ->
 
 def harness_run(exp, plan, run_dir: Path, device: str, timer: DenoiseTimer, tuning=None, batch_size=None,
                 exact: bool = False) -> float:
-    from .run import RunResult, Tuning, generate_jobs, prepare_run
+    from .run import RunResult, generate_jobs, prepare_run
+    from .worker import Tuning
 
     tuning = replace(tuning or Tuning(speedups=exp.speedups), on_load=timer.attach)
     t0 = time.perf_counter()
@@ -182,7 +183,7 @@ def run_bench(sweep: Sweep, *, device: str = "auto", dtype: str = "auto", ablate
     from . import generate as gen
     from .experiment import load_experiment
     from .plan import make_plan
-    from .run import Tuning
+    from .worker import Tuning
 
     device = gen.pick_device(device)
     torch_dtype = gen.pick_dtype(dtype, device)

@@ -176,13 +176,29 @@ def run(
     device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda | mps"),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Override the batch size."),
     shard: Optional[str] = typer.Option(None, "--shard", help="Run only shard i/n of the plan (by key)."),
+    executor: str = typer.Option("local", "--executor", help="local | ray"),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (default: start a "
+                                                                   "local one)."),
+    workers: int = typer.Option(2, "--workers", min=1, help="Ray worker actors."),
+    gpus_per_worker: float = typer.Option(0.0, "--gpus-per-worker", min=0.0, help="GPUs per Ray worker."),
 ) -> None:
     """Generate every image of an experiment into its run folder (resumable)."""
+    from .executors import EXECUTORS
     from .run import run_experiment
 
+    if executor not in EXECUTORS:
+        fail(f"--executor {executor!r}: expected one of {', '.join(EXECUTORS)}")
+    options = None
+    if executor == "ray":
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            fail("--executor ray needs Ray: pip install 'harness[ray]'")
+        options = dict(address=address, workers=workers, gpus_per_worker=gpus_per_worker)
     try:
         r = run_experiment(experiment, out=out, force=force, exact=exact or None, device=device,
-                           batch_size=batch_size, shard=_parse_shard(shard))
+                           batch_size=batch_size, shard=_parse_shard(shard), executor=executor,
+                           executor_options=options)
     except _user_errors() as e:
         fail(str(e))
     typer.echo(f"run folder: {r.run_dir}")

@@ -2,4 +2,138 @@
 
 from __future__ import annotations
 
-from .cli import app  # noqa: F401
+import json
+import random
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from .cli import _user_errors, app, fail
+
+
+class MutateFmt(str, Enum):
+    text = "text"
+    jsonl = "jsonl"
+
+
+def parse_ops(text: Optional[str]) -> Optional[dict[str, float]]:
+    """`swap,insert` or `swap=2,insert=1` -> operator weights (None: all operators)."""
+    if not text:
+        return None
+    weights: dict[str, float] = {}
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        name, eq, w = part.partition("=")
+        try:
+            weights[name.strip()] = float(w) if eq else 1.0
+        except ValueError:
+            raise ValueError(f"--ops {text!r}: {part!r} is not NAME or NAME=RATE") from None
+    return weights
+
+
+@app.command()
+def mutate(
+    prompt: str = typer.Argument(..., help="Prompt or template text, or @path to a file holding it."),
+    n: int = typer.Option(10, "-n", min=0, help="Number of mutants."),
+    ops: Optional[str] = typer.Option(None, "--ops", help="Operators, e.g. swap,insert or swap=2,delete=1 "
+                                                           "(default: all)."),
+    seed: int = typer.Option(0, "--seed", help="Mutation RNG seed."),
+    fmt: MutateFmt = typer.Option(MutateFmt.text, "--format", help="text | jsonl"),
+    partner: List[str] = typer.Option([], "--partner", help="Second prompt for crossover (repeatable)."),
+    template: Optional[str] = typer.Option(None, "--template", help="Template whose factors' options swap "
+                                                                     "may exchange (text or @path)."),
+    lists: Optional[str] = typer.Option(None, "--lists", help="Modifier lists, comma-separated (default: "
+                                                               "styles,mediums,artists,lighting,quality,colours)."),
+    leave_one_out: bool = typer.Option(False, "--leave-one-out", help="Print the N prompts that each lack one "
+                                                                      "of the N clauses, then stop."),
+    grammars: List[Path] = typer.Option([], "--grammars", help="Extra wildcard folder (repeatable)."),
+) -> None:
+    """Mutants of a prompt with their lineage (parent key, operator, arguments)."""
+    from . import mutate as mu
+    from .grammar import GrammarError
+    from .wildcards import WildcardLibrary, default_search_path
+
+    def read(text: str) -> str:
+        if text.startswith("@"):
+            path = Path(text[1:])
+            if not path.is_file():
+                fail(f"file not found: {path}")
+            return path.read_text(encoding="utf-8").rstrip("\n")
+        return text
+
+    try:
+        text = read(prompt)
+        library = WildcardLibrary(default_search_path(None, grammars))
+        if leave_one_out:
+            result = mu.leave_one_out(text)
+        else:
+            resources = mu.Resources.load(library, lists.split(",") if lists else None,
+                                          template=read(template) if template else None)
+            result = mu.mutants(text, n, random.Random(seed), resources, operators=parse_ops(ops),
+                                partners=[read(p) for p in partner])
+    except GrammarError as e:
+        fail(str(e))
+    except ValueError as e:
+        fail(f"error: {e}")
+    for m in result:
+        if fmt is MutateFmt.jsonl:
+            sys.stdout.write(json.dumps(m.to_dict(), ensure_ascii=False) + "\n")
+        else:
+            args = json.dumps(dict(m.args), ensure_ascii=False, sort_keys=True)
+            sys.stdout.write(f"{m.prompt}\t{m.operator} {args} parent={','.join(k[:12] for k in m.parents)}\n")
+
+
+@app.command()
+def evolve(
+    experiment: Path = typer.Argument(..., help="experiment .toml with a [search] table"),
+    out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default reports/<name>)."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda | mps"),
+) -> None:
+    """Evolve prompts against metrics (resumable); writes search tables and a trajectory plot."""
+    from .search import SearchError, evolve as run_search
+
+    try:
+        r = run_search(experiment, out=out, device=device)
+    except _user_errors() + (SearchError,) as e:
+        fail(str(e))
+    typer.echo(f"run folder: {r.run_dir} (search {r.search_id})")
+    for gen in r.generations:
+        b = gen.best
+        fit = "n/a" if b.fitness is None else f"{b.fitness:.4g}"
+        ci = "" if b.ci[0] is None else f" [{b.ci[0]:.4g}, {b.ci[1]:.4g}]"
+        typer.echo(f"generation {gen.index}: best {fit}{ci}  {b.text}")
+    budget = "" if r.budget is None else f" of {r.budget}"
+    typer.echo(f"stopped: {r.stopped}; images used {r.final.images_used}{budget}, {r.generated} made now")
+    typer.echo(f"best prompt: {r.best.text}")
+    for p in r.outputs:
+        if p.suffix in (".md", ".png"):
+            typer.echo(f"wrote {p}")
+
+
+@app.command()
+def ablate(
+    experiment: Path = typer.Argument(..., help="experiment .toml"),
+    out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default reports/<name>)."),
+    metric: List[str] = typer.Option([], "--metric", "-m", help="Metric spec (repeatable; default: the "
+                                                                 "experiment's, minus health and watermark)."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda | mps"),
+    n_boot: int = typer.Option(2000, "--n-boot", min=100, help="Bootstrap resamples."),
+    seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
+) -> None:
+    """Leave-one-out clause ablation: each clause's contribution with a 95% CI, ranked."""
+    from .ablation import ablate as run_ablation
+
+    try:
+        r = run_ablation(experiment, out=out, metrics=metric or None, device=device, n_boot=n_boot, seed=seed)
+    except _user_errors() + (KeyError,) as e:
+        fail(str(e))
+    except ValueError as e:
+        fail(f"error: {e}")
+    typer.echo(f"run folder: {r.run_dir} ({r.generated} images made now)")
+    typer.echo("")
+    typer.echo(r.to_text().rstrip())
+    for p in r.outputs:
+        if p.suffix == ".md":
+            typer.echo(f"\nwrote {p}")

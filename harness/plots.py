@@ -20,43 +20,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .sheet import flag, level_label, resolve_dim, resolve_metric, resolve_metrics, short_metric, sorted_levels
 from .stats import t_interval
 
 PLOTS_DIR = "plots"
-_BADGE_METRICS = ("health", "watermark")  # 0/1 flags: the sheet shows them as badges, not as plots
-
-
-def _short(metric: str) -> str:
-    return metric[2:].split("[", 1)[0] if metric.startswith("m.") else metric
-
-
-def _label(level) -> str:
-    if level is None or (isinstance(level, float) and math.isnan(level)):
-        return "—"
-    if level == "":
-        return "(empty)"
-    if isinstance(level, float):
-        return f"{level:g}"
-    return str(level)
-
-
-def _metric_column(table: pd.DataFrame, metric: str) -> str:
-    numeric = [c for c in table.columns if str(c).startswith("m.") and pd.api.types.is_numeric_dtype(table[c])]
-    found = [c for c in numeric if c in (metric, f"m.{metric}")] or [c for c in numeric if _short(c) == metric]
-    if len(found) != 1:
-        listing = ", ".join(c[2:] for c in numeric) or "(none scored)"
-        why = "is ambiguous; use the full id" if found else "is not a scored metric column"
-        raise ValueError(f"metric {metric!r} {why}; metrics in the table: {listing}")
-    return found[0]
-
-
-def _factor_column(table: pd.DataFrame, factor: str) -> str:
-    for name in (f"f.{factor}", factor):
-        if name in table.columns and (name.startswith("f.") or not name.startswith("m.")):
-            return name
-    factors = [c[2:] for c in table.columns if str(c).startswith("f.")]
-    raise ValueError(f"factor {factor!r} is not a column of the table; factors: {', '.join(factors) or '(none)'} "
-                     "(or a parameter column such as checkpoint, mode, strength)")
 
 
 def _usable(table: pd.DataFrame, metric: str) -> pd.DataFrame:
@@ -64,16 +31,8 @@ def _usable(table: pd.DataFrame, metric: str) -> pd.DataFrame:
     values = pd.to_numeric(table[metric], errors="coerce")
     keep = np.isfinite(values.to_numpy(float))
     if "healthy" in table.columns:
-        keep &= table["healthy"].map(lambda v: v is True or v == 1).to_numpy(bool)
+        keep &= table["healthy"].map(flag).to_numpy(bool)
     return table[keep].assign(_v=values[keep])
-
-
-def _levels(values: pd.Series) -> list:
-    uniq = list(pd.unique(values))
-    try:
-        return sorted(uniq)
-    except TypeError:
-        return sorted(uniq, key=str)
 
 
 def _mean_ci(x: np.ndarray) -> tuple[float, float, float]:
@@ -96,16 +55,15 @@ def _save(fig, out: Path) -> Path:
 def _figure(width: float, height: float):
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(width, height), layout="constrained")
-    return fig
+    return Figure(figsize=(width, height), layout="constrained")
 
 
 def level_stats(table: pd.DataFrame, factor: str, metric: str) -> pd.DataFrame:
     """Per level of `factor`: n, mean, ci_low, ci_high of `metric` over healthy, scored images."""
-    fcol, mcol = _factor_column(table, factor), _metric_column(table, metric)
+    fcol, mcol = resolve_dim(table, factor, "factor"), resolve_metric(table, metric)
     data = _usable(table, mcol)
-    labels = data[fcol].map(_label)
-    levels = [_label(v) for v in _levels(data[fcol].dropna())] + (["—"] if data[fcol].isna().any() else [])
+    labels = data[fcol].map(level_label)
+    levels = [level_label(v) for v in sorted_levels(data[fcol])]
     rows = []
     for lv in levels:
         x = data.loc[labels == lv, "_v"].to_numpy()
@@ -116,10 +74,10 @@ def level_stats(table: pd.DataFrame, factor: str, metric: str) -> pd.DataFrame:
 
 def metric_by_level(table: pd.DataFrame, factor: str, metric: str, out: Path) -> Path:
     """Mean and 95 % CI of `metric` per level of `factor` (healthy, scored images only)."""
-    fcol, mcol = _factor_column(table, factor), _metric_column(table, metric)
+    fcol, mcol = resolve_dim(table, factor, "factor"), resolve_metric(table, metric)
     stats = level_stats(table, fcol, mcol)
     if stats.empty:
-        raise ValueError(f"metric_by_level: no healthy image has a {_short(mcol)} score; nothing to plot")
+        raise ValueError(f"metric_by_level: no healthy image has a {short_metric(mcol)} score; nothing to plot")
     fig = _figure(max(3.6, 0.9 * len(stats) + 1.8), 3.2)
     ax = fig.subplots()
     x = np.arange(len(stats))
@@ -131,8 +89,8 @@ def metric_by_level(table: pd.DataFrame, factor: str, metric: str, out: Path) ->
     ax.set_xticks(x, [f"{lv}\nn={n}" for lv, n in zip(stats["level"], stats["n"])])
     name = fcol[2:] if fcol.startswith("f.") else fcol
     ax.set_xlabel(name)
-    ax.set_ylabel(_short(mcol))
-    ax.set_title(f"{_short(mcol)} by {name} (mean, 95% CI)", fontsize=10)
+    ax.set_ylabel(short_metric(mcol))
+    ax.set_title(f"{short_metric(mcol)} by {name} (mean, 95% CI)", fontsize=10)
     ax.grid(axis="y", alpha=0.3)
     ax.set_xlim(-0.6, len(stats) - 0.4)
     return _save(fig, out)
@@ -156,12 +114,12 @@ def strength_curves(table: pd.DataFrame, metrics: list[str], out: Path) -> Path 
     rows = _img2img(table)
     if rows.empty:
         return None
-    columns = [_metric_column(table, m) for m in metrics]
+    columns = [resolve_metric(table, m) for m in metrics]
     panels = [(c, _usable(rows, c)) for c in columns]
     panels = [(c, d) for c, d in panels if not d.empty]
     if not panels:
         return None
-    groups = _levels(rows["checkpoint"]) if "checkpoint" in rows.columns else [None]
+    groups = sorted_levels(rows["checkpoint"]) if "checkpoint" in rows.columns else [None]
     fig = _figure(4.2 * len(panels), 3.2)
     axes = np.atleast_1d(fig.subplots(1, len(panels), squeeze=False)[0])
     for ax, (col, data) in zip(axes, panels):
@@ -179,8 +137,8 @@ def strength_curves(table: pd.DataFrame, metrics: list[str], out: Path) -> Path 
             if ok.any():
                 ax.fill_between(np.array(xs)[ok], lo[ok], hi[ok], alpha=0.2, color=line.get_color(), linewidth=0)
         ax.set_xlabel("strength")
-        ax.set_ylabel(_short(col))
-        ax.set_title(f"{_short(col)} by img2img strength", fontsize=10)
+        ax.set_ylabel(short_metric(col))
+        ax.set_title(f"{short_metric(col)} by img2img strength", fontsize=10)
         ax.grid(alpha=0.3)
         if len(groups) > 1:
             ax.legend(fontsize=8, title="checkpoint", title_fontsize=8)
@@ -192,14 +150,15 @@ def _slug(text: str) -> str:
 
 
 def plot_metrics(table: pd.DataFrame) -> list[str]:
-    """Numeric metric columns with at least one score, without the 0/1 health and watermark flags."""
-    return [c for c in table.columns if str(c).startswith("m.") and pd.api.types.is_numeric_dtype(table[c])
-            and not pd.api.types.is_bool_dtype(table[c]) and _short(c) not in _BADGE_METRICS
-            and table[c].notna().any()]
+    """Metric columns with at least one score, without the 0/1 health and watermark flags."""
+    return [c for c in resolve_metrics(table, None) if table[c].notna().any()]
 
 
 def plots_for(table: pd.DataFrame, run_dir: Path) -> list[Path]:
-    """The default plots: every varying factor (and checkpoint) x every metric, and the strength curves."""
+    """The default plots: every varying factor (and checkpoint) x every metric, and the strength curves.
+
+    Each factor plot pools the images over everything else (other factors, seeds, stages).
+    """
     run_dir = Path(run_dir)
     metrics = plot_metrics(table)
     factors = [c for c in table.columns if str(c).startswith("f.")]
@@ -207,13 +166,13 @@ def plots_for(table: pd.DataFrame, run_dir: Path) -> list[Path]:
     factors = [f for f in factors if table[f].nunique(dropna=False) > 1]
     out: list[Path] = []
     folder = run_dir / PLOTS_DIR
-    slugs = {m: _slug(_short(m)) for m in metrics}
+    slugs = {m: _slug(short_metric(m)) for m in metrics}
     if len(set(slugs.values())) < len(slugs):  # two configurations of one metric: use full ids
         slugs = {m: _slug(m[2:]) for m in metrics}
     for metric in metrics:
+        if _usable(table, metric).empty:
+            continue
         for factor in factors:
-            if _usable(table, metric).empty:
-                continue
             name = factor[2:] if factor.startswith("f.") else factor
             out.append(metric_by_level(table, factor, metric, folder / f"{slugs[metric]}__by__{_slug(name)}.png"))
     curve = strength_curves(table, metrics, folder / "strength.png") if metrics else None

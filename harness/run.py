@@ -18,18 +18,16 @@ import socket
 import sys
 import time
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
 from .core import Job, canonical_json
 from .experiment import Experiment, load_experiment
-from .ledger import Done, Ledger
+from .ledger import Ledger
 from .plan import Plan, group_jobs, make_plan, shard as shard_jobs
-from .provenance import a1111_parameters, provenance_record, write_png_atomic
-
-PNG_LEVEL = 1  # zlib level: ~2x faster than Pillow's default at a few % more bytes
+from .worker import Finished, Tuning
 
 
 @dataclass
@@ -75,7 +73,8 @@ def prepare_run(exp: Experiment, plan: Plan, run_dir: Path, *, jobs: list[Job] |
 def run_experiment(path: Path | str, *, out: Path | str | None = None, force: bool = False,
                    exact: bool | None = None, device: str | None = None, batch_size: int | None = None,
                    shard: tuple[int, int] | None = None, log: Callable[[str], None] | None = None,
-                   progress: bool | None = None, evaluate_after: bool = True) -> RunResult:
+                   progress: bool | None = None, evaluate_after: bool = True, executor: str = "local",
+                   executor_options: dict | None = None) -> RunResult:
     """Plan, generate what is not done yet, then score with the experiment's metrics."""
     exp = load_experiment(path)
     plan = make_plan(exp)
@@ -85,7 +84,8 @@ def run_experiment(path: Path | str, *, out: Path | str | None = None, force: bo
     result = RunResult(run_dir, len(jobs), len(jobs) - len(pending))
     try:
         options = dict(exact=exp.exact if exact is None else exact, device=device or exp.device,
-                       batch_size=batch_size, log=log or _stderr, progress=progress)
+                       batch_size=batch_size, log=log or _stderr, progress=progress, executor=executor,
+                       executor_options=executor_options)
         generate_jobs(exp, plan, ledger, pending, result, **options)
         if exp.metrics and evaluate_after:
             from .evaluate import evaluate
@@ -124,117 +124,50 @@ def _stderr(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-@dataclass(frozen=True)
-class Tuning:
-    """Knobs that change speed, never pixels (the benchmark turns each off to measure it)."""
-
-    png_level: int = PNG_LEVEL
-    writers: int = 4                  # PNG encode/write threads; 0 = in the generation thread
-    speedups: tuple[str, ...] = ()    # opt-in: "channels_last", "compile" (torch.compile of the UNet)
-    on_load: Callable | None = None   # called with every loaded pipeline (timing hooks)
-
-
-SPEEDUPS = ("channels_last", "compile")
-
-
-def _loader(tuning: Tuning):
-    from .checkpoints import load_pipeline
-
-    def load(ref, mode, **kw):
-        pipe = load_pipeline(ref, mode, **kw)
-        if "channels_last" in tuning.speedups:
-            import torch
-            pipe.unet.to(memory_format=torch.channels_last)
-        if "compile" in tuning.speedups:
-            import torch
-            pipe.unet = torch.compile(pipe.unet)
-        if tuning.on_load is not None:
-            tuning.on_load(pipe)
-        return pipe
-    return load
-
-
-def _write_now(path, pixels, **kw) -> Future:
-    f: Future = Future()
-    try:
-        f.set_result(write_png_atomic(path, pixels, **kw))
-    except BaseException as exc:  # noqa: BLE001 - surfaced by commit() before marking done
-        f.set_exception(exc)
-    return f
-
-
 def generate_jobs(exp: Experiment, plan: Plan, ledger: Ledger, pending: list[Job], result: RunResult, *,
                   exact: bool, device: str, batch_size: int | None, log: Callable[[str], None],
-                  progress: bool | None = None, tuning: Tuning | None = None) -> None:
+                  progress: bool | None = None, tuning: Tuning | None = None, executor: str = "local",
+                  executor_options: dict | None = None) -> None:
+    """Generate `pending` into the run folder; the ledger marks a batch done after its PNGs are on disk."""
     if not pending:
         return
-    from . import generate as gen  # torch is imported only when there is work
-    from .checkpoints import SAMPLER_NAMES
-    from .metrics.health import check_array
+    if executor == "ray":
+        from .executors.ray_executor import generate_with_ray
+        return generate_with_ray(exp, plan, ledger, pending, result, exact=exact, device=device,
+                                 batch_size=batch_size, log=log, progress=progress, **(executor_options or {}))
+    if executor != "local":
+        raise ValueError(f"unknown executor {executor!r}; expected 'local' or 'ray'")
+    from .worker import BatchMaker, write_now
 
     tuning = tuning or Tuning(speedups=exp.speedups)
-    cache = gen.PipelineCache(device, memory=exp.memory, loader=_loader(tuning))
-    result.device = cache.device
-    inits: dict = {}
-    host = socket.gethostname()
+    maker = BatchMaker(plan.checkpoints, ledger.images_dir, device=device, memory=exp.memory, tuning=tuning,
+                       exact=exact, batch_size=batch_size or exp.batch_size)
+    result.device = maker.device
     writer = ThreadPoolExecutor(max_workers=max(1, tuning.writers))
-    submit = writer.submit if tuning.writers > 0 else _write_now
-    inflight: deque[tuple[list[Done], list[Future]]] = deque()
+    submit = writer.submit if tuning.writers > 0 else write_now
+    inflight: deque[Finished] = deque()
     bar = _Progress(len(pending), enabled=progress, log=log)
     t0 = time.perf_counter()
-    batch_no = 0
 
     def commit(block: bool) -> None:
-        while inflight and (block or all(f.done() for f in inflight[0][1])):
-            rows, futures = inflight.popleft()
-            for f in futures:
+        while inflight and (block or all(f.done() for f in inflight[0].writes)):
+            done = inflight.popleft()
+            for f in done.writes:
                 f.result()  # a failed write raises here, before the row is marked done
-            ledger.mark_done_many(rows)
-            result.generated += len(rows)
-            bar.advance(len(rows))
+            ledger.mark_done_many(done.rows)
+            result.generated += len(done.rows)
+            bar.advance(len(done.rows))
+
+    def on_oom(message: str) -> None:
+        result.oom_events.append(message)
+        log(message)
 
     try:
-        for _, jobs in group_jobs(pending).items():
-            first = jobs[0]
-            ref = plan.checkpoints[first.checkpoint]
-            pipe = cache.get(ref, first.mode, first.scheduler, dtype=first.dtype)
-            dtype_used = gen.dtype_name(gen.pick_dtype(first.dtype, cache.device))
-            size = 1 if exact else batch_size or (exp.batch_size if exp.batch_size != "auto" else
-                                                   gen.auto_batch_size(cache.device, first.width, first.height))
-
-            def call(chunk: list[Job]):
-                images = None
-                if first.mode == "img2img":
-                    images = [_init(inits, gen, j) for j in chunk]
-                return gen.generate_batch(pipe, chunk, device=cache.device, init_images=images,
-                                          embeds_cache=cache.embeds, exact=exact)
-
-            started = time.perf_counter()
-            for chunk in gen.run_batched(call, jobs, size, on_oom=lambda m: (result.oom_events.append(m), log(m))):
-                now = time.perf_counter()
-                per_image = (now - started) / len(chunk.items)
-                started = now
-                batch_no += 1
-                rows, futures = [], []
-                for slot, (job, pixels) in enumerate(zip(chunk.items, chunk.results)):
-                    ok, flags = check_array(pixels)
-                    result.unhealthy += not ok
-                    if job.watermark != "none":
-                        from .metrics.watermark import embed
-                        pixels = embed(pixels, job.watermark)
-                    extra = dict(batch_size=chunk.batch_size, slot=slot, device=cache.device, dtype=dtype_used,
-                                 memory=list(cache.memory_applied), safety_checker="off", host=host)
-                    futures.append(submit(
-                        write_png_atomic, ledger.image_path(job.key), pixels,
-                        parameters=a1111_parameters(job, sampler=SAMPLER_NAMES.get(job.scheduler, job.scheduler),
-                                                    model_name=job.checkpoint,
-                                                    model_hash_override=getattr(ref, "model_hash", "") or None),
-                        provenance=provenance_record(job, **extra), compress_level=tuning.png_level))
-                    rows.append(Done(job.key, batch_id=f"{os.getpid()}-{batch_no}", batch_size=chunk.batch_size,
-                                     slot=slot, seconds=per_image, device=cache.device, dtype=dtype_used,
-                                     memory=list(cache.memory_applied), health={"ok": ok, "flags": flags},
-                                     host=host))
-                inflight.append((rows, futures))
+        for jobs in group_jobs(pending).values():
+            for chunk, seconds in maker.generate(jobs, on_oom=on_oom):
+                done = maker.finish(chunk, seconds, submit)
+                result.unhealthy += done.unhealthy
+                inflight.append(done)
                 commit(block=False)
         commit(block=True)
     finally:
@@ -242,7 +175,7 @@ def generate_jobs(exp: Experiment, plan: Plan, ledger: Ledger, pending: list[Job
             commit(block=True)
         finally:
             writer.shutdown(wait=True)
-            cache.clear()
+            maker.close()
             result.seconds = time.perf_counter() - t0
             bar.close()
 
@@ -274,13 +207,6 @@ def merge_runs(out: Path | str, sources: Iterable[Path | str], *, log: Callable[
                 f"{m.scores_added} scores, {len(m.bad_images)} damaged images skipped")
         totals["done"] = ledger.count("done")
     return totals
-
-
-def _init(cache: dict, gen, job: Job):
-    key = (job.init_image, job.width, job.height)
-    if key not in cache:
-        cache[key] = gen.load_init_image(job.init_image, job.width, job.height)
-    return cache[key]
 
 
 class _Progress:

@@ -46,7 +46,7 @@ NOT_SECTIONS = ("init_image", "negative_prompt")
 # Columns shown in the detail view's own places, or not worth showing as parameters.
 _NOT_PARAMS = {"key", "image", "prompt", "negative_prompt"}
 # Metrics whose meaning the badges already carry; not repeated under every thumbnail.
-_BADGE_METRICS = ("health", "watermark")
+BADGE_METRICS = ("health", "watermark")
 _SAFE_KEY = re.compile(r"[A-Za-z0-9_-]{1,128}")
 _TEMPLATES = Path(__file__).parent / "templates"
 MISSING = "—"
@@ -130,7 +130,7 @@ def resolve_dim(table: pd.DataFrame, name: str, what: str) -> str:
 
 
 def _varies(table: pd.DataFrame, column: str) -> bool:
-    return len(sorted_levels(table[column])) > 1
+    return table[column].nunique(dropna=False) > 1
 
 
 def numeric_metrics(table: pd.DataFrame) -> list[str]:
@@ -139,21 +139,22 @@ def numeric_metrics(table: pd.DataFrame) -> list[str]:
             and not pd.api.types.is_bool_dtype(table[c])]
 
 
-def resolve_metrics(table: pd.DataFrame, metrics: Sequence[str] | None) -> list[str]:
+def resolve_metric(table: pd.DataFrame, name: str, what: str = "metric") -> str:
+    """A metric column from its full id (with or without 'm.') or its short name when unambiguous."""
     available = numeric_metrics(table)
+    found = [c for c in available if c in (name, f"m.{name}")] or [c for c in available if short_metric(c) == name]
+    if len(found) != 1:
+        listing = ", ".join(c[2:] for c in available) or "(none scored)"
+        problem = "is ambiguous; use the full id" if found else "is not a scored metric of this run"
+        raise ValueError(f"{what} {name!r} {problem}; metrics in the table: {listing}")
+    return found[0]
+
+
+def resolve_metrics(table: pd.DataFrame, metrics: Sequence[str] | None) -> list[str]:
+    """The chosen metric columns; by default every numeric one but the health and watermark flags."""
     if metrics is None:
-        return [c for c in available if short_metric(c) not in _BADGE_METRICS]
-    out = []
-    for name in metrics:
-        exact = [c for c in available if c in (name, f"m.{name}")]
-        short = [c for c in available if short_metric(c) == name]
-        found = exact or short
-        if len(found) != 1:
-            listing = ", ".join(c[2:] for c in available) or "(none scored)"
-            problem = "is ambiguous; use the full id" if found else "is not a scored metric of this run"
-            raise ValueError(f"metrics: {name!r} {problem}; metrics in the table: {listing}")
-        out.append(found[0])
-    return out
+        return [c for c in numeric_metrics(table) if short_metric(c) not in BADGE_METRICS]
+    return [resolve_metric(table, name, "metrics:") for name in metrics]
 
 
 def metric_labels(columns: Sequence[str]) -> dict[str, str]:
@@ -439,6 +440,11 @@ def _comparison_model(item: Any) -> dict:
                     "DataFrames, (title, DataFrame) pairs or markdown text")
 
 
+def _md_cells(line: str) -> list[str]:
+    """The cells of one markdown table row; ``\\|`` is a literal bar."""
+    return [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", line.strip())[1:-1]]
+
+
 def _markdown_blocks(text: str) -> list[dict]:
     """Pipe tables become tables, **bold** lines headings, other lines paragraphs."""
     blocks: list[dict] = []
@@ -447,11 +453,10 @@ def _markdown_blocks(text: str) -> list[dict]:
     while i < len(lines):
         line = lines[i].strip()
         if line.startswith("|") and i + 1 < len(lines) and set(lines[i + 1].strip()) <= set("|-: "):
-            split = lambda s: [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", s.strip())[1:-1]]  # noqa: E731
-            head, body = split(line), []
+            head, body = _md_cells(line), []
             i += 2
             while i < len(lines) and lines[i].strip().startswith("|"):
-                body.append(split(lines[i]))
+                body.append(_md_cells(lines[i]))
                 i += 1
             frame = pd.DataFrame(body, columns=head) if body else pd.DataFrame(columns=head)
             blocks.append({"table": _table_model(frame), "heading": None, "text": None})
@@ -487,38 +492,49 @@ def _environment():
                               undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
 
 
-def default_axes(table: pd.DataFrame) -> tuple[str, str]:
-    """rows = seed; cols = the first factor that varies (else the first factor, checkpoint or mode)."""
-    factors = [c for c in table.columns if str(c).startswith("f.")]
-    varying = [c for c in factors if _varies(table, c)]
-    params = [c for c in ("checkpoint", "mode", "stage", "strength") if c in table.columns]
-    cols = (varying or [c for c in params if _varies(table, c)] or factors or params or [None])[0]
-    rows = "seed" if "seed" in table.columns and cols != "seed" else None
-    if rows is None:
-        rest = [c for c in grid_dims(table) if c != cols]
-        rows = ([c for c in rest if _varies(table, c)] or rest or [None])[0]
-    if rows is None or cols is None:
-        raise ValueError("the table has no factor or parameter columns to lay out (need e.g. 'seed', "
+def choose_axes(table: pd.DataFrame, rows: str | None = None, cols: str | None = None) -> tuple[str, str]:
+    """Grid rows and columns: the ones asked for, else rows = seed and cols = the first varying factor
+    (falling back to a varying checkpoint/mode/stage/strength, then to any factor or parameter)."""
+    row = resolve_dim(table, rows, "rows") if rows else None
+    col = resolve_dim(table, cols, "cols") if cols else None
+    if row is not None and row == col:
+        raise ValueError(f"rows and cols must be different dimensions, both are {dim_name(row)!r}; "
+                         f"choose among: {', '.join(dim_name(c) for c in grid_dims(table))}")
+    dims = grid_dims(table)
+    factors = [c for c in dims if c.startswith("f.")]
+    varying = [c for c in dims if _varies(table, c)]
+    if col is None:
+        order = [*[f for f in factors if f in varying], *varying, *factors, *dims]
+        col = next((c for c in order if c not in (row, "seed")), None) or next((c for c in dims if c != row), None)
+    if row is None:
+        row = next((c for c in ["seed", *varying, *dims] if c in dims and c != col), None)
+    if row is None or col is None:
+        raise ValueError("the table needs two factor or parameter columns to lay out a grid (e.g. 'seed' and "
                          f"'checkpoint' or 'f.<factor>'); columns: {list(table.columns)}")
-    return rows, cols
+    return row, col
 
 
 def write_sheet(run_dir: Path, table: pd.DataFrame, *, rows: str | None = None, cols: str | None = None,
                 metrics: list[str] | None = None, variant_summary: pd.DataFrame | None = None,
                 comparisons: list | None = None, plots: list[Path] | None = None, title: str = "") -> Path:
-    """Write ``run_dir/index.html`` (and missing thumbnails) for the per-image `table`; returns its path."""
+    """Write ``run_dir/index.html`` (and missing thumbnails) for the per-image `table`; returns its path.
+
+    rows, cols: a factor (``color`` for ``f.color``) or a parameter (seed, checkpoint, mode, stage,
+    strength, steps, guidance, scheduler, width, height, init_image, negative_prompt); by default
+    rows = seed and cols = the first varying factor. Every other varying factor or parameter makes
+    one grid per combination. metrics: the scores under each thumbnail (full ids, with or without
+    ``m.``, or short names); by default every numeric metric but the health/watermark flags, which
+    show as badges. variant_summary: any DataFrame, shown as a sortable table. comparisons:
+    :class:`harness.stats.Comparison` objects, DataFrames, (title, DataFrame) pairs or markdown
+    text. plots: image files inside `run_dir` (see :func:`harness.plots.plots_for`).
+    """
     from markupsafe import Markup
 
     run_dir = Path(run_dir)
     if "key" not in table.columns:
         raise ValueError(f"table needs a 'key' column (one row per image); columns: {list(table.columns)}")
     table = table.reset_index(drop=True)
-    d_rows, d_cols = default_axes(table) if len(table) else ("seed", "seed")
-    row_dim = resolve_dim(table, rows, "rows") if rows else d_rows
-    col_dim = resolve_dim(table, cols, "cols") if cols else (d_cols if d_cols != row_dim else None)
-    if col_dim is None or col_dim == row_dim:
-        raise ValueError(f"rows and cols must be different dimensions, both are {dim_name(row_dim)!r}; "
-                         f"choose among: {', '.join(dim_name(c) for c in grid_dims(table))}")
+    row_dim, col_dim = choose_axes(table, rows, cols)
     section_dims = [d for d in grid_dims(table)
                     if d not in (row_dim, col_dim, *NOT_SECTIONS) and _varies(table, d)]
     section_dims.sort(key=lambda d: d != "stage")  # one pass of an iterated run after the other

@@ -127,7 +127,7 @@ def test_default_layout_is_seed_by_first_factor_with_sections_for_the_rest(run):
     folder, table = run
     page = write_sheet(folder, table).read_text()
     assert "rows <b>seed</b> · columns <b>color</b>" in page
-    headings = re.findall(r'<section class="grid-section" id="s\d+">\s*<h2>(.*?)</h2>', page, re.S)
+    headings = re.findall(r'<section class="grid-section has-heading" id="s\d+">\s*<h2>(.*?)</h2>', page, re.S)
     text = [" ".join(html.unescape(re.sub(r"<[^>]+>", " ", h)).split()) for h in headings]
     # Stage first, later stages last; mode and strength follow from the stage, so they split nothing.
     assert text == ["stage main shape circle 6 images", "stage main shape square 6 images",
@@ -139,6 +139,7 @@ def test_chosen_rows_and_cols_and_unknown_names(run):
     folder, table = run
     page = write_sheet(folder, table, rows="shape", cols="color").read_text()
     assert "rows <b>shape</b> · columns <b>color</b>" in page and "one grid per <b>" in page
+    assert "rows <b>color</b> · columns <b>shape</b>" in write_sheet(folder, table, rows="color").read_text()
     with pytest.raises(ValueError, match=r"rows='colour'.*color, shape"):
         write_sheet(folder, table, rows="colour")
     with pytest.raises(ValueError, match="must be different"):
@@ -195,12 +196,52 @@ def test_variant_table_comparisons_and_plots_are_rendered(run):
     comparison = paired_compare(main, factor="color", metric=CLIP, rng=np.random.default_rng(0), n_boot=50)
     (folder / "plots").mkdir()
     Image.new("RGB", (10, 10)).save(folder / "plots" / "clip_score__by__color.png")
-    page = write_sheet(folder, table, variant_summary=variants, comparisons=[comparison, "**md**\n\n| a | b |\n|---|---|\n| 1 | x |"],
+    markdown = "**md**\n\n| a | b |\n|---|---|\n| 1 | x \\| y |"
+    page = write_sheet(folder, table, variant_summary=variants, comparisons=[comparison, markdown],
                        plots=[folder / "plots" / "clip_score__by__color.png"]).read_text()
     variants_html = page.split('id="variants"')[1].split("</section>")[0]
     assert variants_html.count("<tr>") == 1 + 4 and 'data-type="num"' in variants_html
     assert "clip_score by color, baseline blue" in page and '<td class="num" data-sort="' in page
-    assert "<h3>md</h3>" in page
+    assert "<h3>md</h3>" in page and "<td>x | y</td>" in page
     assert 'src="plots/clip_score__by__color.png"' in page
     with pytest.raises(ValueError, match="outside the run folder"):
         write_sheet(folder, table, plots=[folder.parent / "elsewhere.png"])
+
+
+# ---------------------------------------------------------------- plots
+
+
+def test_plots_for_draws_each_factor_and_the_strength_curve(run):
+    from harness.plots import plots_for
+
+    folder, table = run
+    paths = plots_for(table, folder)
+    assert [p.relative_to(folder).as_posix() for p in paths] == [
+        "plots/clip_score__by__color.png", "plots/clip_score__by__shape.png", "plots/strength.png"]
+    for p in paths:
+        with Image.open(p) as im:
+            assert im.format == "PNG" and im.width > 200
+
+
+def test_level_stats_leave_out_unhealthy_and_unscored_images(run):
+    from harness.plots import level_stats
+    from harness.stats import t_interval
+
+    _, table = run
+    table.loc[0, f"m.{CLIP}"] = float("nan")  # red circle seed 1: unscored
+    stats = level_stats(table, "color", "clip_score").set_index("level")
+    assert stats.loc["blue", "n"] == 5 and stats.loc["red", "n"] == 6  # blue: one unhealthy; red: one NaN
+    red = table[(table["f.color"] == "red") & table[f"m.{CLIP}"].notna()][f"m.{CLIP}"]
+    assert stats.loc["red", "mean"] == pytest.approx(red.mean())
+    assert (stats.loc["red", "ci_low"], stats.loc["red", "ci_high"]) == pytest.approx(t_interval(red))
+
+
+def test_strength_curves_need_img2img_rows_and_known_metrics(run, tmp_path):
+    from harness.plots import metric_by_level, strength_curves
+
+    _, table = run
+    assert strength_curves(table[table["mode"] == "txt2img"], ["clip_score"], tmp_path / "s.png") is None
+    with pytest.raises(ValueError, match="clip_scor.*metrics in the table: clip_score"):
+        metric_by_level(table, "color", "clip_scor", tmp_path / "m.png")
+    with pytest.raises(ValueError, match="factor='colour'.*color"):
+        metric_by_level(table, "colour", "clip_score", tmp_path / "m.png")

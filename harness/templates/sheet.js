@@ -94,11 +94,13 @@
     if (current !== null && i >= 0 && i < order.length) { show(order[i]); }
   }
 
+  // A thumbnail opens its figure's image; other buttons and links name theirs in data-open.
   document.addEventListener("click", function (ev) {
-    var target = ev.target.closest("[data-open]");
+    var thumb = ev.target.closest("button.open");
+    var target = thumb ? thumb.closest("figure.item") : ev.target.closest("[data-open]");
     if (target) {
       ev.preventDefault();
-      show(target.getAttribute("data-open"));
+      show(target.getAttribute(thumb ? "data-key" : "data-open"));
     }
   });
   $("d-close").addEventListener("click", function () { dialog.close(); });

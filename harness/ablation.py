@@ -1,0 +1,206 @@
+"""Clause ablation: which parts of a prompt actually matter.
+
+`harness ablate EXP.toml` takes the experiment's prompt, splits it into clauses
+(`mutate.split_clauses`: commas outside emphasis brackets) and renders the full
+prompt and the N leave-one-out prompts (each without one clause) on the same
+seeds, checkpoints and parameters. Each clause's contribution is
+
+    contribution = metric(full prompt) - metric(prompt without the clause)
+
+paired by seed (and by every other condition: checkpoint, mode, strength,
+negative prompt, ...), so the seed's own effect cancels. The mean and its 95%
+interval come from `stats.paired_compare` with the full prompt as the baseline
+level of a factor `ablation`: with one prompt, seeds are the independent units,
+so each (seed, condition) pair is its own cluster and the interval is a
+bootstrap over seeds; the Wilcoxon signed-rank p-value is over the same pairs,
+Holm-adjusted across clauses. A clause "helps" when its interval lies on the
+good side of zero (above for higher-is-better metrics), "hurts" when on the bad
+side, and is "unclear" otherwise.
+
+A template prompt is ablated per concrete prompt it expands to (the table has
+a `prompt` column). Results go to `tables/ablation.{csv,parquet,md}` in the run
+folder, which is shared with `harness run`: images already made are reused.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+from .core import Variant
+from .experiment import ExperimentError, load_experiment
+from .grammar import escape_text
+from .mutate import leave_one_out, literal, split_clauses
+from .wildcards import WildcardLibrary, default_search_path
+
+FULL = "(full prompt)"
+NOT_QUALITY = ("health", "watermark")
+FEW_PAIRS = 15  # below this many pairs a percentile bootstrap interval undercovers (stats.py)
+# Job fields that define a condition; pairs share all of them and the seed.
+CONDITIONS = ("checkpoint", "mode", "strength", "steps", "guidance", "width", "height", "negative_prompt",
+              "init_hash", "scheduler")
+COLUMNS = ["prompt", "metric", "rank", "clause_index", "clause", "contribution", "ci_low", "ci_high", "verdict",
+           "p_value", "p_holm", "full_win_rate", "mean_full", "mean_without", "n_pairs", "note"]
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One prompt of the study: the full prompt (clause None) or the prompt without one clause."""
+
+    base: str            # the concrete full prompt this arm ablates
+    label: str           # level of the `ablation` factor
+    clause_index: int | None
+    clause: str | None
+    prompt: str          # concrete prompt rendered
+
+
+@dataclass
+class AblationResult:
+    run_dir: Path
+    table: object                       # pandas DataFrame, COLUMNS
+    generated: int = 0
+    outputs: list[Path] = field(default_factory=list)
+    higher_is_better: dict = field(default_factory=dict)
+
+    def to_text(self) -> str:
+        out = []
+        for (prompt, metric), g in self.table.groupby(["prompt", "metric"], sort=False):
+            better = "higher" if self.higher_is_better.get(metric, True) else "lower"
+            out.append(f"prompt: {prompt}")
+            out.append(f"metric: {metric} ({better} is better); contribution = full - without clause, "
+                       "paired by seed, 95% CI")
+            width = max(len(str(c)) for c in g["clause"])
+            for r in g.itertuples(index=False):
+                ci = "n/a" if math.isnan(r.ci_low) else f"[{r.ci_low:+.4g}, {r.ci_high:+.4g}]"
+                p = "n/a" if math.isnan(r.p_value) else f"{r.p_value:.3g}"
+                out.append(f"  {r.rank:>2}. {str(r.clause).ljust(width)}  {r.contribution:+.4g}  {ci}  "
+                           f"{r.verdict:<7}  p={p}  n={r.n_pairs}")
+            notes = sorted({n for n in g["note"] if n})
+            if g["n_pairs"].max() < FEW_PAIRS:
+                notes.append(f"under {FEW_PAIRS} seeds the percentile interval is too narrow; "
+                             "read verdicts as tentative and add seeds")
+            out += [f"  note: {n}" for n in notes]
+            out.append("")
+        return "\n".join(out)
+
+
+def arms_for(prompts: Sequence[Variant]) -> list[Arm]:
+    """The full prompt and its leave-one-out prompts, for each concrete prompt."""
+    arms = []
+    for v in prompts:
+        arms.append(Arm(v.prompt, FULL, None, None, v.prompt))
+        for m in leave_one_out(escape_text(v.prompt)):
+            i = m.args["clause"]
+            text = literal(m.args["text"])
+            arms.append(Arm(v.prompt, f"without {i}: {text}", i, text, literal(m.prompt)))
+    return arms
+
+
+def ablate(path: Path | str, *, out: Path | str | None = None, metrics: Sequence[str] | None = None,
+           device: str | None = None, n_boot: int = 2000, seed: int = 0,
+           log: Callable[[str], None] | None = None) -> AblationResult:
+    """Generate, score and analyse the leave-one-out study of an experiment's prompt."""
+    from .evaluate import evaluate
+    from .metrics import metric_from_spec
+    from .plan import Plan, jobs_for, resolve_checkpoints, variants_of
+    from .run import RunResult, default_run_dir, generate_jobs, prepare_run
+
+    log = log or (lambda m: print(m, file=sys.stderr, flush=True))
+    exp = load_experiment(path)
+    library = WildcardLibrary(default_search_path(exp.base_dir))
+    specs = list(metrics) if metrics else [m for m in exp.metrics
+                                           if m.split(":")[0].split("[")[0] not in NOT_QUALITY]
+    if not specs:
+        raise ExperimentError(exp.path, ["key 'metrics': ablation needs a metric to measure contributions with, "
+                                         "other than health and watermark (e.g. metrics = [\"clip_score\"])"])
+    chosen = [metric_from_spec(s) for s in specs]
+    prompts, negatives = variants_of(exp, library)
+    try:
+        arms = arms_for(prompts)
+    except ValueError as e:
+        raise ExperimentError(exp.path, [f"key 'prompt': {e}"]) from None
+    refs = resolve_checkpoints(exp)
+    jobs_of: list[tuple[Arm, list]] = []
+    for arm in arms:
+        factors = {"ablation": arm.label, **({"ablation_prompt": arm.base} if len(prompts) > 1 else {})}
+        jobs_of.append((arm, jobs_for(exp, refs, [Variant(arm.prompt, factors)], negatives, stage="ablation",
+                                      meta={"ablation": {"clause": arm.clause_index, "text": arm.clause}})))
+    wanted = list({j.key: j for _, js in jobs_of for j in js}.values())
+    run_dir = Path(out) if out else default_run_dir(exp)
+    plan = Plan(exp, tuple(wanted), ("ablation",), refs)
+    ledger, pending = prepare_run(exp, plan, run_dir, jobs=wanted)
+    run = RunResult(run_dir, len(wanted), len(wanted) - len(pending))
+    try:
+        generate_jobs(exp, plan, ledger, pending, run, exact=exp.exact, device=device or exp.device,
+                      batch_size=None, log=log, progress=False)
+        evaluate(ledger, list(dict.fromkeys([*specs, *exp.metrics])), log=log)
+        from .report import image_table
+        images = image_table(ledger)
+    finally:
+        ledger.close()
+    higher = {m.id: m.INFO.higher_is_better for m in chosen}
+    table = contributions(images, jobs_of, [m.id for m in chosen], higher, n_boot=n_boot, seed=seed)
+    from .report import write_table
+    result = AblationResult(run_dir, table, run.generated, higher_is_better=higher)
+    result.outputs = write_table(table, run_dir / "tables", "ablation")
+    return result
+
+
+def contributions(images, jobs_of: Sequence[tuple[Arm, list]], metric_ids: Sequence[str], higher: dict, *,
+                  n_boot: int = 2000, seed: int = 0):
+    """The ranked contribution table from the per-image table (`report.image_table`)."""
+    import numpy as np
+    import pandas as pd
+
+    from .stats import paired_compare
+
+    by_key = images.set_index("key")
+    frames = []
+    for metric in metric_ids:
+        col = f"m.{metric}"
+        sign = 1.0 if higher.get(metric, True) else -1.0
+        for base in dict.fromkeys(arm.base for arm, _ in jobs_of):
+            rows = []
+            for arm, jobs in jobs_of:
+                if arm.base != base:
+                    continue
+                for job in jobs:
+                    have = job.key in by_key.index and col in by_key.columns
+                    rows.append({"f.ablation": arm.label,
+                                 # Seeds are the independent units of one prompt: passed under another name so
+                                 # that paired_compare makes each (seed, condition) pair its own cluster.
+                                 "pair_seed": job.seed, "draw": job.meta.get("draw", 0),
+                                 **{c: getattr(job, c) for c in CONDITIONS},
+                                 col: float(by_key.at[job.key, col]) if have else math.nan,
+                                 "healthy": bool(by_key.at[job.key, "healthy"]) if have else True})
+            df = pd.DataFrame(rows)
+            pair_on = ["pair_seed", "draw", *CONDITIONS]
+            cmp = paired_compare(df, factor="f.ablation", metric=col, baseline=FULL, pair_on=pair_on,
+                                 n_boot=n_boot, rng=np.random.default_rng(seed), higher_is_better=sign > 0)
+            arm_of = {arm.label: arm for arm, _ in jobs_of if arm.base == base}
+            out = []
+            for r in cmp.rows:
+                arm = arm_of[r.level]
+                contribution = -r.mean_diff
+                lo, hi = -r.ci_high, -r.ci_low
+                if not math.isnan(lo) and sign * lo > 0 and sign * hi > 0:
+                    verdict = "helps"
+                elif not math.isnan(lo) and sign * lo < 0 and sign * hi < 0:
+                    verdict = "hurts"
+                else:
+                    verdict = "unclear"
+                out.append({"prompt": base, "metric": metric, "clause_index": arm.clause_index,
+                            "clause": arm.clause, "contribution": contribution, "ci_low": lo, "ci_high": hi,
+                            "verdict": verdict, "p_value": r.p_value, "p_holm": r.p_holm,
+                            "full_win_rate": 1.0 - r.win_rate if not math.isnan(r.win_rate) else math.nan,
+                            "mean_full": r.mean_baseline, "mean_without": r.mean_level, "n_pairs": r.n_pairs,
+                            "note": r.note})
+            out.sort(key=lambda d: (math.isnan(d["contribution"]), -sign * d["contribution"]
+                                    if not math.isnan(d["contribution"]) else 0.0, d["clause_index"]))
+            for i, d in enumerate(out, start=1):
+                d["rank"] = i
+            frames.append(pd.DataFrame(out, columns=COLUMNS))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=COLUMNS)

@@ -1,0 +1,596 @@
+"""Prompt search: evolve a population of prompts against image metrics.
+
+`harness evolve EXP.toml` reads an experiment and its `[search]` table:
+
+```toml
+[search]
+population = 6            # candidates per generation (>= 2)
+generations = 3           # rounds of select -> mutate -> score after generation 0
+metrics = ["clip_score:model=tiny"]   # fitness metrics (default: the experiment's, minus health/watermark)
+weights = [1.0]           # one per metric (default 1 each)
+selection = "tournament"  # or "top_k"
+tournament_size = 3       # with tournament: best of this many drawn at random
+top_k = 3                 # with top_k: parents drawn uniformly from the best k
+elitism = 1               # best candidates copied unchanged into the next generation
+operators = { swap = 1, insert = 1, delete = 1, reorder = 0.5, crossover = 1, reweight = 0.5 }  # relative rates
+modifiers = ["styles", "mediums", "artists", "lighting", "quality", "colours"]  # lists insert/swap draw from
+budget = 60               # most distinct images the search may use
+seed = 0                  # search RNG, separate from image seeds and prompt_seed
+```
+
+Generation 0 is the experiment's prompt expanded (or sampled, as `expand`
+says); when that gives more prompts than `population` a seeded sample is kept,
+when fewer the rest are mutants of them. Every candidate is rendered on the
+experiment's `seeds` (the same seeds for all, so candidates are compared on the
+same noise), with every checkpoint, mode and negative prompt the experiment
+lists. Fitness of an image is `sum(weight * value)` over the metrics, with the
+value negated for a metric whose `higher_is_better` is false; a candidate's
+fitness is the mean over seeds of its images' fitness (images averaged within a
+seed first), with a 95% t-interval over seeds. Images with a NaN metric are left
+out; a candidate without any scored image ranks last.
+
+Each later generation keeps the `elitism` best unchanged and fills the rest with
+mutants (`mutate.mutate`, operators drawn with the given rates, crossover
+partners chosen by the same selection) of selected parents; children equal to a
+candidate already in the generation are redrawn (up to 50 draws per slot, after
+which the generation stays smaller). The budget counts distinct images: a
+generation whose new images would pass it is not started.
+
+The search shares the run folder and ledger of `harness run`: images already
+made are never made again. After each generation its candidates, their fitness
+and lineage are stored in the ledger meta under `search/<id>/gen/<g>`, where
+`<id>` is a key of everything that decides the search (the experiment as read
+without `search.generations` and `search.budget`, the wildcard lists, the
+checkpoints' fingerprints). All randomness comes from `random.Random` seeded by
+(search seed, generation), never wall time or dict order, so a killed `evolve`,
+run again, replays the recorded generations and ends with the same final
+population as an uninterrupted run; raising `generations` or `budget` continues
+a finished search. Fitness is computed from the pixels: an image regenerated in
+another batch may differ by one level (see the README), so bitwise-equal
+replays of image metrics need `exact = true`.
+
+Outputs (rebuilt at the end of every `evolve`): `tables/search_generations.*`
+(the best prompts of each generation with fitness and 95% CI),
+`tables/search_trajectory.*` (best and mean fitness per generation),
+`tables/search_lineage.*` (the winners' ancestry: prompt, operator, arguments,
+parents, fitness, image keys) and `plots/search_trajectory.png`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import math
+import random
+import sys
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from .core import Variant, canonical_json, content_key
+from .experiment import Experiment, ExperimentError, load_experiment
+from .grammar import escape_text
+from .mutate import OPERATORS, Resources, literal, mutate, prompt_key
+from .wildcards import WildcardLibrary, default_search_path
+
+SELECTIONS = ("tournament", "top_k")
+DEFAULT_OPERATORS = {"swap": 1.0, "insert": 1.0, "delete": 1.0, "reorder": 0.5, "crossover": 1.0, "reweight": 0.5}
+NOT_FITNESS = ("health", "watermark")
+REPORT_TOP = 5          # prompts per generation in search_generations
+LINEAGE_WINNERS = 3     # final candidates whose ancestry is traced
+_KEYS = {"population", "generations", "metrics", "weights", "selection", "tournament_size", "top_k", "elitism",
+         "operators", "modifiers", "budget", "seed"}
+_NOT_IDENTITY = ("generations", "budget")  # may change without invalidating recorded generations
+
+
+class SearchError(RuntimeError):
+    """The search cannot go on; the message says why and what to change."""
+
+
+# ----------------------------------------------------------------------------- config
+
+
+@dataclass(frozen=True)
+class Fitness:
+    spec: str
+    id: str
+    weight: float
+    higher_is_better: bool
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    population: int
+    generations: int
+    fitness: tuple[Fitness, ...]
+    selection: str
+    tournament_size: int
+    top_k: int
+    elitism: int
+    operators: Mapping[str, float]
+    modifiers: tuple[str, ...] | None
+    budget: int | None
+    seed: int
+
+
+def search_config(exp: Experiment, library: WildcardLibrary | None = None) -> SearchConfig:
+    """The experiment's `[search]` table, validated: every problem at once, naming the file."""
+    from .metrics import metric_from_spec
+
+    problems: list[str] = []
+    table = exp.raw.get("search")
+    if not isinstance(table, dict):
+        raise ExperimentError(exp.path, ["table [search]: missing; harness evolve needs at least "
+                                         "[search] population = N and generations = G (see experiments/search.toml)"])
+
+    def bad(key: str, value: Any, expected: str) -> None:
+        problems.append(f"key 'search.{key}': got {value!r}, expected {expected}")
+
+    for k in table:
+        if k not in _KEYS:
+            close = difflib.get_close_matches(k, sorted(_KEYS), n=1, cutoff=0.6)
+            problems.append(f"unknown key 'search.{k}'" + (f"; did you mean 'search.{close[0]}'?" if close
+                                                            else f"; valid keys: {', '.join(sorted(_KEYS))}"))
+
+    def integer(key: str, default: int | None, lo: int, hi: int | None = None) -> int | None:
+        v = table.get(key, default)
+        if v is None:
+            return None
+        if isinstance(v, bool) or not isinstance(v, int) or v < lo or (hi is not None and v > hi):
+            bad(key, v, f"an integer >= {lo}" + (f" and <= {hi}" if hi is not None else ""))
+            return default
+        return v
+
+    population = integer("population", None, 2)
+    if population is None:
+        problems.append("key 'search.population': missing; expected the number of candidates per generation")
+        population = 2
+    generations = integer("generations", None, 0)
+    if generations is None:
+        problems.append("key 'search.generations': missing; expected how many generations follow generation 0")
+        generations = 0
+    elitism = integer("elitism", 1, 0, population - 1)
+    selection = table.get("selection", "tournament")
+    if selection not in SELECTIONS:
+        bad("selection", selection, " or ".join(repr(s) for s in SELECTIONS))
+        selection = "tournament"
+    for key, used_by in (("tournament_size", "tournament"), ("top_k", "top_k")):
+        if key in table and selection != used_by:
+            problems.append(f"key 'search.{key}': set but selection is {selection!r}; "
+                            f"set selection = {used_by!r} or drop {key}")
+    tournament_size = integer("tournament_size", min(3, population), 2, population)
+    top_k = integer("top_k", max(1, population // 2), 1, population)
+    budget = integer("budget", None, 1)
+    seed = integer("seed", 0, 0)
+
+    specs = table.get("metrics", [m for m in exp.metrics if m.split(":")[0].split("[")[0] not in NOT_FITNESS])
+    if not (isinstance(specs, list) and specs and all(isinstance(s, str) and s.strip() for s in specs)):
+        bad("metrics", specs, "a non-empty list of metric specs such as \"clip_score:model=tiny\" "
+                              "(default: the experiment's metrics other than health and watermark)")
+        specs = []
+    weights = table.get("weights", [1.0] * len(specs))
+    if not (isinstance(weights, list) and len(weights) == len(specs)
+            and all(isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) for w in weights)
+            and any(w != 0 for w in weights)):
+        bad("weights", weights, f"a list of {len(specs)} finite number(s), one per metric, not all 0")
+        weights = [1.0] * len(specs)
+    fitness = []
+    for spec, weight in zip(specs, weights):
+        try:
+            metric = metric_from_spec(spec)
+        except (ValueError, KeyError) as e:
+            problems.append(f"key 'search.metrics': {spec!r}: {e.args[0] if e.args else e}")
+            continue
+        fitness.append(Fitness(spec, metric.id, float(weight), metric.INFO.higher_is_better))
+
+    operators = table.get("operators", DEFAULT_OPERATORS)
+    if isinstance(operators, list):
+        operators = {name: 1.0 for name in operators} if all(isinstance(n, str) for n in operators) else operators
+    if not isinstance(operators, dict):
+        bad("operators", operators, "a table of operator = rate, or a list of operator names")
+        operators = dict(DEFAULT_OPERATORS)
+    for name, rate in list(operators.items()):
+        if name not in OPERATORS:
+            close = difflib.get_close_matches(name, list(OPERATORS), n=1)
+            problems.append(f"unknown operator 'search.operators.{name}'" + (
+                f"; did you mean '{close[0]}'?" if close else f"; valid operators: {', '.join(OPERATORS)}"))
+        elif isinstance(rate, bool) or not isinstance(rate, (int, float)) or not (math.isfinite(rate) and rate >= 0):
+            bad(f"operators.{name}", rate, "a rate >= 0")
+    operators = {n: float(r) for n, r in operators.items() if n in OPERATORS and isinstance(r, (int, float))
+                 and not isinstance(r, bool) and math.isfinite(r) and r >= 0}
+    if not any(r > 0 for r in operators.values()):
+        problems.append("key 'search.operators': no operator has a rate > 0; "
+                        f"valid operators: {', '.join(OPERATORS)}")
+
+    modifiers = table.get("modifiers")
+    if modifiers is not None:
+        if not (isinstance(modifiers, list) and all(isinstance(m, str) and m for m in modifiers)):
+            bad("modifiers", modifiers, "a list of wildcard list names such as \"mediums\"")
+            modifiers = None
+        else:
+            library = library or WildcardLibrary(default_search_path(exp.base_dir))
+            for name in modifiers:
+                if library.get(name) is None:
+                    close = difflib.get_close_matches(name, library.names(), n=1, cutoff=0.5)
+                    where = ", ".join(str(p) for p in library.search_path) or "(no wildcard folders found)"
+                    problems.append(f"key 'search.modifiers': no wildcard list {name!r} ({name}.txt) in {where}"
+                                    + (f"; did you mean {close[0]!r}?" if close else ""))
+            modifiers = tuple(modifiers)
+    if problems:
+        raise ExperimentError(exp.path, problems)
+    return SearchConfig(population, generations, tuple(fitness), selection, tournament_size, top_k, elitism,
+                        operators, modifiers, budget, seed)
+
+
+# ----------------------------------------------------------------------------- population
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One prompt of a generation: template text, lineage, and (once scored) fitness."""
+
+    prompt: str                           # template text of a concrete prompt
+    operator: str                         # "initial" or the operator that made it
+    args: Mapping[str, Any]
+    parents: tuple[str, ...]
+    born: int                             # the generation that made it
+    fitness: float | None = None          # None: not scored (or nothing scorable)
+    ci: tuple[float | None, float | None] = (None, None)
+    n_seeds: int = 0
+    image_keys: tuple[str, ...] = ()
+
+    @property
+    def key(self) -> str:
+        return prompt_key(self.prompt)
+
+    @property
+    def text(self) -> str:
+        """The concrete prompt the images were made from."""
+        return literal(self.prompt)
+
+    def to_dict(self) -> dict:
+        return {"prompt": self.prompt, "key": self.key, "operator": self.operator, "args": dict(self.args),
+                "parents": list(self.parents), "born": self.born, "fitness": self.fitness, "ci": list(self.ci),
+                "n_seeds": self.n_seeds, "image_keys": list(self.image_keys)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Candidate":
+        return cls(d["prompt"], d["operator"], dict(d["args"]), tuple(d["parents"]), d["born"], d["fitness"],
+                   tuple(d["ci"]), d["n_seeds"], tuple(d["image_keys"]))
+
+
+@dataclass(frozen=True)
+class Generation:
+    index: int
+    candidates: tuple[Candidate, ...]     # best first
+    images_used: int                      # distinct images of the search up to and including this generation
+
+    @property
+    def best(self) -> Candidate:
+        return self.candidates[0]
+
+    def to_dict(self) -> dict:
+        return {"index": self.index, "images_used": self.images_used,
+                "candidates": [c.to_dict() for c in self.candidates]}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Generation":
+        return cls(d["index"], tuple(Candidate.from_dict(c) for c in d["candidates"]), d["images_used"])
+
+
+def _rank_value(c: Candidate) -> float:
+    return -math.inf if c.fitness is None else c.fitness
+
+
+def rank(candidates: Sequence[Candidate]) -> list[Candidate]:
+    """Best first; ties keep their order (sorting is stable)."""
+    return sorted(candidates, key=lambda c: -_rank_value(c))
+
+
+def select(ranked: Sequence[Candidate], rng: random.Random, cfg: SearchConfig) -> Candidate:
+    """A parent from a best-first list: tournament (best of `tournament_size`) or uniform among the top k."""
+    if cfg.selection == "top_k":
+        return ranked[rng.randrange(min(cfg.top_k, len(ranked)))]
+    drawn = rng.sample(range(len(ranked)), min(cfg.tournament_size, len(ranked)))
+    return ranked[min(drawn)]
+
+
+def generation_rng(cfg: SearchConfig, g: int) -> random.Random:
+    return random.Random(content_key(["harness.search", cfg.seed, g]))
+
+
+def initial_population(variants: Sequence[Variant], cfg: SearchConfig, resources: Resources) -> list[Candidate]:
+    """Generation 0: the experiment's prompts (a seeded sample if too many), topped up with their mutants."""
+    rng = generation_rng(cfg, 0)
+    base = list(dict.fromkeys(escape_text(v.prompt) for v in variants))
+    factors = {escape_text(v.prompt): dict(v.factors) for v in reversed(variants)}
+    if len(base) > cfg.population:
+        base = [base[i] for i in sorted(rng.sample(range(len(base)), cfg.population))]
+    out = [Candidate(p, "initial", {"factors": factors[p]}, (), 0) for p in base]
+    return _fill(out, base, rng, cfg, resources, born=0, pick=lambda: rng.choice(base))
+
+
+def breed(previous: Generation, cfg: SearchConfig, resources: Resources) -> list[Candidate]:
+    """The next generation's candidates (unscored): elites, then mutants of selected parents."""
+    g = previous.index + 1
+    rng = generation_rng(cfg, g)
+    ranked = rank(previous.candidates)
+    elites = [replace(c, fitness=None, ci=(None, None), n_seeds=0, image_keys=()) for c in ranked[:cfg.elitism]]
+    return _fill(elites, None, rng, cfg, resources, born=g, pick=lambda: select(ranked, rng, cfg).prompt,
+                 partner=lambda: select(ranked, rng, cfg).prompt)
+
+
+def _fill(out: list[Candidate], partners: Sequence[str] | None, rng: random.Random, cfg: SearchConfig,
+          resources: Resources, *, born: int, pick: Callable[[], str],
+          partner: Callable[[], str] | None = None) -> list[Candidate]:
+    seen = {c.prompt for c in out}
+    crossing = cfg.operators.get("crossover", 0) > 0
+    for _ in range(50 * cfg.population):
+        if len(out) >= cfg.population:
+            break
+        parent = pick()
+        mates = list(partners or ()) if partner is None else ([partner()] if crossing else [])
+        m = mutate(parent, rng, resources, operators=cfg.operators, partners=mates)
+        if m is None or m.prompt in seen:
+            continue
+        seen.add(m.prompt)
+        out.append(Candidate(m.prompt, m.operator, dict(m.args), tuple(m.parents), born))
+    return out
+
+
+def candidate_fitness(frame, cfg: SearchConfig, jobs: Sequence) -> tuple[float | None, tuple, int]:
+    """(fitness, 95% CI, seeds) of one candidate from its jobs and a key x metric-id score table."""
+    from .stats import t_interval
+
+    per_seed: dict[int, list[float]] = {}
+    for job in jobs:
+        total = 0.0
+        for f in cfg.fitness:
+            v = frame.get((job.key, f.id), math.nan)
+            total += f.weight * (v if f.higher_is_better else -v)
+        if not math.isnan(total):
+            per_seed.setdefault(job.seed, []).append(total)
+    values = [sum(v) / len(v) for _, v in sorted(per_seed.items())]
+    if not values:
+        return None, (None, None), 0
+    lo, hi = t_interval(values)
+    clean = (lambda x: None if math.isnan(x) else float(x))  # noqa: E731
+    return float(sum(values) / len(values)), (clean(lo), clean(hi)), len(values)
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+@dataclass
+class SearchResult:
+    run_dir: Path
+    search_id: str
+    generations: list[Generation]
+    stopped: str                      # "generations" or "budget"
+    generated: int = 0                # images made by this call
+    budget: int | None = None
+    outputs: list[Path] = field(default_factory=list)
+
+    @property
+    def final(self) -> Generation:
+        return self.generations[-1]
+
+    @property
+    def best(self) -> Candidate:
+        return self.final.best
+
+
+def search_identity(exp: Experiment, resources: Resources, refs: Mapping) -> str:
+    raw = json.loads(canonical_json(exp.raw))
+    for k in _NOT_IDENTITY:
+        raw.get("search", {}).pop(k, None)
+    return content_key({"experiment": raw, "prompt": exp.prompt, "negative_prompt": exp.negative_prompt,
+                        "resources": resources.digest(),
+                        "checkpoints": {n: r.fingerprint for n, r in refs.items()}})[:16]
+
+
+def recorded_generations(ledger, search_id: str) -> dict[int, Generation]:
+    out, g = {}, 0
+    while (raw := ledger.get_meta(f"search/{search_id}/gen/{g}")) is not None:
+        out[g] = Generation.from_dict(json.loads(raw))
+        g += 1
+    return out
+
+
+def evolve(path: Path | str, *, out: Path | str | None = None, device: str | None = None,
+           log: Callable[[str], None] | None = None,
+           on_generation: Callable[[Generation], None] | None = None) -> SearchResult:
+    """Run (or resume) the search of an experiment; see the module doc."""
+    from .evaluate import evaluate
+    from .ledger import Ledger  # noqa: F401  (the ledger comes from prepare_run)
+    from .plan import Plan, jobs_for, resolve_checkpoints, variants_of
+    from .run import RunResult, default_run_dir, generate_jobs, prepare_run
+
+    log = log or (lambda m: print(m, file=sys.stderr, flush=True))
+    exp = load_experiment(path)
+    library = WildcardLibrary(default_search_path(exp.base_dir))
+    cfg = search_config(exp, library)
+    resources = Resources.load(library, cfg.modifiers, template=exp.prompt)
+    variants, negatives = variants_of(exp, library)
+    refs = resolve_checkpoints(exp)
+    sid = search_identity(exp, resources, refs)
+    run_dir = Path(out) if out else default_run_dir(exp)
+    ledger, _ = prepare_run(exp, Plan(exp, (), (), refs), run_dir, jobs=[])
+    result = SearchResult(run_dir, sid, [], "generations", budget=cfg.budget)
+    try:
+        ledger.set_meta("search/current", sid)
+        ledger.set_meta(f"search/{sid}/config", canonical_json(exp.raw.get("search", {})))
+        recorded = recorded_generations(ledger, sid)
+        if recorded:
+            log(f"search {sid}: resuming; {len(recorded)} generation(s) recorded in {run_dir}")
+        used: set[str] = set()
+        specs = list(dict.fromkeys([f.spec for f in cfg.fitness] + list(exp.metrics)))
+        for g in range(cfg.generations + 1):
+            if g in recorded:
+                gen = recorded[g]
+                used |= {k for c in gen.candidates for k in c.image_keys}
+                result.generations.append(gen)
+                continue
+            candidates = (initial_population(variants, cfg, resources) if g == 0
+                          else breed(result.generations[-1], cfg, resources))
+            if not candidates:
+                raise SearchError(f"{exp.path}: generation {g} has no candidates")
+            jobs = {c.key: jobs_for(exp, refs, [Variant(c.text, {})], negatives, stage=f"gen{g}",
+                                    meta={"generation": g, "search": sid,
+                                          "lineage": {"key": c.key, "operator": c.operator, "args": dict(c.args),
+                                                      "parents": list(c.parents), "born": c.born}})
+                    for c in candidates}
+            wanted = [j for js in jobs.values() for j in js]
+            new_used = used | {j.key for j in wanted}
+            if cfg.budget is not None and len(new_used) > cfg.budget:
+                if g == 0:
+                    raise SearchError(f"{exp.path}: search.budget = {cfg.budget} images is less than generation 0 "
+                                      f"needs ({len(new_used)}: {len(candidates)} candidates x "
+                                      f"{len(wanted) // max(1, len(candidates))} images); raise the budget or "
+                                      "lower population or seeds")
+                log(f"generation {g}: would use {len(new_used)} images, over the budget of {cfg.budget}; stopping")
+                result.stopped = "budget"
+                break
+            used = new_used
+            ledger.drop_pending({j.key for j in wanted})
+            ledger.add_jobs(wanted)
+            done = ledger.done_keys()
+            pending = [j for j in wanted if j.key not in done]
+            run = RunResult(run_dir, len(wanted), len(wanted) - len(pending))
+            generate_jobs(exp, Plan(exp, tuple(wanted), (), refs), ledger, pending, run, exact=exp.exact,
+                          device=device or exp.device, batch_size=None, log=log, progress=False)
+            result.generated += run.generated
+            evaluate(ledger, specs, log=log)
+            scores = ledger.scores_frame()
+            frame = {(k, m): v for k, m, v in zip(scores["key"], scores["metric"], scores["value"])}
+            scored = []
+            for c in candidates:
+                fit, ci, n = candidate_fitness(frame, cfg, jobs[c.key])
+                scored.append(replace(c, fitness=fit, ci=ci, n_seeds=n,
+                                      image_keys=tuple(j.key for j in jobs[c.key])))
+            gen = Generation(g, tuple(rank(scored)), len(used))
+            ledger.set_meta(f"search/{sid}/gen/{g}", canonical_json(gen.to_dict()))
+            result.generations.append(gen)
+            best = gen.best
+            log(f"generation {g}: best {_fmt(best.fitness)} {best.text!r} ({run.generated} images made, "
+                f"{len(used)} used{'' if cfg.budget is None else f' of {cfg.budget}'})")
+            if on_generation is not None:
+                on_generation(gen)
+        result.outputs = write_search_report(run_dir, result.generations)
+    finally:
+        ledger.close()
+    return result
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.4g}"
+
+
+# ----------------------------------------------------------------------------- reports
+
+
+def generations_frame(generations: Sequence[Generation], top: int = REPORT_TOP):
+    import pandas as pd
+
+    rows = []
+    for gen in generations:
+        for r, c in enumerate(gen.candidates[:top], start=1):
+            rows.append({"generation": gen.index, "rank": r, "prompt": c.text, "fitness": c.fitness,
+                         "ci_low": c.ci[0], "ci_high": c.ci[1], "n_seeds": c.n_seeds, "operator": c.operator,
+                         "born": c.born, "elite": c.born < gen.index, "key": c.key})
+    return pd.DataFrame(rows, columns=["generation", "rank", "prompt", "fitness", "ci_low", "ci_high", "n_seeds",
+                                       "operator", "born", "elite", "key"]).astype({"fitness": float, "ci_low": float,
+                                                                                     "ci_high": float})
+
+
+def trajectory_frame(generations: Sequence[Generation]):
+    import pandas as pd
+
+    from .stats import t_interval
+
+    rows = []
+    for gen in generations:
+        fits = [c.fitness for c in gen.candidates if c.fitness is not None]
+        best = gen.best
+        lo, hi = t_interval(fits)
+        rows.append({"generation": gen.index, "best": best.fitness, "best_ci_low": best.ci[0],
+                     "best_ci_high": best.ci[1], "mean": sum(fits) / len(fits) if fits else None,
+                     "mean_ci_low": lo, "mean_ci_high": hi, "candidates": len(gen.candidates),
+                     "images_used": gen.images_used, "best_prompt": best.text})
+    return pd.DataFrame(rows).astype({c: float for c in ("best", "best_ci_low", "best_ci_high", "mean",
+                                                         "mean_ci_low", "mean_ci_high")})
+
+
+def lineage_frame(generations: Sequence[Generation], winners: int = LINEAGE_WINNERS):
+    """The ancestry of the best final candidates, newest first (crossover children have two parents)."""
+    import pandas as pd
+
+    born: dict[str, Candidate] = {}
+    for gen in generations:
+        for c in gen.candidates:
+            if c.born == gen.index:
+                born.setdefault(c.key, c)
+    rows = []
+    for r, winner in enumerate(generations[-1].candidates[:winners], start=1):
+        queue, seen, depth = [(winner.key, 0)], set(), {}
+        while queue:
+            key, d = queue.pop(0)
+            if key in seen:
+                continue
+            seen.add(key)
+            c = born.get(key)
+            if c is None:
+                rows.append({"winner": r, "depth": d, "key": key, "prompt": None, "operator": "(not recorded)"})
+                continue
+            rows.append({"winner": r, "depth": d, "generation": c.born, "key": key, "prompt": c.text,
+                         "operator": c.operator, "args": canonical_json(dict(c.args)),
+                         "parents": " ".join(c.parents), "fitness": c.fitness, "ci_low": c.ci[0],
+                         "ci_high": c.ci[1], "image_keys": " ".join(c.image_keys)})
+            queue += [(p, d + 1) for p in c.parents]
+    cols = ["winner", "depth", "generation", "key", "prompt", "operator", "args", "parents", "fitness", "ci_low",
+            "ci_high", "image_keys"]
+    return pd.DataFrame(rows, columns=cols).astype({"fitness": float, "ci_low": float, "ci_high": float})
+
+
+def plot_trajectory(traj, path: Path) -> Path:
+    """Best and mean fitness per generation with 95% CI bars (matplotlib, Agg canvas)."""
+    import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 3.6))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    x = traj["generation"].to_numpy()
+    for col, label, shift in (("best", "best candidate (CI over seeds)", -0.05),
+                              ("mean", "population mean (CI over candidates)", 0.05)):
+        y = traj[col].to_numpy(float)
+        lo, hi = traj[f"{col}_ci_low"].to_numpy(float), traj[f"{col}_ci_high"].to_numpy(float)
+        err = np.vstack([np.where(np.isnan(lo), 0, y - lo), np.where(np.isnan(hi), 0, hi - y)])
+        ax.errorbar(x + shift, y, yerr=err, marker="o", capsize=3, label=label)
+    ax.set_xlabel("generation")
+    ax.set_ylabel("fitness")
+    ax.set_xticks(x)
+    ax.legend(fontsize=8)
+    ax.set_title("prompt search")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    tmp.replace(path)
+    return path
+
+
+def write_search_report(run_dir: Path | str, generations: Sequence[Generation]) -> list[Path]:
+    from .report import write_table
+
+    run_dir = Path(run_dir)
+    if not generations:
+        return []
+    tables = run_dir / "tables"
+    traj = trajectory_frame(generations)
+    out = write_table(generations_frame(generations), tables, "search_generations")
+    out += write_table(traj, tables, "search_trajectory")
+    out += write_table(lineage_frame(generations), tables, "search_lineage")
+    out.append(plot_trajectory(traj, run_dir / "plots" / "search_trajectory.png"))
+    return out

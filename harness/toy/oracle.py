@@ -1,0 +1,202 @@
+"""Read a toy-world image and a prompt back into the world's vocabulary, with no learned model.
+
+`parse_prompt(text)` finds the attributes a prompt names; `analyze(image)`
+measures an RGB image (any size) the way the world draws it:
+
+- background: the median colour of a border strip, nearest background colour;
+- foreground mask: pixels more than 60 (RGB distance) from that colour, holes
+  filled, largest connected part;
+- colour: median of the mask's interior without dark (outline) pixels,
+  nearest shape colour;
+- shape: solidity (area / convex hull area) < 0.8 is a star; otherwise the
+  fill ratio of the bounding box: > 0.9 square, > 0.64 circle, else triangle;
+- style signatures: `outline` = fraction of the mask's outer ring (S/80 wide)
+  that is dark (max channel < 70); `stripes` = amplitude (0..255 luma) of the
+  interior's first harmonic along x+y at the world's stripe period (best of
+  +-10 %); `blur` = width in pixels (scaled to 256 px) of the band where the
+  colour is between 20 % and 80 % of the way from background to shape;
+  `grain` = std (0..255 luma) of the high-passed background away from the shape.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from harness.toy import world
+
+STYLE_THRESHOLDS = {"outline": 0.5, "stripes": 8.0, "blur": 3.0, "grain": 4.0}
+MASK_DISTANCE = 60.0
+DARK = 70
+
+
+@dataclass(frozen=True)
+class PromptAttrs:
+    """What a prompt asks for, in world words (None: not named)."""
+
+    color: str | None = None
+    shape: str | None = None
+    background: str | None = None
+    artist: str | None = None
+    medium: str | None = None
+
+    @property
+    def style(self) -> str | None:
+        return world.ARTISTS[self.artist] if self.artist else None
+
+
+@dataclass(frozen=True)
+class Analysis:
+    background: str
+    background_rgb: tuple[float, float, float]
+    color: str | None
+    color_rgb: tuple[float, float, float] | None
+    shape: str | None
+    styles: dict[str, float] = field(default_factory=dict)
+    features: dict[str, float] = field(default_factory=dict)
+    reason: str | None = None   # why the foreground could not be measured
+
+    def has_style(self, style: str) -> bool:
+        return self.styles.get(style, float("nan")) > STYLE_THRESHOLDS[style]
+
+
+_WORD = re.compile(r"[a-z0-9]+")
+
+
+def parse_prompt(text: str) -> PromptAttrs:
+    """Attributes named in `text`: a colour word belongs to the next shape word or 'background'."""
+    words = [world.COLOR_WORDS.get(w, w) for w in _WORD.findall(text.lower())]
+    color = background = shape = None
+    for i, word in enumerate(words):
+        if word in world.SHAPES and shape is None:
+            shape = word
+        if word in world.BACKGROUNDS:
+            noun = next((w for w in words[i + 1:] if w in world.SHAPES or w == "background"), None)
+            if noun == "background" and background is None:
+                background = word
+            elif noun in world.SHAPES and color is None and word in world.COLORS:
+                color = word
+    joined = " ".join(words)
+    artist = next((a for a in world.ARTISTS if re.search(rf"\b{a}\b", joined)), None)
+    medium = next((m for m in sorted(world.MEDIUMS, key=len, reverse=True)
+                   if re.search(rf"\b{m}\b", joined)), None)
+    return PromptAttrs(color, shape, background, artist, medium)
+
+
+def _nearest(rgb: np.ndarray, palette: dict[str, tuple[int, int, int]]) -> str:
+    names = list(palette)
+    dists = [np.linalg.norm(rgb - np.array(palette[n], float)) for n in names]
+    return names[int(np.argmin(dists))]
+
+
+def _luma(img: np.ndarray) -> np.ndarray:
+    return img @ np.array([0.299, 0.587, 0.114])
+
+
+def analyze(image) -> Analysis:
+    """Measure an RGB image (PIL image or HxWx3 uint8 array)."""
+    from scipy import ndimage
+
+    img = np.asarray(image.convert("RGB") if hasattr(image, "convert") else image, dtype=np.float64)
+    if img.ndim != 3 or img.shape[2] != 3:
+        raise ValueError(f"analyze: expected an HxWx3 RGB image, got shape {img.shape}")
+    h, w, _ = img.shape
+    size = min(h, w)
+    strip = max(2, size // 32)
+    border = np.concatenate([img[:strip].reshape(-1, 3), img[-strip:].reshape(-1, 3),
+                             img[:, :strip].reshape(-1, 3), img[:, -strip:].reshape(-1, 3)])
+    bg_rgb = np.median(border, axis=0)
+    background = _nearest(bg_rgb, world.BACKGROUNDS)
+    dist = np.linalg.norm(img - bg_rgb, axis=2)
+    mask = ndimage.binary_fill_holes(dist > MASK_DISTANCE)
+    labels, count = ndimage.label(mask)
+    if count == 0 or mask.sum() < 0.002 * size * size:
+        return Analysis(background, tuple(bg_rgb), None, None, None, reason="no foreground shape found")
+    sizes = ndimage.sum(mask, labels, range(1, count + 1))
+    mask = labels == (1 + int(np.argmax(sizes)))
+
+    # colour: interior, without the dark outline
+    interior = ndimage.binary_erosion(mask, iterations=max(1, round(size / 40)) + 1)
+    pixels = img[interior & (img.max(axis=2) >= DARK)]
+    if len(pixels) < 4:
+        pixels = img[mask]
+    fg_rgb = np.median(pixels, axis=0)
+    color = _nearest(fg_rgb, world.COLORS)
+
+    # shape
+    ys, xs = np.nonzero(mask)
+    area = float(mask.sum())
+    extent = area / float((np.ptp(ys) + 1) * (np.ptp(xs) + 1))
+    edge = mask & ~ndimage.binary_erosion(mask)
+    ey, ex = np.nonzero(edge)
+    corners = np.concatenate([np.stack([ex + dx, ey + dy], 1) for dx in (0, 1) for dy in (0, 1)])
+    try:
+        from scipy.spatial import ConvexHull
+
+        solidity = area / ConvexHull(corners).volume
+    except Exception:  # degenerate (a line of pixels)
+        solidity = 1.0
+    if solidity < 0.8:
+        shape = "star"
+    elif extent > 0.9:
+        shape = "square"
+    elif extent > 0.64:
+        shape = "circle"
+    else:
+        shape = "triangle"
+
+    styles = {
+        "outline": _outline(img, mask, size),
+        "stripes": _stripes(img, interior, size),
+        "blur": _blur(dist, mask, edge, fg_rgb, bg_rgb, size),
+        "grain": _grain(img, mask, size),
+    }
+    features = {"extent": extent, "solidity": float(solidity), "area": area / (h * w)}
+    return Analysis(background, tuple(bg_rgb), color, tuple(fg_rgb), shape, styles, features)
+
+
+def _outline(img: np.ndarray, mask: np.ndarray, size: int) -> float:
+    from scipy import ndimage
+
+    ring = mask & ~ndimage.binary_erosion(mask, iterations=max(1, round(size / 80)))
+    return float((img[ring].max(axis=1) < DARK).mean()) if ring.any() else 0.0
+
+
+def _stripes(img: np.ndarray, interior: np.ndarray, size: int) -> float:
+    ys, xs = np.nonzero(interior)
+    if len(ys) < 16:
+        return 0.0
+    luma = _luma(img[ys, xs])
+    luma = luma - luma.mean()
+    best = 0.0
+    for factor in (0.9, 0.95, 1.0, 1.05, 1.1):
+        phase = (xs + ys + 1.0) / (size * world.STRIPE_PERIOD * factor)
+        best = max(best, 2 * abs(np.mean(luma * np.exp(2j * np.pi * phase))))
+    return float(best)
+
+
+def _blur(dist: np.ndarray, mask: np.ndarray, edge: np.ndarray, fg_rgb, bg_rgb, size: int) -> float:
+    from scipy import ndimage
+
+    contrast = float(np.linalg.norm(np.asarray(fg_rgb) - np.asarray(bg_rgb)))
+    if contrast < 1e-6 or not edge.any():
+        return 0.0
+    reach = max(2, round(3 * world.BLUR_SIGMA * size) + 2)
+    band = ndimage.binary_dilation(edge, iterations=reach)
+    t = dist / contrast
+    between = band & (t > 0.2) & (t < 0.8)
+    width = between.sum() / edge.sum()
+    return float(width * 256 / size)
+
+
+def _grain(img: np.ndarray, mask: np.ndarray, size: int) -> float:
+    from scipy import ndimage
+
+    far = ~ndimage.binary_dilation(mask, iterations=max(2, size // 16))
+    if far.sum() < 16:
+        return 0.0
+    luma = _luma(img)
+    high = luma - ndimage.gaussian_filter(luma, sigma=size / 16, mode="nearest")
+    return float(high[far].std())

@@ -1,0 +1,384 @@
+"""Train the `toy` models on the procedural world and write them to `harness/data/toy/`.
+
+    python -m harness.toy.train [--what vae|unet|clip|all] [--out DIR] [--minutes M] [--device auto]
+
+Stages (each seeded; `all` runs them in this order):
+
+1. `vae`: AutoencoderKL (x8 downsampling, 4 latent channels) on 64 px crops of
+   world images rendered at 128 and 256 px; MSE + L1 + a small KL term. Its
+   `scaling_factor` is set to 1 / std of the latents of 256 px world images.
+2. `unet`: UNet2DConditionModel plus the CLIP text encoder, trained jointly on
+   the latents of 256 px world images (32x32) with the SD v1 noise schedule,
+   epsilon prediction, min-SNR loss weights, 10 % empty captions (for
+   classifier-free guidance) and an EMA of the UNet weights, which is what is saved.
+3. `clip`: an open_clip CLIP (ViT image tower at 128 px, text tower) trained
+   contrastively on world images with attribute-swapped captions as hard negatives.
+
+Every step's data and noise come from generators seeded by (seed, stage, step),
+so a stopped run resumes from its last checkpoint (`<out>/train-<stage>.pt`,
+written every 100 steps) with the same data it would have seen. `--minutes`
+caps a stage's wall time: a capped stage saves what it has (and says so), and
+those weights differ from a full run's. A full re-run reproduces the committed
+weights up to floating-point nondeterminism of the BLAS kernels (on the same
+machine type the differences are far below fp16 rounding of the saved files;
+other CPUs or a GPU give slightly different weights, with the same behaviour).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from harness.toy import models, world
+
+SEED = 20240229
+
+
+@dataclass(frozen=True)
+class Budget:
+    steps: int
+    batch: int
+    lr: float
+
+
+BUDGETS = {
+    "vae": Budget(steps=900, batch=16, lr=2e-3),
+    "unet": Budget(steps=2200, batch=32, lr=1e-3),
+    "clip": Budget(steps=1400, batch=64, lr=1e-3),
+}
+UNET_SCENES = 4000
+CLIP_SCENES = 4000
+CFG_DROP = 0.1
+EMA_DECAY = 0.995
+MIN_SNR_GAMMA = 5.0
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def pick_device(name: str = "auto") -> str:
+    if name != "auto":
+        return name
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def step_rng(stage: str, step: int) -> np.random.Generator:
+    return np.random.default_rng([SEED, sum(map(ord, stage)), step])
+
+
+def to_tensor(images: list[np.ndarray], device: str) -> torch.Tensor:
+    """uint8 HWC images -> float NCHW in [-1, 1]."""
+    arr = np.stack(images).astype(np.float32) / 127.5 - 1.0
+    return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous().to(device)
+
+
+def render_pool(n: int, size: int, seed_tag: str) -> tuple[list[world.Scene], np.ndarray]:
+    rng = np.random.default_rng([SEED, sum(map(ord, seed_tag))])
+    scenes = [world.sample_scene(rng) for _ in range(n)]
+    return scenes, np.stack([world.render(s, size) for s in scenes])
+
+
+def world_token_ids(encode) -> list[int]:
+    """Every token id that world captions (and the empty prompt) can produce; `encode(texts)` gives id lists."""
+    rng = np.random.default_rng(0)
+    texts = [""]
+    words = [*world.SHAPES, *world.BACKGROUNDS, *world.SIZES, *world.POSITION_PHRASES.values(),
+             *world.ARTISTS, *world.MEDIUMS, "a", "an", "of", "on", "with", "against", "background", ",", "by",
+             "grey", "in", "the", "at"]
+    texts += words
+    texts += [world.caption(world.sample_labels(rng), world.sample_phrasing(rng)) for _ in range(3000)]
+    ids: set[int] = set()
+    for row in encode(texts):
+        ids.update(int(i) for i in row)
+    return sorted(ids)
+
+
+class Checkpoint:
+    """Resumable training state in `<out>/train-<stage>.pt`."""
+
+    def __init__(self, out: Path, stage: str) -> None:
+        self.path = out / f"train-{stage}.pt"
+
+    def load(self) -> dict | None:
+        return torch.load(self.path, map_location="cpu", weights_only=False) if self.path.is_file() else None
+
+    def save(self, state: dict) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        tmp.replace(self.path)
+
+
+def lr_at(step: int, budget: Budget, warmup: int = 50) -> float:
+    if step < warmup:
+        return budget.lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, budget.steps - warmup)
+    return budget.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def _loop(stage: str, out: Path, modules: dict, opt, step_fn, budget: Budget, minutes: float | None,
+          extra_state=None) -> int:
+    """Run `step_fn(step)` from the checkpointed step to budget.steps; return the last step done."""
+    ckpt = Checkpoint(out, stage)
+    start = 0
+    state = ckpt.load()
+    if state is not None:
+        for name, module in modules.items():
+            module.load_state_dict(state[name])
+        opt.load_state_dict(state["opt"])
+        start = state["step"]
+        if extra_state is not None:
+            extra_state.load_state_dict(state["extra"])
+        print(f"[{stage}] resuming at step {start}", flush=True)
+    t0 = time.time()
+    step = start
+    while step < budget.steps:
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, budget) * group.get("lr_scale", 1.0)
+        loss = step_fn(step)
+        step += 1
+        if step % 25 == 0 or step == budget.steps:
+            rate = (time.time() - t0) / (step - start)
+            print(f"[{stage}] step {step}/{budget.steps} loss {loss:.4f} {rate:.2f}s/step", flush=True)
+        if step % 100 == 0 or step == budget.steps:
+            state = {name: m.state_dict() for name, m in modules.items()}
+            state.update(opt=opt.state_dict(), step=step)
+            if extra_state is not None:
+                state["extra"] = extra_state.state_dict()
+            ckpt.save(state)
+        if minutes is not None and time.time() - t0 > minutes * 60:
+            print(f"[{stage}] stopped by --minutes={minutes} at step {step}/{budget.steps}; the saved weights "
+                  f"are a partial run (re-run to resume)", flush=True)
+            break
+    return step
+
+
+# ---------------------------------------------------------------- VAE
+
+def train_vae(out: Path, device: str, minutes: float | None = None) -> None:
+    budget = BUDGETS["vae"]
+    torch.manual_seed(SEED)
+    vae = models.build_vae().to(device)
+    _, pool256 = render_pool(300, 256, "vae256")
+    _, pool128 = render_pool(300, 128, "vae128")
+    opt = torch.optim.Adam(vae.parameters(), lr=budget.lr)
+
+    def step_fn(step: int) -> float:
+        rng = step_rng("vae", step)
+        crops = []
+        for _ in range(budget.batch):
+            pool = pool256 if rng.random() < 0.6 else pool128
+            img = pool[rng.integers(len(pool))]
+            limit = (img.shape[0] - 64) // 8
+            y, x = 8 * rng.integers(limit + 1), 8 * rng.integers(limit + 1)
+            crop = img[y:y + 64, x:x + 64]
+            crops.append(crop[:, ::-1] if rng.random() < 0.5 else crop)
+        x = to_tensor(crops, device)
+        posterior = vae.encode(x).latent_dist
+        gen = torch.Generator(device="cpu").manual_seed(int(rng.integers(2**62)))
+        z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen).to(device)
+        rec = vae.decode(z).sample
+        kl = 0.5 * (posterior.mean ** 2 + posterior.var - 1.0 - posterior.logvar).mean()
+        loss = F.mse_loss(rec, x) + 0.1 * F.l1_loss(rec, x) + 1e-4 * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return float(loss.detach())
+
+    _loop("vae", out, {"vae": vae}, opt, step_fn, budget, minutes)
+    vae.eval()
+    _, probe = render_pool(64, 256, "vae-scale")
+    with torch.no_grad():
+        latents = torch.cat([vae.encode(to_tensor(list(probe[i:i + 16]), device)).latent_dist.mean
+                             for i in range(0, len(probe), 16)])
+    scale = float(1.0 / latents.std())
+    vae.register_to_config(scaling_factor=scale)
+    models.save_part(vae, "vae", out)
+    models.write_configs(out, vae={**models.VAE_CONFIG, "scaling_factor": scale})
+    print(f"[vae] saved; scaling_factor {scale:.4f}", flush=True)
+
+
+# ---------------------------------------------------------------- UNet + text encoder
+
+def _encode_latents(vae, images: np.ndarray, device: str) -> torch.Tensor:
+    chunks = []
+    with torch.no_grad():
+        for i in range(0, len(images), 32):
+            chunks.append(vae.encode(to_tensor(list(images[i:i + 32]), device)).latent_dist.mean.cpu())
+    return torch.cat(chunks) * vae.config.scaling_factor
+
+
+def unet_dataset(out: Path, device: str):
+    """(labels, latents) of UNET_SCENES world scenes at 256 px, cached in `<out>/unet-latents.pt`."""
+    cache = out / "unet-latents.pt"
+    if cache.is_file():
+        data = torch.load(cache, map_location="cpu", weights_only=False)
+        return data["labels"], data["latents"]
+    vae = models.build_vae(models.json.loads((out / models.CONFIGS_FILE).read_text())["vae"])
+    models.load_part(vae, "vae", out)
+    vae.to(device).eval()
+    rng = np.random.default_rng([SEED, 2])
+    labels, latents = [], []
+    t0 = time.time()
+    for start in range(0, UNET_SCENES, 200):
+        scenes = [world.sample_scene(rng) for _ in range(200)]
+        latents.append(_encode_latents(vae, np.stack([world.render(s, 256) for s in scenes]), device))
+        labels += [s.labels for s in scenes]
+        print(f"[unet] latents {start + 200}/{UNET_SCENES} ({time.time() - t0:.0f}s)", flush=True)
+    latents_t = torch.cat(latents)
+    torch.save({"labels": labels, "latents": latents_t}, cache)
+    return labels, latents_t
+
+
+def train_unet(out: Path, device: str, minutes: float | None = None) -> None:
+    from diffusers import DDPMScheduler
+
+    from harness.tiny import SD_SCHEDULER_CONFIG
+
+    budget = BUDGETS["unet"]
+    labels, latents = unet_dataset(out, device)
+    torch.manual_seed(SEED + 1)
+    unet = models.build_unet().to(device)
+    text = models.build_text_encoder().to(device)
+    tok = models.tokenizer()
+    keep = torch.tensor(world_token_ids(lambda texts: tok(texts)["input_ids"]))
+    with torch.no_grad():  # unused token rows stay exactly zero, so the saved table is sparse
+        table = text.text_model.embeddings.token_embedding.weight
+        mask = torch.zeros(table.shape[0], dtype=torch.bool)
+        mask[keep] = True
+        table[~mask.to(table.device)] = 0.0
+    ema = torch.optim.swa_utils.AveragedModel(unet, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(EMA_DECAY))
+    sched = DDPMScheduler.from_config({k: v for k, v in SD_SCHEDULER_CONFIG.items() if k != "skip_prk_steps"})
+    alphas = sched.alphas_cumprod.to(device)
+    opt = torch.optim.Adam([{"params": unet.parameters()}, {"params": text.parameters()}], lr=budget.lr)
+
+    def step_fn(step: int) -> float:
+        rng = step_rng("unet", step)
+        idx = rng.integers(len(labels), size=budget.batch)
+        captions = ["" if rng.random() < CFG_DROP else world.caption(labels[i], world.sample_phrasing(rng))
+                    for i in idx]
+        ids = tok(captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+        x0 = latents[torch.from_numpy(idx)].to(device)
+        gen = torch.Generator(device="cpu").manual_seed(int(rng.integers(2**62)))
+        noise = torch.randn(x0.shape, generator=gen).to(device)
+        t = torch.randint(0, 1000, (budget.batch,), generator=gen).to(device)
+        a = alphas[t].view(-1, 1, 1, 1)
+        xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        cond = text(ids.to(device))[0]
+        pred = unet(xt, t, cond).sample
+        snr = a.flatten() / (1 - a.flatten())
+        weight = torch.clamp(snr, max=MIN_SNR_GAMMA) / snr
+        loss = (weight * ((pred - noise) ** 2).mean(dim=(1, 2, 3))).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(list(unet.parameters()) + list(text.parameters()), 1.0)
+        opt.step()
+        ema.update_parameters(unet)
+        return float(loss.detach())
+
+    _loop("unet", out, {"unet": unet, "text": text}, opt, step_fn, budget, minutes, extra_state=ema)
+    models.save_part(ema.module, "unet", out)
+    models.save_part(text, "text_encoder", out)
+    models.write_configs(out)
+    print("[unet] saved (EMA weights) and text encoder", flush=True)
+
+
+# ---------------------------------------------------------------- CLIP
+
+def clip_tensor(images: np.ndarray, device: str) -> torch.Tensor:
+    x = torch.from_numpy(images.astype(np.float32) / 255.0).permute(0, 3, 1, 2)
+    mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+    return ((x - mean) / std).to(device)
+
+
+def train_clip(out: Path, device: str, minutes: float | None = None) -> None:
+    import open_clip
+
+    budget = BUDGETS["clip"]
+    size = models.CLIP_CONFIG["vision_cfg"]["image_size"]
+    scenes, pool = render_pool(CLIP_SCENES, size, "clip")
+    torch.manual_seed(SEED + 2)
+    clip = models.build_clip().to(device)
+    tokenize = open_clip.get_tokenizer("ViT-B-32")  # OpenAI CLIP BPE, context 77 (what the scorer uses)
+    keep = torch.tensor(world_token_ids(lambda texts: tokenize(texts).tolist()))
+    with torch.no_grad():
+        mask = torch.zeros(clip.token_embedding.weight.shape[0], dtype=torch.bool)
+        mask[keep] = True
+        clip.token_embedding.weight[~mask.to(device)] = 0.0
+    opt = torch.optim.Adam(clip.parameters(), lr=budget.lr)
+    attrs = ("color", "shape", "background", "artist")
+
+    def step_fn(step: int) -> float:
+        rng = step_rng("clip", step)
+        idx = rng.integers(len(scenes), size=budget.batch)
+        imgs = pool[idx].astype(np.float32)
+        imgs += rng.normal(0, rng.uniform(0, 6), size=(len(idx), 1, 1, 1)) * rng.standard_normal(imgs.shape[1:])
+        x = clip_tensor(np.clip(imgs, 0, 255), device)
+        captions, negatives = [], []
+        for i in idx:
+            phr = world.sample_phrasing(rng)
+            lab = scenes[i].labels
+            captions.append(world.caption(lab, phr))
+            negatives += [world.caption(world.swapped(lab, a, rng), phr) for a in attrs]
+        texts = tokenize(captions + negatives).to(device)
+        img_f = F.normalize(clip.encode_image(x), dim=-1)
+        txt_f = F.normalize(clip.encode_text(texts), dim=-1)
+        b = len(idx)
+        pos, neg = txt_f[:b], txt_f[b:].view(b, len(attrs), -1)
+        scale = clip.logit_scale.exp().clamp(max=100)
+        logits = scale * img_f @ pos.T
+        target = torch.arange(b, device=device)
+        contrastive = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+        hard = torch.cat([(img_f * pos).sum(-1, keepdim=True), torch.einsum("bd,bkd->bk", img_f, neg)], dim=1)
+        hard_loss = F.cross_entropy(scale * hard, torch.zeros(b, dtype=torch.long, device=device))
+        loss = contrastive + hard_loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return float(loss.detach())
+
+    _loop("clip", out, {"clip": clip}, opt, step_fn, budget, minutes)
+    models.save_part(clip, "clip", out)
+    models.write_configs(out)
+    print("[clip] saved", flush=True)
+
+
+# ---------------------------------------------------------------- entry point
+
+STAGES = {"vae": train_vae, "unet": train_unet, "clip": train_clip}
+
+
+def train(what: str = "all", out: Path | str | None = None, minutes: float | None = None,
+          device: str = "auto") -> Path:
+    """Train `what` (vae, unet, clip or all) into `out` (default: the package's data folder)."""
+    if what not in (*STAGES, "all"):
+        raise ValueError(f"train(what={what!r}): expected one of {', '.join(STAGES)} or all")
+    out = Path(out) if out is not None else models.DATA_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    device = pick_device(device)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    for stage in (STAGES if what == "all" else (what,)):
+        t0 = time.time()
+        STAGES[stage](out, device, minutes)
+        print(f"[{stage}] done in {(time.time() - t0) / 60:.1f} min on {device}", flush=True)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m harness.toy.train", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--what", default="all", choices=(*STAGES, "all"))
+    parser.add_argument("--out", default=None, help=f"output folder (default {models.DATA_DIR})")
+    parser.add_argument("--minutes", type=float, default=None, help="cap each stage's wall time")
+    parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, ...")
+    args = parser.parse_args(argv)
+    train(args.what, args.out, args.minutes, args.device)
+
+
+if __name__ == "__main__":
+    main()

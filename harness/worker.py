@@ -1,0 +1,172 @@
+"""The generation side of a run: one object that loads checkpoints, generates
+batches of a group and finishes each image (health check, optional watermark,
+provenance, atomic PNG). The local runner drives it in-process; Ray workers
+each hold one. Only this module and generate.py run diffusion.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+from .core import Job
+from .ledger import Done
+from .provenance import a1111_parameters, provenance_record, write_png_atomic
+
+PNG_LEVEL = 1  # zlib level: ~2x faster than Pillow's default at a few % more bytes
+SPEEDUPS = ("channels_last", "compile")
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """Knobs that change speed, never pixels (the benchmark turns each off to measure it)."""
+
+    png_level: int = PNG_LEVEL
+    writers: int = 4                  # PNG encode/write threads; 0 = in the generation thread
+    speedups: tuple[str, ...] = ()    # opt-in: "channels_last", "compile" (torch.compile of the UNet)
+    on_load: Callable | None = None   # called with every loaded pipeline (timing hooks)
+
+
+def _loader(tuning: Tuning):
+    from .checkpoints import load_pipeline
+
+    def load(ref, mode, **kw):
+        pipe = load_pipeline(ref, mode, **kw)
+        if "channels_last" in tuning.speedups:
+            import torch
+            pipe.unet.to(memory_format=torch.channels_last)
+        if "compile" in tuning.speedups:
+            import torch
+            pipe.unet = torch.compile(pipe.unet)
+        if tuning.on_load is not None:
+            tuning.on_load(pipe)
+        return pipe
+    return load
+
+
+def write_now(fn, *args, **kw) -> Future:
+    """Run fn in this thread; the result or error arrives as a completed Future."""
+    f: Future = Future()
+    try:
+        f.set_result(fn(*args, **kw))
+    except BaseException as exc:  # noqa: BLE001 - surfaced before the job is marked done
+        f.set_exception(exc)
+    return f
+
+
+@dataclass
+class Finished:
+    rows: list[Done]
+    writes: list[Future]
+    unhealthy: int
+
+
+class BatchMaker:
+    def __init__(self, checkpoints: dict, images_dir: Path | str, *, device: str = "auto",
+                 memory="auto", tuning: Tuning | None = None, exact: bool = False,
+                 batch_size: int | str | None = None):
+        from . import generate as gen
+
+        self.gen = gen
+        self.checkpoints = checkpoints
+        self.images_dir = Path(images_dir)
+        self.tuning = tuning or Tuning()
+        self.cache = gen.PipelineCache(device, memory=memory, loader=_loader(self.tuning))
+        self.device = self.cache.device
+        self.exact = exact
+        self.batch_size = batch_size
+        self.host = socket.gethostname()
+        self._inits: dict = {}
+        self._batches = 0
+
+    def size_for(self, job: Job) -> int:
+        return batch_size_for(job, self.device, exact=self.exact, batch_size=self.batch_size)
+
+    def generate(self, jobs: list[Job], *, on_oom: Callable[[str], None] | None = None) -> Iterator:
+        """Chunks (generate.Chunk) of one group's jobs, with per-image seconds attached."""
+        first = jobs[0]
+        pipe = self.cache.get(self.checkpoints[first.checkpoint], first.mode, first.scheduler, dtype=first.dtype)
+
+        def call(chunk: list[Job]):
+            images = [self._init(j) for j in chunk] if first.mode == "img2img" else None
+            return self.gen.generate_batch(pipe, chunk, device=self.device, init_images=images,
+                                           embeds_cache=self.cache.embeds, exact=self.exact)
+
+        started = time.perf_counter()
+        for chunk in self.gen.run_batched(call, jobs, self.size_for(first), on_oom=on_oom):
+            now = time.perf_counter()
+            yield chunk, (now - started) / len(chunk.items)
+            started = time.perf_counter()
+
+    def finish(self, chunk, seconds: float, submit=write_now) -> Finished:
+        """Health-check, watermark and write every image of a chunk; rows to mark done once writes finish."""
+        from .checkpoints import SAMPLER_NAMES
+        from .metrics.health import check_array
+
+        self._batches += 1
+        batch_id = f"{self.host}-{os.getpid()}-{self._batches}"
+        dtype_used = self.gen.dtype_name(self.gen.pick_dtype(chunk.items[0].dtype, self.device))
+        memory = list(self.cache.memory_applied)
+        out = Finished([], [], 0)
+        for slot, (job, pixels) in enumerate(zip(chunk.items, chunk.results)):
+            ok, flags = check_array(pixels)
+            out.unhealthy += not ok
+            if job.watermark != "none":
+                from .metrics.watermark import embed
+                pixels = embed(pixels, job.watermark)
+            ref = self.checkpoints[job.checkpoint]
+            extra = dict(batch_size=chunk.batch_size, slot=slot, device=self.device, dtype=dtype_used,
+                         memory=memory, safety_checker="off", host=self.host)
+            out.writes.append(submit(
+                write_png_atomic, self.images_dir / f"{job.key}.png", pixels,
+                parameters=a1111_parameters(job, sampler=SAMPLER_NAMES.get(job.scheduler, job.scheduler),
+                                            model_name=job.checkpoint,
+                                            model_hash_override=getattr(ref, "model_hash", "") or None),
+                provenance=provenance_record(job, **extra), compress_level=self.tuning.png_level))
+            out.rows.append(Done(job.key, batch_id=batch_id, batch_size=chunk.batch_size, slot=slot,
+                                 seconds=seconds, device=self.device, dtype=dtype_used, memory=memory,
+                                 health={"ok": ok, "flags": flags}, host=self.host))
+        return out
+
+    def make(self, jobs: list[Job]) -> list[Done]:
+        """Generate and write a list of jobs of one group synchronously (what a remote worker does)."""
+        rows: list[Done] = []
+        for chunk, seconds in self.generate(jobs):
+            done = self.finish(chunk, seconds)
+            for f in done.writes:
+                f.result()
+            rows += done.rows
+        return rows
+
+    def _init(self, job: Job):
+        key = (job.init_image, job.width, job.height)
+        if key not in self._inits:
+            self._inits[key] = self.gen.load_init_image(job.init_image, job.width, job.height)
+        return self._inits[key]
+
+    def close(self) -> None:
+        self.cache.clear()
+
+
+def batch_size_for(job: Job, device: str, *, exact: bool, batch_size: int | str | None) -> int:
+    """1 when exact, the requested size, else the automatic size for the device (OOM back-off corrects it)."""
+    if exact:
+        return 1
+    if isinstance(batch_size, int):
+        return batch_size
+    from .generate import auto_batch_size
+    return auto_batch_size(device, job.width, job.height)
+
+
+def batches(groups: Iterable[list[Job]], size_of: Callable[[Job], int]) -> list[list[Job]]:
+    """Split each group into batches of its batch size (order kept: checkpoints stay together)."""
+    out = []
+    for jobs in groups:
+        n = max(1, size_of(jobs[0]))
+        out += [jobs[i:i + n] for i in range(0, len(jobs), n)]
+    return out

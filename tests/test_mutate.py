@@ -1,0 +1,254 @@
+"""Mutation operators: clause splitting, each operator by name, lineage, properties, `harness mutate`."""
+
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from harness import mutate as mu
+from harness.core import canonical_json
+from harness.expand import compile_template
+from harness.grammar import escape_text
+from harness.wildcards import WildcardLibrary
+
+ROOT = Path(__file__).resolve().parents[1]
+LIBRARY = WildcardLibrary([ROOT / "grammars"])
+RESOURCES = mu.Resources.load(LIBRARY)
+PROMPT = "a red castle on a hill, by greg rutkowski, oil painting, highly detailed"
+
+
+def only(name, resources=RESOURCES, lists=None):
+    return mu.Resources.load(LIBRARY, lists) if lists else resources
+
+
+# ----------------------------------------------------------------------------- clauses
+
+
+def test_commas_inside_emphasis_and_brackets_do_not_split_and_empty_clauses_drop():
+    assert mu.split_clauses("a cat,  (red, blue:1.2),,by x,[a, b:0.5] ,") == [
+        "a cat", "(red, blue:1.2)", "by x", "[a, b:0.5]"]
+
+
+def test_commas_inside_alternations_stay_in_their_clause():
+    assert mu.split_clauses("a {red, hot|cold} cat{, by x|}, photo") == ["a {red, hot|cold} cat{, by x|}", "photo"]
+
+
+def test_whitespace_is_normalised_and_escaped_brackets_are_text():
+    clauses = mu.split_clauses("  a \t big\n cat ,  \\(literal, paren\\) ")
+    assert [mu.literal(c) for c in clauses] == ["a big cat", "\\(literal", "paren\\)"]
+
+
+def test_stray_closing_bracket_is_text_and_does_not_hide_later_commas():
+    assert mu.split_clauses("a), b") == ["a)", "b"]
+
+
+def test_literal_returns_concrete_text_and_refuses_templates():
+    assert mu.literal(escape_text("cat_dog 1/2")) == "cat_dog 1/2"
+    with pytest.raises(ValueError, match="alternations"):
+        mu.literal("a {b|c}")
+
+
+# ----------------------------------------------------------------------------- operators by name
+
+
+def test_swap_replaces_an_artist_clause_by_another_line_of_its_list():
+    res = mu.Resources.load(LIBRARY, ["artists"])
+    m = mu.apply("swap", "a castle, by greg rutkowski", random.Random(0), res)
+    assert m.operator == "swap" and m.args["vocabulary"] == "artists" and m.args["old"] == "greg rutkowski"
+    painters_and_illustrators = set(RESOURCES.lists[[v.name for v in RESOURCES.lists].index("artists")].items)
+    assert m.args["new"] in painters_and_illustrators - {"greg rutkowski"}
+    assert m.prompt == f"a castle, by {m.args['new']}"
+
+
+def test_swap_exchanges_a_factor_option_of_the_source_template():
+    res = mu.Resources.load(LIBRARY, [], template="a {red|blue|green} castle")
+    m = mu.apply("swap", "a red castle, oil painting", random.Random(1), res)
+    assert m.args["vocabulary"] == "factor:red|blue|green" and m.args["old"] == "red"
+    assert m.prompt in ("a blue castle, oil painting", "a green castle, oil painting")
+
+
+def test_swap_can_turn_an_optional_clause_off():
+    res = mu.Resources.load(LIBRARY, [], template="a castle{, by greg rutkowski|}")
+    m = mu.apply("swap", "a castle, by greg rutkowski", random.Random(0), res)
+    assert m.prompt == "a castle" and m.args["new"] == ""
+
+
+def test_swap_does_not_apply_when_nothing_is_swappable():
+    assert mu.apply("swap", "zzz, qqq", random.Random(0), mu.Resources.load(LIBRARY, ["mediums"])) is None
+
+
+def test_insert_adds_one_line_of_a_list_after_the_first_clause():
+    res = mu.Resources.load(LIBRARY, ["lighting"])
+    m = mu.apply("insert", "a castle, oil painting", random.Random(3), res)
+    lighting = set(res.lists[0].items)
+    clauses = mu.split_clauses(m.prompt)
+    assert len(clauses) == 3 and clauses[0] == "a castle" and m.args["text"] in lighting
+    assert clauses[m.args["at"]] == m.args["text"] and m.args["list"] == "lighting"
+
+
+def test_insert_formats_artists_as_by_clauses():
+    m = mu.apply("insert", "a castle", random.Random(0), mu.Resources.load(LIBRARY, ["artists"]))
+    assert m.prompt.startswith("a castle, by ") and m.args["text"].startswith("by ")
+
+
+def test_delete_drops_exactly_one_clause_and_needs_two():
+    m = mu.apply("delete", PROMPT, random.Random(0), RESOURCES)
+    before, after = mu.split_clauses(PROMPT), mu.split_clauses(m.prompt)
+    assert len(after) == len(before) - 1 and before[m.args["clause"]] == m.args["text"]
+    assert after == before[:m.args["clause"]] + before[m.args["clause"] + 1:]
+    assert mu.apply("delete", "a castle", random.Random(0), RESOURCES) is None
+
+
+def test_reorder_moves_one_clause_and_keeps_all_of_them():
+    m = mu.apply("reorder", PROMPT, random.Random(2), RESOURCES)
+    assert m.prompt != PROMPT and sorted(mu.split_clauses(m.prompt)) == sorted(mu.split_clauses(PROMPT))
+    assert mu.split_clauses(m.prompt)[m.args["to"]] == m.args["text"]
+    assert mu.apply("reorder", "a, a", random.Random(0), RESOURCES) is None
+
+
+def test_crossover_takes_the_head_of_the_prompt_and_the_tail_of_the_partner():
+    a, b = "a castle, oil painting, golden hour", "a dog, watercolor, 8k"
+    m = mu.apply("crossover", a, random.Random(5), RESOURCES, partner=b)
+    i, j = m.args["cut"], m.args["partner_cut"]
+    assert mu.split_clauses(m.prompt) == mu.split_clauses(a)[:i] + mu.split_clauses(b)[j:]
+    assert m.parents == (mu.prompt_key(a), mu.prompt_key(b)) and m.parent_key == mu.prompt_key(a)
+
+
+def test_crossover_needs_a_partner():
+    with pytest.raises(ValueError, match="partner"):
+        mu.apply("crossover", PROMPT, random.Random(0), RESOURCES)
+
+
+def test_reweight_wraps_a_clause_in_a1111_emphasis():
+    m = mu.apply("reweight", "a castle, oil painting", random.Random(0), RESOURCES)
+    clause = mu.split_clauses(m.prompt)[m.args["clause"]]
+    assert m.args["old"] is None and clause == f"({['a castle', 'oil painting'][m.args['clause']]}:{m.args['new']:g})"
+
+
+def test_reweight_moves_an_existing_weight_within_range():
+    m = mu.apply("reweight", "(oil painting:1.2)", random.Random(0), RESOURCES)
+    assert m.args["old"] == 1.2 and abs(m.args["new"] - 1.2) in (pytest.approx(0.1), pytest.approx(0.2))
+    assert m.prompt == f"(oil painting:{m.args['new']:g})"
+    top = mu.apply("reweight", "(x:2)", random.Random(0), RESOURCES)
+    assert 1.7 < top.args["new"] < 2.0
+
+
+def test_unknown_operator_fails_listing_the_valid_ones():
+    with pytest.raises(ValueError, match="did you mean 'swap'.*valid operators: swap, insert, delete"):
+        mu.apply("swop", PROMPT, random.Random(0), RESOURCES)
+
+
+def test_unknown_modifier_list_fails_with_a_suggestion():
+    with pytest.raises(ValueError, match="did you mean mediums"):
+        mu.Resources.load(LIBRARY, ["medium"])
+
+
+def test_leave_one_out_gives_one_prompt_per_clause():
+    out = mu.leave_one_out(PROMPT)
+    clauses = mu.split_clauses(PROMPT)
+    assert [m.prompt for m in out] == [", ".join(clauses[:i] + clauses[i + 1:]) for i in range(len(clauses))]
+    assert [m.args for m in out] == [{"clause": i, "text": c} for i, c in enumerate(clauses)]
+    with pytest.raises(ValueError, match="two or more"):
+        mu.leave_one_out("a castle")
+
+
+def test_mutants_are_distinct_and_differ_from_the_parent():
+    ms = mu.mutants(PROMPT, 15, random.Random(0), RESOURCES, partners=["a dog, watercolor"])
+    prompts = [m.prompt for m in ms]
+    assert len(ms) == 15 and len(set(prompts)) == 15 and PROMPT not in prompts
+
+
+def test_metacharacters_in_inserted_text_are_escaped(tmp_path):
+    (tmp_path / "odd.txt").write_text("snake\\_case 1/2\n")
+    lib = WildcardLibrary([tmp_path])
+    m = mu.apply("insert", "a\\_b", random.Random(0), mu.Resources.load(lib, ["odd"]))
+    variants = list(compile_template(m.prompt, library=lib).expand())
+    assert [v.prompt for v in variants] == ["a_b, snake_case 1/2"]
+
+
+# ----------------------------------------------------------------------------- properties
+
+_word = st.text(alphabet="abcxyz _/\\:@$|{}()[]-.'1", min_size=1, max_size=8)
+_literal = _word.map(escape_text)
+_alt = st.lists(_word, min_size=2, max_size=3).map(
+    lambda opts: "{" + "|".join(escape_text(o, option_start=True) for o in opts) + "}")
+_emph = st.tuples(_word, st.sampled_from(["0.8", "1.2", "1.5"])).map(lambda t: f"({escape_text(t[0])}:{t[1]})")
+_clause = st.lists(st.one_of(_literal, _literal, _alt, _emph), min_size=1, max_size=3).map("".join)
+_prompt = st.lists(_clause, min_size=1, max_size=5).map(", ".join).filter(lambda p: mu.split_clauses(p))
+_partner = st.lists(st.sampled_from(["a dog", "watercolor", "(8k:1.1)", "{x|y}"]), min_size=1, max_size=3).map(
+    ", ".join)
+PROPS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.filter_too_much])
+
+
+@PROPS
+@given(_prompt, st.sampled_from(sorted(mu.OPERATORS)), st.integers(0, 2**32 - 1), _partner)
+def test_every_mutant_parses_and_records_its_lineage(prompt, op, seed, partner):
+    compile_template(prompt, library=LIBRARY)  # the parent is a valid template
+    m = mu.apply(op, prompt, random.Random(seed), RESOURCES, partner=partner)
+    if m is None:
+        return
+    compile_template(m.prompt, library=LIBRARY)
+    assert m.operator == op and m.parent_key == mu.prompt_key(prompt) and m.parents[0] == m.parent_key
+    assert len(m.parents) == (2 if op == "crossover" else 1)
+    assert json.loads(canonical_json(dict(m.args))) == dict(m.args)
+    assert mu.split_clauses(m.prompt) == mu.split_clauses(mu.normalise(m.prompt))
+
+
+@PROPS
+@given(_prompt, st.integers(0, 2**32 - 1))
+def test_mutants_are_deterministic_per_seed(prompt, seed):
+    a = mu.mutants(prompt, 4, random.Random(seed), RESOURCES, partners=["a dog, 8k"])
+    b = mu.mutants(prompt, 4, random.Random(seed), RESOURCES, partners=["a dog, 8k"])
+    assert [m.to_dict() for m in a] == [m.to_dict() for m in b]
+
+
+@PROPS
+@given(_prompt)
+def test_leave_one_out_yields_exactly_n_prompts_that_parse(prompt):
+    n = len(mu.split_clauses(prompt))
+    if n < 2:
+        with pytest.raises(ValueError):
+            mu.leave_one_out(prompt)
+        return
+    out = mu.leave_one_out(prompt)
+    assert len(out) == n
+    for m in out:
+        compile_template(m.prompt, library=LIBRARY)
+
+
+@PROPS
+@given(_prompt)
+def test_clause_splitting_is_idempotent(prompt):
+    clauses = mu.split_clauses(prompt)
+    assert mu.split_clauses(mu.join_clauses(clauses)) == clauses
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def harness(*args):
+    return subprocess.run([sys.executable, "-m", "harness", *args], capture_output=True, text=True, cwd=ROOT)
+
+
+def test_mutate_cli_prints_n_mutants_with_lineage():
+    r = harness("mutate", PROMPT, "-n", "6", "--seed", "3", "--ops", "swap,insert,delete,reweight",
+                "--format", "jsonl")
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(line) for line in r.stdout.splitlines()]
+    assert len(rows) == 6 and len({row["prompt"] for row in rows}) == 6
+    for row in rows:
+        assert row["parent_key"] == mu.prompt_key(PROMPT) and row["operator"] in ("swap", "insert", "delete",
+                                                                                  "reweight")
+        assert isinstance(row["args"], dict) and row["args"]
+    text = harness("mutate", PROMPT, "-n", "6", "--seed", "3", "--ops", "swap,insert,delete,reweight")
+    assert [line.split("\t")[0] for line in text.stdout.splitlines()] == [row["prompt"] for row in rows]
+    assert all(f"parent={mu.prompt_key(PROMPT)[:12]}" in line for line in text.stdout.splitlines())
+
+
+def test_mutate_cli_unknown_operator_exits_2():
+    r = harness("mutate", PROMPT, "--ops", "swap,shuffle")
+    assert r.returncode == 2 and "unknown mutation operator 'shuffle'" in r.stderr
