@@ -50,7 +50,9 @@ def image_table(ledger: Ledger) -> pd.DataFrame:
         jobs["watermark"] = [None if (isinstance(v, float) and math.isnan(v)) else bool(v == 1) for v in vals]
     else:
         jobs["watermark"] = None
-    factor_cols = sorted(c for c in jobs.columns if c.startswith("f."))
+    order = json.loads(ledger.get_meta("factors") or "[]")  # the template's order
+    rank = {f"f.{name}": i for i, name in enumerate(order)}
+    factor_cols = sorted((c for c in jobs.columns if c.startswith("f.")), key=lambda c: (rank.get(c, len(rank)), c))
     metric_cols = sorted(c for c in jobs.columns if c.startswith("m."))
     front = [c for c in IMAGE_COLUMNS if c in jobs.columns]
     return jobs[front + factor_cols + metric_cols].reset_index(drop=True)

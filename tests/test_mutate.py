@@ -177,7 +177,8 @@ _literal = _word.map(escape_text)
 _alt = st.lists(_word, min_size=2, max_size=3).map(
     lambda opts: "{" + "|".join(escape_text(o, option_start=True) for o in opts) + "}")
 _emph = st.tuples(_word, st.sampled_from(["0.8", "1.2", "1.5"])).map(lambda t: f"({escape_text(t[0])}:{t[1]})")
-_clause = st.lists(st.one_of(_literal, _literal, _alt, _emph), min_size=1, max_size=3).map("".join)
+_special = st.sampled_from(["red/green", " red/green ", "__mediums__", "{2$$a|b|c}", "by greg rutkowski", "red"])
+_clause = st.lists(st.one_of(_literal, _literal, _alt, _emph, _special), min_size=1, max_size=3).map("".join)
 _prompt = st.lists(_clause, min_size=1, max_size=5).map(", ".join).filter(lambda p: mu.split_clauses(p))
 _partner = st.lists(st.sampled_from(["a dog", "watercolor", "(8k:1.1)", "{x|y}"]), min_size=1, max_size=3).map(
     ", ".join)

@@ -4,7 +4,7 @@
 
 Stages (each seeded; `all` runs them in this order):
 
-1. `vae`: AutoencoderKL (x8 downsampling, 4 latent channels) on 64 px crops of
+1. `vae`: AutoencoderKL (x8 downsampling, 4 latent channels) on 32 px crops of
    world images rendered at 128 and 256 px; MSE + L1 + a small KL term. Its
    `scaling_factor` is set to 1 / std of the latents of 256 px world images.
 2. `unet`: UNet2DConditionModel plus the CLIP text encoder, trained jointly on
@@ -49,10 +49,11 @@ class Budget:
 
 
 BUDGETS = {
-    "vae": Budget(steps=900, batch=16, lr=2e-3),
+    "vae": Budget(steps=700, batch=16, lr=2e-3),
     "unet": Budget(steps=2200, batch=32, lr=1e-3),
     "clip": Budget(steps=1400, batch=64, lr=1e-3),
 }
+VAE_CROP = 32
 UNET_SCENES = 4000
 CLIP_SCENES = 4000
 CFG_DROP = 0.1
@@ -174,9 +175,9 @@ def train_vae(out: Path, device: str, minutes: float | None = None) -> None:
         for _ in range(budget.batch):
             pool = pool256 if rng.random() < 0.6 else pool128
             img = pool[rng.integers(len(pool))]
-            limit = (img.shape[0] - 64) // 8
+            limit = (img.shape[0] - VAE_CROP) // 8
             y, x = 8 * rng.integers(limit + 1), 8 * rng.integers(limit + 1)
-            crop = img[y:y + 64, x:x + 64]
+            crop = img[y:y + VAE_CROP, x:x + VAE_CROP]
             crops.append(crop[:, ::-1] if rng.random() < 0.5 else crop)
         x = to_tensor(crops, device)
         posterior = vae.encode(x).latent_dist
