@@ -89,6 +89,41 @@ def evaluate(ledger: Ledger, specs: Iterable[str] | None = None, *, log: Callabl
     return out
 
 
+class BackgroundScorer:
+    """Scores each finished batch in a background thread while the next batch
+    generates (on a GPU the metric models share the device). A metric that
+    fails gives NaN with a reason inside `score`; anything else is logged and
+    left for the final `evaluate` pass to retry."""
+
+    def __init__(self, ledger: Ledger, specs: Iterable[str], log: Callable[[str], None] | None = None):
+        from concurrent.futures import ThreadPoolExecutor
+        from .metrics import metric_from_spec
+
+        self.ledger, self.log = ledger, log or (lambda m: None)
+        self.metrics = [metric_from_spec(s) for s in specs]
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scorer")
+        self.futures: list = []
+        self.scored = 0
+
+    def submit(self, jobs: list[Job]) -> None:
+        self.futures.append(self.pool.submit(self._score, list(jobs)))
+
+    def _score(self, jobs: list[Job]) -> None:
+        items = [item_for(self.ledger, j) for j in jobs]
+        for metric in self.metrics:
+            self.ledger.put_scores(metric.score(items))
+        self.scored += len(jobs)
+
+    def close(self) -> None:
+        for f in self.futures:
+            try:
+                f.result()
+            except Exception as exc:  # noqa: BLE001 - the final evaluate pass retries these images
+                self.log(f"background scoring failed for a batch ({type(exc).__name__}: {exc}); "
+                         "it is retried after generation")
+        self.pool.shutdown(wait=True)
+
+
 def evaluate_run(run_dir: Path | str, specs: Iterable[str] | None = None, **kw) -> list[MetricSummary]:
     with Ledger.open(Path(run_dir)) as ledger:
         return evaluate(ledger, specs, **kw)

@@ -86,7 +86,16 @@ def run_experiment(path: Path | str, *, out: Path | str | None = None, force: bo
         options = dict(exact=exp.exact if exact is None else exact, device=device or exp.device,
                        batch_size=batch_size, log=log or _stderr, progress=progress, executor=executor,
                        executor_options=executor_options)
-        generate_jobs(exp, plan, ledger, pending, result, **options)
+        scorer = None
+        if exp.metrics and evaluate_after and executor == "local":
+            from .evaluate import BackgroundScorer
+            scorer = BackgroundScorer(ledger, exp.metrics, log=log or _stderr)
+            options["on_done"] = scorer.submit
+        try:
+            generate_jobs(exp, plan, ledger, pending, result, **options)
+        finally:
+            if scorer is not None:
+                scorer.close()
         if exp.metrics and evaluate_after:
             from .evaluate import evaluate
             result.metrics = evaluate(ledger, exp.metrics, log=log or _stderr)
@@ -98,7 +107,7 @@ def run_experiment(path: Path | str, *, out: Path | str | None = None, force: bo
 
 
 def run_stage(exp: Experiment, stage, plan: Plan, ledger: Ledger, result: RunResult, *, shard=None,
-              evaluate_after: bool = True, **options) -> None:
+              evaluate_after: bool = True, on_done=None, **options) -> None:
     """Generate one later stage from its source stage's outputs (resumable like the main stage)."""
     from .evaluate import evaluate
     from .stages import stage_jobs
@@ -127,7 +136,7 @@ def _stderr(msg: str) -> None:
 def generate_jobs(exp: Experiment, plan: Plan, ledger: Ledger, pending: list[Job], result: RunResult, *,
                   exact: bool, device: str, batch_size: int | None, log: Callable[[str], None],
                   progress: bool | None = None, tuning: Tuning | None = None, executor: str = "local",
-                  executor_options: dict | None = None) -> None:
+                  executor_options: dict | None = None, on_done: Callable[[list[Job]], None] | None = None) -> None:
     """Generate `pending` into the run folder; the ledger marks a batch done after its PNGs are on disk."""
     if not pending:
         return
@@ -146,6 +155,7 @@ def generate_jobs(exp: Experiment, plan: Plan, ledger: Ledger, pending: list[Job
     writer = ThreadPoolExecutor(max_workers=max(1, tuning.writers))
     submit = writer.submit if tuning.writers > 0 else write_now
     inflight: deque[Finished] = deque()
+    by_key = {j.key: j for j in pending}
     bar = _Progress(len(pending), enabled=progress, log=log)
     t0 = time.perf_counter()
 
@@ -157,6 +167,8 @@ def generate_jobs(exp: Experiment, plan: Plan, ledger: Ledger, pending: list[Job
             ledger.mark_done_many(done.rows)
             result.generated += len(done.rows)
             bar.advance(len(done.rows))
+            if on_done is not None:
+                on_done([by_key[r.key] for r in done.rows])
 
     def on_oom(message: str) -> None:
         result.oom_events.append(message)

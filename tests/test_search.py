@@ -1,0 +1,226 @@
+"""Prompt search: [search] validation, deterministic breeding, finding a known optimum on the
+tiny model, and a SIGKILLed `evolve` that resumes to the same final population."""
+
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from harness.experiment import ExperimentError, experiment_from_dict
+from harness.search import (Candidate, Generation, breed, evolve, generation_rng, initial_population, rank,
+                            search_config, select)
+from harness.core import Variant
+from harness.mutate import Resources
+from harness.wildcards import WildcardLibrary
+
+ROOT = Path(__file__).resolve().parents[1]
+LIBRARY = WildcardLibrary([ROOT / "grammars"])
+
+# A test-only metric with a known optimum: 1 if the prompt contains the word, else 0 (the image
+# is ignored). The same source registers it here and in the child process of the kill test.
+METRIC_SOURCE = '''
+from harness.metrics.base import Metric, MetricInfo, Option, register
+
+@register
+class TargetWord(Metric):
+    INFO = MetricInfo(name="target_word", description="1 if the prompt contains the word", unit="flag",
+                      range=(0.0, 1.0), higher_is_better=True, needs=frozenset({"prompt"}))
+    OPTIONS = {"word": Option("watercolor", "the word to look for")}
+
+    def _score(self, items):
+        return [(float(self.options["word"] in item.prompt.split(", ")), {}) for item in items]
+'''
+exec(METRIC_SOURCE)
+
+BASE = """
+name = "search-test"
+prompt = "a castle on a hill, oil painting"
+seeds = [1]
+checkpoints = ["tiny"]
+steps = 2
+width = 64
+height = 64
+"""
+
+FIND = BASE + """
+[search]
+population = 4
+generations = 6
+metrics = ["target_word:word=watercolor"]
+elitism = 1
+operators = { insert = 1, swap = 1 }
+modifiers = ["mediums"]
+budget = 30
+seed = 1
+"""
+
+
+def write(tmp_path, text, name="exp.toml"):
+    if not (tmp_path / "grammars").exists():  # the experiment's folder is first on the wildcard search path
+        (tmp_path / "grammars").symlink_to(ROOT / "grammars")
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def config(raw, tmp_path=Path("/tmp/x.toml")):
+    return search_config(experiment_from_dict(raw, tmp_path), LIBRARY)
+
+
+RAW = {"prompt": "a castle, oil painting", "metrics": ["clip_score:model=tiny"],
+       "search": {"population": 4, "generations": 2}}
+
+
+def test_search_table_problems_are_reported_together_naming_the_file():
+    raw = {**RAW, "search": {"populaton": 4, "generations": -1, "selection": "roulette", "elitism": 9,
+                             "operators": {"swapp": 1}, "weights": [1, 2], "modifiers": ["medium"]}}
+    with pytest.raises(ExperimentError) as e:
+        config(raw, Path("/tmp/study.toml"))
+    text = str(e.value)
+    assert text.startswith("/tmp/study.toml:")
+    for expected in ("unknown key 'search.populaton'; did you mean 'search.population'?",
+                     "key 'search.population': missing", "key 'search.generations': got -1",
+                     "key 'search.selection': got 'roulette'", "unknown operator 'search.operators.swapp'; "
+                     "did you mean 'swap'?", "key 'search.weights': got [1, 2], expected a list of 1",
+                     "no wildcard list 'medium'"):
+        assert expected in text
+
+
+def test_missing_search_table_says_what_evolve_needs():
+    with pytest.raises(ExperimentError, match=r"table \[search\]: missing"):
+        config({"prompt": "a castle"})
+
+
+def test_selection_option_for_the_other_method_is_an_error():
+    with pytest.raises(ExperimentError, match="top_k': set but selection is 'tournament'"):
+        config({**RAW, "search": {**RAW["search"], "top_k": 2}})
+
+
+def test_fitness_defaults_to_the_experiments_quality_metrics_with_their_direction():
+    cfg = config({**RAW, "metrics": ["clip_score:model=tiny", "health"]})
+    assert [(f.id.split("[")[0], f.weight, f.higher_is_better) for f in cfg.fitness] == [("clip_score", 1.0, True)]
+
+
+def scored(prompts, fitness, g=0):
+    return Generation(g, tuple(rank([Candidate(p, "initial", {}, (), 0, f) for p, f in zip(prompts, fitness)])), 0)
+
+
+def test_breeding_is_a_pure_function_of_the_seed_and_generation():
+    cfg = config({**RAW, "search": {"population": 6, "generations": 2, "seed": 7, "elitism": 2}})
+    res = Resources.load(LIBRARY)
+    prev = scored(["a castle, oil painting", "a dog, watercolor", "a cat", "a hill, 8k"], [0.5, 0.9, None, 0.1])
+    a, b = breed(prev, cfg, res), breed(prev, cfg, res)
+    assert [c.to_dict() for c in a] == [c.to_dict() for c in b] and len(a) == 6
+    assert [c.prompt for c in a[:2]] == ["a dog, watercolor", "a castle, oil painting"]  # elites, best first
+    assert all(c.born == 1 and c.operator != "initial" for c in a[2:])
+    other = breed(prev, config({**RAW, "search": {"population": 6, "generations": 2, "seed": 8, "elitism": 2}}), res)
+    assert [c.prompt for c in other] != [c.prompt for c in a]
+
+
+def test_tournament_and_top_k_select_from_the_best():
+    ranked = list(scored(list("abcdef"), [6, 5, 4, 3, 2, 1]).candidates)
+    top = config({**RAW, "search": {"population": 6, "generations": 1, "selection": "top_k", "top_k": 2}})
+    rng = random.Random(0)
+    assert {select(ranked, rng, top).prompt for _ in range(50)} == {"a", "b"}
+    tour = config({**RAW, "search": {"population": 6, "generations": 1, "tournament_size": 6}})
+    assert select(ranked, generation_rng(tour, 1), tour).prompt == "a"
+
+
+def test_initial_population_samples_many_expansions_and_tops_up_few():
+    cfg = config({**RAW, "search": {"population": 3, "generations": 1}})
+    many = [Variant(f"a castle, style {i}", {"s": str(i)}) for i in range(10)]
+    pop = initial_population(many, cfg, Resources.load(LIBRARY))
+    assert len(pop) == 3 and all(c.operator == "initial" for c in pop)
+    assert pop == initial_population(many, cfg, Resources.load(LIBRARY))
+    few = initial_population([Variant("a castle, oil painting", {})], cfg, Resources.load(LIBRARY))
+    assert len(few) == 3 and few[0].operator == "initial" and all(c.parents for c in few[1:])
+
+
+def test_search_finds_the_known_optimum_within_the_budget(tmp_path):
+    result = evolve(write(tmp_path, FIND), out=tmp_path / "run", log=lambda m: None)
+    assert result.generations[0].best.fitness == 0.0
+    assert result.best.fitness == 1.0 and "watercolor" in result.best.text.split(", ")
+    assert result.final.images_used <= 30
+    best = [g.best.fitness for g in result.generations]
+    assert best == sorted(best)  # elitism: the best never gets worse
+    run = tmp_path / "run"
+    for name in ("search_generations", "search_trajectory", "search_lineage"):
+        assert all((run / "tables" / f"{name}.{ext}").is_file() for ext in ("csv", "parquet", "md"))
+    assert (run / "plots" / "search_trajectory.png").stat().st_size > 1000
+    import pandas as pd
+    lineage = pd.read_csv(run / "tables" / "search_lineage.csv")
+    winner = lineage[(lineage["winner"] == 1)]
+    assert winner.iloc[0]["prompt"] == result.best.text and winner["operator"].iloc[-1] == "initial"
+    assert set(winner["operator"]) <= {"initial", "insert", "swap"}
+    # Re-running a finished search changes nothing and makes no image.
+    again = evolve(write(tmp_path, FIND), out=tmp_path / "run", log=lambda m: None)
+    assert again.generated == 0 and [g.to_dict() for g in again.generations] == [g.to_dict()
+                                                                                for g in result.generations]
+
+
+KILL = BASE.replace("seeds = [1]", "seeds = [1, 2]") + """
+[search]
+population = 4
+generations = 3
+metrics = ["target_word:word=watercolor"]
+elitism = 1
+seed = 3
+"""
+
+CHILD = METRIC_SOURCE + '''
+import sys
+from harness.cli import app
+app(["evolve", sys.argv[1], "--out", sys.argv[2]], prog_name="harness")
+'''
+
+
+def _meta(db: Path, pattern: str) -> int:
+    try:
+        with sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=5) as conn:
+            return conn.execute("SELECT count(*) FROM meta WHERE name LIKE ?", (pattern,)).fetchone()[0]
+    except sqlite3.Error:
+        return 0
+
+
+def _done_in(db: Path, stage: str) -> int:
+    try:
+        with sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=5) as conn:
+            return conn.execute("SELECT count(*) FROM jobs WHERE stage = ? AND status = 'done'",
+                                (stage,)).fetchone()[0]
+    except sqlite3.Error:
+        return 0
+
+
+def test_sigkilled_evolve_resumes_to_the_same_final_population(tmp_path):
+    exp = write(tmp_path, KILL)
+    reference = evolve(exp, out=tmp_path / "whole", log=lambda m: None)
+
+    run = tmp_path / "killed"
+    db = run / "ledger.sqlite"
+    log = tmp_path / "child.log"
+    with open(log, "w") as err:
+        child = subprocess.Popen([sys.executable, "-c", CHILD, str(exp), str(run)], stdout=subprocess.DEVNULL,
+                                 stderr=err)
+    deadline = time.time() + 240
+    while time.time() < deadline and child.poll() is None and not _meta(db, "search/%/gen/1"):
+        time.sleep(0.02)
+    assert child.poll() is None, log.read_text()[-2000:]
+    until = time.time() + 20  # prefer a kill in the middle of generation 2, with some of its images made
+    while time.time() < until and child.poll() is None and not _done_in(db, "gen2") and not _meta(db, "search/%/gen/2"):
+        time.sleep(0.01)
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    assert _meta(db, "search/%/gen/1") == 1 and _meta(db, "search/%/gen/3") == 0
+    with sqlite3.connect(db) as conn:
+        done_at_kill = conn.execute("SELECT count(*) FROM jobs WHERE status = 'done'").fetchone()[0]
+
+    resumed = evolve(exp, out=run, log=lambda m: None)
+    assert [g.to_dict() for g in resumed.generations] == [g.to_dict() for g in reference.generations]
+    assert resumed.final.candidates == reference.final.candidates
+    assert resumed.generated == reference.final.images_used - done_at_kill  # nothing made twice
