@@ -150,7 +150,7 @@ def plan(
     for name, ref in p.checkpoints.items():
         typer.echo(f"checkpoint {name}: {ref.kind} {ref.source} fingerprint {ref.fingerprint}")
     typer.echo(f"groups (jobs sharing pipeline calls): {len(groups)}")
-    for g, gj in groups.items():
+    for gj in groups.values():
         j = gj[0]
         strength = f" strength={j.strength}" if j.mode == "img2img" else ""
         typer.echo(f"  {len(gj):6d}  {j.checkpoint} {j.mode}{strength} steps={j.steps} cfg={j.guidance} "

@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 from typing import Iterator
 
 from .core import Variant
-from .grammar import Alt, GrammarError, Option, Seq, Text, Wildcard, parse, render
+from .grammar import Alt, GrammarError, Option, Seq, Text, parse, render
 from .wildcards import WildcardLibrary
 
 DEFAULT_JOINER = ","

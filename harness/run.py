@@ -12,9 +12,7 @@ loses at most the batches in flight.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import socket
 import sys
 import time
 from collections import deque

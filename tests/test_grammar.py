@@ -2,7 +2,7 @@
 
 import pytest
 
-from harness.grammar import Alt, GrammarError, Seq, Text, Wildcard, parse, render
+from harness.grammar import GrammarError, parse, render
 from harness.expand import compile_template
 
 

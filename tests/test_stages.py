@@ -1,6 +1,5 @@
 """Multi-stage experiments: later stages are img2img from earlier outputs, linked by parent key."""
 
-from pathlib import Path
 
 from harness.ledger import Ledger
 from harness.provenance import read_provenance
