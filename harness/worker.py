@@ -30,6 +30,7 @@ class Tuning:
     writers: int = 4                  # PNG encode/write threads; 0 = in the generation thread
     speedups: tuple[str, ...] = ()    # opt-in: "channels_last", "compile" (torch.compile of the UNet)
     on_load: Callable | None = None   # called with every loaded pipeline (timing hooks)
+    timings: dict | None = None       # if given, "pipeline" accumulates seconds inside pipeline calls
 
 
 def _loader(tuning: Tuning):
@@ -92,10 +93,16 @@ class BatchMaker:
         first = jobs[0]
         pipe = self.cache.get(self.checkpoints[first.checkpoint], first.mode, first.scheduler, dtype=first.dtype)
 
+        timings = self.tuning.timings
+
         def call(chunk: list[Job]):
             images = [self._init(j) for j in chunk] if first.mode == "img2img" else None
-            return self.gen.generate_batch(pipe, chunk, device=self.device, init_images=images,
-                                           embeds_cache=self.cache.embeds, exact=self.exact)
+            t0 = time.perf_counter()
+            out = self.gen.generate_batch(pipe, chunk, device=self.device, init_images=images,
+                                          embeds_cache=self.cache.embeds, exact=self.exact)
+            if timings is not None:
+                timings["pipeline"] = timings.get("pipeline", 0.0) + time.perf_counter() - t0
+            return out
 
         started = time.perf_counter()
         for chunk in self.gen.run_batched(call, jobs, self.size_for(first), on_oom=on_oom):
