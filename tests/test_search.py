@@ -40,7 +40,7 @@ exec(METRIC_SOURCE)
 
 BASE = """
 name = "search-test"
-prompt = "a castle on a hill, oil painting"
+prompt = "a {red|blue|green|yellow} castle on a hill, oil painting"
 seeds = [1]
 checkpoints = ["tiny"]
 steps = 2

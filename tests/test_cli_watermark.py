@@ -1,0 +1,61 @@
+"""`harness watermark detect/embed` on real files, as a user runs them."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+skimage_data = pytest.importorskip("skimage.data", reason="scikit-image provides the natural test photos")
+
+
+def harness(*args):
+    return subprocess.run([sys.executable, "-m", "harness", *map(str, args)], capture_output=True, text=True,
+                          cwd=ROOT)
+
+
+def photo(tmp_path) -> Path:
+    rgb = np.asarray(Image.fromarray(skimage_data.astronaut()).resize((512, 512), Image.LANCZOS))
+    path = tmp_path / "clean.png"
+    Image.fromarray(rgb).save(path)
+    return path
+
+
+def sd_v1_style(src: Path, dst: Path) -> None:
+    """Embed exactly as the reference SD v1 scripts do, straight through imwatermark."""
+    import cv2
+    from imwatermark import WatermarkEncoder
+    bgr = cv2.cvtColor(np.asarray(Image.open(src).convert("RGB")), cv2.COLOR_RGB2BGR)
+    encoder = WatermarkEncoder()
+    encoder.set_watermark("bytes", b"StableDiffusionV1")
+    marked = encoder.encode(bgr, "dwtDct")
+    Image.fromarray(cv2.cvtColor(marked, cv2.COLOR_BGR2RGB)).save(dst)
+
+
+def test_detect_finds_an_sd_v1_mark_and_not_on_the_clean_photo(tmp_path):
+    clean = photo(tmp_path)
+    marked = tmp_path / "marked.png"
+    sd_v1_style(clean, marked)
+    r = harness("watermark", "detect", marked, clean, "--format", "jsonl")
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(line) for line in r.stdout.splitlines()]
+    assert rows[0]["path"].endswith("marked.png") and rows[0]["detected"] is True
+    assert rows[0]["best"] == "sdv1" and rows[0]["messages"]["sdv1"]["p_corrected"] < 1e-3
+    assert rows[1]["detected"] is False
+    text = harness("watermark", "detect", marked, clean).stdout.splitlines()
+    assert "DETECTED sdv1" in text[0] and "not detected" in text[1]
+
+
+def test_embed_then_detect_round_trip_and_small_images_are_undecidable(tmp_path):
+    clean = photo(tmp_path)
+    out = tmp_path / "v2.png"
+    assert harness("watermark", "embed", clean, out, "--message", "sdv2").returncode == 0
+    row = json.loads(harness("watermark", "detect", out, "--format", "jsonl").stdout)
+    assert row["detected"] is True and row["best"] == "sdv2"
+    Image.new("RGB", (128, 128), (10, 200, 30)).save(tmp_path / "small.png")
+    small = json.loads(harness("watermark", "detect", tmp_path / "small.png", "--format", "jsonl").stdout)
+    assert small["detected"] is None and "256x256" in small["reason"]
