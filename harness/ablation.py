@@ -33,7 +33,7 @@ from typing import Callable, Sequence
 from .core import Variant
 from .experiment import ExperimentError, load_experiment
 from .grammar import escape_text
-from .mutate import leave_one_out, literal, split_clauses
+from .mutate import leave_one_out, literal
 from .wildcards import WildcardLibrary, default_search_path
 
 FULL = "(full prompt)"

@@ -677,3 +677,4 @@ def _load_single_file(ref: CheckpointRef, kwargs: dict, config: str | None):
             f"{'config ' + config_dir if config_dir else 'original_config ' + str(original)}: "
             f"{type(exc).__name__}: {exc}. If a file was missing from the hub, the config must be fully local: "
             f"pass config=<local diffusers folder>") from exc
+import harness.toy  # noqa: E402,F401  (registers the `toy` built-in, trained on harness.toy.world)

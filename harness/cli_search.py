@@ -92,7 +92,8 @@ def evolve(
     device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda | mps"),
 ) -> None:
     """Evolve prompts against metrics (resumable); writes search tables and a trajectory plot."""
-    from .search import SearchError, evolve as run_search
+    from .search import SearchError
+    from .search import evolve as run_search
 
     try:
         r = run_search(experiment, out=out, device=device)

@@ -134,8 +134,10 @@ def _stderr(msg: str) -> None:
 def generate_jobs(exp: Experiment, plan: Plan, ledger: Ledger, pending: list[Job], result: RunResult, *,
                   exact: bool, device: str, batch_size: int | None, log: Callable[[str], None],
                   progress: bool | None = None, tuning: Tuning | None = None, executor: str = "local",
-                  executor_options: dict | None = None, on_done: Callable[[list[Job]], None] | None = None) -> None:
-    """Generate `pending` into the run folder; the ledger marks a batch done after its PNGs are on disk."""
+                  executor_options: dict | None = None, on_done: Callable[[list[Job]], None] | None = None,
+                  maker=None) -> None:
+    """Generate `pending` into the run folder; the ledger marks a batch done after its PNGs are on disk.
+    `maker`: a BatchMaker to reuse across calls (checkpoints stay loaded; the caller closes it)."""
     if not pending:
         return
     if executor == "ray":
@@ -147,8 +149,10 @@ def generate_jobs(exp: Experiment, plan: Plan, ledger: Ledger, pending: list[Job
     from .worker import BatchMaker, write_now
 
     tuning = tuning or Tuning(speedups=exp.speedups)
-    maker = BatchMaker(plan.checkpoints, ledger.images_dir, device=device, memory=exp.memory, tuning=tuning,
-                       exact=exact, batch_size=batch_size or exp.batch_size)
+    owned = maker is None
+    if owned:
+        maker = BatchMaker(plan.checkpoints, ledger.images_dir, device=device, memory=exp.memory, tuning=tuning,
+                           exact=exact, batch_size=batch_size or exp.batch_size)
     result.device = maker.device
     writer = ThreadPoolExecutor(max_workers=max(1, tuning.writers))
     submit = writer.submit if tuning.writers > 0 else write_now
@@ -185,7 +189,8 @@ def generate_jobs(exp: Experiment, plan: Plan, ledger: Ledger, pending: list[Job
             commit(block=True)
         finally:
             writer.shutdown(wait=True)
-            maker.close()
+            if owned:
+                maker.close()
             result.seconds = time.perf_counter() - t0
             bar.close()
 

@@ -169,7 +169,7 @@ def search_config(exp: Experiment, library: WildcardLibrary | None = None) -> Se
                               "(default: the experiment's metrics other than health and watermark)")
         specs = []
     weights = table.get("weights", [1.0] * len(specs))
-    if not (isinstance(weights, list) and len(weights) == len(specs)
+    if specs and not (isinstance(weights, list) and len(weights) == len(specs)
             and all(isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) for w in weights)
             and any(w != 0 for w in weights)):
         bad("weights", weights, f"a list of {len(specs)} finite number(s), one per metric, not all 0")
@@ -354,8 +354,8 @@ def candidate_fitness(frame, cfg: SearchConfig, jobs: Sequence) -> tuple[float |
     if not values:
         return None, (None, None), 0
     lo, hi = t_interval(values)
-    clean = (lambda x: None if math.isnan(x) else float(x))  # noqa: E731
-    return float(sum(values) / len(values)), (clean(lo), clean(hi)), len(values)
+    clean = [None if math.isnan(x) else float(x) for x in (lo, hi)]
+    return float(sum(values) / len(values)), tuple(clean), len(values)
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -402,7 +402,6 @@ def evolve(path: Path | str, *, out: Path | str | None = None, device: str | Non
            on_generation: Callable[[Generation], None] | None = None) -> SearchResult:
     """Run (or resume) the search of an experiment; see the module doc."""
     from .evaluate import evaluate
-    from .ledger import Ledger  # noqa: F401  (the ledger comes from prepare_run)
     from .plan import Plan, jobs_for, resolve_checkpoints, variants_of
     from .run import RunResult, default_run_dir, generate_jobs, prepare_run
 
@@ -417,6 +416,7 @@ def evolve(path: Path | str, *, out: Path | str | None = None, device: str | Non
     run_dir = Path(out) if out else default_run_dir(exp)
     ledger, _ = prepare_run(exp, Plan(exp, (), (), refs), run_dir, jobs=[])
     result = SearchResult(run_dir, sid, [], "generations", budget=cfg.budget)
+    maker = None  # one BatchMaker for every generation: each checkpoint is loaded once
     try:
         ledger.set_meta("search/current", sid)
         ledger.set_meta(f"search/{sid}/config", canonical_json(exp.raw.get("search", {})))
@@ -435,6 +435,9 @@ def evolve(path: Path | str, *, out: Path | str | None = None, device: str | Non
                           else breed(result.generations[-1], cfg, resources))
             if not candidates:
                 raise SearchError(f"{exp.path}: generation {g} has no candidates")
+            if len(candidates) < cfg.population:
+                log(f"generation {g}: only {len(candidates)} distinct candidates of {cfg.population} "
+                    "(the operators found no other new prompts; more modifiers or operators widen the search)")
             jobs = {c.key: jobs_for(exp, refs, [Variant(c.text, {})], negatives, stage=f"gen{g}",
                                     meta={"generation": g, "search": sid,
                                           "lineage": {"key": c.key, "operator": c.operator, "args": dict(c.args),
@@ -457,8 +460,12 @@ def evolve(path: Path | str, *, out: Path | str | None = None, device: str | Non
             done = ledger.done_keys()
             pending = [j for j in wanted if j.key not in done]
             run = RunResult(run_dir, len(wanted), len(wanted) - len(pending))
+            if pending and maker is None:
+                from .worker import BatchMaker, Tuning
+                maker = BatchMaker(refs, ledger.images_dir, device=device or exp.device, memory=exp.memory,
+                                   tuning=Tuning(speedups=exp.speedups), exact=exp.exact, batch_size=exp.batch_size)
             generate_jobs(exp, Plan(exp, tuple(wanted), (), refs), ledger, pending, run, exact=exp.exact,
-                          device=device or exp.device, batch_size=None, log=log, progress=False)
+                          device=device or exp.device, batch_size=None, log=log, progress=False, maker=maker)
             result.generated += run.generated
             evaluate(ledger, specs, log=log)
             scores = ledger.scores_frame()
@@ -478,6 +485,8 @@ def evolve(path: Path | str, *, out: Path | str | None = None, device: str | Non
                 on_generation(gen)
         result.outputs = write_search_report(run_dir, result.generations)
     finally:
+        if maker is not None:
+            maker.close()
         ledger.close()
     return result
 
@@ -532,7 +541,7 @@ def lineage_frame(generations: Sequence[Generation], winners: int = LINEAGE_WINN
                 born.setdefault(c.key, c)
     rows = []
     for r, winner in enumerate(generations[-1].candidates[:winners], start=1):
-        queue, seen, depth = [(winner.key, 0)], set(), {}
+        queue, seen = [(winner.key, 0)], set()
         while queue:
             key, d = queue.pop(0)
             if key in seen:

@@ -12,11 +12,20 @@ from pathlib import Path
 
 import pytest
 
-from harness.experiment import ExperimentError, experiment_from_dict
-from harness.search import (Candidate, Generation, breed, evolve, generation_rng, initial_population, rank,
-                            search_config, select)
 from harness.core import Variant
+from harness.experiment import ExperimentError, experiment_from_dict
 from harness.mutate import Resources
+from harness.search import (
+    Candidate,
+    Generation,
+    breed,
+    evolve,
+    generation_rng,
+    initial_population,
+    rank,
+    search_config,
+    select,
+)
 from harness.wildcards import WildcardLibrary
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,30 +49,36 @@ exec(METRIC_SOURCE)
 
 BASE = """
 name = "search-test"
-prompt = "a {red|blue|green|yellow} castle on a hill, oil painting"
+prompt = "a {red|blue|green} castle on a hill, oil painting"
 seeds = [1]
 checkpoints = ["tiny"]
-steps = 2
+steps = 1
+guidance = 1.0
 width = 64
 height = 64
 """
 
 FIND = BASE + """
 [search]
-population = 4
-generations = 6
+population = 3
+generations = 3
 metrics = ["target_word:word=watercolor"]
 elitism = 1
 operators = { insert = 1, swap = 1 }
-modifiers = ["mediums"]
-budget = 30
+modifiers = ["looks"]
+budget = 10
 seed = 1
 """
+LOOKS = "watercolor\ncharcoal sketch\nposter art\noil painting\n"
+
+
+@pytest.fixture(autouse=True)
+def shipped_lists(monkeypatch):
+    monkeypatch.setenv("HARNESS_GRAMMARS", str(ROOT / "grammars"))
 
 
 def write(tmp_path, text, name="exp.toml"):
-    if not (tmp_path / "grammars").exists():  # the experiment's folder is first on the wildcard search path
-        (tmp_path / "grammars").symlink_to(ROOT / "grammars")
+    (tmp_path / "looks.txt").write_text(LOOKS)  # the experiment's folder is first on the wildcard search path
     p = tmp_path / name
     p.write_text(text)
     return p
@@ -142,14 +157,24 @@ def test_initial_population_samples_many_expansions_and_tops_up_few():
     assert len(few) == 3 and few[0].operator == "initial" and all(c.parents for c in few[1:])
 
 
-def test_search_finds_the_known_optimum_within_the_budget(tmp_path):
-    result = evolve(write(tmp_path, FIND), out=tmp_path / "run", log=lambda m: None)
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """One uninterrupted search on the tiny model, shared by the optimum and the kill/resume tests."""
+    folder = tmp_path_factory.mktemp("search")
+    exp = write(folder, FIND)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HARNESS_GRAMMARS", str(ROOT / "grammars"))
+        return exp, evolve(exp, out=folder / "run", log=lambda m: None)
+
+
+def test_search_finds_the_known_optimum_within_the_budget(uninterrupted):
+    exp, result = uninterrupted
     assert result.generations[0].best.fitness == 0.0
     assert result.best.fitness == 1.0 and "watercolor" in result.best.text.split(", ")
-    assert result.final.images_used <= 30
+    assert result.final.images_used <= 10
     best = [g.best.fitness for g in result.generations]
     assert best == sorted(best)  # elitism: the best never gets worse
-    run = tmp_path / "run"
+    run = result.run_dir
     for name in ("search_generations", "search_trajectory", "search_lineage"):
         assert all((run / "tables" / f"{name}.{ext}").is_file() for ext in ("csv", "parquet", "md"))
     assert (run / "plots" / "search_trajectory.png").stat().st_size > 1000
@@ -158,20 +183,14 @@ def test_search_finds_the_known_optimum_within_the_budget(tmp_path):
     winner = lineage[(lineage["winner"] == 1)]
     assert winner.iloc[0]["prompt"] == result.best.text and winner["operator"].iloc[-1] == "initial"
     assert set(winner["operator"]) <= {"initial", "insert", "swap"}
-    # Re-running a finished search changes nothing and makes no image.
-    again = evolve(write(tmp_path, FIND), out=tmp_path / "run", log=lambda m: None)
-    assert again.generated == 0 and [g.to_dict() for g in again.generations] == [g.to_dict()
-                                                                                for g in result.generations]
 
 
-KILL = BASE.replace("seeds = [1]", "seeds = [1, 2]") + """
-[search]
-population = 4
-generations = 3
-metrics = ["target_word:word=watercolor"]
-elitism = 1
-seed = 3
-"""
+def test_rerunning_a_finished_search_replays_it_without_making_images(uninterrupted):
+    exp, result = uninterrupted
+    again = evolve(exp, out=result.run_dir, log=lambda m: None)
+    assert again.generated == 0
+    assert [g.to_dict() for g in again.generations] == [g.to_dict() for g in result.generations]
+
 
 CHILD = METRIC_SOURCE + '''
 import sys
@@ -197,10 +216,8 @@ def _done_in(db: Path, stage: str) -> int:
         return 0
 
 
-def test_sigkilled_evolve_resumes_to_the_same_final_population(tmp_path):
-    exp = write(tmp_path, KILL)
-    reference = evolve(exp, out=tmp_path / "whole", log=lambda m: None)
-
+def test_sigkilled_evolve_resumes_to_the_same_final_population(uninterrupted, tmp_path):
+    exp, reference = uninterrupted
     run = tmp_path / "killed"
     db = run / "ledger.sqlite"
     log = tmp_path / "child.log"

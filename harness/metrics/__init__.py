@@ -32,3 +32,12 @@ __all__ = [
     "Item", "Metric", "MetricInfo", "MetricUnavailable", "Option", "get_metric", "list_metrics",
     "metric_from_spec", "metric_options", "parse_metric_spec", "register",
 ]
+from harness.metrics import toy_oracle  # noqa: E402,F401
+
+# User metrics: modules named in HARNESS_PLUGINS (comma-separated) are imported
+# here, so a metric they register works in every command (eval, run, evolve).
+import importlib as _importlib  # noqa: E402
+import os as _os  # noqa: E402
+
+for _name in filter(None, (m.strip() for m in _os.environ.get("HARNESS_PLUGINS", "").split(","))):
+    _importlib.import_module(_name)

@@ -24,7 +24,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from harness.metrics.base import Metric, MetricUnavailable, Option, cache_dir, chunks, parse_positive_int
-from harness.metrics.clip_models import TINY, ClipLoadError, ClipModel, load_clip
+from harness.metrics.clip_models import BUILTIN_LOADERS, TINY, ClipLoadError, ClipModel, load_clip
 
 DEFAULT_MODEL = "ViT-L-14"
 DEFAULT_PRETRAINED = "openai"
@@ -266,7 +266,7 @@ class ClipMetric(Metric):
     """Base of the CLIP metrics: builds the shared embedder from the CLIP options."""
 
     def __init__(self, **options: Any) -> None:
-        if options.get("model") == TINY and "pretrained" not in options:
-            options["pretrained"] = TINY
+        if options.get("model") in (TINY, *BUILTIN_LOADERS) and "pretrained" not in options:
+            options["pretrained"] = options["model"]
         super().__init__(**options)
         self.embedder = ClipEmbedder.from_options(self.options)

@@ -42,6 +42,7 @@ TINY_CONFIG: dict[str, Any] = {
 }
 TINY_WEIGHTS = "open_clip_model.safetensors"
 WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
+BUILTIN_LOADERS: dict[str, Callable[[str, str], "ClipModel"]] = {}  # other built-in CLIPs: name -> loader(pretrained, device)
 
 
 class ClipLoadError(RuntimeError):
@@ -103,6 +104,8 @@ def load_clip(model: str, pretrained: str, device: str = "cpu") -> ClipModel:
 
 
 def _load(model: str, pretrained: str, device: str) -> ClipModel:
+    if model in BUILTIN_LOADERS:
+        return BUILTIN_LOADERS[model](pretrained, device)
     if model == TINY:
         if pretrained not in ("", TINY):
             raise ClipLoadError(f"model='tiny' has only its built-in weights; got pretrained={pretrained!r} "

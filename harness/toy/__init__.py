@@ -1,0 +1,105 @@
+"""The toy world and the `toy` models trained on it.
+
+Importing this package (which `harness.checkpoints` and `harness.metrics` do)
+registers, without loading torch:
+
+- the built-in checkpoint `toy`: a small Stable Diffusion pipeline (x8 VAE,
+  CLIP text encoder with the real CLIP tokenizer, UNet with cross-attention)
+  trained on `harness.toy.world`. At first use it is assembled from the fp16
+  weights in `harness/data/toy/` into a diffusers folder in `$HARNESS_CACHE`
+  and loaded with `from_pretrained`, like any model folder. Native size 256 px.
+- the built-in CLIP `toy` (`clip_score:model=toy`): an open_clip model trained
+  contrastively on the same world, assembled into an open_clip local folder
+  (`$HARNESS_CACHE/clip/toy-<digest>/`) and loaded as a local weights file.
+
+Modules: `world` (scenes, rendering, captions), `oracle` (reading images and
+prompts back into world words), `models` (configs, weight files, assembly),
+`train` (`python -m harness.toy.train`), `acceptance` (`python -m harness.toy.acceptance`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from harness.checkpoints import register_builtin
+
+TOY = "toy"
+_DATA = Path(__file__).resolve().parent.parent / "data" / "toy"
+
+
+def data_digest(data_dir: Path = _DATA) -> str:
+    """A short digest of the committed configs (they record each weight file's SHA-256)."""
+    path = data_dir / "configs.json"
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:10] if path.is_file() else "missing"
+
+
+def _build_checkpoint(path: Path) -> None:
+    from harness.toy.models import assemble_pipeline
+
+    assemble_pipeline(path)
+
+
+register_builtin(TOY, _build_checkpoint, folder=f"toy-{data_digest()}", native_size=256, family="toy",
+                 description="small SD-style model trained on the procedural toy world (harness.toy.world)")
+
+
+# ---------------------------------------------------------------- the toy CLIP
+
+def toy_clip_dir() -> Path:
+    from harness.metrics.base import cache_dir
+
+    return cache_dir() / "clip" / f"{TOY}-{data_digest()}"
+
+
+def ensure_toy_clip() -> Path:
+    """The toy CLIP's open_clip folder, assembled once (in a temp folder, then renamed)."""
+    from harness.toy.models import assemble_clip
+
+    folder = toy_clip_dir()
+    if (folder / "open_clip_model.safetensors").is_file():
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".toy-", dir=folder.parent))
+    try:
+        assemble_clip(tmp)
+        try:
+            os.rename(tmp, folder)
+        except OSError:
+            if not (folder / "open_clip_model.safetensors").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+def load_toy_clip(pretrained: str, device: str):
+    """Loader for `load_clip("toy", ...)`: the assembled folder through open_clip's local-weights path."""
+    import open_clip
+
+    from harness.metrics import clip_models
+    from harness.toy.models import TOY_CLIP_ARCH, ToyDataError
+
+    if pretrained not in ("", TOY):
+        raise clip_models.ClipLoadError(f"model='toy' has only its built-in weights; got pretrained={pretrained!r} "
+                                        f"(leave pretrained empty or write pretrained=toy)")
+    try:
+        folder = ensure_toy_clip()
+    except ToyDataError as exc:
+        raise clip_models.ClipLoadError(str(exc)) from exc
+    if TOY_CLIP_ARCH not in open_clip.list_models():
+        open_clip.add_model_config(folder / f"{TOY_CLIP_ARCH}.json")
+    weights = folder / "open_clip_model.safetensors"
+    return clip_models._open(TOY_CLIP_ARCH, str(weights), device, f"{TOY}@{clip_models._file_sha256(weights)[:16]}")
+
+
+def _register_clip() -> None:
+    from harness.metrics.clip_models import BUILTIN_LOADERS
+
+    BUILTIN_LOADERS[TOY] = load_toy_clip
+
+
+_register_clip()

@@ -14,6 +14,7 @@ open_clip local folder (`open_clip_config.json` + `open_clip_model.safetensors`)
 
 from __future__ import annotations
 
+import hashlib
 import json
 import tempfile
 from pathlib import Path
@@ -30,7 +31,9 @@ VAE_CONFIG = {
     "block_out_channels": [8, 16, 32, 32],
     "layers_per_block": 1,
     "latent_channels": 4,
-    "norm_num_groups": 4,
+    # One group: with 8-channel layers, smaller groups normalise a flat colour away (a 2-channel
+    # group keeps only signs), and the world is mostly flat colour.
+    "norm_num_groups": 1,
     "sample_size": 256,
     "mid_block_add_attention": False,  # fully convolutional: any image size, no quadratic cost
     "scaling_factor": 1.0,  # replaced by 1 / std of the trained latents
@@ -63,7 +66,7 @@ TEXT_CONFIG = {
 CLIP_CONFIG = {
     "embed_dim": 64,
     "vision_cfg": {"image_size": 128, "layers": 3, "width": 96, "head_width": 32, "patch_size": 16},
-    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
+    "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},  # captions < 32 tokens
 }
 SPARSE_TABLES = {
     "text_encoder": "text_model.embeddings.token_embedding.weight",
@@ -162,6 +165,8 @@ def write_configs(data_dir: Path, **overrides) -> None:
     base = {"vae": VAE_CONFIG, "unet": UNET_CONFIG, "text_encoder": TEXT_CONFIG, "clip": CLIP_CONFIG}
     merged = {k: current.get(k, v) for k, v in base.items()}
     merged.update(overrides)
+    merged["sha256"] = {p: hashlib.sha256((data_dir / f"{p}.safetensors").read_bytes()).hexdigest()
+                        for p in PARTS if (data_dir / f"{p}.safetensors").is_file()}
     path.write_text(json.dumps(merged, indent=2, sort_keys=True) + "\n")
 
 

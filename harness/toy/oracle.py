@@ -8,7 +8,7 @@ measures an RGB image (any size) the way the world draws it:
   filled, largest connected part;
 - colour: median of the mask's interior without dark (outline) pixels,
   nearest shape colour;
-- shape: solidity (area / convex hull area) < 0.8 is a star; otherwise the
+- shape: solidity (area / convex hull area) < 0.85 is a star; otherwise the
   fill ratio of the bounding box: > 0.9 square, > 0.64 circle, else triangle;
 - style signatures: `outline` = fraction of the mask's outer ring (S/80 wide)
   that is dark (max channel < 70); `stripes` = amplitude (0..255 luma) of the
@@ -141,7 +141,7 @@ def analyze(image) -> Analysis:
         solidity = area / ConvexHull(corners).volume
     except Exception:  # degenerate (a line of pixels)
         solidity = 1.0
-    if solidity < 0.8:
+    if solidity < 0.85:
         shape = "star"
     elif extent > 0.9:
         shape = "square"

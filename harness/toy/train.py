@@ -4,11 +4,12 @@
 
 Stages (each seeded; `all` runs them in this order):
 
-1. `vae`: AutoencoderKL (x8 downsampling, 4 latent channels) on 32 px crops of
-   world images rendered at 128 and 256 px; MSE + L1 + a small KL term. Its
+1. `vae`: AutoencoderKL (x8 downsampling, 4 latent channels) on whole world
+   images rendered at 64 and 128 px; MSE + L1 + a small KL term. Its
    `scaling_factor` is set to 1 / std of the latents of 256 px world images.
 2. `unet`: UNet2DConditionModel plus the CLIP text encoder, trained jointly on
-   the latents of 256 px world images (32x32) with the SD v1 noise schedule,
+   the latents of world images at 128 px (16x16, three steps in four) and at
+   256 px (32x32, the native size, every fourth step) with the SD v1 noise schedule,
    epsilon prediction, min-SNR loss weights, 10 % empty captions (for
    classifier-free guidance) and an EMA of the UNet weights, which is what is saved.
 3. `clip`: an open_clip CLIP (ViT image tower at 128 px, text tower) trained
@@ -49,13 +50,12 @@ class Budget:
 
 
 BUDGETS = {
-    "vae": Budget(steps=700, batch=16, lr=2e-3),
+    "vae": Budget(steps=300, batch=8, lr=3e-3),
     "unet": Budget(steps=2200, batch=32, lr=1e-3),
-    "clip": Budget(steps=1400, batch=64, lr=1e-3),
+    "clip": Budget(steps=700, batch=32, lr=1e-3),
 }
-VAE_CROP = 32
-UNET_SCENES = 4000
-CLIP_SCENES = 4000
+UNET_SCENES = {128: 3000, 256: 800}
+CLIP_SCENES = 2500
 CFG_DROP = 0.1
 EMA_DECAY = 0.995
 MIN_SNR_GAMMA = 5.0
@@ -165,21 +165,16 @@ def train_vae(out: Path, device: str, minutes: float | None = None) -> None:
     budget = BUDGETS["vae"]
     torch.manual_seed(SEED)
     vae = models.build_vae().to(device)
-    _, pool256 = render_pool(300, 256, "vae256")
-    _, pool128 = render_pool(300, 128, "vae128")
+    # Whole images, not crops: GroupNorm statistics then match those of whole images at any size.
+    _, pool64 = render_pool(2000, 64, "vae64")
+    _, pool128 = render_pool(400, 128, "vae128")
     opt = torch.optim.Adam(vae.parameters(), lr=budget.lr)
 
     def step_fn(step: int) -> float:
         rng = step_rng("vae", step)
-        crops = []
-        for _ in range(budget.batch):
-            pool = pool256 if rng.random() < 0.6 else pool128
-            img = pool[rng.integers(len(pool))]
-            limit = (img.shape[0] - VAE_CROP) // 8
-            y, x = 8 * rng.integers(limit + 1), 8 * rng.integers(limit + 1)
-            crop = img[y:y + VAE_CROP, x:x + VAE_CROP]
-            crops.append(crop[:, ::-1] if rng.random() < 0.5 else crop)
-        x = to_tensor(crops, device)
+        pool, count = (pool128, budget.batch // 4) if step % 2 else (pool64, budget.batch)
+        imgs = [pool[i] for i in rng.integers(len(pool), size=count)]
+        x = to_tensor([img[:, ::-1] if rng.random() < 0.5 else img for img in imgs], device)
         posterior = vae.encode(x).latent_dist
         gen = torch.Generator(device="cpu").manual_seed(int(rng.integers(2**62)))
         z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen).to(device)
@@ -214,23 +209,23 @@ def _encode_latents(vae, images: np.ndarray, device: str) -> torch.Tensor:
     return torch.cat(chunks) * vae.config.scaling_factor
 
 
-def unet_dataset(out: Path, device: str):
-    """(labels, latents) of UNET_SCENES world scenes at 256 px, cached in `<out>/unet-latents.pt`."""
-    cache = out / "unet-latents.pt"
+def unet_dataset(out: Path, device: str, size: int, count: int):
+    """(labels, latents) of `count` world scenes at `size` px, cached in `<out>/unet-latents-<size>.pt`."""
+    cache = out / f"unet-latents-{size}.pt"
     if cache.is_file():
         data = torch.load(cache, map_location="cpu", weights_only=False)
         return data["labels"], data["latents"]
     vae = models.build_vae(models.json.loads((out / models.CONFIGS_FILE).read_text())["vae"])
     models.load_part(vae, "vae", out)
     vae.to(device).eval()
-    rng = np.random.default_rng([SEED, 2])
+    rng = np.random.default_rng([SEED, size])
     labels, latents = [], []
     t0 = time.time()
-    for start in range(0, UNET_SCENES, 200):
-        scenes = [world.sample_scene(rng) for _ in range(200)]
-        latents.append(_encode_latents(vae, np.stack([world.render(s, 256) for s in scenes]), device))
+    for start in range(0, count, 100):
+        scenes = [world.sample_scene(rng) for _ in range(100)]
+        latents.append(_encode_latents(vae, np.stack([world.render(s, size) for s in scenes]), device))
         labels += [s.labels for s in scenes]
-        print(f"[unet] latents {start + 200}/{UNET_SCENES} ({time.time() - t0:.0f}s)", flush=True)
+    print(f"[unet] {count} latents at {size} px ({time.time() - t0:.0f}s)", flush=True)
     latents_t = torch.cat(latents)
     torch.save({"labels": labels, "latents": latents_t}, cache)
     return labels, latents_t
@@ -242,7 +237,7 @@ def train_unet(out: Path, device: str, minutes: float | None = None) -> None:
     from harness.tiny import SD_SCHEDULER_CONFIG
 
     budget = BUDGETS["unet"]
-    labels, latents = unet_dataset(out, device)
+    data = {size: unet_dataset(out, device, size, count) for size, count in UNET_SCENES.items()}
     torch.manual_seed(SEED + 1)
     unet = models.build_unet().to(device)
     text = models.build_text_encoder().to(device)
@@ -260,14 +255,17 @@ def train_unet(out: Path, device: str, minutes: float | None = None) -> None:
 
     def step_fn(step: int) -> float:
         rng = step_rng("unet", step)
-        idx = rng.integers(len(labels), size=budget.batch)
+        # Mostly 128 px (16x16 latents, cheap); every 4th step 256 px (32x32) so the native size is learned.
+        size, batch = (256, budget.batch // 4) if step % 4 == 3 else (128, budget.batch)
+        labels, latents = data[size]
+        idx = rng.integers(len(labels), size=batch)
         captions = ["" if rng.random() < CFG_DROP else world.caption(labels[i], world.sample_phrasing(rng))
                     for i in idx]
         ids = tok(captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
         x0 = latents[torch.from_numpy(idx)].to(device)
         gen = torch.Generator(device="cpu").manual_seed(int(rng.integers(2**62)))
         noise = torch.randn(x0.shape, generator=gen).to(device)
-        t = torch.randint(0, 1000, (budget.batch,), generator=gen).to(device)
+        t = torch.randint(0, 1000, (batch,), generator=gen).to(device)
         a = alphas[t].view(-1, 1, 1, 1)
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
         cond = text(ids.to(device))[0]
@@ -306,7 +304,12 @@ def train_clip(out: Path, device: str, minutes: float | None = None) -> None:
     scenes, pool = render_pool(CLIP_SCENES, size, "clip")
     torch.manual_seed(SEED + 2)
     clip = models.build_clip().to(device)
-    tokenize = open_clip.get_tokenizer("ViT-B-32")  # OpenAI CLIP BPE, context 77 (what the scorer uses)
+    context = models.CLIP_CONFIG["text_cfg"]["context_length"]
+    bpe = open_clip.get_tokenizer("ViT-B-32")  # OpenAI CLIP BPE, the tokenizer the scorer uses
+
+    def tokenize(texts):
+        return bpe(texts, context_length=context)
+
     keep = torch.tensor(world_token_ids(lambda texts: tokenize(texts).tolist()))
     with torch.no_grad():
         mask = torch.zeros(clip.token_embedding.weight.shape[0], dtype=torch.bool)

@@ -1,0 +1,157 @@
+"""Does the `toy` world measure what it claims? Prints a table.
+
+    python -m harness.toy.acceptance [--n-clip 200] [--n-gen 96] [--steps 20] [--size 256]
+
+1. Oracle: the oracle metrics' agreement with the exact labels of world images.
+2. Toy CLIP: for held-out world images (a seed never used in training), how
+   often the true caption scores above four attribute-swapped captions (shape
+   colour, shape, background, artist swapped), all five at once and per swap.
+3. Toy checkpoint: images generated through the real pipeline
+   (`checkpoints.resolve("toy")` + `load_pipeline`, DDIM) from held-out captions, read by the oracle:
+   colour, shape and background right; the named style detected; and, as a
+   control, how often each style's signature shows when the caption does not ask for it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from harness.toy import oracle, world
+
+HELD_OUT_SEED = 777_000_001  # training uses other seeds (harness.toy.train.SEED)
+SWAPS = ("color", "shape", "background", "artist")
+
+
+@dataclass(frozen=True)
+class Row:
+    check: str
+    value: float
+    n: int
+    target: str = ""
+
+    def line(self) -> str:
+        return f"| {self.check} | {100 * self.value:.1f} % | {self.n} | {self.target} |"
+
+
+def held_out(n: int, seed: int = HELD_OUT_SEED, size: int = 256) -> list[world.Sample]:
+    rng = np.random.default_rng(seed)
+    return [world.sample(rng, size) for _ in range(n)]
+
+
+def oracle_rows(n: int = 200, size: int = 256) -> list[Row]:
+    samples = held_out(n, HELD_OUT_SEED + 1, size)
+    hits = {"color": [], "shape": [], "background": [], "style": []}
+    for s in samples:
+        a = oracle.analyze(s.image)
+        hits["color"].append(a.color == s.labels.color)
+        hits["shape"].append(a.shape == s.labels.shape)
+        hits["background"].append(a.background == s.labels.background)
+        if s.labels.style:
+            hits["style"].append(a.has_style(s.labels.style))
+    return [Row(f"oracle {k} on world images ({size} px)", float(np.mean(v)), len(v), ">= 99 %")
+            for k, v in hits.items()]
+
+
+def clip_rows(n: int = 200, device: str = "cpu") -> list[Row]:
+    import torch
+    from PIL import Image
+
+    from harness.metrics.clip_models import load_clip
+
+    clip = load_clip("toy", "toy", device)
+    rng = np.random.default_rng(HELD_OUT_SEED + 2)
+    samples = held_out(n)
+    correct, per_swap = [], {k: [] for k in SWAPS}
+    for s in samples:
+        phrasing = world.sample_phrasing(rng)
+        texts = [world.caption(s.labels, phrasing)]
+        texts += [world.caption(world.swapped(s.labels, k, rng), phrasing) for k in SWAPS]
+        with torch.inference_mode():
+            img = clip.model.encode_image(clip.preprocess(Image.fromarray(s.image))[None].to(device)).float()
+            txt = clip.model.encode_text(clip.tokenizer(texts).to(device)).float()
+        sims = (torch.nn.functional.normalize(img, dim=-1) @ torch.nn.functional.normalize(txt, dim=-1).T)[0]
+        correct.append(int(sims.argmax()) == 0)
+        for j, k in enumerate(SWAPS, start=1):
+            per_swap[k].append(bool(sims[0] > sims[j]))
+    rows = [Row("toy CLIP: true caption beats all 4 swaps", float(np.mean(correct)), n, ">= 90 %")]
+    rows += [Row(f"toy CLIP: true caption beats {k} swap", float(np.mean(v)), n) for k, v in per_swap.items()]
+    return rows
+
+
+def generate(prompts: list[str], seeds: list[int], *, size: int = 256, steps: int = 20, guidance: float = 7.5,
+             scheduler: str = "ddim", batch: int = 16, device: str = "cpu", pipe=None) -> list[np.ndarray]:
+    """Images from the `toy` checkpoint through the real loading path, one generator per image."""
+    import torch
+
+    from harness import checkpoints
+
+    if pipe is None:
+        pipe = checkpoints.load_pipeline(checkpoints.resolve("toy"), "txt2img", device=device, scheduler=scheduler)
+    images: list[np.ndarray] = []
+    for start in range(0, len(prompts), batch):
+        part, part_seeds = prompts[start:start + batch], seeds[start:start + batch]
+        gens = [torch.Generator(device="cpu").manual_seed(s) for s in part_seeds]
+        out = pipe(part, height=size, width=size, num_inference_steps=steps, guidance_scale=guidance,
+                   generator=gens, output_type="np").images
+        images += [np.clip(np.rint(im * 255), 0, 255).astype(np.uint8) for im in out]
+    return images
+
+
+def generation_rows(n: int = 96, *, size: int = 256, steps: int = 20, guidance: float = 7.5,
+                    scheduler: str = "ddim", device: str = "cpu") -> list[Row]:
+    samples = held_out(n, HELD_OUT_SEED + 3)
+    images = generate([s.caption for s in samples], list(range(n)), size=size, steps=steps, guidance=guidance,
+                      scheduler=scheduler, device=device)
+    hits = {"color": [], "shape": [], "background": []}
+    style_hit: list[bool] = []
+    false_pos = {st: [] for st in world.STYLES}
+    for s, img in zip(samples, images):
+        a = oracle.analyze(img)
+        hits["color"].append(a.color == s.labels.color)
+        hits["shape"].append(a.shape == s.labels.shape)
+        hits["background"].append(a.background == s.labels.background)
+        if s.labels.style:
+            style_hit.append(a.has_style(s.labels.style))
+        for st in world.STYLES:
+            if s.labels.style != st and not a.reason:
+                false_pos[st].append(a.has_style(st))
+    where = f"{size} px, {steps} {scheduler} steps, cfg {guidance:g}"
+    targets = {"color": ">= 90 %", "shape": ">= 70 %", "background": ""}
+    rows = [Row(f"toy images: {k} right ({where})", float(np.mean(v)), len(v), targets[k]) for k, v in hits.items()]
+    rows.append(Row(f"toy images: named style detected ({where})", float(np.mean(style_hit)), len(style_hit),
+                    ">= 80 %"))
+    rows += [Row(f"toy images: {st} signature without asking (false positives)", float(np.mean(v)), len(v))
+             for st, v in false_pos.items()]
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m harness.toy.acceptance", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n-oracle", type=int, default=200)
+    parser.add_argument("--n-clip", type=int, default=200)
+    parser.add_argument("--n-gen", type=int, default=96)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--guidance", type=float, default=7.5)
+    parser.add_argument("--scheduler", default="ddim")
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args(argv)
+    from harness.toy.train import pick_device
+
+    device = pick_device(args.device)
+    print("| check | value | n | target |\n|---|---:|---:|---|", flush=True)
+    for block in (lambda: oracle_rows(args.n_oracle), lambda: clip_rows(args.n_clip, device),
+                  lambda: generation_rows(args.n_gen, size=args.size, steps=args.steps, guidance=args.guidance,
+                                          scheduler=args.scheduler, device=device)):
+        t0 = time.time()
+        for row in block():
+            print(row.line(), flush=True)
+        print(f"<!-- {time.time() - t0:.0f} s -->", flush=True)
+
+
+if __name__ == "__main__":
+    main()

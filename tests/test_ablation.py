@@ -1,0 +1,112 @@
+"""Clause ablation: the leave-one-out arms, contributions paired by seed, `harness ablate` on the tiny model."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from harness.ablation import FULL, arms_for, contributions
+from harness.cli import app
+from harness.core import Job, Variant
+from harness.metrics.base import Metric, MetricInfo, Option, register
+
+
+@register
+class HasClause(Metric):
+    """Test-only: 1 if the prompt has the clause, else 0 (the image is ignored)."""
+
+    INFO = MetricInfo(name="has_clause", description="1 if the prompt has the clause", unit="flag",
+                      range=(0.0, 1.0), higher_is_better=True, needs=frozenset({"prompt"}))
+    OPTIONS = {"clause": Option("golden hour", "the clause to look for")}
+
+    def _score(self, items):
+        return [(float(self.options["clause"] in item.prompt.split(", ")), {}) for item in items]
+
+
+PROMPT = "a castle on a hill, oil painting, golden hour"
+
+
+def test_arms_are_the_full_prompt_and_one_per_clause():
+    arms = arms_for([Variant(PROMPT, {})])
+    assert [a.label for a in arms] == [FULL, "without 0: a castle on a hill", "without 1: oil painting",
+                                       "without 2: golden hour"]
+    assert [a.prompt for a in arms] == [PROMPT, "oil painting, golden hour", "a castle on a hill, golden hour",
+                                        "a castle on a hill, oil painting"]
+
+
+def test_a_one_clause_prompt_cannot_be_ablated():
+    with pytest.raises(ValueError, match="two or more"):
+        arms_for([Variant("a castle", {})])
+
+
+def synthetic(effects, seeds=range(8), noise=0.1, rng=np.random.default_rng(0)):
+    """Per-image table and arms where removing clause i changes the metric by -effects[i] (plus noise)."""
+    arms = arms_for([Variant(PROMPT, {})])
+    jobs_of, rows = [], []
+    for arm in arms:
+        jobs = [Job("tiny", "fp", "txt2img", arm.prompt, "", s, 1, 1.0, "ddim", 64, 64) for s in seeds]
+        jobs_of.append((arm, jobs))
+        for j in jobs:
+            base = 10.0 + j.seed  # the seed's own effect: cancels in pairs
+            drop = 0.0 if arm.clause_index is None else effects[arm.clause_index]
+            rows.append({"key": j.key, "m.score": base - drop + rng.normal(0, noise), "healthy": True})
+    return pd.DataFrame(rows), jobs_of
+
+
+def test_contributions_are_ranked_full_minus_without_with_intervals():
+    images, jobs_of = synthetic([-1.0, 0.0, 2.0])
+    t = contributions(images, jobs_of, ["score"], {"score": True}, n_boot=500)
+    assert list(t["clause"]) == ["golden hour", "oil painting", "a castle on a hill"]
+    assert list(t["rank"]) == [1, 2, 3]
+    assert list(t["verdict"]) == ["helps", "unclear", "hurts"]
+    for row, truth in zip(t.itertuples(), [2.0, 0.0, -1.0]):
+        assert row.ci_low <= row.contribution <= row.ci_high and abs(row.contribution - truth) < 0.15
+        assert row.n_pairs == 8
+    assert t.iloc[0]["full_win_rate"] == 1.0 and t.iloc[2]["full_win_rate"] == 0.0
+
+
+def test_lower_is_better_metrics_rank_the_clause_that_lowers_it_first():
+    images, jobs_of = synthetic([-1.0, 0.0, 2.0])
+    t = contributions(images, jobs_of, ["score"], {"score": False}, n_boot=500)
+    assert list(t["clause"]) == ["a castle on a hill", "oil painting", "golden hour"]
+    assert list(t["verdict"]) == ["helps", "unclear", "hurts"]
+
+
+def test_an_unscored_arm_has_no_interval():
+    images, jobs_of = synthetic([0.0, 0.0, 1.0])
+    images.loc[images["key"].isin({j.key for j in jobs_of[3][1]}), "m.score"] = math.nan
+    t = contributions(images, jobs_of, ["score"], {"score": True}, n_boot=200)
+    row = t[t["clause"] == "golden hour"].iloc[0]
+    assert row.n_pairs == 0 and math.isnan(row.contribution) and row.verdict == "unclear" and row["rank"] == 3
+
+
+EXPERIMENT = f"""
+name = "ablation-test"
+prompt = "{PROMPT}"
+seeds = [1, 2, 3]
+checkpoints = ["tiny"]
+steps = 1
+guidance = 1.0
+width = 64
+height = 64
+metrics = ["has_clause", "health"]
+"""
+
+
+def test_harness_ablate_on_the_tiny_model_prints_and_writes_the_ranked_table(tmp_path):
+    exp = tmp_path / "exp.toml"
+    exp.write_text(EXPERIMENT)
+    r = CliRunner().invoke(app, ["ablate", str(exp), "--out", str(tmp_path / "run"), "--n-boot", "200"])
+    assert r.exit_code == 0, r.output
+    lines = [ln.strip() for ln in r.output.splitlines()]
+    ranked = [ln for ln in lines if ln[:2] in ("1.", "2.", "3.")]
+    assert ranked[0].startswith("1. golden hour") and "+1" in ranked[0] and "helps" in ranked[0]
+    table = pd.read_csv(tmp_path / "run" / "tables" / "ablation.csv")
+    assert list(table["clause"]) == ["golden hour", "a castle on a hill", "oil painting"]
+    assert list(table["contribution"]) == [1.0, 0.0, 0.0] and list(table["n_pairs"]) == [3, 3, 3]
+    assert (tmp_path / "run" / "tables" / "ablation.md").is_file()
+    assert "12 images made now" in r.output
+    again = CliRunner().invoke(app, ["ablate", str(exp), "--out", str(tmp_path / "run"), "--n-boot", "200"])
+    assert again.exit_code == 0 and "0 images made now" in again.output

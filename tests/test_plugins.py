@@ -1,0 +1,34 @@
+"""Metrics from user modules named in HARNESS_PLUGINS work in every command."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+PLUGIN = '''
+from harness.metrics import Metric, MetricInfo, register
+
+
+@register
+class PromptLength(Metric):
+    INFO = MetricInfo(name="prompt_length", description="words in the prompt", unit="words",
+                      range=(0.0, 1000.0), higher_is_better=True, needs=frozenset({"prompt"}))
+
+    def _score(self, items):
+        return [(float(len(item.prompt.split())), {}) for item in items]
+'''
+
+
+def test_plugin_metric_is_listed_and_usable(tmp_path):
+    (tmp_path / "my_metrics.py").write_text(PLUGIN)
+    env = {**os.environ, "HARNESS_PLUGINS": "my_metrics",
+           "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    r = subprocess.run([sys.executable, "-m", "harness", "metrics"], capture_output=True, text=True, cwd=ROOT, env=env)
+    assert r.returncode == 0, r.stderr
+    assert "prompt_length: words in the prompt" in r.stdout
+    code = ("from harness.metrics import get_metric, Item; "
+            "print(get_metric('prompt_length').score([Item('k' * 64, 'x.png', prompt='a red fox')])[0].value)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=env)
+    assert r.stdout.strip() == "3.0", r.stderr
