@@ -52,7 +52,7 @@ def compile_template(text: str, *, library: WildcardLibrary | None = None, origi
                      allow_empty: bool = False) -> Template:
     tree = parse(text, origin=origin, allow_empty=allow_empty)
     tree = resolve(tree, library or WildcardLibrary())
-    for alt in _alts(tree):
+    for alt in alternations(tree):
         if alt.k is not None and alt.k[0] > 0 and _lang(alt).n == 0:
             raise GrammarError(f"choose-k cannot pick {alt.k[0]} different texts from these options", alt.loc)
     return Template(text, assign_names(tree))
@@ -109,7 +109,7 @@ def auto_name(alt: Alt) -> str:
 
 def assign_names(tree: Seq) -> Seq:
     explicit: dict[str, Alt] = {}
-    for alt in _alts(tree):
+    for alt in alternations(tree):
         if alt.name:
             if alt.name in explicit and explicit[alt.name] is not alt:
                 raise GrammarError(f"factor name '{alt.name}' is used twice; each named factor must be unique",
@@ -134,18 +134,19 @@ def assign_names(tree: Seq) -> Seq:
     return visit(tree)
 
 
-def _alts(node) -> Iterator[Alt]:
+def alternations(node) -> Iterator[Alt]:
+    """Every alternation of a tree, outer before inner, in template order."""
     if isinstance(node, Seq):
         for p in node.parts:
-            yield from _alts(p)
+            yield from alternations(p)
     elif isinstance(node, Alt):
         yield node
         for o in node.options:
-            yield from _alts(o.body)
+            yield from alternations(o.body)
 
 
 def factor_names(tree: Seq) -> list[str]:
-    return [a.name for a in _alts(tree) if a.name]
+    return [a.name for a in alternations(tree) if a.name]
 
 
 # ----------------------------------------------------------------------------- count

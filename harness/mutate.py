@@ -54,7 +54,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from .core import canonical_json, content_key
-from .expand import compile_template, expand
+from .expand import alternations, compile_template, expand
 from .grammar import Alt, Seq, Text, escape_text, parse, render
 from .wildcards import WildcardLibrary
 
@@ -246,7 +246,7 @@ class Resources:
         factors = []
         if template is not None:
             tree = compile_template(template, library=library).tree
-            for alt in _alts(tree):
+            for alt in alternations(tree):
                 if alt.k is None:
                     items = list(dict.fromkeys(t for o in alt.options for t in _expansions(o.body)))
                     if len(items) > 1:
@@ -261,16 +261,6 @@ class Resources:
 
 def _expansions(tree) -> list[str]:
     return list(dict.fromkeys(_WS.sub(" ", v.prompt).strip() for v in expand(tree, limit=MAX_ITEMS)))
-
-
-def _alts(node) -> Iterable[Alt]:
-    if isinstance(node, Seq):
-        for p in node.parts:
-            yield from _alts(p)
-    elif isinstance(node, Alt):
-        yield node
-        for o in node.options:
-            yield from _alts(o.body)
 
 
 def as_resources(resources: Resources | WildcardLibrary | None) -> Resources:

@@ -16,3 +16,30 @@ def pytest_configure(config):
         config.add_cleanup(lambda: shutil.rmtree(path, ignore_errors=True))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def one_cpu_thread():
+    """The tiny model is too small to gain from threads; on a shared CPU they cost a lot."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def harness_cache():
+    """The session's model cache (pytest_configure points HARNESS_CACHE at a temporary folder)."""
+    from harness import checkpoints as ck
+    return ck.cache_dir()
+
+
+@pytest.fixture(scope="session")
+def tiny_ref(harness_cache):
+    from harness import checkpoints as ck
+    return ck.resolve("tiny")

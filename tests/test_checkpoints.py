@@ -13,32 +13,7 @@ import pytest
 from harness import checkpoints as ck
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_cpu_thread():
-    """The tiny model is too small to gain from threads; on a shared CPU they cost a lot."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="session")
-def harness_cache(tmp_path_factory):
-    """The session's model cache: tests/conftest.py points HARNESS_CACHE at a temporary folder."""
-    if os.environ.get(ck.CACHE_ENV):
-        yield ck.cache_dir()
-        return
-    path = tmp_path_factory.getbasetemp() / "harness-cache"
-    os.environ[ck.CACHE_ENV] = str(path)
-    yield path
-    os.environ.pop(ck.CACHE_ENV, None)
-
-
-@pytest.fixture(scope="session")
-def tiny_ref(harness_cache):
-    return ck.resolve("tiny")
+pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
 
 @pytest.fixture(scope="session")

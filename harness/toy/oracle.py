@@ -4,10 +4,13 @@
 measures an RGB image (any size) the way the world draws it:
 
 - background: the median colour of a border strip, nearest background colour;
-- foreground mask: pixels more than 60 (RGB distance) from that colour, holes
-  filled, largest connected part;
-- colour: median of the mask's interior without dark (outline) pixels,
-  nearest shape colour;
+- foreground mask: pixels more than 60 (RGB distance) from that colour or
+  any darkening of it down to 55 % (a vignette), holes filled, largest
+  connected part;
+- colour: median of the darkest 30 % (by luma) of the mask's interior without
+  dark (outline) pixels, so light stripes are left out; nearest shape colour
+  after scaling both to a maximum channel of 1 (grain, vignette and mottling
+  change brightness, not hue);
 - shape: solidity (area / convex hull area) < 0.85 is a star; otherwise the
   fill ratio of the bounding box: > 0.9 square, > 0.64 circle, else triangle;
 - style signatures: `outline` = fraction of the mask's outer ring (S/80 wide)
@@ -94,6 +97,12 @@ def _nearest(rgb: np.ndarray, palette: dict[str, tuple[int, int, int]]) -> str:
     return names[int(np.argmin(dists))]
 
 
+def _nearest_hue(rgb: np.ndarray) -> str:
+    """Nearest shape colour after scaling both to a maximum channel of 1 (brightness does not count)."""
+    scaled = {name: np.array(c, float) / max(c) for name, c in world.COLORS.items()}
+    return _nearest(rgb / max(float(rgb.max()), 1e-6), scaled)
+
+
 def _luma(img: np.ndarray) -> np.ndarray:
     return img @ np.array([0.299, 0.587, 0.114])
 
@@ -112,7 +121,9 @@ def analyze(image) -> Analysis:
                              img[:, :strip].reshape(-1, 3), img[:, -strip:].reshape(-1, 3)])
     bg_rgb = np.median(border, axis=0)
     background = _nearest(bg_rgb, world.BACKGROUNDS)
-    dist = np.linalg.norm(img - bg_rgb, axis=2)
+    # Distance to the background colour darkened by up to 45 %, so a vignette stays background.
+    k = np.clip(img @ bg_rgb / max(float(bg_rgb @ bg_rgb), 1e-6), 0.55, 1.0)
+    dist = np.linalg.norm(img - k[..., None] * bg_rgb, axis=2)
     mask = ndimage.binary_fill_holes(dist > MASK_DISTANCE)
     labels, count = ndimage.label(mask)
     if count == 0 or mask.sum() < 0.002 * size * size:
@@ -125,8 +136,9 @@ def analyze(image) -> Analysis:
     pixels = img[interior & (img.max(axis=2) >= DARK)]
     if len(pixels) < 4:
         pixels = img[mask]
-    fg_rgb = np.median(pixels, axis=0)
-    color = _nearest(fg_rgb, world.COLORS)
+    luma = _luma(pixels)
+    fg_rgb = np.median(pixels[luma <= np.percentile(luma, 30)], axis=0)  # light stripes left out
+    color = _nearest_hue(fg_rgb)
 
     # shape
     ys, xs = np.nonzero(mask)

@@ -52,7 +52,7 @@ class Budget:
 BUDGETS = {
     "vae": Budget(steps=300, batch=8, lr=3e-3),
     "unet": Budget(steps=2200, batch=32, lr=1e-3),
-    "clip": Budget(steps=700, batch=32, lr=1e-3),
+    "clip": Budget(steps=400, batch=32, lr=1e-3),
 }
 UNET_SCENES = {128: 3000, 256: 800}
 CLIP_SCENES = 2500
