@@ -55,7 +55,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from .core import canonical_json, content_key
 from .expand import alternations, compile_template, expand
-from .grammar import Alt, Seq, Text, escape_text, parse, render
+from .grammar import Seq, Text, escape_text, parse, render
 from .wildcards import WildcardLibrary
 
 DEFAULT_LISTS = ("styles", "mediums", "artists", "lighting", "quality", "colours")
