@@ -1,0 +1,144 @@
+"""The toy world: determinism, captions, and the oracle metrics that read it back."""
+
+import math
+from collections import Counter
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from harness.metrics import Item, get_metric
+from harness.toy import oracle, world
+
+
+def _samples(seed, n, size):
+    rng = np.random.default_rng(seed)
+    return [world.sample(rng, size) for _ in range(n)]
+
+
+def test_same_seed_gives_same_image_bytes_and_caption():
+    a = world.sample(np.random.default_rng(7), 64)
+    b = world.sample(np.random.default_rng(7), 64)
+    assert a.caption == b.caption and a.labels == b.labels
+    assert a.image.tobytes() == b.image.tobytes()
+
+
+def test_different_seeds_give_different_samples():
+    captions = {world.sample(np.random.default_rng(seed), 32).caption for seed in range(20)}
+    assert len(captions) > 15
+
+
+def test_a_scene_renders_at_any_size_with_the_same_geometry():
+    scene = world.sample_scene(np.random.default_rng(3))
+    small, large = world.render(scene, 64), world.render(scene, 256)
+    assert small.shape == (64, 64, 3) and large.shape == (256, 256, 3)
+    down = np.asarray(Image.fromarray(large).resize((64, 64), Image.BOX), dtype=float)
+    assert np.abs(down - small).mean() < 12
+
+
+def test_background_is_never_the_shape_colour():
+    with pytest.raises(ValueError, match="must differ"):
+        world.Labels("circle", "red", "red")
+    assert all(s.labels.color != s.labels.background for s in _samples(1, 200, 16))
+
+
+def test_unknown_vocabulary_is_rejected_with_the_valid_words():
+    with pytest.raises(ValueError, match="circle, square, triangle, star"):
+        world.Labels("hexagon", "red", "white")
+
+
+def test_captions_parse_back_to_their_labels():
+    rng = np.random.default_rng(5)
+    for _ in range(300):
+        labels, phrasing = world.sample_labels(rng), world.sample_phrasing(rng)
+        parsed = oracle.parse_prompt(world.caption(labels, phrasing))
+        assert (parsed.color, parsed.shape, parsed.background, parsed.artist, parsed.medium) == \
+            (labels.color, labels.shape, labels.background, labels.artist, labels.medium)
+
+
+def test_captions_vary_word_order():
+    labels = world.Labels("circle", "red", "blue", artist="greg rutkowski")
+    texts = {world.caption(labels, world.Phrasing(t, False)) for t in range(len(world.TEMPLATES))}
+    assert "a red circle on a blue background, by greg rutkowski" in texts
+    assert "blue background with a red circle, by greg rutkowski" in texts
+
+
+def test_swapped_changes_exactly_one_attribute():
+    rng = np.random.default_rng(2)
+    for attribute in ("color", "shape", "background", "artist"):
+        labels = world.sample_labels(rng)
+        other = world.swapped(labels, attribute, rng)
+        assert getattr(other, attribute) != getattr(labels, attribute)
+        assert replace(other, **{attribute: getattr(labels, attribute)}) == labels
+
+
+def test_oracle_reads_world_images_at_99_percent_or_better():
+    samples = _samples(11, 120, 128)
+    right, style = Counter(), []
+    for s in samples:
+        found = oracle.analyze(s.image)
+        right["color"] += found.color == s.labels.color
+        right["shape"] += found.shape == s.labels.shape
+        right["background"] += found.background == s.labels.background
+        if s.labels.style:
+            style.append(found.has_style(s.labels.style))
+    for attribute, count in right.items():
+        assert count / len(samples) >= 0.99, attribute
+    assert np.mean(style) >= 0.99 and len(style) > 40
+
+
+def test_style_signatures_are_absent_when_not_drawn():
+    for style in world.STYLES:
+        rng = np.random.default_rng(4)
+        plain = [world.render(world.scene_for(replace(world.sample_labels(rng, p_artist=0), medium=None), rng), 128)
+                 for _ in range(12)]
+        assert not any(oracle.analyze(img).has_style(style) for img in plain), style
+
+
+@pytest.fixture(scope="module")
+def scored(tmp_path_factory):
+    """Oracle metric scores of world images written as PNG files, through the metric registry."""
+    folder = tmp_path_factory.mktemp("toy-world")
+    rng = np.random.default_rng(99)
+    items = []
+    for i in range(40):
+        labels = world.sample_labels(rng, p_artist=1.0)
+        path = folder / f"{i}.png"
+        Image.fromarray(world.render(world.scene_for(labels, rng), 128)).save(path)
+        items.append(Item(str(i), path, prompt=world.caption(labels, world.sample_phrasing(rng))))
+    names = ("toy_color_match", "toy_shape_match", "toy_background_match", "toy_style_match")
+    return {name: get_metric(name).score(items) for name in names}
+
+
+@pytest.mark.parametrize("name", ["toy_color_match", "toy_shape_match", "toy_background_match", "toy_style_match"])
+def test_oracle_metric_scores_world_images_as_matching(scored, name):
+    values = [s.value for s in scored[name]]
+    assert np.mean(values) >= 0.99
+
+
+def test_oracle_metric_scores_a_mismatch_zero(tmp_path):
+    path = tmp_path / "x.png"
+    labels = world.Labels("star", "red", "white")
+    Image.fromarray(world.render(world.scene_for(labels, np.random.default_rng(0)), 128)).save(path)
+    [score] = get_metric("toy_color_match").score([Item("k", path, prompt="a blue star on a white background")])
+    assert score.value == 0.0 and score.detail == {"wanted": "blue", "found": "red"}
+
+
+@pytest.mark.parametrize("name,prompt", [
+    ("toy_color_match", "a circle on a white background"),
+    ("toy_shape_match", "a red thing on a white background"),
+    ("toy_background_match", "a red circle"),
+    ("toy_style_match", "a red circle on a white background"),
+])
+def test_oracle_metric_is_nan_with_a_reason_when_the_prompt_lacks_the_attribute(tmp_path, name, prompt):
+    path = tmp_path / "x.png"
+    Image.fromarray(world.render(world.sample_scene(np.random.default_rng(0)), 64)).save(path)
+    [score] = get_metric(name).score([Item("k", path, prompt=prompt)])
+    assert math.isnan(score.value) and "prompt names no" in score.detail["reason"]
+
+
+def test_prompt_parser_assigns_colours_by_the_noun_that_follows():
+    parsed = oracle.parse_prompt("Blue background with a small red circle on the left, by Claude Monet")
+    assert (parsed.color, parsed.background, parsed.shape, parsed.style) == ("red", "blue", "circle", "blur")
+    assert oracle.parse_prompt("a 35mm photograph of a grey star").medium == "35mm photograph"
