@@ -5,8 +5,8 @@ measures an RGB image (any size) the way the world draws it:
 
 - background: the median colour of a border strip, nearest background colour;
 - foreground mask: pixels more than 60 (RGB distance) from that colour or
-  any darkening of it down to 55 % (a vignette), holes filled, largest
-  connected part;
+  any darkening of it that the world's vignette makes at that pixel, holes
+  filled, largest connected part;
 - colour: median of the darkest 30 % (by luma) of the mask's interior without
   dark (outline) pixels, so light stripes are left out; nearest shape colour
   after scaling both to a maximum channel of 1 (grain, vignette and mottling
@@ -121,8 +121,8 @@ def analyze(image) -> Analysis:
                              img[:, :strip].reshape(-1, 3), img[:, -strip:].reshape(-1, 3)])
     bg_rgb = np.median(border, axis=0)
     background = _nearest(bg_rgb, world.BACKGROUNDS)
-    # Distance to the background colour darkened by up to 45 %, so a vignette stays background.
-    k = np.clip(img @ bg_rgb / max(float(bg_rgb @ bg_rgb), 1e-6), 0.55, 1.0)
+    # Distance to the background colour darkened as much as the world's vignette can darken it there.
+    k = np.clip(img @ bg_rgb / max(float(bg_rgb @ bg_rgb), 1e-6), world.vignette(h, w), 1.0)
     dist = np.linalg.norm(img - k[..., None] * bg_rgb, axis=2)
     mask = ndimage.binary_fill_holes(dist > MASK_DISTANCE)
     labels, count = ndimage.label(mask)

@@ -271,6 +271,14 @@ def _upsample_noise(noise: np.ndarray, size: int) -> np.ndarray:
     return rows[:, i] * (1 - f)[None, :] + rows[:, i + 1] * f[None, :]
 
 
+def vignette(height: int, width: int) -> np.ndarray:
+    """The "35mm photograph" brightness factor: 1 inside the inscribed circle, 0.6 at the corners."""
+    ys = (np.arange(height) + 0.5) / height - 0.5
+    xs = (np.arange(width) + 0.5) / width - 0.5
+    r2 = (xs[None, :] ** 2 + ys[:, None] ** 2) * 2  # 1 at the corners
+    return 1 - 0.4 * np.clip(r2 - 0.5, 0, None) / 0.5
+
+
 def render(scene: Scene, size: int = 64) -> np.ndarray:
     """Paint `scene` as a (size, size, 3) uint8 RGB array."""
     if not isinstance(size, (int, np.integer)) or size < 16:
@@ -298,7 +306,5 @@ def render(scene: Scene, size: int = 64) -> np.ndarray:
     if lab.style == "grain":
         img = img + (GRAIN_AMPLITUDE * noise)[..., None]
     if lab.medium == "35mm photograph":
-        coords = (np.arange(size) + 0.5) / size - 0.5
-        r2 = (coords[None, :] ** 2 + coords[:, None] ** 2) * 2  # 1 at the corners
-        img = img * (1 - 0.4 * np.clip(r2 - 0.5, 0, None) / 0.5)[..., None]
+        img = img * vignette(size, size)[..., None]
     return np.clip(np.rint(img), 0, 255).astype(np.uint8)
