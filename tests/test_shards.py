@@ -8,6 +8,7 @@ import numpy as np
 from PIL import Image
 
 from harness.ledger import Ledger
+from harness.run import run_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,9 +32,9 @@ def harness(*args):
 def test_two_shards_and_merge_equal_a_full_run(tmp_path):
     exp = tmp_path / "exp.toml"
     exp.write_text(EXP)
-    harness("run", exp, "--out", tmp_path / "full")
-    harness("run", exp, "--out", tmp_path / "s0", "--shard", "0/2")
-    harness("run", exp, "--out", tmp_path / "s1", "--shard", "1/2")
+    run_experiment(exp, out=tmp_path / "full", progress=False)
+    run_experiment(exp, out=tmp_path / "s0", shard=(0, 2), progress=False)
+    harness("run", exp, "--out", tmp_path / "s1", "--shard", "1/2")  # the CLI route too
     keys = {}
     for name in ("full", "s0", "s1"):
         with Ledger.open(tmp_path / name, readonly=True) as led:

@@ -16,8 +16,8 @@ Stages (each seeded; `all` runs them in this order):
    contrastively on world images with attribute-swapped captions as hard negatives.
 
 Every step's data and noise come from generators seeded by (seed, stage, step),
-so a stopped run resumes from its last checkpoint (`<out>/train-<stage>.pt`,
-written every 100 steps) with the same data it would have seen. `--minutes`
+so a stopped run resumes from its last checkpoint (`train-<stage>.pt` in
+`$HARNESS_CACHE/toy-train/`, written every 100 steps) with the same data it would have seen. `--minutes`
 caps a stage's wall time: a capped stage saves what it has (and says so), and
 those weights differ from a full run's. A full re-run reproduces the committed
 weights up to floating-point nondeterminism of the BLAS kernels (on the same
@@ -51,10 +51,10 @@ class Budget:
 
 BUDGETS = {
     "vae": Budget(steps=300, batch=8, lr=3e-3),
-    "unet": Budget(steps=2200, batch=32, lr=1e-3),
+    "unet": Budget(steps=500, batch=32, lr=2e-3),
     "clip": Budget(steps=400, batch=32, lr=1e-3),
 }
-UNET_SCENES = {128: 3000, 256: 800}
+UNET_SCENES = {128: 2000, 256: 500}
 CLIP_SCENES = 2500
 CFG_DROP = 0.1
 EMA_DECAY = 0.995
@@ -100,11 +100,23 @@ def world_token_ids(encode) -> list[int]:
     return sorted(ids)
 
 
+def work_dir(out: Path) -> Path:
+    """Where resumable state and cached latents go: `$HARNESS_CACHE/toy-train/<hash of out>`, not the data folder."""
+    import hashlib
+
+    from harness.checkpoints import cache_dir
+
+    tag = hashlib.sha256(str(Path(out).resolve()).encode()).hexdigest()[:8]
+    path = cache_dir() / "toy-train" / tag
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 class Checkpoint:
-    """Resumable training state in `<out>/train-<stage>.pt`."""
+    """Resumable training state in `<work dir>/train-<stage>.pt`."""
 
     def __init__(self, out: Path, stage: str) -> None:
-        self.path = out / f"train-{stage}.pt"
+        self.path = work_dir(out) / f"train-{stage}.pt"
 
     def load(self) -> dict | None:
         return torch.load(self.path, map_location="cpu", weights_only=False) if self.path.is_file() else None
@@ -210,8 +222,8 @@ def _encode_latents(vae, images: np.ndarray, device: str) -> torch.Tensor:
 
 
 def unet_dataset(out: Path, device: str, size: int, count: int):
-    """(labels, latents) of `count` world scenes at `size` px, cached in `<out>/unet-latents-<size>.pt`."""
-    cache = out / f"unet-latents-{size}.pt"
+    """(labels, latents) of `count` world scenes at `size` px, cached in the work dir."""
+    cache = work_dir(out) / f"unet-latents-{size}.pt"
     if cache.is_file():
         data = torch.load(cache, map_location="cpu", weights_only=False)
         return data["labels"], data["latents"]

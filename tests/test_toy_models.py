@@ -1,0 +1,83 @@
+"""The `toy` checkpoint and CLIP load like real models and measure what they claim."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from harness import checkpoints
+from harness.metrics import Item, get_metric
+from harness.toy import acceptance, models, oracle, world
+
+
+@pytest.fixture(scope="module")
+def toy_pipe():
+    ref = checkpoints.resolve("toy")
+    return ref, checkpoints.load_pipeline(ref, "txt2img", device="cpu", scheduler="ddim")
+
+
+def test_toy_resolves_as_a_builtin_with_a_content_fingerprint(toy_pipe):
+    ref, _ = toy_pipe
+    assert ref.kind == "builtin" and ref.native_size == 256 and len(ref.fingerprint) == 10
+    assert checkpoints.resolve("toy").fingerprint == ref.fingerprint
+
+
+def test_toy_generates_a_256_px_image_through_the_real_pipeline(toy_pipe):
+    _, pipe = toy_pipe
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    image = pipe("a red circle on a white background", height=256, width=256, num_inference_steps=4,
+                 generator=gen).images[0]
+    assert image.size == (256, 256)
+    assert np.asarray(image).std() > 5  # not a flat or black image
+
+
+def test_committed_weights_are_fp16_and_small():
+    from safetensors import safe_open
+
+    total = 0
+    for part in models.PARTS:
+        path = models.DATA_DIR / f"{part}.safetensors"
+        total += path.stat().st_size
+        with safe_open(str(path), "pt") as f:
+            assert all(f.get_slice(k).get_dtype() in ("F16", "I32") for k in f.keys())
+    assert total < 8_000_000
+
+
+def test_red_and_blue_prompts_get_their_colour(toy_pipe):
+    _, pipe = toy_pipe
+    prompts = ["a large red circle on a white background", "a large blue circle on a white background"]
+    images = acceptance.generate(prompts * 2, [1, 1, 2, 2], size=256, steps=10, pipe=pipe)
+    found = [oracle.analyze(img).color for img in images]
+    assert found == ["red", "blue", "red", "blue"]
+
+
+def test_clip_score_toy_prefers_the_matching_caption(tmp_path):
+    metric = get_metric("clip_score", model="toy", cache="none")
+    assert metric.id.startswith("clip_score[model=toy,pretrained=toy")
+    rng = np.random.default_rng(42)
+    matched, swapped = [], []
+    for i in range(6):
+        labels = world.sample_labels(rng)
+        path = tmp_path / f"{i}.png"
+        Image.fromarray(world.render(world.scene_for(labels, rng), 256)).save(path)
+        phrasing = world.sample_phrasing(rng)
+        other = world.swapped(labels, ("color", "shape", "background")[i % 3], rng)
+        items = [Item(f"{i}a", path, prompt=world.caption(labels, phrasing)),
+                 Item(f"{i}b", path, prompt=world.caption(other, phrasing))]
+        a, b = metric.score(items)
+        matched.append(a.value)
+        swapped.append(b.value)
+    assert np.mean(matched) > np.mean(swapped)
+
+
+def test_toy_clip_rejects_other_weights():
+    from harness.metrics.clip_models import ClipLoadError, load_clip
+
+    with pytest.raises(ClipLoadError, match="only its built-in weights"):
+        load_clip("toy", "openai")
+
+
+@pytest.mark.slow
+def test_acceptance_generation_targets():
+    rows = {r.check.split(" (")[0]: r.value for r in acceptance.generation_rows(32, steps=20)}
+    assert rows["toy images: color right"] >= 0.9
