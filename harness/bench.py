@@ -87,6 +87,13 @@ class DenoiseTimer:
         unet.register_forward_hook(post)
 
 
+def classic_attention(pipe) -> None:
+    """Swap diffusers' default scaled-dot-product attention for the plain matmul version."""
+    from diffusers.models.attention_processor import AttnProcessor
+    pipe.unet.set_attn_processor(AttnProcessor())
+    pipe.vae.set_attn_processor(AttnProcessor())
+
+
 def unet_flops(pipe, size: int, device: str) -> float:
     """FLOPs of one UNet forward on one latent (counted by torch's FlopCounterMode)."""
     import torch
@@ -150,7 +157,15 @@ def harness_run(exp, plan, run_dir: Path, device: str, timer: DenoiseTimer, tuni
     from .run import RunResult, generate_jobs, prepare_run
     from .worker import Tuning
 
-    tuning = replace(tuning or Tuning(speedups=exp.speedups), on_load=timer.attach, timings=timer.timings)
+    tuning = tuning or Tuning(speedups=exp.speedups)
+    extra = tuning.on_load
+
+    def on_load(pipe):
+        if extra is not None:
+            extra(pipe)
+        timer.attach(pipe)
+
+    tuning = replace(tuning, on_load=on_load, timings=timer.timings)
     t0 = time.perf_counter()
     ledger, pending = prepare_run(exp, plan, run_dir)
     try:
@@ -239,8 +254,10 @@ def run_bench(sweep: Sweep, *, device: str = "auto", dtype: str = "auto", ablate
                 "harness, PNG sync level 6": dict(tuning=replace(base, writers=0, png_level=6)),
                 "harness, PNG sync level 1": dict(tuning=replace(base, writers=0)),
             }
+            variants["harness, classic attention (no SDPA)"] = dict(tuning=replace(base, on_load=classic_attention))
+            variants["harness + channels_last"] = dict(tuning=replace(base, speedups=("channels_last",)))
             if device.startswith("cuda"):
-                variants["harness + channels_last"] = dict(tuning=replace(base, speedups=("channels_last",)))
+                variants["harness + torch.compile"] = dict(tuning=replace(base, speedups=("compile",)))
             for name, kw in variants.items():
                 measure(name, lambda t, kw=kw, name=name: harness_run(
                     exp, plan, work / name.replace(" ", "_").replace(",", ""), device, t,
