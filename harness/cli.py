@@ -393,6 +393,29 @@ def bench(ctx: typer.Context) -> None:
     raise typer.Exit(bench_main(ctx.args))
 
 
+toy_app = typer.Typer(help="The toy world: a small trained model and CLIP for offline studies.",
+                      no_args_is_help=True)
+app.add_typer(toy_app, name="toy")
+
+
+@toy_app.command("train", context_settings={"allow_extra_args": True, "ignore_unknown_options": True,
+                                             "help_option_names": []})
+def toy_train(ctx: typer.Context) -> None:
+    """Train the toy models (seeded): --what vae|decoder|unet|clip|all --out DIR --minutes M --device D."""
+    from .toy.train import main as train_main
+
+    train_main(ctx.args)
+
+
+@toy_app.command("acceptance", context_settings={"allow_extra_args": True, "ignore_unknown_options": True,
+                                                  "help_option_names": []})
+def toy_acceptance(ctx: typer.Context) -> None:
+    """Measure the toy models against the world's oracle (prints a table)."""
+    from .toy.acceptance import main as acceptance_main
+
+    acceptance_main(ctx.args)
+
+
 # Commands defined in other modules register themselves on `app`.
 from . import cli_search  # noqa: E402,F401
 
