@@ -12,9 +12,9 @@ from harness.metrics import Item, get_metric
 from harness.toy import oracle, world
 
 
-def _samples(seed, n, size):
+def _samples(seed, n, size, **kwargs):
     rng = np.random.default_rng(seed)
-    return [world.sample(rng, size) for _ in range(n)]
+    return [world.sample(rng, size, **kwargs) for _ in range(n)]
 
 
 def test_same_seed_gives_same_image_bytes_and_caption():
@@ -92,7 +92,7 @@ def test_style_signatures_are_absent_when_not_drawn():
     for style in world.STYLES:
         rng = np.random.default_rng(4)
         plain = [world.render(world.scene_for(replace(world.sample_labels(rng, p_artist=0), medium=None), rng), 128)
-                 for _ in range(12)]
+                 for _ in range(8)]
         assert not any(oracle.analyze(img).has_style(style) for img in plain), style
 
 
@@ -102,7 +102,7 @@ def scored(tmp_path_factory):
     folder = tmp_path_factory.mktemp("toy-world")
     rng = np.random.default_rng(99)
     items = []
-    for i in range(40):
+    for i in range(24):
         labels = world.sample_labels(rng, p_artist=1.0)
         path = folder / f"{i}.png"
         Image.fromarray(world.render(world.scene_for(labels, rng), 128)).save(path)

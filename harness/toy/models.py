@@ -69,7 +69,7 @@ CLIP_CONFIG = {
     "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},  # captions < 32 tokens
 }
 SPARSE_TABLES = {
-    "text_encoder": "text_model.embeddings.token_embedding.weight",
+    "text_encoder": "embeddings.token_embedding.weight",  # transformers >= 5 (older: text_model.embeddings...)
     "clip": "token_embedding.weight",
 }
 PARTS = ("vae", "unet", "text_encoder", "clip")
@@ -129,7 +129,7 @@ def save_part(module, part: str, data_dir: Path) -> Path:
     from safetensors.torch import save_file
 
     state = {k: v.detach().to("cpu", torch.float32) for k, v in module.state_dict().items()}
-    table = SPARSE_TABLES.get(part)
+    table = _table_key(part, state)
     if table:
         weight = state.pop(table)
         rows = torch.nonzero(weight.abs().sum(dim=1) > 0).flatten()
@@ -150,12 +150,34 @@ def load_part(module, part: str, data_dir: Path) -> None:
     from safetensors.torch import load_file
 
     state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(data_dir / f"{part}.safetensors")).items()}
-    table = SPARSE_TABLES.get(part)
+    table = _table_key(part, module.state_dict())
+    if table and f"{table}.rows" not in state:  # saved by a transformers with the other layout
+        other = next((k[:-5] for k in state if k.endswith(".rows")), None)
+        if other is not None:
+            state[f"{table}.rows"], state[f"{table}.values"] = state.pop(f"{other}.rows"), state.pop(f"{other}.values")
+            state = {_relayout(k, table, other): v for k, v in state.items()}
     if table and f"{table}.rows" in state:
         full = torch.zeros_like(module.state_dict()[table], dtype=torch.float32)
         full[state.pop(f"{table}.rows").long()] = state.pop(f"{table}.values")
         state[table] = full
     module.load_state_dict(state, strict=True)
+
+
+def _table_key(part: str, state) -> str | None:
+    """The token table's name in this state dict (transformers 5 dropped the `text_model.` prefix)."""
+    base = SPARSE_TABLES.get(part)
+    if base is None:
+        return None
+    return next((k for k in (base, f"text_model.{base}") if k in state or f"{k}.rows" in state), base)
+
+
+def _relayout(key: str, table: str, other: str) -> str:
+    """Rename keys between the `text_model.`-prefixed and flat CLIPTextModel layouts."""
+    if other.startswith("text_model.") and not table.startswith("text_model."):
+        return key[len("text_model."):] if key.startswith("text_model.") else key
+    if table.startswith("text_model.") and not other.startswith("text_model."):
+        return key if key.startswith("text_model.") else f"text_model.{key}"
+    return key
 
 
 def write_configs(data_dir: Path, **overrides) -> None:

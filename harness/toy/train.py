@@ -51,7 +51,7 @@ class Budget:
 
 BUDGETS = {
     "vae": Budget(steps=300, batch=8, lr=3e-3),
-    "unet": Budget(steps=500, batch=32, lr=2e-3),
+    "unet": Budget(steps=1000, batch=32, lr=2e-3),
     "clip": Budget(steps=400, batch=32, lr=1e-3),
 }
 UNET_SCENES = {128: 2000, 256: 500}
@@ -256,7 +256,7 @@ def train_unet(out: Path, device: str, minutes: float | None = None) -> None:
     tok = models.tokenizer()
     keep = torch.tensor(world_token_ids(lambda texts: tok(texts)["input_ids"]))
     with torch.no_grad():  # unused token rows stay exactly zero, so the saved table is sparse
-        table = text.text_model.embeddings.token_embedding.weight
+        table = text.get_input_embeddings().weight
         mask = torch.zeros(table.shape[0], dtype=torch.bool)
         mask[keep] = True
         table[~mask.to(table.device)] = 0.0
