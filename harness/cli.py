@@ -157,6 +157,11 @@ def plan(
                    f"{j.scheduler} {j.width}x{j.height} dtype={j.dtype}")
     for device in ("cpu", "cuda"):
         typer.echo(f"estimate on {device}: {_duration(p.estimate_seconds(device) * len(jobs) / max(1, len(p.jobs)))}")
+    for st in exp.stages:
+        keep = f"top {st.top_k} per variant by {st.metric}" if st.top_k else "every image"
+        seeds = f"seeds {list(st.seeds)}" if st.seeds is not None else "the parent's seed"
+        typer.echo(f"then stage {st.name}: img2img from stage {st.source} ({keep}), strengths "
+                   f"{list(st.strengths)}, {seeds}; its jobs are planned once stage {st.source} is done")
 
 
 def _duration(seconds: float) -> str:
