@@ -327,6 +327,9 @@ def experiment_from_dict(raw: Mapping[str, Any], path: Path) -> Experiment:
         overrides[ck] = o
 
     stages = _stages(c, raw.get("stages", []))
+    _check_template(c, "prompt", prompt, origin)
+    if negative:
+        _check_template(c, "negative_prompt", negative, f"{path} (negative_prompt)")
 
     if c.problems:
         raise ExperimentError(path, c.problems)
@@ -340,6 +343,18 @@ def experiment_from_dict(raw: Mapping[str, Any], path: Path) -> Experiment:
         overrides=overrides,
         stages=stages, raw=dict(raw),
     )
+
+
+def _check_template(c: _Checker, key: str, text: str, origin: str) -> None:
+    """Syntax only; wildcards are resolved when the plan is built."""
+    from .grammar import GrammarError, parse
+    if not text:
+        return
+    try:
+        parse(text, origin=origin)
+    except GrammarError as e:
+        c.problems.append(f"key '{key}': template error at {e.origin}:{e.line}:{e.column}: {e.message}\n"
+                          f"      {e.line_text}\n      {' ' * (e.column - 1)}^")
 
 
 def _seeds(c: _Checker, v) -> list[int]:

@@ -1,0 +1,37 @@
+"""`harness plan` as a user runs it."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def harness(*args):
+    return subprocess.run([sys.executable, "-m", "harness", *map(str, args)], capture_output=True, text=True,
+                          cwd=ROOT)
+
+
+def test_plan_prints_counts_groups_and_stages():
+    r = harness("plan", "experiments/staged.toml")
+    assert r.returncode == 0, r.stderr
+    assert "jobs: 12" in r.stdout and "factors: color, shape" in r.stdout
+    assert "groups (jobs sharing pipeline calls): 1" in r.stdout
+    assert "then stage refine: img2img from stage main (top 1 per variant" in r.stdout
+
+
+def test_plan_jsonl_has_key_factors_and_parameters():
+    r = harness("plan", "experiments/demo.toml", "--format", "jsonl")
+    rows = [json.loads(line) for line in r.stdout.splitlines()]
+    assert len(rows) == 72 and len({row["key"] for row in rows}) == 72
+    assert set(rows[0]["factors"]) == {"color", "shape", "artist"}
+    assert {"prompt", "seed", "steps", "guidance", "width", "strength", "fingerprint"} <= set(rows[0])
+
+
+def test_plan_reports_every_experiment_problem(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('prompt = "{a|b"\nstpes = 3\n')
+    r = harness("plan", bad)
+    assert r.returncode == 2 and "did you mean 'steps'" in r.stderr
+    assert "key 'prompt': template error at" in r.stderr and "unbalanced '{'" in r.stderr
