@@ -353,7 +353,9 @@ def _check_template(c: _Checker, key: str, text: str, origin: str) -> None:
     try:
         parse(text, origin=origin)
     except GrammarError as e:
-        c.problems.append(f"key '{key}': template error at {e.origin}:{e.line}:{e.column}: {e.message}\n"
+        where = (f"{e.origin}:{e.line}:{e.column}" if origin != str(c.path) and not origin.startswith(f"{c.path} (")
+                 else f"line {e.line}, column {e.column} of the template")
+        c.problems.append(f"key '{key}': template error at {where}: {e.message}\n"
                           f"      {e.line_text}\n      {' ' * (e.column - 1)}^")
 
 
