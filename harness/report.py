@@ -192,6 +192,18 @@ def _find_metric(df: pd.DataFrame, metric: str) -> str:
     raise ValueError(f"unknown metric '{metric}'; scored metrics in this run: {listing}")
 
 
+# Tables and plots written by `harness evolve` / `harness ablate`, shown in the sheet when present.
+EXTRA_TABLES = (("search_generations", "Prompt search: best prompts per generation (fitness, 95% CI over seeds)"),
+                ("search_lineage", "Prompt search: the winners' lineage"),
+                ("ablation", "Ablation: each clause's contribution (full minus without, paired by seed)"))
+EXTRA_PLOTS = ("search_trajectory.png",)
+
+
+def extra_sections(tables: Path) -> list[tuple[str, pd.DataFrame]]:
+    return [(title, pd.read_parquet(tables / f"{name}.parquet")) for name, title in EXTRA_TABLES
+            if (tables / f"{name}.parquet").is_file()]
+
+
 @dataclass
 class ReportResult:
     run_dir: Path
@@ -241,7 +253,9 @@ def build_report(run_dir: Path | str, *, rows: str | None = None, cols: str | No
         from .plots import plots_for
         from .sheet import write_sheet
         result.plots = plots_for(table, run_dir)
+        extra_plots = [run_dir / "plots" / name for name in EXTRA_PLOTS if (run_dir / "plots" / name).is_file()]
         result.index = write_sheet(run_dir, table, rows=rows, cols=cols, variant_summary=variants,
-                                   comparisons=result.comparisons, plots=result.plots,
+                                   comparisons=[*result.comparisons, *extra_sections(tables)],
+                                   plots=result.plots + extra_plots,
                                    title=f"{run_dir.name}: {len(table)} images")
     return result

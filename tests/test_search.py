@@ -241,3 +241,13 @@ def test_sigkilled_evolve_resumes_to_the_same_final_population(uninterrupted, tm
     assert [g.to_dict() for g in resumed.generations] == [g.to_dict() for g in reference.generations]
     assert resumed.final.candidates == reference.final.candidates
     assert resumed.generated == reference.final.images_used - done_at_kill  # nothing made twice
+
+
+def test_report_of_a_search_run_shows_generations_lineage_and_trajectory(uninterrupted):
+    from harness.report import build_report
+    exp, result = uninterrupted
+    r = build_report(result.run_dir)
+    page = r.index.read_text()
+    assert "Prompt search: best prompts per generation" in page and "the winners&#39; lineage" in page
+    assert "plots/search_trajectory.png" in page
+    assert result.best.text in page
