@@ -220,7 +220,8 @@ def _print_metric_summaries(summaries) -> None:
     for s in summaries:
         nan = f", {s.nan} NaN" + (f" ({'; '.join(f'{n}x {r}' for r, n in s.reasons.most_common(3))})"
                                    if s.nan else "") if s.nan else ""
-        typer.echo(f"{s.metric}: {s.scored} scored now, {s.skipped} before{nan}; mean {s.mean:.4g}")
+        typer.echo(f"{s.metric}: {s.scored + s.skipped} images scored ({s.scored} in this pass){nan}; "
+                   f"mean {s.mean:.4g}")
 
 
 @app.command("eval")
