@@ -31,6 +31,9 @@ GPU_PEAK_TFLOPS = {"H200": 989.0, "H100 SXM": 989.0, "H100 PCIe": 756.0, "H100":
                    "L40S": 362.0, "A10G": 125.0, "RTX 4090": 165.0, "RTX 3090": 71.0, "V100": 125.0}
 
 
+SCORE_METRIC = "clip_score:model=tiny,cache=none"  # the scoring rows: batched CLIP scoring of every image
+
+
 @dataclass(frozen=True)
 class Sweep:
     model: str = "tiny"
@@ -153,7 +156,10 @@ def naive_loop(exp, plan, out: Path, device: str, dtype, timer: DenoiseTimer) ->
 
 
 def harness_run(exp, plan, run_dir: Path, device: str, timer: DenoiseTimer, tuning=None, batch_size=None,
-                exact: bool = False) -> float:
+                exact: bool = False, metrics: tuple[str, ...] = (), background: bool = True) -> float:
+    """The runner on `plan`; with `metrics`, scored in the background as batches finish (as `harness run`
+    does) or, with background=False, in one pass after generation."""
+    from .evaluate import BackgroundScorer, evaluate
     from .run import RunResult, generate_jobs, prepare_run
     from .worker import Tuning
 
@@ -170,8 +176,16 @@ def harness_run(exp, plan, run_dir: Path, device: str, timer: DenoiseTimer, tuni
     ledger, pending = prepare_run(exp, plan, run_dir)
     try:
         result = RunResult(run_dir, len(plan.jobs), 0)
-        generate_jobs(exp, plan, ledger, pending, result, exact=exact, device=device, batch_size=batch_size,
-                      log=lambda m: None, progress=False, tuning=tuning)
+        scorer = BackgroundScorer(ledger, metrics) if metrics and background else None
+        try:
+            generate_jobs(exp, plan, ledger, pending, result, exact=exact, device=device, batch_size=batch_size,
+                          log=lambda m: None, progress=False, tuning=tuning,
+                          on_done=scorer.submit if scorer else None)
+        finally:
+            if scorer is not None:
+                scorer.close()
+        if metrics:
+            evaluate(ledger, metrics, log=lambda m: None)  # after background scoring: nothing left to do
     finally:
         ledger.close()
     return time.perf_counter() - t0
@@ -247,6 +261,7 @@ def run_bench(sweep: Sweep, *, device: str = "auto", dtype: str = "auto", ablate
         naive = measure("naive loop", lambda t: naive_loop(exp, plan, work / "naive", device, torch_dtype, t))
         best = measure("harness", lambda t: harness_run(exp, plan, work / "harness", device, t,
                                                         batch_size=batch_size))
+        runs = ["harness"]
         if ablate:
             base = Tuning(speedups=exp.speedups)
             variants = {
@@ -255,13 +270,18 @@ def run_bench(sweep: Sweep, *, device: str = "auto", dtype: str = "auto", ablate
                 "harness, PNG sync level 1": dict(tuning=replace(base, writers=0)),
             }
             variants["harness, classic attention (no SDPA)"] = dict(tuning=replace(base, on_load=classic_attention))
+            variants["harness, no prompt-embedding cache"] = dict(tuning=replace(base, embeds_cache=False))
+            variants["harness, uint8 on the host"] = dict(tuning=replace(base, device_uint8=False))
             variants["harness + channels_last"] = dict(tuning=replace(base, speedups=("channels_last",)))
+            variants["harness + CLIP score, background"] = dict(metrics=(SCORE_METRIC,))
+            variants["harness + CLIP score, after"] = dict(metrics=(SCORE_METRIC,), background=False)
             if device.startswith("cuda"):
                 variants["harness + torch.compile"] = dict(tuning=replace(base, speedups=("compile",)))
             for name, kw in variants.items():
-                measure(name, lambda t, kw=kw, name=name: harness_run(
-                    exp, plan, work / name.replace(" ", "_").replace(",", ""), device, t,
-                    batch_size=batch_size, **kw))
+                folder = "".join(c if c.isalnum() else "_" for c in name)
+                runs.append(folder)
+                measure(name, lambda t, kw=kw, folder=folder: harness_run(
+                    exp, plan, work / folder, device, t, batch_size=batch_size, **kw))
         figures = {"images": n, "naive_images_per_s": naive.rate, "harness_images_per_s": best.rate,
                    "ratio": best.rate / naive.rate, "harness_outside_share": best.outside,
                    "harness_outside_pipeline": best.outside_pipeline,
@@ -280,7 +300,7 @@ def run_bench(sweep: Sweep, *, device: str = "auto", dtype: str = "auto", ablate
                 out(f"{f.name:<28} {tflops:8.1f} TFLOP/s in the denoising loop "
                     f"({tflops / peak:.1%} of {name} dense peak {peak:g})")
             figures["unet_tflop_per_latent"] = flops / 1e12
-        figures["max_diff"] = compare_images(work, plan, out)
+        figures["max_diff"] = compare_images(work, plan, out, tuple(runs))
         if keep is not None:
             shutil.copytree(work, keep, dirs_exist_ok=True)
         out(f"ratio: {best.rate / naive.rate:.2f}")
@@ -290,17 +310,18 @@ def run_bench(sweep: Sweep, *, device: str = "auto", dtype: str = "auto", ablate
             shutil.rmtree(work, ignore_errors=True)
 
 
-def compare_images(work: Path, plan, out=print) -> int:
-    """Largest per-channel difference between the naive and harness images of the same job."""
+def compare_images(work: Path, plan, out=print, runs: tuple[str, ...] = ("harness",)) -> int:
+    """Largest per-channel difference between the naive images and those of each harness run folder."""
     import numpy as np
     from PIL import Image
     worst = 0
     for n, job in enumerate(plan.jobs):
         a = np.asarray(Image.open(work / "naive" / f"{n}.png").convert("RGB"), dtype=np.int16)
-        b = np.asarray(Image.open(work / "harness" / "images" / f"{job.key}.png").convert("RGB"), dtype=np.int16)
-        worst = max(worst, int(np.abs(a - b).max()))
-    out(f"same images: max difference {worst} level(s) per channel over {len(plan.jobs)} jobs "
-        f"(tolerance 1: batching changes kernels)")
+        for run in runs:
+            b = np.asarray(Image.open(work / run / "images" / f"{job.key}.png").convert("RGB"), dtype=np.int16)
+            worst = max(worst, int(np.abs(a - b).max()))
+    out(f"same images: max difference {worst} level(s) per channel over {len(plan.jobs)} jobs x {len(runs)} "
+        f"harness run(s) (tolerance 1: batching changes kernels)")
     return worst
 
 

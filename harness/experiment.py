@@ -87,6 +87,7 @@ class Experiment:
     exact: bool
     randomize: Randomize | None
     speedups: tuple[str, ...] = ()
+    compare_metrics: tuple[str, ...] = ()  # metrics the report compares every factor on (default: one)
     overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     stages: tuple[Stage, ...] = ()
     raw: Mapping[str, Any] = field(default_factory=dict)  # the TOML as read; [search] is validated by search.py
@@ -104,6 +105,7 @@ _TOP_KEYS = {
     "name", "prompt", "negative_prompt", "expand", "sample", "prompt_seed", "seeds", "checkpoints", "mode",
     "scheduler", "steps", "guidance", "width", "height", "strengths", "init_images", "batch_size", "dtype",
     "device", "memory", "watermark", "metrics", "exact", "randomize", "checkpoint", "stages", "search", "speedups",
+    "compare_metrics",
 }
 _OVERRIDE_KEYS = {"width", "height", "scheduler", "dtype", "steps", "guidance"}
 _RANDOM_KEYS = {"seed", "draws", "strength", "steps", "guidance"}
@@ -272,6 +274,10 @@ def experiment_from_dict(raw: Mapping[str, Any], path: Path) -> Experiment:
     if not (isinstance(metrics, list) and all(isinstance(m, str) and m for m in metrics)):
         c.bad("metrics", metrics, "a list of metric names such as \"clip_score\"")
         metrics = []
+    compare_metrics = raw.get("compare_metrics", [])
+    if not (isinstance(compare_metrics, list) and all(m in metrics for m in compare_metrics)):
+        c.bad("compare_metrics", compare_metrics, "a list of entries of `metrics` (written the same way)")
+        compare_metrics = []
     speedups = raw.get("speedups", [])
     if not (isinstance(speedups, list) and all(x in ("channels_last", "compile") for x in speedups)):
         c.bad("speedups", speedups, "a list of 'channels_last', 'compile'")
@@ -340,7 +346,7 @@ def experiment_from_dict(raw: Mapping[str, Any], path: Path) -> Experiment:
         guidance=guidance, width=width, height=height, strengths=tuple(float(s) for s in strengths),
         init_images=tuple(init_images), batch_size=batch_size, dtype=dtype, device=device, memory=memory,
         watermark=watermark, metrics=tuple(metrics), exact=exact, randomize=randomize, speedups=tuple(speedups),
-        overrides=overrides,
+        compare_metrics=tuple(compare_metrics), overrides=overrides,
         stages=stages, raw=dict(raw),
     )
 

@@ -307,14 +307,15 @@ def to_uint8(images: torch.Tensor) -> list[np.ndarray]:
 
 
 def generate_batch(pipe, jobs: Sequence[Job], *, device: str, init_images: Sequence[Image.Image] | None = None,
-                   embeds_cache: dict | None = None, exact: bool = False,
+                   embeds_cache: dict | None = None, exact: bool = False, host_uint8: bool = False,
                    step_callback: Callable[[int, int], None] | None = None) -> list[np.ndarray]:
     """Run one pipeline call for jobs of one group; HxWx3 uint8 arrays in job order.
 
     `device` is the device the pipeline runs on (it decides what `job.dtype`
     means). `embeds_cache` (a dict the caller keeps) reuses prompt encodings
     across batches. `exact=True` makes one call per image. `step_callback(step,
-    timestep)` is called after every denoising step.
+    timestep)` is called after every denoising step. `host_uint8=True` copies
+    the float images to the CPU before converting (the benchmark's "off" case).
     """
     jobs = list(jobs)
     _check_batch(pipe, jobs, device, init_images)
@@ -323,7 +324,7 @@ def generate_batch(pipe, jobs: Sequence[Job], *, device: str, init_images: Seque
         for n, job in enumerate(jobs):
             one = None if init_images is None else [init_images[n]]
             out += generate_batch(pipe, [job], device=device, init_images=one, embeds_cache=embeds_cache,
-                                  step_callback=step_callback)
+                                  host_uint8=host_uint8, step_callback=step_callback)
         return out
     first = jobs[0]
     cond, uncond = _embeddings(pipe, jobs, embeds_cache)
@@ -342,7 +343,7 @@ def generate_batch(pipe, jobs: Sequence[Job], *, device: str, init_images: Seque
     else:
         kwargs.update(image=list(init_images), strength=first.strength)
     images = pipe(**kwargs).images
-    return to_uint8(images)
+    return to_uint8(images.cpu() if host_uint8 else images)
 
 
 # ---------------------------------------------------------------- batching with OOM back-off

@@ -179,6 +179,11 @@ def compare(df: pd.DataFrame, factor: str, *, metric: str | None = None, baselin
 
 
 def _find_metric(df: pd.DataFrame, metric: str) -> str:
+    """The score column of `metric`: an id (`toy_color_match[want=red]`), a spec (`toy_color_match:want=red`)
+    or a bare name when only one instance was scored."""
+    if ":" in metric:
+        from .metrics.base import metric_from_spec
+        metric = metric_from_spec(metric).id
     cols = metric_columns(df)
     for c in cols:
         if c == metric or c[2:] == metric:
@@ -215,6 +220,23 @@ class ReportResult:
     excluded: dict = field(default_factory=dict)
 
 
+def report_metrics(run_dir: Path, metric: str | None) -> list[str | None]:
+    """The metrics the report compares factors on: `metric` if given, else the run's experiment's
+    `compare_metrics`, else [None] (the default metric)."""
+    if metric:
+        return [metric]
+    copy = run_dir / "experiment.toml"
+    if copy.is_file():
+        import tomllib
+        try:
+            wanted = tomllib.loads(copy.read_text()).get("compare_metrics") or []
+        except tomllib.TOMLDecodeError:
+            wanted = []
+        if isinstance(wanted, list) and wanted:
+            return [str(m) for m in wanted]
+    return [None]
+
+
 def build_report(run_dir: Path | str, *, rows: str | None = None, cols: str | None = None,
                  compare_factors: Iterable[str] | None = None, metric: str | None = None,
                  html: bool = True) -> ReportResult:
@@ -235,11 +257,12 @@ def build_report(run_dir: Path | str, *, rows: str | None = None, cols: str | No
     factors = list(compare_factors) if compare_factors is not None else [
         f for f in factor_columns(table) + ["checkpoint"] if table[f].nunique(dropna=True) >= 2]
     if default_compare_metric(table) or metric:
-        for f in factors:
-            try:
-                result.comparisons.append(compare(table, f, metric=metric))
-            except ValueError:
-                continue  # a factor without complete pairs (e.g. nested) has nothing to compare
+        for m in report_metrics(run_dir, metric):
+            for f in factors:
+                try:
+                    result.comparisons.append(compare(table, f, metric=m))
+                except ValueError:
+                    continue  # a factor without complete pairs (e.g. nested), or a metric not scored
         if result.comparisons:
             frames = []
             for c in result.comparisons:

@@ -29,6 +29,8 @@ class Tuning:
     png_level: int = PNG_LEVEL
     writers: int = 4                  # PNG encode/write threads; 0 = in the generation thread
     speedups: tuple[str, ...] = ()    # opt-in: "channels_last", "compile" (torch.compile of the UNet)
+    embeds_cache: bool = True         # reuse prompt encodings across batches
+    device_uint8: bool = True         # convert to uint8 on the device, one transfer per batch
     on_load: Callable | None = None   # called with every loaded pipeline (timing hooks)
     timings: dict | None = None       # if given, "pipeline" accumulates seconds inside pipeline calls
 
@@ -98,8 +100,9 @@ class BatchMaker:
         def call(chunk: list[Job]):
             images = [self._init(j) for j in chunk] if first.mode == "img2img" else None
             t0 = time.perf_counter()
-            out = self.gen.generate_batch(pipe, chunk, device=self.device, init_images=images,
-                                          embeds_cache=self.cache.embeds, exact=self.exact)
+            out = self.gen.generate_batch(pipe, chunk, device=self.device, init_images=images, exact=self.exact,
+                                          embeds_cache=self.cache.embeds if self.tuning.embeds_cache else None,
+                                          host_uint8=not self.tuning.device_uint8)
             if timings is not None:
                 timings["pipeline"] = timings.get("pipeline", 0.0) + time.perf_counter() - t0
             return out

@@ -12,3 +12,23 @@ def test_quick_bench_paths_agree_and_print_ratio():
     assert lines[-1].startswith("ratio: ") and float(lines[-1].split()[1]) > 0
     assert any(line.startswith("naive loop") for line in lines) and any(line.startswith("harness ") for line in lines)
     assert 0.0 <= fig["harness_outside_share"] <= 1.0
+
+
+def test_every_ablation_row_runs_and_makes_the_same_images(tmp_path):
+    """Each optimisation off (batching, writer pool, embedding cache, device uint8, SDPA, ...) and the
+    scoring rows: same pixels as the naive loop within 1 level, and every image scored."""
+    from harness.ledger import Ledger
+
+    lines = []
+    fig = run_bench(Sweep(size=64, steps=2, prompts=2, seeds=1), ablate=True, out=lines.append, keep=tmp_path)
+    names = [r.name for r in fig["rows"]]
+    for name in ("harness, no batching", "harness, no prompt-embedding cache", "harness, uint8 on the host",
+                 "harness, classic attention (no SDPA)", "harness + CLIP score, background",
+                 "harness + CLIP score, after"):
+        assert name in names
+    assert fig["max_diff"] <= 1
+    assert any(f"x {len(names) - 1} harness run(s)" in line for line in lines)
+    for folder in ("harness___CLIP_score__background", "harness___CLIP_score__after"):
+        with Ledger.open(tmp_path / folder, readonly=True) as ledger:
+            scores = ledger.scores_frame()
+        assert len(scores) == fig["images"] and scores["value"].notna().all()

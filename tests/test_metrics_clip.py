@@ -86,6 +86,15 @@ def test_clip_score_id_names_model_and_conventions(harness_cache, items, tmp_pat
     assert tiny("clip_score", tmp_path, scale="2.5").id != metric.id
 
 
+def test_fixed_text_probe_scores_every_image_against_that_text(harness_cache, items, tmp_path):
+    probe = "a red circle on a white background"
+    metric = tiny("clip_score", tmp_path, text=probe)
+    assert metric.id == "clip_score[model=tiny,pretrained=tiny,scale=100,clamp=image,text=a red circle on a white background]"
+    same_prompt = [Item(key=item.key, image_path=item.image_path, prompt=probe) for item in items]
+    assert [s.value for s in metric.score(items)] == pytest.approx(
+        [s.value for s in tiny("clip_score", tmp_path).score(same_prompt)], abs=1e-6)
+
+
 def test_long_prompt_is_truncated_and_flagged(harness_cache, photos, tmp_path):
     metric = tiny("clip_score", tmp_path)
     long_score, short_score = metric.score([Item("long", photos[0], prompt=LONG_PROMPT),

@@ -125,6 +125,19 @@ def test_oracle_metric_scores_a_mismatch_zero(tmp_path):
     assert score.value == 0.0 and score.detail == {"wanted": "blue", "found": "red"}
 
 
+def test_oracle_metric_with_want_asks_a_fixed_question(tmp_path):
+    path = tmp_path / "x.png"
+    Image.fromarray(world.render(world.scene_for(world.Labels("star", "red", "white"), np.random.default_rng(0)),
+                                 128)).save(path)
+    items = [Item("k", path, prompt="a blue star on a white background"), Item("j", path, prompt="a star")]
+    red, blue = get_metric("toy_color_match", want="red"), get_metric("toy_color_match", want="blue")
+    assert red.id == "toy_color_match[want=red]" and get_metric("toy_color_match").id == "toy_color_match"
+    assert [s.value for s in red.score(items)] == [1.0, 1.0]  # whatever the prompt says
+    assert [s.value for s in blue.score(items)] == [0.0, 0.0]
+    with pytest.raises(ValueError, match="want='crimson': expected one of"):
+        get_metric("toy_color_match", want="crimson")
+
+
 @pytest.mark.parametrize("name,prompt", [
     ("toy_color_match", "a circle on a white background"),
     ("toy_shape_match", "a red thing on a white background"),

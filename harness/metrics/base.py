@@ -69,7 +69,7 @@ class Option:
     help: str
     parse: Callable[[Any], Any] = str
     choices: tuple | None = None
-    in_id: bool = True
+    in_id: bool | str = True  # "if_set": in the id only when it differs from the default
 
 
 def parse_bool(value: Any) -> bool:
@@ -130,7 +130,8 @@ class Metric:
 
     @property
     def id(self) -> str:
-        parts = [f"{name}={format_option(self.options[name])}" for name, opt in self.OPTIONS.items() if opt.in_id]
+        parts = [f"{name}={format_option(self.options[name])}" for name, opt in self.OPTIONS.items()
+                 if opt.in_id is True or (opt.in_id == "if_set" and self.options[name] != opt.default)]
         return f"{self.INFO.name}[{','.join(parts)}]" if parts else self.INFO.name
 
     def __repr__(self) -> str:

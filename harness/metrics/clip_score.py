@@ -1,7 +1,9 @@
 """CLIP score: how well an image matches its prompt.
 
 Per image: `max(scale * cos(E_img(image), E_txt(prompt)), 0)` with unit
-CLIP embeddings.
+CLIP embeddings. `text=...` scores every image against that fixed text
+instead (a probe: "is this image red?" across all cells of a study); the
+option then enters the metric id.
 
 - `scale=100` (default) is the convention of most diffusion papers and of
   torchmetrics; `scale=2.5` gives the CLIPScore paper's `2.5 * max(cos, 0)`
@@ -54,6 +56,8 @@ class ClipScore(ClipMetric):
                         parse=parse_positive_float),
         "clamp": Option("image", "clamp at 0 per image, or only the batch mean as torchmetrics does",
                         choices=("image", "batch_mean")),
+        "text": Option("", "score every image against this text instead of its prompt (a fixed probe, "
+                       "e.g. text=a red circle); empty: the prompt", in_id="if_set"),
         **{k: CLIP_OPTIONS[k] for k in ("device", "batch_size", "cache")},
     }
 
@@ -73,7 +77,8 @@ class ClipScore(ClipMetric):
 
     def _score(self, items: list[Item]) -> list[tuple[float, dict]]:
         images = self.embedder.images([item.image_path for item in items])
-        texts = self.embedder.texts([item.prompt for item in items])
+        probe = self.options["text"]
+        texts = self.embedder.texts([probe or item.prompt for item in items])
         scale, per_image = self.options["scale"], self.options["clamp"] == "image"
         out: list[tuple[float, dict]] = []
         for image, text in zip(images, texts):
