@@ -36,7 +36,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import struct
 import uuid
 from dataclasses import dataclass
@@ -127,23 +126,12 @@ def builtin_folder(name: str) -> Path:
     if name not in BUILTINS:
         raise CheckpointError(f"unknown built-in checkpoint {name!r}; built-ins are: {', '.join(sorted(BUILTINS))}")
     spec = BUILTINS[name]
-    target = cache_dir() / "models" / spec.folder
-    if (target / "model_index.json").is_file():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{spec.folder}.building-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    from .atomic import build_folder_once
+
     try:
-        spec.builder(tmp)
-        if not (tmp / "model_index.json").is_file():
-            raise CheckpointError(f"builder of built-in {name!r} wrote no model_index.json into {tmp}")
-        try:
-            os.replace(tmp, target)
-        except OSError:
-            if not (target / "model_index.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+        return build_folder_once(cache_dir() / "models" / spec.folder, "model_index.json", spec.builder)
+    except RuntimeError as exc:
+        raise CheckpointError(f"builder of built-in {name!r}: {exc}") from exc
 
 
 # ---------------------------------------------------------------- aliases and hub

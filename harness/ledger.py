@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from .core import Job, Score, canonical_json
-from .provenance import check_png, fsync_dir, is_temp_name, temp_path_for
+from .provenance import check_png, fsync_dir, is_temp_name, write_durably
 
 try:  # the single-writer guard is POSIX-only; elsewhere SQLite's own locking still applies
     import fcntl
@@ -571,16 +571,8 @@ def _done_from_mapping(row: Mapping[str, Any]) -> Done:
 
 def _copy_file_durably(src: Path, dst: Path) -> None:
     """Copy through a temp file, fsync, rename: `dst` is absent or complete. The caller fsyncs the folder."""
-    tmp = temp_path_for(dst)
-    try:
-        with open(src, "rb") as fin, open(tmp, "xb") as fout:
-            shutil.copyfileobj(fin, fout)
-            fout.flush()
-            os.fsync(fout.fileno())
-        os.replace(tmp, dst)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with open(src, "rb") as fin:
+        write_durably(dst, lambda fout: shutil.copyfileobj(fin, fout))
 
 
 def _acquire_writer_lock(run_dir: Path) -> int:

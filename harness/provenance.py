@@ -30,7 +30,7 @@ import re
 import zlib
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, BinaryIO, Callable, Mapping
 
 from . import __version__
 from .core import Job, canonical_json
@@ -174,6 +174,21 @@ def is_temp_name(name: str) -> bool:
     return _TEMP_NAME.match(name) is not None
 
 
+def write_durably(path: Path, write: Callable[[BinaryIO], Any]) -> None:
+    """`write(f)` into a temp file beside `path`, flushed, fsynced and renamed over `path`, so `path` is
+    absent or complete (the temp file is removed on any error). The caller fsyncs the folder."""
+    tmp = temp_path_for(path)
+    try:
+        with open(tmp, "xb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def fsync_dir(directory: Path) -> None:
     """Make a rename inside `directory` durable (POSIX; a no-op elsewhere)."""
     if os.name != "posix":
@@ -219,16 +234,7 @@ def write_png_atomic(path: str | os.PathLike, image: Any, *, parameters: str, pr
     # add_text writes tEXt for Latin-1 text and falls back to iTXt (UTF-8) otherwise.
     info.add_text(PARAMETERS_CHUNK, parameters)
     info.add_text(PROVENANCE_CHUNK, canonical_json(dict(provenance)))
-    tmp = temp_path_for(path)
-    try:
-        with open(tmp, "xb") as f:
-            pil.save(f, format="PNG", pnginfo=info, compress_level=compress_level)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_durably(path, lambda f: pil.save(f, format="PNG", pnginfo=info, compress_level=compress_level))
     fsync_dir(path.parent)
 
 

@@ -50,7 +50,7 @@ def main(argv=None) -> None:
             seconds = time.perf_counter() - t0
             rows.append((executor if executor == "local" else f"ray, {n} worker{'s' * (n > 1)}", r.generated,
                          seconds, r.generated / seconds))
-        print(f"| executor | images | seconds | images/s |\n|---|---:|---:|---:|")
+        print("| executor | images | seconds | images/s |\n|---|---:|---:|---:|")
         for name, n, s, rate in rows:
             print(f"| {name} | {n} | {s:.1f} | {rate:.2f} |")
     finally:

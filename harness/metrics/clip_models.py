@@ -23,8 +23,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -187,21 +185,9 @@ def tiny_clip_dir() -> Path:
 
 def ensure_tiny_clip() -> Path:
     """Create the tiny CLIP's folder once (atomically: build in a temp folder, then rename)."""
-    folder = tiny_clip_dir()
-    if (folder / TINY_WEIGHTS).is_file():
-        return folder
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tiny-", dir=folder.parent))
-    try:
-        _build_tiny(tmp)
-        try:
-            os.rename(tmp, folder)
-        except OSError:
-            if not (folder / TINY_WEIGHTS).is_file():  # not a concurrent builder: a real failure
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return folder
+    from harness.atomic import build_folder_once
+
+    return build_folder_once(tiny_clip_dir(), TINY_WEIGHTS, _build_tiny)
 
 
 def _build_tiny(folder: Path) -> None:
@@ -213,6 +199,7 @@ def _build_tiny(folder: Path) -> None:
         torch.manual_seed(TINY_SEED)
         clip = open_clip.CLIP(**TINY_CONFIG)
     state = {name: tensor.detach().contiguous() for name, tensor in clip.state_dict().items()}
+    folder.mkdir(parents=True, exist_ok=True)
     save_file(state, str(folder / TINY_WEIGHTS))
     (folder / f"{TINY_ARCH}.json").write_text(json.dumps(TINY_CONFIG, indent=2))
     (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY_CONFIG}, indent=2))

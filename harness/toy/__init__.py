@@ -20,9 +20,6 @@ prompts back into world words), `models` (configs, weight files, assembly),
 from __future__ import annotations
 
 import hashlib
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from harness.checkpoints import register_builtin
@@ -59,21 +56,9 @@ def ensure_toy_clip() -> Path:
     """The toy CLIP's open_clip folder, assembled once (in a temp folder, then renamed)."""
     from harness.toy.models import assemble_clip
 
-    folder = toy_clip_dir()
-    if (folder / "open_clip_model.safetensors").is_file():
-        return folder
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".toy-", dir=folder.parent))
-    try:
-        assemble_clip(tmp)
-        try:
-            os.rename(tmp, folder)
-        except OSError:
-            if not (folder / "open_clip_model.safetensors").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return folder
+    from harness.atomic import build_folder_once
+
+    return build_folder_once(toy_clip_dir(), "open_clip_model.safetensors", assemble_clip)
 
 
 def load_toy_clip(pretrained: str, device: str):

@@ -1,0 +1,37 @@
+"""Folders that appear whole or not at all."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+
+def build_folder_once(target: Path, marker: str, build: Callable[[Path], None]) -> Path:
+    """`target`, made by `build(tmp)` (a path that does not exist yet, in a temporary sibling folder) and
+    renamed into place on first use.
+
+    `target / marker` existing means the folder is complete. Readers never see a
+    half-built folder; if another process finished first, its folder is kept and
+    ours is discarded. A build that does not write `marker` is an error.
+    """
+    target = Path(target)
+    if (target / marker).is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.building-", dir=target.parent))
+    tmp = staging / target.name
+    try:
+        build(tmp)
+        if not (tmp / marker).is_file():
+            raise RuntimeError(f"building {target} wrote no {marker} into {tmp}")
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            if not (target / marker).is_file():  # not a concurrent builder that finished first: a real failure
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
