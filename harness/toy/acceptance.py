@@ -1,6 +1,6 @@
 """Does the `toy` world measure what it claims? Prints a table.
 
-    python -m harness.toy.acceptance [--n-clip 200] [--n-gen 96] [--steps 20] [--size 256]
+    python -m harness.toy.acceptance [--n-clip 200] [--n-gen 96] [--steps 20] [--size 128] [--size 256]
 
 1. Oracle: the oracle metrics' agreement with the exact labels of world images.
 2. Toy CLIP: for held-out world images (a seed never used in training), how
@@ -137,16 +137,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--guidance", type=float, default=7.5)
     parser.add_argument("--scheduler", default="ddim")
-    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--size", type=int, action="append", help="generation size(s) (default 128, the demo's)")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
     from harness.toy.train import pick_device
 
     device = pick_device(args.device)
     print("| check | value | n | target |\n|---|---:|---:|---|", flush=True)
-    for block in (lambda: oracle_rows(args.n_oracle), lambda: clip_rows(args.n_clip, device),
-                  lambda: generation_rows(args.n_gen, size=args.size, steps=args.steps, guidance=args.guidance,
-                                          scheduler=args.scheduler, device=device)):
+    blocks = [lambda: oracle_rows(args.n_oracle), lambda: clip_rows(args.n_clip, device)]
+    blocks += [lambda size=size: generation_rows(args.n_gen, size=size, steps=args.steps, guidance=args.guidance,
+                                                 scheduler=args.scheduler, device=device)
+               for size in args.size or [128]]
+    for block in blocks:
         t0 = time.time()
         for row in block():
             print(row.line(), flush=True)

@@ -19,6 +19,8 @@ import json
 import tempfile
 from pathlib import Path
 
+from harness.tiny import SD_SCHEDULER_CONFIG
+
 DATA_DIR = Path(__file__).resolve().parent.parent / "data" / "toy"
 CONFIGS_FILE = "configs.json"
 TOY_CLIP_ARCH = "harness-toy-clip"
@@ -44,7 +46,7 @@ UNET_CONFIG = {
     "out_channels": 4,
     "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
     "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
-    "block_out_channels": [8, 32, 64],
+    "block_out_channels": [32, 64, 64],  # >= 4 channels per norm group: flat colour survives GroupNorm
     "layers_per_block": 1,
     "cross_attention_dim": 64,
     "attention_head_dim": 4,
@@ -68,6 +70,9 @@ CLIP_CONFIG = {
     "vision_cfg": {"image_size": 128, "layers": 3, "width": 96, "head_width": 32, "patch_size": 16},
     "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},  # captions < 32 tokens
 }
+# SD v1's noise schedule with v-prediction (as SD v2 does): at high noise a small model predicting
+# epsilon gets the image's colours wrong, since x0 = (x_t - sqrt(1-a) eps) / sqrt(a) amplifies errors.
+SCHEDULER_CONFIG = {**SD_SCHEDULER_CONFIG, "prediction_type": "v_prediction"}
 SPARSE_TABLES = {
     "text_encoder": "embeddings.token_embedding.weight",  # transformers >= 5 (older: text_model.embeddings...)
     "clip": "token_embedding.weight",
@@ -181,10 +186,12 @@ def _relayout(key: str, table: str, other: str) -> str:
 
 
 def write_configs(data_dir: Path, **overrides) -> None:
+    """Update `configs.json`: the configs of the parts just trained (`overrides`), the others as they were."""
     data_dir.mkdir(parents=True, exist_ok=True)
     path = data_dir / CONFIGS_FILE
     current = json.loads(path.read_text()) if path.is_file() else {}
-    base = {"vae": VAE_CONFIG, "unet": UNET_CONFIG, "text_encoder": TEXT_CONFIG, "clip": CLIP_CONFIG}
+    base = {"vae": VAE_CONFIG, "unet": UNET_CONFIG, "text_encoder": TEXT_CONFIG, "clip": CLIP_CONFIG,
+            "scheduler": SCHEDULER_CONFIG}
     merged = {k: current.get(k, v) for k, v in base.items()}
     merged.update(overrides)
     merged["sha256"] = {p: hashlib.sha256((data_dir / f"{p}.safetensors").read_bytes()).hexdigest()
@@ -209,12 +216,11 @@ def assemble_pipeline(folder: Path, data_dir: Path | None = None) -> None:
     import torch
     from diffusers import PNDMScheduler, StableDiffusionPipeline
 
-    from harness.tiny import SD_SCHEDULER_CONFIG
-
     with torch.random.fork_rng(devices=[]):
         vae, unet, text = load_components(data_dir)
+    configs = _require(Path(data_dir or DATA_DIR), ())
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=tokenizer(), unet=unet,
-                                   scheduler=PNDMScheduler.from_config(SD_SCHEDULER_CONFIG),
+                                   scheduler=PNDMScheduler.from_config(configs.get("scheduler", SD_SCHEDULER_CONFIG)),
                                    safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipe.save_pretrained(str(folder), safe_serialization=True)
 
