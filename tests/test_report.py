@@ -84,6 +84,23 @@ def test_tables_round_trip_through_pandas(crafted_run):
     assert {c.factor for c in r.comparisons} >= {"f.artist", "f.color"}
 
 
+def test_report_compares_on_the_experiments_compare_metrics(crafted_run):
+    """`compare_metrics` in the run's experiment copy: every factor on each listed metric (a spec or an id)."""
+    with Ledger.open(crafted_run) as led:
+        led.put_scores([Score(j.key, "toy_color_match[want=red]", float(j.factors["color"] == "red"))
+                        for j in led.all_jobs(status="done")])
+    (crafted_run / "experiment.toml").write_text(
+        'prompt = "x"\ncompare_metrics = ["toy_color_match:want=red", "clip_score"]\n')
+    r = build_report(crafted_run, html=False)
+    pairs = {(c.factor, c.metric) for c in r.comparisons}
+    assert pairs == {("f.artist", "m.toy_color_match[want=red]"), ("f.color", "m.toy_color_match[want=red]"),
+                     ("f.artist", f"m.{METRIC}"), ("f.color", f"m.{METRIC}")}
+    red_vs_blue = next(c for c in r.comparisons if c.factor == "f.color" and "toy" in c.metric)
+    assert [row.mean_diff for row in red_vs_blue.rows if row.level == "red"] == [1.0]
+    # --metric on the command line wins over the experiment's list
+    assert {c.metric for c in build_report(crafted_run, html=False, metric="clip_score").comparisons} == {f"m.{METRIC}"}
+
+
 def test_report_is_rebuilt_from_the_ledger(crafted_run):
     build_report(crafted_run, html=False)
     first = (crafted_run / "tables" / "factors.csv").read_text()
