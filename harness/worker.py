@@ -6,8 +6,10 @@ each hold one. Only this module and generate.py run diffusion.
 
 from __future__ import annotations
 
+import copy
 import os
 import socket
+import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -30,6 +32,7 @@ class Tuning:
     writers: int = 4                  # PNG encode/write threads; 0 = in the generation thread
     speedups: tuple[str, ...] = ()    # opt-in: "channels_last", "compile" (torch.compile of the UNet)
     embeds_cache: bool = True         # reuse prompt encodings across batches
+    streams: int = 1                  # generation threads sharing the weights (CPU: one intra-op thread each)
     device_uint8: bool = True         # convert to uint8 on the device, one transfer per batch
     on_load: Callable | None = None   # called with every loaded pipeline (timing hooks)
     timings: dict | None = None       # if given, "pipeline" accumulates seconds inside pipeline calls
@@ -86,6 +89,8 @@ class BatchMaker:
         self.host = socket.gethostname()
         self._inits: dict = {}
         self._batches = 0
+        self._local = threading.local()  # per stream: pipeline views and prompt-embedding cache
+        self._loading = threading.Lock()  # streams share one PipelineCache
 
     def size_for(self, job: Job) -> int:
         return batch_size_for(job, self.device, exact=self.exact, batch_size=self.batch_size)
@@ -93,15 +98,19 @@ class BatchMaker:
     def generate(self, jobs: list[Job], *, on_oom: Callable[[str], None] | None = None) -> Iterator:
         """Chunks (generate.Chunk) of one group's jobs, with per-image seconds attached."""
         first = jobs[0]
-        pipe = self.cache.get(self.checkpoints[first.checkpoint], first.mode, first.scheduler, dtype=first.dtype)
-
+        with self._loading:
+            pipe = self.cache.get(self.checkpoints[first.checkpoint], first.mode, first.scheduler, dtype=first.dtype)
+        pipe = self._view(pipe)
+        embeds = self.cache.embeds
+        if self.tuning.streams > 1:
+            embeds = self._local.__dict__.setdefault("embeds", {})
         timings = self.tuning.timings
 
         def call(chunk: list[Job]):
             images = [self._init(j) for j in chunk] if first.mode == "img2img" else None
             t0 = time.perf_counter()
             out = self.gen.generate_batch(pipe, chunk, device=self.device, init_images=images, exact=self.exact,
-                                          embeds_cache=self.cache.embeds if self.tuning.embeds_cache else None,
+                                          embeds_cache=embeds if self.tuning.embeds_cache else None,
                                           host_uint8=not self.tuning.device_uint8)
             if timings is not None:
                 timings["pipeline"] = timings.get("pipeline", 0.0) + time.perf_counter() - t0
@@ -112,6 +121,19 @@ class BatchMaker:
             now = time.perf_counter()
             yield chunk, (now - started) / len(chunk.items)
             started = time.perf_counter()
+
+    def _view(self, pipe):
+        """With several streams, each thread calls its own shallow copy of the pipeline: the weights are
+        shared, the scheduler (which holds per-call state) and the call's attributes are not."""
+        if self.tuning.streams <= 1:
+            return pipe
+        views = self._local.__dict__.setdefault("views", {})
+        cached = views.get(id(pipe))
+        if cached is None or cached[0] is not pipe:
+            view = copy.copy(pipe)
+            view.scheduler = copy.deepcopy(pipe.scheduler)
+            cached = views[id(pipe)] = (pipe, view)
+        return cached[1]
 
     def finish(self, chunk, seconds: float, submit=write_now) -> Finished:
         """Health-check, watermark and write every image of a chunk; rows to mark done once writes finish."""

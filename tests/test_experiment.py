@@ -35,9 +35,10 @@ def problems(tmp_path, text):
 def test_demo_experiment_loads_and_plans():
     exp = load_experiment(ROOT / "experiments" / "demo.toml")
     plan = make_plan(exp, resolve=fake_resolve, init_hash=fake_hash)
-    assert len(plan.jobs) == 8 * 3 + 8 * 3 * 2
+    assert len(plan.jobs) == 12 * 4 + 12 * 4 * 2  # 12 prompts x 4 seeds; img2img at two strengths
     assert plan.factors == ("color", "shape", "artist")
     assert len(plan.groups()) == 3
+    assert exp.compare_metrics and set(exp.compare_metrics) <= set(exp.metrics)
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -55,6 +56,9 @@ def test_demo_experiment_loads_and_plans():
     ('prompt = "a"\nmode = "img2img"\ninit_images = "nope/*.png"\nstrengths = [1.5]',
      "key 'strengths': got [1.5], expected a list of numbers in (0, 1]"),
     ('prompt = "a"\nbatch_size = 0', "key 'batch_size': got 0, expected 'auto' or an integer >= 1"),
+    ('prompt = "a"\nstreams = 0', "key 'streams': got 0, expected an integer in [1, 64]"),
+    ('prompt = "a"\nmetrics = ["health"]\ncompare_metrics = ["clip_score"]',
+     "key 'compare_metrics': got ['clip_score'], expected a list of entries of `metrics`"),
     ('prompt = "a"\n[randomize]\nstrength = [0.8, 0.2]', "key 'randomize.strength'"),
     ('prompt = "a"\n[randomize]\nstepz = [1, 2]', "unknown key 'randomize.stepz'; did you mean 'randomize.steps'?"),
     ('prompt = "a"\ncheckpoints = ["tiny"]\n[checkpoint.tinny]\nwidth = 768',
