@@ -24,7 +24,7 @@ def test_plan_prints_counts_groups_and_stages():
 def test_plan_jsonl_has_key_factors_and_parameters():
     r = harness("plan", "experiments/demo.toml", "--format", "jsonl")
     rows = [json.loads(line) for line in r.stdout.splitlines()]
-    assert len(rows) == 72 and len({row["key"] for row in rows}) == 72
+    assert len(rows) == 144 and len({row["key"] for row in rows}) == 144
     assert set(rows[0]["factors"]) == {"color", "shape", "artist"}
     assert {"prompt", "seed", "steps", "guidance", "width", "strength", "fingerprint"} <= set(rows[0])
 
