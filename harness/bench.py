@@ -166,7 +166,7 @@ def harness_run(exp, plan, run_dir: Path, device: str, timer: DenoiseTimer, tuni
     from .run import RunResult, generate_jobs, prepare_run
     from .worker import Tuning
 
-    tuning = tuning or Tuning(speedups=exp.speedups)
+    tuning = tuning or Tuning(speedups=exp.speedups, streams=exp.streams)
     extra = tuning.on_load
 
     def on_load(pipe):
@@ -266,7 +266,7 @@ def run_bench(sweep: Sweep, *, device: str = "auto", dtype: str = "auto", ablate
                                                         batch_size=batch_size))
         runs = ["harness"]
         if ablate:
-            base = Tuning(speedups=exp.speedups)
+            base = Tuning(speedups=exp.speedups, streams=exp.streams)
             variants = {
                 "harness, no batching": dict(exact=True),
                 "harness, PNG sync level 6": dict(tuning=replace(base, writers=0, png_level=6)),

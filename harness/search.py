@@ -463,7 +463,8 @@ def evolve(path: Path | str, *, out: Path | str | None = None, device: str | Non
             if pending and maker is None:
                 from .worker import BatchMaker, Tuning
                 maker = BatchMaker(refs, ledger.images_dir, device=device or exp.device, memory=exp.memory,
-                                   tuning=Tuning(speedups=exp.speedups), exact=exp.exact, batch_size=exp.batch_size)
+                                   tuning=Tuning(speedups=exp.speedups, streams=exp.streams), exact=exp.exact,
+                                   batch_size=exp.batch_size)
             generate_jobs(exp, Plan(exp, tuple(wanted), (), refs), ledger, pending, run, exact=exp.exact,
                           device=device or exp.device, batch_size=None, log=log, progress=False, maker=maker)
             result.generated += run.generated

@@ -99,6 +99,18 @@ def test_same_job_gives_identical_pixels_and_batch_within_one_level(tmp_path):
         assert np.abs(a - c).max() <= 1
 
 
+def test_two_streams_make_every_image_once_with_the_same_pixels(tmp_path):
+    exp = experiment(tmp_path)
+    streamed = experiment(tmp_path, SMALL.replace("batch_size = 3", "batch_size = 1\nstreams = 2"), "streamed.toml")
+    run_experiment(exp, out=tmp_path / "one", progress=False)
+    r = run_experiment(streamed, out=tmp_path / "two", progress=False)
+    assert r.generated == 16
+    with Ledger.open(tmp_path / "two", readonly=True) as led:
+        assert len(led.done_keys()) == 16
+    for f in (tmp_path / "one" / "images").glob("*.png"):
+        assert np.abs(pixels(f) - pixels(tmp_path / "two" / "images" / f.name)).max() <= 1
+
+
 def test_out_of_memory_halves_the_batch_and_completes(tmp_path, monkeypatch):
     import torch
     import harness.generate as gen
