@@ -43,15 +43,16 @@ def test_committed_weights_are_fp16_and_small():
     assert total < 8_000_000
 
 
-UNDERTRAINED = ("the committed toy UNet (1000 CPU steps) does not yet draw scenes; retrain with a larger "
-                "budget (python -m harness.toy.train --what unet) and remove this mark")
+def test_toy_is_a_v_prediction_model_through_the_loading_path(toy_pipe):
+    _, pipe = toy_pipe
+    assert pipe.scheduler.config.prediction_type == "v_prediction"
+    assert type(pipe.scheduler).__name__ == "DDIMScheduler"
 
 
-@pytest.mark.xfail(reason=UNDERTRAINED, strict=False)
 def test_red_and_blue_prompts_get_their_colour(toy_pipe):
     _, pipe = toy_pipe
     prompts = ["a large red circle on a white background", "a large blue circle on a white background"]
-    images = acceptance.generate(prompts * 2, [1, 1, 2, 2], size=256, steps=10, pipe=pipe)
+    images = acceptance.generate(prompts * 2, [1, 1, 2, 2], size=128, steps=20, pipe=pipe)
     found = [oracle.analyze(img).color for img in images]
     assert found == ["red", "blue", "red", "blue"]
 
@@ -82,8 +83,44 @@ def test_toy_clip_rejects_other_weights():
         load_clip("toy", "openai")
 
 
+STUDY = """
+name = "planted"
+prompt = "a large {@color: red|blue} {@shape: circle|square} on a white background"
+seeds = { count = 4, start = 11 }
+checkpoints = ["toy"]
+scheduler = "ddim"
+steps = 12
+width = 128
+height = 128
+metrics = ["toy_color_match:want=red", "clip_score:model=toy,text=a red circle on a white background", "health"]
+"""
+
+
+def test_a_study_on_toy_finds_the_planted_colour_effect(tmp_path):
+    """prompt -> image -> score -> comparison: red vs blue prompts differ on "is it red?" by the oracle
+    (CI excludes 0), and the toy CLIP probe agrees in sign."""
+    from harness.ledger import Ledger
+    from harness.report import compare, image_table
+    from harness.run import run_experiment
+
+    (tmp_path / "exp.toml").write_text(STUDY)
+    result = run_experiment(tmp_path / "exp.toml", out=tmp_path / "run", progress=False, log=lambda m: None)
+    assert result.generated == 16
+    with Ledger.open(tmp_path / "run", readonly=True) as ledger:
+        table = image_table(ledger)
+    oracle_cmp = compare(table, "color", metric="toy_color_match:want=red", baseline="red")
+    clip_cmp = compare(table, "color", metric="clip_score:model=toy,text=a red circle on a white background",
+                       baseline="red")
+    [blue] = oracle_cmp.rows
+    [blue_clip] = clip_cmp.rows
+    assert blue.level == "blue" and blue.n_pairs == 8
+    assert blue.ci_high < 0, f"blue minus red on 'is it red' should be negative: {oracle_cmp.to_text()}"
+    assert blue.mean_diff < -0.5
+    assert blue_clip.mean_diff < 0, clip_cmp.to_text()
+
+
 @pytest.mark.slow
-@pytest.mark.xfail(reason=UNDERTRAINED, strict=False)
 def test_acceptance_generation_targets():
-    rows = {r.check.split(" (")[0]: r.value for r in acceptance.generation_rows(32, steps=20)}
+    rows = {r.check.split(" (")[0]: r.value for r in acceptance.generation_rows(32, size=128, steps=20)}
     assert rows["toy images: color right"] >= 0.9
+    assert rows["toy images: shape right"] >= 0.7
