@@ -185,18 +185,31 @@ def _relayout(key: str, table: str, other: str) -> str:
     return key
 
 
-def write_configs(data_dir: Path, **overrides) -> None:
-    """Update `configs.json`: the configs of the parts just trained (`overrides`), the others as they were."""
+def write_configs(data_dir: Path, trained: dict | None = None, **overrides) -> None:
+    """Update `configs.json`: the configs of the parts just trained (`overrides`), the others as they were;
+    `trained` adds how a part was made (profile, device, steps). Stages trained in parallel processes
+    update it under a lock."""
+    import fcntl
+    import os
+
     data_dir.mkdir(parents=True, exist_ok=True)
     path = data_dir / CONFIGS_FILE
-    current = json.loads(path.read_text()) if path.is_file() else {}
-    base = {"vae": VAE_CONFIG, "unet": UNET_CONFIG, "text_encoder": TEXT_CONFIG, "clip": CLIP_CONFIG,
-            "scheduler": SCHEDULER_CONFIG}
-    merged = {k: current.get(k, v) for k, v in base.items()}
-    merged.update(overrides)
-    merged["sha256"] = {p: hashlib.sha256((data_dir / f"{p}.safetensors").read_bytes()).hexdigest()
-                        for p in PARTS if (data_dir / f"{p}.safetensors").is_file()}
-    path.write_text(json.dumps(merged, indent=2, sort_keys=True) + "\n")
+    folder = os.open(data_dir, os.O_RDONLY)  # the lock is on the folder: configs.json itself is replaced
+    try:
+        fcntl.flock(folder, fcntl.LOCK_EX)
+        current = json.loads(path.read_text()) if path.is_file() else {}
+        base = {"vae": VAE_CONFIG, "unet": UNET_CONFIG, "text_encoder": TEXT_CONFIG, "clip": CLIP_CONFIG,
+                "scheduler": SCHEDULER_CONFIG}
+        merged = {k: current.get(k, v) for k, v in base.items()}
+        merged.update(overrides)
+        merged["trained"] = {**current.get("trained", {}), **(trained or {})}
+        merged["sha256"] = {p: hashlib.sha256((data_dir / f"{p}.safetensors").read_bytes()).hexdigest()
+                            for p in PARTS if (data_dir / f"{p}.safetensors").is_file()}
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(merged, indent=2, sort_keys=True) + "\n")
+        tmp.replace(path)
+    finally:
+        os.close(folder)
 
 
 # ---------------------------------------------------------------- assembling

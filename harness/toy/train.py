@@ -1,11 +1,12 @@
 """Train the `toy` models on the procedural world and write them to `harness/data/toy/`.
 
-    python -m harness.toy.train [--what vae|decoder|unet|clip|all] [--out DIR] [--minutes M] [--device auto]
+    python -m harness.toy.train [--what vae|decoder|unet|clip|all] [--profile cpu|gpu] [--out DIR]
+                                [--minutes M] [--device auto] [--workers N]
 
 Stages (each seeded; `all` runs them in this order):
 
 1. `vae`: AutoencoderKL (x8 downsampling, 4 latent channels) on whole world
-   images rendered at 64 px; MSE + L1 + a small KL term, starting from a
+   images (64 px in the `cpu` profile, 128 px in `gpu`); MSE + L1 + a small KL term, starting from a
    near-deterministic posterior. Being fully convolutional with one norm group,
    it then works at any size. Its `scaling_factor` is set to 1 / std of the
    latents of 256 px world images.
@@ -20,9 +21,15 @@ Stages (each seeded; `all` runs them in this order):
 4. `clip`: an open_clip CLIP (ViT image tower at 128 px, text tower) trained
    contrastively on world images with attribute-swapped captions as hard negatives.
 
+How much each stage trains is a named profile (`PROFILES`): `cpu` fits a
+2-core machine in about two hours, `gpu` trains longer on larger batches and
+takes minutes on one H100; `configs.json` records which profile, device and
+step count made each part.
+
 Every step's data and noise come from generators seeded by (seed, stage, step),
 so a stopped run resumes from its last checkpoint (`train-<stage>.pt` in
-`$HARNESS_CACHE/toy-train/`, written every 100 steps) with the same data it would have seen. `--minutes`
+`$HARNESS_CACHE/toy-train/`, written every 100 steps) with the same data it would have seen, and `--workers` processes can
+compute the batches ahead (the batches are the same with or without them). `--minutes`
 caps a stage's wall time: a capped stage saves what it has (and says so), and
 those weights differ from a full run's. A full re-run reproduces the committed
 weights up to floating-point nondeterminism of the BLAS kernels (on the same
@@ -55,19 +62,50 @@ class Budget:
     lr: float
 
 
-BUDGETS = {
-    "vae": Budget(steps=1500, batch=16, lr=4e-4),
-    "decoder": Budget(steps=1500, batch=8, lr=3e-4),
-    "unet": Budget(steps=4000, batch=32, lr=5e-4),
-    "clip": Budget(steps=3000, batch=32, lr=5e-4),
+@dataclass(frozen=True)
+class Profile:
+    """How much each stage trains: step budgets and how many world scenes each stage draws from."""
+    name: str
+    vae: Budget
+    decoder: Budget
+    unet: Budget
+    clip: Budget
+    vae_size: int = 64  # px of the VAE stage's images (the decoder stage always uses 128)
+    vae_scenes: int = 2000
+    decoder_scenes: int = 1000
+    unet_scenes: tuple[tuple[int, int], ...] = ((128, 2000), (256, 500))  # (px, scenes)
+    clip_scenes: int = 2500
+    ema_decay: float = 0.995
+
+    def budget(self, stage: str) -> Budget:
+        return getattr(self, stage)
+
+
+PROFILES = {
+    # About two hours on a 2-core CPU (vae 10 min, decoder 22, unet 60, clip 25).
+    "cpu": Profile("cpu", vae=Budget(1500, 16, 4e-4), decoder=Budget(1500, 8, 3e-4),
+                   unet=Budget(4000, 32, 5e-4), clip=Budget(3000, 32, 5e-4)),
+    # Minutes on one H100 (with --workers computing batches ahead): larger batches, more steps and scenes.
+    "gpu": Profile("gpu", vae=Budget(2500, 32, 4e-4), decoder=Budget(1000, 32, 2e-4),
+                   unet=Budget(6000, 128, 5e-4), clip=Budget(7000, 128, 5e-4),
+                   vae_size=128, vae_scenes=4000, decoder_scenes=3000,
+                   unet_scenes=((128, 12000), (256, 3000)), clip_scenes=12000, ema_decay=0.998),
 }
-UNET_SCENES = {128: 2000, 256: 500}
-CLIP_SCENES = 2500
 CFG_DROP = 0.1
-EMA_DECAY = 0.995
 MIN_SNR_GAMMA = 5.0
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass(frozen=True)
+class Setup:
+    """One training invocation: where to write, on what, how much (`profile`), a wall-time cap per
+    stage and how many worker processes compute batches (and render scenes) ahead."""
+    out: Path
+    device: str = "cpu"
+    profile: Profile = PROFILES["cpu"]
+    minutes: float | None = None
+    workers: int = 0
 
 
 def pick_device(name: str = "auto") -> str:
@@ -80,16 +118,30 @@ def step_rng(stage: str, step: int) -> np.random.Generator:
     return np.random.default_rng([SEED, sum(map(ord, stage)), step])
 
 
-def to_tensor(images: list[np.ndarray], device: str) -> torch.Tensor:
+def to_tensor(images: list[np.ndarray], device: str = "cpu") -> torch.Tensor:
     """uint8 HWC images -> float NCHW in [-1, 1]."""
     arr = np.stack(images).astype(np.float32) / 127.5 - 1.0
     return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous().to(device)
 
 
-def render_pool(n: int, size: int, seed_tag: str) -> tuple[list[world.Scene], np.ndarray]:
+def _fork_pool(workers: int):
+    import multiprocessing
+
+    return multiprocessing.get_context("fork").Pool(workers)
+
+
+def render_all(scenes: list[world.Scene], size: int, workers: int = 0) -> np.ndarray:
+    """The scenes rendered at `size` px (uint8 NHWC), by `workers` processes when > 0 (same pixels)."""
+    if workers <= 0 or len(scenes) < 64:
+        return np.stack([world.render(s, size) for s in scenes])
+    with _fork_pool(workers) as pool:
+        return np.stack(pool.starmap(world.render, [(s, size) for s in scenes], chunksize=32))
+
+
+def render_pool(n: int, size: int, seed_tag: str, workers: int = 0) -> tuple[list[world.Scene], np.ndarray]:
     rng = np.random.default_rng([SEED, sum(map(ord, seed_tag))])
     scenes = [world.sample_scene(rng) for _ in range(n)]
-    return scenes, np.stack([world.render(s, size) for s in scenes])
+    return scenes, render_all(scenes, size, workers)
 
 
 def world_token_ids(encode) -> list[int]:
@@ -120,10 +172,11 @@ def work_dir(out: Path) -> Path:
 
 
 class Checkpoint:
-    """Resumable training state in `<work dir>/train-<stage>.pt`."""
+    """Resumable training state in `<work dir>/train-<stage>-<profile>.pt`."""
 
-    def __init__(self, out: Path, stage: str) -> None:
-        self.path = work_dir(out) / f"train-{stage}.pt"
+    def __init__(self, setup: Setup, stage: str) -> None:
+        suffix = "" if setup.profile.name == "cpu" else f"-{setup.profile.name}"
+        self.path = work_dir(setup.out) / f"train-{stage}{suffix}.pt"
 
     def load(self) -> dict | None:
         return torch.load(self.path, map_location="cpu", weights_only=False) if self.path.is_file() else None
@@ -141,11 +194,34 @@ def lr_at(step: int, budget: Budget, warmup: int = 50) -> float:
     return budget.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def _loop(stage: str, out: Path, modules: dict, opt, step_fn, budget: Budget, minutes: float | None,
-          extra_state=None, clip_norm: float | None = None, after_step=None) -> int:
-    """From the checkpointed step to budget.steps: `loss = step_fn(step)`, backward, gradient norm
-    clipped to `clip_norm` if given, optimizer step, `after_step()`; return the last step done."""
-    ckpt = Checkpoint(out, stage)
+class _Steps(torch.utils.data.Dataset):
+    def __init__(self, make, start: int, stop: int) -> None:
+        self.make, self.start, self.stop = make, start, stop
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def __getitem__(self, i: int):
+        return self.make(self.start + i)
+
+
+def batches(make, start: int, stop: int, workers: int = 0):
+    """`make(step)` for step in [start, stop), in order; with `workers` > 0 computed ahead by forked
+    processes. `make` is a pure function of the step (its randomness comes from `step_rng`), so the
+    batches are the same either way; it must stay on the CPU."""
+    if workers <= 0:
+        return (make(step) for step in range(start, stop))
+    loader = torch.utils.data.DataLoader(_Steps(make, start, stop), batch_size=None, num_workers=workers,
+                                         prefetch_factor=4, multiprocessing_context="fork")
+    return iter(loader)
+
+
+def _loop(stage: str, setup: Setup, modules: dict, opt, make_batch, loss_fn, extra_state=None,
+          clip_norm: float | None = None, after_step=None) -> int:
+    """From the checkpointed step to the stage's budget: `loss = loss_fn(make_batch(step))`, backward,
+    gradient norm clipped to `clip_norm` if given, optimizer step, `after_step()`; return the last step done."""
+    budget = setup.profile.budget(stage)
+    ckpt = Checkpoint(setup, stage)
     start = 0
     state = ckpt.load()
     if state is not None:
@@ -158,10 +234,10 @@ def _loop(stage: str, out: Path, modules: dict, opt, step_fn, budget: Budget, mi
         print(f"[{stage}] resuming at step {start}", flush=True)
     t0 = time.time()
     step = start
-    while step < budget.steps:
+    for batch in batches(make_batch, start, budget.steps, setup.workers):
         for group in opt.param_groups:
             group["lr"] = lr_at(step, budget) * group.get("lr_scale", 1.0)
-        loss_t = step_fn(step)
+        loss_t = loss_fn({k: v.to(setup.device) for k, v in batch.items()})
         opt.zero_grad(set_to_none=True)
         loss_t.backward()
         if clip_norm is not None:
@@ -169,49 +245,61 @@ def _loop(stage: str, out: Path, modules: dict, opt, step_fn, budget: Budget, mi
         opt.step()
         if after_step is not None:
             after_step()
-        loss = float(loss_t.detach())
         step += 1
         if step % 25 == 0 or step == budget.steps:
             rate = (time.time() - t0) / (step - start)
-            print(f"[{stage}] step {step}/{budget.steps} loss {loss:.4f} {rate:.2f}s/step", flush=True)
-        if step % 100 == 0 or step == budget.steps:
+            print(f"[{stage}] step {step}/{budget.steps} loss {float(loss_t.detach()):.4f} {rate:.3f}s/step",
+                  flush=True)
+        stop = setup.minutes is not None and time.time() - t0 > setup.minutes * 60
+        if step % 100 == 0 or step == budget.steps or stop:
             state = {name: m.state_dict() for name, m in modules.items()}
             state.update(opt=opt.state_dict(), step=step)
             if extra_state is not None:
                 state["extra"] = extra_state.state_dict()
             ckpt.save(state)
-        if minutes is not None and time.time() - t0 > minutes * 60:
-            print(f"[{stage}] stopped by --minutes={minutes} at step {step}/{budget.steps}; the saved weights "
-                  f"are a partial run (re-run to resume)", flush=True)
+        if stop:
+            print(f"[{stage}] stopped by --minutes={setup.minutes} at step {step}/{budget.steps}; the saved "
+                  f"weights are a partial run (re-run to resume)", flush=True)
             break
     return step
 
 
+def _trained(setup: Setup, stage: str, step: int) -> dict:
+    """What `configs.json` records about how a part was made."""
+    budget = setup.profile.budget(stage)
+    return {stage: {"profile": setup.profile.name, "device": setup.device.split(":")[0], "steps": step,
+                    "of": budget.steps, "batch": budget.batch}}
+
+
 # ---------------------------------------------------------------- VAE
 
-def train_vae(out: Path, device: str, minutes: float | None = None) -> None:
-    budget = BUDGETS["vae"]
+def train_vae(setup: Setup) -> None:
+    profile, device = setup.profile, setup.device
+    budget = profile.vae
     torch.manual_seed(SEED)
     vae = models.build_vae().to(device)
     with torch.no_grad():  # start with a near-deterministic posterior (std ~0.02): reconstructions learn at once
         vae.quant_conv.bias[models.VAE_CONFIG["latent_channels"]:] = -8.0
-    # Whole 64 px images, not crops: with one norm group, GroupNorm statistics are those of a whole
+    # Whole images, not crops: with one norm group, GroupNorm statistics are those of a whole
     # image, and the fully convolutional VAE then works at any size (64 px trains ~4x faster than 128).
-    _, pool64 = render_pool(2000, 64, "vae64")
+    size = profile.vae_size
+    _, pool = render_pool(profile.vae_scenes, size, f"vae{size}", setup.workers)
+    latent_shape = (budget.batch, models.VAE_CONFIG["latent_channels"], size // 8, size // 8)
     opt = torch.optim.Adam(vae.parameters(), lr=budget.lr)
 
-    def step_fn(step: int) -> float:
+    def make_batch(step: int) -> dict:
         rng = step_rng("vae", step)
-        x = to_tensor([pool64[i] for i in rng.integers(len(pool64), size=budget.batch)], device)
-        posterior = vae.encode(x).latent_dist
+        x = to_tensor([pool[i] for i in rng.integers(len(pool), size=budget.batch)])
         gen = torch.Generator(device="cpu").manual_seed(int(rng.integers(2**62)))
-        z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen).to(device)
-        rec = vae.decode(z).sample
-        kl = 0.5 * (posterior.mean ** 2 + posterior.var - 1.0 - posterior.logvar).mean()
-        loss = F.mse_loss(rec, x) + 0.1 * F.l1_loss(rec, x) + 1e-4 * kl
-        return loss
+        return {"x": x, "noise": torch.randn(latent_shape, generator=gen)}
 
-    _loop("vae", out, {"vae": vae}, opt, step_fn, budget, minutes)
+    def loss_fn(b: dict) -> torch.Tensor:
+        posterior = vae.encode(b["x"]).latent_dist
+        rec = vae.decode(posterior.mean + posterior.std * b["noise"]).sample
+        kl = 0.5 * (posterior.mean ** 2 + posterior.var - 1.0 - posterior.logvar).mean()
+        return F.mse_loss(rec, b["x"]) + 0.1 * F.l1_loss(rec, b["x"]) + 1e-4 * kl
+
+    step = _loop("vae", setup, {"vae": vae}, opt, make_batch, loss_fn)
     vae.eval()
     _, probe = render_pool(64, 256, "vae-scale")
     with torch.no_grad():
@@ -219,37 +307,39 @@ def train_vae(out: Path, device: str, minutes: float | None = None) -> None:
                              for i in range(0, len(probe), 16)])
     scale = float(1.0 / latents.std())
     vae.register_to_config(scaling_factor=scale)
-    models.save_part(vae, "vae", out)
-    models.write_configs(out, vae={**models.VAE_CONFIG, "scaling_factor": scale})
+    models.save_part(vae, "vae", setup.out)
+    models.write_configs(setup.out, vae={**models.VAE_CONFIG, "scaling_factor": scale},
+                         trained=_trained(setup, "vae", step))
     print(f"[vae] saved; scaling_factor {scale:.4f}", flush=True)
 
 
-def train_decoder(out: Path, device: str, minutes: float | None = None) -> None:
+def train_decoder(setup: Setup) -> None:
     """Fine-tune the VAE decoder on 128 px images with the encoder frozen: sharper edges and truer
     colours at the demo size, while the latent space (the UNet's training data) stays exactly as it was."""
-    budget = BUDGETS["decoder"]
+    profile, out = setup.profile, setup.out
     configs = json.loads((out / models.CONFIGS_FILE).read_text())
     torch.manual_seed(SEED + 3)
     vae = models.build_vae(configs["vae"])
     models.load_part(vae, "vae", out)
-    vae.to(device)
+    vae.to(setup.device)
     vae.encoder.requires_grad_(False)
     vae.quant_conv.requires_grad_(False)
-    _, pool = render_pool(1000, 128, "decoder128")
-    opt = torch.optim.Adam([*vae.post_quant_conv.parameters(), *vae.decoder.parameters()], lr=budget.lr)
+    _, pool = render_pool(profile.decoder_scenes, 128, "decoder128", setup.workers)
+    opt = torch.optim.Adam([*vae.post_quant_conv.parameters(), *vae.decoder.parameters()], lr=profile.decoder.lr)
 
-    def step_fn(step: int) -> float:
+    def make_batch(step: int) -> dict:
         rng = step_rng("decoder", step)
-        x = to_tensor([pool[i] for i in rng.integers(len(pool), size=budget.batch)], device)
-        with torch.no_grad():
-            z = vae.encode(x).latent_dist.mean
-        rec = vae.decode(z).sample
-        loss = F.mse_loss(rec, x) + 0.1 * F.l1_loss(rec, x)
-        return loss
+        return {"x": to_tensor([pool[i] for i in rng.integers(len(pool), size=profile.decoder.batch)])}
 
-    _loop("decoder", out, {"vae": vae}, opt, step_fn, budget, minutes)
+    def loss_fn(b: dict) -> torch.Tensor:
+        with torch.no_grad():
+            z = vae.encode(b["x"]).latent_dist.mean
+        rec = vae.decode(z).sample
+        return F.mse_loss(rec, b["x"]) + 0.1 * F.l1_loss(rec, b["x"])
+
+    step = _loop("decoder", setup, {"vae": vae}, opt, make_batch, loss_fn)
     models.save_part(vae, "vae", out)
-    models.write_configs(out, vae=configs["vae"])
+    models.write_configs(out, vae=configs["vae"], trained=_trained(setup, "decoder", step))
     print("[decoder] saved (encoder unchanged)", flush=True)
 
 
@@ -279,21 +369,22 @@ def encoder_digest(out: Path) -> str:
     return digest.hexdigest()[:10]
 
 
-def unet_dataset(out: Path, device: str, size: int, count: int):
+def unet_dataset(setup: Setup, size: int, count: int):
     """(labels, latents) of `count` world scenes at `size` px, cached in the work dir per VAE encoder."""
+    out = setup.out
     cache = work_dir(out) / f"unet-latents-{size}-{count}-{encoder_digest(out)}.pt"
     if cache.is_file():
         data = torch.load(cache, map_location="cpu", weights_only=False)
         return data["labels"], data["latents"]
     vae = models.build_vae(json.loads((out / models.CONFIGS_FILE).read_text())["vae"])
     models.load_part(vae, "vae", out)
-    vae.to(device).eval()
+    vae.to(setup.device).eval()
     rng = np.random.default_rng([SEED, size])
     labels, latents = [], []
     t0 = time.time()
-    for start in range(0, count, 100):
-        scenes = [world.sample_scene(rng) for _ in range(100)]
-        latents.append(_encode_latents(vae, np.stack([world.render(s, size) for s in scenes]), device))
+    for start in range(0, count, 1000):
+        scenes = [world.sample_scene(rng) for _ in range(min(1000, count - start))]
+        latents.append(_encode_latents(vae, render_all(scenes, size, setup.workers), setup.device))
         labels += [s.labels for s in scenes]
     print(f"[unet] {count} latents at {size} px ({time.time() - t0:.0f}s)", flush=True)
     latents_t = torch.cat(latents)
@@ -301,11 +392,12 @@ def unet_dataset(out: Path, device: str, size: int, count: int):
     return labels, latents_t
 
 
-def train_unet(out: Path, device: str, minutes: float | None = None) -> None:
+def train_unet(setup: Setup) -> None:
     from diffusers import DDPMScheduler
 
-    budget = BUDGETS["unet"]
-    data = {size: unet_dataset(out, device, size, count) for size, count in UNET_SCENES.items()}
+    profile, device = setup.profile, setup.device
+    budget = profile.unet
+    data = {size: unet_dataset(setup, size, count) for size, count in profile.unet_scenes}
     torch.manual_seed(SEED + 1)
     unet = models.build_unet().to(device)
     text = models.build_text_encoder().to(device)
@@ -316,12 +408,13 @@ def train_unet(out: Path, device: str, minutes: float | None = None) -> None:
         mask = torch.zeros(table.shape[0], dtype=torch.bool)
         mask[keep] = True
         table[~mask.to(table.device)] = 0.0
-    ema = torch.optim.swa_utils.AveragedModel(unet, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(EMA_DECAY))
+    ema = torch.optim.swa_utils.AveragedModel(
+        unet, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(profile.ema_decay))
     sched = DDPMScheduler.from_config({k: v for k, v in models.SCHEDULER_CONFIG.items() if k != "skip_prk_steps"})
-    alphas = sched.alphas_cumprod.to(device)
+    alphas = sched.alphas_cumprod
     opt = torch.optim.Adam([{"params": unet.parameters()}, {"params": text.parameters()}], lr=budget.lr)
 
-    def step_fn(step: int) -> float:
+    def make_batch(step: int) -> dict:
         rng = step_rng("unet", step)
         # Mostly 128 px (16x16 latents, cheap); every 4th step 256 px (32x32) so the native size is learned.
         size, batch = (256, budget.batch // 4) if step % 4 == 3 else (128, budget.batch)
@@ -330,44 +423,46 @@ def train_unet(out: Path, device: str, minutes: float | None = None) -> None:
         captions = ["" if rng.random() < CFG_DROP else world.caption(labels[i], world.sample_phrasing(rng))
                     for i in idx]
         ids = tok(captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
-        x0 = latents[torch.from_numpy(idx)].to(device)
+        x0 = latents[torch.from_numpy(idx)]
         gen = torch.Generator(device="cpu").manual_seed(int(rng.integers(2**62)))
-        noise = torch.randn(x0.shape, generator=gen).to(device)
-        t = torch.randint(0, 1000, (batch,), generator=gen).to(device)
-        a = alphas[t].view(-1, 1, 1, 1)
+        noise = torch.randn(x0.shape, generator=gen)
+        t = torch.randint(0, 1000, (batch,), generator=gen)
+        return {"ids": ids, "x0": x0, "noise": noise, "t": t, "a": alphas[t].view(-1, 1, 1, 1)}
+
+    def loss_fn(b: dict) -> torch.Tensor:
+        a, x0, noise = b["a"], b["x0"], b["noise"]
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
-        cond = text(ids.to(device))[0]
-        pred = unet(xt, t, cond).sample
+        pred = unet(xt, b["t"], text(b["ids"])[0]).sample
         target = a.sqrt() * noise - (1 - a).sqrt() * x0  # v-prediction (models.SCHEDULER_CONFIG)
         snr = a.flatten() / (1 - a.flatten())
         weight = torch.clamp(snr, max=MIN_SNR_GAMMA) / (snr + 1)  # min-SNR weights for v
-        loss = (weight * ((pred - target) ** 2).mean(dim=(1, 2, 3))).mean()
-        return loss
+        return (weight * ((pred - target) ** 2).mean(dim=(1, 2, 3))).mean()
 
-    _loop("unet", out, {"unet": unet, "text": text}, opt, step_fn, budget, minutes, extra_state=ema,
-          clip_norm=1.0, after_step=lambda: ema.update_parameters(unet))
-    models.save_part(ema.module, "unet", out)
-    models.save_part(text, "text_encoder", out)
-    models.write_configs(out, unet=models.UNET_CONFIG, text_encoder=models.TEXT_CONFIG,
-                         scheduler=models.SCHEDULER_CONFIG)
+    step = _loop("unet", setup, {"unet": unet, "text": text}, opt, make_batch, loss_fn, extra_state=ema,
+                 clip_norm=1.0, after_step=lambda: ema.update_parameters(unet))
+    models.save_part(ema.module, "unet", setup.out)
+    models.save_part(text, "text_encoder", setup.out)
+    models.write_configs(setup.out, unet=models.UNET_CONFIG, text_encoder=models.TEXT_CONFIG,
+                         scheduler=models.SCHEDULER_CONFIG, trained=_trained(setup, "unet", step))
     print("[unet] saved (EMA weights) and text encoder", flush=True)
 
 
 # ---------------------------------------------------------------- CLIP
 
-def clip_tensor(images: np.ndarray, device: str) -> torch.Tensor:
+def clip_tensor(images: np.ndarray, device: str = "cpu") -> torch.Tensor:
     x = torch.from_numpy(images.astype(np.float32) / 255.0).permute(0, 3, 1, 2)
     mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
     return ((x - mean) / std).to(device)
 
 
-def train_clip(out: Path, device: str, minutes: float | None = None) -> None:
+def train_clip(setup: Setup) -> None:
     import open_clip
 
-    budget = BUDGETS["clip"]
+    profile, device = setup.profile, setup.device
+    budget = profile.clip
     size = models.CLIP_CONFIG["vision_cfg"]["image_size"]
-    scenes, pool = render_pool(CLIP_SCENES, size, "clip")
+    scenes, pool = render_pool(profile.clip_scenes, size, "clip", setup.workers)
     torch.manual_seed(SEED + 2)
     clip = models.build_clip().to(device)
     context = models.CLIP_CONFIG["text_cfg"]["context_length"]
@@ -384,35 +479,35 @@ def train_clip(out: Path, device: str, minutes: float | None = None) -> None:
     opt = torch.optim.Adam(clip.parameters(), lr=budget.lr)
     attrs = ("color", "shape", "background", "artist")
 
-    def step_fn(step: int) -> float:
+    def make_batch(step: int) -> dict:
         rng = step_rng("clip", step)
         idx = rng.integers(len(scenes), size=budget.batch)
         imgs = pool[idx].astype(np.float32)
         imgs += rng.normal(0, rng.uniform(0, 6), size=(len(idx), 1, 1, 1)) * rng.standard_normal(imgs.shape[1:])
-        x = clip_tensor(np.clip(imgs, 0, 255), device)
         captions, negatives = [], []
         for i in idx:
             phr = world.sample_phrasing(rng)
             lab = scenes[i].labels
             captions.append(world.caption(lab, phr))
             negatives += [world.caption(world.swapped(lab, a, rng), phr) for a in attrs]
-        texts = tokenize(captions + negatives).to(device)
-        img_f = F.normalize(clip.encode_image(x), dim=-1)
-        txt_f = F.normalize(clip.encode_text(texts), dim=-1)
-        b = len(idx)
-        pos, neg = txt_f[:b], txt_f[b:].view(b, len(attrs), -1)
+        return {"x": clip_tensor(np.clip(imgs, 0, 255)), "texts": tokenize(captions + negatives)}
+
+    def loss_fn(b: dict) -> torch.Tensor:
+        img_f = F.normalize(clip.encode_image(b["x"]), dim=-1)
+        txt_f = F.normalize(clip.encode_text(b["texts"]), dim=-1)
+        n = img_f.shape[0]
+        pos, neg = txt_f[:n], txt_f[n:].view(n, len(attrs), -1)
         scale = clip.logit_scale.exp().clamp(max=100)
         logits = scale * img_f @ pos.T
-        target = torch.arange(b, device=device)
+        target = torch.arange(n, device=logits.device)
         contrastive = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
         hard = torch.cat([(img_f * pos).sum(-1, keepdim=True), torch.einsum("bd,bkd->bk", img_f, neg)], dim=1)
-        hard_loss = F.cross_entropy(scale * hard, torch.zeros(b, dtype=torch.long, device=device))
-        loss = contrastive + hard_loss
-        return loss
+        hard_loss = F.cross_entropy(scale * hard, torch.zeros(n, dtype=torch.long, device=logits.device))
+        return contrastive + hard_loss
 
-    _loop("clip", out, {"clip": clip}, opt, step_fn, budget, minutes)
-    models.save_part(clip, "clip", out)
-    models.write_configs(out, clip=models.CLIP_CONFIG)
+    step = _loop("clip", setup, {"clip": clip}, opt, make_batch, loss_fn)
+    models.save_part(clip, "clip", setup.out)
+    models.write_configs(setup.out, clip=models.CLIP_CONFIG, trained=_trained(setup, "clip", step))
     print("[clip] saved", flush=True)
 
 
@@ -422,29 +517,55 @@ STAGES = {"vae": train_vae, "decoder": train_decoder, "unet": train_unet, "clip"
 
 
 def train(what: str = "all", out: Path | str | None = None, minutes: float | None = None,
-          device: str = "auto") -> Path:
-    """Train `what` (vae, unet, clip or all) into `out` (default: the package's data folder)."""
-    if what not in (*STAGES, "all"):
-        raise ValueError(f"train(what={what!r}): expected one of {', '.join(STAGES)} or all")
+          device: str = "auto", profile: str | Profile = "cpu", workers: int | None = None) -> Path:
+    """Train `what` (one of STAGES, a comma list of them, or all) into `out` (default: the package's
+    data folder) with the named `profile`; `workers` (default: none on CPU, up to 8 on a GPU)
+    compute batches ahead."""
+    stages = list(STAGES) if what == "all" else [w.strip() for w in what.split(",")]
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown:
+        raise ValueError(f"train(what={what!r}): unknown stage {unknown[0]!r}; expected one of "
+                         f"{', '.join(STAGES)}, a comma list of them, or all")
+    if isinstance(profile, str):
+        if profile not in PROFILES:
+            raise ValueError(f"train(profile={profile!r}): expected one of {', '.join(PROFILES)}")
+        profile = PROFILES[profile]
     out = Path(out) if out is not None else models.DATA_DIR
     out.mkdir(parents=True, exist_ok=True)
     device = pick_device(device)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    for stage in (STAGES if what == "all" else (what,)):
+    if workers is None:
+        import os
+
+        workers = 0 if device == "cpu" else min(8, max(0, (os.cpu_count() or 1) - 2))
+    if device.startswith("cuda"):
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    setup = Setup(out, device, profile, minutes, workers)
+    for stage in stages:
         t0 = time.time()
-        STAGES[stage](out, device, minutes)
-        print(f"[{stage}] done in {(time.time() - t0) / 60:.1f} min on {device}", flush=True)
+        STAGES[stage](setup)
+        print(f"[{stage}] done in {(time.time() - t0) / 60:.1f} min on {device} (profile {profile.name})",
+              flush=True)
     return out
 
 
 def main(argv: list[str] | None = None) -> None:
+    import os
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # tokenizers run in forked batch workers
     parser = argparse.ArgumentParser(prog="python -m harness.toy.train", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--what", default="all", choices=(*STAGES, "all"))
+    parser.add_argument("--what", default="all", help=f"{', '.join(STAGES)}, a comma list of them, or all")
+    parser.add_argument("--profile", default="cpu", choices=tuple(PROFILES), help="how much to train")
     parser.add_argument("--out", default=None, help=f"output folder (default {models.DATA_DIR})")
     parser.add_argument("--minutes", type=float, default=None, help="cap each stage's wall time")
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, ...")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="processes computing batches ahead (default: 0 on CPU, up to 8 with a GPU)")
     args = parser.parse_args(argv)
-    train(args.what, args.out, args.minutes, args.device)
+    try:
+        train(args.what, args.out, args.minutes, args.device, args.profile, args.workers)
+    except ValueError as exc:
+        parser.error(str(exc))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,71 @@
+"""The toy training script: resumable, the same batches with or without worker processes, provenance
+in configs.json. Budgets here are a few steps: this checks the machinery, not the models' quality."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from harness.toy import models, train
+
+TINY = train.Profile("test", vae=train.Budget(3, 2, 1e-3), decoder=train.Budget(2, 2, 1e-3),
+                     unet=train.Budget(4, 4, 1e-3), clip=train.Budget(2, 4, 1e-3), vae_scenes=6,
+                     decoder_scenes=4, unet_scenes=((128, 6), (256, 3)), clip_scenes=6)
+
+
+def _weights(path):
+    return {k: v.float() for k, v in load_file(str(path)).items()}
+
+
+def _same(a, b):
+    assert a.keys() == b.keys()
+    return all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_workers_compute_the_same_batches_in_order():
+    def make(step):
+        rng = train.step_rng("unit", step)
+        return {"x": torch.from_numpy(rng.standard_normal(3)), "step": torch.tensor(step)}
+
+    inline = list(train.batches(make, 5, 17, workers=0))
+    ahead = list(train.batches(make, 5, 17, workers=2))
+    assert [int(b["step"]) for b in ahead] == list(range(5, 17))
+    assert all(torch.equal(a["x"], b["x"]) for a, b in zip(inline, ahead))
+
+
+def test_parallel_rendering_gives_the_same_pixels():
+    scenes, serial = train.render_pool(70, 64, "unit", workers=0)
+    _, parallel = train.render_pool(70, 64, "unit", workers=2)
+    assert serial.shape == (70, 64, 64, 3) and np.array_equal(serial, parallel)
+
+
+def test_a_stopped_stage_resumes_to_the_same_weights(tmp_path):
+    torch.set_num_threads(1)  # bitwise equality needs the same kernels in both runs
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    train.train("vae", whole, profile=TINY, device="cpu")
+    train.train("vae", parts, minutes=0.0, profile=TINY, device="cpu")  # stops (and saves) after one step
+    configs = json.loads((parts / models.CONFIGS_FILE).read_text())
+    assert configs["trained"]["vae"]["steps"] == 1 and configs["trained"]["vae"]["of"] == 3
+    train.train("vae", parts, profile=TINY, device="cpu", workers=2)  # resumes at step 1, batches from workers
+    assert _same(_weights(whole / "vae.safetensors"), _weights(parts / "vae.safetensors"))
+    configs = json.loads((parts / models.CONFIGS_FILE).read_text())
+    assert configs["trained"]["vae"] == {"profile": "test", "device": "cpu", "steps": 3, "of": 3, "batch": 2}
+
+
+def test_every_stage_trains_and_the_result_loads(tmp_path):
+    out = train.train("all", tmp_path, profile=TINY, device="cpu")
+    configs = json.loads((out / models.CONFIGS_FILE).read_text())
+    assert set(configs["trained"]) == set(train.STAGES)
+    assert {k: v["steps"] for k, v in configs["trained"].items()} == {"vae": 3, "decoder": 2, "unet": 4, "clip": 2}
+    assert set(configs["sha256"]) == set(models.PARTS)
+    vae, unet, text = models.load_components(out)
+    assert unet.config.cross_attention_dim == text.config.hidden_size
+
+
+def test_bad_stage_or_profile_names_say_what_is_expected(tmp_path):
+    with pytest.raises(ValueError, match="unknown stage 'vea'.*vae, decoder, unet, clip"):
+        train.train("vae,vea", tmp_path)
+    with pytest.raises(ValueError, match="profile='huge'.*cpu, gpu"):
+        train.train("vae", tmp_path, profile="huge")
