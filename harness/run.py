@@ -183,8 +183,8 @@ def generate_jobs(exp: Experiment, plan: Plan, ledger: Ledger, pending: list[Job
         commit(block=False)
 
     try:
-        if tuning.streams > 1 and maker.device == "cpu":
-            _generate_in_streams(maker, pending, tuning.streams, finish, on_oom)
+        if maker.streams > 1:
+            _generate_in_streams(maker, pending, maker.streams, finish, on_oom)
         else:
             for jobs in group_jobs(pending).values():
                 for chunk, seconds in maker.generate(jobs, on_oom=on_oom):

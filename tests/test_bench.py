@@ -28,7 +28,19 @@ def test_every_ablation_row_runs_and_makes_the_same_images(tmp_path):
         assert name in names
     assert fig["max_diff"] <= 1
     assert any(f"x {len(names) - 1} harness run(s)" in line for line in lines)
+    # Wall time outside pipeline calls counts concurrent streams' calls once: a share, never 0 or above 1.
+    assert "harness, one stream" in names
+    assert all(0.0 < r.outside_pipeline < 1.0 and 0.0 < r.outside < 1.0 for r in fig["rows"]), \
+        [(r.name, r.outside_pipeline, r.outside) for r in fig["rows"]]
     for folder in ("harness___CLIP_score__background", "harness___CLIP_score__after"):
         with Ledger.open(tmp_path / folder, readonly=True) as ledger:
             scores = ledger.scores_frame()
         assert len(scores) == fig["images"] and scores["value"].notna().all()
+
+
+def test_covered_counts_overlapping_spans_once():
+    from harness.bench import covered
+
+    assert covered([]) == 0.0
+    assert covered([(0.0, 2.0), (1.0, 3.0), (5.0, 6.0)]) == 4.0  # two streams overlapping, then a gap
+    assert covered([(1.0, 4.0), (2.0, 3.0)]) == 3.0  # a call inside another

@@ -56,7 +56,7 @@ def test_demo_experiment_loads_and_plans():
     ('prompt = "a"\nmode = "img2img"\ninit_images = "nope/*.png"\nstrengths = [1.5]',
      "key 'strengths': got [1.5], expected a list of numbers in (0, 1]"),
     ('prompt = "a"\nbatch_size = 0', "key 'batch_size': got 0, expected 'auto' or an integer >= 1"),
-    ('prompt = "a"\nstreams = 0', "key 'streams': got 0, expected an integer in [1, 64]"),
+    ('prompt = "a"\nstreams = 0', "key 'streams': got 0, expected 'auto' or an integer in [1, 64]"),
     ('prompt = "a"\nmetrics = ["health"]\ncompare_metrics = ["clip_score"]',
      "key 'compare_metrics': got ['clip_score'], expected a list of entries of `metrics`"),
     ('prompt = "a"\n[randomize]\nstrength = [0.8, 0.2]', "key 'randomize.strength'"),

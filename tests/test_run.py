@@ -125,7 +125,9 @@ def test_out_of_memory_halves_the_batch_and_completes(tmp_path, monkeypatch):
         return real(pipe, jobs, **kw)
 
     monkeypatch.setattr(gen, "generate_batch", flaky)
-    r = run_experiment(experiment(tmp_path), out=tmp_path / "run", progress=False)
+    # One stream, as on a GPU (where memory runs out): the reduced batch size carries over to later batches.
+    exp = experiment(tmp_path, SMALL.replace("batch_size = 3", "batch_size = 3\nstreams = 1"), "one.toml")
+    r = run_experiment(exp, out=tmp_path / "run", progress=False)
     assert r.generated == 16 and r.oom_events and "retrying with batch size 1" in r.oom_events[0]
     assert 3 in sizes and set(sizes) <= {1, 3}
     with Ledger.open(tmp_path / "run", readonly=True) as led:

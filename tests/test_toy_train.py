@@ -48,6 +48,10 @@ def test_a_stopped_stage_resumes_to_the_same_weights(tmp_path):
     train.train("vae", parts, minutes=0.0, profile=TINY, device="cpu")  # stops (and saves) after one step
     configs = json.loads((parts / models.CONFIGS_FILE).read_text())
     assert configs["trained"]["vae"]["steps"] == 1 and configs["trained"]["vae"]["of"] == 3
+    # --stop-at reproduces a run a wall-time cap stopped (the learning-rate schedule is the same).
+    train.train("vae", tmp_path / "stopped", profile=TINY, device="cpu", stop_at={"vae": 1})
+    assert _same(_weights(parts / "vae.safetensors"), _weights(tmp_path / "stopped" / "vae.safetensors"))
+    assert not _same(_weights(whole / "vae.safetensors"), _weights(parts / "vae.safetensors"))
     train.train("vae", parts, profile=TINY, device="cpu", workers=2)  # resumes at step 1, batches from workers
     assert _same(_weights(whole / "vae.safetensors"), _weights(parts / "vae.safetensors"))
     configs = json.loads((parts / models.CONFIGS_FILE).read_text())
@@ -69,3 +73,5 @@ def test_bad_stage_or_profile_names_say_what_is_expected(tmp_path):
         train.train("vae,vea", tmp_path)
     with pytest.raises(ValueError, match="profile='huge'.*cpu, gpu"):
         train.train("vae", tmp_path, profile="huge")
+    with pytest.raises(ValueError, match="unknown stage 'unte'"):
+        train.train("vae", tmp_path, stop_at={"unte": 5})

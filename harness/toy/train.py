@@ -100,12 +100,14 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 @dataclass(frozen=True)
 class Setup:
     """One training invocation: where to write, on what, how much (`profile`), a wall-time cap per
-    stage and how many worker processes compute batches (and render scenes) ahead."""
+    stage, steps at which stages stop early (`stop_at`, which reproduces a run a wall-time cap
+    stopped: configs.json records the step) and how many worker processes compute batches ahead."""
     out: Path
     device: str = "cpu"
     profile: Profile = PROFILES["cpu"]
     minutes: float | None = None
     workers: int = 0
+    stop_at: tuple[tuple[str, int], ...] = ()
 
 
 def pick_device(name: str = "auto") -> str:
@@ -234,7 +236,8 @@ def _loop(stage: str, setup: Setup, modules: dict, opt, make_batch, loss_fn, ext
         print(f"[{stage}] resuming at step {start}", flush=True)
     t0 = time.time()
     step = start
-    for batch in batches(make_batch, start, budget.steps, setup.workers):
+    stop_step = min(budget.steps, dict(setup.stop_at).get(stage, budget.steps))
+    for batch in batches(make_batch, start, stop_step, setup.workers):
         for group in opt.param_groups:
             group["lr"] = lr_at(step, budget) * group.get("lr_scale", 1.0)
         loss_t = loss_fn({k: v.to(setup.device) for k, v in batch.items()})
@@ -251,7 +254,7 @@ def _loop(stage: str, setup: Setup, modules: dict, opt, make_batch, loss_fn, ext
             print(f"[{stage}] step {step}/{budget.steps} loss {float(loss_t.detach()):.4f} {rate:.3f}s/step",
                   flush=True)
         stop = setup.minutes is not None and time.time() - t0 > setup.minutes * 60
-        if step % 100 == 0 or step == budget.steps or stop:
+        if step % 100 == 0 or step == stop_step or stop:
             state = {name: m.state_dict() for name, m in modules.items()}
             state.update(opt=opt.state_dict(), step=step)
             if extra_state is not None:
@@ -517,10 +520,11 @@ STAGES = {"vae": train_vae, "decoder": train_decoder, "unet": train_unet, "clip"
 
 
 def train(what: str = "all", out: Path | str | None = None, minutes: float | None = None,
-          device: str = "auto", profile: str | Profile = "cpu", workers: int | None = None) -> Path:
+          device: str = "auto", profile: str | Profile = "cpu", workers: int | None = None,
+          stop_at: dict[str, int] | None = None) -> Path:
     """Train `what` (one of STAGES, a comma list of them, or all) into `out` (default: the package's
     data folder) with the named `profile`; `workers` (default: none on CPU, up to 8 on a GPU)
-    compute batches ahead."""
+    compute batches ahead; `stop_at` ({stage: step}) ends stages early, learning-rate schedule unchanged."""
     stages = list(STAGES) if what == "all" else [w.strip() for w in what.split(",")]
     unknown = [s for s in stages if s not in STAGES]
     if unknown:
@@ -540,7 +544,10 @@ def train(what: str = "all", out: Path | str | None = None, minutes: float | Non
     if device.startswith("cuda"):
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    setup = Setup(out, device, profile, minutes, workers)
+    bad = [s for s in (stop_at or {}) if s not in STAGES]
+    if bad:
+        raise ValueError(f"train(stop_at=...): unknown stage {bad[0]!r}; expected one of {', '.join(STAGES)}")
+    setup = Setup(out, device, profile, minutes, workers, tuple(sorted((stop_at or {}).items())))
     for stage in stages:
         t0 = time.time()
         STAGES[stage](setup)
@@ -561,9 +568,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, ...")
     parser.add_argument("--workers", type=int, default=None,
                         help="processes computing batches ahead (default: 0 on CPU, up to 8 with a GPU)")
+    parser.add_argument("--stop-at", action="append", default=[], metavar="STAGE=STEP",
+                        help="end STAGE at STEP (reproduces a run stopped by --minutes; configs.json has the step)")
     args = parser.parse_args(argv)
     try:
-        train(args.what, args.out, args.minutes, args.device, args.profile, args.workers)
+        stop_at = {}
+        for item in args.stop_at:
+            stage, _, step = item.partition("=")
+            if not step.isdigit():
+                raise ValueError(f"--stop-at {item!r}: expected STAGE=STEP, e.g. unet=5449")
+            stop_at[stage] = int(step)
+        train(args.what, args.out, args.minutes, args.device, args.profile, args.workers, stop_at)
     except ValueError as exc:
         parser.error(str(exc))
 
