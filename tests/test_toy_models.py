@@ -119,10 +119,19 @@ def test_a_study_on_toy_finds_the_planted_colour_effect(tmp_path):
     assert blue_clip.mean_diff < 0, clip_cmp.to_text()
 
 
+def test_toy_clip_meets_its_acceptance_target_on_held_out_images():
+    """Toy CLIP picks the true caption over four attribute swaps for >= 90 % of held-out world images."""
+    [all_swaps, *per_swap] = acceptance.clip_rows(100)
+    assert all_swaps.value >= 0.9, all_swaps
+    assert all(row.value >= 0.9 for row in per_swap), per_swap
+
+
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="the committed toy UNet draws rough shapes (shape right ~41 %, target 70 %); "
-                   "retrain with a larger `unet` budget and remove this mark")
-def test_acceptance_generation_targets():
-    rows = {r.check.split(" (")[0]: r.value for r in acceptance.generation_rows(32, size=128, steps=20)}
+@pytest.mark.xfail(strict=True, reason="the committed toy UNet has not learned the artist styles (named style "
+                   "detected ~37 % at 128 px, target 80 %) and shape is 68 % at 128 px; retrain and remove this mark")
+@pytest.mark.parametrize("size", [128, 256])
+def test_acceptance_generation_targets(size):
+    rows = {r.check.split(" (")[0]: r.value for r in acceptance.generation_rows(96, size=size, steps=20)}
     assert rows["toy images: color right"] >= 0.9
     assert rows["toy images: shape right"] >= 0.7
+    assert rows["toy images: named style detected"] >= 0.8
