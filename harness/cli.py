@@ -407,7 +407,8 @@ app.add_typer(toy_app, name="toy")
 @toy_app.command("train", context_settings={"allow_extra_args": True, "ignore_unknown_options": True,
                                              "help_option_names": []})
 def toy_train(ctx: typer.Context) -> None:
-    """Train the toy models (seeded): --what vae|unet|clip|all --out DIR --minutes M --device D."""
+    """Train the toy models (seeded): --what vae|decoder|unet|clip|all --profile cpu|gpu --out DIR --device D
+    --workers N --minutes M --stop-at STAGE=STEP (--help lists them)."""
     from .toy.train import main as train_main
 
     train_main(ctx.args)

@@ -24,7 +24,6 @@ PNG_LEVEL = 1  # zlib level: ~2x faster than Pillow's default at a few % more by
 SPEEDUPS = ("channels_last", "compile")
 
 
-
 def resolve_streams(streams: int | str, device: str) -> int:
     """Generation threads: `auto` is 2 on a CPU with 2+ threads (small models leave cores idle inside
     one call; measured 1.3x the images/s of one stream on 2 cores), otherwise 1; accelerators use 1."""
@@ -35,6 +34,7 @@ def resolve_streams(streams: int | str, device: str) -> int:
     if streams == "auto":
         return 2 if torch.get_num_threads() >= 2 else 1
     return int(streams)
+
 
 @dataclass(frozen=True)
 class Tuning:

@@ -167,3 +167,16 @@ def test_sigkill_mid_run_then_rerun_gives_every_job_exactly_once(tmp_path):
     for f in files:
         Image.open(f).load()
     assert f"{48 - done_at_kill} generated" in r.stdout or "generated" in r.stdout
+
+
+def test_streams_auto_is_two_on_a_multicore_cpu_and_one_on_accelerators(monkeypatch):
+    import torch
+
+    from harness.worker import resolve_streams
+
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    assert resolve_streams("auto", "cpu") == 2
+    assert resolve_streams(3, "cpu") == 3
+    assert resolve_streams("auto", "cuda:0") == 1 and resolve_streams(4, "cuda") == 1
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    assert resolve_streams("auto", "cpu") == 1

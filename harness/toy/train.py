@@ -1,7 +1,7 @@
 """Train the `toy` models on the procedural world and write them to `harness/data/toy/`.
 
     python -m harness.toy.train [--what vae|decoder|unet|clip|all] [--profile cpu|gpu] [--out DIR]
-                                [--minutes M] [--device auto] [--workers N]
+                                [--device auto] [--workers N] [--minutes M] [--stop-at STAGE=STEP]
 
 Stages (each seeded; `all` runs them in this order):
 
@@ -28,13 +28,15 @@ step count made each part.
 
 Every step's data and noise come from generators seeded by (seed, stage, step),
 so a stopped run resumes from its last checkpoint (`train-<stage>.pt` in
-`$HARNESS_CACHE/toy-train/`, written every 100 steps) with the same data it would have seen, and `--workers` processes can
-compute the batches ahead (the batches are the same with or without them). `--minutes`
-caps a stage's wall time: a capped stage saves what it has (and says so), and
-those weights differ from a full run's. A full re-run reproduces the committed
-weights up to floating-point nondeterminism of the BLAS kernels (on the same
-machine type the differences are far below fp16 rounding of the saved files;
+`$HARNESS_CACHE/toy-train/`, written every 100 steps and when a stage stops)
+with the same data it would have seen, and `--workers` processes that compute
+batches ahead give the same batches. `--minutes` caps a stage's wall time: a
+capped stage saves what it has and says so; configs.json records the step, and
+`--stop-at STAGE=STEP` replays that stop (same learning-rate schedule). A re-run
+reproduces the committed weights up to floating-point nondeterminism of the
+kernels (on the same machine type far below fp16 rounding of the saved files;
 other CPUs or a GPU give slightly different weights, with the same behaviour).
+The committed weights' commands are in the README.
 """
 
 from __future__ import annotations
