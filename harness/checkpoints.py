@@ -10,20 +10,8 @@ A checkpoint spec (as written in an experiment) is resolved in this order:
    only. Nothing is ever downloaded here: fetch models on a connected machine with
    `huggingface-cli download <id>` and copy the cache, or point to a local folder.
 
-Fingerprints identify weights by content:
-
-- single file: the AUTOMATIC1111 "Model hash", the first 10 hex digits of the
-  file's SHA-256 (`model_hash`);
-- folder (built-ins and hub snapshots too): the first 10 hex digits of SHA-256
-  over the sorted lines `relative/path<TAB>sha256` of `model_index.json` and the
-  weights and configs of each component it names. Per folder, `*.safetensors`
-  win over `*.bin` and plain names over variants (`x.fp16.safetensors`), which
-  is what `from_pretrained` loads. JSON configs are hashed canonically with
-  library version stamps removed, so re-saving with a newer diffusers keeps the
-  fingerprint.
-
-Full-file SHA-256s are cached in `<cache>/file-hashes.json`, keyed by path, size
-and mtime, so multi-GB files are hashed once.
+Fingerprints (content digests of single files and folders) are computed in
+`harness.fingerprints`.
 
 Torch and diffusers are imported inside functions: `import harness.checkpoints`
 stays cheap for the planner and the PNG infotext writer (`SAMPLER_NAMES`).
@@ -37,16 +25,15 @@ import json
 import os
 import re
 import struct
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from .fingerprints import HASH_LENGTH, a1111_hash, file_sha256, folder_fingerprint, is_variant
+
 CACHE_ENV = "HARNESS_CACHE"
 MODES = ("txt2img", "img2img")
 SINGLE_FILE_SUFFIXES = (".ckpt", ".safetensors")
-HASH_LENGTH = 10
-_CHUNK = 4 << 20
 
 
 def cache_dir() -> Path:
@@ -180,124 +167,6 @@ def hub_snapshot(hub_id: str, *, name: str | None = None) -> Path:
         raise CheckpointError(f"hub snapshot {hub_id!r} at {path} has no model_index.json; it is not a complete "
                               f"diffusers pipeline. Re-download it with `huggingface-cli download {repo}`")
     return path
-
-
-# ---------------------------------------------------------------- hashing
-
-def _hash_cache_path() -> Path:
-    return cache_dir() / "file-hashes.json"
-
-
-def _read_hash_cache() -> dict:
-    try:
-        return json.loads(_hash_cache_path().read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-
-
-def _write_hash_cache(entries: dict) -> None:
-    path = _hash_cache_path()
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:6]}")
-        tmp.write_text(json.dumps(entries, sort_keys=True, indent=0), encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError:
-        pass  # the cache is an optimisation only
-
-
-def _hf_blob_sha256(path: Path) -> str | None:
-    """HF cache stores LFS files as blobs named by their SHA-256: use it instead of re-hashing."""
-    if not path.is_symlink():
-        return None
-    target = path.resolve()
-    if target.parent.name == "blobs" and re.fullmatch(r"[0-9a-f]{64}", target.name):
-        return target.name
-    return None
-
-
-def file_sha256(path: str | Path) -> str:
-    """Full SHA-256 hex of a file, streamed, cached by (path, size, mtime)."""
-    path = Path(path)
-    blob = _hf_blob_sha256(path)
-    if blob:
-        return blob
-    real = path.resolve()
-    st = real.stat()
-    key = str(real)
-    cache = _read_hash_cache()
-    hit = cache.get(key)
-    if hit and hit.get("size") == st.st_size and hit.get("mtime_ns") == st.st_mtime_ns:
-        return hit["sha256"]
-    digest = hashlib.sha256()
-    with open(real, "rb") as fh:
-        while chunk := fh.read(_CHUNK):
-            digest.update(chunk)
-    value = digest.hexdigest()
-    if st.st_size >= 1 << 20:
-        cache = _read_hash_cache()
-        cache[key] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": value}
-        _write_hash_cache(cache)
-    return value
-
-
-def a1111_hash(path: str | Path) -> str:
-    """AUTOMATIC1111's "Model hash": the first 10 hex digits of the file's SHA-256."""
-    return file_sha256(path)[:HASH_LENGTH]
-
-
-_VOLATILE_KEYS = {"_diffusers_version", "transformers_version", "_name_or_path", "_commit_hash",
-                  "_use_default_values"}
-
-
-def _json_digest(path: Path) -> str:
-    if path.stat().st_size > 256 << 10:  # tokenizer.json and other data files: raw bytes
-        return file_sha256(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError:
-        return file_sha256(path)
-    if isinstance(data, dict):
-        data = {k: v for k, v in data.items() if k not in _VOLATILE_KEYS}
-    text = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def _is_variant(name: str) -> bool:
-    return name.count(".") > 1  # diffusion_pytorch_model.fp16.safetensors
-
-
-def fingerprint_files(folder: Path) -> list[Path]:
-    """The files a folder fingerprint covers (see module docstring)."""
-    folder = Path(folder)
-    index = folder / "model_index.json"
-    chosen = [index]
-    components = json.loads(index.read_text(encoding="utf-8"))
-    for comp, value in sorted(components.items()):
-        if comp.startswith("_") or not isinstance(value, list) or value[0] is None:
-            continue
-        sub = folder / comp
-        if not sub.is_dir():
-            continue
-        files = sorted(p for p in sub.rglob("*") if p.is_file() and not p.name.startswith("."))
-        weights = [p for p in files if p.suffix in (".safetensors", ".bin")]
-        for pool in ([p for p in weights if p.suffix == ".safetensors"], [p for p in weights if p.suffix == ".bin"]):
-            if pool:
-                plain = [p for p in pool if not _is_variant(p.name)]
-                weights = plain or pool
-                break
-        configs = [p for p in files if p.suffix in (".json", ".txt")]
-        chosen += weights + configs
-    return chosen
-
-
-def folder_fingerprint(folder: str | Path) -> str:
-    folder = Path(folder)
-    lines = []
-    for path in fingerprint_files(folder):
-        digest = _json_digest(path) if path.suffix == ".json" else file_sha256(path)
-        lines.append(f"{path.relative_to(folder).as_posix()}\t{digest}\n")
-    return hashlib.sha256("".join(sorted(lines)).encode("utf-8")).hexdigest()[:HASH_LENGTH]
 
 
 # ---------------------------------------------------------------- inspection
@@ -570,7 +439,7 @@ def _weights_variant(folder: Path) -> str | None:
     """'fp16' when the folder holds only fp16 variant weights (a common partial download)."""
     for comp in ("unet", "vae", "text_encoder"):
         names = [p.name for p in (folder / comp).glob("*") if p.suffix in (".safetensors", ".bin")]
-        if names and not any(not _is_variant(n) for n in names):
+        if names and not any(not is_variant(n) for n in names):
             return "fp16" if any(".fp16." in n for n in names) else None
     return None
 
