@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .sheet import flag, level_label, resolve_dim, resolve_metric, resolve_metrics, short_metric, sorted_levels
+from .columns import flag, level_label, resolve_dim, resolve_metric, resolve_metrics, short_metric, sorted_levels
 from .stats import t_interval
 
 PLOTS_DIR = "plots"

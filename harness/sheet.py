@@ -28,139 +28,26 @@ import math
 import os
 import re
 from collections import defaultdict
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 from urllib.parse import quote
 
 import pandas as pd
 
-THUMBS_DIR = "thumbs"
-THUMB_PX = 160
-# Parameters that may span grid rows or columns, in section order (factors come first).
-GRID_PARAMS = ("checkpoint", "mode", "stage", "strength", "steps", "guidance", "scheduler", "width", "height",
-               "seed", "init_image", "negative_prompt")
+from .columns import (dim_name, flag, fmt_score, grid_dims, is_missing, is_number, level_label, metric_labels,
+                      numeric_metrics, resolve_dim, resolve_metrics, short_metric, sort_key, sorted_levels, varies)
+from .thumbs import THUMB_PX, THUMBS_DIR, ensure_thumbnails, image_file
+
 # Varying parameters split the grids into sections, except these: long text or one value per parent
 # image would make a section per image. Images they tell apart share a cell unless chosen as rows/cols.
 NOT_SECTIONS = ("init_image", "negative_prompt")
 # Columns shown in the detail view's own places, or not worth showing as parameters.
 _NOT_PARAMS = {"key", "image", "prompt", "negative_prompt"}
-# Metrics whose meaning the badges already carry; not repeated under every thumbnail.
-BADGE_METRICS = ("health", "watermark")
 _SAFE_KEY = re.compile(r"[A-Za-z0-9_-]{1,128}")
 _TEMPLATES = Path(__file__).parent / "templates"
-MISSING = "—"
 
 
-# ------------------------------------------------------------------ values and names
-
-
-def is_missing(v: Any) -> bool:
-    return v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NA or v is pd.NaT
-
-
-def level_label(v: Any) -> str:
-    """How a level reads on the page: '' is '(empty)', missing is '—', floats without noise."""
-    if is_missing(v):
-        return MISSING
-    if isinstance(v, str):
-        return "(empty)" if v == "" else v
-    if isinstance(v, float) or getattr(getattr(v, "dtype", None), "kind", "") == "f":
-        v = float(v)
-        return str(int(v)) if v.is_integer() and abs(v) < 1e15 else format(v, ".6g")
-    return str(v)
-
-
-def _is_number(v: Any) -> bool:
-    if isinstance(v, bool):
-        return False
-    return isinstance(v, (int, float)) or getattr(getattr(v, "dtype", None), "kind", "") in ("i", "u", "f")
-
-
-def _sort_key(v: Any) -> tuple:
-    if is_missing(v):
-        return (2, 0.0, "")
-    if _is_number(v):
-        return (0, float(v), "")
-    return (1, 0.0, str(v))
-
-
-def flag(v: Any) -> bool:
-    """True only for a real true value (True, numpy True, 1); None/NaN/False are not set."""
-    return not is_missing(v) and not isinstance(v, str) and bool(v == 1)
-
-
-def sorted_levels(values: Iterable[Any]) -> list[Any]:
-    """Distinct values, numbers numerically, then text, missing last."""
-    seen: dict[str, Any] = {}
-    for v in values:
-        seen.setdefault(level_label(v), v)
-    return sorted(seen.values(), key=_sort_key)
-
-
-def dim_name(column: str) -> str:
-    return column[2:] if column.startswith("f.") else column
-
-
-def short_metric(column: str) -> str:
-    """``m.clip_score[model=...]`` -> ``clip_score``."""
-    return column[2:].split("[", 1)[0] if column.startswith("m.") else column
-
-
-def fmt_score(v: Any) -> str:
-    if is_missing(v):
-        return MISSING
-    v = float(v)
-    return f"{v:.0f}" if abs(v) >= 1000 else f"{v:.3g}"
-
-
-def grid_dims(table: pd.DataFrame) -> list[str]:
-    """Columns that may become grid rows, columns or sections: factors first, then parameters."""
-    return [c for c in table.columns if str(c).startswith("f.")] + [c for c in GRID_PARAMS if c in table.columns]
-
-
-def resolve_dim(table: pd.DataFrame, name: str, what: str) -> str:
-    dims = grid_dims(table)
-    for column in (name, f"f.{name}"):
-        if column in dims:
-            return column
-    names = ", ".join(dim_name(c) for c in dims) or "(none)"
-    raise ValueError(f"{what}={name!r} is not a factor or parameter of this run; choose one of: {names} "
-                     "(a factor is named without its 'f.' prefix; write 'f.seed' for a factor called seed)")
-
-
-def _varies(table: pd.DataFrame, column: str) -> bool:
-    return table[column].nunique(dropna=False) > 1
-
-
-def numeric_metrics(table: pd.DataFrame) -> list[str]:
-    """``m.*`` columns holding numbers (the table may also carry text ``m.*`` job metadata)."""
-    return [c for c in table.columns if str(c).startswith("m.") and pd.api.types.is_numeric_dtype(table[c])
-            and not pd.api.types.is_bool_dtype(table[c])]
-
-
-def resolve_metric(table: pd.DataFrame, name: str, what: str = "metric") -> str:
-    """A metric column from its full id (with or without 'm.') or its short name when unambiguous."""
-    available = numeric_metrics(table)
-    found = [c for c in available if c in (name, f"m.{name}")] or [c for c in available if short_metric(c) == name]
-    if len(found) != 1:
-        listing = ", ".join(c[2:] for c in available) or "(none scored)"
-        problem = "is ambiguous; use the full id" if found else "is not a scored metric of this run"
-        raise ValueError(f"{what} {name!r} {problem}; metrics in the table: {listing}")
-    return found[0]
-
-
-def resolve_metrics(table: pd.DataFrame, metrics: Sequence[str] | None) -> list[str]:
-    """The chosen metric columns; by default every numeric one but the health and watermark flags."""
-    if metrics is None:
-        return [c for c in numeric_metrics(table) if short_metric(c) not in BADGE_METRICS]
-    return [resolve_metric(table, name, "metrics:") for name in metrics]
-
-
-def metric_labels(columns: Sequence[str]) -> dict[str, str]:
-    """Short names (before '['), falling back to the full id where two share a short name."""
-    shorts = [short_metric(c) for c in columns]
-    return {c: (s if shorts.count(s) == 1 else c[2:]) for c, s in zip(columns, shorts)}
+# ------------------------------------------------------------------ page helpers
 
 
 def _check_key(key: Any) -> str:
@@ -172,61 +59,6 @@ def _check_key(key: Any) -> str:
 
 def _url(rel: str | os.PathLike) -> str:
     return quote(Path(rel).as_posix())
-
-
-# ------------------------------------------------------------------ thumbnails
-
-
-def _image_file(run_dir: Path, image: Any, key: str) -> Path:
-    if is_missing(image) or image == "":
-        return run_dir / "images" / f"{key}.png"
-    p = Path(image)
-    return p if p.is_absolute() else run_dir / p
-
-
-def make_thumbnail(image: Path, thumb: Path, size: int = THUMB_PX) -> bool:
-    """Write a JPEG of at most `size` px on its long side, unless a newer one exists. True if written."""
-    from PIL import Image
-
-    try:
-        if thumb.stat().st_mtime_ns >= image.stat().st_mtime_ns:
-            return False
-    except FileNotFoundError:
-        pass
-    with Image.open(image) as im:
-        im.thumbnail((size, size), Image.Resampling.BICUBIC, reducing_gap=2.0)
-        rgb = im.convert("RGB")
-    tmp = thumb.with_name(f".{thumb.name}.tmp-{os.getpid()}-{os.urandom(4).hex()}")
-    try:
-        rgb.save(tmp, format="JPEG", quality=85)
-        os.replace(tmp, thumb)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return True
-
-
-def ensure_thumbnails(run_dir: Path, images: dict[str, Path], size: int = THUMB_PX) -> dict[str, str | None]:
-    """Thumbnails for `images` (key -> image file). Returns key -> None, or why there is no thumbnail."""
-    folder = run_dir / THUMBS_DIR
-    folder.mkdir(parents=True, exist_ok=True)
-
-    def one(item: tuple[str, Path]) -> tuple[str, str | None]:
-        key, image = item
-        if not image.is_file():
-            return key, "image file missing"
-        try:
-            make_thumbnail(image, folder / f"{key}.jpg", size)
-        except OSError as exc:  # damaged or unreadable image: show a placeholder, keep the page
-            return key, f"unreadable image ({exc})"
-        return key, None
-
-    items = list(images.items())
-    workers = min(4, os.cpu_count() or 1)
-    if len(items) < 32 or workers == 1:
-        return dict(map(one, items))
-    with ThreadPoolExecutor(workers) as pool:  # Pillow releases the GIL while decoding and resizing
-        return dict(pool.map(one, items))
 
 
 # ------------------------------------------------------------------ page model
@@ -270,7 +102,7 @@ def _parent(row: dict) -> str | None:
 def _thumb_box(row: dict, size: int = THUMB_PX) -> tuple[int, int]:
     """Displayed thumbnail size from the image's width/height (square when unknown)."""
     w, h = row.get("width"), row.get("height")
-    if not (_is_number(w) and _is_number(h)) or is_missing(w) or is_missing(h) or w <= 0 or h <= 0:
+    if not (is_number(w) and is_number(h)) or is_missing(w) or is_missing(h) or w <= 0 or h <= 0:
         return size, size
     scale = size / max(w, h)
     return max(1, round(w * scale)), max(1, round(h * scale))
@@ -285,7 +117,7 @@ def _records(run_dir: Path, table: pd.DataFrame, metrics: list[str], labels: dic
         dup = table["key"][table["key"].duplicated()].iloc[0]
         raise ValueError(f"table has {len(rows) - len(keys)} duplicate key(s), e.g. {dup!r}; "
                          "the contact sheet expects one row per image")
-    files = {r["key"]: _image_file(run_dir, r.get("image"), r["key"]) for r in rows}
+    files = {r["key"]: image_file(run_dir, r.get("image"), r["key"]) for r in rows}
     parents = {_parent(r) for r in rows} - {None}
     for p in parents - keys:
         files[_check_key(p)] = run_dir / "images" / f"{p}.png"
@@ -366,7 +198,7 @@ def _grid_sections(table: pd.DataFrame, cells: list[dict], row_dim: str, col_dim
         stage_rank.setdefault(level_label(v), len(stage_rank))
 
     def order(label: tuple) -> tuple:
-        return tuple((stage_rank.get(lv, 0), 0.0, "") if d == "stage" else _sort_key(v)
+        return tuple((stage_rank.get(lv, 0), 0.0, "") if d == "stage" else sort_key(v)
                      for d, lv, v in zip(section_dims, label, raw[label]))
 
     sections = []
@@ -502,7 +334,7 @@ def choose_axes(table: pd.DataFrame, rows: str | None = None, cols: str | None =
                          f"choose among: {', '.join(dim_name(c) for c in grid_dims(table))}")
     dims = grid_dims(table)
     factors = [c for c in dims if c.startswith("f.")]
-    varying = [c for c in dims if _varies(table, c)]
+    varying = [c for c in dims if varies(table, c)]
     if col is None:
         order = [*[f for f in factors if f in varying], *varying, *factors, *dims]
         col = next((c for c in order if c not in (row, "seed")), None) or next((c for c in dims if c != row), None)
@@ -536,12 +368,12 @@ def write_sheet(run_dir: Path, table: pd.DataFrame, *, rows: str | None = None, 
     table = table.reset_index(drop=True)
     row_dim, col_dim = choose_axes(table, rows, cols)
     section_dims = [d for d in grid_dims(table)
-                    if d not in (row_dim, col_dim, *NOT_SECTIONS) and _varies(table, d)]
+                    if d not in (row_dim, col_dim, *NOT_SECTIONS) and varies(table, d)]
     section_dims.sort(key=lambda d: d != "stage")  # one pass of an iterated run after the other
     section_dims = _splitting(table, section_dims)
     shown = resolve_metrics(table, metrics)
     labels = metric_labels(shown)
-    named = [d for d in grid_dims(table) if d not in NOT_SECTIONS and _varies(table, d)]
+    named = [d for d in grid_dims(table) if d not in NOT_SECTIONS and varies(table, d)]
     cells, data = _records(run_dir, table, shown, labels, named)
     sections = _grid_sections(table, cells, row_dim, col_dim, section_dims)
 

@@ -1,0 +1,128 @@
+"""The per-image table's columns as people read them: level labels and order, factor and metric names.
+
+The table (built by :mod:`harness.report`) has one row per image, ``f.<factor>``
+columns for the prompt's factors, parameter columns and ``m.<metric id>`` scores;
+the contact sheet and the plots name and order them the same way through here.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable, Sequence
+
+import pandas as pd
+
+MISSING = "—"
+# Parameters that may span grid rows or columns, in section order (factors come first).
+GRID_PARAMS = ("checkpoint", "mode", "stage", "strength", "steps", "guidance", "scheduler", "width", "height",
+               "seed", "init_image", "negative_prompt")
+# Metrics whose meaning the badges already carry; not repeated under every thumbnail.
+BADGE_METRICS = ("health", "watermark")
+
+
+def is_missing(v: Any) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NA or v is pd.NaT
+
+
+def level_label(v: Any) -> str:
+    """How a level reads on the page: '' is '(empty)', missing is '—', floats without noise."""
+    if is_missing(v):
+        return MISSING
+    if isinstance(v, str):
+        return "(empty)" if v == "" else v
+    if isinstance(v, float) or getattr(getattr(v, "dtype", None), "kind", "") == "f":
+        v = float(v)
+        return str(int(v)) if v.is_integer() and abs(v) < 1e15 else format(v, ".6g")
+    return str(v)
+
+
+def is_number(v: Any) -> bool:
+    if isinstance(v, bool):
+        return False
+    return isinstance(v, (int, float)) or getattr(getattr(v, "dtype", None), "kind", "") in ("i", "u", "f")
+
+
+def sort_key(v: Any) -> tuple:
+    if is_missing(v):
+        return (2, 0.0, "")
+    if is_number(v):
+        return (0, float(v), "")
+    return (1, 0.0, str(v))
+
+
+def flag(v: Any) -> bool:
+    """True only for a real true value (True, numpy True, 1); None/NaN/False are not set."""
+    return not is_missing(v) and not isinstance(v, str) and bool(v == 1)
+
+
+def sorted_levels(values: Iterable[Any]) -> list[Any]:
+    """Distinct values, numbers numerically, then text, missing last."""
+    seen: dict[str, Any] = {}
+    for v in values:
+        seen.setdefault(level_label(v), v)
+    return sorted(seen.values(), key=sort_key)
+
+
+def dim_name(column: str) -> str:
+    return column[2:] if column.startswith("f.") else column
+
+
+def short_metric(column: str) -> str:
+    """``m.clip_score[model=...]`` -> ``clip_score``."""
+    return column[2:].split("[", 1)[0] if column.startswith("m.") else column
+
+
+def fmt_score(v: Any) -> str:
+    if is_missing(v):
+        return MISSING
+    v = float(v)
+    return f"{v:.0f}" if abs(v) >= 1000 else f"{v:.3g}"
+
+
+def grid_dims(table: pd.DataFrame) -> list[str]:
+    """Columns that may become grid rows, columns or sections: factors first, then parameters."""
+    return [c for c in table.columns if str(c).startswith("f.")] + [c for c in GRID_PARAMS if c in table.columns]
+
+
+def resolve_dim(table: pd.DataFrame, name: str, what: str) -> str:
+    dims = grid_dims(table)
+    for column in (name, f"f.{name}"):
+        if column in dims:
+            return column
+    names = ", ".join(dim_name(c) for c in dims) or "(none)"
+    raise ValueError(f"{what}={name!r} is not a factor or parameter of this run; choose one of: {names} "
+                     "(a factor is named without its 'f.' prefix; write 'f.seed' for a factor called seed)")
+
+
+def varies(table: pd.DataFrame, column: str) -> bool:
+    return table[column].nunique(dropna=False) > 1
+
+
+def numeric_metrics(table: pd.DataFrame) -> list[str]:
+    """``m.*`` columns holding numbers (the table may also carry text ``m.*`` job metadata)."""
+    return [c for c in table.columns if str(c).startswith("m.") and pd.api.types.is_numeric_dtype(table[c])
+            and not pd.api.types.is_bool_dtype(table[c])]
+
+
+def resolve_metric(table: pd.DataFrame, name: str, what: str = "metric") -> str:
+    """A metric column from its full id (with or without 'm.') or its short name when unambiguous."""
+    available = numeric_metrics(table)
+    found = [c for c in available if c in (name, f"m.{name}")] or [c for c in available if short_metric(c) == name]
+    if len(found) != 1:
+        listing = ", ".join(c[2:] for c in available) or "(none scored)"
+        problem = "is ambiguous; use the full id" if found else "is not a scored metric of this run"
+        raise ValueError(f"{what} {name!r} {problem}; metrics in the table: {listing}")
+    return found[0]
+
+
+def resolve_metrics(table: pd.DataFrame, metrics: Sequence[str] | None) -> list[str]:
+    """The chosen metric columns; by default every numeric one but the health and watermark flags."""
+    if metrics is None:
+        return [c for c in numeric_metrics(table) if short_metric(c) not in BADGE_METRICS]
+    return [resolve_metric(table, name, "metrics:") for name in metrics]
+
+
+def metric_labels(columns: Sequence[str]) -> dict[str, str]:
+    """Short names (before '['), falling back to the full id where two share a short name."""
+    shorts = [short_metric(c) for c in columns]
+    return {c: (s if shorts.count(s) == 1 else c[2:]) for c, s in zip(columns, shorts)}

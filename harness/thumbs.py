@@ -1,0 +1,66 @@
+"""Thumbnails of a run's images: ``RUN/thumbs/<key>.jpg``, written atomically and skipped while
+newer than their image, so pages of 10k images are quick to rebuild."""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from .columns import is_missing
+
+THUMBS_DIR = "thumbs"
+THUMB_PX = 160
+
+
+def image_file(run_dir: Path, image: Any, key: str) -> Path:
+    if is_missing(image) or image == "":
+        return run_dir / "images" / f"{key}.png"
+    p = Path(image)
+    return p if p.is_absolute() else run_dir / p
+
+
+def make_thumbnail(image: Path, thumb: Path, size: int = THUMB_PX) -> bool:
+    """Write a JPEG of at most `size` px on its long side, unless a newer one exists. True if written."""
+    from PIL import Image
+
+    try:
+        if thumb.stat().st_mtime_ns >= image.stat().st_mtime_ns:
+            return False
+    except FileNotFoundError:
+        pass
+    with Image.open(image) as im:
+        im.thumbnail((size, size), Image.Resampling.BICUBIC, reducing_gap=2.0)
+        rgb = im.convert("RGB")
+    tmp = thumb.with_name(f".{thumb.name}.tmp-{os.getpid()}-{os.urandom(4).hex()}")
+    try:
+        rgb.save(tmp, format="JPEG", quality=85)
+        os.replace(tmp, thumb)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return True
+
+
+def ensure_thumbnails(run_dir: Path, images: dict[str, Path], size: int = THUMB_PX) -> dict[str, str | None]:
+    """Thumbnails for `images` (key -> image file). Returns key -> None, or why there is no thumbnail."""
+    folder = run_dir / THUMBS_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def one(item: tuple[str, Path]) -> tuple[str, str | None]:
+        key, image = item
+        if not image.is_file():
+            return key, "image file missing"
+        try:
+            make_thumbnail(image, folder / f"{key}.jpg", size)
+        except OSError as exc:  # damaged or unreadable image: show a placeholder, keep the page
+            return key, f"unreadable image ({exc})"
+        return key, None
+
+    items = list(images.items())
+    workers = min(4, os.cpu_count() or 1)
+    if len(items) < 32 or workers == 1:
+        return dict(map(one, items))
+    with ThreadPoolExecutor(workers) as pool:  # Pillow releases the GIL while decoding and resizing
+        return dict(pool.map(one, items))
