@@ -76,8 +76,6 @@ from .wildcards import WildcardLibrary, default_search_path
 SELECTIONS = ("tournament", "top_k")
 DEFAULT_OPERATORS = {"swap": 1.0, "insert": 1.0, "delete": 1.0, "reorder": 0.5, "crossover": 1.0, "reweight": 0.5}
 NOT_FITNESS = ("health", "watermark")
-REPORT_TOP = 5          # prompts per generation in search_generations
-LINEAGE_WINNERS = 3     # final candidates whose ancestry is traced
 _KEYS = {"population", "generations", "metrics", "weights", "selection", "tournament_size", "top_k", "elitism",
          "operators", "modifiers", "budget", "seed"}
 _NOT_IDENTITY = ("generations", "budget")  # may change without invalidating recorded generations
@@ -484,6 +482,8 @@ def evolve(path: Path | str, *, out: Path | str | None = None, device: str | Non
                 f"{len(used)} used{'' if cfg.budget is None else f' of {cfg.budget}'})")
             if on_generation is not None:
                 on_generation(gen)
+        from .search_report import write_search_report
+
         result.outputs = write_search_report(run_dir, result.generations)
     finally:
         if maker is not None:
@@ -494,113 +494,3 @@ def evolve(path: Path | str, *, out: Path | str | None = None, device: str | Non
 
 def _fmt(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.4g}"
-
-
-# ----------------------------------------------------------------------------- reports
-
-
-def generations_frame(generations: Sequence[Generation], top: int = REPORT_TOP):
-    import pandas as pd
-
-    rows = []
-    for gen in generations:
-        for r, c in enumerate(gen.candidates[:top], start=1):
-            rows.append({"generation": gen.index, "rank": r, "prompt": c.text, "fitness": c.fitness,
-                         "ci_low": c.ci[0], "ci_high": c.ci[1], "n_seeds": c.n_seeds, "operator": c.operator,
-                         "born": c.born, "elite": c.born < gen.index, "key": c.key})
-    return pd.DataFrame(rows, columns=["generation", "rank", "prompt", "fitness", "ci_low", "ci_high", "n_seeds",
-                                       "operator", "born", "elite", "key"]).astype({"fitness": float, "ci_low": float,
-                                                                                     "ci_high": float})
-
-
-def trajectory_frame(generations: Sequence[Generation]):
-    import pandas as pd
-
-    from .stats import t_interval
-
-    rows = []
-    for gen in generations:
-        fits = [c.fitness for c in gen.candidates if c.fitness is not None]
-        best = gen.best
-        lo, hi = t_interval(fits)
-        rows.append({"generation": gen.index, "best": best.fitness, "best_ci_low": best.ci[0],
-                     "best_ci_high": best.ci[1], "mean": sum(fits) / len(fits) if fits else None,
-                     "mean_ci_low": lo, "mean_ci_high": hi, "candidates": len(gen.candidates),
-                     "images_used": gen.images_used, "best_prompt": best.text})
-    return pd.DataFrame(rows).astype({c: float for c in ("best", "best_ci_low", "best_ci_high", "mean",
-                                                         "mean_ci_low", "mean_ci_high")})
-
-
-def lineage_frame(generations: Sequence[Generation], winners: int = LINEAGE_WINNERS):
-    """The ancestry of the best final candidates, newest first (crossover children have two parents)."""
-    import pandas as pd
-
-    born: dict[str, Candidate] = {}
-    for gen in generations:
-        for c in gen.candidates:
-            if c.born == gen.index:
-                born.setdefault(c.key, c)
-    rows = []
-    for r, winner in enumerate(generations[-1].candidates[:winners], start=1):
-        queue, seen = [(winner.key, 0)], set()
-        while queue:
-            key, d = queue.pop(0)
-            if key in seen:
-                continue
-            seen.add(key)
-            c = born.get(key)
-            if c is None:
-                rows.append({"winner": r, "depth": d, "key": key, "prompt": None, "operator": "(not recorded)"})
-                continue
-            rows.append({"winner": r, "depth": d, "generation": c.born, "key": key, "prompt": c.text,
-                         "operator": c.operator, "args": canonical_json(dict(c.args)),
-                         "parents": " ".join(c.parents), "fitness": c.fitness, "ci_low": c.ci[0],
-                         "ci_high": c.ci[1], "image_keys": " ".join(c.image_keys)})
-            queue += [(p, d + 1) for p in c.parents]
-    cols = ["winner", "depth", "generation", "key", "prompt", "operator", "args", "parents", "fitness", "ci_low",
-            "ci_high", "image_keys"]
-    return pd.DataFrame(rows, columns=cols).astype({"fitness": float, "ci_low": float, "ci_high": float})
-
-
-def plot_trajectory(traj, path: Path) -> Path:
-    """Best and mean fitness per generation with 95% CI bars (matplotlib, Agg canvas)."""
-    import numpy as np
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(6, 3.6))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    x = traj["generation"].to_numpy()
-    for col, label, shift in (("best", "best candidate (CI over seeds)", -0.05),
-                              ("mean", "population mean (CI over candidates)", 0.05)):
-        y = traj[col].to_numpy(float)
-        lo, hi = traj[f"{col}_ci_low"].to_numpy(float), traj[f"{col}_ci_high"].to_numpy(float)
-        err = np.vstack([np.where(np.isnan(lo), 0, y - lo), np.where(np.isnan(hi), 0, hi - y)])
-        ax.errorbar(x + shift, y, yerr=err, marker="o", capsize=3, label=label)
-    ax.set_xlabel("generation")
-    ax.set_ylabel("fitness")
-    ax.set_xticks(x)
-    ax.legend(fontsize=8)
-    ax.set_title("prompt search")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    tmp.replace(path)
-    return path
-
-
-def write_search_report(run_dir: Path | str, generations: Sequence[Generation]) -> list[Path]:
-    from .report import write_table
-
-    run_dir = Path(run_dir)
-    if not generations:
-        return []
-    tables = run_dir / "tables"
-    traj = trajectory_frame(generations)
-    out = write_table(generations_frame(generations), tables, "search_generations")
-    out += write_table(traj, tables, "search_trajectory")
-    out += write_table(lineage_frame(generations), tables, "search_lineage")
-    out.append(plot_trajectory(traj, run_dir / "plots" / "search_trajectory.png"))
-    return out
