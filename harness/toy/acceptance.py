@@ -10,6 +10,8 @@
    (`checkpoints.resolve("toy")` + `load_pipeline`, DDIM) from held-out captions, read by the oracle:
    colour, shape and background right; the named style detected; and, as a
    control, how often each style's signature shows when the caption does not ask for it.
+4. The VAE alone: held-out world images encoded and decoded, read by the oracle
+   (the ceiling the VAE sets on what generation can reach).
 """
 
 from __future__ import annotations
@@ -101,14 +103,12 @@ def generate(prompts: list[str], seeds: list[int], *, size: int = 256, steps: in
     return images
 
 
-def generation_rows(n: int = 96, *, size: int = 256, steps: int = 20, guidance: float = 7.5,
-                    scheduler: str = "ddim", device: str = "cpu") -> list[Row]:
-    samples = held_out(n, HELD_OUT_SEED + 3)
-    images = generate([s.caption for s in samples], list(range(n)), size=size, steps=steps, guidance=guidance,
-                      scheduler=scheduler, device=device)
-    hits = {"color": [], "shape": [], "background": []}
+def _read(samples: list[world.Sample], images: list[np.ndarray]) -> tuple[dict, list[bool], dict]:
+    """The oracle on `images` against `samples`' labels: hits per attribute, named-style hits, and per
+    style how often its signature shows when the caption does not ask for it."""
+    hits: dict[str, list[bool]] = {"color": [], "shape": [], "background": []}
     style_hit: list[bool] = []
-    false_pos = {st: [] for st in world.STYLES}
+    false_pos: dict[str, list[bool]] = {st: [] for st in world.STYLES}
     for s, img in zip(samples, images):
         a = oracle.analyze(img)
         hits["color"].append(a.color == s.labels.color)
@@ -119,6 +119,15 @@ def generation_rows(n: int = 96, *, size: int = 256, steps: int = 20, guidance: 
         for st in world.STYLES:
             if s.labels.style != st and not a.reason:
                 false_pos[st].append(a.has_style(st))
+    return hits, style_hit, false_pos
+
+
+def generation_rows(n: int = 96, *, size: int = 256, steps: int = 20, guidance: float = 7.5,
+                    scheduler: str = "ddim", device: str = "cpu") -> list[Row]:
+    samples = held_out(n, HELD_OUT_SEED + 3)
+    images = generate([s.caption for s in samples], list(range(n)), size=size, steps=steps, guidance=guidance,
+                      scheduler=scheduler, device=device)
+    hits, style_hit, false_pos = _read(samples, images)
     where = f"{size} px, {steps} {scheduler} steps, cfg {guidance:g}"
     targets = {"color": ">= 90 %", "shape": ">= 70 %", "background": ""}
     rows = [Row(f"toy images: {k} right ({where})", float(np.mean(v)), len(v), targets[k]) for k, v in hits.items()]
@@ -126,6 +135,31 @@ def generation_rows(n: int = 96, *, size: int = 256, steps: int = 20, guidance: 
                     ">= 80 %"))
     rows += [Row(f"toy images: {st} signature without asking (false positives)", float(np.mean(v)), len(v))
              for st, v in false_pos.items()]
+    return rows
+
+
+def vae_rows(n: int = 96, *, size: int = 128, device: str = "cpu") -> list[Row]:
+    """The ceiling the VAE sets: held-out world images encoded and decoded by the toy VAE, read by the oracle."""
+    import json
+
+    import torch
+
+    from harness.toy import models
+
+    vae = models.build_vae(json.loads((models.DATA_DIR / models.CONFIGS_FILE).read_text())["vae"])
+    models.load_part(vae, "vae", models.DATA_DIR)
+    vae.to(device).eval()
+    samples = held_out(n, HELD_OUT_SEED + 4, size)
+    images = []
+    with torch.no_grad():
+        for start in range(0, n, 16):
+            part = np.stack([s.image for s in samples[start:start + 16]]).astype(np.float32) / 127.5 - 1.0
+            x = torch.from_numpy(part).permute(0, 3, 1, 2).to(device)
+            rec = vae.decode(vae.encode(x).latent_dist.mean).sample.clamp(-1, 1)
+            images += list(((rec + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy())
+    hits, style_hit, _ = _read(samples, images)
+    rows = [Row(f"VAE round trip: {k} right ({size} px)", float(np.mean(v)), len(v)) for k, v in hits.items()]
+    rows.append(Row(f"VAE round trip: named style detected ({size} px)", float(np.mean(style_hit)), len(style_hit)))
     return rows
 
 
@@ -148,6 +182,7 @@ def main(argv: list[str] | None = None) -> None:
     blocks += [lambda size=size: generation_rows(args.n_gen, size=size, steps=args.steps, guidance=args.guidance,
                                                  scheduler=args.scheduler, device=device)
                for size in args.size or [128]]
+    blocks += [lambda size=size: vae_rows(args.n_gen, size=size, device=device) for size in args.size or [128]]
     for block in blocks:
         t0 = time.time()
         for row in block():
