@@ -16,6 +16,7 @@ Pixels are converted to uint8 on the device and copied to the CPU once per batch
 from __future__ import annotations
 
 import gc
+import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -220,6 +221,10 @@ class PipelineCache:
 # ---------------------------------------------------------------- one batch
 
 EMBEDS_CACHE_LIMIT = 1024  # entries; about 120 MB of fp16 SD1 embeddings
+# Prompt encoding is serialised: generation streams share a pipeline's tokenizer, whose padding and
+# truncation settings are state of the (fast) tokenizer set on every call, so two threads encoding at
+# once can get each other's padding (a 5-token embedding where 77 were asked for).
+_ENCODE_LOCK = threading.Lock()
 
 
 _GROUP_FIELDS = ("fingerprint", "checkpoint", "mode", "strength", "steps", "guidance", "scheduler", "width",
@@ -288,7 +293,7 @@ def _embeddings(pipe, jobs: Sequence[Job], cache: dict | None) -> tuple[torch.Te
     for job in jobs:
         key = (job.fingerprint, dtype, job.prompt, job.negative_prompt)
         if key not in cache:
-            with torch.no_grad():
+            with _ENCODE_LOCK, torch.no_grad():
                 cond, uncond = pipe.encode_prompt(job.prompt, device, 1, True, negative_prompt=job.negative_prompt)
             while len(cache) >= EMBEDS_CACHE_LIMIT:
                 cache.pop(next(iter(cache)))

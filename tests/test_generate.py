@@ -327,3 +327,23 @@ def test_to_uint8_rounds_and_lays_out_height_width_channels():
     x = torch.tensor([0.0, 0.5, 1.0, 0.2]).reshape(1, 1, 2, 2).expand(1, 3, 2, 2)
     out = gen.to_uint8(x)[0]
     assert out.shape == (2, 2, 3) and out[:, :, 0].tolist() == [[0, 128], [255, 51]]
+
+
+def test_prompt_encoding_from_concurrent_streams_keeps_every_embedding_whole(pipes, tiny_ref):
+    """Generation streams share the pipeline's tokenizer, whose padding settings are per-call state:
+    encodings from several threads at once must still all be padded to the full 77 tokens (unserialised,
+    about 2 % of these came back 5 tokens long)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    pipe = pipes.get(tiny_ref, "txt2img", "ddim")
+
+    def encode(thread: int) -> set:
+        lengths = set()
+        for n in range(100):
+            j = job(tiny_ref, prompt=f"a house {thread} {n}", negative_prompt="" if n % 2 else "blurry")
+            cond, uncond = gen._embeddings(pipe, [j], cache=None)
+            lengths |= {cond.shape[1], uncond.shape[1]}
+        return lengths
+
+    with ThreadPoolExecutor(4) as pool:
+        assert set().union(*pool.map(encode, range(4))) == {77}
