@@ -257,7 +257,45 @@ class Figures:
         return max(0.0, 1 - self.pipeline / self.seconds)
 
 
-def run_bench(sweep: Sweep, *, device: str = "auto", dtype: str = "auto", ablate: bool = False,
+ABLATIONS = ("batching", "png", "sdpa", "embeds", "uint8", "channels_last", "fuse_qkv", "streams", "score",
+             "compile")
+
+
+def ablation_variants(which, device: str, base) -> list[tuple[str, dict]]:
+    """(row name, harness_run keywords) for `--ablate`: every row if `which` is True or "all", else the
+    rows whose key (`ABLATIONS`) is in `which` (a comma list); rows that do not apply to `device` are left out."""
+    if not which:
+        return []
+    keys = list(ABLATIONS) if which in (True, "all") else [k.strip() for k in str(which).split(",") if k.strip()]
+    unknown = [k for k in keys if k not in ABLATIONS]
+    if unknown or not keys:
+        raise ValueError(f"--ablate {which!r}: expected 'all' or a comma list of {', '.join(ABLATIONS)}"
+                         + (f" (unknown: {', '.join(unknown)})" if unknown else ""))
+    on_cuda = device.startswith("cuda")
+    rows = {
+        "batching": [("harness, no batching", dict(exact=True))],
+        "png": [("harness, PNG sync level 6", dict(tuning=replace(base, writers=0, png_level=6))),
+                ("harness, PNG sync level 1", dict(tuning=replace(base, writers=0)))],
+        "sdpa": [("harness, classic attention (no SDPA)", dict(tuning=replace(base, on_load=classic_attention)))],
+        "embeds": [("harness, no prompt-embedding cache", dict(tuning=replace(base, embeds_cache=False)))],
+        "uint8": [("harness, uint8 on the host", dict(tuning=replace(base, device_uint8=False)))],
+        "channels_last": [("harness + channels_last", dict(tuning=replace(base, speedups=("channels_last",))))],
+        "fuse_qkv": [("harness + fused QKV", dict(tuning=replace(base, speedups=("fuse_qkv",))))],
+        "streams": [] if on_cuda else [("harness, one stream", dict(tuning=replace(base, streams=1)))],
+        "score": [("harness + CLIP score, background", dict(metrics=(SCORE_METRIC,))),
+                  ("harness + CLIP score, after", dict(metrics=(SCORE_METRIC,), background=False))],
+        # Compiling takes most of a short sweep's time: the first run pays for it, the second (a fresh
+        # pipeline, the compiler's caches warm) shows the compiled speed.
+        "compile": [] if not on_cuda else [
+            (f"harness + {label} {run}", dict(tuning=replace(base, speedups=speedups)))
+            for label, speedups in (("torch.compile", ("compile",)),
+                                    ("channels_last + fused QKV + torch.compile", ("channels_last", "fuse_qkv", "compile")))
+            for run in ("(1st run, compiling)", "(2nd run)")],
+    }
+    return [row for key in keys for row in rows[key]]
+
+
+def run_bench(sweep: Sweep, *, device: str = "auto", dtype: str = "auto", ablate: bool | str = False,
               speedups: tuple[str, ...] = (), batch_size: int | None = None, keep: Path | None = None,
               streams: int | str = "auto",
               out=print) -> dict:
@@ -280,6 +318,7 @@ def run_bench(sweep: Sweep, *, device: str = "auto", dtype: str = "auto", ablate
         exp = load_experiment(work / "bench.toml")
         plan = make_plan(exp)
         n = len(plan.jobs)
+        variants = ablation_variants(ablate, device, Tuning(speedups=exp.speedups, streams=exp.streams))
         out(f"sweep: {n} images ({sweep.model}, {sweep.size}x{sweep.size}, {sweep.steps} steps, "
             f"{sweep.prompts} prompts x {sweep.seeds} seeds, txt2img + img2img at strengths "
             f"{list(sweep.strengths)}), device {device}, {gen.dtype_name(torch_dtype)}")
@@ -306,28 +345,11 @@ def run_bench(sweep: Sweep, *, device: str = "auto", dtype: str = "auto", ablate
         best = measure("harness", lambda t: harness_run(exp, plan, work / "harness", device, t,
                                                         batch_size=batch_size))
         runs = ["harness"]
-        if ablate:
-            base = Tuning(speedups=exp.speedups, streams=exp.streams)
-            variants = {
-                "harness, no batching": dict(exact=True),
-                "harness, PNG sync level 6": dict(tuning=replace(base, writers=0, png_level=6)),
-                "harness, PNG sync level 1": dict(tuning=replace(base, writers=0)),
-            }
-            variants["harness, classic attention (no SDPA)"] = dict(tuning=replace(base, on_load=classic_attention))
-            variants["harness, no prompt-embedding cache"] = dict(tuning=replace(base, embeds_cache=False))
-            variants["harness, uint8 on the host"] = dict(tuning=replace(base, device_uint8=False))
-            variants["harness + channels_last"] = dict(tuning=replace(base, speedups=("channels_last",)))
-            if device == "cpu":
-                variants["harness, one stream"] = dict(tuning=replace(base, streams=1))
-            variants["harness + CLIP score, background"] = dict(metrics=(SCORE_METRIC,))
-            variants["harness + CLIP score, after"] = dict(metrics=(SCORE_METRIC,), background=False)
-            if device.startswith("cuda"):
-                variants["harness + torch.compile"] = dict(tuning=replace(base, speedups=("compile",)))
-            for name, kw in variants.items():
-                folder = "".join(c if c.isalnum() else "_" for c in name)
-                runs.append(folder)
-                measure(name, lambda t, kw=kw, folder=folder: harness_run(
-                    exp, plan, work / folder, device, t, batch_size=batch_size, **kw))
+        for name, kw in variants:
+            folder = "".join(c if c.isalnum() else "_" for c in name)
+            runs.append(folder)
+            measure(name, lambda t, kw=kw, folder=folder: harness_run(
+                exp, plan, work / folder, device, t, batch_size=batch_size, **kw))
         figures = {"images": n, "naive_images_per_s": naive.rate, "harness_images_per_s": best.rate,
                    "ratio": best.rate / naive.rate, "harness_outside_share": best.outside,
                    "harness_outside_pipeline": best.outside_pipeline,
@@ -394,9 +416,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prompts", type=int, default=4)
     p.add_argument("--seeds", type=int, default=4)
     p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--speedups", default="", help="comma list: channels_last,compile")
+    p.add_argument("--speedups", default="", help="comma list: channels_last,fuse_qkv,compile")
     p.add_argument("--streams", default="auto", help="CPU generation threads for the harness (auto: 2 on 2+ cores)")
-    p.add_argument("--ablate", action="store_true", help="also measure each optimisation turned off")
+    p.add_argument("--ablate", nargs="?", const="all", default="",
+                   help="also measure each optimisation turned off/on: 'all' (no value) or a comma list of "
+                        + ",".join(ABLATIONS))
     p.add_argument("--quick", action="store_true", help="a tiny sweep for CI: checks images agree")
     a = p.parse_args(argv)
     size = a.size or (512 if a.model != "tiny" else 256)
@@ -404,6 +428,12 @@ def main(argv: list[str] | None = None) -> int:
     sweep = Sweep(model=a.model, size=size, steps=steps, prompts=a.prompts, seeds=a.seeds)
     if a.quick:
         sweep = Sweep(model=a.model, size=64, steps=2, prompts=2, seeds=2)
+    from .worker import Tuning
+
+    try:
+        ablation_variants(a.ablate, "cpu", Tuning())  # a bad --ablate fails before minutes of measuring
+    except ValueError as exc:
+        p.error(str(exc))
     run_bench(sweep, device=a.device, dtype=a.dtype, ablate=a.ablate, batch_size=a.batch_size,
               speedups=tuple(x for x in a.speedups.split(",") if x),
               streams=a.streams if a.streams == "auto" else int(a.streams))

@@ -283,9 +283,11 @@ def experiment_from_dict(raw: Mapping[str, Any], path: Path) -> Experiment:
     if streams != "auto" and (isinstance(streams, bool) or not isinstance(streams, int) or not 1 <= streams <= 64):
         c.bad("streams", streams, "'auto' or an integer in [1, 64] (generation threads on CPU)")
         streams = "auto"
+    from .worker import SPEEDUPS
+
     speedups = raw.get("speedups", [])
-    if not (isinstance(speedups, list) and all(x in ("channels_last", "compile") for x in speedups)):
-        c.bad("speedups", speedups, "a list of 'channels_last', 'compile'")
+    if not (isinstance(speedups, list) and all(x in SPEEDUPS for x in speedups)):
+        c.bad("speedups", speedups, "a list of " + ", ".join(map(repr, SPEEDUPS)))
         speedups = []
     exact = raw.get("exact", False)
     if not isinstance(exact, bool):

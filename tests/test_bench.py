@@ -23,7 +23,7 @@ def test_every_ablation_row_runs_and_makes_the_same_images(tmp_path):
     fig = run_bench(Sweep(size=64, steps=2, prompts=2, seeds=1), ablate=True, out=lines.append, keep=tmp_path)
     names = [r.name for r in fig["rows"]]
     for name in ("harness, no batching", "harness, no prompt-embedding cache", "harness, uint8 on the host",
-                 "harness, classic attention (no SDPA)", "harness + CLIP score, background",
+                 "harness, classic attention (no SDPA)", "harness + fused QKV", "harness + CLIP score, background",
                  "harness + CLIP score, after"):
         assert name in names
     assert fig["max_diff"] <= 1
@@ -44,3 +44,43 @@ def test_covered_counts_overlapping_spans_once():
     assert covered([]) == 0.0
     assert covered([(0.0, 2.0), (1.0, 3.0), (5.0, 6.0)]) == 4.0  # two streams overlapping, then a gap
     assert covered([(1.0, 4.0), (2.0, 3.0)]) == 3.0  # a call inside another
+
+
+def test_ablate_names_a_subset_of_rows_and_rejects_unknown_keys():
+    import pytest
+
+    from harness.bench import ABLATIONS, ablation_variants, main
+    from harness.worker import Tuning
+
+    names = [name for name, _ in ablation_variants("fuse_qkv, png", "cpu", Tuning())]
+    assert names == ["harness + fused QKV", "harness, PNG sync level 6", "harness, PNG sync level 1"]
+    every = [name for name, _ in ablation_variants("all", "cuda", Tuning())]
+    assert "harness, one stream" not in every and "harness + torch.compile (2nd run)" in every
+    assert len(ablation_variants(True, "cpu", Tuning())) == len(every) - 4 + 1  # no compile rows; one stream
+    with pytest.raises(ValueError, match="unknown: fuse") as err:
+        ablation_variants("png,fuse", "cpu", Tuning())
+    assert all(key in str(err.value) for key in ABLATIONS)
+    with pytest.raises(SystemExit):  # argparse error before any measuring
+        main(["--ablate", "nope"])
+
+
+def test_fuse_qkv_speedup_fuses_the_unet_attention_projections(tmp_path):
+    from harness import checkpoints
+    from harness.worker import Tuning, _loader
+
+    pipe = _loader(Tuning(speedups=("fuse_qkv",)))(checkpoints.resolve("tiny"), "txt2img", device="cpu")
+    attns = [m for m in pipe.unet.modules() if type(m).__name__ == "Attention"]
+    assert attns and all(m.fused_projections for m in attns)
+    assert type(attns[0].processor).__name__ == "FusedAttnProcessor2_0"
+
+
+def test_unknown_speedup_is_rejected_with_the_list_of_known_ones(tmp_path):
+    import pytest
+
+    from harness.experiment import ExperimentError, load_experiment
+
+    path = tmp_path / "e.toml"
+    path.write_text('name = "x"\nprompt = "a cat"\nspeedups = ["fuse_qkv", "turbo"]\n')
+    with pytest.raises(ExperimentError) as err:
+        load_experiment(path)
+    assert "speedups" in str(err.value) and "'fuse_qkv'" in str(err.value) and "'compile'" in str(err.value)
