@@ -75,3 +75,45 @@ def test_bad_stage_or_profile_names_say_what_is_expected(tmp_path):
         train.train("vae", tmp_path, profile="huge")
     with pytest.raises(ValueError, match="unknown stage 'unte'"):
         train.train("vae", tmp_path, stop_at={"unte": 5})
+
+
+def test_profile_overrides_change_the_architecture_and_are_recorded(tmp_path):
+    """--set latent_channels=8 gives an 8-channel VAE and a UNet that reads 8 channels; configs.json
+    says which fields were set, and the loaded pipeline parts agree."""
+    out = train.train("vae,unet", tmp_path, profile=TINY, device="cpu",
+                      overrides={"latent_channels": "8", "vae_blocks": "8,8,16,16", "vae_edge": "1",
+                                 "vae_texture": "0.5"})
+    configs = json.loads((out / models.CONFIGS_FILE).read_text())
+    assert configs["vae"]["latent_channels"] == 8 and configs["vae"]["block_out_channels"] == [8, 8, 16, 16]
+    assert configs["unet"]["in_channels"] == configs["unet"]["out_channels"] == 8
+    assert configs["trained"]["vae"]["set"] == {"latent_channels": "8", "vae_blocks": "8,8,16,16",
+                                                "vae_edge": "1", "vae_texture": "0.5"}
+    vae, unet, _ = models.load_components(out)
+    x = torch.zeros(1, 3, 64, 64)
+    z = vae.encode(x).latent_dist.mean
+    assert z.shape == (1, 8, 8, 8) and unet.config.in_channels == z.shape[1]
+
+
+def test_bad_overrides_name_the_field_and_the_expected_form():
+    with pytest.raises(ValueError, match="unknown field 'latent'.*latent_channels"):
+        TINY.with_overrides({"latent": "8"})
+    with pytest.raises(ValueError, match="unet=3000,256: expected Budget.*steps,batch,lr"):
+        TINY.with_overrides({"unet": "3000,256"})
+    changed = TINY.with_overrides({"unet": "30,8,2e-4", "ema_decay": "0.9"})
+    assert changed.unet == train.Budget(30, 8, 2e-4) and changed.ema_decay == 0.9
+    assert changed.tag != TINY.tag == "test"  # resumable state of an overridden run is kept apart
+
+
+def test_reconstruction_loss_charges_for_lost_edges_and_grain():
+    """The edge and texture terms are zero for a perfect reconstruction and grow when detail is blurred
+    away, while the pixel terms alone barely see grain."""
+    rng = np.random.default_rng(0)
+    x = torch.zeros(2, 3, 32, 32)
+    x[:, :, :, 16:] = 1.0                        # an edge
+    x += 0.3 * torch.from_numpy(rng.uniform(-1, 1, (2, 1, 32, 32))).float()  # grain
+    blurred = torch.nn.functional.avg_pool2d(x, 5, stride=1, padding=2, count_include_pad=False)
+    plain = train.Profile("p", *(train.Budget(1, 1, 1e-3),) * 4)
+    sharp = train.Profile("s", *(train.Budget(1, 1, 1e-3),) * 4, vae_edge=1.0, vae_texture=1.0)
+    assert float(train.reconstruction_loss(x, x, sharp)) == pytest.approx(0.0, abs=1e-3)
+    extra = float(train.reconstruction_loss(blurred, x, sharp)) - float(train.reconstruction_loss(blurred, x, plain))
+    assert extra > 2 * float(train.reconstruction_loss(blurred, x, plain))

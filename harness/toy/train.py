@@ -78,9 +78,51 @@ class Profile:
     unet_scenes: tuple[tuple[int, int], ...] = ((128, 2000), (256, 500))  # (px, scenes)
     clip_scenes: int = 2500
     ema_decay: float = 0.995
+    vae_blocks: tuple[int, ...] = (8, 16, 32, 32)  # the VAE's block widths (models.VAE_CONFIG otherwise)
+    latent_channels: int = 4
+    vae_edge: float = 0.0     # weight of an L1 loss on image gradients (keeps outlines and stripes sharp)
+    vae_texture: float = 0.0  # weight of an L1 loss on local high-frequency energy (keeps grain)
+    overrides: tuple[tuple[str, str], ...] = ()  # fields set by `with_overrides` (recorded in configs.json)
 
     def budget(self, stage: str) -> Budget:
         return getattr(self, stage)
+
+    def vae_config(self) -> dict:
+        return {**models.VAE_CONFIG, "block_out_channels": list(self.vae_blocks),
+                "latent_channels": self.latent_channels}
+
+    def with_overrides(self, items: dict[str, str]) -> "Profile":
+        """This profile with fields set from strings (`--set FIELD=VALUE`): numbers, comma lists for
+        tuples, `steps,batch,lr` for a stage's budget."""
+        from dataclasses import fields, replace
+
+        known = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("name", "overrides")}
+        values = {}
+        for key, text in items.items():
+            if key not in known:
+                raise ValueError(f"--set {key}={text}: unknown field {key!r}; expected one of {', '.join(known)}")
+            current = known[key]
+            try:
+                if isinstance(current, Budget):
+                    steps, batch, lr = text.split(",")
+                    values[key] = Budget(int(steps), int(batch), float(lr))
+                elif isinstance(current, tuple):
+                    values[key] = tuple(int(x) for x in text.split(","))
+                else:
+                    values[key] = type(current)(text)
+            except ValueError:
+                raise ValueError(f"--set {key}={text}: expected {type(current).__name__} like {current!r} "
+                                 f"(a budget is steps,batch,lr; a tuple is a comma list)") from None
+        return replace(self, **values, overrides=tuple(sorted({**dict(self.overrides), **items}.items())))
+
+    @property
+    def tag(self) -> str:
+        """The profile's name, plus a digest of its overrides if any (names resumable state)."""
+        if not self.overrides:
+            return self.name
+        import hashlib
+
+        return f"{self.name}-{hashlib.sha256(repr(self.overrides).encode()).hexdigest()[:8]}"
 
 
 PROFILES = {
@@ -88,10 +130,12 @@ PROFILES = {
     "cpu": Profile("cpu", vae=Budget(1500, 16, 4e-4), decoder=Budget(1500, 8, 3e-4),
                    unet=Budget(4000, 32, 5e-4), clip=Budget(3000, 32, 5e-4)),
     # Minutes on one H100 (with --workers computing batches ahead): larger batches, more steps and scenes.
+    # A wider VAE with losses that keep the styles' fine detail (outlines, stripes, grain).
     "gpu": Profile("gpu", vae=Budget(2500, 32, 4e-4), decoder=Budget(1000, 32, 2e-4),
-                   unet=Budget(6000, 128, 5e-4), clip=Budget(7000, 128, 5e-4),
+                   unet=Budget(3000, 256, 7e-4), clip=Budget(7000, 128, 5e-4),
                    vae_size=128, vae_scenes=4000, decoder_scenes=3000,
-                   unet_scenes=((128, 12000), (256, 3000)), clip_scenes=12000, ema_decay=0.998),
+                   unet_scenes=((128, 12000), (256, 3000)), clip_scenes=12000, ema_decay=0.998,
+                   vae_blocks=(16, 32, 64, 64), vae_edge=1.0, vae_texture=1.0),
 }
 CFG_DROP = 0.1
 MIN_SNR_GAMMA = 5.0
@@ -179,7 +223,7 @@ class Checkpoint:
     """Resumable training state in `<work dir>/train-<stage>-<profile>.pt`."""
 
     def __init__(self, setup: Setup, stage: str) -> None:
-        suffix = "" if setup.profile.name == "cpu" else f"-{setup.profile.name}"
+        suffix = "" if setup.profile.tag == "cpu" else f"-{setup.profile.tag}"
         self.path = work_dir(setup.out) / f"train-{stage}{suffix}.pt"
 
     def load(self) -> dict | None:
@@ -272,24 +316,47 @@ def _loop(stage: str, setup: Setup, modules: dict, opt, make_batch, loss_fn, ext
 def _trained(setup: Setup, stage: str, step: int) -> dict:
     """What `configs.json` records about how a part was made."""
     budget = setup.profile.budget(stage)
-    return {stage: {"profile": setup.profile.name, "device": setup.device.split(":")[0], "steps": step,
-                    "of": budget.steps, "batch": budget.batch}}
+    made = {"profile": setup.profile.name, "device": setup.device.split(":")[0], "steps": step,
+            "of": budget.steps, "batch": budget.batch}
+    if setup.profile.overrides:
+        made["set"] = dict(setup.profile.overrides)
+    return {stage: made}
 
 
 # ---------------------------------------------------------------- VAE
+
+def _local_energy(x: torch.Tensor) -> torch.Tensor:
+    """Root mean square of the image minus its 5x5 box blur, per 4x4 cell: where the fine texture is."""
+    high = x - F.avg_pool2d(F.pad(x, (2, 2, 2, 2), mode="replicate"), 5, stride=1)
+    return F.avg_pool2d(high.pow(2).mean(1, keepdim=True), 4).add(1e-6).sqrt()
+
+
+def reconstruction_loss(rec: torch.Tensor, x: torch.Tensor, profile: Profile) -> torch.Tensor:
+    """MSE + L1 on pixels; with the profile's weights, L1 on horizontal and vertical differences (edges
+    and stripes as sharp as the original) and on local high-frequency energy (a decoder that averages
+    grain away pays for it even where it cannot place each grain cell)."""
+    loss = F.mse_loss(rec, x) + 0.1 * F.l1_loss(rec, x)
+    if profile.vae_edge:
+        loss = loss + profile.vae_edge * (F.l1_loss(rec.diff(dim=-1), x.diff(dim=-1))
+                                          + F.l1_loss(rec.diff(dim=-2), x.diff(dim=-2)))
+    if profile.vae_texture:
+        loss = loss + profile.vae_texture * F.l1_loss(_local_energy(rec), _local_energy(x))
+    return loss
+
 
 def train_vae(setup: Setup) -> None:
     profile, device = setup.profile, setup.device
     budget = profile.vae
     torch.manual_seed(SEED)
-    vae = models.build_vae().to(device)
+    config = profile.vae_config()
+    vae = models.build_vae(config).to(device)
     with torch.no_grad():  # start with a near-deterministic posterior (std ~0.02): reconstructions learn at once
-        vae.quant_conv.bias[models.VAE_CONFIG["latent_channels"]:] = -8.0
+        vae.quant_conv.bias[profile.latent_channels:] = -8.0
     # Whole images, not crops: with one norm group, GroupNorm statistics are those of a whole
     # image, and the fully convolutional VAE then works at any size (64 px trains ~4x faster than 128).
     size = profile.vae_size
     _, pool = render_pool(profile.vae_scenes, size, f"vae{size}", setup.workers)
-    latent_shape = (budget.batch, models.VAE_CONFIG["latent_channels"], size // 8, size // 8)
+    latent_shape = (budget.batch, profile.latent_channels, size // 8, size // 8)
     opt = torch.optim.Adam(vae.parameters(), lr=budget.lr)
 
     def make_batch(step: int) -> dict:
@@ -302,7 +369,7 @@ def train_vae(setup: Setup) -> None:
         posterior = vae.encode(b["x"]).latent_dist
         rec = vae.decode(posterior.mean + posterior.std * b["noise"]).sample
         kl = 0.5 * (posterior.mean ** 2 + posterior.var - 1.0 - posterior.logvar).mean()
-        return F.mse_loss(rec, b["x"]) + 0.1 * F.l1_loss(rec, b["x"]) + 1e-4 * kl
+        return reconstruction_loss(rec, b["x"], profile) + 1e-4 * kl
 
     step = _loop("vae", setup, {"vae": vae}, opt, make_batch, loss_fn)
     vae.eval()
@@ -313,7 +380,7 @@ def train_vae(setup: Setup) -> None:
     scale = float(1.0 / latents.std())
     vae.register_to_config(scaling_factor=scale)
     models.save_part(vae, "vae", setup.out)
-    models.write_configs(setup.out, vae={**models.VAE_CONFIG, "scaling_factor": scale},
+    models.write_configs(setup.out, vae={**config, "scaling_factor": scale},
                          trained=_trained(setup, "vae", step))
     print(f"[vae] saved; scaling_factor {scale:.4f}", flush=True)
 
@@ -339,8 +406,7 @@ def train_decoder(setup: Setup) -> None:
     def loss_fn(b: dict) -> torch.Tensor:
         with torch.no_grad():
             z = vae.encode(b["x"]).latent_dist.mean
-        rec = vae.decode(z).sample
-        return F.mse_loss(rec, b["x"]) + 0.1 * F.l1_loss(rec, b["x"])
+        return reconstruction_loss(vae.decode(z).sample, b["x"], profile)
 
     step = _loop("decoder", setup, {"vae": vae}, opt, make_batch, loss_fn)
     models.save_part(vae, "vae", out)
@@ -404,7 +470,9 @@ def train_unet(setup: Setup) -> None:
     budget = profile.unet
     data = {size: unet_dataset(setup, size, count) for size, count in profile.unet_scenes}
     torch.manual_seed(SEED + 1)
-    unet = models.build_unet().to(device)
+    channels = json.loads((setup.out / models.CONFIGS_FILE).read_text())["vae"]["latent_channels"]
+    unet_config = {**models.UNET_CONFIG, "in_channels": channels, "out_channels": channels}
+    unet = models.build_unet(unet_config).to(device)
     text = models.build_text_encoder().to(device)
     tok = models.tokenizer()
     keep = torch.tensor(world_token_ids(lambda texts: tok(texts)["input_ids"]))
@@ -447,7 +515,7 @@ def train_unet(setup: Setup) -> None:
                  clip_norm=1.0, after_step=lambda: ema.update_parameters(unet))
     models.save_part(ema.module, "unet", setup.out)
     models.save_part(text, "text_encoder", setup.out)
-    models.write_configs(setup.out, unet=models.UNET_CONFIG, text_encoder=models.TEXT_CONFIG,
+    models.write_configs(setup.out, unet=unet_config, text_encoder=models.TEXT_CONFIG,
                          scheduler=models.SCHEDULER_CONFIG, trained=_trained(setup, "unet", step))
     print("[unet] saved (EMA weights) and text encoder", flush=True)
 
@@ -523,7 +591,7 @@ STAGES = {"vae": train_vae, "decoder": train_decoder, "unet": train_unet, "clip"
 
 def train(what: str = "all", out: Path | str | None = None, minutes: float | None = None,
           device: str = "auto", profile: str | Profile = "cpu", workers: int | None = None,
-          stop_at: dict[str, int] | None = None) -> Path:
+          stop_at: dict[str, int] | None = None, overrides: dict[str, str] | None = None) -> Path:
     """Train `what` (one of STAGES, a comma list of them, or all) into `out` (default: the package's
     data folder) with the named `profile`; `workers` (default: none on CPU, up to 8 on a GPU)
     compute batches ahead; `stop_at` ({stage: step}) ends stages early, learning-rate schedule unchanged."""
@@ -536,6 +604,8 @@ def train(what: str = "all", out: Path | str | None = None, minutes: float | Non
         if profile not in PROFILES:
             raise ValueError(f"train(profile={profile!r}): expected one of {', '.join(PROFILES)}")
         profile = PROFILES[profile]
+    if overrides:
+        profile = profile.with_overrides(overrides)
     out = Path(out) if out is not None else models.DATA_DIR
     out.mkdir(parents=True, exist_ok=True)
     device = pick_device(device)
@@ -572,15 +642,23 @@ def main(argv: list[str] | None = None) -> None:
                         help="processes computing batches ahead (default: 0 on CPU, up to 8 with a GPU)")
     parser.add_argument("--stop-at", action="append", default=[], metavar="STAGE=STEP",
                         help="end STAGE at STEP (reproduces a run stopped by --minutes; configs.json has the step)")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="override a profile field, e.g. latent_channels=8 or unet=3000,256,7e-4")
     args = parser.parse_args(argv)
     try:
+        overrides = {}
+        for item in args.set:
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise ValueError(f"--set {item!r}: expected FIELD=VALUE, e.g. latent_channels=8")
+            overrides[key.strip()] = value.strip()
         stop_at = {}
         for item in args.stop_at:
             stage, _, step = item.partition("=")
             if not step.isdigit():
                 raise ValueError(f"--stop-at {item!r}: expected STAGE=STEP, e.g. unet=5449")
             stop_at[stage] = int(step)
-        train(args.what, args.out, args.minutes, args.device, args.profile, args.workers, stop_at)
+        train(args.what, args.out, args.minutes, args.device, args.profile, args.workers, stop_at, overrides)
     except ValueError as exc:
         parser.error(str(exc))
 
