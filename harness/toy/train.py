@@ -7,7 +7,8 @@ Stages (each seeded; `all` runs them in this order):
 
 1. `vae`: AutoencoderKL (x8 downsampling, 4 latent channels) on whole world
    images (64 px in the `cpu` profile, 128 px in `gpu`); MSE + L1 + a small KL term, starting from a
-   near-deterministic posterior. Being fully convolutional with one norm group,
+   near-deterministic posterior; the `gpu` profile's VAE is wider and its loss also charges for lost
+   edges and texture (`reconstruction_loss`), which keeps the artist styles. Being fully convolutional with one norm group,
    it then works at any size. Its `scaling_factor` is set to 1 / std of the
    latents of 256 px world images.
 2. `decoder`: the VAE decoder fine-tuned on 128 px images with the encoder
@@ -82,6 +83,7 @@ class Profile:
     latent_channels: int = 4
     vae_edge: float = 0.0     # weight of an L1 loss on image gradients (keeps outlines and stripes sharp)
     vae_texture: float = 0.0  # weight of an L1 loss on local high-frequency energy (keeps grain)
+    unet_blocks: tuple[int, ...] = tuple(models.UNET_CONFIG["block_out_channels"])  # the UNet's block widths
     overrides: tuple[tuple[str, str], ...] = ()  # fields set by `with_overrides` (recorded in configs.json)
 
     def budget(self, stage: str) -> Budget:
@@ -132,7 +134,7 @@ PROFILES = {
     # Minutes on one H100 (with --workers computing batches ahead): larger batches, more steps and scenes.
     # A wider VAE with losses that keep the styles' fine detail (outlines, stripes, grain).
     "gpu": Profile("gpu", vae=Budget(2500, 32, 4e-4), decoder=Budget(1000, 32, 2e-4),
-                   unet=Budget(3000, 256, 7e-4), clip=Budget(7000, 128, 5e-4),
+                   unet=Budget(4500, 256, 7e-4), clip=Budget(7000, 128, 5e-4),
                    vae_size=128, vae_scenes=4000, decoder_scenes=3000,
                    unet_scenes=((128, 12000), (256, 3000)), clip_scenes=12000, ema_decay=0.998,
                    vae_blocks=(16, 32, 64, 64), vae_edge=1.0, vae_texture=1.0),
@@ -471,7 +473,8 @@ def train_unet(setup: Setup) -> None:
     data = {size: unet_dataset(setup, size, count) for size, count in profile.unet_scenes}
     torch.manual_seed(SEED + 1)
     channels = json.loads((setup.out / models.CONFIGS_FILE).read_text())["vae"]["latent_channels"]
-    unet_config = {**models.UNET_CONFIG, "in_channels": channels, "out_channels": channels}
+    unet_config = {**models.UNET_CONFIG, "in_channels": channels, "out_channels": channels,
+                   "block_out_channels": list(profile.unet_blocks)}
     unet = models.build_unet(unet_config).to(device)
     text = models.build_text_encoder().to(device)
     tok = models.tokenizer()
