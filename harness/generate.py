@@ -206,7 +206,10 @@ class PipelineCache:
             self._pipes[(mode, scheduler)] = ck.derive_pipeline(self._pipes[("txt2img", None)], mode, scheduler)
         return self._pipes[(mode, scheduler)]
 
-    def clear(self) -> None:
+    def clear(self, *, collect: bool = True) -> None:
+        """Drop the resident checkpoint; if there was one and `collect`, also run the garbage collector
+        and return the accelerator's cached memory (so the next checkpoint fits)."""
+        resident = bool(self._pipes)
         base = self._pipes.get(("txt2img", None))
         if base is not None and any(o.endswith("cpu_offload") for o in self.memory_applied):
             base.remove_all_hooks()
@@ -215,7 +218,8 @@ class PipelineCache:
         self._key = None
         self.memory_applied = []
         del base
-        free_accelerator_memory()
+        if resident and collect:
+            free_accelerator_memory()
 
 
 # ---------------------------------------------------------------- one batch

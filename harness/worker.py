@@ -197,7 +197,8 @@ class BatchMaker:
         return self._inits[key]
 
     def close(self) -> None:
-        self.cache.clear()
+        # A full garbage collection costs ~0.3 s of a CPU run's wall time and frees nothing a CPU needs back.
+        self.cache.clear(collect=self.cache.device != "cpu")
 
 
 def batch_size_for(job: Job, device: str, *, exact: bool, batch_size: int | str | None) -> int:

@@ -215,18 +215,24 @@ def test_pipeline_cache_loads_a_checkpoint_once_for_all_modes_and_schedulers(tin
     assert pipes.loads == 1 and i2i.unet is t2i.unet
 
 
-def test_pipeline_cache_keeps_one_checkpoint_resident(tiny_ref, tmp_path):
+def test_pipeline_cache_keeps_one_checkpoint_resident(tiny_ref, tmp_path, monkeypatch):
     import shutil
 
     shutil.copytree(tiny_ref.source, tmp_path / "copy")
     other = ck.resolve(str(tmp_path / "copy"))
     pipes = gen.PipelineCache("cpu", memory="none")
+    frees = []
+    monkeypatch.setattr(gen, "free_accelerator_memory", lambda: frees.append(pipes.resident))
     first = pipes.get(tiny_ref, "txt2img", "ddim")
+    assert frees == []  # nothing resident yet: no garbage collection before the first load
     gen.generate_batch(first, [job(tiny_ref, width=32, height=32, steps=1)], device="cpu", embeds_cache=pipes.embeds)
     assert len(pipes.embeds) == 1
     second = pipes.get(other, "txt2img", "ddim")
     assert pipes.loads == 2 and second.unet is not first.unet and pipes.embeds == {}
     assert pipes.resident[1] == other.source
+    assert len(frees) == 1  # switching checkpoints frees the old one's memory
+    pipes.clear(collect=False)  # a CPU run's end: dropped without a collection
+    assert len(frees) == 1 and pipes.resident is None
 
 
 def test_memory_policy_on_cpu_applies_nothing_and_rejects_offload(tiny_ref):

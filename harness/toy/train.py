@@ -7,9 +7,9 @@ Stages (each seeded; `all` runs them in this order):
 
 1. `vae`: AutoencoderKL (x8 downsampling, 4 latent channels) on whole world
    images (64 px in the `cpu` profile, 128 px in `gpu`); MSE + L1 + a small KL term, starting from a
-   near-deterministic posterior; the `gpu` profile's VAE is wider and its loss also charges for lost
-   edges and texture (`reconstruction_loss`), which keeps the artist styles. Being fully convolutional with one norm group,
-   it then works at any size. Its `scaling_factor` is set to 1 / std of the
+   near-deterministic posterior. The `gpu` profile's VAE is wider and its loss also charges for lost
+   edges and texture (`reconstruction_loss`), which keeps the artist styles. Being fully
+   convolutional with one norm group, it then works at any size. Its `scaling_factor` is set to 1 / std of the
    latents of 256 px world images.
 2. `decoder`: the VAE decoder fine-tuned on 128 px images with the encoder
    frozen (sharper edges, truer colours at the demo size; same latent space).
@@ -79,7 +79,7 @@ class Profile:
     unet_scenes: tuple[tuple[int, int], ...] = ((128, 2000), (256, 500))  # (px, scenes)
     clip_scenes: int = 2500
     ema_decay: float = 0.995
-    vae_blocks: tuple[int, ...] = (8, 16, 32, 32)  # the VAE's block widths (models.VAE_CONFIG otherwise)
+    vae_blocks: tuple[int, ...] = (8, 16, 32, 32)  # the VAE's block widths (the rest is models.VAE_CONFIG)
     latent_channels: int = 4
     vae_edge: float = 0.0     # weight of an L1 loss on image gradients (keeps outlines and stripes sharp)
     vae_texture: float = 0.0  # weight of an L1 loss on local high-frequency energy (keeps grain)
@@ -137,7 +137,7 @@ PROFILES = {
                    unet=Budget(4500, 256, 7e-4), clip=Budget(7000, 128, 5e-4),
                    vae_size=128, vae_scenes=4000, decoder_scenes=3000,
                    unet_scenes=((128, 12000), (256, 3000)), clip_scenes=12000, ema_decay=0.998,
-                   vae_blocks=(16, 32, 64, 64), vae_edge=1.0, vae_texture=1.0),
+                   vae_blocks=(16, 32, 64, 64), vae_edge=1.0, vae_texture=1.0, unet_blocks=(64, 64, 64)),
 }
 CFG_DROP = 0.1
 MIN_SNR_GAMMA = 5.0
