@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from .fingerprints import HASH_LENGTH, a1111_hash, file_sha256, folder_fingerprint, is_variant
+from .tokenizer_cache import shared_tokenizer
 
 CACHE_ENV = "HARNESS_CACHE"
 MODES = ("txt2img", "img2img")
@@ -475,6 +476,9 @@ def load_pipeline(ref: CheckpointRef, mode: str = "txt2img", *, device: str | No
             folder = _folder_of(ref)
             variant = _weights_variant(folder)
             try:
+                tokenizer = shared_tokenizer(folder)  # one per tokenizer content in the process
+                if tokenizer is not None:
+                    kwargs["tokenizer"] = tokenizer
                 pipe = cls.from_pretrained(str(folder), variant=variant, **kwargs)
             except (OSError, ValueError, KeyError) as exc:
                 raise CheckpointError(f"checkpoint {ref.name!r}: loading the diffusers folder {folder} failed: {exc}. "

@@ -299,3 +299,23 @@ def test_sd15_random_has_stable_diffusion_v15_shapes(tmp_path, monkeypatch):
     counts = {part: sum(p.numel() for p in getattr(pipe, part).parameters())
               for part in ("unet", "vae", "text_encoder")}
     assert counts == {"unet": 859_520_964, "vae": 83_653_863, "text_encoder": 123_060_480}
+
+
+def test_pipelines_loaded_in_one_process_share_the_tokenizer_of_identical_files(tmp_path):
+    """A second load (or another checkpoint with the same tokenizer files) reuses the tokenizer object;
+    a tokenizer with different files gets its own; prompts still tokenize the same."""
+    import json
+    import shutil
+
+    tiny = ck.resolve("tiny")
+    first = ck.load_pipeline(tiny, device=None)
+    second = ck.load_pipeline(tiny, device=None)
+    assert second.tokenizer is first.tokenizer and second.unet is not first.unet
+    copy = tmp_path / "other"
+    shutil.copytree(tiny.source, copy)
+    config = copy / "tokenizer" / "tokenizer_config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "model_max_length": 40}))
+    other = ck.load_pipeline(ck.resolve(str(copy)), device=None)
+    assert other.tokenizer is not first.tokenizer and other.tokenizer.model_max_length == 40
+    text = "a red lambo, by greg rutkowski"
+    assert other.tokenizer(text).input_ids == first.tokenizer(text).input_ids
