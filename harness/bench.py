@@ -289,7 +289,8 @@ def ablation_variants(which, device: str, base) -> list[tuple[str, dict]]:
         "compile": [] if not on_cuda else [
             (f"harness + {label} {run}", dict(tuning=replace(base, speedups=speedups)))
             for label, speedups in (("torch.compile", ("compile",)),
-                                    ("channels_last + fused QKV + torch.compile", ("channels_last", "fuse_qkv", "compile")))
+                                    ("channels_last + fused QKV + torch.compile",
+                                     ("channels_last", "fuse_qkv", "compile")))
             for run in ("(1st run, compiling)", "(2nd run)")],
     }
     return [row for key in keys for row in rows[key]]

@@ -81,8 +81,8 @@ def test_profile_overrides_change_the_architecture_and_are_recorded(tmp_path):
     """--set latent_channels=8 gives an 8-channel VAE and a UNet that reads 8 channels; configs.json
     says which fields were set, and the loaded pipeline parts agree."""
     out = train.train("vae,unet", tmp_path, profile=TINY, device="cpu",
-                      overrides={"latent_channels": "8", "vae_blocks": "8,8,16,16", "vae_edge": "1", "unet_blocks": "16,32,32",
-                                 "vae_texture": "0.5"})
+                      overrides={"latent_channels": "8", "vae_blocks": "8,8,16,16", "vae_edge": "1",
+                                 "unet_blocks": "16,32,32", "vae_texture": "0.5"})
     configs = json.loads((out / models.CONFIGS_FILE).read_text())
     assert configs["vae"]["latent_channels"] == 8 and configs["vae"]["block_out_channels"] == [8, 8, 16, 16]
     assert configs["unet"]["in_channels"] == configs["unet"]["out_channels"] == 8
