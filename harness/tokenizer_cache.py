@@ -4,7 +4,8 @@ Building a CLIP tokenizer parses megabytes of vocabulary (about 0.9 s on a
 2-core CPU, most of a small checkpoint's load time), and every Stable
 Diffusion v1 checkpoint and fine-tune ships the same one. Pipelines loaded in
 one process (several checkpoints of a study, a prompt search, the benchmark's
-two paths) share the tokenizer of identical files. Pipelines only read it;
+two paths) share the tokenizer of identical files; code that changes a
+tokenizer (adding tokens for textual inversion) must copy it first. Pipelines only read it;
 concurrent encoding is serialised (`generate._ENCODE_LOCK`): a fast tokenizer's
 padding settings are per-call state.
 """
