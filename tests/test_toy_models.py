@@ -137,8 +137,6 @@ def test_vae_round_trip_rows_read_the_committed_vae():
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="named style detected 59.6 % at 128 px and 78.9 % at 256 px (target 80 %): "
-                   "outlines at 128 px and grain are not drawn; colour and shape pass. Remove once style passes")
 @pytest.mark.parametrize("size", [128, 256])
 def test_acceptance_generation_targets(size):
     rows = {r.check.split(" (")[0]: r.value for r in acceptance.generation_rows(96, size=size, steps=20)}

@@ -96,6 +96,24 @@ def test_style_signatures_are_absent_when_not_drawn():
         assert not any(oracle.analyze(img).has_style(style) for img in plain), style
 
 
+def test_a_softened_outline_is_still_an_outline_and_a_blurred_plain_shape_is_not():
+    """A generated outline blends into the background at its outermost pixels; the detector looks for
+    dark pixels within the outline's width of the boundary, so a softened outline is found and a
+    softened shape without one is not."""
+    from scipy.ndimage import gaussian_filter
+
+    rng = np.random.default_rng(8)
+    for i in range(12):
+        labels = replace(world.sample_labels(rng), medium=None)
+        scene = world.scene_for(replace(labels, artist="greg rutkowski"), rng)
+        plain = replace(scene, labels=replace(labels, artist=None))
+        for size in (128, 256):
+            soft = [np.clip(gaussian_filter(world.render(s, size).astype(float), (1.0, 1.0, 0)), 0, 255)
+                    .astype(np.uint8) for s in (scene, plain)]
+            assert oracle.analyze(soft[0]).has_style("outline"), (i, size, labels)
+            assert not oracle.analyze(soft[1]).has_style("outline"), (i, size, labels)
+
+
 @pytest.fixture(scope="module")
 def scored(tmp_path_factory):
     """Oracle metric scores of world images written as PNG files, through the metric registry."""

@@ -13,8 +13,9 @@ measures an RGB image (any size) the way the world draws it:
   change brightness, not hue);
 - shape: solidity (area / convex hull area) < 0.85 is a star; otherwise the
   fill ratio of the bounding box: > 0.9 square, > 0.64 circle, else triangle;
-- style signatures: `outline` = fraction of the mask's outer ring (S/80 wide)
-  that is dark (max channel < 70); `stripes` = amplitude (0..255 luma) of the
+- style signatures: `outline` = fraction of the mask's boundary pixels with a
+  dark pixel (max channel < 70) of the mask within the outline width (S/40)
+  plus one pixel of them; `stripes` = amplitude (0..255 luma) of the
   interior's first harmonic along x+y at the world's stripe period (best of
   +-10 %); `blur` = median edge width along the mask's boundary (plateau
   height of the distance-to-background map over its steepest slope) in units
@@ -163,7 +164,7 @@ def analyze(image) -> Analysis:
         shape = "triangle"
 
     styles = {
-        "outline": _outline(img, mask, size),
+        "outline": _outline(img, mask, edge, size),
         "stripes": _stripes(img, interior & (img.max(axis=2) >= DARK), size),
         "blur": _blur(dist, mask, edge, size),
         "grain": _grain(img, mask, size),
@@ -172,11 +173,16 @@ def analyze(image) -> Analysis:
     return Analysis(background, tuple(bg_rgb), color, tuple(fg_rgb), shape, styles, features)
 
 
-def _outline(img: np.ndarray, mask: np.ndarray, size: int) -> float:
+def _outline(img: np.ndarray, mask: np.ndarray, edge: np.ndarray, size: int) -> float:
+    """Fraction of the mask's boundary with a dark pixel of the mask within the outline's width inside it
+    (a drawn outline's outermost pixels blend into the background, so the boundary itself need not be dark)."""
     from scipy import ndimage
 
-    ring = mask & ~ndimage.binary_erosion(mask, iterations=max(1, round(size / 80)))
-    return float((img[ring].max(axis=1) < DARK).mean()) if ring.any() else 0.0
+    if not edge.any():
+        return 0.0
+    dark = mask & (img.max(axis=2) < DARK)
+    near = ndimage.binary_dilation(dark, iterations=round(world.OUTLINE_WIDTH * size) + 1)
+    return float(near[edge].mean())
 
 
 def _stripes(img: np.ndarray, interior: np.ndarray, size: int) -> float:
