@@ -8,10 +8,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from harness.toy import models, train
+from harness.toy import models, train, training
+from harness.toy.train_vae import reconstruction_loss
 
-TINY = train.Profile("test", vae=train.Budget(3, 2, 1e-3), decoder=train.Budget(2, 2, 1e-3),
-                     unet=train.Budget(4, 4, 1e-3), clip=train.Budget(2, 4, 1e-3), vae_scenes=6,
+TINY = training.Profile("test", vae=training.Budget(3, 2, 1e-3), decoder=training.Budget(2, 2, 1e-3),
+                     unet=training.Budget(4, 4, 1e-3), clip=training.Budget(2, 4, 1e-3), vae_scenes=6,
                      decoder_scenes=4, unet_scenes=((128, 6), (256, 3)), clip_scenes=6)
 
 
@@ -26,18 +27,18 @@ def _same(a, b):
 
 def test_workers_compute_the_same_batches_in_order():
     def make(step):
-        rng = train.step_rng("unit", step)
+        rng = training.step_rng("unit", step)
         return {"x": torch.from_numpy(rng.standard_normal(3)), "step": torch.tensor(step)}
 
-    inline = list(train.batches(make, 5, 17, workers=0))
-    ahead = list(train.batches(make, 5, 17, workers=2))
+    inline = list(training.batches(make, 5, 17, workers=0))
+    ahead = list(training.batches(make, 5, 17, workers=2))
     assert [int(b["step"]) for b in ahead] == list(range(5, 17))
     assert all(torch.equal(a["x"], b["x"]) for a, b in zip(inline, ahead))
 
 
 def test_parallel_rendering_gives_the_same_pixels():
-    scenes, serial = train.render_pool(70, 64, "unit", workers=0)
-    _, parallel = train.render_pool(70, 64, "unit", workers=2)
+    scenes, serial = training.render_pool(70, 64, "unit", workers=0)
+    _, parallel = training.render_pool(70, 64, "unit", workers=2)
     assert serial.shape == (70, 64, 64, 3) and np.array_equal(serial, parallel)
 
 
@@ -101,7 +102,7 @@ def test_bad_overrides_name_the_field_and_the_expected_form():
     with pytest.raises(ValueError, match="unet=3000,256: expected Budget.*steps,batch,lr"):
         TINY.with_overrides({"unet": "3000,256"})
     changed = TINY.with_overrides({"unet": "30,8,2e-4", "ema_decay": "0.9"})
-    assert changed.unet == train.Budget(30, 8, 2e-4) and changed.ema_decay == 0.9
+    assert changed.unet == training.Budget(30, 8, 2e-4) and changed.ema_decay == 0.9
     assert changed.tag != TINY.tag == "test"  # resumable state of an overridden run is kept apart
 
 
@@ -113,8 +114,8 @@ def test_reconstruction_loss_charges_for_lost_edges_and_grain():
     x[:, :, :, 16:] = 1.0                        # an edge
     x += 0.3 * torch.from_numpy(rng.uniform(-1, 1, (2, 1, 32, 32))).float()  # grain
     blurred = torch.nn.functional.avg_pool2d(x, 5, stride=1, padding=2, count_include_pad=False)
-    plain = train.Profile("p", *(train.Budget(1, 1, 1e-3),) * 4)
-    sharp = train.Profile("s", *(train.Budget(1, 1, 1e-3),) * 4, vae_edge=1.0, vae_texture=1.0)
-    assert float(train.reconstruction_loss(x, x, sharp)) == pytest.approx(0.0, abs=1e-3)
-    extra = float(train.reconstruction_loss(blurred, x, sharp)) - float(train.reconstruction_loss(blurred, x, plain))
-    assert extra > 2 * float(train.reconstruction_loss(blurred, x, plain))
+    plain = training.Profile("p", *(training.Budget(1, 1, 1e-3),) * 4)
+    sharp = training.Profile("s", *(training.Budget(1, 1, 1e-3),) * 4, vae_edge=1.0, vae_texture=1.0)
+    assert float(reconstruction_loss(x, x, sharp)) == pytest.approx(0.0, abs=1e-3)
+    extra = float(reconstruction_loss(blurred, x, sharp)) - float(reconstruction_loss(blurred, x, plain))
+    assert extra > 2 * float(reconstruction_loss(blurred, x, plain))

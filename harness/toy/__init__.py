@@ -14,7 +14,8 @@ registers, without loading torch:
 
 Modules: `world` (scenes, rendering, captions), `oracle` (reading images and
 prompts back into world words), `models` (configs, weight files, assembly),
-`train` (`python -m harness.toy.train`), `acceptance` (`python -m harness.toy.acceptance`).
+`train` (`python -m harness.toy.train`; its stages in `train_vae`, `train_unet` and `train_clip`,
+their shared loop and profiles in `training`), `acceptance` (`python -m harness.toy.acceptance`).
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ import numpy as np
 
 from harness.toy import oracle, world
 
-HELD_OUT_SEED = 777_000_001  # training uses other seeds (harness.toy.train.SEED)
+HELD_OUT_SEED = 777_000_001  # training uses other seeds (harness.toy.training.SEED)
 SWAPS = ("color", "shape", "background", "artist")
 
 
@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--size", type=int, action="append", help="generation size(s) (default 128, the demo's)")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
-    from harness.toy.train import pick_device
+    from harness.toy.training import pick_device
 
     device = pick_device(args.device)
     print("| check | value | n | target |\n|---|---:|---:|---|", flush=True)

@@ -1,0 +1,287 @@
+"""The machinery the toy training stages share: profiles (how much each stage trains), the
+invocation (`Setup`), seeded per-step data, resumable checkpoints and the training loop.
+
+Every step's data and noise come from generators seeded by (seed, stage, step)
+(`step_rng`), so a stopped stage resumes from its last checkpoint with the same
+data it would have seen, and worker processes that compute batches ahead
+(`batches`) give the same batches. The stages themselves are in `train_vae`,
+`train_unet` and `train_clip`; `train` is the entry point.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from harness.toy import models, world
+
+SEED = 20240229
+
+
+@dataclass(frozen=True)
+class Budget:
+    steps: int
+    batch: int
+    lr: float
+
+
+@dataclass(frozen=True)
+class Profile:
+    """How much each stage trains: step budgets and how many world scenes each stage draws from."""
+    name: str
+    vae: Budget
+    decoder: Budget
+    unet: Budget
+    clip: Budget
+    vae_size: int = 64  # px of the VAE stage's images (the decoder stage always uses 128)
+    vae_scenes: int = 2000
+    decoder_scenes: int = 1000
+    unet_scenes: tuple[tuple[int, int], ...] = ((128, 2000), (256, 500))  # (px, scenes)
+    clip_scenes: int = 2500
+    ema_decay: float = 0.995
+    vae_blocks: tuple[int, ...] = (8, 16, 32, 32)  # the VAE's block widths (the rest is models.VAE_CONFIG)
+    latent_channels: int = 4
+    vae_edge: float = 0.0     # weight of an L1 loss on image gradients (keeps outlines and stripes sharp)
+    vae_texture: float = 0.0  # weight of an L1 loss on local high-frequency energy (keeps grain)
+    unet_blocks: tuple[int, ...] = tuple(models.UNET_CONFIG["block_out_channels"])  # the UNet's block widths
+    overrides: tuple[tuple[str, str], ...] = ()  # fields set by `with_overrides` (recorded in configs.json)
+
+    def budget(self, stage: str) -> Budget:
+        return getattr(self, stage)
+
+    def vae_config(self) -> dict:
+        return {**models.VAE_CONFIG, "block_out_channels": list(self.vae_blocks),
+                "latent_channels": self.latent_channels}
+
+    def with_overrides(self, items: dict[str, str]) -> Profile:
+        """This profile with fields set from strings (`--set FIELD=VALUE`): numbers, comma lists for
+        tuples, `steps,batch,lr` for a stage's budget."""
+        from dataclasses import fields, replace
+
+        known = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("name", "overrides")}
+        values = {}
+        for key, text in items.items():
+            if key not in known:
+                raise ValueError(f"--set {key}={text}: unknown field {key!r}; expected one of {', '.join(known)}")
+            current = known[key]
+            try:
+                if isinstance(current, Budget):
+                    steps, batch, lr = text.split(",")
+                    values[key] = Budget(int(steps), int(batch), float(lr))
+                elif isinstance(current, tuple):
+                    values[key] = tuple(int(x) for x in text.split(","))
+                else:
+                    values[key] = type(current)(text)
+            except ValueError:
+                raise ValueError(f"--set {key}={text}: expected {type(current).__name__} like {current!r} "
+                                 f"(a budget is steps,batch,lr; a tuple is a comma list)") from None
+        return replace(self, **values, overrides=tuple(sorted({**dict(self.overrides), **items}.items())))
+
+    @property
+    def tag(self) -> str:
+        """The profile's name, plus a digest of its overrides if any (names resumable state)."""
+        if not self.overrides:
+            return self.name
+        import hashlib
+
+        return f"{self.name}-{hashlib.sha256(repr(self.overrides).encode()).hexdigest()[:8]}"
+
+
+PROFILES = {
+    # About two hours on a 2-core CPU (vae 10 min, decoder 22, unet 60, clip 25).
+    "cpu": Profile("cpu", vae=Budget(1500, 16, 4e-4), decoder=Budget(1500, 8, 3e-4),
+                   unet=Budget(4000, 32, 5e-4), clip=Budget(3000, 32, 5e-4)),
+    # Minutes on one H100 (with --workers computing batches ahead): larger batches, more steps and scenes.
+    # A wider VAE with losses that keep the styles' fine detail (outlines, stripes, grain).
+    "gpu": Profile("gpu", vae=Budget(2500, 32, 4e-4), decoder=Budget(1000, 32, 2e-4),
+                   unet=Budget(4500, 256, 7e-4), clip=Budget(7000, 128, 5e-4),
+                   vae_size=128, vae_scenes=4000, decoder_scenes=3000,
+                   unet_scenes=((128, 12000), (256, 3000)), clip_scenes=12000, ema_decay=0.998,
+                   vae_blocks=(16, 32, 64, 64), vae_edge=1.0, vae_texture=1.0, unet_blocks=(64, 64, 64)),
+}
+
+
+
+@dataclass(frozen=True)
+class Setup:
+    """One training invocation: where to write, on what, how much (`profile`), a wall-time cap per
+    stage, steps at which stages stop early (`stop_at`, which reproduces a run a wall-time cap
+    stopped: configs.json records the step) and how many worker processes compute batches ahead."""
+    out: Path
+    device: str = "cpu"
+    profile: Profile = PROFILES["cpu"]
+    minutes: float | None = None
+    workers: int = 0
+    stop_at: tuple[tuple[str, int], ...] = ()
+
+
+def pick_device(name: str = "auto") -> str:
+    if name != "auto":
+        return name
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def step_rng(stage: str, step: int) -> np.random.Generator:
+    return np.random.default_rng([SEED, sum(map(ord, stage)), step])
+
+
+def to_tensor(images: list[np.ndarray], device: str = "cpu") -> torch.Tensor:
+    """uint8 HWC images -> float NCHW in [-1, 1]."""
+    arr = np.stack(images).astype(np.float32) / 127.5 - 1.0
+    return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous().to(device)
+
+
+def _fork_pool(workers: int):
+    import multiprocessing
+
+    return multiprocessing.get_context("fork").Pool(workers)
+
+
+def render_all(scenes: list[world.Scene], size: int, workers: int = 0) -> np.ndarray:
+    """The scenes rendered at `size` px (uint8 NHWC), by `workers` processes when > 0 (same pixels)."""
+    if workers <= 0 or len(scenes) < 64:
+        return np.stack([world.render(s, size) for s in scenes])
+    with _fork_pool(workers) as pool:
+        return np.stack(pool.starmap(world.render, [(s, size) for s in scenes], chunksize=32))
+
+
+def render_pool(n: int, size: int, seed_tag: str, workers: int = 0) -> tuple[list[world.Scene], np.ndarray]:
+    rng = np.random.default_rng([SEED, sum(map(ord, seed_tag))])
+    scenes = [world.sample_scene(rng) for _ in range(n)]
+    return scenes, render_all(scenes, size, workers)
+
+
+def world_token_ids(encode) -> list[int]:
+    """Every token id that world captions (and the empty prompt) can produce; `encode(texts)` gives id lists."""
+    rng = np.random.default_rng(0)
+    texts = [""]
+    words = [*world.SHAPES, *world.BACKGROUNDS, *world.SIZES, *world.POSITION_PHRASES.values(),
+             *world.ARTISTS, *world.MEDIUMS, "a", "an", "of", "on", "with", "against", "background", ",", "by",
+             "grey", "in", "the", "at"]
+    texts += words
+    texts += [world.caption(world.sample_labels(rng), world.sample_phrasing(rng)) for _ in range(3000)]
+    ids: set[int] = set()
+    for row in encode(texts):
+        ids.update(int(i) for i in row)
+    return sorted(ids)
+
+
+def work_dir(out: Path) -> Path:
+    """Where resumable state and cached latents go: `$HARNESS_CACHE/toy-train/<hash of out>`, not the data folder."""
+    import hashlib
+
+    from harness.checkpoints import cache_dir
+
+    tag = hashlib.sha256(str(Path(out).resolve()).encode()).hexdigest()[:8]
+    path = cache_dir() / "toy-train" / tag
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+class Checkpoint:
+    """Resumable training state in `<work dir>/train-<stage>-<profile>.pt`."""
+
+    def __init__(self, setup: Setup, stage: str) -> None:
+        suffix = "" if setup.profile.tag == "cpu" else f"-{setup.profile.tag}"
+        self.path = work_dir(setup.out) / f"train-{stage}{suffix}.pt"
+
+    def load(self) -> dict | None:
+        return torch.load(self.path, map_location="cpu", weights_only=False) if self.path.is_file() else None
+
+    def save(self, state: dict) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        tmp.replace(self.path)
+
+
+def lr_at(step: int, budget: Budget, warmup: int = 50) -> float:
+    if step < warmup:
+        return budget.lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, budget.steps - warmup)
+    return budget.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+class _Steps(torch.utils.data.Dataset):
+    def __init__(self, make, start: int, stop: int) -> None:
+        self.make, self.start, self.stop = make, start, stop
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def __getitem__(self, i: int):
+        return self.make(self.start + i)
+
+
+def batches(make, start: int, stop: int, workers: int = 0):
+    """`make(step)` for step in [start, stop), in order; with `workers` > 0 computed ahead by forked
+    processes. `make` is a pure function of the step (its randomness comes from `step_rng`), so the
+    batches are the same either way; it must stay on the CPU."""
+    if workers <= 0:
+        return (make(step) for step in range(start, stop))
+    loader = torch.utils.data.DataLoader(_Steps(make, start, stop), batch_size=None, num_workers=workers,
+                                         prefetch_factor=4, multiprocessing_context="fork")
+    return iter(loader)
+
+
+def loop(stage: str, setup: Setup, modules: dict, opt, make_batch, loss_fn, extra_state=None,
+          clip_norm: float | None = None, after_step=None) -> int:
+    """From the checkpointed step to the stage's budget: `loss = loss_fn(make_batch(step))`, backward,
+    gradient norm clipped to `clip_norm` if given, optimizer step, `after_step()`; return the last step done."""
+    budget = setup.profile.budget(stage)
+    ckpt = Checkpoint(setup, stage)
+    start = 0
+    state = ckpt.load()
+    if state is not None:
+        for name, module in modules.items():
+            module.load_state_dict(state[name])
+        opt.load_state_dict(state["opt"])
+        start = state["step"]
+        if extra_state is not None:
+            extra_state.load_state_dict(state["extra"])
+        print(f"[{stage}] resuming at step {start}", flush=True)
+    t0 = time.time()
+    step = start
+    stop_step = min(budget.steps, dict(setup.stop_at).get(stage, budget.steps))
+    for batch in batches(make_batch, start, stop_step, setup.workers):
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, budget) * group.get("lr_scale", 1.0)
+        loss_t = loss_fn({k: v.to(setup.device) for k, v in batch.items()})
+        opt.zero_grad(set_to_none=True)
+        loss_t.backward()
+        if clip_norm is not None:
+            torch.nn.utils.clip_grad_norm_([p for m in modules.values() for p in m.parameters()], clip_norm)
+        opt.step()
+        if after_step is not None:
+            after_step()
+        step += 1
+        if step % 25 == 0 or step == budget.steps:
+            rate = (time.time() - t0) / (step - start)
+            print(f"[{stage}] step {step}/{budget.steps} loss {float(loss_t.detach()):.4f} {rate:.3f}s/step",
+                  flush=True)
+        stop = setup.minutes is not None and time.time() - t0 > setup.minutes * 60
+        if step % 100 == 0 or step == stop_step or stop:
+            state = {name: m.state_dict() for name, m in modules.items()}
+            state.update(opt=opt.state_dict(), step=step)
+            if extra_state is not None:
+                state["extra"] = extra_state.state_dict()
+            ckpt.save(state)
+        if stop:
+            print(f"[{stage}] stopped by --minutes={setup.minutes} at step {step}/{budget.steps}; the saved "
+                  f"weights are a partial run (re-run to resume)", flush=True)
+            break
+    return step
+
+
+def trained(setup: Setup, stage: str, step: int) -> dict:
+    """What `configs.json` records about how a part was made."""
+    budget = setup.profile.budget(stage)
+    made = {"profile": setup.profile.name, "device": setup.device.split(":")[0], "steps": step,
+            "of": budget.steps, "batch": budget.batch}
+    if setup.profile.overrides:
+        made["set"] = dict(setup.profile.overrides)
+    return {stage: made}
