@@ -1,4 +1,4 @@
-"""Folders that appear whole or not at all."""
+"""Files and folders that appear whole or not at all."""
 
 from __future__ import annotations
 
@@ -35,3 +35,16 @@ def build_folder_once(target: Path, marker: str, build: Callable[[Path], None]) 
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def write_atomic(path: Path, write: Callable[[Path], None]) -> Path:
+    """`path`, made by `write(tmp)` into a uniquely named sibling and renamed into place: readers see the
+    old file or the new one, concurrent writers do not collide, and a failed write leaves nothing behind."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{os.urandom(4).hex()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path

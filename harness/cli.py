@@ -247,6 +247,8 @@ def eval_(
         _print_metric_summaries(evaluate_run(run_dir, specs or None))
     except (ValueError, MetricUnavailable) as e:
         fail(f"error: {e}")
+    except KeyError as e:  # an unknown metric name: the message lists the valid ones
+        fail(f"error: {e.args[0]}")
 
 
 @app.command("metrics")

@@ -148,6 +148,15 @@ class _Checker:
             return default
         return float(v)
 
+    def metric(self, key: str, spec: str) -> None:
+        """A metric spec that names a registered metric with valid options (checked now, not after generating)."""
+        from .metrics import metric_from_spec
+
+        try:
+            metric_from_spec(spec)
+        except (KeyError, ValueError) as exc:
+            self.problems.append(f"key '{key}': {spec!r}: {exc.args[0] if exc.args else exc}")
+
     def choice(self, d, key, default, choices, prefix=""):
         v = d.get(key, default)
         if v not in choices:
@@ -275,6 +284,8 @@ def experiment_from_dict(raw: Mapping[str, Any], path: Path) -> Experiment:
     if not (isinstance(metrics, list) and all(isinstance(m, str) and m for m in metrics)):
         c.bad("metrics", metrics, "a list of metric names such as \"clip_score\"")
         metrics = []
+    for i, spec in enumerate(metrics):
+        c.metric(f"metrics[{i}]", spec)
     compare_metrics = raw.get("compare_metrics", [])
     if not (isinstance(compare_metrics, list) and all(m in metrics for m in compare_metrics)):
         c.bad("compare_metrics", compare_metrics, "a list of entries of `metrics` (written the same way)")
@@ -441,6 +452,8 @@ def _stages(c: _Checker, v) -> tuple[Stage, ...]:
         metric = c.str_(s, "metric", None, prefix=prefix, nonempty=True)
         if top_k is not None and metric is None:
             c.problems.append(f"key '{prefix}metric': missing; top_k needs the metric to rank by")
+        if metric is not None:
+            c.metric(prefix + "metric", metric)
         if name in names:
             c.bad(prefix + "name", name, "a name not used by another stage")
         names.add(name)

@@ -15,6 +15,7 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
+from .atomic import write_atomic
 from .ledger import Ledger
 from .stats import Comparison, paired_compare, summarize
 
@@ -146,11 +147,7 @@ def write_table(df: pd.DataFrame, folder: Path, name: str) -> list[Path]:
     for suffix, write in (("csv", lambda p: flat.to_csv(p, index=False)),
                           ("parquet", lambda p: flat.to_parquet(p, index=False)),
                           ("md", lambda p: p.write_text(markdown_table(flat), encoding="utf-8"))):
-        path = folder / f"{name}.{suffix}"
-        tmp = path.with_name(f".{path.name}.tmp")
-        write(tmp)
-        tmp.replace(path)
-        out.append(path)
+        out.append(write_atomic(folder / f"{name}.{suffix}", write))
     return out
 
 
@@ -256,6 +253,8 @@ def build_report(run_dir: Path | str, *, rows: str | None = None, cols: str | No
     result.excluded = {"unhealthy": int((~table["healthy"]).sum()) if len(table) else 0}
     factors = list(compare_factors) if compare_factors is not None else [
         f for f in factor_columns(table) + ["checkpoint"] if table[f].nunique(dropna=True) >= 2]
+    if metric and len(table):
+        _find_metric(table, metric)  # a misspelt --metric is an error, not an empty comparison
     if default_compare_metric(table) or metric:
         for m in report_metrics(run_dir, metric):
             for f in factors:
@@ -271,7 +270,11 @@ def build_report(run_dir: Path | str, *, rows: str | None = None, cols: str | No
                 fr.insert(1, "metric", c.metric)
                 frames.append(fr)
             result.tables += write_table(pd.concat(frames, ignore_index=True), tables, "comparisons")
-            (tables / "comparisons.txt").write_text("\n".join(c.to_text() for c in result.comparisons))
+            text = "\n".join(c.to_text() for c in result.comparisons)
+            write_atomic(tables / "comparisons.txt", lambda p: p.write_text(text, encoding="utf-8"))
+    if not result.comparisons:  # none now: an earlier report's comparisons would be read as this run's
+        for suffix in ("csv", "parquet", "md", "txt"):
+            (tables / f"comparisons.{suffix}").unlink(missing_ok=True)
     if html and len(table):
         from .plots import plots_for
         from .sheet import write_sheet

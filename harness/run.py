@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
+from .atomic import write_atomic
 from .core import Job, canonical_json
 from .experiment import Experiment, load_experiment
 from .ledger import Ledger
@@ -56,7 +57,7 @@ def prepare_run(exp: Experiment, plan: Plan, run_dir: Path, *, jobs: list[Job] |
     ledger = Ledger.open(run_dir)
     ledger.reconcile()
     jobs = list(plan.jobs if jobs is None else jobs)
-    shutil.copyfile(exp.path, run_dir / "experiment.toml")
+    write_atomic(run_dir / "experiment.toml", lambda p: shutil.copyfile(exp.path, p))
     ledger.set_meta("experiment", canonical_json(exp.raw))
     ledger.set_meta("experiment_path", str(exp.path))
     ledger.set_meta("factors", json.dumps(list(plan.factors)))
@@ -228,12 +229,11 @@ def merge_runs(out: Path | str, sources: Iterable[Path | str], *, log: Callable[
     The experiment copy and run metadata come from the first source that has them."""
     log = log or _stderr
     out = Path(out)
+    sources = [Path(src) for src in sources]
+    _check_mergeable([*sources, *([out] if (out / "ledger.sqlite").is_file() else [])])
     totals = {"added": 0, "already": 0, "scores": 0, "bad": 0}
     with Ledger.open(out) as ledger:
         for src in sources:
-            src = Path(src)
-            if not (src / "ledger.sqlite").is_file():
-                raise FileNotFoundError(f"{src}: not a run folder (no ledger.sqlite)")
             if not (out / "experiment.toml").exists() and (src / "experiment.toml").exists():
                 shutil.copyfile(src / "experiment.toml", out / "experiment.toml")
                 with Ledger.open(src, readonly=True) as other:
@@ -250,6 +250,21 @@ def merge_runs(out: Path | str, sources: Iterable[Path | str], *, log: Callable[
                 f"{m.scores_added} scores, {len(m.bad_images)} damaged images skipped")
         totals["done"] = ledger.count("done")
     return totals
+
+
+def _check_mergeable(runs: list[Path]) -> None:
+    """Every folder is a run of the same experiment (shards of one plan), checked before anything is merged."""
+    experiments: dict[str | None, list[Path]] = {}
+    for run in runs:
+        if not (run / "ledger.sqlite").is_file():
+            raise FileNotFoundError(f"{run}: not a run folder (no ledger.sqlite)")
+        with Ledger.open(run, readonly=True) as ledger:
+            experiments.setdefault(ledger.get_meta("experiment"), []).append(run)
+    experiments.pop(None, None)  # a folder that recorded no experiment yet takes any
+    if len(experiments) > 1:
+        groups = "; ".join(", ".join(map(str, runs)) for runs in experiments.values())
+        raise ValueError(f"these runs are of different experiments and cannot be merged into one: {groups} "
+                         f"(merge the shards of one experiment; compare different ones side by side)")
 
 
 class _Progress:

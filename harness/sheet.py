@@ -34,6 +34,7 @@ from urllib.parse import quote
 
 import pandas as pd
 
+from .atomic import write_atomic
 from .columns import (dim_name, flag, fmt_score, grid_dims, is_missing, is_number, level_label, metric_labels,
                       numeric_metrics, resolve_dim, resolve_metrics, short_metric, sort_key, sorted_levels, varies)
 from .thumbs import THUMB_PX, THUMBS_DIR, ensure_thumbnails, image_file
@@ -394,12 +395,4 @@ def write_sheet(run_dir: Path, table: pd.DataFrame, *, rows: str | None = None, 
         script=Markup(script), script_hash=f"sha256-{digest}",
         data=Markup(_json_for_script(data)), thumb_px=THUMB_PX,
     )
-    out = run_dir / "index.html"
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}-{os.urandom(4).hex()}")
-    try:
-        tmp.write_text(page, encoding="utf-8")
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return out
+    return write_atomic(run_dir / "index.html", lambda p: p.write_text(page, encoding="utf-8"))

@@ -65,6 +65,12 @@ def test_demo_experiment_loads_and_plans():
      "table '[checkpoint.tinny]': 'tinny' is not in checkpoints; did you mean 'tiny'?"),
     ('prompt = "@missing.txt"', "key 'prompt': got '@missing.txt', expected an existing template file"),
     ('steps = 3', "key 'prompt': missing"),
+    ('prompt = "a"\nmetrics = ["health", "clip_scor:model=tiny"]',
+     "key 'metrics[1]': 'clip_scor:model=tiny': unknown metric 'clip_scor' (did you mean 'clip_score'?)"),
+    ('prompt = "a"\nmetrics = ["clip_score:model=tiny,bogus=1"]',
+     "key 'metrics[0]': 'clip_score:model=tiny,bogus=1': metric 'clip_score' has no option(s) 'bogus'"),
+    ('prompt = "a"\n[[stages]]\nname = "up"\nfrom = "main"\nprompt = "b"\ntop_k = 1\nmetric = "nosuch"',
+     "key 'stages[0].metric': 'nosuch': unknown metric 'nosuch'"),
 ])
 def test_validation_names_key_value_and_expectation(tmp_path, text, expected):
     found, message = problems(tmp_path, text)

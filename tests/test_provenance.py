@@ -272,3 +272,18 @@ def test_check_png_names_truncation_corruption_and_trailing_bytes(tmp_path):
     assert "after IEND" in reasons["trailing"]
     assert "signature" in reasons["empty"]
     assert check_png(tmp_path / "absent.png") == "missing"
+
+
+def test_write_atomic_replaces_whole_files_and_a_failed_write_leaves_the_old_one(tmp_path):
+    from harness.atomic import write_atomic
+
+    target = tmp_path / "comparisons.txt"
+    write_atomic(target, lambda p: p.write_text("first"))
+
+    def broken(p):
+        p.write_text("half of the second")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        write_atomic(target, broken)
+    assert target.read_text() == "first" and [f.name for f in tmp_path.iterdir()] == ["comparisons.txt"]

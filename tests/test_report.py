@@ -120,3 +120,18 @@ def test_compare_cli_json_and_errors(crafted_run):
     bad = subprocess.run([sys.executable, "-m", "harness", "compare", str(crafted_run), "--factor", "artsit"],
                          capture_output=True, text=True, cwd=ROOT)
     assert bad.returncode == 2 and "artist" in bad.stderr
+
+
+def test_a_misspelt_metric_is_an_error_and_no_comparisons_outlive_their_run(crafted_run):
+    """`report --metric TYPO` fails and names the scored metrics; a report that compares nothing removes
+    an earlier report's comparison tables rather than leaving them to be read as current."""
+    build_report(crafted_run, html=False)
+    tables = crafted_run / "tables"
+    assert (tables / "comparisons.csv").is_file() and (tables / "comparisons.txt").is_file()
+    with pytest.raises(ValueError, match="unknown metric 'clip_scor'; scored metrics in this run: clip_score"):
+        build_report(crafted_run, html=False, metric="clip_scor")
+    r = subprocess.run([sys.executable, "-m", "harness", "report", str(crafted_run), "--no-html",
+                        "--metric", "clip_scor"], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode != 0 and "unknown metric 'clip_scor'" in r.stderr
+    assert build_report(crafted_run, html=False, compare_factors=[]).comparisons == []
+    assert not list(tables.glob("comparisons.*")) and not list(tables.glob(".*tmp*"))

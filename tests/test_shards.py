@@ -50,3 +50,18 @@ def test_two_shards_and_merge_equal_a_full_run(tmp_path):
         assert np.abs(a - b).max() <= 1
     again = harness("merge", tmp_path / "s0", "--out", tmp_path / "merged")
     assert "0 added" in again.stdout
+
+
+def test_merge_refuses_runs_of_different_experiments_before_merging_anything(tmp_path):
+    a, b = tmp_path / "a.toml", tmp_path / "b.toml"
+    a.write_text(EXP.replace("seeds = [1, 2]", "seeds = [1]").replace("{red|blue|green}", "red"))
+    b.write_text(EXP.replace("seeds = [1, 2]", "seeds = [1]").replace("{red|blue|green}", "blue"))
+    run_experiment(a, out=tmp_path / "ra", progress=False, evaluate_after=False)
+    run_experiment(b, out=tmp_path / "rb", progress=False, evaluate_after=False)
+    r = subprocess.run([sys.executable, "-m", "harness", "merge", tmp_path / "ra", tmp_path / "rb",
+                        "--out", tmp_path / "m"], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode != 0 and "different experiments" in r.stderr and str(tmp_path / "rb") in r.stderr
+    r = subprocess.run([sys.executable, "-m", "harness", "merge", tmp_path / "ra", tmp_path / "nope",
+                        "--out", tmp_path / "m"], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode != 0 and "not a run folder" in r.stderr
+    assert not (tmp_path / "m" / "images").exists()  # nothing merged from ra before the bad source was seen
