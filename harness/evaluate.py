@@ -46,6 +46,12 @@ def item_for(ledger: Ledger, job: Job):
                 parent_image_path=ledger.image_path(parent) if parent else None)
 
 
+def lasting(scores: list) -> list:
+    """The scores to store: NaN from a metric that could not run at all (its model failed to load, detail
+    `retry`) is left out, so the next `harness eval` tries those images again instead of skipping them."""
+    return [s for s in scores if not s.detail.get("retry")]
+
+
 def metrics_for_run(ledger: Ledger, specs: Iterable[str] | None):
     from .metrics import metric_from_spec
     specs = list(specs or [])
@@ -71,12 +77,14 @@ def evaluate(ledger: Ledger, specs: Iterable[str] | None = None, *, log: Callabl
         for i in range(0, len(todo), chunk):
             part = todo[i:i + chunk]
             scores = metric.score([item_for(ledger, j) for j in part])
-            ledger.put_scores(scores)
+            ledger.put_scores(lasting(scores))
             for s in scores:
                 summary.scored += 1
                 if isinstance(s.value, float) and math.isnan(s.value):
                     summary.nan += 1
-                    summary.reasons[str(s.detail.get("reason", "unknown"))] += 1
+                    reason = str(s.detail.get("reason", "unknown"))
+                    summary.reasons[reason + (" (not stored: the next eval retries)" if s.detail.get("retry")
+                                              else "")] += 1
             if time.perf_counter() - last > 2 or i + chunk >= len(todo):
                 last = time.perf_counter()
                 rate = summary.scored / max(1e-9, last - t0)
@@ -111,7 +119,7 @@ class BackgroundScorer:
     def _score(self, jobs: list[Job]) -> None:
         items = [item_for(self.ledger, j) for j in jobs]
         for metric in self.metrics:
-            self.ledger.put_scores(metric.score(items))
+            self.ledger.put_scores(lasting(metric.score(items)))
         self.scored += len(jobs)
 
     def close(self) -> None:

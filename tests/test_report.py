@@ -135,3 +135,20 @@ def test_a_misspelt_metric_is_an_error_and_no_comparisons_outlive_their_run(craf
     assert r.returncode != 0 and "unknown metric 'clip_scor'" in r.stderr
     assert build_report(crafted_run, html=False, compare_factors=[]).comparisons == []
     assert not list(tables.glob("comparisons.*")) and not list(tables.glob(".*tmp*"))
+
+
+def test_a_metric_that_cannot_load_stores_nothing_and_the_next_eval_tries_again(crafted_run, tmp_path):
+    """Missing model weights are the environment's fault, not the image's: no NaN is stored for them, so
+    fixing the weights and running `harness eval` again scores every image instead of skipping them."""
+    from harness.evaluate import evaluate
+
+    spec = f"clip_score:model=ViT-B-32,pretrained={tmp_path / 'missing.safetensors'},cache=none"
+    with Ledger.open(crafted_run) as led:
+        for _ in range(2):
+            (summary,) = evaluate(led, [spec], log=lambda m: None)
+            assert summary.skipped == 0 and summary.nan == summary.scored == 9
+            [(reason, count)] = summary.reasons.items()
+            assert "missing.safetensors" in reason and "not stored" in reason and count == 9
+            assert led.scored_keys(summary.metric) == set()
+        (health,) = evaluate(led, ["health"], log=lambda m: None)
+        assert health.scored == 8 and health.skipped == 1  # per-image outcomes are stored as before

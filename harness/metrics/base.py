@@ -151,8 +151,8 @@ class Metric:
         if ready:
             try:
                 outcomes = self._score([items[i] for i in ready])
-            except MetricUnavailable as exc:
-                outcomes = [(math.nan, {"reason": str(exc)})] * len(ready)
+            except MetricUnavailable as exc:  # the metric cannot run here at all: worth retrying later
+                outcomes = [(math.nan, {"reason": str(exc), "retry": True})] * len(ready)
             if len(outcomes) != len(ready):
                 raise RuntimeError(f"metric {self.id} returned {len(outcomes)} results for {len(ready)} items")
             for index, (value, detail) in zip(ready, outcomes):
