@@ -87,7 +87,7 @@ def mutate(
 
 @app.command()
 def evolve(
-    experiment: Path = typer.Argument(..., help="experiment .toml with a [search] table"),
+    experiment: Path = typer.Argument(..., help="experiment .toml with a \\[search] table"),
     out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default reports/<name>)."),
     device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda | mps"),
 ) -> None:

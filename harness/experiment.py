@@ -148,6 +148,18 @@ class _Checker:
             return default
         return float(v)
 
+    def scheduler(self, d, default, prefix=""):
+        """A scheduler name the runner knows (`checkpoints.SCHEDULERS`)."""
+        from .checkpoints import SCHEDULERS
+
+        v = self.str_(d, "scheduler", default, prefix=prefix, nonempty=True)
+        if v is not None and v not in SCHEDULERS:
+            close = difflib.get_close_matches(v, list(SCHEDULERS), n=1)
+            self.bad(prefix + "scheduler", v, "one of " + ", ".join(SCHEDULERS)
+                     + (f" (did you mean {close[0]!r}?)" if close else ""))
+            return default
+        return v
+
     def metric(self, key: str, spec: str) -> None:
         """A metric spec that names a registered metric with valid options (checked now, not after generating)."""
         from .metrics import metric_from_spec
@@ -245,7 +257,7 @@ def experiment_from_dict(raw: Mapping[str, Any], path: Path) -> Experiment:
         c.bad("mode", raw.get("mode"), "'txt2img', 'img2img' or a list of both")
         modes = ["txt2img"]
 
-    scheduler = c.str_(raw, "scheduler", "ddim", nonempty=True)
+    scheduler = c.scheduler(raw, "ddim")
     steps = c.int_(raw, "steps", 20, lo=1, hi=1000)
     guidance = c.num(raw, "guidance", 7.5, lo=0, hi=100)
     width = c.int_(raw, "width", 512, lo=64, hi=4096)
@@ -345,7 +357,7 @@ def experiment_from_dict(raw: Mapping[str, Any], path: Path) -> Experiment:
         if "guidance" in table:
             o["guidance"] = c.num(table, "guidance", None, lo=0, hi=100, prefix=prefix)
         if "scheduler" in table:
-            o["scheduler"] = c.str_(table, "scheduler", None, prefix=prefix, nonempty=True)
+            o["scheduler"] = c.scheduler(table, None, prefix=prefix)
         if "dtype" in table:
             o["dtype"] = c.choice(table, "dtype", "auto", DTYPES, prefix=prefix)
         overrides[ck] = o

@@ -43,6 +43,7 @@ PARAM_COLUMNS = (
     "negative_prompt", "scheduler", "init_hash",
 )
 MIN_CLUSTERS_FOR_TEST = 6
+MIN_CLUSTERS_FOR_CI = 15  # below this the percentile bootstrap interval covers less than its nominal 95 %
 
 
 # ----------------------------------------------------------------- helpers
@@ -478,6 +479,8 @@ def paired_compare(
             lo, hi = cluster_bootstrap_ci(d, cl_codes, rng=rng, n_boot=n_boot, alpha=alpha)
             if n_clu == 1:
                 note.append("one cluster: the interval reflects seed-to-seed variation only")
+            elif n_clu < MIN_CLUSTERS_FOR_CI:
+                note.append(f"{n_clu} clusters: the 95% interval is likely too narrow (below ~15 clusters)")
         else:
             lo = hi = math.nan
         cmeans = np.bincount(cl_codes, weights=d) / np.bincount(cl_codes) if n_pairs else np.array([])

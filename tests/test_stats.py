@@ -305,3 +305,13 @@ def test_to_text_and_to_frame_list_every_level():
     assert "pairs" in text and "\na " in text and "\nb " in text and "(empty)" in text
     frame = c.to_frame()
     assert list(frame["level"]) == ["a", "b"] and {"mean_diff", "ci_low", "p_holm", "win_rate"} <= set(frame)
+
+
+@pytest.mark.parametrize("clusters, narrow", [(10, True), (15, False)])
+def test_fewer_than_15_clusters_are_flagged_as_a_too_narrow_interval(clusters, narrow):
+    rng = np.random.default_rng(3)
+    rows = [{"f.subject": f"s{k}", "f.style": style, "seed": seed, "m.score": rng.normal(), "healthy": True}
+            for k in range(clusters) for seed in (1, 2) for style in ("", "a")]
+    (a,) = paired_compare(pd.DataFrame(rows), factor="style", metric="score", rng=rng, n_boot=100).rows
+    assert a.n_clusters == clusters
+    assert ("likely too narrow" in a.note) is narrow and "little power" not in a.note
