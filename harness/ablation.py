@@ -131,7 +131,7 @@ def ablate(path: Path | str, *, out: Path | str | None = None, metrics: Sequence
     wanted = list({j.key: j for _, js in jobs_of for j in js}.values())
     run_dir = Path(out) if out else default_run_dir(exp)
     plan = Plan(exp, tuple(wanted), ("ablation",), refs)
-    ledger, pending = prepare_run(exp, plan, run_dir, jobs=wanted)
+    ledger, pending = prepare_run(exp, plan, run_dir, jobs=wanted, part="ablation")
     run = RunResult(run_dir, len(wanted), len(wanted) - len(pending))
     try:
         generate_jobs(exp, plan, ledger, pending, run, exact=exp.exact, device=device or exp.device,

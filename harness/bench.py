@@ -34,18 +34,21 @@ GPU_PEAK_TFLOPS = {"H200": 989.0, "H100 SXM": 989.0, "H100 PCIe": 756.0, "H100":
 SCORE_METRIC = "clip_score:model=tiny,cache=none"  # the scoring rows: batched CLIP scoring of every image
 
 
+COLOURS = ("red", "blue", "green", "yellow", "purple", "orange", "white", "black")  # one prompt each
+
+
 @dataclass(frozen=True)
 class Sweep:
     model: str = "tiny"
-    size: int = 256
+    size: int = 128
     steps: int = 10
-    prompts: int = 4
+    prompts: int = 8
     seeds: int = 4
     strengths: tuple[float, ...] = (0.5,)
     guidance: float = 7.5
 
     def experiment_toml(self, init: Path) -> str:
-        words = ["red", "blue", "green", "yellow", "purple", "orange", "white", "black"][: self.prompts]
+        words = COLOURS[: self.prompts]
         modes = '["txt2img", "img2img"]' if self.strengths else '"txt2img"'
         return f"""
 name = "bench"
@@ -414,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dtype", default="auto")
     p.add_argument("--size", type=int, default=None)
     p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--prompts", type=int, default=4)
+    p.add_argument("--prompts", type=int, default=None, help=f"1-{len(COLOURS)} (default: 8 on tiny, 4 otherwise)")
     p.add_argument("--seeds", type=int, default=4)
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--speedups", default="", help="comma list: channels_last,fuse_qkv,compile")
@@ -424,9 +427,13 @@ def main(argv: list[str] | None = None) -> int:
                         + ",".join(ABLATIONS))
     p.add_argument("--quick", action="store_true", help="a tiny sweep for CI: checks images agree")
     a = p.parse_args(argv)
-    size = a.size or (512 if a.model != "tiny" else 256)
-    steps = a.steps or (50 if a.model != "tiny" else 10)
-    sweep = Sweep(model=a.model, size=size, steps=steps, prompts=a.prompts, seeds=a.seeds)
+    tiny = a.model == "tiny"
+    size = a.size or (128 if tiny else 512)  # tiny: the demo experiment's size
+    steps = a.steps or (10 if tiny else 50)
+    prompts = a.prompts or (8 if tiny else 4)
+    if not 1 <= prompts <= len(COLOURS):
+        p.error(f"--prompts {prompts}: expected 1 to {len(COLOURS)} (one colour word each)")
+    sweep = Sweep(model=a.model, size=size, steps=steps, prompts=prompts, seeds=a.seeds)
     if a.quick:
         sweep = Sweep(model=a.model, size=64, steps=2, prompts=2, seeds=2)
     from .worker import Tuning

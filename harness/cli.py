@@ -211,6 +211,9 @@ def run(
                + (f" ({r.images_per_s:.2f} images/s on {r.device})" if r.generated else ""))
     if r.unhealthy:
         typer.echo(f"unhealthy images: {r.unhealthy} (black, uniform or NaN; excluded from statistics)")
+    if r.unplanned:
+        typer.echo(f"kept but left out of reports: {r.unplanned} images made for an earlier version of the "
+                   "experiment (running that version again brings them back)")
     for m in r.oom_events:
         typer.echo(f"note: {m}")
     _print_metric_summaries(r.metrics)
@@ -304,6 +307,9 @@ def report(
     typer.echo(f"{r.images} images; tables in {run_dir / 'tables'}")
     if r.excluded.get("unhealthy"):
         typer.echo(f"unhealthy images excluded from statistics: {r.excluded['unhealthy']}")
+    if r.excluded.get("unplanned"):
+        typer.echo(f"left out: {r.excluded['unplanned']} images made for an earlier version of the experiment "
+                   "(kept in the run folder; running that version again brings them back)")
     for c in r.comparisons:
         typer.echo("")
         typer.echo(c.to_text().rstrip())

@@ -63,10 +63,10 @@ def metrics_for_run(ledger: Ledger, specs: Iterable[str] | None):
 
 def evaluate(ledger: Ledger, specs: Iterable[str] | None = None, *, log: Callable[[str], None] | None = None,
              chunk: int = CHUNK) -> list[MetricSummary]:
-    """Score every done image of the run not yet scored by each metric."""
+    """Score every done image of the current plan not yet scored by each metric."""
     log = log or (lambda m: print(m, file=sys.stderr, flush=True))
     metrics = metrics_for_run(ledger, specs)
-    jobs = ledger.all_jobs(status="done")
+    jobs = ledger.done_jobs()
     out = []
     for metric in metrics:
         summary = MetricSummary(metric.id)

@@ -3,7 +3,7 @@ how they were made, and what they scored.
 
 A run folder looks like::
 
-    RUN/ledger.sqlite      tables meta, jobs, scores (WAL mode)
+    RUN/ledger.sqlite      tables meta, jobs, scores, plan (WAL mode)
     RUN/ledger.lock        held by the one process that writes (POSIX flock)
     RUN/images/<key>.png   written atomically, provenance inside (provenance.py)
     RUN/tables/            derived files, rebuilt from the ledger
@@ -16,6 +16,12 @@ Invariants:
   pending any done row whose image is missing or damaged, and deletes temp files
   left by interrupted writes, so the ledger and the folder never disagree.
 - Scores exist only for done jobs: resetting or requeueing a job drops its scores.
+- The ``plan`` table holds the keys the experiment asks for now, in parts
+  (``main``, ``stage:<name>``, ``ablation``, ``search:<id>``), each replaced by
+  whoever plans it. Done jobs in no part (made before the experiment was
+  edited) keep their rows, images and scores but are left out of
+  :meth:`Ledger.done_jobs` and so of evaluation, reports and stage parents;
+  planning them again (undoing the edit) brings them back without regenerating.
 
 Durability choice: ``journal_mode=WAL`` with ``synchronous=NORMAL``. A commit
 survives a crash of the process (``kill -9``) at any moment. After a power loss
@@ -98,6 +104,11 @@ CREATE TABLE IF NOT EXISTS scores(
   detail    TEXT NOT NULL,             -- canonical JSON object
   scored_at TEXT NOT NULL,
   PRIMARY KEY (key, metric)
+);
+CREATE TABLE IF NOT EXISTS plan(
+  part TEXT NOT NULL,                  -- who planned it: main, stage:<name>, ablation, search:<id>
+  key  TEXT NOT NULL,
+  PRIMARY KEY (part, key)
 );
 """
 
@@ -327,6 +338,11 @@ class Ledger:
     def pending_jobs(self) -> list[Job]:
         return self.all_jobs("pending")
 
+    def done_jobs(self) -> list[Job]:
+        """Done jobs the current plan asks for (all done jobs when no plan was recorded)."""
+        planned = self.planned_keys()
+        return [j for j in self.all_jobs("done") if planned is None or j.key in planned]
+
     def done_keys(self) -> set[str]:
         return {row[0] for row in self._select_jobs("key", "done")}
 
@@ -452,6 +468,44 @@ class Ledger:
             orphans = sorted(on_disk - (done - set(requeued)))
         return Reconciled(requeued, temp_removed, orphans)
 
+    # ---------------------------------------------------------------- the current plan
+
+    def set_plan(self, part: str, keys: Iterable[str], *, add: bool = False) -> None:
+        """Record the keys `part` of the experiment asks for now, replacing that part's
+        earlier keys (or adding to them with `add=True`); one transaction."""
+        rows = [(part, _check_key(k)) for k in dict.fromkeys(keys)]
+        with self._write() as conn:
+            if not add:
+                conn.execute("DELETE FROM plan WHERE part = ?", (part,))
+            conn.executemany("INSERT OR IGNORE INTO plan(part, key) VALUES (?, ?)", rows)
+
+    def drop_plan(self, parts: Iterable[str]) -> None:
+        """Forget the named plan parts (a stage removed from the experiment)."""
+        with self._write() as conn:
+            conn.executemany("DELETE FROM plan WHERE part = ?", [(p,) for p in parts])
+
+    def plan_parts(self) -> list[str]:
+        return [r[0] for r in self._plan_rows("SELECT DISTINCT part FROM plan ORDER BY part")]
+
+    def planned_keys(self) -> set[str] | None:
+        """Keys some part of the current plan asks for; None when the ledger holds no plan
+        (written by an older harness, or never planned): then every done job counts."""
+        rows = self._plan_rows("SELECT DISTINCT key FROM plan")
+        return {r[0] for r in rows} if rows else None
+
+    def unplanned_done(self) -> int:
+        """Done jobs the current plan no longer asks for (kept, left out of reports)."""
+        planned = self.planned_keys()
+        return 0 if planned is None else len(self.done_keys() - planned)
+
+    def _plan_rows(self, sql: str) -> list[sqlite3.Row]:
+        try:
+            return self._read(sql)
+        except sqlite3.OperationalError as exc:  # a ledger from before plans, opened read-only
+            if "no such table" in str(exc):
+                return []
+            raise
+
     # ---------------------------------------------------------------- scores
 
     def put_scores(self, scores: Iterable[Score]) -> int:
@@ -517,9 +571,9 @@ class Ledger:
     # ---------------------------------------------------------------- merging
 
     def merge_from(self, other_run_dir: str | os.PathLike) -> Merged:
-        """Copy done jobs, their images and scores from another run folder (e.g. a shard).
+        """Copy done jobs, their images, scores and plan from another run folder (e.g. a shard).
 
-        Keys done here already are kept as they are. Images are verified
+        Keys done here already are kept as they are; plan parts are joined. Images are verified
         (:func:`check_png`) and copied atomically and durably before the rows
         that mark them done are committed.
         """
@@ -532,6 +586,7 @@ class Ledger:
             their_scores = other._read("SELECT s.key, s.metric, s.value, s.detail, s.scored_at "
                                        "FROM scores s JOIN jobs j ON j.key = s.key "
                                        "WHERE j.status = 'done'")
+            their_plan = other._plan_rows("SELECT part, key FROM plan")
             with self._mutex:
                 mine = self.done_keys()
                 copied, bad = [], {}
@@ -558,6 +613,8 @@ class Ledger:
                                      "VALUES (?, ?, ?, ?, ?)",
                                      [tuple(s) for s in their_scores if s["key"] in keep])
                     scores_added = conn.total_changes - before
+                    conn.executemany("INSERT OR IGNORE INTO plan(part, key) VALUES (?, ?)",
+                                     [tuple(r) for r in their_plan])
         return Merged(len(copied), sum(row["key"] in mine for row in theirs), scores_added, bad)
 
 

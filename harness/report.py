@@ -27,9 +27,11 @@ VARIANT_KEYS = ["stage", "checkpoint", "mode", "strength", "prompt", "negative_p
 
 
 def image_table(ledger: Ledger) -> pd.DataFrame:
-    """One row per generated image: every factor (`f.*`), parameter and score (`m.<metric id>`)."""
+    """One row per image of the current plan: every factor (`f.*`), parameter and score (`m.<metric id>`)."""
     jobs = ledger.jobs_frame()
-    jobs = jobs[jobs["status"] == "done"].copy() if len(jobs) else jobs
+    planned = ledger.planned_keys()  # None: no plan recorded, every done job counts
+    if len(jobs):
+        jobs = jobs[(jobs["status"] == "done") & (True if planned is None else jobs["key"].isin(planned))].copy()
     if not len(jobs):
         return pd.DataFrame(columns=IMAGE_COLUMNS)
     jobs["image"] = "images/" + jobs["key"] + ".png"
@@ -242,6 +244,7 @@ def build_report(run_dir: Path | str, *, rows: str | None = None, cols: str | No
         raise FileNotFoundError(f"{run_dir}: not a run folder (no ledger.sqlite); run an experiment first")
     with Ledger.open(run_dir, readonly=True) as ledger:
         table = image_table(ledger)
+        unplanned = ledger.unplanned_done()
     result = ReportResult(run_dir, len(table))
     tables = run_dir / "tables"
     result.tables += write_table(table, tables, "images")
@@ -250,7 +253,7 @@ def build_report(run_dir: Path | str, *, rows: str | None = None, cols: str | No
     result.tables += write_table(factor_summary(table), tables, "factors")
     if len(table):
         result.tables += write_table(checkpoint_summary(table), tables, "checkpoints")
-    result.excluded = {"unhealthy": int((~table["healthy"]).sum()) if len(table) else 0}
+    result.excluded = {"unhealthy": int((~table["healthy"]).sum()) if len(table) else 0, "unplanned": unplanned}
     factors = list(compare_factors) if compare_factors is not None else [
         f for f in factor_columns(table) + ["checkpoint"] if table[f].nunique(dropna=True) >= 2]
     if metric and len(table):

@@ -40,6 +40,7 @@ class RunResult:
     oom_events: list[str] = field(default_factory=list)
     device: str = ""
     metrics: list = field(default_factory=list)
+    unplanned: int = 0  # done images the edited experiment no longer asks for (kept, left out of reports)
 
     @property
     def images_per_s(self) -> float:
@@ -51,18 +52,28 @@ def default_run_dir(exp: Experiment) -> Path:
 
 
 def prepare_run(exp: Experiment, plan: Plan, run_dir: Path, *, jobs: list[Job] | None = None,
-                force: bool = False) -> tuple[Ledger, list[Job]]:
-    """Open the ledger, reconcile it with the folder, record the plan; return the jobs still to make."""
+                force: bool = False, part: str = "main") -> tuple[Ledger, list[Job]]:
+    """Open the ledger, reconcile it with the folder, record the plan; return the jobs still to make.
+
+    `jobs` (default: the whole plan) are the ones this process makes, e.g. one shard; the plan
+    part `part` is always the whole plan, so shards run into one folder do not hide each other.
+    When the experiment changed, its stages' plan parts are dropped until `run_stage` plans them
+    again from the new main images."""
     run_dir.mkdir(parents=True, exist_ok=True)
     ledger = Ledger.open(run_dir)
     ledger.reconcile()
     jobs = list(plan.jobs if jobs is None else jobs)
     write_atomic(run_dir / "experiment.toml", lambda p: shutil.copyfile(exp.path, p))
+    edited = ledger.get_meta("experiment") != canonical_json(exp.raw)
     ledger.set_meta("experiment", canonical_json(exp.raw))
     ledger.set_meta("experiment_path", str(exp.path))
     ledger.set_meta("factors", json.dumps(list(plan.factors)))
     ledger.drop_pending({j.key for j in jobs})
     ledger.add_jobs(jobs)
+    ledger.set_plan(part, [j.key for j in plan.jobs])
+    if part == "main":
+        names = {f"stage:{s.name}" for s in exp.stages}
+        ledger.drop_plan([p for p in ledger.plan_parts() if p.startswith("stage:") and (edited or p not in names)])
     if force:
         ledger.reset([j.key for j in jobs if ledger.status_of(j.key) == "done"])
     done = ledger.done_keys()
@@ -100,6 +111,7 @@ def run_experiment(path: Path | str, *, out: Path | str | None = None, force: bo
             result.metrics = evaluate(ledger, exp.metrics, log=log or _stderr)
         for stage in exp.stages:
             run_stage(exp, stage, plan, ledger, result, shard=shard, evaluate_after=evaluate_after, **options)
+        result.unplanned = ledger.unplanned_done()
     finally:
         ledger.close()
     return result
@@ -115,6 +127,7 @@ def run_stage(exp: Experiment, stage, plan: Plan, ledger: Ledger, result: RunRes
     if stage.metric:  # top-k selection needs the source images scored
         evaluate(ledger, [stage.metric], log=log)
     jobs = stage_jobs(exp, stage, ledger, plan.checkpoints)
+    ledger.set_plan(f"stage:{stage.name}", [j.key for j in jobs])
     if shard is not None:
         jobs = shard_jobs(jobs, *shard)
     ledger.add_jobs(jobs)

@@ -412,7 +412,7 @@ def evolve(path: Path | str, *, out: Path | str | None = None, device: str | Non
     refs = resolve_checkpoints(exp)
     sid = search_identity(exp, resources, refs)
     run_dir = Path(out) if out else default_run_dir(exp)
-    ledger, _ = prepare_run(exp, Plan(exp, (), (), refs), run_dir, jobs=[])
+    ledger, _ = prepare_run(exp, Plan(exp, (), (), refs), run_dir, jobs=[], part=f"search:{sid}")
     result = SearchResult(run_dir, sid, [], "generations", budget=cfg.budget)
     maker = None  # one BatchMaker for every generation: each checkpoint is loaded once
     try:
@@ -426,7 +426,9 @@ def evolve(path: Path | str, *, out: Path | str | None = None, device: str | Non
         for g in range(cfg.generations + 1):
             if g in recorded:
                 gen = recorded[g]
-                used |= {k for c in gen.candidates for k in c.image_keys}
+                keys = {k for c in gen.candidates for k in c.image_keys}
+                ledger.set_plan(f"search:{sid}", keys, add=True)
+                used |= keys
                 result.generations.append(gen)
                 continue
             candidates = (initial_population(variants, cfg, resources) if g == 0
@@ -455,6 +457,7 @@ def evolve(path: Path | str, *, out: Path | str | None = None, device: str | Non
             used = new_used
             ledger.drop_pending({j.key for j in wanted})
             ledger.add_jobs(wanted)
+            ledger.set_plan(f"search:{sid}", [j.key for j in wanted], add=True)
             done = ledger.done_keys()
             pending = [j for j in wanted if j.key not in done]
             run = RunResult(run_dir, len(wanted), len(wanted) - len(pending))

@@ -52,7 +52,7 @@ def stage_jobs(exp: Experiment, stage: Stage, ledger: Ledger, refs: dict,
                library: WildcardLibrary | None = None) -> list[Job]:
     """Jobs of one stage, from the done images of its source stage."""
     library = library or WildcardLibrary(default_search_path(exp.base_dir))
-    parents = [j for j in ledger.all_jobs(status="done") if j.meta.get("stage", "main") == stage.source]
+    parents = [j for j in ledger.done_jobs() if j.meta.get("stage", "main") == stage.source]
     parents = select_parents(stage, sorted(parents, key=lambda j: j.key), ledger)
     negative = exp.negative_prompt if stage.negative_prompt is None else stage.negative_prompt
     negatives = [Variant("", {})]

@@ -88,6 +88,30 @@ def test_editing_experiment_adds_only_new_jobs(tmp_path):
         assert db.execute("SELECT COUNT(*), COUNT(DISTINCT key) FROM jobs").fetchone() == (24, 24)
 
 
+def test_an_edited_experiment_reports_only_what_it_asks_for_and_undoing_the_edit_brings_images_back(tmp_path):
+    from harness.evaluate import evaluate
+    from harness.report import build_report, image_table
+
+    exp = experiment(tmp_path)
+    run_experiment(exp, out=tmp_path / "run", progress=False)
+    exp.write_text(SMALL.replace("steps = 4", "steps = 3"))
+    r = run_experiment(exp, out=tmp_path / "run", progress=False)
+    assert (r.generated, r.unplanned) == (16, 16)
+    assert len(list((tmp_path / "run" / "images").glob("*.png"))) == 32  # nothing made earlier is deleted
+    with Ledger.open(tmp_path / "run") as led:
+        table = image_table(led)
+        assert len(table) == 16 and set(table["steps"]) == {3}
+        scored = evaluate(led, ["health"], log=lambda m: None)
+        assert scored[0].scored == 16 and len(led.scored_keys(scored[0].metric)) == 16
+    report = build_report(tmp_path / "run", html=False)
+    assert report.images == 16 and report.excluded["unplanned"] == 16
+    exp.write_text(SMALL)  # undo the edit: the first images are current again, none regenerated
+    back = run_experiment(exp, out=tmp_path / "run", progress=False)
+    assert (back.generated, back.already_done, back.unplanned) == (0, 16, 16)
+    with Ledger.open(tmp_path / "run", readonly=True) as led:
+        assert set(image_table(led)["steps"]) == {4}
+
+
 def test_same_job_gives_identical_pixels_and_batch_within_one_level(tmp_path):
     exp = experiment(tmp_path)
     run_experiment(exp, out=tmp_path / "a", progress=False)

@@ -43,13 +43,28 @@ def test_two_shards_and_merge_equal_a_full_run(tmp_path):
     assert keys["s0"] | keys["s1"] == keys["full"] and len(keys["full"]) == 12
     harness("merge", tmp_path / "s0", tmp_path / "s1", "--out", tmp_path / "merged")
     with Ledger.open(tmp_path / "merged", readonly=True) as led:
-        assert led.done_keys() == keys["full"]
+        assert led.done_keys() == keys["full"] and led.planned_keys() == keys["full"]
     for key in keys["full"]:
         a = np.asarray(Image.open(tmp_path / "full" / "images" / f"{key}.png"), dtype=np.int16)
         b = np.asarray(Image.open(tmp_path / "merged" / "images" / f"{key}.png"), dtype=np.int16)
         assert np.abs(a - b).max() <= 1
     again = harness("merge", tmp_path / "s0", "--out", tmp_path / "merged")
     assert "0 added" in again.stdout
+
+
+def test_shards_run_one_after_another_into_one_folder_are_all_reported(tmp_path):
+    from harness.report import image_table
+
+    exp = tmp_path / "exp.toml"
+    exp.write_text(EXP.replace("{cat|dog}", "cat"))
+    run_experiment(exp, out=tmp_path / "run", shard=(0, 2), progress=False)
+    with Ledger.open(tmp_path / "run", readonly=True) as led:
+        first = set(image_table(led)["key"])
+    run_experiment(exp, out=tmp_path / "run", shard=(1, 2), progress=False)
+    with Ledger.open(tmp_path / "run", readonly=True) as led:
+        both = set(image_table(led)["key"])
+        assert led.unplanned_done() == 0
+    assert first and first < both and len(both) == 6
 
 
 def test_merge_refuses_runs_of_different_experiments_before_merging_anything(tmp_path):

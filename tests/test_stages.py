@@ -57,3 +57,23 @@ def test_later_stages_link_every_image_to_an_existing_parent(tmp_path):
     assert r.generated == 12
     again = run_experiment(exp, out=tmp_path / "run", progress=False)
     assert again.generated == 0 and again.already_done == 12
+
+
+def test_after_an_edit_stages_grow_only_from_the_current_main_images(tmp_path):
+    from harness.report import image_table
+
+    exp = tmp_path / "exp.toml"
+    text = STAGED.replace('metrics = ["clip_score:model=tiny"]', "").replace("top_k = 1\n", "").replace(
+        'metric = "clip_score:model=tiny"\n', "").replace("seeds = [1, 2]", "seeds = [1]")
+    text = text[: text.index("[[stages]]\nname = \"polish\"")]
+    exp.write_text(text)
+    run_experiment(exp, out=tmp_path / "run", progress=False)
+    exp.write_text(text.replace("steps = 4", "steps = 3", 1))
+    r = run_experiment(exp, out=tmp_path / "run", progress=False)
+    assert r.generated == 2 + 4 and r.unplanned == 6
+    with Ledger.open(tmp_path / "run", readonly=True) as led:
+        table = image_table(led).set_index("key")
+    assert sorted(table["stage"]) == ["main"] * 2 + ["refine"] * 4
+    main = set(table.index[table["stage"] == "main"])
+    assert set(table.loc[table["stage"] == "refine", "parent_key"]) == main
+    assert set(table.loc[list(main), "steps"]) == {3}
