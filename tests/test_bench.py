@@ -62,6 +62,8 @@ def test_ablate_names_a_subset_of_rows_and_rejects_unknown_keys():
     assert all(key in str(err.value) for key in ABLATIONS)
     with pytest.raises(SystemExit):  # argparse error before any measuring
         main(["--ablate", "nope"])
+    with pytest.raises(SystemExit):  # one colour word per prompt: 8 at most
+        main(["--prompts", "9"])
 
 
 def test_fuse_qkv_speedup_fuses_the_unet_attention_projections(tmp_path):
