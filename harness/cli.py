@@ -234,7 +234,8 @@ def eval_(
                                      help="Metric spec, e.g. clip_score:model=ViT-L-14,pretrained=openai "
                                           "(repeatable; default: the experiment's metrics)."),
     scale: Optional[float] = typer.Option(None, "--scale", help="CLIP score scale: 100 (default) or 2.5 "
-                                                                "(original CLIPScore)."),
+                                                                "(original CLIPScore); applies to the -m CLIP "
+                                                                "specs, else to the experiment's."),
 ) -> None:
     """Score every image of a run not yet scored with each metric (resumable)."""
     from .evaluate import evaluate_run
@@ -244,8 +245,11 @@ def eval_(
         fail(f"{run_dir}: not a run folder (no ledger.sqlite); run an experiment first")
     specs = list(metric)
     if scale is not None:
-        specs = [s + ("," if ":" in s else ":") + f"scale={scale:g}" if s.split(":")[0] == "clip_score" else s
-                 for s in (specs or ["clip_score"])]
+        from .evaluate import experiment_metrics, scaled_clip_specs
+        from .ledger import Ledger
+
+        with Ledger.open(run_dir, readonly=True) as ledger:
+            specs = scaled_clip_specs(specs, scale, experiment_metrics(ledger))
     try:
         _print_metric_summaries(evaluate_run(run_dir, specs or None))
     except (ValueError, MetricUnavailable) as e:

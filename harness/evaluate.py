@@ -52,12 +52,30 @@ def lasting(scores: list) -> list:
     return [s for s in scores if not s.detail.get("retry")]
 
 
+def experiment_metrics(ledger: Ledger) -> list[str]:
+    """The metric specs of the experiment the run was made from."""
+    raw = ledger.get_meta("experiment")
+    return list(json.loads(raw).get("metrics", [])) if raw else []
+
+
+def scaled_clip_specs(specs: Iterable[str], scale: float, experiment_specs: Iterable[str] = ()) -> list[str]:
+    """`harness eval --scale S`: the CLIP score specs at scale S. Without `-m` specs, the experiment's CLIP
+    score specs (their model and options kept), else the default CLIP score."""
+    def is_clip(spec: str) -> bool:
+        return spec.split(":")[0].strip() == "clip_score"
+
+    def rescale(spec: str) -> str:
+        name, _, opts = spec.partition(":")
+        kept = [o for o in opts.split(",") if o.strip() and o.split("=")[0].strip() != "scale"]
+        return f"{name}:{','.join([*kept, f'scale={scale:g}'])}"
+
+    chosen = list(specs) or [s for s in experiment_specs if is_clip(s)] or ["clip_score"]
+    return [rescale(s) if is_clip(s) else s for s in chosen]
+
+
 def metrics_for_run(ledger: Ledger, specs: Iterable[str] | None):
     from .metrics import metric_from_spec
-    specs = list(specs or [])
-    if not specs:
-        raw = ledger.get_meta("experiment")
-        specs = list(json.loads(raw).get("metrics", [])) if raw else []
+    specs = list(specs or []) or experiment_metrics(ledger)
     return [metric_from_spec(s) for s in (specs or DEFAULT_METRICS)]
 
 

@@ -152,3 +152,22 @@ def test_a_metric_that_cannot_load_stores_nothing_and_the_next_eval_tries_again(
             assert led.scored_keys(summary.metric) == set()
         (health,) = evaluate(led, ["health"], log=lambda m: None)
         assert health.scored == 8 and health.skipped == 1  # per-image outcomes are stored as before
+
+
+def test_eval_scale_rescales_the_experiments_clip_score_not_a_default_model(crafted_run):
+    """`harness eval RUN --scale 2.5` without -m scores the experiment's CLIP model at the new scale."""
+    from harness.core import canonical_json
+    from harness.evaluate import scaled_clip_specs
+
+    assert scaled_clip_specs([], 2.5, ["health", "clip_score:model=tiny,scale=100"]) == [
+        "clip_score:model=tiny,scale=2.5"]
+    assert scaled_clip_specs(["clip_score", "health"], 2.5) == ["clip_score:scale=2.5", "health"]
+    assert scaled_clip_specs([], 2.5, ["health"]) == ["clip_score:scale=2.5"]
+    with Ledger.open(crafted_run) as led:
+        led.set_meta("experiment", canonical_json({"metrics": ["health", "clip_score:model=tiny,cache=none"]}))
+    r = subprocess.run([sys.executable, "-m", "harness", "eval", str(crafted_run), "--scale", "2.5"],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    with Ledger.open(crafted_run, readonly=True) as led:
+        new = set(led.scores_frame()["metric"]) - {METRIC, "health"}
+    assert len(new) == 1 and "model=tiny" in next(iter(new)) and "scale=2.5" in next(iter(new))
