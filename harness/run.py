@@ -57,8 +57,8 @@ def prepare_run(exp: Experiment, plan: Plan, run_dir: Path, *, jobs: list[Job] |
 
     `jobs` (default: the whole plan) are the ones this process makes, e.g. one shard; the plan
     part `part` is always the whole plan, so shards run into one folder do not hide each other.
-    When the experiment changed, its stages' plan parts are dropped until `run_stage` plans them
-    again from the new main images."""
+    When the experiment changed, the main part is planned again (also from an ablation or a search)
+    and the stages' parts are dropped until `run_stage` plans them from the new main images."""
     run_dir.mkdir(parents=True, exist_ok=True)
     ledger = Ledger.open(run_dir)
     ledger.reconcile()
@@ -71,9 +71,10 @@ def prepare_run(exp: Experiment, plan: Plan, run_dir: Path, *, jobs: list[Job] |
     ledger.drop_pending({j.key for j in jobs})
     ledger.add_jobs(jobs)
     ledger.set_plan(part, [j.key for j in plan.jobs])
-    if part == "main":
-        names = {f"stage:{s.name}" for s in exp.stages}
-        ledger.drop_plan([p for p in ledger.plan_parts() if p.startswith("stage:") and (edited or p not in names)])
+    if edited and part != "main":  # an ablation or search of an edited experiment: its main plan changed too
+        ledger.set_plan("main", [j.key for j in make_plan(exp).jobs])
+    names = {f"stage:{s.name}" for s in exp.stages}
+    ledger.drop_plan([p for p in ledger.plan_parts() if p.startswith("stage:") and (edited or p not in names)])
     if force:
         ledger.reset([j.key for j in jobs if ledger.status_of(j.key) == "done"])
     done = ledger.done_keys()

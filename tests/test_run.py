@@ -13,6 +13,7 @@ from PIL import Image
 
 from harness.ledger import Ledger
 from harness.provenance import read_png_text, read_provenance
+from harness.experiment import load_experiment
 from harness.run import run_experiment
 
 from infotext import parse_infotext
@@ -110,6 +111,22 @@ def test_an_edited_experiment_reports_only_what_it_asks_for_and_undoing_the_edit
     assert (back.generated, back.already_done, back.unplanned) == (0, 16, 16)
     with Ledger.open(tmp_path / "run", readonly=True) as led:
         assert set(image_table(led)["steps"]) == {4}
+
+
+def test_an_ablation_of_an_edited_experiment_leaves_out_the_earlier_main_images(tmp_path):
+    from harness.plan import Plan, make_plan
+    from harness.report import image_table
+    from harness.run import prepare_run
+
+    exp = experiment(tmp_path)
+    run_experiment(exp, out=tmp_path / "run", progress=False)
+    exp.write_text(SMALL.replace("steps = 4", "steps = 3"))
+    edited = make_plan(load_experiment(exp))
+    ledger, _ = prepare_run(edited.experiment, Plan(edited.experiment, (), (), edited.checkpoints), tmp_path / "run",
+                            jobs=[], part="ablation")
+    with ledger:
+        assert len(image_table(ledger)) == 0 and ledger.unplanned_done() == 16
+        assert ledger.planned_keys() == {j.key for j in edited.jobs}
 
 
 def test_same_job_gives_identical_pixels_and_batch_within_one_level(tmp_path):
