@@ -1,183 +1,22 @@
-"""The run's ledger: one SQLite file that says which jobs exist, which are done,
-how they were made, and what they scored.
-
-A run folder looks like::
-
-    RUN/ledger.sqlite      tables meta, jobs, scores, plan (WAL mode)
-    RUN/ledger.lock        held by the one process that writes (POSIX flock)
-    RUN/images/<key>.png   written atomically, provenance inside (provenance.py)
-    RUN/tables/            derived files, rebuilt from the ledger
-
-Invariants:
-
-- A job is marked done only after its image is durable: ``write_png_atomic``
-  fsyncs the file and its folder before it returns, and ``mark_done`` refuses a
-  key whose image file is absent. ``reconcile()`` (run start) puts back to
-  pending any done row whose image is missing or damaged, and deletes temp files
-  left by interrupted writes, so the ledger and the folder never disagree.
-- Scores exist only for done jobs: resetting or requeueing a job drops its scores.
-- The ``plan`` table holds the keys the experiment asks for now, in parts
-  (``main``, ``stage:<name>``, ``ablation``, ``search:<id>``), each replaced by
-  whoever plans it. Done jobs in no part (made before the experiment was
-  edited) keep their rows, images and scores but are left out of
-  :meth:`Ledger.done_jobs` and so of evaluation, reports and stage parents;
-  planning them again (undoing the edit) brings them back without regenerating.
-
-Durability choice: ``journal_mode=WAL`` with ``synchronous=NORMAL``. A commit
-survives a crash of the process (``kill -9``) at any moment. After a power loss
-WAL+NORMAL may roll back the last few commits but never corrupts the file; a
-lost "done" mark only makes that job run again, while a "done" mark without its
-image cannot happen because the image was fsynced before the commit began. FULL
-would add one fsync per commit to protect only recomputable work.
-
-Concurrency: any number of readers (``Ledger.open(run, readonly=True)``, pandas,
-the sqlite3 shell) may read while one process writes. A second writer on the
-same folder is refused with :class:`LedgerLocked`. Within the writing process a
-Ledger may be shared between threads; its operations are serialised by a lock.
-"""
+"""The Ledger class: one run folder's SQLite store (see the package docstring)."""
 
 from __future__ import annotations
 
 import json
 import math
 import os
-import re
-import shutil
 import socket
 import sqlite3
 import threading
 from contextlib import contextmanager
-from dataclasses import dataclass, field, fields
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
-from .core import Job, Score, canonical_json
-from .provenance import check_png, fsync_dir, is_temp_name, write_durably
-
-try:  # the single-writer guard is POSIX-only; elsewhere SQLite's own locking still applies
-    import fcntl
-except ImportError:  # pragma: no cover - Windows
-    fcntl = None
-
-LEDGER_SCHEMA_VERSION = 1
-LEDGER_FILE = "ledger.sqlite"
-LOCK_FILE = "ledger.lock"
-IMAGES_DIR = "images"
-TABLES_DIR = "tables"
-STATUSES = ("pending", "done", "failed")
-_KEY = re.compile(r"[0-9a-f]{64}")
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta(
-  name  TEXT PRIMARY KEY,
-  value TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS jobs(
-  key        TEXT PRIMARY KEY,
-  job_json   TEXT NOT NULL,            -- canonical JSON of Job.to_dict()
-  checkpoint TEXT NOT NULL,
-  mode       TEXT NOT NULL,
-  prompt     TEXT NOT NULL,
-  seed       INTEGER NOT NULL,
-  stage      TEXT,                     -- job.meta["stage"], for multi-stage runs
-  parent_key TEXT,                     -- job.meta["parent_key"], the image it came from
-  status     TEXT NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'done', 'failed')),
-  added_at   TEXT NOT NULL,
-  done_at    TEXT,
-  batch_id,                            -- whatever the generator uses to name a batch
-  batch_size INTEGER,
-  slot       INTEGER,
-  seconds    REAL,                     -- wall time of the batch divided by its size
-  device     TEXT,
-  dtype_used TEXT,                     -- the dtype actually used (Job.dtype is the policy)
-  host       TEXT,
-  memory     TEXT,                     -- JSON list of memory settings in force
-  health     TEXT,                     -- JSON object from the generator's health checks
-  error      TEXT
-);
-CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status);
-CREATE TABLE IF NOT EXISTS scores(
-  key       TEXT NOT NULL,
-  metric    TEXT NOT NULL,             -- metric configuration id
-  value     REAL,                      -- NULL stands for NaN
-  detail    TEXT NOT NULL,             -- canonical JSON object
-  scored_at TEXT NOT NULL,
-  PRIMARY KEY (key, metric)
-);
-CREATE TABLE IF NOT EXISTS plan(
-  part TEXT NOT NULL,                  -- who planned it: main, stage:<name>, ablation, search:<id>
-  key  TEXT NOT NULL,
-  PRIMARY KEY (part, key)
-);
-"""
-
-# Columns describing how a done job was made (cleared when it goes back to pending).
-_RUN_COLUMNS = ("done_at", "batch_id", "batch_size", "slot", "seconds", "device", "dtype_used",
-                "host", "memory", "health")
-_JOB_COLUMNS = ("key", "job_json", "checkpoint", "mode", "prompt", "seed", "stage", "parent_key",
-                "status", "added_at", *_RUN_COLUMNS, "error")
-_CLEAR_RUN = ", ".join(f"{c} = NULL" for c in _RUN_COLUMNS)
-
-
-class LedgerError(RuntimeError):
-    """A ledger operation that cannot proceed; the message says why and what to do."""
-
-
-class LedgerLocked(LedgerError):
-    """Another Ledger already has this run folder open for writing."""
-
-
-@dataclass(frozen=True)
-class Done:
-    """How one job was made; the argument of :meth:`Ledger.mark_done_many`."""
-
-    key: str
-    batch_id: Any
-    batch_size: int
-    slot: int
-    seconds: float
-    device: str
-    dtype: str
-    memory: Sequence[str] = ()
-    health: Mapping[str, Any] | None = None
-    host: str | None = None
-
-
-@dataclass(frozen=True)
-class Reconciled:
-    """What :meth:`Ledger.reconcile` changed."""
-
-    requeued: dict[str, str] = field(default_factory=dict)   # key -> why its image was rejected
-    temp_removed: list[str] = field(default_factory=list)    # names of deleted temp files
-    orphans: list[str] = field(default_factory=list)         # keys with an image but no done row
-
-
-@dataclass(frozen=True)
-class Merged:
-    """What :meth:`Ledger.merge_from` copied."""
-
-    jobs_added: int = 0            # done rows copied (new keys, or pending/failed here)
-    jobs_already_done: int = 0     # done in both runs: this run's row and image kept
-    scores_added: int = 0
-    bad_images: dict[str, str] = field(default_factory=dict)  # skipped: key -> reason
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
-
-
-def _check_key(key: str) -> str:
-    if not isinstance(key, str) or not _KEY.fullmatch(key):
-        raise ValueError(f"not a job key: {key!r}; a key is 64 lowercase hex digits (Job.key)")
-    return key
-
-
-def _json(value: Any, what: str) -> str:
-    try:
-        return canonical_json(value)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{what} must be JSON-serialisable without NaN/inf: {exc}") from exc
+from ..core import Job, Score
+from ..provenance import check_png, is_temp_name
+from .schema import (_CLEAR_RUN, _KEY, _SCHEMA, IMAGES_DIR, LEDGER_FILE, LEDGER_SCHEMA_VERSION, STATUSES,
+                     TABLES_DIR, Done, LedgerError, Merged, Reconciled, _acquire_writer_lock, _check_key,
+                     _done_from_mapping, _json, _now)
 
 
 class Ledger:
@@ -530,122 +369,20 @@ class Ledger:
     def scored_keys(self, metric_id: str) -> set[str]:
         return {r[0] for r in self._read("SELECT key FROM scores WHERE metric = ?", (metric_id,))}
 
-    # ---------------------------------------------------------------- frames
+    # ---------------------------------------------------------------- frames and merging
 
     def jobs_frame(self):
         """One row per job: Job fields, ``f.<factor>``, ``meta.<name>``, run columns, ``h.<health>``."""
-        import pandas as pd
-
-        job_fields = [f.name for f in fields(Job) if f.name not in ("factors", "meta")]
-        run_cols = ["status", "stage", "parent_key", "added_at", "done_at", "batch_id", "batch_size",
-                    "slot", "seconds", "device", "dtype_used", "host", "memory", "error"]
-        records, fcols, mcols, hcols = [], set(), set(), set()
-        for row in self._read("SELECT * FROM jobs ORDER BY rowid"):
-            d = json.loads(row["job_json"])
-            rec = {"key": row["key"], **{name: d.get(name) for name in job_fields}}
-            for k, v in d.get("factors", {}).items():
-                rec[f"f.{k}"] = v
-                fcols.add(f"f.{k}")
-            for k, v in d.get("meta", {}).items():
-                rec[f"meta.{k}"] = v if v is None or isinstance(v, (str, int, float, bool)) else canonical_json(v)
-                mcols.add(f"meta.{k}")
-            rec.update({c: row[c] for c in run_cols})
-            rec["memory"] = None if row["memory"] is None else ",".join(json.loads(row["memory"]))
-            for k, v in (json.loads(row["health"]) if row["health"] else {}).items():
-                rec[f"h.{k}"] = v
-                hcols.add(f"h.{k}")
-            records.append(rec)
-        columns = ["key", *job_fields, *sorted(fcols), *sorted(mcols), *run_cols, *sorted(hcols)]
-        return pd.DataFrame.from_records(records, columns=columns)
+        from .frames import jobs_frame
+        return jobs_frame(self)
 
     def scores_frame(self):
         """One row per (key, metric): value (NaN where not scorable), detail (JSON text), scored_at."""
-        import pandas as pd
-
-        rows = self._read("SELECT key, metric, value, detail, scored_at FROM scores ORDER BY key, metric")
-        frame = pd.DataFrame.from_records([tuple(r) for r in rows],
-                                          columns=["key", "metric", "value", "detail", "scored_at"])
-        frame["value"] = frame["value"].astype(float)
-        return frame
-
-    # ---------------------------------------------------------------- merging
+        from .frames import scores_frame
+        return scores_frame(self)
 
     def merge_from(self, other_run_dir: str | os.PathLike) -> Merged:
-        """Copy done jobs, their images, scores and plan from another run folder (e.g. a shard).
-
-        Keys done here already are kept as they are; plan parts are joined. Images are verified
-        (:func:`check_png`) and copied atomically and durably before the rows
-        that mark them done are committed.
-        """
-        other_dir = Path(other_run_dir)
-        if other_dir.resolve() == self.run_dir.resolve():
-            raise ValueError(f"merge_from: {other_dir} is this run folder itself")
-        with Ledger.open(other_dir, readonly=True) as other:
-            theirs = other._read(f"SELECT {', '.join(_JOB_COLUMNS)} FROM jobs "
-                                 "WHERE status = 'done' ORDER BY rowid")
-            their_scores = other._read("SELECT s.key, s.metric, s.value, s.detail, s.scored_at "
-                                       "FROM scores s JOIN jobs j ON j.key = s.key "
-                                       "WHERE j.status = 'done'")
-            their_plan = other._plan_rows("SELECT part, key FROM plan")
-            with self._mutex:
-                mine = self.done_keys()
-                copied, bad = [], {}
-                for row in theirs:
-                    if row["key"] in mine:
-                        continue
-                    src = other.image_path(row["key"])
-                    reason = check_png(src)
-                    if reason is not None:
-                        bad[row["key"]] = reason
-                        continue
-                    _copy_file_durably(src, self.image_path(row["key"]))
-                    copied.append(row)
-                fsync_dir(self.images_dir)
-                keep = mine | {row["key"] for row in copied}
-                with self._write() as conn:
-                    placeholders = ", ".join("?" * len(_JOB_COLUMNS))
-                    updates = ", ".join(f"{c} = excluded.{c}" for c in ("status", *_RUN_COLUMNS, "error"))
-                    conn.executemany(f"INSERT INTO jobs({', '.join(_JOB_COLUMNS)}) VALUES ({placeholders}) "
-                                     f"ON CONFLICT(key) DO UPDATE SET {updates}",
-                                     [tuple(row) for row in copied])
-                    before = conn.total_changes
-                    conn.executemany("INSERT OR IGNORE INTO scores(key, metric, value, detail, scored_at) "
-                                     "VALUES (?, ?, ?, ?, ?)",
-                                     [tuple(s) for s in their_scores if s["key"] in keep])
-                    scores_added = conn.total_changes - before
-                    conn.executemany("INSERT OR IGNORE INTO plan(part, key) VALUES (?, ?)",
-                                     [tuple(r) for r in their_plan])
-        return Merged(len(copied), sum(row["key"] in mine for row in theirs), scores_added, bad)
-
-
-def _done_from_mapping(row: Mapping[str, Any]) -> Done:
-    names = {f.name for f in fields(Done)}
-    unknown = set(row) - names
-    if unknown:
-        raise TypeError(f"mark_done_many: unknown fields {sorted(unknown)}; expected {sorted(names)}")
-    return Done(**row)
-
-
-def _copy_file_durably(src: Path, dst: Path) -> None:
-    """Copy through a temp file, fsync, rename: `dst` is absent or complete. The caller fsyncs the folder."""
-    with open(src, "rb") as fin:
-        write_durably(dst, lambda fout: shutil.copyfileobj(fin, fout))
-
-
-def _acquire_writer_lock(run_dir: Path) -> int:
-    fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-    if fcntl is None:  # pragma: no cover - Windows
-        return fd
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
-        os.close(fd)
-        if holder == str(os.getpid()):
-            raise LedgerLocked(f"{run_dir} is already open for writing in this process; pass that "
-                               "Ledger along instead of opening a second one") from None
-        raise LedgerLocked(f"{run_dir} is open for writing by another process (pid {holder}); wait "
-                           "for it to finish, or read with Ledger.open(run_dir, readonly=True)") from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
-    return fd
+        """Copy done jobs, their images, scores and plan from another run folder (e.g. a shard);
+        see :func:`harness.ledger.merge.merge_runs`."""
+        from .merge import merge_runs
+        return merge_runs(self, Path(other_run_dir))

@@ -1,0 +1,66 @@
+"""Merging run folders: done jobs, their images, scores and plans of one run copied into another."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..provenance import check_png, fsync_dir, write_durably
+from .schema import _JOB_COLUMNS, _RUN_COLUMNS, Merged
+
+if TYPE_CHECKING:
+    from .store import Ledger
+
+
+def merge_runs(into: Ledger, other_dir: Path) -> Merged:
+    """Copy done jobs, their images, scores and plan from `other_dir` (e.g. a shard) into `into`.
+
+    Keys already done in `into` are kept as they are; plan parts are joined. Images are verified
+    (:func:`check_png`) and copied atomically and durably before the rows
+    that mark them done are committed.
+    """
+    if other_dir.resolve() == into.run_dir.resolve():
+        raise ValueError(f"merge_from: {other_dir} is the run folder being merged into")
+    with type(into).open(other_dir, readonly=True) as other:
+        theirs = other._read(f"SELECT {', '.join(_JOB_COLUMNS)} FROM jobs "
+                             "WHERE status = 'done' ORDER BY rowid")
+        their_scores = other._read("SELECT s.key, s.metric, s.value, s.detail, s.scored_at "
+                                   "FROM scores s JOIN jobs j ON j.key = s.key "
+                                   "WHERE j.status = 'done'")
+        their_plan = other._plan_rows("SELECT part, key FROM plan")
+        with into._mutex:
+            mine = into.done_keys()
+            copied, bad = [], {}
+            for row in theirs:
+                if row["key"] in mine:
+                    continue
+                src = other.image_path(row["key"])
+                reason = check_png(src)
+                if reason is not None:
+                    bad[row["key"]] = reason
+                    continue
+                _copy_file_durably(src, into.image_path(row["key"]))
+                copied.append(row)
+            fsync_dir(into.images_dir)
+            keep = mine | {row["key"] for row in copied}
+            with into._write() as conn:
+                placeholders = ", ".join("?" * len(_JOB_COLUMNS))
+                updates = ", ".join(f"{c} = excluded.{c}" for c in ("status", *_RUN_COLUMNS, "error"))
+                conn.executemany(f"INSERT INTO jobs({', '.join(_JOB_COLUMNS)}) VALUES ({placeholders}) "
+                                 f"ON CONFLICT(key) DO UPDATE SET {updates}",
+                                 [tuple(row) for row in copied])
+                before = conn.total_changes
+                conn.executemany("INSERT OR IGNORE INTO scores(key, metric, value, detail, scored_at) "
+                                 "VALUES (?, ?, ?, ?, ?)",
+                                 [tuple(s) for s in their_scores if s["key"] in keep])
+                scores_added = conn.total_changes - before
+                conn.executemany("INSERT OR IGNORE INTO plan(part, key) VALUES (?, ?)",
+                                 [tuple(r) for r in their_plan])
+    return Merged(len(copied), sum(row["key"] in mine for row in theirs), scores_added, bad)
+
+
+def _copy_file_durably(src: Path, dst: Path) -> None:
+    """Copy through a temp file, fsync, rename: `dst` is absent or complete. The caller fsyncs the folder."""
+    with open(src, "rb") as fin:
+        write_durably(dst, lambda fout: shutil.copyfileobj(fin, fout))

@@ -1,0 +1,164 @@
+"""The ledger's SQLite schema, its row records and errors, and the single-writer lock."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field, fields
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from ..core import canonical_json
+
+try:  # the single-writer guard is POSIX-only; elsewhere SQLite's own locking still applies
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None
+
+LEDGER_SCHEMA_VERSION = 1
+LEDGER_FILE = "ledger.sqlite"
+LOCK_FILE = "ledger.lock"
+IMAGES_DIR = "images"
+TABLES_DIR = "tables"
+STATUSES = ("pending", "done", "failed")
+_KEY = re.compile(r"[0-9a-f]{64}")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta(
+  name  TEXT PRIMARY KEY,
+  value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS jobs(
+  key        TEXT PRIMARY KEY,
+  job_json   TEXT NOT NULL,            -- canonical JSON of Job.to_dict()
+  checkpoint TEXT NOT NULL,
+  mode       TEXT NOT NULL,
+  prompt     TEXT NOT NULL,
+  seed       INTEGER NOT NULL,
+  stage      TEXT,                     -- job.meta["stage"], for multi-stage runs
+  parent_key TEXT,                     -- job.meta["parent_key"], the image it came from
+  status     TEXT NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'done', 'failed')),
+  added_at   TEXT NOT NULL,
+  done_at    TEXT,
+  batch_id,                            -- whatever the generator uses to name a batch
+  batch_size INTEGER,
+  slot       INTEGER,
+  seconds    REAL,                     -- wall time of the batch divided by its size
+  device     TEXT,
+  dtype_used TEXT,                     -- the dtype actually used (Job.dtype is the policy)
+  host       TEXT,
+  memory     TEXT,                     -- JSON list of memory settings in force
+  health     TEXT,                     -- JSON object from the generator's health checks
+  error      TEXT
+);
+CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status);
+CREATE TABLE IF NOT EXISTS scores(
+  key       TEXT NOT NULL,
+  metric    TEXT NOT NULL,             -- metric configuration id
+  value     REAL,                      -- NULL stands for NaN
+  detail    TEXT NOT NULL,             -- canonical JSON object
+  scored_at TEXT NOT NULL,
+  PRIMARY KEY (key, metric)
+);
+CREATE TABLE IF NOT EXISTS plan(
+  part TEXT NOT NULL,                  -- who planned it: main, stage:<name>, ablation, search:<id>
+  key  TEXT NOT NULL,
+  PRIMARY KEY (part, key)
+);
+"""
+
+# Columns describing how a done job was made (cleared when it goes back to pending).
+_RUN_COLUMNS = ("done_at", "batch_id", "batch_size", "slot", "seconds", "device", "dtype_used",
+                "host", "memory", "health")
+_JOB_COLUMNS = ("key", "job_json", "checkpoint", "mode", "prompt", "seed", "stage", "parent_key",
+                "status", "added_at", *_RUN_COLUMNS, "error")
+_CLEAR_RUN = ", ".join(f"{c} = NULL" for c in _RUN_COLUMNS)
+
+
+class LedgerError(RuntimeError):
+    """A ledger operation that cannot proceed; the message says why and what to do."""
+
+
+class LedgerLocked(LedgerError):
+    """Another Ledger already has this run folder open for writing."""
+
+
+@dataclass(frozen=True)
+class Done:
+    """How one job was made; the argument of :meth:`Ledger.mark_done_many`."""
+
+    key: str
+    batch_id: Any
+    batch_size: int
+    slot: int
+    seconds: float
+    device: str
+    dtype: str
+    memory: Sequence[str] = ()
+    health: Mapping[str, Any] | None = None
+    host: str | None = None
+
+
+@dataclass(frozen=True)
+class Reconciled:
+    """What :meth:`Ledger.reconcile` changed."""
+
+    requeued: dict[str, str] = field(default_factory=dict)   # key -> why its image was rejected
+    temp_removed: list[str] = field(default_factory=list)    # names of deleted temp files
+    orphans: list[str] = field(default_factory=list)         # keys with an image but no done row
+
+
+@dataclass(frozen=True)
+class Merged:
+    """What :meth:`Ledger.merge_from` copied."""
+
+    jobs_added: int = 0            # done rows copied (new keys, or pending/failed here)
+    jobs_already_done: int = 0     # done in both runs: this run's row and image kept
+    scores_added: int = 0
+    bad_images: dict[str, str] = field(default_factory=dict)  # skipped: key -> reason
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _check_key(key: str) -> str:
+    if not isinstance(key, str) or not _KEY.fullmatch(key):
+        raise ValueError(f"not a job key: {key!r}; a key is 64 lowercase hex digits (Job.key)")
+    return key
+
+
+def _json(value: Any, what: str) -> str:
+    try:
+        return canonical_json(value)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{what} must be JSON-serialisable without NaN/inf: {exc}") from exc
+
+
+def _done_from_mapping(row: Mapping[str, Any]) -> Done:
+    names = {f.name for f in fields(Done)}
+    unknown = set(row) - names
+    if unknown:
+        raise TypeError(f"mark_done_many: unknown fields {sorted(unknown)}; expected {sorted(names)}")
+    return Done(**row)
+
+
+
+def _acquire_writer_lock(run_dir: Path) -> int:
+    fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    if fcntl is None:  # pragma: no cover - Windows
+        return fd
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+        os.close(fd)
+        if holder == str(os.getpid()):
+            raise LedgerLocked(f"{run_dir} is already open for writing in this process; pass that "
+                               "Ledger along instead of opening a second one") from None
+        raise LedgerLocked(f"{run_dir} is open for writing by another process (pid {holder}); wait "
+                           "for it to finish, or read with Ledger.open(run_dir, readonly=True)") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+    return fd
