@@ -172,7 +172,7 @@ def naive_loop(exp, plan, out: Path, device: str, dtype, timer: DenoiseTimer) ->
     import torch
     from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
 
-    from .checkpoints import load_pipeline
+    from .pipelines import load_pipeline
     from .images import load_init_image
 
     ref = plan.checkpoints[exp.checkpoints[0]]
@@ -359,7 +359,7 @@ def run_bench(sweep: Sweep, *, device: str = "auto", dtype: str = "auto", ablate
                    "harness_outside_pipeline": best.outside_pipeline,
                    "naive_outside_share": naive.outside, "rows": rows, "work": work}
         if device.startswith("cuda"):
-            from .checkpoints import load_pipeline
+            from .pipelines import load_pipeline
             pipe = load_pipeline(plan.checkpoints[exp.checkpoints[0]], "txt2img", device=device, dtype=torch_dtype)
             flops = unet_flops(pipe, sweep.size, device)
             import torch

@@ -149,8 +149,8 @@ class _Checker:
         return float(v)
 
     def scheduler(self, d, default, prefix=""):
-        """A scheduler name the runner knows (`checkpoints.SCHEDULERS`)."""
-        from .checkpoints import SCHEDULERS
+        """A scheduler name the runner knows (`schedulers.SCHEDULERS`)."""
+        from .schedulers import SCHEDULERS
 
         v = self.str_(d, "scheduler", default, prefix=prefix, nonempty=True)
         if v is not None and v not in SCHEDULERS:

@@ -25,6 +25,7 @@ import torch
 from PIL import Image
 
 from harness import checkpoints as ck
+from harness import pipelines, schedulers
 from harness.core import Job
 from harness.images import fit_cover, image_hash, load_init_image  # init images live in a torch-free module
 
@@ -177,7 +178,7 @@ class PipelineCache:
     """
 
     def __init__(self, device: str = "auto", *, memory: str | Sequence[str] = "auto",
-                 loader: Callable[..., Any] = ck.load_pipeline):
+                 loader: Callable[..., Any] = pipelines.load_pipeline):
         self.device = pick_device(device)
         self.memory = memory
         self._loader = loader
@@ -203,7 +204,7 @@ class PipelineCache:
             self._key = key
             self.loads += 1
         if (mode, scheduler) not in self._pipes:
-            self._pipes[(mode, scheduler)] = ck.derive_pipeline(self._pipes[("txt2img", None)], mode, scheduler)
+            self._pipes[(mode, scheduler)] = pipelines.derive_pipeline(self._pipes[("txt2img", None)], mode, scheduler)
         return self._pipes[(mode, scheduler)]
 
     def clear(self, *, collect: bool = True) -> None:
@@ -251,8 +252,8 @@ def _check_batch(pipe, jobs: Sequence[Job], device: str, init_images) -> None:
     if type(pipe).__name__ != expected_cls:
         raise ValueError(f"job.mode={first.mode!r} needs a {expected_cls}, got {type(pipe).__name__}; "
                          f"get it from PipelineCache.get(ref, {first.mode!r}, scheduler)")
-    ck.scheduler_spec(first.scheduler)
-    have = ck.scheduler_name_of(pipe)
+    schedulers.scheduler_spec(first.scheduler)
+    have = schedulers.scheduler_name_of(pipe)
     if have != first.scheduler:
         raise ValueError(f"job.scheduler={first.scheduler!r} but the pipeline's scheduler is "
                          f"{type(pipe.scheduler).__name__} ({have!r}); load it with scheduler={first.scheduler!r}")

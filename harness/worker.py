@@ -51,7 +51,7 @@ class Tuning:
 
 
 def _loader(tuning: Tuning):
-    from .checkpoints import load_pipeline
+    from .pipelines import load_pipeline
 
     def load(ref, mode, **kw):
         pipe = load_pipeline(ref, mode, **kw)
@@ -152,7 +152,7 @@ class BatchMaker:
 
     def finish(self, chunk, seconds: float, submit=write_now) -> Finished:
         """Health-check, watermark and write every image of a chunk; rows to mark done once writes finish."""
-        from .checkpoints import SAMPLER_NAMES
+        from .schedulers import SAMPLER_NAMES
         from .metrics.health import check_array
 
         self._batches += 1

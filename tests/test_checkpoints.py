@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from harness import checkpoints as ck
+from harness import pipelines, schedulers
 
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
@@ -17,7 +18,7 @@ pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
 @pytest.fixture(scope="session")
 def tiny_pipe(tiny_ref):
-    return ck.load_pipeline(tiny_ref, "txt2img")
+    return pipelines.load_pipeline(tiny_ref, "txt2img")
 
 
 @pytest.fixture
@@ -136,7 +137,7 @@ def test_hub_id_found_in_hf_cache_resolves_with_the_folder_fingerprint(tiny_ref,
     ref = ck.resolve("someone/tiny-copy")
     assert (ref.kind, ref.source) == ("hub", "someone/tiny-copy")
     assert ref.fingerprint == tiny_ref.fingerprint
-    pipe = ck.load_pipeline(ref, "img2img", scheduler="ddim")
+    pipe = pipelines.load_pipeline(ref, "img2img", scheduler="ddim")
     assert type(pipe).__name__ == "StableDiffusionImg2ImgPipeline"
 
 
@@ -206,7 +207,7 @@ def test_file_hash_is_cached_by_path_size_and_mtime(tmp_path, harness_cache):
 def test_single_file_without_cached_config_repo_fails_naming_the_repo(tiny_single_file, empty_hf_cache):
     ref = ck.resolve(str(tiny_single_file))
     with pytest.raises(ck.CheckpointError) as err:
-        ck.load_pipeline(ref, "txt2img")
+        pipelines.load_pipeline(ref, "txt2img")
     message = str(err.value)
     assert "stable-diffusion-v1-5/stable-diffusion-v1-5" in message and "Hugging Face cache" in message
     assert "config=" in message
@@ -218,7 +219,7 @@ def test_single_file_loads_offline_with_a_local_config_folder(tiny_single_file, 
     ref = ck.resolve(str(tiny_single_file), config=tiny_ref.source)
     assert ref.config == tiny_ref.source and ref.model_hash == ck.a1111_hash(tiny_single_file)
     assert ref.fingerprint != ref.model_hash  # the config is part of what makes the pixels
-    pipe = ck.load_pipeline(ref, "txt2img")
+    pipe = pipelines.load_pipeline(ref, "txt2img")
     for part in ("unet", "vae", "text_encoder"):
         ours, theirs = getattr(pipe, part).state_dict(), getattr(tiny_pipe, part).state_dict()
         assert ours.keys() == theirs.keys()
@@ -243,49 +244,50 @@ def test_non_stable_diffusion_safetensors_is_rejected(tmp_path):
 # ---------------------------------------------------------------- schedulers
 
 def test_every_registered_scheduler_builds_from_the_checkpoint_config(tiny_pipe):
-    for name, spec in ck.SCHEDULERS.items():
-        scheduler = ck.make_scheduler(name, tiny_pipe.scheduler.config)
+    for name, spec in schedulers.SCHEDULERS.items():
+        scheduler = schedulers.make_scheduler(name, tiny_pipe.scheduler.config)
         assert type(scheduler).__name__ == spec.class_name
         assert scheduler.config.beta_schedule == "scaled_linear"
 
 
 def test_sampler_names_are_the_a1111_display_names():
-    assert ck.SAMPLER_NAMES == {"ddim": "DDIM", "pndm": "PLMS", "euler": "Euler", "euler_a": "Euler a",
+    assert schedulers.SAMPLER_NAMES == {"ddim": "DDIM", "pndm": "PLMS", "euler": "Euler", "euler_a": "Euler a",
                                 "dpmpp_2m": "DPM++ 2M", "lms": "LMS", "heun": "Heun", "ddpm": "DDPM"}
 
 
 def test_unknown_scheduler_lists_the_valid_names(tiny_ref):
     with pytest.raises(ck.CheckpointError) as err:
-        ck.load_pipeline(tiny_ref, "txt2img", scheduler="k_dpm_2")
+        pipelines.load_pipeline(tiny_ref, "txt2img", scheduler="k_dpm_2")
     assert "'k_dpm_2'" in str(err.value) and "euler_a" in str(err.value) and "dpmpp_2m" in str(err.value)
 
 
 def test_unknown_mode_is_rejected(tiny_ref):
     with pytest.raises(ck.CheckpointError, match="inpaint"):
-        ck.load_pipeline(tiny_ref, "inpaint")
+        pipelines.load_pipeline(tiny_ref, "inpaint")
 
 
 def test_derived_pipelines_share_models_but_not_schedulers(tiny_pipe):
-    img2img = ck.derive_pipeline(tiny_pipe, "img2img", "euler")
+    img2img = pipelines.derive_pipeline(tiny_pipe, "img2img", "euler")
     assert img2img.unet is tiny_pipe.unet and img2img.vae is tiny_pipe.vae
     assert img2img.scheduler is not tiny_pipe.scheduler
-    assert ck.scheduler_name_of(img2img) == "euler"
+    assert schedulers.scheduler_name_of(img2img) == "euler"
 
 
 def test_hub_offline_blocks_requests_and_restores_the_setting():
     from huggingface_hub import constants
 
     before = constants.HF_HUB_OFFLINE
-    with ck.hub_offline():
+    with pipelines.hub_offline():
         assert constants.HF_HUB_OFFLINE is True
     assert constants.HF_HUB_OFFLINE == before
 
 
-def test_importing_checkpoints_does_not_import_torch():
+def test_importing_checkpoints_and_registries_does_not_import_torch():
     import subprocess
     import sys
 
-    code = "import sys, harness.checkpoints; print('torch' in sys.modules, 'diffusers' in sys.modules)"
+    code = ("import sys, harness.checkpoints, harness.schedulers, harness.pipelines; "
+            "print('torch' in sys.modules, 'diffusers' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
 
@@ -295,7 +297,7 @@ def test_sd15_random_has_stable_diffusion_v15_shapes(tmp_path, monkeypatch):
     monkeypatch.setenv(ck.CACHE_ENV, str(tmp_path))
     ref = ck.resolve("sd15-random")
     assert (ref.family, ref.native_size) == ("sd1", 512)
-    pipe = ck.load_pipeline(ref, device=None)
+    pipe = pipelines.load_pipeline(ref, device=None)
     counts = {part: sum(p.numel() for p in getattr(pipe, part).parameters())
               for part in ("unet", "vae", "text_encoder")}
     assert counts == {"unet": 859_520_964, "vae": 83_653_863, "text_encoder": 123_060_480}
@@ -308,14 +310,14 @@ def test_pipelines_loaded_in_one_process_share_the_tokenizer_of_identical_files(
     import shutil
 
     tiny = ck.resolve("tiny")
-    first = ck.load_pipeline(tiny, device=None)
-    second = ck.load_pipeline(tiny, device=None)
+    first = pipelines.load_pipeline(tiny, device=None)
+    second = pipelines.load_pipeline(tiny, device=None)
     assert second.tokenizer is first.tokenizer and second.unet is not first.unet
     copy = tmp_path / "other"
     shutil.copytree(tiny.source, copy)
     config = copy / "tokenizer" / "tokenizer_config.json"
     config.write_text(json.dumps({**json.loads(config.read_text()), "model_max_length": 40}))
-    other = ck.load_pipeline(ck.resolve(str(copy)), device=None)
+    other = pipelines.load_pipeline(ck.resolve(str(copy)), device=None)
     assert other.tokenizer is not first.tokenizer and other.tokenizer.model_max_length == 40
     text = "a red lambo, by greg rutkowski"
     assert other.tokenizer(text).input_ids == first.tokenizer(text).input_ids

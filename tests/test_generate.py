@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from harness import checkpoints as ck
+from harness import pipelines, schedulers
 from harness import generate as gen
 from harness.core import Job
 
@@ -121,7 +122,7 @@ def test_256px_image_runs_on_cpu_with_a_latent_eight_times_smaller(pipes, tiny_r
 
 
 def test_every_scheduler_generates(pipes, tiny_ref):
-    for name in ck.SCHEDULERS:
+    for name in schedulers.SCHEDULERS:
         img = gen.generate_batch(pipes.get(tiny_ref, "txt2img", name),
                                  [job(tiny_ref, steps=2, scheduler=name, width=32, height=32)], device="cpu")[0]
         assert img.shape == (32, 32, 3)
@@ -236,7 +237,7 @@ def test_pipeline_cache_keeps_one_checkpoint_resident(tiny_ref, tmp_path, monkey
 
 
 def test_memory_policy_on_cpu_applies_nothing_and_rejects_offload(tiny_ref):
-    pipe = ck.load_pipeline(tiny_ref, device=None)
+    pipe = pipelines.load_pipeline(tiny_ref, device=None)
     assert gen.apply_memory(pipe, "auto", "cpu") == []
     assert gen.apply_memory(pipe, ["attention_slicing", "vae_slicing"], "cpu") == ["attention_slicing",
                                                                                     "vae_slicing"]
@@ -247,7 +248,7 @@ def test_memory_policy_on_cpu_applies_nothing_and_rejects_offload(tiny_ref):
 
 
 def test_auto_memory_thresholds_follow_free_memory(tiny_ref):
-    pipe = ck.load_pipeline(tiny_ref, device=None)
+    pipe = pipelines.load_pipeline(tiny_ref, device=None)
     total, largest = gen.weight_bytes(pipe)
     choose = lambda free: gen.auto_memory(pipe, "cuda", free_bytes=free)  # noqa: E731
     assert choose(total + gen.AUTO_ROOMY) == []

@@ -6,6 +6,7 @@ import torch
 from PIL import Image
 
 from harness import checkpoints
+from harness.pipelines import load_pipeline
 from harness.metrics import Item, get_metric
 from harness.toy import acceptance, models, oracle, world
 
@@ -13,7 +14,7 @@ from harness.toy import acceptance, models, oracle, world
 @pytest.fixture(scope="module")
 def toy_pipe():
     ref = checkpoints.resolve("toy")
-    return ref, checkpoints.load_pipeline(ref, "txt2img", device="cpu", scheduler="ddim")
+    return ref, load_pipeline(ref, "txt2img", device="cpu", scheduler="ddim")
 
 
 def test_toy_resolves_as_a_builtin_with_a_content_fingerprint(toy_pipe):

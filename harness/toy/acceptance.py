@@ -90,9 +90,10 @@ def generate(prompts: list[str], seeds: list[int], *, size: int = 256, steps: in
     import torch
 
     from harness import checkpoints
+    from harness.pipelines import load_pipeline
 
     if pipe is None:
-        pipe = checkpoints.load_pipeline(checkpoints.resolve("toy"), "txt2img", device=device, scheduler=scheduler)
+        pipe = load_pipeline(checkpoints.resolve("toy"), "txt2img", device=device, scheduler=scheduler)
     images: list[np.ndarray] = []
     for start in range(0, len(prompts), batch):
         part, part_seeds = prompts[start:start + batch], seeds[start:start + batch]

@@ -1,0 +1,54 @@
+"""Scheduler registry: harness names -> diffusers classes, options and AUTOMATIC1111 sampler names.
+
+Importing this module does not import diffusers (the PNG infotext writer reads `SAMPLER_NAMES`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .checkpoints import CheckpointError
+
+
+@dataclass(frozen=True)
+class SchedulerSpec:
+    name: str
+    class_name: str          # diffusers class
+    sampler: str             # AUTOMATIC1111 display name, written to PNG infotext
+    options: tuple = ()      # (key, value) overrides applied on top of the checkpoint's scheduler config
+
+
+SCHEDULERS: dict[str, SchedulerSpec] = {s.name: s for s in (
+    SchedulerSpec("ddim", "DDIMScheduler", "DDIM"),
+    SchedulerSpec("pndm", "PNDMScheduler", "PLMS", (("skip_prk_steps", True),)),
+    SchedulerSpec("euler", "EulerDiscreteScheduler", "Euler"),
+    SchedulerSpec("euler_a", "EulerAncestralDiscreteScheduler", "Euler a"),
+    SchedulerSpec("dpmpp_2m", "DPMSolverMultistepScheduler", "DPM++ 2M",
+                  (("algorithm_type", "dpmsolver++"), ("solver_order", 2))),
+    SchedulerSpec("lms", "LMSDiscreteScheduler", "LMS"),
+    SchedulerSpec("heun", "HeunDiscreteScheduler", "Heun"),
+    SchedulerSpec("ddpm", "DDPMScheduler", "DDPM"),
+)}
+SAMPLER_NAMES: dict[str, str] = {s.name: s.sampler for s in SCHEDULERS.values()}
+
+
+def scheduler_spec(name: str) -> SchedulerSpec:
+    if name not in SCHEDULERS:
+        raise CheckpointError(f"unknown scheduler {name!r}; valid: {', '.join(SCHEDULERS)}")
+    return SCHEDULERS[name]
+
+
+def make_scheduler(name: str, base_config: Any):
+    """A fresh scheduler of registry `name`, configured from a checkpoint's scheduler config."""
+    import diffusers
+
+    spec = scheduler_spec(name)
+    cls = getattr(diffusers, spec.class_name)
+    return cls.from_config(base_config, **dict(spec.options))
+
+
+def scheduler_name_of(pipe) -> str | None:
+    """The registry name whose class `pipe.scheduler` is, or None."""
+    cls = type(pipe.scheduler).__name__
+    return next((s.name for s in SCHEDULERS.values() if s.class_name == cls), None)
