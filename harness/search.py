@@ -58,7 +58,6 @@ parents, fitness, image keys) and `plots/search_trajectory.png`.
 
 from __future__ import annotations
 
-import difflib
 import json
 import math
 import random
@@ -68,156 +67,15 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from .core import Variant, canonical_json, content_key
-from .experiment import Experiment, ExperimentError, load_experiment
+from .experiment import Experiment, load_experiment
 from .grammar import escape_text
-from .mutate import OPERATORS, Resources, literal, mutate, prompt_key
+from .mutate import Resources, literal, mutate, prompt_key
+from .search_config import NOT_IDENTITY, SearchConfig, search_config
 from .wildcards import WildcardLibrary, default_search_path
-
-SELECTIONS = ("tournament", "top_k")
-DEFAULT_OPERATORS = {"swap": 1.0, "insert": 1.0, "delete": 1.0, "reorder": 0.5, "crossover": 1.0, "reweight": 0.5}
-NOT_FITNESS = ("health", "watermark")
-_KEYS = {"population", "generations", "metrics", "weights", "selection", "tournament_size", "top_k", "elitism",
-         "operators", "modifiers", "budget", "seed"}
-_NOT_IDENTITY = ("generations", "budget")  # may change without invalidating recorded generations
 
 
 class SearchError(RuntimeError):
     """The search cannot go on; the message says why and what to change."""
-
-
-# ----------------------------------------------------------------------------- config
-
-
-@dataclass(frozen=True)
-class Fitness:
-    spec: str
-    id: str
-    weight: float
-    higher_is_better: bool
-
-
-@dataclass(frozen=True)
-class SearchConfig:
-    population: int
-    generations: int
-    fitness: tuple[Fitness, ...]
-    selection: str
-    tournament_size: int
-    top_k: int
-    elitism: int
-    operators: Mapping[str, float]
-    modifiers: tuple[str, ...] | None
-    budget: int | None
-    seed: int
-
-
-def search_config(exp: Experiment, library: WildcardLibrary | None = None) -> SearchConfig:
-    """The experiment's `[search]` table, validated: every problem at once, naming the file."""
-    from .metrics import metric_from_spec
-
-    problems: list[str] = []
-    table = exp.raw.get("search")
-    if not isinstance(table, dict):
-        raise ExperimentError(exp.path, ["table [search]: missing; harness evolve needs at least "
-                                         "[search] population = N and generations = G (see experiments/search.toml)"])
-
-    def bad(key: str, value: Any, expected: str) -> None:
-        problems.append(f"key 'search.{key}': got {value!r}, expected {expected}")
-
-    for k in table:
-        if k not in _KEYS:
-            close = difflib.get_close_matches(k, sorted(_KEYS), n=1, cutoff=0.6)
-            problems.append(f"unknown key 'search.{k}'" + (f"; did you mean 'search.{close[0]}'?" if close
-                                                            else f"; valid keys: {', '.join(sorted(_KEYS))}"))
-
-    def integer(key: str, default: int | None, lo: int, hi: int | None = None) -> int | None:
-        v = table.get(key, default)
-        if v is None:
-            return None
-        if isinstance(v, bool) or not isinstance(v, int) or v < lo or (hi is not None and v > hi):
-            bad(key, v, f"an integer >= {lo}" + (f" and <= {hi}" if hi is not None else ""))
-            return default
-        return v
-
-    population = integer("population", None, 2)
-    if population is None:
-        problems.append("key 'search.population': missing; expected the number of candidates per generation")
-        population = 2
-    generations = integer("generations", None, 0)
-    if generations is None:
-        problems.append("key 'search.generations': missing; expected how many generations follow generation 0")
-        generations = 0
-    elitism = integer("elitism", 1, 0, population - 1)
-    selection = table.get("selection", "tournament")
-    if selection not in SELECTIONS:
-        bad("selection", selection, " or ".join(repr(s) for s in SELECTIONS))
-        selection = "tournament"
-    for key, used_by in (("tournament_size", "tournament"), ("top_k", "top_k")):
-        if key in table and selection != used_by:
-            problems.append(f"key 'search.{key}': set but selection is {selection!r}; "
-                            f"set selection = {used_by!r} or drop {key}")
-    tournament_size = integer("tournament_size", min(3, population), 2, population)
-    top_k = integer("top_k", max(1, population // 2), 1, population)
-    budget = integer("budget", None, 1)
-    seed = integer("seed", 0, 0)
-
-    specs = table.get("metrics", [m for m in exp.metrics if m.split(":")[0].split("[")[0] not in NOT_FITNESS])
-    if not (isinstance(specs, list) and specs and all(isinstance(s, str) and s.strip() for s in specs)):
-        bad("metrics", specs, "a non-empty list of metric specs such as \"clip_score:model=tiny\" "
-                              "(default: the experiment's metrics other than health and watermark)")
-        specs = []
-    weights = table.get("weights", [1.0] * len(specs))
-    if specs and not (isinstance(weights, list) and len(weights) == len(specs)
-            and all(isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) for w in weights)
-            and any(w != 0 for w in weights)):
-        bad("weights", weights, f"a list of {len(specs)} finite number(s), one per metric, not all 0")
-        weights = [1.0] * len(specs)
-    fitness = []
-    for spec, weight in zip(specs, weights):
-        try:
-            metric = metric_from_spec(spec)
-        except (ValueError, KeyError) as e:
-            problems.append(f"key 'search.metrics': {spec!r}: {e.args[0] if e.args else e}")
-            continue
-        fitness.append(Fitness(spec, metric.id, float(weight), metric.INFO.higher_is_better))
-
-    operators = table.get("operators", DEFAULT_OPERATORS)
-    if isinstance(operators, list):
-        operators = {name: 1.0 for name in operators} if all(isinstance(n, str) for n in operators) else operators
-    if not isinstance(operators, dict):
-        bad("operators", operators, "a table of operator = rate, or a list of operator names")
-        operators = dict(DEFAULT_OPERATORS)
-    for name, rate in list(operators.items()):
-        if name not in OPERATORS:
-            close = difflib.get_close_matches(name, list(OPERATORS), n=1)
-            problems.append(f"unknown operator 'search.operators.{name}'" + (
-                f"; did you mean '{close[0]}'?" if close else f"; valid operators: {', '.join(OPERATORS)}"))
-        elif isinstance(rate, bool) or not isinstance(rate, (int, float)) or not (math.isfinite(rate) and rate >= 0):
-            bad(f"operators.{name}", rate, "a rate >= 0")
-    operators = {n: float(r) for n, r in operators.items() if n in OPERATORS and isinstance(r, (int, float))
-                 and not isinstance(r, bool) and math.isfinite(r) and r >= 0}
-    if not any(r > 0 for r in operators.values()):
-        problems.append("key 'search.operators': no operator has a rate > 0; "
-                        f"valid operators: {', '.join(OPERATORS)}")
-
-    modifiers = table.get("modifiers")
-    if modifiers is not None:
-        if not (isinstance(modifiers, list) and all(isinstance(m, str) and m for m in modifiers)):
-            bad("modifiers", modifiers, "a list of wildcard list names such as \"mediums\"")
-            modifiers = None
-        else:
-            library = library or WildcardLibrary(default_search_path(exp.base_dir))
-            for name in modifiers:
-                if library.get(name) is None:
-                    close = difflib.get_close_matches(name, library.names(), n=1, cutoff=0.5)
-                    where = ", ".join(str(p) for p in library.search_path) or "(no wildcard folders found)"
-                    problems.append(f"key 'search.modifiers': no wildcard list {name!r} ({name}.txt) in {where}"
-                                    + (f"; did you mean {close[0]!r}?" if close else ""))
-            modifiers = tuple(modifiers)
-    if problems:
-        raise ExperimentError(exp.path, problems)
-    return SearchConfig(population, generations, tuple(fitness), selection, tournament_size, top_k, elitism,
-                        operators, modifiers, budget, seed)
 
 
 # ----------------------------------------------------------------------------- population
@@ -380,7 +238,7 @@ class SearchResult:
 
 def search_identity(exp: Experiment, resources: Resources, refs: Mapping) -> str:
     raw = json.loads(canonical_json(exp.raw))
-    for k in _NOT_IDENTITY:
+    for k in NOT_IDENTITY:
         raw.get("search", {}).pop(k, None)
     return content_key({"experiment": raw, "prompt": exp.prompt, "negative_prompt": exp.negative_prompt,
                         "resources": resources.digest(),
