@@ -314,9 +314,14 @@ def report(
     if r.excluded.get("unplanned"):
         typer.echo(f"left out: {r.excluded['unplanned']} images made for an earlier version of the experiment "
                    "(kept in the run folder; running that version again brings them back)")
+    if r.truncated:
+        typer.echo(f"{r.truncated} images have prompts longer than the CLIP text limit (75 tokens); their CLIP "
+                   "scores ignore the words after it (column 'truncated' of the images table)")
     for c in r.comparisons:
         typer.echo("")
         typer.echo(c.to_text().rstrip())
+    for factor, metric, why in r.skipped:
+        typer.echo(f"\nnot compared: {factor} on {metric}: {why}")
     if r.index:
         typer.echo(f"\ncontact sheet: {r.index}")
 
@@ -332,6 +337,9 @@ def compare(
     n_boot: int = typer.Option(2000, "--n-boot", min=100, help="Bootstrap resamples."),
     tie_margin: float = typer.Option(0.0, "--tie-margin", min=0.0, help="|difference| counted as a tie."),
     seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
+    pair_on: Optional[str] = typer.Option(None, "--pair-on", help="Comma list of the image-table columns a "
+                                          "pair shares (default: other factors, checkpoint, seed, stage and "
+                                          "the parameters that vary on their own)."),
 ) -> None:
     """Paired A/B statistics across shared seeds: mean difference, cluster-bootstrap CI, Wilcoxon, Holm."""
     from .ledger import Ledger
@@ -343,7 +351,8 @@ def compare(
         table = image_table(led)
     try:
         c = compare_levels(table, factor, metric=metric, baseline=baseline, n_boot=n_boot, seed=seed,
-                           tie_margin=tie_margin)
+                           tie_margin=tie_margin,
+                           pair_on=None if pair_on is None else [p.strip() for p in pair_on.split(",") if p.strip()])
     except (ValueError, KeyError) as e:
         fail(f"error: {e}")
     if fmt is CompareFmt.json:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable
 
@@ -21,8 +21,8 @@ from .stats import Comparison, paired_compare, summarize
 
 IMAGE_COLUMNS = ["key", "image", "stage", "checkpoint", "fingerprint", "mode", "prompt", "negative_prompt", "seed",
                  "steps", "guidance", "scheduler", "width", "height", "strength", "init_image", "parent_key",
-                 "watermark_embedded", "healthy", "watermark", "health_flags", "batch_size", "slot", "seconds",
-                 "device", "dtype_used", "status"]
+                 "watermark_embedded", "healthy", "watermark", "health_flags", "truncated", "batch_size", "slot",
+                 "seconds", "device", "dtype_used", "status"]
 VARIANT_KEYS = ["stage", "checkpoint", "mode", "strength", "prompt", "negative_prompt"]
 
 
@@ -43,6 +43,7 @@ def image_table(ledger: Ledger) -> pd.DataFrame:
         wide = scores.pivot_table(index="key", columns="metric", values="value", aggfunc="first", dropna=False)
         wide.columns = [f"m.{c}" for c in wide.columns]
         jobs = jobs.merge(wide, left_on="key", right_index=True, how="left")
+    jobs["truncated"] = jobs["key"].map(_truncated_by(scores)).fillna("")
     healthy = jobs.get("h.ok", pd.Series(True, index=jobs.index)).fillna(True).astype(bool)
     for col in _metric_cols(jobs, "health"):
         healthy &= ~(jobs[col] == 0)
@@ -59,6 +60,26 @@ def image_table(ledger: Ledger) -> pd.DataFrame:
     metric_cols = sorted(c for c in jobs.columns if c.startswith("m."))
     front = [c for c in IMAGE_COLUMNS if c in jobs.columns]
     return jobs[front + factor_cols + metric_cols].reset_index(drop=True)
+
+
+def _truncated_by(scores: pd.DataFrame) -> dict[str, str]:
+    """key -> JSON list of the metric ids whose text encoder saw a truncated prompt for that image
+    (ids hold commas, so a JSON list rather than a comma list)."""
+    out: dict[str, list[str]] = {}
+    for key, metric, detail in zip(scores["key"], scores["metric"], scores["detail"]):
+        if "truncated" in detail and json.loads(detail).get("truncated") is True:
+            out.setdefault(key, []).append(metric)
+    return {key: json.dumps(sorted(ids)) for key, ids in out.items()}
+
+
+def truncation_note(df: pd.DataFrame, metric_col: str) -> str | None:
+    """A warning when some images' prompts were cut to the CLIP text limit for `metric_col`."""
+    if "truncated" not in df.columns:
+        return None
+    n = int(df["truncated"].map(lambda ids: bool(ids) and metric_col[2:] in json.loads(ids)).sum())
+    return None if n == 0 else (
+        f"{n} image(s) have prompts longer than the CLIP text limit (75 tokens); {metric_col[2:]} saw only "
+        "their first 75 tokens, so words after that cannot change it (column 'truncated')")
 
 
 def _metric_cols(df: pd.DataFrame, name: str) -> list[str]:
@@ -161,8 +182,10 @@ def default_compare_metric(df: pd.DataFrame) -> str | None:
 
 
 def compare(df: pd.DataFrame, factor: str, *, metric: str | None = None, baseline: str | None = None,
-            n_boot: int = 2000, seed: int = 0, tie_margin: float = 0.0) -> Comparison:
-    """Paired comparison of a factor's levels on a metric (defaults: the first CLIP/oracle metric)."""
+            n_boot: int = 2000, seed: int = 0, tie_margin: float = 0.0,
+            pair_on: list[str] | None = None) -> Comparison:
+    """Paired comparison of a factor's levels on a metric (defaults: the first CLIP/oracle metric);
+    `pair_on` overrides the columns pairs share (:func:`harness.stats.default_pair_on`)."""
     from .metrics.base import metric_class
 
     metric = metric or default_compare_metric(df)
@@ -173,8 +196,10 @@ def compare(df: pd.DataFrame, factor: str, *, metric: str | None = None, baselin
         higher = metric_class(short_metric(col)).INFO.higher_is_better
     except (KeyError, ValueError, AttributeError):
         higher = True
-    return paired_compare(df, factor=factor, metric=col, baseline=baseline, n_boot=n_boot, tie_margin=tie_margin,
-                          rng=np.random.default_rng(seed), higher_is_better=higher)
+    result = paired_compare(df, factor=factor, metric=col, baseline=baseline, n_boot=n_boot, tie_margin=tie_margin,
+                            rng=np.random.default_rng(seed), higher_is_better=higher, pair_on=pair_on)
+    note = truncation_note(df, col)
+    return result if note is None else replace(result, notes=[*result.notes, note])
 
 
 def _find_metric(df: pd.DataFrame, metric: str) -> str:
@@ -182,7 +207,10 @@ def _find_metric(df: pd.DataFrame, metric: str) -> str:
     or a bare name when only one instance was scored."""
     if ":" in metric:
         from .metrics.base import metric_from_spec
-        metric = metric_from_spec(metric).id
+        try:
+            metric = metric_from_spec(metric).id
+        except KeyError as exc:  # an unknown metric name (or a plugin not loaded: HARNESS_PLUGINS)
+            raise ValueError(exc.args[0] if exc.args else str(exc)) from exc
     cols = metric_columns(df)
     for c in cols:
         if c == metric or c[2:] == metric:
@@ -217,6 +245,8 @@ class ReportResult:
     plots: list[Path] = field(default_factory=list)
     index: Path | None = None
     excluded: dict = field(default_factory=dict)
+    skipped: list[tuple[str, str, str]] = field(default_factory=list)  # (factor, metric, why) not compared
+    truncated: int = 0  # images whose prompt some CLIP metric saw cut to 75 tokens
 
 
 def report_metrics(run_dir: Path, metric: str | None) -> list[str | None]:
@@ -245,7 +275,7 @@ def build_report(run_dir: Path | str, *, rows: str | None = None, cols: str | No
     with Ledger.open(run_dir, readonly=True) as ledger:
         table = image_table(ledger)
         unplanned = ledger.unplanned_done()
-    result = ReportResult(run_dir, len(table))
+    result = ReportResult(run_dir, len(table), truncated=int((table["truncated"] != "").sum()) if len(table) else 0)
     tables = run_dir / "tables"
     result.tables += write_table(table, tables, "images")
     variants = variant_summary(table)
@@ -263,14 +293,16 @@ def build_report(run_dir: Path | str, *, rows: str | None = None, cols: str | No
             for f in factors:
                 try:
                     result.comparisons.append(compare(table, f, metric=m))
-                except ValueError:
-                    continue  # a factor without complete pairs (e.g. nested), or a metric not scored
+                except ValueError as exc:  # a factor without complete pairs (e.g. nested), a metric not scored
+                    result.skipped.append((f, m or "(default)", str(exc)))
         if result.comparisons:
             frames = []
             for c in result.comparisons:
                 fr = c.to_frame()
-                fr.insert(0, "factor", c.factor)
-                fr.insert(1, "metric", c.metric)
+                for i, (name, value) in enumerate((("factor", c.factor), ("metric", c.metric),
+                                                    ("baseline", c.baseline), ("higher_is_better", c.higher_is_better),
+                                                    ("pair_on", ",".join(c.pair_on)), ("n_boot", c.n_boot))):
+                    fr.insert(i, name, [value] * len(fr))
                 frames.append(fr)
             result.tables += write_table(pd.concat(frames, ignore_index=True), tables, "comparisons")
             text = "\n".join(c.to_text() for c in result.comparisons)

@@ -266,7 +266,7 @@ def _comparison_model(item: Any) -> dict:
         ex = getattr(item, "n_excluded", {}) or {}
         notes = [f"pairs share: {', '.join(map(dim_name, getattr(item, 'pair_on', [])))}",
                  f"metric: {str(item.metric).removeprefix('m.')}",
-                 "excluded: " + ", ".join(f"{v} {k}" for k, v in ex.items()),
+                 "excluded: " + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in ex.items()),
                  *getattr(item, "notes", [])]
         return model(title, tables, notes, method=getattr(item, "method", ""))
     raise TypeError(f"comparisons: cannot show a {type(item).__name__}; pass harness.stats.Comparison objects, "

@@ -37,10 +37,12 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-# Parameter columns that define a condition when present in the table.
+# Columns that always tell conditions apart (when present), and parameter columns that do so only
+# where they vary independently of the compared factor (see default_pair_on).
+DESIGN_COLUMNS = ("checkpoint", "seed", "stage")
 PARAM_COLUMNS = (
     "mode", "strength", "steps", "guidance", "width", "height",
-    "negative_prompt", "scheduler", "init_hash",
+    "negative_prompt", "scheduler", "init_image",
 )
 MIN_CLUSTERS_FOR_TEST = 6
 MIN_CLUSTERS_FOR_CI = 15  # below this the percentile bootstrap interval covers less than its nominal 95 %
@@ -169,7 +171,7 @@ def _resolve_metric(df: pd.DataFrame, metric: str) -> str:
 
 def _resolve_factor(df: pd.DataFrame, factor: str) -> str:
     choices = [c for c in df.columns if str(c).startswith("f.")]
-    choices += [c for c in ("checkpoint", *PARAM_COLUMNS) if c in df.columns]
+    choices += [c for c in (*DESIGN_COLUMNS, *PARAM_COLUMNS) if c in df.columns and c != "seed"]
     for name in (factor, f"f.{factor}"):
         if name in choices:
             return name
@@ -277,6 +279,7 @@ class Comparison:
     higher_is_better: bool = True
     alpha: float = 0.05
     notes: list[str] = field(default_factory=list)
+    n_boot: int = 2000
 
     def to_frame(self) -> pd.DataFrame:
         cols = [f.name for f in LevelResult.__dataclass_fields__.values()]
@@ -286,7 +289,7 @@ class Comparison:
         return _jsonable({
             "factor": self.factor, "metric": self.metric, "baseline": self.baseline,
             "pair_on": list(self.pair_on), "higher_is_better": self.higher_is_better,
-            "alpha": self.alpha, "tie_margin": self.tie_margin, "method": self.method,
+            "alpha": self.alpha, "tie_margin": self.tie_margin, "n_boot": self.n_boot, "method": self.method,
             "n_excluded": dict(self.n_excluded), "notes": list(self.notes),
             "rows": [asdict(r) for r in self.rows],
             "ranking": None if self.ranking is None else [asdict(r) for r in self.ranking],
@@ -309,8 +312,9 @@ class Comparison:
 
     def _footer(self) -> list[str]:
         ex = self.n_excluded
+        no_level = f", {ex['no_level']} without a level of the factor" if ex.get("no_level") else ""
         lines = [f"Excluded rows: {ex.get('unhealthy', 0)} unhealthy, {ex.get('unscored', 0)} unscored, "
-                 f"{ex.get('unpaired', 0)} unpaired.", f"Method: {self.method}"]
+                 f"{ex.get('unpaired', 0)} unpaired{no_level}.", f"Method: {self.method}"]
         return lines + [f"Note: {n}" for n in self.notes]
 
     def _title(self) -> str:
@@ -370,10 +374,28 @@ def _jsonable(x: Any) -> Any:
 
 
 def default_pair_on(df: pd.DataFrame, factor: str) -> list[str]:
-    """Every condition except the factor: other f.* columns, checkpoint, seed, parameters present."""
+    """The columns two images must share to form a pair when comparing `factor`.
+
+    Always: the other factors (``f.*``), checkpoint, seed and stage. A parameter column
+    (:data:`PARAM_COLUMNS`) joins only where it takes several values among images with the
+    same factor level and design, i.e. where it is an axis of its own (mode, strength, init image).
+    A parameter that follows the factor or the prompt (the negative prompt of a negative factor,
+    a checkpoint's own size, a guidance drawn per prompt by ``[randomize]``) is left out: requiring
+    it to match would leave no pairs.
+    """
     cols = [c for c in df.columns if str(c).startswith("f.") and c != factor]
-    cols += [c for c in ("checkpoint", "seed", *PARAM_COLUMNS) if c in df.columns and c != factor]
+    cols += [c for c in DESIGN_COLUMNS if c in df.columns and c != factor]
+    for c in PARAM_COLUMNS:
+        if c in df.columns and c != factor and _varies_within(df, [*cols, factor], c):
+            cols.append(c)
     return cols
+
+
+def _varies_within(df: pd.DataFrame, by: list[str], column: str) -> bool:
+    """Whether `column` takes more than one value (missing counts as a value) in some group of `by`."""
+    group = _ids(df, by)
+    value = pd.factorize(df[column], use_na_sentinel=False)[0]
+    return len(np.unique(np.stack([group, value], axis=1), axis=0)) > len(np.unique(group))
 
 
 def _ids(df: pd.DataFrame, cols: list[str]) -> np.ndarray:
@@ -412,9 +434,10 @@ def paired_compare(
         raise ValueError(f"alpha must be in (0, 1), got {alpha!r}")
     factor = _resolve_factor(df, factor)
     metric = _resolve_metric(df, metric)
-    if df[factor].isna().any():
-        raise ValueError(f"factor column {factor!r} has {int(df[factor].isna().sum())} missing values; "
-                         "give those rows a level (e.g. '') before comparing")
+    no_level = df[factor].isna()
+    if no_level.all():
+        raise ValueError(f"factor column {factor!r} has no values; nothing to compare")
+    df = df[~no_level]  # images the factor does not apply to (txt2img rows when comparing strength)
     levels = _sorted_levels(df[factor])
     if len(levels) < 2:
         raise ValueError(f"factor {factor!r} has only {len(levels)} level(s) {levels}; a comparison needs two or more")
@@ -434,6 +457,8 @@ def paired_compare(
             raise ValueError(f"pair_on {pair_on} must name table columns other than the factor {factor!r}; "
                              f"unknown: {bad}; columns: {list(df.columns)}")
     cluster_on = [c for c in pair_on if c != "seed"]
+    confounded = [c for c in PARAM_COLUMNS if c in df.columns and c != factor and c not in pair_on
+                  and _varies_within(df, pair_on, c)]
 
     block = _ids(df, pair_on)
     level_idx = pd.Index(levels).get_indexer(df[factor])
@@ -458,10 +483,13 @@ def paired_compare(
     has_base = present[:, base_i]
     paired_block = has_base & (present.sum(axis=1) > 1)
     n_excluded = {"unhealthy": int((~healthy).sum()), "unscored": int((healthy & np.isnan(value)).sum()),
-                  "unpaired": int(present[~paired_block].sum())}
+                  "unpaired": int(present[~paired_block].sum()), "no_level": int(no_level.sum())}
 
     sign = 1.0 if higher_is_better else -1.0
     partial, notes = [], []
+    if confounded:
+        notes.append(f"{', '.join(confounded)} differ(s) between the images of a pair (set with {factor}), so "
+                     "each difference includes that change too")
     for li, lv in enumerate(levels):
         if li == base_i:
             continue
@@ -510,7 +538,7 @@ def paired_compare(
         method += "; ranking: level means over blocks with every level, rank and mean intervals from the same bootstrap"
     return Comparison(rows=rows, ranking=ranking, factor=factor, metric=metric, baseline=baseline,
                       n_excluded=n_excluded, method=method, tie_margin=float(tie_margin), pair_on=pair_on,
-                      higher_is_better=higher_is_better, alpha=alpha, notes=notes)
+                      higher_is_better=higher_is_better, alpha=alpha, notes=notes, n_boot=int(n_boot))
 
 
 def _rank(wide: np.ndarray, cluster_of: np.ndarray, levels: list, *, n_boot: int,

@@ -155,6 +155,30 @@ def test_image_similarity_of_an_image_with_itself_is_one(harness_cache, photos, 
     assert -1.0 <= other.value < 1.0 - 1e-3
 
 
+def test_image_similarity_compares_with_the_init_image_as_the_pipeline_saw_it(harness_cache, photos, tmp_path):
+    """An init JPEG with EXIF rotation, another size and aspect: the output that is exactly the image the
+    pipeline received scores 1 against it, and the raw file (unrotated, uncropped) is not what is compared.
+    A missing init file is not stored (retried by the next eval)."""
+    from PIL import Image
+
+    from harness.images import load_init_image
+
+    init = tmp_path / "init.jpg"
+    with Image.open(photos[0]) as im:
+        exif = Image.Exif()
+        exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
+        im.convert("RGB").resize((96, 64)).save(init, quality=95, exif=exif)
+    seen = tmp_path / "seen.png"
+    load_init_image(init, 64, 64).save(seen)
+    metric = tiny("clip_image_similarity", tmp_path)
+    fitted, raw, gone = metric.score([Item("fitted", seen, init_image_path=init, init_size=(64, 64)),
+                                      Item("raw", seen, init_image_path=init),
+                                      Item("gone", seen, init_image_path=tmp_path / "moved.jpg", init_size=(64, 64))])
+    assert fitted.value == pytest.approx(1.0, abs=1e-5)
+    assert raw.value < 1.0 - 1e-3
+    assert math.isnan(gone.value) and gone.detail["retry"] is True and "not found" in gone.detail["reason"]
+
+
 def test_image_similarity_needs_an_init_image(harness_cache, photos, tmp_path):
     (score,) = tiny("clip_image_similarity", tmp_path).score([Item("txt2img", photos[0], prompt="a cat")])
     assert math.isnan(score.value)
@@ -196,8 +220,8 @@ def test_corrupt_png_is_nan_while_the_rest_of_the_batch_is_scored(harness_cache,
     assert [s.key for s in scores] == [item.key for item in batch]
     assert not math.isnan(scores[0].value) and not math.isnan(scores[4].value)
     assert math.isnan(scores[1].value) and "unreadable" in scores[1].detail["reason"]
-    assert math.isnan(scores[2].value) and "not found" in scores[2].detail["reason"]
-    assert math.isnan(scores[3].value) and "no prompt" in scores[3].detail["reason"]
+    assert math.isnan(scores[2].value) and "not found" in scores[2].detail["reason"] and scores[2].detail["retry"]
+    assert math.isnan(scores[3].value) and "no prompt" in scores[3].detail["reason"] and "retry" not in scores[3].detail
 
 
 def test_model_that_cannot_load_gives_nan_for_all_with_reason(items, tmp_path):

@@ -101,6 +101,37 @@ def test_report_compares_on_the_experiments_compare_metrics(crafted_run):
     assert {c.metric for c in build_report(crafted_run, html=False, metric="clip_score").comparisons} == {f"m.{METRIC}"}
 
 
+def test_comparison_tables_name_baseline_direction_and_pairs_and_skips_are_reported(crafted_run):
+    (crafted_run / "experiment.toml").write_text('prompt = "x"\ncompare_metrics = ["clip_score", "nosuch:x=1"]\n')
+    r = build_report(crafted_run, html=False)
+    table = pd.read_csv(crafted_run / "tables" / "comparisons.csv", keep_default_na=False)
+    artist = table[table["factor"] == "f.artist"].iloc[0]
+    assert (artist["baseline"], artist["level"], str(artist["higher_is_better"])) == ("", ", by x", "True")
+    assert artist["pair_on"] == "f.color,checkpoint,seed,stage" and artist["n_boot"] == 2000
+    assert sorted((f, m) for f, m, _ in r.skipped) == [("f.artist", "nosuch:x=1"), ("f.color", "nosuch:x=1")]
+    assert all("nosuch" in why for _, _, why in r.skipped)
+    cli = subprocess.run([sys.executable, "-m", "harness", "report", str(crafted_run), "--no-html"],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert cli.returncode == 0 and "not compared: f.color on nosuch:x=1" in cli.stdout
+    bad = subprocess.run([sys.executable, "-m", "harness", "report", str(crafted_run), "--no-html",
+                          "--metric", "nosuch:x=1"], capture_output=True, text=True, cwd=ROOT)
+    assert bad.returncode != 0 and "nosuch" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_prompts_cut_to_the_clip_limit_are_marked_and_noted_in_comparisons(crafted_run):
+    with Ledger.open(crafted_run) as led:
+        long = [j for j in led.all_jobs(status="done") if j.factors["artist"]]
+        led.put_scores([Score(j.key, METRIC, 30.0, {"tokens": 90, "truncated": True}) for j in long])
+    r = build_report(crafted_run, html=False)
+    assert r.truncated == len(long) == 4
+    table = pd.read_parquet(crafted_run / "tables" / "images.parquet")
+    assert sorted(table.loc[table["truncated"] != "", "key"]) == sorted(j.key for j in long)
+    assert set(table.loc[table["truncated"] != "", "truncated"]) == {json.dumps([METRIC])}
+    artist = next(c for c in r.comparisons if c.factor == "f.artist")
+    assert any("4 image(s) have prompts longer than the CLIP text limit" in n for n in artist.notes)
+    assert "75 tokens" in artist.to_text()
+
+
 def test_report_is_rebuilt_from_the_ledger(crafted_run):
     build_report(crafted_run, html=False)
     first = (crafted_run / "tables" / "factors.csv").read_text()

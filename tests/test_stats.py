@@ -168,7 +168,7 @@ def test_unhealthy_unscored_and_unpaired_rows_are_excluded_and_counted():
     unscored = df.index[(df["f.subject"] == "s2") & (df.seed == 1) & (df["f.style"] == "a")][0]
     df.loc[unscored, "m.score"] = np.nan
     c = paired_compare(df, factor="style", metric="score", tie_margin=0.1, rng=np.random.default_rng(0), n_boot=50)
-    assert c.n_excluded == {"unhealthy": 1, "unscored": 1, "unpaired": 2}
+    assert c.n_excluded == {"unhealthy": 1, "unscored": 1, "unpaired": 2, "no_level": 0}
     a = c.rows[0]
     assert a.n_pairs == 2 and a.mean_diff == pytest.approx((0.0 + 1.0) / 2)
     assert c.rows[1].n_pairs == 3
@@ -178,6 +178,50 @@ def test_duplicate_conditions_fail_with_advice_on_pair_on():
     df = pd.concat([crafted_table(), crafted_table().head(1)])
     with pytest.raises(ValueError, match="pair_on"):
         paired_compare(df, factor="style", metric="score", rng=np.random.default_rng(0))
+
+
+def test_parameters_that_follow_the_factor_do_not_break_pairs_and_are_noted():
+    # a negative-prompt factor changes the negative prompt; a checkpoint brings its own size
+    rng = np.random.default_rng(5)
+    df = study_table({a: rng.normal(0, 1, (6, 2)) for a in ARTISTS[:2]}, 6, 2)
+    df = df.rename(columns={"f.artist": "f.negative:neg"})
+    df["negative_prompt"] = df["f.negative:neg"].map({"": "", "greg rutkowski": "blurry"})
+    c = paired_compare(df, factor="negative:neg", metric="clip_score", rng=rng, n_boot=50)
+    assert "negative_prompt" not in c.pair_on and c.rows[0].n_pairs == 12
+    assert any("negative_prompt differ" in n for n in c.notes)
+    big = df.assign(checkpoint="big", width=512, height=512)
+    c = paired_compare(pd.concat([df, big]), factor="checkpoint", metric="clip_score", rng=rng, n_boot=50)
+    assert "width" not in c.pair_on and c.rows[0].n_pairs == 24
+    assert any("width, height differ" in n for n in c.notes)
+
+
+def test_parameters_varying_on_their_own_pair_and_tell_conditions_apart():
+    # two init images and two stages: each an axis of the study, so pairs must match on them
+    rng = np.random.default_rng(6)
+    parts = []
+    for init in ("a.png", "b.png"):
+        for stage in ("main", "refine"):
+            t = study_table({a: rng.normal(0, 1, (6, 2)) for a in ARTISTS[:2]}, 6, 2)
+            parts.append(t.assign(init_image=init, stage=stage, mode="img2img", strength=0.5))
+    df = pd.concat(parts, ignore_index=True)
+    c = paired_compare(df, factor="artist", metric="clip_score", rng=rng, n_boot=50)
+    assert {"init_image", "stage"} <= set(c.pair_on) and "strength" not in c.pair_on
+    assert c.rows[0].n_pairs == 48 and c.rows[0].n_clusters == 24 and not c.notes
+    expected = (df[df["f.artist"] != ""]["m.clip_score"].to_numpy() - df[df["f.artist"] == ""]["m.clip_score"].to_numpy())
+    assert c.rows[0].mean_diff == pytest.approx(expected.mean())
+
+
+def test_rows_without_a_level_of_the_factor_are_left_out_and_counted():
+    # comparing img2img strengths in a run that also has txt2img images (strength missing there)
+    rng = np.random.default_rng(7)
+    df = study_table({a: rng.normal(0, 1, (6, 2)) for a in ARTISTS[:1]}, 6, 2)
+    img = [df.assign(mode="img2img", strength=s, **{"m.clip_score": df["m.clip_score"] + s}) for s in (0.3, 0.6)]
+    txt = df.assign(strength=np.nan)
+    c = paired_compare(pd.concat([txt, *img]), factor="strength", metric="clip_score", rng=rng, n_boot=50)
+    assert c.baseline == 0.3 and c.rows[0].n_pairs == 12 and c.rows[0].mean_diff == pytest.approx(0.3)
+    assert c.n_excluded["no_level"] == 12 and "12 without a level of the factor" in c.to_text()
+    with pytest.raises(ValueError, match="no values"):
+        paired_compare(txt, factor="strength", metric="clip_score", rng=rng)
 
 
 # ------------------------------------------------------------ names and errors

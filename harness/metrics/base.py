@@ -53,8 +53,12 @@ class Item:
     prompt: str = ""
     negative_prompt: str = ""
     init_image_path: Path | None = None
+    init_size: tuple[int, int] | None = None  # (width, height) the pipeline fitted the init image to
     source_prompt: str | None = None
     parent_image_path: Path | None = None
+
+
+MISSING_FILE = "file not found"
 
 
 class MetricUnavailable(RuntimeError):
@@ -145,7 +149,9 @@ class Metric:
         for index, item in enumerate(items):
             reason = self.missing_input(item)
             if reason:
-                results[index] = self.nan(item, reason)
+                # a file that is not there now (an init folder moved away) may be back later: not stored
+                absent = reason.startswith(MISSING_FILE)
+                results[index] = self.nan(item, reason, **({"retry": True} if absent else {}))
             else:
                 ready.append(index)
         if ready:
@@ -164,24 +170,25 @@ class Metric:
         raise NotImplementedError
 
     def missing_input(self, item: Item) -> str | None:
-        """Why this item cannot be scored before any file is opened, or None."""
+        """Why this item cannot be scored before any file is opened, or None. A reason that starts
+        with :data:`MISSING_FILE` is a file absent now; its NaN is not stored, so the next eval retries."""
         needs = self.INFO.needs
         if "image" in needs and not Path(item.image_path).is_file():
-            return f"image file not found: {item.image_path}"
+            return f"{MISSING_FILE}: image {item.image_path}"
         if "prompt" in needs and not item.prompt:
             return "item has no prompt"
         if "init_image" in needs:
             if item.init_image_path is None:
                 return "item has no init image (only img2img items can be scored by this metric)"
             if not Path(item.init_image_path).is_file():
-                return f"init image file not found: {item.init_image_path}"
+                return f"{MISSING_FILE}: init image {item.init_image_path}"
         if "source_prompt" in needs and item.source_prompt is None:
             return "item has no source prompt (the prompt the init image was made from)"
         if "parent_image" in needs:
             if item.parent_image_path is None:
                 return "item has no parent image"
             if not Path(item.parent_image_path).is_file():
-                return f"parent image file not found: {item.parent_image_path}"
+                return f"{MISSING_FILE}: parent image {item.parent_image_path}"
         return None
 
     def nan(self, item: Item, reason: str, **detail: Any) -> Score:

@@ -38,7 +38,7 @@ class ClipDirectional(ClipMetric):
 
     def _score(self, items: list[Item]) -> list[tuple[float, dict]]:
         outputs = self.embedder.images([item.image_path for item in items])
-        inits = self.embedder.images([item.init_image_path for item in items])
+        inits = self.embedder.images([item.init_image_path for item in items], [item.init_size for item in items])
         prompts = self.embedder.texts([item.prompt for item in items])
         sources = self.embedder.texts([item.source_prompt or "" for item in items])
         results: list[tuple[float, dict]] = []

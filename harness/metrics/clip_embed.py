@@ -156,16 +156,25 @@ class ClipEmbedder:
         return self._clip
 
     # -- images ----------------------------------------------------------------
-    def images(self, paths: Sequence[Path | str]) -> list[np.ndarray | str]:
-        """Per path: its unit embedding, or a reason string when the file cannot be read."""
+    def images(self, paths: Sequence[Path | str],
+               fit: Sequence[tuple[int, int] | None] | None = None) -> list[np.ndarray | str]:
+        """Per path: its unit embedding, or a reason string when the file cannot be read. `fit` gives,
+        per path, a (width, height) to prepare the image to first as the pipeline prepares an init
+        image (EXIF rotation, cover, centre crop: :func:`harness.images.load_init_image`), or None."""
         self.clip  # fail early (MetricUnavailable) before reading any file
+        paths = list(paths)
+        fit = list(fit) if fit is not None else [None] * len(paths)
         results: list[np.ndarray | str] = []
-        for part in chunks(list(paths), self.batch_size):  # bounded memory: one batch of files at a time
-            results.extend(self._images_batch(part))
+        for start in range(0, len(paths), self.batch_size):  # bounded memory: one batch of files at a time
+            end = start + self.batch_size
+            results.extend(self._images_batch(paths[start:end], fit[start:end]))
         return results
 
-    def _images_batch(self, paths: Sequence[Path | str]) -> list[np.ndarray | str]:
-        from PIL import Image
+    def _images_batch(self, paths: Sequence[Path | str],
+                      fit: Sequence[tuple[int, int] | None]) -> list[np.ndarray | str]:
+        from PIL import Image, ImageOps
+
+        from harness.images import fit_cover
 
         results: list[np.ndarray | str | None] = [None] * len(paths)
         digests: list[str | None] = [None] * len(paths)
@@ -176,7 +185,8 @@ class ClipEmbedder:
             except OSError as exc:
                 results[i] = f"image unreadable: {path}: {type(exc).__name__}: {exc}"
                 continue
-            digests[i] = sha256_bytes(data)
+            digests[i] = sha256_bytes(data) if fit[i] is None else sha256_text(
+                f"{sha256_bytes(data)} fitted to {fit[i][0]}x{fit[i][1]}")
             raw[i] = data
         known = self._cached("image", [d for d in digests if d is not None])
         todo: list[tuple[int, Any]] = []
@@ -189,7 +199,10 @@ class ClipEmbedder:
             try:
                 with Image.open(io.BytesIO(raw[i])) as image:
                     image.load()
-                    todo.append((i, image.convert("RGB")))
+                    if fit[i] is None:
+                        todo.append((i, image.convert("RGB")))
+                    else:
+                        todo.append((i, fit_cover(ImageOps.exif_transpose(image).convert("RGB"), *fit[i])))
             except Exception as exc:  # any decoder failure (PIL raises many types) is a per-item reason
                 results[i] = f"image unreadable: {paths[i]}: {type(exc).__name__}: {exc}"
         fresh: dict[str, np.ndarray] = {}

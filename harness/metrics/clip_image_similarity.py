@@ -31,7 +31,7 @@ class ClipImageSimilarity(ClipMetric):
 
     def _score(self, items: list[Item]) -> list[tuple[float, dict]]:
         outputs = self.embedder.images([item.image_path for item in items])
-        inits = self.embedder.images([item.init_image_path for item in items])
+        inits = self.embedder.images([item.init_image_path for item in items], [item.init_size for item in items])
         results: list[tuple[float, dict]] = []
         for out, init in zip(outputs, inits):
             if isinstance(out, str) or isinstance(init, str):

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from harness.metrics.base import Item, Metric, MetricInfo, register
+from harness.metrics.base import MISSING_FILE, Item, Metric, MetricInfo, register
 
 BLACK_MAX = 2.0    # levels: brightest pixel at most this -> black
 BLACK_MEAN = 2.0   # levels: mean below this -> black
@@ -98,7 +98,7 @@ class Health(Metric):
                     image.load()
                     arr = np.asarray(image.convert("RGB") if image.mode not in ("L", "RGB", "F") else image)
             except FileNotFoundError:
-                out.append((float("nan"), {"reason": f"image file not found: {item.image_path}"}))
+                out.append((float("nan"), {"reason": f"{MISSING_FILE}: image {item.image_path}", "retry": True}))
                 continue
             except Exception as exc:  # any decoder failure (PIL raises many types) is a per-item reason
                 out.append((0.0, {"flags": ["unreadable"], "reason": f"image unreadable: {type(exc).__name__}: {exc}"}))
