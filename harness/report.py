@@ -43,7 +43,8 @@ def image_table(ledger: Ledger) -> pd.DataFrame:
         wide = scores.pivot_table(index="key", columns="metric", values="value", aggfunc="first", dropna=False)
         wide.columns = [f"m.{c}" for c in wide.columns]
         jobs = jobs.merge(wide, left_on="key", right_index=True, how="left")
-    jobs["truncated"] = jobs["key"].map(_truncated_by(scores)).fillna("")
+    truncated = _truncated_by(scores)
+    jobs["truncated"] = [truncated.get(key, "") for key in jobs["key"]]
     healthy = jobs.get("h.ok", pd.Series(True, index=jobs.index)).fillna(True).astype(bool)
     for col in _metric_cols(jobs, "health"):
         healthy &= ~(jobs[col] == 0)

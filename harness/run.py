@@ -69,7 +69,7 @@ def prepare_run(exp: Experiment, plan: Plan, run_dir: Path, *, jobs: list[Job] |
     ledger.set_meta("experiment_path", str(exp.path))
     ledger.set_meta("factors", json.dumps(list(plan.factors)))
     ledger.drop_pending({j.key for j in jobs})
-    ledger.add_jobs(jobs)
+    ledger.add_jobs(jobs, refresh=part == "main")  # the experiment's own description of its images wins
     ledger.set_plan(part, [j.key for j in plan.jobs])
     if edited and part != "main":  # an ablation or search of an edited experiment: its main plan changed too
         ledger.set_plan("main", [j.key for j in make_plan(exp).jobs])
@@ -131,7 +131,7 @@ def run_stage(exp: Experiment, stage, plan: Plan, ledger: Ledger, result: RunRes
     ledger.set_plan(f"stage:{stage.name}", [j.key for j in jobs])
     if shard is not None:
         jobs = shard_jobs(jobs, *shard)
-    ledger.add_jobs(jobs)
+    ledger.add_jobs(jobs, refresh=True)
     done = ledger.done_keys()
     pending = [j for j in jobs if j.key not in done]
     result.planned += len(jobs)

@@ -89,6 +89,26 @@ def test_editing_experiment_adds_only_new_jobs(tmp_path):
         assert db.execute("SELECT COUNT(*), COUNT(DISTINCT key) FROM jobs").fetchone() == (24, 24)
 
 
+def test_a_factor_added_to_the_template_describes_the_images_already_made(tmp_path):
+    """Appending `{@artist: |, by x}` keeps the 16 earlier images (their prompts are unchanged) and records
+    them as the artist "" level, so the A/B table is the same as a fresh run's; a renamed factor likewise."""
+    from harness.report import compare, image_table
+
+    exp = experiment(tmp_path)
+    run_experiment(exp, out=tmp_path / "run", progress=False, evaluate_after=False)
+    exp.write_text(SMALL.replace('"a {red|blue} {cat|dog}"', '"a {@hue: red|blue} {cat|dog}{@artist: |, by x}"'))
+    r = run_experiment(exp, out=tmp_path / "run", progress=False, evaluate_after=False)
+    assert (r.already_done, r.generated) == (16, 16)
+    with Ledger.open(tmp_path / "run", readonly=True) as led:
+        table = image_table(led)
+    assert len(table) == 32 and "f.color" not in table.columns
+    assert table["f.artist"].notna().all() and table["f.hue"].notna().all()
+    assert (table.loc[~table["prompt"].str.contains("by x"), "f.artist"] == "").sum() == 16
+    table["m.brightness"] = [float(np.asarray(Image.open(tmp_path / "run" / p)).mean()) for p in table["image"]]
+    c = compare(table, "artist", metric="brightness", n_boot=100)
+    assert c.rows[0].n_pairs == 16 and c.n_excluded["unpaired"] == 0
+
+
 def test_an_edited_experiment_reports_only_what_it_asks_for_and_undoing_the_edit_brings_images_back(tmp_path):
     from harness.evaluate import evaluate
     from harness.report import build_report, image_table

@@ -140,11 +140,13 @@ class Ledger:
 
     # ---------------------------------------------------------------- jobs
 
-    def add_jobs(self, jobs: Iterable[Job]) -> int:
+    def add_jobs(self, jobs: Iterable[Job], *, refresh: bool = False) -> int:
         """Insert jobs not yet in the ledger; returns how many were new.
 
-        A key already present keeps its row, status and stored job (the first
-        job seen with a key is the one recorded).
+        A key already present keeps its row, status and run information. Its stored job (factors,
+        meta, checkpoint name: what the key does not cover) stays the first one seen, unless
+        `refresh`: then it becomes this one, so an experiment whose factors were renamed or added
+        describes its existing images the way it describes new ones.
         """
         now, rows = _now(), []
         for job in jobs:
@@ -154,12 +156,14 @@ class Ledger:
             rows.append((job.key, _json(job.to_dict(), f"job {job.key[:12]}"), job.checkpoint,
                          job.mode, job.prompt, job.seed, None if stage is None else str(stage),
                          parent, now))
+        on_conflict = ("DO UPDATE SET job_json = excluded.job_json, checkpoint = excluded.checkpoint, "
+                       "stage = excluded.stage, parent_key = excluded.parent_key" if refresh else "DO NOTHING")
         with self._write() as conn:
-            before = conn.total_changes
+            before = conn.execute("SELECT count(*) FROM jobs").fetchone()[0]
             conn.executemany(
-                "INSERT OR IGNORE INTO jobs(key, job_json, checkpoint, mode, prompt, seed, stage, "
-                "parent_key, added_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
-            return conn.total_changes - before
+                "INSERT INTO jobs(key, job_json, checkpoint, mode, prompt, seed, stage, parent_key, added_at) "
+                f"VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(key) {on_conflict}", rows)
+            return conn.execute("SELECT count(*) FROM jobs").fetchone()[0] - before
 
     def all_jobs(self, status: str | None = None) -> list[Job]:
         """Jobs in the order they were added, optionally only those with `status`."""
