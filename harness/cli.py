@@ -137,7 +137,7 @@ def plan(
         p = make_plan(exp)
     except _user_errors() as e:
         fail(str(e))
-    jobs = list(p.jobs) if shard is None else shard_jobs(p.jobs, *_parse_shard(shard))
+    jobs = list(p.jobs) if shard is None else shard_jobs(p.jobs, *_parse_shard(shard), by_variant=bool(exp.stages))
     if fmt is PlanFmt.jsonl:
         for job in jobs:
             sys.stdout.write(json.dumps(job.to_dict(), ensure_ascii=False) + "\n")

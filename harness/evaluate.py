@@ -38,7 +38,8 @@ class MetricSummary:
 def item_for(ledger: Ledger, job: Job):
     from .metrics import Item
     parent = job.meta.get("parent_key")
-    init = job.init_image
+    # a stage's init image is its parent's image, wherever this run folder is now (moved, merged from shards)
+    init = ledger.image_path(parent) if parent else job.init_image
     return Item(key=job.key, image_path=ledger.image_path(job.key), prompt=job.prompt,
                 negative_prompt=job.negative_prompt,
                 init_image_path=Path(init) if init else None,

@@ -178,8 +178,15 @@ def jobs_for(exp: Experiment, refs: dict, prompts: list[Variant], negatives: lis
     return list(jobs.values())
 
 
-def shard(jobs: Iterable[Job], index: int, count: int) -> list[Job]:
-    """A deterministic 1/count of the jobs, chosen by key."""
+def variant_of(job: Job) -> tuple:
+    """The variant a job's image belongs to: all but its seed (what a stage's `top_k` ranks within)."""
+    return (job.checkpoint, job.prompt, job.negative_prompt, job.mode, job.strength)
+
+
+def shard(jobs: Iterable[Job], index: int, count: int, *, by_variant: bool = False) -> list[Job]:
+    """A deterministic 1/count of the jobs, chosen by key; with `by_variant` every seed of a variant goes
+    to the same shard, so a staged experiment's shard ranks (`top_k`) and refines whole variants."""
     if not (count >= 1 and 0 <= index < count):
         raise ValueError(f"shard must be i/n with 0 <= i < n, got {index}/{count}")
-    return [j for j in jobs if int(j.key[:16], 16) % count == index]
+    pick = (lambda j: content_key(list(variant_of(j)))) if by_variant else (lambda j: j.key)
+    return [j for j in jobs if int(pick(j)[:16], 16) % count == index]

@@ -89,7 +89,7 @@ def run_experiment(path: Path | str, *, out: Path | str | None = None, force: bo
     """Plan, generate what is not done yet, then score with the experiment's metrics."""
     exp = load_experiment(path)
     plan = make_plan(exp)
-    jobs = list(plan.jobs) if shard is None else shard_jobs(plan.jobs, *shard)
+    jobs = list(plan.jobs) if shard is None else shard_jobs(plan.jobs, *shard, by_variant=bool(exp.stages))
     run_dir = Path(out) if out else default_run_dir(exp)
     ledger, pending = prepare_run(exp, plan, run_dir, jobs=jobs, force=force)
     result = RunResult(run_dir, len(jobs), len(jobs) - len(pending))
@@ -111,16 +111,19 @@ def run_experiment(path: Path | str, *, out: Path | str | None = None, force: bo
             from .evaluate import evaluate
             result.metrics = evaluate(ledger, exp.metrics, log=log or _stderr)
         for stage in exp.stages:
-            run_stage(exp, stage, plan, ledger, result, shard=shard, evaluate_after=evaluate_after, **options)
+            run_stage(exp, stage, plan, ledger, result, evaluate_after=evaluate_after, **options)
         result.unplanned = ledger.unplanned_done()
     finally:
         ledger.close()
     return result
 
 
-def run_stage(exp: Experiment, stage, plan: Plan, ledger: Ledger, result: RunResult, *, shard=None,
+def run_stage(exp: Experiment, stage, plan: Plan, ledger: Ledger, result: RunResult, *,
               evaluate_after: bool = True, on_done=None, **options) -> None:
-    """Generate one later stage from its source stage's outputs (resumable like the main stage)."""
+    """Generate one later stage from its source stage's outputs (resumable like the main stage).
+
+    A shard makes the children of the parents in its own folder: it was given whole variants
+    (`shard(..., by_variant=True)`), so its `top_k` ranks them as a single run would."""
     from .evaluate import evaluate
     from .stages import stage_jobs
 
@@ -129,8 +132,6 @@ def run_stage(exp: Experiment, stage, plan: Plan, ledger: Ledger, result: RunRes
         evaluate(ledger, [stage.metric], log=log)
     jobs = stage_jobs(exp, stage, ledger, plan.checkpoints)
     ledger.set_plan(f"stage:{stage.name}", [j.key for j in jobs])
-    if shard is not None:
-        jobs = shard_jobs(jobs, *shard)
     ledger.add_jobs(jobs, refresh=True)
     done = ledger.done_keys()
     pending = [j for j in jobs if j.key not in done]

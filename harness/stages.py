@@ -21,7 +21,7 @@ from .expand import compile_template
 from .grammar import escape_text
 from .images import init_hash
 from .ledger import Ledger
-from .plan import NEGATIVE_PREFIX, jobs_for
+from .plan import NEGATIVE_PREFIX, jobs_for, variant_of
 from .wildcards import WildcardLibrary, default_search_path
 
 PARENT_TOKEN = "__parent__"
@@ -40,7 +40,7 @@ def select_parents(stage: Stage, parents: list[Job], ledger: Ledger) -> list[Job
         value = scores.get(job.key, float("nan")) if len(scores) else float("nan")
         if value is None or (isinstance(value, float) and math.isnan(value)):
             continue
-        by_variant[(job.checkpoint, job.prompt, job.negative_prompt, job.mode, job.strength)].append((value, job))
+        by_variant[variant_of(job)].append((value, job))
     chosen = []
     for ranked in by_variant.values():
         ranked.sort(key=lambda vj: (-vj[0] if higher else vj[0], vj[1].seed, vj[1].key))
@@ -66,7 +66,7 @@ def stage_jobs(exp: Experiment, stage: Stage, ledger: Ledger, refs: dict,
             text = stage.prompt.replace(PARENT_TOKEN, escape_text(parent.prompt))
             tpl = compile_template(text, library=library, origin=f"{exp.path} (stage {stage.name})")
             templates[parent.prompt] = list(tpl.expand())
-        path = ledger.image_path(parent.key)
+        path = ledger.image_path(parent.key).resolve()  # not relative to the folder `harness run` ran in
         prompts = [Variant(v.prompt, {**parent.factors, **v.factors}) for v in templates[parent.prompt]]
         jobs += jobs_for(
             exp, {parent.checkpoint: refs[parent.checkpoint]}, prompts, negatives,

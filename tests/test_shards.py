@@ -52,6 +52,45 @@ def test_two_shards_and_merge_equal_a_full_run(tmp_path):
     assert "0 added" in again.stdout
 
 
+STAGED = EXP.replace("seeds = [1, 2]", "seeds = [1, 2, 3]") + """
+metrics = ["health"]
+
+[[stages]]
+name = "refine"
+prompt = "__parent__, {sharp|soft}"
+strengths = [0.5]
+top_k = 1
+metric = "health"
+"""
+
+
+def test_shards_of_a_staged_experiment_merge_into_the_full_run_with_the_same_top_k(tmp_path):
+    """Each shard gets whole variants (every seed), ranks them and makes all their children, so the merged
+    run has exactly the full run's stage images: one parent per variant (top_k = 1), two prompts each."""
+    exp = tmp_path / "exp.toml"
+    exp.write_text(STAGED)
+    run_experiment(exp, out=tmp_path / "full", progress=False)
+    for i in range(2):
+        run_experiment(exp, out=tmp_path / f"s{i}", shard=(i, 2), progress=False)
+    harness("merge", tmp_path / "s0", tmp_path / "s1", "--out", tmp_path / "merged")
+    stages = {}
+    for name in ("full", "merged"):
+        with Ledger.open(tmp_path / name, readonly=True) as led:
+            stages[name] = {(j.key, j.meta.get("stage")) for j in led.done_jobs()}
+            assert led.planned_keys() == {key for key, _ in stages[name]}
+    assert stages["merged"] == stages["full"]
+    assert sum(stage == "refine" for _, stage in stages["full"]) == 6 * 2
+    # the shards' folders are gone: the stage images are scored against their parents in the merged folder
+    import shutil
+
+    from harness.evaluate import evaluate
+    for i in range(2):
+        shutil.rmtree(tmp_path / f"s{i}")
+    with Ledger.open(tmp_path / "merged") as led:
+        (summary,) = evaluate(led, ["clip_image_similarity:model=tiny"], log=lambda m: None)
+    assert summary.scored == 18 + 12 and summary.nan == 18  # main images have no init image
+
+
 def test_shards_run_one_after_another_into_one_folder_are_all_reported(tmp_path):
     from harness.report import image_table
 
