@@ -205,7 +205,12 @@ def safetensors_header(path: str | Path) -> dict[str, Any]:
         (size,) = struct.unpack("<Q", raw)
         if size > 100 << 20:
             raise CheckpointError(f"{path} is not a safetensors file (header length {size} bytes is implausible)")
-        header = json.loads(fh.read(size))
+        try:
+            header = json.loads(fh.read(size))
+        except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
+            raise CheckpointError(f"{path} is not a safetensors file (its header is not JSON: {exc})") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path} is not a safetensors file (its header is not a JSON object)")
     header.pop("__metadata__", None)
     return header
 
@@ -236,16 +241,31 @@ def single_file_family(keys_and_shapes: dict[str, tuple]) -> str:
 
 
 def single_file_keys(path: Path) -> dict[str, tuple]:
+    """Tensor names -> shapes of a .safetensors or .ckpt file; CheckpointError naming the file when unreadable."""
     if path.suffix == ".safetensors":
-        return {k: tuple(v.get("shape", ())) for k, v in safetensors_header(path).items()}
+        return {k: tuple(v.get("shape", ()) if isinstance(v, dict) else ())
+                for k, v in safetensors_header(path).items()}
+    import pickle
+
     import torch
 
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:  # legacy (non-zip) pickles cannot be memory-mapped
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # legacy (non-zip) pickles cannot be memory-mapped
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"{path} could not be read as a checkpoint of tensors: {str(exc).splitlines()[0]}. Either it is not a "
+            "torch checkpoint, or it also stores Python objects (a training checkpoint), which are not loaded for "
+            "safety; on a machine you trust, save its state_dict alone or convert it to .safetensors") from None
+    except (RuntimeError, OSError, EOFError, ValueError) as exc:
+        raise CheckpointError(f"{path} is not a readable torch checkpoint ({type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0] if str(exc) else 'no detail'})") from None
     while isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} holds a {type(state).__name__}, not a dict of tensors (a state_dict)")
     return {k: tuple(getattr(v, "shape", ())) for k, v in state.items()}
 
 
@@ -331,8 +351,6 @@ def _resolve_file(name: str, path: Path, config: str | None, base: Path) -> Chec
         family = single_file_family(single_file_keys(path))
     except CheckpointError as exc:
         raise CheckpointError(f"checkpoint {name!r} ({path}): {exc}") from None
-    except Exception:  # unreadable header or pickle: let the loader report it
-        family = "unknown"
     native = 768 if family == "sd2" else 512
     if config and Path(config).is_dir():
         cfg_family, native = folder_family(Path(config))

@@ -243,6 +243,25 @@ def test_non_stable_diffusion_safetensors_is_rejected(tmp_path):
 
 # ---------------------------------------------------------------- schedulers
 
+def test_unreadable_single_files_are_rejected_when_resolved_naming_the_file(tmp_path):
+    """Random bytes, a training checkpoint holding Python objects, a safetensors file of zeros: each is a
+    clear CheckpointError from resolve (so `harness plan` fails before any run folder exists)."""
+    import torch
+
+    (tmp_path / "noise.ckpt").write_bytes(bytes(range(256)) * 16)
+    torch.save({"state_dict": {"model.diffusion_model.x": torch.zeros(1)}, "callbacks": ck.CheckpointRef},
+               tmp_path / "lightning.ckpt")
+    (tmp_path / "zeros.safetensors").write_bytes(bytes(1000))
+    torch.save([torch.zeros(1)], tmp_path / "list.ckpt")
+    for name, expected in (("noise.ckpt", "could not be read as a checkpoint of tensors"),
+                           ("lightning.ckpt", "Python objects"),
+                           ("zeros.safetensors", "not a safetensors file"),
+                           ("list.ckpt", "holds a list, not a dict of tensors")):
+        with pytest.raises(ck.CheckpointError, match=expected) as err:
+            ck.resolve(str(tmp_path / name))
+        assert name in str(err.value)
+
+
 def test_every_registered_scheduler_builds_from_the_checkpoint_config(tiny_pipe):
     for name, spec in schedulers.SCHEDULERS.items():
         scheduler = schedulers.make_scheduler(name, tiny_pipe.scheduler.config)
