@@ -34,7 +34,7 @@ from .core import Variant
 from .experiment import ExperimentError, load_experiment
 from .grammar import escape_text
 from .mutate import leave_one_out, literal
-from .wildcards import WildcardLibrary, default_search_path
+from .wildcards import WildcardLibrary
 
 FULL = "(full prompt)"
 NOT_QUALITY = ("health", "watermark")
@@ -110,7 +110,7 @@ def ablate(path: Path | str, *, out: Path | str | None = None, metrics: Sequence
 
     log = log or (lambda m: print(m, file=sys.stderr, flush=True))
     exp = load_experiment(path)
-    library = WildcardLibrary(default_search_path(exp.base_dir))
+    library = WildcardLibrary(exp.wildcard_path())
     specs = list(metrics) if metrics else [m for m in exp.metrics
                                            if m.split(":")[0].split("[")[0] not in NOT_QUALITY]
     if not specs:

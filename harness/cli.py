@@ -119,7 +119,10 @@ def _parse_shard(shard: Optional[str]) -> Optional[tuple[int, int]]:
 def _user_errors():
     """Errors a user can fix, shown as one clean message with exit code 2."""
     from .checkpoints import CheckpointError
-    return (ExperimentError, GrammarError, CheckpointError, FileNotFoundError)
+    from .ledger import LedgerError
+    from .core import SettingsError
+    return (ExperimentError, GrammarError, CheckpointError, LedgerError, SettingsError, FileNotFoundError,
+            FileExistsError, NotADirectoryError)
 
 
 @app.command()
@@ -250,9 +253,11 @@ def eval_(
 
         with Ledger.open(run_dir, readonly=True) as ledger:
             specs = scaled_clip_specs(specs, scale, experiment_metrics(ledger))
+    from .ledger import LedgerError
+
     try:
         _print_metric_summaries(evaluate_run(run_dir, specs or None))
-    except (ValueError, MetricUnavailable) as e:
+    except (ValueError, MetricUnavailable, LedgerError) as e:
         fail(f"error: {e}")
     except KeyError as e:  # an unknown metric name: the message lists the valid ones
         fail(f"error: {e.args[0]}")
@@ -277,11 +282,12 @@ def merge(
     out: Path = typer.Option(..., "--out", help="The merged run folder (created if missing)."),
 ) -> None:
     """Merge run folders (shards from `harness run --shard i/n`) into one run."""
+    from .ledger import LedgerError
     from .run import merge_runs
 
     try:
         t = merge_runs(out, sources)
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, ValueError, LedgerError) as e:
         fail(f"error: {e}")
     typer.echo(f"{out}: {t['done']} done jobs ({t['added']} added, {t['already']} already there, "
                f"{t['scores']} scores, {t['bad']} damaged images skipped)")

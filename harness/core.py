@@ -15,6 +15,11 @@ from typing import Any, Mapping
 SCHEMA_VERSION = 1
 
 
+class SettingsError(ValueError):
+    """A device, dtype or memory setting this machine cannot honour; the message says what to use instead.
+    (Here rather than in `generate`, so that catching it does not import torch.)"""
+
+
 def canonical_json(obj: Any) -> str:
     """Sorted keys, no whitespace, UTF-8, no NaN: the one serialisation we hash."""
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)

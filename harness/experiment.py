@@ -97,6 +97,17 @@ class Experiment:
     def base_dir(self) -> Path:
         return self.path.parent
 
+    def wildcard_path(self) -> list[Path]:
+        """Where wildcards are looked up: the template file's folder (prompt = "@file"), the
+        experiment's folder, then $HARNESS_GRAMMARS and ./grammars."""
+        from .wildcards import default_search_path
+
+        prompt = self.raw.get("prompt")
+        template_dir = Path(self.prompt_origin).parent if isinstance(prompt, str) and prompt.startswith("@") else None
+        if template_dir is None or template_dir == self.base_dir:
+            return default_search_path(self.base_dir)
+        return default_search_path(template_dir, [self.base_dir])
+
     def setting(self, checkpoint: str, name: str):
         """A per-checkpoint override if there is one, else the experiment's value."""
         return self.overrides.get(checkpoint, {}).get(name, getattr(self, name))
@@ -220,7 +231,7 @@ def experiment_from_dict(raw: Mapping[str, Any], path: Path) -> Experiment:
     if name and any(ch in name for ch in "/\\") or name in (".", ".."):
         c.bad("name", name, "a folder name without slashes")
     prompt_raw = c.str_(raw, "prompt", None, nonempty=True)
-    prompt, origin = "", str(path)
+    prompt, origin = "", f"{path} (prompt)"
     if prompt_raw is None:
         c.problems.append("key 'prompt': missing; expected a template string or '@file'")
     elif prompt_raw.startswith("@"):
@@ -235,7 +246,7 @@ def experiment_from_dict(raw: Mapping[str, Any], path: Path) -> Experiment:
 
     expand = c.choice(raw, "expand", "all", ("all", "sample"))
     sample = c.int_(raw, "sample", None, lo=1)
-    if expand == "sample" and sample is None:
+    if expand == "sample" and "sample" not in raw:
         c.problems.append("key 'sample': missing; expand = \"sample\" needs sample = N (how many prompts)")
     if expand == "all" and sample is not None:
         c.problems.append("key 'sample': set but expand is \"all\"; set expand = \"sample\" or drop sample")
@@ -276,6 +287,8 @@ def experiment_from_dict(raw: Mapping[str, Any], path: Path) -> Experiment:
         c.problems.append("key 'strengths': img2img needs at least one strength in (0, 1]")
     if "img2img" not in modes and raw.get("init_images"):
         c.problems.append("key 'init_images': set but mode has no 'img2img'")
+    if "img2img" not in modes and "strengths" in raw:
+        c.problems.append("key 'strengths': set but mode has no 'img2img'; add \"img2img\" to mode or drop strengths")
 
     batch_size = raw.get("batch_size", "auto")
     if batch_size != "auto" and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
@@ -335,7 +348,12 @@ def experiment_from_dict(raw: Mapping[str, Any], path: Path) -> Experiment:
                 c.problems.append("key 'randomize.strength': set but mode has no 'img2img'")
 
     overrides: dict[str, dict] = {}
-    for ck, table in (raw.get("checkpoint") or {}).items():
+    per_checkpoint = raw.get("checkpoint", {})
+    if not isinstance(per_checkpoint, dict):
+        c.bad("checkpoint", per_checkpoint, "tables of per-checkpoint overrides such as [checkpoint.tiny] "
+                                            "(the list of checkpoints is the key 'checkpoints')")
+        per_checkpoint = {}
+    for ck, table in per_checkpoint.items():
         prefix = f"checkpoint.{ck}."
         if ck not in checkpoints:
             close = difflib.get_close_matches(ck, checkpoints, n=1)
@@ -366,6 +384,14 @@ def experiment_from_dict(raw: Mapping[str, Any], path: Path) -> Experiment:
     _check_template(c, "prompt", prompt, origin)
     if negative:
         _check_template(c, "negative_prompt", negative, f"{path} (negative_prompt)")
+    if "img2img" in modes:
+        all_steps = {steps, *(o["steps"] for o in overrides.values() if o.get("steps"))}
+        _check_denoising(c, "strengths", strengths, all_steps)
+        if randomize is not None and randomize.strength:
+            _check_denoising(c, "randomize.strength", [randomize.strength[0]],
+                             {randomize.steps[0]} if randomize.steps else all_steps)
+    for i, stage in enumerate(stages):
+        _check_denoising(c, f"stages[{i}].strengths", stage.strengths, {stage.steps or steps})
 
     if c.problems:
         raise ExperimentError(path, c.problems)
@@ -381,8 +407,9 @@ def experiment_from_dict(raw: Mapping[str, Any], path: Path) -> Experiment:
     )
 
 
-def _check_template(c: _Checker, key: str, text: str, origin: str) -> None:
-    """Syntax only; wildcards are resolved when the plan is built."""
+def _check_template(c: _Checker, key: str, text: str, origin: str, shown: str | None = None) -> None:
+    """Syntax only; wildcards are resolved when the plan is built. `shown`: the text as written, when
+    `text` stands in for it (same length, so line and column are the same)."""
     from .grammar import GrammarError, parse
     if not text:
         return
@@ -391,28 +418,51 @@ def _check_template(c: _Checker, key: str, text: str, origin: str) -> None:
     except GrammarError as e:
         where = (f"{e.origin}:{e.line}:{e.column}" if origin != str(c.path) and not origin.startswith(f"{c.path} (")
                  else f"line {e.line}, column {e.column} of the template")
+        lines = (shown or "").splitlines() or [""]
+        line_text = e.line_text if shown is None else lines[min(e.line, len(lines)) - 1]
         c.problems.append(f"key '{key}': template error at {where}: {e.message}\n"
-                          f"      {e.line_text}\n      {' ' * (e.column - 1)}^")
+                          f"      {line_text}\n      {' ' * (e.column - 1)}^")
 
 
-def _seeds(c: _Checker, v) -> list[int]:
+SEED_LIMIT = 2**63  # seeds are stored as SQLite INTEGER (signed 64 bit)
+PARENT_TOKEN = "__parent__"  # in a stage prompt: the parent image's prompt
+
+
+def _seeds(c: _Checker, v, prefix: str = "") -> list[int]:
+    key = prefix + "seeds"
     if isinstance(v, dict):
-        c.unknown(v, {"count", "start"}, "seeds.")
-        count = c.int_(v, "count", None, lo=1, prefix="seeds.")
-        start = c.int_(v, "start", 0, lo=0, prefix="seeds.")
+        c.unknown(v, {"count", "start"}, key + ".")
+        count = c.int_(v, "count", None, lo=1, hi=1_000_000, prefix=key + ".")
+        start = c.int_(v, "start", 0, lo=0, prefix=key + ".")
         if count is None:
-            c.problems.append("key 'seeds.count': missing; expected seeds = { count = N, start = S }")
+            if "count" not in v:
+                c.problems.append(f"key '{key}.count': missing; expected {key} = {{ count = N, start = S }}")
+            return [0]
+        if start + count > SEED_LIMIT:
+            c.bad(key + ".start", start, f"start + count <= 2**63 ({SEED_LIMIT})")
             return [0]
         return list(range(start, start + count))
     if isinstance(v, int) and not isinstance(v, bool):
         v = [v]
-    if not (isinstance(v, list) and v and all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s < 2**63
-                                              for s in v)):
-        c.bad("seeds", v, "a list of integers >= 0, or { count = N, start = S }")
+    if not (isinstance(v, list) and v and all(isinstance(s, int) and not isinstance(s, bool)
+                                              and 0 <= s < SEED_LIMIT for s in v)):
+        c.bad(key, v, "a list of integers in [0, 2**63), or { count = N, start = S }")
         return [0]
     if len(set(v)) != len(v):
-        c.bad("seeds", v, "distinct seeds")
+        c.bad(key, v, "distinct seeds")
     return v
+
+
+def _check_denoising(c: _Checker, key: str, strengths, steps_values) -> None:
+    """img2img runs int(strength * steps) denoising steps; zero is an error from the pipeline mid-run."""
+    for strength in strengths:
+        for steps in sorted(v for v in steps_values if v):
+            if int(strength * steps) < 1:
+                c.problems.append(
+                    f"key '{key}': strength {strength:g} with steps = {steps} runs int({strength:g} * {steps}) = 0 "
+                    f"denoising steps; img2img needs strength * steps >= 1 (steps >= {math.ceil(1 / strength)} "
+                    f"at this strength, or strength >= {1 / steps:.3g})")
+                return
 
 
 def _init_images(c: _Checker, v, base: Path) -> list[Path]:
@@ -454,12 +504,16 @@ def _stages(c: _Checker, v) -> tuple[Stage, ...]:
         prompt = c.str_(s, "prompt", None, prefix=prefix, nonempty=True)
         if prompt is None:
             c.problems.append(f"key '{prefix}prompt': missing; expected the stage's prompt template")
+        for key in ("prompt", "negative_prompt"):
+            if isinstance(s.get(key), str):  # __parent__ stands for text: a literal of its length keeps columns
+                _check_template(c, prefix + key, s[key].replace(PARENT_TOKEN, "x" * len(PARENT_TOKEN)),
+                                f"{c.path} ({prefix}{key})", shown=s[key])
         strengths = s.get("strengths", [0.5])
         if not (isinstance(strengths, list) and strengths and all(
                 isinstance(x, (int, float)) and not isinstance(x, bool) and 0 < x <= 1 for x in strengths)):
             c.bad(prefix + "strengths", strengths, "a non-empty list of numbers in (0, 1]")
             strengths = [0.5]
-        seeds = tuple(_seeds(c, s["seeds"])) if "seeds" in s else None
+        seeds = tuple(_seeds(c, s["seeds"], prefix)) if "seeds" in s else None
         top_k = c.int_(s, "top_k", None, lo=1, prefix=prefix)
         metric = c.str_(s, "metric", None, prefix=prefix, nonempty=True)
         if top_k is not None and metric is None:

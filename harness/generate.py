@@ -26,13 +26,14 @@ from PIL import Image
 
 from harness import checkpoints as ck
 from harness import pipelines, schedulers
-from harness.core import Job
+from harness.core import Job, SettingsError
 from harness.images import fit_cover, image_hash, load_init_image  # init images live in a torch-free module
 
 __all__ = [
-    "DTYPES", "MEMORY_OPTIONS", "OOM_ERRORS", "Chunk", "OutOfMemory", "PipelineCache", "apply_memory",
-    "auto_batch_size", "auto_memory", "dtype_name", "fit_cover", "free_accelerator_memory", "generate_batch",
-    "image_hash", "is_oom", "load_init_image", "pick_device", "pick_dtype", "run_batched", "to_uint8", "weight_bytes",
+    "DTYPES", "MEMORY_OPTIONS", "OOM_ERRORS", "Chunk", "OutOfMemory", "PipelineCache", "SettingsError", "apply_memory",
+    "auto_batch_size", "auto_memory", "check_settings", "dtype_name", "fit_cover", "free_accelerator_memory",
+    "generate_batch", "image_hash", "is_oom", "load_init_image", "memory_options", "pick_device", "pick_dtype",
+    "run_batched", "to_uint8", "weight_bytes",
 ]
 
 # ---------------------------------------------------------------- device and dtype
@@ -56,16 +57,16 @@ def pick_device(requested: str = "auto") -> str:
     if kind == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0:
-            raise ValueError(f"device={requested!r}: CUDA is not available here (torch {torch.__version__}, "
+            raise SettingsError(f"device={requested!r}: CUDA is not available here (torch {torch.__version__}, "
                              f"built with CUDA {torch.version.cuda}); use device='auto' or 'cpu'")
         if index and (not index.isdigit() or int(index) >= count):
-            raise ValueError(f"device={requested!r}: expected cuda:0..cuda:{count - 1} ({count} GPU(s) visible)")
+            raise SettingsError(f"device={requested!r}: expected cuda:0..cuda:{count - 1} ({count} GPU(s) visible)")
         return req
     if kind == "mps" and not index:
         if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-            raise ValueError(f"device={requested!r}: Apple MPS is not available here; use 'auto' or 'cpu'")
+            raise SettingsError(f"device={requested!r}: Apple MPS is not available here; use 'auto' or 'cpu'")
         return "mps"
-    raise ValueError(f"device={requested!r}: expected 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
+    raise SettingsError(f"device={requested!r}: expected 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
 
 
 def pick_dtype(requested: str = "auto", device: str = "cpu") -> torch.dtype:
@@ -74,9 +75,9 @@ def pick_dtype(requested: str = "auto", device: str = "cpu") -> torch.dtype:
     if req == "auto":
         return torch.float16 if device.startswith("cuda") else torch.float32
     if req not in DTYPES:
-        raise ValueError(f"dtype={requested!r}: expected 'auto', {', '.join(map(repr, DTYPES))}")
+        raise SettingsError(f"dtype={requested!r}: expected 'auto', {', '.join(map(repr, DTYPES))}")
     if req == "fp16" and device == "cpu":
-        raise ValueError("dtype='fp16' on device 'cpu': many CPU kernels lack fp16; use 'fp32' or 'bf16'")
+        raise SettingsError("dtype='fp16' on device 'cpu': many CPU kernels lack fp16; use 'fp32' or 'bf16'")
     return DTYPES[req]
 
 
@@ -120,6 +121,37 @@ def auto_memory(pipe, device: str, *, free_bytes: int | None = None) -> list[str
     return ["sequential_cpu_offload", "vae_slicing", "attention_slicing"]
 
 
+def memory_options(policy: str | Sequence[str], device: str) -> list[str] | None:
+    """The options a memory policy names, checked against `device` (None for "auto", decided per pipeline)."""
+    if isinstance(policy, str):
+        if policy == "auto":
+            return None
+        if policy == "none":
+            return []
+        raise SettingsError(f"memory={policy!r}: expected 'auto', 'none' or a list of {', '.join(MEMORY_OPTIONS)}")
+    options = list(policy)
+    unknown = [o for o in options if o not in MEMORY_OPTIONS]
+    if unknown:
+        raise SettingsError(f"memory option(s) {unknown}: expected some of {', '.join(MEMORY_OPTIONS)}")
+    offload = [o for o in options if o.endswith("cpu_offload")]
+    if len(offload) > 1:
+        raise SettingsError(f"memory={options}: choose one of model_cpu_offload / sequential_cpu_offload, not both")
+    if offload and not device.startswith("cuda"):
+        raise SettingsError(f"memory option {offload[0]!r} needs a CUDA device, got device={device!r}; "
+                            "leave memory = 'auto' or list only slicing/tiling options")
+    return options
+
+
+def check_settings(device: str, dtypes: Iterable[str], memory: str | Sequence[str]) -> str:
+    """The device `device` resolves to, after checking that it exists here and that every dtype and the
+    memory policy work on it: a SettingsError before anything is generated rather than during the run."""
+    resolved = pick_device(device)
+    for dtype in sorted(set(dtypes)):
+        pick_dtype(dtype, resolved)
+    memory_options(memory, resolved)
+    return resolved
+
+
 def apply_memory(pipe, policy: str | Sequence[str], device: str) -> list[str]:
     """Apply a memory policy and place the pipeline on `device`; returns the options applied.
 
@@ -127,23 +159,9 @@ def apply_memory(pipe, policy: str | Sequence[str], device: str) -> list[str]:
     a CUDA device and leave placement to their hooks; otherwise the pipeline is
     moved to `device`. Call on a pipeline whose models are still on the CPU.
     """
-    if isinstance(policy, str):
-        if policy == "auto":
-            options = auto_memory(pipe, device)
-        elif policy == "none":
-            options = []
-        else:
-            raise ValueError(f"memory={policy!r}: expected 'auto', 'none' or a list of {', '.join(MEMORY_OPTIONS)}")
-    else:
-        options = list(policy)
-        unknown = [o for o in options if o not in MEMORY_OPTIONS]
-        if unknown:
-            raise ValueError(f"memory option(s) {unknown}: expected some of {', '.join(MEMORY_OPTIONS)}")
-    offload = [o for o in options if o.endswith("cpu_offload")]
-    if len(offload) > 1:
-        raise ValueError(f"memory={options}: choose one of model_cpu_offload / sequential_cpu_offload, not both")
-    if offload and not device.startswith("cuda"):
-        raise ValueError(f"memory option {offload[0]!r} needs a CUDA device, got device={device!r}")
+    options = memory_options(policy, device)
+    if options is None:
+        options = auto_memory(pipe, device)
     if "attention_slicing" in options:
         pipe.enable_attention_slicing()
     if "vae_slicing" in options:

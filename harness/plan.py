@@ -15,7 +15,7 @@ from typing import Callable, Iterable
 from .core import Job, Variant, content_key
 from .expand import compile_template
 from .experiment import Experiment
-from .wildcards import WildcardLibrary, default_search_path
+from .wildcards import WildcardLibrary
 
 NEGATIVE_PREFIX = "negative:"
 
@@ -64,7 +64,7 @@ def group_jobs(jobs: Iterable[Job]) -> dict[tuple, list[Job]]:
 
 def variants_of(exp: Experiment, library: WildcardLibrary | None = None) -> tuple[list[Variant], list[Variant]]:
     """The prompt and negative-prompt variants of an experiment."""
-    library = library or WildcardLibrary(default_search_path(exp.base_dir))
+    library = library or WildcardLibrary(exp.wildcard_path())
     tpl = compile_template(exp.prompt, library=library, origin=exp.prompt_origin)
     if exp.expand == "sample":
         prompts = tpl.sample(exp.sample, random.Random(exp.prompt_seed))

@@ -71,7 +71,7 @@ from .experiment import Experiment, load_experiment
 from .grammar import escape_text
 from .mutate import Resources, literal, mutate, prompt_key
 from .search_config import NOT_IDENTITY, SearchConfig, search_config
-from .wildcards import WildcardLibrary, default_search_path
+from .wildcards import WildcardLibrary
 
 
 class SearchError(RuntimeError):
@@ -263,7 +263,7 @@ def evolve(path: Path | str, *, out: Path | str | None = None, device: str | Non
 
     log = log or (lambda m: print(m, file=sys.stderr, flush=True))
     exp = load_experiment(path)
-    library = WildcardLibrary(default_search_path(exp.base_dir))
+    library = WildcardLibrary(exp.wildcard_path())
     cfg = search_config(exp, library)
     resources = Resources.load(library, cfg.modifiers, template=exp.prompt)
     variants, negatives = variants_of(exp, library)

@@ -9,7 +9,7 @@ from typing import Any, Mapping
 
 from .experiment import Experiment, ExperimentError
 from .mutate import OPERATORS
-from .wildcards import WildcardLibrary, default_search_path
+from .wildcards import WildcardLibrary
 
 SELECTIONS = ("tournament", "top_k")
 DEFAULT_OPERATORS = {"swap": 1.0, "insert": 1.0, "delete": 1.0, "reorder": 0.5, "crossover": 1.0, "reweight": 0.5}
@@ -137,7 +137,7 @@ def search_config(exp: Experiment, library: WildcardLibrary | None = None) -> Se
             bad("modifiers", modifiers, "a list of wildcard list names such as \"mediums\"")
             modifiers = None
         else:
-            library = library or WildcardLibrary(default_search_path(exp.base_dir))
+            library = library or WildcardLibrary(exp.wildcard_path())
             for name in modifiers:
                 if library.get(name) is None:
                     close = difflib.get_close_matches(name, library.names(), n=1, cutoff=0.5)

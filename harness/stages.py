@@ -16,15 +16,13 @@ import math
 from collections import defaultdict
 
 from .core import Job, Variant
-from .experiment import Experiment, Stage
+from .experiment import PARENT_TOKEN, Experiment, Stage
 from .expand import compile_template
 from .grammar import escape_text
 from .images import init_hash
 from .ledger import Ledger
 from .plan import NEGATIVE_PREFIX, jobs_for, variant_of
-from .wildcards import WildcardLibrary, default_search_path
-
-PARENT_TOKEN = "__parent__"
+from .wildcards import WildcardLibrary
 
 
 def select_parents(stage: Stage, parents: list[Job], ledger: Ledger) -> list[Job]:
@@ -51,7 +49,7 @@ def select_parents(stage: Stage, parents: list[Job], ledger: Ledger) -> list[Job
 def stage_jobs(exp: Experiment, stage: Stage, ledger: Ledger, refs: dict,
                library: WildcardLibrary | None = None) -> list[Job]:
     """Jobs of one stage, from the done images of its source stage."""
-    library = library or WildcardLibrary(default_search_path(exp.base_dir))
+    library = library or WildcardLibrary(exp.wildcard_path())
     parents = [j for j in ledger.done_jobs() if j.meta.get("stage", "main") == stage.source]
     parents = select_parents(stage, sorted(parents, key=lambda j: j.key), ledger)
     negative = exp.negative_prompt if stage.negative_prompt is None else stage.negative_prompt

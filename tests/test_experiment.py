@@ -74,11 +74,53 @@ def test_demo_experiment_loads_and_plans():
      "key 'metrics[0]': 'clip_score:model=tiny,bogus=1': metric 'clip_score' has no option(s) 'bogus'"),
     ('prompt = "a"\n[[stages]]\nname = "up"\nfrom = "main"\nprompt = "b"\ntop_k = 1\nmetric = "nosuch"',
      "key 'stages[0].metric': 'nosuch': unknown metric 'nosuch'"),
+    ('prompt = "a"\ncheckpoint = "tiny"', "key 'checkpoint': got 'tiny', expected tables of per-checkpoint overrides"),
+    ('prompt = "a"\nmode = "img2img"\ninit_images = "nope/*.png"\nstrengths = [0.1]\nsteps = 3',
+     "key 'strengths': strength 0.1 with steps = 3 runs int(0.1 * 3) = 0 denoising steps; img2img needs "
+     "strength * steps >= 1 (steps >= 10 at this strength, or strength >= 0.333)"),
+    ('prompt = "a"\nsteps = 20\n[[stages]]\nprompt = "__parent__, b"\nstrengths = [0.04]',
+     "key 'stages[0].strengths': strength 0.04 with steps = 20 runs int(0.04 * 20) = 0"),
+    ('prompt = "a"\n[[stages]]\nprompt = "__parent__"\nseeds = [1, 1]', "key 'stages[0].seeds': got [1, 1]"),
+    ('prompt = "a"\nseeds = { count = 1, start = 9223372036854775808 }',
+     "key 'seeds.start': got 9223372036854775808, expected start + count <= 2**63"),
+    ('prompt = "a"\nstrengths = [0.3]', "key 'strengths': set but mode has no 'img2img'"),
 ])
 def test_validation_names_key_value_and_expectation(tmp_path, text, expected):
     found, message = problems(tmp_path, text)
     assert any(expected in p for p in found), found
     assert str(tmp_path / "exp.toml") in message
+
+
+def test_a_bad_value_is_reported_once_not_also_as_missing(tmp_path):
+    for text, key in (('prompt = "a"\nexpand = "sample"\nsample = 0', "'sample'"),
+                      ('prompt = "a"\nseeds = { count = 0 }', "'seeds.count'")):
+        found, _ = problems(tmp_path, text)
+        assert len([p for p in found if key in p]) == 1 and "missing" not in " ".join(found), found
+
+
+def test_stage_templates_are_checked_when_the_experiment_loads_at_their_own_position(tmp_path):
+    text = 'prompt = "a"\n[[stages]]\nprompt = "__parent__, {sharp focus|highly detailed"\n'
+    found, _ = problems(tmp_path, text)
+    (problem,) = [p for p in found if "stages[0].prompt" in p]
+    assert "template error at line 1, column 13" in problem and "unbalanced" in problem
+    assert "__parent__, {sharp focus" in problem  # the stage's own text, not a parent's prompt
+
+
+def test_an_inline_prompt_error_found_when_planning_says_it_is_in_the_prompt(tmp_path):
+    from harness.grammar import GrammarError
+
+    exp = load_experiment(write(tmp_path, 'name = "x"\nseeds = [1]\n\nprompt = "a cat, __nosuch__"'))
+    with pytest.raises(GrammarError) as err:
+        make_plan(exp, resolve=fake_resolve)
+    assert f"{tmp_path / 'exp.toml'} (prompt):1:8" in str(err.value)
+
+
+def test_wildcards_next_to_a_template_file_in_another_folder(tmp_path):
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / "tpl.txt").write_text("a __w__\n")
+    (tmp_path / "t" / "w.txt").write_text("cat\ndog\n")
+    exp = load_experiment(write(tmp_path, 'prompt = "@t/tpl.txt"'))
+    assert sorted(j.prompt for j in make_plan(exp, resolve=fake_resolve).jobs) == ["a cat", "a dog"]
 
 
 def test_all_problems_are_reported_at_once(tmp_path):

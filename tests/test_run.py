@@ -149,6 +149,30 @@ def test_an_ablation_of_an_edited_experiment_leaves_out_the_earlier_main_images(
         assert ledger.planned_keys() == {j.key for j in edited.jobs}
 
 
+def test_settings_this_machine_cannot_honour_fail_before_the_run_folder_exists(tmp_path):
+    cases = [(SMALL + 'device = "cpu"\ndtype = "fp16"\n', [], "dtype='fp16' on device 'cpu'"),
+             (SMALL + 'device = "cpu"\nmemory = ["model_cpu_offload"]\n', [], "needs a CUDA device"),
+             (SMALL, ["--device", "tpu"], "device='tpu': expected 'auto', 'cpu'")]
+    for i, (text, args, expected) in enumerate(cases):
+        exp = experiment(tmp_path, text, name=f"e{i}.toml")
+        r = subprocess.run([sys.executable, "-m", "harness", "run", str(exp), "--out", str(tmp_path / f"run{i}"), *args],
+                           capture_output=True, text=True, cwd=ROOT)
+        assert r.returncode == 2 and expected in r.stderr and "Traceback" not in r.stderr, r.stderr
+        assert not (tmp_path / f"run{i}").exists()
+
+
+def test_a_run_folder_in_use_or_a_file_in_its_place_is_a_clean_error(tmp_path):
+    exp = experiment(tmp_path)
+    (tmp_path / "file").write_text("x")
+    r = subprocess.run([sys.executable, "-m", "harness", "run", str(exp), "--out", str(tmp_path / "file")],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 2 and "file" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    with Ledger.open(tmp_path / "busy"):
+        r = subprocess.run([sys.executable, "-m", "harness", "run", str(exp), "--out", str(tmp_path / "busy")],
+                           capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 2 and "open for writing by another process" in r.stderr and "Traceback" not in r.stderr
+
+
 def test_same_job_gives_identical_pixels_and_batch_within_one_level(tmp_path):
     exp = experiment(tmp_path)
     run_experiment(exp, out=tmp_path / "a", progress=False)
