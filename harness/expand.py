@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 from typing import Iterator
 
 from .core import Variant
-from .grammar import Alt, GrammarError, Option, Seq, Text, parse, render
+from .grammar import Alt, GrammarError, Option, Seq, Text, Wildcard, parse
 from .wildcards import WildcardLibrary
 
 DEFAULT_JOINER = ","
@@ -96,15 +96,28 @@ def resolve(node, library: WildcardLibrary, stack: tuple[str, ...] = ()):
 
 
 def auto_name(alt: Alt) -> str:
-    """A readable name from the alternation's own content, so it stays the same
-    when unrelated parts of the template change: `red|green`, `artists`."""
+    """A readable name from the alternation's own content as written, so it stays the same
+    when unrelated parts of the template change: `red|green`, `artists`, `, by __artists__|`.
+    Literal text appears unescaped and a wildcard as `__path__`, never its file's lines."""
     if alt.wildcard:
         return alt.wildcard
-    name = "|".join(re.sub(r"\s+", " ", render(o.body)).strip() for o in alt.options)
+    name = "|".join(re.sub(r"\s+", " ", _name_text(o.body)).strip() for o in alt.options)
     if len(name) > _NAME_MAX:
         import hashlib
         name = name[: _NAME_MAX - 9] + "~" + hashlib.sha256(name.encode()).hexdigest()[:8]
     return name
+
+
+def _name_text(node) -> str:
+    if isinstance(node, Seq):
+        return "".join(_name_text(p) for p in node.parts)
+    if isinstance(node, Text):
+        return node.value
+    if isinstance(node, Wildcard) or node.wildcard:
+        return f"__{node.path if isinstance(node, Wildcard) else node.wildcard}__"
+    if node.slash:
+        return "/".join(_name_text(o.body) for o in node.options)
+    return "{" + "|".join(_name_text(o.body) for o in node.options) + "}"
 
 
 def assign_names(tree: Seq) -> Seq:
@@ -399,9 +412,29 @@ def sample(tree, n: int, rng: random.Random, *, replace: bool = False) -> list[V
     """`n` prompts drawn with the option weights. Without replacement the
     prompts are distinct: each draw is from the weighted distribution restricted
     to prompts not drawn yet (rejection first; exact enumeration if that stalls).
+    A prompt that several choices spell the same way carries the factors `expand`
+    gives it (its first spelling in template order), whichever was drawn.
     """
     if n < 0:
         raise ValueError(f"sample size must be >= 0, got {n}")
+    return _as_expanded(tree, _sample(tree, n, rng, replace))
+
+
+def _as_expanded(tree, drawn: list[Variant]) -> list[Variant]:
+    n, exact = count_info(tree)
+    if (exact and n == raw_count(tree)) or raw_count(tree) > _ENUMERATE_FALLBACK:
+        return drawn  # every prompt has one spelling (or too many to enumerate)
+    wanted = {v.prompt for v in drawn}
+    first: dict[str, dict] = {}
+    for text, factors, _ in _iter(tree):
+        if text in wanted and text not in first:
+            first[text] = dict(factors)
+            if len(first) == len(wanted):
+                break
+    return [Variant(v.prompt, first.get(v.prompt, v.factors)) for v in drawn]
+
+
+def _sample(tree, n: int, rng: random.Random, replace: bool) -> list[Variant]:
     if replace:
         return [Variant(t, dict(f)) for t, f in (_draw(tree, rng) for _ in range(n))]
     total, exact = count_info(tree)

@@ -105,6 +105,19 @@ def test_automatic_names_stable_when_unrelated_text_changes():
     assert "red|green" in a and "red|green" in b
 
 
+def test_automatic_names_show_text_as_written_and_wildcards_by_path(tmp_path):
+    from harness.wildcards import WildcardLibrary
+
+    assert compile_template(r"{oil\_painting|watercolor} {1\/2 cup|cup} {\$5 bill|coin}").factors == [
+        "oil_painting|watercolor", "1/2 cup|cup", "$5 bill|coin"]
+    (tmp_path / "artists.txt").write_text("greg rutkowski\nalphonse mucha\n")
+    lib = WildcardLibrary([tmp_path])
+    before = compile_template("a cat{, by __artists__|}", library=lib).factors
+    (tmp_path / "artists.txt").write_text("greg rutkowski\nalphonse mucha\nclaude monet\n")
+    after = compile_template("a cat{, by __artists__|}", library=lib).factors
+    assert before == after == [", by __artists__|", "artists"]
+
+
 def test_repeated_automatic_names_get_suffix():
     assert compile_template("{a|b} {a|b}").factors == ["a|b", "a|b#2"]
 

@@ -71,10 +71,22 @@ def test_sampling_is_deterministic_for_a_seed(tree, seed):
 
 @SETTINGS
 @given(templates, st.integers(0, 2**32))
-def test_samples_are_among_the_expansions(tree, seed):
+def test_samples_are_among_the_expansions_with_the_same_factors(tree, seed):
+    """A sampled prompt carries the factors `expand` gives it, even when several choices spell it."""
     t = compile_template(render(tree))
-    allp = {v.prompt for v in t.expand()}
-    assert {v.prompt for v in sample(t.tree, 5, random.Random(seed), replace=True)} <= allp
+    expanded = {v.prompt: v.factors for v in t.expand()}
+    for v in sample(t.tree, 5, random.Random(seed), replace=True):
+        assert expanded[v.prompt] == v.factors
+    for v in sample(t.tree, min(3, len(expanded)), random.Random(seed)):
+        assert expanded[v.prompt] == v.factors
+
+
+def test_an_ambiguous_prompt_is_labelled_alike_by_every_sampling_seed():
+    t = compile_template("{a|}{|a}")
+    expected = {v.prompt: v.factors for v in t.expand()}
+    assert expected["a"] == {"a|": "a", "|a": ""}
+    for seed in range(8):
+        assert all(v.factors == expected[v.prompt] for v in t.sample(3, random.Random(seed)))
 
 
 @SETTINGS
