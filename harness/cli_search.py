@@ -33,6 +33,38 @@ def parse_ops(text: Optional[str]) -> Optional[dict[str, float]]:
     return weights
 
 
+def check_ops(text: Optional[str], partnered: bool) -> Optional[dict[str, float]]:
+    """`parse_ops`, then the operators must be known, their rates valid, and crossover needs --partner."""
+    from . import mutate as mu
+
+    weights = parse_ops(text)
+    try:
+        usable = mu.operator_weights(weights)
+    except ValueError as e:
+        raise ValueError(f"--ops {text!r}: {e}") from None
+    if not partnered and all(mu.OPERATORS[name].needs_partner for name in usable):
+        raise ValueError(f"--ops {text!r}: {', '.join(usable)} needs a second prompt; give one with "
+                         "--partner PROMPT, or add an operator that needs none (e.g. swap,delete)")
+    return weights
+
+
+def check_partner(arg: str, text: str) -> str:
+    """A --partner must be a valid template; the grammar's error says where it is not."""
+    from .grammar import GrammarError, parse
+
+    try:
+        parse(text, origin="<partner>")
+    except GrammarError as e:
+        fail(f"--partner {arg!r}: expected a valid template: {e}")
+    return text
+
+
+def no_mutant(text: str, ops: Optional[str]) -> str:
+    which = f"no operator in --ops {ops!r}" if ops else "no operator"
+    return (f"{which} could change the prompt {text!r}; try other --ops, more --lists, or a --template "
+            "whose factors swap can exchange")
+
+
 @app.command()
 def mutate(
     prompt: str = typer.Argument(..., help="Prompt or template text, or @path to a file holding it."),
@@ -69,14 +101,17 @@ def mutate(
         if leave_one_out:
             result = mu.leave_one_out(text)
         else:
+            weights = check_ops(ops, partnered=bool(partner))
+            partners = [check_partner(p, read(p)) for p in partner]
             resources = mu.Resources.load(library, lists.split(",") if lists else None,
                                           template=read(template) if template else None)
-            result = mu.mutants(text, n, random.Random(seed), resources, operators=parse_ops(ops),
-                                partners=[read(p) for p in partner])
+            result = mu.mutants(text, n, random.Random(seed), resources, operators=weights, partners=partners)
     except GrammarError as e:
         fail(str(e))
     except ValueError as e:
         fail(f"error: {e}")
+    if not leave_one_out and n > 0 and not result:
+        fail(no_mutant(text, ops), code=1)
     for m in result:
         if fmt is MutateFmt.jsonl:
             sys.stdout.write(json.dumps(m.to_dict(), ensure_ascii=False) + "\n")

@@ -27,7 +27,7 @@ ESCAPABLE = set("{}|/_\\$:@")
 
 _WEIGHT_HEAD = re.compile(r"\s*([-+]?[0-9.][0-9.eE+\-]*)\s*::")
 _NAME_HEAD = re.compile(r"\s*@([A-Za-z_][\w\-.]*)\s*: ?")
-_BAD_NAME_HEAD = re.compile(r"\s*@([^\s:|{}]*)\s*:")
+_AT_HEAD = re.compile(r"\s*@([^:|{}]*)")  # an alternation that starts with '@' names its factor
 _K_HEAD = re.compile(r"\s*(\d+)(?:\s*-\s*(\d+))?\s*\$\$")
 _WILDCARD = re.compile(r"__([A-Za-z0-9][\w\-./]*?)__")
 _WORD = r"\w(?:[\w\-'.]*\w)?"
@@ -194,10 +194,11 @@ class _Parser:
         if m := _NAME_HEAD.match(text, self.i):
             name = m.group(1)
             self.i = m.end()
-        elif (m := _BAD_NAME_HEAD.match(text, self.i)) and m.group(1):
-            raise GrammarError(f"bad factor name '@{m.group(1)}': expected letters, digits, '_', '-' or '.' "
-                               "starting with a letter or '_'", self.loc(m.start(1) - 1),
-                               length=len(m.group(1)) + 1)
+        elif m := _AT_HEAD.match(text, self.i):
+            raise GrammarError(f"bad factor name '@{m.group(1).rstrip()}': expected {{@name: a|b}} with a name of "
+                               "letters, digits, '_', '-' or '.' starting with a letter or '_', then ':' "
+                               "(write \\@ for a literal '@')", self.loc(m.start(1) - 1),
+                               length=max(1, len(m.group(1).rstrip()) + 1))
         k = joiner = None
         if m := _K_HEAD.match(text, self.i):
             lo = int(m.group(1))
@@ -304,7 +305,7 @@ def escape_text(value: str, *, option_start: bool = False) -> str:
     """
     out = re.sub(r"([{}|/_\\$])", r"\\\1", value)
     if option_start:
-        for head, char in ((_NAME_HEAD, "@"), (_BAD_NAME_HEAD, "@"), (_WEIGHT_HEAD, ":")):
+        for head, char in ((_AT_HEAD, "@"), (_WEIGHT_HEAD, ":")):
             if head.match(out):
                 at = out.index(char)
                 out = out[:at] + "\\" + out[at:]

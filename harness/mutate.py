@@ -471,13 +471,30 @@ def apply(name: str, prompt: str, rng: random.Random, resources: Resources | Wil
     return op.fn(prompt, rng, resources)
 
 
-def _weights(operators: Mapping[str, float] | Sequence[str] | None) -> dict[str, float]:
+def operator_weights(operators: Mapping[str, float] | Sequence[str] | None, *,
+             partnered: bool = True) -> dict[str, float]:
+    """The operators that can be drawn, with their rates: names must be known,
+    rates finite numbers >= 0 with at least one > 0. Without partners
+    (`partnered=False`) operators that need one are left out; at least one
+    operator must remain."""
     if operators is None:
         operators = list(OPERATORS)
     weights = dict(operators) if isinstance(operators, Mapping) else {name: 1.0 for name in operators}
-    for name in weights:
+    for name, w in weights.items():
         get_operator(name)
-    return {n: float(w) for n, w in weights.items() if w > 0}
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w < float("inf"):
+            raise ValueError(f"operator {name!r} has rate {w!r}; rates must be finite numbers >= 0, "
+                             "with at least one > 0")
+    positive = {n: float(w) for n, w in weights.items() if w > 0}
+    if not positive:
+        rates = ", ".join(f"{n}={w:g}" for n, w in weights.items()) or "none given"
+        raise ValueError(f"no operator has a rate > 0 ({rates}); rates must be finite numbers >= 0, "
+                         "with at least one > 0")
+    usable = {n: w for n, w in positive.items() if partnered or not OPERATORS[n].needs_partner}
+    if not usable:
+        raise ValueError(f"operator(s) {', '.join(positive)} need a partner prompt and no partner was given; "
+                         "give a partner or add an operator that needs none")
+    return usable
 
 
 def mutate(prompt: str, rng: random.Random, resources: Resources | WildcardLibrary | None = None, *,
@@ -485,11 +502,11 @@ def mutate(prompt: str, rng: random.Random, resources: Resources | WildcardLibra
            partners: Sequence[str] = ()) -> Mutant | None:
     """One mutant from an operator drawn with the given weights (all equally by
     default). Operators that do not apply are set aside and another is drawn;
-    None when none applies. Crossover draws its partner from `partners`."""
+    None when none applies. Crossover draws its partner from `partners`.
+    Raises ValueError for unknown operators, bad rates, or only operators that
+    need a partner and no partners."""
     resources = as_resources(resources)
-    weights = _weights(operators)
-    if not partners:
-        weights = {n: w for n, w in weights.items() if not OPERATORS[n].needs_partner}
+    weights = operator_weights(operators, partnered=bool(partners))
     while weights:
         names = list(weights)
         name = rng.choices(names, weights=[weights[n] for n in names])[0]
@@ -505,11 +522,14 @@ def mutants(prompt: str, n: int, rng: random.Random, resources: Resources | Wild
             operators: Mapping[str, float] | Sequence[str] | None = None,
             partners: Sequence[str] = (), attempts: int = 20) -> list[Mutant]:
     """Up to `n` distinct mutants that differ from the (normalised) prompt;
-    fewer only when `attempts * n` draws cannot find more."""
+    fewer only when `attempts * n` draws cannot find more. Operators, rates and
+    partners (each must parse as a template) are checked before any work."""
     if n < 0:
         raise ValueError(f"number of mutants must be >= 0, got {n}")
     resources = as_resources(resources)
-    _weights(operators)  # unknown names fail before any work
+    operator_weights(operators, partnered=bool(partners))
+    for partner in partners:
+        parse(partner, origin="<partner>")
     seen = {normalise(prompt)}
     out: list[Mutant] = []
     for _ in range(attempts * n):

@@ -118,6 +118,17 @@ def test_automatic_names_show_text_as_written_and_wildcards_by_path(tmp_path):
     assert before == after == [", by __artists__|", "artists"]
 
 
+@pytest.mark.parametrize("template", ["{@my color: red|blue} car", "{@color red|blue} car", "{@: a|b}"])
+def test_a_malformed_factor_name_is_an_error_not_prompt_text(template):
+    with pytest.raises(GrammarError, match="bad factor name") as err:
+        compile_template(template)
+    assert err.value.column == 2 and r"write \@ for a literal" in str(err.value)
+
+
+def test_an_escaped_at_sign_starts_an_option_literally():
+    assert [v.prompt for v in compile_template(r"{\@handle|name} x").expand()] == ["@handle x", "name x"]
+
+
 def test_repeated_automatic_names_get_suffix():
     assert compile_template("{a|b} {a|b}").factors == ["a|b", "a|b#2"]
 

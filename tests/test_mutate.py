@@ -254,3 +254,52 @@ def test_mutate_cli_prints_n_mutants_with_lineage():
 def test_mutate_cli_unknown_operator_exits_2():
     r = harness("mutate", PROMPT, "--ops", "swap,shuffle")
     assert r.returncode == 2 and "unknown mutation operator 'shuffle'" in r.stderr
+
+
+@pytest.mark.parametrize("weights, message", [
+    ({"swap": -1, "delete": 1}, "operator 'swap' has rate -1"),
+    ({"swap": float("nan")}, "operator 'swap' has rate nan"),
+    ({"swap": float("inf")}, "operator 'swap' has rate inf"),
+    ({"swap": "2"}, "operator 'swap' has rate '2'"),
+    ({"swap": 0, "delete": 0.0}, r"no operator has a rate > 0 \(swap=0, delete=0\)"),
+    ({}, "no operator has a rate > 0"),
+])
+def test_mutants_refuse_bad_rates(weights, message):
+    with pytest.raises(ValueError, match=f"{message}.*rates must be finite numbers >= 0, with at least one > 0"):
+        mu.mutants(PROMPT, 3, random.Random(0), RESOURCES, operators=weights)
+    with pytest.raises(ValueError, match=message):
+        mu.mutate(PROMPT, random.Random(0), RESOURCES, operators=weights)
+
+
+def test_mutants_with_only_crossover_need_a_partner_and_partners_must_parse():
+    with pytest.raises(ValueError, match="crossover need a partner prompt"):
+        mu.mutants(PROMPT, 3, random.Random(0), RESOURCES, operators=["crossover"])
+    with pytest.raises(ValueError, match="crossover need a partner prompt"):
+        mu.mutate(PROMPT, random.Random(0), RESOURCES, operators={"crossover": 1, "swap": 0})
+    with pytest.raises(ValueError, match=r"<partner>:1:1: unbalanced '\{'"):
+        mu.mutants(PROMPT, 3, random.Random(0), RESOURCES, operators=["crossover"], partners=["{a|b"])
+    assert mu.mutants(PROMPT, 0, random.Random(0), RESOURCES, operators=["crossover", "swap"]) == []
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--ops", "crossover"], ["--ops 'crossover'", "--partner"]),
+    (["--ops", "swap=0"], ["--ops 'swap=0'", "rate > 0", "finite numbers >= 0"]),
+    (["--ops", "swap=nan"], ["--ops 'swap=nan'", "rate nan", "finite numbers >= 0"]),
+    (["--ops", "swap=-1,delete"], ["--ops 'swap=-1,delete'", "rate -1", "finite numbers >= 0"]),
+    (["--ops", "crossover", "--partner", "{a|b"], ["--partner '{a|b'", "valid template", "1:1:", "unbalanced"]),
+    (["--partner", "{a|b"], ["--partner '{a|b'", "valid template", "1:1:", "unbalanced"]),
+])
+def test_mutate_cli_refuses_operators_that_cannot_run(args, words):
+    r = harness("mutate", PROMPT, "-n", "3", *args)
+    assert r.returncode == 2 and r.stdout == "", (r.returncode, r.stdout, r.stderr)
+    for word in words:
+        assert word in r.stderr, r.stderr
+
+
+def test_mutate_cli_says_when_no_operator_changes_the_prompt():
+    r = harness("mutate", "a castle", "-n", "3", "--ops", "delete")
+    assert r.returncode == 1 and r.stdout == ""
+    assert "no operator in --ops 'delete' could change the prompt 'a castle'" in r.stderr
+    ok = harness("mutate", "a castle", "-n", "2", "--ops", "crossover", "--partner", "a dog, 8k", "--format", "jsonl")
+    assert ok.returncode == 0, ok.stderr
+    assert [json.loads(line)["operator"] for line in ok.stdout.splitlines()] == ["crossover", "crossover"]
