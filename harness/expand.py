@@ -442,7 +442,7 @@ def _sample(tree, n: int, rng: random.Random, replace: bool) -> list[Variant]:
         raise ValueError("the template has no expansions (a choose-k cannot pick distinct texts)")
     if exact and n > total:
         raise ValueError(f"cannot sample {n} distinct prompts: the template has only {total}; "
-                         "use --with-replacement or a smaller --sample")
+                         "sample fewer, or with replacement")
     out: list[Variant] = []
     seen: set[str] = set()
     attempts, budget = 0, 200 * n + 1000

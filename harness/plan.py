@@ -14,7 +14,7 @@ from typing import Callable, Iterable
 
 from .core import Job, Variant, content_key
 from .expand import compile_template
-from .experiment import Experiment
+from .experiment import Experiment, ExperimentError
 from .wildcards import WildcardLibrary
 
 NEGATIVE_PREFIX = "negative:"
@@ -67,7 +67,11 @@ def variants_of(exp: Experiment, library: WildcardLibrary | None = None) -> tupl
     library = library or WildcardLibrary(exp.wildcard_path())
     tpl = compile_template(exp.prompt, library=library, origin=exp.prompt_origin)
     if exp.expand == "sample":
-        prompts = tpl.sample(exp.sample, random.Random(exp.prompt_seed))
+        try:
+            prompts = tpl.sample(exp.sample, random.Random(exp.prompt_seed))
+        except ValueError as e:
+            raise ExperimentError(exp.path, [f"key 'sample': {exp.sample}: {e} (lower sample, or set "
+                                             "expand = \"all\")"]) from None
     else:
         prompts = list(tpl.expand())
     if exp.negative_prompt.strip():

@@ -12,9 +12,11 @@ works without a display.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import re
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +26,8 @@ from .columns import flag, level_label, resolve_dim, resolve_metric, resolve_met
 from .stats import t_interval
 
 PLOTS_DIR = "plots"
+SLUG_MAX = 60  # characters of readable name per part of a plot file name
+LABEL_MAX = 120  # characters of a metric id shown in a title or axis label
 
 
 def _usable(table: pd.DataFrame, metric: str) -> pd.DataFrame:
@@ -58,6 +62,37 @@ def _figure(width: float, height: float):
     return Figure(figsize=(width, height), layout="constrained")
 
 
+def _digest(text: str) -> str:
+    """A short hash of `text`, the same in every run."""
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()[:8]
+
+
+def metric_label(column: str, limit: int = LABEL_MAX) -> str:
+    """The full metric id without 'm.'; past `limit` characters its middle is cut and its hash added."""
+    text = column[2:] if column.startswith("m.") else column
+    if len(text) <= limit:
+        return text
+    tag = f" #{_digest(text)}"
+    keep = max(limit - len(tag) - 1, 2)
+    head = keep - keep // 3
+    return f"{text[:head]}…{text[len(text) - (keep - head):]}{tag}"
+
+
+def _wrap(text: str, width: int) -> str:
+    """`text` in lines of at most `width` characters, shown literally (no mathtext)."""
+    lines = "\n".join(textwrap.wrap(text, width=max(width, 10), break_on_hyphens=False)) or text
+    return lines.replace("$", "\\$")
+
+
+def _height(title: str) -> float:
+    """Figure height in inches: room for a plot plus every line of its title."""
+    return 3.2 + 0.17 * title.count("\n")
+
+
+def _factor_name(column: str) -> str:
+    return column[2:] if column.startswith("f.") else column
+
+
 def level_stats(table: pd.DataFrame, factor: str, metric: str) -> pd.DataFrame:
     """Per level of `factor`: n, mean, ci_low, ci_high of `metric` over healthy, scored images."""
     fcol, mcol = resolve_dim(table, factor, "factor"), resolve_metric(table, metric)
@@ -72,13 +107,16 @@ def level_stats(table: pd.DataFrame, factor: str, metric: str) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["level", "n", "mean", "ci_low", "ci_high"])
 
 
-def metric_by_level(table: pd.DataFrame, factor: str, metric: str, out: Path) -> Path:
-    """Mean and 95 % CI of `metric` per level of `factor` (healthy, scored images only)."""
+def level_figure(table: pd.DataFrame, factor: str, metric: str):
+    """The figure :func:`metric_by_level` saves: mean and 95 % CI of `metric` per level of `factor`."""
     fcol, mcol = resolve_dim(table, factor, "factor"), resolve_metric(table, metric)
     stats = level_stats(table, fcol, mcol)
     if stats.empty:
-        raise ValueError(f"metric_by_level: no healthy image has a {short_metric(mcol)} score; nothing to plot")
-    fig = _figure(max(3.6, 0.9 * len(stats) + 1.8), 3.2)
+        raise ValueError(f"metric_by_level: no healthy image has a {metric_label(mcol)} score; nothing to plot")
+    name = _factor_name(fcol)
+    width = max(3.6, 0.9 * len(stats) + 1.8)
+    title = _wrap(f"{metric_label(mcol)} by {name} (mean, 95% CI)", int(width * 9))
+    fig = _figure(width, _height(title))
     ax = fig.subplots()
     x = np.arange(len(stats))
     means = stats["mean"].to_numpy()
@@ -87,13 +125,17 @@ def metric_by_level(table: pd.DataFrame, factor: str, metric: str, out: Path) ->
     ax.errorbar(x, means, yerr=[below, above], fmt="o", color="#2f5dbd", ecolor="#2f5dbd", capsize=4,
                 markersize=6)
     ax.set_xticks(x, [f"{lv}\nn={n}" for lv, n in zip(stats["level"], stats["n"])])
-    name = fcol[2:] if fcol.startswith("f.") else fcol
     ax.set_xlabel(name)
-    ax.set_ylabel(short_metric(mcol))
-    ax.set_title(f"{short_metric(mcol)} by {name} (mean, 95% CI)", fontsize=10)
+    ax.set_ylabel(_wrap(metric_label(mcol, 60), 30), fontsize=9)
+    ax.set_title(title, fontsize=10)
     ax.grid(axis="y", alpha=0.3)
     ax.set_xlim(-0.6, len(stats) - 0.4)
-    return _save(fig, out)
+    return fig
+
+
+def metric_by_level(table: pd.DataFrame, factor: str, metric: str, out: Path) -> Path:
+    """Mean and 95 % CI of `metric` per level of `factor` (healthy, scored images only)."""
+    return _save(level_figure(table, factor, metric), out)
 
 
 def _img2img(table: pd.DataFrame) -> pd.DataFrame:
@@ -106,11 +148,8 @@ def _img2img(table: pd.DataFrame) -> pd.DataFrame:
     return table[mask].assign(strength=strength[mask])
 
 
-def strength_curves(table: pd.DataFrame, metrics: list[str], out: Path) -> Path | None:
-    """img2img strength on x, mean and 95 % CI of each metric (one panel each, a line per checkpoint).
-
-    None when the table has no img2img rows or none of them has a healthy score.
-    """
+def strength_figure(table: pd.DataFrame, metrics: list[str]):
+    """The figure :func:`strength_curves` saves, or None when there is nothing to draw."""
     rows = _img2img(table)
     if rows.empty:
         return None
@@ -120,33 +159,64 @@ def strength_curves(table: pd.DataFrame, metrics: list[str], out: Path) -> Path 
     if not panels:
         return None
     groups = sorted_levels(rows["checkpoint"]) if "checkpoint" in rows.columns else [None]
-    fig = _figure(4.2 * len(panels), 3.2)
+    titles = [_wrap(f"{metric_label(c)} by img2img strength", 42) for c, _ in panels]
+    fig = _figure(4.2 * len(panels), max(_height(t) for t in titles))
     axes = np.atleast_1d(fig.subplots(1, len(panels), squeeze=False)[0])
-    for ax, (col, data) in zip(axes, panels):
-        for group in groups:
-            part = data if group is None else data[data["checkpoint"] == group]
-            xs = sorted(part["strength"].unique())
-            if not xs:
-                continue
-            stats = [_mean_ci(part.loc[part["strength"] == s, "_v"].to_numpy()) for s in xs]
-            means = np.array([s[0] for s in stats])
-            lo = np.array([s[1] for s in stats])
-            hi = np.array([s[2] for s in stats])
-            line, = ax.plot(xs, means, marker="o", label=None if group is None else str(group))
-            ok = ~np.isnan(lo)
-            if ok.any():
-                ax.fill_between(np.array(xs)[ok], lo[ok], hi[ok], alpha=0.2, color=line.get_color(), linewidth=0)
+    for ax, (col, data), title in zip(axes, panels, titles):
+        _strength_panel(ax, data, groups)
         ax.set_xlabel("strength")
-        ax.set_ylabel(short_metric(col))
-        ax.set_title(f"{short_metric(col)} by img2img strength", fontsize=10)
+        ax.set_ylabel(_wrap(metric_label(col, 60), 30), fontsize=9)
+        ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
         if len(groups) > 1:
             ax.legend(fontsize=8, title="checkpoint", title_fontsize=8)
-    return _save(fig, out)
+    return fig
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "x"
+def _strength_panel(ax, data: pd.DataFrame, groups: list) -> None:
+    for group in groups:
+        part = data if group is None else data[data["checkpoint"] == group]
+        xs = sorted(part["strength"].unique())
+        if not xs:
+            continue
+        stats = [_mean_ci(part.loc[part["strength"] == s, "_v"].to_numpy()) for s in xs]
+        means = np.array([s[0] for s in stats])
+        lo = np.array([s[1] for s in stats])
+        hi = np.array([s[2] for s in stats])
+        line, = ax.plot(xs, means, marker="o", label=None if group is None else str(group))
+        ok = ~np.isnan(lo)
+        if ok.any():
+            ax.fill_between(np.array(xs)[ok], lo[ok], hi[ok], alpha=0.2, color=line.get_color(), linewidth=0)
+
+
+def strength_curves(table: pd.DataFrame, metrics: list[str], out: Path) -> Path | None:
+    """img2img strength on x, mean and 95 % CI of each metric (one panel each, a line per checkpoint).
+
+    None when the table has no img2img rows or none of them has a healthy score.
+    """
+    fig = strength_figure(table, metrics)
+    return None if fig is None else _save(fig, out)
+
+
+def _slug(text: str, limit: int = SLUG_MAX) -> str:
+    """`text` when it is a short, plain ASCII name; else a readable ASCII cut of it plus its hash."""
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._-")
+    if slug == text and len(slug) <= limit:
+        return slug
+    return f"{slug[:limit].rstrip('._-') or 'x'}-{_digest(text)}"
+
+
+def plot_names(metrics: list[str], factors: list[str]) -> dict[tuple[str, str], str]:
+    """A PNG file name per (metric, factor): ASCII, bounded in length, distinct even on case-blind disks."""
+    slugs = {m: _slug(short_metric(m)) for m in metrics}
+    if len({s.casefold() for s in slugs.values()}) < len(slugs):  # two configurations of one metric
+        slugs = {m: _slug(m[2:]) for m in metrics}
+    names = {(m, f): f"{slugs[m]}__by__{_slug(_factor_name(f))}" for m in metrics for f in factors}
+    seen: dict[str, int] = {}
+    for name in names.values():
+        seen[name.casefold()] = seen.get(name.casefold(), 0) + 1
+    return {key: (f"{name}-{_digest(repr(key))}" if seen[name.casefold()] > 1 else name) + ".png"
+            for key, name in names.items()}
 
 
 def plot_metrics(table: pd.DataFrame) -> list[str]:
@@ -166,15 +236,12 @@ def plots_for(table: pd.DataFrame, run_dir: Path) -> list[Path]:
     factors = [f for f in factors if table[f].nunique(dropna=False) > 1]
     out: list[Path] = []
     folder = run_dir / PLOTS_DIR
-    slugs = {m: _slug(short_metric(m)) for m in metrics}
-    if len(set(slugs.values())) < len(slugs):  # two configurations of one metric: use full ids
-        slugs = {m: _slug(m[2:]) for m in metrics}
+    names = plot_names(metrics, factors)
     for metric in metrics:
         if _usable(table, metric).empty:
             continue
         for factor in factors:
-            name = factor[2:] if factor.startswith("f.") else factor
-            out.append(metric_by_level(table, factor, metric, folder / f"{slugs[metric]}__by__{_slug(name)}.png"))
+            out.append(metric_by_level(table, factor, metric, folder / names[metric, factor]))
     curve = strength_curves(table, metrics, folder / "strength.png") if metrics else None
     if curve is not None:
         out.append(curve)

@@ -151,10 +151,14 @@ def markdown_table(df: pd.DataFrame, floatfmt: str = ".4g") -> str:
             return "" if math.isnan(v) else format(float(v), floatfmt)
         if isinstance(v, (list, tuple)):
             v = ", ".join(map(str, v))
-        return str(v).replace("|", "\\|").replace("\n", " ")
+        return text(str(v))
+
+    def text(s: str) -> str:
+        s = s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+        return s.replace("|", "\\|").replace("\r\n", " ").replace("\n", " ").replace("\r", " ")
 
     cols = [str(c) for c in df.columns]
-    lines = ["| " + " | ".join(c.replace("|", "\\|") for c in cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    lines = ["| " + " | ".join(text(c) for c in cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
     return "\n".join(lines) + "\n"
 

@@ -115,6 +115,14 @@ def test_an_inline_prompt_error_found_when_planning_says_it_is_in_the_prompt(tmp
     assert f"{tmp_path / 'exp.toml'} (prompt):1:8" in str(err.value)
 
 
+def test_sampling_more_prompts_than_the_template_has_names_the_key(tmp_path):
+    exp = load_experiment(write(tmp_path, 'prompt = "a {red|blue} car"\nexpand = "sample"\nsample = 5'))
+    with pytest.raises(ExperimentError) as err:
+        make_plan(exp, resolve=fake_resolve)
+    assert "key 'sample': 5: cannot sample 5 distinct prompts: the template has only 2" in str(err.value)
+    assert str(tmp_path / "exp.toml") in str(err.value)
+
+
 def test_wildcards_next_to_a_template_file_in_another_folder(tmp_path):
     (tmp_path / "t").mkdir()
     (tmp_path / "t" / "tpl.txt").write_text("a __w__\n")

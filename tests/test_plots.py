@@ -1,0 +1,109 @@
+"""Plot file names, titles and Markdown tables on hand-made image tables (no model, no ledger)."""
+
+import itertools
+import re
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from harness.plots import level_figure, metric_label, plot_names, plots_for, strength_figure
+from harness.report import markdown_table
+
+LONG = "clip_score[model=" + "x" * 250 + "]"
+SHORT = "clip_score[model=tiny]"
+
+
+def image_table(factors: dict[str, list], metrics: list[str]) -> pd.DataFrame:
+    """Every combination of factor levels x two seeds x two img2img strengths, with made-up scores."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for levels in itertools.product(*factors.values(), [1, 2], [0.3, 0.6]):
+        *values, seed, strength = levels
+        row = {f"f.{name}": v for name, v in zip(factors, values)}
+        row.update(seed=seed, checkpoint="tiny", mode="img2img", strength=strength, healthy=True,
+                   image=f"images/{len(rows)}.png")
+        row.update({f"m.{m}": float(rng.normal(20, 1)) for m in metrics})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def titles(fig) -> list[str]:
+    return [ax.get_title() for ax in fig.axes]
+
+
+def ylabels(fig) -> list[str]:
+    return [ax.get_ylabel() for ax in fig.axes]
+
+
+def flat(text: str) -> str:
+    """A wrapped label back on one line (wrapping drops the space at each break)."""
+    return " ".join(text.split())
+
+
+@pytest.fixture(autouse=True)
+def no_glyph_warnings():
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Glyph .* missing from")
+        yield
+
+
+def test_non_ascii_factors_get_distinct_plot_files(tmp_path):
+    table = image_table({"色": ["red", "blue"], "形": ["circle", "square"]}, ["clip_score"])
+    paths = plots_for(table, tmp_path)
+    names = [p.name for p in paths]
+    assert len(names) == len(set(names)) == 3 and all(p.is_file() for p in paths)
+    assert all(n.isascii() for n in names)
+    assert names == [p.name for p in plots_for(table, tmp_path)]  # stable from run to run
+
+
+def test_long_metric_ids_give_bounded_distinct_file_names(tmp_path):
+    table = image_table({"color": ["red", "blue"]}, [LONG, SHORT])
+    paths = plots_for(table, tmp_path)
+    names = [p.name for p in paths]
+    assert len(names) == len(set(names)) == 3 and all(p.is_file() for p in paths)
+    assert all(len(n.encode()) <= 150 and n.isascii() for n in names)
+    assert any(n.startswith("clip_score_model_tiny") for n in names)
+
+
+def test_plot_names_stay_plain_when_nothing_is_lost():
+    names = plot_names(["m.clip_score"], ["f.color", "checkpoint"])
+    assert names == {("m.clip_score", "f.color"): "clip_score__by__color.png",
+                     ("m.clip_score", "checkpoint"): "clip_score__by__checkpoint.png"}
+
+
+def test_plot_names_differ_by_more_than_case_or_separators():
+    factors = ["f.Color", "f.color", "f.a b", "f.a_b", "f.checkpoint", "checkpoint", "f." + "é" * 300]
+    names = plot_names(["m.toy_color_match", "m.toy_color_match[want=red]"], factors)
+    folded = [n.casefold() for n in names.values()]
+    assert len(set(folded)) == len(folded) == 14
+    assert all(re.fullmatch(r"[A-Za-z0-9._-]+\.png", n) and len(n) <= 150 for n in names.values())
+
+
+def test_titles_show_the_full_metric_id():
+    table = image_table({"color": ["red", "blue"]}, ["toy_color_match", "toy_color_match[want=red]"])
+    fig = level_figure(table, "color", "toy_color_match[want=red]")
+    assert flat(titles(fig)[0]) == "toy_color_match[want=red] by color (mean, 95% CI)"
+    assert flat(ylabels(fig)[0]) == "toy_color_match[want=red]"
+    fig = strength_figure(table, ["toy_color_match", "toy_color_match[want=red]"])
+    assert [flat(t) for t in titles(fig)] == ["toy_color_match by img2img strength",
+                                              "toy_color_match[want=red] by img2img strength"]
+
+
+def test_long_metric_ids_are_shortened_but_stay_distinct_in_titles():
+    other = LONG.replace("x]", "y]")
+    table = image_table({"color": ["red", "blue"]}, [LONG, other])
+    first, second = titles(strength_figure(table, [LONG, other]))
+    assert first != second and first.startswith("clip_score[model=x")
+    assert all(max(map(len, t.split("\n"))) <= 42 and len(t) < 160 for t in (first, second))
+    assert metric_label(f"m.{LONG}") != metric_label(f"m.{other}") and len(metric_label(f"m.{LONG}")) <= 120
+    assert metric_label(f"m.{SHORT}") == SHORT
+
+
+def test_markdown_table_shows_html_literally():
+    df = pd.DataFrame({"prompt": ['a red <b>cat</b> & "dog"', "x | y\nz"], "<n>": [1.5, float("nan")]})
+    text = markdown_table(df)
+    assert "<b>" not in text and "<n>" not in text
+    assert 'a red &lt;b&gt;cat&lt;/b&gt; &amp; "dog"' in text and "| &lt;n&gt; |" in text
+    assert "x \\| y z" in text and text.count("\n") == 4
