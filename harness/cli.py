@@ -19,7 +19,7 @@ import typer
 from .expand import compile_template, count_info
 from .experiment import ExperimentError
 from .grammar import GrammarError
-from .wildcards import WildcardLibrary, default_search_path
+from .wildcards import WildcardLibrary, default_search_path, read_text
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Reproducible Stable Diffusion prompt studies.")
@@ -48,7 +48,7 @@ def load_template(template: str, grammars: list[Path]):
         path = Path(template[1:])
         if not path.is_file():
             fail(f"template file not found: {path}")
-        template, origin, base = path.read_text(encoding="utf-8").rstrip("\n"), str(path), path.parent
+        template, origin, base = read_text(path).rstrip("\n"), str(path), path.parent
     library = WildcardLibrary(default_search_path(base, grammars))
     return compile_template(template, library=library, origin=origin)
 

@@ -85,14 +85,14 @@ def mutate(
     """Mutants of a prompt with their lineage (parent key, operator, arguments)."""
     from . import mutate as mu
     from .grammar import GrammarError
-    from .wildcards import WildcardLibrary, default_search_path
+    from .wildcards import WildcardLibrary, default_search_path, read_text
 
     def read(text: str) -> str:
         if text.startswith("@"):
             path = Path(text[1:])
             if not path.is_file():
                 fail(f"file not found: {path}")
-            return path.read_text(encoding="utf-8").rstrip("\n")
+            return read_text(path).rstrip("\n")
         return text
 
     try:

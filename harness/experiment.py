@@ -13,6 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from .grammar import GrammarError
+from .wildcards import read_text
+
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10
@@ -216,7 +219,10 @@ def load_experiment(path: Path | str) -> Experiment:
     if not path.is_file():
         raise ExperimentError(path, ["file not found"])
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        raw = tomllib.loads(path.read_bytes().decode("utf-8-sig"))
+    except UnicodeDecodeError as e:
+        raise ExperimentError(path, [f"not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); "
+                                     "save the file as UTF-8"]) from None
     except tomllib.TOMLDecodeError as e:
         raise ExperimentError(path, [f"not valid TOML: {e}"]) from None
     return experiment_from_dict(raw, path)
@@ -237,7 +243,10 @@ def experiment_from_dict(raw: Mapping[str, Any], path: Path) -> Experiment:
     elif prompt_raw.startswith("@"):
         pfile = (base / prompt_raw[1:]).resolve()
         if pfile.is_file():
-            prompt, origin = pfile.read_text(encoding="utf-8").rstrip("\n"), str(pfile)
+            try:
+                prompt, origin = read_text(pfile).rstrip("\n"), str(pfile)
+            except GrammarError as e:
+                c.problems.append(f"key 'prompt': {e}")
         else:
             c.bad("prompt", prompt_raw, f"an existing template file (looked for {pfile})")
     else:
@@ -410,7 +419,7 @@ def experiment_from_dict(raw: Mapping[str, Any], path: Path) -> Experiment:
 def _check_template(c: _Checker, key: str, text: str, origin: str, shown: str | None = None) -> None:
     """Syntax only; wildcards are resolved when the plan is built. `shown`: the text as written, when
     `text` stands in for it (same length, so line and column are the same)."""
-    from .grammar import GrammarError, parse
+    from .grammar import parse
     if not text:
         return
     try:

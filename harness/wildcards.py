@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
+from .grammar import GrammarError, Loc
+
 
 @dataclass(frozen=True)
 class WildcardFile:
@@ -45,7 +47,7 @@ class WildcardLibrary:
         for d in self.search_path:
             path = d / f"{name}.txt"
             if path.is_file():
-                text = path.read_text(encoding="utf-8")
+                text = read_text(path)
                 lines = tuple((i, ln.strip()) for i, ln in enumerate(text.splitlines(), start=1)
                               if ln.strip() and not ln.strip().startswith("#"))
                 return WildcardFile(name, path, text, lines)
@@ -57,6 +59,18 @@ class WildcardLibrary:
             for path in d.rglob("*.txt"):
                 found.add(path.relative_to(d).with_suffix("").as_posix())
         return sorted(found)
+
+
+def read_text(path: Path) -> str:
+    """A template or wildcard file as text: UTF-8, a leading byte-order mark dropped. A byte that is not
+    UTF-8 is a GrammarError at its line and column."""
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        good = data[: exc.start].decode("utf-8-sig", errors="replace")
+        raise GrammarError(f"not UTF-8 text (byte 0x{data[exc.start]:02x}); save the file as UTF-8",
+                           Loc(str(path), good, len(good))) from None
 
 
 def default_search_path(template_dir: Path | None = None, extra: Iterable[Path | str] = ()) -> list[Path]:

@@ -123,6 +123,17 @@ def test_sampling_more_prompts_than_the_template_has_names_the_key(tmp_path):
     assert str(tmp_path / "exp.toml") in str(err.value)
 
 
+def test_experiment_files_may_start_with_a_byte_order_mark_and_must_be_utf8(tmp_path):
+    (tmp_path / "bom.toml").write_bytes("\ufeffprompt = \"a cat\"\n".encode("utf-8"))
+    assert load_experiment(tmp_path / "bom.toml").prompt == "a cat"
+    (tmp_path / "latin1.toml").write_bytes('prompt = "caf\xe9"\n'.encode("latin-1"))
+    with pytest.raises(ExperimentError, match=r"not UTF-8 text \(byte 0xe9 at offset 13\)"):
+        load_experiment(tmp_path / "latin1.toml")
+    (tmp_path / "p.txt").write_bytes("caf\xe9".encode("latin-1"))
+    found, _ = problems(tmp_path, 'prompt = "@p.txt"')
+    assert any("key 'prompt'" in p and "not UTF-8" in p for p in found)
+
+
 def test_wildcards_next_to_a_template_file_in_another_folder(tmp_path):
     (tmp_path / "t").mkdir()
     (tmp_path / "t" / "tpl.txt").write_text("a __w__\n")

@@ -129,6 +129,18 @@ def test_an_escaped_at_sign_starts_an_option_literally():
     assert [v.prompt for v in compile_template(r"{\@handle|name} x").expand()] == ["@handle x", "name x"]
 
 
+def test_template_files_drop_a_byte_order_mark_and_reject_bytes_that_are_not_utf8(tmp_path):
+    from harness.wildcards import WildcardLibrary
+
+    (tmp_path / "greek.txt").write_bytes("\ufeffalpha\nbeta\n".encode("utf-8"))
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9\nok\n".encode("latin-1"))
+    lib = WildcardLibrary([tmp_path])
+    assert [v.prompt for v in compile_template("__greek__", library=lib).expand()] == ["alpha", "beta"]
+    with pytest.raises(GrammarError) as err:
+        compile_template("__latin1__", library=lib)
+    assert f"{tmp_path / 'latin1.txt'}:1:4: not UTF-8 text (byte 0xe9)" in str(err.value)
+
+
 def test_repeated_automatic_names_get_suffix():
     assert compile_template("{a|b} {a|b}").factors == ["a|b", "a|b#2"]
 
