@@ -291,6 +291,8 @@ def merge(
         fail(f"error: {e}")
     typer.echo(f"{out}: {t['done']} done jobs ({t['added']} added, {t['already']} already there, "
                f"{t['scores']} scores, {t['bad']} damaged images skipped)")
+    if t["missing"]:
+        typer.echo(f"not made yet: {t['missing']} images the merged plans ask for (a shard unfinished or not merged)")
 
 
 class CompareFmt(str, Enum):
@@ -315,6 +317,9 @@ def report(
     except (FileNotFoundError, ValueError) as e:
         fail(f"error: {e}")
     typer.echo(f"{r.images} images; tables in {run_dir / 'tables'}")
+    if r.missing:
+        typer.echo(f"not made yet: {r.missing} images of the experiment's plan (an interrupted run or a shard not "
+                   "merged); the statistics cover only the images made")
     if r.excluded.get("unhealthy"):
         typer.echo(f"unhealthy images excluded from statistics: {r.excluded['unhealthy']}")
     if r.excluded.get("unplanned"):

@@ -252,6 +252,7 @@ class ReportResult:
     excluded: dict = field(default_factory=dict)
     skipped: list[tuple[str, str, str]] = field(default_factory=list)  # (factor, metric, why) not compared
     truncated: int = 0  # images whose prompt some CLIP metric saw cut to 75 tokens
+    missing: int = 0  # images the plan asks for that are not made yet
 
 
 def report_metrics(run_dir: Path, metric: str | None) -> list[str | None]:
@@ -280,6 +281,7 @@ def build_report(run_dir: Path | str, *, rows: str | None = None, cols: str | No
     with Ledger.open(run_dir, readonly=True) as ledger:
         table = image_table(ledger)
         unplanned = ledger.unplanned_done()
+        missing = ledger.planned_not_done()
     result = ReportResult(run_dir, len(table), truncated=int((table["truncated"] != "").sum()) if len(table) else 0)
     tables = run_dir / "tables"
     result.tables += write_table(table, tables, "images")
@@ -289,6 +291,7 @@ def build_report(run_dir: Path | str, *, rows: str | None = None, cols: str | No
     if len(table):
         result.tables += write_table(checkpoint_summary(table), tables, "checkpoints")
     result.excluded = {"unhealthy": int((~table["healthy"]).sum()) if len(table) else 0, "unplanned": unplanned}
+    result.missing = missing
     factors = list(compare_factors) if compare_factors is not None else [
         f for f in factor_columns(table) + ["checkpoint"] if table[f].nunique(dropna=True) >= 2]
     if metric and len(table):

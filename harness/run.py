@@ -267,6 +267,7 @@ def merge_runs(out: Path | str, sources: Iterable[Path | str], *, log: Callable[
             log(f"{src}: {m.jobs_added} jobs added, {m.jobs_already_done} already present, "
                 f"{m.scores_added} scores, {len(m.bad_images)} damaged images skipped")
         totals["done"] = ledger.count("done")
+        totals["missing"] = ledger.planned_not_done()
     return totals
 
 

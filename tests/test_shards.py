@@ -49,7 +49,11 @@ def test_two_shards_and_merge_equal_a_full_run(tmp_path):
         b = np.asarray(Image.open(tmp_path / "merged" / "images" / f"{key}.png"), dtype=np.int16)
         assert np.abs(a - b).max() <= 1
     again = harness("merge", tmp_path / "s0", "--out", tmp_path / "merged")
-    assert "0 added" in again.stdout
+    assert "0 added" in again.stdout and "not made yet" not in again.stdout
+    # one shard alone: the merge and the report say how much of the plan is missing
+    half = harness("merge", tmp_path / "s0", "--out", tmp_path / "half")
+    assert f"not made yet: {len(keys['s1'])} images" in half.stdout
+    assert f"not made yet: {len(keys['s1'])} images" in harness("report", tmp_path / "half", "--no-html").stdout
 
 
 STAGED = EXP.replace("seeds = [1, 2]", "seeds = [1, 2, 3]") + """

@@ -341,6 +341,11 @@ class Ledger:
         planned = self.planned_keys()
         return 0 if planned is None else len(self.done_keys() - planned)
 
+    def planned_not_done(self) -> int:
+        """Images the current plan asks for that are not done yet (a shard not merged, an interrupted run)."""
+        planned = self.planned_keys()
+        return 0 if planned is None else len(planned - self.done_keys())
+
     def _plan_rows(self, sql: str) -> list[sqlite3.Row]:
         try:
             return self._read(sql)
