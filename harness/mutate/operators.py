@@ -1,0 +1,174 @@
+"""The mutation operators: each is a pure function of the prompt, a
+`random.Random` and `Resources`, and returns a `Mutant` or None when it does
+not apply (`registry.OPERATORS` has them by name).
+
+Operators read the prompt two ways: as the AST (`grammar.parse`), where
+alternations and wildcards stay opaque units, and as a list of clauses.
+
+- `swap`: a clause that is a line of a modifier list becomes another line of
+  that list (`by greg rutkowski` -> `by moebius`); a word that is an option of
+  a factor of the source template, or of a word list such as colours, becomes
+  another option (`a red car` -> `a blue car`).
+- `insert`: a line of a modifier list as a new clause after the first.
+- `delete`: drop one clause (prompts with two or more clauses).
+- `reorder`: move one clause to another position.
+- `crossover`: one-point, clause-level: the first clauses of the prompt and the
+  last clauses of a partner prompt (duplicate clauses dropped).
+- `reweight`: wrap a clause in A1111 emphasis `(clause:1.2)`, or move an
+  existing `(clause:w)` weight by 0.1 or 0.2 (kept in [0.1, 2]).
+"""
+
+from __future__ import annotations
+
+import random
+import re
+
+from ..grammar import Seq, Text, escape_text, parse, render
+from .clauses import _clause_parts, emphasis, join_clauses, normalise, split_clauses
+from .lineage import Mutant, prompt_key
+from .resources import Resources, as_resources
+
+EMPHASIS_WEIGHTS = (0.8, 0.9, 1.1, 1.2, 1.3)
+WEIGHT_STEPS = (-0.2, -0.1, 0.1, 0.2)
+WEIGHT_RANGE = (0.1, 2.0)
+
+
+def _mutant(parent: str, clauses: list[str], operator: str, args: dict,
+            parents: tuple[str, ...] = ()) -> Mutant | None:
+    clauses = split_clauses(join_clauses(clauses)) if clauses else []
+    if not clauses:
+        return None
+    return Mutant(join_clauses(clauses), prompt_key(parent), operator, args, parents)
+
+
+def _word_spans(text: str, item: str) -> list[int]:
+    """Starts of whole-word occurrences of `item` in `text`."""
+    lead = r"(?<!\w)" if re.match(r"\w", item) else ""
+    trail = r"(?!\w)" if re.search(r"\w$", item) else ""
+    return [m.start() for m in re.finditer(lead + re.escape(item) + trail, text)]
+
+
+def swap(prompt: str, rng: random.Random, resources: Resources) -> Mutant | None:
+    """Replace a list line or factor option in the prompt by another one of the same list/factor."""
+    resources = as_resources(resources)
+    tree = parse(normalise(prompt), allow_empty=True)
+    clauses = _clause_parts(tree)
+    texts = [render(Seq(c)) for c in clauses]
+    sites: list[tuple] = []
+    for ci, parts in enumerate(clauses):
+        if len(parts) == 1 and isinstance(parts[0], Text):
+            for vocab in resources.lists:
+                item = vocab.item_of_clause(parts[0].value)
+                if item is not None:
+                    sites.append(("clause", ci, vocab, item))
+    # Words are looked for in the unsplit literal text, so factor options such as ", by x" are found too.
+    word_vocabs = [v for v in (*resources.lists, *resources.factors) if v.words]
+    for pi, part in enumerate(tree.parts):
+        if isinstance(part, Text):
+            for vocab in word_vocabs:
+                for item in vocab.items:
+                    if item:
+                        sites += [("word", (pi, at), vocab, item) for at in _word_spans(part.value, item)]
+    while sites:
+        kind, where, vocab, old = sites.pop(rng.randrange(len(sites)))
+        if kind == "clause":
+            choices = [i for i in vocab.items if i != old and escape_text(vocab.clause(i)) not in texts]
+        else:
+            choices = [i for i in vocab.items if i != old]
+        if not choices:
+            continue
+        new = rng.choice(choices)
+        if kind == "clause":
+            out = list(texts)
+            out[where] = escape_text(vocab.clause(new))
+            args = {"vocabulary": vocab.name, "old": old, "new": new, "clause": where}
+        else:
+            pi, at = where
+            parts = list(tree.parts)
+            value = parts[pi].value
+            parts[pi] = Text(value[:at] + new + value[at + len(old):])
+            out = split_clauses(render(Seq(tuple(parts))))
+            args = {"vocabulary": vocab.name, "old": old, "new": new, "part": pi, "at": at}
+        m = _mutant(prompt, out, "swap", args)
+        if m is not None:
+            return m
+    return None
+
+
+def insert(prompt: str, rng: random.Random, resources: Resources) -> Mutant | None:
+    """Add a line of a modifier list as a new clause (anywhere after the first)."""
+    resources = as_resources(resources)
+    texts = split_clauses(prompt)
+    present = set(texts)
+    options = []
+    for vocab in resources.lists:
+        if vocab.insertable:
+            items = [i for i in vocab.items if escape_text(vocab.clause(i)) not in present]
+            if items:
+                options.append((vocab, items))
+    if not options or not texts:
+        return None
+    vocab, items = options[rng.randrange(len(options))]
+    item = rng.choice(items)
+    at = rng.randint(1, len(texts))
+    clause = vocab.clause(item)
+    return _mutant(prompt, texts[:at] + [escape_text(clause)] + texts[at:], "insert",
+                   {"list": vocab.name, "text": clause, "at": at})
+
+
+def delete(prompt: str, rng: random.Random, resources: Resources | None = None) -> Mutant | None:
+    """Drop one clause; needs two or more."""
+    texts = split_clauses(prompt)
+    if len(texts) < 2:
+        return None
+    i = rng.randrange(len(texts))
+    return _mutant(prompt, texts[:i] + texts[i + 1:], "delete", {"clause": i, "text": texts[i]})
+
+
+def reorder(prompt: str, rng: random.Random, resources: Resources | None = None) -> Mutant | None:
+    """Move one clause to another position (a move that changes the order)."""
+    texts = split_clauses(prompt)
+    moves = []
+    for i in range(len(texts)):
+        rest = texts[:i] + texts[i + 1:]
+        for j in range(len(texts)):
+            if j != i and rest[:j] + [texts[i]] + rest[j:] != texts:
+                moves.append((i, j))
+    if not moves:
+        return None
+    i, j = moves[rng.randrange(len(moves))]
+    rest = texts[:i] + texts[i + 1:]
+    return _mutant(prompt, rest[:j] + [texts[i]] + rest[j:], "reorder", {"from": i, "to": j, "text": texts[i]})
+
+
+def crossover(prompt: str, partner: str, rng: random.Random, resources: Resources | None = None) -> Mutant | None:
+    """One-point clause crossover: `prompt`'s first clauses, then `partner`'s last ones."""
+    a, b = split_clauses(prompt), split_clauses(partner)
+    if not a or not b:
+        return None
+    i, j = rng.randint(1, len(a)), rng.randrange(len(b))
+    child = list(dict.fromkeys(a[:i] + b[j:]))
+    return _mutant(prompt, child, "crossover", {"cut": i, "partner_cut": j},
+                   parents=(prompt_key(prompt), prompt_key(partner)))
+
+
+
+def reweight(prompt: str, rng: random.Random, resources: Resources | None = None) -> Mutant | None:
+    """Emphasise a clause `(clause:w)`, or move an existing weight up or down."""
+    texts = split_clauses(prompt)
+    if not texts:
+        return None
+    i = rng.randrange(len(texts))
+    found = emphasis(texts[i])
+    lo, hi = WEIGHT_RANGE
+    if found is None:
+        old, new, inner = None, rng.choice(EMPHASIS_WEIGHTS), texts[i]
+    else:
+        inner, old = found
+        step = rng.choice(WEIGHT_STEPS)
+        new = round(min(hi, max(lo, old + step)), 2)
+        if new == old:
+            new = round(min(hi, max(lo, old - step)), 2)
+    out = list(texts)
+    out[i] = f"({inner}:{new:g})"
+    return _mutant(prompt, out, "reweight", {"clause": i, "old": old, "new": new})
