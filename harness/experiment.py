@@ -6,13 +6,16 @@ key, the value and what was expected; unknown keys get a "did you mean".
 
 from __future__ import annotations
 
-import difflib
-import glob
-import math
+import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from .checks import Checker
+from .experiment_tables import (  # noqa: F401  (PARENT_TOKEN, SEED_LIMIT: part of this module's interface)
+    DTYPES, IMAGE_SUFFIXES, PARENT_TOKEN, SEED_LIMIT, Randomize, Stage, check_denoising, check_template,
+    checkpoint_overrides, init_images_from, randomize_table, seed_list, stage_tables)
 from .grammar import GrammarError
 from .wildcards import read_text
 
@@ -22,12 +25,10 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
 MODES = ("txt2img", "img2img")
-DTYPES = ("auto", "fp32", "fp16", "bf16")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 MEMORY = ("auto", "none", "attention_slicing", "vae_slicing", "vae_tiling", "model_cpu_offload",
           "sequential_cpu_offload")
 WATERMARKS = ("none", "sdv1", "sdv2", "sdxl")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
 class ExperimentError(ValueError):
@@ -35,30 +36,6 @@ class ExperimentError(ValueError):
         self.path, self.problems = str(path), problems
         lines = "\n".join(f"  - {p}" for p in problems)
         super().__init__(f"{path}: {len(problems)} problem{'s' * (len(problems) != 1)}:\n{lines}")
-
-
-@dataclass(frozen=True)
-class Randomize:
-    seed: int = 0
-    draws: int = 1
-    strength: tuple[float, float] | None = None
-    steps: tuple[int, int] | None = None
-    guidance: tuple[float, float] | None = None
-
-
-@dataclass(frozen=True)
-class Stage:
-    """A later stage: img2img from an earlier stage's outputs."""
-
-    name: str
-    source: str                       # name of the earlier stage ("main" for the base experiment)
-    prompt: str
-    negative_prompt: str | None
-    strengths: tuple[float, ...]
-    seeds: tuple[int, ...] | None
-    steps: int | None
-    top_k: int | None                 # None = all outputs
-    metric: str | None                # needed with top_k
 
 
 @dataclass(frozen=True)
@@ -98,7 +75,33 @@ class Experiment:
 
     @property
     def base_dir(self) -> Path:
-        return self.path.parent
+        """The folder relative paths are taken from: the key `base_dir` (relative to this file) if
+        given, else this file's folder."""
+        return (self.path.parent / self.raw.get("base_dir", ".")).resolve()
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """The file's tables as written, less `base_dir`: what the experiment asks for, wherever it sits
+        (a run folder's copy and its original are the same experiment)."""
+        return {k: v for k, v in self.raw.items() if k != "base_dir"}
+
+    def run_copy(self) -> str:
+        """This file's text as a run folder keeps it: `base_dir` pinned to the absolute folder relative
+        paths were taken from, so the copy runs from anywhere with the same init images, `@file`
+        prompt and wildcards. The rest is the text as written, comments included."""
+        text = self.path.read_bytes().decode("utf-8-sig")
+        base = json.dumps(str(self.base_dir), ensure_ascii=False)  # a JSON string is a TOML basic string
+        given = self.raw.get("base_dir")
+        if given is None:
+            return f"# relative paths below are taken from base_dir (the folder of {self.path.name} as run)\n" \
+                   f"base_dir = {base}\n{text}"
+        if Path(given).is_absolute():
+            return text
+        pinned = _BASE_DIR_LINE.sub(lambda m: m.group(1) + base, text, count=1)
+        if tomllib.loads(pinned) != {**self.raw, "base_dir": str(self.base_dir)}:  # an unusual spelling
+            raise ExperimentError(self.path, [f"key 'base_dir': could not pin {given!r} to {self.base_dir} in the "
+                                              "run folder's copy; write it on one line as base_dir = \"...\""])
+        return pinned
 
     def wildcard_path(self) -> list[Path]:
         """Where wildcards are looked up: the template file's folder (prompt = "@file"), the
@@ -120,98 +123,10 @@ _TOP_KEYS = {
     "name", "prompt", "negative_prompt", "expand", "sample", "prompt_seed", "seeds", "checkpoints", "mode",
     "scheduler", "steps", "guidance", "width", "height", "strengths", "init_images", "batch_size", "dtype",
     "device", "memory", "watermark", "metrics", "exact", "randomize", "checkpoint", "stages", "search", "speedups",
-    "compare_metrics", "streams",
+    "compare_metrics", "streams", "base_dir",
 }
-_OVERRIDE_KEYS = {"width", "height", "scheduler", "dtype", "steps", "guidance"}
-_RANDOM_KEYS = {"seed", "draws", "strength", "steps", "guidance"}
-_STAGE_KEYS = {"name", "from", "prompt", "negative_prompt", "strengths", "seeds", "steps", "top_k", "metric"}
+_BASE_DIR_LINE = re.compile(r"""^([ \t]*(?:base_dir|"base_dir"|'base_dir')[ \t]*=[ \t]*).*$""", re.M)
 
-
-class _Checker:
-    def __init__(self, path: Path):
-        self.path, self.problems = path, []
-
-    def bad(self, key: str, value: Any, expected: str) -> None:
-        self.problems.append(f"key '{key}': got {value!r}, expected {expected}")
-
-    def unknown(self, table: Mapping, allowed: set[str], prefix: str = "") -> None:
-        for k in table:
-            if k not in allowed:
-                close = difflib.get_close_matches(k, sorted(allowed), n=1, cutoff=0.6)
-                hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; valid keys: {', '.join(sorted(allowed))}"
-                self.problems.append(f"unknown key '{prefix}{k}'{hint}")
-
-    def int_(self, d, key, default=None, lo=None, hi=None, prefix=""):
-        v = d.get(key, default)
-        if v is None:
-            return None
-        if isinstance(v, bool) or not isinstance(v, int) or (lo is not None and v < lo) or (hi is not None and v > hi):
-            rng = f" in [{lo}, {hi}]" if hi is not None else (f" >= {lo}" if lo is not None else "")
-            self.bad(prefix + key, v, f"an integer{rng}")
-            return default
-        return v
-
-    def num(self, d, key, default=None, lo=None, hi=None, prefix=""):
-        v = d.get(key, default)
-        if v is None:
-            return None
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) \
-                or (lo is not None and v < lo) or (hi is not None and v > hi):
-            rng = f" in [{lo}, {hi}]" if hi is not None else (f" >= {lo}" if lo is not None else "")
-            self.bad(prefix + key, v, f"a number{rng}")
-            return default
-        return float(v)
-
-    def scheduler(self, d, default, prefix=""):
-        """A scheduler name the runner knows (`schedulers.SCHEDULERS`)."""
-        from .schedulers import SCHEDULERS
-
-        v = self.str_(d, "scheduler", default, prefix=prefix, nonempty=True)
-        if v is not None and v not in SCHEDULERS:
-            close = difflib.get_close_matches(v, list(SCHEDULERS), n=1)
-            self.bad(prefix + "scheduler", v, "one of " + ", ".join(SCHEDULERS)
-                     + (f" (did you mean {close[0]!r}?)" if close else ""))
-            return default
-        return v
-
-    def metric(self, key: str, spec: str) -> None:
-        """A metric spec that names a registered metric with valid options (checked now, not after generating)."""
-        from .metrics import metric_from_spec
-
-        try:
-            metric_from_spec(spec)
-        except (KeyError, ValueError) as exc:
-            self.problems.append(f"key '{key}': {spec!r}: {exc.args[0] if exc.args else exc}")
-
-    def choice(self, d, key, default, choices, prefix=""):
-        v = d.get(key, default)
-        if v not in choices:
-            self.bad(prefix + key, v, "one of " + ", ".join(repr(c) for c in choices))
-            return default
-        return v
-
-    def str_(self, d, key, default=None, prefix="", nonempty=False):
-        v = d.get(key, default)
-        if v is None:
-            return None
-        if not isinstance(v, str) or (nonempty and not v.strip()):
-            self.bad(prefix + key, v, "a non-empty string" if nonempty else "a string")
-            return default
-        return v
-
-    def range_(self, d, key, kind, lo, hi, prefix=""):
-        v = d.get(key)
-        if v is None:
-            return None
-        ok = (isinstance(v, list) and len(v) == 2 and all(isinstance(x, (int, float)) and not isinstance(x, bool)
-                                                          for x in v))
-        if ok and kind is int:
-            ok = all(isinstance(x, int) for x in v)
-        if not ok or not (lo <= v[0] <= v[1] <= hi):
-            self.bad(prefix + key, v, f"[low, high] with {lo} <= low <= high <= {hi}"
-                     + (" (integers)" if kind is int else ""))
-            return None
-        return (kind(v[0]), kind(v[1]))
 
 
 def load_experiment(path: Path | str) -> Experiment:
@@ -225,13 +140,20 @@ def load_experiment(path: Path | str) -> Experiment:
                                      "save the file as UTF-8"]) from None
     except tomllib.TOMLDecodeError as e:
         raise ExperimentError(path, [f"not valid TOML: {e}"]) from None
-    return experiment_from_dict(raw, path)
+    exp = experiment_from_dict(raw, path)
+    exp.run_copy()  # a base_dir its run folder copy cannot pin fails now, before anything runs
+    return exp
 
 
 def experiment_from_dict(raw: Mapping[str, Any], path: Path) -> Experiment:
-    c = _Checker(path)
+    c = Checker(path)
     c.unknown(raw, _TOP_KEYS)
     base = path.parent
+    given_base = c.str_(raw, "base_dir", None, nonempty=True)
+    if given_base is not None:
+        base = path.parent / given_base
+        if not base.is_dir():
+            c.bad("base_dir", given_base, f"an existing folder to take relative paths from (looked for {base})")
 
     name = c.str_(raw, "name", path.stem, nonempty=True)
     if name and any(ch in name for ch in "/\\") or name in (".", ".."):
@@ -261,7 +183,7 @@ def experiment_from_dict(raw: Mapping[str, Any], path: Path) -> Experiment:
         c.problems.append("key 'sample': set but expand is \"all\"; set expand = \"sample\" or drop sample")
     prompt_seed = c.int_(raw, "prompt_seed", 0, lo=0)
 
-    seeds = _seeds(c, raw.get("seeds", [0]))
+    seeds = seed_list(c, raw.get("seeds", [0]))
     checkpoints = raw.get("checkpoints", ["tiny"])
     if isinstance(checkpoints, str):
         checkpoints = [checkpoints]
@@ -291,7 +213,7 @@ def experiment_from_dict(raw: Mapping[str, Any], path: Path) -> Experiment:
                                                 and 0 < s <= 1 for s in strengths)):
         c.bad("strengths", strengths, "a list of numbers in (0, 1]")
         strengths = []
-    init_images = _init_images(c, raw.get("init_images"), base) if "img2img" in modes else ()
+    init_images = init_images_from(c, raw.get("init_images"), base) if "img2img" in modes else ()
     if "img2img" in modes and not strengths:
         c.problems.append("key 'strengths': img2img needs at least one strength in (0, 1]")
     if "img2img" not in modes and raw.get("init_images"):
@@ -339,68 +261,21 @@ def experiment_from_dict(raw: Mapping[str, Any], path: Path) -> Experiment:
         c.bad("exact", exact, "true or false")
         exact = False
 
-    randomize = None
-    if "randomize" in raw:
-        r = raw["randomize"]
-        if not isinstance(r, dict):
-            c.bad("randomize", r, "a table")
-        else:
-            c.unknown(r, _RANDOM_KEYS, "randomize.")
-            randomize = Randomize(
-                seed=c.int_(r, "seed", 0, lo=0, prefix="randomize."),
-                draws=c.int_(r, "draws", 1, lo=1, prefix="randomize."),
-                strength=c.range_(r, "strength", float, 0.01, 1.0, prefix="randomize."),
-                steps=c.range_(r, "steps", int, 1, 1000, prefix="randomize."),
-                guidance=c.range_(r, "guidance", float, 0.0, 100.0, prefix="randomize."),
-            )
-            if randomize.strength and "img2img" not in modes:
-                c.problems.append("key 'randomize.strength': set but mode has no 'img2img'")
+    randomize = randomize_table(c, raw["randomize"], modes) if "randomize" in raw else None
+    overrides = checkpoint_overrides(c, raw.get("checkpoint", {}), checkpoints)
 
-    overrides: dict[str, dict] = {}
-    per_checkpoint = raw.get("checkpoint", {})
-    if not isinstance(per_checkpoint, dict):
-        c.bad("checkpoint", per_checkpoint, "tables of per-checkpoint overrides such as [checkpoint.tiny] "
-                                            "(the list of checkpoints is the key 'checkpoints')")
-        per_checkpoint = {}
-    for ck, table in per_checkpoint.items():
-        prefix = f"checkpoint.{ck}."
-        if ck not in checkpoints:
-            close = difflib.get_close_matches(ck, checkpoints, n=1)
-            c.problems.append(f"table '[checkpoint.{ck}]': '{ck}' is not in checkpoints"
-                              + (f"; did you mean '{close[0]}'?" if close else f" ({', '.join(checkpoints)})"))
-            continue
-        if not isinstance(table, dict):
-            c.bad(f"checkpoint.{ck}", table, "a table of overrides")
-            continue
-        c.unknown(table, _OVERRIDE_KEYS, prefix)
-        o: dict[str, Any] = {}
-        for key in ("width", "height"):
-            if key in table:
-                o[key] = c.int_(table, key, None, lo=64, hi=4096, prefix=prefix)
-                if o[key] and o[key] % 8:
-                    c.bad(prefix + key, o[key], "a multiple of 8")
-        if "steps" in table:
-            o["steps"] = c.int_(table, "steps", None, lo=1, hi=1000, prefix=prefix)
-        if "guidance" in table:
-            o["guidance"] = c.num(table, "guidance", None, lo=0, hi=100, prefix=prefix)
-        if "scheduler" in table:
-            o["scheduler"] = c.scheduler(table, None, prefix=prefix)
-        if "dtype" in table:
-            o["dtype"] = c.choice(table, "dtype", "auto", DTYPES, prefix=prefix)
-        overrides[ck] = o
-
-    stages = _stages(c, raw.get("stages", []))
-    _check_template(c, "prompt", prompt, origin)
+    stages = stage_tables(c, raw.get("stages", []))
+    check_template(c, "prompt", prompt, origin)
     if negative:
-        _check_template(c, "negative_prompt", negative, f"{path} (negative_prompt)")
+        check_template(c, "negative_prompt", negative, f"{path} (negative_prompt)")
     if "img2img" in modes:
         all_steps = {steps, *(o["steps"] for o in overrides.values() if o.get("steps"))}
-        _check_denoising(c, "strengths", strengths, all_steps)
+        check_denoising(c, "strengths", strengths, all_steps)
         if randomize is not None and randomize.strength:
-            _check_denoising(c, "randomize.strength", [randomize.strength[0]],
+            check_denoising(c, "randomize.strength", [randomize.strength[0]],
                              {randomize.steps[0]} if randomize.steps else all_steps)
     for i, stage in enumerate(stages):
-        _check_denoising(c, f"stages[{i}].strengths", stage.strengths, {stage.steps or steps})
+        check_denoising(c, f"stages[{i}].strengths", stage.strengths, {stage.steps or steps})
 
     if c.problems:
         raise ExperimentError(path, c.problems)
@@ -416,123 +291,3 @@ def experiment_from_dict(raw: Mapping[str, Any], path: Path) -> Experiment:
     )
 
 
-def _check_template(c: _Checker, key: str, text: str, origin: str, shown: str | None = None) -> None:
-    """Syntax only; wildcards are resolved when the plan is built. `shown`: the text as written, when
-    `text` stands in for it (same length, so line and column are the same)."""
-    from .grammar import parse
-    if not text:
-        return
-    try:
-        parse(text, origin=origin)
-    except GrammarError as e:
-        where = (f"{e.origin}:{e.line}:{e.column}" if origin != str(c.path) and not origin.startswith(f"{c.path} (")
-                 else f"line {e.line}, column {e.column} of the template")
-        lines = (shown or "").splitlines() or [""]
-        line_text = e.line_text if shown is None else lines[min(e.line, len(lines)) - 1]
-        c.problems.append(f"key '{key}': template error at {where}: {e.message}\n"
-                          f"      {line_text}\n      {' ' * (e.column - 1)}^")
-
-
-SEED_LIMIT = 2**63  # seeds are stored as SQLite INTEGER (signed 64 bit)
-PARENT_TOKEN = "__parent__"  # in a stage prompt: the parent image's prompt
-
-
-def _seeds(c: _Checker, v, prefix: str = "") -> list[int]:
-    key = prefix + "seeds"
-    if isinstance(v, dict):
-        c.unknown(v, {"count", "start"}, key + ".")
-        count = c.int_(v, "count", None, lo=1, hi=1_000_000, prefix=key + ".")
-        start = c.int_(v, "start", 0, lo=0, prefix=key + ".")
-        if count is None:
-            if "count" not in v:
-                c.problems.append(f"key '{key}.count': missing; expected {key} = {{ count = N, start = S }}")
-            return [0]
-        if start + count > SEED_LIMIT:
-            c.bad(key + ".start", start, f"start + count <= 2**63 ({SEED_LIMIT})")
-            return [0]
-        return list(range(start, start + count))
-    if isinstance(v, int) and not isinstance(v, bool):
-        v = [v]
-    if not (isinstance(v, list) and v and all(isinstance(s, int) and not isinstance(s, bool)
-                                              and 0 <= s < SEED_LIMIT for s in v)):
-        c.bad(key, v, "a list of integers in [0, 2**63), or { count = N, start = S }")
-        return [0]
-    if len(set(v)) != len(v):
-        c.bad(key, v, "distinct seeds")
-    return v
-
-
-def _check_denoising(c: _Checker, key: str, strengths, steps_values) -> None:
-    """img2img runs int(strength * steps) denoising steps; zero is an error from the pipeline mid-run."""
-    for strength in strengths:
-        for steps in sorted(v for v in steps_values if v):
-            if int(strength * steps) < 1:
-                c.problems.append(
-                    f"key '{key}': strength {strength:g} with steps = {steps} runs int({strength:g} * {steps}) = 0 "
-                    f"denoising steps; img2img needs strength * steps >= 1 (steps >= {math.ceil(1 / strength)} "
-                    f"at this strength, or strength >= {1 / steps:.3g})")
-                return
-
-
-def _init_images(c: _Checker, v, base: Path) -> list[Path]:
-    if v is None:
-        c.problems.append("key 'init_images': missing; img2img needs a file, folder, glob or list of them")
-        return []
-    entries = [v] if isinstance(v, str) else v
-    if not (isinstance(entries, list) and all(isinstance(e, str) for e in entries)):
-        c.bad("init_images", v, "a path, folder, glob or a list of them")
-        return []
-    found: list[Path] = []
-    for entry in entries:
-        p = base / entry
-        if p.is_dir():
-            files = sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES)
-        elif any(ch in entry for ch in "*?["):
-            files = sorted(Path(q) for q in glob.glob(str(p), recursive=True) if Path(q).suffix.lower() in IMAGE_SUFFIXES)
-        else:
-            files = [p] if p.is_file() else []
-        if not files:
-            c.bad("init_images", entry, f"an image file, folder or glob that matches images (looked in {p})")
-        found.extend(f.resolve() for f in files if f.resolve() not in found)
-    return found
-
-
-def _stages(c: _Checker, v) -> tuple[Stage, ...]:
-    if not isinstance(v, list) or not all(isinstance(s, dict) for s in v):
-        c.bad("stages", v, "an array of tables ([[stages]])")
-        return ()
-    out: list[Stage] = []
-    names = {"main"}
-    for i, s in enumerate(v):
-        prefix = f"stages[{i}]."
-        c.unknown(s, _STAGE_KEYS, prefix)
-        name = c.str_(s, "name", f"stage{i + 2}", prefix=prefix, nonempty=True)
-        source = c.str_(s, "from", out[-1].name if out else "main", prefix=prefix, nonempty=True)
-        if source not in names:
-            c.bad(prefix + "from", source, "an earlier stage: " + ", ".join(sorted(names)))
-        prompt = c.str_(s, "prompt", None, prefix=prefix, nonempty=True)
-        if prompt is None:
-            c.problems.append(f"key '{prefix}prompt': missing; expected the stage's prompt template")
-        for key in ("prompt", "negative_prompt"):
-            if isinstance(s.get(key), str):  # __parent__ stands for text: a literal of its length keeps columns
-                _check_template(c, prefix + key, s[key].replace(PARENT_TOKEN, "x" * len(PARENT_TOKEN)),
-                                f"{c.path} ({prefix}{key})", shown=s[key])
-        strengths = s.get("strengths", [0.5])
-        if not (isinstance(strengths, list) and strengths and all(
-                isinstance(x, (int, float)) and not isinstance(x, bool) and 0 < x <= 1 for x in strengths)):
-            c.bad(prefix + "strengths", strengths, "a non-empty list of numbers in (0, 1]")
-            strengths = [0.5]
-        seeds = tuple(_seeds(c, s["seeds"], prefix)) if "seeds" in s else None
-        top_k = c.int_(s, "top_k", None, lo=1, prefix=prefix)
-        metric = c.str_(s, "metric", None, prefix=prefix, nonempty=True)
-        if top_k is not None and metric is None:
-            c.problems.append(f"key '{prefix}metric': missing; top_k needs the metric to rank by")
-        if metric is not None:
-            c.metric(prefix + "metric", metric)
-        if name in names:
-            c.bad(prefix + "name", name, "a name not used by another stage")
-        names.add(name)
-        out.append(Stage(name, source, prompt or "", c.str_(s, "negative_prompt", None, prefix=prefix),
-                         tuple(float(x) for x in strengths), seeds,
-                         c.int_(s, "steps", None, lo=1, hi=1000, prefix=prefix), top_k, metric))
-    return tuple(out)

@@ -237,7 +237,7 @@ class SearchResult:
 
 
 def search_identity(exp: Experiment, resources: Resources, refs: Mapping) -> str:
-    raw = json.loads(canonical_json(exp.raw))
+    raw = json.loads(canonical_json(exp.settings))
     for k in NOT_IDENTITY:
         raw.get("search", {}).pop(k, None)
     return content_key({"experiment": raw, "prompt": exp.prompt, "negative_prompt": exp.negative_prompt,

@@ -7,6 +7,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from .checks import Checker
 from .experiment import Experiment, ExperimentError
 from .mutate import OPERATORS
 from .wildcards import WildcardLibrary
@@ -44,45 +45,30 @@ class SearchConfig:
 
 def search_config(exp: Experiment, library: WildcardLibrary | None = None) -> SearchConfig:
     """The experiment's `[search]` table, validated: every problem at once, naming the file."""
-    from .metrics import metric_from_spec
-
-    problems: list[str] = []
     table = exp.raw.get("search")
     if not isinstance(table, dict):
         raise ExperimentError(exp.path, ["table [search]: missing; harness evolve needs at least "
                                          "[search] population = N and generations = G (see experiments/search.toml)"])
+    c = Checker(exp.path)
+    problems = c.problems
+    c.unknown(table, KEYS, "search.")
 
     def bad(key: str, value: Any, expected: str) -> None:
-        problems.append(f"key 'search.{key}': got {value!r}, expected {expected}")
-
-    for k in table:
-        if k not in KEYS:
-            close = difflib.get_close_matches(k, sorted(KEYS), n=1, cutoff=0.6)
-            problems.append(f"unknown key 'search.{k}'" + (f"; did you mean 'search.{close[0]}'?" if close
-                                                            else f"; valid keys: {', '.join(sorted(KEYS))}"))
+        c.bad("search." + key, value, expected)
 
     def integer(key: str, default: int | None, lo: int, hi: int | None = None) -> int | None:
-        v = table.get(key, default)
-        if v is None:
-            return None
-        if isinstance(v, bool) or not isinstance(v, int) or v < lo or (hi is not None and v > hi):
-            bad(key, v, f"an integer >= {lo}" + (f" and <= {hi}" if hi is not None else ""))
-            return default
-        return v
+        return c.int_(table, key, default, lo=lo, hi=hi, prefix="search.")
 
     population = integer("population", None, 2)
-    if population is None:
+    if population is None and "population" not in table:
         problems.append("key 'search.population': missing; expected the number of candidates per generation")
-        population = 2
+    population = population or 2
     generations = integer("generations", None, 0)
-    if generations is None:
+    if generations is None and "generations" not in table:
         problems.append("key 'search.generations': missing; expected how many generations follow generation 0")
-        generations = 0
+    generations = generations or 0
     elitism = integer("elitism", 1, 0, population - 1)
-    selection = table.get("selection", "tournament")
-    if selection not in SELECTIONS:
-        bad("selection", selection, " or ".join(repr(s) for s in SELECTIONS))
-        selection = "tournament"
+    selection = c.choice(table, "selection", "tournament", SELECTIONS, prefix="search.")
     for key, used_by in (("tournament_size", "tournament"), ("top_k", "top_k")):
         if key in table and selection != used_by:
             problems.append(f"key 'search.{key}': set but selection is {selection!r}; "
@@ -105,10 +91,8 @@ def search_config(exp: Experiment, library: WildcardLibrary | None = None) -> Se
         weights = [1.0] * len(specs)
     fitness = []
     for spec, weight in zip(specs, weights):
-        try:
-            metric = metric_from_spec(spec)
-        except (ValueError, KeyError) as e:
-            problems.append(f"key 'search.metrics': {spec!r}: {e.args[0] if e.args else e}")
+        metric = c.metric("search.metrics", spec)
+        if metric is None:
             continue
         fitness.append(Fitness(spec, metric.id, float(weight), metric.INFO.higher_is_better))
 

@@ -161,6 +161,49 @@ def test_prompt_from_file_and_wildcards_next_to_experiment(tmp_path):
     assert plan.jobs[0].factors == {"pets": "cat"}
 
 
+def _copy_of(exp, folder):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "experiment.toml").write_text(exp.run_copy())
+    return load_experiment(folder / "experiment.toml")
+
+
+def test_the_run_folder_copy_plans_the_same_images_from_another_folder(tmp_path):
+    """A run keeps the experiment with base_dir pinned: its @file prompt, wildcards and init images
+    still resolve, comments survive, and it is the same experiment (same settings, same job keys)."""
+    from PIL import Image
+    src = tmp_path / "study"
+    (src / "in").mkdir(parents=True)
+    Image.new("RGB", (64, 64), (9, 9, 9)).save(src / "in" / "a.png")
+    (src / "p.txt").write_text("a __pets__\n")
+    (src / "pets.txt").write_text("cat\ndog\n")
+    exp = load_experiment(write(src, '# my study\nprompt = "@p.txt"\nmode = "img2img"\ninit_images = "in"\n'))
+    copy = _copy_of(exp, tmp_path / "elsewhere" / "run")
+    assert "# my study" in (tmp_path / "elsewhere" / "run" / "experiment.toml").read_text()
+    assert copy.base_dir == src.resolve() and copy.settings == exp.settings
+    assert copy.init_images == exp.init_images and copy.prompt == exp.prompt
+
+    def keys(e):
+        return sorted(j.key for j in make_plan(e, resolve=fake_resolve, init_hash=fake_hash).jobs)
+    assert keys(copy) == keys(exp) and len(keys(exp)) == 2
+    assert _copy_of(copy, tmp_path / "again").run_copy() == copy.run_copy()  # a copy of a copy is unchanged
+
+
+@pytest.mark.parametrize("key", ["base_dir", '"base_dir"'])
+def test_a_relative_base_dir_is_pinned_in_the_copy(tmp_path, key):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "p.txt").write_text("a dog\n")
+    (tmp_path / "exps").mkdir()
+    exp = load_experiment(write(tmp_path / "exps", f'{key} = "../data"  # shared inputs\nprompt = "@p.txt"\n'))
+    assert exp.base_dir == (tmp_path / "data").resolve() and exp.prompt == "a dog"
+    copy = _copy_of(exp, tmp_path / "run")
+    assert copy.raw["base_dir"] == str((tmp_path / "data").resolve()) and copy.prompt == "a dog"
+
+
+def test_base_dir_must_be_an_existing_folder(tmp_path):
+    found, _ = problems(tmp_path, 'base_dir = "nowhere"\nprompt = "a"')
+    assert found[0].startswith("key 'base_dir': got 'nowhere', expected an existing folder")
+
+
 def test_three_checkpoints_by_two_strengths_plan_counts(tmp_path):
     (tmp_path / "in").mkdir()
     from PIL import Image

@@ -67,7 +67,11 @@ def test_run_writes_every_image_with_readable_provenance(tmp_path):
         assert prov["key"] == f.stem and prov["factors"] == dict(job.factors)
         assert prov["run"]["batch_size"] in (1, 2, 3) and prov["run"]["safety_checker"] == "off"
         assert Image.open(f).size == (64, 64)
-    assert (tmp_path / "run" / "experiment.toml").read_text() == SMALL
+    copy = tmp_path / "run" / "experiment.toml"
+    assert copy.read_text().endswith(SMALL)  # the text as written, with base_dir pinned above it
+    # the copy runs from the run folder: init.png is found next to the original, nothing is redone
+    again = run_experiment(copy, out=tmp_path / "run", progress=False)
+    assert (again.planned, again.generated) == (16, 0)
 
 
 def test_rerun_resumes_and_force_regenerates(tmp_path):

@@ -1,0 +1,220 @@
+"""The nested parts of an experiment file, each checked into a frozen value: seed lists, init
+images, [randomize], [checkpoint.NAME] overrides and [[stages]], plus the template and img2img
+step checks they share. Problems go to the caller's `Checker`, so one error lists them all."""
+
+from __future__ import annotations
+
+import difflib
+import glob
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .checks import Checker
+from .grammar import GrammarError
+
+DTYPES = ("auto", "fp32", "fp16", "bf16")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+SEED_LIMIT = 2**63  # seeds are stored as SQLite INTEGER (signed 64 bit)
+PARENT_TOKEN = "__parent__"  # in a stage prompt: the parent image's prompt
+_OVERRIDE_KEYS = {"width", "height", "scheduler", "dtype", "steps", "guidance"}
+_RANDOM_KEYS = {"seed", "draws", "strength", "steps", "guidance"}
+_STAGE_KEYS = {"name", "from", "prompt", "negative_prompt", "strengths", "seeds", "steps", "top_k", "metric"}
+
+@dataclass(frozen=True)
+class Randomize:
+    seed: int = 0
+    draws: int = 1
+    strength: tuple[float, float] | None = None
+    steps: tuple[int, int] | None = None
+    guidance: tuple[float, float] | None = None
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A later stage: img2img from an earlier stage's outputs."""
+
+    name: str
+    source: str                       # name of the earlier stage ("main" for the base experiment)
+    prompt: str
+    negative_prompt: str | None
+    strengths: tuple[float, ...]
+    seeds: tuple[int, ...] | None
+    steps: int | None
+    top_k: int | None                 # None = all outputs
+    metric: str | None                # needed with top_k
+
+
+def randomize_table(c: Checker, r, modes) -> Randomize | None:
+    """[randomize]: settings drawn per prompt from ranges, reproducibly from its seed."""
+    if not isinstance(r, dict):
+        c.bad("randomize", r, "a table")
+        return None
+    c.unknown(r, _RANDOM_KEYS, "randomize.")
+    randomize = Randomize(
+        seed=c.int_(r, "seed", 0, lo=0, prefix="randomize."),
+        draws=c.int_(r, "draws", 1, lo=1, prefix="randomize."),
+        strength=c.range_(r, "strength", float, 0.01, 1.0, prefix="randomize."),
+        steps=c.range_(r, "steps", int, 1, 1000, prefix="randomize."),
+        guidance=c.range_(r, "guidance", float, 0.0, 100.0, prefix="randomize."),
+    )
+    if randomize.strength and "img2img" not in modes:
+        c.problems.append("key 'randomize.strength': set but mode has no 'img2img'")
+    return randomize
+
+
+def checkpoint_overrides(c: Checker, per_checkpoint, checkpoints) -> dict[str, dict[str, Any]]:
+    """[checkpoint.NAME] tables: settings that differ for one checkpoint (its native size, say)."""
+    overrides: dict[str, dict] = {}
+    if not isinstance(per_checkpoint, dict):
+        c.bad("checkpoint", per_checkpoint, "tables of per-checkpoint overrides such as [checkpoint.tiny] "
+                                            "(the list of checkpoints is the key 'checkpoints')")
+        per_checkpoint = {}
+    for ck, table in per_checkpoint.items():
+        prefix = f"checkpoint.{ck}."
+        if ck not in checkpoints:
+            close = difflib.get_close_matches(ck, checkpoints, n=1)
+            c.problems.append(f"table '[checkpoint.{ck}]': '{ck}' is not in checkpoints"
+                              + (f"; did you mean '{close[0]}'?" if close else f" ({', '.join(checkpoints)})"))
+            continue
+        if not isinstance(table, dict):
+            c.bad(f"checkpoint.{ck}", table, "a table of overrides")
+            continue
+        c.unknown(table, _OVERRIDE_KEYS, prefix)
+        o: dict[str, Any] = {}
+        for key in ("width", "height"):
+            if key in table:
+                o[key] = c.int_(table, key, None, lo=64, hi=4096, prefix=prefix)
+                if o[key] and o[key] % 8:
+                    c.bad(prefix + key, o[key], "a multiple of 8")
+        if "steps" in table:
+            o["steps"] = c.int_(table, "steps", None, lo=1, hi=1000, prefix=prefix)
+        if "guidance" in table:
+            o["guidance"] = c.num(table, "guidance", None, lo=0, hi=100, prefix=prefix)
+        if "scheduler" in table:
+            o["scheduler"] = c.scheduler(table, None, prefix=prefix)
+        if "dtype" in table:
+            o["dtype"] = c.choice(table, "dtype", "auto", DTYPES, prefix=prefix)
+        overrides[ck] = o
+    return overrides
+
+
+def check_template(c: Checker, key: str, text: str, origin: str, shown: str | None = None) -> None:
+    """Syntax only; wildcards are resolved when the plan is built. `shown`: the text as written, when
+    `text` stands in for it (same length, so line and column are the same)."""
+    from .grammar import parse
+    if not text:
+        return
+    try:
+        parse(text, origin=origin)
+    except GrammarError as e:
+        where = (f"{e.origin}:{e.line}:{e.column}" if origin != str(c.path) and not origin.startswith(f"{c.path} (")
+                 else f"line {e.line}, column {e.column} of the template")
+        lines = (shown or "").splitlines() or [""]
+        line_text = e.line_text if shown is None else lines[min(e.line, len(lines)) - 1]
+        c.problems.append(f"key '{key}': template error at {where}: {e.message}\n"
+                          f"      {line_text}\n      {' ' * (e.column - 1)}^")
+
+
+
+
+def seed_list(c: Checker, v, prefix: str = "") -> list[int]:
+    key = prefix + "seeds"
+    if isinstance(v, dict):
+        c.unknown(v, {"count", "start"}, key + ".")
+        count = c.int_(v, "count", None, lo=1, hi=1_000_000, prefix=key + ".")
+        start = c.int_(v, "start", 0, lo=0, prefix=key + ".")
+        if count is None:
+            if "count" not in v:
+                c.problems.append(f"key '{key}.count': missing; expected {key} = {{ count = N, start = S }}")
+            return [0]
+        if start + count > SEED_LIMIT:
+            c.bad(key + ".start", start, f"start + count <= 2**63 ({SEED_LIMIT})")
+            return [0]
+        return list(range(start, start + count))
+    if isinstance(v, int) and not isinstance(v, bool):
+        v = [v]
+    if not (isinstance(v, list) and v and all(isinstance(s, int) and not isinstance(s, bool)
+                                              and 0 <= s < SEED_LIMIT for s in v)):
+        c.bad(key, v, "a list of integers in [0, 2**63), or { count = N, start = S }")
+        return [0]
+    if len(set(v)) != len(v):
+        c.bad(key, v, "distinct seeds")
+    return v
+
+
+def check_denoising(c: Checker, key: str, strengths, steps_values) -> None:
+    """img2img runs int(strength * steps) denoising steps; zero is an error from the pipeline mid-run."""
+    for strength in strengths:
+        for steps in sorted(v for v in steps_values if v):
+            if int(strength * steps) < 1:
+                c.problems.append(
+                    f"key '{key}': strength {strength:g} with steps = {steps} runs int({strength:g} * {steps}) = 0 "
+                    f"denoising steps; img2img needs strength * steps >= 1 (steps >= {math.ceil(1 / strength)} "
+                    f"at this strength, or strength >= {1 / steps:.3g})")
+                return
+
+
+def init_images_from(c: Checker, v, base: Path) -> list[Path]:
+    if v is None:
+        c.problems.append("key 'init_images': missing; img2img needs a file, folder, glob or list of them")
+        return []
+    entries = [v] if isinstance(v, str) else v
+    if not (isinstance(entries, list) and all(isinstance(e, str) for e in entries)):
+        c.bad("init_images", v, "a path, folder, glob or a list of them")
+        return []
+    found: list[Path] = []
+    for entry in entries:
+        p = base / entry
+        if p.is_dir():
+            files = sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES)
+        elif any(ch in entry for ch in "*?["):
+            files = sorted(Path(q) for q in glob.glob(str(p), recursive=True) if Path(q).suffix.lower() in IMAGE_SUFFIXES)
+        else:
+            files = [p] if p.is_file() else []
+        if not files:
+            c.bad("init_images", entry, f"an image file, folder or glob that matches images (looked in {p})")
+        found.extend(f.resolve() for f in files if f.resolve() not in found)
+    return found
+
+
+def stage_tables(c: Checker, v) -> tuple[Stage, ...]:
+    if not isinstance(v, list) or not all(isinstance(s, dict) for s in v):
+        c.bad("stages", v, "an array of tables ([[stages]])")
+        return ()
+    out: list[Stage] = []
+    names = {"main"}
+    for i, s in enumerate(v):
+        prefix = f"stages[{i}]."
+        c.unknown(s, _STAGE_KEYS, prefix)
+        name = c.str_(s, "name", f"stage{i + 2}", prefix=prefix, nonempty=True)
+        source = c.str_(s, "from", out[-1].name if out else "main", prefix=prefix, nonempty=True)
+        if source not in names:
+            c.bad(prefix + "from", source, "an earlier stage: " + ", ".join(sorted(names)))
+        prompt = c.str_(s, "prompt", None, prefix=prefix, nonempty=True)
+        if prompt is None:
+            c.problems.append(f"key '{prefix}prompt': missing; expected the stage's prompt template")
+        for key in ("prompt", "negative_prompt"):
+            if isinstance(s.get(key), str):  # __parent__ stands for text: a literal of its length keeps columns
+                check_template(c, prefix + key, s[key].replace(PARENT_TOKEN, "x" * len(PARENT_TOKEN)),
+                                f"{c.path} ({prefix}{key})", shown=s[key])
+        strengths = s.get("strengths", [0.5])
+        if not (isinstance(strengths, list) and strengths and all(
+                isinstance(x, (int, float)) and not isinstance(x, bool) and 0 < x <= 1 for x in strengths)):
+            c.bad(prefix + "strengths", strengths, "a non-empty list of numbers in (0, 1]")
+            strengths = [0.5]
+        seeds = tuple(seed_list(c, s["seeds"], prefix)) if "seeds" in s else None
+        top_k = c.int_(s, "top_k", None, lo=1, prefix=prefix)
+        metric = c.str_(s, "metric", None, prefix=prefix, nonempty=True)
+        if top_k is not None and metric is None:
+            c.problems.append(f"key '{prefix}metric': missing; top_k needs the metric to rank by")
+        if metric is not None:
+            c.metric(prefix + "metric", metric)
+        if name in names:
+            c.bad(prefix + "name", name, "a name not used by another stage")
+        names.add(name)
+        out.append(Stage(name, source, prompt or "", c.str_(s, "negative_prompt", None, prefix=prefix),
+                         tuple(float(x) for x in strengths), seeds,
+                         c.int_(s, "steps", None, lo=1, hi=1000, prefix=prefix), top_k, metric))
+    return tuple(out)
