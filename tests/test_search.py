@@ -107,6 +107,12 @@ def test_search_table_problems_are_reported_together_naming_the_file():
         assert expected in text
 
 
+def test_a_bad_population_is_reported_once_not_also_as_missing():
+    with pytest.raises(ExperimentError) as e:
+        config({**RAW, "search": {"population": 1, "generations": 2}}, Path("/tmp/study.toml"))
+    assert e.value.problems == ["key 'search.population': got 1, expected an integer >= 2"]
+
+
 def test_missing_search_table_says_what_evolve_needs():
     with pytest.raises(ExperimentError, match=r"table \[search\]: missing"):
         config({"prompt": "a castle"})
