@@ -328,6 +328,10 @@ def report(
     if r.truncated:
         typer.echo(f"{r.truncated} images have prompts longer than the CLIP text limit (75 tokens); their CLIP "
                    "scores ignore the words after it (column 'truncated' of the images table)")
+    if r.undrawn:
+        from .fonts import FONT_HINT
+        typer.echo(f"plots: no installed font has {r.undrawn!r}; those characters show as boxes in the plots "
+                   f"(the tables and the contact sheet show them); {FONT_HINT}")
     for c in r.comparisons:
         typer.echo("")
         typer.echo(c.to_text().rstrip())

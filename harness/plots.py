@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from .columns import flag, level_label, resolve_dim, resolve_metric, resolve_metrics, short_metric, sorted_levels
+from .fonts import plot_fonts, undrawable
 from .stats import t_interval
 
 PLOTS_DIR = "plots"
@@ -49,7 +50,8 @@ def _save(fig, out: Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     try:
-        fig.savefig(tmp, format="png", dpi=100)
+        with plot_fonts():
+            fig.savefig(tmp, format="png", dpi=100)
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
@@ -107,6 +109,7 @@ def level_stats(table: pd.DataFrame, factor: str, metric: str) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["level", "n", "mean", "ci_low", "ci_high"])
 
 
+@plot_fonts()
 def level_figure(table: pd.DataFrame, factor: str, metric: str):
     """The figure :func:`metric_by_level` saves: mean and 95 % CI of `metric` per level of `factor`."""
     fcol, mcol = resolve_dim(table, factor, "factor"), resolve_metric(table, metric)
@@ -148,6 +151,7 @@ def _img2img(table: pd.DataFrame) -> pd.DataFrame:
     return table[mask].assign(strength=strength[mask])
 
 
+@plot_fonts()
 def strength_figure(table: pd.DataFrame, metrics: list[str]):
     """The figure :func:`strength_curves` saves, or None when there is nothing to draw."""
     rows = _img2img(table)
@@ -224,6 +228,22 @@ def plot_metrics(table: pd.DataFrame) -> list[str]:
     return [c for c in resolve_metrics(table, None) if table[c].notna().any()]
 
 
+def plot_factors(table: pd.DataFrame) -> list[str]:
+    """Factor columns (and checkpoint) with more than one level: each gets a plot per metric."""
+    factors = [c for c in table.columns if str(c).startswith("f.")]
+    factors += [c for c in ("checkpoint",) if c in table.columns]
+    return [f for f in factors if table[f].nunique(dropna=False) > 1]
+
+
+def undrawn(table: pd.DataFrame) -> str:
+    """Characters of the plots' factor names, levels, checkpoints and metric ids that no installed font
+    has: they show as boxes in the plots (the tables and the contact sheet show them)."""
+    factors = plot_factors(table)
+    texts = [*map(metric_label, plot_metrics(table)), *map(_factor_name, factors)]
+    texts += [level_label(v) for f in {*factors, *({"checkpoint"} & set(table.columns))} for v in table[f].unique()]
+    return undrawable(texts)
+
+
 def plots_for(table: pd.DataFrame, run_dir: Path) -> list[Path]:
     """The default plots: every varying factor (and checkpoint) x every metric, and the strength curves.
 
@@ -231,9 +251,7 @@ def plots_for(table: pd.DataFrame, run_dir: Path) -> list[Path]:
     """
     run_dir = Path(run_dir)
     metrics = plot_metrics(table)
-    factors = [c for c in table.columns if str(c).startswith("f.")]
-    factors += [c for c in ("checkpoint",) if c in table.columns]
-    factors = [f for f in factors if table[f].nunique(dropna=False) > 1]
+    factors = plot_factors(table)
     out: list[Path] = []
     folder = run_dir / PLOTS_DIR
     names = plot_names(metrics, factors)

@@ -253,6 +253,7 @@ class ReportResult:
     skipped: list[tuple[str, str, str]] = field(default_factory=list)  # (factor, metric, why) not compared
     truncated: int = 0  # images whose prompt some CLIP metric saw cut to 75 tokens
     missing: int = 0  # images the plan asks for that are not made yet
+    undrawn: str = ""  # characters of plot labels no installed font has (boxes in the plots)
 
 
 def report_metrics(run_dir: Path, metric: str | None) -> list[str | None]:
@@ -319,9 +320,9 @@ def build_report(run_dir: Path | str, *, rows: str | None = None, cols: str | No
         for suffix in ("csv", "parquet", "md", "txt"):
             (tables / f"comparisons.{suffix}").unlink(missing_ok=True)
     if html and len(table):
-        from .plots import plots_for
+        from .plots import plots_for, undrawn
         from .sheet import write_sheet
-        result.plots = plots_for(table, run_dir)
+        result.plots, result.undrawn = plots_for(table, run_dir), undrawn(table)
         extra_plots = [run_dir / "plots" / name for name in EXTRA_PLOTS if (run_dir / "plots" / name).is_file()]
         result.index = write_sheet(run_dir, table, rows=rows, cols=cols, variant_summary=variants,
                                    comparisons=[*result.comparisons, *extra_sections(tables)],

@@ -1,5 +1,6 @@
 """Plot file names, titles and Markdown tables on hand-made image tables (no model, no ledger)."""
 
+import io
 import itertools
 import re
 import warnings
@@ -8,7 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from harness.plots import level_figure, metric_label, plot_names, plots_for, strength_figure
+from harness import fonts
+from harness.plots import level_figure, metric_label, plot_names, plots_for, strength_figure, undrawn
 from harness.report import markdown_table
 
 LONG = "clip_score[model=" + "x" * 250 + "]"
@@ -56,6 +58,32 @@ def test_non_ascii_factors_get_distinct_plot_files(tmp_path):
     assert len(names) == len(set(names)) == 3 and all(p.is_file() for p in paths)
     assert all(n.isascii() for n in names)
     assert names == [p.name for p in plots_for(table, tmp_path)]  # stable from run to run
+
+
+def test_characters_no_plot_font_has_are_named_once():
+    assert fonts.undrawable(["red 水彩", "é\t水"], ["DejaVu Sans"]) == "彩水"  # DejaVu Sans has é, no CJK
+    assert fonts.undrawable(["red", "circle"]) == ""
+
+
+def test_the_report_names_the_characters_its_plots_cannot_draw(monkeypatch):
+    table = image_table({"画材": ["水彩", "oil"]}, ["clip_score"])
+    monkeypatch.setattr(fonts, "plot_families", lambda: ("DejaVu Sans",))
+    assert undrawn(table) == "彩材水画"
+    assert undrawn(image_table({"medium": ["watercolour", "oil"]}, ["clip_score"])) == ""
+
+
+@pytest.mark.skipif(fonts.undrawable(["水彩"]) != "", reason="no CJK font installed (CI installs fonts-wqy-microhei)")
+def test_cjk_levels_are_drawn_with_an_installed_cjk_font(tmp_path):
+    table = image_table({"画材": ["水彩", "油彩"]}, ["clip_score"])
+    assert undrawn(table) == ""
+    paths = plots_for(table, tmp_path)
+    assert paths and all(p.is_file() for p in paths)
+    fig = level_figure(table, "画材", "clip_score")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="Glyph .* missing from")  # a box warns while drawing
+        fig.savefig(io.BytesIO(), format="png")
+    families = fig.axes[0].get_xticklabels()[0].get_fontfamily()
+    assert families[0] == "DejaVu Sans" and len(families) > 1  # DejaVu first, then the CJK fallback
 
 
 def test_long_metric_ids_give_bounded_distinct_file_names(tmp_path):
