@@ -38,7 +38,6 @@ from .wildcards import WildcardLibrary
 
 FULL = "(full prompt)"
 NOT_QUALITY = ("health", "watermark")
-FEW_PAIRS = 15  # below this many pairs a percentile bootstrap interval undercovers (stats.py)
 # Job fields that define a condition; pairs share all of them and the seed.
 CONDITIONS = ("checkpoint", "mode", "strength", "steps", "guidance", "width", "height", "negative_prompt",
               "init_hash", "scheduler")
@@ -66,6 +65,8 @@ class AblationResult:
     higher_is_better: dict = field(default_factory=dict)
 
     def to_text(self) -> str:
+        from .stats import MIN_CLUSTERS_FOR_CI  # below this many pairs the percentile interval undercovers
+
         out = []
         for (prompt, metric), g in self.table.groupby(["prompt", "metric"], sort=False):
             better = "higher" if self.higher_is_better.get(metric, True) else "lower"
@@ -79,8 +80,8 @@ class AblationResult:
                 out.append(f"  {r.rank:>2}. {str(r.clause).ljust(width)}  {r.contribution:+.4g}  {ci}  "
                            f"{r.verdict:<7}  p={p}  n={r.n_pairs}")
             notes = sorted({n for n in g["note"] if n})
-            if g["n_pairs"].max() < FEW_PAIRS:
-                notes.append(f"under {FEW_PAIRS} seeds the percentile interval is too narrow; "
+            if g["n_pairs"].max() < MIN_CLUSTERS_FOR_CI:
+                notes.append(f"under {MIN_CLUSTERS_FOR_CI} seeds the percentile interval is too narrow; "
                              "read verdicts as tentative and add seeds")
             out += [f"  note: {n}" for n in notes]
             out.append("")

@@ -1,0 +1,221 @@
+"""Paired comparison of a factor's levels against a baseline: which columns two images must share
+to form a pair, the per-level paired differences with their cluster bootstrap interval, Wilcoxon
+p-value (Holm-adjusted across levels) and win rate, and, with three or more levels, a ranking of the
+level means over blocks that have every level (design notes in the :mod:`harness.stats` package doc).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats as sps
+
+from .intervals import (
+    MIN_CLUSTERS_FOR_CI,
+    MIN_CLUSTERS_FOR_TEST,
+    _wilcoxon_p,
+    cluster_bootstrap_ci,
+    cluster_bootstrap_means,
+    holm,
+)
+from .results import Comparison, LevelResult, RankResult
+from .table import (
+    DESIGN_COLUMNS,
+    PARAM_COLUMNS,
+    _healthy_mask,
+    _resolve_factor,
+    _resolve_metric,
+    _sorted_levels,
+)
+
+
+def default_pair_on(df: pd.DataFrame, factor: str) -> list[str]:
+    """The columns two images must share to form a pair when comparing `factor`.
+
+    Always: the other factors (``f.*``), checkpoint, seed and stage. A parameter column
+    (:data:`PARAM_COLUMNS`) joins only where it takes several values among images with the
+    same factor level and design, i.e. where it is an axis of its own (mode, strength, init image).
+    A parameter that follows the factor or the prompt (the negative prompt of a negative factor,
+    a checkpoint's own size, a guidance drawn per prompt by ``[randomize]``) is left out: requiring
+    it to match would leave no pairs.
+    """
+    cols = [c for c in df.columns if str(c).startswith("f.") and c != factor]
+    cols += [c for c in DESIGN_COLUMNS if c in df.columns and c != factor]
+    for c in PARAM_COLUMNS:
+        if c in df.columns and c != factor and _varies_within(df, [*cols, factor], c):
+            cols.append(c)
+    return cols
+
+
+def _varies_within(df: pd.DataFrame, by: list[str], column: str) -> bool:
+    """Whether `column` takes more than one value (missing counts as a value) in some group of `by`."""
+    group = _ids(df, by)
+    value = pd.factorize(df[column], use_na_sentinel=False)[0]
+    return len(np.unique(np.stack([group, value], axis=1), axis=0)) > len(np.unique(group))
+
+
+def _ids(df: pd.DataFrame, cols: list[str]) -> np.ndarray:
+    """Group id per row for the distinct combinations of ``cols`` (missing values form their own group)."""
+    if not cols:
+        return np.zeros(len(df), dtype=np.intp)
+    codes = np.stack([pd.factorize(df[c], use_na_sentinel=False)[0] for c in cols], axis=1)
+    return np.unique(codes, axis=0, return_inverse=True)[1].reshape(-1)
+
+
+def paired_compare(
+    df: pd.DataFrame,
+    *,
+    factor: str,
+    metric: str,
+    baseline: Any = None,
+    pair_on: list[str] | None = None,
+    n_boot: int = 2000,
+    tie_margin: float = 0.0,
+    rng: np.random.Generator,
+    alpha: float = 0.05,
+    higher_is_better: bool = True,
+) -> Comparison:
+    """Compare every level of ``factor`` with ``baseline`` on paired images (see :mod:`harness.stats`).
+
+    A win is ``level - baseline > tie_margin`` (or ``< -tie_margin`` when lower is
+    better), a tie ``|d| <= tie_margin``; win rate = (wins + ties / 2) / n_pairs.
+    """
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(f"rng must be a numpy.random.Generator (e.g. numpy.random.default_rng(0)), got {type(rng).__name__}")
+    if not (isinstance(n_boot, (int, np.integer)) and n_boot >= 1):
+        raise ValueError(f"n_boot must be a positive integer, got {n_boot!r}")
+    if not tie_margin >= 0:
+        raise ValueError(f"tie_margin must be >= 0, got {tie_margin!r}")
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha!r}")
+    factor = _resolve_factor(df, factor)
+    metric = _resolve_metric(df, metric)
+    no_level = df[factor].isna()
+    if no_level.all():
+        raise ValueError(f"factor column {factor!r} has no values; nothing to compare")
+    df = df[~no_level]  # images the factor does not apply to (txt2img rows when comparing strength)
+    levels = _sorted_levels(df[factor])
+    if len(levels) < 2:
+        raise ValueError(f"factor {factor!r} has only {len(levels)} level(s) {levels}; a comparison needs two or more")
+    if baseline is None:
+        baseline = "" if "" in levels else levels[0]
+    else:
+        match = [lv for lv in levels if lv == baseline] or [lv for lv in levels if str(lv) == str(baseline)]
+        if not match:
+            raise ValueError(f"baseline {baseline!r} is not a level of {factor!r}; levels: {levels}")
+        baseline = match[0]
+    if pair_on is None:
+        pair_on = default_pair_on(df, factor)
+    else:
+        pair_on = list(pair_on)
+        bad = [c for c in pair_on if c not in df.columns]
+        if bad or factor in pair_on:
+            raise ValueError(f"pair_on {pair_on} must name table columns other than the factor {factor!r}; "
+                             f"unknown: {bad}; columns: {list(df.columns)}")
+    cluster_on = [c for c in pair_on if c != "seed"]
+    confounded = [c for c in PARAM_COLUMNS if c in df.columns and c != factor and c not in pair_on
+                  and _varies_within(df, pair_on, c)]
+
+    block = _ids(df, pair_on)
+    level_idx = pd.Index(levels).get_indexer(df[factor])
+    n_lv, base_i = len(levels), levels.index(baseline)
+    dup = np.bincount(block * n_lv + level_idx)[block * n_lv + level_idx] > 1
+    if dup.any():
+        example = df.loc[dup, [factor, *pair_on]].head(2).to_dict("records")
+        raise ValueError(f"{int(dup.sum())} rows share the same {factor!r} level and pair_on values, so pairs are "
+                         f"ambiguous; pass pair_on with the column that tells them apart. pair_on={pair_on}, "
+                         f"e.g. {example}")
+
+    healthy = _healthy_mask(df)
+    value = pd.to_numeric(df[metric], errors="coerce").to_numpy(float)
+    scored = healthy & ~np.isnan(value)
+    n_blocks = int(block.max()) + 1 if len(block) else 0
+    wide = np.full((n_blocks, n_lv), np.nan)  # block x level, NaN where no healthy scored image
+    wide[block[scored], level_idx[scored]] = value[scored]
+    cluster_of = np.zeros(n_blocks, dtype=np.intp)
+    cluster_of[block] = _ids(df, cluster_on)
+
+    present = ~np.isnan(wide)
+    has_base = present[:, base_i]
+    paired_block = has_base & (present.sum(axis=1) > 1)
+    n_excluded = {"unhealthy": int((~healthy).sum()), "unscored": int((healthy & np.isnan(value)).sum()),
+                  "unpaired": int(present[~paired_block].sum()), "no_level": int(no_level.sum())}
+
+    sign = 1.0 if higher_is_better else -1.0
+    partial, notes = [], []
+    if confounded:
+        notes.append(f"{', '.join(confounded)} differ(s) between the images of a pair (set with {factor}), so "
+                     "each difference includes that change too")
+    for li, lv in enumerate(levels):
+        if li == base_i:
+            continue
+        ok = has_base & present[:, li]
+        d = wide[ok, li] - wide[ok, base_i]
+        cl_codes = np.unique(cluster_of[ok], return_inverse=True)[1]
+        n_pairs, n_clu = int(ok.sum()), int(cl_codes.max()) + 1 if ok.any() else 0
+        note = []
+        if n_pairs == 0:
+            note.append("no complete pairs")
+        elif n_clu < MIN_CLUSTERS_FOR_TEST:
+            note.append(f"only {n_clu} cluster(s): the Wilcoxon test has little power "
+                        f"(smallest attainable p = {min(1.0, 2.0 ** (1 - n_clu)):.3g})")
+        if n_pairs >= 2:
+            lo, hi = cluster_bootstrap_ci(d, cl_codes, rng=rng, n_boot=n_boot, alpha=alpha)
+            if n_clu == 1:
+                note.append("one cluster: the interval reflects seed-to-seed variation only")
+            elif n_clu < MIN_CLUSTERS_FOR_CI:
+                note.append(f"{n_clu} clusters: the 95% interval is likely too narrow (below ~15 clusters)")
+        else:
+            lo = hi = math.nan
+        cmeans = np.bincount(cl_codes, weights=d) / np.bincount(cl_codes) if n_pairs else np.array([])
+        wins = int((sign * d > tie_margin).sum())
+        ties = int((np.abs(d) <= tie_margin).sum())
+        nan_or = (lambda x: float(x.mean()) if n_pairs else math.nan)  # noqa: E731
+        partial.append(dict(
+            level=lv, n_pairs=n_pairs, n_clusters=n_clu, mean_level=nan_or(wide[ok, li]),
+            mean_baseline=nan_or(wide[ok, base_i]), mean_diff=nan_or(d), ci_low=lo, ci_high=hi,
+            p_value=_wilcoxon_p(cmeans), wins=wins, ties=ties, losses=n_pairs - wins - ties,
+            win_rate=(wins + 0.5 * ties) / n_pairs if n_pairs else math.nan, note="; ".join(note)))
+    adjusted = holm([r["p_value"] for r in partial])
+    rows = [LevelResult(p_holm=a, **r) for r, a in zip(partial, adjusted)]
+
+    ranking = None
+    if len(levels) > 2:
+        ranking = _rank(wide, cluster_of, levels, n_boot=n_boot, rng=rng, alpha=alpha, sign=sign)
+        if not ranking:
+            notes.append("no block has every level scored, so no ranking")
+    conf = f"{100 * (1 - alpha):g}%"
+    method = (f"paired differences (level - baseline) over images sharing pair_on; clusters = pair_on without seed; "
+              f"{conf} CI: two-stage cluster bootstrap (clusters with replacement, then seeds within each drawn "
+              f"cluster with replacement), percentile, {n_boot} resamples; p: two-sided Wilcoxon signed-rank test on "
+              f"per-cluster mean differences (zeros dropped), Holm-adjusted across {len(rows)} level(s); "
+              f"win rate = (wins + ties/2) / pairs, tie if |diff| <= {tie_margin:g}")
+    if ranking is not None:
+        method += "; ranking: level means over blocks with every level, rank and mean intervals from the same bootstrap"
+    return Comparison(rows=rows, ranking=ranking, factor=factor, metric=metric, baseline=baseline,
+                      n_excluded=n_excluded, method=method, tie_margin=float(tie_margin), pair_on=pair_on,
+                      higher_is_better=higher_is_better, alpha=alpha, notes=notes, n_boot=int(n_boot))
+
+
+def _rank(wide: np.ndarray, cluster_of: np.ndarray, levels: list, *, n_boot: int,
+          rng: np.random.Generator, alpha: float, sign: float) -> list[RankResult]:
+    complete = ~np.isnan(wide).any(axis=1)
+    if not complete.any():
+        return []
+    x = wide[complete]
+    cl = cluster_of[complete]
+    means = x.mean(axis=0)
+    rank = sps.rankdata(-sign * means)
+    boot = cluster_bootstrap_means(x, cl, n_boot=n_boot, rng=rng)
+    branks = sps.rankdata(-sign * boot, axis=1)
+    mlo, mhi = np.quantile(boot, [alpha / 2, 1 - alpha / 2], axis=0)
+    rlo = np.quantile(branks, alpha / 2, axis=0, method="lower")
+    rhi = np.quantile(branks, 1 - alpha / 2, axis=0, method="higher")
+    n_clu = len(np.unique(cl))
+    out = [RankResult(level=lv, rank=float(rank[i]), mean=float(means[i]), ci_low=float(mlo[i]),
+                      ci_high=float(mhi[i]), rank_ci_low=float(rlo[i]), rank_ci_high=float(rhi[i]),
+                      n_blocks=int(complete.sum()), n_clusters=n_clu) for i, lv in enumerate(levels)]
+    return sorted(out, key=lambda r: r.rank)

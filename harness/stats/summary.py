@@ -1,0 +1,44 @@
+"""Per-group summaries of one metric: count, mean, standard deviation, standard error and
+Student-t interval over the healthy, scored rows of each group, with counts of the unscored and
+unhealthy rows left out.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from .intervals import t_interval
+from .table import _healthy_mask, _resolve_metric
+
+
+def summarize(df: pd.DataFrame, by: list[str], metric: str, confidence: float = 0.95) -> pd.DataFrame:
+    """Per-group n, mean, sd, sem and t-interval of ``metric`` over healthy, scored rows.
+
+    ``n_unhealthy`` counts rows with ``healthy`` not True; ``n_unscored`` counts
+    healthy rows whose metric is NaN. sd/sem need n >= 2, the interval n >= 2.
+    """
+    metric = _resolve_metric(df, metric)
+    missing = [c for c in by if c not in df.columns]
+    if missing:
+        raise ValueError(f"summarize: 'by' columns {missing} are not in the table; columns: {list(df.columns)}")
+    work = pd.DataFrame({"_v": pd.to_numeric(df[metric], errors="coerce").to_numpy(float),
+                         "_h": _healthy_mask(df)}, index=df.index)
+    for c in by:
+        work[c] = df[c]
+    groups = work.groupby(by, dropna=False, sort=True) if by else [((), work)]
+    records = []
+    for key, g in groups:
+        key = key if isinstance(key, tuple) else (key,)
+        healthy = g[g["_h"]]
+        x = healthy["_v"].dropna().to_numpy()
+        n = x.size
+        sd = float(x.std(ddof=1)) if n >= 2 else math.nan
+        lo, hi = t_interval(x, confidence)
+        records.append({**dict(zip(by, key)), "n": n, "mean": float(x.mean()) if n else math.nan,
+                        "sd": sd, "sem": sd / math.sqrt(n) if n >= 2 else math.nan,
+                        "ci_low": lo, "ci_high": hi,
+                        "n_unscored": int(healthy["_v"].isna().sum()), "n_unhealthy": int((~g["_h"]).sum())})
+    return pd.DataFrame.from_records(records, columns=[*by, "n", "mean", "sd", "sem", "ci_low", "ci_high",
+                                                      "n_unscored", "n_unhealthy"])

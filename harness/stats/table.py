@@ -1,0 +1,60 @@
+"""Reading the tidy per-image table: which columns name the design (checkpoint, seed, stage) and the
+generation parameters, how a bare metric or factor name maps to its ``m.``/``f.`` column (failing
+with the available choices), which rows count as healthy, and the order in which a factor's levels
+are listed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+# Columns that always tell conditions apart (when present), and parameter columns that do so only
+# where they vary independently of the compared factor (see default_pair_on).
+DESIGN_COLUMNS = ("checkpoint", "seed", "stage")
+PARAM_COLUMNS = (
+    "mode", "strength", "steps", "guidance", "width", "height",
+    "negative_prompt", "scheduler", "init_image",
+)
+
+
+def _sorted_levels(values) -> list:
+    uniq = list(pd.unique(values))
+    try:
+        return sorted(uniq)
+    except TypeError:
+        return sorted(uniq, key=str)
+
+
+def _resolve_metric(df: pd.DataFrame, metric: str) -> str:
+    for name in (metric, f"m.{metric}"):
+        if name in df.columns and name.startswith("m."):
+            return name
+    avail = [c for c in df.columns if str(c).startswith("m.")]
+    raise ValueError(f"metric {metric!r} is not a column of the table; available metrics: {avail or 'none'} "
+                     "(bare names like 'clip_score' map to 'm.clip_score')")
+
+
+def _resolve_factor(df: pd.DataFrame, factor: str) -> str:
+    choices = [c for c in df.columns if str(c).startswith("f.")]
+    choices += [c for c in (*DESIGN_COLUMNS, *PARAM_COLUMNS) if c in df.columns and c != "seed"]
+    for name in (factor, f"f.{factor}"):
+        if name in choices:
+            return name
+    raise ValueError(f"factor {factor!r} is not a factor column of the table; available factors: {choices or 'none'} "
+                     "(bare names like 'artist' map to 'f.artist')")
+
+
+def _healthy_mask(df: pd.DataFrame) -> np.ndarray:
+    """Rows whose ``healthy`` value is exactly True; no column means all healthy."""
+    if "healthy" not in df.columns:
+        return np.ones(len(df), dtype=bool)
+    if df["healthy"].dtype == bool:
+        return df["healthy"].to_numpy()
+
+    def is_true(v: Any) -> bool:
+        return isinstance(v, (bool, np.bool_, int, float, np.number)) and v == 1
+
+    return df["healthy"].map(is_true).to_numpy(bool)
