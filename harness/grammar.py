@@ -1,8 +1,8 @@
 """Prompt template text -> AST.
 
 The parser knows nothing about wildcard files, counting or sampling; those are
-separate interpreters of the tree it builds (`expand.py`, `wildcards.py`,
-`mutate.py`). Every failure is a `GrammarError` carrying the origin, line,
+separate interpreters of the tree it builds (`expand/`, `wildcards.py`,
+`mutate/`). Every failure is a `GrammarError` carrying the origin, line,
 column and a caret under the offending text.
 
 Syntax (the README has the full reference):

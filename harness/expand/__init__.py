@@ -1,0 +1,72 @@
+"""Interpreters of the template AST: resolve + name, count, expand, sample.
+
+`compile_template` resolves wildcards into alternations (one option per file
+line), checks for cycles and gives every alternation a factor name. The other
+functions read that tree and never parse.
+
+Identity of an expansion is its prompt text: two choice paths that render the
+same text are one expansion (the first in expansion order keeps its factors),
+because they would make the same image.
+
+The package's modules, one job each:
+
+- `resolving`: wildcards into alternations over their file's lines (`resolve`);
+- `names`: factor names (`auto_name`, `assign_names`, `alternations`,
+  `factor_names`);
+- `paths`: choice paths, counted (`raw_count`) and walked in template order
+  with text, factors and probability; the base of the three below;
+- `counting`: distinct prompts (`count_info`, `count`);
+- `exhaustive`: every distinct prompt in template order (`expand`);
+- `sampling`: weighted random draws (`sample`);
+- here: `Template` and `compile_template`.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Iterator
+
+from ..core import Variant
+from ..grammar import GrammarError, Seq, parse
+from ..wildcards import WildcardLibrary
+from .counting import _lang, count, count_info
+from .exhaustive import expand
+from .names import alternations, assign_names, auto_name, factor_names
+from .paths import DEFAULT_JOINER, raw_count
+from .resolving import resolve
+from .sampling import sample
+
+__all__ = [
+    "DEFAULT_JOINER", "Template", "alternations", "assign_names", "auto_name", "compile_template", "count",
+    "count_info", "expand", "factor_names", "raw_count", "resolve", "sample",
+]
+
+
+@dataclass(frozen=True)
+class Template:
+    source: str
+    tree: Seq
+
+    @property
+    def factors(self) -> list[str]:
+        return factor_names(self.tree)
+
+    def count(self) -> int:
+        return count(self.tree)
+
+    def expand(self, limit: int | None = None) -> Iterator[Variant]:
+        return expand(self.tree, limit=limit)
+
+    def sample(self, n: int, rng: random.Random, *, replace: bool = False) -> list[Variant]:
+        return sample(self.tree, n, rng, replace=replace)
+
+
+def compile_template(text: str, *, library: WildcardLibrary | None = None, origin: str = "<template>",
+                     allow_empty: bool = False) -> Template:
+    tree = parse(text, origin=origin, allow_empty=allow_empty)
+    tree = resolve(tree, library or WildcardLibrary())
+    for alt in alternations(tree):
+        if alt.k is not None and alt.k[0] > 0 and _lang(alt).n == 0:
+            raise GrammarError(f"choose-k cannot pick {alt.k[0]} different texts from these options", alt.loc)
+    return Template(text, assign_names(tree))

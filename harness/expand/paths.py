@@ -1,0 +1,99 @@
+"""Choice paths of a tree: how many there are (`raw_count`, duplicates
+included) and each one in template order with its text, factors and
+probability (`_iter`). Counting, expansion and sampling build on these."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Iterator
+
+from ..grammar import Alt, Seq, Text
+
+DEFAULT_JOINER = ","
+_MATERIALISE = 50_000       # languages up to this size are handled as explicit sets
+
+
+def _perm_raw(sizes: list[int], k: int) -> int:
+    """Number of ordered k-selections of distinct option positions, times their sizes."""
+    if k == 0:
+        return 1
+    # Sum over ordered selections of product of sizes = k! * e_k(sizes).
+    e = [1] + [0] * k
+    for s in sizes:
+        for j in range(k, 0, -1):
+            e[j] += e[j - 1] * s
+    return math.factorial(k) * e[k]
+
+
+def raw_count(node) -> int:
+    """Number of choice paths, duplicates included."""
+    if isinstance(node, Text):
+        return 1
+    if isinstance(node, Seq):
+        return math.prod(raw_count(p) for p in node.parts)
+    sizes = [raw_count(o.body) for o in node.options]
+    if node.k is None:
+        return sum(sizes)
+    return sum(_perm_raw(sizes, k) for k in range(node.k[0], node.k[1] + 1))
+
+
+_Item = tuple  # (text, factors tuple of (name, value) pairs, probability)
+
+
+def _iter(node) -> Iterator[_Item]:
+    if isinstance(node, Text):
+        yield node.value, (), 1.0
+    elif isinstance(node, Seq):
+        parts = node.parts
+        if not parts:
+            yield "", (), 1.0
+        elif len(parts) == 1:
+            yield from _iter(parts[0])
+        elif all(raw_count(p) <= _MATERIALISE for p in parts):
+            lists = [list(_iter(p)) for p in parts]
+            for combo in itertools.product(*lists):
+                p = 1.0
+                factors: tuple = ()
+                for _, f, q in combo:
+                    factors += f
+                    p *= q
+                yield "".join(c[0] for c in combo), factors, p
+        else:
+            for t0, f0, p0 in _iter(parts[0]):
+                for t1, f1, p1 in _iter(Seq(parts[1:])):
+                    yield t0 + t1, f0 + f1, p0 * p1
+    else:
+        yield from _iter_alt(node)
+
+
+def _weights(alt: Alt) -> list[float]:
+    return [1.0 if o.weight is None else o.weight for o in alt.options]
+
+
+def _iter_alt(alt: Alt) -> Iterator[_Item]:
+    w = _weights(alt)
+    if alt.k is None:
+        total = sum(w)
+        for o, wi in zip(alt.options, w):
+            for text, f, p in _iter(o.body):
+                yield text, ((alt.name, text),) + f, p * (wi / total if total else 1 / len(w))
+        return
+    joiner = DEFAULT_JOINER if alt.joiner is None else alt.joiner
+    lo, hi = alt.k
+    for k in range(lo, hi + 1):
+        for perm in itertools.permutations(range(len(alt.options)), k):
+            p_perm, left = 1.0 / (hi - lo + 1), sum(w)
+            for i in perm:
+                p_perm *= w[i] / left if left else 0.0
+                left -= w[i]
+            for combo in itertools.product(*(list(_iter(alt.options[i].body)) for i in perm)):
+                if len({c[0] for c in combo}) < len(combo):
+                    continue
+                text = joiner.join(c[0] for c in combo)
+                factors: tuple = ((alt.name, text),)
+                p = p_perm
+                for _, f, q in combo:
+                    factors += f
+                    p *= q
+                yield text, factors, p

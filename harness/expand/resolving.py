@@ -1,0 +1,42 @@
+"""Wildcard resolution: every `__path__` becomes an alternation over its file's
+lines, each line parsed as a template of its own; unknown, empty and cyclic
+wildcards are grammar errors that point at the template text."""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import replace
+
+from ..grammar import Alt, GrammarError, Option, Seq, Text, parse
+from ..wildcards import WildcardLibrary
+
+
+def resolve(node, library: WildcardLibrary, stack: tuple[str, ...] = ()):
+    """Replace wildcards by alternations over their file's lines."""
+    if isinstance(node, Seq):
+        return Seq(tuple(resolve(p, library, stack) for p in node.parts))
+    if isinstance(node, Text):
+        return node
+    if isinstance(node, Alt):
+        return replace(node, options=tuple(Option(resolve(o.body, library, stack), o.weight)
+                                           for o in node.options))
+    # Wildcard
+    if node.path in stack:
+        chain = " -> ".join((*stack[stack.index(node.path):], node.path))
+        raise GrammarError(f"wildcard cycle: {chain}", node.loc, length=len(node.path) + 4)
+    wf = library.get(node.path)
+    if wf is None:
+        names = library.names()
+        close = difflib.get_close_matches(node.path, names, n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join('__' + c + '__' for c in close)}?" if close else ""
+        where = ", ".join(str(p) for p in library.search_path) or "(no wildcard folders found)"
+        raise GrammarError(f"unknown wildcard __{node.path}__: no {node.path}.txt in {where}{hint}",
+                           node.loc, length=len(node.path) + 4)
+    if not wf.lines:
+        raise GrammarError(f"wildcard __{node.path}__ has no options: {wf.path} holds only blank or # lines",
+                           node.loc, length=len(node.path) + 4)
+    options = []
+    for lineno, line in wf.lines:
+        body = parse(line, origin=str(wf.path), allow_empty=True, first_line=lineno)
+        options.append(Option(resolve(body, library, (*stack, node.path))))
+    return Alt(tuple(options), name=node.name, wildcard=node.path, loc=node.loc)
