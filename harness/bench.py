@@ -305,13 +305,13 @@ def run_bench(sweep: Sweep, *, device: str = "auto", dtype: str = "auto", ablate
               out=print) -> dict:
     from PIL import Image
 
-    from . import generate as gen
+    from .devices import dtype_name, pick_device, pick_dtype
     from .experiment import load_experiment
     from .plan import make_plan
     from .worker import Tuning
 
-    device = gen.pick_device(device)
-    torch_dtype = gen.pick_dtype(dtype, device)
+    device = pick_device(device)
+    torch_dtype = pick_dtype(dtype, device)
     work = Path(tempfile.mkdtemp(prefix="harness-bench-"))
     try:
         Image.radial_gradient("L").convert("RGB").resize((sweep.size, sweep.size)).save(work / "init.png")
@@ -325,7 +325,7 @@ def run_bench(sweep: Sweep, *, device: str = "auto", dtype: str = "auto", ablate
         variants = ablation_variants(ablate, device, Tuning(speedups=exp.speedups, streams=exp.streams))
         out(f"sweep: {n} images ({sweep.model}, {sweep.size}x{sweep.size}, {sweep.steps} steps, "
             f"{sweep.prompts} prompts x {sweep.seeds} seeds, txt2img + img2img at strengths "
-            f"{list(sweep.strengths)}), device {device}, {gen.dtype_name(torch_dtype)}")
+            f"{list(sweep.strengths)}), device {device}, {dtype_name(torch_dtype)}")
 
         # Warm-up: load once so both paths find weights in the page cache and kernels initialised.
         warm = DenoiseTimer()
@@ -366,7 +366,7 @@ def run_bench(sweep: Sweep, *, device: str = "auto", dtype: str = "auto", ablate
             name = torch.cuda.get_device_name()
             peak = next((v for k, v in GPU_PEAK_TFLOPS.items() if k in name), float("nan"))
             matmul = matmul_tflops(device, torch_dtype)
-            out(f"{name}: dense {gen.dtype_name(torch_dtype)} peak {peak:g} TFLOP/s (spec), "
+            out(f"{name}: dense {dtype_name(torch_dtype)} peak {peak:g} TFLOP/s (spec), "
                 f"{matmul:.0f} TFLOP/s measured on an 8192^3 matrix product")
             for f in rows:
                 tflops = flops * f.latents / f.denoise / 1e12
@@ -374,7 +374,7 @@ def run_bench(sweep: Sweep, *, device: str = "auto", dtype: str = "auto", ablate
                     f"{tflops / matmul:.1%} of the measured matrix-product rate; {f.latents} latent evaluations)")
             figures["matmul_tflops"] = matmul
             figures["unet_tflop_per_latent"] = flops / 1e12
-        figures["max_diff"] = compare_images(work, plan, out, tuple(runs), gen.dtype_name(torch_dtype))
+        figures["max_diff"] = compare_images(work, plan, out, tuple(runs), dtype_name(torch_dtype))
         if keep is not None:
             shutil.copytree(work, keep, dirs_exist_ok=True)
         out(f"ratio: {best.rate / naive.rate:.2f}")

@@ -17,7 +17,7 @@ SCHEMA_VERSION = 1
 
 class SettingsError(ValueError):
     """A device, dtype or memory setting this machine cannot honour; the message says what to use instead.
-    (Here rather than in `generate`, so that catching it does not import torch.)"""
+    (Here rather than in `devices`, so that catching it does not import torch.)"""
 
 
 def canonical_json(obj: Any) -> str:

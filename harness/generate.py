@@ -1,4 +1,4 @@
-"""The only code that runs diffusion: devices, dtypes, pipeline cache, memory policy, batches.
+"""The only code that runs diffusion: the pipeline cache and one batch of images.
 
 Reproducibility contract:
 
@@ -15,10 +15,8 @@ Pixels are converted to uint8 on the device and copied to the CPU once per batch
 
 from __future__ import annotations
 
-import gc
 import threading
-from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -26,162 +24,13 @@ from PIL import Image
 
 from harness import checkpoints as ck
 from harness import pipelines, schedulers
-from harness.core import Job, SettingsError
+from harness.core import Job
+from harness.devices import apply_memory, free_accelerator_memory, pick_device, pick_dtype
 from harness.images import fit_cover, image_hash, load_init_image  # init images live in a torch-free module
 
 __all__ = [
-    "DTYPES", "MEMORY_OPTIONS", "OOM_ERRORS", "Chunk", "OutOfMemory", "PipelineCache", "SettingsError", "apply_memory",
-    "auto_batch_size", "auto_memory", "check_settings", "dtype_name", "fit_cover", "free_accelerator_memory",
-    "generate_batch", "image_hash", "is_oom", "load_init_image", "memory_options", "pick_device", "pick_dtype",
-    "run_batched", "to_uint8", "weight_bytes",
+    "PipelineCache", "fit_cover", "generate_batch", "image_hash", "load_init_image", "to_uint8",
 ]
-
-# ---------------------------------------------------------------- device and dtype
-
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-_DTYPE_ALIASES = {"float32": "fp32", "float16": "fp16", "half": "fp16", "bfloat16": "bf16"}
-
-
-def pick_device(requested: str = "auto") -> str:
-    """`auto`: cuda, then mps, then cpu. An explicit device must exist."""
-    req = (requested or "auto").strip().lower()
-    if req == "auto":
-        if torch.cuda.is_available():
-            return "cuda"
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return "mps"
-        return "cpu"
-    kind, _, index = req.partition(":")
-    if kind == "cpu" and not index:
-        return "cpu"
-    if kind == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0:
-            raise SettingsError(f"device={requested!r}: CUDA is not available here (torch {torch.__version__}, "
-                             f"built with CUDA {torch.version.cuda}); use device='auto' or 'cpu'")
-        if index and (not index.isdigit() or int(index) >= count):
-            raise SettingsError(f"device={requested!r}: expected cuda:0..cuda:{count - 1} ({count} GPU(s) visible)")
-        return req
-    if kind == "mps" and not index:
-        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-            raise SettingsError(f"device={requested!r}: Apple MPS is not available here; use 'auto' or 'cpu'")
-        return "mps"
-    raise SettingsError(f"device={requested!r}: expected 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
-
-
-def pick_dtype(requested: str = "auto", device: str = "cpu") -> torch.dtype:
-    """`auto`: fp16 on CUDA, fp32 on CPU and MPS. Explicit: fp32, fp16, bf16."""
-    req = _DTYPE_ALIASES.get((requested or "auto").lower(), (requested or "auto").lower())
-    if req == "auto":
-        return torch.float16 if device.startswith("cuda") else torch.float32
-    if req not in DTYPES:
-        raise SettingsError(f"dtype={requested!r}: expected 'auto', {', '.join(map(repr, DTYPES))}")
-    if req == "fp16" and device == "cpu":
-        raise SettingsError("dtype='fp16' on device 'cpu': many CPU kernels lack fp16; use 'fp32' or 'bf16'")
-    return DTYPES[req]
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    return {v: k for k, v in DTYPES.items()}[dtype]
-
-
-# ---------------------------------------------------------------- memory policy
-
-MEMORY_OPTIONS = ("attention_slicing", "vae_slicing", "vae_tiling", "model_cpu_offload", "sequential_cpu_offload")
-GIB = 1 << 30
-# `auto` on CUDA, by free memory F (after nothing of this pipeline is on the GPU) and the
-# pipeline's weight bytes W / largest component U:
-#   F >= W + 6 GiB  -> nothing            (weights resident, whole batches decoded at once)
-#   F >= W + 2 GiB  -> vae_slicing        (decode one image at a time: VAE peak no longer grows with batch)
-#   F >= U + 2 GiB  -> model_cpu_offload, vae_slicing   (one model on the GPU at a time)
-#   otherwise       -> sequential_cpu_offload, vae_slicing, attention_slicing   (slow, minimal memory)
-AUTO_ROOMY, AUTO_TIGHT, AUTO_OFFLOAD = 6 * GIB, 2 * GIB, 2 * GIB
-
-
-def weight_bytes(pipe) -> tuple[int, int]:
-    """(all model weights, largest model) in bytes."""
-    sizes = [sum(p.numel() * p.element_size() for p in m.parameters())
-             for m in (pipe.unet, pipe.vae, pipe.text_encoder) if m is not None]
-    return sum(sizes), max(sizes)
-
-
-def auto_memory(pipe, device: str, *, free_bytes: int | None = None) -> list[str]:
-    """The options `apply_memory(pipe, "auto", device)` would choose (see the thresholds above)."""
-    if not device.startswith("cuda"):
-        return []
-    if free_bytes is None:
-        free_bytes = torch.cuda.mem_get_info(torch.device(device))[0]
-    total, largest = weight_bytes(pipe)
-    if free_bytes >= total + AUTO_ROOMY:
-        return []
-    if free_bytes >= total + AUTO_TIGHT:
-        return ["vae_slicing"]
-    if free_bytes >= largest + AUTO_OFFLOAD:
-        return ["model_cpu_offload", "vae_slicing"]
-    return ["sequential_cpu_offload", "vae_slicing", "attention_slicing"]
-
-
-def memory_options(policy: str | Sequence[str], device: str) -> list[str] | None:
-    """The options a memory policy names, checked against `device` (None for "auto", decided per pipeline)."""
-    if isinstance(policy, str):
-        if policy == "auto":
-            return None
-        if policy == "none":
-            return []
-        raise SettingsError(f"memory={policy!r}: expected 'auto', 'none' or a list of {', '.join(MEMORY_OPTIONS)}")
-    options = list(policy)
-    unknown = [o for o in options if o not in MEMORY_OPTIONS]
-    if unknown:
-        raise SettingsError(f"memory option(s) {unknown}: expected some of {', '.join(MEMORY_OPTIONS)}")
-    offload = [o for o in options if o.endswith("cpu_offload")]
-    if len(offload) > 1:
-        raise SettingsError(f"memory={options}: choose one of model_cpu_offload / sequential_cpu_offload, not both")
-    if offload and not device.startswith("cuda"):
-        raise SettingsError(f"memory option {offload[0]!r} needs a CUDA device, got device={device!r}; "
-                            "leave memory = 'auto' or list only slicing/tiling options")
-    return options
-
-
-def check_settings(device: str, dtypes: Iterable[str], memory: str | Sequence[str]) -> str:
-    """The device `device` resolves to, after checking that it exists here and that every dtype and the
-    memory policy work on it: a SettingsError before anything is generated rather than during the run."""
-    resolved = pick_device(device)
-    for dtype in sorted(set(dtypes)):
-        pick_dtype(dtype, resolved)
-    memory_options(memory, resolved)
-    return resolved
-
-
-def apply_memory(pipe, policy: str | Sequence[str], device: str) -> list[str]:
-    """Apply a memory policy and place the pipeline on `device`; returns the options applied.
-
-    `policy` is "auto", "none" or a list of `MEMORY_OPTIONS`. Offload options need
-    a CUDA device and leave placement to their hooks; otherwise the pipeline is
-    moved to `device`. Call on a pipeline whose models are still on the CPU.
-    """
-    options = memory_options(policy, device)
-    if options is None:
-        options = auto_memory(pipe, device)
-    if "attention_slicing" in options:
-        pipe.enable_attention_slicing()
-    if "vae_slicing" in options:
-        pipe.vae.enable_slicing()
-    if "vae_tiling" in options:
-        pipe.vae.enable_tiling()
-    if "model_cpu_offload" in options:
-        pipe.enable_model_cpu_offload(device=device)
-    elif "sequential_cpu_offload" in options:
-        pipe.enable_sequential_cpu_offload(device=device)
-    else:
-        pipe.to(device)
-    return options
-
-
-def free_accelerator_memory() -> None:
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
 
 # ---------------------------------------------------------------- pipeline cache
 
@@ -372,92 +221,3 @@ def generate_batch(pipe, jobs: Sequence[Job], *, device: str, init_images: Seque
         kwargs.update(image=list(init_images), strength=first.strength)
     images = pipe(**kwargs).images
     return to_uint8(images.cpu() if host_uint8 else images)
-
-
-# ---------------------------------------------------------------- batching with OOM back-off
-
-OOM_ERRORS: tuple[type[BaseException], ...] = (torch.cuda.OutOfMemoryError,)
-
-
-def is_oom(exc: BaseException) -> bool:
-    return isinstance(exc, OOM_ERRORS) or "out of memory" in str(exc).lower()
-
-
-class OutOfMemory(RuntimeError):
-    """Even a batch of one image does not fit."""
-
-
-@dataclass(frozen=True)
-class Chunk:
-    """One successful call: `items[k]` produced `results[k]` in batch slot k."""
-
-    start: int          # index of items[0] in the full list
-    items: list
-    results: list
-    batch_size: int     # images in this call (= len(items))
-    limit: int          # batch size in force after any back-off
-
-
-def run_batched(fn: Callable[[list], Iterable], items: Iterable, batch_size: int, *,
-                on_oom: Callable[[str], None] | None = None) -> Iterator[Chunk]:
-    """Yield `Chunk`s of `fn(chunk)` in order, halving the batch size on out-of-memory.
-
-    A chunk that runs out of memory is retried at half the size (the CUDA cache
-    is emptied first) down to 1; at 1 it raises `OutOfMemory`. The reduced size
-    is kept for the rest of the items. Because this is a generator, the caller
-    can persist each chunk before the next one runs, so a crash loses at most
-    the batch in flight. Out-of-memory is an exception in `OOM_ERRORS` or one
-    whose message contains "out of memory".
-    """
-    items = list(items)
-    if batch_size < 1:
-        raise ValueError(f"batch_size={batch_size}: expected at least 1")
-    limit, start = int(batch_size), 0
-    while start < len(items):
-        chunk = items[start:start + limit]
-        failure = None
-        try:
-            results = list(fn(chunk))
-        except Exception as exc:  # noqa: BLE001 - re-raised unless it is an OOM
-            if not is_oom(exc):
-                raise
-            failure = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-        if failure is None:
-            if len(results) != len(chunk):
-                raise ValueError(f"run_batched: fn returned {len(results)} results for {len(chunk)} items")
-            yield Chunk(start, chunk, results, len(chunk), limit)
-            start += len(chunk)
-            continue
-        free_accelerator_memory()  # outside the except block: the traceback no longer pins tensors
-        if limit == 1:
-            raise OutOfMemory(f"out of memory with batch size 1 at item {start} ({failure}). Lower width/height, "
-                              f"use dtype 'fp16', or set memory = ['model_cpu_offload', 'vae_slicing']")
-        new_limit = max(1, limit // 2)
-        if on_oom is not None:
-            on_oom(f"out of memory at batch size {limit} (items {start}..{start + len(chunk) - 1}); "
-                   f"retrying with batch size {new_limit}: {failure}")
-        limit = new_limit
-
-
-CPU_BATCH, MPS_BATCH, MAX_BATCH = 4, 2, 16
-
-
-def auto_batch_size(device: str, width: int, height: int, *, free_bytes: int | None = None,
-                    vae_slicing: bool = False, model_scale: float = 1.0, max_batch: int = MAX_BATCH) -> int:
-    """A starting batch size; `run_batched`'s back-off corrects an over-estimate.
-
-    CPU: 4, MPS: 2. CUDA: from free memory after the weights are loaded, using
-    SD v1.5 fp16 activation costs per 512x512 image with guidance of about
-    0.35 GiB for the UNet and 0.9 GiB for an un-sliced VAE decode (scaled by pixel
-    count and `model_scale`), keeping 1 GiB spare.
-    """
-    if device == "cpu":
-        return CPU_BATCH
-    if device == "mps":
-        return MPS_BATCH
-    if free_bytes is None:
-        free_bytes = torch.cuda.mem_get_info(torch.device(device))[0]
-    area = (width * height) / (512 * 512) * model_scale
-    per_image = 0.35 * GIB * area + (0 if vae_slicing else 0.9 * GIB * area)
-    fixed = 1 * GIB + (0.9 * GIB * area if vae_slicing else 0)
-    return int(max(1, min(max_batch, (free_bytes - fixed) // per_image)))

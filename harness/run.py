@@ -92,7 +92,7 @@ def run_experiment(path: Path | str, *, out: Path | str | None = None, force: bo
     jobs = list(plan.jobs) if shard is None else shard_jobs(plan.jobs, *shard, by_variant=bool(exp.stages))
     run_dir = Path(out) if out else default_run_dir(exp)
     if executor == "local":  # Ray workers pick their own devices
-        from .generate import check_settings
+        from .devices import check_settings
         check_settings(device or exp.device, {j.dtype for j in plan.jobs}, exp.memory)
     ledger, pending = prepare_run(exp, plan, run_dir, jobs=jobs, force=force)
     result = RunResult(run_dir, len(jobs), len(jobs) - len(pending))

@@ -111,7 +111,9 @@ class BatchMaker:
         return batch_size_for(job, self.device, exact=self.exact, batch_size=self.batch_size)
 
     def generate(self, jobs: list[Job], *, on_oom: Callable[[str], None] | None = None) -> Iterator:
-        """Chunks (generate.Chunk) of one group's jobs, with per-image seconds attached."""
+        """Chunks (batching.Chunk) of one group's jobs, with per-image seconds attached."""
+        from .batching import run_batched
+
         first = jobs[0]
         with self._loading:
             pipe = self.cache.get(self.checkpoints[first.checkpoint], first.mode, first.scheduler, dtype=first.dtype)
@@ -132,7 +134,7 @@ class BatchMaker:
             return out
 
         started = time.perf_counter()
-        for chunk in self.gen.run_batched(call, jobs, self.size_for(first), on_oom=on_oom):
+        for chunk in run_batched(call, jobs, self.size_for(first), on_oom=on_oom):
             now = time.perf_counter()
             yield chunk, (now - started) / len(chunk.items)
             started = time.perf_counter()
@@ -153,11 +155,12 @@ class BatchMaker:
     def finish(self, chunk, seconds: float, submit=write_now) -> Finished:
         """Health-check, watermark and write every image of a chunk; rows to mark done once writes finish."""
         from .schedulers import SAMPLER_NAMES
+        from .devices import dtype_name, pick_dtype
         from .metrics.health import check_array
 
         self._batches += 1
         batch_id = f"{self.host}-{os.getpid()}-{self._batches}"
-        dtype_used = self.gen.dtype_name(self.gen.pick_dtype(chunk.items[0].dtype, self.device))
+        dtype_used = dtype_name(pick_dtype(chunk.items[0].dtype, self.device))
         memory = list(self.cache.memory_applied)
         out = Finished([], [], 0)
         for slot, (job, pixels) in enumerate(zip(chunk.items, chunk.results)):
@@ -207,7 +210,7 @@ def batch_size_for(job: Job, device: str, *, exact: bool, batch_size: int | str 
         return 1
     if isinstance(batch_size, int):
         return batch_size
-    from .generate import auto_batch_size
+    from .batching import auto_batch_size
     return auto_batch_size(device, job.width, job.height)
 
 

@@ -10,6 +10,7 @@ from PIL import Image
 
 from harness import checkpoints as ck
 from harness import pipelines, schedulers
+from harness import batching, devices
 from harness import generate as gen
 from harness.core import Job
 
@@ -36,33 +37,33 @@ def max_diff(a: np.ndarray, b: np.ndarray) -> int:
 # ---------------------------------------------------------------- device and dtype
 
 def test_pick_device_cpu_and_auto():
-    assert gen.pick_device("cpu") == "cpu"
-    assert gen.pick_device("auto") in ("cpu", "cuda", "mps")
+    assert devices.pick_device("cpu") == "cpu"
+    assert devices.pick_device("auto") in ("cpu", "cuda", "mps")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_pick_device_rejects_unavailable_cuda():
     with pytest.raises(ValueError, match="CUDA is not available"):
-        gen.pick_device("cuda")
+        devices.pick_device("cuda")
 
 
 def test_pick_device_rejects_unknown_names():
     with pytest.raises(ValueError, match="'tpu'"):
-        gen.pick_device("tpu")
+        devices.pick_device("tpu")
 
 
 def test_pick_dtype_auto_is_fp16_on_cuda_and_fp32_on_cpu():
-    assert gen.pick_dtype("auto", "cuda") == torch.float16
-    assert gen.pick_dtype("auto", "cpu") == torch.float32
-    assert gen.pick_dtype("bf16", "cuda") == torch.bfloat16
-    assert gen.pick_dtype("fp32", "cuda") == torch.float32
+    assert devices.pick_dtype("auto", "cuda") == torch.float16
+    assert devices.pick_dtype("auto", "cpu") == torch.float32
+    assert devices.pick_dtype("bf16", "cuda") == torch.bfloat16
+    assert devices.pick_dtype("fp32", "cuda") == torch.float32
 
 
 def test_pick_dtype_rejects_fp16_on_cpu_and_unknown_names():
     with pytest.raises(ValueError, match="fp16"):
-        gen.pick_dtype("fp16", "cpu")
+        devices.pick_dtype("fp16", "cpu")
     with pytest.raises(ValueError, match="'int8'"):
-        gen.pick_dtype("int8", "cpu")
+        devices.pick_dtype("int8", "cpu")
 
 
 # ---------------------------------------------------------------- txt2img
@@ -238,29 +239,29 @@ def test_pipeline_cache_keeps_one_checkpoint_resident(tiny_ref, tmp_path, monkey
 
 def test_memory_policy_on_cpu_applies_nothing_and_rejects_offload(tiny_ref):
     pipe = pipelines.load_pipeline(tiny_ref, device=None)
-    assert gen.apply_memory(pipe, "auto", "cpu") == []
-    assert gen.apply_memory(pipe, ["attention_slicing", "vae_slicing"], "cpu") == ["attention_slicing",
+    assert devices.apply_memory(pipe, "auto", "cpu") == []
+    assert devices.apply_memory(pipe, ["attention_slicing", "vae_slicing"], "cpu") == ["attention_slicing",
                                                                                     "vae_slicing"]
     with pytest.raises(ValueError, match="needs a CUDA device"):
-        gen.apply_memory(pipe, ["model_cpu_offload"], "cpu")
+        devices.apply_memory(pipe, ["model_cpu_offload"], "cpu")
     with pytest.raises(ValueError, match="'vae_shrinking'"):
-        gen.apply_memory(pipe, ["vae_shrinking"], "cpu")
+        devices.apply_memory(pipe, ["vae_shrinking"], "cpu")
 
 
 def test_auto_memory_thresholds_follow_free_memory(tiny_ref):
     pipe = pipelines.load_pipeline(tiny_ref, device=None)
-    total, largest = gen.weight_bytes(pipe)
-    choose = lambda free: gen.auto_memory(pipe, "cuda", free_bytes=free)  # noqa: E731
-    assert choose(total + gen.AUTO_ROOMY) == []
-    assert choose(total + gen.AUTO_TIGHT) == ["vae_slicing"]
-    assert choose(largest + gen.AUTO_OFFLOAD) == ["model_cpu_offload", "vae_slicing"]
+    total, largest = devices.weight_bytes(pipe)
+    choose = lambda free: devices.auto_memory(pipe, "cuda", free_bytes=free)  # noqa: E731
+    assert choose(total + devices.AUTO_ROOMY) == []
+    assert choose(total + devices.AUTO_TIGHT) == ["vae_slicing"]
+    assert choose(largest + devices.AUTO_OFFLOAD) == ["model_cpu_offload", "vae_slicing"]
     assert choose(0)[0] == "sequential_cpu_offload"
 
 
 def test_auto_batch_size_is_small_on_cpu_and_grows_with_free_gpu_memory():
-    assert gen.auto_batch_size("cpu", 512, 512) == gen.CPU_BATCH
-    sizes = [gen.auto_batch_size("cuda", 512, 512, free_bytes=g * gen.GIB) for g in (1, 4, 8, 80)]
-    assert sizes == sorted(sizes) and sizes[0] == 1 and sizes[-1] == gen.MAX_BATCH
+    assert batching.auto_batch_size("cpu", 512, 512) == batching.CPU_BATCH
+    sizes = [batching.auto_batch_size("cuda", 512, 512, free_bytes=g * devices.GIB) for g in (1, 4, 8, 80)]
+    assert sizes == sorted(sizes) and sizes[0] == 1 and sizes[-1] == batching.MAX_BATCH
 
 
 # ---------------------------------------------------------------- OOM back-off
@@ -270,7 +271,7 @@ class FakeOOM(RuntimeError):
 
 
 def test_oom_halves_the_batch_and_completes_in_order(monkeypatch):
-    monkeypatch.setattr(gen, "OOM_ERRORS", (FakeOOM,))
+    monkeypatch.setattr(batching, "OOM_ERRORS", (FakeOOM,))
     calls, warnings = [], []
 
     def fn(chunk):
@@ -279,7 +280,7 @@ def test_oom_halves_the_batch_and_completes_in_order(monkeypatch):
             raise FakeOOM("simulated")
         return [x * 10 for x in chunk]
 
-    chunks = list(gen.run_batched(fn, range(7), 8, on_oom=warnings.append))
+    chunks = list(batching.run_batched(fn, range(7), 8, on_oom=warnings.append))
     assert [r for c in chunks for r in c.results] == [x * 10 for x in range(7)]
     assert calls == [7, 4, 2, 2, 2, 1]
     assert [(c.start, c.batch_size, c.limit) for c in chunks] == [(0, 2, 2), (2, 2, 2), (4, 2, 2), (6, 1, 2)]
@@ -287,13 +288,13 @@ def test_oom_halves_the_batch_and_completes_in_order(monkeypatch):
 
 
 def test_oom_at_batch_size_one_raises_a_clear_error(monkeypatch):
-    monkeypatch.setattr(gen, "OOM_ERRORS", (FakeOOM,))
+    monkeypatch.setattr(batching, "OOM_ERRORS", (FakeOOM,))
 
     def fn(chunk):
         raise FakeOOM("simulated")
 
-    with pytest.raises(gen.OutOfMemory, match="batch size 1 at item 0"):
-        list(gen.run_batched(fn, [1, 2], 2))
+    with pytest.raises(batching.OutOfMemory, match="batch size 1 at item 0"):
+        list(batching.run_batched(fn, [1, 2], 2))
 
 
 def test_out_of_memory_message_counts_as_oom_and_other_errors_propagate():
@@ -302,20 +303,20 @@ def test_out_of_memory_message_counts_as_oom_and_other_errors_propagate():
             raise RuntimeError("MPS backend out of memory (MPS allocated: 1 GB)")
         return chunk
 
-    assert [c.results for c in gen.run_batched(oom_when_big, "ab", 2)] == [["a"], ["b"]]
+    assert [c.results for c in batching.run_batched(oom_when_big, "ab", 2)] == [["a"], ["b"]]
     with pytest.raises(KeyError):
-        list(gen.run_batched(lambda chunk: {}["missing"], [1], 4))
+        list(batching.run_batched(lambda chunk: {}["missing"], [1], 4))
 
 
 def test_chunks_are_yielded_before_later_chunks_run():
     seen = []
-    batches = gen.run_batched(lambda chunk: seen.append(list(chunk)) or chunk, range(4), 2)
+    batches = batching.run_batched(lambda chunk: seen.append(list(chunk)) or chunk, range(4), 2)
     next(batches)
     assert seen == [[0, 1]]
 
 
 def test_run_batched_drives_generate_batch_with_real_oom_back_off(pipes, tiny_ref, monkeypatch):
-    monkeypatch.setattr(gen, "OOM_ERRORS", (FakeOOM,))
+    monkeypatch.setattr(batching, "OOM_ERRORS", (FakeOOM,))
     pipe = pipes.get(tiny_ref, "txt2img", "ddim")
     jobs = [job(tiny_ref, seed=s, width=32, height=32, steps=2) for s in range(5)]
 
@@ -324,7 +325,7 @@ def test_run_batched_drives_generate_batch_with_real_oom_back_off(pipes, tiny_re
             raise FakeOOM("simulated")
         return gen.generate_batch(pipe, chunk, device="cpu")
 
-    chunks = list(gen.run_batched(fn, jobs, 4))
+    chunks = list(batching.run_batched(fn, jobs, 4))
     images = [img for c in chunks for img in c.results]
     alone = gen.generate_batch(pipe, jobs, device="cpu", exact=True)
     assert len(images) == 5 and all(max_diff(a, b) <= 1 for a, b in zip(images, alone))
