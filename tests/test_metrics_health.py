@@ -73,3 +73,19 @@ def test_health_metric_scores_files_and_flags_unreadable(tmp_path, photo):
     assert scores["grey"].value == 0.0 and scores["grey"].detail["flags"] == ["near_uniform"]
     assert scores["corrupt"].value == 0.0 and scores["corrupt"].detail["flags"] == ["unreadable"]
     assert math.isnan(scores["missing"].value) and "not found" in scores["missing"].detail["reason"]
+
+
+@pytest.mark.parametrize("colour", [(128, 128, 128), (200, 30, 30), (250, 250, 250)])
+def test_an_invisible_watermark_does_not_hide_a_flat_image(tmp_path, colour, photo):
+    """The sdv1 watermark adds a fine pattern (up to ~4 levels' std at full resolution); the runner checks
+    the image before embedding, the metric the saved PNG after: both must call a flat image flat."""
+    from harness.metrics.watermark import embed
+    flat = np.zeros((256, 256, 3), np.uint8)
+    flat[:] = colour
+    marked = np.asarray(embed(flat, "sdv1"))
+    assert max(marked.astype(float).reshape(-1, 3).std(axis=0)) > 1  # the mark is there
+    assert check_array(flat)[1] == check_array(marked)[1] == ["near_uniform"]
+    Image.fromarray(marked).save(tmp_path / "marked.png")
+    score, = get_metric("health").score([Item("marked", tmp_path / "marked.png")])
+    assert score.value == 0.0 and score.detail["flags"] == ["near_uniform"]
+    assert check_array(np.asarray(embed(photo[:256, :256], "sdv1"))) == (True, [])

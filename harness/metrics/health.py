@@ -6,8 +6,12 @@ Flags:
   float inputs can carry them, a saved PNG cannot);
 - `all_black`: max <= 2 or mean < 2 levels (of 255): the fp16 VAE NaN image after
   conversion to uint8, and the safety checker's replacement image;
-- `near_uniform`: every channel's standard deviation < 2 levels: flat grey or
-  flat colour images from a collapsed sampler or decoder;
+- `near_uniform`: every channel's standard deviation < 2 levels, taken over the
+  means of 8x8 pixel blocks: flat grey or flat colour images from a collapsed
+  sampler or decoder. Block means keep an invisible watermark (a fine pattern of
+  up to ~4 levels' standard deviation, `watermark = "sdv1"`) from hiding a flat
+  image, so the runner's check before embedding and this metric on the saved
+  PNG agree;
 - `unreadable`: the file exists but is not a decodable image.
 
 Metric value: 1.0 healthy, 0.0 unhealthy (flags in the detail). A missing file
@@ -29,7 +33,8 @@ from harness.metrics.base import MISSING_FILE, Item, Metric, MetricInfo, registe
 
 BLACK_MAX = 2.0    # levels: brightest pixel at most this -> black
 BLACK_MEAN = 2.0   # levels: mean below this -> black
-UNIFORM_STD = 2.0  # levels: every channel's std below this -> near uniform
+UNIFORM_STD = 2.0  # levels: every channel's std (of block means) below this -> near uniform
+UNIFORM_BLOCK = 8  # pixels: near-uniformity is judged on the means of blocks this size
 
 INFO = MetricInfo(
     name="health",
@@ -79,9 +84,19 @@ def _check(arr: Any, value_range: tuple[float, float] | None) -> tuple[bool, lis
     }
     if stats["max"] <= BLACK_MAX or stats["mean"] < BLACK_MEAN:
         flags.append("all_black")
-    if all(s < UNIFORM_STD for s in stats["std"]):
+    stats["block_std"] = [float(s) for s in _block_means(levels).reshape(-1, levels.shape[-1]).std(axis=0)]
+    if all(s < UNIFORM_STD for s in stats["block_std"]):
         flags.append("near_uniform")
     return not flags, flags, stats
+
+
+def _block_means(levels: np.ndarray, k: int = UNIFORM_BLOCK) -> np.ndarray:
+    """Means of the k x k blocks of an HxWxC array (the edge rows and columns past a whole block are
+    left out); the array itself when it is smaller than one block."""
+    h, w, c = levels.shape
+    if h < k or w < k:
+        return levels
+    return levels[: h // k * k, : w // k * k].reshape(h // k, k, w // k, k, c).mean(axis=(1, 3))
 
 
 @register
