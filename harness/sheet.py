@@ -307,7 +307,9 @@ def _plot_models(run_dir: Path, plots: Sequence[Path]) -> list[dict]:
     root = run_dir.resolve()
     for p in plots:
         p = Path(p)
-        full = (p if p.is_absolute() else run_dir / p).resolve()
+        # a relative path is taken from the working directory (as plots_for returns them); one that is not
+        # a file there, from the run folder ("plots/x.png")
+        full = p.resolve() if p.is_absolute() or p.is_file() else (run_dir / p).resolve()
         if root not in full.parents:
             raise ValueError(f"plots: {p} is outside the run folder {run_dir}; the page links relatively, "
                              "so write plots under RUN/plots/ (harness.plots.plots_for does)")

@@ -223,6 +223,19 @@ def test_plots_for_draws_each_factor_and_the_strength_curve(run):
             assert im.format == "PNG" and im.width > 200
 
 
+def test_every_link_of_the_page_resolves_when_the_run_folder_is_given_relatively(run, monkeypatch):
+    """`harness report reports/demo`: plots_for returns paths under the relative run folder; the page
+    must link them relative to itself, as it does thumbnails and images."""
+    from harness.plots import plots_for
+
+    folder, table = run
+    monkeypatch.chdir(folder.parent)
+    page = write_sheet(Path("run"), table, plots=plots_for(table, Path("run"))).read_text()
+    links = re.findall(r'(?:src|href)="([^"#][^"]*)"', page)
+    assert any(link.startswith("plots/") for link in links)
+    assert [link for link in links if not (folder / link).is_file()] == []
+
+
 def test_level_stats_leave_out_unhealthy_and_unscored_images(run):
     from harness.plots import level_stats
     from harness.stats import t_interval
