@@ -136,6 +136,8 @@ def jobs_for(exp: Experiment, refs: dict, prompts: list[Variant], negatives: lis
     x init images x strengths, deduplicated by key, in that order. `inits` are
     (path, hash) pairs that override the experiment's init images (later stages,
     search); `meta` is merged into every job's meta."""
+    from PIL import Image
+
     if init_hash is None:
         from .images import init_hash
     seeds = list(exp.seeds if seeds is None else seeds)
@@ -157,7 +159,12 @@ def jobs_for(exp: Experiment, refs: dict, prompts: list[Variant], negatives: lis
                     mode_inits = []
                     for p in exp.init_images:
                         if (p, width, height) not in hashes:
-                            hashes[(p, width, height)] = init_hash(p, width, height)
+                            try:
+                                hashes[(p, width, height)] = init_hash(p, width, height)
+                            except (OSError, ValueError, Image.DecompressionBombError) as e:  # unreadable image
+                                raise ExperimentError(exp.path, [
+                                    f"key 'init_images': {p} is not a readable image ({type(e).__name__}: {e}); "
+                                    "replace it with a PNG, JPEG, WebP or BMP file, or remove it"]) from None
                         mode_inits.append((str(p), hashes[(p, width, height)]))
                 mode_strengths = list(exp.strengths if strengths is None else strengths)
             for v in prompts:

@@ -204,6 +204,15 @@ def test_base_dir_must_be_an_existing_folder(tmp_path):
     assert found[0].startswith("key 'base_dir': got 'nowhere', expected an existing folder")
 
 
+def test_an_init_image_that_is_not_an_image_is_an_experiment_error(tmp_path):
+    (tmp_path / "bad.png").write_text("not an image")
+    exp = load_experiment(write(tmp_path, 'prompt = "a cat"\nmode = "img2img"\ninit_images = "bad.png"'))
+    with pytest.raises(ExperimentError) as e:
+        make_plan(exp, resolve=fake_resolve)
+    assert e.value.problems[0].startswith(f"key 'init_images': {tmp_path / 'bad.png'} is not a readable image "
+                                          "(UnidentifiedImageError")
+
+
 def test_three_checkpoints_by_two_strengths_plan_counts(tmp_path):
     (tmp_path / "in").mkdir()
     from PIL import Image
