@@ -391,6 +391,9 @@ def watermark_detect(
     """Statistical detection of the SD v1 / v2 / XL messages in image files."""
     from .metrics.watermark import detect_paths
 
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        fail(f"error: no such image file: {', '.join(missing)}")
     for r in detect_paths(paths):
         if fmt is PlanFmt.jsonl:
             sys.stdout.write(json.dumps(r, default=_json_default) + "\n")

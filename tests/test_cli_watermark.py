@@ -59,3 +59,10 @@ def test_embed_then_detect_round_trip_and_small_images_are_undecidable(tmp_path)
     Image.new("RGB", (128, 128), (10, 200, 30)).save(tmp_path / "small.png")
     small = json.loads(harness("watermark", "detect", tmp_path / "small.png", "--format", "jsonl").stdout)
     assert small["detected"] is None and "256x256" in small["reason"]
+
+
+def test_detect_refuses_a_missing_file_before_reading_any(tmp_path):
+    Image.new("RGB", (128, 128)).save(tmp_path / "there.png")
+    r = harness("watermark", "detect", tmp_path / "there.png", tmp_path / "nosuch.png")
+    assert r.returncode == 2 and "no such image file" in r.stderr and "nosuch.png" in r.stderr
+    assert r.stdout == ""
