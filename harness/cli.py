@@ -222,12 +222,19 @@ def run(
     _print_metric_summaries(r.metrics)
 
 
-def _print_metric_summaries(summaries) -> None:
+def _print_metric_summaries(summaries) -> int:
+    """One line per metric; returns how many images some metric could not score (not stored)."""
+    def why(reasons) -> str:
+        return "; ".join(f"{n}x {r}" for r, n in reasons.most_common(3))
+
     for s in summaries:
-        nan = f", {s.nan} NaN" + (f" ({'; '.join(f'{n}x {r}' for r, n in s.reasons.most_common(3))})"
-                                   if s.nan else "") if s.nan else ""
+        nan = f", {s.nan} NaN ({why(s.reasons)})" if s.nan else ""
         typer.echo(f"{s.metric}: {s.scored + s.skipped} images scored ({s.scored} in this pass){nan}; "
                    f"mean {s.mean:.4g}")
+        if s.unscored:
+            typer.echo(f"  not scored: {s.unscored} images ({why(s.unscored_reasons)}); nothing was stored for "
+                       "them, so the next harness eval tries again", err=True)
+    return sum(s.unscored for s in summaries)
 
 
 @app.command("eval")
@@ -248,19 +255,21 @@ def eval_(
         fail(f"{run_dir}: not a run folder (no ledger.sqlite); run an experiment first")
     specs = list(metric)
     if scale is not None:
-        from .evaluate import experiment_metrics, scaled_clip_specs
+        from .evaluate import default_clip, experiment_metrics, scaled_clip_specs
         from .ledger import Ledger
 
         with Ledger.open(run_dir, readonly=True) as ledger:
-            specs = scaled_clip_specs(specs, scale, experiment_metrics(ledger))
+            specs = scaled_clip_specs(specs, scale, experiment_metrics(ledger), default_clip(ledger))
     from .ledger import LedgerError
 
     try:
-        _print_metric_summaries(evaluate_run(run_dir, specs or None))
+        unscored = _print_metric_summaries(evaluate_run(run_dir, specs or None))
     except (ValueError, MetricUnavailable, LedgerError) as e:
         fail(f"error: {e}")
     except KeyError as e:  # an unknown metric name: the message lists the valid ones
         fail(f"error: {e.args[0]}")
+    if unscored:
+        raise typer.Exit(1)
 
 
 @app.command("metrics")

@@ -20,19 +20,22 @@ from typing import Callable, Iterable
 from .core import Job
 from .ledger import Ledger
 
-# Offline-friendly defaults for runs whose experiment names no metrics.
-DEFAULT_METRICS = ("health", "watermark", "clip_score")
+# For runs whose experiment names no metrics: these, and the CLIP score (see `default_metrics`).
+DEFAULT_METRICS = ("health", "watermark")
+BUILTIN_CLIP = {"tiny": "tiny", "toy": "toy"}  # built-in checkpoint -> its own CLIP model (offline)
 CHUNK = 32
 
 
 @dataclass
 class MetricSummary:
     metric: str
-    scored: int = 0
+    scored: int = 0           # scores stored in this call (NaN with a lasting reason included)
     skipped: int = 0          # already scored before this call
-    nan: int = 0
+    nan: int = 0              # of `scored`
     reasons: Counter = field(default_factory=Counter)
     mean: float = float("nan")
+    unscored: int = 0         # not stored: the metric could not run for them (the next eval retries)
+    unscored_reasons: Counter = field(default_factory=Counter)
 
 
 def item_for(ledger: Ledger, job: Job):
@@ -60,9 +63,23 @@ def experiment_metrics(ledger: Ledger) -> list[str]:
     return list(json.loads(raw).get("metrics", [])) if raw else []
 
 
-def scaled_clip_specs(specs: Iterable[str], scale: float, experiment_specs: Iterable[str] = ()) -> list[str]:
+def default_clip(ledger: Ledger) -> str:
+    """The CLIP score spec for a run that names none: the built-in model's own CLIP when every image comes
+    from one built-in checkpoint (works offline), else the default ViT-L-14/openai (its weights must be
+    in the local cache when offline)."""
+    names = {j.checkpoint for j in ledger.done_jobs()}
+    model = BUILTIN_CLIP.get(next(iter(names))) if len(names) == 1 else None
+    return f"clip_score:model={model}" if model else "clip_score"
+
+
+def default_metrics(ledger: Ledger) -> list[str]:
+    return [*DEFAULT_METRICS, default_clip(ledger)]
+
+
+def scaled_clip_specs(specs: Iterable[str], scale: float, experiment_specs: Iterable[str] = (),
+                      default: str = "clip_score") -> list[str]:
     """`harness eval --scale S`: the CLIP score specs at scale S. Without `-m` specs, the experiment's CLIP
-    score specs (their model and options kept), else the default CLIP score."""
+    score specs (their model and options kept), else `default` (see `default_clip`)."""
     def is_clip(spec: str) -> bool:
         return spec.split(":")[0].strip() == "clip_score"
 
@@ -71,14 +88,14 @@ def scaled_clip_specs(specs: Iterable[str], scale: float, experiment_specs: Iter
         kept = [o for o in opts.split(",") if o.strip() and o.split("=")[0].strip() != "scale"]
         return f"{name}:{','.join([*kept, f'scale={scale:g}'])}"
 
-    chosen = list(specs) or [s for s in experiment_specs if is_clip(s)] or ["clip_score"]
+    chosen = list(specs) or [s for s in experiment_specs if is_clip(s)] or [default]
     return [rescale(s) if is_clip(s) else s for s in chosen]
 
 
 def metrics_for_run(ledger: Ledger, specs: Iterable[str] | None):
     from .metrics import metric_from_spec
     specs = list(specs or []) or experiment_metrics(ledger)
-    return [metric_from_spec(s) for s in (specs or DEFAULT_METRICS)]
+    return [metric_from_spec(s) for s in (specs or default_metrics(ledger))]
 
 
 def evaluate(ledger: Ledger, specs: Iterable[str] | None = None, *, log: Callable[[str], None] | None = None,
@@ -99,16 +116,18 @@ def evaluate(ledger: Ledger, specs: Iterable[str] | None = None, *, log: Callabl
             scores = metric.score([item_for(ledger, j) for j in part])
             ledger.put_scores(lasting(scores))
             for s in scores:
+                if s.detail.get("retry"):
+                    summary.unscored += 1
+                    summary.unscored_reasons[str(s.detail.get("reason", "unknown"))] += 1
+                    continue
                 summary.scored += 1
                 if isinstance(s.value, float) and math.isnan(s.value):
                     summary.nan += 1
-                    reason = str(s.detail.get("reason", "unknown"))
-                    summary.reasons[reason + (" (not stored: the next eval retries)" if s.detail.get("retry")
-                                              else "")] += 1
+                    summary.reasons[str(s.detail.get("reason", "unknown"))] += 1
             if time.perf_counter() - last > 2 or i + chunk >= len(todo):
                 last = time.perf_counter()
-                rate = summary.scored / max(1e-9, last - t0)
-                log(f"{metric.id}: {summary.scored}/{len(todo)} scored ({rate:.1f} images/s)")
+                done = summary.scored + summary.unscored
+                log(f"{metric.id}: {done}/{len(todo)} scored ({done / max(1e-9, last - t0):.1f} images/s)")
         values = ledger.scores_frame()
         if len(values):
             v = values[values["metric"] == metric.id]["value"].dropna()

@@ -177,12 +177,24 @@ def test_a_metric_that_cannot_load_stores_nothing_and_the_next_eval_tries_again(
     with Ledger.open(crafted_run) as led:
         for _ in range(2):
             (summary,) = evaluate(led, [spec], log=lambda m: None)
-            assert summary.skipped == 0 and summary.nan == summary.scored == 9
-            [(reason, count)] = summary.reasons.items()
-            assert "missing.safetensors" in reason and "not stored" in reason and count == 9
+            assert (summary.skipped, summary.scored, summary.nan, summary.unscored) == (0, 0, 0, 9)
+            [(reason, count)] = summary.unscored_reasons.items()
+            assert "missing.safetensors" in reason and count == 9
             assert led.scored_keys(summary.metric) == set()
         (health,) = evaluate(led, ["health"], log=lambda m: None)
         assert health.scored == 8 and health.skipped == 1  # per-image outcomes are stored as before
+    r = subprocess.run([sys.executable, "-m", "harness", "eval", str(crafted_run), "-m", spec],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 1 and "(0 in this pass)" in r.stdout
+    assert "not scored: 9 images" in r.stderr and "missing.safetensors" in r.stderr
+
+
+def test_a_run_that_names_no_metrics_is_scored_offline_with_its_builtin_models_clip(crafted_run):
+    from harness.evaluate import metrics_for_run
+
+    with Ledger.open(crafted_run, readonly=True) as led:  # images of the built-in tiny checkpoint only
+        ids = [m.id for m in metrics_for_run(led, None)]
+    assert ids[0] == "health" and ids[1].startswith("watermark[") and ids[2].startswith("clip_score[model=tiny,pretrained=tiny")
 
 
 def test_eval_scale_rescales_the_experiments_clip_score_not_a_default_model(crafted_run):
