@@ -173,17 +173,53 @@ def vae_rows(n: int = 96, *, size: int = 128, device: str = "cpu", data_dir=None
     return rows + _style_rows("VAE round trip", f"{size} px", style_hit)
 
 
+def _at_least(lo: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = lo - 1
+        if value < lo:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {lo}, got {text!r}")
+        return value
+    return parse
+
+
+def _size(text: str) -> int:
+    value = _at_least(64)(text)
+    if value % 8:
+        raise argparse.ArgumentTypeError(f"expected a multiple of 8 (the VAE downsamples by 8), got {value}")
+    return value
+
+
+def _guidance(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 100], got {text!r}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m harness.toy.acceptance", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--n-oracle", type=int, default=200)
-    parser.add_argument("--n-clip", type=int, default=200)
-    parser.add_argument("--n-gen", type=int, default=96)
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--guidance", type=float, default=7.5)
-    parser.add_argument("--scheduler", default="ddim")
-    parser.add_argument("--size", type=int, action="append", help="generation size(s) (default 128, the demo's)")
-    parser.add_argument("--device", default="auto")
-    args = parser.parse_args(argv)
+    from harness.schedulers import SCHEDULERS
+
+    parser.add_argument("--n-oracle", type=_at_least(1), default=200)
+    parser.add_argument("--n-clip", type=_at_least(1), default=200)
+    parser.add_argument("--n-gen", type=_at_least(1), default=96)
+    parser.add_argument("--steps", type=_at_least(1), default=20)
+    parser.add_argument("--guidance", type=_guidance, default=7.5)
+    parser.add_argument("--scheduler", default="ddim", choices=list(SCHEDULERS))
+    parser.add_argument("--size", type=_size, action="append", help="generation size(s) (default 128, the demo's)")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    args = parser.parse_args(argv)  # bad values exit 2 here, before any measuring
+    import torch
+
+    if args.device == "cuda" and not torch.cuda.is_available() or args.device == "mps" and not (
+            getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        parser.error(f"argument --device: {args.device} is not available on this machine; use cpu or auto")
     from harness.toy.training import pick_device
 
     device = pick_device(args.device)

@@ -1,0 +1,35 @@
+"""`harness toy acceptance` refuses bad options before measuring anything."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from harness.toy.acceptance import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--size", "100"], "--size: expected a multiple of 8"),
+    (["--size", "32"], "--size: expected an integer >= 64"),
+    (["--n-gen", "0"], "--n-gen: expected an integer >= 1, got '0'"),
+    (["--steps", "x"], "--steps: expected an integer >= 1, got 'x'"),
+    (["--guidance", "-1"], "--guidance: expected a number in [0, 100]"),
+    (["--scheduler", "nosuch"], "--scheduler: invalid choice: 'nosuch'"),
+])
+def test_bad_options_exit_2_naming_the_option(args, expected, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    err = capsys.readouterr()
+    assert e.value.code == 2 and expected in err.err and err.out == ""  # no table row was measured
+
+
+def test_the_cli_command_refuses_a_missing_device_before_measuring():
+    import torch
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    r = subprocess.run([sys.executable, "-m", "harness", "toy", "acceptance", "--device", "cuda"],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 2 and "--device: cuda is not available" in r.stderr and "| check |" not in r.stdout
