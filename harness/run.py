@@ -23,7 +23,7 @@ from typing import Callable, Iterable
 
 from .atomic import write_atomic
 from .core import Job, canonical_json
-from .experiment import Experiment, load_experiment
+from .experiment import Experiment, ExperimentError, load_experiment
 from .ledger import Ledger
 from .plan import Plan, group_jobs, make_plan, shard as shard_jobs
 from .worker import Finished, Tuning
@@ -51,6 +51,15 @@ def default_run_dir(exp: Experiment) -> Path:
     return Path("reports") / exp.name
 
 
+def recorded_experiment_name(ledger: Ledger) -> str | None:
+    """The name of the experiment a run folder was made by (None for a new folder)."""
+    name = ledger.get_meta("experiment_name")
+    settings = ledger.get_meta("experiment")
+    if name is None and settings is not None:  # a folder from before names were recorded
+        name = json.loads(settings).get("name") or Path(ledger.get_meta("experiment_path") or "").stem or None
+    return name
+
+
 def prepare_run(exp: Experiment, plan: Plan, run_dir: Path, *, jobs: list[Job] | None = None,
                 force: bool = False, part: str = "main") -> tuple[Ledger, list[Job]]:
     """Open the ledger, reconcile it with the folder, record the plan; return the jobs still to make.
@@ -61,9 +70,16 @@ def prepare_run(exp: Experiment, plan: Plan, run_dir: Path, *, jobs: list[Job] |
     and the stages' parts are dropped until `run_stage` plans them from the new main images."""
     run_dir.mkdir(parents=True, exist_ok=True)
     ledger = Ledger.open(run_dir)
+    recorded = recorded_experiment_name(ledger)
+    if recorded is not None and recorded != exp.name:
+        ledger.close()
+        raise ExperimentError(exp.path, [
+            f"the run folder {run_dir} holds experiment {recorded!r}, not {exp.name!r}; give this one its own "
+            f"--out folder (an edited experiment keeps its name and may go on in its folder)"])
     ledger.reconcile()
     jobs = list(plan.jobs if jobs is None else jobs)
     write_atomic(run_dir / "experiment.toml", lambda p: p.write_text(exp.run_copy(), encoding="utf-8"))
+    ledger.set_meta("experiment_name", exp.name)
     edited = ledger.get_meta("experiment") != canonical_json(exp.settings)
     ledger.set_meta("experiment", canonical_json(exp.settings))
     ledger.set_meta("experiment_path", str(exp.path))
@@ -255,7 +271,7 @@ def merge_runs(out: Path | str, sources: Iterable[Path | str], *, log: Callable[
             if not (out / "experiment.toml").exists() and (src / "experiment.toml").exists():
                 shutil.copyfile(src / "experiment.toml", out / "experiment.toml")
                 with Ledger.open(src, readonly=True) as other:
-                    for name in ("experiment", "experiment_path", "factors"):
+                    for name in ("experiment", "experiment_path", "experiment_name", "factors"):
                         value = other.get_meta(name)
                         if value is not None:
                             ledger.set_meta(name, value)

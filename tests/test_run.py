@@ -81,6 +81,15 @@ def test_rerun_resumes_and_force_regenerates(tmp_path):
     assert (again.already_done, again.generated) == (16, 0)
     forced = run_experiment(exp, out=tmp_path / "run", force=True, progress=False)
     assert forced.generated == 16
+    # another experiment into this folder (a mistyped --out) is refused before anything changes
+    copy = (tmp_path / "run" / "experiment.toml").read_bytes()
+    other = experiment(tmp_path, SMALL.replace('name = "small"', 'name = "other"'), name="other.toml")
+    r = subprocess.run([sys.executable, "-m", "harness", "run", str(other), "--out", str(tmp_path / "run")],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 2 and "holds experiment 'small', not 'other'" in r.stderr, r.stderr
+    assert (tmp_path / "run" / "experiment.toml").read_bytes() == copy
+    with Ledger.open(tmp_path / "run", readonly=True) as led:
+        assert led.get_meta("experiment_name") == "small" and led.count("done") == 16
 
 
 def test_editing_experiment_adds_only_new_jobs(tmp_path):
