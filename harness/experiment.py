@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .checks import Checker
-from .experiment_tables import (  # noqa: F401  (PARENT_TOKEN, SEED_LIMIT: part of this module's interface)
-    DTYPES, IMAGE_SUFFIXES, PARENT_TOKEN, SEED_LIMIT, Randomize, Stage, check_denoising, check_template,
-    checkpoint_overrides, init_images_from, randomize_table, seed_list, stage_tables)
+from .experiment_tables import (  # noqa: F401  (PARENT_TOKEN: for stages.py, with Stage)
+    DTYPES, PARENT_TOKEN, Randomize, Stage, check_denoising, check_template, checkpoint_overrides,
+    init_images_from, randomize_table, seed_list, stage_tables)
 from .grammar import GrammarError
 from .wildcards import read_text
 
@@ -126,7 +126,6 @@ _TOP_KEYS = {
     "compare_metrics", "streams", "base_dir",
 }
 _BASE_DIR_LINE = re.compile(r"""^([ \t]*(?:base_dir|"base_dir"|'base_dir')[ \t]*=[ \t]*).*$""", re.M)
-
 
 
 def load_experiment(path: Path | str) -> Experiment:

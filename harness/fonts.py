@@ -20,7 +20,7 @@ FALLBACK_FAMILIES = (  # tried in this order for characters DejaVu Sans lacks
     "Noto Sans CJK JP", "Noto Sans CJK SC", "Noto Sans CJK TC", "Noto Sans CJK KR", "Source Han Sans",
     "WenQuanYi Micro Hei", "WenQuanYi Zen Hei", "Droid Sans Fallback", "Microsoft YaHei", "PingFang SC",
     "Hiragino Sans", "Apple SD Gothic Neo", "Malgun Gothic", "Noto Sans", "Noto Sans Arabic",
-    "Noto Sans Hebrew", "Noto Sans Devanagari", "Noto Sans Thai", "Noto Color Emoji", "Arial Unicode MS",
+    "Noto Sans Hebrew", "Noto Sans Devanagari", "Noto Sans Thai", "Arial Unicode MS",  # outline fonts only
 )
 FONT_HINT = "install a font that has them, e.g. Noto Sans CJK (Debian: fonts-noto-cjk) or fonts-wqy-microhei"
 
