@@ -447,6 +447,15 @@ def bench(ctx: typer.Context) -> None:
     raise typer.Exit(bench_main(ctx.args))
 
 
+@app.command("bench-unet", context_settings={"allow_extra_args": True, "ignore_unknown_options": True,
+                                             "help_option_names": []})
+def bench_unet(ctx: typer.Context) -> None:
+    """The UNet alone: TFLOP/s of one forward against the card's peak (see `harness bench-unet --help`)."""
+    from .bench_unet import main as bench_unet_main
+
+    raise typer.Exit(bench_unet_main(ctx.args))
+
+
 toy_app = typer.Typer(help="The toy world: a small trained model and CLIP for offline studies.",
                       no_args_is_help=True)
 app.add_typer(toy_app, name="toy")

@@ -1,0 +1,72 @@
+"""`harness bench-unet`: the UNet's attention shapes, and the command on the tiny model on CPU."""
+
+import pytest
+
+from harness.bench_unet import AttentionShape, attention_shapes, main, run, unet_config
+
+
+def test_attention_shapes_of_the_built_in_configs():
+    assert attention_shapes(unet_config("sd15"), 64) == [
+        AttentionShape(4096, 8, 40, 5), AttentionShape(1024, 8, 80, 5),
+        AttentionShape(256, 8, 160, 5), AttentionShape(64, 8, 160, 1)]
+    assert [(s.tokens, s.heads, s.head_dim, s.count) for s in attention_shapes(unet_config("sd2"), 96)] == [
+        (9216, 5, 64, 5), (2304, 10, 64, 5), (576, 20, 64, 5), (144, 20, 64, 1)]
+    assert attention_shapes(unet_config("tiny"), 16) == [AttentionShape(64, 8, 8, 4)]
+    assert AttentionShape(4096, 8, 40, 5).flops(2) == 4 * 2 * 8 * 4096 ** 2 * 40
+
+
+@pytest.mark.parametrize("model", ["sd15", "sd2", "tiny"])
+def test_attention_shapes_match_the_model_diffusers_builds(model):
+    """Heads, head width and count of every self-attention in the real module tree (built on the meta
+    device: no memory, no weights)."""
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    cfg = unet_config(model)
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(**cfg)
+    built = {}
+    for name, module in unet.named_modules():
+        if name.endswith("attn1"):
+            key = (module.heads, module.inner_dim // module.heads)
+            built[key] = built.get(key, 0) + 1
+    expected = {}
+    for s in attention_shapes(cfg, 64):
+        expected[(s.heads, s.head_dim)] = expected.get((s.heads, s.head_dim), 0) + s.count
+    assert built == expected
+
+
+def test_bench_unet_on_the_tiny_model_prints_every_figure():
+    lines = []
+    fig = run("tiny", device="cpu", batch=1, size=128, iters=1, out=lines.append)
+    print("\n".join(lines))
+    assert fig["gflop_per_latent"] > 0 and set(fig["modes"]) == {"eager"}
+    assert fig["modes"]["eager"]["ms"] > 0
+    assert any(line.startswith("eager ") and "ms per forward" in line for line in lines)
+    attention = [line for line in lines if line.startswith("self-attention")]
+    assert len(attention) == 1 and "64 tokens x 8 heads of   8 (x4)" in attention[0]
+    assert "as 1 head of 64" in attention[0]
+    assert lines[-1].startswith("best: eager ")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--modes", "eager,fast"], "--modes: 'fast' is not one of eager, compile, freezing"),
+    (["--speedups", "compile"], "--speedups: 'compile' is not one of channels_last, fuse_qkv"),
+    (["--size", "100"], "--size a multiple of 64"),
+    (["--model", "sdxl"], "invalid choice: 'sdxl'"),
+])
+def test_bad_options_are_named_before_anything_is_built(argv, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_the_cli_passes_options_through():
+    from typer.testing import CliRunner
+
+    from harness.cli import app
+
+    result = CliRunner().invoke(app, ["bench-unet", "--modes", "warp"])
+    assert result.exit_code == 2
+    assert "'warp' is not one of eager, compile, freezing" in result.output
