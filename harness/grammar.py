@@ -62,14 +62,24 @@ class GrammarError(ValueError):
         else:
             self.line, self.column, self.line_text = 1, 1, ""
         self.length = max(1, length)
+        self.also: tuple[GrammarError, ...] = ()  # further problems found in the same pass
         super().__init__(str(self))
 
-    def __str__(self) -> str:
+    def with_also(self, others) -> "GrammarError":
+        """This error, reporting `others` after itself (one message for every problem of a template)."""
+        self.also = tuple(others)
+        self.args = (str(self),)
+        return self
+
+    def _one(self) -> str:
         head = f"{self.origin}:{self.line}:{self.column}: {self.message}"
         if not self.line_text and self.column == 1:
             return head
         caret = " " * (self.column - 1) + "^" * min(self.length, max(1, len(self.line_text) - self.column + 1))
         return f"{head}\n  {self.line_text}\n  {caret}"
+
+    def __str__(self) -> str:
+        return "\n".join(e._one() for e in (self, *self.also))
 
 
 # ----------------------------------------------------------------------------- AST

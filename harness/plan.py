@@ -105,7 +105,17 @@ def resolve_checkpoints(exp: Experiment, resolve: Callable | None = None) -> dic
 
         def resolve(name, base_dir=None):
             return resolve_ref(name, base_dir=base_dir)
-    refs = {name: resolve(name, base_dir=exp.base_dir) for name in exp.checkpoints}
+    refs, problems = {}, []
+    for name in exp.checkpoints:  # every unresolvable checkpoint is named, not only the first
+        try:
+            refs[name] = resolve(name, base_dir=exp.base_dir)
+        except ValueError as exc:
+            problems.append(exc)
+    if len(problems) == 1:
+        raise problems[0]
+    if problems:
+        raise type(problems[0])(f"{exp.path}: {len(problems)} checkpoints cannot be used:\n"
+                                + "\n".join(f"  - {exc}" for exc in problems))
     fingerprints: dict[str, str] = {}
     for name, ref in refs.items():
         if ref.fingerprint in fingerprints:

@@ -35,3 +35,19 @@ def test_plan_reports_every_experiment_problem(tmp_path):
     r = harness("plan", bad)
     assert r.returncode == 2 and "did you mean 'steps'" in r.stderr
     assert "key 'prompt': template error at" in r.stderr and "unbalanced '{'" in r.stderr
+
+
+def test_plan_names_every_unknown_wildcard_and_checkpoint_at_once(tmp_path):
+    (tmp_path / "style.txt").write_text("oil\n__medum__\n")  # wildcards beside the experiment
+    exp = tmp_path / "typos.toml"
+    exp.write_text('prompt = "a __colr__ __shpe__, __style__"\ncheckpoints = ["tiny"]\n')
+    r = harness("plan", exp)
+    assert r.returncode == 2
+    for name, column in (("colr", 3), ("shpe", 12)):
+        assert f"{exp} (prompt):1:{column}: unknown wildcard __{name}__" in r.stderr, r.stderr
+    assert "style.txt:2:1: unknown wildcard __medum__" in r.stderr
+
+    exp.write_text('prompt = "a cat"\ncheckpoints = ["tiny", "sd15-randm", "tinny"]\n')
+    r = harness("plan", exp)
+    assert r.returncode == 2 and f"{exp}: 2 checkpoints cannot be used" in r.stderr, r.stderr
+    assert "'sd15-randm'" in r.stderr and "'tinny'" in r.stderr

@@ -258,3 +258,18 @@ def test_render_round_trips_a1111_text():
 
 def test_impossible_choose_k_is_an_error():
     assert "cannot pick 2 different texts" in error("x {2$$a|a}").message
+
+
+def test_every_wildcard_problem_is_reported_in_one_error(tmp_path):
+    """Unknown, empty and cyclic wildcards all at once, in template order; a file reached twice
+    reports its own problems once."""
+    (tmp_path / "w.txt").write_text("x __gone__\n")
+    (tmp_path / "empty.txt").write_text("# nothing\n")
+    (tmp_path / "loop.txt").write_text("__loop__\n")
+    from harness.wildcards import WildcardLibrary
+    e = error("__colr__ __w__ __w__ __empty__ __loop__", library=WildcardLibrary([tmp_path]))
+    assert (e.line, e.column) == (1, 1) and "unknown wildcard __colr__" in e.message
+    assert [x.message.split(":")[0] for x in e.also] == [
+        "unknown wildcard __gone__", "wildcard __empty__ has no options", "wildcard cycle"]
+    assert str(e).count("__gone__: no gone.txt") == 1 and "w.txt:1:3" in str(e)
+    assert e.args == (str(e),)

@@ -12,31 +12,51 @@ from ..wildcards import WildcardLibrary
 
 
 def resolve(node, library: WildcardLibrary, stack: tuple[str, ...] = ()):
-    """Replace wildcards by alternations over their file's lines."""
+    """Replace wildcards by alternations over their file's lines. Every unknown, empty or cyclic
+    wildcard is reported in one GrammarError (the first, with the others after it)."""
+    problems: dict[str, GrammarError] = {}
+    tree = _resolve(node, library, stack, problems)
+    if problems:
+        first, *rest = problems.values()
+        raise first.with_also(rest)
+    return tree
+
+
+def _resolve(node, library: WildcardLibrary, stack: tuple[str, ...], problems: dict):
     if isinstance(node, Seq):
-        return Seq(tuple(resolve(p, library, stack) for p in node.parts))
+        return Seq(tuple(_resolve(p, library, stack, problems) for p in node.parts))
     if isinstance(node, Text):
         return node
     if isinstance(node, Alt):
-        return replace(node, options=tuple(Option(resolve(o.body, library, stack), o.weight)
+        return replace(node, options=tuple(Option(_resolve(o.body, library, stack, problems), o.weight)
                                            for o in node.options))
     # Wildcard
+    problem = _problem(node, library, stack)
+    if problem is not None:
+        problems.setdefault(str(problem), problem)  # a wildcard file reached twice reports its lines once
+        return Text("")
+    wf = library.get(node.path)
+    options = []
+    for lineno, line in wf.lines:
+        body = parse(line, origin=str(wf.path), allow_empty=True, first_line=lineno)
+        options.append(Option(_resolve(body, library, (*stack, node.path), problems)))
+    return Alt(tuple(options), name=node.name, wildcard=node.path, loc=node.loc)
+
+
+def _problem(node, library: WildcardLibrary, stack: tuple[str, ...]) -> GrammarError | None:
+    width = len(node.path) + 4
     if node.path in stack:
         chain = " -> ".join((*stack[stack.index(node.path):], node.path))
-        raise GrammarError(f"wildcard cycle: {chain}", node.loc, length=len(node.path) + 4)
+        return GrammarError(f"wildcard cycle: {chain}", node.loc, length=width)
     wf = library.get(node.path)
     if wf is None:
         names = library.names()
         close = difflib.get_close_matches(node.path, names, n=3, cutoff=0.5)
         hint = f"; did you mean {', '.join('__' + c + '__' for c in close)}?" if close else ""
         where = ", ".join(str(p) for p in library.search_path) or "(no wildcard folders found)"
-        raise GrammarError(f"unknown wildcard __{node.path}__: no {node.path}.txt in {where}{hint}",
-                           node.loc, length=len(node.path) + 4)
+        return GrammarError(f"unknown wildcard __{node.path}__: no {node.path}.txt in {where}{hint}",
+                            node.loc, length=width)
     if not wf.lines:
-        raise GrammarError(f"wildcard __{node.path}__ has no options: {wf.path} holds only blank or # lines",
-                           node.loc, length=len(node.path) + 4)
-    options = []
-    for lineno, line in wf.lines:
-        body = parse(line, origin=str(wf.path), allow_empty=True, first_line=lineno)
-        options.append(Option(resolve(body, library, (*stack, node.path))))
-    return Alt(tuple(options), name=node.name, wildcard=node.path, loc=node.loc)
+        return GrammarError(f"wildcard __{node.path}__ has no options: {wf.path} holds only blank or # lines",
+                            node.loc, length=width)
+    return None
