@@ -98,7 +98,7 @@ class Experiment:
         if Path(given).is_absolute():
             return text
         pinned = _BASE_DIR_LINE.sub(lambda m: m.group(1) + base, text, count=1)
-        if tomllib.loads(pinned) != {**self.raw, "base_dir": str(self.base_dir)}:  # an unusual spelling
+        if _toml_or_none(pinned) != {**self.raw, "base_dir": str(self.base_dir)}:  # an unusual spelling
             raise ExperimentError(self.path, [f"key 'base_dir': could not pin {given!r} to {self.base_dir} in the "
                                               "run folder's copy; write it on one line as base_dir = \"...\""])
         return pinned
@@ -119,13 +119,22 @@ class Experiment:
         return self.overrides.get(checkpoint, {}).get(name, getattr(self, name))
 
 
+def _toml_or_none(text: str):
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError:
+        return None
+
+
 _TOP_KEYS = {
     "name", "prompt", "negative_prompt", "expand", "sample", "prompt_seed", "seeds", "checkpoints", "mode",
     "scheduler", "steps", "guidance", "width", "height", "strengths", "init_images", "batch_size", "dtype",
     "device", "memory", "watermark", "metrics", "exact", "randomize", "checkpoint", "stages", "search", "speedups",
     "compare_metrics", "streams", "base_dir",
 }
-_BASE_DIR_LINE = re.compile(r"""^([ \t]*(?:base_dir|"base_dir"|'base_dir')[ \t]*=[ \t]*).*$""", re.M)
+# `base_dir = <one-line string>`; the value alone is replaced, so a trailing comment stays
+_BASE_DIR_LINE = re.compile(r"""^([ \t]*(?:base_dir|"base_dir"|'base_dir')[ \t]*=[ \t]*)"""
+                            r"""("(?!"")(?:[^"\\\n]|\\.)*"|'(?!'')[^'\n]*')""", re.M)
 
 
 def load_experiment(path: Path | str) -> Experiment:

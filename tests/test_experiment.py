@@ -188,15 +188,24 @@ def test_the_run_folder_copy_plans_the_same_images_from_another_folder(tmp_path)
     assert _copy_of(copy, tmp_path / "again").run_copy() == copy.run_copy()  # a copy of a copy is unchanged
 
 
-@pytest.mark.parametrize("key", ["base_dir", '"base_dir"'])
-def test_a_relative_base_dir_is_pinned_in_the_copy(tmp_path, key):
+@pytest.mark.parametrize("line", ['base_dir = "../data"  # shared inputs', '"base_dir" = "../data"  # shared inputs',
+                                  "base_dir = '../data'  # shared inputs", 'base_dir = "../d\\u0061ta"  # shared inputs'])
+def test_a_relative_base_dir_is_pinned_in_the_copy(tmp_path, line):
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "p.txt").write_text("a dog\n")
     (tmp_path / "exps").mkdir()
-    exp = load_experiment(write(tmp_path / "exps", f'{key} = "../data"  # shared inputs\nprompt = "@p.txt"\n'))
+    exp = load_experiment(write(tmp_path / "exps", f'{line}\nprompt = "@p.txt"\n'))
     assert exp.base_dir == (tmp_path / "data").resolve() and exp.prompt == "a dog"
     copy = _copy_of(exp, tmp_path / "run")
     assert copy.raw["base_dir"] == str((tmp_path / "data").resolve()) and copy.prompt == "a dog"
+    assert "  # shared inputs\n" in (tmp_path / "run" / "experiment.toml").read_text()  # the comment stays
+
+
+def test_a_base_dir_that_cannot_be_pinned_is_an_error_before_anything_runs(tmp_path):
+    (tmp_path / "data").mkdir()
+    path = write(tmp_path, 'base_dir = """data"""\nprompt = "a"\n')  # a multi-line string
+    with pytest.raises(ExperimentError, match="could not pin 'data'"):
+        load_experiment(path)
 
 
 def test_base_dir_must_be_an_existing_folder(tmp_path):
