@@ -120,20 +120,19 @@ def run(model: str = "sd15", *, device: str = "cuda", dtype: str = "auto", batch
         modes: tuple[str, ...] | None = None, speedups: tuple[str, ...] = ("channels_last", "fuse_qkv"),
         iters: int = 10, out=print) -> dict:
     import torch
-    import torch.nn.functional as F
     from diffusers import UNet2DConditionModel
+    from diffusers.utils import logging as diffusers_logging
     from torch.utils.flop_counter import FlopCounterMode
 
-    from .bench import GPU_PEAK_TFLOPS, matmul_tflops
     from .devices import dtype_name, pick_device, pick_dtype
-
-    from diffusers.utils import logging as diffusers_logging
 
     diffusers_logging.set_verbosity_error()  # casting random weights to fp16 is intended here
     device = pick_device(device)
-    on_cuda = device.startswith("cuda")
     torch_dtype = pick_dtype(dtype, device)
-    modes = modes or (("eager", "compile") if on_cuda else ("eager",))
+    modes = tuple(dict.fromkeys(modes or (("eager", "compile") if device.startswith("cuda") else ("eager",))))
+    for mode in modes:
+        if mode not in MODES:
+            raise ValueError(f"mode {mode!r}: expected one of {', '.join(MODES)}")
     cfg = unet_config(model)
     latent = size // 8
     torch.manual_seed(0)
@@ -145,13 +144,7 @@ def run(model: str = "sd15", *, device: str = "cuda", dtype: str = "auto", batch
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         unet(x[:1], t, encoder_hidden_states=ctx[:1])
     flop = float(counter.get_total_flops())
-    if on_cuda:
-        name = torch.cuda.get_device_name()
-        peak = next((v for k, v in GPU_PEAK_TFLOPS.items() if k in name), float("nan"))
-        out(f"{name}: dense {dtype_name(torch_dtype)} peak {peak:g} TFLOP/s (spec), "
-            f"{matmul_tflops(device, torch_dtype):.0f} TFLOP/s measured on an 8192^3 matrix product")
-    else:
-        peak = float("nan")
+    peak = _peak(device, torch_dtype, out)
     out(f"UNet {model} (random weights) at {size}x{size}: {flop / 1e9:.1f} GFLOP per latent; batch {batch} "
         f"latents, {dtype_name(torch_dtype)}, {device}, speedups: {', '.join(speedups) or 'none'}")
     if "channels_last" in speedups:
@@ -159,63 +152,103 @@ def run(model: str = "sd15", *, device: str = "cuda", dtype: str = "auto", batch
     if "fuse_qkv" in speedups:
         unet.fuse_qkv_projections()
     measure = _timer(device)
-    figures: dict = {"gflop_per_latent": flop / 1e9, "modes": {}, "peak": peak}
 
     def share(tflops: float) -> str:
         return f" ({tflops / peak:.1%} of peak)" if peak == peak else ""
 
-    compiled = None
+    figures: dict = {"gflop_per_latent": flop / 1e9, "modes": {}, "peak": peak}
+    forwards = {}
     for mode in modes:
-        if mode not in MODES:
-            raise ValueError(f"mode {mode!r}: expected one of {', '.join(MODES)}")
-        forward = unet
-        if mode != "eager":
-            torch._dynamo.reset()
-            torch._inductor.config.freezing = mode == "freezing"
-            forward = torch.compile(unet)
+        forwards[mode] = unet if mode == "eager" else _compiled(unet, freezing=mode == "freezing")
         wall = time.perf_counter()
-        sec = measure(lambda f=forward: f(x, t, encoder_hidden_states=ctx), iters)
+        sec = measure(lambda f=forwards[mode]: f(x, t, encoder_hidden_states=ctx), iters)
         tflops = flop * batch / sec / 1e12
         figures["modes"][mode] = {"ms": sec * 1e3, "tflops": tflops}
         out(f"{mode:<9} {sec * 1e3:8.1f} ms per forward  {tflops:7.4g} TFLOP/s{share(tflops)}"
             f"  (measured in {time.perf_counter() - wall:.0f} s, compiling included)")
-        if mode != "eager":
-            compiled = forward
-    torch._inductor.config.freezing = False
-    if on_cuda:
-        from torch.profiler import ProfilerActivity, profile
-        target = compiled if compiled is not None else unet
-        with torch.no_grad(), profile(activities=[ProfilerActivity.CUDA]) as prof:
-            target(x, t, encoder_hidden_states=ctx)
-            torch.cuda.synchronize()
-        kinds = kernel_classes(prof.key_averages())
-        total = sum(kinds.values()) or 1.0
-        out(f"GPU time of one {'eager' if compiled is None else 'compiled'} forward: " + ", ".join(
-            f"{k} {v / 1e3:.1f} ms ({v / total:.0%})" for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])))
-        figures["kernel_ms"] = {k: v / 1e3 for k, v in kinds.items()}
-    saved = 0.0
-    for shape in attention_shapes(cfg, latent):
-        def attend(heads: int, dim: int) -> float:
-            q, k, v = (torch.randn(batch, heads, shape.tokens, dim, device=device, dtype=torch_dtype) for _ in range(3))
-            return measure(lambda: F.scaled_dot_product_attention(q, k, v), iters)
-        sec = attend(shape.heads, shape.head_dim)
-        line = (f"self-attention {shape.tokens:5d} tokens x {shape.heads} heads of {shape.head_dim:3d} (x{shape.count}): "
-                f"{sec * 1e3:7.3f} ms, {shape.flops(batch) / sec / 1e12:6.4g} TFLOP/s")
-        width = shape.heads * shape.head_dim
-        if shape.head_dim != 64 and width % 64 == 0:
-            wide = attend(width // 64, 64)
-            saved += shape.count * max(sec - wide, 0.0)
-            line += f"; as {width // 64} head{'s' if width > 64 else ''} of 64: {wide * 1e3:7.3f} ms, {shape.flops(batch) / wide / 1e12:6.4g} TFLOP/s"
-        out(line)
-    best = min(figures["modes"].items(), key=lambda kv: kv[1]["ms"])
+    if "freezing" in modes:
+        _inductor_config().freezing = False  # compiled on its first call, above; later compiles unfrozen
+    best, fastest = min(figures["modes"].items(), key=lambda kv: kv[1]["ms"])
+    if device.startswith("cuda"):
+        figures["kernel_ms"] = _kernel_split(best, lambda: forwards[best](x, t, encoder_hidden_states=ctx), out)
+    saved = sum(_attention_row(shape, batch, device, torch_dtype, measure, iters, out)
+                for shape in attention_shapes(cfg, latent))
     if saved:
-        ms = best[1]["ms"] - saved * 1e3
+        ms = fastest["ms"] - saved * 1e3
         tflops = flop * batch / (ms / 1e3) / 1e12
         figures["with_64_wide_attention"] = {"ms": ms, "tflops": tflops}
-        out(f"{best[0]} forward if every self-attention ran at the 64-wide rate: {ms:.1f} ms, "
+        out(f"{best} forward if every self-attention ran at the 64-wide rate: {ms:.1f} ms, "
             f"{tflops:.4g} TFLOP/s{share(tflops)}")
-    out(f"best: {best[0]} {best[1]['tflops']:.4g} TFLOP/s{share(best[1]['tflops'])}")
+    out(f"best: {best} {fastest['tflops']:.4g} TFLOP/s{share(fastest['tflops'])}")
     return figures
+
+
+def _peak(device: str, dtype, out) -> float:
+    """The card's dense peak for `dtype` (NaN off CUDA), printed with a measured matrix-product rate."""
+    import torch
+
+    from .bench import GPU_PEAK_TFLOPS, matmul_tflops
+    from .devices import dtype_name
+
+    if not device.startswith("cuda"):
+        return float("nan")
+    name = torch.cuda.get_device_name()
+    peak = next((v for k, v in GPU_PEAK_TFLOPS.items() if k in name), float("nan"))
+    out(f"{name}: dense {dtype_name(dtype)} peak {peak:g} TFLOP/s (spec), "
+        f"{matmul_tflops(device, dtype):.0f} TFLOP/s measured on an 8192^3 matrix product")
+    return peak
+
+
+def _inductor_config():
+    import torch._inductor.config as config
+    return config
+
+
+def _compiled(unet, *, freezing: bool):
+    import torch
+
+    torch._dynamo.reset()
+    _inductor_config().freezing = freezing  # read when the first call compiles
+    return torch.compile(unet)
+
+
+def _kernel_split(mode: str, forward, out) -> dict[str, float]:
+    """Milliseconds of GPU time per kind of kernel in one forward (torch.profiler)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    with torch.no_grad(), profile(activities=[ProfilerActivity.CUDA]) as prof:
+        forward()
+        torch.cuda.synchronize()
+    kinds = {k: v / 1e3 for k, v in kernel_classes(prof.key_averages()).items()}
+    total = sum(kinds.values()) or 1.0
+    out(f"GPU time of one {mode} forward: " + ", ".join(
+        f"{k} {v:.1f} ms ({v / total:.0%})" for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])))
+    return kinds
+
+
+def _attention_row(shape: AttentionShape, batch: int, device: str, dtype, measure, iters: int, out) -> float:
+    """Times one self-attention shape alone and, when its width allows, the same FLOPs in 64-wide
+    heads; prints both and returns the seconds per forward the 64-wide rate would save."""
+    import torch
+    import torch.nn.functional as F
+
+    def attend(heads: int, dim: int) -> float:
+        q, k, v = (torch.randn(batch, heads, shape.tokens, dim, device=device, dtype=dtype) for _ in range(3))
+        return measure(lambda: F.scaled_dot_product_attention(q, k, v), iters)
+
+    def rate(sec: float) -> str:
+        return f"{sec * 1e3:7.3f} ms, {shape.flops(batch) / sec / 1e12:6.4g} TFLOP/s"
+
+    sec = attend(shape.heads, shape.head_dim)
+    line = f"self-attention {shape.tokens:5d} tokens x {shape.heads} heads of {shape.head_dim:3d} (x{shape.count}): {rate(sec)}"
+    width, saved = shape.heads * shape.head_dim, 0.0
+    if shape.head_dim != 64 and width % 64 == 0:
+        wide = attend(width // 64, 64)
+        saved = shape.count * max(sec - wide, 0.0)
+        line += f"; as {width // 64} head{'s' if width > 64 else ''} of 64: {rate(wide)}"
+    out(line)
+    return saved
 
 
 def main(argv: list[str] | None = None) -> int:

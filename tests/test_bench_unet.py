@@ -70,3 +70,14 @@ def test_the_cli_passes_options_through():
     result = CliRunner().invoke(app, ["bench-unet", "--modes", "warp"])
     assert result.exit_code == 2
     assert "'warp' is not one of eager, compile, freezing" in result.output
+
+
+@pytest.mark.slow
+def test_compiled_modes_run_and_leave_freezing_off():
+    """torch.compile, with and without Inductor freezing (minutes on a CPU; on a GPU it is the default)."""
+    import torch._inductor.config as inductor
+
+    lines = []
+    fig = run("tiny", device="cpu", batch=1, size=64, iters=1, modes=("compile", "freezing"), out=lines.append)
+    assert set(fig["modes"]) == {"compile", "freezing"} and all(m["ms"] > 0 for m in fig["modes"].values())
+    assert inductor.freezing is False
