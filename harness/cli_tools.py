@@ -1,0 +1,107 @@
+"""CLI commands for the tools beside a study (registered on the main app): the watermark codec,
+the throughput benchmarks and the toy world. The benchmarks and toy commands hand their arguments
+to the module's own argparse `main`, which documents them (`--help`)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import List
+
+import typer
+
+from .cli import PlanFmt, app, fail
+
+# Options go to the module's own parser, --help included.
+PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
+
+
+watermark_app = typer.Typer(help="Embed or detect the invisible watermark of the reference SD scripts.",
+                            no_args_is_help=True)
+app.add_typer(watermark_app, name="watermark")
+
+
+@watermark_app.command("detect")
+def watermark_detect(
+    paths: List[Path] = typer.Argument(..., help="Image files."),
+    fmt: PlanFmt = typer.Option(PlanFmt.text, "--format", help="text | jsonl"),
+) -> None:
+    """Statistical detection of the SD v1 / v2 / XL messages in image files."""
+    from .metrics.watermark import detect_paths
+
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        fail(f"error: no such image file: {', '.join(missing)}")
+    for r in detect_paths(paths):
+        if fmt is PlanFmt.jsonl:
+            sys.stdout.write(json.dumps(r, default=_json_default) + "\n")
+            continue
+        if r["detected"] is None:
+            typer.echo(f"{r['path']}: cannot decide ({r.get('reason')})")
+            continue
+        best = r["messages"].get(r.get("best")) or min(r["messages"].values(), key=lambda e: e["p_corrected"])
+        verdict = f"DETECTED {r['best']}" if r["detected"] else "not detected"
+        typer.echo(f"{r['path']}: {verdict} (best: {best['matched']}/{best['bits']} bits, "
+                   f"p={best['p_corrected']:.2g} corrected)")
+
+
+def _json_default(o):
+    import numpy as np
+    if isinstance(o, np.generic):
+        return o.item()
+    raise TypeError(type(o).__name__)
+
+
+@watermark_app.command("embed")
+def watermark_embed(
+    src: Path = typer.Argument(..., help="Input image."),
+    dst: Path = typer.Argument(..., help="Output image (PNG keeps the mark; JPEG destroys most of it)."),
+    message: str = typer.Option("sdv1", "--message", help="sdv1 | sdv2 | sdxl | any TEXT"),
+) -> None:
+    """Embed a message the way the reference SD scripts do (dwtDct, BGR)."""
+    from .metrics.watermark import embed_file
+
+    try:
+        embed_file(src, dst, message)
+    except (ValueError, OSError) as e:
+        fail(f"error: {e}")
+    typer.echo(f"wrote {dst} with message {message}")
+
+
+@app.command(context_settings=PASS_THROUGH)
+def bench(ctx: typer.Context) -> None:
+    """Throughput: the harness runner vs the naive loop (see `harness bench --help`)."""
+    from .bench import main as bench_main
+
+    raise typer.Exit(bench_main(ctx.args))
+
+
+@app.command("bench-unet", context_settings=PASS_THROUGH)
+def bench_unet(ctx: typer.Context) -> None:
+    """The UNet alone: TFLOP/s of one forward against the card's peak (see `harness bench-unet --help`)."""
+    from .bench_unet import main as bench_unet_main
+
+    raise typer.Exit(bench_unet_main(ctx.args))
+
+
+toy_app = typer.Typer(help="The toy world: a small trained model and CLIP for offline studies.",
+                      no_args_is_help=True)
+app.add_typer(toy_app, name="toy")
+
+
+@toy_app.command("train", context_settings=PASS_THROUGH)
+def toy_train(ctx: typer.Context) -> None:
+    """Train the toy models (seeded): --what vae|decoder|unet|clip|all --profile cpu|gpu --out DIR --device D
+    --workers N --minutes M --stop-at STAGE=STEP (--help lists them)."""
+    from .toy.train import main as train_main
+
+    train_main(ctx.args)
+
+
+@toy_app.command("acceptance", context_settings=PASS_THROUGH)
+def toy_acceptance(ctx: typer.Context) -> None:
+    """Measure the toy models against the world's oracle (prints a table)."""
+    from .toy.acceptance import main as acceptance_main
+
+    acceptance_main(ctx.args)
