@@ -114,8 +114,9 @@ def resolve_checkpoints(exp: Experiment, resolve: Callable | None = None) -> dic
     if len(problems) == 1:
         raise problems[0]
     if problems:
-        raise type(problems[0])(f"{exp.path}: {len(problems)} checkpoints cannot be used:\n"
-                                + "\n".join(f"  - {exc}" for exc in problems))
+        from .checkpoints import CheckpointError
+        raise CheckpointError(f"{exp.path}: {len(problems)} checkpoints cannot be used:\n"
+                              + "\n".join(f"  - {exc}" for exc in problems))
     fingerprints: dict[str, str] = {}
     for name, ref in refs.items():
         if ref.fingerprint in fingerprints:
