@@ -18,7 +18,6 @@ The last line is `ratio: X.XX` (harness images/s over naive images/s).
 from __future__ import annotations
 
 import argparse
-import resource
 import shutil
 import sys
 import tempfile
@@ -26,10 +25,7 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-# Dense tensor-core peaks (TFLOP/s, bf16/fp16, no sparsity) by device-name fragment.
-GPU_PEAK_TFLOPS = {"H200": 989.0, "H100 SXM": 989.0, "H100 PCIe": 756.0, "H100": 989.0, "A100": 312.0,
-                   "L40S": 362.0, "A10G": 125.0, "RTX 4090": 165.0, "RTX 3090": 71.0, "V100": 125.0}
-
+from .measure import DenoiseTimer, card_peak, peak_memory, reset_peak_memory, unet_flops
 
 SCORE_METRIC = "clip_score:model=tiny,cache=none"  # the scoring rows: batched CLIP scoring of every image
 
@@ -67,104 +63,11 @@ height = {self.size}
 """
 
 
-def covered(spans: list[tuple[float, float]]) -> float:
-    """Seconds covered by the union of (start, end) spans: concurrent calls of several streams count once."""
-    total, reach = 0.0, float("-inf")
-    for start, end in sorted(spans):
-        if end > reach:
-            total += end - max(start, reach)
-            reach = end
-    return total
-
-
-class DenoiseTimer:
-    """Records the spans of UNet forwards (synchronising on CUDA), counts them and the latents they
-    evaluate (a guided batch of B images is 2B latents per call); `timings["spans"]` collects the spans
-    of whole pipeline calls (text encoding, denoising, decoding). `seconds` and `pipeline` are the wall
-    time covered by each kind of span, so concurrent streams are not counted twice."""
-
-    def __init__(self):
-        import threading
-
-        self.calls, self.latents, self._t = 0, 0, threading.local()
-        self.unet_spans: list[tuple[float, float]] = []
-        self.timings: dict = {"spans": []}
-
-    @property
-    def seconds(self) -> float:
-        return covered(self.unet_spans)
-
-    @property
-    def pipeline(self) -> float:
-        return covered(self.timings["spans"])
-
-    def attach(self, pipe) -> None:
-        import torch
-        sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
-
-        def pre(_m, args, kwargs):
-            sync()
-            self._t.start = time.perf_counter()
-            self._t.batch = int((args[0] if args else kwargs["sample"]).shape[0])
-
-        def post(_m, _a, _o):
-            sync()
-            self.unet_spans.append((self._t.start, time.perf_counter()))
-            self.calls += 1
-            self.latents += self._t.batch
-
-        unet = getattr(pipe.unet, "_orig_mod", pipe.unet)
-        unet.register_forward_pre_hook(pre, with_kwargs=True)
-        unet.register_forward_hook(post)
-
-
 def classic_attention(pipe) -> None:
     """Swap diffusers' default scaled-dot-product attention for the plain matmul version."""
     from diffusers.models.attention_processor import AttnProcessor
     pipe.unet.set_attn_processor(AttnProcessor())
     pipe.vae.set_attn_processor(AttnProcessor())
-
-
-def unet_flops(pipe, size: int, device: str) -> float:
-    """FLOPs of one UNet forward on one latent (counted by torch's FlopCounterMode)."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-    unet = getattr(pipe.unet, "_orig_mod", pipe.unet)
-    lat = size // 8
-    dtype = next(unet.parameters()).dtype
-    x = torch.randn(1, unet.config.in_channels, lat, lat, device=device, dtype=dtype)
-    ctx = torch.randn(1, 77, unet.config.cross_attention_dim, device=device, dtype=dtype)
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        unet(x, 10, encoder_hidden_states=ctx)
-    return float(counter.get_total_flops())
-
-
-def matmul_tflops(device: str, dtype) -> float:
-    """Achieved TFLOP/s of a large square matrix product in `dtype`: what this GPU really reaches."""
-    import torch
-    n = 8192
-    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
-    for _ in range(3):
-        a @ b
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(10):
-        a @ b
-    torch.cuda.synchronize()
-    return 10 * 2 * n ** 3 / (time.perf_counter() - t0) / 1e12
-
-
-def _peak_memory(device: str) -> str:
-    import torch
-    if device.startswith("cuda"):
-        return f"{torch.cuda.max_memory_allocated() / 2**30:.2f} GiB GPU"
-    return f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB RSS"
-
-
-def _reset_peak(device: str) -> None:
-    import torch
-    if device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats()
 
 
 def naive_loop(exp, plan, out: Path, device: str, dtype, timer: DenoiseTimer) -> float:
@@ -335,11 +238,10 @@ def run_bench(sweep: Sweep, *, device: str = "auto", dtype: str = "auto", ablate
 
         def measure(name, fn):
             timer = DenoiseTimer()
-            _reset_peak(device)
+            reset_peak_memory(device)
             seconds = fn(timer)
-            rows.append(Figures(name, n, seconds, timer.seconds, timer.pipeline, timer.calls,
-                                timer.latents,
-                                _peak_memory(device)))
+            rows.append(Figures(name, n, seconds, timer.seconds, timer.pipeline, timer.calls, timer.latents,
+                                peak_memory(device)))
             f = rows[-1]
             out(f"{name:<28} {f.rate:8.3f} images/s  {f.seconds:7.1f} s  outside pipeline {f.outside_pipeline:6.1%}"
                 f"  outside denoising {f.outside:6.1%}  UNet calls {f.unet_calls:5d}  peak {f.memory}")
@@ -361,13 +263,8 @@ def run_bench(sweep: Sweep, *, device: str = "auto", dtype: str = "auto", ablate
         if device.startswith("cuda"):
             from .pipelines import load_pipeline
             pipe = load_pipeline(plan.checkpoints[exp.checkpoints[0]], "txt2img", device=device, dtype=torch_dtype)
-            flops = unet_flops(pipe, sweep.size, device)
-            import torch
-            name = torch.cuda.get_device_name()
-            peak = next((v for k, v in GPU_PEAK_TFLOPS.items() if k in name), float("nan"))
-            matmul = matmul_tflops(device, torch_dtype)
-            out(f"{name}: dense {dtype_name(torch_dtype)} peak {peak:g} TFLOP/s (spec), "
-                f"{matmul:.0f} TFLOP/s measured on an 8192^3 matrix product")
+            flops = unet_flops(pipe.unet, sweep.size, device)
+            peak, matmul = card_peak(device, torch_dtype, out)
             for f in rows:
                 tflops = flops * f.latents / f.denoise / 1e12
                 out(f"{f.name:<28} {tflops:8.1f} TFLOP/s in the denoising loop ({tflops / peak:.1%} of peak, "

@@ -22,6 +22,8 @@ import sys
 import time
 from dataclasses import dataclass
 
+from .measure import card_peak, unet_flops
+
 MODELS = ("sd15", "sd2", "tiny")
 MODES = ("eager", "compile", "freezing")
 
@@ -122,7 +124,6 @@ def run(model: str = "sd15", *, device: str = "cuda", dtype: str = "auto", batch
     import torch
     from diffusers import UNet2DConditionModel
     from diffusers.utils import logging as diffusers_logging
-    from torch.utils.flop_counter import FlopCounterMode
 
     from .devices import dtype_name, pick_device, pick_dtype
 
@@ -141,10 +142,8 @@ def run(model: str = "sd15", *, device: str = "cuda", dtype: str = "auto", batch
     x = torch.randn(batch, cfg["in_channels"], latent, latent, device=device, dtype=torch_dtype, generator=gen)
     ctx = torch.randn(batch, 77, cfg["cross_attention_dim"], device=device, dtype=torch_dtype, generator=gen)
     t = torch.tensor(500, device=device)
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        unet(x[:1], t, encoder_hidden_states=ctx[:1])
-    flop = float(counter.get_total_flops())
-    peak = _peak(device, torch_dtype, out)
+    flop = unet_flops(unet, size, device)
+    peak, _ = card_peak(device, torch_dtype, out)
     out(f"UNet {model} (random weights) at {size}x{size}: {flop / 1e9:.1f} GFLOP per latent; batch {batch} "
         f"latents, {dtype_name(torch_dtype)}, {device}, speedups: {', '.join(speedups) or 'none'}")
     if "channels_last" in speedups:
@@ -181,22 +180,6 @@ def run(model: str = "sd15", *, device: str = "cuda", dtype: str = "auto", batch
             f"{tflops:.4g} TFLOP/s{share(tflops)}")
     out(f"best: {best} {fastest['tflops']:.4g} TFLOP/s{share(fastest['tflops'])}")
     return figures
-
-
-def _peak(device: str, dtype, out) -> float:
-    """The card's dense peak for `dtype` (NaN off CUDA), printed with a measured matrix-product rate."""
-    import torch
-
-    from .bench import GPU_PEAK_TFLOPS, matmul_tflops
-    from .devices import dtype_name
-
-    if not device.startswith("cuda"):
-        return float("nan")
-    name = torch.cuda.get_device_name()
-    peak = next((v for k, v in GPU_PEAK_TFLOPS.items() if k in name), float("nan"))
-    out(f"{name}: dense {dtype_name(dtype)} peak {peak:g} TFLOP/s (spec), "
-        f"{matmul_tflops(device, dtype):.0f} TFLOP/s measured on an 8192^3 matrix product")
-    return peak
 
 
 def _inductor_config():

@@ -39,7 +39,7 @@ def test_every_ablation_row_runs_and_makes_the_same_images(tmp_path):
 
 
 def test_covered_counts_overlapping_spans_once():
-    from harness.bench import covered
+    from harness.measure import covered
 
     assert covered([]) == 0.0
     assert covered([(0.0, 2.0), (1.0, 3.0), (5.0, 6.0)]) == 4.0  # two streams overlapping, then a gap

@@ -1,0 +1,124 @@
+"""What the benchmarks measure with: spans of UNet calls, FLOPs per forward, the card's peak, peak memory.
+
+Shared by `harness bench` (the runner against the naive loop) and `harness bench-unet` (the UNet alone).
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+
+# Dense tensor-core peaks (TFLOP/s, bf16/fp16, no sparsity) by device-name fragment.
+GPU_PEAK_TFLOPS = {"H200": 989.0, "H100 SXM": 989.0, "H100 PCIe": 756.0, "H100": 989.0, "A100": 312.0,
+                   "L40S": 362.0, "A10G": 125.0, "RTX 4090": 165.0, "RTX 3090": 71.0, "V100": 125.0}
+
+
+def covered(spans: list[tuple[float, float]]) -> float:
+    """Seconds covered by the union of (start, end) spans: concurrent calls of several streams count once."""
+    total, reach = 0.0, float("-inf")
+    for start, end in sorted(spans):
+        if end > reach:
+            total += end - max(start, reach)
+            reach = end
+    return total
+
+
+class DenoiseTimer:
+    """Records the spans of UNet forwards (synchronising on CUDA), counts them and the latents they
+    evaluate (a guided batch of B images is 2B latents per call); `timings["spans"]` collects the spans
+    of whole pipeline calls (text encoding, denoising, decoding). `seconds` and `pipeline` are the wall
+    time covered by each kind of span, so concurrent streams are not counted twice."""
+
+    def __init__(self):
+        import threading
+
+        self.calls, self.latents, self._t = 0, 0, threading.local()
+        self.unet_spans: list[tuple[float, float]] = []
+        self.timings: dict = {"spans": []}
+
+    @property
+    def seconds(self) -> float:
+        return covered(self.unet_spans)
+
+    @property
+    def pipeline(self) -> float:
+        return covered(self.timings["spans"])
+
+    def attach(self, pipe) -> None:
+        import torch
+        sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+
+        def pre(_m, args, kwargs):
+            sync()
+            self._t.start = time.perf_counter()
+            self._t.batch = int((args[0] if args else kwargs["sample"]).shape[0])
+
+        def post(_m, _a, _o):
+            sync()
+            self.unet_spans.append((self._t.start, time.perf_counter()))
+            self.calls += 1
+            self.latents += self._t.batch
+
+        unet = getattr(pipe.unet, "_orig_mod", pipe.unet)
+        unet.register_forward_pre_hook(pre, with_kwargs=True)
+        unet.register_forward_hook(post)
+
+
+def unet_flops(unet, size: int, device: str) -> float:
+    """FLOPs of one forward of `unet` (compiled or not) on one latent of a `size`-pixel image, counted by
+    torch's FlopCounterMode."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+    unet = getattr(unet, "_orig_mod", unet)
+    lat = size // 8
+    dtype = next(unet.parameters()).dtype
+    x = torch.randn(1, unet.config.in_channels, lat, lat, device=device, dtype=dtype)
+    ctx = torch.randn(1, 77, unet.config.cross_attention_dim, device=device, dtype=dtype)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        unet(x, 10, encoder_hidden_states=ctx)
+    return float(counter.get_total_flops())
+
+
+def matmul_tflops(device: str, dtype) -> float:
+    """Achieved TFLOP/s of a large square matrix product in `dtype`: what this GPU really reaches."""
+    import torch
+    n = 8192
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+    for _ in range(3):
+        a @ b
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(10):
+        a @ b
+    torch.cuda.synchronize()
+    return 10 * 2 * n ** 3 / (time.perf_counter() - t0) / 1e12
+
+
+def card_peak(device: str, dtype, out=print) -> tuple[float, float]:
+    """(the card's dense peak for `dtype` from its spec, the measured matrix-product rate) in TFLOP/s,
+    printed on one line; (NaN, NaN) off CUDA."""
+    if not device.startswith("cuda"):
+        return float("nan"), float("nan")
+    import torch
+
+    from .devices import dtype_name
+
+    name = torch.cuda.get_device_name()
+    peak = next((v for k, v in GPU_PEAK_TFLOPS.items() if k in name), float("nan"))
+    matmul = matmul_tflops(device, dtype)
+    out(f"{name}: dense {dtype_name(dtype)} peak {peak:g} TFLOP/s (spec), "
+        f"{matmul:.0f} TFLOP/s measured on an 8192^3 matrix product")
+    return peak, matmul
+
+
+def peak_memory(device: str) -> str:
+    import torch
+    if device.startswith("cuda"):
+        return f"{torch.cuda.max_memory_allocated() / 2**30:.2f} GiB GPU"
+    return f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB RSS"
+
+
+def reset_peak_memory(device: str) -> None:
+    import torch
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
