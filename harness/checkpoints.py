@@ -10,7 +10,8 @@ A checkpoint spec (as written in an experiment) is resolved in this order:
    only. Nothing is ever downloaded here: fetch models on a connected machine with
    `huggingface-cli download <id>` and copy the cache, or point to a local folder.
 
-Fingerprints (content digests of single files and folders) are computed in
+What a folder or file holds is read in `harness.checkpoint_files`; fingerprints
+(content digests of single files and folders) are computed in
 `harness.fingerprints`; a resolved checkpoint is loaded by `harness.pipelines`,
 with a scheduler from `harness.schedulers`.
 
@@ -21,14 +22,13 @@ stays cheap for the planner.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
-import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
+from .checkpoint_files import CheckpointError, check_pipeline_folder, folder_family, single_file_family, single_file_keys
 from .fingerprints import HASH_LENGTH, a1111_hash, file_sha256, folder_fingerprint
 
 CACHE_ENV = "HARNESS_CACHE"
@@ -40,10 +40,6 @@ def cache_dir() -> Path:
     """`$HARNESS_CACHE`, else `~/.cache/harness`."""
     env = os.environ.get(CACHE_ENV)
     return Path(env).expanduser() if env else Path.home() / ".cache" / "harness"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint cannot be resolved or loaded; the message says how to fix it."""
 
 
 @dataclass(frozen=True)
@@ -169,106 +165,6 @@ def hub_snapshot(hub_id: str, *, name: str | None = None) -> Path:
     return path
 
 
-# ---------------------------------------------------------------- inspection
-
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-
-
-def folder_family(folder: Path) -> tuple[str, int]:
-    """(family, native size) from a diffusers folder's UNet and VAE configs."""
-    unet = _read_json(folder / "unet" / "config.json")
-    vae = _read_json(folder / "vae" / "config.json")
-    scale = 2 ** (len(vae.get("block_out_channels", [0, 0, 0, 0])) - 1)
-    native = int(unet.get("sample_size", 64)) * scale
-    family = {768: "sd1", 1024: "sd2"}.get(unet.get("cross_attention_dim"), "unknown")
-    return family, native
-
-
-def _check_pipeline_folder(folder: Path, name: str) -> None:
-    index = _read_json(folder / "model_index.json")
-    missing = [c for c in ("unet", "vae", "text_encoder", "tokenizer", "scheduler") if c not in index]
-    if missing:
-        raise CheckpointError(f"checkpoint {name!r}: {folder / 'model_index.json'} has no {', '.join(missing)}; "
-                              f"expected a Stable Diffusion 1.x/2.x pipeline (class {index.get('_class_name')!r})")
-
-
-def safetensors_header(path: str | Path) -> dict[str, Any]:
-    """Tensor names -> {dtype, shape, ...} from a .safetensors header, without reading the data."""
-    with open(path, "rb") as fh:
-        raw = fh.read(8)
-        if len(raw) != 8:
-            raise CheckpointError(f"{path} is not a safetensors file (shorter than its 8-byte header length)")
-        (size,) = struct.unpack("<Q", raw)
-        if size > 100 << 20:
-            raise CheckpointError(f"{path} is not a safetensors file (header length {size} bytes is implausible)")
-        try:
-            header = json.loads(fh.read(size))
-        except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
-            raise CheckpointError(f"{path} is not a safetensors file (its header is not JSON: {exc})") from None
-    if not isinstance(header, dict):
-        raise CheckpointError(f"{path} is not a safetensors file (its header is not a JSON object)")
-    header.pop("__metadata__", None)
-    return header
-
-
-# Default diffusers config repos per detected single-file type (the same defaults diffusers uses).
-SINGLE_FILE_CONFIG_REPOS = {
-    "sd1": "stable-diffusion-v1-5/stable-diffusion-v1-5",
-    "sd2": "stabilityai/stable-diffusion-2-1",
-}
-
-
-def single_file_family(keys_and_shapes: dict[str, tuple]) -> str:
-    """'sd1' | 'sd2' from CompVis-layout key names; CheckpointError for anything else."""
-    keys = keys_and_shapes
-    if not any(k.startswith("model.diffusion_model.") for k in keys):
-        raise CheckpointError("no 'model.diffusion_model.*' tensors: "
-                              "not a Stable Diffusion (CompVis layout) checkpoint")
-    if any(k.startswith("conditioner.") for k in keys):
-        raise CheckpointError("this is an SDXL checkpoint (it has 'conditioner.*' tensors); "
-                              "only SD 1.x/2.x are supported")
-    first = keys.get("model.diffusion_model.input_blocks.0.0.weight")
-    if first is not None and len(first) > 1 and first[1] != 4:
-        raise CheckpointError(f"the UNet takes {first[1]} input channels (inpainting/depth model); "
-                              f"only text-to-image checkpoints with 4 latent channels are supported")
-    if any(k.startswith("cond_stage_model.model.") for k in keys):
-        return "sd2"
-    return "sd1"
-
-
-def single_file_keys(path: Path) -> dict[str, tuple]:
-    """Tensor names -> shapes of a .safetensors or .ckpt file; CheckpointError naming the file when unreadable."""
-    if path.suffix == ".safetensors":
-        return {k: tuple(v.get("shape", ()) if isinstance(v, dict) else ())
-                for k, v in safetensors_header(path).items()}
-    import pickle
-
-    import torch
-
-    try:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError:  # legacy (non-zip) pickles cannot be memory-mapped
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise CheckpointError(
-            f"{path} could not be read as a checkpoint of tensors: {str(exc).splitlines()[0]}. Either it is not a "
-            "torch checkpoint, or it also stores Python objects (a training checkpoint), which are not loaded for "
-            "safety; on a machine you trust, save its state_dict alone or convert it to .safetensors") from None
-    except (RuntimeError, OSError, EOFError, ValueError) as exc:
-        raise CheckpointError(f"{path} is not a readable torch checkpoint ({type(exc).__name__}: "
-                              f"{str(exc).splitlines()[0] if str(exc) else 'no detail'})") from None
-    while isinstance(state, dict) and "state_dict" in state:
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{path} holds a {type(state).__name__}, not a dict of tensors (a state_dict)")
-    return {k: tuple(getattr(v, "shape", ())) for k, v in state.items()}
-
-
 # ---------------------------------------------------------------- resolve
 
 def _looks_like_path(spec: str) -> bool:
@@ -304,7 +200,7 @@ def resolve(spec: str, *, base_dir: Path | None = None, config: str | None = Non
         if not (path / "model_index.json").is_file():
             raise CheckpointError(f"checkpoint {spec!r}: folder {path} has no model_index.json, so it is not a "
                                   f"diffusers pipeline folder (single-file checkpoints are .safetensors/.ckpt files)")
-        _check_pipeline_folder(path, spec)
+        check_pipeline_folder(path, spec)
         family, native = folder_family(path)
         fp = folder_fingerprint(path)
         return CheckpointRef(spec, "folder", str(path), fp, native, family, model_hash=fp)
@@ -326,7 +222,7 @@ def _resolve_hub(name: str, hub_id: str, *, local_path: Path | None = None) -> C
         if local_path is not None:
             raise CheckpointError(f"{exc} (there is no local folder {local_path} either)") from exc.__cause__
         raise
-    _check_pipeline_folder(folder, name)
+    check_pipeline_folder(folder, name)
     family, native = folder_family(folder)
     fp = folder_fingerprint(folder)
     return CheckpointRef(name, "hub", hub_id, fp, native, family, model_hash=fp)

@@ -9,8 +9,8 @@ import contextlib
 from pathlib import Path
 from typing import Iterator
 
-from .checkpoints import (BUILTINS, MODES, SINGLE_FILE_CONFIG_REPOS, CheckpointError, CheckpointRef, builtin_folder,
-                          hf_cache_dir, hub_snapshot, single_file_family, single_file_keys)
+from .checkpoint_files import SINGLE_FILE_CONFIG_REPOS, CheckpointError, single_file_family, single_file_keys
+from .checkpoints import BUILTINS, MODES, CheckpointRef, builtin_folder, hf_cache_dir, hub_snapshot
 from .fingerprints import is_variant
 from .schedulers import make_scheduler, scheduler_spec
 from .tokenizer_cache import shared_tokenizer
