@@ -1,0 +1,92 @@
+"""The contact sheet's tables as page models: a DataFrame (sortable cells), a paired comparison
+(harness.stats) with its ranking and notes, and markdown text with pipe tables."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pandas as pd
+
+from .columns import dim_name, is_missing, level_label, short_metric
+
+
+def table_model(df: pd.DataFrame) -> dict:
+    """Header and cells of a DataFrame; numeric cells carry their raw value for sorting."""
+    if not isinstance(df.index, pd.RangeIndex):
+        df = df.reset_index()
+    head, body = [str(c) for c in df.columns], []
+    numeric = [pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c]) for c in df.columns]
+    for row in df.itertuples(index=False):
+        cells = []
+        for v, num in zip(row, numeric):
+            if num and not is_missing(v):
+                cells.append({"text": f"{float(v):.4g}" if isinstance(v, float) else str(v), "sort": float(v)})
+            else:
+                cells.append({"text": level_label(v) if not isinstance(v, (list, tuple)) else ", ".join(map(str, v)),
+                              "sort": None})
+        body.append(cells)
+    return {"head": head, "numeric": numeric, "body": body}
+
+
+def comparison_model(item: Any) -> dict:
+    """A Comparison (harness.stats), a DataFrame, a (title, DataFrame) pair or markdown text."""
+    def model(title="", tables=(), notes=(), markdown=(), method=""):
+        return {"title": title, "tables": list(tables), "notes": list(notes), "markdown": list(markdown),
+                "method": method}
+
+    if isinstance(item, str):
+        return model(markdown=markdown_blocks(item))
+    if isinstance(item, tuple) and len(item) == 2 and isinstance(item[1], pd.DataFrame):
+        return model(str(item[0]), [table_model(item[1])])
+    if isinstance(item, pd.DataFrame):
+        return model(tables=[table_model(item)])
+    if hasattr(item, "to_frame") and hasattr(item, "factor"):
+        frame = item.to_frame()
+        frame["level"] = frame["level"].map(level_label)
+        tables = [table_model(frame)]
+        if getattr(item, "ranking", None):
+            rank = pd.DataFrame([vars(r) if not hasattr(r, "__dataclass_fields__") else
+                                 {f: getattr(r, f) for f in r.__dataclass_fields__} for r in item.ranking])
+            rank["level"] = rank["level"].map(level_label)
+            tables.append(table_model(rank))
+        better = "higher" if getattr(item, "higher_is_better", True) else "lower"
+        title = (f"{short_metric(item.metric) if str(item.metric).startswith('m.') else item.metric} by "
+                 f"{dim_name(str(item.factor))}, baseline {level_label(item.baseline)} ({better} is better)")
+        ex = getattr(item, "n_excluded", {}) or {}
+        notes = [f"pairs share: {', '.join(map(dim_name, getattr(item, 'pair_on', [])))}",
+                 f"metric: {str(item.metric).removeprefix('m.')}",
+                 "excluded: " + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in ex.items()),
+                 *getattr(item, "notes", [])]
+        return model(title, tables, notes, method=getattr(item, "method", ""))
+    raise TypeError(f"comparisons: cannot show a {type(item).__name__}; pass harness.stats.Comparison objects, "
+                    "DataFrames, (title, DataFrame) pairs or markdown text")
+
+
+def _md_cells(line: str) -> list[str]:
+    """The cells of one markdown table row; ``\\|`` is a literal bar."""
+    return [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", line.strip())[1:-1]]
+
+
+def markdown_blocks(text: str) -> list[dict]:
+    """Pipe tables become tables, **bold** lines headings, other lines paragraphs."""
+    blocks: list[dict] = []
+    lines = text.splitlines()
+    i = 0
+    while i < len(lines):
+        line = lines[i].strip()
+        if line.startswith("|") and i + 1 < len(lines) and set(lines[i + 1].strip()) <= set("|-: "):
+            head, body = _md_cells(line), []
+            i += 2
+            while i < len(lines) and lines[i].strip().startswith("|"):
+                body.append(_md_cells(lines[i]))
+                i += 1
+            frame = pd.DataFrame(body, columns=head) if body else pd.DataFrame(columns=head)
+            blocks.append({"table": table_model(frame), "heading": None, "text": None})
+            continue
+        if line.startswith("**") and line.endswith("**") and len(line) > 4:
+            blocks.append({"table": None, "heading": line[2:-2], "text": None})
+        elif line:
+            blocks.append({"table": None, "heading": None, "text": line})
+        i += 1
+    return blocks
