@@ -335,8 +335,9 @@ def report(
         typer.echo(f"left out: {r.excluded['unplanned']} images made for an earlier version of the experiment "
                    "(kept in the run folder; running that version again brings them back)")
     if r.truncated:
-        typer.echo(f"{r.truncated} images have prompts longer than the CLIP text limit (75 tokens); their CLIP "
-                   "scores ignore the words after it (column 'truncated' of the images table)")
+        limits = "; ".join(f"{m} reads {k} tokens" for m, k in r.text_limits.items()) or "its CLIP text limit"
+        typer.echo(f"{r.truncated} images have prompts longer than a CLIP metric reads ({limits}); those scores "
+                   "ignore the words after it (column 'truncated' of the images table)")
     if r.undrawn:
         from .fonts import FONT_HINT
         typer.echo(f"plots: no installed font has {r.undrawn!r}; those characters show as boxes in the plots "
@@ -356,7 +357,8 @@ def compare(
     factor: str = typer.Option(..., "--factor", help="Factor to compare (a grammar factor name, or checkpoint)."),
     baseline: Optional[str] = typer.Option(None, "--baseline", help="Baseline level (default: the empty "
                                                                       "level, else the first)."),
-    metric: Optional[str] = typer.Option(None, "--metric", help="Metric name or id (default: CLIP/oracle)."),
+    metric: Optional[str] = typer.Option(None, "--metric", help="Metric name or id (default: the experiment's "
+                                         "first compare_metrics, else an oracle, else CLIP score)."),
     fmt: CompareFmt = typer.Option(CompareFmt.text, "--format", help="text | json | markdown"),
     n_boot: int = typer.Option(2000, "--n-boot", min=100, help="Bootstrap resamples."),
     tie_margin: float = typer.Option(0.0, "--tie-margin", min=0.0, help="|difference| counted as a tie."),
@@ -367,12 +369,13 @@ def compare(
 ) -> None:
     """Paired A/B statistics across shared seeds: mean difference, cluster-bootstrap CI, Wilcoxon, Holm."""
     from .ledger import Ledger
-    from .report import compare as compare_levels, image_table
+    from .report import compare as compare_levels, image_table, report_metrics
 
     if not (run_dir / "ledger.sqlite").is_file():
         fail(f"{run_dir}: not a run folder (no ledger.sqlite)")
     with Ledger.open(run_dir, readonly=True) as led:
         table = image_table(led)
+    metric = metric or report_metrics(run_dir, None)[0]  # the experiment's first compare_metrics
     try:
         c = compare_levels(table, factor, metric=metric, baseline=baseline, n_boot=n_boot, seed=seed,
                            tie_margin=tie_margin,

@@ -61,9 +61,11 @@ def undrawable(texts: Iterable[str], families: Iterable[str] | None = None) -> s
 @contextlib.contextmanager
 def plot_fonts() -> Iterator[None]:
     """Figures made and saved inside use the plot fonts, without matplotlib's per-glyph warnings
-    (`undrawable` reports those characters once)."""
+    (`undrawable` reports those characters once), and show every text literally: a '$' in a prompt
+    or level is a dollar sign, not the start of mathtext."""
     import matplotlib
 
-    with matplotlib.rc_context({"font.family": list(plot_families())}), warnings.catch_warnings():
+    with matplotlib.rc_context({"font.family": list(plot_families()), "text.parse_math": False}), \
+            warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r"Glyph \d+ .*missing from")
         yield

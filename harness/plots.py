@@ -81,9 +81,8 @@ def metric_label(column: str, limit: int = LABEL_MAX) -> str:
 
 
 def _wrap(text: str, width: int) -> str:
-    """`text` in lines of at most `width` characters, shown literally (no mathtext)."""
-    lines = "\n".join(textwrap.wrap(text, width=max(width, 10), break_on_hyphens=False)) or text
-    return lines.replace("$", "\\$")
+    """`text` in lines of at most `width` characters."""
+    return "\n".join(textwrap.wrap(text, width=max(width, 10), break_on_hyphens=False)) or text
 
 
 def _height(title: str) -> float:

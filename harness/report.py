@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Iterable
 
@@ -17,12 +17,16 @@ import pandas as pd
 
 from .atomic import write_atomic
 from .ledger import Ledger
+from .columns import is_missing
 from .stats import Comparison, paired_compare, summarize
+from .stats.results import md_text
 
 IMAGE_COLUMNS = ["key", "image", "stage", "checkpoint", "fingerprint", "mode", "prompt", "negative_prompt", "seed",
-                 "steps", "guidance", "scheduler", "width", "height", "strength", "init_image", "parent_key",
+                 "draw", "steps", "guidance", "scheduler", "width", "height", "strength", "init_image", "parent_key",
                  "watermark_embedded", "healthy", "watermark", "health_flags", "truncated", "batch_size", "slot",
                  "seconds", "device", "dtype_used", "status"]
+NO_LEVEL = "(none)"  # factors.*: the images a factor does not apply to (txt2img ones for strength)
+TEXT_LIMITS = "text_limits"  # image_table's attrs: metric id -> BPE tokens its CLIP model reads
 VARIANT_KEYS = ["stage", "checkpoint", "mode", "strength", "prompt", "negative_prompt"]
 
 
@@ -35,6 +39,8 @@ def image_table(ledger: Ledger) -> pd.DataFrame:
     if not len(jobs):
         return pd.DataFrame(columns=IMAGE_COLUMNS)
     jobs["image"] = "images/" + jobs["key"] + ".png"
+    if "meta.draw" in jobs.columns:  # [randomize] draws > 1: which draw of its prompt and seed
+        jobs["draw"] = jobs["meta.draw"].astype("Int64")
     jobs["watermark_embedded"] = jobs["watermark"]
     jobs["health_flags"] = jobs.get("h.flags", pd.Series([[]] * len(jobs), index=jobs.index)).map(
         lambda f: ",".join(f) if isinstance(f, list) else "")
@@ -60,7 +66,9 @@ def image_table(ledger: Ledger) -> pd.DataFrame:
     factor_cols = sorted((c for c in jobs.columns if c.startswith("f.")), key=lambda c: (rank.get(c, len(rank)), c))
     metric_cols = sorted(c for c in jobs.columns if c.startswith("m."))
     front = [c for c in IMAGE_COLUMNS if c in jobs.columns]
-    return jobs[front + factor_cols + metric_cols].reset_index(drop=True)
+    table = jobs[front + factor_cols + metric_cols].reset_index(drop=True)
+    table.attrs[TEXT_LIMITS] = text_limits(scores)
+    return table
 
 
 def _truncated_by(scores: pd.DataFrame) -> dict[str, str]:
@@ -73,14 +81,29 @@ def _truncated_by(scores: pd.DataFrame) -> dict[str, str]:
     return {key: json.dumps(sorted(ids)) for key, ids in out.items()}
 
 
+def text_limits(scores: pd.DataFrame) -> dict[str, int]:
+    """metric id -> the BPE tokens its CLIP model reads, for the metrics that truncated some prompt."""
+    out: dict[str, int] = {}
+    for metric, detail in zip(scores["metric"], scores["detail"]):
+        if metric not in out and '"limit"' in detail:
+            limit = json.loads(detail).get("limit")
+            if isinstance(limit, int):
+                out[metric] = limit
+    return out
+
+
 def truncation_note(df: pd.DataFrame, metric_col: str) -> str | None:
     """A warning when some images' prompts were cut to the CLIP text limit for `metric_col`."""
     if "truncated" not in df.columns:
         return None
-    n = int(df["truncated"].map(lambda ids: bool(ids) and metric_col[2:] in json.loads(ids)).sum())
-    return None if n == 0 else (
-        f"{n} image(s) have prompts longer than the CLIP text limit (75 tokens); {metric_col[2:]} saw only "
-        "their first 75 tokens, so words after that cannot change it (column 'truncated')")
+    metric_id = metric_col[2:]
+    n = int(df["truncated"].map(lambda ids: bool(ids) and metric_id in json.loads(ids)).sum())
+    if n == 0:
+        return None
+    limit = df.attrs.get(TEXT_LIMITS, {}).get(metric_id)
+    seen = f"it read only their first {limit} tokens" if limit else "it read them only up to its CLIP text limit"
+    return (f"{n} image(s) have prompts longer than {metric_id} reads: {seen}, so words after that cannot "
+            "change it (column 'truncated')")
 
 
 def _metric_cols(df: pd.DataFrame, name: str) -> list[str]:
@@ -123,7 +146,7 @@ def factor_summary(df: pd.DataFrame) -> pd.DataFrame:
             continue
         s = _long_summary(df, [f]).rename(columns={f: "level"})
         s.insert(0, "factor", f[2:] if f.startswith("f.") else f)
-        s["level"] = s["level"].astype(str)
+        s["level"] = s["level"].map(lambda v: NO_LEVEL if is_missing(v) else str(v))
         parts.append(s)
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["factor", "level", "metric"])
 
@@ -151,14 +174,10 @@ def markdown_table(df: pd.DataFrame, floatfmt: str = ".4g") -> str:
             return "" if math.isnan(v) else format(float(v), floatfmt)
         if isinstance(v, (list, tuple)):
             v = ", ".join(map(str, v))
-        return text(str(v))
-
-    def text(s: str) -> str:
-        s = s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-        return s.replace("|", "\\|").replace("\r\n", " ").replace("\n", " ").replace("\r", " ")
+        return "" if is_missing(v) else md_text(v)
 
     cols = [str(c) for c in df.columns]
-    lines = ["| " + " | ".join(text(c) for c in cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    lines = ["| " + " | ".join(md_text(c) for c in cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
     return "\n".join(lines) + "\n"
 
@@ -180,10 +199,19 @@ def write_table(df: pd.DataFrame, folder: Path, name: str) -> list[Path]:
 
 
 def default_compare_metric(df: pd.DataFrame) -> str | None:
+    """The metric a comparison uses when none is named: a toy-world oracle, else CLIP score against the
+    prompt (not against a fixed `text=` probe), else another CLIP score, else the first scored metric."""
     cols = [c for c in metric_columns(df) if short_metric(c) not in ("health", "watermark") and df[c].notna().any()]
-    preferred = [c for c in cols if short_metric(c).startswith("toy_")] + \
-                [c for c in cols if short_metric(c) == "clip_score"] + cols
-    return preferred[0] if preferred else None
+
+    def rank(col: str) -> int:
+        name = short_metric(col)
+        if name.startswith("toy_"):
+            return 0
+        if name == "clip_score":
+            return 2 if "text=" in col else 1
+        return 3
+
+    return min(cols, key=rank) if cols else None
 
 
 def compare(df: pd.DataFrame, factor: str, *, metric: str | None = None, baseline: str | None = None,
@@ -205,6 +233,29 @@ def compare(df: pd.DataFrame, factor: str, *, metric: str | None = None, baselin
                             rng=np.random.default_rng(seed), higher_is_better=higher, pair_on=pair_on)
     note = truncation_note(df, col)
     return result if note is None else replace(result, notes=[*result.notes, note])
+
+
+def comparison_tables(comparisons: list[Comparison]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """`comparisons.*`: one row per level with the settings of its comparison and the caveats that apply
+    to all of it (excluded images, notes); `rankings.*`: one row per level of the comparisons of three
+    or more levels."""
+    levels, rankings = [], []
+    for c in comparisons:
+        settings = {"factor": c.factor, "metric": c.metric, "baseline": c.baseline,
+                    "higher_is_better": c.higher_is_better, "pair_on": ",".join(c.pair_on), "n_boot": c.n_boot}
+        frame = c.to_frame()
+        for i, (name, value) in enumerate(settings.items()):
+            frame.insert(i, name, [value] * len(frame))
+        frame["excluded"] = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in c.n_excluded.items())
+        frame["comparison_notes"] = "; ".join(c.notes)
+        levels.append(frame)
+        if c.ranking:
+            rank = pd.DataFrame([asdict(r) for r in c.ranking])
+            rank.insert(0, "factor", c.factor)
+            rank.insert(1, "metric", c.metric)
+            rankings.append(rank)
+    concat = lambda frames: pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()  # noqa: E731
+    return concat(levels), concat(rankings)
 
 
 def _find_metric(df: pd.DataFrame, metric: str) -> str:
@@ -251,9 +302,20 @@ class ReportResult:
     index: Path | None = None
     excluded: dict = field(default_factory=dict)
     skipped: list[tuple[str, str, str]] = field(default_factory=list)  # (factor, metric, why) not compared
-    truncated: int = 0  # images whose prompt some CLIP metric saw cut to 75 tokens
+    truncated: int = 0  # images whose prompt some CLIP metric saw cut to its text limit
+    text_limits: dict = field(default_factory=dict)  # metric id -> tokens it reads, where it cut a prompt
     missing: int = 0  # images the plan asks for that are not made yet
     undrawn: str = ""  # characters of plot labels no installed font has (boxes in the plots)
+
+
+def _experiment_copy(run_dir: Path) -> dict:
+    """The run folder's copy of its experiment (`RUN/experiment.toml`) as a dict; {} when absent or unreadable."""
+    import tomllib
+
+    try:
+        return tomllib.loads((run_dir / "experiment.toml").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return {}
 
 
 def report_metrics(run_dir: Path, metric: str | None) -> list[str | None]:
@@ -261,16 +323,14 @@ def report_metrics(run_dir: Path, metric: str | None) -> list[str | None]:
     `compare_metrics`, else [None] (the default metric)."""
     if metric:
         return [metric]
-    copy = run_dir / "experiment.toml"
-    if copy.is_file():
-        import tomllib
-        try:
-            wanted = tomllib.loads(copy.read_text()).get("compare_metrics") or []
-        except tomllib.TOMLDecodeError:
-            wanted = []
-        if isinstance(wanted, list) and wanted:
-            return [str(m) for m in wanted]
-    return [None]
+    wanted = _experiment_copy(run_dir).get("compare_metrics") or []
+    return [str(m) for m in wanted] if isinstance(wanted, list) and wanted else [None]
+
+
+def randomized_params(run_dir: Path) -> list[str]:
+    """The parameters the run's experiment draws at random per prompt (its [randomize] table)."""
+    table = _experiment_copy(run_dir).get("randomize")
+    return [k for k in ("strength", "steps", "guidance") if k in table] if isinstance(table, dict) else []
 
 
 def build_report(run_dir: Path | str, *, rows: str | None = None, cols: str | None = None,
@@ -283,7 +343,11 @@ def build_report(run_dir: Path | str, *, rows: str | None = None, cols: str | No
         table = image_table(ledger)
         unplanned = ledger.unplanned_done()
         missing = ledger.planned_not_done()
-    result = ReportResult(run_dir, len(table), truncated=int((table["truncated"] != "").sum()) if len(table) else 0)
+    result = ReportResult(run_dir, len(table), truncated=int((table["truncated"] != "").sum()) if len(table) else 0,
+                          text_limits=table.attrs.get(TEXT_LIMITS, {}))
+    if html and len(table):
+        from .sheet import choose_axes
+        choose_axes(table, rows, cols)  # a misspelt --rows/--cols fails before anything is rewritten
     tables = run_dir / "tables"
     result.tables += write_table(table, tables, "images")
     variants = variant_summary(table)
@@ -301,30 +365,34 @@ def build_report(run_dir: Path | str, *, rows: str | None = None, cols: str | No
         for m in report_metrics(run_dir, metric):
             for f in factors:
                 try:
-                    result.comparisons.append(compare(table, f, metric=m))
-                except ValueError as exc:  # a factor without complete pairs (e.g. nested), a metric not scored
+                    c = compare(table, f, metric=m)
+                except ValueError as exc:  # a factor with one level, a metric not scored
                     result.skipped.append((f, m or "(default)", str(exc)))
+                    continue
+                if all(r.n_pairs == 0 for r in c.rows):  # e.g. a factor nested in another, mode vs strength
+                    result.skipped.append((f, m or "(default)", "; ".join(dict.fromkeys(r.note for r in c.rows))))
+                else:
+                    result.comparisons.append(c)
         if result.comparisons:
-            frames = []
-            for c in result.comparisons:
-                fr = c.to_frame()
-                for i, (name, value) in enumerate((("factor", c.factor), ("metric", c.metric),
-                                                    ("baseline", c.baseline), ("higher_is_better", c.higher_is_better),
-                                                    ("pair_on", ",".join(c.pair_on)), ("n_boot", c.n_boot))):
-                    fr.insert(i, name, [value] * len(fr))
-                frames.append(fr)
-            result.tables += write_table(pd.concat(frames, ignore_index=True), tables, "comparisons")
+            levels, rankings = comparison_tables(result.comparisons)
+            result.tables += write_table(levels, tables, "comparisons")
+            if len(rankings):
+                result.tables += write_table(rankings, tables, "rankings")
             text = "\n".join(c.to_text() for c in result.comparisons)
             write_atomic(tables / "comparisons.txt", lambda p: p.write_text(text, encoding="utf-8"))
-    if not result.comparisons:  # none now: an earlier report's comparisons would be read as this run's
+    stale = [] if result.comparisons else ["comparisons"]  # an earlier report's would be read as this run's
+    if not any(c.ranking for c in result.comparisons):
+        stale.append("rankings")
+    for name in stale:
         for suffix in ("csv", "parquet", "md", "txt"):
-            (tables / f"comparisons.{suffix}").unlink(missing_ok=True)
+            (tables / f"{name}.{suffix}").unlink(missing_ok=True)
     if html and len(table):
         from .plots import plots_for, undrawn
         from .sheet import write_sheet
         result.plots, result.undrawn = plots_for(table, run_dir), undrawn(table)
         extra_plots = [run_dir / "plots" / name for name in EXTRA_PLOTS if (run_dir / "plots" / name).is_file()]
         result.index = write_sheet(run_dir, table, rows=rows, cols=cols, variant_summary=variants,
+                                   not_sections=randomized_params(run_dir),
                                    comparisons=[*result.comparisons, *extra_sections(tables)],
                                    plots=result.plots + extra_plots,
                                    title=f"{run_dir.name}: {len(table)} images")

@@ -271,7 +271,8 @@ def choose_axes(table: pd.DataFrame, rows: str | None = None, cols: str | None =
 
 def write_sheet(run_dir: Path, table: pd.DataFrame, *, rows: str | None = None, cols: str | None = None,
                 metrics: list[str] | None = None, variant_summary: pd.DataFrame | None = None,
-                comparisons: list | None = None, plots: list[Path] | None = None, title: str = "") -> Path:
+                comparisons: list | None = None, plots: list[Path] | None = None, title: str = "",
+                not_sections: Sequence[str] = ()) -> Path:
     """Write ``run_dir/index.html`` (and missing thumbnails) for the per-image `table`; returns its path.
 
     rows, cols: a factor (``color`` for ``f.color``) or a parameter (seed, checkpoint, mode, stage,
@@ -281,7 +282,9 @@ def write_sheet(run_dir: Path, table: pd.DataFrame, *, rows: str | None = None, 
     ``m.``, or short names); by default every numeric metric but the health/watermark flags, which
     show as badges. variant_summary: any DataFrame, shown as a sortable table. comparisons:
     :class:`harness.stats.Comparison` objects, DataFrames, (title, DataFrame) pairs or markdown
-    text. plots: image files inside `run_dir` (see :func:`harness.plots.plots_for`).
+    text. plots: image files inside `run_dir` (see :func:`harness.plots.plots_for`). not_sections:
+    parameters that never split the grids, like init_image and negative_prompt (a parameter drawn at
+    random per prompt would make a grid per image); their values show in each image's detail view.
     """
     from markupsafe import Markup
 
@@ -291,7 +294,7 @@ def write_sheet(run_dir: Path, table: pd.DataFrame, *, rows: str | None = None, 
     table = table.reset_index(drop=True)
     row_dim, col_dim = choose_axes(table, rows, cols)
     section_dims = [d for d in grid_dims(table)
-                    if d not in (row_dim, col_dim, *NOT_SECTIONS) and varies(table, d)]
+                    if d not in (row_dim, col_dim, *NOT_SECTIONS, *not_sections) and varies(table, d)]
     section_dims.sort(key=lambda d: d != "stage")  # one pass of an iterated run after the other
     section_dims = _splitting(table, section_dims)
     shown = resolve_metrics(table, metrics)

@@ -101,8 +101,9 @@ def test_long_prompt_is_truncated_and_flagged(harness_cache, photos, tmp_path):
                                             Item("short", photos[0], prompt="a castle on a hill")])
     assert long_score.detail["truncated"] is True
     assert long_score.detail["tokens"] > 75
+    assert long_score.detail["limit"] == metric.embedder.clip.context_length - 2  # what the model read
     assert not math.isnan(long_score.value)
-    assert not short_score.detail.get("truncated")
+    assert not short_score.detail.get("truncated") and "limit" not in short_score.detail
     assert short_score.detail["tokens"] == 5
 
 

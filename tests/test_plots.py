@@ -135,3 +135,15 @@ def test_markdown_table_shows_html_literally():
     assert "<b>" not in text and "<n>" not in text
     assert 'a red &lt;b&gt;cat&lt;/b&gt; &amp; "dog"' in text and "| &lt;n&gt; |" in text
     assert "x \\| y z" in text and text.count("\n") == 4
+
+
+def test_dollar_signs_in_levels_are_drawn_literally_not_as_mathtext(tmp_path):
+    """'$' in a prompt-derived level once started mathtext: garbled labels, or a parse error that stopped
+    the report. Every text of a plot is literal."""
+    table = image_table({"price": ["price $5 and $10", "$_$", "plain"]}, [SHORT])
+    fig = level_figure(table, "price", SHORT)
+    fig.savefig(io.BytesIO(), format="png")  # drawing parses the labels: no ParseException
+    ticks = [t.get_text() for t in fig.axes[0].get_xticklabels()]
+    assert {t.split("\n")[0] for t in ticks} == {"price $5 and $10", "$_$", "plain"}
+    assert all(not t._parse_math for t in fig.axes[0].get_xticklabels())
+    assert plots_for(table.rename(columns={"f.price": "f.$x$"}), tmp_path)

@@ -128,8 +128,20 @@ def test_prompts_cut_to_the_clip_limit_are_marked_and_noted_in_comparisons(craft
     assert sorted(table.loc[table["truncated"] != "", "key"]) == sorted(j.key for j in long)
     assert set(table.loc[table["truncated"] != "", "truncated"]) == {json.dumps([METRIC])}
     artist = next(c for c in r.comparisons if c.factor == "f.artist")
-    assert any("4 image(s) have prompts longer than the CLIP text limit" in n for n in artist.notes)
-    assert "75 tokens" in artist.to_text()
+    # scores from before the limit was recorded: no number is made up
+    assert any(n.startswith(f"4 image(s) have prompts longer than {METRIC} reads: it read them only up to its "
+                            "CLIP text limit") for n in artist.notes)
+    with Ledger.open(crafted_run) as led:  # scored now: the detail says how many tokens the model read
+        led.put_scores([Score(j.key, METRIC, 30.0, {"tokens": 90, "truncated": True, "limit": 30}) for j in long])
+    r = build_report(crafted_run, html=False)
+    assert r.text_limits == {METRIC: 30}
+    artist = next(c for c in r.comparisons if c.factor == "f.artist")
+    assert "it read only their first 30 tokens" in artist.to_text()
+    assert "it read only their first 30 tokens" in pd.read_csv(crafted_run / "tables" / "comparisons.csv",
+                                                                keep_default_na=False)["comparison_notes"][0]
+    cli = subprocess.run([sys.executable, "-m", "harness", "report", str(crafted_run), "--no-html"],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert f"4 images have prompts longer than a CLIP metric reads ({METRIC} reads 30 tokens)" in cli.stdout
 
 
 def test_report_is_rebuilt_from_the_ledger(crafted_run):
@@ -214,3 +226,93 @@ def test_eval_scale_rescales_the_experiments_clip_score_not_a_default_model(craf
     with Ledger.open(crafted_run, readonly=True) as led:
         new = set(led.scores_frame()["metric"]) - {METRIC, "health"}
     assert len(new) == 1 and "model=tiny" in next(iter(new)) and "scale=2.5" in next(iter(new))
+
+
+def test_default_comparison_metric_is_the_prompt_clip_score_not_a_fixed_probe(crafted_run):
+    """A `text=` probe scores every image against one fixed text: it sorts first but is not the default."""
+    probe = "clip_score[model=tiny,pretrained=tiny,scale=100,clamp=image,text=a red circle]"
+    with Ledger.open(crafted_run) as led:
+        led.put_scores([Score(j.key, probe, 1.0) for j in led.all_jobs(status="done")])
+    assert sorted([probe, METRIC])[0] == probe
+    assert {c.metric for c in build_report(crafted_run, html=False).comparisons} == {f"m.{METRIC}"}
+    # `harness compare` without --metric takes the experiment's first compare_metrics, as the report does
+    (crafted_run / "experiment.toml").write_text(f'prompt = "x"\ncompare_metrics = ["{probe}"]\n')
+    r = subprocess.run([sys.executable, "-m", "harness", "compare", str(crafted_run), "--factor", "artist",
+                        "--format", "json", "--n-boot", "100"], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["metric"] == f"m.{probe}"
+
+
+def test_comparison_tables_carry_the_caveats_and_rankings_and_unpairable_factors_are_not_compared(tmp_path):
+    """comparisons.* holds each comparison's excluded counts and notes; three levels also write rankings.*;
+    a factor whose levels never pair (nested in another factor) is a `not compared` line, not an empty row."""
+    run = tmp_path / "run"
+    jobs = []
+    for style, subject in (("", "cat"), ("oil", "cat"), ("ink", "cat"), ("", "dog"), ("oil", "dog"), ("ink", "dog")):
+        for seed in (1, 2, 3):
+            # 'breed' is nested in 'subject': each subject has its own breed, so breeds never pair
+            jobs.append(Job("tiny", "fp", "txt2img", f"a {subject} {style}", "", seed, 4, 7.5, "ddim", 64, 64,
+                            factors={"style": style, "subject": subject,
+                                     "breed": {"cat": "tabby", "dog": "collie"}[subject]}, meta={"stage": "main"}))
+    with Ledger.open(run) as led:
+        led.add_jobs(jobs)
+        for job in jobs:
+            write_png_atomic(led.image_path(job.key), np.full((64, 64, 3), 120, np.uint8), parameters=job.prompt,
+                             provenance={"key": job.key})
+        led.mark_done_many([Done(j.key, "b", 1, 0, 0.1, "cpu", "fp32") for j in jobs])
+        led.put_scores([Score(j.key, METRIC, {"": 20.0, "oil": 22.0, "ink": 25.0}[j.factors["style"]] + j.seed)
+                        for j in jobs])
+    r = build_report(run, html=False)
+    assert {c.factor for c in r.comparisons} == {"f.style"}
+    (why,) = [why for f, _, why in r.skipped if f == "f.breed"]
+    assert why.startswith("no complete pairs: f.subject never take(s) the same value at tabby and collie")
+    levels = pd.read_csv(run / "tables" / "comparisons.csv", keep_default_na=False)
+    assert set(levels["excluded"]) == {"0 unhealthy, 0 unscored, 0 unpaired, 0 no level"}
+    assert "comparison_notes" in levels.columns
+    ranks = pd.read_csv(run / "tables" / "rankings.csv", keep_default_na=False)
+    assert list(ranks.sort_values("rank")["level"]) == ["ink", "oil", ""]
+    cli = subprocess.run([sys.executable, "-m", "harness", "report", str(run), "--no-html"],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert "not compared: f.breed" in cli.stdout and "f.subject never take(s) the same value" in cli.stdout
+    # fewer than three levels now: the rankings of the earlier report go
+    build_report(run, html=False, compare_factors=["subject"])
+    assert not list((run / "tables").glob("rankings.*"))
+
+
+def test_factor_tables_name_the_pooled_images_a_factor_does_not_apply_to(crafted_run):
+    with Ledger.open(crafted_run, readonly=True) as led:
+        table = image_table(led)
+    table["strength"] = [0.3, 0.6] * 4 + [None]  # one image with no strength (a txt2img image)
+    from harness.report import factor_summary, markdown_table
+    summary = factor_summary(table)
+    assert set(summary.loc[summary["factor"] == "strength", "level"]) == {"0.3", "0.6", "(none)"}
+    assert "None" not in markdown_table(table[["key", "strength", "init_image"]].astype(object))
+
+
+def test_a_misspelt_grid_axis_fails_before_any_table_is_rewritten(crafted_run):
+    build_report(crafted_run, html=False)
+    before = {p.name: p.stat().st_mtime_ns for p in (crafted_run / "tables").iterdir()}
+    with pytest.raises(ValueError, match="rows='colour' is not a factor or parameter of this run"):
+        build_report(crafted_run, rows="colour")
+    assert {p.name: p.stat().st_mtime_ns for p in (crafted_run / "tables").iterdir()} == before
+
+
+def test_a_randomized_run_pairs_by_draw_and_its_drawn_guidance_splits_no_grid(tmp_path):
+    """End to end on the tiny model: [randomize] with two draws of guidance per prompt and seed."""
+    from harness.run import run_experiment
+
+    exp = tmp_path / "rand.toml"
+    exp.write_text('name = "rand"\nprompt = "a {@color: red|blue} cat"\nseeds = [1, 2]\ncheckpoints = ["tiny"]\n'
+                   'steps = 2\nwidth = 64\nheight = 64\nmetrics = ["health", "clip_score:model=tiny,cache=none"]\n'
+                   '[randomize]\nseed = 3\ndraws = 2\nguidance = [4.0, 9.0]\n')
+    run_experiment(exp, out=tmp_path / "run", progress=False)
+    r = build_report(tmp_path / "run")
+    with Ledger.open(tmp_path / "run", readonly=True) as led:
+        table = image_table(led)
+    assert sorted(table["draw"].tolist()) == [0, 0, 0, 0, 1, 1, 1, 1]
+    assert table.groupby(["f.color", "seed", "draw"])["guidance"].nunique().eq(1).all()
+    color = next(c for c in r.comparisons if c.factor == "f.color")
+    assert "draw" in color.pair_on and "guidance" not in color.pair_on
+    assert color.rows[0].n_pairs == 4 and color.n_excluded["unpaired"] == 0
+    page = (tmp_path / "run" / "index.html").read_text()
+    assert "one grid per" not in page  # color x seed is the grid; guidance, drawn per image, splits nothing

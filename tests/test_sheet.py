@@ -258,3 +258,15 @@ def test_strength_curves_need_img2img_rows_and_known_metrics(run, tmp_path):
         metric_by_level(table, "color", "clip_scor", tmp_path / "m.png")
     with pytest.raises(ValueError, match="factor='colour'.*color"):
         metric_by_level(table, "colour", "clip_score", tmp_path / "m.png")
+
+
+def test_parameters_drawn_at_random_do_not_split_the_grids(run):
+    """[randomize] draws guidance per image: as sections it would make a grid per image."""
+    folder, table = run
+    table = table.assign(guidance=[5.0 + 0.1 * i for i in range(len(table))])
+    sections = re.compile(r"one grid per <b>([^<]*)</b>")
+    assert "guidance" in sections.search(write_sheet(folder, table).read_text()).group(1)
+    page = write_sheet(folder, table, not_sections=["guidance"]).read_text()
+    assert sections.search(page).group(1) == "stage, shape"
+    data = json.loads(re.search(r'<script type="application/json" id="sheet-data">(.*?)</script>', page).group(1))
+    assert any(["guidance", "5.1"] in d["params"] for d in data.values())  # still shown with each image

@@ -188,11 +188,14 @@ def test_parameters_that_follow_the_factor_do_not_break_pairs_and_are_noted():
     df["negative_prompt"] = df["f.negative:neg"].map({"": "", "greg rutkowski": "blurry"})
     c = paired_compare(df, factor="negative:neg", metric="clip_score", rng=rng, n_boot=50)
     assert "negative_prompt" not in c.pair_on and c.rows[0].n_pairs == 12
-    assert any("negative_prompt differ" in n for n in c.notes)
+    assert any(n.startswith("negative_prompt differs between the images of a pair (set with f.negative:neg)")
+               for n in c.notes)
     big = df.assign(checkpoint="big", width=512, height=512)
     c = paired_compare(pd.concat([df, big]), factor="checkpoint", metric="clip_score", rng=rng, n_boot=50)
     assert "width" not in c.pair_on and c.rows[0].n_pairs == 24
-    assert any("width, height differ" in n for n in c.notes)
+    assert [n.split(" (")[0] for n in c.notes] == ["width differs between the images of a pair",
+                                                   "height differs between the images of a pair"]
+    assert all("(set with checkpoint)" in n for n in c.notes)
 
 
 def test_parameters_varying_on_their_own_pair_and_tell_conditions_apart():
@@ -209,6 +212,38 @@ def test_parameters_varying_on_their_own_pair_and_tell_conditions_apart():
     assert c.rows[0].n_pairs == 48 and c.rows[0].n_clusters == 24 and not c.notes
     expected = (df[df["f.artist"] != ""]["m.clip_score"].to_numpy() - df[df["f.artist"] == ""]["m.clip_score"].to_numpy())
     assert c.rows[0].mean_diff == pytest.approx(expected.mean())
+
+
+def test_randomize_draws_pair_by_draw_index_and_the_drawn_parameter_is_noted():
+    """[randomize] with draws > 1: guidance is drawn per prompt, seed and draw, so it differs within every
+    pair; pairs share the draw index (a replicate like the seed) and the note says the parameter varies."""
+    rng = np.random.default_rng(8)
+    df = pd.concat([study_table({a: rng.normal(0, 1, (6, 3)) for a in ARTISTS[:2]}, 6, 3).assign(draw=d)
+                    for d in (0, 1)], ignore_index=True)
+    df["guidance"] = rng.uniform(5, 9, len(df)).round(1)
+    c = paired_compare(df, factor="artist", metric="clip_score", rng=rng, n_boot=50)
+    assert "draw" in c.pair_on and "guidance" not in c.pair_on
+    assert c.rows[0].n_pairs == 36 and c.rows[0].n_clusters == 6  # draws, like seeds, are within a cluster
+    assert any(n.startswith("guidance differs between the images of a pair (it varies from image to image")
+               for n in c.notes)
+    with pytest.raises(ValueError, match="factor 'draw' is not a factor column"):
+        paired_compare(df, factor="draw", metric="clip_score", rng=rng)
+
+
+def test_no_complete_pairs_names_the_column_that_keeps_the_levels_apart():
+    """Comparing mode in a run with img2img strengths: strength is part of every pair and never matches."""
+    rng = np.random.default_rng(9)
+    df = study_table({a: rng.normal(0, 1, (6, 2)) for a in ARTISTS[:1]}, 6, 2)
+    both = pd.concat([df.assign(strength=np.nan), df.assign(mode="img2img", strength=0.5),
+                      df.assign(mode="img2img", strength=0.7)], ignore_index=True)
+    c = paired_compare(both, factor="mode", metric="clip_score", rng=rng, n_boot=50)
+    assert c.rows[0].n_pairs == 0
+    assert c.rows[0].note == ("no complete pairs: strength never take(s) the same value at txt2img and img2img "
+                              "(pass --pair-on without it to pair across it)")
+    one = both[both["strength"] != 0.7]  # one img2img strength: leaving strength out of pair_on pairs them
+    paired = paired_compare(one, factor="mode", metric="clip_score", rng=rng, n_boot=50,
+                            pair_on=["f.subject", "checkpoint", "seed"])
+    assert paired.rows[0].n_pairs == 12
 
 
 def test_rows_without_a_level_of_the_factor_are_left_out_and_counted():
@@ -341,6 +376,14 @@ def test_to_markdown_has_header_and_one_row_per_level():
     assert table[0].startswith("| level | pairs |") and set(table[1]) <= set("|-")
     assert [row.split("|")[1].strip() for row in table[2:]] == ["a", "b"]
     assert len({ln.count("|") for ln in table}) == 1
+
+
+def test_to_markdown_shows_html_in_levels_literally():
+    df = crafted_table()
+    df["f.style"] = df["f.style"].map({"": "", "a": "by x <b>", "b": "<!-- y"})
+    text = paired_compare(df, factor="style", metric="score", rng=np.random.default_rng(0), n_boot=20).to_markdown()
+    assert "<b>" not in text and "<!--" not in text
+    assert "| by x &lt;b&gt; |" in text and "| &lt;!-- y |" in text
 
 
 def test_to_text_and_to_frame_list_every_level():

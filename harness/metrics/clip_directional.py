@@ -44,6 +44,8 @@ class ClipDirectional(ClipMetric):
         results: list[tuple[float, dict]] = []
         for out, init, prompt, source in zip(outputs, inits, prompts, sources):
             detail = {"truncated": prompt.truncated or source.truncated}
+            if detail["truncated"]:
+                detail["limit"] = prompt.limit
             if isinstance(out, str) or isinstance(init, str):
                 reason = out if isinstance(out, str) else f"init {init}"
                 results.append((math.nan, {"reason": reason}))

@@ -115,8 +115,9 @@ def open_cache(spec: Any) -> EmbeddingCache | None:
 @dataclass(frozen=True)
 class TextEmbedding:
     vector: np.ndarray
-    tokens: int
-    truncated: bool
+    tokens: int      # BPE tokens of the text
+    truncated: bool  # tokens > limit: the model saw only the first `limit`
+    limit: int       # BPE tokens the model reads (its context length less the start and end tokens)
 
 
 class ClipEmbedder:
@@ -237,7 +238,7 @@ class ClipEmbedder:
                 fresh[digests[text]] = vec
         self._store("text", fresh)
         vectors = {**known, **fresh}
-        return [TextEmbedding(vectors[digests[t]], counts[t], counts[t] > limit) for t in texts]
+        return [TextEmbedding(vectors[digests[t]], counts[t], counts[t] > limit, limit) for t in texts]
 
     def _encode_texts(self, texts: list[str]) -> np.ndarray:
         import torch

@@ -18,8 +18,9 @@ option then enters the metric id.
   unrelated images they differ, and a mean of clamped values is never lower.
 
 Prompts longer than the model's context (77 tokens for the OpenAI and OpenCLIP
-models) are truncated by keeping the first 75 BPE tokens; the score's detail
-then has `truncated=True` and `tokens=n` (BPE tokens before truncation).
+models) are truncated by keeping the first 75 BPE tokens (context length less the
+start and end tokens); the score's detail then has `truncated=True`, `tokens=n`
+(BPE tokens before truncation) and `limit` (the tokens the model read).
 
 SD 1.x was trained with OpenAI ViT-L/14 text features and SD 2.x with OpenCLIP
 ViT-H/14, so a single scorer family favours one of them: score with several
@@ -83,6 +84,8 @@ class ClipScore(ClipMetric):
         out: list[tuple[float, dict]] = []
         for image, text in zip(images, texts):
             detail = {"tokens": text.tokens, "truncated": text.truncated}
+            if text.truncated:
+                detail["limit"] = text.limit
             if isinstance(image, str):
                 out.append((math.nan, {"reason": image, **detail}))
                 continue

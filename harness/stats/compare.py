@@ -25,6 +25,7 @@ from .results import Comparison, LevelResult, RankResult
 from .table import (
     DESIGN_COLUMNS,
     PARAM_COLUMNS,
+    REPLICATE_COLUMNS,
     _healthy_mask,
     _resolve_factor,
     _resolve_metric,
@@ -35,7 +36,7 @@ from .table import (
 def default_pair_on(df: pd.DataFrame, factor: str) -> list[str]:
     """The columns two images must share to form a pair when comparing `factor`.
 
-    Always: the other factors (``f.*``), checkpoint, seed and stage. A parameter column
+    Always: the other factors (``f.*``), checkpoint, seed, draw and stage. A parameter column
     (:data:`PARAM_COLUMNS`) joins only where it takes several values among images with the
     same factor level and design, i.e. where it is an axis of its own (mode, strength, init image).
     A parameter that follows the factor or the prompt (the negative prompt of a negative factor,
@@ -55,6 +56,13 @@ def _varies_within(df: pd.DataFrame, by: list[str], column: str) -> bool:
     group = _ids(df, by)
     value = pd.factorize(df[column], use_na_sentinel=False)[0]
     return len(np.unique(np.stack([group, value], axis=1), axis=0)) > len(np.unique(group))
+
+
+def _never_shared(df: pd.DataFrame, factor: str, pair_on: list[str], a: Any, b: Any) -> list[str]:
+    """The pair_on columns whose values at level `a` never meet those at level `b`: each one alone
+    keeps every image of `a` from pairing with one of `b` (strength, when comparing txt2img with img2img)."""
+    at_a, at_b = df[df[factor] == a], df[df[factor] == b]
+    return [c for c in pair_on if not set(at_a[c].map(str)) & set(at_b[c].map(str))]
 
 
 def _ids(df: pd.DataFrame, cols: list[str]) -> np.ndarray:
@@ -115,7 +123,7 @@ def paired_compare(
         if bad or factor in pair_on:
             raise ValueError(f"pair_on {pair_on} must name table columns other than the factor {factor!r}; "
                              f"unknown: {bad}; columns: {list(df.columns)}")
-    cluster_on = [c for c in pair_on if c != "seed"]
+    cluster_on = [c for c in pair_on if c not in REPLICATE_COLUMNS]
     confounded = [c for c in PARAM_COLUMNS if c in df.columns and c != factor and c not in pair_on
                   and _varies_within(df, pair_on, c)]
 
@@ -146,9 +154,11 @@ def paired_compare(
 
     sign = 1.0 if higher_is_better else -1.0
     partial, notes = [], []
-    if confounded:
-        notes.append(f"{', '.join(confounded)} differ(s) between the images of a pair (set with {factor}), so "
-                     "each difference includes that change too")
+    for c in confounded:
+        how = (f"set with {factor}" if not _varies_within(df, [factor], c)
+               else "it varies from image to image, as [randomize] draws do")
+        notes.append(f"{c} differs between the images of a pair ({how}), so each difference includes that "
+                     "change too")
     for li, lv in enumerate(levels):
         if li == base_i:
             continue
@@ -158,7 +168,10 @@ def paired_compare(
         n_pairs, n_clu = int(ok.sum()), int(cl_codes.max()) + 1 if ok.any() else 0
         note = []
         if n_pairs == 0:
-            note.append("no complete pairs")
+            apart = _never_shared(df, factor, pair_on, lv, baseline)
+            note.append("no complete pairs" + (
+                f": {', '.join(apart)} never take(s) the same value at {lv} and {baseline} (pass --pair-on without "
+                "it to pair across it)" if apart else ""))
         elif n_clu < MIN_CLUSTERS_FOR_TEST:
             note.append(f"only {n_clu} cluster(s): the Wilcoxon test has little power "
                         f"(smallest attainable p = {min(1.0, 2.0 ** (1 - n_clu)):.3g})")
@@ -188,10 +201,12 @@ def paired_compare(
         if not ranking:
             notes.append("no block has every level scored, so no ranking")
     conf = f"{100 * (1 - alpha):g}%"
-    method = (f"paired differences (level - baseline) over images sharing pair_on; clusters = pair_on without seed; "
-              f"{conf} CI: two-stage cluster bootstrap (clusters with replacement, then seeds within each drawn "
-              f"cluster with replacement), percentile, {n_boot} resamples; p: two-sided Wilcoxon signed-rank test on "
-              f"per-cluster mean differences (zeros dropped), Holm-adjusted across {len(rows)} level(s); "
+    tested = sum(not math.isnan(r.p_value) for r in rows)
+    method = (f"paired differences (level - baseline) over images sharing pair_on; clusters = pair_on without "
+              f"seed and draw; {conf} CI: two-stage cluster bootstrap (clusters with replacement, then seeds within "
+              f"each drawn cluster with replacement), percentile, {n_boot} resamples; p: two-sided Wilcoxon "
+              f"signed-rank test on per-cluster mean differences (zeros dropped), Holm-adjusted across {tested} "
+              f"tested level(s); "
               f"win rate = (wins + ties/2) / pairs, tie if |diff| <= {tie_margin:g}")
     if ranking is not None:
         method += "; ranking: level means over blocks with every level, rank and mean intervals from the same bootstrap"

@@ -107,13 +107,13 @@ class Comparison:
                 f"({'higher' if self.higher_is_better else 'lower'} is better; pairs share {', '.join(self.pair_on)})")
 
     def to_markdown(self) -> str:
-        out = [f"**{_md(self._title())}**", ""]
+        out = [f"**{md_text(self._title())}**", ""]
         for head, body in self._tables():
-            out.append("| " + " | ".join(_md(h) for h in head) + " |")
+            out.append("| " + " | ".join(md_text(h) for h in head) + " |")
             out.append("|" + "|".join("---" for _ in head) + "|")
-            out += ["| " + " | ".join(_md(c) for c in row) + " |" for row in body]
+            out += ["| " + " | ".join(md_text(c) for c in row) + " |" for row in body]
             out.append("")
-        return "\n".join(out + self._footer()) + "\n"
+        return "\n".join(out + [md_text(line) for line in self._footer()]) + "\n"
 
     def to_text(self) -> str:
         out = [self._title(), ""]
@@ -128,8 +128,11 @@ def _label(level: Any) -> str:
     return "(empty)" if level == "" else str(level)
 
 
-def _md(text: str) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
+def md_text(text: str) -> str:
+    """`text` as one markdown table cell or line, read literally: HTML special characters escaped, bars
+    escaped, line breaks as spaces."""
+    s = str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("|", "\\|")
+    return s.replace("\r\n", " ").replace("\n", " ").replace("\r", " ")
 
 
 def _num(x: float, spec: str = ".4g", sign: bool = False) -> str:

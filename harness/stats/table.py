@@ -12,8 +12,10 @@ import numpy as np
 import pandas as pd
 
 # Columns that always tell conditions apart (when present), and parameter columns that do so only
-# where they vary independently of the compared factor (see default_pair_on).
-DESIGN_COLUMNS = ("checkpoint", "seed", "stage")
+# where they vary independently of the compared factor (see default_pair_on). `draw` numbers the
+# [randomize] draws of one prompt and seed; like the seed, it is a replicate, not a factor.
+DESIGN_COLUMNS = ("checkpoint", "seed", "draw", "stage")
+REPLICATE_COLUMNS = ("seed", "draw")
 PARAM_COLUMNS = (
     "mode", "strength", "steps", "guidance", "width", "height",
     "negative_prompt", "scheduler", "init_image",
@@ -39,7 +41,7 @@ def _resolve_metric(df: pd.DataFrame, metric: str) -> str:
 
 def _resolve_factor(df: pd.DataFrame, factor: str) -> str:
     choices = [c for c in df.columns if str(c).startswith("f.")]
-    choices += [c for c in (*DESIGN_COLUMNS, *PARAM_COLUMNS) if c in df.columns and c != "seed"]
+    choices += [c for c in (*DESIGN_COLUMNS, *PARAM_COLUMNS) if c in df.columns and c not in REPLICATE_COLUMNS]
     for name in (factor, f"f.{factor}"):
         if name in choices:
             return name
