@@ -63,6 +63,8 @@ class AblationResult:
     generated: int = 0
     outputs: list[Path] = field(default_factory=list)
     higher_is_better: dict = field(default_factory=dict)
+    single_clause: list[str] = field(default_factory=list)  # prompts of one clause: nothing to leave out
+
 
     def to_text(self) -> str:
         from .stats import MIN_CLUSTERS_FOR_CI  # below this many pairs the percentile interval undercovers
@@ -85,19 +87,32 @@ class AblationResult:
                              "read verdicts as tentative and add seeds")
             out += [f"  note: {n}" for n in notes]
             out.append("")
+        if self.single_clause:
+            out.append(f"not ablated: {len(self.single_clause)} prompt(s) of one clause, nothing to leave out: "
+                       + ", ".join(repr(p) for p in self.single_clause))
         return "\n".join(out)
 
 
-def arms_for(prompts: Sequence[Variant]) -> list[Arm]:
-    """The full prompt and its leave-one-out prompts, for each concrete prompt."""
-    arms = []
+def arms_for(prompts: Sequence[Variant]) -> tuple[list[Arm], list[str]]:
+    """The full prompt and its leave-one-out prompts, for each concrete prompt of two or more clauses;
+    and the prompts of one clause, which have nothing to leave out. ValueError when no prompt has two."""
+    arms, single = [], []
     for v in prompts:
+        try:
+            mutants = leave_one_out(escape_text(v.prompt))
+        except ValueError:
+            single.append(v.prompt)
+            continue
         arms.append(Arm(v.prompt, FULL, None, None, v.prompt))
-        for m in leave_one_out(escape_text(v.prompt)):
+        for m in mutants:
             i = m.args["clause"]
             text = literal(m.args["text"])
             arms.append(Arm(v.prompt, f"without {i}: {text}", i, text, literal(m.prompt)))
-    return arms
+    if not arms:
+        shown = ", ".join(repr(p) for p in single[:3]) + (", ..." if len(single) > 3 else "")
+        raise ValueError(f"no prompt has two or more clauses to leave out ({shown}); clauses are separated by "
+                         "commas outside emphasis brackets")
+    return arms, single
 
 
 def ablate(path: Path | str, *, out: Path | str | None = None, metrics: Sequence[str] | None = None,
@@ -120,7 +135,7 @@ def ablate(path: Path | str, *, out: Path | str | None = None, metrics: Sequence
     chosen = [metric_from_spec(s) for s in specs]
     prompts, negatives = variants_of(exp, library)
     try:
-        arms = arms_for(prompts)
+        arms, single = arms_for(prompts)
     except ValueError as e:
         raise ExperimentError(exp.path, [f"key 'prompt': {e}"]) from None
     refs = resolve_checkpoints(exp)
@@ -145,7 +160,7 @@ def ablate(path: Path | str, *, out: Path | str | None = None, metrics: Sequence
     higher = {m.id: m.INFO.higher_is_better for m in chosen}
     table = contributions(images, jobs_of, [m.id for m in chosen], higher, n_boot=n_boot, seed=seed)
     from .report import write_table
-    result = AblationResult(run_dir, table, run.generated, higher_is_better=higher)
+    result = AblationResult(run_dir, table, run.generated, higher_is_better=higher, single_clause=single)
     result.outputs = write_table(table, run_dir / "tables", "ablation")
     return result
 

@@ -163,7 +163,9 @@ def ablate(
 
     try:
         r = run_ablation(experiment, out=out, metrics=metric or None, device=device, n_boot=n_boot, seed=seed)
-    except _user_errors() + (KeyError,) as e:
+    except KeyError as e:  # an unknown --metric name (the experiment's own metrics were checked when loaded)
+        fail(f"--metric: {e.args[0] if e.args else e}")
+    except _user_errors() as e:
         fail(str(e))
     except ValueError as e:
         fail(f"error: {e}")

@@ -62,6 +62,11 @@ def group_jobs(jobs: Iterable[Job]) -> dict[tuple, list[Job]]:
     return dict(sorted(groups.items(), key=lambda kv: (order[kv[0][1]], str(kv[0]))))
 
 
+# expand = "all" beyond this many prompts is a mistake to catch before minutes of planning (10^5 prompts
+# take seconds to expand and plan; a template of twelve ten-way alternations has 10^12).
+MAX_ALL_PROMPTS = 100_000
+
+
 def variants_of(exp: Experiment, library: WildcardLibrary | None = None) -> tuple[list[Variant], list[Variant]]:
     """The prompt and negative-prompt variants of an experiment."""
     library = library or WildcardLibrary(exp.wildcard_path())
@@ -73,6 +78,12 @@ def variants_of(exp: Experiment, library: WildcardLibrary | None = None) -> tupl
             raise ExperimentError(exp.path, [f"key 'sample': {exp.sample}: {e} (lower sample, or set "
                                              "expand = \"all\")"]) from None
     else:
+        n = tpl.count()
+        if n > MAX_ALL_PROMPTS:
+            raise ExperimentError(exp.path, [
+                f"key 'prompt': the template expands to {n:,} distinct prompts; expand = \"all\" plans at most "
+                f"{MAX_ALL_PROMPTS:,}: set expand = \"sample\" and sample = N (with prompt_seed) to study a random "
+                "subset, or narrow the template (`harness expand --count` counts it)"])
         prompts = list(tpl.expand())
     if exp.negative_prompt.strip():
         neg = compile_template(exp.negative_prompt, library=library, origin=f"{exp.path} (negative_prompt)")

@@ -50,20 +50,26 @@ def lineage_frame(generations: Sequence[Generation], winners: int = LINEAGE_WINN
     """The ancestry of the best final candidates, newest first (crossover children have two parents)."""
     import pandas as pd
 
-    born: dict[str, Candidate] = {}
+    births: dict[str, list[Candidate]] = {}  # key -> each birth of that prompt, oldest first
     for gen in generations:
         for c in gen.candidates:
-            if c.born == gen.index:
-                born.setdefault(c.key, c)
+            if c.born == gen.index and all(b.born != c.born for b in births.get(c.key, [])):
+                births.setdefault(c.key, []).append(c)
+
+    def parent(key: str, child_born: int) -> Candidate | None:
+        """The birth of `key` that a child born in generation `child_born` was made from: the latest
+        before it (a prompt dropped and made again later has several births)."""
+        return next((c for c in reversed(births.get(key, [])) if c.born < child_born), None)
+
     rows = []
     for r, winner in enumerate(generations[-1].candidates[:winners], start=1):
-        queue, seen = [(winner.key, 0)], set()
+        queue: list[tuple[str, Candidate | None, int]] = [(winner.key, winner, 0)]
+        seen = set()
         while queue:
-            key, d = queue.pop(0)
-            if key in seen:
+            key, c, d = queue.pop(0)
+            if (key, c.born if c else None) in seen:
                 continue
-            seen.add(key)
-            c = born.get(key)
+            seen.add((key, c.born if c else None))
             if c is None:
                 rows.append({"winner": r, "depth": d, "key": key, "prompt": None, "operator": "(not recorded)"})
                 continue
@@ -71,7 +77,7 @@ def lineage_frame(generations: Sequence[Generation], winners: int = LINEAGE_WINN
                          "operator": c.operator, "args": canonical_json(dict(c.args)),
                          "parents": " ".join(c.parents), "fitness": c.fitness, "ci_low": c.ci[0],
                          "ci_high": c.ci[1], "image_keys": " ".join(c.image_keys)})
-            queue += [(p, d + 1) for p in c.parents]
+            queue += [(p, parent(p, c.born), d + 1) for p in c.parents]
     cols = ["winner", "depth", "generation", "key", "prompt", "operator", "args", "parents", "fitness", "ci_low",
             "ci_high", "image_keys"]
     return pd.DataFrame(rows, columns=cols).astype({"fitness": float, "ci_low": float, "ci_high": float})

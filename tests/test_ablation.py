@@ -29,21 +29,26 @@ PROMPT = "a castle on a hill, oil painting, golden hour"
 
 
 def test_arms_are_the_full_prompt_and_one_per_clause():
-    arms = arms_for([Variant(PROMPT, {})])
+    arms, single = arms_for([Variant(PROMPT, {})])
+    assert single == []
     assert [a.label for a in arms] == [FULL, "without 0: a castle on a hill", "without 1: oil painting",
                                        "without 2: golden hour"]
     assert [a.prompt for a in arms] == [PROMPT, "oil painting, golden hour", "a castle on a hill, golden hour",
                                         "a castle on a hill, oil painting"]
 
 
-def test_a_one_clause_prompt_cannot_be_ablated():
-    with pytest.raises(ValueError, match="two or more"):
+def test_one_clause_prompts_are_set_aside_and_only_all_of_them_is_an_error():
+    """A template such as `a castle{, oil painting|}` expands to one prompt of one clause: that prompt is
+    left out, the other is ablated."""
+    arms, single = arms_for([Variant("a castle, oil painting", {}), Variant("a castle", {})])
+    assert single == ["a castle"] and {a.base for a in arms} == {"a castle, oil painting"}
+    with pytest.raises(ValueError, match="no prompt has two or more clauses to leave out \\('a castle'\\)"):
         arms_for([Variant("a castle", {})])
 
 
 def synthetic(effects, seeds=range(8), noise=0.1, rng=np.random.default_rng(0)):
     """Per-image table and arms where removing clause i changes the metric by -effects[i] (plus noise)."""
-    arms = arms_for([Variant(PROMPT, {})])
+    arms, _ = arms_for([Variant(PROMPT, {})])
     jobs_of, rows = [], []
     for arm in arms:
         jobs = [Job("tiny", "fp", "txt2img", arm.prompt, "", s, 1, 1.0, "ddim", 64, 64) for s in seeds]
@@ -110,3 +115,15 @@ def test_harness_ablate_on_the_tiny_model_prints_and_writes_the_ranked_table(tmp
     assert "12 images made now" in r.output
     again = CliRunner().invoke(app, ["ablate", str(exp), "--out", str(tmp_path / "run"), "--n-boot", "200"])
     assert again.exit_code == 0 and "0 images made now" in again.output
+
+
+def test_harness_ablate_skips_one_clause_expansions_and_names_an_unknown_metric(tmp_path):
+    exp = tmp_path / "exp.toml"
+    exp.write_text(EXPERIMENT.replace(PROMPT, "a castle{, golden hour|}"))
+    r = CliRunner().invoke(app, ["ablate", str(exp), "--out", str(tmp_path / "run"), "--n-boot", "200"])
+    assert r.exit_code == 0, r.output
+    assert "prompt: a castle, golden hour" in r.output
+    assert "not ablated: 1 prompt(s) of one clause, nothing to leave out: 'a castle'" in r.output
+    bad = CliRunner().invoke(app, ["ablate", str(exp), "--out", str(tmp_path / "run"), "-m", "clip_scor"])
+    assert bad.exit_code == 2 and "--metric: unknown metric 'clip_scor'" in bad.output
+    assert "\"unknown metric" not in bad.output

@@ -51,3 +51,17 @@ def test_plan_names_every_unknown_wildcard_and_checkpoint_at_once(tmp_path):
     r = harness("plan", exp)
     assert r.returncode == 2 and f"{exp}: 2 checkpoints cannot be used" in r.stderr, r.stderr
     assert "'sd15-randm'" in r.stderr and "'tinny'" in r.stderr
+
+
+def test_a_template_too_large_to_expand_whole_stops_at_once_and_points_to_sampling(tmp_path):
+    """Twelve ten-way alternations are 10^12 prompts: planning them all would never finish."""
+    big = tmp_path / "big.toml"
+    big.write_text('prompt = "' + " ".join(["{a|b|c|d|e|f|g|h|i|j}"] * 12) + '"\ncheckpoints = ["tiny"]\n')
+    r = harness("plan", big)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "the template expands to 1,000,000,000,000 distinct prompts" in r.stderr
+    assert 'set expand = "sample" and sample = N' in r.stderr
+    sampled = tmp_path / "sampled.toml"
+    sampled.write_text(big.read_text() + 'expand = "sample"\nsample = 5\n')
+    r = harness("plan", sampled)
+    assert r.returncode == 0 and "jobs: 5" in r.stdout

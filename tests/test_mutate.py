@@ -119,6 +119,16 @@ def test_crossover_takes_the_head_of_the_prompt_and_the_tail_of_the_partner():
     assert m.parents == (mu.prompt_key(a), mu.prompt_key(b)) and m.parent_key == mu.prompt_key(a)
 
 
+def test_crossover_of_templates_never_gives_a_factor_name_twice():
+    """Both halves name a factor `n`: only cuts that keep one of them make a child that compiles."""
+    a, b = "{@n: a|b}, c", "d, {@n: x|y}, e"
+    children = {mu.apply("crossover", a, random.Random(s), RESOURCES, partner=b).prompt for s in range(20)}
+    assert children == {"{@n: a|b}, e", "{@n: a|b}, c, e"}
+    for child in children:
+        assert compile_template(child).count() == 2
+    assert mu.apply("crossover", "{@n: a|b}, c", random.Random(0), RESOURCES, partner="d, {@n: x|y}") is None
+
+
 def test_crossover_needs_a_partner():
     with pytest.raises(ValueError, match="partner"):
         mu.apply("crossover", PROMPT, random.Random(0), RESOURCES)

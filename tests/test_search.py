@@ -144,6 +144,22 @@ def test_breeding_is_a_pure_function_of_the_seed_and_generation():
     assert [c.prompt for c in other] != [c.prompt for c in a]
 
 
+def test_lineage_follows_the_birth_of_a_prompt_that_was_made_again():
+    """'a, b' is an initial prompt, dropped after generation 0 and made again by reorder in generation 2:
+    the winner's lineage is the reorder of generation 2 from its parent of generation 1, not the initial."""
+    from harness.mutate import prompt_key
+    from harness.search_report import lineage_frame
+
+    g0 = Generation(0, (Candidate("a, b", "initial", {}, (), 0, 1.0), Candidate("c", "initial", {}, (), 0, 0.5)), 2)
+    g1 = Generation(1, (Candidate("b, a", "reorder", {"from": 1, "to": 0}, (prompt_key("a, b"),), 1, 2.0),
+                        Candidate("c", "initial", {}, (), 0, 0.5)), 3)
+    g2 = Generation(2, (Candidate("a, b", "reorder", {"from": 1, "to": 0}, (prompt_key("b, a"),), 2, 3.0),
+                        Candidate("b, a", "reorder", {"from": 1, "to": 0}, (prompt_key("a, b"),), 1, 2.0)), 3)
+    frame = lineage_frame([g0, g1, g2], winners=1)
+    assert [(r.depth, r.generation, r.prompt, r.operator) for r in frame.itertuples()] == [
+        (0, 2, "a, b", "reorder"), (1, 1, "b, a", "reorder"), (2, 0, "a, b", "initial")]
+
+
 def test_tournament_and_top_k_select_from_the_best():
     ranked = list(scored(list("abcdef"), [6, 5, 4, 3, 2, 1]).candidates)
     top = config({**RAW, "search": {"population": 6, "generations": 1, "selection": "top_k", "top_k": 2}})

@@ -13,7 +13,8 @@ alternations and wildcards stay opaque units, and as a list of clauses.
 - `delete`: drop one clause (prompts with two or more clauses).
 - `reorder`: move one clause to another position.
 - `crossover`: one-point, clause-level: the first clauses of the prompt and the
-  last clauses of a partner prompt (duplicate clauses dropped).
+  last clauses of a partner prompt (duplicate clauses dropped), at a cut where
+  the child is a valid template (a factor name used by both halves is not).
 - `reweight`: wrap a clause in A1111 emphasis `(clause:1.2)`, or move an
   existing `(clause:w)` weight by 0.1 or 0.2 (kept in [0.1, 2]).
 """
@@ -23,7 +24,8 @@ from __future__ import annotations
 import random
 import re
 
-from ..grammar import Seq, Text, escape_text, parse, render
+from ..expand.names import assign_names
+from ..grammar import GrammarError, Seq, Text, escape_text, parse, render
 from .clauses import _clause_parts, emphasis, join_clauses, normalise, split_clauses
 from .lineage import Mutant, prompt_key
 from .resources import Resources, as_resources
@@ -146,10 +148,22 @@ def crossover(prompt: str, partner: str, rng: random.Random, resources: Resource
     a, b = split_clauses(prompt), split_clauses(partner)
     if not a or not b:
         return None
-    i, j = rng.randint(1, len(a)), rng.randrange(len(b))
-    child = list(dict.fromkeys(a[:i] + b[j:]))
-    return _mutant(prompt, child, "crossover", {"cut": i, "partner_cut": j},
-                   parents=(prompt_key(prompt), prompt_key(partner)))
+    cuts = [(i, j) for i in range(1, len(a) + 1) for j in range(len(b))]
+    rng.shuffle(cuts)
+    for i, j in cuts:  # the first cut whose child is a valid template (two factors of one name are not)
+        child = _mutant(prompt, list(dict.fromkeys(a[:i] + b[j:])), "crossover", {"cut": i, "partner_cut": j},
+                        parents=(prompt_key(prompt), prompt_key(partner)))
+        if child is not None and _names_unique(child.prompt):
+            return child
+    return None
+
+
+def _names_unique(template: str) -> bool:
+    try:
+        assign_names(parse(template, allow_empty=True))
+    except GrammarError:
+        return False
+    return True
 
 
 
