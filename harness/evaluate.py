@@ -127,12 +127,15 @@ def evaluate(ledger: Ledger, specs: Iterable[str] | None = None, *, log: Callabl
             if time.perf_counter() - last > 2 or i + chunk >= len(todo):
                 last = time.perf_counter()
                 done = summary.scored + summary.unscored
-                log(f"{metric.id}: {done}/{len(todo)} scored ({done / max(1e-9, last - t0):.1f} images/s)")
-        values = ledger.scores_frame()
-        if len(values):
-            v = values[values["metric"] == metric.id]["value"].dropna()
-            summary.mean = float(v.mean()) if len(v) else float("nan")
+                failed = f", {summary.unscored} not scorable now" if summary.unscored else ""
+                log(f"{metric.id}: {summary.scored}/{len(todo)} scored{failed} "
+                    f"({done / max(1e-9, last - t0):.1f} images/s)")
         out.append(summary)
+    values = ledger.scores_frame()
+    planned = values[values["key"].isin({j.key for j in jobs})]  # not images an earlier version made
+    for summary in out:
+        v = planned.loc[planned["metric"] == summary.metric, "value"].dropna()
+        summary.mean = float(v.mean()) if len(v) else float("nan")
     return out
 
 

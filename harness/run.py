@@ -11,11 +11,13 @@ loses at most the batches in flight.
 
 from __future__ import annotations
 
+import contextlib
+
 import json
 import shutil
 import sys
 import time
-from collections import deque
+from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,13 +63,19 @@ def recorded_experiment_name(ledger: Ledger) -> str | None:
 
 
 def prepare_run(exp: Experiment, plan: Plan, run_dir: Path, *, jobs: list[Job] | None = None,
-                force: bool = False, part: str = "main") -> tuple[Ledger, list[Job]]:
+                force: bool = False, part: str = "main",
+                log: Callable[[str], None] | None = None) -> tuple[Ledger, list[Job]]:
     """Open the ledger, reconcile it with the folder, record the plan; return the jobs still to make.
 
     `jobs` (default: the whole plan) are the ones this process makes, e.g. one shard; the plan
     part `part` is always the whole plan, so shards run into one folder do not hide each other.
     When the experiment changed, the main part is planned again (also from an ablation or a search)
-    and the stages' parts are dropped until `run_stage` plans them from the new main images."""
+    and the stages' parts are dropped until `run_stage` plans them from the new main images.
+    `log` hears about finished images found missing or damaged (they are made again)."""
+    if (run_dir / "experiment.toml").is_file() and not (run_dir / "ledger.sqlite").is_file():
+        raise ExperimentError(exp.path, [
+            f"{run_dir} holds an experiment.toml but is not a run folder (no ledger.sqlite): the run would "
+            "replace that file with its own copy; give the run another --out folder"])
     run_dir.mkdir(parents=True, exist_ok=True)
     ledger = Ledger.open(run_dir)
     recorded = recorded_experiment_name(ledger)
@@ -76,7 +84,11 @@ def prepare_run(exp: Experiment, plan: Plan, run_dir: Path, *, jobs: list[Job] |
         raise ExperimentError(exp.path, [
             f"the run folder {run_dir} holds experiment {recorded!r}, not {exp.name!r}; give this one its own "
             f"--out folder (an edited experiment keeps its name and may go on in its folder)"])
-    ledger.reconcile()
+    repaired = ledger.reconcile().requeued
+    if repaired and log is not None:
+        reasons = Counter(repaired.values())
+        log(f"{len(repaired)} finished image(s) were missing or damaged and will be made again ("
+            + ", ".join(f"{n} {why}" for why, n in reasons.most_common(3)) + ")")
     jobs = list(plan.jobs if jobs is None else jobs)
     write_atomic(run_dir / "experiment.toml", lambda p: p.write_text(exp.run_copy(), encoding="utf-8"))
     ledger.set_meta("experiment_name", exp.name)
@@ -92,8 +104,8 @@ def prepare_run(exp: Experiment, plan: Plan, run_dir: Path, *, jobs: list[Job] |
     names = {f"stage:{s.name}" for s in exp.stages}
     ledger.drop_plan([p for p in ledger.plan_parts() if p.startswith("stage:") and (edited or p not in names)])
     if force:
-        ledger.reset([j.key for j in jobs if ledger.status_of(j.key) == "done"])
-    done = ledger.done_keys()
+        ledger.force()
+    done = ledger.done_keys() - ledger.stale_keys()  # stale: an earlier --force has not remade them yet
     return ledger, [j for j in jobs if j.key not in done]
 
 
@@ -110,7 +122,7 @@ def run_experiment(path: Path | str, *, out: Path | str | None = None, force: bo
     if executor == "local":  # Ray workers pick their own devices
         from .devices import check_settings
         check_settings(device or exp.device, {j.dtype for j in plan.jobs}, exp.memory)
-    ledger, pending = prepare_run(exp, plan, run_dir, jobs=jobs, force=force)
+    ledger, pending = prepare_run(exp, plan, run_dir, jobs=jobs, force=force, log=log or _stderr)
     result = RunResult(run_dir, len(jobs), len(jobs) - len(pending))
     try:
         options = dict(exact=exp.exact if exact is None else exact, device=device or exp.device,
@@ -152,7 +164,7 @@ def run_stage(exp: Experiment, stage, plan: Plan, ledger: Ledger, result: RunRes
     jobs = stage_jobs(exp, stage, ledger, plan.checkpoints)
     ledger.set_plan(f"stage:{stage.name}", [j.key for j in jobs])
     ledger.add_jobs(jobs, refresh=True)
-    done = ledger.done_keys()
+    done = ledger.done_keys() - ledger.stale_keys()
     pending = [j for j in jobs if j.key not in done]
     result.planned += len(jobs)
     result.already_done += len(jobs) - len(pending)
@@ -232,7 +244,7 @@ def generate_jobs(exp: Experiment, plan: Plan, ledger: Ledger, pending: list[Job
             writer.shutdown(wait=True)
             if owned:
                 maker.close()
-            result.seconds = time.perf_counter() - t0
+            result.seconds += time.perf_counter() - t0
             bar.close()
 
 
@@ -248,13 +260,28 @@ def _generate_in_streams(maker, pending: list[Job], streams: int, finish, on_oom
     threads = torch.get_num_threads()
     torch.set_num_threads(max(1, threads // streams))
     pool = ThreadPoolExecutor(max_workers=streams, thread_name_prefix="stream")
+    futures = [pool.submit(lambda jobs: list(maker.generate(jobs, on_oom=on_oom)), unit) for unit in units]
+    written = [0] * len(futures)  # chunks of each future finished here
     try:
-        futures = [pool.submit(lambda jobs: list(maker.generate(jobs, on_oom=on_oom)), unit) for unit in units]
-        for future in futures:
+        for i, future in enumerate(futures):
             for chunk, seconds in future.result():
                 finish(chunk, seconds)
+                written[i] += 1
+    except BaseException:
+        # Ctrl-C or an error: the other streams stop at their next denoising step, and the batches they
+        # had already finished are written rather than thrown away (the exception is raised all the same).
+        maker.stopping.set()
+        pool.shutdown(wait=True, cancel_futures=True)
+        with contextlib.suppress(Exception):
+            for i, future in enumerate(futures):
+                if future.done() and not future.cancelled() and future.exception() is None:
+                    for chunk, seconds in future.result()[written[i]:]:
+                        finish(chunk, seconds)
+                        written[i] += 1
+        raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+        maker.stopping.clear()
         torch.set_num_threads(threads)
 
 

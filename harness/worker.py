@@ -86,6 +86,10 @@ class Finished:
     unhealthy: int
 
 
+class Stopped(Exception):
+    """A batch abandoned between denoising steps because the run was interrupted (`BatchMaker.stopping`)."""
+
+
 class BatchMaker:
     def __init__(self, checkpoints: dict, images_dir: Path | str, *, device: str = "auto",
                  memory="auto", tuning: Tuning | None = None, exact: bool = False,
@@ -104,6 +108,7 @@ class BatchMaker:
         self._inits: dict = {}
         self._batches = 0
         self._local = threading.local()  # per stream: pipeline views and prompt-embedding cache
+        self.stopping = threading.Event()  # set on Ctrl-C: batches running in other streams stop at their next step
         self._loading = threading.Lock()  # streams share one PipelineCache
         self.streams = resolve_streams(self.tuning.streams, self.device)
 
@@ -128,7 +133,8 @@ class BatchMaker:
             t0 = time.perf_counter()
             out = self.gen.generate_batch(pipe, chunk, device=self.device, init_images=images, exact=self.exact,
                                           embeds_cache=embeds if self.tuning.embeds_cache else None,
-                                          host_uint8=not self.tuning.device_uint8)
+                                          host_uint8=not self.tuning.device_uint8,
+                                          step_callback=self._stop_check if self.streams > 1 else None)
             if timings is not None:
                 timings.setdefault("spans", []).append((t0, time.perf_counter()))
             return out
@@ -138,6 +144,10 @@ class BatchMaker:
             now = time.perf_counter()
             yield chunk, (now - started) / len(chunk.items)
             started = time.perf_counter()
+
+    def _stop_check(self, _step: int, _timestep: int) -> None:
+        if self.stopping.is_set():
+            raise Stopped("generation stopped (interrupted)")
 
     def _view(self, pipe):
         """With several streams, each thread calls its own shallow copy of the pipeline: the weights are
@@ -152,8 +162,16 @@ class BatchMaker:
             cached = views[id(pipe)] = (pipe, view)
         return cached[1]
 
-    def finish(self, chunk, seconds: float, submit=write_now) -> Finished:
-        """Health-check, watermark and write every image of a chunk; rows to mark done once writes finish."""
+    def finish(self, chunk, seconds: float, submit=write_now, *, streams: int | None = None) -> Finished:
+        """Health-check, watermark and write every image of a chunk; rows to mark done once writes finish.
+
+        Each PNG's provenance records the torch intra-op thread count the chunk was generated with (CPU
+        pixels can depend on it, so an `exact` image is reproduced bit for bit with the same count) and
+        `streams`, the generation streams running at once (default: this maker's `streams`, as the local
+        runner uses them). Called on the generating thread, or by the runner while its streams run: the
+        count is process-wide, so it is the one they use."""
+        import torch
+
         from .schedulers import SAMPLER_NAMES
         from .devices import dtype_name, pick_dtype
         from .metrics.health import check_array
@@ -162,6 +180,7 @@ class BatchMaker:
         batch_id = f"{self.host}-{os.getpid()}-{self._batches}"
         dtype_used = dtype_name(pick_dtype(chunk.items[0].dtype, self.device))
         memory = list(self.cache.memory_applied)
+        threads, streams = torch.get_num_threads(), self.streams if streams is None else streams
         out = Finished([], [], 0)
         for slot, (job, pixels) in enumerate(zip(chunk.items, chunk.results)):
             ok, flags = check_array(pixels)
@@ -171,7 +190,8 @@ class BatchMaker:
                 pixels = embed(pixels, job.watermark)
             ref = self.checkpoints[job.checkpoint]
             extra = dict(batch_size=chunk.batch_size, slot=slot, device=self.device, dtype=dtype_used,
-                         memory=memory, safety_checker="off", host=self.host)
+                         memory=memory, safety_checker="off", host=self.host, torch_threads=threads,
+                         streams=streams)
             out.writes.append(submit(
                 write_png_atomic, self.images_dir / f"{job.key}.png", pixels,
                 parameters=a1111_parameters(job, sampler=SAMPLER_NAMES.get(job.scheduler, job.scheduler),
@@ -187,7 +207,7 @@ class BatchMaker:
         """Generate and write a list of jobs of one group synchronously (what a remote worker does)."""
         rows: list[Done] = []
         for chunk, seconds in self.generate(jobs):
-            done = self.finish(chunk, seconds)
+            done = self.finish(chunk, seconds, streams=1)  # one chunk at a time
             for f in done.writes:
                 f.result()
             rows += done.rows

@@ -420,3 +420,35 @@ def test_kill_9_at_a_random_moment_never_leaves_a_bad_done_image(tmp_path):
                 assert read_provenance(led.image_path(key))["key"] == key
             done_before = len(done)
     assert done_before > 0
+
+
+def test_an_interrupt_at_any_moment_of_a_write_leaves_the_ledger_usable(tmp_path):
+    """Ctrl-C landing between BEGIN and COMMIT (here a timer's KeyboardInterrupt, hundreds of times at
+    varying moments) must never leave a transaction open: the next write would fail, and with it the
+    runner's final commit of finished images."""
+    led = Ledger.open(tmp_path / "run")
+
+    def interrupt(*_):
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        for trial in range(200):
+            signal.setitimer(signal.ITIMER_REAL, 0.0005 + (trial % 17) * 0.0001)
+            try:
+                while True:
+                    led.set_meta("x", str(trial))
+            except KeyboardInterrupt:
+                pass
+            finally:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+            led.set_meta("after", str(trial))  # raised "cannot start a transaction within a transaction"
+            assert led.get_meta("after") == str(trial)
+    finally:
+        signal.signal(signal.SIGALRM, old)
+    # a transaction left open by an interrupt inside the rollback itself is rolled back by the next write
+    led._db().execute("BEGIN IMMEDIATE")
+    led._db().execute("INSERT OR REPLACE INTO meta(name, value) VALUES ('lost', 'yes')")
+    led.set_meta("y", "1")
+    assert led.get_meta("y") == "1" and led.get_meta("lost") is None
+    led.close()

@@ -316,3 +316,16 @@ def test_a_randomized_run_pairs_by_draw_and_its_drawn_guidance_splits_no_grid(tm
     assert color.rows[0].n_pairs == 4 and color.n_excluded["unpaired"] == 0
     page = (tmp_path / "run" / "index.html").read_text()
     assert "one grid per" not in page  # color x seed is the grid; guidance, drawn per image, splits nothing
+
+
+def test_eval_means_cover_the_images_of_the_current_plan_only(crafted_run):
+    """An edited experiment keeps the images of its earlier version; the mean `run`/`eval` print is over
+    the images the experiment asks for now, as the report's statistics are."""
+    from harness.evaluate import evaluate
+
+    with Ledger.open(crafted_run) as led:
+        planned = [j.key for j in led.all_jobs() if j.factors["color"] != "green"]
+        led.set_plan("main", planned)
+        (summary,) = evaluate(led, ["clip_score:model=tiny"], log=lambda m: None)
+    assert summary.metric == METRIC and summary.skipped == 8 and summary.scored == 0
+    assert summary.mean == pytest.approx(sum(SCORES.values()) / 8)  # not pulled down by the green image (10.0)

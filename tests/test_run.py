@@ -92,6 +92,50 @@ def test_rerun_resumes_and_force_regenerates(tmp_path):
         assert led.get_meta("experiment_name") == "small" and led.count("done") == 16
 
 
+def test_an_interrupted_force_keeps_every_old_image_until_it_is_remade_and_resumes(tmp_path):
+    """--force remakes done images one batch at a time: until a job is remade its image and scores stay,
+    and the next run (forced or not) remakes only the jobs not remade yet."""
+    from harness.core import Score
+    from harness.plan import make_plan
+    from harness.run import RunResult, generate_jobs, prepare_run
+
+    exp = experiment(tmp_path)
+    run = tmp_path / "run"
+    run_experiment(exp, out=run, progress=False)
+    with Ledger.open(run) as led:
+        led.put_scores([Score(j.key, "health", 1.0) for j in led.all_jobs()])
+    before = {p.name: p.stat().st_mtime_ns for p in (run / "images").glob("*.png")}
+    loaded = load_experiment(exp)
+    plan = make_plan(loaded)
+    ledger, pending = prepare_run(loaded, plan, run, force=True)
+    try:
+        assert len(pending) == 16 and ledger.count("done") == 16  # nothing deleted up front
+        generate_jobs(loaded, plan, ledger, pending[:4], RunResult(run, 16, 0), exact=False, device="cpu",
+                      batch_size=None, log=lambda m: None, progress=False)  # then "interrupted"
+        remade = {j.key for j in pending[:4]}
+        assert ledger.stale_keys() == {j.key for j in pending} - remade
+        scored = ledger.scored_keys("health")
+    finally:
+        ledger.close()
+    assert scored == {j.key for j in pending} - remade  # the remade images' old scores went with them
+    after = {p.name: p.stat().st_mtime_ns for p in (run / "images").glob("*.png")}
+    assert after.keys() == before.keys()
+    assert sum(after[n] != before[n] for n in before) == 4
+    resumed = run_experiment(exp, out=run, progress=False)  # no --force: goes on with the other 12
+    assert (resumed.already_done, resumed.generated) == (4, 12)
+    assert run_experiment(exp, out=run, progress=False).generated == 0
+
+
+def test_an_experiment_toml_that_is_not_a_run_copy_is_never_overwritten(tmp_path):
+    """--out pointing at a folder that holds someone's experiment.toml (or the experiment's own folder)."""
+    exp = experiment(tmp_path, name="experiment.toml")
+    text = exp.read_text()
+    r = subprocess.run([sys.executable, "-m", "harness", "run", str(exp), "--out", str(tmp_path)],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 2 and "holds an experiment.toml but is not a run folder" in r.stderr, r.stderr
+    assert exp.read_text() == text and not (tmp_path / "ledger.sqlite").exists()
+
+
 def test_editing_experiment_adds_only_new_jobs(tmp_path):
     exp = experiment(tmp_path)
     run_experiment(exp, out=tmp_path / "run", progress=False)
@@ -278,3 +322,16 @@ def test_streams_auto_is_two_on_a_multicore_cpu_and_one_on_accelerators(monkeypa
     assert resolve_streams("auto", "cuda:0") == 1 and resolve_streams(4, "cuda") == 1
     monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
     assert resolve_streams("auto", "cpu") == 1
+
+
+def test_a_rerun_says_which_finished_images_were_damaged_or_missing(tmp_path):
+    exp = experiment(tmp_path)
+    run_experiment(exp, out=tmp_path / "run", progress=False)
+    first, second = sorted((tmp_path / "run" / "images").glob("*.png"))[:2]
+    first.unlink()
+    second.write_bytes(second.read_bytes()[:-30])
+    r = subprocess.run([sys.executable, "-m", "harness", "run", str(exp), "--out", str(tmp_path / "run")],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    assert "2 finished image(s) were missing or damaged and will be made again (1 missing, 1 truncated" in r.stderr
+    assert "14 already done, 2 generated" in r.stdout

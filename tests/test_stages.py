@@ -77,3 +77,15 @@ def test_after_an_edit_stages_grow_only_from_the_current_main_images(tmp_path):
     main = set(table.index[table["stage"] == "main"])
     assert set(table.loc[table["stage"] == "refine", "parent_key"]) == main
     assert set(table.loc[list(main), "steps"]) == {3}
+
+
+def test_force_remakes_the_later_stages_too_and_counts_their_time(tmp_path):
+    exp = tmp_path / "staged.toml"
+    exp.write_text(STAGED.replace("metrics =", "streams = 1\nmetrics ="))
+    first = run_experiment(exp, out=tmp_path / "run", progress=False)
+    forced = run_experiment(exp, out=tmp_path / "run", force=True, progress=False)
+    assert forced.generated == first.generated == forced.planned > 4  # the 4 main images and their stages
+    with Ledger.open(tmp_path / "run", readonly=True) as led:
+        per_image = sum(led.jobs_frame()["seconds"])
+    # images/s counts the time of every stage, not of the last alone
+    assert forced.seconds >= 0.9 * per_image

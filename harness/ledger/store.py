@@ -18,6 +18,8 @@ from .schema import (_CLEAR_RUN, _KEY, _SCHEMA, IMAGES_DIR, LEDGER_FILE, LEDGER_
                      TABLES_DIR, Done, LedgerError, Merged, Reconciled, _acquire_writer_lock, _check_key,
                      _done_from_mapping, _json, _now)
 
+FORCE_SINCE = "force_since"  # meta: when --force was last given (jobs done before it are made again)
+
 
 class Ledger:
     """The SQLite store of one run folder. Open with :meth:`Ledger.open`."""
@@ -109,13 +111,16 @@ class Ledger:
                               "open it without readonly to change it")
         with self._mutex:
             conn = self._db()
-            conn.execute("BEGIN IMMEDIATE")
+            if conn.in_transaction:  # left open by an interrupt (Ctrl-C) that landed inside a rollback
+                conn.rollback()
             try:
+                conn.execute("BEGIN IMMEDIATE")
                 yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
+                conn.execute("COMMIT")
+            except BaseException:  # KeyboardInterrupt too: an interrupt anywhere here leaves no open transaction
+                if conn.in_transaction:
+                    conn.rollback()
                 raise
-            conn.execute("COMMIT")
 
     def image_path(self, key: str) -> Path:
         """Where the image of `key` lives: ``RUN/images/<key>.png``."""
@@ -211,7 +216,8 @@ class Ledger:
                                   memory, health, host)])
 
     def mark_done_many(self, rows: Iterable[Done | Mapping[str, Any]]) -> None:
-        """Mark a batch of jobs done in one transaction (all or none)."""
+        """Mark a batch of jobs done in one transaction (all or none); scores of an earlier image of the
+        same job (one made again after :meth:`force`) are deleted with it."""
         done = [row if isinstance(row, Done) else _done_from_mapping(row) for row in rows]
         now, host, params = _now(), socket.gethostname(), []
         for d in done:
@@ -235,6 +241,7 @@ class Ledger:
                 if cur.rowcount != 1:
                     raise LedgerError(f"mark_done: job {p[-1][:12]} is not in the ledger; "
                                       "add it with add_jobs first")
+                conn.execute("DELETE FROM scores WHERE key = ?", (p[-1],))  # a remade image: its old scores go
 
     def mark_failed(self, key: str, error: str) -> None:
         """Record that a job could not be made; it stays failed until reset/requeue."""
@@ -262,6 +269,20 @@ class Ledger:
         with self._write() as conn:
             return conn.execute("UPDATE jobs SET status = 'pending', error = NULL "
                                 "WHERE status = 'failed'").rowcount
+
+    def force(self) -> None:
+        """``--force``: every job done before now is to be made again (:meth:`stale_keys`). Its image and
+        scores stay until the new image replaces them, so an interrupted forced run loses nothing and the
+        next run, forced or not, goes on with the jobs not yet remade."""
+        self.set_meta(FORCE_SINCE, _now())
+
+    def stale_keys(self) -> set[str]:
+        """Done jobs made before the last :meth:`force`: still to be made again."""
+        since = self.get_meta(FORCE_SINCE)
+        if since is None:
+            return set()
+        return {row[0] for row in self._read("SELECT key FROM jobs WHERE status = 'done' AND done_at < ?",
+                                             (since,))}
 
     def reset(self, keys: Iterable[str]) -> int:
         """Back to pending (``--force``): clears run info and scores, deletes the images."""
