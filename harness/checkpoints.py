@@ -10,6 +10,11 @@ A checkpoint spec (as written in an experiment) is resolved in this order:
    only. Nothing is ever downloaded here: fetch models on a connected machine with
    `huggingface-cli download <id>` and copy the cache, or point to a local folder.
 
+`locate` checks a spec that far without building, hashing or loading weights (the
+experiment loader calls it, so a misspelt checkpoint is reported with the file's
+other problems, with a "did you mean"); `resolve` then builds a built-in on
+first use and fingerprints the weights.
+
 What a folder or file holds is read in `harness.checkpoint_files`; fingerprints
 (content digests of single files and folders) are computed in
 `harness.fingerprints`; a resolved checkpoint is loaded by `harness.pipelines`,
@@ -21,6 +26,7 @@ stays cheap for the planner.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import os
 import re
@@ -178,8 +184,51 @@ def _valid_names() -> str:
             f"or a diffusers folder, a .safetensors/.ckpt file, or a hub id 'owner/name' in the HF cache")
 
 
-def resolve(spec: str, *, base_dir: Path | None = None, config: str | None = None) -> CheckpointRef:
-    """Turn a checkpoint spec into a `CheckpointRef` (see the module docstring for the order)."""
+def _did_you_mean(word: str, candidates) -> str:
+    """' (did you mean 'x'?)' for the closest candidate, or '' when none is close."""
+    close = difflib.get_close_matches(word, sorted(set(candidates)), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _cached_hub_ids() -> list[str]:
+    """'owner/name' of every model repo in the local HF cache (for a "did you mean")."""
+    try:
+        return [d.name[len("models--"):].replace("--", "/", 1) for d in hf_cache_dir().iterdir()
+                if d.name.startswith("models--")]
+    except OSError:
+        return []
+
+
+def _near_paths(spec: str, path: Path) -> str:
+    """A "did you mean" for a path that does not exist: the closest name in its (existing) folder,
+    written the way the spec was."""
+    try:
+        siblings = [q.name for q in path.parent.iterdir()]
+    except OSError:
+        return ""
+    close = difflib.get_close_matches(path.name, sorted(siblings), n=1, cutoff=0.6)
+    if not close:
+        return ""
+    head = spec.rstrip("/\\")[: -len(path.name)] if spec.rstrip("/\\").endswith(path.name) else ""
+    return f" (did you mean {head + close[0]!r}?)"
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where a checkpoint spec points, found without building, hashing or loading any weights."""
+
+    kind: str                  # "builtin" | "hub" | "folder" | "file"
+    source: str                # built-in name, hub id (with @revision) or absolute path
+    path: Path | None = None   # the folder or file to read (None for a built-in not built yet)
+    config: str | None = None  # single files: the config, made absolute
+
+
+def locate(spec: str, *, base_dir: Path | None = None, config: str | None = None) -> Location:
+    """Check a checkpoint spec as far as it can be checked cheaply (no build, no hashing, no torch): the
+    name, alias, path or hub snapshot exists and is the right kind of thing (a pipeline folder, a
+    .safetensors header of an SD 1.x/2.x model). A CheckpointError says what is wrong, with a "did you
+    mean" when a valid name is close. Experiment validation calls it for every checkpoint; `resolve`
+    calls it first."""
     if not isinstance(spec, str) or not spec.strip():
         raise CheckpointError(f"checkpoint spec {spec!r} is empty; expected one of the {_valid_names()}")
     spec_s = spec.strip()
@@ -187,12 +236,9 @@ def resolve(spec: str, *, base_dir: Path | None = None, config: str | None = Non
         raise CheckpointError(f"checkpoint {spec!r}: config={config!r} applies only to single .safetensors/.ckpt "
                               f"files; diffusers folders, hub ids and built-ins carry their own configs")
     if spec_s in BUILTINS:
-        b = BUILTINS[spec_s]
-        folder = builtin_folder(spec_s)
-        fp = folder_fingerprint(folder)
-        return CheckpointRef(spec, "builtin", str(folder), fp, b.native_size, b.family, model_hash=fp)
+        return Location("builtin", spec_s)
     if spec_s.lower() in ALIASES:
-        return _resolve_hub(spec, ALIASES[spec_s.lower()])
+        return _locate_hub(spec, ALIASES[spec_s.lower()])
     base = Path(base_dir) if base_dir is not None else Path.cwd()
     path = Path(spec_s).expanduser()
     path = (path if path.is_absolute() else base / path).resolve()
@@ -201,31 +247,48 @@ def resolve(spec: str, *, base_dir: Path | None = None, config: str | None = Non
             raise CheckpointError(f"checkpoint {spec!r}: folder {path} has no model_index.json, so it is not a "
                                   f"diffusers pipeline folder (single-file checkpoints are .safetensors/.ckpt files)")
         check_pipeline_folder(path, spec)
-        family, native = folder_family(path)
-        fp = folder_fingerprint(path)
-        return CheckpointRef(spec, "folder", str(path), fp, native, family, model_hash=fp)
+        return Location("folder", str(path), path)
     if path.is_file():
         if path.suffix not in SINGLE_FILE_SUFFIXES:
             raise CheckpointError(f"checkpoint {spec!r}: {path} is a file but not {' or '.join(SINGLE_FILE_SUFFIXES)}")
-        return _resolve_file(spec, path, config, base)
+        config = _absolute_config(config, base)
+        if path.suffix == ".safetensors":  # its header is cheap to read; a .ckpt needs torch (`resolve` reads it)
+            _file_family(spec, path)
+        return Location("file", str(path), path, config)
     if _HUB_ID.fullmatch(spec_s) and not spec_s.endswith(SINGLE_FILE_SUFFIXES):
-        return _resolve_hub(spec, spec_s, local_path=path)
+        return _locate_hub(spec, spec_s, local_path=path)
     if _looks_like_path(spec_s):
-        raise CheckpointError(f"checkpoint {spec!r}: no file or folder at {path}")
-    raise CheckpointError(f"unknown checkpoint {spec!r}; valid: {_valid_names()}")
+        raise CheckpointError(f"checkpoint {spec!r}: no file or folder at {path}{_near_paths(spec_s, path)}")
+    raise CheckpointError(f"unknown checkpoint {spec!r}{_did_you_mean(spec_s, [*BUILTINS, *ALIASES])}; "
+                          f"valid: {_valid_names()}")
 
 
-def _resolve_hub(name: str, hub_id: str, *, local_path: Path | None = None) -> CheckpointRef:
+def resolve(spec: str, *, base_dir: Path | None = None, config: str | None = None) -> CheckpointRef:
+    """Turn a checkpoint spec into a `CheckpointRef` (see the module docstring for the order): `locate`,
+    then build a built-in on first use and fingerprint the weights."""
+    loc = locate(spec, base_dir=base_dir, config=config)
+    if loc.kind == "builtin":
+        b = BUILTINS[loc.source]
+        folder = builtin_folder(loc.source)
+        fp = folder_fingerprint(folder)
+        return CheckpointRef(spec, "builtin", str(folder), fp, b.native_size, b.family, model_hash=fp)
+    if loc.kind == "file":
+        return _resolve_file(spec, loc.path, loc.config)
+    family, native = folder_family(loc.path)
+    fp = folder_fingerprint(loc.path)
+    return CheckpointRef(spec, loc.kind, loc.source, fp, native, family, model_hash=fp)
+
+
+def _locate_hub(name: str, hub_id: str, *, local_path: Path | None = None) -> Location:
     try:
         folder = hub_snapshot(hub_id, name=name)
     except CheckpointError as exc:
         if local_path is not None:
-            raise CheckpointError(f"{exc} (there is no local folder {local_path} either)") from exc.__cause__
+            hint = _did_you_mean(hub_id, _cached_hub_ids())
+            raise CheckpointError(f"{exc} (there is no local folder {local_path} either){hint}") from exc.__cause__
         raise
     check_pipeline_folder(folder, name)
-    family, native = folder_family(folder)
-    fp = folder_fingerprint(folder)
-    return CheckpointRef(name, "hub", hub_id, fp, native, family, model_hash=fp)
+    return Location("hub", hub_id, folder)
 
 
 def _absolute_config(config: str | None, base: Path) -> str | None:
@@ -241,12 +304,16 @@ def _absolute_config(config: str | None, base: Path) -> str | None:
                           f"a diffusers folder with model_index.json, a hub id in the HF cache, or an original .yaml")
 
 
-def _resolve_file(name: str, path: Path, config: str | None, base: Path) -> CheckpointRef:
-    config = _absolute_config(config, base)
+def _file_family(name: str, path: Path) -> str:
+    """'sd1' | 'sd2' from a single file's tensor names; a CheckpointError naming the file otherwise."""
     try:
-        family = single_file_family(single_file_keys(path))
+        return single_file_family(single_file_keys(path))
     except CheckpointError as exc:
         raise CheckpointError(f"checkpoint {name!r} ({path}): {exc}") from None
+
+
+def _resolve_file(name: str, path: Path, config: str | None) -> CheckpointRef:
+    family = _file_family(name, path)
     native = 768 if family == "sd2" else 512
     if config and Path(config).is_dir():
         cfg_family, native = folder_family(Path(config))

@@ -37,6 +37,21 @@ class Fmt(str, Enum):
 
 
 def fail(message: str, code: int = 2) -> None:
+    """Print one clean error and exit with `code`.
+
+    Called while handling a system error (an OSError with an errno: disk full, quota, file too large,
+    permissions) whose text is the message, it prints one line naming the path and the system's
+    reason instead; for a full disk or quota it adds that finished images are kept and the run resumes."""
+    import errno
+    exc = sys.exc_info()[1]
+    if isinstance(exc, OSError) and exc.errno is not None and message == str(exc):
+        name = errno.errorcode.get(exc.errno, f"errno {exc.errno}")
+        where = f"{exc.filename}: " if exc.filename is not None else ""
+        message = f"error: {where}{exc.strerror or exc} ({name})"
+        if exc.errno in {errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC)}:
+            message += ("; nothing is lost: images already finished are kept and a partly written one is "
+                        "removed (its job stays pending). Free space (or raise the quota or file-size limit) "
+                        "and run the same command again: it resumes where it stopped")
     typer.echo(message, err=True)
     raise typer.Exit(code)
 
@@ -121,8 +136,8 @@ def _user_errors():
     from .checkpoints import CheckpointError
     from .ledger import LedgerError
     from .core import SettingsError
-    return (ExperimentError, GrammarError, CheckpointError, LedgerError, SettingsError, FileNotFoundError,
-            FileExistsError, NotADirectoryError)
+    # OSError: disk full, quota, file too large, permissions; `fail` names the path and the reason
+    return (ExperimentError, GrammarError, CheckpointError, LedgerError, SettingsError, OSError)
 
 
 @app.command()

@@ -2,10 +2,13 @@
 
 Validation collects every problem before failing, each naming the file, the
 key, the value and what was expected; unknown keys get a "did you mean".
+Checkpoints are checked here as far as needs no weights read
+(`checkpoints.locate`); they are resolved (built, fingerprinted) when planning.
 """
 
 from __future__ import annotations
 
+import difflib
 import json
 import re
 from dataclasses import dataclass, field
@@ -14,7 +17,8 @@ from typing import Any, Mapping
 
 from .checks import Checker
 from .experiment_tables import (  # noqa: F401  (PARENT_TOKEN: for stages.py, with Stage)
-    DTYPES, PARENT_TOKEN, Randomize, Stage, check_denoising, check_template, checkpoint_overrides,
+    DTYPES, PARENT_TOKEN, Randomize, Stage, check_checkpoints, check_denoising, check_template,
+    checkpoint_overrides,
     init_images_from, randomize_table, seed_list, stage_tables)
 from .grammar import GrammarError
 from .wildcards import read_text
@@ -139,8 +143,10 @@ _BASE_DIR_LINE = re.compile(r"""^([ \t]*(?:base_dir|"base_dir"|'base_dir')[ \t]*
 
 def load_experiment(path: Path | str) -> Experiment:
     path = Path(path)
+    if path.is_dir():
+        raise ExperimentError(path, [_folder_problem(path)])
     if not path.is_file():
-        raise ExperimentError(path, ["file not found"])
+        raise ExperimentError(path, ["file not found" + _near_tomls(path)])
     try:
         raw = tomllib.loads(path.read_bytes().decode("utf-8-sig"))
     except UnicodeDecodeError as e:
@@ -151,6 +157,25 @@ def load_experiment(path: Path | str) -> Experiment:
     exp = experiment_from_dict(raw, path)
     exp.run_copy()  # a base_dir its run folder copy cannot pin fails now, before anything runs
     return exp
+
+
+def _folder_problem(folder: Path, shown: int = 10) -> str:
+    tomls = sorted(p.name for p in folder.glob("*.toml") if p.is_file())
+    expected = "is a folder; expected an experiment file (.toml)"
+    if not tomls:
+        return f"{expected}, and this folder holds no .toml files"
+    listed = ", ".join(tomls[:shown]) + (f" and {len(tomls) - shown} more" if len(tomls) > shown else "")
+    return f"{expected} such as {folder / tomls[0]}; the .toml files in it: {listed}"
+
+
+def _near_tomls(path: Path) -> str:
+    """'; did you mean ...' naming the closest .toml file beside a missing `path`, or ''."""
+    try:
+        names = sorted(p.name for p in path.parent.glob("*.toml"))
+    except OSError:
+        return ""
+    close = difflib.get_close_matches(path.name, names, n=1, cutoff=0.6)
+    return f"; did you mean {str(path.with_name(close[0]))!r}?" if close else ""
 
 
 def experiment_from_dict(raw: Mapping[str, Any], path: Path) -> Experiment:
@@ -168,9 +193,9 @@ def experiment_from_dict(raw: Mapping[str, Any], path: Path) -> Experiment:
         c.bad("name", name, "a folder name without slashes")
     prompt_raw = c.str_(raw, "prompt", None, nonempty=True)
     prompt, origin = "", f"{path} (prompt)"
-    if prompt_raw is None:
+    if "prompt" not in raw:  # a prompt of the wrong type is reported once, by str_
         c.problems.append("key 'prompt': missing; expected a template string or '@file'")
-    elif prompt_raw.startswith("@"):
+    elif prompt_raw is not None and prompt_raw.startswith("@"):
         pfile = (base / prompt_raw[1:]).resolve()
         if pfile.is_file():
             try:
@@ -179,7 +204,7 @@ def experiment_from_dict(raw: Mapping[str, Any], path: Path) -> Experiment:
                 c.problems.append(f"key 'prompt': {e}")
         else:
             c.bad("prompt", prompt_raw, f"an existing template file (looked for {pfile})")
-    else:
+    elif prompt_raw is not None:
         prompt = prompt_raw
     negative = c.str_(raw, "negative_prompt", "")
 
@@ -198,8 +223,10 @@ def experiment_from_dict(raw: Mapping[str, Any], path: Path) -> Experiment:
     if not (isinstance(checkpoints, list) and checkpoints and all(isinstance(x, str) and x for x in checkpoints)):
         c.bad("checkpoints", checkpoints, "a non-empty list of checkpoint names, hub ids or paths")
         checkpoints = ["tiny"]
-    elif len(set(checkpoints)) != len(checkpoints):
-        c.bad("checkpoints", checkpoints, "each checkpoint listed once")
+    else:
+        if len(set(checkpoints)) != len(checkpoints):
+            c.bad("checkpoints", checkpoints, "each checkpoint listed once")
+        check_checkpoints(c, raw["checkpoints"] if "checkpoints" in raw else checkpoints, base)
 
     modes = raw.get("mode", "txt2img")
     modes = [modes] if isinstance(modes, str) else modes

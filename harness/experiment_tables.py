@@ -100,6 +100,20 @@ def checkpoint_overrides(c: Checker, per_checkpoint, checkpoints) -> dict[str, d
     return overrides
 
 
+def check_checkpoints(c: Checker, given, base: Path) -> None:
+    """Each checkpoint spec checked as far as it can be without building, hashing or loading weights
+    (`checkpoints.locate`: names, aliases, paths from `base`, hub snapshots, folder layouts), so a
+    misspelt checkpoint is reported with the file's other problems, with a "did you mean"."""
+    from .checkpoints import CheckpointError, locate
+
+    specs = [given] if isinstance(given, str) else given
+    for i, spec in enumerate(specs):
+        try:
+            locate(spec, base_dir=base)
+        except CheckpointError as e:
+            c.problems.append(f"key '{'checkpoints' if isinstance(given, str) else f'checkpoints[{i}]'}': {e}")
+
+
 def check_template(c: Checker, key: str, text: str, origin: str, shown: str | None = None) -> None:
     """Syntax only; wildcards are resolved when the plan is built. `shown`: the text as written, when
     `text` stands in for it (same length, so line and column are the same)."""
@@ -193,7 +207,7 @@ def stage_tables(c: Checker, v) -> tuple[Stage, ...]:
         if source not in names:
             c.bad(prefix + "from", source, "an earlier stage: " + ", ".join(sorted(names)))
         prompt = c.str_(s, "prompt", None, prefix=prefix, nonempty=True)
-        if prompt is None:
+        if "prompt" not in s:  # a prompt of the wrong type is reported once, by str_
             c.problems.append(f"key '{prefix}prompt': missing; expected the stage's prompt template")
         for key in ("prompt", "negative_prompt"):
             if isinstance(s.get(key), str):  # __parent__ stands for text: a literal of its length keeps columns
@@ -207,7 +221,7 @@ def stage_tables(c: Checker, v) -> tuple[Stage, ...]:
         seeds = tuple(seed_list(c, s["seeds"], prefix)) if "seeds" in s else None
         top_k = c.int_(s, "top_k", None, lo=1, prefix=prefix)
         metric = c.str_(s, "metric", None, prefix=prefix, nonempty=True)
-        if top_k is not None and metric is None:
+        if top_k is not None and "metric" not in s:
             c.problems.append(f"key '{prefix}metric': missing; top_k needs the metric to rank by")
         if metric is not None:
             c.metric(prefix + "metric", metric)

@@ -122,10 +122,10 @@ def resolve_checkpoints(exp: Experiment, resolve: Callable | None = None) -> dic
             refs[name] = resolve(name, base_dir=exp.base_dir)
         except ValueError as exc:
             problems.append(exc)
-    if len(problems) == 1:
-        raise problems[0]
     if problems:
         from .checkpoints import CheckpointError
+        if len(problems) == 1:
+            raise CheckpointError(f"{exp.path}: {problems[0]}") from problems[0]
         raise CheckpointError(f"{exp.path}: {len(problems)} checkpoints cannot be used:\n"
                               + "\n".join(f"  - {exc}" for exc in problems))
     fingerprints: dict[str, str] = {}

@@ -10,7 +10,7 @@ Each image carries two text chunks:
       Steps: 20, Sampler: Euler a, CFG scale: 7.5, Seed: 42, Size: 512x512, Model hash: 1a2b3c4d5e, Model: tiny
 
 - ``harness``: canonical JSON of :func:`provenance_record` (the full job, factor
-  choices, both seeds, library versions, batch/device settings). This chunk is
+  choices, both seeds, library versions, batch/device settings, torch threads). This chunk is
   the exact record; the infotext is a convenience view with the limits of its
   format (its readers strip whitespace around each prompt line, and a prompt
   line that itself starts with ``Negative prompt:`` reads back as the start of
@@ -136,9 +136,11 @@ def library_versions() -> dict[str, str | None]:
 def provenance_record(job: Job, **extra: Any) -> dict:
     """Everything needed to redo and to analyse one image, as a JSON-ready dict.
 
-    `extra` holds what does not change pixels but is worth keeping (batch_size,
-    slot, device, dtype actually used, memory settings); it is stored under
-    ``"run"``. The prompt template and prompt seed are read from
+    `extra` holds what is not in the job key but is worth keeping (batch_size,
+    slot, device, dtype actually used, memory settings, and ``torch_threads`` and
+    ``streams``: the torch intra-op thread count and generation streams, which
+    CPU pixels can depend on, so an image is reproduced bit for bit with the
+    same ones); it is stored under ``"run"``. The prompt template and prompt seed are read from
     ``job.meta["template"]`` and ``job.meta["prompt_seed"]`` (None when absent).
     """
     record = {
@@ -176,7 +178,10 @@ def is_temp_name(name: str) -> bool:
 
 def write_durably(path: Path, write: Callable[[BinaryIO], Any]) -> None:
     """`write(f)` into a temp file beside `path`, flushed, fsynced and renamed over `path`, so `path` is
-    absent or complete (the temp file is removed on any error). The caller fsyncs the folder."""
+    absent or complete (the temp file is removed on any error). The caller fsyncs the folder.
+
+    An OSError (disk full, quota, file too large) names `path`: a failed write() names no file, and
+    the temp file it names is gone."""
     tmp = temp_path_for(path)
     try:
         with open(tmp, "xb") as f:
@@ -184,8 +189,10 @@ def write_durably(path: Path, write: Callable[[BinaryIO], Any]) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.errno is not None and exc.filename in (None, str(tmp)):
+            exc.filename = str(path)
         raise
 
 

@@ -159,6 +159,33 @@ def test_missing_path_is_reported_as_a_path(tmp_path):
         ck.resolve("./nowhere/model.safetensors", base_dir=tmp_path)
 
 
+def test_a_misspelt_name_suggests_the_closest_builtin_or_alias(harness_cache):
+    for spec, close in (("tinyy", "tiny"), ("sd15-randm", "sd15-random"), ("sd-15", "sd15")):
+        with pytest.raises(ck.CheckpointError, match=f"unknown checkpoint '{spec}' \\(did you mean '{close}'\\?\\)"):
+            ck.resolve(spec)
+    with pytest.raises(ck.CheckpointError) as err:
+        ck.resolve("stable-diffusion-99")
+    assert "did you mean" not in str(err.value)
+
+
+def test_a_misspelt_path_suggests_the_closest_name_in_its_folder(tmp_path):
+    (tmp_path / "models" / "mine").mkdir(parents=True)
+    with pytest.raises(ck.CheckpointError, match=r"no file or folder at .*\(did you mean './models/mine'\?\)"):
+        ck.resolve("./models/mien", base_dir=tmp_path)
+
+
+def test_a_hub_id_missing_from_the_cache_suggests_a_cached_one(tiny_ref, empty_hf_cache):
+    fake_hub_snapshot(empty_hf_cache, "someone/tiny-copy", Path(tiny_ref.source))
+    with pytest.raises(ck.CheckpointError, match=r"did you mean 'someone/tiny-copy'\?"):
+        ck.resolve("someone/tiny-cpy")
+
+
+def test_locate_checks_a_builtin_without_building_it(tmp_path, monkeypatch):
+    monkeypatch.setenv(ck.CACHE_ENV, str(tmp_path / "cache"))
+    assert ck.locate("tiny") == ck.Location("builtin", "tiny")
+    assert not (tmp_path / "cache").exists()
+
+
 def test_folder_fingerprint_changes_when_a_weight_changes(tiny_ref, tmp_path):
     copy = tmp_path / "edited"
     shutil.copytree(tiny_ref.source, copy)

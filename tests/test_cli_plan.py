@@ -1,4 +1,4 @@
-"""`harness plan` as a user runs it."""
+"""`harness plan` as a user runs it, and how `harness run` reports a full disk."""
 
 import json
 import subprocess
@@ -49,8 +49,25 @@ def test_plan_names_every_unknown_wildcard_and_checkpoint_at_once(tmp_path):
 
     exp.write_text('prompt = "a cat"\ncheckpoints = ["tiny", "sd15-randm", "tinny"]\n')
     r = harness("plan", exp)
-    assert r.returncode == 2 and f"{exp}: 2 checkpoints cannot be used" in r.stderr, r.stderr
-    assert "'sd15-randm'" in r.stderr and "'tinny'" in r.stderr
+    assert r.returncode == 2 and f"{exp}: 2 problems" in r.stderr, r.stderr
+    assert "key 'checkpoints[1]': unknown checkpoint 'sd15-randm' (did you mean 'sd15-random'?)" in r.stderr
+    assert "key 'checkpoints[2]': unknown checkpoint 'tinny' (did you mean 'tiny'?)" in r.stderr
+
+
+def test_plan_of_one_misspelt_checkpoint_names_the_file_the_key_and_the_closest_name(tmp_path):
+    exp = tmp_path / "one.toml"
+    exp.write_text('prompt = "a cat"\ncheckpoints = ["tinyy"]\n')
+    r = harness("plan", exp)
+    assert r.returncode == 2 and r.stderr.startswith(f"{exp}: 1 problem:\n"), r.stderr
+    assert "  - key 'checkpoints[0]': unknown checkpoint 'tinyy' (did you mean 'tiny'?); valid: " in r.stderr
+
+
+def test_plan_of_a_folder_says_it_is_a_folder_and_lists_its_experiment_files(tmp_path):
+    (tmp_path / "study.toml").write_text('prompt = "a cat"\n')
+    r = harness("plan", f"{tmp_path}/")
+    assert r.returncode == 2 and "file not found" not in r.stderr, r.stderr
+    assert (f"is a folder; expected an experiment file (.toml) such as {tmp_path / 'study.toml'}; the .toml files "
+            "in it: study.toml") in r.stderr
 
 
 def test_a_template_too_large_to_expand_whole_stops_at_once_and_points_to_sampling(tmp_path):
@@ -65,3 +82,30 @@ def test_a_template_too_large_to_expand_whole_stops_at_once_and_points_to_sampli
     sampled.write_text(big.read_text() + 'expand = "sample"\nsample = 5\n')
     r = harness("plan", sampled)
     assert r.returncode == 0 and "jobs: 5" in r.stdout
+
+
+def test_run_out_of_space_is_one_line_naming_the_image_and_the_run_resumes(tiny_ref, tmp_path):
+    """A PNG over the file-size limit (what a full disk or a quota gives: an OSError) ends the run with one
+    line naming the image, the reason and what to do; the image's job stays pending and nothing partial is
+    left, so the same command, with room, finishes the run."""
+    import os
+    import resource
+    import sqlite3
+
+    exp = tmp_path / "big.toml"
+    exp.write_text('prompt = "a cat"\nseeds = [1]\ncheckpoints = ["tiny"]\nsteps = 1\nwidth = 320\nheight = 320\n')
+    limit = (150_000, resource.getrlimit(resource.RLIMIT_FSIZE)[1])  # the PNG of a tiny-model image is ~250 kB
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-m", "harness", "run", exp, "--out", tmp_path / "run"], capture_output=True,
+                       text=True, cwd=ROOT, env=env,
+                       preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, limit))
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    (line,) = [x for x in r.stderr.splitlines() if x.startswith("error:")]
+    assert line.startswith(f"error: {tmp_path / 'run' / 'images'}/") and ".png: File too large (EFBIG)" in line
+    assert "images already finished are kept" in line and "run the same command again" in line
+    assert list((tmp_path / "run" / "images").iterdir()) == []  # no partial image, no temp file
+    with sqlite3.connect(tmp_path / "run" / "ledger.sqlite") as db:
+        assert db.execute("select status, count(*) from jobs group by status").fetchall() == [("pending", 1)]
+    again = subprocess.run([sys.executable, "-m", "harness", "run", exp, "--out", tmp_path / "run"],
+                           capture_output=True, text=True, cwd=ROOT, env=env)
+    assert again.returncode == 0 and "1 planned, 0 already done, 1 generated" in again.stdout, again.stderr

@@ -98,6 +98,63 @@ def test_a_bad_value_is_reported_once_not_also_as_missing(tmp_path):
         assert len([p for p in found if key in p]) == 1 and "missing" not in " ".join(found), found
 
 
+@pytest.mark.parametrize("text, key", [
+    ('prompt = 5', "'prompt'"),
+    ('prompt = ""', "'prompt'"),
+    ('prompt = "a"\n[[stages]]\nprompt = 5', "'stages[0].prompt'"),
+    ('prompt = "a"\n[[stages]]\nprompt = "b"\ntop_k = 1\nmetric = 5', "'stages[0].metric'"),
+])
+def test_a_value_of_the_wrong_type_is_reported_once_not_also_as_missing(tmp_path, text, key):
+    found, _ = problems(tmp_path, text)
+    assert len(found) == 1 and f"key {key}: got" in found[0] and "missing" not in found[0], found
+
+
+def test_a_misspelt_checkpoint_names_the_file_the_key_and_the_closest_name(tmp_path):
+    found, message = problems(tmp_path, 'prompt = "a"\ncheckpoints = ["tinyy"]')
+    assert found == [f"key 'checkpoints[0]': {found[0].split(': ', 1)[1]}"]
+    assert "unknown checkpoint 'tinyy' (did you mean 'tiny'?)" in found[0]
+    assert message.startswith(f"{tmp_path / 'exp.toml'}: 1 problem")
+    found, _ = problems(tmp_path, 'prompt = "a"\ncheckpoints = "./model/mine"')
+    assert found[0].startswith("key 'checkpoints': checkpoint './model/mine': no file or folder at")
+
+
+def test_checkpoint_problems_are_reported_with_the_other_problems(tmp_path):
+    (tmp_path / "weights").mkdir()  # a folder that is not a diffusers pipeline
+    found, _ = problems(tmp_path, 'prompt = "a"\nstpes = 3\ncheckpoints = ["tiny", "sd15-randm", "weights"]')
+    assert found[0] == "unknown key 'stpes'; did you mean 'steps'?"
+    assert "key 'checkpoints[1]': unknown checkpoint 'sd15-randm' (did you mean 'sd15-random'?)" in found[1]
+    assert found[2].startswith("key 'checkpoints[2]': checkpoint 'weights': folder") and "model_index.json" in found[2]
+    assert len(found) == 3
+
+
+def test_checkpoint_paths_are_checked_from_base_dir(tmp_path):
+    (tmp_path / "models" / "mine").mkdir(parents=True)  # no model_index.json: not a pipeline
+    found, _ = problems(tmp_path, 'prompt = "a"\nbase_dir = "models"\ncheckpoints = ["./mine", "./mien"]')
+    assert found[0].startswith(f"key 'checkpoints[0]': checkpoint './mine': folder {tmp_path / 'models' / 'mine'} ")
+    assert found[1] == (f"key 'checkpoints[1]': checkpoint './mien': no file or folder at "
+                        f"{tmp_path / 'models' / 'mien'} (did you mean './mine'?)")
+
+
+def test_a_folder_given_as_the_experiment_is_named_as_a_folder_with_its_experiment_files(tmp_path):
+    with pytest.raises(ExperimentError) as err:
+        load_experiment(tmp_path)
+    assert err.value.problems == ["is a folder; expected an experiment file (.toml), and this folder holds no "
+                                  ".toml files"]
+    for name in ("b.toml", "a.toml"):
+        (tmp_path / name).write_text('prompt = "a"')
+    with pytest.raises(ExperimentError) as err:
+        load_experiment(tmp_path)
+    assert err.value.problems == [f"is a folder; expected an experiment file (.toml) such as {tmp_path / 'a.toml'}; "
+                                  "the .toml files in it: a.toml, b.toml"]
+    assert "file not found" not in str(err.value)
+
+
+def test_a_missing_experiment_file_suggests_a_close_one(tmp_path):
+    (tmp_path / "study.toml").write_text('prompt = "a"')
+    with pytest.raises(ExperimentError, match=r"file not found; did you mean '.*study\.toml'\?"):
+        load_experiment(tmp_path / "stduy.toml")
+
+
 def test_stage_templates_are_checked_when_the_experiment_loads_at_their_own_position(tmp_path):
     text = 'prompt = "a"\n[[stages]]\nprompt = "__parent__, {sharp focus|highly detailed"\n'
     found, _ = problems(tmp_path, text)
@@ -230,19 +287,20 @@ def test_three_checkpoints_by_two_strengths_plan_counts(tmp_path):
     exp = load_experiment(write(tmp_path, '''
 prompt = "{red|blue} cat"
 seeds = { count = 3 }
-checkpoints = ["one", "two", "three"]
+checkpoints = ["tiny", "toy", "sd15-random"]
 mode = "img2img"
 init_images = "in"
 strengths = [0.3, 0.7]
-[checkpoint.three]
+[checkpoint.sd15-random]
 width = 768
 height = 768
 '''))
     plan = make_plan(exp, resolve=fake_resolve)
     assert len(plan.jobs) == 3 * 2 * 2 * 3 * 2  # checkpoints x strengths x prompts x seeds x inits
     assert len(plan.groups()) == 3 * 2
-    assert {j.width for j in plan.jobs if j.checkpoint == "three"} == {768}
-    assert list(dict.fromkeys(j.checkpoint for g in plan.groups().values() for j in g)) == ["one", "two", "three"]
+    assert {j.width for j in plan.jobs if j.checkpoint == "sd15-random"} == {768}
+    order = list(dict.fromkeys(j.checkpoint for g in plan.groups().values() for j in g))
+    assert order == ["tiny", "toy", "sd15-random"]
 
 
 def test_keys_change_with_pixels_not_with_factors():
@@ -279,6 +337,6 @@ def test_shards_partition_the_plan(tmp_path):
 
 
 def test_same_weights_twice_is_an_error(tmp_path):
-    p = write(tmp_path, 'prompt = "a"\ncheckpoints = ["x", "y"]')
+    p = write(tmp_path, 'prompt = "a"\ncheckpoints = ["tiny", "toy"]')
     with pytest.raises(ValueError, match="same weights"):
         make_plan(load_experiment(p), resolve=lambda n, base_dir=None: fake_resolve("same"))

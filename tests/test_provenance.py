@@ -287,3 +287,58 @@ def test_write_atomic_replaces_whole_files_and_a_failed_write_leaves_the_old_one
     with pytest.raises(OSError, match="disk full"):
         write_atomic(target, broken)
     assert target.read_text() == "first" and [f.name for f in tmp_path.iterdir()] == ["comparisons.txt"]
+
+
+def test_a_png_too_large_for_the_file_size_limit_fails_naming_the_image_and_leaves_nothing(tmp_path):
+    """A failed write() names no file; the error names the image being written (the CLI shows it)."""
+    code = ("import resource, sys, numpy as np\n"
+            "from pathlib import Path\n"
+            "from harness.provenance import write_png_atomic\n"
+            "resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))\n"
+            "noise = np.random.default_rng(0).integers(0, 256, (128, 128, 3), dtype=np.uint8)\n"
+            "try:\n"
+            "    write_png_atomic(Path(sys.argv[1]) / 'img.png', noise, parameters='x', provenance={})\n"
+            "except OSError as e:\n"
+            "    print(e.errno, e.filename)\n")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert out.stdout.split() == ["27", str(tmp_path / "img.png")], out.stderr  # EFBIG
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_generated_pngs_record_the_torch_thread_count_and_streams(tiny_ref, tmp_path):
+    """CPU pixels of `exact` img2img depend on torch's intra-op thread count: it is in the provenance."""
+    import torch
+
+    from harness.worker import BatchMaker, Tuning
+
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(tmp_path / "init.png")
+    (tmp_path / "images").mkdir()
+    job = Job("tiny", tiny_ref.fingerprint, "img2img", "a cat", "", 1, 2, 7.5, "ddim", 64, 64, strength=0.5,
+              init_hash="h", init_image=str(tmp_path / "init.png"))
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        maker = BatchMaker({"tiny": tiny_ref}, tmp_path / "images", device="cpu",
+                           tuning=Tuning(writers=0, streams=1), exact=True)
+        maker.make([job])
+        maker.close()
+    finally:
+        torch.set_num_threads(before)
+    run = read_provenance(tmp_path / "images" / f"{job.key}.png")["run"]
+    assert run["torch_threads"] == 1 and run["streams"] == 1
+
+
+def test_a_run_in_two_streams_records_both_and_the_threads_each_stream_used(tiny_ref, tmp_path):
+    import torch
+
+    from harness.run import run_experiment
+
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(tmp_path / "init.png")
+    (tmp_path / "exp.toml").write_text('prompt = "a {red|blue} cat"\nseeds = [1]\nmode = "img2img"\n'
+                                       'init_images = "init.png"\nstrengths = [0.5]\nsteps = 2\nwidth = 64\n'
+                                       'height = 64\nexact = true\nstreams = 2\ndevice = "cpu"\n')
+    threads = torch.get_num_threads()
+    run_experiment(tmp_path / "exp.toml", out=tmp_path / "run", progress=False)
+    runs = [read_provenance(f)["run"] for f in (tmp_path / "run" / "images").glob("*.png")]
+    assert len(runs) == 2 and torch.get_num_threads() == threads
+    assert all(r["streams"] == 2 and r["torch_threads"] == max(1, threads // 2) for r in runs), runs
