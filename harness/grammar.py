@@ -2,7 +2,8 @@
 
 The parser knows nothing about wildcard files, counting or sampling; those are
 separate interpreters of the tree it builds (`expand/`, `wildcards.py`,
-`mutate/`). Every failure is a `GrammarError` carrying the origin, line,
+`mutate/`). The nodes and `GrammarError` live in `grammar_ast`, the slash
+shorthand in `slash`; both are importable from here. Every failure is a `GrammarError` carrying the origin, line,
 column and a caret under the offending text.
 
 Syntax (the README has the full reference):
@@ -11,8 +12,9 @@ Syntax (the README has the full reference):
     red/green lambo      slash shorthand for {red|green} lambo (single words)
     {0.7::a|0.3::b}      weights, used by sampling
     {2$$a|b|c}           choose k (ordered, distinct), joined by ","
-    {1-2$$ and $$a|b}    choose 1 to 2, joined by " and "
-    {@color: red|blue}   an explicitly named factor
+    {1-2$$ and $$a|b}    choose 1 to 2, joined by " and " (a separator runs to the next $$, no braces)
+    {2$$__colours__}     choose 2 of a wildcard's lines
+    {@color: red|blue}   an explicitly named factor; {@pair: 2$$a|b|c}: the name comes first
     __artists/painters__ a wildcard: one option per line of artists/painters.txt
     \\{ \\} \\| \\/ \\_ \\\\ \\$ \\: \\@   escapes
 """
@@ -20,120 +22,34 @@ Syntax (the README has the full reference):
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+import unicodedata
+
+from .grammar_ast import Alt, GrammarError, Loc, Node, Option, Seq, Text, Wildcard  # noqa: F401  (the API)
+from .slash import ESC_SLASH, split_slashes
 
 MAX_DEPTH = 64
 ESCAPABLE = set("{}|/_\\$:@")
 
 _WEIGHT_HEAD = re.compile(r"\s*([-+]?[0-9.][0-9.eE+\-]*)\s*::")
-_NAME_HEAD = re.compile(r"\s*@([A-Za-z_][\w\-.]*)\s*: ?")
+_NAME_HEAD = re.compile(r"\s*@([^\s:|{}\\]*)\s*: ?")  # a name head; _is_name checks the name itself
 _AT_HEAD = re.compile(r"\s*@([^:|{}]*)")  # an alternation that starts with '@' names its factor
 _K_HEAD = re.compile(r"\s*(\d+)(?:\s*-\s*(\d+))?\s*\$\$")
 _WILDCARD = re.compile(r"__([A-Za-z0-9][\w\-./]*?)__")
-_WORD = r"\w(?:[\w\-'.]*\w)?"
-_SLASH_GROUP = re.compile(rf"(?<![\w\-'./]){_WORD}(?:/{_WORD})+(?![\w\-'/])")
-_NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
-_ESC_SLASH = "\ue000"  # stands in for an escaped "/" while slash groups are found
 
-
-@dataclass(frozen=True)
-class Loc:
-    """Where a node came from, for error messages. Ignored by equality."""
-
-    origin: str
-    text: str
-    offset: int
-    first_line: int = 1
-
-
-class GrammarError(ValueError):
-    """A template problem, located: origin:line:col, message, the line and a caret."""
-
-    def __init__(self, message: str, loc: Loc | None = None, *, length: int = 1):
-        self.message = message
-        self.origin = loc.origin if loc else "<template>"
-        if loc is not None:
-            before = loc.text[: loc.offset]
-            self.line = before.count("\n") + loc.first_line
-            self.column = loc.offset - (before.rfind("\n") + 1) + 1
-            start = before.rfind("\n") + 1
-            end = loc.text.find("\n", loc.offset)
-            self.line_text = loc.text[start: end if end >= 0 else len(loc.text)]
-        else:
-            self.line, self.column, self.line_text = 1, 1, ""
-        self.length = max(1, length)
-        self.also: tuple[GrammarError, ...] = ()  # further problems found in the same pass
-        super().__init__(str(self))
-
-    def with_also(self, others) -> "GrammarError":
-        """This error, reporting `others` after itself (one message for every problem of a template)."""
-        self.also = tuple(others)
-        self.args = (str(self),)
-        return self
-
-    def _one(self) -> str:
-        head = f"{self.origin}:{self.line}:{self.column}: {self.message}"
-        if not self.line_text and self.column == 1:
-            return head
-        caret = " " * (self.column - 1) + "^" * min(self.length, max(1, len(self.line_text) - self.column + 1))
-        return f"{head}\n  {self.line_text}\n  {caret}"
-
-    def __str__(self) -> str:
-        return "\n".join(e._one() for e in (self, *self.also))
-
-
-# ----------------------------------------------------------------------------- AST
-
-
-@dataclass(frozen=True)
-class Text:
-    value: str
-    loc: Loc | None = field(default=None, compare=False, repr=False)
-
-
-@dataclass(frozen=True)
-class Option:
-    body: "Seq"
-    weight: float | None = None
-
-
-@dataclass(frozen=True)
-class Alt:
-    """An alternation: one factor. `k` = (lo, hi) for choose-k, else None."""
-
-    options: tuple[Option, ...]
-    name: str | None = None
-    k: tuple[int, int] | None = None
-    joiner: str | None = None
-    slash: bool = False
-    wildcard: str | None = None  # set when resolved from a wildcard file
-    loc: Loc | None = field(default=None, compare=False, repr=False)
-
-
-@dataclass(frozen=True)
-class Wildcard:
-    path: str
-    name: str | None = None
-    loc: Loc | None = field(default=None, compare=False, repr=False)
-
-
-@dataclass(frozen=True)
-class Seq:
-    parts: tuple["Text | Alt | Wildcard", ...] = ()
-
-
-Node = Text | Alt | Wildcard | Seq
 
 # ----------------------------------------------------------------------------- parser
 
 
-def parse(text: str, *, origin: str = "<template>", allow_empty: bool = False, first_line: int = 1) -> Seq:
-    """Parse a template. Raises GrammarError (and nothing else) on bad input."""
+def parse(text: str, *, origin: str = "<template>", allow_empty: bool = False, first_line: int = 1,
+          start: int = 0) -> Seq:
+    """Parse `text[start:]`; the text before `start` (a wildcard line's indent) only places errors.
+    Raises GrammarError (and nothing else) on bad input."""
     if not isinstance(text, str):
         raise GrammarError(f"template must be a string, got {type(text).__name__}")
-    if not allow_empty and not text.strip():
-        raise GrammarError("empty template: expected some prompt text", Loc(origin, text, 0, first_line))
+    if not allow_empty and not text[start:].strip():
+        raise GrammarError("empty template: expected some prompt text", Loc(origin, text, start, first_line))
     parser = _Parser(text, origin, first_line)
+    parser.i = start
     try:
         seq = parser.seq(depth=0)
     except RecursionError:  # pragma: no cover - MAX_DEPTH keeps us far from it
@@ -158,13 +74,13 @@ class _Parser:
     def seq(self, depth: int) -> Seq:
         """Parse until '}' or '|' (left for the caller) or the end."""
         parts: list = []
-        buf: list[str] = []  # literal characters; escaped "/" held as _ESC_SLASH
+        buf: list[str] = []  # literal characters; escaped "/" held as ESC_SLASH
         buf_start = self.i
         text = self.text
 
         def flush() -> None:
             if buf:
-                parts.extend(_split_slashes("".join(buf), self.loc(buf_start)))
+                parts.extend(split_slashes("".join(buf), self.loc(buf_start)))
                 buf.clear()
 
         while self.i < len(text):
@@ -173,7 +89,7 @@ class _Parser:
                 nxt = text[self.i + 1]
                 if not buf:
                     buf_start = self.i
-                buf.append(_ESC_SLASH if nxt == "/" else nxt)
+                buf.append(ESC_SLASH if nxt == "/" else nxt)
                 self.i += 2
             elif ch in "}|":
                 break
@@ -200,16 +116,8 @@ class _Parser:
             raise GrammarError(f"braces nest deeper than {MAX_DEPTH} levels", self.loc(open_at))
         self.i += 1
         text = self.text
-        name = None
-        if m := _NAME_HEAD.match(text, self.i):
-            name = m.group(1)
-            self.i = m.end()
-        elif m := _AT_HEAD.match(text, self.i):
-            raise GrammarError(f"bad factor name '@{m.group(1).rstrip()}': expected {{@name: a|b}} with a name of "
-                               "letters, digits, '_', '-' or '.' starting with a letter or '_', then ':' "
-                               "(write \\@ for a literal '@')", self.loc(m.start(1) - 1),
-                               length=max(1, len(m.group(1).rstrip()) + 1))
-        k = joiner = None
+        name = self.factor_name()
+        k = joiner = stray = None
         if m := _K_HEAD.match(text, self.i):
             lo = int(m.group(1))
             hi = int(m.group(2)) if m.group(2) is not None else lo
@@ -217,12 +125,14 @@ class _Parser:
                 raise GrammarError(f"bad choose-k range {lo}-{hi}: the upper bound must be >= the lower",
                                    self.loc(m.start(1)), length=m.end() - m.start(1))
             k, k_at = (lo, hi), m.start(1)
-            self.i = m.end()
+            self.i = head_end = m.end()
+            # A separator runs to the next "$$" (dynamicprompts' rule); a brace before it means there is none.
             end = text.find("$$", self.i)
-            stops = [p for p in (text.find(c, self.i) for c in "|}{\\") if p >= 0]
-            if end >= 0 and (not stops or end < min(stops)):
-                joiner = text[self.i:end]
-                self.i = end + 2
+            if end >= 0 and not any(c in text[self.i:end] for c in "{}"):
+                joiner, self.i = text[self.i:end], end + 2
+            elif end >= 0:
+                stray = end
+        self.misplaced_name(name, text[k_at:self.i] if k is not None else None)
         options: list[Option] = []
         while True:
             weight = None
@@ -241,22 +151,97 @@ class _Parser:
             if self.i >= len(text):
                 raise GrammarError("unbalanced '{': expected '}' before the end of the template",
                                    self.loc(open_at))
+            if stray is not None and len(options) == 1 and _top_level_dollars(text, head_end, self.i):
+                brace = min(p for p in (text.find(c, head_end, stray) for c in "{}") if p >= 0)
+                raise GrammarError("a choose-k separator cannot hold '{' or '}': it runs from the count's '$$' "
+                                   "to the next '$$' (write \\$\\$ for a literal '$$' in an option)",
+                                   self.loc(brace))
             if text[self.i] == "}":
                 self.i += 1
                 break
             self.i += 1  # "|"
-        if k is not None and k[1] > len(options):
-            raise GrammarError(f"choose-k asks for {k[1]} but the alternation has only {len(options)} options",
-                               self.loc(k_at))
+        if k is not None:
+            _check_choose_k(k, joiner, options, self.loc(k_at))
         weights = [o.weight for o in options if o.weight is not None]
         if weights and sum(weights) == 0 and len(weights) == len(options):
             raise GrammarError("bad weights: all options weigh 0, so none can be sampled", self.loc(open_at))
         # {@name: __wildcard__} names the wildcard itself.
-        if (name and k is None and len(options) == 1 and options[0].weight is None
-                and len(options[0].body.parts) == 1 and isinstance(options[0].body.parts[0], Wildcard)):
+        if name and k is None and sole_wildcard(options) is not None:
             w = options[0].body.parts[0]
             return Wildcard(w.path, name, loc=w.loc)
         return Alt(tuple(options), name=name, k=k, joiner=joiner, loc=self.loc(open_at))
+
+    def factor_name(self) -> str | None:
+        """`@name:` right after "{", moving past it; a malformed one is an error."""
+        m = _NAME_HEAD.match(self.text, self.i)
+        if m and _is_name(m.group(1)):
+            self.i = m.end()
+            return m.group(1)
+        if m := _AT_HEAD.match(self.text, self.i):
+            bad = m.group(1).rstrip()
+            raise GrammarError(f"bad factor name '@{bad}': expected {{@name: a|b}} with a name of "
+                               "letters, digits, '_', '-' or '.' starting with a letter or '_', then ':' "
+                               "(write \\@ for a literal '@')", self.loc(m.start(1) - 1), length=len(bad) + 1)
+        return None
+
+    def misplaced_name(self, name: str | None, k_head: str | None) -> None:
+        """A `@name:` head where the options start: a second name, or one written after the count."""
+        m = _NAME_HEAD.match(self.text, self.i)
+        if not m or not (name or k_head):
+            return
+        at, found = m.start(1) - 1, m.group(1)
+        if name:
+            msg = (f"a second factor name '@{found}': an alternation has one name, right after '{{' "
+                   f"({{@{name}: a|b}})")
+        else:
+            msg = (f"factor name '@{found}' after the choose-k count: write the name first, "
+                   f"{{@{found}: {k_head}a|b|c}}")
+        raise GrammarError(msg + " (write \\@ for a literal '@')", self.loc(at), length=len(found) + 1)
+
+
+def _top_level_dollars(text: str, start: int, stop: int) -> bool:
+    """Whether `text[start:stop]` holds an unescaped "$$" outside any braces it opens."""
+    depth, i = 0, start
+    while i < stop:
+        c = text[i]
+        if c == "\\" and i + 1 < len(text) and text[i + 1] in ESCAPABLE:
+            i += 2
+            continue
+        if depth == 0 and text.startswith("$$", i):
+            return True
+        depth += (c == "{") - (c == "}")
+        i += 1
+    return False
+
+
+def _is_name(name: str) -> bool:
+    """Letters (any script), digits, combining marks, "_", "-" and "."; a letter or "_" first."""
+    return bool(name) and (name[0].isalpha() or name[0] == "_") and all(
+        c.isalnum() or c in "_-." or unicodedata.category(c).startswith("M") for c in name)
+
+
+def sole_wildcard(options) -> Wildcard | None:
+    """The wildcard when an alternation's only option is an unweighted wildcard alone."""
+    if len(options) == 1 and options[0].weight is None and len(options[0].body.parts) == 1:
+        part = options[0].body.parts[0]
+        if isinstance(part, Wildcard):
+            return part
+    return None
+
+
+def _check_choose_k(k: tuple[int, int], joiner: str | None, options: list, loc: Loc) -> None:
+    """Enough options, and enough of non-zero weight (zero-weight options are never sampled)."""
+    if (w := sole_wildcard(options)) is not None and w.name is None:
+        return  # {2$$__w__} chooses among the wildcard's lines, checked when it is resolved
+    read = f" (the separator {joiner!r} runs up to the next '$$')" if joiner is not None else ""
+    if k[1] > len(options):
+        raise GrammarError(f"choose-k asks for {k[1]} but the alternation has only {len(options)} options{read}",
+                           loc)
+    live = sum(1 for o in options if o.weight != 0)
+    if k[1] > live:
+        raise GrammarError(f"choose-k asks for {k[1]} but the alternation has only {live} options of non-zero "
+                           f"weight (of {len(options)}); zero-weight options are never sampled: lower the count "
+                           "or give them a weight", loc)
 
 
 def _merge_texts(parts: list) -> list:
@@ -267,40 +252,6 @@ def _merge_texts(parts: list) -> list:
         elif not (isinstance(p, Text) and p.value == ""):
             out.append(p)
     return out
-
-
-def _split_slashes(raw: str, loc: Loc) -> list:
-    """Literal text -> Text and slash-shorthand Alt nodes.
-
-    The rule: a slash group is two or more words joined by single unescaped
-    slashes, with no space around them ("red/green/blue"). A word is a run of
-    letters, digits, "_", "-", "'" and inner "."; it must contain a letter and
-    must not be a number. Groups touching a URL ("://" or "www.") or with an
-    empty side ("w/", "a//b") stay literal, so "1/2 cup", "24/7", "f/2.8" and
-    "http://x/y" are text. Anything else uses braces.
-    """
-    if "/" not in raw:
-        return [Text(raw.replace(_ESC_SLASH, "/"), loc=loc)]
-    out: list = []
-    pos = 0
-    for m in _SLASH_GROUP.finditer(raw):
-        words = m.group(0).split("/")
-        token = _token_around(raw, m.start(), m.end())
-        if ("://" in token or token.lower().startswith("www.")
-                or any(_NUMBER.fullmatch(w) or not re.search(r"[^\W\d_]", w) for w in words)):
-            continue
-        out.append(Text(raw[pos:m.start()].replace(_ESC_SLASH, "/"), loc=loc))
-        at = Loc(loc.origin, loc.text, loc.offset + m.start(), loc.first_line)
-        out.append(Alt(tuple(Option(Seq((Text(w),))) for w in words), slash=True, loc=at))
-        pos = m.end()
-    out.append(Text(raw[pos:].replace(_ESC_SLASH, "/"), loc=loc))
-    return [p for p in out if not (isinstance(p, Text) and p.value == "")]
-
-
-def _token_around(raw: str, start: int, end: int) -> str:
-    left = max((raw.rfind(c, 0, start) for c in " \t\n\r"), default=-1) + 1
-    rights = [p for p in (raw.find(c, end) for c in " \t\n\r") if p >= 0]
-    return raw[left: min(rights) if rights else len(raw)]
 
 
 # ----------------------------------------------------------------------------- render

@@ -23,7 +23,7 @@ class WildcardFile:
     name: str
     path: Path
     text: str
-    lines: tuple[tuple[int, str], ...]  # (1-based line number, option text)
+    lines: tuple[tuple[int, str, str], ...]  # (1-based line number, option text, the line as in the file)
 
 
 class WildcardLibrary:
@@ -48,7 +48,7 @@ class WildcardLibrary:
             path = d / f"{name}.txt"
             if path.is_file():
                 text = read_text(path)
-                lines = tuple((i, ln.strip()) for i, ln in enumerate(text.splitlines(), start=1)
+                lines = tuple((i, ln.strip(), ln) for i, ln in enumerate(text.splitlines(), start=1)
                               if ln.strip() and not ln.strip().startswith("#"))
                 return WildcardFile(name, path, text, lines)
         return None
@@ -62,11 +62,12 @@ class WildcardLibrary:
 
 
 def read_text(path: Path) -> str:
-    """A template or wildcard file as text: UTF-8, a leading byte-order mark dropped. A byte that is not
-    UTF-8 is a GrammarError at its line and column."""
+    """A template or wildcard file as text: UTF-8, a leading byte-order mark dropped, Windows ("\\r\\n")
+    and old Mac ("\\r") line ends read as "\\n" (a "\\r" left in would end up in every prompt). A byte
+    that is not UTF-8 is a GrammarError at its line and column."""
     data = Path(path).read_bytes()
     try:
-        return data.decode("utf-8-sig")
+        return data.decode("utf-8-sig").replace("\r\n", "\n").replace("\r", "\n")
     except UnicodeDecodeError as exc:
         good = data[: exc.start].decode("utf-8-sig", errors="replace")
         raise GrammarError(f"not UTF-8 text (byte 0x{data[exc.start]:02x}); save the file as UTF-8",

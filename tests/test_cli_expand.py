@@ -52,3 +52,36 @@ def test_csv_has_prompt_and_factor_columns(tmp_path):
 def test_unknown_wildcard_names_the_search_path(tmp_path):
     r = harness("expand", "__nope__", "--grammars", str(tmp_path))
     assert r.returncode == 2 and "unknown wildcard __nope__" in r.stderr and str(tmp_path) in r.stderr
+
+
+def test_choose_k_from_a_wildcard_picks_among_its_lines(tmp_path):
+    (tmp_path / "col.txt").write_text("red\ngreen\nblue\n")
+    r = harness("expand", "{2$$__col__}", "--grammars", str(tmp_path), "--format", "jsonl")
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(line) for line in r.stdout.splitlines()]
+    assert len(rows) == 6 and rows[0] == {"prompt": "red,green", "factors": {"col": "red,green"}}
+
+
+def test_error_in_an_indented_wildcard_line_quotes_the_line_as_in_the_file(tmp_path):
+    (tmp_path / "w.txt").write_text("ok\n   {bad\n")
+    r = harness("expand", "__w__", "--grammars", str(tmp_path))
+    assert r.returncode == 2
+    head = f"{tmp_path / 'w.txt'}:2:4: unbalanced '{{': expected '}}' before the end of the template"
+    assert r.stderr.splitlines() == [head, "     {bad", "     ^"]
+
+
+def test_files_saved_with_windows_line_ends_give_no_carriage_returns(tmp_path):
+    """A template, a wildcard and an experiment's prompt file written on Windows (CRLF)."""
+    (tmp_path / "t.txt").write_bytes(b"a {red|blue} __animal__\r\n")
+    (tmp_path / "animal.txt").write_bytes(b"cat\r\ndog\r\n")
+    r = harness("expand", f"@{tmp_path / 't.txt'}", "--format", "jsonl")
+    assert r.returncode == 0, r.stderr
+    assert [json.loads(line)["prompt"] for line in r.stdout.splitlines()] == [
+        "a red cat", "a red dog", "a blue cat", "a blue dog"]
+    (tmp_path / "exp.toml").write_bytes(b'prompt = "@t.txt"\r\ncheckpoints = ["tiny"]\r\n')
+    r = harness("plan", str(tmp_path / "exp.toml"), "--format", "jsonl")
+    assert r.returncode == 0, r.stderr
+    assert {json.loads(line)["prompt"] for line in r.stdout.splitlines()} == {
+        "a red cat", "a red dog", "a blue cat", "a blue dog"}
+    r = harness("mutate", f"@{tmp_path / 't.txt'}", "--ops", "reweight", "-n", "1", "--format", "jsonl")
+    assert r.returncode == 0 and "\\r" not in r.stdout, r.stderr

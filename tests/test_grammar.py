@@ -273,3 +273,131 @@ def test_every_wildcard_problem_is_reported_in_one_error(tmp_path):
         "unknown wildcard __gone__", "wildcard __empty__ has no options", "wildcard cycle"]
     assert str(e).count("__gone__: no gone.txt") == 1 and "w.txt:1:3" in str(e)
     assert e.args == (str(e),)
+
+
+# ----------------------------------------------------------------------------- choose-k, names, slashes, wildcards
+
+
+def _library(tmp_path, **files):
+    from harness.wildcards import WildcardLibrary
+
+    for name, text in files.items():
+        (tmp_path / f"{name}.txt").write_text(text)
+    return WildcardLibrary([tmp_path])
+
+
+def test_choose_k_from_a_lone_wildcard_picks_among_its_lines(tmp_path):
+    lib = _library(tmp_path, col="red\ngreen\n{x|y}\n")
+    t = compile_template("{2$$__col__}", library=lib)
+    got = {v.prompt: v.factors for v in t.expand()}
+    assert sorted(got) == sorted(["red,green", "red,x", "red,y", "green,red", "green,x", "green,y",
+                                  "x,red", "x,green", "y,red", "y,green"])
+    assert t.factors == ["col", "x|y"] and got["red,y"] == {"col": "red,y", "x|y": "y"}
+    assert compile_template("{@pair: 2$$ and $$__col__}", library=lib).factors == ["pair", "x|y"]
+
+
+def test_choose_k_from_a_wildcard_with_too_few_lines_is_an_error(tmp_path):
+    e = error("a {3$$__col__}", library=_library(tmp_path, col="red\ngreen\n"))
+    assert "choose-k asks for 3 but wildcard __col__ has only 2 options" in e.message and e.column == 3
+
+
+def test_choose_k_separator_runs_to_the_next_dollars():
+    assert sorted(prompts("{2$$ | $$a|b|c}")) == sorted(["a | b", "a | c", "b | a", "b | c", "c | a", "c | b"])
+    assert prompts(r"{2$$ \ $$a|b}") == [r"a \ b", r"b \ a"]
+
+
+def test_choose_k_without_separator_leaves_later_dollars_alone():
+    assert prompts("{2$$a|b} {2$$c|d}")[0] == "a,b c,d"
+    assert prompts("{1$$a|b} costs $$5") == ["a costs $$5", "b costs $$5"]
+
+
+def test_choose_k_separator_holding_a_brace_is_an_error_at_the_brace():
+    e = error("x {2$$ {y} $$a|b|c}")
+    assert (e.line, e.column) == (1, 8) and "separator cannot hold '{' or '}'" in e.message
+
+
+def test_choose_k_counts_options_after_the_separator():
+    e = error("{2$$cheap|costs $$}")
+    assert "only 1 options (the separator 'cheap|costs ' runs up to the next '$$')" in e.message
+
+
+def test_factor_name_goes_before_the_choose_k_count():
+    assert compile_template("{@n: 2$$a|b|c}").factors == ["n"]
+    e = error("{2$$@n: a|b|c}")
+    assert e.column == 5 and "write the name first, {@n: 2$$a|b|c}" in e.message
+    assert error("{2$$ and $$@n: a|b}").column == 12
+
+
+def test_a_second_factor_name_is_an_error():
+    e = error("{@n: @m: a}")
+    assert e.column == 6 and "a second factor name '@m'" in e.message
+
+
+def test_factor_names_may_start_with_any_letter():
+    assert compile_template("{@öl: a|b} {@Ωmega: c|d} {@o\u0308l: e|f}").factors == ["öl", "Ωmega", "o\u0308l"]
+    assert "bad factor name '@1x'" in error("{@1x: a|b}").message
+
+
+def test_slash_shorthand_treats_combining_marks_as_part_of_a_word():
+    nfd = "cafe\u0301/the\u0301 au lait"
+    assert prompts(nfd) == ["cafe\u0301 au lait", "the\u0301 au lait"]
+    assert prompts("café/thé") == ["café", "thé"]
+
+
+def test_slash_shorthand_keeps_common_abbreviations_literal():
+    text = "man w/o hat, B/W photo, cats and/or dogs, n/a, c/o, a/k/a, s/he, 25 y/o"
+    assert prompts(text) == [text]
+    assert len(prompts("photo/35mm of red/green lambo, w/o hat")) == 4
+
+
+def test_error_in_indented_wildcard_line_points_at_the_file_column(tmp_path):
+    lib = _library(tmp_path, spaces="ok\n   {bad\n", tab="ok\n\tx __nope__\n")
+    e = error("__spaces__", library=lib)
+    assert (e.line, e.column) == (2, 4) and str(e).splitlines()[1:] == ["     {bad", "     ^"]
+    e = error("__tab__", library=lib)
+    assert (e.line, e.column) == (2, 4) and str(e).splitlines()[1:] == ["  \tx __nope__", "  \t  ^^^^^^^^"]
+
+
+def test_zero_weight_options_are_never_sampled():
+    import random
+
+    t = compile_template("{2$$0::a|b|c|0::d} {0::x|y}")
+    drawn = {v.prompt for v in t.sample(200, random.Random(0), replace=True)}
+    assert drawn == {"b,c y", "c,b y"}
+    assert {v.prompt for v in t.sample(2, random.Random(1))} == {"b,c y", "c,b y"}
+
+
+def test_choose_k_needing_zero_weight_options_is_an_error_naming_the_alternation():
+    e = error("x {2$$0::a|0::b|c}")
+    assert e.column == 4 and "only 1 options of non-zero weight (of 3)" in e.message
+    e = error("x {2$$a|a|0::b}")
+    assert e.column == 3 and "cannot pick 2 different texts from its options of non-zero weight" in e.message
+
+
+def test_naming_many_repeated_alternations_is_linear():
+    import time
+
+    from harness.expand import assign_names
+    from harness.grammar import parse
+
+    tree = parse("{a|b}" * 20_000)
+    t0 = time.perf_counter()
+    names = [alt.name for alt in assign_names(tree).parts]
+    assert time.perf_counter() - t0 < 10  # about 0.5 s; quadratic naming took minutes
+    assert names[:3] == ["a|b", "a|b#2", "a|b#3"] and names[-1] == "a|b#20000"
+
+
+def test_an_automatic_name_taken_by_an_explicit_one_gets_the_next_suffix():
+    assert compile_template("{a} {@a: x|y} {a} {a}").factors == ["a#2", "a", "a#3", "a#4"]
+
+
+def test_expand_limit_does_not_count_first():
+    import time
+
+    from harness.expand import raw_count
+
+    t = compile_template("{a|}{|a} {b|c|d|e|f}" + "{b|c|d|e|f|g|h|i|j|k}" * 5)
+    assert raw_count(t.tree) == 2_000_000
+    t0 = time.perf_counter()
+    assert [v.prompt for v in t.expand(limit=1)] == ["a bbbbbb"]
+    assert time.perf_counter() - t0 < 1  # a few ms; counting first walked all 2 million paths

@@ -119,3 +119,31 @@ def test_parser_raises_only_grammar_error(text):
         list(expand(t.tree, limit=50))
     except GrammarError:
         pass
+
+
+@SETTINGS
+@given(templates)
+def test_the_first_spelling_search_finds_the_factors_expand_gives(tree):
+    from harness.expand.spelling import first_spelling
+
+    t = compile_template(render(tree))
+    for v in t.expand(limit=200):
+        assert dict(first_spelling(t.tree, v.prompt)) == v.factors
+    assert first_spelling(t.tree, "no such prompt {") is None
+
+
+def test_prompts_sampled_from_millions_of_paths_carry_their_first_spelling():
+    t = compile_template("{a|}{|a} " + "{b|c|d|e|f|g|h|i|j|k}" * 7)
+    for v in t.sample(20, random.Random(0)) + t.sample(20, random.Random(1), replace=True):
+        head = v.prompt.split(" ")[0]
+        first = {"aa": ("a", "a"), "a": ("a", ""), "": ("", "")}[head]  # "a" is spelled "a|" first, never "|a"
+        assert (v.factors["a|"], v.factors["|a"]) == first
+
+
+def test_first_spelling_of_a_choose_k_follows_expansion_order():
+    from harness.expand.spelling import first_spelling
+
+    t = compile_template("{2$${a|}b|a{b|}|ab}x")
+    expanded = {v.prompt: v.factors for v in t.expand()}
+    for prompt, factors in expanded.items():
+        assert dict(first_spelling(t.tree, prompt)) == factors

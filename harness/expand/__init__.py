@@ -14,17 +14,19 @@ The package's modules, one job each:
 - `names`: factor names (`auto_name`, `assign_names`, `alternations`,
   `factor_names`);
 - `paths`: choice paths, counted (`raw_count`) and walked in template order
-  with text, factors and probability; the base of the three below;
+  with text, factors and probability; the base of counting, expansion and sampling;
 - `counting`: distinct prompts (`count_info`, `count`);
 - `exhaustive`: every distinct prompt in template order (`expand`);
-- `sampling`: weighted random draws (`sample`);
+- `spelling`: the first choice path that spells a given prompt (`first_spelling`), found by a
+  search, not by walking the paths;
+- `sampling`: weighted random draws (`sample`), labelled with their first spelling's factors;
 - here: `Template` and `compile_template`.
 """
 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterator
 
 from ..core import Variant
@@ -67,6 +69,18 @@ def compile_template(text: str, *, library: WildcardLibrary | None = None, origi
     tree = parse(text, origin=origin, allow_empty=allow_empty)
     tree = resolve(tree, library or WildcardLibrary())
     for alt in alternations(tree):
-        if alt.k is not None and alt.k[0] > 0 and _lang(alt).n == 0:
-            raise GrammarError(f"choose-k cannot pick {alt.k[0]} different texts from these options", alt.loc)
+        if alt.k is not None:
+            _check_choose_k(alt)
     return Template(text, assign_names(tree))
+
+
+def _check_choose_k(alt) -> None:
+    """A choose-k can spell its count's different texts, and sampling can with its non-zero options."""
+    if alt.k[0] > 0 and _lang(alt).n == 0:
+        raise GrammarError(f"choose-k cannot pick {alt.k[0]} different texts from these options", alt.loc)
+    if alt.k[1] == 0 or all(o.weight != 0 for o in alt.options):
+        return
+    live = replace(alt, options=tuple(o for o in alt.options if o.weight != 0), k=(alt.k[1], alt.k[1]))
+    if _lang(live).n == 0:
+        raise GrammarError(f"choose-k cannot pick {alt.k[1]} different texts from its options of non-zero weight "
+                           "(zero-weight options are never sampled)", alt.loc)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Iterator
 
 from ..core import Variant
-from .counting import count_info
+from .counting import _lang
 from .paths import _iter, raw_count
 
 
@@ -15,8 +15,8 @@ def expand(tree, limit: int | None = None) -> Iterator[Variant]:
     Duplicates are dropped by prompt text, keeping the first."""
     if limit is not None and limit <= 0:
         return
-    n, exact = count_info(tree)
-    dedupe = not (exact and n == raw_count(tree))
+    lang = _lang(tree)  # not count_info: it may walk 2 million paths before the first prompt
+    dedupe = not (lang.exact and lang.n == raw_count(tree))
     seen: set[str] = set()
     produced = 0
     for text, factors, _ in _iter(tree):

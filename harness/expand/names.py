@@ -46,6 +46,7 @@ def assign_names(tree: Seq) -> Seq:
                                    alt.loc)
             explicit[alt.name] = alt
     taken = set(explicit)
+    next_suffix: dict[str, int] = {}  # per base name, the first "#i" not yet tried: linear, not quadratic
 
     def visit(node):
         if isinstance(node, Seq):
@@ -54,9 +55,10 @@ def assign_names(tree: Seq) -> Seq:
             name = node.name
             if not name:
                 base = name = auto_name(node)
-                i = 2
+                i = next_suffix.get(base, 2)
                 while name in taken:
                     name, i = f"{base}#{i}", i + 1
+                next_suffix[base] = i
                 taken.add(name)
             return replace(node, name=name, options=tuple(Option(visit(o.body), o.weight) for o in node.options))
         return node

@@ -7,7 +7,7 @@ from __future__ import annotations
 import difflib
 from dataclasses import replace
 
-from ..grammar import Alt, GrammarError, Option, Seq, Text, parse
+from ..grammar import Alt, GrammarError, Option, Seq, Text, parse, sole_wildcard
 from ..wildcards import WildcardLibrary
 
 
@@ -28,6 +28,8 @@ def _resolve(node, library: WildcardLibrary, stack: tuple[str, ...], problems: d
     if isinstance(node, Text):
         return node
     if isinstance(node, Alt):
+        if node.k is not None and (w := sole_wildcard(node.options)) is not None and w.name is None:
+            return _choose_from_wildcard(node, w, library, stack, problems)
         return replace(node, options=tuple(Option(_resolve(o.body, library, stack, problems), o.weight)
                                            for o in node.options))
     # Wildcard
@@ -37,10 +39,26 @@ def _resolve(node, library: WildcardLibrary, stack: tuple[str, ...], problems: d
         return Text("")
     wf = library.get(node.path)
     options = []
-    for lineno, line in wf.lines:
-        body = parse(line, origin=str(wf.path), allow_empty=True, first_line=lineno)
+    for lineno, _, source in wf.lines:
+        source = source.rstrip()  # parsed in place, so errors show the line and column as in the file
+        body = parse(source, origin=str(wf.path), allow_empty=True, first_line=lineno,
+                     start=len(source) - len(source.lstrip()))
         options.append(Option(_resolve(body, library, (*stack, node.path), problems)))
     return Alt(tuple(options), name=node.name, wildcard=node.path, loc=node.loc)
+
+
+def _choose_from_wildcard(alt: Alt, w, library: WildcardLibrary, stack: tuple[str, ...], problems: dict):
+    """`{2$$__w__}`: choose k of the wildcard's lines (as dynamicprompts does); one factor named like
+    the wildcard (`w`, or the alternation's @name) whose value is the joined choice."""
+    lines = _resolve(w, library, stack, problems)
+    if not isinstance(lines, Alt):
+        return lines  # its problem is reported
+    if alt.k[1] > len(lines.options):
+        problem = GrammarError(f"choose-k asks for {alt.k[1]} but wildcard __{w.path}__ has only "
+                               f"{len(lines.options)} options (lines of its file)", alt.loc)
+        problems.setdefault(str(problem), problem)
+        return Text("")
+    return replace(alt, options=lines.options, wildcard=w.path)
 
 
 def _problem(node, library: WildcardLibrary, stack: tuple[str, ...]) -> GrammarError | None:

@@ -7,8 +7,11 @@ import random
 
 from ..core import Variant
 from ..grammar import Seq, Text
-from .counting import _ENUMERATE_FALLBACK, count_info
+from .counting import _ENUMERATE_FALLBACK, _lang, count_info
 from .paths import DEFAULT_JOINER, _iter, _weights, raw_count
+from .spelling import first_spelling
+
+_WALK_PER_SEARCH = 20  # one search for a prompt's first spelling costs about as much as walking 20 paths
 
 
 def _draw(node, rng: random.Random) -> tuple[str, tuple]:
@@ -28,11 +31,10 @@ def _draw(node, rng: random.Random) -> tuple[str, tuple]:
         return text, ((node.name, text),) + f
     for _ in range(100):  # a selection never repeats a text; restart if it cannot finish
         k = rng.randint(*node.k)
-        pool = list(range(len(node.options)))
+        pool = [i for i, wi in enumerate(w) if wi > 0]  # a zero-weight option is never drawn
         texts, factors = [], ()
         while len(texts) < k and pool:
-            weights = [w[i] for i in pool]
-            j = rng.choices(range(len(pool)), weights=weights)[0] if sum(weights) > 0 else rng.randrange(len(pool))
+            j = rng.choices(range(len(pool)), weights=[w[i] for i in pool])[0]
             t, f = _draw(node.options[pool.pop(j)].body, rng)
             if t not in texts:
                 texts.append(t)
@@ -40,7 +42,8 @@ def _draw(node, rng: random.Random) -> tuple[str, tuple]:
         if len(texts) == k:
             break
     else:
-        raise ValueError(f"alternation '{node.name}' cannot choose {node.k} distinct texts")
+        raise ValueError(f"alternation '{node.name}' cannot choose {k} different texts from its options "
+                         "of non-zero weight")
     text = (DEFAULT_JOINER if node.joiner is None else node.joiner).join(texts)
     return text, ((node.name, text),) + factors
 
@@ -58,17 +61,20 @@ def sample(tree, n: int, rng: random.Random, *, replace: bool = False) -> list[V
 
 
 def _as_expanded(tree, drawn: list[Variant]) -> list[Variant]:
-    n, exact = count_info(tree)
-    if (exact and n == raw_count(tree)) or raw_count(tree) > _ENUMERATE_FALLBACK:
-        return drawn  # every prompt has one spelling (or too many to enumerate)
+    lang = _lang(tree)
+    if lang.exact and lang.n == raw_count(tree):
+        return drawn  # every prompt has one spelling
     wanted = {v.prompt for v in drawn}
-    first: dict[str, dict] = {}
-    for text, factors, _ in _iter(tree):
-        if text in wanted and text not in first:
-            first[text] = dict(factors)
-            if len(first) == len(wanted):
-                break
-    return [Variant(v.prompt, first.get(v.prompt, v.factors)) for v in drawn]
+    first: dict[str, tuple | None] = {}
+    if raw_count(tree) <= _WALK_PER_SEARCH * len(wanted):  # walking the paths once is cheaper
+        for text, factors, _ in _iter(tree):
+            if text in wanted and text not in first:
+                first[text] = factors
+                if len(first) == len(wanted):
+                    break
+    else:
+        first = {text: first_spelling(tree, text) for text in wanted}
+    return [v if first.get(v.prompt) is None else Variant(v.prompt, dict(first[v.prompt])) for v in drawn]
 
 
 def _sample(tree, n: int, rng: random.Random, replace: bool) -> list[Variant]:

@@ -1,0 +1,62 @@
+"""The slash shorthand: where literal template text such as `red/green lambo` means `{red|green} lambo`.
+
+The parser hands it each run of literal text (escaped slashes held as `ESC_SLASH`) and gets back
+`Text` and slash `Alt` nodes.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+from .grammar_ast import Alt, Loc, Option, Seq, Text
+
+_WORD = r"\w(?:[\w\-'.]*\w)?"
+_SLASH_GROUP = re.compile(rf"(?<![\w\-'./]){_WORD}(?:/{_WORD})+(?![\w\-'/])")
+_NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
+# Abbreviations the slash rule keeps literal (compared lower-case); "w/" stays literal by the empty-side rule.
+ABBREVIATIONS = frozenset({"w/o", "b/w", "and/or", "n/a", "c/o", "a/k/a", "s/he", "y/o"})
+ESC_SLASH = "\ue000"  # stands in for an escaped "/" while slash groups are found
+
+
+def split_slashes(raw: str, loc: Loc) -> list:
+    """Literal text -> Text and slash-shorthand Alt nodes.
+
+    The rule: a slash group is two or more words joined by single unescaped
+    slashes, with no space around them ("red/green/blue"). A word is a run of
+    letters, digits, combining marks, "_", "-", "'" and inner "."; it must
+    contain a letter and must not be a number. Groups touching a URL ("://" or
+    "www.") or with an empty side ("w/", "a//b") stay literal, so "1/2 cup",
+    "24/7", "f/2.8" and "http://x/y" are text, as are the ABBREVIATIONS
+    ("w/o", "b/w", "and/or", ...). Anything else uses braces.
+    """
+    if "/" not in raw:
+        return [Text(raw.replace(ESC_SLASH, "/"), loc=loc)]
+    out: list = []
+    pos = 0
+    for m in _SLASH_GROUP.finditer(_marks_as_letters(raw)):
+        group = raw[m.start():m.end()]
+        words = group.split("/")
+        token = _token_around(raw, m.start(), m.end())
+        if ("://" in token or token.lower().startswith("www.") or group.lower() in ABBREVIATIONS
+                or any(_NUMBER.fullmatch(w) or not re.search(r"[^\W\d_]", w) for w in words)):
+            continue
+        out.append(Text(raw[pos:m.start()].replace(ESC_SLASH, "/"), loc=loc))
+        at = Loc(loc.origin, loc.text, loc.offset + m.start(), loc.first_line)
+        out.append(Alt(tuple(Option(Seq((Text(w),))) for w in words), slash=True, loc=at))
+        pos = m.end()
+    out.append(Text(raw[pos:].replace(ESC_SLASH, "/"), loc=loc))
+    return [p for p in out if not (isinstance(p, Text) and p.value == "")]
+
+
+def _marks_as_letters(raw: str) -> str:
+    """`raw` with each combining mark replaced by a letter, so "the\u0301" (NFD) is one word like "thé"."""
+    if raw.isascii():
+        return raw
+    return "".join("a" if unicodedata.category(c).startswith("M") else c for c in raw)
+
+
+def _token_around(raw: str, start: int, end: int) -> str:
+    left = max((raw.rfind(c, 0, start) for c in " \t\n\r"), default=-1) + 1
+    rights = [p for p in (raw.find(c, end) for c in " \t\n\r") if p >= 0]
+    return raw[left: min(rights) if rights else len(raw)]
