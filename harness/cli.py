@@ -131,6 +131,12 @@ def _parse_shard(shard: Optional[str]) -> Optional[tuple[int, int]]:
     return i, n
 
 
+def interrupted() -> None:
+    """Ctrl-C during a resumable command: one line, exit 130 (the shell's code for SIGINT)."""
+    fail("interrupted: what was finished is kept (images written and marked done, scores stored); run the "
+         "same command again to go on from there", 130)
+
+
 def _user_errors():
     """Errors a user can fix, shown as one clean message with exit code 2."""
     from .checkpoints import CheckpointError
@@ -222,6 +228,8 @@ def run(
         r = run_experiment(experiment, out=out, force=force, exact=exact or None, device=device,
                            batch_size=batch_size, shard=_parse_shard(shard), executor=executor,
                            executor_options=options)
+    except KeyboardInterrupt:
+        interrupted()
     except _user_errors() as e:
         fail(str(e))
     typer.echo(f"run folder: {r.run_dir}")
@@ -279,6 +287,8 @@ def eval_(
 
     try:
         unscored = _print_metric_summaries(evaluate_run(run_dir, specs or None))
+    except KeyboardInterrupt:
+        interrupted()
     except (ValueError, MetricUnavailable, LedgerError) as e:
         fail(f"error: {e}")
     except KeyError as e:  # an unknown metric name: the message lists the valid ones

@@ -11,7 +11,7 @@ from typing import List, Optional
 
 import typer
 
-from .cli import _user_errors, app, fail
+from .cli import _user_errors, app, fail, interrupted
 
 
 class MutateFmt(str, Enum):
@@ -132,6 +132,8 @@ def evolve(
 
     try:
         r = run_search(experiment, out=out, device=device)
+    except KeyboardInterrupt:
+        interrupted()
     except _user_errors() + (SearchError,) as e:
         fail(str(e))
     typer.echo(f"run folder: {r.run_dir} (search {r.search_id})")
@@ -163,6 +165,8 @@ def ablate(
 
     try:
         r = run_ablation(experiment, out=out, metrics=metric or None, device=device, n_boot=n_boot, seed=seed)
+    except KeyboardInterrupt:
+        interrupted()
     except KeyError as e:  # an unknown --metric name (the experiment's own metrics were checked when loaded)
         fail(f"--metric: {e.args[0] if e.args else e}")
     except _user_errors() as e:

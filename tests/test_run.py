@@ -335,3 +335,34 @@ def test_a_rerun_says_which_finished_images_were_damaged_or_missing(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "2 finished image(s) were missing or damaged and will be made again (1 missing, 1 truncated" in r.stderr
     assert "14 already done, 2 generated" in r.stdout
+
+
+def test_ctrl_c_with_two_streams_stops_soon_keeps_finished_batches_and_resumes(tmp_path):
+    """SIGINT just after both CPU streams began their second batches: they stop at their next denoising
+    step instead of finishing those batches, every image on disk is marked done, and the rerun makes
+    only the rest."""
+    exp = experiment(tmp_path, 'name = "intr"\nprompt = "a {red|blue} {cat|dog}"\nseeds = [1, 2]\n'
+                     'checkpoints = ["tiny"]\nsteps = 100\nwidth = 64\nheight = 64\nbatch_size = 2\nstreams = 2\n')
+    run = tmp_path / "run"
+    started = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "harness", "run", str(exp), "--out", str(run)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    while time.perf_counter() - started < 300 and proc.poll() is None and \
+            len(list((run / "images").glob("*.png"))) < 4:
+        time.sleep(0.05)
+    first_batches = time.perf_counter() - started  # loading, then one batch in each stream
+    time.sleep(0.3)
+    assert proc.poll() is None, "the run finished before it could be interrupted"
+    proc.send_signal(signal.SIGINT)
+    sent = time.perf_counter()
+    _, err = proc.communicate(timeout=120)
+    stopped_after = time.perf_counter() - sent
+    assert proc.returncode == 130 and "interrupted: what was finished is kept" in err, err[-2000:]
+    assert "Traceback" not in err
+    with Ledger.open(run, readonly=True) as led:
+        done = led.done_keys()
+    assert {p.stem for p in (run / "images").glob("*.png")} == done and 4 <= len(done) < 8
+    # finishing the second batches would take about as long as the first ones did
+    assert stopped_after < 0.5 * first_batches, (stopped_after, first_batches)
+    r = run_experiment(exp, out=run, progress=False)
+    assert (r.already_done, r.generated) == (len(done), 8 - len(done))
