@@ -201,6 +201,7 @@ def generate_jobs(exp: Experiment, plan: Plan, ledger: Ledger, pending: list[Job
         maker = BatchMaker(plan.checkpoints, ledger.images_dir, device=device, memory=exp.memory, tuning=tuning,
                            exact=exact, batch_size=batch_size or exp.batch_size)
     result.device = maker.device
+    _note_mixed_settings(ledger, maker.device, pending, log)
     writer = ThreadPoolExecutor(max_workers=max(1, tuning.writers))
     submit = writer.submit if tuning.writers > 0 else write_now
     inflight: deque[Finished] = deque()
@@ -246,6 +247,21 @@ def generate_jobs(exp: Experiment, plan: Plan, ledger: Ledger, pending: list[Job
                 maker.close()
             result.seconds += time.perf_counter() - t0
             bar.close()
+
+
+def _note_mixed_settings(ledger: Ledger, device: str, pending: list[Job], log: Callable[[str], None]) -> None:
+    """A note when this run makes images on another device type or in another dtype than the folder's
+    finished ones (a study resumed on a GPU after a CPU start): their pixels differ, so comparisons
+    should pair images made the same way."""
+    from .devices import dtype_name, pick_dtype
+
+    before = ledger.made_with()
+    now = {(device.split(":")[0], dtype_name(pick_dtype(d, device))) for d in {j.dtype for j in pending}}
+    if before and not now <= before:
+        show = lambda pairs: ", ".join(f"{d} {t}" for d, t in sorted(pairs))  # noqa: E731
+        log(f"note: this folder's finished images were made with {show(before)}; this run makes them with "
+            f"{show(now)}. Pixels differ between the two: compare images made the same way (columns "
+            "device and dtype_used of the images table)")
 
 
 def _generate_in_streams(maker, pending: list[Job], streams: int, finish, on_oom) -> None:

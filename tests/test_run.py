@@ -366,3 +366,23 @@ def test_ctrl_c_with_two_streams_stops_soon_keeps_finished_batches_and_resumes(t
     assert stopped_after < 0.5 * first_batches, (stopped_after, first_batches)
     r = run_experiment(exp, out=run, progress=False)
     assert (r.already_done, r.generated) == (len(done), 8 - len(done))
+
+
+def test_resuming_on_another_device_or_dtype_says_the_pixels_differ(tmp_path):
+    """A study started on a GPU in fp16 and resumed on the CPU in fp32 mixes images whose pixels differ."""
+    exp = experiment(tmp_path)
+    run_experiment(exp, out=tmp_path / "run", progress=False)
+    with sqlite3.connect(tmp_path / "run" / "ledger.sqlite") as conn:  # as if made on a GPU
+        conn.execute("UPDATE jobs SET device = 'cuda:0', dtype_used = 'fp16'")
+    next(iter((tmp_path / "run" / "images").glob("*.png"))).unlink()
+    said: list[str] = []
+    r = run_experiment(exp, out=tmp_path / "run", progress=False, log=said.append)
+    assert r.generated == 1
+    assert any(m.startswith("note: this folder's finished images were made with cuda fp16; this run makes them "
+                            "with cpu fp32. Pixels differ") for m in said), said
+    said.clear()
+    next(iter((tmp_path / "run" / "images").glob("*.png"))).unlink()
+    with sqlite3.connect(tmp_path / "run" / "ledger.sqlite") as conn:
+        conn.execute("UPDATE jobs SET device = 'cpu', dtype_used = 'fp32'")
+    run_experiment(exp, out=tmp_path / "run", progress=False, log=said.append)
+    assert not any("Pixels differ" in m for m in said)

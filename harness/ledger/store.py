@@ -270,6 +270,11 @@ class Ledger:
             return conn.execute("UPDATE jobs SET status = 'pending', error = NULL "
                                 "WHERE status = 'failed'").rowcount
 
+    def made_with(self) -> set[tuple[str, str]]:
+        """(device type, dtype) pairs the done images were made with, e.g. {("cpu", "fp32")}."""
+        rows = self._read("SELECT DISTINCT device, dtype_used FROM jobs WHERE status = 'done'")
+        return {(str(d).split(":")[0], str(t)) for d, t in rows if d is not None}
+
     def force(self) -> None:
         """``--force``: every job done before now is to be made again (:meth:`stale_keys`). Its image and
         scores stay until the new image replaces them, so an interrupted forced run loses nothing and the
