@@ -239,7 +239,7 @@ def run(
         typer.echo(f"unhealthy images: {r.unhealthy} (black, uniform or NaN; excluded from statistics)")
     if r.unplanned:
         typer.echo(f"kept but left out of reports: {r.unplanned} images made for an earlier version of the "
-                   "experiment (running that version again brings them back)")
+                   "experiment (that version is in history/; running it again brings them back)")
     for m in r.oom_events:
         typer.echo(f"note: {m}")
     _print_metric_summaries(r.metrics)
@@ -358,7 +358,7 @@ def report(
         typer.echo(f"unhealthy images excluded from statistics: {r.excluded['unhealthy']}")
     if r.excluded.get("unplanned"):
         typer.echo(f"left out: {r.excluded['unplanned']} images made for an earlier version of the experiment "
-                   "(kept in the run folder; running that version again brings them back)")
+                   "(kept in the run folder; that version is in history/, and running it again brings them back)")
     if r.truncated:
         limits = "; ".join(f"{m} reads {k} tokens" for m, k in r.text_limits.items()) or "its CLIP text limit"
         typer.echo(f"{r.truncated} images have prompts longer than a CLIP metric reads ({limits}); those scores "

@@ -49,6 +49,9 @@ class RunResult:
         return self.generated / self.seconds if self.seconds else 0.0
 
 
+HISTORY_DIR = "history"  # RUN/history/experiment-<UTC time>.toml: each earlier version of the experiment
+
+
 def default_run_dir(exp: Experiment) -> Path:
     return Path("reports") / exp.name
 
@@ -90,9 +93,17 @@ def prepare_run(exp: Experiment, plan: Plan, run_dir: Path, *, jobs: list[Job] |
         log(f"{len(repaired)} finished image(s) were missing or damaged and will be made again ("
             + ", ".join(f"{n} {why}" for why, n in reasons.most_common(3)) + ")")
     jobs = list(plan.jobs if jobs is None else jobs)
+    edited = ledger.get_meta("experiment") != canonical_json(exp.settings)
+    if edited and (run_dir / "experiment.toml").is_file():  # the version that made the folder's images so far
+        history = run_dir / HISTORY_DIR
+        history.mkdir(exist_ok=True)
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime((run_dir / "experiment.toml").stat().st_mtime))
+        kept, n = (run_dir / "experiment.toml").read_bytes(), 1
+        while (history / f"experiment-{stamp}{f'-{n}' if n > 1 else ''}.toml").exists():
+            n += 1
+        write_atomic(history / f"experiment-{stamp}{f'-{n}' if n > 1 else ''}.toml", lambda p: p.write_bytes(kept))
     write_atomic(run_dir / "experiment.toml", lambda p: p.write_text(exp.run_copy(), encoding="utf-8"))
     ledger.set_meta("experiment_name", exp.name)
-    edited = ledger.get_meta("experiment") != canonical_json(exp.settings)
     ledger.set_meta("experiment", canonical_json(exp.settings))
     ledger.set_meta("experiment_path", str(exp.path))
     ledger.set_meta("factors", json.dumps(list(plan.factors)))

@@ -139,11 +139,18 @@ def test_an_experiment_toml_that_is_not_a_run_copy_is_never_overwritten(tmp_path
 def test_editing_experiment_adds_only_new_jobs(tmp_path):
     exp = experiment(tmp_path)
     run_experiment(exp, out=tmp_path / "run", progress=False)
+    first_copy = (tmp_path / "run" / "experiment.toml").read_text()
     exp.write_text(SMALL.replace("seeds = [1, 2]", "seeds = [1, 2, 3]"))
     r = run_experiment(exp, out=tmp_path / "run", progress=False)
     assert (r.planned, r.already_done, r.generated) == (24, 16, 8)
     with sqlite3.connect(tmp_path / "run" / "ledger.sqlite") as db:
         assert db.execute("SELECT COUNT(*), COUNT(DISTINCT key) FROM jobs").fetchone() == (24, 24)
+    # the version that made the first 16 images is kept beside the new copy
+    (old,) = (tmp_path / "run" / "history").glob("experiment-*.toml")
+    assert old.read_text() == first_copy and "seeds = [1, 2, 3]" in (tmp_path / "run" / "experiment.toml").read_text()
+    exp.write_text(SMALL)  # back to the first version: its images return, and the second version is kept too
+    assert run_experiment(exp, out=tmp_path / "run", progress=False).generated == 0
+    assert len(list((tmp_path / "run" / "history").glob("experiment-*.toml"))) == 2
 
 
 def test_a_factor_added_to_the_template_describes_the_images_already_made(tmp_path):
