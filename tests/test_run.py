@@ -337,11 +337,11 @@ def test_a_rerun_says_which_finished_images_were_damaged_or_missing(tmp_path):
     first, second = sorted((tmp_path / "run" / "images").glob("*.png"))[:2]
     first.unlink()
     second.write_bytes(second.read_bytes()[:-30])
-    r = subprocess.run([sys.executable, "-m", "harness", "run", str(exp), "--out", str(tmp_path / "run")],
-                       capture_output=True, text=True, cwd=ROOT)
-    assert r.returncode == 0, r.stderr
-    assert "2 finished image(s) were missing or damaged and will be made again (1 missing, 1 truncated" in r.stderr
-    assert "14 already done, 2 generated" in r.stdout
+    said: list[str] = []
+    r = run_experiment(exp, out=tmp_path / "run", progress=False, log=said.append)
+    assert any(m.startswith("2 finished image(s) were missing or damaged and will be made again (1 missing, "
+                            "1 truncated") for m in said), said
+    assert (r.already_done, r.generated) == (14, 2)
 
 
 def test_ctrl_c_with_two_streams_stops_soon_keeps_finished_batches_and_resumes(tmp_path):
