@@ -12,7 +12,6 @@ loses at most the batches in flight.
 from __future__ import annotations
 
 import contextlib
-
 import json
 import shutil
 import sys
@@ -94,14 +93,8 @@ def prepare_run(exp: Experiment, plan: Plan, run_dir: Path, *, jobs: list[Job] |
             + ", ".join(f"{n} {why}" for why, n in reasons.most_common(3)) + ")")
     jobs = list(plan.jobs if jobs is None else jobs)
     edited = ledger.get_meta("experiment") != canonical_json(exp.settings)
-    if edited and (run_dir / "experiment.toml").is_file():  # the version that made the folder's images so far
-        history = run_dir / HISTORY_DIR
-        history.mkdir(exist_ok=True)
-        stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime((run_dir / "experiment.toml").stat().st_mtime))
-        kept, n = (run_dir / "experiment.toml").read_bytes(), 1
-        while (history / f"experiment-{stamp}{f'-{n}' if n > 1 else ''}.toml").exists():
-            n += 1
-        write_atomic(history / f"experiment-{stamp}{f'-{n}' if n > 1 else ''}.toml", lambda p: p.write_bytes(kept))
+    if edited and (run_dir / "experiment.toml").is_file():
+        _keep_earlier_version(run_dir)
     write_atomic(run_dir / "experiment.toml", lambda p: p.write_text(exp.run_copy(), encoding="utf-8"))
     ledger.set_meta("experiment_name", exp.name)
     ledger.set_meta("experiment", canonical_json(exp.settings))
@@ -118,6 +111,20 @@ def prepare_run(exp: Experiment, plan: Plan, run_dir: Path, *, jobs: list[Job] |
         ledger.force()
     done = ledger.done_keys() - ledger.stale_keys()  # stale: an earlier --force has not remade them yet
     return ledger, [j for j in jobs if j.key not in done]
+
+
+def _keep_earlier_version(run_dir: Path) -> Path:
+    """Copy RUN/experiment.toml, the version that made the folder's images so far, to
+    RUN/history/experiment-<UTC time it was written>.toml before an edited version replaces it."""
+    copy = run_dir / "experiment.toml"
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(copy.stat().st_mtime))
+    history = run_dir / HISTORY_DIR
+    history.mkdir(exist_ok=True)
+    n = 1
+    while (target := history / f"experiment-{stamp}{'' if n == 1 else f'-{n}'}.toml").exists():
+        n += 1
+    kept = copy.read_bytes()
+    return write_atomic(target, lambda p: p.write_bytes(kept))
 
 
 def run_experiment(path: Path | str, *, out: Path | str | None = None, force: bool = False,
