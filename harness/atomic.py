@@ -45,6 +45,16 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> Path:
     try:
         write(tmp)
         os.replace(tmp, path)
+    except OSError as exc:
+        name_the_target(exc, path, tmp)
+        raise
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def name_the_target(exc: OSError, path: Path, tmp: Path) -> None:
+    """Make an OSError (disk full, quota, file too large) raised while writing `tmp` name `path`, the file
+    the user asked for: a failed write() names no file, and the temp file it might name is gone."""
+    if exc.errno is not None and exc.filename in (None, str(tmp)):
+        exc.filename = str(path)

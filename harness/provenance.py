@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Callable, Mapping
 
 from . import __version__
+from .atomic import name_the_target
 from .core import Job, canonical_json
 
 PARAMETERS_CHUNK = "parameters"
@@ -191,8 +192,8 @@ def write_durably(path: Path, write: Callable[[BinaryIO], Any]) -> None:
         os.replace(tmp, path)
     except BaseException as exc:
         tmp.unlink(missing_ok=True)
-        if isinstance(exc, OSError) and exc.errno is not None and exc.filename in (None, str(tmp)):
-            exc.filename = str(path)
+        if isinstance(exc, OSError):
+            name_the_target(exc, path, tmp)
         raise
 
 

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -118,6 +119,54 @@ def test_unknown_schema_version_is_refused(tmp_path):
     conn.close()
     with pytest.raises(LedgerError, match="schema version '99'"):
         Ledger.open(tmp_path)
+
+
+def test_a_damaged_ledger_file_is_named_with_what_to_do(tmp_path):
+    Ledger.open(tmp_path).close()
+    (tmp_path / "ledger.sqlite").write_bytes(b"not a database, garbage " * 200)
+    (tmp_path / "ledger.sqlite-wal").unlink(missing_ok=True)
+    for readonly in (False, True):
+        with pytest.raises(LedgerError, match="ledger file is damaged") as caught:
+            Ledger.open(tmp_path, readonly=readonly)
+        assert str(caught.value).startswith(f"{tmp_path / 'ledger.sqlite'}: file is not a database")
+    with pytest.raises(LedgerError, match="damaged"):  # not LedgerLocked: the failed open let go of the lock
+        Ledger.open(tmp_path)
+
+
+def test_a_full_disk_while_writing_the_ledger_is_a_ledger_error_and_loses_no_committed_row(tmp_path):
+    """SQLite's "disk I/O error" / "database or disk is full" becomes a LedgerError naming ledger.sqlite and
+    saying what to do; every transaction committed before it is intact when the ledger is reopened."""
+    script = textwrap.dedent(f"""
+        import resource, sys
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from test_ledger import make_jobs, finish
+        from harness.ledger import Ledger, LedgerError
+        run = {str(tmp_path / "run")!r}
+        led = Ledger.open(run)
+        jobs = make_jobs(400)
+        led.add_jobs(jobs[:10])
+        for job in jobs[:3]:
+            finish(led, job)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+        committed = 0
+        try:
+            for job in jobs[10:]:
+                led.add_jobs([job])
+                committed += 1
+        except LedgerError as exc:
+            print("COMMITTED", committed)
+            print("ERROR", exc)
+    """)
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=Path(__file__).parent.parent)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    committed = int(r.stdout.split("COMMITTED ")[1].split()[0])
+    error = r.stdout.split("ERROR ", 1)[1]
+    assert 0 < committed < 390, r.stdout
+    assert error.startswith(f"{tmp_path / 'run' / 'ledger.sqlite'}: ")
+    assert "while writing the ledger" in error and "run the same command again" in error
+    with Ledger.open(tmp_path / "run") as led:
+        assert led.count() == 10 + committed and led.count("done") == 3
+        assert all(led.image_path(k).is_file() for k in led.done_keys())
 
 
 # ---------------------------------------------------------------- jobs

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import subprocess
@@ -286,6 +287,15 @@ def test_write_atomic_replaces_whole_files_and_a_failed_write_leaves_the_old_one
 
     with pytest.raises(OSError, match="disk full"):
         write_atomic(target, broken)
+    assert target.read_text() == "first" and [f.name for f in tmp_path.iterdir()] == ["comparisons.txt"]
+
+    def no_room(p):  # what a failed write() raises: an errno and no file name
+        p.write_text("half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OSError) as caught:
+        write_atomic(target, no_room)
+    assert caught.value.filename == str(target)  # the file the user asked for, not the temp file
     assert target.read_text() == "first" and [f.name for f in tmp_path.iterdir()] == ["comparisons.txt"]
 
 

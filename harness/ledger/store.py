@@ -21,6 +21,32 @@ from .schema import (_CLEAR_RUN, _KEY, _SCHEMA, IMAGES_DIR, LEDGER_FILE, LEDGER_
 FORCE_SINCE = "force_since"  # meta: when --force was last given (jobs done before it are made again)
 
 
+# What SQLite says when the disk under it fails it, and when the file itself is damaged.
+_NO_ROOM = ("database or disk is full", "disk i/o error")
+_DAMAGED = ("database disk image is malformed", "file is not a database")
+
+
+@contextmanager
+def _named_errors(db: Path, *, writing: bool) -> Iterator[None]:
+    """SQLite's errors about its file (a full disk, a damaged ledger) as a LedgerError that names the file,
+    says what is safe and what to do. Other SQLite errors pass through unchanged."""
+    try:
+        yield
+    except sqlite3.DatabaseError as exc:
+        text = str(exc).lower()
+        if any(m in text for m in _NO_ROOM):
+            raise LedgerError(
+                f"{db}: {exc} while {'writing' if writing else 'reading'} the ledger; the disk is probably full "
+                "or over quota (or a file-size limit stopped it). Nothing is lost: the ledger keeps its last "
+                "complete transaction and images already finished are kept. Free space and run the same "
+                "command again: it resumes where it stopped") from exc
+        if any(m in text for m in _DAMAGED):
+            raise LedgerError(
+                f"{db}: {exc}: the ledger file is damaged. The images beside it keep their settings in their "
+                "PNG metadata; move the run folder aside and run the experiment into a new --out folder") from exc
+        raise
+
+
 class Ledger:
     """The SQLite store of one run folder. Open with :meth:`Ledger.open`."""
 
@@ -51,22 +77,30 @@ class Ledger:
             for d in (run_dir, run_dir / IMAGES_DIR, run_dir / TABLES_DIR):
                 d.mkdir(parents=True, exist_ok=True)
             lock_fd = _acquire_writer_lock(run_dir)
+            conn = None
             try:
-                conn = sqlite3.connect(db, timeout=30, isolation_level=None, check_same_thread=False)
-                mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-                if mode.lower() != "wal":
-                    raise LedgerError(f"{db}: SQLite refused WAL mode (got {mode!r}); "
-                                      "keep run folders on a local filesystem")
-                conn.execute("PRAGMA synchronous=NORMAL")
-                conn.executescript(_SCHEMA)
-                conn.execute("INSERT OR IGNORE INTO meta(name, value) VALUES ('schema_version', ?)",
-                             (str(LEDGER_SCHEMA_VERSION),))
+                with _named_errors(db, writing=True):
+                    conn = sqlite3.connect(db, timeout=30, isolation_level=None, check_same_thread=False)
+                    mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+                    if mode.lower() != "wal":
+                        raise LedgerError(f"{db}: SQLite refused WAL mode (got {mode!r}); "
+                                          "keep run folders on a local filesystem")
+                    conn.execute("PRAGMA synchronous=NORMAL")
+                    conn.executescript(_SCHEMA)
+                    conn.execute("INSERT OR IGNORE INTO meta(name, value) VALUES ('schema_version', ?)",
+                                 (str(LEDGER_SCHEMA_VERSION),))
             except BaseException:
+                if conn is not None:
+                    conn.close()
                 os.close(lock_fd)
                 raise
             ledger = cls(run_dir, conn, readonly=False, lock_fd=lock_fd)
         conn.row_factory = sqlite3.Row
-        found = ledger.get_meta("schema_version")
+        try:
+            found = ledger.get_meta("schema_version")
+        except BaseException:
+            ledger.close()
+            raise
         if found != str(LEDGER_SCHEMA_VERSION):
             ledger.close()
             raise LedgerError(f"{db} has ledger schema version {found!r}; this harness reads "
@@ -100,7 +134,7 @@ class Ledger:
         return self._conn
 
     def _read(self, sql: str, params: Sequence = ()) -> list[sqlite3.Row]:
-        with self._mutex:
+        with self._mutex, _named_errors(self.run_dir / LEDGER_FILE, writing=False):
             return self._db().execute(sql, params).fetchall()
 
     @contextmanager
@@ -109,7 +143,7 @@ class Ledger:
         if self.readonly:
             raise LedgerError(f"the ledger of {self.run_dir} was opened readonly=True; "
                               "open it without readonly to change it")
-        with self._mutex:
+        with self._mutex, _named_errors(self.run_dir / LEDGER_FILE, writing=True):
             conn = self._db()
             if conn.in_transaction:  # left open by an interrupt (Ctrl-C) that landed inside a rollback
                 conn.rollback()
@@ -373,12 +407,13 @@ class Ledger:
         return 0 if planned is None else len(planned - self.done_keys())
 
     def _plan_rows(self, sql: str) -> list[sqlite3.Row]:
-        try:
-            return self._read(sql)
-        except sqlite3.OperationalError as exc:  # a ledger from before plans, opened read-only
-            if "no such table" in str(exc):
-                return []
-            raise
+        with self._mutex:
+            try:
+                return self._db().execute(sql).fetchall()
+            except sqlite3.OperationalError as exc:  # a ledger from before plans, opened read-only
+                if "no such table" in str(exc):
+                    return []
+        return self._read(sql)  # any other error, named
 
     # ---------------------------------------------------------------- scores
 
