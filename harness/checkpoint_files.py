@@ -4,6 +4,7 @@ native size, a .safetensors header, a single file's tensor names and the SD fami
 from __future__ import annotations
 
 import json
+import re
 import struct
 from pathlib import Path
 from typing import Any
@@ -82,6 +83,15 @@ def single_file_family(keys_and_shapes: dict[str, tuple]) -> str:
     return "sd1"
 
 
+def _unpickling_reason(exc: Exception) -> str:
+    """The one sentence of torch's weights-only refusal that says what was found (its message is mostly a
+    paragraph about the `weights_only` default)."""
+    text = str(exc)
+    found = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(?:Check the documentation|$)", text, re.S)
+    reason = " ".join((found.group(1) if found else text.splitlines()[0] if text else "no detail").split())
+    return reason.split(". ")[0].rstrip(".")
+
+
 def single_file_keys(path: Path) -> dict[str, tuple]:
     """Tensor names -> shapes of a .safetensors or .ckpt file; CheckpointError naming the file when unreadable."""
     if path.suffix == ".safetensors":
@@ -98,7 +108,7 @@ def single_file_keys(path: Path) -> dict[str, tuple]:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise CheckpointError(
-            f"{path} could not be read as a checkpoint of tensors: {str(exc).splitlines()[0]}. Either it is not a "
+            f"{path} could not be read as a checkpoint of tensors ({_unpickling_reason(exc)}). Either it is not a "
             "torch checkpoint, or it also stores Python objects (a training checkpoint), which are not loaded for "
             "safety; on a machine you trust, save its state_dict alone or convert it to .safetensors") from None
     except (RuntimeError, OSError, EOFError, ValueError) as exc:

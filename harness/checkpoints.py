@@ -309,7 +309,8 @@ def _file_family(name: str, path: Path) -> str:
     try:
         return single_file_family(single_file_keys(path))
     except CheckpointError as exc:
-        raise CheckpointError(f"checkpoint {name!r} ({path}): {exc}") from None
+        where = "" if str(exc).startswith(str(path)) else f" ({path})"
+        raise CheckpointError(f"checkpoint {name!r}{where}: {exc}") from None
 
 
 def _resolve_file(name: str, path: Path, config: str | None) -> CheckpointRef:

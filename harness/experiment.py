@@ -35,11 +35,16 @@ MEMORY = ("auto", "none", "attention_slicing", "vae_slicing", "vae_tiling", "mod
 WATERMARKS = ("none", "sdv1", "sdv2", "sdxl")
 
 
+def problems_text(path: Path | str, problems: list[str]) -> str:
+    """`path: N problems:` and one indented line each: how every error about an experiment file reads."""
+    lines = "\n".join(f"  - {p}" for p in problems)
+    return f"{path}: {len(problems)} problem{'s' * (len(problems) != 1)}:\n{lines}"
+
+
 class ExperimentError(ValueError):
     def __init__(self, path: Path | str, problems: list[str]):
         self.path, self.problems = str(path), problems
-        lines = "\n".join(f"  - {p}" for p in problems)
-        super().__init__(f"{path}: {len(problems)} problem{'s' * (len(problems) != 1)}:\n{lines}")
+        super().__init__(problems_text(path, problems))
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from typing import Callable, Iterable
 
 from .core import Job, Variant, content_key
 from .expand import compile_template
-from .experiment import Experiment, ExperimentError
+from .experiment import Experiment, ExperimentError, problems_text
 from .wildcards import WildcardLibrary
 
 NEGATIVE_PREFIX = "negative:"
@@ -117,17 +117,15 @@ def resolve_checkpoints(exp: Experiment, resolve: Callable | None = None) -> dic
         def resolve(name, base_dir=None):
             return resolve_ref(name, base_dir=base_dir)
     refs, problems = {}, []
-    for name in exp.checkpoints:  # every unresolvable checkpoint is named, not only the first
+    one = isinstance(exp.raw.get("checkpoints"), str)
+    for i, name in enumerate(exp.checkpoints):  # every unresolvable checkpoint is named, not only the first
         try:
             refs[name] = resolve(name, base_dir=exp.base_dir)
         except ValueError as exc:
-            problems.append(exc)
+            problems.append(f"key '{'checkpoints' if one else f'checkpoints[{i}]'}': {exc}")
     if problems:
         from .checkpoints import CheckpointError
-        if len(problems) == 1:
-            raise CheckpointError(f"{exp.path}: {problems[0]}") from problems[0]
-        raise CheckpointError(f"{exp.path}: {len(problems)} checkpoints cannot be used:\n"
-                              + "\n".join(f"  - {exc}" for exc in problems))
+        raise CheckpointError(problems_text(exp.path, problems))
     fingerprints: dict[str, str] = {}
     for name, ref in refs.items():
         if ref.fingerprint in fingerprints:

@@ -287,6 +287,29 @@ def test_unreadable_single_files_are_rejected_when_resolved_naming_the_file(tmp_
         with pytest.raises(ck.CheckpointError, match=expected) as err:
             ck.resolve(str(tmp_path / name))
         assert name in str(err.value)
+        assert f"({tmp_path / name})" not in str(err.value) and "PyTorch 2.6" not in str(err.value)
+    with pytest.raises(ck.CheckpointError, match=r"tensors \(Unsupported global: GLOBAL harness\.checkpoints\."):
+        ck.resolve(str(tmp_path / "lightning.ckpt"))  # torch's one sentence saying what it found
+
+
+def test_checkpoints_only_found_unusable_when_planned_are_listed_by_key(tmp_path):
+    """A .ckpt that exists but cannot be read passes the cheap load-time check; planning lists every such
+    checkpoint by its key in the experiment file, in the file's usual problem format."""
+    import torch
+
+    from harness.experiment import load_experiment
+    from harness.plan import make_plan
+
+    (tmp_path / "noise.ckpt").write_bytes(bytes(range(256)) * 16)
+    torch.save([torch.zeros(1)], tmp_path / "list.ckpt")
+    exp_file = tmp_path / "e.toml"
+    exp_file.write_text('prompt = "a cat"\nseeds = [1]\ncheckpoints = ["noise.ckpt", "list.ckpt"]\n')
+    with pytest.raises(ck.CheckpointError) as err:
+        make_plan(load_experiment(exp_file))
+    lines = str(err.value).splitlines()
+    assert lines[0] == f"{exp_file}: 2 problems:"
+    assert lines[1].startswith("  - key 'checkpoints[0]': checkpoint 'noise.ckpt': ")
+    assert lines[2].startswith("  - key 'checkpoints[1]': checkpoint 'list.ckpt': ") and "holds a list" in lines[2]
 
 
 def test_every_registered_scheduler_builds_from_the_checkpoint_config(tiny_pipe):
