@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import random
 import sys
 from enum import Enum
@@ -28,6 +29,11 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 @app.callback()
 def _root() -> None:
     """Reproducible Stable Diffusion prompt studies."""
+    if os.environ.get("HARNESS_PLUGINS"):  # a plugin that cannot be imported is one line, before any work
+        try:
+            import harness.metrics  # noqa: F401
+        except ImportError as exc:
+            fail(f"error: {exc}")
 
 
 class Fmt(str, Enum):

@@ -55,7 +55,7 @@ def check_partner(arg: str, text: str) -> str:
     try:
         parse(text, origin="<partner>")
     except GrammarError as e:
-        fail(f"--partner {arg!r}: expected a valid template: {e}")
+        fail(f"error: --partner {arg!r}: expected a valid template: {e}")
     return text
 
 

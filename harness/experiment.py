@@ -18,7 +18,7 @@ from typing import Any, Mapping
 from .checks import Checker
 from .experiment_tables import (  # noqa: F401  (PARENT_TOKEN: for stages.py, with Stage)
     DTYPES, PARENT_TOKEN, Randomize, Stage, check_checkpoints, check_denoising, check_template,
-    checkpoint_overrides,
+    check_watermark_size, checkpoint_overrides,
     init_images_from, randomize_table, seed_list, stage_tables)
 from .grammar import GrammarError
 from .wildcards import read_text
@@ -284,7 +284,10 @@ def experiment_from_dict(raw: Mapping[str, Any], path: Path) -> Experiment:
         c.metric(f"metrics[{i}]", spec)
     compare_metrics = raw.get("compare_metrics", [])
     if not (isinstance(compare_metrics, list) and all(m in metrics for m in compare_metrics)):
-        c.bad("compare_metrics", compare_metrics, "a list of entries of `metrics` (written the same way)")
+        missing = [m for m in compare_metrics if m not in metrics] if isinstance(compare_metrics, list) else []
+        c.bad("compare_metrics", compare_metrics, "a list of entries of `metrics` (written the same way)"
+              + (f"; not in metrics: {', '.join(map(repr, missing))} (add them to `metrics`: the report "
+                 "compares only what the run scores)" if missing else ""))
         compare_metrics = []
     streams = raw.get("streams", "auto")
     if streams != "auto" and (isinstance(streams, bool) or not isinstance(streams, int) or not 1 <= streams <= 64):
@@ -304,6 +307,8 @@ def experiment_from_dict(raw: Mapping[str, Any], path: Path) -> Experiment:
     randomize = randomize_table(c, raw["randomize"], modes) if "randomize" in raw else None
     overrides = checkpoint_overrides(c, raw.get("checkpoint", {}), checkpoints)
 
+    if watermark != "none":
+        check_watermark_size(c, watermark, width, height, checkpoints, overrides)
     stages = stage_tables(c, raw.get("stages", []))
     check_template(c, "prompt", prompt, origin)
     if negative:

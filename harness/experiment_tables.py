@@ -73,11 +73,10 @@ def checkpoint_overrides(c: Checker, per_checkpoint, checkpoints) -> dict[str, d
         per_checkpoint = {}
     for ck, table in per_checkpoint.items():
         prefix = f"checkpoint.{ck}."
-        if ck not in checkpoints:
+        if ck not in checkpoints:  # reported, and the table is still checked: every problem at once
             close = difflib.get_close_matches(ck, checkpoints, n=1)
             c.problems.append(f"table '[checkpoint.{ck}]': '{ck}' is not in checkpoints"
                               + (f"; did you mean '{close[0]}'?" if close else f" ({', '.join(checkpoints)})"))
-            continue
         if not isinstance(table, dict):
             c.bad(f"checkpoint.{ck}", table, "a table of overrides")
             continue
@@ -96,7 +95,8 @@ def checkpoint_overrides(c: Checker, per_checkpoint, checkpoints) -> dict[str, d
             o["scheduler"] = c.scheduler(table, None, prefix=prefix)
         if "dtype" in table:
             o["dtype"] = c.choice(table, "dtype", "auto", DTYPES, prefix=prefix)
-        overrides[ck] = o
+        if ck in checkpoints:
+            overrides[ck] = o
     return overrides
 
 
@@ -112,6 +112,23 @@ def check_checkpoints(c: Checker, given, base: Path) -> None:
             locate(spec, base_dir=base)
         except CheckpointError as e:
             c.problems.append(f"key '{'checkpoints' if isinstance(given, str) else f'checkpoints[{i}]'}': {e}")
+
+
+def check_watermark_size(c: Checker, watermark: str, width: int | None, height: int | None,
+                         checkpoints: list[str], overrides: dict[str, dict[str, Any]]) -> None:
+    """The watermark codec needs images of at least 256x256: every size the experiment makes is checked
+    (its own and each [checkpoint.NAME] override), so a small run fails here, not at its first image."""
+    from .metrics.watermark import MIN_SIDE
+
+    own_size_used = any(not (overrides.get(ck, {}).get("width") and overrides[ck].get("height")) for ck in checkpoints)
+    sizes = {"width/height": (width, height)} if own_size_used else {}
+    sizes.update({f"checkpoint.{ck}.width/height": (o.get("width") or width, o.get("height") or height)
+                  for ck, o in overrides.items() if o.get("width") or o.get("height")})
+    for where, (w, h) in sizes.items():
+        if w and h and min(w, h) < MIN_SIDE:
+            c.problems.append(f"key 'watermark': {watermark!r} needs images of at least {MIN_SIDE}x{MIN_SIDE} (the "
+                              f"dwtDct codec's minimum), but key '{where}' makes {w}x{h}; set watermark = "
+                              f"\"none\" or a size of at least {MIN_SIDE}")
 
 
 def check_template(c: Checker, key: str, text: str, origin: str, shown: str | None = None) -> None:

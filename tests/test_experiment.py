@@ -58,11 +58,19 @@ def test_demo_experiment_loads_and_plans():
     ('prompt = "a"\nbatch_size = 0', "key 'batch_size': got 0, expected 'auto' or an integer >= 1"),
     ('prompt = "a"\nstreams = 0', "key 'streams': got 0, expected 'auto' or an integer in [1, 64]"),
     ('prompt = "a"\nmetrics = ["health"]\ncompare_metrics = ["clip_score"]',
-     "key 'compare_metrics': got ['clip_score'], expected a list of entries of `metrics`"),
+     "key 'compare_metrics': got ['clip_score'], expected a list of entries of `metrics` (written the same way); "
+     "not in metrics: 'clip_score' (add them to `metrics`"),
+    ('prompt = "a"\nwidth = 128\nwatermark = "sdv1"', "key 'watermark': 'sdv1' needs images of at least 256x256 (the "
+     "dwtDct codec's minimum), but key 'width/height' makes 128x512"),
+    ('prompt = "a"\nwatermark = "sdv2"\n[checkpoint.tiny]\nheight = 64',
+     "key 'watermark': 'sdv2' needs images of at least 256x256 (the dwtDct codec's minimum), but key "
+     "'checkpoint.tiny.width/height' makes 512x64"),
     ('prompt = "a"\n[randomize]\nstrength = [0.8, 0.2]', "key 'randomize.strength'"),
     ('prompt = "a"\n[randomize]\nstepz = [1, 2]', "unknown key 'randomize.stepz'; did you mean 'randomize.steps'?"),
     ('prompt = "a"\ncheckpoints = ["tiny"]\n[checkpoint.tinny]\nwidth = 768',
      "table '[checkpoint.tinny]': 'tinny' is not in checkpoints; did you mean 'tiny'?"),
+    ('prompt = "a"\ncheckpoints = ["tiny"]\n[checkpoint.tinny]\nstrength = 0.5',  # its keys are checked too
+     "unknown key 'checkpoint.tinny.strength'"),
     ('prompt = "@missing.txt"', "key 'prompt': got '@missing.txt', expected an existing template file"),
     ('steps = 3', "key 'prompt': missing"),
     ('prompt = "a"\nscheduler = "eulr"', "key 'scheduler': got 'eulr', expected one of ddim"),

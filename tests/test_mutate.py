@@ -264,6 +264,8 @@ def test_mutate_cli_prints_n_mutants_with_lineage():
 def test_mutate_cli_unknown_operator_exits_2():
     r = harness("mutate", PROMPT, "--ops", "swap,shuffle")
     assert r.returncode == 2 and "unknown mutation operator 'shuffle'" in r.stderr
+    r = harness("mutate", PROMPT, "--ops", "crossover", "--partner", "{a|b")
+    assert r.returncode == 2 and r.stderr.startswith("error: --partner '{a|b': expected a valid template: <partner>:1:1:")
 
 
 @pytest.mark.parametrize("weights, message", [

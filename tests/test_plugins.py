@@ -32,3 +32,13 @@ def test_plugin_metric_is_listed_and_usable(tmp_path):
             "print(get_metric('prompt_length').score([Item('k' * 64, 'x.png', prompt='a red fox')])[0].value)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=env)
     assert r.stdout.strip() == "3.0", r.stderr
+
+
+def test_a_plugin_that_cannot_be_imported_is_one_line_naming_the_variable(tmp_path):
+    env = {**os.environ, "HARNESS_PLUGINS": "my_metrics"}  # not on PYTHONPATH
+    r = subprocess.run([sys.executable, "-m", "harness", "metrics"], capture_output=True, text=True, cwd=tmp_path,
+                       env={**env, "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.strip() == ("error: HARNESS_PLUGINS names 'my_metrics', which cannot be imported (No module "
+                                "named 'my_metrics'); a plugin must be importable: installed, or a module in a "
+                                "folder on PYTHONPATH")

@@ -40,4 +40,8 @@ import importlib as _importlib  # noqa: E402
 import os as _os  # noqa: E402
 
 for _name in filter(None, (m.strip() for m in _os.environ.get("HARNESS_PLUGINS", "").split(","))):
-    _importlib.import_module(_name)
+    try:
+        _importlib.import_module(_name)
+    except ImportError as _exc:
+        raise ImportError(f"HARNESS_PLUGINS names {_name!r}, which cannot be imported ({_exc}); a plugin must be "
+                          "importable: installed, or a module in a folder on PYTHONPATH") from _exc
