@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from .atomic import write_atomic
-from .core import Job, canonical_json
+from .core import Job, SettingsError, canonical_json
 from .experiment import Experiment, ExperimentError, load_experiment
 from .ledger import Ledger
 from .plan import Plan, group_jobs, make_plan, shard as shard_jobs
@@ -139,7 +139,11 @@ def run_experiment(path: Path | str, *, out: Path | str | None = None, force: bo
     run_dir = Path(out) if out else default_run_dir(exp)
     if executor == "local":  # Ray workers pick their own devices
         from .devices import check_settings
-        check_settings(device or exp.device, {j.dtype for j in plan.jobs}, exp.memory)
+        try:
+            check_settings(device or exp.device, {j.dtype for j in plan.jobs}, exp.memory)
+        except SettingsError as exc:
+            where = "--device" if device else "its device, dtype and memory keys"
+            raise SettingsError(f"{exp.path} ({where}): {exc}") from None
     ledger, pending = prepare_run(exp, plan, run_dir, jobs=jobs, force=force, log=log or _stderr)
     result = RunResult(run_dir, len(jobs), len(jobs) - len(pending))
     try:

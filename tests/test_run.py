@@ -222,6 +222,7 @@ def test_settings_this_machine_cannot_honour_fail_before_the_run_folder_exists(t
         r = subprocess.run([sys.executable, "-m", "harness", "run", str(exp), "--out", str(tmp_path / f"run{i}"), *args],
                            capture_output=True, text=True, cwd=ROOT)
         assert r.returncode == 2 and expected in r.stderr and "Traceback" not in r.stderr, r.stderr
+        assert (f"\n{exp} (--device): " if args else f"\n{exp} (its device, dtype and memory keys): ") in "\n" + r.stderr
         assert not (tmp_path / f"run{i}").exists()
 
 
