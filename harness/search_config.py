@@ -125,7 +125,7 @@ def search_config(exp: Experiment, library: WildcardLibrary | None = None) -> Se
             for name in modifiers:
                 if library.get(name) is None:
                     close = difflib.get_close_matches(name, library.names(), n=1, cutoff=0.5)
-                    where = ", ".join(str(p) for p in library.search_path) or "(no wildcard folders found)"
+                    where = library.searched()
                     problems.append(f"key 'search.modifiers': no wildcard list {name!r} ({name}.txt) in {where}"
                                     + (f"; did you mean {close[0]!r}?" if close else ""))
             modifiers = tuple(modifiers)

@@ -53,6 +53,12 @@ class WildcardLibrary:
                 return WildcardFile(name, path, text, lines)
         return None
 
+    def searched(self) -> str:
+        """The folders searched, for an error message; with none, where they can come from."""
+        return (", ".join(str(p) for p in self.search_path)
+                or "(no wildcard folder: none of the template's folder, --grammars DIR, $HARNESS_GRAMMARS or "
+                   "./grammars exists)")
+
     def names(self) -> list[str]:
         found: set[str] = set()
         for d in self.search_path:

@@ -52,6 +52,9 @@ def test_csv_has_prompt_and_factor_columns(tmp_path):
 def test_unknown_wildcard_names_the_search_path(tmp_path):
     r = harness("expand", "__nope__", "--grammars", str(tmp_path))
     assert r.returncode == 2 and "unknown wildcard __nope__" in r.stderr and str(tmp_path) in r.stderr
+    r = harness("expand", "__nope__", cwd=tmp_path)  # no wildcard folder at all: where one can come from
+    assert r.returncode == 2 and ("no nope.txt in (no wildcard folder: none of the template's folder, --grammars "
+                                  "DIR, $HARNESS_GRAMMARS or ./grammars exists)") in r.stderr, r.stderr
 
 
 def test_choose_k_from_a_wildcard_picks_among_its_lines(tmp_path):

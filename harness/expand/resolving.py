@@ -71,7 +71,7 @@ def _problem(node, library: WildcardLibrary, stack: tuple[str, ...]) -> GrammarE
         names = library.names()
         close = difflib.get_close_matches(node.path, names, n=3, cutoff=0.5)
         hint = f"; did you mean {', '.join('__' + c + '__' for c in close)}?" if close else ""
-        where = ", ".join(str(p) for p in library.search_path) or "(no wildcard folders found)"
+        where = library.searched()
         return GrammarError(f"unknown wildcard __{node.path}__: no {node.path}.txt in {where}{hint}",
                             node.loc, length=width)
     if not wf.lines:

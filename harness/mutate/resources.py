@@ -64,7 +64,7 @@ class Resources:
                 if explicit:
                     close = difflib.get_close_matches(name, library.names(), n=3, cutoff=0.5)
                     hint = f"; did you mean {', '.join(close)}?" if close else ""
-                    where = ", ".join(str(p) for p in library.search_path) or "(no wildcard folders found)"
+                    where = library.searched()
                     raise ValueError(f"modifier list {name!r}: no {name}.txt in {where}{hint}")
                 continue
             items = _expansions(compile_template(f"__{name}__", library=library).tree)
