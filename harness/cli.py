@@ -288,7 +288,10 @@ def eval_(
         from .ledger import Ledger
 
         with Ledger.open(run_dir, readonly=True) as ledger:
-            specs = scaled_clip_specs(specs, scale, experiment_metrics(ledger), default_clip(ledger))
+            try:
+                specs = scaled_clip_specs(specs, scale, experiment_metrics(ledger), default_clip(ledger))
+            except ValueError as e:
+                fail(f"error: {e}")
     from .ledger import LedgerError
 
     try:

@@ -26,14 +26,20 @@ app.add_typer(watermark_app, name="watermark")
 def watermark_detect(
     paths: List[Path] = typer.Argument(..., help="Image files."),
     fmt: PlanFmt = typer.Option(PlanFmt.text, "--format", help="text | jsonl"),
+    message: List[str] = typer.Option([], "--message", help="Look for this message: sdv1 | sdv2 | sdxl | any TEXT "
+                                                             "(repeatable; default: sdv1, sdv2 and sdxl)."),
 ) -> None:
-    """Statistical detection of the SD v1 / v2 / XL messages in image files."""
+    """Statistical detection of the SD v1 / v2 / XL messages (or your own) in image files."""
     from .metrics.watermark import detect_paths
 
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
         fail(f"error: no such image file: {', '.join(missing)}")
-    for r in detect_paths(paths):
+    try:
+        results = detect_paths(paths, message or None)
+    except ValueError as e:
+        fail(f"error: --message: {e}")
+    for r in results:
         if fmt is PlanFmt.jsonl:
             sys.stdout.write(json.dumps(r, default=_json_default) + "\n")
             continue
@@ -53,6 +59,9 @@ def _json_default(o):
     raise TypeError(type(o).__name__)
 
 
+LOSSY_SUFFIXES = (".jpg", ".jpeg", ".webp")
+
+
 @watermark_app.command("embed")
 def watermark_embed(
     src: Path = typer.Argument(..., help="Input image."),
@@ -67,6 +76,9 @@ def watermark_embed(
     except (ValueError, OSError) as e:
         fail(f"error: {e}")
     typer.echo(f"wrote {dst} with message {message}")
+    if dst.suffix.lower() in LOSSY_SUFFIXES:
+        typer.echo(f"warning: {dst.suffix} compression removes most of the mark (detection mostly fails after "
+                   "it); save as .png to keep it", err=True)
 
 
 @app.command(context_settings=PASS_THROUGH)

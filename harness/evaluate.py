@@ -78,18 +78,40 @@ def default_metrics(ledger: Ledger) -> list[str]:
 
 def scaled_clip_specs(specs: Iterable[str], scale: float, experiment_specs: Iterable[str] = (),
                       default: str = "clip_score") -> list[str]:
-    """`harness eval --scale S`: the CLIP score specs at scale S. Without `-m` specs, the experiment's CLIP
-    score specs (their model and options kept), else `default` (see `default_clip`)."""
-    def is_clip(spec: str) -> bool:
-        return spec.split(":")[0].strip() == "clip_score"
+    """`harness eval --scale S`: the CLIP score specs at scale S, in `name:` or id form. Without `-m` specs,
+    the experiment's CLIP score specs (their model and options kept), else `default` (see `default_clip`).
 
-    def rescale(spec: str) -> str:
-        name, _, opts = spec.partition(":")
-        kept = [o for o in opts.split(",") if o.strip() and o.split("=")[0].strip() != "scale"]
-        return f"{name}:{','.join([*kept, f'scale={scale:g}'])}"
+    `-m` specs of metrics without a scale are kept as given; when none of them takes one, --scale would be
+    ignored, so that is a ValueError naming them."""
+    chosen = list(specs) or [s for s in experiment_specs if _takes_scale(s)] or [default]
+    if not any(_takes_scale(s) for s in chosen):
+        raise ValueError(f"--scale applies to CLIP score specs, and none of {', '.join(map(repr, chosen))} takes "
+                         "a scale; add -m clip_score... or leave out --scale")
+    return [_with_scale(s, scale) if _takes_scale(s) else s for s in chosen]
 
-    chosen = list(specs) or [s for s in experiment_specs if is_clip(s)] or [default]
-    return [rescale(s) if is_clip(s) else s for s in chosen]
+
+def _takes_scale(spec: str) -> bool:
+    """Whether the spec names a metric with a `scale` option; False for a spec that does not parse (its error
+    comes when it is evaluated)."""
+    from .metrics import metric_options, parse_metric_spec
+
+    try:
+        return "scale" in metric_options(parse_metric_spec(spec)[0])
+    except (KeyError, ValueError):
+        return False
+
+
+def _with_scale(spec: str, scale: float) -> str:
+    """The spec in `name:` form with its scale option set to `scale` (last), its other options kept."""
+    from .metrics import parse_metric_spec
+    from .metrics.base import format_metric_spec
+
+    try:
+        name, options = parse_metric_spec(spec)
+    except ValueError:
+        return spec  # evaluating it reports the malformed spec
+    options.pop("scale", None)
+    return format_metric_spec(name, {**options, "scale": f"{scale:g}"})
 
 
 def metrics_for_run(ledger: Ledger, specs: Iterable[str] | None):
@@ -133,10 +155,19 @@ def evaluate(ledger: Ledger, specs: Iterable[str] | None = None, *, log: Callabl
         out.append(summary)
     values = ledger.scores_frame()
     planned = values[values["key"].isin({j.key for j in jobs})]  # not images an earlier version made
-    for summary in out:
-        v = planned.loc[planned["metric"] == summary.metric, "value"].dropna()
-        summary.mean = float(v.mean()) if len(v) else float("nan")
+    for metric, summary in zip(metrics, out):
+        summary.mean = summary_value(metric, planned.loc[planned["metric"] == summary.metric, "value"])
     return out
+
+
+def summary_value(metric, values) -> float:
+    """The summary of a metric's stored values: its own `aggregate` where it has one (clip_score with
+    clamp=batch_mean clamps the mean, as torchmetrics does), else the mean; NaN when none is finite."""
+    finite = [float(v) for v in values if not math.isnan(float(v))]
+    if not finite:
+        return float("nan")
+    aggregate = getattr(metric, "aggregate", None)
+    return float(aggregate(finite)) if aggregate else sum(finite) / len(finite)
 
 
 class BackgroundScorer:

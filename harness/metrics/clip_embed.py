@@ -23,7 +23,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from harness.metrics.base import Metric, MetricUnavailable, Option, cache_dir, chunks, parse_positive_int
+from harness.metrics.base import (
+    Metric, MetricUnavailable, Option, cache_dir, chunks, parse_positive_int, to_rgb,
+)
 from harness.metrics.clip_models import BUILTIN_LOADERS, TINY, ClipLoadError, ClipModel, load_clip
 
 DEFAULT_MODEL = "ViT-L-14"
@@ -201,9 +203,9 @@ class ClipEmbedder:
                 with Image.open(io.BytesIO(raw[i])) as image:
                     image.load()
                     if fit[i] is None:
-                        todo.append((i, image.convert("RGB")))
+                        todo.append((i, to_rgb(image)))
                     else:
-                        todo.append((i, fit_cover(ImageOps.exif_transpose(image).convert("RGB"), *fit[i])))
+                        todo.append((i, fit_cover(to_rgb(ImageOps.exif_transpose(image)), *fit[i])))
             except Exception as exc:  # any decoder failure (PIL raises many types) is a per-item reason
                 results[i] = f"image unreadable: {paths[i]}: {type(exc).__name__}: {exc}"
         fresh: dict[str, np.ndarray] = {}

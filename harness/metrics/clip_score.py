@@ -3,7 +3,8 @@
 Per image: `max(scale * cos(E_img(image), E_txt(prompt)), 0)` with unit
 CLIP embeddings. `text=...` scores every image against that fixed text
 instead (a probe: "is this image red?" across all cells of a study); the
-option then enters the metric id.
+option then enters the metric id, and items without a prompt are scored too.
+A text holding commas is quoted: `clip_score:text="a red circle, by ian mcque"`.
 
 - `scale=100` (default) is the convention of most diffusion papers and of
   torchmetrics; `scale=2.5` gives the CLIPScore paper's `2.5 * max(cos, 0)`
@@ -66,7 +67,8 @@ class ClipScore(ClipMetric):
     def info(self) -> MetricInfo:
         scale = self.options["scale"]
         lo = -scale if self.options["clamp"] == "batch_mean" else 0.0
-        return MetricInfo(INFO.name, INFO.description, INFO.unit, (lo, scale), INFO.higher_is_better, INFO.needs)
+        needs = INFO.needs - {"prompt"} if self.options["text"] else INFO.needs  # a probe needs no prompt
+        return MetricInfo(INFO.name, INFO.description, INFO.unit, (lo, scale), INFO.higher_is_better, needs)
 
     def aggregate(self, values: Sequence[float]) -> float:
         """The summary of a set of values under this metric's clamp convention (NaNs skipped)."""

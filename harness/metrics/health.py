@@ -15,7 +15,10 @@ Flags:
 - `unreadable`: the file exists but is not a decodable image.
 
 Metric value: 1.0 healthy, 0.0 unhealthy (flags in the detail). A missing file
-is NaN with a reason: nothing was made, so there is nothing to judge.
+is NaN with a reason: nothing was made, so there is nothing to judge. So is an
+image smaller than 16 pixels in either side (two blocks): its block means
+cannot spread, so any content would read as flat. 16-bit images are scaled to
+8 bits first (see `base.to_rgb`).
 
 `check_array(arr)` runs the same checks on an array in memory, for the runner
 right after generation. uint8 arrays are in levels 0..255; float arrays are
@@ -29,12 +32,14 @@ from typing import Any
 
 import numpy as np
 
-from harness.metrics.base import MISSING_FILE, Item, Metric, MetricInfo, register
+from harness.metrics.base import MISSING_FILE, Item, Metric, MetricInfo, register, to_rgb
 
 BLACK_MAX = 2.0    # levels: brightest pixel at most this -> black
 BLACK_MEAN = 2.0   # levels: mean below this -> black
 UNIFORM_STD = 2.0  # levels: every channel's std (of block means) below this -> near uniform
 UNIFORM_BLOCK = 8  # pixels: near-uniformity is judged on the means of blocks this size
+MIN_SIDE = 2 * UNIFORM_BLOCK  # pixels: a smaller side has one block, whose means cannot spread
+TOO_SMALL = f"image smaller than {MIN_SIDE}x{MIN_SIDE}: too small to judge"
 
 INFO = MetricInfo(
     name="health",
@@ -111,12 +116,15 @@ class Health(Metric):
             try:
                 with Image.open(item.image_path) as image:
                     image.load()
-                    arr = np.asarray(image.convert("RGB") if image.mode not in ("L", "RGB", "F") else image)
+                    arr = np.asarray(to_rgb(image) if image.mode not in ("L", "RGB", "F") else image)
             except FileNotFoundError:
                 out.append((float("nan"), {"reason": f"{MISSING_FILE}: image {item.image_path}", "retry": True}))
                 continue
             except Exception as exc:  # any decoder failure (PIL raises many types) is a per-item reason
                 out.append((0.0, {"flags": ["unreadable"], "reason": f"image unreadable: {type(exc).__name__}: {exc}"}))
+                continue
+            if min(arr.shape[:2]) < MIN_SIDE:
+                out.append((float("nan"), {"reason": TOO_SMALL, "size": [arr.shape[1], arr.shape[0]]}))
                 continue
             ok, flags, stats = _check(arr, (0.0, 255.0) if arr.dtype.kind == "f" else None)
             out.append((1.0 if ok else 0.0, {"flags": flags, **stats}))

@@ -269,6 +269,7 @@ def detect(image: Any, messages: Iterable[str | bytes | Message] | None = None, 
     msgs = [resolve_message(m) for m in (DEFAULT_MESSAGES if messages is None else messages)]
     if not msgs:
         raise ValueError("detect: no messages to look for; give e.g. messages=['sdv1']")
+    alpha = parse_alpha(alpha)
     rgb, _ = _to_rgb_array(image, "detect")
     height, width = rgb.shape[:2]
     if height < MIN_SIDE or width < MIN_SIDE:
@@ -356,14 +357,25 @@ def _parse_messages(value: Any) -> tuple[str, ...]:
     return names
 
 
+def parse_alpha(value: Any) -> float:
+    """A false-positive rate: a number strictly between 0 and 1 (at 1 or more every image is detected)."""
+    try:
+        alpha = parse_positive_float(value)
+    except ValueError:
+        alpha = None
+    if alpha is None or alpha >= 1:
+        raise ValueError(f"alpha must be in (0, 1), got {value!r}")
+    return alpha
+
+
 @register
 class Watermark(Metric):
     INFO = INFO
     OPTIONS = {
         "messages": Option("+".join(DEFAULT_MESSAGES), "messages to look for, joined by '+': sdv1, sdv2, sdxl "
                            "or any text", parse=lambda v: "+".join(_parse_messages(v))),
-        "alpha": Option(ALPHA, "false-positive rate per clean image (Bonferroni over messages x reads)",
-                        parse=parse_positive_float),
+        "alpha": Option(ALPHA, "false-positive rate per clean image (Bonferroni over messages x reads), "
+                        "in (0, 1)", parse=parse_alpha),
     }
 
     def _score(self, items: list[Item]) -> list[tuple[float, dict]]:

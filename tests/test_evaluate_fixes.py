@@ -1,0 +1,145 @@
+"""Evaluator fixes on real PNGs, a real ledger and the built-in tiny CLIP: the batch-mean clamp in the
+summary, 16-bit images, watermark alpha, --scale on id-form specs, text probes without prompts, too-small
+images for health, quoted option values."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from PIL import Image
+
+from harness.core import Job
+from harness.evaluate import evaluate, scaled_clip_specs
+from harness.ledger import Ledger
+from harness.metrics import Item, get_metric, metric_from_spec, parse_metric_spec
+from harness.metrics.base import read_rgb
+from harness.provenance import a1111_parameters, provenance_record, write_png_atomic
+
+pytest.importorskip("open_clip")
+
+PROBE = "blue"  # on noise images the tiny CLIP gives it negative cosines (checked in the test)
+COMMA_PROBE = "a red circle, by ian mcque"
+
+
+def noise(size: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
+
+
+@pytest.fixture
+def run(tmp_path):
+    """A ledger with three done tiny-checkpoint jobs of noise images, one of them without a prompt."""
+    with Ledger.open(tmp_path / "run") as ledger:
+        jobs = [Job(checkpoint="tiny", fingerprint="ab" * 32, mode="txt2img", prompt=prompt, negative_prompt="",
+                    seed=i, steps=4, guidance=7.5, scheduler="ddim", width=32, height=32)
+                for i, prompt in enumerate(["a fox", "", "a cat"])]
+        ledger.add_jobs(jobs)
+        for job in jobs:
+            write_png_atomic(ledger.image_path(job.key), noise(32, job.seed),
+                             parameters=a1111_parameters(job, sampler="DDIM", model_name="tiny"),
+                             provenance=provenance_record(job, batch_size=1, slot=0))
+            ledger.mark_done(job.key, batch_id=1, batch_size=1, slot=0, seconds=0.1, device="cpu",
+                             dtype="float32")
+        yield ledger
+
+
+def clip(options: str) -> str:
+    return f"clip_score:model=tiny,cache=none,{options}"
+
+
+# -- 1. clamp=batch_mean: the summary is the clamped mean ---------------------------
+
+
+def test_batch_mean_summary_is_the_clamped_mean(run, one_cpu_thread):
+    (summary,) = evaluate(run, [clip(f"clamp=batch_mean,text={PROBE}")], log=lambda m: None)
+    stored = run.scores_frame()["value"].tolist()
+    assert len(stored) == 3 and np.mean(stored) < 0, "want a negative mean, else the clamp is not tested"
+    assert summary.mean == 0.0
+    assert min(stored) < 0  # per-image values stay unclamped
+
+
+# -- 2. 16-bit PNGs read like their 8-bit copies -----------------------------------
+def test_16_bit_png_scores_like_its_8_bit_copy(tmp_path, one_cpu_thread):
+    gray = np.tile(np.arange(0, 256, 4, dtype=np.uint8), (64, 1))  # a dark-to-light ramp, 64x64
+    eight, sixteen = tmp_path / "g8.png", tmp_path / "g16.png"
+    Image.fromarray(gray, "L").save(eight)
+    Image.fromarray(gray.astype(np.uint16) * 257).save(sixteen)
+    with Image.open(sixteen) as image:
+        assert image.mode.startswith("I"), image.mode
+    assert np.array_equal(np.asarray(read_rgb(sixteen)[0]), np.asarray(read_rgb(eight)[0]))
+    items = [Item(key="g8", image_path=eight, prompt="a ramp"), Item(key="g16", image_path=sixteen, prompt="a ramp")]
+    health = get_metric("health").score(items)
+    assert [s.value for s in health] == [1.0, 1.0], [s.detail for s in health]
+    scores = get_metric("clip_score", model="tiny", cache="none", clamp="batch_mean").score(items)
+    assert scores[0].value == pytest.approx(scores[1].value, abs=1e-6)
+
+
+# -- 3. watermark alpha must be a rate ------------------------------------------------
+@pytest.mark.parametrize("alpha", ["1", "2.5", "0", "-0.1", "nan"])
+def test_watermark_alpha_outside_0_1_is_refused(alpha):
+    with pytest.raises(ValueError, match=r"option alpha=.*alpha must be in \(0, 1\)"):
+        get_metric("watermark", alpha=alpha)
+    assert get_metric("watermark", alpha="0.01").options["alpha"] == 0.01
+
+
+# -- 4. --scale on id-form specs, and on metrics without a scale ----------------------
+def test_scale_rescales_an_id_form_clip_spec():
+    spec = "clip_score[model=toy,pretrained=toy,scale=100,clamp=image]"
+    (scaled,) = scaled_clip_specs([spec], 2.5)
+    assert metric_from_spec(scaled).id == "clip_score[model=toy,pretrained=toy,scale=2.5,clamp=image]"
+
+
+def test_scale_for_a_metric_without_one_is_an_error_naming_it():
+    with pytest.raises(ValueError, match=r"--scale applies to CLIP score specs, and none of 'health' takes a scale"):
+        scaled_clip_specs(["health"], 2.5)
+    assert scaled_clip_specs(["health", "clip_score"], 2.5) == ["health", "clip_score:scale=2.5"]
+
+
+# -- 5. a text probe needs no prompt ---------------------------------------------------
+def test_text_probe_scores_an_item_without_a_prompt(run, one_cpu_thread):
+    (probe, prompt) = evaluate(run, [clip(f"text={PROBE}"), clip("scale=100")], log=lambda m: None)
+    assert probe.nan == 0 and probe.scored == 3
+    assert prompt.nan == 1 and prompt.reasons == {"item has no prompt": 1}
+
+
+# -- 6. health: too small to judge is NaN with a reason --------------------------------
+@pytest.mark.parametrize("size", [1, 8, 12])
+def test_health_of_an_image_too_small_to_judge_is_nan_with_reason(tmp_path, size):
+    path = tmp_path / f"n{size}.png"
+    Image.fromarray(noise(size, size)).save(path)
+    (score,) = get_metric("health").score([Item(key="n", image_path=path)])
+    assert math.isnan(score.value) and "too small to judge" in score.detail["reason"]
+
+
+def test_health_of_16_px_noise_is_healthy(tmp_path):
+    path = tmp_path / "n16.png"
+    Image.fromarray(noise(16, 0)).save(path)
+    assert get_metric("health").score([Item(key="n", image_path=path)])[0].value == 1.0
+
+
+# -- 7. quoted option values -------------------------------------------------------------
+def test_quoted_value_may_hold_commas_and_round_trips_through_the_id():
+    name, options = parse_metric_spec(f'clip_score:model=tiny,text="{COMMA_PROBE}",scale=2.5')
+    assert (name, options) == ("clip_score", {"model": "tiny", "text": COMMA_PROBE, "scale": "2.5"})
+    metric = metric_from_spec(f'clip_score:model=tiny,text="{COMMA_PROBE}"')
+    assert metric_from_spec(metric.id).options["text"] == COMMA_PROBE
+    assert metric_from_spec(metric.id).id == metric.id
+    odd = get_metric("clip_score", model="tiny", text=' quote " and \\ , comma ')
+    assert metric_from_spec(odd.id).options["text"] == odd.options["text"]
+
+
+@pytest.mark.parametrize("spec, column", [('clip_score:text="a, b', 17), ('clip_score[text="a]', 17)])
+def test_unbalanced_quote_names_the_spec_and_column(spec, column):
+    with pytest.raises(ValueError, match=rf"metric spec .*unbalanced double quote at column {column}"):
+        parse_metric_spec(spec)
+
+
+def test_quoted_probe_is_stored_under_its_id_and_not_scored_twice(run, one_cpu_thread):
+    spec = clip(f'text="{COMMA_PROBE}"')
+    (first,) = evaluate(run, [spec], log=lambda m: None)
+    (again,) = evaluate(run, [spec], log=lambda m: None)
+    assert first.scored == 3 and again.skipped == 3 and again.scored == 0
+    (stored,) = set(run.scores_frame()["metric"])
+    assert metric_from_spec(stored).options["text"] == COMMA_PROBE
