@@ -85,6 +85,19 @@ def _wrap(text: str, width: int) -> str:
     return "\n".join(textwrap.wrap(text, width=max(width, 10), break_on_hyphens=False)) or text
 
 
+TICK_CHARS, TICK_LINES = 11, 3  # a level's tick label: lines of at most 11 characters (0.9 in per level)
+
+
+def _tick_label(level, n: int) -> str:
+    """A level's x tick label that fits its slot: wrapped to TICK_CHARS, at most TICK_LINES lines (the
+    last ending in '…' when cut; the full level is in the tables), then its image count."""
+    lines = textwrap.wrap(str(level), width=TICK_CHARS, break_on_hyphens=False) or [str(level)]
+    if len(lines) > TICK_LINES:
+        lines = lines[:TICK_LINES]
+        lines[-1] = lines[-1][:TICK_CHARS - 1] + "…"
+    return "\n".join(lines + [f"n={n}"])
+
+
 def _height(title: str) -> float:
     """Figure height in inches: room for a plot plus every line of its title."""
     return 3.2 + 0.17 * title.count("\n")
@@ -118,7 +131,9 @@ def level_figure(table: pd.DataFrame, factor: str, metric: str):
     name = _factor_name(fcol)
     width = max(3.6, 0.9 * len(stats) + 1.8)
     title = _wrap(f"{metric_label(mcol)} by {name} (mean, 95% CI)", int(width * 9))
-    fig = _figure(width, _height(title))
+    ticks = [_tick_label(lv, n) for lv, n in zip(stats["level"], stats["n"])]
+    extra = 0.15 * max(0, max(t.count("\n") for t in ticks) - 1)  # room for levels wrapped to more lines
+    fig = _figure(width, _height(title) + extra)
     ax = fig.subplots()
     x = np.arange(len(stats))
     means = stats["mean"].to_numpy()
@@ -126,7 +141,7 @@ def level_figure(table: pd.DataFrame, factor: str, metric: str):
     above = np.nan_to_num(stats["ci_high"].to_numpy() - means)
     ax.errorbar(x, means, yerr=[below, above], fmt="o", color="#2f5dbd", ecolor="#2f5dbd", capsize=4,
                 markersize=6)
-    ax.set_xticks(x, [f"{lv}\nn={n}" for lv, n in zip(stats["level"], stats["n"])])
+    ax.set_xticks(x, ticks, fontsize=9)
     ax.set_xlabel(name)
     ax.set_ylabel(_wrap(metric_label(mcol, 60), 30), fontsize=9)
     ax.set_title(title, fontsize=10)

@@ -304,7 +304,8 @@ class ReportResult:
     skipped: list[tuple[str, str, str]] = field(default_factory=list)  # (factor, metric, why) not compared
     truncated: int = 0  # images whose prompt some CLIP metric saw cut to its text limit
     text_limits: dict = field(default_factory=dict)  # metric id -> tokens it reads, where it cut a prompt
-    missing: int = 0  # images the plan asks for that are not made yet
+    missing: int = 0  # images the plan asks for that are not made yet (failed ones included)
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (key, error) of the plan's failed jobs
     undrawn: str = ""  # characters of plot labels no installed font has (boxes in the plots)
 
 
@@ -333,6 +334,43 @@ def randomized_params(run_dir: Path) -> list[str]:
     return [k for k in ("strength", "steps", "guidance") if k in table] if isinstance(table, dict) else []
 
 
+def failed_jobs(ledger: Ledger) -> list[tuple[str, str]]:
+    """(key, error text) of the failed jobs of the current plan (every failed job when no plan is recorded)."""
+    jobs = ledger.jobs_frame()
+    if not len(jobs):
+        return []
+    planned = ledger.planned_keys()
+    failed = jobs[(jobs["status"] == "failed") & (True if planned is None else jobs["key"].isin(planned))]
+    errors = failed["error"] if "error" in failed.columns else pd.Series("", index=failed.index)
+    return [(str(k), "" if is_missing(e) else str(e)) for k, e in zip(failed["key"], errors)]
+
+
+def _check_options(table: pd.DataFrame, rows: str | None, cols: str | None, metric: str | None,
+                   html: bool) -> None:
+    """A misspelt --rows/--cols/--metric fails before anything is rewritten (with or without the page)."""
+    if not len(table):
+        return
+    if html or rows or cols:
+        from .sheet import choose_axes
+        choose_axes(table, rows, cols)
+    if metric:
+        _find_metric(table, metric)  # a misspelt --metric is an error, not an empty comparison
+
+
+def _remove_stale(run_dir: Path, tables: Path, table: pd.DataFrame, plots: list[Path]) -> None:
+    """An earlier report's files this one did not rewrite: its checkpoints.* when no image is left, and the
+    plots it drew that this report did not (the search/ablation plots are kept)."""
+    if not len(table):
+        for suffix in ("csv", "parquet", "md"):
+            (tables / f"checkpoints.{suffix}").unlink(missing_ok=True)
+    folder = run_dir / "plots"
+    if folder.is_dir():
+        keep = {Path(p).name for p in plots} | set(EXTRA_PLOTS)
+        for png in folder.glob("*.png"):
+            if png.name not in keep:
+                png.unlink(missing_ok=True)
+
+
 def build_report(run_dir: Path | str, *, rows: str | None = None, cols: str | None = None,
                  compare_factors: Iterable[str] | None = None, metric: str | None = None,
                  html: bool = True) -> ReportResult:
@@ -343,11 +381,10 @@ def build_report(run_dir: Path | str, *, rows: str | None = None, cols: str | No
         table = image_table(ledger)
         unplanned = ledger.unplanned_done()
         missing = ledger.planned_not_done()
+        failed = failed_jobs(ledger)
     result = ReportResult(run_dir, len(table), truncated=int((table["truncated"] != "").sum()) if len(table) else 0,
-                          text_limits=table.attrs.get(TEXT_LIMITS, {}))
-    if html and len(table):
-        from .sheet import choose_axes
-        choose_axes(table, rows, cols)  # a misspelt --rows/--cols fails before anything is rewritten
+                          text_limits=table.attrs.get(TEXT_LIMITS, {}), failed=failed)
+    _check_options(table, rows, cols, metric, html)
     tables = run_dir / "tables"
     result.tables += write_table(table, tables, "images")
     variants = variant_summary(table)
@@ -359,8 +396,6 @@ def build_report(run_dir: Path | str, *, rows: str | None = None, cols: str | No
     result.missing = missing
     factors = list(compare_factors) if compare_factors is not None else [
         f for f in factor_columns(table) + ["checkpoint"] if table[f].nunique(dropna=True) >= 2]
-    if metric and len(table):
-        _find_metric(table, metric)  # a misspelt --metric is an error, not an empty comparison
     if default_compare_metric(table) or metric:
         for m in report_metrics(run_dir, metric):
             for f in factors:
@@ -388,12 +423,15 @@ def build_report(run_dir: Path | str, *, rows: str | None = None, cols: str | No
             (tables / f"{name}.{suffix}").unlink(missing_ok=True)
     if html and len(table):
         from .plots import plots_for, undrawn
-        from .sheet import write_sheet
         result.plots, result.undrawn = plots_for(table, run_dir), undrawn(table)
+    if html or not len(table):
+        _remove_stale(run_dir, tables, table, result.plots)
+    if html:
+        from .sheet import write_sheet
         extra_plots = [run_dir / "plots" / name for name in EXTRA_PLOTS if (run_dir / "plots" / name).is_file()]
         result.index = write_sheet(run_dir, table, rows=rows, cols=cols, variant_summary=variants,
                                    not_sections=randomized_params(run_dir),
                                    comparisons=[*result.comparisons, *extra_sections(tables)],
-                                   plots=result.plots + extra_plots,
+                                   plots=result.plots + extra_plots, missing=missing, failed=failed,
                                    title=f"{run_dir.name}: {len(table)} images")
     return result

@@ -37,7 +37,7 @@ import pandas as pd
 from .atomic import write_atomic
 from .columns import (dim_name, flag, fmt_score, grid_dims, is_missing, is_number, level_label, metric_labels,
                       numeric_metrics, resolve_dim, resolve_metrics, sort_key, sorted_levels, varies)
-from .sheet_tables import comparison_model, table_model
+from .sheet_tables import comparison_models, table_model
 from .thumbs import THUMB_PX, THUMBS_DIR, ensure_thumbnails, image_file
 
 # Varying parameters split the grids into sections, except these: long text or one value per parent
@@ -152,7 +152,8 @@ def _records(run_dir: Path, table: pd.DataFrame, metrics: list[str], labels: dic
                 lo, hi = bars[m]
                 frac = round((float(v) - lo) / (hi - lo), 3)
             scores.append({"label": labels[m], "id": m[2:], "value": fmt_score(v), "frac": frac})
-        cell = {"key": key, "thumb": thumb(key), "box": _thumb_box(r), "problem": problems.get(key), "alt": heading,
+        cell = {"key": key, "thumb": thumb(key), "box": _thumb_box(r), "problem": problems.get(key),
+                "problem_short": _short_problem(problems.get(key)), "alt": heading,
                 "watermark": flag(r.get("watermark")),
                 "unhealthy": "healthy" in r and not flag(r["healthy"]),
                 "status": r.get("status"), "scores": scores,
@@ -168,9 +169,21 @@ def _records(run_dir: Path, table: pd.DataFrame, metrics: list[str], labels: dic
             "badges": [b for b, on in (("watermark", cell["watermark"]), ("unhealthy", cell["unhealthy"])) if on],
             "parent": parent, "children": children.get(key, []),
             "parent_image": rel(files[parent]) if parent else None,
-            "parent_thumb": cell["parent_thumb"],
+            "parent_thumb": cell["parent_thumb"], "parent_problem": problems.get(parent) if parent else None,
         }
     return cells, data
+
+
+def _short_problem(problem: str | None) -> str | None:
+    """The placeholder's text: the reason without its detail (the detail is the placeholder's tooltip)."""
+    return problem.split(":", 1)[0] if problem else problem
+
+
+def _failed_model(failed: Sequence[tuple[str, str]]) -> dict | None:
+    """The failed jobs (key, error text) as a table of the page, None when none failed."""
+    if not failed:
+        return None
+    return table_model(pd.DataFrame([(str(k)[:12], str(e)) for k, e in failed], columns=["key", "error"]))
 
 
 def _splitting(table: pd.DataFrame, dims: list[str]) -> list[str]:
@@ -272,7 +285,8 @@ def choose_axes(table: pd.DataFrame, rows: str | None = None, cols: str | None =
 def write_sheet(run_dir: Path, table: pd.DataFrame, *, rows: str | None = None, cols: str | None = None,
                 metrics: list[str] | None = None, variant_summary: pd.DataFrame | None = None,
                 comparisons: list | None = None, plots: list[Path] | None = None, title: str = "",
-                not_sections: Sequence[str] = ()) -> Path:
+                not_sections: Sequence[str] = (), missing: int = 0,
+                failed: Sequence[tuple[str, str]] = ()) -> Path:
     """Write ``run_dir/index.html`` (and missing thumbnails) for the per-image `table`; returns its path.
 
     rows, cols: a factor (``color`` for ``f.color``) or a parameter (seed, checkpoint, mode, stage,
@@ -285,6 +299,8 @@ def write_sheet(run_dir: Path, table: pd.DataFrame, *, rows: str | None = None, 
     text. plots: image files inside `run_dir` (see :func:`harness.plots.plots_for`). not_sections:
     parameters that never split the grids, like init_image and negative_prompt (a parameter drawn at
     random per prompt would make a grid per image); their values show in each image's detail view.
+    missing: images the plan asks for that are not made yet (failed ones included); failed: (key, error
+    text) of the failed ones. An empty `table` gives a page that says no image is made yet.
     """
     from markupsafe import Markup
 
@@ -292,29 +308,33 @@ def write_sheet(run_dir: Path, table: pd.DataFrame, *, rows: str | None = None, 
     if "key" not in table.columns:
         raise ValueError(f"table needs a 'key' column (one row per image); columns: {list(table.columns)}")
     table = table.reset_index(drop=True)
-    row_dim, col_dim = choose_axes(table, rows, cols)
-    section_dims = [d for d in grid_dims(table)
-                    if d not in (row_dim, col_dim, *NOT_SECTIONS, *not_sections) and varies(table, d)]
-    section_dims.sort(key=lambda d: d != "stage")  # one pass of an iterated run after the other
-    section_dims = _splitting(table, section_dims)
-    shown = resolve_metrics(table, metrics)
+    if len(table):
+        row_dim, col_dim = choose_axes(table, rows, cols)
+        section_dims = [d for d in grid_dims(table)
+                        if d not in (row_dim, col_dim, *NOT_SECTIONS, *not_sections) and varies(table, d)]
+        section_dims.sort(key=lambda d: d != "stage")  # one pass of an iterated run after the other
+        section_dims = _splitting(table, section_dims)
+        shown = resolve_metrics(table, metrics)
+    else:  # nothing made yet: the page says so (and lists what failed)
+        row_dim, col_dim, section_dims, shown = rows or "seed", cols or "", [], []
     labels = metric_labels(shown)
     named = [d for d in grid_dims(table) if d not in NOT_SECTIONS and varies(table, d)]
     cells, data = _records(run_dir, table, shown, labels, named)
-    sections = _grid_sections(table, cells, row_dim, col_dim, section_dims)
+    sections = _grid_sections(table, cells, row_dim, col_dim, section_dims) if len(table) else []
 
     script = (_TEMPLATES / "sheet.js").read_text(encoding="utf-8")
     digest = base64.b64encode(hashlib.sha256(script.encode("utf-8")).digest()).decode("ascii")
     counts = {"images": len(table), "missing": sum(1 for c in cells if c["problem"]),
               "unhealthy": sum(1 for c in cells if c["unhealthy"]),
-              "watermarked": sum(1 for c in cells if c["watermark"])}
+              "watermarked": sum(1 for c in cells if c["watermark"]),
+              "not_made": max(0, int(missing) - len(failed)), "failed": len(failed)}
     page = _environment().get_template("sheet.html.j2").render(
         title=title or f"{run_dir.name}: contact sheet", counts=counts,
         row_name=dim_name(row_dim), col_name=dim_name(col_dim),
         section_names=[dim_name(d) for d in section_dims], sections=sections,
         metrics=[(labels[m], m[2:]) for m in shown],
         variants=table_model(variant_summary) if variant_summary is not None and len(variant_summary) else None,
-        comparisons=[comparison_model(c) for c in comparisons or []],
+        comparisons=comparison_models(comparisons or []), failed=_failed_model(failed),
         plots=_plot_models(run_dir, plots or []),
         css=Markup((_TEMPLATES / "sheet.css").read_text(encoding="utf-8")),
         script=Markup(script), script_hash=f"sha256-{digest}",

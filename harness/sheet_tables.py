@@ -29,8 +29,32 @@ def table_model(df: pd.DataFrame) -> dict:
     return {"head": head, "numeric": numeric, "body": body}
 
 
-def comparison_model(item: Any) -> dict:
-    """A Comparison (harness.stats), a DataFrame, a (title, DataFrame) pair or markdown text."""
+def _is_comparison(item: Any) -> bool:
+    return hasattr(item, "to_frame") and hasattr(item, "factor")
+
+
+def _metric_title(metric: str, full: bool) -> str:
+    """The metric as a comparison title names it: its short name, or its whole id when `full`."""
+    metric = str(metric)
+    if full or not metric.startswith("m."):
+        return metric.removeprefix("m.")
+    return short_metric(metric)
+
+
+def comparison_models(items: list) -> list[dict]:
+    """:func:`comparison_model` of each item; comparisons on metrics that share a short name (e.g.
+    ``toy_color_match`` and ``toy_color_match[want=red]``) are titled with the full metric id."""
+    shorts: dict[str, set[str]] = {}
+    for item in items:
+        if _is_comparison(item):
+            shorts.setdefault(_metric_title(item.metric, False), set()).add(str(item.metric))
+    return [comparison_model(item, full_metric=_is_comparison(item)
+                             and len(shorts[_metric_title(item.metric, False)]) > 1) for item in items]
+
+
+def comparison_model(item: Any, *, full_metric: bool = False) -> dict:
+    """A Comparison (harness.stats), a DataFrame, a (title, DataFrame) pair or markdown text;
+    `full_metric`: title a comparison with its metric's whole id rather than its short name."""
     def model(title="", tables=(), notes=(), markdown=(), method=""):
         return {"title": title, "tables": list(tables), "notes": list(notes), "markdown": list(markdown),
                 "method": method}
@@ -41,7 +65,7 @@ def comparison_model(item: Any) -> dict:
         return model(str(item[0]), [table_model(item[1])])
     if isinstance(item, pd.DataFrame):
         return model(tables=[table_model(item)])
-    if hasattr(item, "to_frame") and hasattr(item, "factor"):
+    if _is_comparison(item):
         frame = item.to_frame()
         frame["level"] = frame["level"].map(level_label)
         tables = [table_model(frame)]
@@ -51,7 +75,7 @@ def comparison_model(item: Any) -> dict:
             rank["level"] = rank["level"].map(level_label)
             tables.append(table_model(rank))
         better = "higher" if getattr(item, "higher_is_better", True) else "lower"
-        title = (f"{short_metric(item.metric) if str(item.metric).startswith('m.') else item.metric} by "
+        title = (f"{_metric_title(item.metric, full_metric)} by "
                  f"{dim_name(str(item.factor))}, baseline {level_label(item.baseline)} ({better} is better)")
         ex = getattr(item, "n_excluded", {}) or {}
         notes = [f"pairs share: {', '.join(map(dim_name, getattr(item, 'pair_on', [])))}",

@@ -12,6 +12,15 @@ from .columns import is_missing
 
 THUMBS_DIR = "thumbs"
 THUMB_PX = 160
+UNREADABLE = "unreadable image"
+
+
+def _without_paths(message: str, image: Path) -> str:
+    """`message` with `image`'s path (as given, relative to the working directory, or absolute) shown as
+    its file name: the page lives in the run folder, where such a path means nothing."""
+    for form in sorted({str(image), str(image.resolve())}, key=len, reverse=True):
+        message = message.replace(form, image.name)
+    return message
 
 
 def image_file(run_dir: Path, image: Any, key: str) -> Path:
@@ -44,7 +53,8 @@ def make_thumbnail(image: Path, thumb: Path, size: int = THUMB_PX) -> bool:
 
 
 def ensure_thumbnails(run_dir: Path, images: dict[str, Path], size: int = THUMB_PX) -> dict[str, str | None]:
-    """Thumbnails for `images` (key -> image file). Returns key -> None, or why there is no thumbnail."""
+    """Thumbnails for `images` (key -> image file). Returns key -> None, or why there is no thumbnail:
+    a short reason, then for an unreadable file ': ' and what Pillow said (naming the file, not its path)."""
     folder = run_dir / THUMBS_DIR
     folder.mkdir(parents=True, exist_ok=True)
 
@@ -55,7 +65,7 @@ def ensure_thumbnails(run_dir: Path, images: dict[str, Path], size: int = THUMB_
         try:
             make_thumbnail(image, folder / f"{key}.jpg", size)
         except OSError as exc:  # damaged or unreadable image: show a placeholder, keep the page
-            return key, f"unreadable image ({exc})"
+            return key, f"{UNREADABLE}: {_without_paths(str(exc), image)}"
         return key, None
 
     items = list(images.items())

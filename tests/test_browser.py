@@ -108,3 +108,65 @@ def test_headers_sort_numbers_numerically(sheet):
     browser.click(f"#variants thead th:nth-child({column + 1}) button")
     assert js(browser, values) == sorted(ascending, reverse=True)
     assert browser.errors == []
+
+
+def test_top_nav_targets_land_below_the_sticky_bar(sheet):
+    browser, _ = sheet
+    margins = js(browser, """['grids', 'variants', 'comparisons', 'plots'].map(
+        id => parseFloat(getComputedStyle(document.getElementById(id)).scrollMarginTop))""")
+    bar = js(browser, "document.querySelector('.bar').getBoundingClientRect().height")
+    assert all(m >= bar for m in margins), (margins, bar)
+
+
+@pytest.fixture(scope="module")
+def wide(tmp_path_factory):
+    """24 seeds as columns, a child whose parent image is gone and an image whose file is missing."""
+    import pandas as pd
+    from test_sheet import key_of
+
+    run = tmp_path_factory.mktemp("wide") / "run"
+    table = make_run(run)
+    red = table[(table["stage"] == "main") & (table["f.color"] == "red")]
+    copies = [red.assign(key=[key_of(k, i) for k in red["key"]], seed=red["seed"] + 3 * i) for i in range(8)]
+    gone = key_of("gone")
+    child = table.iloc[[-1]].assign(parent_key=gone, init_image=f"images/{gone}.png")
+    lost = red.iloc[[0]].assign(key=key_of("lost"), image="images/lost.png", seed=99)
+    wide_table = pd.concat([*copies, child, lost], ignore_index=True)
+    page = write_sheet(run, wide_table, rows="shape", cols="seed", title="wide")
+    with Chromium(width=1280, height=900) as browser:
+        browser.navigate(page.as_uri())
+        yield browser, wide_table
+
+
+def test_a_wide_grid_scrolls_in_its_own_box_and_the_page_does_not(wide):
+    browser, _ = wide
+    assert js(browser, "document.querySelectorAll('section.grid-section:first-of-type thead th').length") > 20
+    assert js(browser, "document.documentElement.scrollWidth <= document.documentElement.clientWidth") is True
+    box = "document.querySelector('.grid-wrap')"
+    assert js(browser, f"{box}.scrollWidth > {box}.clientWidth") is True
+    js(browser, f"{box}.scrollLeft = 5000; window.scrollBy(0, 300)")
+    assert js(browser, "document.querySelector('.bar').getBoundingClientRect().left") == 0
+    # the column header sits at the top of its box, so no thumbnail shows above it
+    gap = js(browser, f"""(() => {{ const b = {box}; b.scrollTop = 200;
+        return b.querySelector('thead th').getBoundingClientRect().top - b.getBoundingClientRect().top; }})()""")
+    assert 0 <= gap <= 2
+    js(browser, "window.scrollTo(0, 0)")
+
+
+def test_a_missing_parent_or_image_gets_a_placeholder_and_no_request_or_link(wide):
+    browser, table = wide
+    child = table[table["stage"] == "refine"].iloc[0]
+    browser.click(f'figure.item[data-key="{child["key"]}"] button.open')
+    assert js(browser, "document.getElementById('d-parent').hidden") is False
+    assert js(browser, "document.getElementById('d-parent-img').hidden") is True
+    assert js(browser, "document.getElementById('d-parent-img').hasAttribute('src')") is False
+    assert js(browser, "document.getElementById('d-parent-missing').textContent") == "No image: image file missing"
+    assert js(browser, "document.getElementById('d-link').hidden") is False
+    js(browser, "document.getElementById('detail').close()")
+    lost = table[table["seed"] == 99].iloc[0]["key"]
+    browser.click(f'figure.item[data-key="{lost}"] button.open')
+    assert js(browser, "document.getElementById('d-link').hidden") is True
+    assert js(browser, "document.getElementById('d-missing').hidden") is False
+    js(browser, "document.getElementById('detail').close()")
+    assert js(browser, LOAD_ALL_IMAGES) == []
+    assert browser.errors == []

@@ -144,6 +144,24 @@ def test_dollar_signs_in_levels_are_drawn_literally_not_as_mathtext(tmp_path):
     fig = level_figure(table, "price", SHORT)
     fig.savefig(io.BytesIO(), format="png")  # drawing parses the labels: no ParseException
     ticks = [t.get_text() for t in fig.axes[0].get_xticklabels()]
-    assert {t.split("\n")[0] for t in ticks} == {"price $5 and $10", "$_$", "plain"}
+    assert {flat(t.rsplit("\n", 1)[0]) for t in ticks} == {"price $5 and $10", "$_$", "plain"}
     assert all(not t._parse_math for t in fig.axes[0].get_xticklabels())
     assert plots_for(table.rename(columns={"f.price": "f.$x$"}), tmp_path)
+
+
+def test_long_levels_are_wrapped_to_tick_labels_that_stay_inside_the_figure_and_apart():
+    """Long levels (whole prompt clauses) once ran into each other and past the figure's edge."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    levels = ["in the style of a very long artist name number " + str(i) for i in range(4)] + ["x" * 80]
+    fig = level_figure(image_table({"style": levels}, [SHORT]), "style", SHORT)
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    fig.draw(renderer)
+    labels = fig.axes[0].get_xticklabels()
+    boxes = [t.get_window_extent(renderer) for t in labels]
+    width, height = fig.bbox.width, fig.bbox.height
+    assert all(b.x0 >= 0 and b.x1 <= width and b.y0 >= 0 and b.y1 <= height for b in boxes)
+    assert all(a.x1 <= b.x0 for a, b in zip(boxes, boxes[1:]))  # side by side, no overlap
+    texts = [t.get_text() for t in labels]
+    assert all(len(line) <= 11 for t in texts for line in t.split("\n"))
+    assert texts[-1].split("\n")[-2].endswith("…") and texts[-1].endswith("n=4")

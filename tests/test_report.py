@@ -295,6 +295,16 @@ def test_a_misspelt_grid_axis_fails_before_any_table_is_rewritten(crafted_run):
     with pytest.raises(ValueError, match="rows='colour' is not a factor or parameter of this run"):
         build_report(crafted_run, rows="colour")
     assert {p.name: p.stat().st_mtime_ns for p in (crafted_run / "tables").iterdir()} == before
+    with pytest.raises(ValueError, match="rows='colour' is not a factor"):  # tables only: checked all the same
+        build_report(crafted_run, rows="colour", html=False)
+    with pytest.raises(ValueError, match="unknown metric 'nope'"):
+        build_report(crafted_run, metric="nope")
+    assert {p.name: p.stat().st_mtime_ns for p in (crafted_run / "tables").iterdir()} == before
+    for bad in (["--rows", "colr", "--no-html"], ["--metric", "nope"]):
+        cli = subprocess.run([sys.executable, "-m", "harness", "report", str(crafted_run), *bad],
+                             capture_output=True, text=True, cwd=ROOT)
+        assert cli.returncode == 2 and "Traceback" not in cli.stderr, cli.stderr
+    assert {p.name: p.stat().st_mtime_ns for p in (crafted_run / "tables").iterdir()} == before
 
 
 def test_a_randomized_run_pairs_by_draw_and_its_drawn_guidance_splits_no_grid(tmp_path):
@@ -329,3 +339,39 @@ def test_eval_means_cover_the_images_of_the_current_plan_only(crafted_run):
         (summary,) = evaluate(led, ["clip_score:model=tiny"], log=lambda m: None)
     assert summary.metric == METRIC and summary.skipped == 8 and summary.scored == 0
     assert summary.mean == pytest.approx(sum(SCORES.values()) / 8)  # not pulled down by the green image (10.0)
+
+
+def test_the_page_counts_images_not_made_yet_and_shows_why_some_failed(crafted_run):
+    """The plan asks for 10 images: 7 made, 2 failed (their errors on the page), 1 never tried."""
+    with Ledger.open(crafted_run) as led:
+        jobs = led.all_jobs()
+        extra = Job("tiny", "fp", "txt2img", "a grey cat", "", 9, 4, 7.5, "ddim", 64, 64,
+                    factors={"color": "grey", "artist": ""}, meta={"stage": "main"})
+        led.add_jobs([extra])
+        led.set_plan("main", [j.key for j in jobs] + [extra.key])
+        led.reset([jobs[0].key, jobs[1].key])
+        led.mark_failed(jobs[0].key, "CUDA out of memory <b>")
+        led.mark_failed(jobs[1].key, "NaN latents")
+    r = build_report(crafted_run)
+    assert r.missing == 3 and sorted(e for _, e in r.failed) == ["CUDA out of memory <b>", "NaN latents"]
+    page = (crafted_run / "index.html").read_text()
+    assert "1 planned not made yet" in page and ">2 failed</a>" in page
+    assert "1 is not made yet and 2 failed" in page
+    assert "CUDA out of memory &lt;b&gt;" in page and "NaN latents" in page and jobs[0].key[:12] in page
+
+
+def test_a_run_with_no_image_left_gets_an_empty_page_and_no_stale_checkpoints_or_plots(crafted_run):
+    build_report(crafted_run)
+    assert (crafted_run / "tables" / "checkpoints.csv").is_file() and list((crafted_run / "plots").glob("*.png"))
+    (crafted_run / "plots" / "search_trajectory.png").write_bytes(b"made by harness evolve")
+    with Ledger.open(crafted_run) as led:
+        keys = [j.key for j in led.all_jobs()]
+        led.reset(keys)
+        for key in keys:
+            led.mark_failed(key, "out of memory")
+    r = build_report(crafted_run)
+    assert r.images == 0 and len(pd.read_csv(crafted_run / "tables" / "images.csv")) == 0
+    page = (crafted_run / "index.html").read_text()
+    assert "No images in this run yet." in page and "9 failed" in page and 'class="item' not in page
+    assert not list((crafted_run / "tables").glob("checkpoints.*"))
+    assert [p.name for p in (crafted_run / "plots").iterdir()] == ["search_trajectory.png"]

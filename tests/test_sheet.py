@@ -270,3 +270,38 @@ def test_parameters_drawn_at_random_do_not_split_the_grids(run):
     assert sections.search(page).group(1) == "stage, shape"
     data = json.loads(re.search(r'<script type="application/json" id="sheet-data">(.*?)</script>', page).group(1))
     assert any(["guidance", "5.1"] in d["params"] for d in data.values())  # still shown with each image
+
+
+def test_unreadable_image_placeholder_is_short_and_its_detail_names_no_path(run, monkeypatch):
+    folder, table = run
+    monkeypatch.chdir(folder.parent)
+    key = table.iloc[2]["key"]
+    (folder / table.iloc[2]["image"]).write_bytes(b"not a png")
+    page = write_sheet(Path(folder.name), table).read_text()
+    (button,) = re.findall(r'<button type="button" class="open placeholder"[^>]*>[^<]*</button>', page)
+    title = html.unescape(re.search(r'title="([^"]*)"', button).group(1))
+    assert button.endswith(">unreadable image</button>")
+    assert title.startswith("unreadable image: ") and f"{key}.png" in title and "images/" not in title
+    records = json.loads(re.search(r'id="sheet-data">(.*?)</script>', page, re.S).group(1))
+    assert records[key]["problem"] == title
+
+
+def test_truncated_headers_and_heading_chips_carry_their_full_text(run):
+    folder, table = run
+    table = table.assign(**{"f.shape": table["f.shape"] + " with a very long description"})
+    page = write_sheet(folder, table, rows="seed", cols="shape").read_text()
+    assert '<th scope="col" title="shape=circle with a very long description">' in page
+    assert '<th scope="row" title="seed=1">' in page
+    assert '<span class="kv" title="color=red"><span class="k">color</span> red</span>' in page
+
+
+def test_comparisons_on_metrics_sharing_a_short_name_are_titled_with_their_full_ids(run):
+    folder, table = run
+    main = table[table["stage"] == "main"].assign(**{"m.toy_color_match": 1.0, "m.toy_color_match[want=red]": 0.5})
+    both = [paired_compare(main, factor="color", metric=m, rng=np.random.default_rng(0), n_boot=50)
+            for m in ("toy_color_match", "toy_color_match[want=red]")]
+    page = write_sheet(folder, table, comparisons=both).read_text()
+    titles = [html.unescape(t) for t in re.findall(r"<h3>([^<]*) by color", page)]
+    assert titles == ["toy_color_match", "toy_color_match[want=red]"]
+    page = write_sheet(folder, table, comparisons=both[1:]).read_text()  # no clash: the short name
+    assert re.findall(r"<h3>([^<]*) by color", page) == ["toy_color_match"]

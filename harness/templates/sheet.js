@@ -63,11 +63,18 @@
     text($("d-missing"), r.problem ? "No image: " + r.problem : "");
     if (r.problem) { img.removeAttribute("src"); } else { img.src = r.image; }
     img.alt = r.title || "";
-    $("d-link").href = r.image;
+    // No link to a file that is not there.
+    $("d-link").hidden = !!r.problem;
+    if (r.problem) { $("d-link").removeAttribute("href"); } else { $("d-link").href = r.image; }
     var parentBox = $("d-parent");
     parentBox.hidden = !r.parent;
     if (r.parent) {
-      $("d-parent-img").src = r.parent_image;
+      // A parent with no readable file (a staged run whose parent was deleted): a placeholder, no request.
+      var parentProblem = data[r.parent] ? data[r.parent].problem : r.parent_problem;
+      $("d-parent-img").hidden = !!parentProblem;
+      $("d-parent-missing").hidden = !parentProblem;
+      text($("d-parent-missing"), parentProblem ? "No image: " + parentProblem : "");
+      if (parentProblem) { $("d-parent-img").removeAttribute("src"); } else { $("d-parent-img").src = r.parent_image; }
       var open = $("d-parent-open");
       open.setAttribute("data-open", r.parent);
       open.disabled = !data[r.parent];
