@@ -31,7 +31,7 @@ class MetricSummary:
     metric: str
     scored: int = 0           # scores stored in this call (NaN with a lasting reason included)
     skipped: int = 0          # already scored before this call
-    nan: int = 0              # of `scored`
+    nan: int = 0              # stored NaN scores of the plan's images (this call's and earlier ones)
     reasons: Counter = field(default_factory=Counter)
     mean: float = float("nan")
     unscored: int = 0         # not stored: the metric could not run for them (the next eval retries)
@@ -143,9 +143,6 @@ def evaluate(ledger: Ledger, specs: Iterable[str] | None = None, *, log: Callabl
                     summary.unscored_reasons[str(s.detail.get("reason", "unknown"))] += 1
                     continue
                 summary.scored += 1
-                if isinstance(s.value, float) and math.isnan(s.value):
-                    summary.nan += 1
-                    summary.reasons[str(s.detail.get("reason", "unknown"))] += 1
             if time.perf_counter() - last > 2 or i + chunk >= len(todo):
                 last = time.perf_counter()
                 done = summary.scored + summary.unscored
@@ -156,8 +153,20 @@ def evaluate(ledger: Ledger, specs: Iterable[str] | None = None, *, log: Callabl
     values = ledger.scores_frame()
     planned = values[values["key"].isin({j.key for j in jobs})]  # not images an earlier version made
     for metric, summary in zip(metrics, out):
-        summary.mean = summary_value(metric, planned.loc[planned["metric"] == summary.metric, "value"])
+        stored = planned[planned["metric"] == summary.metric]
+        summary.mean = summary_value(metric, stored["value"])
+        for detail in stored.loc[stored["value"].isna(), "detail"]:  # this pass's and earlier ones'
+            summary.nan += 1
+            summary.reasons[str(_reason(detail))] += 1
     return out
+
+
+def _reason(detail) -> str:
+    """The `reason` of a stored score's detail (JSON text)."""
+    try:
+        return json.loads(detail).get("reason", "unknown") if detail else "unknown"
+    except (ValueError, AttributeError):
+        return "unknown"
 
 
 def summary_value(metric, values) -> float:

@@ -102,6 +102,9 @@ def test_text_probe_scores_an_item_without_a_prompt(run, one_cpu_thread):
     (probe, prompt) = evaluate(run, [clip(f"text={PROBE}"), clip("scale=100")], log=lambda m: None)
     assert probe.nan == 0 and probe.scored == 3
     assert prompt.nan == 1 and prompt.reasons == {"item has no prompt": 1}
+    (again,) = evaluate(run, [clip("scale=100")], log=lambda m: None)  # nothing new to score: the stored NaN
+    assert (again.scored, again.skipped, again.nan) == (0, 3, 1)       # is still counted, with its reason
+    assert again.reasons == {"item has no prompt": 1} and again.mean == prompt.mean
 
 
 # -- 6. health: too small to judge is NaN with a reason --------------------------------
