@@ -277,6 +277,11 @@ def _find_metric(df: pd.DataFrame, metric: str) -> str:
     listing = ", ".join(c[2:] for c in cols) or "(none scored)"
     if matches:
         raise ValueError(f"metric '{metric}' is ambiguous; use the full id, one of: {listing}")
+    from .metrics import list_metrics
+    known = {info.name for info in list_metrics()}
+    if metric.partition("[")[0] in known:  # a real metric this run never scored
+        raise ValueError(f"metric '{metric}' was not scored in this run (harness eval RUN -m {metric} scores it); "
+                         f"scored metrics in this run: {listing}")
     raise ValueError(f"unknown metric '{metric}'; scored metrics in this run: {listing}")
 
 

@@ -173,6 +173,9 @@ def test_a_misspelt_metric_is_an_error_and_no_comparisons_outlive_their_run(craf
     assert (tables / "comparisons.csv").is_file() and (tables / "comparisons.txt").is_file()
     with pytest.raises(ValueError, match="unknown metric 'clip_scor'; scored metrics in this run: clip_score"):
         build_report(crafted_run, html=False, metric="clip_scor")
+    with pytest.raises(ValueError, match="metric 'watermark' was not scored in this run \\(harness eval RUN -m "
+                                         "watermark scores it\\); scored metrics in this run: clip_score"):
+        build_report(crafted_run, html=False, metric="watermark")
     r = subprocess.run([sys.executable, "-m", "harness", "report", str(crafted_run), "--no-html",
                         "--metric", "clip_scor"], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode != 0 and "unknown metric 'clip_scor'" in r.stderr
