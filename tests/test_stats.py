@@ -384,6 +384,9 @@ def test_to_markdown_shows_html_in_levels_literally():
     text = paired_compare(df, factor="style", metric="score", rng=np.random.default_rng(0), n_boot=20).to_markdown()
     assert "<b>" not in text and "<!--" not in text
     assert "| by x &lt;b&gt; |" in text and "| &lt;!-- y |" in text
+    df["f.style"] = df["f.style"].map({"": "", "by x <b>": "*best* `v2`", "<!-- y": "_old_ oil_paint"})
+    text = paired_compare(df, factor="style", metric="score", rng=np.random.default_rng(0), n_boot=20).to_markdown()
+    assert "| \\*best\\* \\`v2\\` |" in text and "| \\_old\\_ oil_paint |" in text  # literal, not emphasis
 
 
 def test_to_text_and_to_frame_list_every_level():

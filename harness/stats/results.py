@@ -7,6 +7,7 @@ them with its settings and renders itself as a DataFrame, a JSON-ready dict, mar
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -129,9 +130,12 @@ def _label(level: Any) -> str:
 
 
 def md_text(text: str) -> str:
-    """`text` as one markdown table cell or line, read literally: HTML special characters escaped, bars
+    """`text` as one markdown table cell or line, read literally: HTML special characters escaped, bars,
+    backslashes, `*`, backticks and `_` that could start or end emphasis (not the one inside `clip_score`)
     escaped, line breaks as spaces."""
-    s = str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("|", "\\|")
+    s = re.sub(r"([\\`*])", r"\\\1", str(text))
+    s = re.sub(r"(?<!\w)_|_(?!\w)", r"\\_", s)
+    s = s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("|", "\\|")
     return s.replace("\r\n", " ").replace("\n", " ").replace("\r", " ")
 
 
