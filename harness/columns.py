@@ -15,7 +15,7 @@ import pandas as pd
 MISSING = "—"
 # Parameters that may span grid rows or columns, in section order (factors come first).
 GRID_PARAMS = ("checkpoint", "mode", "stage", "strength", "steps", "guidance", "scheduler", "width", "height",
-               "seed", "init_image", "negative_prompt")
+               "seed", "draw", "init_image", "negative_prompt")  # draw: a [randomize] draw index
 # Metrics whose meaning the badges already carry; not repeated under every thumbnail.
 BADGE_METRICS = ("health", "watermark")
 

@@ -328,7 +328,9 @@ def test_a_randomized_run_pairs_by_draw_and_its_drawn_guidance_splits_no_grid(tm
     assert "draw" in color.pair_on and "guidance" not in color.pair_on
     assert color.rows[0].n_pairs == 4 and color.n_excluded["unpaired"] == 0
     page = (tmp_path / "run" / "index.html").read_text()
-    assert "one grid per" not in page  # color x seed is the grid; guidance, drawn per image, splits nothing
+    # color x seed is the grid, one per draw (labelled); guidance, drawn per image, splits nothing
+    assert "one grid per <b>draw</b> ·" in page
+    build_report(tmp_path / "run", rows="draw", cols="color")  # and a draw can be an axis
 
 
 def test_eval_means_cover_the_images_of_the_current_plan_only(crafted_run):
