@@ -56,13 +56,18 @@ def test_embed_then_detect_round_trip_and_small_images_are_undecidable(tmp_path)
     assert harness("watermark", "embed", clean, out, "--message", "sdv2").returncode == 0
     row = json.loads(harness("watermark", "detect", out, "--format", "jsonl").stdout)
     assert row["detected"] is True and row["best"] == "sdv2"
+    from typer.testing import CliRunner
+
+    from harness.cli import app
+
+    cli = CliRunner()  # in process: the subprocess calls above already cover start-up
     mine = tmp_path / "mine.png"  # a message of one's own is detected when asked for
-    assert harness("watermark", "embed", clean, mine, "--message", "lab-7").returncode == 0
-    r = harness("watermark", "detect", mine, "--message", "lab-7", "--message", "sdv1", "--format", "jsonl")
-    assert r.returncode == 0 and json.loads(r.stdout)["best"] == "text:lab-7", r.stderr
+    assert cli.invoke(app, ["watermark", "embed", str(clean), str(mine), "--message", "lab-7"]).exit_code == 0
+    r = cli.invoke(app, ["watermark", "detect", str(mine), "--message", "lab-7", "--message", "sdv1", "--format", "jsonl"])
+    assert r.exit_code == 0 and json.loads(r.stdout)["best"] == "text:lab-7", r.stderr
     assert set(json.loads(r.stdout)["messages"]) == {"text:lab-7", "sdv1"}
-    lossy = harness("watermark", "embed", clean, tmp_path / "v1.jpg")
-    assert lossy.returncode == 0 and "warning: .jpg compression removes most of the mark" in lossy.stderr
+    lossy = cli.invoke(app, ["watermark", "embed", str(clean), str(tmp_path / "v1.jpg")])
+    assert lossy.exit_code == 0 and "warning: .jpg compression removes most of the mark" in lossy.stderr
     Image.new("RGB", (128, 128), (10, 200, 30)).save(tmp_path / "small.png")
     small = json.loads(harness("watermark", "detect", tmp_path / "small.png", "--format", "jsonl").stdout)
     assert small["detected"] is None and "256x256" in small["reason"]

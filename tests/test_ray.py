@@ -41,6 +41,7 @@ def images(run):
     return {p.stem: np.asarray(Image.open(p), dtype=np.int16) for p in (run / "images").glob("*.png")}
 
 
+@pytest.mark.slow  # starts a Ray cluster (~40 s); run with -m slow
 def test_ray_run_matches_local_run_and_survives_a_killed_worker(tmp_path, cluster):
     exp = experiment(tmp_path)
     local = run_experiment(exp, out=tmp_path / "local", progress=False)

@@ -42,6 +42,7 @@ def test_parallel_rendering_gives_the_same_pixels():
     assert serial.shape == (70, 64, 64, 3) and np.array_equal(serial, parallel)
 
 
+@pytest.mark.slow  # trains a stage twice (~30 s); run with -m slow
 def test_a_stopped_stage_resumes_to_the_same_weights(tmp_path):
     torch.set_num_threads(1)  # bitwise equality needs the same kernels in both runs
     whole, parts = tmp_path / "whole", tmp_path / "parts"
