@@ -15,8 +15,8 @@ from PIL import Image  # noqa: E402
 
 from harness.metrics import Item, get_metric  # noqa: E402
 from harness.metrics.watermark import (  # noqa: E402
-    ALPHA, PRESETS, TOO_SMALL, bits_from_votes, block_votes, detect, detect_paths, embed, embed_file,
-    resolve_message,
+    ALPHA, PRESETS, TOO_SMALL, bits_from_votes, block_votes, column_pvalue, detect, detect_paths, embed,
+    embed_file, resolve_message,
 )
 from harness.metrics.watermark_robustness import natural_images  # noqa: E402
 
@@ -91,6 +91,54 @@ def test_zero_heavy_text_message_is_not_a_false_positive(photos):
     assert result["detected"] is False
 
 
+def test_column_pvalue_is_the_exact_tail_of_the_column_permutation_null():
+    # Brute force: every placement of each column's ones read among 3 bytes, all equally likely.
+    import itertools
+
+    sent = np.unpackbits(np.frombuffer(b"Ab7", dtype=np.uint8)).astype(bool)
+    read = np.unpackbits(np.frombuffer(b"Ac5", dtype=np.uint8)).astype(bool)
+    observed = int((sent == read).sum())
+    columns_sent, columns_read = sent.reshape(3, 8).T, read.reshape(3, 8).T
+    per_column = []
+    for col_sent, col_read in zip(columns_sent, columns_read):
+        placements = {tuple(p) for p in itertools.permutations(col_read)}
+        per_column.append([int((np.array(p) == col_sent).sum()) for p in placements])
+    totals = [sum(combo) for combo in itertools.product(*per_column)]
+    exact = sum(t >= observed for t in totals) / len(totals)
+    assert column_pvalue(sent, read) == pytest.approx(exact, rel=1e-12)
+    assert column_pvalue(sent, sent) < column_pvalue(sent, read) <= 1.0
+
+
+def stripes(period: int, phase: int, dark: tuple, light: tuple, size: int = 256) -> np.ndarray:
+    mask = ((np.arange(size) + phase) // (period // 2)) % 2 == 1
+    row = np.where(mask[:, None], np.array(dark, np.uint8), np.array(light, np.uint8))
+    return np.ascontiguousarray(np.broadcast_to(row, (size, size, 3)))
+
+
+def test_byte_periodic_reads_do_not_match_text_messages():
+    # 32 px stripes read the same byte over and over; an ASCII payload's top bits
+    # then match 71 % of sdv1, binomial p ~ 1e-6. The column null sees no position information.
+    image = stripes(32, 24, (6, 27, 35), (227, 232, 126))
+    result = detect(image)
+    evidence = result["messages"]["sdv1"]
+    assert evidence["accuracy"] > 0.7 and evidence["p_binomial"] < 1e-5
+    assert evidence["p_columns"] > 0.5
+    assert result["detected"] is False
+
+
+def test_another_text_watermark_is_not_read_as_sdv1(photos):
+    marked = embed(photos[0], "lab-7")
+    assert detect(marked)["detected"] is False
+    mine = detect(marked, ["lab-7", "sdv1"])
+    assert mine["best"] == "text:lab-7" and mine["messages"]["sdv1"]["p_corrected"] > 0.5
+    assert detect(embed(photos[0], "sdv1"))["messages"]["sdv1"]["p_columns"] < 1e-20
+
+
+def test_short_messages_keep_the_binomial_null(photos):
+    result = detect(embed(photos[1], "sdv2"))
+    assert result["best"] == "sdv2" and result["messages"]["sdv2"]["p_columns"] is None
+
+
 def test_embed_keeps_the_input_type_and_is_detected():
     rgb = natural_images(1, 320, gray=False)[0][1]
     marked_array = embed(rgb, "sdv2")
@@ -155,3 +203,18 @@ def test_metric_and_file_helpers(tmp_path, photos):
 def test_unknown_embed_path_is_refused(photos):
     with pytest.raises(ValueError, match="uint8, float32"):
         embed(photos[0], "sdv1", path="float16")
+
+
+def test_robustness_script_prints_a_row_per_condition(capsys):
+    from harness.metrics.watermark_robustness import main, two_colour_patterns
+
+    patterns = two_colour_patterns(6)
+    assert len({rgb.tobytes() for _, rgb in patterns}) == 6
+    assert all(len(np.unique(rgb.reshape(-1, 3), axis=0)) <= 2 for _, rgb in patterns)
+    main(["--n", "2", "--size", "256", "--patterns", "3"])
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    table = {line.split(" | ")[0][2:]: line.split(" | ")[1:] for line in lines[2:]}
+    assert len(table) == 9
+    assert table["clean (false positives)"][:2] == ["2", "0"]
+    assert table["sdv1 embedded, PNG"][:2] == ["2", "2"]
+    assert table["two-colour stripes and checkerboards, 256 px (false positives)"][:2] == ["3", "0"]

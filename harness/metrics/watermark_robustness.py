@@ -1,6 +1,6 @@
 """How well the SD invisible watermark survives common edits, measured on natural photos.
 
-    python -m harness.metrics.watermark_robustness [--n 60] [--size 512] [--message sdv1]
+    python -m harness.metrics.watermark_robustness [--n 60] [--size 512] [--message sdv1] [--patterns 1200]
 
 Takes scikit-image's bundled sample photos (no download), cuts them into
 `--n` distinct size x size views (crops at several scales and places, mirror
@@ -8,7 +8,8 @@ images), embeds the message the way the SD scripts do (uint8 path), applies
 each edit, and prints a markdown table: the share of images `detect` flags,
 the median share of message bits a plain single decode gets right, and how
 often a plain decode returns the exact message (what a string-match check
-would report). The "clean" row is the false-positive rate.
+would report). The "clean" row is the false-positive rate on photos; the
+last row (`--patterns`) the rate on flat two-colour stripes and checkerboards.
 
 Needs scikit-image (a test dependency of this project).
 """
@@ -79,6 +80,25 @@ def _views(name: str, image: np.ndarray, size: int) -> Iterator[tuple[str, np.nd
                 yield f"{name}/s{scale}/a{ay},{ax}/{'flip' if flip else 'orig'}", np.ascontiguousarray(view)
 
 
+def two_colour_patterns(n: int, size: int = 256, seed: int = 7) -> list[tuple[str, np.ndarray]]:
+    """`n` flat two-colour images: checkerboards, vertical and horizontal stripes of random
+    cell sizes (1-39 px), phases and colours. Their reads repeat with short periods, the
+    hard case for a fair-coin null (see `watermark`'s docstring)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    out = []
+    for i in range(n):
+        cell_h, cell_w = rng.integers(1, 40, 2)
+        phase_y, phase_x = rng.integers(0, 40, 2)
+        colours = rng.integers(0, 256, (2, 3), dtype=np.uint8)
+        rows, cols = (yy + phase_y) // cell_h, (xx + phase_x) // cell_w
+        kind = ("checkerboard", "vertical stripes", "horizontal stripes")[i % 3]
+        mask = {"checkerboard": rows + cols, "vertical stripes": cols, "horizontal stripes": rows}[kind] % 2
+        image = np.where(mask.astype(bool)[..., None], colours[0], colours[1]).astype(np.uint8)
+        out.append((f"{kind}/{cell_h}x{cell_w}", image))
+    return out
+
+
 def jpeg(quality: int) -> Callable[[np.ndarray], np.ndarray]:
     def apply(rgb: np.ndarray) -> np.ndarray:
         from PIL import Image
@@ -123,23 +143,28 @@ def conditions(message: str) -> list[tuple[str, bool, str, Callable[[np.ndarray]
     ]
 
 
-def measure(n: int = 60, size: int = 512, message: str = "sdv1") -> list[dict]:
+def measure(n: int = 60, size: int = 512, message: str = "sdv1", patterns: int = 0) -> list[dict]:
     msg = resolve_message(message)
     images = natural_images(n, size)
-    rows = []
-    for label, embedded, path, edit in conditions(message):
-        detected, accuracy, exact = 0, [], 0
-        for _, rgb in images:
-            test = edit(embed(rgb, msg, path) if embedded else rgb)
-            detected += bool(detect(test)["detected"])
-            plain = bits_from_votes(block_votes(np.ascontiguousarray(test[:, :, ::-1])), len(msg.bits))
-            accuracy.append(float((plain == msg.array).mean()))
-            exact += bool((plain == msg.array).all())
-        rows.append({"condition": label, "images": len(images), "detected": detected,
-                     "rate": detected / len(images), "plain_accuracy": float(np.median(accuracy)),
-                     "plain_min": float(np.min(accuracy)), "plain_max": float(np.max(accuracy)),
-                     "exact": exact / len(images)})
+    rows = [_row(label, msg, [edit(embed(rgb, msg, path) if embedded else rgb) for _, rgb in images])
+            for label, embedded, path, edit in conditions(message)]
+    if patterns:
+        rows.append(_row("two-colour stripes and checkerboards, 256 px (false positives)", msg,
+                         [rgb for _, rgb in two_colour_patterns(patterns)]))
     return rows
+
+
+def _row(label: str, msg, tests: list[np.ndarray]) -> dict:
+    detected, accuracy, exact = 0, [], 0
+    for test in tests:
+        detected += bool(detect(test)["detected"])
+        plain = bits_from_votes(block_votes(np.ascontiguousarray(test[:, :, ::-1])), len(msg.bits))
+        accuracy.append(float((plain == msg.array).mean()))
+        exact += bool((plain == msg.array).all())
+    return {"condition": label, "images": len(tests), "detected": detected,
+            "rate": detected / len(tests), "plain_accuracy": float(np.median(accuracy)),
+            "plain_min": float(np.min(accuracy)), "plain_max": float(np.max(accuracy)),
+            "exact": exact / len(tests)}
 
 
 def markdown(rows: list[dict]) -> str:
@@ -158,11 +183,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--n", type=int, default=60, help="number of distinct photos (default 60)")
     parser.add_argument("--size", type=int, default=512, help="side of the square test images (default 512)")
     parser.add_argument("--message", default="sdv1", help="message to embed: sdv1, sdv2, sdxl or a text")
+    parser.add_argument("--patterns", type=int, default=1200,
+                        help="synthetic two-colour stripe and checkerboard images for a second "
+                             "false-positive row (default 1200; 0 leaves it out)")
     args = parser.parse_args(argv)
     if args.size < 256:
         parser.error("--size must be at least 256: the codec needs 256x256")
     start = time.time()
-    rows = measure(args.n, args.size, args.message)
+    rows = measure(args.n, args.size, args.message, args.patterns)
     print(markdown(rows))
     print(f"\n{args.n} views of scikit-image sample photos at {args.size}x{args.size}; detection = "
           f"harness.metrics.watermark.detect (messages sdv1, sdv2, sdxl; alpha 1e-3 per image, Bonferroni over "
