@@ -123,7 +123,7 @@ def metrics_for_run(ledger: Ledger, specs: Iterable[str] | None):
 def evaluate(ledger: Ledger, specs: Iterable[str] | None = None, *, log: Callable[[str], None] | None = None,
              chunk: int = CHUNK) -> list[MetricSummary]:
     """Score every done image of the current plan not yet scored by each metric."""
-    log = log or (lambda m: print(m, file=sys.stderr, flush=True))
+    log = log or _stderr
     metrics = metrics_for_run(ledger, specs)
     jobs = ledger.done_jobs()
     out = []
@@ -214,6 +214,19 @@ class BackgroundScorer:
         self.pool.shutdown(wait=True)
 
 
-def evaluate_run(run_dir: Path | str, specs: Iterable[str] | None = None, **kw) -> list[MetricSummary]:
+def evaluate_run(run_dir: Path | str, specs: Iterable[str] | None = None, *,
+                 log: Callable[[str], None] | None = None, **kw) -> list[MetricSummary]:
+    """`evaluate` on a run folder, after making its ledger agree with the images folder: a
+    finished image deleted or damaged since it was made goes back to pending, its scores
+    removed, so summaries and reports never count a score whose image is gone."""
+    log = log or _stderr
     with Ledger.open(Path(run_dir)) as ledger:
-        return evaluate(ledger, specs, **kw)
+        repaired = ledger.reconcile().repaired_text(
+            "and are left out, their scores removed; `harness run` on this folder makes them again")
+        if repaired:
+            log(repaired)
+        return evaluate(ledger, specs, log=log, **kw)
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)

@@ -16,7 +16,7 @@ import json
 import shutil
 import sys
 import time
-from collections import Counter, deque
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,11 +86,9 @@ def prepare_run(exp: Experiment, plan: Plan, run_dir: Path, *, jobs: list[Job] |
         raise ExperimentError(exp.path, [
             f"the run folder {run_dir} holds experiment {recorded!r}, not {exp.name!r}; give this one its own "
             f"--out folder (an edited experiment keeps its name and may go on in its folder)"])
-    repaired = ledger.reconcile().requeued
+    repaired = ledger.reconcile().repaired_text("and will be made again")
     if repaired and log is not None:
-        reasons = Counter(repaired.values())
-        log(f"{len(repaired)} finished image(s) were missing or damaged and will be made again ("
-            + ", ".join(f"{n} {why}" for why, n in reasons.most_common(3)) + ")")
+        log(repaired)
     jobs = list(plan.jobs if jobs is None else jobs)
     edited = ledger.get_meta("experiment") != canonical_json(exp.settings)
     if edited and (run_dir / "experiment.toml").is_file():

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from harness.core import Job
-from harness.evaluate import evaluate, scaled_clip_specs
+from harness.evaluate import evaluate, evaluate_run, scaled_clip_specs
 from harness.ledger import Ledger
 from harness.metrics import Item, get_metric, metric_from_spec, parse_metric_spec
 from harness.metrics.base import read_rgb
@@ -32,17 +32,22 @@ def noise(size: int, seed: int) -> np.ndarray:
 def run(tmp_path):
     """A ledger with three done tiny-checkpoint jobs of noise images, one of them without a prompt."""
     with Ledger.open(tmp_path / "run") as ledger:
-        jobs = [Job(checkpoint="tiny", fingerprint="ab" * 32, mode="txt2img", prompt=prompt, negative_prompt="",
-                    seed=i, steps=4, guidance=7.5, scheduler="ddim", width=32, height=32)
-                for i, prompt in enumerate(["a fox", "", "a cat"])]
-        ledger.add_jobs(jobs)
-        for job in jobs:
-            write_png_atomic(ledger.image_path(job.key), noise(32, job.seed),
-                             parameters=a1111_parameters(job, sampler="DDIM", model_name="tiny"),
-                             provenance=provenance_record(job, batch_size=1, slot=0))
-            ledger.mark_done(job.key, batch_id=1, batch_size=1, slot=0, seconds=0.1, device="cpu",
-                             dtype="float32")
+        _add_noise_jobs(ledger)
         yield ledger
+
+
+def _add_noise_jobs(ledger: Ledger) -> list[Job]:
+    jobs = [Job(checkpoint="tiny", fingerprint="ab" * 32, mode="txt2img", prompt=prompt, negative_prompt="",
+                    seed=i, steps=4, guidance=7.5, scheduler="ddim", width=32, height=32)
+            for i, prompt in enumerate(["a fox", "", "a cat"])]
+    ledger.add_jobs(jobs)
+    for job in jobs:
+        write_png_atomic(ledger.image_path(job.key), noise(32, job.seed),
+                         parameters=a1111_parameters(job, sampler="DDIM", model_name="tiny"),
+                         provenance=provenance_record(job, batch_size=1, slot=0))
+        ledger.mark_done(job.key, batch_id=1, batch_size=1, slot=0, seconds=0.1, device="cpu",
+                         dtype="float32")
+    return jobs
 
 
 def clip(options: str) -> str:
@@ -146,3 +151,26 @@ def test_quoted_probe_is_stored_under_its_id_and_not_scored_twice(run, one_cpu_t
     assert first.scored == 3 and again.skipped == 3 and again.scored == 0
     (stored,) = set(run.scores_frame()["metric"])
     assert metric_from_spec(stored).options["text"] == COMMA_PROBE
+
+
+# -- eval on a run whose images changed after scoring -----------------------------
+
+
+def test_eval_drops_scores_of_images_deleted_or_damaged_since(tmp_path):
+    with Ledger.open(tmp_path / "run") as ledger:
+        deleted, damaged, kept = (job.key for job in _add_noise_jobs(ledger))
+    (first,) = evaluate_run(tmp_path / "run", ["health"], log=lambda m: None)
+    assert first.scored == 3
+    with Ledger.open(tmp_path / "run") as ledger:
+        ledger.image_path(deleted).unlink()
+        path = ledger.image_path(damaged)
+        path.write_bytes(path.read_bytes()[:-40])  # cut short, as an interrupted copy leaves it
+    logged: list[str] = []
+    (again,) = evaluate_run(tmp_path / "run", ["health"], log=logged.append)
+    assert logged[0].startswith("2 finished image(s) were missing or damaged and are left out, their scores "
+                                "removed; `harness run` on this folder makes them again (1 missing, 1 "), logged
+    assert (again.scored, again.skipped) == (0, 1)
+    with Ledger.open(tmp_path / "run", readonly=True) as ledger:
+        assert ledger.done_keys() == {kept}
+        assert set(ledger.scores_frame()["key"]) == {kept}
+        assert not ledger.image_path(damaged).exists()  # a damaged file is not left to be read as an image

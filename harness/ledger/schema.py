@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections import Counter
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
@@ -107,6 +108,14 @@ class Reconciled:
     requeued: dict[str, str] = field(default_factory=dict)   # key -> why its image was rejected
     temp_removed: list[str] = field(default_factory=list)    # names of deleted temp files
     orphans: list[str] = field(default_factory=list)         # keys with an image but no done row
+
+    def repaired_text(self, consequence: str) -> str:
+        """'N finished image(s) were missing or damaged <consequence> (n why, ...)', or '' when none were."""
+        if not self.requeued:
+            return ""
+        reasons = Counter(self.requeued.values()).most_common(3)
+        return (f"{len(self.requeued)} finished image(s) were missing or damaged {consequence} ("
+                + ", ".join(f"{n} {why}" for why, n in reasons) + ")")
 
 
 @dataclass(frozen=True)
