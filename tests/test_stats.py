@@ -224,10 +224,26 @@ def test_randomize_draws_pair_by_draw_index_and_the_drawn_parameter_is_noted():
     c = paired_compare(df, factor="artist", metric="clip_score", rng=rng, n_boot=50)
     assert "draw" in c.pair_on and "guidance" not in c.pair_on
     assert c.rows[0].n_pairs == 36 and c.rows[0].n_clusters == 6  # draws, like seeds, are within a cluster
-    assert any(n.startswith("guidance differs between the images of a pair (it varies from image to image")
-               for n in c.notes)
+    assert any(n.startswith("guidance differs between the images of a pair (it varies from image to image, "
+                            "as [randomize] draws do)") for n in c.notes)
     with pytest.raises(ValueError, match="factor 'draw' is not a factor column"):
         paired_compare(df, factor="draw", metric="clip_score", rng=rng)
+
+
+def test_stage_images_pairs_note_that_each_starts_from_its_own_parent():
+    """A stage's images compared on a factor of their parents: the init image (the parent's) differs
+    within every pair, and the note gives that reason, not [randomize]'s."""
+    rng = np.random.default_rng(9)
+    df = study_table({a: rng.normal(0, 1, (6, 3)) for a in ARTISTS[:2]}, 6, 3)
+    df["parent_key"] = [f"{i:064x}" for i in range(len(df))]
+    df["init_image"] = [f"images/{key}.png" for key in df["parent_key"]]
+    c = paired_compare(df, factor="artist", metric="clip_score", rng=rng, n_boot=50)
+    assert "init_image differs between the images of a pair (each stage image starts from its own parent's " \
+           "image), so each difference includes that change too" in c.notes
+    df["parent_key"] = None  # the same varying init images without stages: no reason is made up
+    plain = paired_compare(df, factor="artist", metric="clip_score", rng=rng, n_boot=50)
+    assert "init_image differs between the images of a pair (it varies from image to image), so each " \
+           "difference includes that change too" in plain.notes
 
 
 def test_no_complete_pairs_names_the_column_that_keeps_the_levels_apart():

@@ -58,6 +58,16 @@ def _varies_within(df: pd.DataFrame, by: list[str], column: str) -> bool:
     return len(np.unique(np.stack([group, value], axis=1), axis=0)) > len(np.unique(group))
 
 
+def _why_it_differs(df: pd.DataFrame, factor: str, column: str) -> str:
+    if not _varies_within(df, [factor], column):
+        return f"set with {factor}"
+    if column == "init_image" and "parent_key" in df.columns and df["parent_key"].notna().any():
+        return "each stage image starts from its own parent's image"
+    if "draw" in df.columns and df["draw"].notna().any():
+        return "it varies from image to image, as [randomize] draws do"
+    return "it varies from image to image"
+
+
 def _never_shared(df: pd.DataFrame, factor: str, pair_on: list[str], a: Any, b: Any) -> list[str]:
     """The pair_on columns whose values at level `a` never meet those at level `b`: each one alone
     keeps every image of `a` from pairing with one of `b` (strength, when comparing txt2img with img2img)."""
@@ -155,10 +165,8 @@ def paired_compare(
     sign = 1.0 if higher_is_better else -1.0
     partial, notes = [], []
     for c in confounded:
-        how = (f"set with {factor}" if not _varies_within(df, [factor], c)
-               else "it varies from image to image, as [randomize] draws do")
-        notes.append(f"{c} differs between the images of a pair ({how}), so each difference includes that "
-                     "change too")
+        notes.append(f"{c} differs between the images of a pair ({_why_it_differs(df, factor, c)}), so each "
+                     "difference includes that change too")
     for li, lv in enumerate(levels):
         if li == base_i:
             continue
