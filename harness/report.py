@@ -17,7 +17,7 @@ import pandas as pd
 
 from .atomic import write_atomic
 from .ledger import Ledger
-from .columns import is_missing
+from .columns import is_missing, level_label
 from .stats import Comparison, paired_compare, summarize
 from .stats.results import md_text
 
@@ -25,6 +25,7 @@ IMAGE_COLUMNS = ["key", "image", "stage", "checkpoint", "fingerprint", "mode", "
                  "draw", "steps", "guidance", "scheduler", "width", "height", "strength", "init_image", "parent_key",
                  "watermark_embedded", "healthy", "watermark", "health_flags", "truncated", "batch_size", "slot",
                  "seconds", "device", "dtype_used", "status"]
+LEVEL_COLUMNS = ("level", "baseline")  # summary and comparison tables: a factor's levels
 NO_LEVEL = "(none)"  # factors.*: the images a factor does not apply to (txt2img ones for strength)
 TEXT_LIMITS = "text_limits"  # image_table's attrs: metric id -> BPE tokens its CLIP model reads
 VARIANT_KEYS = ["stage", "checkpoint", "mode", "strength", "prompt", "negative_prompt"]
@@ -169,7 +170,11 @@ def checkpoint_summary(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def markdown_table(df: pd.DataFrame, floatfmt: str = ".4g") -> str:
-    def cell(v) -> str:
+    """A Markdown table, text shown literally. In level columns (`f.*`, `level`, `baseline`) an empty
+    level reads `(empty)` and a factor that does not apply to the image `—`, as on the contact sheet."""
+    def cell(v, is_level: bool) -> str:
+        if is_level and (is_missing(v) or (isinstance(v, str) and v == "")):
+            return md_text(level_label(v))
         if isinstance(v, (float, np.floating)):
             return "" if math.isnan(v) else format(float(v), floatfmt)
         if isinstance(v, (list, tuple)):
@@ -177,8 +182,10 @@ def markdown_table(df: pd.DataFrame, floatfmt: str = ".4g") -> str:
         return "" if is_missing(v) else md_text(v)
 
     cols = [str(c) for c in df.columns]
+    levels = [c.startswith("f.") or c in LEVEL_COLUMNS for c in cols]
     lines = ["| " + " | ".join(md_text(c) for c in cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    lines += ["| " + " | ".join(cell(v, lv) for v, lv in zip(row, levels)) + " |"
+              for row in df.itertuples(index=False)]
     return "\n".join(lines) + "\n"
 
 

@@ -292,6 +292,18 @@ def test_factor_tables_name_the_pooled_images_a_factor_does_not_apply_to(crafted
     assert "None" not in markdown_table(table[["key", "strength", "init_image"]].astype(object))
 
 
+def test_markdown_tells_an_empty_level_from_a_factor_that_does_not_apply(tmp_path):
+    from harness.report import markdown_table, write_table
+
+    table = pd.DataFrame({"f.artist": ["", ", by ian mcque", None], "level": ["", "x", "(none)"],
+                          "note": ["", "n", None], "m.score": [1.0, 2.0, float("nan")]})
+    rows = markdown_table(table).splitlines()[2:]
+    assert rows == ["| (empty) | (empty) |  | 1 |", "| , by ian mcque | x | n | 2 |", "| — | (none) |  |  |"]
+    write_table(table, tmp_path, "images")
+    back = pd.read_parquet(tmp_path / "images.parquet")  # the typed copy keeps them apart
+    assert back["f.artist"].tolist()[:2] == ["", ", by ian mcque"] and pd.isna(back["f.artist"].iloc[2])
+
+
 def test_a_misspelt_grid_axis_fails_before_any_table_is_rewritten(crafted_run):
     build_report(crafted_run, html=False)
     before = {p.name: p.stat().st_mtime_ns for p in (crafted_run / "tables").iterdir()}
