@@ -18,6 +18,8 @@ from test_sheet import CLIP, EVIL_NEGATIVE, EVIL_PROMPT, make_run
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 TITLE = "browser check: 13 images"
+LONG_LEVEL = ("a square drawn in the manner of a long list of artists, trending on artstation, highly detailed, "
+              "sharp focus, octane render")
 
 pytestmark = [
     pytest.mark.browser,
@@ -151,6 +153,26 @@ def test_a_wide_grid_scrolls_in_its_own_box_and_the_page_does_not(wide):
         return b.querySelector('thead th').getBoundingClientRect().top - b.getBoundingClientRect().top; }})()""")
     assert 0 <= gap <= 2
     js(browser, "window.scrollTo(0, 0)")
+
+
+def test_a_long_row_label_wraps_in_a_narrow_header_and_keeps_its_full_text(tmp_path):
+    """Two columns leave room, so without a limit the label would take a single line hundreds of pixels
+    wide beside the thumbnails."""
+    run = tmp_path / "run"
+    table = make_run(run)
+    table["f.shape"] = table["f.shape"].replace({"square": LONG_LEVEL})
+    page = write_sheet(run, table[table["stage"] == "main"], rows="shape", cols="color", title="long")
+    with Chromium(width=1280, height=900) as browser:
+        browser.navigate(page.as_uri())
+        header = js(browser, f"""(() => {{
+            const th = Array.from(document.querySelectorAll('tbody th')).find(th => th.textContent === {json.dumps(LONG_LEVEL)});
+            const r = th.getBoundingClientRect();
+            return {{title: th.title, width: r.width, height: r.height}}; }})()""")
+        thumb = js(browser, "document.querySelector('.item').getBoundingClientRect().width")
+        assert browser.errors == []
+    assert header["width"] < thumb  # the thumbnails keep the width
+    assert header["height"] > 3 * 16  # wrapped over several lines, nothing cut
+    assert header["title"] == f"shape={LONG_LEVEL}"
 
 
 def test_a_missing_parent_or_image_gets_a_placeholder_and_no_request_or_link(wide):
