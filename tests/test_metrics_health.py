@@ -33,6 +33,32 @@ def test_dim_noise_below_two_levels_mean_is_black():
     assert not ok and "all_black" in flags
 
 
+def test_a_small_moon_in_a_black_sky_is_dark_but_not_black():
+    yy, xx = np.mgrid[:256, :256]
+    moon = (yy - 60) ** 2 + (xx - 180) ** 2 <= 36
+    sky = np.where(moon[..., None], np.uint8(225), np.uint8(0)).astype(np.uint8)
+    assert sky.mean() < 2  # the mean alone would call it black
+    assert check_array(sky) == (True, [])
+
+
+def test_a_watermarked_black_image_is_still_black():
+    from harness.metrics.watermark import embed
+
+    for path in ("uint8", "float32"):
+        marked = embed(np.zeros((256, 256, 3), np.uint8), "sdv1", path=path)
+        assert 2 < marked.max() <= 32  # the mark lifts some pixels past the plain black threshold
+        assert "all_black" in check_array(marked)[1]
+
+
+def test_arrays_under_two_blocks_are_not_judged_flat():
+    """The runner's in-memory check agrees with the metric, which gives NaN for images under 16 px:
+    an 8 px image's one block cannot spread, so flatness is not judged; black still is."""
+    rng = np.random.default_rng(2)
+    assert check_array(rng.integers(0, 256, (8, 64, 3)).astype(np.uint8)) == (True, [])
+    assert check_array(np.full((8, 8, 3), 128, np.uint8)) == (True, [])
+    assert check_array(np.zeros((8, 8, 3), np.uint8)) == (False, ["all_black"])
+
+
 def test_uniform_grey_is_flagged_but_not_black():
     ok, flags = check_array(np.full((64, 64, 3), 128, np.uint8))
     assert not ok and flags == ["near_uniform"]
@@ -47,7 +73,7 @@ def test_nan_pixels_in_float_output_are_flagged(photo):
 
 def test_float_image_in_unit_range_is_judged_in_levels(photo):
     assert check_array(photo.astype(np.float32) / 255) == (True, [])
-    assert check_array(np.full((8, 8, 3), 0.001, np.float32))[1] == ["all_black", "near_uniform"]
+    assert check_array(np.full((16, 16, 3), 0.001, np.float32))[1] == ["all_black", "near_uniform"]
     assert check_array(photo.astype(np.float32) / 127.5 - 1, value_range=(-1, 1)) == (True, [])
 
 

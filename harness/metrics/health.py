@@ -4,8 +4,11 @@ Flags:
 
 - `nonfinite`: NaN or inf pixels in a float array (fp16 VAE overflow; only
   float inputs can carry them, a saved PNG cannot);
-- `all_black`: max <= 2 or mean < 2 levels (of 255): the fp16 VAE NaN image after
-  conversion to uint8, and the safety checker's replacement image;
+- `all_black`: max <= 2 levels (of 255), or mean < 2 levels with no pixel above
+  32: the fp16 VAE NaN image after conversion to uint8, and the safety
+  checker's replacement image, also with an invisible watermark on it (which
+  lifts a few pixels of a black image to at most 27 levels). A dark image with
+  a few bright points (stars in a night sky) is not black;
 - `near_uniform`: every channel's standard deviation < 2 levels, taken over the
   means of 8x8 pixel blocks: flat grey or flat colour images from a collapsed
   sampler or decoder. Block means keep an invisible watermark (a fine pattern of
@@ -17,7 +20,8 @@ Flags:
 Metric value: 1.0 healthy, 0.0 unhealthy (flags in the detail). A missing file
 is NaN with a reason: nothing was made, so there is nothing to judge. So is an
 image smaller than 16 pixels in either side (two blocks): its block means
-cannot spread, so any content would read as flat. 16-bit images are scaled to
+cannot spread, so any content would read as flat. `check_array` on such an
+array (the runner's check) judges only `nonfinite` and `all_black`. 16-bit images are scaled to
 8 bits first (see `base.to_rgb`).
 
 `check_array(arr)` runs the same checks on an array in memory, for the runner
@@ -35,7 +39,8 @@ import numpy as np
 from harness.metrics.base import MISSING_FILE, Item, Metric, MetricInfo, register, to_rgb
 
 BLACK_MAX = 2.0    # levels: brightest pixel at most this -> black
-BLACK_MEAN = 2.0   # levels: mean below this -> black
+BLACK_MEAN = 2.0   # levels: mean below this -> black, unless some pixel is above BLACK_PEAK
+BLACK_PEAK = 32.0  # levels: above a watermark's lift of a black image (27), below a star
 UNIFORM_STD = 2.0  # levels: every channel's std (of block means) below this -> near uniform
 UNIFORM_BLOCK = 8  # pixels: near-uniformity is judged on the means of blocks this size
 MIN_SIDE = 2 * UNIFORM_BLOCK  # pixels: a smaller side has one block, whose means cannot spread
@@ -87,20 +92,19 @@ def _check(arr: Any, value_range: tuple[float, float] | None) -> tuple[bool, lis
         "mean": float(levels.mean()),
         "std": [float(s) for s in levels.reshape(-1, levels.shape[-1]).std(axis=0)],
     }
-    if stats["max"] <= BLACK_MAX or stats["mean"] < BLACK_MEAN:
+    if stats["max"] <= BLACK_MAX or (stats["mean"] < BLACK_MEAN and stats["max"] <= BLACK_PEAK):
         flags.append("all_black")
-    stats["block_std"] = [float(s) for s in _block_means(levels).reshape(-1, levels.shape[-1]).std(axis=0)]
-    if all(s < UNIFORM_STD for s in stats["block_std"]):
-        flags.append("near_uniform")
+    if min(levels.shape[:2]) >= MIN_SIDE:  # one block's means cannot spread: flatness is not judged
+        stats["block_std"] = [float(s) for s in _block_means(levels).reshape(-1, levels.shape[-1]).std(axis=0)]
+        if all(s < UNIFORM_STD for s in stats["block_std"]):
+            flags.append("near_uniform")
     return not flags, flags, stats
 
 
 def _block_means(levels: np.ndarray, k: int = UNIFORM_BLOCK) -> np.ndarray:
-    """Means of the k x k blocks of an HxWxC array (the edge rows and columns past a whole block are
-    left out); the array itself when it is smaller than one block."""
+    """Means of the k x k blocks of an HxWxC array at least k on each side (the edge rows and columns
+    past a whole block are left out)."""
     h, w, c = levels.shape
-    if h < k or w < k:
-        return levels
     return levels[: h // k * k, : w // k * k].reshape(h // k, k, w // k, k, c).mean(axis=(1, 3))
 
 
