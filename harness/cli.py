@@ -360,6 +360,10 @@ def report(
     except (FileNotFoundError, ValueError) as e:
         fail(f"error: {e}")
     typer.echo(f"{r.images} images; tables in {run_dir / 'tables'}")
+    if r.gone:
+        typer.echo(f"image files gone: {r.gone} finished images have no file in images/ (deleted since they were "
+                   f"made); their scores still count in these tables until `harness eval {run_dir}` drops them",
+                   err=True)
     if r.missing:
         typer.echo(f"not made yet: {r.missing} images of the experiment's plan (an interrupted run or a shard not "
                    "merged); the statistics cover only the images made")

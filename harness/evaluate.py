@@ -216,13 +216,15 @@ class BackgroundScorer:
 
 def evaluate_run(run_dir: Path | str, specs: Iterable[str] | None = None, *,
                  log: Callable[[str], None] | None = None, **kw) -> list[MetricSummary]:
-    """`evaluate` on a run folder, after making its ledger agree with the images folder: a
-    finished image deleted or damaged since it was made goes back to pending, its scores
-    removed, so summaries and reports never count a score whose image is gone."""
+    """`evaluate` on a run folder, after making its ledger agree with the images folder (as
+    `harness run` does at start, reading every image once): a finished image deleted or
+    damaged since it was made goes back to pending and its scores are removed, so this
+    summary and the reports built after it count no score whose image is gone."""
     log = log or _stderr
     with Ledger.open(Path(run_dir)) as ledger:
         repaired = ledger.reconcile().repaired_text(
-            "and are left out, their scores removed; `harness run` on this folder makes them again")
+            "and are pending again, their scores removed; the command that made this folder makes them "
+            f"again (for an experiment: harness run EXPERIMENT --out {run_dir})")
         if repaired:
             log(repaired)
         return evaluate(ledger, specs, log=log, **kw)

@@ -317,6 +317,7 @@ class ReportResult:
     truncated: int = 0  # images whose prompt some CLIP metric saw cut to its text limit
     text_limits: dict = field(default_factory=dict)  # metric id -> tokens it reads, where it cut a prompt
     missing: int = 0  # images the plan asks for that are not made yet (failed ones included)
+    gone: int = 0     # finished images whose file is no longer in images/ (their scores still count)
     failed: list[tuple[str, str]] = field(default_factory=list)  # (key, error) of the plan's failed jobs
     undrawn: str = ""  # characters of plot labels no installed font has (boxes in the plots)
 
@@ -406,6 +407,7 @@ def build_report(run_dir: Path | str, *, rows: str | None = None, cols: str | No
         result.tables += write_table(checkpoint_summary(table), tables, "checkpoints")
     result.excluded = {"unhealthy": int((~table["healthy"]).sum()) if len(table) else 0, "unplanned": unplanned}
     result.missing = missing
+    result.gone = int(sum(not (run_dir / image).is_file() for image in table["image"])) if len(table) else 0
     factors = list(compare_factors) if compare_factors is not None else [
         f for f in factor_columns(table) + ["checkpoint"] if table[f].nunique(dropna=True) >= 2]
     if default_compare_metric(table) or metric:

@@ -167,8 +167,9 @@ def test_eval_drops_scores_of_images_deleted_or_damaged_since(tmp_path):
         path.write_bytes(path.read_bytes()[:-40])  # cut short, as an interrupted copy leaves it
     logged: list[str] = []
     (again,) = evaluate_run(tmp_path / "run", ["health"], log=logged.append)
-    assert logged[0].startswith("2 finished image(s) were missing or damaged and are left out, their scores "
-                                "removed; `harness run` on this folder makes them again (1 missing, 1 "), logged
+    assert logged[0].startswith("2 finished image(s) were missing or damaged (1 missing, 1 "), logged
+    assert logged[0].endswith(") and are pending again, their scores removed; the command that made this folder "
+                              f"makes them again (for an experiment: harness run EXPERIMENT --out {tmp_path / 'run'})")
     assert (again.scored, again.skipped) == (0, 1)
     with Ledger.open(tmp_path / "run", readonly=True) as ledger:
         assert ledger.done_keys() == {kept}

@@ -392,3 +392,16 @@ def test_a_run_with_no_image_left_gets_an_empty_page_and_no_stale_checkpoints_or
     assert "No images in this run yet." in page and "9 failed" in page and 'class="item' not in page
     assert not list((crafted_run / "tables").glob("checkpoints.*"))
     assert [p.name for p in (crafted_run / "plots").iterdir()] == ["search_trajectory.png"]
+
+
+def test_report_counts_finished_images_whose_file_is_gone(crafted_run):
+    from typer.testing import CliRunner
+
+    from harness.cli import app
+
+    next((crafted_run / "images").glob("*.png")).unlink()
+    assert build_report(crafted_run, html=False).gone == 1
+    r = CliRunner().invoke(app, ["report", str(crafted_run), "--no-html"])
+    assert r.exit_code == 0, r.output
+    assert (f"image files gone: 1 finished images have no file in images/ (deleted since they were made); their "
+            f"scores still count in these tables until `harness eval {crafted_run}` drops them") in r.stderr

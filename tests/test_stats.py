@@ -240,6 +240,9 @@ def test_stage_images_pairs_note_that_each_starts_from_its_own_parent():
     c = paired_compare(df, factor="artist", metric="clip_score", rng=rng, n_boot=50)
     assert "init_image differs between the images of a pair (each stage image starts from its own parent's " \
            "image), so each difference includes that change too" in c.notes
+    df.loc[0, "parent_key"] = None  # one init image not a parent's: the stage reason would not hold for all
+    mixed = paired_compare(df, factor="artist", metric="clip_score", rng=rng, n_boot=50)
+    assert not any("parent" in note for note in mixed.notes)
     df["parent_key"] = None  # the same varying init images without stages: no reason is made up
     plain = paired_compare(df, factor="artist", metric="clip_score", rng=rng, n_boot=50)
     assert "init_image differs between the images of a pair (it varies from image to image), so each " \

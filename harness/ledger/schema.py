@@ -110,12 +110,12 @@ class Reconciled:
     orphans: list[str] = field(default_factory=list)         # keys with an image but no done row
 
     def repaired_text(self, consequence: str) -> str:
-        """'N finished image(s) were missing or damaged <consequence> (n why, ...)', or '' when none were."""
+        """'N finished image(s) were missing or damaged (n why, ...) <consequence>', or '' when none were."""
         if not self.requeued:
             return ""
         reasons = Counter(self.requeued.values()).most_common(3)
-        return (f"{len(self.requeued)} finished image(s) were missing or damaged {consequence} ("
-                + ", ".join(f"{n} {why}" for why, n in reasons) + ")")
+        return (f"{len(self.requeued)} finished image(s) were missing or damaged ("
+                + ", ".join(f"{n} {why}" for why, n in reasons) + f") {consequence}")
 
 
 @dataclass(frozen=True)

@@ -62,7 +62,9 @@ def _why_it_differs(df: pd.DataFrame, factor: str, column: str) -> str:
     if not _varies_within(df, [factor], column):
         return f"set with {factor}"
     if column == "init_image" and "parent_key" in df.columns and df["parent_key"].notna().any():
-        return "each stage image starts from its own parent's image"
+        with_init = df["init_image"].notna()
+        if df.loc[with_init, "parent_key"].notna().all():  # every init image here is a parent's
+            return "each stage image starts from its own parent's image"
     if "draw" in df.columns and df["draw"].notna().any():
         return "it varies from image to image, as [randomize] draws do"
     return "it varies from image to image"
