@@ -104,7 +104,7 @@ def _takes_scale(spec: str) -> bool:
 def _with_scale(spec: str, scale: float) -> str:
     """The spec in `name:` form with its scale option set to `scale` (last), its other options kept."""
     from .metrics import parse_metric_spec
-    from .metrics.base import format_metric_spec
+    from .metrics.spec import format_metric_spec
 
     try:
         name, options = parse_metric_spec(spec)

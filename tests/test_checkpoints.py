@@ -210,7 +210,7 @@ def test_folder_fingerprint_ignores_library_version_stamps(tiny_ref, tmp_path):
 
 @pytest.fixture(scope="session")
 def tiny_single_file(tiny_pipe, tmp_path_factory):
-    from harness.tiny import save_single_file
+    from harness.single_file import save_single_file
 
     return save_single_file(tiny_pipe, tmp_path_factory.mktemp("single") / "tiny.safetensors")
 

@@ -21,9 +21,9 @@ from harness.metrics.base import (
     list_metrics,
     metric_from_spec,
     metric_options,
-    parse_metric_spec,
     register,
 )
+from harness.metrics.spec import parse_metric_spec
 
 # Importing a metric module registers it.
 from harness.metrics import clip_directional, clip_image_similarity, clip_score, health, watermark  # noqa: E402,F401
