@@ -153,13 +153,13 @@ def ablate(path: Path | str, *, out: Path | str | None = None, metrics: Sequence
         generate_jobs(exp, plan, ledger, pending, run, exact=exp.exact, device=device or exp.device,
                       batch_size=None, log=log, progress=False)
         evaluate(ledger, list(dict.fromkeys([*specs, *exp.metrics])), log=log)
-        from .report import image_table
+        from .tables import image_table
         images = image_table(ledger)
     finally:
         ledger.close()
     higher = {m.id: m.INFO.higher_is_better for m in chosen}
     table = contributions(images, jobs_of, [m.id for m in chosen], higher, n_boot=n_boot, seed=seed)
-    from .report import write_table
+    from .tables import write_table
     result = AblationResult(run_dir, table, run.generated, higher_is_better=higher, single_clause=single)
     result.outputs = write_table(table, run_dir / "tables", "ablation")
     return result

@@ -407,7 +407,8 @@ def compare(
 ) -> None:
     """Paired A/B statistics across shared seeds: mean difference, cluster-bootstrap CI, Wilcoxon, Holm."""
     from .ledger import Ledger
-    from .report import compare as compare_levels, image_table, report_metrics
+    from .report import compare as compare_levels, report_metrics
+    from .tables import image_table
 
     if not (run_dir / "ledger.sqlite").is_file():
         fail(f"{run_dir}: not a run folder (no ledger.sqlite)")

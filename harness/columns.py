@@ -1,6 +1,6 @@
 """The per-image table's columns as people read them: level labels and order, factor and metric names.
 
-The table (built by :mod:`harness.report`) has one row per image, ``f.<factor>``
+The table (built by :mod:`harness.tables`) has one row per image, ``f.<factor>``
 columns for the prompt's factors, parameter columns and ``m.<metric id>`` scores;
 the contact sheet and the plots name and order them the same way through here.
 """

@@ -1,4 +1,4 @@
-"""Ledger -> tables (csv, parquet, markdown), comparisons, plots and the contact sheet.
+"""A run's report: its tables (see `tables`), comparisons, plots and the contact sheet.
 
 Everything written here is derived: delete `tables/`, `plots/`, `thumbs/` or
 `index.html` and `harness report` rebuilds them from the ledger.
@@ -6,8 +6,6 @@ Everything written here is derived: delete `tables/`, `plots/`, `thumbs/` or
 
 from __future__ import annotations
 
-import json
-import math
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Iterable
@@ -17,193 +15,10 @@ import pandas as pd
 
 from .atomic import write_atomic
 from .ledger import Ledger
-from .columns import is_missing, level_label
-from .stats import Comparison, paired_compare, summarize
-from .stats.results import md_text
-
-IMAGE_COLUMNS = ["key", "image", "stage", "checkpoint", "fingerprint", "mode", "prompt", "negative_prompt", "seed",
-                 "draw", "steps", "guidance", "scheduler", "width", "height", "strength", "init_image", "parent_key",
-                 "watermark_embedded", "healthy", "watermark", "health_flags", "truncated", "batch_size", "slot",
-                 "seconds", "device", "dtype_used", "status"]
-LEVEL_COLUMNS = ("level", "baseline")  # summary and comparison tables: a factor's levels
-NO_LEVEL = "(none)"  # factors.*: the images a factor does not apply to (txt2img ones for strength)
-TEXT_LIMITS = "text_limits"  # image_table's attrs: metric id -> BPE tokens its CLIP model reads
-VARIANT_KEYS = ["stage", "checkpoint", "mode", "strength", "prompt", "negative_prompt"]
-
-
-def image_table(ledger: Ledger) -> pd.DataFrame:
-    """One row per image of the current plan: every factor (`f.*`), parameter and score (`m.<metric id>`)."""
-    jobs = ledger.jobs_frame()
-    planned = ledger.planned_keys()  # None: no plan recorded, every done job counts
-    if len(jobs):
-        jobs = jobs[(jobs["status"] == "done") & (True if planned is None else jobs["key"].isin(planned))].copy()
-    if not len(jobs):
-        return pd.DataFrame(columns=IMAGE_COLUMNS)
-    jobs["image"] = "images/" + jobs["key"] + ".png"
-    if "meta.draw" in jobs.columns:  # [randomize] draws > 1: which draw of its prompt and seed
-        jobs["draw"] = jobs["meta.draw"].astype("Int64")
-    jobs["watermark_embedded"] = jobs["watermark"]
-    jobs["health_flags"] = jobs.get("h.flags", pd.Series([[]] * len(jobs), index=jobs.index)).map(
-        lambda f: ",".join(f) if isinstance(f, list) else "")
-    scores = ledger.scores_frame()
-    if len(scores):
-        wide = scores.pivot_table(index="key", columns="metric", values="value", aggfunc="first", dropna=False)
-        wide.columns = [f"m.{c}" for c in wide.columns]
-        jobs = jobs.merge(wide, left_on="key", right_index=True, how="left")
-    truncated = _truncated_by(scores)
-    jobs["truncated"] = [truncated.get(key, "") for key in jobs["key"]]
-    healthy = jobs.get("h.ok", pd.Series(True, index=jobs.index)).fillna(True).astype(bool)
-    for col in _metric_cols(jobs, "health"):
-        healthy &= ~(jobs[col] == 0)
-    jobs["healthy"] = healthy
-    wm = _metric_cols(jobs, "watermark")
-    if wm:
-        vals = jobs[wm[0]]
-        jobs["watermark"] = [None if (isinstance(v, float) and math.isnan(v)) else bool(v == 1) for v in vals]
-    else:
-        jobs["watermark"] = None
-    order = json.loads(ledger.get_meta("factors") or "[]")  # the template's order
-    rank = {f"f.{name}": i for i, name in enumerate(order)}
-    factor_cols = sorted((c for c in jobs.columns if c.startswith("f.")), key=lambda c: (rank.get(c, len(rank)), c))
-    metric_cols = sorted(c for c in jobs.columns if c.startswith("m."))
-    front = [c for c in IMAGE_COLUMNS if c in jobs.columns]
-    table = jobs[front + factor_cols + metric_cols].reset_index(drop=True)
-    table.attrs[TEXT_LIMITS] = text_limits(scores)
-    return table
-
-
-def _truncated_by(scores: pd.DataFrame) -> dict[str, str]:
-    """key -> JSON list of the metric ids whose text encoder saw a truncated prompt for that image
-    (ids hold commas, so a JSON list rather than a comma list)."""
-    out: dict[str, list[str]] = {}
-    for key, metric, detail in zip(scores["key"], scores["metric"], scores["detail"]):
-        if "truncated" in detail and json.loads(detail).get("truncated") is True:
-            out.setdefault(key, []).append(metric)
-    return {key: json.dumps(sorted(ids)) for key, ids in out.items()}
-
-
-def text_limits(scores: pd.DataFrame) -> dict[str, int]:
-    """metric id -> the BPE tokens its CLIP model reads, for the metrics that truncated some prompt."""
-    out: dict[str, int] = {}
-    for metric, detail in zip(scores["metric"], scores["detail"]):
-        if metric not in out and '"limit"' in detail:
-            limit = json.loads(detail).get("limit")
-            if isinstance(limit, int):
-                out[metric] = limit
-    return out
-
-
-def truncation_note(df: pd.DataFrame, metric_col: str) -> str | None:
-    """A warning when some images' prompts were cut to the CLIP text limit for `metric_col`."""
-    if "truncated" not in df.columns:
-        return None
-    metric_id = metric_col[2:]
-    n = int(df["truncated"].map(lambda ids: bool(ids) and metric_id in json.loads(ids)).sum())
-    if n == 0:
-        return None
-    limit = df.attrs.get(TEXT_LIMITS, {}).get(metric_id)
-    seen = f"it read only their first {limit} tokens" if limit else "it read them only up to its CLIP text limit"
-    return (f"{n} image(s) have prompts longer than {metric_id} reads: {seen}, so words after that cannot "
-            "change it (column 'truncated')")
-
-
-def _metric_cols(df: pd.DataFrame, name: str) -> list[str]:
-    return [c for c in df.columns if c == f"m.{name}" or c.startswith(f"m.{name}[")]
-
-
-def metric_columns(df: pd.DataFrame) -> list[str]:
-    return [c for c in df.columns if c.startswith("m.")]
-
-
-def factor_columns(df: pd.DataFrame) -> list[str]:
-    return [c for c in df.columns if c.startswith("f.")]
-
-
-def short_metric(col: str) -> str:
-    return col[2:].split("[")[0] if col.startswith("m.") else col
-
-
-def _long_summary(df: pd.DataFrame, by: list[str]) -> pd.DataFrame:
-    parts = []
-    for m in metric_columns(df):
-        if short_metric(m) in ("health", "watermark") or df[m].isna().all():
-            continue
-        s = summarize(df, by, m)
-        s.insert(len(by), "metric", m[2:])
-        parts.append(s)
-    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=[*by, "metric", "n", "mean"])
-
-
-def variant_summary(df: pd.DataFrame) -> pd.DataFrame:
-    by = [c for c in VARIANT_KEYS if c in df.columns and df[c].notna().any()]
-    return _long_summary(df, by)
-
-
-def factor_summary(df: pd.DataFrame) -> pd.DataFrame:
-    """Each factor level pooled over everything else (a long table: factor, level, metric, stats)."""
-    parts = []
-    for f in factor_columns(df) + [c for c in ("checkpoint", "mode", "strength") if c in df.columns]:
-        if df[f].nunique(dropna=True) < 2:
-            continue
-        s = _long_summary(df, [f]).rename(columns={f: "level"})
-        s.insert(0, "factor", f[2:] if f.startswith("f.") else f)
-        s["level"] = s["level"].map(lambda v: NO_LEVEL if is_missing(v) else str(v))
-        parts.append(s)
-    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["factor", "level", "metric"])
-
-
-def checkpoint_summary(df: pd.DataFrame) -> pd.DataFrame:
-    """Per checkpoint: images, the sizes it ran at (so differing sizes show), health, mean of each metric."""
-    rows = []
-    for ck, g in df.groupby("checkpoint", sort=False):
-        row = {"checkpoint": ck, "fingerprint": g["fingerprint"].iloc[0], "images": len(g),
-               "sizes": ", ".join(sorted({f"{w}x{h}" for w, h in zip(g["width"], g["height"])})),
-               "unhealthy": int((~g["healthy"]).sum())}
-        for m in metric_columns(df):
-            v = g.loc[g["healthy"], m].dropna()
-            row[f"mean {m[2:]}"] = float(v.mean()) if len(v) else float("nan")
-        rows.append(row)
-    out = pd.DataFrame(rows)
-    if len(out) > 1 and out["sizes"].nunique() > 1:
-        out["note"] = "checkpoints ran at different sizes"
-    return out
-
-
-def markdown_table(df: pd.DataFrame, floatfmt: str = ".4g") -> str:
-    """A Markdown table, text shown literally. In level columns (`f.*`, `level`, `baseline`) an empty
-    level reads `(empty)` and a factor that does not apply to the image `—`, as on the contact sheet."""
-    def cell(v, is_level: bool) -> str:
-        if is_level and (is_missing(v) or (isinstance(v, str) and v == "")):
-            return md_text(level_label(v))
-        if isinstance(v, (float, np.floating)):
-            return "" if math.isnan(v) else format(float(v), floatfmt)
-        if isinstance(v, (list, tuple)):
-            v = ", ".join(map(str, v))
-        return "" if is_missing(v) else md_text(v)
-
-    cols = [str(c) for c in df.columns]
-    levels = [c.startswith("f.") or c in LEVEL_COLUMNS for c in cols]
-    lines = ["| " + " | ".join(md_text(c) for c in cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    lines += ["| " + " | ".join(cell(v, lv) for v, lv in zip(row, levels)) + " |"
-              for row in df.itertuples(index=False)]
-    return "\n".join(lines) + "\n"
-
-
-def write_table(df: pd.DataFrame, folder: Path, name: str) -> list[Path]:
-    """csv + parquet + md, each written to a temp name and renamed."""
-    folder.mkdir(parents=True, exist_ok=True)
-    out = []
-    flat = df.copy()
-    for c in flat.columns:  # parquet needs one type per column
-        if flat[c].dtype == object:
-            flat[c] = flat[c].map(lambda v: None if v is None or (isinstance(v, float) and math.isnan(v))
-                                  else (json.dumps(v) if isinstance(v, (list, dict)) else str(v)))
-    for suffix, write in (("csv", lambda p: flat.to_csv(p, index=False)),
-                          ("parquet", lambda p: flat.to_parquet(p, index=False)),
-                          ("md", lambda p: p.write_text(markdown_table(flat), encoding="utf-8"))):
-        out.append(write_atomic(folder / f"{name}.{suffix}", write))
-    return out
-
+from .columns import is_missing
+from .stats import Comparison, paired_compare
+from .tables import (TEXT_LIMITS, checkpoint_summary, factor_columns, factor_summary, image_table, metric_columns,
+                     short_metric, truncation_note, variant_summary, write_table)
 
 def default_compare_metric(df: pd.DataFrame) -> str | None:
     """The metric a comparison uses when none is named: a toy-world oracle, else CLIP score against the

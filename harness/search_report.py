@@ -113,7 +113,7 @@ def plot_trajectory(traj, path: Path) -> Path:
 
 
 def write_search_report(run_dir: Path | str, generations: Sequence[Generation]) -> list[Path]:
-    from .report import write_table
+    from .tables import write_table
 
     run_dir = Path(run_dir)
     if not generations:

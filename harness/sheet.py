@@ -1,6 +1,6 @@
 """The HTML contact sheet of a run: ``RUN/index.html``, a static page that opens from disk.
 
-Input is the per-image table built by :mod:`harness.report` (one row per image,
+Input is the per-image table built by :mod:`harness.tables` (one row per image,
 ``f.<factor>`` and ``m.<metric id>`` columns). The page holds:
 
 - grids of thumbnails, rows x columns chosen among the factors and parameters;

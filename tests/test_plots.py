@@ -11,7 +11,7 @@ import pytest
 
 from harness import fonts
 from harness.plots import level_figure, metric_label, plot_names, plots_for, strength_figure, undrawn
-from harness.report import markdown_table
+from harness.tables import markdown_table
 
 LONG = "clip_score[model=" + "x" * 250 + "]"
 SHORT = "clip_score[model=tiny]"

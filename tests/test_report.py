@@ -12,7 +12,8 @@ import pytest
 from harness.core import Job, Score
 from harness.ledger import Done, Ledger
 from harness.provenance import write_png_atomic
-from harness.report import build_report, compare, image_table
+from harness.report import build_report, compare
+from harness.tables import image_table
 
 ROOT = Path(__file__).resolve().parents[1]
 METRIC = "clip_score[model=tiny,pretrained=tiny,scale=100,clamp=image]"
@@ -286,14 +287,14 @@ def test_factor_tables_name_the_pooled_images_a_factor_does_not_apply_to(crafted
     with Ledger.open(crafted_run, readonly=True) as led:
         table = image_table(led)
     table["strength"] = [0.3, 0.6] * 4 + [None]  # one image with no strength (a txt2img image)
-    from harness.report import factor_summary, markdown_table
+    from harness.tables import factor_summary, markdown_table
     summary = factor_summary(table)
     assert set(summary.loc[summary["factor"] == "strength", "level"]) == {"0.3", "0.6", "(none)"}
     assert "None" not in markdown_table(table[["key", "strength", "init_image"]].astype(object))
 
 
 def test_markdown_tells_an_empty_level_from_a_factor_that_does_not_apply(tmp_path):
-    from harness.report import markdown_table, write_table
+    from harness.tables import markdown_table, write_table
 
     table = pd.DataFrame({"f.artist": ["", ", by ian mcque", None], "level": ["", "x", "(none)"],
                           "note": ["", "n", None], "m.score": [1.0, 2.0, float("nan")]})

@@ -156,7 +156,8 @@ def test_editing_experiment_adds_only_new_jobs(tmp_path):
 def test_a_factor_added_to_the_template_describes_the_images_already_made(tmp_path):
     """Appending `{@artist: |, by x}` keeps the 16 earlier images (their prompts are unchanged) and records
     them as the artist "" level, so the A/B table is the same as a fresh run's; a renamed factor likewise."""
-    from harness.report import compare, image_table
+    from harness.report import compare
+    from harness.tables import image_table
 
     exp = experiment(tmp_path)
     run_experiment(exp, out=tmp_path / "run", progress=False, evaluate_after=False)
@@ -175,7 +176,8 @@ def test_a_factor_added_to_the_template_describes_the_images_already_made(tmp_pa
 
 def test_an_edited_experiment_reports_only_what_it_asks_for_and_undoing_the_edit_brings_images_back(tmp_path):
     from harness.evaluate import evaluate
-    from harness.report import build_report, image_table
+    from harness.report import build_report
+    from harness.tables import image_table
 
     exp = experiment(tmp_path)
     run_experiment(exp, out=tmp_path / "run", progress=False)
@@ -199,7 +201,7 @@ def test_an_edited_experiment_reports_only_what_it_asks_for_and_undoing_the_edit
 
 def test_an_ablation_of_an_edited_experiment_leaves_out_the_earlier_main_images(tmp_path):
     from harness.plan import Plan, make_plan
-    from harness.report import image_table
+    from harness.tables import image_table
     from harness.run import prepare_run
 
     exp = experiment(tmp_path)

@@ -96,7 +96,7 @@ def test_shards_of_a_staged_experiment_merge_into_the_full_run_with_the_same_top
 
 
 def test_shards_run_one_after_another_into_one_folder_are_all_reported(tmp_path):
-    from harness.report import image_table
+    from harness.tables import image_table
 
     exp = tmp_path / "exp.toml"
     exp.write_text(EXP.replace("{cat|dog}", "cat"))

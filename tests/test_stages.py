@@ -60,7 +60,7 @@ def test_later_stages_link_every_image_to_an_existing_parent(tmp_path):
 
 
 def test_after_an_edit_stages_grow_only_from_the_current_main_images(tmp_path):
-    from harness.report import image_table
+    from harness.tables import image_table
 
     exp = tmp_path / "exp.toml"
     text = STAGED.replace('metrics = ["clip_score:model=tiny"]', "").replace("top_k = 1\n", "").replace(

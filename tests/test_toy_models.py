@@ -101,7 +101,8 @@ def test_a_study_on_toy_finds_the_planted_colour_effect(tmp_path):
     """prompt -> image -> score -> comparison: red vs blue prompts differ on "is it red?" by the oracle
     (CI excludes 0), and the toy CLIP probe agrees in sign."""
     from harness.ledger import Ledger
-    from harness.report import compare, image_table
+    from harness.report import compare
+    from harness.tables import image_table
     from harness.run import run_experiment
 
     (tmp_path / "exp.toml").write_text(STUDY)
