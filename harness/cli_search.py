@@ -20,16 +20,22 @@ class MutateFmt(str, Enum):
 
 
 def parse_ops(text: Optional[str]) -> Optional[dict[str, float]]:
-    """`swap,insert` or `swap=2,insert=1` -> operator weights (None: all operators)."""
-    if not text:
+    """`swap,insert` or `swap=2,insert=1` -> operator weights (None, when --ops is not given: all operators)."""
+    if text is None:
         return None
     weights: dict[str, float] = {}
     for part in (p.strip() for p in text.split(",") if p.strip()):
         name, eq, w = part.partition("=")
+        name = name.strip()
+        if name in weights:
+            raise ValueError(f"--ops {text!r}: operator {name!r} is given twice; give each once")
         try:
-            weights[name.strip()] = float(w) if eq else 1.0
+            weights[name] = float(w) if eq else 1.0
         except ValueError:
             raise ValueError(f"--ops {text!r}: {part!r} is not NAME or NAME=RATE") from None
+    if not weights:
+        raise ValueError(f"--ops {text!r}: no operator named; expected NAME or NAME=RATE, comma-separated "
+                         "(leave --ops out for all operators)")
     return weights
 
 
@@ -48,15 +54,26 @@ def check_ops(text: Optional[str], partnered: bool) -> Optional[dict[str, float]
     return weights
 
 
-def check_partner(arg: str, text: str) -> str:
-    """A --partner must be a valid template; the grammar's error says where it is not."""
+def read_argument(arg: str, origin: str, option: str = "") -> tuple[str, str, Optional[Path]]:
+    """(text, origin for errors, folder to search for wildcards) of a text-or-@path argument; the text
+    must be a valid template, and the grammar's error names the file (or `origin`), line and column,
+    after `option` when given."""
     from .grammar import GrammarError, parse
+    from .wildcards import read_text
 
+    text, folder = arg, None
+    if arg.startswith("@"):
+        path = Path(arg[1:])
+        if not path.is_file():
+            fail(f"file not found: {path}")
+        text, origin, folder = read_text(path).rstrip("\n"), str(path), path.parent
     try:
-        parse(text, origin="<partner>")
+        parse(text, origin=origin)
     except GrammarError as e:
-        fail(f"error: --partner {arg!r}: expected a valid template: {e}")
-    return text
+        if not option:
+            raise
+        fail(f"error: {option} {arg!r}: expected a valid template: {e}")
+    return text, origin, folder
 
 
 def no_mutant(text: str, ops: Optional[str]) -> str:
@@ -85,26 +102,21 @@ def mutate(
     """Mutants of a prompt with their lineage (parent key, operator, arguments)."""
     from . import mutate as mu
     from .grammar import GrammarError
-    from .wildcards import WildcardLibrary, default_search_path, read_text
-
-    def read(text: str) -> str:
-        if text.startswith("@"):
-            path = Path(text[1:])
-            if not path.is_file():
-                fail(f"file not found: {path}")
-            return read_text(path).rstrip("\n")
-        return text
+    from .wildcards import WildcardLibrary, default_search_path
 
     try:
-        text = read(prompt)
-        library = WildcardLibrary(default_search_path(None, grammars))
+        text, _, prompt_dir = read_argument(prompt, "<prompt>")
         if leave_one_out:
             result = mu.leave_one_out(text)
         else:
             weights = check_ops(ops, partnered=bool(partner))
-            partners = [check_partner(p, read(p)) for p in partner]
-            resources = mu.Resources.load(library, lists.split(",") if lists else None,
-                                          template=read(template) if template else None)
+            partners = [read_argument(p, "<partner>", "--partner")[0] for p in partner]
+            source, origin, template_dir = read_argument(template, "<template>") if template else (None, "", None)
+            # wildcards are looked up beside the files given, then where `harness expand` looks
+            folders = [d for d in (template_dir, prompt_dir) if d is not None]
+            library = WildcardLibrary(default_search_path(None, [*folders, *grammars]))
+            resources = mu.Resources.load(library, lists.split(",") if lists else None, template=source,
+                                          origin=origin)
             result = mu.mutants(text, n, random.Random(seed), resources, operators=weights, partners=partners)
     except GrammarError as e:
         fail(str(e))

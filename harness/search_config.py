@@ -62,24 +62,30 @@ def search_config(exp: Experiment, library: WildcardLibrary | None = None) -> Se
     population = integer("population", None, 2)
     if population is None and "population" not in table:
         problems.append("key 'search.population': missing; expected the number of candidates per generation")
+    # an unusable population bounds nothing: the keys checked against it get no follow-on errors
+    bound = population
     population = population or 2
     generations = integer("generations", None, 0)
     if generations is None and "generations" not in table:
         problems.append("key 'search.generations': missing; expected how many generations follow generation 0")
     generations = generations or 0
-    elitism = integer("elitism", 1, 0, population - 1)
+    elitism = integer("elitism", 1, 0, None if bound is None else bound - 1)
     selection = c.choice(table, "selection", "tournament", SELECTIONS, prefix="search.")
     for key, used_by in (("tournament_size", "tournament"), ("top_k", "top_k")):
         if key in table and selection != used_by:
             problems.append(f"key 'search.{key}': set but selection is {selection!r}; "
                             f"set selection = {used_by!r} or drop {key}")
-    tournament_size = integer("tournament_size", min(3, population), 2, population)
-    top_k = integer("top_k", max(1, population // 2), 1, population)
+    tournament_size = integer("tournament_size", min(3, population), 2, bound)
+    top_k = integer("top_k", max(1, population // 2), 1, bound)
     budget = integer("budget", None, 1)
     seed = integer("seed", 0, 0)
 
     specs = table.get("metrics", [m for m in exp.metrics if m.split(":")[0].split("[")[0] not in NOT_FITNESS])
-    if not (isinstance(specs, list) and specs and all(isinstance(s, str) and s.strip() for s in specs)):
+    if "metrics" not in table and not specs:
+        problems.append("key 'search.metrics': missing, and the experiment's metrics hold none to search for "
+                        "(health and watermark are not fitness metrics); set [search] metrics = "
+                        "[\"clip_score:model=tiny\"] or add one to the experiment's metrics")
+    elif not (isinstance(specs, list) and specs and all(isinstance(s, str) and s.strip() for s in specs)):
         bad("metrics", specs, "a non-empty list of metric specs such as \"clip_score:model=tiny\" "
                               "(default: the experiment's metrics other than health and watermark)")
         specs = []

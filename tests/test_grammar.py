@@ -401,3 +401,23 @@ def test_expand_limit_does_not_count_first():
     t0 = time.perf_counter()
     assert [v.prompt for v in t.expand(limit=1)] == ["a bbbbbb"]
     assert time.perf_counter() - t0 < 1  # a few ms; counting first walked all 2 million paths
+
+
+def test_a_large_choose_k_whose_options_overlap_the_separator_lists_each_prompt_once():
+    # 40 options, 2-3 chosen: 60,840 selections, too many to list while counting. `x and` + ` and ` +
+    # `y` and `x` + ` and ` + `and y` spell one prompt, so the count cannot be the number of selections.
+    options = "|".join(["x", "and y", "x and", "y"] + [f"f{i}" for i in range(36)])
+    compiled = compile_template("{2-3$$ and $$" + options + "}")
+    listed = [v.prompt for v in compiled.expand()]
+    assert len(listed) == len(set(listed)) == compiled.count() < 60_840
+    assert "x and and y" in listed
+
+
+def test_compile_template_without_a_library_searches_harness_grammars_then_cwd_grammars(tmp_path, monkeypatch):
+    (tmp_path / "env").mkdir()
+    (tmp_path / "env" / "hue.txt").write_text("teal\nocher\n")
+    (tmp_path / "grammars").mkdir()
+    (tmp_path / "grammars" / "thing.txt").write_text("kite\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HARNESS_GRAMMARS", str(tmp_path / "env"))
+    assert prompts("a __hue__ __thing__") == ["a teal kite", "a ocher kite"]

@@ -268,6 +268,31 @@ def test_mutate_cli_unknown_operator_exits_2():
     assert r.returncode == 2 and r.stderr.startswith("error: --partner '{a|b': expected a valid template: <partner>:1:1:")
 
 
+def test_mutate_cli_reads_a_file_with_its_folders_wildcards_and_names_the_file_in_errors(tmp_path):
+    study = tmp_path / "study"
+    study.mkdir()
+    (study / "tint.txt").write_text("teal\nocher\n")
+    (study / "source.txt").write_text("a __tint__ castle\n")
+    (study / "bad.txt").write_text("a castle\n{on|a hill\n")
+    r = harness("mutate", "a teal castle, on a hill", "-n", "1", "--ops", "swap", "--template",
+                f"@{study / 'source.txt'}", "--format", "jsonl")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["args"] == {"vocabulary": "factor:tint", "old": "teal", "new": "ocher", "part": 0,
+                                            "at": 2}
+    r = harness("mutate", f"@{study / 'bad.txt'}")
+    assert r.returncode == 2 and r.stderr.startswith(f"{study / 'bad.txt'}:2:1: unbalanced '{{'"), r.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["", "-n", "2"], "<prompt>:1:1: empty template"),
+    ([PROMPT, "--ops", "swap=1,swap=0"], "error: --ops 'swap=1,swap=0': operator 'swap' is given twice"),
+    ([PROMPT, "--ops", ""], "error: --ops '': no operator named"),
+])
+def test_mutate_cli_refuses_an_empty_prompt_a_repeated_operator_and_empty_ops(args, message):
+    r = harness("mutate", *args)
+    assert r.returncode == 2 and r.stdout == "" and r.stderr.startswith(message), r.stderr
+
+
 @pytest.mark.parametrize("weights, message", [
     ({"swap": -1, "delete": 1}, "operator 'swap' has rate -1"),
     ({"swap": float("nan")}, "operator 'swap' has rate nan"),

@@ -107,10 +107,20 @@ def test_search_table_problems_are_reported_together_naming_the_file():
         assert expected in text
 
 
-def test_a_bad_population_is_reported_once_not_also_as_missing():
+def test_a_bad_population_is_reported_once_not_also_as_missing_or_as_a_bound_of_other_keys():
     with pytest.raises(ExperimentError) as e:
-        config({**RAW, "search": {"population": 1, "generations": 2}}, Path("/tmp/study.toml"))
+        config({**RAW, "search": {"population": 1, "generations": 2, "tournament_size": 3, "elitism": 2}},
+               Path("/tmp/study.toml"))
     assert e.value.problems == ["key 'search.population': got 1, expected an integer >= 2"]
+
+
+def test_search_metrics_left_out_with_no_fitness_metric_in_the_experiment_says_so():
+    with pytest.raises(ExperimentError) as e:
+        config({**RAW, "metrics": ["health"]}, Path("/tmp/study.toml"))
+    assert e.value.problems == [
+        "key 'search.metrics': missing, and the experiment's metrics hold none to search for (health and "
+        "watermark are not fitness metrics); set [search] metrics = [\"clip_score:model=tiny\"] or add one to "
+        "the experiment's metrics"]
 
 
 def test_missing_search_table_says_what_evolve_needs():

@@ -31,7 +31,7 @@ from typing import Iterator
 
 from ..core import Variant
 from ..grammar import GrammarError, Seq, parse
-from ..wildcards import WildcardLibrary
+from ..wildcards import WildcardLibrary, default_search_path
 from .counting import _lang, count, count_info
 from .exhaustive import expand
 from .names import alternations, assign_names, auto_name, factor_names
@@ -66,8 +66,10 @@ class Template:
 
 def compile_template(text: str, *, library: WildcardLibrary | None = None, origin: str = "<template>",
                      allow_empty: bool = False) -> Template:
+    """Parse, resolve wildcards and name factors. Without `library`, wildcards are looked up where
+    `harness expand` looks for a template given as text: `$HARNESS_GRAMMARS`, then `./grammars`."""
     tree = parse(text, origin=origin, allow_empty=allow_empty)
-    tree = resolve(tree, library or WildcardLibrary())
+    tree = resolve(tree, library if library is not None else WildcardLibrary(default_search_path()))
     for alt in alternations(tree):
         if alt.k is not None:
             _check_choose_k(alt)

@@ -68,12 +68,24 @@ def _alt_lang(alt: Alt) -> _Lang:
     raw = sum(_perm_raw([o.n for o in opts], k) for k in range(lo, hi + 1))
     if raw <= _MATERIALISE and all(o.strings is not None for o in opts):
         return _from_set({joiner.join(t) for t in _choose_texts([sorted(o.strings) for o in opts], lo, hi)})
-    # Single distinct literal options without the joiner split back unambiguously.
+    # Single distinct literal options split back unambiguously when the joiner occurs in a joined
+    # text only as the joiner: not inside an option, and not across one with its neighbours' joiners.
     simple = all(o.strings is not None and o.n == 1 for o in opts)
     texts = {next(iter(o.strings)) for o in opts} if simple else set()
-    exact = simple and bool(joiner) and all(t and joiner not in t for t in texts)
+    exact = simple and bool(joiner) and all(t and _joiner_only_at_ends(joiner, t) for t in texts)
     n = sum(math.perm(len(texts), k) for k in range(lo, hi + 1)) if exact else raw
     return _Lang(n, exact, None, False, False, "")
+
+
+def _joiner_only_at_ends(joiner: str, text: str) -> bool:
+    """Whether `joiner` occurs in `joiner + text + joiner` only as those two joiners. Every occurrence of
+    the joiner in a joined selection other than the joiners themselves lies inside one such window (an
+    occurrence is as long as a joiner, so it cannot reach past a whole option and a joiner), so when
+    this holds for every option, a joined text splits back into its options one way only
+    (` and ` with the options `x and` and `and y` does not: `x and and y` splits two ways)."""
+    window = joiner + text + joiner
+    hits = [i for i in range(len(window) - len(joiner) + 1) if window.startswith(joiner, i)]
+    return hits == [0, len(joiner) + len(text)]
 
 
 def _union(opts: list[_Lang]) -> _Lang:

@@ -54,9 +54,10 @@ class Resources:
 
     @classmethod
     def load(cls, library: WildcardLibrary, lists: Sequence[str] | None = None,
-             template: str | None = None) -> "Resources":
+             template: str | None = None, origin: str = "<template>") -> "Resources":
         """Read modifier lists from `library` (default: `DEFAULT_LISTS`, those
-        present) and the factors of `template` (its alternations' options)."""
+        present) and the factors of `template` (its alternations' options;
+        `origin` names it in errors)."""
         explicit = lists is not None
         vocabularies = []
         for name in (DEFAULT_LISTS if lists is None else lists):
@@ -72,7 +73,7 @@ class Resources:
                                            words=name.split("/")[0] in WORD_LISTS))
         factors = []
         if template is not None:
-            tree = compile_template(template, library=library).tree
+            tree = compile_template(template, library=library, origin=origin).tree
             for alt in alternations(tree):
                 if alt.k is None:
                     items = list(dict.fromkeys(t for o in alt.options for t in _expansions(o.body)))
