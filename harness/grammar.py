@@ -124,6 +124,10 @@ class _Parser:
             if hi < lo:
                 raise GrammarError(f"bad choose-k range {lo}-{hi}: the upper bound must be >= the lower",
                                    self.loc(m.start(1)), length=m.end() - m.start(1))
+            if hi == 0:
+                count = text[m.start(1):m.end()].rstrip("$ ")
+                raise GrammarError(f"choose-k {count} always chooses nothing; write {{0-1$$...}} for an optional "
+                                   "choice, or drop the alternation", self.loc(m.start(1)), length=m.end() - m.start(1))
             k, k_at = (lo, hi), m.start(1)
             self.i = head_end = m.end()
             # A separator runs to the next "$$" (dynamicprompts' rule); a brace before it means there is none.

@@ -421,3 +421,10 @@ def test_compile_template_without_a_library_searches_harness_grammars_then_cwd_g
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HARNESS_GRAMMARS", str(tmp_path / "env"))
     assert prompts("a __hue__ __thing__") == ["a teal kite", "a ocher kite"]
+
+
+def test_a_choose_k_of_zero_is_an_error_at_its_count():
+    e = error("x {0$$a|b}")
+    assert (e.line, e.column) == (1, 4) and "choose-k 0 always chooses nothing" in e.message
+    assert error("{ 0 - 0 $$a|b}").message.startswith("choose-k 0 - 0 always chooses nothing")
+    assert prompts("x{0-1$$ a| b}") == ["x", "x a", "x b"]
