@@ -313,14 +313,18 @@ def experiment_from_dict(raw: Mapping[str, Any], path: Path) -> Experiment:
     check_template(c, "prompt", prompt, origin)
     if negative:
         check_template(c, "negative_prompt", negative, f"{path} (negative_prompt)")
+    # img2img runs int(strength * steps) steps: check the fewest each kind of job can get. [randomize]
+    # replaces the main images' steps and strengths; a stage has its own, else its checkpoint's steps.
+    checkpoint_steps = {overrides.get(ck, {}).get("steps") or steps for ck in checkpoints} or {steps}
     if "img2img" in modes:
-        all_steps = {steps, *(o["steps"] for o in overrides.values() if o.get("steps"))}
-        check_denoising(c, "strengths", strengths, all_steps)
+        main_steps = {randomize.steps[0]} if randomize is not None and randomize.steps else checkpoint_steps
         if randomize is not None and randomize.strength:
-            check_denoising(c, "randomize.strength", [randomize.strength[0]],
-                             {randomize.steps[0]} if randomize.steps else all_steps)
+            check_denoising(c, "randomize.strength", [round(randomize.strength[0], 2)], main_steps)
+        else:
+            check_denoising(c, "strengths", strengths, main_steps)
     for i, stage in enumerate(stages):
-        check_denoising(c, f"stages[{i}].strengths", stage.strengths, {stage.steps or steps})
+        check_denoising(c, f"stages[{i}].strengths", stage.strengths,
+                        {stage.steps} if stage.steps else checkpoint_steps)
 
     if c.problems:
         raise ExperimentError(path, c.problems)

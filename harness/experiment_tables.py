@@ -30,6 +30,20 @@ class Randomize:
     steps: tuple[int, int] | None = None
     guidance: tuple[float, float] | None = None
 
+    def settings_count(self, mode: str) -> int:
+        """How many different settings the ranges give a job of `mode` (strengths to 0.01, steps whole,
+        guidance to 0.1, as drawn; txt2img has no strength); 1 when none is drawn."""
+        n = 1
+        for name, places in (("strength", 2), ("steps", 0), ("guidance", 1)):
+            span = getattr(self, name)
+            if span and (name != "strength" or mode == "img2img"):
+                lo, hi = (round(v, places) for v in span)
+                n *= round((hi - lo) * 10 ** places) + 1
+        return n
+
+
+RANDOMIZED = ("strength", "steps", "guidance")  # the order each draw takes them from its stream
+
 
 @dataclass(frozen=True)
 class Stage:
@@ -61,6 +75,12 @@ def randomize_table(c: Checker, r, modes) -> Randomize | None:
     )
     if randomize.strength and "img2img" not in modes:
         c.problems.append("key 'randomize.strength': set but mode has no 'img2img'")
+    for mode in modes:
+        n = randomize.settings_count(mode)
+        if 1 < n < (randomize.draws or 1):
+            c.problems.append(f"key 'randomize.draws': got {randomize.draws}, but the ranges give {mode} images only "
+                              f"{n} different settings (strengths to 0.01, steps whole, guidance to 0.1); "
+                              f"expected at most {n}, or wider ranges")
     return randomize
 
 

@@ -15,6 +15,7 @@ from typing import Callable, Iterable
 from .core import Job, Variant, content_key
 from .expand import compile_template
 from .experiment import Experiment, ExperimentError, problems_text
+from .experiment_tables import RANDOMIZED
 from .wildcards import WildcardLibrary
 
 NEGATIVE_PREFIX = "negative:"
@@ -94,11 +95,31 @@ def variants_of(exp: Experiment, library: WildcardLibrary | None = None) -> tupl
     return prompts, negatives
 
 
-def _random_params(exp: Experiment, prompt: str, negative: str, seed: int, draw: int, checkpoint: str) -> dict:
-    """Randomised parameters for one (variant, seed, draw): their own stream,
-    keyed by content so adding a variant never shifts another's draws."""
+def random_draws(exp: Experiment, prompt: str, negative: str, seed: int, checkpoint: str, mode: str) -> list[dict]:
+    """`[randomize] draws` parameter sets for one (variant, seed): each draw has its own stream, keyed by
+    content so adding a variant never shifts another's draws. A draw that repeats an earlier draw's
+    settings (those this mode uses: txt2img has no strength) is drawn again from its stream, so `draws`
+    sets make `draws` images; the experiment checks that the ranges hold that many."""
     r = exp.randomize
-    rng = random.Random(content_key(["randomize", r.seed, prompt, negative, seed, draw, checkpoint]))
+    used = [name for name in RANDOMIZED if getattr(r, name) and (name != "strength" or mode == "img2img")]
+    seen: set[tuple] = set()
+    out = []
+    for draw in range(r.draws):
+        rng = random.Random(content_key(["randomize", r.seed, prompt, negative, seed, draw, checkpoint]))
+        for _ in range(_REDRAWS):
+            params = _draw(r, rng)
+            settings = tuple(params[name] for name in used)
+            if not used or settings not in seen:
+                break
+        seen.add(settings)
+        out.append(params)
+    return out
+
+
+_REDRAWS = 10_000
+
+
+def _draw(r, rng: random.Random) -> dict:
     out = {}
     if r.strength:
         out["strength"] = round(rng.uniform(*r.strength), 2)
@@ -151,18 +172,20 @@ def jobs_for(exp: Experiment, refs: dict, prompts: list[Variant], negatives: lis
              seeds: Iterable[int] | None = None, modes: Iterable[str] | None = None,
              strengths: Iterable[float] | None = None, inits: list[tuple[str, str]] | None = None,
              steps: int | None = None, stage: str = "main", meta: dict | None = None,
-             init_hash: Callable | None = None) -> list[Job]:
+             init_hash: Callable | None = None, randomize: bool = True) -> list[Job]:
     """The cross product checkpoints x modes x prompts x negatives x seeds x draws
     x init images x strengths, deduplicated by key, in that order. `inits` are
     (path, hash) pairs that override the experiment's init images (later stages,
-    search); `meta` is merged into every job's meta."""
+    search); `meta` is merged into every job's meta. `randomize=False` leaves
+    `[randomize]` out: one draw with the given and fixed settings (later stages)."""
     from PIL import Image
 
     if init_hash is None:
         from .images import init_hash
     seeds = list(exp.seeds if seeds is None else seeds)
     modes = list(exp.modes if modes is None else modes)
-    draws = exp.randomize.draws if exp.randomize else 1
+    randomized = exp.randomize if randomize else None
+    draws = randomized.draws if randomized else 1
     hashes: dict[tuple, str] = {}
     jobs: dict[str, Job] = {}
     for ck, ref in refs.items():
@@ -190,8 +213,8 @@ def jobs_for(exp: Experiment, refs: dict, prompts: list[Variant], negatives: lis
             for v in prompts:
                 for neg in negatives:
                     for seed in seeds:
-                        for draw in range(draws):
-                            rnd = _random_params(exp, v.prompt, neg.prompt, seed, draw, ck) if exp.randomize else {}
+                        drawn = random_draws(exp, v.prompt, neg.prompt, seed, ck, mode) if randomized else [{}]
+                        for draw, rnd in enumerate(drawn):
                             for init_path, ihash in mode_inits:
                                 for strength in ([rnd["strength"]] if "strength" in rnd and mode == "img2img"
                                                  else mode_strengths):

@@ -70,6 +70,6 @@ def stage_jobs(exp: Experiment, stage: Stage, ledger: Ledger, refs: dict,
             exp, {parent.checkpoint: refs[parent.checkpoint]}, prompts, negatives,
             seeds=stage.seeds if stage.seeds is not None else [parent.seed], modes=["img2img"],
             strengths=stage.strengths, inits=[(str(path), init_hash(path, parent.width, parent.height))],
-            steps=stage.steps, stage=stage.name,
+            steps=stage.steps, stage=stage.name, randomize=False,
             meta={"parent_key": parent.key, "source_prompt": parent.prompt, "source_stage": stage.source})
     return jobs

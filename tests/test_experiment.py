@@ -88,7 +88,13 @@ def test_demo_experiment_loads_and_plans():
      "strength * steps >= 1 (steps >= 10 at this strength, or strength >= 0.333)"),
     ('prompt = "a"\nsteps = 20\n[[stages]]\nprompt = "__parent__, b"\nstrengths = [0.04]',
      "key 'stages[0].strengths': strength 0.04 with steps = 20 runs int(0.04 * 20) = 0"),
+    ('prompt = "a"\nsteps = 10\n[checkpoint.tiny]\nsteps = 3\n[[stages]]\nprompt = "__parent__, b"\nstrengths = [0.2]',
+     "key 'stages[0].strengths': strength 0.2 with steps = 3 runs int(0.2 * 3) = 0"),
+    ('prompt = "a"\nmode = "img2img"\ninit_images = "nope/*.png"\nstrengths = [0.3]\nsteps = 10\n'
+     '[randomize]\nsteps = [1, 2]', "key 'strengths': strength 0.3 with steps = 1 runs int(0.3 * 1) = 0"),
     ('prompt = "a"\n[[stages]]\nprompt = "__parent__"\nseeds = [1, 1]', "key 'stages[0].seeds': got [1, 1]"),
+    ('prompt = "a"\n[randomize]\ndraws = 3\nsteps = [4, 5]',
+     "key 'randomize.draws': got 3, but the ranges give txt2img images only 2 different settings"),
     ('prompt = "a"\nseeds = { count = 1, start = 9223372036854775808 }',
      "key 'seeds.start': got 9223372036854775808, expected start + count <= 2**63"),
     ('prompt = "a"\nstrengths = [0.3]', "key 'strengths': set but mode has no 'img2img'"),

@@ -89,3 +89,20 @@ def test_force_remakes_the_later_stages_too_and_counts_their_time(tmp_path):
         per_image = sum(led.jobs_frame()["seconds"])
     # images/s counts the time of every stage, not of the last alone
     assert forced.seconds >= 0.9 * per_image
+
+
+def test_randomize_draws_the_main_images_settings_and_leaves_the_stages_own(tmp_path):
+    exp = tmp_path / "exp.toml"
+    exp.write_text(STAGED.replace("[[stages]]", "[randomize]\nseed = 3\ndraws = 2\nsteps = [2, 6]\n"
+                                  "guidance = [3.0, 5.0]\n\n[[stages]]", 1))
+    run_experiment(exp, out=tmp_path / "run", progress=False)
+    with Ledger.open(tmp_path / "run", readonly=True) as led:
+        jobs = led.all_jobs(status="done")
+    main = [j for j in jobs if j.meta["stage"] == "main"]
+    later = [j for j in jobs if j.meta["stage"] != "main"]
+    assert len(main) == 8 and {j.meta["draw"] for j in main} == {0, 1}
+    assert all(2 <= j.steps <= 6 and 3.0 <= j.guidance <= 5.0 for j in main)
+    assert len({(j.steps, j.guidance) for j in main}) > 1
+    # the stages: their own strengths, the experiment's steps and guidance, one image per parent and prompt
+    assert len(later) == 8 and all("draw" not in j.meta and j.steps == 4 and j.guidance == 7.5 for j in later)
+    assert {(j.meta["stage"], j.strength) for j in later} == {("refine", 0.5), ("polish", 0.3)}
