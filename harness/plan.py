@@ -139,20 +139,21 @@ def resolve_checkpoints(exp: Experiment, resolve: Callable | None = None) -> dic
             return resolve_ref(name, base_dir=base_dir)
     refs, problems = {}, []
     one = isinstance(exp.raw.get("checkpoints"), str)
-    for i, name in enumerate(exp.checkpoints):  # every unresolvable checkpoint is named, not only the first
+    fingerprints: dict[str, str] = {}
+    for i, name in enumerate(exp.checkpoints):  # every unusable checkpoint is named, not only the first
+        key = "checkpoints" if one else f"checkpoints[{i}]"
         try:
-            refs[name] = resolve(name, base_dir=exp.base_dir)
+            refs[name] = ref = resolve(name, base_dir=exp.base_dir)
         except ValueError as exc:
-            problems.append(f"key '{'checkpoints' if one else f'checkpoints[{i}]'}': {exc}")
+            problems.append(f"key '{key}': {exc}")
+            continue
+        if ref.fingerprint in fingerprints:
+            problems.append(f"key '{key}': {name!r} holds the same weights as {fingerprints[ref.fingerprint]!r} "
+                            f"(fingerprint {ref.fingerprint}); list it once")
+        fingerprints.setdefault(ref.fingerprint, name)
     if problems:
         from .checkpoints import CheckpointError
         raise CheckpointError(problems_text(exp.path, problems))
-    fingerprints: dict[str, str] = {}
-    for name, ref in refs.items():
-        if ref.fingerprint in fingerprints:
-            raise ValueError(f"{exp.path}: checkpoints '{fingerprints[ref.fingerprint]}' and '{name}' are the "
-                             f"same weights (fingerprint {ref.fingerprint}); list it once")
-        fingerprints[ref.fingerprint] = name
     return refs
 
 

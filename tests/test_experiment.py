@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.checkpoints import CheckpointRef
+from harness.checkpoints import CheckpointError, CheckpointRef
+from harness.cli import _user_errors
 from harness.experiment import ExperimentError, load_experiment
 from harness.plan import make_plan, shard
 
@@ -352,5 +353,7 @@ def test_shards_partition_the_plan(tmp_path):
 
 def test_same_weights_twice_is_an_error(tmp_path):
     p = write(tmp_path, 'prompt = "a"\ncheckpoints = ["tiny", "toy"]')
-    with pytest.raises(ValueError, match="same weights"):
+    with pytest.raises(CheckpointError) as e:
         make_plan(load_experiment(p), resolve=lambda n, base_dir=None: fake_resolve("same"))
+    assert str(e.value).startswith(str(p)) and "key 'checkpoints[1]': 'toy' holds the same weights as 'tiny'" in str(e.value)
+    assert isinstance(e.value, _user_errors())  # the command line prints it in one line, exit 2
