@@ -194,6 +194,10 @@ def plan(
                    f"{list(st.strengths)}, {seeds}; its jobs are planned once stage {st.source} is done")
 
 
+HISTORY_NOTE = ("its settings, prompt file or wildcard files: earlier versions of experiment.toml (with a prompt file's "
+                "text inline) are kept in history/, and running one again brings its images back")
+
+
 def _duration(seconds: float) -> str:
     if seconds < 120:
         return f"{seconds:.0f} s"
@@ -245,7 +249,7 @@ def run(
         typer.echo(f"unhealthy images: {r.unhealthy} (black, uniform or NaN; excluded from statistics)")
     if r.unplanned:
         typer.echo(f"kept but left out of reports: {r.unplanned} images made for an earlier version of the "
-                   "experiment (that version is in history/; running it again brings them back)")
+                   f"experiment, {HISTORY_NOTE}")
     for m in r.oom_events:
         typer.echo(f"note: {m}")
     _print_metric_summaries(r.metrics)
@@ -371,7 +375,7 @@ def report(
         typer.echo(f"unhealthy images excluded from statistics: {r.excluded['unhealthy']}")
     if r.excluded.get("unplanned"):
         typer.echo(f"left out: {r.excluded['unplanned']} images made for an earlier version of the experiment "
-                   "(kept in the run folder; that version is in history/, and running it again brings them back)")
+                   f"(kept in the run folder), {HISTORY_NOTE}")
     if r.truncated:
         limits = "; ".join(f"{m} reads {k} tokens" for m, k in r.text_limits.items()) or "its CLIP text limit"
         typer.echo(f"{r.truncated} images have prompts longer than a CLIP metric reads ({limits}); those scores "

@@ -144,6 +144,23 @@ _TOP_KEYS = {
 # `base_dir = <one-line string>`; the value alone is replaced, so a trailing comment stays
 _BASE_DIR_LINE = re.compile(r"""^([ \t]*(?:base_dir|"base_dir"|'base_dir')[ \t]*=[ \t]*)"""
                             r"""("(?!"")(?:[^"\\\n]|\\.)*"|'(?!'')[^'\n]*')""", re.M)
+_PROMPT_LINE = re.compile(r"""^([ \t]*(?:prompt|"prompt"|'prompt')[ \t]*=[ \t]*)"""
+                          r"""("(?!"")(?:[^"\\\n]|\\.)*"|'(?!'')[^'\n]*')""", re.M)
+
+
+def inline_prompt(text: str, template: str) -> str:
+    """An experiment file's `text` with its `prompt = "@file"` replaced by `template`, the text that file
+    held, written inline: a kept earlier version then runs as it did after the file changed. `text` is
+    returned unchanged when its prompt is not a file or is spelled so that the line cannot be replaced
+    exactly (checked by reading the result back)."""
+    raw = _toml_or_none(text)
+    if raw is None or not str(raw.get("prompt", "")).startswith("@") or template.startswith("@"):
+        return text
+    inline = json.dumps(template, ensure_ascii=False)  # a JSON string is a TOML basic string
+    inlined = _PROMPT_LINE.sub(lambda m: m.group(1) + inline, text, count=1)
+    if _toml_or_none(inlined) != {**raw, "prompt": template}:
+        return text
+    return f"# prompt: the text of {raw['prompt'][1:]} when this version ran\n{inlined}"
 
 
 def load_experiment(path: Path | str) -> Experiment:

@@ -224,7 +224,8 @@ def build_report(run_dir: Path | str, *, rows: str | None = None, cols: str | No
     result.missing = missing
     result.gone = int(sum(not (run_dir / image).is_file() for image in table["image"])) if len(table) else 0
     factors = list(compare_factors) if compare_factors is not None else [
-        f for f in factor_columns(table) + ["checkpoint"] if table[f].nunique(dropna=True) >= 2]
+        f for f in factor_columns(table) + ["checkpoint", "strength"]
+        if f in table.columns and table[f].nunique(dropna=True) >= 2]
     if default_compare_metric(table) or metric:
         for m in report_metrics(run_dir, metric):
             for f in factors:

@@ -24,7 +24,7 @@ from typing import Callable, Iterable
 
 from .atomic import write_atomic
 from .core import Job, SettingsError, canonical_json
-from .experiment import Experiment, ExperimentError, load_experiment
+from .experiment import Experiment, ExperimentError, inline_prompt, load_experiment
 from .ledger import Ledger
 from .plan import Plan, group_jobs, make_plan, shard as shard_jobs
 from .worker import Finished, Tuning
@@ -90,12 +90,18 @@ def prepare_run(exp: Experiment, plan: Plan, run_dir: Path, *, jobs: list[Job] |
     if repaired and log is not None:
         log(repaired)
     jobs = list(plan.jobs if jobs is None else jobs)
-    edited = ledger.get_meta("experiment") != canonical_json(exp.settings)
-    if edited and (run_dir / "experiment.toml").is_file():
-        _keep_earlier_version(run_dir)
-    write_atomic(run_dir / "experiment.toml", lambda p: p.write_text(exp.run_copy(), encoding="utf-8"))
+    # a new version: other settings, or the same `prompt = "@file"` holding other text
+    template = ledger.get_meta("template")
+    edited = (ledger.get_meta("experiment") != canonical_json(exp.settings)
+              or (template is not None and template != exp.prompt))
+    copy, text = run_dir / "experiment.toml", exp.run_copy()
+    if edited and copy.is_file():
+        _keep_earlier_version(run_dir, template)
+    if edited or not copy.is_file() or copy.read_bytes() != text.encode("utf-8"):  # its time: when first run
+        write_atomic(copy, lambda p: p.write_text(text, encoding="utf-8"))
     ledger.set_meta("experiment_name", exp.name)
     ledger.set_meta("experiment", canonical_json(exp.settings))
+    ledger.set_meta("template", exp.prompt)
     ledger.set_meta("experiment_path", str(exp.path))
     ledger.set_meta("factors", json.dumps(list(plan.factors)))
     ledger.drop_pending({j.key for j in jobs})
@@ -111,9 +117,10 @@ def prepare_run(exp: Experiment, plan: Plan, run_dir: Path, *, jobs: list[Job] |
     return ledger, [j for j in jobs if j.key not in done]
 
 
-def _keep_earlier_version(run_dir: Path) -> Path:
+def _keep_earlier_version(run_dir: Path, template: str | None) -> Path:
     """Copy RUN/experiment.toml, the version that made the folder's images so far, to
-    RUN/history/experiment-<UTC time it was written>.toml before an edited version replaces it."""
+    RUN/history/experiment-<UTC time it was written>.toml before an edited version replaces it.
+    When its prompt was a file, the copy holds `template`, the text the file had then, inline."""
     copy = run_dir / "experiment.toml"
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(copy.stat().st_mtime))
     history = run_dir / HISTORY_DIR
@@ -122,6 +129,8 @@ def _keep_earlier_version(run_dir: Path) -> Path:
     while (target := history / f"experiment-{stamp}{'' if n == 1 else f'-{n}'}.toml").exists():
         n += 1
     kept = copy.read_bytes()
+    if template is not None:
+        kept = inline_prompt(kept.decode("utf-8"), template).encode("utf-8")
     return write_atomic(target, lambda p: p.write_bytes(kept))
 
 
@@ -327,6 +336,12 @@ def merge_runs(out: Path | str, sources: Iterable[Path | str], *, log: Callable[
     log = log or _stderr
     out = Path(out)
     sources = [Path(src) for src in sources]
+    for src in sources:
+        if src.resolve() == out.resolve():
+            raise ValueError(f"{src} is the run folder being merged into (--out); merge the other folders into it")
+    if (out / "experiment.toml").is_file() and not (out / "ledger.sqlite").is_file():
+        raise ValueError(f"{out} holds an experiment.toml but is not a run folder (no ledger.sqlite): the merge "
+                         "would mix its runs into someone's experiment folder; give --out another folder")
     _check_mergeable([*sources, *([out] if (out / "ledger.sqlite").is_file() else [])])
     totals = {"added": 0, "already": 0, "scores": 0, "bad": 0}
     with Ledger.open(out) as ledger:

@@ -119,6 +119,30 @@ def test_comparison_tables_name_baseline_direction_and_pairs_and_skips_are_repor
     assert bad.returncode != 0 and "nosuch" in bad.stderr and "Traceback" not in bad.stderr
 
 
+def test_the_report_compares_img2img_strengths_pairing_each_with_the_same_prompt_and_seed(tmp_path):
+    run = tmp_path / "run"
+    with Ledger.open(run) as led:
+        jobs = [Job("tiny", "fp", "txt2img", f"a {color} cat", "", seed, 4, 7.5, "ddim", 64, 64,
+                    factors={"color": color}, meta={"stage": "main"}) for color in ("red", "blue") for seed in (1, 2)]
+        jobs += [Job("tiny", "fp", "img2img", f"a {color} cat", "", seed, 4, 7.5, "ddim", 64, 64, strength=strength,
+                     init_hash="h", init_image="init.png", factors={"color": color}, meta={"stage": "main"})
+                 for color in ("red", "blue") for seed in (1, 2) for strength in (0.3, 0.6)]
+        led.add_jobs(jobs)
+        for job in jobs:
+            write_png_atomic(led.image_path(job.key), np.full((64, 64, 3), 120, np.uint8), parameters=job.prompt,
+                             provenance={"key": job.key})
+        led.mark_done_many([Done(j.key, "b", 1, 0, 0.1, "cpu", "fp32", health={"ok": True, "flags": []})
+                            for j in jobs])
+        led.put_scores([Score(j.key, METRIC, 10.0 + 10 * (j.strength or 0) + j.seed) for j in jobs])
+    r = build_report(run, html=False)
+    strength = next(c for c in r.comparisons if c.factor == "strength")
+    (row,) = strength.rows
+    assert (strength.baseline, row.level, row.n_pairs) == (0.3, 0.6, 4) and row.mean_diff == pytest.approx(3.0)
+    assert strength.n_excluded["no_level"] == 4  # the txt2img images have no strength
+    table = pd.read_csv(run / "tables" / "comparisons.csv")
+    assert set(table["factor"]) == {"f.color", "strength"}
+
+
 def test_prompts_cut_to_the_clip_limit_are_marked_and_noted_in_comparisons(crafted_run):
     with Ledger.open(crafted_run) as led:
         long = [j for j in led.all_jobs(status="done") if j.factors["artist"]]

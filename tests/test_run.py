@@ -153,6 +153,28 @@ def test_editing_experiment_adds_only_new_jobs(tmp_path):
     assert len(list((tmp_path / "run" / "history").glob("experiment-*.toml"))) == 2
 
 
+def test_an_edited_prompt_file_is_a_new_version_kept_with_its_text_inline(tmp_path):
+    import tomllib
+
+    (tmp_path / "p.txt").write_text("a {red|blue} cat\n")
+    text = SMALL.replace('prompt = "a {red|blue} {cat|dog}"', 'prompt = "@p.txt"').replace("seeds = [1, 2]", "seeds = [1]")
+    exp = experiment(tmp_path, text.replace('mode = ["txt2img", "img2img"]\ninit_images = "init.png"\n'
+                                            'strengths = [0.5]', 'mode = "txt2img"'))
+    run, copy = tmp_path / "run", tmp_path / "run" / "experiment.toml"
+    assert run_experiment(exp, out=run, progress=False).generated == 2
+    first = copy.stat().st_mtime_ns
+    time.sleep(0.05)
+    assert run_experiment(exp, out=run, progress=False).generated == 0
+    assert copy.stat().st_mtime_ns == first  # the same version: its copy keeps the time it was first run
+    (tmp_path / "p.txt").write_text("a {red|green} cat\n")
+    r = run_experiment(exp, out=run, progress=False)
+    assert (r.generated, r.unplanned) == (1, 1)
+    (kept,) = (run / "history").glob("experiment-*.toml")
+    assert tomllib.loads(kept.read_text())["prompt"] == "a {red|blue} cat"
+    again = run_experiment(kept, out=run, progress=False)  # the earlier version, as it ran
+    assert (again.generated, again.already_done, again.unplanned) == (0, 2, 1)
+
+
 def test_a_factor_added_to_the_template_describes_the_images_already_made(tmp_path):
     """Appending `{@artist: |, by x}` keeps the 16 earlier images (their prompts are unchanged) and records
     them as the artist "" level, so the A/B table is the same as a fresh run's; a renamed factor likewise."""

@@ -123,3 +123,16 @@ def test_merge_refuses_runs_of_different_experiments_before_merging_anything(tmp
                         "--out", tmp_path / "m"], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode != 0 and "not a run folder" in r.stderr
     assert not (tmp_path / "m" / "images").exists()  # nothing merged from ra before the bad source was seen
+    run_experiment(a, out=tmp_path / "m", progress=False, evaluate_after=False)
+    before = sorted(p.name for p in (tmp_path / "m" / "images").iterdir())
+    r = subprocess.run([sys.executable, "-m", "harness", "merge", tmp_path / "ra", tmp_path / "m",
+                        "--out", tmp_path / "m"], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 2 and f"{tmp_path / 'm'} is the run folder being merged into" in r.stderr, r.stderr
+    assert sorted(p.name for p in (tmp_path / "m" / "images").iterdir()) == before
+    # someone's experiment folder (an experiment.toml, no ledger) is not a place to merge into
+    (tmp_path / "study").mkdir()
+    (tmp_path / "study" / "experiment.toml").write_text(EXP)
+    r = subprocess.run([sys.executable, "-m", "harness", "merge", tmp_path / "ra", "--out", tmp_path / "study"],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 2 and "holds an experiment.toml but is not a run folder" in r.stderr, r.stderr
+    assert sorted(p.name for p in (tmp_path / "study").iterdir()) == ["experiment.toml"]

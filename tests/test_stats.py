@@ -178,6 +178,11 @@ def test_duplicate_conditions_fail_with_advice_on_pair_on():
     df = pd.concat([crafted_table(), crafted_table().head(1)])
     with pytest.raises(ValueError, match="pair_on"):
         paired_compare(df, factor="style", metric="score", rng=np.random.default_rng(0))
+    # the example shows two rows that do share the level and pair_on values, even when others come first
+    with pytest.raises(ValueError) as e:
+        paired_compare(crafted_table(), factor="style", metric="score", pair_on=["f.subject"],
+                       rng=np.random.default_rng(0))
+    assert "e.g. [{'f.style': '', 'f.subject': 's1'}, {'f.style': '', 'f.subject': 's1'}]" in str(e.value)
 
 
 def test_parameters_that_follow_the_factor_do_not_break_pairs_and_are_noted():
@@ -276,6 +281,13 @@ def test_rows_without_a_level_of_the_factor_are_left_out_and_counted():
     assert c.n_excluded["no_level"] == 12 and "12 without a level of the factor" in c.to_text()
     with pytest.raises(ValueError, match="no values"):
         paired_compare(txt, factor="strength", metric="clip_score", rng=rng)
+    # a number level however written on the command line; the error shows levels as plain numbers
+    for spelling in ("0.60", ".6", "0.6", 0.6):
+        c = paired_compare(pd.concat([txt, *img]), factor="strength", metric="clip_score", baseline=spelling,
+                           rng=rng, n_boot=20)
+        assert c.baseline == 0.6 and c.rows[0].level == 0.3
+    with pytest.raises(ValueError, match=r"baseline '0.45' is not a level of 'strength'; levels: 0.3, 0.6$"):
+        paired_compare(pd.concat([txt, *img]), factor="strength", metric="clip_score", baseline="0.45", rng=rng)
 
 
 # ------------------------------------------------------------ names and errors

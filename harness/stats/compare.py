@@ -27,8 +27,10 @@ from .table import (
     PARAM_COLUMNS,
     REPLICATE_COLUMNS,
     _healthy_mask,
+    _plain,
     _resolve_factor,
     _resolve_metric,
+    _same_level,
     _sorted_levels,
 )
 
@@ -123,9 +125,10 @@ def paired_compare(
     if baseline is None:
         baseline = "" if "" in levels else levels[0]
     else:
-        match = [lv for lv in levels if lv == baseline] or [lv for lv in levels if str(lv) == str(baseline)]
+        match = [lv for lv in levels if lv == baseline or _same_level(lv, baseline)]
         if not match:
-            raise ValueError(f"baseline {baseline!r} is not a level of {factor!r}; levels: {levels}")
+            shown = ", ".join(repr(lv if isinstance(lv, str) else _plain(lv)) for lv in levels)
+            raise ValueError(f"baseline {baseline!r} is not a level of {factor!r}; levels: {shown}")
         baseline = match[0]
     if pair_on is None:
         pair_on = default_pair_on(df, factor)
@@ -144,7 +147,9 @@ def paired_compare(
     n_lv, base_i = len(levels), levels.index(baseline)
     dup = np.bincount(block * n_lv + level_idx)[block * n_lv + level_idx] > 1
     if dup.any():
-        example = df.loc[dup, [factor, *pair_on]].head(2).to_dict("records")
+        cell = (block * n_lv + level_idx)[dup][0]  # two rows of one block at one level
+        example = df.loc[(block * n_lv + level_idx) == cell, [factor, *pair_on]].head(2)
+        example = [{k: _plain(v) for k, v in row.items()} for row in example.to_dict("records")]
         raise ValueError(f"{int(dup.sum())} rows share the same {factor!r} level and pair_on values, so pairs are "
                          f"ambiguous; pass pair_on with the column that tells them apart. pair_on={pair_on}, "
                          f"e.g. {example}")

@@ -30,6 +30,24 @@ def _sorted_levels(values) -> list:
         return sorted(uniq, key=str)
 
 
+def _plain(value):
+    """A numpy scalar as the Python number it holds (so messages show 0.5, not np.float64(0.5))."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _same_level(level, given) -> bool:
+    """Whether `given` (a command line's text, say) names `level`: the same text, or for a number level
+    the same number however written (`0.50`, `.5` and `0.5` are strength 0.5)."""
+    if str(level) == str(given):
+        return True
+    if isinstance(level, (bool, np.bool_)) or not isinstance(level, (int, float, np.number)):
+        return False
+    try:
+        return float(given) == float(level)
+    except (TypeError, ValueError):
+        return False
+
+
 def _resolve_metric(df: pd.DataFrame, metric: str) -> str:
     for name in (metric, f"m.{metric}"):
         if name in df.columns and name.startswith("m."):
