@@ -27,6 +27,15 @@ SCORES = {  # (color, seed, artist) -> score
 }
 
 
+def finish(led: Ledger, jobs: list[Job]) -> None:
+    """Add `jobs` to the ledger as done, each with a flat gray PNG."""
+    led.add_jobs(jobs)
+    for job in jobs:
+        write_png_atomic(led.image_path(job.key), np.full((64, 64, 3), 120, np.uint8), parameters=job.prompt,
+                         provenance={"key": job.key})
+    led.mark_done_many([Done(j.key, "b", 1, 0, 0.1, "cpu", "fp32", health={"ok": True, "flags": []}) for j in jobs])
+
+
 @pytest.fixture()
 def crafted_run(tmp_path):
     run = tmp_path / "run"
@@ -37,12 +46,7 @@ def crafted_run(tmp_path):
                             factors={"color": color, "artist": artist}, meta={"stage": "main"}))
         jobs.append(Job("tiny", "fp", "txt2img", "a green cat", "", 1, 4, 7.5, "ddim", 64, 64,
                         factors={"color": "green", "artist": ""}, meta={"stage": "main"}))  # unpaired for artist
-        led.add_jobs(jobs)
-        for job in jobs:
-            write_png_atomic(led.image_path(job.key), np.full((64, 64, 3), 120, np.uint8), parameters=job.prompt,
-                             provenance={"key": job.key})
-        led.mark_done_many([Done(j.key, "b", 1, 0, 0.1, "cpu", "fp32", health={"ok": True, "flags": []})
-                            for j in jobs])
+        finish(led, jobs)
         scores = [Score(j.key, METRIC, SCORES.get((j.factors["color"], j.seed, j.factors["artist"]), 10.0))
                   for j in jobs]
         scores.append(Score(jobs[0].key, "health", 1.0))
@@ -127,12 +131,7 @@ def test_the_report_compares_img2img_strengths_pairing_each_with_the_same_prompt
         jobs += [Job("tiny", "fp", "img2img", f"a {color} cat", "", seed, 4, 7.5, "ddim", 64, 64, strength=strength,
                      init_hash="h", init_image="init.png", factors={"color": color}, meta={"stage": "main"})
                  for color in ("red", "blue") for seed in (1, 2) for strength in (0.3, 0.6)]
-        led.add_jobs(jobs)
-        for job in jobs:
-            write_png_atomic(led.image_path(job.key), np.full((64, 64, 3), 120, np.uint8), parameters=job.prompt,
-                             provenance={"key": job.key})
-        led.mark_done_many([Done(j.key, "b", 1, 0, 0.1, "cpu", "fp32", health={"ok": True, "flags": []})
-                            for j in jobs])
+        finish(led, jobs)
         led.put_scores([Score(j.key, METRIC, 10.0 + 10 * (j.strength or 0) + j.seed) for j in jobs])
     r = build_report(run, html=False)
     strength = next(c for c in r.comparisons if c.factor == "strength")
