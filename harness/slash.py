@@ -11,12 +11,14 @@ import unicodedata
 
 from .grammar_ast import Alt, Loc, Option, Seq, Text
 
-_WORD = r"\w(?:[\w\-'.]*\w)?"
-_SLASH_GROUP = re.compile(rf"(?<![\w\-'./]){_WORD}(?:/{_WORD})+(?![\w\-'/])")
+ESC_SLASH = "\ue000"  # stands in for an escaped "/" while slash groups are found
+# A word may hold escaped slashes (`AC\/DC`); a quote opens or closes a group only outside a word, so
+# 'red/green' splits while rock'n'roll stays one word.
+_WORD = rf"\w(?:[\w\-'.{ESC_SLASH}]*\w)?"
+_SLASH_GROUP = re.compile(rf"(?<![\w\-./{ESC_SLASH}])(?<!\w'){_WORD}(?:/{_WORD})+(?![\w\-/{ESC_SLASH}])(?!'\w)")
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
 # Abbreviations the slash rule keeps literal (compared lower-case); "w/" stays literal by the empty-side rule.
 ABBREVIATIONS = frozenset({"w/o", "b/w", "and/or", "n/a", "c/o", "a/k/a", "s/he", "y/o"})
-ESC_SLASH = "\ue000"  # stands in for an escaped "/" while slash groups are found
 
 
 def split_slashes(raw: str, loc: Loc) -> list:
@@ -24,7 +26,7 @@ def split_slashes(raw: str, loc: Loc) -> list:
 
     The rule: a slash group is two or more words joined by single unescaped
     slashes, with no space around them ("red/green/blue"). A word is a run of
-    letters, digits, combining marks, "_", "-", "'" and inner "."; it must
+    letters, digits, combining marks, "_", "-", "'" and inner "." and escaped slashes; it must
     contain a letter and must not be a number. Groups touching a URL ("://" or
     "www.") or with an empty side ("w/", "a//b") stay literal, so "1/2 cup",
     "24/7", "f/2.8" and "http://x/y" are text, as are the ABBREVIATIONS
@@ -43,7 +45,7 @@ def split_slashes(raw: str, loc: Loc) -> list:
             continue
         out.append(Text(raw[pos:m.start()].replace(ESC_SLASH, "/"), loc=loc))
         at = Loc(loc.origin, loc.text, loc.offset + m.start(), loc.first_line)
-        out.append(Alt(tuple(Option(Seq((Text(w),))) for w in words), slash=True, loc=at))
+        out.append(Alt(tuple(Option(Seq((Text(w.replace(ESC_SLASH, "/")),))) for w in words), slash=True, loc=at))
         pos = m.end()
     out.append(Text(raw[pos:].replace(ESC_SLASH, "/"), loc=loc))
     return [p for p in out if not (isinstance(p, Text) and p.value == "")]

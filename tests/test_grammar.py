@@ -428,3 +428,10 @@ def test_a_choose_k_of_zero_is_an_error_at_its_count():
     assert (e.line, e.column) == (1, 4) and "choose-k 0 always chooses nothing" in e.message
     assert error("{ 0 - 0 $$a|b}").message.startswith("choose-k 0 - 0 always chooses nothing")
     assert prompts("x{0-1$$ a| b}") == ["x", "x a", "x b"]
+
+
+def test_an_escaped_slash_belongs_to_its_word_and_quotes_around_a_group_do_not_hide_it():
+    assert prompts(r"AC\/DC/metallica poster") == ["AC/DC poster", "metallica poster"]
+    assert compile_template(r"AC\/DC/metallica").factors == ["AC/DC|metallica"]
+    assert prompts("a 'red/green' car") == ["a 'red' car", "a 'green' car"]
+    assert prompts("rock'n'roll/jazz band") == ["rock'n'roll band", "jazz band"]
