@@ -84,6 +84,9 @@ def test_shards_of_a_staged_experiment_merge_into_the_full_run_with_the_same_top
             assert led.planned_keys() == {key for key, _ in stages[name]}
     assert stages["merged"] == stages["full"]
     assert sum(stage == "refine" for _, stage in stages["full"]) == 6 * 2
+    with Ledger.open(tmp_path / "merged", readonly=True) as led:  # init images: the parents merged here
+        refine = [j for j in led.done_jobs() if j.meta.get("stage") == "refine"]
+        assert refine and all(j.init_image == str(led.image_path(j.meta["parent_key"]).resolve()) for j in refine)
     # the shards' folders are gone: the stage images are scored against their parents in the merged folder
     import shutil
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..core import canonical_json
 from ..provenance import check_png, fsync_dir, write_durably
 from .schema import _JOB_COLUMNS, _RUN_COLUMNS, Merged
 
@@ -41,15 +43,14 @@ def merge_runs(into: Ledger, other_dir: Path) -> Merged:
                     bad[row["key"]] = reason
                     continue
                 _copy_file_durably(src, into.image_path(row["key"]))
-                copied.append(row)
+                copied.append(_with_parent_here(row, other, into))
             fsync_dir(into.images_dir)
-            keep = mine | {row["key"] for row in copied}
+            keep = mine | {values[0] for values in copied}  # key first, as in _JOB_COLUMNS
             with into._write() as conn:
                 placeholders = ", ".join("?" * len(_JOB_COLUMNS))
                 updates = ", ".join(f"{c} = excluded.{c}" for c in ("status", *_RUN_COLUMNS, "error"))
                 conn.executemany(f"INSERT INTO jobs({', '.join(_JOB_COLUMNS)}) VALUES ({placeholders}) "
-                                 f"ON CONFLICT(key) DO UPDATE SET {updates}",
-                                 [tuple(row) for row in copied])
+                                 f"ON CONFLICT(key) DO UPDATE SET {updates}", copied)
                 before = conn.total_changes
                 conn.executemany("INSERT OR IGNORE INTO scores(key, metric, value, detail, scored_at) "
                                  "VALUES (?, ?, ?, ?, ?)",
@@ -58,6 +59,20 @@ def merge_runs(into: Ledger, other_dir: Path) -> Merged:
                 conn.executemany("INSERT OR IGNORE INTO plan(part, key) VALUES (?, ?)",
                                  [tuple(r) for r in their_plan])
     return Merged(len(copied), sum(row["key"] in mine for row in theirs), scores_added, bad)
+
+
+def _with_parent_here(row, other: "Ledger", into: "Ledger") -> tuple:
+    """A job row as `into` keeps it: a later stage's init image, its parent's image in the source folder,
+    becomes the parent's image in `into` (merged with it), so the record outlives the source. The PNG's
+    own provenance keeps the path it was made from; the key does not depend on either."""
+    values = dict(zip(_JOB_COLUMNS, tuple(row)))
+    parent = values["parent_key"]
+    if parent:
+        job = json.loads(values["job_json"])
+        if job.get("init_image") == str(other.image_path(parent).resolve()):
+            job["init_image"] = str(into.image_path(parent).resolve())
+            values["job_json"] = canonical_json(job)
+    return tuple(values[c] for c in _JOB_COLUMNS)
 
 
 def _copy_file_durably(src: Path, dst: Path) -> None:
