@@ -8,11 +8,13 @@ the contact sheet and the plots name and order them the same way through here.
 from __future__ import annotations
 
 import math
+import re
 from typing import Any, Iterable, Sequence
 
 import pandas as pd
 
 MISSING = "—"
+_RUNS = re.compile(r"\d+|\D+")
 # Parameters that may span grid rows or columns, in section order (factors come first).
 GRID_PARAMS = ("checkpoint", "mode", "stage", "strength", "steps", "guidance", "scheduler", "width", "height",
                "seed", "draw", "init_image", "negative_prompt")  # draw: a [randomize] draw index
@@ -24,12 +26,18 @@ def is_missing(v: Any) -> bool:
     return v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NA or v is pd.NaT
 
 
+EMPTY = "(empty)"
+
+
 def level_label(v: Any) -> str:
-    """How a level reads on the page: '' is '(empty)', missing is '—', floats without noise."""
+    """How a level reads on the page: '' is '(empty)', missing is '—', floats without noise. A text
+    level spelled like one of those two marks is shown in quotes, so no two levels read alike."""
     if is_missing(v):
         return MISSING
     if isinstance(v, str):
-        return "(empty)" if v == "" else v
+        if v in (EMPTY, MISSING) or (v.startswith('"') and v.endswith('"') and v.strip('"') in (EMPTY, MISSING)):
+            return f'"{v}"'
+        return EMPTY if v == "" else v
     if isinstance(v, float) or getattr(getattr(v, "dtype", None), "kind", "") == "f":
         v = float(v)
         return str(int(v)) if v.is_integer() and abs(v) < 1e15 else format(v, ".6g")
@@ -43,11 +51,17 @@ def is_number(v: Any) -> bool:
 
 
 def sort_key(v: Any) -> tuple:
+    """Numbers numerically, then text in natural order (`s2` before `s10`, `5` before `10`), missing last."""
     if is_missing(v):
-        return (2, 0.0, "")
+        return (2, 0.0, (), "")
     if is_number(v):
-        return (0, float(v), "")
-    return (1, 0.0, str(v))
+        return (0, float(v), (), "")
+    return (1, 0.0, natural_key(str(v)), str(v))
+
+
+def natural_key(text: str) -> tuple:
+    """`text` as runs of digits (compared as numbers) and other characters (compared case-folded)."""
+    return tuple((0, int(run), "") if run.isdigit() else (1, 0, run.casefold()) for run in _RUNS.findall(text))
 
 
 def flag(v: Any) -> bool:

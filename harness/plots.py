@@ -45,13 +45,16 @@ def _mean_ci(x: np.ndarray) -> tuple[float, float, float]:
     return (float(np.mean(x)) if len(x) else math.nan), lo, hi
 
 
-def _save(fig, out: Path) -> Path:
+CAPTION = "Title"  # the PNG text chunk that names what a plot shows (the contact sheet's caption)
+
+
+def _save(fig, out: Path, caption: str) -> Path:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     try:
         with plot_fonts():
-            fig.savefig(tmp, format="png", dpi=100)
+            fig.savefig(tmp, format="png", dpi=100, metadata={CAPTION: caption})
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
@@ -152,7 +155,8 @@ def level_figure(table: pd.DataFrame, factor: str, metric: str):
 
 def metric_by_level(table: pd.DataFrame, factor: str, metric: str, out: Path) -> Path:
     """Mean and 95 % CI of `metric` per level of `factor` (healthy, scored images only)."""
-    return _save(level_figure(table, factor, metric), out)
+    fcol, mcol = resolve_dim(table, factor, "factor"), resolve_metric(table, metric)
+    return _save(level_figure(table, factor, metric), out, f"{metric_label(mcol)} by {_factor_name(fcol)}")
 
 
 def _img2img(table: pd.DataFrame) -> pd.DataFrame:
@@ -176,24 +180,28 @@ def strength_figure(table: pd.DataFrame, metrics: list[str]):
     panels = [(c, d) for c, d in panels if not d.empty]
     if not panels:
         return None
-    groups = sorted_levels(rows["checkpoint"]) if "checkpoint" in rows.columns else [None]
+    # a line per checkpoint and per stage: a later stage's strengths start from other images
+    by = [c for c in ("checkpoint", "stage") if c in rows.columns and rows[c].nunique(dropna=False) > 1]
+    groups = sorted({tuple(level_label(v) for v in row) for row in rows[by].itertuples(index=False)},
+                    key=lambda g: tuple((c == "stage" and v != "main", v) for c, v in zip(by, g)))  # main first
     titles = [_wrap(f"{metric_label(c)} by img2img strength", 42) for c, _ in panels]
     fig = _figure(4.2 * len(panels), max(_height(t) for t in titles))
     axes = np.atleast_1d(fig.subplots(1, len(panels), squeeze=False)[0])
     for ax, (col, data), title in zip(axes, panels, titles):
-        _strength_panel(ax, data, groups)
+        _strength_panel(ax, data, by, groups)
         ax.set_xlabel("strength")
         ax.set_ylabel(_wrap(metric_label(col, 60), 30), fontsize=9)
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
         if len(groups) > 1:
-            ax.legend(fontsize=8, title="checkpoint", title_fontsize=8)
+            ax.legend(fontsize=8, title=", ".join(by), title_fontsize=8)
     return fig
 
 
-def _strength_panel(ax, data: pd.DataFrame, groups: list) -> None:
+def _strength_panel(ax, data: pd.DataFrame, by: list[str], groups: list[tuple]) -> None:
+    labels = [data[c].map(level_label) for c in by]
     for group in groups:
-        part = data if group is None else data[data["checkpoint"] == group]
+        part = data[np.logical_and.reduce([lab == g for lab, g in zip(labels, group)])] if by else data
         xs = sorted(part["strength"].unique())
         if not xs:
             continue
@@ -201,19 +209,20 @@ def _strength_panel(ax, data: pd.DataFrame, groups: list) -> None:
         means = np.array([s[0] for s in stats])
         lo = np.array([s[1] for s in stats])
         hi = np.array([s[2] for s in stats])
-        line, = ax.plot(xs, means, marker="o", label=None if group is None else str(group))
+        line, = ax.plot(xs, means, marker="o", label=", ".join(group) if group else None)
         ok = ~np.isnan(lo)
         if ok.any():
             ax.fill_between(np.array(xs)[ok], lo[ok], hi[ok], alpha=0.2, color=line.get_color(), linewidth=0)
 
 
 def strength_curves(table: pd.DataFrame, metrics: list[str], out: Path) -> Path | None:
-    """img2img strength on x, mean and 95 % CI of each metric (one panel each, a line per checkpoint).
+    """img2img strength on x, mean and 95 % CI of each metric (one panel each, a line per checkpoint and
+    per stage when they vary).
 
     None when the table has no img2img rows or none of them has a healthy score.
     """
     fig = strength_figure(table, metrics)
-    return None if fig is None else _save(fig, out)
+    return None if fig is None else _save(fig, out, "metrics by img2img strength")
 
 
 def _slug(text: str, limit: int = SLUG_MAX) -> str:

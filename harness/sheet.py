@@ -186,12 +186,17 @@ def _failed_model(failed: Sequence[tuple[str, str]]) -> dict | None:
     return table_model(pd.DataFrame([(str(k)[:12], str(e)) for k, e in failed], columns=["key", "error"]))
 
 
-def _splitting(table: pd.DataFrame, dims: list[str]) -> list[str]:
-    """Keep a dim only if it splits the sections further (mode/strength often follow from stage)."""
+def _splitting(table: pd.DataFrame, dims: list[str], axes: Sequence[str]) -> list[str]:
+    """Keep a dim only if it tells images apart that the grid's `axes` (rows, columns) and the dims kept
+    before it do not: mode and strength often follow from stage, width from checkpoint."""
+    def combinations(columns: list[str]) -> int:
+        return len(set(zip(*(table[c].map(level_label) for c in columns))))
+
     kept: list[str] = []
-    n = 1
+    base = [a for a in axes if a in table.columns]
+    n = combinations(base) if base else 1
     for d in dims:
-        m = len(set(zip(*(table[c].map(level_label) for c in [*kept, d]))))
+        m = combinations([*base, *kept, d])
         if m > n:
             kept, n = kept + [d], m
     return kept
@@ -213,7 +218,7 @@ def _grid_sections(table: pd.DataFrame, cells: list[dict], row_dim: str, col_dim
         stage_rank.setdefault(level_label(v), len(stage_rank))
 
     def order(label: tuple) -> tuple:
-        return tuple((stage_rank.get(lv, 0), 0.0, "") if d == "stage" else sort_key(v)
+        return tuple((stage_rank.get(lv, 0), 0.0, (), "") if d == "stage" else sort_key(v)
                      for d, lv, v in zip(section_dims, label, raw[label]))
 
     sections = []
@@ -246,8 +251,23 @@ def _plot_models(run_dir: Path, plots: Sequence[Path]) -> list[dict]:
         if root not in full.parents:
             raise ValueError(f"plots: {p} is outside the run folder {run_dir}; the page links relatively, "
                              "so write plots under RUN/plots/ (harness.plots.plots_for does)")
-        out.append({"src": _url(full.relative_to(root)), "name": full.stem.replace("__", " ")})
+        out.append({"src": _url(full.relative_to(root)), "name": _caption(full)})
     return out
+
+
+def _caption(plot: Path) -> str:
+    """What a plot shows, as its PNG says (harness.plots writes the factor and metric names there), else
+    its file name."""
+    from PIL import Image
+
+    from .plots import CAPTION
+
+    try:
+        with Image.open(plot) as image:
+            caption = image.info.get(CAPTION)
+    except OSError:
+        caption = None
+    return caption if isinstance(caption, str) and caption else plot.stem.replace("__", " ")
 
 
 # ------------------------------------------------------------------ the page
@@ -313,7 +333,7 @@ def write_sheet(run_dir: Path, table: pd.DataFrame, *, rows: str | None = None, 
         section_dims = [d for d in grid_dims(table)
                         if d not in (row_dim, col_dim, *NOT_SECTIONS, *not_sections) and varies(table, d)]
         section_dims.sort(key=lambda d: d != "stage")  # one pass of an iterated run after the other
-        section_dims = _splitting(table, section_dims)
+        section_dims = _splitting(table, section_dims, (row_dim, col_dim))
         shown = resolve_metrics(table, metrics)
     else:  # nothing made yet: the page says so (and lists what failed)
         row_dim, col_dim, section_dims, shown = rows or "seed", cols or "", [], []

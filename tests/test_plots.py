@@ -58,6 +58,21 @@ def test_non_ascii_factors_get_distinct_plot_files(tmp_path):
     assert len(names) == len(set(names)) == 3 and all(p.is_file() for p in paths)
     assert all(n.isascii() for n in names)
     assert names == [p.name for p in plots_for(table, tmp_path)]  # stable from run to run
+    # the contact sheet captions them with the factor's own name, which the PNG carries
+    from harness.sheet import write_sheet
+
+    page = write_sheet(tmp_path, table.assign(key=[f"k{i}" for i in range(len(table))]), plots=paths).read_text()
+    captions = re.findall(r"<figcaption>([^<]*)</figcaption>", page)
+    assert {"clip_score by 色", "clip_score by 形", "metrics by img2img strength"} <= set(captions), captions
+
+
+def test_a_later_stage_gets_its_own_strength_line():
+    table = image_table({"color": ["red", "blue"]}, ["clip_score"])
+    table = pd.concat([table.assign(stage="main"), table.assign(stage="refine", strength=table["strength"] + 0.1)])
+    fig = strength_figure(table, ["clip_score"])
+    (ax,) = fig.axes
+    assert [line.get_label() for line in ax.get_lines()] == ["main", "refine"]
+    assert ax.get_legend().get_title().get_text() == "stage"
 
 
 def test_characters_no_plot_font_has_are_named_once():

@@ -260,14 +260,16 @@ def test_strength_curves_need_img2img_rows_and_known_metrics(run, tmp_path):
         metric_by_level(table, "colour", "clip_score", tmp_path / "m.png")
 
 
+SECTIONS = re.compile(r"one grid per <b>([^<]*)</b>")
+
+
 def test_parameters_drawn_at_random_do_not_split_the_grids(run):
     """[randomize] draws guidance per image: as sections it would make a grid per image."""
     folder, table = run
     table = table.assign(guidance=[5.0 + 0.1 * i for i in range(len(table))])
-    sections = re.compile(r"one grid per <b>([^<]*)</b>")
-    assert "guidance" in sections.search(write_sheet(folder, table).read_text()).group(1)
+    assert SECTIONS.search(write_sheet(folder, table).read_text()).group(1) == "stage, shape"
     page = write_sheet(folder, table, not_sections=["guidance"]).read_text()
-    assert sections.search(page).group(1) == "stage, shape"
+    assert SECTIONS.search(page).group(1) == "stage, shape"
     data = json.loads(re.search(r'<script type="application/json" id="sheet-data">(.*?)</script>', page).group(1))
     assert any(["guidance", "5.1"] in d["params"] for d in data.values())  # still shown with each image
 
@@ -305,3 +307,22 @@ def test_comparisons_on_metrics_sharing_a_short_name_are_titled_with_their_full_
     assert titles == ["toy_color_match", "toy_color_match[want=red]"]
     page = write_sheet(folder, table, comparisons=both[1:]).read_text()  # no clash: the short name
     assert re.findall(r"<h3>([^<]*) by color", page) == ["toy_color_match"]
+
+
+def test_what_follows_the_rows_or_columns_does_not_split_the_grids(run):
+    """Two checkpoints at their own sizes, one per colour: with rows = checkpoint, colour and width follow
+    the rows, so the checkpoints share each grid instead of each getting grids of its own."""
+    folder, table = run
+    toy = table["f.color"] == "blue"
+    table = table.assign(checkpoint=np.where(toy, "toy", "tiny"), width=np.where(toy, 96, 256))
+    page = write_sheet(folder, table, rows="checkpoint", cols="seed").read_text()
+    assert SECTIONS.search(page).group(1) == "stage, shape"
+
+
+def test_levels_sort_naturally_and_no_two_levels_read_alike():
+    from harness.columns import level_label, sorted_levels
+
+    assert sorted_levels(["s10", "s2", "", "10", "5", None, 0.5, "S1"]) == [0.5, "", "5", "10", "S1", "s2", "s10", None]
+    labels = [level_label(v) for v in ["", "(empty)", "—", None]]
+    assert labels == ["(empty)", '"(empty)"', '"—"', "—"]
+    assert len(sorted_levels(["", "(empty)", "—", None])) == 4

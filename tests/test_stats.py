@@ -304,6 +304,13 @@ def test_unknown_factor_error_lists_available_factors():
         paired_compare(crafted_table(), factor="styel", metric="score", rng=np.random.default_rng(0))
 
 
+def test_text_levels_that_are_numbers_take_the_smallest_as_the_default_baseline():
+    df = crafted_table()
+    df = df[df["f.style"] != ""].assign(**{"f.style": lambda d: d["f.style"].map({"a": "10", "b": "5"})})
+    c = paired_compare(df, factor="style", metric="score", rng=np.random.default_rng(0), n_boot=20)
+    assert c.baseline == "5" and [r.level for r in c.rows] == ["10"]
+
+
 def test_unknown_baseline_error_lists_levels():
     with pytest.raises(ValueError, match=r"'c' is not a level.*'a', 'b'"):
         paired_compare(crafted_table(), factor="style", metric="score", baseline="c", rng=np.random.default_rng(0))

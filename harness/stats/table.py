@@ -23,11 +23,11 @@ PARAM_COLUMNS = (
 
 
 def _sorted_levels(values) -> list:
-    uniq = list(pd.unique(values))
-    try:
-        return sorted(uniq)
-    except TypeError:
-        return sorted(uniq, key=str)
+    """Distinct levels in the order tables and the contact sheet show them (numbers, then text in natural
+    order: `5` before `10`); the first is the default baseline when there is no empty level."""
+    from ..columns import sort_key
+
+    return sorted(pd.unique(values), key=sort_key)
 
 
 def _plain(value):
