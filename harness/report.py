@@ -114,6 +114,14 @@ EXTRA_TABLES = (("search_generations", "Prompt search: best prompts per generati
 EXTRA_PLOTS = ("search_trajectory.png",)
 
 
+def _no_pairs(c: Comparison) -> str:
+    """Why a comparison has no pair at any level: its levels' notes, the first two and a count of the rest
+    (a strength drawn by [randomize] has a level per image, each with the same reason)."""
+    notes = list(dict.fromkeys(r.note for r in c.rows))
+    more = f"; and {len(notes) - 2} more level(s) alike" if len(notes) > 2 else ""
+    return "; ".join(notes[:2]) + more
+
+
 def extra_sections(tables: Path) -> list[tuple[str, pd.DataFrame]]:
     return [(title, pd.read_parquet(tables / f"{name}.parquet")) for name, title in EXTRA_TABLES
             if (tables / f"{name}.parquet").is_file()]
@@ -235,7 +243,7 @@ def build_report(run_dir: Path | str, *, rows: str | None = None, cols: str | No
                     result.skipped.append((f, m or "(default)", str(exc)))
                     continue
                 if all(r.n_pairs == 0 for r in c.rows):  # e.g. a factor nested in another, mode vs strength
-                    result.skipped.append((f, m or "(default)", "; ".join(dict.fromkeys(r.note for r in c.rows))))
+                    result.skipped.append((f, m or "(default)", _no_pairs(c)))
                 else:
                     result.comparisons.append(c)
         if result.comparisons:

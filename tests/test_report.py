@@ -1,5 +1,6 @@
 """Report tables and comparisons on a crafted run (real SQLite and PNGs, no model)."""
 
+import itertools
 import json
 import subprocess
 import sys
@@ -140,6 +141,20 @@ def test_the_report_compares_img2img_strengths_pairing_each_with_the_same_prompt
     assert strength.n_excluded["no_level"] == 4  # the txt2img images have no strength
     table = pd.read_csv(run / "tables" / "comparisons.csv")
     assert set(table["factor"]) == {"f.color", "strength"}
+
+
+def test_strengths_drawn_per_image_are_not_compared_with_one_short_reason(tmp_path):
+    run = tmp_path / "run"
+    with Ledger.open(run) as led:
+        jobs = [Job("tiny", "fp", "img2img", f"a {color} cat", "", seed, 4, 7.5, "ddim", 64, 64,
+                    strength=0.3 + 0.01 * i, init_hash="h", init_image="init.png", factors={"color": color},
+                    meta={"stage": "main"}) for i, (color, seed) in enumerate(itertools.product(("red", "blue"),
+                                                                                                (1, 2, 3)))]
+        finish(led, jobs)
+        led.put_scores([Score(j.key, METRIC, 10.0 + j.seed) for j in jobs])
+    r = build_report(run, html=False)
+    (why,) = [why for factor, _, why in r.skipped if factor == "strength"]
+    assert why.startswith("no complete pairs") and why.endswith("; and 3 more level(s) alike") and len(why) < 500
 
 
 def test_prompts_cut_to_the_clip_limit_are_marked_and_noted_in_comparisons(crafted_run):
