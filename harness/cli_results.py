@@ -1,0 +1,156 @@
+"""CLI commands for evaluating and reporting runs: eval, metrics, report, compare (registered on the main app)."""
+
+from __future__ import annotations
+
+import json
+from enum import Enum
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from .cli import HISTORY_NOTE, _print_metric_summaries, app, fail, interrupted
+
+
+@app.command("eval")
+def eval_(
+    run_dir: Path = typer.Argument(..., help="Run folder (reports/<name>)."),
+    metric: List[str] = typer.Option([], "--metric", "-m",
+                                     help="Metric spec, e.g. clip_score:model=ViT-L-14,pretrained=openai "
+                                          "(repeatable; default: the experiment's metrics)."),
+    scale: Optional[float] = typer.Option(None, "--scale", help="CLIP score scale: 100 (default) or 2.5 "
+                                                                "(original CLIPScore); applies to the -m CLIP "
+                                                                "specs, else to the experiment's."),
+) -> None:
+    """Score every image of a run not yet scored with each metric (resumable)."""
+    from .evaluate import evaluate_run
+    from .metrics import MetricUnavailable
+
+    if not (run_dir / "ledger.sqlite").is_file():
+        fail(f"{run_dir}: not a run folder (no ledger.sqlite); run an experiment first")
+    specs = list(metric)
+    if scale is not None:
+        from .evaluate import default_clip, experiment_metrics, scaled_clip_specs
+        from .ledger import Ledger
+
+        with Ledger.open(run_dir, readonly=True) as ledger:
+            try:
+                specs = scaled_clip_specs(specs, scale, experiment_metrics(ledger), default_clip(ledger))
+            except ValueError as e:
+                fail(f"error: {e}")
+    from .ledger import LedgerError
+
+    try:
+        unscored = _print_metric_summaries(evaluate_run(run_dir, specs or None))
+    except KeyboardInterrupt:
+        interrupted()
+    except (ValueError, MetricUnavailable, LedgerError) as e:
+        fail(f"error: {e}")
+    except KeyError as e:  # an unknown metric name: the message lists the valid ones
+        fail(f"error: {e.args[0]}")
+    if unscored:
+        raise typer.Exit(1)
+
+
+@app.command("metrics")
+def metrics_() -> None:
+    """List the available metrics and their options."""
+    from .metrics import list_metrics, metric_options
+
+    for info in list_metrics():
+        lo, hi = info.range
+        typer.echo(f"{info.name}: {info.description} [{lo:g}, {hi:g}], "
+                   f"{'higher' if info.higher_is_better else 'lower'} is better; needs {', '.join(sorted(info.needs))}")
+        for name, opt in metric_options(info.name).items():
+            typer.echo(f"    {name} = {opt.default!r}  {getattr(opt, 'help', '')}")
+
+
+class CompareFmt(str, Enum):
+    text = "text"
+    json = "json"
+    markdown = "markdown"
+
+
+@app.command()
+def report(
+    run_dir: Path = typer.Argument(..., help="Run folder."),
+    rows: Optional[str] = typer.Option(None, "--rows", help="Contact-sheet rows: a factor, seed, checkpoint..."),
+    cols: Optional[str] = typer.Option(None, "--cols", help="Contact-sheet columns."),
+    metric: Optional[str] = typer.Option(None, "--metric", help="Metric for the comparisons."),
+    no_html: bool = typer.Option(False, "--no-html", help="Tables only."),
+) -> None:
+    """Tables (csv/parquet/md), paired comparisons, plots and index.html, rebuilt from the ledger."""
+    from .report import build_report
+
+    try:
+        r = build_report(run_dir, rows=rows, cols=cols, metric=metric, html=not no_html)
+    except (FileNotFoundError, ValueError) as e:
+        fail(f"error: {e}")
+    typer.echo(f"{r.images} images; tables in {run_dir / 'tables'}")
+    if r.gone:
+        typer.echo(f"image files gone: {r.gone} finished images have no file in images/ (deleted since they were "
+                   f"made); their scores still count in these tables until `harness eval {run_dir}` drops them",
+                   err=True)
+    if r.missing:
+        typer.echo(f"not made yet: {r.missing} images of the experiment's plan (an interrupted run or a shard not "
+                   "merged); the statistics cover only the images made")
+    if r.excluded.get("unhealthy"):
+        typer.echo(f"unhealthy images excluded from statistics: {r.excluded['unhealthy']}")
+    if r.excluded.get("unplanned"):
+        typer.echo(f"left out: {r.excluded['unplanned']} images made for an earlier version of the experiment "
+                   f"(kept in the run folder), {HISTORY_NOTE}")
+    if r.truncated:
+        limits = "; ".join(f"{m} reads {k} tokens" for m, k in r.text_limits.items()) or "its CLIP text limit"
+        typer.echo(f"{r.truncated} images have prompts longer than a CLIP metric reads ({limits}); those scores "
+                   "ignore the words after it (column 'truncated' of the images table)")
+    if r.undrawn:
+        from .fonts import FONT_HINT
+        typer.echo(f"plots: no installed font has {r.undrawn!r}; those characters show as boxes in the plots "
+                   f"(the tables and the contact sheet show them); {FONT_HINT}")
+    for c in r.comparisons:
+        typer.echo("")
+        typer.echo(c.to_text().rstrip())
+    for factor, metric, why in r.skipped:
+        typer.echo(f"\nnot compared: {factor} on {metric}: {why}")
+    if r.index:
+        typer.echo(f"\ncontact sheet: {r.index}")
+
+
+@app.command()
+def compare(
+    run_dir: Path = typer.Argument(..., help="Run folder."),
+    factor: str = typer.Option(..., "--factor", help="Factor to compare (a grammar factor name, or checkpoint)."),
+    baseline: Optional[str] = typer.Option(None, "--baseline", help="Baseline level (default: the empty "
+                                                                      "level, else the first)."),
+    metric: Optional[str] = typer.Option(None, "--metric", help="Metric name or id (default: the experiment's "
+                                         "first compare_metrics, else an oracle, else CLIP score)."),
+    fmt: CompareFmt = typer.Option(CompareFmt.text, "--format", help="text | json | markdown"),
+    n_boot: int = typer.Option(2000, "--n-boot", min=100, help="Bootstrap resamples."),
+    tie_margin: float = typer.Option(0.0, "--tie-margin", min=0.0, help="|difference| counted as a tie."),
+    seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
+    pair_on: Optional[str] = typer.Option(None, "--pair-on", help="Comma list of the image-table columns a "
+                                          "pair shares (default: other factors, checkpoint, seed, stage and "
+                                          "the parameters that vary on their own)."),
+) -> None:
+    """Paired A/B statistics across shared seeds: mean difference, cluster-bootstrap CI, Wilcoxon, Holm."""
+    from .ledger import Ledger
+    from .report import compare as compare_levels, report_metrics
+    from .tables import image_table
+
+    if not (run_dir / "ledger.sqlite").is_file():
+        fail(f"{run_dir}: not a run folder (no ledger.sqlite)")
+    with Ledger.open(run_dir, readonly=True) as led:
+        table = image_table(led)
+    metric = metric or report_metrics(run_dir, None)[0]  # the experiment's first compare_metrics
+    try:
+        c = compare_levels(table, factor, metric=metric, baseline=baseline, n_boot=n_boot, seed=seed,
+                           tie_margin=tie_margin,
+                           pair_on=None if pair_on is None else [p.strip() for p in pair_on.split(",") if p.strip()])
+    except (ValueError, KeyError) as e:
+        fail(f"error: {e}")
+    if fmt is CompareFmt.json:
+        typer.echo(json.dumps(c.to_dict(), indent=2))
+    elif fmt is CompareFmt.markdown:
+        typer.echo(c.to_markdown())
+    else:
+        typer.echo(c.to_text())
