@@ -82,7 +82,7 @@ def test_channels_first_array_is_refused():
         check_array(np.zeros((3, 64, 64), np.uint8))
 
 
-def test_health_metric_scores_files_and_flags_unreadable(tmp_path, photo):
+def test_health_metric_scores_files_and_leaves_unreadable_ones_unscored(tmp_path, photo):
     paths = {}
     for name, array in {"photo": photo, "black": np.zeros((64, 64, 3), np.uint8),
                         "grey": np.full((64, 64, 3), 90, np.uint8)}.items():
@@ -97,7 +97,7 @@ def test_health_metric_scores_files_and_flags_unreadable(tmp_path, photo):
     assert scores["photo"].value == 1.0 and scores["photo"].detail["flags"] == []
     assert scores["black"].value == 0.0 and "all_black" in scores["black"].detail["flags"]
     assert scores["grey"].value == 0.0 and scores["grey"].detail["flags"] == ["near_uniform"]
-    assert scores["corrupt"].value == 0.0 and scores["corrupt"].detail["flags"] == ["unreadable"]
+    assert math.isnan(scores["corrupt"].value) and scores["corrupt"].detail["reason"].startswith("image unreadable")
     assert math.isnan(scores["missing"].value) and "not found" in scores["missing"].detail["reason"]
 
 

@@ -186,6 +186,20 @@ def test_embed_keeps_the_input_type_and_is_detected():
     assert detect(marked_array)["best"] == "sdv2"
 
 
+def test_embed_file_keeps_transparency_where_the_format_holds_it(tmp_path):
+    from harness.metrics.watermark_codec import embed_file
+
+    rgb = natural_images(1, 320, gray=False)[0][1]
+    alpha = np.full(rgb.shape[:2], 255, np.uint8)
+    alpha[:, :160] = 0
+    Image.fromarray(np.dstack([rgb, alpha]), "RGBA").save(tmp_path / "cutout.png")
+    with Image.open(embed_file(tmp_path / "cutout.png", tmp_path / "marked.png")) as marked:
+        assert marked.mode == "RGBA" and np.array_equal(np.asarray(marked.getchannel("A")), alpha)
+        assert detect(np.asarray(marked.convert("RGB")))["best"] == "sdv1"
+    with Image.open(embed_file(tmp_path / "cutout.png", tmp_path / "marked.jpg")) as jpeg:
+        assert jpeg.mode == "RGB"
+
+
 def test_float_path_watermark_is_read_on_the_float_path(photos):
     marked = embed(photos[0], "sdxl", path="float32")  # diffusers' SDXL way
     sdxl = resolve_message("sdxl").array

@@ -42,3 +42,14 @@ def test_a_plugin_that_cannot_be_imported_is_one_line_naming_the_variable(tmp_pa
     assert r.stderr.strip() == ("error: HARNESS_PLUGINS names 'my_metrics', which cannot be imported (No module "
                                 "named 'my_metrics'); a plugin must be importable: installed, or a module in a "
                                 "folder on PYTHONPATH")
+
+
+def test_a_plugin_that_fails_while_importing_is_one_line_too(tmp_path):
+    (tmp_path / "broken.py").write_text("def f(:\n")
+    (tmp_path / "taken.py").write_text(PLUGIN.replace('name="prompt_length"', 'name="health"'))
+    for name, why in (("broken", "SyntaxError: "), ("taken", "ValueError: ")):
+        env = {**os.environ, "HARNESS_PLUGINS": name, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)])}
+        r = subprocess.run([sys.executable, "-m", "harness", "metrics"], capture_output=True, text=True,
+                           cwd=tmp_path, env=env)
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert r.stderr.startswith(f"error: HARNESS_PLUGINS names {name!r}, which failed while importing: {why}")

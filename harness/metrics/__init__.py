@@ -45,3 +45,6 @@ for _name in filter(None, (m.strip() for m in _os.environ.get("HARNESS_PLUGINS",
     except ImportError as _exc:
         raise ImportError(f"HARNESS_PLUGINS names {_name!r}, which cannot be imported ({_exc}); a plugin must be "
                           "importable: installed, or a module in a folder on PYTHONPATH") from _exc
+    except Exception as _exc:  # a plugin's own error (syntax, a metric name taken): named the same way
+        raise ImportError(f"HARNESS_PLUGINS names {_name!r}, which failed while importing: "
+                          f"{type(_exc).__name__}: {_exc}; fix the plugin or leave it out of HARNESS_PLUGINS") from _exc

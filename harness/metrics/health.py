@@ -125,7 +125,8 @@ class Health(Metric):
                 out.append((float("nan"), {"reason": f"{MISSING_FILE}: image {item.image_path}", "retry": True}))
                 continue
             except Exception as exc:  # any decoder failure (PIL raises many types) is a per-item reason
-                out.append((0.0, {"flags": ["unreadable"], "reason": f"image unreadable: {type(exc).__name__}: {exc}"}))
+                # a damaged file, not a failed generation: unscored like every metric's, not unhealthy
+                out.append((float("nan"), {"reason": f"image unreadable: {type(exc).__name__}: {exc}"}))
                 continue
             if min(arr.shape[:2]) < MIN_SIDE:
                 out.append((float("nan"), {"reason": TOO_SMALL, "size": [arr.shape[1], arr.shape[0]]}))

@@ -118,15 +118,22 @@ def embed(image: Any, message: str | bytes | Message = "sdv1", path: str = "uint
 
 def embed_file(src: Path | str, dst: Path | str, message: str | bytes | Message = "sdv1",
                path: str = "uint8") -> Path:
-    """Watermark the image file `src` into `dst` (format from dst's suffix; PNG text chunks kept)."""
+    """Watermark the image file `src` into `dst` (format from dst's suffix; PNG text chunks kept, and
+    transparency where the format holds it: the mark is in the colour channels only)."""
     from PIL import Image
     from PIL.PngImagePlugin import PngInfo
 
     image, reason = read_rgb(src)
     if image is None:
         raise ValueError(f"embed_file: cannot read {src}: {reason}")
+    with Image.open(src) as original:
+        if "A" in original.getbands() or "transparency" in original.info:
+            image.putalpha(original.convert("RGBA").getchannel("A"))  # embed() keeps an RGBA image's alpha
     marked = embed(image, message, path)
     dst = Path(dst)
+    fmt = Image.registered_extensions().get(dst.suffix.lower())
+    if marked.mode == "RGBA" and fmt in ("JPEG", "BMP"):  # formats without transparency
+        marked = marked.convert("RGB")
     kwargs: dict[str, Any] = {}
     if dst.suffix.lower() == ".png":
         with Image.open(src) as original:
@@ -136,7 +143,6 @@ def embed_file(src: Path | str, dst: Path | str, message: str | bytes | Message 
             for key, value in texts.items():
                 info.add_text(key, value)
             kwargs["pnginfo"] = info
-    fmt = Image.registered_extensions().get(dst.suffix.lower())
     if fmt is None:
         raise ValueError(f"embed_file: unknown image format for {dst} (use .png, .jpg, .webp ...)")
     dst.parent.mkdir(parents=True, exist_ok=True)
