@@ -219,11 +219,13 @@ def evaluate_run(run_dir: Path | str, specs: Iterable[str] | None = None, *,
     """`evaluate` on a run folder, after making its ledger agree with the images folder (as
     `harness run` does at start, reading every image once): a finished image deleted or
     damaged since it was made goes back to pending and its scores are removed, so this
-    summary and the reports built after it count no score whose image is gone."""
+    summary and the reports built after it count no score whose image is gone. A damaged
+    file stays where it is: scoring never deletes a file; remaking the image replaces it."""
     log = log or _stderr
     with Ledger.open(Path(run_dir)) as ledger:
-        repaired = ledger.reconcile().repaired_text(
-            "and are pending again, their scores removed; the command that made this folder makes them "
+        repaired = ledger.reconcile(remove_damaged=False).repaired_text(
+            "and are pending again, their scores removed (a damaged file stays in images/ until the image is made "
+            "again); the command that made this folder makes them "
             f"again (for an experiment: harness run EXPERIMENT --out {run_dir})")
         if repaired:
             log(repaired)

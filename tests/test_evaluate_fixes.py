@@ -164,14 +164,15 @@ def test_eval_drops_scores_of_images_deleted_or_damaged_since(tmp_path):
     with Ledger.open(tmp_path / "run") as ledger:
         ledger.image_path(deleted).unlink()
         path = ledger.image_path(damaged)
-        path.write_bytes(path.read_bytes()[:-40])  # cut short, as an interrupted copy leaves it
+        path.write_bytes(cut := path.read_bytes()[:-40])  # cut short, as an interrupted copy leaves it
     logged: list[str] = []
     (again,) = evaluate_run(tmp_path / "run", ["health"], log=logged.append)
     assert logged[0].startswith("2 finished image(s) were missing or damaged (1 missing, 1 "), logged
-    assert logged[0].endswith(") and are pending again, their scores removed; the command that made this folder "
-                              f"makes them again (for an experiment: harness run EXPERIMENT --out {tmp_path / 'run'})")
+    assert logged[0].endswith(") and are pending again, their scores removed (a damaged file stays in images/ "
+                              "until the image is made again); the command that made this folder makes them again "
+                              f"(for an experiment: harness run EXPERIMENT --out {tmp_path / 'run'})")
     assert (again.scored, again.skipped) == (0, 1)
     with Ledger.open(tmp_path / "run", readonly=True) as ledger:
         assert ledger.done_keys() == {kept}
         assert set(ledger.scores_frame()["key"]) == {kept}
-        assert not ledger.image_path(damaged).exists()  # a damaged file is not left to be read as an image
+        assert ledger.image_path(damaged).read_bytes() == cut  # scoring never deletes a file

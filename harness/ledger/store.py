@@ -340,14 +340,15 @@ class Ledger:
                     raise LedgerError(f"reset: job {key[:12]} is not in the ledger")
                 conn.execute("DELETE FROM scores WHERE key = ?", (key,))
 
-    def reconcile(self, *, decode: bool = False) -> Reconciled:
+    def reconcile(self, *, decode: bool = False, remove_damaged: bool = True) -> Reconciled:
         """Make the ledger agree with the images folder. Call at run start.
 
         Deletes temp files left by interrupted writes; any done job whose image
         is missing or fails :func:`check_png` (every chunk CRC; with
         `decode=True` also a full pixel decode) goes back to pending, its
-        damaged file and its scores removed. Images without a done row are
-        reported as orphans and left alone (a rerun overwrites them).
+        scores removed and, with `remove_damaged` (a run about to remake it),
+        its damaged file too. Images without a done row are reported as
+        orphans and left alone (a rerun overwrites them).
         """
         if self.readonly:
             raise LedgerError("reconcile() changes the ledger; open it without readonly=True")
@@ -365,7 +366,7 @@ class Ledger:
                     requeued[key] = reason
             self._requeue({k: f"reconcile: image {why}" for k, why in requeued.items()}, strict=False)
             for key, why in requeued.items():
-                if why != "missing":
+                if why != "missing" and remove_damaged:
                     self.image_path(key).unlink(missing_ok=True)
             on_disk = {p.stem for p in self.images_dir.glob("*.png") if _KEY.fullmatch(p.stem)}
             orphans = sorted(on_disk - (done - set(requeued)))
