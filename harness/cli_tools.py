@@ -69,7 +69,7 @@ def watermark_embed(
     message: str = typer.Option("sdv1", "--message", help="sdv1 | sdv2 | sdxl | any TEXT"),
 ) -> None:
     """Embed a message the way the reference SD scripts do (dwtDct, BGR)."""
-    from .metrics.watermark import embed_file
+    from .metrics.watermark import detect_paths, embed_file
 
     try:
         embed_file(src, dst, message)
@@ -79,6 +79,14 @@ def watermark_embed(
     if dst.suffix.lower() in LOSSY_SUFFIXES:
         typer.echo(f"warning: {dst.suffix} compression removes most of the mark (detection mostly fails after "
                    "it); save as .png to keep it", err=True)
+        return
+    (check,) = detect_paths([dst], [message])  # read back: some images do not carry the mark
+    if check["detected"] is False:
+        read = check["messages"][check.get("best") or next(iter(check["messages"]))]
+        typer.echo(f"warning: the mark did not take on this image: detection reads {read['matched']} of "
+                   f"{read['bits']} bits of {message!r} back (flat areas and some saturated colours carry it poorly); "
+                   "the file is written, but detect will not find the mark in it",
+                   err=True)
 
 
 @app.command(context_settings=PASS_THROUGH)

@@ -62,7 +62,12 @@ def test_embed_then_detect_round_trip_and_small_images_are_undecidable(tmp_path)
 
     cli = CliRunner()  # in process: the subprocess calls above already cover start-up
     mine = tmp_path / "mine.png"  # a message of one's own is detected when asked for
-    assert cli.invoke(app, ["watermark", "embed", str(clean), str(mine), "--message", "lab-7"]).exit_code == 0
+    embedded = cli.invoke(app, ["watermark", "embed", str(clean), str(mine), "--message", "lab-7"])
+    assert embedded.exit_code == 0 and "did not take" not in embedded.stderr
+    Image.new("RGB", (256, 256), (200, 30, 30)).save(tmp_path / "flat.png")  # a colour the codec cannot mark
+    flat = cli.invoke(app, ["watermark", "embed", str(tmp_path / "flat.png"), str(tmp_path / "flat-v1.png")])
+    assert flat.exit_code == 0 and (tmp_path / "flat-v1.png").is_file()
+    assert "warning: the mark did not take on this image: detection reads 68 of 136 bits of 'sdv1'" in flat.stderr
     r = cli.invoke(app, ["watermark", "detect", str(mine), "--message", "lab-7", "--message", "sdv1", "--format", "jsonl"])
     assert r.exit_code == 0 and json.loads(r.stdout)["best"] == "text:lab-7", r.stderr
     assert set(json.loads(r.stdout)["messages"]) == {"text:lab-7", "sdv1"}
