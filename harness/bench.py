@@ -272,6 +272,7 @@ def run_bench(sweep: Sweep, *, device: str = "auto", dtype: str = "auto", ablate
             figures["matmul_tflops"] = matmul
             figures["unet_tflop_per_latent"] = flops / 1e12
         figures["max_diff"] = compare_images(work, plan, out, tuple(runs), dtype_name(torch_dtype))
+        figures["images_agree"] = figures["max_diff"] <= TOLERANCE[dtype_name(torch_dtype)]
         if keep is not None:
             shutil.copytree(work, keep, dirs_exist_ok=True)
         out(f"ratio: {best.rate / naive.rate:.2f}")
@@ -324,25 +325,53 @@ def main(argv: list[str] | None = None) -> int:
                         + ",".join(ABLATIONS))
     p.add_argument("--quick", action="store_true", help="a tiny sweep for CI: checks images agree")
     a = p.parse_args(argv)
-    tiny = a.model == "tiny"
-    size = a.size or (128 if tiny else 512)  # tiny: the demo experiment's size
-    steps = a.steps or (10 if tiny else 50)
-    prompts = a.prompts or (8 if tiny else 4)
-    if not 1 <= prompts <= len(COLOURS):
-        p.error(f"--prompts {prompts}: expected 1 to {len(COLOURS)} (one colour word each)")
-    sweep = Sweep(model=a.model, size=size, steps=steps, prompts=prompts, seeds=a.seeds)
-    if a.quick:
-        sweep = Sweep(model=a.model, size=64, steps=2, prompts=2, seeds=2)
+    sweep = _sweep(p, a)
+    if a.batch_size is not None and a.batch_size < 1:
+        p.error(f"--batch-size {a.batch_size}: expected at least 1 (or leave it out: automatic)")
+    if a.streams != "auto" and not (a.streams.isdigit() and int(a.streams) >= 1):
+        p.error(f"--streams {a.streams!r}: expected auto or a whole number of threads, at least 1")
+    from .checkpoints import CheckpointError
+    from .core import SettingsError
+    from .experiment import ExperimentError
     from .worker import Tuning
 
     try:
         ablation_variants(a.ablate, "cpu", Tuning())  # a bad --ablate fails before minutes of measuring
     except ValueError as exc:
         p.error(str(exc))
-    run_bench(sweep, device=a.device, dtype=a.dtype, ablate=a.ablate, batch_size=a.batch_size,
-              speedups=tuple(x for x in a.speedups.split(",") if x),
-              streams=a.streams if a.streams == "auto" else int(a.streams))
-    return 0
+    try:
+        figures = run_bench(sweep, device=a.device, dtype=a.dtype, ablate=a.ablate, batch_size=a.batch_size,
+                            speedups=tuple(x for x in a.speedups.split(",") if x),
+                            streams=a.streams if a.streams == "auto" else int(a.streams))
+    except SettingsError as exc:  # a device or dtype this machine does not have
+        p.error(f"--device/--dtype: {exc}")
+    except CheckpointError as exc:
+        p.error(f"--model {a.model!r}: {exc}")
+    except ExperimentError as exc:  # the sweep's own experiment: only --model can make it unusable
+        p.error(f"--model {a.model!r}: " + "; ".join(exc.problems))
+    return 0 if figures["images_agree"] else 1  # a harness run beyond the tolerance fails the command
+
+
+def _sweep(p: argparse.ArgumentParser, a: argparse.Namespace) -> Sweep:
+    """The sweep the options ask for, each checked (`p.error` names a bad one)."""
+    given = [f"--{name}" for name in ("size", "steps", "prompts") if getattr(a, name) is not None]
+    if a.quick:
+        if given or a.seeds != 4:
+            p.error(f"--quick runs its own 8-image sweep; leave out {', '.join(given) or '--seeds'}")
+        return Sweep(model=a.model, size=64, steps=2, prompts=2, seeds=2)
+    tiny = a.model == "tiny"
+    size = (128 if tiny else 512) if a.size is None else a.size  # tiny: the demo experiment's size
+    steps = (10 if tiny else 50) if a.steps is None else a.steps
+    prompts = (8 if tiny else 4) if a.prompts is None else a.prompts
+    if size < 64 or size % 8:
+        p.error(f"--size {size}: expected a multiple of 8, at least 64")
+    if steps < 2:
+        p.error(f"--steps {steps}: expected at least 2 (img2img at strength 0.5 runs int(0.5 * steps) steps)")
+    if not 1 <= prompts <= len(COLOURS):
+        p.error(f"--prompts {prompts}: expected 1 to {len(COLOURS)} (one colour word each)")
+    if a.seeds < 1:
+        p.error(f"--seeds {a.seeds}: expected at least 1")
+    return Sweep(model=a.model, size=size, steps=steps, prompts=prompts, seeds=a.seeds)
 
 
 if __name__ == "__main__":

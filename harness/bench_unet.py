@@ -257,8 +257,13 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"--speedups: {s!r} is not one of channels_last, fuse_qkv")
     if a.batch < 1 or a.iters < 1 or a.size < 64 or a.size % 64:
         p.error("--batch and --iters must be at least 1, --size a multiple of 64")
-    run(a.model, device=a.device, dtype=a.dtype, batch=a.batch, size=a.size, modes=modes or None,
-        speedups=speedups, iters=a.iters)
+    from .core import SettingsError
+
+    try:
+        run(a.model, device=a.device, dtype=a.dtype, batch=a.batch, size=a.size, modes=modes or None,
+            speedups=speedups, iters=a.iters)
+    except SettingsError as exc:  # a device or dtype this machine does not have
+        p.error(f"--device/--dtype: {exc}")
     return 0
 
 

@@ -8,7 +8,7 @@ def test_quick_bench_paths_agree_and_print_ratio():
     fig = run_bench(Sweep(size=64, steps=2, prompts=2, seeds=2), out=lines.append)
     print("\n".join(lines))
     assert fig["images"] == 8
-    assert fig["max_diff"] <= 1
+    assert fig["max_diff"] <= 1 and fig["images_agree"]
     assert lines[-1].startswith("ratio: ") and float(lines[-1].split()[1]) > 0
     assert any(line.startswith("naive loop") for line in lines) and any(line.startswith("harness ") for line in lines)
     assert 0.0 <= fig["harness_outside_share"] <= 1.0
@@ -86,3 +86,29 @@ def test_unknown_speedup_is_rejected_with_the_list_of_known_ones(tmp_path):
     with pytest.raises(ExperimentError) as err:
         load_experiment(path)
     assert "speedups" in str(err.value) and "'fuse_qkv'" in str(err.value) and "'compile'" in str(err.value)
+
+
+def test_bench_options_are_checked_before_measuring_and_named_in_one_line(capsys):
+    import pytest
+
+    from harness.bench import main
+
+    for args, message in ((["--prompts", "0"], "--prompts 0: expected 1 to 8"),
+                          (["--steps", "1"], "--steps 1: expected at least 2"),
+                          (["--size", "100"], "--size 100: expected a multiple of 8"),
+                          (["--seeds", "0"], "--seeds 0: expected at least 1"),
+                          (["--streams", "abc"], "--streams 'abc': expected auto or a whole number"),
+                          (["--quick", "--size", "64"], "--quick runs its own 8-image sweep; leave out --size"),
+                          (["--quick", "--model", "bogus"], "--model 'bogus': key 'checkpoints[0]': unknown checkpoint"),
+                          (["--quick", "--device", "nosuch"], "--device/--dtype: ")):
+        with pytest.raises(SystemExit) as exit_:
+            main(args)
+        assert exit_.value.code == 2 and message in capsys.readouterr().err, args
+
+
+def test_bench_fails_when_the_harness_images_differ_beyond_the_tolerance(monkeypatch, capsys):
+    from harness import bench
+
+    monkeypatch.setitem(bench.TOLERANCE, "fp32", -1)  # any difference, even none, is too much
+    assert bench.main(["--quick"]) == 1
+    assert "DIFFERENT: harness differs by" in capsys.readouterr().out
