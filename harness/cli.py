@@ -113,11 +113,16 @@ def write_variants(variants, fmt: Fmt, factors: list[str]) -> None:
         for v in variants:
             w.writerow([v.prompt, *(v.factors.get(f, "") for f in factors)])
         return
+    multiline = 0
     for v in variants:
         if fmt is Fmt.jsonl:
             out.write(json.dumps(v.to_dict(), ensure_ascii=False) + "\n")
         else:
             out.write(v.prompt + "\n")
+            multiline += "\n" in v.prompt
+    if multiline:  # said after the prompts, so a pipe reading them still gets every one
+        typer.echo(f"note: {multiline} prompt(s) hold a line break and span several lines above; "
+                   "--format jsonl or csv keeps each prompt one record", err=True)
 
 
 class PlanFmt(str, Enum):

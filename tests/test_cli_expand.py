@@ -88,3 +88,15 @@ def test_files_saved_with_windows_line_ends_give_no_carriage_returns(tmp_path):
         "a red cat", "a red dog", "a blue cat", "a blue dog"}
     r = harness("mutate", f"@{tmp_path / 't.txt'}", "--ops", "reweight", "-n", "1", "--format", "jsonl")
     assert r.returncode == 0 and "\\r" not in r.stdout, r.stderr
+
+
+def test_text_output_says_when_prompts_span_several_lines(tmp_path):
+    (tmp_path / "t.txt").write_text("a {red|blue}\ncat\n")
+    r = harness("expand", f"@{tmp_path / 't.txt'}")
+    assert r.returncode == 0 and r.stdout == "a red\ncat\na blue\ncat\n"
+    assert r.stderr.startswith("note: 2 prompt(s) hold a line break") and "--format jsonl or csv" in r.stderr
+    one_line = harness("expand", "a {red|blue} cat")
+    assert one_line.stderr == ""
+    rows = [json.loads(line) for line in harness("expand", f"@{tmp_path / 't.txt'}", "--format", "jsonl").stdout
+            .splitlines()]
+    assert [row["prompt"] for row in rows] == ["a red\ncat", "a blue\ncat"]

@@ -33,3 +33,11 @@ def test_the_cli_command_refuses_a_missing_device_before_measuring():
     r = subprocess.run([sys.executable, "-m", "harness", "toy", "acceptance", "--device", "cuda"],
                        capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 2 and "--device: cuda is not available" in r.stderr and "| check |" not in r.stdout
+
+
+def test_a_check_with_no_sample_reads_n_a_not_nan():
+    from harness.toy.acceptance import Row, _style_rows
+
+    (row,) = _style_rows("generated", "128 px", {"ian mcque": []})
+    assert row.n == 0 and row.line() == "| generated: named style detected (128 px) | n/a | 0 |  |"
+    assert Row("x", 0.5, 4).line() == "| x | 50.0 % | 4 |  |"

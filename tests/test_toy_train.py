@@ -79,6 +79,19 @@ def test_bad_stage_or_profile_names_say_what_is_expected(tmp_path):
         train.train("vae", tmp_path, stop_at={"unte": 5})
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--minutes", "0"], "--minutes 0: expected a positive number of minutes per stage"),
+    (["--minutes", "-1"], "--minutes -1: expected a positive number"),
+    (["--workers", "-1"], "--workers -1: expected 0"),
+    (["--device", "nosuch"], "device='nosuch': expected 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'"),
+])
+def test_bad_command_line_values_are_one_line_errors_before_any_training(tmp_path, capsys, args, message):
+    with pytest.raises(SystemExit) as exit_:
+        train.main(["--out", str(tmp_path / "out"), *args])
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # nothing written, the committed weights least of all
+
+
 def test_profile_overrides_change_the_architecture_and_are_recorded(tmp_path):
     """--set latent_channels=8 gives an 8-channel VAE and a UNet that reads 8 channels; configs.json
     says which fields were set, and the loaded pipeline parts agree."""

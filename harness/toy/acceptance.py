@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from dataclasses import dataclass
 
@@ -36,7 +37,8 @@ class Row:
     target: str = ""
 
     def line(self) -> str:
-        return f"| {self.check} | {100 * self.value:.1f} % | {self.n} | {self.target} |"
+        value = "n/a" if self.n == 0 else f"{100 * self.value:.1f} %"  # no sample to judge
+        return f"| {self.check} | {value} | {self.n} | {self.target} |"
 
 
 def held_out(n: int, seed: int = HELD_OUT_SEED, size: int = 256) -> list[world.Sample]:
@@ -141,7 +143,8 @@ def generation_rows(n: int = 96, *, size: int = 256, steps: int = 20, guidance: 
 def _style_rows(what: str, where: str, style_hit: dict[str, list[bool]], target: str = "") -> list[Row]:
     """The named style detected: over all styled captions, then per style."""
     every = [hit for hits in style_hit.values() for hit in hits]
-    rows = [Row(f"{what}: named style detected ({where})", float(np.mean(every)), len(every), target)]
+    rows = [Row(f"{what}: named style detected ({where})", float(np.mean(every)) if every else math.nan,
+                len(every), target)]
     return rows + [Row(f"{what}: {st} detected when named ({where})", float(np.mean(v)), len(v))
                    for st, v in style_hit.items() if v]
 

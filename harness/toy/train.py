@@ -73,9 +73,9 @@ def train(what: str = "all", out: Path | str | None = None, minutes: float | Non
         profile = PROFILES[profile]
     if overrides:
         profile = profile.with_overrides(overrides)
+    device = pick_device(device)  # before the output folder is made
     out = Path(out) if out is not None else models.DATA_DIR
     out.mkdir(parents=True, exist_ok=True)
-    device = pick_device(device)
     if workers is None:
         import os
 
@@ -112,6 +112,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="override a profile field, e.g. latent_channels=8 or unet=3000,256,7e-4")
     args = parser.parse_args(argv)
+    if args.minutes is not None and not args.minutes > 0:
+        parser.error(f"--minutes {args.minutes:g}: expected a positive number of minutes per stage "
+                     "(leave it out for no cap)")
+    if args.workers is not None and args.workers < 0:
+        parser.error(f"--workers {args.workers}: expected 0 (batches in this process) or more")
     try:
         overrides = {}
         for item in args.set:

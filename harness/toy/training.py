@@ -121,9 +121,12 @@ class Setup:
 
 
 def pick_device(name: str = "auto") -> str:
-    if name != "auto":
-        return name
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    """`auto`: cuda if available, else cpu; a named device must exist here (a SettingsError says why not)."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    from harness.devices import pick_device as checked
+
+    return checked(name)
 
 
 def step_rng(stage: str, step: int) -> np.random.Generator:
