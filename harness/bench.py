@@ -316,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", type=int, default=None, help="image side in px (default: 128 on tiny, 512 otherwise)")
     p.add_argument("--steps", type=int, default=None, help="DDIM steps (default: 10 on tiny, 50 otherwise)")
     p.add_argument("--prompts", type=int, default=None, help=f"1-{len(COLOURS)} (default: 8 on tiny, 4 otherwise)")
-    p.add_argument("--seeds", type=int, default=4, help="seeds per prompt (default 4)")
+    p.add_argument("--seeds", type=int, default=None, help="seeds per prompt (default 4)")
     p.add_argument("--batch-size", type=int, default=None, help="the harness's batch size (default: automatic)")
     p.add_argument("--speedups", default="", help="comma list: channels_last,fuse_qkv,compile")
     p.add_argument("--streams", default="auto", help="CPU generation threads for the harness (auto: 2 on 2+ cores)")
@@ -354,24 +354,25 @@ def main(argv: list[str] | None = None) -> int:
 
 def _sweep(p: argparse.ArgumentParser, a: argparse.Namespace) -> Sweep:
     """The sweep the options ask for, each checked (`p.error` names a bad one)."""
-    given = [f"--{name}" for name in ("size", "steps", "prompts") if getattr(a, name) is not None]
+    given = [f"--{name}" for name in ("size", "steps", "prompts", "seeds") if getattr(a, name) is not None]
     if a.quick:
-        if given or a.seeds != 4:
-            p.error(f"--quick runs its own 8-image sweep; leave out {', '.join(given) or '--seeds'}")
+        if given:
+            p.error(f"--quick runs its own 8-image sweep; leave out {', '.join(given)}")
         return Sweep(model=a.model, size=64, steps=2, prompts=2, seeds=2)
     tiny = a.model == "tiny"
     size = (128 if tiny else 512) if a.size is None else a.size  # tiny: the demo experiment's size
     steps = (10 if tiny else 50) if a.steps is None else a.steps
     prompts = (8 if tiny else 4) if a.prompts is None else a.prompts
+    seeds = 4 if a.seeds is None else a.seeds
     if size < 64 or size % 8:
         p.error(f"--size {size}: expected a multiple of 8, at least 64")
     if steps < 2:
         p.error(f"--steps {steps}: expected at least 2 (img2img at strength 0.5 runs int(0.5 * steps) steps)")
     if not 1 <= prompts <= len(COLOURS):
         p.error(f"--prompts {prompts}: expected 1 to {len(COLOURS)} (one colour word each)")
-    if a.seeds < 1:
-        p.error(f"--seeds {a.seeds}: expected at least 1")
-    return Sweep(model=a.model, size=size, steps=steps, prompts=prompts, seeds=a.seeds)
+    if seeds < 1:
+        p.error(f"--seeds {seeds}: expected at least 1")
+    return Sweep(model=a.model, size=size, steps=steps, prompts=prompts, seeds=seeds)
 
 
 if __name__ == "__main__":

@@ -99,6 +99,7 @@ def test_bench_options_are_checked_before_measuring_and_named_in_one_line(capsys
                           (["--seeds", "0"], "--seeds 0: expected at least 1"),
                           (["--streams", "abc"], "--streams 'abc': expected auto or a whole number"),
                           (["--quick", "--size", "64"], "--quick runs its own 8-image sweep; leave out --size"),
+                          (["--quick", "--seeds", "4"], "--quick runs its own 8-image sweep; leave out --seeds"),
                           (["--quick", "--model", "bogus"], "--model 'bogus': key 'checkpoints[0]': unknown checkpoint"),
                           (["--quick", "--device", "nosuch"], "--device/--dtype: ")):
         with pytest.raises(SystemExit) as exit_:
