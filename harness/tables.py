@@ -140,12 +140,15 @@ def variant_summary(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def factor_summary(df: pd.DataFrame) -> pd.DataFrame:
-    """Each factor level pooled over everything else (a long table: factor, level, metric, stats)."""
+    """Each factor level pooled over everything else (a long table: factor, level, metric, stats). In a
+    run with later stages, each stage apart (a `stage` column): a stage's images start from other images,
+    so pooling them with the first stage's would mix two populations under one level."""
+    staged = "stage" in df.columns and df["stage"].nunique(dropna=True) > 1
     parts = []
     for f in factor_columns(df) + [c for c in ("checkpoint", "mode", "strength") if c in df.columns]:
         if df[f].nunique(dropna=True) < 2:
             continue
-        s = _long_summary(df, [f]).rename(columns={f: "level"})
+        s = _long_summary(df, ["stage", f] if staged else [f]).rename(columns={f: "level"})
         s.insert(0, "factor", f[2:] if f.startswith("f.") else f)
         s["level"] = s["level"].map(lambda v: NO_LEVEL if is_missing(v) else str(v))
         parts.append(s)

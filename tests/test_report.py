@@ -329,6 +329,20 @@ def test_factor_tables_name_the_pooled_images_a_factor_does_not_apply_to(crafted
     summary = factor_summary(table)
     assert set(summary.loc[summary["factor"] == "strength", "level"]) == {"0.3", "0.6", "(none)"}
     assert "None" not in markdown_table(table[["key", "strength", "init_image"]].astype(object))
+    assert "stage" not in summary.columns  # one stage: nothing to tell apart
+
+
+def test_factor_tables_keep_a_later_stage_apart_from_the_first(crafted_run):
+    from harness.tables import factor_summary
+
+    with Ledger.open(crafted_run, readonly=True) as led:
+        table = image_table(led)
+    later = table.assign(stage="refine", strength=0.6, mode="img2img", **{f"m.{METRIC}": 100.0})
+    summary = factor_summary(pd.concat([table.assign(strength=0.6, mode="img2img"), later], ignore_index=True))
+    rows = summary[(summary["factor"] == "color") & (summary["level"] == "red")].set_index("stage")
+    assert list(summary.columns[:3]) == ["factor", "stage", "level"]
+    assert rows.loc["refine", "mean"] == 100.0 and rows.loc["main", "mean"] < 100.0
+    assert rows.loc["refine", "n"] == rows.loc["main", "n"]
 
 
 def test_markdown_tells_an_empty_level_from_a_factor_that_does_not_apply(tmp_path):
