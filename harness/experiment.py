@@ -163,6 +163,21 @@ def inline_prompt(text: str, template: str) -> str:
     return f"# prompt: the text of {raw['prompt'][1:]} when this version ran\n{inlined}"
 
 
+def check_rankable(c: Checker, key: str, spec: str) -> None:
+    """A stage ranking txt2img images by `spec` needs a metric that scores them: one that reads an init or
+    parent image scores none, and the stage would get no parent."""
+    from .metrics import metric_from_spec
+
+    try:
+        needs = metric_from_spec(spec).INFO.needs
+    except (KeyError, ValueError):  # an unknown metric or option is reported where the spec is read
+        return
+    if needs & {"init_image", "parent_image"}:
+        c.problems.append(f"key '{key}': {spec!r} compares an image with its init image, but the stage's source "
+                          "is txt2img, whose images have none, so it would rank no parent; rank by a metric of "
+                          "the image and its prompt (clip_score, an oracle)")
+
+
 def load_experiment(path: Path | str) -> Experiment:
     path = Path(path)
     if path.is_dir():
@@ -342,6 +357,8 @@ def experiment_from_dict(raw: Mapping[str, Any], path: Path) -> Experiment:
     for i, stage in enumerate(stages):
         check_denoising(c, f"stages[{i}].strengths", stage.strengths,
                         {stage.steps} if stage.steps else checkpoint_steps)
+        if stage.metric and stage.source == "main" and "img2img" not in modes:
+            check_rankable(c, f"stages[{i}].metric", stage.metric)
 
     if c.problems:
         raise ExperimentError(path, c.problems)

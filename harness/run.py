@@ -106,11 +106,15 @@ def prepare_run(exp: Experiment, plan: Plan, run_dir: Path, *, jobs: list[Job] |
     ledger.set_meta("factors", json.dumps(list(plan.factors)))
     ledger.drop_pending({j.key for j in jobs})
     ledger.add_jobs(jobs, refresh=part == "main")  # the experiment's own description of its images wins
+    # the main images changed (an edit, or a wildcard file holding other lines): what was made from the
+    # earlier ones (stages, an ablation, searches) is planned again from the new ones, or not at all
+    changed = edited or (part == "main" and ledger.plan_keys("main") != {j.key for j in plan.jobs})
     ledger.set_plan(part, [j.key for j in plan.jobs])
     if edited and part != "main":  # an ablation or search of an edited experiment: its main plan changed too
         ledger.set_plan("main", [j.key for j in make_plan(exp).jobs])
     names = {f"stage:{s.name}" for s in exp.stages}
-    ledger.drop_plan([p for p in ledger.plan_parts() if p.startswith("stage:") and (edited or p not in names)])
+    ledger.drop_plan([p for p in ledger.plan_parts() if p not in ("main", part)
+                      and (changed or (p.startswith("stage:") and p not in names))])
     if force:
         ledger.force()
     done = ledger.done_keys() - ledger.stale_keys()  # stale: an earlier --force has not remade them yet
@@ -185,12 +189,15 @@ def run_stage(exp: Experiment, stage, plan: Plan, ledger: Ledger, result: RunRes
     A shard makes the children of the parents in its own folder: it was given whole variants
     (`shard(..., by_variant=True)`), so its `top_k` ranks them as a single run would."""
     from .evaluate import evaluate
-    from .stages import stage_jobs
+    from .stages import source_images, stage_jobs
 
     log = options.get("log") or _stderr
     if stage.metric:  # top-k selection needs the source images scored
         evaluate(ledger, [stage.metric], log=log)
     jobs = stage_jobs(exp, stage, ledger, plan.checkpoints)
+    if not jobs and stage.top_k is not None and (sources := source_images(stage, ledger)):
+        log(f"stage {stage.name}: none of the {len(sources)} images of stage {stage.source} has a {stage.metric} "
+            "score, so top_k picks no parent; give the stage a metric that scores them (see harness eval)")
     ledger.set_plan(f"stage:{stage.name}", [j.key for j in jobs])
     ledger.add_jobs(jobs, refresh=True)
     done = ledger.done_keys() - ledger.stale_keys()

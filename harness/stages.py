@@ -25,6 +25,15 @@ from .plan import NEGATIVE_PREFIX, jobs_for, variant_of
 from .wildcards import WildcardLibrary
 
 
+def source_images(stage: Stage, ledger: Ledger) -> list[Job]:
+    """The done images of the stage's source as the current plan has it (its plan part), by key: not
+    images an earlier version of the experiment made, nor an ablation's or a search's in the same folder."""
+    part = "main" if stage.source == "main" else f"stage:{stage.source}"
+    planned = ledger.plan_keys(part)
+    return sorted((j for j in ledger.done_jobs()
+                   if j.key in planned and j.meta.get("stage", "main") == stage.source), key=lambda j: j.key)
+
+
 def select_parents(stage: Stage, parents: list[Job], ledger: Ledger) -> list[Job]:
     if stage.top_k is None:
         return parents
@@ -50,8 +59,7 @@ def stage_jobs(exp: Experiment, stage: Stage, ledger: Ledger, refs: dict,
                library: WildcardLibrary | None = None) -> list[Job]:
     """Jobs of one stage, from the done images of its source stage."""
     library = library or WildcardLibrary(exp.wildcard_path())
-    parents = [j for j in ledger.done_jobs() if j.meta.get("stage", "main") == stage.source]
-    parents = select_parents(stage, sorted(parents, key=lambda j: j.key), ledger)
+    parents = select_parents(stage, source_images(stage, ledger), ledger)
     negative = exp.negative_prompt if stage.negative_prompt is None else stage.negative_prompt
     negatives = [Variant("", {})]
     if negative.strip():

@@ -94,6 +94,10 @@ def test_demo_experiment_loads_and_plans():
     ('prompt = "a"\nmode = "img2img"\ninit_images = "nope/*.png"\nstrengths = [0.3]\nsteps = 10\n'
      '[randomize]\nsteps = [1, 2]', "key 'strengths': strength 0.3 with steps = 1 runs int(0.3 * 1) = 0"),
     ('prompt = "a"\n[[stages]]\nprompt = "__parent__"\nseeds = [1, 1]', "key 'stages[0].seeds': got [1, 1]"),
+    ('prompt = "a"\n[[stages]]\nprompt = "__parent__, b"\nstrengths = [0.5]\ntop_k = 1\n'
+     'metric = "clip_image_similarity:model=tiny"',
+     "key 'stages[0].metric': 'clip_image_similarity:model=tiny' compares an image with its init image, but "
+     "the stage's source is txt2img"),
     ('prompt = "a"\n[randomize]\ndraws = 3\nsteps = [4, 5]',
      "key 'randomize.draws': got 3, but the ranges give txt2img images only 2 different settings"),
     ('prompt = "a"\nseeds = { count = 1, start = 9223372036854775808 }',

@@ -106,3 +106,63 @@ def test_randomize_draws_the_main_images_settings_and_leaves_the_stages_own(tmp_
     # the stages: their own strengths, the experiment's steps and guidance, one image per parent and prompt
     assert len(later) == 8 and all("draw" not in j.meta and j.steps == 4 and j.guidance == 7.5 for j in later)
     assert {(j.meta["stage"], j.strength) for j in later} == {("refine", 0.5), ("polish", 0.3)}
+
+
+def _refine_only(text: str) -> str:
+    return text[: text.index("[[stages]]\nname = \"polish\"")]
+
+
+def test_stage_parents_come_from_the_current_main_plan_not_an_ablations_images(tmp_path):
+    """An ablation in the folder keeps plan keys of its own; after an edit they belong to the earlier
+    version and are dropped with it, and parents are only ever the source stage's planned images."""
+    from harness.tables import image_table
+
+    exp = tmp_path / "exp.toml"
+    exp.write_text(_refine_only(STAGED))
+    run_experiment(exp, out=tmp_path / "run", progress=False)
+    with Ledger.open(tmp_path / "run") as led:  # as `harness ablate` leaves it: its own plan part
+        led.set_plan("ablation", [j.key for j in led.done_jobs() if j.seed == 1 and j.meta["stage"] == "main"])
+    exp.write_text(_refine_only(STAGED).replace("seeds = [1, 2]", "seeds = [2]"))
+    r = run_experiment(exp, out=tmp_path / "run", progress=False)
+    with Ledger.open(tmp_path / "run", readonly=True) as led:
+        table = image_table(led).set_index("key")
+        assert "ablation" not in led.plan_parts()
+    assert set(table["seed"]) == {2} and r.unplanned > 0
+    assert set(table.loc[table["stage"] == "refine", "parent_key"]) == set(table.index[table["stage"] == "main"])
+
+
+def test_a_wildcard_edit_drops_the_stages_planned_from_the_earlier_main_images(tmp_path):
+    from harness.experiment import load_experiment
+    from harness.plan import make_plan
+    from harness.run import prepare_run
+
+    (tmp_path / "hue.txt").write_text("red\nblue\n")
+    exp = tmp_path / "exp.toml"
+    exp.write_text(_refine_only(STAGED).replace("{red|blue}", "__hue__"))
+    run_experiment(exp, out=tmp_path / "run", progress=False)
+    (tmp_path / "hue.txt").write_text("red\ngreen\n")
+    loaded = load_experiment(exp)
+    ledger, pending = prepare_run(loaded, make_plan(loaded), tmp_path / "run")  # a run cut off after this
+    try:
+        assert "stage:refine" not in ledger.plan_parts() and {j.prompt for j in pending} == {"a green fox"}
+    finally:
+        ledger.close()
+
+
+def test_a_stage_whose_metric_scores_no_source_image_says_so(tmp_path):
+    from harness.metrics.base import Metric, MetricInfo, register
+
+    @register
+    class NeverScores(Metric):
+        INFO = MetricInfo(name="never_scores", description="NaN for every image", unit="", range=(0.0, 1.0),
+                          higher_is_better=True, needs=frozenset({"image"}))
+
+        def _score(self, items):
+            return [(float("nan"), {"reason": "never"}) for _ in items]
+
+    exp = tmp_path / "exp.toml"
+    exp.write_text(_refine_only(STAGED).replace('metric = "clip_score:model=tiny"', 'metric = "never_scores"'))
+    logged: list[str] = []
+    r = run_experiment(exp, out=tmp_path / "run", progress=False, log=logged.append)
+    assert r.generated == 4
+    assert any(m.startswith("stage refine: none of the 4 images of stage main has a never_scores score") for m in logged)

@@ -391,6 +391,17 @@ class Ledger:
     def plan_parts(self) -> list[str]:
         return [r[0] for r in self._plan_rows("SELECT DISTINCT part FROM plan ORDER BY part")]
 
+    def plan_keys(self, part: str) -> set[str]:
+        """Keys plan part `part` asks for now (empty when it has none)."""
+        with self._mutex:
+            try:
+                rows = self._db().execute("SELECT key FROM plan WHERE part = ?", (part,)).fetchall()
+            except sqlite3.OperationalError as exc:  # a ledger from before plans, opened read-only
+                if "no such table" not in str(exc):
+                    raise
+                rows = []
+        return {r[0] for r in rows}
+
     def planned_keys(self) -> set[str] | None:
         """Keys some part of the current plan asks for; None when the ledger holds no plan
         (written by an older harness, or never planned): then every done job counts."""
