@@ -127,8 +127,10 @@ def ablate(path: Path | str, *, out: Path | str | None = None, metrics: Sequence
     log = log or (lambda m: print(m, file=sys.stderr, flush=True))
     exp = load_experiment(path)
     library = WildcardLibrary(exp.wildcard_path())
-    specs = list(metrics) if metrics else [m for m in exp.metrics
-                                           if m.split(":")[0].split("[")[0] not in NOT_QUALITY]
+    # default: the experiment's quality metrics that can score its images (txt2img ones have no init image)
+    specs = list(metrics) if metrics else [
+        m for m in exp.metrics if m.split(":")[0].split("[")[0] not in NOT_QUALITY
+        and ("img2img" in exp.modes or not metric_from_spec(m).INFO.needs & {"init_image", "parent_image"})]
     if not specs:
         raise ExperimentError(exp.path, ["key 'metrics': ablation needs a metric to measure contributions with, "
                                          "other than health and watermark (e.g. metrics = [\"clip_score\"])"])
