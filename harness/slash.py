@@ -17,6 +17,8 @@ ESC_SLASH = "\ue000"  # stands in for an escaped "/" while slash groups are foun
 _WORD = rf"\w(?:[\w\-'.{ESC_SLASH}]*\w)?"
 _SLASH_GROUP = re.compile(rf"(?<![\w\-./{ESC_SLASH}])(?<!\w'){_WORD}(?:/{_WORD})+(?![\w\-/{ESC_SLASH}])(?!'\w)")
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
+# A host name such as "example.com" or "github.io": a URL's path follows it, not a choice.
+_HOST = re.compile(r"(?:[\w\-]+\.)+[^\W\d_]{2,}")
 # Abbreviations the slash rule keeps literal (compared lower-case); "w/" stays literal by the empty-side rule.
 ABBREVIATIONS = frozenset({"w/o", "b/w", "and/or", "n/a", "c/o", "a/k/a", "s/he", "y/o"})
 
@@ -28,7 +30,7 @@ def split_slashes(raw: str, loc: Loc) -> list:
     slashes, with no space around them ("red/green/blue"). A word is a run of
     letters, digits, combining marks, "_", "-", "'" and inner "." and escaped slashes; it must
     contain a letter and must not be a number. Groups touching a URL ("://" or
-    "www.") or with an empty side ("w/", "a//b") stay literal, so "1/2 cup",
+    "www.", or starting with a host name such as "example.com") or with an empty side ("w/", "a//b") stay literal, so "1/2 cup",
     "24/7", "f/2.8" and "http://x/y" are text, as are the ABBREVIATIONS
     ("w/o", "b/w", "and/or", ...). Anything else uses braces.
     """
@@ -40,7 +42,8 @@ def split_slashes(raw: str, loc: Loc) -> list:
         group = raw[m.start():m.end()]
         words = group.split("/")
         token = _token_around(raw, m.start(), m.end())
-        if ("://" in token or token.lower().startswith("www.") or group.lower() in ABBREVIATIONS
+        if ("://" in token or token.lower().startswith("www.") or _HOST.fullmatch(words[0])
+                or group.lower() in ABBREVIATIONS
                 or any(_NUMBER.fullmatch(w) or not re.search(r"[^\W\d_]", w) for w in words)):
             continue
         out.append(Text(raw[pos:m.start()].replace(ESC_SLASH, "/"), loc=loc))

@@ -35,6 +35,13 @@ def test_slash_shorthand_keeps_urls_literal():
     assert prompts("see http://example.com/a/b and www.x.org/y") == ["see http://example.com/a/b and www.x.org/y"]
 
 
+def test_slash_shorthand_keeps_bare_host_paths_literal():
+    text = "from example.com/a/b and github.io/x/y"
+    assert prompts(text) == [text]
+    # An inner dot that is no host (`e.g`, `3.5mm`) still splits.
+    assert prompts("3.5mm/35mm lens") == ["3.5mm lens", "35mm lens"]
+
+
 def test_slash_with_empty_side_stays_literal():
     assert prompts("w/ hat and a//b") == ["w/ hat and a//b"]
 
