@@ -1,6 +1,7 @@
 """Init images as the pipeline sees them: load, fit, hash. Pillow only, no torch.
 
-The rule: apply EXIF rotation, convert to RGB (alpha dropped), scale to cover
+The rule: apply EXIF rotation, convert to 8-bit RGB (alpha dropped, 16-bit levels scaled; see
+`to_rgb`), scale to cover
 width x height keeping the aspect ratio (Lanczos), then centre-crop. The hash
 of the prepared pixels goes into the job key, so editing an init image, or
 changing the size it is fitted to, makes new jobs.
@@ -37,8 +38,21 @@ def load_init_image(path: str | Path, width: int, height: int) -> Image.Image:
         raise FileNotFoundError(f"init image {str(path)!r} does not exist")
     with Image.open(path) as im:
         im = ImageOps.exif_transpose(im)
-        rgb = im.convert("RGB")
+        rgb = to_rgb(im)
     return fit_cover(rgb, width, height)
+
+
+def to_rgb(image):
+    """A PIL image as 8-bit RGB. 16- and 32-bit integer images (modes I;16, I;16B, I, as 16-bit PNGs open)
+    are taken as 0..65535 and scaled to 0..255 (value / 257, rounded), where Pillow's own conversion clips
+    them at 255 and a 16-bit copy of a picture would read as near-white."""
+    if not image.mode.startswith("I"):
+        return image.convert("RGB")
+    import numpy as np
+
+    levels = np.asarray(image).astype(np.float64) / 257.0
+    gray = np.clip(np.rint(levels), 0, 255).astype(np.uint8)
+    return Image.fromarray(gray, "L").convert("RGB")
 
 
 def image_hash(img: Image.Image) -> str:

@@ -23,6 +23,7 @@ are imported by the functions that need them.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -263,6 +264,15 @@ def read_provenance(path: str | os.PathLike) -> dict:
         raise ValueError(f"read_provenance: {path} has no {PROVENANCE_CHUNK!r} text chunk "
                          f"(chunks present: {sorted(text)}); it was not written by write_png_atomic")
     return json.loads(text[PROVENANCE_CHUNK])
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file's bytes, read in blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def check_png(path: str | os.PathLike, *, decode: bool = False) -> str | None:

@@ -43,3 +43,18 @@ def harness_cache():
 def tiny_ref(harness_cache):
     from harness import checkpoints as ck
     return ck.resolve("tiny")
+
+
+@pytest.fixture
+def broken_clip(tmp_path):
+    """A CLIP folder whose config is sound and whose weights file is not: it passes every check made
+    before loading and fails only when loaded (as weights damaged or swapped on disk would)."""
+    import json
+
+    from harness.metrics.clip_models import TINY_CONFIG
+
+    folder = tmp_path / "broken-clip"
+    folder.mkdir()
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY_CONFIG}))
+    (folder / "open_clip_model.safetensors").write_bytes(b"not a safetensors file" * 10)
+    return folder

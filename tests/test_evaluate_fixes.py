@@ -167,7 +167,7 @@ def test_eval_drops_scores_of_images_deleted_or_damaged_since(tmp_path):
         path.write_bytes(cut := path.read_bytes()[:-40])  # cut short, as an interrupted copy leaves it
     logged: list[str] = []
     (again,) = evaluate_run(tmp_path / "run", ["health"], log=logged.append)
-    assert logged[0].startswith("2 finished image(s) were missing or damaged (1 missing, 1 "), logged
+    assert logged[0].startswith("2 finished image(s) were missing, damaged or changed (1 missing, 1 "), logged
     assert logged[0].endswith(") and are pending again, their scores removed (a damaged file stays in images/ "
                               "until the image is made again); the command that made this folder makes them again "
                               f"(for an experiment: harness run EXPERIMENT --out {tmp_path / 'run'})")
@@ -176,3 +176,24 @@ def test_eval_drops_scores_of_images_deleted_or_damaged_since(tmp_path):
         assert ledger.done_keys() == {kept}
         assert set(ledger.scores_frame()["key"]) == {kept}
         assert ledger.image_path(damaged).read_bytes() == cut  # scoring never deletes a file
+
+
+def test_eval_rescores_an_image_replaced_by_hand(tmp_path):
+    """A sound PNG copied over a finished image is not the image that was scored: eval sends it back to
+    pending with its scores removed, and leaves the file for `harness run` to replace."""
+    with Ledger.open(tmp_path / "run") as ledger:
+        replaced, kept, _ = (job.key for job in _add_noise_jobs(ledger))
+    (first,) = evaluate_run(tmp_path / "run", ["health"], log=lambda m: None)
+    assert first.scored == 3
+    with Ledger.open(tmp_path / "run") as ledger:
+        path = ledger.image_path(replaced)
+        Image.new("RGB", (32, 32)).save(path)  # all black: health would be 0, not the stored 1
+        black = path.read_bytes()
+    logged: list[str] = []
+    (again,) = evaluate_run(tmp_path / "run", ["health"], log=logged.append)
+    assert logged[0].startswith("1 finished image(s) were missing, damaged or changed (1 changed since it was made)")
+    assert (again.scored, again.skipped) == (0, 2)
+    with Ledger.open(tmp_path / "run", readonly=True) as ledger:
+        assert replaced not in ledger.done_keys() and kept in ledger.done_keys()
+        assert replaced not in set(ledger.scores_frame()["key"])
+        assert ledger.image_path(replaced).read_bytes() == black

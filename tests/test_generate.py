@@ -176,6 +176,16 @@ def test_init_image_is_fitted_by_cover_and_centre_crop(tmp_path):
     assert gen.image_hash(img) != gen.image_hash(gen.load_init_image(path, 64, 48))
 
 
+def test_a_16_bit_init_image_is_the_same_picture_as_its_8_bit_copy(tmp_path):
+    """Pillow's own conversion clips 16-bit levels at 255 (a near-white picture); the pipeline must see
+    what the metrics see (value / 257), or img2img starts from another image than the one scored."""
+    levels = np.tile(np.linspace(0, 255, 64).astype(np.uint8), (64, 1))
+    Image.fromarray(levels, "L").save(eight := tmp_path / "8.png")
+    Image.fromarray(levels.astype(np.uint16) * 257).save(sixteen := tmp_path / "16.png")
+    assert Image.open(sixteen).mode.startswith("I")
+    assert gen.image_hash(gen.load_init_image(sixteen, 64, 64)) == gen.image_hash(gen.load_init_image(eight, 64, 64))
+
+
 # ---------------------------------------------------------------- batch validation
 
 def test_jobs_from_different_groups_are_rejected_naming_the_field(pipes, tiny_ref):

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from harness.core import Job, Score
 from harness.ledger import Done, Ledger, LedgerError, LedgerLocked
@@ -296,6 +297,42 @@ def test_reconcile_requeues_a_truncated_image_and_deletes_it(ledger):
     assert ledger.scored_keys("m") == set()
 
 
+def test_reconcile_requeues_a_sound_image_that_is_not_the_one_made(ledger):
+    """A valid PNG copied over a finished image (a hand edit, another run's file) is not what the job made:
+    back to pending with its scores gone, the file deleted only when a run is about to remake it."""
+    jobs = make_jobs(3)
+    ledger.add_jobs(jobs)
+    for job in jobs:
+        finish(ledger, job)
+    ledger.put_scores([Score(j.key, "m", 1.0) for j in jobs])
+    swapped, edited = ledger.image_path(jobs[0].key), ledger.image_path(jobs[1].key)
+    swapped.write_bytes(ledger.image_path(jobs[2].key).read_bytes())
+    Image.open(edited).rotate(90).save(edited)
+    result = ledger.reconcile(remove_damaged=False)
+    assert result.requeued == {jobs[0].key: "changed since it was made", jobs[1].key: "changed since it was made"}
+    assert ledger.done_keys() == {jobs[2].key} and ledger.scored_keys("m") == {jobs[2].key}
+    assert swapped.is_file() and edited.is_file()
+    finish(ledger, jobs[0])  # made again: its new file is the one recorded
+    assert ledger.reconcile().requeued == {} and ledger.status_of(jobs[0].key) == "done"
+    kept = ledger.image_path(jobs[2].key)
+    Image.open(kept).rotate(90).save(kept)
+    assert ledger.reconcile().requeued == {jobs[2].key: "changed since it was made"}
+    assert not kept.exists()  # a run, about to remake it, deletes it
+
+
+def test_reconcile_adopts_the_images_of_a_ledger_that_kept_no_digests(ledger):
+    """Ledgers written before image digests were kept: their files are taken as made, then watched."""
+    jobs = make_jobs(2)
+    ledger.add_jobs(jobs)
+    for job in jobs:
+        finish(ledger, job)
+    with ledger._write() as conn:
+        conn.execute("DELETE FROM image_files")
+    assert ledger.reconcile().requeued == {} and ledger.done_keys() == {j.key for j in jobs}
+    Image.new("RGB", (16, 16)).save(ledger.image_path(jobs[0].key))
+    assert ledger.reconcile().requeued == {jobs[0].key: "changed since it was made"}
+
+
 def test_reconcile_removes_temp_files_and_reports_orphans(ledger):
     jobs = make_jobs(2)
     ledger.add_jobs(jobs)
@@ -418,6 +455,21 @@ def test_merge_adds_rows_for_keys_it_did_not_know_and_skips_damaged_images(tmp_p
         assert a.all_jobs() == jobs[1:]
         assert a.done_keys() == {j.key for j in jobs[1:]}
         assert all(check_png(a.image_path(j.key)) is None for j in jobs[1:])
+
+
+def test_merge_skips_a_shard_image_changed_since_it_was_made_and_records_the_copies(tmp_path):
+    jobs = make_jobs(2)
+    with Ledger.open(tmp_path / "a") as a, Ledger.open(tmp_path / "b") as b:
+        b.add_jobs(jobs)
+        for job in jobs:
+            finish(b, job)
+        Image.new("RGB", (16, 16), "white").save(b.image_path(jobs[0].key))
+        result = a.merge_from(tmp_path / "b")
+        assert result.bad_images == {jobs[0].key: "changed since it was made"}
+        assert a.done_keys() == {jobs[1].key}
+        assert a.reconcile().requeued == {}  # the copy's digest was recorded with it
+        Image.new("RGB", (16, 16)).save(a.image_path(jobs[1].key))
+        assert a.reconcile().requeued == {jobs[1].key: "changed since it was made"}
 
 
 # ---------------------------------------------------------------- kill -9

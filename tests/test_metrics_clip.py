@@ -117,6 +117,15 @@ def test_rescoring_hits_the_embedding_cache(harness_cache, items, tmp_path):
     assert len(cache) == 2 * len(items)
 
 
+def test_a_cache_path_that_cannot_be_opened_names_the_option(harness_cache, items, tmp_path):
+    (tmp_path / "a-file").write_text("")
+    metric = get_metric("clip_score", model="tiny", cache=str(tmp_path / "a-file" / "x.sqlite"))
+    (score,) = metric.score(items[:1])
+    assert math.isnan(score.value) and score.detail["retry"]
+    assert score.detail["reason"].startswith(f"cache={tmp_path / 'a-file' / 'x.sqlite'}: cannot open the embedding cache")
+    assert "cache=none" in score.detail["reason"]
+
+
 def test_cache_persists_on_disk_between_processes(harness_cache, items, tmp_path):
     path = tmp_path / "embeddings.sqlite"
     get_metric("clip_score", model="tiny", cache=EmbeddingCache(path)).score(items)
@@ -194,6 +203,9 @@ def test_directional_is_nan_without_source_prompt(harness_cache, photos, tmp_pat
     ])
     assert math.isnan(missing.value) and "source prompt" in missing.detail["reason"]
     assert -1.0 <= scored.value <= 1.0
+    # An item that can never be scored gets its lasting NaN even while its init file is gone (not a retry).
+    (gone,) = metric.score([Item("no-source", photos[0], prompt="a cat", init_image_path=tmp_path / "gone.png")])
+    assert "source prompt" in gone.detail["reason"] and not gone.detail.get("retry")
 
 
 def test_directional_matches_its_definition(harness_cache, photos, tmp_path):
@@ -225,11 +237,27 @@ def test_corrupt_png_is_nan_while_the_rest_of_the_batch_is_scored(harness_cache,
     assert math.isnan(scores[3].value) and "no prompt" in scores[3].detail["reason"] and "retry" not in scores[3].detail
 
 
-def test_model_that_cannot_load_gives_nan_for_all_with_reason(items, tmp_path):
-    metric = get_metric("clip_score", model="ViT-B-32", pretrained=str(tmp_path / "missing.safetensors"), cache="none")
+def test_model_that_cannot_load_gives_nan_for_all_with_reason(items, broken_clip):
+    metric = get_metric("clip_score", model="x", pretrained=str(broken_clip), cache="none")
     scores = metric.score(items[:3])
-    assert all(math.isnan(s.value) for s in scores)
-    assert all("missing.safetensors" in s.detail["reason"] and "not found" in s.detail["reason"] for s in scores)
+    assert all(math.isnan(s.value) and s.detail.get("retry") for s in scores)
+    assert all("could not load CLIP" in s.detail["reason"] and "broken" in s.detail["reason"] for s in scores)
+
+
+@pytest.mark.parametrize("options, expected", [
+    ({"model": "ViT-B-3"}, "unknown CLIP architecture 'ViT-B-3'"),
+    ({"model": "ViT-B-32", "pretrained": "/no/such/weights.safetensors"}, "CLIP weights file not found"),
+    ({"model": "tiny", "pretrained": "openai"}, "model='tiny' has only its built-in weights"),
+    ({"model": "toy", "pretrained": "openai"}, "model='toy' has only its built-in weights"),
+    ({"model": "ViT-B-32", "pretrained": "tiny"}, "pretrained='tiny' goes with model='tiny' only"),
+    ({"model": "tiny", "device": "gpu0"}, "device='gpu0' is not a torch device"),
+])
+def test_what_is_wrong_before_loading_is_a_spec_error(options, expected):
+    """A misspelt architecture, absent weights or a device torch cannot parse fail when the metric is made
+    (experiment load, `harness eval -m`), not after the images are generated."""
+    with pytest.raises(ValueError, match="metric 'clip_score'") as info:
+        get_metric("clip_score", cache="none", **options)
+    assert expected in str(info.value)
 
 
 def test_unknown_pretrained_tag_lists_known_tags(items):

@@ -222,25 +222,25 @@ def test_a_misspelt_metric_is_an_error_and_no_comparisons_outlive_their_run(craf
     assert not list(tables.glob("comparisons.*")) and not list(tables.glob(".*tmp*"))
 
 
-def test_a_metric_that_cannot_load_stores_nothing_and_the_next_eval_tries_again(crafted_run, tmp_path):
+def test_a_metric_that_cannot_load_stores_nothing_and_the_next_eval_tries_again(crafted_run, broken_clip):
     """Missing model weights are the environment's fault, not the image's: no NaN is stored for them, so
     fixing the weights and running `harness eval` again scores every image instead of skipping them."""
     from harness.evaluate import evaluate
 
-    spec = f"clip_score:model=ViT-B-32,pretrained={tmp_path / 'missing.safetensors'},cache=none"
+    spec = f"clip_score:model=x,pretrained={broken_clip},cache=none"
     with Ledger.open(crafted_run) as led:
         for _ in range(2):
             (summary,) = evaluate(led, [spec], log=lambda m: None)
             assert (summary.skipped, summary.scored, summary.nan, summary.unscored) == (0, 0, 0, 9)
             [(reason, count)] = summary.unscored_reasons.items()
-            assert "missing.safetensors" in reason and count == 9
+            assert "could not load CLIP" in reason and count == 9
             assert led.scored_keys(summary.metric) == set()
         (health,) = evaluate(led, ["health"], log=lambda m: None)
         assert health.scored == 8 and health.skipped == 1  # per-image outcomes are stored as before
     r = subprocess.run([sys.executable, "-m", "harness", "eval", str(crafted_run), "-m", spec],
                        capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 1 and "(0 in this pass)" in r.stdout
-    assert "not scored: 9 images" in r.stderr and "missing.safetensors" in r.stderr
+    assert "not scored: 9 images" in r.stderr and "could not load CLIP" in r.stderr
 
 
 def test_a_run_that_names_no_metrics_is_scored_offline_with_its_builtin_models_clip(crafted_run):

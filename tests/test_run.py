@@ -364,7 +364,7 @@ def test_a_rerun_says_which_finished_images_were_damaged_or_missing(tmp_path):
     second.write_bytes(second.read_bytes()[:-30])
     said: list[str] = []
     r = run_experiment(exp, out=tmp_path / "run", progress=False, log=said.append)
-    assert any(m.startswith("2 finished image(s) were missing or damaged (1 missing, 1 truncated")
+    assert any(m.startswith("2 finished image(s) were missing, damaged or changed (1 missing, 1 truncated")
                and m.endswith(") and will be made again") for m in said), said
     assert (r.already_done, r.generated) == (14, 2)
 

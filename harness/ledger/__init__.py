@@ -3,7 +3,7 @@ how they were made, and what they scored.
 
 A run folder looks like::
 
-    RUN/ledger.sqlite      tables meta, jobs, scores, plan (WAL mode)
+    RUN/ledger.sqlite      tables meta, jobs, scores, image_files, plan (WAL mode)
     RUN/ledger.lock        held by the one process that writes (POSIX flock)
     RUN/images/<key>.png   written atomically, provenance inside (provenance.py)
     RUN/tables/            derived files, rebuilt from the ledger
@@ -12,9 +12,10 @@ Invariants:
 
 - A job is marked done only after its image is durable: ``write_png_atomic``
   fsyncs the file and its folder before it returns, and ``mark_done`` refuses a
-  key whose image file is absent. ``reconcile()`` (run start) puts back to
-  pending any done row whose image is missing or damaged, and deletes temp files
-  left by interrupted writes, so the ledger and the folder never disagree.
+  key whose image file is absent. ``reconcile()`` (run and eval start) puts back to
+  pending any done row whose image is missing, damaged or not the file it was
+  made as (its SHA-256 is recorded when it is marked done), and deletes temp
+  files left by interrupted writes, so the ledger and the folder never disagree.
 - Scores exist only for done jobs: resetting or requeueing a job drops its scores.
 - The ``plan`` table holds the keys the experiment asks for now, in parts
   (``main``, ``stage:<name>``, ``ablation``, ``search:<id>``), each replaced by

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..core import canonical_json
-from ..provenance import check_png, fsync_dir, write_durably
-from .schema import _JOB_COLUMNS, _RUN_COLUMNS, Merged
+from ..provenance import check_png, file_sha256, fsync_dir, write_durably
+from .schema import _JOB_COLUMNS, _RUN_COLUMNS, CHANGED, Merged
 
 if TYPE_CHECKING:
     from .store import Ledger
@@ -19,8 +19,8 @@ def merge_runs(into: Ledger, other_dir: Path) -> Merged:
     """Copy done jobs, their images, scores and plan from `other_dir` (e.g. a shard) into `into`.
 
     Keys already done in `into` are kept as they are; plan parts are joined. Images are verified
-    (:func:`check_png`) and copied atomically and durably before the rows
-    that mark them done are committed.
+    (:func:`check_png`, and against the digest `other_dir` recorded when it made them) and copied
+    atomically and durably before the rows that mark them done are committed.
     """
     if other_dir.resolve() == into.run_dir.resolve():
         raise ValueError(f"merge_from: {other_dir} is the run folder being merged into")
@@ -31,19 +31,24 @@ def merge_runs(into: Ledger, other_dir: Path) -> Merged:
                                    "FROM scores s JOIN jobs j ON j.key = s.key "
                                    "WHERE j.status = 'done'")
         their_plan = other._plan_rows("SELECT part, key FROM plan")
+        their_digests = _digests(other)
         with into._mutex:
             mine = into.done_keys()
-            copied, bad = [], {}
+            copied, digests, bad = [], [], {}
             for row in theirs:
                 if row["key"] in mine:
                     continue
                 src = other.image_path(row["key"])
                 reason = check_png(src)
+                digest = None if reason is not None else file_sha256(src)
+                if digest is not None and their_digests.get(row["key"], digest) != digest:
+                    reason = CHANGED
                 if reason is not None:
                     bad[row["key"]] = reason
                     continue
                 _copy_file_durably(src, into.image_path(row["key"]))
                 copied.append(_with_parent_here(row, other, into))
+                digests.append((row["key"], digest))
             fsync_dir(into.images_dir)
             keep = mine | {values[0] for values in copied}  # key first, as in _JOB_COLUMNS
             with into._write() as conn:
@@ -51,6 +56,7 @@ def merge_runs(into: Ledger, other_dir: Path) -> Merged:
                 updates = ", ".join(f"{c} = excluded.{c}" for c in ("status", *_RUN_COLUMNS, "error"))
                 conn.executemany(f"INSERT INTO jobs({', '.join(_JOB_COLUMNS)}) VALUES ({placeholders}) "
                                  f"ON CONFLICT(key) DO UPDATE SET {updates}", copied)
+                conn.executemany("INSERT OR REPLACE INTO image_files(key, sha256) VALUES (?, ?)", digests)
                 before = conn.total_changes
                 conn.executemany("INSERT OR IGNORE INTO scores(key, metric, value, detail, scored_at) "
                                  "VALUES (?, ?, ?, ?, ?)",
@@ -59,6 +65,13 @@ def merge_runs(into: Ledger, other_dir: Path) -> Merged:
                 conn.executemany("INSERT OR IGNORE INTO plan(part, key) VALUES (?, ?)",
                                  [tuple(r) for r in their_plan])
     return Merged(len(copied), sum(row["key"] in mine for row in theirs), scores_added, bad)
+
+
+def _digests(ledger: "Ledger") -> dict[str, str]:
+    """The image digests a ledger recorded (none in a ledger written before digests were kept)."""
+    if not ledger._read("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'image_files'"):
+        return {}
+    return dict(ledger._read("SELECT key, sha256 FROM image_files"))
 
 
 def _with_parent_here(row, other: "Ledger", into: "Ledger") -> tuple:

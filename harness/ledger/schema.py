@@ -23,6 +23,7 @@ LOCK_FILE = "ledger.lock"
 IMAGES_DIR = "images"
 TABLES_DIR = "tables"
 STATUSES = ("pending", "done", "failed")
+CHANGED = "changed since it was made"  # why a done image whose bytes differ from its recorded digest is rejected
 _KEY = re.compile(r"[0-9a-f]{64}")
 
 _SCHEMA = """
@@ -61,6 +62,10 @@ CREATE TABLE IF NOT EXISTS scores(
   detail    TEXT NOT NULL,             -- canonical JSON object
   scored_at TEXT NOT NULL,
   PRIMARY KEY (key, metric)
+);
+CREATE TABLE IF NOT EXISTS image_files(
+  key    TEXT PRIMARY KEY,             -- a done job
+  sha256 TEXT NOT NULL                 -- of its image file as made: reconcile requeues a file that differs
 );
 CREATE TABLE IF NOT EXISTS plan(
   part TEXT NOT NULL,                  -- who planned it: main, stage:<name>, ablation, search:<id>
@@ -110,11 +115,11 @@ class Reconciled:
     orphans: list[str] = field(default_factory=list)         # keys with an image but no done row
 
     def repaired_text(self, consequence: str) -> str:
-        """'N finished image(s) were missing or damaged (n why, ...) <consequence>', or '' when none were."""
+        """'N finished image(s) were missing, damaged or changed (n why, ...) <consequence>', or ''."""
         if not self.requeued:
             return ""
         reasons = Counter(self.requeued.values()).most_common(3)
-        return (f"{len(self.requeued)} finished image(s) were missing or damaged ("
+        return (f"{len(self.requeued)} finished image(s) were missing, damaged or changed ("
                 + ", ".join(f"{n} {why}" for why, n in reasons) + f") {consequence}")
 
 

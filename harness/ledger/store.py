@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from ..core import Job, Score
-from ..provenance import check_png, is_temp_name
-from .schema import (_CLEAR_RUN, _KEY, _SCHEMA, IMAGES_DIR, LEDGER_FILE, LEDGER_SCHEMA_VERSION, STATUSES,
+from ..provenance import check_png, file_sha256, is_temp_name
+from .schema import (_CLEAR_RUN, CHANGED, _KEY, _SCHEMA, IMAGES_DIR, LEDGER_FILE, LEDGER_SCHEMA_VERSION, STATUSES,
                      TABLES_DIR, Done, LedgerError, Merged, Reconciled, _acquire_writer_lock, _check_key,
                      _done_from_mapping, _json, _now)
 
@@ -253,7 +253,7 @@ class Ledger:
         """Mark a batch of jobs done in one transaction (all or none); scores of an earlier image of the
         same job (one made again after :meth:`force`) are deleted with it."""
         done = [row if isinstance(row, Done) else _done_from_mapping(row) for row in rows]
-        now, host, params = _now(), socket.gethostname(), []
+        now, host, params, digests = _now(), socket.gethostname(), [], []
         for d in done:
             path = self.image_path(d.key)
             if isinstance(d.memory, str) or not all(isinstance(m, str) for m in d.memory):
@@ -262,6 +262,7 @@ class Ledger:
             if not path.is_file():
                 raise LedgerError(f"mark_done({d.key[:12]}): {path} does not exist; write the image "
                                   "with write_png_atomic before marking its job done")
+            digests.append((d.key, file_sha256(path)))
             params.append((now, d.batch_id, d.batch_size, d.slot, d.seconds, d.device, d.dtype,
                            d.host or host, _json(list(d.memory), f"memory of {d.key[:12]}"),
                            None if d.health is None else _json(dict(d.health), f"health of {d.key[:12]}"),
@@ -276,6 +277,7 @@ class Ledger:
                     raise LedgerError(f"mark_done: job {p[-1][:12]} is not in the ledger; "
                                       "add it with add_jobs first")
                 conn.execute("DELETE FROM scores WHERE key = ?", (p[-1],))  # a remade image: its old scores go
+            conn.executemany("INSERT OR REPLACE INTO image_files(key, sha256) VALUES (?, ?)", digests)
 
     def mark_failed(self, key: str, error: str) -> None:
         """Record that a job could not be made; it stays failed until reset/requeue."""
@@ -339,15 +341,19 @@ class Ledger:
                 if strict and cur.rowcount != 1:
                     raise LedgerError(f"reset: job {key[:12]} is not in the ledger")
                 conn.execute("DELETE FROM scores WHERE key = ?", (key,))
+                conn.execute("DELETE FROM image_files WHERE key = ?", (key,))
 
     def reconcile(self, *, decode: bool = False, remove_damaged: bool = True) -> Reconciled:
         """Make the ledger agree with the images folder. Call at run start.
 
         Deletes temp files left by interrupted writes; any done job whose image
-        is missing or fails :func:`check_png` (every chunk CRC; with
-        `decode=True` also a full pixel decode) goes back to pending, its
-        scores removed and, with `remove_damaged` (a run about to remake it),
-        its damaged file too. Images without a done row are reported as
+        is missing, fails :func:`check_png` (every chunk CRC; with
+        `decode=True` also a full pixel decode) or is no longer the file it
+        was made as (its SHA-256, recorded by :meth:`mark_done_many`, differs:
+        replaced or edited by hand) goes back to pending, its scores removed
+        and, with `remove_damaged` (a run about to remake it), its file too.
+        A done job with no recorded digest (a ledger from before digests were
+        kept) adopts its file's. Images without a done row are reported as
         orphans and left alone (a rerun overwrites them).
         """
         if self.readonly:
@@ -359,11 +365,21 @@ class Ledger:
                     path.unlink(missing_ok=True)
                     temp_removed.append(path.name)
             done = self.done_keys()
-            requeued = {}
+            recorded = dict(self._read("SELECT key, sha256 FROM image_files"))
+            requeued, adopted = {}, []
             for key in sorted(done):
-                reason = check_png(self.image_path(key), decode=decode)
+                path = self.image_path(key)
+                reason = check_png(path, decode=decode)
+                if reason is None:
+                    digest = file_sha256(path)
+                    if key not in recorded:
+                        adopted.append((key, digest))
+                    elif digest != recorded[key]:
+                        reason = CHANGED
                 if reason is not None:
                     requeued[key] = reason
+            with self._write() as conn:
+                conn.executemany("INSERT OR REPLACE INTO image_files(key, sha256) VALUES (?, ?)", adopted)
             self._requeue({k: f"reconcile: image {why}" for k, why in requeued.items()}, strict=False)
             for key, why in requeued.items():
                 if why != "missing" and remove_damaged:

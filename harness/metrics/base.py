@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterable, Mapping, Sequence
 
 from harness.core import Score
+from harness.images import to_rgb
 from harness.metrics.spec import parse_metric_spec, quote_value
 
 INPUTS = frozenset({"image", "prompt", "init_image", "source_prompt", "parent_image"})
@@ -172,24 +173,23 @@ class Metric:
 
     def missing_input(self, item: Item) -> str | None:
         """Why this item cannot be scored before any file is opened, or None. A reason that starts
-        with :data:`MISSING_FILE` is a file absent now; its NaN is not stored, so the next eval retries."""
+        with :data:`MISSING_FILE` is a file absent now; its NaN is not stored, so the next eval retries.
+        What no file can change (an input the item does not have) is checked first, so such an item gets
+        its lasting NaN even while a file is gone."""
         needs = self.info.needs  # an instance may need less than its class (clip_score with text=)
-        if "image" in needs and not Path(item.image_path).is_file():
-            return f"{MISSING_FILE}: image {item.image_path}"
         if "prompt" in needs and not item.prompt:
             return "item has no prompt"
-        if "init_image" in needs:
-            if item.init_image_path is None:
-                return "item has no init image (only img2img items can be scored by this metric)"
-            if not Path(item.init_image_path).is_file():
-                return f"{MISSING_FILE}: init image {item.init_image_path}"
+        if "init_image" in needs and item.init_image_path is None:
+            return "item has no init image (only img2img items can be scored by this metric)"
         if "source_prompt" in needs and item.source_prompt is None:
             return "item has no source prompt (the prompt the init image was made from)"
-        if "parent_image" in needs:
-            if item.parent_image_path is None:
-                return "item has no parent image"
-            if not Path(item.parent_image_path).is_file():
-                return f"{MISSING_FILE}: parent image {item.parent_image_path}"
+        if "parent_image" in needs and item.parent_image_path is None:
+            return "item has no parent image"
+        for need, label, path in (("image", "image", item.image_path),
+                                  ("init_image", "init image", item.init_image_path),
+                                  ("parent_image", "parent image", item.parent_image_path)):
+            if need in needs and not Path(path).is_file():
+                return f"{MISSING_FILE}: {label} {path}"
         return None
 
     def nan(self, item: Item, reason: str, **detail: Any) -> Score:
@@ -280,20 +280,6 @@ def read_rgb(path: Path | str):
         return None, f"image file not found: {path}"
     except Exception as exc:  # any decoder failure (PIL raises many types) is a per-item reason
         return None, f"image unreadable: {path}: {type(exc).__name__}: {exc}"
-
-
-def to_rgb(image):
-    """A PIL image as 8-bit RGB. 16- and 32-bit integer images (modes I;16, I;16B, I, as 16-bit PNGs open)
-    are taken as 0..65535 and scaled to 0..255 (value / 257, rounded), where Pillow's own conversion clips
-    them at 255 and a 16-bit copy of a picture would read as near-white."""
-    if not image.mode.startswith("I"):
-        return image.convert("RGB")
-    import numpy as np
-    from PIL import Image
-
-    levels = np.asarray(image).astype(np.float64) / 257.0
-    gray = np.clip(np.rint(levels), 0, 255).astype(np.uint8)
-    return Image.fromarray(gray, "L").convert("RGB")
 
 
 def chunks(seq: Sequence, size: int) -> Iterable[Sequence]:

@@ -23,10 +23,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from harness.metrics.base import (
-    Metric, MetricUnavailable, Option, cache_dir, chunks, parse_positive_int, to_rgb,
-)
-from harness.metrics.clip_models import BUILTIN_LOADERS, TINY, ClipLoadError, ClipModel, load_clip
+from harness.images import fit_cover, to_rgb
+from harness.metrics.base import Metric, MetricUnavailable, Option, cache_dir, chunks, parse_positive_int
+from harness.metrics.clip_models import BUILTIN_LOADERS, TINY, ClipLoadError, ClipModel, check_names, load_clip
 
 DEFAULT_MODEL = "ViT-L-14"
 DEFAULT_PRETRAINED = "openai"
@@ -110,7 +109,12 @@ def open_cache(spec: Any) -> EmbeddingCache | None:
     path = cache_dir() / "embeddings.sqlite" if text == "default" else Path(text).expanduser()
     path = path.resolve()
     if path not in _DEFAULT_CACHES:
-        _DEFAULT_CACHES[path] = EmbeddingCache(path)
+        try:
+            _DEFAULT_CACHES[path] = EmbeddingCache(path)
+        except (OSError, sqlite3.Error) as exc:
+            where = "cache=default ($HARNESS_CACHE or ~/.cache/harness)" if text == "default" else f"cache={text}"
+            raise MetricUnavailable(f"{where}: cannot open the embedding cache {path} ({type(exc).__name__}: "
+                                    f"{exc}); give cache= a writable .sqlite path, or cache=none") from None
     return _DEFAULT_CACHES[path]
 
 
@@ -176,8 +180,6 @@ class ClipEmbedder:
     def _images_batch(self, paths: Sequence[Path | str],
                       fit: Sequence[tuple[int, int] | None]) -> list[np.ndarray | str]:
         from PIL import Image, ImageOps
-
-        from harness.images import fit_cover
 
         results: list[np.ndarray | str | None] = [None] * len(paths)
         digests: list[str | None] = [None] * len(paths)
@@ -285,4 +287,8 @@ class ClipMetric(Metric):
         if options.get("model") in (TINY, *BUILTIN_LOADERS) and "pretrained" not in options:
             options["pretrained"] = options["model"]
         super().__init__(**options)
+        try:  # a misspelt model or missing weights file is a spec error now, not after generating
+            check_names(self.options["model"], self.options["pretrained"], self.options["device"])
+        except ClipLoadError as exc:
+            raise ValueError(f"metric {self.INFO.name!r}: {exc}") from None
         self.embedder = ClipEmbedder.from_options(self.options)

@@ -20,15 +20,16 @@ remembered too, so a run does not retry it for every batch.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
+import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from harness.metrics.base import cache_dir
+from harness.provenance import file_sha256
 
 TINY = "tiny"
 TINY_ARCH = "harness-tiny-clip"
@@ -101,36 +102,74 @@ def load_clip(model: str, pretrained: str, device: str = "cpu") -> ClipModel:
     return cached
 
 
-def _load(model: str, pretrained: str, device: str) -> ClipModel:
-    if model in BUILTIN_LOADERS:
-        return BUILTIN_LOADERS[model](pretrained, device)
-    if model == TINY:
-        if pretrained not in ("", TINY):
-            raise ClipLoadError(f"model='tiny' has only its built-in weights; got pretrained={pretrained!r} "
-                                f"(leave pretrained empty or write pretrained=tiny)")
-        folder = ensure_tiny_clip()
-        register_tiny_config(folder)
-        weights = folder / TINY_WEIGHTS
-        ident = f"{TINY}@{_file_sha256(weights)[:16]}"
-        return _open(TINY_ARCH, str(weights), device, ident)
-    if pretrained == TINY:
-        raise ClipLoadError(f"pretrained='tiny' goes with model='tiny' only, not model={model!r}")
-
+def check_names(model: str, pretrained: str, device: str = "auto") -> None:
+    """What can be known of a (model, pretrained, device) choice without importing open_clip or reading
+    weights: a built-in model with other weights, weights that are not there, an architecture open_clip
+    does not ship, a device name torch would not parse. Raises ClipLoadError saying which and what to write.
+    Loading (`load_clip`) still finds what only loading can: a tag the architecture lacks, a missing GPU."""
+    if not _DEVICE.fullmatch(device):
+        raise ClipLoadError(f"device={device!r} is not a torch device; expected auto, cpu, cuda, cuda:N or mps")
+    if model == TINY or model in BUILTIN_LOADERS:
+        if pretrained not in ("", model):
+            raise ClipLoadError(f"model={model!r} has only its built-in weights; got pretrained={pretrained!r} "
+                                f"(leave pretrained empty or write pretrained={model})")
+        return
+    if pretrained == TINY or pretrained in BUILTIN_LOADERS:
+        raise ClipLoadError(f"pretrained={pretrained!r} goes with model={pretrained!r} only, not model={model!r}")
     path = Path(pretrained).expanduser()
     if path.is_dir():
         if not (path / "open_clip_config.json").is_file():
             raise ClipLoadError(f"pretrained folder {path} has no open_clip_config.json; a folder must hold "
                                 f"open_clip_config.json and the weights (open_clip_model.safetensors or "
                                 f"open_clip_pytorch_model.bin), or pass the weights file itself")
-        return _open(f"local-dir:{path.resolve()}", None, device, f"dir:{path.resolve()}|{_stat_tag(path)}")
-    if path.is_file():
-        _check_architecture(model, pretrained)
-        return _open(model, str(path), device, f"{model}|file:{path.resolve()}|{_stat_tag(path)}")
-    if pretrained.endswith(WEIGHT_SUFFIXES) or os.sep in pretrained:
+        return  # the folder's config names the architecture; `model` is only a label
+    if not path.is_file() and (pretrained.endswith(WEIGHT_SUFFIXES) or os.sep in pretrained):
         raise ClipLoadError(f"CLIP weights file not found: {pretrained!r} (model={model!r}); give an existing "
                             f"{'/'.join(WEIGHT_SUFFIXES)} file, a folder with open_clip_config.json, or a "
                             f"pretrained tag")
-    _check_architecture(model, pretrained)
+    names = _architectures()
+    if model not in names:
+        import difflib
+
+        close = difflib.get_close_matches(model, names, n=5)
+        raise ClipLoadError(f"unknown CLIP architecture {model!r} (pretrained={pretrained!r}); "
+                            f"close open_clip names: {', '.join(close) or 'none'} "
+                            f"(all: open_clip.list_models(), or model=tiny for the built-in test model)")
+
+
+_DEVICE = re.compile(r"auto|cpu|mps|(?:cuda|xpu)(?::\d+)?")
+
+
+def _architectures() -> list[str]:
+    """open_clip's architecture names: from open_clip once imported, else from the configs it ships (a
+    listing, where importing open_clip costs seconds)."""
+    import importlib.util
+    import sys
+
+    if "open_clip" in sys.modules:
+        return sys.modules["open_clip"].list_models()
+    spec = importlib.util.find_spec("open_clip")
+    if spec is None or not spec.submodule_search_locations:
+        raise ClipLoadError("open_clip is not installed; pip install open_clip_torch")
+    folder = Path(spec.submodule_search_locations[0]) / "model_configs"
+    return sorted(p.stem for p in folder.glob("*.json"))
+
+
+def _load(model: str, pretrained: str, device: str) -> ClipModel:
+    check_names(model, pretrained, device)
+    if model in BUILTIN_LOADERS:
+        return BUILTIN_LOADERS[model](pretrained, device)
+    if model == TINY:
+        folder = ensure_tiny_clip()
+        register_tiny_config(folder)
+        weights = folder / TINY_WEIGHTS
+        ident = f"{TINY}@{file_sha256(weights)[:16]}"
+        return _open(TINY_ARCH, str(weights), device, ident)
+    path = Path(pretrained).expanduser()
+    if path.is_dir():
+        return _open(f"local-dir:{path.resolve()}", None, device, f"dir:{path.resolve()}|{_stat_tag(path)}")
+    if path.is_file():
+        return _open(model, str(path), device, f"{model}|file:{path.resolve()}|{_stat_tag(path)}")
     import open_clip
 
     tags = open_clip.list_pretrained_tags_by_model(model)
@@ -138,19 +177,6 @@ def _load(model: str, pretrained: str, device: str) -> ClipModel:
         raise ClipLoadError(f"unknown pretrained tag {pretrained!r} for CLIP model {model!r}; "
                             f"known tags: {', '.join(tags) or 'none'}; or pass a local weights file")
     return _open(model, pretrained, device, f"{model}|tag:{pretrained}")
-
-
-def _check_architecture(model: str, pretrained: str) -> None:
-    import difflib
-
-    import open_clip
-
-    names = open_clip.list_models()
-    if model not in names:
-        close = difflib.get_close_matches(model, names, n=5)
-        raise ClipLoadError(f"unknown CLIP architecture {model!r} (pretrained={pretrained!r}); "
-                            f"close open_clip names: {', '.join(close) or 'none'} "
-                            f"(all: open_clip.list_models(), or model=tiny for the built-in test model)")
 
 
 def _open(model_name: str, pretrained: str | None, device: str, ident: str) -> ClipModel:
@@ -211,14 +237,6 @@ def register_tiny_config(folder: Path) -> None:
 
     if TINY_ARCH not in open_clip.list_models():
         open_clip.add_model_config(folder / f"{TINY_ARCH}.json")
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _stat_tag(path: Path) -> str:

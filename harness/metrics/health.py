@@ -22,7 +22,7 @@ is NaN with a reason: nothing was made, so there is nothing to judge. So is an
 image smaller than 16 pixels in either side (two blocks): its block means
 cannot spread, so any content would read as flat. `check_array` on such an
 array (the runner's check) judges only `nonfinite` and `all_black`. 16-bit images are scaled to
-8 bits first (see `base.to_rgb`).
+8 bits first (see `harness.images.to_rgb`).
 
 `check_array(arr)` runs the same checks on an array in memory, for the runner
 right after generation. uint8 arrays are in levels 0..255; float arrays are
@@ -36,7 +36,8 @@ from typing import Any
 
 import numpy as np
 
-from harness.metrics.base import MISSING_FILE, Item, Metric, MetricInfo, register, to_rgb
+from harness.images import to_rgb
+from harness.metrics.base import MISSING_FILE, Item, Metric, MetricInfo, register
 
 BLACK_MAX = 2.0    # levels: brightest pixel at most this -> black
 BLACK_MEAN = 2.0   # levels: mean below this -> black, unless some pixel is above BLACK_PEAK

@@ -67,6 +67,7 @@ def load_toy_clip(pretrained: str, device: str):
     import open_clip
 
     from harness.metrics import clip_models
+    from harness.provenance import file_sha256
     from harness.toy.models import TOY_CLIP_ARCH, ToyDataError
 
     if pretrained not in ("", TOY):
@@ -79,7 +80,7 @@ def load_toy_clip(pretrained: str, device: str):
     if TOY_CLIP_ARCH not in open_clip.list_models():
         open_clip.add_model_config(folder / f"{TOY_CLIP_ARCH}.json")
     weights = folder / "open_clip_model.safetensors"
-    return clip_models._open(TOY_CLIP_ARCH, str(weights), device, f"{TOY}@{clip_models._file_sha256(weights)[:16]}")
+    return clip_models._open(TOY_CLIP_ARCH, str(weights), device, f"{TOY}@{file_sha256(weights)[:16]}")
 
 
 def _register_clip() -> None:
