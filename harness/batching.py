@@ -10,6 +10,7 @@ from typing import Callable, Iterable, Iterator
 
 import torch
 
+from harness.core import OutOfMemory
 from harness.devices import GIB, free_accelerator_memory
 
 __all__ = ["OOM_ERRORS", "Chunk", "OutOfMemory", "auto_batch_size", "is_oom", "run_batched"]
@@ -21,10 +22,6 @@ OOM_ERRORS: tuple[type[BaseException], ...] = (torch.cuda.OutOfMemoryError,)
 
 def is_oom(exc: BaseException) -> bool:
     return isinstance(exc, OOM_ERRORS) or "out of memory" in str(exc).lower()
-
-
-class OutOfMemory(RuntimeError):
-    """Even a batch of one image does not fit."""
 
 
 @dataclass(frozen=True)
@@ -39,15 +36,18 @@ class Chunk:
 
 
 def run_batched(fn: Callable[[list], Iterable], items: Iterable, batch_size: int, *,
-                on_oom: Callable[[str], None] | None = None) -> Iterator[Chunk]:
+                on_oom: Callable[[str], None] | None = None,
+                describe: Callable[[object], str] = lambda item: f"item {item!r}") -> Iterator[Chunk]:
     """Yield `Chunk`s of `fn(chunk)` in order, halving the batch size on out-of-memory.
 
-    A chunk that runs out of memory is retried at half the size (the CUDA cache
-    is emptied first) down to 1; at 1 it raises `OutOfMemory`. The reduced size
-    is kept for the rest of the items. Because this is a generator, the caller
-    can persist each chunk before the next one runs, so a crash loses at most
-    the batch in flight. Out-of-memory is an exception in `OOM_ERRORS` or one
-    whose message contains "out of memory".
+    A chunk that runs out of memory is retried at half the size, halved again
+    until it is smaller than the chunk that failed (the CUDA cache is emptied
+    first), down to 1; at 1 it raises `OutOfMemory` naming the
+    item (`describe`). The reduced size is kept for the rest of the items (the
+    last chunk's `limit` tells a caller the size to start the next list at).
+    Because this is a generator, the caller can persist each chunk before the
+    next one runs, so a crash loses at most the batch in flight. Out-of-memory
+    is an exception in `OOM_ERRORS` or one whose message contains "out of memory".
     """
     items = list(items)
     if batch_size < 1:
@@ -69,12 +69,15 @@ def run_batched(fn: Callable[[list], Iterable], items: Iterable, batch_size: int
             start += len(chunk)
             continue
         free_accelerator_memory()  # outside the except block: the traceback no longer pins tensors
-        if limit == 1:
-            raise OutOfMemory(f"out of memory with batch size 1 at item {start} ({failure}). Lower width/height, "
-                              f"use dtype 'fp16', or set memory = ['model_cpu_offload', 'vae_slicing']")
-        new_limit = max(1, limit // 2)
+        if len(chunk) == 1:
+            raise OutOfMemory(f"out of memory with batch size 1 making {describe(chunk[0])} ({failure}). Lower "
+                              f"width/height, use dtype 'fp16', or set memory = ['model_cpu_offload', 'vae_slicing']")
+        new_limit = limit // 2
+        while new_limit >= len(chunk):  # a short chunk (a group's last) failed under the limit: go below it
+            new_limit //= 2
+        new_limit = max(1, new_limit)
         if on_oom is not None:
-            on_oom(f"out of memory at batch size {limit} (items {start}..{start + len(chunk) - 1}); "
+            on_oom(f"out of memory at batch size {len(chunk)} (items {start}..{start + len(chunk) - 1}); "
                    f"retrying with batch size {new_limit}: {failure}")
         limit = new_limit
 

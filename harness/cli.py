@@ -152,9 +152,9 @@ def _user_errors():
     """Errors a user can fix, shown as one clean message with exit code 2."""
     from .checkpoints import CheckpointError
     from .ledger import LedgerError
-    from .core import SettingsError
+    from .core import OutOfMemory, SettingsError
     # OSError: disk full, quota, file too large, permissions; `fail` names the path and the reason
-    return (ExperimentError, GrammarError, CheckpointError, LedgerError, SettingsError, OSError)
+    return (ExperimentError, GrammarError, CheckpointError, LedgerError, SettingsError, OutOfMemory, OSError)
 
 
 @app.command()

@@ -20,6 +20,11 @@ class SettingsError(ValueError):
     (Here rather than in `devices`, so that catching it does not import torch.)"""
 
 
+class OutOfMemory(RuntimeError):
+    """Even a batch of one image does not fit (raised by `batching.run_batched`); the message names the
+    image and the settings that lower memory. (Here so that catching it does not import torch.)"""
+
+
 def canonical_json(obj: Any) -> str:
     """Sorted keys, no whitespace, UTF-8, no NaN: the one serialisation we hash."""
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)

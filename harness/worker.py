@@ -111,9 +111,13 @@ class BatchMaker:
         self.stopping = threading.Event()  # set on Ctrl-C: batches running in other streams stop at their next step
         self._loading = threading.Lock()  # streams share one PipelineCache
         self.streams = resolve_streams(self.tuning.streams, self.device)
+        self._fits: dict[tuple, int] = {}  # batch size an out-of-memory lowered, per checkpoint, mode and size
 
     def size_for(self, job: Job) -> int:
-        return batch_size_for(job, self.device, exact=self.exact, batch_size=self.batch_size)
+        """The batch size to start a group at: the configured one, or what out-of-memory lowered it to for
+        images like this one earlier in the run (so every group does not run out of memory again)."""
+        size = batch_size_for(job, self.device, exact=self.exact, batch_size=self.batch_size)
+        return min(size, self._fits.get(_memory_shape(job), size))
 
     def generate(self, jobs: list[Job], *, on_oom: Callable[[str], None] | None = None) -> Iterator:
         """Chunks (batching.Chunk) of one group's jobs, with per-image seconds attached."""
@@ -139,8 +143,10 @@ class BatchMaker:
                 timings.setdefault("spans", []).append((t0, time.perf_counter()))
             return out
 
-        started = time.perf_counter()
-        for chunk in run_batched(call, jobs, self.size_for(first), on_oom=on_oom):
+        started, size = time.perf_counter(), self.size_for(first)
+        for chunk in run_batched(call, jobs, size, on_oom=on_oom, describe=_describe):
+            if chunk.limit < size:
+                self._fits[_memory_shape(first)] = min(chunk.limit, self._fits.get(_memory_shape(first), size))
             now = time.perf_counter()
             yield chunk, (now - started) / len(chunk.items)
             started = time.perf_counter()
@@ -222,6 +228,17 @@ class BatchMaker:
     def close(self) -> None:
         # A full garbage collection costs ~0.3 s of a CPU run's wall time and frees nothing a CPU needs back.
         self.cache.clear(collect=self.cache.device != "cpu")
+
+
+def _memory_shape(job: Job) -> tuple:
+    """What a batch's memory depends on most, for remembering the batch size that fits (img2img and txt2img
+    alike: a size that ran out of memory in one is not tried again in the other)."""
+    return (job.checkpoint, job.width, job.height, job.dtype)
+
+
+def _describe(job: Job) -> str:
+    prompt = job.prompt if len(job.prompt) <= 60 else job.prompt[:57] + "..."
+    return f"image {job.key[:12]} ({job.checkpoint} {job.mode} {job.width}x{job.height}, prompt {prompt!r})"
 
 
 def batch_size_for(job: Job, device: str, *, exact: bool, batch_size: int | str | None) -> int:

@@ -294,7 +294,7 @@ def test_oom_halves_the_batch_and_completes_in_order(monkeypatch):
     assert [r for c in chunks for r in c.results] == [x * 10 for x in range(7)]
     assert calls == [7, 4, 2, 2, 2, 1]
     assert [(c.start, c.batch_size, c.limit) for c in chunks] == [(0, 2, 2), (2, 2, 2), (4, 2, 2), (6, 1, 2)]
-    assert len(warnings) == 2 and "batch size 8" in warnings[0]
+    assert len(warnings) == 2 and "at batch size 7 " in warnings[0]  # the size that was tried
 
 
 def test_oom_at_batch_size_one_raises_a_clear_error(monkeypatch):
@@ -303,8 +303,23 @@ def test_oom_at_batch_size_one_raises_a_clear_error(monkeypatch):
     def fn(chunk):
         raise FakeOOM("simulated")
 
-    with pytest.raises(batching.OutOfMemory, match="batch size 1 at item 0"):
+    with pytest.raises(batching.OutOfMemory, match="batch size 1 making item 1 "):
         list(batching.run_batched(fn, [1, 2], 2))
+
+
+def test_a_short_chunk_that_runs_out_of_memory_is_retried_smaller_not_at_its_own_size(monkeypatch):
+    monkeypatch.setattr(batching, "OOM_ERRORS", (FakeOOM,))
+    calls, warnings = [], []
+
+    def fn(chunk):
+        calls.append(len(chunk))
+        if len(chunk) > 2:
+            raise FakeOOM("simulated")
+        return chunk
+
+    chunks = list(batching.run_batched(fn, range(4), 8, on_oom=warnings.append))
+    assert calls == [4, 2, 2] and [c.limit for c in chunks] == [2, 2]
+    assert warnings[0].startswith("out of memory at batch size 4 (items 0..3); retrying with batch size 2")
 
 
 def test_out_of_memory_message_counts_as_oom_and_other_errors_propagate():

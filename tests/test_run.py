@@ -303,9 +303,30 @@ def test_out_of_memory_halves_the_batch_and_completes(tmp_path, monkeypatch):
     exp = experiment(tmp_path, SMALL.replace("batch_size = 3", "batch_size = 3\nstreams = 1"), "one.toml")
     r = run_experiment(exp, out=tmp_path / "run", progress=False)
     assert r.generated == 16 and r.oom_events and "retrying with batch size 1" in r.oom_events[0]
-    assert 3 in sizes and set(sizes) <= {1, 3}
+    # Learned once: the later groups (txt2img and img2img at the same size) start at the size that fits.
+    assert sizes.count(3) == 1 and set(sizes) == {1, 3} and len(r.oom_events) == 1
     with Ledger.open(tmp_path / "run", readonly=True) as led:
         assert set(led.jobs_frame()["batch_size"]) == {1}
+
+
+def test_out_of_memory_at_batch_size_one_is_a_one_line_error_naming_the_image(tmp_path, monkeypatch):
+    import torch
+    from typer.testing import CliRunner
+
+    import harness.generate as gen
+    from harness.cli import app
+
+    def no_memory(pipe, jobs, **kw):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(gen, "generate_batch", no_memory)
+    exp = experiment(tmp_path, SMALL.replace("batch_size = 3", "batch_size = 2\nstreams = 1"))
+    result = CliRunner().invoke(app, ["run", str(exp), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2 and "Traceback" not in result.output, (result.output, result.exception)
+    (line,) = [ln for ln in result.output.splitlines() if ln.startswith("out of memory with batch size 1")]
+    assert line.startswith("out of memory with batch size 1 making image ") and "prompt 'a red cat'" in line
+    with Ledger.open(tmp_path / "run", readonly=True) as led:
+        assert led.done_keys() == set() and len(led.pending_jobs()) == 16
 
 
 KILL = SMALL.replace("seeds = [1, 2]", "seeds = { count = 12 }").replace("batch_size = 3", "batch_size = 2") \

@@ -363,6 +363,21 @@ def test_ranking_recovers_clearly_different_levels_with_tight_intervals():
         assert r.ci_low <= np.mean(values[r.level]) <= r.ci_high
 
 
+def test_the_order_rows_are_stored_in_changes_no_number():
+    """A run merged from shards stores its rows in shard order: its comparisons, rankings and summaries must
+    be those of the same images stored in plan order, to the last digit."""
+    rng = np.random.default_rng(3)
+    df = study_table({a: rng.normal(i, 1, (16, 3)) for i, a in enumerate(ARTISTS)}, 16, 3)
+    shuffled = df.sample(frac=1.0, random_state=7)
+
+    def numbers(table):
+        c = paired_compare(table, factor="artist", metric="clip_score", rng=np.random.default_rng(0), n_boot=300)
+        return (c.to_frame().to_dict("records"), [r.__dict__ for r in c.ranking],
+                summarize(table, ["f.artist"], "clip_score").to_dict("records"))
+
+    assert numbers(shuffled) == numbers(df)
+
+
 # ------------------------------------------------------------ summarize
 
 

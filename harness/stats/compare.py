@@ -32,6 +32,7 @@ from .table import (
     _resolve_metric,
     _same_level,
     _sorted_levels,
+    in_key_order,
 )
 
 
@@ -115,6 +116,7 @@ def paired_compare(
         raise ValueError(f"alpha must be in (0, 1), got {alpha!r}")
     factor = _resolve_factor(df, factor)
     metric = _resolve_metric(df, metric)
+    df = in_key_order(df)
     no_level = df[factor].isna()
     if no_level.all():
         raise ValueError(f"factor column {factor!r} has no values; nothing to compare")

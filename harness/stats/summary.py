@@ -10,7 +10,7 @@ import math
 import pandas as pd
 
 from .intervals import t_interval
-from .table import _healthy_mask, _resolve_metric
+from .table import _healthy_mask, _resolve_metric, in_key_order
 
 
 def summarize(df: pd.DataFrame, by: list[str], metric: str, confidence: float = 0.95) -> pd.DataFrame:
@@ -20,6 +20,7 @@ def summarize(df: pd.DataFrame, by: list[str], metric: str, confidence: float = 
     healthy rows whose metric is NaN. sd/sem need n >= 2, the interval n >= 2.
     """
     metric = _resolve_metric(df, metric)
+    df = in_key_order(df)
     missing = [c for c in by if c not in df.columns]
     if missing:
         raise ValueError(f"summarize: 'by' columns {missing} are not in the table; columns: {list(df.columns)}")

@@ -22,6 +22,15 @@ PARAM_COLUMNS = (
 )
 
 
+def in_key_order(df: pd.DataFrame) -> pd.DataFrame:
+    """The table's rows sorted by image key (when it has one): the statistics of a run must not depend on
+    the order its rows were stored in (a run merged from shards keeps shard order, and a seeded bootstrap
+    resamples clusters by their position; floating-point sums depend on order too)."""
+    if "key" not in df.columns or df["key"].is_monotonic_increasing:
+        return df
+    return df.sort_values("key", kind="stable")
+
+
 def _sorted_levels(values) -> list:
     """Distinct levels in the order tables and the contact sheet show them (numbers, then text in natural
     order: `5` before `10`); the first is the default baseline when there is no empty level."""
