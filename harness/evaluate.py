@@ -223,12 +223,14 @@ def evaluate_run(run_dir: Path | str, specs: Iterable[str] | None = None, *,
     file stays where it is: scoring never deletes a file; remaking the image replaces it."""
     log = log or _stderr
     with Ledger.open(Path(run_dir)) as ledger:
-        repaired = ledger.reconcile(remove_damaged=False).repaired_text(
-            "and are pending again, their scores removed (a damaged file stays in images/ until the image is made "
-            "again); the command that made this folder makes them "
-            f"again (for an experiment: harness run EXPERIMENT --out {run_dir})")
-        if repaired:
-            log(repaired)
+        reconciled = ledger.reconcile(remove_damaged=False)
+        again = f"(for an experiment: harness run EXPERIMENT --out {run_dir})"
+        for text in (reconciled.repaired_text(
+                "and are pending again, their scores removed (a damaged file stays in images/ until the image "
+                f"is made again); the command that made this folder makes them again {again}"),
+                reconciled.orphans_text(f"and are not scored; the command that made this folder remakes them {again}")):
+            if text:
+                log(text)
         return evaluate(ledger, specs, log=log, **kw)
 
 

@@ -17,7 +17,7 @@ from typing import Any, Mapping
 
 from .checks import Checker
 from .experiment_tables import (  # noqa: F401  (PARENT_TOKEN: for stages.py, with Stage)
-    DTYPES, PARENT_TOKEN, Randomize, Stage, check_checkpoints, check_denoising, check_template,
+    DTYPES, PARENT_TOKEN, Randomize, Stage, check_checkpoints, check_denoising, check_negative_is_read, check_template,
     check_watermark_size, checkpoint_overrides,
     init_images_from, randomize_table, seed_list, stage_tables)
 from .grammar import GrammarError
@@ -29,7 +29,6 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
 MODES = ("txt2img", "img2img")
-DEVICES = ("auto", "cpu", "cuda", "mps")
 MEMORY = ("auto", "none", "attention_slicing", "vae_slicing", "vae_tiling", "model_cpu_offload",
           "sequential_cpu_offload")
 WATERMARKS = ("none", "sdv1", "sdv2", "sdxl")
@@ -298,7 +297,10 @@ def experiment_from_dict(raw: Mapping[str, Any], path: Path) -> Experiment:
         c.bad("batch_size", batch_size, "'auto' or an integer >= 1")
         batch_size = "auto"
     dtype = c.choice(raw, "dtype", "auto", DTYPES)
-    device = c.choice(raw, "device", "auto", DEVICES)
+    device = raw.get("device", "auto")
+    if not (isinstance(device, str) and re.fullmatch(r"auto|cpu|mps|cuda(?::\d+)?", device.strip().lower())):
+        c.bad("device", device, "'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
+        device = "auto"
     memory = raw.get("memory", "auto")
     if isinstance(memory, list):
         if not all(m in MEMORY[2:] for m in memory):
@@ -354,6 +356,8 @@ def experiment_from_dict(raw: Mapping[str, Any], path: Path) -> Experiment:
             check_denoising(c, "randomize.strength", [round(randomize.strength[0], 2)], main_steps)
         else:
             check_denoising(c, "strengths", strengths, main_steps)
+    if negative and guidance is not None:
+        check_negative_is_read(c, guidance, checkpoints, overrides, randomize)
     for i, stage in enumerate(stages):
         check_denoising(c, f"stages[{i}].strengths", stage.strengths,
                         {stage.steps} if stage.steps else checkpoint_steps)

@@ -203,8 +203,24 @@ def check_denoising(c: Checker, key: str, strengths, steps_values) -> None:
                 c.problems.append(
                     f"key '{key}': strength {strength:g} with steps = {steps} runs int({strength:g} * {steps}) = 0 "
                     f"denoising steps; img2img needs strength * steps >= 1 (steps >= {math.ceil(1 / strength)} "
-                    f"at this strength, or strength >= {1 / steps:.3g})")
+                    f"at this strength, or strength >= {math.ceil(1000 / steps) / 1000:g})")
                 return
+
+
+def check_negative_is_read(c: Checker, guidance: float, checkpoints, overrides, randomize) -> None:
+    """At guidance <= 1 diffusers runs no classifier-free guidance and never reads the negative prompt, so a
+    negative prompt (or a factor in it) would change the keys and not one pixel."""
+    if randomize is not None and randomize.guidance:
+        highest, where = randomize.guidance[1], f"key 'randomize.guidance' draws at most {randomize.guidance[1]:g}"
+    else:
+        used = {ck: overrides.get(ck, {}).get("guidance", guidance) for ck in checkpoints}
+        highest = max(used.values())
+        where = (f"key 'guidance' is {guidance:g}" if all(g == guidance for g in used.values())
+                 else "the checkpoints' guidance is " + ", ".join(f"{ck} {g:g}" for ck, g in used.items()))
+    if highest <= 1:
+        c.problems.append(f"key 'negative_prompt': {where}, and at guidance <= 1 no classifier-free guidance runs, so "
+                          "the negative prompt is never read and would change no pixel; raise guidance above 1 "
+                          "or leave negative_prompt out")
 
 
 def init_images_from(c: Checker, v, base: Path) -> list[Path]:

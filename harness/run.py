@@ -86,9 +86,11 @@ def prepare_run(exp: Experiment, plan: Plan, run_dir: Path, *, jobs: list[Job] |
         raise ExperimentError(exp.path, [
             f"the run folder {run_dir} holds experiment {recorded!r}, not {exp.name!r}; give this one its own "
             f"--out folder (an edited experiment keeps its name and may go on in its folder)"])
-    repaired = ledger.reconcile().repaired_text("and will be made again")
-    if repaired and log is not None:
-        log(repaired)
+    reconciled = ledger.reconcile()
+    for text in (reconciled.repaired_text("and will be made again"),
+                 reconciled.orphans_text("and are replaced when a job of this run makes the same image")):
+        if text and log is not None:
+            log(text)
     jobs = list(plan.jobs if jobs is None else jobs)
     # a new version: other settings, or the same `prompt = "@file"` holding other text
     template = ledger.get_meta("template")

@@ -86,7 +86,16 @@ def test_demo_experiment_loads_and_plans():
     ('prompt = "a"\ncheckpoint = "tiny"', "key 'checkpoint': got 'tiny', expected tables of per-checkpoint overrides"),
     ('prompt = "a"\nmode = "img2img"\ninit_images = "nope/*.png"\nstrengths = [0.1]\nsteps = 3',
      "key 'strengths': strength 0.1 with steps = 3 runs int(0.1 * 3) = 0 denoising steps; img2img needs "
-     "strength * steps >= 1 (steps >= 10 at this strength, or strength >= 0.333)"),
+     "strength * steps >= 1 (steps >= 10 at this strength, or strength >= 0.334)"),
+    ('prompt = "a"\nmode = "img2img"\ninit_images = "nope/*.png"\nstrengths = [0.2]\nsteps = 3',
+     "(steps >= 5 at this strength, or strength >= 0.334)"),  # 0.333 * 3 runs 0 steps: the bound rounds up
+    ('prompt = "a"\ndevice = "gpu"', "key 'device': got 'gpu', expected 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'"),
+    ('prompt = "a"\nnegative_prompt = "{blurry|sharp}"\nguidance = 1.0',
+     "key 'negative_prompt': key 'guidance' is 1, and at guidance <= 1 no classifier-free guidance runs"),
+    ('prompt = "a"\nnegative_prompt = "blurry"\n[checkpoint.tiny]\nguidance = 0.5',
+     "key 'negative_prompt': the checkpoints' guidance is tiny 0.5, and at guidance <= 1"),
+    ('prompt = "a"\nnegative_prompt = "blurry"\n[randomize]\nguidance = [0.0, 1.0]',
+     "key 'negative_prompt': key 'randomize.guidance' draws at most 1, and at guidance <= 1"),
     ('prompt = "a"\nsteps = 20\n[[stages]]\nprompt = "__parent__, b"\nstrengths = [0.04]',
      "key 'stages[0].strengths': strength 0.04 with steps = 20 runs int(0.04 * 20) = 0"),
     ('prompt = "a"\nsteps = 10\n[checkpoint.tiny]\nsteps = 3\n[[stages]]\nprompt = "__parent__, b"\nstrengths = [0.2]',
@@ -108,6 +117,13 @@ def test_validation_names_key_value_and_expectation(tmp_path, text, expected):
     found, message = problems(tmp_path, text)
     assert any(expected in p for p in found), found
     assert str(tmp_path / "exp.toml") in message
+
+
+def test_settings_that_are_fine_load(tmp_path):
+    exp = load_experiment(write(tmp_path, 'prompt = "a"\ndevice = "cuda:1"\nnegative_prompt = "blurry"\n'
+                                          '[randomize]\nguidance = [0.0, 3.0]'))  # some draws read it
+    assert exp.device == "cuda:1" and exp.negative_prompt == "blurry"
+    assert load_experiment(write(tmp_path, 'prompt = "a"\nguidance = 1.0', "g1.toml")).guidance == 1.0
 
 
 def test_a_bad_value_is_reported_once_not_also_as_missing(tmp_path):

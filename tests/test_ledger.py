@@ -320,6 +320,15 @@ def test_reconcile_requeues_a_sound_image_that_is_not_the_one_made(ledger):
     assert not kept.exists()  # a run, about to remake it, deletes it
 
 
+def test_the_repair_message_counts_every_image_it_requeued():
+    from harness.ledger import Reconciled
+
+    requeued = {"a": "missing", "b": "missing", "c": "truncated", "d": "CRC mismatch", "e": "changed", "f": "odd"}
+    text = Reconciled(requeued).repaired_text("and will be made again")
+    assert text == ("6 finished image(s) were missing, damaged or changed (2 missing, 1 truncated, 1 CRC mismatch, "
+                    "2 for 2 other reason(s)) and will be made again")
+
+
 def test_reconcile_adopts_the_images_of_a_ledger_that_kept_no_digests(ledger):
     """Ledgers written before image digests were kept: their files are taken as made, then watched."""
     jobs = make_jobs(2)
@@ -343,7 +352,9 @@ def test_reconcile_removes_temp_files_and_reports_orphans(ledger):
     result = ledger.reconcile()
     assert result.temp_removed == [temp.name]
     assert result.orphans == [jobs[1].key]
-    assert result.requeued == {}
+    assert result.requeued == {} and result.repaired_text("x") == ""
+    assert result.orphans_text("and are made again").startswith(
+        "1 image file(s) in images/ belong to no finished job (written just before an interruption")
     assert sorted(p.name for p in ledger.images_dir.iterdir()) == sorted(
         f"{j.key}.png" for j in jobs)
 

@@ -118,9 +118,19 @@ class Reconciled:
         """'N finished image(s) were missing, damaged or changed (n why, ...) <consequence>', or ''."""
         if not self.requeued:
             return ""
-        reasons = Counter(self.requeued.values()).most_common(3)
+        reasons = Counter(self.requeued.values()).most_common()
+        shown = [f"{n} {why}" for why, n in reasons[:3]]
+        if len(reasons) > 3:
+            shown.append(f"{sum(n for _, n in reasons[3:])} for {len(reasons) - 3} other reason(s)")
         return (f"{len(self.requeued)} finished image(s) were missing, damaged or changed ("
-                + ", ".join(f"{n} {why}" for why, n in reasons) + f") {consequence}")
+                + ", ".join(shown) + f") {consequence}")
+
+    def orphans_text(self, consequence: str) -> str:
+        """'N image file(s) in images/ belong to no finished job (...) <consequence>', or '' when none do."""
+        if not self.orphans:
+            return ""
+        return (f"{len(self.orphans)} image file(s) in images/ belong to no finished job (written just before an "
+                f"interruption recorded them, or put there by hand) {consequence}")
 
 
 @dataclass(frozen=True)
@@ -172,7 +182,8 @@ def _acquire_writer_lock(run_dir: Path) -> int:
             raise LedgerLocked(f"{run_dir} is already open for writing in this process; pass that "
                                "Ledger along instead of opening a second one") from None
         raise LedgerLocked(f"{run_dir} is open for writing by another process (pid {holder}); wait "
-                           "for it to finish, or read with Ledger.open(run_dir, readonly=True)") from None
+                           "for it to finish (reading works meanwhile: harness report, or "
+                           "Ledger.open(run_dir, readonly=True) in Python)") from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
     return fd

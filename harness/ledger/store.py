@@ -385,7 +385,7 @@ class Ledger:
                 if why != "missing" and remove_damaged:
                     self.image_path(key).unlink(missing_ok=True)
             on_disk = {p.stem for p in self.images_dir.glob("*.png") if _KEY.fullmatch(p.stem)}
-            orphans = sorted(on_disk - (done - set(requeued)))
+            orphans = sorted(on_disk - done)  # a re-queued image's kept file is reported with the re-queued
         return Reconciled(requeued, temp_removed, orphans)
 
     # ---------------------------------------------------------------- the current plan
