@@ -34,7 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .checkpoint_files import CheckpointError, check_pipeline_folder, folder_family, single_file_family, single_file_keys
+from .checkpoint_files import (SINGLE_FILE_CONFIG_REPOS, CheckpointError, check_pipeline_folder, folder_family,
+                               single_file_family, single_file_keys)
 from .fingerprints import HASH_LENGTH, a1111_hash, file_sha256, folder_fingerprint
 
 CACHE_ENV = "HARNESS_CACHE"
@@ -289,6 +290,38 @@ def _locate_hub(name: str, hub_id: str, *, local_path: Path | None = None) -> Lo
         raise
     check_pipeline_folder(folder, name)
     return Location("hub", hub_id, folder)
+
+
+def check_buildable(spec: str, loc: Location) -> None:
+    """What `locate` leaves to loading, checked for a run about to load it: a .safetensors file with no
+    config of its own needs its family's reference configs in the HF cache (`default_single_file_config`),
+    and a config given as a hub id needs its snapshot there."""
+    if loc.kind != "file":
+        return
+    if loc.config is None and loc.path.suffix == ".safetensors":
+        default_single_file_config(spec, loc.path, _file_family(spec, loc.path))
+    elif loc.config is not None and not Path(loc.config).exists():  # a hub id: its snapshot must be cached
+        hub_snapshot(loc.config, name=f"config for {spec}")
+
+
+def default_single_file_config(name: str, path: Path, family: str) -> Path:
+    """The diffusers config folder a single file of `family` is built with when it names none: the
+    reference repo's snapshot in the HF cache. A CheckpointError saying how to get it, or how to name a
+    local one, when it is not there."""
+    repo = SINGLE_FILE_CONFIG_REPOS[family]
+    try:
+        return hub_snapshot(repo)
+    except CheckpointError as exc:
+        raise CheckpointError(
+            f"single-file checkpoint {name!r} ({path}) looks like an {family.upper()} model, and building "
+            f"its pipeline needs the diffusers configs of {repo!r} (model_index.json, component config.json files, "
+            f"tokenizer), which are not in the Hugging Face cache at {hf_cache_dir()}. Fix one of: "
+            f"(1) on a connected machine run `huggingface-cli download {repo} --include '*.json' '*.txt'` and copy "
+            f"the cache here; (2) name a local diffusers folder of the same architecture in the experiment: "
+            f"[checkpoint.\"{name}\"] config = \"FOLDER\" (in Python: resolve(..., config=FOLDER)). An original "
+            f"LDM config (config = \"v1-inference.yaml\") also works, but diffusers then still needs the CLIP "
+            f"tokenizer repo in the HF cache"
+        ) from exc.__cause__
 
 
 def _absolute_config(config: str | None, base: Path) -> str | None:

@@ -262,7 +262,8 @@ def experiment_from_dict(raw: Mapping[str, Any], path: Path) -> Experiment:
     else:
         if len(set(checkpoints)) != len(checkpoints):
             c.bad("checkpoints", checkpoints, "each checkpoint listed once")
-        check_checkpoints(c, raw["checkpoints"] if "checkpoints" in raw else checkpoints, base)
+        check_checkpoints(c, raw["checkpoints"] if "checkpoints" in raw else checkpoints, base,
+                          raw.get("checkpoint", {}))
 
     modes = raw.get("mode", "txt2img")
     modes = [modes] if isinstance(modes, str) else modes
@@ -339,7 +340,7 @@ def experiment_from_dict(raw: Mapping[str, Any], path: Path) -> Experiment:
         exact = False
 
     randomize = randomize_table(c, raw["randomize"], modes) if "randomize" in raw else None
-    overrides = checkpoint_overrides(c, raw.get("checkpoint", {}), checkpoints)
+    overrides = checkpoint_overrides(c, raw.get("checkpoint", {}), checkpoints, base)
 
     if watermark != "none":
         check_watermark_size(c, watermark, width, height, checkpoints, overrides)

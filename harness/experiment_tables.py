@@ -18,7 +18,7 @@ DTYPES = ("auto", "fp32", "fp16", "bf16")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 SEED_LIMIT = 2**63  # seeds are stored as SQLite INTEGER (signed 64 bit)
 PARENT_TOKEN = "__parent__"  # in a stage prompt: the parent image's prompt
-_OVERRIDE_KEYS = {"width", "height", "scheduler", "dtype", "steps", "guidance"}
+_OVERRIDE_KEYS = {"width", "height", "scheduler", "dtype", "steps", "guidance", "config"}
 _RANDOM_KEYS = {"seed", "draws", "strength", "steps", "guidance"}
 _STAGE_KEYS = {"name", "from", "prompt", "negative_prompt", "strengths", "seeds", "steps", "top_k", "metric"}
 
@@ -84,8 +84,9 @@ def randomize_table(c: Checker, r, modes) -> Randomize | None:
     return randomize
 
 
-def checkpoint_overrides(c: Checker, per_checkpoint, checkpoints) -> dict[str, dict[str, Any]]:
-    """[checkpoint.NAME] tables: settings that differ for one checkpoint (its native size, say)."""
+def checkpoint_overrides(c: Checker, per_checkpoint, checkpoints, base: Path) -> dict[str, dict[str, Any]]:
+    """[checkpoint.NAME] tables: settings that differ for one checkpoint (its native size, say), and the
+    diffusers config a single-file checkpoint is built with (`config`, checked with the checkpoint)."""
     overrides: dict[str, dict] = {}
     if not isinstance(per_checkpoint, dict):
         c.bad("checkpoint", per_checkpoint, "tables of per-checkpoint overrides such as [checkpoint.tiny] "
@@ -115,21 +116,34 @@ def checkpoint_overrides(c: Checker, per_checkpoint, checkpoints) -> dict[str, d
             o["scheduler"] = c.scheduler(table, None, prefix=prefix)
         if "dtype" in table:
             o["dtype"] = c.choice(table, "dtype", "auto", DTYPES, prefix=prefix)
+        if "config" in table and c.str_(table, "config", None, prefix=prefix, nonempty=True) and ck in checkpoints:
+            from .checkpoints import CheckpointError, check_buildable, locate
+
+            try:
+                loc = locate(ck, base_dir=base, config=table["config"])
+                check_buildable(ck, loc)
+                o["config"] = loc.config
+            except CheckpointError as e:
+                c.problems.append(f"key '{prefix}config': {e}")
         if ck in checkpoints:
             overrides[ck] = o
     return overrides
 
 
-def check_checkpoints(c: Checker, given, base: Path) -> None:
+def check_checkpoints(c: Checker, given, base: Path, per_checkpoint) -> None:
     """Each checkpoint spec checked as far as it can be without building, hashing or loading weights
-    (`checkpoints.locate`: names, aliases, paths from `base`, hub snapshots, folder layouts), so a
-    misspelt checkpoint is reported with the file's other problems, with a "did you mean"."""
-    from .checkpoints import CheckpointError, locate
+    (`checkpoints.locate`: names, aliases, paths from `base`, hub snapshots, folder layouts, the configs a
+    single file is built with), so a misspelt checkpoint is reported with the file's other problems, with
+    a "did you mean". A checkpoint with a `[checkpoint.NAME] config` is checked with it there."""
+    from .checkpoints import CheckpointError, check_buildable, locate
 
     specs = [given] if isinstance(given, str) else given
     for i, spec in enumerate(specs):
+        table = per_checkpoint.get(spec) if isinstance(per_checkpoint, dict) else None
+        if isinstance(table, dict) and "config" in table:
+            continue
         try:
-            locate(spec, base_dir=base)
+            check_buildable(spec, locate(spec, base_dir=base))
         except CheckpointError as e:
             c.problems.append(f"key '{'checkpoints' if isinstance(given, str) else f'checkpoints[{i}]'}': {e}")
 

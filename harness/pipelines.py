@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Iterator
 
 from .checkpoint_files import SINGLE_FILE_CONFIG_REPOS, CheckpointError, single_file_family, single_file_keys
-from .checkpoints import BUILTINS, MODES, CheckpointRef, builtin_folder, hf_cache_dir, hub_snapshot
+from .checkpoints import BUILTINS, MODES, CheckpointRef, builtin_folder, default_single_file_config, hub_snapshot
 from .fingerprints import is_variant
 from .schedulers import make_scheduler, scheduler_spec
 from .tokenizer_cache import shared_tokenizer
@@ -129,19 +129,7 @@ def _single_file_config(ref: CheckpointRef, config: str | None) -> tuple[str | N
     family = ref.family
     if family not in SINGLE_FILE_CONFIG_REPOS:
         family = single_file_family(single_file_keys(Path(ref.source)))
-    repo = SINGLE_FILE_CONFIG_REPOS[family]
-    try:
-        return str(hub_snapshot(repo)), None
-    except CheckpointError as exc:
-        raise CheckpointError(
-            f"single-file checkpoint {ref.name!r} ({ref.source}) looks like an {family.upper()} model, and building "
-            f"its pipeline needs the diffusers configs of {repo!r} (model_index.json, component config.json files, "
-            f"tokenizer), which are not in the Hugging Face cache at {hf_cache_dir()}. Fix one of: "
-            f"(1) on a connected machine run `huggingface-cli download {repo} --include '*.json' '*.txt'` and copy "
-            f"the cache here; (2) pass config=<local diffusers folder of the same architecture> (in the experiment: "
-            f"the checkpoint's `config` key). An original LDM config (config=<v1-inference.yaml>) also works, but "
-            f"diffusers then still needs the CLIP tokenizer repo in the HF cache"
-        ) from exc.__cause__
+    return str(default_single_file_config(ref.name, Path(ref.source), family)), None
 
 
 def _load_single_file(ref: CheckpointRef, kwargs: dict, config: str | None):

@@ -135,15 +135,17 @@ def resolve_checkpoints(exp: Experiment, resolve: Callable | None = None) -> dic
     if resolve is None:
         from .checkpoints import resolve as resolve_ref
 
-        def resolve(name, base_dir=None):
-            return resolve_ref(name, base_dir=base_dir)
+        def resolve(name, base_dir=None, config=None):
+            return resolve_ref(name, base_dir=base_dir, config=config)
     refs, problems = {}, []
     one = isinstance(exp.raw.get("checkpoints"), str)
     fingerprints: dict[str, str] = {}
     for i, name in enumerate(exp.checkpoints):  # every unusable checkpoint is named, not only the first
         key = "checkpoints" if one else f"checkpoints[{i}]"
         try:
-            refs[name] = ref = resolve(name, base_dir=exp.base_dir)
+            config = exp.overrides.get(name, {}).get("config")
+            refs[name] = ref = (resolve(name, base_dir=exp.base_dir, config=config) if config
+                                else resolve(name, base_dir=exp.base_dir))
         except ValueError as exc:
             problems.append(f"key '{key}': {exc}")
             continue

@@ -253,6 +253,41 @@ def test_single_file_loads_offline_with_a_local_config_folder(tiny_single_file, 
         assert all(torch.equal(ours[k], theirs[k]) for k in ours)
 
 
+def test_an_experiment_names_a_single_files_config_and_runs_it_offline(tiny_single_file, tiny_ref, tmp_path,
+                                                                         empty_hf_cache):
+    """Without the reference configs in the HF cache, a single file is refused when the experiment loads
+    (not after the other checkpoints' images are made), with the key that fixes it; with
+    `[checkpoint."FILE"] config = FOLDER` it runs, and its images are the built-in model's."""
+    import shutil
+
+    import numpy as np
+    from PIL import Image
+
+    from harness.experiment import ExperimentError, load_experiment
+    from harness.ledger import Ledger
+    from harness.run import run_experiment
+
+    shutil.copy(tiny_single_file, tmp_path / "tiny.safetensors")
+    text = ('name = "single"\nprompt = "a red cat"\ncheckpoints = ["tiny", "tiny.safetensors"]\nsteps = 2\n'
+            'width = 64\nheight = 64\nexact = true\n')
+    (tmp_path / "bare.toml").write_text(text)
+    with pytest.raises(ExperimentError) as err:
+        load_experiment(tmp_path / "bare.toml")
+    assert "key 'checkpoints[1]': single-file checkpoint 'tiny.safetensors'" in str(err.value)
+    assert '[checkpoint."tiny.safetensors"] config = "FOLDER"' in str(err.value)
+
+    (tmp_path / "nope.toml").write_text(text + '[checkpoint."tiny.safetensors"]\nconfig = "no-such-folder"\n')
+    with pytest.raises(ExperimentError, match=r"key 'checkpoint.tiny.safetensors.config': config='no-such-folder'"):
+        load_experiment(tmp_path / "nope.toml")
+
+    (tmp_path / "exp.toml").write_text(text + f'[checkpoint."tiny.safetensors"]\nconfig = "{tiny_ref.source}"\n')
+    run_experiment(tmp_path / "exp.toml", out=tmp_path / "run", progress=False)
+    with Ledger.open(tmp_path / "run", readonly=True) as led:
+        frame = led.jobs_frame().set_index("checkpoint")
+    images = {ck: np.asarray(Image.open(tmp_path / "run" / "images" / f"{key}.png")) for ck, key in frame["key"].items()}
+    assert np.array_equal(images["tiny"], images["tiny.safetensors"])
+
+
 def test_config_is_refused_for_checkpoints_that_carry_their_own(harness_cache):
     with pytest.raises(ck.CheckpointError, match="applies only to single"):
         ck.resolve("tiny", config="some/folder")
