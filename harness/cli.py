@@ -162,10 +162,13 @@ def plan(
     experiment: Path = typer.Argument(..., help="experiment .toml"),
     fmt: PlanFmt = typer.Option(PlanFmt.text, "--format", help="text | jsonl (one job per line)"),
     shard: Optional[str] = typer.Option(None, "--shard", help="Only the jobs of shard i/n."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Run folder whose timings correct the estimate "
+                                       "(default: reports/<name>)."),
 ) -> None:
     """Show the jobs an experiment makes: count, factors, batch groups, time estimate."""
     from .experiment import load_experiment
     from .plan import make_plan, shard as shard_jobs
+    from .run import default_run_dir
 
     try:
         exp = load_experiment(experiment)
@@ -190,8 +193,7 @@ def plan(
         strength = f" strength={j.strength}" if j.mode == "img2img" else ""
         typer.echo(f"  {len(gj):6d}  {j.checkpoint} {j.mode}{strength} steps={j.steps} cfg={j.guidance} "
                    f"{j.scheduler} {j.width}x{j.height} dtype={j.dtype}")
-    for device in ("cpu", "cuda"):
-        typer.echo(f"estimate on {device}: {_duration(p.estimate_seconds(device) * len(jobs) / max(1, len(p.jobs)))}")
+    _print_estimates(p, jobs, out or default_run_dir(exp))
     for st in exp.stages:
         keep = f"top {st.top_k} per variant by {st.metric}" if st.top_k else "every image"
         seeds = f"seeds {list(st.seeds)}" if st.seeds is not None else "the parent's seed"
@@ -201,6 +203,31 @@ def plan(
 
 HISTORY_NOTE = ("its settings, prompt file or wildcard files: earlier versions of experiment.toml (with a prompt file's "
                 "text inline) are kept in history/, and running one again brings its images back")
+
+
+def _print_estimates(p, jobs, run_dir: Path) -> None:
+    """Generation time of `jobs` on a CPU and a GPU by the table of step costs; where the run folder has
+    timed finished images on a device, the table is scaled to them and the jobs not done yet are priced."""
+    from .ledger import Ledger, LedgerError
+    from .plan import measured_scale
+
+    timings, done = [], set()
+    if (run_dir / "ledger.sqlite").is_file():
+        try:
+            with Ledger.open(run_dir, readonly=True) as ledger:
+                timings, done = ledger.timings(), ledger.done_keys()
+        except (LedgerError, OSError) as exc:  # the plan stands without them
+            typer.echo(f"note: the timings of {run_dir} cannot be read ({exc}); estimating from the table", err=True)
+    for device in ("cpu", "cuda"):
+        line = f"estimate on {device}: {_duration(p.estimate_seconds(device, jobs=jobs))} generating"
+        scale = measured_scale(p, timings, device)
+        if scale is not None:
+            ratio, n = scale
+            left = [j for j in jobs if j.key not in done]
+            line = (f"estimate on {device}: {_duration(p.estimate_seconds(device, jobs=jobs) * ratio)} generating, "
+                    f"timed by {n} finished images in {run_dir} ({ratio:.2g}x the table); {len(left)} not done: "
+                    f"{_duration(p.estimate_seconds(device, jobs=left) * ratio)}")
+        typer.echo(line)
 
 
 def _duration(seconds: float) -> str:

@@ -7,6 +7,7 @@ loading a model.
 
 from __future__ import annotations
 
+import os
 import random
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -20,8 +21,10 @@ from .wildcards import WildcardLibrary
 
 NEGATIVE_PREFIX = "negative:"
 
-# Rough seconds per denoising step per 512x512 image, by (family, device); the
-# run's own timings replace these once some images are done.
+# Rough seconds per denoising step per 512x512 image, by (family, device); `measured_scale` corrects them
+# from a run's own timings once some images are done. Below 128x128 a step costs about what it costs at
+# 128x128 (per-call overheads, not pixels, set the time), hence the floor on the area.
+_AREA_FLOOR = 1 / 16
 _STEP_SECONDS = {("tiny", "cpu"): 0.4, ("toy", "cpu"): 0.6, ("sd1", "cpu"): 6.0, ("sd2", "cpu"): 7.0,
                  ("tiny", "cuda"): 0.004, ("toy", "cuda"): 0.006, ("sd1", "cuda"): 0.05, ("sd2", "cuda"): 0.06}
 
@@ -41,16 +44,38 @@ class Plan:
         """Jobs that can share one pipeline call, in checkpoint order."""
         return group_jobs(self.jobs)
 
-    def estimate_seconds(self, device: str = "cpu", seconds_per_step: float | None = None) -> float:
-        total = 0.0
-        for job in self.jobs:
-            ref = self.checkpoints.get(job.checkpoint)
-            family = getattr(ref, "family", "sd1")
-            per = seconds_per_step or _STEP_SECONDS.get((family, device), _STEP_SECONDS[("sd1", device)]
-                                                        if ("sd1", device) in _STEP_SECONDS else 1.0)
-            steps = job.steps if job.mode == "txt2img" else max(1, int(job.strength * job.steps))
-            total += per * steps * (job.width * job.height) / (512 * 512)
-        return total
+    def estimate_seconds(self, device: str = "cpu", seconds_per_step: float | None = None,
+                         jobs: Iterable[Job] | None = None) -> float:
+        """Generation seconds of `jobs` (default: all) on `device` by the table of step costs."""
+        return sum(self.job_seconds(job, device, seconds_per_step) for job in (self.jobs if jobs is None else jobs))
+
+    def job_seconds(self, job: Job, device: str = "cpu", seconds_per_step: float | None = None) -> float:
+        family = getattr(self.checkpoints.get(job.checkpoint), "family", "sd1")
+        per = seconds_per_step or _STEP_SECONDS.get((family, device), _STEP_SECONDS.get(("sd1", device), 1.0))
+        steps = job.steps if job.mode == "txt2img" else max(1, int(job.strength * job.steps))
+        return per * steps * max(_AREA_FLOOR, (job.width * job.height) / (512 * 512))
+
+
+def measured_scale(plan: Plan, done: Iterable[tuple[Job, float, str]], device: str) -> tuple[float, int] | None:
+    """(measured / table seconds, images) over a run's finished images made on `device` (a device type:
+    "cpu", "cuda"), from (job, seconds per image, device) records; None below 4 images, too few to tell.
+    A record's seconds are its batch's wall time per image in one generation stream; the experiment's
+    CPU streams run side by side, so the run's own time per image is that over the stream count."""
+    measured = table = 0.0
+    n = 0
+    for job, seconds, made_on in done:
+        if seconds and seconds > 0 and str(made_on).split(":")[0] == device:
+            measured += seconds
+            table += plan.job_seconds(job, device)
+            n += 1
+    if n < 4 or table <= 0:
+        return None
+    streams = plan.experiment.streams
+    if device != "cpu":
+        streams = 1
+    elif streams == "auto":  # as `worker.resolve_streams` decides, without importing torch here
+        streams = 2 if (os.cpu_count() or 1) >= 2 else 1
+    return measured / streams / table, n
 
 
 def group_jobs(jobs: Iterable[Job]) -> dict[tuple, list[Job]]:

@@ -109,3 +109,34 @@ def test_run_out_of_space_is_one_line_naming_the_image_and_the_run_resumes(tiny_
     again = subprocess.run([sys.executable, "-m", "harness", "run", exp, "--out", tmp_path / "run"],
                            capture_output=True, text=True, cwd=ROOT, env=env)
     assert again.returncode == 0 and "1 planned, 0 already done, 1 generated" in again.stdout, again.stderr
+
+
+def test_plan_times_the_estimate_by_the_runs_own_finished_images(tmp_path):
+    """The table of step costs is a rough guess; a run folder's timed images correct it, and the jobs not
+    done yet are priced at the corrected rate."""
+    import numpy as np
+
+    from harness.cli import _duration
+    from harness.experiment import load_experiment
+    from harness.ledger import Ledger
+    from harness.plan import make_plan
+    from harness.provenance import write_png_atomic
+
+    exp_path = tmp_path / "exp.toml"
+    exp_path.write_text('name = "timed"\nprompt = "a {red|blue} {cat|dog}"\nseeds = [1, 2, 3]\nsteps = 10\n'
+                        'width = 64\nheight = 64\nstreams = 1\n')
+    plan = make_plan(load_experiment(exp_path))
+    before = harness("plan", exp_path, "--out", tmp_path / "run")
+    assert f"estimate on cpu: {plan.estimate_seconds('cpu'):.0f} s generating\n" in before.stdout
+    with Ledger.open(tmp_path / "run") as ledger:
+        ledger.add_jobs(plan.jobs)
+        for job in plan.jobs[:8]:
+            write_png_atomic(ledger.image_path(job.key), np.zeros((8, 8, 3), np.uint8), parameters="", provenance={})
+            ledger.mark_done(job.key, batch_id=1, batch_size=1, slot=0, seconds=30 * plan.job_seconds(job, "cpu"),
+                             device="cpu", dtype="fp32")
+    r = harness("plan", exp_path, "--out", tmp_path / "run")
+    assert r.returncode == 0, r.stderr
+    total, left = 30 * plan.estimate_seconds("cpu"), 30 * plan.estimate_seconds("cpu", jobs=plan.jobs[8:])
+    assert (f"estimate on cpu: {_duration(total)} generating, timed by 8 finished images in "
+            f"{tmp_path / 'run'} (30x the table); 4 not done: {_duration(left)}") in r.stdout
+    assert "estimate on cuda: 0 s generating\n" in r.stdout  # no image was timed on a GPU: the table stands

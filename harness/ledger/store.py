@@ -225,6 +225,11 @@ class Ledger:
         planned = self.planned_keys()
         return [j for j in self.all_jobs("done") if planned is None or j.key in planned]
 
+    def timings(self) -> list[tuple[Job, float, str]]:
+        """(job, seconds per image, device) of every finished image, as `plan.measured_scale` reads them."""
+        return [(Job.from_dict(json.loads(r["job_json"])), r["seconds"], r["device"])
+                for r in self._select_jobs("job_json, seconds, device", "done")]
+
     def done_keys(self) -> set[str]:
         return {row[0] for row in self._select_jobs("key", "done")}
 
