@@ -69,7 +69,7 @@ def run_batched(fn: Callable[[list], Iterable], items: Iterable, batch_size: int
             start += len(chunk)
             continue
         free_accelerator_memory()  # outside the except block: the traceback no longer pins tensors
-        if len(chunk) == 1:
+        if limit == 1:  # a lone image under a larger limit is tried once more at 1, its memory freed first
             raise OutOfMemory(f"out of memory with batch size 1 making {describe(chunk[0])} ({failure}). Lower "
                               f"width/height, use dtype 'fp16', or set memory = ['model_cpu_offload', 'vae_slicing']")
         new_limit = limit // 2

@@ -298,9 +298,19 @@ def check_buildable(spec: str, loc: Location) -> None:
     and a config given as a hub id needs its snapshot there."""
     if loc.kind != "file":
         return
-    if loc.config is None and loc.path.suffix == ".safetensors":
-        default_single_file_config(spec, loc.path, _file_family(spec, loc.path))
-    elif loc.config is not None and not Path(loc.config).exists():  # a hub id: its snapshot must be cached
+    config = None if loc.config is None else Path(loc.config)
+    if config is None:
+        if loc.path.suffix == ".safetensors":
+            default_single_file_config(spec, loc.path, _file_family(spec, loc.path))
+    elif config.is_dir():
+        if not (config / "model_index.json").is_file():
+            raise CheckpointError(f"config={loc.config!r} for {spec!r}: folder has no model_index.json; expected a "
+                                  f"diffusers pipeline folder of the same architecture")
+    elif config.is_file():
+        if config.suffix not in (".yaml", ".yml"):
+            raise CheckpointError(f"config={loc.config!r} for {spec!r}: a file must be an original LDM config "
+                                  f"(.yaml); for diffusers configs give the folder that holds model_index.json")
+    else:  # a hub id: its snapshot must be cached
         hub_snapshot(loc.config, name=f"config for {spec}")
 
 

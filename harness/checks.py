@@ -66,7 +66,9 @@ class Checker:
         from .metrics import metric_from_spec
 
         try:
-            return metric_from_spec(spec)
+            metric = metric_from_spec(spec)
+            metric.check()
+            return metric
         except (KeyError, ValueError) as exc:
             self.problems.append(f"key '{key}': {spec!r}: {exc.args[0] if exc.args else exc}")
             return None

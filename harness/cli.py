@@ -316,7 +316,7 @@ def merge(
     except (FileNotFoundError, ValueError, LedgerError) as e:
         fail(f"error: {e}")
     typer.echo(f"{out}: {t['done']} done jobs ({t['added']} added, {t['already']} already there, "
-               f"{t['scores']} scores, {t['bad']} damaged images skipped)")
+               f"{t['scores']} scores, {t['bad']} damaged or changed images skipped)")
     if t["missing"]:
         typer.echo(f"not made yet: {t['missing']} images the merged plans ask for (a shard unfinished or not merged)")
 

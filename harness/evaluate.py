@@ -117,7 +117,10 @@ def _with_scale(spec: str, scale: float) -> str:
 def metrics_for_run(ledger: Ledger, specs: Iterable[str] | None):
     from .metrics import metric_from_spec
     specs = list(specs or []) or experiment_metrics(ledger)
-    return [metric_from_spec(s) for s in (specs or default_metrics(ledger))]
+    metrics = [metric_from_spec(s) for s in (specs or default_metrics(ledger))]
+    for metric in metrics:
+        metric.check()
+    return metrics
 
 
 def evaluate(ledger: Ledger, specs: Iterable[str] | None = None, *, log: Callable[[str], None] | None = None,

@@ -357,8 +357,8 @@ def experiment_from_dict(raw: Mapping[str, Any], path: Path) -> Experiment:
             check_denoising(c, "randomize.strength", [round(randomize.strength[0], 2)], main_steps)
         else:
             check_denoising(c, "strengths", strengths, main_steps)
-    if negative and guidance is not None:
-        check_negative_is_read(c, guidance, checkpoints, overrides, randomize)
+    if guidance is not None:
+        check_negative_is_read(c, negative, guidance, checkpoints, overrides, randomize, stages)
     for i, stage in enumerate(stages):
         check_denoising(c, f"stages[{i}].strengths", stage.strengths,
                         {stage.steps} if stage.steps else checkpoint_steps)

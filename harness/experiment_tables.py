@@ -221,20 +221,29 @@ def check_denoising(c: Checker, key: str, strengths, steps_values) -> None:
                 return
 
 
-def check_negative_is_read(c: Checker, guidance: float, checkpoints, overrides, randomize) -> None:
+def check_negative_is_read(c: Checker, negative: str, guidance: float, checkpoints, overrides, randomize,
+                           stages) -> None:
     """At guidance <= 1 diffusers runs no classifier-free guidance and never reads the negative prompt, so a
-    negative prompt (or a factor in it) would change the keys and not one pixel."""
-    if randomize is not None and randomize.guidance:
-        highest, where = randomize.guidance[1], f"key 'randomize.guidance' draws at most {randomize.guidance[1]:g}"
-    else:
-        used = {ck: overrides.get(ck, {}).get("guidance", guidance) for ck in checkpoints}
-        highest = max(used.values())
-        where = (f"key 'guidance' is {guidance:g}" if all(g == guidance for g in used.values())
-                 else "the checkpoints' guidance is " + ", ".join(f"{ck} {g:g}" for ck, g in used.items()))
-    if highest <= 1:
-        c.problems.append(f"key 'negative_prompt': {where}, and at guidance <= 1 no classifier-free guidance runs, so "
-                          "the negative prompt is never read and would change no pixel; raise guidance above 1 "
-                          "or leave negative_prompt out")
+    negative prompt (or a factor in it) would change the keys and not one pixel. The experiment's images
+    take `[randomize] guidance` (drawn to 0.1) when it is set; later stages take the fixed guidance."""
+    fixed = {ck: overrides.get(ck, {}).get("guidance", guidance) for ck in checkpoints}
+    fixed_where = (f"key 'guidance' is {guidance:g}" if all(g == guidance for g in fixed.values())
+                   else "the checkpoints' guidance is " + ", ".join(f"{ck} {g:g}" for ck, g in fixed.items()))
+
+    def unread(key: str, highest: float, where: str) -> None:
+        if highest <= 1:
+            c.problems.append(f"key '{key}': {where}, and at guidance <= 1 no classifier-free guidance runs, so "
+                              "the negative prompt is never read and would change no pixel; raise guidance above "
+                              "1 or leave the negative prompt out")
+
+    if negative and randomize is not None and randomize.guidance:
+        top = round(randomize.guidance[1], 1)
+        unread("negative_prompt", top, f"key 'randomize.guidance' draws at most {top:g}")
+    elif negative:
+        unread("negative_prompt", max(fixed.values()), fixed_where)
+    for i, stage in enumerate(stages):
+        if stage.negative_prompt:
+            unread(f"stages[{i}].negative_prompt", max(fixed.values()), fixed_where)
 
 
 def init_images_from(c: Checker, v, base: Path) -> list[Path]:

@@ -22,9 +22,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .columns import flag, level_label, resolve_dim, resolve_metric, resolve_metrics, short_metric, sorted_levels
+from .columns import level_label, resolve_dim, resolve_metric, resolve_metrics, short_metric, sorted_levels
 from .fonts import plot_fonts, undrawable
 from .stats import t_interval
+from .stats.table import healthy_mask
 
 PLOTS_DIR = "plots"
 SLUG_MAX = 60  # characters of readable name per part of a plot file name
@@ -35,8 +36,7 @@ def _usable(table: pd.DataFrame, metric: str) -> pd.DataFrame:
     """Healthy rows with a finite score; the score as float column '_v'."""
     values = pd.to_numeric(table[metric], errors="coerce")
     keep = np.isfinite(values.to_numpy(float))
-    if "healthy" in table.columns:
-        keep &= table["healthy"].map(flag).to_numpy(bool)
+    keep &= healthy_mask(table, metric)
     return table[keep].assign(_v=values[keep])
 
 

@@ -282,12 +282,21 @@ def check_png(path: str | os.PathLike, *, decode: bool = False) -> str | None:
     IDAT, IEND last and nothing after it: this catches truncated and damaged
     files without decoding pixels. `decode=True` also decodes the pixels.
     """
+    return check_png_digest(path, decode=decode)[0]
+
+
+def check_png_digest(path: str | os.PathLike, *, decode: bool = False) -> tuple[str | None, str | None]:
+    """(`check_png`'s answer, the SHA-256 of the bytes it read): one read of the file for both."""
     try:
         data = Path(path).read_bytes()
     except FileNotFoundError:
-        return "missing"
+        return "missing", None
     except OSError as exc:
-        return f"unreadable: {exc}"
+        return f"unreadable: {exc}", None
+    return _png_problem(path, data, decode), hashlib.sha256(data).hexdigest()
+
+
+def _png_problem(path: str | os.PathLike, data: bytes, decode: bool) -> str | None:
     if not data.startswith(PNG_SIGNATURE):
         return "not a PNG (bad signature)"
     pos, first, seen_idat = len(PNG_SIGNATURE), True, False

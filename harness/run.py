@@ -16,7 +16,7 @@ import json
 import shutil
 import sys
 import time
-from collections import deque
+from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -368,7 +368,9 @@ def merge_runs(out: Path | str, sources: Iterable[Path | str], *, log: Callable[
             totals["scores"] += m.scores_added
             totals["bad"] += len(m.bad_images)
             log(f"{src}: {m.jobs_added} jobs added, {m.jobs_already_done} already present, "
-                f"{m.scores_added} scores, {len(m.bad_images)} damaged images skipped")
+                f"{m.scores_added} scores, {len(m.bad_images)} damaged or changed images skipped"
+                + (" (" + ", ".join(f"{n} {why}" for why, n in Counter(m.bad_images.values()).most_common(3))
+                   + "; run that shard again to remake them, then merge it again)" if m.bad_images else ""))
         totals["done"] = ledger.count("done")
         totals["missing"] = ledger.planned_not_done()
     return totals

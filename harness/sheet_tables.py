@@ -66,13 +66,10 @@ def comparison_model(item: Any, *, full_metric: bool = False) -> dict:
     if isinstance(item, pd.DataFrame):
         return model(tables=[table_model(item)])
     if _is_comparison(item):
-        frame = item.to_frame()
-        frame["level"] = frame["level"].map(level_label)
-        tables = [table_model(frame)]
+        tables = [table_model(item.to_frame())]  # table_model labels the levels (once: a label is text too)
         if getattr(item, "ranking", None):
             rank = pd.DataFrame([vars(r) if not hasattr(r, "__dataclass_fields__") else
                                  {f: getattr(r, f) for f in r.__dataclass_fields__} for r in item.ranking])
-            rank["level"] = rank["level"].map(level_label)
             tables.append(table_model(rank))
         better = "higher" if getattr(item, "higher_is_better", True) else "lower"
         title = (f"{_metric_title(item.metric, full_metric)} by "

@@ -17,8 +17,11 @@ ESC_SLASH = "\ue000"  # stands in for an escaped "/" while slash groups are foun
 _WORD = rf"\w(?:[\w\-'.{ESC_SLASH}]*\w)?"
 _SLASH_GROUP = re.compile(rf"(?<![\w\-./{ESC_SLASH}])(?<!\w'){_WORD}(?:/{_WORD})+(?![\w\-/{ESC_SLASH}])(?!'\w)")
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
-# A host name such as "example.com" or "github.io": a URL's path follows it, not a choice.
-_HOST = re.compile(r"(?:[\w\-]+\.)+[^\W\d_]{2,}")
+# A host name such as "example.com" or "github.io" (a common top-level domain after a dot): a URL's path
+# follows it, not a choice. Other inner dots are words ("node.js/deno", "St.Louis/Chicago" split).
+_TLDS = ("com|org|net|edu|gov|io|ai|dev|app|co|uk|de|fr|jp|cn|ru|info|me|xyz|tv|us|ca|au|eu|nl|it|es|"
+         "ly|gg|so|sh|art|site|blog|tech")
+_HOST = re.compile(rf"(?:[\w\-]+\.)+(?:{_TLDS})", re.IGNORECASE)
 # Abbreviations the slash rule keeps literal (compared lower-case); "w/" stays literal by the empty-side rule.
 ABBREVIATIONS = frozenset({"w/o", "b/w", "and/or", "n/a", "c/o", "a/k/a", "s/he", "y/o"})
 

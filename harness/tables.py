@@ -20,6 +20,7 @@ from .columns import is_missing, level_label
 from .ledger import Ledger
 from .stats import summarize
 from .stats.results import md_text
+from .stats.table import healthy_mask
 
 IMAGE_COLUMNS = ["key", "image", "stage", "checkpoint", "fingerprint", "mode", "prompt", "negative_prompt", "seed",
                  "draw", "steps", "guidance", "scheduler", "width", "height", "strength", "init_image", "parent_key",
@@ -163,7 +164,7 @@ def checkpoint_summary(df: pd.DataFrame) -> pd.DataFrame:
                "sizes": ", ".join(sorted({f"{w}x{h}" for w, h in zip(g["width"], g["height"])})),
                "unhealthy": int((~g["healthy"]).sum())}
         for m in metric_columns(df):
-            v = g.loc[g["healthy"], m].dropna()
+            v = g.loc[healthy_mask(g, m), m].dropna()
             row[f"mean {m[2:]}"] = float(v.mean()) if len(v) else float("nan")
         rows.append(row)
     out = pd.DataFrame(rows)

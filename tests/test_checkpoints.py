@@ -279,6 +279,12 @@ def test_an_experiment_names_a_single_files_config_and_runs_it_offline(tiny_sing
     (tmp_path / "nope.toml").write_text(text + '[checkpoint."tiny.safetensors"]\nconfig = "no-such-folder"\n')
     with pytest.raises(ExperimentError, match=r"key 'checkpoint.tiny.safetensors.config': config='no-such-folder'"):
         load_experiment(tmp_path / "nope.toml")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "index.json").write_text("{}")
+    for config, expected in (("empty", "folder has no model_index.json"), ("index.json", "must be an original LDM")):
+        (tmp_path / "bad.toml").write_text(text + f'[checkpoint."tiny.safetensors"]\nconfig = "{config}"\n')
+        with pytest.raises(ExperimentError, match=expected):
+            load_experiment(tmp_path / "bad.toml")
 
     (tmp_path / "exp.toml").write_text(text + f'[checkpoint."tiny.safetensors"]\nconfig = "{tiny_ref.source}"\n')
     run_experiment(tmp_path / "exp.toml", out=tmp_path / "run", progress=False)

@@ -96,6 +96,10 @@ def test_demo_experiment_loads_and_plans():
      "key 'negative_prompt': the checkpoints' guidance is tiny 0.5, and at guidance <= 1"),
     ('prompt = "a"\nnegative_prompt = "blurry"\n[randomize]\nguidance = [0.0, 1.0]',
      "key 'negative_prompt': key 'randomize.guidance' draws at most 1, and at guidance <= 1"),
+    ('prompt = "a"\nnegative_prompt = "blurry"\n[randomize]\nguidance = [0.5, 1.04]',  # draws round to 0.1
+     "key 'negative_prompt': key 'randomize.guidance' draws at most 1, and at guidance <= 1"),
+    ('prompt = "a"\nguidance = 1\n[[stages]]\nprompt = "__parent__, b"\nstrengths = [0.5]\nnegative_prompt = "x"',
+     "key 'stages[0].negative_prompt': key 'guidance' is 1, and at guidance <= 1"),
     ('prompt = "a"\nsteps = 20\n[[stages]]\nprompt = "__parent__, b"\nstrengths = [0.04]',
      "key 'stages[0].strengths': strength 0.04 with steps = 20 runs int(0.04 * 20) = 0"),
     ('prompt = "a"\nsteps = 10\n[checkpoint.tiny]\nsteps = 3\n[[stages]]\nprompt = "__parent__, b"\nstrengths = [0.2]',

@@ -307,6 +307,20 @@ def test_oom_at_batch_size_one_raises_a_clear_error(monkeypatch):
         list(batching.run_batched(fn, [1, 2], 2))
 
 
+def test_a_lone_image_that_runs_out_of_memory_under_a_larger_limit_is_tried_again_at_one(monkeypatch):
+    monkeypatch.setattr(batching, "OOM_ERRORS", (FakeOOM,))
+    calls = []
+
+    def once(chunk):  # the second call runs out of memory, as another process's peak would make it
+        calls.append(list(chunk))
+        if len(calls) == 2:
+            raise FakeOOM("simulated")
+        return chunk
+
+    assert [c.results for c in batching.run_batched(once, [1, 2, 3, 4, 5], 4)] == [[1, 2, 3, 4], [5]]
+    assert calls == [[1, 2, 3, 4], [5], [5]]
+
+
 def test_a_short_chunk_that_runs_out_of_memory_is_retried_smaller_not_at_its_own_size(monkeypatch):
     monkeypatch.setattr(batching, "OOM_ERRORS", (FakeOOM,))
     calls, warnings = [], []

@@ -38,8 +38,10 @@ def test_slash_shorthand_keeps_urls_literal():
 def test_slash_shorthand_keeps_bare_host_paths_literal():
     text = "from example.com/a/b and github.io/x/y"
     assert prompts(text) == [text]
-    # An inner dot that is no host (`e.g`, `3.5mm`) still splits.
+    # An inner dot that is no host still splits.
     assert prompts("3.5mm/35mm lens") == ["3.5mm lens", "35mm lens"]
+    assert prompts("node.js/deno in St.Louis/Chicago") == [
+        "node.js in St.Louis", "node.js in Chicago", "deno in St.Louis", "deno in Chicago"]
 
 
 def test_slash_with_empty_side_stays_literal():

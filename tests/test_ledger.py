@@ -329,6 +329,21 @@ def test_the_repair_message_counts_every_image_it_requeued():
                     "2 for 2 other reason(s)) and will be made again")
 
 
+def test_an_image_remade_by_an_interrupted_force_is_not_called_a_hand_edit(ledger):
+    """--force writes the remade image before recording it: killed in between, the next start finds a sound
+    file that is not the recorded one, says so in those words, and remakes it as the force asked."""
+    jobs = make_jobs(2)
+    ledger.add_jobs(jobs)
+    for job in jobs:
+        finish(ledger, job)
+    time.sleep(0.01)
+    ledger.force()
+    Image.new("RGB", (16, 16), "white").save(ledger.image_path(jobs[0].key))  # remade, not yet recorded
+    Image.new("RGB", (16, 16), "black").save(ledger.image_path(jobs[1].key))
+    assert ledger.reconcile().requeued == {jobs[0].key: "remade by an interrupted --force run before it was recorded",
+                                           jobs[1].key: "remade by an interrupted --force run before it was recorded"}
+
+
 def test_reconcile_adopts_the_images_of_a_ledger_that_kept_no_digests(ledger):
     """Ledgers written before image digests were kept: their files are taken as made, then watched."""
     jobs = make_jobs(2)

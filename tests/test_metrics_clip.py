@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -252,12 +253,22 @@ def test_model_that_cannot_load_gives_nan_for_all_with_reason(items, broken_clip
     ({"model": "ViT-B-32", "pretrained": "tiny"}, "pretrained='tiny' goes with model='tiny' only"),
     ({"model": "tiny", "device": "gpu0"}, "device='gpu0' is not a torch device"),
 ])
-def test_what_is_wrong_before_loading_is_a_spec_error(options, expected):
-    """A misspelt architecture, absent weights or a device torch cannot parse fail when the metric is made
-    (experiment load, `harness eval -m`), not after the images are generated."""
+def test_what_is_wrong_before_loading_is_a_spec_error(options, expected, tmp_path):
+    """A misspelt architecture, absent weights or a device torch cannot parse fail when the metric is checked
+    (experiment load, `harness eval -m`), not after the images are generated; making the metric, as a report
+    does to find its column on a machine without the weights, checks nothing."""
+    metric = get_metric("clip_score", cache="none", **options)
+    assert metric.id.startswith("clip_score[")
     with pytest.raises(ValueError, match="metric 'clip_score'") as info:
-        get_metric("clip_score", cache="none", **options)
+        metric.check()
     assert expected in str(info.value)
+    from harness.experiment import ExperimentError, load_experiment
+    from harness.metrics.spec import format_metric_spec
+
+    (tmp_path / "exp.toml").write_text(f'prompt = "a"\nmetrics = [\'{format_metric_spec("clip_score", options)}\']\n')
+
+    with pytest.raises(ExperimentError, match=re.escape(expected)):
+        load_experiment(tmp_path / "exp.toml")
 
 
 def test_unknown_pretrained_tag_lists_known_tags(items):

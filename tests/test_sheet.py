@@ -326,3 +326,21 @@ def test_levels_sort_naturally_and_no_two_levels_read_alike():
     labels = [level_label(v) for v in ["", "(empty)", "—", None]]
     assert labels == ["(empty)", '"(empty)"', '"—"', "—"]
     assert len(sorted_levels(["", "(empty)", "—", None])) == 4
+
+
+def test_comparison_tables_on_the_page_label_the_empty_level_once():
+    """The comparison and ranking rows show the artist-less level as (empty), as every other table does;
+    quotes are for a level whose own text is "(empty)"."""
+    from harness.sheet_tables import comparison_model
+
+    rng = np.random.default_rng(0)
+    rows = [{"key": f"{s}-{i}-{a}", "f.subject": f"s{s}", "f.artist": a, "seed": i,
+             "m.score": rng.normal(), "healthy": True}
+            for s in range(4) for i in range(2) for a in ("", "greg rutkowski", "(empty)")]
+    cmp = paired_compare(pd.DataFrame(rows), factor="artist", metric="score", rng=rng, n_boot=100)
+    model = comparison_model(cmp)
+    comparison, ranking = (table["body"] for table in model["tables"])
+    level = lambda body: sorted(row[0]["text"] for row in body)  # noqa: E731
+    assert level(comparison) == ['"(empty)"', "greg rutkowski"]
+    assert level(ranking) == ['"(empty)"', "(empty)", "greg rutkowski"]
+    assert "baseline (empty)" in model["title"]

@@ -316,6 +316,14 @@ def test_unknown_baseline_error_lists_levels():
         paired_compare(crafted_table(), factor="style", metric="score", baseline="c", rng=np.random.default_rng(0))
 
 
+def test_the_empty_level_is_named_as_the_tables_show_it():
+    c = paired_compare(crafted_table(), factor="style", metric="score", baseline="a", rng=np.random.default_rng(0))
+    assert c.baseline == "a"
+    c = paired_compare(crafted_table(), factor="style", metric="score", baseline="(empty)",
+                       rng=np.random.default_rng(0))
+    assert c.baseline == "" and [r.level for r in c.rows] == ["a", "b"]
+
+
 def test_unknown_metric_error_lists_metrics():
     with pytest.raises(ValueError, match=r"m\.score"):
         paired_compare(crafted_table(), factor="style", metric="clip", rng=np.random.default_rng(0))
@@ -363,6 +371,21 @@ def test_ranking_recovers_clearly_different_levels_with_tight_intervals():
         assert r.ci_low <= np.mean(values[r.level]) <= r.ci_high
 
 
+def test_the_health_metric_is_read_over_every_image_not_only_the_healthy_ones():
+    """`healthy` is decided by `health`: comparing or summarising `health` over the healthy images alone would
+    show 1 everywhere. Over every image its mean is the share of healthy images, and a checkpoint that makes
+    failed images shows it; other metrics still leave the unhealthy images out."""
+    df = study_table({"": np.ones((8, 2)), "greg rutkowski": np.ones((8, 2))}, 8, 2)
+    failed = (df["f.artist"] == "greg rutkowski") & (df["seed"] == 1)
+    df["m.health"] = np.where(failed, 0.0, 1.0)
+    df["healthy"] = ~failed
+    (row,) = paired_compare(df, factor="artist", metric="health", rng=np.random.default_rng(0), n_boot=200).rows
+    assert (row.n_pairs, row.mean_diff, row.losses) == (16, -0.5, 8)
+    means = summarize(df, ["f.artist"], "health").set_index("f.artist")["mean"]
+    assert (means[""], means["greg rutkowski"]) == (1.0, 0.5)
+    assert summarize(df, ["f.artist"], "clip_score").set_index("f.artist").loc["greg rutkowski", "n_unhealthy"] == 8
+
+
 def test_the_order_rows_are_stored_in_changes_no_number():
     """A run merged from shards stores its rows in shard order: its comparisons, rankings and summaries must
     be those of the same images stored in plan order, to the last digit."""
@@ -379,6 +402,14 @@ def test_the_order_rows_are_stored_in_changes_no_number():
 
 
 # ------------------------------------------------------------ summarize
+
+
+def test_the_ranking_does_not_depend_on_the_baseline():
+    rng = np.random.default_rng(4)
+    df = study_table({a: rng.normal(i, 1, (10, 2)) for i, a in enumerate(ARTISTS)}, 10, 2)
+    rankings = [paired_compare(df, factor="artist", metric="clip_score", baseline=b, rng=np.random.default_rng(0),
+                               n_boot=300).ranking for b in ARTISTS]
+    assert rankings[0] == rankings[1] == rankings[2]
 
 
 def test_summarize_matches_scipy_t_interval_and_counts_exclusions():

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..core import canonical_json
-from ..provenance import check_png, file_sha256, fsync_dir, write_durably
+from ..provenance import check_png_digest, fsync_dir, write_durably
 from .schema import _JOB_COLUMNS, _RUN_COLUMNS, CHANGED, Merged
 
 if TYPE_CHECKING:
@@ -39,9 +39,8 @@ def merge_runs(into: Ledger, other_dir: Path) -> Merged:
                 if row["key"] in mine:
                     continue
                 src = other.image_path(row["key"])
-                reason = check_png(src)
-                digest = None if reason is not None else file_sha256(src)
-                if digest is not None and their_digests.get(row["key"], digest) != digest:
+                reason, digest = check_png_digest(src)
+                if reason is None and their_digests.get(row["key"], digest) != digest:
                     reason = CHANGED
                 if reason is not None:
                     bad[row["key"]] = reason

@@ -13,12 +13,13 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from ..core import Job, Score
-from ..provenance import check_png, file_sha256, is_temp_name
+from ..provenance import check_png_digest, file_sha256, is_temp_name
 from .schema import (_CLEAR_RUN, CHANGED, _KEY, _SCHEMA, IMAGES_DIR, LEDGER_FILE, LEDGER_SCHEMA_VERSION, STATUSES,
                      TABLES_DIR, Done, LedgerError, Merged, Reconciled, _acquire_writer_lock, _check_key,
                      _done_from_mapping, _json, _now)
 
-FORCE_SINCE = "force_since"  # meta: when --force was last given (jobs done before it are made again)
+FORCE_SINCE = "force_since"
+FORCE_UNRECORDED = "remade by an interrupted --force run before it was recorded"  # meta: when --force was last given (jobs done before it are made again)
 
 
 # What SQLite says when the disk under it fails it, and when the file itself is damaged.
@@ -371,16 +372,17 @@ class Ledger:
                     temp_removed.append(path.name)
             done = self.done_keys()
             recorded = dict(self._read("SELECT key, sha256 FROM image_files"))
+            stale = self.stale_keys()
             requeued, adopted = {}, []
             for key in sorted(done):
-                path = self.image_path(key)
-                reason = check_png(path, decode=decode)
+                reason, digest = check_png_digest(self.image_path(key), decode=decode)
                 if reason is None:
-                    digest = file_sha256(path)
                     if key not in recorded:
                         adopted.append((key, digest))
                     elif digest != recorded[key]:
-                        reason = CHANGED
+                        # under --force a remade image is written before it is recorded: an interrupt between
+                        # the two leaves a sound new file that is remade all the same
+                        reason = CHANGED if key not in stale else FORCE_UNRECORDED
                 if reason is not None:
                     requeued[key] = reason
             with self._write() as conn:

@@ -143,6 +143,12 @@ class Metric:
     def __repr__(self) -> str:
         return f"<metric {self.id}>"
 
+    def check(self) -> None:
+        """Raise ValueError for what would make this metric fail on every item and can be told without
+        loading a model (a weights file that is not there, say). Called where scoring is about to be
+        planned (experiment load, `harness eval`); making a metric, as reports do to name its column,
+        checks nothing on this machine."""
+
     # -- scoring ---------------------------------------------------------------
     def score(self, items: Sequence[Item]) -> list[Score]:
         items = list(items)

@@ -287,8 +287,12 @@ class ClipMetric(Metric):
         if options.get("model") in (TINY, *BUILTIN_LOADERS) and "pretrained" not in options:
             options["pretrained"] = options["model"]
         super().__init__(**options)
-        try:  # a misspelt model or missing weights file is a spec error now, not after generating
+        self.embedder = ClipEmbedder.from_options(self.options)
+
+    def check(self) -> None:
+        """A misspelt architecture, a weights path that is not there, a device torch cannot parse: errors
+        before anything is generated or scored, not NaN after (see `clip_models.check_names`)."""
+        try:
             check_names(self.options["model"], self.options["pretrained"], self.options["device"])
         except ClipLoadError as exc:
             raise ValueError(f"metric {self.INFO.name!r}: {exc}") from None
-        self.embedder = ClipEmbedder.from_options(self.options)

@@ -26,12 +26,12 @@ from .table import (
     DESIGN_COLUMNS,
     PARAM_COLUMNS,
     REPLICATE_COLUMNS,
-    _healthy_mask,
     _plain,
     _resolve_factor,
     _resolve_metric,
     _same_level,
     _sorted_levels,
+    healthy_mask,
     in_key_order,
 )
 
@@ -127,7 +127,7 @@ def paired_compare(
     if baseline is None:
         baseline = "" if "" in levels else levels[0]
     else:
-        match = [lv for lv in levels if lv == baseline or _same_level(lv, baseline)]
+        match = [lv for lv in levels if lv == baseline] or [lv for lv in levels if _same_level(lv, baseline)]
         if not match:
             shown = ", ".join(repr(lv if isinstance(lv, str) else _plain(lv)) for lv in levels)
             raise ValueError(f"baseline {baseline!r} is not a level of {factor!r}; levels: {shown}")
@@ -156,7 +156,7 @@ def paired_compare(
                          f"ambiguous; pass pair_on with the column that tells them apart. pair_on={pair_on}, "
                          f"e.g. {example}")
 
-    healthy = _healthy_mask(df)
+    healthy = healthy_mask(df, metric)
     value = pd.to_numeric(df[metric], errors="coerce").to_numpy(float)
     scored = healthy & ~np.isnan(value)
     n_blocks = int(block.max()) + 1 if len(block) else 0
@@ -214,7 +214,8 @@ def paired_compare(
 
     ranking = None
     if len(levels) > 2:
-        ranking = _rank(wide, cluster_of, levels, n_boot=n_boot, rng=rng, alpha=alpha, sign=sign)
+        # A stream of its own (spawning draws nothing from `rng`): the ranking is one whatever the baseline.
+        ranking = _rank(wide, cluster_of, levels, n_boot=n_boot, rng=rng.spawn(1)[0], alpha=alpha, sign=sign)
         if not ranking:
             notes.append("no block has every level scored, so no ranking")
     conf = f"{100 * (1 - alpha):g}%"

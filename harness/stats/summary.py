@@ -10,7 +10,7 @@ import math
 import pandas as pd
 
 from .intervals import t_interval
-from .table import _healthy_mask, _resolve_metric, in_key_order
+from .table import _resolve_metric, healthy_mask, in_key_order
 
 
 def summarize(df: pd.DataFrame, by: list[str], metric: str, confidence: float = 0.95) -> pd.DataFrame:
@@ -25,7 +25,7 @@ def summarize(df: pd.DataFrame, by: list[str], metric: str, confidence: float = 
     if missing:
         raise ValueError(f"summarize: 'by' columns {missing} are not in the table; columns: {list(df.columns)}")
     work = pd.DataFrame({"_v": pd.to_numeric(df[metric], errors="coerce").to_numpy(float),
-                         "_h": _healthy_mask(df)}, index=df.index)
+                         "_h": healthy_mask(df, metric)}, index=df.index)
     for c in by:
         work[c] = df[c]
     groups = work.groupby(by, dropna=False, sort=True) if by else [((), work)]

@@ -45,9 +45,11 @@ def _plain(value):
 
 
 def _same_level(level, given) -> bool:
-    """Whether `given` (a command line's text, say) names `level`: the same text, or for a number level
-    the same number however written (`0.50`, `.5` and `0.5` are strength 0.5)."""
-    if str(level) == str(given):
+    """Whether `given` (a command line's text, say) names `level`: the same text, `(empty)` for the empty
+    level, or for a number level the same number however written (`0.50`, `.5` and `0.5` are strength 0.5)."""
+    from ..columns import EMPTY
+
+    if str(level) == str(given) or (level == "" and given == EMPTY):  # the empty level as tables show it
         return True
     if isinstance(level, (bool, np.bool_)) or not isinstance(level, (int, float, np.number)):
         return False
@@ -76,9 +78,16 @@ def _resolve_factor(df: pd.DataFrame, factor: str) -> str:
                      "(bare names like 'artist' map to 'f.artist')")
 
 
-def _healthy_mask(df: pd.DataFrame) -> np.ndarray:
-    """Rows whose ``healthy`` value is exactly True; no column means all healthy."""
-    if "healthy" not in df.columns:
+def judges_health(metric: str) -> bool:
+    """True for the `health` metric's columns: what decides `healthy`, so it is read over every image (its
+    mean is the share of healthy images); leaving the unhealthy out would make it 1 everywhere."""
+    return metric == "m.health" or metric.startswith("m.health[")
+
+
+def healthy_mask(df: pd.DataFrame, metric: str | None = None) -> np.ndarray:
+    """Rows whose ``healthy`` value is exactly True (every row for a `health` metric column, see
+    `judges_health`); no column means all healthy."""
+    if "healthy" not in df.columns or (metric is not None and judges_health(metric)):
         return np.ones(len(df), dtype=bool)
     if df["healthy"].dtype == bool:
         return df["healthy"].to_numpy()
