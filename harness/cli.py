@@ -284,18 +284,19 @@ def run(
                    f"experiment, {HISTORY_NOTE}")
     for m in r.oom_events:
         typer.echo(f"note: {m}")
-    _print_metric_summaries(r.metrics)
+    _print_metric_summaries(r.metrics, this_pass=False)  # a run scores as it generates: no pass to count
 
 
-def _print_metric_summaries(summaries) -> int:
-    """One line per metric; returns how many images some metric could not score (not stored)."""
+def _print_metric_summaries(summaries, *, this_pass: bool = True) -> int:
+    """One line per metric (with `this_pass`, how many this eval scored); returns how many images some
+    metric could not score (not stored)."""
     def why(reasons) -> str:
         return "; ".join(f"{n}x {r}" for r, n in reasons.most_common(3))
 
     for s in summaries:
         nan = f", {s.nan} NaN ({why(s.reasons)})" if s.nan else ""
-        typer.echo(f"{s.metric}: {s.scored + s.skipped} images scored ({s.scored} in this pass){nan}; "
-                   f"mean {s.mean:.4g}")
+        typer.echo(f"{s.metric}: {s.scored + s.skipped} images scored"
+                   + (f" ({s.scored} in this pass)" if this_pass else "") + f"{nan}; mean {s.mean:.4g}")
         if s.unscored:
             typer.echo(f"  not scored: {s.unscored} images ({why(s.unscored_reasons)}); nothing was stored for "
                        "them, so the next harness eval tries again", err=True)

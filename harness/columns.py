@@ -123,9 +123,11 @@ def resolve_metric(table: pd.DataFrame, name: str, what: str = "metric") -> str:
     available = numeric_metrics(table)
     found = [c for c in available if c in (name, f"m.{name}")] or [c for c in available if short_metric(c) == name]
     if len(found) != 1:
+        if found:
+            raise ValueError(f"{what} {name!r} is ambiguous; use the full id, one of: "
+                             + ", ".join(c[2:] for c in found))
         listing = ", ".join(c[2:] for c in available) or "(none scored)"
-        problem = "is ambiguous; use the full id" if found else "is not a scored metric of this run"
-        raise ValueError(f"{what} {name!r} {problem}; metrics in the table: {listing}")
+        raise ValueError(f"{what} {name!r} is not a scored metric of this run; metrics in the table: {listing}")
     return found[0]
 
 

@@ -80,6 +80,17 @@ def comparison_tables(comparisons: list[Comparison]) -> tuple[pd.DataFrame, pd.D
     return concat(levels), concat(rankings)
 
 
+def _shell_spec(metric: str) -> str:
+    """A metric id as a `-m` argument to paste into a shell: the `name:options` form, quoted where needed."""
+    import shlex
+
+    from .metrics.spec import format_metric_spec, parse_metric_spec
+    try:
+        return shlex.quote(format_metric_spec(*parse_metric_spec(metric)))
+    except ValueError:
+        return shlex.quote(metric)
+
+
 def _find_metric(df: pd.DataFrame, metric: str) -> str:
     """The score column of `metric`: an id (`toy_color_match[want=red]`), a spec (`toy_color_match:want=red`)
     or a bare name when only one instance was scored."""
@@ -98,12 +109,12 @@ def _find_metric(df: pd.DataFrame, metric: str) -> str:
         return matches[0]
     listing = ", ".join(c[2:] for c in cols) or "(none scored)"
     if matches:
-        raise ValueError(f"metric '{metric}' is ambiguous; use the full id, one of: {listing}")
+        raise ValueError(f"metric '{metric}' is ambiguous; use the full id, one of: {', '.join(c[2:] for c in matches)}")
     from .metrics import list_metrics
     known = {info.name for info in list_metrics()}
     if metric.partition("[")[0] in known:  # a real metric this run never scored
-        raise ValueError(f"metric '{metric}' was not scored in this run (harness eval RUN -m {metric} scores it); "
-                         f"scored metrics in this run: {listing}")
+        raise ValueError(f"metric '{metric}' was not scored in this run (harness eval RUN -m {_shell_spec(metric)} "
+                         f"scores it); scored metrics in this run: {listing}")
     raise ValueError(f"unknown metric '{metric}'; scored metrics in this run: {listing}")
 
 

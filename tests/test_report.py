@@ -215,6 +215,8 @@ def test_a_misspelt_metric_is_an_error_and_no_comparisons_outlive_their_run(craf
     with pytest.raises(ValueError, match="metric 'watermark' was not scored in this run \\(harness eval RUN -m "
                                          "watermark scores it\\); scored metrics in this run: clip_score"):
         build_report(crafted_run, html=False, metric="watermark")
+    with pytest.raises(ValueError, match="harness eval RUN -m 'toy_style_match:want=ian mcque' scores it"):
+        build_report(crafted_run, html=False, metric="toy_style_match[want=ian mcque]")  # pasteable into a shell
     r = subprocess.run([sys.executable, "-m", "harness", "report", str(crafted_run), "--no-html",
                         "--metric", "clip_scor"], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode != 0 and "unknown metric 'clip_scor'" in r.stderr
@@ -458,3 +460,14 @@ def test_report_counts_finished_images_whose_file_is_gone(crafted_run):
     assert r.exit_code == 0, r.output
     assert (f"image files gone: 1 finished images have no file in images/ (deleted since they were made); their "
             f"scores still count in these tables until `harness eval {crafted_run}` drops them") in r.stderr
+
+
+def test_an_ambiguous_metric_lists_only_the_ids_it_could_mean():
+    from harness.columns import resolve_metric
+    from harness.report import _find_metric
+
+    df = pd.DataFrame({"m.clip_score[model=toy]": [1.0], "m.clip_score[model=tiny]": [2.0], "m.health": [1.0]})
+    for find in (_find_metric, resolve_metric):
+        with pytest.raises(ValueError) as info:
+            find(df, "clip_score")
+        assert str(info.value).endswith("one of: clip_score[model=toy], clip_score[model=tiny]")

@@ -439,3 +439,11 @@ def test_resuming_on_another_device_or_dtype_says_the_pixels_differ(tmp_path):
         conn.execute("UPDATE jobs SET device = 'cpu', dtype_used = 'fp32'")
     run_experiment(exp, out=tmp_path / "run", progress=False, log=said.append)
     assert not any("Pixels differ" in m for m in said)
+
+
+def test_the_run_summary_counts_every_image_scored_as_it_generated(tmp_path):
+    exp = experiment(tmp_path, SMALL + 'metrics = ["health"]\n')
+    r = subprocess.run([sys.executable, "-m", "harness", "run", str(exp), "--out", str(tmp_path / "run")],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    assert "\nhealth: 16 images scored; mean 1\n" in r.stdout and "in this pass" not in r.stdout

@@ -300,8 +300,20 @@ def test_bare_factor_and_metric_names_map_to_columns():
 
 
 def test_unknown_factor_error_lists_available_factors():
-    with pytest.raises(ValueError, match=r"styel.*f\.subject.*f\.style"):
+    with pytest.raises(ValueError, match=r"'styel'.*did you mean 'style'\?.*vary in this run: f\.subject, f\.style \("):
         paired_compare(crafted_table(), factor="styel", metric="score", rng=np.random.default_rng(0))
+
+
+@pytest.mark.parametrize("kwargs, expected", [
+    (dict(factor="style", pair_on=["f.style", "seed"]), "holds the compared factor 'f.style': pairs share everything"),
+    (dict(factor="style", pair_on=["f.subjct"]), "'f.subjct' not a column of the table"),
+    (dict(factor="checkpoint"), "factor 'checkpoint' has only 1 level ('tiny') in these images"),
+])
+def test_comparison_mistakes_are_named_plainly(kwargs, expected):
+    df = crafted_table().assign(checkpoint="tiny")
+    with pytest.raises(ValueError) as info:
+        paired_compare(df, metric="score", rng=np.random.default_rng(0), **kwargs)
+    assert expected in str(info.value) and "np." not in str(info.value)
 
 
 def test_text_levels_that_are_numbers_take_the_smallest_as_the_default_baseline():

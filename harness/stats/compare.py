@@ -122,24 +122,28 @@ def paired_compare(
         raise ValueError(f"factor column {factor!r} has no values; nothing to compare")
     df = df[~no_level]  # images the factor does not apply to (txt2img rows when comparing strength)
     levels = _sorted_levels(df[factor])
+    shown = ", ".join(repr(lv if isinstance(lv, str) else _plain(lv)) for lv in levels)
     if len(levels) < 2:
-        raise ValueError(f"factor {factor!r} has only {len(levels)} level(s) {levels}; a comparison needs two or more")
+        raise ValueError(f"factor {factor!r} has only {len(levels)} level ({shown}) in these images; a comparison "
+                         "needs two or more")
     if baseline is None:
         baseline = "" if "" in levels else levels[0]
     else:
         match = [lv for lv in levels if lv == baseline] or [lv for lv in levels if _same_level(lv, baseline)]
         if not match:
-            shown = ", ".join(repr(lv if isinstance(lv, str) else _plain(lv)) for lv in levels)
             raise ValueError(f"baseline {baseline!r} is not a level of {factor!r}; levels: {shown}")
         baseline = match[0]
     if pair_on is None:
         pair_on = default_pair_on(df, factor)
     else:
         pair_on = list(pair_on)
+        if factor in pair_on:
+            raise ValueError(f"pair_on {pair_on} holds the compared factor {factor!r}: pairs share everything "
+                             "but the factor, so leave it out")
         bad = [c for c in pair_on if c not in df.columns]
-        if bad or factor in pair_on:
-            raise ValueError(f"pair_on {pair_on} must name table columns other than the factor {factor!r}; "
-                             f"unknown: {bad}; columns: {list(df.columns)}")
+        if bad:
+            raise ValueError(f"pair_on {pair_on}: {', '.join(map(repr, bad))} not a column of the table; "
+                             f"columns: {', '.join(map(str, df.columns))}")
     cluster_on = [c for c in pair_on if c not in REPLICATE_COLUMNS]
     confounded = [c for c in PARAM_COLUMNS if c in df.columns and c != factor and c not in pair_on
                   and _varies_within(df, pair_on, c)]
@@ -152,7 +156,8 @@ def paired_compare(
         cell = (block * n_lv + level_idx)[dup][0]  # two rows of one block at one level
         example = df.loc[(block * n_lv + level_idx) == cell, [factor, *pair_on]].head(2)
         example = [{k: _plain(v) for k, v in row.items()} for row in example.to_dict("records")]
-        raise ValueError(f"{int(dup.sum())} rows share the same {factor!r} level and pair_on values, so pairs are "
+        raise ValueError(f"{int(dup.sum())} rows each share their {factor!r} level and pair_on values with another "
+                         f"row, so pairs are "
                          f"ambiguous; pass pair_on with the column that tells them apart. pair_on={pair_on}, "
                          f"e.g. {example}")
 

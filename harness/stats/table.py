@@ -74,7 +74,13 @@ def _resolve_factor(df: pd.DataFrame, factor: str) -> str:
     for name in (factor, f"f.{factor}"):
         if name in choices:
             return name
-    raise ValueError(f"factor {factor!r} is not a factor column of the table; available factors: {choices or 'none'} "
+    import difflib
+
+    varying = [c for c in choices if df[c].nunique(dropna=True) > 1]  # the ones a comparison can use
+    close = difflib.get_close_matches(factor, varying + [c[2:] for c in varying if c.startswith("f.")], n=1)
+    raise ValueError(f"factor {factor!r} is not a factor column of the table"
+                     + (f"; did you mean {close[0]!r}?" if close else "")
+                     + f" Factors that vary in this run: {', '.join(varying) or 'none'} "
                      "(bare names like 'artist' map to 'f.artist')")
 
 
