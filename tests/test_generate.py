@@ -280,17 +280,20 @@ class FakeOOM(RuntimeError):
     pass
 
 
+def oom_above(size: int, calls: list):
+    """A batch function that runs out of memory on more than `size` items, noting each call's size."""
+    def fn(chunk):
+        calls.append(len(chunk))
+        if len(chunk) > size:
+            raise FakeOOM("simulated")
+        return [x * 10 for x in chunk]
+    return fn
+
+
 def test_oom_halves_the_batch_and_completes_in_order(monkeypatch):
     monkeypatch.setattr(batching, "OOM_ERRORS", (FakeOOM,))
     calls, warnings = [], []
-
-    def fn(chunk):
-        calls.append(len(chunk))
-        if len(chunk) > 2:
-            raise FakeOOM("simulated")
-        return [x * 10 for x in chunk]
-
-    chunks = list(batching.run_batched(fn, range(7), 8, on_oom=warnings.append))
+    chunks = list(batching.run_batched(oom_above(2, calls), range(7), 8, on_oom=warnings.append))
     assert [r for c in chunks for r in c.results] == [x * 10 for x in range(7)]
     assert calls == [7, 4, 2, 2, 2, 1]
     assert [(c.start, c.batch_size, c.limit) for c in chunks] == [(0, 2, 2), (2, 2, 2), (4, 2, 2), (6, 1, 2)]
@@ -324,14 +327,7 @@ def test_a_lone_image_that_runs_out_of_memory_under_a_larger_limit_is_tried_agai
 def test_a_short_chunk_that_runs_out_of_memory_is_retried_smaller_not_at_its_own_size(monkeypatch):
     monkeypatch.setattr(batching, "OOM_ERRORS", (FakeOOM,))
     calls, warnings = [], []
-
-    def fn(chunk):
-        calls.append(len(chunk))
-        if len(chunk) > 2:
-            raise FakeOOM("simulated")
-        return chunk
-
-    chunks = list(batching.run_batched(fn, range(4), 8, on_oom=warnings.append))
+    chunks = list(batching.run_batched(oom_above(2, calls), range(4), 8, on_oom=warnings.append))
     assert calls == [4, 2, 2] and [c.limit for c in chunks] == [2, 2]
     assert warnings[0].startswith("out of memory at batch size 4 (items 0..3); retrying with batch size 2")
 

@@ -51,6 +51,15 @@ def finish(ledger: Ledger, job: Job, **run) -> None:
                                          dtype="float32", memory=[]), **run})
 
 
+def finished(ledger: Ledger, n: int) -> list[Job]:
+    """`n` jobs added to `ledger` and made."""
+    jobs = make_jobs(n)
+    ledger.add_jobs(jobs)
+    for job in jobs:
+        finish(ledger, job)
+    return jobs
+
+
 @pytest.fixture
 def ledger(tmp_path):
     with Ledger.open(tmp_path / "run") as led:
@@ -248,10 +257,7 @@ def test_failed_jobs_stay_failed_until_requeued(ledger):
 
 
 def test_reset_returns_done_jobs_to_pending_and_removes_image_and_scores(ledger):
-    jobs = make_jobs(2)
-    ledger.add_jobs(jobs)
-    for job in jobs:
-        finish(ledger, job)
+    jobs = finished(ledger, 2)
     ledger.put_scores([Score(jobs[0].key, "clip:ViT-B-32", 30.0)])
     assert ledger.reset([jobs[0].key]) == 1
     assert ledger.status_of(jobs[0].key) == "pending"
@@ -272,10 +278,7 @@ def test_image_paths_only_accept_job_keys(ledger):
 
 
 def test_reconcile_requeues_a_done_job_whose_image_was_deleted(ledger):
-    jobs = make_jobs(2)
-    ledger.add_jobs(jobs)
-    for job in jobs:
-        finish(ledger, job)
+    jobs = finished(ledger, 2)
     ledger.image_path(jobs[0].key).unlink()
     result = ledger.reconcile()
     assert result.requeued == {jobs[0].key: "missing"}
@@ -300,10 +303,7 @@ def test_reconcile_requeues_a_truncated_image_and_deletes_it(ledger):
 def test_reconcile_requeues_a_sound_image_that_is_not_the_one_made(ledger):
     """A valid PNG copied over a finished image (a hand edit, another run's file) is not what the job made:
     back to pending with its scores gone, the file deleted only when a run is about to remake it."""
-    jobs = make_jobs(3)
-    ledger.add_jobs(jobs)
-    for job in jobs:
-        finish(ledger, job)
+    jobs = finished(ledger, 3)
     ledger.put_scores([Score(j.key, "m", 1.0) for j in jobs])
     swapped, edited = ledger.image_path(jobs[0].key), ledger.image_path(jobs[1].key)
     swapped.write_bytes(ledger.image_path(jobs[2].key).read_bytes())
@@ -332,10 +332,7 @@ def test_the_repair_message_counts_every_image_it_requeued():
 def test_an_image_remade_by_an_interrupted_force_is_not_called_a_hand_edit(ledger):
     """--force writes the remade image before recording it: killed in between, the next start finds a sound
     file that is not the recorded one, says so in those words, and remakes it as the force asked."""
-    jobs = make_jobs(2)
-    ledger.add_jobs(jobs)
-    for job in jobs:
-        finish(ledger, job)
+    jobs = finished(ledger, 2)
     time.sleep(0.01)
     ledger.force()
     Image.new("RGB", (16, 16), "white").save(ledger.image_path(jobs[0].key))  # remade, not yet recorded
@@ -346,10 +343,7 @@ def test_an_image_remade_by_an_interrupted_force_is_not_called_a_hand_edit(ledge
 
 def test_reconcile_adopts_the_images_of_a_ledger_that_kept_no_digests(ledger):
     """Ledgers written before image digests were kept: their files are taken as made, then watched."""
-    jobs = make_jobs(2)
-    ledger.add_jobs(jobs)
-    for job in jobs:
-        finish(ledger, job)
+    jobs = finished(ledger, 2)
     with ledger._write() as conn:
         conn.execute("DELETE FROM image_files")
     assert ledger.reconcile().requeued == {} and ledger.done_keys() == {j.key for j in jobs}
@@ -470,11 +464,8 @@ def test_merge_copies_done_jobs_images_and_scores_once(tmp_path):
 
 
 def test_merge_adds_rows_for_keys_it_did_not_know_and_skips_damaged_images(tmp_path):
-    jobs = make_jobs(3)
     with Ledger.open(tmp_path / "a") as a, Ledger.open(tmp_path / "b") as b:
-        b.add_jobs(jobs)
-        for job in jobs:
-            finish(b, job)
+        jobs = finished(b, 3)
         b.image_path(jobs[0].key).write_bytes(b"\x89PNG\r\n\x1a\n broken")
         result = a.merge_from(tmp_path / "b")
         assert "CRC" in result.bad_images[jobs[0].key] or "truncated" in result.bad_images[jobs[0].key]
@@ -484,11 +475,8 @@ def test_merge_adds_rows_for_keys_it_did_not_know_and_skips_damaged_images(tmp_p
 
 
 def test_merge_skips_a_shard_image_changed_since_it_was_made_and_records_the_copies(tmp_path):
-    jobs = make_jobs(2)
     with Ledger.open(tmp_path / "a") as a, Ledger.open(tmp_path / "b") as b:
-        b.add_jobs(jobs)
-        for job in jobs:
-            finish(b, job)
+        jobs = finished(b, 2)
         Image.new("RGB", (16, 16), "white").save(b.image_path(jobs[0].key))
         result = a.merge_from(tmp_path / "b")
         assert result.bad_images == {jobs[0].key: "changed since it was made"}
