@@ -17,9 +17,9 @@ from typing import Any, Mapping
 
 from .checks import Checker
 from .experiment_tables import (  # noqa: F401  (PARENT_TOKEN: for stages.py, with Stage)
-    DTYPES, PARENT_TOKEN, Randomize, Stage, check_checkpoints, check_denoising, check_negative_is_read, check_template,
-    check_watermark_size, checkpoint_overrides,
-    init_images_from, randomize_table, seed_list, stage_tables)
+    DTYPES, PARENT_TOKEN, Randomize, Stage, check_checkpoints, check_denoising, check_negative_is_read,
+    check_template, check_watermark_size, checkpoint_overrides, init_images_from, randomize_table, seed_list,
+    stage_tables)
 from .grammar import GrammarError
 from .wildcards import read_text
 

@@ -109,7 +109,8 @@ def _find_metric(df: pd.DataFrame, metric: str) -> str:
         return matches[0]
     listing = ", ".join(c[2:] for c in cols) or "(none scored)"
     if matches:
-        raise ValueError(f"metric '{metric}' is ambiguous; use the full id, one of: {', '.join(c[2:] for c in matches)}")
+        raise ValueError(f"metric '{metric}' is ambiguous; use the full id, one of: "
+                         + ", ".join(c[2:] for c in matches))
     from .metrics import list_metrics
     known = {info.name for info in list_metrics()}
     if metric.partition("[")[0] in known:  # a real metric this run never scored

@@ -32,8 +32,9 @@ def split_slashes(raw: str, loc: Loc) -> list:
     The rule: a slash group is two or more words joined by single unescaped
     slashes, with no space around them ("red/green/blue"). A word is a run of
     letters, digits, combining marks, "_", "-", "'" and inner "." and escaped slashes; it must
-    contain a letter and must not be a number. Groups touching a URL ("://" or
-    "www.", or starting with a host name such as "example.com") or with an empty side ("w/", "a//b") stay literal, so "1/2 cup",
+    contain a letter and must not be a number. Groups touching a URL ("://", "www.",
+    or a first word that is a host name such as "example.com") or with an empty side
+    ("w/", "a//b") stay literal, so "1/2 cup",
     "24/7", "f/2.8" and "http://x/y" are text, as are the ABBREVIATIONS
     ("w/o", "b/w", "and/or", ...). Anything else uses braces.
     """

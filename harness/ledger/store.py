@@ -18,8 +18,9 @@ from .schema import (_CLEAR_RUN, CHANGED, _KEY, _SCHEMA, IMAGES_DIR, LEDGER_FILE
                      TABLES_DIR, Done, LedgerError, Merged, Reconciled, _acquire_writer_lock, _check_key,
                      _done_from_mapping, _json, _now)
 
-FORCE_SINCE = "force_since"
-FORCE_UNRECORDED = "remade by an interrupted --force run before it was recorded"  # meta: when --force was last given (jobs done before it are made again)
+FORCE_SINCE = "force_since"  # meta: when --force was last given (jobs done before it are made again)
+# reconcile's reason for a forced remake written but not recorded before an interrupt
+FORCE_UNRECORDED = "remade by an interrupted --force run before it was recorded"
 
 
 # What SQLite says when the disk under it fails it, and when the file itself is damaged.
