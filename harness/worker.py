@@ -111,7 +111,7 @@ class BatchMaker:
         self.stopping = threading.Event()  # set on Ctrl-C: batches running in other streams stop at their next step
         self._loading = threading.Lock()  # streams share one PipelineCache
         self.streams = resolve_streams(self.tuning.streams, self.device)
-        self._fits: dict[tuple, int] = {}  # batch size an out-of-memory lowered, per checkpoint, mode and size
+        self._fits: dict[tuple, int] = {}  # batch size an out-of-memory lowered (`_memory_shape`)
 
     def size_for(self, job: Job) -> int:
         """The batch size to start a group at: the configured one, or what out-of-memory lowered it to for

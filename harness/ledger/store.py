@@ -14,9 +14,9 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from ..core import Job, Score
 from ..provenance import check_png_digest, file_sha256, is_temp_name
-from .schema import (_CLEAR_RUN, CHANGED, _KEY, _SCHEMA, IMAGES_DIR, LEDGER_FILE, LEDGER_SCHEMA_VERSION, STATUSES,
-                     TABLES_DIR, Done, LedgerError, Merged, Reconciled, _acquire_writer_lock, _check_key,
-                     _done_from_mapping, _json, _now)
+from .schema import (_CLEAR_RUN, _KEY, _SCHEMA, CHANGED, IMAGES_DIR, LEDGER_FILE, LEDGER_SCHEMA_VERSION,
+                     STATUSES, TABLES_DIR, Done, LedgerError, Merged, Reconciled, _acquire_writer_lock,
+                     _check_key, _done_from_mapping, _json, _now)
 
 FORCE_SINCE = "force_since"  # meta: when --force was last given (jobs done before it are made again)
 # reconcile's reason for a forced remake written but not recorded before an interrupt
