@@ -3,7 +3,9 @@
 `harness ablate EXP.toml` takes the experiment's prompt, splits it into clauses
 (`mutate.split_clauses`: commas outside emphasis brackets) and renders the full
 prompt and the N leave-one-out prompts (each without one clause) on the same
-seeds, checkpoints and parameters. Each clause's contribution is
+seeds, checkpoints and parameters. Every arm, the full prompt too, is its clauses
+joined by ", " (spaces collapsed, empty clauses dropped), so a stray space or a
+trailing comma in the written prompt is not counted as any clause's effect. Each clause's contribution is
 
     contribution = metric(full prompt) - metric(prompt without the clause)
 
@@ -34,6 +36,7 @@ from .core import Variant
 from .experiment import ExperimentError, load_experiment
 from .grammar import escape_text
 from .mutate import leave_one_out, literal
+from .mutate.clauses import normalise
 from .wildcards import WildcardLibrary
 
 FULL = "(full prompt)"
@@ -103,7 +106,8 @@ def arms_for(prompts: Sequence[Variant]) -> tuple[list[Arm], list[str]]:
         except ValueError:
             single.append(v.prompt)
             continue
-        arms.append(Arm(v.prompt, FULL, None, None, v.prompt))
+        # rejoined like the leave-one-out prompts, so spacing or a trailing comma is no clause's effect
+        arms.append(Arm(v.prompt, FULL, None, None, literal(normalise(escape_text(v.prompt)))))
         for m in mutants:
             i = m.args["clause"]
             text = literal(m.args["text"])

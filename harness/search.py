@@ -45,7 +45,7 @@ checkpoints' fingerprints). All randomness comes from `random.Random` seeded by
 (search seed, generation), never wall time or dict order, so a killed `evolve`,
 run again, replays the recorded generations and ends with the same final
 population as an uninterrupted run; raising `generations` or `budget` continues
-a finished search. Fitness is computed from the pixels: an image regenerated in
+a finished search, and lowering either stops the replay where a fresh run would. Fitness is computed from the pixels: an image regenerated in
 another batch may differ by one level (see the README), so bitwise-equal
 replays of image metrics need `exact = true`.
 
@@ -64,7 +64,7 @@ import random
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Collection, Mapping, Sequence
 
 from .core import Variant, canonical_json, content_key
 from .experiment import Experiment, load_experiment
@@ -194,12 +194,16 @@ def _fill(out: list[Candidate], partners: Sequence[str] | None, rng: random.Rand
     return out
 
 
-def candidate_fitness(frame, cfg: SearchConfig, jobs: Sequence) -> tuple[float | None, tuple, int]:
-    """(fitness, 95% CI, seeds) of one candidate from its jobs and a key x metric-id score table."""
+def candidate_fitness(frame, cfg: SearchConfig, jobs: Sequence,
+                      unhealthy: Collection[str] = ()) -> tuple[float | None, tuple, int]:
+    """(fitness, 95% CI, seeds) of one candidate from its jobs and a key x metric-id score table; images in
+    `unhealthy` (black, uniform, NaN) are left out, as every statistic leaves them out."""
     from .stats import t_interval
 
     per_seed: dict[int, list[float]] = {}
     for job in jobs:
+        if job.key in unhealthy:
+            continue
         total = 0.0
         for f in cfg.fitness:
             v = frame.get((job.key, f.id), math.nan)
@@ -281,38 +285,41 @@ def evolve(path: Path | str, *, out: Path | str | None = None, device: str | Non
             log(f"search {sid}: resuming; {len(recorded)} generation(s) recorded in {run_dir}")
         used: set[str] = set()
         specs = list(dict.fromkeys([f.spec for f in cfg.fitness] + list(exp.metrics)))
+        ledger.set_plan(f"search:{sid}", [])  # planned again generation by generation, within today's limits
         for g in range(cfg.generations + 1):
-            if g in recorded:
-                gen = recorded[g]
-                keys = {k for c in gen.candidates for k in c.image_keys}
-                ledger.set_plan(f"search:{sid}", keys, add=True)
-                used |= keys
-                result.generations.append(gen)
-                continue
-            candidates = (initial_population(variants, cfg, resources) if g == 0
-                          else breed(result.generations[-1], cfg, resources))
-            if not candidates:
-                raise SearchError(f"{exp.path}: generation {g} has no candidates")
-            if len(candidates) < cfg.population:
-                log(f"generation {g}: only {len(candidates)} distinct candidates of {cfg.population} "
-                    "(the operators found no other new prompts; more modifiers or operators widen the search)")
-            jobs = {c.key: jobs_for(exp, refs, [Variant(c.text, {})], negatives, stage=f"gen{g}",
-                                    meta={"generation": g, "search": sid,
-                                          "lineage": {"key": c.key, "operator": c.operator, "args": dict(c.args),
-                                                      "parents": list(c.parents), "born": c.born}})
-                    for c in candidates}
-            wanted = [j for js in jobs.values() for j in js]
-            new_used = used | {j.key for j in wanted}
+            gen = recorded.get(g)
+            if gen is not None:  # replayed, under the same budget as a fresh run
+                n_candidates, keys = len(gen.candidates), {k for c in gen.candidates for k in c.image_keys}
+            else:
+                candidates = (initial_population(variants, cfg, resources) if g == 0
+                              else breed(result.generations[-1], cfg, resources))
+                if not candidates:
+                    raise SearchError(f"{exp.path}: generation {g} has no candidates")
+                if len(candidates) < cfg.population:
+                    log(f"generation {g}: only {len(candidates)} distinct candidates of {cfg.population} "
+                        "(the operators found no other new prompts; more modifiers or operators widen the search)")
+                jobs = {c.key: jobs_for(exp, refs, [Variant(c.text, {})], negatives, stage=f"gen{g}",
+                                        meta={"generation": g, "search": sid,
+                                              "lineage": {"key": c.key, "operator": c.operator, "args": dict(c.args),
+                                                          "parents": list(c.parents), "born": c.born}})
+                        for c in candidates}
+                wanted = [j for js in jobs.values() for j in js]
+                n_candidates, keys = len(candidates), {j.key for j in wanted}
+            new_used = used | keys
             if cfg.budget is not None and len(new_used) > cfg.budget:
                 if g == 0:
                     raise SearchError(f"{exp.path}: search.budget = {cfg.budget} images is less than generation 0 "
-                                      f"needs ({len(new_used)}: {len(candidates)} candidates x "
-                                      f"{len(wanted) // max(1, len(candidates))} images); raise the budget or "
+                                      f"needs ({len(new_used)}: {n_candidates} candidates x "
+                                      f"{len(keys) // max(1, n_candidates)} images); raise the budget or "
                                       "lower population or seeds")
                 log(f"generation {g}: would use {len(new_used)} images, over the budget of {cfg.budget}; stopping")
                 result.stopped = "budget"
                 break
             used = new_used
+            if gen is not None:
+                ledger.set_plan(f"search:{sid}", keys, add=True)
+                result.generations.append(gen)
+                continue
             ledger.drop_pending({j.key for j in wanted})
             ledger.add_jobs(wanted)
             ledger.set_plan(f"search:{sid}", [j.key for j in wanted], add=True)
@@ -330,9 +337,13 @@ def evolve(path: Path | str, *, out: Path | str | None = None, device: str | Non
             evaluate(ledger, specs, log=log)
             scores = ledger.scores_frame()
             frame = {(k, m): v for k, m, v in zip(scores["key"], scores["metric"], scores["value"])}
+            from .tables import image_table
+
+            table = image_table(ledger)
+            unhealthy = set(table.loc[~table["healthy"].astype(bool), "key"]) if len(table) else set()
             scored = []
             for c in candidates:
-                fit, ci, n = candidate_fitness(frame, cfg, jobs[c.key])
+                fit, ci, n = candidate_fitness(frame, cfg, jobs[c.key], unhealthy)
                 scored.append(replace(c, fitness=fit, ci=ci, n_seeds=n,
                                       image_keys=tuple(j.key for j in jobs[c.key])))
             gen = Generation(g, tuple(rank(scored)), len(used))

@@ -37,6 +37,15 @@ def test_arms_are_the_full_prompt_and_one_per_clause():
                                         "a castle on a hill, oil painting"]
 
 
+def test_the_full_prompt_is_rejoined_like_its_leave_one_out_prompts():
+    """Spacing and a trailing comma would otherwise differ between the full prompt and every other arm, and
+    count as each clause's contribution."""
+    arms, _ = arms_for([Variant("a circle,  (on white, plain:1.1),by monet ,", {})])
+    assert arms[0].base == "a circle,  (on white, plain:1.1),by monet ,"
+    assert [a.prompt for a in arms] == ["a circle, (on white, plain:1.1), by monet", "(on white, plain:1.1), by monet",
+                                        "a circle, by monet", "a circle, (on white, plain:1.1)"]
+
+
 def test_one_clause_prompts_are_set_aside_and_only_all_of_them_is_an_error():
     """A template such as `a castle{, oil painting|}` expands to one prompt of one clause: that prompt is
     left out, the other is ablated."""

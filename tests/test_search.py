@@ -170,6 +170,21 @@ def test_lineage_follows_the_birth_of_a_prompt_that_was_made_again():
         (0, 2, "a, b", "reorder"), (1, 1, "b, a", "reorder"), (2, 0, "a, b", "initial")]
 
 
+def test_fitness_leaves_unhealthy_images_out_as_every_statistic_does():
+    from types import SimpleNamespace
+
+    from harness.search import candidate_fitness
+
+    cfg = config(RAW)
+    (metric,) = [f.id for f in cfg.fitness]
+    jobs = [SimpleNamespace(key=f"k{s}", seed=s) for s in (1, 2, 3)]
+    frame = {("k1", metric): 30.0, ("k2", metric): 0.0, ("k3", metric): 20.0}  # k2: a black image
+    assert candidate_fitness(frame, cfg, jobs)[0] == pytest.approx(50 / 3)
+    fitness, _, seeds = candidate_fitness(frame, cfg, jobs, unhealthy={"k2"})
+    assert (fitness, seeds) == (25.0, 2)
+    assert candidate_fitness(frame, cfg, jobs, unhealthy={"k1", "k2", "k3"}) == (None, (None, None), 0)
+
+
 def test_tournament_and_top_k_select_from_the_best():
     ranked = list(scored(list("abcdef"), [6, 5, 4, 3, 2, 1]).candidates)
     top = config({**RAW, "search": {"population": 6, "generations": 1, "selection": "top_k", "top_k": 2}})
@@ -222,6 +237,25 @@ def test_rerunning_a_finished_search_replays_it_without_making_images(uninterrup
     again = evolve(exp, out=result.run_dir, log=lambda m: None)
     assert again.generated == 0
     assert [g.to_dict() for g in again.generations] == [g.to_dict() for g in result.generations]
+
+
+def test_a_lowered_budget_replays_only_the_generations_it_affords(uninterrupted, tmp_path):
+    """Resuming with `budget` lowered ends where a fresh run with that budget would, and the reports plan
+    only those generations' images."""
+    import shutil
+
+    from harness.ledger import Ledger
+
+    exp, result = uninterrupted
+    budget = result.generations[0].images_used
+    assert result.generations[1].images_used > budget, "want a generation the lower budget cannot afford"
+    shutil.copytree(result.run_dir, tmp_path / "run")
+    lower = write(tmp_path, exp.read_text().replace("budget = 10", f"budget = {budget}"))
+    again = evolve(lower, out=tmp_path / "run", log=lambda m: None)
+    assert (again.generated, again.stopped) == (0, "budget")
+    assert [g.to_dict() for g in again.generations] == [result.generations[0].to_dict()]
+    with Ledger.open(tmp_path / "run", readonly=True) as led:
+        assert len(led.plan_keys(f"search:{again.search_id}")) == budget
 
 
 CHILD = METRIC_SOURCE + '''
