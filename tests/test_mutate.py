@@ -65,6 +65,14 @@ def test_swap_replaces_an_artist_clause_by_another_line_of_its_list():
     assert m.prompt == f"a castle, by {m.args['new']}"
 
 
+def test_swap_reaches_a_list_line_inside_emphasis_and_keeps_its_weight():
+    """After a reweight, `(by greg rutkowski:0.5)` is still an artists line: swap changes the artist and
+    keeps the weight, so a search does not freeze a weighted modifier."""
+    res = mu.Resources.load(LIBRARY, ["artists"])
+    m = mu.apply("swap", "a castle, (by greg rutkowski:0.5)", random.Random(0), res)
+    assert m.args["old"] == "greg rutkowski" and m.prompt == f"a castle, (by {m.args['new']}:0.5)"
+
+
 def test_swap_exchanges_a_factor_option_of_the_source_template():
     res = mu.Resources.load(LIBRARY, [], template="a {red|blue|green} castle")
     m = mu.apply("swap", "a red castle, oil painting", random.Random(1), res)

@@ -57,10 +57,14 @@ def swap(prompt: str, rng: random.Random, resources: Resources) -> Mutant | None
     clauses = _clause_parts(tree)
     texts = [render(Seq(c)) for c in clauses]
     sites: list[tuple] = []
+    wraps: dict[int, str] = {}  # clause -> "{}" or its emphasis "(...:w)" around a list line, kept on a swap
     for ci, parts in enumerate(clauses):
         if len(parts) == 1 and isinstance(parts[0], Text):
+            value, weighted = parts[0].value, emphasis(parts[0].value)
+            text = value if weighted is None else weighted[0]
+            wraps[ci] = "{}" if weighted is None else "(" + "{}" + value[len(text) + 1:]
             for vocab in resources.lists:
-                item = vocab.item_of_clause(parts[0].value)
+                item = vocab.item_of_clause(text)
                 if item is not None:
                     sites.append(("clause", ci, vocab, item))
     # Words are looked for in the unsplit literal text, so factor options such as ", by x" are found too.
@@ -74,7 +78,8 @@ def swap(prompt: str, rng: random.Random, resources: Resources) -> Mutant | None
     while sites:
         kind, where, vocab, old = sites.pop(rng.randrange(len(sites)))
         if kind == "clause":
-            choices = [i for i in vocab.items if i != old and escape_text(vocab.clause(i)) not in texts]
+            line = lambda i: wraps[where].format(escape_text(vocab.clause(i)))  # noqa: E731
+            choices = [i for i in vocab.items if i != old and line(i) not in texts]
         else:
             choices = [i for i in vocab.items if i != old]
         if not choices:
@@ -82,7 +87,7 @@ def swap(prompt: str, rng: random.Random, resources: Resources) -> Mutant | None
         new = rng.choice(choices)
         if kind == "clause":
             out = list(texts)
-            out[where] = escape_text(vocab.clause(new))
+            out[where] = line(new)
             args = {"vocabulary": vocab.name, "old": old, "new": new, "clause": where}
         else:
             pi, at = where
