@@ -206,8 +206,8 @@ def contributions(images, jobs_of: Sequence[tuple[Arm, list]], metric_ids: Seque
             out = []
             for r in cmp.rows:
                 arm = arm_of[r.level]
-                contribution = -r.mean_diff
-                lo, hi = -r.ci_high, -r.ci_low
+                # full - without is the comparison's (without - full) negated; + 0.0 turns -0.0 into 0
+                contribution, lo, hi = -r.mean_diff + 0.0, -r.ci_high + 0.0, -r.ci_low + 0.0
                 if not math.isnan(lo) and sign * lo > 0 and sign * hi > 0:
                     verdict = "helps"
                 elif not math.isnan(lo) and sign * lo < 0 and sign * hi < 0:

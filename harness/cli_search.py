@@ -124,6 +124,9 @@ def mutate(
         fail(f"error: {e}")
     if not leave_one_out and n > 0 and not result:
         fail(no_mutant(text, ops), code=1)
+    if not leave_one_out and 0 < len(result) < n:
+        typer.echo(f"note: {len(result)} distinct mutants of {n} asked for: the operators found no others",
+                   err=True)
     for m in result:
         if fmt is MutateFmt.jsonl:
             sys.stdout.write(json.dumps(m.to_dict(), ensure_ascii=False) + "\n")

@@ -81,6 +81,12 @@ def test_contributions_are_ranked_full_minus_without_with_intervals():
     assert t.iloc[0]["full_win_rate"] == 1.0 and t.iloc[2]["full_win_rate"] == 0.0
 
 
+def test_a_clause_that_changes_nothing_reads_zero_not_minus_zero():
+    images, jobs_of = synthetic([0.0, 0.0, 0.0], noise=0.0)
+    t = contributions(images, jobs_of, ["score"], {"score": True}, n_boot=100)
+    assert all(f"{v:+.4g}" == "+0" for v in (*t["contribution"], *t["ci_low"], *t["ci_high"]))
+
+
 def test_lower_is_better_metrics_rank_the_clause_that_lowers_it_first():
     images, jobs_of = synthetic([-1.0, 0.0, 2.0])
     t = contributions(images, jobs_of, ["score"], {"score": False}, n_boot=500)

@@ -267,6 +267,10 @@ def test_mutate_cli_prints_n_mutants_with_lineage():
     text = harness("mutate", PROMPT, "-n", "6", "--seed", "3", "--ops", "swap,insert,delete,reweight")
     assert [line.split("\t")[0] for line in text.stdout.splitlines()] == [row["prompt"] for row in rows]
     assert all(f"parent={mu.prompt_key(PROMPT)[:12]}" in line for line in text.stdout.splitlines())
+    assert "note:" not in text.stderr
+    few = harness("mutate", "a, b, c", "-n", "6", "--ops", "delete")
+    assert few.returncode == 0 and len(few.stdout.splitlines()) == 3
+    assert "note: 3 distinct mutants of 6 asked for" in few.stderr
 
 
 def test_mutate_cli_unknown_operator_exits_2():
