@@ -34,6 +34,10 @@ _WEIGHT_HEAD = re.compile(r"\s*([-+]?[0-9.][0-9.eE+\-]*)\s*::")
 _NAME_HEAD = re.compile(r"\s*@([^\s:|{}\\]*)\s*: ?")  # a name head; _is_name checks the name itself
 _AT_HEAD = re.compile(r"\s*@([^:|{}]*)")  # an alternation that starts with '@' names its factor
 _K_HEAD = re.compile(r"\s*(\d+)(?:\s*-\s*(\d+))?\s*\$\$")
+# What was meant as a count or a weight but is none (`{-1$$a|b}`, `{x$$a|b}`, `{nan::a|b}`, `{1.5x::a}`): an
+# error at it, not prompt text holding '$$' or '::'. A literal '$$' or '::' there is written escaped.
+_BAD_K_HEAD = re.compile(r"\s*([^\s{}|$\\]+)\s*\$\$")
+_BAD_WEIGHT_HEAD = re.compile(r"\s*([-+]?(?:\d|\.\d|nan|inf)[^\s:|{}\\]*)\s*::", re.IGNORECASE)
 _WILDCARD = re.compile(r"__([A-Za-z0-9][\w\-./]*?)__")
 
 
@@ -136,6 +140,10 @@ class _Parser:
                 joiner, self.i = text[self.i:end], end + 2
             elif end >= 0:
                 stray = end
+        elif m := _BAD_K_HEAD.match(text, self.i):
+            raise GrammarError(f"bad choose-k count '{m.group(1)}': expected a whole number N or a range N-M "
+                               "before '$$' (write \\$\\$ for a literal '$$')", self.loc(m.start(1)),
+                               length=len(m.group(1)))
         self.misplaced_name(name, text[k_at:self.i] if k is not None else None)
         options: list[Option] = []
         while True:
@@ -150,6 +158,9 @@ class _Parser:
                     raise GrammarError(f"bad weight '{raw}': expected a finite number >= 0 before '::'",
                                        self.loc(m.start(1)), length=len(raw))
                 self.i = m.end()
+            elif m := _BAD_WEIGHT_HEAD.match(text, self.i):
+                raise GrammarError(f"bad weight '{m.group(1)}': expected a finite number >= 0 before '::' (write "
+                                   "\\:\\: for a literal '::')", self.loc(m.start(1)), length=len(m.group(1)))
             body = self.seq(depth)
             options.append(Option(body, weight))
             if self.i >= len(text):

@@ -227,6 +227,21 @@ def test_bad_weight():
     assert "bad weight '1.2.3'" in e.message and e.column == 2
 
 
+@pytest.mark.parametrize("template, message, column", [
+    ("{-1$$a|b}", "bad choose-k count '-1'", 2), ("{1.5$$a|b}", "bad choose-k count '1.5'", 2),
+    ("x {k$$a|b}", "bad choose-k count 'k'", 4), ("{nan::a|b}", "bad weight 'nan'", 2),
+    ("{a|1.5x::b}", "bad weight '1.5x'", 4),
+])
+def test_a_malformed_count_or_weight_is_an_error_not_prompt_text(template, message, column):
+    e = error(template)
+    assert e.message.startswith(message) and e.column == column
+
+
+def test_escaped_or_wordy_dollars_and_colons_stay_text():
+    assert prompts("{std::vector|list} {x\\$\\$|y} {1\\:\\:1|z}") == [
+        f"{a} {b} {c}" for a in ("std::vector", "list") for b in ("x$$", "y") for c in ("1::1", "z")]
+
+
 def test_all_zero_weights():
     assert "weigh 0" in error("{0::a|0::b}").message
 
