@@ -12,10 +12,16 @@ import unicodedata
 from .grammar_ast import Alt, Loc, Option, Seq, Text
 
 ESC_SLASH = "\ue000"  # stands in for an escaped "/" while slash groups are found
-# A word may hold escaped slashes (`AC\/DC`); a quote opens or closes a group only outside a word, so
-# 'red/green' splits while rock'n'roll stays one word.
-_WORD = rf"\w(?:[\w\-'.{ESC_SLASH}]*\w)?"
-_SLASH_GROUP = re.compile(rf"(?<![\w\-./{ESC_SLASH}])(?<!\w'){_WORD}(?:/{_WORD})+(?![\w\-/{ESC_SLASH}])(?!'\w)")
+# A word may hold escaped slashes (`AC\/DC`) and apostrophes (rock'n'roll, rock’n’roll). A group is a whole
+# token: before it only the start, a space, an opening bracket or quote, or a comma that is no thousands
+# separator; after it only the end, a space, a closing bracket or quote, or sentence punctuation. So
+# `rust/C++`, `AT&T/Verizon` and `1,000mm/2mm` stay text instead of splitting inside a word, while
+# '(red/green)', "red/green." and 'red/green' split; a quote next to a letter is an apostrophe, not a quote.
+_WORD = rf"\w(?:[\w\-'’.{ESC_SLASH}]*\w)?"
+_BEFORE = r"(?<![^\s(\[\"'“‘,])(?<!\d,)(?<!\w')(?<!\w’)"
+_AFTER = r"(?![^\s)\]\"'”’,.;:!?])(?!['’]\w)"
+_SLASH_GROUP = re.compile(rf"{_BEFORE}{_WORD}(?:/{_WORD})+{_AFTER}")
+_TOKEN_END = " \t\n\r,;()[]\"“”"  # what ends the token a URL test looks at around a group
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
 # A host name such as "example.com" or "github.io" (a common top-level domain after a dot): a URL's path
 # follows it, not a choice. Other inner dots are words ("node.js/deno", "St.Louis/Chicago" split).
@@ -24,6 +30,7 @@ _TLDS = ("com|org|net|edu|gov|io|ai|dev|app|co|uk|de|fr|jp|cn|ru|info|me|xyz|tv|
 _HOST = re.compile(rf"(?:[\w\-]+\.)+(?:{_TLDS})", re.IGNORECASE)
 # Abbreviations the slash rule keeps literal (compared lower-case); "w/" stays literal by the empty-side rule.
 ABBREVIATIONS = frozenset({"w/o", "b/w", "and/or", "n/a", "c/o", "a/k/a", "s/he", "y/o"})
+_ABBREVIATION_WORDS = [a.split("/") for a in ABBREVIATIONS]  # inside a longer group too: w/o/with is text
 
 
 def split_slashes(raw: str, loc: Loc) -> list:
@@ -31,11 +38,12 @@ def split_slashes(raw: str, loc: Loc) -> list:
 
     The rule: a slash group is two or more words joined by single unescaped
     slashes, with no space around them ("red/green/blue"). A word is a run of
-    letters, digits, combining marks, "_", "-", "'" and inner "." and escaped slashes; it must
-    contain a letter and must not be a number. Groups touching a URL ("://", "www.",
+    letters, digits, combining marks, "_", "-", apostrophes and inner "." and escaped slashes; it must
+    contain a letter and must not be a number. A group is a whole token (`_BEFORE`, `_AFTER`), so
+    "AT&T/Verizon" and "rust/C++" are text. Groups touching a URL ("://", "www.",
     or a first word that is a host name such as "example.com") or with an empty side
     ("w/", "a//b") stay literal, so "1/2 cup",
-    "24/7", "f/2.8" and "http://x/y" are text, as are the ABBREVIATIONS
+    "24/7", "f/2.8" and "http://x/y" are text, as are the ABBREVIATIONS (also within a longer group)
     ("w/o", "b/w", "and/or", ...). Anything else uses braces.
     """
     if "/" not in raw:
@@ -46,8 +54,9 @@ def split_slashes(raw: str, loc: Loc) -> list:
         group = raw[m.start():m.end()]
         words = group.split("/")
         token = _token_around(raw, m.start(), m.end())
+        lower = [w.lower() for w in words]
         if ("://" in token or token.lower().startswith("www.") or _HOST.fullmatch(words[0])
-                or group.lower() in ABBREVIATIONS
+                or any(lower[i:i + len(a)] == a for a in _ABBREVIATION_WORDS for i in range(len(lower)))
                 or any(_NUMBER.fullmatch(w) or not re.search(r"[^\W\d_]", w) for w in words)):
             continue
         out.append(Text(raw[pos:m.start()].replace(ESC_SLASH, "/"), loc=loc))
@@ -66,6 +75,6 @@ def _marks_as_letters(raw: str) -> str:
 
 
 def _token_around(raw: str, start: int, end: int) -> str:
-    left = max((raw.rfind(c, 0, start) for c in " \t\n\r"), default=-1) + 1
-    rights = [p for p in (raw.find(c, end) for c in " \t\n\r") if p >= 0]
+    left = max((raw.rfind(c, 0, start) for c in _TOKEN_END), default=-1) + 1
+    rights = [p for p in (raw.find(c, end) for c in _TOKEN_END) if p >= 0]
     return raw[left: min(rights) if rights else len(raw)]

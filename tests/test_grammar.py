@@ -44,6 +44,18 @@ def test_slash_shorthand_keeps_bare_host_paths_literal():
         "node.js in St.Louis", "node.js in Chicago", "deno in St.Louis", "deno in Chicago"]
 
 
+@pytest.mark.parametrize("text", ["rust/C++", "AT&T/Verizon", "R&B/soul", "1,000mm/2mm", "w/o/with", "b/w/color"])
+def test_slash_inside_a_token_or_an_abbreviation_stays_literal(text):
+    """A group is a whole token: splitting `AT&T/Verizon` at the slash would make `AT&Verizon`."""
+    assert prompts(text) == [text]
+
+
+def test_slash_groups_split_next_to_brackets_quotes_and_punctuation():
+    assert prompts("(red/green:1.2)") == ["(red:1.2)", "(green:1.2)"]
+    assert prompts("red/green, blue/gray!") == ["red, blue!", "red, gray!", "green, blue!", "green, gray!"]
+    assert prompts("rock’n’roll/jazz,https://x.com") == ["rock’n’roll,https://x.com", "jazz,https://x.com"]
+
+
 def test_slash_with_empty_side_stays_literal():
     assert prompts("w/ hat and a//b") == ["w/ hat and a//b"]
 
