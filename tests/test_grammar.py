@@ -171,6 +171,16 @@ def test_duplicate_explicit_names_are_an_error():
         compile_template("{@c: a|b} {@c: x|y}")
 
 
+def test_a_named_factor_in_a_wildcard_used_twice_names_the_file_and_why(tmp_path):
+    from harness.wildcards import WildcardLibrary
+
+    (tmp_path / "named.txt").write_text("{@c: a|b} x\n")
+    with pytest.raises(GrammarError) as err:
+        compile_template("__named__ __named__", library=WildcardLibrary([tmp_path]))
+    assert str(err.value).startswith(f"{tmp_path / 'named.txt'}:1:1: factor name 'c' is reached twice: the "
+                                     "wildcard that holds it is used more than once")
+
+
 def test_factor_value_is_the_chosen_option_text():
     vs = list(compile_template("{@m: {oil|ink} painting|photo}").expand())
     assert [v.factors["m"] for v in vs] == ["oil painting", "ink painting", "photo"]

@@ -42,6 +42,11 @@ def assign_names(tree: Seq) -> Seq:
     for alt in alternations(tree):
         if alt.name:
             if alt.name in explicit and explicit[alt.name] is not alt:
+                if alt.loc is not None and alt.loc == explicit[alt.name].loc:  # one text, reached twice
+                    raise GrammarError(f"factor name '{alt.name}' is reached twice: the wildcard that holds it is "
+                                       "used more than once in the template, and each named factor must be "
+                                       "unique; drop the @name from the file (each use then gets a name of its "
+                                       "own) or use the wildcard once", alt.loc)
                 raise GrammarError(f"factor name '{alt.name}' is used twice; each named factor must be unique",
                                    alt.loc)
             explicit[alt.name] = alt
