@@ -75,8 +75,12 @@ def randomize_table(c: Checker, r, modes) -> Randomize | None:
     )
     if randomize.strength and "img2img" not in modes:
         c.problems.append("key 'randomize.strength': set but mode has no 'img2img'")
-    for mode in modes:
-        n = randomize.settings_count(mode)
+    counts = {mode: randomize.settings_count(mode) for mode in modes}
+    if max(counts.values(), default=1) == 1 < (randomize.draws or 1):  # no range at all, or none wide
+        c.problems.append(f"key 'randomize.draws': got {randomize.draws}, but the ranges give every image only one "
+                          "setting (strengths to 0.01, steps whole, guidance to 0.1); expected draws = 1, or "
+                          "ranges wider than one value")
+    for mode, n in counts.items():  # a mode with one setting beside a wider one (txt2img has no strength)
         if 1 < n < (randomize.draws or 1):
             c.problems.append(f"key 'randomize.draws': got {randomize.draws}, but the ranges give {mode} images only "
                               f"{n} different settings (strengths to 0.01, steps whole, guidance to 0.1); "

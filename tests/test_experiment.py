@@ -111,6 +111,9 @@ def test_demo_experiment_loads_and_plans():
      'metric = "clip_image_similarity:model=tiny"',
      "key 'stages[0].metric': 'clip_image_similarity:model=tiny' compares an image with its init image, but "
      "the stage's source is txt2img"),
+    ('prompt = "a"\n[randomize]\ndraws = 3\nguidance = [5.0, 5.04]',
+     "key 'randomize.draws': got 3, but the ranges give every image only one setting"),
+    ('prompt = "a"\n[randomize]\ndraws = 2', "key 'randomize.draws': got 2, but the ranges give every image only one"),
     ('prompt = "a"\n[randomize]\ndraws = 3\nsteps = [4, 5]',
      "key 'randomize.draws': got 3, but the ranges give txt2img images only 2 different settings"),
     ('prompt = "a"\nseeds = { count = 1, start = 9223372036854775808 }',
