@@ -284,8 +284,8 @@ def _locate_hub(name: str, hub_id: str, *, local_path: Path | None = None) -> Lo
     try:
         folder = hub_snapshot(hub_id, name=name)
     except CheckpointError as exc:
-        if local_path is not None:
-            hint = _did_you_mean(hub_id, _cached_hub_ids())
+        if local_path is not None:  # `owner/name` may have meant a folder: the closest one there first
+            hint = _near_paths(name, local_path) or _did_you_mean(hub_id, _cached_hub_ids())
             raise CheckpointError(f"{exc} (there is no local folder {local_path} either){hint}") from exc.__cause__
         raise
     check_pipeline_folder(folder, name)

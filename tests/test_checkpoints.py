@@ -172,6 +172,9 @@ def test_a_misspelt_path_suggests_the_closest_name_in_its_folder(tmp_path):
     (tmp_path / "models" / "mine").mkdir(parents=True)
     with pytest.raises(ck.CheckpointError, match=r"no file or folder at .*\(did you mean './models/mine'\?\)"):
         ck.resolve("./models/mien", base_dir=tmp_path)
+    # `models/mien` could be a hub id too: not in the cache, and the folder beside it is what was meant
+    with pytest.raises(ck.CheckpointError, match=r"no local folder .* either\) \(did you mean 'models/mine'\?\)"):
+        ck.resolve("models/mien", base_dir=tmp_path)
 
 
 def test_a_hub_id_missing_from_the_cache_suggests_a_cached_one(tiny_ref, empty_hf_cache):
