@@ -116,7 +116,7 @@ def toy_train(ctx: typer.Context) -> None:
     --workers N --minutes M --stop-at STAGE=STEP (--help lists them)."""
     from .toy.train import main as train_main
 
-    train_main(ctx.args)
+    train_main(ctx.args, prog="harness toy train")
 
 
 @toy_app.command("acceptance", context_settings=PASS_THROUGH)
@@ -124,4 +124,4 @@ def toy_acceptance(ctx: typer.Context) -> None:
     """Measure the toy models against the world's oracle (prints a table)."""
     from .toy.acceptance import main as acceptance_main
 
-    acceptance_main(ctx.args)
+    acceptance_main(ctx.args, prog="harness toy acceptance")

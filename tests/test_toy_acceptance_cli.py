@@ -33,6 +33,7 @@ def test_the_cli_command_refuses_a_missing_device_before_measuring():
     r = subprocess.run([sys.executable, "-m", "harness", "toy", "acceptance", "--device", "cuda"],
                        capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 2 and "--device: cuda is not available" in r.stderr and "| check |" not in r.stdout
+    assert "usage: harness toy acceptance" in r.stderr  # the command the user typed, not the module
 
 
 def test_a_check_with_no_sample_reads_n_a_not_nan():

@@ -205,8 +205,8 @@ def _guidance(text: str) -> float:
     return value
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m harness.toy.acceptance", description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None, prog: str = "python -m harness.toy.acceptance") -> None:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     from harness.schedulers import SCHEDULERS
 
     parser.add_argument("--n-oracle", type=_at_least(1), default=200)

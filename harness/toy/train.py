@@ -95,11 +95,11 @@ def train(what: str = "all", out: Path | str | None = None, minutes: float | Non
     return out
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None, prog: str = "python -m harness.toy.train") -> None:
     import os
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # tokenizers run in forked batch workers
-    parser = argparse.ArgumentParser(prog="python -m harness.toy.train", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     parser.add_argument("--what", default="all", help=f"{', '.join(STAGES)}, a comma list of them, or all")
     parser.add_argument("--profile", default="cpu", choices=tuple(PROFILES), help="how much to train")
     parser.add_argument("--out", default=None, help=f"output folder (default {models.DATA_DIR})")
