@@ -79,6 +79,28 @@ def test_bad_stage_or_profile_names_say_what_is_expected(tmp_path):
         train.train("vae", tmp_path, stop_at={"unte": 5})
 
 
+def test_the_committed_weights_are_replaced_only_by_the_full_committed_recipe(tmp_path, capsys):
+    """Without --out a run writes into harness/data/toy: anything but the full gpu profile (the cpu default,
+    --minutes, --stop-at, --set) would replace the committed weights with others, so it is refused first."""
+    from harness.toy import models
+
+    before = {p.name: p.stat().st_mtime_ns for p in models.DATA_DIR.iterdir()}
+    for kwargs in ({}, {"profile": "gpu", "minutes": 0.1}, {"profile": "gpu", "stop_at": {"clip": 5}}):
+        with pytest.raises(ValueError, match="without --out, training writes the committed weights"):
+            train.train("clip", None, device="cpu", **kwargs)
+    with pytest.raises(SystemExit) as exit_:
+        train.main(["--what", "clip", "--minutes", "0.05", "--device", "cpu"], prog="harness toy train")
+    assert exit_.value.code == 2 and "give --out DIR" in capsys.readouterr().err
+    assert {p.name: p.stat().st_mtime_ns for p in models.DATA_DIR.iterdir()} == before
+
+
+def test_a_part_that_needs_the_vae_says_so_before_training_anything(tmp_path):
+    for stage in ("unet", "decoder"):
+        with pytest.raises(ValueError, match=f"--what {stage}: .* has no vae.safetensors .*--what vae,{stage}"):
+            train.train(stage, tmp_path / "fresh", profile=TINY, device="cpu")
+    assert not (tmp_path / "fresh").exists()
+
+
 @pytest.mark.parametrize("args, message", [
     (["--minutes", "0"], "--minutes 0: expected a positive number of minutes per stage"),
     (["--minutes", "-1"], "--minutes -1: expected a positive number"),

@@ -54,6 +54,8 @@ from harness.toy.train_vae import train_decoder, train_vae
 from harness.toy.training import PROFILES, Profile, Setup, pick_device
 
 STAGES = {"vae": train_vae, "decoder": train_decoder, "unet": train_unet, "clip": train_clip}
+COMMITTED_PROFILE = "gpu"  # the profile the committed weights were trained with, in full
+NEEDS_VAE = ("vae.safetensors", models.CONFIGS_FILE)  # what the decoder and unet stages read
 
 
 def train(what: str = "all", out: Path | str | None = None, minutes: float | None = None,
@@ -74,7 +76,22 @@ def train(what: str = "all", out: Path | str | None = None, minutes: float | Non
     if overrides:
         profile = profile.with_overrides(overrides)
     device = pick_device(device)  # before the output folder is made
+    if out is None and (profile.name != COMMITTED_PROFILE or minutes is not None or stop_at or overrides):
+        raise ValueError(f"without --out, training writes the committed weights in {models.DATA_DIR}, which the "
+                         f"'{COMMITTED_PROFILE}' profile made in full; this run (profile {profile.name!r}"
+                         + (", capped by --minutes" if minutes is not None else "")
+                         + (", stopped by --stop-at" if stop_at else "") + (", changed by --set" if overrides else "")
+                         + ") would replace them with other weights: give --out DIR")
     out = Path(out) if out is not None else models.DATA_DIR
+    bad = [s for s in (stop_at or {}) if s not in STAGES]
+    if bad:
+        raise ValueError(f"train(stop_at=...): unknown stage {bad[0]!r}; expected one of {', '.join(STAGES)}")
+    for i, stage in enumerate(stages):  # a later part is trained on the VAE's latents: it must be there
+        missing = [f for f in NEEDS_VAE if stage in ("decoder", "unet") and "vae" not in stages[:i]
+                   and not (out / f).is_file()]
+        if missing:
+            raise ValueError(f"--what {stage}: {out} has no {missing[0]} (the vae stage makes it); train the VAE "
+                             f"first (--what vae,{stage}) or give --out a folder that holds a trained VAE")
     out.mkdir(parents=True, exist_ok=True)
     if workers is None:
         import os
@@ -83,9 +100,6 @@ def train(what: str = "all", out: Path | str | None = None, minutes: float | Non
     if device.startswith("cuda"):
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    bad = [s for s in (stop_at or {}) if s not in STAGES]
-    if bad:
-        raise ValueError(f"train(stop_at=...): unknown stage {bad[0]!r}; expected one of {', '.join(STAGES)}")
     setup = Setup(out, device, profile, minutes, workers, tuple(sorted((stop_at or {}).items())))
     for stage in stages:
         t0 = time.time()
