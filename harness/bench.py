@@ -333,15 +333,19 @@ def main(argv: list[str] | None = None) -> int:
     from .checkpoints import CheckpointError
     from .core import SettingsError
     from .experiment import ExperimentError
-    from .worker import Tuning
+    from .worker import SPEEDUPS, Tuning
 
+    speedups = tuple(x for x in a.speedups.split(",") if x)
+    for s in speedups:
+        if s not in SPEEDUPS:
+            p.error(f"--speedups: {s!r} is not one of {', '.join(SPEEDUPS)}")
     try:
         ablation_variants(a.ablate, "cpu", Tuning())  # a bad --ablate fails before minutes of measuring
     except ValueError as exc:
         p.error(str(exc))
     try:
         figures = run_bench(sweep, device=a.device, dtype=a.dtype, ablate=a.ablate, batch_size=a.batch_size,
-                            speedups=tuple(x for x in a.speedups.split(",") if x),
+                            speedups=speedups,
                             streams=a.streams if a.streams == "auto" else int(a.streams))
     except SettingsError as exc:  # a device or dtype this machine does not have
         p.error(f"--device/--dtype: {exc}")

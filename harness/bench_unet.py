@@ -255,8 +255,11 @@ def main(argv: list[str] | None = None) -> int:
     for s in speedups:
         if s not in ("channels_last", "fuse_qkv"):
             p.error(f"--speedups: {s!r} is not one of channels_last, fuse_qkv")
-    if a.batch < 1 or a.iters < 1 or a.size < 64 or a.size % 64:
-        p.error("--batch and --iters must be at least 1, --size a multiple of 64")
+    for name in ("batch", "iters"):
+        if getattr(a, name) < 1:
+            p.error(f"--{name} {getattr(a, name)}: expected at least 1")
+    if a.size < 64 or a.size % 64:
+        p.error(f"--size {a.size}: expected a multiple of 64, at least 64")
     from .core import SettingsError
 
     try:

@@ -101,7 +101,8 @@ def test_bench_options_are_checked_before_measuring_and_named_in_one_line(capsys
                           (["--quick", "--size", "64"], "--quick runs its own 8-image sweep; leave out --size"),
                           (["--quick", "--seeds", "4"], "--quick runs its own 8-image sweep; leave out --seeds"),
                           (["--quick", "--model", "bogus"], "--model 'bogus': key 'checkpoints[0]': unknown checkpoint"),
-                          (["--quick", "--device", "nosuch"], "--device/--dtype: ")):
+                          (["--quick", "--device", "nosuch"], "--device/--dtype: "),
+                          (["--quick", "--speedups", "bogus"], "--speedups: 'bogus' is not one of channels_last")):
         with pytest.raises(SystemExit) as exit_:
             main(args)
         assert exit_.value.code == 2 and message in capsys.readouterr().err, args

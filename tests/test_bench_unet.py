@@ -52,7 +52,9 @@ def test_bench_unet_on_the_tiny_model_prints_every_figure():
 @pytest.mark.parametrize("argv, message", [
     (["--modes", "eager,fast"], "--modes: 'fast' is not one of eager, compile, freezing"),
     (["--speedups", "compile"], "--speedups: 'compile' is not one of channels_last, fuse_qkv"),
-    (["--size", "100"], "--size a multiple of 64"),
+    (["--size", "100"], "--size 100: expected a multiple of 64"),
+    (["--batch", "0"], "--batch 0: expected at least 1"),
+    (["--iters", "-1"], "--iters -1: expected at least 1"),
     (["--model", "sdxl"], "invalid choice: 'sdxl'"),
 ])
 def test_bad_options_are_named_before_anything_is_built(argv, message, capsys):
