@@ -106,6 +106,8 @@ def test_a_part_that_needs_the_vae_says_so_before_training_anything(tmp_path):
     (["--minutes", "-1"], "--minutes -1: expected a positive number"),
     (["--workers", "-1"], "--workers -1: expected 0"),
     (["--device", "nosuch"], "device='nosuch': expected 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'"),
+    (["--stop-at", "vea=5"], "--stop-at vea=5: unknown stage 'vea'; expected one of vae, decoder, unet, clip"),
+    (["--set", "latent_channels=0"], "--set latent_channels=0: expected latent_channels >= 1, got 0"),
 ])
 def test_bad_command_line_values_are_one_line_errors_before_any_training(tmp_path, capsys, args, message):
     with pytest.raises(SystemExit) as exit_:
@@ -135,11 +137,35 @@ def test_profile_overrides_change_the_architecture_and_are_recorded(tmp_path):
 def test_bad_overrides_name_the_field_and_the_expected_form():
     with pytest.raises(ValueError, match="unknown field 'latent'.*latent_channels"):
         TINY.with_overrides({"latent": "8"})
-    with pytest.raises(ValueError, match="unet=3000,256: expected Budget.*steps,batch,lr"):
+    with pytest.raises(ValueError, match="unet=3000,256: expected steps,batch,lr like 4,4,0.001"):
         TINY.with_overrides({"unet": "3000,256"})
+    for field, text, expected in (("vae", "0,8,1e-4", "expected steps >= 1, got 0"),
+                                  ("unet", "10,2,1e-4", "expected batch >= 4, got 2"),
+                                  ("clip", "10,8,0", "expected a learning rate > 0, got 0"),
+                                  ("latent_channels", "0", "expected latent_channels >= 1, got 0"),
+                                  ("ema_decay", "1", "expected 0 <= ema_decay < 1, got 1"),
+                                  ("vae_edge", "nan", "expected vae_edge >= 0, got nan"),
+                                  ("vae_size", "100", "expected a multiple of 8, at least 64, got 100"),
+                                  ("unet_blocks", "32,64", "expected 3 block widths (one per block), got 2"),
+                                  ("unet_blocks", "30,64,64", "each a multiple of 8 (the norm groups)"),
+                                  ("unet_scenes", "128:10,512:5", "expected scenes at 128 px and at 256 px"),
+                                  ("unet_scenes", "128:10,256", "expected px:scenes pairs like 128:6,256:3")):
+        with pytest.raises(ValueError) as err:
+            TINY.with_overrides({field: text})
+        assert str(err.value).startswith(f"--set {field}={text}: ") and expected in str(err.value), field
     changed = TINY.with_overrides({"unet": "30,8,2e-4", "ema_decay": "0.9"})
     assert changed.unet == training.Budget(30, 8, 2e-4) and changed.ema_decay == 0.9
     assert changed.tag != TINY.tag == "test"  # resumable state of an overridden run is kept apart
+    assert TINY.with_overrides({"unet_scenes": "256:5,128:20"}).unet_scenes == ((128, 20), (256, 5))
+
+
+def test_stop_at_below_the_resumable_state_is_refused_and_changes_nothing(tmp_path):
+    out = train.train("vae", tmp_path, profile=TINY, device="cpu")
+    before = (out / "vae.safetensors").read_bytes()
+    with pytest.raises(ValueError, match=r"--stop-at vae=1: the resumable state .*train-vae-test\.pt is at "
+                                         r"step 3 already; delete it to train vae again from step 0"):
+        train.train("vae", tmp_path, profile=TINY, device="cpu", stop_at={"vae": 1})
+    assert (out / "vae.safetensors").read_bytes() == before
 
 
 def test_reconstruction_loss_charges_for_lost_edges_and_grain():

@@ -85,7 +85,8 @@ def train(what: str = "all", out: Path | str | None = None, minutes: float | Non
     out = Path(out) if out is not None else models.DATA_DIR
     bad = [s for s in (stop_at or {}) if s not in STAGES]
     if bad:
-        raise ValueError(f"train(stop_at=...): unknown stage {bad[0]!r}; expected one of {', '.join(STAGES)}")
+        raise ValueError(f"--stop-at {bad[0]}={stop_at[bad[0]]}: unknown stage {bad[0]!r}; expected one of "
+                         f"{', '.join(STAGES)}")
     for i, stage in enumerate(stages):  # a later part is trained on the VAE's latents: it must be there
         missing = [f for f in NEEDS_VAE if stage in ("decoder", "unet") and "vae" not in stages[:i]
                    and not (out / f).is_file()]

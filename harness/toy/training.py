@@ -60,7 +60,8 @@ class Profile:
 
     def with_overrides(self, items: dict[str, str]) -> Profile:
         """This profile with fields set from strings (`--set FIELD=VALUE`): numbers, comma lists for
-        tuples, `steps,batch,lr` for a stage's budget."""
+        tuples, `steps,batch,lr` for a stage's budget, `px:scenes,...` for `unet_scenes`; each checked
+        against what training can use (a ValueError names the field and the range)."""
         from dataclasses import fields, replace
 
         known = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("name", "overrides")}
@@ -70,16 +71,11 @@ class Profile:
                 raise ValueError(f"--set {key}={text}: unknown field {key!r}; expected one of {', '.join(known)}")
             current = known[key]
             try:
-                if isinstance(current, Budget):
-                    steps, batch, lr = text.split(",")
-                    values[key] = Budget(int(steps), int(batch), float(lr))
-                elif isinstance(current, tuple):
-                    values[key] = tuple(int(x) for x in text.split(","))
-                else:
-                    values[key] = type(current)(text)
-            except ValueError:
-                raise ValueError(f"--set {key}={text}: expected {type(current).__name__} like {current!r} "
-                                 f"(a budget is steps,batch,lr; a tuple is a comma list)") from None
+                values[key] = _parse_field(key, current, text)
+            except ValueError as exc:  # out of range (says what was expected) or malformed
+                expected = str(exc) if str(exc).startswith("expected") else \
+                    f"expected {_FORMS.get(key, type(current).__name__)} like {_show(current)}"
+                raise ValueError(f"--set {key}={text}: {expected}") from None
         return replace(self, **values, overrides=tuple(sorted({**dict(self.overrides), **items}.items())))
 
     @property
@@ -90,6 +86,63 @@ class Profile:
         import hashlib
 
         return f"{self.name}-{hashlib.sha256(repr(self.overrides).encode()).hexdigest()[:8]}"
+
+
+_FORMS = {"vae": "steps,batch,lr", "decoder": "steps,batch,lr", "unet": "steps,batch,lr", "clip": "steps,batch,lr",
+          "vae_blocks": "4 block widths", "unet_blocks": "3 block widths", "unet_scenes": "px:scenes pairs"}
+
+
+def _show(value) -> str:
+    """A field's value as `--set` spells it."""
+    if isinstance(value, Budget):
+        return f"{value.steps},{value.batch},{value.lr:g}"
+    if value and isinstance(value, tuple) and isinstance(value[0], tuple):
+        return ",".join(":".join(map(str, pair)) for pair in value)
+    if isinstance(value, tuple):
+        return ",".join(map(str, value))
+    return str(value)
+
+
+def _parse_field(key: str, current, text: str):
+    """`text` as a value of the profile field `key` (whose value now is `current`); a ValueError starting
+    "expected" says what range a well-formed value missed, any other one that the text is malformed."""
+    def at_least(value, low: float, what: str):
+        if not (math.isfinite(value) and value >= low):
+            raise ValueError(f"expected {what}, got {value:g}")
+        return value
+
+    if isinstance(current, Budget):
+        steps, batch, lr = text.split(",")
+        smallest = 4 if key == "unet" else 1  # the unet stage's 256 px steps use a quarter of the batch
+        return Budget(at_least(int(steps), 1, "steps >= 1"), at_least(int(batch), smallest, f"batch >= {smallest}"),
+                      at_least(float(lr), 1e-12, "a learning rate > 0"))
+    if key == "unet_scenes":
+        pairs = tuple(tuple(int(x) for x in pair.split(":", 1)) for pair in text.split(","))
+        if not all(len(p) == 2 for p in pairs):
+            raise ValueError("px:scenes")
+        if sorted(px for px, _ in pairs) != [128, 256]:  # the sizes the unet stage draws its batches at
+            raise ValueError("expected scenes at 128 px and at 256 px (the sizes the unet stage trains at)")
+        for _, scenes in pairs:
+            at_least(scenes, 1, "scenes >= 1 at each size")
+        return tuple(sorted(pairs))
+    if isinstance(current, tuple):
+        widths = tuple(int(x) for x in text.split(","))
+        if len(widths) != len(current):
+            raise ValueError(f"expected {len(current)} block widths (one per block), got {len(widths)}")
+        group = models.UNET_CONFIG["norm_num_groups"] if key == "unet_blocks" else 1
+        if any(w < 1 or w % group for w in widths):
+            raise ValueError("expected widths >= 1" + (f", each a multiple of {group} (the norm groups)"
+                                                        if group > 1 else ""))
+        return widths
+    if isinstance(current, float):
+        value = float(text)
+        if key == "ema_decay" and not 0 <= value < 1:
+            raise ValueError(f"expected 0 <= ema_decay < 1, got {value:g}")
+        return at_least(value, 0, f"{key} >= 0")
+    value = int(text)
+    if key == "vae_size" and (value < 64 or value % 8):
+        raise ValueError(f"expected a multiple of 8, at least 64, got {value}")
+    return at_least(value, 1, f"{key} >= 1")
 
 
 PROFILES = {
@@ -250,6 +303,9 @@ def loop(stage: str, setup: Setup, modules: dict, opt, make_batch, loss_fn, extr
     t0 = time.time()
     step = start
     stop_step = min(budget.steps, dict(setup.stop_at).get(stage, budget.steps))
+    if start > stop_step:  # training cannot go back: replaying the stop needs a fresh start
+        raise ValueError(f"--stop-at {stage}={stop_step}: the resumable state {ckpt.path} is at step {start} "
+                         f"already; delete it to train {stage} again from step 0")
     for batch in batches(make_batch, start, stop_step, setup.workers):
         for group in opt.param_groups:
             group["lr"] = lr_at(step, budget) * group.get("lr_scale", 1.0)
