@@ -78,14 +78,24 @@ def model_hash(fingerprint: str) -> str:
     return digest[:10]
 
 
-def a1111_parameters(job: Job, *, sampler: str, model_name: str,
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def _text_safe(prompt: str) -> str:
+    """`prompt` with the control characters a PNG text chunk may not carry (NUL, and the others but tab
+    and line feed) shown as U+FFFD; the ``harness`` chunk keeps the exact text."""
+    return _CONTROL.sub("\ufffd", prompt)
+
+
+def a1111_parameters(job: Job, *, sampler: str, model_name: str, schedule: str | None = None,
                      extra: Mapping[str, Any] | None = None, model_hash_override: str | None = None) -> str:
     """The ``parameters`` text of AUTOMATIC1111's web UI for `job`.
 
     Line 1 (and following, for multi-line prompts) is the prompt, then a
     ``Negative prompt:`` line when the negative prompt is non-empty, then one
-    line of ``Key: value`` pairs. ``Denoising strength`` appears for img2img
-    only. `extra` pairs are appended after the standard ones, in order.
+    line of ``Key: value`` pairs. ``Schedule type`` follows the sampler when
+    `schedule` is given; ``Denoising strength`` appears for img2img only.
+    `extra` pairs are appended after the standard ones, in order.
     """
     for name, value in (("sampler", sampler), ("model_name", model_name)):
         if not isinstance(value, str) or not value.strip():
@@ -93,6 +103,7 @@ def a1111_parameters(job: Job, *, sampler: str, model_name: str,
     pairs: dict[str, str] = {
         "Steps": str(job.steps),
         "Sampler": sampler,
+        **({"Schedule type": schedule} if schedule else {}),
         "CFG scale": repr(float(job.guidance)),
         "Seed": str(job.seed),
         "Size": f"{job.width}x{job.height}",
@@ -113,8 +124,8 @@ def a1111_parameters(job: Job, *, sampler: str, model_name: str,
                              "(letters, digits, spaces, '-', '/'; at least two characters)")
         pairs[key] = str(value)
     line = ", ".join(f"{k}: {_quote(v)}" for k, v in pairs.items())
-    negative = f"\nNegative prompt: {job.negative_prompt}" if job.negative_prompt else ""
-    return f"{job.prompt}{negative}\n{line}"
+    negative = f"\nNegative prompt: {_text_safe(job.negative_prompt)}" if job.negative_prompt else ""
+    return f"{_text_safe(job.prompt)}{negative}\n{line}"
 
 
 # --------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """Scheduler registry: harness names -> diffusers classes, options and AUTOMATIC1111 sampler names.
 
-Importing this module does not import diffusers (the PNG infotext writer reads `SAMPLER_NAMES`).
+Importing this module does not import diffusers (the PNG infotext writer reads `SAMPLER_NAMES` and `SCHEDULE_TYPES`).
 """
 
 from __future__ import annotations
@@ -17,6 +17,9 @@ class SchedulerSpec:
     class_name: str          # diffusers class
     sampler: str             # AUTOMATIC1111 display name, written to PNG infotext
     options: tuple = ()      # (key, value) overrides applied on top of the checkpoint's scheduler config
+    # AUTOMATIC1111 "Schedule type", written where its default for `sampler` is not the spacing diffusers
+    # uses: its DPM++ 2M defaults to Karras sigmas, diffusers' to timesteps spaced evenly ("Uniform").
+    schedule: str | None = None
 
 
 SCHEDULERS: dict[str, SchedulerSpec] = {s.name: s for s in (
@@ -25,12 +28,13 @@ SCHEDULERS: dict[str, SchedulerSpec] = {s.name: s for s in (
     SchedulerSpec("euler", "EulerDiscreteScheduler", "Euler"),
     SchedulerSpec("euler_a", "EulerAncestralDiscreteScheduler", "Euler a"),
     SchedulerSpec("dpmpp_2m", "DPMSolverMultistepScheduler", "DPM++ 2M",
-                  (("algorithm_type", "dpmsolver++"), ("solver_order", 2))),
+                  (("algorithm_type", "dpmsolver++"), ("solver_order", 2)), schedule="Uniform"),
     SchedulerSpec("lms", "LMSDiscreteScheduler", "LMS"),
     SchedulerSpec("heun", "HeunDiscreteScheduler", "Heun"),
     SchedulerSpec("ddpm", "DDPMScheduler", "DDPM"),
 )}
 SAMPLER_NAMES: dict[str, str] = {s.name: s.sampler for s in SCHEDULERS.values()}
+SCHEDULE_TYPES: dict[str, str] = {s.name: s.schedule for s in SCHEDULERS.values() if s.schedule}
 
 
 def scheduler_spec(name: str) -> SchedulerSpec:

@@ -178,7 +178,7 @@ class BatchMaker:
         count is process-wide, so it is the one they use."""
         import torch
 
-        from .schedulers import SAMPLER_NAMES
+        from .schedulers import SAMPLER_NAMES, SCHEDULE_TYPES
         from .devices import dtype_name, pick_dtype
         from .metrics.health import check_array
 
@@ -201,7 +201,7 @@ class BatchMaker:
             out.writes.append(submit(
                 write_png_atomic, self.images_dir / f"{job.key}.png", pixels,
                 parameters=a1111_parameters(job, sampler=SAMPLER_NAMES.get(job.scheduler, job.scheduler),
-                                            model_name=job.checkpoint,
+                                            schedule=SCHEDULE_TYPES.get(job.scheduler), model_name=job.checkpoint,
                                             model_hash_override=getattr(ref, "model_hash", "") or None),
                 provenance=provenance_record(job, **extra), compress_level=self.tuning.png_level))
             out.rows.append(Done(job.key, batch_id=batch_id, batch_size=chunk.batch_size, slot=slot,

@@ -368,6 +368,12 @@ def test_sampler_names_are_the_a1111_display_names():
                                 "dpmpp_2m": "DPM++ 2M", "lms": "LMS", "heun": "Heun", "ddpm": "DDPM"}
 
 
+def test_dpmpp_2m_names_its_even_spacing_since_the_web_ui_defaults_it_to_karras(tiny_pipe):
+    assert schedulers.SCHEDULE_TYPES == {"dpmpp_2m": "Uniform"}
+    built = schedulers.make_scheduler("dpmpp_2m", tiny_pipe.scheduler.config)
+    assert not built.config.use_karras_sigmas and built.config.algorithm_type == "dpmsolver++"
+
+
 def test_unknown_scheduler_lists_the_valid_names(tiny_ref):
     with pytest.raises(ck.CheckpointError) as err:
         pipelines.load_pipeline(tiny_ref, "txt2img", scheduler="k_dpm_2")

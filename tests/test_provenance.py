@@ -352,3 +352,21 @@ def test_a_run_in_two_streams_records_both_and_the_threads_each_stream_used(tiny
     runs = [read_provenance(f)["run"] for f in (tmp_path / "run" / "images").glob("*.png")]
     assert len(runs) == 2 and torch.get_num_threads() == threads
     assert all(r["streams"] == 2 and r["torch_threads"] == max(1, threads // 2) for r in runs), runs
+
+
+def test_control_characters_stay_out_of_the_text_chunk_and_exact_in_the_record(tmp_path):
+    """A PNG text chunk may not hold NUL or other control characters (tab and line feed aside): the
+    infotext shows them as U+FFFD, the harness record keeps the prompt exact."""
+    job = make_job(prompt="a\x00cat\x07, tab\there", negative_prompt="bad\x1b")
+    path = tmp_path / "c.png"
+    write(path, job)
+    info = parse_infotext(read_png_text(path)["parameters"])
+    assert (info.prompt, info.negative_prompt) == ("a\ufffdcat\ufffd, tab\there", "bad\ufffd")
+    assert b"a\x00cat" not in path.read_bytes()
+    assert Job.from_dict(read_provenance(path)["job"]) == job
+
+
+def test_schedule_type_follows_the_sampler_when_given():
+    text = a1111_parameters(make_job(), sampler="DPM++ 2M", schedule="Uniform", model_name="tiny")
+    assert "Steps: 20, Sampler: DPM++ 2M, Schedule type: Uniform, CFG scale: 7.5," in text
+    assert parse_infotext(text).params["Schedule type"] == "Uniform"

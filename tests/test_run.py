@@ -447,3 +447,15 @@ def test_the_run_summary_counts_every_image_scored_as_it_generated(tmp_path):
                        capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stderr
     assert "\nhealth: 16 images scored; mean 1\n" in r.stdout and "in this pass" not in r.stdout
+
+
+def test_the_infotext_names_the_schedule_and_carries_no_control_character(tmp_path):
+    """A run with DPM++ 2M writes `Schedule type: Uniform` (the web UI would read the bare sampler as
+    Karras), and a prompt holding a NUL is written with U+FFFD in the infotext, exact in the record."""
+    text = ('name = "s"\nprompt = "a red\\u0000cat"\nseeds = [1]\ncheckpoints = ["tiny"]\nsteps = 2\n'
+            'width = 64\nheight = 64\nscheduler = "dpmpp_2m"\n')
+    run_experiment(experiment(tmp_path, text), out=tmp_path / "run", progress=False)
+    (image,) = (tmp_path / "run" / "images").glob("*.png")
+    info = parse_infotext(read_png_text(image)["parameters"])
+    assert info.params["Sampler"] == "DPM++ 2M" and info.params["Schedule type"] == "Uniform"
+    assert info.prompt == "a red\ufffdcat" and read_provenance(image)["job"]["prompt"] == "a red\x00cat"
