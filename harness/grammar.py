@@ -276,12 +276,12 @@ def escape_text(value: str, *, option_start: bool = False) -> str:
     """Literal text -> template text that parses back to exactly this text.
 
     `{ } | / _ \\ $` are always escaped; `@` and `:` only where they would
-    read as an option head (a name, choose-k or weight), so A1111 emphasis such
+    read as an option head (a name, or a weight, well-formed or not), so A1111 emphasis such
     as `(word:1.2)` stays readable.
     """
     out = re.sub(r"([{}|/_\\$])", r"\\\1", value)
     if option_start:
-        for head, char in ((_AT_HEAD, "@"), (_WEIGHT_HEAD, ":")):
+        for head, char in ((_AT_HEAD, "@"), (_WEIGHT_HEAD, ":"), (_BAD_WEIGHT_HEAD, ":")):
             if head.match(out):
                 at = out.index(char)
                 out = out[:at] + "\\" + out[at:]

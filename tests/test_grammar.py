@@ -131,6 +131,9 @@ def test_automatic_names_show_text_as_written_and_wildcards_by_path(tmp_path):
 
     assert compile_template(r"{oil\_painting|watercolor} {1\/2 cup|cup} {\$5 bill|coin}").factors == [
         "oil_painting|watercolor", "1/2 cup|cup", "$5 bill|coin"]
+    # the grammar's own separators stay escaped: two options are not named like three
+    assert compile_template(r"{a\|b|c} {a|b|c} {x\{y\}|z\\w}").factors == [
+        r"a\|b|c", "a|b|c", r"x\{y\}|z\\w"]
     (tmp_path / "artists.txt").write_text("greg rutkowski\nalphonse mucha\n")
     lib = WildcardLibrary([tmp_path])
     before = compile_template("a cat{, by __artists__|}", library=lib).factors
@@ -300,6 +303,14 @@ def test_deep_nesting_is_a_grammar_error():
 def test_render_round_trips_a1111_text():
     t = parse("{@c: (red:1.2)|1.5::x} and \\{")
     assert parse(render(t)) == t
+
+
+@pytest.mark.parametrize("template", [r"{1.5x\:\:a|b}", r"{nan\:\:a|b}", r"{.5x\:\: a}", r"{0,\:\:}"])
+def test_text_that_looks_like_a_malformed_weight_renders_escaped(template):
+    """An option whose text starts like a weight the parser would refuse (`1.5x::`) stays escaped when
+    rendered, so mutants of it parse."""
+    t = parse(template)
+    assert parse(render(t)) == t and "\\:" in render(t)
 
 
 def test_impossible_choose_k_is_an_error():

@@ -10,12 +10,14 @@ from typing import Iterator
 from ..grammar import Alt, GrammarError, Option, Seq, Text, Wildcard
 
 _NAME_MAX = 48
+_SPECIAL = re.compile(r"[\\|{}]")  # characters the template must escape to write them as text
 
 
 def auto_name(alt: Alt) -> str:
     """A readable name from the alternation's own content as written, so it stays the same
     when unrelated parts of the template change: `red|green`, `artists`, `, by __artists__|`.
-    Literal text appears unescaped and a wildcard as `__path__`, never its file's lines."""
+    Literal text appears as the template spells it, the grammar's own `\\ | { }` escaped (so `{a\\|b|c}`,
+    two options, is not named like `{a|b|c}`), and a wildcard as `__path__`, never its file's lines."""
     if alt.wildcard:
         return alt.wildcard
     name = "|".join(re.sub(r"\s+", " ", _name_text(o.body)).strip() for o in alt.options)
@@ -29,7 +31,7 @@ def _name_text(node) -> str:
     if isinstance(node, Seq):
         return "".join(_name_text(p) for p in node.parts)
     if isinstance(node, Text):
-        return node.value
+        return _SPECIAL.sub(r"\\\g<0>", node.value)
     if isinstance(node, Wildcard) or node.wildcard:
         return f"__{node.path if isinstance(node, Wildcard) else node.wildcard}__"
     if node.slash:
