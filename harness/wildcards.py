@@ -75,8 +75,9 @@ def read_text(path: Path) -> str:
     try:
         return data.decode("utf-8-sig").replace("\r\n", "\n").replace("\r", "\n")
     except UnicodeDecodeError as exc:
-        good = data[: exc.start].decode("utf-8-sig", errors="replace")
-        raise GrammarError(f"not UTF-8 text (byte 0x{data[exc.start]:02x}); save the file as UTF-8",
+        bad = exc.start + (3 if data.startswith(b"\xef\xbb\xbf") else 0)  # the decoder counts after the mark
+        good = data[:bad].decode("utf-8-sig", errors="replace")
+        raise GrammarError(f"not UTF-8 text (byte 0x{data[bad]:02x}); save the file as UTF-8",
                            Loc(str(path), good, len(good))) from None
 
 

@@ -163,6 +163,10 @@ def test_template_files_drop_a_byte_order_mark_and_reject_bytes_that_are_not_utf
     with pytest.raises(GrammarError) as err:
         compile_template("__latin1__", library=lib)
     assert f"{tmp_path / 'latin1.txt'}:1:4: not UTF-8 text (byte 0xe9)" in str(err.value)
+    (tmp_path / "marked.txt").write_bytes(b"\xef\xbb\xbfa cat\n{b|c}\xe9\n")  # a mark, then a bad byte
+    with pytest.raises(GrammarError) as err:
+        compile_template("__marked__", library=lib)
+    assert f"{tmp_path / 'marked.txt'}:2:6: not UTF-8 text (byte 0xe9)" in str(err.value)
 
 
 def test_repeated_automatic_names_get_suffix():

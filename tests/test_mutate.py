@@ -73,6 +73,13 @@ def test_swap_reaches_a_list_line_inside_emphasis_and_keeps_its_weight():
     assert m.args["old"] == "greg rutkowski" and m.prompt == f"a castle, (by {m.args['new']}:0.5)"
 
 
+def test_a_word_swap_never_makes_a_clause_repeat_another():
+    res = mu.Resources.load(LIBRARY, ["colours"])
+    seen = {mu.apply("swap", "red car, blue car", random.Random(seed), res).prompt for seed in range(60)}
+    assert len(seen) > 4 and not {"red car, red car", "blue car, blue car"} & seen
+    assert all(len(set(p.split(", "))) == 2 for p in seen)
+
+
 def test_swap_exchanges_a_factor_option_of_the_source_template():
     res = mu.Resources.load(LIBRARY, [], template="a {red|blue|green} castle")
     m = mu.apply("swap", "a red castle, oil painting", random.Random(1), res)

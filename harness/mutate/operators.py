@@ -75,13 +75,22 @@ def swap(prompt: str, rng: random.Random, resources: Resources) -> Mutant | None
                 for item in vocab.items:
                     if item:
                         sites += [("word", (pi, at), vocab, item) for at in _word_spans(part.value, item)]
+    repeats = _repeats(split_clauses(render(tree)))
     while sites:
         kind, where, vocab, old = sites.pop(rng.randrange(len(sites)))
         if kind == "clause":
             line = lambda i: wraps[where].format(escape_text(vocab.clause(i)))  # noqa: E731
             choices = [i for i in vocab.items if i != old and line(i) not in texts]
         else:
-            choices = [i for i in vocab.items if i != old]
+            pi, at = where
+
+            def swapped(item: str) -> list[str]:
+                parts = list(tree.parts)
+                value = parts[pi].value
+                parts[pi] = Text(value[:at] + item + value[at + len(old):])
+                return split_clauses(render(Seq(tuple(parts))))
+            # a word swap must not make a clause repeat another ("red car, blue car" -> "red car, red car")
+            choices = [i for i in vocab.items if i != old and _repeats(swapped(i)) <= repeats]
         if not choices:
             continue
         new = rng.choice(choices)
@@ -90,16 +99,17 @@ def swap(prompt: str, rng: random.Random, resources: Resources) -> Mutant | None
             out[where] = line(new)
             args = {"vocabulary": vocab.name, "old": old, "new": new, "clause": where}
         else:
-            pi, at = where
-            parts = list(tree.parts)
-            value = parts[pi].value
-            parts[pi] = Text(value[:at] + new + value[at + len(old):])
-            out = split_clauses(render(Seq(tuple(parts))))
+            out = swapped(new)
             args = {"vocabulary": vocab.name, "old": old, "new": new, "part": pi, "at": at}
         m = _mutant(prompt, out, "swap", args)
         if m is not None:
             return m
     return None
+
+
+def _repeats(clauses: list[str]) -> int:
+    """How many clauses repeat an earlier one."""
+    return len(clauses) - len(set(clauses))
 
 
 def insert(prompt: str, rng: random.Random, resources: Resources) -> Mutant | None:
