@@ -35,6 +35,7 @@ class Plan:
     jobs: tuple[Job, ...]
     factors: tuple[str, ...]
     checkpoints: dict = field(default_factory=dict)  # name -> CheckpointRef
+    nesting: tuple[tuple[str, str], ...] = ()  # (outer, inner): factor `inner` sits in an option of `outer`
 
     @property
     def keys(self) -> list[str]:
@@ -189,11 +190,31 @@ def make_plan(exp: Experiment, *, resolve: Callable | None = None, library: Wild
     """Build every job. `resolve(name, base_dir=...)` returns a CheckpointRef
     (default: the checkpoint registry); `init_hash(path, w, h)` hashes an init
     image as it will be fed to the pipeline (default: images.init_hash)."""
+    library = library or WildcardLibrary(exp.wildcard_path())
     prompts, negatives = variants_of(exp, library)
     refs = resolve_checkpoints(exp, resolve)
     jobs = jobs_for(exp, refs, prompts, negatives, init_hash=init_hash)
     factors = list(dict.fromkeys(f for j in jobs for f in j.factors))
-    return Plan(exp, tuple(jobs), tuple(factors), refs)
+    return Plan(exp, tuple(jobs), tuple(factors), refs, factor_nesting(exp, library))
+
+
+def factor_nesting(exp: Experiment, library: WildcardLibrary) -> tuple[tuple[str, str], ...]:
+    """(outer, inner) factor pairs of the experiment's templates (prompt, negative prompt and stage
+    prompts), named as the jobs name them: a comparison of one of a pair leaves the other free."""
+    from .experiment import PARENT_TOKEN
+
+    texts = [(exp.prompt, "", exp.prompt_origin),
+             (exp.negative_prompt, NEGATIVE_PREFIX, f"{exp.path} (negative_prompt)")]
+    for stage in exp.stages:  # a stage's template holds its parent's prompt as escaped text: no factors
+        texts.append((stage.prompt.replace(PARENT_TOKEN, ""), "", f"{exp.path} (stage {stage.name})"))
+        if stage.negative_prompt is not None:
+            texts.append((stage.negative_prompt, NEGATIVE_PREFIX, f"{exp.path} ({stage.name})"))
+    pairs = []
+    for text, prefix, origin in texts:
+        if text.strip():
+            tpl = compile_template(text, library=library, origin=origin, allow_empty=True)
+            pairs += [(prefix + outer, prefix + inner) for outer, inner in tpl.nested]
+    return tuple(dict.fromkeys(pairs))
 
 
 def jobs_for(exp: Experiment, refs: dict, prompts: list[Variant], negatives: list[Variant], *,

@@ -6,6 +6,7 @@ Everything written here is derived: delete `tables/`, `plots/`, `thumbs/` or
 
 from __future__ import annotations
 
+from collections import defaultdict
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Iterable
@@ -45,7 +46,8 @@ def compare(df: pd.DataFrame, factor: str, *, metric: str | None = None, baselin
 
     metric = metric or default_compare_metric(df)
     if metric is None:
-        raise ValueError("no scored metric in this run; run `harness eval RUN` first")
+        raise ValueError("no image of this run is made yet; run `harness run` first" if not len(df) else
+                         "no scored metric in this run; run `harness eval RUN` first")
     col = _find_metric(df, metric)
     try:
         higher = metric_class(short_metric(col)).INFO.higher_is_better
@@ -124,6 +126,19 @@ EXTRA_TABLES = (("search_generations", "Prompt search: best prompts per generati
                 ("search_lineage", "Prompt search: the winners' lineage"),
                 ("ablation", "Ablation: each clause's contribution (full minus without, paired by seed)"))
 EXTRA_PLOTS = ("search_trajectory.png",)
+
+
+def _planned_levels(ledger: Ledger) -> dict[str, int]:
+    """Factor column (and checkpoint, strength) -> how many levels the current plan gives it."""
+    planned = ledger.planned_keys()
+    levels: dict[str, set] = defaultdict(set)
+    for job in ledger.all_jobs():
+        if planned is None or job.key in planned:
+            for name, value in job.factors.items():
+                levels[f"f.{name}"].add(value)
+            levels["checkpoint"].add(job.checkpoint)
+            levels["strength"].add(job.strength)
+    return {column: len(values - {None}) for column, values in levels.items()}
 
 
 def _no_pairs(c: Comparison) -> str:
@@ -230,6 +245,7 @@ def build_report(run_dir: Path | str, *, rows: str | None = None, cols: str | No
         unplanned = ledger.unplanned_done()
         missing = ledger.planned_not_done()
         failed = failed_jobs(ledger)
+        planned_levels = _planned_levels(ledger) if missing and compare_factors is None else {}
     result = ReportResult(run_dir, len(table), truncated=int((table["truncated"] != "").sum()) if len(table) else 0,
                           text_limits=table.attrs.get(TEXT_LIMITS, {}), failed=failed)
     _check_options(table, rows, cols, metric, html)
@@ -243,9 +259,14 @@ def build_report(run_dir: Path | str, *, rows: str | None = None, cols: str | No
     result.excluded = {"unhealthy": int((~table["healthy"]).sum()) if len(table) else 0, "unplanned": unplanned}
     result.missing = missing
     result.gone = int(sum(not (run_dir / image).is_file() for image in table["image"])) if len(table) else 0
+    candidates = [f for f in factor_columns(table) + ["checkpoint", "strength"] if f in table.columns]
     factors = list(compare_factors) if compare_factors is not None else [
-        f for f in factor_columns(table) + ["checkpoint", "strength"]
-        if f in table.columns and table[f].nunique(dropna=True) >= 2]
+        f for f in candidates if table[f].nunique(dropna=True) >= 2]
+    for f in candidates:  # a partial run: a factor the plan varies may show one level so far
+        if table[f].nunique(dropna=True) == 1 and planned_levels.get(f, 0) >= 2:
+            result.skipped.append((f, "any metric", f"only 1 level ({table[f].dropna().iloc[0]!r}) among the "
+                                   f"{len(table)} images made; the plan has {planned_levels[f]} "
+                                   f"({missing} images not made yet)"))
     if default_compare_metric(table) or metric:
         for m in report_metrics(run_dir, metric):
             for f in factors:

@@ -106,6 +106,8 @@ def prepare_run(exp: Experiment, plan: Plan, run_dir: Path, *, jobs: list[Job] |
     ledger.set_meta("template", exp.prompt)
     ledger.set_meta("experiment_path", str(exp.path))
     ledger.set_meta("factors", json.dumps(list(plan.factors)))
+    if part == "main":  # an ablation's or a search's own plan has no template of the experiment's
+        ledger.set_meta("factor_nesting", json.dumps(plan.nesting))
     ledger.drop_pending({j.key for j in jobs})
     ledger.add_jobs(jobs, refresh=part == "main")  # the experiment's own description of its images wins
     # the main images changed (an edit, or a wildcard file holding other lines): what was made from the

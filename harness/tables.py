@@ -29,6 +29,7 @@ IMAGE_COLUMNS = ["key", "image", "stage", "checkpoint", "fingerprint", "mode", "
 LEVEL_COLUMNS = ("level", "baseline")  # summary and comparison tables: a factor's levels
 NO_LEVEL = "(none)"  # factors.*: the images a factor does not apply to (txt2img ones for strength)
 TEXT_LIMITS = "text_limits"  # image_table's attrs: metric id -> BPE tokens its CLIP model reads
+NESTING = "nesting"  # image_table's attrs: [outer, inner] factor columns, `inner` inside an option of `outer`
 VARIANT_KEYS = ["stage", "checkpoint", "mode", "strength", "prompt", "negative_prompt"]
 
 
@@ -70,6 +71,8 @@ def image_table(ledger: Ledger) -> pd.DataFrame:
     front = [c for c in IMAGE_COLUMNS if c in jobs.columns]
     table = jobs[front + factor_cols + metric_cols].reset_index(drop=True)
     table.attrs[TEXT_LIMITS] = text_limits(scores)
+    table.attrs[NESTING] = [[f"f.{outer}", f"f.{inner}"]
+                            for outer, inner in json.loads(ledger.get_meta("factor_nesting") or "[]")]
     return table
 
 

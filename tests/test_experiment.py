@@ -384,3 +384,14 @@ def test_same_weights_twice_is_an_error(tmp_path):
         make_plan(load_experiment(p), resolve=lambda n, base_dir=None: fake_resolve("same"))
     assert str(e.value).startswith(str(p)) and "key 'checkpoints[1]': 'toy' holds the same weights as 'tiny'" in str(e.value)
     assert isinstance(e.value, _user_errors())  # the command line prints it in one line, exit 2
+
+
+def test_the_plan_records_which_factor_sits_inside_which(tmp_path):
+    """Nesting in the prompt, the negative prompt (its factors prefixed) and a stage's prompt."""
+    path = tmp_path / "e.toml"
+    path.write_text('name = "n"\nprompt = "a {cat {@hat: red|blue}|dog}"\nnegative_prompt = "{blurry {x|y}|z}"\n'
+                    'seeds = [1]\ncheckpoints = ["tiny"]\n\n[[stages]]\nname = "s"\n'
+                    'prompt = "{parent}, {@look: sharp {@how: very|a bit}|soft}"\nstrengths = [0.5]\n')
+    plan = make_plan(load_experiment(path), resolve=fake_resolve, init_hash=fake_hash)
+    assert plan.nesting == (("cat {red|blue}|dog", "hat"), ("negative:blurry {x|y}|z", "negative:x|y"),
+                            ("look", "how"))

@@ -471,3 +471,52 @@ def test_an_ambiguous_metric_lists_only_the_ids_it_could_mean():
         with pytest.raises(ValueError) as info:
             find(df, "clip_score")
         assert str(info.value).endswith("one of: clip_score[model=toy], clip_score[model=tiny]")
+
+
+def test_a_factor_nested_in_another_is_compared_and_so_is_the_one_that_holds_it(tmp_path):
+    """`{cat {@hat: red|blue}|dog}`: the outer factor's value is its option's text ('cat red'), so requiring it
+    to match would leave the hats no pair. The run records which factor sits in which, and each comparison
+    leaves the other one free, holding the seed and everything else fixed."""
+    from harness.run import run_experiment
+
+    (tmp_path / "exp.toml").write_text(
+        'name = "nest"\nprompt = "a {cat {@hat: red|blue}|dog} photo"\nseeds = [1, 2]\ncheckpoints = ["tiny"]\n'
+        'steps = 2\nwidth = 64\nheight = 64\nmetrics = ["clip_score:model=tiny"]\n')
+    run_experiment(tmp_path / "exp.toml", out=tmp_path / "run", progress=False)
+    r = build_report(tmp_path / "run", html=False)
+    by_factor = {c.factor: c for c in r.comparisons}
+    assert set(by_factor) == {"f.hat", "f.cat {red|blue}|dog"} and not r.skipped
+    (hat,) = by_factor["f.hat"].rows
+    assert (by_factor["f.hat"].baseline, hat.level, hat.n_pairs) == ("blue", "red", 2)
+    assert by_factor["f.hat"].pair_on == ["checkpoint", "seed", "stage"]
+    outer = by_factor["f.cat {red|blue}|dog"]
+    assert sorted((row.level, row.n_pairs) for row in outer.rows) == [("cat red", 2), ("dog", 2)]
+    with Ledger.open(tmp_path / "run", readonly=True) as led:
+        assert compare(image_table(led), "hat").rows[0].n_pairs == 2  # `harness compare` pairs them too
+
+
+def test_a_partial_run_names_the_factors_it_cannot_compare_yet(tmp_path):
+    """An interrupted run whose images so far show one shape: the report says why shape is not compared,
+    rather than leaving it out without a word."""
+    run = tmp_path / "run"
+    jobs = [Job("tiny", "fp", "txt2img", f"a {color} {shape}", "", seed, 4, 7.5, "ddim", 64, 64,
+                factors={"color": color, "shape": shape}, meta={"stage": "main"})
+            for shape in ("circle", "square") for color in ("red", "blue") for seed in (1, 2)]
+    with Ledger.open(run) as led:
+        led.add_jobs(jobs)
+        led.set_plan("main", [j.key for j in jobs])
+        made = [j for j in jobs if j.factors["shape"] == "circle"]
+        finish(led, made)
+        led.put_scores([Score(j.key, METRIC, 10.0 + j.seed + (j.factors["color"] == "red")) for j in made])
+    r = build_report(run, html=False)
+    assert [c.factor for c in r.comparisons] == ["f.color"]
+    assert r.skipped == [("f.shape", "any metric", "only 1 level ('circle') among the 4 images made; the plan "
+                                                   "has 2 (4 images not made yet)")]
+
+
+def test_compare_on_a_run_with_no_image_yet_says_so(tmp_path):
+    with Ledger.open(tmp_path / "run") as led:
+        led.add_jobs([Job("tiny", "fp", "txt2img", "a cat", "", 1, 4, 7.5, "ddim", 64, 64)])
+        table = image_table(led)
+    with pytest.raises(ValueError, match=r"no image of this run is made yet; run `harness run` first"):
+        compare(table, "checkpoint")

@@ -501,3 +501,14 @@ def test_fewer_than_15_clusters_are_flagged_as_a_too_narrow_interval(clusters, n
     (a,) = paired_compare(pd.DataFrame(rows), factor="style", metric="score", rng=rng, n_boot=100).rows
     assert a.n_clusters == clusters
     assert ("likely too narrow" in a.note) is narrow and "little power" not in a.note
+
+
+def test_a_bare_name_that_is_a_one_level_parameter_points_at_the_prompt_factor_of_that_name():
+    """`{@mode: portrait|landscape}` next to the parameter column `mode` (txt2img only): `--factor mode` is
+    the parameter, and the error says the prompt factor is `f.mode`."""
+    df = crafted_table().assign(mode="txt2img").rename(columns={"f.style": "f.mode"})
+    with pytest.raises(ValueError, match=r"factor 'mode' names the parameter column 'mode', which has one level "
+                                         r"here; the prompt factor of that name is 'f.mode'"):
+        paired_compare(df, factor="mode", metric="score", rng=np.random.default_rng(0))
+    c = paired_compare(df, factor="f.mode", metric="score", rng=np.random.default_rng(0), n_boot=20)
+    assert c.factor == "f.mode" and c.rows[0].n_pairs > 0

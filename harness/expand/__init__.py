@@ -12,7 +12,7 @@ The package's modules, one job each:
 
 - `resolving`: wildcards into alternations over their file's lines (`resolve`);
 - `names`: factor names (`auto_name`, `assign_names`, `alternations`,
-  `factor_names`);
+  `factor_names`) and which sit inside which (`nested_pairs`);
 - `paths`: choice paths, counted (`raw_count`) and walked in template order
   with text, factors and probability; the base of counting, expansion and sampling;
 - `counting`: distinct prompts (`count_info`, `count`);
@@ -34,14 +34,14 @@ from ..grammar import GrammarError, Seq, parse
 from ..wildcards import WildcardLibrary, default_search_path
 from .counting import _lang, count, count_info
 from .exhaustive import expand
-from .names import alternations, assign_names, auto_name, factor_names
+from .names import alternations, assign_names, auto_name, factor_names, nested_pairs
 from .paths import DEFAULT_JOINER, raw_count
 from .resolving import resolve
 from .sampling import sample
 
 __all__ = [
     "DEFAULT_JOINER", "Template", "alternations", "assign_names", "auto_name", "compile_template", "count",
-    "count_info", "expand", "factor_names", "raw_count", "resolve", "sample",
+    "count_info", "expand", "factor_names", "nested_pairs", "raw_count", "resolve", "sample",
 ]
 
 
@@ -53,6 +53,11 @@ class Template:
     @property
     def factors(self) -> list[str]:
         return factor_names(self.tree)
+
+    @property
+    def nested(self) -> list[tuple[str, str]]:
+        """(outer, inner) factor pairs: `inner` sits inside an option of `outer`."""
+        return nested_pairs(self.tree)
 
     def count(self) -> int:
         return count(self.tree)

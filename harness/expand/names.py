@@ -86,3 +86,10 @@ def alternations(node) -> Iterator[Alt]:
 
 def factor_names(tree: Seq) -> list[str]:
     return [a.name for a in alternations(tree) if a.name]
+
+
+def nested_pairs(tree: Seq) -> list[tuple[str, str]]:
+    """(outer, inner) for every factor inside an option of another, at any depth: the outer factor's value
+    (its option's text) holds the inner one's, so a comparison of either cannot hold the other fixed."""
+    return [(alt.name, inner.name) for alt in alternations(tree) for o in alt.options
+            for inner in alternations(o.body)]

@@ -39,14 +39,17 @@ from .table import (
 def default_pair_on(df: pd.DataFrame, factor: str) -> list[str]:
     """The columns two images must share to form a pair when comparing `factor`.
 
-    Always: the other factors (``f.*``), checkpoint, seed, draw and stage. A parameter column
+    Always: the other factors (``f.*``) but those nested in `factor` or holding it (the table's
+    ``attrs["nesting"]``: an outer factor's value is its option's text, which holds the inner choice),
+    checkpoint, seed, draw and stage. A parameter column
     (:data:`PARAM_COLUMNS`) joins only where it takes several values among images with the
     same factor level and design, i.e. where it is an axis of its own (mode, strength, init image).
     A parameter that follows the factor or the prompt (the negative prompt of a negative factor,
     a checkpoint's own size, a guidance drawn per prompt by ``[randomize]``) is left out: requiring
     it to match would leave no pairs.
     """
-    cols = [c for c in df.columns if str(c).startswith("f.") and c != factor]
+    related = {c for pair in df.attrs.get("nesting", []) if factor in pair for c in pair}
+    cols = [c for c in df.columns if str(c).startswith("f.") and c != factor and c not in related]
     cols += [c for c in DESIGN_COLUMNS if c in df.columns and c != factor]
     for c in PARAM_COLUMNS:
         if c in df.columns and c != factor and _varies_within(df, [*cols, factor], c):

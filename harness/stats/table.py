@@ -73,13 +73,16 @@ def _resolve_factor(df: pd.DataFrame, factor: str) -> str:
     choices += [c for c in (*DESIGN_COLUMNS, *PARAM_COLUMNS) if c in df.columns and c not in REPLICATE_COLUMNS]
     for name in (factor, f"f.{factor}"):
         if name in choices:
+            if name == factor and f"f.{factor}" in choices and df[name].nunique(dropna=True) < 2:
+                raise ValueError(f"factor {factor!r} names the parameter column {factor!r}, which has one level "
+                                 f"here; the prompt factor of that name is 'f.{factor}': name it so")
             return name
     import difflib
 
     varying = [c for c in choices if df[c].nunique(dropna=True) > 1]  # the ones a comparison can use
     close = difflib.get_close_matches(factor, varying + [c[2:] for c in varying if c.startswith("f.")], n=1)
     raise ValueError(f"factor {factor!r} is not a factor column of the table"
-                     + (f"; did you mean {close[0]!r}?" if close else "")
+                     + (f"; did you mean {close[0]!r}?" if close else ".")
                      + f" Factors that vary in this run: {', '.join(varying) or 'none'} "
                      "(bare names like 'artist' map to 'f.artist')")
 
