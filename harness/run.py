@@ -360,7 +360,7 @@ def merge_runs(out: Path | str, sources: Iterable[Path | str], *, log: Callable[
             if not (out / "experiment.toml").exists() and (src / "experiment.toml").exists():
                 shutil.copyfile(src / "experiment.toml", out / "experiment.toml")
                 with Ledger.open(src, readonly=True) as other:
-                    for name in ("experiment", "experiment_path", "experiment_name", "factors"):
+                    for name in ("experiment", "experiment_path", "experiment_name", "factors", "factor_nesting"):
                         value = other.get_meta(name)
                         if value is not None:
                             ledger.set_meta(name, value)

@@ -391,7 +391,7 @@ def test_the_plan_records_which_factor_sits_inside_which(tmp_path):
     path = tmp_path / "e.toml"
     path.write_text('name = "n"\nprompt = "a {cat {@hat: red|blue}|dog}"\nnegative_prompt = "{blurry {x|y}|z}"\n'
                     'seeds = [1]\ncheckpoints = ["tiny"]\n\n[[stages]]\nname = "s"\n'
-                    'prompt = "{parent}, {@look: sharp {@how: very|a bit}|soft}"\nstrengths = [0.5]\n')
+                    'prompt = "__parent__, {@look: sharp {@how: very|a bit}|soft}"\nstrengths = [0.5]\n')
     plan = make_plan(load_experiment(path), resolve=fake_resolve, init_hash=fake_hash)
     assert plan.nesting == (("cat {red|blue}|dog", "hat"), ("negative:blurry {x|y}|z", "negative:x|y"),
                             ("look", "how"))

@@ -1,5 +1,6 @@
 """`--shard i/n` runs plus `harness merge` equal one full run."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 EXP = """
 name = "sharded"
-prompt = "a {red|blue|green} {cat|dog}"
+prompt = "a {red|blue|green} {cat|{@breed: dog}}"
 seeds = [1, 2]
 checkpoints = ["tiny"]
 steps = 2
@@ -44,6 +45,7 @@ def test_two_shards_and_merge_equal_a_full_run(tmp_path):
     harness("merge", tmp_path / "s0", tmp_path / "s1", "--out", tmp_path / "merged")
     with Ledger.open(tmp_path / "merged", readonly=True) as led:
         assert led.done_keys() == keys["full"] and led.planned_keys() == keys["full"]
+        assert json.loads(led.get_meta("factor_nesting")) == [["cat|{dog}", "breed"]]  # nesting travels too
     for key in keys["full"]:
         a = np.asarray(Image.open(tmp_path / "full" / "images" / f"{key}.png"), dtype=np.int16)
         b = np.asarray(Image.open(tmp_path / "merged" / "images" / f"{key}.png"), dtype=np.int16)
@@ -102,7 +104,7 @@ def test_shards_run_one_after_another_into_one_folder_are_all_reported(tmp_path)
     from harness.tables import image_table
 
     exp = tmp_path / "exp.toml"
-    exp.write_text(EXP.replace("{cat|dog}", "cat"))
+    exp.write_text(EXP.replace("{cat|{@breed: dog}}", "cat"))
     run_experiment(exp, out=tmp_path / "run", shard=(0, 2), progress=False)
     with Ledger.open(tmp_path / "run", readonly=True) as led:
         first = set(image_table(led)["key"])
