@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Iterable
 
 import pandas as pd
 
@@ -41,13 +41,14 @@ def _metric_title(metric: str, full: bool) -> str:
     return short_metric(metric)
 
 
-def comparison_models(items: list) -> list[dict]:
-    """:func:`comparison_model` of each item; comparisons on metrics that share a short name (e.g.
-    ``toy_color_match`` and ``toy_color_match[want=red]``) are titled with the full metric id."""
+def comparison_models(items: list, metrics: Iterable[str] = ()) -> list[dict]:
+    """:func:`comparison_model` of each item; a comparison on a metric that shares its short name with
+    another compared one or one of the run's `metrics` (e.g. ``toy_color_match`` and
+    ``toy_color_match[want=red]``) is titled with the full metric id."""
     shorts: dict[str, set[str]] = {}
-    for item in items:
-        if _is_comparison(item):
-            shorts.setdefault(_metric_title(item.metric, False), set()).add(str(item.metric))
+    compared = [str(item.metric) for item in items if _is_comparison(item)]
+    for metric in (*compared, *metrics):
+        shorts.setdefault(_metric_title(metric, False), set()).add(str(metric))
     return [comparison_model(item, full_metric=_is_comparison(item)
                              and len(shorts[_metric_title(item.metric, False)]) > 1) for item in items]
 

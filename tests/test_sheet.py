@@ -307,6 +307,10 @@ def test_comparisons_on_metrics_sharing_a_short_name_are_titled_with_their_full_
     assert titles == ["toy_color_match", "toy_color_match[want=red]"]
     page = write_sheet(folder, table, comparisons=both[1:]).read_text()  # no clash: the short name
     assert re.findall(r"<h3>([^<]*) by color", page) == ["toy_color_match"]
+    # the run also holds the plain metric, which means something else: the title tells them apart
+    scored = table.assign(**{"m.toy_color_match": 1.0, "m.toy_color_match[want=red]": 0.5})
+    page = write_sheet(folder, scored, comparisons=both[1:]).read_text()
+    assert [html.unescape(t) for t in re.findall(r"<h3>([^<]*) by color", page)] == ["toy_color_match[want=red]"]
 
 
 def test_what_follows_the_rows_or_columns_does_not_split_the_grids(run):
