@@ -512,3 +512,14 @@ def test_a_bare_name_that_is_a_one_level_parameter_points_at_the_prompt_factor_o
         paired_compare(df, factor="mode", metric="score", rng=np.random.default_rng(0))
     c = paired_compare(df, factor="f.mode", metric="score", rng=np.random.default_rng(0), n_boot=20)
     assert c.factor == "f.mode" and c.rows[0].n_pairs > 0
+
+
+def test_a_level_with_no_scored_image_says_so_in_its_note():
+    df = crafted_table()
+    df.loc[df["f.style"] == "b", "m.score"] = np.nan  # the metric failed on every image of style b
+    c = paired_compare(df, factor="style", metric="score", rng=np.random.default_rng(0), n_boot=20)
+    b = next(r for r in c.rows if r.level == "b")
+    assert b.n_pairs == 0 and b.note == "no complete pairs: no healthy image at b has a score"
+    df["m.score"] = np.nan  # nothing scored: the baseline (the empty level) has none either
+    c = paired_compare(df, factor="style", metric="score", rng=np.random.default_rng(0), n_boot=20)
+    assert c.rows[0].note == f"no complete pairs: no healthy image at {c.rows[0].level} or (empty) has a score"

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
+from ..columns import level_label
 from .intervals import (
     MIN_CLUSTERS_FOR_CI,
     MIN_CLUSTERS_FOR_TEST,
@@ -194,9 +195,11 @@ def paired_compare(
         note = []
         if n_pairs == 0:
             apart = _never_shared(df, factor, pair_on, lv, baseline)
+            unscored = [level_label(x) for x, i in ((lv, li), (baseline, base_i)) if not present[:, i].any()]
             note.append("no complete pairs" + (
                 f": {', '.join(apart)} never take(s) the same value at {lv} and {baseline} (pass --pair-on without "
-                "it to pair across it)" if apart else ""))
+                "it to pair across it)" if apart else
+                f": no healthy image at {' or '.join(unscored)} has a score" if unscored else ""))
         elif n_clu < MIN_CLUSTERS_FOR_TEST:
             note.append(f"only {n_clu} cluster(s): the Wilcoxon test has little power "
                         f"(smallest attainable p = {min(1.0, 2.0 ** (1 - n_clu)):.3g})")
