@@ -109,7 +109,7 @@ def write_variants(variants, fmt: Fmt, factors: list[str]) -> None:
     out = sys.stdout
     if fmt is Fmt.csv:
         w = csv.writer(out, lineterminator="\n")
-        w.writerow(["prompt", *factors])
+        w.writerow(["prompt", *(f"f.{f}" for f in factors)])  # as the run's tables name them: never `prompt`
         for v in variants:
             w.writerow([v.prompt, *(v.factors.get(f, "") for f in factors)])
         return

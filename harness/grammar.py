@@ -166,7 +166,11 @@ class _Parser:
             if self.i >= len(text):
                 raise GrammarError("unbalanced '{': expected '}' before the end of the template",
                                    self.loc(open_at))
-            if stray is not None and len(options) == 1 and _top_level_dollars(text, head_end, self.i):
+            # The next "$$" was meant to end a separator that holds a brace: in the first option, or past
+            # a "}" that closed the alternation too early (too few options for the count, a "}" to come).
+            if stray is not None and len(options) == 1 and (
+                    _top_level_dollars(text, head_end, self.i)
+                    or (text[self.i] == "}" and self.i < stray and k[0] > 1 and "}" in text[stray:])):
                 brace = min(p for p in (text.find(c, head_end, stray) for c in "{}") if p >= 0)
                 raise GrammarError("a choose-k separator cannot hold '{' or '}': it runs from the count's '$$' "
                                    "to the next '$$' (write \\$\\$ for a literal '$$' in an option)",

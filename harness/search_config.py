@@ -47,7 +47,8 @@ def search_config(exp: Experiment, library: WildcardLibrary | None = None) -> Se
     """The experiment's `[search]` table, validated: every problem at once, naming the file."""
     table = exp.raw.get("search")
     if not isinstance(table, dict):
-        raise ExperimentError(exp.path, ["table [search]: missing; harness evolve needs at least "
+        what = "missing" if table is None else f"got {table!r}, expected a table"
+        raise ExperimentError(exp.path, [f"table [search]: {what}; harness evolve needs at least "
                                          "[search] population = N and generations = G (see experiments/search.toml)"])
     c = Checker(exp.path)
     problems = c.problems

@@ -46,7 +46,9 @@ def test_csv_has_prompt_and_factor_columns(tmp_path):
     (tmp_path / "pets.txt").write_text("cat\ndog\n")
     r = harness("expand", "a __pets__ {by monet|}", "--format", "csv", "--grammars", str(tmp_path))
     lines = r.stdout.splitlines()
-    assert lines[0] == "prompt,pets,by monet|" and len(lines) == 5
+    assert lines[0] == "prompt,f.pets,f.by monet|" and len(lines) == 5
+    named = harness("expand", "{@prompt: a|b}", "--format", "csv").stdout.splitlines()
+    assert named == ["prompt,f.prompt", "a,a", "b,b"]  # a factor named prompt keeps its own column
 
 
 def test_unknown_wildcard_names_the_search_path(tmp_path):

@@ -375,6 +375,9 @@ def test_choose_k_without_separator_leaves_later_dollars_alone():
 def test_choose_k_separator_holding_a_brace_is_an_error_at_the_brace():
     e = error("x {2$$ {y} $$a|b|c}")
     assert (e.line, e.column) == (1, 8) and "separator cannot hold '{' or '}'" in e.message
+    e = error("{2$$ } $$a|b}")  # a "}" in the separator closes the alternation after one option
+    assert (e.line, e.column) == (1, 6) and "separator cannot hold '{' or '}'" in e.message
+    assert "has only 1 options" in error("{2$$a} costs $$5").message  # no separator meant: a short count
 
 
 def test_choose_k_counts_options_after_the_separator():

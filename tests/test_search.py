@@ -126,6 +126,8 @@ def test_search_metrics_left_out_with_no_fitness_metric_in_the_experiment_says_s
 def test_missing_search_table_says_what_evolve_needs():
     with pytest.raises(ExperimentError, match=r"table \[search\]: missing"):
         config({"prompt": "a castle"})
+    with pytest.raises(ExperimentError, match=r"table \[search\]: got 3, expected a table; harness evolve needs"):
+        config({"prompt": "a castle", "search": 3})
 
 
 def test_selection_option_for_the_other_method_is_an_error():
