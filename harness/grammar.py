@@ -47,9 +47,12 @@ _WILDCARD = re.compile(r"__([A-Za-z0-9][\w\-./]*?)__")
 def parse(text: str, *, origin: str = "<template>", allow_empty: bool = False, first_line: int = 1,
           start: int = 0) -> Seq:
     """Parse `text[start:]`; the text before `start` (a wildcard line's indent) only places errors.
+    The text is read in Unicode NFC form, so an accent typed as one character or as a letter and a
+    combining mark spells one prompt (and a column counts characters as they are seen).
     Raises GrammarError (and nothing else) on bad input."""
     if not isinstance(text, str):
         raise GrammarError(f"template must be a string, got {type(text).__name__}")
+    text = text[:start] + unicodedata.normalize("NFC", text[start:])
     if not allow_empty and not text[start:].strip():
         raise GrammarError("empty template: expected some prompt text", Loc(origin, text, start, first_line))
     parser = _Parser(text, origin, first_line)

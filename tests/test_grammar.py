@@ -499,3 +499,17 @@ def test_an_escaped_slash_belongs_to_its_word_and_quotes_around_a_group_do_not_h
     assert compile_template(r"AC\/DC/metallica").factors == ["AC/DC|metallica"]
     assert prompts("a 'red/green' car") == ["a 'red' car", "a 'green' car"]
     assert prompts("rock'n'roll/jazz band") == ["rock'n'roll band", "jazz band"]
+
+
+def test_composed_and_decomposed_accents_spell_one_prompt(tmp_path):
+    """`é` typed as one character (NFC) or as `e` and a combining accent (NFD) looks the same and tokenizes
+    the same: one prompt, in NFC, from a template or a wildcard file."""
+    composed, decomposed = "caf\u00e9", "cafe\u0301"
+    assert prompts(f"{{{composed}|{decomposed}}} au lait") == [f"{composed} au lait"]
+    (tmp_path / "drinks.txt").write_text(f"{decomposed}\ntea\n", encoding="utf-8")
+    from harness.wildcards import WildcardLibrary
+
+    got = [v.prompt for v in compile_template(f"{{{composed}|__drinks__}}", library=WildcardLibrary([tmp_path])).expand()]
+    assert got == [composed, "tea"]
+    e = error(f"{decomposed} {{a|b")  # columns count characters as seen
+    assert (e.line, e.column) == (1, 6)
