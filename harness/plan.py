@@ -121,17 +121,19 @@ def variants_of(exp: Experiment, library: WildcardLibrary | None = None) -> tupl
     return prompts, negatives
 
 
-def random_draws(exp: Experiment, prompt: str, negative: str, seed: int, checkpoint: str, mode: str) -> list[dict]:
-    """`[randomize] draws` parameter sets for one (variant, seed): each draw has its own stream, keyed by
-    content so adding a variant never shifts another's draws. A draw that repeats an earlier draw's
-    settings (those this mode uses: txt2img has no strength) is drawn again from its stream, so `draws`
-    sets make `draws` images; the experiment checks that the ranges hold that many."""
+def random_draws(exp: Experiment, seed: int, mode: str) -> list[dict]:
+    """`[randomize] draws` parameter sets for one image seed: each draw has its own stream, keyed by the
+    randomize seed, the image seed and the draw index only, so every prompt, negative prompt and
+    checkpoint at that seed and draw gets the same settings (a comparison of any of them pairs images
+    made alike) and adding a prompt shifts nothing. A draw that repeats an earlier draw's settings (those
+    this mode uses: txt2img has no strength) is drawn again from its stream, so `draws` sets make `draws`
+    images; the experiment checks that the ranges hold that many."""
     r = exp.randomize
     used = [name for name in RANDOMIZED if getattr(r, name) and (name != "strength" or mode == "img2img")]
     seen: set[tuple] = set()
     out = []
     for draw in range(r.draws):
-        rng = random.Random(content_key(["randomize", r.seed, prompt, negative, seed, draw, checkpoint]))
+        rng = random.Random(content_key(["randomize", r.seed, seed, draw]))
         for _ in range(_REDRAWS):
             params = _draw(r, rng)
             settings = tuple(params[name] for name in used)
@@ -262,8 +264,9 @@ def jobs_for(exp: Experiment, refs: dict, prompts: list[Variant], negatives: lis
             for v in prompts:
                 for neg in negatives:
                     for seed in seeds:
-                        drawn = random_draws(exp, v.prompt, neg.prompt, seed, ck, mode) if randomized else [{}]
+                        drawn = random_draws(exp, seed, mode) if randomized else [{}]
                         for draw, rnd in enumerate(drawn):
+                            drawn_names = sorted(k for k in rnd if k != "strength" or mode == "img2img")
                             for init_path, ihash in mode_inits:
                                 for strength in ([rnd["strength"]] if "strength" in rnd and mode == "img2img"
                                                  else mode_strengths):
@@ -275,15 +278,18 @@ def jobs_for(exp: Experiment, refs: dict, prompts: list[Variant], negatives: lis
                                         factors={**v.factors, **neg.factors},
                                         meta={"template": exp.prompt, "negative_template": exp.negative_prompt,
                                               "prompt_seed": exp.prompt_seed, "stage": stage,
-                                              **({"draw": draw} if draws > 1 else {}), **(meta or {})},
+                                              **({"draw": draw} if draws > 1 else {}),
+                                              **({"drawn": drawn_names} if drawn_names else {}), **(meta or {})},
                                     )
                                     jobs.setdefault(job.key, job)
     return list(jobs.values())
 
 
 def variant_of(job: Job) -> tuple:
-    """The variant a job's image belongs to: all but its seed (what a stage's `top_k` ranks within)."""
-    return (job.checkpoint, job.prompt, job.negative_prompt, job.mode, job.strength)
+    """The variant a job's image belongs to: all but its seed and what `[randomize]` drew for it (what a
+    stage's `top_k` ranks within, and what a shard keeps whole)."""
+    strength = None if "strength" in job.meta.get("drawn", ()) else job.strength
+    return (job.checkpoint, job.prompt, job.negative_prompt, job.mode, strength)
 
 
 def shard(jobs: Iterable[Job], index: int, count: int, *, by_variant: bool = False) -> list[Job]:

@@ -143,3 +143,14 @@ def test_harness_ablate_skips_one_clause_expansions_and_names_an_unknown_metric(
     bad = CliRunner().invoke(app, ["ablate", str(exp), "--out", str(tmp_path / "run"), "-m", "clip_scor"])
     assert bad.exit_code == 2 and "--metric: unknown metric 'clip_scor'" in bad.output
     assert "\"unknown metric" not in bad.output
+
+
+def test_ablate_with_randomized_settings_pairs_each_arm_with_the_full_prompts_settings(tmp_path):
+    """[randomize] draws settings per seed, shared by every arm: full and leave-one-out images of a seed are
+    made alike, so every clause gets its pairs."""
+    exp = tmp_path / "exp.toml"
+    exp.write_text(EXPERIMENT.replace("guidance = 1.0\n", "") + "[randomize]\nsteps = [1, 3]\nguidance = [2.0, 9.0]\n")
+    r = CliRunner().invoke(app, ["ablate", str(exp), "--out", str(tmp_path / "run"), "--n-boot", "200"])
+    assert r.exit_code == 0, r.output
+    table = pd.read_csv(tmp_path / "run" / "tables" / "ablation.csv")
+    assert list(table["n_pairs"]) == [3, 3, 3] and list(table["contribution"]) == [1.0, 0.0, 0.0]

@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from harness.checkpoints import CheckpointError, CheckpointRef
 from harness.cli import _user_errors
@@ -369,6 +370,28 @@ def test_randomized_parameters_are_seeded_and_in_range(tmp_path):
     assert [j.key for j in jobs] == [j.key for j in again] and len(jobs) == 12
     assert all(5 <= j.steps <= 9 and 3.0 <= j.guidance <= 6.0 for j in jobs)
     assert len({(j.steps, j.guidance) for j in jobs}) > 3
+    # every prompt at one seed and draw is made alike, so comparing prompts pairs images with equal settings
+    by_seed_draw: dict = {}
+    for j in jobs:
+        by_seed_draw.setdefault((j.seed, j.meta["draw"]), set()).add((j.steps, j.guidance))
+        assert j.meta["drawn"] == ["guidance", "steps"]
+    assert len(by_seed_draw) == 6 and all(len(settings) == 1 for settings in by_seed_draw.values())
+
+
+def test_randomized_strengths_keep_a_prompts_seeds_in_one_shard_and_one_variant(tmp_path):
+    """Strength drawn per seed is not part of a variant: a shard keeps every seed of a prompt, and a stage's
+    top_k ranks them against each other."""
+    from harness.plan import variant_of
+
+    p = write(tmp_path, 'prompt = "{a|b|c|d} cat"\nseeds = { count = 4 }\nmode = ["img2img"]\n'
+                        'init_images = "init.png"\n[randomize]\nstrength = [0.3, 0.9]')
+    Image.new("RGB", (64, 64)).save(tmp_path / "init.png")
+    jobs = make_plan(load_experiment(p), resolve=fake_resolve, init_hash=fake_hash).jobs
+    assert len({j.strength for j in jobs}) == 4 == len({(j.seed, j.strength) for j in jobs})  # one per seed
+    assert len({variant_of(j) for j in jobs}) == 4  # one variant per prompt
+    for i in range(2):
+        part = shard(jobs, i, 2, by_variant=True)
+        assert all(sum(j.prompt == k.prompt for k in part) == 4 for j in part)
 
 
 def test_shards_partition_the_plan(tmp_path):

@@ -46,8 +46,8 @@ def default_pair_on(df: pd.DataFrame, factor: str) -> list[str]:
     (:data:`PARAM_COLUMNS`) joins only where it takes several values among images with the
     same factor level and design, i.e. where it is an axis of its own (mode, strength, init image).
     A parameter that follows the factor or the prompt (the negative prompt of a negative factor,
-    a checkpoint's own size, a guidance drawn per prompt by ``[randomize]``) is left out: requiring
-    it to match would leave no pairs.
+    a checkpoint's own size, a strength drawn per seed by ``[randomize]`` when comparing strengths) is left
+    out: requiring it to match would leave no pairs.
     """
     related = {c for pair in df.attrs.get("nesting", []) if factor in pair for c in pair}
     cols = [c for c in df.columns if str(c).startswith("f.") and c != factor and c not in related]
