@@ -46,7 +46,7 @@ def item_for(ledger: Ledger, job: Job):
     return Item(key=job.key, image_path=ledger.image_path(job.key), prompt=job.prompt,
                 negative_prompt=job.negative_prompt,
                 init_image_path=Path(init) if init else None,
-                init_size=(job.width, job.height) if init else None,
+                init_size=(job.width, job.height) if init else None, init_hash=job.init_hash if init else None,
                 source_prompt=job.meta.get("source_prompt"),
                 parent_image_path=ledger.image_path(parent) if parent else None)
 

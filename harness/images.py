@@ -65,3 +65,16 @@ def image_hash(img: Image.Image) -> str:
 
 def init_hash(path: str | Path, width: int, height: int) -> str:
     return image_hash(load_init_image(path, width, height))
+
+
+_INIT_HASHES: dict[tuple, str] = {}
+
+
+def current_init_hash(path: str | Path, width: int, height: int) -> str:
+    """`init_hash` of the file as it is now, remembered per (file, size, mtime, width, height): the metrics
+    check each image's init against the one it was made from, and most runs share a few init images."""
+    stat = Path(path).stat()
+    key = (str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns, width, height)
+    if key not in _INIT_HASHES:
+        _INIT_HASHES[key] = init_hash(path, width, height)
+    return _INIT_HASHES[key]

@@ -197,3 +197,32 @@ def test_eval_rescores_an_image_replaced_by_hand(tmp_path):
         assert replaced not in ledger.done_keys() and kept in ledger.done_keys()
         assert replaced not in set(ledger.scores_frame()["key"])
         assert ledger.image_path(replaced).read_bytes() == black
+
+
+def test_a_changed_init_image_is_not_scored_until_the_original_is_back(tmp_path, one_cpu_thread):
+    """Image similarity reads the init image: one edited since the images were made is not the image they
+    started from, so they are not scored against it (nothing stored: the next eval tries again)."""
+    from harness.images import init_hash
+
+    init = tmp_path / "init.png"
+    Image.fromarray(noise(40, 7)).save(init)
+    job = Job(checkpoint="tiny", fingerprint="ab" * 32, mode="img2img", prompt="a fox", negative_prompt="",
+              seed=1, steps=4, guidance=7.5, scheduler="ddim", width=32, height=32, strength=0.5,
+              init_image=str(init), init_hash=init_hash(init, 32, 32))
+    with Ledger.open(tmp_path / "run") as ledger:
+        ledger.add_jobs([job])
+        write_png_atomic(ledger.image_path(job.key), noise(32, 1), parameters="x",
+                         provenance=provenance_record(job, batch_size=1, slot=0))
+        ledger.mark_done(job.key, batch_id=1, batch_size=1, slot=0, seconds=0.1, device="cpu", dtype="float32")
+    original = init.read_bytes()
+    Image.fromarray(noise(40, 8)).save(init)  # another picture under the same name
+    spec = "clip_image_similarity:model=tiny,cache=none"
+    (changed,) = evaluate_run(tmp_path / "run", [spec], log=lambda m: None)
+    assert changed.scored == 0 and changed.unscored == 1
+    (reason,) = changed.unscored_reasons
+    assert reason.startswith(f"file changed: init image {init} is not the image this one was made from")
+    with Ledger.open(tmp_path / "run", readonly=True) as ledger:
+        assert ledger.scores_frame().empty
+    init.write_bytes(original)
+    (back,) = evaluate_run(tmp_path / "run", [spec], log=lambda m: None)
+    assert back.scored == 1 and back.unscored == 0 and math.isfinite(back.mean)

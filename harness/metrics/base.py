@@ -56,11 +56,13 @@ class Item:
     negative_prompt: str = ""
     init_image_path: Path | None = None
     init_size: tuple[int, int] | None = None  # (width, height) the pipeline fitted the init image to
+    init_hash: str | None = None  # the made image's record of its init (`Job.init_hash`): a changed file fails it
     source_prompt: str | None = None
     parent_image_path: Path | None = None
 
 
 MISSING_FILE = "file not found"
+CHANGED_FILE = "file changed"  # an init image that is not the one the image was made from (may come back)
 
 
 class MetricUnavailable(RuntimeError):
@@ -158,7 +160,7 @@ class Metric:
             reason = self.missing_input(item)
             if reason:
                 # a file that is not there now (an init folder moved away) may be back later: not stored
-                absent = reason.startswith(MISSING_FILE)
+                absent = reason.startswith((MISSING_FILE, CHANGED_FILE))
                 results[index] = self.nan(item, reason, **({"retry": True} if absent else {}))
             else:
                 ready.append(index)
@@ -179,7 +181,8 @@ class Metric:
 
     def missing_input(self, item: Item) -> str | None:
         """Why this item cannot be scored before any file is opened, or None. A reason that starts
-        with :data:`MISSING_FILE` is a file absent now; its NaN is not stored, so the next eval retries.
+        with :data:`MISSING_FILE` is a file absent now, with :data:`CHANGED_FILE` an init image that is not the
+        one the image was made from; either NaN is not stored, so the next eval retries.
         What no file can change (an input the item does not have) is checked first, so such an item gets
         its lasting NaN even while a file is gone."""
         needs = self.info.needs  # an instance may need less than its class (clip_score with text=)
@@ -196,6 +199,16 @@ class Metric:
                                   ("parent_image", "parent image", item.parent_image_path)):
             if need in needs and not Path(path).is_file():
                 return f"{MISSING_FILE}: {label} {path}"
+        if "init_image" in needs and item.init_hash and item.init_size:
+            from ..images import current_init_hash
+
+            try:
+                same = current_init_hash(item.init_image_path, *item.init_size) == item.init_hash
+            except (OSError, ValueError):  # unreadable now: the metric's own load says why
+                same = True
+            if not same:
+                return (f"{CHANGED_FILE}: init image {item.init_image_path} is not the image this one was made "
+                        "from (edited or replaced since); put the original back to score it")
         return None
 
     def nan(self, item: Item, reason: str, **detail: Any) -> Score:
