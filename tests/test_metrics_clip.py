@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import re
 from pathlib import Path
 
@@ -252,6 +253,9 @@ def test_model_that_cannot_load_gives_nan_for_all_with_reason(items, broken_clip
     ({"model": "toy", "pretrained": "openai"}, "model='toy' has only its built-in weights"),
     ({"model": "ViT-B-32", "pretrained": "tiny"}, "pretrained='tiny' goes with model='tiny' only"),
     ({"model": "tiny", "device": "gpu0"}, "device='gpu0' is not a torch device"),
+    ({"model": "ViT-B-32", "pretrained": "laion9"}, "unknown pretrained tag 'laion9' for CLIP model 'ViT-B-32'"),
+    ({"model": "ViT-B-32", "pretrained": "opneai"}, "did you mean 'openai'?"),
+    ({"model": "mine", "pretrained": "myclip"}, "a pretrained folder or weights file is looked for from"),
 ])
 def test_what_is_wrong_before_loading_is_a_spec_error(options, expected, tmp_path):
     """A misspelt architecture, absent weights or a device torch cannot parse fail when the metric is checked
@@ -274,6 +278,22 @@ def test_what_is_wrong_before_loading_is_a_spec_error(options, expected, tmp_pat
 def test_unknown_pretrained_tag_lists_known_tags(items):
     (score,) = get_metric("clip_score", model="ViT-B-32", pretrained="no-such-tag", cache="none").score(items[:1])
     assert "unknown pretrained tag" in score.detail["reason"] and "openai" in score.detail["reason"]
+
+
+def test_new_weights_in_a_clip_folder_are_not_scored_from_the_old_ones_cache(harness_cache, items, tmp_path):
+    """The embedding cache is keyed by the weights: overwriting the weights file inside a folder (the folder's
+    own size and time stay) must not bring back the old weights' embeddings."""
+    import shutil
+
+    from harness.metrics import clip_models
+
+    folder = tmp_path / "myclip"
+    shutil.copytree(ensure_tiny_clip(), folder)
+    before = clip_models._stat_tag(folder)
+    weights = folder / TINY_WEIGHTS
+    weights.write_bytes(weights.read_bytes())  # the same bytes, rewritten in place
+    os.utime(weights, ns=(1, 1))
+    assert clip_models._stat_tag(folder) != before
 
 
 def test_tiny_clip_is_built_once_and_loadable_as_a_local_folder(harness_cache, items, tmp_path):

@@ -105,8 +105,9 @@ def load_clip(model: str, pretrained: str, device: str = "cpu") -> ClipModel:
 def check_names(model: str, pretrained: str, device: str = "auto") -> None:
     """What can be known of a (model, pretrained, device) choice without importing open_clip or reading
     weights: a built-in model with other weights, weights that are not there, an architecture open_clip
-    does not ship, a device name torch would not parse. Raises ClipLoadError saying which and what to write.
-    Loading (`load_clip`) still finds what only loading can: a tag the architecture lacks, a missing GPU."""
+    does not ship or a tag it lacks, a device name torch would not parse. Raises ClipLoadError saying which
+    and what to write. Loading (`load_clip`) still finds what only loading can: weights that cannot be
+    fetched offline, a missing GPU."""
     if not _DEVICE.fullmatch(device):
         raise ClipLoadError(f"device={device!r} is not a torch device; expected auto, cpu, cuda, cuda:N or mps")
     if model == TINY or model in BUILTIN_LOADERS:
@@ -134,7 +135,19 @@ def check_names(model: str, pretrained: str, device: str = "auto") -> None:
         close = difflib.get_close_matches(model, names, n=5)
         raise ClipLoadError(f"unknown CLIP architecture {model!r} (pretrained={pretrained!r}); "
                             f"close open_clip names: {', '.join(close) or 'none'} "
-                            f"(all: open_clip.list_models(), or model=tiny for the built-in test model)")
+                            f"(all: open_clip.list_models(), or model=tiny for the built-in test model; "
+                            f"a pretrained folder or weights file is looked for from {Path.cwd()}, and "
+                            f"{pretrained!r} is neither there)")
+    import open_clip  # the tags an architecture has: known without its weights (importing costs seconds)
+
+    tags = open_clip.list_pretrained_tags_by_model(model)
+    if pretrained not in tags:
+        import difflib
+
+        close = difflib.get_close_matches(pretrained, tags, n=3)
+        raise ClipLoadError(f"unknown pretrained tag {pretrained!r} for CLIP model {model!r}"
+                            + (f"; did you mean {close[0]!r}?" if close else "")
+                            + f" known tags: {', '.join(tags) or 'none'}; or pass a local weights file or folder")
 
 
 _DEVICE = re.compile(r"auto|cpu|mps|(?:cuda|xpu)(?::\d+)?")
@@ -170,13 +183,7 @@ def _load(model: str, pretrained: str, device: str) -> ClipModel:
         return _open(f"local-dir:{path.resolve()}", None, device, f"dir:{path.resolve()}|{_stat_tag(path)}")
     if path.is_file():
         return _open(model, str(path), device, f"{model}|file:{path.resolve()}|{_stat_tag(path)}")
-    import open_clip
-
-    tags = open_clip.list_pretrained_tags_by_model(model)
-    if pretrained not in tags:
-        raise ClipLoadError(f"unknown pretrained tag {pretrained!r} for CLIP model {model!r}; "
-                            f"known tags: {', '.join(tags) or 'none'}; or pass a local weights file")
-    return _open(model, pretrained, device, f"{model}|tag:{pretrained}")
+    return _open(model, pretrained, device, f"{model}|tag:{pretrained}")  # check_names knows the tag
 
 
 def _open(model_name: str, pretrained: str | None, device: str, ident: str) -> ClipModel:
@@ -240,6 +247,9 @@ def register_tiny_config(folder: Path) -> None:
 
 
 def _stat_tag(path: Path) -> str:
-    """Cheap change detector for big weight files (size and mtime; hashing GBs each load is too slow)."""
+    """Cheap change detector for big weight files (size and mtime; hashing GBs each load is too slow); for a
+    folder, those of every file in it (a folder's own stat does not change when a file is overwritten)."""
+    if path.is_dir():
+        return ",".join(f"{p.name}={_stat_tag(p)}" for p in sorted(path.iterdir()) if p.is_file())
     stat = path.stat()
     return f"{stat.st_size}:{stat.st_mtime_ns}"
