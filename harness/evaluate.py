@@ -104,6 +104,7 @@ def _takes_scale(spec: str) -> bool:
 def _with_scale(spec: str, scale: float) -> str:
     """The spec in `name:` form with its scale option set to `scale` (last), its other options kept."""
     from .metrics import parse_metric_spec
+    from .metrics.base import format_number
     from .metrics.spec import format_metric_spec
 
     try:
@@ -111,7 +112,7 @@ def _with_scale(spec: str, scale: float) -> str:
     except ValueError:
         return spec  # evaluating it reports the malformed spec
     options.pop("scale", None)
-    return format_metric_spec(name, {**options, "scale": f"{scale:g}"})
+    return format_metric_spec(name, {**options, "scale": format_number(scale)})
 
 
 def metrics_for_run(ledger: Ledger, specs: Iterable[str] | None):

@@ -226,3 +226,11 @@ def test_a_changed_init_image_is_not_scored_until_the_original_is_back(tmp_path,
     init.write_bytes(original)
     (back,) = evaluate_run(tmp_path / "run", [spec], log=lambda m: None)
     assert back.scored == 1 and back.unscored == 0 and math.isfinite(back.mean)
+
+
+def test_metric_ids_keep_every_digit_of_an_option_that_needs_them():
+    ids = {metric_from_spec(f"clip_score:model=tiny,scale={s}").id for s in ("1234567", "1234568", "2.50000001")}
+    assert len(ids) == 3 and any("scale=2.50000001" in i for i in ids)
+    assert metric_from_spec("clip_score:model=tiny,scale=2.5").id.endswith("scale=2.5,clamp=image]")  # short as ever
+    assert scaled_clip_specs(["clip_score:model=tiny"], 1234567.0) == [
+        "clip_score:model=tiny,scale=1234567.0"]

@@ -268,3 +268,17 @@ def test_robustness_script_prints_a_row_per_condition(capsys):
     assert table["clean (false positives)"][:2] == ["2", "0"]
     assert table["sdv1 embedded, PNG"][:2] == ["2", "2"]
     assert table["two-colour stripes and checkerboards, 256 px (false positives)"][:2] == ["3", "0"]
+
+
+@pytest.mark.parametrize("spec, expected", [
+    ("watermark:messages=sdv1+", "'sdv1+' has an empty message between '+' signs"),
+    ('watermark:messages="C++ rocks"', "a message cannot hold one"),
+    ("watermark:messages=SDV1", "message 'SDV1' would be looked for as that text; write sdv1 for the preset"),
+])
+def test_message_lists_that_would_look_for_something_else_are_refused(spec, expected):
+    from harness.metrics import metric_from_spec
+
+    with pytest.raises(ValueError) as err:
+        metric_from_spec(spec)
+    assert expected in str(err.value)
+    assert metric_from_spec("watermark:messages=text:SDV1+sdv2").id.startswith("watermark[messages=text:SDV1+sdv2,")

@@ -113,8 +113,15 @@ def format_option(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float):
-        return f"{value:g}"
+        return format_number(value)
     return str(value)
+
+
+def format_number(value: float) -> str:
+    """`value` as short as it reads back exactly: `100`, `2.5`, `1234567.0` (six significant digits of `g`
+    would make 1234567 and 1234568 one metric id)."""
+    short = f"{value:g}"
+    return short if float(short) == value else repr(value)
 
 
 class Metric:

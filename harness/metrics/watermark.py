@@ -211,10 +211,17 @@ def detect_paths(paths: Sequence[Path | str], messages: Iterable[str | bytes | M
 
 # -- the metric ----------------------------------------------------------------
 def _parse_messages(value: Any) -> tuple[str, ...]:
-    names = tuple(value) if isinstance(value, (list, tuple)) else tuple(p for p in str(value).split("+") if p)
-    if not names:
+    """Messages joined by '+' (so one cannot hold a '+'); a preset name in other case is a likely slip."""
+    names = tuple(value) if isinstance(value, (list, tuple)) else tuple(str(value).split("+"))
+    if not any(names):
         raise ValueError("no messages given; write e.g. sdv1+sdv2+sdxl")
     for name in names:
+        if not name:
+            raise ValueError(f"{value!r} has an empty message between '+' signs (a '+' only joins messages, "
+                             "so a message cannot hold one); write e.g. sdv1+sdv2")
+        if name.lower() in PRESETS and name not in PRESETS:
+            raise ValueError(f"message {name!r} would be looked for as that text; write {name.lower()} for the "
+                             f"preset, or text:{name} for the text")
         resolve_message(name)
     return names
 
