@@ -37,8 +37,13 @@ class Randomize:
         for name, places in (("strength", 2), ("steps", 0), ("guidance", 1)):
             span = getattr(self, name)
             if span and (name != "strength" or mode == "img2img"):
-                lo, hi = (round(v, places) for v in span)
-                n *= round((hi - lo) * 10 ** places) + 1
+                if places == 0:  # steps: a whole number from the range, both ends included
+                    n *= span[1] - span[0] + 1
+                    continue
+                # a uniform draw rounded to `places`: the values whose rounding interval the range overlaps
+                # ([0.305, 0.306] rounds to 0.31 only)
+                lo, hi = (round(v * 10 ** places, 9) for v in span)
+                n *= math.ceil(hi + 0.5) - math.floor(lo + 0.5) if hi > lo else 1
         return n
 
 

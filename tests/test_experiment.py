@@ -115,6 +115,8 @@ def test_demo_experiment_loads_and_plans():
     ('prompt = "a"\n[randomize]\ndraws = 3\nguidance = [5.0, 5.04]',
      "key 'randomize.draws': got 3, but the ranges give every image only one setting"),
     ('prompt = "a"\n[randomize]\ndraws = 2', "key 'randomize.draws': got 2, but the ranges give every image only one"),
+    ('prompt = "a"\nmode = ["img2img"]\ninit_images = "i.png"\n[randomize]\ndraws = 2\nstrength = [0.305, 0.306]',
+     "key 'randomize.draws': got 2, but the ranges give every image only one setting"),  # every draw rounds to 0.31
     ('prompt = "a"\n[randomize]\ndraws = 3\nsteps = [4, 5]',
      "key 'randomize.draws': got 3, but the ranges give txt2img images only 2 different settings"),
     ('prompt = "a"\nseeds = { count = 1, start = 9223372036854775808 }',
