@@ -311,7 +311,7 @@ def compare_images(work: Path, plan, out=print, runs: tuple[str, ...] = ("harnes
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="harness bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="tiny", help="tiny (CPU default) or sd15-random (SD1.5-sized, GPU)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps (default auto)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default auto)")
     p.add_argument("--dtype", default="auto", help="auto (fp16 on CUDA, fp32 on CPU) | fp32 | fp16 | bf16")
     p.add_argument("--size", type=int, default=None, help="image side in px (default: 128 on tiny, 512 otherwise)")
     p.add_argument("--steps", type=int, default=None, help="DDIM steps (default: 10 on tiny, 50 otherwise)")

@@ -237,7 +237,7 @@ def _attention_row(shape: AttentionShape, batch: int, device: str, dtype, measur
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="harness bench-unet", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="sd15", choices=MODELS, help="UNet config, random weights (default sd15)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps (default auto)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default auto)")
     p.add_argument("--dtype", default="auto", help="auto (fp16 on CUDA, fp32 on CPU) | fp32 | fp16 | bf16")
     p.add_argument("--batch", type=int, default=32, help="latents per forward (default 32: 16 guided images)")
     p.add_argument("--size", type=int, default=512, help="image side in px; the latent is size/8 (default 512)")

@@ -244,7 +244,7 @@ def run(
     out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default reports/<name>)."),
     force: bool = typer.Option(False, "--force", help="Regenerate images that are already done."),
     exact: bool = typer.Option(False, "--exact", help="One image per pipeline call: bitwise repeatable."),
-    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda | mps"),
+    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N | mps"),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Override the batch size."),
     shard: Optional[str] = typer.Option(None, "--shard", help="Run only shard i/n of the plan (by key)."),
     executor: str = typer.Option("local", "--executor", help="local | ray"),

@@ -139,7 +139,7 @@ def mutate(
 def evolve(
     experiment: Path = typer.Argument(..., help="experiment .toml with a \\[search] table"),
     out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default reports/<name>)."),
-    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda | mps"),
+    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N | mps"),
 ) -> None:
     """Evolve prompts against metrics (resumable); writes search tables and a trajectory plot."""
     from .search import SearchError
@@ -171,7 +171,7 @@ def ablate(
     out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default reports/<name>)."),
     metric: List[str] = typer.Option([], "--metric", "-m", help="Metric spec (repeatable; default: the "
                                                                  "experiment's, minus health and watermark)."),
-    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda | mps"),
+    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N | mps"),
     n_boot: int = typer.Option(2000, "--n-boot", min=100, help="Bootstrap resamples."),
     seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
 ) -> None:

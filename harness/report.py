@@ -163,7 +163,7 @@ class ReportResult:
     plots: list[Path] = field(default_factory=list)
     index: Path | None = None
     excluded: dict = field(default_factory=dict)
-    skipped: list[tuple[str, str, str]] = field(default_factory=list)  # (factor, metric, why) not compared
+    skipped: list[tuple[str, str, str]] = field(default_factory=list)  # (factor, metric id, why) not compared
     truncated: int = 0  # images whose prompt some CLIP metric saw cut to its text limit
     text_limits: dict = field(default_factory=dict)  # metric id -> tokens it reads, where it cut a prompt
     missing: int = 0  # images the plan asks for that are not made yet (failed ones included)
@@ -267,16 +267,17 @@ def build_report(run_dir: Path | str, *, rows: str | None = None, cols: str | No
             result.skipped.append((f, "any metric", f"only 1 level ({table[f].dropna().iloc[0]!r}) among the "
                                    f"{len(table)} images made; the plan has {planned_levels[f]} "
                                    f"({missing} images not made yet)"))
-    if default_compare_metric(table) or metric:
+    if (default := default_compare_metric(table)) or metric:
         for m in report_metrics(run_dir, metric):
+            named = m or str(default).removeprefix("m.")
             for f in factors:
                 try:
                     c = compare(table, f, metric=m)
                 except ValueError as exc:  # a factor with one level, a metric not scored
-                    result.skipped.append((f, m or "(default)", str(exc)))
+                    result.skipped.append((f, named, str(exc)))
                     continue
                 if all(r.n_pairs == 0 for r in c.rows):  # e.g. a factor nested in another, mode vs strength
-                    result.skipped.append((f, m or "(default)", _no_pairs(c)))
+                    result.skipped.append((f, named, _no_pairs(c)))
                 else:
                     result.comparisons.append(c)
         if result.comparisons:

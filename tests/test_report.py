@@ -153,7 +153,8 @@ def test_strengths_drawn_per_image_are_not_compared_with_one_short_reason(tmp_pa
         finish(led, jobs)
         led.put_scores([Score(j.key, METRIC, 10.0 + j.seed) for j in jobs])
     r = build_report(run, html=False)
-    (why,) = [why for factor, _, why in r.skipped if factor == "strength"]
+    ((metric, why),) = [(m, why) for factor, m, why in r.skipped if factor == "strength"]
+    assert metric == METRIC  # the default metric, named
     assert why.startswith("no complete pairs") and why.endswith("; and 3 more level(s) alike") and len(why) < 500
 
 
