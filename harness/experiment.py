@@ -21,7 +21,7 @@ from .experiment_tables import (  # noqa: F401  (PARENT_TOKEN: for stages.py, wi
     check_template, check_watermark_size, checkpoint_overrides, init_images_from, randomize_table, seed_list,
     stage_tables)
 from .grammar import GrammarError
-from .wildcards import read_text
+from .wildcards import WildcardLibrary, read_text
 
 try:
     import tomllib
@@ -112,15 +112,7 @@ class Experiment:
         return pinned
 
     def wildcard_path(self) -> list[Path]:
-        """Where wildcards are looked up: the template file's folder (prompt = "@file"), the
-        experiment's folder, then $HARNESS_GRAMMARS and ./grammars."""
-        from .wildcards import default_search_path
-
-        prompt = self.raw.get("prompt")
-        template_dir = Path(self.prompt_origin).parent if isinstance(prompt, str) and prompt.startswith("@") else None
-        if template_dir is None or template_dir == self.base_dir:
-            return default_search_path(self.base_dir)
-        return default_search_path(template_dir, [self.base_dir])
+        return wildcard_path(self.raw, self.prompt_origin, self.base_dir)
 
     def setting(self, checkpoint: str, name: str):
         """A per-checkpoint override if there is one, else the experiment's value."""
@@ -145,6 +137,18 @@ _BASE_DIR_LINE = re.compile(r"""^([ \t]*(?:base_dir|"base_dir"|'base_dir')[ \t]*
                             r"""("(?!"")(?:[^"\\\n]|\\.)*"|'(?!'')[^'\n]*')""", re.M)
 _PROMPT_LINE = re.compile(r"""^([ \t]*(?:prompt|"prompt"|'prompt')[ \t]*=[ \t]*)"""
                           r"""("(?!"")(?:[^"\\\n]|\\.)*"|'(?!'')[^'\n]*')""", re.M)
+
+
+def wildcard_path(raw: dict, prompt_origin: str, base_dir: Path) -> list[Path]:
+    """Where an experiment's wildcards are looked up: the template file's folder (prompt = "@file"), the
+    experiment's folder (or base_dir), then $HARNESS_GRAMMARS and ./grammars."""
+    from .wildcards import default_search_path
+
+    prompt = raw.get("prompt")
+    template_dir = Path(prompt_origin).parent if isinstance(prompt, str) and prompt.startswith("@") else None
+    if template_dir is None or template_dir == base_dir:
+        return default_search_path(base_dir)
+    return default_search_path(template_dir, [base_dir])
 
 
 def inline_prompt(text: str, template: str) -> str:
@@ -345,9 +349,10 @@ def experiment_from_dict(raw: Mapping[str, Any], path: Path) -> Experiment:
     if watermark != "none":
         check_watermark_size(c, watermark, width, height, checkpoints, overrides)
     stages = stage_tables(c, raw.get("stages", []))
-    check_template(c, "prompt", prompt, origin)
+    library = WildcardLibrary(wildcard_path(raw, origin, base))  # wildcards are checked with the rest
+    check_template(c, "prompt", prompt, origin, library=library)
     if negative:
-        check_template(c, "negative_prompt", negative, f"{path} (negative_prompt)")
+        check_template(c, "negative_prompt", negative, f"{path} (negative_prompt)", library=library)
     # img2img runs int(strength * steps) steps: check the fewest each kind of job can get. [randomize]
     # replaces the main images' steps and strengths; a stage has its own, else its checkpoint's steps.
     checkpoint_steps = {overrides.get(ck, {}).get("steps") or steps for ck in checkpoints} or {steps}

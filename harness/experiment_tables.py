@@ -174,21 +174,30 @@ def check_watermark_size(c: Checker, watermark: str, width: int | None, height: 
                               f"\"none\" or a size of at least {MIN_SIDE}")
 
 
-def check_template(c: Checker, key: str, text: str, origin: str, shown: str | None = None) -> None:
-    """Syntax only; wildcards are resolved when the plan is built. `shown`: the text as written, when
-    `text` stands in for it (same length, so line and column are the same)."""
+def check_template(c: Checker, key: str, text: str, origin: str, shown: str | None = None,
+                   library=None) -> None:
+    """The template's syntax, and with a wildcard `library` its wildcards (unknown, empty, cyclic) and
+    choose-k counts too. `shown`: the text as written, when `text` stands in for it (same length, so line
+    and column are the same)."""
+    from .expand import compile_template
     from .grammar import parse
     if not text:
         return
     try:
-        parse(text, origin=origin)
-    except GrammarError as e:
-        where = (f"{e.origin}:{e.line}:{e.column}" if origin != str(c.path) and not origin.startswith(f"{c.path} (")
-                 else f"line {e.line}, column {e.column} of the template")
+        if library is None:
+            parse(text, origin=origin)
+        else:
+            compile_template(text, library=library, origin=origin)
+    except GrammarError as error:
+        inline = origin == str(c.path) or origin.startswith(f"{c.path} (")  # written in the experiment file
         lines = (shown or "").splitlines() or [""]
-        line_text = e.line_text if shown is None else lines[min(e.line, len(lines)) - 1]
-        c.problems.append(f"key '{key}': template error at {where}: {e.message}\n"
-                          f"      {line_text}\n      {' ' * (e.column - 1)}^")
+        for e in (error, *error.also):  # every problem, each where it is (a wildcard file's own)
+            own = e.origin == origin
+            where = (f"line {e.line}, column {e.column} of the template" if inline and own
+                     else f"{e.origin}:{e.line}:{e.column}")
+            line_text = lines[min(e.line, len(lines)) - 1] if shown is not None and own else e.line_text
+            c.problems.append(f"key '{key}': template error at {where}: {e.message}\n"
+                              f"      {line_text}\n      {' ' * (e.column - 1)}^")
 
 
 

@@ -40,12 +40,14 @@ def test_plan_reports_every_experiment_problem(tmp_path):
 def test_plan_names_every_unknown_wildcard_and_checkpoint_at_once(tmp_path):
     (tmp_path / "style.txt").write_text("oil\n__medum__\n")  # wildcards beside the experiment
     exp = tmp_path / "typos.toml"
-    exp.write_text('prompt = "a __colr__ __shpe__, __style__"\ncheckpoints = ["tiny"]\n')
+    exp.write_text('prompt = "a __colr__ __shpe__, __style__"\ncheckpoints = ["tinny"]\n')
     r = harness("plan", exp)
-    assert r.returncode == 2
+    assert r.returncode == 2 and f"{exp}: 4 problems" in r.stderr, r.stderr  # wildcards and checkpoint at once
     for name, column in (("colr", 3), ("shpe", 12)):
-        assert f"{exp} (prompt):1:{column}: unknown wildcard __{name}__" in r.stderr, r.stderr
-    assert "style.txt:2:1: unknown wildcard __medum__" in r.stderr
+        assert (f"key 'prompt': template error at line 1, column {column} of the template: unknown wildcard "
+                f"__{name}__") in r.stderr, r.stderr
+    assert f"template error at {tmp_path / 'style.txt'}:2:1: unknown wildcard __medum__" in r.stderr
+    assert "key 'checkpoints[0]': unknown checkpoint 'tinny' (did you mean 'tiny'?)" in r.stderr
 
     exp.write_text('prompt = "a cat"\ncheckpoints = ["tiny", "sd15-randm", "tinny"]\n')
     r = harness("plan", exp)

@@ -209,9 +209,18 @@ def test_stage_templates_are_checked_when_the_experiment_loads_at_their_own_posi
 
 
 def test_an_inline_prompt_error_found_when_planning_says_it_is_in_the_prompt(tmp_path):
+    """An unknown wildcard is found when the experiment loads, with every other problem; one whose file
+    went away after loading is found when planning, still placed in the prompt."""
     from harness.grammar import GrammarError
 
+    with pytest.raises(ExperimentError) as err:
+        load_experiment(write(tmp_path, 'name = "x"\nseeds = [1]\nsteps = 0\n\nprompt = "a cat, __nosuch__"'))
+    assert "key 'steps': got 0" in str(err.value)
+    assert ("key 'prompt': template error at line 1, column 8 of the template: unknown wildcard __nosuch__"
+            in str(err.value))
+    (tmp_path / "nosuch.txt").write_text("a\nb\n")
     exp = load_experiment(write(tmp_path, 'name = "x"\nseeds = [1]\n\nprompt = "a cat, __nosuch__"'))
+    (tmp_path / "nosuch.txt").unlink()
     with pytest.raises(GrammarError) as err:
         make_plan(exp, resolve=fake_resolve)
     assert f"{tmp_path / 'exp.toml'} (prompt):1:8" in str(err.value)
