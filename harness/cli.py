@@ -194,11 +194,16 @@ def plan(
         typer.echo(f"  {len(gj):6d}  {j.checkpoint} {j.mode}{strength} steps={j.steps} cfg={j.guidance} "
                    f"{j.scheduler} {j.width}x{j.height} dtype={j.dtype}")
     _print_estimates(p, jobs, out or default_run_dir(exp))
+    if exp.stages:
+        from .stages import stage_job_counts
+
+        counts = stage_job_counts(exp, jobs, p.checkpoints)
     for st in exp.stages:
         keep = f"top {st.top_k} per variant by {st.metric}" if st.top_k else "every image"
         seeds = f"seeds {list(st.seeds)}" if st.seeds is not None else "the parent's seed"
         typer.echo(f"then stage {st.name}: img2img from stage {st.source} ({keep}), strengths "
-                   f"{list(st.strengths)}, {seeds}; its jobs are planned once stage {st.source} is done")
+                   f"{list(st.strengths)}, {seeds}: {counts[st.name]} jobs, planned once stage {st.source} is "
+                   "done (not in the estimate above)")
 
 
 HISTORY_NOTE = ("its settings, prompt file or wildcard files: earlier versions of experiment.toml (with a prompt file's "

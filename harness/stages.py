@@ -58,8 +58,18 @@ def select_parents(stage: Stage, parents: list[Job], ledger: Ledger) -> list[Job
 def stage_jobs(exp: Experiment, stage: Stage, ledger: Ledger, refs: dict,
                library: WildcardLibrary | None = None) -> list[Job]:
     """Jobs of one stage, from the done images of its source stage."""
-    library = library or WildcardLibrary(exp.wildcard_path())
     parents = select_parents(stage, source_images(stage, ledger), ledger)
+
+    def init_of(parent: Job) -> tuple[str, str]:
+        path = ledger.image_path(parent.key).resolve()  # not relative to the folder `harness run` ran in
+        return str(path), init_hash(path, parent.width, parent.height)
+    return children(exp, stage, parents, refs, init_of, library)
+
+
+def children(exp: Experiment, stage: Stage, parents: list[Job], refs: dict, init_of,
+             library: WildcardLibrary | None = None) -> list[Job]:
+    """The stage's jobs from `parents`; `init_of(parent)` gives the (path, init hash) each starts from."""
+    library = library or WildcardLibrary(exp.wildcard_path())
     negative = exp.negative_prompt if stage.negative_prompt is None else stage.negative_prompt
     negatives = [Variant("", {})]
     if negative.strip():
@@ -72,12 +82,28 @@ def stage_jobs(exp: Experiment, stage: Stage, ledger: Ledger, refs: dict,
             text = stage.prompt.replace(PARENT_TOKEN, escape_text(parent.prompt))
             tpl = compile_template(text, library=library, origin=f"{exp.path} (stage {stage.name})")
             templates[parent.prompt] = list(tpl.expand())
-        path = ledger.image_path(parent.key).resolve()  # not relative to the folder `harness run` ran in
         prompts = [Variant(v.prompt, {**parent.factors, **v.factors}) for v in templates[parent.prompt]]
         jobs += jobs_for(
             exp, {parent.checkpoint: refs[parent.checkpoint]}, prompts, negatives,
             seeds=stage.seeds if stage.seeds is not None else [parent.seed], modes=["img2img"],
-            strengths=stage.strengths, inits=[(str(path), init_hash(path, parent.width, parent.height))],
+            strengths=stage.strengths, inits=[init_of(parent)],
             steps=stage.steps, stage=stage.name, randomize=False,
             meta={"parent_key": parent.key, "source_prompt": parent.prompt, "source_stage": stage.source})
     return jobs
+
+
+def stage_job_counts(exp: Experiment, main_jobs: list[Job], refs: dict,
+                     library: WildcardLibrary | None = None) -> dict[str, int]:
+    """How many jobs each stage will plan once its source is done, every source image made and scored: the
+    stages planned as `harness run` plans them, with each variant's first `top_k` images standing in for
+    its best (which ones does not change the count)."""
+    made = {"main": list(main_jobs)}
+    for stage in exp.stages:
+        parents = made.get(stage.source, [])
+        if stage.top_k is not None:
+            by_variant: dict[tuple, list[Job]] = defaultdict(list)
+            for job in sorted(parents, key=lambda j: (j.seed, j.key)):
+                by_variant[variant_of(job)].append(job)
+            parents = [j for ranked in by_variant.values() for j in ranked[: stage.top_k]]
+        made[stage.name] = children(exp, stage, parents, refs, lambda p: (f"<{p.key}>", p.key), library)
+    return {stage.name: len(made[stage.name]) for stage in exp.stages}

@@ -55,6 +55,15 @@ def test_later_stages_link_every_image_to_an_existing_parent(tmp_path):
             assert read_provenance(tmp_path / "run" / "images" / f"{j.key}.png")["job"]["meta"]["parent_key"] == parent.key
     assert {j.seed for j in by_stage["polish"]} == {7}
     assert r.generated == 12
+    # `harness plan` counts them before anything is made
+    from harness.experiment import load_experiment
+    from harness.plan import make_plan
+    from harness.stages import stage_job_counts
+
+    loaded = load_experiment(exp)
+    plan = make_plan(loaded)
+    assert stage_job_counts(loaded, list(plan.jobs), plan.checkpoints) == {
+        name: len(by_stage[name]) for name in ("refine", "polish")}
     again = run_experiment(exp, out=tmp_path / "run", progress=False)
     assert again.generated == 0 and again.already_done == 12
 
@@ -166,3 +175,24 @@ def test_a_stage_whose_metric_scores_no_source_image_says_so(tmp_path):
     r = run_experiment(exp, out=tmp_path / "run", progress=False, log=logged.append)
     assert r.generated == 4
     assert any(m.startswith("stage refine: none of the 4 images of stage main has a never_scores score") for m in logged)
+
+
+def test_plan_counts_stage_jobs_from_top_k_prompts_negatives_seeds_and_strengths(tmp_path):
+    """4 main variants (2 prompts x 2 negatives) of 3 seeds; top 2 each = 8 parents, each refined with
+    2 prompts x 2 negatives x 2 strengths x 2 seeds."""
+    from harness.experiment import load_experiment
+    from harness.plan import make_plan
+    from harness.stages import stage_job_counts
+
+    exp = tmp_path / "exp.toml"
+    exp.write_text('name = "s"\nprompt = "a {red|blue} fox"\nnegative_prompt = "{blurry|ugly}"\nseeds = [1, 2, 3]\n'
+                   'checkpoints = ["tiny"]\nsteps = 4\nmetrics = ["health"]\n\n[[stages]]\nname = "refine"\n'
+                   'prompt = "__parent__, {x|y}"\nstrengths = [0.3, 0.5]\nseeds = [7, 8]\ntop_k = 2\n'
+                   'metric = "health"\n\n[[stages]]\nname = "polish"\nfrom = "refine"\nprompt = "__parent__"\n'
+                   'strengths = [0.5]\ntop_k = 1\nmetric = "health"\n')
+    loaded = load_experiment(exp)
+    plan = make_plan(loaded)
+    counts = stage_job_counts(loaded, list(plan.jobs), plan.checkpoints)
+    # polish: refine's variants are its prompts x negatives x strengths (16; a variant holds the children of
+    # both main negatives, 8 images), top 1 each, times polish's 2 negatives
+    assert counts == {"refine": 4 * 2 * 2 * 2 * 2 * 2, "polish": 16 * 2}
