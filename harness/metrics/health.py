@@ -8,7 +8,8 @@ Flags:
   32: the fp16 VAE NaN image after conversion to uint8, and the safety
   checker's replacement image, also with an invisible watermark on it (which
   lifts a few pixels of a black image to at most 27 levels). A dark image with
-  a few bright points (stars in a night sky) is not black;
+  a few bright points (stars in a night sky) is not black, though with only a
+  handful of single pixels it is still `near_uniform` (below);
 - `near_uniform`: every channel's standard deviation < 2 levels, taken over the
   means of 8x8 pixel blocks: flat grey or flat colour images from a collapsed
   sampler or decoder. Block means keep an invisible watermark (a fine pattern of
