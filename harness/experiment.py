@@ -348,8 +348,8 @@ def experiment_from_dict(raw: Mapping[str, Any], path: Path) -> Experiment:
 
     if watermark != "none":
         check_watermark_size(c, watermark, width, height, checkpoints, overrides)
-    stages = stage_tables(c, raw.get("stages", []))
     library = WildcardLibrary(wildcard_path(raw, origin, base))  # wildcards are checked with the rest
+    stages = stage_tables(c, raw.get("stages", []), library)
     check_template(c, "prompt", prompt, origin, library=library)
     if negative:
         check_template(c, "negative_prompt", negative, f"{path} (negative_prompt)", library=library)

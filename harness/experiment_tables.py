@@ -287,7 +287,8 @@ def init_images_from(c: Checker, v, base: Path) -> list[Path]:
     return found
 
 
-def stage_tables(c: Checker, v) -> tuple[Stage, ...]:
+def stage_tables(c: Checker, v, library=None) -> tuple[Stage, ...]:
+    """The `[[stages]]` tables; with a wildcard `library`, their templates' wildcards are checked too."""
     if not isinstance(v, list) or not all(isinstance(s, dict) for s in v):
         c.bad("stages", v, "an array of tables ([[stages]])")
         return ()
@@ -306,7 +307,7 @@ def stage_tables(c: Checker, v) -> tuple[Stage, ...]:
         for key in ("prompt", "negative_prompt"):
             if isinstance(s.get(key), str):  # __parent__ stands for text: a literal of its length keeps columns
                 check_template(c, prefix + key, s[key].replace(PARENT_TOKEN, "x" * len(PARENT_TOKEN)),
-                                f"{c.path} ({prefix}{key})", shown=s[key])
+                                f"{c.path} ({prefix}{key})", shown=s[key], library=library)
         strengths = s.get("strengths", [0.5])
         if not (isinstance(strengths, list) and strengths and all(
                 isinstance(x, (int, float)) and not isinstance(x, bool) and 0 < x <= 1 for x in strengths)):

@@ -208,6 +208,21 @@ def test_stage_templates_are_checked_when_the_experiment_loads_at_their_own_posi
     assert "__parent__, {sharp focus" in problem  # the stage's own text, not a parent's prompt
 
 
+def test_stage_wildcards_and_choose_k_are_checked_when_the_experiment_loads(tmp_path):
+    """A stage's unknown wildcard and impossible choose-k are reported at load, before the main images
+    are made, each at its column of the stage's own text, in both of its templates."""
+    (tmp_path / "moods.txt").write_text("calm\n__nosuch__\n")
+    text = ('prompt = "a"\n[[stages]]\nprompt = "__parent__, __colorz__"\n'
+            'negative_prompt = "blurry, __moods__"\n[[stages]]\nprompt = "__parent__, {3$$a|b}"\n')
+    found, _ = problems(tmp_path, text)
+    (prompt,) = [p for p in found if "key 'stages[0].prompt'" in p]
+    assert "line 1, column 13 of the template: unknown wildcard __colorz__" in prompt
+    (second,) = [p for p in found if "key 'stages[1].prompt'" in p]
+    assert "line 1, column 14 of the template: choose-k asks for 3 but the alternation has only 2" in second
+    (negative,) = [p for p in found if "key 'stages[0].negative_prompt'" in p]
+    assert f"{tmp_path / 'moods.txt'}:2:1: unknown wildcard __nosuch__" in negative
+
+
 def test_an_inline_prompt_error_found_when_planning_says_it_is_in_the_prompt(tmp_path):
     """An unknown wildcard is found when the experiment loads, with every other problem; one whose file
     went away after loading is found when planning, still placed in the prompt."""
