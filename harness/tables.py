@@ -148,12 +148,13 @@ def factor_summary(df: pd.DataFrame) -> pd.DataFrame:
     run with later stages, each stage apart (a `stage` column): a stage's images start from other images,
     so pooling them with the first stage's would mix two populations under one level."""
     staged = "stage" in df.columns and df["stage"].nunique(dropna=True) > 1
+    varying = [f for f in factor_columns(df) + [c for c in ("checkpoint", "mode", "strength") if c in df.columns]
+               if df[f].nunique(dropna=True) >= 2]
     parts = []
-    for f in factor_columns(df) + [c for c in ("checkpoint", "mode", "strength") if c in df.columns]:
-        if df[f].nunique(dropna=True) < 2:
-            continue
+    for f in varying:
         s = _long_summary(df, ["stage", f] if staged else [f]).rename(columns={f: "level"})
-        s.insert(0, "factor", f[2:] if f.startswith("f.") else f)
+        # a prompt factor is labelled by its name, or as `f.NAME` beside a varying parameter of that name
+        s.insert(0, "factor", f[2:] if f.startswith("f.") and f[2:] not in varying else f)
         s["level"] = s["level"].map(lambda v: NO_LEVEL if is_missing(v) else str(v))
         parts.append(s)
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["factor", "level", "metric"])

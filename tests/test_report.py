@@ -335,6 +335,21 @@ def test_factor_tables_name_the_pooled_images_a_factor_does_not_apply_to(crafted
     assert "stage" not in summary.columns  # one stage: nothing to tell apart
 
 
+def test_factor_tables_tell_a_prompt_factor_from_a_parameter_of_the_same_name(crafted_run):
+    """A prompt factor named `mode` beside the varying `mode` parameter is listed as `f.mode`, the name
+    `harness compare` takes for it, so the two sets of levels are not read as one factor."""
+    from harness.tables import factor_summary
+
+    with Ledger.open(crafted_run, readonly=True) as led:
+        table = image_table(led)
+    table["f.mode"] = ["sketch", "photo"] * 4 + ["photo"]
+    table["mode"] = ["txt2img"] * 5 + ["img2img"] * 4
+    summary = factor_summary(table)
+    assert set(summary.loc[summary["factor"] == "mode", "level"]) == {"txt2img", "img2img"}
+    assert set(summary.loc[summary["factor"] == "f.mode", "level"]) == {"sketch", "photo"}
+    assert "color" in set(summary["factor"])  # no clash: the bare name
+
+
 def test_factor_tables_keep_a_later_stage_apart_from_the_first(crafted_run):
     from harness.tables import factor_summary
 
