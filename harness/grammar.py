@@ -184,6 +184,9 @@ class _Parser:
             self.i += 1  # "|"
         if k is not None:
             _check_choose_k(k, joiner, options, self.loc(k_at))
+        if len(options) == 1 and not options[0].body.parts:
+            raise GrammarError("empty alternation: it has no text to choose; write {|text} for an optional "
+                               "clause, or \\{\\} for literal braces", self.loc(open_at), length=self.i - open_at)
         weights = [o.weight for o in options if o.weight is not None]
         if weights and sum(weights) == 0 and len(weights) == len(options):
             raise GrammarError("bad weights: all options weigh 0, so none can be sampled", self.loc(open_at))

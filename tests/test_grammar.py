@@ -380,6 +380,15 @@ def test_choose_k_separator_holding_a_brace_is_an_error_at_the_brace():
     assert "has only 1 options" in error("{2$$a} costs $$5").message  # no separator meant: a short count
 
 
+def test_an_empty_alternation_is_an_error_that_shows_the_alternatives():
+    for template, column, length in (("a {} b", 3, 2), ("{@x:}", 1, 5), ("{2::}", 1, 5)):
+        e = error(template)
+        assert (e.line, e.column) == (1, column) and "empty alternation" in e.message
+        assert "{|text} for an optional clause" in e.message and "\\{\\} for literal braces" in e.message
+        assert str(e).splitlines()[-1].strip() == "^" * length
+    assert prompts("a {|} b") == ["a  b"] and prompts("a \\{\\} b") == ["a {} b"]
+
+
 def test_choose_k_counts_options_after_the_separator():
     e = error("{2$$cheap|costs $$}")
     assert "only 1 options (the separator 'cheap|costs ' runs up to the next '$$')" in e.message

@@ -30,7 +30,8 @@ def alts(leaf_text, depth: int):
             kk = (lo, min(lo + 1, len(opts)))
         return Alt(opts, k=kk, joiner=joiner if kk else None)
 
-    options = st.lists(seqs(leaf_text, depth), min_size=1, max_size=3)
+    options = st.lists(seqs(leaf_text, depth), min_size=1, max_size=3).filter(
+        lambda opts: len(opts) > 1 or opts[0].parts)  # `{}` is an error
     return options.flatmap(lambda opts: st.builds(
         build, st.just(opts), st.one_of(st.none(), st.integers(0, 2)),
         st.one_of(st.none(), st.sampled_from([" and ", "-", ", "])),
