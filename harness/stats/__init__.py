@@ -10,9 +10,12 @@ The design behind :func:`paired_compare`:
   factor: same seed, same other factor choices, same checkpoint and parameters
   (``pair_on``). The difference ``d = level - baseline`` removes the seed's and
   the prompt's own effect from the comparison.
-* **Clusters.** Pairs that share every condition but the seed belong to one
-  cluster (one prompt condition, seeds nested in it). Seeds of one prompt are
-  not independent evidence, so uncertainty is computed over clusters.
+* **Clusters.** Pairs of one prompt condition (the other factors, negative
+  prompt and init image) belong to one cluster, whatever their seed and
+  generation settings (checkpoint, stage, mode, strength, steps...): seeds of
+  one prompt, and one prompt and seed at two strengths, are not independent
+  evidence, so uncertainty is computed over clusters (a factor only a later
+  stage's prompt has does not split a stage image from its parent's cluster).
 * **Interval.** Two-stage cluster bootstrap of the mean pair difference:
   resample clusters with replacement, then resample the seeds within each drawn
   cluster with replacement; percentile interval. Two caveats: a percentile

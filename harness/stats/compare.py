@@ -27,6 +27,7 @@ from .table import (
     DESIGN_COLUMNS,
     PARAM_COLUMNS,
     REPLICATE_COLUMNS,
+    SETTING_COLUMNS,
     _plain,
     _resolve_factor,
     _resolve_metric,
@@ -55,6 +56,25 @@ def default_pair_on(df: pd.DataFrame, factor: str) -> list[str]:
     for c in PARAM_COLUMNS:
         if c in df.columns and c != factor and _varies_within(df, [*cols, factor], c):
             cols.append(c)
+    return cols
+
+
+def cluster_columns(df: pd.DataFrame, pair_on: list[str]) -> list[str]:
+    """The columns of `pair_on` that tell clusters apart: the prompt condition (other factors, negative
+    prompt, init image), not the replicates (seed, draw) nor the generation settings (checkpoint, stage,
+    mode, strength, steps...). Images of one prompt and seed at two strengths or on two checkpoints share
+    their prompt's effect and their noise, so counting them as two clusters would count one piece of
+    evidence twice. A factor that only a later stage's prompt has is left out too, so a stage image falls
+    in its parent's cluster."""
+    stages = df["stage"].dropna().unique() if "stage" in df.columns else []
+    cols = []
+    for c in pair_on:
+        if c in REPLICATE_COLUMNS or c in SETTING_COLUMNS:
+            continue
+        if str(c).startswith("f.") and len(stages) > 1 and any(
+                df.loc[df["stage"] == s, c].isna().all() for s in stages):
+            continue
+        cols.append(c)
     return cols
 
 
@@ -148,7 +168,7 @@ def paired_compare(
         if bad:
             raise ValueError(f"pair_on {pair_on}: {', '.join(map(repr, bad))} not a column of the table; "
                              f"columns: {', '.join(map(str, df.columns))}")
-    cluster_on = [c for c in pair_on if c not in REPLICATE_COLUMNS]
+    cluster_on = cluster_columns(df, pair_on)
     confounded = [c for c in PARAM_COLUMNS if c in df.columns and c != factor and c not in pair_on
                   and _varies_within(df, pair_on, c)]
 
@@ -231,8 +251,8 @@ def paired_compare(
             notes.append("no block has every level scored, so no ranking")
     conf = f"{100 * (1 - alpha):g}%"
     tested = sum(not math.isnan(r.p_value) for r in rows)
-    method = (f"paired differences (level - baseline) over images sharing pair_on; clusters = pair_on without "
-              f"seed and draw; {conf} CI: two-stage cluster bootstrap (clusters with replacement, then seeds within "
+    method = (f"paired differences (level - baseline) over images sharing pair_on; clusters = prompt "
+              f"conditions ({', '.join(cluster_on) or 'one'}); {conf} CI: two-stage cluster bootstrap (clusters with replacement, then seeds within "
               f"each drawn cluster with replacement), percentile, {n_boot} resamples; p: two-sided Wilcoxon "
               f"signed-rank test on per-cluster mean differences (zeros dropped), Holm-adjusted across {tested} "
               f"tested level(s); "
