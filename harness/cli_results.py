@@ -91,9 +91,12 @@ def report(
         typer.echo(f"image files gone: {r.gone} finished images have no file in images/ (deleted since they were "
                    f"made); their scores still count in these tables until `harness eval {run_dir}` drops them",
                    err=True)
-    if r.missing:
-        typer.echo(f"not made yet: {r.missing} images of the experiment's plan (an interrupted run or a shard not "
-                   "merged); the statistics cover only the images made")
+    if r.failed:
+        typer.echo(f"failed: {len(r.failed)} images of the experiment's plan (their errors are listed on the contact "
+                   "sheet and in the ledger; `harness run` tries them again)")
+    if r.missing > len(r.failed):
+        typer.echo(f"not made yet: {r.missing - len(r.failed)} images of the experiment's plan (an interrupted run "
+                   "or a shard not merged); the statistics cover only the images made")
     if r.excluded.get("unhealthy"):
         typer.echo(f"unhealthy images excluded from statistics: {r.excluded['unhealthy']}")
     if r.excluded.get("unplanned"):

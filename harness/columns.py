@@ -139,6 +139,23 @@ def resolve_metrics(table: pd.DataFrame, metrics: Sequence[str] | None) -> list[
 
 
 def metric_labels(columns: Sequence[str]) -> dict[str, str]:
-    """Short names (before '['), falling back to the full id where two share a short name."""
+    """Short names (before '['); where two share a short name, each with the options that tell it from the
+    others (`clip_score` and `clip_score[text=a cat]` for `clip_score[model=tiny]` and
+    `clip_score[model=tiny,text=a cat]`), so labels cut to a thumbnail's width still differ."""
+    from .metrics.spec import parse_metric_spec, quote_value
+
     shorts = [short_metric(c) for c in columns]
-    return {c: (s if shorts.count(s) == 1 else c[2:]) for c, s in zip(columns, shorts)}
+    labels = {}
+    for c, s in zip(columns, shorts):
+        if shorts.count(s) == 1:
+            labels[c] = s
+            continue
+        try:
+            options = [parse_metric_spec(o[2:])[1] for o, t in zip(columns, shorts) if t == s]
+            own = parse_metric_spec(c[2:])[1]
+        except ValueError:  # not an id the spec reader knows: the whole id
+            labels[c] = c[2:]
+            continue
+        told = {k: v for k, v in own.items() if not all(o.get(k) == v for o in options)}
+        labels[c] = s + ("[" + ",".join(f"{k}={quote_value(v)}" for k, v in told.items()) + "]" if told else "")
+    return labels

@@ -305,5 +305,5 @@ def build_report(run_dir: Path | str, *, rows: str | None = None, cols: str | No
                                    not_sections=randomized_params(run_dir),
                                    comparisons=[*result.comparisons, *extra_sections(tables)],
                                    plots=result.plots + extra_plots, missing=missing, failed=failed,
-                                   title=f"{run_dir.name}: {len(table)} images")
+                                   title=f"{run_dir.resolve().name}: {len(table)} images")
     return result

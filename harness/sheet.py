@@ -349,7 +349,7 @@ def write_sheet(run_dir: Path, table: pd.DataFrame, *, rows: str | None = None, 
               "watermarked": sum(1 for c in cells if c["watermark"]),
               "not_made": max(0, int(missing) - len(failed)), "failed": len(failed)}
     page = _environment().get_template("sheet.html.j2").render(
-        title=title or f"{run_dir.name}: contact sheet", counts=counts,
+        title=title or f"{run_dir.resolve().name}: contact sheet", counts=counts,
         row_name=dim_name(row_dim), col_name=dim_name(col_dim),
         section_names=[dim_name(d) for d in section_dims], sections=sections,
         metrics=[(labels[m], m[2:]) for m in shown],

@@ -155,7 +155,7 @@ def factor_summary(df: pd.DataFrame) -> pd.DataFrame:
         s = _long_summary(df, ["stage", f] if staged else [f]).rename(columns={f: "level"})
         # a prompt factor is labelled by its name, or as `f.NAME` beside a varying parameter of that name
         s.insert(0, "factor", f[2:] if f.startswith("f.") and f[2:] not in varying else f)
-        s["level"] = s["level"].map(lambda v: NO_LEVEL if is_missing(v) else str(v))
+        s["level"] = s["level"].map(lambda v: NO_LEVEL if is_missing(v) else (f'"{v}"' if v == NO_LEVEL else str(v)))
         parts.append(s)
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["factor", "level", "metric"])
 
@@ -181,7 +181,7 @@ def markdown_table(df: pd.DataFrame, floatfmt: str = ".4g") -> str:
     """A Markdown table, text shown literally. In level columns (`f.*`, `level`, `baseline`) an empty
     level reads `(empty)` and a factor that does not apply to the image `—`, as on the contact sheet."""
     def cell(v, is_level: bool) -> str:
-        if is_level and (is_missing(v) or (isinstance(v, str) and v == "")):
+        if is_level and (is_missing(v) or isinstance(v, str)):  # quoted where it reads like a mark
             return md_text(level_label(v))
         if isinstance(v, (float, np.floating)):
             return "" if math.isnan(v) else format(float(v), floatfmt)

@@ -1,5 +1,6 @@
 """Thumbnails of a run's images: ``RUN/thumbs/<key>.jpg``, written atomically and skipped while
-newer than their image, so pages of 10k images are quick to rebuild."""
+newer than their image, so pages of 10k images are quick to rebuild; those of images the page no
+longer shows are removed."""
 
 from __future__ import annotations
 
@@ -71,6 +72,11 @@ def ensure_thumbnails(run_dir: Path, images: dict[str, Path], size: int = THUMB_
     items = list(images.items())
     workers = min(4, os.cpu_count() or 1)
     if len(items) < 32 or workers == 1:
-        return dict(map(one, items))
-    with ThreadPoolExecutor(workers) as pool:  # Pillow releases the GIL while decoding and resizing
-        return dict(pool.map(one, items))
+        made = dict(map(one, items))
+    else:
+        with ThreadPoolExecutor(workers) as pool:  # Pillow releases the GIL while decoding and resizing
+            made = dict(pool.map(one, items))
+    for old in folder.iterdir():  # thumbnails of images the page no longer shows, and temp files left behind
+        if old.is_file() and (old.name.startswith(".") or (old.suffix == ".jpg" and old.stem not in images)):
+            old.unlink(missing_ok=True)
+    return made

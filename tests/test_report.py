@@ -2,6 +2,7 @@
 
 import itertools
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -350,6 +351,21 @@ def test_factor_tables_tell_a_prompt_factor_from_a_parameter_of_the_same_name(cr
     assert "color" in set(summary["factor"])  # no clash: the bare name
 
 
+def test_summary_tables_list_levels_in_natural_order_and_no_two_alike():
+    """`s2` before `s10`; a level whose own text is a table's mark ((empty), —, (none)) reads in quotes,
+    in the factor table and in Markdown, so it is not taken for the empty level or the pooled images."""
+    from harness.tables import factor_summary, markdown_table
+
+    levels = ["s10", "s2", "s1", "", "(empty)", "—", "(none)", None]
+    table = pd.DataFrame({"key": [f"k{i}" for i in range(len(levels))], "f.n": levels,
+                          "m.score": np.arange(len(levels), dtype=float), "healthy": True})
+    summary = factor_summary(table)
+    assert summary["level"].tolist() == ["", "(empty)", '"(none)"', "s1", "s2", "s10", "—", "(none)"]
+    md = [line.strip("| ").split(" | ")[1] for line in markdown_table(summary[["factor", "level"]]).splitlines()[2:]]
+    assert md == ["(empty)", '"(empty)"', '"(none)"', "s1", "s2", "s10", '"—"', "(none)"]
+    assert len(set(md)) == len(md)
+
+
 def test_factor_tables_keep_a_later_stage_apart_from_the_first(crafted_run):
     from harness.tables import factor_summary
 
@@ -446,6 +462,13 @@ def test_the_page_counts_images_not_made_yet_and_shows_why_some_failed(crafted_r
     assert "1 planned not made yet" in page and ">2 failed</a>" in page
     assert "1 is not made yet and 2 failed" in page
     assert "CUDA out of memory &lt;b&gt;" in page and "NaN latents" in page and jobs[0].key[:12] in page
+    from typer.testing import CliRunner
+
+    from harness.cli import app
+
+    out = CliRunner().invoke(app, ["report", str(crafted_run), "--no-html"]).output
+    assert "failed: 2 images of the experiment's plan" in out  # not counted as an interrupted run's
+    assert "not made yet: 1 images of the experiment's plan (an interrupted run" in out
 
 
 def test_a_run_with_no_image_left_gets_an_empty_page_and_no_stale_checkpoints_or_plots(crafted_run):
@@ -461,8 +484,16 @@ def test_a_run_with_no_image_left_gets_an_empty_page_and_no_stale_checkpoints_or
     assert r.images == 0 and len(pd.read_csv(crafted_run / "tables" / "images.csv")) == 0
     page = (crafted_run / "index.html").read_text()
     assert "No images in this run yet." in page and "9 failed" in page and 'class="item' not in page
+    assert 'class="legend"' not in page  # no grid: no rows and columns to name
     assert not list((crafted_run / "tables").glob("checkpoints.*"))
     assert [p.name for p in (crafted_run / "plots").iterdir()] == ["search_trajectory.png"]
+
+
+def test_a_report_of_the_current_folder_is_titled_by_the_folder_name(crafted_run, monkeypatch):
+    monkeypatch.chdir(crafted_run)
+    build_report(Path("."))
+    title = re.search(r"<title>([^<]*)</title>", (crafted_run / "index.html").read_text()).group(1)
+    assert title == f"{crafted_run.name}: 9 images"
 
 
 def test_report_counts_finished_images_whose_file_is_gone(crafted_run):

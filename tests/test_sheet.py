@@ -157,6 +157,17 @@ def test_scores_use_short_names_and_badges_mark_cells(run):
         write_sheet(folder, table, metrics=["clip_scor"])
 
 
+def test_scores_of_metrics_sharing_a_short_name_are_labelled_by_what_tells_them_apart(run):
+    """Two CLIP scores of one model, one against a probe text: the labels under the thumbnails differ in
+    their first characters (a cell cuts them to its width), the full ids stay in the tooltips."""
+    folder, table = run
+    probe = 'clip_score[model=tiny,pretrained=tiny,text="a red, round thing"]'
+    page = write_sheet(folder, table.assign(**{f"m.{probe}": 1.5})).read_text()
+    assert f'title="{CLIP}"><span class="m">clip_score</span>' in page
+    quoted = probe.replace('"', "&#34;")
+    assert f'title="{quoted}"><span class="m">clip_score[text=&#34;a red, round thing&#34;]</span>' in page
+
+
 def test_child_cell_shows_its_parent(run):
     folder, table = run
     page = write_sheet(folder, table).read_text()
@@ -187,6 +198,12 @@ def test_rerun_keeps_fresh_thumbnails_and_remakes_stale_ones(run):
     changed = [p.stem for p in thumbs if p.stat().st_mtime_ns != before[p]]
     assert changed == [table.iloc[0]["key"]]
     assert not [p for p in (folder / "thumbs").iterdir() if p.name.startswith(".")]
+    # an edited plan shows fewer images: their thumbnails go, and a temp file a killed report left too
+    (folder / "thumbs" / ".x.jpg.tmp-1-abcd").write_bytes(b"half")
+    kept = table[table["f.color"] == "red"]
+    write_sheet(folder, kept)
+    parent_of_child = set(kept["parent_key"].dropna())
+    assert {p.stem for p in (folder / "thumbs").iterdir()} == set(kept["key"]) | parent_of_child
 
 
 def test_variant_table_comparisons_and_plots_are_rendered(run):

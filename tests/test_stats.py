@@ -355,6 +355,15 @@ def test_the_empty_level_is_named_as_the_tables_show_it():
     assert c.baseline == "" and [r.level for r in c.rows] == ["a", "b"]
 
 
+def test_text_and_markdown_quote_a_level_spelled_like_the_empty_mark():
+    df = crafted_table()
+    df["f.style"] = df["f.style"].replace({"a": "(empty)"})
+    c = paired_compare(df, factor="style", metric="score", rng=np.random.default_rng(0), n_boot=50)
+    text = c.to_text()
+    assert "baseline (empty)" in text and '\n"(empty)" ' in text
+    assert '| "(empty)" |' in c.to_markdown()
+
+
 def test_unknown_metric_error_lists_metrics():
     with pytest.raises(ValueError, match=r"m\.score"):
         paired_compare(crafted_table(), factor="style", metric="clip", rng=np.random.default_rng(0))

@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..columns import level_label
+
 
 @dataclass(frozen=True)
 class LevelResult:
@@ -126,7 +128,7 @@ class Comparison:
 
 
 def _label(level: Any) -> str:
-    return "(empty)" if level == "" else str(level)
+    return level_label(level)
 
 
 def md_text(text: str) -> str:

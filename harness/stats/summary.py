@@ -9,6 +9,7 @@ import math
 
 import pandas as pd
 
+from ..columns import sort_key
 from .intervals import t_interval
 from .table import _resolve_metric, healthy_mask, in_key_order
 
@@ -41,5 +42,6 @@ def summarize(df: pd.DataFrame, by: list[str], metric: str, confidence: float = 
                         "sd": sd, "sem": sd / math.sqrt(n) if n >= 2 else math.nan,
                         "ci_low": lo, "ci_high": hi,
                         "n_unscored": int(healthy["_v"].isna().sum()), "n_unhealthy": int((~g["_h"]).sum())})
+    records.sort(key=lambda r: tuple(sort_key(r[c]) for c in by))  # natural order: s2 before s10
     return pd.DataFrame.from_records(records, columns=[*by, "n", "mean", "sd", "sem", "ci_low", "ci_high",
                                                       "n_unscored", "n_unhealthy"])
