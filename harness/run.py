@@ -26,6 +26,7 @@ from .atomic import write_atomic
 from .core import Job, SettingsError, canonical_json
 from .experiment import Experiment, ExperimentError, inline_prompt, load_experiment
 from .ledger import Ledger
+from .ledger.schema import LEDGER_FILE
 from .plan import Plan, group_jobs, make_plan, shard as shard_jobs
 from .worker import Finished, Tuning
 
@@ -49,6 +50,7 @@ class RunResult:
 
 
 HISTORY_DIR = "history"  # RUN/history/experiment-<UTC time>.toml: each earlier version of the experiment
+SHARDS = "shards"  # ledger meta: the [i, n] shards runs into the folder made ([0, 1]: the whole plan)
 
 
 def default_run_dir(exp: Experiment) -> Path:
@@ -120,7 +122,7 @@ def prepare_run(exp: Experiment, plan: Plan, run_dir: Path, *, jobs: list[Job] |
     ledger.drop_plan([p for p in ledger.plan_parts() if p not in ("main", part)
                       and (changed or (p.startswith("stage:") and p not in names))])
     if force:
-        ledger.force()
+        ledger.force(j.key for j in jobs)
     done = ledger.done_keys() - ledger.stale_keys()  # stale: an earlier --force has not remade them yet
     return ledger, [j for j in jobs if j.key not in done]
 
@@ -150,8 +152,9 @@ def run_experiment(path: Path | str, *, out: Path | str | None = None, force: bo
     """Plan, generate what is not done yet, then score with the experiment's metrics."""
     exp = load_experiment(path)
     plan = make_plan(exp)
-    jobs = list(plan.jobs) if shard is None else shard_jobs(plan.jobs, *shard, by_variant=bool(exp.stages))
     run_dir = Path(out) if out else default_run_dir(exp)
+    shard = shard or _folder_shard(run_dir, log or _stderr)
+    jobs = list(plan.jobs) if shard is None else shard_jobs(plan.jobs, *shard, by_variant=bool(exp.stages))
     if executor == "local":  # Ray workers pick their own devices
         from .devices import check_settings
         try:
@@ -160,6 +163,8 @@ def run_experiment(path: Path | str, *, out: Path | str | None = None, force: bo
             where = "--device" if device else "its device, dtype and memory keys"
             raise SettingsError(f"{exp.path} ({where}): {exc}") from None
     ledger, pending = prepare_run(exp, plan, run_dir, jobs=jobs, force=force, log=log or _stderr)
+    shards = {tuple(s) for s in json.loads(ledger.get_meta(SHARDS) or "[]")} | {shard or (0, 1)}
+    ledger.set_meta(SHARDS, json.dumps(sorted(shards)))
     result = RunResult(run_dir, len(jobs), len(jobs) - len(pending))
     try:
         options = dict(exact=exp.exact if exact is None else exact, device=device or exp.device,
@@ -184,6 +189,20 @@ def run_experiment(path: Path | str, *, out: Path | str | None = None, force: bo
     finally:
         ledger.close()
     return result
+
+
+def _folder_shard(run_dir: Path, log: Callable[[str], None]) -> tuple[int, int] | None:
+    """The shard a folder's every earlier run made (`--shard i/n` each time), so that running its
+    experiment copy again without `--shard` goes on with that shard, not the whole plan; else None."""
+    if not (run_dir / LEDGER_FILE).is_file():
+        return None
+    with Ledger.open(run_dir, readonly=True) as ledger:
+        shards = json.loads(ledger.get_meta(SHARDS) or "[]")
+    if len(shards) != 1 or shards[0][1] == 1:
+        return None
+    i, n = shards[0]
+    log(f"shard {i}/{n}: the only shard this folder's earlier runs made (pass --shard 0/1 for the whole plan)")
+    return i, n
 
 
 def run_stage(exp: Experiment, stage, plan: Plan, ledger: Ledger, result: RunResult, *,
@@ -372,7 +391,8 @@ def merge_runs(out: Path | str, sources: Iterable[Path | str], *, log: Callable[
             log(f"{src}: {m.jobs_added} jobs added, {m.jobs_already_done} already present, "
                 f"{m.scores_added} scores, {len(m.bad_images)} damaged or changed images skipped"
                 + (" (" + ", ".join(f"{n} {why}" for why, n in Counter(m.bad_images.values()).most_common(3))
-                   + "; run that shard again to remake them, then merge it again)" if m.bad_images else ""))
+                   + f"; `harness run {src / 'experiment.toml'} --out {src}` remakes them in that shard's folder, "
+                   "then merge it again)" if m.bad_images else ""))
         totals["done"] = ledger.count("done")
         totals["missing"] = ledger.planned_not_done()
     return totals

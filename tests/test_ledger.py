@@ -19,6 +19,7 @@ from PIL import Image
 
 from harness.core import Job, Score
 from harness.ledger import Done, Ledger, LedgerError, LedgerLocked
+from harness.ledger.schema import _now
 from harness.provenance import (
     a1111_parameters, check_png, is_temp_name, provenance_record, read_provenance, temp_path_for,
     write_png_atomic,
@@ -312,8 +313,13 @@ def test_reconcile_requeues_a_sound_image_that_is_not_the_one_made(ledger):
     assert result.requeued == {jobs[0].key: "changed since it was made", jobs[1].key: "changed since it was made"}
     assert ledger.done_keys() == {jobs[2].key} and ledger.scored_keys("m") == {jobs[2].key}
     assert swapped.is_file() and edited.is_file()
+    assert ledger.reconcile(remove_damaged=False).orphans == []  # still set aside, not an orphan
     finish(ledger, jobs[0])  # made again: its new file is the one recorded
-    assert ledger.reconcile().requeued == {} and ledger.status_of(jobs[0].key) == "done"
+    # a run about to remake the other names it as the earlier pass did, not as a file of no job, and deletes it
+    result = ledger.reconcile()
+    assert result.requeued == {jobs[1].key: "changed since it was made"} and result.orphans == []
+    assert not edited.exists() and ledger.status_of(jobs[0].key) == "done"
+    assert ledger.reconcile().requeued == {}
     kept = ledger.image_path(jobs[2].key)
     Image.open(kept).rotate(90).save(kept)
     assert ledger.reconcile().requeued == {jobs[2].key: "changed since it was made"}
@@ -327,6 +333,10 @@ def test_the_repair_message_counts_every_image_it_requeued():
     text = Reconciled(requeued).repaired_text("and will be made again")
     assert text == ("6 finished image(s) were missing, damaged or changed (2 missing, 1 truncated, 1 CRC mismatch, "
                     "2 for 2 other reason(s)) and will be made again")
+    del requeued["f"]  # four reasons: each is named
+    assert Reconciled(requeued).repaired_text("and will be made again") == (
+        "5 finished image(s) were missing, damaged or changed (2 missing, 1 truncated, 1 CRC mismatch, 1 changed) "
+        "and will be made again")
 
 
 def test_an_image_remade_by_an_interrupted_force_is_not_called_a_hand_edit(ledger):
@@ -334,11 +344,49 @@ def test_an_image_remade_by_an_interrupted_force_is_not_called_a_hand_edit(ledge
     file that is not the recorded one, says so in those words, and remakes it as the force asked."""
     jobs = finished(ledger, 2)
     time.sleep(0.01)
-    ledger.force()
+    ledger.force(j.key for j in jobs)
     Image.new("RGB", (16, 16), "white").save(ledger.image_path(jobs[0].key))  # remade, not yet recorded
     Image.new("RGB", (16, 16), "black").save(ledger.image_path(jobs[1].key))
     assert ledger.reconcile().requeued == {jobs[0].key: "remade by an interrupted --force run before it was recorded",
                                            jobs[1].key: "remade by an interrupted --force run before it was recorded"}
+
+
+def test_a_force_marks_its_own_jobs_and_their_later_stages_and_goes_on_where_it_was_cut_off(ledger):
+    """--force of some jobs (a shard, a version of the experiment) leaves the others alone; a second
+    --force after an interrupted one remakes only what the first had not remade; once a force has remade
+    all of its jobs, the next starts anew."""
+    jobs = finished(ledger, 4)
+    parent = jobs[0]
+    child = make_jobs(1, seed=99, meta={"parent_key": parent.key, "stage": "refine"})[0]
+    ledger.add_jobs([child])
+    finish(ledger, child)
+    time.sleep(0.01)
+    ledger.force([jobs[0].key, jobs[1].key])  # one shard: jobs 0 and 1, and the child made from job 0
+    assert ledger.stale_keys() == {jobs[0].key, jobs[1].key, child.key}
+    time.sleep(0.01)
+    finish(ledger, jobs[0])  # remade, then interrupted
+    time.sleep(0.01)
+    ledger.force([jobs[0].key, jobs[1].key])  # forced again: goes on
+    assert ledger.stale_keys() == {jobs[1].key, child.key}
+    time.sleep(0.01)
+    finish(ledger, jobs[1])
+    finish(ledger, child)
+    assert ledger.stale_keys() == set()  # jobs 2 and 3 were never asked for
+    time.sleep(0.01)
+    ledger.force([jobs[1].key])  # the earlier force is done: this one starts anew
+    assert ledger.stale_keys() == {jobs[1].key}
+
+
+def test_a_folder_forced_before_jobs_kept_their_own_mark_keeps_its_stale_jobs(tmp_path):
+    with Ledger.open(tmp_path / "run") as led:
+        jobs = finished(led, 3)
+        time.sleep(0.01)
+        with led._write() as conn:  # as an earlier version recorded a --force: one time for the folder
+            conn.execute("INSERT INTO meta(name, value) VALUES ('force_since', ?)", (_now(),))
+        time.sleep(0.01)
+        finish(led, jobs[0])
+    with Ledger.open(tmp_path / "run") as led:
+        assert led.stale_keys() == {jobs[1].key, jobs[2].key} and led.get_meta("force_since") is None
 
 
 def test_reconcile_adopts_the_images_of_a_ledger_that_kept_no_digests(ledger):

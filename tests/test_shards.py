@@ -50,6 +50,13 @@ def test_two_shards_and_merge_equal_a_full_run(tmp_path):
         a = np.asarray(Image.open(tmp_path / "full" / "images" / f"{key}.png"), dtype=np.int16)
         b = np.asarray(Image.open(tmp_path / "merged" / "images" / f"{key}.png"), dtype=np.int16)
         assert np.abs(a - b).max() <= 1
+    # a shard folder run again from its own copy, without --shard, goes on with its shard, not the whole plan
+    (tmp_path / "s1" / "images" / f"{min(keys['s1'])}.png").unlink()
+    rerun = harness("run", tmp_path / "s1" / "experiment.toml", "--out", tmp_path / "s1")
+    assert "shard 1/2: the only shard this folder's earlier runs made" in rerun.stderr
+    assert f"jobs: {len(keys['s1'])} planned, {len(keys['s1']) - 1} already done, 1 generated" in rerun.stdout
+    whole = run_experiment(tmp_path / "s1" / "experiment.toml", out=tmp_path / "s1", shard=(0, 1), progress=False)
+    assert (whole.planned, whole.generated) == (12, len(keys["s0"]))
     again = harness("merge", tmp_path / "s0", "--out", tmp_path / "merged")
     assert "0 added" in again.stdout and "not made yet" not in again.stdout
     # one shard alone: the merge and the report say how much of the plan is missing

@@ -67,6 +67,10 @@ CREATE TABLE IF NOT EXISTS image_files(
   key    TEXT PRIMARY KEY,             -- a done job
   sha256 TEXT NOT NULL                 -- of its image file as made: reconcile requeues a file that differs
 );
+CREATE TABLE IF NOT EXISTS forced(
+  key   TEXT PRIMARY KEY,              -- a job --force asked to make again
+  since TEXT NOT NULL                  -- when: done before this, it is still to be remade
+);
 CREATE TABLE IF NOT EXISTS plan(
   part TEXT NOT NULL,                  -- who planned it: main, stage:<name>, ablation, search:<id>
   key  TEXT NOT NULL,
@@ -119,9 +123,10 @@ class Reconciled:
         if not self.requeued:
             return ""
         reasons = Counter(self.requeued.values()).most_common()
-        shown = [f"{n} {why}" for why, n in reasons[:3]]
-        if len(reasons) > 3:
-            shown.append(f"{sum(n for _, n in reasons[3:])} for {len(reasons) - 3} other reason(s)")
+        cut = 3 if len(reasons) > 4 else 4  # folding one reason into "other reasons" would save nothing
+        shown = [f"{n} {why}" for why, n in reasons[:cut]]
+        if len(reasons) > cut:
+            shown.append(f"{sum(n for _, n in reasons[cut:])} for {len(reasons) - cut} other reason(s)")
         return (f"{len(self.requeued)} finished image(s) were missing, damaged or changed ("
                 + ", ".join(shown) + f") {consequence}")
 

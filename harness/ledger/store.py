@@ -18,7 +18,9 @@ from .schema import (_CLEAR_RUN, _KEY, _SCHEMA, CHANGED, IMAGES_DIR, LEDGER_FILE
                      STATUSES, TABLES_DIR, Done, LedgerError, Merged, Reconciled, _acquire_writer_lock,
                      _check_key, _done_from_mapping, _json, _now)
 
-FORCE_SINCE = "force_since"  # meta: when --force was last given (jobs done before it are made again)
+_STALE = ("SELECT jobs.key FROM jobs JOIN forced ON forced.key = jobs.key "
+          "WHERE jobs.status = 'done' AND (jobs.done_at IS NULL OR jobs.done_at < forced.since)")
+_REQUEUED = "reconcile: image "  # a re-queued job's error: this, then why
 # reconcile's reason for a forced remake written but not recorded before an interrupt
 FORCE_UNRECORDED = "remade by an interrupted --force run before it was recorded"
 
@@ -89,6 +91,10 @@ class Ledger:
                                           "keep run folders on a local filesystem")
                     conn.execute("PRAGMA synchronous=NORMAL")
                     conn.executescript(_SCHEMA)
+                    # a folder --forced before each job kept its own mark: the one time applies to every job
+                    conn.execute("INSERT OR IGNORE INTO forced(key, since) SELECT jobs.key, meta.value FROM jobs, "
+                                 "meta WHERE meta.name = 'force_since' AND jobs.status = 'done'")
+                    conn.execute("DELETE FROM meta WHERE name = 'force_since'")
                     conn.execute("INSERT OR IGNORE INTO meta(name, value) VALUES ('schema_version', ?)",
                                  (str(LEDGER_SCHEMA_VERSION),))
             except BaseException:
@@ -318,19 +324,32 @@ class Ledger:
         rows = self._read("SELECT DISTINCT device, dtype_used FROM jobs WHERE status = 'done'")
         return {(str(d).split(":")[0], str(t)) for d, t in rows if d is not None}
 
-    def force(self) -> None:
-        """``--force``: every job done before now is to be made again (:meth:`stale_keys`). Its image and
-        scores stay until the new image replaces them, so an interrupted forced run loses nothing and the
-        next run, forced or not, goes on with the jobs not yet remade."""
-        self.set_meta(FORCE_SINCE, _now())
+    def force(self, keys: Iterable[str]) -> None:
+        """``--force`` of the jobs `keys` and the later stages' jobs made from them: each done one is to be
+        made again (:meth:`stale_keys`). Its image and scores stay until the new image replaces them, so an
+        interrupted forced run loses nothing. A force of jobs some of which an earlier force has not remade
+        yet goes on with that one (the images it remade stay); otherwise it starts anew. Jobs not in `keys`
+        (another shard, another version of the experiment) are left as they are."""
+        keys = {_check_key(k) for k in keys}
+        now = _now()
+        with self._write() as conn:
+            made_from: dict[str, list[str]] = {}
+            for key, parent in conn.execute("SELECT key, parent_key FROM jobs WHERE parent_key IS NOT NULL"):
+                made_from.setdefault(parent, []).append(key)
+            todo = list(keys)
+            while todo:
+                for child in made_from.get(todo.pop(), ()):
+                    if child not in keys:
+                        keys.add(child)
+                        todo.append(child)
+            done = {k for (k,) in conn.execute("SELECT key FROM jobs WHERE status = 'done'") if k in keys}
+            unfinished = {k for (k,) in conn.execute(_STALE)} & keys
+            verb = "INSERT OR IGNORE" if unfinished else "INSERT OR REPLACE"
+            conn.executemany(f"{verb} INTO forced(key, since) VALUES (?, ?)", [(k, now) for k in sorted(done)])
 
     def stale_keys(self) -> set[str]:
-        """Done jobs made before the last :meth:`force`: still to be made again."""
-        since = self.get_meta(FORCE_SINCE)
-        if since is None:
-            return set()
-        return {row[0] for row in self._read("SELECT key FROM jobs WHERE status = 'done' AND done_at < ?",
-                                             (since,))}
+        """Done jobs a :meth:`force` asked to make again that are not made again yet."""
+        return {row[0] for row in self._read(_STALE)}
 
     def reset(self, keys: Iterable[str]) -> int:
         """Back to pending (``--force``): clears run info and scores, deletes the images."""
@@ -386,14 +405,20 @@ class Ledger:
                         reason = CHANGED if key not in stale else FORCE_UNRECORDED
                 if reason is not None:
                     requeued[key] = reason
+            on_disk = {p.stem for p in self.images_dir.glob("*.png") if _KEY.fullmatch(p.stem)}
+            # files an earlier reconcile that kept them (`harness eval`) re-queued: a run about to remake
+            # them names them as that one did, not as orphans
+            earlier = {k: why.removeprefix(_REQUEUED) for k, why in self._read(
+                "SELECT key, error FROM jobs WHERE status = 'pending' AND error LIKE ?", (_REQUEUED + "%",))}
+            if remove_damaged:
+                requeued.update({k: earlier[k] for k in sorted(on_disk & earlier.keys())})
             with self._write() as conn:
                 conn.executemany("INSERT OR REPLACE INTO image_files(key, sha256) VALUES (?, ?)", adopted)
-            self._requeue({k: f"reconcile: image {why}" for k, why in requeued.items()}, strict=False)
+            self._requeue({k: _REQUEUED + why for k, why in requeued.items()}, strict=False)
             for key, why in requeued.items():
                 if why != "missing" and remove_damaged:
                     self.image_path(key).unlink(missing_ok=True)
-            on_disk = {p.stem for p in self.images_dir.glob("*.png") if _KEY.fullmatch(p.stem)}
-            orphans = sorted(on_disk - done)  # a re-queued image's kept file is reported with the re-queued
+            orphans = sorted(on_disk - done - requeued.keys() - earlier.keys())
         return Reconciled(requeued, temp_removed, orphans)
 
     # ---------------------------------------------------------------- the current plan
