@@ -78,11 +78,14 @@ class AblationResult:
             out.append(f"prompt: {prompt}")
             out.append(f"metric: {metric} ({better} is better); contribution = full - without clause, "
                        "paired by seed, 95% CI")
-            width = max(len(str(c)) for c in g["clause"])
-            for r in g.itertuples(index=False):
+            # a clause written twice is named with its position (#1 = the first clause of the prompt)
+            twice = set(g["clause"][g["clause"].duplicated()])
+            names = [f"{c} (#{i + 1})" if c in twice else str(c) for c, i in zip(g["clause"], g["clause_index"])]
+            width = max(map(len, names))
+            for name, r in zip(names, g.itertuples(index=False)):
                 ci = "n/a" if math.isnan(r.ci_low) else f"[{r.ci_low:+.4g}, {r.ci_high:+.4g}]"
                 p = "n/a" if math.isnan(r.p_value) else f"{r.p_value:.3g}"
-                out.append(f"  {r.rank:>2}. {str(r.clause).ljust(width)}  {r.contribution:+.4g}  {ci}  "
+                out.append(f"  {r.rank:>2}. {name.ljust(width)}  {r.contribution:+.4g}  {ci}  "
                            f"{r.verdict:<7}  p={p}  n={r.n_pairs}")
             notes = sorted({n for n in g["note"] if n})
             if g["n_pairs"].max() < MIN_CLUSTERS_FOR_CI:

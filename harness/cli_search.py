@@ -102,6 +102,7 @@ def mutate(
     """Mutants of a prompt with their lineage (parent key, operator, arguments)."""
     from . import mutate as mu
     from .grammar import GrammarError
+    from .mutate.resources import missing_lists_note
     from .wildcards import WildcardLibrary, default_search_path
 
     try:
@@ -117,6 +118,9 @@ def mutate(
             library = WildcardLibrary(default_search_path(None, [*folders, *grammars]))
             resources = mu.Resources.load(library, lists.split(",") if lists else None, template=source,
                                           origin=origin)
+            note = None if lists else missing_lists_note(resources, library)
+            if note:
+                typer.echo(note, err=True)
             result = mu.mutants(text, n, random.Random(seed), resources, operators=weights, partners=partners)
     except GrammarError as e:
         fail(str(e))
@@ -142,7 +146,7 @@ def evolve(
     device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N | mps"),
 ) -> None:
     """Evolve prompts against metrics (resumable); writes search tables and a trajectory plot."""
-    from .search import SearchError
+    from .search import SearchError, _fmt
     from .search import evolve as run_search
 
     try:
@@ -159,7 +163,12 @@ def evolve(
         typer.echo(f"generation {gen.index}: best {fit}{ci}  {b.text}")
     budget = "" if r.budget is None else f" of {r.budget}"
     typer.echo(f"stopped: {r.stopped}; images used {r.final.images_used}{budget}, {r.generated} made now")
-    typer.echo(f"best prompt: {r.best.text}")
+    b = r.best
+    ci = "" if b.ci[0] is None else f" [{b.ci[0]:.4g}, {b.ci[1]:.4g}]"
+    where = f"generation {b.born}"
+    if b.key != r.final.best.key:
+        where += f"; the last generation's best is {r.final.best.text!r}"
+    typer.echo(f"best prompt: {b.text} (fitness {_fmt(b.fitness)}{ci}, {where})")
     for p in r.outputs:
         if p.suffix in (".md", ".png"):
             typer.echo(f"wrote {p}")

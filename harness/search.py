@@ -70,6 +70,7 @@ from .core import Variant, canonical_json, content_key
 from .experiment import Experiment, load_experiment
 from .grammar import escape_text
 from .mutate import Resources, literal, mutate, prompt_key
+from .mutate.resources import missing_lists_note
 from .search_config import NOT_IDENTITY, SearchConfig, search_config
 from .wildcards import WildcardLibrary
 
@@ -237,7 +238,20 @@ class SearchResult:
 
     @property
     def best(self) -> Candidate:
-        return self.final.best
+        """The best candidate of the whole search (the earliest of equals): with `elitism = 0` a later
+        generation may lose the best prompt found, and fitness is comparable across generations (the same
+        seeds, metrics and settings)."""
+        return best_of(self.generations)[0]
+
+
+def best_of(generations: Sequence[Generation], n: int = 1) -> list[Candidate]:
+    """The `n` best distinct prompts over all `generations`, each as first scored at its best fitness."""
+    found: dict[str, Candidate] = {}
+    for gen in generations:
+        for c in gen.candidates:
+            if c.key not in found or _rank_value(c) > _rank_value(found[c.key]):
+                found[c.key] = c
+    return rank(list(found.values()))[:n]
 
 
 def search_identity(exp: Experiment, resources: Resources, refs: Mapping) -> str:
@@ -270,6 +284,8 @@ def evolve(path: Path | str, *, out: Path | str | None = None, device: str | Non
     library = WildcardLibrary(exp.wildcard_path())
     cfg = search_config(exp, library)
     resources = Resources.load(library, cfg.modifiers, template=exp.prompt)
+    if cfg.modifiers is None and (note := missing_lists_note(resources, library)):
+        log(note)
     variants, negatives = variants_of(exp, library)
     refs = resolve_checkpoints(exp)
     sid = search_identity(exp, resources, refs)

@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Sequence
 
 from .core import canonical_json
-from .search import Candidate, Generation
+from .search import Candidate, Generation, best_of
 
 REPORT_TOP = 5          # prompts per generation in search_generations
-LINEAGE_WINNERS = 3     # final candidates whose ancestry is traced
+LINEAGE_WINNERS = 3     # best prompts of the search whose ancestry is traced
 
 
 def generations_frame(generations: Sequence[Generation], top: int = REPORT_TOP):
@@ -47,7 +47,7 @@ def trajectory_frame(generations: Sequence[Generation]):
 
 
 def lineage_frame(generations: Sequence[Generation], winners: int = LINEAGE_WINNERS):
-    """The ancestry of the best final candidates, newest first (crossover children have two parents)."""
+    """The ancestry of the best prompts of the search, newest first (crossover children have two parents)."""
     import pandas as pd
 
     births: dict[str, list[Candidate]] = {}  # key -> each birth of that prompt, oldest first
@@ -58,11 +58,13 @@ def lineage_frame(generations: Sequence[Generation], winners: int = LINEAGE_WINN
 
     def parent(key: str, child_born: int) -> Candidate | None:
         """The birth of `key` that a child born in generation `child_born` was made from: the latest
-        before it (a prompt dropped and made again later has several births)."""
-        return next((c for c in reversed(births.get(key, [])) if c.born < child_born), None)
+        before it (a prompt dropped and made again later has several births); generation 0's mutants
+        are made from its initial prompts."""
+        return next((c for c in reversed(births.get(key, []))
+                     if c.born < child_born or (c.born == child_born == 0 and c.operator == "initial")), None)
 
     rows = []
-    for r, winner in enumerate(generations[-1].candidates[:winners], start=1):
+    for r, winner in enumerate(best_of(generations, winners), start=1):
         queue: list[tuple[str, Candidate | None, int]] = [(winner.key, winner, 0)]
         seen = set()
         while queue:

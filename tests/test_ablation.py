@@ -94,6 +94,22 @@ def test_lower_is_better_metrics_rank_the_clause_that_lowers_it_first():
     assert list(t["verdict"]) == ["helps", "unclear", "hurts"]
 
 
+def test_a_clause_written_twice_is_named_with_its_position_in_the_text_output():
+    from pathlib import Path
+
+    from harness.ablation import AblationResult
+
+    table = pd.DataFrame([{"prompt": "a castle, golden hour, a castle", "metric": "score", "rank": r,
+                           "clause_index": i, "clause": c, "contribution": v, "ci_low": v - 1, "ci_high": v + 1,
+                           "verdict": "unclear", "p_value": 0.5, "p_holm": 0.5, "full_win_rate": 0.5,
+                           "mean_full": 1.0, "mean_without": 1.0 - v, "n_pairs": 20, "note": ""}
+                          for r, (i, c, v) in enumerate([(0, "a castle", 1.5), (1, "golden hour", 0.1),
+                                                         (2, "a castle", -1.2)], start=1)])
+    lines = AblationResult(Path("."), table).to_text().splitlines()
+    assert lines[2].split()[:4] == ["1.", "a", "castle", "(#1)"] and lines[4].split()[:4] == ["3.", "a", "castle", "(#3)"]
+    assert lines[3].split()[:3] == ["2.", "golden", "hour"]  # written once: no position
+
+
 def test_an_unscored_arm_has_no_interval():
     images, jobs_of = synthetic([0.0, 0.0, 1.0])
     images.loc[images["key"].isin({j.key for j in jobs_of[3][1]}), "m.score"] = math.nan

@@ -1,6 +1,7 @@
 """Mutation operators: clause splitting, each operator by name, lineage, properties, `harness mutate`."""
 
 import json
+import os
 import random
 import subprocess
 import sys
@@ -163,6 +164,31 @@ def test_reweight_moves_an_existing_weight_within_range():
     assert 1.7 < top.args["new"] < 2.0
 
 
+def test_reweight_reads_every_a1111_weight_and_moves_one_outside_the_range_toward_it():
+    for clause, old, moved in (("(w:.5)", 0.5, {0.3, 0.4, 0.6, 0.7}), ("(v:-1)", -1.0, {-0.9, -0.8}),
+                               ("(z:5)", 5.0, {4.8, 4.9}), ("(y:0.1)", 0.1, {0.2, 0.3}),
+                               ("(x:1.9)", 1.9, {1.7, 1.8, 2.0})):
+        news = {mu.apply("reweight", clause, random.Random(s), RESOURCES).args["new"] for s in range(40)}
+        m = mu.apply("reweight", clause, random.Random(0), RESOURCES)
+        assert m.args["old"] == old and news == moved, (clause, news)
+        assert m.prompt.count("(") == 1  # moved, not wrapped in a second emphasis
+
+
+def test_insert_does_not_add_a_modifier_the_prompt_has_in_emphasis():
+    res = mu.Resources.load(LIBRARY, ["lighting"])
+    prompt = "a castle, " + ", ".join(f"({line}:1.2)" for line in res.lists[0].items[1:])
+    texts = {mu.apply("insert", prompt, random.Random(s), res).args["text"] for s in range(30)}
+    assert texts == {res.lists[0].items[0]}
+
+
+def test_no_operator_returns_its_parent_or_partner_unchanged():
+    """A crossover whose partner's tail is already in the prompt would rebuild the prompt itself."""
+    assert mu.apply("crossover", "a castle, oil painting", random.Random(1), RESOURCES, partner="oil painting") is None
+    for s in range(30):
+        m = mu.apply("crossover", "a, b", random.Random(s), RESOURCES, partner="a, b, c")
+        assert m is None or mu.normalise(m.prompt) not in ("a, b", "a, b, c")
+
+
 def test_unknown_operator_fails_listing_the_valid_ones():
     with pytest.raises(ValueError, match="did you mean 'swap'.*valid operators: swap, insert, delete"):
         mu.apply("swop", PROMPT, random.Random(0), RESOURCES)
@@ -259,6 +285,16 @@ def test_clause_splitting_is_idempotent(prompt):
 
 def harness(*args):
     return subprocess.run([sys.executable, "-m", "harness", *args], capture_output=True, text=True, cwd=ROOT)
+
+
+def test_mutate_away_from_the_shipped_lists_says_swap_and_insert_have_nothing_to_draw(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "HARNESS_GRAMMARS"}
+    r = subprocess.run([sys.executable, "-m", "harness", "mutate", PROMPT, "--ops", "swap,insert"],
+                       capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert r.returncode == 1
+    assert ("note: none of the modifier lists styles, mediums, artists, lighting, quality, colours is on the "
+            "wildcard search path (no wildcard folder exists)") in r.stderr
+    assert "note: none" not in harness("mutate", PROMPT, "--ops", "swap,insert").stderr  # from the repository
 
 
 def test_mutate_cli_prints_n_mutants_with_lineage():

@@ -172,6 +172,27 @@ def test_lineage_follows_the_birth_of_a_prompt_that_was_made_again():
         (0, 2, "a, b", "reorder"), (1, 1, "b, a", "reorder"), (2, 0, "a, b", "initial")]
 
 
+def test_the_best_prompt_is_the_best_of_the_whole_search_with_its_lineage_back_to_generation_0():
+    """With elitism = 0 the best prompt (generation 1's) is not in the last generation: the result, the
+    summary line and the lineage still name it, and a generation-0 mutant's parent is its initial prompt."""
+    from harness.mutate import prompt_key
+    from harness.search import SearchResult
+    from harness.search_report import lineage_frame
+
+    g0 = Generation(0, (Candidate("a, b", "initial", {}, (), 0, 1.0),
+                        Candidate("a", "delete", {"clause": 1}, (prompt_key("a, b"),), 0, 0.5)), 2)
+    g1 = Generation(1, (Candidate("a, c", "insert", {"at": 1}, (prompt_key("a"),), 1, 5.0),
+                        Candidate("b, a", "reorder", {}, (prompt_key("a, b"),), 1, 2.0)), 4)
+    g2 = Generation(2, (Candidate("c, a", "reorder", {}, (prompt_key("a, c"),), 2, 3.0),
+                        Candidate("a, d", "insert", {}, (prompt_key("a, c"),), 2, 1.5)), 6)
+    result = SearchResult(Path("."), "id", [g0, g1, g2], "generations")
+    assert result.best.prompt == "a, c" and result.final.best.prompt == "c, a"
+    frame = lineage_frame([g0, g1, g2], winners=2)
+    assert [(r.winner, r.depth, r.prompt, r.operator) for r in frame.itertuples()] == [
+        (1, 0, "a, c", "insert"), (1, 1, "a", "delete"), (1, 2, "a, b", "initial"),
+        (2, 0, "c, a", "reorder"), (2, 1, "a, c", "insert"), (2, 2, "a", "delete"), (2, 3, "a, b", "initial")]
+
+
 def test_fitness_leaves_unhealthy_images_out_as_every_statistic_does():
     from types import SimpleNamespace
 
@@ -239,6 +260,15 @@ def test_rerunning_a_finished_search_replays_it_without_making_images(uninterrup
     again = evolve(exp, out=result.run_dir, log=lambda m: None)
     assert again.generated == 0
     assert [g.to_dict() for g in again.generations] == [g.to_dict() for g in result.generations]
+    from typer.testing import CliRunner
+
+    from harness.cli import app
+
+    cli = CliRunner().invoke(app, ["evolve", str(exp), "--out", str(result.run_dir)],
+                             env={"HARNESS_GRAMMARS": str(ROOT / "grammars")})
+    best = result.best
+    assert cli.exit_code == 0 and f"best prompt: {best.text} (fitness 1" in cli.stdout, cli.stdout
+    assert f", generation {best.born})" in cli.stdout
 
 
 def test_a_lowered_budget_replays_only_the_generations_it_affords(uninterrupted, tmp_path):

@@ -32,7 +32,7 @@ from typing import Iterable
 from ..grammar import Seq, Text, parse, render
 
 _WS = re.compile(r"\s+")
-_EMPHASIS = re.compile(r"\((.*):\s*(\d+(?:\.\d+)?)\s*\)", re.S)
+_EMPHASIS = re.compile(r"\((.*):\s*([-+]?(?:\d+(?:\.\d*)?|\.\d+))\s*\)", re.S)
 
 
 def _clause_parts(tree: Seq) -> list[tuple]:

@@ -16,7 +16,8 @@ alternations and wildcards stay opaque units, and as a list of clauses.
   last clauses of a partner prompt (duplicate clauses dropped), at a cut where
   the child is a valid template (a factor name used by both halves is not).
 - `reweight`: wrap a clause in A1111 emphasis `(clause:1.2)`, or move an
-  existing `(clause:w)` weight by 0.1 or 0.2 (kept in [0.1, 2]).
+  existing `(clause:w)` weight by 0.1 or 0.2 (kept in [0.1, 2]; a weight
+  outside that range, such as 5 or -1, moves toward it).
 """
 
 from __future__ import annotations
@@ -36,11 +37,14 @@ WEIGHT_RANGE = (0.1, 2.0)
 
 
 def _mutant(parent: str, clauses: list[str], operator: str, args: dict,
-            parents: tuple[str, ...] = ()) -> Mutant | None:
+            parents: tuple[str, ...] = (), *, not_like: tuple[str, ...] = ()) -> Mutant | None:
+    """The mutant of `clauses`, normalised; None when it is empty or the same prompt as the parent (or as
+    a prompt of `not_like`, such as a crossover partner): a copy is no mutant."""
     clauses = split_clauses(join_clauses(clauses)) if clauses else []
-    if not clauses:
+    prompt = join_clauses(clauses)
+    if not clauses or prompt in {normalise(p) for p in (parent, *not_like)}:
         return None
-    return Mutant(join_clauses(clauses), prompt_key(parent), operator, args, parents)
+    return Mutant(prompt, prompt_key(parent), operator, args, parents)
 
 
 def _word_spans(text: str, item: str) -> list[int]:
@@ -116,7 +120,7 @@ def insert(prompt: str, rng: random.Random, resources: Resources) -> Mutant | No
     """Add a line of a modifier list as a new clause (anywhere after the first)."""
     resources = as_resources(resources)
     texts = split_clauses(prompt)
-    present = set(texts)
+    present = set(texts) | {found[0] for t in texts if (found := emphasis(t)) is not None}  # `(x:1.2)` has x
     options = []
     for vocab in resources.lists:
         if vocab.insertable:
@@ -167,7 +171,7 @@ def crossover(prompt: str, partner: str, rng: random.Random, resources: Resource
     rng.shuffle(cuts)
     for i, j in cuts:  # the first cut whose child is a valid template (two factors of one name are not)
         child = _mutant(prompt, list(dict.fromkeys(a[:i] + b[j:])), "crossover", {"cut": i, "partner_cut": j},
-                        parents=(prompt_key(prompt), prompt_key(partner)))
+                        parents=(prompt_key(prompt), prompt_key(partner)), not_like=(partner,))
         if child is not None and _names_unique(child.prompt):
             return child
     return None
@@ -194,10 +198,10 @@ def reweight(prompt: str, rng: random.Random, resources: Resources | None = None
         old, new, inner = None, rng.choice(EMPHASIS_WEIGHTS), texts[i]
     else:
         inner, old = found
-        step = rng.choice(WEIGHT_STEPS)
-        new = round(min(hi, max(lo, old + step)), 2)
-        if new == old:
-            new = round(min(hi, max(lo, old - step)), 2)
+        # a weight outside the range moves toward it; one inside stays in it
+        steps = [d for d in WEIGHT_STEPS
+                 if (d > 0 if old < lo else d < 0 if old > hi else lo <= round(old + d, 2) <= hi)]
+        new = round(old + rng.choice(steps), 2)
     out = list(texts)
     out[i] = f"({inner}:{new:g})"
     return _mutant(prompt, out, "reweight", {"clause": i, "old": old, "new": new})

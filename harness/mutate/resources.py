@@ -87,6 +87,17 @@ class Resources:
                             for v in (*self.lists, *self.factors)])
 
 
+def missing_lists_note(resources: Resources, library: WildcardLibrary) -> str | None:
+    """A note when none of the default modifier lists was found (run away from the repository's
+    ./grammars): `swap` and `insert` then draw only from the template's own factors."""
+    if resources.lists:
+        return None
+    where = ", ".join(map(str, library.search_path)) or "no wildcard folder exists"
+    return (f"note: none of the modifier lists {', '.join(DEFAULT_LISTS)} is on the wildcard search path "
+            f"({where}), so swap and insert draw only from the prompt's own factors; run from the "
+            "repository root or set HARNESS_GRAMMARS to its grammars folder (harness mutate: or --grammars DIR)")
+
+
 def _expansions(tree) -> list[str]:
     return list(dict.fromkeys(_WS.sub(" ", v.prompt).strip() for v in expand(tree, limit=MAX_ITEMS)))
 
