@@ -18,8 +18,8 @@ from typing import Any, Mapping
 from .checks import Checker
 from .experiment_tables import (  # noqa: F401  (PARENT_TOKEN: for stages.py, with Stage)
     DTYPES, PARENT_TOKEN, Randomize, Stage, check_checkpoints, check_denoising, check_negative_is_read,
-    check_template, check_watermark_size, checkpoint_overrides, init_images_from, randomize_table, seed_list,
-    stage_tables)
+    check_template, check_watermark_size, checkpoint_overrides, init_images_from, pinned_weights, randomize_table,
+    seed_list, stage_tables)
 from .grammar import GrammarError
 from .wildcards import WildcardLibrary, read_text
 
@@ -319,9 +319,12 @@ def experiment_from_dict(raw: Mapping[str, Any], path: Path) -> Experiment:
     if not (isinstance(metrics, list) and all(isinstance(m, str) and m for m in metrics)):
         c.bad("metrics", metrics, "a list of metric names such as \"clip_score\"")
         metrics = []
+    metrics = [pinned_weights(spec, base) for spec in metrics]
     for i, spec in enumerate(metrics):
         c.metric(f"metrics[{i}]", spec)
     compare_metrics = raw.get("compare_metrics", [])
+    if isinstance(compare_metrics, list):
+        compare_metrics = [pinned_weights(m, base) if isinstance(m, str) else m for m in compare_metrics]
     if not (isinstance(compare_metrics, list) and all(m in metrics for m in compare_metrics)):
         missing = [m for m in compare_metrics if m not in metrics] if isinstance(compare_metrics, list) else []
         c.bad("compare_metrics", compare_metrics, "a list of entries of `metrics` (written the same way)"
@@ -349,7 +352,7 @@ def experiment_from_dict(raw: Mapping[str, Any], path: Path) -> Experiment:
     if watermark != "none":
         check_watermark_size(c, watermark, width, height, checkpoints, overrides)
     library = WildcardLibrary(wildcard_path(raw, origin, base))  # wildcards are checked with the rest
-    stages = stage_tables(c, raw.get("stages", []), library)
+    stages = stage_tables(c, raw.get("stages", []), base, library)
     check_template(c, "prompt", prompt, origin, library=library)
     if negative:
         check_template(c, "negative_prompt", negative, f"{path} (negative_prompt)", library=library)

@@ -287,8 +287,24 @@ def init_images_from(c: Checker, v, base: Path) -> list[Path]:
     return found
 
 
-def stage_tables(c: Checker, v, library=None) -> tuple[Stage, ...]:
-    """The `[[stages]]` tables; with a wildcard `library`, their templates' wildcards are checked too."""
+def pinned_weights(spec: str, base: Path) -> str:
+    """A metric spec whose `pretrained=` names weights on disk, with that path made absolute from `base`
+    (the experiment's folder, as for every relative path of an experiment); other specs as written."""
+    from .metrics.clip_models import absolute_weights, is_weights_path
+    from .metrics.spec import format_metric_spec, parse_metric_spec
+
+    try:
+        name, options = parse_metric_spec(spec)
+    except ValueError:  # reported by the metric check
+        return spec
+    if not is_weights_path(options.get("pretrained", ""), base):
+        return spec
+    return format_metric_spec(name, {**options, "pretrained": absolute_weights(options["pretrained"], base)})
+
+
+def stage_tables(c: Checker, v, base: Path, library=None) -> tuple[Stage, ...]:
+    """The `[[stages]]` tables; with a wildcard `library`, their templates' wildcards are checked too;
+    `base` is the experiment's folder (a metric's weights path starts there)."""
     if not isinstance(v, list) or not all(isinstance(s, dict) for s in v):
         c.bad("stages", v, "an array of tables ([[stages]])")
         return ()
@@ -316,6 +332,7 @@ def stage_tables(c: Checker, v, library=None) -> tuple[Stage, ...]:
         seeds = tuple(seed_list(c, s["seeds"], prefix)) if "seeds" in s else None
         top_k = c.int_(s, "top_k", None, lo=1, prefix=prefix)
         metric = c.str_(s, "metric", None, prefix=prefix, nonempty=True)
+        metric = metric and pinned_weights(metric, base)
         if top_k is not None and "metric" not in s:
             c.problems.append(f"key '{prefix}metric': missing; top_k needs the metric to rank by")
         if metric is not None:

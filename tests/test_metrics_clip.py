@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -283,7 +284,6 @@ def test_unknown_pretrained_tag_lists_known_tags(items):
 def test_new_weights_in_a_clip_folder_are_not_scored_from_the_old_ones_cache(harness_cache, items, tmp_path):
     """The embedding cache is keyed by the weights: overwriting the weights file inside a folder (the folder's
     own size and time stay) must not bring back the old weights' embeddings."""
-    import shutil
 
     from harness.metrics import clip_models
 
@@ -305,6 +305,30 @@ def test_tiny_clip_is_built_once_and_loadable_as_a_local_folder(harness_cache, i
     via_folder = get_metric("clip_score", model="folder", pretrained=str(folder), cache="none").score(items)
     via_tiny = tiny("clip_score", tmp_path).score(items)
     assert [s.value for s in via_folder] == pytest.approx([s.value for s in via_tiny], abs=1e-4)
+
+
+def test_weights_given_by_a_relative_path_are_named_by_their_absolute_path(harness_cache, tmp_path, monkeypatch):
+    """Two folders reached as `pretrained=w` from two places are two models, with two ids; an experiment's
+    path starts from its own folder, wherever the command runs."""
+    from harness.experiment import load_experiment
+    from harness.metrics import metric_from_spec
+
+    for place in ("a", "b"):
+        shutil.copytree(ensure_tiny_clip(), tmp_path / place / "w")
+    monkeypatch.chdir(tmp_path / "a")
+    first = metric_from_spec("clip_score:model=mine,pretrained=w")
+    monkeypatch.chdir(tmp_path / "b")
+    second = metric_from_spec("clip_score:model=mine,pretrained=w")
+    assert first.id != second.id and f"pretrained={tmp_path / 'b' / 'w'}," in second.id
+    assert metric_from_spec(second.id).id == second.id  # an id read back names the same weights
+    assert metric_from_spec("clip_score:model=ViT-B-32,pretrained=openai").id.startswith(
+        "clip_score[model=ViT-B-32,pretrained=openai,")  # a tag is no path
+    (tmp_path / "a" / "exp.toml").write_text(
+        'prompt = "a cat"\nmetrics = ["clip_score:model=mine,pretrained=w"]\n'
+        'compare_metrics = ["clip_score:model=mine,pretrained=w"]\n')
+    exp = load_experiment(tmp_path / "a" / "exp.toml")  # run from b: the weights beside the experiment
+    assert exp.metrics == (f"clip_score:model=mine,pretrained={tmp_path / 'a' / 'w'}",)
+    assert exp.compare_metrics == exp.metrics and metric_from_spec(exp.metrics[0]).id == first.id
 
 
 def test_tiny_clip_is_deterministic_and_leaves_global_rng_alone(harness_cache, tmp_path):

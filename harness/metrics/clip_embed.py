@@ -25,7 +25,8 @@ import numpy as np
 
 from harness.images import fit_cover, to_rgb
 from harness.metrics.base import Metric, MetricUnavailable, Option, cache_dir, chunks, parse_positive_int
-from harness.metrics.clip_models import BUILTIN_LOADERS, TINY, ClipLoadError, ClipModel, check_names, load_clip
+from harness.metrics.clip_models import (BUILTIN_LOADERS, TINY, ClipLoadError, ClipModel, absolute_weights, check_names,
+                                         load_clip)
 
 DEFAULT_MODEL = "ViT-L-14"
 DEFAULT_PRETRAINED = "openai"
@@ -286,6 +287,8 @@ class ClipMetric(Metric):
     def __init__(self, **options: Any) -> None:
         if options.get("model") in (TINY, *BUILTIN_LOADERS) and "pretrained" not in options:
             options["pretrained"] = options["model"]
+        if isinstance(options.get("pretrained"), str):  # weights on disk: by absolute path, in the id too
+            options["pretrained"] = absolute_weights(options["pretrained"])
         super().__init__(**options)
         self.embedder = ClipEmbedder.from_options(self.options)
 

@@ -102,6 +102,23 @@ def load_clip(model: str, pretrained: str, device: str = "cpu") -> ClipModel:
     return cached
 
 
+def is_weights_path(pretrained: str, base: Path | None = None) -> bool:
+    """Whether `pretrained` names weights on disk (a file or folder found from `base`, default the current
+    folder, or text that can only be a path) rather than a pretrained tag."""
+    if not pretrained or pretrained == TINY or pretrained in BUILTIN_LOADERS:
+        return False
+    return ((base or Path.cwd()) / Path(pretrained).expanduser()).exists() or pretrained.endswith(WEIGHT_SUFFIXES) \
+        or "/" in pretrained or os.sep in pretrained
+
+
+def absolute_weights(pretrained: str, base: Path | None = None) -> str:
+    """`pretrained` as an absolute path when it names weights on disk (from `base`, default the current
+    folder), so a score's id says which weights made it wherever the command ran; a tag unchanged."""
+    if not is_weights_path(pretrained, base):
+        return pretrained
+    return str(((base or Path.cwd()) / Path(pretrained).expanduser()).resolve())
+
+
 def check_names(model: str, pretrained: str, device: str = "auto") -> None:
     """What can be known of a (model, pretrained, device) choice without importing open_clip or reading
     weights: a built-in model with other weights, weights that are not there, an architecture open_clip
