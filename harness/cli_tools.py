@@ -30,12 +30,14 @@ def watermark_detect(
                                                              "(repeatable; default: sdv1, sdv2 and sdxl)."),
 ) -> None:
     """Statistical detection of the SD v1 / v2 / XL messages (or your own) in image files."""
-    from .metrics.watermark import detect_paths
+    from .metrics.watermark import check_preset_case, detect_paths
 
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
         fail(f"error: no such image file: {', '.join(missing)}")
     try:
+        for m in message:
+            check_preset_case(m)
         results = detect_paths(paths, message or None)
     except ValueError as e:
         fail(f"error: --message: {e}")
@@ -69,8 +71,12 @@ def watermark_embed(
     message: str = typer.Option("sdv1", "--message", help="sdv1 | sdv2 | sdxl | any TEXT"),
 ) -> None:
     """Embed a message the way the reference SD scripts do (dwtDct, BGR)."""
-    from .metrics.watermark import detect_paths, embed_file
+    from .metrics.watermark import check_preset_case, detect_paths, embed_file
 
+    try:
+        check_preset_case(message)
+    except ValueError as e:
+        fail(f"error: --message: {e}")
     try:
         embed_file(src, dst, message)
     except (ValueError, OSError) as e:

@@ -83,3 +83,14 @@ def test_detect_refuses_a_missing_file_before_reading_any(tmp_path):
     r = harness("watermark", "detect", tmp_path / "there.png", tmp_path / "nosuch.png")
     assert r.returncode == 2 and "no such image file" in r.stderr and "nosuch.png" in r.stderr
     assert r.stdout == ""
+
+
+def test_a_preset_name_in_other_case_is_refused_by_embed_and_detect(tmp_path):
+    """`--message SDXL` would embed or look for the text "SDXL", not the SD XL preset: refused, as the metric
+    refuses `messages=SDXL`, before any file is written."""
+    src = photo(tmp_path)
+    r = harness("watermark", "embed", src, tmp_path / "out.png", "--message", "SDXL")
+    assert r.returncode == 2 and "write sdxl for the preset, or text:SDXL for the text" in r.stderr
+    assert not (tmp_path / "out.png").exists()
+    r = harness("watermark", "detect", src, "--message", "sdv1", "--message", "SDV1")
+    assert r.returncode == 2 and "--message: message 'SDV1' would be taken as that text" in r.stderr

@@ -273,7 +273,7 @@ def test_robustness_script_prints_a_row_per_condition(capsys):
 @pytest.mark.parametrize("spec, expected", [
     ("watermark:messages=sdv1+", "'sdv1+' has an empty message between '+' signs"),
     ('watermark:messages="C++ rocks"', "a message cannot hold one"),
-    ("watermark:messages=SDV1", "message 'SDV1' would be looked for as that text; write sdv1 for the preset"),
+    ("watermark:messages=SDV1", "message 'SDV1' would be taken as that text; write sdv1 for the preset"),
 ])
 def test_message_lists_that_would_look_for_something_else_are_refused(spec, expected):
     from harness.metrics import metric_from_spec

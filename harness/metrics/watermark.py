@@ -219,11 +219,16 @@ def _parse_messages(value: Any) -> tuple[str, ...]:
         if not name:
             raise ValueError(f"{value!r} has an empty message between '+' signs (a '+' only joins messages, "
                              "so a message cannot hold one); write e.g. sdv1+sdv2")
-        if name.lower() in PRESETS and name not in PRESETS:
-            raise ValueError(f"message {name!r} would be looked for as that text; write {name.lower()} for the "
-                             f"preset, or text:{name} for the text")
+        check_preset_case(name)
         resolve_message(name)
     return names
+
+
+def check_preset_case(name: str) -> None:
+    """A preset name in other case (`SDXL`) is a likely slip: ValueError saying how to write either."""
+    if name.lower() in PRESETS and name not in PRESETS:
+        raise ValueError(f"message {name!r} would be taken as that text; write {name.lower()} for the preset, "
+                         f"or text:{name} for the text")
 
 
 def parse_alpha(value: Any) -> float:
