@@ -9,7 +9,9 @@ import resource
 import time
 
 # Dense tensor-core peaks (TFLOP/s, bf16/fp16, no sparsity) by device-name fragment.
-GPU_PEAK_TFLOPS = {"H200": 989.0, "H100 SXM": 989.0, "H100 PCIe": 756.0, "H100": 989.0, "A100": 312.0,
+# Dense fp16/bf16 tensor-core peaks from the vendors' spec sheets (more specific names first).
+GPU_PEAK_TFLOPS = {"H200": 989.0, "H100 SXM": 989.0, "H100 PCIe": 756.0, "H100 NVL": 835.0, "H100": 989.0,
+                   "A100": 312.0,
                    "L40S": 362.0, "A10G": 125.0, "RTX 4090": 165.0, "RTX 3090": 71.0, "V100": 125.0}
 
 
@@ -96,7 +98,8 @@ def matmul_tflops(device: str, dtype) -> float:
 
 def card_peak(device: str, dtype, out=print) -> tuple[float, float]:
     """(the card's dense peak for `dtype` from its spec, the measured matrix-product rate) in TFLOP/s,
-    printed on one line; (NaN, NaN) off CUDA."""
+    printed on one line; (NaN, NaN) off CUDA, and a NaN peak for a dtype other than fp16/bf16 (the spec
+    table holds half-precision peaks only)."""
     if not device.startswith("cuda"):
         return float("nan"), float("nan")
     import torch
@@ -104,10 +107,12 @@ def card_peak(device: str, dtype, out=print) -> tuple[float, float]:
     from .devices import dtype_name
 
     name = torch.cuda.get_device_name()
-    peak = next((v for k, v in GPU_PEAK_TFLOPS.items() if k in name), float("nan"))
+    half = dtype in (torch.float16, torch.bfloat16)  # the table's peaks are half-precision ones
+    peak = next((v for k, v in GPU_PEAK_TFLOPS.items() if k in name), float("nan")) if half else float("nan")
     matmul = matmul_tflops(device, dtype)
-    out(f"{name}: dense {dtype_name(dtype)} peak {peak:g} TFLOP/s (spec), "
-        f"{matmul:.0f} TFLOP/s measured on an 8192^3 matrix product")
+    spec = (f"peak {peak:g} TFLOP/s (spec)" if half else
+            "no spec peak listed (the table holds fp16/bf16 tensor-core peaks; % of peak needs fp16 or bf16)")
+    out(f"{name}: dense {dtype_name(dtype)} {spec}, {matmul:.0f} TFLOP/s measured on an 8192^3 matrix product")
     return peak, matmul
 
 

@@ -46,6 +46,26 @@ def test_covered_counts_overlapping_spans_once():
     assert covered([(1.0, 4.0), (2.0, 3.0)]) == 3.0  # a call inside another
 
 
+def test_the_card_peak_is_the_half_precision_spec_for_the_card_named(monkeypatch):
+    """Without a GPU: the card's name and the measured rate are stood in for. An fp32 run gets no peak (the
+    table holds fp16/bf16 ones), and an H100 NVL its own, not the SXM card's."""
+    import torch
+
+    from harness import measure
+
+    lines = []
+    monkeypatch.setattr(measure, "matmul_tflops", lambda device, dtype: 50.0)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "NVIDIA H100 80GB HBM3")
+    assert measure.card_peak("cuda", torch.float16, lines.append) == (989.0, 50.0)
+    peak, _ = measure.card_peak("cuda", torch.float32, lines.append)
+    assert peak != peak and "no spec peak listed" in lines[-1]
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "NVIDIA H100 NVL")
+    assert measure.card_peak("cuda", torch.bfloat16, lines.append)[0] == 835.0
+    import math
+
+    assert all(math.isnan(x) for x in measure.card_peak("cpu", torch.float16, lines.append))  # no card
+
+
 def test_ablate_names_a_subset_of_rows_and_rejects_unknown_keys():
     import pytest
 
