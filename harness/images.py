@@ -45,12 +45,18 @@ def load_init_image(path: str | Path, width: int, height: int) -> Image.Image:
 def to_rgb(image):
     """A PIL image as 8-bit RGB. 16- and 32-bit integer images (modes I;16, I;16B, I, as 16-bit PNGs open)
     are taken as 0..65535 and scaled to 0..255 (value / 257, rounded), where Pillow's own conversion clips
-    them at 255 and a 16-bit copy of a picture would read as near-white."""
-    if not image.mode.startswith("I"):
+    them at 255 and a 16-bit copy of a picture would read as near-white. A float image (mode F, a float
+    TIFF) whose values lie in 0..1 is scaled to 0..255; one with larger values is read as 0..255."""
+    if not image.mode.startswith(("I", "F")):
         return image.convert("RGB")
     import numpy as np
 
-    levels = np.asarray(image).astype(np.float64) / 257.0
+    levels = np.asarray(image).astype(np.float64)
+    if image.mode == "F":
+        finite = levels[np.isfinite(levels)]
+        levels = np.nan_to_num(levels * (255.0 if finite.size and finite.max() <= 1.0 else 1.0))
+    else:
+        levels = levels / 257.0
     gray = np.clip(np.rint(levels), 0, 255).astype(np.uint8)
     return Image.fromarray(gray, "L").convert("RGB")
 

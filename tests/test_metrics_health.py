@@ -115,3 +115,20 @@ def test_an_invisible_watermark_does_not_hide_a_flat_image(tmp_path, colour, pho
     score, = get_metric("health").score([Item("marked", tmp_path / "marked.png")])
     assert score.value == 0.0 and score.detail["flags"] == ["near_uniform"]
     assert check_array(np.asarray(embed(photo[:256, :256], "sdv1"))) == (True, [])
+
+
+def test_float_image_files_are_read_in_the_range_their_values_lie_in(tmp_path, photo):
+    """A float TIFF (Pillow mode F) of a picture holding 0..1 values is as healthy as its 0..255 copy; a
+    dark 0..1 one is still black; a CLIP metric reads both alike."""
+    gray = photo.mean(axis=2).astype(np.float32)
+    for name, values in (("unit", gray / 255), ("levels", gray), ("dark", np.full_like(gray, 0.002))):
+        Image.fromarray(values, "F").save(tmp_path / f"{name}.tiff")
+    health = get_metric("health")
+    scores = {n: health.score([Item(n, tmp_path / f"{n}.tiff")])[0] for n in ("unit", "levels", "dark")}
+    assert scores["unit"].value == scores["levels"].value == 1.0
+    assert scores["unit"].detail["mean"] == pytest.approx(scores["levels"].detail["mean"], rel=1e-4)
+    assert scores["dark"].value == 0.0 and "all_black" in scores["dark"].detail["flags"]
+    from harness.images import to_rgb
+
+    with Image.open(tmp_path / "unit.tiff") as a, Image.open(tmp_path / "levels.tiff") as b:
+        assert np.abs(np.asarray(to_rgb(a), float) - np.asarray(to_rgb(b), float)).max() <= 1

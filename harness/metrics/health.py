@@ -103,6 +103,13 @@ def _check(arr: Any, value_range: tuple[float, float] | None) -> tuple[bool, lis
     return not flags, flags, stats
 
 
+def _float_range(arr: np.ndarray) -> tuple[float, float]:
+    """The range a float image file's values stand in: 0..1 when every finite value lies in it, as float
+    TIFFs are usually written, else 0..255 (as `images.to_rgb` reads them)."""
+    finite = arr[np.isfinite(arr)]
+    return (0.0, 1.0) if finite.size and finite.max() <= 1.0 else (0.0, 255.0)
+
+
 def _block_means(levels: np.ndarray, k: int = UNIFORM_BLOCK) -> np.ndarray:
     """Means of the k x k blocks of an HxWxC array at least k on each side (the edge rows and columns
     past a whole block are left out)."""
@@ -133,6 +140,6 @@ class Health(Metric):
             if min(arr.shape[:2]) < MIN_SIDE:
                 out.append((float("nan"), {"reason": TOO_SMALL, "size": [arr.shape[1], arr.shape[0]]}))
                 continue
-            ok, flags, stats = _check(arr, (0.0, 255.0) if arr.dtype.kind == "f" else None)
+            ok, flags, stats = _check(arr, _float_range(arr) if arr.dtype.kind == "f" else None)
             out.append((1.0 if ok else 0.0, {"flags": flags, **stats}))
         return out
