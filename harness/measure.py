@@ -8,8 +8,8 @@ from __future__ import annotations
 import resource
 import time
 
-# Dense tensor-core peaks (TFLOP/s, bf16/fp16, no sparsity) by device-name fragment.
-# Dense fp16/bf16 tensor-core peaks from the vendors' spec sheets (more specific names first).
+# Dense tensor-core peaks (TFLOP/s, bf16/fp16, no sparsity) by device-name fragment, from the vendors' spec
+# sheets (more specific names first).
 GPU_PEAK_TFLOPS = {"H200": 989.0, "H100 SXM": 989.0, "H100 PCIe": 756.0, "H100 NVL": 835.0, "H100": 989.0,
                    "A100": 312.0,
                    "L40S": 362.0, "A10G": 125.0, "RTX 4090": 165.0, "RTX 3090": 71.0, "V100": 125.0}

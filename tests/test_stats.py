@@ -91,6 +91,18 @@ def test_settings_of_one_prompt_and_seed_are_one_cluster_so_the_test_stays_calib
     assert rejected / reps <= 0.10 and covered / reps >= 0.88
 
 
+def test_a_stage_image_falls_in_its_parents_cluster_whatever_factors_its_own_prompt_adds():
+    """A refine stage adds `{sharp|soft}` to each main prompt: its images share their parents' prompt
+    condition, so comparing colour counts the 6 subjects, not 6 main plus 12 refine clusters."""
+    rng = np.random.default_rng(12)
+    main = study_table({a: rng.normal(0, 1, (6, 2)) for a in ARTISTS[:2]}, 6, 2).assign(stage="main")
+    refine = pd.concat([main.assign(stage="refine", key=main["key"] + f"-{f}", **{"f.finish": f})
+                        for f in ("sharp", "soft")], ignore_index=True)
+    c = paired_compare(pd.concat([main, refine], ignore_index=True), factor="artist", metric="clip_score",
+                       rng=rng, n_boot=50)
+    assert c.rows[0].n_pairs == 36 and c.rows[0].n_clusters == 6 and "clusters = prompt conditions (f.subject)" in c.method
+
+
 def test_two_stage_bootstrap_resamples_seeds_within_a_cluster():
     rng = np.random.default_rng(0)
     values, clusters = np.array([1.0, 2.0, 3.0, 4.0]), np.zeros(4)
