@@ -163,8 +163,7 @@ def run_experiment(path: Path | str, *, out: Path | str | None = None, force: bo
             where = "--device" if device else "its device, dtype and memory keys"
             raise SettingsError(f"{exp.path} ({where}): {exc}") from None
     ledger, pending = prepare_run(exp, plan, run_dir, jobs=jobs, force=force, log=log or _stderr)
-    shards = {tuple(s) for s in json.loads(ledger.get_meta(SHARDS) or "[]")} | {shard or (0, 1)}
-    ledger.set_meta(SHARDS, json.dumps(sorted(shards)))
+    _add_shards(ledger, [shard or (0, 1)])
     result = RunResult(run_dir, len(jobs), len(jobs) - len(pending))
     try:
         options = dict(exact=exp.exact if exact is None else exact, device=device or exp.device,
@@ -189,6 +188,11 @@ def run_experiment(path: Path | str, *, out: Path | str | None = None, force: bo
     finally:
         ledger.close()
     return result
+
+
+def _add_shards(ledger: Ledger, shards: Iterable) -> None:
+    known = {tuple(s) for s in json.loads(ledger.get_meta(SHARDS) or "[]")}
+    ledger.set_meta(SHARDS, json.dumps(sorted(known | {tuple(s) for s in shards})))
 
 
 def _folder_shard(run_dir: Path, log: Callable[[str], None]) -> tuple[int, int] | None:
@@ -384,6 +388,8 @@ def merge_runs(out: Path | str, sources: Iterable[Path | str], *, log: Callable[
                         if value is not None:
                             ledger.set_meta(name, value)
             m = ledger.merge_from(src)
+            with Ledger.open(src, readonly=True) as other:  # the folder now holds the sources' shards too
+                _add_shards(ledger, json.loads(other.get_meta(SHARDS) or "[[0, 1]]"))
             totals["added"] += m.jobs_added
             totals["already"] += m.jobs_already_done
             totals["scores"] += m.scores_added

@@ -59,6 +59,13 @@ def test_two_shards_and_merge_equal_a_full_run(tmp_path):
     assert (whole.planned, whole.generated) == (12, len(keys["s0"]))
     again = harness("merge", tmp_path / "s0", "--out", tmp_path / "merged")
     assert "0 added" in again.stdout and "not made yet" not in again.stdout
+    # a shard merged into the other's folder: that folder holds both now, and goes on with the whole plan
+    import shutil
+
+    shutil.copytree(tmp_path / "s0", tmp_path / "both")
+    harness("merge", tmp_path / "s1", "--out", tmp_path / "both")
+    both = harness("run", tmp_path / "both" / "experiment.toml", "--out", tmp_path / "both")
+    assert "shard 0/2" not in both.stderr and "jobs: 12 planned, 12 already done, 0 generated" in both.stdout
     # one shard alone: the merge and the report say how much of the plan is missing
     half = harness("merge", tmp_path / "s0", "--out", tmp_path / "half")
     assert f"not made yet: {len(keys['s1'])} images" in half.stdout
