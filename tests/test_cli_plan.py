@@ -95,8 +95,9 @@ def test_run_out_of_space_is_one_line_naming_the_image_and_the_run_resumes(tiny_
     import sqlite3
 
     exp = tmp_path / "big.toml"
-    exp.write_text('prompt = "a cat"\nseeds = [1]\ncheckpoints = ["tiny"]\nsteps = 1\nwidth = 320\nheight = 320\n')
-    limit = (150_000, resource.getrlimit(resource.RLIMIT_FSIZE)[1])  # the PNG of a tiny-model image is ~250 kB
+    exp.write_text('prompt = "a cat"\nseeds = [1]\ncheckpoints = ["tiny"]\nsteps = 1\nwidth = 448\nheight = 448\n')
+    # the PNG of a 448 px tiny-model image is ~500 kB; the ledger's files stay under ~170 kB
+    limit = (300_000, resource.getrlimit(resource.RLIMIT_FSIZE)[1])
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     r = subprocess.run([sys.executable, "-m", "harness", "run", exp, "--out", tmp_path / "run"], capture_output=True,
                        text=True, cwd=ROOT, env=env,
