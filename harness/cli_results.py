@@ -91,6 +91,9 @@ def report(
         typer.echo(f"image files gone: {r.gone} finished images have no file in images/ (deleted since they were "
                    f"made); their scores still count in these tables until `harness eval {run_dir}` drops them",
                    err=True)
+    if r.stale_page:
+        typer.echo(f"note: {r.stale_page} and plots/ are an earlier report's (--no-html leaves them as they were); "
+                   f"`harness report {run_dir}` (without --no-html) rebuilds them", err=True)
     if r.failed:
         typer.echo(f"failed: {len(r.failed)} images of the experiment's plan (their errors are listed on the contact "
                    "sheet and in the ledger; `harness run` tries them again)")

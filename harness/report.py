@@ -170,6 +170,7 @@ class ReportResult:
     gone: int = 0     # finished images whose file is no longer in images/ (their scores still count)
     failed: list[tuple[str, str]] = field(default_factory=list)  # (key, error) of the plan's failed jobs
     undrawn: str = ""  # characters of plot labels no installed font has (boxes in the plots)
+    stale_page: Path | None = None  # an earlier report's index.html this one (--no-html) did not rewrite
 
 
 def _experiment_copy(run_dir: Path) -> dict:
@@ -306,4 +307,6 @@ def build_report(run_dir: Path | str, *, rows: str | None = None, cols: str | No
                                    comparisons=[*result.comparisons, *extra_sections(tables)],
                                    plots=result.plots + extra_plots, missing=missing, failed=failed,
                                    title=f"{run_dir.resolve().name}: {len(table)} images")
+    elif (run_dir / "index.html").is_file():
+        result.stale_page = run_dir / "index.html"
     return result

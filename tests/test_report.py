@@ -567,3 +567,18 @@ def test_compare_on_a_run_with_no_image_yet_says_so(tmp_path):
         table = image_table(led)
     with pytest.raises(ValueError, match=r"no image of this run is made yet; run `harness run` first"):
         compare(table, "checkpoint")
+
+
+def test_a_tables_only_report_says_the_earlier_page_predates_its_tables(crafted_run):
+    from typer.testing import CliRunner
+
+    from harness.cli import app
+
+    assert build_report(crafted_run, html=False).stale_page is None  # no page yet: nothing to warn about
+    build_report(crafted_run)
+    before = (crafted_run / "index.html").read_text()
+    r = CliRunner().invoke(app, ["report", str(crafted_run), "--no-html"])
+    assert r.exit_code == 0, r.output
+    assert f"note: {crafted_run / 'index.html'} and plots/ are an earlier report's" in r.stderr
+    assert (crafted_run / "index.html").read_text() == before  # left as it was, not removed
+    assert "earlier report's" not in CliRunner().invoke(app, ["report", str(crafted_run)]).stderr
