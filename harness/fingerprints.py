@@ -4,9 +4,9 @@
   file's SHA-256 (`model_hash`);
 - folder (built-ins and hub snapshots too): the first 10 hex digits of SHA-256
   over the sorted lines `relative/path<TAB>sha256` of `model_index.json` and the
-  weights and configs of each component it names. Per folder, `*.safetensors`
-  win over `*.bin` and plain names over variants (`x.fp16.safetensors`), which
-  is what `from_pretrained` loads. JSON configs are hashed canonically with
+  weights and configs of each component it names. Per folder, plain names win
+  over variants (`x.fp16.safetensors`), then `*.safetensors` over `*.bin`,
+  which is what `from_pretrained` loads. JSON configs are hashed canonically with
   library version stamps removed, so re-saving with a newer diffusers keeps the
   fingerprint.
 
@@ -126,11 +126,8 @@ def fingerprint_files(folder: Path) -> list[Path]:
             continue
         files = sorted(p for p in sub.rglob("*") if p.is_file() and not p.name.startswith("."))
         weights = [p for p in files if p.suffix in (".safetensors", ".bin")]
-        for pool in ([p for p in weights if p.suffix == ".safetensors"], [p for p in weights if p.suffix == ".bin"]):
-            if pool:
-                plain = [p for p in pool if not is_variant(p.name)]
-                weights = plain or pool
-                break
+        weights = [p for p in weights if not is_variant(p.name)] or weights  # a plain .bin beats a variant
+        weights = [p for p in weights if p.suffix == ".safetensors"] or weights
         configs = [p for p in files if p.suffix in (".json", ".txt")]
         chosen += weights + configs
     return chosen

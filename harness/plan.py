@@ -161,10 +161,15 @@ def _draw(r, rng: random.Random) -> dict:
 def resolve_checkpoints(exp: Experiment, resolve: Callable | None = None) -> dict:
     """name -> CheckpointRef for the experiment's checkpoints; the same weights twice is an error."""
     if resolve is None:
-        from .checkpoints import resolve as resolve_ref
+        from pathlib import Path
+
+        from .checkpoints import default_single_file_config, resolve as resolve_ref
 
         def resolve(name, base_dir=None, config=None):
-            return resolve_ref(name, base_dir=base_dir, config=config)
+            ref = resolve_ref(name, base_dir=base_dir, config=config)
+            if ref.kind == "file" and ref.config is None:  # a .ckpt's family is known only now it is read
+                default_single_file_config(name, Path(ref.source), ref.family)
+            return ref
     refs, problems = {}, []
     one = isinstance(exp.raw.get("checkpoints"), str)
     fingerprints: dict[str, str] = {}

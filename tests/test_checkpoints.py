@@ -199,6 +199,27 @@ def test_folder_fingerprint_changes_when_a_weight_changes(tiny_ref, tmp_path):
     assert ck.folder_fingerprint(copy) != tiny_ref.fingerprint
 
 
+def test_folder_fingerprint_covers_the_plain_bin_that_loads_rather_than_a_variant_beside_it(tiny_ref, tmp_path):
+    """A component with a plain `.bin` and an fp16 `.safetensors` variant loads the `.bin` (no variant is
+    asked for); changing that `.bin` must change the fingerprint, or old images count as done."""
+    import torch
+    from safetensors.torch import load_file
+
+    from harness.fingerprints import fingerprint_files
+
+    copy = tmp_path / "mixed"
+    shutil.copytree(tiny_ref.source, copy)
+    unet = copy / "unet"
+    plain = unet / "diffusion_pytorch_model.safetensors"
+    state = load_file(str(plain))
+    plain.rename(unet / "diffusion_pytorch_model.fp16.safetensors")
+    torch.save(state, unet / "diffusion_pytorch_model.bin")
+    before = ck.folder_fingerprint(copy)
+    assert unet / "diffusion_pytorch_model.bin" in fingerprint_files(copy)
+    torch.save({k: v + 1 for k, v in state.items()}, unet / "diffusion_pytorch_model.bin")
+    assert ck.folder_fingerprint(copy) != before
+
+
 def test_folder_fingerprint_ignores_library_version_stamps(tiny_ref, tmp_path):
     copy = tmp_path / "restamped"
     shutil.copytree(tiny_ref.source, copy)
@@ -320,6 +341,11 @@ def test_unreadable_single_files_are_rejected_when_resolved_naming_the_file(tmp_
     import torch
 
     (tmp_path / "noise.ckpt").write_bytes(bytes(range(256)) * 16)
+    for i, junk in enumerate((b"Repository not found", b"hello", b"GIF89a\x01\x00\x01\x00")):
+        (tmp_path / f"junk{i}.ckpt").write_bytes(junk)  # what a failed download or a misnamed file holds
+        with pytest.raises(ck.CheckpointError, match="not a readable torch checkpoint|could not be read") as err:
+            ck.resolve(str(tmp_path / f"junk{i}.ckpt"))
+        assert f"junk{i}.ckpt" in str(err.value)
     torch.save({"state_dict": {"model.diffusion_model.x": torch.zeros(1)}, "callbacks": ck.CheckpointRef},
                tmp_path / "lightning.ckpt")
     (tmp_path / "zeros.safetensors").write_bytes(bytes(1000))
@@ -440,3 +466,21 @@ def test_pipelines_loaded_in_one_process_share_the_tokenizer_of_identical_files(
     assert other.tokenizer is not first.tokenizer and other.tokenizer.model_max_length == 40
     text = "a red lambo, by greg rutkowski"
     assert other.tokenizer(text).input_ids == first.tokenizer(text).input_ids
+
+
+def test_a_ckpt_without_configs_is_refused_when_planned_not_after_other_checkpoints_ran(tiny_single_file, tmp_path,
+                                                                                        empty_hf_cache):
+    """A .ckpt's family is known only once it is read (when planning); without its reference configs in
+    the HF cache the plan fails naming the key, before `harness run` makes any image."""
+    import torch
+    from safetensors.torch import load_file
+
+    from harness.experiment import load_experiment
+    from harness.plan import make_plan
+
+    torch.save({"state_dict": load_file(str(tiny_single_file))}, tmp_path / "tiny.ckpt")
+    (tmp_path / "e.toml").write_text('prompt = "a red cat"\ncheckpoints = ["tiny", "tiny.ckpt"]\nsteps = 2\n')
+    with pytest.raises(ck.CheckpointError) as err:
+        make_plan(load_experiment(tmp_path / "e.toml"))
+    assert "key 'checkpoints[1]': single-file checkpoint 'tiny.ckpt'" in str(err.value)
+    assert "stable-diffusion-v1-5/stable-diffusion-v1-5" in str(err.value)
