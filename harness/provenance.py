@@ -146,14 +146,24 @@ def library_versions() -> dict[str, str | None]:
     return versions
 
 
-def provenance_record(job: Job, **extra: Any) -> dict:
+def a1111_model_name(name: str, kind: str) -> str:
+    """The infotext's ``Model``: what A1111 writes for a checkpoint file, its name without folder or
+    extension (no local path goes into a shared image); a folder's own name; a hub id or built-in as given."""
+    from pathlib import PurePath
+
+    short = PurePath(name).stem if kind == "file" else PurePath(name).name if kind == "folder" else name
+    return short or name
+
+
+def provenance_record(job: Job, checkpoint: Mapping[str, Any] | None = None, **extra: Any) -> dict:
     """Everything needed to redo and to analyse one image, as a JSON-ready dict.
 
     `extra` holds what is not in the job key but is worth keeping (batch_size,
     slot, device, dtype actually used, memory settings, and ``torch_threads`` and
     ``streams``: the torch intra-op thread count and generation streams, which
     CPU pixels can depend on, so an image is reproduced bit for bit with the
-    same ones); it is stored under ``"run"``. The prompt template and prompt seed are read from
+    same ones); it is stored under ``"run"``. `checkpoint` adds what the job key holds only as the
+    fingerprint: the checkpoint's kind, where it was loaded from and, for a single file, its config. The prompt template and prompt seed are read from
     ``job.meta["template"]`` and ``job.meta["prompt_seed"]`` (None when absent).
     """
     record = {
@@ -163,7 +173,7 @@ def provenance_record(job: Job, **extra: Any) -> dict:
         "factors": dict(job.factors),
         "template": job.meta.get("template"),
         "seeds": {"image": job.seed, "prompt": job.meta.get("prompt_seed")},
-        "checkpoint": {"name": job.checkpoint, "fingerprint": job.fingerprint},
+        "checkpoint": {"name": job.checkpoint, "fingerprint": job.fingerprint, **(checkpoint or {})},
         "versions": dict(library_versions()),
         "run": dict(extra),
     }

@@ -18,7 +18,7 @@ from typing import Callable, Iterable, Iterator
 
 from .core import Job
 from .ledger import Done
-from .provenance import a1111_parameters, provenance_record, write_png_atomic
+from .provenance import a1111_model_name, a1111_parameters, provenance_record, write_png_atomic
 
 PNG_LEVEL = 1  # zlib level: ~2x faster than Pillow's default at a few % more bytes
 SPEEDUPS = ("channels_last", "fuse_qkv", "compile")  # opt-in, in the order they are applied
@@ -84,6 +84,13 @@ class Finished:
     rows: list[Done]
     writes: list[Future]
     unhealthy: int
+
+
+def _checkpoint_record(ref) -> dict:
+    """Where an image's weights came from, beyond their fingerprint: kind, source (hub id or path), family
+    and, for a single file, the config it was built with (which changes pixels)."""
+    return {"kind": ref.kind, "source": ref.source, "family": ref.family,
+            **({"config": ref.config} if ref.config else {})}
 
 
 class Stopped(Exception):
@@ -201,9 +208,11 @@ class BatchMaker:
             out.writes.append(submit(
                 write_png_atomic, self.images_dir / f"{job.key}.png", pixels,
                 parameters=a1111_parameters(job, sampler=SAMPLER_NAMES.get(job.scheduler, job.scheduler),
-                                            schedule=SCHEDULE_TYPES.get(job.scheduler), model_name=job.checkpoint,
-                                            model_hash_override=getattr(ref, "model_hash", "") or None),
-                provenance=provenance_record(job, **extra), compress_level=self.tuning.png_level))
+                                            schedule=SCHEDULE_TYPES.get(job.scheduler),
+                                            model_name=a1111_model_name(job.checkpoint, ref.kind),
+                                            model_hash_override=ref.model_hash or None),
+                provenance=provenance_record(job, checkpoint=_checkpoint_record(ref), **extra),
+                compress_level=self.tuning.png_level))
             out.rows.append(Done(job.key, batch_id=batch_id, batch_size=chunk.batch_size, slot=slot,
                                  seconds=seconds, device=self.device, dtype=dtype_used, memory=memory,
                                  health={"ok": ok, "flags": flags}, host=self.host))

@@ -316,6 +316,14 @@ def test_an_experiment_names_a_single_files_config_and_runs_it_offline(tiny_sing
         frame = led.jobs_frame().set_index("checkpoint")
     images = {ck: np.asarray(Image.open(tmp_path / "run" / "images" / f"{key}.png")) for ck, key in frame["key"].items()}
     assert np.array_equal(images["tiny"], images["tiny.safetensors"])
+    from harness.provenance import read_png_text, read_provenance
+    from infotext import parse_infotext
+
+    single = tmp_path / "run" / "images" / f"{frame['key']['tiny.safetensors']}.png"
+    record = read_provenance(single)["checkpoint"]
+    assert record["config"] == tiny_ref.source and record["kind"] == "file"
+    assert record["source"] == str((tmp_path / "tiny.safetensors").resolve())
+    assert parse_infotext(read_png_text(single)["parameters"]).params["Model"] == "tiny"  # A1111: no folder, no .ext
 
 
 def test_config_is_refused_for_checkpoints_that_carry_their_own(harness_cache):

@@ -370,3 +370,14 @@ def test_schedule_type_follows_the_sampler_when_given():
     text = a1111_parameters(make_job(), sampler="DPM++ 2M", schedule="Uniform", model_name="tiny")
     assert "Steps: 20, Sampler: DPM++ 2M, Schedule type: Uniform, CFG scale: 7.5," in text
     assert parse_infotext(text).params["Schedule type"] == "Uniform"
+
+
+def test_infotext_model_is_a_files_name_without_folder_or_extension_as_a1111_writes_it():
+    from harness.provenance import a1111_model_name
+
+    assert a1111_model_name("/home/me/models/dreamy-v2.safetensors", "file") == "dreamy-v2"
+    assert a1111_model_name("m/a.ckpt", "file") == "a"
+    assert a1111_model_name("../models/my-finetune", "folder") == "my-finetune"
+    assert a1111_model_name("stabilityai/stable-diffusion-2-1", "hub") == "stabilityai/stable-diffusion-2-1"
+    assert a1111_model_name("tiny", "builtin") == "tiny"
+    assert a1111_model_name(".", "folder") == "."

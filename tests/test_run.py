@@ -66,6 +66,8 @@ def test_run_writes_every_image_with_readable_provenance(tmp_path):
         prov = read_provenance(f)
         assert prov["key"] == f.stem and prov["factors"] == dict(job.factors)
         assert prov["run"]["batch_size"] in (1, 2, 3) and prov["run"]["safety_checker"] == "off"
+        assert prov["checkpoint"]["kind"] == "builtin" and prov["checkpoint"]["family"] == "tiny"
+        assert Path(prov["checkpoint"]["source"]).is_dir() and "config" not in prov["checkpoint"]
         assert Image.open(f).size == (64, 64)
     copy = tmp_path / "run" / "experiment.toml"
     assert copy.read_text().endswith(SMALL)  # the text as written, with base_dir pinned above it
