@@ -15,12 +15,15 @@ def build_folder_once(target: Path, marker: str, build: Callable[[Path], None]) 
 
     `target / marker` existing means the folder is complete. Readers never see a
     half-built folder; if another process finished first, its folder is kept and
-    ours is discarded. A build that does not write `marker` is an error.
+    ours is discarded. A `target` without `marker` (damaged by hand: no builder leaves
+    one) is replaced by the new build. Staging folders a killed build left behind
+    more than a day ago are removed. A build that does not write `marker` is an error.
     """
     target = Path(target)
     if (target / marker).is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
+    _remove_abandoned(target.parent, f".{target.name}.building-")
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.building-", dir=target.parent))
     tmp = staging / target.name
     try:
@@ -28,6 +31,8 @@ def build_folder_once(target: Path, marker: str, build: Callable[[Path], None]) 
         if not (tmp / marker).is_file():
             raise RuntimeError(f"building {target} wrote no {marker} into {tmp}")
         try:
+            if target.exists() and not (target / marker).is_file():
+                os.replace(target, staging / "damaged")  # removed with the staging folder
             os.replace(tmp, target)
         except OSError:
             if not (target / marker).is_file():  # not a concurrent builder that finished first: a real failure
@@ -35,6 +40,17 @@ def build_folder_once(target: Path, marker: str, build: Callable[[Path], None]) 
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def _remove_abandoned(folder: Path, prefix: str, age_s: float = 86400) -> None:
+    import time
+
+    for stale in folder.glob(prefix + "*"):
+        try:
+            if time.time() - stale.stat().st_mtime > age_s:
+                shutil.rmtree(stale, ignore_errors=True)
+        except OSError:
+            pass
 
 
 def write_atomic(path: Path, write: Callable[[Path], None]) -> Path:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -99,6 +101,29 @@ def test_builtin_build_tolerates_another_process_finishing_first(harness_cache, 
     folder = ck.builtin_folder("race")
     assert json.loads((folder / "model_index.json").read_text()) == {"winner": True}
     assert not [p for p in folder.parent.iterdir() if p.name.startswith(".race")]
+
+
+def test_a_damaged_builtin_folder_is_rebuilt_and_an_abandoned_build_is_cleared(harness_cache, monkeypatch):
+    """A built-in folder missing its model_index.json (a file deleted by hand) is rebuilt in place, not an
+    ENOTEMPTY error on every run; a staging folder a killed build left a day ago is removed."""
+    builds = []
+
+    def builder(path: Path) -> None:
+        builds.append(path)
+        path.mkdir(parents=True)
+        (path / "model_index.json").write_text('{"built": %d}' % len(builds))
+
+    monkeypatch.setitem(ck.BUILTINS, "mend", ck.Builtin("mend", builder, "mend-v1", 512, "tiny"))
+    folder = ck.builtin_folder("mend")
+    (folder / "model_index.json").unlink()
+    (folder / "leftover").write_text("x")
+    abandoned, fresh = folder.parent / ".mend-v1.building-old", folder.parent / ".mend-v1.building-now"
+    abandoned.mkdir(), fresh.mkdir()
+    os.utime(abandoned, (time.time() - 2 * 86400,) * 2)
+    assert ck.builtin_folder("mend") == folder
+    assert json.loads((folder / "model_index.json").read_text()) == {"built": 2}
+    assert not (folder / "leftover").exists() and len(builds) == 2
+    assert not abandoned.exists() and fresh.exists()  # a build in progress elsewhere is left alone
 
 
 def test_register_builtin_rejects_names_that_are_not_simple_identifiers():
