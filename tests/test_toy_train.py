@@ -159,6 +159,30 @@ def test_bad_overrides_name_the_field_and_the_expected_form():
     assert TINY.with_overrides({"unet_scenes": "256:5,128:20"}).unet_scenes == ((128, 20), (256, 5))
 
 
+def test_stages_after_the_vae_start_over_when_the_vae_they_resumed_from_changed(tmp_path, capsys):
+    """A finished UNet (and decoder) state trained on one VAE's latents is not resumed after the VAE is
+    retrained: it would write the old UNet again beside a VAE it does not match."""
+    import shutil
+
+    out = train.train("vae,decoder,unet", tmp_path / "a", profile=TINY, device="cpu")
+    unet_before = _weights(out / "unet.safetensors")
+    train.train("vae", tmp_path / "b", profile=TINY, device="cpu", stop_at={"vae": 1})  # another encoder
+    shutil.copy(tmp_path / "b" / "vae.safetensors", out / "vae.safetensors")
+    capsys.readouterr()
+    train.train("decoder,unet", out, profile=TINY, device="cpu")
+    log = capsys.readouterr().out
+    for stage in ("decoder", "unet"):
+        assert f"[{stage}] the resumable state train-{stage}-test.pt was trained on other inputs" in log
+    assert "resuming at step" not in log
+    assert not _same(unet_before, _weights(out / "unet.safetensors"))
+    encoder = {k: v for k, v in _weights(tmp_path / "b" / "vae.safetensors").items() if k.startswith("encoder.")}
+    after = _weights(out / "vae.safetensors")
+    assert all(torch.equal(after[k], v) for k, v in encoder.items())  # the decoder kept the new encoder
+    capsys.readouterr()
+    train.train("unet", out, profile=TINY, device="cpu")  # same inputs now: resumed, nothing to redo
+    assert "[unet] resuming at step 4" in capsys.readouterr().out
+
+
 def test_stop_at_below_the_resumable_state_is_refused_and_changes_nothing(tmp_path):
     out = train.train("vae", tmp_path, profile=TINY, device="cpu")
     before = (out / "vae.safetensors").read_bytes()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -13,6 +12,7 @@ from harness.toy import models, world
 from harness.toy.training import (
     SEED,
     Setup,
+    encoder_digest,
     loop,
     render_all,
     step_rng,
@@ -32,22 +32,6 @@ def _encode_latents(vae, images: np.ndarray, device: str) -> torch.Tensor:
         for i in range(0, len(images), 32):
             chunks.append(vae.encode(to_tensor(list(images[i:i + 32]), device)).latent_dist.mean.cpu())
     return torch.cat(chunks) * vae.config.scaling_factor
-
-
-def encoder_digest(out: Path) -> str:
-    """A digest of what the latents depend on: the VAE encoder's weights and the scaling factor
-    (the `decoder` stage leaves it unchanged)."""
-    import hashlib
-
-    from safetensors.torch import load_file
-
-    digest = hashlib.sha256()
-    for key, value in sorted(load_file(str(out / "vae.safetensors")).items()):
-        if key.startswith(("encoder.", "quant_conv.")):
-            digest.update(key.encode() + value.numpy().tobytes())
-    scale = json.loads((out / models.CONFIGS_FILE).read_text())["vae"]["scaling_factor"]
-    digest.update(repr(scale).encode())
-    return digest.hexdigest()[:10]
 
 
 def unet_dataset(setup: Setup, size: int, count: int):
@@ -123,6 +107,7 @@ def train_unet(setup: Setup) -> None:
         return (weight * ((pred - target) ** 2).mean(dim=(1, 2, 3))).mean()
 
     step = loop("unet", setup, {"unet": unet, "text": text}, opt, make_batch, loss_fn, extra_state=ema,
+                 inputs=encoder_digest(setup.out),
                  clip_norm=1.0, after_step=lambda: ema.update_parameters(unet))
     models.save_part(ema.module, "unet", setup.out)
     models.save_part(text, "text_encoder", setup.out)

@@ -13,6 +13,7 @@ from harness.toy.training import (
     SEED,
     Profile,
     Setup,
+    encoder_digest,
     loop,
     render_pool,
     step_rng,
@@ -104,7 +105,7 @@ def train_decoder(setup: Setup) -> None:
             z = vae.encode(b["x"]).latent_dist.mean
         return reconstruction_loss(vae.decode(z).sample, b["x"], profile)
 
-    step = loop("decoder", setup, {"vae": vae}, opt, make_batch, loss_fn)
+    step = loop("decoder", setup, {"vae": vae}, opt, make_batch, loss_fn, inputs=encoder_digest(out))
     models.save_part(vae, "vae", out)
     models.write_configs(out, vae=configs["vae"], trained=trained(setup, "decoder", step))
     print("[decoder] saved (encoder unchanged)", flush=True)

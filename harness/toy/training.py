@@ -284,14 +284,37 @@ def batches(make, start: int, stop: int, workers: int = 0):
     return iter(loader)
 
 
+def encoder_digest(out: Path) -> str:
+    """A digest of what the latents depend on: the VAE encoder's weights and the scaling factor
+    (the `decoder` stage leaves it unchanged)."""
+    import hashlib
+    import json
+
+    from safetensors.torch import load_file
+
+    digest = hashlib.sha256()
+    for key, value in sorted(load_file(str(out / "vae.safetensors")).items()):
+        if key.startswith(("encoder.", "quant_conv.")):
+            digest.update(key.encode() + value.numpy().tobytes())
+    scale = json.loads((out / models.CONFIGS_FILE).read_text())["vae"]["scaling_factor"]
+    digest.update(repr(scale).encode())
+    return digest.hexdigest()[:10]
+
+
 def loop(stage: str, setup: Setup, modules: dict, opt, make_batch, loss_fn, extra_state=None,
-          clip_norm: float | None = None, after_step=None) -> int:
+          clip_norm: float | None = None, after_step=None, inputs: str = "") -> int:
     """From the checkpointed step to the stage's budget: `loss = loss_fn(make_batch(step))`, backward,
-    gradient norm clipped to `clip_norm` if given, optimizer step, `after_step()`; return the last step done."""
+    gradient norm clipped to `clip_norm` if given, optimizer step, `after_step()`; return the last step done.
+    `inputs` is a digest of what the stage trains on beyond the world (the VAE encoder, for the stages
+    after it): a resumable state saved with other inputs is stale and the stage starts over."""
     budget = setup.profile.budget(stage)
     ckpt = Checkpoint(setup, stage)
     start = 0
     state = ckpt.load()
+    if state is not None and state.get("inputs", "") != inputs:
+        print(f"[{stage}] the resumable state {ckpt.path.name} was trained on other inputs (VAE encoder "
+              f"{state.get('inputs') or 'unknown'}, now {inputs or 'none'}); starting {stage} over", flush=True)
+        state = None
     if state is not None:
         for name, module in modules.items():
             module.load_state_dict(state[name])
@@ -325,7 +348,7 @@ def loop(stage: str, setup: Setup, modules: dict, opt, make_batch, loss_fn, extr
         stop = setup.minutes is not None and time.time() - t0 > setup.minutes * 60
         if step % 100 == 0 or step == stop_step or stop:
             state = {name: m.state_dict() for name, m in modules.items()}
-            state.update(opt=opt.state_dict(), step=step)
+            state.update(opt=opt.state_dict(), step=step, inputs=inputs)
             if extra_state is not None:
                 state["extra"] = extra_state.state_dict()
             ckpt.save(state)
