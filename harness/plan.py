@@ -105,10 +105,13 @@ def variants_of(exp: Experiment, library: WildcardLibrary | None = None) -> tupl
             raise ExperimentError(exp.path, [f"key 'sample': {exp.sample}: {e} (lower sample, or set "
                                              "expand = \"all\")"]) from None
     else:
-        n = tpl.count()
+        n, exact = tpl.count_info()
         if n > MAX_ALL_PROMPTS:
+            size = f"{n:,} distinct prompts" if exact else (
+                f"up to {n:,} distinct prompts (an upper bound: its alternatives spell overlapping texts, in "
+                "too many combinations to count exactly)")
             raise ExperimentError(exp.path, [
-                f"key 'prompt': the template expands to {n:,} distinct prompts; expand = \"all\" plans at most "
+                f"key 'prompt': the template expands to {size}; expand = \"all\" plans at most "
                 f"{MAX_ALL_PROMPTS:,}: set expand = \"sample\" and sample = N (with prompt_seed) to study a random "
                 "subset, or narrow the template (`harness expand --count` counts it)"])
         prompts = list(tpl.expand())

@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -84,6 +86,19 @@ def test_a_template_too_large_to_expand_whole_stops_at_once_and_points_to_sampli
     sampled.write_text(big.read_text() + 'expand = "sample"\nsample = 5\n')
     r = harness("plan", sampled)
     assert r.returncode == 0 and "jobs: 5" in r.stdout
+
+
+def test_a_template_whose_count_is_an_upper_bound_is_not_reported_as_that_many_prompts(tmp_path):
+    """Ten copies of one 8-way alternation chosen 4 at a time spell 1,680 prompts through 20 million
+    paths; the count over the limit is a bound, and the message says so."""
+    from harness.experiment import ExperimentError, load_experiment
+    from harness.plan import variants_of
+
+    options = "{a|b|c|d|e|f|g|h}"
+    (tmp_path / "e.toml").write_text('prompt = "{4$$' + "|".join([options] * 10) + '}"\n')
+    with pytest.raises(ExperimentError) as err:
+        variants_of(load_experiment(tmp_path / "e.toml"))
+    assert "expands to up to 20,643,840 distinct prompts (an upper bound" in str(err.value)
 
 
 def test_run_out_of_space_is_one_line_naming_the_image_and_the_run_resumes(tiny_ref, tmp_path):

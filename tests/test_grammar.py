@@ -442,6 +442,32 @@ def test_zero_weight_options_are_never_sampled():
     assert {v.prompt for v in t.sample(2, random.Random(1))} == {"b,c y", "c,b y"}
 
 
+def test_a_choose_k_whose_options_spell_the_same_text_samples_every_seed_as_the_paths_weigh_it():
+    """A selection that repeats a text is drawn again whole: each seed succeeds (even when most draws
+    repeat one), and a sample follows the probabilities of the enumerated paths, the fallback's."""
+    import random
+    from collections import Counter
+
+    from harness.expand.paths import _iter
+
+    t = compile_template("{5$$a|{a|b}|{a|c}|{a|d}|{a|e}}x{1|2|3|4|5|6|7|8|9}")
+    for seed in range(3):
+        drawn = t.sample(2000, random.Random(seed), replace=True)
+        assert all(len(set(v.prompt.split("x")[0].split(","))) == 5 for v in drawn)
+    assert len(compile_template("{7$$a|{a|b}|{a|c}|{a|d}|{a|e}|{a|f}|{a|g}}").sample(3, random.Random(0))) == 3
+    for template in ("{2$$a|a|b}", "{x|{2$$a|{a|b}}}", "{2$${9999::a|1::b}|{9999::a|1::c}}"):
+        tree = compile_template(template).tree
+        expected = Counter()
+        for text, _, p in _iter(tree):
+            expected[text] += p
+        assert sum(expected.values()) == pytest.approx(1.0)
+        n = 400 if "9999" in template else 4000  # nearly every draw of that one repeats "a" 1000 times first
+        counts = Counter(v.prompt for v in compile_template(template).sample(n, random.Random(5), replace=True))
+        assert set(counts) <= set(expected)
+        for text, p in expected.items():
+            assert counts[text] / n == pytest.approx(p, abs=0.07 if n == 400 else 0.03), (template, text)
+
+
 def test_choose_k_needing_zero_weight_options_is_an_error_naming_the_alternation():
     e = error("x {2$$0::a|0::b|c}")
     assert e.column == 4 and "only 1 options of non-zero weight (of 3)" in e.message

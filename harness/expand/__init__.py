@@ -62,6 +62,10 @@ class Template:
     def count(self) -> int:
         return count(self.tree)
 
+    def count_info(self) -> tuple[int, bool]:
+        """(distinct prompts, exact?): an upper bound when not exact (see `count_info`)."""
+        return count_info(self.tree)
+
     def expand(self, limit: int | None = None) -> Iterator[Variant]:
         return expand(self.tree, limit=limit)
 

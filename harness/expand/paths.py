@@ -79,7 +79,20 @@ def _iter_alt(alt: Alt) -> Iterator[_Item]:
             for text, f, p in _iter(o.body):
                 yield text, ((alt.name, text),) + f, p * (wi / total if total else 1 / len(w))
         return
+    # A selection is k, then options drawn one by one with their weights, then each option's text; one
+    # that repeats a text is drawn again whole, so the selections that do not are scaled to sum to 1.
+    accepted = sum(p for _, p in _choose_k_paths(alt, w))
     joiner = DEFAULT_JOINER if alt.joiner is None else alt.joiner
+    for combo, p in _choose_k_paths(alt, w):
+        text = joiner.join(c[0] for c in combo)
+        factors: tuple = ((alt.name, text),)
+        for _, f, _ in combo:
+            factors += f
+        yield text, factors, p / accepted if accepted else 0.0
+
+
+def _choose_k_paths(alt: Alt, w: list[float]) -> Iterator[tuple[tuple, float]]:
+    """(options' items, probability before rescaling) of each selection that repeats no text."""
     lo, hi = alt.k
     for k in range(lo, hi + 1):
         for perm in itertools.permutations(range(len(alt.options)), k):
@@ -88,12 +101,5 @@ def _iter_alt(alt: Alt) -> Iterator[_Item]:
                 p_perm *= w[i] / left if left else 0.0
                 left -= w[i]
             for combo in itertools.product(*(list(_iter(alt.options[i].body)) for i in perm)):
-                if len({c[0] for c in combo}) < len(combo):
-                    continue
-                text = joiner.join(c[0] for c in combo)
-                factors: tuple = ((alt.name, text),)
-                p = p_perm
-                for _, f, q in combo:
-                    factors += f
-                    p *= q
-                yield text, factors, p
+                if len({c[0] for c in combo}) == len(combo):
+                    yield combo, math.prod((q for *_, q in combo), start=p_perm)

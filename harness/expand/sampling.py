@@ -4,6 +4,7 @@ replacement, each carrying the factors exhaustive expansion gives it."""
 from __future__ import annotations
 
 import random
+from functools import lru_cache
 
 from ..core import Variant
 from ..grammar import Seq, Text
@@ -12,6 +13,8 @@ from .paths import DEFAULT_JOINER, _iter, _weights, raw_count
 from .spelling import first_spelling
 
 _WALK_PER_SEARCH = 20  # one search for a prompt's first spelling costs about as much as walking 20 paths
+_CHOOSE_TRIES = 1000   # draws of one choose-k selection before its paths are enumerated instead
+_CHOOSE_ENUMERATE = 500_000  # the most paths of one choose-k enumerated (and kept) for that
 
 
 def _draw(node, rng: random.Random) -> tuple[str, tuple]:
@@ -29,23 +32,41 @@ def _draw(node, rng: random.Random) -> tuple[str, tuple]:
         i = rng.choices(range(len(w)), weights=w)[0] if any(x != 1.0 for x in w) else rng.randrange(len(w))
         text, f = _draw(node.options[i].body, rng)
         return text, ((node.name, text),) + f
-    for _ in range(100):  # a selection never repeats a text; restart if it cannot finish
+    for _ in range(_CHOOSE_TRIES):  # a selection that repeats a text is drawn again, whole
         k = rng.randint(*node.k)
         pool = [i for i, wi in enumerate(w) if wi > 0]  # a zero-weight option is never drawn
+        if k > len(pool):
+            continue
         texts, factors = [], ()
-        while len(texts) < k and pool:
+        for _ in range(k):
             j = rng.choices(range(len(pool)), weights=[w[i] for i in pool])[0]
             t, f = _draw(node.options[pool.pop(j)].body, rng)
-            if t not in texts:
-                texts.append(t)
-                factors += f
-        if len(texts) == k:
-            break
-    else:
-        raise ValueError(f"alternation '{node.name}' cannot choose {k} different texts from its options "
-                         "of non-zero weight")
-    text = (DEFAULT_JOINER if node.joiner is None else node.joiner).join(texts)
-    return text, ((node.name, text),) + factors
+            texts.append(t)
+            factors += f
+        if len(set(texts)) == k:
+            text = (DEFAULT_JOINER if node.joiner is None else node.joiner).join(texts)
+            return text, ((node.name, text),) + factors
+    return _draw_enumerated(node, rng)
+
+
+def _draw_enumerated(alt, rng: random.Random) -> tuple[str, tuple]:
+    """One selection of a choose-k whose options so often spell the same text that redrawing stalls:
+    drawn from its enumerated paths, which carry the same probabilities."""
+    paths, weights = _choose_k_table(alt)
+    return rng.choices(paths, weights=weights)[0]
+
+
+@lru_cache(maxsize=4)
+def _choose_k_table(alt) -> tuple[list, list[float]]:
+    if raw_count(alt) > _CHOOSE_ENUMERATE:
+        raise ValueError(f"alternation '{alt.name}': {_CHOOSE_TRIES} draws in a row repeated a text, and its "
+                         f"{raw_count(alt):,} choice paths are too many to enumerate; give its options "
+                         "texts that differ")
+    paths = [(text, f, p) for text, f, p in _iter(alt) if p > 0]
+    if not paths:
+        raise ValueError(f"alternation '{alt.name}' cannot choose different texts from its options of "
+                         "non-zero weight")
+    return [(text, f) for text, f, _ in paths], [p for *_, p in paths]
 
 
 def sample(tree, n: int, rng: random.Random, *, replace: bool = False) -> list[Variant]:
@@ -97,8 +118,11 @@ def _sample(tree, n: int, rng: random.Random, replace: bool) -> list[Variant]:
             out.append(Variant(text, dict(f)))
     if len(out) < n:
         if raw_count(tree) > _ENUMERATE_FALLBACK:
-            raise ValueError(f"could only draw {len(out)} distinct prompts of {n} requested "
-                             "(the weights concentrate on few prompts)")
+            why = "the weights make the others too unlikely to draw" if exact else (
+                f"the template may have fewer: {total:,} is an upper bound on its distinct prompts, or the "
+                "weights make the others too unlikely to draw")
+            raise ValueError(f"could only draw {len(out)} distinct prompts of {n} requested in {budget:,} draws "
+                             f"({why})")
         remaining: dict[str, tuple[tuple, float]] = {}
         for text, f, p in _iter(tree):
             if text not in seen and p > 0:
