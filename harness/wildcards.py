@@ -48,7 +48,7 @@ class WildcardLibrary:
             path = d / f"{name}.txt"
             if path.is_file():
                 text = read_text(path)
-                lines = tuple((i, ln.strip(), ln) for i, ln in enumerate(text.splitlines(), start=1)
+                lines = tuple((i, ln.strip(), ln) for i, ln in enumerate(text.split("\n"), start=1)
                               if ln.strip() and not ln.strip().startswith("#"))
                 return WildcardFile(name, path, text, lines)
         return None

@@ -300,6 +300,15 @@ def test_error_inside_wildcard_file_names_file_and_line(tmp_path):
     assert e.origin.endswith("w.txt") and (e.line, e.column) == (3, 8)
 
 
+def test_a_wildcard_line_holding_a_form_feed_or_line_separator_stays_one_line(tmp_path):
+    """Only line feeds end a wildcard line (as the template's own line numbers count them): a form feed
+    or U+2028 inside a line neither splits an option nor shifts the line of a later error."""
+    lib = _library(tmp_path, ff="one\x0ctwo\nthree {x|y\n", ls="a\u2028b\nc\n")
+    e = error("__ff__", library=lib)
+    assert e.origin.endswith("ff.txt") and (e.line, e.column) == (2, 7)
+    assert [v.prompt for v in compile_template("__ls__", library=lib).expand()] == ["a\u2028b", "c"]
+
+
 def test_deep_nesting_is_a_grammar_error():
     assert "nest deeper" in error("{" * 200 + "}" * 200).message
 
