@@ -17,11 +17,11 @@ ESC_SLASH = "\ue000"  # stands in for an escaped "/" while slash groups are foun
 # separator; after it only the end, a space, a closing bracket or quote, or sentence punctuation. So
 # `rust/C++`, `AT&T/Verizon` and `1,000mm/2mm` stay text instead of splitting inside a word, while
 # '(red/green)', "red/green." and 'red/green' split; a quote next to a letter is an apostrophe, not a quote.
-_WORD = rf"\w(?:[\w\-'’.{ESC_SLASH}]*\w)?"
-_BEFORE = r"(?<![^\s(\[\"'“‘,])(?<!\d,)(?<!\w')(?<!\w’)"
-_AFTER = r"(?![^\s)\]\"'”’,.;:!?])(?!['’]\w)"
+_WORD = rf"\w(?:(?:[\w\-'’.]|(?<=\w){ESC_SLASH})*\w)?"  # an escaped slash joins letters only: `AC\/DC`
+_BEFORE = r"(?<![^\s(\[\"'“‘„‚«»‹›,])(?<!\d,)(?<!\w')(?<!\w’)"
+_AFTER = r"(?![^\s)\]\"'”’“‘«»‹›,.…;:!?])(?!['’]\w)"
 _SLASH_GROUP = re.compile(rf"{_BEFORE}{_WORD}(?:/{_WORD})+{_AFTER}")
-_TOKEN_END = " \t\n\r,;()[]\"“”"  # what ends the token a URL test looks at around a group
+_TOKEN_END = " \t\n\r,;()[]\"“”„«»‹›"  # what ends the token a URL test looks at around a group
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
 # A host name such as "example.com" or "github.io" (a common top-level domain after a dot): a URL's path
 # follows it, not a choice. Other inner dots are words ("node.js/deno", "St.Louis/Chicago" split).

@@ -56,6 +56,19 @@ def test_slash_groups_split_next_to_brackets_quotes_and_punctuation():
     assert prompts("rock’n’roll/jazz,https://x.com") == ["rock’n’roll,https://x.com", "jazz,https://x.com"]
 
 
+@pytest.mark.parametrize("left, right", [("«", "»"), ("„", "“"), ("‹", "›"), ("»", "«"), ("‚", "‘"), ("", "…")])
+def test_slash_groups_split_inside_every_kind_of_quote_and_before_an_ellipsis(left, right):
+    assert prompts(f"{left}red/green{right} car") == [f"{left}red{right} car", f"{left}green{right} car"]
+
+
+@pytest.mark.parametrize("template", ["red/green./x", "red/green'/x", "red/green../x", r"AC\/DC/Metallica x.\/y"])
+def test_a_slash_group_before_an_escaped_slash_renders_back_to_the_same_template(template):
+    """Rendering escapes a literal `/`; an escaped slash after a word's `.` or `'` must not glue that
+    text onto the slash group's last word when the rendered template is read again."""
+    tree = parse(template)
+    assert parse(render(tree)) == tree
+
+
 def test_slash_with_empty_side_stays_literal():
     assert prompts("w/ hat and a//b") == ["w/ hat and a//b"]
 
