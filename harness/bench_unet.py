@@ -164,7 +164,7 @@ def run(model: str = "sd15", *, device: str = "cuda", dtype: str = "auto", batch
         tflops = flop * batch / sec / 1e12
         figures["modes"][mode] = {"ms": sec * 1e3, "tflops": tflops}
         out(f"{mode:<9} {sec * 1e3:8.1f} ms per forward  {tflops:7.4g} TFLOP/s{share(tflops)}"
-            f"  (measured in {time.perf_counter() - wall:.0f} s, compiling included)")
+            f"  (measured in {time.perf_counter() - wall:.0f} s{'' if mode == 'eager' else ', compiling included'})")
     if "freezing" in modes:
         _inductor_config().freezing = False  # compiled on its first call, above; later compiles unfrozen
     best, fastest = min(figures["modes"].items(), key=lambda kv: kv[1]["ms"])

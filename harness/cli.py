@@ -193,7 +193,8 @@ def plan(
         strength = f" strength={j.strength}" if j.mode == "img2img" else ""
         typer.echo(f"  {len(gj):6d}  {j.checkpoint} {j.mode}{strength} steps={j.steps} cfg={j.guidance} "
                    f"{j.scheduler} {j.width}x{j.height} dtype={j.dtype}")
-    _print_estimates(p, jobs, out or default_run_dir(exp))
+    run_dir = out or default_run_dir(exp)
+    progress = _print_estimates(p, jobs, run_dir)
     if exp.stages:
         from .stages import stage_job_counts
 
@@ -201,26 +202,29 @@ def plan(
     for st in exp.stages:
         keep = f"top {st.top_k} per variant by {st.metric}" if st.top_k else "every image"
         seeds = f"seeds {list(st.seeds)}" if st.seeds is not None else "the parent's seed"
+        planned, done = progress.get(f"stage:{st.name}", (0, 0))
+        when = (f"planned once stage {st.source} is done (not in the estimate above)" if not planned else
+                f"planned in {run_dir}: {done} of its {planned} jobs done")
         typer.echo(f"then stage {st.name}: img2img from stage {st.source} ({keep}), strengths "
-                   f"{list(st.strengths)}, {seeds}: {counts[st.name]} jobs, planned once stage {st.source} is "
-                   "done (not in the estimate above)")
+                   f"{list(st.strengths)}, {seeds}: {counts[st.name]} jobs, {when}")
 
 
 HISTORY_NOTE = ("its settings, prompt file or wildcard files: earlier versions of experiment.toml (with a prompt file's "
                 "text inline) are kept in history/, and running one again brings its images back")
 
 
-def _print_estimates(p, jobs, run_dir: Path) -> None:
+def _print_estimates(p, jobs, run_dir: Path) -> dict[str, tuple[int, int]]:
     """Generation time of `jobs` on a CPU and a GPU by the table of step costs; where the run folder has
-    timed finished images on a device, the table is scaled to them and the jobs not done yet are priced."""
+    timed finished images on a device, the table is scaled to them and the jobs not done yet are priced.
+    Returns the run folder's (planned, done) jobs per plan part (`Ledger.part_progress`), {} without one."""
     from .ledger import Ledger, LedgerError
     from .plan import measured_scale
 
-    timings, done = [], set()
+    timings, done, progress = [], set(), {}
     if (run_dir / "ledger.sqlite").is_file():
         try:
             with Ledger.open(run_dir, readonly=True) as ledger:
-                timings, done = ledger.timings(), ledger.done_keys()
+                timings, done, progress = ledger.timings(), ledger.done_keys(), ledger.part_progress()
         except (LedgerError, OSError) as exc:  # the plan stands without them
             typer.echo(f"note: the timings of {run_dir} cannot be read ({exc}); estimating from the table", err=True)
     for device in ("cpu", "cuda"):
@@ -233,6 +237,7 @@ def _print_estimates(p, jobs, run_dir: Path) -> None:
                     f"timed by {n} finished images in {run_dir} ({ratio:.2g}x the table); {len(left)} not done: "
                     f"{_duration(p.estimate_seconds(device, jobs=left) * ratio)}")
         typer.echo(line)
+    return progress
 
 
 def _duration(seconds: float) -> str:

@@ -100,6 +100,25 @@ def test_force_remakes_the_later_stages_too_and_counts_their_time(tmp_path):
     assert forced.seconds >= 0.9 * per_image
 
 
+def test_plan_of_a_finished_staged_run_says_its_stages_are_planned_and_done(tmp_path):
+    from typer.testing import CliRunner
+
+    from harness.cli import app
+
+    exp = tmp_path / "staged.toml"
+    exp.write_text(STAGED)
+    before = CliRunner().invoke(app, ["plan", str(exp), "--out", str(tmp_path / "run")])
+    assert "planned once stage main is done" in before.output and "jobs done" not in before.output
+    run_experiment(exp, out=tmp_path / "run", progress=False)
+    with Ledger.open(tmp_path / "run", readonly=True) as led:
+        stages = led.jobs_frame()["stage"].value_counts().to_dict()
+    after = CliRunner().invoke(app, ["plan", str(exp), "--out", str(tmp_path / "run")])
+    assert after.exit_code == 0, after.output
+    for name in ("refine", "polish"):
+        assert f"planned in {tmp_path / 'run'}: {stages[name]} of its {stages[name]} jobs done" in after.output
+    assert "planned once stage" not in after.output
+
+
 def test_randomize_draws_the_main_images_settings_and_leaves_the_stages_own(tmp_path):
     exp = tmp_path / "exp.toml"
     exp.write_text(STAGED.replace("[[stages]]", "[randomize]\nseed = 3\ndraws = 2\nsteps = [2, 6]\n"

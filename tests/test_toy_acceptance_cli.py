@@ -30,10 +30,13 @@ def test_the_cli_command_refuses_a_missing_device_before_measuring():
     import torch
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    r = subprocess.run([sys.executable, "-m", "harness", "toy", "acceptance", "--device", "cuda"],
-                       capture_output=True, text=True, cwd=ROOT)
-    assert r.returncode == 2 and "--device: cuda is not available" in r.stderr and "| check |" not in r.stdout
-    assert "usage: harness toy acceptance" in r.stderr  # the command the user typed, not the module
+    for device, expected in (("cuda", "--device: device='cuda': CUDA is not available here"),
+                             ("cuda:1", "--device: device='cuda:1': CUDA is not available here"),
+                             ("gpu", "expected 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")):
+        r = subprocess.run([sys.executable, "-m", "harness", "toy", "acceptance", "--device", device],
+                           capture_output=True, text=True, cwd=ROOT)
+        assert r.returncode == 2 and expected in r.stderr and "| check |" not in r.stdout, r.stderr
+        assert "usage: harness toy acceptance" in r.stderr  # the command the user typed, not the module
 
 
 def test_a_check_with_no_sample_reads_n_a_not_nan():

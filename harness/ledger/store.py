@@ -457,6 +457,12 @@ class Ledger:
         rows = self._plan_rows("SELECT DISTINCT key FROM plan")
         return {r[0] for r in rows} if rows else None
 
+    def part_progress(self) -> dict[str, tuple[int, int]]:
+        """Plan part (main, stage:<name>, ...) -> (jobs it planned, of those done)."""
+        rows = self._plan_rows("SELECT p.part, COUNT(*), SUM(j.status = 'done') FROM plan p "
+                               "LEFT JOIN jobs j ON j.key = p.key GROUP BY p.part")
+        return {part: (n, int(done or 0)) for part, n, done in rows}
+
     def unplanned_done(self) -> int:
         """Done jobs the current plan no longer asks for (kept, left out of reports)."""
         planned = self.planned_keys()

@@ -216,16 +216,15 @@ def main(argv: list[str] | None = None, prog: str = "python -m harness.toy.accep
     parser.add_argument("--guidance", type=_guidance, default=7.5)
     parser.add_argument("--scheduler", default="ddim", choices=list(SCHEDULERS))
     parser.add_argument("--size", type=_size, action="append", help="generation size(s) (default 128, the demo's)")
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default auto)")
     args = parser.parse_args(argv)  # bad values exit 2 here, before any measuring
-    import torch
-
-    if args.device == "cuda" and not torch.cuda.is_available() or args.device == "mps" and not (
-            getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        parser.error(f"argument --device: {args.device} is not available on this machine; use cpu or auto")
+    from harness.core import SettingsError
     from harness.toy.training import pick_device
 
-    device = pick_device(args.device)
+    try:
+        device = pick_device(args.device)
+    except SettingsError as exc:
+        parser.error(f"argument --device: {exc}")
     print("| check | value | n | target |\n|---|---:|---:|---|", flush=True)
     blocks = [lambda: oracle_rows(args.n_oracle), lambda: clip_rows(args.n_clip, device)]
     blocks += [lambda size=size: generation_rows(args.n_gen, size=size, steps=args.steps, guidance=args.guidance,
