@@ -134,5 +134,6 @@ def _sample(tree, n: int, rng: random.Random, replace: bool) -> list[Variant]:
             f, _ = remaining.pop(text)
             out.append(Variant(text, dict(f)))
         if len(out) < n:
-            raise ValueError(f"only {len(out)} distinct prompts have non-zero weight; {n} were requested")
+            raise ValueError(f"only {len(out)} distinct {'prompt has' if len(out) == 1 else 'prompts have'} "
+                             f"non-zero weight; {n} were requested")
     return out
