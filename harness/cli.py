@@ -264,18 +264,9 @@ def run(
     gpus_per_worker: float = typer.Option(0.0, "--gpus-per-worker", min=0.0, help="GPUs per Ray worker."),
 ) -> None:
     """Generate every image of an experiment into its run folder (resumable)."""
-    from .executors import EXECUTORS
     from .run import run_experiment
 
-    if executor not in EXECUTORS:
-        fail(f"--executor {executor!r}: expected one of {', '.join(EXECUTORS)}")
-    options = None
-    if executor == "ray":
-        try:
-            import ray  # noqa: F401
-        except ImportError:
-            fail("--executor ray needs Ray: pip install 'harness[ray]'")
-        options = dict(address=address, workers=workers, gpus_per_worker=gpus_per_worker)
+    options = dict(address=address, workers=workers, gpus_per_worker=gpus_per_worker) if executor == "ray" else None
     try:
         r = run_experiment(experiment, out=out, force=force, exact=exact or None, device=device,
                            batch_size=batch_size, shard=_parse_shard(shard), executor=executor,

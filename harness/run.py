@@ -150,6 +150,9 @@ def run_experiment(path: Path | str, *, out: Path | str | None = None, force: bo
                    progress: bool | None = None, evaluate_after: bool = True, executor: str = "local",
                    executor_options: dict | None = None) -> RunResult:
     """Plan, generate what is not done yet, then score with the experiment's metrics."""
+    from .executors import check_executor
+
+    check_executor(executor)
     exp = load_experiment(path)
     plan = make_plan(exp)
     run_dir = Path(out) if out else default_run_dir(exp)
@@ -254,8 +257,6 @@ def generate_jobs(exp: Experiment, plan: Plan, ledger: Ledger, pending: list[Job
         from .executors.ray_executor import generate_with_ray
         return generate_with_ray(exp, plan, ledger, pending, result, exact=exact, device=device,
                                  batch_size=batch_size, log=log, progress=progress, **(executor_options or {}))
-    if executor != "local":
-        raise ValueError(f"unknown executor {executor!r}; expected 'local' or 'ray'")
     from .worker import BatchMaker, write_now
 
     tuning = tuning or Tuning(speedups=exp.speedups, streams=exp.streams)

@@ -1,6 +1,7 @@
 """The runner end to end on the tiny model: real pipelines, SQLite, PNGs, processes."""
 
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -9,6 +10,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from harness.ledger import Ledger
@@ -461,3 +463,35 @@ def test_the_infotext_names_the_schedule_and_carries_no_control_character(tmp_pa
     info = parse_infotext(read_png_text(image)["parameters"])
     assert info.params["Sampler"] == "DPM++ 2M" and info.params["Schedule type"] == "Uniform"
     assert info.prompt == "a red\ufffdcat" and read_provenance(image)["job"]["prompt"] == "a red\x00cat"
+
+
+def test_an_unknown_executor_or_a_missing_ray_is_refused_before_the_run_folder_is_made(tmp_path, monkeypatch):
+    from harness.core import SettingsError
+
+    exp = experiment(tmp_path)
+    monkeypatch.setitem(sys.modules, "ray", None)  # what `import ray` meets where Ray is not installed
+    for executor, expected in (("ray", "executor 'ray' needs Ray: pip install 'harness[ray]'"),
+                               ("dask", "executor 'dask': expected one of local, ray")):
+        with pytest.raises(SettingsError, match=re.escape(expected)):
+            run_experiment(exp, out=tmp_path / "run", executor=executor, progress=False)
+        assert not (tmp_path / "run").exists()
+
+
+def test_ray_batches_for_gpu_workers_are_not_sized_on_the_drivers_gpu(monkeypatch):
+    """With an automatic batch size, GPU actors size their own batches; the driver (perhaps without a GPU)
+    must not query CUDA memory for them."""
+    import torch
+
+    from harness.batching import MAX_BATCH
+    from harness.core import Job
+    from harness.executors.ray_executor import work_units
+
+    def no_driver_gpu(*args, **kwargs):
+        raise RuntimeError("Found no NVIDIA driver on your system")
+
+    monkeypatch.setattr(torch.cuda, "mem_get_info", no_driver_gpu)
+    jobs = [Job("tiny", "f", "txt2img", f"p{i}", "", i, 2, 7.5, "ddim", 512, 512) for i in range(40)]
+    units = work_units(jobs, "cuda", exact=False, batch_size=None)
+    assert [len(u) for u in units] == [MAX_BATCH, MAX_BATCH, 40 - 2 * MAX_BATCH]
+    assert [len(u) for u in work_units(jobs, "cuda", exact=False, batch_size=6)][:2] == [6, 6]
+    assert {len(u) for u in work_units(jobs, "cuda", exact=True, batch_size=None)} == {1}

@@ -3,3 +3,16 @@
 same images to the same run folder, and only the driver writes the ledger."""
 
 EXECUTORS = ("local", "ray")
+
+
+def check_executor(name: str) -> None:
+    """A SettingsError (before any run folder is touched) for an unknown executor or a missing Ray."""
+    from ..core import SettingsError
+
+    if name not in EXECUTORS:
+        raise SettingsError(f"executor {name!r}: expected one of {', '.join(EXECUTORS)}")
+    if name == "ray":
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            raise SettingsError("executor 'ray' needs Ray: pip install 'harness[ray]'") from None

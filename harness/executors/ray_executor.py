@@ -18,6 +18,7 @@ import time
 from collections import deque
 from typing import Callable
 
+from ..batching import MAX_BATCH
 from ..core import Job
 from ..ledger import Done
 from ..plan import group_jobs
@@ -46,6 +47,16 @@ def _actor_class():
     return GenerationWorker
 
 
+def work_units(pending: list[Job], worker_device: str, *, exact: bool, batch_size: int | None) -> list[list[Job]]:
+    """The driver's batches. An automatic size on GPU workers is theirs to find (from their own free memory,
+    with out-of-memory back-off): the driver, which may have no GPU, sends units of the largest batch and
+    each actor splits them."""
+    if worker_device == "cuda" and not exact and not isinstance(batch_size, int):
+        return batches(group_jobs(pending).values(), lambda job: MAX_BATCH)
+    return batches(group_jobs(pending).values(),
+                   lambda job: batch_size_for(job, worker_device, exact=exact, batch_size=batch_size))
+
+
 def generate_with_ray(exp, plan, ledger, pending: list[Job], result, *, exact: bool, device: str,
                       batch_size: int | None, log: Callable[[str], None], progress=None, address: str | None = None,
                       workers: int = 2, gpus_per_worker: float = 0.0, cpus_per_worker: float = 1.0,
@@ -60,9 +71,7 @@ def generate_with_ray(exp, plan, ledger, pending: list[Job], result, *, exact: b
     if device == "auto" and gpus_per_worker == 0:
         device = "cpu"
     size = 1 if exact else (batch_size or (exp.batch_size if exp.batch_size != "auto" else None))
-    worker_device = "cuda" if gpus_per_worker else "cpu"
-    work = deque(batches(group_jobs(pending).values(),
-                         lambda job: batch_size_for(job, worker_device, exact=exact, batch_size=size)))
+    work = deque(work_units(pending, "cuda" if gpus_per_worker else "cpu", exact=exact, batch_size=size))
     Worker = _actor_class()
     spawn_args = (plan.checkpoints, str(ledger.images_dir), device, exp.memory, list(exp.speedups), exact, size)
 
