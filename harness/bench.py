@@ -178,6 +178,10 @@ def ablation_variants(which, device: str, base) -> list[tuple[str, dict]]:
         raise ValueError(f"--ablate {which!r}: expected 'all' or a comma list of {', '.join(ABLATIONS)}"
                          + (f" (unknown: {', '.join(unknown)})" if unknown else ""))
     on_cuda = device.startswith("cuda")
+
+    def plus(*speedups: str):  # the harness row's own speedups (--speedups) and these
+        return replace(base, speedups=tuple(dict.fromkeys((*base.speedups, *speedups))))
+
     rows = {
         "batching": [("harness, no batching", dict(exact=True))],
         "png": [("harness, PNG sync level 6", dict(tuning=replace(base, writers=0, png_level=6))),
@@ -185,15 +189,15 @@ def ablation_variants(which, device: str, base) -> list[tuple[str, dict]]:
         "sdpa": [("harness, classic attention (no SDPA)", dict(tuning=replace(base, on_load=classic_attention)))],
         "embeds": [("harness, no prompt-embedding cache", dict(tuning=replace(base, embeds_cache=False)))],
         "uint8": [("harness, uint8 on the host", dict(tuning=replace(base, device_uint8=False)))],
-        "channels_last": [("harness + channels_last", dict(tuning=replace(base, speedups=("channels_last",))))],
-        "fuse_qkv": [("harness + fused QKV", dict(tuning=replace(base, speedups=("fuse_qkv",))))],
+        "channels_last": [("harness + channels_last", dict(tuning=plus("channels_last")))],
+        "fuse_qkv": [("harness + fused QKV", dict(tuning=plus("fuse_qkv")))],
         "streams": [] if on_cuda else [("harness, one stream", dict(tuning=replace(base, streams=1)))],
         "score": [("harness + CLIP score, background", dict(metrics=(SCORE_METRIC,))),
                   ("harness + CLIP score, after", dict(metrics=(SCORE_METRIC,), background=False))],
         # Compiling takes most of a short sweep's time: the first run pays for it, the second (a fresh
         # pipeline, the compiler's caches warm) shows the compiled speed.
         "compile": [] if not on_cuda else [
-            (f"harness + {label} {run}", dict(tuning=replace(base, speedups=speedups)))
+            (f"harness + {label} {run}", dict(tuning=plus(*speedups)))
             for label, speedups in (("torch.compile", ("compile",)),
                                     ("channels_last + fused QKV + torch.compile",
                                      ("channels_last", "fuse_qkv", "compile")))

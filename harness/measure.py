@@ -5,7 +5,9 @@ Shared by `harness bench` (the runner against the naive loop) and `harness bench
 
 from __future__ import annotations
 
+import re
 import resource
+import sys
 import time
 
 # Dense tensor-core peaks (TFLOP/s, bf16/fp16, no sparsity) by device-name fragment, from the vendors' spec
@@ -48,15 +50,20 @@ class DenoiseTimer:
 
     def attach(self, pipe) -> None:
         import torch
-        sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+
+        def sync(device) -> None:  # the UNet's own card, which need not be the current one (cuda:1)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
 
         def pre(_m, args, kwargs):
-            sync()
+            sample = args[0] if args else kwargs["sample"]
+            self._t.device = sample.device
+            sync(sample.device)
             self._t.start = time.perf_counter()
-            self._t.batch = int((args[0] if args else kwargs["sample"]).shape[0])
+            self._t.batch = int(sample.shape[0])
 
         def post(_m, _a, _o):
-            sync()
+            sync(self._t.device)
             self.unet_spans.append((self._t.start, time.perf_counter()))
             self.calls += 1
             self.latents += self._t.batch
@@ -88,11 +95,11 @@ def matmul_tflops(device: str, dtype) -> float:
     a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
     for _ in range(3):
         a @ b
-    torch.cuda.synchronize()
+    torch.cuda.synchronize(device)
     t0 = time.perf_counter()
     for _ in range(10):
         a @ b
-    torch.cuda.synchronize()
+    torch.cuda.synchronize(device)
     return 10 * 2 * n ** 3 / (time.perf_counter() - t0) / 1e12
 
 
@@ -106,7 +113,7 @@ def card_peak(device: str, dtype, out=print) -> tuple[float, float]:
 
     from .devices import dtype_name
 
-    name = torch.cuda.get_device_name()
+    name = torch.cuda.get_device_name(device)
     half = dtype in (torch.float16, torch.bfloat16)  # the table's peaks are half-precision ones
     peak = next((v for k, v in GPU_PEAK_TFLOPS.items() if k in name), float("nan")) if half else float("nan")
     matmul = matmul_tflops(device, dtype)
@@ -117,13 +124,35 @@ def card_peak(device: str, dtype, out=print) -> tuple[float, float]:
 
 
 def peak_memory(device: str) -> str:
+    """Peak memory since `reset_peak_memory(device)`: allocated on that GPU, or the process's resident set
+    (Linux resets its high-water mark; elsewhere it is the process's maximum so far, and says so)."""
     import torch
     if device.startswith("cuda"):
-        return f"{torch.cuda.max_memory_allocated() / 2**30:.2f} GiB GPU"
-    return f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB RSS"
+        return f"{torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB GPU"
+    hwm = _resident_high_water()
+    if hwm is not None:
+        return f"{hwm / 2**30:.2f} GiB RSS"
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+    return f"{maxrss / 2**30:.2f} GiB RSS (process max)"
 
 
 def reset_peak_memory(device: str) -> None:
     import torch
     if device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats()
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # Linux: reset the resident set's high-water mark (VmHWM)
+    except OSError:
+        pass
+
+
+def _resident_high_water() -> int | None:
+    """VmHWM in bytes (Linux), None where /proc does not give it."""
+    try:
+        with open("/proc/self/status") as f:
+            found = re.search(r"^VmHWM:\s+(\d+) kB", f.read(), re.MULTILINE)
+    except OSError:
+        return None
+    return int(found.group(1)) * 1024 if found else None

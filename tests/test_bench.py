@@ -77,6 +77,9 @@ def test_ablate_names_a_subset_of_rows_and_rejects_unknown_keys():
     every = [name for name, _ in ablation_variants("all", "cuda", Tuning())]
     assert "harness, one stream" not in every and "harness + torch.compile (2nd run)" in every
     assert len(ablation_variants(True, "cpu", Tuning())) == len(every) - 4 + 1  # no compile rows; one stream
+    rows = dict(ablation_variants("channels_last,fuse_qkv,compile", "cuda", Tuning(speedups=("fuse_qkv",))))
+    assert rows["harness + channels_last"]["tuning"].speedups == ("fuse_qkv", "channels_last")  # adds to --speedups
+    assert rows["harness + torch.compile (2nd run)"]["tuning"].speedups == ("fuse_qkv", "compile")
     with pytest.raises(ValueError, match="unknown: fuse") as err:
         ablation_variants("png,fuse", "cpu", Tuning())
     assert all(key in str(err.value) for key in ABLATIONS)
@@ -134,3 +137,27 @@ def test_bench_fails_when_the_harness_images_differ_beyond_the_tolerance(monkeyp
     monkeypatch.setitem(bench.TOLERANCE, "fp32", -1)  # any difference, even none, is too much
     assert bench.main(["--quick"]) == 1
     assert "DIFFERENT: harness differs by" in capsys.readouterr().out
+
+
+def test_peak_memory_is_each_rows_own_after_a_reset():
+    """On CPU the figure is the resident set's high-water mark since `reset_peak_memory`, so a row after a
+    larger one does not inherit its peak (Linux; elsewhere the line says it is the process maximum)."""
+    import re
+    import sys
+
+    import pytest
+
+    from harness.measure import peak_memory, reset_peak_memory
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("the per-row peak needs Linux's /proc/self/clear_refs")
+
+    def gib(text: str) -> float:
+        return float(re.match(r"([\d.]+) GiB RSS$", text).group(1))
+
+    reset_peak_memory("cpu")
+    big = bytearray(600 * 2**20)  # filled with zeros: every page touched
+    during = gib(peak_memory("cpu"))
+    del big
+    reset_peak_memory("cpu")
+    assert gib(peak_memory("cpu")) < during - 0.4
