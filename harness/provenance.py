@@ -163,8 +163,9 @@ def provenance_record(job: Job, checkpoint: Mapping[str, Any] | None = None, **e
     ``streams``: the torch intra-op thread count and generation streams, which
     CPU pixels can depend on, so an image is reproduced bit for bit with the
     same ones); it is stored under ``"run"``. `checkpoint` adds what the job key holds only as the
-    fingerprint: the checkpoint's kind, where it was loaded from and, for a single file, its config. The prompt template and prompt seed are read from
-    ``job.meta["template"]`` and ``job.meta["prompt_seed"]`` (None when absent).
+    fingerprint: the checkpoint's kind, where it was loaded from and, for a single file, its config.
+    The prompt template and prompt seed are read from ``job.meta["template"]`` and
+    ``job.meta["prompt_seed"]`` (None when absent).
     """
     record = {
         "format": PROVENANCE_FORMAT,

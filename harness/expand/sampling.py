@@ -46,18 +46,14 @@ def _draw(node, rng: random.Random) -> tuple[str, tuple]:
         if len(set(texts)) == k:
             text = (DEFAULT_JOINER if node.joiner is None else node.joiner).join(texts)
             return text, ((node.name, text),) + factors
-    return _draw_enumerated(node, rng)
-
-
-def _draw_enumerated(alt, rng: random.Random) -> tuple[str, tuple]:
-    """One selection of a choose-k whose options so often spell the same text that redrawing stalls:
-    drawn from its enumerated paths, which carry the same probabilities."""
-    paths, weights = _choose_k_table(alt)
+    paths, weights = _choose_k_table(node)  # redrawing stalls: draw from the paths, same probabilities
     return rng.choices(paths, weights=weights)[0]
 
 
 @lru_cache(maxsize=4)
 def _choose_k_table(alt) -> tuple[list, list[float]]:
+    """(text, factors) of each selection of a choose-k whose options often spell the same text, and its
+    probability (`_iter`)."""
     if raw_count(alt) > _CHOOSE_ENUMERATE:
         raise ValueError(f"alternation '{alt.name}': {_CHOOSE_TRIES} draws in a row repeated a text, and its "
                          f"{raw_count(alt):,} choice paths are too many to enumerate; give its options "
