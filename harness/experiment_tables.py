@@ -7,6 +7,7 @@ from __future__ import annotations
 import difflib
 import glob
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -193,13 +194,27 @@ def check_template(c: Checker, key: str, text: str, origin: str, shown: str | No
         lines = (shown or "").splitlines() or [""]
         for e in (error, *error.also):  # every problem, each where it is (a wildcard file's own)
             own = e.origin == origin
-            where = (f"line {e.line}, column {e.column} of the template" if inline and own
-                     else f"{e.origin}:{e.line}:{e.column}")
+            where = (f"line {e.line}, column {e.column} of the template{_written_at(c.path, key)}"
+                     if inline and own else f"{e.origin}:{e.line}:{e.column}")
             line_text = lines[min(e.line, len(lines)) - 1] if shown is not None and own else e.line_text
             c.problems.append(f"key '{key}': template error at {where}: {e.message}\n"
                               f"      {line_text}\n      {' ' * (e.column - 1)}^")
 
 
+
+
+def _written_at(path: Path, key: str) -> str:
+    """' (written on line N of the file)' for a top-level key of the experiment file, '' otherwise."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return ""
+    for n, line in enumerate(text.split("\n"), start=1):
+        if line.lstrip().startswith("["):  # the tables begin: no top-level key after this
+            break
+        if re.match(rf"\s*{re.escape(key)}\s*=", line):
+            return f" (written on line {n} of the file)"
+    return ""
 
 
 def seed_list(c: Checker, v, prefix: str = "") -> list[int]:

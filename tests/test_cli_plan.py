@@ -46,7 +46,8 @@ def test_plan_names_every_unknown_wildcard_and_checkpoint_at_once(tmp_path):
     r = harness("plan", exp)
     assert r.returncode == 2 and f"{exp}: 4 problems" in r.stderr, r.stderr  # wildcards and checkpoint at once
     for name, column in (("colr", 3), ("shpe", 12)):
-        assert (f"key 'prompt': template error at line 1, column {column} of the template: unknown wildcard "
+        assert (f"key 'prompt': template error at line 1, column {column} of the template (written on line 1 of "
+                f"the file): unknown wildcard "
                 f"__{name}__") in r.stderr, r.stderr
     assert f"template error at {tmp_path / 'style.txt'}:2:1: unknown wildcard __medum__" in r.stderr
     assert "key 'checkpoints[0]': unknown checkpoint 'tinny' (did you mean 'tiny'?)" in r.stderr

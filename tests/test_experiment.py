@@ -231,8 +231,8 @@ def test_an_inline_prompt_error_found_when_planning_says_it_is_in_the_prompt(tmp
     with pytest.raises(ExperimentError) as err:
         load_experiment(write(tmp_path, 'name = "x"\nseeds = [1]\nsteps = 0\n\nprompt = "a cat, __nosuch__"'))
     assert "key 'steps': got 0" in str(err.value)
-    assert ("key 'prompt': template error at line 1, column 8 of the template: unknown wildcard __nosuch__"
-            in str(err.value))
+    assert ("key 'prompt': template error at line 1, column 8 of the template (written on line 5 of the file): "
+            "unknown wildcard __nosuch__" in str(err.value))
     (tmp_path / "nosuch.txt").write_text("a\nb\n")
     exp = load_experiment(write(tmp_path, 'name = "x"\nseeds = [1]\n\nprompt = "a cat, __nosuch__"'))
     (tmp_path / "nosuch.txt").unlink()
