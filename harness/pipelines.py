@@ -142,8 +142,9 @@ def _load_single_file(ref: CheckpointRef, kwargs: dict, config: str | None):
     except CheckpointError:
         raise
     except Exception as exc:
+        local = config is not None and Path(config).exists()  # a folder or .yaml given: nothing from the hub
         raise CheckpointError(
             f"single-file checkpoint {ref.name!r} ({ref.source}) could not be loaded with "
             f"{'config ' + config_dir if config_dir else 'original_config ' + str(original)}: "
-            f"{type(exc).__name__}: {exc}. If a file was missing from the hub, the config must be fully local: "
-            f"pass config=<local diffusers folder>") from exc
+            f"{type(exc).__name__}: {exc}" + ("" if local else ". If a file was missing from the hub, the config "
+                                              "must be fully local: pass config=<local diffusers folder>")) from exc

@@ -517,3 +517,15 @@ def test_a_ckpt_without_configs_is_refused_when_planned_not_after_other_checkpoi
         make_plan(load_experiment(tmp_path / "e.toml"))
     assert "key 'checkpoints[1]': single-file checkpoint 'tiny.ckpt'" in str(err.value)
     assert "stable-diffusion-v1-5/stable-diffusion-v1-5" in str(err.value)
+
+
+def test_a_truncated_single_file_with_a_local_config_fails_to_load_naming_it_without_a_hub_hint(
+        tiny_single_file, tiny_ref, tmp_path):
+    cut = tmp_path / "cut.safetensors"
+    data = tiny_single_file.read_bytes()
+    cut.write_bytes(data[: len(data) // 2])  # an interrupted copy: the header is whole, the tensors are not
+    ref = ck.resolve(str(cut), config=tiny_ref.source)
+    with pytest.raises(ck.CheckpointError) as err:
+        pipelines.load_pipeline(ref, "txt2img")
+    assert f"single-file checkpoint {str(cut)!r} ({cut})" in str(err.value)
+    assert "missing from the hub" not in str(err.value)  # the config is a local folder
