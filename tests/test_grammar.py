@@ -572,3 +572,35 @@ def test_composed_and_decomposed_accents_spell_one_prompt(tmp_path):
     assert got == [composed, "tea"]
     e = error(f"{decomposed} {{a|b")  # columns count characters as seen
     assert (e.line, e.column) == (1, 6)
+
+
+def test_sampling_reaches_prompts_too_unlikely_to_draw_when_the_template_spells_few():
+    """2^40 paths spell 41 prompts; the two extremes have probability 2^-40 each, yet a sample of all
+    41 draws them from the distinct prompts' probabilities, with the factors `expand` gives them."""
+    import random
+
+    t = compile_template("{a|}" * 40)
+    drawn = t.sample(41, random.Random(0))
+    assert sorted(len(v.prompt) for v in drawn) == list(range(41))
+    by_prompt = {v.prompt: v.factors for v in drawn}
+    assert set(by_prompt[""].values()) == {""} and set(by_prompt["a" * 40].values()) == {"a"}
+    assert list(by_prompt["a"].values()) == ["a"] + [""] * 39  # its first spelling
+    with pytest.raises(ValueError, match="cannot sample 42 distinct prompts: the template has only 41"):
+        t.sample(42, random.Random(0))
+
+
+def test_a_choose_k_of_millions_of_paths_that_keeps_repeating_a_text_is_drawn_from_its_texts():
+    """Nearly every selection repeats "a" and its 8 million paths are too many to list: the selections
+    come from its distinct texts, quickly, each about as likely as the weights make it."""
+    import random
+    import time
+    from collections import Counter
+
+    tail = "{|}" * 10
+    t = compile_template("{2$${99999::a|1::b}" + tail + "|{99999::a|1::c}" + tail + "}")
+    t0 = time.perf_counter()
+    counts = Counter(v.prompt for v in t.sample(800, random.Random(3), replace=True))
+    assert time.perf_counter() - t0 < 20  # well under a second; redrawing 1000 times per prompt took minutes
+    assert set(counts) == {"a,b", "b,a", "a,c", "c,a"}
+    assert all(abs(c / 800 - 0.25) < 0.06 for c in counts.values())
+    assert {v.prompt for v in t.sample(4, random.Random(0))} == set(counts)

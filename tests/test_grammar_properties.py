@@ -2,6 +2,8 @@
 
 import random
 
+import pytest
+
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from harness.expand import compile_template, count, expand, sample
@@ -148,3 +150,20 @@ def test_first_spelling_of_a_choose_k_follows_expansion_order():
     expanded = {v.prompt: v.factors for v in t.expand()}
     for prompt, factors in expanded.items():
         assert dict(first_spelling(t.tree, prompt)) == factors
+
+
+@SETTINGS
+@given(templates)
+def test_the_distinct_prompts_probabilities_are_the_sums_over_their_paths(tree):
+    from collections import Counter
+
+    from harness.expand.distribution import text_probabilities
+    from harness.expand.paths import _iter
+
+    t = compile_template(render(tree))
+    expected: Counter = Counter()
+    for text, _, p in _iter(t.tree):
+        expected[text] += p
+    got = text_probabilities(t.tree)
+    assert set(got) == set(expected)
+    assert all(got[text] == pytest.approx(p, abs=1e-12) for text, p in expected.items())

@@ -9,6 +9,7 @@ from functools import lru_cache
 from ..core import Variant
 from ..grammar import Seq, Text
 from .counting import _ENUMERATE_FALLBACK, _lang, count_info
+from .distribution import text_probabilities
 from .paths import DEFAULT_JOINER, _iter, _weights, raw_count
 from .spelling import first_spelling
 
@@ -17,22 +18,24 @@ _CHOOSE_TRIES = 1000   # draws of one choose-k selection before its paths are en
 _CHOOSE_ENUMERATE = 500_000  # the most paths of one choose-k enumerated (and kept) for that
 
 
-def _draw(node, rng: random.Random) -> tuple[str, tuple]:
+def _draw(node, rng: random.Random, stalled: set) -> tuple[str, tuple]:
+    """One path's text and factors. `stalled` holds the ids of the choose-ks whose redrawing stalled
+    earlier in this sample: they are drawn from their paths at once."""
     if isinstance(node, Text):
         return node.value, ()
     if isinstance(node, Seq):
         texts, factors = [], ()
         for p in node.parts:
-            t, f = _draw(p, rng)
+            t, f = _draw(p, rng, stalled)
             texts.append(t)
             factors += f
         return "".join(texts), factors
     w = _weights(node)
     if node.k is None:
         i = rng.choices(range(len(w)), weights=w)[0] if any(x != 1.0 for x in w) else rng.randrange(len(w))
-        text, f = _draw(node.options[i].body, rng)
+        text, f = _draw(node.options[i].body, rng, stalled)
         return text, ((node.name, text),) + f
-    for _ in range(_CHOOSE_TRIES):  # a selection that repeats a text is drawn again, whole
+    for _ in range(0 if id(node) in stalled else _CHOOSE_TRIES):  # a selection that repeats a text is drawn again
         k = rng.randint(*node.k)
         pool = [i for i, wi in enumerate(w) if wi > 0]  # a zero-weight option is never drawn
         if k > len(pool):
@@ -40,25 +43,29 @@ def _draw(node, rng: random.Random) -> tuple[str, tuple]:
         texts, factors = [], ()
         for _ in range(k):
             j = rng.choices(range(len(pool)), weights=[w[i] for i in pool])[0]
-            t, f = _draw(node.options[pool.pop(j)].body, rng)
+            t, f = _draw(node.options[pool.pop(j)].body, rng, stalled)
             texts.append(t)
             factors += f
         if len(set(texts)) == k:
             text = (DEFAULT_JOINER if node.joiner is None else node.joiner).join(texts)
             return text, ((node.name, text),) + factors
-    paths, weights = _choose_k_table(node)  # redrawing stalls: draw from the paths, same probabilities
+    stalled.add(id(node))  # redrawing stalls: draw from the paths, same probabilities
+    paths, weights = _choose_k_table(node)
     return rng.choices(paths, weights=weights)[0]
 
 
 @lru_cache(maxsize=4)
 def _choose_k_table(alt) -> tuple[list, list[float]]:
     """(text, factors) of each selection of a choose-k whose options often spell the same text, and its
-    probability (`_iter`)."""
-    if raw_count(alt) > _CHOOSE_ENUMERATE:
+    probability (`_iter`); from the distinct texts when the paths are too many."""
+    if raw_count(alt) <= _CHOOSE_ENUMERATE:
+        paths = [(text, f, p) for text, f, p in _iter(alt) if p > 0]
+    elif (probs := text_probabilities(alt)) is not None:  # its options' own factors come from `_as_expanded`
+        paths = [(text, ((alt.name, text),), p) for text, p in probs.items() if p > 0]
+    else:
         raise ValueError(f"alternation '{alt.name}': {_CHOOSE_TRIES} draws in a row repeated a text, and its "
-                         f"{raw_count(alt):,} choice paths are too many to enumerate; give its options "
-                         "texts that differ")
-    paths = [(text, f, p) for text, f, p in _iter(alt) if p > 0]
+                         f"{raw_count(alt):,} choice paths and the texts they spell are too many to "
+                         "enumerate; give its options texts that differ")
     if not paths:
         raise ValueError(f"alternation '{alt.name}' cannot choose different texts from its options of "
                          "non-zero weight")
@@ -96,7 +103,8 @@ def _as_expanded(tree, drawn: list[Variant]) -> list[Variant]:
 
 def _sample(tree, n: int, rng: random.Random, replace: bool) -> list[Variant]:
     if replace:
-        return [Variant(t, dict(f)) for t, f in (_draw(tree, rng) for _ in range(n))]
+        stalled: set = set()
+        return [Variant(t, dict(f)) for t, f in (_draw(tree, rng, stalled) for _ in range(n))]
     total, exact = count_info(tree)
     if total == 0:
         raise ValueError("the template has no expansions (a choose-k cannot pick distinct texts)")
@@ -105,25 +113,22 @@ def _sample(tree, n: int, rng: random.Random, replace: bool) -> list[Variant]:
                          "sample fewer, or with replacement")
     out: list[Variant] = []
     seen: set[str] = set()
+    stalled: set = set()
     attempts, budget = 0, 200 * n + 1000
     while len(out) < n and attempts < budget:
         attempts += 1
-        text, f = _draw(tree, rng)
+        text, f = _draw(tree, rng, stalled)
         if text not in seen:
             seen.add(text)
             out.append(Variant(text, dict(f)))
     if len(out) < n:
-        if raw_count(tree) > _ENUMERATE_FALLBACK:
+        remaining = _undrawn(tree, seen)
+        if remaining is None:
             why = "the weights make the others too unlikely to draw" if exact else (
                 f"the template may have fewer: {total:,} is an upper bound on its distinct prompts, or the "
                 "weights make the others too unlikely to draw")
             raise ValueError(f"could only draw {len(out)} distinct prompts of {n} requested in {budget:,} draws "
                              f"({why})")
-        remaining: dict[str, tuple[tuple, float]] = {}
-        for text, f, p in _iter(tree):
-            if text not in seen and p > 0:
-                prev = remaining.get(text)
-                remaining[text] = (prev[0] if prev else f, (prev[1] if prev else 0.0) + p)
         while len(out) < n and remaining:
             keys = list(remaining)
             text = rng.choices(keys, weights=[remaining[k][1] for k in keys])[0]
@@ -133,3 +138,18 @@ def _sample(tree, n: int, rng: random.Random, replace: bool) -> list[Variant]:
             raise ValueError(f"only {len(out)} distinct {'prompt has' if len(out) == 1 else 'prompts have'} "
                              f"non-zero weight; {n} were requested")
     return out
+
+
+def _undrawn(tree, seen: set[str]) -> dict[str, tuple[tuple, float]] | None:
+    """Each prompt not drawn yet with its factors and probability: from the paths when there are at most
+    2 million, else from the distinct texts (factors filled in later by `_as_expanded`); None when
+    neither is small enough."""
+    remaining: dict[str, tuple[tuple, float]] = {}
+    if raw_count(tree) > _ENUMERATE_FALLBACK:
+        probs = text_probabilities(tree)
+        return None if probs is None else {t: ((), p) for t, p in probs.items() if t not in seen and p > 0}
+    for text, f, p in _iter(tree):
+        if text not in seen and p > 0:
+            prev = remaining.get(text)
+            remaining[text] = (prev[0] if prev else f, (prev[1] if prev else 0.0) + p)
+    return remaining
