@@ -28,17 +28,36 @@ def covered(spans: list[tuple[float, float]]) -> float:
 
 
 class DenoiseTimer:
-    """Records the spans of UNet forwards (synchronising on CUDA), counts them and the latents they
-    evaluate (a guided batch of B images is 2B latents per call); `timings["spans"]` collects the spans
-    of whole pipeline calls (text encoding, denoising, decoding). `seconds` and `pipeline` are the wall
-    time covered by each kind of span, so concurrent streams are not counted twice."""
+    """Records the spans of UNet forwards, counts them and the latents they evaluate (a guided batch of B
+    images is 2B latents per call); `timings["spans"]` collects the spans of whole pipeline calls (text
+    encoding, denoising, decoding). `seconds` and `pipeline` are the wall time covered by each kind of
+    span, so concurrent streams are not counted twice.
 
-    def __init__(self):
+    On CUDA a forward is timed by events recorded on its stream, read once the run is over, so timing
+    adds no synchronisation (one per call would stall a loop of many small calls more than one of few
+    large ones); elsewhere by the host clock. `events(device)` gives a recorded event-like object (with
+    `elapsed_time(other)` in ms and `synchronize()`), or None for the host clock."""
+
+    def __init__(self, events=None):
         import threading
 
         self.calls, self.latents, self._t = 0, 0, threading.local()
-        self.unet_spans: list[tuple[float, float]] = []
+        self._events = events or _cuda_event
+        self._marks: list[tuple] = []   # (device, start, end): perf_counter seconds or events
+        self._origins: dict = {}        # device -> (an event, the perf_counter time it ran at)
         self.timings: dict = {"spans": []}
+
+    @property
+    def unet_spans(self) -> list[tuple[float, float]]:
+        spans = []
+        for device, start, end in self._marks:
+            if isinstance(start, float):
+                spans.append((start, end))
+                continue
+            end.synchronize()
+            ref, t0 = self._origins[device]
+            spans.append((t0 + ref.elapsed_time(start) / 1e3, t0 + ref.elapsed_time(end) / 1e3))
+        return spans
 
     @property
     def seconds(self) -> float:
@@ -48,29 +67,41 @@ class DenoiseTimer:
     def pipeline(self) -> float:
         return covered(self.timings["spans"])
 
+    def _mark(self, device):
+        if device not in self._origins:  # once per device: an event whose host time is known
+            ref = self._events(device)
+            if ref is not None:
+                ref.synchronize()
+            self._origins[device] = (ref, time.perf_counter())
+        event = self._events(device)
+        return time.perf_counter() if event is None else event
+
     def attach(self, pipe) -> None:
-        import torch
-
-        def sync(device) -> None:  # the UNet's own card, which need not be the current one (cuda:1)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-
         def pre(_m, args, kwargs):
             sample = args[0] if args else kwargs["sample"]
             self._t.device = sample.device
-            sync(sample.device)
-            self._t.start = time.perf_counter()
             self._t.batch = int(sample.shape[0])
+            self._t.start = self._mark(sample.device)
 
         def post(_m, _a, _o):
-            sync(self._t.device)
-            self.unet_spans.append((self._t.start, time.perf_counter()))
+            self._marks.append((self._t.device, self._t.start, self._mark(self._t.device)))
             self.calls += 1
             self.latents += self._t.batch
 
         unet = getattr(pipe.unet, "_orig_mod", pipe.unet)
         unet.register_forward_pre_hook(pre, with_kwargs=True)
         unet.register_forward_hook(post)
+
+
+def _cuda_event(device):
+    """A timing event recorded on `device`'s current stream (the UNet's card, which need not be the
+    current one), or None off CUDA."""
+    if device.type != "cuda":
+        return None
+    import torch
+    event = torch.cuda.Event(enable_timing=True)
+    event.record(torch.cuda.current_stream(device))
+    return event
 
 
 def unet_flops(unet, size: int, device: str) -> float:

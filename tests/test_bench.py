@@ -161,3 +161,36 @@ def test_peak_memory_is_each_rows_own_after_a_reset():
     del big
     reset_peak_memory("cpu")
     assert gib(peak_memory("cpu")) < during - 0.4
+
+
+class _HostEvent:
+    """Stands in for torch.cuda.Event: 'runs' when recorded, so its times are the host's."""
+
+    def __init__(self, device):
+        import time
+        self.t = time.perf_counter()
+
+    def synchronize(self):
+        pass
+
+    def elapsed_time(self, other) -> float:
+        return (other.t - self.t) * 1e3
+
+
+def test_event_timing_gives_the_spans_and_counts_host_timing_gives():
+    """The event path (CUDA's, here with host-time events) maps event times onto the host clock: the same
+    spans as timing each forward on the host, and the same call and latent counts."""
+    from harness import checkpoints
+    from harness.measure import DenoiseTimer
+    from harness.pipelines import load_pipeline
+
+    pipe = load_pipeline(checkpoints.resolve("tiny"), "txt2img", device="cpu")
+    host, events = DenoiseTimer(), DenoiseTimer(events=_HostEvent)
+    host.attach(pipe)
+    events.attach(pipe)
+    pipe(["a red cube", "a blue ball"], num_inference_steps=3, height=64, width=64)
+    assert events.calls == host.calls >= 3 and events.latents == host.latents == 4 * host.calls  # 2 prompts, guided
+    assert len(events.unet_spans) == host.calls
+    for (hs, he), (es, ee) in zip(host.unet_spans, events.unet_spans):
+        assert abs(hs - es) < 0.05 and abs(he - ee) < 0.05 and ee > es
+    assert abs(events.seconds - host.seconds) < 0.05 and events.seconds > 0
