@@ -20,6 +20,12 @@ class Checker:
     def bad(self, key: str, value: Any, expected: str) -> None:
         self.problems.append(f"key '{key}': got {value!r}, expected {expected}")
 
+    def distinct(self, key: str, values: list) -> None:
+        """A list whose entries must differ (a repeated strength or metric would make or score twice)."""
+        repeated = list(dict.fromkeys(v for i, v in enumerate(values) if v in values[:i]))
+        if repeated:
+            self.bad(key, values, f"each entry once (repeated: {', '.join(map(repr, repeated))})")
+
     def unknown(self, table: Mapping, allowed: set[str], prefix: str = "") -> None:
         for k in table:
             if k not in allowed:

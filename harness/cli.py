@@ -102,7 +102,7 @@ def expand(
     except GrammarError as e:
         fail(str(e))
     except ValueError as e:
-        fail(f"error: {e}")
+        fail(f"error: {e}" + ("; sample fewer, or add --with-replacement" if "distinct prompts" in str(e) else ""))
 
 
 def write_variants(variants, fmt: Fmt, factors: list[str]) -> None:
@@ -173,9 +173,12 @@ def plan(
     try:
         exp = load_experiment(experiment)
         p = make_plan(exp)
+        jobs = list(p.jobs) if shard is None else shard_jobs(p.jobs, *_parse_shard(shard), by_variant=bool(exp.stages))
+        if exp.stages:  # also refuses stages that would share images
+            from .stages import stage_job_counts
+            counts = stage_job_counts(exp, jobs, p.checkpoints)
     except _user_errors() as e:
         fail(str(e))
-    jobs = list(p.jobs) if shard is None else shard_jobs(p.jobs, *_parse_shard(shard), by_variant=bool(exp.stages))
     if fmt is PlanFmt.jsonl:
         for job in jobs:
             sys.stdout.write(json.dumps(job.to_dict(), ensure_ascii=False) + "\n")
@@ -194,17 +197,14 @@ def plan(
         typer.echo(f"  {len(gj):6d}  {j.checkpoint} {j.mode}{strength} steps={j.steps} cfg={j.guidance} "
                    f"{j.scheduler} {j.width}x{j.height} dtype={j.dtype}")
     run_dir = out or default_run_dir(exp)
-    progress = _print_estimates(p, jobs, run_dir)
-    if exp.stages:
-        from .stages import stage_job_counts
-
-        counts = stage_job_counts(exp, jobs, p.checkpoints)
+    progress, stale = _print_estimates(p, jobs, run_dir)
     for st in exp.stages:
         keep = f"top {st.top_k} per variant by {st.metric}" if st.top_k else "every image"
         seeds = f"seeds {list(st.seeds)}" if st.seeds is not None else "the parent's seed"
         planned, done = progress.get(f"stage:{st.name}", (0, 0))
         when = (f"planned once stage {st.source} is done (not in the estimate above)" if not planned else
-                f"planned in {run_dir}: {done} of its {planned} jobs done")
+                f"planned again by the next run (the experiment changed since {run_dir} planned it; not in the "
+                "estimate above)" if stale else f"planned in {run_dir}: {done} of its {planned} jobs done")
         typer.echo(f"then stage {st.name}: img2img from stage {st.source} ({keep}), strengths "
                    f"{list(st.strengths)}, {seeds}: {counts[st.name]} jobs, {when}")
 
@@ -213,18 +213,21 @@ HISTORY_NOTE = ("its settings, prompt file or wildcard files: earlier versions o
                 "text inline) are kept in history/, and running one again brings its images back")
 
 
-def _print_estimates(p, jobs, run_dir: Path) -> dict[str, tuple[int, int]]:
+def _print_estimates(p, jobs, run_dir: Path) -> tuple[dict[str, tuple[int, int]], bool]:
     """Generation time of `jobs` on a CPU and a GPU by the table of step costs; where the run folder has
     timed finished images on a device, the table is scaled to them and the jobs not done yet are priced.
-    Returns the run folder's (planned, done) jobs per plan part (`Ledger.part_progress`), {} without one."""
+    Returns the run folder's (planned, done) jobs per plan part (`Ledger.part_progress`), {} without one,
+    and whether the folder's plan is stale: made by another version of the experiment or other main images."""
     from .ledger import Ledger, LedgerError
     from .plan import measured_scale
+    from .run import edited_since
 
-    timings, done, progress = [], set(), {}
+    timings, done, progress, stale = [], set(), {}, False
     if (run_dir / "ledger.sqlite").is_file():
         try:
             with Ledger.open(run_dir, readonly=True) as ledger:
                 timings, done, progress = ledger.timings(), ledger.done_keys(), ledger.part_progress()
+                stale = edited_since(ledger, p.experiment) or ledger.plan_keys("main") != set(p.keys)
         except (LedgerError, OSError) as exc:  # the plan stands without them
             typer.echo(f"note: the timings of {run_dir} cannot be read ({exc}); estimating from the table", err=True)
     for device in ("cpu", "cuda"):
@@ -237,7 +240,7 @@ def _print_estimates(p, jobs, run_dir: Path) -> dict[str, tuple[int, int]]:
                     f"timed by {n} finished images in {run_dir} ({ratio:.2g}x the table); {len(left)} not done: "
                     f"{_duration(p.estimate_seconds(device, jobs=left) * ratio)}")
         typer.echo(line)
-    return progress
+    return progress, stale
 
 
 def _duration(seconds: float) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import difflib
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -80,6 +80,7 @@ class Experiment:
     overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     stages: tuple[Stage, ...] = ()
     raw: Mapping[str, Any] = field(default_factory=dict)  # the TOML as read; [search] is validated by search.py
+    text: str | None = None  # the file's text as read (None: read again when the run folder's copy is made)
 
     @property
     def base_dir(self) -> Path:
@@ -97,7 +98,7 @@ class Experiment:
         """This file's text as a run folder keeps it: `base_dir` pinned to the absolute folder relative
         paths were taken from, so the copy runs from anywhere with the same init images, `@file`
         prompt and wildcards. The rest is the text as written, comments included."""
-        text = self.path.read_bytes().decode("utf-8-sig")
+        text = self.path.read_bytes().decode("utf-8-sig") if self.text is None else self.text
         base = json.dumps(str(self.base_dir), ensure_ascii=False)  # a JSON string is a TOML basic string
         given = self.raw.get("base_dir")
         if given is None:
@@ -166,6 +167,21 @@ def inline_prompt(text: str, template: str) -> str:
     return f"# prompt: the text of {raw['prompt'][1:]} when this version ran\n{inlined}"
 
 
+def check_randomize_overrides(c: Checker, raw: Mapping, randomize, overrides: Mapping, stages) -> None:
+    """A fixed setting that `[randomize]` replaces everywhere it would apply is an error, not ignored: the
+    main images take the drawn values; stages take the fixed steps when they set none, and the fixed guidance."""
+    used_by_stages = {"steps": any(s.steps is None for s in stages), "guidance": bool(stages)}
+    for name in ("steps", "guidance"):
+        if getattr(randomize, name) and not used_by_stages[name]:
+            for ck, table in overrides.items():
+                if name in table:
+                    c.problems.append(f"key 'checkpoint.{ck}.{name}': unused, as key 'randomize.{name}' draws the "
+                                      f"{name} of every image (no stage uses fixed {name}); drop one of the two")
+    if randomize.strength and "strengths" in raw:
+        c.problems.append("key 'strengths': unused, as key 'randomize.strength' draws every img2img image's "
+                          "strength (stages set their own); drop one of the two")
+
+
 def check_rankable(c: Checker, key: str, spec: str) -> None:
     """A stage ranking txt2img images by `spec` needs a metric that scores them: one that reads an init or
     parent image scores none, and the stage would get no parent."""
@@ -188,13 +204,14 @@ def load_experiment(path: Path | str) -> Experiment:
     if not path.is_file():
         raise ExperimentError(path, ["file not found" + _near_tomls(path)])
     try:
-        raw = tomllib.loads(path.read_bytes().decode("utf-8-sig"))
+        text = path.read_bytes().decode("utf-8-sig")
+        raw = tomllib.loads(text)
     except UnicodeDecodeError as e:
         raise ExperimentError(path, [f"not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); "
                                      "save the file as UTF-8"]) from None
     except tomllib.TOMLDecodeError as e:
         raise ExperimentError(path, [f"not valid TOML: {e}"]) from None
-    exp = experiment_from_dict(raw, path)
+    exp = replace(experiment_from_dict(raw, path), text=text)  # the run folder keeps what was read and run
     exp.run_copy()  # a base_dir its run folder copy cannot pin fails now, before anything runs
     return exp
 
@@ -255,6 +272,9 @@ def experiment_from_dict(raw: Mapping[str, Any], path: Path) -> Experiment:
     if expand == "all" and sample is not None:
         c.problems.append("key 'sample': set but expand is \"all\"; set expand = \"sample\" or drop sample")
     prompt_seed = c.int_(raw, "prompt_seed", 0, lo=0)
+    if expand == "all" and "prompt_seed" in raw:
+        c.problems.append("key 'prompt_seed': set but expand is \"all\", which samples nothing; set expand = "
+                          "\"sample\" or drop prompt_seed")
 
     seeds = seed_list(c, raw.get("seeds", [0]))
     checkpoints = raw.get("checkpoints", ["tiny"])
@@ -274,6 +294,7 @@ def experiment_from_dict(raw: Mapping[str, Any], path: Path) -> Experiment:
     if not (isinstance(modes, list) and modes and all(m in MODES for m in modes)):
         c.bad("mode", raw.get("mode"), "'txt2img', 'img2img' or a list of both")
         modes = ["txt2img"]
+    c.distinct("mode", modes)
 
     scheduler = c.scheduler(raw, "ddim")
     steps = c.int_(raw, "steps", 20, lo=1, hi=1000)
@@ -289,6 +310,7 @@ def experiment_from_dict(raw: Mapping[str, Any], path: Path) -> Experiment:
                                                 and 0 < s <= 1 for s in strengths)):
         c.bad("strengths", strengths, "a list of numbers in (0, 1]")
         strengths = []
+    c.distinct("strengths", strengths)
     init_images = init_images_from(c, raw.get("init_images"), base) if "img2img" in modes else ()
     if "img2img" in modes and not strengths:
         c.problems.append("key 'strengths': img2img needs at least one strength in (0, 1]")
@@ -320,6 +342,7 @@ def experiment_from_dict(raw: Mapping[str, Any], path: Path) -> Experiment:
         c.bad("metrics", metrics, "a list of metric names such as \"clip_score\"")
         metrics = []
     metrics = [pinned_weights(spec, base) for spec in metrics]
+    c.distinct("metrics", metrics)
     for i, spec in enumerate(metrics):
         c.metric(f"metrics[{i}]", spec)
     compare_metrics = raw.get("compare_metrics", [])
@@ -352,8 +375,9 @@ def experiment_from_dict(raw: Mapping[str, Any], path: Path) -> Experiment:
     if watermark != "none":
         check_watermark_size(c, watermark, width, height, checkpoints, overrides)
     library = WildcardLibrary(wildcard_path(raw, origin, base))  # wildcards are checked with the rest
-    stages = stage_tables(c, raw.get("stages", []), base, library)
-    check_template(c, "prompt", prompt, origin, library=library)
+    main_template = check_template(c, "prompt", prompt, origin, library=library)
+    stages = stage_tables(c, raw.get("stages", []), base, library,
+                          main_factors=tuple(main_template.factors) if main_template is not None else ())
     if negative:
         check_template(c, "negative_prompt", negative, f"{path} (negative_prompt)", library=library)
     # img2img runs int(strength * steps) steps: check the fewest each kind of job can get. [randomize]
@@ -365,6 +389,8 @@ def experiment_from_dict(raw: Mapping[str, Any], path: Path) -> Experiment:
             check_denoising(c, "randomize.strength", [round(randomize.strength[0], 2)], main_steps)
         else:
             check_denoising(c, "strengths", strengths, main_steps)
+    if randomize is not None:
+        check_randomize_overrides(c, raw, randomize, overrides, stages)
     if guidance is not None:
         check_negative_is_read(c, negative, guidance, checkpoints, overrides, randomize, stages)
     for i, stage in enumerate(stages):

@@ -176,19 +176,19 @@ def check_watermark_size(c: Checker, watermark: str, width: int | None, height: 
 
 
 def check_template(c: Checker, key: str, text: str, origin: str, shown: str | None = None,
-                   library=None) -> None:
+                   library=None):
     """The template's syntax, and with a wildcard `library` its wildcards (unknown, empty, cyclic) and
-    choose-k counts too. `shown`: the text as written, when `text` stands in for it (same length, so line
-    and column are the same)."""
+    choose-k counts too; the compiled template (None without a library, or when it has errors). `shown`:
+    the text as written, when `text` stands in for it (same length, so line and column are the same)."""
     from .expand import compile_template
     from .grammar import parse
     if not text:
-        return
+        return None
     try:
         if library is None:
             parse(text, origin=origin)
-        else:
-            compile_template(text, library=library, origin=origin)
+            return None
+        return compile_template(text, library=library, origin=origin)
     except GrammarError as error:
         inline = origin == str(c.path) or origin.startswith(f"{c.path} (")  # written in the experiment file
         lines = (shown or "").splitlines() or [""]
@@ -201,6 +201,16 @@ def check_template(c: Checker, key: str, text: str, origin: str, shown: str | No
                               f"      {line_text}\n      {' ' * (e.column - 1)}^")
 
 
+
+
+def _check_stage_factors(c: Checker, key: str, own, inherited, source: str) -> None:
+    """A stage image carries its parent's factors and its own prompt's: one name for both would overwrite
+    the parent's level in every table."""
+    clash = [f for f in own if f in inherited]
+    if clash:
+        c.problems.append(f"key '{key}': factor {', '.join(map(repr, clash))} is also a factor of the images it "
+                          f"starts from (stage {source}), whose level it would overwrite; name the stage's "
+                          "alternation apart, e.g. {@light: golden|silver}")
 
 
 def _written_at(path: Path, key: str) -> str:
@@ -277,6 +287,10 @@ def check_negative_is_read(c: Checker, negative: str, guidance: float, checkpoin
     for i, stage in enumerate(stages):
         if stage.negative_prompt:
             unread(f"stages[{i}].negative_prompt", max(fixed.values()), fixed_where)
+        elif stage.negative_prompt is None and negative and randomize is not None and randomize.guidance:
+            unread(f"stages[{i}].negative_prompt", max(fixed.values()), "not set, so the stage takes the "
+                   f"experiment's negative prompt with the fixed guidance, not [randomize]'s ({fixed_where}; "
+                   "negative_prompt = \"\" leaves it out)")
 
 
 def init_images_from(c: Checker, v, base: Path) -> list[Path]:
@@ -284,8 +298,9 @@ def init_images_from(c: Checker, v, base: Path) -> list[Path]:
         c.problems.append("key 'init_images': missing; img2img needs a file, folder, glob or list of them")
         return []
     entries = [v] if isinstance(v, str) else v
-    if not (isinstance(entries, list) and all(isinstance(e, str) for e in entries)):
-        c.bad("init_images", v, "a path, folder, glob or a list of them")
+    if not (isinstance(entries, list) and entries and all(isinstance(e, str) and e.strip() for e in entries)):
+        c.bad("init_images", v, "a path, folder, glob or a non-empty list of them (an empty one would make no "
+              "img2img image)")
         return []
     found: list[Path] = []
     for entry in entries:
@@ -317,14 +332,16 @@ def pinned_weights(spec: str, base: Path) -> str:
     return format_metric_spec(name, {**options, "pretrained": absolute_weights(options["pretrained"], base)})
 
 
-def stage_tables(c: Checker, v, base: Path, library=None) -> tuple[Stage, ...]:
-    """The `[[stages]]` tables; with a wildcard `library`, their templates' wildcards are checked too;
-    `base` is the experiment's folder (a metric's weights path starts there)."""
+def stage_tables(c: Checker, v, base: Path, library=None, main_factors: tuple[str, ...] = ()) -> tuple[Stage, ...]:
+    """The `[[stages]]` tables; with a wildcard `library`, their templates' wildcards are checked too, and
+    their factors against those of the prompts their images start from (`main_factors`: the experiment
+    prompt's); `base` is the experiment's folder (a metric's weights path starts there)."""
     if not isinstance(v, list) or not all(isinstance(s, dict) for s in v):
         c.bad("stages", v, "an array of tables ([[stages]])")
         return ()
     out: list[Stage] = []
     names = {"main"}
+    factors = {"main": tuple(main_factors)}  # stage -> the prompt factors its images carry
     for i, s in enumerate(v):
         prefix = f"stages[{i}]."
         c.unknown(s, _STAGE_KEYS, prefix)
@@ -337,19 +354,28 @@ def stage_tables(c: Checker, v, base: Path, library=None) -> tuple[Stage, ...]:
             c.problems.append(f"key '{prefix}prompt': missing; expected the stage's prompt template")
         for key in ("prompt", "negative_prompt"):
             if isinstance(s.get(key), str):  # __parent__ stands for text: a literal of its length keeps columns
-                check_template(c, prefix + key, s[key].replace(PARENT_TOKEN, "x" * len(PARENT_TOKEN)),
-                                f"{c.path} ({prefix}{key})", shown=s[key], library=library)
+                tpl = check_template(c, prefix + key, s[key].replace(PARENT_TOKEN, "x" * len(PARENT_TOKEN)),
+                                     f"{c.path} ({prefix}{key})", shown=s[key], library=library)
+                if key == "prompt":
+                    own = tuple(tpl.factors) if tpl is not None else ()
+                    inherited = factors.get(source, ())
+                    factors[name] = inherited + own
+                    _check_stage_factors(c, prefix + key, own, inherited, source)
         strengths = s.get("strengths", [0.5])
         if not (isinstance(strengths, list) and strengths and all(
                 isinstance(x, (int, float)) and not isinstance(x, bool) and 0 < x <= 1 for x in strengths)):
             c.bad(prefix + "strengths", strengths, "a non-empty list of numbers in (0, 1]")
             strengths = [0.5]
+        c.distinct(prefix + "strengths", strengths)
         seeds = tuple(seed_list(c, s["seeds"], prefix)) if "seeds" in s else None
         top_k = c.int_(s, "top_k", None, lo=1, prefix=prefix)
         metric = c.str_(s, "metric", None, prefix=prefix, nonempty=True)
         metric = metric and pinned_weights(metric, base)
         if top_k is not None and "metric" not in s:
             c.problems.append(f"key '{prefix}metric': missing; top_k needs the metric to rank by")
+        if top_k is None and metric is not None:
+            c.problems.append(f"key '{prefix}metric': set without top_k, so it ranks nothing; add top_k (the best "
+                              "k images per variant to refine), or score the images with `metrics` instead")
         if metric is not None:
             c.metric(prefix + "metric", metric)
         if name in names:

@@ -66,6 +66,14 @@ def recorded_experiment_name(ledger: Ledger) -> str | None:
     return name
 
 
+def edited_since(ledger: Ledger, exp: Experiment) -> bool:
+    """Whether `exp` is another version than the one that last ran in the ledger's folder: other settings,
+    or the same `prompt = "@file"` holding other text."""
+    template = ledger.get_meta("template")
+    return (ledger.get_meta("experiment") != canonical_json(exp.settings)
+            or (template is not None and template != exp.prompt))
+
+
 def prepare_run(exp: Experiment, plan: Plan, run_dir: Path, *, jobs: list[Job] | None = None,
                 force: bool = False, part: str = "main",
                 log: Callable[[str], None] | None = None) -> tuple[Ledger, list[Job]]:
@@ -74,7 +82,8 @@ def prepare_run(exp: Experiment, plan: Plan, run_dir: Path, *, jobs: list[Job] |
     `jobs` (default: the whole plan) are the ones this process makes, e.g. one shard; the plan
     part `part` is always the whole plan, so shards run into one folder do not hide each other.
     When the experiment changed, the main part is planned again (also from an ablation or a search)
-    and the stages' parts are dropped until `run_stage` plans them from the new main images.
+    and the stages' parts are dropped until `run_stage` plans them again; an ablation's or a search's
+    part is dropped only when the main images changed (an edit of `metrics` or `batch_size` keeps it).
     `log` hears about finished images found missing or damaged (they are made again)."""
     if (run_dir / "experiment.toml").is_file() and not (run_dir / "ledger.sqlite").is_file():
         raise ExperimentError(exp.path, [
@@ -94,10 +103,8 @@ def prepare_run(exp: Experiment, plan: Plan, run_dir: Path, *, jobs: list[Job] |
         if text and log is not None:
             log(text)
     jobs = list(plan.jobs if jobs is None else jobs)
-    # a new version: other settings, or the same `prompt = "@file"` holding other text
     template = ledger.get_meta("template")
-    edited = (ledger.get_meta("experiment") != canonical_json(exp.settings)
-              or (template is not None and template != exp.prompt))
+    edited = edited_since(ledger, exp)
     copy, text = run_dir / "experiment.toml", exp.run_copy()
     if edited and copy.is_file():
         _keep_earlier_version(run_dir, template)
@@ -112,15 +119,17 @@ def prepare_run(exp: Experiment, plan: Plan, run_dir: Path, *, jobs: list[Job] |
         ledger.set_meta("factor_nesting", json.dumps(plan.nesting))
     ledger.drop_pending({j.key for j in jobs})
     ledger.add_jobs(jobs, refresh=part == "main")  # the experiment's own description of its images wins
-    # the main images changed (an edit, or a wildcard file holding other lines): what was made from the
-    # earlier ones (stages, an ablation, searches) is planned again from the new ones, or not at all
-    changed = edited or (part == "main" and ledger.plan_keys("main") != {j.key for j in plan.jobs})
+    # the main images changed (an edit that changes pixels, or a wildcard file holding other lines): what was
+    # made from the earlier ones (stages, an ablation, searches) is planned again from the new ones, or not at
+    # all. An ablation or search of an edited experiment plans its main images again too.
+    main = plan if part == "main" else make_plan(exp) if edited else None
+    changed = main is not None and ledger.plan_keys("main") != set(main.keys)
     ledger.set_plan(part, [j.key for j in plan.jobs])
-    if edited and part != "main":  # an ablation or search of an edited experiment: its main plan changed too
-        ledger.set_plan("main", [j.key for j in make_plan(exp).jobs])
-    names = {f"stage:{s.name}" for s in exp.stages}
+    if main is not None and part != "main":
+        ledger.set_plan("main", main.keys)
+    names = {f"stage:{s.name}" for s in exp.stages}  # a stage's part also goes with any edit (of its settings)
     ledger.drop_plan([p for p in ledger.plan_parts() if p not in ("main", part)
-                      and (changed or (p.startswith("stage:") and p not in names))])
+                      and (changed or (p.startswith("stage:") and (edited or p not in names)))])
     if force:
         ledger.force(j.key for j in jobs)
     done = ledger.done_keys() - ledger.stale_keys()  # stale: an earlier --force has not remade them yet
@@ -157,6 +166,9 @@ def run_experiment(path: Path | str, *, out: Path | str | None = None, force: bo
     plan = make_plan(exp)
     run_dir = Path(out) if out else default_run_dir(exp)
     shard = shard or _folder_shard(run_dir, log or _stderr)
+    if exp.stages:  # stages that would share images are refused before any is made
+        from .stages import stage_job_counts
+        stage_job_counts(exp, list(plan.jobs), plan.checkpoints)
     jobs = list(plan.jobs) if shard is None else shard_jobs(plan.jobs, *shard, by_variant=bool(exp.stages))
     if executor == "local":  # Ray workers pick their own devices
         from .devices import check_settings
@@ -219,15 +231,12 @@ def run_stage(exp: Experiment, stage, plan: Plan, ledger: Ledger, result: RunRes
     A shard makes the children of the parents in its own folder: it was given whole variants
     (`shard(..., by_variant=True)`), so its `top_k` ranks them as a single run would."""
     from .evaluate import evaluate
-    from .stages import source_images, stage_jobs
+    from .stages import stage_jobs
 
     log = options.get("log") or _stderr
     if stage.metric:  # top-k selection needs the source images scored
         evaluate(ledger, [stage.metric], log=log)
-    jobs = stage_jobs(exp, stage, ledger, plan.checkpoints)
-    if not jobs and stage.top_k is not None and (sources := source_images(stage, ledger)):
-        log(f"stage {stage.name}: none of the {len(sources)} images of stage {stage.source} has a {stage.metric} "
-            "score, so top_k picks no parent; give the stage a metric that scores them (see harness eval)")
+    jobs = stage_jobs(exp, stage, ledger, plan.checkpoints, log=log)
     ledger.set_plan(f"stage:{stage.name}", [j.key for j in jobs])
     ledger.add_jobs(jobs, refresh=True)
     done = ledger.done_keys() - ledger.stale_keys()

@@ -16,7 +16,7 @@ import math
 from collections import defaultdict
 
 from .core import Job, Variant
-from .experiment import PARENT_TOKEN, Experiment, Stage
+from .experiment import PARENT_TOKEN, Experiment, ExperimentError, Stage
 from .expand import compile_template
 from .grammar import escape_text
 from .images import init_hash
@@ -30,8 +30,7 @@ def source_images(stage: Stage, ledger: Ledger) -> list[Job]:
     images an earlier version of the experiment made, nor an ablation's or a search's in the same folder."""
     part = "main" if stage.source == "main" else f"stage:{stage.source}"
     planned = ledger.plan_keys(part)
-    return sorted((j for j in ledger.done_jobs()
-                   if j.key in planned and j.meta.get("stage", "main") == stage.source), key=lambda j: j.key)
+    return sorted((j for j in ledger.done_jobs() if j.key in planned), key=lambda j: j.key)
 
 
 def select_parents(stage: Stage, parents: list[Job], ledger: Ledger) -> list[Job]:
@@ -55,10 +54,20 @@ def select_parents(stage: Stage, parents: list[Job], ledger: Ledger) -> list[Job
     return chosen
 
 
-def stage_jobs(exp: Experiment, stage: Stage, ledger: Ledger, refs: dict,
-               library: WildcardLibrary | None = None) -> list[Job]:
-    """Jobs of one stage, from the done images of its source stage."""
-    parents = select_parents(stage, source_images(stage, ledger), ledger)
+def stage_jobs(exp: Experiment, stage: Stage, ledger: Ledger, refs: dict, library: WildcardLibrary | None = None,
+               log=None) -> list[Job]:
+    """Jobs of one stage, from the done images of its source stage; `log` hears of source variants whose
+    images have no score to rank them by (top_k picks none of them)."""
+    sources = source_images(stage, ledger)
+    parents = select_parents(stage, sources, ledger)
+    if log is not None and stage.top_k is not None:
+        variants = {variant_of(j) for j in sources}
+        unranked = len(variants - {variant_of(j) for j in parents})
+        if unranked:
+            log(f"stage {stage.name}: {unranked} of the {len(variants)} variants of stage {stage.source} have no "
+                f"{stage.metric} score, so top_k refines none of their images; "
+                + ("give the stage a metric that scores them (see harness eval)" if unranked == len(variants) else
+                   "the metric scores only some images (one that compares with an init image scores no txt2img one)"))
 
     def init_of(parent: Job) -> tuple[str, str]:
         path = ledger.image_path(parent.key).resolve()  # not relative to the folder `harness run` ran in
@@ -94,16 +103,44 @@ def children(exp: Experiment, stage: Stage, parents: list[Job], refs: dict, init
 
 def stage_job_counts(exp: Experiment, main_jobs: list[Job], refs: dict,
                      library: WildcardLibrary | None = None) -> dict[str, int]:
-    """How many jobs each stage will plan once its source is done, every source image made and scored: the
-    stages planned as `harness run` plans them, with each variant's first `top_k` images standing in for
-    its best (which ones does not change the count)."""
+    """How many jobs each stage will plan once its source is done, every source image made and scored by
+    its metric where the metric can score it: the stages planned as `harness run` plans them, with each
+    variant's first `top_k` images standing in for its best (which ones does not change the count).
+
+    Two stages that could make the same image (same parent, prompt, seed, strength and steps) are an
+    `ExperimentError`: one image cannot be two stages' own, and each stage's tables need all of theirs."""
     made = {"main": list(main_jobs)}
     for stage in exp.stages:
         parents = made.get(stage.source, [])
         if stage.top_k is not None:
+            parents = [j for j in parents if _scorable(j, stage.metric)]
             by_variant: dict[tuple, list[Job]] = defaultdict(list)
             for job in sorted(parents, key=lambda j: (j.seed, j.key)):
                 by_variant[variant_of(job)].append(job)
             parents = [j for ranked in by_variant.values() for j in ranked[: stage.top_k]]
         made[stage.name] = children(exp, stage, parents, refs, lambda p: (f"<{p.key}>", p.key), library)
+    _check_disjoint(exp, made)
     return {stage.name: len(made[stage.name]) for stage in exp.stages}
+
+
+def _scorable(job: Job, spec: str) -> bool:
+    """Whether metric `spec` can score `job`'s image: one comparing with the init image needs img2img, one
+    comparing with the parent image needs a stage's image."""
+    from .metrics import metric_from_spec
+
+    needs = metric_from_spec(spec).INFO.needs
+    return not ("init_image" in needs and job.mode != "img2img"
+                or "parent_image" in needs and job.meta.get("parent_key") is None)
+
+
+def _check_disjoint(exp: Experiment, made: dict[str, list[Job]]) -> None:
+    owner: dict[str, str] = {}
+    for stage in exp.stages:
+        for job in made[stage.name]:
+            first = owner.setdefault(job.key, stage.name)
+            if first != stage.name:
+                raise ExperimentError(exp.path, [
+                    f"stages '{first}' and '{stage.name}' would both make the image of prompt {job.prompt!r}, "
+                    f"seed {job.seed}, strength {job.strength} from the same parent: a stage's images must be its "
+                    "own (its tables and later stages count them); make the two differ in strengths, seeds, steps "
+                    "or prompt, or let the later one start from the earlier"])

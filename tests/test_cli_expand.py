@@ -42,6 +42,14 @@ def test_sample_is_deterministic_and_limit_applies():
     assert len(harness("expand", "@experiments/lambo.txt", "--limit", "3").stdout.splitlines()) == 3
 
 
+def test_sampling_more_distinct_prompts_than_there_are_names_the_option_that_allows_it():
+    r = harness("expand", "{a|b} cat", "--sample", "3")
+    assert r.returncode == 2
+    assert r.stderr.strip() == ("error: cannot sample 3 distinct prompts: the template has only 2; sample fewer, "
+                                "or add --with-replacement")
+    assert len(harness("expand", "{a|b} cat", "--sample", "3", "--with-replacement").stdout.splitlines()) == 3
+
+
 def test_csv_has_prompt_and_factor_columns(tmp_path):
     (tmp_path / "pets.txt").write_text("cat\ndog\n")
     r = harness("expand", "a __pets__ {by monet|}", "--format", "csv", "--grammars", str(tmp_path))

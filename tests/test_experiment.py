@@ -122,6 +122,35 @@ def test_demo_experiment_loads_and_plans():
     ('prompt = "a"\nseeds = { count = 1, start = 9223372036854775808 }',
      "key 'seeds.start': got 9223372036854775808, expected start + count <= 2**63"),
     ('prompt = "a"\nstrengths = [0.3]', "key 'strengths': set but mode has no 'img2img'"),
+    ('prompt = "a"\nmode = "img2img"\ninit_images = []', "key 'init_images': got [], expected a path, folder, glob "
+     "or a non-empty list of them"),
+    ('prompt = "a"\nmode = "img2img"\ninit_images = ""', "key 'init_images': got '', expected a path"),
+    ('prompt = "a"\nmode = ["txt2img", "img2img"]\ninit_images = [" "]', "key 'init_images': got [' ']"),
+    ('prompt = "a"\nmode = ["img2img", "img2img"]\ninit_images = "i.png"',
+     "key 'mode': got ['img2img', 'img2img'], expected each entry once (repeated: 'img2img')"),
+    ('prompt = "a"\nmode = "img2img"\ninit_images = "i.png"\nstrengths = [0.5, 0.7, 0.5]',
+     "key 'strengths': got [0.5, 0.7, 0.5], expected each entry once (repeated: 0.5)"),
+    ('prompt = "a"\nmetrics = ["health", "health"]', "key 'metrics': got ['health', 'health'], expected each entry once"),
+    ('prompt = "a"\n[[stages]]\nprompt = "__parent__, b"\nstrengths = [0.5, 0.5]', "key 'stages[0].strengths': got "
+     "[0.5, 0.5], expected each entry once"),
+    ('prompt = "a"\nnegative_prompt = "blurry"\nguidance = 1.0\n[randomize]\nguidance = [1.0, 9.0]\n[[stages]]\n'
+     'prompt = "__parent__, b"', "key 'stages[0].negative_prompt': not set, so the stage takes the experiment's "
+     "negative prompt with the fixed guidance, not [randomize]'s (key 'guidance' is 1; negative_prompt = \"\" leaves "
+     "it out), and at guidance <= 1 no classifier-free guidance runs"),
+    ('prompt = "a"\nprompt_seed = 3', "key 'prompt_seed': set but expand is \"all\", which samples nothing"),
+    ('prompt = "a"\n[[stages]]\nprompt = "__parent__, b"\nmetric = "health"',
+     "key 'stages[0].metric': set without top_k, so it ranks nothing"),
+    ('prompt = "a"\n[randomize]\nsteps = [4, 8]\n[checkpoint.tiny]\nsteps = 6',
+     "key 'checkpoint.tiny.steps': unused, as key 'randomize.steps' draws the steps of every image"),
+    ('prompt = "a"\n[randomize]\nguidance = [4.0, 8.0]\n[checkpoint.tiny]\nguidance = 6.0',
+     "key 'checkpoint.tiny.guidance': unused, as key 'randomize.guidance' draws the guidance of every image"),
+    ('prompt = "a"\nmode = "img2img"\ninit_images = "i.png"\nstrengths = [0.5]\n[randomize]\nstrength = [0.3, 0.6]',
+     "key 'strengths': unused, as key 'randomize.strength' draws every img2img image's strength"),
+    ('prompt = "a {@color: red|blue} cat"\n[[stages]]\nprompt = "__parent__, {@color: gold|silver} light"',
+     "key 'stages[0].prompt': factor 'color' is also a factor of the images it starts from (stage main)"),
+    ('prompt = "a {red|blue} cat"\n[[stages]]\nname = "up"\nprompt = "__parent__, {x|y}"\n[[stages]]\n'
+     'prompt = "__parent__, {red|blue}"', "key 'stages[1].prompt': factor 'red|blue' is also a factor of the "
+     "images it starts from (stage up)"),
 ])
 def test_validation_names_key_value_and_expectation(tmp_path, text, expected):
     found, message = problems(tmp_path, text)
@@ -134,6 +163,21 @@ def test_settings_that_are_fine_load(tmp_path):
                                           '[randomize]\nguidance = [0.0, 3.0]'))  # some draws read it
     assert exp.device == "cuda:1" and exp.negative_prompt == "blurry"
     assert load_experiment(write(tmp_path, 'prompt = "a"\nguidance = 1.0', "g1.toml")).guidance == 1.0
+    # a stage without steps of its own takes the checkpoint's fixed steps: not unused beside [randomize]
+    staged = load_experiment(write(tmp_path, 'prompt = "a {x|y}"\n[randomize]\nsteps = [4, 8]\n[checkpoint.tiny]\n'
+                                             'steps = 6\n[[stages]]\nprompt = "__parent__, {a|b}"', "st.toml"))
+    assert staged.overrides["tiny"]["steps"] == 6 and len(staged.stages) == 1
+    sampled = load_experiment(write(tmp_path, 'prompt = "{a|b|c}"\nexpand = "sample"\nsample = 2\nprompt_seed = 4',
+                                    "s.toml"))
+    assert sampled.prompt_seed == 4
+
+
+def test_the_run_folder_copy_is_the_text_that_was_loaded_not_a_later_edit(tmp_path):
+    path = write(tmp_path, 'prompt = "a"\nsteps = 2  # as run\n')
+    exp = load_experiment(path)
+    path.write_text('prompt = "a"\nsteps = 3\n')  # edited while the run plans
+    copy = exp.run_copy()
+    assert "steps = 2  # as run" in copy and "steps = 3" not in copy
 
 
 def test_a_bad_value_is_reported_once_not_also_as_missing(tmp_path):

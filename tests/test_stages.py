@@ -117,6 +117,12 @@ def test_plan_of_a_finished_staged_run_says_its_stages_are_planned_and_done(tmp_
     for name in ("refine", "polish"):
         assert f"planned in {tmp_path / 'run'}: {stages[name]} of its {stages[name]} jobs done" in after.output
     assert "planned once stage" not in after.output
+    # edited: the folder's stage plans are the earlier version's, so their progress is not shown as this one's
+    exp.write_text(STAGED.replace("strengths = [0.5]", "strengths = [0.75]"))
+    edited = CliRunner().invoke(app, ["plan", str(exp), "--out", str(tmp_path / "run")])
+    assert edited.exit_code == 0, edited.output
+    assert edited.output.count("planned again by the next run (the experiment changed since") == 2
+    assert "jobs done" not in edited.output
 
 
 def test_randomize_draws_the_main_images_settings_and_leaves_the_stages_own(tmp_path):
@@ -193,7 +199,8 @@ def test_a_stage_whose_metric_scores_no_source_image_says_so(tmp_path):
     logged: list[str] = []
     r = run_experiment(exp, out=tmp_path / "run", progress=False, log=logged.append)
     assert r.generated == 4
-    assert any(m.startswith("stage refine: none of the 4 images of stage main has a never_scores score") for m in logged)
+    assert any(m.startswith("stage refine: 2 of the 2 variants of stage main have no never_scores score, so top_k "
+                            "refines none of their images; give the stage a metric that scores them") for m in logged)
 
 
 def test_plan_counts_stage_jobs_from_top_k_prompts_negatives_seeds_and_strengths(tmp_path):
@@ -215,3 +222,60 @@ def test_plan_counts_stage_jobs_from_top_k_prompts_negatives_seeds_and_strengths
     # polish: refine's variants are its prompts x negatives x strengths (16; a variant holds the children of
     # both main negatives, 8 images), top 1 each, times polish's 2 negatives
     assert counts == {"refine": 4 * 2 * 2 * 2 * 2 * 2, "polish": 16 * 2}
+
+
+def test_two_stages_that_would_make_the_same_image_are_refused_before_anything_is_made(tmp_path):
+    """`b` sweeps strengths that include `a`'s: their images at 0.5 would be one image claimed by two stages
+    (and `c`, from `a`, lost its parents when `b` relabelled them)."""
+    import pytest
+
+    from harness.experiment import ExperimentError
+
+    exp = tmp_path / "exp.toml"
+    exp.write_text(_refine_only(STAGED).split("[[stages]]")[0] + (
+        '[[stages]]\nname = "a"\nfrom = "main"\nprompt = "__parent__, detailed"\nstrengths = [0.5]\n\n'
+        '[[stages]]\nname = "b"\nfrom = "main"\nprompt = "__parent__, detailed"\nstrengths = [0.75, 0.5]\n\n'
+        '[[stages]]\nname = "c"\nfrom = "a"\nprompt = "__parent__, polished"\n'))
+    with pytest.raises(ExperimentError, match="stages 'a' and 'b' would both make the image of prompt 'a red fox, "
+                                              "detailed', seed 1, strength 0.5 from the same parent"):
+        run_experiment(exp, out=tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+    exp.write_text(exp.read_text().replace("strengths = [0.75, 0.5]", "strengths = [0.75]"))
+    r = run_experiment(exp, out=tmp_path / "run", progress=False)
+    with Ledger.open(tmp_path / "run", readonly=True) as led:
+        stages = [j.meta["stage"] for j in led.all_jobs(status="done")]
+    assert r.generated == 4 * 4 and {s: stages.count(s) for s in set(stages)} == {"main": 4, "a": 4, "b": 4, "c": 4}
+
+
+def test_plan_counts_only_the_parents_a_stage_metric_can_rank(tmp_path):
+    """A metric that compares with the init image scores only the img2img images of a txt2img + img2img
+    source: the txt2img variants get no children, in the plan's count as in the run."""
+    from PIL import Image
+
+    from harness.experiment import load_experiment
+    from harness.plan import make_plan
+    from harness.stages import stage_job_counts
+
+    Image.new("RGB", (64, 64), "red").save(tmp_path / "init.png")
+    exp = tmp_path / "exp.toml"
+    exp.write_text('prompt = "a {red|blue} fox"\nseeds = [1, 2]\nmode = ["txt2img", "img2img"]\n'
+                   'init_images = "init.png"\nstrengths = [0.5]\nsteps = 4\nwidth = 64\nheight = 64\n\n'
+                   '[[stages]]\nname = "refine"\nprompt = "__parent__, sharp"\ntop_k = 1\n'
+                   'metric = "clip_image_similarity:model=tiny"\n')
+    loaded = load_experiment(exp)
+    plan = make_plan(loaded)
+    assert stage_job_counts(loaded, list(plan.jobs), plan.checkpoints) == {"refine": 2}  # 2 img2img variants
+
+
+def test_an_edit_that_changes_no_main_image_keeps_the_ablation_planned_in_the_folder(tmp_path):
+    exp = tmp_path / "exp.toml"
+    exp.write_text(_refine_only(STAGED))
+    run_experiment(exp, out=tmp_path / "run", progress=False)
+    with Ledger.open(tmp_path / "run") as led:  # as `harness ablate` leaves it: its own plan part
+        led.set_plan("ablation", [j.key for j in led.done_jobs() if j.meta["stage"] == "main"][:2])
+    exp.write_text(_refine_only(STAGED).replace('metrics = ["clip_score:model=tiny"]',
+                                                'metrics = ["clip_score:model=tiny", "health"]\nbatch_size = 2'))
+    r = run_experiment(exp, out=tmp_path / "run", progress=False)
+    with Ledger.open(tmp_path / "run", readonly=True) as led:
+        assert "ablation" in led.plan_parts() and len(led.plan_keys("ablation")) == 2
+    assert r.generated == 0 and r.unplanned == 0

@@ -109,8 +109,7 @@ def _sample(tree, n: int, rng: random.Random, replace: bool) -> list[Variant]:
     if total == 0:
         raise ValueError("the template has no expansions (a choose-k cannot pick distinct texts)")
     if exact and n > total:
-        raise ValueError(f"cannot sample {n} distinct prompts: the template has only {total}; "
-                         "sample fewer, or with replacement")
+        raise ValueError(f"cannot sample {n} distinct prompts: the template has only {total}")
     out: list[Variant] = []
     seen: set[str] = set()
     stalled: set = set()
