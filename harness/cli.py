@@ -320,6 +320,8 @@ def merge(
         t = merge_runs(out, sources)
     except (FileNotFoundError, ValueError, LedgerError) as e:
         fail(f"error: {e}")
+    except OSError as e:  # a full disk, permissions: each image is copied whole before its row is recorded
+        fail(f"error: {e}; what was merged so far is kept and sound: fix that and merge again, it goes on")
     typer.echo(f"{out}: {t['done']} done jobs ({t['added']} added, {t['already']} already there, "
                f"{t['scores']} scores, {t['bad']} damaged or changed images skipped)")
     if t["missing"]:

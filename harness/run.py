@@ -25,7 +25,7 @@ from typing import Callable, Iterable
 from .atomic import write_atomic
 from .core import Job, SettingsError, canonical_json
 from .experiment import Experiment, ExperimentError, inline_prompt, load_experiment
-from .ledger import Ledger
+from .ledger import Ledger, LedgerError
 from .ledger.schema import LEDGER_FILE
 from .plan import Plan, group_jobs, make_plan, shard as shard_jobs
 from .worker import Finished, Tuning
@@ -51,6 +51,7 @@ class RunResult:
 
 HISTORY_DIR = "history"  # RUN/history/experiment-<UTC time>.toml: each earlier version of the experiment
 SHARDS = "shards"  # ledger meta: the [i, n] shards runs into the folder made ([0, 1]: the whole plan)
+MERGED = "merged"  # ledger meta: set in a folder shards were merged into (it runs the whole plan)
 
 
 def default_run_dir(exp: Experiment) -> Path:
@@ -197,8 +198,9 @@ def run_experiment(path: Path | str, *, out: Path | str | None = None, force: bo
         if exp.metrics and evaluate_after:
             from .evaluate import evaluate
             result.metrics = evaluate(ledger, exp.metrics, log=log or _stderr)
+        own = None if shard is None else {j.key for j in jobs}  # a shard refines its own main images only
         for stage in exp.stages:
-            run_stage(exp, stage, plan, ledger, result, evaluate_after=evaluate_after, **options)
+            run_stage(exp, stage, plan, ledger, result, evaluate_after=evaluate_after, own=own, **options)
         result.unplanned = ledger.unplanned_done()
     finally:
         ledger.close()
@@ -215,9 +217,13 @@ def _folder_shard(run_dir: Path, log: Callable[[str], None]) -> tuple[int, int] 
     experiment copy again without `--shard` goes on with that shard, not the whole plan; else None."""
     if not (run_dir / LEDGER_FILE).is_file():
         return None
-    with Ledger.open(run_dir, readonly=True) as ledger:
-        shards = json.loads(ledger.get_meta(SHARDS) or "[]")
-    if len(shards) != 1 or shards[0][1] == 1:
+    try:
+        with Ledger.open(run_dir, readonly=True) as ledger:
+            shards = json.loads(ledger.get_meta(SHARDS) or "[]")
+            merged = ledger.get_meta(MERGED) is not None
+    except LedgerError:  # set up (or said to be damaged) by the writable open that follows
+        return None
+    if merged or len(shards) != 1 or shards[0][1] == 1:  # a folder shards were merged into runs the whole plan
         return None
     i, n = shards[0]
     log(f"shard {i}/{n}: the only shard this folder's earlier runs made (pass --shard 0/1 for the whole plan)")
@@ -225,18 +231,19 @@ def _folder_shard(run_dir: Path, log: Callable[[str], None]) -> tuple[int, int] 
 
 
 def run_stage(exp: Experiment, stage, plan: Plan, ledger: Ledger, result: RunResult, *,
-              evaluate_after: bool = True, on_done=None, **options) -> None:
+              evaluate_after: bool = True, on_done=None, own: set[str] | None = None, **options) -> None:
     """Generate one later stage from its source stage's outputs (resumable like the main stage).
 
-    A shard makes the children of the parents in its own folder: it was given whole variants
-    (`shard(..., by_variant=True)`), so its `top_k` ranks them as a single run would."""
+    A shard makes the children of its own main images (`own`, their keys), not of others its folder
+    holds from an earlier sharding: it was given whole variants (`shard(..., by_variant=True)`), so
+    its `top_k` ranks them as a single run would."""
     from .evaluate import evaluate
     from .stages import stage_jobs
 
     log = options.get("log") or _stderr
     if stage.metric:  # top-k selection needs the source images scored
         evaluate(ledger, [stage.metric], log=log)
-    jobs = stage_jobs(exp, stage, ledger, plan.checkpoints, log=log)
+    jobs = stage_jobs(exp, stage, ledger, plan.checkpoints, log=log, own=own)
     ledger.set_plan(f"stage:{stage.name}", [j.key for j in jobs])
     ledger.add_jobs(jobs, refresh=True)
     done = ledger.done_keys() - ledger.stale_keys()
@@ -389,14 +396,17 @@ def merge_runs(out: Path | str, sources: Iterable[Path | str], *, log: Callable[
     _check_mergeable([*sources, *([out] if (out / "ledger.sqlite").is_file() else [])])
     totals = {"added": 0, "already": 0, "scores": 0, "bad": 0}
     with Ledger.open(out) as ledger:
+        ledger.set_meta(MERGED, "1")
         for src in sources:
-            if not (out / "experiment.toml").exists() and (src / "experiment.toml").exists():
-                shutil.copyfile(src / "experiment.toml", out / "experiment.toml")
-                with Ledger.open(src, readonly=True) as other:
-                    for name in ("experiment", "experiment_path", "experiment_name", "factors", "factor_nesting"):
+            with Ledger.open(src, readonly=True) as other:  # the run metadata first: it marks the folder set up
+                if ledger.get_meta("experiment") is None and other.get_meta("experiment") is not None:
+                    for name in ("experiment", "template", "experiment_path", "experiment_name", "factors",
+                                 "factor_nesting"):
                         value = other.get_meta(name)
                         if value is not None:
                             ledger.set_meta(name, value)
+            if not (out / "experiment.toml").exists() and (src / "experiment.toml").exists():
+                write_atomic(out / "experiment.toml", lambda p: shutil.copyfile(src / "experiment.toml", p))
             m = ledger.merge_from(src)
             with Ledger.open(src, readonly=True) as other:  # the folder now holds the sources' shards too
                 _add_shards(ledger, json.loads(other.get_meta(SHARDS) or "[[0, 1]]"))
@@ -411,22 +421,34 @@ def merge_runs(out: Path | str, sources: Iterable[Path | str], *, log: Callable[
                    "then merge it again)" if m.bad_images else ""))
         totals["done"] = ledger.count("done")
         totals["missing"] = ledger.planned_not_done()
+        made_with = ledger.made_with()
+    if len(made_with) > 1:
+        log("note: the merged images were made with " + ", ".join(f"{d} {t}" for d, t in sorted(made_with))
+            + ". Pixels differ between them: compare images made the same way (columns device and dtype_used "
+            "of the images table)")
     return totals
 
 
 def _check_mergeable(runs: list[Path]) -> None:
-    """Every folder is a run of the same experiment (shards of one plan), checked before anything is merged."""
-    experiments: dict[str | None, list[Path]] = {}
+    """Every folder is a run of the same version of one experiment (shards of one plan: the same settings
+    and main plan, so also the same prompt file and wildcard files), checked before anything is merged."""
+    settings: dict[str, list[Path]] = {}
+    plans: dict[frozenset, list[Path]] = {}
     for run in runs:
         if not (run / "ledger.sqlite").is_file():
             raise FileNotFoundError(f"{run}: not a run folder (no ledger.sqlite)")
         with Ledger.open(run, readonly=True) as ledger:
-            experiments.setdefault(ledger.get_meta("experiment"), []).append(run)
-    experiments.pop(None, None)  # a folder that recorded no experiment yet takes any
-    if len(experiments) > 1:
-        groups = "; ".join(", ".join(map(str, runs)) for runs in experiments.values())
-        raise ValueError(f"these runs are of different experiments and cannot be merged into one: {groups} "
-                         f"(merge the shards of one experiment; compare different ones side by side)")
+            if ledger.get_meta("experiment") is not None:  # a folder that recorded no experiment yet takes any
+                settings.setdefault(ledger.get_meta("experiment"), []).append(run)
+            if keys := ledger.plan_keys("main"):  # a ledger from before plans were recorded has none
+                plans.setdefault(frozenset(keys), []).append(run)
+    for versions, what in ((settings, "different experiments"), (plans, "one experiment whose prompt file or "
+                                                                 "wildcard files held other text (other main plans)")):
+        if len(versions) > 1:
+            groups = "; ".join(", ".join(map(str, runs)) for runs in versions.values())
+            raise ValueError(f"these runs are of {what} and cannot be merged into one: {groups} (merge the shards "
+                             "of one version; run the others again with the current files, or compare them side "
+                             "by side)")
 
 
 class _Progress:

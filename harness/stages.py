@@ -55,10 +55,13 @@ def select_parents(stage: Stage, parents: list[Job], ledger: Ledger) -> list[Job
 
 
 def stage_jobs(exp: Experiment, stage: Stage, ledger: Ledger, refs: dict, library: WildcardLibrary | None = None,
-               log=None) -> list[Job]:
-    """Jobs of one stage, from the done images of its source stage; `log` hears of source variants whose
-    images have no score to rank them by (top_k picks none of them)."""
+               log=None, own: set[str] | None = None) -> list[Job]:
+    """Jobs of one stage, from the done images of its source stage (of the main images, only those whose
+    keys are in `own` when given: a shard's); `log` hears of source variants whose images have no score to
+    rank them by (top_k picks none of them)."""
     sources = source_images(stage, ledger)
+    if own is not None and stage.source == "main":
+        sources = [j for j in sources if j.key in own]
     parents = select_parents(stage, sources, ledger)
     if log is not None and stage.top_k is not None:
         variants = {variant_of(j) for j in sources}

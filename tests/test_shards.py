@@ -70,6 +70,9 @@ def test_two_shards_and_merge_equal_a_full_run(tmp_path):
     half = harness("merge", tmp_path / "s0", "--out", tmp_path / "half")
     assert f"not made yet: {len(keys['s1'])} images" in half.stdout
     assert f"not made yet: {len(keys['s1'])} images" in harness("report", tmp_path / "half", "--no-html").stdout
+    # ... and a run there makes them: a folder shards were merged into runs the whole plan, even from one shard
+    rest = harness("run", tmp_path / "half" / "experiment.toml", "--out", tmp_path / "half")
+    assert "shard 0/2" not in rest.stderr and f"{len(keys['s1'])} generated" in rest.stdout
 
 
 STAGED = EXP.replace("seeds = [1, 2]", "seeds = [1, 2, 3]") + """
@@ -155,3 +158,102 @@ def test_merge_refuses_runs_of_different_experiments_before_merging_anything(tmp
                        capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 2 and "holds an experiment.toml but is not a run folder" in r.stderr, r.stderr
     assert sorted(p.name for p in (tmp_path / "study").iterdir()) == ["experiment.toml"]
+
+
+def test_merge_refuses_shards_whose_prompt_file_held_other_text(tmp_path):
+    (tmp_path / "p.txt").write_text("a {@color: red|blue} cat\n")
+    exp = tmp_path / "exp.toml"
+    exp.write_text(EXP.replace('prompt = "a {red|blue|green} {cat|{@breed: dog}}"', 'prompt = "@p.txt"'))
+    run_experiment(exp, out=tmp_path / "s0", shard=(0, 2), progress=False)
+    (tmp_path / "p.txt").write_text("a {@color: red|blue} dog\n")
+    run_experiment(exp, out=tmp_path / "s1", shard=(1, 2), progress=False)
+    r = subprocess.run([sys.executable, "-m", "harness", "merge", tmp_path / "s0", tmp_path / "s1",
+                        "--out", tmp_path / "m"], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 2 and "one experiment whose prompt file or wildcard files held other text" in r.stderr
+    assert not (tmp_path / "m" / "images").exists()
+
+
+def test_a_merge_keeps_the_scores_of_images_the_folder_made_itself(tmp_path):
+    """The source's score of a key done in both folders was computed on its own pixels (another batch
+    may differ by a level), so it does not become this folder's."""
+    from harness.evaluate import evaluate
+
+    exp = tmp_path / "exp.toml"
+    exp.write_text(EXP.replace("seeds = [1, 2]", "seeds = [1]"))
+    for name in ("a", "b"):
+        run_experiment(exp, out=tmp_path / name, progress=False)
+    with Ledger.open(tmp_path / "b") as led:
+        evaluate(led, ["health"], log=lambda m: None)
+    harness("merge", tmp_path / "b", "--out", tmp_path / "a")
+    with Ledger.open(tmp_path / "a", readonly=True) as led:
+        assert len(led.scores_frame()) == 0 and len(led.done_keys()) == 6
+
+
+def test_stages_added_to_a_sharded_study_refine_each_shards_own_images_once(tmp_path):
+    """Adding stages shards by variant, so some main images move to the other shard; each shard refines
+    only its own, and the merged folder holds one child per parent and prompt, as a full run does."""
+    exp = tmp_path / "exp.toml"
+    exp.write_text(EXP)
+    for i in range(2):
+        run_experiment(exp, out=tmp_path / f"s{i}", shard=(i, 2), progress=False, evaluate_after=False)
+    exp.write_text(EXP + '\n[[stages]]\nname = "refine"\nprompt = "__parent__, sharp"\nstrengths = [0.5]\n')
+    for i in range(2):
+        run_experiment(exp, out=tmp_path / f"s{i}", shard=(i, 2), progress=False, evaluate_after=False)
+    harness("merge", tmp_path / "s0", tmp_path / "s1", "--out", tmp_path / "m")
+    with Ledger.open(tmp_path / "m", readonly=True) as led:
+        refine = [j for j in led.done_jobs() if j.meta.get("stage") == "refine"]
+        main = [j for j in led.done_jobs() if j.meta.get("stage", "main") == "main"]
+    assert len(main) == 12 and len(refine) == 12
+    assert len({(j.prompt.removesuffix(", sharp"), j.seed) for j in refine}) == 12
+
+
+def test_a_ledger_whose_setup_was_cut_off_is_set_up_again_by_the_next_run(tmp_path):
+    import sqlite3
+
+    exp = tmp_path / "exp.toml"
+    exp.write_text(EXP.replace("seeds = [1, 2]", "seeds = [1]"))
+    (tmp_path / "run").mkdir()
+    sqlite3.connect(tmp_path / "run" / "ledger.sqlite").close()  # created, no tables: a full disk stopped it
+    r = subprocess.run([sys.executable, "-m", "harness", "report", tmp_path / "run", "--no-html"],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 2 and "holds no ledger tables: setting it up was cut off" in r.stderr, r.stderr
+    assert run_experiment(exp, out=tmp_path / "run", progress=False, evaluate_after=False).generated == 6
+
+
+def test_a_merge_cut_off_after_recording_the_experiment_refuses_another_experiment_next(tmp_path, monkeypatch):
+    import pytest
+
+    import harness.run as run_module
+
+    a, b = tmp_path / "a.toml", tmp_path / "b.toml"
+    a.write_text(EXP.replace("seeds = [1, 2]", "seeds = [1]"))
+    b.write_text(EXP.replace("seeds = [1, 2]", "seeds = [2]"))
+    run_experiment(a, out=tmp_path / "ra", progress=False, evaluate_after=False)
+    run_experiment(b, out=tmp_path / "rb", progress=False, evaluate_after=False)
+
+    def cut_off(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(run_module, "write_atomic", cut_off)
+    with pytest.raises(KeyboardInterrupt):
+        run_module.merge_runs(tmp_path / "m", [tmp_path / "ra"], log=lambda m: None)
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match="different experiments"):
+        run_module.merge_runs(tmp_path / "m", [tmp_path / "rb"], log=lambda m: None)
+    run_module.merge_runs(tmp_path / "m", [tmp_path / "ra"], log=lambda m: None)
+    assert (tmp_path / "m" / "experiment.toml").read_text() == (tmp_path / "ra" / "experiment.toml").read_text()
+
+
+def test_merge_onto_a_full_disk_is_one_line_that_says_it_goes_on(tmp_path, monkeypatch):
+    import errno
+
+    from typer.testing import CliRunner
+
+    import harness.run as run_module
+    from harness.cli import app
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "m" / "images" / "x.png"))
+    monkeypatch.setattr(run_module, "merge_runs", full)
+    r = CliRunner().invoke(app, ["merge", str(tmp_path / "s0"), "--out", str(tmp_path / "m")])
+    assert r.exit_code == 2 and "No space left on device" in r.output and "merge again, it goes on" in r.output
+    assert "Traceback" not in r.output

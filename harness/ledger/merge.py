@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 def merge_runs(into: Ledger, other_dir: Path) -> Merged:
     """Copy done jobs, their images, scores and plan from `other_dir` (e.g. a shard) into `into`.
 
-    Keys already done in `into` are kept as they are; plan parts are joined. Images are verified
+    Keys already done in `into` are kept as they are, with their scores; plan parts are joined. Images are verified
     (:func:`check_png`, and against the digest `other_dir` recorded when it made them) and copied
     atomically and durably before the rows that mark them done are committed.
     """
@@ -49,7 +49,8 @@ def merge_runs(into: Ledger, other_dir: Path) -> Merged:
                 copied.append(_with_parent_here(row, other, into))
                 digests.append((row["key"], digest))
             fsync_dir(into.images_dir)
-            keep = mine | {values[0] for values in copied}  # key first, as in _JOB_COLUMNS
+            keep = {values[0] for values in copied}  # key first, as in _JOB_COLUMNS; a key done here keeps
+            # its own scores: the source's were computed on its own pixels, which can differ by batching
             with into._write() as conn:
                 placeholders = ", ".join("?" * len(_JOB_COLUMNS))
                 updates = ", ".join(f"{c} = excluded.{c}" for c in ("status", *_RUN_COLUMNS, "error"))

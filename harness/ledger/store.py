@@ -105,6 +105,9 @@ class Ledger:
             ledger = cls(run_dir, conn, readonly=False, lock_fd=lock_fd)
         conn.row_factory = sqlite3.Row
         try:
+            if readonly and not ledger._read("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'"):
+                raise LedgerError(f"{db} holds no ledger tables: setting it up was cut off (a full disk?) before "
+                                  "anything was recorded. `harness run` into this folder sets it up again")
             found = ledger.get_meta("schema_version")
         except BaseException:
             ledger.close()
