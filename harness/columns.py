@@ -15,6 +15,7 @@ import pandas as pd
 
 MISSING = "—"
 _RUNS = re.compile(r"\d+|\D+")
+_NUMBER = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")  # text spelled as a number: -1, 0.25
 # Parameters that may span grid rows or columns, in section order (factors come first).
 GRID_PARAMS = ("checkpoint", "mode", "stage", "strength", "steps", "guidance", "scheduler", "width", "height",
                "seed", "draw", "init_image", "negative_prompt")  # draw: a [randomize] draw index
@@ -51,11 +52,14 @@ def is_number(v: Any) -> bool:
 
 
 def sort_key(v: Any) -> tuple:
-    """Numbers numerically, then text in natural order (`s2` before `s10`, `5` before `10`), missing last."""
+    """Numbers numerically, text spelled as a number too (`-1`, `0.25`, `1e-3`: prompt levels are text),
+    then other text in natural order (`s2` before `s10`), missing last."""
     if is_missing(v):
         return (2, 0.0, (), "")
     if is_number(v):
         return (0, float(v), (), "")
+    if _NUMBER.fullmatch(str(v)):
+        return (0, float(v), (), str(v))
     return (1, 0.0, natural_key(str(v)), str(v))
 
 
@@ -78,7 +82,10 @@ def sorted_levels(values: Iterable[Any]) -> list[Any]:
 
 
 def dim_name(column: str) -> str:
-    return column[2:] if column.startswith("f.") else column
+    """A factor or parameter column as people read it: a factor without its 'f.', unless a parameter has
+    that name (`f.mode` for `{@mode: portrait|landscape}`, the name `--rows` and `--factor` take)."""
+    name = column[2:] if column.startswith("f.") else column
+    return column if name in GRID_PARAMS else name
 
 
 def short_metric(column: str) -> str:

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .columns import level_label, resolve_dim, resolve_metric, resolve_metrics, short_metric, sorted_levels
+from .columns import dim_name, level_label, resolve_dim, resolve_metric, resolve_metrics, short_metric, sorted_levels
 from .fonts import plot_fonts, undrawable
 from .stats import t_interval
 from .stats.table import healthy_mask
@@ -106,10 +106,6 @@ def _height(title: str) -> float:
     return 3.2 + 0.17 * title.count("\n")
 
 
-def _factor_name(column: str) -> str:
-    return column[2:] if column.startswith("f.") else column
-
-
 def level_stats(table: pd.DataFrame, factor: str, metric: str) -> pd.DataFrame:
     """Per level of `factor`: n, mean, ci_low, ci_high of `metric` over healthy, scored images."""
     fcol, mcol = resolve_dim(table, factor, "factor"), resolve_metric(table, metric)
@@ -131,7 +127,7 @@ def level_figure(table: pd.DataFrame, factor: str, metric: str):
     stats = level_stats(table, fcol, mcol)
     if stats.empty:
         raise ValueError(f"metric_by_level: no healthy image has a {metric_label(mcol)} score; nothing to plot")
-    name = _factor_name(fcol)
+    name = dim_name(fcol)
     width = max(3.6, 0.9 * len(stats) + 1.8)
     title = _wrap(f"{metric_label(mcol)} by {name} (mean, 95% CI)", int(width * 9))
     ticks = [_tick_label(lv, n) for lv, n in zip(stats["level"], stats["n"])]
@@ -156,7 +152,7 @@ def level_figure(table: pd.DataFrame, factor: str, metric: str):
 def metric_by_level(table: pd.DataFrame, factor: str, metric: str, out: Path) -> Path:
     """Mean and 95 % CI of `metric` per level of `factor` (healthy, scored images only)."""
     fcol, mcol = resolve_dim(table, factor, "factor"), resolve_metric(table, metric)
-    return _save(level_figure(table, factor, metric), out, f"{metric_label(mcol)} by {_factor_name(fcol)}")
+    return _save(level_figure(table, factor, metric), out, f"{metric_label(mcol)} by {dim_name(fcol)}")
 
 
 def _img2img(table: pd.DataFrame) -> pd.DataFrame:
@@ -238,7 +234,7 @@ def plot_names(metrics: list[str], factors: list[str]) -> dict[tuple[str, str], 
     slugs = {m: _slug(short_metric(m)) for m in metrics}
     if len({s.casefold() for s in slugs.values()}) < len(slugs):  # two configurations of one metric
         slugs = {m: _slug(m[2:]) for m in metrics}
-    names = {(m, f): f"{slugs[m]}__by__{_slug(_factor_name(f))}" for m in metrics for f in factors}
+    names = {(m, f): f"{slugs[m]}__by__{_slug(dim_name(f))}" for m in metrics for f in factors}
     seen: dict[str, int] = {}
     for name in names.values():
         seen[name.casefold()] = seen.get(name.casefold(), 0) + 1
@@ -262,7 +258,7 @@ def undrawn(table: pd.DataFrame) -> str:
     """Characters of the plots' factor names, levels, checkpoints and metric ids that no installed font
     has: they show as boxes in the plots (the tables and the contact sheet show them)."""
     factors = plot_factors(table)
-    texts = [*map(metric_label, plot_metrics(table)), *map(_factor_name, factors)]
+    texts = [*map(metric_label, plot_metrics(table)), *map(dim_name, factors)]
     texts += [level_label(v) for f in {*factors, *({"checkpoint"} & set(table.columns))} for v in table[f].unique()]
     return undrawable(texts)
 

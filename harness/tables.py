@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from .atomic import write_atomic
-from .columns import is_missing, level_label
+from .columns import dim_name, is_missing, is_number, level_label
 from .ledger import Ledger
 from .stats import summarize
 from .stats.results import md_text
@@ -153,8 +153,7 @@ def factor_summary(df: pd.DataFrame) -> pd.DataFrame:
     parts = []
     for f in varying:
         s = _long_summary(df, ["stage", f] if staged else [f]).rename(columns={f: "level"})
-        # a prompt factor is labelled by its name, or as `f.NAME` beside a varying parameter of that name
-        s.insert(0, "factor", f[2:] if f.startswith("f.") and f[2:] not in varying else f)
+        s.insert(0, "factor", dim_name(f))  # `f.mode` for a prompt factor named like a parameter
         s["level"] = s["level"].map(lambda v: NO_LEVEL if is_missing(v) else (f'"{v}"' if v == NO_LEVEL else str(v)))
         parts.append(s)
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["factor", "level", "metric"])
@@ -197,6 +196,17 @@ def markdown_table(df: pd.DataFrame, floatfmt: str = ".4g") -> str:
     return "\n".join(lines) + "\n"
 
 
+def _one_type(column: pd.Series) -> pd.Series:
+    """An object column as one type: flags with gaps (`watermark` where some images have no score) as
+    nullable booleans, numbers with gaps as numbers, anything else as text (lists and dicts as JSON)."""
+    values = [v for v in column if not is_missing(v)]
+    if values and all(isinstance(v, (bool, np.bool_)) for v in values):
+        return column.astype("boolean")
+    if values and all(is_number(v) for v in values):
+        return pd.to_numeric(column)
+    return column.map(lambda v: None if is_missing(v) else (json.dumps(v) if isinstance(v, (list, dict)) else str(v)))
+
+
 def write_table(df: pd.DataFrame, folder: Path, name: str) -> list[Path]:
     """csv + parquet + md, each written to a temp name and renamed."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -204,8 +214,7 @@ def write_table(df: pd.DataFrame, folder: Path, name: str) -> list[Path]:
     flat = df.copy()
     for c in flat.columns:  # parquet needs one type per column
         if flat[c].dtype == object:
-            flat[c] = flat[c].map(lambda v: None if v is None or (isinstance(v, float) and math.isnan(v))
-                                  else (json.dumps(v) if isinstance(v, (list, dict)) else str(v)))
+            flat[c] = _one_type(flat[c])
     for suffix, write in (("csv", lambda p: flat.to_csv(p, index=False)),
                           ("parquet", lambda p: flat.to_parquet(p, index=False)),
                           ("md", lambda p: p.write_text(markdown_table(flat), encoding="utf-8"))):

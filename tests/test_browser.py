@@ -20,6 +20,7 @@ ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 TITLE = "browser check: 13 images"
 LONG_LEVEL = ("a square drawn in the manner of a long list of artists, trending on artstation, highly detailed, "
               "sharp focus, octane render")
+HUGE_LEVEL = " ".join(f"word{i}" for i in range(120))
 
 pytestmark = [
     pytest.mark.browser,
@@ -112,6 +113,26 @@ def test_headers_sort_numbers_numerically(sheet):
     assert browser.errors == []
 
 
+def test_text_headers_sort_numbers_by_value_then_text_naturally_and_missing_cells_last(tmp_path):
+    """A level column is text (levels come from the prompt): those spelled as numbers still sort by value."""
+    import pandas as pd
+
+    run = tmp_path / "run"
+    table = make_run(run)
+    levels = pd.DataFrame({"level": ["0.5", "s10", None, "0.25", "-1", "0.1", "s2", "0.05"], "n": range(8)})
+    page = write_sheet(run, table, variant_summary=levels, title="levels")
+    cells = "Array.from(document.querySelectorAll('#variants tbody tr'), tr => tr.cells[0].textContent)"
+    with Chromium(width=1280, height=900) as browser:
+        browser.navigate(page.as_uri())
+        browser.click("#variants thead th:nth-child(1) button")
+        ascending = js(browser, cells)
+        browser.click("#variants thead th:nth-child(1) button")
+        descending = js(browser, cells)
+        assert browser.errors == []
+    assert ascending == ["-1", "0.05", "0.1", "0.25", "0.5", "s2", "s10", "—"]
+    assert descending == ["s10", "s2", "0.5", "0.25", "0.1", "0.05", "-1", "—"]
+
+
 def test_top_nav_targets_land_below_the_sticky_bar(sheet):
     browser, _ = sheet
     margins = js(browser, """['grids', 'variants', 'comparisons', 'plots'].map(
@@ -155,24 +176,30 @@ def test_a_wide_grid_scrolls_in_its_own_box_and_the_page_does_not(wide):
     js(browser, "window.scrollTo(0, 0)")
 
 
-def test_a_long_row_label_wraps_in_a_narrow_header_and_keeps_its_full_text(tmp_path):
+def test_a_long_row_label_wraps_in_a_narrow_header_and_a_very_long_one_is_cut_to_a_few_lines(tmp_path):
     """Two columns leave room, so without a limit the label would take a single line hundreds of pixels
-    wide beside the thumbnails."""
+    wide beside the thumbnails; and a level of 120 words would make its row thousands of pixels tall."""
     run = tmp_path / "run"
     table = make_run(run)
-    table["f.shape"] = table["f.shape"].replace({"square": LONG_LEVEL})
+    table["f.shape"] = table["f.shape"].replace({"square": LONG_LEVEL, "circle": HUGE_LEVEL})
     page = write_sheet(run, table[table["stage"] == "main"], rows="shape", cols="color", title="long")
     with Chromium(width=1280, height=900) as browser:
         browser.navigate(page.as_uri())
-        header = js(browser, f"""(() => {{
-            const th = Array.from(document.querySelectorAll('tbody th')).find(th => th.textContent === {json.dumps(LONG_LEVEL)});
-            const r = th.getBoundingClientRect();
-            return {{title: th.title, width: r.width, height: r.height}}; }})()""")
-        thumb = js(browser, "document.querySelector('.item').getBoundingClientRect().width")
+        long, huge = (js(browser, f"""(() => {{
+            const th = Array.from(document.querySelectorAll('tbody th')).find(
+                th => th.textContent === {json.dumps(level)});
+            const label = th.querySelector('.row-label'), row = th.getBoundingClientRect();
+            return {{title: th.title, width: row.width, row: row.height, height: label.getBoundingClientRect().height,
+                     cut: label.scrollHeight > label.clientHeight}};
+            }})()""") for level in (LONG_LEVEL, HUGE_LEVEL))
+        thumb = js(browser, """(({width, height}) => ({width, height}))(
+            document.querySelector('.item').getBoundingClientRect())""")
         assert browser.errors == []
-    assert header["width"] < thumb  # the thumbnails keep the width
-    assert header["height"] > 3 * 16  # wrapped over several lines, nothing cut
-    assert header["title"] == f"shape={LONG_LEVEL}"
+    assert long["width"] < thumb["width"]  # the thumbnails keep the width
+    assert long["height"] > 3 * 16 and not long["cut"]  # wrapped over several lines, nothing cut
+    assert huge["cut"] and huge["height"] <= thumb["height"]  # a few lines: the row stays as tall as the others
+    assert huge["row"] <= long["row"]
+    assert long["title"] == f"shape={LONG_LEVEL}" and huge["title"] == f"shape={HUGE_LEVEL}"  # whole in the tooltip
 
 
 def test_a_missing_parent_or_image_gets_a_placeholder_and_no_request_or_link(wide):

@@ -1,5 +1,6 @@
 """Report tables and comparisons on a crafted run (real SQLite and PNGs, no model)."""
 
+import html
 import itertools
 import json
 import re
@@ -389,6 +390,81 @@ def test_markdown_tells_an_empty_level_from_a_factor_that_does_not_apply(tmp_pat
     write_table(table, tmp_path, "images")
     back = pd.read_parquet(tmp_path / "images.parquet")  # the typed copy keeps them apart
     assert back["f.artist"].tolist()[:2] == ["", ", by ian mcque"] and pd.isna(back["f.artist"].iloc[2])
+
+
+def test_flags_and_numbers_with_gaps_are_stored_typed_not_as_text(crafted_run, tmp_path):
+    """Two of the nine images have a watermark score: the `watermark` flag of the rest is missing, and the
+    Parquet copy keeps it a nullable boolean rather than the text 'True'/'False'."""
+    with Ledger.open(crafted_run) as led:
+        keys = [j.key for j in led.all_jobs()]
+        led.put_scores([Score(keys[0], "watermark", 1.0), Score(keys[1], "watermark", 0.0)])
+    build_report(crafted_run, html=False)
+    images = pd.read_parquet(crafted_run / "tables" / "images.parquet").set_index("key")
+    assert images["watermark"].dtype == "boolean"
+    assert images.loc[keys[0], "watermark"] is np.True_ and images.loc[keys[1], "watermark"] is np.False_
+    assert images["watermark"].isna().sum() == 7
+    from harness.tables import write_table
+
+    with Ledger.open(crafted_run, readonly=True) as led:
+        table = image_table(led).assign(strength=[0.5, None] * 4 + [None])
+    write_table(table.astype(object), tmp_path, "images")  # any column that lost its type on the way
+    back = pd.read_parquet(tmp_path / "images.parquet")
+    assert back["strength"].dtype == "float64" and back["strength"].tolist()[:1] == [0.5]
+    assert back["seed"].dtype == "int64" and back["seed"].tolist() == table["seed"].tolist()
+    assert back["watermark"].dtype == "boolean" and back["healthy"].dtype == "boolean"
+
+
+def test_levels_spelled_as_decimal_or_negative_numbers_read_in_numeric_order_everywhere(tmp_path):
+    """End to end on the tiny model: prompt levels are text, yet `0.25` comes before `0.5` and `-1` before
+    `0`, in the factor tables, the default baseline, the plots and the grid's columns."""
+    from harness.plots import level_stats
+    from harness.run import run_experiment
+
+    exp = tmp_path / "w.toml"
+    exp.write_text('name = "w"\nprompt = "a photo of a (cat:{@w: 0.5|1.5|0.25|0.75}) {@t: 1|0|-1}"\nseeds = [1]\n'
+                   'checkpoints = ["tiny"]\nsteps = 2\nwidth = 64\nheight = 64\n'
+                   'metrics = ["clip_score:model=tiny,cache=none"]\n')
+    run_experiment(exp, out=tmp_path / "run", progress=False)
+    r = build_report(tmp_path / "run")
+    factors = pd.read_parquet(tmp_path / "run" / "tables" / "factors.parquet")
+    assert factors.loc[factors["factor"] == "w", "level"].tolist() == ["0.25", "0.5", "0.75", "1.5"]
+    assert factors.loc[factors["factor"] == "t", "level"].tolist() == ["-1", "0", "1"]
+    baselines = {c.factor: (c.baseline, [row.level for row in c.rows]) for c in r.comparisons}
+    assert baselines == {"f.w": ("0.25", ["0.5", "0.75", "1.5"]), "f.t": ("-1", ["0", "1"])}
+    with Ledger.open(tmp_path / "run", readonly=True) as led:
+        table = image_table(led)
+    assert level_stats(table, "t", "clip_score")["level"].tolist() == ["-1", "0", "1"]  # the plot's x-axis
+    page = (tmp_path / "run" / "index.html").read_text()
+    assert re.findall(r'<th scope="col" title="w=([^"]*)">', page)[:4] == ["0.25", "0.5", "0.75", "1.5"]
+
+
+def test_the_page_plots_and_tables_tell_prompt_factors_from_parameters_of_the_same_name(tmp_path):
+    """End to end on the tiny model: factors named `mode` and `seed` beside the mode and seed parameters
+    read `f.mode` and `f.seed` on the grids, in the details, comparisons, plots and factor tables, the
+    names `--rows` and `--factor` take for them."""
+    from PIL import Image
+
+    from harness.run import run_experiment
+
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(tmp_path / "init.png")
+    exp = tmp_path / "modes.toml"
+    exp.write_text('name = "modes"\nprompt = "a {@mode: portrait|landscape} of a {@seed: cat|dog}"\nseeds = [1, 2]\n'
+                   'checkpoints = ["tiny"]\nmode = ["txt2img", "img2img"]\ninit_images = "init.png"\n'
+                   'strengths = [0.5]\nsteps = 4\nwidth = 64\nheight = 64\n'
+                   'metrics = ["clip_score:model=tiny,cache=none"]\n')
+    run_experiment(exp, out=tmp_path / "run", progress=False)
+    build_report(tmp_path / "run")
+    page = html.unescape((tmp_path / "run" / "index.html").read_text())
+    assert '<th class="corner" scope="col">seed \\ f.mode</th>' in page
+    assert "one grid per <b>f.seed, mode</b>" in page
+    assert set(re.findall(r"<h3>clip_score by ([^,]*),", page)) == {"f.mode", "f.seed"}
+    assert set(re.findall(r'<figcaption>clip_score\[[^<]*\] by ([^<]*)</figcaption>', page)) == {"f.mode", "f.seed"}
+    records = json.loads(re.search(r'id="sheet-data">(.*?)</script>', page, re.S).group(1))
+    (record, *_) = records.values()
+    assert [name for name, _ in record["factors"]] == ["f.mode", "f.seed"]
+    assert re.fullmatch(r"f\.mode=\w+, f\.seed=\w+, mode=\w+2img, seed=\d", record["title"]), record["title"]
+    factors = pd.read_parquet(tmp_path / "run" / "tables" / "factors.parquet")
+    assert set(factors["factor"]) == {"f.mode", "f.seed", "mode"}
 
 
 def test_a_misspelt_grid_axis_fails_before_any_table_is_rewritten(crafted_run):

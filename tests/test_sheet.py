@@ -343,7 +343,10 @@ def test_what_follows_the_rows_or_columns_does_not_split_the_grids(run):
 def test_levels_sort_naturally_and_no_two_levels_read_alike():
     from harness.columns import level_label, sorted_levels
 
-    assert sorted_levels(["s10", "s2", "", "10", "5", None, 0.5, "S1"]) == [0.5, "", "5", "10", "S1", "s2", "s10", None]
+    assert sorted_levels(["s10", "s2", "", "10", "5", None, 0.5, "S1"]) == [0.5, "5", "10", "", "S1", "s2", "s10", None]
+    # levels spelled as numbers (prompt levels are text) by value, signs, decimals and exponents included
+    assert sorted_levels(["0.5", "0.25", "-1", "1e-3", "img10", "1.5", "img2", "-0.5", 1]) == [
+        "-1", "-0.5", "1e-3", "0.25", "0.5", 1, "1.5", "img2", "img10"]
     labels = [level_label(v) for v in ["", "(empty)", "—", None]]
     assert labels == ["(empty)", '"(empty)"', '"—"', "—"]
     assert len(sorted_levels(["", "(empty)", "—", None])) == 4

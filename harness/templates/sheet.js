@@ -120,7 +120,9 @@
     if (ev.key === "ArrowRight") { step(1); ev.preventDefault(); }
   });
 
-  // Sortable tables: numbers by value (missing last), text in natural order.
+  // Sortable tables: numbers by value (text spelled as a number too: 0.05 before 0.25), then text in
+  // natural order; missing cells ("—") last either way.
+  var NUMBER = /^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$/;
   function sortBy(th) {
     var table = th.closest("table");
     var column = Array.prototype.indexOf.call(th.parentNode.children, th);
@@ -129,22 +131,19 @@
     Array.prototype.forEach.call(th.parentNode.children, function (h) { h.removeAttribute("aria-sort"); });
     th.setAttribute("aria-sort", dir === 1 ? "ascending" : "descending");
     var body = table.tBodies[0];
-    var rows = Array.prototype.slice.call(body.rows);
-    function value(row) {
+    var rows = Array.prototype.map.call(body.rows, function (row) {
       var c = row.cells[column];
-      if (!numeric) { return c ? c.textContent : ""; }
-      var v = c ? c.getAttribute("data-sort") : null;
-      return v === null || v === "" ? NaN : Number(v);
-    }
-    rows.sort(function (a, b) {
-      var x = value(a), y = value(b);
-      if (numeric) {
-        if (isNaN(x) || isNaN(y)) { return isNaN(x) - isNaN(y); }
-        return (x - y) * dir;
-      }
-      return x.localeCompare(y, undefined, { numeric: true }) * dir;
+      var t = c ? c.textContent.trim() : "";
+      var v = numeric ? (c && c.getAttribute("data-sort")) || "" : (NUMBER.test(t) ? t : "");
+      var missing = numeric ? v === "" : t === "" || t === "—";
+      return { row: row, text: t, num: v === "" ? NaN : Number(v), missing: missing };
     });
-    body.append.apply(body, rows);
+    rows.sort(function (x, y) {
+      if (x.missing || y.missing) { return x.missing - y.missing; }
+      if (!isNaN(x.num) && !isNaN(y.num)) { return (x.num - y.num) * dir; }
+      return ((isNaN(x.num) - isNaN(y.num)) || x.text.localeCompare(y.text, undefined, { numeric: true })) * dir;
+    });
+    body.append.apply(body, rows.map(function (r) { return r.row; }));
   }
   document.querySelectorAll("table.sortable thead th").forEach(function (th) {
     th.addEventListener("click", function () { sortBy(th); });
