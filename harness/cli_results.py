@@ -24,6 +24,7 @@ def eval_(
 ) -> None:
     """Score every image of a run not yet scored with each metric (resumable)."""
     from .evaluate import evaluate_run
+    from .ledger import LedgerError
     from .metrics import MetricUnavailable
 
     if not (run_dir / "ledger.sqlite").is_file():
@@ -33,12 +34,11 @@ def eval_(
         from .evaluate import default_clip, experiment_metrics, scaled_clip_specs
         from .ledger import Ledger
 
-        with Ledger.open(run_dir, readonly=True) as ledger:
-            try:
+        try:
+            with Ledger.open(run_dir, readonly=True) as ledger:
                 specs = scaled_clip_specs(specs, scale, experiment_metrics(ledger), default_clip(ledger))
-            except ValueError as e:
-                fail(f"error: {e}")
-    from .ledger import LedgerError
+        except (ValueError, LedgerError) as e:
+            fail(f"error: {e}")
 
     try:
         unscored = _print_metric_summaries(evaluate_run(run_dir, specs or None))
@@ -80,11 +80,12 @@ def report(
     no_html: bool = typer.Option(False, "--no-html", help="Tables only."),
 ) -> None:
     """Tables (csv/parquet/md), paired comparisons, plots and index.html, rebuilt from the ledger."""
+    from .ledger import LedgerError
     from .report import build_report
 
     try:
         r = build_report(run_dir, rows=rows, cols=cols, metric=metric, html=not no_html)
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, ValueError, LedgerError) as e:
         fail(f"error: {e}")
     typer.echo(f"{r.images} images; tables in {run_dir / 'tables'}")
     if r.gone:
@@ -139,14 +140,17 @@ def compare(
                                           "the parameters that vary on their own)."),
 ) -> None:
     """Paired A/B statistics across shared seeds: mean difference, cluster-bootstrap CI, Wilcoxon, Holm."""
-    from .ledger import Ledger
+    from .ledger import Ledger, LedgerError
     from .report import compare as compare_levels, report_metrics
     from .tables import image_table
 
     if not (run_dir / "ledger.sqlite").is_file():
         fail(f"{run_dir}: not a run folder (no ledger.sqlite)")
-    with Ledger.open(run_dir, readonly=True) as led:
-        table = image_table(led)
+    try:
+        with Ledger.open(run_dir, readonly=True) as led:
+            table = image_table(led)
+    except LedgerError as e:
+        fail(f"error: {e}")
     metric = metric or report_metrics(run_dir, None)[0]  # the experiment's first compare_metrics
     try:
         c = compare_levels(table, factor, metric=metric, baseline=baseline, n_boot=n_boot, seed=seed,

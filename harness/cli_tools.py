@@ -61,7 +61,9 @@ def _json_default(o):
     raise TypeError(type(o).__name__)
 
 
-LOSSY_SUFFIXES = (".jpg", ".jpeg", ".webp")
+# Formats that lose most of the mark, and what loses it.
+LOSSY_SUFFIXES = {".jpg": "compression", ".jpeg": "compression", ".webp": "compression",
+                  ".gif": "palette (256 colours)"}
 
 
 @watermark_app.command("embed")
@@ -77,14 +79,16 @@ def watermark_embed(
         check_preset_case(message)
     except ValueError as e:
         fail(f"error: --message: {e}")
+    if not dst.parent.is_dir():  # a typo in the path would otherwise make a folder nobody looks in
+        fail(f"error: {dst}: the output folder {dst.parent} does not exist; create it first or fix the path")
     try:
         embed_file(src, dst, message)
     except (ValueError, OSError) as e:
         fail(f"error: {e}")
     typer.echo(f"wrote {dst} with message {message}")
     if dst.suffix.lower() in LOSSY_SUFFIXES:
-        typer.echo(f"warning: {dst.suffix} compression removes most of the mark (detection mostly fails after "
-                   "it); save as .png to keep it", err=True)
+        typer.echo(f"warning: {dst.suffix} {LOSSY_SUFFIXES[dst.suffix.lower()]} removes most of the mark (detection "
+                   "mostly fails after it); save as .png to keep it", err=True)
         return
     (check,) = detect_paths([dst], [message])  # read back: some images do not carry the mark
     if check["detected"] is False:

@@ -94,18 +94,25 @@ def _shell_spec(metric: str) -> str:
 
 
 def _find_metric(df: pd.DataFrame, metric: str) -> str:
-    """The score column of `metric`: an id (`toy_color_match[want=red]`), a spec (`toy_color_match:want=red`)
-    or a bare name when only one instance was scored."""
-    if ":" in metric:
+    """The score column of `metric`: an id (`toy_color_match[want=red]`, in full or with options at their
+    defaults left out), the label the contact sheet shows (`clip_score[text=a cat]`: the options that tell it
+    from the run's other instances), a spec (`toy_color_match:want=red`) or a bare name when only one instance
+    was scored."""
+    from .columns import metric_labels
+
+    cols, given = metric_columns(df), metric
+    if (":" in metric or "[" in metric) and not any(metric in (c, c[2:]) for c in cols):
         from .metrics.base import metric_from_spec
         try:
             metric = metric_from_spec(metric).id
         except KeyError as exc:  # an unknown metric name (or a plugin not loaded: HARNESS_PLUGINS)
             raise ValueError(exc.args[0] if exc.args else str(exc)) from exc
-    cols = metric_columns(df)
     for c in cols:
         if c == metric or c[2:] == metric:
             return c
+    labelled = [c for c, label in metric_labels(cols).items() if "[" in given and label == given]
+    if len(labelled) == 1:
+        return labelled[0]
     matches = [c for c in cols if short_metric(c) == metric]
     if len(matches) == 1:
         return matches[0]

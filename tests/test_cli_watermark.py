@@ -94,3 +94,25 @@ def test_a_preset_name_in_other_case_is_refused_by_embed_and_detect(tmp_path):
     assert not (tmp_path / "out.png").exists()
     r = harness("watermark", "detect", src, "--message", "sdv1", "--message", "SDV1")
     assert r.returncode == 2 and "--message: message 'SDV1' would be taken as that text" in r.stderr
+
+
+def test_embed_refuses_a_missing_output_folder_and_warns_that_gif_loses_the_mark(tmp_path):
+    """A mistyped output folder is an error naming it (not created where nobody looks); a .gif's palette
+    loses the mark as JPEG compression does, so it gets the same warning."""
+    from typer.testing import CliRunner
+
+    from harness.cli import app
+    from harness.metrics.watermark_codec import embed_file
+
+    clean = photo(tmp_path)
+    cli = CliRunner()
+    typo = cli.invoke(app, ["watermark", "embed", str(clean), str(tmp_path / "ouput" / "marked.png")])
+    assert typo.exit_code == 2, typo.output
+    assert typo.stderr == (f"error: {tmp_path / 'ouput' / 'marked.png'}: the output folder {tmp_path / 'ouput'} "
+                           "does not exist; create it first or fix the path\n")
+    with pytest.raises(ValueError, match="the output folder .*ouput does not exist"):
+        embed_file(clean, tmp_path / "ouput" / "marked.png")
+    assert not (tmp_path / "ouput").exists()
+    gif = cli.invoke(app, ["watermark", "embed", str(clean), str(tmp_path / "marked.gif")])
+    assert gif.exit_code == 0 and (tmp_path / "marked.gif").is_file(), gif.output
+    assert gif.stderr.startswith("warning: .gif palette (256 colours) removes most of the mark"), gif.stderr

@@ -234,3 +234,107 @@ def test_metric_ids_keep_every_digit_of_an_option_that_needs_them():
     assert metric_from_spec("clip_score:model=tiny,scale=2.5").id.endswith("scale=2.5,clamp=image]")  # short as ever
     assert scaled_clip_specs(["clip_score:model=tiny"], 1234567.0) == [
         "clip_score:model=tiny,scale=1234567.0"]
+
+
+# -- a small img2img run of the tiny model, made by `harness run` ---------------------------------
+
+
+@pytest.fixture(scope="module")
+def i2i_run(tmp_path_factory, one_cpu_thread):
+    """Two img2img images of the tiny model (`color` red and blue) from one init PNG; the folder holds
+    `init.png`, `exp.toml` and the run folder `run`."""
+    from harness.run import run_experiment
+
+    folder = tmp_path_factory.mktemp("i2i")
+    Image.fromarray(noise(48, 3)).save(folder / "init.png")
+    (folder / "exp.toml").write_text(
+        'name = "i2i"\nprompt = "a {@color: red|blue} cat"\nseeds = [1]\ncheckpoints = ["tiny"]\nmode = "img2img"\n'
+        'init_images = "init.png"\nstrengths = [0.5]\nsteps = 2\nwidth = 64\nheight = 64\nmetrics = ["health"]\n')
+    run_experiment(folder / "exp.toml", out=folder / "run", progress=False, log=lambda m: None)
+    return folder
+
+
+def cli(*args):
+    from typer.testing import CliRunner
+
+    from harness.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def test_a_damaged_init_image_is_not_scored_until_it_is_restored(i2i_run):
+    """An init image cut short (an interrupted copy) cannot be checked against the one the images were made
+    from: not scored yet, nothing stored, and once the file is back the next eval scores them."""
+    init, run = i2i_run / "init.png", i2i_run / "run"
+    original = init.read_bytes()
+    init.write_bytes(original[:600])
+    try:
+        damaged = cli("eval", run, "-m", "clip_image_similarity:model=tiny,cache=none")
+    finally:
+        init.write_bytes(original)
+    assert damaged.exit_code == 1, damaged.output
+    assert (f"not scored: 2 images (2x file unreadable: init image {init} (OSError: image file is truncated"
+            in damaged.stderr), damaged.stderr
+    with Ledger.open(run, readonly=True) as ledger:
+        assert set(ledger.scores_frame()["metric"]) == {"health"}
+    restored = cli("eval", run, "-m", "clip_image_similarity:model=tiny,cache=none")
+    assert restored.exit_code == 0, restored.output
+    assert "clip_image_similarity[model=tiny,pretrained=tiny]: 2 images scored (2 in this pass); mean 0.9" \
+        in restored.stdout
+
+
+@pytest.mark.parametrize("need", ["init_image", "parent_image"])
+def test_an_unreadable_init_or_parent_image_is_not_scored_yet(tmp_path, need):
+    """A metric that reads the init or parent image (a plugin's, say) stores no NaN for one that does not
+    decode now: the reason names the file, and the next eval tries again."""
+    from harness.metrics import Metric, MetricInfo
+
+    class InputWidth(Metric):
+        INFO = MetricInfo(name="input_width", description="width of the input image", unit="px",
+                          range=(0.0, 1e4), higher_is_better=True, needs=frozenset({"image", need}))
+
+        def _score(self, items):
+            return [(float(Image.open(item.init_image_path or item.parent_image_path).width), {}) for item in items]
+
+    image, damaged = tmp_path / "image.png", tmp_path / "input.png"
+    Image.fromarray(noise(32, 1)).save(image)
+    Image.fromarray(noise(32, 2)).save(damaged)
+    damaged.write_bytes(damaged.read_bytes()[:600])
+    item = (Item(key="k", image_path=image, init_image_path=damaged, init_size=(32, 32), init_hash="ab" * 32)
+            if need == "init_image" else Item(key="k", image_path=image, parent_image_path=damaged))
+    (score,) = InputWidth().score([item])
+    label = need.replace("_", " ")
+    assert math.isnan(score.value) and score.detail["retry"] is True
+    assert score.detail["reason"].startswith(f"file unreadable: {label} {damaged} (OSError: "), score.detail
+
+
+def test_an_empty_pretrained_is_the_default_and_scores_under_the_same_id(run, one_cpu_thread):
+    (first,) = evaluate(run, ["clip_score:model=tiny,cache=none"], log=lambda m: None)
+    (again,) = evaluate(run, ["clip_score:model=tiny,pretrained=,cache=none"], log=lambda m: None)
+    assert again.metric == first.metric and (again.scored, again.skipped) == (0, 3)
+    assert metric_from_spec("clip_score:pretrained=").id == metric_from_spec("clip_score").id
+
+
+def test_compare_takes_the_short_id_the_contact_sheet_shows(i2i_run, tmp_path, one_cpu_thread):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(i2i_run / "run", run)
+    evaluate_run(run, ["clip_score:model=tiny,cache=none,text=a red circle", "clip_score:model=tiny,cache=none"],
+                 log=lambda m: None)
+    probe = "m.clip_score[model=tiny,pretrained=tiny,scale=100,clamp=image,text=a red circle] by f.color"
+    for short in ("clip_score[model=tiny,text=a red circle]", "clip_score[text=a red circle]"):  # id, sheet label
+        for command in (["compare", run, "--factor", "color", "--n-boot", "100"], ["report", run, "--no-html"]):
+            r = cli(*command, "--metric", short)
+            assert r.exit_code == 0, (short, r.output)
+            assert probe in r.stdout, r.stdout
+
+
+def test_a_damaged_ledger_is_one_line_for_every_command(tmp_path):
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "ledger.sqlite").write_text("garbage\n")
+    for command in (["eval", "--scale", "2.5"], ["compare", "--factor", "color"], ["report", "--no-html"]):
+        r = cli(command[0], tmp_path / "bad", *command[1:])
+        assert r.exit_code == 2, (command, r.output, r.exception)
+        (line,) = r.stderr.splitlines()
+        assert line.startswith(f"error: {tmp_path / 'bad' / 'ledger.sqlite'}: file is not a database"), line

@@ -192,6 +192,25 @@ def test_image_similarity_compares_with_the_init_image_as_the_pipeline_saw_it(ha
     assert math.isnan(gone.value) and gone.detail["retry"] is True and "not found" in gone.detail["reason"]
 
 
+@pytest.mark.parametrize("metric", ["clip_image_similarity", "clip_directional"])
+def test_a_damaged_init_image_is_not_stored_with_or_without_its_hash(harness_cache, photos, tmp_path, metric):
+    """An init file cut short may be restored: not stored (retried by the next eval), whether the item has
+    the init's hash to check (refused before scoring) or not (the metric's own read fails)."""
+    from harness.images import init_hash
+
+    damaged = tmp_path / "init.png"
+    shutil.copy(photos[1], damaged)
+    good = init_hash(damaged, 64, 64)
+    damaged.write_bytes(damaged.read_bytes()[:600])
+    edit = {"prompt": "a cat", "source_prompt": "a photo of an astronaut"}
+    hashed, bare = tiny(metric, tmp_path).score([
+        Item("hashed", photos[0], init_image_path=damaged, init_size=(64, 64), init_hash=good, **edit),
+        Item("bare", photos[0], init_image_path=damaged, **edit)])
+    assert all(math.isnan(s.value) and s.detail["retry"] is True for s in (hashed, bare)), (hashed, bare)
+    assert hashed.detail["reason"].startswith(f"file unreadable: init image {damaged} (")
+    assert bare.detail["reason"].startswith(f"init image unreadable: {damaged}: ")
+
+
 def test_image_similarity_needs_an_init_image(harness_cache, photos, tmp_path):
     (score,) = tiny("clip_image_similarity", tmp_path).score([Item("txt2img", photos[0], prompt="a cat")])
     assert math.isnan(score.value)

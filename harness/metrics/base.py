@@ -63,6 +63,8 @@ class Item:
 
 MISSING_FILE = "file not found"
 CHANGED_FILE = "file changed"  # an init image that is not the one the image was made from (may come back)
+UNREADABLE_FILE = "file unreadable"  # an init or parent image that does not decode now (may be restored)
+NOT_YET = (MISSING_FILE, CHANGED_FILE, UNREADABLE_FILE)  # reasons of a NaN that is not stored: the next eval retries
 
 
 class MetricUnavailable(RuntimeError):
@@ -130,7 +132,8 @@ class Metric:
     `score(items)` returns one Score per item, in order, and never raises for
     one bad item: an item without the inputs the metric needs, or whose image
     cannot be read, gets NaN with `detail["reason"]`; a metric whose model
-    cannot load gives NaN with the reason for every item.
+    cannot load, or whose `_score` raises, gives NaN with the reason for every
+    item, marked `retry` (not stored: the next eval tries again).
     """
 
     INFO: ClassVar[MetricInfo]
@@ -166,20 +169,24 @@ class Metric:
         for index, item in enumerate(items):
             reason = self.missing_input(item)
             if reason:
-                # a file that is not there now (an init folder moved away) may be back later: not stored
-                absent = reason.startswith((MISSING_FILE, CHANGED_FILE))
-                results[index] = self.nan(item, reason, **({"retry": True} if absent else {}))
+                # a file that is not there or not sound now (an init folder moved away) may be back later: not stored
+                results[index] = self.nan(item, reason, **({"retry": True} if reason.startswith(NOT_YET) else {}))
             else:
                 ready.append(index)
         if ready:
             try:
                 outcomes = self._score([items[i] for i in ready])
+                if len(outcomes) != len(ready):
+                    raise RuntimeError(f"returned {len(outcomes)} results for {len(ready)} items")
+                for index, (value, detail) in zip(ready, outcomes):
+                    results[index] = Score(key=items[index].key, metric=self.id, value=float(value), detail=detail)
             except MetricUnavailable as exc:  # the metric cannot run here at all: worth retrying later
-                outcomes = [(math.nan, {"reason": str(exc), "retry": True})] * len(ready)
-            if len(outcomes) != len(ready):
-                raise RuntimeError(f"metric {self.id} returned {len(outcomes)} results for {len(ready)} items")
-            for index, (value, detail) in zip(ready, outcomes):
-                results[index] = Score(key=items[index].key, metric=self.id, value=float(value), detail=detail)
+                for index in ready:
+                    results[index] = self.nan(items[index], str(exc), retry=True)
+            except Exception as exc:  # a bug in the metric (a plugin's, say): nothing stored, the other metrics go on
+                for index in ready:
+                    results[index] = self.nan(items[index], f"metric {self.id} failed: {type(exc).__name__}: {exc}",
+                                              retry=True)
         return results  # type: ignore[return-value]
 
     def _score(self, items: list[Item]) -> list[tuple[float, dict]]:
@@ -187,9 +194,10 @@ class Metric:
         raise NotImplementedError
 
     def missing_input(self, item: Item) -> str | None:
-        """Why this item cannot be scored before any file is opened, or None. A reason that starts
+        """Why this item cannot be scored before its image is read, or None. A reason that starts
         with :data:`MISSING_FILE` is a file absent now, with :data:`CHANGED_FILE` an init image that is not the
-        one the image was made from; either NaN is not stored, so the next eval retries.
+        one the image was made from, with :data:`UNREADABLE_FILE` an init or parent image that does not decode
+        now (damaged, or a copy still being written); such a NaN is not stored, so the next eval retries.
         What no file can change (an input the item does not have) is checked first, so such an item gets
         its lasting NaN even while a file is gone."""
         needs = self.info.needs  # an instance may need less than its class (clip_score with text=)
@@ -211,15 +219,28 @@ class Metric:
 
             try:
                 same = current_init_hash(item.init_image_path, *item.init_size) == item.init_hash
-            except (OSError, ValueError):  # unreadable now: the metric's own load says why
-                same = True
+            except Exception as exc:  # any decoder failure (PIL raises many types)
+                return unreadable("init image", item.init_image_path, exc)
             if not same:
                 return (f"{CHANGED_FILE}: init image {item.init_image_path} is not the image this one was made "
                         "from (edited or replaced since); put the original back to score it")
+        if "parent_image" in needs:
+            from PIL import Image
+
+            try:
+                with Image.open(item.parent_image_path) as image:
+                    image.load()
+            except Exception as exc:
+                return unreadable("parent image", item.parent_image_path, exc)
         return None
 
     def nan(self, item: Item, reason: str, **detail: Any) -> Score:
         return Score(key=item.key, metric=self.id, value=math.nan, detail={"reason": reason, **detail})
+
+
+def unreadable(label: str, path: Path | str | None, exc: Exception) -> str:
+    """The not-stored reason of an input file that does not decode now."""
+    return f"{UNREADABLE_FILE}: {label} {path} ({type(exc).__name__}: {exc}); restore the file to score this image"
 
 
 def resolve_options(metric: str, declared: Mapping[str, Option], given: Mapping[str, Any]) -> dict[str, Any]:

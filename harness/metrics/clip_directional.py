@@ -47,8 +47,9 @@ class ClipDirectional(ClipMetric):
             if detail["truncated"]:
                 detail["limit"] = prompt.limit
             if isinstance(out, str) or isinstance(init, str):
-                reason = out if isinstance(out, str) else f"init {init}"
-                results.append((math.nan, {"reason": reason}))
+                # an init image that does not decode may be restored: not stored, the next eval retries
+                results.append((math.nan, {"reason": out} if isinstance(out, str) else
+                                {"reason": f"init {init}", "retry": True}))
                 continue
             image_dir = out.astype(np.float64) - init.astype(np.float64)
             text_dir = prompt.vector.astype(np.float64) - source.vector.astype(np.float64)

@@ -285,6 +285,8 @@ class ClipMetric(Metric):
     """Base of the CLIP metrics: builds the shared embedder from the CLIP options."""
 
     def __init__(self, **options: Any) -> None:
+        if str(options.get("pretrained", "x")).strip() == "":  # `pretrained=` left empty: the default, same id
+            del options["pretrained"]
         if options.get("model") in (TINY, *BUILTIN_LOADERS) and "pretrained" not in options:
             options["pretrained"] = options["model"]
         if isinstance(options.get("pretrained"), str):  # weights on disk: by absolute path, in the id too

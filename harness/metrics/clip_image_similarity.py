@@ -35,8 +35,9 @@ class ClipImageSimilarity(ClipMetric):
         results: list[tuple[float, dict]] = []
         for out, init in zip(outputs, inits):
             if isinstance(out, str) or isinstance(init, str):
-                reason = out if isinstance(out, str) else f"init {init}"
-                results.append((math.nan, {"reason": reason}))
+                # an init image that does not decode may be restored: not stored, the next eval retries
+                results.append((math.nan, {"reason": out} if isinstance(out, str) else
+                                {"reason": f"init {init}", "retry": True}))
             else:
                 results.append((cosine(out, init), {}))
         return results

@@ -145,7 +145,8 @@ def embed_file(src: Path | str, dst: Path | str, message: str | bytes | Message 
             kwargs["pnginfo"] = info
     if fmt is None:
         raise ValueError(f"embed_file: unknown image format for {dst} (use .png, .jpg, .webp ...)")
-    dst.parent.mkdir(parents=True, exist_ok=True)
+    if not dst.parent.is_dir():
+        raise ValueError(f"embed_file: the output folder {dst.parent} does not exist")
     write_durably(dst, lambda handle: marked.save(handle, format=fmt, **kwargs))
     return dst
 
