@@ -293,6 +293,16 @@ def jobs_for(exp: Experiment, refs: dict, prompts: list[Variant], negatives: lis
     return list(jobs.values())
 
 
+def level_counts(jobs: Iterable[Job]) -> dict[str, int]:
+    """Factor column (and checkpoint, strength) -> how many distinct levels the jobs give it."""
+    levels: dict[str, set] = {}
+    for job in jobs:
+        for column, value in [*((f"f.{k}", v) for k, v in job.factors.items()),
+                              ("checkpoint", job.checkpoint), ("strength", job.strength)]:
+            levels.setdefault(column, set()).add(value)
+    return {column: len(values - {None}) for column, values in levels.items()}
+
+
 def variant_of(job: Job) -> tuple:
     """The variant a job's image belongs to: all but its seed and what `[randomize]` drew for it (what a
     stage's `top_k` ranks within, and what a shard keeps whole)."""

@@ -6,7 +6,6 @@ Everything written here is derived: delete `tables/`, `plots/`, `thumbs/` or
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Iterable
@@ -136,16 +135,18 @@ EXTRA_PLOTS = ("search_trajectory.png",)
 
 
 def _planned_levels(ledger: Ledger) -> dict[str, int]:
-    """Factor column (and checkpoint, strength) -> how many levels the current plan gives it."""
+    """Factor column (and checkpoint, strength) -> how many levels the current plan gives it: the jobs the
+    ledger plans, and the whole main plan's levels the run recorded (a shard's ledger holds its own jobs only)."""
+    import json
+
+    from .plan import level_counts
+    from .run import MAIN_LEVELS
+
     planned = ledger.planned_keys()
-    levels: dict[str, set] = defaultdict(set)
-    for job in ledger.all_jobs():
-        if planned is None or job.key in planned:
-            for name, value in job.factors.items():
-                levels[f"f.{name}"].add(value)
-            levels["checkpoint"].add(job.checkpoint)
-            levels["strength"].add(job.strength)
-    return {column: len(values - {None}) for column, values in levels.items()}
+    levels = level_counts(job for job in ledger.all_jobs() if planned is None or job.key in planned)
+    for column, count in json.loads(ledger.get_meta(MAIN_LEVELS) or "{}").items():
+        levels[column] = max(count, levels.get(column, 0))
+    return levels
 
 
 def _no_pairs(c: Comparison) -> str:

@@ -27,7 +27,7 @@ from .core import Job, SettingsError, canonical_json
 from .experiment import Experiment, ExperimentError, inline_prompt, load_experiment
 from .ledger import Ledger, LedgerError
 from .ledger.schema import LEDGER_FILE
-from .plan import Plan, group_jobs, make_plan, shard as shard_jobs
+from .plan import Plan, group_jobs, level_counts, make_plan, shard as shard_jobs
 from .worker import Finished, Tuning
 
 
@@ -51,6 +51,7 @@ class RunResult:
 
 HISTORY_DIR = "history"  # RUN/history/experiment-<UTC time>.toml: each earlier version of the experiment
 SHARDS = "shards"  # ledger meta: the [i, n] shards runs into the folder made ([0, 1]: the whole plan)
+MAIN_LEVELS = "main_levels"  # ledger meta: factor column -> levels in the whole main plan (plan.level_counts)
 MERGED = "merged"  # ledger meta: set in a folder shards were merged into (it runs the whole plan)
 
 
@@ -126,6 +127,8 @@ def prepare_run(exp: Experiment, plan: Plan, run_dir: Path, *, jobs: list[Job] |
     main = plan if part == "main" else make_plan(exp) if edited else None
     changed = main is not None and ledger.plan_keys("main") != set(main.keys)
     ledger.set_plan(part, [j.key for j in plan.jobs])
+    if main is not None:  # a shard's ledger holds its own jobs only: the report needs the whole plan's levels
+        ledger.set_meta(MAIN_LEVELS, json.dumps(level_counts(main.jobs)))
     if main is not None and part != "main":
         ledger.set_plan("main", main.keys)
     names = {f"stage:{s.name}" for s in exp.stages}  # a stage's part also goes with any edit (of its settings)
@@ -401,7 +404,7 @@ def merge_runs(out: Path | str, sources: Iterable[Path | str], *, log: Callable[
             with Ledger.open(src, readonly=True) as other:  # the run metadata first: it marks the folder set up
                 if ledger.get_meta("experiment") is None and other.get_meta("experiment") is not None:
                     for name in ("experiment", "template", "experiment_path", "experiment_name", "factors",
-                                 "factor_nesting"):
+                                 "factor_nesting", MAIN_LEVELS):
                         value = other.get_meta(name)
                         if value is not None:
                             ledger.set_meta(name, value)

@@ -257,3 +257,19 @@ def test_merge_onto_a_full_disk_is_one_line_that_says_it_goes_on(tmp_path, monke
     r = CliRunner().invoke(app, ["merge", str(tmp_path / "s0"), "--out", str(tmp_path / "m")])
     assert r.exit_code == 2 and "No space left on device" in r.output and "merge again, it goes on" in r.output
     assert "Traceback" not in r.output
+
+
+def test_a_shards_report_names_the_factor_its_shard_holds_one_level_of(tmp_path):
+    """Shard 0/2 of this plan makes the blue image only: its report says why color is not compared there
+    (the whole plan has two colors), though the shard's ledger holds none of the other shard's jobs."""
+    from harness.report import build_report
+
+    exp = tmp_path / "exp.toml"
+    exp.write_text('name = "s"\nprompt = "a {@color: red|blue} cat"\nseeds = [2]\ncheckpoints = ["tiny"]\n'
+                   'steps = 2\nwidth = 64\nheight = 64\n')
+    run_experiment(exp, out=tmp_path / "s0", shard=(0, 2), progress=False)
+    with Ledger.open(tmp_path / "s0", readonly=True) as led:
+        assert [j.factors["color"] for j in led.all_jobs()] == ["blue"]
+    r = build_report(tmp_path / "s0", html=False)
+    assert r.skipped == [("f.color", "any metric", "only 1 level ('blue') among the 1 images made; the plan has 2 "
+                                                   "(1 images not made yet)")]
