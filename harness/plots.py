@@ -120,26 +120,42 @@ def level_stats(table: pd.DataFrame, factor: str, metric: str) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["level", "n", "mean", "ci_low", "ci_high"])
 
 
+def _stages(data: pd.DataFrame) -> list[str]:
+    """The stages among `data`'s rows, main first, when there are two or more (else [])."""
+    if "stage" not in data.columns or data["stage"].nunique(dropna=True) < 2:
+        return []
+    return sorted(data["stage"].dropna().map(str).unique(), key=lambda s: (s != "main", s))
+
+
 @plot_fonts()
 def level_figure(table: pd.DataFrame, factor: str, metric: str):
-    """The figure :func:`metric_by_level` saves: mean and 95 % CI of `metric` per level of `factor`."""
+    """The figure :func:`metric_by_level` saves: mean and 95 % CI of `metric` per level of `factor`; a
+    staged run gets a series per stage, side by side (a refined image is not another draw of its parent)."""
     fcol, mcol = resolve_dim(table, factor, "factor"), resolve_metric(table, metric)
     stats = level_stats(table, fcol, mcol)
     if stats.empty:
         raise ValueError(f"metric_by_level: no healthy image has a {metric_label(mcol)} score; nothing to plot")
+    stages = _stages(_usable(table, mcol))
+    series = [(stage, level_stats(table[table["stage"].map(str) == stage], fcol, mcol).set_index("level")
+               .reindex(stats["level"]).reset_index()) for stage in stages] or [(None, stats)]
     name = dim_name(fcol)
-    width = max(3.6, 0.9 * len(stats) + 1.8)
-    title = _wrap(f"{metric_label(mcol)} by {name} (mean, 95% CI)", int(width * 9))
+    width = max(3.6, (0.9 + 0.2 * len(stages)) * len(stats) + 1.8)
+    per_stage = ", per stage" if stages else ""
+    title = _wrap(f"{metric_label(mcol)} by {name} (mean, 95% CI{per_stage})", int(width * 9))
     ticks = [_tick_label(lv, n) for lv, n in zip(stats["level"], stats["n"])]
     extra = 0.15 * max(0, max(t.count("\n") for t in ticks) - 1)  # room for levels wrapped to more lines
     fig = _figure(width, _height(title) + extra)
     ax = fig.subplots()
     x = np.arange(len(stats))
-    means = stats["mean"].to_numpy()
-    below = np.nan_to_num(means - stats["ci_low"].to_numpy())  # no bar where n < 2
-    above = np.nan_to_num(stats["ci_high"].to_numpy() - means)
-    ax.errorbar(x, means, yerr=[below, above], fmt="o", color="#2f5dbd", ecolor="#2f5dbd", capsize=4,
-                markersize=6)
+    step = min(0.6 / len(series), 0.2)
+    for i, (stage, part) in enumerate(series):
+        means = part["mean"].to_numpy(float)
+        below = np.nan_to_num(means - part["ci_low"].to_numpy(float))  # no bar where n < 2
+        above = np.nan_to_num(part["ci_high"].to_numpy(float) - means)
+        ax.errorbar(x + (i - (len(series) - 1) / 2) * step, means, yerr=[below, above], fmt="o", capsize=4,
+                    markersize=6, label=stage, **({} if stages else {"color": "#2f5dbd"}))
+    if stages:
+        ax.legend(fontsize=8, title="stage", title_fontsize=8)
     ax.set_xticks(x, ticks, fontsize=9)
     ax.set_xlabel(name)
     ax.set_ylabel(_wrap(metric_label(mcol, 60), 30), fontsize=9)
@@ -266,7 +282,8 @@ def undrawn(table: pd.DataFrame) -> str:
 def plots_for(table: pd.DataFrame, run_dir: Path) -> list[Path]:
     """The default plots: every varying factor (and checkpoint) x every metric, and the strength curves.
 
-    Each factor plot pools the images over everything else (other factors, seeds, stages).
+    Each factor plot pools the images over everything else (other factors, seeds) but the stage: a staged
+    run's plot has a series per stage.
     """
     run_dir = Path(run_dir)
     metrics = plot_metrics(table)

@@ -75,6 +75,23 @@ def test_a_later_stage_gets_its_own_strength_line():
     assert ax.get_legend().get_title().get_text() == "stage"
 
 
+def test_a_staged_runs_level_plot_has_a_series_per_stage_not_the_stages_pooled():
+    table = image_table({"color": ["red", "blue"]}, ["clip_score"])
+    refined = table.assign(stage="refine", **{"m.clip_score": table["m.clip_score"] + 5})
+    table = pd.concat([table.assign(stage="main"), refined], ignore_index=True)
+    fig = level_figure(table, "color", "clip_score")
+    (ax,) = fig.axes
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["main", "refine"]
+    assert "per stage" in flat(titles(fig)[0])
+    points = {c.get_label(): c.lines[0].get_ydata() for c in ax.containers}  # one errorbar per stage
+    for stage, ys in points.items():
+        part = table[table["stage"] == stage]
+        assert np.allclose(ys, [part.loc[part["f.color"] == c, "m.clip_score"].mean() for c in ("blue", "red")])
+    assert points["refine"][0] - points["main"][0] == pytest.approx(5)
+    single = level_figure(table[table["stage"] == "main"], "color", "clip_score")
+    assert single.axes[0].get_legend() is None and len(single.axes[0].containers) == 1
+
+
 def test_characters_no_plot_font_has_are_named_once():
     assert fonts.undrawable(["red 水彩", "é\t水"], ["DejaVu Sans"]) == "彩水"  # DejaVu Sans has é, no CJK
     assert fonts.undrawable(["red", "circle"]) == ""
