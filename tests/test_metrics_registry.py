@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from harness.metrics import MetricInfo, get_metric, list_metrics, metric_from_spec, parse_metric_spec
+from harness.metrics import Metric, MetricInfo, Option, get_metric, list_metrics, metric_from_spec, parse_metric_spec
+from harness.metrics.base import metric_class, register
 
 
 def test_unknown_metric_name_lists_the_valid_ones():
@@ -17,6 +18,61 @@ def test_unknown_metric_name_lists_the_valid_ones():
     assert "unknown metric 'clip_scor'" in message and "did you mean 'clip_score'" in message
     for name in ("clip_score", "clip_image_similarity", "clip_directional", "watermark", "health"):
         assert name in message
+
+
+def test_unknown_metric_name_points_at_plugins():
+    with pytest.raises(KeyError) as error:
+        get_metric("bright")
+    assert "a plugin metric? load its module with HARNESS_PLUGINS=module" in str(error.value)
+
+
+def metric_class_named(name: str, options: dict | None = None, score: bool = True) -> type[Metric]:
+    """A test-only Metric subclass (not registered) with INFO named `name`."""
+    body = {"INFO": MetricInfo(name=name, description="d", unit="u", range=(0.0, 1.0), higher_is_better=True),
+            "OPTIONS": options or {}}
+    if score:
+        body["_score"] = lambda self, items: [(1.0, {}) for _ in items]
+    return type("Plugin", (Metric,), body)
+
+
+@pytest.mark.parametrize("name", ["my metric:v2", "a,b", "x[1]", "-m", "say=\"hi\"", ""])
+def test_register_refuses_a_name_that_metric_specs_cannot_read(name):
+    with pytest.raises(ValueError) as error:
+        register(metric_class_named(name))
+    message = str(error.value)
+    assert message.startswith(f"metric class Plugin (plugin module {__name__}): metric name {name!r} cannot be given "
+                              "to -m or read back from a metric id; a name takes letters, digits, '_', '.' and '-'")
+    with pytest.raises(KeyError):
+        metric_class(name)
+
+
+def test_a_registered_name_round_trips_through_specs_and_ids():
+    cls = register(metric_class_named("my_metric.v2-b", {"n": Option(3, "a count", parse=int)}))
+    assert metric_from_spec("my_metric.v2-b:n=4").id == "my_metric.v2-b[n=4]"
+    assert isinstance(metric_from_spec("my_metric.v2-b[n=4]"), cls)
+
+
+@pytest.mark.parametrize("option, fragment", [
+    (Option("x", "n", parse=int), "option n of metric 'bad_default' has default 'x', which its parse refuses "
+                                  "(invalid literal for int() with base 10: 'x')"),
+    (Option("3", "n", parse=int), "option n of metric 'bad_default' has default '3', which its parse reads back "
+                                  "as 3; give the parsed value as the default"),
+    (Option("big", "n", choices=("small", "large")), "has default 'big', not one of its choices 'small', 'large'"),
+    (Option(None, "n", parse=float, in_id=False), "has default None, which its parse refuses"),
+])
+def test_register_runs_option_defaults_through_parse(option, fragment):
+    with pytest.raises(ValueError, match="^metric class Plugin") as error:
+        register(metric_class_named("bad_default", {"n": option}))
+    assert fragment in str(error.value)
+    with pytest.raises(KeyError):
+        metric_class("bad_default")
+
+
+def test_register_refuses_a_class_without_info_or_score():
+    with pytest.raises(ValueError, match="needs INFO = MetricInfo\\(name=..."):
+        register(type("NoInfo", (Metric,), {"_score": lambda self, items: []}))
+    with pytest.raises(ValueError, match=r"define _score\(self, items\) returning one \(value: float, detail: dict\)"):
+        register(metric_class_named("no_score", score=False))
 
 
 def test_list_metrics_gives_metadata_for_every_metric():

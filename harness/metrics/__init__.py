@@ -14,6 +14,7 @@ cheap: torch, open_clip and OpenCV load only when a metric first scores.
 from harness.metrics.base import (
     Item,
     Metric,
+    MetricContractError,
     MetricInfo,
     MetricUnavailable,
     Option,
@@ -29,7 +30,7 @@ from harness.metrics.spec import parse_metric_spec
 from harness.metrics import clip_directional, clip_image_similarity, clip_score, health, watermark  # noqa: E402,F401
 
 __all__ = [
-    "Item", "Metric", "MetricInfo", "MetricUnavailable", "Option", "get_metric", "list_metrics",
+    "Item", "Metric", "MetricContractError", "MetricInfo", "MetricUnavailable", "Option", "get_metric", "list_metrics",
     "metric_from_spec", "metric_options", "parse_metric_spec", "register",
 ]
 from harness.metrics import toy_oracle  # noqa: E402,F401

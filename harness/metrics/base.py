@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import difflib
 import math
+import numbers
 import os
+import re
+import reprlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Iterable, Mapping, Sequence
+from typing import Any, Callable, ClassVar, Iterable, Iterator, Mapping, Sequence
 
-from harness.core import Score
+from harness.core import Score, canonical_json
 from harness.images import to_rgb
 from harness.metrics.spec import parse_metric_spec, quote_value
 
@@ -69,6 +72,42 @@ NOT_YET = (MISSING_FILE, CHANGED_FILE, UNREADABLE_FILE)  # reasons of a NaN that
 
 class MetricUnavailable(RuntimeError):
     """The metric as a whole cannot run (its model did not load). Every item gets NaN with this reason."""
+
+
+class MetricContractError(ValueError):
+    """A metric's `_score` returned something other than one (value, detail) per item: the message names the
+    metric, its module and what was expected. `Metric.score` gives every item of the batch NaN with it
+    (not stored: named under "not scored", the other metrics go on)."""
+
+
+CONTRACT = "_score must return a list with one (value: float, detail: dict) per item"
+RANGE_SLACK = 1e-6  # rounding a declared bound may see (a float32 cosine of 1.0000001), relative to its size
+_SHORT = reprlib.Repr()
+_SHORT.maxstring, _SHORT.maxother = 60, 60
+
+
+def origin(cls: type) -> str:
+    """Where a metric class comes from, for error messages: `plugin module my_metrics` or
+    `module harness.metrics.health`."""
+    module = cls.__module__
+    return f"module {module}" if module == "harness" or module.startswith("harness.") else f"plugin module {module}"
+
+
+def describe(value: Any) -> str:
+    """`float 0.5`, `NoneType None`, `tuple (0.5, {}, 1)`: a returned value's type and a short repr of it."""
+    return f"{type(value).__name__} {_SHORT.repr(value)}"
+
+
+def as_real(value: Any) -> float | None:
+    """`value` as a float when it is a real number (int, float, a numpy or torch scalar), else None."""
+    if isinstance(value, numbers.Complex) and not isinstance(value, numbers.Real):
+        return None
+    if not isinstance(value, numbers.Real) and getattr(value, "shape", None) != ():  # 0-d arrays and tensors pass
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
 
 
 @dataclass(frozen=True)
@@ -132,7 +171,9 @@ class Metric:
     `score(items)` returns one Score per item, in order, and never raises for
     one bad item: an item without the inputs the metric needs, or whose image
     cannot be read, gets NaN with `detail["reason"]`; a metric whose model
-    cannot load, or whose `_score` raises, gives NaN with the reason for every
+    cannot load, or whose `_score` raises or breaks its contract (a list of one
+    (value, detail) per item: a real number, NaN or inside `info.range`, and a
+    JSON-serialisable dict; see `checked`), gives NaN with the reason for every
     item, marked `retry` (not stored: the next eval tries again).
     """
 
@@ -175,12 +216,10 @@ class Metric:
                 ready.append(index)
         if ready:
             try:
-                outcomes = self._score([items[i] for i in ready])
-                if len(outcomes) != len(ready):
-                    raise RuntimeError(f"returned {len(outcomes)} results for {len(ready)} items")
+                outcomes = self.checked(self._score([items[i] for i in ready]), len(ready))
                 for index, (value, detail) in zip(ready, outcomes):
-                    results[index] = Score(key=items[index].key, metric=self.id, value=float(value), detail=detail)
-            except MetricUnavailable as exc:  # the metric cannot run here at all: worth retrying later
+                    results[index] = Score(key=items[index].key, metric=self.id, value=value, detail=detail)
+            except (MetricUnavailable, MetricContractError) as exc:  # cannot run here, or broken: retried later
                 for index in ready:
                     results[index] = self.nan(items[index], str(exc), retry=True)
             except Exception as exc:  # a bug in the metric (a plugin's, say): nothing stored, the other metrics go on
@@ -188,6 +227,55 @@ class Metric:
                     results[index] = self.nan(items[index], f"metric {self.id} failed: {type(exc).__name__}: {exc}",
                                               retry=True)
         return results  # type: ignore[return-value]
+
+    # -- the _score contract -----------------------------------------------------
+    def checked(self, outcomes: Any, count: int) -> list[tuple[float, dict]]:
+        """What `_score` returned for `count` items, as (float value, dict detail) pairs; a
+        :class:`MetricContractError` saying what was expected when it is anything else."""
+        if isinstance(outcomes, Iterator):  # a generator expression, map(...): its repr says nothing
+            raise self.broken(f"got a {type(outcomes).__name__} (return a list: [(value, {{}}) for item in items])")
+        if not isinstance(outcomes, (list, tuple)):
+            raise self.broken(f"got {describe(outcomes)}")
+        if len(outcomes) != count:
+            raise self.broken(f"got {len(outcomes)} results for {count} items")
+        return [self.checked_result(index, result) for index, result in enumerate(outcomes)]
+
+    def checked_result(self, index: int, result: Any) -> tuple[float, dict]:
+        """One (value, detail) of `_score`'s list: numpy and torch scalars become floats."""
+        if not isinstance(result, (tuple, list)) or len(result) != 2:
+            raise self.broken(f"result {index} is {describe(result)}")
+        value, detail = as_real(result[0]), result[1]
+        if value is None:
+            raise self.broken(f"result {index} has value {describe(result[0])}, not a real number")
+        if not isinstance(detail, Mapping):
+            raise self.broken(f"result {index} has detail {describe(detail)}, not a dict (give {{}} for none)")
+        detail = dict(detail)
+        try:
+            canonical_json(detail)
+        except (TypeError, ValueError) as exc:
+            raise self.broken(f"result {index} has a detail that is not JSON-serialisable without NaN/inf ({exc}); "
+                              "use str, int, float, bool, None, lists and dicts (numpy: .tolist() or float())") \
+                from None
+        self.check_range(index, value)
+        return value, detail
+
+    def check_range(self, index: int, value: float) -> None:
+        """A value must be NaN (an item that cannot be scored) or inside the declared range, give or take
+        rounding (:data:`RANGE_SLACK`)."""
+        if math.isnan(value):
+            return
+        lo, hi = self.info.range
+        if math.isinf(value):
+            raise self.broken(f"result {index} has value {value}, not finite (give NaN with detail "
+                              "{'reason': ...} for an item that cannot be scored)")
+        slack = RANGE_SLACK * max(1.0, abs(lo), abs(hi))
+        if not lo - slack <= value <= hi + slack:
+            raise self.broken(f"result {index} has value {format_number(value)}, outside the metric's declared "
+                              f"range [{format_number(lo)}, {format_number(hi)}] (its MetricInfo range); fix the "
+                              "metric, or declare the range its values really take")
+
+    def broken(self, problem: str) -> MetricContractError:
+        return MetricContractError(f"metric {self.id} ({origin(type(self))}): {CONTRACT}; {problem}")
 
     def _score(self, items: list[Item]) -> list[tuple[float, dict]]:
         """Score items whose needed inputs are present: one (value, detail) per item, in order."""
@@ -271,8 +359,15 @@ def resolve_options(metric: str, declared: Mapping[str, Option], given: Mapping[
 _REGISTRY: dict[str, type[Metric]] = {}
 
 
+NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+NAME_RULE = "letters, digits, '_', '.' and '-', not starting with '.' or '-'"
+
+
 def register(cls: type[Metric]) -> type[Metric]:
-    """Class decorator: make a metric available by its INFO.name."""
+    """Class decorator: make a metric available by its INFO.name. Refuses a class a spec could not name
+    or build: no `INFO = MetricInfo(...)`, no `_score`, a name `-m` cannot read back, an option default
+    its own `parse` refuses."""
+    check_metric_class(cls)
     name = cls.INFO.name
     if name in _REGISTRY and _REGISTRY[name] is not cls:
         raise ValueError(f"metric name {name!r} is registered twice "
@@ -281,13 +376,63 @@ def register(cls: type[Metric]) -> type[Metric]:
     return cls
 
 
+def check_metric_class(cls: type) -> None:
+    """ValueError naming the class, its module and what was expected, for a metric class `register` refuses."""
+    where = f"metric class {cls.__name__} ({origin(cls)})"
+    if not isinstance(cls, type) or not issubclass(cls, Metric):
+        raise ValueError(f"{where}: register takes a subclass of harness.metrics.Metric")
+    info = getattr(cls, "INFO", None)
+    if not isinstance(info, MetricInfo):
+        raise ValueError(f"{where}: needs INFO = MetricInfo(name=..., description=..., unit=..., range=(lo, hi), "
+                         f"higher_is_better=...); got {describe(info)}")
+    if cls._score is Metric._score:
+        raise ValueError(f"{where}: define _score(self, items) returning one (value: float, detail: dict) per item")
+    check_name(info.name, where)
+    for option, declared in cls.OPTIONS.items():
+        check_default(info.name, option, declared, where)
+
+
+def check_name(name: Any, where: str) -> None:
+    """A metric name must read back from `-m NAME` and from its ids (`NAME[key=value]`)."""
+    if not isinstance(name, str) or not NAME.fullmatch(name) or parse_metric_spec(name) != (name, {}):
+        raise ValueError(f"{where}: metric name {name!r} cannot be given to -m or read back from a metric id; "
+                         f"a name takes {NAME_RULE} (e.g. {_suggest_name(name)!r})")
+
+
+def _suggest_name(name: Any) -> str:
+    suggestion = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(name)).lstrip(".-")
+    return suggestion or "my_metric"
+
+
+def check_default(metric: str, option: str, declared: Option, where: str) -> None:
+    """An option's default must be what its `parse` makes of it: of the text the metric id writes for it when
+    the id always spells it, so the metric made without the option is the one its id makes again."""
+    if not isinstance(declared, Option):
+        raise ValueError(f"{where}: OPTIONS[{option!r}] is {describe(declared)}; expected Option(default, help, "
+                         "parse=...)")
+    raw = format_option(declared.default) if declared.in_id is True else declared.default
+    try:
+        parsed = declared.parse(raw)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{where}: option {option} of metric {metric!r} has default {declared.default!r}, which "
+                         f"its parse refuses ({exc}); give a default parse accepts") from None
+    if parsed != declared.default:
+        raise ValueError(f"{where}: option {option} of metric {metric!r} has default {declared.default!r}, which "
+                         f"its parse reads back as {parsed!r}; give the parsed value as the default")
+    if declared.choices is not None and declared.default not in declared.choices:
+        raise ValueError(f"{where}: option {option} of metric {metric!r} has default {declared.default!r}, not one "
+                         f"of its choices {', '.join(map(repr, declared.choices))}")
+
+
 def metric_class(name: str) -> type[Metric]:
     try:
         return _REGISTRY[name]
     except KeyError:
         close = difflib.get_close_matches(name, list(_REGISTRY), n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise KeyError(f"unknown metric {name!r}{hint}; valid metrics: {', '.join(sorted(_REGISTRY))}") from None
+        raise KeyError(f"unknown metric {name!r}{hint}; valid metrics: {', '.join(sorted(_REGISTRY))}; a plugin "
+                       "metric? load its module with HARNESS_PLUGINS=module (importable: installed, or in a folder "
+                       "on PYTHONPATH)") from None
 
 
 def get_metric(name: str, **options: Any) -> Metric:
