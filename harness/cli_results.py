@@ -92,6 +92,10 @@ def report(
         typer.echo(f"image files gone: {r.gone} finished images have no file in images/ (deleted since they were "
                    f"made); their scores still count in these tables until `harness eval {run_dir}` drops them",
                    err=True)
+    for what, command in (("search", "evolve"), ("ablation", "ablate")):
+        if what in r.dropped:
+            typer.echo(f"note: removed the {what} tables of an earlier version of the experiment (the edit planned "
+                       f"its images again); `harness {command}` makes them for this version")
     if r.stale_page:
         typer.echo(f"note: {r.stale_page} and plots/ are an earlier report's (--no-html leaves them as they were); "
                    f"`harness report {run_dir}` (without --no-html) rebuilds them", err=True)

@@ -74,6 +74,7 @@ class Job:
     init_hash: str | None = None
     dtype: str = "auto"
     watermark: str = "none"
+    emphasis: str | None = None  # "a1111": the prompts' brackets are weights (harness.emphasis); None: text
     # Not pixel-affecting: recorded, never hashed.
     init_image: str | None = None
     factors: Mapping[str, str] = field(default_factory=dict)
@@ -84,6 +85,8 @@ class Job:
 
     def pixel_dict(self) -> dict:
         d = {name: getattr(self, name) for name in PIXEL_FIELDS}
+        if self.emphasis is not None:  # only where it changes pixels, so other prompts keep their keys
+            d["emphasis"] = self.emphasis
         d["schema"] = SCHEMA_VERSION
         return d
 

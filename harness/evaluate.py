@@ -43,12 +43,25 @@ def item_for(ledger: Ledger, job: Job):
     parent = job.meta.get("parent_key")
     # a stage's init image is its parent's image, wherever this run folder is now (moved, merged from shards)
     init = ledger.image_path(parent) if parent else job.init_image
-    return Item(key=job.key, image_path=ledger.image_path(job.key), prompt=job.prompt,
-                negative_prompt=job.negative_prompt,
+    words = _words if job.emphasis else str  # metrics read a prompt's words, not its emphasis brackets
+    source = job.meta.get("source_prompt")
+    return Item(key=job.key, image_path=ledger.image_path(job.key), prompt=words(job.prompt),
+                negative_prompt=words(job.negative_prompt),
                 init_image_path=Path(init) if init else None,
                 init_size=(job.width, job.height) if init else None, init_hash=job.init_hash if init else None,
-                source_prompt=job.meta.get("source_prompt"),
+                source_prompt=(_words if job.meta.get("source_emphasis") else str)(source) if source else None,
                 parent_image_path=ledger.image_path(parent) if parent else None)
+
+
+def _words(prompt: str) -> str:
+    """A prompt without its A1111 emphasis; as written when it does not parse (then it was never read as
+    emphasis: the planner refuses such prompts under `emphasis = "a1111"`)."""
+    from .emphasis import EmphasisError, plain
+
+    try:
+        return plain(prompt)
+    except EmphasisError:
+        return prompt
 
 
 def lasting(scores: list) -> list:

@@ -157,22 +157,29 @@ def _check_batch(pipe, jobs: Sequence[Job], device: str, init_images) -> None:
 
 
 def _embeddings(pipe, jobs: Sequence[Job], cache: dict | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(prompt_embeds, negative_prompt_embeds) for the batch, one prompt encoded at a time."""
-    cache = {} if cache is None else cache
+    """(prompt_embeds, negative_prompt_embeds) for the batch, one prompt encoded at a time; a job whose
+    `emphasis` is set has its brackets read as weights (:mod:`harness.weighted`). With `cache=None` every
+    image is encoded, as one pipeline call per image would (the benchmark's "no cache" row)."""
     device = pipe._execution_device
     dtype = str(pipe.text_encoder.dtype)
     conds, unconds = [], []
     for job in jobs:
-        key = (job.fingerprint, dtype, job.prompt, job.negative_prompt)
-        if key not in cache:
+        key = (job.fingerprint, dtype, job.prompt, job.negative_prompt, job.emphasis)
+        pair = None if cache is None else cache.get(key)
+        if pair is None:
             with _ENCODE_LOCK, torch.no_grad():
-                cond, uncond = pipe.encode_prompt(job.prompt, device, 1, True, negative_prompt=job.negative_prompt)
-            while len(cache) >= EMBEDS_CACHE_LIMIT:
-                cache.pop(next(iter(cache)))
-            cache[key] = (cond, uncond)
-        cond, uncond = cache[key]
-        conds.append(cond)
-        unconds.append(uncond)
+                if job.emphasis:
+                    from .weighted import weighted_embeddings
+                    pair = (weighted_embeddings(pipe, job.prompt, device),
+                            weighted_embeddings(pipe, job.negative_prompt, device))
+                else:
+                    pair = pipe.encode_prompt(job.prompt, device, 1, True, negative_prompt=job.negative_prompt)
+            if cache is not None:
+                while len(cache) >= EMBEDS_CACHE_LIMIT:
+                    cache.pop(next(iter(cache)))
+                cache[key] = pair
+        conds.append(pair[0])
+        unconds.append(pair[1])
     return torch.cat(conds), torch.cat(unconds)
 
 

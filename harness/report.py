@@ -132,6 +132,27 @@ EXTRA_TABLES = (("search_generations", "Prompt search: best prompts per generati
                 ("search_lineage", "Prompt search: the winners' lineage"),
                 ("ablation", "Ablation: each clause's contribution (full minus without, paired by seed)"))
 EXTRA_PLOTS = ("search_trajectory.png",)
+SEARCH_FILES = ("tables/search_generations", "tables/search_trajectory", "tables/search_lineage",
+                "plots/search_trajectory.png")
+
+
+def _drop_stale_extras(run_dir: Path, ledger: Ledger) -> list[str]:
+    """Remove the search's and the ablation's tables when the run's plan no longer holds their images (an
+    edit of the experiment planned its main images again): they describe an earlier version. Returns
+    what was removed ("search", "ablation")."""
+    parts = set(ledger.plan_parts())
+    current = ledger.get_meta("search/current")
+    stale = {"search": [run_dir / f for f in SEARCH_FILES] if f"search:{current}" not in parts else [],
+             "ablation": [run_dir / "tables/ablation"] if "ablation" not in parts else []}
+    dropped = []
+    for what, files in stale.items():
+        found = [f for base in files for f in ([base] if base.suffix else base.parent.glob(base.name + ".*"))
+                 if f.is_file()]
+        for f in found:
+            f.unlink(missing_ok=True)
+        if found:
+            dropped.append(what)
+    return dropped
 
 
 def _planned_levels(ledger: Ledger) -> dict[str, int]:
@@ -179,6 +200,7 @@ class ReportResult:
     failed: list[tuple[str, str]] = field(default_factory=list)  # (key, error) of the plan's failed jobs
     undrawn: str = ""  # characters of plot labels no installed font has (boxes in the plots)
     stale_page: Path | None = None  # an earlier report's index.html this one (--no-html) did not rewrite
+    dropped: list[str] = field(default_factory=list)  # "search", "ablation": an earlier version's tables removed
 
 
 def _experiment_copy(run_dir: Path) -> dict:
@@ -255,8 +277,9 @@ def build_report(run_dir: Path | str, *, rows: str | None = None, cols: str | No
         missing = ledger.planned_not_done()
         failed = failed_jobs(ledger)
         planned_levels = _planned_levels(ledger) if missing and compare_factors is None else {}
+        dropped = _drop_stale_extras(run_dir, ledger)
     result = ReportResult(run_dir, len(table), truncated=int((table["truncated"] != "").sum()) if len(table) else 0,
-                          text_limits=table.attrs.get(TEXT_LIMITS, {}), failed=failed)
+                          text_limits=table.attrs.get(TEXT_LIMITS, {}), failed=failed, dropped=dropped)
     _check_options(table, rows, cols, metric, html)
     tables = run_dir / "tables"
     result.tables += write_table(table, tables, "images")

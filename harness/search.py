@@ -290,9 +290,35 @@ def evolve(path: Path | str, *, out: Path | str | None = None, device: str | Non
     refs = resolve_checkpoints(exp)
     sid = search_identity(exp, resources, refs)
     run_dir = Path(out) if out else default_run_dir(exp)
-    ledger, _ = prepare_run(exp, Plan(exp, (), (), refs), run_dir, jobs=[], part=f"search:{sid}")
+    ledger, _ = prepare_run(exp, Plan(exp, (), (), refs), run_dir, jobs=[], part=f"search:{sid}", log=log)
     result = SearchResult(run_dir, sid, [], "generations", budget=cfg.budget)
     maker = None  # one BatchMaker for every generation: each checkpoint is loaded once
+
+    def jobs_of(candidates: Sequence[Candidate], g: int) -> dict[str, list]:
+        """Candidate key -> the jobs of its images in generation `g`."""
+        return {c.key: jobs_for(exp, refs, [Variant(c.text, {})], negatives, stage=f"gen{g}",
+                                meta={"generation": g, "search": sid,
+                                      "lineage": {"key": c.key, "operator": c.operator, "args": dict(c.args),
+                                                  "parents": list(c.parents), "born": c.born}})
+                for c in candidates}
+
+    def make(wanted: list) -> RunResult:
+        """Generate the `wanted` jobs not done yet and score them."""
+        nonlocal maker
+        done = ledger.done_keys() - ledger.stale_keys()  # stale: found missing or damaged, made again
+        pending = [j for j in wanted if j.key not in done]
+        run = RunResult(run_dir, len(wanted), len(wanted) - len(pending))
+        if pending and maker is None:
+            from .worker import BatchMaker, Tuning
+            maker = BatchMaker(refs, ledger.images_dir, device=device or exp.device, memory=exp.memory,
+                               tuning=Tuning(speedups=exp.speedups, streams=exp.streams), exact=exp.exact,
+                               batch_size=exp.batch_size)
+        generate_jobs(exp, Plan(exp, tuple(wanted), (), refs), ledger, pending, run, exact=exp.exact,
+                      device=device or exp.device, batch_size=None, log=log, progress=False, maker=maker)
+        result.generated += run.generated
+        evaluate(ledger, specs, log=log)
+        return run
+
     try:
         ledger.set_meta("search/current", sid)
         ledger.set_meta(f"search/{sid}/config", canonical_json(exp.raw.get("search", {})))
@@ -310,15 +336,17 @@ def evolve(path: Path | str, *, out: Path | str | None = None, device: str | Non
                 candidates = (initial_population(variants, cfg, resources) if g == 0
                               else breed(result.generations[-1], cfg, resources))
                 if not candidates:
-                    raise SearchError(f"{exp.path}: generation {g} has no candidates")
+                    from .search_report import write_search_report
+
+                    result.outputs = write_search_report(run_dir, result.generations)  # what the search found
+                    raise SearchError(f"{exp.path}: generation {g} has no candidates: no operator changed any "
+                                      f"parent into a new prompt" + (", and elitism = 0 keeps none" if g else "")
+                                      + "; add operators (insert, swap draw from modifier lists), modifiers, or "
+                                      "raise elitism")
                 if len(candidates) < cfg.population:
                     log(f"generation {g}: only {len(candidates)} distinct candidates of {cfg.population} "
                         "(the operators found no other new prompts; more modifiers or operators widen the search)")
-                jobs = {c.key: jobs_for(exp, refs, [Variant(c.text, {})], negatives, stage=f"gen{g}",
-                                        meta={"generation": g, "search": sid,
-                                              "lineage": {"key": c.key, "operator": c.operator, "args": dict(c.args),
-                                                          "parents": list(c.parents), "born": c.born}})
-                        for c in candidates}
+                jobs = jobs_of(candidates, g)
                 wanted = [j for js in jobs.values() for j in js]
                 n_candidates, keys = len(candidates), {j.key for j in wanted}
             new_used = used | keys
@@ -334,23 +362,20 @@ def evolve(path: Path | str, *, out: Path | str | None = None, device: str | Non
             used = new_used
             if gen is not None:
                 ledger.set_plan(f"search:{sid}", keys, add=True)
+                # an image of a recorded generation found missing or damaged is made again (its fitness stays
+                # the recorded one: the search's course does not change)
+                done = ledger.done_keys() - ledger.stale_keys()
+                lost = [j for js in jobs_of(gen.candidates, g).values() for j in js if j.key not in done]
+                if lost:
+                    ledger.add_jobs(lost)
+                    run = make(lost)
+                    log(f"generation {g}: {run.generated} image(s) of the recorded generation made again")
                 result.generations.append(gen)
                 continue
             ledger.drop_pending({j.key for j in wanted})
             ledger.add_jobs(wanted)
             ledger.set_plan(f"search:{sid}", [j.key for j in wanted], add=True)
-            done = ledger.done_keys()
-            pending = [j for j in wanted if j.key not in done]
-            run = RunResult(run_dir, len(wanted), len(wanted) - len(pending))
-            if pending and maker is None:
-                from .worker import BatchMaker, Tuning
-                maker = BatchMaker(refs, ledger.images_dir, device=device or exp.device, memory=exp.memory,
-                                   tuning=Tuning(speedups=exp.speedups, streams=exp.streams), exact=exp.exact,
-                                   batch_size=exp.batch_size)
-            generate_jobs(exp, Plan(exp, tuple(wanted), (), refs), ledger, pending, run, exact=exp.exact,
-                          device=device or exp.device, batch_size=None, log=log, progress=False, maker=maker)
-            result.generated += run.generated
-            evaluate(ledger, specs, log=log)
+            run = make(wanted)
             scores = ledger.scores_frame()
             frame = {(k, m): v for k, m, v in zip(scores["key"], scores["metric"], scores["value"])}
             from .tables import image_table

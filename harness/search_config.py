@@ -43,6 +43,17 @@ class SearchConfig:
     seed: int
 
 
+def _needs_init(spec: str) -> bool:
+    """Whether the metric reads an init or parent image (none for a txt2img image); False if unknown (the
+    spec's own check reports that)."""
+    from .metrics import metric_from_spec
+
+    try:
+        return bool(metric_from_spec(spec).INFO.needs & {"init_image", "parent_image"})
+    except (KeyError, ValueError):
+        return False
+
+
 def search_config(exp: Experiment, library: WildcardLibrary | None = None) -> SearchConfig:
     """The experiment's `[search]` table, validated: every problem at once, naming the file."""
     table = exp.raw.get("search")
@@ -81,7 +92,8 @@ def search_config(exp: Experiment, library: WildcardLibrary | None = None) -> Se
     budget = integer("budget", None, 1)
     seed = integer("seed", 0, 0)
 
-    specs = table.get("metrics", [m for m in exp.metrics if m.split(":")[0].split("[")[0] not in NOT_FITNESS])
+    specs = table.get("metrics", [m for m in exp.metrics if m.split(":")[0].split("[")[0] not in NOT_FITNESS
+                                  and ("img2img" in exp.modes or not _needs_init(m))])
     if "metrics" not in table and not specs:
         problems.append("key 'search.metrics': missing, and the experiment's metrics hold none to search for "
                         "(health and watermark are not fitness metrics); set [search] metrics = "
@@ -101,10 +113,16 @@ def search_config(exp: Experiment, library: WildcardLibrary | None = None) -> Se
         metric = c.metric("search.metrics", spec)
         if metric is None:
             continue
+        if "img2img" not in exp.modes and _needs_init(spec):
+            problems.append(f"key 'search.metrics': {spec!r} compares an image with its init image, but the "
+                            "experiment makes txt2img images only, which have none: every candidate would go "
+                            "unscored; search on a metric of the image and its prompt (clip_score, an oracle)")
         fitness.append(Fitness(spec, metric.id, float(weight), metric.INFO.higher_is_better))
+    c.distinct("search.metrics", [f.id for f in fitness])  # one metric twice would count twice
 
     operators = table.get("operators", DEFAULT_OPERATORS)
     if isinstance(operators, list):
+        c.distinct("search.operators", operators)
         operators = {name: 1.0 for name in operators} if all(isinstance(n, str) for n in operators) else operators
     if not isinstance(operators, dict):
         bad("operators", operators, "a table of operator = rate, or a list of operator names")

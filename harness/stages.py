@@ -100,7 +100,8 @@ def children(exp: Experiment, stage: Stage, parents: list[Job], refs: dict, init
             seeds=stage.seeds if stage.seeds is not None else [parent.seed], modes=["img2img"],
             strengths=stage.strengths, inits=[init_of(parent)],
             steps=stage.steps, stage=stage.name, randomize=False,
-            meta={"parent_key": parent.key, "source_prompt": parent.prompt, "source_stage": stage.source})
+            meta={"parent_key": parent.key, "source_prompt": parent.prompt, "source_stage": stage.source,
+                  **({"source_emphasis": parent.emphasis} if parent.emphasis else {})})
     return jobs
 
 

@@ -43,7 +43,7 @@ class Tuning:
     png_level: int = PNG_LEVEL
     writers: int = 4                  # PNG encode/write threads; 0 = in the generation thread
     speedups: tuple[str, ...] = ()    # opt-in (`SPEEDUPS`): channels_last, fused QKV projections, torch.compile
-    embeds_cache: bool = True         # reuse prompt encodings across batches
+    embeds_cache: bool = True         # reuse prompt encodings (off: every image encodes its prompts)
     streams: int | str = "auto"       # CPU generation threads sharing the weights (`resolve_streams`)
     device_uint8: bool = True         # convert to uint8 on the device, one transfer per batch
     on_load: Callable | None = None   # called with every loaded pipeline (timing hooks)

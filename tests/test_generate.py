@@ -109,7 +109,10 @@ def test_prompts_are_encoded_once_per_checkpoint_prompt_and_negative(pipes, tiny
     gen.generate_batch(pipe, jobs, device="cpu", embeds_cache=cache)
     gen.generate_batch(pipe, jobs[:1], device="cpu", embeds_cache=cache)
     assert [c for c in calls if c is not None] == ["a cat"]
-    assert [key[2:] for key in cache] == [("a cat", "")]
+    assert [key[2:] for key in cache] == [("a cat", "", None)]
+    calls.clear()  # no cache (the benchmark's "no prompt-embedding cache" row): every image encodes its prompts
+    gen.generate_batch(pipe, jobs, device="cpu", embeds_cache=None)
+    assert [c for c in calls if c is not None] == ["a cat"] * 3
 
 
 def test_256px_image_runs_on_cpu_with_a_latent_eight_times_smaller(pipes, tiny_ref):

@@ -349,3 +349,82 @@ def test_report_of_a_search_run_shows_generations_lineage_and_trajectory(uninter
     assert "Prompt search: best prompts per generation" in page and "the winners&#39; lineage" in page
     assert "plots/search_trajectory.png" in page
     assert result.best.text in page
+
+
+def test_a_recorded_generations_lost_image_is_made_again_and_the_factor_order_is_kept(uninterrupted, tmp_path):
+    """An image of a finished search deleted from images/ is made again by the next `evolve` (which says so),
+    and evolving does not wipe the template's factor order from the run."""
+    import json
+    import shutil
+
+    from harness.ledger import Ledger
+
+    exp, result = uninterrupted
+    shutil.copytree(result.run_dir, tmp_path / "run")
+    lost = result.best.image_keys[0]
+    with Ledger.open(tmp_path / "run") as led:
+        led.set_meta("factors", json.dumps(["red|blue|green"]))  # as `harness run` records it
+        (led.image_path(lost)).unlink()
+    logs = []
+    again = evolve(exp, out=tmp_path / "run", log=logs.append)
+    assert again.generated == 1 and any("made again" in m for m in logs), logs
+    assert [g.to_dict() for g in again.generations] == [g.to_dict() for g in result.generations]
+    with Ledger.open(tmp_path / "run", readonly=True) as led:
+        assert lost in led.done_keys() and led.image_path(lost).is_file()
+        assert json.loads(led.get_meta("factors")) == ["red|blue|green"]
+
+
+def test_an_edit_that_plans_the_images_again_drops_the_earlier_searchs_tables_from_the_report(uninterrupted,
+                                                                                              tmp_path):
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from harness.cli import app
+    from harness.report import build_report
+    from harness.run import run_experiment
+
+    exp, result = uninterrupted
+    shutil.copytree(result.run_dir, tmp_path / "run")
+    edited = write(tmp_path, exp.read_text().replace("steps = 1", "steps = 2"))
+    run_experiment(edited, out=tmp_path / "run", progress=False)
+    r = build_report(tmp_path / "run")
+    assert r.dropped == ["search"]
+    page = r.index.read_text()
+    assert "Prompt search" not in page and "search_trajectory.png" not in page
+    assert not list((tmp_path / "run" / "tables").glob("search_*"))
+    assert build_report(result.run_dir).dropped == []  # the unedited run keeps them
+    cli = CliRunner().invoke(app, ["report", str(result.run_dir)])
+    assert cli.exit_code == 0 and "removed the search tables" not in cli.stdout
+
+
+@pytest.mark.parametrize("search, words", [
+    ({"metrics": ["clip_image_similarity:model=tiny"]}, "compares an image with its init image"),
+    ({"metrics": ["clip_score:model=tiny", "clip_score:model=tiny,pretrained=tiny"]}, "each entry once"),
+    ({"metrics": ["clip_score:model=tiny"], "operators": ["swap", "swap"]}, "repeated: 'swap'"),
+])
+def test_search_metrics_that_score_nothing_or_twice_are_refused(search, words):
+    raw = {**RAW, "search": {"population": 4, "generations": 2, **search}}
+    with pytest.raises(ExperimentError, match=words):
+        config(raw)
+
+
+def test_default_fitness_of_a_txt2img_experiment_leaves_out_metrics_that_need_an_init_image():
+    raw = {**RAW, "metrics": ["clip_score:model=tiny", "clip_image_similarity:model=tiny", "health"]}
+    assert [f.spec for f in config(raw).fitness] == ["clip_score:model=tiny"]
+
+
+def test_a_generation_without_candidates_says_why_and_keeps_the_report(tmp_path):
+    from harness.search import SearchError
+
+    exp = write(tmp_path, BASE.replace('{red|blue|green} ', '') + """
+[search]
+population = 2
+generations = 2
+metrics = ["target_word:word=watercolor"]
+elitism = 0
+operators = ["delete"]
+""")
+    with pytest.raises(SearchError, match="no operator changed any parent into a new prompt, and elitism = 0"):
+        evolve(exp, out=tmp_path / "run", log=lambda m: None)
+    assert (tmp_path / "run" / "tables" / "search_generations.csv").is_file()

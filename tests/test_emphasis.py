@@ -1,0 +1,155 @@
+"""A1111 emphasis: the parser, the weighted embeddings with the real tiny pipeline, and what the planner and
+the metrics make of prompts that hold it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, strategies as st
+
+from harness.emphasis import EmphasisError, UP, has_emphasis, parse, plain
+
+
+@pytest.mark.parametrize("prompt, runs", [
+    ("a castle", [("a castle", 1.0)]),
+    ("a (castle:1.2), dusk", [("a ", 1.0), ("castle", 1.2), (", dusk", 1.0)]),
+    ("(castle)", [("castle", UP)]),
+    ("((castle))", [("castle", UP * UP)]),
+    ("[castle]", [("castle", 1 / UP)]),
+    ("x (a (b:0.5) c) y", [("x ", 1.0), ("a ", UP), ("b", UP * 0.5), (" c", UP), (" y", 1.0)]),
+    ("((a):1.3)", [("a", UP * 1.3)]),
+    ("(std::vector:1.5)", [("std::vector", 1.5)]),   # the weight is the last `:N` only
+    ("(a castle: .5 )", [("a castle", 0.5)]),
+    (r"a \(b\) \[c\] \\", [(r"a (b) [c] \ ".rstrip(), 1.0)]),
+    ("(a castle:1)", [("a castle", 1.0)]),
+])
+def test_runs_and_weights(prompt, runs):
+    got = parse(prompt)
+    assert [t for t, _ in got] == [t for t, _ in runs]
+    assert [w for _, w in got] == pytest.approx([w for _, w in runs])
+
+
+@pytest.mark.parametrize("prompt, column, words", [
+    ("a (b", 3, "'(' is never closed by ')'"),
+    ("a b) c", 4, "')' closes no '('"),
+    ("(a]", 3, "']' closes no '['"),
+    ("x [a:b:0.5]", 3, "prompt editing"),
+    ("[a|b]", 1, "alternation"),
+])
+def test_malformed_emphasis_names_its_column(prompt, column, words):
+    with pytest.raises(EmphasisError) as e:
+        parse(prompt)
+    assert e.value.column == column and words in str(e.value) and f"column {column}:" in str(e.value)
+
+
+def escape(text: str) -> str:
+    return "".join("\\" + c if c in "()[]\\" else c for c in text)
+
+
+@given(st.text(alphabet="ab ()[]:\\.1", max_size=30))
+def test_escaped_text_reads_as_itself_at_weight_one(text):
+    runs = parse(escape(text))
+    assert plain(escape(text)) == text and all(w == 1 for _, w in runs)
+    assert not has_emphasis(text) or any(c in text for c in "()[]\\")
+
+
+@given(st.lists(st.tuples(st.text(alphabet="abc ,", min_size=1, max_size=6),
+                          st.sampled_from([0.5, 0.9, 1.0, 1.25, 2.0])), max_size=5))
+def test_written_weights_are_read_back(pieces):
+    prompt = "".join(f"({t}:{w})" for t, w in pieces)
+    assert plain(prompt) == "".join(t for t, _ in pieces)
+    per_char = [w for text, w in parse(prompt) for _ in text]
+    assert per_char == [w for t, w in pieces for _ in t]
+
+
+# ---------------------------------------------------------------- embeddings (the real tiny pipeline)
+
+@pytest.fixture(scope="module")
+def pipe(tiny_ref):
+    from harness.generate import PipelineCache
+
+    return PipelineCache("cpu", memory="none").get(tiny_ref, "txt2img", "ddim")
+
+
+def test_weights_of_one_give_the_pipelines_own_embeddings_bit_for_bit(pipe):
+    from harness.weighted import weighted_embeddings
+
+    for prompt, same_as in [("(a red castle:1)", "a red castle"), ("a (red:1) castle", "a red castle"),
+                            ("", ""), (" ".join(["castle"] * 100), " ".join(["castle"] * 100))]:
+        mine = weighted_embeddings(pipe, prompt, "cpu")
+        theirs, _ = pipe.encode_prompt(same_as, "cpu", 1, False)
+        assert mine.shape == theirs.shape and torch.equal(mine, theirs), prompt
+
+
+def test_a_weight_scales_its_tokens_and_keeps_the_mean(pipe):
+    from harness.weighted import weighted_embeddings
+
+    plain_z, _ = pipe.encode_prompt("a red castle", "cpu", 1, False)
+    z = weighted_embeddings(pipe, "a (red:1.5) castle", "cpu")
+    assert z.mean().item() == pytest.approx(plain_z.mean().item(), rel=1e-5, abs=1e-6)
+    ratio = (z / plain_z)[0, :, 0]  # token 2 ('red') is scaled 1.5 times more than its neighbours
+    assert ratio[2].item() == pytest.approx(1.5 * ratio[1].item(), rel=1e-4)
+    assert ratio[1].item() == pytest.approx(ratio[3].item(), rel=1e-5)
+
+
+# ---------------------------------------------------------------- the planner and the run
+
+EXP = """
+name = "emph"
+prompt = "{{a castle|(a castle:1)|(a castle:1.5)|a [castle]}}"
+seeds = [1]
+checkpoints = ["tiny"]
+steps = 2
+width = 64
+height = 64
+{extra}
+"""
+
+
+def test_emphasis_changes_the_image_only_where_a_weight_is_not_one(tmp_path):
+    from harness.ledger import Ledger
+    from harness.run import run_experiment
+    from PIL import Image
+
+    (tmp_path / "e.toml").write_text(EXP.format(extra='metrics = ["clip_score:model=tiny,clamp=batch_mean"]'))
+    run_experiment(tmp_path / "e.toml", out=tmp_path / "run", progress=False)
+    with Ledger.open(tmp_path / "run", readonly=True) as led:
+        jobs = {j.prompt: j for j in led.all_jobs()}
+        pixels = {p: np.asarray(Image.open(led.image_path(j.key)), dtype=np.int16) for p, j in jobs.items()}
+        scores = led.scores_frame().set_index("key")["value"]
+    assert {p: j.emphasis for p, j in jobs.items()} == {
+        "a castle": None, "(a castle:1)": "a1111", "(a castle:1.5)": "a1111", "a [castle]": "a1111"}
+    assert np.array_equal(pixels["(a castle:1)"], pixels["a castle"])  # the brackets are not tokens
+    assert not np.array_equal(pixels["(a castle:1.5)"], pixels["a castle"])
+    assert not np.array_equal(pixels["a [castle]"], pixels["a castle"])
+    # CLIP scores each image against the words, not the brackets: equal pixels, equal score
+    assert scores[jobs["(a castle:1)"].key] == pytest.approx(scores[jobs["a castle"].key])
+
+
+def test_literal_emphasis_keeps_the_keys_brackets_had_before(tmp_path):
+    from harness.experiment import load_experiment
+    from harness.plan import make_plan
+
+    (tmp_path / "a.toml").write_text(EXP.format(extra=""))
+    (tmp_path / "l.toml").write_text(EXP.format(extra='emphasis = "literal"'))
+    read = {j.prompt: j for j in make_plan(load_experiment(tmp_path / "a.toml")).jobs}
+    literal = {j.prompt: j for j in make_plan(load_experiment(tmp_path / "l.toml")).jobs}
+    assert all(j.emphasis is None for j in literal.values())
+    assert read["a castle"].key == literal["a castle"].key  # no brackets: the key is what it always was
+    assert read["(a castle:1.5)"].key != literal["(a castle:1.5)"].key
+
+
+def test_a_malformed_prompt_is_refused_at_plan_time_with_its_column(tmp_path):
+    from harness.experiment import ExperimentError, load_experiment
+    from harness.plan import make_plan
+
+    (tmp_path / "e.toml").write_text(EXP.format(extra="").replace("a [castle]", "a (castle"))
+    with pytest.raises(ExperimentError) as e:
+        make_plan(load_experiment(tmp_path / "e.toml"))
+    text = str(e.value)
+    assert "e.toml" in text and "prompt 'a (castle', column 3: '(' is never closed" in text
+    assert 'emphasis = "literal"' in text
+    (tmp_path / "e.toml").write_text(EXP.format(extra='emphasis = "bold"'))
+    with pytest.raises(ExperimentError, match="key 'emphasis'.*'a1111', 'literal'"):
+        load_experiment(tmp_path / "e.toml")
