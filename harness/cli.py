@@ -263,13 +263,22 @@ def run(
     executor: str = typer.Option("local", "--executor", help="local | ray"),
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (default: start a "
                                                                    "local one)."),
-    workers: int = typer.Option(2, "--workers", min=1, help="Ray worker actors."),
-    gpus_per_worker: float = typer.Option(0.0, "--gpus-per-worker", min=0.0, help="GPUs per Ray worker."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Ray worker actors (default 2)."),
+    gpus_per_worker: Optional[float] = typer.Option(None, "--gpus-per-worker", min=0.0,
+                                                    help="GPUs per Ray worker (default 0)."),
 ) -> None:
     """Generate every image of an experiment into its run folder (resumable)."""
     from .run import run_experiment
 
-    options = dict(address=address, workers=workers, gpus_per_worker=gpus_per_worker) if executor == "ray" else None
+    ray_options = {"--address": address, "--workers": workers, "--gpus-per-worker": gpus_per_worker}
+    given = [name for name, value in ray_options.items() if value is not None]
+    if executor == "local" and given:
+        them = "them" if len(given) > 1 else "it"
+        fail(f"{', '.join(given)}: {'these options need' if len(given) > 1 else 'this option needs'} --executor "
+             f"ray (the local executor runs in this process and would ignore {them}); add --executor ray or "
+             f"drop {them}")
+    options = ({name[2:].replace("-", "_"): value for name, value in ray_options.items() if value is not None}
+               if executor == "ray" else None)
     try:
         r = run_experiment(experiment, out=out, force=force, exact=exact or None, device=device,
                            batch_size=batch_size, shard=_parse_shard(shard), executor=executor,

@@ -116,9 +116,6 @@ def prepare_run(exp: Experiment, plan: Plan, run_dir: Path, *, jobs: list[Job] |
     ledger.set_meta("experiment", canonical_json(exp.settings))
     ledger.set_meta("template", exp.prompt)
     ledger.set_meta("experiment_path", str(exp.path))
-    ledger.set_meta("factors", json.dumps(list(plan.factors)))
-    if part == "main":  # an ablation's or a search's own plan has no template of the experiment's
-        ledger.set_meta("factor_nesting", json.dumps(plan.nesting))
     ledger.drop_pending({j.key for j in jobs})
     ledger.add_jobs(jobs, refresh=part == "main")  # the experiment's own description of its images wins
     # the main images changed (an edit that changes pixels, or a wildcard file holding other lines): what was
@@ -127,7 +124,10 @@ def prepare_run(exp: Experiment, plan: Plan, run_dir: Path, *, jobs: list[Job] |
     main = plan if part == "main" else make_plan(exp) if edited else None
     changed = main is not None and ledger.plan_keys("main") != set(main.keys)
     ledger.set_plan(part, [j.key for j in plan.jobs])
-    if main is not None:  # a shard's ledger holds its own jobs only: the report needs the whole plan's levels
+    if main is not None:  # an ablation's or a search's own plan has no factors of the template's
+        ledger.set_meta("factors", json.dumps(list(main.factors)))
+        ledger.set_meta("factor_nesting", json.dumps(main.nesting))
+        # a shard's ledger holds its own jobs only: the report needs the whole plan's levels
         ledger.set_meta(MAIN_LEVELS, json.dumps(level_counts(main.jobs)))
     if main is not None and part != "main":
         ledger.set_plan("main", main.keys)
@@ -165,7 +165,7 @@ def run_experiment(path: Path | str, *, out: Path | str | None = None, force: bo
     """Plan, generate what is not done yet, then score with the experiment's metrics."""
     from .executors import check_executor
 
-    check_executor(executor)
+    check_executor(executor, executor_options)
     exp = load_experiment(path)
     plan = make_plan(exp)
     run_dir = Path(out) if out else default_run_dir(exp)
@@ -174,13 +174,17 @@ def run_experiment(path: Path | str, *, out: Path | str | None = None, force: bo
         from .stages import stage_job_counts
         stage_job_counts(exp, list(plan.jobs), plan.checkpoints)
     jobs = list(plan.jobs) if shard is None else shard_jobs(plan.jobs, *shard, by_variant=bool(exp.stages))
-    if executor == "local":  # Ray workers pick their own devices
-        from .devices import check_settings
-        try:
+    try:
+        if executor == "local":
+            from .devices import check_settings
             check_settings(device or exp.device, {j.dtype for j in plan.jobs}, exp.memory)
-        except SettingsError as exc:
-            where = "--device" if device else "its device, dtype and memory keys"
-            raise SettingsError(f"{exp.path} ({where}): {exc}") from None
+        else:  # Ray workers may have devices this machine lacks: they check those, the rest is checked here
+            from .executors.ray_executor import check_worker_settings
+            check_worker_settings(device or exp.device, {j.dtype for j in plan.jobs}, exp.memory,
+                                  gpus_per_worker=(executor_options or {}).get("gpus_per_worker", 0.0))
+    except SettingsError as exc:
+        where = "--device" if device else "its device, dtype and memory keys"
+        raise SettingsError(f"{exp.path} ({where}): {exc}") from None
     ledger, pending = prepare_run(exp, plan, run_dir, jobs=jobs, force=force, log=log or _stderr)
     _add_shards(ledger, [shard or (0, 1)])
     result = RunResult(run_dir, len(jobs), len(jobs) - len(pending))
