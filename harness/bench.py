@@ -25,7 +25,14 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .measure import DenoiseTimer, card_peak, peak_memory, reset_peak_memory, unet_flops
+from .measure import (
+    DenoiseTimer,
+    card_peak,
+    peak_memory,
+    percent_of_peak,
+    reset_peak_memory,
+    unet_flops,
+)
 
 SCORE_METRIC = "clip_score:model=tiny,cache=none"  # the scoring rows: batched CLIP scoring of every image
 
@@ -45,6 +52,7 @@ class Sweep:
 
     def experiment_toml(self, init: Path) -> str:
         words = COLOURS[: self.prompts]
+        img2img = f'init_images = "{init.name}"\nstrengths = {list(self.strengths)}\n' if self.strengths else ""
         modes = '["txt2img", "img2img"]' if self.strengths else '"txt2img"'
         return f"""
 name = "bench"
@@ -53,9 +61,7 @@ negative_prompt = "blurry"
 seeds = {{ count = {self.seeds} }}
 checkpoints = ["{self.model}"]
 mode = {modes}
-init_images = "{init.name}"
-strengths = {list(self.strengths)}
-scheduler = "ddim"
+{img2img}scheduler = "ddim"
 steps = {self.steps}
 guidance = {self.guidance}
 width = {self.size}
@@ -70,13 +76,14 @@ def classic_attention(pipe) -> None:
     pipe.vae.set_attn_processor(AttnProcessor())
 
 
-def naive_loop(exp, plan, out: Path, device: str, dtype, timer: DenoiseTimer) -> float:
-    """What a user writes: one pipeline call per image, PIL output, default PNG save."""
+def naive_loop(exp, plan, out: Path, device: str, dtype, timer: DenoiseTimer) -> tuple[float, int]:
+    """What a user writes: one pipeline call per image, PIL output, default PNG save; each init image loaded
+    once before the loop (as the harness caches it). (Seconds, images made)."""
     import torch
     from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
 
-    from .pipelines import load_pipeline
     from .images import load_init_image
+    from .pipelines import load_pipeline
 
     ref = plan.checkpoints[exp.checkpoints[0]]
     t0 = time.perf_counter()
@@ -85,6 +92,11 @@ def naive_loop(exp, plan, out: Path, device: str, dtype, timer: DenoiseTimer) ->
     img2img = StableDiffusionImg2ImgPipeline(**pipe.components, requires_safety_checker=False)
     timer.attach(pipe)
     out.mkdir(parents=True, exist_ok=True)
+    inits = {}  # each init image loaded once, before the loop, as a user would (the harness caches it too)
+    for j in plan.jobs:
+        if j.mode != "txt2img" and (j.init_image, j.width, j.height) not in inits:
+            inits[j.init_image, j.width, j.height] = load_init_image(j.init_image, j.width, j.height)
+    made = 0
     for n, job in enumerate(plan.jobs):
         generator = torch.Generator(device="cpu").manual_seed(job.seed)
         common = dict(prompt=job.prompt, negative_prompt=job.negative_prompt, num_inference_steps=job.steps,
@@ -93,18 +105,20 @@ def naive_loop(exp, plan, out: Path, device: str, dtype, timer: DenoiseTimer) ->
             t = time.perf_counter()
             image = pipe(height=job.height, width=job.width, **common).images[0]
         else:
-            init = load_init_image(job.init_image, job.width, job.height)
             t = time.perf_counter()
-            image = img2img(image=init, strength=job.strength, **common).images[0]
+            image = img2img(image=inits[job.init_image, job.width, job.height], strength=job.strength,
+                            **common).images[0]
         timer.timings["spans"].append((t, time.perf_counter()))
         image.save(out / f"{n}.png")
-    return time.perf_counter() - t0
+        made += 1
+    return time.perf_counter() - t0, made
 
 
 def harness_run(exp, plan, run_dir: Path, device: str, timer: DenoiseTimer, tuning=None, batch_size=None,
-                exact: bool = False, metrics: tuple[str, ...] = (), background: bool = True) -> float:
+                exact: bool = False, metrics: tuple[str, ...] = (), background: bool = True) -> tuple[float, int]:
     """The runner on `plan`; with `metrics`, scored in the background as batches finish (as `harness run`
-    does) or, with background=False, in one pass after generation."""
+    does) or, with background=False, in one pass after generation. (Seconds, images generated: fewer than
+    the plan's where `run_dir`'s ledger already held some)."""
     from .evaluate import BackgroundScorer, evaluate
     from .run import RunResult, generate_jobs, prepare_run
     from .worker import Tuning
@@ -134,13 +148,13 @@ def harness_run(exp, plan, run_dir: Path, device: str, timer: DenoiseTimer, tuni
             evaluate(ledger, metrics, log=lambda m: None)  # after background scoring: nothing left to do
     finally:
         ledger.close()
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, result.generated
 
 
 @dataclass
 class Figures:
     name: str
-    images: int
+    images: int  # made in this row (its images/s counts only those)
     seconds: float
     denoise: float
     pipeline: float
@@ -163,21 +177,52 @@ class Figures:
         return max(0.0, 1 - self.pipeline / self.seconds)
 
 
+def tflops_line(f: Figures, flops: float, peak: float, matmul: float) -> str:
+    """A row's TFLOP/s in the denoising loop (`flops` per latent), as a share of the card's spec `peak` (left
+    out where that is NaN: no fp32 peak is listed) and of the measured matrix-product rate `matmul`."""
+    tflops = flops * f.latents / f.denoise / 1e12
+    shares = [percent_of_peak(tflops, peak), f"{tflops / matmul:.1%} of the measured matrix-product rate"]
+    return (f"{f.name:<28} {tflops:8.1f} TFLOP/s in the denoising loop ({', '.join(x for x in shares if x)}; "
+            f"{f.latents} latent evaluations)")
+
+
 ABLATIONS = ("batching", "png", "sdpa", "embeds", "uint8", "channels_last", "fuse_qkv", "streams", "score",
              "compile")
 
 
-def ablation_variants(which, device: str, base) -> list[tuple[str, dict]]:
+def not_applicable(key: str, device: str) -> str | None:
+    """Why the `--ablate` row(s) of `key` are left out on `device`, or None where they apply."""
+    kind = device.split(":")[0]
+    if key == "uint8" and kind == "cpu":
+        return ("the images are already on the host, so 'uint8 on the host' would run the harness row's "
+                "own code (the copy to the host is a no-op on a CPU tensor)")
+    if key == "streams" and kind == "cuda":
+        return "CUDA always generates with one stream, so 'one stream' would be the harness row itself"
+    if key == "compile" and kind != "cuda":
+        return ("torch.compile is measured on CUDA only (on a CPU it took 100 s to compile the tiny UNet "
+                "and then ran slower than eager)")
+    return None
+
+
+def ablation_variants(which, device: str, base, notes: list[str] | None = None) -> list[tuple[str, dict]]:
     """(row name, harness_run keywords) for `--ablate`: every row if `which` is True or "all", else the
-    rows whose key (`ABLATIONS`) is in `which` (a comma list); rows that do not apply to `device` are left out."""
+    rows whose key (`ABLATIONS`) is in `which` (a comma list, each key once); rows that do not apply to
+    `device` are left out, and for a key named explicitly `notes` (when given) gets a line saying why."""
     if not which:
         return []
-    keys = list(ABLATIONS) if which in (True, "all") else [k.strip() for k in str(which).split(",") if k.strip()]
+    every = which in (True, "all")
+    keys = list(ABLATIONS) if every else [k.strip() for k in str(which).split(",") if k.strip()]
     unknown = [k for k in keys if k not in ABLATIONS]
     if unknown or not keys:
         raise ValueError(f"--ablate {which!r}: expected 'all' or a comma list of {', '.join(ABLATIONS)}"
                          + (f" (unknown: {', '.join(unknown)})" if unknown else ""))
-    on_cuda = device.startswith("cuda")
+    repeated = [k for k in dict.fromkeys(keys) if keys.count(k) > 1]
+    if repeated:
+        raise ValueError(f"--ablate {which!r}: {', '.join(repeated)} named more than once; each row is measured "
+                         "once, so name each key once")
+    if notes is not None and not every:
+        notes.extend(f"--ablate {k}: left out on {device}: {why}" for k in keys
+                     if (why := not_applicable(k, device)) is not None)
 
     def plus(*speedups: str):  # the harness row's own speedups (--speedups) and these
         return replace(base, speedups=tuple(dict.fromkeys((*base.speedups, *speedups))))
@@ -191,19 +236,19 @@ def ablation_variants(which, device: str, base) -> list[tuple[str, dict]]:
         "uint8": [("harness, uint8 on the host", dict(tuning=replace(base, device_uint8=False)))],
         "channels_last": [("harness + channels_last", dict(tuning=plus("channels_last")))],
         "fuse_qkv": [("harness + fused QKV", dict(tuning=plus("fuse_qkv")))],
-        "streams": [] if on_cuda else [("harness, one stream", dict(tuning=replace(base, streams=1)))],
+        "streams": [("harness, one stream", dict(tuning=replace(base, streams=1)))],
         "score": [("harness + CLIP score, background", dict(metrics=(SCORE_METRIC,))),
                   ("harness + CLIP score, after", dict(metrics=(SCORE_METRIC,), background=False))],
         # Compiling takes most of a short sweep's time: the first run pays for it, the second (a fresh
         # pipeline, the compiler's caches warm) shows the compiled speed.
-        "compile": [] if not on_cuda else [
+        "compile": [
             (f"harness + {label} {run}", dict(tuning=plus(*speedups)))
             for label, speedups in (("torch.compile", ("compile",)),
                                     ("channels_last + fused QKV + torch.compile",
                                      ("channels_last", "fuse_qkv", "compile")))
             for run in ("(1st run, compiling)", "(2nd run)")],
     }
-    return [row for key in keys for row in rows[key]]
+    return [row for key in keys if not_applicable(key, device) is None for row in rows[key]]
 
 
 def run_bench(sweep: Sweep, *, device: str = "auto", dtype: str = "auto", ablate: bool | str = False,
@@ -229,10 +274,13 @@ def run_bench(sweep: Sweep, *, device: str = "auto", dtype: str = "auto", ablate
         exp = load_experiment(work / "bench.toml")
         plan = make_plan(exp)
         n = len(plan.jobs)
-        variants = ablation_variants(ablate, device, Tuning(speedups=exp.speedups, streams=exp.streams))
+        notes: list[str] = []
+        variants = ablation_variants(ablate, device, Tuning(speedups=exp.speedups, streams=exp.streams), notes)
+        modes = f"txt2img + img2img at strengths {list(sweep.strengths)}" if sweep.strengths else "txt2img"
         out(f"sweep: {n} images ({sweep.model}, {sweep.size}x{sweep.size}, {sweep.steps} steps, "
-            f"{sweep.prompts} prompts x {sweep.seeds} seeds, txt2img + img2img at strengths "
-            f"{list(sweep.strengths)}), device {device}, {dtype_name(torch_dtype)}")
+            f"{sweep.prompts} prompts x {sweep.seeds} seeds, {modes}), device {device}, {dtype_name(torch_dtype)}")
+        for note in notes:
+            out(note)
 
         # Warm-up: load once so both paths find weights in the page cache and kernels initialised.
         warm = DenoiseTimer()
@@ -242,10 +290,14 @@ def run_bench(sweep: Sweep, *, device: str = "auto", dtype: str = "auto", ablate
 
         def measure(name, fn):
             timer = DenoiseTimer()
-            reset_peak_memory(device)
-            seconds = fn(timer)
-            rows.append(Figures(name, n, seconds, timer.seconds, timer.pipeline, timer.calls, timer.latents,
-                                peak_memory(device)))
+            fresh = reset_peak_memory(device)
+            seconds, made = fn(timer)
+            if made != n:  # images/s is the images this row made: a row that found them made measured nothing
+                raise RuntimeError(f"bench row {name!r} generated {made} of the sweep's {n} images (its folder "
+                                   "already held the others?): its images/s would be wrong; each row needs a "
+                                   "folder of its own")
+            rows.append(Figures(name, made, seconds, timer.seconds, timer.pipeline, timer.calls, timer.latents,
+                                peak_memory(device, fresh)))
             f = rows[-1]
             out(f"{name:<28} {f.rate:8.3f} images/s  {f.seconds:7.1f} s  outside pipeline {f.outside_pipeline:6.1%}"
                 f"  outside denoising {f.outside:6.1%}  UNet calls {f.unet_calls:5d}  peak {f.memory}")
@@ -270,9 +322,7 @@ def run_bench(sweep: Sweep, *, device: str = "auto", dtype: str = "auto", ablate
             flops = unet_flops(pipe.unet, sweep.size, device)
             peak, matmul = card_peak(device, torch_dtype, out)
             for f in rows:
-                tflops = flops * f.latents / f.denoise / 1e12
-                out(f"{f.name:<28} {tflops:8.1f} TFLOP/s in the denoising loop ({tflops / peak:.1%} of peak, "
-                    f"{tflops / matmul:.1%} of the measured matrix-product rate; {f.latents} latent evaluations)")
+                out(tflops_line(f, flops, peak, matmul))
             figures["matmul_tflops"] = matmul
             figures["unet_tflop_per_latent"] = flops / 1e12
         figures["max_diff"] = compare_images(work, plan, out, tuple(runs), dtype_name(torch_dtype))

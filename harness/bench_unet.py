@@ -22,7 +22,7 @@ import sys
 import time
 from dataclasses import dataclass
 
-from .measure import card_peak, unet_flops
+from .measure import card_peak, cuda_event, percent_of_peak, unet_flops
 
 MODELS = ("sd15", "sd2", "tiny")
 MODES = ("eager", "compile", "freezing")
@@ -81,7 +81,8 @@ def attention_shapes(cfg: dict, latent: int) -> list[AttentionShape]:
 
 def _timer(device: str):
     """Seconds per call of fn, `iters` times after 3 warm-ups: CUDA events on a GPU (no host gaps
-    counted), the wall clock elsewhere."""
+    counted), the wall clock elsewhere. The events are recorded on `device`'s stream and that card is
+    synchronised, so `cuda:1` is timed on cuda:1, not on the current card."""
     import torch
 
     def measure(fn, iters: int) -> float:
@@ -89,13 +90,12 @@ def _timer(device: str):
             for _ in range(3):
                 fn()
             if device.startswith("cuda"):
-                torch.cuda.synchronize()
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
+                torch.cuda.synchronize(device)
+                start = cuda_event(device)
                 for _ in range(iters):
                     fn()
-                end.record()
-                torch.cuda.synchronize()
+                end = cuda_event(device)
+                torch.cuda.synchronize(device)
                 return start.elapsed_time(end) / 1000 / iters
             t0 = time.perf_counter()
             for _ in range(iters):
@@ -153,7 +153,8 @@ def run(model: str = "sd15", *, device: str = "cuda", dtype: str = "auto", batch
     measure = _timer(device)
 
     def share(tflops: float) -> str:
-        return f" ({tflops / peak:.1%} of peak)" if peak == peak else ""
+        text = percent_of_peak(tflops, peak)
+        return f" ({text})" if text else ""
 
     figures: dict = {"gflop_per_latent": flop / 1e9, "modes": {}, "peak": peak}
     forwards = {}
@@ -169,7 +170,8 @@ def run(model: str = "sd15", *, device: str = "cuda", dtype: str = "auto", batch
         _inductor_config().freezing = False  # compiled on its first call, above; later compiles unfrozen
     best, fastest = min(figures["modes"].items(), key=lambda kv: kv[1]["ms"])
     if device.startswith("cuda"):
-        figures["kernel_ms"] = _kernel_split(best, lambda: forwards[best](x, t, encoder_hidden_states=ctx), out)
+        figures["kernel_ms"] = _kernel_split(best, lambda: forwards[best](x, t, encoder_hidden_states=ctx), out,
+                                             device)
     saved = sum(_attention_row(shape, batch, device, torch_dtype, measure, iters, out)
                 for shape in attention_shapes(cfg, latent))
     if saved:
@@ -195,14 +197,15 @@ def _compiled(unet, *, freezing: bool):
     return torch.compile(unet)
 
 
-def _kernel_split(mode: str, forward, out) -> dict[str, float]:
-    """Milliseconds of GPU time per kind of kernel in one forward (torch.profiler)."""
+def _kernel_split(mode: str, forward, out, device: str) -> dict[str, float]:
+    """Milliseconds of GPU time per kind of kernel in one forward on `device` (torch.profiler); that card
+    is synchronised before the profile is read."""
     import torch
     from torch.profiler import ProfilerActivity, profile
 
     with torch.no_grad(), profile(activities=[ProfilerActivity.CUDA]) as prof:
         forward()
-        torch.cuda.synchronize()
+        torch.cuda.synchronize(device)
     kinds = {k: v / 1e3 for k, v in kernel_classes(prof.key_averages()).items()}
     total = sum(kinds.values()) or 1.0
     out(f"GPU time of one {mode} forward: " + ", ".join(

@@ -5,6 +5,7 @@ Shared by `harness bench` (the runner against the naive loop) and `harness bench
 
 from __future__ import annotations
 
+import math
 import re
 import resource
 import sys
@@ -42,7 +43,7 @@ class DenoiseTimer:
         import threading
 
         self.calls, self.latents, self._t = 0, 0, threading.local()
-        self._events = events or _cuda_event
+        self._events = events or cuda_event
         self._marks: list[tuple] = []   # (device, start, end): perf_counter seconds or events
         self._origins: dict = {}        # device -> (an event, the perf_counter time it ran at)
         self.timings: dict = {"spans": []}
@@ -93,28 +94,42 @@ class DenoiseTimer:
         unet.register_forward_hook(post)
 
 
-def _cuda_event(device):
-    """A timing event recorded on `device`'s current stream (the UNet's card, which need not be the
-    current one), or None off CUDA."""
+def cuda_event(device):
+    """A timing event recorded on `device`'s current stream (the card the work runs on, which need not be
+    the current one: an event recorded with no stream marks the current card's), or None off CUDA.
+    `device`: a torch.device or its name ("cuda:1")."""
+    import torch
+    device = torch.device(device)
     if device.type != "cuda":
         return None
-    import torch
     event = torch.cuda.Event(enable_timing=True)
     event.record(torch.cuda.current_stream(device))
     return event
 
 
+def percent_of_peak(tflops: float, peak: float) -> str:
+    """The share of `peak` as in "23.3% of peak", or "" where the card has no listed peak for the dtype
+    (NaN: fp32, or a card the table does not name) rather than "nan% of peak"."""
+    return "" if math.isnan(peak) else f"{tflops / peak:.1%} of peak"
+
+
 def unet_flops(unet, size: int, device: str) -> float:
     """FLOPs of one forward of `unet` (compiled or not) on one latent of a `size`-pixel image, counted by
-    torch's FlopCounterMode."""
+    torch's FlopCounterMode.
+
+    Attention runs on SDPA's math backend while counting: FlopCounterMode has formulas for the CUDA
+    flash, memory-efficient and cuDNN kernels but none for the CPU flash kernel, whose products would
+    go uncounted (SD1.5 at 512 px: 677 instead of 803 GFLOP). The math backend is plain matrix products,
+    so every device counts the same FLOPs, equal to those of the classic attention processor."""
     import torch
+    from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
     unet = getattr(unet, "_orig_mod", unet)
     lat = size // 8
     dtype = next(unet.parameters()).dtype
     x = torch.randn(1, unet.config.in_channels, lat, lat, device=device, dtype=dtype)
     ctx = torch.randn(1, 77, unet.config.cross_attention_dim, device=device, dtype=dtype)
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
         unet(x, 10, encoder_hidden_states=ctx)
     return float(counter.get_total_flops())
 
@@ -154,29 +169,37 @@ def card_peak(device: str, dtype, out=print) -> tuple[float, float]:
     return peak, matmul
 
 
-def peak_memory(device: str) -> str:
-    """Peak memory since `reset_peak_memory(device)`: allocated on that GPU, or the process's resident set
-    (Linux resets its high-water mark; elsewhere it is the process's maximum so far, and says so)."""
+def peak_memory(device: str, reset: bool = True) -> str:
+    """Peak memory since `reset_peak_memory(device)`: allocated on that GPU, or the process's resident set.
+    `reset`: what `reset_peak_memory` returned. Where the resident high-water mark could not be reset
+    (it returned False, or off Linux) the figure is the process's peak so far, which may be an earlier
+    row's, and the text says so."""
     import torch
     if device.startswith("cuda"):
         return f"{torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB GPU"
     hwm = _resident_high_water()
     if hwm is not None:
-        return f"{hwm / 2**30:.2f} GiB RSS"
+        return f"{hwm / 2**30:.2f} GiB RSS" + ("" if reset else " (process peak so far: not reset)")
     maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
-    return f"{maxrss / 2**30:.2f} GiB RSS (process max)"
+    return f"{maxrss / 2**30:.2f} GiB RSS (process peak so far)"
 
 
-def reset_peak_memory(device: str) -> None:
+CLEAR_REFS = "/proc/self/clear_refs"  # Linux: writing 5 resets the resident set's high-water mark (VmHWM)
+
+
+def reset_peak_memory(device: str) -> bool:
+    """Starts a new peak for `peak_memory(device, reset=...)`; False where the CPU's resident high-water
+    mark could not be reset (no /proc/self/clear_refs, or a kernel or container that refuses the write)."""
     import torch
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats(device)
-        return
+        return True
     try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # Linux: reset the resident set's high-water mark (VmHWM)
+        with open(CLEAR_REFS, "w") as f:
+            f.write("5")
     except OSError:
-        pass
+        return False
+    return True
 
 
 def _resident_high_water() -> int | None:

@@ -22,7 +22,8 @@ def test_every_ablation_row_runs_and_makes_the_same_images(tmp_path):
     lines = []
     fig = run_bench(Sweep(size=64, steps=2, prompts=2, seeds=1), ablate=True, out=lines.append, keep=tmp_path)
     names = [r.name for r in fig["rows"]]
-    for name in ("harness, no batching", "harness, no prompt-embedding cache", "harness, uint8 on the host",
+    assert "harness, uint8 on the host" not in names  # on a CPU it would run the harness row's own code
+    for name in ("harness, no batching", "harness, no prompt-embedding cache",
                  "harness, classic attention (no SDPA)", "harness + fused QKV", "harness + CLIP score, background",
                  "harness + CLIP score, after"):
         assert name in names
@@ -76,7 +77,8 @@ def test_ablate_names_a_subset_of_rows_and_rejects_unknown_keys():
     assert names == ["harness + fused QKV", "harness, PNG sync level 6", "harness, PNG sync level 1"]
     every = [name for name, _ in ablation_variants("all", "cuda", Tuning())]
     assert "harness, one stream" not in every and "harness + torch.compile (2nd run)" in every
-    assert len(ablation_variants(True, "cpu", Tuning())) == len(every) - 4 + 1  # no compile rows; one stream
+    # On a CPU: no compile rows, no uint8-on-the-host row; a one-stream row.
+    assert len(ablation_variants(True, "cpu", Tuning())) == len(every) - 4 - 1 + 1
     rows = dict(ablation_variants("channels_last,fuse_qkv,compile", "cuda", Tuning(speedups=("fuse_qkv",))))
     assert rows["harness + channels_last"]["tuning"].speedups == ("fuse_qkv", "channels_last")  # adds to --speedups
     assert rows["harness + torch.compile (2nd run)"]["tuning"].speedups == ("fuse_qkv", "compile")
@@ -194,3 +196,111 @@ def test_event_timing_gives_the_spans_and_counts_host_timing_gives():
     for (hs, he), (es, ee) in zip(host.unet_spans, events.unet_spans):
         assert abs(hs - es) < 0.05 and abs(he - ee) < 0.05 and ee > es
     assert abs(events.seconds - host.seconds) < 0.05 and events.seconds > 0
+
+
+def test_uint8_on_the_host_is_left_out_on_cpu_and_said_so_when_asked_for():
+    """On a CPU the images are on the host already, so the row would run the harness row's code: it is
+    left out (as the one-stream row is on CUDA), with a line saying why when it was named explicitly."""
+    from harness.bench import ablation_variants
+    from harness.worker import Tuning
+
+    notes = []
+    assert ablation_variants("uint8", "cpu", Tuning(), notes) == []
+    assert len(notes) == 1 and notes[0].startswith("--ablate uint8: left out on cpu: ") and "no-op" in notes[0]
+    for device in ("cuda", "cuda:1", "mps"):  # a real copy from the device there
+        rows = ablation_variants("uint8", device, Tuning(), notes)
+        assert [name for name, _ in rows] == ["harness, uint8 on the host"]
+        assert rows[0][1]["tuning"].device_uint8 is False
+    notes.clear()
+    ablation_variants("streams,png", "cuda:0", Tuning(), notes)
+    assert len(notes) == 1 and notes[0].startswith("--ablate streams: left out on cuda:0: ")
+    notes.clear()
+    ablation_variants("all", "cpu", Tuning(), notes)
+    assert notes == []  # 'all' asked for no row in particular
+
+
+def test_ablate_refuses_a_key_named_twice(capsys):
+    """A repeated key would measure a second row into the first one's folder, whose ledger says every image
+    is done: refused before anything is measured."""
+    import pytest
+
+    from harness.bench import ablation_variants, main
+    from harness.worker import Tuning
+
+    with pytest.raises(ValueError, match="uint8 named more than once"):
+        ablation_variants("uint8,png, uint8", "cuda", Tuning())
+    with pytest.raises(SystemExit) as exit_:
+        main(["--quick", "--ablate", "uint8,uint8"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "--ablate 'uint8,uint8': uint8 named more than once" in err
+
+
+def test_a_row_that_generated_fewer_images_than_planned_is_refused(monkeypatch):
+    """Images/s counts the images a row made: a row whose folder already held them (here a row named
+    "harness", which measures into the harness row's folder) made none and must not report a rate."""
+    import pytest
+
+    from harness import bench
+
+    monkeypatch.setattr(bench, "ablation_variants", lambda *a, **k: [("harness", {})])
+    with pytest.raises(RuntimeError, match="'harness' generated 0 of the sweep's 2 images"):
+        run_bench(Sweep(size=64, steps=2, prompts=1, seeds=2, strengths=()), ablate="x", out=lambda line: None)
+
+
+def test_the_naive_loop_loads_the_init_image_once(tmp_path, monkeypatch):
+    """A user's loop loads its init image before the loop, as the harness caches it: not once per job."""
+    import torch
+    from PIL import Image
+
+    from harness import images
+    from harness.bench import naive_loop
+    from harness.experiment import load_experiment
+    from harness.measure import DenoiseTimer
+    from harness.plan import make_plan
+
+    sweep = Sweep(size=64, steps=2, prompts=1, seeds=2)
+    Image.radial_gradient("L").convert("RGB").resize((64, 64)).save(tmp_path / "init.png")
+    (tmp_path / "bench.toml").write_text(sweep.experiment_toml(tmp_path / "init.png"))
+    exp = load_experiment(tmp_path / "bench.toml")
+    plan = make_plan(exp)
+    assert sum(j.mode == "img2img" for j in plan.jobs) == 2
+    loads = []
+    real = images.load_init_image
+    monkeypatch.setattr(images, "load_init_image", lambda *a: loads.append(a) or real(*a))
+    seconds, made = naive_loop(exp, plan, tmp_path / "naive", "cpu", torch.float32, DenoiseTimer())
+    assert made == len(plan.jobs) == 4 and seconds > 0
+    assert len(loads) == 1
+
+
+def test_the_tflops_line_leaves_out_the_share_of_a_peak_not_listed():
+    """fp32 on CUDA has no spec peak (NaN): the line gives the share of the measured matrix-product rate
+    only, never "nan% of peak"."""
+    from harness.bench import Figures, tflops_line
+
+    row = Figures("harness", 8, 10.0, 2.0, 5.0, 4, 16, "1 GiB GPU")
+    line = tflops_line(row, 1e12, float("nan"), 100.0)
+    assert "nan" not in line and "of peak" not in line
+    assert "8.0 TFLOP/s in the denoising loop (8.0% of the measured matrix-product rate; 16 latent" in line
+    assert "(0.8% of peak, 8.0% of the measured" in tflops_line(row, 1e12, 1000.0, 100.0)
+
+
+def test_the_peak_memory_says_it_is_the_process_peak_when_the_reset_fails(tmp_path, monkeypatch):
+    """Where /proc/self/clear_refs cannot be written the high-water mark is the process's so far, which
+    may be an earlier row's: the figure says so instead of passing for the row's own."""
+    import sys
+
+    import pytest
+
+    from harness import measure
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("VmHWM is Linux's")
+    monkeypatch.setattr(measure, "CLEAR_REFS", str(tmp_path / "missing" / "clear_refs"))
+    assert measure.reset_peak_memory("cpu") is False
+    assert measure.peak_memory("cpu", reset=False).endswith(" GiB RSS (process peak so far: not reset)")
+    lines = []
+    fig = run_bench(Sweep(size=64, steps=2, prompts=1, seeds=1, strengths=()), out=lines.append)
+    assert all(r.memory.endswith("(process peak so far: not reset)") for r in fig["rows"]), fig["rows"]
+    monkeypatch.undo()
+    assert measure.reset_peak_memory("cpu") is True
+    assert measure.peak_memory("cpu", reset=True).endswith(" GiB RSS")

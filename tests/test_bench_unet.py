@@ -83,3 +83,99 @@ def test_compiled_modes_run_and_leave_freezing_off():
     fig = run("tiny", device="cpu", batch=1, size=64, iters=1, modes=("compile", "freezing"), out=lines.append)
     assert set(fig["modes"]) == {"compile", "freezing"} and all(m["ms"] > 0 for m in fig["modes"].values())
     assert inductor.freezing is False
+
+
+def test_flops_count_attention_the_same_with_sdpa_and_classic_attention():
+    """FlopCounterMode has no formula for the CPU flash-attention kernel: counted under SDPA's math backend,
+    the tiny UNet's FLOPs on the CPU are those of the classic (matmul + softmax) processor, as on CUDA."""
+    import torch
+    from diffusers import UNet2DConditionModel
+    from diffusers.models.attention_processor import AttnProcessor
+
+    from harness.measure import unet_flops
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(**unet_config("tiny")).eval()
+    sdpa = unet_flops(unet, 128, "cpu")
+    unet.set_attn_processor(AttnProcessor())
+    classic = unet_flops(unet, 128, "cpu")
+    assert sdpa == classic > 0
+    attention = sum(s.count * s.flops(1) for s in attention_shapes(unet_config("tiny"), 16))
+    assert attention > 0 and sdpa > attention  # self-attention's products are a part of the count
+
+
+class _FakeStream:
+    def __init__(self, device):
+        import torch
+        self.device = torch.device(device) if device is not None else None
+
+
+class _FakeCuda:
+    """Stands in for torch.cuda's events, streams and synchronisation without a GPU, recording the device
+    or stream each is given (None: the current card)."""
+
+    def __init__(self, monkeypatch):
+        import time
+
+        import torch
+
+        self.recorded, self.synced = [], []
+        fake = self
+
+        class Event:
+            def __init__(self, enable_timing=False):
+                self.t = None
+
+            def record(self, stream=None):
+                fake.recorded.append(stream)
+                self.t = time.perf_counter()
+
+            def synchronize(self):
+                pass
+
+            def elapsed_time(self, other):
+                return (other.t - self.t) * 1e3
+
+        monkeypatch.setattr(torch.cuda, "Event", Event)
+        monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: _FakeStream(device))
+        monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: self.synced.append(device))
+
+    def devices(self):
+        import torch
+        return ({None if s is None else s.device for s in self.recorded},
+                {None if d is None else torch.device(d) for d in self.synced})
+
+
+def test_the_timer_records_and_synchronises_on_the_card_asked_for(monkeypatch):
+    """`--device cuda:1`: the events are recorded on cuda:1's stream and cuda:1 is synchronised; with no
+    device they would mark and wait for the current card (cuda:0) while the work runs on cuda:1."""
+    import torch
+
+    from harness.bench_unet import _timer
+
+    fake = _FakeCuda(monkeypatch)
+    calls = []
+    sec = _timer("cuda:1")(lambda: calls.append(1), 4)
+    assert len(calls) == 3 + 4 and sec >= 0
+    assert len(fake.recorded) == 2 and fake.synced
+    assert fake.devices() == ({torch.device("cuda:1")}, {torch.device("cuda:1")})
+
+
+def test_the_kernel_split_synchronises_the_card_asked_for(monkeypatch):
+    import contextlib
+
+    import torch
+    import torch.profiler
+
+    from harness.bench_unet import _kernel_split
+
+    fake = _FakeCuda(monkeypatch)
+
+    class Profile(contextlib.nullcontext):
+        def key_averages(self):
+            return []
+
+    monkeypatch.setattr(torch.profiler, "profile", lambda **kw: Profile(Profile()))
+    lines = []
+    assert _kernel_split("eager", lambda: None, lines.append, "cuda:1") == {}
+    assert fake.synced and fake.devices()[1] == {torch.device("cuda:1")}

@@ -553,6 +553,9 @@ def test_a_run_with_no_image_left_gets_an_empty_page_and_no_stale_checkpoints_or
     (crafted_run / "plots" / "search_trajectory.png").write_bytes(b"made by harness evolve")
     with Ledger.open(crafted_run) as led:
         keys = [j.key for j in led.all_jobs()]
+        led.set_meta("search/current", "s1")  # a search whose images the plan still holds: its plot stays
+        led.set_plan("main", keys)
+        led.set_plan("search:s1", keys[:1])
         led.reset(keys)
         for key in keys:
             led.mark_failed(key, "out of memory")
