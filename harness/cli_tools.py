@@ -122,8 +122,8 @@ app.add_typer(toy_app, name="toy")
 
 @toy_app.command("train", context_settings=PASS_THROUGH)
 def toy_train(ctx: typer.Context) -> None:
-    """Train the toy models (seeded): --what vae|decoder|unet|clip|all --profile cpu|gpu --out DIR --device D
-    --workers N --minutes M --stop-at STAGE=STEP (--help lists them)."""
+    """Train the toy models (seeded; stages in pipeline order): --what vae|decoder|unet|clip|all --profile cpu|gpu
+    --out DIR --device D --workers N --minutes M --stop-at STAGE=STEP --set FIELD=VALUE (--help lists them)."""
     from .toy.train import main as train_main
 
     train_main(ctx.args, prog="harness toy train")
@@ -131,7 +131,7 @@ def toy_train(ctx: typer.Context) -> None:
 
 @toy_app.command("acceptance", context_settings=PASS_THROUGH)
 def toy_acceptance(ctx: typer.Context) -> None:
-    """Measure the toy models against the world's oracle (prints a table)."""
+    """Measure the toy models (committed, or --weights DIR) against the oracle: PASS/FAIL, exit 1 on a miss."""
     from .toy.acceptance import main as acceptance_main
 
-    acceptance_main(ctx.args, prog="harness toy acceptance")
+    raise typer.Exit(acceptance_main(ctx.args, prog="harness toy acceptance"))

@@ -108,6 +108,14 @@ def test_a_part_that_needs_the_vae_says_so_before_training_anything(tmp_path):
     (["--device", "nosuch"], "device='nosuch': expected 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'"),
     (["--stop-at", "vea=5"], "--stop-at vea=5: unknown stage 'vea'; expected one of vae, decoder, unet, clip"),
     (["--set", "latent_channels=0"], "--set latent_channels=0: expected latent_channels >= 1, got 0"),
+    (["--what", "vae,decoder", "--stop-at", "unet=5"],
+     ("--stop-at unet=5: this run does not train unet (--what vae,decoder); add unet to --what or leave --stop-at "
+      "unet out")),
+    (["--profile", "gpu", "--what", "unet", "--stop-at", "unet=4501"],
+     "--stop-at unet=4501: expected a step from 1 to 4500, the unet budget of profile 'gpu'"),
+    (["--what", "vae", "--stop-at", "vae=0"], "--stop-at vae=0: expected a step from 1 to 1500"),
+    (["--what", "vae", "--set", "vae=20,2,1e-3", "--stop-at", "vae=21"],
+     "--stop-at vae=21: expected a step from 1 to 20, the vae budget of profile 'cpu' with --set"),
 ])
 def test_bad_command_line_values_are_one_line_errors_before_any_training(tmp_path, capsys, args, message):
     with pytest.raises(SystemExit) as exit_:
@@ -155,7 +163,7 @@ def test_bad_overrides_name_the_field_and_the_expected_form():
         assert str(err.value).startswith(f"--set {field}={text}: ") and expected in str(err.value), field
     changed = TINY.with_overrides({"unet": "30,8,2e-4", "ema_decay": "0.9"})
     assert changed.unet == training.Budget(30, 8, 2e-4) and changed.ema_decay == 0.9
-    assert changed.tag != TINY.tag == "test"  # resumable state of an overridden run is kept apart
+    assert changed.stage_tag("unet") != TINY.stage_tag("unet") == "test"  # an overridden stage's state is kept apart
     assert TINY.with_overrides({"unet_scenes": "256:5,128:20"}).unet_scenes == ((128, 20), (256, 5))
 
 
@@ -205,3 +213,72 @@ def test_reconstruction_loss_charges_for_lost_edges_and_grain():
     assert float(reconstruction_loss(x, x, sharp)) == pytest.approx(0.0, abs=1e-3)
     extra = float(reconstruction_loss(blurred, x, sharp)) - float(reconstruction_loss(blurred, x, plain))
     assert extra > 2 * float(reconstruction_loss(blurred, x, plain))
+
+
+def test_the_stop_at_example_is_within_every_profiles_budget(capsys):
+    import re
+
+    with pytest.raises(SystemExit):
+        train.main(["--help"])
+    helptext = " ".join(capsys.readouterr().out.split())
+    stage, step = re.search(r"e\.g\. (\w+)=(\d+)", helptext[helptext.index("--stop-at STAGE=STEP"):]).groups()
+    with pytest.raises(SystemExit):  # the malformed-value message shows the same example
+        train.main(["--stop-at", "unet"])
+    assert f"expected STAGE=STEP, e.g. {stage}={step}" in capsys.readouterr().err
+    for name, profile in training.PROFILES.items():
+        assert 1 <= int(step) <= profile.budget(stage).steps, name
+
+
+def test_a_stages_resume_tag_depends_only_on_the_fields_it_uses():
+    from dataclasses import fields
+
+    used = {f for names in training.STAGE_FIELDS.values() for f in names}
+    assert used == {f.name for f in fields(TINY)} - {"name", "overrides"}  # a new field must be given a stage
+    other = TINY.with_overrides({"decoder": "5,2,1e-3", "clip_scenes": "8", "unet_blocks": "16,32,32"})
+    assert other.stage_tag("vae") == "test"
+    assert len({other.stage_tag(s) for s in ("decoder", "unet", "clip")} - {"test"}) == 3
+    edge = TINY.with_overrides({"vae_edge": "1"})  # the vae and decoder losses read it; the unet does not
+    assert edge.stage_tag("vae") != "test" and edge.stage_tag("decoder") != "test"
+    assert edge.stage_tag("unet") == edge.stage_tag("clip") == "test"
+
+
+def test_an_override_of_another_stages_field_resumes_the_stage(tmp_path, capsys):
+    train.train("vae", tmp_path, profile=TINY, device="cpu")
+    capsys.readouterr()
+    train.train("vae", tmp_path, profile=TINY, device="cpu", overrides={"decoder": "5,2,1e-3", "clip_scenes": "8"})
+    log = capsys.readouterr().out
+    assert "[vae] resuming at step 3" in log and "[vae] step 1/" not in log
+
+
+def test_the_vae_stage_run_again_keeps_the_decoder_fine_tune(tmp_path, capsys):
+    """Stages run in the pipeline's order whatever --what says, and a finished vae stage leaves the
+    decoder's fine-tune of its weights in place: vae.safetensors and configs.json keep agreeing."""
+    out = train.train("vae", tmp_path, profile=TINY, device="cpu")
+    plain = (out / "vae.safetensors").read_bytes()
+    capsys.readouterr()
+    train.train("decoder,vae", out, profile=TINY, device="cpu")
+    log = capsys.readouterr().out
+    assert "[train] stages run in the pipeline's order: vae, decoder" in log
+    assert log.index("[vae]") < log.index("[decoder]")
+    tuned = (out / "vae.safetensors").read_bytes()
+    assert tuned != plain
+    train.train("vae", out, profile=TINY, device="cpu")
+    log = capsys.readouterr().out
+    assert "[vae] already trained to step 3/3" in log and "with the decoder fine-tune on them: left as it is" in log
+    assert (out / "vae.safetensors").read_bytes() == tuned
+    made = json.loads((out / models.CONFIGS_FILE).read_text())["trained"]
+    assert made["decoder"]["steps"] == 2 and made["vae"]["steps"] == 3
+
+
+def test_a_vae_stage_that_replaces_the_vae_updates_what_configs_json_records(tmp_path, capsys):
+    """A new VAE over a decoder-tuned one and a UNet trained on the old latents: the decoder record goes
+    (its fine-tune is overwritten), the unet record is marked stale, and both are said."""
+    out = train.train("vae,decoder,unet", tmp_path, profile=TINY, device="cpu")
+    capsys.readouterr()
+    train.train("vae", out, profile=TINY, device="cpu", overrides={"vae_edge": "1"})  # its own state: a new VAE
+    log = capsys.readouterr().out
+    assert "configs.json no longer records decoder as trained (train it again: --what decoder)" in log
+    assert "configs.json marks unet stale until --what unet trains it again" in log
+    made = json.loads((out / models.CONFIGS_FILE).read_text())["trained"]
+    assert "decoder" not in made and made["vae"]["set"] == {"vae_edge": "1"}
+    assert made["unet"]["stale"].startswith("trained on the latents of a VAE since replaced")

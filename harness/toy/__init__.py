@@ -47,34 +47,42 @@ register_builtin(TOY, _build_checkpoint, folder=f"toy-{data_digest()}", native_s
 
 # ---------------------------------------------------------------- the toy CLIP
 
-def toy_clip_dir() -> Path:
+def toy_clip_dir(data_dir: Path = _DATA) -> Path:
     from harness.metrics.base import cache_dir
 
-    return cache_dir() / "clip" / f"{TOY}-{data_digest()}"
+    return cache_dir() / "clip" / f"{TOY}-{data_digest(data_dir)}"
 
 
-def ensure_toy_clip() -> Path:
-    """The toy CLIP's open_clip folder, assembled once (in a temp folder, then renamed)."""
+def ensure_toy_clip(data_dir: Path = _DATA) -> Path:
+    """The toy CLIP's open_clip folder (of the committed weights, or those in `data_dir`), assembled once
+    (in a temp folder, then renamed)."""
+    from harness.atomic import build_folder_once
     from harness.toy.models import assemble_clip
 
-    from harness.atomic import build_folder_once
-
-    return build_folder_once(toy_clip_dir(), "open_clip_model.safetensors", assemble_clip)
+    return build_folder_once(toy_clip_dir(data_dir), "open_clip_model.safetensors",
+                             lambda folder: assemble_clip(folder, data_dir))
 
 
 def load_toy_clip(pretrained: str, device: str):
     """Loader for `load_clip("toy", ...)`: the assembled folder through open_clip's local-weights path."""
+    from harness.metrics import clip_models
+
+    if pretrained not in ("", TOY):
+        raise clip_models.ClipLoadError(f"model='toy' has only its built-in weights; got pretrained={pretrained!r} "
+                                        f"(leave pretrained empty or write pretrained=toy)")
+    return open_toy_clip(_DATA, device)
+
+
+def open_toy_clip(data_dir: Path, device: str):
+    """The toy CLIP with the weights in `data_dir` (a `harness toy train --out` folder) as a `ClipModel`."""
     import open_clip
 
     from harness.metrics import clip_models
     from harness.provenance import file_sha256
     from harness.toy.models import TOY_CLIP_ARCH, ToyDataError
 
-    if pretrained not in ("", TOY):
-        raise clip_models.ClipLoadError(f"model='toy' has only its built-in weights; got pretrained={pretrained!r} "
-                                        f"(leave pretrained empty or write pretrained=toy)")
     try:
-        folder = ensure_toy_clip()
+        folder = ensure_toy_clip(Path(data_dir))
     except ToyDataError as exc:
         raise clip_models.ClipLoadError(str(exc)) from exc
     if TOY_CLIP_ARCH not in open_clip.list_models():

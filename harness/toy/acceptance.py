@@ -1,13 +1,19 @@
-"""Does the `toy` world measure what it claims? Prints a table.
+"""Does the `toy` world measure what it claims? Prints a table, PASS or FAIL for each target, and exits 1
+when a target is missed (or has no sample to judge it by).
 
-    python -m harness.toy.acceptance [--n-clip 200] [--n-gen 96] [--steps 20] [--size 128] [--size 256]
+    python -m harness.toy.acceptance [--weights DIR] [--n-oracle 200] [--n-clip 200] [--n-gen 96] [--steps 20]
+                                     [--size 128] [--size 256]
 
-1. Oracle: the oracle metrics' agreement with the exact labels of world images.
+The committed weights are measured, or with `--weights DIR` those `harness toy train --out DIR` wrote
+(assembled like the committed ones, into `$HARNESS_CACHE`, keyed by the folder's configs.json, which
+records every weight file's SHA-256).
+
+1. Oracle: the oracle metrics' agreement with the exact labels of world images (at each `--size`).
 2. Toy CLIP: for held-out world images (a seed never used in training), how
    often the true caption scores above four attribute-swapped captions (shape
    colour, shape, background, artist swapped), all five at once and per swap.
 3. Toy checkpoint: images generated through the real pipeline
-   (`checkpoints.resolve("toy")` + `load_pipeline`, DDIM) from held-out captions, read by the oracle:
+   (`checkpoints.resolve` + `load_pipeline`, DDIM) from held-out captions, read by the oracle:
    colour, shape and background right; the named style detected; and, as a
    control, how often each style's signature shows when the caption does not ask for it.
 4. The VAE alone: held-out world images encoded and decoded, read by the oracle
@@ -18,8 +24,10 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -29,16 +37,48 @@ HELD_OUT_SEED = 777_000_001  # training uses other seeds (harness.toy.training.S
 SWAPS = ("color", "shape", "background", "artist")
 
 
+_TARGET = re.compile(r">= (\d+(?:\.\d+)?) %")
+
+
 @dataclass(frozen=True)
 class Row:
     check: str
     value: float
     n: int
-    target: str = ""
+    target: str = ""  # "" (reported, not judged) or ">= P %"
+
+    def __post_init__(self) -> None:
+        if self.target and not _TARGET.fullmatch(self.target):
+            raise ValueError(f"Row({self.check!r}): target {self.target!r}: expected '' or '>= P %', e.g. '>= 90 %'")
+
+    @property
+    def verdict(self) -> str:
+        """PASS or FAIL against the target; n/a with no sample to judge; empty without a target."""
+        if not self.target:
+            return ""
+        if self.n == 0 or not math.isfinite(self.value):
+            return "n/a"
+        threshold = float(_TARGET.fullmatch(self.target).group(1)) / 100
+        return "PASS" if self.value >= threshold - 1e-9 else "FAIL"
 
     def line(self) -> str:
         value = "n/a" if self.n == 0 else f"{100 * self.value:.1f} %"  # no sample to judge
-        return f"| {self.check} | {value} | {self.n} | {self.target} |"
+        return f"| {self.check} | {value} | {self.n} | {self.target} | {self.verdict} |"
+
+
+HEADER = "| check | value | n | target | result |\n|---|---:|---:|---|---|"
+
+
+def verdict(rows: list[Row]) -> tuple[int, list[str]]:
+    """The exit status (0: every target met; 1: one missed or without a sample) and the lines saying so."""
+    judged = [r for r in rows if r.target]
+    failed = [r for r in judged if r.verdict == "FAIL"]
+    unjudged = [r for r in judged if r.verdict == "n/a"]
+    met = len(judged) - len(failed) - len(unjudged)
+    lines = [f"acceptance: {'FAIL' if failed or unjudged else 'PASS'}: {met} of {len(judged)} targets met"]
+    lines += [f"  missed: {r.check}: {100 * r.value:.1f} %, target {r.target}" for r in failed]
+    lines += [f"  not judged (no sample; measure more with --n-oracle/--n-clip/--n-gen): {r.check}" for r in unjudged]
+    return (1 if failed or unjudged else 0), lines
 
 
 def held_out(n: int, seed: int = HELD_OUT_SEED, size: int = 256) -> list[world.Sample]:
@@ -60,13 +100,19 @@ def oracle_rows(n: int = 200, size: int = 256) -> list[Row]:
             for k, v in hits.items()]
 
 
-def clip_rows(n: int = 200, device: str = "cpu") -> list[Row]:
+def clip_rows(n: int = 200, device: str = "cpu", data_dir=None) -> list[Row]:
+    """The toy CLIP (the committed one, or the one in `data_dir`) on held-out world images."""
     import torch
     from PIL import Image
 
-    from harness.metrics.clip_models import load_clip
+    if data_dir is None:
+        from harness.metrics.clip_models import load_clip
 
-    clip = load_clip("toy", "toy", device)
+        clip = load_clip("toy", "toy", device)
+    else:
+        from harness.toy import open_toy_clip
+
+        clip = open_toy_clip(Path(data_dir), device)
     rng = np.random.default_rng(HELD_OUT_SEED + 2)
     samples = held_out(n)
     correct, per_swap = [], {k: [] for k in SWAPS}
@@ -86,16 +132,33 @@ def clip_rows(n: int = 200, device: str = "cpu") -> list[Row]:
     return rows
 
 
+def checkpoint(data_dir=None):
+    """The checkpoint to generate with: the built-in `toy` (the committed weights), or the weights in
+    `data_dir` assembled into a diffusers folder `$HARNESS_CACHE/toy-measure/toy-<configs digest>`."""
+    from harness import checkpoints
+
+    if data_dir is None:
+        return checkpoints.resolve("toy")
+    from harness.atomic import build_folder_once
+    from harness.toy import data_digest, models
+
+    data_dir = Path(data_dir)
+    folder = checkpoints.cache_dir() / "toy-measure" / f"toy-{data_digest(data_dir)}"
+    build_folder_once(folder, "model_index.json", lambda tmp: models.assemble_pipeline(tmp, data_dir))
+    return checkpoints.resolve(str(folder))
+
+
 def generate(prompts: list[str], seeds: list[int], *, size: int = 256, steps: int = 20, guidance: float = 7.5,
-             scheduler: str = "ddim", batch: int = 16, device: str = "cpu", pipe=None) -> list[np.ndarray]:
-    """Images from the `toy` checkpoint through the real loading path, one generator per image."""
+             scheduler: str = "ddim", batch: int = 16, device: str = "cpu", pipe=None,
+             data_dir=None) -> list[np.ndarray]:
+    """Images from the `toy` checkpoint (or the weights in `data_dir`) through the real loading path,
+    one generator per image."""
     import torch
 
-    from harness import checkpoints
     from harness.pipelines import load_pipeline
 
     if pipe is None:
-        pipe = load_pipeline(checkpoints.resolve("toy"), "txt2img", device=device, scheduler=scheduler)
+        pipe = load_pipeline(checkpoint(data_dir), "txt2img", device=device, scheduler=scheduler)
     images: list[np.ndarray] = []
     for start in range(0, len(prompts), batch):
         part, part_seeds = prompts[start:start + batch], seeds[start:start + batch]
@@ -126,10 +189,10 @@ def _read(samples: list[world.Sample], images: list[np.ndarray]) -> tuple[dict, 
 
 
 def generation_rows(n: int = 96, *, size: int = 256, steps: int = 20, guidance: float = 7.5,
-                    scheduler: str = "ddim", device: str = "cpu") -> list[Row]:
+                    scheduler: str = "ddim", device: str = "cpu", data_dir=None) -> list[Row]:
     samples = held_out(n, HELD_OUT_SEED + 3)
     images = generate([s.caption for s in samples], list(range(n)), size=size, steps=steps, guidance=guidance,
-                      scheduler=scheduler, device=device)
+                      scheduler=scheduler, device=device, data_dir=data_dir)
     hits, style_hit, false_pos = _read(samples, images)
     where = f"{size} px, {steps} {scheduler} steps, cfg {guidance:g}"
     targets = {"color": ">= 90 %", "shape": ">= 70 %", "background": ""}
@@ -153,7 +216,6 @@ def vae_rows(n: int = 96, *, size: int = 128, device: str = "cpu", data_dir=None
     """The ceiling the VAE sets: held-out world images encoded and decoded by the toy VAE (the committed
     one, or the one in `data_dir`), read by the oracle."""
     import json
-    from pathlib import Path
 
     import torch
 
@@ -205,38 +267,66 @@ def _guidance(text: str) -> float:
     return value
 
 
-def main(argv: list[str] | None = None, prog: str = "python -m harness.toy.acceptance") -> None:
+def _weights(text: str) -> Path:
+    from harness.toy import models
+
+    folder = Path(text).expanduser()
+    if not folder.is_dir():
+        raise argparse.ArgumentTypeError(f"expected a folder `harness toy train --out` wrote, got {text!r} "
+                                         f"(no such folder)")
+    missing = [f"{p}.safetensors" for p in models.PARTS if not (folder / f"{p}.safetensors").is_file()]
+    missing += [models.CONFIGS_FILE] if not (folder / models.CONFIGS_FILE).is_file() else []
+    if missing:
+        raise argparse.ArgumentTypeError(f"{text}: no {', '.join(missing)}; acceptance measures every part, so "
+                                         f"train them all first (harness toy train --what all --out {text})")
+    return folder
+
+
+def main(argv: list[str] | None = None, prog: str = "python -m harness.toy.acceptance") -> int:
+    """Print the table and the verdict; return the exit status (0: every target met, 1: not)."""
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     from harness.schedulers import SCHEDULERS
 
+    parser.add_argument("--weights", type=_weights, default=None, metavar="DIR",
+                        help="measure the weights `harness toy train --out DIR` wrote (default: the committed ones)")
     parser.add_argument("--n-oracle", type=_at_least(1), default=200)
     parser.add_argument("--n-clip", type=_at_least(1), default=200)
     parser.add_argument("--n-gen", type=_at_least(1), default=96)
     parser.add_argument("--steps", type=_at_least(1), default=20)
     parser.add_argument("--guidance", type=_guidance, default=7.5)
     parser.add_argument("--scheduler", default="ddim", choices=list(SCHEDULERS))
-    parser.add_argument("--size", type=_size, action="append", help="generation size(s) (default 128, the demo's)")
+    parser.add_argument("--size", type=_size, action="append",
+                        help="size(s) the oracle, generation and the VAE are measured at (default 128, the demo's)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default auto)")
     args = parser.parse_args(argv)  # bad values exit 2 here, before any measuring
     from harness.core import SettingsError
+    from harness.toy import models
     from harness.toy.training import pick_device
 
     try:
         device = pick_device(args.device)
     except SettingsError as exc:
         parser.error(f"argument --device: {exc}")
-    print("| check | value | n | target |\n|---|---:|---:|---|", flush=True)
-    blocks = [lambda: oracle_rows(args.n_oracle), lambda: clip_rows(args.n_clip, device)]
+    sizes, weights = args.size or [128], args.weights
+    print(f"<!-- weights: {weights.resolve() if weights else f'committed ({models.DATA_DIR})'} -->", flush=True)
+    print(HEADER, flush=True)
+    blocks = [lambda size=size: oracle_rows(args.n_oracle, size) for size in sizes]
+    blocks += [lambda: clip_rows(args.n_clip, device, weights)]
     blocks += [lambda size=size: generation_rows(args.n_gen, size=size, steps=args.steps, guidance=args.guidance,
-                                                 scheduler=args.scheduler, device=device)
-               for size in args.size or [128]]
-    blocks += [lambda size=size: vae_rows(args.n_gen, size=size, device=device) for size in args.size or [128]]
+                                                 scheduler=args.scheduler, device=device, data_dir=weights)
+               for size in sizes]
+    blocks += [lambda size=size: vae_rows(args.n_gen, size=size, device=device, data_dir=weights) for size in sizes]
+    rows: list[Row] = []
     for block in blocks:
         t0 = time.time()
         for row in block():
             print(row.line(), flush=True)
+            rows.append(row)
         print(f"<!-- {time.time() - t0:.0f} s -->", flush=True)
+    status, lines = verdict(rows)
+    print("\n" + "\n".join(lines), flush=True)
+    return status
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

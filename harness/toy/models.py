@@ -185,10 +185,10 @@ def _relayout(key: str, table: str, other: str) -> str:
     return key
 
 
-def write_configs(data_dir: Path, trained: dict | None = None, **overrides) -> None:
+def write_configs(data_dir: Path, trained: dict | None = None, forget: tuple[str, ...] = (), **overrides) -> None:
     """Update `configs.json`: the configs of the parts just trained (`overrides`), the others as they were;
-    `trained` adds how a part was made (profile, device, steps). Stages trained in parallel processes
-    update it under a lock."""
+    `trained` adds how a part was made (profile, device, steps), `forget` drops the records of stages whose
+    output is gone. Stages trained in parallel processes update it under a lock."""
     import fcntl
     import os
 
@@ -202,7 +202,8 @@ def write_configs(data_dir: Path, trained: dict | None = None, **overrides) -> N
                 "scheduler": SCHEDULER_CONFIG}
         merged = {k: current.get(k, v) for k, v in base.items()}
         merged.update(overrides)
-        merged["trained"] = {**current.get("trained", {}), **(trained or {})}
+        merged["trained"] = {k: v for k, v in {**current.get("trained", {}), **(trained or {})}.items()
+                             if k not in forget}
         merged["sha256"] = {p: hashlib.sha256((data_dir / f"{p}.safetensors").read_bytes()).hexdigest()
                             for p in PARTS if (data_dir / f"{p}.safetensors").is_file()}
         tmp = path.with_suffix(".tmp")

@@ -3,7 +3,7 @@
     python -m harness.toy.train [--what vae|decoder|unet|clip|all] [--profile cpu|gpu] [--out DIR]
                                 [--device auto] [--workers N] [--minutes M] [--stop-at STAGE=STEP]
 
-Stages (each seeded; `all` runs them in this order):
+Stages (each seeded; they run in this order whatever the order in `--what`):
 
 1. `vae`: AutoencoderKL (x8 downsampling, 4 latent channels) on whole world
    images (64 px in the `cpu` profile, 128 px in `gpu`); MSE + L1 + a small KL term, starting from a
@@ -33,7 +33,14 @@ so a stopped run resumes from its last checkpoint (`train-<stage>.pt` in
 with the same data it would have seen, and `--workers` processes that compute
 batches ahead give the same batches. `--minutes` caps a stage's wall time: a
 capped stage saves what it has and says so; configs.json records the step, and
-`--stop-at STAGE=STEP` replays that stop (same learning-rate schedule). A re-run
+`--stop-at STAGE=STEP` replays that stop (same learning-rate schedule); STAGE must be one
+this run trains and STEP within its budget. A stage's resumable state is named by the
+overrides (`--set`) of the fields that stage uses (`training.STAGE_FIELDS`), so overriding
+another stage's field keeps it. A stage with nothing left to train writes the same weights
+again, except `vae`, which leaves a `vae.safetensors` holding its weights alone (the
+`decoder` stage's fine-tune on them included); a `vae` stage that does replace the file
+drops the decoder's record from configs.json and marks a unet trained on another encoder
+stale. A re-run
 reproduces the committed weights up to floating-point nondeterminism of the
 kernels (on the same machine type far below fp16 rounding of the saved files;
 other CPUs or a GPU give slightly different weights, with the same behaviour).
@@ -56,6 +63,7 @@ from harness.toy.training import PROFILES, Profile, Setup, pick_device
 STAGES = {"vae": train_vae, "decoder": train_decoder, "unet": train_unet, "clip": train_clip}
 COMMITTED_PROFILE = "gpu"  # the profile the committed weights were trained with, in full
 NEEDS_VAE = ("vae.safetensors", models.CONFIGS_FILE)  # what the decoder and unet stages read
+STOP_AT_EXAMPLE = "unet=3000"  # within every profile's unet budget
 
 
 def train(what: str = "all", out: Path | str | None = None, minutes: float | None = None,
@@ -64,11 +72,12 @@ def train(what: str = "all", out: Path | str | None = None, minutes: float | Non
     """Train `what` (one of STAGES, a comma list of them, or all) into `out` (default: the package's
     data folder) with the named `profile`; `workers` (default: none on CPU, up to 8 on a GPU)
     compute batches ahead; `stop_at` ({stage: step}) ends stages early, learning-rate schedule unchanged."""
-    stages = list(STAGES) if what == "all" else [w.strip() for w in what.split(",")]
-    unknown = [s for s in stages if s not in STAGES]
+    asked = list(STAGES) if what == "all" else [w.strip() for w in what.split(",")]
+    unknown = [s for s in asked if s not in STAGES]
     if unknown:
         raise ValueError(f"train(what={what!r}): unknown stage {unknown[0]!r}; expected one of "
                          f"{', '.join(STAGES)}, a comma list of them, or all")
+    stages = [s for s in STAGES if s in asked]  # the pipeline's order: a stage reads what the earlier ones wrote
     if isinstance(profile, str):
         if profile not in PROFILES:
             raise ValueError(f"train(profile={profile!r}): expected one of {', '.join(PROFILES)}")
@@ -83,10 +92,16 @@ def train(what: str = "all", out: Path | str | None = None, minutes: float | Non
                          + (", stopped by --stop-at" if stop_at else "") + (", changed by --set" if overrides else "")
                          + ") would replace them with other weights: give --out DIR")
     out = Path(out) if out is not None else models.DATA_DIR
-    bad = [s for s in (stop_at or {}) if s not in STAGES]
-    if bad:
-        raise ValueError(f"--stop-at {bad[0]}={stop_at[bad[0]]}: unknown stage {bad[0]!r}; expected one of "
-                         f"{', '.join(STAGES)}")
+    for stage, step in (stop_at or {}).items():
+        if stage not in STAGES:
+            raise ValueError(f"--stop-at {stage}={step}: unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
+        if stage not in stages:
+            raise ValueError(f"--stop-at {stage}={step}: this run does not train {stage} (--what {what}); "
+                             f"add {stage} to --what or leave --stop-at {stage} out")
+        steps = profile.budget(stage).steps
+        if not 1 <= step <= steps:
+            raise ValueError(f"--stop-at {stage}={step}: expected a step from 1 to {steps}, the {stage} budget of "
+                             f"profile {profile.name!r}" + (" with --set" if profile.overrides else ""))
     for i, stage in enumerate(stages):  # a later part is trained on the VAE's latents: it must be there
         missing = [f for f in NEEDS_VAE if stage in ("decoder", "unet") and "vae" not in stages[:i]
                    and not (out / f).is_file()]
@@ -102,6 +117,8 @@ def train(what: str = "all", out: Path | str | None = None, minutes: float | Non
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     setup = Setup(out, device, profile, minutes, workers, tuple(sorted((stop_at or {}).items())))
+    if stages != list(dict.fromkeys(asked)):
+        print(f"[train] stages run in the pipeline's order: {', '.join(stages)}", flush=True)
     for stage in stages:
         t0 = time.time()
         STAGES[stage](setup)
@@ -123,7 +140,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m harness.toy.train
     parser.add_argument("--workers", type=int, default=None,
                         help="processes computing batches ahead (default: 0 on CPU, up to 8 with a GPU)")
     parser.add_argument("--stop-at", action="append", default=[], metavar="STAGE=STEP",
-                        help="end STAGE at STEP (reproduces a run stopped by --minutes; configs.json has the step)")
+                        help=f"end STAGE (one of --what) at STEP, 1 to its budget, e.g. {STOP_AT_EXAMPLE} (reproduces "
+                             "a run stopped by --minutes; configs.json has the step)")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="override a profile field, e.g. latent_channels=8 or unet=3000,256,7e-4")
     args = parser.parse_args(argv)
@@ -143,7 +161,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m harness.toy.train
         for item in args.stop_at:
             stage, _, step = item.partition("=")
             if not step.isdigit():
-                raise ValueError(f"--stop-at {item!r}: expected STAGE=STEP, e.g. unet=5449")
+                raise ValueError(f"--stop-at {item!r}: expected STAGE=STEP, e.g. {STOP_AT_EXAMPLE}")
             stop_at[stage] = int(step)
         train(args.what, args.out, args.minutes, args.device, args.profile, args.workers, stop_at, overrides)
     except ValueError as exc:

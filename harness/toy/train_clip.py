@@ -77,7 +77,7 @@ def train_clip(setup: Setup) -> None:
         hard_loss = F.cross_entropy(scale * hard, torch.zeros(n, dtype=torch.long, device=logits.device))
         return contrastive + hard_loss
 
-    step = loop("clip", setup, {"clip": clip}, opt, make_batch, loss_fn)
+    _, step = loop("clip", setup, {"clip": clip}, opt, make_batch, loss_fn)
     models.save_part(clip, "clip", setup.out)
     models.write_configs(setup.out, clip=models.CLIP_CONFIG, trained=trained(setup, "clip", step))
     print("[clip] saved", flush=True)

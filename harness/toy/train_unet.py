@@ -106,7 +106,7 @@ def train_unet(setup: Setup) -> None:
         weight = torch.clamp(snr, max=MIN_SNR_GAMMA) / (snr + 1)  # min-SNR weights for v
         return (weight * ((pred - target) ** 2).mean(dim=(1, 2, 3))).mean()
 
-    step = loop("unet", setup, {"unet": unet, "text": text}, opt, make_batch, loss_fn, extra_state=ema,
+    _, step = loop("unet", setup, {"unet": unet, "text": text}, opt, make_batch, loss_fn, extra_state=ema,
                  inputs=encoder_digest(setup.out),
                  clip_norm=1.0, after_step=lambda: ema.update_parameters(unet))
     models.save_part(ema.module, "unet", setup.out)

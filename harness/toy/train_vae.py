@@ -1,5 +1,10 @@
 """Training stages of the toy VAE: `vae` (the whole AutoencoderKL) and `decoder` (the decoder
-fine-tuned at 128 px with the encoder frozen)."""
+fine-tuned at 128 px with the encoder frozen).
+
+Both write `vae.safetensors`. A `vae` stage with nothing left to train leaves the file alone when it holds
+its weights (with the decoder fine-tune on them or not); a `vae` stage that writes the file says what it
+replaced and updates configs.json to match: the decoder record is dropped (its fine-tune is gone) and,
+when the encoder changed, the unet record is marked stale (it was trained on the old VAE's latents)."""
 
 from __future__ import annotations
 
@@ -16,9 +21,11 @@ from harness.toy.training import (
     encoder_digest,
     loop,
     render_pool,
+    saved_weights,
     step_rng,
     to_tensor,
     trained,
+    weights_encoder_digest,
 )
 
 
@@ -68,7 +75,13 @@ def train_vae(setup: Setup) -> None:
         kl = 0.5 * (posterior.mean ** 2 + posterior.var - 1.0 - posterior.logvar).mean()
         return reconstruction_loss(rec, b["x"], profile) + 1e-4 * kl
 
-    step = loop("vae", setup, {"vae": vae}, opt, make_batch, loss_fn)
+    first, step = loop("vae", setup, {"vae": vae}, opt, make_batch, loss_fn)
+    out = setup.out
+    made = _recorded(out)
+    if first == step and _folder_holds(vae, out, made):
+        print(f"[vae] already trained to step {step}/{budget.steps}; {out / 'vae.safetensors'} holds these weights"
+              + (" with the decoder fine-tune on them" if "decoder" in made else "") + ": left as it is", flush=True)
+        return
     vae.eval()
     _, probe = render_pool(64, 256, "vae-scale")
     with torch.no_grad():
@@ -76,10 +89,44 @@ def train_vae(setup: Setup) -> None:
                              for i in range(0, len(probe), 16)])
     scale = float(1.0 / latents.std())
     vae.register_to_config(scaling_factor=scale)
-    models.save_part(vae, "vae", setup.out)
-    models.write_configs(setup.out, vae={**config, "scaling_factor": scale},
-                         trained=trained(setup, "vae", step))
+    before = encoder_digest(out) if "vae" in made and (out / "vae.safetensors").is_file() else None
+    models.save_part(vae, "vae", out)
+    record = trained(setup, "vae", step)
+    forget = ("decoder",) if "decoder" in made else ()
+    if forget:
+        print(f"[vae] the decoder fine-tune that {out / 'vae.safetensors'} held is replaced by the vae stage's "
+              f"weights: configs.json no longer records decoder as trained (train it again: --what decoder)",
+              flush=True)
+    if "unet" in made and before != weights_encoder_digest(saved_weights(vae), scale):
+        record["unet"] = {**made["unet"], "stale": STALE_UNET}
+        print(f"[vae] this VAE encodes differently from the one {out / 'unet.safetensors'} was trained on: "
+              f"configs.json marks unet stale until --what unet trains it again", flush=True)
+    models.write_configs(out, vae={**config, "scaling_factor": scale}, trained=record, forget=forget)
     print(f"[vae] saved; scaling_factor {scale:.4f}", flush=True)
+
+
+STALE_UNET = "trained on the latents of a VAE since replaced; train it again with --what unet"
+
+
+def _recorded(out) -> dict:
+    """What configs.json in `out` records as trained (empty without one)."""
+    path = out / models.CONFIGS_FILE
+    return json.loads(path.read_text()).get("trained", {}) if path.is_file() else {}
+
+
+def _folder_holds(vae, out, made: dict) -> bool:
+    """Whether `out/vae.safetensors` holds `vae` as the vae stage saves it: the same weights, or, where
+    configs.json records the decoder fine-tune, the same encoder (the decoder stage changes only the decoder)."""
+    from safetensors.torch import load_file
+
+    path = out / "vae.safetensors"
+    if "vae" not in made or not path.is_file():
+        return False
+    saved, mine = load_file(str(path)), saved_weights(vae)
+    if saved.keys() != mine.keys():
+        return False
+    keys = [k for k in mine if "decoder" not in made or k.startswith(("encoder.", "quant_conv."))]
+    return all(torch.equal(saved[k], mine[k]) for k in keys)
 
 
 def train_decoder(setup: Setup) -> None:
@@ -105,7 +152,7 @@ def train_decoder(setup: Setup) -> None:
             z = vae.encode(b["x"]).latent_dist.mean
         return reconstruction_loss(vae.decode(z).sample, b["x"], profile)
 
-    step = loop("decoder", setup, {"vae": vae}, opt, make_batch, loss_fn, inputs=encoder_digest(out))
+    _, step = loop("decoder", setup, {"vae": vae}, opt, make_batch, loss_fn, inputs=encoder_digest(out))
     models.save_part(vae, "vae", out)
     models.write_configs(out, vae=configs["vae"], trained=trained(setup, "decoder", step))
     print("[decoder] saved (encoder unchanged)", flush=True)

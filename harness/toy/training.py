@@ -78,14 +78,26 @@ class Profile:
                 raise ValueError(f"--set {key}={text}: {expected}") from None
         return replace(self, **values, overrides=tuple(sorted({**dict(self.overrides), **items}.items())))
 
-    @property
-    def tag(self) -> str:
-        """The profile's name, plus a digest of its overrides if any (names resumable state)."""
-        if not self.overrides:
+    def stage_tag(self, stage: str) -> str:
+        """The profile's name, plus a digest of the overrides of the fields `stage` uses (`STAGE_FIELDS`) if
+        any: names the stage's resumable state, so an override of another stage's field keeps it. What a stage
+        takes from an earlier one (the VAE) is checked by content instead (`loop`'s `inputs`)."""
+        mine = tuple((k, v) for k, v in self.overrides if k in STAGE_FIELDS[stage])
+        if not mine:
             return self.name
         import hashlib
 
-        return f"{self.name}-{hashlib.sha256(repr(self.overrides).encode()).hexdigest()[:8]}"
+        return f"{self.name}-{hashlib.sha256(repr(mine).encode()).hexdigest()[:8]}"
+
+
+# The profile fields each stage reads (its resumable state is named by their overrides, `Profile.stage_tag`).
+# The decoder and unet stages read the VAE from the output folder, not from these fields.
+STAGE_FIELDS = {
+    "vae": ("vae", "vae_size", "vae_scenes", "vae_blocks", "latent_channels", "vae_edge", "vae_texture"),
+    "decoder": ("decoder", "decoder_scenes", "vae_edge", "vae_texture"),
+    "unet": ("unet", "unet_scenes", "unet_blocks", "ema_decay"),
+    "clip": ("clip", "clip_scenes"),
+}
 
 
 _FORMS = {"vae": "steps,batch,lr", "decoder": "steps,batch,lr", "unet": "steps,batch,lr", "clip": "steps,batch,lr",
@@ -240,10 +252,11 @@ def work_dir(out: Path) -> Path:
 
 
 class Checkpoint:
-    """Resumable training state in `<work dir>/train-<stage>-<profile>.pt`."""
+    """Resumable training state in `<work dir>/train-<stage>-<stage tag>.pt` (`Profile.stage_tag`)."""
 
     def __init__(self, setup: Setup, stage: str) -> None:
-        suffix = "" if setup.profile.tag == "cpu" else f"-{setup.profile.tag}"
+        tag = setup.profile.stage_tag(stage)
+        suffix = "" if tag == "cpu" else f"-{tag}"
         self.path = work_dir(setup.out) / f"train-{stage}{suffix}.pt"
 
     def load(self) -> dict | None:
@@ -287,24 +300,36 @@ def batches(make, start: int, stop: int, workers: int = 0):
 def encoder_digest(out: Path) -> str:
     """A digest of what the latents depend on: the VAE encoder's weights and the scaling factor
     (the `decoder` stage leaves it unchanged)."""
-    import hashlib
     import json
 
     from safetensors.torch import load_file
 
+    scale = json.loads((out / models.CONFIGS_FILE).read_text())["vae"]["scaling_factor"]
+    return weights_encoder_digest(load_file(str(out / "vae.safetensors")), scale)
+
+
+def weights_encoder_digest(weights: dict, scale: float) -> str:
+    """`encoder_digest` of VAE weights as saved (fp16 tensors, `saved_weights`) with this scaling factor."""
+    import hashlib
+
     digest = hashlib.sha256()
-    for key, value in sorted(load_file(str(out / "vae.safetensors")).items()):
+    for key, value in sorted(weights.items()):
         if key.startswith(("encoder.", "quant_conv.")):
             digest.update(key.encode() + value.numpy().tobytes())
-    scale = json.loads((out / models.CONFIGS_FILE).read_text())["vae"]["scaling_factor"]
     digest.update(repr(scale).encode())
     return digest.hexdigest()[:10]
 
 
+def saved_weights(module) -> dict:
+    """`module`'s weights as `models.save_part` writes them (CPU, fp16; no sparse tables: the VAE has none)."""
+    return {k: v.detach().to("cpu", torch.float32).to(torch.float16) for k, v in module.state_dict().items()}
+
+
 def loop(stage: str, setup: Setup, modules: dict, opt, make_batch, loss_fn, extra_state=None,
-          clip_norm: float | None = None, after_step=None, inputs: str = "") -> int:
+          clip_norm: float | None = None, after_step=None, inputs: str = "") -> tuple[int, int]:
     """From the checkpointed step to the stage's budget: `loss = loss_fn(make_batch(step))`, backward,
-    gradient norm clipped to `clip_norm` if given, optimizer step, `after_step()`; return the last step done.
+    gradient norm clipped to `clip_norm` if given, optimizer step, `after_step()`; return the step it started
+    at and the last step done (equal: the resumable state had nothing left to train).
     `inputs` is a digest of what the stage trains on beyond the world (the VAE encoder, for the stages
     after it): a resumable state saved with other inputs is stale and the stage starts over."""
     budget = setup.profile.budget(stage)
@@ -356,7 +381,7 @@ def loop(stage: str, setup: Setup, modules: dict, opt, make_batch, loss_fn, extr
             print(f"[{stage}] stopped by --minutes={setup.minutes} at step {step}/{budget.steps}; the saved "
                   f"weights are a partial run (re-run to resume)", flush=True)
             break
-    return step
+    return start, step
 
 
 def trained(setup: Setup, stage: str, step: int) -> dict:
