@@ -247,7 +247,7 @@ def jobs_for(exp: Experiment, refs: dict, prompts: list[Variant], negatives: lis
     draws = randomized.draws if randomized else 1
     hashes: dict[tuple, str] = {}
     jobs: dict[str, Job] = {}
-    read = _emphasis_reader(exp)
+    read = _emphasis_reader(exp, stage)
     for ck, ref in refs.items():
         width, height = exp.setting(ck, "width"), exp.setting(ck, "height")
         base = dict(checkpoint=ck, fingerprint=ref.fingerprint, scheduler=exp.setting(ck, "scheduler"),
@@ -281,7 +281,7 @@ def jobs_for(exp: Experiment, refs: dict, prompts: list[Variant], negatives: lis
                                                  else mode_strengths):
                                     job = Job(
                                         **base, mode=mode, prompt=v.prompt, negative_prompt=neg.prompt, seed=seed,
-                                        emphasis=read(v.prompt, "prompt") or read(neg.prompt, "negative prompt"),
+                                        emphasis=read(v.prompt, neg.prompt),
                                         steps=rnd.get("steps", steps or exp.setting(ck, "steps")),
                                         guidance=rnd.get("guidance", exp.setting(ck, "guidance")),
                                         strength=strength, init_hash=ihash, init_image=init_path,
@@ -295,23 +295,27 @@ def jobs_for(exp: Experiment, refs: dict, prompts: list[Variant], negatives: lis
     return list(jobs.values())
 
 
-def _emphasis_reader(exp: Experiment) -> Callable[[str, str], str | None]:
-    """text, what -> "a1111" when the experiment reads emphasis and the text has some to read (weights
+def _emphasis_reader(exp: Experiment, stage: str = "main") -> Callable[[str, str], str | None]:
+    """prompt, negative -> "a1111" when the experiment reads emphasis and either has some to read (weights
     other than 1, brackets or escapes to drop), else None: such prompts keep the key they had before
     emphasis was read. A malformed one is an ExperimentError naming the prompt and the column."""
     from .emphasis import EmphasisError, has_emphasis, parse
 
     memo: dict[str, str | None] = {}
 
-    def read(text: str, what: str) -> str | None:
+    def read(prompt: str, negative: str) -> str | None:  # both are checked, whichever holds emphasis
+        return "a1111" if [one(prompt, "prompt"), one(negative, "negative prompt")] != [None, None] else None
+
+    def one(text: str, what: str) -> str | None:
         if exp.emphasis != "a1111" or not has_emphasis(text):
             return None
         if text not in memo:
             try:
                 runs = parse(text)
             except EmphasisError as e:
+                where = "" if stage == "main" else f" of {stage}"
                 raise ExperimentError(exp.path, [
-                    f"{what} {text!r}, {e}; or set emphasis = \"literal\" to give the model brackets as text"]) from None
+                    f"{what}{where} {text!r}, {e}; or set emphasis = \"literal\" to give the model brackets as text"]) from None
             memo[text] = None if "".join(t for t, _ in runs) == text and all(w == 1 for _, w in runs) else "a1111"
         return memo[text]
 

@@ -115,6 +115,9 @@ def a1111_parameters(job: Job, *, sampler: str, model_name: str, schedule: str |
             raise ValueError(f"a1111_parameters: img2img job {job.key[:12]} has strength=None; "
                              "img2img jobs need a denoising strength in (0, 1]")
         pairs["Denoising strength"] = repr(float(job.strength))
+    from .emphasis import has_emphasis
+    if job.emphasis is None and (has_emphasis(job.prompt) or has_emphasis(job.negative_prompt)):
+        pairs["Emphasis"] = "None"  # made with emphasis = "literal": the web UI reads the brackets as text too
     for key, value in (extra or {}).items():
         if key in pairs:
             raise ValueError(f"a1111_parameters: extra key {key!r} would overwrite a standard "

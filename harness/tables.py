@@ -22,7 +22,7 @@ from .stats import summarize
 from .stats.results import md_text
 from .stats.table import healthy_mask
 
-IMAGE_COLUMNS = ["key", "image", "stage", "checkpoint", "fingerprint", "mode", "prompt", "negative_prompt", "seed",
+IMAGE_COLUMNS = ["key", "image", "stage", "checkpoint", "fingerprint", "mode", "prompt", "negative_prompt", "emphasis", "seed",
                  "draw", "steps", "guidance", "scheduler", "width", "height", "strength", "init_image", "parent_key",
                  "watermark_embedded", "healthy", "watermark", "health_flags", "truncated", "batch_size", "slot",
                  "seconds", "device", "dtype_used", "status"]

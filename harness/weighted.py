@@ -2,7 +2,8 @@
 
 Each run of text is tokenized on its own and its tokens carry its weight; the encoder's output for a
 token is scaled by that weight, and the whole embedding is then scaled back to its unweighted mean, so
-emphasis shifts attention between words without making the prompt louder. The tokens are framed and
+emphasis shifts attention between words without making the prompt louder (skipped where the mean is
+float noise: an encoder whose outputs average to 0, see `_restorable`). The tokens are framed and
 padded exactly as the pipeline's own `encode_prompt` frames them (start, text cut to the model's length,
 end, padding), so a prompt whose weights are all 1 gets the pipeline's embeddings bit for bit.
 """
@@ -12,6 +13,14 @@ from __future__ import annotations
 import torch
 
 from .emphasis import parse
+
+
+def _restorable(plain: torch.Tensor, restore: torch.Tensor) -> bool:
+    """Whether scaling back to the unweighted mean is meaningful: a positive, finite factor from a mean
+    that is not float noise. An encoder whose last LayerNorm has no bias (the built-in random models)
+    averages every token to about 0, and dividing noise by noise would scale, flip or blow up the whole
+    embedding; such a prompt keeps its weights without the restoration."""
+    return bool(torch.isfinite(restore) and restore > 0 and plain.mean().abs() > 1e-3 * plain.abs().mean())
 
 
 def weighted_embeddings(pipe, prompt: str, device) -> torch.Tensor:
@@ -37,6 +46,8 @@ def weighted_embeddings(pipe, prompt: str, device) -> torch.Tensor:
         if any(w != 1.0 for w in weights):
             scale = torch.tensor(weights, device=z.device, dtype=torch.float32)[None, :, None]
             plain = z.float()
-            weighted = plain * scale
-            z = weighted * (plain.mean() / weighted.mean())
+            z = weighted = plain * scale
+            restore = plain.mean() / weighted.mean()
+            if _restorable(plain, restore):
+                z = weighted * restore
     return z.to(dtype=encoder.dtype, device=device)

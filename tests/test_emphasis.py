@@ -82,15 +82,35 @@ def test_weights_of_one_give_the_pipelines_own_embeddings_bit_for_bit(pipe):
         assert mine.shape == theirs.shape and torch.equal(mine, theirs), prompt
 
 
-def test_a_weight_scales_its_tokens_and_keeps_the_mean(pipe):
+def test_a_weight_scales_its_own_tokens_only(pipe):
+    """The tiny encoder's last LayerNorm has no bias, so its outputs average to float noise: scaling back to
+    that mean would blow the embedding up or flip it; the weights apply without it."""
     from harness.weighted import weighted_embeddings
 
     plain_z, _ = pipe.encode_prompt("a red castle", "cpu", 1, False)
-    z = weighted_embeddings(pipe, "a (red:1.5) castle", "cpu")
-    assert z.mean().item() == pytest.approx(plain_z.mean().item(), rel=1e-5, abs=1e-6)
-    ratio = (z / plain_z)[0, :, 0]  # token 2 ('red') is scaled 1.5 times more than its neighbours
-    assert ratio[2].item() == pytest.approx(1.5 * ratio[1].item(), rel=1e-4)
-    assert ratio[1].item() == pytest.approx(ratio[3].item(), rel=1e-5)
+    for prompt, token, weight in [("a (red:1.5) castle", 2, 1.5), ("(a castle:1.5)", 1, 1.5),
+                                  ("a [red] castle", 2, 1 / 1.1)]:
+        z = weighted_embeddings(pipe, prompt, "cpu")
+        assert torch.isfinite(z).all(), prompt
+        ratio = (z / weighted_embeddings(pipe, prompt.replace(f":{weight}", ":1"), "cpu"))[0, :, 0]
+        if "[" in prompt:
+            ratio = (z / plain_z)[0, :, 0]
+        assert ratio[token].item() == pytest.approx(weight, rel=1e-5), prompt
+        assert ratio[-1].item() == pytest.approx(1.0), prompt  # padding keeps its weight and scale
+
+
+def test_the_mean_is_restored_where_it_is_not_noise():
+    from harness.weighted import _restorable
+
+    rng = torch.Generator().manual_seed(0)
+    plain = torch.randn(1, 77, 8, generator=rng) + 0.5  # an encoder with a LayerNorm bias: a real mean
+    weighted = plain * torch.linspace(0.8, 1.3, 77)[None, :, None]
+    restore = plain.mean() / weighted.mean()
+    assert _restorable(plain, restore)
+    assert (weighted * restore).mean().item() == pytest.approx(plain.mean().item(), rel=1e-5)
+    centred = plain - plain.mean(dim=-1, keepdim=True)  # every token averages to 0 (no bias)
+    assert not _restorable(centred, centred.mean() / (centred * 1.5).mean())
+    assert not _restorable(plain, torch.tensor(float("inf"))) and not _restorable(plain, torch.tensor(-2.0))
 
 
 # ---------------------------------------------------------------- the planner and the run
@@ -123,6 +143,7 @@ def test_emphasis_changes_the_image_only_where_a_weight_is_not_one(tmp_path):
     assert np.array_equal(pixels["(a castle:1)"], pixels["a castle"])  # the brackets are not tokens
     assert not np.array_equal(pixels["(a castle:1.5)"], pixels["a castle"])
     assert not np.array_equal(pixels["a [castle]"], pixels["a castle"])
+    assert all(p.std() > 1 for p in pixels.values())  # weighted prompts make images, not black squares
     # CLIP scores each image against the words, not the brackets: equal pixels, equal score
     assert scores[jobs["(a castle:1)"].key] == pytest.approx(scores[jobs["a castle"].key])
 
@@ -153,3 +174,25 @@ def test_a_malformed_prompt_is_refused_at_plan_time_with_its_column(tmp_path):
     (tmp_path / "e.toml").write_text(EXP.format(extra='emphasis = "bold"'))
     with pytest.raises(ExperimentError, match="key 'emphasis'.*'a1111', 'literal'"):
         load_experiment(tmp_path / "e.toml")
+
+
+def test_a_malformed_negative_prompt_is_refused_even_when_the_prompt_holds_emphasis(tmp_path):
+    from harness.experiment import ExperimentError, load_experiment
+    from harness.plan import make_plan
+
+    (tmp_path / "e.toml").write_text(EXP.format(extra='negative_prompt = "[blurry:sharp:0.5]"'))
+    with pytest.raises(ExperimentError, match=r"negative prompt '\[blurry:sharp:0.5\]', column 1: prompt editing"):
+        make_plan(load_experiment(tmp_path / "e.toml"))
+
+
+def test_a_literal_jobs_infotext_tells_the_web_ui_to_read_brackets_as_text():
+    from harness.core import Job
+    from harness.provenance import a1111_parameters
+
+    base = dict(checkpoint="tiny", fingerprint="f" * 64, mode="txt2img", negative_prompt="", seed=1, steps=2,
+                guidance=7.5, scheduler="ddim", width=64, height=64)
+    literal = a1111_parameters(Job(prompt="(a castle:1.5)", **base), sampler="DDIM", model_name="tiny")
+    weighted = a1111_parameters(Job(prompt="(a castle:1.5)", emphasis="a1111", **base), sampler="DDIM",
+                                model_name="tiny")
+    plain = a1111_parameters(Job(prompt="a castle", **base), sampler="DDIM", model_name="tiny")
+    assert "Emphasis: None" in literal and "Emphasis" not in weighted and "Emphasis" not in plain

@@ -152,7 +152,8 @@ def test_infotext_round_trips_through_png_files(tmp_path, prompt, negative):
 ])
 def test_png_infotext_reads_back_every_setting(tmp_path, prompt, negative):
     job = make_job(prompt=prompt, negative_prompt=negative, mode="img2img", strength=0.5,
-                   init_hash="c0ffee", seed=123456789, guidance=6.0, width=640, height=384, steps=31)
+                   init_hash="c0ffee", seed=123456789, guidance=6.0, width=640, height=384, steps=31,
+                   emphasis="a1111" if "(" in prompt else None)  # as the planner reads (detailed:1.2)
     path = tmp_path / f"{job.key}.png"
     write(path, job)
     info = parse_infotext(read_png_text(path)["parameters"])
