@@ -1,5 +1,6 @@
 """A1111 emphasis in a concrete prompt: `(text)` weighs 1.1, `(text:1.3)` weighs 1.3, `[text]` weighs
-1/1.1, nesting multiplies, `\\(` `\\)` `\\[` `\\]` `\\\\` are the characters themselves.
+1/1.1, nesting multiplies, `\\(` `\\)` `\\[` `\\]` `\\\\` are the characters themselves (a backslash
+before any character is dropped and the character kept, as A1111 reads it).
 
 The parser turns a prompt into runs of text with their weights (:func:`parse`) and the text a reader
 sees (:func:`plain`: what CLIP metrics score the image against). Prompt editing (`[a:b:0.5]`) and
@@ -10,6 +11,7 @@ No torch here: :mod:`harness.weighted` turns runs into text-encoder embeddings.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 UP = 1.1  # the weight of `(text)`; `[text]` is 1 / UP
 MODES = ("a1111", "literal")  # the experiment's `emphasis`: read as weights, or fed to the model as text
@@ -33,35 +35,43 @@ def has_emphasis(prompt: str) -> bool:
 
 def parse(prompt: str) -> list[tuple[str, float]]:
     """Runs of (text, weight), neighbours of equal weight joined; raises EmphasisError at the column of an
-    unmatched bracket or of prompt editing / alternation inside `[...]`."""
+    unmatched bracket or of prompt editing / alternation inside `[...]`.
+
+    As A1111 reads them: a backslash before any other character is dropped (`\\:` is a colon that
+    schedules nothing); a weight is the `:N` written right before its own `)`, never text from a bracket
+    inside it (`(a:(1.5))` is `a:` at 1.1 and `1.5` at 1.21); a `:` or `|` inside brackets nested in
+    `[...]` is theirs (`[(a:b)]` is emphasis, not prompt editing)."""
     chars: list[str] = []
     weights: list[float] = []
-    open_: list[tuple[str, int, int]] = []  # (bracket, its column, index of its first character in chars)
+    open_: list[_Open] = []
     i = 0
     while i < len(prompt):
         c = prompt[i]
-        if c == "\\" and i + 1 < len(prompt) and prompt[i + 1] in _SPECIAL + "\\":
-            chars.append(prompt[i + 1])
-            weights.append(1.0)
+        if c == "\\":
+            if i + 1 < len(prompt):
+                chars.append(prompt[i + 1])
+                weights.append(1.0)
             i += 2
             continue
         if c in "([":
-            open_.append((c, i + 1, len(chars)))
+            open_.append(_Open(c, i, len(chars)))
         elif c in ")]":
             want = "(" if c == ")" else "["
-            if not open_ or open_[-1][0] != want:
+            if not open_ or open_[-1].bracket != want:
                 raise EmphasisError(prompt, i + 1, f"{c!r} closes no {want!r}; write \\{c} for the character")
-            _, column, start = open_.pop()
-            factor = _close(prompt, c, column, chars, start)
+            bracket = open_.pop()
+            factor = _close(prompt, i, bracket, chars)
             del weights[len(chars):]  # an `:N` weight is not text
-            for k in range(start, len(weights)):
+            for k in range(bracket.start, len(weights)):
                 weights[k] *= factor
         else:
             chars.append(c)
             weights.append(1.0)
+            if c in ":|" and open_:
+                open_[-1].switches = True
         i += 1
     if open_:
-        bracket, column, _ = open_[-1]
+        bracket, column = open_[-1].bracket, open_[-1].at + 1
         closer = ")" if bracket == "(" else "]"
         raise EmphasisError(prompt, column, f"{bracket!r} is never closed by {closer!r}; close it or write "
                                             f"\\{bracket} for the character")
@@ -74,19 +84,29 @@ def parse(prompt: str) -> list[tuple[str, float]]:
     return runs
 
 
-def _close(prompt: str, bracket: str, column: int, chars: list[str], start: int) -> float:
-    """The weight a closing bracket gives the text since `start`; takes an `:N` weight off `chars`."""
-    text = "".join(chars[start:])
-    if bracket == "]":
-        if ":" in text or "|" in text:
-            raise EmphasisError(prompt, column, "prompt editing ([a:b:when]) and alternation ([a|b]) switch "
-                                                "prompts between steps, which this runner does not do; write "
-                                                "\\[ \\] for the characters")
+@dataclass
+class _Open:
+    """An open bracket: which, its index in the prompt, the index of its first character in the text, and
+    whether a `:` or `|` stands at its own level."""
+
+    bracket: str
+    at: int
+    start: int
+    switches: bool = False
+
+
+def _close(prompt: str, end: int, bracket: _Open, chars: list[str]) -> float:
+    """The weight the bracket closing at `end` gives its text; takes an `:N` weight off `chars`."""
+    if bracket.bracket == "[":
+        if bracket.switches:
+            raise EmphasisError(prompt, bracket.at + 1, "prompt editing ([a:b:when]) and alternation ([a|b]) "
+                                                       "switch prompts between steps, which this runner does "
+                                                       "not do; write \\[ \\] for the characters")
         return 1 / UP
-    m = _WEIGHT.search(text)
+    m = _WEIGHT.search(prompt, bracket.at + 1, end)
     if m is None:
         return UP
-    del chars[start + m.start():]
+    del chars[len(chars) - len(m.group(0)):]
     return float(m.group(1))
 
 

@@ -23,6 +23,14 @@ from harness.emphasis import EmphasisError, UP, has_emphasis, parse, plain
     ("(a castle: .5 )", [("a castle", 0.5)]),
     (r"a \(b\) \[c\] \\", [(r"a (b) [c] \ ".rstrip(), 1.0)]),
     ("(a castle:1)", [("a castle", 1.0)]),
+    # as A1111 reads them: a weight is written at its own bracket's level, a `:` or `|` inside a nested
+    # bracket is not prompt editing, and a backslash is dropped before any character
+    ("(a:(1.5))", [("a:", UP), ("1.5", UP * UP)]),
+    ("[(a:b)]", [("a:b", 1.0)]),
+    ("[(fog:1.2)] sky", [("fog", 1.2 / UP), (" sky", 1.0)]),
+    (r"[a\:b] [c\|d]", [("a:b", 1 / UP), (" ", 1.0), ("c|d", 1 / UP)]),
+    ("a\\b c\\", [("ab c", 1.0)]),
+    (r"(a\:1.5)", [("a", 1.5)]),
 ])
 def test_runs_and_weights(prompt, runs):
     got = parse(prompt)
@@ -36,6 +44,7 @@ def test_runs_and_weights(prompt, runs):
     ("(a]", 3, "']' closes no '['"),
     ("x [a:b:0.5]", 3, "prompt editing"),
     ("[a|b]", 1, "alternation"),
+    ("[(a) : b:2]", 1, "prompt editing"),
 ])
 def test_malformed_emphasis_names_its_column(prompt, column, words):
     with pytest.raises(EmphasisError) as e:
