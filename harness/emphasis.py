@@ -16,7 +16,7 @@ from dataclasses import dataclass
 UP = 1.1  # the weight of `(text)`; `[text]` is 1 / UP
 MODES = ("a1111", "literal")  # the experiment's `emphasis`: read as weights, or fed to the model as text
 _SPECIAL = "()[]"
-_WEIGHT = re.compile(r":\s*([+-]?(?:\d+\.?\d*|\.\d+))\s*$")
+WEIGHT = re.compile(r":\s*([+-]?(?:\d+\.?\d*|\.\d+))\s*$")  # `:N` before a `)`; search up to it
 
 
 class EmphasisError(ValueError):
@@ -103,7 +103,7 @@ def _close(prompt: str, end: int, bracket: _Open, chars: list[str]) -> float:
                                                        "switch prompts between steps, which this runner does "
                                                        "not do; write \\[ \\] for the characters")
         return 1 / UP
-    m = _WEIGHT.search(prompt, bracket.at + 1, end)
+    m = WEIGHT.search(prompt, bracket.at + 1, end)
     if m is None:
         return UP
     del chars[len(chars) - len(m.group(0)):]

@@ -74,6 +74,14 @@ def test_swap_reaches_a_list_line_inside_emphasis_and_keeps_its_weight():
     assert m.args["old"] == "greg rutkowski" and m.prompt == f"a castle, (by {m.args['new']}:0.5)"
 
 
+def test_swap_keeps_unweighted_and_nested_emphasis_around_a_list_line():
+    res = mu.Resources.load(LIBRARY, ["artists"])
+    for wrapped in ("[by greg rutkowski]", "((by greg rutkowski))", "[(by greg rutkowski:1.3)]"):
+        m = mu.apply("swap", f"a castle, {wrapped}", random.Random(0), res)
+        assert m.args["old"] == "greg rutkowski"
+        assert m.prompt == "a castle, " + wrapped.replace("greg rutkowski", m.args["new"])
+
+
 def test_a_word_swap_never_makes_a_clause_repeat_another():
     res = mu.Resources.load(LIBRARY, ["colours"])
     seen = {mu.apply("swap", "red car, blue car", random.Random(seed), res).prompt for seed in range(60)}
@@ -172,6 +180,26 @@ def test_reweight_reads_every_a1111_weight_and_moves_one_outside_the_range_towar
         m = mu.apply("reweight", clause, random.Random(0), RESOURCES)
         assert m.args["old"] == old and news == moved, (clause, news)
         assert m.prompt.count("(") == 1  # moved, not wrapped in a second emphasis
+
+
+def test_reweight_of_a_clause_in_brackets_gives_it_exactly_the_recorded_weight():
+    """`[fog]` weighs 1/1.1 and `((x))` 1.21: a reweight replaces the brackets by one `(x:w)`, so the weight
+    the runner reads is the recorded `new` (wrapping `[fog]` again would give it new/1.1)."""
+    from harness.emphasis import parse
+
+    for clause, inner, old in (("[fog]", "fog", 1 / 1.1), ("((misty hills))", "misty hills", 1.21),
+                               ("[(by x:1.2)]", "by x", 1.2 / 1.1), ("(a castle)", "a castle", 1.1),
+                               ("((a):1.3)", "a", 1.43), ("(a:b)", "a:b", 1.1)):
+        mutants = [mu.apply("reweight", f"dusk, {clause}", random.Random(s), RESOURCES) for s in range(8)]
+        assert {m.args["clause"] for m in mutants} == {0, 1}
+        for m in mutants:
+            if m.args["clause"] == 1:
+                assert m.args["old"] == pytest.approx(old, abs=1e-4), clause
+                per_char = [(ch, w) for text, w in parse(mu.literal(m.prompt)) for ch in text]
+                assert "".join(ch for ch, _ in per_char) == f"dusk, {inner}"
+                assert [w for _, w in per_char] == pytest.approx([1.0] * 6 + [m.args["new"]] * len(inner))
+    m = mu.apply("reweight", "[a:b:0.5]", random.Random(0), RESOURCES)  # prompt editing is no weight
+    assert m.args["old"] is None and m.prompt.startswith("([a:b:0.5]:")
 
 
 def test_insert_does_not_add_a_modifier_the_prompt_has_in_emphasis():

@@ -29,10 +29,10 @@ from __future__ import annotations
 import re
 from typing import Iterable
 
+from ..emphasis import UP, WEIGHT
 from ..grammar import Seq, Text, parse, render
 
 _WS = re.compile(r"\s+")
-_EMPHASIS = re.compile(r"\((.*):\s*([-+]?(?:\d+(?:\.\d*)?|\.\d+))\s*\)", re.S)
 
 
 def _clause_parts(tree: Seq) -> list[tuple]:
@@ -116,17 +116,62 @@ def literal(prompt: str) -> str:
 
 
 def emphasis(clause: str) -> tuple[str, float] | None:
-    """(inner, weight) when the clause is exactly A1111 emphasis `(inner:weight)`."""
-    m = _EMPHASIS.fullmatch(clause)
-    if not m:
-        return None
-    depth = 0
-    inner = m.group(1)
-    for i, ch in enumerate(inner):
-        if ch in "([" and not (i and inner[i - 1] == "\\"):
-            depth += 1
-        elif ch in ")]" and not (i and inner[i - 1] == "\\"):
-            depth -= 1
-            if depth < 0:
-                return None
-    return (inner, float(m.group(2))) if depth == 0 else None
+    """(inner, weight) when the whole clause is A1111 emphasis around `inner`: `(inner:1.3)`, `(inner)`,
+    `[inner]` or brackets of these nested (`((inner))` weighs 1.21, `[(inner:1.2)]` 1.2/1.1)."""
+    span = emphasis_span(clause)
+    return None if span is None else (clause[span[0]:span[1]], span[2])
+
+
+def emphasis_span(clause: str) -> tuple[int, int, float] | None:
+    """(start, end, weight) of the text inside the emphasis brackets the whole clause is wrapped in (as
+    :func:`emphasis`); None when it is not wrapped. `[a:b:0.5]` is prompt editing, not emphasis."""
+    start, end, weight = 0, len(clause), 1.0
+    while end - start >= 2 and clause[start] in "([" and _closer(clause, start, end) == end - 1:
+        inner_start, inner_end = start + 1, end - 1
+        if clause[start] == "(":
+            m = WEIGHT.search(clause, inner_start, inner_end)
+            weight *= UP if m is None else float(m.group(1))
+            inner_end = inner_end if m is None else m.start()
+        elif _at_top_level(clause, inner_start, inner_end, ":|"):
+            break
+        else:
+            weight /= UP
+        start, end = inner_start, inner_end
+    return (start, end, weight) if start else None
+
+
+def _brackets(text: str, start: int, end: int):
+    """(index, bracket, depth after it) of the unescaped A1111 brackets in `text[start:end]`."""
+    depth, i = 0, start
+    while i < end:
+        ch = text[i]
+        if ch == "\\":
+            i += 2
+            continue
+        if ch in "([)]":
+            depth += 1 if ch in "([" else -1
+            yield i, ch, depth
+        i += 1
+
+
+def _closer(text: str, start: int, end: int) -> int | None:
+    """The index of the bracket that closes `text[start]`, None if none before `end` or a mismatched one."""
+    want: list[str] = []
+    for i, ch, _ in _brackets(text, start, end):
+        if ch in "([":
+            want.append(")" if ch == "(" else "]")
+        elif not want or want.pop() != ch:
+            return None
+        elif not want:
+            return i
+    return None
+
+
+def _at_top_level(text: str, start: int, end: int, chars: str) -> bool:
+    """Whether one of `chars` stands in `text[start:end]` outside every bracket there."""
+    depth, last = 0, start
+    for i, _, after in _brackets(text, start, end):
+        if depth == 0 and any(c in text[last:i] for c in chars):
+            return True
+        depth, last = after, i + 1
+    return depth == 0 and any(c in text[last:end] for c in chars)

@@ -15,8 +15,9 @@ alternations and wildcards stay opaque units, and as a list of clauses.
 - `crossover`: one-point, clause-level: the first clauses of the prompt and the
   last clauses of a partner prompt (duplicate clauses dropped), at a cut where
   the child is a valid template (a factor name used by both halves is not).
-- `reweight`: wrap a clause in A1111 emphasis `(clause:1.2)`, or move an
-  existing `(clause:w)` weight by 0.1 or 0.2 (kept in [0.1, 2]; a weight
+- `reweight`: wrap a clause in A1111 emphasis `(clause:1.2)`, or move the
+  weight of a clause already in emphasis (`(clause:w)`, `(clause)`, `[clause]`,
+  nested) by 0.1 or 0.2, written as one `(clause:w)` (kept in [0.1, 2]; a weight
   outside that range, such as 5 or -1, moves toward it).
 """
 
@@ -27,7 +28,7 @@ import re
 
 from ..expand.names import assign_names
 from ..grammar import GrammarError, Seq, Text, escape_text, parse, render
-from .clauses import _clause_parts, emphasis, join_clauses, normalise, split_clauses
+from .clauses import _clause_parts, emphasis, emphasis_span, join_clauses, normalise, split_clauses
 from .lineage import Mutant, prompt_key
 from .resources import Resources, as_resources
 
@@ -61,12 +62,12 @@ def swap(prompt: str, rng: random.Random, resources: Resources) -> Mutant | None
     clauses = _clause_parts(tree)
     texts = [render(Seq(c)) for c in clauses]
     sites: list[tuple] = []
-    wraps: dict[int, str] = {}  # clause -> "{}" or its emphasis "(...:w)" around a list line, kept on a swap
+    wraps: dict[int, tuple[str, str]] = {}  # clause -> the emphasis around a list line, kept on a swap
     for ci, parts in enumerate(clauses):
         if len(parts) == 1 and isinstance(parts[0], Text):
-            value, weighted = parts[0].value, emphasis(parts[0].value)
-            text = value if weighted is None else weighted[0]
-            wraps[ci] = "{}" if weighted is None else "(" + "{}" + value[len(text) + 1:]
+            value = parts[0].value
+            start, end, _ = emphasis_span(value) or (0, len(value), 1.0)
+            text, wraps[ci] = value[start:end], (value[:start], value[end:])
             for vocab in resources.lists:
                 item = vocab.item_of_clause(text)
                 if item is not None:
@@ -83,7 +84,7 @@ def swap(prompt: str, rng: random.Random, resources: Resources) -> Mutant | None
     while sites:
         kind, where, vocab, old = sites.pop(rng.randrange(len(sites)))
         if kind == "clause":
-            line = lambda i: wraps[where].format(escape_text(vocab.clause(i)))  # noqa: E731
+            line = lambda i: escape_text(vocab.clause(i)).join(wraps[where])  # noqa: E731
             choices = [i for i in vocab.items if i != old and line(i) not in texts]
         else:
             pi, at = where
@@ -196,8 +197,8 @@ def reweight(prompt: str, rng: random.Random, resources: Resources | None = None
     lo, hi = WEIGHT_RANGE
     if found is None:
         old, new, inner = None, rng.choice(EMPHASIS_WEIGHTS), texts[i]
-    else:
-        inner, old = found
+    else:  # `(x:1.2)`, `[x]`, `((x))`: the brackets are replaced, so the new weight is the one x gets
+        inner, old = found[0], round(found[1], 4)
         # a weight outside the range moves toward it; one inside stays in it
         steps = [d for d in WEIGHT_STEPS
                  if (d > 0 if old < lo else d < 0 if old > hi else lo <= round(old + d, 2) <= hi)]
