@@ -379,10 +379,11 @@ def experiment_from_dict(raw: Mapping[str, Any], path: Path) -> Experiment:
         check_watermark_size(c, watermark, width, height, checkpoints, overrides)
     library = WildcardLibrary(wildcard_path(raw, origin, base))  # wildcards are checked with the rest
     main_template = check_template(c, "prompt", prompt, origin, library=library)
+    negative_template = negative and check_template(c, "negative_prompt", negative, f"{path} (negative_prompt)",
+                                                    library=library)
     stages = stage_tables(c, raw.get("stages", []), base, library,
-                          main_factors=tuple(main_template.factors) if main_template is not None else ())
-    if negative:
-        check_template(c, "negative_prompt", negative, f"{path} (negative_prompt)", library=library)
+                          main_factors=tuple(main_template.factors) if main_template is not None else (),
+                          main_negative_factors=tuple(negative_template.factors) if negative_template else ())
     # img2img runs int(strength * steps) steps: check the fewest each kind of job can get. [randomize]
     # replaces the main images' steps and strengths; a stage has its own, else its checkpoint's steps.
     checkpoint_steps = {overrides.get(ck, {}).get("steps") or steps for ck in checkpoints} or {steps}

@@ -203,14 +203,36 @@ def check_template(c: Checker, key: str, text: str, origin: str, shown: str | No
 
 
 
-def _check_stage_factors(c: Checker, key: str, own, inherited, source: str) -> None:
-    """A stage image carries its parent's factors and its own prompt's: one name for both would overwrite
-    the parent's level in every table."""
+def _check_stage_factors(c: Checker, key: str, own, inherited, source: str, stage: str | None = None) -> None:
+    """A stage image carries its parent's factors and its own templates': one name for both would overwrite
+    the parent's level in every table. `stage` (the stage's name) is named for a negative prompt's clash,
+    whose factor the tables call `negative:<name>`."""
     clash = [f for f in own if f in inherited]
-    if clash:
-        c.problems.append(f"key '{key}': factor {', '.join(map(repr, clash))} is also a factor of the images it "
+    if not clash:
+        return
+    names = ", ".join(map(repr, clash))
+    if stage is None:
+        c.problems.append(f"key '{key}': factor {names} is also a factor of the images it "
                           f"starts from (stage {source}), whose level it would overwrite; name the stage's "
                           "alternation apart, e.g. {@light: golden|silver}")
+        return
+    columns = ", ".join(f"f.negative:{f}" for f in clash)
+    c.problems.append(f"key '{key}' (stage {stage!r}): negative-prompt factor {names} is also a negative-prompt "
+                      f"factor of the images it starts from (stage {source}; column {columns}), whose level it "
+                      "would overwrite; name the stage's alternation apart, e.g. {@stage_negative: dark|light}, "
+                      "or leave negative_prompt out to keep each parent's negative prompt")
+
+
+def negative_origin(stage: Stage, stages) -> Stage | None:
+    """The stage whose own `negative_prompt` the images of `stage` are made with: `stage` itself when it
+    sets one, else (a child keeps its parent's concrete negative prompt) its source's, up to the experiment
+    (None: the experiment's `negative_prompt`)."""
+    by_name = {s.name: s for s in stages}
+    seen = set()
+    while stage is not None and stage.negative_prompt is None and stage.name not in seen:
+        seen.add(stage.name)
+        stage = by_name.get(stage.source)
+    return stage
 
 
 def _written_at(path: Path, key: str) -> str:
@@ -287,7 +309,8 @@ def check_negative_is_read(c: Checker, negative: str, guidance: float, checkpoin
     for i, stage in enumerate(stages):
         if stage.negative_prompt:
             unread(f"stages[{i}].negative_prompt", max(fixed.values()), fixed_where)
-        elif stage.negative_prompt is None and negative and randomize is not None and randomize.guidance:
+        elif (stage.negative_prompt is None and negative and randomize is not None and randomize.guidance
+              and negative_origin(stage, stages) is None):
             unread(f"stages[{i}].negative_prompt", max(fixed.values()), "not set, so the stage takes the "
                    f"experiment's negative prompt with the fixed guidance, not [randomize]'s ({fixed_where}; "
                    "negative_prompt = \"\" leaves it out)")
@@ -332,16 +355,19 @@ def pinned_weights(spec: str, base: Path) -> str:
     return format_metric_spec(name, {**options, "pretrained": absolute_weights(options["pretrained"], base)})
 
 
-def stage_tables(c: Checker, v, base: Path, library=None, main_factors: tuple[str, ...] = ()) -> tuple[Stage, ...]:
+def stage_tables(c: Checker, v, base: Path, library=None, main_factors: tuple[str, ...] = (),
+                 main_negative_factors: tuple[str, ...] = ()) -> tuple[Stage, ...]:
     """The `[[stages]]` tables; with a wildcard `library`, their templates' wildcards are checked too, and
     their factors against those of the prompts their images start from (`main_factors`: the experiment
-    prompt's); `base` is the experiment's folder (a metric's weights path starts there)."""
+    prompt's; `main_negative_factors`: its negative prompt's, unprefixed); `base` is the experiment's
+    folder (a metric's weights path starts there)."""
     if not isinstance(v, list) or not all(isinstance(s, dict) for s in v):
         c.bad("stages", v, "an array of tables ([[stages]])")
         return ()
     out: list[Stage] = []
     names = {"main"}
     factors = {"main": tuple(main_factors)}  # stage -> the prompt factors its images carry
+    negative_factors = {"main": tuple(main_negative_factors)}  # stage -> the negative-prompt factors they carry
     for i, s in enumerate(v):
         prefix = f"stages[{i}]."
         c.unknown(s, _STAGE_KEYS, prefix)
@@ -356,11 +382,13 @@ def stage_tables(c: Checker, v, base: Path, library=None, main_factors: tuple[st
             if isinstance(s.get(key), str):  # __parent__ stands for text: a literal of its length keeps columns
                 tpl = check_template(c, prefix + key, s[key].replace(PARENT_TOKEN, "x" * len(PARENT_TOKEN)),
                                      f"{c.path} ({prefix}{key})", shown=s[key], library=library)
-                if key == "prompt":
-                    own = tuple(tpl.factors) if tpl is not None else ()
-                    inherited = factors.get(source, ())
-                    factors[name] = inherited + own
-                    _check_stage_factors(c, prefix + key, own, inherited, source)
+                own = tuple(tpl.factors) if tpl is not None else ()
+                known = factors if key == "prompt" else negative_factors
+                inherited = known.get(source, ())
+                known[name] = inherited + own
+                _check_stage_factors(c, prefix + key, own, inherited, source,
+                                     stage=None if key == "prompt" else name)
+        negative_factors.setdefault(name, negative_factors.get(source, ()))  # no negative_prompt: the parent's
         strengths = s.get("strengths", [0.5])
         if not (isinstance(strengths, list) and strengths and all(
                 isinstance(x, (int, float)) and not isinstance(x, bool) and 0 < x <= 1 for x in strengths)):

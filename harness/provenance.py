@@ -167,8 +167,9 @@ def provenance_record(job: Job, checkpoint: Mapping[str, Any] | None = None, **e
     CPU pixels can depend on, so an image is reproduced bit for bit with the
     same ones); it is stored under ``"run"``. `checkpoint` adds what the job key holds only as the
     fingerprint: the checkpoint's kind, where it was loaded from and, for a single file, its config.
-    The prompt template and prompt seed are read from ``job.meta["template"]`` and
-    ``job.meta["prompt_seed"]`` (None when absent).
+    The prompt template, the negative template and the prompt seed are read from ``job.meta["template"]``,
+    ``job.meta["negative_template"]`` and ``job.meta["prompt_seed"]`` (None when absent); a later stage's
+    image has its stage's templates there (`stages.children`).
     """
     record = {
         "format": PROVENANCE_FORMAT,
@@ -176,6 +177,7 @@ def provenance_record(job: Job, checkpoint: Mapping[str, Any] | None = None, **e
         "job": job.to_dict(),
         "factors": dict(job.factors),
         "template": job.meta.get("template"),
+        "negative_template": job.meta.get("negative_template"),
         "seeds": {"image": job.seed, "prompt": job.meta.get("prompt_seed")},
         "checkpoint": {"name": job.checkpoint, "fingerprint": job.fingerprint, **(checkpoint or {})},
         "versions": dict(library_versions()),

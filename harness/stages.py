@@ -8,16 +8,23 @@ stage prompt, `__parent__` stands for the parent image's prompt, so
 `__parent__, highly detailed` refines it. Every stage job records its parent's
 key (provenance and the ledger's parent_key) and the parent prompt as the
 source prompt for directional CLIP similarity.
+
+A stage without its own `negative_prompt` gives each child its parent's concrete negative prompt (the
+parent's factors carry its levels). Two parents whose images are identical (img2img strengths that run the
+same denoising steps, emphasis that gives the same embeddings) give their children one key: such a child
+is planned once, in its first parent's row, and names the other parents in its meta (`also_parent_keys`).
 """
 
 from __future__ import annotations
 
 import math
 from collections import defaultdict
+from dataclasses import replace
 
-from .core import Job, Variant
-from .experiment import PARENT_TOKEN, Experiment, ExperimentError, Stage
+from .core import Job, Variant, content_key
 from .expand import compile_template
+from .experiment import PARENT_TOKEN, Experiment, ExperimentError, Stage
+from .experiment_tables import negative_origin
 from .grammar import escape_text
 from .images import init_hash
 from .ledger import Ledger
@@ -75,41 +82,91 @@ def stage_jobs(exp: Experiment, stage: Stage, ledger: Ledger, refs: dict, librar
     def init_of(parent: Job) -> tuple[str, str]:
         path = ledger.image_path(parent.key).resolve()  # not relative to the folder `harness run` ran in
         return str(path), init_hash(path, parent.width, parent.height)
-    return children(exp, stage, parents, refs, init_of, library)
+    jobs = children(exp, stage, parents, refs, init_of, library)
+    if log is not None:
+        note = shared_images_note(stage, jobs)
+        if note:
+            log(note)
+    return jobs
 
 
 def children(exp: Experiment, stage: Stage, parents: list[Job], refs: dict, init_of,
              library: WildcardLibrary | None = None) -> list[Job]:
-    """The stage's jobs from `parents`; `init_of(parent)` gives the (path, init hash) each starts from."""
+    """The stage's jobs from `parents`; `init_of(parent)` gives the (path, init hash) each starts from.
+
+    Without its own negative prompt a child is made with its parent's. A child that another parent's child
+    already is (their parents' images are one image, so their init hashes are equal) is planned once: the
+    first parent's, with the keys of the others under meta `also_parent_keys`."""
     library = library or WildcardLibrary(exp.wildcard_path())
-    negative = exp.negative_prompt if stage.negative_prompt is None else stage.negative_prompt
-    negatives = [Variant("", {})]
-    if negative.strip():
-        negatives = [Variant(v.prompt, {NEGATIVE_PREFIX + k: val for k, val in v.factors.items()})
-                     for v in compile_template(negative, library=library, origin=f"{exp.path} ({stage.name})").expand()]
+    own_negatives = _own_negatives(exp, stage, library)
     templates: dict[str, list[Variant]] = {}
-    jobs: list[Job] = []
+    jobs: dict[str, Job] = {}
+    also: dict[str, list[str]] = defaultdict(list)
     for parent in parents:
         if parent.prompt not in templates:
             text = stage.prompt.replace(PARENT_TOKEN, escape_text(parent.prompt))
             tpl = compile_template(text, library=library, origin=f"{exp.path} (stage {stage.name})")
             templates[parent.prompt] = list(tpl.expand())
         prompts = [Variant(v.prompt, {**parent.factors, **v.factors}) for v in templates[parent.prompt]]
-        jobs += jobs_for(
-            exp, {parent.checkpoint: refs[parent.checkpoint]}, prompts, negatives,
-            seeds=stage.seeds if stage.seeds is not None else [parent.seed], modes=["img2img"],
-            strengths=stage.strengths, inits=[init_of(parent)],
-            steps=stage.steps, stage=stage.name, randomize=False,
-            meta={"parent_key": parent.key, "source_prompt": parent.prompt, "source_stage": stage.source,
-                  **({"source_emphasis": parent.emphasis} if parent.emphasis else {})})
-    return jobs
+        negatives = [Variant(parent.negative_prompt, {})] if own_negatives is None else own_negatives
+        for job in jobs_for(
+                exp, {parent.checkpoint: refs[parent.checkpoint]}, prompts, negatives,
+                seeds=stage.seeds if stage.seeds is not None else [parent.seed], modes=["img2img"],
+                strengths=stage.strengths, inits=[init_of(parent)],
+                steps=stage.steps, stage=stage.name, randomize=False,
+                meta={"parent_key": parent.key, "source_prompt": parent.prompt, "source_stage": stage.source,
+                      "template": stage.prompt, "negative_template": stage_negative_template(exp, stage),
+                      **({"source_emphasis": parent.emphasis} if parent.emphasis else {})}):
+            if jobs.setdefault(job.key, job) is not job:
+                also[job.key].append(parent.key)
+    return [replace(job, meta={**job.meta, "also_parent_keys": also[key]}) if key in also else job
+            for key, job in jobs.items()]
+
+
+def _own_negatives(exp: Experiment, stage: Stage, library: WildcardLibrary) -> list[Variant] | None:
+    """The variants of the stage's own negative prompt, their factors named `negative:<name>`; None for a
+    stage without one (each child takes its parent's)."""
+    if stage.negative_prompt is None:
+        return None
+    if not stage.negative_prompt.strip():
+        return [Variant("", {})]
+    tpl = compile_template(stage.negative_prompt, library=library, origin=f"{exp.path} ({stage.name})")
+    return [Variant(v.prompt, {NEGATIVE_PREFIX + k: val for k, val in v.factors.items()}) for v in tpl.expand()]
+
+
+def stage_negative_template(exp: Experiment, stage: Stage) -> str:
+    """The negative template the stage's images were expanded from: its own, else its source's, up to the
+    experiment's (what its PNG provenance records as `negative_template`)."""
+    origin = negative_origin(stage, exp.stages)
+    return exp.negative_prompt if origin is None else origin.negative_prompt
+
+
+def shared_images_note(stage: Stage, jobs: list[Job], shown: int = 3) -> str | None:
+    """A line on the stage's children that several parents share (their parents' images are identical),
+    naming each image and its parents; None when there are none."""
+    shared = [j for j in jobs if j.meta.get("also_parent_keys")]
+    if not shared:
+        return None
+    n = sum(len(j.meta["also_parent_keys"]) for j in shared)
+    which = "; ".join(
+        f"{j.prompt!r} seed {j.seed} strength {j.strength:g} ({j.key[:12]}) in the row of parent "
+        f"{j.meta['parent_key'][:12]}, also the child of "
+        + ", ".join(k[:12] for k in j.meta["also_parent_keys"]) for j in shared[:shown])
+    more = f"; and {len(shared) - shown} more" if len(shared) > shown else ""
+    return (f"stage {stage.name}: {n} {'child duplicates' if n == 1 else 'children duplicate'} another's "
+            "image, as their parents' images are "
+            "identical (e.g. img2img strengths that run the same int(strength * steps) denoising steps, or "
+            "emphasis that gives the same embeddings): each such image is made once, in its first parent's "
+            f"row, its other parents under ledger meta also_parent_keys: {which}{more}")
 
 
 def stage_job_counts(exp: Experiment, main_jobs: list[Job], refs: dict,
                      library: WildcardLibrary | None = None) -> dict[str, int]:
     """How many jobs each stage will plan once its source is done, every source image made and scored by
     its metric where the metric can score it: the stages planned as `harness run` plans them, with each
-    variant's first `top_k` images standing in for its best (which ones does not change the count).
+    variant's first `top_k` images standing in for its best (which ones does not change the count), and
+    `pixel_stand_in` for each image's pixels: children of parents that will be one image are one job, as
+    in the run (parents made alike for reasons it does not know of are counted apart; the run says so).
 
     Two stages that could make the same image (same parent, prompt, seed, strength and steps) are an
     `ExperimentError`: one image cannot be two stages' own, and each stage's tables need all of theirs."""
@@ -122,9 +179,32 @@ def stage_job_counts(exp: Experiment, main_jobs: list[Job], refs: dict,
             for job in sorted(parents, key=lambda j: (j.seed, j.key)):
                 by_variant[variant_of(job)].append(job)
             parents = [j for ranked in by_variant.values() for j in ranked[: stage.top_k]]
-        made[stage.name] = children(exp, stage, parents, refs, lambda p: (f"<{p.key}>", p.key), library)
+        made[stage.name] = children(exp, stage, parents, refs, lambda p: (f"<{p.key}>", pixel_stand_in(p)),
+                                    library)
     _check_disjoint(exp, made)
     return {stage.name: len(made[stage.name]) for stage in exp.stages}
+
+
+def pixel_stand_in(job: Job) -> str:
+    """What stands in for a planned image's pixels (its children's init hash) before it is made: the hash of
+    its key's fields less what changes no pixel, so parents that will be one image stand in alike, as their
+    init hashes will be alike: an img2img strength counts only by the int(strength * steps) denoising steps
+    it runs (diffusers starts both at the same timestep), a prompt read as emphasis only by its weighted
+    runs of text (`(a castle:1)` is `a castle`, `harness.weighted`)."""
+    fields = job.pixel_dict()
+    fields.pop("emphasis", None)
+    fields["prompt"], fields["negative_prompt"] = (_weighted_runs(text, job.emphasis)
+                                                   for text in (job.prompt, job.negative_prompt))
+    if job.mode == "img2img":
+        fields["strength"] = ["denoising steps", int(job.strength * job.steps)]
+    return content_key(fields)
+
+
+def _weighted_runs(text: str, emphasis: str | None) -> list[list]:
+    from .emphasis import parse
+
+    runs = parse(text) if emphasis else [(text, 1.0)]
+    return [[part, weight] for part, weight in runs if part]
 
 
 def _scorable(job: Job, spec: str) -> bool:
@@ -145,6 +225,6 @@ def _check_disjoint(exp: Experiment, made: dict[str, list[Job]]) -> None:
             if first != stage.name:
                 raise ExperimentError(exp.path, [
                     f"stages '{first}' and '{stage.name}' would both make the image of prompt {job.prompt!r}, "
-                    f"seed {job.seed}, strength {job.strength} from the same parent: a stage's images must be its "
+                    f"seed {job.seed}, strength {job.strength} from the same parent image: a stage's images must be its "
                     "own (its tables and later stages count them); make the two differ in strengths, seeds, steps "
                     "or prompt, or let the later one start from the earlier"])

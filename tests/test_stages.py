@@ -205,7 +205,7 @@ def test_a_stage_whose_metric_scores_no_source_image_says_so(tmp_path):
 
 def test_plan_counts_stage_jobs_from_top_k_prompts_negatives_seeds_and_strengths(tmp_path):
     """4 main variants (2 prompts x 2 negatives) of 3 seeds; top 2 each = 8 parents, each refined with
-    2 prompts x 2 negatives x 2 strengths x 2 seeds."""
+    2 prompts x 2 negatives of its own x 2 strengths x 2 seeds."""
     from harness.experiment import load_experiment
     from harness.plan import make_plan
     from harness.stages import stage_job_counts
@@ -213,15 +213,17 @@ def test_plan_counts_stage_jobs_from_top_k_prompts_negatives_seeds_and_strengths
     exp = tmp_path / "exp.toml"
     exp.write_text('name = "s"\nprompt = "a {red|blue} fox"\nnegative_prompt = "{blurry|ugly}"\nseeds = [1, 2, 3]\n'
                    'checkpoints = ["tiny"]\nsteps = 4\nmetrics = ["health"]\n\n[[stages]]\nname = "refine"\n'
-                   'prompt = "__parent__, {x|y}"\nstrengths = [0.3, 0.5]\nseeds = [7, 8]\ntop_k = 2\n'
+                   'prompt = "__parent__, {x|y}"\nnegative_prompt = "{dark|light}"\nstrengths = [0.3, 0.5]\n'
+                   'seeds = [7, 8]\ntop_k = 2\n'
                    'metric = "health"\n\n[[stages]]\nname = "polish"\nfrom = "refine"\nprompt = "__parent__"\n'
                    'strengths = [0.5]\ntop_k = 1\nmetric = "health"\n')
     loaded = load_experiment(exp)
     plan = make_plan(loaded)
     counts = stage_job_counts(loaded, list(plan.jobs), plan.checkpoints)
     # polish: refine's variants are its prompts x negatives x strengths (16; a variant holds the children of
-    # both main negatives, 8 images), top 1 each, times polish's 2 negatives
-    assert counts == {"refine": 4 * 2 * 2 * 2 * 2 * 2, "polish": 16 * 2}
+    # both main negatives, 8 images), top 1 each; without a negative prompt of its own each polish image takes
+    # its parent's, one each
+    assert counts == {"refine": 4 * 2 * 2 * 2 * 2 * 2, "polish": 16}
 
 
 def test_two_stages_that_would_make_the_same_image_are_refused_before_anything_is_made(tmp_path):
