@@ -105,23 +105,34 @@ def variants_of(exp: Experiment, library: WildcardLibrary | None = None) -> tupl
             raise ExperimentError(exp.path, [f"key 'sample': {exp.sample}: {e} (lower sample, or set "
                                              "expand = \"all\")"]) from None
     else:
-        n, exact = tpl.count_info()
-        if n > MAX_ALL_PROMPTS:
-            size = f"{n:,} distinct prompts" if exact else (
-                f"up to {n:,} distinct prompts (an upper bound: its alternatives spell overlapping texts, in "
-                "too many combinations to count exactly)")
-            raise ExperimentError(exp.path, [
-                f"key 'prompt': the template expands to {size}; expand = \"all\" plans at most "
-                f"{MAX_ALL_PROMPTS:,}: set expand = \"sample\" and sample = N (with prompt_seed) to study a random "
-                "subset, or narrow the template (`harness expand --count` counts it)"])
+        _check_size(exp, tpl, "prompt", "set expand = \"sample\" and sample = N (with prompt_seed) to study a "
+                                        "random subset, or narrow the template")
         prompts = list(tpl.expand())
+    negatives = [Variant("", {})]
     if exp.negative_prompt.strip():
         neg = compile_template(exp.negative_prompt, library=library, origin=f"{exp.path} (negative_prompt)")
+        _check_size(exp, neg, "negative_prompt", "every negative prompt is planned with every prompt (it is "
+                                                 "never sampled): narrow the template")
         negatives = [Variant(v.prompt, {NEGATIVE_PREFIX + k: val for k, val in v.factors.items()})
                      for v in neg.expand()]
-    else:
-        negatives = [Variant("", {})]
+    if len(prompts) * len(negatives) > MAX_ALL_PROMPTS:
+        raise ExperimentError(exp.path, [
+            f"keys 'prompt' and 'negative_prompt': {len(prompts):,} prompts times {len(negatives):,} negative "
+            f"prompts make {len(prompts) * len(negatives):,} pairs, each planned; at most {MAX_ALL_PROMPTS:,}: "
+            "narrow either template, or sample fewer prompts"])
     return prompts, negatives
+
+
+def _check_size(exp: Experiment, tpl, key: str, advice: str) -> None:
+    """An ExperimentError when the template of `key` expands to more than MAX_ALL_PROMPTS texts."""
+    n, exact = tpl.count_info()
+    if n > MAX_ALL_PROMPTS:
+        size = f"{n:,} distinct prompts" if exact else (
+            f"up to {n:,} distinct prompts (an upper bound: its alternatives spell overlapping texts, in "
+            "too many combinations to count exactly)")
+        raise ExperimentError(exp.path, [
+            f"key '{key}': the template expands to {size}; expand = \"all\" plans at most "
+            f"{MAX_ALL_PROMPTS:,}: {advice} (`harness expand --count` counts it)"])
 
 
 def random_draws(exp: Experiment, seed: int, mode: str) -> list[dict]:

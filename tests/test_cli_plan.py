@@ -89,6 +89,26 @@ def test_a_template_too_large_to_expand_whole_stops_at_once_and_points_to_sampli
     assert r.returncode == 0 and "jobs: 5" in r.stdout
 
 
+def test_a_negative_prompt_too_large_to_plan_stops_at_once(tmp_path):
+    """Every negative prompt is planned with every prompt and never sampled: a negative template of 10^9
+    texts, or prompts times negatives over the limit, is refused naming the key, before anything expands."""
+    from harness.experiment import ExperimentError, load_experiment
+    from harness.plan import variants_of
+
+    ten = "{a|b|c|d|e|f|g|h|i|j}"
+    (tmp_path / "e.toml").write_text(f'prompt = "a cat"\nnegative_prompt = "{" ".join([ten] * 9)}"\n')
+    with pytest.raises(ExperimentError) as err:
+        variants_of(load_experiment(tmp_path / "e.toml"))
+    assert "key 'negative_prompt': the template expands to 1,000,000,000 distinct prompts" in str(err.value)
+    (tmp_path / "p.toml").write_text(f'prompt = "{ten} {ten} {ten}"\nnegative_prompt = "{ten} {ten}"\n')
+    prompts, negatives = variants_of(load_experiment(tmp_path / "p.toml"))  # 100,000 pairs: at the limit
+    assert (len(prompts), len(negatives)) == (1000, 100)
+    (tmp_path / "q.toml").write_text(f'prompt = "{ten} {ten} {ten}"\nnegative_prompt = "{ten} {ten} x{{y|z}}"\n')
+    with pytest.raises(ExperimentError) as err:
+        variants_of(load_experiment(tmp_path / "q.toml"))
+    assert "1,000 prompts times 200 negative prompts make 200,000 pairs" in str(err.value)
+
+
 def test_a_template_whose_count_is_an_upper_bound_is_not_reported_as_that_many_prompts(tmp_path):
     """Ten copies of one 8-way alternation chosen 4 at a time spell 1,680 prompts through 20 million
     paths; the count over the limit is a bound, and the message says so."""
