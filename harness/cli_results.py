@@ -158,7 +158,7 @@ def compare(
     metric = metric or report_metrics(run_dir, None)[0]  # the experiment's first compare_metrics
     try:
         c = compare_levels(table, factor, metric=metric, baseline=baseline, n_boot=n_boot, seed=seed,
-                           tie_margin=tie_margin,
+                           tie_margin=tie_margin, run_dir=run_dir,
                            pair_on=None if pair_on is None else [p.strip() for p in pair_on.split(",") if p.strip()])
     except (ValueError, KeyError) as e:
         fail(f"error: {e}")

@@ -38,16 +38,17 @@ def default_compare_metric(df: pd.DataFrame) -> str | None:
 
 def compare(df: pd.DataFrame, factor: str, *, metric: str | None = None, baseline: str | None = None,
             n_boot: int = 2000, seed: int = 0, tie_margin: float = 0.0,
-            pair_on: list[str] | None = None) -> Comparison:
+            pair_on: list[str] | None = None, run_dir: Path | str | None = None) -> Comparison:
     """Paired comparison of a factor's levels on a metric (defaults: the first CLIP/oracle metric);
-    `pair_on` overrides the columns pairs share (:func:`harness.stats.default_pair_on`)."""
+    `pair_on` overrides the columns pairs share (:func:`harness.stats.default_pair_on`); `run_dir` is the
+    run folder the hints' commands name."""
     from .metrics.base import metric_class
 
     metric = metric or default_compare_metric(df)
     if metric is None:
         raise ValueError("no image of this run is made yet; run `harness run` first" if not len(df) else
-                         "no scored metric in this run; run `harness eval RUN` first")
-    col = _find_metric(df, metric)
+                         _no_default_metric(df, run_dir))
+    col = _find_metric(df, metric, run_dir)
     try:
         higher = metric_class(short_metric(col)).INFO.higher_is_better
     except (KeyError, ValueError, AttributeError):
@@ -81,6 +82,22 @@ def comparison_tables(comparisons: list[Comparison]) -> tuple[pd.DataFrame, pd.D
     return concat(levels), concat(rankings)
 
 
+def _no_default_metric(df: pd.DataFrame, run_dir: Path | str | None) -> str:
+    """Why a table with images has no metric to compare on by default."""
+    flags = [c[2:] for c in metric_columns(df) if short_metric(c) in ("health", "watermark") and df[c].notna().any()]
+    if flags:
+        return (f"no metric to compare on by default: this run scored only {', '.join(flags)}, which is compared "
+                "only when named (the experiment's compare_metrics, or --metric)")
+    return f"no scored metric in this run; run `harness eval {_shell_run(run_dir)}` first"
+
+
+def _shell_run(run_dir: Path | str | None) -> str:
+    """The run folder as a shell argument for a hint's command (`RUN` when not known)."""
+    import shlex
+
+    return "RUN" if run_dir is None else shlex.quote(str(run_dir))
+
+
 def _shell_spec(metric: str) -> str:
     """A metric id as a `-m` argument to paste into a shell: the `name:options` form, quoted where needed."""
     import shlex
@@ -92,7 +109,7 @@ def _shell_spec(metric: str) -> str:
         return shlex.quote(metric)
 
 
-def _find_metric(df: pd.DataFrame, metric: str) -> str:
+def _find_metric(df: pd.DataFrame, metric: str, run_dir: Path | str | None = None) -> str:
     """The score column of `metric`: an id (`toy_color_match[want=red]`, in full or with options at their
     defaults left out), the label the contact sheet shows (`clip_score[text=a cat]`: the options that tell it
     from the run's other instances), a spec (`toy_color_match:want=red`) or a bare name when only one instance
@@ -122,8 +139,8 @@ def _find_metric(df: pd.DataFrame, metric: str) -> str:
     from .metrics import list_metrics
     known = {info.name for info in list_metrics()}
     if metric.partition("[")[0] in known:  # a real metric this run never scored
-        raise ValueError(f"metric '{metric}' was not scored in this run (harness eval RUN -m {_shell_spec(metric)} "
-                         f"scores it); scored metrics in this run: {listing}")
+        raise ValueError(f"metric '{metric}' was not scored in this run (harness eval {_shell_run(run_dir)} -m "
+                         f"{_shell_spec(metric)} scores it); scored metrics in this run: {listing}")
     raise ValueError(f"unknown metric '{metric}'; scored metrics in this run: {listing}")
 
 
@@ -240,7 +257,7 @@ def failed_jobs(ledger: Ledger) -> list[tuple[str, str]]:
 
 
 def _check_options(table: pd.DataFrame, rows: str | None, cols: str | None, metric: str | None,
-                   html: bool) -> None:
+                   html: bool, run_dir: Path) -> None:
     """A misspelt --rows/--cols/--metric fails before anything is rewritten (with or without the page)."""
     if not len(table):
         return
@@ -248,7 +265,7 @@ def _check_options(table: pd.DataFrame, rows: str | None, cols: str | None, metr
         from .sheet import choose_axes
         choose_axes(table, rows, cols)
     if metric:
-        _find_metric(table, metric)  # a misspelt --metric is an error, not an empty comparison
+        _find_metric(table, metric, run_dir)  # a misspelt --metric is an error, not an empty comparison
 
 
 def _remove_stale(run_dir: Path, tables: Path, table: pd.DataFrame, plots: list[Path]) -> None:
@@ -265,6 +282,27 @@ def _remove_stale(run_dir: Path, tables: Path, table: pd.DataFrame, plots: list[
                 png.unlink(missing_ok=True)
 
 
+def _compare_factors(result: ReportResult, table: pd.DataFrame, factors: list[str],
+                     metrics: list[str | None]) -> None:
+    """Compare each factor on each metric (None: the default one) into `result.comparisons`; what cannot be
+    compared goes to `result.skipped` with its reason (a metric not scored, only health scored, no pairs)."""
+    if not len(table):
+        return
+    default = default_compare_metric(table)
+    for m in metrics:
+        named = m or (default.removeprefix("m.") if default else "any metric")
+        for f in factors:
+            try:
+                c = compare(table, f, metric=m, run_dir=result.run_dir)
+            except ValueError as exc:  # a factor with one level, a metric not scored, no metric to compare on
+                result.skipped.append((f, named, str(exc)))
+                continue
+            if all(r.n_pairs == 0 for r in c.rows):  # e.g. a factor nested in another, mode vs strength
+                result.skipped.append((f, named, _no_pairs(c)))
+            else:
+                result.comparisons.append(c)
+
+
 def build_report(run_dir: Path | str, *, rows: str | None = None, cols: str | None = None,
                  compare_factors: Iterable[str] | None = None, metric: str | None = None,
                  html: bool = True) -> ReportResult:
@@ -273,6 +311,7 @@ def build_report(run_dir: Path | str, *, rows: str | None = None, cols: str | No
         raise FileNotFoundError(f"{run_dir}: not a run folder (no ledger.sqlite); run an experiment first")
     with Ledger.open(run_dir, readonly=True) as ledger:
         table = image_table(ledger)
+        _check_options(table, rows, cols, metric, html, run_dir)  # before anything is removed or rewritten
         unplanned = ledger.unplanned_done()
         missing = ledger.planned_not_done()
         failed = failed_jobs(ledger)
@@ -280,7 +319,6 @@ def build_report(run_dir: Path | str, *, rows: str | None = None, cols: str | No
         dropped = _drop_stale_extras(run_dir, ledger)
     result = ReportResult(run_dir, len(table), truncated=int((table["truncated"] != "").sum()) if len(table) else 0,
                           text_limits=table.attrs.get(TEXT_LIMITS, {}), failed=failed, dropped=dropped)
-    _check_options(table, rows, cols, metric, html)
     tables = run_dir / "tables"
     result.tables += write_table(table, tables, "images")
     variants = variant_summary(table)
@@ -299,26 +337,14 @@ def build_report(run_dir: Path | str, *, rows: str | None = None, cols: str | No
             result.skipped.append((f, "any metric", f"only 1 level ({table[f].dropna().iloc[0]!r}) among the "
                                    f"{len(table)} images made; the plan has {planned_levels[f]} "
                                    f"({missing} images not made yet)"))
-    if (default := default_compare_metric(table)) or metric:
-        for m in report_metrics(run_dir, metric):
-            named = m or str(default).removeprefix("m.")
-            for f in factors:
-                try:
-                    c = compare(table, f, metric=m)
-                except ValueError as exc:  # a factor with one level, a metric not scored
-                    result.skipped.append((f, named, str(exc)))
-                    continue
-                if all(r.n_pairs == 0 for r in c.rows):  # e.g. a factor nested in another, mode vs strength
-                    result.skipped.append((f, named, _no_pairs(c)))
-                else:
-                    result.comparisons.append(c)
-        if result.comparisons:
-            levels, rankings = comparison_tables(result.comparisons)
-            result.tables += write_table(levels, tables, "comparisons")
-            if len(rankings):
-                result.tables += write_table(rankings, tables, "rankings")
-            text = "\n".join(c.to_text() for c in result.comparisons)
-            write_atomic(tables / "comparisons.txt", lambda p: p.write_text(text, encoding="utf-8"))
+    _compare_factors(result, table, factors, report_metrics(run_dir, metric))
+    if result.comparisons:
+        levels, rankings = comparison_tables(result.comparisons)
+        result.tables += write_table(levels, tables, "comparisons")
+        if len(rankings):
+            result.tables += write_table(rankings, tables, "rankings")
+        text = "\n".join(c.to_text() for c in result.comparisons)
+        write_atomic(tables / "comparisons.txt", lambda p: p.write_text(text, encoding="utf-8"))
     stale = [] if result.comparisons else ["comparisons"]  # an earlier report's would be read as this run's
     if not any(c.ranking for c in result.comparisons):
         stale.append("rankings")

@@ -24,24 +24,31 @@ from .stats.table import healthy_mask
 
 IMAGE_COLUMNS = ["key", "image", "stage", "checkpoint", "fingerprint", "mode", "prompt", "negative_prompt", "emphasis", "seed",
                  "draw", "steps", "guidance", "scheduler", "width", "height", "strength", "init_image", "parent_key",
-                 "watermark_embedded", "healthy", "watermark", "health_flags", "truncated", "batch_size", "slot",
-                 "seconds", "device", "dtype_used", "status"]
+                 "parent_seed", "watermark_embedded", "healthy", "watermark", "health_flags", "truncated",
+                 "batch_size", "slot", "seconds", "device", "dtype_used", "status"]
 LEVEL_COLUMNS = ("level", "baseline")  # summary and comparison tables: a factor's levels
 NO_LEVEL = "(none)"  # factors.*: the images a factor does not apply to (txt2img ones for strength)
 TEXT_LIMITS = "text_limits"  # image_table's attrs: metric id -> BPE tokens its CLIP model reads
 NESTING = "nesting"  # image_table's attrs: [outer, inner] factor columns, `inner` inside an option of `outer`
-VARIANT_KEYS = ["stage", "checkpoint", "mode", "strength", "prompt", "negative_prompt"]
+# A variant: the images of one condition, which differ only in their seed (and [randomize] draw, a replicate
+# like the seed). An input init image is a condition of its own; a stage image's init image is its parent's,
+# one per seed, so it splits nothing (see variant_summary).
+VARIANT_KEYS = ["stage", "checkpoint", "mode", "strength", "prompt", "negative_prompt", "init_image"]
 
 
 def image_table(ledger: Ledger) -> pd.DataFrame:
     """One row per image of the current plan: every factor (`f.*`), parameter and score (`m.<metric id>`)."""
     jobs = ledger.jobs_frame()
     planned = ledger.planned_keys()  # None: no plan recorded, every done job counts
+    seed_of = dict(zip(jobs["key"], jobs["seed"])) if len(jobs) else {}  # every job: a parent may be unplanned
     if len(jobs):
         jobs = jobs[(jobs["status"] == "done") & (True if planned is None else jobs["key"].isin(planned))].copy()
     if not len(jobs):
         return pd.DataFrame(columns=IMAGE_COLUMNS)
+    jobs = _planned_factors_only(jobs)
     jobs["image"] = "images/" + jobs["key"] + ".png"
+    if jobs["parent_key"].notna().any():  # later stages: the seed of the image each one starts from
+        jobs["parent_seed"] = jobs["parent_key"].map(seed_of).astype("Int64")
     if "meta.draw" in jobs.columns:  # [randomize] draws > 1: which draw of its prompt and seed
         jobs["draw"] = jobs["meta.draw"].astype("Int64")
     jobs["watermark_embedded"] = jobs["watermark"]
@@ -74,6 +81,13 @@ def image_table(ledger: Ledger) -> pd.DataFrame:
     table.attrs[NESTING] = [[f"f.{outer}", f"f.{inner}"]
                             for outer, inner in json.loads(ledger.get_meta("factor_nesting") or "[]")]
     return table
+
+
+def _planned_factors_only(jobs: pd.DataFrame) -> pd.DataFrame:
+    """`jobs` without the factor columns none of them has a value in: the factors of jobs outside the
+    current plan (an earlier version of the experiment, whose factor was since dropped) are not this run's."""
+    unused = [c for c in jobs.columns if c.startswith("f.") and jobs[c].isna().all()]
+    return jobs.drop(columns=unused)
 
 
 def _truncated_by(scores: pd.DataFrame) -> dict[str, str]:
@@ -139,6 +153,10 @@ def _long_summary(df: pd.DataFrame, by: list[str]) -> pd.DataFrame:
 
 
 def variant_summary(df: pd.DataFrame) -> pd.DataFrame:
+    """Each variant (:data:`VARIANT_KEYS`) pooled over its seeds and draws. The init image of a stage image
+    is its parent's file (one per seed), so only input init images tell variants apart."""
+    if "init_image" in df.columns and "parent_key" in df.columns:
+        df = df.assign(init_image=df["init_image"].where(df["parent_key"].isna(), None))
     by = [c for c in VARIANT_KEYS if c in df.columns and df[c].notna().any()]
     return _long_summary(df, by)
 

@@ -215,10 +215,11 @@ def test_a_misspelt_metric_is_an_error_and_no_comparisons_outlive_their_run(craf
     assert (tables / "comparisons.csv").is_file() and (tables / "comparisons.txt").is_file()
     with pytest.raises(ValueError, match="unknown metric 'clip_scor'; scored metrics in this run: clip_score"):
         build_report(crafted_run, html=False, metric="clip_scor")
-    with pytest.raises(ValueError, match="metric 'watermark' was not scored in this run \\(harness eval RUN -m "
-                                         "watermark scores it\\); scored metrics in this run: clip_score"):
+    with pytest.raises(ValueError, match=f"metric 'watermark' was not scored in this run \\(harness eval "
+                                         f"{re.escape(str(crafted_run))} -m watermark scores it\\); scored metrics "
+                                         "in this run: clip_score"):  # the run folder, not the word RUN
         build_report(crafted_run, html=False, metric="watermark")
-    with pytest.raises(ValueError, match="harness eval RUN -m 'toy_style_match:want=ian mcque' scores it"):
+    with pytest.raises(ValueError, match="-m 'toy_style_match:want=ian mcque' scores it"):
         build_report(crafted_run, html=False, metric="toy_style_match[want=ian mcque]")  # pasteable into a shell
     r = subprocess.run([sys.executable, "-m", "harness", "report", str(crafted_run), "--no-html",
                         "--metric", "clip_scor"], capture_output=True, text=True, cwd=ROOT)

@@ -285,6 +285,42 @@ def test_stage_images_pairs_note_that_each_starts_from_its_own_parent():
            "difference includes that change too" in plain.notes
 
 
+def stage_table(parent_seeds: dict[str, list[int]]) -> pd.DataFrame:
+    """Stage images with a seed of their own (7) refined from parents of the given seeds per artist level."""
+    rows = []
+    for artist, seeds in parent_seeds.items():
+        for subject in ("s1", "s2"):
+            for seed in seeds:
+                parent = f"{artist}-{subject}-{seed}"
+                rows.append({"key": f"stage-{parent}", "f.artist": artist, "f.subject": subject, "seed": 7,
+                             "parent_seed": seed, "parent_key": parent, "init_image": f"images/{parent}.png",
+                             "stage": "refine", "checkpoint": "tiny", "m.clip_score": float(seed + (artist != "")),
+                             "healthy": True})
+    return pd.DataFrame(rows)
+
+
+def test_stage_images_with_their_own_seed_pair_on_their_parents_seed():
+    c = paired_compare(stage_table({"": [1, 2], "ian mcque": [1, 2]}), factor="artist", metric="clip_score",
+                       rng=np.random.default_rng(0), n_boot=50)
+    assert c.pair_on == ["f.subject", "checkpoint", "seed", "parent_seed", "stage"]
+    assert c.rows[0].n_pairs == 4 and c.rows[0].mean_diff == 1.0 and c.n_excluded["unpaired"] == 0
+    assert not any(n.startswith("stage ") for n in c.notes)
+
+
+def test_stage_images_whose_levels_refine_parents_of_other_seeds_get_a_note_naming_the_stage():
+    c = paired_compare(stage_table({"": [1, 2], "ian mcque": [2, 3]}), factor="artist", metric="clip_score",
+                       rng=np.random.default_rng(0), n_boot=50)
+    assert c.rows[0].n_pairs == 2 and c.n_excluded["unpaired"] == 4
+    assert ("stage refine: 4 of its 8 images have no pair at another level of f.artist: a pair needs images refined "
+            "from parents of the same seed, and the levels refine parents of different seeds ((empty): 1, 2; "
+            "ian mcque: 2, 3), as when top_k keeps each variant's best images") in c.notes
+    forced = paired_compare(stage_table({"": [1, 2], "ian mcque": [1, 2]}), factor="artist", metric="clip_score",
+                            rng=np.random.default_rng(0), n_boot=50, pair_on=["f.subject", "seed", "init_image"])
+    assert forced.rows[0].n_pairs == 0 and any(n.startswith(
+        "stage refine: 8 of its 8 images have no pair at another level of f.artist: pairs must share init_image "
+        "here, and each stage image starts from its own parent's image") for n in forced.notes)
+
+
 def test_no_complete_pairs_names_the_column_that_keeps_the_levels_apart():
     """Comparing mode in a run with img2img strengths: strength is part of every pair and never matches."""
     rng = np.random.default_rng(9)

@@ -31,10 +31,11 @@ from .table import (
     _plain,
     _resolve_factor,
     _resolve_metric,
-    _same_level,
     _sorted_levels,
     healthy_mask,
     in_key_order,
+    matching_levels,
+    unmatched_level_hint,
 )
 
 
@@ -43,7 +44,9 @@ def default_pair_on(df: pd.DataFrame, factor: str) -> list[str]:
 
     Always: the other factors (``f.*``) but those nested in `factor` or holding it (the table's
     ``attrs["nesting"]``: an outer factor's value is its option's text, which holds the inner choice),
-    checkpoint, seed, draw and stage. A parameter column
+    checkpoint, seed, draw and stage, and for stage images with seeds of their own (``[[stages]] seeds``) their
+    parent's seed (``parent_seed``): level A's image from A's seed-1 parent pairs with level B's from B's
+    seed-1 parent. A parameter column
     (:data:`PARAM_COLUMNS`) joins only where it takes several values among images with the
     same factor level and design, i.e. where it is an axis of its own (mode, strength, init image).
     A parameter that follows the factor or the prompt (the negative prompt of a negative factor,
@@ -52,11 +55,17 @@ def default_pair_on(df: pd.DataFrame, factor: str) -> list[str]:
     """
     related = {c for pair in df.attrs.get("nesting", []) if factor in pair for c in pair}
     cols = [c for c in df.columns if str(c).startswith("f.") and c != factor and c not in related]
-    cols += [c for c in DESIGN_COLUMNS if c in df.columns and c != factor]
+    cols += [c for c in DESIGN_COLUMNS if c in df.columns and c != factor and (c != "parent_seed" or _own_seeds(df))]
     for c in PARAM_COLUMNS:
         if c in df.columns and c != factor and _varies_within(df, [*cols, factor], c):
             cols.append(c)
     return cols
+
+
+def _own_seeds(df: pd.DataFrame) -> bool:
+    """Whether some stage image has a seed other than its parent's (else `parent_seed` repeats the seed)."""
+    staged = df["parent_seed"].notna()
+    return bool((df.loc[staged, "parent_seed"] != df.loc[staged, "seed"]).any()) if "seed" in df.columns else False
 
 
 def cluster_columns(df: pd.DataFrame, pair_on: list[str]) -> list[str]:
@@ -95,6 +104,34 @@ def _why_it_differs(df: pd.DataFrame, factor: str, column: str) -> str:
     if "draw" in df.columns and df["draw"].notna().any():
         return "it varies from image to image, as [randomize] draws do"
     return "it varies from image to image"
+
+
+def _stage_notes(df: pd.DataFrame, factor: str, pair_on: list[str], unpaired: np.ndarray) -> list[str]:
+    """A note per later stage some of whose scored images found no pair, saying why."""
+    if "parent_key" not in df.columns or "stage" not in df.columns:
+        return []
+    staged = df["parent_key"].notna().to_numpy()
+    notes = []
+    for stage in pd.unique(df.loc[staged & unpaired, "stage"]):
+        in_stage = staged & (df["stage"] == stage).to_numpy()
+        notes.append(f"stage {stage}: {int((in_stage & unpaired).sum())} of its {int(in_stage.sum())} images have "
+                     f"no pair at another level of {factor}: {_why_unpaired(df[in_stage], factor, pair_on)}")
+    return notes
+
+
+def _why_unpaired(rows: pd.DataFrame, factor: str, pair_on: list[str]) -> str:
+    """Why images of one later stage (`rows`) found no pair."""
+    if "init_image" in pair_on and "init_image" in rows.columns and rows["init_image"].nunique() > 1:
+        return ("pairs must share init_image here, and each stage image starts from its own parent's image, "
+                "which is never the same at two levels (pass --pair-on without init_image to pair across it)")
+    if "parent_seed" in pair_on:
+        seeds = {level_label(lv): sorted(int(s) for s in rows.loc[rows[factor] == lv, "parent_seed"].dropna().unique())
+                 for lv in _sorted_levels(rows[factor])}
+        if len({tuple(v) for v in seeds.values()}) > 1:
+            listing = "; ".join(f"{lv}: {', '.join(map(str, s))}" for lv, s in seeds.items())
+            return (f"a pair needs images refined from parents of the same seed, and the levels refine parents of "
+                    f"different seeds ({listing}), as when top_k keeps each variant's best images")
+    return "the image with the same pair_on values at the baseline is missing, unhealthy or unscored"
 
 
 def _never_shared(df: pd.DataFrame, factor: str, pair_on: list[str], a: Any, b: Any) -> list[str]:
@@ -146,16 +183,17 @@ def paired_compare(
         raise ValueError(f"factor column {factor!r} has no values; nothing to compare")
     df = df[~no_level]  # images the factor does not apply to (txt2img rows when comparing strength)
     levels = _sorted_levels(df[factor])
-    shown = ", ".join(repr(lv if isinstance(lv, str) else _plain(lv)) for lv in levels)
+    shown = ", ".join(repr(level_label(lv) if isinstance(lv, str) else _plain(lv)) for lv in levels)  # as tables show
     if len(levels) < 2:
         raise ValueError(f"factor {factor!r} has only {len(levels)} level ({shown}) in these images; a comparison "
                          "needs two or more")
     if baseline is None:
         baseline = "" if "" in levels else levels[0]
     else:
-        match = [lv for lv in levels if lv == baseline] or [lv for lv in levels if _same_level(lv, baseline)]
+        match = matching_levels(levels, baseline)
         if not match:
-            raise ValueError(f"baseline {baseline!r} is not a level of {factor!r}; levels: {shown}")
+            raise ValueError(f"baseline {baseline!r} is not a level of {factor!r}; levels: {shown}"
+                             + unmatched_level_hint(levels, baseline))
         baseline = match[0]
     if pair_on is None:
         pair_on = default_pair_on(df, factor)
@@ -205,6 +243,7 @@ def paired_compare(
     for c in confounded:
         notes.append(f"{c} differs between the images of a pair ({_why_it_differs(df, factor, c)}), so each "
                      "difference includes that change too")
+    notes += _stage_notes(df, factor, pair_on, scored & ~paired_block[block])
     for li, lv in enumerate(levels):
         if li == base_i:
             continue

@@ -13,9 +13,11 @@ import pandas as pd
 
 # Columns that always tell conditions apart (when present), and parameter columns that do so only
 # where they vary independently of the compared factor (see default_pair_on). `draw` numbers the
-# [randomize] draws of one prompt and seed; like the seed, it is a replicate, not a factor.
-DESIGN_COLUMNS = ("checkpoint", "seed", "draw", "stage")
-REPLICATE_COLUMNS = ("seed", "draw")
+# [randomize] draws of one prompt and seed; like the seed, it is a replicate, not a factor. `parent_seed`
+# is a stage image's parent's seed: a stage with seeds of its own gives one variant's images one seed,
+# and the parent's seed is what tells them apart (and pairs them across levels).
+DESIGN_COLUMNS = ("checkpoint", "seed", "parent_seed", "draw", "stage")
+REPLICATE_COLUMNS = ("seed", "parent_seed", "draw")
 PARAM_COLUMNS = (
     "mode", "strength", "steps", "guidance", "width", "height",
     "negative_prompt", "scheduler", "init_image",
@@ -47,19 +49,37 @@ def _plain(value):
     return value.item() if isinstance(value, np.generic) else value
 
 
-def _same_level(level, given) -> bool:
-    """Whether `given` (a command line's text, say) names `level`: the same text, `(empty)` for the empty
-    level, or for a number level the same number however written (`0.50`, `.5` and `0.5` are strength 0.5)."""
-    from ..columns import EMPTY
+def matching_levels(levels: list, given) -> list:
+    """The levels `given` (a command line's text, say) names, by the first rule that names any: the label
+    the tables show (`(empty)` for the empty level, `"(empty)"` in quotes for a level whose own text is
+    `(empty)`), the level's own text where that is not one of the two marks, or for a number level the same
+    number however written (`0.50`, `.5` and `0.5` are strength 0.5)."""
+    from ..columns import EMPTY, MISSING, level_label
 
-    if str(level) == str(given) or (level == "" and given == EMPTY):  # the empty level as tables show it
-        return True
+    by_label = [lv for lv in levels if isinstance(given, str) and level_label(lv) == given]
+    by_text = [lv for lv in levels if str(lv) == str(given) and given not in (EMPTY, MISSING)]
+    return by_label or by_text or [lv for lv in levels if _same_number(lv, given)]
+
+
+def _same_number(level, given) -> bool:
     if isinstance(level, (bool, np.bool_)) or not isinstance(level, (int, float, np.number)):
         return False
     try:
         return float(given) == float(level)
     except (TypeError, ValueError):
         return False
+
+
+def unmatched_level_hint(levels: list, given) -> str:
+    """What to write instead of a `given` that names no level, where it is one of the two marks."""
+    from ..columns import EMPTY, MISSING, level_label
+
+    meaning = {EMPTY: f"; {EMPTY} names the empty level, which this factor does not have",
+               MISSING: f"; {MISSING} marks the images the factor does not apply to, which a comparison leaves out"}
+    if given not in meaning:
+        return ""
+    literal = f"; the level whose text is {given} is named as the tables show it, in quotes: {level_label(given)}"
+    return meaning[given] + (literal if given in levels else "")
 
 
 def _resolve_metric(df: pd.DataFrame, metric: str) -> str:
