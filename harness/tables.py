@@ -24,7 +24,7 @@ from .stats.table import healthy_mask
 
 IMAGE_COLUMNS = ["key", "image", "stage", "checkpoint", "fingerprint", "mode", "prompt", "negative_prompt", "emphasis", "seed",
                  "draw", "steps", "guidance", "scheduler", "width", "height", "strength", "init_image", "parent_key",
-                 "parent_seed", "watermark_embedded", "healthy", "watermark", "health_flags", "truncated",
+                 "parent_seed", "parent_condition", "watermark_embedded", "healthy", "watermark", "health_flags", "truncated",
                  "batch_size", "slot", "seconds", "device", "dtype_used", "status"]
 LEVEL_COLUMNS = ("level", "baseline")  # summary and comparison tables: a factor's levels
 NO_LEVEL = "(none)"  # factors.*: the images a factor does not apply to (txt2img ones for strength)
@@ -33,7 +33,8 @@ NESTING = "nesting"  # image_table's attrs: [outer, inner] factor columns, `inne
 # A variant: the images of one condition, which differ only in their seed (and [randomize] draw, a replicate
 # like the seed). An input init image is a condition of its own; a stage image's init image is its parent's,
 # one per seed, so it splits nothing (see variant_summary).
-VARIANT_KEYS = ["stage", "checkpoint", "mode", "strength", "prompt", "negative_prompt", "init_image"]
+VARIANT_KEYS = ["stage", "checkpoint", "mode", "strength", "prompt", "negative_prompt", "init_image",
+                "parent_condition"]
 
 
 def image_table(ledger: Ledger) -> pd.DataFrame:
@@ -41,6 +42,7 @@ def image_table(ledger: Ledger) -> pd.DataFrame:
     jobs = ledger.jobs_frame()
     planned = ledger.planned_keys()  # None: no plan recorded, every done job counts
     seed_of = dict(zip(jobs["key"], jobs["seed"])) if len(jobs) else {}  # every job: a parent may be unplanned
+    condition_of = _parent_conditions(jobs)
     if len(jobs):
         jobs = jobs[(jobs["status"] == "done") & (True if planned is None else jobs["key"].isin(planned))].copy()
     if not len(jobs):
@@ -49,6 +51,7 @@ def image_table(ledger: Ledger) -> pd.DataFrame:
     jobs["image"] = "images/" + jobs["key"] + ".png"
     if jobs["parent_key"].notna().any():  # later stages: the seed of the image each one starts from
         jobs["parent_seed"] = jobs["parent_key"].map(seed_of).astype("Int64")
+        jobs["parent_condition"] = jobs["parent_key"].map(condition_of)
     if "meta.draw" in jobs.columns:  # [randomize] draws > 1: which draw of its prompt and seed
         jobs["draw"] = jobs["meta.draw"].astype("Int64")
     jobs["watermark_embedded"] = jobs["watermark"]
@@ -81,6 +84,31 @@ def image_table(ledger: Ledger) -> pd.DataFrame:
     table.attrs[NESTING] = [[f"f.{outer}", f"f.{inner}"]
                             for outer, inner in json.loads(ledger.get_meta("factor_nesting") or "[]")]
     return table
+
+
+def _parent_conditions(jobs: pd.DataFrame):
+    """A function: parent key -> how that parent was made, less its factors and seed (`img2img 0.5 from
+    house.png`, `txt2img`, a stage's `refine img2img 0.5 of (txt2img)`): the design a stage image inherits,
+    which its own init image (the parent's file, one per parent) cannot tell across factor levels."""
+    rows = {r["key"]: r for r in jobs.to_dict("records")} if len(jobs) else {}
+    memo: dict[str, str | None] = {}
+
+    def condition(key) -> str | None:
+        if not isinstance(key, str) or key not in rows:
+            return None
+        if key not in memo:
+            r = rows[key]
+            text = r["mode"] + (f" {r['strength']:g}" if r["mode"] == "img2img" else "")
+            if isinstance(r.get("meta.draw"), (int, float)) and r["meta.draw"] == r["meta.draw"]:
+                text += f" draw {int(r['meta.draw'])}"
+            parent = r.get("parent_key")
+            if isinstance(parent, str):
+                text = f"{r['stage']} {text} of ({condition(parent)})"
+            elif isinstance(r.get("init_image"), str):
+                text += f" from {Path(r['init_image']).name}"
+            memo[key] = text
+        return memo[key]
+    return condition
 
 
 def _planned_factors_only(jobs: pd.DataFrame) -> pd.DataFrame:

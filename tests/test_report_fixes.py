@@ -183,3 +183,24 @@ def test_a_misspelt_rows_fails_before_stale_extra_tables_are_removed(marked_leve
         build_report(marked_levels, rows="styel", html=False)
     assert ablation.is_file()
     assert build_report(marked_levels, html=False).dropped == ["ablation"] and not ablation.exists()
+
+
+def test_stage_images_of_txt2img_and_img2img_parents_pair_by_how_their_parent_was_made(tmp_path, one_cpu_thread):
+    """A main stage of txt2img and img2img images (the demo's design) refined by a later stage: each stage
+    image starts from its own parent's file, never the same at two levels, so pairing on that file would pair
+    none. They pair by how the parent was made (`parent_condition`) and the init image their chain started
+    from: red's child of its seed-1 img2img parent with blue's child of its seed-1 img2img parent."""
+    init = ROOT / "experiments" / "inputs" / "house.png"
+    text = MAIN.replace("seeds = [1, 2]", f'seeds = [1, 2]\nmode = ["txt2img", "img2img"]\ninit_images = "{init}"\n'
+                                          "strengths = [0.5]")
+    run = make_run(tmp_path, text + '\n[[stages]]\nname = "refine"\nprompt = "__parent__, sharp"\nstrengths = [0.5]\n')
+    with Ledger.open(run, readonly=True) as led:
+        table = image_table(led)
+    staged = table[table["parent_key"].notna()]
+    assert sorted(staged["parent_condition"].unique()) == ["img2img 0.5 from house.png", "txt2img"]
+    r = build_report(run, html=False)
+    (color,) = [c for c in r.comparisons if c.factor == "f.color"]
+    assert "parent_condition" in color.pair_on
+    assert color.rows[0].n_pairs == 8 and color.n_excluded["unpaired"] == 0  # 4 main + 4 stage pairs
+    variants = pd.read_parquet(run / "tables" / "variants.parquet")
+    assert variants.loc[variants["stage"] == "refine", "n"].tolist() == [2, 2, 2, 2]  # per parent condition

@@ -53,6 +53,7 @@ def default_pair_on(df: pd.DataFrame, factor: str) -> list[str]:
     a checkpoint's own size, a strength drawn per seed by ``[randomize]`` when comparing strengths) is left
     out: requiring it to match would leave no pairs.
     """
+    df = stage_design_view(df)
     related = {c for pair in df.attrs.get("nesting", []) if factor in pair for c in pair}
     cols = [c for c in df.columns if str(c).startswith("f.") and c != factor and c not in related]
     cols += [c for c in DESIGN_COLUMNS if c in df.columns and c != factor and (c != "parent_seed" or _own_seeds(df))]
@@ -60,6 +61,30 @@ def default_pair_on(df: pd.DataFrame, factor: str) -> list[str]:
         if c in df.columns and c != factor and _varies_within(df, [*cols, factor], c):
             cols.append(c)
     return cols
+
+
+def stage_design_view(df: pd.DataFrame) -> pd.DataFrame:
+    """`df` with each later stage's image given the input init image its chain of parents started from
+    (none for a txt2img root) in place of its parent's file: that file is one per parent, never the same at
+    two factor levels, so pairing on it would pair no stage image, and a stage image belongs to its root's
+    cluster. How the parent was made (txt2img or img2img, its strength) is `parent_condition`."""
+    if "parent_key" not in df.columns or "init_image" not in df.columns or not df["parent_key"].notna().any():
+        return df
+    parent_of = dict(zip(df["key"], df["parent_key"]))
+    init_of = dict(zip(df["key"], df["init_image"]))
+
+    def root_init(key):
+        seen = set()
+        while isinstance(parent_of.get(key), str) and key not in seen:
+            seen.add(key)
+            key = parent_of[key]
+        return init_of.get(key)  # None where the root is txt2img, or not among these images
+
+    staged = df["parent_key"].notna()
+    out = df.copy()
+    out["init_image"] = out["init_image"].astype(object)
+    out.loc[staged, "init_image"] = [root_init(k) for k in df.loc[staged, "key"]]
+    return out
 
 
 def _own_seeds(df: pd.DataFrame) -> bool:
@@ -97,10 +122,6 @@ def _varies_within(df: pd.DataFrame, by: list[str], column: str) -> bool:
 def _why_it_differs(df: pd.DataFrame, factor: str, column: str) -> str:
     if not _varies_within(df, [factor], column):
         return f"set with {factor}"
-    if column == "init_image" and "parent_key" in df.columns and df["parent_key"].notna().any():
-        with_init = df["init_image"].notna()
-        if df.loc[with_init, "parent_key"].notna().all():  # every init image here is a parent's
-            return "each stage image starts from its own parent's image"
     if "draw" in df.columns and df["draw"].notna().any():
         return "it varies from image to image, as [randomize] draws do"
     return "it varies from image to image"
@@ -121,9 +142,6 @@ def _stage_notes(df: pd.DataFrame, factor: str, pair_on: list[str], unpaired: np
 
 def _why_unpaired(rows: pd.DataFrame, factor: str, pair_on: list[str]) -> str:
     """Why images of one later stage (`rows`) found no pair."""
-    if "init_image" in pair_on and "init_image" in rows.columns and rows["init_image"].nunique() > 1:
-        return ("pairs must share init_image here, and each stage image starts from its own parent's image, "
-                "which is never the same at two levels (pass --pair-on without init_image to pair across it)")
     if "parent_seed" in pair_on:
         seeds = {level_label(lv): sorted(int(s) for s in rows.loc[rows[factor] == lv, "parent_seed"].dropna().unique())
                  for lv in _sorted_levels(rows[factor])}
@@ -177,7 +195,7 @@ def paired_compare(
         raise ValueError(f"alpha must be in (0, 1), got {alpha!r}")
     factor = _resolve_factor(df, factor)
     metric = _resolve_metric(df, metric)
-    df = in_key_order(df)
+    df = stage_design_view(in_key_order(df))
     no_level = df[factor].isna()
     if no_level.all():
         raise ValueError(f"factor column {factor!r} has no values; nothing to compare")

@@ -20,11 +20,12 @@ DESIGN_COLUMNS = ("checkpoint", "seed", "parent_seed", "draw", "stage")
 REPLICATE_COLUMNS = ("seed", "parent_seed", "draw")
 PARAM_COLUMNS = (
     "mode", "strength", "steps", "guidance", "width", "height",
-    "negative_prompt", "scheduler", "init_image",
+    "negative_prompt", "scheduler", "parent_condition", "init_image",
 )
 # Generation settings: images of one prompt and seed that differ only in these share that prompt's effect
 # and that seed's noise, so they are one cluster of evidence (see compare.cluster_columns).
-SETTING_COLUMNS = ("checkpoint", "stage", "mode", "strength", "steps", "guidance", "width", "height", "scheduler")
+SETTING_COLUMNS = ("checkpoint", "stage", "mode", "strength", "steps", "guidance", "width", "height", "scheduler",
+                   "parent_condition")
 
 
 def in_key_order(df: pd.DataFrame) -> pd.DataFrame:
