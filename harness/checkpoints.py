@@ -186,8 +186,11 @@ def _valid_names() -> str:
 
 
 def _did_you_mean(word: str, candidates) -> str:
-    """' (did you mean 'x'?)' for the closest candidate, or '' when none is close."""
-    close = difflib.get_close_matches(word, sorted(set(candidates)), n=1, cutoff=0.6)
+    """' (did you mean 'x'?)' for the closest candidate, or '' when none is close: the same letters in
+    another order (`tyni`), else the closest by difflib."""
+    candidates = sorted(set(candidates))
+    close = ([c for c in candidates if sorted(c) == sorted(word)]
+             or difflib.get_close_matches(word, candidates, n=1, cutoff=0.6))
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 

@@ -90,13 +90,30 @@ def watermark_embed(
         typer.echo(f"warning: {dst.suffix} {LOSSY_SUFFIXES[dst.suffix.lower()]} removes most of the mark (detection "
                    "mostly fails after it); save as .png to keep it", err=True)
         return
-    (check,) = detect_paths([dst], [message])  # read back: some images do not carry the mark
-    if check["detected"] is False:
-        read = check["messages"][check.get("best") or next(iter(check["messages"]))]
+    _read_back(dst, message)
+
+
+def _read_back(path: Path, message: str) -> None:
+    """Warn when the mark just embedded in `path` is not found the way `detect` looks for it: for this
+    message alone, and for a preset also among the three presets (what `detect` without --message and the
+    watermark metric's default look for, their p-value corrected for the three)."""
+    from .metrics.watermark import DEFAULT_MESSAGES, detect_paths
+
+    (alone,) = detect_paths([path], [message])
+    if alone["detected"] is False:
+        read = alone["messages"][alone.get("best") or next(iter(alone["messages"]))]
         typer.echo(f"warning: the mark did not take on this image: detection reads {read['matched']} of "
                    f"{read['bits']} bits of {message!r} back (flat areas and some saturated colours carry it poorly); "
                    "the file is written, but detect will not find the mark in it",
                    err=True)
+    elif alone["detected"] and message in DEFAULT_MESSAGES:
+        (among,) = detect_paths([path])
+        if among["detected"] is False:
+            read = among["messages"][message]
+            typer.echo(f"warning: the mark took only weakly on this image ({read['matched']} of {read['bits']} bits "
+                       f"of {message!r} read back): `detect --message {message}` finds it, but `detect` without "
+                       f"--message and the watermark metric's default, which look for {', '.join(DEFAULT_MESSAGES)} "
+                       "and correct for the three, do not", err=True)
 
 
 @app.command(context_settings=PASS_THROUGH)

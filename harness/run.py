@@ -100,11 +100,15 @@ def prepare_run(exp: Experiment, plan: Plan, run_dir: Path, *, jobs: list[Job] |
             f"the run folder {run_dir} holds experiment {recorded!r}, not {exp.name!r}; give this one its own "
             f"--out folder (an edited experiment keeps its name and may go on in its folder)"])
     reconciled = ledger.reconcile()
-    for text in (reconciled.repaired_text("and will be made again"),
+    jobs = list(plan.jobs if jobs is None else jobs)
+    elsewhere = len(set(reconciled.requeued) - {j.key for j in jobs})
+    remade = "and will be made again" if not elsewhere else (
+        f"and will be made again; {elsewhere} of them belong to no job of this version's first stage (an "
+        "earlier version of the experiment, or a later stage), and are made again when a run plans them")
+    for text in (reconciled.repaired_text(remade),
                  reconciled.orphans_text("and are replaced when a job of this run makes the same image")):
         if text and log is not None:
             log(text)
-    jobs = list(plan.jobs if jobs is None else jobs)
     template = ledger.get_meta("template")
     edited = edited_since(ledger, exp)
     copy, text = run_dir / "experiment.toml", exp.run_copy()

@@ -185,7 +185,7 @@ def test_missing_path_is_reported_as_a_path(tmp_path):
 
 
 def test_a_misspelt_name_suggests_the_closest_builtin_or_alias(harness_cache):
-    for spec, close in (("tinyy", "tiny"), ("sd15-randm", "sd15-random"), ("sd-15", "sd15")):
+    for spec, close in (("tinyy", "tiny"), ("sd15-randm", "sd15-random"), ("sd-15", "sd15"), ("tyni", "tiny"), ("toy2", "toy")):
         with pytest.raises(ck.CheckpointError, match=f"unknown checkpoint '{spec}' \\(did you mean '{close}'\\?\\)"):
             ck.resolve(spec)
     with pytest.raises(ck.CheckpointError) as err:

@@ -116,3 +116,18 @@ def test_embed_refuses_a_missing_output_folder_and_warns_that_gif_loses_the_mark
     gif = cli.invoke(app, ["watermark", "embed", str(clean), str(tmp_path / "marked.gif")])
     assert gif.exit_code == 0 and (tmp_path / "marked.gif").is_file(), gif.output
     assert gif.stderr.startswith("warning: .gif palette (256 colours) removes most of the mark"), gif.stderr
+
+
+def test_embed_warns_when_the_mark_is_found_alone_but_not_among_the_presets(tmp_path):
+    """A noisy saturated red carries sdv1 weakly: looked for alone it is found (p just under 1e-3), but
+    `detect` without --message looks for three presets and corrects for them, and does not find it. The
+    read-back after embed says so rather than staying silent."""
+    noise = np.random.default_rng(1).normal(0, 1, (256, 256, 3))
+    Image.fromarray(np.clip(np.array((230, 20, 20)) + noise * 24, 0, 255).astype(np.uint8)).save(tmp_path / "red.png")
+    r = harness("watermark", "embed", tmp_path / "red.png", tmp_path / "out.png")
+    assert r.returncode == 0 and "warning: the mark took only weakly on this image" in r.stderr, r.stderr
+    assert "`detect --message sdv1` finds it, but `detect` without --message" in r.stderr
+    alone = json.loads(harness("watermark", "detect", tmp_path / "out.png", "--message", "sdv1", "--format",
+                               "jsonl").stdout)
+    among = json.loads(harness("watermark", "detect", tmp_path / "out.png", "--format", "jsonl").stdout)
+    assert alone["detected"] is True and among["detected"] is False

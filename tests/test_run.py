@@ -394,6 +394,26 @@ def test_a_rerun_says_which_finished_images_were_damaged_or_missing(tmp_path):
     assert (r.already_done, r.generated) == (14, 2)
 
 
+def test_a_damaged_image_of_an_earlier_version_is_not_promised_to_this_run(tmp_path):
+    """After an edit that drops `dog`, a damaged `dog` image belongs to no job this version plans: the rerun
+    says so rather than that it will be made again, and makes none."""
+    from harness.ledger import Ledger
+
+    exp = experiment(tmp_path, SMALL.replace('mode = ["txt2img", "img2img"]\ninit_images = "init.png"\n'
+                                             'strengths = [0.5]', 'mode = ["txt2img"]'))
+    run_experiment(exp, out=tmp_path / "run", progress=False)
+    with Ledger.open(tmp_path / "run", readonly=True) as led:
+        (dog, *_) = [j.key for j in led.all_jobs() if "dog" in j.prompt]
+    (tmp_path / "run" / "images" / f"{dog}.png").write_bytes(b"not a png")
+    exp.write_text(exp.read_text().replace("{cat|dog}", "{cat|cow}"))
+    said: list[str] = []
+    r = run_experiment(exp, out=tmp_path / "run", progress=False, log=said.append)
+    assert any(m.startswith("1 finished image(s) were missing, damaged or changed") and m.endswith(
+        "1 of them belong to no job of this version's first stage (an earlier version of the experiment, or a "
+        "later stage), and are made again when a run plans them") for m in said), said
+    assert r.generated == 4  # the cow images only
+
+
 def test_ctrl_c_with_two_streams_stops_soon_keeps_finished_batches_and_resumes(tmp_path):
     """SIGINT just after both CPU streams began their second batches: they stop at their next denoising
     step instead of finishing those batches, every image on disk is marked done, and the rerun makes
