@@ -18,6 +18,7 @@ The last line is `ratio: X.XX` (harness images/s over naive images/s).
 from __future__ import annotations
 
 import argparse
+import re
 import shutil
 import sys
 import tempfile
@@ -379,20 +380,21 @@ def main(argv: list[str] | None = None) -> int:
                         + ",".join(ABLATIONS))
     p.add_argument("--quick", action="store_true", help="a tiny sweep for CI: checks images agree")
     a = p.parse_args(argv)
-    sweep = _sweep(p, a)
-    if a.batch_size is not None and a.batch_size < 1:
-        p.error(f"--batch-size {a.batch_size}: expected at least 1 (or leave it out: automatic)")
-    if a.streams != "auto" and not (a.streams.isdigit() and int(a.streams) >= 1):
-        p.error(f"--streams {a.streams!r}: expected auto or a whole number of threads, at least 1")
     from .checkpoints import CheckpointError
     from .core import SettingsError
     from .experiment import ExperimentError
     from .worker import SPEEDUPS, Tuning
 
+    problems: list[str] = []
+    sweep = _sweep(p, a, problems)
+    if a.batch_size is not None and a.batch_size < 1:
+        problems.append(f"--batch-size {a.batch_size}: expected at least 1 (or leave it out: automatic)")
+    if a.streams != "auto" and not (a.streams.isdigit() and int(a.streams) >= 1):
+        problems.append(f"--streams {a.streams!r}: expected auto or a whole number of threads, at least 1")
     speedups = tuple(x for x in a.speedups.split(",") if x)
-    for s in speedups:
-        if s not in SPEEDUPS:
-            p.error(f"--speedups: {s!r} is not one of {', '.join(SPEEDUPS)}")
+    problems += [f"--speedups: {s!r} is not one of {', '.join(SPEEDUPS)}" for s in speedups if s not in SPEEDUPS]
+    if problems:  # every bad option at once, before minutes of measuring
+        p.error("; ".join(problems))
     try:
         ablation_variants(a.ablate, "cpu", Tuning())  # a bad --ablate fails before minutes of measuring
     except ValueError as exc:
@@ -406,12 +408,12 @@ def main(argv: list[str] | None = None) -> int:
     except CheckpointError as exc:
         p.error(f"--model {a.model!r}: {exc}")
     except ExperimentError as exc:  # the sweep's own experiment: only --model can make it unusable
-        p.error(f"--model {a.model!r}: " + "; ".join(exc.problems))
+        p.error(f"--model {a.model!r}: " + "; ".join(re.sub(r"^key '[^']*': ", "", x) for x in exc.problems))
     return 0 if figures["images_agree"] else 1  # a harness run beyond the tolerance fails the command
 
 
-def _sweep(p: argparse.ArgumentParser, a: argparse.Namespace) -> Sweep:
-    """The sweep the options ask for, each checked (`p.error` names a bad one)."""
+def _sweep(p: argparse.ArgumentParser, a: argparse.Namespace, problems: list[str]) -> Sweep:
+    """The sweep the options ask for; each bad one is added to `problems`, naming it."""
     given = [f"--{name}" for name in ("size", "steps", "prompts", "seeds") if getattr(a, name) is not None]
     if a.quick:
         if given:
@@ -422,14 +424,11 @@ def _sweep(p: argparse.ArgumentParser, a: argparse.Namespace) -> Sweep:
     steps = (10 if tiny else 50) if a.steps is None else a.steps
     prompts = (8 if tiny else 4) if a.prompts is None else a.prompts
     seeds = 4 if a.seeds is None else a.seeds
-    if size < 64 or size % 8:
-        p.error(f"--size {size}: expected a multiple of 8, at least 64")
-    if steps < 2:
-        p.error(f"--steps {steps}: expected at least 2 (img2img at strength 0.5 runs int(0.5 * steps) steps)")
-    if not 1 <= prompts <= len(COLOURS):
-        p.error(f"--prompts {prompts}: expected 1 to {len(COLOURS)} (one colour word each)")
-    if seeds < 1:
-        p.error(f"--seeds {seeds}: expected at least 1")
+    checks = [(size < 64 or size % 8, f"--size {size}: expected a multiple of 8, at least 64"),
+              (steps < 2, f"--steps {steps}: expected at least 2 (img2img at strength 0.5 runs int(0.5 * steps) steps)"),
+              (not 1 <= prompts <= len(COLOURS), f"--prompts {prompts}: expected 1 to {len(COLOURS)} (one colour word each)"),
+              (seeds < 1, f"--seeds {seeds}: expected at least 1")]
+    problems += [text for bad, text in checks if bad]
     return Sweep(model=a.model, size=size, steps=steps, prompts=prompts, seeds=seeds)
 
 

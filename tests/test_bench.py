@@ -125,7 +125,10 @@ def test_bench_options_are_checked_before_measuring_and_named_in_one_line(capsys
                           (["--streams", "abc"], "--streams 'abc': expected auto or a whole number"),
                           (["--quick", "--size", "64"], "--quick runs its own 8-image sweep; leave out --size"),
                           (["--quick", "--seeds", "4"], "--quick runs its own 8-image sweep; leave out --seeds"),
-                          (["--quick", "--model", "bogus"], "--model 'bogus': key 'checkpoints[0]': unknown checkpoint"),
+                          (["--quick", "--model", "bogus"], "--model 'bogus': unknown checkpoint 'bogus'"),
+                          (["--size", "60", "--steps", "1", "--streams", "0"],  # every bad option in the one line
+                           "--size 60: expected a multiple of 8, at least 64; --steps 1: expected at least 2 "
+                           "(img2img at strength 0.5 runs int(0.5 * steps) steps); --streams '0': expected auto"),
                           (["--quick", "--device", "nosuch"], "--device/--dtype: "),
                           (["--quick", "--speedups", "bogus"], "--speedups: 'bogus' is not one of channels_last")):
         with pytest.raises(SystemExit) as exit_:
