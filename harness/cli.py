@@ -106,12 +106,16 @@ def expand(
 
 
 def write_variants(variants, fmt: Fmt, factors: list[str]) -> None:
+    """Prompts as text, jsonl or csv. A csv cell shows a factor's level as the run's tables show it
+    (`level_label`): an empty option is `(empty)` and a factor not on the prompt's path `—` (an option
+    spelled like either mark is quoted), so the two read apart; jsonl keeps the values as they are."""
     out = sys.stdout
     if fmt is Fmt.csv:
+        from .columns import level_label
         w = csv.writer(out, lineterminator="\n")
         w.writerow(["prompt", *(f"f.{f}" for f in factors)])  # as the run's tables name them: never `prompt`
         for v in variants:
-            w.writerow([v.prompt, *(v.factors.get(f, "") for f in factors)])
+            w.writerow([v.prompt, *(level_label(v.factors.get(f)) for f in factors)])
         return
     multiline = 0
     for v in variants:

@@ -36,9 +36,11 @@ _AT_HEAD = re.compile(r"\s*@([^:|{}]*)")  # an alternation that starts with '@' 
 _K_HEAD = re.compile(r"\s*(\d+)(?:\s*-\s*(\d+))?\s*\$\$")
 # What was meant as a count or a weight but is none (`{-1$$a|b}`, `{x$$a|b}`, `{nan::a|b}`, `{1.5x::a}`): an
 # error at it, not prompt text holding '$$' or '::'. A literal '$$' or '::' there is written escaped.
-_BAD_K_HEAD = re.compile(r"\s*([^\s{}|$\\]+)\s*\$\$")
+_BAD_K_HEAD = re.compile(r"\s*([^\s{}|$\\]*)\s*\$\$")  # also no count at all: `{$$a|b}`
 _BAD_WEIGHT_HEAD = re.compile(r"\s*([-+]?(?:\d|\.\d|nan|inf)[^\s:|{}\\]*)\s*::", re.IGNORECASE)
-_WILDCARD = re.compile(r"__([A-Za-z0-9][\w\-./]*?)__")
+# A wildcard's name up to the first "__" after it; `is_wildcard_name` then checks its characters (a combining
+# mark, which no regex class here covers, may follow a letter as in factor names).
+_WILDCARD = re.compile(r"__([^\W_]\S*?)__")
 
 
 # ----------------------------------------------------------------------------- parser
@@ -104,7 +106,8 @@ class _Parser:
                 flush()
                 parts.append(self.alternation(depth + 1))
                 buf_start = self.i
-            elif ch == "_" and text.startswith("__", self.i) and (m := _WILDCARD.match(text, self.i)):
+            elif ch == "_" and text.startswith("__", self.i) and (m := _WILDCARD.match(text, self.i)) and (
+                    is_wildcard_name(m.group(1))):
                 flush()
                 parts.append(Wildcard(m.group(1), loc=self.loc(self.i)))
                 self.i = m.end()
@@ -144,9 +147,10 @@ class _Parser:
             elif end >= 0:
                 stray = end
         elif m := _BAD_K_HEAD.match(text, self.i):
-            raise GrammarError(f"bad choose-k count '{m.group(1)}': expected a whole number N or a range N-M "
-                               "before '$$' (write \\$\\$ for a literal '$$')", self.loc(m.start(1)),
-                               length=len(m.group(1)))
+            what = f"bad choose-k count '{m.group(1)}'" if m.group(1) else "choose-k count missing"
+            raise GrammarError(f"{what}: expected a whole number N or a range N-M before '$$', as in "
+                               "{2$$a|b|c} (write \\$\\$ for a literal '$$')", self.loc(m.start(1)),
+                               length=len(m.group(1)) or 2)
         self.misplaced_name(name, text[k_at:self.i] if k is not None else None)
         options: list[Option] = []
         while True:
@@ -200,6 +204,11 @@ class _Parser:
         """`@name:` right after "{", moving past it; a malformed one is an error."""
         m = _NAME_HEAD.match(self.text, self.i)
         if m and _is_name(m.group(1)):
+            if self.text.startswith("::", m.end() - 1):
+                raise GrammarError(f"'::' after factor name '@{m.group(1)}': a name ends with one ':' "
+                                   f"({{@{m.group(1)}: a|b}}; a weight goes before an option's text, "
+                                   f"{{@{m.group(1)}: 2::a|b}}); write {{@{m.group(1)}: \\:a}} for an option "
+                                   "that starts with ':'", self.loc(m.end() - 1), length=2)
             self.i = m.end()
             return m.group(1)
         if m := _AT_HEAD.match(self.text, self.i):
@@ -245,6 +254,13 @@ def _is_name(name: str) -> bool:
         c.isalnum() or c in "_-." or unicodedata.category(c).startswith("M") for c in name)
 
 
+def is_wildcard_name(path: str) -> bool:
+    """Letters (any script), digits, combining marks, "_", "-", "." and "/"; a letter or digit first (a
+    "_" there would read as text before the wildcard: `___x__` is `_` then `__x__`)."""
+    return bool(path) and path[0].isalnum() and all(
+        c.isalnum() or c in "_-./" or unicodedata.category(c).startswith("M") for c in path)
+
+
 def sole_wildcard(options) -> Wildcard | None:
     """The wildcard when an alternation's only option is an unweighted wildcard alone."""
     if len(options) == 1 and options[0].weight is None and len(options[0].body.parts) == 1:
@@ -260,13 +276,32 @@ def _check_choose_k(k: tuple[int, int], joiner: str | None, options: list, loc: 
         return  # {2$$__w__} chooses among the wildcard's lines, checked when it is resolved
     read = f" (the separator {joiner!r} runs up to the next '$$')" if joiner is not None else ""
     if k[1] > len(options):
-        raise GrammarError(f"choose-k asks for {k[1]} but the alternation has only {len(options)} options{read}",
-                           loc)
+        have = _plural(len(options), "option")
+        raise GrammarError(f"choose-k asks for {k[1]} but the alternation has only {have}{read}"
+                           f"{_lone_wildcard_hint(k, joiner, options)}", loc)
     live = sum(1 for o in options if o.weight != 0)
     if k[1] > live:
-        raise GrammarError(f"choose-k asks for {k[1]} but the alternation has only {live} options of non-zero "
-                           f"weight (of {len(options)}); zero-weight options are never sampled: lower the count "
-                           "or give them a weight", loc)
+        raise GrammarError(f"choose-k asks for {k[1]} but the alternation has only {_plural(live, 'option')} of "
+                           f"non-zero weight (of {len(options)}); zero-weight options are never sampled: lower the "
+                           "count or give them a weight", loc)
+
+
+def _plural(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def _lone_wildcard_hint(k: tuple[int, int], joiner: str | None, options: list) -> str:
+    """How to choose among a wildcard's lines, for a single option that holds one with something else
+    (a space, a weight, other text): only a wildcard alone in the braces is spread into options."""
+    if len(options) != 1:
+        return ""
+    w = next((p for p in options[0].body.parts if isinstance(p, Wildcard)), None)
+    if w is None:
+        return ""
+    head = (f"{k[0]}" if k[0] == k[1] else f"{k[0]}-{k[1]}") + "$$" + ("" if joiner is None else f"{joiner}$$")
+    name = f"@{w.name}: " if w.name else ""
+    return (f"; a wildcard is spread into options only when it stands alone in the braces, with no spaces, "
+            f"weight or other text: {{{name}{head}__{w.path}__}}")
 
 
 def _merge_texts(parts: list) -> list:

@@ -28,9 +28,20 @@ _NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
 _TLDS = ("com|org|net|edu|gov|io|ai|dev|app|co|uk|de|fr|jp|cn|ru|info|me|xyz|tv|us|ca|au|eu|nl|it|es|"
          "ly|gg|so|sh|art|site|blog|tech")
 _HOST = re.compile(rf"(?:[\w\-]+\.)+(?:{_TLDS})", re.IGNORECASE)
-# Abbreviations the slash rule keeps literal (compared lower-case); "w/" stays literal by the empty-side rule.
-ABBREVIATIONS = frozenset({"w/o", "b/w", "and/or", "n/a", "c/o", "a/k/a", "s/he", "y/o"})
-_ABBREVIATION_WORDS = [a.split("/") for a in ABBREVIATIONS]  # inside a longer group too: w/o/with is text
+# Abbreviations the slash rule keeps literal (compared lower-case, also inside a longer group: w/o/with is
+# text); "w/" stays literal by the empty-side rule. Word pairs such as his/her are not here: they may be meant
+# as alternatives.
+ABBREVIATIONS = frozenset({
+    # shorthand
+    "w/o", "b/w", "and/or", "n/a", "c/o", "a/k/a", "s/he", "y/o",
+    # units: a rate or a ratio (also right after a number: `100km/h`, see `_holds_abbreviation`)
+    "km/h", "m/s", "m/s²", "ft/s", "mi/h", "cm/s", "mm/s", "rad/s", "km/s", "kb/s", "mb/s", "gb/s",
+    "kbit/s", "mbit/s", "gbit/s", "g/cm³", "kg/m³", "mg/ml", "l/min", "l/100km",
+    # technical
+    "i/o", "tcp/ip", "a/b", "a/c", "p/e", "r/c", "ac/dc",
+})
+_ABBREVIATION_WORDS = [a.split("/") for a in ABBREVIATIONS]
+_LEADING_NUMBER = re.compile(r"^\d+(?:[.,]\d+)*")
 
 
 def split_slashes(raw: str, loc: Loc) -> list:
@@ -44,7 +55,7 @@ def split_slashes(raw: str, loc: Loc) -> list:
     or a first word that is a host name such as "example.com") or with an empty side
     ("w/", "a//b") stay literal, so "1/2 cup",
     "24/7", "f/2.8" and "http://x/y" are text, as are the ABBREVIATIONS (also within a longer group)
-    ("w/o", "b/w", "and/or", ...). Anything else uses braces.
+    ("w/o", "b/w", "and/or", "km/h", "I/O", ...). Anything else uses braces.
     """
     if "/" not in raw:
         return [Text(raw.replace(ESC_SLASH, "/"), loc=loc)]
@@ -56,7 +67,7 @@ def split_slashes(raw: str, loc: Loc) -> list:
         token = _token_around(raw, m.start(), m.end())
         lower = [w.lower() for w in words]
         if ("://" in token or token.lower().startswith("www.") or _HOST.fullmatch(words[0])
-                or any(lower[i:i + len(a)] == a for a in _ABBREVIATION_WORDS for i in range(len(lower)))
+                or _holds_abbreviation(lower)
                 or any(_NUMBER.fullmatch(w) or not re.search(r"[^\W\d_]", w) for w in words)):
             continue
         out.append(Text(raw[pos:m.start()].replace(ESC_SLASH, "/"), loc=loc))
@@ -65,6 +76,17 @@ def split_slashes(raw: str, loc: Loc) -> list:
         pos = m.end()
     out.append(Text(raw[pos:].replace(ESC_SLASH, "/"), loc=loc))
     return [p for p in out if not (isinstance(p, Text) and p.value == "")]
+
+
+def _holds_abbreviation(words: list[str]) -> bool:
+    """Whether lower-case `words` hold one of the ABBREVIATIONS, its first word perhaps after a number
+    (`100km/h`, `5m/s`)."""
+    for a in _ABBREVIATION_WORDS:
+        for i in range(len(words) - len(a) + 1):
+            head = words[i]
+            if words[i + 1:i + len(a)] == a[1:] and a[0] in (head, _LEADING_NUMBER.sub("", head)):
+                return True
+    return False
 
 
 def _marks_as_letters(raw: str) -> str:

@@ -11,6 +11,7 @@ folders, then `$HARNESS_GRAMMARS` (os.pathsep-separated), then `./grammars`.
 from __future__ import annotations
 
 import os
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -44,9 +45,10 @@ class WildcardLibrary:
     def _load(self, name: str) -> WildcardFile | None:
         if ".." in name.split("/"):
             return None
+        spellings = dict.fromkeys((name, unicodedata.normalize("NFD", name)))  # a file name saved decomposed
         for d in self.search_path:
-            path = d / f"{name}.txt"
-            if path.is_file():
+            path = next((p for p in (d / f"{n}.txt" for n in spellings) if p.is_file()), None)
+            if path is not None:
                 text = read_text(path)
                 lines = tuple((i, ln.strip(), ln) for i, ln in enumerate(text.split("\n"), start=1)
                               if ln.strip() and not ln.strip().startswith("#"))
@@ -63,7 +65,7 @@ class WildcardLibrary:
         found: set[str] = set()
         for d in self.search_path:
             for path in d.rglob("*.txt"):
-                found.add(path.relative_to(d).with_suffix("").as_posix())
+                found.add(unicodedata.normalize("NFC", path.relative_to(d).with_suffix("").as_posix()))
         return sorted(found)
 
 

@@ -59,6 +59,24 @@ def test_csv_has_prompt_and_factor_columns(tmp_path):
     assert named == ["prompt,f.prompt", "a,a", "b,b"]  # a factor named prompt keeps its own column
 
 
+def test_csv_tells_an_empty_option_from_a_factor_not_on_the_path():
+    """As the run's tables show levels: `(empty)` for the empty option, `—` where the factor is not on the
+    prompt's path; an option spelled like a mark is quoted. jsonl keeps the values themselves."""
+    r = harness("expand", "{@o: x{@i: , a|}|y}", "--format", "csv")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == ["prompt,f.o,f.i", '"x, a","x, a",", a"', "x,x,(empty)", "y,y,—"]
+    marks = harness("expand", "{@o: —|(empty)|}", "--format", "csv").stdout.splitlines()
+    assert marks == ["prompt,f.o", '—,"""—"""', '(empty),"""(empty)"""', ",(empty)"]
+    rows = [json.loads(line) for line in harness("expand", "{@o: x{@i: , a|}|y}", "--format", "jsonl").stdout
+            .splitlines()]
+    assert [row["factors"] for row in rows[1:]] == [{"o": "x", "i": ""}, {"o": "y"}]
+
+
+def test_count_of_optional_clauses_after_a_large_product_is_not_called_an_upper_bound():
+    r = harness("expand", "{a|b|c|d|e|f|g|h|i|j}" * 12 + "{|, by greg}{|, golden hour}", "--count")
+    assert r.returncode == 0 and r.stdout == "4000000000000\n", r.stderr
+
+
 def test_unknown_wildcard_names_the_search_path(tmp_path):
     r = harness("expand", "__nope__", "--grammars", str(tmp_path))
     assert r.returncode == 2 and "unknown wildcard __nope__" in r.stderr and str(tmp_path) in r.stderr

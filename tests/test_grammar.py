@@ -399,7 +399,7 @@ def test_choose_k_separator_holding_a_brace_is_an_error_at_the_brace():
     assert (e.line, e.column) == (1, 8) and "separator cannot hold '{' or '}'" in e.message
     e = error("{2$$ } $$a|b}")  # a "}" in the separator closes the alternation after one option
     assert (e.line, e.column) == (1, 6) and "separator cannot hold '{' or '}'" in e.message
-    assert "has only 1 options" in error("{2$$a} costs $$5").message  # no separator meant: a short count
+    assert "has only 1 option" in error("{2$$a} costs $$5").message  # no separator meant: a short count
 
 
 def test_an_empty_alternation_is_an_error_that_shows_the_alternatives():
@@ -413,7 +413,7 @@ def test_an_empty_alternation_is_an_error_that_shows_the_alternatives():
 
 def test_choose_k_counts_options_after_the_separator():
     e = error("{2$$cheap|costs $$}")
-    assert "only 1 options (the separator 'cheap|costs ' runs up to the next '$$')" in e.message
+    assert "only 1 option (the separator 'cheap|costs ' runs up to the next '$$')" in e.message
 
 
 def test_factor_name_goes_before_the_choose_k_count():
@@ -492,7 +492,7 @@ def test_a_choose_k_whose_options_spell_the_same_text_samples_every_seed_as_the_
 
 def test_choose_k_needing_zero_weight_options_is_an_error_naming_the_alternation():
     e = error("x {2$$0::a|0::b|c}")
-    assert e.column == 4 and "only 1 options of non-zero weight (of 3)" in e.message
+    assert e.column == 4 and "only 1 option of non-zero weight (of 3)" in e.message
     e = error("x {2$$a|a|0::b}")
     assert e.column == 3 and "cannot pick 2 different texts from its options of non-zero weight" in e.message
 

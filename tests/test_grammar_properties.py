@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 from harness.expand import compile_template, count, expand, sample
 from harness.grammar import Alt, GrammarError, Option, Seq, Text, Wildcard, _merge_texts, parse, render
@@ -135,6 +135,16 @@ def test_the_first_spelling_search_finds_the_factors_expand_gives(tree):
     assert first_spelling(t.tree, "no such prompt {") is None
 
 
+@SETTINGS
+@given(templates)
+def test_walking_the_paths_gives_what_iter_gives_in_the_same_order(tree):
+    """`walk` (what expansion and counting read) skips the choose-k probabilities, nothing else."""
+    from harness.expand.paths import _iter, walk
+
+    t = compile_template(render(tree))
+    assert list(walk(t.tree)) == [(text, factors) for text, factors, _ in _iter(t.tree)]
+
+
 def test_prompts_sampled_from_millions_of_paths_carry_their_first_spelling():
     t = compile_template("{a|}{|a} " + "{b|c|d|e|f|g|h|i|j|k}" * 7)
     for v in t.sample(20, random.Random(0)) + t.sample(20, random.Random(1), replace=True):
@@ -167,3 +177,50 @@ def test_the_distinct_prompts_probabilities_are_the_sums_over_their_paths(tree):
     got = text_probabilities(t.tree)
     assert set(got) == set(expected)
     assert all(got[text] == pytest.approx(p, abs=1e-12) for text, p in expected.items())
+
+
+
+def _count_claim(tree, small):
+    """(the count `_lang` gives with the explicit-set threshold patched to `small`, exact?, brute force)."""
+    from unittest import mock
+
+    from harness.expand import counting
+    from harness.expand.paths import walk
+
+    with mock.patch.object(counting, "_MATERIALISE", small):
+        lang = counting._lang(tree)
+    return lang.n, lang.exact, len({text for text, _ in walk(tree)})
+
+
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(templates, st.sampled_from([1, 2, 3, 5, 8]))
+def test_a_count_claimed_exact_is_the_number_of_distinct_prompts_when_parts_are_handled_as_large(tree, small):
+    """With the explicit-set threshold patched small, the reasoning for large languages (dangling
+    suffixes and prefixes, runs of small parts) decides; an exact claim must match brute force."""
+    t = compile_template(render(tree))
+    n, exact, distinct = _count_claim(t.tree, small)
+    assert n == distinct if exact else n >= distinct
+
+
+# Chains of optional and overlapping clauses, where one part's texts begin or end another's; a part may be
+# a chain of its own in braces (`{...}`), so a large language meets another on either side.
+overlapping = st.sampled_from(["", "a", "b", "ab", "ba", "aa", ", a"])
+clauses = st.one_of(overlapping.filter(bool).map(Text), st.lists(overlapping, min_size=2, max_size=3).map(
+    lambda opts: Alt(tuple(Option(Seq(tuple(_merge_texts([Text(o)])))) for o in opts))))
+
+
+def _chain(parts):
+    return Seq(tuple(_merge_texts(list(parts))))
+
+
+chains = st.lists(st.one_of(clauses, st.lists(clauses, min_size=2, max_size=4).map(
+    lambda ps: Alt((Option(_chain(ps)),)))), min_size=2, max_size=7).map(_chain)
+
+
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(chains, st.sampled_from([1, 2, 3, 4, 6]))
+@example(parse("{|a}{|ab}{|b}"), 2)  # "ab" is a+ab's ""+b and ""+ab+"": found by what B adds after A's "a"
+@example(parse("{|a}{{|ba}{|a}}"), 2)
+def test_a_count_claimed_exact_for_a_chain_of_overlapping_clauses_is_the_brute_force_count(tree, small):
+    n, exact, distinct = _count_claim(tree, small)
+    assert n == distinct if exact else n >= distinct

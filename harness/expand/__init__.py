@@ -14,7 +14,8 @@ The package's modules, one job each:
 - `names`: factor names (`auto_name`, `assign_names`, `alternations`,
   `factor_names`) and which sit inside which (`nested_pairs`);
 - `paths`: choice paths, counted (`raw_count`) and walked in template order
-  with text, factors and probability; the base of counting, expansion and sampling;
+  with text and factors (`walk`, lazy), or with their probability too; the base of counting, expansion
+  and sampling;
 - `counting`: distinct prompts (`count_info`, `count`);
 - `exhaustive`: every distinct prompt in template order (`expand`);
 - `spelling`: the first choice path that spells a given prompt (`first_spelling`), found by a

@@ -1,17 +1,27 @@
 """Counting distinct prompts: the language each node spells (`_Lang`), exact
 when it is small or concatenates unambiguously, with enumeration as the
-fallback (`count_info`, `count`)."""
+fallback (`count_info`, `count`).
+
+A concatenation A+B is unambiguous (each text splits one way, so it has |A|*|B| texts) exactly when no
+u != "" is both a dangling suffix of A (x and x+u in A) and a dangling prefix of B (y and u+y in B). The
+dangling suffixes and prefixes are found from the explicit sets of small parts and carried through
+concatenations while they stay few; an empty set is a prefix-free (or suffix-free) language."""
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import math
 from dataclasses import dataclass
 
 from ..grammar import Alt, Seq, Text
-from .paths import _MATERIALISE, DEFAULT_JOINER, _iter, _perm_raw, raw_count
+from .paths import _MATERIALISE, DEFAULT_JOINER, _perm_raw, raw_count, walk
 
 _ENUMERATE_FALLBACK = 2_000_000
+_DANGLING_MAX = 10_000      # the most dangling suffixes (or prefixes) of one language kept; past it: unknown
+_DANGLING_WORK = 1_000_000  # the most (suffix, string) pairs one concatenation's suffixes are derived from
+
+_Dangling = frozenset  # strings u != "" (see `_Lang.q`), or None where they are not known
 
 
 @dataclass
@@ -19,14 +29,32 @@ class _Lang:
     n: int                      # distinct strings (exact when `exact`), else an upper bound
     exact: bool
     strings: frozenset | None   # the language itself when small
-    pf: bool                    # prefix-free (no string is a proper prefix of another)
-    sf: bool                    # suffix-free
+    q: _Dangling | None         # dangling suffixes: each u != "" with x and x+u both in it (none: prefix-free)
+    r: _Dangling | None         # dangling prefixes: each u != "" with y and u+y both in it (none: suffix-free)
     prefix: str                 # a literal prefix every string shares
 
 
-def _pf(strings) -> bool:
-    s = sorted(strings)
-    return not any(b.startswith(a) for a, b in zip(s, s[1:]))
+def _dangling(strings) -> _Dangling | None:
+    """Every u != "" such that some x and x+u are both in `strings`. Sorted, the strings that begin
+    with x follow x at once, so a stack of the strings that begin the current one finds them all."""
+    ordered = sorted(strings)
+    if not any(map(str.startswith, ordered[1:], ordered)):  # prefix-free, as most are: said quickly
+        return frozenset()
+    out: set[str] = set()
+    stack: list[str] = []
+    for s in ordered:
+        while stack and not s.startswith(stack[-1]):
+            stack.pop()
+        out.update(s[len(x):] for x in stack)
+        if len(out) > _DANGLING_MAX:
+            return None
+        stack.append(s)
+    return frozenset(out)
+
+
+def _flip(strings):
+    """Each string reversed (None stays None): prefixes of a language are suffixes of its reversal."""
+    return None if strings is None else frozenset(s[::-1] for s in strings)
 
 
 def _from_set(strings) -> _Lang:
@@ -35,30 +63,105 @@ def _from_set(strings) -> _Lang:
     for s in strings:
         while not s.startswith(prefix):
             prefix = prefix[:-1]
-    return _Lang(len(strings), True, strings, _pf(strings), _pf(s[::-1] for s in strings), prefix)
+    if len(strings) <= 1:
+        return _Lang(len(strings), True, strings, frozenset(), frozenset(), prefix)
+    backwards = _dangling([s[::-1] for s in strings])
+    return _Lang(len(strings), True, strings, _dangling(strings), _flip(backwards), prefix)
 
 
 def _lang(node) -> _Lang:
     if isinstance(node, Text):
         return _from_set({node.value})
     if isinstance(node, Seq):
-        acc = _from_set({""})
-        for part in node.parts:
-            acc = _concat(acc, _lang(part))
-        return acc
+        return _seq_lang(node.parts)
     return _alt_lang(node)
+
+
+def _seq_lang(parts) -> _Lang:
+    """Parts joined left to right; small parts that follow a large language are first joined with each
+    other (as one set), so `{|a}{|a}` after it is the three texts "", "a", "aa", not two ambiguous steps."""
+    if len(parts) == 1:
+        return _lang(parts[0])
+    acc, run = _from_set({""}), None
+    for part in parts:
+        lang = _lang(part)
+        if acc.strings is None and lang.strings is not None:
+            joined = lang if run is None else _concat(run, lang)
+            if joined.strings is None:  # too many to hold: the run so far goes on, this part starts the next
+                acc, joined = _concat(acc, run), lang
+            run = joined
+            continue
+        if run is not None:
+            acc, run = _concat(acc, run), None
+        acc = _concat(acc, lang)
+    return acc if run is None else _concat(acc, run)
 
 
 def _concat(a: _Lang, b: _Lang) -> _Lang:
     if a.strings is not None and b.strings is not None and a.n * b.n <= _MATERIALISE:
         return _from_set({x + y for x in a.strings for y in b.strings})
-    exact = a.exact and b.exact and (a.pf or b.sf)
+    exact = a.exact and b.exact and _unambiguous(a.q, b.r)
     prefix = a.prefix + b.prefix if a.strings is not None and len(a.strings) == 1 else a.prefix
-    return _Lang(a.n * b.n, exact, None, a.pf and b.pf, a.sf and b.sf, prefix)
+    q = _concat_dangling(a.q, b.q, b.strings)
+    r = _flip(_concat_dangling(_flip(b.r), _flip(a.r), _flip(a.strings)))  # the same, read backwards
+    return _Lang(a.n * b.n, exact, None, q, r, prefix)
+
+
+def _unambiguous(q: _Dangling | None, r: _Dangling | None) -> bool:
+    """Whether every string of A+B splits into A's part and B's part one way only, from A's dangling
+    suffixes `q` and B's dangling prefixes `r`: x+y = x'+y' with x' = x+u (u != "") holds exactly when
+    x, x+u are in A and y = u+y', y' in B, so A+B is ambiguous exactly when some u is in both."""
+    if q is not None and r is not None:
+        return q.isdisjoint(r)
+    return q == frozenset() or r == frozenset()  # A prefix-free, or B suffix-free
+
+
+def _concat_dangling(qa: _Dangling | None, qb: _Dangling | None, b_strings) -> _Dangling | None:
+    """The dangling suffixes of A+B from A's (`qa`), B's (`qb`) and B's strings; None when not known.
+    Two strings x = a+b and x+u = a'+b' of A+B: either a' = a (u is one of B's), or a' and a differ by one
+    of A's, v (`_dangling_through`)."""
+    if qa is None or qb is None or (qa and b_strings is None):
+        return None
+    if not qa:
+        return qb
+    if len(qa) * len(b_strings) > _DANGLING_WORK:
+        return None
+    ordered = sorted(b_strings)
+    out = set(qb)
+    for v in qa:
+        for u in _dangling_through(v, b_strings, ordered):
+            out.add(u)
+            if len(out) > _DANGLING_MAX:
+                return None
+    return frozenset(out)
+
+
+def _dangling_through(v: str, b_strings: frozenset, ordered: list[str]):
+    """Each u != "" with a+b+u = a'+b' (b, b' of B) where a' = a+v or a = a'+v."""
+    for i in range(len(v) + 1):  # a' = a+v, b a prefix of v (v = b+t): b+u = v+b', so u = t+b'
+        if v[:i] in b_strings:
+            yield from (v[i:] + b2 for b2 in b_strings if v[i:] + b2)
+    for b in _beginning_with(ordered, v):  # a' = a+v, b = v+w longer than v: w+u = b'
+        w = b[len(v):]
+        if w:
+            yield from (b2[len(w):] for b2 in _beginning_with(ordered, w) if len(b2) > len(w))
+    for b in b_strings:  # a = a'+v: b' = v+b+u
+        yield from (b2[len(v + b):] for b2 in _beginning_with(ordered, v + b) if len(b2) > len(v + b))
+
+
+def _beginning_with(ordered: list[str], head: str) -> list[str]:
+    """The strings of sorted `ordered` that begin with `head`."""
+    lo = bisect.bisect_left(ordered, head)
+    hi = lo
+    while hi < len(ordered) and ordered[hi].startswith(head):
+        hi += 1
+    return ordered[lo:hi]
 
 
 def _alt_lang(alt: Alt) -> _Lang:
     opts = [_lang(o.body) for o in alt.options]
+    if alt.k is None and len(opts) == 1:
+        return opts[0]
     if alt.k is None:
         if all(o.strings is not None for o in opts) and sum(o.n for o in opts) <= _MATERIALISE:
             return _from_set(frozenset().union(*(o.strings for o in opts)))
@@ -74,7 +177,7 @@ def _alt_lang(alt: Alt) -> _Lang:
     texts = {next(iter(o.strings)) for o in opts} if simple else set()
     exact = simple and bool(joiner) and all(t and _joiner_only_at_ends(joiner, t) for t in texts)
     n = sum(math.perm(len(texts), k) for k in range(lo, hi + 1)) if exact else raw
-    return _Lang(n, exact, None, False, False, "")
+    return _Lang(n, exact, None, None, None, "")
 
 
 def _joiner_only_at_ends(joiner: str, text: str) -> bool:
@@ -95,7 +198,7 @@ def _union(opts: list[_Lang]) -> _Lang:
                            for q in large if q is not p) for p in large)
     disjoint = disjoint and not any(s.startswith(p.prefix) for p in large for s in small)
     n = len(small) + sum(o.n for o in large)
-    return _Lang(n, disjoint and all(o.exact for o in large), None, False, False, "")
+    return _Lang(n, disjoint and all(o.exact for o in large), None, None, None, "")
 
 
 def _choose_texts(option_texts: list[list[str]], lo: int, hi: int):
@@ -116,7 +219,7 @@ def count_info(tree) -> tuple[int, bool]:
     if lang.exact:
         return lang.n, True
     if raw_count(tree) <= _ENUMERATE_FALLBACK:
-        return len({text for text, _, _ in _iter(tree)}), True
+        return len({text for text, _ in walk(tree)}), True
     return lang.n, False
 
 

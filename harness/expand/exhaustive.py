@@ -6,7 +6,7 @@ from typing import Iterator
 
 from ..core import Variant
 from .counting import _lang
-from .paths import _iter, raw_count
+from .paths import raw_count, walk
 
 
 def expand(tree, limit: int | None = None) -> Iterator[Variant]:
@@ -19,7 +19,7 @@ def expand(tree, limit: int | None = None) -> Iterator[Variant]:
     dedupe = not (lang.exact and lang.n == raw_count(tree))
     seen: set[str] = set()
     produced = 0
-    for text, factors, _ in _iter(tree):
+    for text, factors in walk(tree):
         if dedupe:
             if text in seen:
                 continue

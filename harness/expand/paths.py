@@ -1,6 +1,8 @@
 """Choice paths of a tree: how many there are (`raw_count`, duplicates
 included) and each one in template order with its text, factors and
-probability (`_iter`). Counting, expansion and sampling build on these."""
+probability (`_iter`), or with its text and factors alone (`walk`, which starts
+at once: a choose-k's probabilities need a pass over all its selections first).
+Counting, expansion and sampling build on these."""
 
 from __future__ import annotations
 
@@ -41,7 +43,16 @@ def raw_count(node) -> int:
 _Item = tuple  # (text, factors tuple of (name, value) pairs, probability)
 
 
-def _iter(node) -> Iterator[_Item]:
+def walk(node) -> Iterator[tuple[str, tuple]]:
+    """(text, factors) of each choice path, in `_iter`'s order, lazily: the first comes at once however
+    many selections a choose-k has (`_iter` first sums the probabilities of all of them)."""
+    for text, factors, _ in _iter(node, rescale=False):
+        yield text, factors
+
+
+def _iter(node, rescale: bool = True) -> Iterator[_Item]:
+    """(text, factors, probability) of each choice path in template order. With `rescale=False` the
+    probabilities of choose-k selections are left unscaled (see `_iter_alt`): only `walk` asks for that."""
     if isinstance(node, Text):
         yield node.value, (), 1.0
     elif isinstance(node, Seq):
@@ -49,9 +60,9 @@ def _iter(node) -> Iterator[_Item]:
         if not parts:
             yield "", (), 1.0
         elif len(parts) == 1:
-            yield from _iter(parts[0])
+            yield from _iter(parts[0], rescale)
         elif all(raw_count(p) <= _MATERIALISE for p in parts):
-            lists = [list(_iter(p)) for p in parts]
+            lists = [list(_iter(p, rescale)) for p in parts]
             for combo in itertools.product(*lists):
                 p = 1.0
                 factors: tuple = ()
@@ -60,30 +71,31 @@ def _iter(node) -> Iterator[_Item]:
                     p *= q
                 yield "".join(c[0] for c in combo), factors, p
         else:
-            for t0, f0, p0 in _iter(parts[0]):
-                for t1, f1, p1 in _iter(Seq(parts[1:])):
+            for t0, f0, p0 in _iter(parts[0], rescale):
+                for t1, f1, p1 in _iter(Seq(parts[1:]), rescale):
                     yield t0 + t1, f0 + f1, p0 * p1
     else:
-        yield from _iter_alt(node)
+        yield from _iter_alt(node, rescale)
 
 
 def _weights(alt: Alt) -> list[float]:
     return [1.0 if o.weight is None else o.weight for o in alt.options]
 
 
-def _iter_alt(alt: Alt) -> Iterator[_Item]:
+def _iter_alt(alt: Alt, rescale: bool) -> Iterator[_Item]:
     w = _weights(alt)
     if alt.k is None:
         total = sum(w)
         for o, wi in zip(alt.options, w):
-            for text, f, p in _iter(o.body):
+            for text, f, p in _iter(o.body, rescale):
                 yield text, ((alt.name, text),) + f, p * (wi / total if total else 1 / len(w))
         return
     # A selection is k, then options drawn one by one with their weights, then each option's text; one
     # that repeats a text is drawn again whole, so the selections that do not are scaled to sum to 1.
-    accepted = sum(p for _, p in _choose_k_paths(alt, w))
+    # That sum is a walk over every selection, so it is skipped where the probabilities are not read.
+    accepted = sum(p for _, p in _choose_k_paths(alt, w, rescale)) if rescale else 1.0
     joiner = DEFAULT_JOINER if alt.joiner is None else alt.joiner
-    for combo, p in _choose_k_paths(alt, w):
+    for combo, p in _choose_k_paths(alt, w, rescale):
         text = joiner.join(c[0] for c in combo)
         factors: tuple = ((alt.name, text),)
         for _, f, _ in combo:
@@ -91,7 +103,7 @@ def _iter_alt(alt: Alt) -> Iterator[_Item]:
         yield text, factors, p / accepted if accepted else 0.0
 
 
-def _choose_k_paths(alt: Alt, w: list[float]) -> Iterator[tuple[tuple, float]]:
+def _choose_k_paths(alt: Alt, w: list[float], rescale: bool) -> Iterator[tuple[tuple, float]]:
     """(options' items, probability before rescaling) of each selection that repeats no text."""
     lo, hi = alt.k
     for k in range(lo, hi + 1):
@@ -100,6 +112,6 @@ def _choose_k_paths(alt: Alt, w: list[float]) -> Iterator[tuple[tuple, float]]:
             for i in perm:
                 p_perm *= w[i] / left if left else 0.0
                 left -= w[i]
-            for combo in itertools.product(*(list(_iter(alt.options[i].body)) for i in perm)):
+            for combo in itertools.product(*(list(_iter(alt.options[i].body, rescale)) for i in perm)):
                 if len({c[0] for c in combo}) == len(combo):
                     yield combo, math.prod((q for *_, q in combo), start=p_perm)

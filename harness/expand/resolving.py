@@ -7,7 +7,7 @@ from __future__ import annotations
 import difflib
 from dataclasses import replace
 
-from ..grammar import Alt, GrammarError, Option, Seq, Text, parse, sole_wildcard
+from ..grammar import Alt, GrammarError, Option, Seq, Text, is_wildcard_name, parse, sole_wildcard
 from ..wildcards import WildcardLibrary
 
 
@@ -68,13 +68,26 @@ def _problem(node, library: WildcardLibrary, stack: tuple[str, ...]) -> GrammarE
         return GrammarError(f"wildcard cycle: {chain}", node.loc, length=width)
     wf = library.get(node.path)
     if wf is None:
-        names = library.names()
-        close = difflib.get_close_matches(node.path, names, n=3, cutoff=0.5)
-        hint = f"; did you mean {', '.join('__' + c + '__' for c in close)}?" if close else ""
         where = library.searched()
-        return GrammarError(f"unknown wildcard __{node.path}__: no {node.path}.txt in {where}{hint}",
-                            node.loc, length=width)
+        return GrammarError(f"unknown wildcard __{node.path}__: no {node.path}.txt in {where}"
+                            f"{_suggestion(node, library.names())}", node.loc, length=width)
     if not wf.lines:
         return GrammarError(f"wildcard __{node.path}__ has no options: {wf.path} holds only blank or # lines",
                             node.loc, length=width)
     return None
+
+
+def _suggestion(node, names: list[str]) -> str:
+    """Close names that can be written as a wildcard; a close file that cannot (`_priv.txt`, `my list.txt`)
+    is named with the rule it breaks, never suggested as it would be typed (`___priv__` reads as `_` and
+    then `__priv__`)."""
+    usable = [n for n in names if is_wildcard_name(n)]
+    close = difflib.get_close_matches(node.path, usable, n=3, cutoff=0.5)
+    hint = f"; did you mean {', '.join('__' + c + '__' for c in close)}?" if close else ""
+    unusable = difflib.get_close_matches(node.path, [n for n in names if not is_wildcard_name(n)], n=1, cutoff=0.5)
+    if unusable:
+        hint += (f"; {unusable[0]}.txt cannot be used as a wildcard: a wildcard's name starts with a letter or "
+                 "digit and holds only letters, digits, '_', '-', '.' and '/' (rename the file)")
+        if node.loc is not None and node.loc.text[:node.loc.offset].endswith("_"):
+            hint += f"; ___{node.path}__ reads as the text '_' and then __{node.path}__"
+    return hint

@@ -10,7 +10,7 @@ from ..core import Variant
 from ..grammar import Seq, Text
 from .counting import _ENUMERATE_FALLBACK, _lang, count_info
 from .distribution import text_probabilities
-from .paths import DEFAULT_JOINER, _iter, _weights, raw_count
+from .paths import DEFAULT_JOINER, _iter, _weights, raw_count, walk
 from .spelling import first_spelling
 
 _WALK_PER_SEARCH = 20  # one search for a prompt's first spelling costs about as much as walking 20 paths
@@ -91,7 +91,7 @@ def _as_expanded(tree, drawn: list[Variant]) -> list[Variant]:
     wanted = {v.prompt for v in drawn}
     first: dict[str, tuple | None] = {}
     if raw_count(tree) <= _WALK_PER_SEARCH * len(wanted):  # walking the paths once is cheaper
-        for text, factors, _ in _iter(tree):
+        for text, factors in walk(tree):
             if text in wanted and text not in first:
                 first[text] = factors
                 if len(first) == len(wanted):
