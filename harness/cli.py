@@ -201,14 +201,18 @@ def plan(
         typer.echo(f"  {len(gj):6d}  {j.checkpoint} {j.mode}{strength} steps={j.steps} cfg={j.guidance} "
                    f"{j.scheduler} {j.width}x{j.height} dtype={j.dtype}")
     run_dir = out or default_run_dir(exp)
-    progress, stale = _print_estimates(p, jobs, run_dir)
+    progress, stale, made = _print_estimates(p, jobs, run_dir)
+    main_made = bool(jobs) and {j.key for j in jobs} <= made  # a stage renamed or added after main was made
     for st in exp.stages:
         keep = f"top {st.top_k} per variant by {st.metric}" if st.top_k else "every image"
         seeds = f"seeds {list(st.seeds)}" if st.seeds is not None else "the parent's seed"
         planned, done = progress.get(f"stage:{st.name}", (0, 0))
-        when = (f"planned once stage {st.source} is done (not in the estimate above)" if not planned else
+        when = (f"planned in {run_dir}: {done} of its {planned} jobs done" if planned and not stale else
                 f"planned again by the next run (the experiment changed since {run_dir} planned it; not in the "
-                "estimate above)" if stale else f"planned in {run_dir}: {done} of its {planned} jobs done")
+                "estimate above)" if planned else
+                f"planned by the next run from the {len(jobs)} done images of stage main (not in the estimate "
+                "above)" if st.source == "main" and main_made else
+                f"planned once stage {st.source} is done (not in the estimate above)")
         typer.echo(f"then stage {st.name}: img2img from stage {st.source} ({keep}), strengths "
                    f"{list(st.strengths)}, {seeds}: {counts[st.name]} jobs, {when}")
 
@@ -217,11 +221,12 @@ HISTORY_NOTE = ("its settings, prompt file or wildcard files: earlier versions o
                 "text inline) are kept in history/, and running one again brings its images back")
 
 
-def _print_estimates(p, jobs, run_dir: Path) -> tuple[dict[str, tuple[int, int]], bool]:
+def _print_estimates(p, jobs, run_dir: Path) -> tuple[dict[str, tuple[int, int]], bool, set[str]]:
     """Generation time of `jobs` on a CPU and a GPU by the table of step costs; where the run folder has
     timed finished images on a device, the table is scaled to them and the jobs not done yet are priced.
     Returns the run folder's (planned, done) jobs per plan part (`Ledger.part_progress`), {} without one,
-    and whether the folder's plan is stale: made by another version of the experiment or other main images."""
+    whether the folder's plan is stale (made by another version of the experiment or other main images), and
+    the keys of the images done there."""
     from .ledger import Ledger, LedgerError
     from .plan import measured_scale
     from .run import edited_since
@@ -244,7 +249,7 @@ def _print_estimates(p, jobs, run_dir: Path) -> tuple[dict[str, tuple[int, int]]
                     f"timed by {n} finished images in {run_dir} ({ratio:.2g}x the table); {len(left)} not done: "
                     f"{_duration(p.estimate_seconds(device, jobs=left) * ratio)}")
         typer.echo(line)
-    return progress, stale
+    return progress, stale, done
 
 
 def _duration(seconds: float) -> str:

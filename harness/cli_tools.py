@@ -73,7 +73,7 @@ def watermark_embed(
     message: str = typer.Option("sdv1", "--message", help="sdv1 | sdv2 | sdxl | any TEXT"),
 ) -> None:
     """Embed a message the way the reference SD scripts do (dwtDct, BGR)."""
-    from .metrics.watermark import check_preset_case, detect_paths, embed_file
+    from .metrics.watermark import check_preset_case, embed_file
 
     try:
         check_preset_case(message)

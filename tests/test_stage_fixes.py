@@ -158,3 +158,21 @@ def test_stage_images_record_their_own_templates_in_provenance(tmp_path):
             record = read_provenance(tmp_path / "run" / "images" / f"{job.key}.png")
             assert (record["template"], record["negative_template"]) == (template, negative), stage
             assert record["job"]["meta"]["template"] == template
+
+
+def test_plan_after_a_stage_is_renamed_says_the_next_run_plans_it_from_the_done_images(tmp_path):
+    """Renaming a stage after main is done: the folder has no plan part under the new name, but its source
+    is done, so the next run plans it at once; plan says that, not "once stage main is done"."""
+    import subprocess
+    import sys
+
+    exp = tmp_path / "exp.toml"
+    stage = '\n[[stages]]\nname = "refine"\nprompt = "__parent__, sharp"\nstrengths = [0.5]\n'
+    exp.write_text(NEGATIVES + stage)
+    run_experiment(exp, out=tmp_path / "run", progress=False)
+    exp.write_text(NEGATIVES + stage.replace('"refine"', '"sharpen"'))
+    r = subprocess.run([sys.executable, "-m", "harness", "plan", str(exp), "--out", str(tmp_path / "run")],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "planned by the next run from the 4 done images of stage main" in r.stdout, r.stdout
+    assert "once stage main is done" not in r.stdout
