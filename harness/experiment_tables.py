@@ -275,15 +275,28 @@ def seed_list(c: Checker, v, prefix: str = "") -> list[int]:
 
 
 def check_denoising(c: Checker, key: str, strengths, steps_values) -> None:
-    """img2img runs int(strength * steps) denoising steps; zero is an error from the pipeline mid-run."""
-    for strength in strengths:
-        for steps in sorted(v for v in steps_values if v):
+    """img2img runs int(strength * steps) denoising steps: zero is an error from the pipeline mid-run, and two
+    strengths that run the same count make identical images under two names (a comparison of nothing)."""
+    for steps in sorted(v for v in steps_values if v):
+        for strength in strengths:
             if int(strength * steps) < 1:
                 c.problems.append(
                     f"key '{key}': strength {strength:g} with steps = {steps} runs int({strength:g} * {steps}) = 0 "
                     f"denoising steps; img2img needs strength * steps >= 1 (steps >= {math.ceil(1 / strength)} "
                     f"at this strength, or strength >= {math.ceil(1000 / steps) / 1000:g})")
                 return
+        by_count: dict[int, list[float]] = {}
+        for strength in strengths:
+            by_count.setdefault(int(strength * steps), []).append(strength)
+        alike = [group for group in by_count.values() if len(group) > 1]
+        if alike:
+            a, b = sorted(alike[0])[:2]
+            apart = next((n for n in range(steps + 1, 10_001) if int(a * n) != int(b * n)), None)
+            more = f"steps = {apart} tells them apart, or " if apart else ""
+            c.problems.append(
+                f"key '{key}': strengths {a:g} and {b:g} with steps = {steps} both run {int(a * steps)} denoising "
+                f"steps (img2img runs int(strength * steps)), so their images would be identical; {more}drop one")
+            return
 
 
 def check_negative_is_read(c: Checker, negative: str, guidance: float, checkpoints, overrides, randomize,

@@ -292,7 +292,7 @@ def jobs_for(exp: Experiment, refs: dict, prompts: list[Variant], negatives: lis
                                                  else mode_strengths):
                                     job = Job(
                                         **base, mode=mode, prompt=v.prompt, negative_prompt=neg.prompt, seed=seed,
-                                        emphasis=read(v.prompt, neg.prompt),
+                                        emphasis=read(v, neg),
                                         steps=rnd.get("steps", steps or exp.setting(ck, "steps")),
                                         guidance=rnd.get("guidance", exp.setting(ck, "guidance")),
                                         strength=strength, init_hash=ihash, init_image=init_path,
@@ -306,7 +306,7 @@ def jobs_for(exp: Experiment, refs: dict, prompts: list[Variant], negatives: lis
     return list(jobs.values())
 
 
-def _emphasis_reader(exp: Experiment, stage: str = "main") -> Callable[[str, str], str | None]:
+def _emphasis_reader(exp: Experiment, stage: str = "main") -> Callable[[Variant, Variant], str | None]:
     """prompt, negative -> "a1111" when the experiment reads emphasis and either has some to read (weights
     other than 1, brackets or escapes to drop), else None: such prompts keep the key they had before
     emphasis was read. A malformed one is an ExperimentError naming the prompt and the column."""
@@ -314,10 +314,12 @@ def _emphasis_reader(exp: Experiment, stage: str = "main") -> Callable[[str, str
 
     memo: dict[str, str | None] = {}
 
-    def read(prompt: str, negative: str) -> str | None:  # both are checked, whichever holds emphasis
-        return "a1111" if [one(prompt, "prompt"), one(negative, "negative prompt")] != [None, None] else None
+    def read(prompt: Variant, negative: Variant) -> str | None:  # both are checked, whichever holds emphasis
+        return ("a1111" if [one(prompt, "prompt"), one(negative, "negative prompt")] != [None, None]
+                else None)
 
-    def one(text: str, what: str) -> str | None:
+    def one(variant: Variant, what: str) -> str | None:
+        text = variant.prompt
         if exp.emphasis != "a1111" or not has_emphasis(text):
             return None
         if text not in memo:
@@ -325,8 +327,12 @@ def _emphasis_reader(exp: Experiment, stage: str = "main") -> Callable[[str, str
                 runs = parse(text)
             except EmphasisError as e:
                 where = "" if stage == "main" else f" of {stage}"
+                levels = [f"{name} = {level!r}" for name, level in variant.factors.items()
+                          if isinstance(level, str) and has_emphasis(level)]
+                made = f" (expanded with factor {', '.join(levels)})" if levels else ""
                 raise ExperimentError(exp.path, [
-                    f"{what}{where} {text!r}, {e}; or set emphasis = \"literal\" to give the model brackets as text"]) from None
+                    f"{what}{where} {text!r}{made}, {e}; or set emphasis = \"literal\" to give the model brackets "
+                    "as text"]) from None
             memo[text] = None if "".join(t for t, _ in runs) == text and all(w == 1 for _, w in runs) else "a1111"
         return memo[text]
 

@@ -155,7 +155,7 @@ def shared_images_note(stage: Stage, jobs: list[Job], shown: int = 3) -> str | N
     more = f"; and {len(shared) - shown} more" if len(shared) > shown else ""
     return (f"stage {stage.name}: {n} {'child duplicates' if n == 1 else 'children duplicate'} another's "
             "image, as their parents' images are "
-            "identical (e.g. img2img strengths that run the same int(strength * steps) denoising steps, or "
+            "identical (e.g. [randomize] strengths that run the same int(strength * steps) denoising steps, or "
             "emphasis that gives the same embeddings): each such image is made once, in its first parent's "
             f"row, its other parents under ledger meta also_parent_keys: {which}{more}")
 

@@ -178,7 +178,8 @@ def test_a_malformed_prompt_is_refused_at_plan_time_with_its_column(tmp_path):
     with pytest.raises(ExperimentError) as e:
         make_plan(load_experiment(tmp_path / "e.toml"))
     text = str(e.value)
-    assert "e.toml" in text and "prompt 'a (castle', column 3: '(' is never closed" in text
+    assert "e.toml" in text and "prompt 'a (castle' (expanded with factor " in text
+    assert "(a castle:1.5)|a (castle = 'a (castle'), column 3: '(' is never closed" in text  # the level to mend
     assert 'emphasis = "literal"' in text
     (tmp_path / "e.toml").write_text(EXP.format(extra='emphasis = "bold"'))
     with pytest.raises(ExperimentError, match="key 'emphasis'.*'a1111', 'literal'"):

@@ -90,6 +90,11 @@ def test_demo_experiment_loads_and_plans():
      "strength * steps >= 1 (steps >= 10 at this strength, or strength >= 0.334)"),
     ('prompt = "a"\nmode = "img2img"\ninit_images = "nope/*.png"\nstrengths = [0.2]\nsteps = 3',
      "(steps >= 5 at this strength, or strength >= 0.334)"),  # 0.333 * 3 runs 0 steps: the bound rounds up
+    ('prompt = "a"\nmode = "img2img"\ninit_images = "nope/*.png"\nstrengths = [0.5, 0.3, 0.35]\nsteps = 10',
+     "key 'strengths': strengths 0.3 and 0.35 with steps = 10 both run 3 denoising steps (img2img runs "
+     "int(strength * steps)), so their images would be identical; steps = 12 tells them apart, or drop one"),
+    ('prompt = "a"\nsteps = 10\n[checkpoint.tiny]\nsteps = 4\n[[stages]]\nprompt = "__parent__, b"\n'
+     'strengths = [0.5, 0.6]', "key 'stages[0].strengths': strengths 0.5 and 0.6 with steps = 4 both run 2"),
     ('prompt = "a"\ndevice = "gpu"', "key 'device': got 'gpu', expected 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'"),
     ('prompt = "a"\nnegative_prompt = "{blurry|sharp}"\nguidance = 1.0',
      "key 'negative_prompt': key 'guidance' is 1, and at guidance <= 1 no classifier-free guidance runs"),

@@ -326,6 +326,23 @@ def test_tiny_clip_is_built_once_and_loadable_as_a_local_folder(harness_cache, i
     assert [s.value for s in via_folder] == pytest.approx([s.value for s in via_tiny], abs=1e-4)
 
 
+def test_a_weights_file_for_a_known_architecture_is_loaded(harness_cache, items, tmp_path):
+    """`pretrained=/path/to/weights.safetensors` with the architecture in `model`: the file is loaded, not
+    looked up as a pretrained tag."""
+    from harness.metrics.clip_models import TINY_ARCH, register_tiny_config
+
+    folder = ensure_tiny_clip()
+    register_tiny_config(folder)
+    weights = tmp_path / "mine.safetensors"
+    shutil.copy(folder / TINY_WEIGHTS, weights)
+    metric = get_metric("clip_score", model=TINY_ARCH, pretrained=str(weights), cache="none")
+    metric.check()
+    via_file = metric.score(items)
+    assert all(math.isfinite(s.value) for s in via_file), [s.detail for s in via_file]
+    via_tiny = tiny("clip_score", tmp_path).score(items)
+    assert [s.value for s in via_file] == pytest.approx([s.value for s in via_tiny], abs=1e-4)
+
+
 def test_weights_given_by_a_relative_path_are_named_by_their_absolute_path(harness_cache, tmp_path, monkeypatch):
     """Two folders reached as `pretrained=w` from two places are two models, with two ids; an experiment's
     path starts from its own folder, wherever the command runs."""

@@ -97,7 +97,8 @@ def test_health_metric_scores_files_and_leaves_unreadable_ones_unscored(tmp_path
     assert scores["photo"].value == 1.0 and scores["photo"].detail["flags"] == []
     assert scores["black"].value == 0.0 and "all_black" in scores["black"].detail["flags"]
     assert scores["grey"].value == 0.0 and scores["grey"].detail["flags"] == ["near_uniform"]
-    assert math.isnan(scores["corrupt"].value) and scores["corrupt"].detail["reason"].startswith("image unreadable")
+    assert math.isnan(scores["corrupt"].value) and scores["corrupt"].detail["reason"].startswith(
+        f"image unreadable: {paths['corrupt']}: ")
     assert math.isnan(scores["missing"].value) and "not found" in scores["missing"].detail["reason"]
 
 

@@ -9,7 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 
@@ -128,19 +127,14 @@ def test_a_factor_dropped_from_the_experiment_leaves_no_column_behind(tmp_path, 
 @pytest.fixture()
 def marked_levels(tmp_path):
     """A run whose `style` levels are the empty one, and texts spelled like the marks `(empty)` and `—`."""
-    from harness.ledger import Done
-    from harness.provenance import write_png_atomic
+    from test_report import finish
 
     run = tmp_path / "run"
     jobs = [Job("tiny", "fp", "txt2img", f"a cat {style}", "", seed, 4, 7.5, "ddim", 64, 64,
                 factors={"style": style}, meta={"stage": "main"})
             for style in ("", "(empty)", "—", "x") for seed in (1, 2)]
     with Ledger.open(run) as led:
-        led.add_jobs(jobs)
-        for job in jobs:
-            write_png_atomic(led.image_path(job.key), np.full((64, 64, 3), 120, np.uint8), parameters=job.prompt,
-                             provenance={"key": job.key})
-        led.mark_done_many([Done(j.key, "b", 1, 0, 0.1, "cpu", "fp32") for j in jobs])
+        finish(led, jobs)
         led.put_scores([Score(j.key, "toy_color_match[want=red]", float(j.seed)) for j in jobs])
     return run
 

@@ -1,7 +1,6 @@
 """Multi-stage experiments: children of identical parents, a stage's negative prompt, a stage's provenance."""
 
 import pytest
-from PIL import Image
 
 from harness.experiment import ExperimentError, load_experiment
 from harness.ledger import Ledger
@@ -12,23 +11,20 @@ from harness.stages import stage_job_counts
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
-# strengths 0.3 and 0.35 at 10 steps both run int(s * 10) = 3 denoising steps: one image under two keys
-TWIN_STRENGTHS = """
+# `(red:1)` is `red` at weight 1: the two main images of each color level are one image under two keys
+TWIN_PARENTS = """
 name = "twins"
-prompt = "a {@color: red|blue} circle"
+prompt = "a {@color: red|blue} {@w: (circle:1)|circle}"
 seeds = [1]
 checkpoints = ["tiny"]
-mode = ["img2img"]
-init_images = "init.png"
-strengths = [0.3, 0.35]
-steps = 10
+steps = 4
 width = 64
 height = 64
 metrics = ["health"]
 
 [[stages]]
 name = "refine"
-prompt = "__parent__, detailed"
+prompt = "a circle, detailed"
 strengths = [0.5]
 """
 
@@ -60,9 +56,8 @@ def test_children_of_identical_parents_are_one_image_that_plan_and_run_count_onc
 
     from harness.cli import app
 
-    Image.new("RGB", (64, 64), (200, 120, 40)).save(tmp_path / "init.png")
     exp = tmp_path / "exp.toml"
-    exp.write_text(TWIN_STRENGTHS)
+    exp.write_text(TWIN_PARENTS)
     assert _stage_counts(exp) == {"refine": 2}
     logged: list[str] = []
     r = run_experiment(exp, out=tmp_path / "run", progress=False, log=logged.append)
@@ -70,10 +65,10 @@ def test_children_of_identical_parents_are_one_image_that_plan_and_run_count_onc
     main = {j.key: j for j in _done(tmp_path / "run", "main")}
     refine = _done(tmp_path / "run", "refine")
     assert len(refine) == 2
-    for child in refine:  # its row is one parent's; the other parent (the other strength, same pixels) is named
+    for child in refine:  # its row is one parent's; the other parent (the other weighting, same pixels) is named
         parents = [main[child.meta["parent_key"]], *(main[k] for k in child.meta["also_parent_keys"])]
-        assert sorted(p.strength for p in parents) == [0.3, 0.35]
-        assert {p.prompt for p in parents} == {child.meta["source_prompt"]}
+        assert sorted(p.factors["w"] for p in parents) == ["(circle:1)", "circle"]
+        assert len({p.factors["color"] for p in parents}) == 1
     assert any(m.startswith("stage refine: 2 children duplicate another's image") for m in logged), logged
     shown = CliRunner().invoke(app, ["plan", str(exp), "--out", str(tmp_path / "run")])
     assert f"2 jobs, planned in {tmp_path / 'run'}: 2 of its 2 jobs done" in shown.output, shown.output

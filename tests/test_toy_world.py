@@ -147,11 +147,13 @@ def test_oracle_metric_with_want_asks_a_fixed_question(tmp_path):
     path = tmp_path / "x.png"
     Image.fromarray(world.render(world.scene_for(world.Labels("star", "red", "white"), np.random.default_rng(0)),
                                  128)).save(path)
-    items = [Item("k", path, prompt="a blue star on a white background"), Item("j", path, prompt="a star")]
+    items = [Item("k", path, prompt="a blue star on a white background"), Item("j", path, prompt="a star"),
+             Item("e", path, prompt="")]
     red, blue = get_metric("toy_color_match", want="red"), get_metric("toy_color_match", want="blue")
     assert red.id == "toy_color_match[want=red]" and get_metric("toy_color_match").id == "toy_color_match"
-    assert [s.value for s in red.score(items)] == [1.0, 1.0]  # whatever the prompt says
-    assert [s.value for s in blue.score(items)] == [0.0, 0.0]
+    assert [s.value for s in red.score(items)] == [1.0, 1.0, 1.0]  # whatever the prompt says, or none
+    assert [s.value for s in blue.score(items)] == [0.0, 0.0, 0.0]
+    assert get_metric("toy_color_match").score(items[2:])[0].detail["reason"] == "item has no prompt"
     with pytest.raises(ValueError, match="want='crimson': expected one of"):
         get_metric("toy_color_match", want="crimson")
 

@@ -155,6 +155,8 @@ def check_names(model: str, pretrained: str, device: str = "auto") -> None:
                             f"(all: open_clip.list_models(), or model=tiny for the built-in test model; "
                             f"a pretrained folder or weights file is looked for from {Path.cwd()}, and "
                             f"{pretrained!r} is neither there)")
+    if path.is_file():
+        return  # a weights file for this architecture: only loading can tell whether they fit
     import open_clip  # the tags an architecture has: known without its weights (importing costs seconds)
 
     tags = open_clip.list_pretrained_tags_by_model(model)

@@ -24,6 +24,7 @@ said, so a study can compare prompt variants on "how often is it red"
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import ClassVar
 
@@ -42,6 +43,12 @@ class ToyOracle(Metric):
     """Shared scoring: parse the prompt, measure the image, compare one attribute."""
 
     ATTRIBUTE: ClassVar[str]
+
+    @property
+    def info(self) -> MetricInfo:
+        if not self.options["want"]:
+            return self.INFO
+        return dataclasses.replace(self.INFO, needs=self.INFO.needs - {"prompt"})  # a fixed question
 
     def _score(self, items: list[Item]) -> list[tuple[float, dict]]:
         from harness.toy import oracle
