@@ -89,6 +89,19 @@ def test_a_word_swap_never_makes_a_clause_repeat_another():
     assert all(len(set(p.split(", "))) == 2 for p in seen)
 
 
+def test_a_swap_never_makes_a_clause_repeat_one_in_emphasis():
+    """`(blue car:1.2)` holds `blue car`: a word swap of `red` must not give `blue car, (blue car:1.2)`, nor a
+    line swap `by moebius, (by moebius:0.5)`."""
+    colours, artists = mu.Resources.load(LIBRARY, ["colours"]), mu.Resources.load(LIBRARY, ["artists"])
+    for prompt, res, twin in (("red car, (blue car:1.2)", colours, ("blue car", "red car")),
+                              ("a castle, by greg rutkowski, (by moebius:0.5)", artists, ("by moebius",))):
+        seen = {mu.apply("swap", prompt, random.Random(seed), res).prompt for seed in range(60)}
+        assert len(seen) > 4
+        for clause in twin:
+            assert not [p for p in seen if f"{clause}, ({clause}:" in p or p.startswith(f"({clause}:")
+                        and p.endswith(f", {clause}")], seen
+
+
 def test_swap_exchanges_a_factor_option_of_the_source_template():
     res = mu.Resources.load(LIBRARY, [], template="a {red|blue|green} castle")
     m = mu.apply("swap", "a red castle, oil painting", random.Random(1), res)
@@ -180,6 +193,15 @@ def test_reweight_reads_every_a1111_weight_and_moves_one_outside_the_range_towar
         m = mu.apply("reweight", clause, random.Random(0), RESOURCES)
         assert m.args["old"] == old and news == moved, (clause, news)
         assert m.prompt.count("(") == 1  # moved, not wrapped in a second emphasis
+
+
+def test_reweight_writes_the_weight_it_records_whatever_its_size():
+    from harness.emphasis import parse
+
+    for clause in ("(x:2000000)", "(x:123456.7)", "(x:1.9)"):
+        for seed in range(6):
+            m = mu.apply("reweight", clause, random.Random(seed), RESOURCES)
+            assert parse(m.prompt) == [("x", pytest.approx(m.args["new"]))], m.prompt  # not `x:2e+06` as text
 
 
 def test_reweight_of_a_clause_in_brackets_gives_it_exactly_the_recorded_weight():

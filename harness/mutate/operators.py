@@ -85,7 +85,8 @@ def swap(prompt: str, rng: random.Random, resources: Resources) -> Mutant | None
         kind, where, vocab, old = sites.pop(rng.randrange(len(sites)))
         if kind == "clause":
             line = lambda i: escape_text(vocab.clause(i)).join(wraps[where])  # noqa: E731
-            choices = [i for i in vocab.items if i != old and line(i) not in texts]
+            others = [t for ci, t in enumerate(texts) if ci != where]
+            choices = [i for i in vocab.items if i != old and _repeats([*others, line(i)]) <= _repeats(others)]
         else:
             pi, at = where
 
@@ -113,8 +114,9 @@ def swap(prompt: str, rng: random.Random, resources: Resources) -> Mutant | None
 
 
 def _repeats(clauses: list[str]) -> int:
-    """How many clauses repeat an earlier one."""
-    return len(clauses) - len(set(clauses))
+    """How many clauses repeat an earlier one, read without their emphasis (`(red car:1.2)` holds `red car`)."""
+    bare = {found[0] if (found := emphasis(c)) is not None else c for c in clauses}
+    return len(clauses) - len(bare)
 
 
 def insert(prompt: str, rng: random.Random, resources: Resources) -> Mutant | None:
@@ -204,5 +206,5 @@ def reweight(prompt: str, rng: random.Random, resources: Resources | None = None
                  if (d > 0 if old < lo else d < 0 if old > hi else lo <= round(old + d, 2) <= hi)]
         new = round(old + rng.choice(steps), 2)
     out = list(texts)
-    out[i] = f"({inner}:{new:g})"
+    out[i] = f"({inner}:{new:.2f}".rstrip("0").rstrip(".") + ")"  # written as recorded: no 2e+06
     return _mutant(prompt, out, "reweight", {"clause": i, "old": old, "new": new})
