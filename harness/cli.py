@@ -62,8 +62,17 @@ def fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+def check_grammars(grammars: list[Path]) -> list[Path]:
+    """`--grammars` folders, each of which must exist (a typo would otherwise leave its wildcards unknown)."""
+    for folder in grammars:
+        if not folder.is_dir():
+            fail(f"--grammars {folder}: no such folder; give a folder of wildcard .txt files")
+    return grammars
+
+
 def load_template(template: str, grammars: list[Path]):
     """`template` is literal text or `@path`; returns a compiled Template."""
+    check_grammars(grammars)
     origin, base = "<template>", None
     if template.startswith("@"):
         path = Path(template[1:])

@@ -11,7 +11,7 @@ from typing import List, Optional
 
 import typer
 
-from .cli import _user_errors, app, fail, interrupted
+from .cli import _user_errors, app, check_grammars, fail, interrupted
 
 
 class MutateFmt(str, Enum):
@@ -105,6 +105,7 @@ def mutate(
     from .mutate.resources import missing_lists_note
     from .wildcards import WildcardLibrary, default_search_path
 
+    check_grammars(grammars)
     try:
         text, _, prompt_dir = read_argument(prompt, "<prompt>")
         if leave_one_out:

@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -83,6 +85,12 @@ def test_unknown_wildcard_names_the_search_path(tmp_path):
     r = harness("expand", "__nope__", cwd=tmp_path)  # no wildcard folder at all: where one can come from
     assert r.returncode == 2 and ("no nope.txt in (no wildcard folder: none of the template's folder, --grammars "
                                   "DIR, $HARNESS_GRAMMARS or ./grammars exists)") in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("command", ["expand", "mutate"])
+def test_a_grammars_folder_that_does_not_exist_is_an_error(tmp_path, command):
+    r = harness(command, "a red car, by greg rutkowski", "--grammars", str(tmp_path / "nope"))
+    assert r.returncode == 2 and f"--grammars {tmp_path / 'nope'}: no such folder" in r.stderr, r.stderr
 
 
 def test_choose_k_from_a_wildcard_picks_among_its_lines(tmp_path):
