@@ -103,8 +103,9 @@ def report(
         typer.echo(f"failed: {len(r.failed)} images of the experiment's plan (their errors are listed on the contact "
                    "sheet and in the ledger; `harness run` tries them again)")
     if r.missing > len(r.failed):
-        typer.echo(f"not made yet: {r.missing - len(r.failed)} images of the experiment's plan (an interrupted run "
-                   "or a shard not merged); the statistics cover only the images made")
+        at_least = "at least " if r.missing_at_least else ""
+        typer.echo(f"not made yet: {at_least}{r.missing - len(r.failed)} images of the experiment's plan (an "
+                   "interrupted run or a shard not merged); the statistics cover only the images made")
     if r.excluded.get("unhealthy"):
         typer.echo(f"unhealthy images excluded from statistics: {r.excluded['unhealthy']}")
     if r.excluded.get("unplanned"):
@@ -125,6 +126,25 @@ def report(
         typer.echo(f"\nnot compared: {factor} on {metric}: {why}")
     if r.index:
         typer.echo(f"\ncontact sheet: {r.index}")
+
+
+def split_columns(text: str, columns) -> list[str]:
+    """A comma list of table columns, read as `comparisons.csv` writes it: a column whose name holds a comma
+    (the factor of `{, by greg rutkowski|}` is `f., by greg rutkowski|`) is taken whole where it is one of
+    `columns`; anything else ends at the next comma. Spaces after a comma are dropped."""
+    known = sorted(map(str, columns), key=len, reverse=True)
+    out, pos = [], 0
+    while pos < len(text):
+        while pos < len(text) and text[pos] in ", ":
+            pos += 1
+        if pos == len(text):
+            break
+        whole = next((c for c in known if text.startswith(c, pos) and text[pos + len(c):pos + len(c) + 1] in ("", ",")),
+                     None)
+        end = pos + len(whole) if whole else (text.find(",", pos) if "," in text[pos:] else len(text))
+        out.append(text[pos:end].strip())
+        pos = end
+    return out
 
 
 @app.command()
@@ -159,7 +179,7 @@ def compare(
     try:
         c = compare_levels(table, factor, metric=metric, baseline=baseline, n_boot=n_boot, seed=seed,
                            tie_margin=tie_margin, run_dir=run_dir,
-                           pair_on=None if pair_on is None else [p.strip() for p in pair_on.split(",") if p.strip()])
+                           pair_on=None if pair_on is None else split_columns(pair_on, table.columns))
     except (ValueError, KeyError) as e:
         fail(f"error: {e}")
     if fmt is CompareFmt.json:

@@ -14,11 +14,13 @@ from typing import Any, Iterable, Sequence
 import pandas as pd
 
 MISSING = "—"
-_RUNS = re.compile(r"\d+|\D+")
+# Runs of text: a number (digits, with a decimal part when written with a point: `0.15`) or other characters.
+_RUNS = re.compile(r"([0-9]+(?:\.[0-9]+)?)|([^0-9]+)")
 _NUMBER = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")  # text spelled as a number: -1, 0.25
-# Parameters that may span grid rows or columns, in section order (factors come first).
-GRID_PARAMS = ("checkpoint", "mode", "stage", "strength", "steps", "guidance", "scheduler", "width", "height",
-               "seed", "draw", "init_image", "negative_prompt")  # draw: a [randomize] draw index
+# Parameters that may span grid rows or columns, in section order (factors come first). draw: a [randomize]
+# draw index; parent_condition and parent_seed: how and from which seed a later stage's parent was made.
+GRID_PARAMS = ("checkpoint", "mode", "stage", "parent_condition", "strength", "steps", "guidance", "scheduler",
+               "width", "height", "seed", "parent_seed", "draw", "init_image", "negative_prompt")
 # Metrics whose meaning the badges already carry; not repeated under every thumbnail.
 BADGE_METRICS = ("health", "watermark")
 
@@ -64,8 +66,11 @@ def sort_key(v: Any) -> tuple:
 
 
 def natural_key(text: str) -> tuple:
-    """`text` as runs of digits (compared as numbers) and other characters (compared case-folded)."""
-    return tuple((0, int(run), "") if run.isdigit() else (1, 0, run.casefold()) for run in _RUNS.findall(text))
+    """`text` as runs of numbers and other characters (compared case-folded). A number written with a
+    decimal point compares as a decimal (`weight 0.15` before `weight 0.4`), whole numbers as integers
+    (`s2` before `s10`); the contact sheet's script (templates/sheet.js, naturalCompare) reads text alike."""
+    return tuple((0, float(number) if "." in number else int(number), "") if number else (1, 0, other.casefold())
+                 for number, other in _RUNS.findall(text))
 
 
 def flag(v: Any) -> bool:

@@ -20,10 +20,20 @@ from .stats import Comparison, paired_compare
 from .tables import (TEXT_LIMITS, checkpoint_summary, factor_columns, factor_summary, image_table, metric_columns,
                      short_metric, truncation_note, variant_summary, write_table)
 
+FLAG_METRICS = ("health", "watermark")  # compared only when named
+
+
+def _finite(values: pd.Series) -> pd.Series:
+    """Which values are finite numbers (not NaN, missing, infinite or text)."""
+    numbers = pd.to_numeric(values, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+    return pd.Series(np.isfinite(numbers), index=values.index)
+
+
 def default_compare_metric(df: pd.DataFrame) -> str | None:
     """The metric a comparison uses when none is named: a toy-world oracle, else CLIP score against the
-    prompt (not against a fixed `text=` probe), else another CLIP score, else the first scored metric."""
-    cols = [c for c in metric_columns(df) if short_metric(c) not in ("health", "watermark") and df[c].notna().any()]
+    prompt (not against a fixed `text=` probe), else another CLIP score, else the first scored metric; only
+    a metric with some finite score."""
+    cols = [c for c in metric_columns(df) if short_metric(c) not in FLAG_METRICS and _finite(df[c]).any()]
 
     def rank(col: str) -> int:
         name = short_metric(col)
@@ -83,12 +93,63 @@ def comparison_tables(comparisons: list[Comparison]) -> tuple[pd.DataFrame, pd.D
 
 
 def _no_default_metric(df: pd.DataFrame, run_dir: Path | str | None) -> str:
-    """Why a table with images has no metric to compare on by default."""
-    flags = [c[2:] for c in metric_columns(df) if short_metric(c) in ("health", "watermark") and df[c].notna().any()]
+    """Why a table with images has no metric to compare on by default: every score of its metrics is NaN
+    (with how many and the most common reason), it scored only the health/watermark flags, or nothing."""
+    flags = [c[2:] for c in metric_columns(df) if short_metric(c) in FLAG_METRICS and df[c].notna().any()]
+    unusable = [c for c in metric_columns(df) if short_metric(c) not in FLAG_METRICS
+                and (pd.api.types.is_numeric_dtype(df[c]) or df[c].isna().all())]
+    if unusable:
+        reasons = _nan_reasons(run_dir, df["key"], unusable)
+        text = "; ".join(_no_finite_value(df, c, reasons.get(c, {})) for c in unusable)
+        also = (f"; {', '.join(flags)} {'is' if len(flags) == 1 else 'are'} compared only when named (the "
+                "experiment's compare_metrics, or --metric)") if flags else ""
+        return (f"no metric to compare on by default: {text}; a comparison needs finite scores: score a metric "
+                f"that applies to these images (`harness eval {_shell_run(run_dir)} -m METRIC`){also}")
     if flags:
         return (f"no metric to compare on by default: this run scored only {', '.join(flags)}, which is compared "
                 "only when named (the experiment's compare_metrics, or --metric)")
     return f"no scored metric in this run; run `harness eval {_shell_run(run_dir)}` first"
+
+
+def _no_finite_value(df: pd.DataFrame, column: str, reasons: dict[str, int]) -> str:
+    """`column` was scored but has no finite value: for how many images, and the reason most of them give."""
+    n = int((~_finite(df[column])).sum())
+    unscored = n - sum(reasons.values())
+    text = (f"{column[2:]} was scored but has no finite value (NaN for "
+            + (f"all {n} images" if n == len(df) else f"{n} of {len(df)} images"))
+    if unscored > 0 and reasons:
+        text += f", {unscored} of them not scored yet"
+    if reasons:
+        reason, count = max(reasons.items(), key=lambda rc: rc[1])
+        text += f"; most common reason: {reason!r}, {count} image{'s' if count != 1 else ''}"
+    return text + ")"
+
+
+def _nan_reasons(run_dir: Path | str | None, keys: pd.Series, columns: list[str]) -> dict[str, dict[str, int]]:
+    """Metric column -> {reason: images} of the NaN scores the ledger stored for `keys` (their detail's
+    "reason"); {} when the run folder is not known or its ledger cannot be read."""
+    import json
+    from collections import Counter
+
+    from .ledger import LedgerError
+
+    if run_dir is None or not (Path(run_dir) / "ledger.sqlite").is_file():
+        return {}
+    try:
+        with Ledger.open(run_dir, readonly=True) as ledger:
+            scores = ledger.scores_frame()
+    except (LedgerError, OSError):
+        return {}
+    ids = {c[2:]: c for c in columns}
+    nan = scores[scores["metric"].isin(list(ids)) & scores["value"].isna() & scores["key"].isin(set(keys))]
+    out: dict[str, Counter] = {}
+    for metric, detail in zip(nan["metric"], nan["detail"]):
+        try:
+            reason = json.loads(detail or "{}").get("reason")
+        except (ValueError, AttributeError):
+            reason = None
+        out.setdefault(ids[metric], Counter())[str(reason) if reason else "(no reason recorded)"] += 1
+    return {c: dict(counts) for c, counts in out.items()}
 
 
 def _shell_run(run_dir: Path | str | None) -> str:
@@ -187,6 +248,64 @@ def _planned_levels(ledger: Ledger) -> dict[str, int]:
     return levels
 
 
+def _stand_in_checkpoint(name: str, base_dir=None, config=None):
+    """A checkpoint ref that names its weights without reading them: enough to count a plan's jobs (two
+    names for one set of weights are refused when the run plans, so a name stands for its weights)."""
+    from .checkpoints import CheckpointRef
+
+    return CheckpointRef(name, "stand-in", name, f"stand-in:{name}", 0, "unknown")
+
+
+def stage_jobs_to_come(run_dir: Path, ledger: Ledger) -> int | None:
+    """Jobs of later stages the ledger does not plan yet: the children of source images not made yet (an
+    interrupted run; a shard, whose other shards make the rest), counted as `harness plan` counts them from
+    the run folder's experiment copy (no checkpoint or init image read) less what each stage's plan holds.
+    0 without stages; None when it cannot be known: no readable experiment copy in a folder with stages, or
+    a copy that is not the version the ledger planned."""
+    from .experiment import load_experiment
+    from .run import edited_since
+
+    progress = ledger.part_progress()  # part -> (planned, done)
+    if not (run_dir / "experiment.toml").is_file():
+        return None if any(part.startswith("stage:") for part in progress) else 0
+    try:
+        exp = load_experiment(run_dir / "experiment.toml")
+    except (ValueError, OSError):  # ExperimentError, a copy damaged or edited by hand
+        return None
+    if not exp.stages:
+        return 0
+    if edited_since(ledger, exp):
+        return None
+    if all(f"stage:{s.name}" in progress for s in exp.stages) and all(d >= n for n, d in progress.values()):
+        return 0  # every stage planned and made, the first stage too: nothing to come (and no plan to count)
+    return _stage_shortfall(exp, progress)
+
+
+def _stage_shortfall(exp, progress: dict[str, tuple[int, int]]) -> int | None:
+    """The jobs each stage will have once its source is made (as `harness plan` counts them) less those its
+    plan part holds, for the stages whose source is not all made (or that are not planned at all); None when
+    the experiment no longer plans, or plans another number of first-stage images than the ledger."""
+    from .plan import make_plan
+    from .stages import stage_job_counts
+
+    try:
+        plan = make_plan(exp, resolve=_stand_in_checkpoint, init_hash=lambda path, w, h: f"<{path}>")
+        counts = stage_job_counts(exp, list(plan.jobs), plan.checkpoints)
+    except (ValueError, OSError, KeyError):  # ExperimentError, GrammarError: a wildcard file gone
+        return None
+    if len(plan.jobs) != progress.get("main", (0, 0))[0]:
+        return None
+    expected = {"main": len(plan.jobs), **{f"stage:{name}": n for name, n in counts.items()}}
+    to_come = 0
+    for stage in exp.stages:
+        source = "main" if stage.source == "main" else f"stage:{stage.source}"
+        part = f"stage:{stage.name}"
+        if part in progress and progress.get(source, (0, 0))[1] >= expected[source]:
+            continue  # planned from its whole source: the ledger's plan is the stage's (top_k may keep fewer)
+        to_come += max(0, expected[part] - progress.get(part, (0, 0))[0])
+    return to_come
+
+
 def _no_pairs(c: Comparison) -> str:
     """Why a comparison has no pair at any level: its levels' notes, the first two and a count of the rest
     (a strength drawn by [randomize] has a level per image, each with the same reason)."""
@@ -213,6 +332,7 @@ class ReportResult:
     truncated: int = 0  # images whose prompt some CLIP metric saw cut to its text limit
     text_limits: dict = field(default_factory=dict)  # metric id -> tokens it reads, where it cut a prompt
     missing: int = 0  # images the plan asks for that are not made yet (failed ones included)
+    missing_at_least: bool = False  # `missing` is a lower bound: later stages' jobs to come could not be counted
     gone: int = 0     # finished images whose file is no longer in images/ (their scores still count)
     failed: list[tuple[str, str]] = field(default_factory=list)  # (key, error) of the plan's failed jobs
     undrawn: str = ""  # characters of plot labels no installed font has (boxes in the plots)
@@ -289,9 +409,14 @@ def _compare_factors(result: ReportResult, table: pd.DataFrame, factors: list[st
     if not len(table):
         return
     default = default_compare_metric(table)
+    no_default = (_no_default_metric(table, result.run_dir)  # why, read once for every factor
+                  if default is None and factors and None in metrics else None)
     for m in metrics:
         named = m or (default.removeprefix("m.") if default else "any metric")
         for f in factors:
+            if m is None and no_default is not None:
+                result.skipped.append((f, named, no_default))
+                continue
             try:
                 c = compare(table, f, metric=m, run_dir=result.run_dir)
             except ValueError as exc:  # a factor with one level, a metric not scored, no metric to compare on
@@ -313,12 +438,14 @@ def build_report(run_dir: Path | str, *, rows: str | None = None, cols: str | No
         table = image_table(ledger)
         _check_options(table, rows, cols, metric, html, run_dir)  # before anything is removed or rewritten
         unplanned = ledger.unplanned_done()
-        missing = ledger.planned_not_done()
+        to_come = stage_jobs_to_come(run_dir, ledger)
+        missing = ledger.planned_not_done() + (to_come or 0)
         failed = failed_jobs(ledger)
         planned_levels = _planned_levels(ledger) if missing and compare_factors is None else {}
         dropped = _drop_stale_extras(run_dir, ledger)
     result = ReportResult(run_dir, len(table), truncated=int((table["truncated"] != "").sum()) if len(table) else 0,
-                          text_limits=table.attrs.get(TEXT_LIMITS, {}), failed=failed, dropped=dropped)
+                          text_limits=table.attrs.get(TEXT_LIMITS, {}), failed=failed, dropped=dropped,
+                          missing_at_least=to_come is None)
     tables = run_dir / "tables"
     result.tables += write_table(table, tables, "images")
     variants = variant_summary(table)
@@ -336,7 +463,7 @@ def build_report(run_dir: Path | str, *, rows: str | None = None, cols: str | No
         if table[f].nunique(dropna=True) == 1 and planned_levels.get(f, 0) >= 2:
             result.skipped.append((f, "any metric", f"only 1 level ({table[f].dropna().iloc[0]!r}) among the "
                                    f"{len(table)} images made; the plan has {planned_levels[f]} "
-                                   f"({missing} images not made yet)"))
+                                   f"({'at least ' if to_come is None else ''}{missing} images not made yet)"))
     _compare_factors(result, table, factors, report_metrics(run_dir, metric))
     if result.comparisons:
         levels, rankings = comparison_tables(result.comparisons)
@@ -363,6 +490,7 @@ def build_report(run_dir: Path | str, *, rows: str | None = None, cols: str | No
                                    not_sections=randomized_params(run_dir),
                                    comparisons=[*result.comparisons, *extra_sections(tables)],
                                    plots=result.plots + extra_plots, missing=missing, failed=failed,
+                                   missing_at_least=result.missing_at_least,
                                    title=f"{run_dir.resolve().name}: {len(table)} images")
     elif (run_dir / "index.html").is_file():
         result.stale_page = run_dir / "index.html"

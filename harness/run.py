@@ -53,6 +53,8 @@ HISTORY_DIR = "history"  # RUN/history/experiment-<UTC time>.toml: each earlier 
 SHARDS = "shards"  # ledger meta: the [i, n] shards runs into the folder made ([0, 1]: the whole plan)
 MAIN_LEVELS = "main_levels"  # ledger meta: factor column -> levels in the whole main plan (plan.level_counts)
 MERGED = "merged"  # ledger meta: set in a folder shards were merged into (it runs the whole plan)
+STAGE_PROMPTS = "stage_prompts"  # ledger meta: stage name -> digest of the prompts its templates gave the run
+# (stages.stage_prompts_digest: it changes with the lines of the wildcard files they read)
 
 
 def default_run_dir(exp: Experiment) -> Path:
@@ -247,16 +249,20 @@ def run_stage(exp: Experiment, stage, plan: Plan, ledger: Ledger, result: RunRes
 
     A shard makes the children of its own main images (`own`, their keys), not of others its folder
     holds from an earlier sharding: it was given whole variants (`shard(..., by_variant=True)`), so
-    its `top_k` ranks them as a single run would."""
+    its `top_k` ranks them as a single run would. The children other shards run into the folder planned stay
+    planned beside its own (`_beside_other_shards`), so neither shard hides the other's stage images."""
     from .evaluate import evaluate
-    from .stages import stage_jobs
+    from .stages import stage_jobs, stage_prompts_digest
 
     log = options.get("log") or _stderr
     if stage.metric:  # top-k selection needs the source images scored
         evaluate(ledger, [stage.metric], log=log)
     jobs = stage_jobs(exp, stage, ledger, plan.checkpoints, log=log, own=own)
-    ledger.set_plan(f"stage:{stage.name}", [j.key for j in jobs])
-    ledger.add_jobs(jobs, refresh=True)
+    digest = stage_prompts_digest(exp, stage)
+    rows, others = _beside_other_shards(stage, ledger, jobs, own, digest)
+    ledger.set_plan(f"stage:{stage.name}", [*(j.key for j in jobs), *others])
+    _add_stage_prompts(ledger, {stage.name: digest})
+    ledger.add_jobs(rows, refresh=True)
     done = ledger.done_keys() - ledger.stale_keys()
     pending = [j for j in jobs if j.key not in done]
     result.planned += len(jobs)
@@ -265,6 +271,34 @@ def run_stage(exp: Experiment, stage, plan: Plan, ledger: Ledger, result: RunRes
     generate_jobs(exp, plan, ledger, pending, result, **options)
     if exp.metrics and evaluate_after:
         result.metrics = evaluate(ledger, exp.metrics, log=log)
+
+
+def _beside_other_shards(stage, ledger: Ledger, jobs: list[Job], own: set[str] | None,
+                         digest: str) -> tuple[list[Job], list[str]]:
+    """What a stage planned in a shard adds to the folder beside the children other shards run into it planned:
+    (its jobs, a child some of whose parents are another shard's joined with that shard's row as
+    `stages.join_parents` joins it; the keys of the other shards' children that stay planned). Theirs stay
+    while their parents are still planned and the stage's templates gave the same prompts (`digest`, under
+    meta STAGE_PROMPTS); a whole run, or a shard whose prompts changed (an edited wildcard file), plans the
+    stage anew. An edited experiment or other main images dropped the stage's part before (`prepare_run`)."""
+    if own is None or json.loads(ledger.get_meta(STAGE_PROMPTS) or "{}").get(stage.name) != digest:
+        return jobs, []
+    from .stages import join_parents, parent_keys, stage_sources
+
+    planned = ledger.plan_keys("main" if stage.source == "main" else f"stage:{stage.source}")
+    mine = own if stage.source == "main" else {j.key for j in stage_sources(stage, ledger, own)}
+    rows, others = {j.key: j for j in jobs}, []
+    for child in ledger.planned_jobs(f"stage:{stage.name}"):
+        if child.meta.get("parent_key") and any(k in planned and k not in mine for k in parent_keys(child)):
+            others.append(child.key)
+            if child.key in rows:  # also a child of this shard's parents: one row, as one run plans it
+                rows[child.key] = join_parents([rows[child.key], child])
+    return list(rows.values()), others
+
+
+def _add_stage_prompts(ledger: Ledger, digests: dict[str, str]) -> None:
+    known = json.loads(ledger.get_meta(STAGE_PROMPTS) or "{}")
+    ledger.set_meta(STAGE_PROMPTS, canonical_json({**known, **digests}))
 
 
 def _stderr(msg: str) -> None:
@@ -421,6 +455,7 @@ def merge_runs(out: Path | str, sources: Iterable[Path | str], *, log: Callable[
             m = ledger.merge_from(src)
             with Ledger.open(src, readonly=True) as other:  # the folder now holds the sources' shards too
                 _add_shards(ledger, json.loads(other.get_meta(SHARDS) or "[[0, 1]]"))
+                _add_stage_prompts(ledger, json.loads(other.get_meta(STAGE_PROMPTS) or "{}"))
             totals["added"] += m.jobs_added
             totals["already"] += m.jobs_already_done
             totals["scores"] += m.scores_added
@@ -442,9 +477,11 @@ def merge_runs(out: Path | str, sources: Iterable[Path | str], *, log: Callable[
 
 def _check_mergeable(runs: list[Path]) -> None:
     """Every folder is a run of the same version of one experiment (shards of one plan: the same settings
-    and main plan, so also the same prompt file and wildcard files), checked before anything is merged."""
+    and main plan, so also the same prompt file and wildcard files, and the same prompts from each stage's
+    templates, so the same wildcard files for them too), checked before anything is merged."""
     settings: dict[str, list[Path]] = {}
     plans: dict[frozenset, list[Path]] = {}
+    stages: dict[str, dict[str, list[Path]]] = {}  # stage -> digest of its prompts -> runs
     for run in runs:
         if not (run / "ledger.sqlite").is_file():
             raise FileNotFoundError(f"{run}: not a run folder (no ledger.sqlite)")
@@ -453,8 +490,13 @@ def _check_mergeable(runs: list[Path]) -> None:
                 settings.setdefault(ledger.get_meta("experiment"), []).append(run)
             if keys := ledger.plan_keys("main"):  # a ledger from before plans were recorded has none
                 plans.setdefault(frozenset(keys), []).append(run)
-    for versions, what in ((settings, "different experiments"), (plans, "one experiment whose prompt file or "
-                                                                 "wildcard files held other text (other main plans)")):
+            for name, digest in json.loads(ledger.get_meta(STAGE_PROMPTS) or "{}").items():  # stages it ran
+                stages.setdefault(name, {}).setdefault(digest, []).append(run)
+    checks = [(settings, "different experiments"),
+              (plans, "one experiment whose prompt file or wildcard files held other text (other main plans)"),
+              *((versions, f"one experiment whose wildcard files held other text for stage {name!r} (other prompts "
+                           f"from its templates)") for name, versions in stages.items())]
+    for versions, what in checks:
         if len(versions) > 1:
             groups = "; ".join(", ".join(map(str, runs)) for runs in versions.values())
             raise ValueError(f"these runs are of {what} and cannot be merged into one: {groups} (merge the shards "

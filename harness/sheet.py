@@ -212,17 +212,8 @@ def _grid_sections(table: pd.DataFrame, cells: list[dict], row_dim: str, col_dim
         label = tuple(level_label(values[d][i]) for d in section_dims)
         groups[label].append(i)
         raw.setdefault(label, tuple(values[d][i] for d in section_dims))
-    # Stages keep run order ("main" first, later stages as they first appear); other levels sort naturally.
-    stage_rank = {"main": -1}
-    for v in table["stage"].tolist() if "stage" in table.columns else []:
-        stage_rank.setdefault(level_label(v), len(stage_rank))
-
-    def order(label: tuple) -> tuple:
-        return tuple((stage_rank.get(lv, 0), 0.0, (), "") if d == "stage" else sort_key(v)
-                     for d, lv, v in zip(section_dims, label, raw[label]))
-
     sections = []
-    for label in sorted(groups, key=order):
+    for label in sorted(groups, key=_section_order(table, section_dims, groups, raw)):
         idx = groups[label]
         rlevels = sorted_levels(values[row_dim][i] for i in idx)
         clevels = sorted_levels(values[col_dim][i] for i in idx)
@@ -238,6 +229,32 @@ def _grid_sections(table: pd.DataFrame, cells: list[dict], row_dim: str, col_dim
             "rows": [(level_label(v), grid[j]) for j, v in enumerate(rlevels)],
         })
     return sections
+
+
+def _section_order(table: pd.DataFrame, section_dims: list[str], groups: dict[tuple, list[int]],
+                   raw: dict[tuple, tuple]):
+    """Sort key of a section's label: its images' stage in run order first ("main", then later stages as they
+    first appear), whether or not stage is a section dim (a stage's own seeds or strengths may tell the stages
+    apart instead), then each dim's level in natural order (stage by run order)."""
+    stages = table["stage"].map(level_label).tolist() if "stage" in table.columns else []
+    stage_rank = {"main": -1}
+    for v in stages:
+        stage_rank.setdefault(v, len(stage_rank))
+
+    def order(label: tuple) -> tuple:
+        first = min((stage_rank[stages[i]] for i in groups[label]), default=0) if stages else 0
+        return (first, *((stage_rank.get(lv, 0), 0.0, (), "") if d == "stage" else sort_key(v)
+                         for d, lv, v in zip(section_dims, label, raw[label])))
+    return order
+
+
+def _repeats_seed(table: pd.DataFrame, column: str) -> bool:
+    """Whether `column` is parent_seed and every stage image has its parent's seed (a stage without seeds
+    of its own): an image's title then names the seed once."""
+    if column != "parent_seed" or "seed" not in table.columns:
+        return False
+    staged = table["parent_seed"].notna()
+    return bool((table.loc[staged, "parent_seed"] == table.loc[staged, "seed"]).all())
 
 
 def _plot_models(run_dir: Path, plots: Sequence[Path]) -> list[dict]:
@@ -305,12 +322,13 @@ def choose_axes(table: pd.DataFrame, rows: str | None = None, cols: str | None =
 def write_sheet(run_dir: Path, table: pd.DataFrame, *, rows: str | None = None, cols: str | None = None,
                 metrics: list[str] | None = None, variant_summary: pd.DataFrame | None = None,
                 comparisons: list | None = None, plots: list[Path] | None = None, title: str = "",
-                not_sections: Sequence[str] = (), missing: int = 0,
+                not_sections: Sequence[str] = (), missing: int = 0, missing_at_least: bool = False,
                 failed: Sequence[tuple[str, str]] = ()) -> Path:
     """Write ``run_dir/index.html`` (and missing thumbnails) for the per-image `table`; returns its path.
 
     rows, cols: a factor (``color`` for ``f.color``) or a parameter (seed, checkpoint, mode, stage,
-    strength, steps, guidance, scheduler, width, height, init_image, negative_prompt); by default
+    strength, steps, guidance, scheduler, width, height, draw, init_image, negative_prompt, and for later
+    stages' images parent_condition and parent_seed: how and from which seed their parent was made); by default
     rows = seed and cols = the first varying factor. Every other varying factor or parameter makes
     one grid per combination. metrics: the scores under each thumbnail (full ids, with or without
     ``m.``, or short names); by default every numeric metric but the health/watermark flags, which
@@ -318,8 +336,10 @@ def write_sheet(run_dir: Path, table: pd.DataFrame, *, rows: str | None = None, 
     :class:`harness.stats.Comparison` objects, DataFrames, (title, DataFrame) pairs or markdown
     text. plots: image files inside `run_dir` (see :func:`harness.plots.plots_for`). not_sections:
     parameters that never split the grids, like init_image and negative_prompt (a parameter drawn at
-    random per prompt would make a grid per image); their values show in each image's detail view.
-    missing: images the plan asks for that are not made yet (failed ones included); failed: (key, error
+    random per prompt would make a grid per image; with `strength` there, parent_condition too, as it names
+    the parent's strength); their values show in each image's detail view.
+    missing: images the plan asks for that are not made yet (failed ones included), at least that many
+    with `missing_at_least` (later stages' images to come could not be counted); failed: (key, error
     text) of the failed ones. An empty `table` gives a page that says no image is made yet.
     """
     from markupsafe import Markup
@@ -328,6 +348,8 @@ def write_sheet(run_dir: Path, table: pd.DataFrame, *, rows: str | None = None, 
     if "key" not in table.columns:
         raise ValueError(f"table needs a 'key' column (one row per image); columns: {list(table.columns)}")
     table = table.reset_index(drop=True)
+    if "strength" in not_sections:  # a drawn strength: each parent's condition names its own strength
+        not_sections = (*not_sections, "parent_condition")
     if len(table):
         row_dim, col_dim = choose_axes(table, rows, cols)
         section_dims = [d for d in grid_dims(table)
@@ -338,7 +360,7 @@ def write_sheet(run_dir: Path, table: pd.DataFrame, *, rows: str | None = None, 
     else:  # nothing made yet: the page says so (and lists what failed)
         row_dim, col_dim, section_dims, shown = rows or "seed", cols or "", [], []
     labels = metric_labels(shown)
-    named = [d for d in grid_dims(table) if d not in NOT_SECTIONS and varies(table, d)]
+    named = [d for d in grid_dims(table) if d not in NOT_SECTIONS and varies(table, d) and not _repeats_seed(table, d)]
     cells, data = _records(run_dir, table, shown, labels, named)
     sections = _grid_sections(table, cells, row_dim, col_dim, section_dims) if len(table) else []
 
@@ -347,7 +369,8 @@ def write_sheet(run_dir: Path, table: pd.DataFrame, *, rows: str | None = None, 
     counts = {"images": len(table), "missing": sum(1 for c in cells if c["problem"]),
               "unhealthy": sum(1 for c in cells if c["unhealthy"]),
               "watermarked": sum(1 for c in cells if c["watermark"]),
-              "not_made": max(0, int(missing) - len(failed)), "failed": len(failed)}
+              "not_made": max(0, int(missing) - len(failed)), "failed": len(failed),
+              "at_least": "at least " if missing_at_least else ""}
     page = _environment().get_template("sheet.html.j2").render(
         title=title or f"{run_dir.resolve().name}: contact sheet", counts=counts,
         row_name=dim_name(row_dim), col_name=dim_name(col_dim),

@@ -12,7 +12,9 @@ source prompt for directional CLIP similarity.
 A stage without its own `negative_prompt` gives each child its parent's concrete negative prompt (the
 parent's factors carry its levels). Two parents whose images are identical (img2img strengths that run the
 same denoising steps, emphasis that gives the same embeddings) give their children one key: such a child
-is planned once, in its first parent's row, and names the other parents in its meta (`also_parent_keys`).
+is planned once, in its first parent's row (the parent whose key sorts first, so shards that split the parents
+plan it, once merged, as one run does: :func:`join_parents`), and names the other parents in its meta
+(`also_parent_keys`, in key order).
 """
 
 from __future__ import annotations
@@ -61,14 +63,20 @@ def select_parents(stage: Stage, parents: list[Job], ledger: Ledger) -> list[Job
     return chosen
 
 
-def stage_jobs(exp: Experiment, stage: Stage, ledger: Ledger, refs: dict, library: WildcardLibrary | None = None,
-               log=None, own: set[str] | None = None) -> list[Job]:
-    """Jobs of one stage, from the done images of its source stage (of the main images, only those whose
-    keys are in `own` when given: a shard's); `log` hears of source variants whose images have no score to
-    rank them by (top_k picks none of them)."""
+def stage_sources(stage: Stage, ledger: Ledger, own: set[str] | None = None) -> list[Job]:
+    """The images a run ranks and refines for `stage`: :func:`source_images`, of the main images only those
+    whose keys are in `own` when given (a shard's)."""
     sources = source_images(stage, ledger)
     if own is not None and stage.source == "main":
         sources = [j for j in sources if j.key in own]
+    return sources
+
+
+def stage_jobs(exp: Experiment, stage: Stage, ledger: Ledger, refs: dict, library: WildcardLibrary | None = None,
+               log=None, own: set[str] | None = None) -> list[Job]:
+    """Jobs of one stage, from the done images of its source stage (:func:`stage_sources`); `log` hears of
+    source variants whose images have no score to rank them by (top_k picks none of them)."""
+    sources = stage_sources(stage, ledger, own)
     parents = select_parents(stage, sources, ledger)
     if log is not None and stage.top_k is not None:
         variants = {variant_of(j) for j in sources}
@@ -95,13 +103,13 @@ def children(exp: Experiment, stage: Stage, parents: list[Job], refs: dict, init
     """The stage's jobs from `parents`; `init_of(parent)` gives the (path, init hash) each starts from.
 
     Without its own negative prompt a child is made with its parent's. A child that another parent's child
-    already is (their parents' images are one image, so their init hashes are equal) is planned once: the
-    first parent's, with the keys of the others under meta `also_parent_keys`."""
+    already is (their parents' images are one image, so their init hashes are equal) is planned once, as
+    :func:`join_parents` joins it: the first parent's by key, with the keys of the others under meta
+    `also_parent_keys`."""
     library = library or WildcardLibrary(exp.wildcard_path())
     own_negatives = _own_negatives(exp, stage, library)
     templates: dict[str, list[Variant]] = {}
-    jobs: dict[str, Job] = {}
-    also: dict[str, list[str]] = defaultdict(list)
+    jobs: dict[str, list[Job]] = defaultdict(list)  # key -> the child as each of its parents plans it
     for parent in parents:
         if parent.prompt not in templates:
             text = stage.prompt.replace(PARENT_TOKEN, escape_text(parent.prompt))
@@ -117,10 +125,38 @@ def children(exp: Experiment, stage: Stage, parents: list[Job], refs: dict, init
                 meta={"parent_key": parent.key, "source_prompt": parent.prompt, "source_stage": stage.source,
                       "template": stage.prompt, "negative_template": stage_negative_template(exp, stage),
                       **({"source_emphasis": parent.emphasis} if parent.emphasis else {})}):
-            if jobs.setdefault(job.key, job) is not job:
-                also[job.key].append(parent.key)
-    return [replace(job, meta={**job.meta, "also_parent_keys": also[key]}) if key in also else job
-            for key, job in jobs.items()]
+            jobs[job.key].append(job)
+    return [versions[0] if len(versions) == 1 else join_parents(versions) for versions in jobs.values()]
+
+
+def parent_keys(job: Job) -> list[str]:
+    """The keys of a stage image's parents: the one of its row (meta `parent_key`), then `also_parent_keys`."""
+    return [job.meta["parent_key"], *job.meta.get("also_parent_keys", ())]
+
+
+def join_parents(versions: list[Job]) -> Job:
+    """One child of several parents (whose images are identical), from the versions of it that some of
+    them planned: in the row of the parent whose key sorts first, with that parent's factors, source
+    prompt and init image, and every other parent's key under meta `also_parent_keys`, sorted. The rule a single run
+    (:func:`children`) and a merge of shards that split the parents (`ledger.merge`) both follow, so the
+    child reads the same whichever shard made it and in whichever order they are merged."""
+    row = min(versions, key=lambda job: job.meta["parent_key"])
+    first = row.meta["parent_key"]
+    others = sorted({key for job in versions for key in parent_keys(job)} - {first})
+    meta = {k: v for k, v in row.meta.items() if k != "also_parent_keys"}
+    return replace(row, meta={**meta, "also_parent_keys": others} if others else meta)
+
+
+def stage_prompts_digest(exp: Experiment, stage: Stage, library: WildcardLibrary | None = None) -> str:
+    """A digest of the prompts and negative prompts the stage's templates give any parent, so of the text of
+    the wildcard files they read: runs of one version of the experiment whose digests differ made the
+    stage's images from other lines (a wildcard file edited between shards)."""
+    library = library or WildcardLibrary(exp.wildcard_path())
+    text = stage.prompt.replace(PARENT_TOKEN, "x" * len(PARENT_TOKEN))  # the parent's prompt is literal text
+    tpl = compile_template(text, library=library, origin=f"{exp.path} (stage {stage.name})")
+    negatives = _own_negatives(exp, stage, library)
+    return content_key({"prompts": [v.to_dict() for v in tpl.expand()],
+                        "negatives": None if negatives is None else [v.to_dict() for v in negatives]})
 
 
 def _own_negatives(exp: Experiment, stage: Stage, library: WildcardLibrary) -> list[Variant] | None:

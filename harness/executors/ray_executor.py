@@ -15,7 +15,8 @@ every attempt, so they are not retried. Batches that finished before it are
 recorded first, so a resumed run does not make them again.
 
 The run folder must be visible to every worker at the same path (a network
-file system on a multi-node cluster).
+file system on a multi-node cluster); workers are given its absolute path, as a
+relative --out would name a folder under each worker's own working folder.
 """
 
 from __future__ import annotations
@@ -115,6 +116,13 @@ def work_units(pending: list[Job], worker_device: str, *, exact: bool, batch_siz
                    lambda job: batch_size_for(job, worker_device, exact=exact, batch_size=batch_size))
 
 
+def worker_args(exp, plan, ledger, pending: list[Job], *, device: str, exact: bool, batch_size) -> tuple:
+    """What each actor is built with (`GenerationWorker.__init__`). The images folder is absolute: a worker
+    on another node starts in its own working folder, where a relative --out names another folder (or none)."""
+    return (plan.checkpoints, str(ledger.images_dir.resolve()), device, sorted({j.dtype for j in pending}),
+            exp.memory, list(exp.speedups), exact, batch_size)
+
+
 def _task_error(exc: BaseException) -> BaseException:
     """The error a batch raised on its worker (a RayTaskError carries it as `cause`), so that a user error
     (a setting, out of memory, a missing file) reads as one line, as in a local run."""
@@ -150,8 +158,7 @@ def generate_with_ray(exp, plan, ledger, pending: list[Job], result, *, exact: b
     size = 1 if exact else (batch_size or (exp.batch_size if exp.batch_size != "auto" else None))
     work = deque(work_units(pending, "cuda" if gpus_per_worker else "cpu", exact=exact, batch_size=size))
     Worker = _actor_class()
-    spawn_args = (plan.checkpoints, str(ledger.images_dir), device, sorted({j.dtype for j in pending}),
-                  exp.memory, list(exp.speedups), exact, size)
+    spawn_args = worker_args(exp, plan, ledger, pending, device=device, exact=exact, batch_size=size)
 
     def spawn():
         return Worker.options(num_gpus=gpus_per_worker, num_cpus=cpus_per_worker).remote(*spawn_args)

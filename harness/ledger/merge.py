@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..core import canonical_json
+from ..core import Job, canonical_json
 from ..provenance import check_png_digest, fsync_dir, write_durably
 from .schema import _JOB_COLUMNS, _RUN_COLUMNS, CHANGED, Merged
 
@@ -18,7 +18,9 @@ if TYPE_CHECKING:
 def merge_runs(into: Ledger, other_dir: Path) -> Merged:
     """Copy done jobs, their images, scores and plan from `other_dir` (e.g. a shard) into `into`.
 
-    Keys already done in `into` are kept as they are, with their scores; plan parts are joined. Images are verified
+    Keys already done in `into` are kept as they are, with their scores; plan parts are joined, and so are
+    the parents of a later stage's image in both (:func:`harness.stages.join_parents`: shards that split
+    parents with identical images each made their one child). Images are verified
     (:func:`check_png`, and against the digest `other_dir` recorded when it made them) and copied
     atomically and durably before the rows that mark them done are committed.
     """
@@ -34,8 +36,14 @@ def merge_runs(into: Ledger, other_dir: Path) -> Merged:
         their_digests = _digests(other)
         with into._mutex:
             mine = into.done_keys()
-            copied, digests, bad = [], [], {}
+            children_here = dict(into._read("SELECT key, job_json FROM jobs WHERE parent_key IS NOT NULL"))
+            copied, digests, bad, joined = [], [], {}, []
             for row in theirs:
+                values = _with_parent_here(row, other, into)
+                if row["key"] in children_here and row["parent_key"]:
+                    job_json, parent = _join_parents(children_here[row["key"]], values)
+                    if job_json != children_here[row["key"]]:
+                        joined.append((job_json, parent, row["key"]))
                 if row["key"] in mine:
                     continue
                 src = other.image_path(row["key"])
@@ -46,7 +54,7 @@ def merge_runs(into: Ledger, other_dir: Path) -> Merged:
                     bad[row["key"]] = reason
                     continue
                 _copy_file_durably(src, into.image_path(row["key"]))
-                copied.append(_with_parent_here(row, other, into))
+                copied.append(values)
                 digests.append((row["key"], digest))
             fsync_dir(into.images_dir)
             keep = {values[0] for values in copied}  # key first, as in _JOB_COLUMNS; a key done here keeps
@@ -56,6 +64,7 @@ def merge_runs(into: Ledger, other_dir: Path) -> Merged:
                 updates = ", ".join(f"{c} = excluded.{c}" for c in ("status", *_RUN_COLUMNS, "error"))
                 conn.executemany(f"INSERT INTO jobs({', '.join(_JOB_COLUMNS)}) VALUES ({placeholders}) "
                                  f"ON CONFLICT(key) DO UPDATE SET {updates}", copied)
+                conn.executemany("UPDATE jobs SET job_json = ?, parent_key = ? WHERE key = ?", joined)
                 conn.executemany("INSERT OR REPLACE INTO image_files(key, sha256) VALUES (?, ?)", digests)
                 before = conn.total_changes
                 conn.executemany("INSERT OR IGNORE INTO scores(key, metric, value, detail, scored_at) "
@@ -86,6 +95,17 @@ def _with_parent_here(row, other: "Ledger", into: "Ledger") -> tuple:
             job["init_image"] = str(into.image_path(parent).resolve())
             values["job_json"] = canonical_json(job)
     return tuple(values[c] for c in _JOB_COLUMNS)
+
+
+def _join_parents(here: str, values: tuple) -> tuple[str, str]:
+    """(job JSON, parent key) of a later stage's image that `into` holds as `here` (its job JSON) and the
+    source as `values` (its row, as :func:`_with_parent_here` gives it): one row with the parents of both,
+    as one run plans a child of several parents."""
+    from ..stages import join_parents
+
+    theirs = dict(zip(_JOB_COLUMNS, values))["job_json"]
+    job = join_parents([Job.from_dict(json.loads(here)), Job.from_dict(json.loads(theirs))])
+    return canonical_json(job.to_dict()), job.meta["parent_key"]
 
 
 def _copy_file_durably(src: Path, dst: Path) -> None:

@@ -454,6 +454,12 @@ class Ledger:
                 rows = []
         return {r[0] for r in rows}
 
+    def planned_jobs(self, part: str) -> list[Job]:
+        """The jobs plan part `part` asks for, in the order they were added (none when it has none)."""
+        rows = self._read("SELECT j.job_json FROM plan p JOIN jobs j ON j.key = p.key WHERE p.part = ? "
+                          "ORDER BY j.rowid", (part,))
+        return [Job.from_dict(json.loads(r[0])) for r in rows]
+
     def planned_keys(self) -> set[str] | None:
         """Keys some part of the current plan asks for; None when the ledger holds no plan
         (written by an older harness, or never planned): then every done job counts."""

@@ -123,6 +123,28 @@
   // Sortable tables: numbers by value (text spelled as a number too: 0.05 before 0.25), then text in
   // natural order; missing cells ("—") last either way.
   var NUMBER = /^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$/;
+  // Natural order as harness.columns.natural_key has it, so the tables sort as the grids and plots do: runs
+  // of digits compare as numbers (as decimals when written with a point: "weight 0.15" before "weight 0.4";
+  // whole ones exactly, as integers: "s2" before "s10"), numbers before other text, other text case-folded
+  // (upper- then lower-cased, as Python's casefold: "ß" reads "ss"); texts that read alike by the raw text.
+  var RUNS = /([0-9]+(?:\.[0-9]+)?)|([^0-9]+)/g;
+  function runs(t) {
+    return Array.from(t.matchAll(RUNS), function (m) {
+      if (m[1] === undefined) { return { text: m[2].toUpperCase().toLowerCase() }; }
+      return { num: m[1].indexOf(".") < 0 ? BigInt(m[1]) : Number(m[1]) };
+    });
+  }
+  function naturalCompare(a, b) {
+    var x = runs(a), y = runs(b);
+    for (var i = 0; i < x.length && i < y.length; i++) {
+      var p = x[i], q = y[i], pn = "num" in p, qn = "num" in q;
+      if (pn !== qn) { return pn ? -1 : 1; }
+      var u = pn ? p.num : p.text, v = pn ? q.num : q.text;
+      if (u < v) { return -1; }
+      if (u > v) { return 1; }
+    }
+    return (x.length - y.length) || (a < b ? -1 : a > b ? 1 : 0);
+  }
   function sortBy(th) {
     var table = th.closest("table");
     var column = Array.prototype.indexOf.call(th.parentNode.children, th);
@@ -140,8 +162,8 @@
     });
     rows.sort(function (x, y) {
       if (x.missing || y.missing) { return x.missing - y.missing; }
-      if (!isNaN(x.num) && !isNaN(y.num)) { return (x.num - y.num) * dir; }
-      return ((isNaN(x.num) - isNaN(y.num)) || x.text.localeCompare(y.text, undefined, { numeric: true })) * dir;
+      if (!isNaN(x.num) && !isNaN(y.num)) { return ((x.num - y.num) || naturalCompare(x.text, y.text)) * dir; }
+      return ((isNaN(x.num) - isNaN(y.num)) || naturalCompare(x.text, y.text)) * dir;
     });
     body.append.apply(body, rows.map(function (r) { return r.row; }));
   }
