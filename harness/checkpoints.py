@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import json
 import os
 import re
 from dataclasses import dataclass
@@ -263,8 +264,17 @@ def locate(spec: str, *, base_dir: Path | None = None, config: str | None = None
         return _locate_hub(spec, spec_s, local_path=path)
     if _looks_like_path(spec_s):
         raise CheckpointError(f"checkpoint {spec!r}: no file or folder at {path}{_near_paths(spec_s, path)}")
-    raise CheckpointError(f"unknown checkpoint {spec!r}{_did_you_mean(spec_s, [*BUILTINS, *ALIASES])}; "
+    raise CheckpointError(f"unknown checkpoint {spec!r}{_did_you_mean(spec_s, [*BUILTINS, *ALIASES, *_local(base)])}; "
                           f"valid: {_valid_names()}")
+
+
+def _local(folder: Path) -> list[str]:
+    """Names of the checkpoints in `folder` (diffusers folders and single files), for a "did you mean"."""
+    try:
+        return [p.name for p in folder.iterdir()
+                if (p / "model_index.json").is_file() or p.suffix in SINGLE_FILE_SUFFIXES and p.is_file()]
+    except OSError:
+        return []
 
 
 def resolve(spec: str, *, base_dir: Path | None = None, config: str | None = None) -> CheckpointRef:
@@ -278,9 +288,32 @@ def resolve(spec: str, *, base_dir: Path | None = None, config: str | None = Non
         return CheckpointRef(spec, "builtin", str(folder), fp, b.native_size, b.family, model_hash=fp)
     if loc.kind == "file":
         return _resolve_file(spec, loc.path, loc.config)
-    family, native = folder_family(loc.path)
+    family, native = _folder_family(loc.path)
     fp = folder_fingerprint(loc.path)
     return CheckpointRef(spec, loc.kind, loc.source, fp, native, family, model_hash=fp)
+
+
+def _folder_family(folder: Path) -> tuple[str, int]:
+    """`folder_family`; a folder it cannot place (a text width neither SD1's nor SD2's) takes the family of
+    the built-in whose UNet it has (a copy or fine-tune of `toy`), so `plan` prices its steps as that
+    built-in's rather than as SD1's."""
+    family, native = folder_family(folder)
+    if family == "unknown":
+        shape = _unet_shape(folder)
+        for b in BUILTINS.values():
+            built = cache_dir() / "models" / b.folder
+            if b.family != "unknown" and shape and _unet_shape(built) == shape:
+                return b.family, native
+    return family, native
+
+
+def _unet_shape(folder: Path) -> dict:
+    """A pipeline folder's UNet config less its bookkeeping (`_diffusers_version`, ...); {} without one."""
+    try:
+        config = json.loads((folder / "unet" / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return {k: v for k, v in config.items() if not k.startswith("_")} if isinstance(config, dict) else {}
 
 
 def _locate_hub(name: str, hub_id: str, *, local_path: Path | None = None) -> Location:

@@ -18,6 +18,7 @@ from typing import List, Optional
 import typer
 
 from .expand import compile_template, count_info
+from .expand.lint import CommaCheck, dangling_commas
 from .experiment import ExperimentError
 from .grammar import GrammarError
 from .wildcards import WildcardLibrary, default_search_path, read_text
@@ -107,7 +108,10 @@ def expand(
                 variants = variants[:limit]
         else:
             variants = tpl.expand(limit=limit)
-        write_variants(variants, fmt, tpl.factors)
+        commas = CommaCheck()
+        write_variants(commas.watch(variants, lambda v: v.prompt), fmt, tpl.factors)
+        if commas.note():
+            typer.echo(f"note: {commas.note()}", err=True)
     except GrammarError as e:
         fail(str(e))
     except ValueError as e:
@@ -209,6 +213,9 @@ def plan(
         strength = f" strength={j.strength}" if j.mode == "img2img" else ""
         typer.echo(f"  {len(gj):6d}  {j.checkpoint} {j.mode}{strength} steps={j.steps} cfg={j.guidance} "
                    f"{j.scheduler} {j.width}x{j.height} dtype={j.dtype}")
+    note = dangling_commas(j.prompt for j in jobs)
+    if note:
+        typer.echo(f"note: {note}")
     run_dir = out or default_run_dir(exp)
     progress, stale, made = _print_estimates(p, jobs, run_dir)
     main_made = bool(jobs) and {j.key for j in jobs} <= made  # a stage renamed or added after main was made

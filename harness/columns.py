@@ -131,9 +131,11 @@ def numeric_metrics(table: pd.DataFrame) -> list[str]:
 
 
 def resolve_metric(table: pd.DataFrame, name: str, what: str = "metric") -> str:
-    """A metric column from its full id (with or without 'm.') or its short name when unambiguous."""
+    """A metric column from its full id (with or without 'm.'), the label the contact sheet shows, or its short
+    name when unambiguous."""
     available = numeric_metrics(table)
-    found = [c for c in available if c in (name, f"m.{name}")] or [c for c in available if short_metric(c) == name]
+    found = ([c for c in available if c in (name, f"m.{name}")] or label_match(available, name)
+             or [c for c in available if short_metric(c) == name])
     if len(found) != 1:
         if found:
             raise ValueError(f"{what} {name!r} is ambiguous; use the full id, one of: "
@@ -159,15 +161,24 @@ def metric_labels(columns: Sequence[str]) -> dict[str, str]:
     shorts = [short_metric(c) for c in columns]
     labels = {}
     for c, s in zip(columns, shorts):
-        if shorts.count(s) == 1:
-            labels[c] = s
-            continue
         try:
             options = [parse_metric_spec(o[2:])[1] for o, t in zip(columns, shorts) if t == s]
             own = parse_metric_spec(c[2:])[1]
         except ValueError:  # not an id the spec reader knows: the whole id
-            labels[c] = c[2:]
+            labels[c] = c[2:] if shorts.count(s) > 1 else s
             continue
-        told = {k: v for k, v in own.items() if not all(o.get(k) == v for o in options)}
+        told = {k: v for k, v in own.items()
+                if k in QUESTION_OPTIONS or not all(o.get(k) == v for o in options)}
         labels[c] = s + ("[" + ",".join(f"{k}={quote_value(v)}" for k, v in told.items()) + "]" if told else "")
     return labels
+
+
+# Options that change what a metric asks, not how it computes it: a label always shows them, as
+# `toy_style_match[want=greg rutkowski]` (0 where the artist is absent) is another question than
+# `toy_style_match` (NaN where the prompt names none).
+QUESTION_OPTIONS = ("want", "text")
+
+
+def label_match(columns: Sequence[str], given: str) -> list[str]:
+    """The metric columns whose label (`metric_labels`) is `given`."""
+    return [c for c, label in metric_labels(list(columns)).items() if label == given]

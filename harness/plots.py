@@ -1,7 +1,8 @@
 """Default plots of a run's per-image table (matplotlib, no display needed).
 
 Each plot is a PNG under ``RUN/plots/`` that the contact sheet links to. Means
-come with 95 % Student-t intervals (:func:`harness.stats.t_interval`) over
+come with 95 % intervals (:func:`harness.stats.mean_interval`: Student t within the metric's range, Wilson's
+for a 0/1 rate) over
 healthy, scored images; unhealthy images and NaN scores are left out and the
 number of images behind each point is printed under it.
 
@@ -24,8 +25,8 @@ import pandas as pd
 
 from .columns import dim_name, level_label, resolve_dim, resolve_metric, resolve_metrics, short_metric, sorted_levels
 from .fonts import plot_fonts, undrawable
-from .stats import t_interval
-from .stats.table import healthy_mask
+from .stats import mean_interval
+from .stats.table import healthy_mask, metric_bounds
 
 PLOTS_DIR = "plots"
 SLUG_MAX = 60  # characters of readable name per part of a plot file name
@@ -40,8 +41,8 @@ def _usable(table: pd.DataFrame, metric: str) -> pd.DataFrame:
     return table[keep].assign(_v=values[keep])
 
 
-def _mean_ci(x: np.ndarray) -> tuple[float, float, float]:
-    lo, hi = t_interval(x)
+def _mean_ci(x: np.ndarray, bounds: tuple[float, float] | None) -> tuple[float, float, float]:
+    lo, hi = mean_interval(x, bounds=bounds)
     return (float(np.mean(x)) if len(x) else math.nan), lo, hi
 
 
@@ -112,10 +113,10 @@ def level_stats(table: pd.DataFrame, factor: str, metric: str) -> pd.DataFrame:
     data = _usable(table, mcol)
     labels = data[fcol].map(level_label)
     levels = [level_label(v) for v in sorted_levels(data[fcol])]
-    rows = []
+    rows, bounds = [], metric_bounds(mcol)
     for lv in levels:
         x = data.loc[labels == lv, "_v"].to_numpy()
-        mean, lo, hi = _mean_ci(x)
+        mean, lo, hi = _mean_ci(x, bounds)
         rows.append({"level": lv, "n": len(x), "mean": mean, "ci_low": lo, "ci_high": hi})
     return pd.DataFrame(rows, columns=["level", "n", "mean", "ci_low", "ci_high"])
 
@@ -200,7 +201,7 @@ def strength_figure(table: pd.DataFrame, metrics: list[str]):
     fig = _figure(4.2 * len(panels), max(_height(t) for t in titles))
     axes = np.atleast_1d(fig.subplots(1, len(panels), squeeze=False)[0])
     for ax, (col, data), title in zip(axes, panels, titles):
-        _strength_panel(ax, data, by, groups)
+        _strength_panel(ax, data, by, groups, metric_bounds(col))
         ax.set_xlabel("strength")
         ax.set_ylabel(_wrap(metric_label(col, 60), 30), fontsize=9)
         ax.set_title(title, fontsize=10)
@@ -210,14 +211,15 @@ def strength_figure(table: pd.DataFrame, metrics: list[str]):
     return fig
 
 
-def _strength_panel(ax, data: pd.DataFrame, by: list[str], groups: list[tuple]) -> None:
+def _strength_panel(ax, data: pd.DataFrame, by: list[str], groups: list[tuple],
+                    bounds: tuple[float, float] | None) -> None:
     labels = [data[c].map(level_label) for c in by]
     for group in groups:
         part = data[np.logical_and.reduce([lab == g for lab, g in zip(labels, group)])] if by else data
         xs = sorted(part["strength"].unique())
         if not xs:
             continue
-        stats = [_mean_ci(part.loc[part["strength"] == s, "_v"].to_numpy()) for s in xs]
+        stats = [_mean_ci(part.loc[part["strength"] == s, "_v"].to_numpy(), bounds) for s in xs]
         means = np.array([s[0] for s in stats])
         lo = np.array([s[1] for s in stats])
         hi = np.array([s[2] for s in stats])

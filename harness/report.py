@@ -175,7 +175,7 @@ def _find_metric(df: pd.DataFrame, metric: str, run_dir: Path | str | None = Non
     defaults left out), the label the contact sheet shows (`clip_score[text=a cat]`: the options that tell it
     from the run's other instances), a spec (`toy_color_match:want=red`) or a bare name when only one instance
     was scored."""
-    from .columns import metric_labels
+    from .columns import label_match
 
     cols, given = metric_columns(df), metric
     if (":" in metric or "[" in metric) and not any(metric in (c, c[2:]) for c in cols):
@@ -187,7 +187,7 @@ def _find_metric(df: pd.DataFrame, metric: str, run_dir: Path | str | None = Non
     for c in cols:
         if c == metric or c[2:] == metric:
             return c
-    labelled = [c for c, label in metric_labels(cols).items() if "[" in given and label == given]
+    labelled = label_match(cols, given)
     if len(labelled) == 1:
         return labelled[0]
     matches = [c for c in cols if short_metric(c) == metric]

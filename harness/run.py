@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from .atomic import write_atomic
+from .expand.lint import dangling_commas
 from .core import Job, SettingsError, canonical_json
 from .experiment import Experiment, ExperimentError, inline_prompt, load_experiment
 from .ledger import Ledger, LedgerError
@@ -180,6 +181,9 @@ def run_experiment(path: Path | str, *, out: Path | str | None = None, force: bo
         from .stages import stage_job_counts
         stage_job_counts(exp, list(plan.jobs), plan.checkpoints)
     jobs = list(plan.jobs) if shard is None else shard_jobs(plan.jobs, *shard, by_variant=bool(exp.stages))
+    note = dangling_commas(j.prompt for j in jobs)
+    if note:
+        (log or _stderr)(f"note: {note}")
     try:
         if executor == "local":
             from .devices import check_settings

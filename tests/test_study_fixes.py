@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+from pytest import approx as pytest_approx
 
 from harness.core import Job, Score
 from harness.ledger import Ledger
@@ -39,3 +40,95 @@ def test_a_pair_on_list_copied_from_comparisons_csv_names_factors_with_commas(tm
     result = json.loads(out.stdout)
     assert optional in result["pair_on"] and ",".join(result["pair_on"]) == pair_on
     assert [r["n_pairs"] for r in result["rows"]] == [6]
+
+
+def test_a_local_copy_of_a_built_in_is_priced_as_the_built_in(tiny_ref, tmp_path):
+    """A fine-tune saved as a folder has the UNet of the model it came from: `plan` prices its steps as that
+    model's (the toy's copy was priced as SD1.5, 10x the time it took)."""
+    import shutil
+
+    from harness.checkpoints import resolve
+    from harness.experiment import load_experiment
+    from harness.plan import make_plan
+
+    shutil.copytree(tiny_ref.source, tmp_path / "my-tiny")
+    assert resolve(str(tmp_path / "my-tiny")).family == "tiny"
+    seconds = []
+    for ck in ("tiny", "my-tiny"):
+        (tmp_path / f"{ck}.toml").write_text(f'prompt = "a {{red|blue}} fox"\nseeds = [1, 2]\ncheckpoints = ["{ck}"]\n')
+        plan = make_plan(load_experiment(tmp_path / f"{ck}.toml"))
+        seconds.append(plan.estimate_seconds("cpu"))
+    assert seconds[0] == seconds[1] > 0
+
+
+def test_a_misspelt_checkpoint_is_offered_the_local_folder_it_resembles(tmp_path):
+    import pytest
+
+    from harness.checkpoints import CheckpointError, locate
+
+    (tmp_path / "toy-ft").mkdir()
+    (tmp_path / "toy-ft" / "model_index.json").write_text("{}")
+    with pytest.raises(CheckpointError, match=r"unknown checkpoint 'toyft' \(did you mean 'toy-ft'\?\)"):
+        locate("toyft", base_dir=tmp_path)
+
+
+def test_intervals_of_rates_and_bounded_scores_stay_in_the_metrics_range():
+    """A 0/1 metric gets Wilson's interval, a CLIP score near its scale a t interval cut at it: 9 of 10
+    matches gave [0.67, 1.14] before."""
+    from harness.plots import level_stats
+    from harness.stats import summarize
+
+    clip = "m.clip_score[model=tiny,pretrained=tiny,scale=100,clamp=image]"
+    table = pd.DataFrame({"f.style": ["a"] * 10 + ["b"] * 10, "healthy": True,
+                          "m.toy_color_match": [1.0] * 9 + [0.0] + [1.0] * 10,
+                          clip: [100.0] * 9 + [60.0] + [50.0, 60.0] * 5})
+    rates = summarize(table, ["f.style"], "m.toy_color_match").set_index("f.style")
+    assert rates.loc["a", ["ci_low", "ci_high"]].tolist() == pytest_approx([0.5958, 0.9821], abs=1e-4)  # Wilson
+    assert rates.loc["b", "ci_high"] == 1.0 and 0.7 < rates.loc["b", "ci_low"] < 0.73
+    scores = summarize(table, ["f.style"], clip).set_index("f.style")
+    assert scores.loc["a", "ci_high"] == 100.0 and scores.loc["a", "ci_low"] < 90  # t: 87 to 105
+    plotted = level_stats(table, "style", "toy_color_match").set_index("level")
+    assert plotted.loc["a", "ci_high"] == rates.loc["a", "ci_high"]
+
+
+def test_a_metric_is_found_by_the_label_the_sheet_shows_and_want_is_always_shown():
+    from harness.columns import metric_labels, resolve_metric
+    from harness.report import _find_metric
+
+    prompt = "m.clip_score[model=toy,pretrained=toy,scale=100,clamp=image]"
+    probe = "m.clip_score[model=toy,pretrained=toy,scale=100,clamp=image,text=a red star]"
+    oracle = "m.toy_style_match[want=greg rutkowski]"
+    table = pd.DataFrame({"key": ["k"], prompt: [30.0], probe: [20.0], oracle: [1.0], "healthy": [True]})
+    labels = metric_labels([prompt, probe, oracle])
+    assert labels == {prompt: "clip_score", probe: "clip_score[text=a red star]",
+                      oracle: "toy_style_match[want=greg rutkowski]"}  # want= asks another question: shown
+    assert _find_metric(table, "clip_score") == resolve_metric(table, "clip_score") == prompt
+    assert _find_metric(table, "clip_score[text=a red star]") == probe
+
+
+def test_a_level_whose_images_all_scored_nan_says_why_and_what_to_compare_on():
+    """`toy_style_match` is NaN where the prompt names no artist: an artist-vs-none study pairs nothing, and
+    the note says so rather than only "no healthy image has a score"."""
+    import numpy as np
+
+    from harness.stats import paired_compare
+
+    df = pd.DataFrame({"f.artist": ["", ", by x"] * 3, "seed": [1, 1, 2, 2, 3, 3], "healthy": True,
+                       "key": list("abcdef"), "m.toy_style_match": [np.nan, 1.0] * 3, "stage": "main"})
+    (row,) = paired_compare(df, factor="f.artist", metric="m.toy_style_match", rng=np.random.default_rng(0)).rows
+    assert row.n_pairs == 0 and row.note.startswith("no complete pairs: no healthy image at (empty) has a score "
+                                                    "(all NaN: 3 at (empty); ")
+    assert "`want=` or `text=`" in row.note
+
+
+def test_a_comma_left_outside_an_optional_clause_is_pointed_out(tmp_path):
+    """`a red circle, {by x|}` gives `a red circle, `: the arm without the artist carries a stray comma."""
+    out = cli("expand", "{photo|35mm photograph} of a red circle, {by greg rutkowski|}")
+    assert out.returncode == 0 and out.stdout.splitlines()[1] == "photo of a red circle, "
+    assert "note: 2 of 4 prompts hold a comma with nothing on one side (e.g. 'photo of a red circle, ')" in out.stderr
+    assert "`{, by greg rutkowski|}`" in out.stderr
+    clean = cli("expand", "{photo|35mm photograph} of a red circle{, by greg rutkowski|}")
+    assert clean.returncode == 0 and "note" not in clean.stderr
+    (tmp_path / "e.toml").write_text('prompt = "a fox, {by greg rutkowski|}"\nseeds = [1]\n')
+    plan = cli("plan", str(tmp_path / "e.toml"))
+    assert "note: 1 of 2 prompts hold a comma with nothing on one side (e.g. 'a fox, ')" in plan.stdout

@@ -135,7 +135,8 @@ class Health(Metric):
                 continue
             except Exception as exc:  # any decoder failure (PIL raises many types) is a per-item reason
                 # a damaged file, not a failed generation: unscored like every metric's, not unhealthy
-                out.append((float("nan"), {"reason": f"image unreadable: {item.image_path}: {type(exc).__name__}: {exc}"}))
+                reason = f"image unreadable: {item.image_path}: {type(exc).__name__}: {exc}"
+                out.append((float("nan"), {"reason": reason}))
                 continue
             if min(arr.shape[:2]) < MIN_SIDE:
                 out.append((float("nan"), {"reason": TOO_SMALL, "size": [arr.shape[1], arr.shape[0]]}))

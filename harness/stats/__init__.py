@@ -29,7 +29,7 @@ The design behind :func:`paired_compare`:
 
 Nothing here touches torch; randomness comes in as a ``numpy.random.Generator``.
 
-Modules: :mod:`.table` (reading the table's columns), :mod:`.intervals` (t interval, cluster
+Modules: :mod:`.table` (reading the table's columns), :mod:`.intervals` (t and Wilson intervals, cluster
 bootstrap, Wilcoxon, Holm), :mod:`.summary` (:func:`summarize`), :mod:`.results` (the result
 records and their rendering) and :mod:`.compare` (:func:`paired_compare`, :func:`default_pair_on`).
 """
@@ -41,6 +41,7 @@ from .intervals import (
     cluster_bootstrap_ci,
     cluster_bootstrap_means,
     holm,
+    mean_interval,
     t_interval,
 )
 from .results import Comparison, LevelResult, RankResult
@@ -59,6 +60,7 @@ __all__ = [
     "cluster_bootstrap_means",
     "default_pair_on",
     "holm",
+    "mean_interval",
     "paired_compare",
     "summarize",
     "t_interval",

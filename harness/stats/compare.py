@@ -152,6 +152,19 @@ def _why_unpaired(rows: pd.DataFrame, factor: str, pair_on: list[str]) -> str:
     return "the image with the same pair_on values at the baseline is missing, unhealthy or unscored"
 
 
+def _all_nan(df: pd.DataFrame, factor: str, levels: list, nan: np.ndarray) -> str:
+    """How many healthy images of `levels` were scored NaN, with the likeliest cause: a metric that reads its
+    question from the prompt has nothing to ask where an optional clause is left out."""
+    counts = [(level_label(lv), int(nan[(df[factor] == lv).to_numpy()].sum())) for lv in levels]
+    counts = [(lv, n) for lv, n in counts if n]
+    if not counts:
+        return ""
+    where = ", ".join(f"{n} at {lv}" for lv, n in counts)
+    return (f" (all NaN: {where}; a metric that reads what to look for from the prompt, such as the toy "
+            "oracles, gives NaN where the prompt does not name it: a fixed question, `want=` or `text=`, or a CLIP "
+            "score against the prompt scores every image)")
+
+
 def _never_shared(df: pd.DataFrame, factor: str, pair_on: list[str], a: Any, b: Any) -> list[str]:
     """The pair_on columns whose values at level `a` never meet those at level `b`: each one alone
     keeps every image of `a` from pairing with one of `b` (strength, when comparing txt2img with img2img)."""
@@ -272,11 +285,12 @@ def paired_compare(
         note = []
         if n_pairs == 0:
             apart = _never_shared(df, factor, pair_on, lv, baseline)
-            unscored = [level_label(x) for x, i in ((lv, li), (baseline, base_i)) if not present[:, i].any()]
+            unscored = [x for x, i in ((lv, li), (baseline, base_i)) if not present[:, i].any()]
             note.append("no complete pairs" + (
                 f": {', '.join(apart)} never take(s) the same value at {lv} and {baseline} (pass --pair-on without "
                 "it to pair across it)" if apart else
-                f": no healthy image at {' or '.join(unscored)} has a score" if unscored else ""))
+                f": no healthy image at {' or '.join(map(level_label, unscored))} has a score"
+                + _all_nan(df, factor, unscored, healthy & np.isnan(value)) if unscored else ""))
         elif n_clu < MIN_CLUSTERS_FOR_TEST:
             note.append(f"only {n_clu} cluster(s): the Wilcoxon test has little power "
                         f"(smallest attainable p = {min(1.0, 2.0 ** (1 - n_clu)):.3g})")

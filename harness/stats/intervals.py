@@ -1,4 +1,4 @@
-"""Interval estimates and tests for means: the Student-t interval, the two-stage cluster bootstrap
+"""Interval estimates and tests for means: the Student-t interval (Wilson's for rates), the two-stage cluster bootstrap
 (its replicate means and percentile interval), the Wilcoxon signed-rank p-value on per-cluster mean
 differences and Holm's step-down adjustment, plus the cluster counts below which the test has little
 power and the bootstrap interval undercovers. Pure numpy/scipy; randomness comes in as a
@@ -28,6 +28,29 @@ def t_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float
     sem = x.std(ddof=1) / math.sqrt(x.size)
     half = sps.t.ppf(0.5 + confidence / 2, df=x.size - 1) * sem
     return (float(x.mean() - half), float(x.mean() + half))
+
+
+def mean_interval(values: Sequence[float], confidence: float = 0.95,
+                  bounds: tuple[float, float] | None = None) -> tuple[float, float]:
+    """Interval for the mean of ``values`` (NaN ignored) of a metric whose scores lie in ``bounds``: for a
+    rate (every value 0 or 1, bounds (0, 1): the toy oracles, health) the Wilson score interval, which stays
+    in [0, 1] and keeps its coverage near 0 and 1; else the Student-t interval, cut to ``bounds`` (a score
+    cannot average outside its range; values outside ``bounds`` widen them). NaNs when n < 2, as
+    :func:`t_interval`."""
+    x = np.asarray(values, dtype=float)
+    x = x[~np.isnan(x)]
+    if x.size < 2:
+        return (math.nan, math.nan)
+    if bounds is not None and tuple(bounds) == (0.0, 1.0) and np.isin(x, (0.0, 1.0)).all():
+        n, p = x.size, float(x.mean())
+        z = float(sps.norm.ppf(0.5 + confidence / 2))
+        centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+        half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+        return (0.0 if p == 0 else max(0.0, centre - half), 1.0 if p == 1 else min(1.0, centre + half))
+    lo, hi = t_interval(x, confidence)
+    if bounds is not None:  # a range the values themselves leave (a metric that misstates it) stretches to them
+        lo, hi = max(lo, min(bounds[0], float(x.min()))), min(hi, max(bounds[1], float(x.max())))
+    return (float(lo), float(hi))
 
 
 def holm(pvalues: Sequence[float]) -> list[float]:

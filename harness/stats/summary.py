@@ -1,5 +1,6 @@
 """Per-group summaries of one metric: count, mean, standard deviation, standard error and
-Student-t interval over the healthy, scored rows of each group, with counts of the unscored and
+interval (Student t within the metric's range; Wilson's for a 0/1 rate: `mean_interval`) over the
+healthy, scored rows of each group, with counts of the unscored and
 unhealthy rows left out.
 """
 
@@ -10,17 +11,18 @@ import math
 import pandas as pd
 
 from ..columns import sort_key
-from .intervals import t_interval
-from .table import _resolve_metric, healthy_mask, in_key_order
+from .intervals import mean_interval
+from .table import _resolve_metric, healthy_mask, in_key_order, metric_bounds
 
 
 def summarize(df: pd.DataFrame, by: list[str], metric: str, confidence: float = 0.95) -> pd.DataFrame:
-    """Per-group n, mean, sd, sem and t-interval of ``metric`` over healthy, scored rows.
+    """Per-group n, mean, sd, sem and interval (`mean_interval`) of ``metric`` over healthy, scored rows.
 
     ``n_unhealthy`` counts rows with ``healthy`` not True; ``n_unscored`` counts
     healthy rows whose metric is NaN. sd/sem need n >= 2, the interval n >= 2.
     """
     metric = _resolve_metric(df, metric)
+    bounds = metric_bounds(metric)
     df = in_key_order(df)
     missing = [c for c in by if c not in df.columns]
     if missing:
@@ -37,7 +39,7 @@ def summarize(df: pd.DataFrame, by: list[str], metric: str, confidence: float = 
         x = healthy["_v"].dropna().to_numpy()
         n = x.size
         sd = float(x.std(ddof=1)) if n >= 2 else math.nan
-        lo, hi = t_interval(x, confidence)
+        lo, hi = mean_interval(x, confidence, bounds)
         records.append({**dict(zip(by, key)), "n": n, "mean": float(x.mean()) if n else math.nan,
                         "sd": sd, "sem": sd / math.sqrt(n) if n >= 2 else math.nan,
                         "ci_low": lo, "ci_high": hi,

@@ -92,6 +92,18 @@ def _resolve_metric(df: pd.DataFrame, metric: str) -> str:
                      "(bare names like 'clip_score' map to 'm.clip_score')")
 
 
+def metric_bounds(column: str) -> tuple[float, float] | None:
+    """The range a metric column's scores lie in (its `MetricInfo.range`, for this instance's options: a
+    CLIP score's scale), or None for a metric this process does not know (a plugin not loaded)."""
+    from ..metrics import metric_from_spec
+
+    try:
+        lo, hi = metric_from_spec(str(column).removeprefix("m.")).info.range
+    except (KeyError, ValueError, TypeError):
+        return None
+    return (float(lo), float(hi)) if lo < hi else None
+
+
 def _resolve_factor(df: pd.DataFrame, factor: str) -> str:
     choices = [c for c in df.columns if str(c).startswith("f.")]
     choices += [c for c in (*DESIGN_COLUMNS, *PARAM_COLUMNS) if c in df.columns and c not in REPLICATE_COLUMNS]
