@@ -244,7 +244,7 @@ def _print_estimates(p, jobs, run_dir: Path) -> tuple[dict[str, tuple[int, int]]
     whether the folder's plan is stale (made by another version of the experiment or other main images), and
     the keys of the images done there."""
     from .ledger import Ledger, LedgerError
-    from .plan import measured_scale
+    from .plan import measured_scale, measured_seconds
     from .run import edited_since
 
     timings, done, progress, stale = [], set(), {}, False
@@ -257,18 +257,22 @@ def _print_estimates(p, jobs, run_dir: Path) -> tuple[dict[str, tuple[int, int]]
             typer.echo(f"note: the timings of {run_dir} cannot be read ({exc}); estimating from the table", err=True)
     for device in ("cpu", "cuda"):
         line = f"estimate on {device}: {_duration(p.estimate_seconds(device, jobs=jobs))} generating"
-        scale = measured_scale(p, timings, device)
-        if scale is not None:
-            ratio, n = scale
+        measured = measured_seconds(p, jobs, timings, device)
+        if measured is not None:
+            seconds, n, own = measured
+            scales = (", ".join(f"{ck} {r:.2g}x" for ck, r in own.items()) if len(own) > 1
+                      else f"{measured_scale(p, timings, device)[0]:.2g}x")
             left = [j for j in jobs if j.key not in done]
-            line = (f"estimate on {device}: {_duration(p.estimate_seconds(device, jobs=jobs) * ratio)} generating, "
-                    f"timed by {n} finished images in {run_dir} ({ratio:.2g}x the table); {len(left)} not done: "
-                    f"{_duration(p.estimate_seconds(device, jobs=left) * ratio)}")
+            line = (f"estimate on {device}: {_duration(seconds)} generating, timed by {n} finished images in "
+                    f"{run_dir} ({scales} the table); {len(left)} not done: "
+                    f"{_duration(measured_seconds(p, left, timings, device)[0])}")
         typer.echo(line)
     return progress, stale, done
 
 
 def _duration(seconds: float) -> str:
+    if 0 < seconds < 0.5:
+        return "<1 s"
     if seconds < 120:
         return f"{seconds:.0f} s"
     if seconds < 7200:

@@ -57,15 +57,18 @@ class Plan:
         return per * steps * max(_AREA_FLOOR, (job.width * job.height) / (512 * 512))
 
 
-def measured_scale(plan: Plan, done: Iterable[tuple[Job, float, str]], device: str) -> tuple[float, int] | None:
+def measured_scale(plan: Plan, done: Iterable[tuple[Job, float, str]], device: str,
+                   checkpoint: str | None = None) -> tuple[float, int] | None:
     """(measured / table seconds, images) over a run's finished images made on `device` (a device type:
-    "cpu", "cuda"), from (job, seconds per image, device) records; None below 4 images, too few to tell.
+    "cpu", "cuda"), of `checkpoint` alone when given, from (job, seconds per image, device) records; None
+    below 4 images, too few to tell.
     A record's seconds are its batch's wall time per image in one generation stream; the experiment's
     CPU streams run side by side, so the run's own time per image is that over the stream count."""
     measured = table = 0.0
     n = 0
     for job, seconds, made_on in done:
-        if seconds and seconds > 0 and str(made_on).split(":")[0] == device:
+        if (seconds and seconds > 0 and str(made_on).split(":")[0] == device
+                and checkpoint in (None, job.checkpoint)):
             measured += seconds
             table += plan.job_seconds(job, device)
             n += 1
@@ -77,6 +80,20 @@ def measured_scale(plan: Plan, done: Iterable[tuple[Job, float, str]], device: s
     elif streams == "auto":  # as `worker.resolve_streams` decides, without importing torch here
         streams = 2 if (os.cpu_count() or 1) >= 2 else 1
     return measured / streams / table, n
+
+
+def measured_seconds(plan: Plan, jobs: Iterable[Job], done: list[tuple[Job, float, str]],
+                     device: str) -> tuple[float, int, dict[str, float]] | None:
+    """Seconds `jobs` take on `device` by the table scaled to a run's finished images (`measured_scale`):
+    each checkpoint by its own images where it has 4, else by all of them (a fine-tune and its base can run
+    at other speeds than the table says). (seconds, images timed, {checkpoint: its own scale}); None when
+    fewer than 4 images were timed on the device."""
+    overall = measured_scale(plan, done, device)
+    if overall is None:
+        return None
+    own = {ck: scale[0] for ck in plan.checkpoints if (scale := measured_scale(plan, done, device, ck))}
+    seconds = sum(plan.job_seconds(job, device) * own.get(job.checkpoint, overall[0]) for job in jobs)
+    return seconds, overall[1], own
 
 
 def group_jobs(jobs: Iterable[Job]) -> dict[tuple, list[Job]]:

@@ -178,4 +178,24 @@ def test_plan_times_the_estimate_by_the_runs_own_finished_images(tmp_path):
     total, left = 30 * plan.estimate_seconds("cpu"), 30 * plan.estimate_seconds("cpu", jobs=plan.jobs[8:])
     assert (f"estimate on cpu: {_duration(total)} generating, timed by 8 finished images in "
             f"{tmp_path / 'run'} (30x the table); 4 not done: {_duration(left)}") in r.stdout
-    assert "estimate on cuda: 0 s generating\n" in r.stdout  # no image was timed on a GPU: the table stands
+    assert "estimate on cuda: <1 s generating\n" in r.stdout  # no image was timed on a GPU: the table stands
+
+
+def test_each_checkpoint_is_timed_by_its_own_finished_images(tmp_path):
+    """A fine-tune can run at another speed than its base: with 4 timed images each, each checkpoint's
+    jobs are priced at its own measured rate, not at the run's average."""
+    from harness.checkpoints import CheckpointRef
+    from harness.experiment import load_experiment
+    from harness.plan import make_plan, measured_seconds
+
+    exp_path = tmp_path / "exp.toml"
+    exp_path.write_text('prompt = "a {red|blue} {cat|dog}"\nseeds = [1, 2]\ncheckpoints = ["tiny", "toy"]\n'
+                        'streams = 1\n')
+    plan = make_plan(load_experiment(exp_path), resolve=lambda name, base_dir=None, config=None: CheckpointRef(
+        name, "stand-in", name, f"fp-{name}", 512, "tiny"))
+    rate = {"tiny": 10.0, "toy": 2.0}
+    timings = [(job, rate[job.checkpoint] * plan.job_seconds(job, "cpu"), "cpu") for job in plan.jobs]
+    seconds, n, own = measured_seconds(plan, plan.jobs, timings, "cpu")
+    assert n == 16 and own == pytest.approx(rate)
+    by_table = {ck: plan.estimate_seconds("cpu", jobs=[j for j in plan.jobs if j.checkpoint == ck]) for ck in rate}
+    assert seconds == pytest.approx(sum(rate[ck] * by_table[ck] for ck in rate))
