@@ -18,9 +18,10 @@ MISSING = "—"
 _RUNS = re.compile(r"([0-9]+(?:\.[0-9]+)?)|([^0-9]+)")
 _NUMBER = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")  # text spelled as a number: -1, 0.25
 # Parameters that may span grid rows or columns, in section order (factors come first). draw: a [randomize]
-# draw index; parent_condition and parent_seed: how and from which seed a later stage's parent was made.
+# draw index; parent_condition and parent_seed: how and from which seed a later stage's parent was made;
+# root_seed: the seed of the first-stage image a chain of stages starts from.
 GRID_PARAMS = ("checkpoint", "mode", "stage", "parent_condition", "strength", "steps", "guidance", "scheduler",
-               "width", "height", "seed", "parent_seed", "draw", "init_image", "negative_prompt")
+               "width", "height", "seed", "parent_seed", "root_seed", "draw", "init_image", "negative_prompt")
 # Metrics whose meaning the badges already carry; not repeated under every thumbnail.
 BADGE_METRICS = ("health", "watermark")
 

@@ -38,6 +38,7 @@ from .atomic import write_atomic
 from .columns import (dim_name, flag, fmt_score, grid_dims, is_missing, is_number, level_label, metric_labels,
                       numeric_metrics, resolve_dim, resolve_metrics, sort_key, sorted_levels, varies)
 from .sheet_tables import comparison_models, table_model
+from .stats.table import SEED_LINKS
 from .thumbs import THUMB_PX, THUMBS_DIR, ensure_thumbnails, image_file
 
 # Varying parameters split the grids into sections, except these: long text or one value per parent
@@ -250,11 +251,12 @@ def _section_order(table: pd.DataFrame, section_dims: list[str], groups: dict[tu
 
 def _repeats_seed(table: pd.DataFrame, column: str) -> bool:
     """Whether `column` is parent_seed and every stage image has its parent's seed (a stage without seeds
-    of its own): an image's title then names the seed once."""
-    if column != "parent_seed" or "seed" not in table.columns:
+    of its own), or root_seed and every one its parent's: an image's title then names the seed once."""
+    other = SEED_LINKS.get(column)
+    if other is None or other not in table.columns:
         return False
-    staged = table["parent_seed"].notna()
-    return bool((table.loc[staged, "parent_seed"] == table.loc[staged, "seed"]).all())
+    staged = table[column].notna()
+    return bool((table.loc[staged, column] == table.loc[staged, other]).all())
 
 
 def _plot_models(run_dir: Path, plots: Sequence[Path]) -> list[dict]:

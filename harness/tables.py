@@ -24,7 +24,7 @@ from .stats.table import healthy_mask
 
 IMAGE_COLUMNS = ["key", "image", "stage", "checkpoint", "fingerprint", "mode", "prompt", "negative_prompt", "emphasis", "seed",
                  "draw", "steps", "guidance", "scheduler", "width", "height", "strength", "init_image", "parent_key",
-                 "parent_seed", "parent_condition", "watermark_embedded", "healthy", "watermark", "health_flags", "truncated",
+                 "parent_seed", "root_seed", "parent_condition", "watermark_embedded", "healthy", "watermark", "health_flags", "truncated",
                  "batch_size", "slot", "seconds", "device", "dtype_used", "status"]
 LEVEL_COLUMNS = ("level", "baseline")  # summary and comparison tables: a factor's levels
 NO_LEVEL = "(none)"  # factors.*: the images a factor does not apply to (txt2img ones for strength)
@@ -37,11 +37,25 @@ VARIANT_KEYS = ["stage", "checkpoint", "mode", "strength", "prompt", "negative_p
                 "parent_condition"]
 
 
+def _root_keys(parent_of: dict) -> dict:
+    """Stage image key -> the key of the first-stage image its chain of parents starts from."""
+    roots: dict = {}
+    for key in parent_of:
+        chain = []
+        while isinstance(parent_of.get(key), str) and key not in roots and len(chain) < 1000:
+            chain.append(key)
+            key = parent_of[key]
+        root = roots.get(key, key)
+        roots.update((k, root) for k in chain)
+    return roots
+
+
 def image_table(ledger: Ledger) -> pd.DataFrame:
     """One row per image of the current plan: every factor (`f.*`), parameter and score (`m.<metric id>`)."""
     jobs = ledger.jobs_frame()
     planned = ledger.planned_keys()  # None: no plan recorded, every done job counts
     seed_of = dict(zip(jobs["key"], jobs["seed"])) if len(jobs) else {}  # every job: a parent may be unplanned
+    root_of = _root_keys(dict(zip(jobs["key"], jobs["parent_key"]))) if len(jobs) else {}
     condition_of = _parent_conditions(jobs)
     if len(jobs):
         jobs = jobs[(jobs["status"] == "done") & (True if planned is None else jobs["key"].isin(planned))].copy()
@@ -51,6 +65,7 @@ def image_table(ledger: Ledger) -> pd.DataFrame:
     jobs["image"] = "images/" + jobs["key"] + ".png"
     if jobs["parent_key"].notna().any():  # later stages: the seed of the image each one starts from
         jobs["parent_seed"] = jobs["parent_key"].map(seed_of).astype("Int64")
+        jobs["root_seed"] = jobs["key"].map(root_of).map(seed_of).astype("Int64")  # chains of stages
         jobs["parent_condition"] = jobs["parent_key"].map(condition_of)
     if "meta.draw" in jobs.columns:  # [randomize] draws > 1: which draw of its prompt and seed
         jobs["draw"] = jobs["meta.draw"].astype("Int64")

@@ -132,3 +132,26 @@ def test_a_comma_left_outside_an_optional_clause_is_pointed_out(tmp_path):
     (tmp_path / "e.toml").write_text('prompt = "a fox, {by greg rutkowski|}"\nseeds = [1]\n')
     plan = cli("plan", str(tmp_path / "e.toml"))
     assert "note: 1 of 2 prompts hold a comma with nothing on one side (e.g. 'a fox, ')" in plan.stdout
+
+
+def test_a_chain_of_stages_with_seeds_of_their_own_pairs_by_the_seed_it_started_from(tmp_path):
+    """main (seeds 1, 2) -> a (seed 7) -> b (seed 8): b's images share seed and parent seed across the main
+    seeds, so the comparison failed as ambiguous; the chain's first seed (`root_seed`) tells them apart."""
+    from harness.report import build_report
+
+    exp = tmp_path / "c.toml"
+    exp.write_text('prompt = "a {@color: red|blue} fox"\nseeds = [1, 2]\ncheckpoints = ["tiny"]\nsteps = 2\n'
+                   'width = 64\nheight = 64\nmetrics = ["toy_color_match:want=red"]\n\n'
+                   '[[stages]]\nname = "a"\nprompt = "__parent__, sharp"\nstrengths = [0.5]\nseeds = [7]\n\n'
+                   '[[stages]]\nname = "b"\nfrom = "a"\nprompt = "__parent__, bright"\nstrengths = [0.5]\n'
+                   'seeds = [8]\n')
+    from harness.run import run_experiment
+
+    run_experiment(exp, out=tmp_path / "run", progress=False, log=lambda m: None)
+    r = build_report(tmp_path / "run", html=False)
+    images = pd.read_csv(tmp_path / "run" / "tables" / "images.csv")
+    b = images[images["stage"] == "b"]
+    assert sorted(b["root_seed"]) == [1, 1, 2, 2] and set(b["parent_seed"]) == {7} and set(b["seed"]) == {8}
+    assert set(images.loc[images["stage"] == "main", "root_seed"].isna()) == {True}
+    (c,) = [c for c in r.comparisons if c.factor == "f.color"]
+    assert "root_seed" in c.pair_on and [row.n_pairs for row in c.rows] == [6]  # 2 per stage

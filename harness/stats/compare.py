@@ -27,6 +27,7 @@ from .table import (
     DESIGN_COLUMNS,
     PARAM_COLUMNS,
     REPLICATE_COLUMNS,
+    SEED_LINKS,
     SETTING_COLUMNS,
     _plain,
     _resolve_factor,
@@ -46,7 +47,8 @@ def default_pair_on(df: pd.DataFrame, factor: str) -> list[str]:
     ``attrs["nesting"]``: an outer factor's value is its option's text, which holds the inner choice),
     checkpoint, seed, draw and stage, and for stage images with seeds of their own (``[[stages]] seeds``) their
     parent's seed (``parent_seed``): level A's image from A's seed-1 parent pairs with level B's from B's
-    seed-1 parent. A parameter column
+    seed-1 parent; and where two stages in a chain have seeds of their own, the seed the chain started from
+    (``root_seed``). A parameter column
     (:data:`PARAM_COLUMNS`) joins only where it takes several values among images with the
     same factor level and design, i.e. where it is an axis of its own (mode, strength, init image).
     A parameter that follows the factor or the prompt (the negative prompt of a negative factor,
@@ -56,7 +58,8 @@ def default_pair_on(df: pd.DataFrame, factor: str) -> list[str]:
     df = stage_design_view(df)
     related = {c for pair in df.attrs.get("nesting", []) if factor in pair for c in pair}
     cols = [c for c in df.columns if str(c).startswith("f.") and c != factor and c not in related]
-    cols += [c for c in DESIGN_COLUMNS if c in df.columns and c != factor and (c != "parent_seed" or _own_seeds(df))]
+    cols += [c for c in DESIGN_COLUMNS
+             if c in df.columns and c != factor and (c not in SEED_LINKS or _own_seeds(df, c))]
     for c in PARAM_COLUMNS:
         if c in df.columns and c != factor and _varies_within(df, [*cols, factor], c):
             cols.append(c)
@@ -87,10 +90,15 @@ def stage_design_view(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def _own_seeds(df: pd.DataFrame) -> bool:
-    """Whether some stage image has a seed other than its parent's (else `parent_seed` repeats the seed)."""
-    staged = df["parent_seed"].notna()
-    return bool((df.loc[staged, "parent_seed"] != df.loc[staged, "seed"]).any()) if "seed" in df.columns else False
+def _own_seeds(df: pd.DataFrame, column: str = "parent_seed") -> bool:
+    """Whether seed column `column` tells some stage image apart from the one it may repeat (`SEED_LINKS`):
+    a parent's seed other than the image's (a stage with seeds of its own), a chain's first seed other than
+    the parent's (two stages in a chain with their own); else it repeats that column."""
+    other = SEED_LINKS[column]
+    if other not in df.columns:
+        return False
+    staged = df[column].notna()
+    return bool((df.loc[staged, column] != df.loc[staged, other]).any())
 
 
 def cluster_columns(df: pd.DataFrame, pair_on: list[str]) -> list[str]:

@@ -15,9 +15,11 @@ import pandas as pd
 # where they vary independently of the compared factor (see default_pair_on). `draw` numbers the
 # [randomize] draws of one prompt and seed; like the seed, it is a replicate, not a factor. `parent_seed`
 # is a stage image's parent's seed: a stage with seeds of its own gives one variant's images one seed,
-# and the parent's seed is what tells them apart (and pairs them across levels).
-DESIGN_COLUMNS = ("checkpoint", "seed", "parent_seed", "draw", "stage")
-REPLICATE_COLUMNS = ("seed", "parent_seed", "draw")
+# and the parent's seed is what tells them apart (and pairs them across levels); `root_seed`, the seed of
+# the first-stage image a chain of stages starts from, does so where two stages in a chain have their own.
+DESIGN_COLUMNS = ("checkpoint", "seed", "parent_seed", "root_seed", "draw", "stage")
+REPLICATE_COLUMNS = ("seed", "parent_seed", "root_seed", "draw")
+SEED_LINKS = {"parent_seed": "seed", "root_seed": "parent_seed"}  # a seed column that may repeat another
 PARAM_COLUMNS = (
     "mode", "strength", "steps", "guidance", "width", "height",
     "negative_prompt", "scheduler", "parent_condition", "init_image",
