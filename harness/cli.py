@@ -244,7 +244,7 @@ def _print_estimates(p, jobs, run_dir: Path) -> tuple[dict[str, tuple[int, int]]
     whether the folder's plan is stale (made by another version of the experiment or other main images), and
     the keys of the images done there."""
     from .ledger import Ledger, LedgerError
-    from .plan import measured_scale, measured_seconds
+    from .plan import measured_scale, measured_seconds, scales_said
     from .run import edited_since
 
     timings, done, progress, stale = [], set(), {}, False
@@ -260,8 +260,7 @@ def _print_estimates(p, jobs, run_dir: Path) -> tuple[dict[str, tuple[int, int]]
         measured = measured_seconds(p, jobs, timings, device)
         if measured is not None:
             seconds, n, own = measured
-            scales = (", ".join(f"{ck} {r:.2g}x" for ck, r in own.items()) if len(own) > 1
-                      else f"{measured_scale(p, timings, device)[0]:.2g}x")
+            scales = scales_said(p, own, measured_scale(p, timings, device)[0])
             left = [j for j in jobs if j.key not in done]
             line = (f"estimate on {device}: {_duration(seconds)} generating, timed by {n} finished images in "
                     f"{run_dir} ({scales} the table); {len(left)} not done: "

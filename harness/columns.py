@@ -14,8 +14,10 @@ from typing import Any, Iterable, Sequence
 import pandas as pd
 
 MISSING = "—"
-# Runs of text: a number (digits, with a decimal part when written with a point: `0.15`) or other characters.
-_RUNS = re.compile(r"([0-9]+(?:\.[0-9]+)?)|([^0-9]+)")
+# Runs of text: a number or other characters. A number with one decimal point reads as a decimal (`0.15`)
+# unless it is part of a version or date: right after a letter (`v1.10`) or in a dotted chain (`1.10.2`,
+# `2024.10.01`), whose parts read as integers (`v1.9` before `v1.10`).
+_RUNS = re.compile(r"((?<![^\W\d_])(?<!\.)[0-9]+\.[0-9]+(?![0-9]|\.[0-9])|[0-9]+)|([^0-9]+)")
 _NUMBER = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")  # text spelled as a number: -1, 0.25
 # Parameters that may span grid rows or columns, in section order (factors come first). draw: a [randomize]
 # draw index; parent_condition and parent_seed: how and from which seed a later stage's parent was made;
@@ -69,7 +71,8 @@ def sort_key(v: Any) -> tuple:
 def natural_key(text: str) -> tuple:
     """`text` as runs of numbers and other characters (compared case-folded). A number written with a
     decimal point compares as a decimal (`weight 0.15` before `weight 0.4`), whole numbers as integers
-    (`s2` before `s10`); the contact sheet's script (templates/sheet.js, naturalCompare) reads text alike."""
+    (`s2` before `s10`), and the parts of a version or date as integers (`v1.9` before `v1.10`); the contact
+    sheet's script (templates/sheet.js, naturalCompare) reads text alike."""
     return tuple((0, float(number) if "." in number else int(number), "") if number else (1, 0, other.casefold())
                  for number, other in _RUNS.findall(text))
 

@@ -392,7 +392,8 @@ def experiment_from_dict(raw: Mapping[str, Any], path: Path) -> Experiment:
         if randomize is not None and randomize.strength:
             check_denoising(c, "randomize.strength", [round(randomize.strength[0], 2)], main_steps)
         else:
-            check_denoising(c, "strengths", strengths, main_steps)
+            check_denoising(c, "strengths", strengths, main_steps,
+                            fixed_steps=not (randomize is not None and randomize.steps))
     if randomize is not None:
         check_randomize_overrides(c, raw, randomize, overrides, stages)
     if guidance is not None:

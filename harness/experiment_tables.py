@@ -274,9 +274,10 @@ def seed_list(c: Checker, v, prefix: str = "") -> list[int]:
     return v
 
 
-def check_denoising(c: Checker, key: str, strengths, steps_values) -> None:
+def check_denoising(c: Checker, key: str, strengths, steps_values, *, fixed_steps: bool = True) -> None:
     """img2img runs int(strength * steps) denoising steps: zero is an error from the pipeline mid-run, and two
-    strengths that run the same count make identical images under two names (a comparison of nothing)."""
+    strengths that run the same count at fixed steps make identical images under two names (a comparison of
+    nothing; where `[randomize]` draws the steps, only some draws do, and the run makes such images once)."""
     for steps in sorted(v for v in steps_values if v):
         for strength in strengths:
             if int(strength * steps) < 1:
@@ -288,7 +289,7 @@ def check_denoising(c: Checker, key: str, strengths, steps_values) -> None:
         by_count: dict[int, list[float]] = {}
         for strength in strengths:
             by_count.setdefault(int(strength * steps), []).append(strength)
-        alike = [group for group in by_count.values() if len(group) > 1]
+        alike = [group for group in by_count.values() if len(group) > 1] if fixed_steps else []
         if alike:
             a, b = sorted(alike[0])[:2]
             apart = next((n for n in range(steps + 1, 10_001) if int(a * n) != int(b * n)), None)

@@ -96,6 +96,15 @@ def measured_seconds(plan: Plan, jobs: Iterable[Job], done: list[tuple[Job, floa
     return seconds, overall[1], own
 
 
+def scales_said(plan: Plan, own: dict[str, float], overall: float) -> str:
+    """How `measured_seconds` scaled the table, as `plan` prints it: `0.21x`, or with several checkpoints
+    each one's own scale and the run's for those without 4 timed images (`toy 0.21x, others 0.5x`)."""
+    if not own or len(plan.checkpoints) < 2:
+        return f"{overall:.2g}x"
+    rest = [f"others {overall:.2g}x"] if len(own) < len(plan.checkpoints) else []
+    return ", ".join([*(f"{ck} {r:.2g}x" for ck, r in own.items()), *rest])
+
+
 def group_jobs(jobs: Iterable[Job]) -> dict[tuple, list[Job]]:
     groups: dict[tuple, list[Job]] = defaultdict(list)
     for job in jobs:

@@ -260,22 +260,23 @@ def stage_jobs_to_come(run_dir: Path, ledger: Ledger) -> int | None:
     """Jobs of later stages the ledger does not plan yet: the children of source images not made yet (an
     interrupted run; a shard, whose other shards make the rest), counted as `harness plan` counts them from
     the run folder's experiment copy (no checkpoint or init image read) less what each stage's plan holds.
-    0 without stages; None when it cannot be known: no readable experiment copy in a folder with stages, or
-    a copy that is not the version the ledger planned."""
+    0 without stages; None when it cannot be known: the copy missing, unreadable or not the version the
+    ledger planned, in a folder whose ledger plans stages (in one that plans none, 0: no stage is known of)."""
     from .experiment import load_experiment
     from .run import edited_since
 
     progress = ledger.part_progress()  # part -> (planned, done)
+    unknown = None if any(part.startswith("stage:") for part in progress) else 0  # no stage planned: none known
     if not (run_dir / "experiment.toml").is_file():
-        return None if any(part.startswith("stage:") for part in progress) else 0
+        return unknown
     try:
         exp = load_experiment(run_dir / "experiment.toml")
-    except (ValueError, OSError):  # ExperimentError, a copy damaged or edited by hand
-        return None
+    except (ValueError, OSError):  # ExperimentError, a copy damaged or edited by hand, or one a check now refuses
+        return unknown
     if not exp.stages:
         return 0
     if edited_since(ledger, exp):
-        return None
+        return unknown
     if all(f"stage:{s.name}" in progress for s in exp.stages) and all(d >= n for n, d in progress.values()):
         return 0  # every stage planned and made, the first stage too: nothing to come (and no plan to count)
     return _stage_shortfall(exp, progress)

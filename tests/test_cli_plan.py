@@ -186,7 +186,7 @@ def test_each_checkpoint_is_timed_by_its_own_finished_images(tmp_path):
     jobs are priced at its own measured rate, not at the run's average."""
     from harness.checkpoints import CheckpointRef
     from harness.experiment import load_experiment
-    from harness.plan import make_plan, measured_seconds
+    from harness.plan import make_plan, measured_scale, measured_seconds, scales_said
 
     exp_path = tmp_path / "exp.toml"
     exp_path.write_text('prompt = "a {red|blue} {cat|dog}"\nseeds = [1, 2]\ncheckpoints = ["tiny", "toy"]\n'
@@ -199,3 +199,11 @@ def test_each_checkpoint_is_timed_by_its_own_finished_images(tmp_path):
     assert n == 16 and own == pytest.approx(rate)
     by_table = {ck: plan.estimate_seconds("cpu", jobs=[j for j in plan.jobs if j.checkpoint == ck]) for ck in rate}
     assert seconds == pytest.approx(sum(rate[ck] * by_table[ck] for ck in rate))
+    assert scales_said(plan, own, measured_scale(plan, timings, "cpu")[0]) == "tiny 10x, toy 2x"
+    # toy with 3 timed images: priced at the run's scale, and said to be
+    fewer = [t for t in timings if t[0].checkpoint == "tiny"] + [t for t in timings if t[0].checkpoint == "toy"][:3]
+    seconds, n, own = measured_seconds(plan, plan.jobs, fewer, "cpu")
+    overall = measured_scale(plan, fewer, "cpu")[0]
+    assert own == pytest.approx({"tiny": 10.0})
+    assert seconds == pytest.approx(10 * by_table["tiny"] + overall * by_table["toy"])
+    assert scales_said(plan, own, overall) == f"tiny 10x, others {overall:.2g}x"

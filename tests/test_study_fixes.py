@@ -155,3 +155,27 @@ def test_a_chain_of_stages_with_seeds_of_their_own_pairs_by_the_seed_it_started_
     assert set(images.loc[images["stage"] == "main", "root_seed"].isna()) == {True}
     (c,) = [c for c in r.comparisons if c.factor == "f.color"]
     assert "root_seed" in c.pair_on and [row.n_pairs for row in c.rows] == [6]  # 2 per stage
+
+
+def test_strengths_alike_at_some_drawn_step_counts_are_allowed(tmp_path):
+    """With `[randomize] steps` only the low draws run 0.3 and 0.35 alike; the run makes those images once."""
+    from harness.experiment import load_experiment
+
+    init = ROOT / "experiments" / "inputs" / "toy-star.png"
+    (tmp_path / "e.toml").write_text(f'prompt = "a cube"\nmode = ["img2img"]\ninit_images = "{init}"\n'
+                                     'strengths = [0.3, 0.35]\n[randomize]\nsteps = [4, 40]\n')
+    assert load_experiment(tmp_path / "e.toml").strengths == (0.3, 0.35)
+
+
+def test_a_run_without_stages_whose_copy_no_longer_loads_counts_what_is_missing_exactly(tmp_path):
+    from harness.report import build_report
+    from harness.run import run_experiment
+
+    exp = tmp_path / "e.toml"
+    exp.write_text('prompt = "a {red|blue} fox"\nseeds = [1]\nsteps = 2\nwidth = 64\nheight = 64\n')
+    run_experiment(exp, out=tmp_path / "run", progress=False, log=lambda m: None)
+    with Ledger.open(tmp_path / "run") as led:
+        led.reset([sorted(led.done_keys())[0]])
+    (tmp_path / "run" / "experiment.toml").write_text("prompt = [")  # a copy a check now refuses
+    r = build_report(tmp_path / "run", html=False)
+    assert r.missing == 1 and not r.missing_at_least

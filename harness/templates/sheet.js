@@ -125,9 +125,10 @@
   var NUMBER = /^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$/;
   // Natural order as harness.columns.natural_key has it, so the tables sort as the grids and plots do: runs
   // of digits compare as numbers (as decimals when written with a point: "weight 0.15" before "weight 0.4";
-  // whole ones exactly, as integers: "s2" before "s10"), numbers before other text, other text case-folded
+  // whole ones exactly, as integers: "s2" before "s10"; a version's or date's parts as integers: "v1.9"
+  // before "v1.10", "2024.9.30" before "2024.10.01"), numbers before other text, other text case-folded
   // (upper- then lower-cased, as Python's casefold: "ß" reads "ss"); texts that read alike by the raw text.
-  var RUNS = /([0-9]+(?:\.[0-9]+)?)|([^0-9]+)/g;
+  var RUNS = /((?<![\p{L}.])[0-9]+\.[0-9]+(?![0-9]|\.[0-9])|[0-9]+)|([^0-9]+)/gu;
   function runs(t) {
     return Array.from(t.matchAll(RUNS), function (m) {
       if (m[1] === undefined) { return { text: m[2].toUpperCase().toLowerCase() }; }
