@@ -330,7 +330,8 @@ def write_sheet(run_dir: Path, table: pd.DataFrame, *, rows: str | None = None, 
 
     rows, cols: a factor (``color`` for ``f.color``) or a parameter (seed, checkpoint, mode, stage,
     strength, steps, guidance, scheduler, width, height, draw, init_image, negative_prompt, and for later
-    stages' images parent_condition and parent_seed: how and from which seed their parent was made); by default
+    stages' images parent_condition, parent_seed and root_seed: how and from which seed their parent was made,
+    and the seed their chain started from); by default
     rows = seed and cols = the first varying factor. Every other varying factor or parameter makes
     one grid per combination. metrics: the scores under each thumbnail (full ids, with or without
     ``m.``, or short names); by default every numeric metric but the health/watermark flags, which
