@@ -30,7 +30,7 @@ import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Collection, Sequence
 
 from .core import Variant
 from .experiment import ExperimentError, load_experiment
@@ -87,7 +87,9 @@ class AblationResult:
                 p = "n/a" if math.isnan(r.p_value) else f"{r.p_value:.3g}"
                 out.append(f"  {r.rank:>2}. {name.ljust(width)}  {r.contribution:+.4g}  {ci}  "
                            f"{r.verdict:<7}  p={p}  n={r.n_pairs}")
-            notes = sorted({n for n in g["note"] if n})
+            asks = {n for n in g["note"] if n.endswith(ASKS_PROMPT_NOTE)}  # said once, on a line of its own
+            notes = sorted({n.removesuffix(ASKS_PROMPT_NOTE).removesuffix("; ") for n in g["note"] if n} - {""})
+            notes += [ASKS_PROMPT_NOTE] if asks else []
             if g["n_pairs"].max() < MIN_CLUSTERS_FOR_CI:
                 notes.append(f"under {MIN_CLUSTERS_FOR_CI} seeds the percentile interval is too narrow; "
                              "read verdicts as tentative and add seeds")
@@ -167,16 +169,26 @@ def ablate(path: Path | str, *, out: Path | str | None = None, metrics: Sequence
     finally:
         ledger.close()
     higher = {m.id: m.INFO.higher_is_better for m in chosen}
-    table = contributions(images, jobs_of, [m.id for m in chosen], higher, n_boot=n_boot, seed=seed)
+    table = contributions(images, jobs_of, [m.id for m in chosen], higher, n_boot=n_boot, seed=seed,
+                          asks_prompt={m.id for m in chosen if "prompt" in m.info.needs})
     from .tables import write_table
     result = AblationResult(run_dir, table, run.generated, higher_is_better=higher, single_clause=single)
     result.outputs = write_table(table, run_dir / "tables", "ablation")
     return result
 
 
+# A metric that reads the prompt (CLIP score against it, the toy oracles without want=) asks each arm its own
+# question: without the clause it no longer asks for what the clause names.
+ASKS_PROMPT_NOTE = ("this metric scores each image against its own prompt, so the arm without a clause is also asked "
+                    "another question: the contribution mixes what the image shows with what is asked; a fixed "
+                    "question (`text=`, `want=`) scores the arms alike")
+
+
 def contributions(images, jobs_of: Sequence[tuple[Arm, list]], metric_ids: Sequence[str], higher: dict, *,
-                  n_boot: int = 2000, seed: int = 0):
-    """The ranked contribution table from the per-image table (`report.image_table`)."""
+                  n_boot: int = 2000, seed: int = 0, asks_prompt: Collection[str] = ()):
+    """The ranked contribution table from the per-image table (`report.image_table`). Metrics in
+    `asks_prompt` score each image against its own prompt: their rows say that an arm without a clause is
+    also asked another question (`ASKS_PROMPT_NOTE`)."""
     import numpy as np
     import pandas as pd
 
@@ -222,7 +234,8 @@ def contributions(images, jobs_of: Sequence[tuple[Arm, list]], metric_ids: Seque
                             "verdict": verdict, "p_value": r.p_value, "p_holm": r.p_holm,
                             "full_win_rate": 1.0 - r.win_rate if not math.isnan(r.win_rate) else math.nan,
                             "mean_full": r.mean_baseline, "mean_without": r.mean_level, "n_pairs": r.n_pairs,
-                            "note": r.note})
+                            "note": "; ".join(filter(None, [r.note, ASKS_PROMPT_NOTE if metric in asks_prompt
+                                                            else ""]))})
             out.sort(key=lambda d: (math.isnan(d["contribution"]), -sign * d["contribution"]
                                     if not math.isnan(d["contribution"]) else 0.0, d["clause_index"]))
             for i, d in enumerate(out, start=1):

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
 SCHEMA_VERSION = 1
+NEGATIVE_PREFIX = "negative:"  # a negative-prompt factor's name in a job's factors (`f.negative:<name>` in tables)
 
 
 class SettingsError(ValueError):

@@ -13,13 +13,11 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
-from .core import Job, Variant, content_key
+from .core import NEGATIVE_PREFIX, Job, Variant, content_key
 from .expand import compile_template
 from .experiment import Experiment, ExperimentError, problems_text
 from .experiment_tables import RANDOMIZED
 from .wildcards import WildcardLibrary
-
-NEGATIVE_PREFIX = "negative:"
 
 # Rough seconds per denoising step per 512x512 image, by (family, device); `measured_scale` corrects them
 # from a run's own timings once some images are done. Below 128x128 a step costs about what it costs at

@@ -198,8 +198,9 @@ def _fill(out: list[Candidate], partners: Sequence[str] | None, rng: random.Rand
 def candidate_fitness(frame, cfg: SearchConfig, jobs: Sequence,
                       unhealthy: Collection[str] = ()) -> tuple[float | None, tuple, int]:
     """(fitness, 95% CI, seeds) of one candidate from its jobs and a key x metric-id score table; images in
-    `unhealthy` (black, uniform, NaN) are left out, as every statistic leaves them out."""
-    from .stats import t_interval
+    `unhealthy` (black, uniform, NaN) are left out, as every statistic leaves them out. The interval stays in
+    the range the fitness can take (`fitness_bounds`), as the report's do."""
+    from .stats import mean_interval
 
     per_seed: dict[int, list[float]] = {}
     for job in jobs:
@@ -214,9 +215,24 @@ def candidate_fitness(frame, cfg: SearchConfig, jobs: Sequence,
     values = [sum(v) / len(v) for _, v in sorted(per_seed.items())]
     if not values:
         return None, (None, None), 0
-    lo, hi = t_interval(values)
+    lo, hi = mean_interval(values, bounds=fitness_bounds(cfg))
     clean = [None if math.isnan(x) else float(x) for x in (lo, hi)]
     return float(sum(values) / len(values)), tuple(clean), len(values)
+
+
+def fitness_bounds(cfg: SearchConfig) -> tuple[float, float] | None:
+    """The range of the weighted sum `candidate_fitness` takes: each term's metric range, negated where lower
+    is better, times its weight; None when some metric's range is not known."""
+    from .stats.table import metric_bounds
+
+    lo = hi = 0.0
+    for f in cfg.fitness:
+        bounds = metric_bounds(f.id)
+        if bounds is None:
+            return None
+        ends = [f.weight * (v if f.higher_is_better else -v) for v in bounds]
+        lo, hi = lo + min(ends), hi + max(ends)
+    return lo, hi
 
 
 # ----------------------------------------------------------------------------- the loop

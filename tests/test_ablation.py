@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from harness.ablation import FULL, arms_for, contributions
+from harness.ablation import ASKS_PROMPT_NOTE, FULL, arms_for, contributions
 from harness.cli import app
 from harness.core import Job, Variant
 from harness.metrics.base import Metric, MetricInfo, Option, register
@@ -143,6 +143,8 @@ def test_harness_ablate_on_the_tiny_model_prints_and_writes_the_ranked_table(tmp
     assert list(table["clause"]) == ["golden hour", "a castle on a hill", "oil painting"]
     assert list(table["contribution"]) == [1.0, 0.0, 0.0] and list(table["n_pairs"]) == [3, 3, 3]
     assert set(table["metric"]) == {"has_clause[clause=golden hour]"}
+    # has_clause reads the prompt: each arm is asked its own question, and the table and output say so
+    assert all(note.endswith(ASKS_PROMPT_NOTE) for note in table["note"]) and f"note: {ASKS_PROMPT_NOTE}" in r.output
     assert (tmp_path / "run" / "tables" / "ablation.md").is_file()
     assert "12 images made now" in r.output
     again = CliRunner().invoke(app, ["ablate", str(exp), "--out", str(tmp_path / "run"), "--n-boot", "200"])

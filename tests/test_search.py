@@ -428,3 +428,20 @@ operators = ["delete"]
     with pytest.raises(SearchError, match="no operator changed any parent into a new prompt, and elitism = 0"):
         evolve(exp, out=tmp_path / "run", log=lambda m: None)
     assert (tmp_path / "run" / "tables" / "search_generations.csv").is_file()
+
+
+def test_a_candidates_interval_stays_in_the_range_its_fitness_can_take():
+    """Two seeds give a wide t interval: cut to the fitness's range (a CLIP score's 0-100 times its weight),
+    as the report's intervals are; it was [-225.7, 271.2] on a 0-100 score."""
+    from types import SimpleNamespace
+
+    from harness.search import candidate_fitness, fitness_bounds
+
+    cfg = config(RAW)
+    (metric,) = [f.id for f in cfg.fitness]
+    (term,) = cfg.fitness
+    lo_end, hi_end = sorted(term.weight * (v if term.higher_is_better else -v) for v in (0.0, 100.0))
+    assert fitness_bounds(cfg) == (lo_end, hi_end)
+    jobs = [SimpleNamespace(key=f"k{s}", seed=s) for s in (1, 2)]
+    fitness, (lo, hi), _ = candidate_fitness({("k1", metric): 2.0, ("k2", metric): 60.0}, cfg, jobs)
+    assert lo_end <= lo < fitness < hi <= hi_end and (lo == lo_end or hi == hi_end)

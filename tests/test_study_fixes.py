@@ -179,3 +179,47 @@ def test_a_run_without_stages_whose_copy_no_longer_loads_counts_what_is_missing_
     (tmp_path / "run" / "experiment.toml").write_text("prompt = [")  # a copy a check now refuses
     r = build_report(tmp_path / "run", html=False)
     assert r.missing == 1 and not r.missing_at_least
+
+
+def _negative_study() -> pd.DataFrame:
+    rows = [{"key": f"{color}{neg}{seed}", "f.color": color, "f.negative:neg": neg, "negative_prompt": neg,
+             "seed": seed, "stage": "main", "checkpoint": "toy", "healthy": True,
+             "m.score": seed + (2.0 if neg else 0.0) + (color == "red")}
+            for color in ("red", "blue") for neg in ("", "blurry, lowres") for seed in (1, 2, 3)]
+    return pd.DataFrame(rows)
+
+
+def test_a_negative_prompt_factor_is_found_by_its_name_and_its_text_is_no_confound():
+    """`--factor neg` names `f.negative:neg`; the negative prompt's text differing within pairs is the
+    treatment, not a second change; and the negative_prompt column is not offered as a factor beside it."""
+    import numpy as np
+    import pytest
+
+    from harness.stats import paired_compare
+
+    df = _negative_study()
+    c = paired_compare(df, factor="neg", metric="score", rng=np.random.default_rng(0), n_boot=100)
+    assert c.factor == "f.negative:neg" and [r.mean_diff for r in c.rows] == pytest_approx([2.0])
+    assert not [n for n in c.notes if "negative_prompt differs" in n], c.notes
+    with pytest.raises(ValueError) as e:
+        paired_compare(df, factor="nope", metric="score", rng=np.random.default_rng(0))
+    assert "Factors that vary in this run: f.color, f.negative:neg " in str(e.value)
+    text = paired_compare(df, factor="negative_prompt", metric="score", rng=np.random.default_rng(0),
+                          n_boot=100, pair_on=["f.color", "f.negative:neg", "seed"]).rows[0].note
+    assert "at blurry, lowres and (empty)" in text, text
+
+
+def test_a_chained_stage_unpaired_by_its_first_seed_says_so():
+    import numpy as np
+
+    from harness.stats import paired_compare
+
+    rows = [{"key": f"{c}{s}", "f.color": c, "seed": 7, "parent_seed": 7, "root_seed": root, "stage": "polish",
+             "parent_key": f"p{c}", "checkpoint": "toy", "healthy": True, "m.score": 1.0 + s}
+            for c, root in (("red", 1), ("blue", 2)) for s in (0,)]
+    rows += [{"key": f"m{c}{s}", "f.color": c, "seed": s, "stage": "main", "checkpoint": "toy", "healthy": True,
+              "m.score": float(s)} for c in ("red", "blue") for s in (1, 2)]
+    c = paired_compare(pd.DataFrame(rows), factor="color", metric="score", rng=np.random.default_rng(0), n_boot=100)
+    assert "root_seed" in c.pair_on
+    (note,) = [n for n in c.notes if n.startswith("stage polish")]
+    assert "chains of stages started from the same seed (root_seed)" in note and "blue: 2; red: 1" in note, note

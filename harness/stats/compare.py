@@ -14,6 +14,7 @@ import pandas as pd
 from scipy import stats as sps
 
 from ..columns import level_label
+from ..core import NEGATIVE_PREFIX
 from .intervals import (
     MIN_CLUSTERS_FOR_CI,
     MIN_CLUSTERS_FOR_TEST,
@@ -127,6 +128,12 @@ def _varies_within(df: pd.DataFrame, by: list[str], column: str) -> bool:
     return len(np.unique(np.stack([group, value], axis=1), axis=0)) > len(np.unique(group))
 
 
+def _is_treatment(factor: str, column: str) -> bool:
+    """Whether parameter `column` differs within pairs because it is what `factor` changes: the negative
+    prompt's text, when comparing a negative-prompt factor."""
+    return column == "negative_prompt" and factor.startswith(f"f.{NEGATIVE_PREFIX}")
+
+
 def _why_it_differs(df: pd.DataFrame, factor: str, column: str) -> str:
     if not _varies_within(df, [factor], column):
         return f"set with {factor}"
@@ -150,13 +157,18 @@ def _stage_notes(df: pd.DataFrame, factor: str, pair_on: list[str], unpaired: np
 
 def _why_unpaired(rows: pd.DataFrame, factor: str, pair_on: list[str]) -> str:
     """Why images of one later stage (`rows`) found no pair."""
-    if "parent_seed" in pair_on:
-        seeds = {level_label(lv): sorted(int(s) for s in rows.loc[rows[factor] == lv, "parent_seed"].dropna().unique())
+    reasons = {"parent_seed": ("images refined from parents of the same seed", "refine parents of different seeds"),
+               "root_seed": ("images whose chains of stages started from the same seed (root_seed)",
+                             "chains started from different seeds")}
+    for column, (needs, levels) in reasons.items():
+        if column not in pair_on:
+            continue
+        seeds = {level_label(lv): sorted(int(s) for s in rows.loc[rows[factor] == lv, column].dropna().unique())
                  for lv in _sorted_levels(rows[factor])}
         if len({tuple(v) for v in seeds.values()}) > 1:
             listing = "; ".join(f"{lv}: {', '.join(map(str, s))}" for lv, s in seeds.items())
-            return (f"a pair needs images refined from parents of the same seed, and the levels refine parents of "
-                    f"different seeds ({listing}), as when top_k keeps each variant's best images")
+            return (f"a pair needs {needs}, and the levels {levels} ({listing}), as when top_k keeps each "
+                    "variant's best images")
     return "the image with the same pair_on values at the baseline is missing, unhealthy or unscored"
 
 
@@ -247,7 +259,7 @@ def paired_compare(
                              f"columns: {', '.join(map(str, df.columns))}")
     cluster_on = cluster_columns(df, pair_on)
     confounded = [c for c in PARAM_COLUMNS if c in df.columns and c != factor and c not in pair_on
-                  and _varies_within(df, pair_on, c)]
+                  and _varies_within(df, pair_on, c) and not _is_treatment(factor, c)]
 
     block = _ids(df, pair_on)
     level_idx = pd.Index(levels).get_indexer(df[factor])
@@ -295,7 +307,8 @@ def paired_compare(
             apart = _never_shared(df, factor, pair_on, lv, baseline)
             unscored = [x for x, i in ((lv, li), (baseline, base_i)) if not present[:, i].any()]
             note.append("no complete pairs" + (
-                f": {', '.join(apart)} never take(s) the same value at {lv} and {baseline} (pass --pair-on without "
+                f": {', '.join(apart)} never take(s) the same value at {level_label(lv)} and {level_label(baseline)} "
+                "(pass --pair-on without "
                 "it to pair across it)" if apart else
                 f": no healthy image at {' or '.join(map(level_label, unscored))} has a score"
                 + _all_nan(df, factor, unscored, healthy & np.isnan(value)) if unscored else ""))

@@ -11,6 +11,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..core import NEGATIVE_PREFIX
+
 # Columns that always tell conditions apart (when present), and parameter columns that do so only
 # where they vary independently of the compared factor (see default_pair_on). `draw` numbers the
 # [randomize] draws of one prompt and seed; like the seed, it is a replicate, not a factor. `parent_seed`
@@ -109,7 +111,7 @@ def metric_bounds(column: str) -> tuple[float, float] | None:
 def _resolve_factor(df: pd.DataFrame, factor: str) -> str:
     choices = [c for c in df.columns if str(c).startswith("f.")]
     choices += [c for c in (*DESIGN_COLUMNS, *PARAM_COLUMNS) if c in df.columns and c not in REPLICATE_COLUMNS]
-    for name in (factor, f"f.{factor}"):
+    for name in (factor, f"f.{factor}", f"f.{NEGATIVE_PREFIX}{factor}"):  # `neg`: the negative prompt's factor
         if name in choices:
             if name == factor and f"f.{factor}" in choices and df[name].nunique(dropna=True) < 2:
                 raise ValueError(f"factor {factor!r} names the parameter column {factor!r}, which has one level "
@@ -117,7 +119,9 @@ def _resolve_factor(df: pd.DataFrame, factor: str) -> str:
             return name
     import difflib
 
-    varying = [c for c in choices if df[c].nunique(dropna=True) > 1]  # the ones a comparison can use
+    negative_factors = any(str(c).startswith(f"f.{NEGATIVE_PREFIX}") for c in choices)
+    varying = [c for c in choices if df[c].nunique(dropna=True) > 1  # the ones a comparison can use (not the
+               and not (c == "negative_prompt" and negative_factors)]  # text negative-prompt factors set)
     close = difflib.get_close_matches(factor, varying + [c[2:] for c in varying if c.startswith("f.")], n=1)
     raise ValueError(f"factor {factor!r} is not a factor column of the table"
                      + (f"; did you mean {close[0]!r}?" if close else ".")
