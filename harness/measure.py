@@ -13,7 +13,8 @@ import time
 
 # Dense tensor-core peaks (TFLOP/s, bf16/fp16, no sparsity) by device-name fragment, from the vendors' spec
 # sheets (more specific names first).
-GPU_PEAK_TFLOPS = {"H200": 989.0, "H100 SXM": 989.0, "H100 PCIe": 756.0, "H100 NVL": 835.0, "H100": 989.0,
+GPU_PEAK_TFLOPS = {"H200 NVL": 835.0, "H200": 989.0,
+                   "H100 SXM": 989.0, "H100 PCIe": 756.0, "H100 NVL": 835.0, "H100": 989.0,
                    "A100": 312.0,
                    "L40S": 362.0, "A10G": 125.0, "RTX 4090": 165.0, "RTX 3090": 71.0, "V100": 125.0}
 
@@ -149,6 +150,12 @@ def matmul_tflops(device: str, dtype) -> float:
     return 10 * 2 * n ** 3 / (time.perf_counter() - t0) / 1e12
 
 
+def spec_peak(name: str) -> float:
+    """The dense fp16/bf16 peak of the card called `name` (torch's device name), by the first fragment of
+    GPU_PEAK_TFLOPS it holds; NaN for a card the table lacks."""
+    return next((v for k, v in GPU_PEAK_TFLOPS.items() if k in name), float("nan"))
+
+
 def card_peak(device: str, dtype, out=print) -> tuple[float, float]:
     """(the card's dense peak for `dtype` from its spec, the measured matrix-product rate) in TFLOP/s,
     printed on one line; (NaN, NaN) off CUDA, and a NaN peak for a dtype other than fp16/bf16 (the spec
@@ -161,7 +168,7 @@ def card_peak(device: str, dtype, out=print) -> tuple[float, float]:
 
     name = torch.cuda.get_device_name(device)
     half = dtype in (torch.float16, torch.bfloat16)  # the table's peaks are half-precision ones
-    peak = next((v for k, v in GPU_PEAK_TFLOPS.items() if k in name), float("nan")) if half else float("nan")
+    peak = spec_peak(name) if half else float("nan")
     matmul = matmul_tflops(device, dtype)
     spec = (f"peak {peak:g} TFLOP/s (spec)" if half else
             "no spec peak listed (the table holds fp16/bf16 tensor-core peaks; % of peak needs fp16 or bf16)")

@@ -38,7 +38,8 @@ def resolve_streams(streams: int | str, device: str) -> int:
 
 @dataclass(frozen=True)
 class Tuning:
-    """Knobs that change speed, never pixels (the benchmark turns each off to measure it)."""
+    """Knobs that change speed, not what is drawn (at most kernel rounding: the benchmark checks every row's
+    images against the naive loop's within its tolerance, and turns each knob off to measure it)."""
 
     png_level: int = PNG_LEVEL
     writers: int = 4                  # PNG encode/write threads; 0 = in the generation thread

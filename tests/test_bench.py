@@ -62,6 +62,7 @@ def test_the_card_peak_is_the_half_precision_spec_for_the_card_named(monkeypatch
     assert peak != peak and "no spec peak listed" in lines[-1]
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "NVIDIA H100 NVL")
     assert measure.card_peak("cuda", torch.bfloat16, lines.append)[0] == 835.0
+    assert [measure.spec_peak(n) for n in ("NVIDIA H200", "NVIDIA H200 NVL", "NVIDIA H100 PCIe")] == [989, 835, 756]
     import math
 
     assert all(math.isnan(x) for x in measure.card_peak("cpu", torch.float16, lines.append))  # no card
