@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import re
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -254,7 +255,7 @@ def ablation_variants(which, device: str, base, notes: list[str] | None = None) 
 
 def run_bench(sweep: Sweep, *, device: str = "auto", dtype: str = "auto", ablate: bool | str = False,
               speedups: tuple[str, ...] = (), batch_size: int | None = None, keep: Path | None = None,
-              streams: int | str = "auto",
+              streams: int | str = "auto", repeat: int = 1,
               out=print) -> dict:
     from PIL import Image
 
@@ -308,13 +309,26 @@ def run_bench(sweep: Sweep, *, device: str = "auto", dtype: str = "auto", ablate
         best = measure("harness", lambda t: harness_run(exp, plan, work / "harness", device, t,
                                                         batch_size=batch_size))
         runs = ["harness"]
+        rounds = [(naive, best)]
+        for r in range(2, repeat + 1):  # the paths alternate, so a load that comes and goes falls on both
+            runs.append(f"harness-{r}")
+            rounds.append((
+                measure(f"naive loop, round {r}",
+                        lambda t, r=r: naive_loop(exp, plan, work / f"naive-{r}", device, torch_dtype, t)),
+                measure(f"harness, round {r}", lambda t, r=r: harness_run(exp, plan, work / f"harness-{r}", device,
+                                                                         t, batch_size=batch_size))))
+        ratios = [h.rate / nv.rate for nv, h in rounds]
+        ratio = statistics.median(ratios)
+        if repeat > 1:
+            out(f"rounds: {repeat}; ratio per round {', '.join(f'{x:.2f}' for x in ratios)}; median {ratio:.2f}")
         for name, kw in variants:
             folder = "".join(c if c.isalnum() else "_" for c in name)
             runs.append(folder)
             measure(name, lambda t, kw=kw, folder=folder: harness_run(
                 exp, plan, work / folder, device, t, batch_size=batch_size, **kw))
-        figures = {"images": n, "naive_images_per_s": naive.rate, "harness_images_per_s": best.rate,
-                   "ratio": best.rate / naive.rate, "harness_outside_share": best.outside,
+        figures = {"images": n, "naive_images_per_s": statistics.median(nv.rate for nv, _ in rounds),
+                   "harness_images_per_s": statistics.median(h.rate for _, h in rounds),
+                   "ratio": ratio, "ratios": ratios, "harness_outside_share": best.outside,
                    "harness_outside_pipeline": best.outside_pipeline,
                    "naive_outside_share": naive.outside, "rows": rows, "work": work}
         if device.startswith("cuda"):
@@ -330,7 +344,7 @@ def run_bench(sweep: Sweep, *, device: str = "auto", dtype: str = "auto", ablate
         figures["images_agree"] = figures["max_diff"] <= TOLERANCE[dtype_name(torch_dtype)]
         if keep is not None:
             shutil.copytree(work, keep, dirs_exist_ok=True)
-        out(f"ratio: {best.rate / naive.rate:.2f}")
+        out(f"ratio: {ratio:.2f}")
         return figures
     finally:
         if keep is None:
@@ -379,6 +393,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="also measure each optimisation turned off/on: 'all' (no value) or a comma list of "
                         + ",".join(ABLATIONS))
     p.add_argument("--quick", action="store_true", help="a tiny sweep for CI: checks images agree")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="rounds of the naive loop and the harness, alternated; the ratio is their median")
     a = p.parse_args(argv)
     from .checkpoints import CheckpointError
     from .core import SettingsError
@@ -387,6 +403,8 @@ def main(argv: list[str] | None = None) -> int:
 
     problems: list[str] = []
     sweep = _sweep(p, a, problems)
+    if a.repeat < 1:
+        problems.append(f"--repeat {a.repeat}: expected at least 1 round")
     if a.batch_size is not None and a.batch_size < 1:
         problems.append(f"--batch-size {a.batch_size}: expected at least 1 (or leave it out: automatic)")
     if a.streams != "auto" and not (a.streams.isdigit() and int(a.streams) >= 1):
@@ -401,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(str(exc))
     try:
         figures = run_bench(sweep, device=a.device, dtype=a.dtype, ablate=a.ablate, batch_size=a.batch_size,
-                            speedups=speedups,
+                            speedups=speedups, repeat=a.repeat,
                             streams=a.streams if a.streams == "auto" else int(a.streams))
     except SettingsError as exc:  # a device or dtype this machine does not have
         p.error(f"--device/--dtype: {exc}")

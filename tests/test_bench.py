@@ -14,6 +14,23 @@ def test_quick_bench_paths_agree_and_print_ratio():
     assert 0.0 <= fig["harness_outside_share"] <= 1.0
 
 
+def test_repeated_rounds_alternate_the_paths_and_give_the_median_ratio():
+    """On a shared CPU a load that comes and goes falls on one path more than the other: rounds alternate
+    them and the ratio is the median of the rounds'; every round's images are checked."""
+    import statistics
+
+    lines = []
+    fig = run_bench(Sweep(size=64, steps=2, prompts=1, seeds=2), repeat=3, out=lines.append)
+    names = [r.name for r in fig["rows"]]
+    assert names == ["naive loop", "harness", "naive loop, round 2", "harness, round 2", "naive loop, round 3",
+                     "harness, round 3"]
+    rates = {r.name: r.rate for r in fig["rows"]}
+    ratios = [rates[h] / rates[n] for n, h in zip(names[::2], names[1::2])]
+    assert fig["ratios"] == ratios and fig["ratio"] == statistics.median(ratios)
+    assert f"rounds: 3; ratio per round {', '.join(f'{x:.2f}' for x in ratios)}" in "\n".join(lines)
+    assert lines[-1] == f"ratio: {statistics.median(ratios):.2f}" and fig["images_agree"]
+
+
 def test_every_ablation_row_runs_and_makes_the_same_images(tmp_path):
     """Each optimisation off (batching, writer pool, embedding cache, device uint8, SDPA, ...) and the
     scoring rows: same pixels as the naive loop within 1 level, and every image scored."""
