@@ -223,3 +223,12 @@ def test_a_chained_stage_unpaired_by_its_first_seed_says_so():
     assert "root_seed" in c.pair_on
     (note,) = [n for n in c.notes if n.startswith("stage polish")]
     assert "chains of stages started from the same seed (root_seed)" in note and "blue: 2; red: 1" in note, note
+
+
+def test_summaries_list_stages_in_run_order():
+    """`polish` refines `refine`'s images: the variants table lists main, refine, polish, not by name."""
+    from harness.stats import summarize
+
+    df = pd.DataFrame({"stage": ["main"] * 2 + ["refine"] * 2 + ["polish"] * 2, "key": list("fedcba"),
+                       "healthy": True, "m.x": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]})
+    assert list(summarize(df, ["stage"], "m.x")["stage"]) == ["main", "refine", "polish"]

@@ -23,6 +23,9 @@ def summarize(df: pd.DataFrame, by: list[str], metric: str, confidence: float = 
     """
     metric = _resolve_metric(df, metric)
     bounds = metric_bounds(metric)
+    stage_rank = {"main": -1}  # stages in run order (as the table lists them), not by name
+    for stage in df["stage"] if "stage" in by else ():
+        stage_rank.setdefault(stage, len(stage_rank))
     df = in_key_order(df)
     missing = [c for c in by if c not in df.columns]
     if missing:
@@ -44,6 +47,7 @@ def summarize(df: pd.DataFrame, by: list[str], metric: str, confidence: float = 
                         "sd": sd, "sem": sd / math.sqrt(n) if n >= 2 else math.nan,
                         "ci_low": lo, "ci_high": hi,
                         "n_unscored": int(healthy["_v"].isna().sum()), "n_unhealthy": int((~g["_h"]).sum())})
-    records.sort(key=lambda r: tuple(sort_key(r[c]) for c in by))  # natural order: s2 before s10
+    records.sort(key=lambda r: tuple((stage_rank.get(r[c], 0),) if c == "stage" else sort_key(r[c])
+                                     for c in by))  # natural order (s2 before s10); stages in run order
     return pd.DataFrame.from_records(records, columns=[*by, "n", "mean", "sd", "sem", "ci_low", "ci_high",
                                                       "n_unscored", "n_unhealthy"])
