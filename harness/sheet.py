@@ -158,7 +158,8 @@ def _records(run_dir: Path, table: pd.DataFrame, metrics: list[str], labels: dic
                 "watermark": flag(r.get("watermark")),
                 "unhealthy": "healthy" in r and not flag(r["healthy"]),
                 "status": r.get("status"), "scores": scores,
-                "parent": parent, "parent_thumb": thumb(parent) if parent else None}
+                "parent": parent, "parent_thumb": thumb(parent) if parent else None,
+                "from_seed": _own_parent_seed(r)}
         cells.append(cell)
         data[key] = {
             "key": key, "title": heading, "image": rel(files[key]), "thumb": cell["thumb"],
@@ -247,6 +248,15 @@ def _section_order(table: pd.DataFrame, section_dims: list[str], groups: dict[tu
         return (first, *((stage_rank.get(lv, 0), 0.0, (), "") if d == "stage" else sort_key(v)
                          for d, lv, v in zip(section_dims, label, raw[label])))
     return order
+
+
+def _own_parent_seed(row: dict) -> int | None:
+    """The seed of a stage image's parent where the stage has seeds of its own (so the image's seed does not
+    say which parent it refines: the cell's "from" names it), else None."""
+    parent_seed, seed = row.get("parent_seed"), row.get("seed")
+    if is_missing(parent_seed) or is_missing(seed) or int(parent_seed) == int(seed):
+        return None
+    return int(parent_seed)
 
 
 def _repeats_seed(table: pd.DataFrame, column: str) -> bool:

@@ -148,8 +148,10 @@ def test_a_chain_of_stages_with_seeds_of_their_own_pairs_by_the_seed_it_started_
     from harness.run import run_experiment
 
     run_experiment(exp, out=tmp_path / "run", progress=False, log=lambda m: None)
-    r = build_report(tmp_path / "run", html=False)
+    r = build_report(tmp_path / "run")
     images = pd.read_csv(tmp_path / "run" / "tables" / "images.csv")
+    page = (tmp_path / "run" / "index.html").read_text()  # each stage cell says which parent seed it refines
+    assert page.count("<span>from seed 7</span>") == 4 and page.count("<span>from seed 1</span>") == 2
     b = images[images["stage"] == "b"]
     assert sorted(b["root_seed"]) == [1, 1, 2, 2] and set(b["parent_seed"]) == {7} and set(b["seed"]) == {8}
     assert set(images.loc[images["stage"] == "main", "root_seed"].isna()) == {True}
