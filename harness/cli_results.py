@@ -124,6 +124,11 @@ def report(
         typer.echo(c.to_text().rstrip())
     for factor, metric, why in r.skipped:
         typer.echo(f"\nnot compared: {factor} on {metric}: {why}")
+    if r.drawn is not None and len(r.drawn):
+        from .stats.drawn import describe
+        typer.echo("\nsettings drawn by [randomize] (tables/drawn.csv):")
+        for _, row in r.drawn.iterrows():
+            typer.echo(f"  {describe(row)}")
     if r.index:
         typer.echo(f"\ncontact sheet: {r.index}")
 

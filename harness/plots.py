@@ -26,6 +26,7 @@ import pandas as pd
 from .columns import dim_name, level_label, resolve_dim, resolve_metric, resolve_metrics, short_metric, sorted_levels
 from .fonts import plot_fonts, undrawable
 from .stats import mean_interval
+from .stats.drawn import drawn_effect, drawn_units
 from .stats.table import healthy_mask, metric_bounds
 
 PLOTS_DIR = "plots"
@@ -239,6 +240,44 @@ def strength_curves(table: pd.DataFrame, metrics: list[str], out: Path) -> Path 
     return None if fig is None else _save(fig, out, "metrics by img2img strength")
 
 
+@plot_fonts()
+def drawn_figure(table: pd.DataFrame, parameter: str, metrics: list[str]):
+    """The figure :func:`drawn_plot` saves, or None when no metric has a scored image with a drawn value."""
+    panels = [(c, drawn_units(table, parameter, c)) for c in (resolve_metric(table, m) for m in metrics)]
+    panels = [(c, units) for c, units in panels if len(units)]
+    if not panels:
+        return None
+    titles = []
+    for col, _ in panels:
+        e = drawn_effect(table, parameter, col)
+        rho = (f"rho {e['rho']:+.2f} [{e['rho_low']:+.2f}, {e['rho_high']:+.2f}]" if e["rho"] == e["rho"]
+               else "too few draws for rho")
+        titles.append(_wrap(f"{metric_label(col)} by drawn {parameter} ({e['units']} draws, {rho})", 42))
+    fig = _figure(4.2 * len(panels), max(_height(t) for t in titles))
+    axes = np.atleast_1d(fig.subplots(1, len(panels), squeeze=False)[0])
+    for ax, (col, units), title in zip(axes, panels, titles):
+        x, y = units["value"].to_numpy(float), units["score"].to_numpy(float)
+        ax.scatter(x, y, s=12 + 4 * np.minimum(units["images"].to_numpy(), 8), alpha=0.6, color="#2f5dbd",
+                   label="one draw (mean of its images)")
+        if len(units) >= 2 and np.ptp(x) > 0:
+            slope, intercept = np.polyfit(x, y, 1)
+            xs = np.array([x.min(), x.max()])
+            ax.plot(xs, intercept + slope * xs, color="#c0392b", linewidth=1.5, label="least-squares line")
+        ax.legend(fontsize=7)
+        ax.set_xlabel(f"{parameter} (drawn)")
+        ax.set_ylabel(_wrap(metric_label(col, 60), 30), fontsize=9)
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+    return fig
+
+
+def drawn_plot(table: pd.DataFrame, parameter: str, metrics: list[str], out: Path) -> Path | None:
+    """Each metric against a setting `[randomize]` drew: a point per draw (the mean of the images made with
+    it), the least-squares line and Spearman's rho in the title (:mod:`harness.stats.drawn`)."""
+    fig = drawn_figure(table, parameter, metrics)
+    return None if fig is None else _save(fig, out, f"metrics by drawn {parameter}")
+
+
 def _slug(text: str, limit: int = SLUG_MAX) -> str:
     """`text` when it is a short, plain ASCII name; else a readable ASCII cut of it plus its hash."""
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._-")
@@ -281,11 +320,13 @@ def undrawn(table: pd.DataFrame) -> str:
     return undrawable(texts)
 
 
-def plots_for(table: pd.DataFrame, run_dir: Path) -> list[Path]:
-    """The default plots: every varying factor (and checkpoint) x every metric, and the strength curves.
+def plots_for(table: pd.DataFrame, run_dir: Path, drawn: list[str] = ()) -> list[Path]:
+    """The default plots: every varying factor (and checkpoint) x every metric, the strength curves and, for
+    each setting in `drawn` (what `[randomize]` draws), the metrics against it.
 
     Each factor plot pools the images over everything else (other factors, seeds) but the stage: a staged
-    run's plot has a series per stage.
+    run's plot has a series per stage. A drawn strength has no curve of its own for the main stage (each
+    draw is its own strength): its drawn plot shows it.
     """
     run_dir = Path(run_dir)
     metrics = plot_metrics(table)
@@ -298,7 +339,12 @@ def plots_for(table: pd.DataFrame, run_dir: Path) -> list[Path]:
             continue
         for factor in factors:
             out.append(metric_by_level(table, factor, metric, folder / names[metric, factor]))
-    curve = strength_curves(table, metrics, folder / "strength.png") if metrics else None
+    curved = table[table["stage"].fillna("main") != "main"] if "strength" in drawn and "stage" in table.columns else table
+    curve = strength_curves(curved, metrics, folder / "strength.png") if metrics else None
     if curve is not None:
         out.append(curve)
+    for parameter in drawn:
+        made = drawn_plot(table, parameter, metrics, folder / f"drawn__{parameter}.png") if metrics else None
+        if made is not None:
+            out.append(made)
     return out

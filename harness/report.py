@@ -15,7 +15,7 @@ import pandas as pd
 
 from .atomic import write_atomic
 from .ledger import Ledger
-from .columns import is_missing
+from .columns import is_missing, resolve_metrics
 from .stats import Comparison, paired_compare
 from .tables import (TEXT_LIMITS, checkpoint_summary, factor_columns, factor_summary, image_table, metric_columns,
                      short_metric, truncation_note, variant_summary, write_table)
@@ -210,6 +210,8 @@ EXTRA_TABLES = (("search_generations", "Prompt search: best prompts per generati
                 ("search_lineage", "Prompt search: the winners' lineage"),
                 ("ablation", "Ablation: each clause's contribution (full minus without, paired by seed)"))
 EXTRA_PLOTS = ("search_trajectory.png",)
+DRAWN_TITLE = ("Settings drawn by [randomize]: Spearman rho and least-squares slope of each metric on the drawn "
+               "value, over draws (a draw's score is the mean of the images made with it; 95% intervals)")
 SEARCH_FILES = ("tables/search_generations", "tables/search_trajectory", "tables/search_lineage",
                 "plots/search_trajectory.png")
 
@@ -337,6 +339,7 @@ class ReportResult:
     gone: int = 0     # finished images whose file is no longer in images/ (their scores still count)
     failed: list[tuple[str, str]] = field(default_factory=list)  # (key, error) of the plan's failed jobs
     undrawn: str = ""  # characters of plot labels no installed font has (boxes in the plots)
+    drawn: pd.DataFrame | None = None  # each metric against each [randomize]-drawn setting (stats.drawn)
     stale_page: Path | None = None  # an earlier report's index.html this one (--no-html) did not rewrite
     dropped: list[str] = field(default_factory=list)  # "search", "ablation": an earlier version's tables removed
 
@@ -457,7 +460,9 @@ def build_report(run_dir: Path | str, *, rows: str | None = None, cols: str | No
     result.excluded = {"unhealthy": int((~table["healthy"]).sum()) if len(table) else 0, "unplanned": unplanned}
     result.missing = missing
     result.gone = int(sum(not (run_dir / image).is_file() for image in table["image"])) if len(table) else 0
-    candidates = [f for f in factor_columns(table) + ["checkpoint", "strength"] if f in table.columns]
+    drawn = randomized_params(run_dir)  # a drawn strength has a level per draw: its section is `drawn`, not pairs
+    candidates = [f for f in factor_columns(table) + ["checkpoint", *({"strength"} - set(drawn))]
+                  if f in table.columns]
     factors = list(compare_factors) if compare_factors is not None else [
         f for f in candidates if table[f].nunique(dropna=True) >= 2]
     for f in candidates:  # a partial run: a factor the plan varies may show one level so far
@@ -473,7 +478,13 @@ def build_report(run_dir: Path | str, *, rows: str | None = None, cols: str | No
             result.tables += write_table(rankings, tables, "rankings")
         text = "\n".join(c.to_text() for c in result.comparisons)
         write_atomic(tables / "comparisons.txt", lambda p: p.write_text(text, encoding="utf-8"))
+    if drawn and len(table):
+        from .stats.drawn import drawn_effects
+        result.drawn = drawn_effects(table, drawn, [c for c in resolve_metrics(table, None) if table[c].notna().any()])
+        result.tables += write_table(result.drawn, tables, "drawn")
     stale = [] if result.comparisons else ["comparisons"]  # an earlier report's would be read as this run's
+    if result.drawn is None:
+        stale.append("drawn")
     if not any(c.ranking for c in result.comparisons):
         stale.append("rankings")
     for name in stale:
@@ -481,7 +492,7 @@ def build_report(run_dir: Path | str, *, rows: str | None = None, cols: str | No
             (tables / f"{name}.{suffix}").unlink(missing_ok=True)
     if html and len(table):
         from .plots import plots_for, undrawn
-        result.plots, result.undrawn = plots_for(table, run_dir), undrawn(table)
+        result.plots, result.undrawn = plots_for(table, run_dir, drawn), undrawn(table)
     if html or not len(table):
         _remove_stale(run_dir, tables, table, result.plots)
     if html:
@@ -489,7 +500,8 @@ def build_report(run_dir: Path | str, *, rows: str | None = None, cols: str | No
         extra_plots = [run_dir / "plots" / name for name in EXTRA_PLOTS if (run_dir / "plots" / name).is_file()]
         result.index = write_sheet(run_dir, table, rows=rows, cols=cols, variant_summary=variants,
                                    not_sections=randomized_params(run_dir),
-                                   comparisons=[*result.comparisons, *extra_sections(tables)],
+                                   comparisons=[*result.comparisons, *extra_sections(tables),
+                                                *([(DRAWN_TITLE, result.drawn)] if result.drawn is not None else [])],
                                    plots=result.plots + extra_plots, missing=missing, failed=failed,
                                    missing_at_least=result.missing_at_least,
                                    title=f"{run_dir.resolve().name}: {len(table)} images")

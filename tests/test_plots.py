@@ -197,3 +197,22 @@ def test_long_levels_are_wrapped_to_tick_labels_that_stay_inside_the_figure_and_
     texts = [t.get_text() for t in labels]
     assert all(len(line) <= 11 for t in texts for line in t.split("\n"))
     assert texts[-1].split("\n")[-2].endswith("…") and texts[-1].endswith("n=4")
+
+
+def test_a_drawn_strength_gets_a_point_per_draw_and_no_main_strength_curve(tmp_path):
+    """[randomize] strength: each seed's draw is its own strength, so the main stage's strength curve would
+    join single draws; its drawn plot has a point per draw (the mean of its prompts) and the fitted line."""
+    table = image_table({"color": ["red", "blue"]}, ["clip_score"])
+    table["strength"] = 0.2 + 0.1 * table["seed"] + 0.01 * (table["strength"] > 0.5)  # 4 drawn strengths
+    table["draw"] = 0
+    table["m.clip_score"] = 100 * table["strength"]
+    table = table.assign(stage="main")
+    names = [p.name for p in plots_for(table, tmp_path, drawn=["strength"])]
+    assert "drawn__strength.png" in names and "strength.png" not in names
+    from harness.plots import drawn_figure
+
+    (ax,) = drawn_figure(table, "strength", ["clip_score"]).axes
+    points = ax.collections[0].get_offsets()
+    assert sorted(map(tuple, np.round(points, 6))) == [(0.3, 30.0), (0.31, 31.0), (0.4, 40.0), (0.41, 41.0)]
+    assert "4 draws, rho +1.00" in flat(ax.get_title())
+    assert "strength.png" in [p.name for p in plots_for(table, tmp_path)]  # strengths the experiment lists

@@ -503,6 +503,28 @@ def test_a_randomized_run_pairs_by_draw_and_its_drawn_guidance_splits_no_grid(tm
     # color x seed is the grid, one per draw (labelled); guidance, drawn per image, splits nothing
     assert "one grid per <b>draw</b> ·" in page
     build_report(tmp_path / "run", rows="draw", cols="color")  # and a draw can be an axis
+    # the drawn guidance: a row per metric over the 4 draws (seed x draw, each the mean of its 2 prompts)
+    drawn = pd.read_csv(tmp_path / "run" / "tables" / "drawn.csv")
+    clip = drawn[drawn["metric"].str.startswith("clip_score")].iloc[0]
+    assert drawn["parameter"].unique().tolist() == ["guidance"] and clip["units"] == 4 and clip["images"] == 8
+    per_draw = table.groupby(["seed", "draw"]).agg(g=("guidance", "first"), s=(clip_col(table), "mean"))
+    assert clip["rho"] == pytest.approx(per_draw["g"].corr(per_draw["s"], method="spearman"))
+    assert (tmp_path / "run" / "plots" / "drawn__guidance.png").is_file()
+    assert "Settings drawn by [randomize]" in (tmp_path / "run" / "index.html").read_text()
+    from typer.testing import CliRunner
+
+    from harness.cli import app
+
+    out = CliRunner().invoke(app, ["report", str(tmp_path / "run"), "--no-html"]).output
+    assert "settings drawn by [randomize] (tables/drawn.csv):" in out and "guidance (" in out
+    copy = tmp_path / "run" / "experiment.toml"  # the experiment without [randomize]: no drawn table is left
+    copy.write_text(copy.read_text().split("[randomize]")[0])
+    build_report(tmp_path / "run", html=False)
+    assert not (tmp_path / "run" / "tables" / "drawn.csv").exists()
+
+
+def clip_col(table):
+    return next(c for c in table.columns if c.startswith("m.clip_score"))
 
 
 def test_eval_means_cover_the_images_of_the_current_plan_only(crafted_run):

@@ -31,7 +31,8 @@ Nothing here touches torch; randomness comes in as a ``numpy.random.Generator``.
 
 Modules: :mod:`.table` (reading the table's columns), :mod:`.intervals` (t and Wilson intervals, cluster
 bootstrap, Wilcoxon, Holm), :mod:`.summary` (:func:`summarize`), :mod:`.results` (the result
-records and their rendering) and :mod:`.compare` (:func:`paired_compare`, :func:`default_pair_on`).
+records and their rendering), :mod:`.compare` (:func:`paired_compare`, :func:`default_pair_on`) and
+:mod:`.drawn` (metrics against settings `[randomize]` drew: rank correlation and slope over draws).
 """
 
 from .compare import default_pair_on, paired_compare

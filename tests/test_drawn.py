@@ -1,0 +1,77 @@
+"""Metrics against settings [randomize] drew: draw units, rank correlation and slope (harness.stats.drawn)."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from harness.stats.drawn import describe, drawn_effect, drawn_effects, drawn_units
+
+METRIC = "m.clip_score:model=tiny"
+
+
+def _table(rows):
+    cols = ["key", "stage", "seed", "draw", "guidance", "healthy", METRIC]
+    return pd.DataFrame([dict(zip(cols, r)) for r in rows], columns=cols)
+
+
+def _linear(n_draws=6, prompts=("a", "b")):
+    """Each draw (seed s, draw 0) made at guidance 3 + s for every prompt; the score is 2 * guidance plus the
+    prompt's own offset (0 or 10)."""
+    rows = []
+    for s in range(n_draws):
+        for i, p in enumerate(prompts):
+            rows.append((f"{p}{s}", "main", s, 0, 3.0 + s, True, 2 * (3.0 + s) + 10 * i))
+    return _table(rows)
+
+
+def test_a_draw_is_one_unit_whose_score_averages_its_images():
+    units = drawn_units(_linear(), "guidance", METRIC)
+    assert len(units) == 6 and units["images"].tolist() == [2] * 6
+    assert units["score"].tolist() == [2 * (3 + s) + 5 for s in range(6)]  # the two prompts' mean
+
+
+def test_a_straight_line_has_rho_one_and_its_slope_with_a_tight_interval():
+    e = drawn_effect(_linear(), "guidance", METRIC)
+    assert e["units"] == 6 and e["images"] == 12 and (e["low"], e["high"]) == (3.0, 8.0)
+    assert e["rho"] == pytest.approx(1.0) and e["rho_high"] == pytest.approx(1.0) and e["rho_low"] > 0.5
+    assert e["slope"] == pytest.approx(2.0) and e["slope_low"] == pytest.approx(2.0)
+    assert e["metric"] == "clip_score:model=tiny"
+
+
+def test_a_falling_noisy_relation_has_a_negative_rho_whose_interval_holds_it():
+    rng = np.random.default_rng(0)
+    rows = [(f"k{s}", "main", s, 0, g, True, -g + rng.normal(0, 1.0))
+            for s, g in enumerate(np.linspace(1, 20, 30))]
+    e = drawn_effect(_table(rows), "guidance", METRIC)
+    assert -1 < e["rho"] < -0.8 and e["rho_low"] < e["rho"] < e["rho_high"] < 0 and e["p"] < 1e-6
+    assert e["slope_low"] < -1 < e["slope_high"] < 0  # the true slope, inside the interval
+
+
+def test_unhealthy_unscored_and_later_stage_images_are_not_draws():
+    t = _linear()
+    extra = _table([("x1", "refine", 0, 0, 100.0, True, 1e6),     # a later stage's image: its own settings
+                    ("x2", "main", 9, 0, 50.0, False, 1e6),       # unhealthy
+                    ("x3", "main", 10, 0, 60.0, True, math.nan)])  # not scored
+    e = drawn_effect(pd.concat([t, extra], ignore_index=True), "guidance", METRIC)
+    assert e["units"] == 6 and e["high"] == 8.0 and e["slope"] == pytest.approx(2.0)
+
+
+def test_too_few_draws_or_no_variation_give_no_correlation_and_say_why():
+    few = drawn_effect(_linear(n_draws=3), "guidance", METRIC)
+    assert few["units"] == 3 and math.isnan(few["rho"]) and math.isnan(few["slope"])
+    assert "too few draws or no variation" in describe(few)
+    flat = _linear()
+    flat[METRIC] = 1.0
+    assert math.isnan(drawn_effect(flat, "guidance", METRIC)["rho"])
+
+
+def test_effects_cover_each_drawn_parameter_the_table_has_and_lines_read_as_numbers():
+    t = _linear()
+    t["steps"] = 20  # a fixed setting is no draw, but a column the table has
+    out = drawn_effects(t, ["guidance", "strength"], [METRIC])
+    assert out["parameter"].tolist() == ["guidance"]  # no strength column: nothing to say about it
+    line = describe(out.iloc[0])
+    assert line.startswith("guidance (3-8, 6 draws of 12 images): clip_score:model=tiny: Spearman rho +1.00")
+    assert "slope +2 per unit" in line
