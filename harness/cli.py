@@ -18,7 +18,7 @@ from typing import List, Optional
 import typer
 
 from .expand import compile_template, count_info
-from .expand.lint import CommaCheck, dangling_commas
+from .expand.lint import CommaCheck
 from .experiment import ExperimentError
 from .grammar import GrammarError
 from .wildcards import WildcardLibrary, default_search_path, read_text
@@ -200,7 +200,7 @@ def plan(
         for job in jobs:
             sys.stdout.write(json.dumps(job.to_dict(), ensure_ascii=False) + "\n")
         return
-    from .plan import group_jobs
+    from .plan import group_jobs, plan_notes
     groups = group_jobs(jobs)
     typer.echo(f"experiment: {exp.name} ({exp.path})")
     typer.echo(f"jobs: {len(jobs)}")
@@ -213,8 +213,7 @@ def plan(
         strength = f" strength={j.strength}" if j.mode == "img2img" else ""
         typer.echo(f"  {len(gj):6d}  {j.checkpoint} {j.mode}{strength} steps={j.steps} cfg={j.guidance} "
                    f"{j.scheduler} {j.width}x{j.height} dtype={j.dtype}")
-    note = dangling_commas(j.prompt for j in jobs)
-    if note:
+    for note in plan_notes(p, jobs):
         typer.echo(f"note: {note}")
     run_dir = out or default_run_dir(exp)
     progress, stale, made = _print_estimates(p, jobs, run_dir)

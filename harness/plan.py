@@ -103,6 +103,40 @@ def scales_said(plan: Plan, own: dict[str, float], overall: float) -> str:
     return ", ".join([*(f"{ck} {r:.2g}x" for ck, r in own.items()), *rest])
 
 
+SIZE_RANGE = (0.5, 1.5)  # a side outside these multiples of a model's training size draws it out of its depth
+UNTRAINED = ("tiny",)  # families of random weights: no size is theirs
+
+
+def size_notes(plan: Plan, jobs: Iterable[Job]) -> list[str]:
+    """A note per checkpoint whose images are far from the size it was trained at (a side under half of it
+    or over 1.5 times it): such images often come out flat, cropped or with the subject repeated, which a
+    study would read as the prompt's doing."""
+    sizes: dict[str, set[tuple[int, int]]] = defaultdict(set)
+    for j in jobs:
+        sizes[j.checkpoint].add((j.width, j.height))
+    notes = []
+    for name, ref in plan.checkpoints.items():
+        native = getattr(ref, "native_size", 0)
+        far = sorted((w, h) for w, h in sizes.get(name, ())
+                     if native and not all(SIZE_RANGE[0] <= side / native <= SIZE_RANGE[1] for side in (w, h)))
+        if far and ref.family not in UNTRAINED:
+            shown = ", ".join(f"{w}x{h}" for w, h in far)
+            table = name if all(c.isalnum() or c in "_-" for c in name) else f'"{name}"'
+            notes.append(f"checkpoint {name} makes {shown} images, far from the {native} px it was trained at "
+                         f"(a side under {SIZE_RANGE[0]:g}x or over {SIZE_RANGE[1]:g}x of it): such images often "
+                         f"come out flat, cropped or with the subject repeated; set width and height (or "
+                         f"[checkpoint.{table}] width/height) near {native}")
+    return notes
+
+
+def plan_notes(plan: Plan, jobs: list[Job]) -> list[str]:
+    """What `plan` and `run` say about a valid plan that is rarely what was meant: dangling commas in its
+    prompts, image sizes far from a checkpoint's own."""
+    from .expand.lint import dangling_commas
+
+    return [n for n in (dangling_commas(j.prompt for j in jobs),) if n] + size_notes(plan, jobs)
+
+
 def group_jobs(jobs: Iterable[Job]) -> dict[tuple, list[Job]]:
     groups: dict[tuple, list[Job]] = defaultdict(list)
     for job in jobs:

@@ -23,12 +23,11 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from .atomic import write_atomic
-from .expand.lint import dangling_commas
 from .core import Job, SettingsError, canonical_json
 from .experiment import Experiment, ExperimentError, inline_prompt, load_experiment
 from .ledger import Ledger, LedgerError
 from .ledger.schema import LEDGER_FILE
-from .plan import Plan, group_jobs, level_counts, make_plan, shard as shard_jobs
+from .plan import Plan, group_jobs, level_counts, make_plan, plan_notes, shard as shard_jobs
 from .worker import Finished, Tuning
 
 
@@ -181,8 +180,7 @@ def run_experiment(path: Path | str, *, out: Path | str | None = None, force: bo
         from .stages import stage_job_counts
         stage_job_counts(exp, list(plan.jobs), plan.checkpoints)
     jobs = list(plan.jobs) if shard is None else shard_jobs(plan.jobs, *shard, by_variant=bool(exp.stages))
-    note = dangling_commas(j.prompt for j in jobs)
-    if note:
+    for note in plan_notes(plan, jobs):
         (log or _stderr)(f"note: {note}")
     try:
         if executor == "local":

@@ -207,3 +207,41 @@ def test_each_checkpoint_is_timed_by_its_own_finished_images(tmp_path):
     assert own == pytest.approx({"tiny": 10.0})
     assert seconds == pytest.approx(10 * by_table["tiny"] + overall * by_table["toy"])
     assert scales_said(plan, own, overall) == f"tiny 10x, others {overall:.2g}x"
+
+
+def test_images_far_from_a_checkpoints_training_size_get_a_note_from_plan_and_run(tmp_path):
+    """A model made to draw at 768 px, asked for 1280 px, and the toy model at 512 px (trained at 128-256)
+    are out of their depth; SD 1.5 at 768x512 is within it, and the tiny model's random weights have no size."""
+    import dataclasses
+
+    from harness.checkpoints import CheckpointRef
+    from harness.experiment import load_experiment
+    from harness.plan import Plan, make_plan, size_notes
+
+    native = {"sd15-random": (512, "sd1"), "toy": (768, "sd2"), "tiny": (512, "tiny")}
+    exp_path = tmp_path / "exp.toml"
+    exp_path.write_text('prompt = "a cat"\nseeds = [1]\ncheckpoints = ["sd15-random", "toy", "tiny"]\n'
+                        'width = 768\nheight = 512\n[checkpoint.toy]\nwidth = 1280\nheight = 1280\n'
+                        '[checkpoint.tiny]\nwidth = 64\nheight = 64\n')
+    plan = make_plan(load_experiment(exp_path), resolve=lambda name, base_dir=None, config=None: CheckpointRef(
+        name, "stand-in", name, f"fp-{name}", *native[name]))
+    (note,) = size_notes(plan, plan.jobs)
+    assert note.startswith("checkpoint toy makes 1280x1280 images, far from the 768 px it was trained at")
+    assert note.endswith("[checkpoint.toy] width/height) near 768")
+    # a name TOML cannot take bare is quoted in the table it points to
+    folder = CheckpointRef("./ft", "folder", "/x/ft", "fp", 768, "sd2")
+    moved = Plan(plan.experiment, tuple(dataclasses.replace(j, checkpoint="./ft") for j in plan.jobs
+                                        if j.checkpoint == "toy"), plan.factors, {"./ft": folder})
+    (note,) = size_notes(moved, moved.jobs)
+    assert note.endswith('[checkpoint."./ft"] width/height) near 768')
+    exp_path.write_text('prompt = "a cat"\nseeds = [1]\ncheckpoints = ["toy"]\nwidth = 512\nheight = 512\n')
+    r = harness("plan", exp_path)
+    assert r.returncode == 0 and "note: checkpoint toy makes 512x512 images, far from the 256 px" in r.stdout
+    assert "far from" not in harness("plan", "experiments/demo.toml").stdout  # the demo's 128 px is the toy's own
+    from harness.core import SettingsError
+    from harness.run import run_experiment
+
+    said = []  # `run` says it before it checks the device (which fails here, before any image is made)
+    with pytest.raises(SettingsError):
+        run_experiment(exp_path, out=tmp_path / "run", device="tpu", log=said.append)
+    assert any(line.startswith("note: checkpoint toy makes 512x512 images") for line in said)
