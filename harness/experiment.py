@@ -372,8 +372,10 @@ def experiment_from_dict(raw: Mapping[str, Any], path: Path) -> Experiment:
         c.bad("exact", exact, "true or false")
         exact = False
 
-    randomize = randomize_table(c, raw["randomize"], modes) if "randomize" in raw else None
     overrides = checkpoint_overrides(c, raw.get("checkpoint", {}), checkpoints, base)
+    checkpoint_steps = {overrides.get(ck, {}).get("steps") or steps for ck in checkpoints} or {steps}
+    randomize = (randomize_table(c, raw["randomize"], modes, {n for n in checkpoint_steps if n})
+                 if "randomize" in raw else None)
 
     if watermark != "none":
         check_watermark_size(c, watermark, width, height, checkpoints, overrides)
@@ -386,7 +388,6 @@ def experiment_from_dict(raw: Mapping[str, Any], path: Path) -> Experiment:
                           main_negative_factors=tuple(negative_template.factors) if negative_template else ())
     # img2img runs int(strength * steps) steps: check the fewest each kind of job can get. [randomize]
     # replaces the main images' steps and strengths; a stage has its own, else its checkpoint's steps.
-    checkpoint_steps = {overrides.get(ck, {}).get("steps") or steps for ck in checkpoints} or {steps}
     if "img2img" in modes:
         main_steps = {randomize.steps[0]} if randomize is not None and randomize.steps else checkpoint_steps
         if randomize is not None and randomize.strength:

@@ -10,7 +10,7 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from .checks import Checker
 from .grammar import GrammarError
@@ -31,24 +31,41 @@ class Randomize:
     steps: tuple[int, int] | None = None
     guidance: tuple[float, float] | None = None
 
-    def settings_count(self, mode: str) -> int:
-        """How many different settings the ranges give a job of `mode` (strengths to 0.01, steps whole,
-        guidance to 0.1, as drawn; txt2img has no strength); 1 when none is drawn."""
-        n = 1
-        for name, places in (("strength", 2), ("steps", 0), ("guidance", 1)):
-            span = getattr(self, name)
-            if span and (name != "strength" or mode == "img2img"):
-                if places == 0:  # steps: a whole number from the range, both ends included
-                    n *= span[1] - span[0] + 1
-                    continue
-                # a uniform draw rounded to `places`: the values whose rounding interval the range overlaps
-                # ([0.305, 0.306] rounds to 0.31 only)
-                lo, hi = (round(v * 10 ** places, 9) for v in span)
-                n *= math.ceil(hi + 0.5) - math.floor(lo + 0.5) if hi > lo else 1
-        return n
+    def settings_count(self, mode: str, fixed_steps: Iterable[int] = ()) -> int:
+        """How many settings that make different images the ranges give a job of `mode` (strengths to 0.01,
+        steps whole, guidance to 0.1, as drawn; txt2img has no strength): strengths count by the denoising
+        steps they run at each of `fixed_steps` (where steps are not drawn) and guidance at or below 1, which
+        runs no guidance, counts once (:func:`draw_signature`); 1 when none is drawn."""
+        strengths = _grid(self.strength, 2) if self.strength and mode == "img2img" else [None]
+        steps = range(self.steps[0], self.steps[1] + 1) if self.steps else [None]
+        guidance = _grid(self.guidance, 1) if self.guidance else [None]
+        fixed = tuple(sorted(set(fixed_steps)))
+        made = {draw_signature({"strength": s, "steps": n, "guidance": None}, mode, fixed)
+                for s in strengths for n in steps}
+        return len(made) * len({g if g is None or g > 1 else "no guidance" for g in guidance})
 
 
-RANDOMIZED = ("strength", "steps", "guidance")  # the order each draw takes them from its stream
+def _grid(span: tuple[float, float], places: int) -> list[float]:
+    """The values a uniform draw from `span` rounded to `places` can take ([0.305, 0.306] gives 0.31 only)."""
+    lo, hi = (round(v * 10 ** places, 9) for v in span)
+    first, last = math.floor(lo + 0.5), (math.ceil(hi + 0.5) - 1 if hi > lo else math.floor(lo + 0.5))
+    return [k / 10 ** places for k in range(first, last + 1)]
+
+
+def draw_signature(params: dict, mode: str, fixed_steps: tuple[int, ...]) -> tuple:
+    """What of a `[randomize]` draw changes pixels for a job of `mode`: the steps; an img2img strength only by
+    the int(strength * steps) denoising steps it runs, at the drawn steps or else at each of `fixed_steps`;
+    a guidance at or below 1 not at all beyond running no guidance. Draws alike here make one image."""
+    steps = params.get("steps")
+    out: list = [steps]
+    if params.get("strength") is not None and mode == "img2img":
+        at = (steps,) if steps else fixed_steps
+        out.append(tuple(int(params["strength"] * n) for n in at) if at else params["strength"])
+    g = params.get("guidance")
+    out.append(g if g is None or g > 1 else "no guidance")
+    return tuple(out)
+
+
 
 
 @dataclass(frozen=True)
@@ -66,7 +83,7 @@ class Stage:
     metric: str | None                # needed with top_k
 
 
-def randomize_table(c: Checker, r, modes) -> Randomize | None:
+def randomize_table(c: Checker, r, modes, fixed_steps: Iterable[int] = ()) -> Randomize | None:
     """[randomize]: settings drawn per prompt from ranges, reproducibly from its seed."""
     if not isinstance(r, dict):
         c.bad("randomize", r, "a table")
@@ -81,16 +98,16 @@ def randomize_table(c: Checker, r, modes) -> Randomize | None:
     )
     if randomize.strength and "img2img" not in modes:
         c.problems.append("key 'randomize.strength': set but mode has no 'img2img'")
-    counts = {mode: randomize.settings_count(mode) for mode in modes}
+    counts = {mode: randomize.settings_count(mode, fixed_steps) for mode in modes}
+    counted = ("strengths to 0.01, steps whole, guidance to 0.1; strengths that run the same int(strength * "
+               "steps) denoising steps count once, as does guidance at or below 1, which runs no guidance")
     if max(counts.values(), default=1) == 1 < (randomize.draws or 1):  # no range at all, or none wide
         c.problems.append(f"key 'randomize.draws': got {randomize.draws}, but the ranges give every image only one "
-                          "setting (strengths to 0.01, steps whole, guidance to 0.1); expected draws = 1, or "
-                          "ranges wider than one value")
+                          f"setting ({counted}); expected draws = 1, or wider ranges")
     for mode, n in counts.items():  # a mode with one setting beside a wider one (txt2img has no strength)
         if 1 < n < (randomize.draws or 1):
             c.problems.append(f"key 'randomize.draws': got {randomize.draws}, but the ranges give {mode} images only "
-                              f"{n} different settings (strengths to 0.01, steps whole, guidance to 0.1); "
-                              f"expected at most {n}, or wider ranges")
+                              f"{n} different settings ({counted}); expected at most {n}, or wider ranges")
     return randomize
 
 

@@ -16,7 +16,7 @@ from typing import Callable, Iterable
 from .core import NEGATIVE_PREFIX, Job, Variant, content_key
 from .expand import compile_template
 from .experiment import Experiment, ExperimentError, problems_text
-from .experiment_tables import RANDOMIZED
+from .experiment_tables import draw_signature
 from .wildcards import WildcardLibrary
 
 # Rough seconds per denoising step per 512x512 image, by (family, device); `measured_scale` corrects them
@@ -34,6 +34,7 @@ class Plan:
     factors: tuple[str, ...]
     checkpoints: dict = field(default_factory=dict)  # name -> CheckpointRef
     nesting: tuple[tuple[str, str], ...] = ()  # (outer, inner): factor `inner` sits in an option of `outer`
+    merged: tuple[tuple[Job, Job], ...] = ()  # (left out, kept): jobs that would have made the kept one's image
 
     @property
     def keys(self) -> list[str]:
@@ -129,12 +130,27 @@ def size_notes(plan: Plan, jobs: Iterable[Job]) -> list[str]:
     return notes
 
 
+def merged_note(plan: Plan) -> str | None:
+    """What the plan left out because another job makes its image (:func:`jobs_for`), with an example."""
+    if not plan.merged:
+        return None
+    out, kept = plan.merged[0]
+    why = (f"strength {out.strength:g} runs int({out.strength:g} * {out.steps}) = {int(out.strength * out.steps)} "
+           f"denoising steps, as {kept.strength:g} does" if out.strength != kept.strength else
+           f"guidance {out.guidance:g} runs no classifier-free guidance, so the negative prompt "
+           f"{out.negative_prompt!r} is never read" if out.guidance <= 1 and kept.guidance <= 1 else
+           "its settings change no pixel from the kept job's")
+    return (f"{len(plan.merged)} planned images would repeat another's pixels and are made once, under the first "
+            f"one's settings (e.g. seed {out.seed}: {why}); comparisons leave those seeds unpaired for that level")
+
+
 def plan_notes(plan: Plan, jobs: list[Job]) -> list[str]:
     """What `plan` and `run` say about a valid plan that is rarely what was meant: dangling commas in its
-    prompts, image sizes far from a checkpoint's own."""
+    prompts, images that would repeat another's pixels, image sizes far from a checkpoint's own."""
     from .expand.lint import dangling_commas
 
-    return [n for n in (dangling_commas(j.prompt for j in jobs),) if n] + size_notes(plan, jobs)
+    notes = [dangling_commas(j.prompt for j in jobs), merged_note(plan)]
+    return [n for n in notes if n] + size_notes(plan, jobs)
 
 
 def group_jobs(jobs: Iterable[Job]) -> dict[tuple, list[Job]]:
@@ -197,18 +213,20 @@ def random_draws(exp: Experiment, seed: int, mode: str) -> list[dict]:
     """`[randomize] draws` parameter sets for one image seed: each draw has its own stream, keyed by the
     randomize seed, the image seed and the draw index only, so every prompt, negative prompt and
     checkpoint at that seed and draw gets the same settings (a comparison of any of them pairs images
-    made alike) and adding a prompt shifts nothing. A draw that repeats an earlier draw's settings (those
-    this mode uses: txt2img has no strength) is drawn again from its stream, so `draws` sets make `draws`
-    images; the experiment checks that the ranges hold that many."""
+    made alike) and adding a prompt shifts nothing. A draw that would make an earlier draw's image
+    (:func:`draw_signature`: txt2img has no strength, strengths count by the denoising steps they run,
+    guidance at or below 1 runs none) is drawn again from its stream, so `draws` sets make `draws` images;
+    the experiment checks that the ranges hold that many."""
     r = exp.randomize
-    used = [name for name in RANDOMIZED if getattr(r, name) and (name != "strength" or mode == "img2img")]
+    fixed = tuple(sorted({exp.setting(ck, "steps") for ck in exp.checkpoints}))
+    used = r.steps or r.guidance or (r.strength and mode == "img2img")  # else every draw is the same one
     seen: set[tuple] = set()
     out = []
     for draw in range(r.draws):
         rng = random.Random(content_key(["randomize", r.seed, seed, draw]))
         for _ in range(_REDRAWS):
             params = _draw(r, rng)
-            settings = tuple(params[name] for name in used)
+            settings = draw_signature(params, mode, fixed)
             if not used or settings not in seen:
                 break
         seen.add(settings)
@@ -272,9 +290,10 @@ def make_plan(exp: Experiment, *, resolve: Callable | None = None, library: Wild
     library = library or WildcardLibrary(exp.wildcard_path())
     prompts, negatives = variants_of(exp, library)
     refs = resolve_checkpoints(exp, resolve)
-    jobs = jobs_for(exp, refs, prompts, negatives, init_hash=init_hash)
+    merged: list[tuple[Job, Job]] = []
+    jobs = jobs_for(exp, refs, prompts, negatives, init_hash=init_hash, merged=merged)
     factors = list(dict.fromkeys(f for j in jobs for f in j.factors))
-    return Plan(exp, tuple(jobs), tuple(factors), refs, factor_nesting(exp, library))
+    return Plan(exp, tuple(jobs), tuple(factors), refs, factor_nesting(exp, library), tuple(merged))
 
 
 def factor_nesting(exp: Experiment, library: WildcardLibrary) -> tuple[tuple[str, str], ...]:
@@ -296,16 +315,47 @@ def factor_nesting(exp: Experiment, library: WildcardLibrary) -> tuple[tuple[str
     return tuple(dict.fromkeys(pairs))
 
 
+def pixel_alike(job: Job, *, emphasis: bool = True) -> str:
+    """A hash of `job`'s key fields less what changes no pixel, alike for jobs that make one image: an img2img
+    strength counts only by the int(strength * steps) denoising steps it runs (diffusers starts both at the
+    same timestep), a guidance at or below 1 runs no classifier-free guidance (its value and the negative
+    prompt are never read) and, with `emphasis`, a prompt read as emphasis counts only by its weighted runs of
+    text (`(a castle:1)` is `a castle`, `harness.weighted`). A later stage's stand-in for a parent not made
+    yet; without `emphasis`, what the planner makes once (a prompt's text is the user's own level)."""
+    fields = job.pixel_dict()
+    if emphasis:
+        fields.pop("emphasis", None)
+        fields["prompt"], fields["negative_prompt"] = (_weighted_runs(text, job.emphasis)
+                                                       for text in (job.prompt, job.negative_prompt))
+    if job.mode == "img2img":
+        fields["strength"] = ["denoising steps", int(job.strength * job.steps)]
+    if job.guidance <= 1:
+        fields["guidance"], fields["negative_prompt"] = "no guidance", []
+    return content_key(fields)
+
+
+def _weighted_runs(text: str, emphasis: str | None) -> list[list]:
+    from .emphasis import parse
+
+    runs = parse(text) if emphasis else [(text, 1.0)]
+    return [[part, weight] for part, weight in runs if part]
+
+
 def jobs_for(exp: Experiment, refs: dict, prompts: list[Variant], negatives: list[Variant], *,
              seeds: Iterable[int] | None = None, modes: Iterable[str] | None = None,
              strengths: Iterable[float] | None = None, inits: list[tuple[str, str]] | None = None,
              steps: int | None = None, stage: str = "main", meta: dict | None = None,
-             init_hash: Callable | None = None, randomize: bool = True) -> list[Job]:
+             init_hash: Callable | None = None, randomize: bool = True,
+             merged: list[tuple[Job, Job]] | None = None) -> list[Job]:
     """The cross product checkpoints x modes x prompts x negatives x seeds x draws
     x init images x strengths, deduplicated by key, in that order. `inits` are
     (path, hash) pairs that override the experiment's init images (later stages,
     search); `meta` is merged into every job's meta. `randomize=False` leaves
-    `[randomize]` out: one draw with the given and fixed settings (later stages)."""
+    `[randomize]` out: one draw with the given and fixed settings (later stages).
+
+    A job that would make the same image as an earlier one (:func:`pixel_alike`: strengths that run the same
+    denoising steps at a drawn step count, negative prompts at a drawn guidance at or below 1) is left out,
+    so the image is made once, under the earlier job's settings; `merged` gets (left out, kept) pairs."""
     from PIL import Image
 
     if init_hash is None:
@@ -316,6 +366,7 @@ def jobs_for(exp: Experiment, refs: dict, prompts: list[Variant], negatives: lis
     draws = randomized.draws if randomized else 1
     hashes: dict[tuple, str] = {}
     jobs: dict[str, Job] = {}
+    alike: dict[str, Job] = {}
     read = _emphasis_reader(exp, stage)
     for ck, ref in refs.items():
         width, height = exp.setting(ck, "width"), exp.setting(ck, "height")
@@ -360,6 +411,11 @@ def jobs_for(exp: Experiment, refs: dict, prompts: list[Variant], negatives: lis
                                               **({"draw": draw} if draws > 1 else {}),
                                               **({"drawn": drawn_names} if drawn_names else {}), **(meta or {})},
                                     )
+                                    kept = alike.setdefault(pixel_alike(job, emphasis=False), job)
+                                    if kept.key != job.key:
+                                        if merged is not None:
+                                            merged.append((job, kept))
+                                        continue
                                     jobs.setdefault(job.key, job)
     return list(jobs.values())
 

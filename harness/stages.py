@@ -30,7 +30,7 @@ from .experiment_tables import negative_origin
 from .grammar import escape_text
 from .images import init_hash
 from .ledger import Ledger
-from .plan import NEGATIVE_PREFIX, jobs_for, variant_of
+from .plan import NEGATIVE_PREFIX, jobs_for, pixel_alike, variant_of
 from .wildcards import WildcardLibrary
 
 
@@ -201,7 +201,7 @@ def stage_job_counts(exp: Experiment, main_jobs: list[Job], refs: dict,
     """How many jobs each stage will plan once its source is done, every source image made and scored by
     its metric where the metric can score it: the stages planned as `harness run` plans them, with each
     variant's first `top_k` images standing in for its best (which ones does not change the count), and
-    `pixel_stand_in` for each image's pixels: children of parents that will be one image are one job, as
+    `pixel_alike` for each image's pixels: children of parents that will be one image are one job, as
     in the run (parents made alike for reasons it does not know of are counted apart; the run says so).
 
     Two stages that could make the same image (same parent, prompt, seed, strength and steps) are an
@@ -215,32 +215,10 @@ def stage_job_counts(exp: Experiment, main_jobs: list[Job], refs: dict,
             for job in sorted(parents, key=lambda j: (j.seed, j.key)):
                 by_variant[variant_of(job)].append(job)
             parents = [j for ranked in by_variant.values() for j in ranked[: stage.top_k]]
-        made[stage.name] = children(exp, stage, parents, refs, lambda p: (f"<{p.key}>", pixel_stand_in(p)),
+        made[stage.name] = children(exp, stage, parents, refs, lambda p: (f"<{p.key}>", pixel_alike(p)),
                                     library)
     _check_disjoint(exp, made)
     return {stage.name: len(made[stage.name]) for stage in exp.stages}
-
-
-def pixel_stand_in(job: Job) -> str:
-    """What stands in for a planned image's pixels (its children's init hash) before it is made: the hash of
-    its key's fields less what changes no pixel, so parents that will be one image stand in alike, as their
-    init hashes will be alike: an img2img strength counts only by the int(strength * steps) denoising steps
-    it runs (diffusers starts both at the same timestep), a prompt read as emphasis only by its weighted
-    runs of text (`(a castle:1)` is `a castle`, `harness.weighted`)."""
-    fields = job.pixel_dict()
-    fields.pop("emphasis", None)
-    fields["prompt"], fields["negative_prompt"] = (_weighted_runs(text, job.emphasis)
-                                                   for text in (job.prompt, job.negative_prompt))
-    if job.mode == "img2img":
-        fields["strength"] = ["denoising steps", int(job.strength * job.steps)]
-    return content_key(fields)
-
-
-def _weighted_runs(text: str, emphasis: str | None) -> list[list]:
-    from .emphasis import parse
-
-    runs = parse(text) if emphasis else [(text, 1.0)]
-    return [[part, weight] for part, weight in runs if part]
 
 
 def _scorable(job: Job, spec: str) -> bool:
