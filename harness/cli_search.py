@@ -39,6 +39,26 @@ def parse_ops(text: Optional[str]) -> Optional[dict[str, float]]:
     return weights
 
 
+def parse_lists(text: Optional[str]) -> Optional[list[str]]:
+    """`styles, colours` -> the modifier list names, stripped (None, when --lists is not given: the default
+    lists); each must be a name the grammar reads as a wildcard, and given once."""
+    from .mutate.resources import list_name_problem
+
+    if not text:
+        return None
+    names: list[str] = []
+    for name in (p.strip() for p in text.split(",") if p.strip()):
+        if name in names:
+            raise ValueError(f"--lists {text!r}: list {name!r} is given twice; give each once")
+        if (problem := list_name_problem(name)) is not None:
+            raise ValueError(f"--lists {text!r}: {name!r} is {problem}")
+        names.append(name)
+    if not names:
+        raise ValueError(f"--lists {text!r}: no list named; expected list names, comma-separated, such as "
+                         "styles,colours (leave --lists out for the default lists)")
+    return names
+
+
 def check_ops(text: Optional[str], partnered: bool) -> Optional[dict[str, float]]:
     """`parse_ops`, then the operators must be known, their rates valid, and crossover needs --partner."""
     from . import mutate as mu
@@ -117,8 +137,7 @@ def mutate(
             # wildcards are looked up beside the files given, then where `harness expand` looks
             folders = [d for d in (template_dir, prompt_dir) if d is not None]
             library = WildcardLibrary(default_search_path(None, [*folders, *grammars]))
-            resources = mu.Resources.load(library, lists.split(",") if lists else None, template=source,
-                                          origin=origin)
+            resources = mu.Resources.load(library, parse_lists(lists), template=source, origin=origin)
             note = None if lists else missing_lists_note(resources, library)
             if note:
                 typer.echo(note, err=True)

@@ -198,7 +198,7 @@ def check_template(c: Checker, key: str, text: str, origin: str, shown: str | No
     choose-k counts too; the compiled template (None without a library, or when it has errors). `shown`:
     the text as written, when `text` stands in for it (same length, so line and column are the same)."""
     from .expand import compile_template
-    from .grammar import parse
+    from .grammar import Loc, parse
     if not text:
         return None
     try:
@@ -214,8 +214,10 @@ def check_template(c: Checker, key: str, text: str, origin: str, shown: str | No
             where = (f"line {e.line}, column {e.column} of the template{_written_at(c.path, key)}"
                      if inline and own else f"{e.origin}:{e.line}:{e.column}")
             line_text = lines[min(e.line, len(lines)) - 1] if shown is not None and own else e.line_text
-            c.problems.append(f"key '{key}': template error at {where}: {e.message}\n"
-                              f"      {line_text}\n      {' ' * (e.column - 1)}^")
+            # the line and its caret as GrammarError draws them (tabs kept, the whole span underlined)
+            drawn = GrammarError("", Loc(e.origin, line_text, e.column - 1, e.line), length=e.length)
+            under = "".join(f"\n    {row}" for row in str(drawn).split("\n")[1:])
+            c.problems.append(f"key '{key}': template error at {where}: {e.message}{under}")
 
 
 

@@ -37,7 +37,8 @@ _K_HEAD = re.compile(r"\s*(\d+)(?:\s*-\s*(\d+))?\s*\$\$")
 # What was meant as a count or a weight but is none (`{-1$$a|b}`, `{x$$a|b}`, `{nan::a|b}`, `{1.5x::a}`): an
 # error at it, not prompt text holding '$$' or '::'. A literal '$$' or '::' there is written escaped.
 _BAD_K_HEAD = re.compile(r"\s*([^\s{}|$\\]*)\s*\$\$")  # also no count at all: `{$$a|b}`
-_BAD_WEIGHT_HEAD = re.compile(r"\s*([-+]?(?:\d|\.\d|nan|inf)[^\s:|{}\\]*)\s*::", re.IGNORECASE)
+# A word such as `information::` or `nancy::` is text; only `nan`, `inf` or `infinity` as the whole weight is one.
+_BAD_WEIGHT_HEAD = re.compile(r"\s*([-+]?(?:(?:\d|\.\d)[^\s:|{}\\]*|nan|inf(?:inity)?))\s*::", re.IGNORECASE)
 # A wildcard's name up to the first "__" after it; `is_wildcard_name` then checks its characters (a combining
 # mark, which no regex class here covers, may follow a letter as in factor names).
 _WILDCARD = re.compile(r"__([^\W_]\S*?)__")
@@ -87,9 +88,12 @@ class _Parser:
         buf_start = self.i
         text = self.text
 
-        def flush() -> None:
+        def flush(node_next: bool = False) -> None:
+            """The text so far. A node in `parts` precedes it directly, and `node_next` says one follows it:
+            a slash group glued to an alternation or wildcard is no whole token."""
             if buf:
-                parts.extend(split_slashes("".join(buf), self.loc(buf_start)))
+                parts.extend(split_slashes("".join(buf), self.loc(buf_start), after_node=bool(parts),
+                                           before_node=node_next))
                 buf.clear()
 
         while self.i < len(text):
@@ -103,12 +107,12 @@ class _Parser:
             elif ch in "}|":
                 break
             elif ch == "{":
-                flush()
+                flush(node_next=True)
                 parts.append(self.alternation(depth + 1))
                 buf_start = self.i
             elif ch == "_" and text.startswith("__", self.i) and (m := _WILDCARD.match(text, self.i)) and (
                     is_wildcard_name(m.group(1))):
-                flush()
+                flush(node_next=True)
                 parts.append(Wildcard(m.group(1), loc=self.loc(self.i)))
                 self.i = m.end()
                 buf_start = self.i
@@ -175,9 +179,11 @@ class _Parser:
                                    self.loc(open_at))
             # The next "$$" was meant to end a separator that holds a brace: in the first option, or past
             # a "}" that closed the alternation too early (too few options for the count, a "}" to come).
+            # A "$$" inside braces opened after that "}" is another alternation's own (`{2$$a}{2$$b|c}`).
             if stray is not None and len(options) == 1 and (
                     _top_level_dollars(text, head_end, self.i)
-                    or (text[self.i] == "}" and self.i < stray and k[0] > 1 and "}" in text[stray:])):
+                    or (text[self.i] == "}" and self.i < stray and k[0] > 1 and "}" in text[stray:]
+                        and _top_level_dollars(text, self.i + 1, stray + 1))):
                 brace = min(p for p in (text.find(c, head_end, stray) for c in "{}") if p >= 0)
                 raise GrammarError("a choose-k separator cannot hold '{' or '}': it runs from the count's '$$' "
                                    "to the next '$$' (write \\$\\$ for a literal '$$' in an option)",
@@ -234,7 +240,7 @@ class _Parser:
 
 
 def _top_level_dollars(text: str, start: int, stop: int) -> bool:
-    """Whether `text[start:stop]` holds an unescaped "$$" outside any braces it opens."""
+    """Whether an unescaped "$$" starts in `text[start:stop]` outside any braces opened there."""
     depth, i = 0, start
     while i < stop:
         c = text[i]
@@ -243,7 +249,7 @@ def _top_level_dollars(text: str, start: int, stop: int) -> bool:
             continue
         if depth == 0 and text.startswith("$$", i):
             return True
-        depth += (c == "{") - (c == "}")
+        depth = max(0, depth + (c == "{") - (c == "}"))  # a "}" of braces opened before `start` is passed
         i += 1
     return False
 

@@ -11,6 +11,7 @@ from .checks import Checker
 from .experiment import Experiment, ExperimentError
 from .mutate import OPERATORS
 from .wildcards import WildcardLibrary
+from .mutate.resources import list_name_problem
 
 SELECTIONS = ("tournament", "top_k")
 DEFAULT_OPERATORS = {"swap": 1.0, "insert": 1.0, "delete": 1.0, "reorder": 0.5, "crossover": 1.0, "reweight": 0.5}
@@ -148,7 +149,10 @@ def search_config(exp: Experiment, library: WildcardLibrary | None = None) -> Se
         else:
             library = library or WildcardLibrary(exp.wildcard_path())
             for name in modifiers:
-                if library.get(name) is None:
+                unreadable = list_name_problem(name)
+                if unreadable:
+                    problems.append(f"key 'search.modifiers': {name!r} is {unreadable}")
+                elif library.get(name) is None:
                     close = difflib.get_close_matches(name, library.names(), n=1, cutoff=0.5)
                     where = library.searched()
                     problems.append(f"key 'search.modifiers': no wildcard list {name!r} ({name}.txt) in {where}"

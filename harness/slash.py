@@ -44,14 +44,16 @@ _ABBREVIATION_WORDS = [a.split("/") for a in ABBREVIATIONS]
 _LEADING_NUMBER = re.compile(r"^\d+(?:[.,]\d+)*")
 
 
-def split_slashes(raw: str, loc: Loc) -> list:
-    """Literal text -> Text and slash-shorthand Alt nodes.
+def split_slashes(raw: str, loc: Loc, *, after_node: bool = False, before_node: bool = False) -> list:
+    """Literal text -> Text and slash-shorthand Alt nodes. `after_node` / `before_node`: an alternation or
+    wildcard touches the text's start / end, so a group there is glued to it and no whole token.
 
     The rule: a slash group is two or more words joined by single unescaped
     slashes, with no space around them ("red/green/blue"). A word is a run of
     letters, digits, combining marks, "_", "-", apostrophes and inner "." and escaped slashes; it must
     contain a letter and must not be a number. A group is a whole token (`_BEFORE`, `_AFTER`), so
-    "AT&T/Verizon" and "rust/C++" are text. Groups touching a URL ("://", "www.",
+    "AT&T/Verizon" and "rust/C++" are text, and so is a group glued to a brace or wildcard
+    ("{a|b}red/green", "red/green__colours__"). Groups touching a URL ("://", "www.",
     or a first word that is a host name such as "example.com") or with an empty side
     ("w/", "a//b") stay literal, so "1/2 cup",
     "24/7", "f/2.8" and "http://x/y" are text, as are the ABBREVIATIONS (also within a longer group)
@@ -66,7 +68,8 @@ def split_slashes(raw: str, loc: Loc) -> list:
         words = group.split("/")
         token = _token_around(raw, m.start(), m.end())
         lower = [w.lower() for w in words]
-        if ("://" in token or token.lower().startswith("www.") or _HOST.fullmatch(words[0])
+        if ((after_node and m.start() == 0) or (before_node and m.end() == len(raw))
+                or "://" in token or token.lower().startswith("www.") or _HOST.fullmatch(words[0])
                 or _holds_abbreviation(lower)
                 or any(_NUMBER.fullmatch(w) or not re.search(r"[^\W\d_]", w) for w in words)):
             continue

@@ -224,3 +224,18 @@ chains = st.lists(st.one_of(clauses, st.lists(clauses, min_size=2, max_size=4).m
 def test_a_count_claimed_exact_for_a_chain_of_overlapping_clauses_is_the_brute_force_count(tree, small):
     n, exact, distinct = _count_claim(tree, small)
     assert n == distinct if exact else n >= distinct
+
+
+@SETTINGS
+@given(templates)
+def test_merging_distinct_texts_part_by_part_keeps_each_prompts_first_path(tree):
+    """What `expand` yields where paths far outnumber prompts: the same prompts, order and factors as
+    walking every path and keeping the first of each text."""
+    from harness.expand.exhaustive import distinct
+    from harness.expand.paths import walk
+
+    t = compile_template(render(tree))
+    first: dict = {}
+    for text, factors in walk(t.tree):
+        first.setdefault(text, factors)
+    assert distinct(t.tree) == list(first.items())

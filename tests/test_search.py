@@ -94,7 +94,7 @@ RAW = {"prompt": "a castle, oil painting", "metrics": ["clip_score:model=tiny"],
 
 def test_search_table_problems_are_reported_together_naming_the_file():
     raw = {**RAW, "search": {"populaton": 4, "generations": -1, "selection": "roulette", "elitism": 9,
-                             "operators": {"swapp": 1}, "weights": [1, 2], "modifiers": ["medium"]}}
+                             "operators": {"swapp": 1}, "weights": [1, 2], "modifiers": ["medium", "my list"]}}
     with pytest.raises(ExperimentError) as e:
         config(raw, Path("/tmp/study.toml"))
     text = str(e.value)
@@ -103,7 +103,8 @@ def test_search_table_problems_are_reported_together_naming_the_file():
                      "key 'search.population': missing", "key 'search.generations': got -1",
                      "key 'search.selection': got 'roulette'", "unknown operator 'search.operators.swapp'; "
                      "did you mean 'swap'?", "key 'search.weights': got [1, 2], expected a list of 1",
-                     "no wildcard list 'medium'"):
+                     "no wildcard list 'medium'", "key 'search.modifiers': 'my list' is not a list name: a list is "
+                     "read as the wildcard __my list__"):
         assert expected in text
 
 

@@ -213,14 +213,18 @@ def _choose_texts(option_texts: list[list[str]], lo: int, hi: int):
 def count_info(tree) -> tuple[int, bool]:
     """(number of distinct prompts, exact?). Exact for every template whose
     language is small or whose parts concatenate unambiguously; otherwise it
-    enumerates up to 2 million combinations, and past that returns an upper
-    bound flagged inexact."""
+    enumerates up to 2 million combinations, past that merges the distinct texts
+    part by part (`exhaustive.distinct`, up to 2 million pairs a step), and else
+    returns an upper bound flagged inexact."""
+    from .exhaustive import distinct
+
     lang = _lang(tree)
     if lang.exact:
         return lang.n, True
     if raw_count(tree) <= _ENUMERATE_FALLBACK:
         return len({text for text, _ in walk(tree)}), True
-    return lang.n, False
+    texts = distinct(tree)
+    return (len(texts), True) if texts is not None else (lang.n, False)
 
 
 def count(tree) -> int:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import random
 import re
 
+from ..emphasis import WEIGHT
 from ..expand.names import assign_names
 from ..grammar import GrammarError, Seq, Text, escape_text, parse, render
 from .clauses import _clause_parts, emphasis, emphasis_span, join_clauses, normalise, split_clauses
@@ -49,10 +50,31 @@ def _mutant(parent: str, clauses: list[str], operator: str, args: dict,
 
 
 def _word_spans(text: str, item: str) -> list[int]:
-    """Starts of whole-word occurrences of `item` in `text`."""
+    """Starts of whole-word occurrences of `item` in `text`, none in an emphasis weight (`:1.2)`)."""
     lead = r"(?<!\w)" if re.match(r"\w", item) else ""
     trail = r"(?!\w)" if re.search(r"\w$", item) else ""
-    return [m.start() for m in re.finditer(lead + re.escape(item) + trail, text)]
+    weights = _weight_spans(text)
+    return [m.start() for m in re.finditer(lead + re.escape(item) + trail, text)
+            if not any(m.start() < end and start < m.end() for start, end in weights)]
+
+
+def _weight_spans(text: str) -> list[tuple[int, int]]:
+    """(start, end) of each A1111 emphasis weight in `text`: the `:N` right before a `)`, up to and with the
+    `)`. A `)` whose `(` is not in `text` (an alternation stands between them) is read from the start."""
+    spans, opened, i = [], [], 0
+    while i < len(text):
+        ch = text[i]
+        if ch == "\\":
+            i += 2
+            continue
+        if ch in "([":
+            opened.append((ch, i))
+        elif ch in ")]":
+            bracket, at = opened.pop() if opened else ("(", -1)
+            if ch == ")" and bracket == "(" and (m := WEIGHT.search(text, at + 1, i)) is not None:
+                spans.append((m.start(), i + 1))
+        i += 1
+    return spans
 
 
 def swap(prompt: str, rng: random.Random, resources: Resources) -> Mutant | None:

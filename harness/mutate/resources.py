@@ -4,11 +4,13 @@ factors of a source template, each as a `Vocabulary` of interchangeable texts.""
 from __future__ import annotations
 
 import difflib
+import unicodedata
 from dataclasses import dataclass
 from typing import Sequence
 
 from ..core import content_key
 from ..expand import alternations, compile_template, expand
+from ..grammar import GrammarError, Wildcard, parse
 from ..wildcards import WildcardLibrary
 from .clauses import _WS
 
@@ -61,9 +63,12 @@ class Resources:
         explicit = lists is not None
         vocabularies = []
         for name in (DEFAULT_LISTS if lists is None else lists):
+            if (problem := list_name_problem(name)) is not None:
+                raise ValueError(f"modifier list {name!r}: {problem}")
             if library.get(name) is None:
                 if explicit:
-                    close = difflib.get_close_matches(name, library.names(), n=3, cutoff=0.5)
+                    usable = [n for n in library.names() if list_name_problem(n) is None]
+                    close = difflib.get_close_matches(name, usable, n=3, cutoff=0.5)
                     hint = f"; did you mean {', '.join(close)}?" if close else ""
                     where = library.searched()
                     raise ValueError(f"modifier list {name!r}: no {name}.txt in {where}{hint}")
@@ -85,6 +90,20 @@ class Resources:
         """A content key of everything the operators can draw (for resume checks)."""
         return content_key([[v.name, list(v.items), v.form, v.words, v.insertable]
                             for v in (*self.lists, *self.factors)])
+
+
+def list_name_problem(name: str) -> str | None:
+    """Why `name` cannot name a modifier list, or None: a list is read as the wildcard `__name__`, so its
+    name must be one the grammar reads as a whole wildcard name (not `my list`, `_priv` or `a__b`)."""
+    try:
+        parts = parse(f"__{name}__").parts
+    except GrammarError:
+        parts = ()
+    if len(parts) == 1 and isinstance(parts[0], Wildcard) and parts[0].path == unicodedata.normalize("NFC", name):
+        return None
+    return (f"not a list name: a list is read as the wildcard __{name}__, whose name starts with a letter or "
+            "digit and holds only letters, digits, '_', '-', '.' and '/' (no '__' inside, no '_' last); "
+            "rename the file to use it")
 
 
 def missing_lists_note(resources: Resources, library: WildcardLibrary) -> str | None:
