@@ -444,9 +444,12 @@ def _emphasis_reader(exp: Experiment, stage: str = "main") -> Callable[[Variant,
                 levels = [f"{name} = {level!r}" for name, level in variant.factors.items()
                           if isinstance(level, str) and has_emphasis(level)]
                 made = f" (expanded with factor {', '.join(levels)})" if levels else ""
+                escaped = ("; in a template `\\:` is the grammar's escape of ':', so A1111's `\\:` is written "
+                           "`\\\\:` there" if "switch prompts" in str(e) and "\\:" in exp.prompt + exp.negative_prompt
+                           else "")
                 raise ExperimentError(exp.path, [
-                    f"{what}{where} {text!r}{made}, {e}; or set emphasis = \"literal\" to give the model brackets "
-                    "as text"]) from None
+                    f"{what}{where} {text!r}{made}, {e}{escaped}; or set emphasis = \"literal\" to give the model "
+                    "brackets as text"]) from None
             memo[text] = None if "".join(t for t, _ in runs) == text and all(w == 1 for _, w in runs) else "a1111"
         return memo[text]
 

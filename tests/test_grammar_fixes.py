@@ -180,3 +180,19 @@ def test_stage_template_errors_draw_the_caret_under_the_text_as_written(tmp_path
         load_experiment(tmp_path / "exp.toml")
     (problem,) = [p for p in info.value.problems if "stages[0].prompt" in p]
     assert problem.split("\n")[1:] == ["      __parent__,\t{x|y", "                 \t^"]
+
+
+def test_a_template_that_meant_a1111s_colon_escape_is_told_to_double_its_backslash(tmp_path):
+    """`[castle\\:hill]` in a template is the grammar's escape: the prompt gets `[castle:hill]`, prompt
+    editing; the error says how to write A1111's escape there, and the doubled form plans."""
+    from harness.experiment import ExperimentError, load_experiment
+    from harness.plan import make_plan
+
+    exp = tmp_path / "e.toml"
+    exp.write_text('prompt = \'a [castle\\:hill] at dusk\'\nseeds = [1]\ncheckpoints = ["tiny"]\n')
+    with pytest.raises(ExperimentError) as err:
+        make_plan(load_experiment(exp))
+    assert "prompt editing" in str(err.value) and "A1111's `\\:` is written `\\\\:` there" in str(err.value)
+    exp.write_text('prompt = \'a [castle\\\\:hill] at dusk\'\nseeds = [1]\ncheckpoints = ["tiny"]\n')
+    (job,) = make_plan(load_experiment(exp)).jobs
+    assert job.prompt == "a [castle\\:hill] at dusk" and job.emphasis == "a1111"
