@@ -115,7 +115,7 @@ def prepare_run(exp: Experiment, plan: Plan, run_dir: Path, *, jobs: list[Job] |
     edited = edited_since(ledger, exp)
     copy, text = run_dir / "experiment.toml", exp.run_copy()
     if edited and copy.is_file():
-        _keep_earlier_version(run_dir, template)
+        _keep_earlier_version(run_dir, template, inline_prompt(text, exp.prompt))
     if edited or not copy.is_file() or copy.read_bytes() != text.encode("utf-8"):  # its time: when first run
         write_atomic(copy, lambda p: p.write_text(text, encoding="utf-8"))
     ledger.set_meta("experiment_name", exp.name)
@@ -146,21 +146,25 @@ def prepare_run(exp: Experiment, plan: Plan, run_dir: Path, *, jobs: list[Job] |
     return ledger, [j for j in jobs if j.key not in done]
 
 
-def _keep_earlier_version(run_dir: Path, template: str | None) -> Path:
+def _keep_earlier_version(run_dir: Path, template: str | None, current: str) -> Path | None:
     """Copy RUN/experiment.toml, the version that made the folder's images so far, to
     RUN/history/experiment-<UTC time it was written>.toml before an edited version replaces it.
-    When its prompt was a file, the copy holds `template`, the text the file had then, inline."""
+    When its prompt was a file, the copy holds `template`, the text the file had then, inline. Nothing is
+    kept when that is `current`, the new version (inline): a run stopped after writing its copy and before
+    recording its settings left it there, and it is no earlier version."""
     copy = run_dir / "experiment.toml"
+    kept = copy.read_bytes().decode("utf-8")  # bytes as written (read_text would turn \r\n into \n)
+    if template is not None:
+        kept = inline_prompt(kept, template)
+    if kept == current:
+        return None
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(copy.stat().st_mtime))
     history = run_dir / HISTORY_DIR
     history.mkdir(exist_ok=True)
     n = 1
     while (target := history / f"experiment-{stamp}{'' if n == 1 else f'-{n}'}.toml").exists():
         n += 1
-    kept = copy.read_bytes()
-    if template is not None:
-        kept = inline_prompt(kept.decode("utf-8"), template).encode("utf-8")
-    return write_atomic(target, lambda p: p.write_bytes(kept))
+    return write_atomic(target, lambda p: p.write_bytes(kept.encode("utf-8")))
 
 
 def run_experiment(path: Path | str, *, out: Path | str | None = None, force: bool = False,

@@ -157,6 +157,35 @@ def test_editing_experiment_adds_only_new_jobs(tmp_path):
     assert len(list((tmp_path / "run" / "history").glob("experiment-*.toml"))) == 2
 
 
+def test_a_run_of_an_edit_stopped_after_writing_its_copy_files_no_history_of_itself(tmp_path):
+    """Stopped between writing RUN/experiment.toml and recording the new settings, the next run still sees an
+    edit; the copy it would file as the earlier version is this version, so only the first one is kept."""
+    import subprocess
+    import sys
+
+    exp = experiment(tmp_path)
+    run_experiment(exp, out=tmp_path / "run", progress=False)
+    first_copy = (tmp_path / "run" / "experiment.toml").read_text()
+    exp.write_text(SMALL.replace("seeds = [1, 2]", "seeds = [1, 2, 3]"))
+    stopped = subprocess.run([sys.executable, "-c", f"""
+import os
+from harness.ledger import Ledger
+from harness.run import run_experiment
+real = Ledger.set_meta
+def stop(self, key, value):
+    if key == "experiment_name":
+        os._exit(9)  # the process dies here, as a kill would stop it
+    return real(self, key, value)
+Ledger.set_meta = stop
+run_experiment({str(exp)!r}, out={str(tmp_path / "run")!r}, progress=False)
+"""], capture_output=True, text=True)
+    assert stopped.returncode == 9, stopped.stderr
+    assert "seeds = [1, 2, 3]" in (tmp_path / "run" / "experiment.toml").read_text()  # the copy got written
+    assert run_experiment(exp, out=tmp_path / "run", progress=False).generated == 8
+    (old,) = (tmp_path / "run" / "history").glob("experiment-*.toml")
+    assert old.read_text() == first_copy
+
+
 def test_an_edited_prompt_file_is_a_new_version_kept_with_its_text_inline(tmp_path):
     import tomllib
 
