@@ -247,28 +247,42 @@ def drawn_figure(table: pd.DataFrame, parameter: str, metrics: list[str]):
     panels = [(c, units) for c, units in panels if len(units)]
     if not panels:
         return None
+    effects = [drawn_effect(table, parameter, col) for col, _ in panels]
     titles = []
-    for col, _ in panels:
-        e = drawn_effect(table, parameter, col)
-        rho = (f"rho {e['rho']:+.2f} [{e['rho_low']:+.2f}, {e['rho_high']:+.2f}]" if e["rho"] == e["rho"]
-               else "too few draws for rho")
+    for (col, _), e in zip(panels, effects):
+        within = " within seeds" if e["within_seed"] else ""
+        rho = (f"rho{within} {e['rho']:+.2f} [{e['rho_low']:+.2f}, {e['rho_high']:+.2f}]" if e["rho"] == e["rho"]
+               else f"no rho: {e['why_none']}")
         titles.append(_wrap(f"{metric_label(col)} by drawn {parameter} ({e['units']} draws, {rho})", 42))
     fig = _figure(4.2 * len(panels), max(_height(t) for t in titles))
     axes = np.atleast_1d(fig.subplots(1, len(panels), squeeze=False)[0])
-    for ax, (col, units), title in zip(axes, panels, titles):
-        x, y = units["value"].to_numpy(float), units["score"].to_numpy(float)
-        ax.scatter(x, y, s=12 + 4 * np.minimum(units["images"].to_numpy(), 8), alpha=0.6, color="#2f5dbd",
-                   label="one draw (mean of its images)")
-        if len(units) >= 2 and np.ptp(x) > 0:
-            slope, intercept = np.polyfit(x, y, 1)
-            xs = np.array([x.min(), x.max()])
-            ax.plot(xs, intercept + slope * xs, color="#c0392b", linewidth=1.5, label="least-squares line")
-        ax.legend(fontsize=7)
+    for ax, (col, units), e, title in zip(axes, panels, effects, titles):
+        _drawn_panel(ax, units, e, metric_bounds(col))
         ax.set_xlabel(f"{parameter} (drawn)")
         ax.set_ylabel(_wrap(metric_label(col, 60), 30), fontsize=9)
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
     return fig
+
+
+def _drawn_panel(ax, units: pd.DataFrame, effect: dict, bounds: tuple[float, float] | None) -> None:
+    """A point per draw; a thin line joins the draws of one seed (they share its noise: the analysis is
+    within seeds); the fitted line, where there is a slope, through the mean, kept within the metric's range."""
+    x, y = units["value"].to_numpy(float), units["score"].to_numpy(float)
+    for _, seed in units.groupby("seed"):
+        if len(seed) > 1 and effect["within_seed"]:
+            ordered = seed.sort_values("value")
+            ax.plot(ordered["value"], ordered["score"], color="#999999", linewidth=0.6, alpha=0.6)
+    ax.scatter(x, y, s=12 + 4 * np.minimum(units["images"].to_numpy(), 8), alpha=0.6, color="#2f5dbd",
+               label="one draw (mean of its images)", zorder=3)
+    slope = effect["slope"]
+    if slope == slope:
+        xs = np.linspace(x.min(), x.max(), 50)
+        ys = y.mean() + slope * (xs - x.mean())
+        inside = np.ones_like(xs, dtype=bool) if bounds is None else (ys >= bounds[0]) & (ys <= bounds[1])
+        ax.plot(xs[inside], ys[inside], color="#c0392b", linewidth=1.5,
+                label="fitted slope" + (" (within seeds)" if effect["within_seed"] else ""))
+    ax.legend(fontsize=7)
 
 
 def drawn_plot(table: pd.DataFrame, parameter: str, metrics: list[str], out: Path) -> Path | None:

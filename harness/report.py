@@ -211,7 +211,8 @@ EXTRA_TABLES = (("search_generations", "Prompt search: best prompts per generati
                 ("ablation", "Ablation: each clause's contribution (full minus without, paired by seed)"))
 EXTRA_PLOTS = ("search_trajectory.png",)
 DRAWN_TITLE = ("Settings drawn by [randomize]: Spearman rho and least-squares slope of each metric on the drawn "
-               "value, over draws (a draw's score is the mean of the images made with it; 95% intervals)")
+               "value, over draws (a draw's score is the mean of the images made with it; within seeds where seeds "
+               "have two draws or more; 95% intervals, p of the same z as rho's)")
 SEARCH_FILES = ("tables/search_generations", "tables/search_trajectory", "tables/search_lineage",
                 "plots/search_trajectory.png")
 

@@ -61,10 +61,46 @@ def test_unhealthy_unscored_and_later_stage_images_are_not_draws():
 def test_too_few_draws_or_no_variation_give_no_correlation_and_say_why():
     few = drawn_effect(_linear(n_draws=3), "guidance", METRIC)
     assert few["units"] == 3 and math.isnan(few["rho"]) and math.isnan(few["slope"])
-    assert "too few draws or no variation" in describe(few)
+    assert describe(few).endswith("no correlation: too few draws (3 of the 4 needed)")
     flat = _linear()
     flat[METRIC] = 1.0
-    assert math.isnan(drawn_effect(flat, "guidance", METRIC)["rho"])
+    e = drawn_effect(flat, "guidance", METRIC)
+    assert math.isnan(e["rho"]) and math.isnan(e["slope"]) and describe(e).endswith("the metric does not vary")
+
+
+def test_draws_of_one_seed_are_compared_within_it_so_a_seeds_luck_is_no_effect():
+    """Six seeds, two draws each; the score is the seed's own level (90 or 10) plus noise, and the lucky
+    seeds happened to draw low guidance. Across draws that reads as a strong negative effect; within seeds
+    there is none, and over 100 such studies the test finds one about 5% of the time."""
+    from scipy import stats as sps
+
+    naive_hits = within_hits = 0
+    for r in range(100):
+        rng = np.random.default_rng(r)
+        rows = []
+        for seed in range(6):
+            lucky = seed % 2 == 0
+            for draw in range(2):
+                g = (2.0 if lucky else 7.0) + draw + rng.uniform(0, 0.5)
+                for p in ("a", "b"):
+                    rows.append((f"{p}{seed}{draw}", "main", seed, draw, g, True,
+                                 (90 if lucky else 10) + rng.normal(0, 3)))
+        t = _table(rows)
+        units = drawn_units(t, "guidance", METRIC)
+        naive_hits += sps.spearmanr(units["value"], units["score"])[1] < 0.05
+        e = drawn_effect(t, "guidance", METRIC)
+        within_hits += e["p"] < 0.05
+        assert e["within_seed"] and (e["p"] < 0.05) == (e["rho_low"] > 0 or e["rho_high"] < 0)
+    assert naive_hits > 60 and within_hits <= 10
+    assert "rho within seeds" in describe(e)
+
+
+def test_the_p_value_agrees_with_the_interval():
+    rng = np.random.default_rng(2)
+    for n in (6, 9, 15, 40):
+        rows = [(f"k{s}", "main", s, 0, float(s), True, s * 0.1 + rng.normal(0, 1)) for s in range(n)]
+        e = drawn_effect(_table(rows), "guidance", METRIC)
+        assert (e["p"] < 0.05) == (e["rho_low"] > 0 or e["rho_high"] < 0)
 
 
 def test_effects_cover_each_drawn_parameter_the_table_has_and_lines_read_as_numbers():

@@ -203,8 +203,9 @@ def test_a_drawn_strength_gets_a_point_per_draw_and_no_main_strength_curve(tmp_p
     """[randomize] strength: each seed's draw is its own strength, so the main stage's strength curve would
     join single draws; its drawn plot has a point per draw (the mean of its prompts) and the fitted line."""
     table = image_table({"color": ["red", "blue"]}, ["clip_score"])
-    table["strength"] = 0.2 + 0.1 * table["seed"] + 0.01 * (table["strength"] > 0.5)  # 4 drawn strengths
-    table["draw"] = 0
+    table = pd.concat([table, table.assign(seed=table["seed"] + 2)], ignore_index=True)  # seeds 1-4
+    table["draw"] = (table["strength"] > 0.5).astype(int)  # two draws a seed
+    table["strength"] = 0.2 + 0.1 * table["seed"] + 0.01 * table["draw"]  # 8 drawn strengths
     table["m.clip_score"] = 100 * table["strength"]
     table = table.assign(stage="main")
     names = [p.name for p in plots_for(table, tmp_path, drawn=["strength"])]
@@ -213,6 +214,11 @@ def test_a_drawn_strength_gets_a_point_per_draw_and_no_main_strength_curve(tmp_p
 
     (ax,) = drawn_figure(table, "strength", ["clip_score"]).axes
     points = ax.collections[0].get_offsets()
-    assert sorted(map(tuple, np.round(points, 6))) == [(0.3, 30.0), (0.31, 31.0), (0.4, 40.0), (0.41, 41.0)]
-    assert "4 draws, rho +1.00" in flat(ax.get_title())
+    assert sorted(map(tuple, np.round(points, 6))) == [(s / 100, float(s)) for s in (30, 31, 40, 41, 50, 51, 60, 61)]
+    assert "8 draws, rho within seeds +0.96" in flat(ax.get_title())  # each seed's two draws, ranked as ties
+    from harness.stats.drawn import drawn_effect
+
+    assert drawn_effect(table, "strength", "clip_score")["slope"] == pytest.approx(100)
+    labels = [line.get_label() for line in ax.get_lines()]
+    assert labels.count("fitted slope (within seeds)") == 1 and len(labels) == 5  # and a line per seed
     assert "strength.png" in [p.name for p in plots_for(table, tmp_path)]  # strengths the experiment lists

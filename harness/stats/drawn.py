@@ -3,12 +3,18 @@
 A drawn setting has no levels to compare, so it gets a rank correlation and a slope instead. The unit is
 one draw: every image made with the same seed, draw index and drawn value (all prompts, negative prompts
 and checkpoints at that seed and draw share the setting). Its score is the mean over those images, so
-prompts average out and the images of one draw, which share their noise, count once. Over the units:
+prompts average out and the images of one draw, which share their noise, count once.
 
-* Spearman's rho with a Fisher-z interval whose standard error is sqrt(1.06 / (n - 3)) (the variance
-  Fieller, Hartley & Pearson found for rank correlations), and scipy's p-value;
-* the least-squares slope of unit score on the drawn value with its Student-t interval: the change in the
-  metric per unit of the setting, read as a straight-line summary, not a model.
+Draws of one seed share its noise too: with `draws > 1` a seed's luck would read as an effect of whatever
+values its draws happened to get. So where seeds have two draws or more the analysis is within seeds: the
+value and score of each draw are taken as differences from their seed's means (seeds with a single draw
+drop out), which removes every seed's own level. Over the units (or those differences):
+
+* Spearman's rho with a Fisher-z interval whose standard error is sqrt(1.06 / (n - 3 - k)) (the variance
+  Fieller, Hartley & Pearson found for rank correlations; k = seeds - 1 where the seeds' means were taken
+  out), and the p-value of the same z, so the p-value and the interval agree;
+* the least-squares slope of score on value with its Student-t interval (n - 2 - k degrees of freedom): the
+  change in the metric per unit of the setting, read as a straight-line summary, not a model.
 
 Only the experiment's own (main-stage) images carry drawn settings; later stages' images are left out.
 """
@@ -23,14 +29,14 @@ from scipy import stats as sps
 
 from .table import _resolve_metric, healthy_mask, in_key_order
 
-MIN_UNITS = 4  # the Fisher-z interval needs n > 3
-DRAWN_COLUMNS = ["parameter", "metric", "units", "images", "low", "high", "rho", "rho_low", "rho_high", "p",
-                 "slope", "slope_low", "slope_high"]
+MIN_UNITS = 4  # the Fisher-z interval needs n - k > 3
+DRAWN_COLUMNS = ["parameter", "metric", "units", "images", "low", "high", "within_seed", "rho", "rho_low",
+                 "rho_high", "p", "slope", "slope_low", "slope_high", "why_none"]
 
 
 def drawn_units(df: pd.DataFrame, parameter: str, metric: str) -> pd.DataFrame:
     """One row per draw unit (seed, draw, drawn value) of the main stage's healthy, scored images:
-    `value`, `score` (the mean over its images) and `images`."""
+    `seed`, `value`, `score` (the mean over its images) and `images`."""
     metric = _resolve_metric(df, metric)
     if parameter not in df.columns:
         raise ValueError(f"drawn: {parameter!r} is not a column of the table; columns: {list(df.columns)}")
@@ -47,26 +53,51 @@ def drawn_units(df: pd.DataFrame, parameter: str, metric: str) -> pd.DataFrame:
     return units.reset_index().rename(columns={"mean": "score", "size": "images"})
 
 
+def within_seed(units: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, int]:
+    """(values, scores, seed means taken out): the units as analysed. Where some seed has two draws or
+    more, each as its difference from its seed's means, over the seeds with two or more (k = their number
+    - 1); else the units as they are (k = 0)."""
+    per_seed = units.groupby("seed")["value"].transform("size")
+    if not (per_seed > 1).any():
+        return units["value"].to_numpy(float), units["score"].to_numpy(float), 0
+    many = units[per_seed > 1]
+    centred = many[["value", "score"]] - many.groupby("seed")[["value", "score"]].transform("mean")
+    return centred["value"].to_numpy(float), centred["score"].to_numpy(float), many["seed"].nunique() - 1
+
+
 def drawn_effect(df: pd.DataFrame, parameter: str, metric: str, confidence: float = 0.95) -> dict:
     """Rank correlation and slope of `metric` on the drawn `parameter` over draw units (see the module)."""
     units = drawn_units(df, parameter, metric)
-    n = len(units)
-    x, y = units["value"].to_numpy(float), units["score"].to_numpy(float)
-    row = {"parameter": parameter, "metric": _resolve_metric(df, metric).removeprefix("m."), "units": n,
-           "images": int(units["images"].sum()), "low": float(x.min()) if n else math.nan,
-           "high": float(x.max()) if n else math.nan, "rho": math.nan, "rho_low": math.nan, "rho_high": math.nan,
-           "p": math.nan, "slope": math.nan, "slope_low": math.nan, "slope_high": math.nan}
-    if n < MIN_UNITS or np.ptp(x) == 0 or np.ptp(y) == 0:
-        return row  # too few draws, or nothing varies: no correlation to speak of
-    rho, p = sps.spearmanr(x, y)
+    x, y, k = within_seed(units)
+    n = len(x)
+    row = {"parameter": parameter, "metric": _resolve_metric(df, metric).removeprefix("m."), "units": len(units),
+           "images": int(units["images"].sum()), "low": float(units["value"].min()) if len(units) else math.nan,
+           "high": float(units["value"].max()) if len(units) else math.nan, "within_seed": k > 0, "rho": math.nan,
+           "rho_low": math.nan, "rho_high": math.nan, "p": math.nan, "slope": math.nan, "slope_low": math.nan,
+           "slope_high": math.nan, "why_none": ""}
+    if n - k < MIN_UNITS:
+        row["why_none"] = (f"too few draws ({n - k} {'beyond the seeds' if k else ''} of the {MIN_UNITS} "
+                           "needed)").replace("  ", " ")
+        return row
+    if np.ptp(x) == 0:
+        row["why_none"] = f"{parameter} does not vary" + (" within seeds" if k else "")
+        return row
+    if np.ptp(y) == 0:
+        row["why_none"] = "the metric does not vary" + (" within seeds" if k else "")
+        return row
+    rho = float(sps.spearmanr(x, y)[0])
     z = float(sps.norm.ppf(0.5 + confidence / 2))
-    half = z * math.sqrt(1.06 / (n - 3))
-    centre = math.atanh(min(max(float(rho), -0.999999), 0.999999))
-    fit = sps.linregress(x, y)
-    t = float(sps.t.ppf(0.5 + confidence / 2, df=n - 2))
-    row.update(rho=float(rho), rho_low=math.tanh(centre - half), rho_high=math.tanh(centre + half), p=float(p),
-               slope=float(fit.slope), slope_low=float(fit.slope - t * fit.stderr),
-               slope_high=float(fit.slope + t * fit.stderr))
+    se = math.sqrt(1.06 / (n - 3 - k))
+    centre = math.atanh(min(max(rho, -0.999999), 0.999999))
+    slope = float(np.dot(x - x.mean(), y - y.mean()) / np.dot(x - x.mean(), x - x.mean()))
+    resid = (y - y.mean()) - slope * (x - x.mean())
+    dof = n - 2 - k
+    half = (float(sps.t.ppf(0.5 + confidence / 2, df=dof))
+            * math.sqrt(float(np.dot(resid, resid)) / dof / float(np.dot(x - x.mean(), x - x.mean())))
+            if dof > 0 else math.nan)
+    row.update(rho=rho, rho_low=math.tanh(centre - z * se), rho_high=math.tanh(centre + z * se),
+               p=float(2 * sps.norm.sf(abs(centre) / se)), slope=slope, slope_low=slope - half,
+               slope_high=slope + half)
     return row
 
 
@@ -77,11 +108,12 @@ def drawn_effects(df: pd.DataFrame, parameters: list[str], metrics: list[str]) -
 
 
 def describe(row) -> str:
-    """One line for a terminal: `guidance (4-9, 24 draws): clip_score rho +0.45 [+0.05, +0.73], p 0.03;
-    +1.2 per unit [+0.1, +2.3]`."""
+    """One line for a terminal: `guidance (4-9, 24 draws of 96 images): clip_score: Spearman rho +0.45
+    [+0.05, +0.73], p 0.03; slope +1.2 per unit [+0.1, +2.3]` (`within seeds` where seeds have 2+ draws)."""
     span = f"{row['low']:g}-{row['high']:g}"
     head = f"{row['parameter']} ({span}, {row['units']} draws of {row['images']} images): {row['metric']}"
     if not row["rho"] == row["rho"]:
-        return f"{head}: too few draws or no variation to correlate (needs {MIN_UNITS} draws)"
-    return (f"{head}: Spearman rho {row['rho']:+.2f} [{row['rho_low']:+.2f}, {row['rho_high']:+.2f}], "
+        return f"{head}: no correlation: {row['why_none']}"
+    within = " within seeds" if row["within_seed"] else ""
+    return (f"{head}: Spearman rho{within} {row['rho']:+.2f} [{row['rho_low']:+.2f}, {row['rho_high']:+.2f}], "
             f"p {row['p']:.3g}; slope {row['slope']:+.4g} per unit [{row['slope_low']:+.4g}, {row['slope_high']:+.4g}]")
