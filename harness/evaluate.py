@@ -71,9 +71,29 @@ def lasting(scores: list) -> list:
 
 
 def experiment_metrics(ledger: Ledger) -> list[str]:
-    """The metric specs of the experiment the run was made from."""
+    """The metric specs of the experiment the run was made from, with weights paths (`pretrained=` a file or
+    folder) taken from the experiment's folder as `harness run` took them, wherever `eval` runs."""
+    from .experiment_tables import pinned_weights
+
     raw = ledger.get_meta("experiment")
-    return list(json.loads(raw).get("metrics", [])) if raw else []
+    specs = list(json.loads(raw).get("metrics", [])) if raw else []
+    base = experiment_base(ledger)
+    return [pinned_weights(spec, base) for spec in specs] if base is not None else specs
+
+
+def experiment_base(ledger: Ledger) -> Path | None:
+    """The folder the run's experiment took relative paths from: the `base_dir` its run-folder copy pins
+    (else the folder of the experiment file it was run from); None when neither is known."""
+    import tomllib
+
+    try:
+        copy = tomllib.loads((Path(ledger.run_dir) / "experiment.toml").read_text(encoding="utf-8"))
+        if isinstance(copy.get("base_dir"), str):
+            return Path(copy["base_dir"])
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        pass
+    path = ledger.get_meta("experiment_path")
+    return Path(path).parent if path else None
 
 
 def default_clip(ledger: Ledger) -> str:

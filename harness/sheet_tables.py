@@ -11,20 +11,37 @@ import pandas as pd
 from .columns import dim_name, is_missing, level_label, short_metric
 
 
+def is_level_column(column: Any) -> bool:
+    """Whether a table column holds factor levels, which read as the tables show them ('' is '(empty)'): a
+    comparison's level and baseline, a prompt factor (`f.*`), a design or parameter column (checkpoint, mode,
+    negative prompt...). Other text (a note, an error, a reason) is shown as it is: empty stays empty."""
+    from .stats.table import DESIGN_COLUMNS, PARAM_COLUMNS
+
+    name = str(column)
+    return name in ("level", "baseline") or name.startswith("f.") or name in (*DESIGN_COLUMNS, *PARAM_COLUMNS)
+
+
+def _text_cell(v: Any, level: bool) -> str:
+    if isinstance(v, (list, tuple)):
+        return ", ".join(map(str, v))
+    return v if isinstance(v, str) and not level else level_label(v)
+
+
 def table_model(df: pd.DataFrame) -> dict:
-    """Header and cells of a DataFrame; numeric cells carry their raw value for sorting."""
+    """Header and cells of a DataFrame; numeric cells carry their raw value for sorting. Cells of level
+    columns (:func:`is_level_column`) read as level labels, other text as it is."""
     if not isinstance(df.index, pd.RangeIndex):
         df = df.reset_index()
     head, body = [str(c) for c in df.columns], []
     numeric = [pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c]) for c in df.columns]
+    levels = [is_level_column(c) for c in df.columns]
     for row in df.itertuples(index=False):
         cells = []
-        for v, num in zip(row, numeric):
+        for v, num, level in zip(row, numeric, levels):
             if num and not is_missing(v):
                 cells.append({"text": f"{float(v):.4g}" if isinstance(v, float) else str(v), "sort": float(v)})
             else:
-                cells.append({"text": level_label(v) if not isinstance(v, (list, tuple)) else ", ".join(map(str, v)),
-                              "sort": None})
+                cells.append({"text": _text_cell(v, level), "sort": None})
         body.append(cells)
     return {"head": head, "numeric": numeric, "body": body}
 

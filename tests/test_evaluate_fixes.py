@@ -338,3 +338,26 @@ def test_a_damaged_ledger_is_one_line_for_every_command(tmp_path):
         assert r.exit_code == 2, (command, r.output, r.exception)
         (line,) = r.stderr.splitlines()
         assert line.startswith(f"error: {tmp_path / 'bad' / 'ledger.sqlite'}: file is not a database"), line
+
+
+def test_eval_takes_the_experiments_weights_paths_from_its_folder_wherever_it_runs(tmp_path, monkeypatch):
+    """`harness eval RUN` without -m scores the experiment's metrics; a relative `pretrained=w` in them is the
+    folder beside the experiment (as `harness run` read it), not one in the folder eval runs from."""
+    import json
+
+    from harness.evaluate import experiment_metrics
+    from harness.ledger import Ledger
+
+    (tmp_path / "study" / "w").mkdir(parents=True)
+    (tmp_path / "elsewhere" / "w").mkdir(parents=True)  # a folder of the same name where eval runs
+    run = tmp_path / "run"
+    with Ledger.open(run) as led:
+        led.set_meta("experiment", json.dumps({"metrics": ["health", "clip_score:model=mine,pretrained=w"]}))
+        led.set_meta("experiment_path", str(tmp_path / "study" / "exp.toml"))
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    with Ledger.open(run, readonly=True) as led:
+        assert experiment_metrics(led) == ["health", f"clip_score:model=mine,pretrained={tmp_path / 'study' / 'w'}"]
+    (run / "experiment.toml").write_text(f'base_dir = "{tmp_path / "moved"}"\nprompt = "a cat"\n')
+    (tmp_path / "moved" / "w").mkdir(parents=True)  # the run folder's copy pins where paths were taken from
+    with Ledger.open(run, readonly=True) as led:
+        assert experiment_metrics(led)[1] == f"clip_score:model=mine,pretrained={tmp_path / 'moved' / 'w'}"

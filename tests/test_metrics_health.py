@@ -133,3 +133,19 @@ def test_float_image_files_are_read_in_the_range_their_values_lie_in(tmp_path, p
 
     with Image.open(tmp_path / "unit.tiff") as a, Image.open(tmp_path / "levels.tiff") as b:
         assert np.abs(np.asarray(to_rgb(a), float) - np.asarray(to_rgb(b), float)).max() <= 1
+
+
+@pytest.mark.parametrize("pattern", ["stripes", "checkerboard"])
+def test_a_full_contrast_pattern_finer_than_a_block_is_not_flat(pattern):
+    """1-pixel stripes and a 4-pixel checkerboard have the same mean in every 8x8 block, yet their pixels
+    spread across the whole range: a pattern, not a collapsed image."""
+    a = np.zeros((64, 64, 3), np.uint8)
+    if pattern == "stripes":
+        a[:, ::2] = 255
+    else:
+        yy, xx = np.mgrid[:64, :64]
+        a[((yy // 4) + (xx // 4)) % 2 == 0] = 255
+    assert check_array(a) == (True, [])
+    flat = np.full((64, 64, 3), 128, np.uint8)
+    flat[::2, ::2] += 4  # a fine pattern as faint as a watermark's leaves a flat image flat
+    assert check_array(flat) == (False, ["near_uniform"])

@@ -15,7 +15,9 @@ Flags:
   sampler or decoder. Block means keep an invisible watermark (a fine pattern of
   up to ~4 levels' standard deviation, `watermark = "sdv1"`) from hiding a flat
   image, so the runner's check before embedding and this metric on the saved
-  PNG agree;
+  PNG agree. An image whose pixels themselves spread by 16 levels or more in some
+  channel is a pattern finer than a block (1-pixel stripes, a 4-pixel
+  checkerboard), not flat;
 - `unreadable`: the file exists but is not a decodable image.
 
 Metric value: 1.0 healthy, 0.0 unhealthy (flags in the detail). A missing file
@@ -44,6 +46,7 @@ BLACK_MAX = 2.0    # levels: brightest pixel at most this -> black
 BLACK_MEAN = 2.0   # levels: mean below this -> black, unless some pixel is above BLACK_PEAK
 BLACK_PEAK = 32.0  # levels: above a watermark's lift of a black image (27), below a star
 UNIFORM_STD = 2.0  # levels: every channel's std (of block means) below this -> near uniform
+PATTERN_STD = 16.0  # levels: a channel whose pixels spread more is a pattern finer than a block, not flat
 UNIFORM_BLOCK = 8  # pixels: near-uniformity is judged on the means of blocks this size
 MIN_SIDE = 2 * UNIFORM_BLOCK  # pixels: a smaller side has one block, whose means cannot spread
 TOO_SMALL = f"image smaller than {MIN_SIDE}x{MIN_SIDE}: too small to judge"
@@ -98,8 +101,8 @@ def _check(arr: Any, value_range: tuple[float, float] | None) -> tuple[bool, lis
         flags.append("all_black")
     if min(levels.shape[:2]) >= MIN_SIDE:  # one block's means cannot spread: flatness is not judged
         stats["block_std"] = [float(s) for s in _block_means(levels).reshape(-1, levels.shape[-1]).std(axis=0)]
-        if all(s < UNIFORM_STD for s in stats["block_std"]):
-            flags.append("near_uniform")
+        if all(s < UNIFORM_STD for s in stats["block_std"]) and all(s < PATTERN_STD for s in stats["std"]):
+            flags.append("near_uniform")  # (a watermark on a flat image spreads its pixels by ~4 levels)
     return not flags, flags, stats
 
 

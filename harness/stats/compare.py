@@ -192,6 +192,24 @@ def _never_shared(df: pd.DataFrame, factor: str, pair_on: list[str], a: Any, b: 
     return [c for c in pair_on if not set(at_a[c].map(str)) & set(at_b[c].map(str))]
 
 
+def _sets(df: pd.DataFrame, column: str, factor: str) -> bool:
+    """Whether design column `column` (checkpoint, stage) sets `factor`: each of its values comes with one level
+    (`[checkpoint.ft] guidance = 5.0`: every guidance-5 image is ft's), so the factor's levels are its values."""
+    return (column in ("checkpoint", "stage") and df[column].nunique(dropna=True) > 1
+            and not _varies_within(df, [column], factor))
+
+
+def _apart_advice(df: pd.DataFrame, factor: str, apart: list[str]) -> str:
+    """What to do about pair_on columns whose values never meet at two levels: a checkpoint (or stage) that
+    sets the factor is what the comparison would measure; another column can be left out of --pair-on."""
+    setters = [c for c in apart if _sets(df, c, factor)]
+    if not setters:
+        return "(pass --pair-on without it to pair across it)"
+    c = setters[0]
+    return (f"({factor} is set by {c}, as a per-{c} override does, so comparing it means comparing {c}s: "
+            f"--factor {c}; leaving {c} out of --pair-on would measure the {c}s' difference under {factor}'s name)")
+
+
 def _ids(df: pd.DataFrame, cols: list[str]) -> np.ndarray:
     """Group id per row for the distinct combinations of ``cols`` (missing values form their own group)."""
     if not cols:
@@ -258,7 +276,7 @@ def paired_compare(
             raise ValueError(f"pair_on {pair_on}: {', '.join(map(repr, bad))} not a column of the table; "
                              f"columns: {', '.join(map(str, df.columns))}")
     cluster_on = cluster_columns(df, pair_on)
-    confounded = [c for c in PARAM_COLUMNS if c in df.columns and c != factor and c not in pair_on
+    confounded = [c for c in ("checkpoint", *PARAM_COLUMNS) if c in df.columns and c != factor and c not in pair_on
                   and _varies_within(df, pair_on, c) and not _is_treatment(factor, c)]
 
     block = _ids(df, pair_on)
@@ -308,8 +326,7 @@ def paired_compare(
             unscored = [x for x, i in ((lv, li), (baseline, base_i)) if not present[:, i].any()]
             note.append("no complete pairs" + (
                 f": {', '.join(apart)} never take(s) the same value at {level_label(lv)} and {level_label(baseline)} "
-                "(pass --pair-on without "
-                "it to pair across it)" if apart else
+                + _apart_advice(df, factor, apart) if apart else
                 f": no healthy image at {' or '.join(map(level_label, unscored))} has a score"
                 + _all_nan(df, factor, unscored, healthy & np.isnan(value)) if unscored else ""))
         elif n_clu < MIN_CLUSTERS_FOR_TEST:

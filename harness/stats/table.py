@@ -26,6 +26,8 @@ PARAM_COLUMNS = (
     "mode", "strength", "steps", "guidance", "width", "height",
     "negative_prompt", "scheduler", "parent_condition", "init_image",
 )
+# df.attrs key: the parameter columns the run's [randomize] table draws (not factors: tables/drawn.*).
+DRAWN = "drawn"
 # Generation settings: images of one prompt and seed that differ only in these share that prompt's effect
 # and that seed's noise, so they are one cluster of evidence (see compare.cluster_columns).
 SETTING_COLUMNS = ("checkpoint", "stage", "mode", "strength", "steps", "guidance", "width", "height", "scheduler",
@@ -108,11 +110,30 @@ def metric_bounds(column: str) -> tuple[float, float] | None:
     return (float(lo), float(hi)) if lo < hi else None
 
 
+def drawn_columns(df: pd.DataFrame) -> list[str]:
+    """The parameter columns the run's [randomize] table draws per seed and draw (``df.attrs[DRAWN]``, set by
+    whoever read the run's experiment: `harness compare`); [] when not known."""
+    return [c for c in df.attrs.get(DRAWN, []) if c in df.columns]
+
+
+def _drawn_error(df: pd.DataFrame, factor: str, name: str) -> ValueError:
+    """A drawn setting named as a factor: it has no levels to pair; where to read its effect instead."""
+    prompt_factor = (f"; the prompt factor of that name is 'f.{factor}': name it so"
+                     if name == factor and f"f.{factor}" in df.columns else "")
+    return ValueError(f"factor {factor!r} is drawn by the experiment's [randomize] table, per seed and draw, so it "
+                      "has no levels to pair (each draw would be a level of its own); `harness report` relates each "
+                      "metric to it instead: tables/drawn.* and the report's 'settings drawn by [randomize]' block"
+                      + prompt_factor)
+
+
 def _resolve_factor(df: pd.DataFrame, factor: str) -> str:
     choices = [c for c in df.columns if str(c).startswith("f.")]
     choices += [c for c in (*DESIGN_COLUMNS, *PARAM_COLUMNS) if c in df.columns and c not in REPLICATE_COLUMNS]
+    drawn = drawn_columns(df)
     for name in (factor, f"f.{factor}", f"f.{NEGATIVE_PREFIX}{factor}"):  # `neg`: the negative prompt's factor
         if name in choices:
+            if name in drawn:
+                raise _drawn_error(df, factor, name)
             if name == factor and f"f.{factor}" in choices and df[name].nunique(dropna=True) < 2:
                 raise ValueError(f"factor {factor!r} names the parameter column {factor!r}, which has one level "
                                  f"here; the prompt factor of that name is 'f.{factor}': name it so")
@@ -121,12 +142,16 @@ def _resolve_factor(df: pd.DataFrame, factor: str) -> str:
 
     negative_factors = any(str(c).startswith(f"f.{NEGATIVE_PREFIX}") for c in choices)
     varying = [c for c in choices if df[c].nunique(dropna=True) > 1  # the ones a comparison can use (not the
-               and not (c == "negative_prompt" and negative_factors)]  # text negative-prompt factors set)
+               and not (c == "negative_prompt" and negative_factors)  # text negative-prompt factors set, nor
+               and c not in drawn]  # the settings [randomize] draws)
     close = difflib.get_close_matches(factor, varying + [c[2:] for c in varying if c.startswith("f.")], n=1)
+    one = len(drawn) == 1
+    also = (f"; {', '.join(drawn)} {'is' if one else 'are'} drawn by [randomize], not compared as "
+            f"{'a factor' if one else 'factors'} (see tables/drawn.*)") if drawn else ""
     raise ValueError(f"factor {factor!r} is not a factor column of the table"
                      + (f"; did you mean {close[0]!r}?" if close else ".")
                      + f" Factors that vary in this run: {', '.join(varying) or 'none'} "
-                     "(bare names like 'artist' map to 'f.artist')")
+                     f"(bare names like 'artist' map to 'f.artist'){also}")
 
 
 def judges_health(metric: str) -> bool:

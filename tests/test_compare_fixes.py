@@ -1,0 +1,121 @@
+"""Fixes to `harness compare`: a setting drawn by [randomize] is no factor, a factor a checkpoint sets is
+the checkpoint comparison (and a --pair-on that leaves checkpoint out says so), and the contact sheet's
+comparison table leaves an empty note empty."""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from harness.cli import app
+from harness.stats import paired_compare
+
+
+def _drawn_table() -> pd.DataFrame:
+    """Two prompts x 4 seeds x 2 draws; steps and guidance drawn per seed and draw."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for s in range(4):
+        for d in range(2):
+            guidance, steps = float(rng.uniform(3, 9)), int(rng.integers(10, 30))
+            for subject in ("cat", "dog"):
+                rows.append({"key": f"{subject}-{s}-{d}", "f.subject": subject, "checkpoint": "toy", "seed": s,
+                             "draw": d, "stage": "main", "guidance": guidance, "steps": steps,
+                             "m.score": float(rng.normal()), "healthy": True})
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture
+def drawn_run(tmp_path, monkeypatch):
+    """A run folder whose experiment draws steps and guidance, its image table stood in for the ledger's."""
+    import harness.ledger
+    import harness.tables
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "ledger.sqlite").write_bytes(b"")
+    (run / "experiment.toml").write_text('prompt = "a {cat|dog}"\n[randomize]\ndraws = 2\n'
+                                         'steps = [10, 30]\nguidance = [3.0, 9.0]\n', encoding="utf-8")
+    monkeypatch.setattr(harness.ledger.Ledger, "open", staticmethod(lambda *a, **k: contextlib.nullcontext(None)))
+    monkeypatch.setattr(harness.tables, "image_table", lambda ledger: _drawn_table())
+    return run
+
+
+def test_compare_refuses_a_factor_drawn_by_randomize(drawn_run):
+    r = CliRunner().invoke(app, ["compare", str(drawn_run), "--factor", "guidance", "--metric", "score"])
+    assert r.exit_code == 2, r.output
+    assert "drawn by the experiment's [randomize]" in r.output and "no levels to pair" in r.output
+    assert "tables/drawn." in r.output and "settings drawn by [randomize]" in r.output
+    assert "no complete pairs" not in r.output
+
+
+def test_unknown_factor_lists_drawn_settings_apart(drawn_run):
+    r = CliRunner().invoke(app, ["compare", str(drawn_run), "--factor", "subjct", "--metric", "score"])
+    assert r.exit_code == 2, r.output
+    varying = r.output.split("Factors that vary in this run:")[1].split("(")[0]
+    assert "f.subject" in varying and "guidance" not in varying and "steps" not in varying
+    assert "drawn by [randomize]" in r.output
+    ok = CliRunner().invoke(app, ["compare", str(drawn_run), "--factor", "subject", "--metric", "score"])
+    assert ok.exit_code == 0, ok.output  # the prompt factor still compares, paired on seed and draw
+
+
+def _override_table() -> pd.DataFrame:
+    """Checkpoints toy and ft, `[checkpoint.ft] guidance = 5.0` (the others 7.5): 6 prompts x 3 seeds."""
+    rng = np.random.default_rng(1)
+    return pd.DataFrame([{"key": f"{ck}-{p}-{s}", "f.subject": f"s{p}", "checkpoint": ck, "seed": s,
+                          "stage": "main", "guidance": 5.0 if ck == "ft" else 7.5, "steps": 20,
+                          "m.score": float(rng.normal()) + (1.0 if ck == "ft" else 0.0), "healthy": True}
+                         for ck in ("toy", "ft") for p in range(6) for s in range(3)])
+
+
+def test_no_pairs_note_says_a_checkpoint_sets_the_factor():
+    c = paired_compare(_override_table(), factor="guidance", metric="score", rng=np.random.default_rng(0),
+                       n_boot=100)
+    note = c.rows[0].note
+    assert c.rows[0].n_pairs == 0 and "checkpoint never take(s) the same value" in note
+    assert "guidance is set by checkpoint" in note and "--factor checkpoint" in note
+    assert "pass --pair-on without it" not in note
+
+
+def test_no_pairs_note_still_advises_dropping_a_parameter_column():
+    """strength, when comparing txt2img with img2img: not set by a checkpoint, so the old advice stands."""
+    rows = [{"key": f"{m}-{p}-{s}-{st}", "f.subject": f"s{p}", "checkpoint": "toy", "seed": s, "stage": "main",
+             "mode": m, "strength": st, "m.score": float(p + s), "healthy": True}
+            for p in range(3) for s in range(2) for m, st in (("txt2img", None), ("img2img", 0.5), ("img2img", 0.75))]
+    c = paired_compare(pd.DataFrame(rows), factor="mode", metric="score", rng=np.random.default_rng(0), n_boot=100)
+    assert "pass --pair-on without it" in c.rows[0].note
+
+
+def test_pair_on_without_checkpoint_notes_the_checkpoint_differs_within_pairs():
+    c = paired_compare(_override_table(), factor="guidance", metric="score", rng=np.random.default_rng(0),
+                       n_boot=100, pair_on=["f.subject", "seed", "stage"])
+    assert c.rows[0].n_pairs == 18
+    assert any(n.startswith("checkpoint differs between the images of a pair") and "set with guidance" in n
+               for n in c.notes), c.notes
+
+
+def test_sheet_comparison_leaves_an_empty_note_empty():
+    from harness.sheet_tables import comparison_model
+
+    rng = np.random.default_rng(0)
+    rows = [{"key": f"{p}-{s}-{a}", "f.subject": f"s{p}", "f.artist": a, "seed": s,
+             "m.score": float(rng.normal()), "healthy": True}
+            for p in range(20) for s in range(2) for a in ("", "greg rutkowski")]
+    c = paired_compare(pd.DataFrame(rows), factor="artist", metric="score", rng=rng, n_boot=100)
+    assert c.rows[0].note == ""
+    table = comparison_model(c)["tables"][0]
+    row = dict(zip(table["head"], (cell["text"] for cell in table["body"][0])))
+    assert row["note"] == "" and row["level"] == "greg rutkowski"
+
+
+def test_sheet_tables_label_level_columns_only():
+    from harness.sheet_tables import table_model
+
+    frame = pd.DataFrame({"f.artist": ["", "x"], "negative_prompt": ["", "blurry"], "baseline": ["", ""],
+                          "why_none": ["", "under 4 draws"]})
+    body = [[cell["text"] for cell in row] for row in table_model(frame)["body"]]
+    assert body == [["(empty)", "(empty)", "(empty)", ""], ["x", "blurry", "(empty)", "under 4 draws"]]
