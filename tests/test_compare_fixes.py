@@ -119,3 +119,46 @@ def test_sheet_tables_label_level_columns_only():
                           "why_none": ["", "under 4 draws"]})
     body = [[cell["text"] for cell in row] for row in table_model(frame)["body"]]
     assert body == [["(empty)", "(empty)", "(empty)", ""], ["x", "blurry", "(empty)", "under 4 draws"]]
+
+
+def _crossed(rng, clusters: int, seeds: int, seed_effect: float) -> pd.DataFrame:
+    """clusters prompts x seeds x 2 arms; the treatment's difference is 0.5 plus, per seed, a shift shared
+    by every prompt (sd `seed_effect`), plus a cluster effect and noise (sd 0.5 each)."""
+    shift = rng.normal(0, seed_effect, seeds) if seed_effect else np.zeros(seeds)
+    cluster = rng.normal(0, 0.5, clusters)
+    rows = []
+    for c in range(clusters):
+        for s in range(seeds):
+            base = rng.normal(20, 1)
+            for arm, v in (("", base), (", by x", base + 0.5 + shift[s] + cluster[c] + rng.normal(0, 0.5))):
+                rows.append({"key": f"{c}-{s}-{arm}", "f.subject": f"s{c}", "f.artist": arm, "checkpoint": "tiny",
+                             "seed": s, "mode": "txt2img", "m.clip_score": v, "healthy": True})
+    return pd.DataFrame(rows)
+
+
+def test_a_difference_that_moves_with_the_seed_alike_across_prompts_is_noted_with_a_seed_interval():
+    """Two of four seeds favour the treatment in every prompt: 30 prompts make the cluster interval narrow,
+    but the evidence is four seeds; the note gives the interval with seeds as the units."""
+    from harness.stats import paired_compare, t_interval
+
+    df = _crossed(np.random.default_rng(0), 30, 4, seed_effect=0.0)
+    df.loc[df["f.artist"] != "", "m.clip_score"] += np.where(df.loc[df["f.artist"] != "", "seed"] % 2 == 0, 4, -4)
+    (row,) = paired_compare(df, factor="f.artist", metric="m.clip_score", rng=np.random.default_rng(1)).rows
+    assert "the difference moves with the seed alike across prompts" in row.note
+    d = df[df["f.artist"] != ""].set_index(["f.subject", "seed"])["m.clip_score"] - \
+        df[df["f.artist"] == ""].set_index(["f.subject", "seed"])["m.clip_score"]
+    lo, hi = t_interval(d.groupby(level="seed").mean())
+    assert f"with the 4 seeds as the units the 95% interval is [{lo:+.4g}, {hi:+.4g}]" in row.note
+    assert hi - lo > 1.5 * (row.ci_high - row.ci_low)
+
+
+def test_no_seed_note_where_seeds_share_nothing_beyond_noise():
+    from harness.stats import paired_compare
+
+    noted = 0
+    for r in range(20):
+        df = _crossed(np.random.default_rng(100 + r), 30, 4, seed_effect=0.0)
+        (row,) = paired_compare(df, factor="f.artist", metric="m.clip_score", n_boot=300,
+                                rng=np.random.default_rng(r)).rows
+        noted += "moves with the seed" in row.note
+    assert noted <= 1

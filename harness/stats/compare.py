@@ -22,6 +22,7 @@ from .intervals import (
     cluster_bootstrap_ci,
     cluster_bootstrap_means,
     holm,
+    t_interval,
 )
 from .results import Comparison, LevelResult, RankResult
 from .table import (
@@ -210,6 +211,34 @@ def _apart_advice(df: pd.DataFrame, factor: str, apart: list[str]) -> str:
             f"--factor {c}; leaving {c} out of --pair-on would measure the {c}s' difference under {factor}'s name)")
 
 
+SEED_SPREAD = 1.5  # a seed-unit interval this many times wider than the cluster one is worth a note
+
+
+def _shared_seed_note(d: np.ndarray, clusters: np.ndarray, seeds: np.ndarray, width: float,
+                      alpha: float) -> list[str]:
+    """A note when the difference moves with the seed alike across prompts. Every prompt is made at every seed,
+    so a seed whose noise suits one arm suits it in every cluster; the cluster bootstrap resamples seeds within
+    each cluster as if they were the cluster's own, and such shared luck then looks like a consistent effect.
+    Taking the seeds as the units (a t interval over per-seed mean differences) says how far that goes; the
+    note gives it where it is over SEED_SPREAD times wider than the interval above (and [] otherwise)."""
+    codes = np.unique(seeds, return_inverse=True)[1]
+    n_seeds = int(codes.max()) + 1
+    shared = np.bincount(np.unique(np.stack([codes, clusters]), axis=1)[0], minlength=n_seeds) > 1
+    if n_seeds < 3 or not shared.any():
+        return []
+    means = np.bincount(codes, weights=d) / np.bincount(codes)
+    lo, hi = t_interval(means, 1 - alpha)
+    if not hi - lo > SEED_SPREAD * width:
+        return []
+    return [f"the difference moves with the seed alike across prompts (per-seed means {_spread(means)}): "
+            f"with the {n_seeds} seeds as the units the {100 * (1 - alpha):g}% interval is [{lo:+.4g}, {hi:+.4g}]; "
+            "the interval above treats each prompt's seeds as its own, so run more seeds before trusting it"]
+
+
+def _spread(values: np.ndarray) -> str:
+    return f"{values.min():+.4g} to {values.max():+.4g}"
+
+
 def _ids(df: pd.DataFrame, cols: list[str]) -> np.ndarray:
     """Group id per row for the distinct combinations of ``cols`` (missing values form their own group)."""
     if not cols:
@@ -300,6 +329,10 @@ def paired_compare(
     wide[block[scored], level_idx[scored]] = value[scored]
     cluster_of = np.zeros(n_blocks, dtype=np.intp)
     cluster_of[block] = _ids(df, cluster_on)
+    seed_of = None
+    if "seed" in pair_on:  # seeds are crossed with prompts: every prompt is made at every seed
+        seed_of = np.zeros(n_blocks, dtype=np.intp)
+        seed_of[block] = _ids(df, ["seed"])
 
     present = ~np.isnan(wide)
     has_base = present[:, base_i]
@@ -340,6 +373,8 @@ def paired_compare(
                 note.append(f"{n_clu} clusters: the 95% interval is likely too narrow (below ~15 clusters)")
         else:
             lo = hi = math.nan
+        if seed_of is not None and n_pairs >= 2 and lo == lo:
+            note += _shared_seed_note(d, cl_codes, seed_of[ok], hi - lo, alpha)
         cmeans = np.bincount(cl_codes, weights=d) / np.bincount(cl_codes) if n_pairs else np.array([])
         wins = int((sign * d > tie_margin).sum())
         ties = int((np.abs(d) <= tie_margin).sum())
