@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from .atomic import write_atomic
-from .columns import dim_name, is_missing, is_number, level_label
+from .columns import dim_name, is_missing, is_number, level_label, sorted_levels
 from .ledger import Ledger
 from .stats import summarize
 from .stats.results import md_text
@@ -220,20 +220,29 @@ def factor_summary(df: pd.DataFrame) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["factor", "level", "metric"])
 
 
+CHECKPOINT_SETTINGS = (("steps", "steps"), ("guidance", "guidance"), ("scheduler", "scheduler"))
+
+
 def checkpoint_summary(df: pd.DataFrame) -> pd.DataFrame:
-    """Per checkpoint: images, the sizes it ran at (so differing sizes show), health, mean of each metric."""
+    """Per checkpoint: images, the sizes, steps, guidance and schedulers it ran at (a `[checkpoint.X]`
+    override shows, and the note names what differs between checkpoints), health, mean of each metric."""
     rows = []
     for ck, g in df.groupby("checkpoint", sort=False):
         row = {"checkpoint": ck, "fingerprint": g["fingerprint"].iloc[0], "images": len(g),
-               "sizes": ", ".join(sorted({f"{w}x{h}" for w, h in zip(g["width"], g["height"])})),
-               "unhealthy": int((~g["healthy"]).sum())}
+               "sizes": ", ".join(sorted({f"{w}x{h}" for w, h in zip(g["width"], g["height"])}))}
+        for column, name in CHECKPOINT_SETTINGS:
+            if column in g.columns:
+                row[name] = ", ".join(map(str, sorted_levels(g[column].dropna())))
+        row["unhealthy"] = int((~g["healthy"]).sum())
         for m in metric_columns(df):
             v = g.loc[healthy_mask(g, m), m].dropna()
             row[f"mean {m[2:]}"] = float(v.mean()) if len(v) else float("nan")
         rows.append(row)
     out = pd.DataFrame(rows)
-    if len(out) > 1 and out["sizes"].nunique() > 1:
-        out["note"] = "checkpoints ran at different sizes"
+    differ = [name for name in ("sizes", *(n for _, n in CHECKPOINT_SETTINGS))
+              if len(out) > 1 and name in out.columns and out[name].nunique() > 1]
+    if differ:
+        out["note"] = f"checkpoints ran at different {', '.join(differ)}"
     return out
 
 

@@ -162,3 +162,15 @@ def test_no_seed_note_where_seeds_share_nothing_beyond_noise():
                                 rng=np.random.default_rng(r)).rows
         noted += "moves with the seed" in row.note
     assert noted <= 1
+
+
+def test_the_checkpoint_table_shows_each_checkpoints_own_settings_and_what_differs():
+    from harness.tables import checkpoint_summary
+
+    rows = [{"checkpoint": ck, "fingerprint": f"fp-{ck}", "width": 128, "height": 128, "steps": 12,
+             "guidance": g, "scheduler": "ddim", "healthy": True, "m.clip_score": 1.0, "seed": s}
+            for ck, g in (("toy", 7.5), ("toy-ft", 5.0)) for s in (1, 2)]
+    out = checkpoint_summary(pd.DataFrame(rows)).set_index("checkpoint")
+    assert out.loc["toy", "guidance"] == "7.5" and out.loc["toy-ft", "guidance"] == "5.0"
+    assert (out["steps"] == "12").all() and (out["scheduler"] == "ddim").all()
+    assert (out["note"] == "checkpoints ran at different guidance").all()
