@@ -361,3 +361,11 @@ def test_eval_takes_the_experiments_weights_paths_from_its_folder_wherever_it_ru
     (tmp_path / "moved" / "w").mkdir(parents=True)  # the run folder's copy pins where paths were taken from
     with Ledger.open(run, readonly=True) as led:
         assert experiment_metrics(led)[1] == f"clip_score:model=mine,pretrained={tmp_path / 'moved' / 'w'}"
+
+
+def test_an_option_whose_choices_include_empty_shows_it_in_the_error():
+    from harness.metrics import metric_from_spec
+
+    with pytest.raises(ValueError) as err:
+        metric_from_spec("toy_color_match:want=pink")
+    assert "want='pink': expected one of '' (empty), red, green" in str(err.value)

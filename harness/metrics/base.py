@@ -349,8 +349,8 @@ def resolve_options(metric: str, declared: Mapping[str, Option], given: Mapping[
         except (TypeError, ValueError) as exc:
             raise ValueError(f"metric {metric!r} option {name}={raw!r}: {exc} ({opt.help})") from None
         if opt.choices is not None and value not in opt.choices:
-            raise ValueError(f"metric {metric!r} option {name}={raw!r}: expected one of "
-                             f"{', '.join(map(str, opt.choices))}")
+            shown = [str(c) if c != "" else "'' (empty)" for c in opt.choices]
+            raise ValueError(f"metric {metric!r} option {name}={raw!r}: expected one of {', '.join(shown)}")
         resolved[name] = value
     return resolved
 
