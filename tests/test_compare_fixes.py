@@ -174,3 +174,21 @@ def test_the_checkpoint_table_shows_each_checkpoints_own_settings_and_what_diffe
     assert out.loc["toy", "guidance"] == "7.5" and out.loc["toy-ft", "guidance"] == "5.0"
     assert (out["steps"] == "12").all() and (out["scheduler"] == "ddim").all()
     assert (out["note"] == "checkpoints ran at different guidance").all()
+
+
+def test_images_a_metric_does_not_apply_to_are_not_counted_as_unscored():
+    """Image similarity to the init image has nothing to say of a txt2img image: its NaN is no failure."""
+    metric = "m.clip_image_similarity:model=tiny"
+    rows = []
+    for subject in ("cat", "dog"):
+        for seed in (1, 2, 3):
+            for arm in ("", ", by x"):
+                for mode, value in (("txt2img", np.nan), ("img2img", 0.5 + 0.1 * seed + (0.2 if arm else 0))):
+                    rows.append({"key": f"{subject}{seed}{arm}{mode}", "f.subject": subject, "f.artist": arm,
+                                 "checkpoint": "tiny", "seed": seed, "mode": mode, "healthy": True, metric: value,
+                                 "strength": 0.5 if mode == "img2img" else np.nan})
+    df = pd.DataFrame(rows)
+    df.loc[0 + 1, metric] = np.nan  # one img2img image that failed to score
+    c = paired_compare(df, factor="f.artist", metric=metric, rng=np.random.default_rng(0))
+    assert c.n_excluded["not_applicable"] == 12 and c.n_excluded["unscored"] == 1
+    assert "1 unscored" in c.to_text() and "12 the metric does not apply to (no init or parent image)" in c.to_text()

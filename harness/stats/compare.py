@@ -36,6 +36,7 @@ from .table import (
     _resolve_metric,
     _sorted_levels,
     healthy_mask,
+    inapplicable_mask,
     in_key_order,
     matching_levels,
     unmatched_level_hint,
@@ -337,8 +338,12 @@ def paired_compare(
     present = ~np.isnan(wide)
     has_base = present[:, base_i]
     paired_block = has_base & (present.sum(axis=1) > 1)
-    n_excluded = {"unhealthy": int((~healthy).sum()), "unscored": int((healthy & np.isnan(value)).sum()),
+    unscored = healthy & np.isnan(value)
+    not_applicable = unscored & inapplicable_mask(df, metric)  # txt2img images under an init-image metric
+    n_excluded = {"unhealthy": int((~healthy).sum()), "unscored": int((unscored & ~not_applicable).sum()),
                   "unpaired": int(present[~paired_block].sum()), "no_level": int(no_level.sum())}
+    if not_applicable.any():
+        n_excluded["not_applicable"] = int(not_applicable.sum())
 
     sign = 1.0 if higher_is_better else -1.0
     partial, notes = [], []

@@ -101,8 +101,10 @@ class Comparison:
     def _footer(self) -> list[str]:
         ex = self.n_excluded
         no_level = f", {ex['no_level']} without a level of the factor" if ex.get("no_level") else ""
+        no_apply = (f", {ex['not_applicable']} the metric does not apply to (no init or parent image)"
+                    if ex.get("not_applicable") else "")
         lines = [f"Excluded rows: {ex.get('unhealthy', 0)} unhealthy, {ex.get('unscored', 0)} unscored, "
-                 f"{ex.get('unpaired', 0)} unpaired{no_level}.", f"Method: {self.method}"]
+                 f"{ex.get('unpaired', 0)} unpaired{no_level}{no_apply}.", f"Method: {self.method}"]
         return lines + [f"Note: {n}" for n in self.notes]
 
     def _title(self) -> str:

@@ -110,6 +110,23 @@ def metric_bounds(column: str) -> tuple[float, float] | None:
     return (float(lo), float(hi)) if lo < hi else None
 
 
+def inapplicable_mask(df: pd.DataFrame, metric: str) -> np.ndarray:
+    """Rows `metric` does not apply to, so their NaN is no failure: it compares with the init image and the
+    row is no img2img image (txt2img has none), or with the parent image and the row has no parent."""
+    from ..metrics import metric_from_spec
+
+    out = np.zeros(len(df), dtype=bool)
+    try:
+        needs = metric_from_spec(str(metric).removeprefix("m.")).info.needs
+    except (KeyError, ValueError, TypeError):
+        return out
+    if "init_image" in needs and "mode" in df.columns:
+        out |= (df["mode"] != "img2img").to_numpy()
+    if "parent_image" in needs and "parent_key" in df.columns:
+        out |= df["parent_key"].isna().to_numpy()
+    return out
+
+
 def drawn_columns(df: pd.DataFrame) -> list[str]:
     """The parameter columns the run's [randomize] table draws per seed and draw (``df.attrs[DRAWN]``, set by
     whoever read the run's experiment: `harness compare`); [] when not known."""
