@@ -170,7 +170,7 @@ def compare(
 ) -> None:
     """Paired A/B statistics across shared seeds: mean difference, cluster-bootstrap CI, Wilcoxon, Holm."""
     from .ledger import Ledger, LedgerError
-    from .report import compare as compare_levels, randomized_params, report_metrics
+    from .report import compare as compare_levels, listed_strengths, randomized_params, report_metrics
     from .stats.table import DRAWN
     from .tables import image_table
 
@@ -181,7 +181,11 @@ def compare(
             table = image_table(led)
     except LedgerError as e:
         fail(f"error: {e}")
-    table.attrs[DRAWN] = randomized_params(run_dir)  # a drawn setting is no factor: a clear error, not a level per draw
+    drawn = randomized_params(run_dir)
+    staged = listed_strengths(table, drawn) if factor == "strength" else None
+    if staged is not None:  # the main stage's strengths are drawn; the later stages list theirs
+        table, drawn = staged, [d for d in drawn if d != "strength"]
+    table.attrs[DRAWN] = drawn  # a drawn setting is no factor: a clear error, not a level per draw
     metric = metric or report_metrics(run_dir, None)[0]  # the experiment's first compare_metrics
     try:
         c = compare_levels(table, factor, metric=metric, baseline=baseline, n_boot=n_boot, seed=seed,

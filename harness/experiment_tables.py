@@ -34,15 +34,16 @@ class Randomize:
     def settings_count(self, mode: str, fixed_steps: Iterable[int] = ()) -> int:
         """How many settings that make different images the ranges give a job of `mode` (strengths to 0.01,
         steps whole, guidance to 0.1, as drawn; txt2img has no strength): strengths count by the denoising
-        steps they run at each of `fixed_steps` (where steps are not drawn) and guidance at or below 1, which
-        runs no guidance, counts once (:func:`draw_signature`); 1 when none is drawn."""
+        steps they run at each of `fixed_steps` (where steps are not drawn: the count is the fewest any of those
+        steps gives, so every checkpoint gets `draws` images) and guidance at or below 1, which runs no
+        guidance, counts once (:func:`draw_signature`); 1 when none is drawn."""
         strengths = _grid(self.strength, 2) if self.strength and mode == "img2img" else [None]
         steps = range(self.steps[0], self.steps[1] + 1) if self.steps else [None]
         guidance = _grid(self.guidance, 1) if self.guidance else [None]
-        fixed = tuple(sorted(set(fixed_steps)))
-        made = {draw_signature({"strength": s, "steps": n, "guidance": None}, mode, fixed)
-                for s in strengths for n in steps}
-        return len(made) * len({g if g is None or g > 1 else "no guidance" for g in guidance})
+        made = min((len({draw_signature({"strength": s, "steps": n, "guidance": None}, mode, at)
+                         for s in strengths for n in steps})
+                    for at in ([(n,) for n in sorted(set(fixed_steps))] or [()])))  # the fewest any checkpoint gets
+        return made * len({g if g is None or g > 1 else "no guidance" for g in guidance})
 
 
 def _grid(span: tuple[float, float], places: int) -> list[float]:

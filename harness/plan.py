@@ -130,17 +130,20 @@ def size_notes(plan: Plan, jobs: Iterable[Job]) -> list[str]:
     return notes
 
 
-def merged_note(plan: Plan) -> str | None:
-    """What the plan left out because another job makes its image (:func:`jobs_for`), with an example."""
-    if not plan.merged:
+def merged_note(plan: Plan, jobs: Iterable[Job] | None = None) -> str | None:
+    """What the plan left out because another job makes its image (:func:`jobs_for`), with an example; with
+    `jobs` (a shard's), only the left-out twins of those jobs."""
+    keys = None if jobs is None else {j.key for j in jobs}
+    merged = [(out, kept) for out, kept in plan.merged if keys is None or kept.key in keys]
+    if not merged:
         return None
-    out, kept = plan.merged[0]
+    out, kept = merged[0]
     why = (f"strength {out.strength:g} runs int({out.strength:g} * {out.steps}) = {int(out.strength * out.steps)} "
            f"denoising steps, as {kept.strength:g} does" if out.strength != kept.strength else
            f"guidance {out.guidance:g} runs no classifier-free guidance, so the negative prompt "
            f"{out.negative_prompt!r} is never read" if out.guidance <= 1 and kept.guidance <= 1 else
            "its settings change no pixel from the kept job's")
-    return (f"{len(plan.merged)} planned images would repeat another's pixels and are made once, under the first "
+    return (f"{len(merged)} planned images would repeat another's pixels and are made once, under the first "
             f"one's settings (e.g. seed {out.seed}: {why}); comparisons leave those seeds unpaired for that level")
 
 
@@ -149,7 +152,7 @@ def plan_notes(plan: Plan, jobs: list[Job]) -> list[str]:
     prompts, images that would repeat another's pixels, image sizes far from a checkpoint's own."""
     from .expand.lint import dangling_commas
 
-    notes = [dangling_commas(j.prompt for j in jobs), merged_note(plan)]
+    notes = [dangling_commas(j.prompt for j in jobs), merged_note(plan, jobs)]
     return [n for n in notes if n] + size_notes(plan, jobs)
 
 
@@ -218,7 +221,7 @@ def random_draws(exp: Experiment, seed: int, mode: str) -> list[dict]:
     guidance at or below 1 runs none) is drawn again from its stream, so `draws` sets make `draws` images;
     the experiment checks that the ranges hold that many."""
     r = exp.randomize
-    fixed = tuple(sorted({exp.setting(ck, "steps") for ck in exp.checkpoints}))
+    fixed = sorted({exp.setting(ck, "steps") for ck in exp.checkpoints})
     used = r.steps or r.guidance or (r.strength and mode == "img2img")  # else every draw is the same one
     seen: set[tuple] = set()
     out = []
@@ -226,10 +229,11 @@ def random_draws(exp: Experiment, seed: int, mode: str) -> list[dict]:
         rng = random.Random(content_key(["randomize", r.seed, seed, draw]))
         for _ in range(_REDRAWS):
             params = _draw(r, rng)
-            settings = draw_signature(params, mode, fixed)
-            if not used or settings not in seen:
+            # alike at any checkpoint's steps is alike: that checkpoint would make one image of the two
+            settings = {draw_signature(params, mode, (n,)) for n in fixed} or {draw_signature(params, mode, ())}
+            if not used or not settings & seen:
                 break
-        seen.add(settings)
+        seen |= settings
         out.append(params)
     return out
 

@@ -364,6 +364,15 @@ def report_metrics(run_dir: Path, metric: str | None) -> list[str | None]:
     return [str(m) for m in wanted] if isinstance(wanted, list) and wanted else [None]
 
 
+def listed_strengths(table: pd.DataFrame, drawn: list[str]) -> pd.DataFrame | None:
+    """Where `[randomize]` draws the main stage's strengths, the later stages' images when their listed
+    strengths are two or more: the strengths a comparison can still pair (None otherwise)."""
+    if "strength" not in drawn or "stage" not in table.columns or "strength" not in table.columns:
+        return None
+    rows = table[table["stage"].fillna("main") != "main"]
+    return rows if rows["strength"].nunique(dropna=True) >= 2 else None
+
+
 def randomized_params(run_dir: Path) -> list[str]:
     """The parameters the run's experiment draws at random per prompt (its [randomize] table)."""
     table = _experiment_copy(run_dir).get("randomize")
@@ -472,6 +481,9 @@ def build_report(run_dir: Path | str, *, rows: str | None = None, cols: str | No
                                    f"{len(table)} images made; the plan has {planned_levels[f]} "
                                    f"({'at least ' if to_come is None else ''}{missing} images not made yet)"))
     _compare_factors(result, table, factors, report_metrics(run_dir, metric))
+    staged = listed_strengths(table, drawn)
+    if staged is not None and compare_factors is None:  # the stages' own strengths still pair
+        _compare_factors(result, staged, ["strength"], report_metrics(run_dir, metric))
     if result.comparisons:
         levels, rankings = comparison_tables(result.comparisons)
         result.tables += write_table(levels, tables, "comparisons")
@@ -479,9 +491,10 @@ def build_report(run_dir: Path | str, *, rows: str | None = None, cols: str | No
             result.tables += write_table(rankings, tables, "rankings")
         text = "\n".join(c.to_text() for c in result.comparisons)
         write_atomic(tables / "comparisons.txt", lambda p: p.write_text(text, encoding="utf-8"))
-    if drawn and len(table):
+    scored = [c for c in resolve_metrics(table, None) if table[c].notna().any()] if len(table) else []
+    if drawn and scored:  # nothing scored: no table and no section, rather than empty ones
         from .stats.drawn import drawn_effects
-        result.drawn = drawn_effects(table, drawn, [c for c in resolve_metrics(table, None) if table[c].notna().any()])
+        result.drawn = drawn_effects(table, drawn, scored)
         result.tables += write_table(result.drawn, tables, "drawn")
     stale = [] if result.comparisons else ["comparisons"]  # an earlier report's would be read as this run's
     if result.drawn is None:

@@ -18,7 +18,7 @@ import sys
 import time
 from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -102,6 +102,7 @@ def prepare_run(exp: Experiment, plan: Plan, run_dir: Path, *, jobs: list[Job] |
             f"the run folder {run_dir} holds experiment {recorded!r}, not {exp.name!r}; give this one its own "
             f"--out folder (an edited experiment keeps its name and may go on in its folder)"])
     reconciled = ledger.reconcile()
+    plan = _keep_made_twins(plan, ledger.done_keys())
     jobs = list(plan.jobs if jobs is None else jobs)
     elsewhere = len(set(reconciled.requeued) - {j.key for j in jobs})
     remade = "and will be made again" if not elsewhere else (
@@ -146,6 +147,16 @@ def prepare_run(exp: Experiment, plan: Plan, run_dir: Path, *, jobs: list[Job] |
     return ledger, [j for j in jobs if j.key not in done]
 
 
+def _keep_made_twins(plan: Plan, done: set[str]) -> Plan:
+    """`plan` with the jobs it left out as repeating another's pixels (`Plan.merged`) back in where their
+    images are already made: a folder run before the planner left them out keeps them as this version's
+    images (its plan, and what was made from it, stand), and only images not made yet are made once."""
+    made = tuple(out for out, _ in plan.merged if out.key in done)
+    if not made:
+        return plan
+    return replace(plan, jobs=plan.jobs + made, merged=tuple(m for m in plan.merged if m[0] not in made))
+
+
 def _keep_earlier_version(run_dir: Path, template: str | None, current: str) -> Path | None:
     """Copy RUN/experiment.toml, the version that made the folder's images so far, to
     RUN/history/experiment-<UTC time it was written>.toml before an edited version replaces it.
@@ -183,6 +194,9 @@ def run_experiment(path: Path | str, *, out: Path | str | None = None, force: bo
     if exp.stages:  # stages that would share images are refused before any is made
         from .stages import stage_job_counts
         stage_job_counts(exp, list(plan.jobs), plan.checkpoints)
+    if (run_dir / "ledger.sqlite").is_file():  # twins made before the planner merged them stay planned
+        with Ledger.open(run_dir, readonly=True) as seen:
+            plan = _keep_made_twins(plan, seen.done_keys())
     jobs = list(plan.jobs) if shard is None else shard_jobs(plan.jobs, *shard, by_variant=bool(exp.stages))
     for note in plan_notes(plan, jobs):
         (log or _stderr)(f"note: {note}")
