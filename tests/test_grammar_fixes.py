@@ -38,7 +38,8 @@ def harness(*args, cwd=ROOT):
 @pytest.mark.parametrize("prompt, kept", [("2 cats, (dog:1.2)", "(dog:1.2)"),
                                           ("2 cats, (dog: 2 )", "(dog: 2 )"),
                                           ("2 cats, ((dog:1.3):2)", "((dog:1.3):2)"),
-                                          ("2 cats, (dog {x|y}:2)", "(dog {x|y}:2)")])
+                                          ("2 cats, (dog {x|y}:2)", "(dog {x|y}:2)"),
+                                          ("2 cats, [fox:wolf:2]", "[fox:wolf:2]")])  # prompt editing's step
 def test_swap_never_rewrites_the_digits_of_an_emphasis_weight(prompt, kept):
     """A factor with number options (`{1|2|3} cats`) swaps the word `2`, not the `1` or `2` of `:1.2`."""
     resources = mu.Resources.load(LIBRARY, ["colours"], template="{1|2|3} cats")

@@ -60,7 +60,8 @@ def _word_spans(text: str, item: str) -> list[int]:
 
 def _weight_spans(text: str) -> list[tuple[int, int]]:
     """(start, end) of each A1111 emphasis weight in `text`: the `:N` right before a `)`, up to and with the
-    `)`. A `)` whose `(` is not in `text` (an alternation stands between them) is read from the start."""
+    `)`, and the last `:` part of a `[...]` (prompt editing's step, `[a:b:0.5]`). A `)` whose `(` is not
+    in `text` (an alternation stands between them) is read from the start."""
     spans, opened, i = [], [], 0
     while i < len(text):
         ch = text[i]
@@ -73,6 +74,8 @@ def _weight_spans(text: str) -> list[tuple[int, int]]:
             bracket, at = opened.pop() if opened else ("(", -1)
             if ch == ")" and bracket == "(" and (m := WEIGHT.search(text, at + 1, i)) is not None:
                 spans.append((m.start(), i + 1))
+            elif ch == "]" and bracket == "[" and (colon := text.rfind(":", at + 1, i)) >= 0:
+                spans.append((colon, i + 1))  # prompt editing's `:when` ([a:b:0.5]) is no word either
         i += 1
     return spans
 
