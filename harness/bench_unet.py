@@ -144,7 +144,7 @@ def run(model: str = "sd15", *, device: str = "cuda", dtype: str = "auto", batch
     t = torch.tensor(500, device=device)
     flop = unet_flops(unet, size, device)
     peak, _ = card_peak(device, torch_dtype, out)
-    out(f"UNet {model} (random weights) at {size}x{size}: {flop / 1e9:.1f} GFLOP per latent; batch {batch} "
+    out(f"UNet {model} (random weights) at {size}x{size}: {flop / 1e9:.3g} GFLOP per latent; batch {batch} "
         f"latents, {dtype_name(torch_dtype)}, {device}, speedups: {', '.join(speedups) or 'none'}")
     if "channels_last" in speedups:
         unet.to(memory_format=torch.channels_last)

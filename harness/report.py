@@ -15,7 +15,7 @@ import pandas as pd
 
 from .atomic import write_atomic
 from .ledger import Ledger
-from .columns import is_missing, resolve_metrics
+from .columns import is_missing, level_label, resolve_metrics
 from .stats import Comparison, paired_compare
 from .tables import (TEXT_LIMITS, checkpoint_summary, factor_columns, factor_summary, image_table, metric_columns,
                      short_metric, truncation_note, variant_summary, write_table)
@@ -477,7 +477,7 @@ def build_report(run_dir: Path | str, *, rows: str | None = None, cols: str | No
         f for f in candidates if table[f].nunique(dropna=True) >= 2]
     for f in candidates:  # a partial run: a factor the plan varies may show one level so far
         if table[f].nunique(dropna=True) == 1 and planned_levels.get(f, 0) >= 2:
-            result.skipped.append((f, "any metric", f"only 1 level ({table[f].dropna().iloc[0]!r}) among the "
+            result.skipped.append((f, "any metric", f"only 1 level ({level_label(table[f].dropna().iloc[0])!r}) among the "
                                    f"{len(table)} images made; the plan has {planned_levels[f]} "
                                    f"({'at least ' if to_come is None else ''}{missing} images not made yet)"))
     _compare_factors(result, table, factors, report_metrics(run_dir, metric))
