@@ -194,9 +194,12 @@ def run_experiment(path: Path | str, *, out: Path | str | None = None, force: bo
     if exp.stages:  # stages that would share images are refused before any is made
         from .stages import stage_job_counts
         stage_job_counts(exp, list(plan.jobs), plan.checkpoints)
-    if (run_dir / "ledger.sqlite").is_file():  # twins made before the planner merged them stay planned
-        with Ledger.open(run_dir, readonly=True) as seen:
-            plan = _keep_made_twins(plan, seen.done_keys())
+    if plan.merged and (run_dir / "ledger.sqlite").is_file():  # twins made before merging stay planned
+        try:
+            with Ledger.open(run_dir, readonly=True) as seen:
+                plan = _keep_made_twins(plan, seen.done_keys())
+        except LedgerError:  # a ledger that cannot be read yet: prepare_run sets it up or says why
+            pass
     jobs = list(plan.jobs) if shard is None else shard_jobs(plan.jobs, *shard, by_variant=bool(exp.stages))
     for note in plan_notes(plan, jobs):
         (log or _stderr)(f"note: {note}")
