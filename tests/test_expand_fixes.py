@@ -5,20 +5,12 @@ import unicodedata
 import pytest
 
 from harness.expand import compile_template, count_info
-from harness.grammar import GrammarError
 from harness.wildcards import WildcardLibrary
+from templates import error, prompts
 
 TEN = "{a|b|c|d|e|f|g|h|i|j}"
 
 
-def prompts(template, **kw):
-    return [v.prompt for v in compile_template(template, **kw).expand()]
-
-
-def error(template, **kw) -> GrammarError:
-    with pytest.raises(GrammarError) as info:
-        compile_template(template, **kw)
-    return info.value
 
 
 # ----------------------------------------------------------------------------- lazy choose-k

@@ -10,22 +10,14 @@ import pytest
 
 from harness import mutate as mu
 from harness.experiment import ExperimentError, load_experiment
-from harness.expand import compile_template
-from harness.grammar import GrammarError, parse, render
+from harness.grammar import parse, render
 from harness.wildcards import WildcardLibrary
+from templates import error, prompts
 
 ROOT = Path(__file__).resolve().parents[1]
 LIBRARY = WildcardLibrary([ROOT / "grammars"])
 
 
-def prompts(template, **kw):
-    return [v.prompt for v in compile_template(template, **kw).expand()]
-
-
-def error(template, **kw) -> GrammarError:
-    with pytest.raises(GrammarError) as info:
-        compile_template(template, **kw)
-    return info.value
 
 
 def harness(*args, cwd=ROOT):
