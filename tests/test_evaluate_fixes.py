@@ -369,3 +369,15 @@ def test_an_option_whose_choices_include_empty_shows_it_in_the_error():
     with pytest.raises(ValueError) as err:
         metric_from_spec("toy_color_match:want=pink")
     assert "want='pink': expected one of '' (empty), red, green" in str(err.value)
+
+
+def test_a_folder_named_like_a_pretrained_tag_does_not_take_the_tags_place(tmp_path, monkeypatch):
+    """`pretrained=openai` is open_clip's tag even where a folder `openai` sits in the working folder;
+    `./openai` names the folder."""
+    from harness.metrics import metric_from_spec
+
+    (tmp_path / "openai").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert metric_from_spec("clip_score:model=ViT-B-32,pretrained=openai").id.startswith(
+        "clip_score[model=ViT-B-32,pretrained=openai,")
+    assert f"pretrained={tmp_path / 'openai'}," in metric_from_spec("clip_score:model=mine,pretrained=./openai").id

@@ -107,8 +107,17 @@ def is_weights_path(pretrained: str, base: Path | None = None) -> bool:
     folder, or text that can only be a path) rather than a pretrained tag."""
     if not pretrained or pretrained == TINY or pretrained in BUILTIN_LOADERS:
         return False
-    return ((base or Path.cwd()) / Path(pretrained).expanduser()).exists() or pretrained.endswith(WEIGHT_SUFFIXES) \
-        or "/" in pretrained or os.sep in pretrained
+    if pretrained.endswith(WEIGHT_SUFFIXES) or "/" in pretrained or os.sep in pretrained:
+        return True
+    # a bare name: a file or folder of that name, unless open_clip knows it as a tag (`./openai` is the folder)
+    return ((base or Path.cwd()) / Path(pretrained).expanduser()).exists() and not _is_tag(pretrained)
+
+
+def _is_tag(name: str) -> bool:
+    """Whether open_clip lists `name` as a pretrained tag of some architecture."""
+    import open_clip
+
+    return any(tag == name for _, tag in open_clip.list_pretrained())
 
 
 def absolute_weights(pretrained: str, base: Path | None = None) -> str:
