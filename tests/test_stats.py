@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, strategies as st
 from scipy import stats as sps
 
+from harness.stats.results import md_text
 from harness.stats import (
     cluster_bootstrap_ci,
     cluster_bootstrap_means,
@@ -553,6 +554,14 @@ def test_to_markdown_shows_html_in_levels_literally():
     df["f.style"] = df["f.style"].map({"": "", "by x <b>": "*best* `v2`", "<!-- y": "_old_ oil_paint"})
     text = paired_compare(df, factor="style", metric="score", rng=np.random.default_rng(0), n_boot=20).to_markdown()
     assert "| \\*best\\* \\`v2\\` |" in text and "| \\_old\\_ oil_paint |" in text  # literal, not emphasis
+
+
+def test_markdown_prose_lines_stay_readable_and_still_cannot_open_a_tag():
+    c = paired_compare(crafted_table(), factor="style", metric="score", rng=np.random.default_rng(0), n_boot=20)
+    method = next(ln for ln in c.to_markdown().splitlines() if ln.startswith("Method:"))
+    assert "tie if |diff| <= 0" in method and "\\|" not in method and "&lt;" not in method
+    assert md_text("a <b> & <!-- c &amp; | d", cell=False) == "a &lt;b> & &lt;!-- c &amp;amp; | d"
+    assert md_text("a <b> | d") == "a &lt;b&gt; \\| d"
 
 
 def test_to_text_and_to_frame_list_every_level():

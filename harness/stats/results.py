@@ -112,13 +112,13 @@ class Comparison:
                 f"({'higher' if self.higher_is_better else 'lower'} is better; pairs share {', '.join(self.pair_on)})")
 
     def to_markdown(self) -> str:
-        out = [f"**{md_text(self._title())}**", ""]
+        out = [f"**{md_text(self._title(), cell=False)}**", ""]
         for head, body in self._tables():
             out.append("| " + " | ".join(md_text(h) for h in head) + " |")
             out.append("|" + "|".join("---" for _ in head) + "|")
             out += ["| " + " | ".join(md_text(c) for c in row) + " |" for row in body]
             out.append("")
-        return "\n".join(out + [md_text(line) for line in self._footer()]) + "\n"
+        return "\n".join(out + [md_text(line, cell=False) for line in self._footer()]) + "\n"
 
     def to_text(self) -> str:
         out = [self._title(), ""]
@@ -133,13 +133,18 @@ def _label(level: Any) -> str:
     return level_label(level)
 
 
-def md_text(text: str) -> str:
-    """`text` as one markdown table cell or line, read literally: HTML special characters escaped, bars,
-    backslashes, `*`, backticks and `_` that could start or end emphasis (not the one inside `clip_score`)
-    escaped, line breaks as spaces."""
+def md_text(text: str, cell: bool = True) -> str:
+    """`text` as one markdown table cell (or, with `cell=False`, a line of prose), read literally:
+    backslashes, `*`, backticks and `_` that could start or end emphasis (not the one inside
+    `clip_score`) escaped, line breaks as spaces. A cell also escapes bars and every HTML special
+    character; a line escapes only what could start a tag or an entity, so `|diff| <= 0` stays readable."""
     s = re.sub(r"([\\`*])", r"\\\1", str(text))
     s = re.sub(r"(?<!\w)_|_(?!\w)", r"\\_", s)
-    s = s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("|", "\\|")
+    if cell:
+        s = s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("|", "\\|")
+    else:
+        s = re.sub(r"&(?=#|\w+;)", "&amp;", s)
+        s = re.sub(r"<(?=[A-Za-z/!?])", "&lt;", s)
     return s.replace("\r\n", " ").replace("\n", " ").replace("\r", " ")
 
 
