@@ -92,6 +92,11 @@ def report(
         typer.echo(f"image files gone: {r.gone} finished images have no file in images/ (deleted since they were "
                    f"made); their scores still count in these tables until `harness eval {run_dir}` drops them",
                    err=True)
+    if r.damaged:
+        key, why = r.damaged[0]
+        typer.echo(f"image files damaged or changed: {len(r.damaged)} finished images are not the files they were "
+                   f"made as (e.g. images/{key}.png: {why}); their scores still count in these tables until "
+                   f"`harness eval {run_dir}` drops them, and `harness run` remakes them", err=True)
     for what, command in (("search", "evolve"), ("ablation", "ablate")):
         if what in r.dropped:
             typer.echo(f"note: removed the {what} tables of an earlier version of the experiment (the edit planned "

@@ -338,6 +338,8 @@ class ReportResult:
     missing: int = 0  # images the plan asks for that are not made yet (failed ones included)
     missing_at_least: bool = False  # `missing` is a lower bound: later stages' jobs to come could not be counted
     gone: int = 0     # finished images whose file is no longer in images/ (their scores still count)
+    damaged: list[tuple[str, str]] = field(default_factory=list)  # (key, why) of finished images whose file is
+    #   damaged or not the one made (replaced, edited): their scores still count, and describe another picture
     failed: list[tuple[str, str]] = field(default_factory=list)  # (key, error) of the plan's failed jobs
     undrawn: str = ""  # characters of plot labels no installed font has (boxes in the plots)
     drawn: pd.DataFrame | None = None  # each metric against each [randomize]-drawn setting (stats.drawn)
@@ -457,6 +459,7 @@ def build_report(run_dir: Path | str, *, rows: str | None = None, cols: str | No
         failed = failed_jobs(ledger)
         planned_levels = _planned_levels(ledger) if missing and compare_factors is None else {}
         dropped = _drop_stale_extras(run_dir, ledger)
+        unsound = ledger.image_problems(table["key"]) if len(table) else {}
     result = ReportResult(run_dir, len(table), truncated=int((table["truncated"] != "").sum()) if len(table) else 0,
                           text_limits=table.attrs.get(TEXT_LIMITS, {}), failed=failed, dropped=dropped,
                           missing_at_least=to_come is None)
@@ -469,7 +472,8 @@ def build_report(run_dir: Path | str, *, rows: str | None = None, cols: str | No
         result.tables += write_table(checkpoint_summary(table), tables, "checkpoints")
     result.excluded = {"unhealthy": int((~table["healthy"]).sum()) if len(table) else 0, "unplanned": unplanned}
     result.missing = missing
-    result.gone = int(sum(not (run_dir / image).is_file() for image in table["image"])) if len(table) else 0
+    result.gone = sum(why == "missing" for why in unsound.values())
+    result.damaged = sorted((key, why) for key, why in unsound.items() if why != "missing")
     drawn = randomized_params(run_dir)  # a drawn strength has a level per draw: its section is `drawn`, not pairs
     candidates = [f for f in factor_columns(table) + ["checkpoint", *({"strength"} - set(drawn))]
                   if f in table.columns]

@@ -1,6 +1,7 @@
-"""Thumbnails of a run's images: ``RUN/thumbs/<key>.jpg``, written atomically and skipped while
-newer than their image, so pages of 10k images are quick to rebuild; those of images the page no
-longer shows are removed."""
+"""Thumbnails of a run's images: ``RUN/thumbs/<key>.jpg``, written atomically with their image's
+modification time and skipped while the times still match, so pages of 10k images are quick to rebuild
+and an image put back from a copy or a backup (with an older time) gets a new one; those of images the
+page no longer shows are removed."""
 
 from __future__ import annotations
 
@@ -32,11 +33,13 @@ def image_file(run_dir: Path, image: Any, key: str) -> Path:
 
 
 def make_thumbnail(image: Path, thumb: Path, size: int = THUMB_PX) -> bool:
-    """Write a JPEG of at most `size` px on its long side, unless a newer one exists. True if written."""
+    """Write a JPEG of at most `size` px on its long side, stamped with the image's modification time,
+    unless one with that stamp exists. True if written."""
     from PIL import Image
 
+    source = image.stat()
     try:
-        if thumb.stat().st_mtime_ns >= image.stat().st_mtime_ns:
+        if thumb.stat().st_mtime_ns == source.st_mtime_ns:
             return False
     except FileNotFoundError:
         pass
@@ -46,6 +49,7 @@ def make_thumbnail(image: Path, thumb: Path, size: int = THUMB_PX) -> bool:
     tmp = thumb.with_name(f".{thumb.name}.tmp-{os.getpid()}-{os.urandom(4).hex()}")
     try:
         rgb.save(tmp, format="JPEG", quality=85)
+        os.utime(tmp, ns=(source.st_atime_ns, source.st_mtime_ns))
         os.replace(tmp, thumb)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -609,6 +609,25 @@ def test_report_counts_finished_images_whose_file_is_gone(crafted_run):
             f"scores still count in these tables until `harness eval {crafted_run}` drops them") in r.stderr
 
 
+def test_report_names_finished_images_whose_file_is_damaged_or_replaced(crafted_run):
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from harness.cli import app
+
+    cut, replaced = sorted((crafted_run / "images").glob("*.png"))[:2]
+    cut.write_bytes(cut.read_bytes()[:-40])
+    Image.new("RGB", (8, 8), (255, 0, 0)).save(replaced)  # a sound PNG, but another picture than the one scored
+    r = build_report(crafted_run, html=False)
+    damaged = dict(r.damaged)
+    assert r.gone == 0 and set(damaged) == {cut.stem, replaced.stem}
+    assert damaged[replaced.stem] == "changed since it was made" and "truncated" in damaged[cut.stem]
+    out = CliRunner().invoke(app, ["report", str(crafted_run), "--no-html"])
+    assert out.exit_code == 0, out.output
+    assert "image files damaged or changed: 2 finished images are not the files they were made as" in out.stderr
+    assert f"`harness eval {crafted_run}` drops them" in out.stderr
+
+
 def test_an_ambiguous_metric_lists_only_the_ids_it_could_mean():
     from harness.columns import resolve_metric
     from harness.report import _find_metric

@@ -198,6 +198,13 @@ def test_rerun_keeps_fresh_thumbnails_and_remakes_stale_ones(run):
     changed = [p.stem for p in thumbs if p.stat().st_mtime_ns != before[p]]
     assert changed == [table.iloc[0]["key"]]
     assert not [p for p in (folder / "thumbs").iterdir() if p.name.startswith(".")]
+    # an image put back from a copy with an older time (cp -p, rsync -a, a backup) gets a new thumbnail
+    other = folder / table.iloc[1]["image"]
+    Image.new("RGB", (8, 8), (255, 0, 0)).save(other)
+    os.utime(other, ns=(10**18, 10**18))
+    write_sheet(folder, table)
+    with Image.open(folder / "thumbs" / f"{table.iloc[1]['key']}.jpg") as im:
+        assert im.convert("RGB").getpixel((0, 0))[0] > 240 and im.convert("RGB").getpixel((0, 0))[1] < 15
     # an edited plan shows fewer images: their thumbnails go, and a temp file a killed report left too
     (folder / "thumbs" / ".x.jpg.tmp-1-abcd").write_bytes(b"half")
     kept = table[table["f.color"] == "red"]

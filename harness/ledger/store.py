@@ -372,6 +372,32 @@ class Ledger:
                 conn.execute("DELETE FROM scores WHERE key = ?", (key,))
                 conn.execute("DELETE FROM image_files WHERE key = ?", (key,))
 
+    def image_problems(self, keys: Iterable[str] | None = None, *, decode: bool = False) -> dict[str, str]:
+        """Done images (of `keys`, or all) whose file is missing, damaged or no longer the file it was made
+        as, each with why: what :meth:`reconcile` would put back to pending. Reads only, so a report can
+        say which scores belong to no image, or to another one."""
+        done = self.done_keys()
+        return self._image_problems(done if keys is None else done & set(keys), decode=decode)[0]
+
+    def _image_problems(self, keys: Iterable[str], *, decode: bool) -> tuple[dict[str, str], list[tuple[str, str]]]:
+        """(key -> why, for the images of `keys` that are not sound; (key, digest) of sound ones with no
+        digest recorded yet, from a ledger older than digests)."""
+        recorded = dict(self._read("SELECT key, sha256 FROM image_files"))
+        stale = self.stale_keys()
+        problems, unrecorded = {}, []
+        for key in sorted(keys):
+            reason, digest = check_png_digest(self.image_path(key), decode=decode)
+            if reason is None:
+                if key not in recorded:
+                    unrecorded.append((key, digest))
+                elif digest != recorded[key]:
+                    # under --force a remade image is written before it is recorded: an interrupt between
+                    # the two leaves a sound new file that is remade all the same
+                    reason = CHANGED if key not in stale else FORCE_UNRECORDED
+            if reason is not None:
+                problems[key] = reason
+        return problems, unrecorded
+
     def reconcile(self, *, decode: bool = False, remove_damaged: bool = True) -> Reconciled:
         """Make the ledger agree with the images folder. Call at run start.
 
@@ -394,20 +420,7 @@ class Ledger:
                     path.unlink(missing_ok=True)
                     temp_removed.append(path.name)
             done = self.done_keys()
-            recorded = dict(self._read("SELECT key, sha256 FROM image_files"))
-            stale = self.stale_keys()
-            requeued, adopted = {}, []
-            for key in sorted(done):
-                reason, digest = check_png_digest(self.image_path(key), decode=decode)
-                if reason is None:
-                    if key not in recorded:
-                        adopted.append((key, digest))
-                    elif digest != recorded[key]:
-                        # under --force a remade image is written before it is recorded: an interrupt between
-                        # the two leaves a sound new file that is remade all the same
-                        reason = CHANGED if key not in stale else FORCE_UNRECORDED
-                if reason is not None:
-                    requeued[key] = reason
+            requeued, adopted = self._image_problems(done, decode=decode)
             on_disk = {p.stem for p in self.images_dir.glob("*.png") if _KEY.fullmatch(p.stem)}
             # files an earlier reconcile that kept them (`harness eval`) re-queued: a run about to remake
             # them names them as that one did, not as orphans
