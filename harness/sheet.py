@@ -15,8 +15,8 @@ allows only the page's own inline script (by hash) and local images, so even a
 missed escape could not run code or reach the network. Links are relative, so
 the run folder can be moved or zipped.
 
-Thumbnails go to ``RUN/thumbs/<key>.jpg`` (written atomically, skipped while
-newer than their image), which keeps pages of 10k images quick to rebuild.
+Thumbnails go to ``RUN/thumbs/<key>.jpg`` (written atomically with their image's
+time, skipped while the times match), which keeps pages of 10k images quick to rebuild.
 """
 
 from __future__ import annotations

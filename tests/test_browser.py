@@ -219,3 +219,28 @@ def test_a_missing_parent_or_image_gets_a_placeholder_and_no_request_or_link(wid
     js(browser, "document.getElementById('detail').close()")
     assert js(browser, LOAD_ALL_IMAGES) == []
     assert browser.errors == []
+
+
+def test_in_a_narrow_window_the_top_bar_wraps_and_what_is_below_follows_its_height(tmp_path):
+    """At 700 px the title, counts, links and size slider need two lines: nothing may scroll sideways or
+    vanish, and the sticky grid headings and the nav targets sit below the taller bar."""
+    run = tmp_path / "run"
+    table = make_run(run)
+    page = write_sheet(run, table, title="a study with a long enough title: 13 images", missing=7,
+                       failed=[("k1", "CUDA out of memory"), ("k2", "CUDA out of memory")])
+    with Chromium(width=700, height=800) as browser:
+        browser.navigate(page.as_uri())
+        got = js(browser, """(() => {
+            const bar = document.querySelector('.bar').getBoundingClientRect();
+            const size = document.querySelector('.bar .size').getBoundingClientRect();
+            return {wide: document.documentElement.scrollWidth, window: document.documentElement.clientWidth,
+                    title: document.querySelector('.bar h1').getBoundingClientRect().width, bar: bar.height,
+                    size_right: size.right, size_bottom: size.bottom,
+                    heading: parseFloat(getComputedStyle(document.querySelector('.grid-section h2')).top),
+                    target: parseFloat(getComputedStyle(document.getElementById('grids')).scrollMarginTop)};
+            })()""")
+        assert browser.errors == []
+    assert got["wide"] <= got["window"], got  # no sideways scroll
+    assert got["title"] > 100 and got["bar"] > 60, got  # the title shows; the bar took a second line
+    assert got["size_right"] <= got["window"] and got["size_bottom"] <= got["bar"], got  # the slider stays in it
+    assert 0 <= got["heading"] - got["bar"] < 1 and got["target"] >= got["bar"], got

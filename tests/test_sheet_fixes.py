@@ -189,9 +189,10 @@ def test_a_shards_report_counts_the_stage_images_of_the_other_shards_parents(tmp
 
 # versions and dates read their parts as integers: v1.9 before v1.10, September before October
 DECIMAL_LEVELS = ["weight 0.4", "weight 10", "weight 0.15", "s10", None, "weight 2", "S3", "s2", "v1.10.2", "v1.10",
-                  "v1.9", "2024.10.01", "2024.9.30"]
-DECIMAL_ORDER = ["2024.9.30", "2024.10.01", "s2", "S3", "s10", "v1.9", "v1.10", "v1.10.2", "weight 0.15",
-                 "weight 0.4", "weight 2", "weight 10", "—"]
+                  "v1.9", "2024.10.01", "2024.9.30", "v²1.10", "v²1.9", "Ⅻ1.5", "Ⅻ1.25"]
+DECIMAL_ORDER = ["2024.9.30", "2024.10.01", "s2", "S3", "s10", "v1.9", "v1.10", "v1.10.2", "v²1.9", "v²1.10",
+                 "weight 0.15",
+                 "weight 0.4", "weight 2", "weight 10", "Ⅻ1.5", "Ⅻ1.25", "—"]
 
 
 def test_levels_with_decimals_sort_by_value_and_whole_numbers_as_integers():

@@ -11,6 +11,12 @@
 
   function $(id) { return document.getElementById(id); }
 
+  // The top bar takes more lines in a narrow window: what sits below it follows its height.
+  var bar = document.querySelector(".bar");
+  function fitBar() { document.documentElement.style.setProperty("--bar-h", Math.ceil(bar.getBoundingClientRect().height) + "px"); }
+  fitBar();
+  window.addEventListener("resize", fitBar);
+
   function text(el, value) { el.textContent = value === null || value === undefined ? "" : String(value); }
 
   function fillPairs(tbody, pairs) {
@@ -128,7 +134,8 @@
   // whole ones exactly, as integers: "s2" before "s10"; a version's or date's parts as integers: "v1.9"
   // before "v1.10", "2024.9.30" before "2024.10.01"), numbers before other text, other text case-folded
   // (upper- then lower-cased, as Python's casefold: "ß" reads "ss"); texts that read alike by the raw text.
-  var RUNS = /((?<![\p{L}.])[0-9]+\.[0-9]+(?![0-9]|\.[0-9])|[0-9]+)|([^0-9]+)/gu;
+  // "After a letter" is Python's [^\W\d_]: letters and the other numerals (², Ⅻ), not decimal digits.
+  var RUNS = /((?<![\p{L}\p{Nl}\p{No}.])[0-9]+\.[0-9]+(?![0-9]|\.[0-9])|[0-9]+)|([^0-9]+)/gu;
   function runs(t) {
     return Array.from(t.matchAll(RUNS), function (m) {
       if (m[1] === undefined) { return { text: m[2].toUpperCase().toLowerCase() }; }
