@@ -111,5 +111,21 @@ def _close(prompt: str, end: int, bracket: _Open, chars: list[str]) -> float:
 
 
 def plain(prompt: str) -> str:
-    """The prompt as a reader sees it: brackets and weights dropped, escapes read."""
-    return "".join(text for text, _ in parse(prompt))
+    """The prompt as the model read it: brackets and weights dropped, escapes read, and a space where two
+    runs of different weight meet inside a word (`a (red)circle` is `a red circle`) or a run of marks, since
+    each run is tokenized on its own (:func:`harness.weighted.weighted_embeddings`): a metric that reads
+    this text reads the tokens the model saw, not `redcircle`."""
+    out = ""
+    for text, _ in parse(prompt):
+        if out and text and _glued(out[-1], text[0]):
+            out += " "
+        out += text
+    return out
+
+
+def _glued(left: str, right: str) -> bool:
+    """Whether a tokenizer would read `left` and `right` as one piece if nothing stood between them:
+    two word characters, or two marks (neither a word character nor a space)."""
+    if left.isspace() or right.isspace():
+        return False
+    return (left.isalnum() or left == "_") == (right.isalnum() or right == "_")

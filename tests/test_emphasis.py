@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from harness.emphasis import EmphasisError, UP, has_emphasis, parse, plain
 
@@ -67,9 +67,29 @@ def test_escaped_text_reads_as_itself_at_weight_one(text):
                           st.sampled_from([0.5, 0.9, 1.0, 1.25, 2.0])), max_size=5))
 def test_written_weights_are_read_back(pieces):
     prompt = "".join(f"({t}:{w})" for t, w in pieces)
-    assert plain(prompt) == "".join(t for t, _ in pieces)
+    assert plain(prompt).replace(" ", "") == "".join(t for t, _ in pieces).replace(" ", "")
     per_char = [w for text, w in parse(prompt) for _ in text]
     assert per_char == [w for t, w in pieces for _ in t]
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_ref):
+    from transformers import CLIPTokenizer
+    return CLIPTokenizer.from_pretrained(tiny_ref.source, subfolder="tokenizer")
+
+
+@settings(max_examples=150, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(st.text(alphabet="ab ,!", min_size=1, max_size=5),
+                          st.sampled_from([0.5, 1.0, 1.25])), max_size=5))
+def test_the_plain_text_tokenizes_as_the_model_read_the_runs(tokenizer, pieces):
+    """Each run of one weight is tokenized on its own: `(red)circle` is read as red + circle, and a metric
+    scoring `plain()` must see those tokens, not one word `redcircle`."""
+    prompt = "".join(f"({t}:{w})" for t, w in pieces)
+    seen = [i for text, _ in parse(prompt) for i in tokenizer(text, add_special_tokens=False)["input_ids"]]
+    assert tokenizer(plain(prompt), add_special_tokens=False)["input_ids"] == seen
+    assert plain("a (red)circle") == "a red circle" and plain("a [blue]star,(gray background)") == (
+        "a blue star,gray background")
+    assert plain("a (red) circle") == "a red circle" and plain("(a:1)(b:1)") == "ab"  # one run: one word
 
 
 # ---------------------------------------------------------------- embeddings (the real tiny pipeline)
