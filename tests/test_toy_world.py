@@ -171,7 +171,39 @@ def test_oracle_metric_is_nan_with_a_reason_when_the_prompt_lacks_the_attribute(
     assert math.isnan(score.value) and "prompt names no" in score.detail["reason"]
 
 
+@pytest.mark.parametrize("spec", ["toy_color_match", "toy_color_match:want=red", "toy_shape_match",
+                                  "toy_style_match", "toy_style_match:want=ian mcque"])
+def test_an_image_with_no_shape_is_a_miss_not_an_unscored_image(tmp_path, spec):
+    """A prompt that breaks the model into drawing nothing must count against it, not drop out of the study."""
+    from harness.metrics.spec import parse_metric_spec
+
+    path = tmp_path / "empty.png"
+    Image.fromarray((world.vignette(128, 128)[..., None] * np.array([245.0, 245, 245])).astype(np.uint8)).save(path)
+    name, options = parse_metric_spec(spec)
+    [score] = get_metric(name, **options).score(
+        [Item("k", path, prompt="a red circle on a white background, 35mm photograph, by greg rutkowski")])
+    assert score.value == 0.0 and score.detail["reason"] == "no foreground shape found"
+    [background] = get_metric("toy_background_match").score([Item("k", path, prompt="a red circle on a white background")])
+    assert background.value == 1.0
+
+
 def test_prompt_parser_assigns_colours_by_the_noun_that_follows():
     parsed = oracle.parse_prompt("Blue background with a small red circle on the left, by Claude Monet")
     assert (parsed.color, parsed.background, parsed.shape, parsed.style) == ("red", "blue", "circle", "blur")
     assert oracle.parse_prompt("a 35mm photograph of a grey star").medium == "35mm photograph"
+
+
+@pytest.mark.parametrize("prompt, color, background", [
+    ("a circle in red on a white background", None, "white"),  # red names no noun: not guessed
+    ("a red circle on a white background", "red", "white"),
+    ("a white red circle on a gray background", "red", "gray"),
+    ("red background with a blue star", "blue", "red"),
+])
+def test_a_colour_word_belongs_to_the_next_noun_only_with_no_other_colour_between(prompt, color, background):
+    parsed = oracle.parse_prompt(prompt)
+    assert (parsed.color, parsed.background) == (color, background)
+
+
+def test_the_artist_and_medium_named_first_are_the_prompts():
+    parsed = oracle.parse_prompt("a red circle, watercolor, by ian mcque and by greg rutkowski, photo")
+    assert (parsed.artist, parsed.medium) == ("ian mcque", "watercolor")

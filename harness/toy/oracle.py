@@ -70,26 +70,34 @@ class Analysis:
 
 
 _WORD = re.compile(r"[a-z0-9]+")
+NO_SHAPE = "no foreground shape found"  # the image shows no shape: a miss for what a shape carries
 
 
 def parse_prompt(text: str) -> PromptAttrs:
-    """Attributes named in `text`: a colour word belongs to the next shape word or 'background'."""
+    """Attributes named in `text`, the first of each: a colour word belongs to the next shape word or
+    'background' unless another colour word comes first (`a circle in red on a white background` names
+    the background, white, and no shape colour: the parser does not guess); the artist and the medium
+    named first."""
     words = [world.COLOR_WORDS.get(w, w) for w in _WORD.findall(text.lower())]
+    colors = set(world.BACKGROUNDS) | set(world.COLORS)
     color = background = shape = None
     for i, word in enumerate(words):
         if word in world.SHAPES and shape is None:
             shape = word
-        if word in world.BACKGROUNDS:
-            noun = next((w for w in words[i + 1:] if w in world.SHAPES or w == "background"), None)
-            if noun == "background" and background is None:
+        if word in colors:
+            noun = next((w for w in words[i + 1:] if w in world.SHAPES or w in ("background", *colors)), None)
+            if noun == "background" and background is None and word in world.BACKGROUNDS:
                 background = word
             elif noun in world.SHAPES and color is None and word in world.COLORS:
                 color = word
     joined = " ".join(words)
-    artist = next((a for a in world.ARTISTS if re.search(rf"\b{a}\b", joined)), None)
-    medium = next((m for m in sorted(world.MEDIUMS, key=len, reverse=True)
-                   if re.search(rf"\b{m}\b", joined)), None)
-    return PromptAttrs(color, shape, background, artist, medium)
+    return PromptAttrs(color, shape, background, _first(world.ARTISTS, joined), _first(world.MEDIUMS, joined))
+
+
+def _first(names, text: str) -> str | None:
+    """The name of `names` that `text` mentions first as whole words (the longest where two start together)."""
+    found = [(m.start(), -len(n), n) for n in names for m in [re.search(rf"\b{re.escape(n)}\b", text)] if m]
+    return min(found)[2] if found else None
 
 
 def _nearest(rgb: np.ndarray, palette: dict[str, tuple[int, int, int]]) -> str:
@@ -128,7 +136,7 @@ def analyze(image) -> Analysis:
     mask = ndimage.binary_fill_holes(dist > MASK_DISTANCE)
     labels, count = ndimage.label(mask)
     if count == 0 or mask.sum() < 0.002 * size * size:
-        return Analysis(background, tuple(bg_rgb), None, None, None, reason="no foreground shape found")
+        return Analysis(background, tuple(bg_rgb), None, None, None, reason=NO_SHAPE)
     sizes = ndimage.sum(mask, labels, range(1, count + 1))
     mask = labels == (1 + int(np.argmax(sizes)))
 
