@@ -396,7 +396,7 @@ def _resolve_file(name: str, path: Path, config: str | None) -> CheckpointRef:
     family = _file_family(name, path)
     native = 768 if family == "sd2" else 512
     if config and Path(config).is_dir():
-        cfg_family, native = folder_family(Path(config))
+        cfg_family, native = _folder_family(Path(config))  # a copy of a built-in: that built-in's family
         family = cfg_family if cfg_family != "unknown" else family
     model_hash = a1111_hash(path)
     fp = model_hash

@@ -175,6 +175,9 @@ def check_randomize_overrides(c: Checker, raw: Mapping, randomize, overrides: Ma
     used_by_stages = {"steps": any(s.steps is None for s in stages), "guidance": bool(stages)}
     for name in ("steps", "guidance"):
         if getattr(randomize, name) and not used_by_stages[name]:
+            if name in raw:
+                c.problems.append(f"key '{name}': unused, as key 'randomize.{name}' draws the {name} of every "
+                                  f"image (no stage uses fixed {name}); drop one of the two")
             for ck, table in overrides.items():
                 if name in table:
                     c.problems.append(f"key 'checkpoint.{ck}.{name}': unused, as key 'randomize.{name}' draws the "

@@ -20,8 +20,9 @@ def img2img(strengths="", randomize=""):
     from pathlib import Path
 
     init = Path(__file__).resolve().parents[1] / INIT
+    steps = "" if "steps" in randomize else "steps = 10\n"  # drawn steps leave a fixed value unused: an error
     return (f'prompt = "a red circle"\nseeds = [1, 2, 3, 4, 5, 6, 7, 8]\ncheckpoints = ["tiny"]\n'
-            f'mode = ["img2img"]\ninit_images = "{init}"\nwidth = 64\nheight = 64\nsteps = 10\n{strengths}'
+            f'mode = ["img2img"]\ninit_images = "{init}"\nwidth = 64\nheight = 64\n{steps}{strengths}'
             f'[randomize]\nseed = 0\n{randomize}')
 
 

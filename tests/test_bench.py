@@ -148,7 +148,10 @@ def test_bench_options_are_checked_before_measuring_and_named_in_one_line(capsys
                            "--size 60: expected a multiple of 8, at least 64; --steps 1: expected at least 2 "
                            "(img2img at strength 0.5 runs int(0.5 * steps) steps); --streams '0': expected auto"),
                           (["--quick", "--device", "nosuch"], "--device/--dtype: "),
-                          (["--quick", "--speedups", "bogus"], "--speedups: 'bogus' is not one of channels_last")):
+                          (["--quick", "--speedups", "bogus"], "--speedups: 'bogus' is not one of channels_last"),
+                          (["--streams", "65"], "--streams '65': expected auto or a whole number of threads, 1 to 64"),
+                          (["--quick", "--size", "64", "--repeat", "0"],  # --quick's conflict is one problem among all
+                           "--quick runs its own 8-image sweep; leave out --size; --repeat 0: expected at least 1")):
         with pytest.raises(SystemExit) as exit_:
             main(args)
         assert exit_.value.code == 2 and message in capsys.readouterr().err, args
@@ -238,6 +241,39 @@ def test_uint8_on_the_host_is_left_out_on_cpu_and_said_so_when_asked_for():
     notes.clear()
     ablation_variants("all", "cpu", Tuning(), notes)
     assert notes == []  # 'all' asked for no row in particular
+
+
+def test_ablate_leaves_out_rows_that_would_be_the_harness_row_itself_and_says_why():
+    """--speedups channels_last makes '+ channels_last' the harness row; --streams 1 'one stream';
+    --batch-size 1 'no batching': such rows would measure nothing, so they are left out, with a line."""
+    from harness.bench import ablation_variants
+    from harness.worker import Tuning
+
+    notes = []
+    rows = ablation_variants("channels_last,fuse_qkv,streams,batching", "cpu",
+                             Tuning(speedups=("channels_last",), streams=1), notes, batch_size=1)
+    assert [name for name, _ in rows] == ["harness + fused QKV"]
+    assert [n.split(":")[0] for n in notes] == ["--ablate channels_last", "--ablate streams", "--ablate batching"]
+    assert "already" in notes[0] and "one stream already" in notes[1] and "--batch-size 1" in notes[2]
+    assert len(ablation_variants("streams,batching", "cpu", Tuning(streams=2), batch_size=4)) == 2
+
+
+def test_a_dtype_alias_is_the_sweeps_dtype(monkeypatch):
+    """`--dtype FP32` (or float32, half) is what pick_dtype reads; the sweep's experiment gets its name."""
+    import pytest
+
+    from harness import bench
+
+    seen = {}
+
+    def stop(exp, *args, **kwargs):  # the warm-up run: the sweep's experiment has loaded
+        seen["dtype"] = exp.dtype
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(bench, "harness_run", stop)
+    with pytest.raises(RuntimeError, match="stop here"):
+        bench.run_bench(Sweep(size=64, steps=2, prompts=1, seeds=1), dtype="FLOAT32", out=lambda line: None)
+    assert seen == {"dtype": "fp32"}
 
 
 def test_ablate_refuses_a_key_named_twice(capsys):

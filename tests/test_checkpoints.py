@@ -294,6 +294,7 @@ def test_single_file_loads_offline_with_a_local_config_folder(tiny_single_file, 
 
     ref = ck.resolve(str(tiny_single_file), config=tiny_ref.source)
     assert ref.config == tiny_ref.source and ref.model_hash == ck.a1111_hash(tiny_single_file)
+    assert ref.family == "tiny"  # its config is the built-in's: no size of its own, as the folder has none
     assert ref.fingerprint != ref.model_hash  # the config is part of what makes the pixels
     pipe = pipelines.load_pipeline(ref, "txt2img")
     for part in ("unet", "vae", "text_encoder"):

@@ -531,6 +531,17 @@ def test_to_dict_is_json_serialisable_with_nan_as_null():
     assert d["n_excluded"]["unhealthy"] == 4 and d["ranking"] == []
 
 
+def test_ambiguous_pairs_name_the_column_that_tells_them_apart():
+    """`--pair-on seed` over a study with a subject factor: two images of a level share the seed, and the
+    error names f.subject (what would pair them) rather than leaving the user to guess."""
+    with pytest.raises(ValueError) as e:
+        paired_compare(crafted_table(), factor="style", metric="score", pair_on=["seed"],
+                       rng=np.random.default_rng(0), n_boot=20)
+    message = str(e.value)
+    assert "share their 'f.style' level and pair_on values with another row" in message
+    assert "pass pair_on with the column that tells them apart ('f.subject' differs there)" in message
+
+
 def test_to_markdown_has_header_and_one_row_per_level():
     c = paired_compare(crafted_table(), factor="style", metric="score", rng=np.random.default_rng(0), n_boot=20)
     lines = c.to_markdown().splitlines()

@@ -315,12 +315,15 @@ def paired_compare(
     dup = np.bincount(block * n_lv + level_idx)[block * n_lv + level_idx] > 1
     if dup.any():
         cell = (block * n_lv + level_idx)[dup][0]  # two rows of one block at one level
-        example = df.loc[(block * n_lv + level_idx) == cell, [factor, *pair_on]].head(2)
-        example = [{k: _plain(v) for k, v in row.items()} for row in example.to_dict("records")]
+        rows = df.loc[(block * n_lv + level_idx) == cell]
+        example = [{k: _plain(v) for k, v in row.items()} for row in rows[[factor, *pair_on]].head(2).to_dict("records")]
+        design = [c for c in df.columns if str(c).startswith("f.") or c in (*DESIGN_COLUMNS, *PARAM_COLUMNS)]
+        apart = [c for c in design if c != factor and c not in pair_on and rows[c].map(str).nunique() > 1]
+        which = (f" ({' and '.join(map(repr, apart))} differ{'s' if len(apart) == 1 else ''} there)" if apart
+                 else "")
         raise ValueError(f"{int(dup.sum())} rows each share their {factor!r} level and pair_on values with another "
-                         f"row, so pairs are "
-                         f"ambiguous; pass pair_on with the column that tells them apart. pair_on={pair_on}, "
-                         f"e.g. {example}")
+                         f"row, so pairs are ambiguous; pass pair_on with the column that tells them apart{which}. "
+                         f"pair_on={pair_on}, e.g. {example}")
 
     healthy = healthy_mask(df, metric)
     value = pd.to_numeric(df[metric], errors="coerce").to_numpy(float)
