@@ -457,6 +457,7 @@ def build_report(run_dir: Path | str, *, rows: str | None = None, cols: str | No
         to_come = stage_jobs_to_come(run_dir, ledger)
         missing = ledger.planned_not_done() + (to_come or 0)
         failed = failed_jobs(ledger)
+        to_make = image_table(ledger, made=False) if html and missing else None
         planned_levels = _planned_levels(ledger) if missing and compare_factors is None else {}
         dropped = _drop_stale_extras(run_dir, ledger)
         unsound = ledger.image_problems(table["key"]) if len(table) else {}
@@ -520,7 +521,7 @@ def build_report(run_dir: Path | str, *, rows: str | None = None, cols: str | No
                                    not_sections=randomized_params(run_dir),
                                    comparisons=[*result.comparisons, *extra_sections(tables),
                                                 *([(DRAWN_TITLE, result.drawn)] if result.drawn is not None else [])],
-                                   plots=result.plots + extra_plots, missing=missing, failed=failed,
+                                   plots=result.plots + extra_plots, missing=missing, failed=failed, to_make=to_make,
                                    missing_at_least=result.missing_at_least,
                                    title=f"{run_dir.resolve().name}: {len(table)} images")
     elif (run_dir / "index.html").is_file():

@@ -159,7 +159,7 @@ def _records(run_dir: Path, table: pd.DataFrame, metrics: list[str], labels: dic
                 "unhealthy": "healthy" in r and not flag(r["healthy"]),
                 "status": r.get("status"), "scores": scores,
                 "parent": parent, "parent_thumb": thumb(parent) if parent else None,
-                "from_seed": _own_parent_seed(r)}
+                "from_seed": _own_parent_seed(r), "todo": None}
         cells.append(cell)
         data[key] = {
             "key": key, "title": heading, "image": rel(files[key]), "thumb": cell["thumb"],
@@ -204,9 +204,24 @@ def _splitting(table: pd.DataFrame, dims: list[str], axes: Sequence[str]) -> lis
     return kept
 
 
+def _todo(to_make: pd.DataFrame | None, table: pd.DataFrame, failed: Sequence[tuple[str, str]]) -> pd.DataFrame:
+    """The rows of `to_make` the page places (not in `table`), each with its cell's text (`todo`: "not made
+    yet" or "failed") and tooltip (`todo_title`: the error of a failed one)."""
+    if to_make is None or not len(to_make):
+        return pd.DataFrame(columns=["key", "todo", "todo_title"])
+    todo = to_make[~to_make["key"].isin(set(table["key"]))].copy() if len(table) else to_make.copy()
+    errors = dict(failed)
+    status = todo["status"] if "status" in todo.columns else pd.Series("pending", index=todo.index)
+    todo["todo"] = ["failed" if st == "failed" or k in errors else "not made yet" for k, st in zip(todo["key"], status)]
+    todo["todo_title"] = [f"failed: {errors[k]}" if k in errors else ("failed" if t == "failed" else
+                          "planned, not made yet (harness run makes it)") for k, t in zip(todo["key"], todo["todo"])]
+    return todo
+
+
 def _grid_sections(table: pd.DataFrame, cells: list[dict], row_dim: str, col_dim: str,
                    section_dims: list[str]) -> list[dict]:
-    """Group cells into sections (one per observed combination of section dims), each a row x col grid."""
+    """Group cells into sections (one per observed combination of section dims), each a row x col grid.
+    Cells of images not made yet (`todo`) hold their place and count apart."""
     values = {d: table[d].tolist() for d in (row_dim, col_dim, *section_dims)}
     groups: dict[tuple, list[int]] = defaultdict(list)
     raw: dict[tuple, tuple] = {}
@@ -224,9 +239,10 @@ def _grid_sections(table: pd.DataFrame, cells: list[dict], row_dim: str, col_dim
         grid = [[[] for _ in clevels] for _ in rlevels]
         for i in idx:
             grid[rpos[level_label(values[row_dim][i])]][cpos[level_label(values[col_dim][i])]].append(cells[i])
+        to_come = sum(1 for i in idx if cells[i].get("todo"))
         sections.append({
             "heading": [(dim_name(d), lv) for d, lv in zip(section_dims, label)],
-            "anchor": f"s{len(sections) + 1}", "count": len(idx),
+            "anchor": f"s{len(sections) + 1}", "count": len(idx) - to_come, "to_come": to_come,
             "cols": [level_label(v) for v in clevels],
             "rows": [(level_label(v), grid[j]) for j, v in enumerate(rlevels)],
         })
@@ -335,7 +351,7 @@ def write_sheet(run_dir: Path, table: pd.DataFrame, *, rows: str | None = None, 
                 metrics: list[str] | None = None, variant_summary: pd.DataFrame | None = None,
                 comparisons: list | None = None, plots: list[Path] | None = None, title: str = "",
                 not_sections: Sequence[str] = (), missing: int = 0, missing_at_least: bool = False,
-                failed: Sequence[tuple[str, str]] = ()) -> Path:
+                failed: Sequence[tuple[str, str]] = (), to_make: pd.DataFrame | None = None) -> Path:
     """Write ``run_dir/index.html`` (and missing thumbnails) for the per-image `table`; returns its path.
 
     rows, cols: a factor (``color`` for ``f.color``) or a parameter (seed, checkpoint, mode, stage,
@@ -353,7 +369,10 @@ def write_sheet(run_dir: Path, table: pd.DataFrame, *, rows: str | None = None, 
     the parent's strength); their values show in each image's detail view.
     missing: images the plan asks for that are not made yet (failed ones included), at least that many
     with `missing_at_least` (later stages' images to come could not be counted); failed: (key, error
-    text) of the failed ones. An empty `table` gives a page that says no image is made yet.
+    text) of the failed ones. to_make: rows like `table`'s of the images the plan asks for that are not
+    made yet (``harness.tables.image_table(ledger, made=False)``): the grids are laid out for the whole plan,
+    so every grid has its planned rows and columns in their places, and such an image's cell says it is not
+    made yet or failed. An empty `table` gives a page that says no image is made yet.
     """
     from markupsafe import Markup
 
@@ -363,25 +382,31 @@ def write_sheet(run_dir: Path, table: pd.DataFrame, *, rows: str | None = None, 
     table = table.reset_index(drop=True)
     if "strength" in not_sections:  # a drawn strength: each parent's condition names its own strength
         not_sections = (*not_sections, "parent_condition")
+    todo = _todo(to_make, table, failed)
+    layout = pd.concat([table, todo], ignore_index=True) if len(todo) and len(table) else table
     if len(table):
-        row_dim, col_dim = choose_axes(table, rows, cols)
-        section_dims = [d for d in grid_dims(table)
-                        if d not in (row_dim, col_dim, *NOT_SECTIONS, *not_sections) and varies(table, d)]
+        row_dim, col_dim = choose_axes(layout, rows, cols)
+        section_dims = [d for d in grid_dims(layout)
+                        if d not in (row_dim, col_dim, *NOT_SECTIONS, *not_sections) and varies(layout, d)]
         section_dims.sort(key=lambda d: d != "stage")  # one pass of an iterated run after the other
-        section_dims = _splitting(table, section_dims, (row_dim, col_dim))
+        section_dims = _splitting(layout, section_dims, (row_dim, col_dim))
         shown = resolve_metrics(table, metrics)
     else:  # nothing made yet: the page says so (and lists what failed)
         row_dim, col_dim, section_dims, shown = rows or "seed", cols or "", [], []
     labels = metric_labels(shown)
     named = [d for d in grid_dims(table) if d not in NOT_SECTIONS and varies(table, d) and not _repeats_seed(table, d)]
     cells, data = _records(run_dir, table, shown, labels, named)
-    sections = _grid_sections(table, cells, row_dim, col_dim, section_dims) if len(table) else []
+    if len(todo) and len(table):
+        cells = cells + [{"key": r["key"], "todo": r["todo"], "todo_title": r["todo_title"]}
+                         for r in todo[["key", "todo", "todo_title"]].to_dict("records")]
+    sections = _grid_sections(layout, cells, row_dim, col_dim, section_dims) if len(table) else []
 
     script = (_TEMPLATES / "sheet.js").read_text(encoding="utf-8")
     digest = base64.b64encode(hashlib.sha256(script.encode("utf-8")).digest()).decode("ascii")
-    counts = {"images": len(table), "missing": sum(1 for c in cells if c["problem"]),
-              "unhealthy": sum(1 for c in cells if c["unhealthy"]),
-              "watermarked": sum(1 for c in cells if c["watermark"]),
+    made = [c for c in cells if not c.get("todo")]
+    counts = {"images": len(table), "missing": sum(1 for c in made if c["problem"]),
+              "unhealthy": sum(1 for c in made if c["unhealthy"]),
+              "watermarked": sum(1 for c in made if c["watermark"]),
               "not_made": max(0, int(missing) - len(failed)), "failed": len(failed),
               "at_least": "at least " if missing_at_least else ""}
     page = _environment().get_template("sheet.html.j2").render(

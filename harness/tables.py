@@ -50,15 +50,17 @@ def _root_keys(parent_of: dict) -> dict:
     return roots
 
 
-def image_table(ledger: Ledger) -> pd.DataFrame:
-    """One row per image of the current plan: every factor (`f.*`), parameter and score (`m.<metric id>`)."""
+def image_table(ledger: Ledger, *, made: bool = True) -> pd.DataFrame:
+    """One row per image of the current plan: every factor (`f.*`), parameter and score (`m.<metric id>`).
+    With `made=False`, one per image the plan asks for that is not made yet (pending or failed: `status`),
+    with the same columns and no scores: where the contact sheet leaves its place."""
     jobs = ledger.jobs_frame()
     planned = ledger.planned_keys()  # None: no plan recorded, every done job counts
     seed_of = dict(zip(jobs["key"], jobs["seed"])) if len(jobs) else {}  # every job: a parent may be unplanned
     root_of = _root_keys(dict(zip(jobs["key"], jobs["parent_key"]))) if len(jobs) else {}
     condition_of = _parent_conditions(jobs)
     if len(jobs):
-        jobs = jobs[(jobs["status"] == "done") & (True if planned is None else jobs["key"].isin(planned))].copy()
+        jobs = jobs[((jobs["status"] == "done") == made) & (True if planned is None else jobs["key"].isin(planned))].copy()
     if not len(jobs):
         return pd.DataFrame(columns=IMAGE_COLUMNS)
     jobs = _planned_factors_only(jobs)

@@ -375,3 +375,24 @@ def test_comparison_tables_on_the_page_label_the_empty_level_once():
     assert level(comparison) == ['"(empty)"', "greg rutkowski"]
     assert level(ranking) == ['"(empty)"', "(empty)", "greg rutkowski"]
     assert "baseline (empty)" in model["title"]
+
+
+def test_images_not_made_yet_keep_their_place_so_every_grid_has_the_planned_columns(run):
+    """A partial run: blue squares are not made yet (one failed). Laid out from the images made, the blue grid
+    would have no square column; laid out for the plan, it keeps it, its cells marked."""
+    folder, table = run
+    main = table[table["stage"] == "main"]
+    later = (main["f.color"] == "blue") & (main["f.shape"] == "square")
+    made, to_make = main[~later], main[later].assign(status="pending")
+    failed_key = to_make["key"].iloc[0]
+    to_make.loc[to_make["key"] == failed_key, "status"] = "failed"
+    page = write_sheet(folder, made, rows="seed", cols="shape", to_make=to_make, missing=3,
+                       failed=[(failed_key, "CUDA out of memory <boom>")]).read_text()
+    headings = re.findall(r'<h2>.*?</h2>', page, re.S)
+    assert len(headings) == 2 and "3 images, 3 not made</span>" in headings[0] and "6 images</span>" in headings[1]
+    for grid in re.findall(r'<table class="grid">.*?</table>', page, re.S):  # both grids: circle, square
+        assert re.findall(r'<th scope="col" title="shape=([^"]*)">', grid) == ["circle", "square"]
+    assert page.count('<div class="todo" title="planned, not made yet (harness run makes it)">not made yet</div>') == 2
+    assert '<div class="todo is-failed" title="failed: CUDA out of memory &lt;boom&gt;">failed</div>' in page
+    assert len(thumbs_in(page)) == len(made)  # a cell to come has no image and opens nothing
+    assert f'data-key="{failed_key}"' not in page

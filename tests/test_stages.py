@@ -100,6 +100,26 @@ def test_force_remakes_the_later_stages_too_and_counts_their_time(tmp_path):
     assert forced.seconds >= 0.9 * per_image
 
 
+def test_a_force_after_an_edit_remakes_everything_again_and_leaves_the_earlier_versions_images(tmp_path):
+    """An edit of a stage leaves the earlier version's stage images in the folder, unplanned. A --force that
+    marked them too could never finish (nothing remakes them), so the next --force remade nothing; and
+    undoing the edit remade them though the force never covered that version."""
+    exp = tmp_path / "staged.toml"
+    plain = STAGED.replace("metrics =", "streams = 1\nmetrics =").replace('metric = "clip_score:model=tiny"\n', "") \
+        .replace("top_k = 1\n", "")
+    exp.write_text(plain)
+    first = run_experiment(exp, out=tmp_path / "run", progress=False)
+    exp.write_text(plain.replace("__parent__, masterpiece", "__parent__, award winning"))
+    edited = run_experiment(exp, out=tmp_path / "run", progress=False)
+    assert 0 < edited.generated < edited.planned
+    for _ in range(2):  # the second force starts anew: every image again
+        forced = run_experiment(exp, out=tmp_path / "run", force=True, progress=False)
+        assert forced.generated == forced.planned == edited.planned
+    exp.write_text(plain)  # undone: the first version's images are all still there
+    undone = run_experiment(exp, out=tmp_path / "run", progress=False)
+    assert undone.planned == first.planned and undone.generated == 0
+
+
 def test_plan_of_a_finished_staged_run_says_its_stages_are_planned_and_done(tmp_path):
     from typer.testing import CliRunner
 

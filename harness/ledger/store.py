@@ -332,8 +332,11 @@ class Ledger:
         made again (:meth:`stale_keys`). Its image and scores stay until the new image replaces them, so an
         interrupted forced run loses nothing. A force of jobs some of which an earlier force has not remade
         yet goes on with that one (the images it remade stay); otherwise it starts anew. Jobs not in `keys`
-        (another shard, another version of the experiment) are left as they are."""
+        (another shard, another version of the experiment) are left as they are, and so are later stages'
+        jobs the current plan does not ask for (an earlier version's, or made from a parent that an earlier
+        force remade with other pixels): nothing would remake them, so a force of them would never finish."""
         keys = {_check_key(k) for k in keys}
+        planned = self.planned_keys()
         now = _now()
         with self._write() as conn:
             made_from: dict[str, list[str]] = {}
@@ -342,7 +345,7 @@ class Ledger:
             todo = list(keys)
             while todo:
                 for child in made_from.get(todo.pop(), ()):
-                    if child not in keys:
+                    if child not in keys and (planned is None or child in planned):
                         keys.add(child)
                         todo.append(child)
             done = {k for (k,) in conn.execute("SELECT key FROM jobs WHERE status = 'done'") if k in keys}
