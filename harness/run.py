@@ -485,6 +485,8 @@ def merge_runs(out: Path | str, sources: Iterable[Path | str], *, log: Callable[
             totals["bad"] += len(m.bad_images)
             log(f"{src}: {m.jobs_added} jobs added, {m.jobs_already_done} already present, "
                 f"{m.scores_added} scores, {len(m.bad_images)} damaged or changed images skipped"
+                + (f"; {m.repaired} images this folder had lost (missing, damaged or changed) taken from it"
+                   if m.repaired else "")
                 + (" (" + ", ".join(f"{n} {why}" for why, n in Counter(m.bad_images.values()).most_common(3))
                    + f"; `harness run {src / 'experiment.toml'} --out {src}` remakes them in that shard's folder, "
                    "then merge it again)" if m.bad_images else ""))

@@ -534,6 +534,27 @@ def test_merge_skips_a_shard_image_changed_since_it_was_made_and_records_the_cop
         assert a.reconcile().requeued == {jobs[1].key: "changed since it was made"}
 
 
+def test_merging_a_shard_again_repairs_an_image_the_folder_has_lost_since(tmp_path):
+    """A merged folder whose copy of an image was damaged, replaced or deleted takes the source's sound copy
+    (and its scores) on the next merge, instead of keeping a bad file that a later run would remake."""
+    with Ledger.open(tmp_path / "b") as b:
+        jobs = finished(b, 3)
+        b.put_scores([Score(j.key, "clip", 2.0) for j in jobs])
+    with Ledger.open(tmp_path / "a") as a:
+        assert a.merge_from(tmp_path / "b").jobs_added == 3
+        a.put_scores([Score(jobs[0].key, "other", 5.0)])  # scored here, on the image about to be lost
+        damaged = bytearray(a.image_path(jobs[0].key).read_bytes())
+        damaged[60] ^= 0xFF
+        a.image_path(jobs[0].key).write_bytes(bytes(damaged))
+        a.image_path(jobs[1].key).unlink()
+        again = a.merge_from(tmp_path / "b")
+        assert (again.jobs_added, again.repaired, again.jobs_already_done, again.bad_images) == (2, 2, 1, {})
+        assert a.image_path(jobs[0].key).read_bytes() == b.image_path(jobs[0].key).read_bytes()
+        assert all(check_png(a.image_path(j.key)) is None for j in jobs) and a.reconcile().requeued == {}
+        scores = a.scores_frame()
+        assert set(scores[scores["key"] == jobs[0].key]["metric"]) == {"clip"}  # the lost image's score went
+
+
 # ---------------------------------------------------------------- kill -9
 
 

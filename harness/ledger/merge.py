@@ -18,7 +18,9 @@ if TYPE_CHECKING:
 def merge_runs(into: Ledger, other_dir: Path) -> Merged:
     """Copy done jobs, their images, scores and plan from `other_dir` (e.g. a shard) into `into`.
 
-    Keys already done in `into` are kept as they are, with their scores; plan parts are joined, and so are
+    Keys already done in `into` are kept as they are, with their scores, unless their image there is missing,
+    damaged or changed since it was made: then the source's sound copy replaces it, with its scores
+    (`Merged.repaired`). Plan parts are joined, and so are
     the parents of a later stage's image in both (:func:`harness.stages.join_parents`: shards that split
     parents with identical images each made their one child). Images are verified
     (:func:`check_png`, and against the digest `other_dir` recorded when it made them) and copied
@@ -36,6 +38,8 @@ def merge_runs(into: Ledger, other_dir: Path) -> Merged:
         their_digests = _digests(other)
         with into._mutex:
             mine = into.done_keys()
+            unsound = into._image_problems(mine & {row["key"] for row in theirs}, decode=False)[0]
+            mine -= unsound.keys()  # the source's copy, if sound, replaces an image this folder has lost
             children_here = dict(into._read("SELECT key, job_json FROM jobs WHERE parent_key IS NOT NULL"))
             copied, digests, bad, joined = [], [], {}, []
             for row in theirs:
@@ -66,6 +70,8 @@ def merge_runs(into: Ledger, other_dir: Path) -> Merged:
                                  f"ON CONFLICT(key) DO UPDATE SET {updates}", copied)
                 conn.executemany("UPDATE jobs SET job_json = ?, parent_key = ? WHERE key = ?", joined)
                 conn.executemany("INSERT OR REPLACE INTO image_files(key, sha256) VALUES (?, ?)", digests)
+                repaired = sorted(keep & unsound.keys())
+                conn.executemany("DELETE FROM scores WHERE key = ?", [(k,) for k in repaired])  # the lost image's
                 before = conn.total_changes
                 conn.executemany("INSERT OR IGNORE INTO scores(key, metric, value, detail, scored_at) "
                                  "VALUES (?, ?, ?, ?, ?)",
@@ -73,7 +79,7 @@ def merge_runs(into: Ledger, other_dir: Path) -> Merged:
                 scores_added = conn.total_changes - before
                 conn.executemany("INSERT OR IGNORE INTO plan(part, key) VALUES (?, ?)",
                                  [tuple(r) for r in their_plan])
-    return Merged(len(copied), sum(row["key"] in mine for row in theirs), scores_added, bad)
+    return Merged(len(copied), sum(row["key"] in mine for row in theirs), scores_added, bad, len(repaired))
 
 
 def _digests(ledger: "Ledger") -> dict[str, str]:

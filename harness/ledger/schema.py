@@ -146,6 +146,8 @@ class Merged:
     jobs_already_done: int = 0     # done in both runs: this run's row and image kept
     scores_added: int = 0
     bad_images: dict[str, str] = field(default_factory=dict)  # skipped: key -> reason
+    repaired: int = 0              # of jobs_added: done here, but their image here was missing, damaged or
+    #                                changed, so the source's sound copy (and its scores) replaced it
 
 
 def _now() -> str:
