@@ -555,6 +555,38 @@ def test_merging_a_shard_again_repairs_an_image_the_folder_has_lost_since(tmp_pa
         assert set(scores[scores["key"] == jobs[0].key]["metric"]) == {"clip"}  # the lost image's score went
 
 
+def test_merge_leaves_out_later_stage_images_made_from_another_copy_of_a_parent_held_here(tmp_path):
+    """Overlapping shards both made parent P, a level apart. The source's children of its P (and what was
+    made from them) refine no image this folder holds: kept, they would be a second child of P. A child
+    made from this folder's P merges as usual."""
+    from harness.images import init_hash
+
+    parent = make_jobs(1)[0]
+    with Ledger.open(tmp_path / "a") as a, Ledger.open(tmp_path / "b") as b:
+        for led, value in ((a, 1), (b, 0)):
+            led.add_jobs([parent])
+            write_png_atomic(led.image_path(parent.key), np.full((16, 16, 3), value, np.uint8),
+                             parameters=a1111_parameters(parent, sampler="DDIM", model_name="tiny"),
+                             provenance=provenance_record(parent, batch_size=1, slot=0))
+            led.mark_done(parent.key, batch_id=1, batch_size=1, slot=0, seconds=0.5, device="cpu",
+                          dtype="float32", memory=[])
+        stage = dict(mode="img2img", strength=0.5, meta={"parent_key": parent.key, "stage": "refine"})
+        theirs = make_jobs(1, seed=5, init_hash=init_hash(b.image_path(parent.key), 64, 64), **stage)[0]
+        ours = make_jobs(1, seed=6, init_hash=init_hash(a.image_path(parent.key), 64, 64), **stage)[0]
+        grandchild = make_jobs(1, seed=7, mode="img2img", strength=0.3,
+                               meta={"parent_key": theirs.key, "stage": "polish"})[0]
+        b.add_jobs([theirs, ours, grandchild])
+        for job in (theirs, ours, grandchild):
+            finish(b, job)
+        b.set_plan("main", [parent.key])
+        b.set_plan("stage:refine", [theirs.key, ours.key])
+        b.set_plan("stage:polish", [grandchild.key])
+        result = a.merge_from(tmp_path / "b")
+        assert (result.jobs_added, result.other_parents, result.jobs_already_done) == (1, 2, 1)
+        assert a.done_keys() == {parent.key, ours.key}
+        assert a.planned_keys() == {parent.key, ours.key}  # nothing left planned that no run would make
+
+
 # ---------------------------------------------------------------- kill -9
 
 

@@ -20,7 +20,9 @@ def merge_runs(into: Ledger, other_dir: Path) -> Merged:
 
     Keys already done in `into` are kept as they are, with their scores, unless their image there is missing,
     damaged or changed since it was made: then the source's sound copy replaces it, with its scores
-    (`Merged.repaired`). Plan parts are joined, and so are
+    (`Merged.repaired`). A later stage's image made from a parent whose file here is another than the
+    source's (overlapping shards that each made the parent, a level apart) is left out, with what was made
+    from it (`Merged.other_parents`): it refines no image this folder holds. Plan parts are joined, and so are
     the parents of a later stage's image in both (:func:`harness.stages.join_parents`: shards that split
     parents with identical images each made their one child). Images are verified
     (:func:`check_png`, and against the digest `other_dir` recorded when it made them) and copied
@@ -41,8 +43,13 @@ def merge_runs(into: Ledger, other_dir: Path) -> Merged:
             unsound = into._image_problems(mine & {row["key"] for row in theirs}, decode=False)[0]
             mine -= unsound.keys()  # the source's copy, if sound, replaces an image this folder has lost
             children_here = dict(into._read("SELECT key, job_json FROM jobs WHERE parent_key IS NOT NULL"))
-            copied, digests, bad, joined = [], [], {}, []
-            for row in theirs:
+            copied, digests, bad, joined, elsewhere = [], [], {}, [], set()
+            for row in theirs:  # in the order they were made: a parent before its children
+                parent = row["parent_key"]
+                if parent and row["key"] not in mine and (
+                        parent in elsewhere or (parent in mine and not _made_from(into, parent, row["job_json"]))):
+                    elsewhere.add(row["key"])
+                    continue
                 values = _with_parent_here(row, other, into)
                 if row["key"] in children_here and row["parent_key"]:
                     job_json, parent = _join_parents(children_here[row["key"]], values)
@@ -78,8 +85,24 @@ def merge_runs(into: Ledger, other_dir: Path) -> Merged:
                                  [tuple(s) for s in their_scores if s["key"] in keep])
                 scores_added = conn.total_changes - before
                 conn.executemany("INSERT OR IGNORE INTO plan(part, key) VALUES (?, ?)",
-                                 [tuple(r) for r in their_plan])
-    return Merged(len(copied), sum(row["key"] in mine for row in theirs), scores_added, bad, len(repaired))
+                                 [tuple(r) for r in their_plan if r[1] not in elsewhere])
+    return Merged(len(copied), sum(row["key"] in mine for row in theirs), scores_added, bad, len(repaired),
+                  len(elsewhere))
+
+
+def _made_from(into: "Ledger", parent: str, job_json: str) -> bool:
+    """Whether the later stage's job `job_json` was made from the pixels of `into`'s image of `parent`
+    (its init hash is theirs; a job without one is taken as made from it)."""
+    from ..images import current_init_hash
+
+    job = json.loads(job_json)
+    wanted = job.get("init_hash")
+    if not wanted:
+        return True
+    try:
+        return current_init_hash(into.image_path(parent), job["width"], job["height"]) == wanted
+    except OSError:  # unreadable here: the image problems above already had it replaced or named
+        return True
 
 
 def _digests(ledger: "Ledger") -> dict[str, str]:
