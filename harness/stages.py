@@ -64,12 +64,26 @@ def select_parents(stage: Stage, parents: list[Job], ledger: Ledger) -> list[Job
 
 
 def stage_sources(stage: Stage, ledger: Ledger, own: set[str] | None = None) -> list[Job]:
-    """The images a run ranks and refines for `stage`: :func:`source_images`, of the main images only those
-    whose keys are in `own` when given (a shard's)."""
+    """The images a run ranks and refines for `stage`: :func:`source_images`; when `own` (a shard's main
+    image keys) is given, only those whose chain starts from one of them, so a shard run into a folder that
+    another shard ran into refines its own images at every stage, not the other's."""
     sources = source_images(stage, ledger)
-    if own is not None and stage.source == "main":
-        sources = [j for j in sources if j.key in own]
-    return sources
+    if own is None:
+        return sources
+    if stage.source == "main":
+        return [j for j in sources if j.key in own]
+    jobs = {j.key: j for j in ledger.all_jobs()}
+    memo: dict[str, bool] = {}
+
+    def ours(key: str) -> bool:
+        if key in own:
+            return True
+        if key not in memo:
+            job = jobs.get(key)
+            memo[key] = False  # a cycle cannot make it ours
+            memo[key] = bool(job and job.meta.get("parent_key") and any(ours(p) for p in parent_keys(job)))
+        return memo[key]
+    return [j for j in sources if ours(j.key)]
 
 
 def stage_jobs(exp: Experiment, stage: Stage, ledger: Ledger, refs: dict, library: WildcardLibrary | None = None,

@@ -132,6 +132,21 @@ def test_shards_run_one_after_another_into_one_folder_are_all_reported(tmp_path)
     assert first and first < both and len(both) == 6
 
 
+def test_a_shard_run_into_a_folder_another_shard_ran_into_refines_only_its_own_chains(tmp_path):
+    """Shard 1/2 run into shard 0/2's folder: its second stage (from the first) refines the first stage's
+    images that start from its own main images, not shard 0's too, so it plans and counts only its own."""
+    exp = tmp_path / "exp.toml"
+    exp.write_text(STAGED + '\n[[stages]]\nname = "polish"\nfrom = "refine"\nprompt = "__parent__, crisp"\n'
+                            'strengths = [0.5]\n')
+    apart = run_experiment(exp, out=tmp_path / "apart", shard=(1, 2), progress=False)
+    run_experiment(exp, out=tmp_path / "one", shard=(0, 2), progress=False)
+    second = run_experiment(exp, out=tmp_path / "one", shard=(1, 2), progress=False)
+    assert (second.planned, second.generated) == (apart.planned, apart.generated)
+    full = run_experiment(exp, out=tmp_path / "full", progress=False)
+    with Ledger.open(tmp_path / "one", readonly=True) as one, Ledger.open(tmp_path / "full", readonly=True) as led:
+        assert len(one.done_keys()) == len(led.done_keys()) == full.planned
+
+
 def test_merge_refuses_runs_of_different_experiments_before_merging_anything(tmp_path):
     a, b = tmp_path / "a.toml", tmp_path / "b.toml"
     a.write_text(EXP.replace("seeds = [1, 2]", "seeds = [1]").replace("{red|blue|green}", "red"))
