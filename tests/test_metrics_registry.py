@@ -117,6 +117,17 @@ def test_malformed_specs_explain_the_expected_form(spec, fragment):
         parse_metric_spec(spec)
 
 
+@pytest.mark.parametrize("name, options, expected", [
+    ("clip_score", {"scale": "abc"}, "option scale='abc': expected a positive finite number, got 'abc'"),
+    ("clip_score", {"scale": "-1"}, "option scale='-1': expected a positive finite number, got '-1'"),
+    ("clip_score", {"batch_size": "many"}, "option batch_size='many': expected a positive integer, got 'many'"),
+])
+def test_a_number_option_that_is_not_a_number_says_what_was_expected(name, options, expected):
+    with pytest.raises(ValueError) as error:
+        get_metric(name, **options)
+    assert expected in str(error.value) and "could not convert" not in str(error.value) and "literal" not in str(error.value)
+
+
 def test_unknown_option_lists_the_valid_ones():
     with pytest.raises(ValueError) as error:
         get_metric("clip_score", scael=2.5)

@@ -156,6 +156,9 @@ def test_oracle_metric_with_want_asks_a_fixed_question(tmp_path):
     assert get_metric("toy_color_match").score(items[2:])[0].detail["reason"] == "item has no prompt"
     with pytest.raises(ValueError, match="want='crimson': expected one of"):
         get_metric("toy_color_match", want="crimson")
+    # read as the prompt parser reads words: any case, grey as gray; one metric id for each spelling
+    assert get_metric("toy_background_match", want="Grey").id == "toy_background_match[want=gray]"
+    assert get_metric("toy_style_match", want="Ian McQue").id == "toy_style_match[want=ian mcque]"
 
 
 @pytest.mark.parametrize("name,prompt", [

@@ -133,20 +133,28 @@ def parse_bool(value: Any) -> bool:
 
 
 def parse_positive_int(value: Any) -> int:
+    wrong = ValueError(f"expected a positive integer, got {value!r}")
     if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-        raise ValueError(f"expected a positive integer, got {value!r}")
-    number = int(str(value).strip()) if isinstance(value, str) else int(value)
+        raise wrong
+    try:
+        number = int(str(value).strip()) if isinstance(value, str) else int(value)
+    except (TypeError, ValueError):
+        raise wrong from None
     if number < 1:
-        raise ValueError(f"expected a positive integer, got {value!r}")
+        raise wrong
     return number
 
 
 def parse_positive_float(value: Any) -> float:
+    wrong = ValueError(f"expected a positive finite number, got {value!r}")
     if isinstance(value, bool):
-        raise ValueError(f"expected a positive number, got {value!r}")
-    number = float(str(value).strip()) if isinstance(value, str) else float(value)
+        raise wrong
+    try:
+        number = float(str(value).strip()) if isinstance(value, str) else float(value)
+    except (TypeError, ValueError):
+        raise wrong from None
     if not math.isfinite(number) or number <= 0:
-        raise ValueError(f"expected a positive finite number, got {value!r}")
+        raise wrong
     return number
 
 

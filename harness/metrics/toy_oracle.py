@@ -35,9 +35,15 @@ from harness.toy import world
 _NEEDS = frozenset({"image", "prompt"})
 
 
+def _word(value) -> str:
+    """A `want` as the prompt parser reads words: any case, `grey` as `gray`."""
+    text = " ".join(str(value).lower().split())
+    return world.COLOR_WORDS.get(text, text)
+
+
 def _want(words) -> Option:
-    return Option("", "compare with this word instead of the prompt's (empty: the prompt's)", in_id="if_set",
-                  choices=("", *words))
+    return Option("", "compare with this word instead of the prompt's (empty: the prompt's)", parse=_word,
+                  in_id="if_set", choices=("", *words))
 
 
 class ToyOracle(Metric):
