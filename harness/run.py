@@ -487,9 +487,8 @@ def merge_runs(out: Path | str, sources: Iterable[Path | str], *, log: Callable[
                 f"{m.scores_added} scores, {len(m.bad_images)} damaged or changed images skipped"
                 + (f"; {m.repaired} images this folder had lost (missing, damaged or changed) taken from it"
                    if m.repaired else "")
-                + (f"; {m.other_parents} later-stage images left out, made from a parent image this folder holds "
-                   "another copy of (shards that overlap made it twice); `harness run` makes them from this "
-                   "folder's copy" if m.other_parents else "")
+                + (f"; {m.other_parents} later-stage images left out: this folder holds those children of its "
+                   "own copy of their parent (shards that overlap made the parent twice)" if m.other_parents else "")
                 + (" (" + ", ".join(f"{n} {why}" for why, n in Counter(m.bad_images.values()).most_common(3))
                    + f"; `harness run {src / 'experiment.toml'} --out {src}` remakes them in that shard's folder, "
                    "then merge it again)" if m.bad_images else ""))

@@ -555,13 +555,15 @@ def test_merging_a_shard_again_repairs_an_image_the_folder_has_lost_since(tmp_pa
         assert set(scores[scores["key"] == jobs[0].key]["metric"]) == {"clip"}  # the lost image's score went
 
 
-def test_merge_leaves_out_later_stage_images_made_from_another_copy_of_a_parent_held_here(tmp_path):
-    """Overlapping shards both made parent P, a level apart. The source's children of its P (and what was
-    made from them) refine no image this folder holds: kept, they would be a second child of P. A child
-    made from this folder's P merges as usual."""
+def test_merge_leaves_out_a_second_child_of_a_parent_made_from_another_copy_of_it(tmp_path):
+    """Overlapping shards both made parent P, a level apart, and each refined its own copy. This folder
+    holds P and its child already: the source's child of the same slot (and what was made from it) would
+    be a second child of P, so it is left out. A child this folder lacks is taken, from either copy (a
+    shard that only the source refined P in)."""
     from harness.images import init_hash
 
     parent = make_jobs(1)[0]
+    stage = dict(mode="img2img", strength=0.5, meta={"parent_key": parent.key, "stage": "refine"})
     with Ledger.open(tmp_path / "a") as a, Ledger.open(tmp_path / "b") as b:
         for led, value in ((a, 1), (b, 0)):
             led.add_jobs([parent])
@@ -570,21 +572,25 @@ def test_merge_leaves_out_later_stage_images_made_from_another_copy_of_a_parent_
                              provenance=provenance_record(parent, batch_size=1, slot=0))
             led.mark_done(parent.key, batch_id=1, batch_size=1, slot=0, seconds=0.5, device="cpu",
                           dtype="float32", memory=[])
-        stage = dict(mode="img2img", strength=0.5, meta={"parent_key": parent.key, "stage": "refine"})
-        theirs = make_jobs(1, seed=5, init_hash=init_hash(b.image_path(parent.key), 64, 64), **stage)[0]
-        ours = make_jobs(1, seed=6, init_hash=init_hash(a.image_path(parent.key), 64, 64), **stage)[0]
-        grandchild = make_jobs(1, seed=7, mode="img2img", strength=0.3,
-                               meta={"parent_key": theirs.key, "stage": "polish"})[0]
-        b.add_jobs([theirs, ours, grandchild])
-        for job in (theirs, ours, grandchild):
+        here, there = (init_hash(led.image_path(parent.key), 64, 64) for led in (a, b))
+        own = make_jobs(1, seed=5, init_hash=here, **stage)[0]
+        a.add_jobs([own])
+        finish(a, own)
+        twin = make_jobs(1, seed=5, init_hash=there, **stage)[0]  # the same child, of b's copy of P
+        grandchild = make_jobs(1, seed=7, mode="img2img", strength=0.3, meta={"parent_key": twin.key, "stage": "polish"})[0]
+        lacking = make_jobs(1, seed=6, init_hash=there, **stage)[0]  # a child a has none of
+        b.add_jobs([twin, grandchild, lacking])
+        for job in (twin, grandchild, lacking):
             finish(b, job)
         b.set_plan("main", [parent.key])
-        b.set_plan("stage:refine", [theirs.key, ours.key])
+        b.set_plan("stage:refine", [twin.key, lacking.key])
         b.set_plan("stage:polish", [grandchild.key])
+        a.set_plan("main", [parent.key])
+        a.set_plan("stage:refine", [own.key])
         result = a.merge_from(tmp_path / "b")
         assert (result.jobs_added, result.other_parents, result.jobs_already_done) == (1, 2, 1)
-        assert a.done_keys() == {parent.key, ours.key}
-        assert a.planned_keys() == {parent.key, ours.key}  # nothing left planned that no run would make
+        assert a.done_keys() == {parent.key, own.key, lacking.key}
+        assert a.planned_keys() == {parent.key, own.key, lacking.key}  # nothing planned that no run would make
 
 
 # ---------------------------------------------------------------- kill -9

@@ -20,9 +20,10 @@ def merge_runs(into: Ledger, other_dir: Path) -> Merged:
 
     Keys already done in `into` are kept as they are, with their scores, unless their image there is missing,
     damaged or changed since it was made: then the source's sound copy replaces it, with its scores
-    (`Merged.repaired`). A later stage's image made from a parent whose file here is another than the
-    source's (overlapping shards that each made the parent, a level apart) is left out, with what was made
-    from it (`Merged.other_parents`): it refines no image this folder holds. Plan parts are joined, and so are
+    (`Merged.repaired`). A later stage's image made from another copy of a parent this folder holds
+    (overlapping shards that each made the parent, a level apart), where this folder has that child of its
+    own copy already, is left out, with what was made from it (`Merged.other_parents`): a second child of
+    one parent. Plan parts are joined, and so are
     the parents of a later stage's image in both (:func:`harness.stages.join_parents`: shards that split
     parents with identical images each made their one child). Images are verified
     (:func:`check_png`, and against the digest `other_dir` recorded when it made them) and copied
@@ -43,11 +44,13 @@ def merge_runs(into: Ledger, other_dir: Path) -> Merged:
             unsound = into._image_problems(mine & {row["key"] for row in theirs}, decode=False)[0]
             mine -= unsound.keys()  # the source's copy, if sound, replaces an image this folder has lost
             children_here = dict(into._read("SELECT key, job_json FROM jobs WHERE parent_key IS NOT NULL"))
+            made_here = {_slot(children_here[k]) for k in mine & children_here.keys()}
             copied, digests, bad, joined, elsewhere = [], [], {}, [], set()
             for row in theirs:  # in the order they were made: a parent before its children
                 parent = row["parent_key"]
-                if parent and row["key"] not in mine and (
-                        parent in elsewhere or (parent in mine and not _made_from(into, parent, row["job_json"]))):
+                if parent and row["key"] not in mine and (parent in elsewhere or (
+                        parent in mine and _slot(row["job_json"]) in made_here
+                        and not _made_from(into, parent, row["job_json"]))):
                     elsewhere.add(row["key"])
                     continue
                 values = _with_parent_here(row, other, into)
@@ -88,6 +91,15 @@ def merge_runs(into: Ledger, other_dir: Path) -> Merged:
                                  [tuple(r) for r in their_plan if r[1] not in elsewhere])
     return Merged(len(copied), sum(row["key"] in mine for row in theirs), scores_added, bad, len(repaired),
                   len(elsewhere))
+
+
+def _slot(job_json: str) -> str:
+    """A later stage's job less what its parent's file sets (init hash and path, so the key): two jobs of
+    one slot are one child of one parent, made from two copies of it."""
+    job = json.loads(job_json)
+    for name in ("key", "init_hash", "init_image"):
+        job.pop(name, None)
+    return canonical_json(job)
 
 
 def _made_from(into: "Ledger", parent: str, job_json: str) -> bool:

@@ -148,8 +148,8 @@ class Merged:
     bad_images: dict[str, str] = field(default_factory=dict)  # skipped: key -> reason
     repaired: int = 0              # of jobs_added: done here, but their image here was missing, damaged or
     #                                changed, so the source's sound copy (and its scores) replaced it
-    other_parents: int = 0         # later stages' images left out: made from a parent file this folder does
-    #                                not hold (its own copy of the parent differs), or from such an image
+    other_parents: int = 0         # later stages' images left out: made from another copy of a parent this
+    #                                folder holds with that child of its own copy, or made from such an image
 
 
 def _now() -> str:
