@@ -21,6 +21,8 @@ def eval_(
     scale: Optional[float] = typer.Option(None, "--scale", help="CLIP score scale: 100 (default) or 2.5 "
                                                                 "(original CLIPScore); applies to the -m CLIP "
                                                                 "specs, else to the experiment's."),
+    rescore: bool = typer.Option(False, "--rescore", help="Score every image again with these metrics (one "
+                                                          "whose code or weights changed); resumable."),
 ) -> None:
     """Score every image of a run not yet scored with each metric (resumable)."""
     from .evaluate import evaluate_run
@@ -41,7 +43,7 @@ def eval_(
             fail(f"error: {e}")
 
     try:
-        unscored = _print_metric_summaries(evaluate_run(run_dir, specs or None))
+        unscored = _print_metric_summaries(evaluate_run(run_dir, specs or None, rescore=rescore))
     except KeyboardInterrupt:
         interrupted()
     except (ValueError, MetricUnavailable, LedgerError) as e:

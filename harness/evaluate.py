@@ -19,6 +19,7 @@ from typing import Callable, Iterable
 
 from .core import Job
 from .ledger import Ledger
+from .ledger.schema import _now
 
 # For runs whose experiment names no metrics: these, and the CLIP score (see `default_metrics`).
 DEFAULT_METRICS = ("health", "watermark")
@@ -157,16 +158,27 @@ def metrics_for_run(ledger: Ledger, specs: Iterable[str] | None):
     return metrics
 
 
+RESCORE = "rescore:"  # meta name prefix: metric id -> when a rescore of every image by it began
+
+
 def evaluate(ledger: Ledger, specs: Iterable[str] | None = None, *, log: Callable[[str], None] | None = None,
-             chunk: int = CHUNK) -> list[MetricSummary]:
-    """Score every done image of the current plan not yet scored by each metric."""
+             chunk: int = CHUNK, rescore: bool = False) -> list[MetricSummary]:
+    """Score every done image of the current plan not yet scored by each metric. `rescore`: score every
+    image again (a metric whose code or weights changed), each score replaced as its new one is written, so
+    an interrupted rescore loses nothing and the next `evaluate` goes on with it rather than starting over."""
     log = log or _stderr
     metrics = metrics_for_run(ledger, specs)
     jobs = ledger.done_jobs()
     out = []
     for metric in metrics:
         summary = MetricSummary(metric.id)
-        have = ledger.scored_keys(metric.id)
+        since = ledger.get_meta(RESCORE + metric.id) or None
+        if rescore and since is None:
+            since = _now()
+            ledger.set_meta(RESCORE + metric.id, since)
+        elif since is not None:
+            log(f"{metric.id}: going on with the rescore begun {since}")
+        have = ledger.scored_keys(metric.id, since)
         todo = [j for j in jobs if j.key not in have]
         summary.skipped = len(jobs) - len(todo)
         t0, last = time.perf_counter(), 0.0
@@ -186,6 +198,8 @@ def evaluate(ledger: Ledger, specs: Iterable[str] | None = None, *, log: Callabl
                 failed = f", {summary.unscored} not scorable now" if summary.unscored else ""
                 log(f"{metric.id}: {summary.scored}/{len(todo)} scored{failed} "
                     f"({done / max(1e-9, last - t0):.1f} images/s)")
+        if since is not None and not summary.unscored:  # every image has its new score
+            ledger.set_meta(RESCORE + metric.id, "")
         out.append(summary)
     values = ledger.scores_frame()
     planned = values[values["key"].isin({j.key for j in jobs})]  # not images an earlier version made

@@ -123,6 +123,8 @@ def prepare_run(exp: Experiment, plan: Plan, run_dir: Path, *, jobs: list[Job] |
     ledger.set_meta("experiment", canonical_json(exp.settings))
     ledger.set_meta("template", exp.prompt)
     ledger.set_meta("experiment_path", str(exp.path))
+    planned_before = ledger.planned_keys()  # what a --force follows to later stages: they are planned again
+    # (an edit drops their parts below) from the images it remakes, under the same keys where those come out alike
     ledger.drop_pending({j.key for j in jobs})
     ledger.add_jobs(jobs, refresh=part == "main")  # the experiment's own description of its images wins
     # the main images changed (an edit that changes pixels, or a wildcard file holding other lines): what was
@@ -142,7 +144,7 @@ def prepare_run(exp: Experiment, plan: Plan, run_dir: Path, *, jobs: list[Job] |
     ledger.drop_plan([p for p in ledger.plan_parts() if p not in ("main", part)
                       and (changed or (p.startswith("stage:") and (edited or p not in names)))])
     if force:
-        ledger.force(j.key for j in jobs)
+        ledger.force((j.key for j in jobs), among=planned_before)
     done = ledger.done_keys() - ledger.stale_keys()  # stale: an earlier --force has not remade them yet
     return ledger, [j for j in jobs if j.key not in done]
 

@@ -381,3 +381,44 @@ def test_a_folder_named_like_a_pretrained_tag_does_not_take_the_tags_place(tmp_p
     assert metric_from_spec("clip_score:model=ViT-B-32,pretrained=openai").id.startswith(
         "clip_score[model=ViT-B-32,pretrained=openai,")
     assert f"pretrained={tmp_path / 'openai'}," in metric_from_spec("clip_score:model=mine,pretrained=./openai").id
+
+
+def test_rescore_scores_every_image_again_and_an_interrupted_one_goes_on_where_it_stopped(tmp_path, monkeypatch):
+    """A metric whose code changed (the toy oracles now score an image with no shape 0, not NaN): `eval
+    --rescore` replaces every score; cut off after one chunk, the next eval rescores only the rest."""
+    from typer.testing import CliRunner
+
+    from harness import evaluate as ev
+    from harness.cli import app
+
+    with Ledger.open(tmp_path / "run") as ledger:
+        keys = [job.key for job in _add_noise_jobs(ledger)]
+        ledger.put_scores([__import__("harness.core", fromlist=["Score"]).Score(k, "health", 0.25) for k in keys])
+    assert CliRunner().invoke(app, ["eval", str(tmp_path / "run"), "-m", "health"]).exit_code == 0
+    with Ledger.open(tmp_path / "run", readonly=True) as ledger:  # plain eval: scored already, kept
+        assert set(ledger.scores_frame()["value"]) == {0.25}
+
+    calls = []
+    real = ev.item_for
+
+    def cut_off(ledger, job):  # the second chunk never comes: Ctrl-C
+        calls.append(job.key)
+        if len(calls) > 1:
+            raise KeyboardInterrupt
+        return real(ledger, job)
+
+    monkeypatch.setattr(ev, "item_for", cut_off)
+    with Ledger.open(tmp_path / "run") as ledger, pytest.raises(KeyboardInterrupt):
+        evaluate(ledger, ["health"], log=lambda m: None, chunk=1, rescore=True)
+    monkeypatch.setattr(ev, "item_for", real)
+    with Ledger.open(tmp_path / "run") as ledger:
+        values = ledger.scores_frame().set_index("key")["value"]
+        assert values[calls[0]] == 1.0 and (values.drop(calls[0]) == 0.25).all()  # one rescored, none lost
+        logged: list[str] = []
+        (summary,) = evaluate(ledger, ["health"], log=logged.append)  # no --rescore: goes on with it
+        assert summary.scored == 2 and summary.skipped == 1 and "going on with the rescore begun" in logged[0]
+        assert set(ledger.scores_frame()["value"]) == {1.0}
+        (done,) = evaluate(ledger, ["health"], log=lambda m: None)
+        assert done.scored == 0 and done.skipped == 3  # finished: an eval scores nothing again
+    r = CliRunner().invoke(app, ["eval", str(tmp_path / "run"), "-m", "health", "--rescore"])
+    assert r.exit_code == 0 and "health: 3 images scored" in r.output, r.output

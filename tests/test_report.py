@@ -628,6 +628,19 @@ def test_report_names_finished_images_whose_file_is_damaged_or_replaced(crafted_
     assert f"`harness eval {crafted_run}` drops them" in out.stderr
 
 
+def test_a_report_reads_a_ledger_older_than_image_digests_and_forces(crafted_run):
+    """Such a ledger has no image_files or forced table, and a report opens it read-only (creating nothing):
+    its images are taken as made, a missing file still counted as gone."""
+    import sqlite3
+
+    with sqlite3.connect(crafted_run / "ledger.sqlite") as conn:
+        conn.execute("DROP TABLE image_files")
+        conn.execute("DROP TABLE forced")
+    next((crafted_run / "images").glob("*.png")).unlink()
+    r = build_report(crafted_run, html=False)
+    assert (r.gone, r.damaged) == (1, [])
+
+
 def test_an_ambiguous_metric_lists_only_the_ids_it_could_mean():
     from harness.columns import resolve_metric
     from harness.report import _find_metric

@@ -118,6 +118,11 @@ def test_a_force_after_an_edit_remakes_everything_again_and_leaves_the_earlier_v
     exp.write_text(plain)  # undone: the first version's images are all still there
     undone = run_experiment(exp, out=tmp_path / "run", progress=False)
     assert undone.planned == first.planned and undone.generated == 0
+    # an edit that keeps every image (another metric) drops the stages' plans to plan them again: a force
+    # with it still remakes the later stages, which come back under the same keys
+    exp.write_text(plain.replace('metrics = ["clip_score:model=tiny"]', 'metrics = ["clip_score:model=tiny", "health"]'))
+    forced = run_experiment(exp, out=tmp_path / "run", force=True, progress=False)
+    assert forced.generated == forced.planned == first.planned
 
 
 def test_plan_of_a_finished_staged_run_says_its_stages_are_planned_and_done(tmp_path):

@@ -37,7 +37,7 @@ def merge_runs(into: Ledger, other_dir: Path) -> Merged:
         their_scores = other._read("SELECT s.key, s.metric, s.value, s.detail, s.scored_at "
                                    "FROM scores s JOIN jobs j ON j.key = s.key "
                                    "WHERE j.status = 'done'")
-        their_plan = other._plan_rows("SELECT part, key FROM plan")
+        their_plan = other._rows_if_table("SELECT part, key FROM plan")
         their_digests = _digests(other)
         with into._mutex:
             mine = into.done_keys()

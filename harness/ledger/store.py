@@ -327,16 +327,18 @@ class Ledger:
         rows = self._read("SELECT DISTINCT device, dtype_used FROM jobs WHERE status = 'done'")
         return {(str(d).split(":")[0], str(t)) for d, t in rows if d is not None}
 
-    def force(self, keys: Iterable[str]) -> None:
+    def force(self, keys: Iterable[str], *, among: set[str] | None = None) -> None:
         """``--force`` of the jobs `keys` and the later stages' jobs made from them: each done one is to be
         made again (:meth:`stale_keys`). Its image and scores stay until the new image replaces them, so an
         interrupted forced run loses nothing. A force of jobs some of which an earlier force has not remade
         yet goes on with that one (the images it remade stay); otherwise it starts anew. Jobs not in `keys`
         (another shard, another version of the experiment) are left as they are, and so are later stages'
-        jobs the current plan does not ask for (an earlier version's, or made from a parent that an earlier
-        force remade with other pixels): nothing would remake them, so a force of them would never finish."""
+        jobs not `among` the given keys (when given: a run passes the plan as it found the folder, before an
+        edit dropped the stages' parts to plan them again): an earlier version's, or those made from a parent
+        that an earlier force remade with other pixels. Nothing would remake them, so a force of them would
+        never finish."""
         keys = {_check_key(k) for k in keys}
-        planned = self.planned_keys()
+        planned = among
         now = _now()
         with self._write() as conn:
             made_from: dict[str, list[str]] = {}
@@ -355,7 +357,7 @@ class Ledger:
 
     def stale_keys(self) -> set[str]:
         """Done jobs a :meth:`force` asked to make again that are not made again yet."""
-        return {row[0] for row in self._read(_STALE)}
+        return {row[0] for row in self._rows_if_table(_STALE)}
 
     def reset(self, keys: Iterable[str]) -> int:
         """Back to pending (``--force``): clears run info and scores, deletes the images."""
@@ -385,7 +387,7 @@ class Ledger:
     def _image_problems(self, keys: Iterable[str], *, decode: bool) -> tuple[dict[str, str], list[tuple[str, str]]]:
         """(key -> why, for the images of `keys` that are not sound; (key, digest) of sound ones with no
         digest recorded yet, from a ledger older than digests)."""
-        recorded = dict(self._read("SELECT key, sha256 FROM image_files"))
+        recorded = dict(self._rows_if_table("SELECT key, sha256 FROM image_files"))
         stale = self.stale_keys()
         problems, unrecorded = {}, []
         for key in sorted(keys):
@@ -457,14 +459,14 @@ class Ledger:
             conn.executemany("DELETE FROM plan WHERE part = ?", [(p,) for p in parts])
 
     def plan_parts(self) -> list[str]:
-        return [r[0] for r in self._plan_rows("SELECT DISTINCT part FROM plan ORDER BY part")]
+        return [r[0] for r in self._rows_if_table("SELECT DISTINCT part FROM plan ORDER BY part")]
 
     def plan_keys(self, part: str) -> set[str]:
         """Keys plan part `part` asks for now (empty when it has none)."""
         with self._mutex:
             try:
                 rows = self._db().execute("SELECT key FROM plan WHERE part = ?", (part,)).fetchall()
-            except sqlite3.OperationalError as exc:  # a ledger from before plans, opened read-only
+            except sqlite3.OperationalError as exc:  # a ledger from before plans (digests, forces), opened read-only
                 if "no such table" not in str(exc):
                     raise
                 rows = []
@@ -479,12 +481,12 @@ class Ledger:
     def planned_keys(self) -> set[str] | None:
         """Keys some part of the current plan asks for; None when the ledger holds no plan
         (written by an older harness, or never planned): then every done job counts."""
-        rows = self._plan_rows("SELECT DISTINCT key FROM plan")
+        rows = self._rows_if_table("SELECT DISTINCT key FROM plan")
         return {r[0] for r in rows} if rows else None
 
     def part_progress(self) -> dict[str, tuple[int, int]]:
         """Plan part (main, stage:<name>, ...) -> (jobs it planned, of those done)."""
-        rows = self._plan_rows("SELECT p.part, COUNT(*), SUM(j.status = 'done') FROM plan p "
+        rows = self._rows_if_table("SELECT p.part, COUNT(*), SUM(j.status = 'done') FROM plan p "
                                "LEFT JOIN jobs j ON j.key = p.key GROUP BY p.part")
         return {part: (n, int(done or 0)) for part, n, done in rows}
 
@@ -498,11 +500,11 @@ class Ledger:
         planned = self.planned_keys()
         return 0 if planned is None else len(planned - self.done_keys())
 
-    def _plan_rows(self, sql: str) -> list[sqlite3.Row]:
+    def _rows_if_table(self, sql: str) -> list[sqlite3.Row]:
         with self._mutex:
             try:
                 return self._db().execute(sql).fetchall()
-            except sqlite3.OperationalError as exc:  # a ledger from before plans, opened read-only
+            except sqlite3.OperationalError as exc:  # a ledger from before plans (digests, forces), opened read-only
                 if "no such table" in str(exc):
                     return []
         return self._read(sql)  # any other error, named
@@ -528,8 +530,12 @@ class Ledger:
                 "detail = excluded.detail, scored_at = excluded.scored_at", rows)
         return len(rows)
 
-    def scored_keys(self, metric_id: str) -> set[str]:
-        return {r[0] for r in self._read("SELECT key FROM scores WHERE metric = ?", (metric_id,))}
+    def scored_keys(self, metric_id: str, since: str | None = None) -> set[str]:
+        """Keys scored by `metric_id` (at or after the time `since`, when given)."""
+        if since is None:
+            return {r[0] for r in self._read("SELECT key FROM scores WHERE metric = ?", (metric_id,))}
+        return {r[0] for r in self._read("SELECT key FROM scores WHERE metric = ? AND scored_at >= ?",
+                                         (metric_id, since))}
 
     # ---------------------------------------------------------------- frames and merging
 
