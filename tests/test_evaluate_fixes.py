@@ -11,7 +11,7 @@ import pytest
 
 from PIL import Image
 
-from harness.core import Job
+from harness.core import Job, Score
 from harness.evaluate import evaluate, evaluate_run, scaled_clip_specs
 from harness.ledger import Ledger
 from harness.metrics import Item, get_metric, metric_from_spec, parse_metric_spec
@@ -393,7 +393,7 @@ def test_rescore_scores_every_image_again_and_an_interrupted_one_goes_on_where_i
 
     with Ledger.open(tmp_path / "run") as ledger:
         keys = [job.key for job in _add_noise_jobs(ledger)]
-        ledger.put_scores([__import__("harness.core", fromlist=["Score"]).Score(k, "health", 0.25) for k in keys])
+        ledger.put_scores([Score(k, "health", 0.25) for k in keys])
     assert CliRunner().invoke(app, ["eval", str(tmp_path / "run"), "-m", "health"]).exit_code == 0
     with Ledger.open(tmp_path / "run", readonly=True) as ledger:  # plain eval: scored already, kept
         assert set(ledger.scores_frame()["value"]) == {0.25}
