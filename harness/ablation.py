@@ -40,6 +40,7 @@ from .mutate.clauses import normalise
 from .wildcards import WildcardLibrary
 
 FULL = "(full prompt)"
+ALPHA = 0.05  # a verdict's level: its interval is the 95% one and its Holm-adjusted p below this
 NOT_QUALITY = ("health", "watermark")
 # Job fields that define a condition; pairs share all of them and the seed.
 CONDITIONS = ("checkpoint", "mode", "strength", "steps", "guidance", "width", "height", "negative_prompt",
@@ -207,8 +208,8 @@ def contributions(images, jobs_of: Sequence[tuple[Arm, list]], metric_ids: Seque
                 for job in jobs:
                     have = job.key in by_key.index and col in by_key.columns
                     rows.append({"f.ablation": arm.label,
-                                 # Seeds are the independent units of one prompt: passed under another name so
-                                 # that paired_compare makes each (seed, condition) pair its own cluster.
+                                 # Seeds are the independent units of one prompt: each seed is a cluster, its
+                                 # images at every setting, init image and negative prompt sharing its noise.
                                  "pair_seed": job.seed, "draw": job.meta.get("draw", 0),
                                  **{c: getattr(job, c) for c in CONDITIONS},
                                  col: float(by_key.at[job.key, col]) if have else math.nan,
@@ -216,16 +217,20 @@ def contributions(images, jobs_of: Sequence[tuple[Arm, list]], metric_ids: Seque
             df = pd.DataFrame(rows)
             pair_on = ["pair_seed", "draw", *CONDITIONS]
             cmp = paired_compare(df, factor="f.ablation", metric=col, baseline=FULL, pair_on=pair_on,
-                                 n_boot=n_boot, rng=np.random.default_rng(seed), higher_is_better=sign > 0)
+                                 n_boot=n_boot, rng=np.random.default_rng(seed), higher_is_better=sign > 0,
+                                 cluster_on=["pair_seed"])
             arm_of = {arm.label: arm for arm, _ in jobs_of if arm.base == base}
             out = []
             for r in cmp.rows:
                 arm = arm_of[r.level]
                 # full - without is the comparison's (without - full) negated; + 0.0 turns -0.0 into 0
                 contribution, lo, hi = -r.mean_diff + 0.0, -r.ci_high + 0.0, -r.ci_low + 0.0
-                if not math.isnan(lo) and sign * lo > 0 and sign * hi > 0:
+                # a verdict needs the interval clear of 0 and the Holm-adjusted test too: the percentile
+                # interval of a few seeds is too narrow, and the signed-rank p says so (at least 0.125 on 4)
+                clear = not math.isnan(lo) and r.p_holm < ALPHA
+                if clear and sign * lo > 0 and sign * hi > 0:
                     verdict = "helps"
-                elif not math.isnan(lo) and sign * lo < 0 and sign * hi < 0:
+                elif clear and sign * lo < 0 and sign * hi < 0:
                     verdict = "hurts"
                 else:
                     verdict = "unclear"

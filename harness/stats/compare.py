@@ -260,8 +260,12 @@ def paired_compare(
     rng: np.random.Generator,
     alpha: float = 0.05,
     higher_is_better: bool = True,
+    cluster_on: list[str] | None = None,
 ) -> Comparison:
     """Compare every level of ``factor`` with ``baseline`` on paired images (see :mod:`harness.stats`).
+
+    cluster_on: the columns whose values make the independent units (default :func:`cluster_columns`
+    of `pair_on`: the prompt conditions); an ablation of one prompt passes its seed.
 
     A win is ``level - baseline > tie_margin`` (or ``< -tie_margin`` when lower is
     better), a tie ``|d| <= tie_margin``; win rate = (wins + ties / 2) / n_pairs.
@@ -305,7 +309,8 @@ def paired_compare(
         if bad:
             raise ValueError(f"pair_on {pair_on}: {', '.join(map(repr, bad))} not a column of the table; "
                              f"columns: {', '.join(map(str, df.columns))}")
-    cluster_on = cluster_columns(df, pair_on)
+    given_clusters = cluster_on
+    cluster_on = cluster_columns(df, pair_on) if cluster_on is None else list(cluster_on)
     confounded = [c for c in ("checkpoint", *PARAM_COLUMNS) if c in df.columns and c != factor and c not in pair_on
                   and _varies_within(df, pair_on, c) and not _is_treatment(factor, c)]
 
@@ -403,8 +408,9 @@ def paired_compare(
             notes.append("no block has every level scored, so no ranking")
     conf = f"{100 * (1 - alpha):g}%"
     tested = sum(not math.isnan(r.p_value) for r in rows)
-    method = (f"paired differences (level - baseline) over images sharing pair_on; clusters = prompt "
-              f"conditions ({', '.join(cluster_on) or 'one'}); {conf} CI: two-stage cluster bootstrap (clusters with replacement, then seeds within "
+    units = "prompt conditions" if given_clusters is None else "values of"
+    method = (f"paired differences (level - baseline) over images sharing pair_on; clusters = {units} "
+              f"({', '.join(cluster_on) or 'one'}); {conf} CI: two-stage cluster bootstrap (clusters with replacement, then seeds within "
               f"each drawn cluster with replacement), percentile, {n_boot} resamples; p: two-sided Wilcoxon "
               f"signed-rank test on per-cluster mean differences (zeros dropped), Holm-adjusted across {tested} "
               f"tested level(s); "
