@@ -251,7 +251,8 @@ def drawn_figure(table: pd.DataFrame, parameter: str, metrics: list[str]):
     titles = []
     for (col, _), e in zip(panels, effects):
         within = " within seeds" if e["within_seed"] else ""
-        rho = (f"rho{within} {e['rho']:+.2f} [{e['rho_low']:+.2f}, {e['rho_high']:+.2f}]" if e["rho"] == e["rho"]
+        rho = (f"rho{within} {e['rho']:+.2f} [{e['rho_low']:+.2f}, {e['rho_high']:+.2f}]" if e["p"] == e["p"]
+               else f"rho{within} {e['rho']:+.2f}, no interval: {e['why_none']}" if e["rho"] == e["rho"]
                else f"no rho: {e['why_none']}")
         titles.append(_wrap(f"{metric_label(col)} by drawn {parameter} ({e['units']} draws, {rho})", 42))
     fig = _figure(4.2 * len(panels), max(_height(t) for t in titles))

@@ -33,11 +33,22 @@ def test_a_draw_is_one_unit_whose_score_averages_its_images():
 
 
 def test_a_straight_line_has_rho_one_and_its_slope_with_a_tight_interval():
-    e = drawn_effect(_linear(), "guidance", METRIC)
-    assert e["units"] == 6 and e["images"] == 12 and (e["low"], e["high"]) == (3.0, 8.0)
+    e = drawn_effect(_linear(n_draws=12), "guidance", METRIC)
+    assert e["units"] == 12 and e["images"] == 24 and (e["low"], e["high"]) == (3.0, 14.0)
     assert e["rho"] == pytest.approx(1.0) and e["rho_high"] == pytest.approx(1.0) and e["rho_low"] > 0.5
     assert e["slope"] == pytest.approx(2.0) and e["slope_low"] == pytest.approx(2.0)
     assert e["metric"] == "clip_score:model=tiny"
+
+
+def test_under_ten_draws_rho_has_no_interval_or_p_and_says_why_while_the_slope_keeps_its_own():
+    """Four draws in perfect order: by the normal approximation p would be 2e-12, where 2 of the 24
+    orders are as extreme (0.083). Below 10 draws rho stands alone; the slope's t interval holds."""
+    e = drawn_effect(_linear(n_draws=6), "guidance", METRIC)
+    assert e["rho"] == pytest.approx(1.0) and math.isnan(e["rho_low"]) and math.isnan(e["p"])
+    assert e["why_none"] == "rho's interval and p need 10 draws, 6 here"
+    assert e["slope"] == pytest.approx(2.0) and e["slope_low"] == pytest.approx(2.0)
+    assert describe(e).endswith("Spearman rho +1.00 (rho's interval and p need 10 draws, 6 here); "
+                                "slope +2 per unit [+2, +2]")
 
 
 def test_a_falling_noisy_relation_has_a_negative_rho_whose_interval_holds_it():

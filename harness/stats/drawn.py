@@ -12,7 +12,8 @@ drop out), which removes every seed's own level. Over the units (or those differ
 
 * Spearman's rho with a Fisher-z interval whose standard error is sqrt(1.06 / (n - 3 - k)) (the variance
   Fieller, Hartley & Pearson found for rank correlations; k = seeds - 1 where the seeds' means were taken
-  out), and the p-value of the same z, so the p-value and the interval agree;
+  out), and the p-value of the same z, so the p-value and the interval agree; both from RHO_UNITS units
+  beyond the seeds, as on fewer the normal approximation makes a near-perfect rank order near certain;
 * the least-squares slope of score on value with its Student-t interval (n - 2 - k degrees of freedom): the
   change in the metric per unit of the setting, read as a straight-line summary, not a model.
 
@@ -29,7 +30,10 @@ from scipy import stats as sps
 
 from .table import _resolve_metric, healthy_mask, in_key_order
 
-MIN_UNITS = 4  # the Fisher-z interval needs n - k > 3
+MIN_UNITS = 4  # rho and the slope's interval need n - k > 3
+# rho's Fisher-z interval and p need this many: on fewer, a rank order near perfect reads as near certain
+# (4 draws in order: p 2e-12 by z, where only 2 of the 24 orders are as extreme: 0.083)
+RHO_UNITS = 10
 DRAWN_COLUMNS = ["parameter", "metric", "units", "images", "low", "high", "within_seed", "rho", "rho_low",
                  "rho_high", "p", "slope", "slope_low", "slope_high", "why_none"]
 
@@ -98,6 +102,10 @@ def drawn_effect(df: pd.DataFrame, parameter: str, metric: str, confidence: floa
     row.update(rho=rho, rho_low=math.tanh(centre - z * se), rho_high=math.tanh(centre + z * se),
                p=float(2 * sps.norm.sf(abs(centre) / se)), slope=slope, slope_low=slope - half,
                slope_high=slope + half)
+    if n - k < RHO_UNITS:
+        row.update(rho_low=math.nan, rho_high=math.nan, p=math.nan,
+                   why_none=(f"rho's interval and p need {RHO_UNITS} draws{' beyond the seeds' if k else ''}, "
+                             f"{n - k} here"))
     return row
 
 
@@ -115,5 +123,7 @@ def describe(row) -> str:
     if not row["rho"] == row["rho"]:
         return f"{head}: no correlation: {row['why_none']}"
     within = " within seeds" if row["within_seed"] else ""
-    return (f"{head}: Spearman rho{within} {row['rho']:+.2f} [{row['rho_low']:+.2f}, {row['rho_high']:+.2f}], "
-            f"p {row['p']:.3g}; slope {row['slope']:+.4g} per unit [{row['slope_low']:+.4g}, {row['slope_high']:+.4g}]")
+    rho = (f"[{row['rho_low']:+.2f}, {row['rho_high']:+.2f}], p {row['p']:.3g}" if row["p"] == row["p"]
+           else f"({row['why_none']})")
+    return (f"{head}: Spearman rho{within} {row['rho']:+.2f} {rho}; "
+            f"slope {row['slope']:+.4g} per unit [{row['slope_low']:+.4g}, {row['slope_high']:+.4g}]")
