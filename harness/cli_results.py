@@ -174,8 +174,11 @@ def compare(
     pair_on: Optional[str] = typer.Option(None, "--pair-on", help="Comma list of the image-table columns a "
                                           "pair shares (default: other factors, checkpoint, seed, stage and "
                                           "the parameters that vary on their own)."),
+    where: List[str] = typer.Option([], "--where", help="NAME=LEVEL: only images at that level of a factor "
+                                    "or parameter (repeatable), e.g. --where shape=circle."),
 ) -> None:
     """Paired A/B statistics across shared seeds: mean difference, cluster-bootstrap CI, Wilcoxon, Holm."""
+    from . import columns
     from .ledger import Ledger, LedgerError
     from .report import compare as compare_levels, listed_strengths, randomized_params, report_metrics
     from .stats.table import DRAWN
@@ -188,6 +191,13 @@ def compare(
             table = image_table(led)
     except LedgerError as e:
         fail(f"error: {e}")
+    try:
+        subset = columns.where(table, where)
+    except ValueError as e:
+        fail(f"error: {e}")
+    if where:  # said apart from the result, which --format json or markdown keeps parseable
+        typer.echo(f"only images where {', '.join(w.strip() for w in where)}: {len(subset)} of {len(table)}", err=True)
+    table = subset
     drawn = randomized_params(run_dir)
     staged = listed_strengths(table, drawn) if factor == "strength" else None
     if staged is not None:  # the main stage's strengths are drawn; the later stages list theirs

@@ -124,6 +124,26 @@ def resolve_dim(table: pd.DataFrame, name: str, what: str) -> str:
                      "(a factor is named without its 'f.' prefix; write 'f.seed' for a factor called seed)")
 
 
+def where(table: pd.DataFrame, conditions: Sequence[str]) -> pd.DataFrame:
+    """The rows of `table` that hold every `NAME=LEVEL` of `conditions` (a factor, without `f.`, or a
+    parameter; the level as tables show it: `(empty)` for the empty one, `0.4` for a strength)."""
+    for text in conditions:
+        name, eq, level = text.partition("=")
+        if not eq or not name.strip():
+            raise ValueError(f"--where {text!r}: expected NAME=LEVEL, for example shape=circle or strength=0.4")
+        column = resolve_dim(table, name.strip(), "--where")
+        labels = table[column].map(level_label)
+        wanted = level.strip()
+        if wanted == "":
+            wanted = EMPTY
+        if not (labels == wanted).any():
+            shown = ", ".join(level_label(v) for v in sorted_levels(table[column].unique())) or "(none)"
+            raise ValueError(f"--where {text!r}: {dim_name(column)} has no level {wanted!r} among the images; "
+                             f"its levels: {shown}")
+        table = table[labels == wanted]
+    return table
+
+
 def varies(table: pd.DataFrame, column: str) -> bool:
     return table[column].nunique(dropna=False) > 1
 

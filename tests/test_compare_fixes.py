@@ -148,8 +148,11 @@ def test_a_difference_that_moves_with_the_seed_alike_across_prompts_is_noted_wit
     d = df[df["f.artist"] != ""].set_index(["f.subject", "seed"])["m.clip_score"] - \
         df[df["f.artist"] == ""].set_index(["f.subject", "seed"])["m.clip_score"]
     lo, hi = t_interval(d.groupby(level="seed").mean())
-    assert f"with the 4 seeds as the units the 95% interval is [{lo:+.4g}, {hi:+.4g}]" in row.note
-    assert hi - lo > 1.5 * (row.ci_high - row.ci_low)
+    from scipy import stats as sps
+
+    p = sps.ttest_1samp(d.groupby(level="seed").mean(), 0.0).pvalue
+    assert f"with the 4 seeds as the units the 95% interval is [{lo:+.4g}, {hi:+.4g}] and p {p:.3g}" in row.note
+    assert hi - lo > 1.5 * (row.ci_high - row.ci_low) and p > 0.2 > row.p_value  # the seeds say: not shown
 
 
 def test_no_seed_note_where_seeds_share_nothing_beyond_noise():

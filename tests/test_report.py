@@ -207,6 +207,25 @@ def test_compare_cli_json_and_errors(crafted_run):
     assert bad.returncode == 2 and "artist" in bad.stderr
 
 
+def test_compare_where_keeps_the_images_at_one_level_and_names_a_level_that_is_not_there(crafted_run):
+    """Red only: pairs (red, seed 1) +2 and (red, seed 2) +2, so +2 (all four pairs give +1.5)."""
+    from typer.testing import CliRunner
+
+    from harness.cli import app
+
+    r = CliRunner().invoke(app, ["compare", str(crafted_run), "--factor", "artist", "--metric", "clip_score",
+                                 "--format", "json", "--n-boot", "200", "--where", "color=red"])
+    assert r.exit_code == 0, r.output
+    (row,) = json.loads(r.stdout)["rows"]
+    assert row["n_pairs"] == 2 and row["mean_diff"] == pytest.approx(2.0)
+    assert "only images where color=red: 4 of 9" in r.stderr
+    bad = CliRunner().invoke(app, ["compare", str(crafted_run), "--factor", "artist", "--where", "color=mauve"])
+    assert bad.exit_code == 2
+    assert "--where 'color=mauve': color has no level 'mauve' among the images; its levels: blue, green, red" in bad.output
+    form = CliRunner().invoke(app, ["compare", str(crafted_run), "--factor", "artist", "--where", "red"])
+    assert form.exit_code == 2 and "expected NAME=LEVEL" in form.output
+
+
 def test_a_misspelt_metric_is_an_error_and_no_comparisons_outlive_their_run(crafted_run):
     """`report --metric TYPO` fails and names the scored metrics; a report that compares nothing removes
     an earlier report's comparison tables rather than leaving them to be read as current."""

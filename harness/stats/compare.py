@@ -231,9 +231,11 @@ def _shared_seed_note(d: np.ndarray, clusters: np.ndarray, seeds: np.ndarray, wi
     lo, hi = t_interval(means, 1 - alpha)
     if not hi - lo > SEED_SPREAD * width:
         return []
+    p = float(sps.ttest_1samp(means, 0.0).pvalue)
     return [f"the difference moves with the seed alike across prompts (per-seed means {_spread(means)}): "
-            f"with the {n_seeds} seeds as the units the {100 * (1 - alpha):g}% interval is [{lo:+.4g}, {hi:+.4g}]; "
-            "the interval above treats each prompt's seeds as its own, so run more seeds before trusting it"]
+            f"with the {n_seeds} seeds as the units the {100 * (1 - alpha):g}% interval is [{lo:+.4g}, {hi:+.4g}] "
+            f"and p {p:.3g}; the interval and p above treat each prompt's seeds as its own, so run more seeds "
+            "before trusting them"]
 
 
 def _spread(values: np.ndarray) -> str:
