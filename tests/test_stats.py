@@ -452,6 +452,10 @@ def test_ranking_recovers_clearly_different_levels_with_tight_intervals():
         assert r.n_blocks == 36 and r.n_clusters == 12
         # means share the subject effect, so intervals are wide but rank-stable
         assert r.ci_low <= np.mean(values[r.level]) <= r.ci_high
+    # 12 clusters: the ranking's intervals carry the level rows' warning, and the table shows the count
+    assert any(n.startswith("ranking: 12 cluster(s), so its rank and mean intervals are likely too narrow")
+               for n in c.notes)
+    assert "| rank | level | mean | 95% CI | rank 95% CI | blocks | clusters |" in c.to_markdown()
 
 
 def test_the_health_metric_is_read_over_every_image_not_only_the_healthy_ones():

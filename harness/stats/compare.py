@@ -408,6 +408,9 @@ def paired_compare(
         ranking = _rank(wide, cluster_of, levels, n_boot=n_boot, rng=rng.spawn(1)[0], alpha=alpha, sign=sign)
         if not ranking:
             notes.append("no block has every level scored, so no ranking")
+        elif ranking[0].n_clusters < MIN_CLUSTERS_FOR_CI:
+            notes.append(f"ranking: {ranking[0].n_clusters} cluster(s), so its rank and mean intervals are likely "
+                         "too narrow (below ~15 clusters); a rank interval of one rank is no proof of the order")
     conf = f"{100 * (1 - alpha):g}%"
     tested = sum(not math.isnan(r.p_value) for r in rows)
     units = "prompt conditions" if given_clusters is None else "values of"

@@ -92,9 +92,10 @@ class Comparison:
                  _num(r.win_rate, ".2f"), r.note] for r in self.rows]
         tables = [(head, body)]
         if self.ranking:
-            rhead = ["rank", "level", "mean", f"{conf} CI", f"rank {conf} CI", "blocks"]
+            rhead = ["rank", "level", "mean", f"{conf} CI", f"rank {conf} CI", "blocks", "clusters"]
             rbody = [[_num(r.rank, "g"), _label(r.level), _num(r.mean), _ci(r.ci_low, r.ci_high),
-                      f"{r.rank_ci_low:g}-{r.rank_ci_high:g}", str(r.n_blocks)] for r in self.ranking]
+                      f"{r.rank_ci_low:g}-{r.rank_ci_high:g}", str(r.n_blocks), str(r.n_clusters)]
+                     for r in self.ranking]
             tables.append((rhead, rbody))
         return tables
 
