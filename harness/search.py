@@ -27,7 +27,11 @@ lists. Fitness of an image is `sum(weight * value)` over the metrics, with the
 value negated for a metric whose `higher_is_better` is false; a candidate's
 fitness is the mean over seeds of its images' fitness (images averaged within a
 seed first), with a 95% t-interval over seeds. Images with a NaN metric are left
-out; a candidate without any scored image ranks last.
+out; a candidate without any scored image ranks last. A fitness metric that
+scores none of generation 0's images (`watermark` on images under 256 px, a
+metric of an init image) stops the search there with an error naming it and its
+reason; nothing is recorded, so `evolve` run again after the fix starts afresh
+on the images already made.
 
 Each later generation keeps the `elitism` best unchanged and fills the rest with
 mutants (`mutate.mutate`, operators drawn with the given rates, crossover
@@ -51,7 +55,8 @@ replays of image metrics need `exact = true`.
 
 Outputs (rebuilt at the end of every `evolve`): `tables/search_generations.*`
 (the best prompts of each generation with fitness and 95% CI),
-`tables/search_trajectory.*` (best and mean fitness per generation),
+`tables/search_trajectory.*` (best and mean fitness per generation, the mean's
+95% CI over candidates kept in the range the fitness can take, as each candidate's),
 `tables/search_lineage.*` (the winners' ancestry: prompt, operator, arguments,
 parents, fitness, image keys) and `plots/search_trajectory.png`.
 """
@@ -220,6 +225,31 @@ def candidate_fitness(frame, cfg: SearchConfig, jobs: Sequence,
     return float(sum(values) / len(values)), tuple(clean), len(values)
 
 
+def unscored_fitness(scores, cfg: SearchConfig, keys: Collection[str]) -> list[tuple[str, list[str]]]:
+    """The fitness metrics (spec, reasons) that gave no finite score to any image of `keys`, from a ledger's
+    `scores_frame`: the reasons their scores' details give, most common first ("not scored" where a metric
+    stored nothing: it could not run). A candidate's fitness needs every fitness metric, so one such metric
+    leaves every candidate without a fitness and selection at random."""
+    from collections import Counter
+
+    from .evaluate import _reason
+
+    keys = set(keys)
+    if not keys:
+        return []
+    rows = scores[scores["key"].isin(keys)]
+    out = []
+    for f in cfg.fitness:
+        mine = rows[rows["metric"] == f.id]
+        if any(math.isfinite(v) for v in mine["value"]):
+            continue
+        reasons = Counter(_reason(d) for d in mine["detail"])
+        if len(keys) > len(mine):
+            reasons["not scored (the metric could not run; see its log lines)"] += len(keys) - len(mine)
+        out.append((f.spec, [r for r, _ in reasons.most_common()]))
+    return out
+
+
 def fitness_bounds(cfg: SearchConfig) -> tuple[float, float] | None:
     """The range of the weighted sum `candidate_fitness` takes: each term's metric range, negated where lower
     is better, times its weight; None when some metric's range is not known."""
@@ -354,7 +384,8 @@ def evolve(path: Path | str, *, out: Path | str | None = None, device: str | Non
                 if not candidates:
                     from .search_report import write_search_report
 
-                    result.outputs = write_search_report(run_dir, result.generations)  # what the search found
+                    # what the search found
+                    result.outputs = write_search_report(run_dir, result.generations, fitness_bounds(cfg))
                     raise SearchError(f"{exp.path}: generation {g} has no candidates: no operator changed any "
                                       f"parent into a new prompt" + (", and elitism = 0 keeps none" if g else "")
                                       + "; add operators (insert, swap draw from modifier lists), modifiers, or "
@@ -393,6 +424,9 @@ def evolve(path: Path | str, *, out: Path | str | None = None, device: str | Non
             ledger.set_plan(f"search:{sid}", [j.key for j in wanted], add=True)
             run = make(wanted)
             scores = ledger.scores_frame()
+            if g == 0 and (unscored := unscored_fitness(scores, cfg, keys)):
+                # nothing recorded: a rerun after the fix starts the search afresh on the images made here
+                raise SearchError(_unscored_message(exp, unscored, len(keys)))
             frame = {(k, m): v for k, m, v in zip(scores["key"], scores["metric"], scores["value"])}
             from .tables import image_table
 
@@ -413,12 +447,22 @@ def evolve(path: Path | str, *, out: Path | str | None = None, device: str | Non
                 on_generation(gen)
         from .search_report import write_search_report
 
-        result.outputs = write_search_report(run_dir, result.generations)
+        result.outputs = write_search_report(run_dir, result.generations, fitness_bounds(cfg))
     finally:
         if maker is not None:
             maker.close()
         ledger.close()
     return result
+
+
+def _unscored_message(exp: Experiment, unscored: list[tuple[str, list[str]]], images: int) -> str:
+    what = "; ".join(f"{spec!r} ({', '.join(reasons[:3])})" for spec, reasons in unscored)
+    it = "it" if len(unscored) == 1 else "them"
+    set_them = (f"drop {it} from [search] metrics" if "metrics" in exp.raw.get("search", {})
+                else f"set [search] metrics without {it} (they default to the experiment's metrics)")
+    return (f"{exp.path}: key 'search.metrics': no finite score from {what} for any of generation 0's "
+            f"{images} images, so no candidate has a fitness and selection would be at random; {set_them}, "
+            "or change the settings that keep it from scoring (the images made are kept for the next evolve)")
 
 
 def _fmt(x: float | None) -> str:

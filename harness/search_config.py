@@ -147,8 +147,9 @@ def search_config(exp: Experiment, library: WildcardLibrary | None = None) -> Se
             bad("modifiers", modifiers, "a list of wildcard list names such as \"mediums\"")
             modifiers = None
         else:
+            c.distinct("search.modifiers", modifiers)  # as --lists styles,styles is refused
             library = library or WildcardLibrary(exp.wildcard_path())
-            for name in modifiers:
+            for name in dict.fromkeys(modifiers):  # a missing list repeated is reported once
                 unreadable = list_name_problem(name)
                 if unreadable:
                     problems.append(f"key 'search.modifiers': {name!r} is {unreadable}")

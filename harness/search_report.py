@@ -28,16 +28,18 @@ def generations_frame(generations: Sequence[Generation], top: int = REPORT_TOP):
                                                                                      "ci_high": float})
 
 
-def trajectory_frame(generations: Sequence[Generation]):
+def trajectory_frame(generations: Sequence[Generation], bounds: tuple[float, float] | None = None):
+    """Best and mean fitness per generation; the mean's 95% interval (over candidates) is cut to `bounds`, the
+    range the fitness can take (`search.fitness_bounds`), as each candidate's interval is."""
     import pandas as pd
 
-    from .stats import t_interval
+    from .stats import mean_interval
 
     rows = []
     for gen in generations:
         fits = [c.fitness for c in gen.candidates if c.fitness is not None]
         best = gen.best
-        lo, hi = t_interval(fits)
+        lo, hi = mean_interval(fits, bounds=bounds)
         rows.append({"generation": gen.index, "best": best.fitness, "best_ci_low": best.ci[0],
                      "best_ci_high": best.ci[1], "mean": sum(fits) / len(fits) if fits else None,
                      "mean_ci_low": lo, "mean_ci_high": hi, "candidates": len(gen.candidates),
@@ -114,14 +116,16 @@ def plot_trajectory(traj, path: Path) -> Path:
     return path
 
 
-def write_search_report(run_dir: Path | str, generations: Sequence[Generation]) -> list[Path]:
+def write_search_report(run_dir: Path | str, generations: Sequence[Generation],
+                        bounds: tuple[float, float] | None = None) -> list[Path]:
+    """Write the search's tables and plot; `bounds` is the fitness's range (`search.fitness_bounds`)."""
     from .tables import write_table
 
     run_dir = Path(run_dir)
     if not generations:
         return []
     tables = run_dir / "tables"
-    traj = trajectory_frame(generations)
+    traj = trajectory_frame(generations, bounds)
     out = write_table(generations_frame(generations), tables, "search_generations")
     out += write_table(traj, tables, "search_trajectory")
     out += write_table(lineage_frame(generations), tables, "search_lineage")

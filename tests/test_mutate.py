@@ -109,6 +109,18 @@ def test_swap_exchanges_a_factor_option_of_the_source_template():
     assert m.prompt in ("a blue castle, oil painting", "a green castle, oil painting")
 
 
+def test_swap_takes_an_option_inside_a_longer_one_as_the_whole_longer_option():
+    """`red` inside `dark red` is no level of its own: swapping it alone gave `a dark dark red car` (and,
+    from the colours list, `a dark blue car`); only the whole option `dark red` is swapped."""
+    res = mu.Resources.load(LIBRARY, ["colours"], template="a {red|dark red} car")
+    seen = {(m.prompt, m.args["old"], m.args["at"])
+            for seed in range(40) if (m := mu.apply("swap", "a dark red car", random.Random(seed), res))}
+    assert seen == {("a red car", "dark red", 2)}
+    # where the short option stands alone it is still swapped, by the factor and by the colours list
+    alone = {mu.apply("swap", "a red car", random.Random(seed), res).prompt for seed in range(40)}
+    assert "a dark red car" in alone and "a blue car" in alone
+
+
 def test_swap_can_turn_an_optional_clause_off():
     res = mu.Resources.load(LIBRARY, [], template="a castle{, by greg rutkowski|}")
     m = mu.apply("swap", "a castle, by greg rutkowski", random.Random(0), res)

@@ -8,7 +8,8 @@ alternations and wildcards stay opaque units, and as a list of clauses.
 - `swap`: a clause that is a line of a modifier list becomes another line of
   that list (`by greg rutkowski` -> `by moebius`); a word that is an option of
   a factor of the source template, or of a word list such as colours, becomes
-  another option (`a red car` -> `a blue car`).
+  another option (`a red car` -> `a blue car`); a word found only inside a longer
+  option (`red` in `dark red`) is swapped as that whole option, never alone.
 - `insert`: a line of a modifier list as a new clause after the first.
 - `delete`: drop one clause (prompts with two or more clauses).
 - `reorder`: move one clause to another position.
@@ -58,6 +59,13 @@ def _word_spans(text: str, item: str) -> list[int]:
             if not any(m.start() < end and start < m.end() for start, end in weights)]
 
 
+def _inside_longer(start: int, end: int, found: list[tuple]) -> bool:
+    """Whether the match `text[start:end]` lies inside a longer match of `found` ((start, end, ...) each):
+    `red` inside the option `dark red` is part of that option, not an option of its own, and swapping
+    it alone would make a prompt that is no level of the factor (`a dark blue car`)."""
+    return any(s <= start and end <= e and e - s > end - start for s, e, *_ in found)
+
+
 def _weight_spans(text: str) -> list[tuple[int, int]]:
     """(start, end) of each A1111 emphasis weight in `text`: the `:N` right before a `)`, up to and with the
     `)`, and the last `:` part of a `[...]` (prompt editing's step, `[a:b:0.5]`). A `)` whose `(` is not
@@ -101,10 +109,10 @@ def swap(prompt: str, rng: random.Random, resources: Resources) -> Mutant | None
     word_vocabs = [v for v in (*resources.lists, *resources.factors) if v.words]
     for pi, part in enumerate(tree.parts):
         if isinstance(part, Text):
-            for vocab in word_vocabs:
-                for item in vocab.items:
-                    if item:
-                        sites += [("word", (pi, at), vocab, item) for at in _word_spans(part.value, item)]
+            found = [(at, at + len(item), vocab, item) for vocab in word_vocabs for item in vocab.items if item
+                     for at in _word_spans(part.value, item)]
+            sites += [("word", (pi, start), vocab, item) for start, end, vocab, item in found
+                      if not _inside_longer(start, end, found)]
     repeats = _repeats(split_clauses(render(tree)))
     while sites:
         kind, where, vocab, old = sites.pop(rng.randrange(len(sites)))
