@@ -374,6 +374,9 @@ def evolve(path: Path | str, *, out: Path | str | None = None, device: str | Non
         used: set[str] = set()
         specs = list(dict.fromkeys([f.spec for f in cfg.fitness] + list(exp.metrics)))
         ledger.set_plan(f"search:{sid}", [])  # planned again generation by generation, within today's limits
+        # another search in this folder (an edited [search] table) is no longer the folder's: its images stay
+        # in the ledger (undoing the edit replays it without making them) but leave the report
+        ledger.drop_plan([p for p in ledger.plan_parts() if p.startswith("search:") and p != f"search:{sid}"])
         for g in range(cfg.generations + 1):
             gen = recorded.get(g)
             if gen is not None:  # replayed, under the same budget as a fresh run

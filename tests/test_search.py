@@ -291,6 +291,25 @@ def test_a_lowered_budget_replays_only_the_generations_it_affords(uninterrupted,
         assert len(led.plan_keys(f"search:{again.search_id}")) == budget
 
 
+def test_another_search_in_the_folder_leaves_the_plan_and_comes_back_when_undone(uninterrupted, tmp_path):
+    """An edited [search] table starts another search: the report then describes it alone, while the
+    earlier one's images stay in the ledger, so undoing the edit replays it without making an image."""
+    import shutil
+
+    from harness.ledger import Ledger
+
+    exp, result = uninterrupted
+    shutil.copytree(result.run_dir, tmp_path / "run")
+    other = write(tmp_path, exp.read_text().replace("seed = 1\n", "seed = 2\n"))
+    second = evolve(other, out=tmp_path / "run", log=lambda m: None)
+    with Ledger.open(tmp_path / "run", readonly=True) as led:
+        assert [p for p in led.plan_parts() if p.startswith("search:")] == [f"search:{second.search_id}"]
+    back = evolve(write(tmp_path, exp.read_text(), "back.toml"), out=tmp_path / "run", log=lambda m: None)
+    assert back.generated == 0 and back.search_id == result.search_id
+    with Ledger.open(tmp_path / "run", readonly=True) as led:
+        assert [p for p in led.plan_parts() if p.startswith("search:")] == [f"search:{result.search_id}"]
+
+
 CHILD = METRIC_SOURCE + '''
 import sys
 from harness.cli import app
