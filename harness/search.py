@@ -365,8 +365,13 @@ def evolve(path: Path | str, *, out: Path | str | None = None, device: str | Non
         evaluate(ledger, specs, log=log)
         return run
 
-    try:
+    def adopt() -> None:
+        """This search is the folder's from its generation 0 on: another (an edited [search] table) leaves the
+        plan, its images staying in the ledger (undoing the edit replays it without making them)."""
         ledger.set_meta("search/current", sid)
+        ledger.drop_plan([p for p in ledger.plan_parts() if p.startswith("search:") and p != f"search:{sid}"])
+
+    try:
         ledger.set_meta(f"search/{sid}/config", canonical_json(exp.raw.get("search", {})))
         recorded = recorded_generations(ledger, sid)
         if recorded:
@@ -374,9 +379,6 @@ def evolve(path: Path | str, *, out: Path | str | None = None, device: str | Non
         used: set[str] = set()
         specs = list(dict.fromkeys([f.spec for f in cfg.fitness] + list(exp.metrics)))
         ledger.set_plan(f"search:{sid}", [])  # planned again generation by generation, within today's limits
-        # another search in this folder (an edited [search] table) is no longer the folder's: its images stay
-        # in the ledger (undoing the edit replays it without making them) but leave the report
-        ledger.drop_plan([p for p in ledger.plan_parts() if p.startswith("search:") and p != f"search:{sid}"])
         for g in range(cfg.generations + 1):
             gen = recorded.get(g)
             if gen is not None:  # replayed, under the same budget as a fresh run
@@ -420,6 +422,8 @@ def evolve(path: Path | str, *, out: Path | str | None = None, device: str | Non
                     ledger.add_jobs(lost)
                     run = make(lost)
                     log(f"generation {g}: {run.generated} image(s) of the recorded generation made again")
+                if g == 0:
+                    adopt()
                 result.generations.append(gen)
                 continue
             ledger.drop_pending({j.key for j in wanted})
@@ -428,8 +432,12 @@ def evolve(path: Path | str, *, out: Path | str | None = None, device: str | Non
             run = make(wanted)
             scores = ledger.scores_frame()
             if g == 0 and (unscored := unscored_fitness(scores, cfg, keys)):
-                # nothing recorded: a rerun after the fix starts the search afresh on the images made here
+                # nothing recorded and the folder's search unchanged: a rerun after the fix starts the search
+                # afresh on the images made here
+                ledger.drop_plan([f"search:{sid}"])
                 raise SearchError(_unscored_message(exp, unscored, len(keys)))
+            if g == 0:
+                adopt()
             frame = {(k, m): v for k, m, v in zip(scores["key"], scores["metric"], scores["value"])}
             from .tables import image_table
 

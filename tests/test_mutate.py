@@ -110,15 +110,25 @@ def test_swap_exchanges_a_factor_option_of_the_source_template():
 
 
 def test_swap_takes_an_option_inside_a_longer_one_as_the_whole_longer_option():
-    """`red` inside `dark red` is no level of its own: swapping it alone gave `a dark dark red car` (and,
-    from the colours list, `a dark blue car`); only the whole option `dark red` is swapped."""
+    """`red` inside `dark red` is no level of its own: swapping it alone gave `a dark dark red car`; the
+    factor swaps only the whole option `dark red`. The colours list's `red` is a word of its own."""
     res = mu.Resources.load(LIBRARY, ["colours"], template="a {red|dark red} car")
-    seen = {(m.prompt, m.args["old"], m.args["at"])
-            for seed in range(40) if (m := mu.apply("swap", "a dark red car", random.Random(seed), res))}
-    assert seen == {("a red car", "dark red", 2)}
+    seen = {(m.prompt, m.args["vocabulary"], m.args["old"])
+            for seed in range(60) if (m := mu.apply("swap", "a dark red car", random.Random(seed), res))}
+    factor = {(p, old) for p, v, old in seen if v != "colours"}
+    assert factor == {("a red car", "dark red")}
+    assert all(p != "a dark dark red car" for p, _, _ in seen) and any(v == "colours" for _, v, _ in seen)
     # where the short option stands alone it is still swapped, by the factor and by the colours list
     alone = {mu.apply("swap", "a red car", random.Random(seed), res).prompt for seed in range(40)}
     assert "a dark red car" in alone and "a blue car" in alone
+
+
+def test_a_word_of_one_factor_inside_another_factors_option_is_still_swapped():
+    """`{@a: red|blue} {@b: car|red car}` on `a red car` (a=red, b=car): `red car` is b's other option
+    standing there by chance, so a's `red` is still a's word to swap."""
+    res = mu.Resources.load(LIBRARY, [], template="a {@a: red|blue} {@b: car|red car}")
+    seen = {m.prompt for seed in range(60) if (m := mu.apply("swap", "a red car", random.Random(seed), res))}
+    assert "a blue car" in seen
 
 
 def test_swap_can_turn_an_optional_clause_off():

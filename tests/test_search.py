@@ -308,6 +308,17 @@ def test_another_search_in_the_folder_leaves_the_plan_and_comes_back_when_undone
     assert back.generated == 0 and back.search_id == result.search_id
     with Ledger.open(tmp_path / "run", readonly=True) as led:
         assert [p for p in led.plan_parts() if p.startswith("search:")] == [f"search:{result.search_id}"]
+    # a search that stops at generation 0 (a fitness metric that scores nothing) leaves the folder's as it was
+    from harness.search import SearchError
+
+    failing = write(tmp_path, exp.read_text().replace('metrics = ["target_word:word=watercolor"]',
+                                                      'metrics = ["target_word:word=watercolor", "watermark"]'),
+                    "failing.toml")
+    with pytest.raises(SearchError, match="no finite score from 'watermark'"):
+        evolve(failing, out=tmp_path / "run", log=lambda m: None)
+    with Ledger.open(tmp_path / "run", readonly=True) as led:
+        assert [p for p in led.plan_parts() if p.startswith("search:")] == [f"search:{result.search_id}"]
+        assert led.get_meta("search/current") == result.search_id
 
 
 CHILD = METRIC_SOURCE + '''

@@ -59,11 +59,13 @@ def _word_spans(text: str, item: str) -> list[int]:
             if not any(m.start() < end and start < m.end() for start, end in weights)]
 
 
-def _inside_longer(start: int, end: int, found: list[tuple]) -> bool:
-    """Whether the match `text[start:end]` lies inside a longer match of `found` ((start, end, ...) each):
-    `red` inside the option `dark red` is part of that option, not an option of its own, and swapping
-    it alone would make a prompt that is no level of the factor (`a dark blue car`)."""
-    return any(s <= start and end <= e and e - s > end - start for s, e, *_ in found)
+def _inside_longer(start: int, end: int, vocab, found: list[tuple]) -> bool:
+    """Whether the match `text[start:end]` of `vocab` lies inside a longer match of the same vocabulary in
+    `found` ((start, end, vocab, ...) each): `red` inside the option `dark red` of one factor is part of that
+    option, not an option of its own, and swapping it alone would make a prompt that is no level of the
+    factor (`a dark dark red car`). Another factor's or list's word there is its own (`{red|blue}
+    {car|red car}` on `red car`: `red` is the first factor's)."""
+    return any(s <= start and end <= e and e - s > end - start and v is vocab for s, e, v, *_ in found)
 
 
 def _weight_spans(text: str) -> list[tuple[int, int]]:
@@ -112,7 +114,7 @@ def swap(prompt: str, rng: random.Random, resources: Resources) -> Mutant | None
             found = [(at, at + len(item), vocab, item) for vocab in word_vocabs for item in vocab.items if item
                      for at in _word_spans(part.value, item)]
             sites += [("word", (pi, start), vocab, item) for start, end, vocab, item in found
-                      if not _inside_longer(start, end, found)]
+                      if not _inside_longer(start, end, vocab, found)]
     repeats = _repeats(split_clauses(render(tree)))
     while sites:
         kind, where, vocab, old = sites.pop(rng.randrange(len(sites)))
