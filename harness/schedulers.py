@@ -43,13 +43,24 @@ def scheduler_spec(name: str) -> SchedulerSpec:
     return SCHEDULERS[name]
 
 
+# Options that change which sigmas a sampler steps through. A checkpoint's scheduler config may set them (a
+# fine-tune shipped with Karras sigmas); a registry name means one schedule on every checkpoint, the one its
+# infotext names, so they are pinned off wherever the class has them.
+SIGMA_SCHEDULES = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas")
+
+
 def make_scheduler(name: str, base_config: Any):
-    """A fresh scheduler of registry `name`, configured from a checkpoint's scheduler config."""
+    """A fresh scheduler of registry `name`, configured from a checkpoint's scheduler config, with its sigma
+    schedule pinned (:data:`SIGMA_SCHEDULES`): `euler` steps alike on every checkpoint."""
+    import inspect
+
     import diffusers
 
     spec = scheduler_spec(name)
     cls = getattr(diffusers, spec.class_name)
-    return cls.from_config(base_config, **dict(spec.options))
+    takes = inspect.signature(cls.__init__).parameters
+    pinned = {option: False for option in SIGMA_SCHEDULES if option in takes}
+    return cls.from_config(base_config, **{**pinned, **dict(spec.options)})
 
 
 def scheduler_name_of(pipe) -> str | None:

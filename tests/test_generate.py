@@ -132,6 +132,20 @@ def test_every_scheduler_generates(pipes, tiny_ref):
         assert img.shape == (32, 32, 3)
 
 
+def test_a_checkpoints_karras_sigmas_do_not_change_what_a_scheduler_name_means(pipes, tiny_ref):
+    """A fine-tune may ship `use_karras_sigmas: true`: `euler` and `dpmpp_2m` still step through the
+    schedule their infotext names (Uniform), as on every other checkpoint, and make the same pixels."""
+    pipe = pipes.get(tiny_ref, "txt2img", "ddim")
+    karras = {**pipe.scheduler.config, "use_karras_sigmas": True, "use_exponential_sigmas": False}
+    for name in ("euler", "dpmpp_2m", "lms", "heun"):
+        made = schedulers.make_scheduler(name, karras)
+        plain = schedulers.make_scheduler(name, pipe.scheduler.config)
+        assert made.config.use_karras_sigmas is False, name
+        made.set_timesteps(10)
+        plain.set_timesteps(10)
+        assert torch.equal(torch.as_tensor(made.sigmas), torch.as_tensor(plain.sigmas)), name
+
+
 # ---------------------------------------------------------------- img2img
 
 def test_img2img_runs_int_strength_times_steps_denoising_steps(pipes, tiny_ref):
