@@ -13,11 +13,12 @@ paired by seed (and by every other condition: checkpoint, mode, strength,
 negative prompt, ...), so the seed's own effect cancels. The mean and its 95%
 interval come from `stats.paired_compare` with the full prompt as the baseline
 level of a factor `ablation`: with one prompt, seeds are the independent units,
-so each (seed, condition) pair is its own cluster and the interval is a
-bootstrap over seeds; the Wilcoxon signed-rank p-value is over the same pairs,
-Holm-adjusted across clauses. A clause "helps" when its interval lies on the
-good side of zero (above for higher-is-better metrics), "hurts" when on the bad
-side, and is "unclear" otherwise.
+so each seed is a cluster (its images at every setting, init image and negative
+prompt share its noise) and the interval is a bootstrap over seeds; the Wilcoxon
+signed-rank p-value is over the seeds' mean differences, Holm-adjusted across
+clauses. A clause "helps" when its interval lies on the good side of zero (above
+for higher-is-better metrics) and its Holm-adjusted p is below 0.05, "hurts" when
+on the bad side with that p, and is "unclear" otherwise.
 
 A template prompt is ablated per concrete prompt it expands to (the table has
 a `prompt` column). Results go to `tables/ablation.{csv,parquet,md}` in the run
@@ -46,7 +47,7 @@ NOT_QUALITY = ("health", "watermark")
 CONDITIONS = ("checkpoint", "mode", "strength", "steps", "guidance", "width", "height", "negative_prompt",
               "init_hash", "scheduler")
 COLUMNS = ["prompt", "metric", "rank", "clause_index", "clause", "contribution", "ci_low", "ci_high", "verdict",
-           "p_value", "p_holm", "full_win_rate", "mean_full", "mean_without", "n_pairs", "note"]
+           "p_value", "p_holm", "full_win_rate", "mean_full", "mean_without", "n_pairs", "n_seeds", "note"]
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,7 @@ class AblationResult:
 
 
     def to_text(self) -> str:
-        from .stats import MIN_CLUSTERS_FOR_CI  # below this many pairs the percentile interval undercovers
+        from .stats import MIN_CLUSTERS_FOR_CI  # below this many seeds the percentile interval undercovers
 
         out = []
         for (prompt, metric), g in self.table.groupby(["prompt", "metric"], sort=False):
@@ -85,13 +86,13 @@ class AblationResult:
             width = max(map(len, names))
             for name, r in zip(names, g.itertuples(index=False)):
                 ci = "n/a" if math.isnan(r.ci_low) else f"[{r.ci_low:+.4g}, {r.ci_high:+.4g}]"
-                p = "n/a" if math.isnan(r.p_value) else f"{r.p_value:.3g}"
+                p = "n/a" if math.isnan(r.p_holm) else f"{r.p_holm:.3g}"  # what the verdict reads
                 out.append(f"  {r.rank:>2}. {name.ljust(width)}  {r.contribution:+.4g}  {ci}  "
-                           f"{r.verdict:<7}  p={p}  n={r.n_pairs}")
+                           f"{r.verdict:<7}  p(Holm)={p}  seeds={r.n_seeds}  pairs={r.n_pairs}")
             asks = {n for n in g["note"] if n.endswith(ASKS_PROMPT_NOTE)}  # said once, on a line of its own
             notes = sorted({n.removesuffix(ASKS_PROMPT_NOTE).removesuffix("; ") for n in g["note"] if n} - {""})
             notes += [ASKS_PROMPT_NOTE] if asks else []
-            if g["n_pairs"].max() < MIN_CLUSTERS_FOR_CI:
+            if g["n_seeds"].max() < MIN_CLUSTERS_FOR_CI:
                 notes.append(f"under {MIN_CLUSTERS_FOR_CI} seeds the percentile interval is too narrow; "
                              "read verdicts as tentative and add seeds")
             out += [f"  note: {n}" for n in notes]
@@ -239,6 +240,7 @@ def contributions(images, jobs_of: Sequence[tuple[Arm, list]], metric_ids: Seque
                             "verdict": verdict, "p_value": r.p_value, "p_holm": r.p_holm,
                             "full_win_rate": 1.0 - r.win_rate if not math.isnan(r.win_rate) else math.nan,
                             "mean_full": r.mean_baseline, "mean_without": r.mean_level, "n_pairs": r.n_pairs,
+                            "n_seeds": r.n_clusters,
                             "note": "; ".join(filter(None, [r.note, ASKS_PROMPT_NOTE if metric in asks_prompt
                                                             else ""]))})
             out.sort(key=lambda d: (math.isnan(d["contribution"]), -sign * d["contribution"]

@@ -98,7 +98,8 @@ def test_seeds_are_the_clusters_whatever_the_settings_init_images_and_negatives(
     extra = [{"key": j.key, "m.score": float(images.set_index("key").loc[jobs[i].key, "m.score"]), "healthy": True}
              for (arm, jobs), (_, both) in zip(jobs_of, moved) for i, j in enumerate(both[len(jobs):])]
     t = contributions(pd.concat([images, pd.DataFrame(extra)]), moved, ["score"], {"score": True}, n_boot=200)
-    assert (t["n_pairs"] == 6).all() and all("3 cluster" in n or "only 3" in n for n in t["note"]), list(t["note"])
+    assert (t["n_pairs"] == 6).all() and (t["n_seeds"] == 3).all()
+    assert all("only 3 cluster" in n for n in t["note"]), list(t["note"])
 
 
 def test_a_clause_that_changes_nothing_reads_zero_not_minus_zero():
@@ -122,7 +123,7 @@ def test_a_clause_written_twice_is_named_with_its_position_in_the_text_output():
     table = pd.DataFrame([{"prompt": "a castle, golden hour, a castle", "metric": "score", "rank": r,
                            "clause_index": i, "clause": c, "contribution": v, "ci_low": v - 1, "ci_high": v + 1,
                            "verdict": "unclear", "p_value": 0.5, "p_holm": 0.5, "full_win_rate": 0.5,
-                           "mean_full": 1.0, "mean_without": 1.0 - v, "n_pairs": 20, "note": ""}
+                           "mean_full": 1.0, "mean_without": 1.0 - v, "n_pairs": 20, "n_seeds": 20, "note": ""}
                           for r, (i, c, v) in enumerate([(0, "a castle", 1.5), (1, "golden hour", 0.1),
                                                          (2, "a castle", -1.2)], start=1)])
     lines = AblationResult(Path("."), table).to_text().splitlines()
@@ -158,8 +159,11 @@ def test_harness_ablate_on_the_tiny_model_prints_and_writes_the_ranked_table(tmp
     assert r.exit_code == 0, r.output
     lines = [ln.strip() for ln in r.output.splitlines()]
     ranked = [ln for ln in lines if ln[:2] in ("1.", "2.", "3.")]
-    # +1 on each of 3 seeds: the signed-rank test cannot reach 0.05 on 3, so no verdict (add seeds)
+    # +1 on each of 3 seeds: the signed-rank test cannot reach 0.05 on 3, so no verdict (add seeds); the line
+    # shows the Holm-adjusted p the verdict reads, and the seeds beside the pairs
     assert ranked[0].startswith("1. golden hour") and "+1" in ranked[0] and "unclear" in ranked[0]
+    assert "p(Holm)=" in ranked[0] and ranked[0].endswith("seeds=3  pairs=3")
+    assert "note: under 15 seeds the percentile interval is too narrow" in r.output
     table = pd.read_csv(tmp_path / "run" / "tables" / "ablation.csv")
     assert list(table["clause"]) == ["golden hour", "a castle on a hill", "oil painting"]
     assert list(table["contribution"]) == [1.0, 0.0, 0.0] and list(table["n_pairs"]) == [3, 3, 3]
