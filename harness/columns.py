@@ -136,6 +136,8 @@ def where(table: pd.DataFrame, conditions: Sequence[str]) -> pd.DataFrame:
         wanted = level.strip()
         if wanted == "":
             wanted = EMPTY
+        if _NUMBER.fullmatch(wanted) and table[column].map(is_number).any():  # by value: 0.40 is the level 0.4
+            labels = labels.where(pd.to_numeric(table[column], errors="coerce") != float(wanted), wanted)
         if not (labels == wanted).any():
             shown = ", ".join(level_label(v) for v in sorted_levels(table[column].unique())) or "(none)"
             raise ValueError(f"--where {text!r}: {dim_name(column)} has no level {wanted!r} among the images; "

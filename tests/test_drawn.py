@@ -40,6 +40,13 @@ def test_a_straight_line_has_rho_one_and_its_slope_with_a_tight_interval():
     assert e["metric"] == "clip_score:model=tiny"
 
 
+def test_a_perfect_order_is_no_rarer_than_two_of_the_orders_the_draws_could_take():
+    """Ten draws in order: the z of rho clipped near 1 says p 1e-77; only 2 of the 10! orders are as
+    extreme, so p is 2/10!."""
+    e = drawn_effect(_linear(n_draws=10), "guidance", METRIC)
+    assert e["p"] == pytest.approx(2 / math.factorial(10)) and e["rho"] == pytest.approx(1.0)
+
+
 def test_under_ten_draws_rho_has_no_interval_or_p_and_says_why_while_the_slope_keeps_its_own():
     """Four draws in perfect order: by the normal approximation p would be 2e-12, where 2 of the 24
     orders are as extreme (0.083). Below 10 draws rho stands alone; the slope's t interval holds."""

@@ -224,6 +224,10 @@ def test_compare_where_keeps_the_images_at_one_level_and_names_a_level_that_is_n
     assert "--where 'color=mauve': color has no level 'mauve' among the images; its levels: blue, green, red" in bad.output
     form = CliRunner().invoke(app, ["compare", str(crafted_run), "--factor", "artist", "--where", "red"])
     assert form.exit_code == 2 and "expected NAME=LEVEL" in form.output
+    # a parameter's number is read by value: guidance 7.50 is the level 7.5
+    by_value = CliRunner().invoke(app, ["compare", str(crafted_run), "--factor", "artist", "--metric", "clip_score",
+                                        "--n-boot", "200", "--where", "guidance=7.50"])
+    assert by_value.exit_code == 0 and "only images where guidance=7.50: 9 of 9" in by_value.stderr, by_value.output
 
 
 def test_a_misspelt_metric_is_an_error_and_no_comparisons_outlive_their_run(crafted_run):

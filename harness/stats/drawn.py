@@ -12,8 +12,10 @@ drop out), which removes every seed's own level. Over the units (or those differ
 
 * Spearman's rho with a Fisher-z interval whose standard error is sqrt(1.06 / (n - 3 - k)) (the variance
   Fieller, Hartley & Pearson found for rank correlations; k = seeds - 1 where the seeds' means were taken
-  out), and the p-value of the same z, so the p-value and the interval agree; both from RHO_UNITS units
-  beyond the seeds, as on fewer the normal approximation makes a near-perfect rank order near certain;
+  out), and the p-value of the same z, so the p-value and the interval agree, except that p is never below
+  2 over the number of orders the draws could take (2/n!, within seeds the product of theirs): no order
+  is rarer; both from RHO_UNITS units beyond the seeds, as on fewer the normal approximation makes a
+  near-perfect rank order near certain;
 * the least-squares slope of score on value with its Student-t interval (n - 2 - k degrees of freedom): the
   change in the metric per unit of the setting, read as a straight-line summary, not a model.
 
@@ -69,6 +71,13 @@ def within_seed(units: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, int]:
     return centred["value"].to_numpy(float), centred["score"].to_numpy(float), many["seed"].nunique() - 1
 
 
+def _orders(units: pd.DataFrame) -> list[int]:
+    """The sizes of the groups whose values may be shuffled under no relation: each seed's draws where the
+    analysis is within seeds (seeds of two or more), else all the units."""
+    per_seed = units.groupby("seed")["value"].size()
+    return [int(c) for c in per_seed if c > 1] if (per_seed > 1).any() else [len(units)]
+
+
 def drawn_effect(df: pd.DataFrame, parameter: str, metric: str, confidence: float = 0.95) -> dict:
     """Rank correlation and slope of `metric` on the drawn `parameter` over draw units (see the module)."""
     units = drawn_units(df, parameter, metric)
@@ -93,6 +102,9 @@ def drawn_effect(df: pd.DataFrame, parameter: str, metric: str, confidence: floa
     z = float(sps.norm.ppf(0.5 + confidence / 2))
     se = math.sqrt(1.06 / (n - 3 - k))
     centre = math.atanh(min(max(rho, -0.999999), 0.999999))
+    # no order is rarer than 2 of the orders the draws could take (within their seeds): p claims no more, so
+    # a perfect order of 10 draws reads p 5.5e-7 (2/10!), not the 1e-77 of its z
+    floor = math.exp(max(-745.0, math.log(2) - sum(math.lgamma(c + 1) for c in _orders(units))))
     slope = float(np.dot(x - x.mean(), y - y.mean()) / np.dot(x - x.mean(), x - x.mean()))
     resid = (y - y.mean()) - slope * (x - x.mean())
     dof = n - 2 - k
@@ -100,7 +112,7 @@ def drawn_effect(df: pd.DataFrame, parameter: str, metric: str, confidence: floa
             * math.sqrt(float(np.dot(resid, resid)) / dof / float(np.dot(x - x.mean(), x - x.mean())))
             if dof > 0 else math.nan)
     row.update(rho=rho, rho_low=math.tanh(centre - z * se), rho_high=math.tanh(centre + z * se),
-               p=float(2 * sps.norm.sf(abs(centre) / se)), slope=slope, slope_low=slope - half,
+               p=max(float(2 * sps.norm.sf(abs(centre) / se)), floor), slope=slope, slope_low=slope - half,
                slope_high=slope + half)
     if n - k < RHO_UNITS:
         row.update(rho_low=math.nan, rho_high=math.nan, p=math.nan,
