@@ -31,12 +31,33 @@ def folder_family(folder: Path) -> tuple[str, int]:
     return family, native
 
 
+def _config(path: Path, name: str, fix: str) -> dict:
+    """A pipeline folder's JSON file, or a CheckpointError that says it is missing or not JSON (and where)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {name!r}: {path} is missing; {fix}") from None
+    except OSError as exc:
+        raise CheckpointError(f"checkpoint {name!r}: {path} cannot be read ({exc.strerror or exc}); {fix}") from None
+    except ValueError as exc:  # JSONDecodeError (line and column), or bytes that are not UTF-8
+        raise CheckpointError(f"checkpoint {name!r}: {path} is not valid JSON ({exc}); {fix}") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"checkpoint {name!r}: {path} holds {type(data).__name__}, not a JSON object; {fix}")
+    return data
+
+
 def check_pipeline_folder(folder: Path, name: str) -> None:
-    index = _read_json(folder / "model_index.json")
+    """What can be checked without reading weights: model_index.json lists the parts of an SD pipeline, and
+    each part with a config has one that reads (a damaged download, a part left out of a copy)."""
+    fix = "download or copy the checkpoint again (a built-in's folder is rebuilt once deleted)"
+    index = _config(folder / "model_index.json", name, fix)
     missing = [c for c in ("unet", "vae", "text_encoder", "tokenizer", "scheduler") if c not in index]
     if missing:
         raise CheckpointError(f"checkpoint {name!r}: {folder / 'model_index.json'} has no {', '.join(missing)}; "
                               f"expected a Stable Diffusion 1.x/2.x pipeline (class {index.get('_class_name')!r})")
+    for part, config in (("unet", "config.json"), ("vae", "config.json"), ("text_encoder", "config.json"),
+                         ("scheduler", "scheduler_config.json")):
+        _config(folder / part / config, name, fix)
 
 
 def safetensors_header(path: str | Path) -> dict[str, Any]:

@@ -232,8 +232,9 @@ def plan(
                    f"{list(st.strengths)}, {seeds}: {counts[st.name]} jobs, {when}")
 
 
-HISTORY_NOTE = ("its settings, prompt file or wildcard files: earlier versions of experiment.toml (with a prompt file's "
-                "text inline) are kept in history/, and running one again brings its images back")
+HISTORY_NOTE = ("its settings, prompt file or wildcard files, or of init images whose files now hold other pixels: "
+                "earlier versions of experiment.toml (with a prompt file's text inline) are kept in history/, and "
+                "running one again brings its images back, as putting an init image's earlier file back does")
 
 
 def _print_estimates(p, jobs, run_dir: Path) -> tuple[dict[str, tuple[int, int]], bool, set[str]]:

@@ -114,6 +114,7 @@ class BatchMaker:
         self.batch_size = batch_size
         self.host = socket.gethostname()
         self._inits: dict = {}
+        self._hashes: dict = {}  # (init image, width, height) -> image_hash of the prepared init
         self._batches = 0
         self._local = threading.local()  # per stream: pipeline views and prompt-embedding cache
         self.stopping = threading.Event()  # set on Ctrl-C: batches running in other streams stop at their next step
@@ -233,11 +234,27 @@ class BatchMaker:
         key = (job.init_image, job.width, job.height)
         if key not in self._inits:
             self._inits[key] = self.gen.load_init_image(job.init_image, job.width, job.height)
+        if job.init_hash:  # the job's key holds the pixels it was planned from: make it from no others
+            from .images import image_hash
+
+            if key not in self._hashes:
+                self._hashes[key] = image_hash(self._inits[key])
+            found = self._hashes[key]
+            if found != job.init_hash:
+                raise InitImageChanged(
+                    f"init image {job.init_image} changed since this run planned its images (its pixels hash to "
+                    f"{found[:12]}, the jobs were planned from {job.init_hash[:12]}): an image made now would be "
+                    "filed under the other pixels' key; run again, which plans the images of the file as it is now")
         return self._inits[key]
 
     def close(self) -> None:
         # A full garbage collection costs ~0.3 s of a CPU run's wall time and frees nothing a CPU needs back.
         self.cache.clear(collect=self.cache.device != "cpu")
+
+
+class InitImageChanged(OSError):
+    """An init image's pixels are not those its jobs were planned (and keyed) from: the file was replaced
+    while the run went on, or differs on a remote worker."""
 
 
 def _memory_shape(job: Job) -> tuple:

@@ -179,6 +179,23 @@ def test_folder_without_model_index_is_rejected_with_its_path(tmp_path):
         ck.resolve(str(tmp_path / "weights"))
 
 
+@pytest.mark.parametrize("damage, expected", [
+    (lambda f: (f / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline",\n'),
+     "model_index.json is not valid JSON (Expecting property name enclosed in double quotes: line 2 column 1"),
+    (lambda f: (f / "unet" / "config.json").unlink(), "unet/config.json is missing"),
+    (lambda f: (f / "scheduler" / "scheduler_config.json").write_text("[1, 2]"), "holds list, not a JSON object"),
+])
+def test_a_damaged_pipeline_folder_is_named_at_resolve_with_the_file_and_the_fix(tiny_ref, tmp_path, damage, expected):
+    import shutil
+
+    copy = tmp_path / "tiny-copy"
+    shutil.copytree(tiny_ref.source, copy)
+    damage(copy)
+    with pytest.raises(ck.CheckpointError) as err:
+        ck.resolve(str(copy))
+    assert expected in str(err.value) and "download or copy the checkpoint again" in str(err.value)
+
+
 def test_missing_path_is_reported_as_a_path(tmp_path):
     with pytest.raises(ck.CheckpointError, match="no file or folder"):
         ck.resolve("./nowhere/model.safetensors", base_dir=tmp_path)

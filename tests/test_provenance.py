@@ -322,10 +322,12 @@ def test_generated_pngs_record_the_torch_thread_count_and_streams(tiny_ref, tmp_
 
     from harness.worker import BatchMaker, Tuning
 
+    from harness.images import init_hash
+
     Image.new("RGB", (64, 64), (200, 30, 30)).save(tmp_path / "init.png")
     (tmp_path / "images").mkdir()
     job = Job("tiny", tiny_ref.fingerprint, "img2img", "a cat", "", 1, 2, 7.5, "ddim", 64, 64, strength=0.5,
-              init_hash="h", init_image=str(tmp_path / "init.png"))
+              init_hash=init_hash(tmp_path / "init.png", 64, 64), init_image=str(tmp_path / "init.png"))
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -337,6 +339,26 @@ def test_generated_pngs_record_the_torch_thread_count_and_streams(tiny_ref, tmp_
         torch.set_num_threads(before)
     run = read_provenance(tmp_path / "images" / f"{job.key}.png")["run"]
     assert run["torch_threads"] == 1 and run["streams"] == 1
+
+
+def test_an_init_image_replaced_after_planning_makes_no_image_under_the_old_pixels_key(tiny_ref, tmp_path):
+    """The key holds the init's pixels: a file replaced while a run goes on (or other on a remote worker)
+    would file an image of the new pixels under the old key. The batch stops, naming the file."""
+    import pytest
+
+    from harness.images import init_hash
+    from harness.worker import BatchMaker, InitImageChanged, Tuning
+
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(tmp_path / "init.png")
+    (tmp_path / "images").mkdir()
+    job = Job("tiny", tiny_ref.fingerprint, "img2img", "a cat", "", 1, 2, 7.5, "ddim", 64, 64, strength=0.5,
+              init_hash=init_hash(tmp_path / "init.png", 64, 64), init_image=str(tmp_path / "init.png"))
+    Image.new("RGB", (64, 64), (30, 30, 200)).save(tmp_path / "init.png")  # replaced after planning
+    maker = BatchMaker({"tiny": tiny_ref}, tmp_path / "images", device="cpu", tuning=Tuning(writers=0, streams=1))
+    with pytest.raises(InitImageChanged, match=f"init image {tmp_path / 'init.png'} changed since this run planned"):
+        maker.make([job])
+    maker.close()
+    assert not list((tmp_path / "images").glob("*.png"))
 
 
 def test_a_run_in_two_streams_records_both_and_the_threads_each_stream_used(tiny_ref, tmp_path):
