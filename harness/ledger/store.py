@@ -338,7 +338,6 @@ class Ledger:
         that an earlier force remade with other pixels. Nothing would remake them, so a force of them would
         never finish."""
         keys = {_check_key(k) for k in keys}
-        planned = among
         now = _now()
         with self._write() as conn:
             made_from: dict[str, list[str]] = {}
@@ -347,7 +346,7 @@ class Ledger:
             todo = list(keys)
             while todo:
                 for child in made_from.get(todo.pop(), ()):
-                    if child not in keys and (planned is None or child in planned):
+                    if child not in keys and (among is None or child in among):
                         keys.add(child)
                         todo.append(child)
             done = {k for (k,) in conn.execute("SELECT key FROM jobs WHERE status = 'done'") if k in keys}
