@@ -208,7 +208,7 @@ def contributions(images, jobs_of: Sequence[tuple[Arm, list]], metric_ids: Seque
                     continue
                 for job in jobs:
                     have = job.key in by_key.index and col in by_key.columns
-                    rows.append({"f.ablation": arm.label,
+                    rows.append({"key": job.key, "f.ablation": arm.label,
                                  # Seeds are the independent units of one prompt: each seed is a cluster, its
                                  # images at every setting, init image and negative prompt sharing its noise.
                                  "pair_seed": job.seed, "draw": job.meta.get("draw", 0),

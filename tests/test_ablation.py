@@ -81,6 +81,16 @@ def test_contributions_are_ranked_full_minus_without_with_intervals():
     assert t.iloc[0]["full_win_rate"] == 1.0 and t.iloc[2]["full_win_rate"] == 0.0
 
 
+def test_contributions_do_not_depend_on_the_order_the_jobs_are_listed_in():
+    """The bootstrap resamples seeds by position: jobs listed in another order (seeds shuffled within each
+    arm) give the same intervals, as the rows are put in key order first."""
+    images, jobs_of = synthetic([-1.0, 0.0, 2.0], noise=0.5)
+    shuffled = [(arm, list(reversed(jobs))) for arm, jobs in jobs_of]
+    a = contributions(images, jobs_of, ["score"], {"score": True}, n_boot=300)
+    b = contributions(images, shuffled, ["score"], {"score": True}, n_boot=300)
+    pd.testing.assert_frame_equal(a, b)
+
+
 def test_few_seeds_give_no_verdict_however_clear_their_interval_looks():
     """Four seeds: the percentile interval of four values is too narrow, and the signed-rank test's smallest
     p is 0.125, so no clause is called helpful or harmful, whatever its interval."""
