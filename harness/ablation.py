@@ -89,8 +89,10 @@ class AblationResult:
                 p = "n/a" if math.isnan(r.p_holm) else f"{r.p_holm:.3g}"  # what the verdict reads
                 out.append(f"  {r.rank:>2}. {name.ljust(width)}  {r.contribution:+.4g}  {ci}  "
                            f"{r.verdict:<7}  p(Holm)={p}  seeds={r.n_seeds}  pairs={r.n_pairs}")
-            asks = {n for n in g["note"] if n.endswith(ASKS_PROMPT_NOTE)}  # said once, on a line of its own
-            notes = sorted({n.removesuffix(ASKS_PROMPT_NOTE).removesuffix("; ") for n in g["note"] if n} - {""})
+            asks = any(n.endswith(ASKS_PROMPT_NOTE) for n in g["note"])  # said once, on a line of its own
+            # each note once: the notes shared by every row of this prompt and metric too
+            notes = list(dict.fromkeys(part for n in g["note"]
+                                       for part in n.removesuffix(ASKS_PROMPT_NOTE).split("; ") if part))
             notes += [ASKS_PROMPT_NOTE] if asks else []
             if g["n_seeds"].max() < MIN_CLUSTERS_FOR_CI:
                 notes.append(f"under {MIN_CLUSTERS_FOR_CI} seeds the percentile interval is too narrow; "
@@ -186,6 +188,33 @@ ASKS_PROMPT_NOTE = ("this metric scores each image against its own prompt, so th
                     "question (`text=`, `want=`) scores the arms alike")
 
 
+def seeds_for_a_verdict(n_tested: int, alpha: float = ALPHA) -> int:
+    """The fewest seeds on which a verdict is possible with `n_tested` clauses: the signed-rank test's
+    smallest two-sided p on n seeds is 2^(1-n), and Holm multiplies the smallest of k p-values by k."""
+    n = 1
+    while n_tested * 2.0 ** (1 - n) >= alpha:
+        n += 1
+    return n
+
+
+def _shared_notes(cmp) -> list[str]:
+    """Notes every row of one prompt and metric carries: images left out of the pairs, and a verdict that
+    no result could reach on this many seeds."""
+    notes = []
+    left_out = [f"{v} {k.replace('_', ' ')}" for k, v in cmp.n_excluded.items() if v]
+    if left_out:
+        notes.append(f"images left out: {', '.join(left_out)}")
+    tested = [r for r in cmp.rows if not math.isnan(r.p_value)]
+    if tested:
+        n_seeds = max(r.n_clusters for r in tested)
+        smallest = min(1.0, len(tested) * 2.0 ** (1 - n_seeds))
+        if smallest >= ALPHA:
+            notes.append(f"no verdict is possible: on {n_seeds} seeds with {len(tested)} clauses tested the "
+                         f"smallest Holm-adjusted p is {smallest:.3g}; a verdict takes at least "
+                         f"{seeds_for_a_verdict(len(tested))} seeds")
+    return notes
+
+
 def contributions(images, jobs_of: Sequence[tuple[Arm, list]], metric_ids: Sequence[str], higher: dict, *,
                   n_boot: int = 2000, seed: int = 0, asks_prompt: Collection[str] = ()):
     """The ranked contribution table from the per-image table (`report.image_table`). Metrics in
@@ -221,6 +250,7 @@ def contributions(images, jobs_of: Sequence[tuple[Arm, list]], metric_ids: Seque
                                  n_boot=n_boot, rng=np.random.default_rng(seed), higher_is_better=sign > 0,
                                  cluster_on=["pair_seed"])
             arm_of = {arm.label: arm for arm, _ in jobs_of if arm.base == base}
+            shared = _shared_notes(cmp)
             out = []
             for r in cmp.rows:
                 arm = arm_of[r.level]
@@ -241,8 +271,8 @@ def contributions(images, jobs_of: Sequence[tuple[Arm, list]], metric_ids: Seque
                             "full_win_rate": 1.0 - r.win_rate if not math.isnan(r.win_rate) else math.nan,
                             "mean_full": r.mean_baseline, "mean_without": r.mean_level, "n_pairs": r.n_pairs,
                             "n_seeds": r.n_clusters,
-                            "note": "; ".join(filter(None, [r.note, ASKS_PROMPT_NOTE if metric in asks_prompt
-                                                            else ""]))})
+                            "note": "; ".join(filter(None, [r.note, *shared,
+                                                            ASKS_PROMPT_NOTE if metric in asks_prompt else ""]))})
             out.sort(key=lambda d: (math.isnan(d["contribution"]), -sign * d["contribution"]
                                     if not math.isnan(d["contribution"]) else 0.0, d["clause_index"]))
             for i, d in enumerate(out, start=1):

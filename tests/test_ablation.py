@@ -1,13 +1,14 @@
 """Clause ablation: the leave-one-out arms, contributions paired by seed, `harness ablate` on the tiny model."""
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from harness.ablation import ASKS_PROMPT_NOTE, FULL, arms_for, contributions
+from harness.ablation import ASKS_PROMPT_NOTE, FULL, AblationResult, arms_for, contributions, seeds_for_a_verdict
 from harness.cli import app
 from harness.core import Job, Variant
 from harness.metrics.base import Metric, MetricInfo, Option, register
@@ -98,6 +99,34 @@ def test_few_seeds_give_no_verdict_however_clear_their_interval_looks():
     t = contributions(images, jobs_of, ["score"], {"score": True}, n_boot=500)
     assert list(t["verdict"]) == ["unclear"] * 3 and (t["p_holm"] >= 0.125).all()
     assert t.iloc[0]["ci_low"] > 0  # the interval alone would have said "helps"
+
+
+def test_seeds_a_verdict_takes_grow_with_the_clauses_holm_corrects_over():
+    """k clauses tested: the smallest Holm-adjusted p on n seeds is k * 2^(1-n), which must be below 0.05."""
+    assert [seeds_for_a_verdict(k) for k in (1, 2, 3, 4, 5, 6, 7, 12, 13)] == [6, 7, 7, 8, 8, 8, 9, 9, 10]
+
+
+def test_a_verdict_no_result_could_reach_is_said_so_with_the_seeds_it_takes():
+    """Six seeds suffice for one clause but not for three: every difference of one sign still reads
+    p(Holm) = 3 * 2^-5, and the note says 7 seeds are needed. Eight seeds are enough: no such note."""
+    images, jobs_of = synthetic([-1.0, 0.0, 2.0], seeds=range(6))
+    t = contributions(images, jobs_of, ["score"], {"score": True}, n_boot=200)
+    assert t.iloc[0]["p_holm"] == pytest.approx(3 / 32) and t.iloc[0]["ci_low"] > 0
+    assert (t["verdict"] == "unclear").all()
+    assert all("no verdict is possible: on 6 seeds with 3 clauses tested the smallest Holm-adjusted p is 0.0938; "
+               "a verdict takes at least 7 seeds" in n for n in t["note"])
+    images, jobs_of = synthetic([-1.0, 0.0, 2.0], seeds=range(8))
+    assert not any("no verdict" in n for n in contributions(images, jobs_of, ["score"], {"score": True},
+                                                            n_boot=200)["note"])
+
+
+def test_unhealthy_images_left_out_are_counted_in_the_notes_and_said_once():
+    images, jobs_of = synthetic([-1.0, 0.0, 2.0])
+    images["healthy"] = [i != 3 for i in range(len(images))]
+    t = contributions(images, jobs_of, ["score"], {"score": True}, n_boot=200)
+    assert all("images left out: 1 unhealthy" in n for n in t["note"])
+    text = AblationResult(Path("."), t, higher_is_better={"score": True}).to_text()
+    assert text.count("images left out: 1 unhealthy") == 1
 
 
 def test_seeds_are_the_clusters_whatever_the_settings_init_images_and_negatives():
