@@ -155,6 +155,20 @@ def test_a_difference_that_moves_with_the_seed_alike_across_prompts_is_noted_wit
     assert hi - lo > 1.5 * (row.ci_high - row.ci_low) and p > 0.2 > row.p_value  # the seeds say: not shown
 
 
+def test_the_seed_interval_stays_within_what_a_difference_of_the_metric_can_be():
+    """A 0/1 oracle: three of four seeds turn it on in every prompt, one in none. The t interval over the
+    per-seed means reaches past +1, which no difference of two 0/1 scores can; the note cuts it there."""
+    from harness.stats import paired_compare
+
+    metric = "m.toy_color_match[want=red]"
+    rows = [{"key": f"{c}-{s}-{arm}", "f.subject": f"s{c}", "f.artist": arm, "checkpoint": "toy", "seed": s,
+             "mode": "txt2img", metric: float(arm != "" and s < 3), "healthy": True}
+            for c in range(30) for s in range(4) for arm in ("", ", by x")]
+    (row,) = paired_compare(pd.DataFrame(rows), factor="f.artist", metric=metric, n_boot=300,
+                            rng=np.random.default_rng(0)).rows
+    assert "with the 4 seeds as the units the 95% interval is [-0.04561, +1] and p 0.0577" in row.note
+
+
 def test_no_seed_note_where_seeds_share_nothing_beyond_noise():
     from harness.stats import paired_compare
 

@@ -39,6 +39,7 @@ from .table import (
     inapplicable_mask,
     in_key_order,
     matching_levels,
+    metric_bounds,
     unmatched_level_hint,
 )
 
@@ -216,12 +217,13 @@ SEED_SPREAD = 1.5  # a seed-unit interval this many times wider than the cluster
 
 
 def _shared_seed_note(d: np.ndarray, clusters: np.ndarray, seeds: np.ndarray, width: float,
-                      alpha: float) -> list[str]:
+                      alpha: float, span: float | None = None) -> list[str]:
     """A note when the difference moves with the seed alike across prompts. Every prompt is made at every seed,
     so a seed whose noise suits one arm suits it in every cluster; the cluster bootstrap resamples seeds within
     each cluster as if they were the cluster's own, and such shared luck then looks like a consistent effect.
     Taking the seeds as the units (a t interval over per-seed mean differences) says how far that goes; the
-    note gives it where it is over SEED_SPREAD times wider than the interval above (and [] otherwise)."""
+    note gives it where it is over SEED_SPREAD times wider than the interval above (and [] otherwise), cut
+    to +-`span`, the width of the metric's range, which no difference can leave."""
     codes = np.unique(seeds, return_inverse=True)[1]
     n_seeds = int(codes.max()) + 1
     shared = np.bincount(np.unique(np.stack([codes, clusters]), axis=1)[0], minlength=n_seeds) > 1
@@ -229,6 +231,8 @@ def _shared_seed_note(d: np.ndarray, clusters: np.ndarray, seeds: np.ndarray, wi
         return []
     means = np.bincount(codes, weights=d) / np.bincount(codes)
     lo, hi = t_interval(means, 1 - alpha)
+    if span is not None:
+        lo, hi = max(lo, -span), min(hi, span)
     if not hi - lo > SEED_SPREAD * width:
         return []
     p = float(sps.ttest_1samp(means, 0.0).pvalue)
@@ -344,6 +348,8 @@ def paired_compare(
     if "seed" in pair_on:  # seeds are crossed with prompts: every prompt is made at every seed
         seed_of = np.zeros(n_blocks, dtype=np.intp)
         seed_of[block] = _ids(df, ["seed"])
+    bounds = metric_bounds(metric)
+    span = bounds[1] - bounds[0] if bounds else None  # no difference of two scores is wider
 
     present = ~np.isnan(wide)
     has_base = present[:, base_i]
@@ -389,7 +395,7 @@ def paired_compare(
         else:
             lo = hi = math.nan
         if seed_of is not None and n_pairs >= 2 and lo == lo:
-            note += _shared_seed_note(d, cl_codes, seed_of[ok], hi - lo, alpha)
+            note += _shared_seed_note(d, cl_codes, seed_of[ok], hi - lo, alpha, span)
         cmeans = np.bincount(cl_codes, weights=d) / np.bincount(cl_codes) if n_pairs else np.array([])
         wins = int((sign * d > tie_margin).sum())
         ties = int((np.abs(d) <= tie_margin).sum())
