@@ -516,6 +516,17 @@ def test_summarize_matches_scipy_t_interval_and_counts_exclusions():
     assert out["n_unhealthy"].sum() == 1 and out["n_unscored"].sum() == 1
 
 
+def test_summarize_counts_images_a_metric_does_not_apply_to_apart_from_the_unscored():
+    """Image similarity to the init image has no score on a txt2img image: that is no failed score."""
+    metric = "m.clip_image_similarity[model=toy,pretrained=toy]"
+    df = pd.DataFrame({"key": [f"k{i}" for i in range(6)], "f.color": ["red", "blue"] * 3,
+                       "mode": ["txt2img", "txt2img", "img2img", "img2img", "img2img", "img2img"],
+                       metric: [np.nan, np.nan, 0.5, 0.6, np.nan, 0.7], "healthy": True})
+    out = summarize(df, ["f.color"], metric).set_index("f.color")
+    assert out.loc["red", ["n", "n_unscored", "n_not_applicable", "n_unhealthy"]].tolist() == [1, 1, 1, 0]
+    assert out.loc["blue", ["n", "n_unscored", "n_not_applicable", "n_unhealthy"]].tolist() == [2, 0, 1, 0]
+
+
 def test_t_interval_is_nan_below_two_values():
     assert all(math.isnan(v) for v in t_interval([1.0]))
     assert all(math.isnan(v) for v in t_interval([1.0, float("nan")]))
