@@ -209,3 +209,24 @@ def test_images_a_metric_does_not_apply_to_are_not_counted_as_unscored():
     c = paired_compare(df, factor="f.artist", metric=metric, rng=np.random.default_rng(0))
     assert c.n_excluded["not_applicable"] == 12 and c.n_excluded["unscored"] == 1
     assert "1 unscored" in c.to_text() and "12 the metric does not apply to (no init or parent image)" in c.to_text()
+
+
+def test_the_default_baseline_passes_over_a_level_the_metric_never_scored():
+    """An oracle that cannot judge the first artist (NaN on every image there) would leave every comparison
+    with it empty: the first level with scores is the baseline, and a note says which it passed over."""
+    from harness.stats import paired_compare
+
+    metric = "m.toy_style_match"
+    rows = [{"key": f"{a}-{s}", "f.artist": a, "checkpoint": "toy", "seed": s, "mode": "txt2img",
+             metric: {"alphonse mucha": np.nan, "claude monet": 0.0, "ian mcque": 1.0}[a], "healthy": True}
+            for a in ("alphonse mucha", "claude monet", "ian mcque") for s in range(6)]
+    cmp = paired_compare(pd.DataFrame(rows), factor="f.artist", metric=metric, n_boot=200,
+                         rng=np.random.default_rng(0))
+    assert cmp.baseline == "claude monet"
+    assert "baseline claude monet: the first level with a healthy scored image (alphonse mucha has none)" in \
+        "; ".join(cmp.notes)
+    ian = next(r for r in cmp.rows if r.level == "ian mcque")
+    assert ian.n_pairs == 6 and ian.mean_diff == 1.0
+    given = paired_compare(pd.DataFrame(rows), factor="f.artist", metric=metric, baseline="alphonse mucha",
+                           n_boot=200, rng=np.random.default_rng(0))
+    assert given.baseline == "alphonse mucha" and all(r.n_pairs == 0 for r in given.rows)

@@ -145,6 +145,18 @@ def _why_it_differs(df: pd.DataFrame, factor: str, column: str) -> str:
     return "it varies from image to image"
 
 
+def _default_baseline(df: pd.DataFrame, factor: str, metric: str, levels: list) -> tuple[Any, Any]:
+    """The default baseline and the level it passed over: the empty level where there is one, else the first
+    in table order, unless no healthy image there has a score (an oracle that cannot judge that artist):
+    then every comparison with it would be empty, and the first level that has one is the baseline."""
+    first = "" if "" in levels else levels[0]
+    value = pd.to_numeric(df[metric], errors="coerce").to_numpy(float)
+    has = pd.Series(healthy_mask(df, metric) & ~np.isnan(value), index=df.index).groupby(df[factor]).any()
+    if has.get(first, False) or not has.any():
+        return first, None
+    return next(lv for lv in levels if has.get(lv, False)), first
+
+
 def _stage_notes(df: pd.DataFrame, factor: str, pair_on: list[str], unpaired: np.ndarray) -> list[str]:
     """A note per later stage some of whose scored images found no pair, saying why."""
     if "parent_key" not in df.columns or "stage" not in df.columns:
@@ -296,8 +308,9 @@ def paired_compare(
     if len(levels) < 2:
         raise ValueError(f"factor {factor!r} has only {len(levels)} level ({shown}) in these images; a comparison "
                          "needs two or more")
+    passed_over = None
     if baseline is None:
-        baseline = "" if "" in levels else levels[0]
+        baseline, passed_over = _default_baseline(df, factor, metric, levels)
     else:
         match = matching_levels(levels, baseline)
         if not match:
@@ -363,6 +376,9 @@ def paired_compare(
 
     sign = 1.0 if higher_is_better else -1.0
     partial, notes = [], []
+    if passed_over is not None:
+        notes.append(f"baseline {level_label(baseline)}: the first level with a healthy scored image "
+                     f"({level_label(passed_over)} has none); --baseline picks another")
     for c in confounded:
         notes.append(f"{c} differs between the images of a pair ({_why_it_differs(df, factor, c)}), so each "
                      "difference includes that change too")
