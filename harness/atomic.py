@@ -65,8 +65,17 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> Path:
         name_the_target(exc, path, tmp)
         raise
     finally:
-        tmp.unlink(missing_ok=True)
+        discard(tmp)
     return path
+
+
+def discard(tmp: Path) -> None:
+    """Remove a temp file if it is there. A failure to (a read-only or full disk) is not raised: it would
+    replace the error that made the write fail, and name the temp file instead of the file asked for."""
+    try:
+        tmp.unlink(missing_ok=True)
+    except OSError:
+        pass
 
 
 def name_the_target(exc: OSError, path: Path, tmp: Path) -> None:

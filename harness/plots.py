@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 import re
 import textwrap
 from pathlib import Path
@@ -24,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from .columns import dim_name, level_label, resolve_dim, resolve_metric, resolve_metrics, short_metric, sorted_levels
+from .atomic import write_atomic
 from .fonts import plot_fonts, undrawable
 from .stats import mean_interval
 from .stats.drawn import drawn_effect, drawn_units
@@ -53,14 +53,12 @@ CAPTION = "Title"  # the PNG text chunk that names what a plot shows (the contac
 def _save(fig, out: Path, caption: str) -> Path:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    try:
+
+    def save(tmp: Path) -> None:
         with plot_fonts():
             fig.savefig(tmp, format="png", dpi=100, metadata={CAPTION: caption})
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return out
+
+    return write_atomic(out, save)
 
 
 def _figure(width: float, height: float):

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Callable, Mapping
 
 from . import __version__
-from .atomic import name_the_target
+from .atomic import discard, name_the_target
 from .core import Job, canonical_json
 
 PARAMETERS_CHUNK = "parameters"
@@ -219,7 +219,7 @@ def write_durably(path: Path, write: Callable[[BinaryIO], Any]) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as exc:
-        tmp.unlink(missing_ok=True)
+        discard(tmp)
         if isinstance(exc, OSError):
             name_the_target(exc, path, tmp)
         raise

@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from .atomic import write_atomic
 from .columns import is_missing
 
 THUMBS_DIR = "thumbs"
@@ -46,14 +47,12 @@ def make_thumbnail(image: Path, thumb: Path, size: int = THUMB_PX) -> bool:
     with Image.open(image) as im:
         im.thumbnail((size, size), Image.Resampling.BICUBIC, reducing_gap=2.0)
         rgb = im.convert("RGB")
-    tmp = thumb.with_name(f".{thumb.name}.tmp-{os.getpid()}-{os.urandom(4).hex()}")
-    try:
+
+    def save(tmp: Path) -> None:
         rgb.save(tmp, format="JPEG", quality=85)
         os.utime(tmp, ns=(source.st_atime_ns, source.st_mtime_ns))
-        os.replace(tmp, thumb)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+
+    write_atomic(thumb, save)
     return True
 
 

@@ -300,6 +300,32 @@ def test_write_atomic_replaces_whole_files_and_a_failed_write_leaves_the_old_one
     assert target.read_text() == "first" and [f.name for f in tmp_path.iterdir()] == ["comparisons.txt"]
 
 
+@pytest.mark.parametrize("writer", ["write_atomic", "write_durably"])
+def test_on_a_read_only_disk_the_error_names_the_file_asked_for_not_the_temp_file(tmp_path, monkeypatch, writer):
+    """On a read-only file system removing the temp file fails too: that second error must not replace the
+    first, which names the file the user asked for."""
+    import pathlib
+
+    from harness.atomic import write_atomic
+    from harness.provenance import write_durably
+
+    def read_only(self, missing_ok=False):
+        raise OSError(errno.EROFS, "Read-only file system", str(self))
+
+    def fail(target):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    target = tmp_path / "images" / "k.png"
+    target.parent.mkdir()
+    monkeypatch.setattr(pathlib.Path, "unlink", read_only)
+    with pytest.raises(OSError) as caught:
+        if writer == "write_atomic":
+            write_atomic(target, fail)
+        else:
+            write_durably(target, fail)
+    assert caught.value.errno == errno.EROFS and caught.value.filename == str(target)
+
+
 def test_a_png_too_large_for_the_file_size_limit_fails_naming_the_image_and_leaves_nothing(tmp_path):
     """A failed write() names no file; the error names the image being written (the CLI shows it)."""
     code = ("import resource, sys, numpy as np\n"
