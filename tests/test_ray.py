@@ -113,6 +113,24 @@ def test_ray_settings_the_driver_can_check_are_refused_before_the_run_folder_is_
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("address, words", [
+    ("127.0.0.1:1", ["--address 127.0.0.1:1: no Ray cluster answered there within 10 s", "`ray status`"]),
+    ("head-node", ["--address 'head-node': expected HOST:PORT of a Ray cluster's head"]),
+    ("ray://10.0.0.5:port", ["expected HOST:PORT", "ray://HOST:PORT for Ray Client"]),
+])
+def test_a_ray_address_where_no_cluster_answers_fails_at_once_before_the_run_folder_is_made(tmp_path, address,
+                                                                                          words):
+    """Ray itself retries an unreachable head for many minutes, holding the run folder's lock."""
+    import time
+
+    exp = small(tmp_path)
+    t0 = time.perf_counter()
+    result = CliRunner().invoke(app, ["run", str(exp), "--out", str(tmp_path / "run"), "--executor", "ray",
+                                      "--address", address])
+    one_line_error(result, *words)
+    assert time.perf_counter() - t0 < 15 and not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize("args, named", [
     (["--workers", "3"], "--workers: this option needs --executor ray"),
     (["--address", "auto"], "--address: this option needs --executor ray"),

@@ -21,3 +21,28 @@ def check_executor(name: str, options: dict | None = None) -> None:
             import ray  # noqa: F401
         except ImportError:
             raise SettingsError("executor 'ray' needs Ray: pip install 'harness[ray]'") from None
+        if (options or {}).get("address"):
+            check_address(options["address"])
+
+
+def check_address(address: str, timeout_s: float = 10.0) -> None:
+    """A SettingsError for a Ray cluster address that is malformed or where nothing answers within
+    `timeout_s`: Ray itself retries an unreachable head for many minutes, with the run folder locked.
+    `auto` (the cluster this machine belongs to) is Ray's to find."""
+    import socket
+
+    from ..core import SettingsError
+
+    if address in ("auto", "local"):
+        return
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    host = host.strip("[]")  # an IPv6 address in brackets
+    if not (sep and host and port.isdigit() and 0 < int(port) < 65536):
+        raise SettingsError(f"--address {address!r}: expected HOST:PORT of a Ray cluster's head (e.g. "
+                            "10.0.0.5:6379), ray://HOST:PORT for Ray Client, or auto")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        why = exc.strerror or str(exc) or type(exc).__name__
+        raise SettingsError(f"--address {address}: no Ray cluster answered there within {timeout_s:g} s ({why}); "
+                            "check the head node's address and port (`ray status` on the head prints them)") from None

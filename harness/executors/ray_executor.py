@@ -217,9 +217,9 @@ def generate_with_ray(exp, plan, ledger, pending: list[Job], result, *, exact: b
                 if actor in actors:
                     actors.remove(actor)
                     # the actor's other in-flight batches fail on their own and are re-queued the same way
-                    replacement = spawn()
-                    actors.append(replacement)
-                    feed(replacement)
+                    actors.append(spawn())
+                for a in actors:  # the replacement may have finished its work already: any actor takes it
+                    feed(a)
                 continue
             except ray.exceptions.RayTaskError as exc:  # the batch raised: it would again, so the run stops
                 raise _task_error(exc) from exc
