@@ -178,19 +178,22 @@ def check_checkpoints(c: Checker, given, base: Path, per_checkpoint) -> None:
 
 def check_watermark_size(c: Checker, watermark: str, width: int | None, height: int | None,
                          checkpoints: list[str], overrides: dict[str, dict[str, Any]]) -> None:
-    """The watermark codec needs images of at least 256x256: every size the experiment makes is checked
-    (its own and each [checkpoint.NAME] override), so a small run fails here, not at its first image."""
-    from .metrics.watermark import MIN_SIDE
+    """The watermark codec needs images of at least 256x256 pixels in area, with an 8x8 block per message
+    bit (`watermark_codec.size_problem`): every size the experiment makes is checked (its own and each
+    [checkpoint.NAME] override), so a small run fails here, not at its first image."""
+    from .metrics.watermark import resolve_message, size_problem
+
+    n_bits = len(resolve_message(watermark).bits)
 
     own_size_used = any(not (overrides.get(ck, {}).get("width") and overrides[ck].get("height")) for ck in checkpoints)
     sizes = {"width/height": (width, height)} if own_size_used else {}
     sizes.update({f"checkpoint.{ck}.width/height": (o.get("width") or width, o.get("height") or height)
                   for ck, o in overrides.items() if o.get("width") or o.get("height")})
     for where, (w, h) in sizes.items():
-        if w and h and min(w, h) < MIN_SIDE:
-            c.problems.append(f"key 'watermark': {watermark!r} needs images of at least {MIN_SIDE}x{MIN_SIDE} (the "
-                              f"dwtDct codec's minimum), but key '{where}' makes {w}x{h}; set watermark = "
-                              f"\"none\" or a size of at least {MIN_SIDE}")
+        problem = size_problem(h, w, n_bits) if w and h else None
+        if problem:
+            c.problems.append(f"key 'watermark': {watermark!r} cannot be embedded in the {w}x{h} images key "
+                              f"'{where}' makes ({problem}); set watermark = \"none\" or a larger size")
 
 
 def check_template(c: Checker, key: str, text: str, origin: str, shown: str | None = None,

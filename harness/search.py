@@ -28,7 +28,7 @@ value negated for a metric whose `higher_is_better` is false; a candidate's
 fitness is the mean over seeds of its images' fitness (images averaged within a
 seed first), with a 95% t-interval over seeds. Images with a NaN metric are left
 out; a candidate without any scored image ranks last. A fitness metric that
-scores none of generation 0's images (`watermark` on images under 256 px, a
+scores none of generation 0's images (`watermark` on images under 256x256 pixels in area, a
 metric of an init image) stops the search there with an error naming it and its
 reason; nothing is recorded, so `evolve` run again after the fix starts afresh
 on the images already made.

@@ -62,11 +62,10 @@ def test_demo_experiment_loads_and_plans():
     ('prompt = "a"\nmetrics = ["health"]\ncompare_metrics = ["clip_score"]',
      "key 'compare_metrics': got ['clip_score'], expected a list of entries of `metrics` (written the same way); "
      "not in metrics: 'clip_score' (add them to `metrics`"),
-    ('prompt = "a"\nwidth = 128\nwatermark = "sdv1"', "key 'watermark': 'sdv1' needs images of at least 256x256 (the "
-     "dwtDct codec's minimum), but key 'width/height' makes 128x512"),
+    ('prompt = "a"\nwidth = 120\nwatermark = "sdv1"', "key 'watermark': 'sdv1' cannot be embedded in the 120x512 "
+     "images key 'width/height' makes (image smaller than 256x256 in area: under 65536 pixels"),
     ('prompt = "a"\nwatermark = "sdv2"\n[checkpoint.tiny]\nheight = 64',
-     "key 'watermark': 'sdv2' needs images of at least 256x256 (the dwtDct codec's minimum), but key "
-     "'checkpoint.tiny.width/height' makes 512x64"),
+     "key 'watermark': 'sdv2' cannot be embedded in the 512x64 images key 'checkpoint.tiny.width/height' makes"),
     ('prompt = "a"\n[randomize]\nstrength = [0.8, 0.2]', "key 'randomize.strength'"),
     ('prompt = "a"\n[randomize]\nstepz = [1, 2]', "unknown key 'randomize.stepz'; did you mean 'randomize.steps'?"),
     ('prompt = "a"\ncheckpoints = ["tiny"]\n[checkpoint.tinny]\nwidth = 768',

@@ -218,13 +218,14 @@ def test_small_crop_is_recovered_by_realignment(photos):
 
 
 def test_image_smaller_than_256_gives_reason_and_nan(tmp_path):
-    small = np.zeros((200, 300, 3), np.uint8)
+    small = np.zeros((200, 300, 3), np.uint8)  # 60,000 pixels: under the codec's 256 x 256 area
     assert detect(small) == {"detected": None, "reason": TOO_SMALL, "size": [300, 200], "messages": {}}
     path = tmp_path / "small.png"
     Image.fromarray(small).save(path)
     (score,) = get_metric("watermark").score([Item("small", path)])
-    assert math.isnan(score.value) and score.detail["reason"] == "image smaller than 256x256"
-    with pytest.raises(ValueError, match="smaller than 256x256"):
+    assert math.isnan(score.value) and score.detail["reason"] == (
+        "image smaller than 256x256 in area: under 65536 pixels, the dwtDct codec's minimum")
+    with pytest.raises(ValueError, match=r"^embed: image smaller than 256x256 in area: .* \(got 300x200\)$"):
         embed(small)
 
 

@@ -125,7 +125,8 @@ def test_a_fitness_metric_that_scores_nothing_stops_the_search_and_the_fixed_one
         evolve(exp, out=run, log=lambda m: None)
     text = str(e.value)
     assert text.startswith(f"{exp}: key 'search.metrics': no finite score from 'watermark' "
-                           "(image smaller than 256x256) for any of generation 0's 3 images")
+                           "(image smaller than 256x256 in area: under 65536 pixels, the dwtDct codec's minimum) for any of "
+                           "generation 0's 3 images")
     assert "drop it from [search] metrics" in text
     with Ledger.open(run, readonly=True) as led:
         assert len(led.done_keys()) == 3

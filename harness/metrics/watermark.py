@@ -52,8 +52,12 @@ and a 2 px crop is recovered by the re-anchoring. Of 1,200 synthetic two-colour
 stripe and checkerboard images (256 px), the binomial and balance nulls alone
 flagged 2 as sdv1 (vertical stripes 16 px wide); with the column null, none.
 
-Images smaller than 256x256 cannot carry the message: `detect` returns
-`detected=None` with reason "image smaller than 256x256", the metric NaN.
+Images the codec cannot mark cannot carry the message: under 256x256 pixels in
+area (the codec's own test, so 512x192 is read) or with fewer 8x8 blocks than a
+message has bits (a side under 8 px has none; see `watermark_codec`). `detect`
+then returns `detected=None` with the reason (`TOO_SMALL` for the area), the
+metric NaN. Each message is looked for once: a repeated one would count twice
+in the Bonferroni correction, so it is an error.
 """
 
 from __future__ import annotations
@@ -66,8 +70,8 @@ import numpy as np
 
 from harness.metrics.base import Item, Metric, MetricInfo, Option, parse_positive_float, read_rgb, register
 from harness.metrics.watermark_codec import (  # noqa: F401 - the codec's names are part of this module's API
-    GRID, MIN_SIDE, PATHS, PRESETS, TOO_SMALL, Message, bits_from_votes, block_votes, embed, embed_file,
-    haar_approximation, resolve_message, to_rgb_array, u_channel, votes_from_u,
+    GRID, MIN_AREA, MIN_SIDE, PATHS, PRESETS, TOO_SMALL, Message, bits_from_votes, block_votes, embed, embed_file,
+    haar_approximation, resolve_message, size_problem, to_rgb_array, u_channel, votes_from_u,
 )
 
 DEFAULT_MESSAGES = ("sdv1", "sdv2", "sdxl")
@@ -103,14 +107,15 @@ def detect(image: Any, messages: Iterable[str | bytes | Message] | None = None, 
     Returns `{"detected": bool | None, "best": name | None, "messages": {name: evidence},
     "attempts": A, "alpha": alpha}`, plus `"reason"` when the image cannot carry a message.
     """
-    msgs = [resolve_message(m) for m in (DEFAULT_MESSAGES if messages is None else messages)]
+    msgs = resolve_messages(messages)
     if not msgs:
         raise ValueError("detect: no messages to look for; give e.g. messages=['sdv1']")
     alpha = parse_alpha(alpha)
     rgb, _ = to_rgb_array(image, "detect")
     height, width = rgb.shape[:2]
-    if height < MIN_SIDE or width < MIN_SIDE:
-        return {"detected": None, "reason": TOO_SMALL, "size": [width, height], "messages": {}}
+    problem = size_problem(height, width, max(len(m.bits) for m in msgs))
+    if problem:
+        return {"detected": None, "reason": problem, "size": [width, height], "messages": {}}
     reads: dict[str, list[tuple[int, str, tuple[int, int], np.ndarray]]] = {m.name: [] for m in msgs}
     attempts = 0
     bgr = np.ascontiguousarray(rgb[:, :, ::-1])
@@ -130,6 +135,19 @@ def detect(image: Any, messages: Iterable[str | bytes | Message] | None = None, 
     detected = evidence[top]["p_corrected"] < alpha
     return {"detected": bool(detected), "best": top if detected else None, "messages": evidence,
             "attempts": attempts, "alpha": alpha, "size": [width, height]}
+
+
+def resolve_messages(messages: Iterable[str | bytes | Message] | None) -> list[Message]:
+    """The messages to look for (default: DEFAULT_MESSAGES); ValueError for one given twice, which would
+    count twice in the Bonferroni correction (`hello` and `text:hello` are one message)."""
+    msgs: list[Message] = []
+    for given in (DEFAULT_MESSAGES if messages is None else messages):
+        msg = resolve_message(given)
+        if any(m.name == msg.name for m in msgs):
+            shown = repr(given) if msg.name == given else f"{given!r} ({msg.name})"
+            raise ValueError(f"message {shown} is given twice; give each message once")
+        msgs.append(msg)
+    return msgs
 
 
 def _best_read(msg: Message, reads: list, tests: int) -> dict:
@@ -198,7 +216,7 @@ def column_pvalue(sent: np.ndarray, read: np.ndarray) -> float:
 def detect_paths(paths: Sequence[Path | str], messages: Iterable[str | bytes | Message] | None = None,
                  alpha: float = ALPHA) -> list[dict]:
     """`detect` for image files; an unreadable or too small file gets `detected=None` and a reason."""
-    msgs = [resolve_message(m) for m in (DEFAULT_MESSAGES if messages is None else messages)]
+    msgs = resolve_messages(messages)
     results = []
     for path in paths:
         image, reason = read_rgb(path)
@@ -220,7 +238,10 @@ def _parse_messages(value: Any) -> tuple[str, ...]:
             raise ValueError(f"{value!r} has an empty message between '+' signs (a '+' only joins messages, "
                              "so a message cannot hold one); write e.g. sdv1+sdv2")
         check_preset_case(name)
-        resolve_message(name)
+    try:
+        resolve_messages(names)
+    except ValueError as exc:
+        raise ValueError(f"{value!r}: {exc}, e.g. sdv1+sdv2") from None
     return names
 
 

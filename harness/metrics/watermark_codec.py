@@ -31,6 +31,15 @@ Two consequences shape detection (`harness.metrics.watermark.detect`):
    re-anchors by padding the image at the top-left by 0-2 px (edge pixels) and
    at the bottom-right up to a multiple of 8, which recovers small crops from
    any side of an image whose size was a multiple of 8 (as SD sizes are).
+
+Size. imwatermark refuses an image whose area is under 256x256 (`rows * cols <
+256 * 256`), whatever its shape: 512x192 is marked (diffusers' SDXL watermarker
+skips only images under 256 px wide). A thin image that passes the area test can
+still have too few blocks: a side under 8 px gives none (the codec then silently
+writes nothing and reads zeros; under 4 px it fails inside PyWavelets). So an
+image must have at least 65536 pixels and a block per message bit
+(`size_problem`), which at that area holds for the presets whenever both sides
+are at least 8 px.
 """
 
 from __future__ import annotations
@@ -49,11 +58,13 @@ PRESETS: dict[str, bytes] = {
     "sdv2": b"SDV2",
     "sdxl": bytes.fromhex("B3EC907BB19E"),
 }
-MIN_SIDE = 256        # the codec's minimum
-TOO_SMALL = "image smaller than 256x256"
+MIN_SIDE = 256        # side of the codec's minimum area: it refuses rows * cols < 256 * 256
+MIN_AREA = MIN_SIDE * MIN_SIDE
+TOO_SMALL = "image smaller than 256x256 in area: under 65536 pixels, the dwtDct codec's minimum"
 PATHS = ("uint8", "float32")
 GRID = 8              # pixels per block side: 4x4 blocks of the half-resolution Haar band
 _SCALE = 36           # imwatermark dwtDct quantisation step for the U channel
+ICC_FORMATS = ("PNG", "JPEG", "WEBP", "TIFF")  # formats Pillow writes an ICC profile into
 
 
 @dataclass(frozen=True)
@@ -89,6 +100,18 @@ def resolve_message(message: str | bytes | Message) -> Message:
     return Message(name, tuple(int(b) for b in bits))
 
 
+def size_problem(height: int, width: int, n_bits: int) -> str | None:
+    """Why an image of this size cannot carry a message of `n_bits` bits, or None when it can: the
+    codec's own area minimum, then a block of GRID x GRID pixels for every bit (see the docstring)."""
+    if height * width < MIN_AREA:
+        return TOO_SMALL
+    blocks = (height // GRID) * (width // GRID)
+    if blocks < n_bits:
+        return (f"image has {blocks} blocks of {GRID}x{GRID} px, fewer than the {n_bits} bits of the message: "
+                f"each bit needs a block, and a side under {GRID} px has none")
+    return None
+
+
 # -- embedding -----------------------------------------------------------------
 def embed(image: Any, message: str | bytes | Message = "sdv1", path: str = "uint8"):
     """Watermark an RGB image (PIL image or HxWx3 uint8 array); returns the same type.
@@ -104,8 +127,9 @@ def embed(image: Any, message: str | bytes | Message = "sdv1", path: str = "uint
     msg = resolve_message(message)
     rgb, back = to_rgb_array(image, "embed")
     height, width = rgb.shape[:2]
-    if height < MIN_SIDE or width < MIN_SIDE:
-        raise ValueError(f"embed: {TOO_SMALL} (got {width}x{height}); the dwtDct codec needs at least 256x256")
+    problem = size_problem(height, width, len(msg.bits))
+    if problem:
+        raise ValueError(f"embed: {problem} (got {width}x{height})")
     encoder = WatermarkEncoder()
     encoder.set_watermark("bits", list(msg.bits))
     bgr = np.ascontiguousarray(rgb[:, :, ::-1])
@@ -118,37 +142,63 @@ def embed(image: Any, message: str | bytes | Message = "sdv1", path: str = "uint
 
 def embed_file(src: Path | str, dst: Path | str, message: str | bytes | Message = "sdv1",
                path: str = "uint8") -> Path:
-    """Watermark the image file `src` into `dst` (format from dst's suffix; PNG text chunks kept, and
-    transparency where the format holds it: the mark is in the colour channels only)."""
+    """Watermark the image file `src` into `dst` (format from dst's suffix). The mark goes on the pixels as
+    displayed (EXIF orientation applied, so `dst` needs no orientation tag); PNG text chunks, the ICC
+    profile, and transparency where the format holds it are kept (the mark is in the colour channels only).
+    An image that cannot carry the message is an error naming `src`."""
     from PIL import Image
-    from PIL.PngImagePlugin import PngInfo
 
-    image, reason = read_rgb(src)
-    if image is None:
-        raise ValueError(f"embed_file: cannot read {src}: {reason}")
-    with Image.open(src) as original:
-        if "A" in original.getbands() or "transparency" in original.info:
-            image.putalpha(original.convert("RGBA").getchannel("A"))  # embed() keeps an RGBA image's alpha
-    marked = embed(image, message, path)
     dst = Path(dst)
     fmt = Image.registered_extensions().get(dst.suffix.lower())
-    if marked.mode == "RGBA" and fmt in ("JPEG", "BMP"):  # formats without transparency
-        marked = marked.convert("RGB")
-    kwargs: dict[str, Any] = {}
-    if dst.suffix.lower() == ".png":
-        with Image.open(src) as original:
-            texts = getattr(original, "text", {}) or {}
-        if texts:
-            info = PngInfo()
-            for key, value in texts.items():
-                info.add_text(key, value)
-            kwargs["pnginfo"] = info
     if fmt is None:
         raise ValueError(f"embed_file: unknown image format for {dst} (use .png, .jpg, .webp ...)")
     if not dst.parent.is_dir():
         raise ValueError(f"embed_file: the output folder {dst.parent} does not exist")
+    if path not in PATHS:
+        raise ValueError(f"embed_file: path={path!r}; expected one of {', '.join(PATHS)}")
+    msg = resolve_message(message)
+    image, texts, icc_profile = _read_as_displayed(src)
+    try:
+        marked = embed(image, msg, path)
+    except ValueError as exc:  # what the image cannot do: say which file
+        raise ValueError(f"{src}: {str(exc).removeprefix('embed: ')}") from None
+    if marked.mode == "RGBA" and fmt in ("JPEG", "BMP"):  # formats without transparency
+        marked = marked.convert("RGB")
+    kwargs: dict[str, Any] = {}
+    if icc_profile and fmt in ICC_FORMATS:
+        kwargs["icc_profile"] = icc_profile
+    if texts and fmt == "PNG":
+        from PIL.PngImagePlugin import PngInfo
+
+        info = PngInfo()
+        for key, value in texts.items():
+            info.add_text(key, value)
+        kwargs["pnginfo"] = info
     write_durably(dst, lambda handle: marked.save(handle, format=fmt, **kwargs))
     return dst
+
+
+def _read_as_displayed(src: Path | str):
+    """(RGB image as displayed, with the alpha channel when `src` has transparency; its PNG text chunks;
+    its ICC profile if an RGB one, else None). EXIF orientation is applied, as `harness.images` reads
+    init images."""
+    from PIL import Image, ImageOps
+
+    from ..images import to_rgb
+
+    _, reason = read_rgb(src)  # a missing or undecodable file: read_rgb's reason, not a traceback
+    if reason is not None:
+        raise ValueError(f"embed_file: cannot read {src}: {reason}")
+    with Image.open(src) as original:
+        shown = ImageOps.exif_transpose(original)
+        image = to_rgb(shown)
+        if "A" in original.getbands() or "transparency" in original.info:
+            image.putalpha(shown.convert("RGBA").getchannel("A"))  # embed() keeps an RGBA image's alpha
+        icc_profile = original.info.get("icc_profile")
+        texts = dict(getattr(original, "text", {}) or {})
+    # The pixels written are RGB: a CMYK or grey profile would describe them wrongly (bytes 16-19 of an
+    # ICC profile name its colour space), so only an RGB profile is carried over.
+    return image, texts, icc_profile if icc_profile and icc_profile[16:20] == b"RGB " else None
 
 
 # -- reading -------------------------------------------------------------------
