@@ -349,8 +349,12 @@ def experiment_from_dict(raw: Mapping[str, Any], path: Path) -> Experiment:
         metrics = []
     metrics = [pinned_weights(spec, base) for spec in metrics]
     c.distinct("metrics", metrics)
+    ids: dict[str, int] = {}
     for i, spec in enumerate(metrics):
-        c.metric(f"metrics[{i}]", spec)
+        metric = c.metric(f"metrics[{i}]", spec)
+        if metric is not None and spec != metrics[ids.setdefault(metric.id, i)]:
+            c.problems.append(f"key 'metrics[{i}]': {spec!r} is {metrics[ids[metric.id]]!r} (metrics[{ids[metric.id]}]) "
+                              f"written another way (both are {metric.id}); give each metric once")
     compare_metrics = raw.get("compare_metrics", [])
     if isinstance(compare_metrics, list):
         compare_metrics = [pinned_weights(m, base) if isinstance(m, str) else m for m in compare_metrics]

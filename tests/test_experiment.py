@@ -62,6 +62,9 @@ def test_demo_experiment_loads_and_plans():
     ('prompt = "a"\nmetrics = ["health"]\ncompare_metrics = ["clip_score"]',
      "key 'compare_metrics': got ['clip_score'], expected a list of entries of `metrics` (written the same way); "
      "not in metrics: 'clip_score' (add them to `metrics`"),
+    ('prompt = "a"\nmetrics = ["watermark:alpha=0.001", "watermark"]',
+     "key 'metrics[1]': 'watermark' is 'watermark:alpha=0.001' (metrics[0]) written another way (both are "
+     "watermark[messages=sdv1+sdv2+sdxl,alpha=0.001]); give each metric once"),
     ('prompt = "a"\nwidth = 120\nwatermark = "sdv1"', "key 'watermark': 'sdv1' cannot be embedded in the 120x512 "
      "images key 'width/height' makes (image smaller than 256x256 in area: under 65536 pixels"),
     ('prompt = "a"\nwatermark = "sdv2"\n[checkpoint.tiny]\nheight = 64',
