@@ -58,13 +58,17 @@ def eval_(
 def metrics_() -> None:
     """List the available metrics and their options."""
     from .metrics import list_metrics, metric_options
+    from .metrics.base import format_option
 
     for info in list_metrics():
         lo, hi = info.range
         typer.echo(f"{info.name}: {info.description} [{lo:g}, {hi:g}], "
                    f"{'higher' if info.higher_is_better else 'lower'} is better; needs {', '.join(sorted(info.needs))}")
         for name, opt in metric_options(info.name).items():
-            typer.echo(f"    {name} = {opt.default!r}  {getattr(opt, 'help', '')}")
+            choices = getattr(opt, "choices", None)
+            one_of = f" (one of: {', '.join(map(str, choices))})" if choices else ""
+            default = format_option(opt.default) or "''"  # an empty text default, shown as such
+            typer.echo(f"    {name} = {default}  {getattr(opt, 'help', '')}{one_of}")
 
 
 class CompareFmt(str, Enum):

@@ -157,3 +157,16 @@ def test_importing_metrics_loads_no_heavy_libraries():
             "print(sorted(k for k in ('torch', 'open_clip', 'cv2', 'imwatermark') if k in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_harness_metrics_lists_each_option_as_an_experiment_writes_it_with_its_allowed_values():
+    from typer.testing import CliRunner
+
+    from harness.cli import app
+
+    out = CliRunner().invoke(app, ["metrics"])
+    assert out.exit_code == 0, out.output
+    clamp = next(line for line in out.output.splitlines() if line.strip().startswith("clamp = "))
+    assert clamp.strip().startswith("clamp = image  ") and clamp.endswith("(one of: image, batch_mean)")
+    assert "    scale = 100  " in out.output  # as the metric id writes it, not 100.0
+    assert "    text = ''  " in out.output  # an empty default is shown, not left blank
