@@ -92,27 +92,33 @@ class Experiment:
 
     @property
     def settings(self) -> dict[str, Any]:
-        """The file's tables as written, less `base_dir`: what the experiment asks for, wherever it sits
-        (a run folder's copy and its original are the same experiment)."""
-        return {k: v for k, v in self.raw.items() if k != "base_dir"}
+        """The file's tables as written, less `base_dir` and `name`: what the experiment asks for, wherever it
+        sits and whatever it is called (a run folder's copy, which pins both, and its original are the same
+        experiment; the name a folder was made by is recorded apart)."""
+        return {k: v for k, v in self.raw.items() if k not in ("base_dir", "name")}
 
     def run_copy(self) -> str:
         """This file's text as a run folder keeps it: `base_dir` pinned to the absolute folder relative
         paths were taken from, so the copy runs from anywhere with the same init images, `@file`
-        prompt and wildcards. The rest is the text as written, comments included."""
+        prompt and wildcards, and `name` pinned where the file's name gave it (the copy is
+        `experiment.toml`, or named by time in history/, and would name another experiment). The rest is the
+        text as written, comments included."""
         text = self.path.read_bytes().decode("utf-8-sig") if self.text is None else self.text
         base = json.dumps(str(self.base_dir), ensure_ascii=False)  # a JSON string is a TOML basic string
+        named = "" if "name" in self.raw else (
+            f"# the name this experiment took from its file, {self.path.name}\n"
+            f"name = {json.dumps(self.name, ensure_ascii=False)}\n")
         given = self.raw.get("base_dir")
         if given is None:
-            return f"# relative paths below are taken from base_dir (the folder of {self.path.name} as run)\n" \
-                   f"base_dir = {base}\n{text}"
+            return named + f"# relative paths below are taken from base_dir (the folder of {self.path.name} as " \
+                           f"run)\nbase_dir = {base}\n{text}"
         if Path(given).is_absolute():
-            return text
+            return named + text
         pinned = _BASE_DIR_LINE.sub(lambda m: m.group(1) + base, text, count=1)
         if _toml_or_none(pinned) != {**self.raw, "base_dir": str(self.base_dir)}:  # an unusual spelling
             raise ExperimentError(self.path, [f"key 'base_dir': could not pin {given!r} to {self.base_dir} in the "
                                               "run folder's copy; write it on one line as base_dir = \"...\""])
-        return pinned
+        return named + pinned
 
     def wildcard_path(self) -> list[Path]:
         return wildcard_path(self.raw, self.prompt_origin, self.base_dir)

@@ -74,8 +74,17 @@ def edited_since(ledger: Ledger, exp: Experiment) -> bool:
     """Whether `exp` is another version than the one that last ran in the ledger's folder: other settings,
     or the same `prompt = "@file"` holding other text."""
     template = ledger.get_meta("template")
-    return (ledger.get_meta("experiment") != canonical_json(exp.settings)
+    return (recorded_settings(ledger) != canonical_json(exp.settings)
             or (template is not None and template != exp.prompt))
+
+
+def recorded_settings(ledger: Ledger) -> str | None:
+    """The settings of the experiment the folder last ran (`Experiment.settings`, as canonical JSON; None for
+    a new folder), less the `name` a folder made before names were kept apart recorded with them."""
+    settings = ledger.get_meta("experiment")
+    if settings is None or '"name"' not in settings:
+        return settings
+    return canonical_json({k: v for k, v in json.loads(settings).items() if k != "name"})
 
 
 def prepare_run(exp: Experiment, plan: Plan, run_dir: Path, *, jobs: list[Job] | None = None,
@@ -515,8 +524,8 @@ def _check_mergeable(runs: list[Path]) -> None:
         if not (run / "ledger.sqlite").is_file():
             raise FileNotFoundError(f"{run}: not a run folder (no ledger.sqlite)")
         with Ledger.open(run, readonly=True) as ledger:
-            if ledger.get_meta("experiment") is not None:  # a folder that recorded no experiment yet takes any
-                settings.setdefault(ledger.get_meta("experiment"), []).append(run)
+            if (recorded := recorded_settings(ledger)) is not None:  # a folder that recorded none yet takes any
+                settings.setdefault(recorded, []).append(run)
             if keys := ledger.plan_keys("main"):  # a ledger from before plans were recorded has none
                 plans.setdefault(frozenset(keys), []).append(run)
             for name, digest in json.loads(ledger.get_meta(STAGE_PROMPTS) or "{}").items():  # stages it ran

@@ -302,6 +302,8 @@ def best_of(generations: Sequence[Generation], n: int = 1) -> list[Candidate]:
 
 def search_identity(exp: Experiment, resources: Resources, refs: Mapping) -> str:
     raw = json.loads(canonical_json(exp.settings))
+    if "name" in exp.raw:  # as recorded before the settings left the name out
+        raw["name"] = exp.raw["name"]
     for k in NOT_IDENTITY:
         raw.get("search", {}).pop(k, None)
     return content_key({"experiment": raw, "prompt": exp.prompt, "negative_prompt": exp.negative_prompt,

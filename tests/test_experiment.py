@@ -361,6 +361,7 @@ def test_the_run_folder_copy_plans_the_same_images_from_another_folder(tmp_path)
     copy = _copy_of(exp, tmp_path / "elsewhere" / "run")
     assert "# my study" in (tmp_path / "elsewhere" / "run" / "experiment.toml").read_text()
     assert copy.base_dir == src.resolve() and copy.settings == exp.settings
+    assert exp.name == "exp" and copy.name == "exp"  # the name the file gave, not "experiment"
     assert copy.init_images == exp.init_images and copy.prompt == exp.prompt
 
     def keys(e):

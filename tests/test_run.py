@@ -1,5 +1,6 @@
 """The runner end to end on the tiny model: real pipelines, SQLite, PNGs, processes."""
 
+import json
 import os
 import re
 import signal
@@ -16,7 +17,8 @@ from PIL import Image
 from harness.ledger import Ledger
 from harness.provenance import read_png_text, read_provenance
 from harness.experiment import load_experiment
-from harness.run import run_experiment
+from harness.core import canonical_json
+from harness.run import edited_since, run_experiment
 
 from infotext import parse_infotext
 
@@ -157,6 +159,27 @@ def test_editing_experiment_adds_only_new_jobs(tmp_path):
     assert len(list((tmp_path / "run" / "history").glob("experiment-*.toml"))) == 2
 
 
+def test_the_run_folder_copies_of_an_experiment_named_by_its_file_run_again_into_that_folder(tmp_path):
+    """No `name` key: the experiment is named by its file. The folder's experiment.toml and its history copies
+    keep that name, so they run into the folder again (nothing to make) instead of being refused as another
+    experiment, and a folder made before the name was kept apart from the settings is no edited one."""
+    exp = experiment(tmp_path, text=SMALL.replace('name = "small"\n', ""), name="pets.toml")
+    run = tmp_path / "run"
+    run_experiment(exp, out=run, progress=False)
+    exp.write_text(exp.read_text().replace("seeds = [1, 2]", "seeds = [1]"))
+    run_experiment(exp, out=run, progress=False)
+    (old,) = (run / "history").glob("experiment-*.toml")
+    for copy in (old, run / "experiment.toml"):
+        assert load_experiment(copy).name == "pets"
+        assert run_experiment(copy, out=run, progress=False).generated == 0
+    assert len(list((run / "history").glob("experiment-*.toml"))) == 2  # the two versions, each kept once
+    with sqlite3.connect(run / "ledger.sqlite") as db:  # as a folder recorded the settings with the name
+        settings = json.loads(db.execute("SELECT value FROM meta WHERE name = 'experiment'").fetchone()[0])
+        db.execute("UPDATE meta SET value = ? WHERE name = 'experiment'", (canonical_json({**settings, "name": "x"}),))
+    with Ledger.open(run, readonly=True) as ledger:
+        assert not edited_since(ledger, load_experiment(run / "experiment.toml"))
+
+
 def test_a_run_of_an_edit_stopped_after_writing_its_copy_files_no_history_of_itself(tmp_path):
     """Stopped between writing RUN/experiment.toml and recording the new settings, the next run still sees an
     edit; the copy it would file as the earlier version is this version, so only the first one is kept."""
@@ -168,9 +191,11 @@ def test_a_run_of_an_edit_stopped_after_writing_its_copy_files_no_history_of_its
     first_copy = (tmp_path / "run" / "experiment.toml").read_text()
     exp.write_text(SMALL.replace("seeds = [1, 2]", "seeds = [1, 2, 3]"))
     stopped = subprocess.run([sys.executable, "-c", f"""
+import json
 import os
 from harness.ledger import Ledger
-from harness.run import run_experiment
+from harness.core import canonical_json
+from harness.run import edited_since, run_experiment
 real = Ledger.set_meta
 def stop(self, key, value):
     if key == "experiment_name":
