@@ -20,7 +20,7 @@ from .emphasis import MODES as EMPHASIS_MODES
 from .experiment_tables import (  # noqa: F401  (PARENT_TOKEN: for stages.py, with Stage)
     DTYPES, PARENT_TOKEN, Randomize, Stage, check_checkpoints, check_denoising, check_negative_is_read,
     check_template, check_watermark_size, checkpoint_overrides, init_images_from, pinned_weights, randomize_table,
-    seed_list, stage_tables)
+    seed_list, stage_tables, toml_key)
 from .grammar import GrammarError
 from .wildcards import WildcardLibrary, read_text
 
@@ -186,7 +186,7 @@ def check_randomize_overrides(c: Checker, raw: Mapping, randomize, overrides: Ma
                                   f"image (no stage uses fixed {name}); drop one of the two")
             for ck, table in overrides.items():
                 if name in table:
-                    c.problems.append(f"key 'checkpoint.{ck}.{name}': unused, as key 'randomize.{name}' draws the "
+                    c.problems.append(f"key 'checkpoint.{toml_key(ck)}.{name}': unused, as key 'randomize.{name}' draws the "
                                       f"{name} of every image (no stage uses fixed {name}); drop one of the two")
     if randomize.strength and "strengths" in raw:
         c.problems.append("key 'strengths': unused, as key 'randomize.strength' draws every img2img image's "

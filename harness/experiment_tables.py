@@ -22,6 +22,7 @@ PARENT_TOKEN = "__parent__"  # in a stage prompt: the parent image's prompt
 _OVERRIDE_KEYS = {"width", "height", "scheduler", "dtype", "steps", "guidance", "config"}
 _RANDOM_KEYS = {"seed", "draws", "strength", "steps", "guidance"}
 _STAGE_KEYS = {"name", "from", "prompt", "negative_prompt", "strengths", "seeds", "steps", "top_k", "metric"}
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")  # a TOML key that needs no quotes
 
 @dataclass(frozen=True)
 class Randomize:
@@ -112,6 +113,16 @@ def randomize_table(c: Checker, r, modes, fixed_steps: Iterable[int] = ()) -> Ra
     return randomize
 
 
+def toml_key(name: str) -> str:
+    """`name` as a TOML key: bare where it can be, else a quoted string (a path checkpoint, `"./tiny-ft"`), so
+    a problem that names `[checkpoint.NAME]` or `checkpoint.NAME.key` shows TOML that can be pasted back."""
+    if _BARE_KEY.fullmatch(name):
+        return name
+    escaped = "".join(f"\\u{ord(ch):04X}" if ord(ch) < 0x20 or ord(ch) == 0x7F else ch
+                      for ch in name.replace("\\", "\\\\").replace('"', '\\"'))
+    return f'"{escaped}"'
+
+
 def checkpoint_overrides(c: Checker, per_checkpoint, checkpoints, base: Path) -> dict[str, dict[str, Any]]:
     """[checkpoint.NAME] tables: settings that differ for one checkpoint (its native size, say), and the
     diffusers config a single-file checkpoint is built with (`config`, checked with the checkpoint)."""
@@ -121,13 +132,13 @@ def checkpoint_overrides(c: Checker, per_checkpoint, checkpoints, base: Path) ->
                                             "(the list of checkpoints is the key 'checkpoints')")
         per_checkpoint = {}
     for ck, table in per_checkpoint.items():
-        prefix = f"checkpoint.{ck}."
+        prefix = f"checkpoint.{toml_key(ck)}."
         if ck not in checkpoints:  # reported, and the table is still checked: every problem at once
             close = difflib.get_close_matches(ck, checkpoints, n=1)
-            c.problems.append(f"table '[checkpoint.{ck}]': '{ck}' is not in checkpoints"
+            c.problems.append(f"table '[checkpoint.{toml_key(ck)}]': '{ck}' is not in checkpoints"
                               + (f"; did you mean '{close[0]}'?" if close else f" ({', '.join(checkpoints)})"))
         if not isinstance(table, dict):
-            c.bad(f"checkpoint.{ck}", table, "a table of overrides")
+            c.bad(f"checkpoint.{toml_key(ck)}", table, "a table of overrides")
             continue
         c.unknown(table, _OVERRIDE_KEYS, prefix)
         o: dict[str, Any] = {}
@@ -187,7 +198,7 @@ def check_watermark_size(c: Checker, watermark: str, width: int | None, height: 
 
     own_size_used = any(not (overrides.get(ck, {}).get("width") and overrides[ck].get("height")) for ck in checkpoints)
     sizes = {"width/height": (width, height)} if own_size_used else {}
-    sizes.update({f"checkpoint.{ck}.width/height": (o.get("width") or width, o.get("height") or height)
+    sizes.update({f"checkpoint.{toml_key(ck)}.width/height": (o.get("width") or width, o.get("height") or height)
                   for ck, o in overrides.items() if o.get("width") or o.get("height")})
     for where, (w, h) in sizes.items():
         problem = size_problem(h, w, n_bits) if w and h else None
@@ -246,6 +257,20 @@ def _check_stage_factors(c: Checker, key: str, own, inherited, source: str, stag
                       "or leave negative_prompt out to keep each parent's negative prompt")
 
 
+def _check_no_parent_token(c: Checker, key: str, negative: str) -> None:
+    """`__parent__` stands for the parent image's prompt in a stage's prompt only: in a negative prompt the
+    parent's prompt would be negated, and the parent's negative prompt is what a stage without
+    `negative_prompt` keeps already, so it is refused here rather than read as an unknown wildcard when planning."""
+    at = negative.find(PARENT_TOKEN)
+    if at < 0:
+        return
+    line, column = negative.count("\n", 0, at) + 1, at - negative.rfind("\n", 0, at)
+    c.problems.append(f"key '{key}': {PARENT_TOKEN} at line {line}, column {column} of the template: "
+                      f"{PARENT_TOKEN} stands for the parent image's prompt in a "
+                      "stage's prompt only; leave negative_prompt out to make each image with its parent's "
+                      "negative prompt, or write the negative prompt out in full")
+
+
 def negative_origin(stage: Stage, stages) -> Stage | None:
     """The stage whose own `negative_prompt` the images of `stage` are made with: `stage` itself when it
     sets one, else (a child keeps its parent's concrete negative prompt) its source's, up to the experiment
@@ -259,16 +284,28 @@ def negative_origin(stage: Stage, stages) -> Stage | None:
 
 
 def _written_at(path: Path, key: str) -> str:
-    """' (written on line N of the file)' for a top-level key of the experiment file, '' otherwise."""
+    """' (written on line N of the file)' for a top-level key of the experiment file, '' otherwise. A line
+    that looks like `key = ...` is the key's where TOML itself reads a top-level key from it (renamed, it
+    parses to a top-level key of the new name): not a line of a multi-line string (a prompt line such as
+    `[masterpiece], a cat`) nor a key of a table."""
+    import tomllib
+
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # as the experiment is read: a byte-order mark dropped
     except (OSError, UnicodeDecodeError):
         return ""
-    for n, line in enumerate(text.split("\n"), start=1):
-        if line.lstrip().startswith("["):  # the tables begin: no top-level key after this
-            break
-        if re.match(rf"\s*{re.escape(key)}\s*=", line):
-            return f" (written on line {n} of the file)"
+    lines = text.split("\n")
+    head = re.compile(rf"""(\s*)(?:{re.escape(key)}|"{re.escape(key)}"|'{re.escape(key)}')(\s*=)""")
+    probe = "__written_here__"
+    for n, line in enumerate(lines):
+        if not (m := head.match(line)):
+            continue
+        renamed = "\n".join([*lines[:n], m.group(1) + probe + m.group(2) + line[m.end():], *lines[n + 1:]])
+        try:
+            if probe in tomllib.loads(renamed):
+                return f" (written on line {n + 1} of the file)"
+        except tomllib.TOMLDecodeError:
+            continue
     return ""
 
 
@@ -415,6 +452,8 @@ def stage_tables(c: Checker, v, base: Path, library=None, main_factors: tuple[st
         prompt = c.str_(s, "prompt", None, prefix=prefix, nonempty=True)
         if "prompt" not in s:  # a prompt of the wrong type is reported once, by str_
             c.problems.append(f"key '{prefix}prompt': missing; expected the stage's prompt template")
+        if isinstance(s.get("negative_prompt"), str):
+            _check_no_parent_token(c, prefix + "negative_prompt", s["negative_prompt"])
         for key in ("prompt", "negative_prompt"):
             if isinstance(s.get(key), str):  # __parent__ stands for text: a literal of its length keeps columns
                 tpl = check_template(c, prefix + key, s[key].replace(PARENT_TOKEN, "x" * len(PARENT_TOKEN)),

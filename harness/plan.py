@@ -16,7 +16,7 @@ from typing import Callable, Iterable
 from .core import NEGATIVE_PREFIX, Job, Variant, content_key
 from .expand import compile_template
 from .experiment import Experiment, ExperimentError, problems_text
-from .experiment_tables import draw_signature
+from .experiment_tables import draw_signature, toml_key
 from .wildcards import WildcardLibrary
 
 # Rough seconds per denoising step per 512x512 image, by (family, device); `measured_scale` corrects them
@@ -122,7 +122,7 @@ def size_notes(plan: Plan, jobs: Iterable[Job]) -> list[str]:
                      if native and not all(SIZE_RANGE[0] <= side / native <= SIZE_RANGE[1] for side in (w, h)))
         if far and ref.family not in UNTRAINED:
             shown = ", ".join(f"{w}x{h}" for w, h in far)
-            table = name if all(c.isalnum() or c in "_-" for c in name) else f'"{name}"'
+            table = toml_key(name)
             notes.append(f"checkpoint {name} makes {shown} images, far from the {native} px it was trained at "
                          f"(a side under {SIZE_RANGE[0]:g}x or over {SIZE_RANGE[1]:g}x of it): such images often "
                          f"come out flat, cropped or with the subject repeated; set width and height (or "

@@ -344,7 +344,7 @@ def test_an_experiment_names_a_single_files_config_and_runs_it_offline(tiny_sing
     assert '[checkpoint."tiny.safetensors"] config = "FOLDER"' in str(err.value)
 
     (tmp_path / "nope.toml").write_text(text + '[checkpoint."tiny.safetensors"]\nconfig = "no-such-folder"\n')
-    with pytest.raises(ExperimentError, match=r"key 'checkpoint.tiny.safetensors.config': config='no-such-folder'"):
+    with pytest.raises(ExperimentError, match=r"key 'checkpoint\.\"tiny\.safetensors\"\.config': config='no-such-folder'"):
         load_experiment(tmp_path / "nope.toml")
     (tmp_path / "empty").mkdir()
     (tmp_path / "index.json").write_text("{}")
