@@ -189,6 +189,32 @@ def _keep_earlier_version(run_dir: Path, template: str | None, current: str) -> 
     return write_atomic(target, lambda p: p.write_bytes(kept.encode("utf-8")))
 
 
+def _check_settings(exp: Experiment, plan: Plan, device: str | None, executor: str,
+                    executor_options: dict | None) -> None:
+    """The device, the dtypes and the memory policy checked on the device the run uses, before any run folder
+    is touched; a problem names the key it comes from (a checkpoint's own dtype is its table's key)."""
+    from .experiment_tables import toml_key
+
+    if executor == "local":
+        from .devices import check_settings as check
+    else:  # Ray workers may have devices this machine lacks: they check those, the rest is checked here
+        from functools import partial
+
+        from .executors.ray_executor import check_worker_settings
+        check = partial(check_worker_settings, gpus_per_worker=(executor_options or {}).get("gpus_per_worker", 0.0))
+    own = {ck for ck, o in exp.overrides.items() if o.get("dtype")}
+    dtypes: dict[str, set[str]] = {}
+    for job in plan.jobs:
+        key = f"key 'checkpoint.{toml_key(job.checkpoint)}.dtype'" if job.checkpoint in own else ""
+        dtypes.setdefault(key, set()).add(job.dtype)
+    where = "--device" if device else "its device, dtype and memory keys"
+    for key, wanted in [("", dtypes.pop("", set())), *sorted(dtypes.items())]:
+        try:
+            check(device or exp.device, wanted, exp.memory)
+        except SettingsError as exc:
+            raise SettingsError(f"{exp.path} ({key or where}): {exc}") from None
+
+
 def run_experiment(path: Path | str, *, out: Path | str | None = None, force: bool = False,
                    exact: bool | None = None, device: str | None = None, batch_size: int | None = None,
                    shard: tuple[int, int] | None = None, log: Callable[[str], None] | None = None,
@@ -214,17 +240,7 @@ def run_experiment(path: Path | str, *, out: Path | str | None = None, force: bo
     jobs = list(plan.jobs) if shard is None else shard_jobs(plan.jobs, *shard, by_variant=bool(exp.stages))
     for note in plan_notes(plan, jobs):
         (log or _stderr)(f"note: {note}")
-    try:
-        if executor == "local":
-            from .devices import check_settings
-            check_settings(device or exp.device, {j.dtype for j in plan.jobs}, exp.memory)
-        else:  # Ray workers may have devices this machine lacks: they check those, the rest is checked here
-            from .executors.ray_executor import check_worker_settings
-            check_worker_settings(device or exp.device, {j.dtype for j in plan.jobs}, exp.memory,
-                                  gpus_per_worker=(executor_options or {}).get("gpus_per_worker", 0.0))
-    except SettingsError as exc:
-        where = "--device" if device else "its device, dtype and memory keys"
-        raise SettingsError(f"{exp.path} ({where}): {exc}") from None
+    _check_settings(exp, plan, device, executor, executor_options)
     ledger, pending = prepare_run(exp, plan, run_dir, jobs=jobs, force=force, log=log or _stderr)
     _add_shards(ledger, [shard or (0, 1)])
     result = RunResult(run_dir, len(jobs), len(jobs) - len(pending))

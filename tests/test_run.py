@@ -308,6 +308,17 @@ def test_settings_this_machine_cannot_honour_fail_before_the_run_folder_exists(t
         assert not (tmp_path / f"run{i}").exists()
 
 
+def test_a_checkpoints_own_dtype_this_machine_cannot_use_is_named_by_its_key(tmp_path):
+    """The experiment's dtype is fine on the CPU; the one checkpoint table asking for fp16 is the problem."""
+    from harness.core import SettingsError
+
+    exp = experiment(tmp_path, SMALL + 'device = "cpu"\n[checkpoint.tiny]\ndtype = "fp16"\n')
+    with pytest.raises(SettingsError) as caught:
+        run_experiment(exp, out=tmp_path / "run", progress=False)
+    assert str(caught.value).startswith(f"{exp} (key 'checkpoint.tiny.dtype'): dtype='fp16' on device 'cpu'")
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_run_folder_in_use_or_a_file_in_its_place_is_a_clean_error(tmp_path):
     exp = experiment(tmp_path)
     (tmp_path / "file").write_text("x")
