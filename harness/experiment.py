@@ -19,8 +19,8 @@ from .checks import Checker
 from .emphasis import MODES as EMPHASIS_MODES
 from .experiment_tables import (  # noqa: F401  (PARENT_TOKEN: for stages.py, with Stage)
     DTYPES, PARENT_TOKEN, Randomize, Stage, check_checkpoints, check_denoising, check_negative_is_read,
-    check_template, check_watermark_size, checkpoint_overrides, init_images_from, pinned_weights, randomize_table,
-    seed_list, stage_tables, toml_key)
+    check_template, check_watermark_size, checkpoint_overrides, checkpoint_tables, init_images_from, pinned_weights,
+    randomize_table, seed_list, stage_tables, toml_key)
 from .grammar import GrammarError
 from .wildcards import WildcardLibrary, read_text
 
@@ -291,14 +291,15 @@ def experiment_from_dict(raw: Mapping[str, Any], path: Path) -> Experiment:
     checkpoints = raw.get("checkpoints", ["tiny"])
     if isinstance(checkpoints, str):
         checkpoints = [checkpoints]
+    per_checkpoint = checkpoint_tables(c, raw.get("checkpoint", {}), checkpoints if isinstance(checkpoints, list)
+                                       else [])
     if not (isinstance(checkpoints, list) and checkpoints and all(isinstance(x, str) and x for x in checkpoints)):
         c.bad("checkpoints", checkpoints, "a non-empty list of checkpoint names, hub ids or paths")
         checkpoints = ["tiny"]
     else:
         if len(set(checkpoints)) != len(checkpoints):
             c.bad("checkpoints", checkpoints, "each checkpoint listed once")
-        check_checkpoints(c, raw["checkpoints"] if "checkpoints" in raw else checkpoints, base,
-                          raw.get("checkpoint", {}))
+        check_checkpoints(c, raw["checkpoints"] if "checkpoints" in raw else checkpoints, base, per_checkpoint)
 
     modes = raw.get("mode", "txt2img")
     modes = [modes] if isinstance(modes, str) else modes
@@ -385,7 +386,7 @@ def experiment_from_dict(raw: Mapping[str, Any], path: Path) -> Experiment:
         c.bad("exact", exact, "true or false")
         exact = False
 
-    overrides = checkpoint_overrides(c, raw.get("checkpoint", {}), checkpoints, base)
+    overrides = checkpoint_overrides(c, per_checkpoint, checkpoints, base)
     checkpoint_steps = {overrides.get(ck, {}).get("steps") or steps for ck in checkpoints} or {steps}
     randomize = (randomize_table(c, raw["randomize"], modes, {n for n in checkpoint_steps if n})
                  if "randomize" in raw else None)

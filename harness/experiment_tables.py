@@ -123,6 +123,40 @@ def toml_key(name: str) -> str:
     return f'"{escaped}"'
 
 
+def checkpoint_tables(c: Checker, per_checkpoint, checkpoints: list[str]):
+    """The [checkpoint.NAME] tables by name. A listed file name written bare, `[checkpoint.tiny.safetensors]`,
+    is read by TOML as tables nested at its dots: it is reported with the quoting that names it, and read as
+    that name, so that the other checks speak of it and not of a checkpoint `tiny`."""
+    if not isinstance(per_checkpoint, dict):
+        return per_checkpoint
+    out, nested = {}, {}
+    for ck, table in per_checkpoint.items():
+        rest = _pull_nested(ck, table, checkpoints, nested) if isinstance(table, dict) else table
+        if rest or ck in checkpoints or not table:
+            out[ck] = rest
+    for name, table in nested.items():
+        c.problems.append(f"table '[checkpoint.{name}]': TOML reads the dots of {name!r} as tables nested in each "
+                          f"other; quote the name: [checkpoint.{toml_key(name)}]")
+        out.setdefault(name, table)
+    return out
+
+
+def _pull_nested(prefix: str, table: dict, checkpoints: list[str], nested: dict) -> dict:
+    """`table` less the tables nested in it along the dots of a listed checkpoint's name, which go to
+    `nested` under that name."""
+    rest = {}
+    for key, value in table.items():
+        name = f"{prefix}.{key}"
+        if isinstance(value, dict) and name in checkpoints:
+            nested[name] = value
+        elif isinstance(value, dict) and any(ck.startswith(name + ".") for ck in checkpoints):
+            if inner := _pull_nested(name, value, checkpoints, nested):
+                rest[key] = inner
+        else:
+            rest[key] = value
+    return rest
+
+
 def checkpoint_overrides(c: Checker, per_checkpoint, checkpoints, base: Path) -> dict[str, dict[str, Any]]:
     """[checkpoint.NAME] tables: settings that differ for one checkpoint (its native size, say), and the
     diffusers config a single-file checkpoint is built with (`config`, checked with the checkpoint)."""

@@ -320,6 +320,23 @@ def test_single_file_loads_offline_with_a_local_config_folder(tiny_single_file, 
         assert all(torch.equal(ours[k], theirs[k]) for k in ours)
 
 
+def test_a_file_name_written_bare_in_its_table_is_named_with_the_quotes_it_needs(tiny_single_file, tiny_ref, tmp_path,
+                                                                                  empty_hf_cache):
+    """`[checkpoint.tiny.safetensors]` is a table `tiny` holding `safetensors`: the one problem is the
+    quoting, and the table is read as the file's, so its config is found and no `tiny` table is blamed."""
+    import shutil
+
+    from harness.experiment import ExperimentError, load_experiment
+
+    shutil.copy(tiny_single_file, tmp_path / "tiny.safetensors")
+    (tmp_path / "e.toml").write_text('prompt = "a red cat"\ncheckpoints = ["tiny", "tiny.safetensors"]\n'
+                                     f'[checkpoint.tiny.safetensors]\nconfig = "{tiny_ref.source}"\n')
+    with pytest.raises(ExperimentError) as err:
+        load_experiment(tmp_path / "e.toml")
+    assert err.value.problems == ["table '[checkpoint.tiny.safetensors]': TOML reads the dots of 'tiny.safetensors' "
+                                  "as tables nested in each other; quote the name: [checkpoint.\"tiny.safetensors\"]"]
+
+
 def test_an_experiment_names_a_single_files_config_and_runs_it_offline(tiny_single_file, tiny_ref, tmp_path,
                                                                          empty_hf_cache):
     """Without the reference configs in the HF cache, a single file is refused when the experiment loads
