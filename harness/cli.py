@@ -323,6 +323,9 @@ def run(
     if r.unplanned:
         typer.echo(f"kept but left out of reports: {r.unplanned} images made for an earlier version of the "
                    f"experiment, {HISTORY_NOTE}")
+    for name, (earlier, now, n) in r.changed_weights.items():
+        typer.echo(f"note: the weights of checkpoint {name} changed since {n} of those images were made "
+                   f"(fingerprint {', '.join(earlier)}, now {now}): its images are made anew from the new weights")
     for m in r.oom_events:
         typer.echo(f"note: {m}")
     _print_metric_summaries(r.metrics, this_pass=False)  # a run scores as it generates: no pass to count

@@ -43,6 +43,7 @@ class RunResult:
     device: str = ""
     metrics: list = field(default_factory=list)
     unplanned: int = 0  # done images the edited experiment no longer asks for (kept, left out of reports)
+    changed_weights: dict = field(default_factory=dict)  # checkpoint -> (earlier fingerprints, now, images)
 
     @property
     def images_per_s(self) -> float:
@@ -265,9 +266,22 @@ def run_experiment(path: Path | str, *, out: Path | str | None = None, force: bo
         for stage in exp.stages:
             run_stage(exp, stage, plan, ledger, result, evaluate_after=evaluate_after, own=own, **options)
         result.unplanned = ledger.unplanned_done()
+        if result.unplanned:
+            result.changed_weights = changed_weights(ledger, plan)
     finally:
         ledger.close()
     return result
+
+
+def changed_weights(ledger: Ledger, plan: Plan) -> dict[str, tuple[list[str], str, int]]:
+    """Checkpoints whose weights changed since some of the folder's images were made (a fine-tune saved
+    again under the same name): name -> (the earlier fingerprints, the current one, how many done images no
+    longer planned were made with the earlier). Those are kept and left out; the plan makes them anew."""
+    now = {name: ref.fingerprint for name, ref in plan.checkpoints.items()}
+    frame = ledger.jobs_frame()
+    old = frame[(frame["status"] == "done") & ~frame["key"].isin(ledger.planned_keys() or set())]
+    old = old[old["checkpoint"].isin(now.keys()) & (old["fingerprint"] != old["checkpoint"].map(now))]
+    return {ck: (sorted(set(g["fingerprint"])), now[ck], len(g)) for ck, g in old.groupby("checkpoint", sort=True)}
 
 
 def _add_shards(ledger: Ledger, shards: Iterable) -> None:

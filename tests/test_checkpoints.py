@@ -241,6 +241,32 @@ def test_folder_fingerprint_changes_when_a_weight_changes(tiny_ref, tmp_path):
     assert ck.folder_fingerprint(copy) != tiny_ref.fingerprint
 
 
+def test_a_run_after_a_checkpoints_weights_changed_names_it_with_both_fingerprints(tiny_ref, tmp_path):
+    """A fine-tune saved again under the same folder: its images are made anew, and the run says why the
+    earlier ones are left out, naming the checkpoint rather than an edit of the experiment."""
+    from typer.testing import CliRunner
+
+    from harness.cli import app
+
+    shutil.copytree(tiny_ref.source, tmp_path / "ft")
+    (tmp_path / "e.toml").write_text('prompt = "a red cat"\ncheckpoints = ["ft"]\nsteps = 2\nwidth = 64\n'
+                                     'height = 64\nseeds = [1, 2]\n')
+    run = ["run", str(tmp_path / "e.toml"), "--out", str(tmp_path / "run")]
+    first = CliRunner().invoke(app, run)
+    assert first.exit_code == 0 and "weights of checkpoint" not in first.output, first.output
+    before = ck.folder_fingerprint(tmp_path / "ft")
+    weights = tmp_path / "ft" / "vae" / "diffusion_pytorch_model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    after = ck.folder_fingerprint(tmp_path / "ft")
+    second = CliRunner().invoke(app, run)
+    assert second.exit_code == 0, second.output
+    assert "jobs: 2 planned, 0 already done, 2 generated" in second.output
+    assert (f"note: the weights of checkpoint ft changed since 2 of those images were made (fingerprint {before}, "
+            f"now {after}): its images are made anew from the new weights") in second.output
+
+
 def test_folder_fingerprint_covers_the_plain_bin_that_loads_rather_than_a_variant_beside_it(tiny_ref, tmp_path):
     """A component with a plain `.bin` and an fp16 `.safetensors` variant loads the `.bin` (no variant is
     asked for); changing that `.bin` must change the fingerprint, or old images count as done."""
@@ -559,8 +585,7 @@ def test_a_truncated_single_file_with_a_local_config_fails_to_load_naming_it_wit
     cut = tmp_path / "cut.safetensors"
     data = tiny_single_file.read_bytes()
     cut.write_bytes(data[: len(data) // 2])  # an interrupted copy: the header is whole, the tensors are not
-    ref = ck.resolve(str(cut), config=tiny_ref.source)
-    with pytest.raises(ck.CheckpointError) as err:
-        pipelines.load_pipeline(ref, "txt2img")
-    assert f"single-file checkpoint {str(cut)!r} ({cut})" in str(err.value)
+    with pytest.raises(ck.CheckpointError) as err:  # found when located, before anything is loaded
+        ck.resolve(str(cut), config=tiny_ref.source)
+    assert f"checkpoint {str(cut)!r}: {cut} is truncated ({len(data) // 2} of {len(data)} bytes)" in str(err.value)
     assert "missing from the hub" not in str(err.value)  # the config is a local folder
