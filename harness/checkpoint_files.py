@@ -62,6 +62,41 @@ def check_pipeline_folder(folder: Path, name: str) -> None:
 
 def safetensors_header(path: str | Path) -> dict[str, Any]:
     """Tensor names -> {dtype, shape, ...} from a .safetensors header, without reading the data."""
+    header = _safetensors_header_and_metadata(path)
+    header.pop("__metadata__", None)
+    return header
+
+
+def safetensors_metadata(path: str | Path) -> dict[str, str]:
+    """The free-form `__metadata__` of a .safetensors header ({} without one)."""
+    metadata = _safetensors_header_and_metadata(path).get("__metadata__")
+    return metadata if isinstance(metadata, dict) else {}
+
+
+def _data_end(header: dict[str, Any]) -> int:
+    """Where the last tensor's bytes end, counted from the end of the header (0 without tensors)."""
+    ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)
+            and isinstance(v.get("data_offsets"), list) and len(v["data_offsets"]) == 2
+            and isinstance(v["data_offsets"][1], int)]
+    return max(ends, default=0)
+
+
+def _check_safetensors_size(path: str | Path, header_size: int, header: dict[str, Any]) -> None:
+    """The header says where every tensor's bytes are; a file shorter than that is an interrupted download
+    or copy (it locates and fingerprints fine, then fails to load deep in diffusers), a longer one is not
+    what was written."""
+    expected = 8 + header_size + _data_end(header)
+    actual = Path(path).stat().st_size
+    if actual < expected:
+        raise CheckpointError(f"{path} is truncated ({actual} of {expected} bytes): the file is incomplete, "
+                              f"download it again")
+    if actual > expected:
+        raise CheckpointError(f"{path} has {actual - expected} trailing bytes after the {expected} its header "
+                              f"accounts for: the file is damaged, download it again")
+
+
+def _safetensors_header_and_metadata(path: str | Path) -> dict[str, Any]:
+    """The whole header of a .safetensors file, `__metadata__` included, once its size is checked."""
     with open(path, "rb") as fh:
         raw = fh.read(8)
         if len(raw) != 8:
@@ -69,13 +104,17 @@ def safetensors_header(path: str | Path) -> dict[str, Any]:
         (size,) = struct.unpack("<Q", raw)
         if size > 100 << 20:
             raise CheckpointError(f"{path} is not a safetensors file (header length {size} bytes is implausible)")
+        raw = fh.read(size)
+        if len(raw) < size:
+            raise CheckpointError(f"{path} is truncated (its header needs {size} bytes, {len(raw)} are there): the "
+                                  f"file is incomplete, download it again")
         try:
-            header = json.loads(fh.read(size))
+            header = json.loads(raw)
         except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
             raise CheckpointError(f"{path} is not a safetensors file (its header is not JSON: {exc})") from None
     if not isinstance(header, dict):
         raise CheckpointError(f"{path} is not a safetensors file (its header is not a JSON object)")
-    header.pop("__metadata__", None)
+    _check_safetensors_size(path, size, header)
     return header
 
 
@@ -84,6 +123,48 @@ SINGLE_FILE_CONFIG_REPOS = {
     "sd1": "stable-diffusion-v1-5/stable-diffusion-v1-5",
     "sd2": "stabilityai/stable-diffusion-2-1",
 }
+# SD2's two releases have the same tensors: the 768 px v-prediction model (the default above) and the 512 px
+# epsilon "base". Only what a file declares tells them apart; without it the default is an assumption.
+SD2_REPOS = {
+    "v": ("stabilityai/stable-diffusion-2-1", 768, "v-prediction"),
+    "epsilon": ("stabilityai/stable-diffusion-2-1-base", 512, "epsilon"),
+}
+
+
+def declared_prediction_type(path: Path) -> str | None:
+    """'v' | 'epsilon' as a .safetensors file's own metadata declares it (Stability's ModelSpec
+    `modelspec.prediction_type`, or kohya's trainers' `ss_v2` + `ss_v_parameterization`); None when it
+    declares nothing (a .ckpt has no metadata). Tensor names and shapes cannot tell: both SD2s have the same."""
+    if path.suffix != ".safetensors":
+        return None
+    meta = safetensors_metadata(path)
+    declared = str(meta.get("modelspec.prediction_type", "")).strip().lower()
+    if declared in ("v", "v_prediction", "v-prediction"):
+        return "v"
+    if declared == "epsilon":
+        return "epsilon"
+    if str(meta.get("ss_v2", "")).lower() == "true" and "ss_v_parameterization" in meta:
+        return "v" if str(meta["ss_v_parameterization"]).lower() == "true" else "epsilon"
+    return None
+
+
+def single_file_config_repo(family: str, path: Path) -> tuple[str, int, bool]:
+    """(reference repo, native size, whether the file declared which) for a single file of `family` that
+    names no config: SD2 by its declared prediction type, else the 768 px v-prediction model."""
+    if family != "sd2":
+        return SINGLE_FILE_CONFIG_REPOS[family], 512, True
+    declared = declared_prediction_type(path)
+    repo, native, _ = SD2_REPOS[declared or "v"]
+    return repo, native, declared is not None
+
+
+def sd2_assumption(name: str) -> str:
+    """What an SD2 single file without a config and without a declared prediction type is taken as, and how
+    to say otherwise (the two SD2 releases have the same tensors)."""
+    (v_repo, v_px, v_kind), (b_repo, b_px, b_kind) = SD2_REPOS["v"], SD2_REPOS["epsilon"]
+    return (f"an SD2 file does not say which SD2 it is: it is built as {v_repo!r} ({v_px} px, {v_kind}); an "
+            f"SD2-base fine-tune needs {b_repo!r} ({b_px} px, {b_kind}): pick with [checkpoint.\"{name}\"] "
+            f"config = \"{b_repo}\" (or \"{v_repo}\", or a local diffusers folder)")
 
 
 def single_file_family(keys_and_shapes: dict[str, tuple]) -> str:

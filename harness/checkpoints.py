@@ -31,12 +31,12 @@ import hashlib
 import json
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .checkpoint_files import (SINGLE_FILE_CONFIG_REPOS, CheckpointError, check_pipeline_folder, folder_family,
-                               single_file_family, single_file_keys)
+from .checkpoint_files import (SD2_REPOS, CheckpointError, check_pipeline_folder, folder_family, sd2_assumption,
+                               single_file_config_repo, single_file_family, single_file_keys)
 from .fingerprints import HASH_LENGTH, a1111_hash, file_sha256, folder_fingerprint
 
 CACHE_ENV = "HARNESS_CACHE"
@@ -60,8 +60,11 @@ class CheckpointRef:
     fingerprint: str     # content hash, enters every job key
     native_size: int     # training resolution in pixels (512 v1/tiny, 768 sd21)
     family: str          # "sd1" | "sd2" | "tiny" | "unknown"
-    config: str | None = None  # single files: diffusers config folder, hub id or .yaml
+    config: str | None = None  # single files: diffusers config folder or hub id
     model_hash: str = ""       # what A1111 shows as "Model hash" (= fingerprint for folders)
+    # What was assumed to build it and may be wrong (an SD2 single file taken as the 768 px v-prediction
+    # model): sentences for `plan` and `run` to show; not part of the identity.
+    notes: tuple[str, ...] = field(default=(), compare=False)
 
 
 # ---------------------------------------------------------------- built-ins
@@ -256,7 +259,7 @@ def locate(spec: str, *, base_dir: Path | None = None, config: str | None = None
     if path.is_file():
         if path.suffix not in SINGLE_FILE_SUFFIXES:
             raise CheckpointError(f"checkpoint {spec!r}: {path} is a file but not {' or '.join(SINGLE_FILE_SUFFIXES)}")
-        config = _absolute_config(config, base)
+        config = _absolute_config(config, base, spec)
         if path.suffix == ".safetensors":  # its header is cheap to read; a .ckpt needs torch (`resolve` reads it)
             _file_family(spec, path)
         return Location("file", str(path), path, config)
@@ -343,44 +346,55 @@ def check_buildable(spec: str, loc: Location) -> None:
             raise CheckpointError(f"config={loc.config!r} for {spec!r}: folder has no model_index.json; expected a "
                                   f"diffusers pipeline folder of the same architecture")
     elif config.is_file():
-        if config.suffix not in (".yaml", ".yml"):
-            raise CheckpointError(f"config={loc.config!r} for {spec!r}: a file must be an original LDM config "
-                                  f"(.yaml); for diffusers configs give the folder that holds model_index.json")
+        raise CheckpointError(_file_config_refusal(loc.config, spec))
     else:  # a hub id: its snapshot must be cached
         hub_snapshot(loc.config, name=f"config for {spec}")
 
 
 def default_single_file_config(name: str, path: Path, family: str) -> Path:
     """The diffusers config folder a single file of `family` is built with when it names none: the
-    reference repo's snapshot in the HF cache. A CheckpointError saying how to get it, or how to name a
-    local one, when it is not there."""
-    repo = SINGLE_FILE_CONFIG_REPOS[family]
+    reference repo's snapshot in the HF cache (for SD2, the one the file declares, else the 768 px
+    v-prediction model). A CheckpointError saying how to get it, or how to name a local one, when it is not
+    there; for SD2 it names both releases, since which one the file is is an assumption."""
+    repo, _, declared = single_file_config_repo(family, path)
     try:
         return hub_snapshot(repo)
     except CheckpointError as exc:
+        which = "" if declared else f" ({sd2_assumption(name)})"
         raise CheckpointError(
             f"single-file checkpoint {name!r} ({path}) looks like an {family.upper()} model, and building "
-            f"its pipeline needs the diffusers configs of {repo!r} (model_index.json, component config.json files, "
-            f"tokenizer), which are not in the Hugging Face cache at {hf_cache_dir()}. Fix one of: "
-            f"(1) on a connected machine run `huggingface-cli download {repo} --include '*.json' '*.txt'` and copy "
-            f"the cache here; (2) name a local diffusers folder of the same architecture in the experiment: "
-            f"[checkpoint.\"{name}\"] config = \"FOLDER\" (in Python: resolve(..., config=FOLDER)). An original "
-            f"LDM config (config = \"v1-inference.yaml\") also works, but diffusers then still needs the CLIP "
-            f"tokenizer repo in the HF cache"
+            f"its pipeline needs the diffusers configs of {repo!r}{which} (model_index.json, component "
+            f"config.json files, tokenizer), which are not in the Hugging Face cache at {hf_cache_dir()}. Fix one "
+            f"of: (1) on a connected machine run `huggingface-cli download {repo} --include '*.json' '*.txt'` and "
+            f"copy the cache here; (2) name a local diffusers folder of the same architecture in the experiment: "
+            f"[checkpoint.\"{name}\"] config = \"FOLDER\" (in Python: resolve(..., config=FOLDER))"
         ) from exc.__cause__
 
 
-def _absolute_config(config: str | None, base: Path) -> str | None:
+def _file_config_refusal(config: str, name: str) -> str:
+    """Why a file is no `config`: diffusers builds a single file from an original LDM .yaml with the
+    scheduler and tokenizer of its cached reference repo, not the yaml's (its `parameterization: "v"` is
+    dropped for epsilon), and without that repo it fails deep inside diffusers."""
+    what = ("an original LDM .yaml is not honoured (its prediction type and schedule would be taken from the "
+            "reference repo instead)" if Path(config).suffix in (".yaml", ".yml") else "a file is not a config")
+    return (f"config={config!r} for {name!r}: {what}; give a diffusers folder of the same architecture (one "
+            f"with model_index.json, e.g. a cached hub id such as 'stabilityai/stable-diffusion-2-1-base', or "
+            f"a pipeline saved with save_pretrained)")
+
+
+def _absolute_config(config: str | None, base: Path, name: str) -> str | None:
     if config is None:
         return None
     p = Path(config).expanduser()
     p = p if p.is_absolute() else base / p
+    if p.is_file():
+        raise CheckpointError(_file_config_refusal(config, name))
     if p.exists():
         return str(p.resolve())
     if _HUB_ID.fullmatch(config):
         return config
     raise CheckpointError(f"config={config!r}: no such file or folder at {p}, and not a hub id 'owner/name'; expected "
-                          f"a diffusers folder with model_index.json, a hub id in the HF cache, or an original .yaml")
+                          f"a diffusers folder with model_index.json or a hub id in the HF cache")
 
 
 def _file_family(name: str, path: Path) -> str:
@@ -392,9 +406,21 @@ def _file_family(name: str, path: Path) -> str:
         raise CheckpointError(f"checkpoint {name!r}{where}: {exc}") from None
 
 
+def _config_native(name: str, family: str, path: Path, config: str | None) -> tuple[int, tuple[str, ...]]:
+    """(native size, notes) of a single file of `family`: SD2's from the reference repo it is built with
+    (the one named as `config`, else the one the file declares), with a note when that is an assumption."""
+    if family != "sd2":
+        return 512, ()
+    if config:
+        repo = _split_revision(config)[0]
+        return next((px for r, px, _ in SD2_REPOS.values() if r == repo), 768), ()
+    _, native, declared = single_file_config_repo(family, path)
+    return native, (() if declared else (f"checkpoint {name}: {sd2_assumption(name)}",))
+
+
 def _resolve_file(name: str, path: Path, config: str | None) -> CheckpointRef:
     family = _file_family(name, path)
-    native = 768 if family == "sd2" else 512
+    native, notes = _config_native(name, family, path, config)
     if config and Path(config).is_dir():
         cfg_family, native = _folder_family(Path(config))  # a copy of a built-in: that built-in's family
         family = cfg_family if cfg_family != "unknown" else family
@@ -405,7 +431,8 @@ def _resolve_file(name: str, path: Path, config: str | None) -> CheckpointRef:
         cfg = Path(config)
         cfg_fp = folder_fingerprint(cfg) if cfg.is_dir() else (file_sha256(cfg) if cfg.is_file() else config)
         fp = hashlib.sha256(f"{file_sha256(path)}\n{cfg_fp}".encode()).hexdigest()[:HASH_LENGTH]
-    return CheckpointRef(name, "file", str(path), fp, native, family, config=config, model_hash=model_hash)
+    return CheckpointRef(name, "file", str(path), fp, native, family, config=config, model_hash=model_hash,
+                         notes=notes)
 
 
 import harness.toy  # noqa: E402,F401  (registers the `toy` built-in, trained on harness.toy.world)

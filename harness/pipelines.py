@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Iterator
 
 from .checkpoint_files import SINGLE_FILE_CONFIG_REPOS, CheckpointError, single_file_family, single_file_keys
-from .checkpoints import BUILTINS, MODES, CheckpointRef, builtin_folder, default_single_file_config, hub_snapshot
+from .checkpoints import (BUILTINS, MODES, CheckpointRef, _file_config_refusal, builtin_folder,
+                          default_single_file_config, hub_snapshot)
 from .fingerprints import is_variant
 from .schedulers import make_scheduler, scheduler_spec
 from .tokenizer_cache import shared_tokenizer
@@ -42,10 +43,13 @@ def derive_pipeline(pipe, mode: str, scheduler: str | None = None):
     cls = _pipeline_class(mode)
     components = dict(pipe.components)
     base = pipe.scheduler.config
-    components["scheduler"] = make_scheduler(scheduler, base) if scheduler else type(pipe.scheduler).from_config(base)
+    checkpoint = getattr(pipe, "harness_checkpoint", None)
+    components["scheduler"] = (make_scheduler(scheduler, base, checkpoint=checkpoint) if scheduler
+                               else type(pipe.scheduler).from_config(base))
     out = cls(**components, requires_safety_checker=False)
     out.set_progress_bar_config(disable=True)
     out.harness_fingerprint = getattr(pipe, "harness_fingerprint", None)
+    out.harness_checkpoint = checkpoint
     return out
 
 
@@ -82,7 +86,8 @@ def load_pipeline(ref: CheckpointRef, mode: str = "txt2img", *, device: str | No
     so that a memory policy (offload) can place them. Single files need a
     diffusers config: `ref.config`, the `config` argument, or the default config
     repo of their family in the HF cache (SD2 files default to the 768 px
-    v-prediction `stable-diffusion-2-1`; give SD2-base files their config).
+    v-prediction `stable-diffusion-2-1` unless their metadata declares epsilon; give SD2-base files
+    their config).
     Prefer `resolve(spec, config=...)`: then the config is part of the fingerprint.
     """
     cls = _pipeline_class(mode)
@@ -106,6 +111,7 @@ def load_pipeline(ref: CheckpointRef, mode: str = "txt2img", *, device: str | No
                                       f"Check that every component listed in model_index.json has its config and "
                                       f"weights (re-download, or rebuild a built-in by deleting the folder)") from exc
     pipe.harness_fingerprint = ref.fingerprint  # lets generate_batch check that jobs match the weights
+    pipe.harness_checkpoint = ref.name  # named in a derived pipeline's scheduler errors
     if type(pipe) is not cls or scheduler is not None:
         pipe = derive_pipeline(pipe, mode, scheduler)
     pipe.set_progress_bar_config(disable=True)
@@ -115,11 +121,12 @@ def load_pipeline(ref: CheckpointRef, mode: str = "txt2img", *, device: str | No
 
 
 def _single_file_config(ref: CheckpointRef, config: str | None) -> tuple[str | None, str | None]:
-    """(diffusers config folder, original .yaml) for a single file, all local."""
+    """(diffusers config folder, None) for a single file, all local. An original .yaml is refused
+    (`checkpoints._file_config_refusal`): diffusers would take its scheduler from the reference repo."""
     if config:
         p = Path(config)
-        if p.suffix in (".yaml", ".yml") and p.is_file():
-            return None, str(p)
+        if p.is_file():
+            raise CheckpointError(_file_config_refusal(config, ref.name))
         if p.is_dir():
             if not (p / "model_index.json").is_file():
                 raise CheckpointError(f"config={config!r} for {ref.name!r}: folder has no model_index.json; expected "
@@ -142,7 +149,7 @@ def _load_single_file(ref: CheckpointRef, kwargs: dict, config: str | None):
     except CheckpointError:
         raise
     except Exception as exc:
-        local = config is not None and Path(config).exists()  # a folder or .yaml given: nothing from the hub
+        local = config is not None and Path(config).exists()  # a folder given: nothing from the hub
         raise CheckpointError(
             f"single-file checkpoint {ref.name!r} ({ref.source}) could not be loaded with "
             f"{'config ' + config_dir if config_dir else 'original_config ' + str(original)}: "

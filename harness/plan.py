@@ -149,11 +149,13 @@ def merged_note(plan: Plan, jobs: Iterable[Job] | None = None) -> str | None:
 
 def plan_notes(plan: Plan, jobs: list[Job]) -> list[str]:
     """What `plan` and `run` say about a valid plan that is rarely what was meant: dangling commas in its
-    prompts, images that would repeat another's pixels, image sizes far from a checkpoint's own."""
+    prompts, images that would repeat another's pixels, image sizes far from a checkpoint's own, and what a
+    checkpoint was built on the assumption of (an SD2 single file taken as the 768 px v-prediction model)."""
     from .expand.lint import dangling_commas
 
     notes = [dangling_commas(j.prompt for j in jobs), merged_note(plan, jobs)]
-    return [n for n in notes if n] + size_notes(plan, jobs)
+    assumed = [n for ref in plan.checkpoints.values() for n in getattr(ref, "notes", ())]  # how a file was built
+    return [n for n in notes if n] + size_notes(plan, jobs) + assumed
 
 
 def group_jobs(jobs: Iterable[Job]) -> dict[tuple, list[Job]]:

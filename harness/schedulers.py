@@ -49,16 +49,48 @@ def scheduler_spec(name: str) -> SchedulerSpec:
 SIGMA_SCHEDULES = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas")
 
 
-def make_scheduler(name: str, base_config: Any):
-    """A fresh scheduler of registry `name`, configured from a checkpoint's scheduler config, with its sigma
-    schedule pinned (:data:`SIGMA_SCHEDULES`): `euler` steps alike on every checkpoint."""
+# Options of a checkpoint's scheduler config that change its noise schedule, with the value that leaves it
+# as trained by plain SD. A checkpoint trained on the changed schedule (zero terminal SNR) makes wrong images
+# on a scheduler class that has no such option: `from_config` drops it without a word while the config still
+# shows it set, so such a pairing is refused rather than run.
+TRAINED_SCHEDULES = {"rescale_betas_zero_snr": False}
+
+
+def _takes(class_name: str) -> set[str]:
+    """The keyword arguments diffusers' scheduler class `class_name` accepts."""
     import inspect
 
     import diffusers
 
+    return set(inspect.signature(getattr(diffusers, class_name).__init__).parameters)
+
+
+def _check_trained_schedule(spec: SchedulerSpec, base_config: Any, checkpoint: str | None) -> None:
+    """A CheckpointError when the checkpoint's config sets a :data:`TRAINED_SCHEDULES` option that `spec`'s
+    class would silently drop, naming the registry schedulers that honour it."""
+    takes = _takes(spec.class_name)
+    for option, plain in TRAINED_SCHEDULES.items():
+        value = base_config.get(option, plain) if hasattr(base_config, "get") else plain
+        if value != plain and option not in takes:
+            honour = [s.name for s in SCHEDULERS.values() if option in _takes(s.class_name)]
+            of = f"checkpoint {checkpoint!r}" if checkpoint else "the checkpoint"
+            raise CheckpointError(
+                f"scheduler {spec.name!r} ({spec.class_name}) cannot honour {of}'s scheduler config "
+                f"{option}={value!r}: it would sample the plain schedule the model was not trained on. "
+                f"Use one of: {', '.join(honour)} (scheduler = \"{honour[0]}\")")
+
+
+def make_scheduler(name: str, base_config: Any, *, checkpoint: str | None = None):
+    """A fresh scheduler of registry `name`, configured from a checkpoint's scheduler config, with its sigma
+    schedule pinned (:data:`SIGMA_SCHEDULES`): `euler` steps alike on every checkpoint. A CheckpointError when
+    the class cannot follow the schedule the checkpoint was trained on (:data:`TRAINED_SCHEDULES`);
+    `checkpoint` names it there."""
+    import diffusers
+
     spec = scheduler_spec(name)
+    _check_trained_schedule(spec, base_config, checkpoint)
     cls = getattr(diffusers, spec.class_name)
-    takes = inspect.signature(cls.__init__).parameters
+    takes = _takes(spec.class_name)
     pinned = {option: False for option in SIGMA_SCHEDULES if option in takes}
     return cls.from_config(base_config, **{**pinned, **dict(spec.options)})
 
