@@ -391,7 +391,7 @@ def test_an_experiment_names_a_single_files_config_and_runs_it_offline(tiny_sing
         load_experiment(tmp_path / "nope.toml")
     (tmp_path / "empty").mkdir()
     (tmp_path / "index.json").write_text("{}")
-    for config, expected in (("empty", "folder has no model_index.json"), ("index.json", "must be an original LDM")):
+    for config, expected in (("empty", "folder has no model_index.json"), ("index.json", "a file is not a config")):
         (tmp_path / "bad.toml").write_text(text + f'[checkpoint."tiny.safetensors"]\nconfig = "{config}"\n')
         with pytest.raises(ExperimentError, match=expected):
             load_experiment(tmp_path / "bad.toml")
