@@ -58,3 +58,14 @@ def broken_clip(tmp_path):
     (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY_CONFIG}))
     (folder / "open_clip_model.safetensors").write_bytes(b"not a safetensors file" * 10)
     return folder
+
+
+@pytest.fixture
+def empty_hf_cache(tmp_path, monkeypatch):
+    """A Hugging Face cache with nothing in it: hub ids and single files' reference repos are missing."""
+    from huggingface_hub import constants
+
+    path = tmp_path / "hf-hub"
+    path.mkdir()
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(path))
+    return path

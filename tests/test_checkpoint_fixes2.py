@@ -98,16 +98,6 @@ def test_a_whole_safetensors_still_locates(tiny_single_file):
 
 # ---------------------------------------------------------------- 3. SD2 single files without a config
 
-@pytest.fixture
-def empty_hf_cache(tmp_path, monkeypatch):
-    from huggingface_hub import constants
-
-    path = tmp_path / "hf-hub"
-    path.mkdir()
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(path))
-    return path
-
-
 def sd2_file(path: Path, metadata: dict | None = None) -> Path:
     """A .safetensors with SD2's CompVis key layout (OpenCLIP text encoder), tiny tensors."""
     import torch

@@ -23,16 +23,6 @@ def tiny_pipe(tiny_ref):
     return pipelines.load_pipeline(tiny_ref, "txt2img")
 
 
-@pytest.fixture
-def empty_hf_cache(tmp_path, monkeypatch):
-    from huggingface_hub import constants
-
-    path = tmp_path / "hf-hub"
-    path.mkdir()
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(path))
-    return path
-
-
 def fake_hub_snapshot(hf_cache: Path, repo: str, source: Path, commit: str = "0" * 40) -> Path:
     """Lay out `source` the way huggingface_hub caches a downloaded repo."""
     root = hf_cache / f"models--{repo.replace('/', '--')}"
