@@ -96,6 +96,8 @@ def expand(
     grammars: List[Path] = typer.Option([], "--grammars", help="Extra wildcard folder (repeatable)."),
 ) -> None:
     """Expand a prompt template into concrete prompts with their factors."""
+    from .expand import TooFewPrompts
+
     try:
         tpl = load_template(template, grammars)
         if count:
@@ -114,8 +116,10 @@ def expand(
             typer.echo(f"note: {commas.note()}", err=True)
     except GrammarError as e:
         fail(str(e))
+    except TooFewPrompts as e:  # by type, not wording: every "too few distinct prompts" error gets the hint
+        fail(f"error: {e}; sample fewer, or add --with-replacement")
     except ValueError as e:
-        fail(f"error: {e}" + ("; sample fewer, or add --with-replacement" if "distinct prompts" in str(e) else ""))
+        fail(f"error: {e}")
 
 
 def write_variants(variants, fmt: Fmt, factors: list[str]) -> None:

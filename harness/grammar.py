@@ -27,11 +27,15 @@ import unicodedata
 from .grammar_ast import Alt, GrammarError, Loc, Node, Option, Seq, Text, Wildcard  # noqa: F401  (the API)
 from .slash import ESC_SLASH, split_slashes
 
-MAX_DEPTH = 64
+MAX_DEPTH = 64  # braces in one text; also wildcards inside wildcards (`expand.resolving`)
+TOO_DEEP = ("the template nests too deeply: its braces and wildcards, counted through every wildcard file, go "
+            "deeper than can be read; nest fewer levels")
 ESCAPABLE = set("{}|/_\\$:@")
 
 _WEIGHT_HEAD = re.compile(r"\s*([-+]?[0-9.][0-9.eE+\-]*)\s*::")
-_NAME_HEAD = re.compile(r"\s*@([^\s:|{}\\]*)\s*: ?")  # a name head; _is_name checks the name itself
+# A name head, with the spaces after its ':' (as before a weight: `{@c:  red}` is `red`, not ` red`), not a
+# line break; _is_name checks the name itself.
+_NAME_HEAD = re.compile(r"\s*@([^\s:|{}\\]*)\s*(:)[^\S\n]*")
 _AT_HEAD = re.compile(r"\s*@([^:|{}]*)")  # an alternation that starts with '@' names its factor
 _K_HEAD = re.compile(r"\s*(\d+)(?:\s*-\s*(\d+))?\s*\$\$")
 # What was meant as a count or a weight but is none (`{-1$$a|b}`, `{x$$a|b}`, `{nan::a|b}`, `{1.5x::a}`): an
@@ -62,8 +66,8 @@ def parse(text: str, *, origin: str = "<template>", allow_empty: bool = False, f
     parser.i = start
     try:
         seq = parser.seq(depth=0)
-    except RecursionError:  # pragma: no cover - MAX_DEPTH keeps us far from it
-        raise GrammarError("template nests too deeply", Loc(origin, text, 0, first_line)) from None
+    except RecursionError:  # MAX_DEPTH keeps a text alone far from it: a wildcard file's line read deep in a chain
+        raise GrammarError(TOO_DEEP, Loc(origin, text, 0, first_line)) from None
     if parser.i < len(text):  # only a stray "}" or "|" stops the top level
         ch = text[parser.i]
         if ch == "}":
@@ -117,12 +121,29 @@ class _Parser:
                 self.i = m.end()
                 buf_start = self.i
             else:
-                if not buf:
+                if not buf:  # the start of this text, or right after an alternation or a wildcard
+                    self.no_mark_here(ch, self.text_start(depth, parts))
                     buf_start = self.i
                 buf.append(ch)
                 self.i += 1
         flush()
         return Seq(tuple(_merge_texts(parts)))
+
+    def no_mark_here(self, ch: str, where: str) -> None:
+        """A combining mark that starts a text joins whatever comes before it only when a prompt is put
+        together (`{e|a}\u0301`, `{café|cafe{\u0301|}}`), after the template was read in NFC: the prompt would
+        spell its accented letter apart from the same letter typed whole, so it is refused here."""
+        if unicodedata.category(ch).startswith("M"):
+            raise GrammarError(f"combining mark U+{ord(ch):04X} ({unicodedata.name(ch, 'unnamed')}) {where}: it joins "
+                               "the letter before it only when a prompt is put together, so the prompt would spell that "
+                               "letter apart from the same letter typed whole (not in NFC); write the accented letter "
+                               "whole, in each option that ends with it", self.loc(self.i))
+
+    def text_start(self, depth: int, parts: list) -> str:
+        """Where a text begins, for `no_mark_here`: after a node in `parts`, or at its sequence's start."""
+        if parts:
+            return "right after '}'" if self.text[self.i - 1] == "}" else "right after a wildcard"
+        return "at the start of an option" if depth else "at the start of the template or wildcard line"
 
     def alternation(self, depth: int) -> Alt | Wildcard:
         open_at = self.i
@@ -147,7 +168,10 @@ class _Parser:
             # A separator runs to the next "$$" (dynamicprompts' rule); a brace before it means there is none.
             end = text.find("$$", self.i)
             if end >= 0 and not any(c in text[self.i:end] for c in "{}"):
-                joiner, self.i = text[self.i:end], end + 2
+                joiner = text[self.i:end]
+                if joiner:  # it follows an option's text in every joined selection
+                    self.no_mark_here(joiner[0], "at the start of a choose-k separator")
+                self.i = end + 2
             elif end >= 0:
                 stray = end
         elif m := _BAD_K_HEAD.match(text, self.i):
@@ -210,11 +234,11 @@ class _Parser:
         """`@name:` right after "{", moving past it; a malformed one is an error."""
         m = _NAME_HEAD.match(self.text, self.i)
         if m and _is_name(m.group(1)):
-            if self.text.startswith("::", m.end() - 1):
+            if self.text.startswith("::", m.start(2)):
                 raise GrammarError(f"'::' after factor name '@{m.group(1)}': a name ends with one ':' "
                                    f"({{@{m.group(1)}: a|b}}; a weight goes before an option's text, "
                                    f"{{@{m.group(1)}: 2::a|b}}); write {{@{m.group(1)}: \\:a}} for an option "
-                                   "that starts with ':'", self.loc(m.end() - 1), length=2)
+                                   "that starts with ':'", self.loc(m.start(2)), length=2)
             self.i = m.end()
             return m.group(1)
         if m := _AT_HEAD.match(self.text, self.i):

@@ -20,7 +20,8 @@ The package's modules, one job each:
 - `exhaustive`: every distinct prompt in template order (`expand`);
 - `spelling`: the first choice path that spells a given prompt (`first_spelling`), found by a
   search, not by walking the paths;
-- `sampling`: weighted random draws (`sample`), labelled with their first spelling's factors;
+- `sampling`: weighted random draws (`sample`), labelled with their first spelling's factors; a sample
+  without replacement larger than the distinct prompts it can draw raises `TooFewPrompts`;
 - here: `Template` and `compile_template`.
 """
 
@@ -31,18 +32,18 @@ from dataclasses import dataclass, replace
 from typing import Iterator
 
 from ..core import Variant
-from ..grammar import GrammarError, Seq, parse
+from ..grammar import TOO_DEEP, Alt, GrammarError, Loc, Option, Seq, parse
 from ..wildcards import WildcardLibrary, default_search_path
 from .counting import _lang, count, count_info
 from .exhaustive import expand
 from .names import alternations, assign_names, auto_name, factor_names, nested_pairs
 from .paths import DEFAULT_JOINER, raw_count
 from .resolving import resolve
-from .sampling import sample
+from .sampling import TooFewPrompts, sample
 
 __all__ = [
-    "DEFAULT_JOINER", "Template", "alternations", "assign_names", "auto_name", "compile_template", "count",
-    "count_info", "expand", "factor_names", "nested_pairs", "raw_count", "resolve", "sample",
+    "DEFAULT_JOINER", "Template", "TooFewPrompts", "alternations", "assign_names", "auto_name", "compile_template",
+    "count", "count_info", "expand", "factor_names", "nested_pairs", "raw_count", "resolve", "sample",
 ]
 
 
@@ -78,21 +79,51 @@ def compile_template(text: str, *, library: WildcardLibrary | None = None, origi
                      allow_empty: bool = False) -> Template:
     """Parse, resolve wildcards and name factors. Without `library`, wildcards are looked up where
     `harness expand` looks for a template given as text: `$HARNESS_GRAMMARS`, then `./grammars`."""
-    tree = parse(text, origin=origin, allow_empty=allow_empty)
-    tree = resolve(tree, library if library is not None else WildcardLibrary(default_search_path()))
-    for alt in alternations(tree):
-        if alt.k is not None:
-            _check_choose_k(alt)
-    return Template(text, assign_names(tree))
+    try:
+        tree = parse(text, origin=origin, allow_empty=allow_empty)
+        tree = resolve(tree, library if library is not None else WildcardLibrary(default_search_path()))
+        for alt in alternations(tree):
+            if alt.k is not None:
+                _check_choose_k(alt)
+        return Template(text, assign_names(tree))
+    except RecursionError:  # braces within wildcards within braces…: each is under its limit, together too deep
+        raise GrammarError(TOO_DEEP, Loc(origin, text, 0)) from None
 
 
 def _check_choose_k(alt) -> None:
-    """A choose-k can spell its count's different texts, and sampling can with its non-zero options."""
+    """A choose-k can spell its count's different texts, and sampling can with the texts it can draw:
+    zero-weight options are never drawn, also where they sit inside an option (`{2$$a|{1::a|0::b}}`
+    samples only `a` from both options), so the check reads the tree without them (`_live`)."""
     if alt.k[0] > 0 and _lang(alt).n == 0:
         raise GrammarError(f"choose-k cannot pick {alt.k[0]} different texts from these options", alt.loc)
-    if alt.k[1] == 0 or all(o.weight != 0 for o in alt.options):
+    live = _live(alt)
+    if alt.k[1] == 0 or live is alt:
         return
-    live = replace(alt, options=tuple(o for o in alt.options if o.weight != 0), k=(alt.k[1], alt.k[1]))
-    if _lang(live).n == 0:
+    if _lang(replace(live, k=(alt.k[1], alt.k[1]))).n == 0:
         raise GrammarError(f"choose-k cannot pick {alt.k[1]} different texts from its options of non-zero weight "
-                           "(zero-weight options are never sampled)", alt.loc)
+                           f"(zero-weight options, also those inside an option, are never sampled{_drawable(live)}); "
+                           "lower the count or give them a weight", alt.loc)
+
+
+def _live(node):
+    """`node` without its zero-weight options, at every depth: what sampling can draw. The node itself
+    when it has none (the parser refuses an alternation whose options all weigh 0, so one stays)."""
+    if isinstance(node, Seq):
+        parts = tuple(_live(p) for p in node.parts)
+        return node if all(a is b for a, b in zip(parts, node.parts)) else Seq(parts)
+    if isinstance(node, Alt):
+        options = tuple(Option(_live(o.body), o.weight) for o in node.options if o.weight != 0)
+        same = len(options) == len(node.options) and all(a.body is b.body for a, b in zip(options, node.options))
+        return node if same else replace(node, options=options)
+    return node
+
+
+def _drawable(alt) -> str:
+    """What each option of `alt` (zero weights dropped) can be drawn as, for the message, when that is short."""
+    shown = []
+    for o in alt.options:
+        strings = _lang(o.body).strings
+        if strings is None or len(strings) > 3 or len(alt.options) > 6:
+            return ""
+        shown.append(" or ".join(repr(s) for s in sorted(strings)))
+    return ", so its options can be drawn only as " + ", ".join(shown)

@@ -7,13 +7,14 @@ from __future__ import annotations
 import difflib
 from dataclasses import replace
 
-from ..grammar import Alt, GrammarError, Option, Seq, Text, is_wildcard_name, parse, sole_wildcard
+from ..grammar import MAX_DEPTH, Alt, GrammarError, Option, Seq, Text, is_wildcard_name, parse, sole_wildcard
 from ..wildcards import WildcardLibrary
 
 
 def resolve(node, library: WildcardLibrary, stack: tuple[str, ...] = ()):
     """Replace wildcards by alternations over their file's lines. Every unknown, empty or cyclic
-    wildcard is reported in one GrammarError (the first, with the others after it)."""
+    wildcard, and one reached through more than `MAX_DEPTH` others, is reported in one GrammarError
+    (the first, with the others after it). `stack` holds the wildcards being resolved, outermost first."""
     problems: dict[str, GrammarError] = {}
     tree = _resolve(node, library, stack, problems)
     if problems:
@@ -66,6 +67,9 @@ def _problem(node, library: WildcardLibrary, stack: tuple[str, ...]) -> GrammarE
     if node.path in stack:
         chain = " -> ".join((*stack[stack.index(node.path):], node.path))
         return GrammarError(f"wildcard cycle: {chain}", node.loc, length=width)
+    if len(stack) >= MAX_DEPTH:  # a chain as deep as this is a mistake, and deeper ones exhaust Python's stack
+        chain = " -> ".join((*stack, node.path))
+        return GrammarError(f"wildcards nest deeper than {MAX_DEPTH} levels: {chain}", node.loc, length=width)
     wf = library.get(node.path)
     if wf is None:
         where = library.searched()

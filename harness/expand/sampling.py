@@ -13,6 +13,11 @@ from .distribution import text_probabilities
 from .paths import DEFAULT_JOINER, _iter, _weights, raw_count, walk
 from .spelling import first_spelling
 
+class TooFewPrompts(ValueError):
+    """A sample without replacement asked for more distinct prompts than the template gives (or than its
+    weights let be drawn): the caller can suggest a smaller sample or drawing with replacement."""
+
+
 _WALK_PER_SEARCH = 20  # one search for a prompt's first spelling costs about as much as walking 20 paths
 _CHOOSE_TRIES = 1000   # draws of one choose-k selection before its paths are enumerated instead
 _CHOOSE_ENUMERATE = 500_000  # the most paths of one choose-k enumerated (and kept) for that
@@ -109,7 +114,7 @@ def _sample(tree, n: int, rng: random.Random, replace: bool) -> list[Variant]:
     if total == 0:
         raise ValueError("the template has no expansions (a choose-k cannot pick distinct texts)")
     if exact and n > total:
-        raise ValueError(f"cannot sample {n} distinct prompts: the template has only {total}")
+        raise TooFewPrompts(f"cannot sample {n} distinct prompts: the template has only {total}")
     out: list[Variant] = []
     seen: set[str] = set()
     stalled: set = set()
@@ -126,7 +131,7 @@ def _sample(tree, n: int, rng: random.Random, replace: bool) -> list[Variant]:
             why = "the weights make the others too unlikely to draw" if exact else (
                 f"the template may have fewer: {total:,} is an upper bound on its distinct prompts, or the "
                 "weights make the others too unlikely to draw")
-            raise ValueError(f"could only draw {len(out)} distinct prompts of {n} requested in {budget:,} draws "
+            raise TooFewPrompts(f"could only draw {len(out)} distinct prompts of {n} requested in {budget:,} draws "
                              f"({why})")
         while len(out) < n and remaining:
             keys = list(remaining)
@@ -134,7 +139,7 @@ def _sample(tree, n: int, rng: random.Random, replace: bool) -> list[Variant]:
             f, _ = remaining.pop(text)
             out.append(Variant(text, dict(f)))
         if len(out) < n:
-            raise ValueError(f"only {len(out)} distinct {'prompt has' if len(out) == 1 else 'prompts have'} "
+            raise TooFewPrompts(f"only {len(out)} distinct {'prompt has' if len(out) == 1 else 'prompts have'} "
                              f"non-zero weight; {n} were requested")
     return out
 
