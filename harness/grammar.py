@@ -134,10 +134,11 @@ class _Parser:
         together (`{e|a}\u0301`, `{café|cafe{\u0301|}}`), after the template was read in NFC: the prompt would
         spell its accented letter apart from the same letter typed whole, so it is refused here."""
         if unicodedata.category(ch).startswith("M"):
-            raise GrammarError(f"combining mark U+{ord(ch):04X} ({unicodedata.name(ch, 'unnamed')}) {where}: it joins "
-                               "the letter before it only when a prompt is put together, so the prompt would spell that "
-                               "letter apart from the same letter typed whole (not in NFC); write the accented letter "
-                               "whole, in each option that ends with it", self.loc(self.i))
+            name = unicodedata.name(ch, "unnamed")
+            raise GrammarError(f"combining mark U+{ord(ch):04X} ({name}) {where}: it joins the letter before it only "
+                               "when a prompt is put together, so the prompt would spell that letter apart from the "
+                               "same letter typed whole (not in NFC); write the accented letter whole, in each option "
+                               "that ends with it", self.loc(self.i))
 
     def text_start(self, depth: int, parts: list) -> str:
         """Where a text begins, for `no_mark_here`: after a node in `parts`, or at its sequence's start."""

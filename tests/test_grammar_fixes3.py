@@ -149,7 +149,7 @@ def test_a_choose_k_that_sampling_cannot_fill_for_nested_zero_weights_is_an_erro
 
 def test_a_choose_k_whose_nested_zero_weights_leave_different_texts_samples():
     t = compile_template("{2$$a|{1::b|0::a}}")
-    assert {v.prompt for v in t.expand()} == {"a,b", "b,a", "a,a"} - {"a,a"}
+    assert [v.prompt for v in t.expand()] == ["a,b", "b,a"]
     assert sorted(v.prompt for v in t.sample(2, random.Random(0))) == ["a,b", "b,a"]
 
 

@@ -113,6 +113,8 @@ def _unmerged(node) -> _Plan:
 
 
 def _plan_seq(parts) -> _Plan:
+    """A sequence as chunks whose items are joined in nested-loop order: its unambiguous head and tail
+    walked, the parts between merged in runs (`_plan`)."""
     if not parts:
         return _listed([("", ())])
     if len(parts) == 1:

@@ -13,6 +13,7 @@ from .distribution import text_probabilities
 from .paths import DEFAULT_JOINER, _iter, _weights, raw_count, walk
 from .spelling import first_spelling
 
+
 class TooFewPrompts(ValueError):
     """A sample without replacement asked for more distinct prompts than the template gives (or than its
     weights let be drawn): the caller can suggest a smaller sample or drawing with replacement."""
