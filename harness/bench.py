@@ -190,7 +190,7 @@ def tflops_line(f: Figures, flops: float, peak: float, matmul: float) -> str:
 
 
 ABLATIONS = ("batching", "png", "sdpa", "embeds", "uint8", "channels_last", "fuse_qkv", "streams", "score",
-             "compile")
+             "compile", "cudagraphs")
 
 
 def not_applicable(key: str, device: str, base=None, batch_size: int | None = None) -> str | None:
@@ -213,6 +213,8 @@ def not_applicable(key: str, device: str, base=None, batch_size: int | None = No
     if key == "compile" and kind != "cuda":
         return ("torch.compile is measured on CUDA only (on a CPU it took 100 s to compile the tiny UNet "
                 "and then ran slower than eager)")
+    if key == "cudagraphs" and kind != "cuda":
+        return "CUDA graphs need a CUDA device"
     return None
 
 
@@ -261,6 +263,9 @@ def ablation_variants(which, device: str, base, notes: list[str] | None = None,
                                     ("channels_last + fused QKV + torch.compile",
                                      ("channels_last", "fuse_qkv", "compile")))
             for run in ("(1st run, compiling)", "(2nd run)")],
+        "cudagraphs": [(f"harness + channels_last + fused QKV + torch.compile + CUDA graphs {run}",
+                        dict(tuning=plus("channels_last", "fuse_qkv", "cudagraphs")))
+                       for run in ("(1st run, compiling)", "(2nd run)")],
     }
     return [row for key in keys if not_applicable(key, device, base, batch_size) is None for row in rows[key]]
 
@@ -271,6 +276,7 @@ def run_bench(sweep: Sweep, *, device: str = "auto", dtype: str = "auto", ablate
               out=print) -> dict:
     from PIL import Image
 
+    from .core import SettingsError
     from .devices import dtype_name, pick_device, pick_dtype
     from .experiment import load_experiment
     from .plan import make_plan
@@ -278,6 +284,9 @@ def run_bench(sweep: Sweep, *, device: str = "auto", dtype: str = "auto", ablate
 
     device = pick_device(device)
     torch_dtype = pick_dtype(dtype, device)
+    if "cudagraphs" in speedups and not device.startswith("cuda"):
+        raise SettingsError(f"--speedups cudagraphs replays CUDA graphs, so it needs a CUDA device; the device is "
+                            f"{device}")
     work = Path(tempfile.mkdtemp(prefix="harness-bench-"))
     try:
         Image.radial_gradient("L").convert("RGB").resize((sweep.size, sweep.size)).save(work / "init.png")
@@ -402,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prompts", type=int, default=None, help=f"1-{len(COLOURS)} (default: 8 on tiny, 4 otherwise)")
     p.add_argument("--seeds", type=int, default=None, help="seeds per prompt (default 4)")
     p.add_argument("--batch-size", type=int, default=None, help="the harness's batch size (default: automatic)")
-    p.add_argument("--speedups", default="", help="comma list: channels_last,fuse_qkv,compile")
+    p.add_argument("--speedups", default="", help="comma list: channels_last,fuse_qkv,compile,cudagraphs")
     p.add_argument("--streams", default="auto", help="CPU generation threads for the harness (auto: 2 on 2+ cores)")
     p.add_argument("--ablate", nargs="?", const="all", default="",
                    help="also measure each optimisation turned off/on: 'all' (no value) or a comma list of "
@@ -436,8 +445,8 @@ def main(argv: list[str] | None = None) -> int:
         figures = run_bench(sweep, device=a.device, dtype=a.dtype, ablate=a.ablate, batch_size=a.batch_size,
                             speedups=speedups, repeat=a.repeat,
                             streams=a.streams if a.streams == "auto" else int(a.streams))
-    except SettingsError as exc:  # a device or dtype this machine does not have
-        p.error(f"--device/--dtype: {exc}")
+    except SettingsError as exc:  # a device or dtype this machine does not have, or a speedup it cannot run
+        p.error(str(exc) if str(exc).startswith("--") else f"--device/--dtype: {exc}")
     except CheckpointError as exc:
         p.error(f"--model {a.model!r}: {exc}")
     except ExperimentError as exc:  # the sweep's own experiment: only --model can make it unusable

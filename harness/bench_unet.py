@@ -4,7 +4,8 @@
 shapes; `sd2`: SD v2's; `tiny`: the built-in test model; nothing is downloaded) and prints:
 
 - its FLOPs per latent (torch's FlopCounterMode);
-- per mode (eager, `torch.compile`, compile with Inductor freezing): milliseconds per forward at the
+- per mode (eager, `torch.compile`, compile with Inductor freezing, compile with CUDA graphs): milliseconds
+  per forward at the
   batch (latents: a guided batch of B images is 2B latents), TFLOP/s and the share of the dense peak;
 - on CUDA, where the compiled forward's GPU time goes (attention, convolutions, matrix products,
   fused element-wise and normalisation kernels);
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 from .measure import card_peak, cuda_event, percent_of_peak, unet_flops
 
 MODELS = ("sd15", "sd2", "tiny")
-MODES = ("eager", "compile", "freezing")
+MODES = ("eager", "compile", "freezing", "cudagraphs")
 
 
 @dataclass(frozen=True)
@@ -134,6 +135,8 @@ def run(model: str = "sd15", *, device: str = "cuda", dtype: str = "auto", batch
     for mode in modes:
         if mode not in MODES:
             raise ValueError(f"mode {mode!r}: expected one of {', '.join(MODES)}")
+    if "cudagraphs" in modes and not device.startswith("cuda"):
+        raise ValueError(f"mode 'cudagraphs' needs a CUDA device, not {device}")
     cfg = unet_config(model)
     latent = size // 8
     torch.manual_seed(0)
@@ -159,7 +162,7 @@ def run(model: str = "sd15", *, device: str = "cuda", dtype: str = "auto", batch
     figures: dict = {"gflop_per_latent": flop / 1e9, "modes": {}, "peak": peak}
     forwards = {}
     for mode in modes:
-        forwards[mode] = unet if mode == "eager" else _compiled(unet, freezing=mode == "freezing")
+        forwards[mode] = unet if mode == "eager" else _compiled(unet, mode)
         wall = time.perf_counter()
         sec = measure(lambda f=forwards[mode]: f(x, t, encoder_hidden_states=ctx), iters)
         tflops = flop * batch / sec / 1e12
@@ -189,12 +192,21 @@ def _inductor_config():
     return config
 
 
-def _compiled(unet, *, freezing: bool):
+def _compiled(unet, mode: str):
+    """The UNet under torch.compile: plain, with Inductor freezing, or with CUDA graphs (each call marks a
+    new step, as a denoising loop does, so a replay may reuse the last one's output buffers)."""
     import torch
 
     torch._dynamo.reset()
-    _inductor_config().freezing = freezing  # read when the first call compiles
-    return torch.compile(unet)
+    _inductor_config().freezing = mode == "freezing"  # read when the first call compiles
+    if mode != "cudagraphs":
+        return torch.compile(unet)
+    compiled = torch.compile(unet, mode="reduce-overhead")
+
+    def forward(*args, **kw):
+        torch.compiler.cudagraph_mark_step_begin()
+        return compiled(*args, **kw)
+    return forward
 
 
 def _kernel_split(mode: str, forward, out, device: str) -> dict[str, float]:
@@ -270,6 +282,8 @@ def main(argv: list[str] | None = None) -> int:
             speedups=speedups, iters=a.iters)
     except SettingsError as exc:  # a device or dtype this machine does not have
         p.error(f"--device/--dtype: {exc}")
+    except ValueError as exc:  # a mode the device cannot run
+        p.error(f"--modes: {exc}")
     return 0
 
 

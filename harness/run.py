@@ -214,6 +214,23 @@ def _check_settings(exp: Experiment, plan: Plan, device: str | None, executor: s
             check(device or exp.device, wanted, exp.memory)
         except SettingsError as exc:
             raise SettingsError(f"{exp.path} ({key or where}): {exc}") from None
+    if "cudagraphs" in exp.speedups and executor == "local":
+        _check_cudagraphs(exp, device or exp.device)
+
+
+def _check_cudagraphs(exp: Experiment, device: str) -> None:
+    """CUDA graphs replay fixed kernels on a CUDA card with weights that stay where they were recorded."""
+    from .devices import pick_device
+
+    resolved = pick_device(device)
+    if not resolved.startswith("cuda"):
+        raise SettingsError(f"{exp.path} (key 'speedups'): 'cudagraphs' replays CUDA graphs, so it needs a CUDA "
+                            f"device; this run's device is {resolved}. Use 'compile' off CUDA")
+    memory = [exp.memory] if isinstance(exp.memory, str) else list(exp.memory)
+    offload = [m for m in memory if m.endswith("cpu_offload")]
+    if offload:
+        raise SettingsError(f"{exp.path} (key 'speedups'): 'cudagraphs' needs the UNet's weights to stay on the "
+                            f"card, but key 'memory' has {offload[0]!r}, which moves them; drop one of the two")
 
 
 def run_experiment(path: Path | str, *, out: Path | str | None = None, force: bool = False,

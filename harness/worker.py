@@ -21,7 +21,7 @@ from .ledger import Done
 from .provenance import a1111_model_name, a1111_parameters, provenance_record, write_png_atomic
 
 PNG_LEVEL = 1  # zlib level: ~2x faster than Pillow's default at a few % more bytes
-SPEEDUPS = ("channels_last", "fuse_qkv", "compile")  # opt-in, in the order they are applied
+SPEEDUPS = ("channels_last", "fuse_qkv", "compile", "cudagraphs")  # opt-in, in the order they are applied
 
 
 def resolve_streams(streams: int | str, device: str) -> int:
@@ -43,7 +43,8 @@ class Tuning:
 
     png_level: int = PNG_LEVEL
     writers: int = 4                  # PNG encode/write threads; 0 = in the generation thread
-    speedups: tuple[str, ...] = ()    # opt-in (`SPEEDUPS`): channels_last, fused QKV projections, torch.compile
+    speedups: tuple[str, ...] = ()    # opt-in (`SPEEDUPS`): channels_last, fused QKV projections, torch.compile,
+                                      # torch.compile with CUDA graphs
     embeds_cache: bool = True         # reuse prompt encodings (off: every image encodes its prompts)
     streams: int | str = "auto"       # CPU generation threads sharing the weights (`resolve_streams`)
     device_uint8: bool = True         # convert to uint8 on the device, one transfer per batch
@@ -61,7 +62,10 @@ def _loader(tuning: Tuning):
             pipe.unet.to(memory_format=torch.channels_last)
         if "fuse_qkv" in tuning.speedups:  # one projection matmul per attention instead of three (two)
             pipe.unet.fuse_qkv_projections()
-        if "compile" in tuning.speedups:
+        if "cudagraphs" in tuning.speedups:  # compiled, and replayed as CUDA graphs (CUDA only: `check_speedups`)
+            import torch
+            pipe.unet = torch.compile(pipe.unet, mode="reduce-overhead")
+        elif "compile" in tuning.speedups:
             import torch
             pipe.unet = torch.compile(pipe.unet)
         if tuning.on_load is not None:

@@ -95,8 +95,12 @@ def test_ablate_names_a_subset_of_rows_and_rejects_unknown_keys():
     assert names == ["harness + fused QKV", "harness, PNG sync level 6", "harness, PNG sync level 1"]
     every = [name for name, _ in ablation_variants("all", "cuda", Tuning())]
     assert "harness, one stream" not in every and "harness + torch.compile (2nd run)" in every
-    # On a CPU: no compile rows, no uint8-on-the-host row; a one-stream row.
-    assert len(ablation_variants(True, "cpu", Tuning())) == len(every) - 4 - 1 + 1
+    # On a CPU: no compile or CUDA-graph rows, no uint8-on-the-host row; a one-stream row.
+    assert len(ablation_variants(True, "cpu", Tuning())) == len(every) - 4 - 2 - 1 + 1
+    graphs = dict(ablation_variants("cudagraphs", "cuda", Tuning()))
+    assert [row["tuning"].speedups for row in graphs.values()] == [("channels_last", "fuse_qkv", "cudagraphs")] * 2
+    notes: list[str] = []
+    assert ablation_variants("cudagraphs", "cpu", Tuning(), notes) == [] and "CUDA device" in notes[0]
     rows = dict(ablation_variants("channels_last,fuse_qkv,compile", "cuda", Tuning(speedups=("fuse_qkv",))))
     assert rows["harness + channels_last"]["tuning"].speedups == ("fuse_qkv", "channels_last")  # adds to --speedups
     assert rows["harness + torch.compile (2nd run)"]["tuning"].speedups == ("fuse_qkv", "compile")
@@ -117,6 +121,40 @@ def test_fuse_qkv_speedup_fuses_the_unet_attention_projections(tmp_path):
     attns = [m for m in pipe.unet.modules() if type(m).__name__ == "Attention"]
     assert attns and all(m.fused_projections for m in attns)
     assert type(attns[0].processor).__name__ == "FusedAttnProcessor2_0"
+
+
+def test_cudagraphs_speedup_compiles_the_unet_for_graph_replay(monkeypatch):
+    import torch
+
+    from harness import checkpoints
+    from harness.worker import Tuning, _loader
+
+    modes = []
+    monkeypatch.setattr(torch, "compile", lambda module, **kw: modes.append(kw.get("mode")) or module)
+    for speedups in (("compile",), ("cudagraphs",), ("compile", "cudagraphs")):
+        _loader(Tuning(speedups=speedups))(checkpoints.resolve("tiny"), "txt2img", device="cpu")
+    assert modes == [None, "reduce-overhead", "reduce-overhead"]  # compiled once, with graphs where asked
+
+
+def test_cudagraphs_off_cuda_is_refused_naming_the_key(tmp_path, capsys):
+    import pytest
+
+    from harness.bench import main
+    from harness.core import SettingsError
+    from harness.run import run_experiment
+
+    path = tmp_path / "e.toml"
+    path.write_text('name = "x"\nprompt = "a cat"\ncheckpoints = ["tiny"]\nspeedups = ["cudagraphs"]\n'
+                    'device = "cpu"\n')
+    with pytest.raises(SettingsError, match=r"e\.toml \(key 'speedups'\): 'cudagraphs' .* needs a CUDA device; "
+                                            r"this run's device is cpu"):
+        run_experiment(path, out=tmp_path / "run")
+    assert not (tmp_path / "run").exists()  # refused before the run folder is made
+    with pytest.raises(SystemExit) as exc:
+        main(["--quick", "--device", "cpu", "--speedups", "cudagraphs"])
+    assert exc.value.code == 2
+    assert "--speedups cudagraphs replays CUDA graphs, so it needs a CUDA device; the device is cpu" in \
+        capsys.readouterr().err
 
 
 def test_unknown_speedup_is_rejected_with_the_list_of_known_ones(tmp_path):

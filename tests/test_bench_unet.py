@@ -56,6 +56,7 @@ def test_bench_unet_on_the_tiny_model_prints_every_figure():
     (["--batch", "0"], "--batch 0: expected at least 1"),
     (["--iters", "-1"], "--iters -1: expected at least 1"),
     (["--model", "sdxl"], "invalid choice: 'sdxl'"),
+    (["--modes", "cudagraphs", "--device", "cpu"], "--modes: mode 'cudagraphs' needs a CUDA device, not cpu"),
 ])
 def test_bad_options_are_named_before_anything_is_built(argv, message, capsys):
     with pytest.raises(SystemExit) as exc:
