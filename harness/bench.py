@@ -190,7 +190,7 @@ def tflops_line(f: Figures, flops: float, peak: float, matmul: float) -> str:
 
 
 ABLATIONS = ("batching", "png", "sdpa", "embeds", "uint8", "channels_last", "fuse_qkv", "streams", "score",
-             "compile", "cudagraphs")
+             "compile", "cudagraphs", "schedule")
 
 
 def not_applicable(key: str, device: str, base=None, batch_size: int | None = None) -> str | None:
@@ -213,8 +213,9 @@ def not_applicable(key: str, device: str, base=None, batch_size: int | None = No
     if key == "compile" and kind != "cuda":
         return ("torch.compile is measured on CUDA only (on a CPU it took 100 s to compile the tiny UNet "
                 "and then ran slower than eager)")
-    if key == "cudagraphs" and kind != "cuda":
-        return "CUDA graphs need a CUDA device"
+    if key in ("cudagraphs", "schedule") and kind != "cuda":
+        return ("CUDA graphs need a CUDA device" if key == "cudagraphs" else
+                "off CUDA the timesteps are on the host already, so 'timesteps on the card' would be the harness row")
     return None
 
 
@@ -266,6 +267,7 @@ def ablation_variants(which, device: str, base, notes: list[str] | None = None,
         "cudagraphs": [(f"harness + channels_last + fused QKV + torch.compile + CUDA graphs {run}",
                         dict(tuning=plus("channels_last", "fuse_qkv", "cudagraphs")))
                        for run in ("(1st run, compiling)", "(2nd run)")],
+        "schedule": [("harness, timesteps on the card", dict(tuning=replace(base, host_schedule=False)))],
     }
     return [row for key in keys if not_applicable(key, device, base, batch_size) is None for row in rows[key]]
 
@@ -403,7 +405,8 @@ def compare_images(work: Path, plan, out=print, runs: tuple[str, ...] = ("harnes
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="harness bench", description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="tiny", help="tiny (CPU default) or sd15-random (SD1.5-sized, GPU)")
+    p.add_argument("--model", default="tiny",
+                   help="tiny (CPU default), sd15-random (SD1.5-sized, GPU) or sd2-random (SD v2's shapes, GPU)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default auto)")
     p.add_argument("--dtype", default="auto", help="auto (fp16 on CUDA, fp32 on CPU) | fp32 | fp16 | bf16")
     p.add_argument("--size", type=int, default=None, help="image side in px (default: 128 on tiny, 512 otherwise)")

@@ -42,12 +42,11 @@ class AttentionShape:
 
 
 def unet_config(model: str) -> dict:
-    from .tiny import SD15_UNET, TINY_UNET
+    from .tiny import SD2_UNET, SD15_UNET, TINY_UNET
     if model == "sd15":
         return dict(SD15_UNET)
     if model == "sd2":  # SD v2: 64-wide heads at every level, linear projections, 1024-wide text
-        return dict(SD15_UNET, attention_head_dim=(5, 10, 20, 20), cross_attention_dim=1024,
-                    use_linear_projection=True)
+        return dict(SD2_UNET)
     if model == "tiny":
         return dict(TINY_UNET)
     raise ValueError(f"--model {model!r}: expected one of {', '.join(MODELS)}")

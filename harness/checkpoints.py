@@ -104,10 +104,19 @@ def _build_sd15_random(path: Path) -> None:
     build_sd15_random(path)
 
 
+def _build_sd2_random(path: Path) -> None:
+    from harness.tiny import build_sd2_random
+
+    build_sd2_random(path)
+
+
 register_builtin("tiny", _build_tiny, folder="tiny-v1", native_size=512, family="tiny",
                  description="2.8 M-parameter random SD-style model for demos and tests (CPU friendly)")
 register_builtin("sd15-random", _build_sd15_random, folder="sd15-random-v1", native_size=512, family="sd1",
                  description="SD v1.5 shapes with random fp16 weights, for GPU benchmarks (2 GB)")
+register_builtin("sd2-random", _build_sd2_random, folder="sd2-random-v1", native_size=512, family="sd2",
+                 description="SD v2 (512 px base) shapes with random fp16 weights: 64-wide attention heads, for GPU "
+                             "benchmarks (2.6 GB)")
 
 
 def builtin_folder(name: str) -> Path:

@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 
 from harness import checkpoints as ck
-from harness import pipelines, schedulers
+from harness import host_schedule, pipelines, schedulers
 from harness.core import Job
 from harness.devices import apply_memory, free_accelerator_memory, pick_device, pick_dtype
 from harness.images import fit_cover, image_hash, load_init_image  # init images live in a torch-free module
@@ -41,12 +41,14 @@ class PipelineCache:
     Switching checkpoint (or dtype) drops the old models and frees memory first.
     `memory_applied` lists what the memory policy chose for the resident one;
     `embeds` is a prompt-embedding cache for `generate_batch(embeds_cache=...)`
-    that is emptied with the checkpoint (its tensors live on the device).
+    that is emptied with the checkpoint (its tensors live on the device). On CUDA, `host_schedule` keeps
+    DDIM's and PNDM's timesteps on the host (`harness.host_schedule`: the same pixels, no wait per step).
     """
 
     def __init__(self, device: str = "auto", *, memory: str | Sequence[str] = "auto",
-                 loader: Callable[..., Any] = pipelines.load_pipeline):
+                 loader: Callable[..., Any] = pipelines.load_pipeline, host_schedule: bool = True):
         self.device = pick_device(device)
+        self.host_schedule = host_schedule
         self.memory = memory
         self._loader = loader
         self._key: tuple | None = None
@@ -72,7 +74,10 @@ class PipelineCache:
             self.loads += 1
         if (mode, scheduler) not in self._pipes:
             self._pipes[(mode, scheduler)] = pipelines.derive_pipeline(self._pipes[("txt2img", None)], mode, scheduler)
-        return self._pipes[(mode, scheduler)]
+        pipe = self._pipes[(mode, scheduler)]
+        if self.host_schedule and self.device.startswith("cuda"):  # steps that do not wait for the card
+            host_schedule.attach(pipe)
+        return pipe
 
     def clear(self, *, collect: bool = True) -> None:
         """Drop the resident checkpoint; if there was one and `collect`, also run the garbage collector

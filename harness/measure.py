@@ -90,9 +90,13 @@ class DenoiseTimer:
             self.calls += 1
             self.latents += self._t.batch
 
+        import torch
+
+        # A compiled UNet (torch.compile) would trace these hooks into its graph, where the events are
+        # never recorded at run time: they run as plain Python around the compiled forward instead.
         unet = getattr(pipe.unet, "_orig_mod", pipe.unet)
-        unet.register_forward_pre_hook(pre, with_kwargs=True)
-        unet.register_forward_hook(post)
+        unet.register_forward_pre_hook(torch.compiler.disable(pre), with_kwargs=True)
+        unet.register_forward_hook(torch.compiler.disable(post))
 
 
 def cuda_event(device):

@@ -5,7 +5,8 @@ architecture families as SD v1 (UNet with cross-attention, an AutoencoderKL
 that downsamples by 8, a CLIP text encoder, the real CLIP BPE tokenizer) but
 with small widths, so a 256x256 image takes a fraction of a second on a CPU.
 `sd15-random` has exactly SD v1.5's shapes (about 1.07 B parameters) with random
-weights, for GPU throughput benchmarks without downloading anything.
+weights, for GPU throughput benchmarks without downloading anything; `sd2-random` has SD v2's
+(the 512 px base release: 64-wide attention heads, the OpenCLIP ViT-H text tower).
 
 Both are written with `save_pretrained` into a folder and then loaded through
 the same `from_pretrained` code path as any real model folder.
@@ -107,6 +108,9 @@ SD15_UNET = {
     "freq_shift": 0,
     "act_fn": "silu",
 }
+# SD v2 (the 512 px base release): 64-wide attention heads at every level, linear projections in the
+# transformer blocks, and the 1024-wide OpenCLIP ViT-H/14 text tower (23 of its 24 layers, as SD v2 uses).
+SD2_UNET = dict(SD15_UNET, attention_head_dim=(5, 10, 20, 20), cross_attention_dim=1024, use_linear_projection=True)
 SD15_VAE = {
     "in_channels": 3,
     "out_channels": 3,
@@ -132,6 +136,8 @@ SD15_TEXT = {  # OpenAI CLIP ViT-L/14 text tower
     "eos_token_id": 49407,
     "pad_token_id": 1,
 }
+SD2_TEXT = dict(SD15_TEXT, hidden_size=1024, intermediate_size=4096, num_hidden_layers=23, num_attention_heads=16,
+                projection_dim=512, hidden_act="gelu")
 
 
 # ---------------------------------------------------------------- tokenizer
@@ -274,4 +280,10 @@ def build_tiny(folder: Path) -> None:
 def build_sd15_random(folder: Path) -> None:
     """SD v1.5 shapes with random weights, stored in fp16 (about 2 GB on disk)."""
     build_pipeline(folder, namespace="sd15-random-v1", unet=SD15_UNET, vae=SD15_VAE, text=SD15_TEXT,
+                   dtype=torch.float16)
+
+
+def build_sd2_random(folder: Path) -> None:
+    """SD v2 (512 px base) shapes with random weights, stored in fp16 (about 2.6 GB on disk)."""
+    build_pipeline(folder, namespace="sd2-random-v1", unet=SD2_UNET, vae=SD15_VAE, text=SD2_TEXT,
                    dtype=torch.float16)

@@ -48,6 +48,7 @@ class Tuning:
     embeds_cache: bool = True         # reuse prompt encodings (off: every image encodes its prompts)
     streams: int | str = "auto"       # CPU generation threads sharing the weights (`resolve_streams`)
     device_uint8: bool = True         # convert to uint8 on the device, one transfer per batch
+    host_schedule: bool = True        # CUDA: DDIM/PNDM timesteps on the host, so no step waits for the card
     on_load: Callable | None = None   # called with every loaded pipeline (timing hooks)
     timings: dict | None = None       # if given, "spans" collects (start, end) of every pipeline call
 
@@ -112,7 +113,8 @@ class BatchMaker:
         self.checkpoints = checkpoints
         self.images_dir = Path(images_dir)
         self.tuning = tuning or Tuning()
-        self.cache = gen.PipelineCache(device, memory=memory, loader=_loader(self.tuning))
+        self.cache = gen.PipelineCache(device, memory=memory, loader=_loader(self.tuning),
+                                       host_schedule=self.tuning.host_schedule)
         self.device = self.cache.device
         self.exact = exact
         self.batch_size = batch_size

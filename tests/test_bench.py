@@ -95,8 +95,8 @@ def test_ablate_names_a_subset_of_rows_and_rejects_unknown_keys():
     assert names == ["harness + fused QKV", "harness, PNG sync level 6", "harness, PNG sync level 1"]
     every = [name for name, _ in ablation_variants("all", "cuda", Tuning())]
     assert "harness, one stream" not in every and "harness + torch.compile (2nd run)" in every
-    # On a CPU: no compile or CUDA-graph rows, no uint8-on-the-host row; a one-stream row.
-    assert len(ablation_variants(True, "cpu", Tuning())) == len(every) - 4 - 2 - 1 + 1
+    # On a CPU: no compile, CUDA-graph or timesteps-on-the-card rows, no uint8-on-the-host row; a one-stream row.
+    assert len(ablation_variants(True, "cpu", Tuning())) == len(every) - 4 - 2 - 1 - 1 + 1
     graphs = dict(ablation_variants("cudagraphs", "cuda", Tuning()))
     assert [row["tuning"].speedups for row in graphs.values()] == [("channels_last", "fuse_qkv", "cudagraphs")] * 2
     notes: list[str] = []
@@ -399,3 +399,42 @@ def test_the_peak_memory_says_it_is_the_process_peak_when_the_reset_fails(tmp_pa
     monkeypatch.undo()
     assert measure.reset_peak_memory("cpu") is True
     assert measure.peak_memory("cpu", reset=True).endswith(" GiB RSS")
+
+
+def test_denoise_timer_hooks_run_around_a_compiled_unet():
+    """The timing hooks stay plain Python under torch.compile: every call records its own pair of events
+    (traced into the graph, they would be recorded once while tracing and never at run time)."""
+
+    import torch
+
+    from harness import checkpoints
+    from harness.measure import DenoiseTimer
+    from harness.worker import Tuning, _loader
+
+    made, traced = [], []
+
+    class Event:
+        def __init__(self):  # traceable, as torch.cuda.Event is: nothing here breaks dynamo's graph
+            traced.append(torch.compiler.is_compiling())
+            made.append(self)
+            self.t = len(made)
+
+        def synchronize(self):
+            pass
+
+        def elapsed_time(self, other):
+            return float(other.t - self.t)
+
+    timer = DenoiseTimer(events=lambda device: Event())
+    pipe = _loader(Tuning())(checkpoints.resolve("tiny"), "txt2img", device="cpu")
+    torch._dynamo.reset()
+    pipe.unet = torch.compile(pipe.unet, backend="eager")  # dynamo's tracing without Inductor: seconds
+    timer.attach(pipe)
+    for _ in range(2):
+        pipe("a red circle", num_inference_steps=3, height=64, width=64, output_type="np")
+    calls = timer.calls
+    assert calls >= 6 and timer.latents == 2 * calls  # a guided pair per call, every step timed
+    assert len(made) == 1 + 2 * calls  # the origin, then a start and an end per call
+    spans = timer.unet_spans
+    assert len(spans) == calls and all(end > start for start, end in spans)
+    assert not any(traced)  # never made while dynamo traced the UNet

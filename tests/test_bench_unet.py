@@ -180,3 +180,22 @@ def test_the_kernel_split_synchronises_the_card_asked_for(monkeypatch):
     lines = []
     assert _kernel_split("eager", lambda: None, lines.append, "cuda:1") == {}
     assert fake.synced and fake.devices()[1] == {torch.device("cuda:1")}
+
+
+def test_sd2_random_has_sd2_shapes():
+    """The `sd2-random` built-in's UNet and text tower have SD v2's published sizes, heads 64 wide."""
+    import torch
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from harness.checkpoints import BUILTINS
+    from harness.tiny import SD2_TEXT, SD2_UNET
+
+    assert BUILTINS["sd2-random"].family == "sd2" and BUILTINS["sd2-random"].native_size == 512
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(**SD2_UNET)
+        text = CLIPTextModel(CLIPTextConfig(**SD2_TEXT))
+    assert round(sum(p.numel() for p in unet.parameters()) / 1e6) == 866
+    assert round(sum(p.numel() for p in text.parameters()) / 1e6) == 340
+    assert {s.head_dim for s in attention_shapes(SD2_UNET, 64)} == {64}
+    assert unet_config("sd2") == SD2_UNET

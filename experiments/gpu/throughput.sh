@@ -1,9 +1,10 @@
 #!/bin/bash
-# Usage (on a CUDA machine, from the repository root): bash experiments/gpu/throughput.sh [runner|unet|all] [OUT]
+# Usage (on a CUDA machine, from the repository root): bash experiments/gpu/throughput.sh [runner|sd2|unet|all] [OUT]
 # The GPU figures of the README's Throughput section, each command's output also saved under OUT
-# (default gpu-figures/). `runner`: the harness against the naive loop with the compiled rows (CUDA
-# events, SD1.5-sized random weights, 512x512, 50 steps), then three alternated rounds of the plain
-# pair; `unet`: the UNet alone for SD v1 and SD v2 shapes, eager, compiled and compiled with CUDA graphs.
+# (default gpu-figures/). `runner`: the harness against the naive loop on SD1.5's shapes (random
+# weights, 512x512, 50 steps; two alternated rounds), then the compiled rows; `sd2`: the same sweep on
+# SD v2's shapes, with the timesteps-on-the-card and compiled + CUDA graphs rows; `unet`: the UNet
+# alone for SD v1 and SD v2 shapes, eager, compiled and compiled with CUDA graphs, and SD v1 in bf16.
 # Each part fits in ten minutes on an H100; every command has its own time limit so one that hangs
 # leaves the next its turn.
 set -o pipefail
@@ -15,14 +16,18 @@ nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv,noheader |
 python3 -c "import torch, diffusers; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'cudnn', torch.backends.cudnn.version(), 'diffusers', diffusers.__version__)" | tee -a "$out/gpu.txt"
 
 if [[ $part == runner || $part == all ]]; then
-  timeout 420 python3 -m harness bench --model sd15-random --device cuda --ablate compile,cudagraphs 2>&1 \
-    | grep -v "it/s]" | tee "$out/bench_compiled.txt"
-  timeout 300 python3 -m harness bench --model sd15-random --device cuda --repeat 3 2>&1 \
-    | grep -v "it/s]" | tee "$out/bench_repeat.txt"
+  timeout 450 python3 -m harness bench --model sd15-random --device cuda --repeat 2 --ablate compile,cudagraphs 2>&1 \
+    | grep -v "it/s]" | tee "$out/bench_sd15.txt"
+fi
+if [[ $part == sd2 || $part == all ]]; then
+  timeout 365 python3 -m harness bench --model sd2-random --device cuda --ablate schedule,cudagraphs 2>&1 \
+    | grep -v "it/s]" | tee "$out/bench_sd2.txt"
 fi
 if [[ $part == unet || $part == all ]]; then
   for model in sd15 sd2; do
     timeout 240 python3 -m harness bench-unet --model $model --device cuda --modes eager,compile,cudagraphs 2>&1 \
       | tee "$out/unet_$model.txt"
   done
+  timeout 70 python3 -m harness bench-unet --model sd15 --device cuda --dtype bf16 --modes eager 2>&1 \
+    | tee "$out/unet_sd15_bf16.txt"
 fi
