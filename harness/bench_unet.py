@@ -5,8 +5,8 @@ shapes; `sd2`: SD v2's; `tiny`: the built-in test model; nothing is downloaded) 
 
 - its FLOPs per latent (torch's FlopCounterMode);
 - per mode (eager, `torch.compile`, compile with Inductor freezing, compile with CUDA graphs): milliseconds
-  per forward at the
-  batch (latents: a guided batch of B images is 2B latents), TFLOP/s and the share of the dense peak;
+  per forward at the batch (latents: a guided batch of B images is 2B latents), TFLOP/s and the share of
+  the dense peak;
 - on CUDA, where the compiled forward's GPU time goes (attention, convolutions, matrix products,
   fused element-wise and normalisation kernels);
 - every self-attention shape of the UNet timed alone, next to the same FLOPs in 64-wide heads, and

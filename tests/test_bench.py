@@ -157,6 +157,26 @@ def test_cudagraphs_off_cuda_is_refused_naming_the_key(tmp_path, capsys):
         capsys.readouterr().err
 
 
+def test_cudagraphs_with_cpu_offload_is_refused_naming_both_keys(tmp_path, monkeypatch):
+    import pytest
+
+    from harness import devices
+    from harness.core import SettingsError
+    from harness.experiment import load_experiment
+    from harness.run import _check_cudagraphs
+
+    path = tmp_path / "e.toml"
+    path.write_text('name = "x"\nprompt = "a cat"\ncheckpoints = ["tiny"]\nspeedups = ["cudagraphs"]\n'
+                    'memory = ["model_cpu_offload"]\n')
+    exp = load_experiment(path)
+    monkeypatch.setattr(devices, "pick_device", lambda device: "cuda:0")  # as on a CUDA machine
+    with pytest.raises(SettingsError, match=r"\(key 'speedups'\): 'cudagraphs' needs the UNet's weights to stay "
+                                            r"on the card, but key 'memory' has 'model_cpu_offload'"):
+        _check_cudagraphs(exp, "cuda")
+    path.write_text(path.read_text().replace('["model_cpu_offload"]', '"auto"'))
+    _check_cudagraphs(load_experiment(path), "cuda")  # weights that stay on the card: accepted
+
+
 def test_unknown_speedup_is_rejected_with_the_list_of_known_ones(tmp_path):
     import pytest
 

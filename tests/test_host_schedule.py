@@ -43,9 +43,10 @@ def test_the_unet_gets_the_timestep_on_the_sample_device():
     assert args[1] == 981
 
 
-def test_images_are_the_same_bit_for_bit(tiny):
+@pytest.mark.parametrize("scheduler", ["ddim", "pndm"])
+def test_images_are_the_same_bit_for_bit(tiny, scheduler):
     def draw(attach: bool):
-        pipe = derive_pipeline(tiny, "txt2img", "ddim")
+        pipe = derive_pipeline(tiny, "txt2img", scheduler)
         if attach:
             host_schedule.attach(pipe)
         out = pipe("a red circle", num_inference_steps=4, height=64, width=64, output_type="np",
