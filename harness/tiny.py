@@ -8,7 +8,7 @@ with small widths, so a 256x256 image takes a fraction of a second on a CPU.
 weights, for GPU throughput benchmarks without downloading anything; `sd2-random` has SD v2's
 (the 512 px base release: 64-wide attention heads, the OpenCLIP ViT-H text tower).
 
-Both are written with `save_pretrained` into a folder and then loaded through
+All are written with `save_pretrained` into a folder and then loaded through
 the same `from_pretrained` code path as any real model folder.
 
 Weights are filled by `deterministic_init`: every parameter draws from its own
