@@ -360,6 +360,24 @@ def check_buildable(spec: str, loc: Location) -> None:
         hub_snapshot(loc.config, name=f"config for {spec}")
 
 
+def scheduler_config(loc: Location) -> dict:
+    """The scheduler config a located checkpoint's pipeline starts from, read without diffusers: its own
+    folder's, or for a single file the folder or hub snapshot named by its `config`. {} for a built-in, for a
+    single file built with its family's reference config (neither changes the noise schedule), and where
+    the file is missing or is not JSON (loading reports that)."""
+    if loc.kind in ("folder", "hub"):
+        folder = loc.path
+    elif loc.kind == "file" and loc.config is not None:
+        folder = Path(loc.config) if Path(loc.config).is_dir() else hub_snapshot(loc.config, name=loc.source)
+    else:
+        return {}
+    try:
+        config = json.loads((folder / "scheduler" / "scheduler_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return config if isinstance(config, dict) else {}
+
+
 def default_single_file_config(name: str, path: Path, family: str) -> Path:
     """The diffusers config folder a single file of `family` is built with when it names none: the
     reference repo's snapshot in the HF cache (for SD2, the one the file declares, else the 768 px

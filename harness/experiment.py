@@ -19,8 +19,8 @@ from .checks import Checker
 from .emphasis import MODES as EMPHASIS_MODES
 from .experiment_tables import (  # noqa: F401  (PARENT_TOKEN: for stages.py, with Stage)
     DTYPES, PARENT_TOKEN, Randomize, Stage, check_checkpoints, check_denoising, check_negative_is_read,
-    check_template, check_watermark_size, checkpoint_overrides, checkpoint_tables, init_images_from, pinned_weights,
-    randomize_table, seed_list, stage_tables, toml_key)
+    check_template, check_trained_schedules, check_watermark_size, checkpoint_overrides, checkpoint_tables,
+    init_images_from, pinned_weights, randomize_table, seed_list, stage_tables, toml_key)
 from .grammar import GrammarError
 from .wildcards import WildcardLibrary, read_text
 
@@ -391,6 +391,7 @@ def experiment_from_dict(raw: Mapping[str, Any], path: Path) -> Experiment:
     randomize = (randomize_table(c, raw["randomize"], modes, {n for n in checkpoint_steps if n})
                  if "randomize" in raw else None)
 
+    check_trained_schedules(c, checkpoints, overrides, scheduler, base)
     if watermark != "none":
         check_watermark_size(c, watermark, width, height, checkpoints, overrides)
     library = WildcardLibrary(wildcard_path(raw, origin, base))  # wildcards are checked with the rest

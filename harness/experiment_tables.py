@@ -221,6 +221,27 @@ def check_checkpoints(c: Checker, given, base: Path, per_checkpoint) -> None:
             c.problems.append(f"key '{'checkpoints' if isinstance(given, str) else f'checkpoints[{i}]'}': {e}")
 
 
+def check_trained_schedules(c: Checker, checkpoints: list[str], overrides: dict[str, dict[str, Any]],
+                            scheduler: str, base: Path) -> None:
+    """Each checkpoint's scheduler (its [checkpoint.NAME] one, else the experiment's) can follow the noise
+    schedule the checkpoint was trained on (`schedulers.check_trained_schedule`), so a zero-terminal-SNR
+    fine-tune paired with a scheduler that would drop it fails here, not when its pipeline loads."""
+    from .checkpoints import CheckpointError, locate, scheduler_config
+    from .schedulers import SCHEDULERS, trained_schedule_problem
+
+    for ck in checkpoints:
+        own = overrides.get(ck, {})
+        name = own.get("scheduler") or scheduler
+        try:
+            config = scheduler_config(locate(ck, base_dir=base, config=own.get("config")))
+        except CheckpointError:
+            continue  # reported by check_checkpoints
+        problem = name in SCHEDULERS and trained_schedule_problem(SCHEDULERS[name], config, ck)
+        if problem:
+            key = f"checkpoint.{toml_key(ck)}.scheduler" if own.get("scheduler") else "scheduler"
+            c.problems.append(f"key '{key}': {problem}")
+
+
 def check_watermark_size(c: Checker, watermark: str, width: int | None, height: int | None,
                          checkpoints: list[str], overrides: dict[str, dict[str, Any]]) -> None:
     """The watermark codec needs images of at least 256x256 pixels in area, with an 8x8 block per message

@@ -65,19 +65,20 @@ def _takes(class_name: str) -> set[str]:
     return set(inspect.signature(getattr(diffusers, class_name).__init__).parameters)
 
 
-def _check_trained_schedule(spec: SchedulerSpec, base_config: Any, checkpoint: str | None) -> None:
-    """A CheckpointError when the checkpoint's config sets a :data:`TRAINED_SCHEDULES` option that `spec`'s
-    class would silently drop, naming the registry schedulers that honour it."""
-    takes = _takes(spec.class_name)
+def trained_schedule_problem(spec: SchedulerSpec, base_config: Any, checkpoint: str | None) -> str | None:
+    """Why `spec`'s class cannot run the checkpoint whose scheduler config (a dict or diffusers' FrozenDict)
+    is `base_config`: it sets a :data:`TRAINED_SCHEDULES` option the class would silently drop. The message
+    names the registry schedulers that honour it; None when there is no such option. Diffusers is imported
+    only for a config that sets one."""
     for option, plain in TRAINED_SCHEDULES.items():
         value = base_config.get(option, plain) if hasattr(base_config, "get") else plain
-        if value != plain and option not in takes:
+        if value != plain and option not in _takes(spec.class_name):
             honour = [s.name for s in SCHEDULERS.values() if option in _takes(s.class_name)]
             of = f"checkpoint {checkpoint!r}" if checkpoint else "the checkpoint"
-            raise CheckpointError(
-                f"scheduler {spec.name!r} ({spec.class_name}) cannot honour {of}'s scheduler config "
-                f"{option}={value!r}: it would sample the plain schedule the model was not trained on. "
-                f"Use one of: {', '.join(honour)} (scheduler = \"{honour[0]}\")")
+            return (f"scheduler {spec.name!r} ({spec.class_name}) cannot honour {of}'s scheduler config "
+                    f"{option}={value!r}: it would sample the plain schedule the model was not trained on. "
+                    f"Use one of: {', '.join(honour)} (scheduler = \"{honour[0]}\")")
+    return None
 
 
 def make_scheduler(name: str, base_config: Any, *, checkpoint: str | None = None):
@@ -88,7 +89,9 @@ def make_scheduler(name: str, base_config: Any, *, checkpoint: str | None = None
     import diffusers
 
     spec = scheduler_spec(name)
-    _check_trained_schedule(spec, base_config, checkpoint)
+    problem = trained_schedule_problem(spec, base_config, checkpoint)
+    if problem:
+        raise CheckpointError(problem)
     cls = getattr(diffusers, spec.class_name)
     takes = _takes(spec.class_name)
     pinned = {option: False for option in SIGMA_SCHEDULES if option in takes}

@@ -51,6 +51,43 @@ def test_schedulers_that_take_zero_terminal_snr_keep_it(zero_snr_folder, name):
     assert float(pipe.scheduler.alphas_cumprod[-1]) < 1e-6
 
 
+def test_the_experiment_loader_refuses_the_pairing_naming_the_key_before_any_run(zero_snr_folder, tmp_path):
+    """`plan` and `run` load the experiment first: the refusal comes there, with every other problem."""
+    from harness.experiment import ExperimentError, load_experiment
+
+    path = tmp_path / "e.toml"
+    path.write_text(f'prompt = "a red cat"\nscheduler = "lms"\nsteps = 2\n'
+                    f'checkpoints = ["tiny", "{zero_snr_folder}"]\n'
+                    f'[checkpoint."{zero_snr_folder}"]\nscheduler = "pndm"\n')
+    with pytest.raises(ExperimentError) as err:
+        load_experiment(path)
+    message = str(err.value)
+    assert str(path) in message
+    assert f"key 'checkpoint.\"{zero_snr_folder}\".scheduler': scheduler 'pndm' (PNDMScheduler) cannot honour" \
+        in message and "rescale_betas_zero_snr=True" in message
+    assert "scheduler 'lms'" not in message  # tiny's own schedule is the plain one
+
+    path.write_text(f'prompt = "a red cat"\nscheduler = "heun"\nsteps = 2\ncheckpoints = ["{zero_snr_folder}"]\n')
+    with pytest.raises(ExperimentError, match="key 'scheduler': scheduler 'heun'"):
+        load_experiment(path)
+    path.write_text(f'prompt = "a red cat"\nscheduler = "euler"\nsteps = 2\ncheckpoints = ["{zero_snr_folder}"]\n')
+    assert load_experiment(path).scheduler == "euler"
+
+
+def test_a_single_file_is_checked_against_the_scheduler_config_of_its_config_folder(zero_snr_folder, tmp_path):
+    from harness.experiment import ExperimentError, load_experiment
+    from harness.single_file import save_single_file
+
+    weights = save_single_file(pipelines.load_pipeline(ck.resolve(str(zero_snr_folder)), "txt2img",
+                                                       scheduler="ddim"), tmp_path / "z.safetensors")
+    path = tmp_path / "e.toml"
+    path.write_text(f'prompt = "a red cat"\nscheduler = "lms"\nsteps = 2\ncheckpoints = ["z.safetensors"]\n'
+                    f'[checkpoint."z.safetensors"]\nconfig = "{zero_snr_folder}"\n')
+    with pytest.raises(ExperimentError, match="key 'scheduler': scheduler 'lms' .* checkpoint 'z.safetensors'"):
+        load_experiment(path)
+    assert weights.is_file()
+
+
 def test_a_plain_checkpoint_builds_every_registered_scheduler(tiny_pipe):
     for name in schedulers.SCHEDULERS:
         schedulers.make_scheduler(name, tiny_pipe.scheduler.config, checkpoint="tiny")
