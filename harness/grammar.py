@@ -46,6 +46,7 @@ _BAD_WEIGHT_HEAD = re.compile(r"\s*([-+]?(?:(?:\d|\.\d)[^\s:|{}\\]*|nan|inf(?:in
 # A wildcard's name up to the first "__" after it; `is_wildcard_name` then checks its characters (a combining
 # mark, which no regex class here covers, may follow a letter as in factor names).
 _WILDCARD = re.compile(r"__([^\W_]\S*?)__")
+_PLAIN = re.compile(r"[^\\{}|_]*")  # characters that are text wherever they stand
 
 
 # ----------------------------------------------------------------------------- parser
@@ -124,8 +125,9 @@ class _Parser:
                 if not buf:  # the start of this text, or right after an alternation or a wildcard
                     self.no_mark_here(ch, self.text_start(depth, parts))
                     buf_start = self.i
-                buf.append(ch)
-                self.i += 1
+                end = _PLAIN.match(text, self.i + 1).end()  # the run of characters none of the branches above reads
+                buf.append(text[self.i:end])
+                self.i = end
         flush()
         return Seq(tuple(_merge_texts(parts)))
 

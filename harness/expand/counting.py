@@ -10,8 +10,10 @@ concatenations while they stay few; an empty set is a prefix-free (or suffix-fre
 from __future__ import annotations
 
 import bisect
+import functools
 import itertools
 import math
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from ..grammar import Alt, Seq, Text
@@ -20,6 +22,7 @@ from .paths import _MATERIALISE, DEFAULT_JOINER, _perm_raw, raw_count, walk
 _ENUMERATE_FALLBACK = 2_000_000
 _DANGLING_MAX = 10_000      # the most dangling suffixes (or prefixes) of one language kept; past it: unknown
 _DANGLING_WORK = 1_000_000  # the most (suffix, string) pairs one concatenation's suffixes are derived from
+_TREES_REMEMBERED = 8       # whole trees whose language and count `per_tree` keeps
 
 _Dangling = frozenset  # strings u != "" (see `_Lang.q`), or None where they are not known
 
@@ -57,6 +60,11 @@ def _flip(strings):
     return None if strings is None else frozenset(s[::-1] for s in strings)
 
 
+def _one(text: str) -> _Lang:
+    """The language of one text (what `_from_set({text})` gives, without its passes)."""
+    return _Lang(1, True, frozenset((text,)), frozenset(), frozenset(), text)
+
+
 def _from_set(strings) -> _Lang:
     strings = frozenset(strings)
     prefix = strings and min(strings, key=len) or ""
@@ -71,8 +79,10 @@ def _from_set(strings) -> _Lang:
 
 def _lang(node) -> _Lang:
     if isinstance(node, Text):
-        return _from_set({node.value})
+        return _one(node.value)
     if isinstance(node, Seq):
+        if len(node.parts) == 1 and isinstance(node.parts[0], Text):  # a plain option, as a wildcard's lines are
+            return _one(node.parts[0].value)
         return _seq_lang(node.parts)
     return _alt_lang(node)
 
@@ -210,6 +220,35 @@ def _choose_texts(option_texts: list[list[str]], lo: int, hi: int):
                     yield combo
 
 
+def per_tree(fn):
+    """`fn(tree)` remembered for the few trees read last, by identity: a template's language and count are
+    read by counting, expansion and sampling alike, and over a wildcard of 20,000 lines each costs a pass
+    over its options. The tree is kept with its value, so its id cannot name another tree meanwhile (trees
+    are immutable)."""
+    memo: OrderedDict[int, tuple[object, object]] = OrderedDict()
+
+    @functools.wraps(fn)
+    def wrapper(tree):
+        hit = memo.get(id(tree))
+        if hit is not None and hit[0] is tree:
+            memo.move_to_end(id(tree))
+            return hit[1]
+        value = fn(tree)
+        memo[id(tree)] = (tree, value)
+        while len(memo) > _TREES_REMEMBERED:
+            memo.popitem(last=False)
+        return value
+
+    return wrapper
+
+
+@per_tree
+def tree_lang(tree) -> _Lang:
+    """The language of a whole template's tree (`_lang`), remembered (`per_tree`)."""
+    return _lang(tree)
+
+
+@per_tree
 def count_info(tree) -> tuple[int, bool]:
     """(number of distinct prompts, exact?). Exact for every template whose
     language is small or whose parts concatenate unambiguously; otherwise it
@@ -218,7 +257,7 @@ def count_info(tree) -> tuple[int, bool]:
     returns an upper bound flagged inexact."""
     from .exhaustive import distinct
 
-    lang = _lang(tree)
+    lang = tree_lang(tree)
     if lang.exact:
         return lang.n, True
     if raw_count(tree) <= _ENUMERATE_FALLBACK:

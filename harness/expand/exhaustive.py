@@ -6,7 +6,7 @@ from typing import Callable, Iterator
 
 from ..core import Variant
 from ..grammar import Alt, Seq, Text
-from .counting import _concat, _from_set, _lang
+from .counting import _concat, _from_set, _lang, tree_lang
 from .paths import raw_count, walk
 
 _WALK = 100_000      # choice paths walked one by one; past this, distinct texts are merged part by part
@@ -25,7 +25,7 @@ def expand(tree, limit: int | None = None) -> Iterator[Variant]:
     prompts) the distinct texts are built part by part instead of walking every path (`_plan`)."""
     if limit is not None and limit <= 0:
         return
-    lang = _lang(tree)  # not count_info: it may walk 2 million paths before the first prompt
+    lang = tree_lang(tree)  # not count_info: it may walk 2 million paths before the first prompt
     dedupe = not (lang.exact and lang.n == raw_count(tree))
     paths = raw_count(tree)  # many times more than the prompts (at most lang.n): merge texts, not walk paths
     merge = dedupe and paths > _WALK and paths > _FAR_MORE * lang.n

@@ -8,7 +8,7 @@ from functools import lru_cache
 
 from ..core import Variant
 from ..grammar import Seq, Text
-from .counting import _ENUMERATE_FALLBACK, _lang, count_info
+from .counting import _ENUMERATE_FALLBACK, count_info, tree_lang
 from .distribution import text_probabilities
 from .paths import DEFAULT_JOINER, _iter, _weights, raw_count, walk
 from .spelling import first_spelling
@@ -24,24 +24,41 @@ _CHOOSE_TRIES = 1000   # draws of one choose-k selection before its paths are en
 _CHOOSE_ENUMERATE = 500_000  # the most paths of one choose-k enumerated (and kept) for that
 
 
-def _draw(node, rng: random.Random, stalled: set) -> tuple[str, tuple]:
-    """One path's text and factors. `stalled` holds the ids of the choose-ks whose redrawing stalled
-    earlier in this sample: they are drawn from their paths at once."""
+class _Draws:
+    """What the draws of one sample keep between draws, by node id (the tree outlives the sample): each
+    alternation's weights and whether they are all 1, read once rather than at every draw (a wildcard of
+    20,000 lines has that many), and the ids of the choose-ks whose redrawing stalled: they are drawn from
+    their paths at once."""
+
+    def __init__(self) -> None:
+        self.stalled: set[int] = set()
+        self._weights: dict[int, tuple[list[float], bool]] = {}
+
+    def weights(self, alt) -> tuple[list[float], bool]:
+        found = self._weights.get(id(alt))
+        if found is None:
+            w = _weights(alt)
+            found = self._weights[id(alt)] = (w, all(x == 1.0 for x in w))
+        return found
+
+
+def _draw(node, rng: random.Random, draws: _Draws) -> tuple[str, tuple]:
+    """One path's text and factors."""
     if isinstance(node, Text):
         return node.value, ()
     if isinstance(node, Seq):
         texts, factors = [], ()
         for p in node.parts:
-            t, f = _draw(p, rng, stalled)
+            t, f = _draw(p, rng, draws)
             texts.append(t)
             factors += f
         return "".join(texts), factors
-    w = _weights(node)
+    w, uniform = draws.weights(node)
     if node.k is None:
-        i = rng.choices(range(len(w)), weights=w)[0] if any(x != 1.0 for x in w) else rng.randrange(len(w))
-        text, f = _draw(node.options[i].body, rng, stalled)
+        i = rng.randrange(len(w)) if uniform else rng.choices(range(len(w)), weights=w)[0]
+        text, f = _draw(node.options[i].body, rng, draws)
         return text, ((node.name, text),) + f
-    for _ in range(0 if id(node) in stalled else _CHOOSE_TRIES):  # a selection that repeats a text is drawn again
+    for _ in range(0 if id(node) in draws.stalled else _CHOOSE_TRIES):  # a selection repeating a text is redrawn
         k = rng.randint(*node.k)
         pool = [i for i, wi in enumerate(w) if wi > 0]  # a zero-weight option is never drawn
         if k > len(pool):
@@ -49,13 +66,13 @@ def _draw(node, rng: random.Random, stalled: set) -> tuple[str, tuple]:
         texts, factors = [], ()
         for _ in range(k):
             j = rng.choices(range(len(pool)), weights=[w[i] for i in pool])[0]
-            t, f = _draw(node.options[pool.pop(j)].body, rng, stalled)
+            t, f = _draw(node.options[pool.pop(j)].body, rng, draws)
             texts.append(t)
             factors += f
         if len(set(texts)) == k:
             text = (DEFAULT_JOINER if node.joiner is None else node.joiner).join(texts)
             return text, ((node.name, text),) + factors
-    stalled.add(id(node))  # redrawing stalls: draw from the paths, same probabilities
+    draws.stalled.add(id(node))  # redrawing stalls: draw from the paths, same probabilities
     paths, weights = _choose_k_table(node)
     return rng.choices(paths, weights=weights)[0]
 
@@ -91,7 +108,7 @@ def sample(tree, n: int, rng: random.Random, *, replace: bool = False) -> list[V
 
 
 def _as_expanded(tree, drawn: list[Variant]) -> list[Variant]:
-    lang = _lang(tree)
+    lang = tree_lang(tree)
     if lang.exact and lang.n == raw_count(tree):
         return drawn  # every prompt has one spelling
     wanted = {v.prompt for v in drawn}
@@ -108,9 +125,9 @@ def _as_expanded(tree, drawn: list[Variant]) -> list[Variant]:
 
 
 def _sample(tree, n: int, rng: random.Random, replace: bool) -> list[Variant]:
+    draws = _Draws()
     if replace:
-        stalled: set = set()
-        return [Variant(t, dict(f)) for t, f in (_draw(tree, rng, stalled) for _ in range(n))]
+        return [Variant(t, dict(f)) for t, f in (_draw(tree, rng, draws) for _ in range(n))]
     total, exact = count_info(tree)
     if total == 0:
         raise ValueError("the template has no expansions (a choose-k cannot pick distinct texts)")
@@ -118,11 +135,10 @@ def _sample(tree, n: int, rng: random.Random, replace: bool) -> list[Variant]:
         raise TooFewPrompts(f"cannot sample {n} distinct prompts: the template has only {total}")
     out: list[Variant] = []
     seen: set[str] = set()
-    stalled: set = set()
     attempts, budget = 0, 200 * n + 1000
     while len(out) < n and attempts < budget:
         attempts += 1
-        text, f = _draw(tree, rng, stalled)
+        text, f = _draw(tree, rng, draws)
         if text not in seen:
             seen.add(text)
             out.append(Variant(text, dict(f)))
