@@ -44,7 +44,7 @@ def parse_lists(text: Optional[str]) -> Optional[list[str]]:
     lists); each must be a name the grammar reads as a wildcard, and given once."""
     from .mutate.resources import list_name_problem
 
-    if not text:
+    if text is None:
         return None
     names: list[str] = []
     for name in (p.strip() for p in text.split(",") if p.strip()):
@@ -129,6 +129,13 @@ def mutate(
     try:
         text, _, prompt_dir = read_argument(prompt, "<prompt>")
         if leave_one_out:
+            unused = [name for name, given in (("--ops", ops is not None), ("--lists", lists is not None),
+                                               ("--partner", bool(partner)), ("--template", template is not None))
+                      if given]
+            if unused:
+                raise ValueError(f"--leave-one-out prints the prompt without each of its clauses, which "
+                                 f"{' and '.join(unused)} {'does' if len(unused) == 1 else 'do'} not change; "
+                                 f"drop {'it' if len(unused) == 1 else 'them'} or --leave-one-out")
             result = mu.leave_one_out(text)
         else:
             weights = check_ops(ops, partnered=bool(partner))

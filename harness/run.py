@@ -89,7 +89,7 @@ def recorded_settings(ledger: Ledger) -> str | None:
 
 
 def prepare_run(exp: Experiment, plan: Plan, run_dir: Path, *, jobs: list[Job] | None = None,
-                force: bool = False, part: str = "main",
+                force: bool = False, part: str = "main", plans_part: bool = True,
                 log: Callable[[str], None] | None = None) -> tuple[Ledger, list[Job]]:
     """Open the ledger, reconcile it with the folder, record the plan; return the jobs still to make.
 
@@ -98,7 +98,8 @@ def prepare_run(exp: Experiment, plan: Plan, run_dir: Path, *, jobs: list[Job] |
     When the experiment changed, the main part is planned again (also from an ablation or a search)
     and the stages' parts are dropped until `run_stage` plans them again; an ablation's or a search's
     part is dropped only when the main images changed (an edit of `metrics` or `batch_size` keeps it).
-    `log` hears about finished images found missing or damaged (they are made again)."""
+    `log` hears about finished images found missing or damaged (they are made again). `plans_part=False`
+    leaves part `part`'s recorded plan as it is, for its caller to plan (a search, generation by generation)."""
     if (run_dir / "experiment.toml").is_file() and not (run_dir / "ledger.sqlite").is_file():
         raise ExperimentError(exp.path, [
             f"{run_dir} holds an experiment.toml but is not a run folder (no ledger.sqlite): the run would "
@@ -142,7 +143,8 @@ def prepare_run(exp: Experiment, plan: Plan, run_dir: Path, *, jobs: list[Job] |
     # all. An ablation or search of an edited experiment plans its main images again too.
     main = plan if part == "main" else make_plan(exp) if edited else None
     changed = main is not None and ledger.plan_keys("main") != set(main.keys)
-    ledger.set_plan(part, [j.key for j in plan.jobs])
+    if plans_part:
+        ledger.set_plan(part, [j.key for j in plan.jobs])
     if main is not None:  # an ablation's or a search's own plan has no factors of the template's
         ledger.set_meta("factors", json.dumps(list(main.factors)))
         ledger.set_meta("factor_nesting", json.dumps(main.nesting))

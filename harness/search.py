@@ -69,12 +69,12 @@ import random
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Collection, Mapping, Sequence
+from typing import Any, Callable, Collection, Iterable, Mapping, Sequence
 
 from .core import Variant, canonical_json, content_key
 from .experiment import Experiment, load_experiment
 from .grammar import escape_text
-from .mutate import Resources, literal, mutate, prompt_key
+from .mutate import Resources, literal, mutate, normalise, prompt_key
 from .mutate.resources import missing_lists_note
 from .search_config import NOT_IDENTITY, SearchConfig, search_config
 from .wildcards import WildcardLibrary
@@ -185,7 +185,7 @@ def breed(previous: Generation, cfg: SearchConfig, resources: Resources) -> list
 def _fill(out: list[Candidate], partners: Sequence[str] | None, rng: random.Random, cfg: SearchConfig,
           resources: Resources, *, born: int, pick: Callable[[], str],
           partner: Callable[[], str] | None = None) -> list[Candidate]:
-    seen = {c.prompt for c in out}
+    seen = {normalise(c.prompt) for c in out}  # as clauses: "red car, " (a template's empty option) is "red car"
     crossing = cfg.operators.get("crossover", 0) > 0
     for _ in range(50 * cfg.population):
         if len(out) >= cfg.population:
@@ -193,9 +193,9 @@ def _fill(out: list[Candidate], partners: Sequence[str] | None, rng: random.Rand
         parent = pick()
         mates = list(partners or ()) if partner is None else ([partner()] if crossing else [])
         m = mutate(parent, rng, resources, operators=cfg.operators, partners=mates)
-        if m is None or m.prompt in seen:
+        if m is None or normalise(m.prompt) in seen:
             continue
-        seen.add(m.prompt)
+        seen.add(normalise(m.prompt))
         out.append(Candidate(m.prompt, m.operator, dict(m.args), tuple(m.parents), born))
     return out
 
@@ -212,7 +212,7 @@ def candidate_fitness(frame, cfg: SearchConfig, jobs: Sequence,
         if job.key in unhealthy:
             continue
         total = 0.0
-        for f in cfg.fitness:
+        for f in cfg.weighted:
             v = frame.get((job.key, f.id), math.nan)
             total += f.weight * (v if f.higher_is_better else -v)
         if not math.isnan(total):
@@ -239,7 +239,7 @@ def unscored_fitness(scores, cfg: SearchConfig, keys: Collection[str]) -> list[t
         return []
     rows = scores[scores["key"].isin(keys)]
     out = []
-    for f in cfg.fitness:
+    for f in cfg.weighted:
         mine = rows[rows["metric"] == f.id]
         if any(math.isfinite(v) for v in mine["value"]):
             continue
@@ -256,7 +256,7 @@ def fitness_bounds(cfg: SearchConfig) -> tuple[float, float] | None:
     from .stats.table import metric_bounds
 
     lo = hi = 0.0
-    for f in cfg.fitness:
+    for f in cfg.weighted:
         bounds = metric_bounds(f.id)
         if bounds is None:
             return None
@@ -300,7 +300,10 @@ def best_of(generations: Sequence[Generation], n: int = 1) -> list[Candidate]:
     return rank(list(found.values()))[:n]
 
 
-def search_identity(exp: Experiment, resources: Resources, refs: Mapping) -> str:
+def search_identity(exp: Experiment, resources: Resources, refs: Mapping, first_images: Iterable[str]) -> str:
+    """The search's id: its settings, modifier lists and checkpoints, and the keys of generation 0's images,
+    which spell out what the settings leave to files (the prompts and negative prompts the wildcards
+    give, the init images' pixels): an edit of any of them is another search, never a resumed one."""
     raw = json.loads(canonical_json(exp.settings))
     if "name" in exp.raw:  # as recorded before the settings left the name out
         raw["name"] = exp.raw["name"]
@@ -308,7 +311,8 @@ def search_identity(exp: Experiment, resources: Resources, refs: Mapping) -> str
         raw.get("search", {}).pop(k, None)
     return content_key({"experiment": raw, "prompt": exp.prompt, "negative_prompt": exp.negative_prompt,
                         "resources": resources.digest(),
-                        "checkpoints": {n: r.fingerprint for n, r in refs.items()}})[:16]
+                        "checkpoints": {n: r.fingerprint for n, r in refs.items()},
+                        "first_images": sorted(first_images)})[:16]
 
 
 def recorded_generations(ledger, search_id: str) -> dict[int, Generation]:
@@ -326,6 +330,7 @@ def evolve(path: Path | str, *, out: Path | str | None = None, device: str | Non
     from .evaluate import evaluate
     from .plan import Plan, jobs_for, resolve_checkpoints, variants_of
     from .run import RunResult, default_run_dir, generate_jobs, prepare_run
+    from .search_report import write_search_report
 
     log = log or (lambda m: print(m, file=sys.stderr, flush=True))
     exp = load_experiment(path)
@@ -336,10 +341,14 @@ def evolve(path: Path | str, *, out: Path | str | None = None, device: str | Non
         log(note)
     variants, negatives = variants_of(exp, library)
     refs = resolve_checkpoints(exp)
-    sid = search_identity(exp, resources, refs)
+    first = initial_population(variants, cfg, resources)
+    sid = search_identity(exp, resources, refs, [j.key for c in first for j in jobs_for(
+        exp, refs, [Variant(c.text, {})], negatives, stage="gen0")])
     run_dir = Path(out) if out else default_run_dir(exp)
-    ledger, _ = prepare_run(exp, Plan(exp, (), (), refs), run_dir, jobs=[], part=f"search:{sid}", log=log)
+    ledger, _ = prepare_run(exp, Plan(exp, (), (), refs), run_dir, jobs=[], part=f"search:{sid}",
+                            plans_part=False, log=log)
     result = SearchResult(run_dir, sid, [], "generations", budget=cfg.budget)
+    used: set[str] = set()  # the images of the generations gone through
     maker = None  # one BatchMaker for every generation: each checkpoint is loaded once
 
     def jobs_of(candidates: Sequence[Candidate], g: int) -> dict[str, list]:
@@ -367,6 +376,10 @@ def evolve(path: Path | str, *, out: Path | str | None = None, device: str | Non
         evaluate(ledger, specs, log=log)
         return run
 
+    def settle() -> None:
+        """The search's plan: the images of the generations this run went through, within today's limits."""
+        ledger.set_plan(f"search:{sid}", used)
+
     def adopt() -> None:
         """This search is the folder's from its generation 0 on: another (an edited [search] table) leaves the
         plan, its images staying in the ledger (undoing the edit replays it without making them)."""
@@ -378,20 +391,18 @@ def evolve(path: Path | str, *, out: Path | str | None = None, device: str | Non
         recorded = recorded_generations(ledger, sid)
         if recorded:
             log(f"search {sid}: resuming; {len(recorded)} generation(s) recorded in {run_dir}")
-        used: set[str] = set()
         specs = list(dict.fromkeys([f.spec for f in cfg.fitness] + list(exp.metrics)))
-        ledger.set_plan(f"search:{sid}", [])  # planned again generation by generation, within today's limits
+        # The plan is replaced by the images of the generations this run affords once it ends (`settle`); until
+        # then a generation's images are added before they are made, so an interrupted rerun of a finished
+        # search leaves its plan whole.
         for g in range(cfg.generations + 1):
             gen = recorded.get(g)
             if gen is not None:  # replayed, under the same budget as a fresh run
                 n_candidates, keys = len(gen.candidates), {k for c in gen.candidates for k in c.image_keys}
             else:
-                candidates = (initial_population(variants, cfg, resources) if g == 0
-                              else breed(result.generations[-1], cfg, resources))
+                candidates = first if g == 0 else breed(result.generations[-1], cfg, resources)
                 if not candidates:
-                    from .search_report import write_search_report
-
-                    # what the search found
+                    settle()  # what the search found
                     result.outputs = write_search_report(run_dir, result.generations, fitness_bounds(cfg))
                     raise SearchError(f"{exp.path}: generation {g} has no candidates: no operator changed any "
                                       f"parent into a new prompt" + (", and elitism = 0 keeps none" if g else "")
@@ -458,8 +469,7 @@ def evolve(path: Path | str, *, out: Path | str | None = None, device: str | Non
                 f"{len(used)} used{'' if cfg.budget is None else f' of {cfg.budget}'})")
             if on_generation is not None:
                 on_generation(gen)
-        from .search_report import write_search_report
-
+        settle()
         result.outputs = write_search_report(run_dir, result.generations, fitness_bounds(cfg))
     finally:
         if maker is not None:

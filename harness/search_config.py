@@ -43,6 +43,12 @@ class SearchConfig:
     budget: int | None
     seed: int
 
+    @property
+    def weighted(self) -> tuple[Fitness, ...]:
+        """The fitness terms that count: a metric of weight 0 is scored (the tables show it) but adds nothing,
+        so an image it does not score still has a fitness."""
+        return tuple(f for f in self.fitness if f.weight != 0)
+
 
 def _needs_init(spec: str) -> bool:
     """Whether the metric reads an init or parent image (none for a txt2img image); False if unknown (the

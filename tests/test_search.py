@@ -476,3 +476,27 @@ def test_a_candidates_interval_stays_in_the_range_its_fitness_can_take():
     jobs = [SimpleNamespace(key=f"k{s}", seed=s) for s in (1, 2)]
     fitness, (lo, hi), _ = candidate_fitness({("k1", metric): 2.0, ("k2", metric): 60.0}, cfg, jobs)
     assert lo_end <= lo < fitness < hi <= hi_end and (lo == lo_end or hi == hi_end)
+
+
+def test_an_interrupted_rerun_of_a_finished_search_leaves_its_plan_whole(uninterrupted, tmp_path):
+    """A rerun stopped while it replays (here as it remakes a lost image of generation 1) leaves the plan as
+    the finished search had it, so `harness report` still describes the whole search."""
+    import shutil
+
+    from harness.ledger import Ledger
+
+    exp, result = uninterrupted
+    shutil.copytree(result.run_dir, tmp_path / "run")
+    with Ledger.open(tmp_path / "run") as led:
+        whole = led.plan_keys(f"search:{result.search_id}")
+        led.image_path(result.generations[1].candidates[-1].image_keys[0]).unlink()
+    assert len(whole) == result.final.images_used
+
+    def stop_at_the_remake(message: str) -> None:
+        if message.startswith("generation 1:") and "made again" in message:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        evolve(exp, out=tmp_path / "run", log=stop_at_the_remake)
+    with Ledger.open(tmp_path / "run", readonly=True) as led:
+        assert led.plan_keys(f"search:{result.search_id}") == whole
