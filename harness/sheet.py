@@ -112,8 +112,9 @@ def _thumb_box(row: dict, size: int = THUMB_PX) -> tuple[int, int]:
 
 
 def _records(run_dir: Path, table: pd.DataFrame, metrics: list[str], labels: dict[str, str],
-             dims: list[str]) -> tuple[list[dict], dict[str, dict]]:
-    """Per image: what the grid cell shows, and the JSON record of the detail view."""
+             dims: list[str], within: Sequence[str] = ()) -> tuple[list[dict], dict[str, dict]]:
+    """Per image: what the grid cell shows, and the JSON record of the detail view. `dims` name the image
+    in its title; `within`, the dims whose levels may tell apart images that share a grid cell."""
     rows = table.to_dict("records")
     keys = {_check_key(r["key"]) for r in rows}
     if len(keys) != len(rows):
@@ -152,14 +153,17 @@ def _records(run_dir: Path, table: pd.DataFrame, metrics: list[str], labels: dic
             if m in bars and not is_missing(v):
                 lo, hi = bars[m]
                 frac = round((float(v) - lo) / (hi - lo), 3)
-            scores.append({"label": labels[m], "id": m[2:], "value": fmt_score(v), "frac": frac})
+            name, bracket, options = labels[m].partition("[")
+            scores.append({"name": name, "options": bracket + options, "id": m[2:], "value": fmt_score(v),
+                           "frac": frac})
         cell = {"key": key, "thumb": thumb(key), "box": _thumb_box(r), "problem": problems.get(key),
                 "problem_short": _short_problem(problems.get(key)), "alt": heading,
                 "watermark": flag(r.get("watermark")),
                 "unhealthy": "healthy" in r and not flag(r["healthy"]),
                 "status": r.get("status"), "scores": scores,
                 "parent": parent, "parent_thumb": thumb(parent) if parent else None,
-                "from_seed": _own_parent_seed(r), "todo": None}
+                "from_seed": _own_parent_seed(r), "todo": None, "within": None,
+                "levels": {d: level_label(r[d]) for d in within if d in r and not is_missing(r[d])}}
         cells.append(cell)
         data[key] = {
             "key": key, "title": heading, "image": rel(files[key]), "thumb": cell["thumb"],
@@ -239,6 +243,8 @@ def _grid_sections(table: pd.DataFrame, cells: list[dict], row_dim: str, col_dim
         grid = [[[] for _ in clevels] for _ in rlevels]
         for i in idx:
             grid[rpos[level_label(values[row_dim][i])]][cpos[level_label(values[col_dim][i])]].append(cells[i])
+        for items in (items for row in grid for items in row if len(items) > 1):
+            _label_within(items)
         to_come = sum(1 for i in idx if cells[i].get("todo"))
         sections.append({
             "heading": [(dim_name(d), lv) for d, lv in zip(section_dims, label)],
@@ -247,6 +253,33 @@ def _grid_sections(table: pd.DataFrame, cells: list[dict], row_dim: str, col_dim
             "rows": [(level_label(v), grid[j]) for j, v in enumerate(rlevels)],
         })
     return sections
+
+
+def _label_within(items: list[dict]) -> None:
+    """Images sharing a grid cell (of two init images, two negative prompts: dims that never split the
+    grids) each get a caption, `within`, naming their levels of the dims that differ among them."""
+    made = [it for it in items if not it.get("todo")]
+    dims = dict.fromkeys(d for it in made for d in it["levels"])
+    differ = [d for d in dims if len({it["levels"].get(d) for it in made}) > 1]
+    for it in made:
+        it["within"] = ", ".join(f"{dim_name(d)}={it['levels'].get(d, '—')}" for d in differ)
+
+
+def _init_labels(table: pd.DataFrame) -> pd.DataFrame:
+    """`table` with its init images named by file name, or where two share one, by their paths from the
+    folder they share (`house.png`, not a path of this machine); a later stage's image's init image is its
+    parent's file, which its parent link shows, so it is left out."""
+    if "init_image" not in table.columns:
+        return table
+    paths = table["init_image"]
+    if "parent_key" in table.columns:
+        paths = paths.where(table["parent_key"].isna(), None)
+    given = sorted({p for p in paths if isinstance(p, str) and p})
+    names = [Path(p).name for p in given]
+    common = os.path.commonpath(given) if len(given) > 1 else ""
+    label = {p: n if names.count(n) == 1 else Path(os.path.relpath(p, common)).as_posix()
+             for p, n in zip(given, names)}
+    return table.assign(init_image=[label.get(p) if isinstance(p, str) else None for p in paths])
 
 
 def _section_order(table: pd.DataFrame, section_dims: list[str], groups: dict[tuple, list[int]],
@@ -379,7 +412,9 @@ def write_sheet(run_dir: Path, table: pd.DataFrame, *, rows: str | None = None, 
     run_dir = Path(run_dir)
     if "key" not in table.columns:
         raise ValueError(f"table needs a 'key' column (one row per image); columns: {list(table.columns)}")
-    table = table.reset_index(drop=True)
+    table = _init_labels(table.reset_index(drop=True))
+    if to_make is not None:
+        to_make = _init_labels(to_make)
     if "strength" in not_sections:  # a drawn strength: each parent's condition names its own strength
         not_sections = (*not_sections, "parent_condition")
     todo = _todo(to_make, table, failed)
@@ -394,8 +429,10 @@ def write_sheet(run_dir: Path, table: pd.DataFrame, *, rows: str | None = None, 
     else:  # nothing made yet: the page says so (and lists what failed)
         row_dim, col_dim, section_dims, shown = rows or "seed", cols or "", [], []
     labels = metric_labels(shown)
-    named = [d for d in grid_dims(table) if d not in NOT_SECTIONS and varies(table, d) and not _repeats_seed(table, d)]
-    cells, data = _records(run_dir, table, shown, labels, named)
+    # an image's title names what varies (an init image by its file name; a negative prompt is long text)
+    named = [d for d in grid_dims(table) if d != "negative_prompt" and varies(table, d) and not _repeats_seed(table, d)]
+    within = [d for d in grid_dims(table) if d not in (row_dim, col_dim, *section_dims) and varies(table, d)]
+    cells, data = _records(run_dir, table, shown, labels, named, within)
     if len(todo) and len(table):
         cells = cells + [{"key": r["key"], "todo": r["todo"], "todo_title": r["todo_title"]}
                          for r in todo[["key", "todo", "todo_title"]].to_dict("records")]

@@ -117,8 +117,9 @@ def markdown_blocks(text: str) -> list[dict]:
         if line.startswith("|") and i + 1 < len(lines) and set(lines[i + 1].strip()) <= set("|-: "):
             head, body = _md_cells(line), []
             i += 2
-            while i < len(lines) and lines[i].strip().startswith("|"):
-                body.append(_md_cells(lines[i]))
+            while i < len(lines) and lines[i].strip().startswith("|"):  # as GitHub reads a row of another
+                cells = _md_cells(lines[i])                                 # width: cut, or padded with ""
+                body.append((cells + [""] * len(head))[:len(head)])
                 i += 1
             frame = pd.DataFrame(body, columns=head) if body else pd.DataFrame(columns=head)
             blocks.append({"table": table_model(frame), "heading": None, "text": None})

@@ -228,10 +228,16 @@ class Chromium:
 
     def click(self, selector: str) -> None:
         """A real mouse click (pressed + released) at the centre of the first match of `selector`."""
-        box = self.evaluate(f"""(() => {{
+        # Scrolled to, then measured after two frames: parts of the page that come into view are laid out
+        # in the next frame (`content-visibility: auto`) and may move the element.
+        box = self.evaluate(f"""(async () => {{
             const el = document.querySelector({json.dumps(selector)});
             if (!el) return null;
+            const frame = () => new Promise(done => requestAnimationFrame(() => done()));
             el.scrollIntoView({{block: "center"}});
+            await frame(); await frame();
+            el.scrollIntoView({{block: "center"}});
+            await frame();
             const r = el.getBoundingClientRect();
             return [r.x + r.width / 2, r.y + r.height / 2];
         }})()""")

@@ -149,7 +149,7 @@ def test_chosen_rows_and_cols_and_unknown_names(run):
 def test_scores_use_short_names_and_badges_mark_cells(run):
     folder, table = run
     page = write_sheet(folder, table).read_text()
-    assert f'title="{CLIP}"><span class="m">clip_score</span><span class="v">21</span>' in page
+    assert f'title="{CLIP}"><span class="m"><span class="mn">clip_score</span></span><span class="v">21</span>' in page
     assert page.count('<span class="badge wm"') == 1
     assert page.count('<span class="badge bad"') == 1
     assert "m.stage" not in page and ">stage</span><span" not in page  # text m.* columns are not scores
@@ -163,9 +163,9 @@ def test_scores_of_metrics_sharing_a_short_name_are_labelled_by_what_tells_them_
     folder, table = run
     probe = 'clip_score[model=tiny,pretrained=tiny,text="a red, round thing"]'
     page = write_sheet(folder, table.assign(**{f"m.{probe}": 1.5})).read_text()
-    assert f'title="{CLIP}"><span class="m">clip_score</span>' in page
+    assert f'title="{CLIP}"><span class="m"><span class="mn">clip_score</span></span>' in page
     quoted = probe.replace('"', "&#34;")
-    assert f'title="{quoted}"><span class="m">clip_score[text=&#34;a red, round thing&#34;]</span>' in page
+    assert f'title="{quoted}"><span class="m"><span class="mn">clip_score</span><span class="mo">[text=&#34;a red, round thing&#34;]</span></span>' in page
 
 
 def test_child_cell_shows_its_parent(run):

@@ -13,7 +13,12 @@
 
   // The top bar takes more lines in a narrow window: what sits below it follows its height.
   var bar = document.querySelector(".bar");
-  function fitBar() { document.documentElement.style.setProperty("--bar-h", Math.ceil(bar.getBoundingClientRect().height) + "px"); }
+  // Set only when it changes: setting it restyles the whole page.
+  var barHeight = null;
+  function fitBar() {
+    var h = Math.ceil(bar.getBoundingClientRect().height);
+    if (h !== barHeight) { barHeight = h; document.documentElement.style.setProperty("--bar-h", h + "px"); }
+  }
   fitBar();
   window.addEventListener("resize", fitBar);
 
@@ -91,7 +96,8 @@
     text($("d-prompt"), r.prompt);
     text($("d-neg"), r.negative_prompt ? r.negative_prompt : "(none)");
     $("d-children-box").hidden = !r.children.length;
-    $("d-children").replaceChildren.apply($("d-children"), r.children.map(linkTo));
+    $("d-children").replaceChildren();
+    r.children.forEach(function (child) { $("d-children").appendChild(linkTo(child)); });
     fillPairs($("d-scores"), r.scores.map(function (s) { return [s[0], s[1]]; }));
     fillPairs($("d-factors"), r.factors);
     fillPairs($("d-params"), [["key", r.key]].concat(r.params));
@@ -173,7 +179,10 @@
       if (!isNaN(x.num) && !isNaN(y.num)) { return ((x.num - y.num) || naturalCompare(x.text, y.text)) * dir; }
       return ((isNaN(x.num) - isNaN(y.num)) || naturalCompare(x.text, y.text)) * dir;
     });
-    body.append.apply(body, rows.map(function (r) { return r.row; }));
+    // One fragment, row by row: spread as arguments, 100,000 rows would overflow the call stack.
+    var sorted = document.createDocumentFragment();
+    rows.forEach(function (r) { sorted.appendChild(r.row); });
+    body.appendChild(sorted);
   }
   document.querySelectorAll("table.sortable thead th").forEach(function (th) {
     th.addEventListener("click", function () { sortBy(th); });
