@@ -24,8 +24,9 @@ from PIL import Image
 
 from harness import checkpoints as ck
 from harness import host_schedule, pipelines, schedulers
-from harness.core import Job
-from harness.devices import apply_memory, free_accelerator_memory, pick_device, pick_dtype
+from harness.core import Job, SettingsError
+from harness.devices import (apply_memory, auto_memory, free_accelerator_memory, memory_options, pick_device,
+                             pick_dtype, weight_bytes)
 from harness.images import fit_cover, image_hash, load_init_image  # init images live in a torch-free module
 
 __all__ = [
@@ -68,7 +69,7 @@ class PipelineCache:
         if key != self._key:
             self.clear()
             base = self._loader(ref, "txt2img", device=None, dtype=torch_dtype)
-            self.memory_applied = apply_memory(base, self.memory, self.device)
+            self.memory_applied = apply_memory(base, self._memory_for(base, ref), self.device)
             self._pipes[("txt2img", None)] = base
             self._key = key
             self.loads += 1
@@ -78,6 +79,24 @@ class PipelineCache:
         if self.host_schedule and self.device.startswith("cuda"):  # steps that do not wait for the card
             host_schedule.attach(pipe)
         return pipe
+
+    def _memory_for(self, base, ref: ck.CheckpointRef) -> list[str]:
+        """The memory options for `base`: the policy's, or for "auto" those chosen from the card's free memory.
+        A UNet replayed as CUDA graphs must stay on the card, so an offload "auto" would choose for it is a
+        SettingsError that says why (an offload named in the policy is refused before the run starts)."""
+        options = memory_options(self.memory, self.device)
+        if options is not None:
+            return options
+        options = auto_memory(base, self.device)
+        offload = [o for o in options if o.endswith("cpu_offload")]
+        if offload and getattr(base.unet, "harness_replays_graphs", False):
+            total, _ = weight_bytes(base)
+            raise SettingsError(
+                f"memory = 'auto' would choose {offload[0]} for checkpoint {ref.name!r} on {self.device} "
+                f"(its weights take {total / 2**30:.1f} GiB and the card has too little free memory to keep "
+                f"them with room to spare), but speedups 'cudagraphs' needs the UNet's weights to stay on the "
+                "card; free the card, choose a smaller dtype, or drop 'cudagraphs'")
+        return options
 
     def clear(self, *, collect: bool = True) -> None:
         """Drop the resident checkpoint; if there was one and `collect`, also run the garbage collector

@@ -63,9 +63,9 @@ def _loader(tuning: Tuning):
             pipe.unet.to(memory_format=torch.channels_last)
         if "fuse_qkv" in tuning.speedups:  # one projection matmul per attention instead of three (two)
             pipe.unet.fuse_qkv_projections()
-        if "cudagraphs" in tuning.speedups:  # compiled, and replayed as CUDA graphs (CUDA only: `check_speedups`)
+        if "cudagraphs" in tuning.speedups:  # compiled, and replayed as CUDA graphs (CUDA only: run._check_cudagraphs)
             import torch
-            pipe.unet = torch.compile(pipe.unet, mode="reduce-overhead")
+            pipe.unet = replayed(torch.compile(pipe.unet, mode="reduce-overhead"))
         elif "compile" in tuning.speedups:
             import torch
             pipe.unet = torch.compile(pipe.unet)
@@ -73,6 +73,30 @@ def _loader(tuning: Tuning):
             tuning.on_load(pipe)
         return pipe
     return load
+
+
+def replayed(unet):
+    """`unet` (compiled to replay CUDA graphs) made safe for a denoising loop: a replay writes its output
+    into the buffers of the replay before, so each call marks a new step and hands back a copy of its
+    output. A scheduler that keeps earlier outputs (PNDM keeps the UNet's own output tensors when there is
+    no guidance arithmetic to make new ones) would otherwise read overwritten values. Marked with
+    `harness_replays_graphs` (the memory policy reads it: replayed weights must stay on the card)."""
+    import torch
+
+    @torch.compiler.disable
+    def begin(module, args, kwargs):
+        torch.compiler.cudagraph_mark_step_begin()
+
+    @torch.compiler.disable
+    def copy(module, args, kwargs, output):
+        if isinstance(output, tuple):
+            return tuple(o.clone() if torch.is_tensor(o) else o for o in output)
+        return type(output)(sample=output.sample.clone())
+
+    unet.register_forward_pre_hook(begin, with_kwargs=True)
+    unet.register_forward_hook(copy, with_kwargs=True)
+    unet.harness_replays_graphs = True
+    return unet
 
 
 def write_now(fn, *args, **kw) -> Future:
