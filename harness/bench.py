@@ -18,6 +18,7 @@ The last line is `ratio: X.XX` (harness images/s over naive images/s).
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
 import statistics
@@ -115,6 +116,23 @@ def naive_loop(exp, plan, out: Path, device: str, dtype, timer: DenoiseTimer) ->
         image.save(out / f"{n}.png")
         made += 1
     return time.perf_counter() - t0, made
+
+
+def cpu_load_note(load: float | None = None, cores: int | None = None) -> str | None:
+    """A warning when other processes keep the CPU busy (1-minute load average of half a core or more
+    before anything runs): the two paths use their threads differently (the naive loop torch's default
+    threads, the harness one thread per stream), so a load that comes and goes moves the ratio far more than
+    the work does. None on a quiet machine, or where the load cannot be read."""
+    try:
+        load = os.getloadavg()[0] if load is None else load
+    except OSError:
+        return None
+    cores = cores or os.cpu_count() or 1
+    if load < 0.5:
+        return None
+    return (f"note: the CPU is busy before the benchmark starts (load average {load:.2f} over the last minute, "
+            f"{cores} cores): other processes take time from both paths unevenly, so the ratio may be far off; "
+            "measure on a quiet machine, or with --repeat N to see the spread")
 
 
 def harness_run(exp, plan, run_dir: Path, device: str, timer: DenoiseTimer, tuning=None, batch_size=None,
@@ -310,6 +328,8 @@ def run_bench(sweep: Sweep, *, device: str = "auto", dtype: str = "auto", ablate
             f"{sweep.prompts} prompts x {sweep.seeds} seeds, {modes}), device {device}, {dtype_name(torch_dtype)}")
         for note in notes:
             out(note)
+        if device == "cpu" and (busy := cpu_load_note()):
+            out(busy)
 
         # Warm-up: load once so both paths find weights in the page cache and kernels initialised. A compiled
         # harness row warms on the whole sweep, every batch shape: its timed run then compiles its fresh UNet

@@ -98,3 +98,11 @@ def test_the_classic_attention_row_says_it_also_unfuses_qkv():
     assert names == ["harness, classic attention (no SDPA, QKV unfused)"]
     assert [name for name, _ in ablation_variants("sdpa", "cpu", Tuning())] == [
         "harness, classic attention (no SDPA)"]
+
+
+def test_a_busy_cpu_is_named_before_the_figures_and_a_quiet_one_is_not():
+    from harness.bench import cpu_load_note
+
+    assert cpu_load_note(0.1, 2) is None
+    note = cpu_load_note(1.7, 2)
+    assert note is not None and "load average 1.70 over the last minute, 2 cores" in note and "--repeat" in note
