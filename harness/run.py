@@ -136,7 +136,6 @@ def prepare_run(exp: Experiment, plan: Plan, run_dir: Path, *, jobs: list[Job] |
     ledger.set_meta("experiment_path", str(exp.path))
     planned_before = ledger.planned_keys()  # what a --force follows to later stages: they are planned again
     # (an edit drops their parts below) from the images it remakes, under the same keys where those come out alike
-    ledger.drop_pending({j.key for j in jobs})
     ledger.add_jobs(jobs, refresh=part == "main")  # the experiment's own description of its images wins
     # the main images changed (an edit that changes pixels, or a wildcard file holding other lines): what was
     # made from the earlier ones (stages, an ablation, searches) is planned again from the new ones, or not at
@@ -155,6 +154,9 @@ def prepare_run(exp: Experiment, plan: Plan, run_dir: Path, *, jobs: list[Job] |
     names = {f"stage:{s.name}" for s in exp.stages}  # a stage's part also goes with any edit (of its settings)
     ledger.drop_plan([p for p in ledger.plan_parts() if p not in ("main", part)
                       and (changed or (p.startswith("stage:") and (edited or p not in names)))])
+    # pending or failed rows no plan asks for any more (an edited experiment's) go; those another part still
+    # plans (the main run's failures, with their errors, under an ablation or a search) stay
+    ledger.drop_pending({j.key for j in jobs} | (ledger.planned_keys() or set()))
     if force:
         ledger.force((j.key for j in jobs), among=planned_before)
     done = ledger.done_keys() - ledger.stale_keys()  # stale: an earlier --force has not remade them yet

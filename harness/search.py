@@ -439,7 +439,7 @@ def evolve(path: Path | str, *, out: Path | str | None = None, device: str | Non
                     adopt()
                 result.generations.append(gen)
                 continue
-            ledger.drop_pending({j.key for j in wanted})
+            ledger.drop_pending({j.key for j in wanted} | (ledger.planned_keys() or set()))
             ledger.add_jobs(wanted)
             ledger.set_plan(f"search:{sid}", [j.key for j in wanted], add=True)
             run = make(wanted)

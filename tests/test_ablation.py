@@ -236,3 +236,25 @@ def test_ablate_with_randomized_settings_pairs_each_arm_with_the_full_prompts_se
     assert r.exit_code == 0, r.output
     table = pd.read_csv(tmp_path / "run" / "tables" / "ablation.csv")
     assert list(table["n_pairs"]) == [3, 3, 3] and list(table["contribution"]) == [1.0, 0.0, 0.0]
+
+
+def test_an_ablation_in_a_run_folder_keeps_the_main_runs_failures_and_their_errors(tmp_path):
+    """The folder's main images that failed stay failed, with their errors, for its report: an ablation (or a
+    search) in the folder drops only the rows no plan asks for."""
+    from harness.ledger import Ledger
+    from harness.run import run_experiment
+
+    exp = tmp_path / "exp.toml"
+    exp.write_text(EXPERIMENT.replace(PROMPT, "a castle{, golden hour, oil painting|}")
+                   .replace("seeds = [1, 2, 3]", "seeds = [1, 2]"))
+    run_experiment(exp, out=tmp_path / "run", progress=False, log=lambda m: None)
+    with Ledger.open(tmp_path / "run") as led:  # "a castle" has one clause: the ablation leaves it alone
+        failed = next(j.key for j in led.all_jobs() if j.prompt == "a castle")
+        led.reset([failed])
+        led.mark_failed(failed, "CUDA out of memory at batch 4")
+    r = CliRunner().invoke(app, ["ablate", str(exp), "--out", str(tmp_path / "run"), "--n-boot", "200"])
+    assert r.exit_code == 0, r.output
+    with Ledger.open(tmp_path / "run", readonly=True) as led:
+        assert led.status_of(failed) == "failed"
+        jobs = led.jobs_frame()
+        assert jobs.loc[jobs["key"] == failed, "error"].item() == "CUDA out of memory at batch 4"
