@@ -141,7 +141,14 @@
   // before "v1.10", "2024.9.30" before "2024.10.01"), numbers before other text, other text case-folded
   // (upper- then lower-cased, as Python's casefold: "ß" reads "ss"); texts that read alike by the raw text.
   // "After a letter" is Python's [^\W\d_]: letters and the other numerals (², Ⅻ), not decimal digits.
-  var RUNS = /((?<![\p{L}\p{Nl}\p{No}.])[0-9]+\.[0-9]+(?![0-9]|\.[0-9])|[0-9]+)|([^0-9]+)/gu;
+  // Built from text: a browser without lookbehind (Safari before 16.4) would refuse the whole script over a
+  // literal; it sorts decimals after a letter as decimals too, and everything else as here.
+  var RUNS;
+  try {
+    RUNS = new RegExp("((?<![\\p{L}\\p{Nl}\\p{No}.])[0-9]+\\.[0-9]+(?![0-9]|\\.[0-9])|[0-9]+)|([^0-9]+)", "gu");
+  } catch (e) {
+    RUNS = /([0-9]+\.[0-9]+(?![0-9]|\.[0-9])|[0-9]+)|([^0-9]+)/g;
+  }
   function runs(t) {
     return Array.from(t.matchAll(RUNS), function (m) {
       if (m[1] === undefined) { return { text: m[2].toUpperCase().toLowerCase() }; }
