@@ -6,7 +6,8 @@ shapes; `sd2`: SD v2's; `tiny`: the built-in test model; nothing is downloaded) 
 - its FLOPs per latent (torch's FlopCounterMode);
 - per mode (eager, `torch.compile`, compile with Inductor freezing, compile with CUDA graphs): milliseconds
   per forward at the batch (latents: a guided batch of B images is 2B latents), TFLOP/s and the share of
-  the dense peak;
+  the dense peak (compiled modes keep the up blocks' skip connections channels_last on CUDA, as the
+  runner compiles the UNet: layouts.py);
 - on CUDA, where the compiled forward's GPU time goes (attention, convolutions, matrix products,
   fused element-wise and normalisation kernels);
 - every self-attention shape of the UNet timed alone, next to the same FLOPs in 64-wide heads, and
@@ -126,6 +127,7 @@ def run(model: str = "sd15", *, device: str = "cuda", dtype: str = "auto", batch
     from diffusers.utils import logging as diffusers_logging
 
     from .devices import dtype_name, pick_device, pick_dtype
+    from .layouts import channels_last_skips
 
     diffusers_logging.set_verbosity_error()  # casting random weights to fp16 is intended here
     device = pick_device(device)
@@ -161,6 +163,7 @@ def run(model: str = "sd15", *, device: str = "cuda", dtype: str = "auto", batch
     figures: dict = {"gflop_per_latent": flop / 1e9, "modes": {}, "peak": peak}
     splits: dict[str, tuple[dict[str, float], list[str]]] = {}
     for mode in modes:
+        hooks = [] if mode == "eager" else channels_last_skips(unet)  # as the runner compiles it
         forward = unet if mode == "eager" else _compiled(unet, mode)
         wall = time.perf_counter()
         sec = measure(lambda f=forward: f(x, t, encoder_hidden_states=ctx), iters)
@@ -172,6 +175,8 @@ def run(model: str = "sd15", *, device: str = "cuda", dtype: str = "auto", batch
             lines: list[str] = []
             splits[mode] = (_kernel_split(mode, lambda f=forward: f(x, t, encoder_hidden_states=ctx),
                                           lines.append, device), lines)
+        for hook in hooks:
+            hook.remove()
     if "freezing" in modes:
         _inductor_config().freezing = False  # compiled on its first call, above; later compiles unfrozen
     best, fastest = min(figures["modes"].items(), key=lambda kv: kv[1]["ms"])

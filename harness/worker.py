@@ -63,12 +63,15 @@ def _loader(tuning: Tuning):
             pipe.unet.to(memory_format=torch.channels_last)
         if "fuse_qkv" in tuning.speedups:  # one projection matmul per attention instead of three (two)
             pipe.unet.fuse_qkv_projections()
-        if "cudagraphs" in tuning.speedups:  # compiled, and replayed as CUDA graphs (CUDA only: run._check_cudagraphs)
+        if {"compile", "cudagraphs"} & set(tuning.speedups):
             import torch
-            pipe.unet = replayed(torch.compile(pipe.unet, mode="reduce-overhead"))
-        elif "compile" in tuning.speedups:
-            import torch
-            pipe.unet = torch.compile(pipe.unet)
+
+            from .layouts import channels_last_skips
+            channels_last_skips(pipe.unet)  # skip connections kept channels_last on CUDA (layouts.py)
+            if "cudagraphs" in tuning.speedups:  # and replayed as CUDA graphs (CUDA only: run._check_cudagraphs)
+                pipe.unet = replayed(torch.compile(pipe.unet, mode="reduce-overhead"))
+            else:
+                pipe.unet = torch.compile(pipe.unet)
         if tuning.on_load is not None:
             tuning.on_load(pipe)
         return pipe

@@ -4,7 +4,8 @@
 # (default gpu-figures/). `runner`: the harness against the naive loop on SD1.5's shapes (random
 # weights, 512x512, 50 steps; two alternated rounds), then the compiled rows; `sd2`: the same sweep on
 # SD v2's shapes, with the timesteps-on-the-card and compiled + CUDA graphs rows; `unet`: the UNet
-# alone for SD v1 and SD v2 shapes, eager, compiled and compiled with CUDA graphs, and SD v1 in bf16.
+# alone for SD v1 and SD v2 shapes, eager, compiled and compiled with CUDA graphs, SD v1 in bf16, and SD v1
+# compiled with and without the skip-connection layout (harness/layouts.py).
 # Each part fits in ten minutes on an H100; every command has its own time limit so one that hangs
 # leaves the next its turn.
 set -o pipefail
@@ -30,4 +31,6 @@ if [[ $part == unet || $part == all ]]; then
   done
   timeout 70 python3 -m harness bench-unet --model sd15 --device cuda --dtype bf16 --modes eager 2>&1 \
     | tee "$out/unet_sd15_bf16.txt"
+  timeout 200 python3 experiments/gpu/unet_variants.py --variants skips,base --top 20 2>&1 \
+    | tee "$out/unet_sd15_skips.txt"
 fi
