@@ -36,8 +36,9 @@ EMPTY = "(empty)"
 
 
 def level_label(v: Any) -> str:
-    """How a level reads on the page: '' is '(empty)', missing is '—', floats without noise. A text
-    level spelled like one of those two marks is shown in quotes, so no two levels read alike."""
+    """How a level reads on the page: '' is '(empty)', missing is '—', floats in at most 6 significant
+    digits where those give the number back, else in as many as it takes. A text level spelled like one of
+    those two marks is shown in quotes, so no two levels read alike."""
     if is_missing(v):
         return MISSING
     if isinstance(v, str):
@@ -46,7 +47,10 @@ def level_label(v: Any) -> str:
         return EMPTY if v == "" else v
     if isinstance(v, float) or getattr(getattr(v, "dtype", None), "kind", "") == "f":
         v = float(v)
-        return str(int(v)) if v.is_integer() and abs(v) < 1e15 else format(v, ".6g")
+        if v.is_integer() and abs(v) < 1e15:
+            return str(int(v))
+        short = format(v, ".6g")
+        return short if float(short) == v else repr(v)  # 0.1234567 and 0.1234568 stay two levels
     return str(v)
 
 

@@ -119,3 +119,22 @@ def test_a_markdown_row_of_another_width_is_read_as_github_reads_it():
     (block,) = markdown_blocks("| a | b |\n|---|---|\n| 1 | x|y |\n| 2 |\n| 3 | z\\|w |")
     assert block["table"]["head"] == ["a", "b"]
     assert [[c["text"] for c in row] for row in block["table"]["body"]] == [["1", "x"], ["2", ""], ["3", "z|w"]]
+
+
+def test_numbers_that_agree_to_six_digits_stay_two_levels_on_the_page(tmp_path):
+    from harness.columns import level_label
+
+    assert [level_label(v) for v in (7.5, 0.1234567, 0.1234568, 1e-7, 2.0)] == [
+        "7.5", "0.1234567", "0.1234568", "1e-07", "2"]
+    run = tmp_path / "run"
+    table = init_run(run, [tmp_path / "house.png"])
+    table = pd.concat([table.assign(guidance=0.1234567),
+                       table.assign(guidance=0.1234568, key=table["key"] + "-g2", image=table["image"])])
+    for key in table["key"]:
+        if not (run / "images" / f"{key}.png").exists():
+            (run / "images" / f"{key}.png").write_bytes((run / "images" / f"{key[:-3]}.png").read_bytes())
+    table["image"] = "images/" + table["key"] + ".png"
+    page = write_sheet(run, table, cols="guidance").read_text()
+    headers = re.findall(r'<th scope="col" title="guidance=([^"]*)">', page)
+    assert sorted(set(headers)) == ["0.1234567", "0.1234568"]
+    assert "<span class=\"within\"" not in page  # no cell holds images of both levels
