@@ -551,6 +551,10 @@ def merge_runs(out: Path | str, sources: Iterable[Path | str], *, log: Callable[
                    if m.repaired else "")
                 + (f"; {m.other_parents} later-stage images left out: this folder holds those children of its "
                    "own copy of their parent (shards that overlap made the parent twice)" if m.other_parents else "")
+                + (f"; {m.orphans} later-stage images left out: made from a damaged image skipped above "
+                   "(remade in that shard's folder, they come with it)" if m.orphans else "")
+                + (f"; {m.stale_children} later-stage images of this folder taken out of its plan: made from a "
+                   "copy of their parent it had lost, now replaced by this source's" if m.stale_children else "")
                 + (" (" + ", ".join(f"{n} {why}" for why, n in Counter(m.bad_images.values()).most_common(3))
                    + f"; `harness run {src / 'experiment.toml'} --out {src}` remakes them in that shard's folder, "
                    "then merge it again)" if m.bad_images else ""))

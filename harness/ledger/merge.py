@@ -23,7 +23,12 @@ def merge_runs(into: Ledger, other_dir: Path) -> Merged:
     (`Merged.repaired`). A later stage's image made from another copy of a parent this folder holds
     (overlapping shards that each made the parent, a level apart), where this folder has that child of its
     own copy already, is left out, with what was made from it (`Merged.other_parents`): a second child of
-    one parent. Plan parts are joined, and so are
+    one parent. So is what was made from a parent whose image the source holds damaged and this folder not
+    at all (`Merged.orphans`): remade there with its parent and merged again, it comes with the new copy.
+    Where a parent this folder had lost is repaired from the source, this folder's own images made from the
+    lost copy, and what was made from them, leave the plan (`Merged.stale_children`; their rows and files
+    stay): the source's children of the copy it now holds take their place, or a run makes them anew.
+    Plan parts are joined, and so are
     the parents of a later stage's image in both (:func:`harness.stages.join_parents`: shards that split
     parents with identical images each made their one child). Images are verified
     (:func:`check_png`, and against the digest `other_dir` recorded when it made them) and copied
@@ -43,11 +48,15 @@ def merge_runs(into: Ledger, other_dir: Path) -> Merged:
             mine = into.done_keys()
             unsound = into._image_problems(mine & {row["key"] for row in theirs}, decode=False)[0]
             mine -= unsound.keys()  # the source's copy, if sound, replaces an image this folder has lost
-            children_here = dict(into._read("SELECT key, job_json FROM jobs WHERE parent_key IS NOT NULL"))
+            lineage = into._read("SELECT key, job_json, parent_key FROM jobs WHERE parent_key IS NOT NULL")
+            children_here = {r["key"]: r["job_json"] for r in lineage}
             made_here = {_slot(children_here[k]) for k in mine & children_here.keys()}
-            copied, digests, bad, joined, elsewhere = [], [], {}, [], set()
+            copied, digests, bad, joined, elsewhere, orphans = [], [], {}, [], set(), set()
             for row in theirs:  # in the order they were made: a parent before its children
                 parent = row["parent_key"]
+                if parent and row["key"] not in mine and (parent in bad or parent in orphans):
+                    orphans.add(row["key"])  # its parent is not here: remade, it comes with the new copy
+                    continue
                 if parent and row["key"] not in mine and (parent in elsewhere or (
                         parent in mine and _slot(row["job_json"]) in made_here
                         and not _made_from(into, parent, row["job_json"]))):
@@ -73,6 +82,7 @@ def merge_runs(into: Ledger, other_dir: Path) -> Merged:
             fsync_dir(into.images_dir)
             keep = {values[0] for values in copied}  # key first, as in _JOB_COLUMNS; a key done here keeps
             # its own scores: the source's were computed on its own pixels, which can differ by batching
+            stale = _made_from_lost_copies(into, keep & unsound.keys(), lineage, mine)
             with into._write() as conn:
                 placeholders = ", ".join("?" * len(_JOB_COLUMNS))
                 updates = ", ".join(f"{c} = excluded.{c}" for c in ("status", *_RUN_COLUMNS, "error"))
@@ -87,10 +97,27 @@ def merge_runs(into: Ledger, other_dir: Path) -> Merged:
                                  "VALUES (?, ?, ?, ?, ?)",
                                  [tuple(s) for s in their_scores if s["key"] in keep])
                 scores_added = conn.total_changes - before
+                conn.executemany("DELETE FROM plan WHERE key = ?", [(k,) for k in stale])
                 conn.executemany("INSERT OR IGNORE INTO plan(part, key) VALUES (?, ?)",
-                                 [tuple(r) for r in their_plan if r[1] not in elsewhere])
+                                 [tuple(r) for r in their_plan if r[1] not in elsewhere | orphans])
     return Merged(len(copied), sum(row["key"] in mine for row in theirs), scores_added, bad, len(repaired),
-                  len(elsewhere))
+                  len(elsewhere), len(orphans), len(stale))
+
+
+def _made_from_lost_copies(into: "Ledger", repaired: set[str], lineage, mine: set[str]) -> set[str]:
+    """This folder's done later-stage images made from the lost copy of a parent now `repaired` from the
+    source (their init hash is not the new copy's), and every image made from those."""
+    children: dict[str, list] = {}
+    for r in lineage:
+        children.setdefault(r["parent_key"], []).append(r)
+    stale, todo = set(), [(r, True) for p in repaired for r in children.get(p, ())]
+    while todo:
+        r, direct = todo.pop()
+        if r["key"] in stale or r["key"] not in mine or (direct and _made_from(into, r["parent_key"], r["job_json"])):
+            continue
+        stale.add(r["key"])
+        todo += [(c, False) for c in children.get(r["key"], ())]
+    return stale
 
 
 def _slot(job_json: str) -> str:

@@ -150,6 +150,10 @@ class Merged:
     #                                changed, so the source's sound copy (and its scores) replaced it
     other_parents: int = 0         # later stages' images left out: made from another copy of a parent this
     #                                folder holds with that child of its own copy, or made from such an image
+    orphans: int = 0               # later stages' images left out: made from a parent whose image the source
+    #                                holds damaged and this folder not at all, or made from such an image
+    stale_children: int = 0        # this folder's later stages' images made from a copy of their parent it had
+    #                                lost (repaired from the source), or made from such an image: out of the plan
 
 
 def _now() -> str:
