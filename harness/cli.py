@@ -194,10 +194,16 @@ def plan(
     try:
         exp = load_experiment(experiment)
         p = make_plan(exp)
-        jobs = list(p.jobs) if shard is None else shard_jobs(p.jobs, *_parse_shard(shard), by_variant=bool(exp.stages))
+        made = groups = None
         if exp.stages:  # also refuses stages that would share images
-            from .stages import stage_job_counts
-            counts = stage_job_counts(exp, jobs, p.checkpoints)
+            from .stages import planned_stages, shard_groups
+            made = planned_stages(exp, list(p.jobs), p.checkpoints)
+            groups = shard_groups(exp, made)
+        jobs = list(p.jobs) if shard is None else shard_jobs(p.jobs, *_parse_shard(shard), by_variant=bool(exp.stages),
+                                                            groups=groups)
+        if exp.stages:
+            made = made if shard is None else planned_stages(exp, jobs, p.checkpoints)
+            counts = {stage.name: len(made[stage.name]) for stage in exp.stages}
     except _user_errors() as e:
         fail(str(e))
     if fmt is PlanFmt.jsonl:

@@ -479,10 +479,14 @@ def variant_of(job: Job) -> tuple:
     return (job.checkpoint, job.prompt, job.negative_prompt, job.mode, strength)
 
 
-def shard(jobs: Iterable[Job], index: int, count: int, *, by_variant: bool = False) -> list[Job]:
+def shard(jobs: Iterable[Job], index: int, count: int, *, by_variant: bool = False,
+          groups: dict[tuple, tuple] | None = None) -> list[Job]:
     """A deterministic 1/count of the jobs, chosen by key; with `by_variant` every seed of a variant goes
-    to the same shard, so a staged experiment's shard ranks (`top_k`) and refines whole variants."""
+    to the same shard, so a staged experiment's shard ranks (`top_k`) and refines whole variants, and with
+    `groups` (variant -> the variant standing for its group: `stages.shard_groups`) every variant of a group."""
     if not (count >= 1 and 0 <= index < count):
         raise ValueError(f"shard must be i/n with 0 <= i < n, got {index}/{count}")
-    pick = (lambda j: content_key(list(variant_of(j)))) if by_variant else (lambda j: j.key)
+    groups = groups or {}
+    pick = ((lambda j: content_key(list(groups.get(variant_of(j), variant_of(j))))) if by_variant
+            else (lambda j: j.key))
     return [j for j in jobs if int(pick(j)[:16], 16) % count == index]

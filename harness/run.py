@@ -250,16 +250,18 @@ def run_experiment(path: Path | str, *, out: Path | str | None = None, force: bo
     plan = make_plan(exp)
     run_dir = Path(out) if out else default_run_dir(exp)
     shard = shard or _folder_shard(run_dir, log or _stderr)
+    groups = None
     if exp.stages:  # stages that would share images are refused before any is made
-        from .stages import stage_job_counts
-        stage_job_counts(exp, list(plan.jobs), plan.checkpoints)
+        from .stages import planned_stages, shard_groups
+        groups = shard_groups(exp, planned_stages(exp, list(plan.jobs), plan.checkpoints))
     if plan.merged and (run_dir / "ledger.sqlite").is_file():  # twins made before merging stay planned
         try:
             with Ledger.open(run_dir, readonly=True) as seen:
                 plan = _keep_made_twins(plan, seen.done_keys())
         except LedgerError:  # a ledger that cannot be read yet: prepare_run sets it up or says why
             pass
-    jobs = list(plan.jobs) if shard is None else shard_jobs(plan.jobs, *shard, by_variant=bool(exp.stages))
+    jobs = list(plan.jobs) if shard is None else shard_jobs(plan.jobs, *shard, by_variant=bool(exp.stages),
+                                                            groups=groups)
     for note in plan_notes(plan, jobs):
         (log or _stderr)(f"note: {note}")
     _check_settings(exp, plan, device, executor, executor_options)

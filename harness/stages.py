@@ -220,6 +220,13 @@ def stage_job_counts(exp: Experiment, main_jobs: list[Job], refs: dict,
 
     Two stages that could make the same image (same parent, prompt, seed, strength and steps) are an
     `ExperimentError`: one image cannot be two stages' own, and each stage's tables need all of theirs."""
+    made = planned_stages(exp, main_jobs, refs, library)
+    return {stage.name: len(made[stage.name]) for stage in exp.stages}
+
+
+def planned_stages(exp: Experiment, main_jobs: list[Job], refs: dict,
+                   library: WildcardLibrary | None = None) -> dict[str, list[Job]]:
+    """Stage name ("main" too) -> the jobs :func:`stage_job_counts` counts, with stand-in parents."""
     made = {"main": list(main_jobs)}
     for stage in exp.stages:
         parents = made.get(stage.source, [])
@@ -232,7 +239,44 @@ def stage_job_counts(exp: Experiment, main_jobs: list[Job], refs: dict,
         made[stage.name] = children(exp, stage, parents, refs, lambda p: (f"<{p.key}>", pixel_alike(p)),
                                     library)
     _check_disjoint(exp, made)
-    return {stage.name: len(made[stage.name]) for stage in exp.stages}
+    return made
+
+
+def shard_groups(exp: Experiment, made: dict[str, list[Job]]) -> dict[tuple, tuple]:
+    """Main variant -> the main variant standing for the group a shard keeps whole with it: those whose
+    later-stage images one `top_k` ranks as one variant (a stage that gives the children of several main
+    variants one prompt and negative prompt, say), so a shard ranks what one run ranks. `made` is
+    :func:`planned_stages`'. A variant alone in its group stands for itself."""
+    jobs = {j.key: j for stage_jobs_ in made.values() for j in stage_jobs_}
+    roots: dict[str, frozenset] = {}
+
+    def root_variants(key: str) -> frozenset:
+        if key not in roots:
+            job = jobs[key]
+            roots[key] = (frozenset([variant_of(job)]) if not job.meta.get("parent_key") else
+                          frozenset().union(*(root_variants(p) for p in parent_keys(job) if p in jobs)))
+        return roots[key]
+
+    leader = {variant_of(j): variant_of(j) for j in made["main"]}
+
+    def find(v: tuple) -> tuple:
+        while leader[v] != v:
+            leader[v] = v = leader[leader[v]]
+        return v
+
+    for stage in exp.stages:
+        if stage.top_k is None:
+            continue
+        ranked: dict[tuple, set] = defaultdict(set)
+        for job in made.get(stage.source, []):
+            if _scorable(job, stage.metric):
+                ranked[variant_of(job)] |= root_variants(job.key)
+        for group in ranked.values():
+            first, *rest = sorted(group, key=lambda v: content_key(list(v)))
+            for v in rest:
+                a, b = sorted((find(first), find(v)), key=lambda v: content_key(list(v)))
+                leader[b] = a
+    return {v: find(v) for v in leader}
 
 
 def _scorable(job: Job, spec: str) -> bool:
