@@ -35,17 +35,31 @@ def _pixels(path):
     return np.asarray(Image.open(path), dtype=np.int16)
 
 
-def test_a_merge_that_repairs_a_lost_parent_leaves_one_child_per_parent_slot(tmp_path):
+def _runs_a_level_apart(tmp_path):
+    """Runs `a` and `b` of EXP that batch apart, so some main images are a level apart (as overlapping
+    shards make them) and their children, keyed by the parent's pixels, have other keys; returns such a
+    main image's job."""
     exp = tmp_path / "exp.toml"
     exp.write_text(EXP)
-    # two runs that batch apart make some main images a level apart (as overlapping shards do), so their
-    # children (keyed by the parent's pixels) have other keys
     run_experiment(exp, out=tmp_path / "a", batch_size=1, progress=False, log=lambda m: None)
     run_experiment(exp, out=tmp_path / "b", batch_size=6, progress=False, log=lambda m: None)
     with Ledger.open(tmp_path / "a", readonly=True) as a:
         main = [j for j in a.done_jobs() if j.meta.get("stage") == "main"]
-    lost = next(j for j in main if (_pixels(tmp_path / "a" / "images" / f"{j.key}.png")
+    return next(j for j in main if (_pixels(tmp_path / "a" / "images" / f"{j.key}.png")
                                     != _pixels(tmp_path / "b" / "images" / f"{j.key}.png")).any())
+
+
+def _one_child_per_slot(run, children: int) -> None:
+    with Ledger.open(run, readonly=True) as led:
+        table = image_table(led)
+    refine = table[table["stage"] == "refine"]
+    slots = Counter(zip(refine["parent_key"], refine["prompt"], refine["seed"], refine["strength"]))
+    assert max(slots.values()) == 1, {k[0][:12]: n for k, n in slots.items() if n > 1}
+    assert len(refine) == children
+
+
+def test_a_merge_that_repairs_a_lost_parent_leaves_one_child_per_parent_slot(tmp_path):
+    lost = _runs_a_level_apart(tmp_path)
     shutil.copytree(tmp_path / "a", tmp_path / "run")
     (tmp_path / "run" / "images" / f"{lost.key}.png").unlink()  # the folder lost a parent image
 
@@ -55,26 +69,14 @@ def test_a_merge_that_repairs_a_lost_parent_leaves_one_child_per_parent_slot(tmp
 
     run_image = _pixels(tmp_path / "run" / "images" / f"{lost.key}.png")
     assert (run_image == _pixels(tmp_path / "b" / "images" / f"{lost.key}.png")).all()  # repaired from b
-    with Ledger.open(tmp_path / "run", readonly=True) as led:
-        table = image_table(led)
-    refine = table[table["stage"] == "refine"]
-    slots = Counter(zip(refine["parent_key"], refine["prompt"], refine["seed"], refine["strength"]))
-    assert max(slots.values()) == 1, {k[0][:12]: n for k, n in slots.items() if n > 1}
-    assert len(refine) == 6
+    _one_child_per_slot(tmp_path / "run", 6)
 
 
 def test_remaking_a_damaged_parent_in_its_shard_and_merging_again_leaves_one_child_per_parent_slot(tmp_path):
     """The README's way: merge skips the shard's damaged parent and what was made from it, the shard's folder
     remakes the parent (a level apart: it is batched alone now) and refines it again, and the shard is merged
     again: the merged folder holds the new parent with its one child."""
-    exp = tmp_path / "exp.toml"
-    exp.write_text(EXP)
-    run_experiment(exp, out=tmp_path / "a", batch_size=1, progress=False, log=lambda m: None)
-    run_experiment(exp, out=tmp_path / "b", batch_size=6, progress=False, log=lambda m: None)
-    with Ledger.open(tmp_path / "b", readonly=True) as b:
-        main = [j for j in b.done_jobs() if j.meta.get("stage") == "main"]
-    damaged = next(j for j in main if (_pixels(tmp_path / "a" / "images" / f"{j.key}.png")
-                                       != _pixels(tmp_path / "b" / "images" / f"{j.key}.png")).any())
+    damaged = _runs_a_level_apart(tmp_path)
     path = tmp_path / "b" / "images" / f"{damaged.key}.png"
     data = bytearray(path.read_bytes())
     data[60] ^= 0xFF
@@ -87,10 +89,4 @@ def test_remaking_a_damaged_parent_in_its_shard_and_merging_again_leaves_one_chi
         assert not any(j.meta.get("parent_key") == damaged.key for j in led.done_jobs())
     run_experiment(tmp_path / "b" / "experiment.toml", out=tmp_path / "b", progress=False, log=lambda m: None)
     merge_runs(tmp_path / "run", [tmp_path / "b"], log=lambda m: None)
-
-    with Ledger.open(tmp_path / "run", readonly=True) as led:
-        table = image_table(led)
-    refine = table[table["stage"] == "refine"]
-    slots = Counter(zip(refine["parent_key"], refine["prompt"], refine["seed"], refine["strength"]))
-    assert max(slots.values()) == 1, {k[0][:12]: n for k, n in slots.items() if n > 1}
-    assert len(refine) == 6
+    _one_child_per_slot(tmp_path / "run", 6)
