@@ -18,6 +18,7 @@ MISSING = "—"
 # unless it is part of a version or date: right after a letter (`v1.10`) or in a dotted chain (`1.10.2`,
 # `2024.10.01`), whose parts read as integers (`v1.9` before `v1.10`).
 _RUNS = re.compile(r"((?<![^\W\d_])(?<!\.)[0-9]+\.[0-9]+(?![0-9]|\.[0-9])|[0-9]+)|([^0-9]+)")
+_WHOLE = re.compile(r"[+-]?[0-9]+")
 _NUMBER = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")  # text spelled as a number: -1, 0.25
 # Parameters that may span grid rows or columns, in section order (factors come first). draw: a [randomize]
 # draw index; parent_condition and parent_seed: how and from which seed a later stage's parent was made;
@@ -66,18 +67,26 @@ def sort_key(v: Any) -> tuple:
     if is_missing(v):
         return (2, 0.0, (), "")
     if is_number(v):
-        return (0, float(v), (), "")
+        return (0, _exact(v), (), "")
     if _NUMBER.fullmatch(str(v)):
-        return (0, float(v), (), str(v))
+        return (0, _exact(str(v)), (), str(v))
     return (1, 0.0, natural_key(str(v)), str(v))
 
 
+def _exact(v: Any) -> int | float:
+    """A number as Python compares it exactly: whole numbers (seeds reach 2**63) as int, others as float."""
+    if isinstance(v, str):
+        return int(v) if _WHOLE.fullmatch(v) else float(v)
+    return int(v) if getattr(getattr(v, "dtype", None), "kind", "") in ("i", "u") or isinstance(v, int) else float(v)
+
+
 def natural_key(text: str) -> tuple:
-    """`text` as runs of numbers and other characters (compared case-folded). A number written with a
+    """`text` as runs of numbers and other characters (compared case-folded as the page's script folds
+    them: upper then lower case, so `ı` and `i`, `ς` and `σ` read alike there and here). A number written with a
     decimal point compares as a decimal (`weight 0.15` before `weight 0.4`), whole numbers as integers
     (`s2` before `s10`), and the parts of a version or date as integers (`v1.9` before `v1.10`); the contact
     sheet's script (templates/sheet.js, naturalCompare) reads text alike."""
-    return tuple((0, float(number) if "." in number else int(number), "") if number else (1, 0, other.casefold())
+    return tuple((0, float(number) if "." in number else int(number), "") if number else (1, 0, other.upper().lower())
                  for number, other in _RUNS.findall(text))
 
 

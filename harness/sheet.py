@@ -141,6 +141,7 @@ def _records(run_dir: Path, table: pd.DataFrame, metrics: list[str], labels: dic
     all_metrics = numeric_metrics(table)
     param_cols = [c for c in table.columns
                   if c not in _NOT_PARAMS and not str(c).startswith(("f.", "m."))]
+    own_seeds = {r.get("stage") for r in rows if _refines_another_seed(r)}  # stages with seeds of their own
     cells, data = [], {}
     for r in rows:
         key = r["key"]
@@ -162,7 +163,9 @@ def _records(run_dir: Path, table: pd.DataFrame, metrics: list[str], labels: dic
                 "unhealthy": "healthy" in r and not flag(r["healthy"]),
                 "status": r.get("status"), "scores": scores,
                 "parent": parent, "parent_thumb": thumb(parent) if parent else None,
-                "from_seed": _own_parent_seed(r), "todo": None, "within": None,
+                "from_seed": (int(r["parent_seed"]) if r.get("stage") in own_seeds
+                              and not is_missing(r.get("parent_seed")) else None),
+                "todo": None, "within": None,
                 "levels": {d: level_label(r[d]) for d in within if d in r and not is_missing(r[d])}}
         cells.append(cell)
         data[key] = {
@@ -299,13 +302,22 @@ def _section_order(table: pd.DataFrame, section_dims: list[str], groups: dict[tu
     return order
 
 
-def _own_parent_seed(row: dict) -> int | None:
-    """The seed of a stage image's parent where the stage has seeds of its own (so the image's seed does not
-    say which parent it refines: the cell's "from" names it), else None."""
+def _grids_mix_stages(layout: pd.DataFrame, section_dims: list[str]) -> bool:
+    """Whether one grid of these section dims would hold images of two stages (rows and columns that tell
+    them apart otherwise leave `stage` out of the sections, and a later stage's row could come first)."""
+    if "stage" not in layout.columns or not varies(layout, "stage"):
+        return False
+    if not section_dims:
+        return True
+    return bool(layout.groupby([layout[d].map(level_label) for d in section_dims])["stage"].nunique().gt(1).any())
+
+
+def _refines_another_seed(row: dict) -> bool:
+    """Whether a stage image's seed is not its parent's: its stage has seeds of its own, so the image's seed
+    does not say which parent it refines, and every image of that stage names its parent's seed ("from seed
+    N"), those whose seed happens to equal it too."""
     parent_seed, seed = row.get("parent_seed"), row.get("seed")
-    if is_missing(parent_seed) or is_missing(seed) or int(parent_seed) == int(seed):
-        return None
-    return int(parent_seed)
+    return not (is_missing(parent_seed) or is_missing(seed)) and int(parent_seed) != int(seed)
 
 
 def _repeats_seed(table: pd.DataFrame, column: str) -> bool:
@@ -425,6 +437,8 @@ def write_sheet(run_dir: Path, table: pd.DataFrame, *, rows: str | None = None, 
                         if d not in (row_dim, col_dim, *NOT_SECTIONS, *not_sections) and varies(layout, d)]
         section_dims.sort(key=lambda d: d != "stage")  # one pass of an iterated run after the other
         section_dims = _splitting(layout, section_dims, (row_dim, col_dim))
+        if "stage" not in (row_dim, col_dim, *section_dims) and _grids_mix_stages(layout, section_dims):
+            section_dims = ["stage", *section_dims]  # the first stage's grids first, then the later stages
         shown = resolve_metrics(table, metrics)
     else:  # nothing made yet: the page says so (and lists what failed)
         row_dim, col_dim, section_dims, shown = rows or "seed", cols or "", [], []

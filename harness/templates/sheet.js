@@ -179,7 +179,8 @@
       var t = c ? c.textContent.trim() : "";
       var v = numeric ? (c && c.getAttribute("data-sort")) || "" : (NUMBER.test(t) ? t : "");
       var missing = numeric ? v === "" : t === "" || t === "—";
-      return { row: row, text: t, num: v === "" ? NaN : Number(v), missing: missing };
+      // the empty level reads "(empty)" and sorts as the empty text it is, first, as the grids order it
+      return { row: row, text: t === "(empty)" ? "" : t, num: v === "" ? NaN : Number(v), missing: missing };
     });
     rows.sort(function (x, y) {
       if (x.missing || y.missing) { return x.missing - y.missing; }
