@@ -89,7 +89,14 @@ def _require(data_dir: Path, parts) -> dict:
     if missing or not (data_dir / CONFIGS_FILE).is_file():
         raise ToyDataError(f"toy weights missing in {data_dir}: {', '.join(missing) or CONFIGS_FILE}; "
                            f"train them with `python -m harness.toy.train --what all --out {data_dir}`")
-    return json.loads((data_dir / CONFIGS_FILE).read_text())
+    configs = json.loads((data_dir / CONFIGS_FILE).read_text())
+    for p in parts:  # configs.json records each file's digest: a file cut short or replaced is named now
+        recorded = configs.get("sha256", {}).get(p)
+        if recorded and hashlib.sha256((data_dir / f"{p}.safetensors").read_bytes()).hexdigest() != recorded:
+            raise ToyDataError(f"{data_dir / f'{p}.safetensors'}: not the file {data_dir / CONFIGS_FILE} records "
+                               "(cut short, damaged or replaced); restore it (`git checkout` for the committed "
+                               "weights) or train it again with `python -m harness.toy.train`")
+    return configs
 
 
 # ---------------------------------------------------------------- model builders
@@ -154,7 +161,13 @@ def load_part(module, part: str, data_dir: Path) -> None:
     import torch
     from safetensors.torch import load_file
 
-    state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(data_dir / f"{part}.safetensors")).items()}
+    path = data_dir / f"{part}.safetensors"
+    try:
+        weights = load_file(str(path))
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error type for a damaged header
+        raise ToyDataError(f"{path}: damaged ({type(exc).__name__}: {exc}); restore it (`git checkout` for the "
+                           f"committed weights) or train it again with `python -m harness.toy.train`") from exc
+    state = {k: v.float() if v.is_floating_point() else v for k, v in weights.items()}
     table = _table_key(part, module.state_dict())
     if table and f"{table}.rows" not in state:  # saved by a transformers with the other layout
         other = next((k[:-5] for k in state if k.endswith(".rows")), None)

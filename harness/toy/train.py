@@ -85,8 +85,10 @@ def train(what: str = "all", out: Path | str | None = None, minutes: float | Non
     if overrides:
         profile = profile.with_overrides(overrides)
     device = pick_device(device)  # before the output folder is made
-    if out is None and (profile.name != COMMITTED_PROFILE or minutes is not None or stop_at or overrides):
-        raise ValueError(f"without --out, training writes the committed weights in {models.DATA_DIR}, which the "
+    committed = out is None or Path(out).resolve() == models.DATA_DIR.resolve()
+    if committed and (profile.name != COMMITTED_PROFILE or minutes is not None or stop_at or overrides):
+        raise ValueError(f"without --out, training writes the committed weights in {models.DATA_DIR} (so does "
+                         f"--out naming that folder), which the "
                          f"'{COMMITTED_PROFILE}' profile made in full; this run (profile {profile.name!r}"
                          + (", capped by --minutes" if minutes is not None else "")
                          + (", stopped by --stop-at" if stop_at else "") + (", changed by --set" if overrides else "")

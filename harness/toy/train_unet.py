@@ -8,6 +8,7 @@ import time
 import numpy as np
 import torch
 
+from harness.atomic import write_atomic
 from harness.toy import models, world
 from harness.toy.training import (
     SEED,
@@ -39,8 +40,12 @@ def unet_dataset(setup: Setup, size: int, count: int):
     out = setup.out
     cache = work_dir(out) / f"unet-latents-{size}-{count}-{encoder_digest(out)}.pt"
     if cache.is_file():
-        data = torch.load(cache, map_location="cpu", weights_only=False)
-        return data["labels"], data["latents"]
+        try:
+            data = torch.load(cache, map_location="cpu", weights_only=False)
+            return data["labels"], data["latents"]
+        except (RuntimeError, OSError, EOFError, KeyError, TypeError) as exc:  # derived data: made again
+            print(f"[unet] {cache} cannot be read ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+                  "encoding the latents again", flush=True)
     vae = models.build_vae(json.loads((out / models.CONFIGS_FILE).read_text())["vae"])
     models.load_part(vae, "vae", out)
     vae.to(setup.device).eval()
@@ -53,7 +58,7 @@ def unet_dataset(setup: Setup, size: int, count: int):
         labels += [s.labels for s in scenes]
     print(f"[unet] {count} latents at {size} px ({time.time() - t0:.0f}s)", flush=True)
     latents_t = torch.cat(latents)
-    torch.save({"labels": labels, "latents": latents_t}, cache)
+    write_atomic(cache, lambda tmp: torch.save({"labels": labels, "latents": latents_t}, tmp))  # whole or absent
     return labels, latents_t
 
 

@@ -8,6 +8,7 @@ when the encoder changed, the unet record is marked stale (it was trained on the
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import torch
@@ -121,6 +122,9 @@ def _folder_holds(vae, out, made: dict) -> bool:
 
     path = out / "vae.safetensors"
     if "vae" not in made or not path.is_file():
+        return False
+    recorded = json.loads((out / models.CONFIGS_FILE).read_text()).get("sha256", {}).get("vae")
+    if recorded != hashlib.sha256(path.read_bytes()).hexdigest():  # saved, but configs.json not yet written
         return False
     saved, mine = load_file(str(path)), saved_weights(vae)
     if saved.keys() != mine.keys():

@@ -260,7 +260,14 @@ class Checkpoint:
         self.path = work_dir(setup.out) / f"train-{stage}{suffix}.pt"
 
     def load(self) -> dict | None:
-        return torch.load(self.path, map_location="cpu", weights_only=False) if self.path.is_file() else None
+        if not self.path.is_file():
+            return None
+        try:
+            return torch.load(self.path, map_location="cpu", weights_only=False)
+        except (RuntimeError, OSError, EOFError) as exc:
+            raise ValueError(f"{self.path}: the resumable training state cannot be read ({type(exc).__name__}: "
+                             f"{str(exc).splitlines()[0] if str(exc) else 'damaged'}); delete it to train this stage "
+                             "from its start") from exc
 
     def save(self, state: dict) -> None:
         tmp = self.path.with_suffix(".tmp")
