@@ -117,6 +117,10 @@ def scaled_clip_specs(specs: Iterable[str], scale: float, experiment_specs: Iter
 
     `-m` specs of metrics without a scale are kept as given; when none of them takes one, --scale would be
     ignored, so that is a ValueError naming them."""
+    from .metrics import metric_from_spec
+
+    for spec in specs:  # a -m spec that does not parse or names no metric says so, not that it takes no scale
+        metric_from_spec(spec)
     chosen = list(specs) or [s for s in experiment_specs if _takes_scale(s)] or [default]
     if not any(_takes_scale(s) for s in chosen):
         raise ValueError(f"--scale applies to CLIP score specs, and none of {', '.join(map(repr, chosen))} takes "
@@ -152,7 +156,11 @@ def _with_scale(spec: str, scale: float) -> str:
 def metrics_for_run(ledger: Ledger, specs: Iterable[str] | None):
     from .metrics import metric_from_spec
     specs = list(specs or []) or experiment_metrics(ledger)
-    metrics = [metric_from_spec(s) for s in (specs or default_metrics(ledger))]
+    unique: dict = {}
+    for spec in specs or default_metrics(ledger):  # a spec written two ways is one metric, scored once
+        metric = metric_from_spec(spec)
+        unique.setdefault(metric.id, metric)
+    metrics = list(unique.values())
     for metric in metrics:
         metric.check()
     return metrics
@@ -169,14 +177,16 @@ def evaluate(ledger: Ledger, specs: Iterable[str] | None = None, *, log: Callabl
     log = log or _stderr
     metrics = metrics_for_run(ledger, specs)
     jobs = ledger.done_jobs()
+    if rescore:  # every metric's rescore begins now, so one cut off in the first is taken up for all
+        began = _now()
+        for metric in metrics:
+            if not ledger.get_meta(RESCORE + metric.id):
+                ledger.set_meta(RESCORE + metric.id, began)
     out = []
     for metric in metrics:
         summary = MetricSummary(metric.id)
         since = ledger.get_meta(RESCORE + metric.id) or None
-        if rescore and since is None:
-            since = _now()
-            ledger.set_meta(RESCORE + metric.id, since)
-        elif since is not None:
+        if since is not None and not rescore:
             log(f"{metric.id}: going on with the rescore begun {since}")
         have = ledger.scored_keys(metric.id, since)
         todo = [j for j in jobs if j.key not in have]

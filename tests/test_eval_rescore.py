@@ -1,0 +1,71 @@
+"""An interrupted rescore of several metrics is taken up for all of them by the next eval, and --scale
+names a bad -m spec by its own error."""
+
+import numpy as np
+import pytest
+
+from harness import evaluate as ev
+from harness.core import Job, Score
+from harness.evaluate import evaluate, scaled_clip_specs
+from harness.ledger import Ledger
+from harness.metrics import metric_from_spec
+from harness.provenance import a1111_parameters, provenance_record, write_png_atomic
+
+
+def _jobs(ledger):
+    jobs = [Job(checkpoint="tiny", fingerprint="ab" * 32, mode="txt2img", prompt=f"a fox {i}", negative_prompt="",
+                seed=i, steps=4, guidance=7.5, scheduler="ddim", width=32, height=32) for i in range(3)]
+    ledger.add_jobs(jobs)
+    for job in jobs:
+        pixels = np.random.default_rng(job.seed).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+        write_png_atomic(ledger.image_path(job.key), pixels,
+                         parameters=a1111_parameters(job, sampler="DDIM", model_name="tiny"),
+                         provenance=provenance_record(job, batch_size=1, slot=0))
+        ledger.mark_done(job.key, batch_id=1, batch_size=1, slot=0, seconds=0.1, device="cpu", dtype="float32")
+    return [j.key for j in jobs]
+
+
+def test_an_interrupted_rescore_of_two_metrics_is_taken_up_for_both(tmp_path, monkeypatch):
+    specs = ["health", "watermark"]
+    ids = [metric_from_spec(s).id for s in specs]
+    with Ledger.open(tmp_path / "run") as ledger:
+        keys = _jobs(ledger)
+        # scores from an older version of both metrics' code
+        ledger.put_scores([Score(k, m, 0.25) for k in keys for m in ids])
+
+    calls, real = [], ev.item_for
+
+    def cut_off(ledger, job):  # Ctrl-C during the first metric's second chunk
+        calls.append(job.key)
+        if len(calls) > 1:
+            raise KeyboardInterrupt
+        return real(ledger, job)
+
+    monkeypatch.setattr(ev, "item_for", cut_off)
+    with Ledger.open(tmp_path / "run") as ledger, pytest.raises(KeyboardInterrupt):
+        evaluate(ledger, specs, log=lambda m: None, chunk=1, rescore=True)
+    monkeypatch.setattr(ev, "item_for", real)
+
+    with Ledger.open(tmp_path / "run") as ledger:
+        evaluate(ledger, specs, log=lambda m: None)  # the next eval takes the rescore up
+        frame = ledger.scores_frame()
+        old = frame[frame["value"] == 0.25]
+        # no score of the old code is left, for either metric
+        assert old.empty, f"old scores left after the rescore was taken up: {sorted(set(old['metric']))}"
+@pytest.mark.parametrize("spec, expected", [
+    ("clip_scor", "unknown metric 'clip_scor'"),
+    ("clip_score[model=tiny", "bad metric name"),
+])
+def test_scale_with_a_bad_spec_reports_the_specs_own_error(spec, expected):
+    with pytest.raises((KeyError, ValueError)) as info:
+        scaled_clip_specs([spec], 2.5)
+    assert expected in str(info.value.args[0]), info.value.args[0]
+
+
+def test_a_metric_named_two_ways_is_scored_once_in_the_order_first_named(tmp_path):
+    from harness.evaluate import metrics_for_run
+
+    with Ledger.open(tmp_path / "run") as ledger:
+        _jobs(ledger)
+        metrics = metrics_for_run(ledger, ["watermark", "health", "watermark:messages=sdv1+sdv2+sdxl", "health"])
+    assert [m.id for m in metrics] == [metric_from_spec("watermark").id, metric_from_spec("health").id]
