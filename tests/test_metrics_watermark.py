@@ -282,4 +282,4 @@ def test_message_lists_that_would_look_for_something_else_are_refused(spec, expe
     with pytest.raises(ValueError) as err:
         metric_from_spec(spec)
     assert expected in str(err.value)
-    assert metric_from_spec("watermark:messages=text:SDV1+sdv2").id.startswith("watermark[messages=text:SDV1+sdv2,")
+    assert metric_from_spec("watermark:messages=text:SDV1+sdv2").id.startswith("watermark[messages=sdv2+text:SDV1,")

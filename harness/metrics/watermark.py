@@ -139,15 +139,27 @@ def detect(image: Any, messages: Iterable[str | bytes | Message] | None = None, 
 
 def resolve_messages(messages: Iterable[str | bytes | Message] | None) -> list[Message]:
     """The messages to look for (default: DEFAULT_MESSAGES); ValueError for one given twice, which would
-    count twice in the Bonferroni correction (`hello` and `text:hello` are one message)."""
+    count twice in the Bonferroni correction: one payload however it is written (`hello` and `text:hello`;
+    `sdv1` and `text:StableDiffusionV1`, its bytes)."""
     msgs: list[Message] = []
     for given in (DEFAULT_MESSAGES if messages is None else messages):
         msg = resolve_message(given)
-        if any(m.name == msg.name for m in msgs):
+        twin = next((m for m in msgs if m.bits == msg.bits), None)
+        if twin is not None:
             shown = repr(given) if msg.name == given else f"{given!r} ({msg.name})"
-            raise ValueError(f"message {shown} is given twice; give each message once")
+            also = "" if twin.name == msg.name else f", as {twin.name}"
+            raise ValueError(f"message {shown} is given twice{also}; give each message once")
         msgs.append(msg)
     return msgs
+
+
+def canonical_messages(value: Any) -> str:
+    """The messages of an option value as one spelling, so one set written two ways is one metric: each by
+    its resolved name (`hello` is `text:hello`), the presets first in their own order, then the others
+    sorted (the order changes no score)."""
+    msgs = resolve_messages(_parse_messages(value))
+    presets = [name for name in PRESETS if any(m.name == name for m in msgs)]
+    return "+".join(presets + sorted(m.name for m in msgs if m.name not in PRESETS))
 
 
 def _best_read(msg: Message, reads: list, tests: int) -> dict:
@@ -268,7 +280,7 @@ class Watermark(Metric):
     INFO = INFO
     OPTIONS = {
         "messages": Option("+".join(DEFAULT_MESSAGES), "messages to look for, joined by '+': sdv1, sdv2, sdxl "
-                           "or any text", parse=lambda v: "+".join(_parse_messages(v))),
+                           "or any text", parse=canonical_messages),
         "alpha": Option(ALPHA, "false-positive rate per clean image (Bonferroni over messages x reads), "
                         "in (0, 1)", parse=parse_alpha),
     }
