@@ -186,8 +186,10 @@ def evaluate(ledger: Ledger, specs: Iterable[str] | None = None, *, log: Callabl
     for metric in metrics:
         summary = MetricSummary(metric.id)
         since = ledger.get_meta(RESCORE + metric.id) or None
-        if since is not None and not rescore:
-            log(f"{metric.id}: going on with the rescore begun {since}")
+        if since is not None:
+            metric.recompute()  # a rescore reads no embedding the old code cached
+            if not rescore:
+                log(f"{metric.id}: going on with the rescore begun {since}")
         have = ledger.scored_keys(metric.id, since)
         todo = [j for j in jobs if j.key not in have]
         summary.skipped = len(jobs) - len(todo)

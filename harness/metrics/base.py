@@ -204,6 +204,11 @@ class Metric:
     def __repr__(self) -> str:
         return f"<metric {self.id}>"
 
+    def recompute(self) -> None:
+        """Score from the images and texts alone from now on, reading no cached intermediate (a rescore after
+        the metric's code changed: cached CLIP embeddings were made by the old code). Metrics that cache
+        nothing have nothing to do."""
+
     def check(self) -> None:
         """Raise ValueError for what would make this metric fail on every item and can be told without
         loading a model (a weights file that is not there, say). Called where scoring is about to be

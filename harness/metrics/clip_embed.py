@@ -137,6 +137,7 @@ class ClipEmbedder:
         self.device = device
         self.batch_size = batch_size
         self._cache_spec = cache
+        self.refresh = False  # True: embeddings computed anew and written over the cached ones (a rescore)
         self._cache: EmbeddingCache | None = None
         self._clip: ClipModel | None = None
 
@@ -258,7 +259,7 @@ class ClipEmbedder:
 
     # -- cache -----------------------------------------------------------------
     def _cached(self, kind: str, digests: list[str]) -> dict[str, np.ndarray]:
-        if self.cache is None or not digests:
+        if self.cache is None or not digests or self.refresh:
             return {}
         return self.cache.get(self.clip.ident, kind, digests)
 
@@ -293,6 +294,9 @@ class ClipMetric(Metric):
             options["pretrained"] = absolute_weights(options["pretrained"])
         super().__init__(**options)
         self.embedder = ClipEmbedder.from_options(self.options)
+
+    def recompute(self) -> None:
+        self.embedder.refresh = True
 
     def check(self) -> None:
         """A misspelt architecture, a weights path that is not there, a device torch cannot parse: errors
