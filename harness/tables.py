@@ -252,8 +252,8 @@ def markdown_table(df: pd.DataFrame, floatfmt: str = ".4g") -> str:
     """A Markdown table, text shown literally. In level columns (`f.*`, `level`, `baseline`) an empty
     level reads `(empty)` and a factor that does not apply to the image `—`, as on the contact sheet."""
     def cell(v, is_level: bool) -> str:
-        if is_level and (is_missing(v) or isinstance(v, str)):  # quoted where it reads like a mark
-            return md_text(level_label(v))
+        if is_level:  # as the sheet and `compare` show it: quoted where it reads like a mark, numbers that
+            return md_text(level_label(v))  # six digits would merge in full
         if isinstance(v, (float, np.floating)):
             return "" if math.isnan(v) else format(float(v), floatfmt)
         if isinstance(v, (list, tuple)):

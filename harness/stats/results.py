@@ -124,6 +124,7 @@ class Comparison:
     def to_text(self) -> str:
         out = [self._title(), ""]
         for head, body in self._tables():
+            head, body = _one_line(head), [_one_line(row) for row in body]  # a level holding a line break
             widths = [max(len(h), *(len(r[i]) for r in body)) if body else len(h) for i, h in enumerate(head)]
             fmt = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
             out += [fmt(head), fmt(["-" * w for w in widths]), *(fmt(r) for r in body), ""]
@@ -132,6 +133,11 @@ class Comparison:
 
 def _label(level: Any) -> str:
     return level_label(level)
+
+
+def _one_line(cells: list[str]) -> list[str]:
+    """Text-table cells with their line breaks written as `\\n` (`\\r`), so a row stays one line."""
+    return [c.replace("\r", "\\r").replace("\n", "\\n") for c in cells]
 
 
 def md_text(text: str, cell: bool = True) -> str:
