@@ -47,6 +47,7 @@ _BAD_WEIGHT_HEAD = re.compile(r"\s*([-+]?(?:(?:\d|\.\d)[^\s:|{}\\]*|nan|inf(?:in
 # mark, which no regex class here covers, may follow a letter as in factor names).
 _WILDCARD = re.compile(r"__([^\W_]\S*?)__")
 _PLAIN = re.compile(r"[^\\{}|_]*")  # characters that are text wherever they stand
+_JAMO_JOINS = re.compile("[\u1161-\u1175\u11a8-\u11c2]")  # Hangul vowels and finals: NFC joins them to the syllable before
 
 
 # ----------------------------------------------------------------------------- parser
@@ -135,9 +136,10 @@ class _Parser:
         """A combining mark that starts a text joins whatever comes before it only when a prompt is put
         together (`{e|a}\u0301`, `{café|cafe{\u0301|}}`), after the template was read in NFC: the prompt would
         spell its accented letter apart from the same letter typed whole, so it is refused here."""
-        if unicodedata.category(ch).startswith("M"):
+        if unicodedata.category(ch).startswith("M") or _JAMO_JOINS.match(ch):  # Hangul vowel or final jamo too
             name = unicodedata.name(ch, "unnamed")
-            raise GrammarError(f"combining mark U+{ord(ch):04X} ({name}) {where}: it joins the letter before it only "
+            kind = "combining mark" if unicodedata.category(ch).startswith("M") else "Hangul jamo"
+            raise GrammarError(f"{kind} U+{ord(ch):04X} ({name}) {where}: it joins the letter before it only "
                                "when a prompt is put together, so the prompt would spell that letter apart from the "
                                "same letter typed whole (not in NFC); write the accented letter whole, in each option "
                                "that ends with it", self.loc(self.i))

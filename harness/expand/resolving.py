@@ -34,7 +34,10 @@ def _resolve(node, library: WildcardLibrary, stack: tuple[str, ...], problems: d
         return replace(node, options=tuple(Option(_resolve(o.body, library, stack, problems), o.weight)
                                            for o in node.options))
     # Wildcard
-    problem = _problem(node, library, stack)
+    try:
+        problem = _problem(node, library, stack)
+    except GrammarError as exc:  # a file that cannot be read: reported with the others, not instead of them
+        problem = exc
     if problem is not None:
         problems.setdefault(str(problem), problem)  # a wildcard file reached twice reports its lines once
         return Text("")
@@ -42,8 +45,12 @@ def _resolve(node, library: WildcardLibrary, stack: tuple[str, ...], problems: d
     options = []
     for lineno, _, source in wf.lines:
         source = source.rstrip()  # parsed in place, so errors show the line and column as in the file
-        body = parse(source, origin=str(wf.path), allow_empty=True, first_line=lineno,
-                     start=len(source) - len(source.lstrip()))
+        try:
+            body = parse(source, origin=str(wf.path), allow_empty=True, first_line=lineno,
+                         start=len(source) - len(source.lstrip()))
+        except GrammarError as exc:  # one error for the template: every problem of every file in it
+            problems.setdefault(str(exc), exc)
+            continue
         options.append(Option(_resolve(body, library, (*stack, node.path), problems)))
     return Alt(tuple(options), name=node.name, wildcard=node.path, loc=node.loc)
 

@@ -30,7 +30,7 @@ import re
 from typing import Iterable
 
 from ..emphasis import UP, WEIGHT
-from ..grammar import Seq, Text, parse, render
+from ..grammar import Seq, Text, escape_text, parse, render
 
 _WS = re.compile(r"\s+")
 
@@ -53,7 +53,7 @@ def _clause_parts(tree: Seq) -> list[tuple]:
         value, buf, i = part.value, [], 0
         while i < len(value):
             ch = value[i]
-            if ch == "\\" and i + 1 < len(value) and value[i + 1] in "()[]":
+            if ch == "\\" and i + 1 < len(value) and value[i + 1] in "()[]\\":  # A1111's escapes: \\( and \\\\
                 buf.append(value[i:i + 2])
                 i += 2
                 continue
@@ -116,8 +116,15 @@ def literal(prompt: str) -> str:
 
 
 def emphasis(clause: str) -> tuple[str, float] | None:
-    """(inner, weight) when the whole clause is A1111 emphasis around `inner`: `(inner:1.3)`, `(inner)`,
-    `[inner]` or brackets of these nested (`((inner))` weighs 1.21, `[(inner:1.2)]` 1.2/1.1)."""
+    """(inner, weight) when the whole clause (template text) is A1111 emphasis around `inner`: `(inner:1.3)`,
+    `(inner)`, `[inner]` or brackets of these nested (`((inner))` weighs 1.21, `[(inner:1.2)]` 1.2/1.1).
+    A clause of plain text is read as the runner reads it, its template escapes undone (`(\\(cat)` is `(cat`
+    at 1.1), and `inner` is given back as template text."""
+    tree = parse(clause, allow_empty=True)
+    if len(tree.parts) == 1 and isinstance(tree.parts[0], Text):
+        value = tree.parts[0].value
+        span = emphasis_span(value)
+        return None if span is None else (escape_text(value[span[0]:span[1]]), span[2])
     span = emphasis_span(clause)
     return None if span is None else (clause[span[0]:span[1]], span[2])
 
