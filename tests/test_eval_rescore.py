@@ -10,19 +10,11 @@ from harness.evaluate import evaluate, scaled_clip_specs
 from harness.ledger import Ledger
 from harness.metrics import metric_from_spec
 from harness.provenance import a1111_parameters, provenance_record, write_png_atomic
+from test_evaluate_fixes import _add_noise_jobs
 
 
 def _jobs(ledger):
-    jobs = [Job(checkpoint="tiny", fingerprint="ab" * 32, mode="txt2img", prompt=f"a fox {i}", negative_prompt="",
-                seed=i, steps=4, guidance=7.5, scheduler="ddim", width=32, height=32) for i in range(3)]
-    ledger.add_jobs(jobs)
-    for job in jobs:
-        pixels = np.random.default_rng(job.seed).integers(0, 256, (32, 32, 3), dtype=np.uint8)
-        write_png_atomic(ledger.image_path(job.key), pixels,
-                         parameters=a1111_parameters(job, sampler="DDIM", model_name="tiny"),
-                         provenance=provenance_record(job, batch_size=1, slot=0))
-        ledger.mark_done(job.key, batch_id=1, batch_size=1, slot=0, seconds=0.1, device="cpu", dtype="float32")
-    return [j.key for j in jobs]
+    return [job.key for job in _add_noise_jobs(ledger)]
 
 
 def test_an_interrupted_rescore_of_two_metrics_is_taken_up_for_both(tmp_path, monkeypatch):
