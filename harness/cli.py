@@ -189,7 +189,7 @@ def plan(
     """Show the jobs an experiment makes: count, factors, batch groups, time estimate."""
     from .experiment import load_experiment
     from .plan import make_plan, shard as shard_jobs
-    from .run import default_run_dir
+    from .run import _folder_shard, default_run_dir
 
     try:
         exp = load_experiment(experiment)
@@ -199,10 +199,13 @@ def plan(
             from .stages import planned_stages, shard_groups
             made = planned_stages(exp, list(p.jobs), p.checkpoints)
             groups = shard_groups(exp, made)
-        jobs = list(p.jobs) if shard is None else shard_jobs(p.jobs, *_parse_shard(shard), by_variant=bool(exp.stages),
-                                                            groups=groups)
+        # a shard's folder goes on with its shard, as `harness run` there does
+        picked = (_parse_shard(shard) if shard is not None else
+                  _folder_shard(out or default_run_dir(exp), lambda m: typer.echo(f"note: {m}", err=True)))
+        jobs = list(p.jobs) if picked is None else shard_jobs(p.jobs, *picked, by_variant=bool(exp.stages),
+                                                             groups=groups)
         if exp.stages:
-            made = made if shard is None else planned_stages(exp, jobs, p.checkpoints)
+            made = made if picked is None else planned_stages(exp, jobs, p.checkpoints)
             counts = {stage.name: len(made[stage.name]) for stage in exp.stages}
     except _user_errors() as e:
         fail(str(e))

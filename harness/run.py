@@ -272,6 +272,11 @@ def run_experiment(path: Path | str, *, out: Path | str | None = None, force: bo
         options = dict(exact=exp.exact if exact is None else exact, device=device or exp.device,
                        batch_size=batch_size, log=log or _stderr, progress=progress, executor=executor,
                        executor_options=executor_options)
+        if executor == "local":  # one for the main pass and every stage: each checkpoint loads once, and a
+            from .worker import BatchMaker  # batch size lowered after running out of memory stays lowered
+            options["maker"] = BatchMaker(plan.checkpoints, ledger.images_dir, device=options["device"],
+                                          memory=exp.memory, tuning=Tuning(speedups=exp.speedups, streams=exp.streams),
+                                          exact=options["exact"], batch_size=batch_size or exp.batch_size)
         scorer = None
         if exp.metrics and evaluate_after and executor == "local":
             from .evaluate import BackgroundScorer
@@ -292,6 +297,8 @@ def run_experiment(path: Path | str, *, out: Path | str | None = None, force: bo
         if result.unplanned:
             result.changed_weights = changed_weights(ledger, plan)
     finally:
+        if options.get("maker") is not None:
+            options["maker"].close()
         ledger.close()
     return result
 

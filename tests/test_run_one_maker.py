@@ -1,0 +1,56 @@
+"""A run keeps one batch maker for the main pass and every stage (a batch size lowered after running out
+of memory stays lowered), and `harness plan` of a shard's folder counts that shard, as `harness run` there
+makes it."""
+
+import re
+
+from typer.testing import CliRunner
+
+from harness.cli import app
+from harness.run import run_experiment
+
+BASE = """
+name = "x"
+prompt = "a {red|blue} cat"
+seeds = [1, 2]
+width = 64
+height = 64
+steps = 4
+streams = 1
+"""
+
+
+def test_plan_of_a_shard_folder_counts_what_run_then_makes_there(tmp_path):
+    exp = tmp_path / "exp.toml"
+    exp.write_text(BASE.replace("{red|blue}", "{red|blue|green} {cat|dog}"))
+    first = run_experiment(exp, out=tmp_path / "s0", shard=(0, 2), progress=False, log=lambda m: None)
+    copy = tmp_path / "s0" / "experiment.toml"
+    out = CliRunner().invoke(app, ["plan", str(copy), "--out", str(tmp_path / "s0")]).output
+    planned = int(re.search(r"^jobs: (\d+)$", out, re.M).group(1))
+    again = run_experiment(copy, out=tmp_path / "s0", progress=False, log=lambda m: None)  # goes on with 0/2
+    assert again.planned == first.planned
+    assert planned == again.planned, out
+    assert "note: shard 0/2" in out or "shard 0/2" in out
+
+
+def test_the_batch_size_out_of_memory_lowered_is_kept_for_later_stages(tmp_path, monkeypatch):
+    """README: 'the size that fits is kept for the rest of the run for that checkpoint, image size and dtype,
+    so later groups do not run out of memory again'. A later stage's groups are later groups of the run."""
+    import torch
+
+    import harness.generate as gen
+
+    real = gen.generate_batch
+
+    def flaky(pipe, jobs, **kw):
+        if len(jobs) > 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(pipe, jobs, **kw)
+
+    monkeypatch.setattr(gen, "generate_batch", flaky)
+    exp = tmp_path / "exp.toml"
+    exp.write_text(BASE + 'batch_size = 2\n[[stages]]\nname = "refine"\nprompt = "__parent__, sharp"\n'
+                   "strengths = [0.5]\n")
+    r = run_experiment(exp, out=tmp_path / "run", progress=False, log=lambda m: None)
+    assert r.generated == 8
+    assert len(r.oom_events) == 1, r.oom_events  # the stage does not run out of memory again at 2
