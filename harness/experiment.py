@@ -8,12 +8,13 @@ Checkpoints are checked here as far as needs no weights read
 
 from __future__ import annotations
 
+import datetime
 import difflib
 import json
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 from .checks import Checker
 from .emphasis import MODES as EMPHASIS_MODES
@@ -246,9 +247,24 @@ def _near_tomls(path: Path) -> str:
     return f"; did you mean {str(path.with_name(close[0]))!r}?" if close else ""
 
 
+def _dates(value: Any, key: str = "") -> Iterator[str]:
+    """The dotted keys of TOML dates and times anywhere in `value`: no setting takes one, and the tables
+    as written are recorded as JSON, which has none."""
+    if isinstance(value, (datetime.date, datetime.time)):
+        yield key
+    elif isinstance(value, Mapping):
+        for k, v in value.items():
+            yield from _dates(v, f"{key}.{k}" if key else str(k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from _dates(v, f"{key}[{i}]")
+
+
 def experiment_from_dict(raw: Mapping[str, Any], path: Path) -> Experiment:
     c = Checker(path)
     c.unknown(raw, _TOP_KEYS)
+    for key in _dates(raw):  # [search] included, which `harness evolve` checks in full
+        c.problems.append(f"key '{key}': a TOML date or time; no setting takes one (write a number or a quoted text)")
     base = path.parent
     given_base = c.str_(raw, "base_dir", None, nonempty=True)
     if given_base is not None:

@@ -1,6 +1,6 @@
 """A run keeps one batch maker for the main pass and every stage (a batch size lowered after running out
 of memory stays lowered), and `harness plan` of a shard's folder counts that shard, as `harness run` there
-makes it."""
+makes it; a TOML date anywhere in an experiment is named when it loads."""
 
 import re
 
@@ -54,3 +54,14 @@ def test_the_batch_size_out_of_memory_lowered_is_kept_for_later_stages(tmp_path,
     r = run_experiment(exp, out=tmp_path / "run", progress=False, log=lambda m: None)
     assert r.generated == 8
     assert len(r.oom_events) == 1, r.oom_events  # the stage does not run out of memory again at 2
+
+
+def test_a_toml_date_in_the_search_table_is_a_clean_error_before_the_run_folder_is_made(tmp_path):
+    """No setting takes a TOML date: one in [search] (which `harness evolve` checks in full) is named when the
+    file loads, before a run folder is made, rather than failing as the settings are recorded."""
+    exp = tmp_path / "exp.toml"
+    exp.write_text(BASE + "[search]\npopulation = 4\ngenerations = 1\nseed = 2024-05-01\n")
+    result = CliRunner().invoke(app, ["run", str(exp), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2 and "search" in result.output, (result.output, result.exception)
+    assert not (tmp_path / "run").exists()
+    assert "key 'search.seed': a TOML date" in result.output
