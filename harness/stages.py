@@ -281,12 +281,16 @@ def shard_groups(exp: Experiment, made: dict[str, list[Job]]) -> dict[tuple, tup
 
 def _scorable(job: Job, spec: str) -> bool:
     """Whether metric `spec` can score `job`'s image: one comparing with the init image needs img2img, one
-    comparing with the parent image needs a stage's image."""
+    comparing with the parent image or its prompt (directional CLIP) needs a stage's image, and the watermark
+    detector an image of the codec's minimum area."""
     from .metrics import metric_from_spec
+    from .metrics.watermark_codec import MIN_AREA
 
-    needs = metric_from_spec(spec).INFO.needs
+    metric = metric_from_spec(spec)
+    needs, staged = metric.INFO.needs, job.meta.get("parent_key") is not None
     return not ("init_image" in needs and job.mode != "img2img"
-                or "parent_image" in needs and job.meta.get("parent_key") is None)
+                or needs & {"parent_image", "source_prompt"} and not staged
+                or metric.INFO.name == "watermark" and job.width * job.height < MIN_AREA)
 
 
 def _check_disjoint(exp: Experiment, made: dict[str, list[Job]]) -> None:

@@ -1,13 +1,20 @@
 """A run keeps one batch maker for the main pass and every stage (a batch size lowered after running out
 of memory stays lowered), and `harness plan` of a shard's folder counts that shard, as `harness run` there
-makes it; a TOML date anywhere in an experiment is named when it loads."""
+makes it; a TOML date anywhere in an experiment is named when it loads; `plan` counts no child of a stage whose
+`top_k` metric can score none of its source images."""
 
 import re
 
+import pytest
+from PIL import Image
 from typer.testing import CliRunner
 
 from harness.cli import app
+from harness.experiment import load_experiment
+from harness.ledger import Ledger
+from harness.plan import make_plan
 from harness.run import run_experiment
+from harness.stages import stage_job_counts
 
 BASE = """
 name = "x"
@@ -65,3 +72,26 @@ def test_a_toml_date_in_the_search_table_is_a_clean_error_before_the_run_folder_
     assert result.exit_code == 2 and "search" in result.output, (result.output, result.exception)
     assert not (tmp_path / "run").exists()
     assert "key 'search.seed': a TOML date" in result.output
+
+
+def _stage_jobs_made(run_dir, stage):
+    with Ledger.open(run_dir, readonly=True) as led:
+        return len(led.plan_keys(f"stage:{stage}"))
+
+
+@pytest.mark.parametrize("extra, stage_metric", [
+    # main img2img images have no source prompt, so clip_directional scores none of them
+    ('mode = ["txt2img", "img2img"]\ninit_images = "init.png"\nstrengths = [0.5]\n', "clip_directional:model=tiny"),
+    # 64x64 images are under the watermark codec's 256x256 minimum: every score is NaN
+    ("", "watermark"),
+])
+def test_plan_counts_the_stage_jobs_run_then_makes(tmp_path, extra, stage_metric):
+    Image.new("RGB", (80, 60), (200, 30, 30)).save(tmp_path / "init.png")
+    exp = tmp_path / "exp.toml"
+    exp.write_text(BASE + extra + f'[[stages]]\nname = "refine"\nprompt = "__parent__, sharp"\n'
+                   f'strengths = [0.5]\ntop_k = 1\nmetric = "{stage_metric}"\n')
+    loaded = load_experiment(exp)  # (or refused here, as a txt2img-only source ranked by such a metric is)
+    plan = make_plan(loaded)
+    predicted = stage_job_counts(loaded, list(plan.jobs), plan.checkpoints)["refine"]
+    run_experiment(exp, out=tmp_path / "run", progress=False, log=lambda m: None)
+    assert predicted == _stage_jobs_made(tmp_path / "run", "refine")
