@@ -13,6 +13,8 @@ channels_last and fused QKV projections as `harness bench-unet` builds it):
     ndcdt  nd and cdt together
     skips  up-block resnets take their input through an opaque channels_last copy, as the harness runner
            compiles the UNet (harness/layouts.py)
+    narrow skips, and SD v1's 40-wide self-attention heads through a Triton kernel that splits them
+           into 32 + 16 instead of padding them to 64 (narrow_heads_kernel.py)
     cat    concatenations as copies into one buffer, never as masked element-wise loads (a buffer
            that takes its inputs' channels_last layout)
 
@@ -35,6 +37,7 @@ VARIANTS = {
     "ndcdt": {"triton.prefer_nd_tiling": True, "coordinate_descent_tuning": True},
     "cat": {"max_pointwise_cat_inputs": 1, "max_complex_pointwise_cat_inputs": 1},
     "skips": {},
+    "narrow": {},
 }
 
 
@@ -95,7 +98,11 @@ def main(argv: list[str] | None = None) -> int:
     for i, name in enumerate(names):
         unet.to(memory_format=torch.contiguous_format if name == "nocl" else torch.channels_last)
         torch._dynamo.reset()
-        hooks = channels_last_skips(unet) if name == "skips" else []
+        hooks = channels_last_skips(unet) if name in ("skips", "narrow") else []
+        processors = unet.attn_processors
+        if name == "narrow":
+            from narrow_heads_kernel import narrow_heads  # beside this script
+            print(f"narrow: {narrow_heads(unet)} self-attentions through the kernel", flush=True)
         compiled = torch.compile(unet)
 
         def forward(f=compiled):
@@ -118,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
             top_kernels(forward, device, a.top)
         for hook in hooks:
             hook.remove()
+        unet.set_attn_processor(processors)
     return 0
 
 
