@@ -108,8 +108,12 @@ class AblationResult:
 def arms_for(prompts: Sequence[Variant]) -> tuple[list[Arm], list[str]]:
     """The full prompt and its leave-one-out prompts, for each concrete prompt of two or more clauses;
     and the prompts of one clause, which have nothing to leave out. ValueError when no prompt has two."""
-    arms, single = [], []
+    arms, single, seen = [], [], set()
     for v in prompts:
+        same = normalise(escape_text(v.prompt))  # "red car, big" and "red car, big, " are one study
+        if same in seen:
+            continue
+        seen.add(same)
         try:
             mutants = leave_one_out(escape_text(v.prompt))
         except ValueError:
@@ -147,7 +151,7 @@ def ablate(path: Path | str, *, out: Path | str | None = None, metrics: Sequence
     if not specs:
         raise ExperimentError(exp.path, ["key 'metrics': ablation needs a metric to measure contributions with, "
                                          "other than health and watermark (e.g. metrics = [\"clip_score\"])"])
-    chosen = [metric_from_spec(s) for s in specs]
+    chosen = list({m.id: m for m in map(metric_from_spec, specs)}.values())  # a metric named twice: once
     prompts, negatives = variants_of(exp, library)
     try:
         arms, single = arms_for(prompts)

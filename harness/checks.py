@@ -22,7 +22,10 @@ class Checker:
 
     def distinct(self, key: str, values: list) -> None:
         """A list whose entries must differ (a repeated strength or metric would make or score twice)."""
-        repeated = list(dict.fromkeys(v for i, v in enumerate(values) if v in values[:i]))
+        repeated: list = []  # by equality, so entries that cannot be hashed (a list, a table) are named too
+        for i, v in enumerate(values):
+            if v in values[:i] and v not in repeated:
+                repeated.append(v)
         if repeated:
             self.bad(key, values, f"each entry once (repeated: {', '.join(map(repr, repeated))})")
 

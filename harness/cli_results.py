@@ -174,7 +174,7 @@ def compare(
     fmt: CompareFmt = typer.Option(CompareFmt.text, "--format", help="text | json | markdown"),
     n_boot: int = typer.Option(2000, "--n-boot", min=100, help="Bootstrap resamples."),
     tie_margin: float = typer.Option(0.0, "--tie-margin", min=0.0, help="|difference| counted as a tie."),
-    seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
+    seed: int = typer.Option(0, "--seed", min=0, help="Bootstrap seed (0 or more)."),
     pair_on: Optional[str] = typer.Option(None, "--pair-on", help="Comma list of the image-table columns a "
                                           "pair shares (default: other factors, checkpoint, seed, stage and "
                                           "the parameters that vary on their own)."),

@@ -209,7 +209,7 @@ def ablate(
                                                                  "experiment's, minus health and watermark)."),
     device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N | mps"),
     n_boot: int = typer.Option(2000, "--n-boot", min=100, help="Bootstrap resamples."),
-    seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
+    seed: int = typer.Option(0, "--seed", min=0, help="Bootstrap seed (0 or more)."),
 ) -> None:
     """Leave-one-out clause ablation: each clause's contribution with a 95% CI, ranked."""
     from .ablation import ablate as run_ablation

@@ -164,7 +164,9 @@ def generation_rng(cfg: SearchConfig, g: int) -> random.Random:
 def initial_population(variants: Sequence[Variant], cfg: SearchConfig, resources: Resources) -> list[Candidate]:
     """Generation 0: the experiment's prompts (a seeded sample if too many), topped up with their mutants."""
     rng = generation_rng(cfg, 0)
-    base = list(dict.fromkeys(escape_text(v.prompt) for v in variants))
+    # one prompt per set of clauses, the first spelling kept: "red car, " (a template's empty option) is "red car"
+    firsts = {normalise(escape_text(v.prompt)): escape_text(v.prompt) for v in reversed(variants)}
+    base = list(dict.fromkeys(firsts[normalise(escape_text(v.prompt))] for v in variants))
     factors = {escape_text(v.prompt): dict(v.factors) for v in reversed(variants)}
     if len(base) > cfg.population:
         base = [base[i] for i in sorted(rng.sample(range(len(base)), cfg.population))]

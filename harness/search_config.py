@@ -128,9 +128,9 @@ def search_config(exp: Experiment, library: WildcardLibrary | None = None) -> Se
     c.distinct("search.metrics", [f.id for f in fitness])  # one metric twice would count twice
 
     operators = table.get("operators", DEFAULT_OPERATORS)
-    if isinstance(operators, list):
+    if isinstance(operators, list) and all(isinstance(n, str) for n in operators):
         c.distinct("search.operators", operators)
-        operators = {name: 1.0 for name in operators} if all(isinstance(n, str) for n in operators) else operators
+        operators = {name: 1.0 for name in operators}
     if not isinstance(operators, dict):
         bad("operators", operators, "a table of operator = rate, or a list of operator names")
         operators = dict(DEFAULT_OPERATORS)

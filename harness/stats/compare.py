@@ -398,7 +398,9 @@ def paired_compare(
                 f": {', '.join(apart)} never take(s) the same value at {level_label(lv)} and {level_label(baseline)} "
                 + _apart_advice(df, factor, apart) if apart else
                 f": no healthy image at {' or '.join(map(level_label, unscored))} has a score"
-                + _all_nan(df, factor, unscored, healthy & np.isnan(value)) if unscored else ""))
+                + _all_nan(df, factor, unscored, healthy & np.isnan(value)) if unscored else
+                f": no combination of {', '.join(pair_on)} has scored images at both {level_label(lv)} and "
+                f"{level_label(baseline)} (a shard or an unfinished run may not have made the other yet)"))
         elif n_clu < MIN_CLUSTERS_FOR_TEST:
             note.append(f"only {n_clu} cluster(s): the Wilcoxon test has little power "
                         f"(smallest attainable p = {min(1.0, 2.0 ** (1 - n_clu)):.3g})")
