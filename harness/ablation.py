@@ -152,6 +152,11 @@ def ablate(path: Path | str, *, out: Path | str | None = None, metrics: Sequence
         raise ExperimentError(exp.path, ["key 'metrics': ablation needs a metric to measure contributions with, "
                                          "other than health and watermark (e.g. metrics = [\"clip_score\"])"])
     chosen = list({m.id: m for m in map(metric_from_spec, specs)}.values())  # a metric named twice: once
+    for m, spec in zip(chosen, specs):
+        try:
+            m.check()  # a bad option (an unknown CLIP model) before anything is generated
+        except ValueError as e:
+            raise ValueError(f"--metric {spec!r}: {e}") from None
     prompts, negatives = variants_of(exp, library)
     try:
         arms, single = arms_for(prompts)

@@ -93,6 +93,8 @@ def report(
         r = build_report(run_dir, rows=rows, cols=cols, metric=metric, html=not no_html)
     except (FileNotFoundError, ValueError, LedgerError) as e:
         fail(f"error: {e}")
+    except OSError as e:  # a full disk, a read-only folder: one line naming the path
+        fail(str(e))
     typer.echo(f"{r.images} images; tables in {run_dir / 'tables'}")
     if r.gone:
         typer.echo(f"image files gone: {r.gone} finished images have no file in images/ (deleted since they were "

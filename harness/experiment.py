@@ -307,8 +307,8 @@ def experiment_from_dict(raw: Mapping[str, Any], path: Path) -> Experiment:
     checkpoints = raw.get("checkpoints", ["tiny"])
     if isinstance(checkpoints, str):
         checkpoints = [checkpoints]
-    per_checkpoint = checkpoint_tables(c, raw.get("checkpoint", {}), checkpoints if isinstance(checkpoints, list)
-                                       else [])
+    per_checkpoint = checkpoint_tables(c, raw.get("checkpoint", {}), [x for x in checkpoints if isinstance(x, str)]
+                                       if isinstance(checkpoints, list) else [])
     if not (isinstance(checkpoints, list) and checkpoints and all(isinstance(x, str) and x for x in checkpoints)):
         c.bad("checkpoints", checkpoints, "a non-empty list of checkpoint names, hub ids or paths")
         checkpoints = ["tiny"]

@@ -28,6 +28,7 @@ FORCE_UNRECORDED = "remade by an interrupted --force run before it was recorded"
 # What SQLite says when the disk under it fails it, and when the file itself is damaged.
 _NO_ROOM = ("database or disk is full", "disk i/o error")
 _DAMAGED = ("database disk image is malformed", "file is not a database")
+_NOT_WRITABLE = ("unable to open database file", "readonly database", "read-only file system")
 
 
 @contextmanager
@@ -44,11 +45,40 @@ def _named_errors(db: Path, *, writing: bool) -> Iterator[None]:
                 "or over quota (or a file-size limit stopped it). Nothing is lost: the ledger keeps its last "
                 "complete transaction and images already finished are kept. Free space and run the same "
                 "command again: it resumes where it stopped") from exc
+        if writing and any(m in text for m in _NOT_WRITABLE):
+            raise LedgerError(
+                f"{db}: {exc}: the run folder cannot be written (a read-only folder or disk?). Images already "
+                "finished are kept; make the folder writable, or copy it somewhere writable and run there") from exc
         if any(m in text for m in _DAMAGED):
             raise LedgerError(
                 f"{db}: {exc}: the ledger file is damaged. The images beside it keep their settings in their "
                 "PNG metadata; move the run folder aside and run the experiment into a new --out folder") from exc
         raise
+
+
+def _open_for_reading(db: Path) -> sqlite3.Connection:
+    """A read-only connection. In a folder this process cannot write (a read-only disk, a colleague's run),
+    SQLite cannot make the shared-memory file a WAL reader needs, so such a ledger is read as immutable:
+    the harness checkpoints its log when a run ends, so a finished run's ledger file holds everything; a
+    log left beside it (a run that was cut off) cannot be read there, and the error says so."""
+    def connect(query: str) -> sqlite3.Connection:
+        return sqlite3.connect(db.resolve().as_uri() + query, uri=True, timeout=30, isolation_level=None,
+                               check_same_thread=False)
+
+    conn = connect("?mode=ro")
+    try:
+        conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
+        return conn
+    except sqlite3.OperationalError as exc:
+        conn.close()
+        if "unable to open database file" not in str(exc).lower():
+            raise
+    log = db.with_name(db.name + "-wal")
+    if log.is_file() and log.stat().st_size > 0:
+        raise LedgerError(f"{db}: the run folder cannot be written and holds the write-ahead log of a run that "
+                          f"was cut off ({log.name}), which SQLite can only read from a writable folder; copy the "
+                          "folder somewhere writable and read it there")
+    return connect("?mode=ro&immutable=1")
 
 
 class Ledger:
@@ -74,8 +104,7 @@ class Ledger:
             if not db.is_file():
                 raise FileNotFoundError(f"no ledger at {db}; a run folder is made by "
                                         "Ledger.open(run_dir) without readonly=True")
-            conn = sqlite3.connect(db.resolve().as_uri() + "?mode=ro", uri=True, timeout=30,
-                                   isolation_level=None, check_same_thread=False)
+            conn = _open_for_reading(db)
             ledger = cls(run_dir, conn, readonly=True, lock_fd=None)
         else:
             for d in (run_dir, run_dir / IMAGES_DIR, run_dir / TABLES_DIR):
@@ -112,6 +141,10 @@ class Ledger:
         except BaseException:
             ledger.close()
             raise
+        if found is None:  # the tables were made one by one and the version row never written
+            ledger.close()
+            raise LedgerError(f"{db} records no schema version: setting it up was cut off (a full disk?) before "
+                              "anything was recorded. `harness run` into this folder sets it up again")
         if found != str(LEDGER_SCHEMA_VERSION):
             ledger.close()
             raise LedgerError(f"{db} has ledger schema version {found!r}; this harness reads "

@@ -165,6 +165,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m harness.toy.train
             if not step.isdigit():
                 raise ValueError(f"--stop-at {item!r}: expected STAGE=STEP, e.g. {STOP_AT_EXAMPLE}")
             stop_at[stage] = int(step)
+        if args.out is not None and Path(args.out).exists() and not Path(args.out).is_dir():
+            raise ValueError(f"--out {args.out}: is a file; expected a folder (made if missing)")
         train(args.what, args.out, args.minutes, args.device, args.profile, args.workers, stop_at, overrides)
     except ValueError as exc:
         parser.error(str(exc))
