@@ -50,6 +50,8 @@ def eval_(
         fail(f"error: {e}")
     except KeyError as e:  # an unknown metric name: the message lists the valid ones
         fail(f"error: {e.args[0]}")
+    except OSError as e:  # a read-only folder, a full disk: one line naming the path
+        fail(str(e))
     if unscored:
         raise typer.Exit(1)
 

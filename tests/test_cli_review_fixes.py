@@ -103,3 +103,6 @@ def test_a_read_only_run_folder_is_read_and_not_written(read_only_copy, tmp_path
     r = invoke("run", tmp_path / "e.toml", "--out", read_only_copy, "--force")
     assert r.exit_code != 0 and "Traceback" not in r.output, r.output
     assert r.output.startswith("error: ") and ("cannot be written" in r.output or "(EROFS)" in r.output), r.output
+    r = invoke("eval", read_only_copy, "-m", "health")
+    assert r.exit_code != 0 and "Traceback" not in r.output, r.output
+    assert r.output.startswith("error: ") and ("cannot be written" in r.output or "(EROFS)" in r.output), r.output
