@@ -8,7 +8,6 @@ from __future__ import annotations
 import shutil
 import sqlite3
 import subprocess
-from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
