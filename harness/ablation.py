@@ -151,12 +151,13 @@ def ablate(path: Path | str, *, out: Path | str | None = None, metrics: Sequence
     if not specs:
         raise ExperimentError(exp.path, ["key 'metrics': ablation needs a metric to measure contributions with, "
                                          "other than health and watermark (e.g. metrics = [\"clip_score\"])"])
-    chosen = list({m.id: m for m in map(metric_from_spec, specs)}.values())  # a metric named twice: once
-    for m, spec in zip(chosen, specs):
+    built = [metric_from_spec(s) for s in specs]
+    for m, spec in zip(built, specs):
         try:
             m.check()  # a bad option (an unknown CLIP model) before anything is generated
         except ValueError as e:
             raise ValueError(f"--metric {spec!r}: {e}") from None
+    chosen = list({m.id: m for m in built}.values())  # a metric named twice (or two ways): once
     prompts, negatives = variants_of(exp, library)
     try:
         arms, single = arms_for(prompts)

@@ -25,7 +25,8 @@ def invoke(*args):
 
 def test_ablate_refuses_a_bad_metric_option_before_generating(tmp_path):
     (tmp_path / "e.toml").write_text(EXP)
-    r = invoke("ablate", tmp_path / "e.toml", "--out", tmp_path / "out", "-m", "clip_score:model=nope")
+    r = invoke("ablate", tmp_path / "e.toml", "--out", tmp_path / "out", "-m", "clip_score:model=tiny",
+               "-m", "clip_score:model=tiny", "-m", "clip_score:model=nope")
     assert r.exit_code == 2 and "--metric 'clip_score:model=nope'" in r.output and "nope" in r.output
     assert not list((tmp_path / "out").rglob("*.png"))
 
