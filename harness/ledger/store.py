@@ -67,12 +67,16 @@ def _open_for_reading(db: Path) -> sqlite3.Connection:
 
     conn = connect("?mode=ro")
     try:
-        conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
+        with _named_errors(db, writing=False):  # a damaged file is named as such
+            conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
         return conn
     except sqlite3.OperationalError as exc:
         conn.close()
         if "unable to open database file" not in str(exc).lower():
             raise
+    except BaseException:
+        conn.close()
+        raise
     log = db.with_name(db.name + "-wal")
     if log.is_file() and log.stat().st_size > 0:
         raise LedgerError(f"{db}: the run folder cannot be written and holds the write-ahead log of a run that "
