@@ -71,14 +71,22 @@ def check_grammars(grammars: list[Path]) -> list[Path]:
     return grammars
 
 
+def at_path(arg: str) -> Path:
+    """The file an `@path` argument names; a missing path or a folder is one clean error."""
+    path = Path(arg[1:])
+    if path.is_dir():
+        fail(f"{arg}: {path} is a folder; expected a text file holding the template")
+    if not path.is_file():
+        fail(f"template file not found: {path}")
+    return path
+
+
 def load_template(template: str, grammars: list[Path]):
     """`template` is literal text or `@path`; returns a compiled Template."""
     check_grammars(grammars)
     origin, base = "<template>", None
     if template.startswith("@"):
-        path = Path(template[1:])
-        if not path.is_file():
-            fail(f"template file not found: {path}")
+        path = at_path(template)
         template, origin, base = read_text(path).rstrip("\n"), str(path), path.parent
     library = WildcardLibrary(default_search_path(base, grammars))
     return compile_template(template, library=library, origin=origin)
@@ -98,6 +106,14 @@ def expand(
     """Expand a prompt template into concrete prompts with their factors."""
     from .expand import TooFewPrompts
 
+    ignored = [name for name, given in (("--limit", limit is not None), ("--sample", sample is not None),
+                                        ("--with-replacement", with_replacement),
+                                        ("--format", fmt is not Fmt.text)) if given]
+    if count and ignored:
+        fail(f"--count prints one number, the count of every distinct prompt, which {', '.join(ignored)} "
+             f"would not change; drop {'them' if len(ignored) > 1 else 'it'}, or drop --count to list prompts")
+    if with_replacement and sample is None:
+        fail("--with-replacement lets --sample N draw a prompt more than once; add --sample N, or drop it")
     try:
         tpl = load_template(template, grammars)
         if count:
@@ -374,7 +390,8 @@ def merge(
     except (FileNotFoundError, ValueError, LedgerError) as e:
         fail(f"error: {e}")
     except OSError as e:  # a full disk, permissions: each image is copied whole before its row is recorded
-        fail(f"error: {e}; what was merged so far is kept and sound: fix that and merge again, it goes on")
+        fail(f"error: {e}; whatever was merged before this error is kept and sound: fix the cause and merge "
+             "again, it goes on")
     typer.echo(f"{out}: {t['done']} done jobs ({t['added']} added, {t['already']} already there, "
                f"{t['scores']} scores, {t['bad']} damaged or changed images skipped)")
     if t["missing"]:
@@ -385,5 +402,24 @@ def merge(
 from . import cli_results, cli_search, cli_tools  # noqa: E402,F401
 
 
-def main() -> None:  # pragma: no cover
-    app()
+def main() -> None:
+    """The `harness` command. A system error no command caught (stdout on a full disk, a closed pipe)
+    is one line naming the reason, not a traceback."""
+    try:
+        app(prog_name="harness")
+    except OSError as exc:
+        import errno
+        _quiet_stdout()
+        name = errno.errorcode.get(exc.errno, "an OS error") if exc.errno is not None else "an OS error"
+        where = exc.filename if exc.filename is not None else "writing the output"
+        print(f"error: {where}: {exc.strerror or exc} ({name})", file=sys.stderr)
+        sys.exit(1)
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's last flush of what a full or closed stdout could
+    not take does not print a second error."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass

@@ -91,6 +91,10 @@ def report(
     from .ledger import LedgerError
     from .report import build_report
 
+    layout = [name for name, value in (("--rows", rows), ("--cols", cols)) if value is not None]
+    if no_html and layout:
+        fail(f"{' and '.join(layout)} lay out the contact sheet, which --no-html does not build; drop "
+             f"{'them' if len(layout) > 1 else 'it'}, or drop --no-html")
     try:
         r = build_report(run_dir, rows=rows, cols=cols, metric=metric, html=not no_html)
     except (FileNotFoundError, ValueError, LedgerError) as e:

@@ -11,7 +11,7 @@ from typing import List, Optional
 
 import typer
 
-from .cli import _user_errors, app, check_grammars, fail, interrupted
+from .cli import _user_errors, app, at_path, check_grammars, fail, interrupted
 
 
 class MutateFmt(str, Enum):
@@ -83,9 +83,7 @@ def read_argument(arg: str, origin: str, option: str = "") -> tuple[str, str, Op
 
     text, folder = arg, None
     if arg.startswith("@"):
-        path = Path(arg[1:])
-        if not path.is_file():
-            fail(f"file not found: {path}")
+        path = at_path(arg)
         text, origin, folder = read_text(path).rstrip("\n"), str(path), path.parent
     try:
         parse(text, origin=origin)

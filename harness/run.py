@@ -104,7 +104,6 @@ def prepare_run(exp: Experiment, plan: Plan, run_dir: Path, *, jobs: list[Job] |
         raise ExperimentError(exp.path, [
             f"{run_dir} holds an experiment.toml but is not a run folder (no ledger.sqlite): the run would "
             "replace that file with its own copy; give the run another --out folder"])
-    run_dir.mkdir(parents=True, exist_ok=True)
     ledger = Ledger.open(run_dir)
     recorded = recorded_experiment_name(ledger)
     if recorded is not None and recorded != exp.name:

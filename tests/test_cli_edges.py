@@ -1,0 +1,87 @@
+"""Command-line edges that used to pass through as raw errors or be ignored in silence: `--out` naming a
+file, `@path` naming a folder, stdout on a full disk, and options that another option makes meaningless."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from harness.cli import app
+
+ROOT = Path(__file__).resolve().parents[1]
+EXP = 'prompt = "a {red|blue} castle"\nseeds = [1]\ncheckpoints = ["tiny"]\nsteps = 1\nwidth = 64\nheight = 64\n'
+
+
+def invoke(*args):
+    return CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "200"})
+
+
+@pytest.mark.parametrize("below", [False, True])
+def test_run_out_naming_a_file_is_refused_and_the_file_kept(tmp_path, below):
+    (tmp_path / "e.toml").write_text(EXP)
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("my notes")
+    out = blocker / "run" if below else blocker
+    r = invoke("run", tmp_path / "e.toml", "--out", out)
+    assert r.exit_code == 2 and "Traceback" not in r.output and "EEXIST" not in r.output, r.output
+    assert "a file, not a folder; give --out a folder" in r.output
+    assert (f"lies under {blocker}" in r.output) == below
+    assert blocker.read_text() == "my notes"
+
+
+def test_merge_into_a_file_is_refused_without_claiming_a_partial_merge(tmp_path):
+    (tmp_path / "e.toml").write_text(EXP)
+    assert invoke("run", tmp_path / "e.toml", "--out", tmp_path / "shard").exit_code == 0
+    (tmp_path / "merged").write_text("not a folder")
+    r = invoke("merge", tmp_path / "shard", "--out", tmp_path / "merged")
+    assert r.exit_code == 2 and "a file, not a folder" in r.output and "merged so far" not in r.output, r.output
+    assert (tmp_path / "merged").read_text() == "not a folder"
+
+
+@pytest.mark.parametrize("args", [["expand", "@{dir}"], ["mutate", "a red castle", "--template", "@{dir}"],
+                                  ["mutate", "@{dir}"]])
+def test_an_at_path_naming_a_folder_says_it_is_a_folder(tmp_path, args):
+    r = invoke(*(a.format(dir=tmp_path) for a in args))
+    assert r.exit_code == 2 and f"{tmp_path} is a folder; expected a text file" in r.output, r.output
+    r = invoke(*(a.format(dir=tmp_path / "missing.txt") for a in args))
+    assert r.exit_code == 2 and "template file not found" in r.output, r.output
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+@pytest.mark.parametrize("command", [["expand", "{a|b|c}"], ["plan", "experiments/demo.toml"]])
+def test_stdout_on_a_full_disk_is_one_line(command):
+    with open("/dev/full", "w") as full:
+        r = subprocess.run([sys.executable, "-m", "harness", *command], stdout=full, stderr=subprocess.PIPE,
+                           text=True, cwd=ROOT)
+    assert r.returncode == 1, r.stderr
+    assert "Traceback" not in r.stderr  # (plan may first build the tiny model, with a progress bar)
+    assert r.stderr.splitlines()[-1] == "error: writing the output: No space left on device (ENOSPC)"
+
+
+@pytest.mark.parametrize("extra, named", [(["--sample", "1"], "--sample"), (["--limit", "1"], "--limit"),
+                                          (["--format", "jsonl"], "--format"),
+                                          (["--sample", "2", "--with-replacement"], "--sample, --with-replacement")])
+def test_expand_count_refuses_options_it_would_ignore(extra, named):
+    r = invoke("expand", "{a|b|c}", "--count", *extra)
+    assert r.exit_code == 2 and f"which {named} would not change" in r.output, r.output
+    assert invoke("expand", "{a|b|c}", "--count").output == "3\n"
+
+
+def test_with_replacement_needs_sample():
+    r = invoke("expand", "{a|b|c}", "--with-replacement")
+    assert r.exit_code == 2 and "add --sample N" in r.output, r.output
+    r = invoke("expand", "{a|b}", "--sample", "5", "--with-replacement", "--seed", "3")
+    assert r.exit_code == 0 and len(r.output.splitlines()) == 5 and set(r.output.split()) <= {"a", "b"}
+
+
+@pytest.mark.parametrize("layout, named", [(["--rows", "seed"], "--rows lay"),
+                                           (["--rows", "seed", "--cols", "f.x"], "--rows and --cols lay")])
+def test_report_no_html_refuses_sheet_layout(tmp_path, layout, named):
+    r = invoke("report", tmp_path, "--no-html", *layout)
+    assert r.exit_code == 2 and f"{named} out the contact sheet, which --no-html does not build" in r.output, r.output
+    assert not (tmp_path / "tables").exists()
