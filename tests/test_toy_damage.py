@@ -14,7 +14,8 @@ from harness.toy.train_unet import unet_dataset
 
 TINY = training.Profile("test", vae=training.Budget(3, 2, 1e-3), decoder=training.Budget(2, 2, 1e-3),
                         unet=training.Budget(4, 4, 1e-3), clip=training.Budget(2, 4, 1e-3), vae_scenes=6,
-                        decoder_scenes=4, unet_scenes=((128, 6), (256, 3)), clip_scenes=6)
+                        decoder_scenes=4, unet_scenes=((128, 6), (256, 3)), clip_scenes=6,
+                        vae_probe=4)
 
 
 class Killed(BaseException):

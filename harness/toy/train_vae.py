@@ -84,7 +84,7 @@ def train_vae(setup: Setup) -> None:
               + (" with the decoder fine-tune on them" if "decoder" in made else "") + ": left as it is", flush=True)
         return
     vae.eval()
-    _, probe = render_pool(64, 256, "vae-scale")
+    _, probe = render_pool(profile.vae_probe, 256, "vae-scale")
     with torch.no_grad():
         latents = torch.cat([vae.encode(to_tensor(list(probe[i:i + 16]), device)).latent_dist.mean
                              for i in range(0, len(probe), 16)])

@@ -48,6 +48,7 @@ class Profile:
     latent_channels: int = 4
     vae_edge: float = 0.0     # weight of an L1 loss on image gradients (keeps outlines and stripes sharp)
     vae_texture: float = 0.0  # weight of an L1 loss on local high-frequency energy (keeps grain)
+    vae_probe: int = 64  # 256 px scenes whose latents' spread sets the VAE's scaling_factor
     unet_blocks: tuple[int, ...] = tuple(models.UNET_CONFIG["block_out_channels"])  # the UNet's block widths
     overrides: tuple[tuple[str, str], ...] = ()  # fields set by `with_overrides` (recorded in configs.json)
 
@@ -93,7 +94,8 @@ class Profile:
 # The profile fields each stage reads (its resumable state is named by their overrides, `Profile.stage_tag`).
 # The decoder and unet stages read the VAE from the output folder, not from these fields.
 STAGE_FIELDS = {
-    "vae": ("vae", "vae_size", "vae_scenes", "vae_blocks", "latent_channels", "vae_edge", "vae_texture"),
+    "vae": ("vae", "vae_size", "vae_scenes", "vae_blocks", "latent_channels", "vae_edge", "vae_texture",
+            "vae_probe"),
     "decoder": ("decoder", "decoder_scenes", "vae_edge", "vae_texture"),
     "unet": ("unet", "unet_scenes", "unet_blocks", "ema_decay"),
     "clip": ("clip", "clip_scenes"),
