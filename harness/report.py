@@ -466,16 +466,16 @@ def build_report(run_dir: Path | str, *, rows: str | None = None, cols: str | No
                           missing_at_least=to_come is None)
     tables = run_dir / "tables"
     result.tables += write_table(table, tables, "images")
-    variants = variant_summary(table)
+    drawn = randomized_params(run_dir)  # a drawn strength has a level per draw: its section is `drawn`, not pairs
+    variants = variant_summary(table, drawn)
     result.tables += write_table(variants, tables, "variants")
-    result.tables += write_table(factor_summary(table), tables, "factors")
+    result.tables += write_table(factor_summary(table, drawn), tables, "factors")
     if len(table):
         result.tables += write_table(checkpoint_summary(table), tables, "checkpoints")
     result.excluded = {"unhealthy": int((~table["healthy"]).sum()) if len(table) else 0, "unplanned": unplanned}
     result.missing = missing
     result.gone = sum(why == "missing" for why in unsound.values())
     result.damaged = sorted((key, why) for key, why in unsound.items() if why != "missing")
-    drawn = randomized_params(run_dir)  # a drawn strength has a level per draw: its section is `drawn`, not pairs
     candidates = [f for f in factor_columns(table) + ["checkpoint", *({"strength"} - set(drawn))]
                   if f in table.columns]
     factors = list(compare_factors) if compare_factors is not None else [
@@ -518,7 +518,7 @@ def build_report(run_dir: Path | str, *, rows: str | None = None, cols: str | No
         from .sheet import write_sheet
         extra_plots = [run_dir / "plots" / name for name in EXTRA_PLOTS if (run_dir / "plots" / name).is_file()]
         result.index = write_sheet(run_dir, table, rows=rows, cols=cols, variant_summary=variants,
-                                   not_sections=randomized_params(run_dir),
+                                   not_sections=drawn,
                                    comparisons=[*result.comparisons, *extra_sections(tables),
                                                 *([(DRAWN_TITLE, result.drawn)] if result.drawn is not None else [])],
                                    plots=result.plots + extra_plots, missing=missing, failed=failed, to_make=to_make,

@@ -268,21 +268,25 @@ def _label_within(items: list[dict]) -> None:
         it["within"] = ", ".join(f"{dim_name(d)}={it['levels'].get(d, '—')}" for d in differ)
 
 
-def _init_labels(table: pd.DataFrame) -> pd.DataFrame:
-    """`table` with its init images named by file name, or where two share one, by their paths from the
-    folder they share (`house.png`, not a path of this machine); a later stage's image's init image is its
-    parent's file, which its parent link shows, so it is left out."""
-    if "init_image" not in table.columns:
-        return table
-    paths = table["init_image"]
-    if "parent_key" in table.columns:
-        paths = paths.where(table["parent_key"].isna(), None)
-    given = sorted({p for p in paths if isinstance(p, str) and p})
+def _init_paths(frame: pd.DataFrame) -> pd.Series:
+    """A frame's input init images: a later stage's image's init image is its parent's file, which its parent
+    link shows, so it is left out (None)."""
+    paths = frame["init_image"]
+    return paths.where(frame["parent_key"].isna(), None) if "parent_key" in frame.columns else paths
+
+
+def _init_labels(*frames: pd.DataFrame | None) -> list[pd.DataFrame | None]:
+    """Each frame with its init images named by file name, or where two share one, by their paths from the
+    folder they share (`house.png`, not a path of this machine); one naming across all the frames."""
+    given = sorted({p for f in frames if f is not None and "init_image" in f.columns
+                    for p in _init_paths(f) if isinstance(p, str) and p})
     names = [Path(p).name for p in given]
     common = os.path.commonpath(given) if len(given) > 1 else ""
     label = {p: n if names.count(n) == 1 else Path(os.path.relpath(p, common)).as_posix()
              for p, n in zip(given, names)}
-    return table.assign(init_image=[label.get(p) if isinstance(p, str) else None for p in paths])
+    return [f if f is None or "init_image" not in f.columns else
+            f.assign(init_image=[label.get(p) if isinstance(p, str) else None for p in _init_paths(f)])
+            for f in frames]
 
 
 def _section_order(table: pd.DataFrame, section_dims: list[str], groups: dict[tuple, list[int]],
@@ -424,9 +428,7 @@ def write_sheet(run_dir: Path, table: pd.DataFrame, *, rows: str | None = None, 
     run_dir = Path(run_dir)
     if "key" not in table.columns:
         raise ValueError(f"table needs a 'key' column (one row per image); columns: {list(table.columns)}")
-    table = _init_labels(table.reset_index(drop=True))
-    if to_make is not None:
-        to_make = _init_labels(to_make)
+    table, to_make, variant_summary = _init_labels(table.reset_index(drop=True), to_make, variant_summary)
     if "strength" in not_sections:  # a drawn strength: each parent's condition names its own strength
         not_sections = (*not_sections, "parent_condition")
     todo = _todo(to_make, table, failed)

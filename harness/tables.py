@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -197,25 +198,40 @@ def _long_summary(df: pd.DataFrame, by: list[str]) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=[*by, "metric", "n", "mean"])
 
 
-def variant_summary(df: pd.DataFrame) -> pd.DataFrame:
-    """Each variant (:data:`VARIANT_KEYS`) pooled over its seeds and draws. The init image of a stage image
-    is its parent's file (one per seed), so only input init images tell variants apart."""
+def _without_drawn(df: pd.DataFrame, drawn: Sequence[str]) -> pd.DataFrame:
+    """`df` with the values `[randomize]` drew (the first stage's; later stages list theirs) blanked: a
+    drawn setting has no levels, each draw is its own value (`drawn.*` reports its effect)."""
+    drawn = [c for c in drawn if c in df.columns]
+    if not drawn:
+        return df
+    first = df["stage"].fillna("main") == "main" if "stage" in df.columns else pd.Series(True, index=df.index)
+    return df.assign(**{c: df[c].where(~first) for c in drawn})
+
+
+def variant_summary(df: pd.DataFrame, drawn: Sequence[str] = ()) -> pd.DataFrame:
+    """Each variant (:data:`VARIANT_KEYS`) pooled over its seeds and draws (the settings in `drawn`, which
+    `[randomize]` drew). The init image of a stage image is its parent's file (one per seed), so only
+    input init images tell variants apart."""
     if "init_image" in df.columns and "parent_key" in df.columns:
         df = df.assign(init_image=df["init_image"].where(df["parent_key"].isna(), None))
+    df = _without_drawn(df, drawn)
     by = [c for c in VARIANT_KEYS if c in df.columns and df[c].notna().any()]
     return _long_summary(df, by)
 
 
-def factor_summary(df: pd.DataFrame) -> pd.DataFrame:
+def factor_summary(df: pd.DataFrame, drawn: Sequence[str] = ()) -> pd.DataFrame:
     """Each factor level pooled over everything else (a long table: factor, level, metric, stats). In a
     run with later stages, each stage apart (a `stage` column): a stage's images start from other images,
-    so pooling them with the first stage's would mix two populations under one level."""
+    so pooling them with the first stage's would mix two populations under one level. A setting in
+    `drawn` has levels only where a later stage lists them."""
+    df = _without_drawn(df, drawn)
     staged = "stage" in df.columns and df["stage"].nunique(dropna=True) > 1
     varying = [f for f in factor_columns(df) + [c for c in ("checkpoint", "mode", "strength") if c in df.columns]
                if df[f].nunique(dropna=True) >= 2]
     parts = []
     for f in varying:
-        s = _long_summary(df, ["stage", f] if staged else [f]).rename(columns={f: "level"})
+        rows = df[df[f].notna()] if f in drawn else df  # not a `—` level for the drawn images
+        s = _long_summary(rows, ["stage", f] if staged else [f]).rename(columns={f: "level"})
         s.insert(0, "factor", dim_name(f))  # `f.mode` for a prompt factor named like a parameter
         s["level"] = s["level"].map(lambda v: NO_LEVEL if is_missing(v) else (f'"{v}"' if v == NO_LEVEL else str(v)))
         parts.append(s)

@@ -111,6 +111,28 @@ def test_variants_tell_init_images_apart(tmp_path, one_cpu_thread):
     assert sorted(Path(p).name for p in variants["init_image"]) == ["a.png", "a.png", "b.png", "b.png"]
 
 
+def test_a_drawn_strength_is_pooled_in_variants_and_factors_and_init_images_show_by_name(tmp_path, one_cpu_thread):
+    """[randomize] draws each image's strength: variants pool the draws with the seeds (n = seeds x draws,
+    with a spread), factors.* has no strength levels, and the page names the init image by its file name."""
+    from PIL import Image
+
+    init = tmp_path / "inputs" / "star.png"
+    init.parent.mkdir()
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(init)
+    run = make_run(tmp_path, MAIN.replace("seeds = [1, 2]", "seeds = [1, 2, 3]") + f'mode = "img2img"\n'
+                   f'init_images = "{init}"\n[randomize]\nseed = 0\ndraws = 2\nstrength = [0.5, 1.0]\n')
+    build_report(run)
+    images = pd.read_parquet(run / "tables" / "images.parquet")
+    assert len(images) == 12 and images["strength"].nunique() > 2  # every draw its own strength
+    variants = pd.read_parquet(run / "tables" / "variants.parquet")
+    assert len(variants) == 2 and variants["n"].tolist() == [6, 6] and variants["sd"].notna().all()
+    assert "strength" not in variants.columns or variants["strength"].isna().all()
+    factors = pd.read_parquet(run / "tables" / "factors.parquet")
+    assert set(factors["factor"]) == {"color"} and factors["n"].tolist() == [6, 6]
+    page = (run / "index.html").read_text()
+    assert str(init.parent) not in page and "<td>star.png</td>" in page
+
+
 def test_a_factor_dropped_from_the_experiment_leaves_no_column_behind(tmp_path, one_cpu_thread):
     make_run(tmp_path, MAIN.replace("fox", "fox{@artist: |, by x}"))
     run = make_run(tmp_path, MAIN)  # artist dropped: the images of `a red fox` are kept, the others unplanned
