@@ -21,7 +21,8 @@ from .columns import dim_name, is_missing, is_number, level_label, sorted_levels
 from .ledger import Ledger
 from .stats import summarize
 from .stats.results import md_text
-from .stats.table import healthy_mask
+from .stats.compare import stage_only_factors
+from .stats.table import STAGE_ONLY, healthy_mask
 
 IMAGE_COLUMNS = ["key", "image", "stage", "checkpoint", "fingerprint", "mode", "prompt", "negative_prompt", "emphasis", "seed",
                  "draw", "steps", "guidance", "scheduler", "width", "height", "strength", "init_image", "parent_key",
@@ -99,6 +100,7 @@ def image_table(ledger: Ledger, *, made: bool = True) -> pd.DataFrame:
     front = [c for c in IMAGE_COLUMNS if c in jobs.columns]
     table = jobs[front + factor_cols + metric_cols].reset_index(drop=True)
     table.attrs[TEXT_LIMITS] = text_limits(scores)
+    table.attrs[STAGE_ONLY] = stage_only_factors(table)  # kept by the table's parts (`--where stage=...`)
     table.attrs[NESTING] = [[f"f.{outer}", f"f.{inner}"]
                             for outer, inner in json.loads(ledger.get_meta("factor_nesting") or "[]")]
     return table

@@ -220,3 +220,22 @@ def test_stage_images_of_txt2img_and_img2img_parents_pair_by_how_their_parent_wa
     assert color.rows[0].n_pairs == 8 and color.n_excluded["unpaired"] == 0  # 4 main + 4 stage pairs
     variants = pd.read_parquet(run / "tables" / "variants.parquet")
     assert variants.loc[variants["stage"] == "refine", "n"].tolist() == [2, 2, 2, 2]  # per parent condition
+
+
+def test_one_stages_images_cluster_as_in_the_whole_run(tmp_path, one_cpu_thread):
+    """`--where stage=refine` keeps a later stage's own factor (`finish`) out of the clusters, as the whole
+    run does: sibling refinements of one parent are not independent evidence."""
+    from harness.columns import where
+    from harness.report import compare
+
+    run = make_run(tmp_path, MAIN.replace("fox", "{@shape: fox|cat}") + '\n[[stages]]\nname = "refine"\n'
+                   'prompt = "__parent__, {@finish: sharp|soft}"\nstrengths = [0.5]\n')
+    with Ledger.open(run, readonly=True) as ledger:
+        table = image_table(ledger)
+    whole = compare(table, "f.color", metric=CLIP, n_boot=200)
+    part = compare(where(table, ["stage=refine"]), "f.color", metric=CLIP, n_boot=200)
+    assert "clusters = prompt conditions (f.shape)" in whole.method and "(f.shape)" in part.method
+    assert [r.n_clusters for r in part.rows] == [2] and [r.n_pairs for r in part.rows] == [8]
+    cli_out = cli("compare", str(run), "--factor", "color", "--where", "stage=refine", "--format", "json")
+    assert cli_out.returncode == 0, cli_out.stderr
+    assert [r["n_clusters"] for r in json.loads(cli_out.stdout)["rows"]] == [2]

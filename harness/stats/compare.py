@@ -31,6 +31,7 @@ from .table import (
     REPLICATE_COLUMNS,
     SEED_LINKS,
     SETTING_COLUMNS,
+    STAGE_ONLY,
     _plain,
     _resolve_factor,
     _resolve_metric,
@@ -111,17 +112,22 @@ def cluster_columns(df: pd.DataFrame, pair_on: list[str]) -> list[str]:
     mode, strength, steps...). Images of one prompt and seed at two strengths or on two checkpoints share
     their prompt's effect and their noise, so counting them as two clusters would count one piece of
     evidence twice. A factor that only a later stage's prompt has is left out too, so a stage image falls
-    in its parent's cluster."""
+    in its parent's cluster (the table's `STAGE_ONLY` attrs name them when it is a part of a run, such as one
+    stage's images)."""
+    stage_only = df.attrs.get(STAGE_ONLY)
+    if stage_only is None:
+        stage_only = stage_only_factors(df)
+    return [c for c in pair_on if c not in REPLICATE_COLUMNS and c not in SETTING_COLUMNS and c not in stage_only]
+
+
+def stage_only_factors(df: pd.DataFrame) -> list[str]:
+    """The factor columns some stage's images all lack, in a table of two or more stages: a factor that only
+    a later stage's prompt has."""
     stages = df["stage"].dropna().unique() if "stage" in df.columns else []
-    cols = []
-    for c in pair_on:
-        if c in REPLICATE_COLUMNS or c in SETTING_COLUMNS:
-            continue
-        if str(c).startswith("f.") and len(stages) > 1 and any(
-                df.loc[df["stage"] == s, c].isna().all() for s in stages):
-            continue
-        cols.append(c)
-    return cols
+    if len(stages) < 2:
+        return []
+    return [c for c in df.columns if str(c).startswith("f.")
+            and any(df.loc[df["stage"] == s, c].isna().all() for s in stages)]
 
 
 def _varies_within(df: pd.DataFrame, by: list[str], column: str) -> bool:

@@ -28,6 +28,9 @@ PARAM_COLUMNS = (
 )
 # df.attrs key: the parameter columns the run's [randomize] table draws (not factors: tables/drawn.*).
 DRAWN = "drawn"
+# df.attrs key: the factor columns only later stages' prompts have, known from the whole run (a table
+# filtered to one stage cannot tell them; see compare.cluster_columns).
+STAGE_ONLY = "stage_only"
 # Generation settings: images of one prompt and seed that differ only in these share that prompt's effect
 # and that seed's noise, so they are one cluster of evidence (see compare.cluster_columns).
 SETTING_COLUMNS = ("checkpoint", "stage", "mode", "strength", "steps", "guidance", "width", "height", "scheduler",
