@@ -458,6 +458,15 @@ def test_score_detail_with_nan_is_refused_with_its_metric(ledger):
         ledger.put_scores([Score("a" * 64, "clip", 1.0, {"x": float("nan")})])
 
 
+@pytest.mark.parametrize("value", [float("inf"), float("-inf")])
+def test_an_infinite_score_is_refused_and_nothing_of_the_batch_is_stored(ledger, value):
+    jobs = make_jobs(2)
+    ledger.add_jobs(jobs)
+    with pytest.raises(ValueError, match=f"score clip for {jobs[1].key[:12]} is {value}; expected a finite value"):
+        ledger.put_scores([Score(jobs[0].key, "clip", 1.0), Score(jobs[1].key, "clip", value)])
+    assert ledger.scored_keys("clip") == set()
+
+
 def test_jobs_frame_has_job_factor_and_status_columns(ledger):
     jobs = make_jobs(6)
     ledger.add_jobs(jobs)

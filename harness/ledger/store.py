@@ -560,7 +560,8 @@ class Ledger:
     # ---------------------------------------------------------------- scores
 
     def put_scores(self, scores: Iterable[Score]) -> int:
-        """Insert or replace scores (one per key and metric id); returns how many were written."""
+        """Insert or replace scores (one per key and metric id); returns how many were written. A value
+        must be finite or NaN (infinities would pass as scores to means and tests, and not to plots)."""
         now, rows = _now(), []
         for s in scores:
             if not isinstance(s, Score):
@@ -569,6 +570,9 @@ class Ledger:
                 raise ValueError(f"put_scores: score for {s.key[:12]} has metric {s.metric!r}; "
                                  "expected the metric configuration id")
             value = float(s.value)
+            if math.isinf(value):
+                raise ValueError(f"put_scores: score {s.metric} for {s.key[:12]} is {value}; expected a finite "
+                                 "value, or NaN with detail {'reason': ...} for an image that cannot be scored")
             rows.append((_check_key(s.key), s.metric, None if math.isnan(value) else value,
                          _json(dict(s.detail), f"detail of score {s.metric} for {s.key[:12]}"), now))
         with self._write() as conn:
