@@ -55,6 +55,11 @@ def level_label(v: Any) -> str:
     return str(v)
 
 
+def one_line(text: str) -> str:
+    """`text` with its line breaks written as `\\n` (`\\r`), as a text table shows it."""
+    return text.replace("\r", "\\r").replace("\n", "\\n")
+
+
 def is_number(v: Any) -> bool:
     if isinstance(v, bool):
         return False
@@ -139,24 +144,39 @@ def resolve_dim(table: pd.DataFrame, name: str, what: str) -> str:
 
 def where(table: pd.DataFrame, conditions: Sequence[str]) -> pd.DataFrame:
     """The rows of `table` that hold every `NAME=LEVEL` of `conditions` (a factor, without `f.`, or a
-    parameter; the level as tables show it: `(empty)` for the empty one, `0.4` for a strength)."""
+    parameter; the level as tables show it: `(empty)` for the empty one, `0.4` for a strength, `\\n` for a
+    line break). A name holding `=` (a factor named after its options) is found at the `=` that ends a name."""
+    from .stats.table import matching_levels
+
     for text in conditions:
-        name, eq, level = text.partition("=")
-        if not eq or not name.strip():
-            raise ValueError(f"--where {text!r}: expected NAME=LEVEL, for example shape=circle or strength=0.4")
-        column = resolve_dim(table, name.strip(), "--where")
+        column, level = _where_parts(table, text)
         labels = table[column].map(level_label)
-        wanted = level.strip()
-        if wanted == "":
-            wanted = EMPTY
-        if _NUMBER.fullmatch(wanted) and table[column].map(is_number).any():  # by value: 0.40 is the level 0.4
-            labels = labels.where(pd.to_numeric(table[column], errors="coerce") != float(wanted), wanted)
-        if not (labels == wanted).any():
+        wanted = level.strip() or EMPTY
+        values = list(table[column].unique())
+        present = [v for v in values if not is_missing(v)]
+        found = {level_label(v) for v in matching_levels(present, wanted)}
+        if wanted == MISSING and len(present) < len(values):  # the images the factor does not apply to
+            found.add(MISSING)
+        if not found:
             shown = ", ".join(level_label(v) for v in sorted_levels(table[column].unique())) or "(none)"
             raise ValueError(f"--where {text!r}: {dim_name(column)} has no level {wanted!r} among the images; "
                              f"its levels: {shown}")
-        table = table[labels == wanted]
+        table = table[labels.isin(found)]
     return table
+
+
+def _where_parts(table: pd.DataFrame, text: str) -> tuple[str, str]:
+    """The column and the level text of one `--where NAME=LEVEL`."""
+    ends = [i for i, ch in enumerate(text) if ch == "="]
+    if not ends or not text[:ends[0]].strip():
+        raise ValueError(f"--where {text!r}: expected NAME=LEVEL, for example shape=circle or strength=0.4")
+    first = None
+    for i in ends:
+        try:
+            return resolve_dim(table, text[:i].strip(), "--where"), text[i + 1:]
+        except ValueError as exc:
+            first = first or exc
+    raise first
 
 
 def varies(table: pd.DataFrame, column: str) -> bool:

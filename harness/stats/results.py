@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..columns import level_label
+from ..columns import level_label, one_line
 
 
 @dataclass(frozen=True)
@@ -122,7 +122,7 @@ class Comparison:
         return "\n".join(out + [md_text(line, cell=False) for line in self._footer()]) + "\n"
 
     def to_text(self) -> str:
-        out = [self._title(), ""]
+        out = [one_line(self._title()), ""]
         for head, body in self._tables():
             head, body = _one_line(head), [_one_line(row) for row in body]  # a level holding a line break
             widths = [max(len(h), *(len(r[i]) for r in body)) if body else len(h) for i, h in enumerate(head)]
@@ -137,7 +137,7 @@ def _label(level: Any) -> str:
 
 def _one_line(cells: list[str]) -> list[str]:
     """Text-table cells with their line breaks written as `\\n` (`\\r`), so a row stays one line."""
-    return [c.replace("\r", "\\r").replace("\n", "\\n") for c in cells]
+    return [one_line(c) for c in cells]
 
 
 def md_text(text: str, cell: bool = True) -> str:

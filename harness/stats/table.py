@@ -63,12 +63,14 @@ def matching_levels(levels: list, given) -> list:
     """The levels `given` (a command line's text, say) names, by the first rule that names any: the label
     the tables show (`(empty)` for the empty level, `"(empty)"` in quotes for a level whose own text is
     `(empty)`), the level's own text where that is not one of the two marks, or for a number level the same
-    number however written (`0.50`, `.5` and `0.5` are strength 0.5)."""
-    from ..columns import EMPTY, MISSING, level_label
+    number however written (`0.50`, `.5` and `0.5` are strength 0.5), or the label with its line breaks
+    written `\\n`, as the text tables show it."""
+    from ..columns import EMPTY, MISSING, level_label, one_line
 
     by_label = [lv for lv in levels if isinstance(given, str) and level_label(lv) == given]
     by_text = [lv for lv in levels if str(lv) == str(given) and given not in (EMPTY, MISSING)]
-    return by_label or by_text or [lv for lv in levels if _same_number(lv, given)]
+    by_number = [lv for lv in levels if _same_number(lv, given)]
+    return by_label or by_text or by_number or [lv for lv in levels if one_line(level_label(lv)) == given]
 
 
 def _same_number(level, given) -> bool:
