@@ -224,18 +224,26 @@ def test_stage_images_of_txt2img_and_img2img_parents_pair_by_how_their_parent_wa
 
 def test_one_stages_images_cluster_as_in_the_whole_run(tmp_path, one_cpu_thread):
     """`--where stage=refine` keeps a later stage's own factor (`finish`) out of the clusters, as the whole
-    run does: sibling refinements of one parent are not independent evidence."""
+    run does: sibling refinements of one parent are not independent evidence. Comparing strengths, a stage
+    that lists one strength of its own is said to have no other level to pair at."""
+    from PIL import Image
+
     from harness.columns import where
     from harness.report import compare
 
-    run = make_run(tmp_path, MAIN.replace("fox", "{@shape: fox|cat}") + '\n[[stages]]\nname = "refine"\n'
-                   'prompt = "__parent__, {@finish: sharp|soft}"\nstrengths = [0.5]\n')
+    Image.new("RGB", (64, 64), (30, 30, 200)).save(tmp_path / "init.png")
+    run = make_run(tmp_path, MAIN.replace("fox", "{@shape: fox|cat}") + 'mode = "img2img"\ninit_images = "init.png"\n'
+                   'strengths = [0.5, 1.0]\n\n[[stages]]\nname = "refine"\nprompt = "__parent__, {@finish: sharp|soft}"\n'
+                   'strengths = [0.5]\n')
     with Ledger.open(run, readonly=True) as ledger:
         table = image_table(ledger)
     whole = compare(table, "f.color", metric=CLIP, n_boot=200)
     part = compare(where(table, ["stage=refine"]), "f.color", metric=CLIP, n_boot=200)
     assert "clusters = prompt conditions (f.shape)" in whole.method and "(f.shape)" in part.method
-    assert [r.n_clusters for r in part.rows] == [2] and [r.n_pairs for r in part.rows] == [8]
+    assert [r.n_clusters for r in part.rows] == [2] and [r.n_pairs for r in part.rows] == [16]
     cli_out = cli("compare", str(run), "--factor", "color", "--where", "stage=refine", "--format", "json")
     assert cli_out.returncode == 0, cli_out.stderr
     assert [r["n_clusters"] for r in json.loads(cli_out.stdout)["rows"]] == [2]
+    strength = compare(table, "strength", metric=CLIP, n_boot=200)
+    assert ("stage refine: 32 of its 32 images have no pair at another level of strength: they all have strength "
+            "0.5, and pairs share their stage (pair_on)") in " ".join(strength.notes)

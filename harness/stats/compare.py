@@ -178,6 +178,11 @@ def _stage_notes(df: pd.DataFrame, factor: str, pair_on: list[str], unpaired: np
 
 def _why_unpaired(rows: pd.DataFrame, factor: str, pair_on: list[str]) -> str:
     """Why images of one later stage (`rows`) found no pair."""
+    own = _sorted_levels(rows[factor])
+    if len(own) == 1:  # a stage that lists one strength of its own, compared with the first stage's strengths
+        return (f"they all have {factor} {level_label(own[0])}" + (
+            ", and pairs share their stage (pair_on), so no image at another level is in theirs"
+            if "stage" in pair_on else ", and no image at another level shares their pair_on values"))
     reasons = {"parent_seed": ("images refined from parents of the same seed", "refine parents of different seeds"),
                "root_seed": ("images whose chains of stages started from the same seed (root_seed)",
                              "chains started from different seeds")}
