@@ -25,7 +25,7 @@ import re
 import unicodedata
 
 from .grammar_ast import Alt, GrammarError, Loc, Node, Option, Seq, Text, Wildcard  # noqa: F401  (the API)
-from .slash import ESC_SLASH, split_slashes
+from .slash import split_slashes
 
 MAX_DEPTH = 64  # braces in one text; also wildcards inside wildcards (`expand.resolving`)
 TOO_DEEP = ("the template nests too deeply: its braces and wildcards, counted through every wildcard file, go "
@@ -90,17 +90,22 @@ class _Parser:
     def seq(self, depth: int) -> Seq:
         """Parse until '}' or '|' (left for the caller) or the end."""
         parts: list = []
-        buf: list[str] = []  # literal characters; escaped "/" held as ESC_SLASH
+        buf: list[str] = []  # literal characters
+        escaped: list[int] = []  # where an escaped "/" stands in the joined `buf` (no slash group's slash)
+        size = 0  # the joined `buf`'s length
         buf_start = self.i
         text = self.text
 
         def flush(node_next: bool = False) -> None:
             """The text so far. A node in `parts` precedes it directly, and `node_next` says one follows it:
             a slash group glued to an alternation or wildcard is no whole token."""
+            nonlocal size
             if buf:
-                parts.extend(split_slashes("".join(buf), self.loc(buf_start), after_node=bool(parts),
-                                           before_node=node_next))
+                parts.extend(split_slashes("".join(buf), self.loc(buf_start), escaped=frozenset(escaped),
+                                           after_node=bool(parts), before_node=node_next))
                 buf.clear()
+                escaped.clear()
+                size = 0
 
         while self.i < len(text):
             ch = text[self.i]
@@ -108,7 +113,10 @@ class _Parser:
                 nxt = text[self.i + 1]
                 if not buf:
                     buf_start = self.i
-                buf.append(ESC_SLASH if nxt == "/" else nxt)
+                if nxt == "/":
+                    escaped.append(size)
+                buf.append(nxt)
+                size += 1
                 self.i += 2
             elif ch in "}|":
                 break
@@ -128,6 +136,7 @@ class _Parser:
                     buf_start = self.i
                 end = _PLAIN.match(text, self.i + 1).end()  # the run of characters none of the branches above reads
                 buf.append(text[self.i:end])
+                size += end - self.i
                 self.i = end
         flush()
         return Seq(tuple(_merge_texts(parts)))

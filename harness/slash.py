@@ -1,6 +1,6 @@
 """The slash shorthand: where literal template text such as `red/green lambo` means `{red|green} lambo`.
 
-The parser hands it each run of literal text (escaped slashes held as `ESC_SLASH`) and gets back
+The parser hands it each run of literal text with where its escaped slashes stand, and gets back
 `Text` and slash `Alt` nodes.
 """
 
@@ -11,7 +11,8 @@ import unicodedata
 
 from .grammar_ast import Alt, Loc, Option, Seq, Text
 
-ESC_SLASH = "\ue000"  # stands in for an escaped "/" while slash groups are found
+ESC_SLASH = "\ue000"  # stands in for an escaped "/" in the text slash groups are found in (`_scan_text`)
+_OTHER = "\ue001"  # stands in there for a U+E000 of the text itself: not a slash, nor part of a word
 # A word may hold escaped slashes (`AC\/DC`) and apostrophes (rock'n'roll, rock’n’roll). A group is a whole
 # token: before it only the start, a space, an opening bracket or quote, or a comma that is no thousands
 # separator; after it only the end, a space, a closing bracket or quote, or sentence punctuation. So
@@ -44,7 +45,8 @@ _ABBREVIATION_WORDS = [a.split("/") for a in ABBREVIATIONS]
 _LEADING_NUMBER = re.compile(r"^\d+(?:[.,]\d+)*")
 
 
-def split_slashes(raw: str, loc: Loc, *, after_node: bool = False, before_node: bool = False) -> list:
+def split_slashes(raw: str, loc: Loc, *, escaped: frozenset[int] = frozenset(), after_node: bool = False,
+                  before_node: bool = False) -> list:
     """Literal text -> Text and slash-shorthand Alt nodes. `after_node` / `before_node`: an alternation or
     wildcard touches the text's start / end, so a group there is glued to it and no whole token.
 
@@ -59,26 +61,38 @@ def split_slashes(raw: str, loc: Loc, *, after_node: bool = False, before_node: 
     "24/7", "f/2.8" and "http://x/y" are text, as are the ABBREVIATIONS (also within a longer group)
     ("w/o", "b/w", "and/or", "km/h", "I/O", ...). Anything else uses braces.
     """
-    if "/" not in raw:
-        return [Text(raw.replace(ESC_SLASH, "/"), loc=loc)]
+    scan = _scan_text(raw, escaped)
+    if "/" not in scan:
+        return [Text(raw, loc=loc)]
     out: list = []
     pos = 0
-    for m in _SLASH_GROUP.finditer(_marks_as_letters(raw)):
-        group = raw[m.start():m.end()]
-        words = group.split("/")
-        token = _token_around(raw, m.start(), m.end())
+    for m in _SLASH_GROUP.finditer(_marks_as_letters(scan)):
+        words = scan[m.start():m.end()].split("/")
+        token = _token_around(scan, m.start(), m.end())
         lower = [w.lower() for w in words]
         if ((after_node and m.start() == 0) or (before_node and m.end() == len(raw))
                 or "://" in token or token.lower().startswith("www.") or _HOST.fullmatch(words[0])
                 or _holds_abbreviation(lower)
                 or any(_NUMBER.fullmatch(w) or not re.search(r"[^\W\d_]", w) for w in words)):
             continue
-        out.append(Text(raw[pos:m.start()].replace(ESC_SLASH, "/"), loc=loc))
+        out.append(Text(raw[pos:m.start()], loc=loc))
         at = Loc(loc.origin, loc.text, loc.offset + m.start(), loc.first_line)
-        out.append(Alt(tuple(Option(Seq((Text(w.replace(ESC_SLASH, "/")),))) for w in words), slash=True, loc=at))
+        options, start = [], m.start()
+        for w in words:  # each word's own text: its escaped slashes are slashes again
+            options.append(Option(Seq((Text(raw[start:start + len(w)]),))))
+            start += len(w) + 1
+        out.append(Alt(tuple(options), slash=True, loc=at))
         pos = m.end()
-    out.append(Text(raw[pos:].replace(ESC_SLASH, "/"), loc=loc))
+    out.append(Text(raw[pos:], loc=loc))
     return [p for p in out if not (isinstance(p, Text) and p.value == "")]
+
+
+def _scan_text(raw: str, escaped: frozenset[int]) -> str:
+    """`raw` as slash groups are found in it, of the same length: an escaped slash (at a position in `escaped`)
+    is `ESC_SLASH`, which joins the letters of a word, and a `ESC_SLASH` character of the text is `_OTHER`."""
+    if not escaped and ESC_SLASH not in raw:
+        return raw
+    return "".join(ESC_SLASH if i in escaped else _OTHER if c == ESC_SLASH else c for i, c in enumerate(raw))
 
 
 def _holds_abbreviation(words: list[str]) -> bool:
