@@ -17,7 +17,7 @@ from typing import List, Optional
 
 import typer
 
-from .expand import compile_template, count_info
+from .expand import compile_template
 from .expand.lint import CommaCheck
 from .experiment import ExperimentError
 from .grammar import GrammarError
@@ -117,7 +117,7 @@ def expand(
     try:
         tpl = load_template(template, grammars)
         if count:
-            n, exact = count_info(tpl.tree)
+            n, exact = tpl.count_info()
             typer.echo(str(n) if exact else f"{n} (upper bound: this template's parts overlap)")
             return
         if sample is not None:

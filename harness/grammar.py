@@ -145,7 +145,7 @@ class _Parser:
         """A combining mark that starts a text joins whatever comes before it only when a prompt is put
         together (`{e|a}\u0301`, `{café|cafe{\u0301|}}`), after the template was read in NFC: the prompt would
         spell its accented letter apart from the same letter typed whole, so it is refused here."""
-        if unicodedata.category(ch).startswith("M") or _JAMO_JOINS.match(ch):  # Hangul vowel or final jamo too
+        if joins_letter_before(ch):
             name = unicodedata.name(ch, "unnamed")
             kind = "combining mark" if unicodedata.category(ch).startswith("M") else "Hangul jamo"
             raise GrammarError(f"{kind} U+{ord(ch):04X} ({name}) {where}: it joins the letter before it only "
@@ -290,6 +290,11 @@ def _top_level_dollars(text: str, start: int, stop: int) -> bool:
         depth = max(0, depth + (c == "{") - (c == "}"))  # a "}" of braces opened before `start` is passed
         i += 1
     return False
+
+
+def joins_letter_before(ch: str) -> bool:
+    """Whether `ch` joins the letter before it in NFC: a combining mark, or a Hangul vowel or final jamo."""
+    return unicodedata.category(ch).startswith("M") or bool(_JAMO_JOINS.match(ch))
 
 
 def _is_name(name: str) -> bool:

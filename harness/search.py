@@ -72,9 +72,9 @@ from pathlib import Path
 from typing import Any, Callable, Collection, Iterable, Mapping, Sequence
 
 from .core import Variant, canonical_json, content_key
-from .experiment import Experiment, load_experiment
+from .experiment import Experiment, ExperimentError, load_experiment
 from .grammar import escape_text
-from .mutate import Resources, literal, mutate, normalise, prompt_key
+from .mutate import Resources, literal, mutate, normalise, prompt_key, split_clauses
 from .mutate.resources import missing_lists_note
 from .search_config import NOT_IDENTITY, SearchConfig, search_config
 from .wildcards import WildcardLibrary
@@ -343,6 +343,11 @@ def evolve(path: Path | str, *, out: Path | str | None = None, device: str | Non
         log(note)
     variants, negatives = variants_of(exp, library)
     refs = resolve_checkpoints(exp)
+    for v in variants:  # every prompt must split into clauses that each read alone, before anything is made
+        try:
+            split_clauses(escape_text(v.prompt))
+        except ValueError as e:
+            raise ExperimentError(exp.path, [f"key 'prompt': {e}"]) from None
     first = initial_population(variants, cfg, resources)
     sid = search_identity(exp, resources, refs, [j.key for c in first for j in jobs_for(
         exp, refs, [Variant(c.text, {})], negatives, stage="gen0")])

@@ -28,7 +28,8 @@ The package's modules, one job each:
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, replace
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from typing import Iterator
 
 from ..core import Variant
@@ -51,6 +52,7 @@ __all__ = [
 class Template:
     source: str
     tree: Seq
+    origin: str = field(default="<template>", compare=False)  # names the template in errors
 
     @property
     def factors(self) -> list[str]:
@@ -61,18 +63,31 @@ class Template:
         """(outer, inner) factor pairs: `inner` sits inside an option of `outer`."""
         return nested_pairs(self.tree)
 
+    # Each walks the tree by recursion: a template whose braces and wildcards nest deeper than Python's
+    # stack allows is a GrammarError (TOO_DEEP), as compiling it would be, not a RecursionError.
     def count(self) -> int:
-        return count(self.tree)
+        with self._depth():
+            return count(self.tree)
 
     def count_info(self) -> tuple[int, bool]:
         """(distinct prompts, exact?): an upper bound when not exact (see `count_info`)."""
-        return count_info(self.tree)
+        with self._depth():
+            return count_info(self.tree)
 
     def expand(self, limit: int | None = None) -> Iterator[Variant]:
-        return expand(self.tree, limit=limit)
+        with self._depth():
+            yield from expand(self.tree, limit=limit)
 
     def sample(self, n: int, rng: random.Random, *, replace: bool = False) -> list[Variant]:
-        return sample(self.tree, n, rng, replace=replace)
+        with self._depth():
+            return sample(self.tree, n, rng, replace=replace)
+
+    @contextmanager
+    def _depth(self):
+        try:
+            yield
+        except RecursionError:
+            raise GrammarError(TOO_DEEP, Loc(self.origin, self.source, 0)) from None
 
 
 def compile_template(text: str, *, library: WildcardLibrary | None = None, origin: str = "<template>",
@@ -85,7 +100,7 @@ def compile_template(text: str, *, library: WildcardLibrary | None = None, origi
         for alt in alternations(tree):
             if alt.k is not None:
                 _check_choose_k(alt)
-        return Template(text, assign_names(tree))
+        return Template(text, assign_names(tree), origin)
     except RecursionError:  # braces within wildcards within braces…: each is under its limit, together too deep
         raise GrammarError(TOO_DEEP, Loc(origin, text, 0)) from None
 

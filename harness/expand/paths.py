@@ -70,12 +70,37 @@ def _iter(node, rescale: bool = True) -> Iterator[_Item]:
                     factors += f
                     p *= q
                 yield "".join(c[0] for c in combo), factors, p
-        else:
-            for t0, f0, p0 in _iter(parts[0], rescale):
-                for t1, f1, p1 in _iter(Seq(parts[1:]), rescale):
-                    yield t0 + t1, f0 + f1, p0 * p1
+        else:  # small parts' paths held, large ones walked again for each combination before them
+            held = [list(_iter(p, rescale)) if raw_count(p) <= _MATERIALISE else None for p in parts]
+            for combo in _product(lambda i: iter(held[i]) if held[i] is not None else _iter(parts[i], rescale),
+                                  len(parts)):
+                factors, p = (), 1.0
+                for _, f, q in combo:
+                    factors += f
+                    p *= q
+                yield "".join(c[0] for c in combo), factors, p
     else:
         yield from _iter_alt(node, rescale)
+
+
+def _product(walk, n: int) -> Iterator[tuple]:
+    """`itertools.product` of the n iterables `walk(i)` makes, in its order, each made again for every
+    combination of those before it (none is held whole), by a loop rather than a recursion per part."""
+    walks, chosen = [walk(0)], []
+    while walks:
+        item = next(walks[-1], _DONE)
+        if item is _DONE:
+            walks.pop()
+            if chosen:
+                chosen.pop()
+        elif len(walks) == n:
+            yield (*chosen, item)
+        else:
+            chosen.append(item)
+            walks.append(walk(len(walks)))
+
+
+_DONE = object()
 
 
 def _weights(alt: Alt) -> list[float]:

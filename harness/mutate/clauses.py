@@ -27,10 +27,11 @@ wherever its parent does.
 from __future__ import annotations
 
 import re
+import unicodedata
 from typing import Iterable
 
 from ..emphasis import UP, WEIGHT
-from ..grammar import Seq, Text, escape_text, parse, render
+from ..grammar import Seq, Text, escape_text, joins_letter_before, parse, render
 
 _WS = re.compile(r"\s+")
 
@@ -94,8 +95,16 @@ def _normalise(parts: list) -> list:
 
 
 def split_clauses(prompt: str) -> list[str]:
-    """Template text -> its clauses, each as template text (rules in the module doc)."""
-    return [render(Seq(parts)) for parts in _clause_parts(parse(prompt, allow_empty=True))]
+    """Template text -> its clauses, each as template text (rules in the module doc). A clause must read as a
+    template alone (operators move and drop clauses): one that starts with a combining mark is a ValueError."""
+    clauses = [render(Seq(parts)) for parts in _clause_parts(parse(prompt, allow_empty=True))]
+    for number, clause in enumerate(clauses, 1):
+        if joins_letter_before(clause[0]):
+            raise ValueError(f"clause {number} of {prompt!r}, {clause!r}, starts with U+{ord(clause[0]):04X} "
+                             f"({unicodedata.name(clause[0], 'unnamed')}), which joins the letter before it; each "
+                             "clause must read alone, as operators move and drop clauses: write the accented "
+                             "letter whole, or drop the mark")
+    return clauses
 
 
 def join_clauses(clauses: Iterable[str]) -> str:
@@ -125,8 +134,40 @@ def emphasis(clause: str) -> tuple[str, float] | None:
         value = tree.parts[0].value
         span = emphasis_span(value)
         return None if span is None else (escape_text(value[span[0]:span[1]]), span[2])
-    span = emphasis_span(clause)
+    masked = _braces_masked(clause)
+    if _WEIGHT_BY_CHOICE.search(masked):
+        return None
+    span = emphasis_span(masked)
     return None if span is None else (clause[span[0]:span[1]], span[2])
+
+
+_MASK = "\0"  # stands in for the characters of a template alternation while A1111 brackets are read
+_WEIGHT_BY_CHOICE = re.compile(r":[\s\0]*\0[\s\0]*\)")  # `(x:{0.8|1.5})`: the weight is the alternation's
+
+
+def weight_by_choice(clause: str) -> bool:
+    """Whether an emphasis weight in `clause` (template text) is written by an alternation, `(x:{0.8|1.5})`:
+    the weight the runner reads then depends on the prompt, and the clause has no one weight to move."""
+    return bool(_WEIGHT_BY_CHOICE.search(_braces_masked(clause)))
+
+
+def _braces_masked(clause: str) -> str:
+    """`clause` (template text) of the same length with each alternation, its braces included, written as
+    `_MASK`s: a `|` or `:` there is the template's, not A1111 scheduling (`[{red|blue} car]` is emphasis)."""
+    if "{" not in clause:
+        return clause
+    out, depth, i = [], 0, 0
+    while i < len(clause):
+        ch = clause[i]
+        if ch == "\\" and i + 1 < len(clause):
+            out.append(clause[i:i + 2] if not depth else _MASK * 2)
+            i += 2
+            continue
+        depth += ch == "{"
+        out.append(_MASK if depth else ch)
+        depth -= ch == "}" and depth > 0
+        i += 1
+    return "".join(out)
 
 
 def emphasis_span(clause: str) -> tuple[int, int, float] | None:

@@ -30,7 +30,8 @@ import re
 from ..emphasis import WEIGHT
 from ..expand.names import assign_names
 from ..grammar import GrammarError, Seq, Text, escape_text, parse, render
-from .clauses import _clause_parts, emphasis, emphasis_span, join_clauses, normalise, split_clauses
+from .clauses import (_clause_parts, emphasis, emphasis_span, join_clauses, normalise, split_clauses,
+                      weight_by_choice)
 from .lineage import Mutant, prompt_key
 from .resources import Resources, as_resources
 
@@ -207,17 +208,25 @@ def crossover(prompt: str, partner: str, rng: random.Random, resources: Resource
         return None
     cuts = [(i, j) for i in range(1, len(a) + 1) for j in range(len(b))]
     rng.shuffle(cuts)
+    library = as_resources(resources).library
     for i, j in cuts:  # the first cut whose child is a valid template (two factors of one name are not)
         child = _mutant(prompt, list(dict.fromkeys(a[:i] + b[j:])), "crossover", {"cut": i, "partner_cut": j},
                         parents=(prompt_key(prompt), prompt_key(partner)), not_like=(partner,))
-        if child is not None and _names_unique(child.prompt):
+        if child is not None and _compiles(child.prompt, library):
             return child
     return None
 
 
-def _names_unique(template: str) -> bool:
+def _compiles(template: str, library) -> bool:
+    """Whether a child reads as a template: no factor name twice, in the wildcards it reads too when the
+    `library` of the parents' wildcards is known."""
+    from ..expand import compile_template
+
     try:
-        assign_names(parse(template, allow_empty=True))
+        if library is None:
+            assign_names(parse(template, allow_empty=True))
+        else:
+            compile_template(template, library=library)
     except GrammarError:
         return False
     return True
@@ -227,9 +236,10 @@ def _names_unique(template: str) -> bool:
 def reweight(prompt: str, rng: random.Random, resources: Resources | None = None) -> Mutant | None:
     """Emphasise a clause `(clause:w)`, or move an existing weight up or down."""
     texts = split_clauses(prompt)
-    if not texts:
+    movable = [i for i, text in enumerate(texts) if not weight_by_choice(text)]  # `(x:{0.8|1.5})`: no one weight
+    if not movable:
         return None
-    i = rng.randrange(len(texts))
+    i = rng.choice(movable)
     found = emphasis(texts[i])
     lo, hi = WEIGHT_RANGE
     if found is None:

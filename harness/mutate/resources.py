@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import difflib
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 from ..core import content_key
@@ -49,10 +49,12 @@ class Vocabulary:
 
 @dataclass(frozen=True)
 class Resources:
-    """What the operators draw from: modifier lists and a source template's factors."""
+    """What the operators draw from: modifier lists and a source template's factors; `library`, the wildcards
+    the prompts read (a crossover child must compile with them)."""
 
     lists: tuple[Vocabulary, ...] = ()
     factors: tuple[Vocabulary, ...] = ()
+    library: WildcardLibrary | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def load(cls, library: WildcardLibrary, lists: Sequence[str] | None = None,
@@ -84,7 +86,7 @@ class Resources:
                     items = list(dict.fromkeys(t for o in alt.options for t in _expansions(o.body)))
                     if len(items) > 1:
                         factors.append(Vocabulary(f"factor:{alt.name}", tuple(items), words=True, insertable=False))
-        return cls(tuple(vocabularies), tuple(factors))
+        return cls(tuple(vocabularies), tuple(factors), library)
 
     def digest(self) -> str:
         """A content key of everything the operators can draw (for resume checks)."""
