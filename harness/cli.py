@@ -118,7 +118,8 @@ def expand(
         tpl = load_template(template, grammars)
         if count:
             n, exact = tpl.count_info()
-            typer.echo(str(n) if exact else f"{n} (upper bound: this template's parts overlap)")
+            typer.echo(str(n) if exact else f"{n} (upper bound: parts of this template may spell one prompt two "
+                                            "ways, and telling them apart would pass the counting limits)")
             return
         if sample is not None:
             variants = tpl.sample(sample, random.Random(seed), replace=with_replacement)
