@@ -105,3 +105,22 @@ def test_many_parts_after_a_large_one_expand_without_deep_recursion():
     first = [v.prompt for v in tpl.expand(limit=3)]
     assert first == [" ".join(["a"] * 500) + " x", " ".join(["a"] * 500) + " " + "a" * 16,
                      " ".join(["a"] * 500) + " " + "a" * 15 + "b"]
+
+
+def test_first_spelling_skips_options_whose_text_is_absent_and_still_finds_the_first_path(tmp_path):
+    """`{2$$__mixed__}` over lines `{red|blue} thingN`: the quick test on each option's own text (`thingN`)
+    keeps the first path's factors, as a walk over every path finds them."""
+    import random
+
+    from harness.expand.paths import walk
+    from harness.expand.spelling import first_spelling
+    from harness.wildcards import WildcardLibrary
+
+    (tmp_path / "mixed.txt").write_text("".join(f"{{red|blue}} thing{i}\n" for i in range(12)) + "thing1\n")
+    tpl = compile_template("{2$$__mixed__}", library=WildcardLibrary([tmp_path]))
+    first: dict = {}
+    for text, factors in walk(tpl.tree):
+        first.setdefault(text, factors)
+    for text in random.Random(0).sample(sorted(first), 40) + ["red thing1,thing1", "thing1,blue thing11"]:
+        assert first_spelling(tpl.tree, text) == first[text], text
+    assert first_spelling(tpl.tree, "red thing1,thing99") is None
