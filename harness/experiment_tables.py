@@ -421,6 +421,8 @@ def check_negative_is_read(c: Checker, negative: str, guidance: float, checkpoin
     negative prompt (or a factor in it) would change the keys and not one pixel. The experiment's images
     take `[randomize] guidance` (drawn to 0.1) when it is set; later stages take the fixed guidance."""
     fixed = {ck: overrides.get(ck, {}).get("guidance", guidance) for ck in checkpoints}
+    if not all(isinstance(g, (int, float)) and not isinstance(g, bool) for g in fixed.values()):
+        return  # a guidance that is not a usable number is named where it is read
     fixed_where = (f"key 'guidance' is {guidance:g}" if all(g == guidance for g in fixed.values())
                    else "the checkpoints' guidance is " + ", ".join(f"{ck} {g:g}" for ck, g in fixed.items()))
 

@@ -85,3 +85,12 @@ def test_report_no_html_refuses_sheet_layout(tmp_path, layout, named):
     r = invoke("report", tmp_path, "--no-html", *layout)
     assert r.exit_code == 2 and f"{named} out the contact sheet, which --no-html does not build" in r.output, r.output
     assert not (tmp_path / "tables").exists()
+
+
+@pytest.mark.parametrize("value, shown", [("-1", "-1"), ("200", "200"), ("true", "True"), ('"x"', "'x'")])
+def test_a_bad_checkpoint_guidance_beside_a_negative_prompt_is_named(tmp_path, value, shown):
+    (tmp_path / "e.toml").write_text('prompt = "a cat"\nnegative_prompt = "blurry"\ncheckpoints = ["tiny"]\n'
+                                     f'seeds = [1]\n[checkpoint.tiny]\nguidance = {value}\n')
+    r = invoke("plan", tmp_path / "e.toml")
+    assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+    assert f"key 'checkpoint.tiny.guidance': got {shown}, expected a number in [0, 100]" in r.output
