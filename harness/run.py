@@ -531,6 +531,8 @@ def merge_runs(out: Path | str, sources: Iterable[Path | str], *, log: Callable[
     if (out / "experiment.toml").is_file() and not (out / "ledger.sqlite").is_file():
         raise ValueError(f"{out} holds an experiment.toml but is not a run folder (no ledger.sqlite): the merge "
                          "would mix its runs into someone's experiment folder; give --out another folder")
+    if (out / "ledger.sqlite").is_file():
+        Ledger.open(out).close()  # a set-up cut off (a merge killed at its start) is finished, as a run would
     _check_mergeable([*sources, *([out] if (out / "ledger.sqlite").is_file() else [])])
     totals = {"added": 0, "already": 0, "scores": 0, "bad": 0}
     with Ledger.open(out) as ledger:

@@ -78,6 +78,16 @@ def test_a_ledger_cut_off_before_its_version_row_says_so(tmp_path):
     Ledger.open(run, readonly=True).close()
 
 
+def test_a_merge_into_a_ledger_whose_set_up_was_cut_off_sets_it_up_and_merges(run_folder, tmp_path):
+    out = tmp_path / "merged"
+    out.mkdir()
+    with sqlite3.connect(out / "ledger.sqlite") as conn:  # a merge killed while setting up its --out
+        conn.execute("CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT)")
+    r = invoke("merge", run_folder, "--out", out)
+    assert r.exit_code == 0 and "2 done jobs (2 added" in r.output, r.output
+    assert len(list((out / "images").glob("*.png"))) == 2
+
+
 @pytest.fixture
 def read_only_copy(run_folder, tmp_path):
     """The finished run on a read-only tmpfs (root ignores file modes, so a mount it is)."""
