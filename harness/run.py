@@ -452,7 +452,7 @@ def generate_jobs(exp: Experiment, plan: Plan, ledger: Ledger, pending: list[Job
         if maker.streams > 1:
             _generate_in_streams(maker, pending, maker.streams, finish, on_oom)
         else:
-            for jobs in group_jobs(pending).values():
+            for jobs in maker.resident_first(group_jobs(pending).values()):
                 for chunk, seconds in maker.generate(jobs, on_oom=on_oom):
                     finish(chunk, seconds)
         commit(block=True)
@@ -490,7 +490,7 @@ def _generate_in_streams(maker, pending: list[Job], streams: int, finish, on_oom
 
     from .worker import batches
 
-    units = batches(group_jobs(pending).values(), maker.size_for)
+    units = batches(maker.resident_first(group_jobs(pending).values()), maker.size_for)
     threads = torch.get_num_threads()
     torch.set_num_threads(max(1, threads // streams))
     pool = ThreadPoolExecutor(max_workers=streams, thread_name_prefix="stream")

@@ -161,6 +161,18 @@ class BatchMaker:
         size = batch_size_for(job, self.device, exact=self.exact, batch_size=self.batch_size)
         return min(size, self._fits.get(_memory_shape(job), size))
 
+    def resident_first(self, groups: Iterable[list[Job]]) -> list[list[Job]]:
+        """Groups of jobs in their order, those on the checkpoint in memory first: a later stage goes on with
+        the checkpoint the pass before it ended on, rather than loading another and that one again. A
+        group's own batches are unchanged, so are its pixels."""
+        groups, resident = list(groups), self.cache.resident
+
+        def loaded(jobs: list[Job]) -> bool:
+            ref = self.checkpoints[jobs[0].checkpoint]
+            return resident is not None and (ref.fingerprint, ref.source) == resident[:2]
+
+        return sorted(groups, key=lambda jobs: not loaded(jobs))
+
     def generate(self, jobs: list[Job], *, on_oom: Callable[[str], None] | None = None) -> Iterator:
         """Chunks (batching.Chunk) of one group's jobs, with per-image seconds attached."""
         from .batching import run_batched

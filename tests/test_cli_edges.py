@@ -94,3 +94,20 @@ def test_a_bad_checkpoint_guidance_beside_a_negative_prompt_is_named(tmp_path, v
     r = invoke("plan", tmp_path / "e.toml")
     assert r.exit_code == 2 and "Traceback" not in r.output, r.output
     assert f"key 'checkpoint.tiny.guidance': got {shown}, expected a number in [0, 100]" in r.output
+
+
+def test_a_stage_goes_on_with_the_checkpoint_in_memory(tmp_path, monkeypatch):
+    """Two checkpoints and one stage: the main pass loads A then B, the stage makes B's images first (still in
+    memory) and loads A once more: three loads, not four."""
+    import harness.pipelines as pipelines
+    from harness.run import run_experiment
+
+    loads = []
+    real = pipelines.load_pipeline
+    monkeypatch.setattr(pipelines, "load_pipeline", lambda ref, *a, **k: loads.append(ref.source) or real(ref, *a, **k))
+    (tmp_path / "e.toml").write_text(
+        'prompt = "a castle"\nseeds = [1]\ncheckpoints = ["tiny", "toy"]\nsteps = 2\nwidth = 64\nheight = 64\n'
+        '[[stages]]\nname = "refine"\nprompt = "__parent__, sharp"\nstrengths = [0.5]\n')
+    r = run_experiment(tmp_path / "e.toml", out=tmp_path / "run", progress=False)
+    assert r.generated == 4
+    assert len(loads) == 3 and loads[0] == loads[2] != loads[1], loads  # A, B; the stage: B (in memory), A
