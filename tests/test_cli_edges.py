@@ -1,5 +1,6 @@
-"""Command-line edges that used to pass through as raw errors or be ignored in silence: `--out` naming a
-file, `@path` naming a folder, stdout on a full disk, and options that another option makes meaningless."""
+"""Edges that used to pass through as raw errors, be ignored in silence or cost time: `--out` naming a file,
+`@path` naming a folder, stdout on a full disk, options that another option makes meaningless, a bad
+per-checkpoint guidance, and a stage that loaded again the checkpoint still in memory."""
 
 from __future__ import annotations
 
