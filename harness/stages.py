@@ -243,10 +243,10 @@ def planned_stages(exp: Experiment, main_jobs: list[Job], refs: dict,
 
 
 def shard_groups(exp: Experiment, made: dict[str, list[Job]]) -> dict[tuple, tuple]:
-    """Main variant -> the main variant standing for the group a shard keeps whole with it: those whose
-    later-stage images one `top_k` ranks as one variant (a stage that gives the children of several main
-    variants one prompt and negative prompt, say), so a shard ranks what one run ranks. `made` is
-    :func:`planned_stages`'. A variant alone in its group stands for itself."""
+    """Main variant -> what stands for the group a shard keeps whole with it: those whose later-stage images
+    one `top_k` ranks as one variant (a stage that gives the children of several main variants one prompt
+    and negative prompt, say), so a shard ranks what one run ranks. `made` is :func:`planned_stages`'. A
+    group stands for the first (stage, ranked variant) it was grouped by; a variant alone stands for itself."""
     jobs = {j.key: j for stage_jobs_ in made.values() for j in stage_jobs_}
     roots: dict[str, frozenset] = {}
 
@@ -258,6 +258,7 @@ def shard_groups(exp: Experiment, made: dict[str, list[Job]]) -> dict[tuple, tup
         return roots[key]
 
     leader = {variant_of(j): variant_of(j) for j in made["main"]}
+    ranks: dict[tuple, set] = defaultdict(set)  # a group's leader -> (stage, variant it ranks) of its top_k
 
     def find(v: tuple) -> tuple:
         while leader[v] != v:
@@ -271,12 +272,22 @@ def shard_groups(exp: Experiment, made: dict[str, list[Job]]) -> dict[tuple, tup
         for job in made.get(stage.source, []):
             if _scorable(job, stage.metric):
                 ranked[variant_of(job)] |= root_variants(job.key)
-        for group in ranked.values():
+        for ranked_variant, group in ranked.items():
             first, *rest = sorted(group, key=lambda v: content_key(list(v)))
             for v in rest:
                 a, b = sorted((find(first), find(v)), key=lambda v: content_key(list(v)))
                 leader[b] = a
-    return {v: find(v) for v in leader}
+                ranks[a] |= ranks.pop(b, set())
+            if rest:
+                ranks[find(first)].add((stage.name, ranked_variant))
+
+    def standing(v: tuple) -> tuple:
+        """A group stands for what its top_k ranks, which main variants added later (another negative
+        prompt, say) join without changing: so an edit moves no image of the group to another shard."""
+        root = find(v)
+        return min(ranks[root], key=lambda r: content_key(list(r))) if ranks.get(root) else root
+
+    return {v: standing(v) for v in leader}
 
 
 def _scorable(job: Job, spec: str) -> bool:

@@ -11,10 +11,11 @@ pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
 # the two negative-prompt levels of a prompt are two main variants; `blurry|dim` puts them in different
 # shards of 2. `refine` makes every child with no negative prompt, so its children of both levels are one
-# variant of stage refine, which `polish` ranks with top_k = 1.
+# variant of stage refine, which `polish` ranks with top_k = 1. The colours are ones whose two groups fall
+# in different shards of 2, so each shard has work.
 EXP = """
 name = "topk_across_shards"
-prompt = "a {red|blue} cat"
+prompt = "a {red|green} cat"
 negative_prompt = "{@n: blurry|dim}"
 seeds = [1, 2]
 checkpoints = ["tiny"]
@@ -108,3 +109,23 @@ def test_the_plan_command_shows_a_shard_with_its_groups_whole(tmp_path):
     for jobs in seen:  # a shard holds both negative prompts of each of its colours
         prompts = {j["prompt"] for j in jobs}
         assert len([j for j in jobs if j["prompt"] in prompts]) == 2 * 2 * len(prompts)
+
+
+def test_another_negative_prompt_level_moves_no_main_image_to_another_shard(tmp_path):
+    """A group stands for what its top_k ranks, not for its first member: levels added to the negative
+    prompt join their colour's group, and every image a shard held before stays in that shard."""
+    from harness.experiment import load_experiment
+    from harness.plan import make_plan, shard
+    from harness.stages import planned_stages, shard_groups
+
+    def shards(text: str) -> dict[str, int]:
+        path = tmp_path / "exp.toml"
+        path.write_text(text)
+        exp = load_experiment(path)
+        plan = make_plan(exp)
+        groups = shard_groups(exp, planned_stages(exp, list(plan.jobs), plan.checkpoints))
+        return {j.key: i for i in range(2) for j in shard(plan.jobs, i, 2, by_variant=True, groups=groups)}
+
+    before = shards(EXP)
+    after = shards(EXP.replace("{@n: blurry|dim}", "{@n: blurry|dim|ugly|noisy|grainy}"))
+    assert len(after) == 20 and all(after[key] == i for key, i in before.items())
