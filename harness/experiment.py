@@ -247,20 +247,34 @@ def _near_tomls(path: Path) -> str:
     return f"; did you mean {str(path.with_name(close[0]))!r}?" if close else ""
 
 
-def _dates(value: Any, key: str = "") -> Iterator[str]:
+def _dates(value: Any) -> Iterator[str]:
     """The dotted keys of TOML dates and times anywhere in `value`: no setting takes one, and the tables
     as written are recorded as JSON, which has none."""
-    if isinstance(value, (datetime.date, datetime.time)):
-        yield key
-    elif isinstance(value, Mapping):
+    return (key for key, v in _leaves(value) if isinstance(v, (datetime.date, datetime.time)))
+
+
+def _nul_texts(value: Any) -> Iterator[str]:
+    """The dotted keys of texts holding a NUL character (`\\u0000`), which no path, name or prompt can hold."""
+    return (key for key, v in _leaves(value) if isinstance(v, str) and "\0" in v)
+
+
+def _leaves(value: Any, key: str = "") -> Iterator[tuple[str, Any]]:
+    """(dotted key, value) of every value in `value` that is neither a table nor a list."""
+    if isinstance(value, Mapping):
         for k, v in value.items():
-            yield from _dates(v, f"{key}.{k}" if key else str(k))
+            yield from _leaves(v, f"{key}.{k}" if key else str(k))
     elif isinstance(value, list):
         for i, v in enumerate(value):
-            yield from _dates(v, f"{key}[{i}]")
+            yield from _leaves(v, f"{key}[{i}]")
+    else:
+        yield key, value
 
 
 def experiment_from_dict(raw: Mapping[str, Any], path: Path) -> Experiment:
+    nul = [f"key '{key}': holds a NUL character (\\u0000), which no path, name or prompt can hold; remove it"
+           for key in _nul_texts(raw)]
+    if nul:  # before any of them reaches a file system call
+        raise ExperimentError(path, nul)
     c = Checker(path)
     c.unknown(raw, _TOP_KEYS)
     for key in _dates(raw):  # [search] included, which `harness evolve` checks in full

@@ -112,3 +112,11 @@ def test_a_stage_goes_on_with_the_checkpoint_in_memory(tmp_path, monkeypatch):
     r = run_experiment(tmp_path / "e.toml", out=tmp_path / "run", progress=False)
     assert r.generated == 4
     assert len(loads) == 3 and loads[0] == loads[2] != loads[1], loads  # A, B; the stage: B (in memory), A
+
+
+def test_a_nul_character_in_any_text_of_an_experiment_is_named_by_key(tmp_path):
+    (tmp_path / "e.toml").write_text('prompt = "a cat"\nbase_dir = "a\\u0000b"\ncheckpoints = ["tiny"]\nseeds = [1]\n'
+                                     '[[stages]]\nname = "r"\nprompt = "__parent__, x\\u0000"\nstrengths = [0.5]\n')
+    r = invoke("plan", tmp_path / "e.toml")
+    assert r.exit_code == 2 and "Traceback" not in r.output and "embedded null byte" not in r.output, r.output
+    assert "key 'base_dir': holds a NUL character" in r.output and "key 'stages[0].prompt': holds a NUL" in r.output
