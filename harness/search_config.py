@@ -152,6 +152,10 @@ def search_config(exp: Experiment, library: WildcardLibrary | None = None) -> Se
         if not (isinstance(modifiers, list) and all(isinstance(m, str) and m for m in modifiers)):
             bad("modifiers", modifiers, "a list of wildcard list names such as \"mediums\"")
             modifiers = None
+        elif not modifiers:  # as --lists "" is refused: the default lists are had by leaving the key out
+            bad("modifiers", modifiers, "one or more wildcard list names such as [\"styles\", \"colours\"] (leave "
+                "the key out for the default lists)")
+            modifiers = None
         else:
             c.distinct("search.modifiers", modifiers)  # as --lists styles,styles is refused
             library = library or WildcardLibrary(exp.wildcard_path())

@@ -56,6 +56,13 @@ def test_a_repeated_search_modifier_is_refused_like_repeated_operators_and_metri
         "styles", "mediums")
 
 
+def test_an_empty_modifier_list_is_refused_like_an_empty_lists_option():
+    with pytest.raises(ExperimentError) as e:
+        config({**RAW, "search": {**RAW["search"], "modifiers": []}})
+    assert e.value.problems == ["key 'search.modifiers': got [], expected one or more wildcard list names such as "
+                                "[\"styles\", \"colours\"] (leave the key out for the default lists)"]
+
+
 def test_a_missing_modifier_given_twice_is_reported_as_repeated_and_missing_once():
     with pytest.raises(ExperimentError) as e:
         config({**RAW, "search": {**RAW["search"], "modifiers": ["nope", "nope"]}})
