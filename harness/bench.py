@@ -466,12 +466,13 @@ def main(argv: list[str] | None = None) -> int:
         problems.append(f"--streams {a.streams!r}: expected auto or a whole number of threads, 1 to 64")
     speedups = tuple(x for x in a.speedups.split(",") if x)
     problems += [f"--speedups: {s!r} is not one of {', '.join(SPEEDUPS)}" for s in speedups if s not in SPEEDUPS]
+    problems += _device_problems(a.device, a.dtype)
+    try:
+        ablation_variants(a.ablate, "cpu", Tuning())
+    except ValueError as exc:
+        problems.append(str(exc))
     if problems:  # every bad option at once, before minutes of measuring
         p.error("; ".join(problems))
-    try:
-        ablation_variants(a.ablate, "cpu", Tuning())  # a bad --ablate fails before minutes of measuring
-    except ValueError as exc:
-        p.error(str(exc))
     try:
         figures = run_bench(sweep, device=a.device, dtype=a.dtype, ablate=a.ablate, batch_size=a.batch_size,
                             speedups=speedups, repeat=a.repeat,
@@ -483,6 +484,24 @@ def main(argv: list[str] | None = None) -> int:
     except ExperimentError as exc:  # the sweep's own experiment: only --model can make it unusable
         p.error(f"--model {a.model!r}: " + "; ".join(re.sub(r"^key '[^']*': ", "", x) for x in exc.problems))
     return 0 if figures["images_agree"] else 1  # a harness run beyond the tolerance fails the command
+
+
+def _device_problems(device: str, dtype: str) -> list[str]:
+    """What is wrong with --device and --dtype on this machine, each named (none: both usable)."""
+    from .core import SettingsError
+    from .devices import pick_device, pick_dtype
+
+    problems = []
+    try:
+        device = pick_device(device)
+    except SettingsError as exc:
+        problems.append(f"--device: {exc}")
+        device = "cpu"  # the dtype is still checked, against the device every machine has
+    try:
+        pick_dtype(dtype, device)
+    except SettingsError as exc:
+        problems.append(f"--dtype: {exc}")
+    return problems
 
 
 def _sweep(p: argparse.ArgumentParser, a: argparse.Namespace, problems: list[str]) -> Sweep:

@@ -205,7 +205,11 @@ def test_bench_options_are_checked_before_measuring_and_named_in_one_line(capsys
                           (["--size", "60", "--steps", "1", "--streams", "0"],  # every bad option in the one line
                            "--size 60: expected a multiple of 8, at least 64; --steps 1: expected at least 2 "
                            "(img2img at strength 0.5 runs int(0.5 * steps) steps); --streams '0': expected auto"),
-                          (["--quick", "--device", "nosuch"], "--device/--dtype: "),
+                          (["--quick", "--device", "nosuch"], "--device: device='nosuch': expected 'auto'"),
+                          (["--size", "60", "--dtype", "xyz", "--device", "tpu", "--ablate", "nope"],
+                           "--size 60: expected a multiple of 8, at least 64; --device: device='tpu': expected "
+                           "'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'; --dtype: dtype='xyz': expected 'auto', 'fp32', "
+                           "'fp16', 'bf16'; --ablate 'nope': expected 'all'"),
                           (["--quick", "--speedups", "bogus"], "--speedups: 'bogus' is not one of channels_last"),
                           (["--streams", "65"], "--streams '65': expected auto or a whole number of threads, 1 to 64"),
                           (["--quick", "--size", "64", "--repeat", "0"],  # --quick's conflict is one problem among all
