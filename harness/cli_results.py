@@ -41,6 +41,8 @@ def eval_(
                 specs = scaled_clip_specs(specs, scale, experiment_metrics(ledger), default_clip(ledger))
         except (ValueError, LedgerError) as e:
             fail(f"error: {e}")
+        except KeyError as e:  # an unknown metric name: the message lists the valid ones
+            fail(f"error: {e.args[0]}")
 
     try:
         unscored = _print_metric_summaries(evaluate_run(run_dir, specs or None, rescore=rescore))

@@ -120,3 +120,12 @@ def test_a_nul_character_in_any_text_of_an_experiment_is_named_by_key(tmp_path):
     r = invoke("plan", tmp_path / "e.toml")
     assert r.exit_code == 2 and "Traceback" not in r.output and "embedded null byte" not in r.output, r.output
     assert "key 'base_dir': holds a NUL character" in r.output and "key 'stages[0].prompt': holds a NUL" in r.output
+
+
+def test_eval_scale_with_an_unknown_metric_is_one_line(tmp_path):
+    from harness.ledger import Ledger
+
+    Ledger.open(tmp_path / "run").close()
+    r = invoke("eval", tmp_path / "run", "-m", "bogus", "--scale", "2.5")
+    assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+    assert r.output.startswith("error: unknown metric 'bogus'")

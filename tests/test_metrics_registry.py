@@ -59,6 +59,7 @@ def test_a_registered_name_round_trips_through_specs_and_ids():
                                   "as 3; give the parsed value as the default"),
     (Option("big", "n", choices=("small", "large")), "has default 'big', not one of its choices 'small', 'large'"),
     (Option(None, "n", parse=float, in_id=False), "has default None, which its parse refuses"),
+    (Option(1, "n", parse=lambda v: {"a": 1}[v]), "has default 1, which its parse refuses (KeyError: '1')"),
 ])
 def test_register_runs_option_defaults_through_parse(option, fragment):
     with pytest.raises(ValueError, match="^metric class Plugin") as error:
@@ -66,6 +67,12 @@ def test_register_runs_option_defaults_through_parse(option, fragment):
     assert fragment in str(error.value)
     with pytest.raises(KeyError):
         metric_class("bad_default")
+
+
+def test_a_parse_that_refuses_with_any_error_names_the_metric_and_option():
+    register(metric_class_named("keyed", {"k": Option(1, "a key", parse=lambda v: {"a": 1, "1": 1}[v])}))
+    with pytest.raises(ValueError, match=r"^metric 'keyed' option k='zzz': KeyError: 'zzz' \(a key\)$"):
+        metric_from_spec("keyed:k=zzz")
 
 
 def test_register_refuses_a_class_without_info_or_score():

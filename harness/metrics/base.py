@@ -359,13 +359,19 @@ def resolve_options(metric: str, declared: Mapping[str, Option], given: Mapping[
         raw = given[name]
         try:
             value = opt.parse(raw)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"metric {metric!r} option {name}={raw!r}: {exc} ({opt.help})") from None
+        except Exception as exc:  # a plugin's own parse may refuse with any error
+            raise ValueError(f"metric {metric!r} option {name}={raw!r}: {_refusal(exc)} ({opt.help})") from None
         if opt.choices is not None and value not in opt.choices:
             shown = [str(c) if c != "" else "'' (empty)" for c in opt.choices]
             raise ValueError(f"metric {metric!r} option {name}={raw!r}: expected one of {', '.join(shown)}")
         resolved[name] = value
     return resolved
+
+
+def _refusal(exc: Exception) -> str:
+    """Why an option's parse refused a value: its message, after the error's type where that is not the
+    usual ValueError or TypeError (a KeyError's message alone is just the key)."""
+    return str(exc) if isinstance(exc, (TypeError, ValueError)) else f"{type(exc).__name__}: {exc}"
 
 
 # -- registry ------------------------------------------------------------------
@@ -426,9 +432,9 @@ def check_default(metric: str, option: str, declared: Option, where: str) -> Non
     raw = format_option(declared.default) if declared.in_id is True else declared.default
     try:
         parsed = declared.parse(raw)
-    except (TypeError, ValueError) as exc:
+    except Exception as exc:  # a plugin's own parse may refuse with any error
         raise ValueError(f"{where}: option {option} of metric {metric!r} has default {declared.default!r}, which "
-                         f"its parse refuses ({exc}); give a default parse accepts") from None
+                         f"its parse refuses ({_refusal(exc)}); give a default parse accepts") from None
     if parsed != declared.default:
         raise ValueError(f"{where}: option {option} of metric {metric!r} has default {declared.default!r}, which "
                          f"its parse reads back as {parsed!r}; give the parsed value as the default")
