@@ -177,10 +177,11 @@ def evaluate(ledger: Ledger, specs: Iterable[str] | None = None, *, log: Callabl
     log = log or _stderr
     metrics = metrics_for_run(ledger, specs)
     jobs = ledger.done_jobs()
+    under_way = {m.id for m in metrics if ledger.get_meta(RESCORE + m.id)}  # a rescore cut off earlier
     if rescore:  # every metric's rescore begins now, so one cut off in the first is taken up for all
         began = _now()
         for metric in metrics:
-            if not ledger.get_meta(RESCORE + metric.id):
+            if metric.id not in under_way:
                 ledger.set_meta(RESCORE + metric.id, began)
     out = []
     for metric in metrics:
@@ -188,7 +189,7 @@ def evaluate(ledger: Ledger, specs: Iterable[str] | None = None, *, log: Callabl
         since = ledger.get_meta(RESCORE + metric.id) or None
         if since is not None:
             metric.recompute()  # a rescore reads no embedding the old code cached
-            if not rescore:
+            if metric.id in under_way:  # with or without --rescore: what it rescored then is not done again
                 log(f"{metric.id}: going on with the rescore begun {since}")
         have = ledger.scored_keys(metric.id, since)
         todo = [j for j in jobs if j.key not in have]

@@ -383,6 +383,30 @@ def test_a_folder_named_like_a_pretrained_tag_does_not_take_the_tags_place(tmp_p
     assert f"pretrained={tmp_path / 'openai'}," in metric_from_spec("clip_score:model=mine,pretrained=./openai").id
 
 
+def test_a_rescore_asked_again_after_one_was_cut_off_goes_on_with_it_and_says_so(tmp_path, monkeypatch):
+    from harness import evaluate as ev
+
+    with Ledger.open(tmp_path / "run") as ledger:
+        keys = [job.key for job in _add_noise_jobs(ledger)]
+        ledger.put_scores([Score(k, "health", 0.25) for k in keys])
+        real, calls = ev.item_for, []
+
+        def cut_off(ledger, job):
+            calls.append(job.key)
+            if len(calls) > 1:
+                raise KeyboardInterrupt
+            return real(ledger, job)
+
+        monkeypatch.setattr(ev, "item_for", cut_off)
+        with pytest.raises(KeyboardInterrupt):
+            evaluate(ledger, ["health"], log=lambda m: None, chunk=1, rescore=True)
+        monkeypatch.setattr(ev, "item_for", real)
+        logged: list[str] = []
+        (summary,) = evaluate(ledger, ["health"], log=logged.append, rescore=True)
+        assert summary.scored == 2 and summary.skipped == 1 and "going on with the rescore begun" in logged[0]
+        assert set(ledger.scores_frame()["value"]) == {1.0}
+
+
 def test_rescore_scores_every_image_again_and_an_interrupted_one_goes_on_where_it_stopped(tmp_path, monkeypatch):
     """A metric whose code changed (the toy oracles now score an image with no shape 0, not NaN): `eval
     --rescore` replaces every score; cut off after one chunk, the next eval rescores only the rest."""
