@@ -52,6 +52,8 @@ def watermark_detect(
         verdict = f"DETECTED {r['best']}" if r["detected"] else "not detected"
         typer.echo(f"{r['path']}: {verdict} (best: {best['matched']}/{best['bits']} bits, "
                    f"p={best['p_corrected']:.2g} corrected)")
+        for name, why in r.get("not_read", {}).items():
+            typer.echo(f"  not read: {name}: {why}")
 
 
 def _json_default(o):

@@ -131,3 +131,20 @@ def test_embed_warns_when_the_mark_is_found_alone_but_not_among_the_presets(tmp_
                                "jsonl").stdout)
     among = json.loads(harness("watermark", "detect", tmp_path / "out.png", "--format", "jsonl").stdout)
     assert alone["detected"] is True and among["detected"] is False
+
+
+def test_a_message_too_long_for_the_image_is_set_aside_and_the_others_are_read(tmp_path):
+    from harness.metrics.watermark import detect
+
+    rgb = np.asarray(Image.fromarray(skimage_data.astronaut()).resize((256, 256), Image.LANCZOS))
+    Image.fromarray(rgb).save(tmp_path / "clean.png")
+    r = harness("watermark", "embed", tmp_path / "clean.png", tmp_path / "marked.png", "--message", "sdv1")
+    assert r.returncode == 0, r.stderr
+    long = "x" * 130  # 1,040 bits: more than the 1,024 blocks of 256 x 256 px
+    r = harness("watermark", "detect", tmp_path / "marked.png", "--message", "sdv1", "--message", long)
+    assert r.returncode == 0 and "DETECTED sdv1" in r.stdout, r.stdout + r.stderr
+    assert f"not read: text:{long}: image has 1024 blocks of 8x8 px, fewer than the 1040 bits" in r.stdout
+    result = detect(Image.open(tmp_path / "marked.png"), ["sdv1", long])
+    assert set(result["messages"]) == {"sdv1"} and set(result["not_read"]) == {f"text:{long}"}
+    alone = detect(Image.open(tmp_path / "marked.png"), [long])  # nothing it can read: no decision
+    assert alone["detected"] is None and "fewer than the 1040 bits" in alone["reason"]

@@ -105,7 +105,8 @@ def detect(image: Any, messages: Iterable[str | bytes | Message] | None = None, 
     """Evidence for each message and the decision; see the module docstring for the statistics.
 
     Returns `{"detected": bool | None, "best": name | None, "messages": {name: evidence},
-    "attempts": A, "alpha": alpha}`, plus `"reason"` when the image cannot carry a message.
+    "attempts": A, "alpha": alpha}`, plus `"reason"` when the image cannot carry any of the messages, and
+    `"not_read": {name: reason}` for messages longer than it can carry (the others are looked for alone).
     """
     msgs = resolve_messages(messages)
     if not msgs:
@@ -113,9 +114,11 @@ def detect(image: Any, messages: Iterable[str | bytes | Message] | None = None, 
     alpha = parse_alpha(alpha)
     rgb, _ = to_rgb_array(image, "detect")
     height, width = rgb.shape[:2]
-    problem = size_problem(height, width, max(len(m.bits) for m in msgs))
-    if problem:
-        return {"detected": None, "reason": problem, "size": [width, height], "messages": {}}
+    too_long = {m.name: problem for m in msgs if (problem := size_problem(height, width, len(m.bits)))}
+    if len(too_long) == len(msgs):
+        shortest = min(msgs, key=lambda m: len(m.bits))
+        return {"detected": None, "reason": too_long[shortest.name], "size": [width, height], "messages": {}}
+    msgs = [m for m in msgs if m.name not in too_long]
     reads: dict[str, list[tuple[int, str, tuple[int, int], np.ndarray]]] = {m.name: [] for m in msgs}
     attempts = 0
     bgr = np.ascontiguousarray(rgb[:, :, ::-1])
@@ -134,7 +137,7 @@ def detect(image: Any, messages: Iterable[str | bytes | Message] | None = None, 
     top = min(evidence, key=lambda name: (evidence[name]["p_corrected"], evidence[name]["p_value"]))
     detected = evidence[top]["p_corrected"] < alpha
     return {"detected": bool(detected), "best": top if detected else None, "messages": evidence,
-            "attempts": attempts, "alpha": alpha, "size": [width, height]}
+            "attempts": attempts, "alpha": alpha, "size": [width, height], **({"not_read": too_long} if too_long else {})}
 
 
 def resolve_messages(messages: Iterable[str | bytes | Message] | None) -> list[Message]:
