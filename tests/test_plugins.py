@@ -79,6 +79,14 @@ class Short(Metric):
 
     def _score(self, items):
         return [(1.0, {}) for item in items[1:]]
+
+
+@register
+class Quits(Metric):
+    INFO = MetricInfo(name="quits", description="calls sys.exit", unit="x", range=(0.0, 1.0), higher_is_better=True)
+
+    def _score(self, items):
+        raise SystemExit(3)
 '''
 
 
@@ -116,9 +124,11 @@ def test_a_metric_that_raises_is_named_and_the_other_metrics_are_still_scored(tm
     env = plugin_env(tmp_path, "faulty_metrics")
     for _ in range(2):  # the second eval tries the faulty metrics again
         r = subprocess.run([sys.executable, "-m", "harness", "eval", str(run), "-m", "boom", "-m", "short",
-                            "-m", "prompt_length"], capture_output=True, text=True, cwd=tmp_path, env=env)
+                            "-m", "quits", "-m", "prompt_length"], capture_output=True, text=True, cwd=tmp_path,
+                           env=env)
         assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
         assert "not scored: 2 images (2x metric boom failed: RuntimeError: plugin bug)" in r.stderr
+        assert "not scored: 2 images (2x metric quits failed: SystemExit: 3)" in r.stderr
         assert ("not scored: 2 images (2x metric short (plugin module faulty_metrics): _score must return a list "
                 "with one (value: float, detail: dict) per item; got 1 results for 2 items)") in r.stderr
         assert "prompt_length: 2 images scored" in r.stdout and r.stdout.endswith("; mean 4\n"), r.stdout

@@ -235,8 +235,8 @@ class Metric:
             except (MetricUnavailable, MetricContractError) as exc:  # cannot run here, or broken: retried later
                 for index in ready:
                     results[index] = self.nan(items[index], str(exc), retry=True)
-            except Exception as exc:  # a bug in the metric (a plugin's, say): nothing stored, the other metrics go on
-                for index in ready:
+            except (Exception, SystemExit) as exc:  # a bug in the metric (a plugin's, say; sys.exit too): nothing
+                for index in ready:  # stored, the other metrics go on
                     results[index] = self.nan(items[index], f"metric {self.id} failed: {type(exc).__name__}: {exc}",
                                               retry=True)
         return results  # type: ignore[return-value]
