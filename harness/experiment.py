@@ -254,8 +254,10 @@ def _dates(value: Any) -> Iterator[str]:
 
 
 def _nul_texts(value: Any) -> Iterator[str]:
-    """The dotted keys of texts holding a NUL character (`\\u0000`), which no path, name or prompt can hold."""
-    return (key for key, v in _leaves(value) if isinstance(v, str) and "\0" in v)
+    """The dotted keys of texts holding a NUL character (`\\u0000`), which no path or name can hold: every
+    text but a prompt's own (kept exactly in the record, written as U+FFFD in the PNG's infotext)."""
+    return (key for key, v in _leaves(value) if isinstance(v, str) and "\0" in v
+            and not (key.rsplit(".", 1)[-1] in ("prompt", "negative_prompt") and not v.startswith("@")))
 
 
 def _leaves(value: Any, key: str = "") -> Iterator[tuple[str, Any]]:
@@ -271,7 +273,7 @@ def _leaves(value: Any, key: str = "") -> Iterator[tuple[str, Any]]:
 
 
 def experiment_from_dict(raw: Mapping[str, Any], path: Path) -> Experiment:
-    nul = [f"key '{key}': holds a NUL character (\\u0000), which no path, name or prompt can hold; remove it"
+    nul = [f"key '{key}': holds a NUL character (\\u0000), which no path or name can hold; remove it"
            for key in _nul_texts(raw)]
     if nul:  # before any of them reaches a file system call
         raise ExperimentError(path, nul)

@@ -116,8 +116,8 @@ def detect(image: Any, messages: Iterable[str | bytes | Message] | None = None, 
     height, width = rgb.shape[:2]
     too_long = {m.name: problem for m in msgs if (problem := size_problem(height, width, len(m.bits)))}
     if len(too_long) == len(msgs):
-        shortest = min(msgs, key=lambda m: len(m.bits))
-        return {"detected": None, "reason": too_long[shortest.name], "size": [width, height], "messages": {}}
+        longest = max(msgs, key=lambda m: len(m.bits))
+        return {"detected": None, "reason": too_long[longest.name], "size": [width, height], "messages": {}}
     msgs = [m for m in msgs if m.name not in too_long]
     reads: dict[str, list[tuple[int, str, tuple[int, int], np.ndarray]]] = {m.name: [] for m in msgs}
     attempts = 0
