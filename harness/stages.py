@@ -246,7 +246,8 @@ def shard_groups(exp: Experiment, made: dict[str, list[Job]]) -> dict[tuple, tup
     """Main variant -> what stands for the group a shard keeps whole with it: those whose later-stage images
     one `top_k` ranks as one variant (a stage that gives the children of several main variants one prompt
     and negative prompt, say), so a shard ranks what one run ranks. `made` is :func:`planned_stages`'. A
-    group stands for the first (stage, ranked variant) it was grouped by; a variant alone stands for itself."""
+    group, or a variant alone, whose images a top_k ranks stands for the first (stage, ranked variant) of
+    them; a variant no top_k ranks stands for itself."""
     jobs = {j.key: j for stage_jobs_ in made.values() for j in stage_jobs_}
     roots: dict[str, frozenset] = {}
 
@@ -278,12 +279,12 @@ def shard_groups(exp: Experiment, made: dict[str, list[Job]]) -> dict[tuple, tup
                 a, b = sorted((find(first), find(v)), key=lambda v: content_key(list(v)))
                 leader[b] = a
                 ranks[a] |= ranks.pop(b, set())
-            if rest:
-                ranks[find(first)].add((stage.name, ranked_variant))
+            ranks[find(first)].add((stage.name, ranked_variant))
 
     def standing(v: tuple) -> tuple:
         """A group stands for what its top_k ranks, which main variants added later (another negative
-        prompt, say) join without changing: so an edit moves no image of the group to another shard."""
+        prompt, say) join without changing: so an edit moves no image of the group to another shard, also
+        where the variant was alone before."""
         root = find(v)
         return min(ranks[root], key=lambda r: content_key(list(r))) if ranks.get(root) else root
 
