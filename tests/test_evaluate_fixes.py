@@ -407,6 +407,23 @@ def test_a_rescore_asked_again_after_one_was_cut_off_goes_on_with_it_and_says_so
         assert set(ledger.scores_frame()["value"]) == {1.0}
 
 
+def test_a_score_written_in_the_instant_a_rescore_begins_is_scored_again(tmp_path, monkeypatch):
+    """The clock gives the scores already there and the rescore's start the same time: the rescore
+    still scores every image (it cannot tell which came first, so it counts them as not rescored)."""
+    from harness import evaluate as ev
+    from harness.ledger import store
+
+    frozen = lambda: "2026-11-25T10:00:00.000000+00:00"  # noqa: E731
+    monkeypatch.setattr(store, "_now", frozen)
+    monkeypatch.setattr(ev, "_now", frozen)
+    with Ledger.open(tmp_path / "run") as ledger:
+        keys = [job.key for job in _add_noise_jobs(ledger)]
+        ledger.put_scores([Score(k, "health", 0.25) for k in keys])
+        (summary,) = evaluate(ledger, ["health"], log=lambda m: None, rescore=True)
+        assert summary.scored == 3 and summary.skipped == 0
+        assert set(ledger.scores_frame()["value"]) == {1.0}
+
+
 def test_rescore_scores_every_image_again_and_an_interrupted_one_goes_on_where_it_stopped(tmp_path, monkeypatch):
     """A metric whose code changed (the toy oracles now score an image with no shape 0, not NaN): `eval
     --rescore` replaces every score; cut off after one chunk, the next eval rescores only the rest."""

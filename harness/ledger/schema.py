@@ -157,7 +157,9 @@ class Merged:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+    """UTC time in microseconds: a rescore tells the scores written after it began from those before
+    (`Ledger.scored_keys`), and two SQLite commits never share a microsecond."""
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
 
 
 def _check_key(key: str) -> str:

@@ -583,10 +583,11 @@ class Ledger:
         return len(rows)
 
     def scored_keys(self, metric_id: str, since: str | None = None) -> set[str]:
-        """Keys scored by `metric_id` (at or after the time `since`, when given)."""
+        """Keys scored by `metric_id` (after the time `since`, when given: a score written in the same
+        instant may predate it, so it counts as not scored)."""
         if since is None:
             return {r[0] for r in self._read("SELECT key FROM scores WHERE metric = ?", (metric_id,))}
-        return {r[0] for r in self._read("SELECT key FROM scores WHERE metric = ? AND scored_at >= ?",
+        return {r[0] for r in self._read("SELECT key FROM scores WHERE metric = ? AND scored_at > ?",
                                          (metric_id, since))}
 
     # ---------------------------------------------------------------- frames and merging
