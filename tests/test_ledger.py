@@ -377,6 +377,32 @@ def test_a_force_marks_its_own_jobs_and_their_later_stages_and_goes_on_where_it_
     assert ledger.stale_keys() == {jobs[1].key}
 
 
+def test_times_never_repeat_in_a_process_even_where_the_clock_stands_still(monkeypatch):
+    from datetime import datetime as real
+
+    from harness.ledger import schema
+
+    class Stopped(real):
+        @classmethod
+        def now(cls, tz=None):
+            return real(2026, 11, 25, 10, 0, 0, 999_999, tzinfo=tz)
+
+    monkeypatch.setattr(schema, "datetime", Stopped)
+    times = [schema._now() for _ in range(3)]
+    assert times == sorted(set(times)) and times[2] == "2026-11-25T10:00:01.000001+00:00"
+
+
+def test_a_job_made_in_the_instant_of_its_force_is_made_again(ledger, monkeypatch):
+    """Two processes' clocks can give a finish and a force the same time: which came first is unknown,
+    so the job is remade rather than skipped."""
+    from harness.ledger import store
+
+    monkeypatch.setattr(store, "_now", lambda: "2026-11-25T10:00:00.000000+00:00")
+    jobs = finished(ledger, 2)
+    ledger.force([jobs[0].key])
+    assert ledger.stale_keys() == {jobs[0].key}
+
+
 def test_a_folder_forced_before_jobs_kept_their_own_mark_keeps_its_stale_jobs(tmp_path):
     with Ledger.open(tmp_path / "run") as led:
         jobs = finished(led, 3)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 from collections import Counter
 from dataclasses import dataclass, field, fields
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -156,10 +157,20 @@ class Merged:
     #                                lost (repaired from the source), or made from such an image: out of the plan
 
 
+_clock = threading.Lock()
+_last_now: list[datetime] = []
+
+
 def _now() -> str:
-    """UTC time in microseconds: a rescore tells the scores written after it began from those before
-    (`Ledger.scored_keys`), and two SQLite commits never share a microsecond."""
-    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+    """UTC time in microseconds, later than every earlier call in this process even where the clock's
+    tick is coarser or it steps back: a force or a rescore tells what was made after it began from what
+    was made before by these times (`Ledger.stale_keys`, `Ledger.scored_keys`)."""
+    with _clock:
+        now = datetime.now(timezone.utc)
+        if _last_now and now <= _last_now[0]:
+            now = _last_now[0] + timedelta(microseconds=1)
+        _last_now[:] = [now]
+    return now.isoformat(timespec="microseconds")
 
 
 def _check_key(key: str) -> str:

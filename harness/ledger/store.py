@@ -18,8 +18,10 @@ from .schema import (_CLEAR_RUN, _KEY, _SCHEMA, CHANGED, IMAGES_DIR, LEDGER_FILE
                      STATUSES, TABLES_DIR, Done, LedgerError, Merged, Reconciled, _acquire_writer_lock,
                      _check_key, _done_from_mapping, _json, _now)
 
+# a job made in the instant of its force (times from two processes: one process never repeats a time)
+# counts as not made again: remaking it once more is safe, skipping it is not
 _STALE = ("SELECT jobs.key FROM jobs JOIN forced ON forced.key = jobs.key "
-          "WHERE jobs.status = 'done' AND (jobs.done_at IS NULL OR jobs.done_at < forced.since)")
+          "WHERE jobs.status = 'done' AND (jobs.done_at IS NULL OR jobs.done_at <= forced.since)")
 _REQUEUED = "reconcile: image "  # a re-queued job's error: this, then why
 # reconcile's reason for a forced remake written but not recorded before an interrupt
 FORCE_UNRECORDED = "remade by an interrupted --force run before it was recorded"
