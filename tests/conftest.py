@@ -16,6 +16,13 @@ def pytest_configure(config):
         config.add_cleanup(lambda: shutil.rmtree(path, ignore_errors=True))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    # the commands' output is read as plain text: no colour forced by the CI host
+    for name in ("GITHUB_ACTIONS", "FORCE_COLOR", "PY_COLORS"):
+        os.environ.pop(name, None)
+    # property tests are judged on what they find, not on how long one example takes on a loaded machine
+    from hypothesis import settings
+    settings.register_profile("harness", parent=settings.default, deadline=None)
+    settings.load_profile("harness")
 
 
 import pytest  # noqa: E402

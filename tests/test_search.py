@@ -321,9 +321,26 @@ def test_another_search_in_the_folder_leaves_the_plan_and_comes_back_when_undone
         assert led.get_meta("search/current") == result.search_id
 
 
-CHILD = METRIC_SOURCE + '''
-import sys
+# killed by itself at a fixed point, whatever the machine's load: right after the first batch of
+# generation 2 is recorded (generation 1 is closed, generation 2 is not)
+KILLED_IN_GEN2 = METRIC_SOURCE + '''
+import os, signal, sys
 from harness.cli import app
+from harness.ledger import Ledger
+
+set_meta, mark_done_many, gen1 = Ledger.set_meta, Ledger.mark_done_many, []
+
+def noting(self, name, value):
+    set_meta(self, name, value)
+    if name.startswith("search/") and name.endswith("/gen/1"):
+        gen1.append(name)
+
+def killing(self, rows):
+    mark_done_many(self, rows)
+    if gen1:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+Ledger.set_meta, Ledger.mark_done_many = noting, killing
 app(["evolve", sys.argv[1], "--out", sys.argv[2]], prog_name="harness")
 '''
 
@@ -351,18 +368,10 @@ def test_sigkilled_evolve_resumes_to_the_same_final_population(uninterrupted, tm
     db = run / "ledger.sqlite"
     log = tmp_path / "child.log"
     with open(log, "w") as err:
-        child = subprocess.Popen([sys.executable, "-c", CHILD, str(exp), str(run)], stdout=subprocess.DEVNULL,
-                                 stderr=err)
-    deadline = time.time() + 240
-    while time.time() < deadline and child.poll() is None and not _meta(db, "search/%/gen/1"):
-        time.sleep(0.02)
-    assert child.poll() is None, log.read_text()[-2000:]
-    until = time.time() + 20  # prefer a kill in the middle of generation 2, with some of its images made
-    while time.time() < until and child.poll() is None and not _done_in(db, "gen2") and not _meta(db, "search/%/gen/2"):
-        time.sleep(0.01)
-    os.kill(child.pid, signal.SIGKILL)
-    child.wait()
-    assert _meta(db, "search/%/gen/1") == 1 and _meta(db, "search/%/gen/3") == 0
+        child = subprocess.run([sys.executable, "-c", KILLED_IN_GEN2, str(exp), str(run)],
+                               stdout=subprocess.DEVNULL, stderr=err, timeout=300)
+    assert child.returncode == -signal.SIGKILL, log.read_text()[-2000:]
+    assert _meta(db, "search/%/gen/1") == 1 and _meta(db, "search/%/gen/2") == 0 and _done_in(db, "gen2") > 0
     with sqlite3.connect(db) as conn:
         done_at_kill = conn.execute("SELECT count(*) FROM jobs WHERE status = 'done'").fetchone()[0]
 
