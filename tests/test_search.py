@@ -1,13 +1,11 @@
 """Prompt search: [search] validation, deterministic breeding, finding a known optimum on the
 tiny model, and a SIGKILLed `evolve` that resumes to the same final population."""
 
-import os
 import random
 import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
