@@ -158,18 +158,19 @@ class Merged:
 
 
 _clock = threading.Lock()
-_last_now: list[datetime] = []
+_last_now: datetime | None = None
 
 
 def _now() -> str:
     """UTC time in microseconds, later than every earlier call in this process even where the clock's
     tick is coarser or it steps back: a force or a rescore tells what was made after it began from what
     was made before by these times (`Ledger.stale_keys`, `Ledger.scored_keys`)."""
+    global _last_now
     with _clock:
         now = datetime.now(timezone.utc)
-        if _last_now and now <= _last_now[0]:
-            now = _last_now[0] + timedelta(microseconds=1)
-        _last_now[:] = [now]
+        if _last_now is not None and now <= _last_now:
+            now = _last_now + timedelta(microseconds=1)
+        _last_now = now
     return now.isoformat(timespec="microseconds")
 
 
