@@ -388,6 +388,7 @@ def test_times_never_repeat_in_a_process_even_where_the_clock_stands_still(monke
             return real(2026, 11, 25, 10, 0, 0, 999_999, tzinfo=tz)
 
     monkeypatch.setattr(schema, "datetime", Stopped)
+    monkeypatch.setattr(schema, "_last_now", None)  # given back after the test, with the real clock
     times = [schema._now() for _ in range(3)]
     assert times == sorted(set(times)) and times[2] == "2026-11-25T10:00:01.000001+00:00"
 
