@@ -333,6 +333,15 @@ def test_toml_syntax_error_names_file_and_line(tmp_path):
     assert "not valid TOML" in found[0] and "line 1" in found[0]
 
 
+def test_a_grammar_escape_in_a_double_quoted_string_is_pointed_at_and_explained(tmp_path):
+    found, _ = problems(tmp_path, 'seeds = [1]\nprompt = "a \\(cat\\) {red|blue}"')
+    assert found[0].startswith("not valid TOML: Unescaped '\\' in a string (at line 2, column 13)")
+    assert "write the template in single quotes, prompt = 'a \\(cat\\)'" in found[0]
+    exp = load_experiment(write(tmp_path, "prompt = 'a \\(cat\\) {red|blue}'"))  # as the error says
+    assert sorted(j.prompt for j in make_plan(exp, resolve=fake_resolve).jobs) == ["a \\(cat\\) blue",
+                                                                                "a \\(cat\\) red"]
+
+
 def test_prompt_from_file_and_wildcards_next_to_experiment(tmp_path):
     (tmp_path / "p.txt").write_text("a __pets__\n")
     (tmp_path / "pets.txt").write_text("cat\ndog\n")
