@@ -316,6 +316,18 @@ def test_stage_images_whose_levels_refine_parents_of_other_seeds_get_a_note_nami
             "ian mcque: 2, 3), as when top_k keeps each variant's best images") in c.notes
 
 
+def test_stage_images_at_their_parents_seed_whose_levels_kept_other_seeds_get_the_same_reason():
+    """A stage with no seeds of its own (the shipped staged.toml) makes each image at its parent's seed: a
+    top_k that kept other seeds at each level is the reason given, not a missing image."""
+    df = stage_table({"": [1, 2], "ian mcque": [2, 3]})
+    df["seed"] = df["parent_seed"]
+    c = paired_compare(df, factor="artist", metric="clip_score", rng=np.random.default_rng(0), n_boot=50)
+    assert c.rows[0].n_pairs == 2 and c.n_excluded["unpaired"] == 4
+    assert ("stage refine: 4 of its 8 images have no pair at another level of f.artist: a pair needs images of "
+            "the same seed, which this stage takes from each parent, and the levels refine parents of different "
+            "seeds ((empty): 1, 2; ian mcque: 2, 3), as when top_k keeps each variant's best images") in c.notes
+
+
 def test_no_complete_pairs_names_the_column_that_keeps_the_levels_apart():
     """Comparing mode in a run with img2img strengths: strength is part of every pair and never matches."""
     rng = np.random.default_rng(9)

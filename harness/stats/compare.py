@@ -185,9 +185,12 @@ def _why_unpaired(rows: pd.DataFrame, factor: str, pair_on: list[str]) -> str:
             if "stage" in pair_on else ", and no image at another level shares their pair_on values"))
     reasons = {"parent_seed": ("images refined from parents of the same seed", "refine parents of different seeds"),
                "root_seed": ("images whose chains of stages started from the same seed (root_seed)",
-                             "chains started from different seeds")}
+                             "chains started from different seeds"),
+               "seed": ("images of the same seed, which this stage takes from each parent",
+                        "refine parents of different seeds")}
+    inherited = "parent_seed" in rows.columns and (rows["seed"] == rows["parent_seed"]).all()
     for column, (needs, levels) in reasons.items():
-        if column not in pair_on:
+        if column not in pair_on or column not in rows.columns or (column == "seed" and not inherited):
             continue
         seeds = {level_label(lv): sorted(int(s) for s in rows.loc[rows[factor] == lv, column].dropna().unique())
                  for lv in _sorted_levels(rows[factor])}
