@@ -6,6 +6,7 @@ result. Everything here is scriptable from Python without the CLI.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -205,8 +206,9 @@ def plan(
 ) -> None:
     """Show the jobs an experiment makes: count, factors, batch groups, time estimate."""
     from .experiment import load_experiment
+    from .ledger import Ledger, LedgerError
     from .plan import make_plan, shard as shard_jobs
-    from .run import _folder_shard, default_run_dir
+    from .run import _folder_shard, check_folder_experiment, default_run_dir
 
     try:
         exp = load_experiment(experiment)
@@ -216,9 +218,13 @@ def plan(
             from .stages import planned_stages, shard_groups
             made = planned_stages(exp, list(p.jobs), p.checkpoints)
             groups = shard_groups(exp, made)
+        run_dir = out or default_run_dir(exp)
+        if (run_dir / "ledger.sqlite").is_file():  # refused as `harness run` refuses it, not priced by its timings
+            with contextlib.suppress(LedgerError, OSError), Ledger.open(run_dir, readonly=True) as ledger:
+                check_folder_experiment(ledger, exp)  # (an unreadable ledger is noted with the estimates)
         # a shard's folder goes on with its shard, as `harness run` there does
         picked = (_parse_shard(shard) if shard is not None else
-                  _folder_shard(out or default_run_dir(exp), lambda m: typer.echo(f"note: {m}", err=True)))
+                  _folder_shard(run_dir, lambda m: typer.echo(f"note: {m}", err=True)))
         jobs = list(p.jobs) if picked is None else shard_jobs(p.jobs, *picked, by_variant=bool(exp.stages),
                                                              groups=groups)
         if exp.stages:
@@ -245,7 +251,6 @@ def plan(
                    f"{j.scheduler} {j.width}x{j.height} dtype={j.dtype}")
     for note in plan_notes(p, jobs):
         typer.echo(f"note: {note}")
-    run_dir = out or default_run_dir(exp)
     progress, stale, made = _print_estimates(p, jobs, run_dir)
     main_made = bool(jobs) and {j.key for j in jobs} <= made  # a stage renamed or added after main was made
     for st in exp.stages:

@@ -71,6 +71,15 @@ def recorded_experiment_name(ledger: Ledger) -> str | None:
     return name
 
 
+def check_folder_experiment(ledger: Ledger, exp: Experiment) -> None:
+    """Refuse a run folder made by an experiment of another name: its images are not this one's."""
+    recorded = recorded_experiment_name(ledger)
+    if recorded is not None and recorded != exp.name:
+        raise ExperimentError(exp.path, [
+            f"the run folder {ledger.run_dir} holds experiment {recorded!r}, not {exp.name!r}; give this one its "
+            f"own --out folder (an edited experiment keeps its name and may go on in its folder)"])
+
+
 def edited_since(ledger: Ledger, exp: Experiment) -> bool:
     """Whether `exp` is another version than the one that last ran in the ledger's folder: other settings,
     or the same `prompt = "@file"` holding other text."""
@@ -105,12 +114,11 @@ def prepare_run(exp: Experiment, plan: Plan, run_dir: Path, *, jobs: list[Job] |
             f"{run_dir} holds an experiment.toml but is not a run folder (no ledger.sqlite): the run would "
             "replace that file with its own copy; give the run another --out folder"])
     ledger = Ledger.open(run_dir)
-    recorded = recorded_experiment_name(ledger)
-    if recorded is not None and recorded != exp.name:
+    try:
+        check_folder_experiment(ledger, exp)
+    except ExperimentError:
         ledger.close()
-        raise ExperimentError(exp.path, [
-            f"the run folder {run_dir} holds experiment {recorded!r}, not {exp.name!r}; give this one its own "
-            f"--out folder (an edited experiment keeps its name and may go on in its folder)"])
+        raise
     reconciled = ledger.reconcile()
     plan = _keep_made_twins(plan, ledger.done_keys())
     jobs = list(plan.jobs if jobs is None else jobs)

@@ -245,3 +245,20 @@ def test_images_far_from_a_checkpoints_training_size_get_a_note_from_plan_and_ru
     with pytest.raises(SettingsError):
         run_experiment(exp_path, out=tmp_path / "run", device="tpu", log=said.append)
     assert any(line.startswith("note: checkpoint toy makes 512x512 images") for line in said)
+
+
+def test_plan_refuses_a_folder_of_another_experiment_as_run_does(tmp_path):
+    """`plan --out` is priced by the folder's timings only where `harness run --out` would go on in it."""
+    from harness.ledger import Ledger
+
+    with Ledger.open(tmp_path / "run") as ledger:
+        ledger.set_meta("experiment_name", "first")
+    exp = tmp_path / "second.toml"
+    exp.write_text('name = "second"\nprompt = "a {red|blue} cat"\ncheckpoints = ["tiny"]\n')
+    r = harness("plan", exp, "--out", tmp_path / "run")
+    assert r.returncode == 2 and "jobs:" not in r.stdout
+    assert (f"the run folder {tmp_path / 'run'} holds experiment 'first', not 'second'; give this one its own "
+            "--out folder") in r.stderr, r.stderr
+    exp.write_text(exp.read_text().replace('"second"', '"first"'))
+    r = harness("plan", exp, "--out", tmp_path / "run")
+    assert r.returncode == 0 and "jobs: 2" in r.stdout, r.stderr
