@@ -194,7 +194,7 @@ def resolve_metric(table: pd.DataFrame, name: str, what: str = "metric") -> str:
     name when unambiguous."""
     available = numeric_metrics(table)
     found = ([c for c in available if c in (name, f"m.{name}")] or label_match(available, name)
-             or [c for c in available if short_metric(c) == name])
+             or options_match(available, name) or [c for c in available if short_metric(c) == name])
     if len(found) != 1:
         if found:
             raise ValueError(f"{what} {name!r} is ambiguous; use the full id, one of: "
@@ -241,3 +241,24 @@ QUESTION_OPTIONS = ("want", "text")
 def label_match(columns: Sequence[str], given: str) -> list[str]:
     """The metric columns whose label (`metric_labels`) is `given`."""
     return [c for c, label in metric_labels(list(columns)).items() if label == given]
+
+
+def options_match(columns: Sequence[str], given: str) -> list[str]:
+    """The metric columns of `given`'s metric that hold every option `given` writes, as written: a label
+    with fewer options than the sheet shows (`clip_score[text=a cat]` for the run's one clip_score asking
+    that), or a spec naming the run's model (`clip_score:model=tiny`) without the options at their defaults."""
+    from .metrics.spec import parse_metric_spec
+
+    try:
+        name, wanted = parse_metric_spec(given)
+    except ValueError:
+        return []
+    found = []
+    for c in columns:
+        try:
+            own_name, own = parse_metric_spec(c[2:])
+        except ValueError:
+            continue
+        if own_name == name and all(own.get(k) == v for k, v in wanted.items()):
+            found.append(c)
+    return found

@@ -175,7 +175,7 @@ def _find_metric(df: pd.DataFrame, metric: str, run_dir: Path | str | None = Non
     defaults left out), the label the contact sheet shows (`clip_score[text=a cat]`: the options that tell it
     from the run's other instances), a spec (`toy_color_match:want=red`) or a bare name when only one instance
     was scored."""
-    from .columns import label_match
+    from .columns import label_match, options_match
 
     cols, given = metric_columns(df), metric
     if (":" in metric or "[" in metric) and not any(metric in (c, c[2:]) for c in cols):
@@ -190,16 +190,22 @@ def _find_metric(df: pd.DataFrame, metric: str, run_dir: Path | str | None = Non
     labelled = label_match(cols, given)
     if len(labelled) == 1:
         return labelled[0]
-    matches = [c for c in cols if short_metric(c) == metric]
+    matches = [c for c in cols if short_metric(c) == metric] or options_match(cols, given)
     if len(matches) == 1:
         return matches[0]
     listing = ", ".join(c[2:] for c in cols) or "(none scored)"
     if matches:
-        raise ValueError(f"metric '{metric}' is ambiguous; use the full id, one of: "
+        raise ValueError(f"metric '{given}' is ambiguous; use the full id, one of: "
                          + ", ".join(c[2:] for c in matches))
     from .metrics import list_metrics
     known = {info.name for info in list_metrics()}
-    if metric.partition("[")[0] in known:  # a real metric this run never scored
+    name = metric.partition("[")[0]
+    same = [c[2:] for c in cols if short_metric(c) == name]
+    if same and metric != given:  # the options written match none of the run's instances
+        raise ValueError(f"metric '{given}' is none of this run's {name} scores: {', '.join(same)}. With the "
+                         f"options not written at their defaults it is {metric} (harness eval {_shell_run(run_dir)} "
+                         f"-m {_shell_spec(metric)} scores it)")
+    if name in known:  # a real metric this run never scored
         raise ValueError(f"metric '{metric}' was not scored in this run (harness eval {_shell_run(run_dir)} -m "
                          f"{_shell_spec(metric)} scores it); scored metrics in this run: {listing}")
     raise ValueError(f"unknown metric '{metric}'; scored metrics in this run: {listing}")

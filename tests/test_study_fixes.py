@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
 from pytest import approx as pytest_approx
 
 from harness.core import Job, Score
@@ -104,6 +105,27 @@ def test_a_metric_is_found_by_the_label_the_sheet_shows_and_want_is_always_shown
                       oracle: "toy_style_match[want=greg rutkowski]"}  # want= asks another question: shown
     assert _find_metric(table, "clip_score") == resolve_metric(table, "clip_score") == prompt
     assert _find_metric(table, "clip_score[text=a red star]") == probe
+
+
+def test_a_metric_is_found_by_fewer_options_than_its_label_and_a_miss_names_the_runs_instances():
+    """The options written pick the one instance that holds them all; options no instance holds are told
+    apart from a metric the run never scored, and the defaults that filled the rest are said to be defaults."""
+    from harness.columns import resolve_metric
+    from harness.report import _find_metric
+
+    base = "m.clip_score[model=toy,pretrained=toy,scale=100,clamp=image"
+    plain, red, blue = base + "]", base + ',text="a red circle, by ian mcque"]', base + ",text=a blue square]"
+    table = pd.DataFrame({"key": ["k"], plain: [30.0], red: [20.0], blue: [10.0], "healthy": [True]})
+    for find in (_find_metric, resolve_metric):
+        assert find(table, 'clip_score[text="a red circle, by ian mcque"]') == red
+        assert find(table, "clip_score:text=a blue square") == blue
+        with pytest.raises(ValueError, match=r"metric 'clip_score\[scale=100\]' is ambiguous; use the full id"):
+            find(table, "clip_score[scale=100]")
+    with pytest.raises(ValueError) as miss:
+        _find_metric(table, "clip_score[clamp=batch_mean]")
+    assert str(miss.value).startswith(f"metric 'clip_score[clamp=batch_mean]' is none of this run's clip_score "
+                                      f"scores: {plain[2:]}, {red[2:]}, {blue[2:]}. With the options not written "
+                                      "at their defaults it is clip_score[model=ViT-L-14,")
 
 
 def test_a_level_whose_images_all_scored_nan_says_why_and_what_to_compare_on():
