@@ -147,13 +147,29 @@ def test_a_comma_left_outside_an_optional_clause_is_pointed_out(tmp_path):
     """`a red circle, {by x|}` gives `a red circle, `: the arm without the artist carries a stray comma."""
     out = cli("expand", "{photo|35mm photograph} of a red circle, {by greg rutkowski|}")
     assert out.returncode == 0 and out.stdout.splitlines()[1] == "photo of a red circle, "
-    assert "note: 2 of 4 prompts hold a comma with nothing on one side (e.g. 'photo of a red circle, ')" in out.stderr
-    assert "`{, by greg rutkowski|}`" in out.stderr
+    assert ("note: 2 of 4 prompts hold a comma with nothing on one side, 2 at the end (e.g. 'photo of a red "
+            "circle, '): write it inside the option after it, `a cat{, by greg rutkowski|}`") in out.stderr
     clean = cli("expand", "{photo|35mm photograph} of a red circle{, by greg rutkowski|}")
     assert clean.returncode == 0 and "note" not in clean.stderr
     (tmp_path / "e.toml").write_text('prompt = "a fox, {by greg rutkowski|}"\nseeds = [1]\n')
     plan = cli("plan", str(tmp_path / "e.toml"))
-    assert "note: 1 of 2 prompts hold a comma with nothing on one side (e.g. 'a fox, ')" in plan.stdout
+    assert "note: 1 of 2 prompts hold a comma with nothing on one side, 1 at the end (e.g. 'a fox, ')" in plan.stdout
+
+
+def test_a_stray_comma_is_told_by_where_it_is_and_the_advice_fits_the_place():
+    """An optional clause that starts the prompt needs its comma after it, not inside before it; an empty
+    option between two commas leaves two in a row; each place gets its own count and fix."""
+    out = cli("expand", "{, by greg rutkowski|}")
+    assert ("1 of 2 prompts hold a comma with nothing on one side, 1 at the start (e.g. ', by greg rutkowski'): "
+            "nothing comes before it; an optional clause written first takes its comma after it, "
+            "`{by greg rutkowski, |}a cat`.") in out.stderr
+    out = cli("expand", "a cat, {red|}, oil{, by x|}, ")
+    assert ("4 of 4 prompts hold a comma with nothing on one side, 4 at the end (e.g. 'a cat, red, oil, by x, '): "
+            "write it inside the option after it") in out.stderr  # a prompt is counted once, at its first place
+    out = cli("expand", "a cat, {red|}, oil")
+    assert ("1 of 2 prompts hold a comma with nothing on one side, 1 with two commas in a row (e.g. 'a cat, , "
+            "oil'): an option between them was empty") in out.stderr
+    assert cli("expand", "{by greg rutkowski, |}a cat").stderr == ""
 
 
 def test_a_chain_of_stages_with_seeds_of_their_own_pairs_by_the_seed_it_started_from(tmp_path):

@@ -5,33 +5,42 @@ from __future__ import annotations
 import re
 from typing import Iterable, Iterator
 
-_DANGLING = re.compile(r"^\s*,|,\s*,|,\s*$")  # a comma with nothing before it, between two, or after it
+# where a comma has nothing on one side, and what to write instead
+_PLACES = (
+    ("at the end", re.compile(r",\s*$"), "write it inside the option after it, `a cat{, by greg rutkowski|}`, or leave it out"),
+    ("at the start", re.compile(r"^\s*,"), "nothing comes before it; an optional clause written first takes its comma "
+                                     "after it, `{by greg rutkowski, |}a cat`"),
+    ("with two commas in a row", re.compile(r",\s*,"), "an option between them was empty; write one of the commas inside that "
+                                      "option, `a cat{, by greg rutkowski|}, oil`"),
+)
 
 
 class CommaCheck:
     """Counts, as prompts stream past (`watch`), those holding a comma with nothing on one side (`a red
-    circle, ` from `a red circle, {by x|}`): the comma was written outside an option that can be empty. The
-    text encoder reads it as a token, so the arms of a comparison differ by more than the option."""
+    circle, ` from `a red circle, {by x|}`), by where it is: the text encoder reads it as a token, so the
+    arms of a comparison differ by more than the option."""
 
     def __init__(self) -> None:
-        self.seen, self.hits, self.example = 0, 0, ""
+        self.seen = 0
+        self.found: dict[str, list] = {}  # place -> [count, first example]
 
     def watch(self, items: Iterable, prompt_of=lambda item: item) -> Iterator:
         for item in items:
             prompt = prompt_of(item)
             self.seen += 1
-            if _DANGLING.search(prompt):
-                self.hits += 1
-                self.example = self.example or prompt
+            place = next((name for name, pattern, _ in _PLACES if pattern.search(prompt)), None)
+            if place is not None:
+                self.found.setdefault(place, [0, prompt])[0] += 1
             yield item
 
     def note(self) -> str | None:
-        if not self.hits:
+        if not self.found:
             return None
-        return (f"{self.hits} of {self.seen} prompts hold a comma with nothing on one side (e.g. {self.example!r}): "
-                "a comma written outside an option that can be empty; put it inside the option, "
-                "`{, by greg rutkowski|}`, so the prompts without it carry no stray comma (a token the text "
-                "encoder reads, which the arms of a comparison would then differ by too)")
+        hits = sum(n for n, _ in self.found.values())
+        said = "; ".join(f"{n} {place} (e.g. {example!r}): {advice}" for place, _, advice in _PLACES
+                         if place in self.found for n, example in [self.found[place]])
+        return (f"{hits} of {self.seen} prompts hold a comma with nothing on one side, {said}. A stray comma "
+                "is a token the text encoder reads, so the arms of a comparison would differ by it too")
 
 
 def dangling_commas(prompts: Iterable[str]) -> str | None:
