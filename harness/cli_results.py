@@ -157,8 +157,10 @@ def report(
 def split_columns(text: str, columns) -> list[str]:
     """A comma list of table columns, read as `comparisons.csv` writes it: a column whose name holds a comma
     (the factor of `{, by greg rutkowski|}` is `f., by greg rutkowski|`) is taken whole where it is one of
-    `columns`; anything else ends at the next comma. Spaces after a comma are dropped."""
-    known = sorted(map(str, columns), key=len, reverse=True)
+    `columns` (or a factor's name without `f.`); anything else ends at the next comma. Spaces after a comma
+    are dropped."""
+    names = [str(c) for c in columns]
+    known = sorted({*names, *(c[2:] for c in names if c.startswith("f."))}, key=len, reverse=True)
     out, pos = [], 0
     while pos < len(text):
         while pos < len(text) and text[pos] in ", ":
@@ -186,7 +188,8 @@ def compare(
     tie_margin: float = typer.Option(0.0, "--tie-margin", min=0.0, help="|difference| counted as a tie."),
     seed: int = typer.Option(0, "--seed", min=0, help="Bootstrap seed (0 or more)."),
     pair_on: Optional[str] = typer.Option(None, "--pair-on", help="Comma list of the image-table columns a "
-                                          "pair shares (default: other factors, checkpoint, seed, stage and "
+                                          "pair shares, a factor with or without its 'f.' (default: other "
+                                          "factors, checkpoint, seed, stage and "
                                           "the parameters that vary on their own)."),
     where: List[str] = typer.Option([], "--where", help="NAME=LEVEL: only images at that level of a factor "
                                     "or parameter (repeatable), e.g. --where shape=circle."),

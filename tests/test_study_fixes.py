@@ -41,6 +41,13 @@ def test_a_pair_on_list_copied_from_comparisons_csv_names_factors_with_commas(tm
     result = json.loads(out.stdout)
     assert optional in result["pair_on"] and ",".join(result["pair_on"]) == pair_on
     assert [r["n_pairs"] for r in result["rows"]] == [6]
+    # a factor named without 'f.', as --factor and --where take it
+    bare = cli("compare", str(run), "--factor", optional, "--pair-on", "seed, red|blue", "--format", "json",
+               "--n-boot", "100")
+    assert bare.returncode == 0, bare.stderr
+    assert json.loads(bare.stdout)["pair_on"] == ["seed", "f.red|blue"]
+    wrong = cli("compare", str(run), "--factor", "red|blue", "--pair-on", "seed,colour")
+    assert wrong.returncode != 0 and "'colour' not a column of the table nor a factor" in wrong.stderr, wrong.stderr
 
 
 def test_a_local_copy_of_a_built_in_is_priced_as_the_built_in(tiny_ref, tmp_path):

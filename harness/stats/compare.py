@@ -151,6 +151,13 @@ def _why_it_differs(df: pd.DataFrame, factor: str, column: str) -> str:
     return "it varies from image to image"
 
 
+def _named_columns(df: pd.DataFrame, names) -> list[str]:
+    """Table columns as `--pair-on` and `--cluster-on` name them: a column as it is (`seed`, `f.artist`), or a
+    factor without its `f.` (`artist`), as `--factor` and `--where` take it. A name that is neither stays, for
+    the caller's error."""
+    return [c if c in df.columns or f"f.{c}" not in df.columns else f"f.{c}" for c in names]
+
+
 def _default_baseline(df: pd.DataFrame, factor: str, metric: str, levels: list) -> tuple[Any, Any]:
     """The default baseline and the level it passed over: the empty level where there is one, else the first
     in table order, unless no healthy image there has a score (an oracle that cannot judge that artist):
@@ -334,16 +341,16 @@ def paired_compare(
     if pair_on is None:
         pair_on = default_pair_on(df, factor)
     else:
-        pair_on = list(pair_on)
+        pair_on = _named_columns(df, pair_on)
         if factor in pair_on:
             raise ValueError(f"pair_on {pair_on} holds the compared factor {factor!r}: pairs share everything "
                              "but the factor, so leave it out")
         bad = [c for c in pair_on if c not in df.columns]
         if bad:
-            raise ValueError(f"pair_on {pair_on}: {', '.join(map(repr, bad))} not a column of the table; "
-                             f"columns: {', '.join(map(str, df.columns))}")
+            raise ValueError(f"pair_on {pair_on}: {', '.join(map(repr, bad))} not a column of the table nor a "
+                             f"factor; columns: {', '.join(map(str, df.columns))}")
     given_clusters = cluster_on
-    cluster_on = cluster_columns(df, pair_on) if cluster_on is None else list(cluster_on)
+    cluster_on = cluster_columns(df, pair_on) if cluster_on is None else _named_columns(df, cluster_on)
     confounded = [c for c in ("checkpoint", *PARAM_COLUMNS) if c in df.columns and c != factor and c not in pair_on
                   and _varies_within(df, pair_on, c) and not _is_treatment(factor, c)]
 
