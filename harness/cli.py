@@ -374,6 +374,8 @@ def _print_metric_summaries(summaries, *, this_pass: bool = True) -> int:
 
     for s in summaries:
         nan = f", {s.nan} NaN ({why(s.reasons)})" if s.nan else ""
+        if s.not_applicable:
+            nan += f", {s.not_applicable} not applicable ({why(s.not_applicable_reasons)})"
         typer.echo(f"{s.metric}: {s.scored + s.skipped} images scored"
                    + (f" ({s.scored} in this pass)" if this_pass else "") + f"{nan}; mean {s.mean:.4g}")
         if s.unscored:

@@ -34,6 +34,8 @@ class MetricSummary:
     skipped: int = 0          # already scored before this call
     nan: int = 0              # stored NaN scores of the plan's images (this call's and earlier ones)
     reasons: Counter = field(default_factory=Counter)
+    not_applicable: int = 0   # NaN of images the metric does not apply to (no init or parent image): not in `nan`
+    not_applicable_reasons: Counter = field(default_factory=Counter)
     mean: float = float("nan")
     unscored: int = 0         # not stored: the metric could not run for them (the next eval retries)
     unscored_reasons: Counter = field(default_factory=Counter)
@@ -216,13 +218,26 @@ def evaluate(ledger: Ledger, specs: Iterable[str] | None = None, *, log: Callabl
         out.append(summary)
     values = ledger.scores_frame()
     planned = values[values["key"].isin({j.key for j in jobs})]  # not images an earlier version made
+    by_key = {j.key: j for j in jobs}
     for metric, summary in zip(metrics, out):
         stored = planned[planned["metric"] == summary.metric]
         summary.mean = summary_value(metric, stored["value"])
-        for detail in stored.loc[stored["value"].isna(), "detail"]:  # this pass's and earlier ones'
-            summary.nan += 1
-            summary.reasons[str(_reason(detail))] += 1
+        for key, detail in stored.loc[stored["value"].isna(), ["key", "detail"]].itertuples(index=False):
+            if _inapplicable(metric.info.needs, by_key[key]):  # a txt2img image under an init-image metric
+                summary.not_applicable += 1
+                summary.not_applicable_reasons[str(_reason(detail))] += 1
+            else:  # this pass's and earlier ones'
+                summary.nan += 1
+                summary.reasons[str(_reason(detail))] += 1
     return out
+
+
+def _inapplicable(needs, job: Job) -> bool:
+    """Whether a metric that `needs` these inputs does not apply to `job`'s image (as `inapplicable_mask`
+    tells it in a table): it compares with the init image and the image is no img2img one, or with the
+    parent image and the image has none."""
+    return (("init_image" in needs and job.mode != "img2img")
+            or ("parent_image" in needs and not job.meta.get("parent_key")))
 
 
 def _reason(detail) -> str:

@@ -463,3 +463,18 @@ def test_rescore_scores_every_image_again_and_an_interrupted_one_goes_on_where_i
         assert done.scored == 0 and done.skipped == 3  # finished: an eval scores nothing again
     r = CliRunner().invoke(app, ["eval", str(tmp_path / "run"), "-m", "health", "--rescore"])
     assert r.exit_code == 0 and "health: 3 images scored" in r.output, r.output
+
+
+def test_the_summary_line_counts_images_a_metric_does_not_apply_to_apart_from_nan(capsys):
+    from collections import Counter
+
+    from harness.cli import _print_metric_summaries
+    from harness.evaluate import MetricSummary
+
+    reason = "item has no init image (only img2img items can be scored by this metric)"
+    summary = MetricSummary("clip_image_similarity[model=tiny,pretrained=tiny]", scored=24, nan=1,
+                            reasons=Counter({"image is blank": 1}), mean=0.9, not_applicable=8,
+                            not_applicable_reasons=Counter({reason: 8}))
+    _print_metric_summaries([summary], this_pass=False)
+    assert capsys.readouterr().out == (f"clip_image_similarity[model=tiny,pretrained=tiny]: 24 images scored, 1 NaN "
+                                       f"(1x image is blank), 8 not applicable (8x {reason}); mean 0.9\n")

@@ -114,7 +114,9 @@ def test_shards_of_a_staged_experiment_merge_into_the_full_run_with_the_same_top
         shutil.rmtree(tmp_path / f"s{i}")
     with Ledger.open(tmp_path / "merged") as led:
         (summary,) = evaluate(led, ["clip_image_similarity:model=tiny"], log=lambda m: None)
-    assert summary.scored == 18 + 12 and summary.nan == 18  # main images have no init image
+    assert summary.scored == 18 + 12 and summary.nan == 0  # main images have no init image: not applicable
+    assert summary.not_applicable == 18 and summary.not_applicable_reasons == {
+        "item has no init image (only img2img items can be scored by this metric)": 18}
 
 
 def test_shards_run_one_after_another_into_one_folder_are_all_reported(tmp_path):
