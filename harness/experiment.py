@@ -251,9 +251,10 @@ def _folder_problem(folder: Path, shown: int = 10) -> str:
 
 
 def _near_tomls(path: Path) -> str:
-    """'; did you mean ...' naming the closest .toml file beside a missing `path`, or ''."""
+    """'; did you mean ...' naming the closest .toml file beside a missing `path`, or '' (a Python project's
+    pyproject.toml is no experiment)."""
     try:
-        names = sorted(p.name for p in path.parent.glob("*.toml"))
+        names = sorted(p.name for p in path.parent.glob("*.toml") if p.name != "pyproject.toml")
     except OSError:
         return ""
     close = difflib.get_close_matches(path.name, names, n=1, cutoff=0.6)

@@ -253,6 +253,10 @@ def test_a_missing_experiment_file_suggests_a_close_one(tmp_path):
     (tmp_path / "study.toml").write_text('prompt = "a"')
     with pytest.raises(ExperimentError, match=r"file not found; did you mean '.*study\.toml'\?"):
         load_experiment(tmp_path / "stduy.toml")
+    (tmp_path / "pyproject.toml").write_text("[project]\n")
+    with pytest.raises(ExperimentError) as err:
+        load_experiment(tmp_path / "nope.toml")
+    assert err.value.problems == ["file not found"]
 
 
 def test_stage_templates_are_checked_when_the_experiment_loads_at_their_own_position(tmp_path):

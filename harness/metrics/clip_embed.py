@@ -33,10 +33,11 @@ DEFAULT_PRETRAINED = "openai"
 
 # The options every CLIP-based metric takes; model and pretrained enter the metric id.
 CLIP_OPTIONS: dict[str, Option] = {
-    "model": Option(DEFAULT_MODEL, "open_clip architecture (ViT-L-14, ViT-H-14, ...) or tiny for the "
-                    "built-in test model"),
+    "model": Option(DEFAULT_MODEL, "open_clip architecture (ViT-L-14, ViT-H-14, ...), or a built-in "
+                    "model's own CLIP: toy (trained on the toy world, the demo's) or tiny (random weights, for "
+                    "tests)"),
     "pretrained": Option(DEFAULT_PRETRAINED, "open_clip pretrained tag, a weights file, or a folder with "
-                         "open_clip_config.json; model=tiny takes pretrained=tiny (its default)"),
+                         "open_clip_config.json; model=toy and model=tiny take their own (the default)"),
     "device": Option("auto", "torch device: auto, cpu, cuda, cuda:1 ...", in_id=False),
     "batch_size": Option(32, "images or prompts encoded per forward pass", parse=parse_positive_int, in_id=False),
     "cache": Option("default", "embedding cache: default ($HARNESS_CACHE/embeddings.sqlite), a .sqlite path, "

@@ -161,7 +161,7 @@ def check_names(model: str, pretrained: str, device: str = "auto") -> None:
         close = difflib.get_close_matches(model, names, n=5)
         raise ClipLoadError(f"unknown CLIP architecture {model!r} (pretrained={pretrained!r}); "
                             f"close open_clip names: {', '.join(close) or 'none'} "
-                            f"(all: open_clip.list_models(), or model=tiny for the built-in test model; "
+                            f"(all: open_clip.list_models(), or model=toy or model=tiny for a built-in model's own CLIP; "
                             f"a pretrained folder or weights file is looked for from {Path.cwd()}, and "
                             f"{pretrained!r} is neither there)")
     if path.is_file():
