@@ -43,6 +43,29 @@ def simulated_pair(rng, n_clusters, n_seeds, effect, sd_cluster=0.5, sd_noise=0.
     return {"": base, "greg rutkowski": base + diff}
 
 
+def test_a_seed_is_drawn_with_all_its_pairs_so_repeating_them_at_other_strengths_adds_no_certainty():
+    """Each image made again at a second strength with the same difference: the pairs of one seed are one
+    draw of its noise, so the interval, the ranking intervals and the Method line are those of the design
+    with one pair per seed (drawing the pairs alone would narrow the interval as if the seeds were twice
+    as many)."""
+    rng = np.random.default_rng(3)
+    once = study_table(simulated_pair(rng, 6, 5, effect=0.4, sd_noise=1.0), 6, 5)
+    once["mode"], once["strength"] = "img2img", 0.3
+    twice = pd.concat([once, once.assign(strength=0.6, key=once["key"] + "-0.6")], ignore_index=True)
+    one, two = (paired_compare(df, factor="artist", metric="clip_score", n_boot=500, rng=np.random.default_rng(0))
+                for df in (once, twice))
+    assert "strength" in two.pair_on and two.rows[0].n_pairs == 2 * one.rows[0].n_pairs == 60
+    assert (two.rows[0].ci_low, two.rows[0].ci_high) == pytest.approx((one.rows[0].ci_low, one.rows[0].ci_high))
+    assert "then seeds within each drawn cluster" in two.method
+    three = {**simulated_pair(rng, 6, 5, effect=0.4), "ian mcque": rng.normal(20, 1, (6, 5))}
+    once = study_table(three, 6, 5).assign(mode="img2img", strength=0.3)
+    twice = pd.concat([once, once.assign(strength=0.6, key=once["key"] + "-0.6")], ignore_index=True)
+    one, two = (paired_compare(df, factor="artist", metric="clip_score", n_boot=500, rng=np.random.default_rng(0))
+                for df in (once, twice))
+    bounds = [[b for r in c.ranking for b in (r.ci_low, r.ci_high, r.rank_ci_low, r.rank_ci_high)] for c in (one, two)]
+    assert bounds[1] == pytest.approx(bounds[0])
+
+
 # ------------------------------------------------------------ calibration
 
 

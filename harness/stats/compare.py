@@ -19,7 +19,6 @@ from .intervals import (
     MIN_CLUSTERS_FOR_CI,
     MIN_CLUSTERS_FOR_TEST,
     _wilcoxon_p,
-    cluster_bootstrap_ci,
     cluster_bootstrap_means,
     holm,
     t_interval,
@@ -426,7 +425,8 @@ def paired_compare(
             note.append(f"only {n_clu} cluster(s): the Wilcoxon test has little power "
                         f"(smallest attainable p = {min(1.0, 2.0 ** (1 - n_clu)):.3g})")
         if n_pairs >= 2:
-            lo, hi = cluster_bootstrap_ci(d, cl_codes, rng=rng, n_boot=n_boot, alpha=alpha)
+            boot = _seed_bootstrap_means(d, cl_codes, None if seed_of is None else seed_of[ok], n_boot=n_boot, rng=rng)
+            lo, hi = (float(q) for q in np.quantile(boot, [alpha / 2, 1 - alpha / 2]))
             if n_clu == 1:
                 note.append("one cluster: the interval reflects seed-to-seed variation only")
             elif n_clu < MIN_CLUSTERS_FOR_CI:
@@ -450,7 +450,8 @@ def paired_compare(
     ranking = None
     if len(levels) > 2:
         # A stream of its own (spawning draws nothing from `rng`): the ranking is one whatever the baseline.
-        ranking = _rank(wide, cluster_of, levels, n_boot=n_boot, rng=rng.spawn(1)[0], alpha=alpha, sign=sign)
+        ranking = _rank(wide, cluster_of, seed_of, levels, n_boot=n_boot, rng=rng.spawn(1)[0], alpha=alpha,
+                        sign=sign)
         if not ranking:
             notes.append("no block has every level scored, so no ranking")
         elif ranking[0].n_clusters < MIN_CLUSTERS_FOR_CI:
@@ -472,7 +473,28 @@ def paired_compare(
                       higher_is_better=higher_is_better, alpha=alpha, notes=notes, n_boot=int(n_boot))
 
 
-def _rank(wide: np.ndarray, cluster_of: np.ndarray, levels: list, *, n_boot: int,
+def _seed_bootstrap_means(x: np.ndarray, clusters: np.ndarray, seeds: np.ndarray | None, *, n_boot: int,
+                          rng: np.random.Generator) -> np.ndarray:
+    """`cluster_bootstrap_means` of the pairs (rows of `x`) with seeds, not pairs, drawn within each drawn
+    cluster: the pairs of one prompt condition and seed (its strengths, modes, checkpoints) share that seed's
+    noise, so a seed is drawn with all of them. Where each seed has one pair in its cluster, or no seeds are
+    given, the seeds are the pairs and the draws are the pairs' own."""
+    x = np.asarray(x, dtype=float)
+    if seeds is None:
+        return cluster_bootstrap_means(x, clusters, n_boot=n_boot, rng=rng)
+    units, unit_of = np.unique(np.stack([clusters, seeds]), axis=1, return_inverse=True)
+    if units.shape[1] == len(x):
+        return cluster_bootstrap_means(x, clusters, n_boot=n_boot, rng=rng)
+    unit_of = unit_of.reshape(-1)
+    columns = x[:, None] if x.ndim == 1 else x
+    sums = np.stack([np.bincount(unit_of, weights=col) for col in columns.T], axis=1)
+    drawn = cluster_bootstrap_means(np.column_stack([sums, np.bincount(unit_of)]), units[0], n_boot=n_boot,
+                                    rng=rng)
+    means = drawn[:, :-1] / drawn[:, -1:]  # over the drawn seeds' pairs: their sums over their counts
+    return means[:, 0] if x.ndim == 1 else means
+
+
+def _rank(wide: np.ndarray, cluster_of: np.ndarray, seed_of: np.ndarray | None, levels: list, *, n_boot: int,
           rng: np.random.Generator, alpha: float, sign: float) -> list[RankResult]:
     complete = ~np.isnan(wide).any(axis=1)
     if not complete.any():
@@ -481,7 +503,7 @@ def _rank(wide: np.ndarray, cluster_of: np.ndarray, levels: list, *, n_boot: int
     cl = cluster_of[complete]
     means = x.mean(axis=0)
     rank = sps.rankdata(-sign * means)
-    boot = cluster_bootstrap_means(x, cl, n_boot=n_boot, rng=rng)
+    boot = _seed_bootstrap_means(x, cl, None if seed_of is None else seed_of[complete], n_boot=n_boot, rng=rng)
     branks = sps.rankdata(-sign * boot, axis=1)
     mlo, mhi = np.quantile(boot, [alpha / 2, 1 - alpha / 2], axis=0)
     rlo = np.quantile(branks, alpha / 2, axis=0, method="lower")
