@@ -353,8 +353,10 @@ def run(
     typer.echo(f"run folder: {r.run_dir}")
     typer.echo(f"jobs: {r.planned} planned, {r.already_done} already done, {r.generated} generated"
                + (f" ({r.images_per_s:.2f} images/s on {r.device})" if r.generated else ""))
-    if r.unhealthy:
-        typer.echo(f"unhealthy images: {r.unhealthy} (black, uniform or NaN; excluded from statistics)")
+    if r.unhealthy_in_folder:
+        typer.echo(f"unhealthy images: {r.unhealthy_in_folder} of the {r.finished_in_folder} finished "
+                   f"({r.unhealthy} made by this run; black, uniform, NaN or failing the health metric; excluded "
+                   "from statistics)")
     if r.unplanned:
         typer.echo(f"kept but left out of reports: {r.unplanned} images made for an earlier version of the "
                    f"experiment, {HISTORY_NOTE}")

@@ -37,7 +37,9 @@ class RunResult:
     planned: int
     already_done: int
     generated: int = 0
-    unhealthy: int = 0
+    unhealthy: int = 0  # of the images this run made
+    finished_in_folder: int = 0  # the plan's finished images in the folder, every stage's, as the report counts
+    unhealthy_in_folder: int = 0  # of those
     seconds: float = 0.0
     oom_events: list[str] = field(default_factory=list)
     device: str = ""
@@ -300,6 +302,10 @@ def run_experiment(path: Path | str, *, out: Path | str | None = None, force: bo
         own = None if shard is None else {j.key for j in jobs}  # a shard refines its own main images only
         for stage in exp.stages:
             run_stage(exp, stage, plan, ledger, result, evaluate_after=evaluate_after, own=own, **options)
+        from .tables import image_table
+        table = image_table(ledger)
+        result.finished_in_folder = len(table)
+        result.unhealthy_in_folder = int((~table["healthy"].astype(bool)).sum()) if len(table) else 0
         result.unplanned = ledger.unplanned_done()
         if result.unplanned:
             result.changed_weights = changed_weights(ledger, plan)

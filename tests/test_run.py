@@ -585,3 +585,26 @@ def test_ray_batches_for_gpu_workers_are_not_sized_on_the_drivers_gpu(monkeypatc
     assert [len(u) for u in units] == [MAX_BATCH, MAX_BATCH, 40 - 2 * MAX_BATCH]
     assert [len(u) for u in work_units(jobs, "cuda", exact=False, batch_size=6)][:2] == [6, 6]
     assert {len(u) for u in work_units(jobs, "cuda", exact=True, batch_size=None)} == {1}
+
+
+def test_the_unhealthy_count_is_the_folders_with_this_runs_share(tmp_path):
+    """An image found unhealthy earlier still counts once a run that makes others, or none, goes on in the
+    folder: the line gives the folder's count, as the report does, and how many this run made."""
+    from typer.testing import CliRunner
+
+    from harness.cli import app
+
+    exp = experiment(tmp_path, 'name = "h"\nprompt = "a {red|blue} cat"\nseeds = [1]\ncheckpoints = ["tiny"]\n'
+                     'steps = 2\nwidth = 64\nheight = 64\n')
+    run = tmp_path / "run"
+    first = CliRunner().invoke(app, ["run", str(exp), "--out", str(run)])
+    assert first.exit_code == 0 and "unhealthy images" not in first.stdout, first.output
+    with sqlite3.connect(run / "ledger.sqlite") as conn:  # as the health check finds a black image
+        (key, health), *_ = conn.execute("SELECT key, health FROM jobs ORDER BY key").fetchall()
+        conn.execute("UPDATE jobs SET health = ? WHERE key = ?", (json.dumps({**json.loads(health), "ok": False}), key))
+    again = CliRunner().invoke(app, ["run", str(exp), "--out", str(run)])
+    assert again.exit_code == 0 and "0 generated" in again.stdout, again.output
+    assert "unhealthy images: 1 of the 2 finished (0 made by this run; black, uniform, NaN" in again.stdout
+    exp.write_text(exp.read_text().replace("seeds = [1]", "seeds = [1, 2]"))
+    more = CliRunner().invoke(app, ["run", str(exp), "--out", str(run)])
+    assert "2 generated" in more.stdout and "unhealthy images: 1 of the 4 finished (0 made by this run" in more.stdout
