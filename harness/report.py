@@ -456,7 +456,7 @@ def build_report(run_dir: Path | str, *, rows: str | None = None, cols: str | No
     run_dir = Path(run_dir)
     if not (run_dir / "ledger.sqlite").is_file():
         raise FileNotFoundError(f"{run_dir}: not a run folder (no ledger.sqlite); run an experiment first")
-    with Ledger.open(run_dir, readonly=True) as ledger:
+    with Ledger.open(run_dir, readonly=True) as ledger, ledger.snapshot():  # a run may be writing meanwhile
         table = image_table(ledger)
         _check_options(table, rows, cols, metric, html, run_dir)  # before anything is removed or rewritten
         unplanned = ledger.unplanned_done()

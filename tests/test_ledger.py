@@ -710,3 +710,19 @@ def test_an_interrupt_at_any_moment_of_a_write_leaves_the_ledger_usable(tmp_path
     led.set_meta("y", "1")
     assert led.get_meta("y") == "1" and led.get_meta("lost") is None
     led.close()
+
+
+def test_reads_in_a_snapshot_see_one_moment_while_a_run_writes(tmp_path):
+    """A report reads done and not-done images in one snapshot: a batch marked done in between is counted
+    in neither before the snapshot ends, and in the done ones after."""
+    with Ledger.open(tmp_path / "run") as writer:
+        jobs = make_jobs(3)
+        writer.add_jobs(jobs)
+        finish(writer, jobs[0])
+        with Ledger.open(tmp_path / "run", readonly=True) as reader:
+            with reader.snapshot():
+                before = (reader.count("done"), reader.count("pending"))
+                finish(writer, jobs[1])  # the run goes on meanwhile
+                with reader.snapshot():  # nested: the outer one holds the moment
+                    assert (reader.count("done"), reader.count("pending")) == before == (1, 2)
+            assert (reader.count("done"), reader.count("pending")) == (2, 1)

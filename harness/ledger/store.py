@@ -195,6 +195,22 @@ class Ledger:
             raise LedgerError(f"the ledger of {self.run_dir} is closed")
         return self._conn
 
+    @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """Reads in this block (from this thread) see the ledger as one moment: a run writing meanwhile (a
+        batch marked done) changes nothing they count, so made and not-made images add up to the plan."""
+        with self._mutex, _named_errors(self.run_dir / LEDGER_FILE, writing=False):
+            conn = self._db()
+            if conn.in_transaction:  # inside another snapshot (or a write): that one holds the moment
+                yield
+                return
+            conn.execute("BEGIN")
+            try:
+                yield
+            finally:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")  # read only: nothing to keep
+
     def _read(self, sql: str, params: Sequence = ()) -> list[sqlite3.Row]:
         with self._mutex, _named_errors(self.run_dir / LEDGER_FILE, writing=False):
             return self._db().execute(sql, params).fetchall()
