@@ -379,7 +379,8 @@ def _print_metric_summaries(summaries, *, this_pass: bool = True) -> int:
         if s.not_applicable:
             nan += f", {s.not_applicable} not applicable ({why(s.not_applicable_reasons)})"
         typer.echo(f"{s.metric}: {s.scored + s.skipped} images scored"
-                   + (f" ({s.scored} in this pass)" if this_pass else "") + f"{nan}; mean {s.mean:.4g}")
+                   + (f" ({s.scored} in this pass)" if this_pass else "") + f"{nan}; "
+                   + (f"mean {s.mean:.4g}" if s.mean == s.mean else "no mean: no score is a number"))
         if s.unscored:
             typer.echo(f"  not scored: {s.unscored} images ({why(s.unscored_reasons)}); nothing was stored for "
                        "them, so the next harness eval tries again", err=True)

@@ -478,3 +478,7 @@ def test_the_summary_line_counts_images_a_metric_does_not_apply_to_apart_from_na
     _print_metric_summaries([summary], this_pass=False)
     assert capsys.readouterr().out == (f"clip_image_similarity[model=tiny,pretrained=tiny]: 24 images scored, 1 NaN "
                                        f"(1x image is blank), 8 not applicable (8x {reason}); mean 0.9\n")
+    small = MetricSummary("watermark", scored=4, nan=4, reasons=Counter({"image too small": 4}))
+    _print_metric_summaries([small], this_pass=False)
+    assert capsys.readouterr().out == ("watermark: 4 images scored, 4 NaN (4x image too small); no mean: no score "
+                                       "is a number\n")
