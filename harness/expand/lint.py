@@ -7,11 +7,14 @@ from typing import Iterable, Iterator
 
 # where a comma has nothing on one side, and what to write instead
 _PLACES = (
-    ("at the end", re.compile(r",\s*$"), "write it inside the option after it, `a cat{, by greg rutkowski|}`, or leave it out"),
-    ("at the start", re.compile(r"^\s*,"), "nothing comes before it; an optional clause written first takes its comma "
-                                     "after it, `{by greg rutkowski, |}a cat`"),
-    ("with two commas in a row", re.compile(r",\s*,"), "an option between them was empty; write one of the commas inside that "
-                                      "option, `a cat{, by greg rutkowski|}, oil`"),
+    ("at the end", re.compile(r",\s*$"),
+     "write it inside the option after it, `a cat{, by greg rutkowski|}`, or leave it out"),
+    ("at the start", re.compile(r"^\s*,"),
+     "nothing comes before it; an optional clause written first takes its comma after it, "
+     "`{by greg rutkowski, |}a cat`"),
+    ("with two commas in a row", re.compile(r",\s*,"),
+     "an option between them was empty; write one of the commas inside that option, "
+     "`a cat{, by greg rutkowski|}, oil`"),
 )
 
 
