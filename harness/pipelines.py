@@ -6,6 +6,7 @@ Torch and diffusers are imported inside functions, as in `harness.checkpoints`.
 from __future__ import annotations
 
 import contextlib
+import sys
 from pathlib import Path
 from typing import Iterator
 
@@ -28,6 +29,26 @@ def hub_offline() -> Iterator[None]:
         yield
     finally:
         constants.HF_HUB_OFFLINE = before
+
+
+@contextlib.contextmanager
+def loading_bars() -> Iterator[None]:
+    """diffusers' and transformers' loading bars on a terminal only: in a log file or a pipe their
+    carriage returns leave lines such as "Loading pipeline components...: 60%" between the run's own."""
+    if sys.stderr.isatty():
+        yield
+        return
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    modules = [m for m in (diffusers_logging, transformers_logging) if m.is_progress_bar_enabled()]
+    for m in modules:
+        m.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for m in modules:
+            m.enable_progress_bar()
 
 
 def _pipeline_class(mode: str):
@@ -95,7 +116,7 @@ def load_pipeline(ref: CheckpointRef, mode: str = "txt2img", *, device: str | No
         scheduler_spec(scheduler)
     kwargs = dict(safety_checker=None, feature_extractor=None, requires_safety_checker=False, local_files_only=True)
     kwargs[_dtype_keyword()] = dtype
-    with hub_offline():
+    with hub_offline(), loading_bars():
         if ref.kind == "file":
             pipe = _load_single_file(ref, kwargs, config or ref.config)
         else:

@@ -541,6 +541,7 @@ def test_the_run_summary_counts_every_image_scored_as_it_generated(tmp_path):
                        capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stderr
     assert "\nhealth: 16 images scored; mean 1\n" in r.stdout and "in this pass" not in r.stdout
+    assert "Loading" not in r.stderr, r.stderr  # diffusers' and transformers' loading bars only on a terminal
 
 
 def test_the_infotext_names_the_schedule_and_carries_no_control_character(tmp_path):
