@@ -259,13 +259,18 @@ def locate(spec: str, *, base_dir: Path | None = None, config: str | None = None
     base = Path(base_dir) if base_dir is not None else Path.cwd()
     path = Path(spec_s).expanduser()
     path = (path if path.is_absolute() else base / path).resolve()
-    if path.is_dir():
+    try:
+        is_dir, is_file = path.is_dir(), path.is_file()
+    except OSError as exc:  # a name longer than the file system allows, a folder that cannot be searched
+        raise CheckpointError(f"checkpoint {spec!r}: the file system refused {path}: {exc.strerror or exc}; "
+                              "give a path it can open") from None
+    if is_dir:
         if not (path / "model_index.json").is_file():
             raise CheckpointError(f"checkpoint {spec!r}: folder {path} has no model_index.json, so it is not a "
                                   f"diffusers pipeline folder (single-file checkpoints are .safetensors/.ckpt files)")
         check_pipeline_folder(path, spec)
         return Location("folder", str(path), path)
-    if path.is_file():
+    if is_file:
         if path.suffix not in SINGLE_FILE_SUFFIXES:
             raise CheckpointError(f"checkpoint {spec!r}: {path} is a file but not {' or '.join(SINGLE_FILE_SUFFIXES)}")
         config = _absolute_config(config, base, spec)

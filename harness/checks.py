@@ -7,10 +7,12 @@ one error listing them all (see `ExperimentError`).
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+import errno
 import math
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 
 class Checker:
@@ -19,6 +21,19 @@ class Checker:
 
     def bad(self, key: str, value: Any, expected: str) -> None:
         self.problems.append(f"key '{key}': got {value!r}, expected {expected}")
+
+    @contextlib.contextmanager
+    def reading(self, key: str, value: Any, expected: str) -> Iterator[None]:
+        """File system calls for a path-valued key: one that fails (a name longer than the file system
+        allows, a folder that cannot be listed) becomes a problem of the key, the checks go on."""
+        try:
+            yield
+        except OSError as exc:
+            self.refused(key, value, expected, exc)
+
+    def refused(self, key: str, value: Any, expected: str, exc: OSError) -> None:
+        code = errno.errorcode.get(exc.errno or 0)
+        self.bad(key, value, f"{expected}; the file system refused it: {exc.strerror or exc}{f' ({code})' if code else ''}")
 
     def distinct(self, key: str, values: list) -> None:
         """A list whose entries must differ (a repeated strength or metric would make or score twice)."""

@@ -299,8 +299,14 @@ def experiment_from_dict(raw: Mapping[str, Any], path: Path) -> Experiment:
     given_base = c.str_(raw, "base_dir", None, nonempty=True)
     if given_base is not None:
         base = path.parent / given_base
-        if not base.is_dir():
-            c.bad("base_dir", given_base, f"an existing folder to take relative paths from (looked for {base})")
+        expected = f"an existing folder to take relative paths from (looked for {base})"
+        try:
+            folder = base.is_dir()
+        except OSError as exc:  # every relative path below would be refused too: stop here
+            c.refused("base_dir", given_base, expected, exc)
+            raise ExperimentError(path, c.problems) from None
+        if not folder:
+            c.bad("base_dir", given_base, expected)
 
     name = c.str_(raw, "name", path.stem, nonempty=True)
     if name and any(ch in name for ch in "/\\") or name in (".", ".."):
@@ -311,13 +317,15 @@ def experiment_from_dict(raw: Mapping[str, Any], path: Path) -> Experiment:
         c.problems.append("key 'prompt': missing; expected a template string or '@file'")
     elif prompt_raw is not None and prompt_raw.startswith("@"):
         pfile = (base / prompt_raw[1:]).resolve()
-        if pfile.is_file():
-            try:
-                prompt, origin = read_text(pfile).rstrip("\n"), str(pfile)
-            except GrammarError as e:
-                c.problems.append(f"key 'prompt': {e}")
-        else:
-            c.bad("prompt", prompt_raw, f"an existing template file (looked for {pfile})")
+        expected = f"an existing template file (looked for {pfile})"
+        with c.reading("prompt", prompt_raw, expected):
+            if pfile.is_file():
+                try:
+                    prompt, origin = read_text(pfile).rstrip("\n"), str(pfile)
+                except GrammarError as e:
+                    c.problems.append(f"key 'prompt': {e}")
+            else:
+                c.bad("prompt", prompt_raw, expected)
     elif prompt_raw is not None:
         prompt = prompt_raw
     negative = c.str_(raw, "negative_prompt", "")

@@ -459,15 +459,18 @@ def init_images_from(c: Checker, v, base: Path) -> list[Path]:
     found: list[Path] = []
     for entry in entries:
         p = base / entry
-        if p.is_dir():
-            files = sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES)
-        elif any(ch in entry for ch in "*?["):
-            files = sorted(Path(q) for q in glob.glob(str(p), recursive=True) if Path(q).suffix.lower() in IMAGE_SUFFIXES)
-        else:
-            files = [p] if p.is_file() else []
-        if not files:
-            c.bad("init_images", entry, f"an image file, folder or glob that matches images (looked in {p})")
-        found.extend(f.resolve() for f in files if f.resolve() not in found)
+        expected = f"an image file, folder or glob that matches images (looked in {p})"
+        with c.reading("init_images", entry, expected):
+            if p.is_dir():
+                files = sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES)
+            elif any(ch in entry for ch in "*?["):
+                files = sorted(Path(q) for q in glob.glob(str(p), recursive=True)
+                               if Path(q).suffix.lower() in IMAGE_SUFFIXES)
+            else:
+                files = [p] if p.is_file() else []
+            if not files:
+                c.bad("init_images", entry, expected)
+            found.extend(f.resolve() for f in files if f.resolve() not in found)
     return found
 
 

@@ -10,6 +10,7 @@ folders, then `$HARNESS_GRAMMARS` (os.pathsep-separated), then `./grammars`.
 
 from __future__ import annotations
 
+import errno
 import os
 import unicodedata
 from dataclasses import dataclass
@@ -47,7 +48,7 @@ class WildcardLibrary:
             return None
         spellings = dict.fromkeys((name, unicodedata.normalize("NFD", name)))  # a file name saved decomposed
         for d in self.search_path:
-            path = next((p for p in (d / f"{n}.txt" for n in spellings) if p.is_file()), None)
+            path = next((p for p in (d / f"{n}.txt" for n in spellings) if _is_file(p)), None)
             if path is not None:
                 text = read_text(path)
                 lines = tuple((i, ln.strip(), ln) for i, ln in enumerate(text.split("\n"), start=1)
@@ -67,6 +68,17 @@ class WildcardLibrary:
             for path in d.rglob("*.txt"):
                 found.add(unicodedata.normalize("NFC", path.relative_to(d).with_suffix("").as_posix()))
         return sorted(found)
+
+
+def _is_file(path: Path) -> bool:
+    """Whether a wildcard file is there; a name longer than the file system allows names no file (the
+    template then gets the usual "unknown wildcard" error, at its line and column)."""
+    try:
+        return path.is_file()
+    except OSError as exc:
+        if exc.errno == errno.ENAMETOOLONG:
+            return False
+        raise
 
 
 def read_text(path: Path) -> str:

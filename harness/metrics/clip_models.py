@@ -110,7 +110,11 @@ def is_weights_path(pretrained: str, base: Path | None = None) -> bool:
     if pretrained.endswith(WEIGHT_SUFFIXES) or "/" in pretrained or os.sep in pretrained:
         return True
     # a bare name: a file or folder of that name, unless open_clip knows it as a tag (`./openai` is the folder)
-    return ((base or Path.cwd()) / Path(pretrained).expanduser()).exists() and not _is_tag(pretrained)
+    try:
+        there = ((base or Path.cwd()) / Path(pretrained).expanduser()).exists()
+    except OSError:  # a name no file can have (longer than the file system allows): not a path
+        there = False
+    return there and not _is_tag(pretrained)
 
 
 def _is_tag(name: str) -> bool:
@@ -144,13 +148,18 @@ def check_names(model: str, pretrained: str, device: str = "auto") -> None:
     if pretrained == TINY or pretrained in BUILTIN_LOADERS:
         raise ClipLoadError(f"pretrained={pretrained!r} goes with model={pretrained!r} only, not model={model!r}")
     path = Path(pretrained).expanduser()
-    if path.is_dir():
+    try:
+        is_dir, is_file = path.is_dir(), path.is_file()
+    except OSError as exc:  # a name longer than the file system allows, a folder that cannot be searched
+        raise ClipLoadError(f"pretrained={pretrained!r}: the file system refused {path}: {exc.strerror or exc}; "
+                            "give a path it can open") from None
+    if is_dir:
         if not (path / "open_clip_config.json").is_file():
             raise ClipLoadError(f"pretrained folder {path} has no open_clip_config.json; a folder must hold "
                                 f"open_clip_config.json and the weights (open_clip_model.safetensors or "
                                 f"open_clip_pytorch_model.bin), or pass the weights file itself")
         return  # the folder's config names the architecture; `model` is only a label
-    if not path.is_file() and (pretrained.endswith(WEIGHT_SUFFIXES) or os.sep in pretrained):
+    if not is_file and (pretrained.endswith(WEIGHT_SUFFIXES) or os.sep in pretrained):
         raise ClipLoadError(f"CLIP weights file not found: {pretrained!r} (model={model!r}); give an existing "
                             f"{'/'.join(WEIGHT_SUFFIXES)} file, a folder with open_clip_config.json, or a "
                             f"pretrained tag")
