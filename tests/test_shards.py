@@ -1,17 +1,14 @@
 """`--shard i/n` runs plus `harness merge` equal one full run."""
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from typer.testing import CliRunner
 
+from harness.cli import app
 from harness.ledger import Ledger
 from harness.run import run_experiment
-
-ROOT = Path(__file__).resolve().parents[1]
 
 EXP = """
 name = "sharded"
@@ -24,9 +21,14 @@ height = 64
 """
 
 
+def cli(*args):
+    """The command line in this process (a fresh interpreter per command adds seconds and tests nothing more)."""
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
 def harness(*args):
-    r = subprocess.run([sys.executable, "-m", "harness", *map(str, args)], capture_output=True, text=True, cwd=ROOT)
-    assert r.returncode == 0, r.stderr
+    r = cli(*args)
+    assert r.exit_code == 0, (r.stderr, r.exception)
     return r
 
 
@@ -155,25 +157,21 @@ def test_merge_refuses_runs_of_different_experiments_before_merging_anything(tmp
     b.write_text(EXP.replace("seeds = [1, 2]", "seeds = [1]").replace("{red|blue|green}", "blue"))
     run_experiment(a, out=tmp_path / "ra", progress=False, evaluate_after=False)
     run_experiment(b, out=tmp_path / "rb", progress=False, evaluate_after=False)
-    r = subprocess.run([sys.executable, "-m", "harness", "merge", tmp_path / "ra", tmp_path / "rb",
-                        "--out", tmp_path / "m"], capture_output=True, text=True, cwd=ROOT)
-    assert r.returncode != 0 and "different experiments" in r.stderr and str(tmp_path / "rb") in r.stderr
-    r = subprocess.run([sys.executable, "-m", "harness", "merge", tmp_path / "ra", tmp_path / "nope",
-                        "--out", tmp_path / "m"], capture_output=True, text=True, cwd=ROOT)
-    assert r.returncode != 0 and "not a run folder" in r.stderr
+    r = cli("merge", tmp_path / "ra", tmp_path / "rb", "--out", tmp_path / "m")
+    assert r.exit_code != 0 and "different experiments" in r.stderr and str(tmp_path / "rb") in r.stderr
+    r = cli("merge", tmp_path / "ra", tmp_path / "nope", "--out", tmp_path / "m")
+    assert r.exit_code != 0 and "not a run folder" in r.stderr
     assert not (tmp_path / "m" / "images").exists()  # nothing merged from ra before the bad source was seen
     run_experiment(a, out=tmp_path / "m", progress=False, evaluate_after=False)
     before = sorted(p.name for p in (tmp_path / "m" / "images").iterdir())
-    r = subprocess.run([sys.executable, "-m", "harness", "merge", tmp_path / "ra", tmp_path / "m",
-                        "--out", tmp_path / "m"], capture_output=True, text=True, cwd=ROOT)
-    assert r.returncode == 2 and f"{tmp_path / 'm'} is the run folder being merged into" in r.stderr, r.stderr
+    r = cli("merge", tmp_path / "ra", tmp_path / "m", "--out", tmp_path / "m")
+    assert r.exit_code == 2 and f"{tmp_path / 'm'} is the run folder being merged into" in r.stderr, r.stderr
     assert sorted(p.name for p in (tmp_path / "m" / "images").iterdir()) == before
     # someone's experiment folder (an experiment.toml, no ledger) is not a place to merge into
     (tmp_path / "study").mkdir()
     (tmp_path / "study" / "experiment.toml").write_text(EXP)
-    r = subprocess.run([sys.executable, "-m", "harness", "merge", tmp_path / "ra", "--out", tmp_path / "study"],
-                       capture_output=True, text=True, cwd=ROOT)
-    assert r.returncode == 2 and "holds an experiment.toml but is not a run folder" in r.stderr, r.stderr
+    r = cli("merge", tmp_path / "ra", "--out", tmp_path / "study")
+    assert r.exit_code == 2 and "holds an experiment.toml but is not a run folder" in r.stderr, r.stderr
     assert sorted(p.name for p in (tmp_path / "study").iterdir()) == ["experiment.toml"]
 
 
@@ -184,9 +182,8 @@ def test_merge_refuses_shards_whose_prompt_file_held_other_text(tmp_path):
     run_experiment(exp, out=tmp_path / "s0", shard=(0, 2), progress=False)
     (tmp_path / "p.txt").write_text("a {@color: red|blue} dog\n")
     run_experiment(exp, out=tmp_path / "s1", shard=(1, 2), progress=False)
-    r = subprocess.run([sys.executable, "-m", "harness", "merge", tmp_path / "s0", tmp_path / "s1",
-                        "--out", tmp_path / "m"], capture_output=True, text=True, cwd=ROOT)
-    assert r.returncode == 2 and "one experiment whose prompt file or wildcard files held other text" in r.stderr
+    r = cli("merge", tmp_path / "s0", tmp_path / "s1", "--out", tmp_path / "m")
+    assert r.exit_code == 2 and "one experiment whose prompt file or wildcard files held other text" in r.stderr
     assert not (tmp_path / "m" / "images").exists()
 
 
@@ -231,9 +228,8 @@ def test_a_ledger_whose_setup_was_cut_off_is_set_up_again_by_the_next_run(tmp_pa
     exp.write_text(EXP.replace("seeds = [1, 2]", "seeds = [1]"))
     (tmp_path / "run").mkdir()
     sqlite3.connect(tmp_path / "run" / "ledger.sqlite").close()  # created, no tables: a full disk stopped it
-    r = subprocess.run([sys.executable, "-m", "harness", "report", tmp_path / "run", "--no-html"],
-                       capture_output=True, text=True, cwd=ROOT)
-    assert r.returncode == 2 and "holds no ledger tables: setting it up was cut off" in r.stderr, r.stderr
+    r = cli("report", tmp_path / "run", "--no-html")
+    assert r.exit_code == 2 and "holds no ledger tables: setting it up was cut off" in r.stderr, r.stderr
     assert run_experiment(exp, out=tmp_path / "run", progress=False, evaluate_after=False).generated == 6
 
 
