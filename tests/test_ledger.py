@@ -144,6 +144,49 @@ def test_a_damaged_ledger_file_is_named_with_what_to_do(tmp_path):
         Ledger.open(tmp_path)
 
 
+def test_a_ledger_another_program_holds_locked_is_named_and_nothing_is_lost(tmp_path, monkeypatch):
+    """A sqlite3 shell or a database browser with a write open: the run gives up after the busy timeout with
+    one error naming the ledger and what to do, and goes on once the other program lets go."""
+    from harness.ledger import store
+
+    ledger = Ledger.open(tmp_path)
+    jobs = finished(ledger, 2)
+    ledger.close()
+    other = sqlite3.connect(tmp_path / "ledger.sqlite", isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")
+    monkeypatch.setattr(store, "BUSY_SECONDS", 0.2)
+    with pytest.raises(LedgerError) as caught:
+        with Ledger.open(tmp_path) as led:
+            led.add_jobs(make_jobs(3))
+    message = str(caught.value)
+    assert message.startswith(f"{tmp_path / 'ledger.sqlite'}: database is locked: another program has held the "
+                              "ledger locked for 0.2 seconds"), message
+    assert "run the same command again" in message
+    other.execute("ROLLBACK")
+    other.close()
+    with Ledger.open(tmp_path) as led:
+        assert led.done_keys() == {j.key for j in jobs}
+    with pytest.raises(LedgerError, match="no such table: scores: the ledger file is damaged"):
+        with sqlite3.connect(tmp_path / "ledger.sqlite") as conn:
+            conn.execute("DROP TABLE scores")
+        with Ledger.open(tmp_path, readonly=True) as led:
+            led.scores_frame()
+
+
+def test_a_ledger_whose_meta_table_is_gone_is_damaged_not_a_set_up_cut_off(tmp_path):
+    ledger = Ledger.open(tmp_path)
+    finished(ledger, 1)
+    ledger.close()
+    with sqlite3.connect(tmp_path / "ledger.sqlite") as conn:
+        conn.execute("DROP TABLE meta")
+    for readonly in (True, False):  # and a run does not set it up again, forgetting the jobs' experiment
+        with pytest.raises(LedgerError, match="its table meta is missing while its jobs are there: the ledger "
+                                              "file is damaged"):
+            Ledger.open(tmp_path, readonly=readonly)
+    with sqlite3.connect(tmp_path / "ledger.sqlite") as conn:
+        assert conn.execute("SELECT name FROM sqlite_master WHERE name = 'meta'").fetchall() == []
+
+
 def test_a_full_disk_while_writing_the_ledger_is_a_ledger_error_and_loses_no_committed_row(tmp_path):
     """SQLite's "disk I/O error" / "database or disk is full" becomes a LedgerError naming ledger.sqlite and
     saying what to do; every transaction committed before it is intact when the ledger is reopened."""

@@ -29,7 +29,9 @@ FORCE_UNRECORDED = "remade by an interrupted --force run before it was recorded"
 
 # What SQLite says when the disk under it fails it, and when the file itself is damaged.
 _NO_ROOM = ("database or disk is full", "disk i/o error")
-_DAMAGED = ("database disk image is malformed", "file is not a database")
+_DAMAGED = ("database disk image is malformed", "file is not a database", "no such table", "no such column")
+_LOCKED = ("database is locked", "database table is locked")
+BUSY_SECONDS = 30  # how long a ledger operation waits for a lock another program holds
 _NOT_WRITABLE = ("unable to open database file", "readonly database", "read-only file system")
 
 
@@ -51,11 +53,26 @@ def _named_errors(db: Path, *, writing: bool) -> Iterator[None]:
             raise LedgerError(
                 f"{db}: {exc}: the run folder cannot be written (a read-only folder or disk?). Images already "
                 "finished are kept; make the folder writable, or copy it somewhere writable and run there") from exc
-        if any(m in text for m in _DAMAGED):
+        if any(m in text for m in _LOCKED):
             raise LedgerError(
-                f"{db}: {exc}: the ledger file is damaged. The images beside it keep their settings in their "
-                "PNG metadata; move the run folder aside and run the experiment into a new --out folder") from exc
+                f"{db}: {exc}: another program has held the ledger locked for {BUSY_SECONDS:g} seconds (a sqlite3 "
+                "shell or a database browser with a write open?). Nothing is lost: images already finished are kept. "
+                "Close that program, or end its transaction, and run the same command again") from exc
+        if any(m in text for m in _DAMAGED):
+            raise LedgerError(f"{db}: {exc}: {_DAMAGED_ADVICE}") from exc
         raise
+
+
+_DAMAGED_ADVICE = ("the ledger file is damaged. The images beside it keep their settings in their PNG metadata; "
+                   "move the run folder aside and run the experiment into a new --out folder")
+
+
+def _check_meta(conn: sqlite3.Connection, db: Path) -> None:
+    """A ledger whose jobs are there and whose meta table is not (dropped by hand, a damaged page) is damaged,
+    not a set-up cut off: setting it up again would forget which experiment the jobs belong to."""
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if "jobs" in tables and "meta" not in tables:
+        raise LedgerError(f"{db}: its table meta is missing while its jobs are there: {_DAMAGED_ADVICE}")
 
 
 def _open_for_reading(db: Path) -> sqlite3.Connection:
@@ -64,7 +81,7 @@ def _open_for_reading(db: Path) -> sqlite3.Connection:
     the harness checkpoints its log when a run ends, so a finished run's ledger file holds everything; a
     log left beside it (a run that was cut off) cannot be read there, and the error says so."""
     def connect(query: str) -> sqlite3.Connection:
-        return sqlite3.connect(db.resolve().as_uri() + query, uri=True, timeout=30, isolation_level=None,
+        return sqlite3.connect(db.resolve().as_uri() + query, uri=True, timeout=BUSY_SECONDS, isolation_level=None,
                                check_same_thread=False)
 
     conn = connect("?mode=ro")
@@ -131,12 +148,13 @@ class Ledger:
             conn = None
             try:
                 with _named_errors(db, writing=True):
-                    conn = sqlite3.connect(db, timeout=30, isolation_level=None, check_same_thread=False)
+                    conn = sqlite3.connect(db, timeout=BUSY_SECONDS, isolation_level=None, check_same_thread=False)
                     mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
                     if mode.lower() != "wal":
                         raise LedgerError(f"{db}: SQLite refused WAL mode (got {mode!r}); "
                                           "keep run folders on a local filesystem")
                     conn.execute("PRAGMA synchronous=NORMAL")
+                    _check_meta(conn, db)
                     conn.executescript(_SCHEMA)
                     # a folder --forced before each job kept its own mark: the one time applies to every job
                     conn.execute("INSERT OR IGNORE INTO forced(key, since) SELECT jobs.key, meta.value FROM jobs, "
@@ -153,6 +171,7 @@ class Ledger:
         conn.row_factory = sqlite3.Row
         try:
             if readonly and not ledger._read("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'"):
+                _check_meta(conn, db)
                 raise LedgerError(f"{db} holds no ledger tables: setting it up was cut off (a full disk?) before "
                                   "anything was recorded. `harness run` into this folder sets it up again")
             found = ledger.get_meta("schema_version")
