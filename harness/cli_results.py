@@ -184,7 +184,8 @@ def compare(
     metric: Optional[str] = typer.Option(None, "--metric", help="Metric name or id (default: the experiment's "
                                          "first compare_metrics, else an oracle, else CLIP score)."),
     fmt: CompareFmt = typer.Option(CompareFmt.text, "--format", help="text | json | markdown"),
-    n_boot: int = typer.Option(2000, "--n-boot", min=100, help="Bootstrap resamples."),
+    n_boot: int = typer.Option(2000, "--n-boot", min=100, max=1_000_000,
+                                help="Bootstrap resamples (100 to 1,000,000)."),
     tie_margin: float = typer.Option(0.0, "--tie-margin", min=0.0, help="|difference| counted as a tie."),
     seed: int = typer.Option(0, "--seed", min=0, help="Bootstrap seed (0 or more)."),
     pair_on: Optional[str] = typer.Option(None, "--pair-on", help="Comma list of the image-table columns a "

@@ -206,7 +206,8 @@ def ablate(
     metric: List[str] = typer.Option([], "--metric", "-m", help="Metric spec (repeatable; default: the "
                                                                  "experiment's, minus health and watermark)."),
     device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N | mps"),
-    n_boot: int = typer.Option(2000, "--n-boot", min=100, help="Bootstrap resamples."),
+    n_boot: int = typer.Option(2000, "--n-boot", min=100, max=1_000_000,
+                                help="Bootstrap resamples (100 to 1,000,000)."),
     seed: int = typer.Option(0, "--seed", min=0, help="Bootstrap seed (0 or more)."),
 ) -> None:
     """Leave-one-out clause ablation: each clause's contribution with a 95% CI, ranked."""

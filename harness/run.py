@@ -26,7 +26,7 @@ from .atomic import write_atomic
 from .core import Job, SettingsError, canonical_json
 from .experiment import Experiment, ExperimentError, inline_prompt, load_experiment
 from .ledger import Ledger, LedgerError
-from .ledger.schema import LEDGER_FILE
+from .ledger.schema import IMAGES_DIR, LEDGER_FILE, LOCK_FILE, TABLES_DIR
 from .plan import Plan, group_jobs, level_counts, make_plan, plan_notes, shard as shard_jobs
 from .worker import Finished, Tuning
 
@@ -73,6 +73,27 @@ def recorded_experiment_name(ledger: Ledger) -> str | None:
     return name
 
 
+def someone_elses(run_dir: Path) -> list[str]:
+    """What a folder with no ledger holds besides what setting one up leaves (empty images/ and tables/,
+    the lock file) and hidden files: someone's files, which a run there would take over (its reports
+    rewrite plots/, thumbs/ and index.html and remove what they did not write)."""
+    if not run_dir.is_dir() or (run_dir / LEDGER_FILE).exists():
+        return []
+    left = {IMAGES_DIR, TABLES_DIR, LOCK_FILE}
+    return sorted(p.name for p in run_dir.iterdir()
+                  if not p.name.startswith(".") and not (p.name in left and not (p.is_dir() and any(p.iterdir()))))
+
+
+def check_not_someone_elses(run_dir: Path, action: str) -> None:
+    """Refuse to `action` ("run", "merge") into a folder that is not a run folder and holds files."""
+    found = someone_elses(run_dir)
+    if found:
+        names = ", ".join(found[:5]) + (f" and {len(found) - 5} more" if len(found) > 5 else "")
+        raise LedgerError(f"{run_dir} is not a run folder (no {LEDGER_FILE}) and holds files ({names}): the "
+                          f"{action} would take it over, and its reports rewrite plots/, thumbs/ and index.html "
+                          "there; give --out a new or empty folder")
+
+
 def check_folder_experiment(ledger: Ledger, exp: Experiment) -> None:
     """Refuse a run folder made by an experiment of another name: its images are not this one's."""
     recorded = recorded_experiment_name(ledger)
@@ -115,6 +136,7 @@ def prepare_run(exp: Experiment, plan: Plan, run_dir: Path, *, jobs: list[Job] |
         raise ExperimentError(exp.path, [
             f"{run_dir} holds an experiment.toml but is not a run folder (no ledger.sqlite): the run would "
             "replace that file with its own copy; give the run another --out folder"])
+    check_not_someone_elses(run_dir, "run")
     ledger = Ledger.open(run_dir)
     try:
         check_folder_experiment(ledger, exp)
@@ -545,6 +567,7 @@ def merge_runs(out: Path | str, sources: Iterable[Path | str], *, log: Callable[
     if (out / "experiment.toml").is_file() and not (out / "ledger.sqlite").is_file():
         raise ValueError(f"{out} holds an experiment.toml but is not a run folder (no ledger.sqlite): the merge "
                          "would mix its runs into someone's experiment folder; give --out another folder")
+    check_not_someone_elses(out, "merge")
     if (out / "ledger.sqlite").is_file():
         Ledger.open(out).close()  # a set-up cut off (a merge killed at its start) is finished, as a run would
     _check_mergeable([*sources, *([out] if (out / "ledger.sqlite").is_file() else [])])

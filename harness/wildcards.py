@@ -62,10 +62,17 @@ class WildcardLibrary:
                 or "(no wildcard folder: none of the template's folder, --grammars DIR, $HARNESS_GRAMMARS or "
                    "./grammars exists)")
 
+    def folders_named(self, name: str) -> list[Path]:
+        """Folders where the wildcard `name`'s file would be (`NAME.txt` made as a folder), for an error."""
+        return [d / f"{name}.txt" for d in self.search_path if ".." not in name.split("/")
+                and _is_dir(d / f"{name}.txt")]
+
     def names(self) -> list[str]:
         found: set[str] = set()
         for d in self.search_path:
             for path in d.rglob("*.txt"):
+                if not path.is_file():
+                    continue
                 found.add(unicodedata.normalize("NFC", path.relative_to(d).with_suffix("").as_posix()))
         return sorted(found)
 
@@ -73,8 +80,16 @@ class WildcardLibrary:
 def _is_file(path: Path) -> bool:
     """Whether a wildcard file is there; a name longer than the file system allows names no file (the
     template then gets the usual "unknown wildcard" error, at its line and column)."""
+    return _is(path, Path.is_file)
+
+
+def _is_dir(path: Path) -> bool:
+    return _is(path, Path.is_dir)
+
+
+def _is(path: Path, test) -> bool:
     try:
-        return path.is_file()
+        return test(path)
     except OSError as exc:
         if exc.errno == errno.ENAMETOOLONG:
             return False

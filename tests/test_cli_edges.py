@@ -131,3 +131,13 @@ def test_eval_scale_with_an_unknown_metric_is_one_line(tmp_path):
     r = invoke("eval", tmp_path / "run", "-m", "bogus", "--scale", "2.5")
     assert r.exit_code == 2 and "Traceback" not in r.output, r.output
     assert r.output.startswith("error: unknown metric 'bogus'")
+
+
+@pytest.mark.parametrize("command", ["compare", "ablate"])
+def test_n_boot_past_a_million_is_refused_before_anything_runs(tmp_path, command):
+    """A typo of a few digits used to reach the bootstrap (MemoryError), for ablate after making every image."""
+    target = str(tmp_path / "run") if command == "compare" else "experiments/ablation.toml"
+    extra = ["--factor", "color"] if command == "compare" else ["--out", str(tmp_path / "run")]
+    r = invoke(command, target, *extra, "--n-boot", "99999999999")
+    assert r.exit_code == 2 and "Invalid value for '--n-boot'" in r.output and "1000000" in r.output, r.output
+    assert not (tmp_path / "run").exists()

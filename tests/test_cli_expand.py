@@ -87,6 +87,16 @@ def test_unknown_wildcard_names_the_search_path(tmp_path):
                                   "DIR, $HARNESS_GRAMMARS or ./grammars exists)") in r.stderr, r.stderr
 
 
+def test_a_wildcard_made_as_a_folder_is_named_as_one_and_never_suggested(tmp_path):
+    (tmp_path / "colors.txt").mkdir()
+    r = harness("expand", "a __colors__ cat", "--grammars", str(tmp_path))
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.startswith(f"<template>:1:3: wildcard __colors__: {tmp_path / 'colors.txt'} is a folder; "
+                               "expected a text file of options, one per line"), r.stderr
+    r = harness("expand", "a __colorz__ cat", "--grammars", str(tmp_path))
+    assert r.returncode == 2 and "unknown wildcard __colorz__" in r.stderr and "__colors__" not in r.stderr, r.stderr
+
+
 @pytest.mark.parametrize("command", ["expand", "mutate"])
 def test_a_grammars_folder_that_does_not_exist_is_an_error(tmp_path, command):
     r = harness(command, "a red car, by greg rutkowski", "--grammars", str(tmp_path / "nope"))

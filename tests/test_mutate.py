@@ -467,3 +467,16 @@ def test_mutate_cli_says_when_no_operator_changes_the_prompt():
     ok = harness("mutate", "a castle", "-n", "2", "--ops", "crossover", "--partner", "a dog, 8k", "--format", "jsonl")
     assert ok.returncode == 0, ok.stderr
     assert [json.loads(line)["operator"] for line in ok.stdout.splitlines()] == ["crossover", "crossover"]
+
+
+def test_asking_for_more_mutants_than_exist_stops_soon_after_the_last_new_one(monkeypatch):
+    """'a cat, red' has about a hundred mutants: asking for a billion gives the same ones as asking for two
+    thousand, after a few thousand draws rather than twenty billion."""
+    calls = []
+    draw = mu.mutate
+    monkeypatch.setattr(mu, "mutate", lambda *a, **k: calls.append(1) or draw(*a, **k))
+    some = mu.mutants("a cat, red", 2000, random.Random(0), RESOURCES, operators=["delete", "reorder", "reweight"])
+    first = len(calls)
+    assert 0 < len(some) < 2000 and first <= 1001 + 3 * 2000  # well before 20 draws per mutant asked for
+    every = mu.mutants("a cat, red", 10**9, random.Random(0), RESOURCES, operators=["delete", "reorder", "reweight"])
+    assert [m.prompt for m in every] == [m.prompt for m in some] and len(calls) - first == first

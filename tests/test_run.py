@@ -13,8 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from typer.testing import CliRunner
 
-from harness.ledger import Ledger
+from harness.cli import app
+from harness.ledger import Ledger, LedgerError
 from harness.provenance import read_png_text, read_provenance
 from harness.experiment import load_experiment
 from harness.core import canonical_json
@@ -140,6 +142,34 @@ def test_an_experiment_toml_that_is_not_a_run_copy_is_never_overwritten(tmp_path
                        capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 2 and "holds an experiment.toml but is not a run folder" in r.stderr, r.stderr
     assert exp.read_text() == text and not (tmp_path / "ledger.sqlite").exists()
+
+
+def test_a_folder_of_someone_elses_files_is_never_taken_over(tmp_path):
+    """--out at a folder that holds files and no ledger: a run or a merge there is refused before it writes,
+    since its reports would rewrite plots/ and index.html and remove the plots and thumbnails they did not
+    draw. What setting a ledger up leaves behind (a run killed at its start) does not count."""
+    from harness.run import merge_runs
+
+    exp = experiment(tmp_path)
+    mine = tmp_path / "mine"
+    (mine / "plots").mkdir(parents=True)
+    (mine / "plots" / "figure.png").write_bytes(b"my figure")
+    (mine / "index.html").write_text("my page")
+    before = sorted(str(p.relative_to(mine)) for p in mine.rglob("*"))
+    r = CliRunner().invoke(app, ["run", str(exp), "--out", str(mine)])
+    assert r.exit_code == 2, r.output
+    assert (f"{mine} is not a run folder (no ledger.sqlite) and holds files (index.html, plots): the run would "
+            "take it over") in r.output and "give --out a new or empty folder" in r.output, r.output
+    with pytest.raises(LedgerError, match="the merge would take it over"):
+        merge_runs(mine, [tmp_path / "elsewhere"])
+    assert sorted(str(p.relative_to(mine)) for p in mine.rglob("*")) == before
+    # a set-up cut off before the ledger was made (empty images/ and tables/, the lock, a hidden file)
+    started = tmp_path / "started"
+    for d in ("images", "tables"):
+        (started / d).mkdir(parents=True)
+    (started / "ledger.lock").write_text("")
+    (started / ".DS_Store").write_bytes(b"")
+    assert run_experiment(exp, out=started, progress=False, evaluate_after=False).generated == 16
 
 
 def test_editing_experiment_adds_only_new_jobs(tmp_path):

@@ -79,6 +79,10 @@ def _problem(node, library: WildcardLibrary, stack: tuple[str, ...]) -> GrammarE
         return GrammarError(f"wildcards nest deeper than {MAX_DEPTH} levels: {chain}", node.loc, length=width)
     wf = library.get(node.path)
     if wf is None:
+        folders = library.folders_named(node.path)
+        if folders:
+            return GrammarError(f"wildcard __{node.path}__: {folders[0]} is a folder; expected a text file of "
+                                "options, one per line", node.loc, length=width)
         where = library.searched()
         return GrammarError(f"unknown wildcard __{node.path}__: no {node.path}.txt in {where}"
                             f"{_suggestion(node, library.names())}", node.loc, length=width)

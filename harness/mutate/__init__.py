@@ -95,8 +95,11 @@ def mutants(prompt: str, n: int, rng: random.Random, resources: Resources | Wild
             operators: Mapping[str, float] | Sequence[str] | None = None,
             partners: Sequence[str] = (), attempts: int = 20) -> list[Mutant]:
     """Up to `n` distinct mutants that differ from the (normalised) prompt;
-    fewer only when `attempts * n` draws cannot find more. Operators, rates and
-    partners (each must parse as a template) are checked before any work."""
+    fewer only when `attempts * n` draws cannot find more, or when the draws since
+    the last new one outnumber 1000 plus twice the draws it took (the operators have
+    then most likely given every mutant they can: a large `n` does not draw on for
+    hours). Operators, rates and partners (each must parse as a template) are
+    checked before any work."""
     if n < 0:
         raise ValueError(f"number of mutants must be >= 0, got {n}")
     resources = as_resources(resources)
@@ -105,8 +108,9 @@ def mutants(prompt: str, n: int, rng: random.Random, resources: Resources | Wild
         parse(partner, origin="<partner>")
     seen = {normalise(prompt)}
     out: list[Mutant] = []
-    for _ in range(attempts * n):
-        if len(out) >= n:
+    last_new = 0  # draws it took to find the latest new mutant
+    for draw in range(1, attempts * n + 1):
+        if len(out) >= n or draw - last_new > 1000 + 2 * last_new:
             break
         m = mutate(prompt, rng, resources, operators=operators, partners=partners)
         if m is None:
@@ -114,6 +118,7 @@ def mutants(prompt: str, n: int, rng: random.Random, resources: Resources | Wild
         if m.prompt not in seen:
             seen.add(m.prompt)
             out.append(m)
+            last_new = draw
     return out
 
 
