@@ -22,7 +22,7 @@ from .expand import compile_template
 from .expand.lint import CommaCheck
 from .experiment import ExperimentError
 from .grammar import GrammarError
-from .wildcards import WildcardLibrary, default_search_path, read_text
+from .wildcards import WildcardLibrary, default_search_path
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Reproducible Stable Diffusion prompt studies.")
@@ -68,18 +68,28 @@ def check_grammars(grammars: list[Path]) -> list[Path]:
     """`--grammars` folders, each of which must exist (a typo would otherwise leave its wildcards unknown)."""
     for folder in grammars:
         if not folder.is_dir():
-            fail(f"--grammars {folder}: no such folder; give a folder of wildcard .txt files")
+            what = "a file, not a folder" if folder.exists() else "no such folder"
+            fail(f"--grammars {folder}: {what}; give a folder of wildcard .txt files")
     return grammars
 
 
-def at_path(arg: str) -> Path:
-    """The file an `@path` argument names; a missing path or a folder is one clean error."""
+def read_at_path(arg: str) -> tuple[str, Path]:
+    """The text of the file an `@path` argument names, and its path; a missing path, a folder, a device and
+    a file that cannot be read are each one clean error naming the path."""
+    from .wildcards import read_text
+
     path = Path(arg[1:])
-    if path.is_dir():
-        fail(f"{arg}: {path} is a folder; expected a text file holding the template")
-    if not path.is_file():
-        fail(f"template file not found: {path}")
-    return path
+    try:
+        if path.is_dir():
+            fail(f"{arg}: {path} is a folder; expected a text file holding the template")
+        if not path.exists():
+            fail(f"template file not found: {path}")
+        if not path.is_file():
+            fail(f"{arg}: {path} is not a regular file (a device or a pipe); expected a text file holding the "
+                 "template")
+        return read_text(path).rstrip("\n"), path
+    except OSError as exc:
+        fail(f"{arg}: {path} cannot be read: {exc.strerror or exc}")
 
 
 def load_template(template: str, grammars: list[Path]):
@@ -87,8 +97,8 @@ def load_template(template: str, grammars: list[Path]):
     check_grammars(grammars)
     origin, base = "<template>", None
     if template.startswith("@"):
-        path = at_path(template)
-        template, origin, base = read_text(path).rstrip("\n"), str(path), path.parent
+        template, path = read_at_path(template)
+        origin, base = str(path), path.parent
     library = WildcardLibrary(default_search_path(base, grammars))
     return compile_template(template, library=library, origin=origin)
 

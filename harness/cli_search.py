@@ -11,7 +11,7 @@ from typing import List, Optional
 
 import typer
 
-from .cli import _user_errors, app, at_path, check_grammars, fail, interrupted
+from .cli import _user_errors, app, check_grammars, fail, interrupted, read_at_path
 
 
 class MutateFmt(str, Enum):
@@ -79,12 +79,11 @@ def read_argument(arg: str, origin: str, option: str = "") -> tuple[str, str, Op
     must be a valid template, and the grammar's error names the file (or `origin`), line and column,
     after `option` when given."""
     from .grammar import GrammarError, parse
-    from .wildcards import read_text
 
     text, folder = arg, None
     if arg.startswith("@"):
-        path = at_path(arg)
-        text, origin, folder = read_text(path).rstrip("\n"), str(path), path.parent
+        text, path = read_at_path(arg)
+        origin, folder = str(path), path.parent
     try:
         parse(text, origin=origin)
     except GrammarError as e:

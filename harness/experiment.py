@@ -309,8 +309,13 @@ def experiment_from_dict(raw: Mapping[str, Any], path: Path) -> Experiment:
             c.bad("base_dir", given_base, expected)
 
     name = c.str_(raw, "name", path.stem, nonempty=True)
-    if name and any(ch in name for ch in "/\\") or name in (".", ".."):
+    if name and any(ch in name for ch in "/\\"):
         c.bad("name", name, "a folder name without slashes")
+    elif name in (".", ".."):
+        c.bad("name", name, "a folder name other than '.' and '..' (the run folder is reports/<name>)")
+    elif name and len(name.encode()) > 255:
+        c.bad("name", f"{name[:40]}...", f"a folder name of at most 255 bytes (this one has {len(name.encode())}; "
+              "file systems refuse longer ones)")
     prompt_raw = c.str_(raw, "prompt", None, nonempty=True)
     prompt, origin = "", f"{path} (prompt)"
     if "prompt" not in raw:  # a prompt of the wrong type is reported once, by str_

@@ -53,6 +53,21 @@ def test_an_at_path_naming_a_folder_says_it_is_a_folder(tmp_path, args):
     assert r.exit_code == 2 and "template file not found" in r.output, r.output
 
 
+@pytest.mark.parametrize("args", [["expand", "@{path}"], ["mutate", "@{path}"]])
+def test_an_at_path_that_is_no_readable_text_file_is_one_line_naming_it(tmp_path, args):
+    long = tmp_path / ("x" * 300)
+    for path, said in (("/dev/null", "/dev/null is not a regular file (a device or a pipe); expected a text file"),
+                       (long, f"{long} cannot be read: File name too long")):
+        r = invoke(*(a.format(path=path) for a in args))
+        assert r.exit_code == 2 and r.output.startswith(f"@{path}: {said}"), r.output
+
+
+def test_grammars_naming_a_file_says_it_is_a_file(tmp_path):
+    (tmp_path / "colors.txt").write_text("red\n")
+    r = invoke("expand", "a cat", "--grammars", tmp_path / "colors.txt")
+    assert r.exit_code == 2 and f"--grammars {tmp_path / 'colors.txt'}: a file, not a folder" in r.output, r.output
+
+
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
 @pytest.mark.parametrize("command", [["expand", "{a|b|c}"], ["plan", "experiments/demo.toml"]])
 def test_stdout_on_a_full_disk_is_one_line(command):

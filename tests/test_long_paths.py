@@ -62,3 +62,15 @@ def test_a_checkpoint_and_metric_weights_too_long_are_problems_of_their_keys(tmp
                                  f"refused {tmp_path / LONG}.safetensors: File name too long"), checkpoint
     assert metric.startswith("key 'metrics[0]': ") and \
         f"the file system refused {tmp_path / LONG}.bin: File name too long" in metric, metric
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("n" * 300, "key 'name': got '" + "n" * 40 + "...', expected a folder name of at most 255 bytes (this one "
+                "has 300; file systems refuse longer ones)"),
+    ("..", "key 'name': got '..', expected a folder name other than '.' and '..' (the run folder is "
+           "reports/<name>)"),
+])
+def test_a_name_no_folder_can_have_is_refused_when_the_file_loads(tmp_path, name, expected):
+    exp = tmp_path / "e.toml"
+    exp.write_text(f'name = "{name}"\nprompt = "a cat"\n')
+    assert problems(exp) == [expected]
