@@ -654,6 +654,17 @@ def test_a_bare_name_that_is_a_one_level_parameter_points_at_the_prompt_factor_o
     assert c.factor == "f.mode" and c.rows[0].n_pairs > 0
 
 
+def test_a_metric_that_does_not_apply_to_txt2img_images_says_so_not_that_the_prompt_lacks_a_question():
+    metric = "clip_image_similarity[model=tiny,pretrained=tiny]"
+    df = crafted_table().rename(columns={"m.score": f"m.{metric}"}).assign(mode="txt2img")
+    df[f"m.{metric}"] = np.nan  # txt2img images have no init image to compare with
+    c = paired_compare(df, factor="style", metric=metric, rng=np.random.default_rng(0), n_boot=20)
+    note = c.rows[0].note
+    assert note.endswith("(all NaN: 4 at a, 4 at (empty); the metric does not apply to them: it compares each "
+                         "image with its init image (img2img) or its parent (a stage's image), and they have none)"), note
+    assert c.n_excluded["not_applicable"] == 12
+
+
 def test_a_level_with_no_scored_image_says_so_in_its_note():
     df = crafted_table()
     df.loc[df["f.style"] == "b", "m.score"] = np.nan  # the metric failed on every image of style b

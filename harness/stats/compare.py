@@ -207,14 +207,19 @@ def _why_unpaired(rows: pd.DataFrame, factor: str, pair_on: list[str]) -> str:
     return "the image with the same pair_on values at the baseline is missing, unhealthy or unscored"
 
 
-def _all_nan(df: pd.DataFrame, factor: str, levels: list, nan: np.ndarray) -> str:
-    """How many healthy images of `levels` were scored NaN, with the likeliest cause: a metric that reads its
-    question from the prompt has nothing to ask where an optional clause is left out."""
-    counts = [(level_label(lv), int(nan[(df[factor] == lv).to_numpy()].sum())) for lv in levels]
+def _all_nan(df: pd.DataFrame, factor: str, levels: list, nan: np.ndarray, not_applicable: np.ndarray) -> str:
+    """How many healthy images of `levels` were scored NaN, with the likeliest cause: the metric does not
+    apply to them (no init or parent image), or it reads its question from the prompt and has nothing to
+    ask where an optional clause is left out."""
+    at = [(df[factor] == lv).to_numpy() for lv in levels]
+    counts = [(level_label(lv), int(nan[m].sum())) for lv, m in zip(levels, at)]
     counts = [(lv, n) for lv, n in counts if n]
     if not counts:
         return ""
     where = ", ".join(f"{n} at {lv}" for lv, n in counts)
+    if all(not (nan[m] & ~not_applicable[m]).any() for m in at):
+        return (f" (all NaN: {where}; the metric does not apply to them: it compares each image with its init "
+                "image (img2img) or its parent (a stage's image), and they have none)")
     return (f" (all NaN: {where}; a metric that reads what to look for from the prompt, such as the toy "
             "oracles, gives NaN where the prompt does not name it: a fixed question, `want=` or `text=`, or a CLIP "
             "score against the prompt scores every image)")
@@ -418,7 +423,7 @@ def paired_compare(
                 f": {', '.join(apart)} never take(s) the same value at {level_label(lv)} and {level_label(baseline)} "
                 + _apart_advice(df, factor, apart) if apart else
                 f": no healthy image at {' or '.join(map(level_label, unscored))} has a score"
-                + _all_nan(df, factor, unscored, healthy & np.isnan(value)) if unscored else
+                + _all_nan(df, factor, unscored, healthy & np.isnan(value), not_applicable) if unscored else
                 f": no combination of {', '.join(pair_on)} has scored images at both {level_label(lv)} and "
                 f"{level_label(baseline)} (a shard or an unfinished run may not have made the other yet)"))
         elif n_clu < MIN_CLUSTERS_FOR_TEST:
