@@ -537,7 +537,7 @@ def stage_tables(c: Checker, v, base: Path, library=None, main_factors: tuple[st
         metric = metric and pinned_weights(metric, base)
         if top_k is not None and "metric" not in s:
             c.problems.append(f"key '{prefix}metric': missing; top_k needs the metric to rank by")
-        if top_k is None and metric is not None:
+        if "top_k" not in s and metric is not None:  # a top_k of the wrong value is reported by itself
             c.problems.append(f"key '{prefix}metric': set without top_k, so it ranks nothing; add top_k (the best "
                               "k images per variant to refine), or score the images with `metrics` instead")
         if metric is not None:

@@ -137,3 +137,12 @@ def test_toml_key_reads_back_as_the_name(name, key):
 
     assert toml_key(name) == key
     assert list(tomllib.loads(f"[checkpoint.{key}]\n")["checkpoint"]) == [name]
+
+
+def test_a_stage_top_k_of_a_wrong_value_is_one_problem_not_also_a_metric_without_top_k(tmp_path):
+    exp = tmp_path / "tk.toml"
+    exp.write_text(STAGED + 'prompt = "__parent__, sharp"\ntop_k = -1\nmetric = "health"\n')
+    assert problems(exp) == ["key 'stages[0].top_k': got -1, expected an integer >= 1"]
+    exp.write_text(STAGED + 'prompt = "__parent__, sharp"\nmetric = "health"\n')  # no top_k at all: still said
+    (found,) = problems(exp)
+    assert found.startswith("key 'stages[0].metric': set without top_k"), found
