@@ -329,6 +329,9 @@ def experiment_from_dict(raw: Mapping[str, Any], path: Path) -> Experiment:
                     prompt, origin = read_text(pfile).rstrip("\n"), str(pfile)
                 except GrammarError as e:
                     c.problems.append(f"key 'prompt': {e}")
+                else:
+                    if not prompt.strip():
+                        c.bad("prompt", prompt_raw, f"a template file holding a prompt ({pfile} is empty)")
             else:
                 c.bad("prompt", prompt_raw, expected)
     elif prompt_raw is not None:

@@ -146,3 +146,13 @@ def test_a_stage_top_k_of_a_wrong_value_is_one_problem_not_also_a_metric_without
     exp.write_text(STAGED + 'prompt = "__parent__, sharp"\nmetric = "health"\n')  # no top_k at all: still said
     (found,) = problems(exp)
     assert found.startswith("key 'stages[0].metric': set without top_k"), found
+
+
+def test_an_empty_prompt_file_is_a_problem_of_the_key_with_the_others(tmp_path):
+    (tmp_path / "empty.txt").write_text("\n")
+    exp = tmp_path / "e.toml"
+    exp.write_text('prompt = "@empty.txt"\nseeds = "x"\n')
+    found = problems(exp)
+    assert found[0] == f"key 'prompt': got '@empty.txt', expected a template file holding a prompt " \
+                       f"({tmp_path / 'empty.txt'} is empty)", found
+    assert found[1].startswith("key 'seeds'") and len(found) == 2, found
