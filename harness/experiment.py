@@ -209,17 +209,31 @@ def check_rankable(c: Checker, key: str, spec: str) -> None:
                           "the image and its prompt (clip_score, an oracle)")
 
 
-def _toml_problem(e: Exception) -> str:
-    """The TOML parser's message; for a backslash the grammar's escapes (``\\(``, ``\\|``) put in a
-    double-quoted string, the column of the backslash itself and how to write it."""
+def _toml_problem(e: Exception, text: str) -> str:
+    """The TOML parser's message with the line it points at; for a key set twice, which key; for a
+    backslash the grammar's escapes (``\\(``, ``\\|``) put in a double-quoted string, the column of the
+    backslash itself and how to write it."""
     message = str(e)
-    if not message.startswith("Unescaped '\\'"):
-        return message
     at = re.search(r"\(at line (\d+), column (\d+)\)", message)
-    if at:  # the parser points past the backslash and the character after it
-        message = f"Unescaped '\\' in a string (at line {at[1]}, column {max(1, int(at[2]) - 2)})"
-    return (f"{message}. In a double-quoted TOML string a backslash starts a TOML escape; write the template "
-            "in single quotes, prompt = 'a \\(cat\\)', or double each backslash, prompt = \"a \\\\(cat\\\\)\"")
+    if at is None:
+        return message
+    number, column = int(at[1]), int(at[2])
+    lines = text.split("\n")
+    line = lines[number - 1] if number <= len(lines) else ""
+    if message.startswith("Unescaped '\\'"):
+        column = max(1, column - 2)  # the parser points past the backslash and the character after it
+        message = (f"Unescaped '\\' in a string (at line {number}, column {column}). In a double-quoted TOML "
+                   "string a backslash starts a TOML escape; write the template in single quotes, prompt = "
+                   "'a \\(cat\\)', or double each backslash, prompt = \"a \\\\(cat\\\\)\"")
+    elif message.startswith("Cannot overwrite a value") and "=" in line:
+        key = line.split("=", 1)[0].strip()
+        column = len(line) - len(line.lstrip()) + 1
+        message = (f"Cannot overwrite a value (at line {number}, column {column}): the key {key} is set twice in "
+                   "its table (each key once; delete one of them)")
+    if not line.strip():
+        return message
+    shown = line.expandtabs(1)
+    return f"{message}\n      {shown}\n      {' ' * min(column - 1, len(shown))}^"
 
 
 def load_experiment(path: Path | str) -> Experiment:
@@ -235,7 +249,7 @@ def load_experiment(path: Path | str) -> Experiment:
         raise ExperimentError(path, [f"not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); "
                                      "save the file as UTF-8"]) from None
     except tomllib.TOMLDecodeError as e:
-        raise ExperimentError(path, [f"not valid TOML: {_toml_problem(e)}"]) from None
+        raise ExperimentError(path, [f"not valid TOML: {_toml_problem(e, text)}"]) from None
     exp = replace(experiment_from_dict(raw, path), text=text)  # the run folder keeps what was read and run
     exp.run_copy()  # a base_dir its run folder copy cannot pin fails now, before anything runs
     return exp

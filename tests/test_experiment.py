@@ -513,3 +513,11 @@ def test_the_plan_records_which_factor_sits_inside_which(tmp_path):
     plan = make_plan(load_experiment(path), resolve=fake_resolve, init_hash=fake_hash)
     assert plan.nesting == (("cat {red|blue}|dog", "hat"), ("negative:blurry {x|y}|z", "negative:x|y"),
                             ("look", "how"))
+
+
+def test_a_key_set_twice_is_named_with_its_line_shown(tmp_path):
+    (found,), _ = problems(tmp_path, 'prompt = "a cat"\nsteps = 2\n  steps = 3\n')
+    assert found == ("not valid TOML: Cannot overwrite a value (at line 3, column 3): the key steps is set twice in "
+                     "its table (each key once; delete one of them)\n        steps = 3\n        ^"), found
+    (found,), _ = problems(tmp_path, 'prompt = "a cat"\nsteps = 2 4\n')  # another error: its line, a caret
+    assert found.endswith("(at line 2, column 11)\n      steps = 2 4\n                ^"), found
