@@ -44,12 +44,18 @@ class Fmt(str, Enum):
     csv = "csv"
 
 
-def fail(message: str, code: int = 2) -> None:
+_RUN_OUT_OF_SPACE = ("nothing is lost: images already finished are kept and a partly written one is removed (its "
+                     "job stays pending). Free space (or raise the quota or file-size limit) and run the same "
+                     "command again: it resumes where it stopped")
+
+
+def fail(message: str, code: int = 2, *, out_of_space: str = _RUN_OUT_OF_SPACE) -> None:
     """Print one clean error and exit with `code`.
 
     Called while handling a system error (an OSError with an errno: disk full, quota, file too large,
     permissions) whose text is the message, it prints one line naming the path and the system's
-    reason instead; for a full disk or quota it adds that finished images are kept and the run resumes."""
+    reason instead; for a full disk or quota it adds `out_of_space`: by default that finished images are
+    kept and the run resumes."""
     import errno
     exc = sys.exc_info()[1]
     if isinstance(exc, OSError) and exc.errno is not None and message == str(exc):
@@ -57,9 +63,7 @@ def fail(message: str, code: int = 2) -> None:
         where = f"{exc.filename}: " if exc.filename is not None else ""
         message = f"error: {where}{exc.strerror or exc} ({name})"
         if exc.errno in {errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC)}:
-            message += ("; nothing is lost: images already finished are kept and a partly written one is "
-                        "removed (its job stays pending). Free space (or raise the quota or file-size limit) "
-                        "and run the same command again: it resumes where it stopped")
+            message += f"; {out_of_space}"
     typer.echo(message, err=True)
     raise typer.Exit(code)
 
@@ -191,10 +195,14 @@ def _parse_shard(shard: Optional[str]) -> Optional[tuple[int, int]]:
     return i, n
 
 
-def interrupted() -> None:
-    """Ctrl-C during a resumable command: one line, exit 130 (the shell's code for SIGINT)."""
-    fail("interrupted: what was finished is kept (images written and marked done, scores stored); run the "
-         "same command again to go on from there", 130)
+def interrupted(what: str = "what was finished is kept (images written and marked done, scores stored); run the "
+                            "same command again to go on from there") -> None:
+    """Ctrl-C (or SIGTERM) during a command: one line saying `what` became of its work, exit 130 (143),
+    the shell's code for it. Called in the `except KeyboardInterrupt` that caught it."""
+    from .entry import Terminated
+
+    term = isinstance(sys.exc_info()[1], Terminated)
+    fail(f"{'terminated (SIGTERM)' if term else 'interrupted'}: {what}", 143 if term else 130)
 
 
 def _user_errors():

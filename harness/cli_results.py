@@ -81,6 +81,10 @@ class CompareFmt(str, Enum):
     markdown = "markdown"
 
 
+_CUT_OFF = ("the report stopped part way: each file it wrote is whole, and the files it did not get to are the "
+            "earlier report's (or missing)")
+
+
 @app.command()
 def report(
     run_dir: Path = typer.Argument(..., help="Run folder."),
@@ -99,10 +103,12 @@ def report(
              f"{'them' if len(layout) > 1 else 'it'}, or drop --no-html")
     try:
         r = build_report(run_dir, rows=rows, cols=cols, metric=metric, html=not no_html)
+    except KeyboardInterrupt:
+        interrupted(f"{_CUT_OFF}; run the same command again to rebuild them all")
     except (FileNotFoundError, ValueError, LedgerError) as e:
         fail(f"error: {e}")
     except OSError as e:  # a full disk, a read-only folder: one line naming the path
-        fail(str(e))
+        fail(str(e), out_of_space=f"{_CUT_OFF}. Free space and run the same command again to rebuild them all")
     typer.echo(f"{r.images} images; tables in {run_dir / 'tables'}")
     if r.gone:
         typer.echo(f"image files gone: {r.gone} finished images have no file in images/ (deleted since they were "

@@ -156,3 +156,65 @@ def test_n_boot_past_a_million_is_refused_before_anything_runs(tmp_path, command
     r = invoke(command, target, *extra, "--n-boot", "99999999999")
     assert r.exit_code == 2 and "Invalid value for '--n-boot'" in r.output and "1000000" in r.output, r.output
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("signal_error, code, said", [(KeyboardInterrupt, 130, "interrupted"),
+                                                      ("Terminated", 143, "terminated (SIGTERM)")])
+def test_a_report_cut_off_or_out_of_space_says_what_became_of_its_files(tmp_path, monkeypatch, signal_error, code,
+                                                                        said):
+    import errno
+
+    from harness import entry, report
+
+    (tmp_path / "e.toml").write_text(EXP)
+    assert invoke("run", tmp_path / "e.toml", "--out", tmp_path / "run").exit_code == 0
+    stop = getattr(entry, signal_error) if isinstance(signal_error, str) else signal_error
+
+    def cut_off(*args, **kwargs):
+        raise stop()
+
+    monkeypatch.setattr(report, "build_report", cut_off)
+    r = invoke("report", tmp_path / "run")
+    assert r.exit_code == code, r.output
+    assert r.output.startswith(f"{said}: the report stopped part way: each file it wrote is whole, and the files "
+                               "it did not get to are the earlier report's (or missing); run the same command again"), \
+        r.output
+    parquet = tmp_path / "run" / "tables" / "images.parquet"
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(parquet))
+
+    monkeypatch.setattr(report, "build_report", full)
+    r = invoke("report", tmp_path / "run")
+    assert r.exit_code == 2 and r.output.startswith(f"error: {parquet}: No space left on device (ENOSPC); the "
+                                                    "report stopped part way"), r.output
+    assert "images already finished" not in r.output
+
+
+@pytest.mark.parametrize("signal_error, code", [(KeyboardInterrupt, 130), ("Terminated", 143)])
+def test_a_signal_while_the_command_line_is_imported_is_one_line(monkeypatch, capsys, signal_error, code):
+    """Ctrl-C (or SIGTERM) in the first fraction of a second, before the command began."""
+    import sys
+
+    from harness import entry
+
+    stop = getattr(entry, signal_error) if isinstance(signal_error, str) else signal_error
+
+    class Interrupting:
+        def find_spec(self, name, path=None, target=None):
+            if name == "harness.cli":
+                raise stop()
+
+    monkeypatch.delitem(sys.modules, "harness.cli")
+    monkeypatch.delattr(sys.modules["harness"], "cli")
+    monkeypatch.setattr(sys, "meta_path", [Interrupting(), *sys.meta_path])
+    import signal
+
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        with pytest.raises(SystemExit) as stopped:
+            entry.main()
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert stopped.value.code == code
+    assert capsys.readouterr().err == "interrupted before the command began; nothing was done\n"

@@ -509,10 +509,12 @@ def test_a_damaged_image_of_an_earlier_version_is_not_promised_to_this_run(tmp_p
     assert r.generated == 4  # the cow images only
 
 
-def test_ctrl_c_with_two_streams_stops_soon_keeps_finished_batches_and_resumes(tmp_path):
-    """SIGINT just after both CPU streams began their second batches: they stop at their next denoising
-    step instead of finishing those batches, every image on disk is marked done, and the rerun makes
-    only the rest."""
+@pytest.mark.parametrize("signum, code, said", [(signal.SIGINT, 130, "interrupted"),
+                                                 (signal.SIGTERM, 143, "terminated (SIGTERM)")])
+def test_ctrl_c_with_two_streams_stops_soon_keeps_finished_batches_and_resumes(tmp_path, signum, code, said):
+    """SIGINT (or SIGTERM: a scheduler's time limit, `timeout`, `kill`) just after both CPU streams began
+    their second batches: they stop at their next denoising step instead of finishing those batches, every
+    image on disk is marked done, and the rerun makes only the rest."""
     exp = experiment(tmp_path, 'name = "intr"\nprompt = "a {red|blue} {cat|dog}"\nseeds = [1, 2]\n'
                      'checkpoints = ["tiny"]\nsteps = 100\nwidth = 64\nheight = 64\nbatch_size = 2\nstreams = 2\n')
     run = tmp_path / "run"
@@ -525,16 +527,16 @@ def test_ctrl_c_with_two_streams_stops_soon_keeps_finished_batches_and_resumes(t
     first_batches = time.perf_counter() - started  # loading, then one batch in each stream
     time.sleep(0.3)
     assert proc.poll() is None, "the run finished before it could be interrupted"
-    proc.send_signal(signal.SIGINT)
-    sent, said = time.perf_counter(), []
+    proc.send_signal(signum)
+    sent, lines = time.perf_counter(), []
     for line in proc.stderr:  # timed to the line that says it stopped, not to the interpreter's exit
-        said.append(line)
-        if "interrupted: what was finished is kept" in line:
+        lines.append(line)
+        if f"{said}: what was finished is kept" in line:
             break
     stopped_after = time.perf_counter() - sent
     _, rest = proc.communicate(timeout=120)
-    err = "".join(said) + rest
-    assert proc.returncode == 130 and "interrupted: what was finished is kept" in err, err[-2000:]
+    err = "".join(lines) + rest
+    assert proc.returncode == code and f"{said}: what was finished is kept" in err, err[-2000:]
     assert "Traceback" not in err
     with Ledger.open(run, readonly=True) as led:
         done = led.done_keys()
