@@ -307,7 +307,8 @@ def evaluate_run(run_dir: Path | str, specs: Iterable[str] | None = None, *,
         for text in (reconciled.repaired_text(
                 "and are pending again, their scores removed (a damaged file stays in images/ until the image "
                 f"is made again); the command that made this folder makes them again {again}"),
-                reconciled.orphans_text(f"and are not scored; the command that made this folder remakes them {again}")):
+                reconciled.orphans_text(f"and are not scored; the command that made this folder remakes them {again}"),
+                reconciled.strays_text()):
             if text:
                 log(text)
         return evaluate(ledger, specs, log=log, **kw)

@@ -151,7 +151,8 @@ def prepare_run(exp: Experiment, plan: Plan, run_dir: Path, *, jobs: list[Job] |
         f"and will be made again; {elsewhere} of them belong to no job of this version's first stage (an "
         "earlier version of the experiment, or a later stage), and are made again when a run plans them")
     for text in (reconciled.repaired_text(remade),
-                 reconciled.orphans_text("and are replaced when a job of this run makes the same image")):
+                 reconciled.orphans_text("and are replaced when a job of this run makes the same image"),
+                 reconciled.strays_text()):
         if text and log is not None:
             log(text)
     template = ledger.get_meta("template")

@@ -484,6 +484,24 @@ def test_reconcile_removes_temp_files_and_reports_orphans(ledger):
         "1 image file(s) in images/ belong to no finished job (written just before an interruption")
     assert sorted(p.name for p in ledger.images_dir.iterdir()) == sorted(
         f"{j.key}.png" for j in jobs)
+    assert result.strays == [] and result.strays_text() == ""
+
+
+def test_an_image_of_no_job_at_all_is_a_stray_said_to_be_replaced_by_no_run(ledger):
+    """An earlier version's image written just before an interruption, whose job the next version's plan
+    dropped: no run would replace it, so the note does not promise one (it did, at every run)."""
+    jobs = make_jobs(2)
+    ledger.add_jobs(jobs[:1])
+    save_image(ledger, jobs[0])  # a pending job's image: an orphan, replaced when its job runs
+    save_image(ledger, jobs[1])  # no job row: a stray
+    result = ledger.reconcile()
+    assert (result.orphans, result.strays) == ([jobs[0].key], [jobs[1].key])
+    assert result.strays_text() == (
+        "1 image file(s) in images/ belong to no job this folder records (an earlier version's, written just "
+        "before an interruption recorded them, or put there by hand): no report counts them and no run replaces "
+        f"them unless the experiment plans them again; delete them if they are not needed (the first: "
+        f"images/{jobs[1].key}.png)")
+    assert ledger.image_path(jobs[1].key).is_file()  # left where it is
 
 
 def test_crash_between_temp_write_and_rename_leaves_job_pending(ledger, monkeypatch):

@@ -117,7 +117,8 @@ class Reconciled:
 
     requeued: dict[str, str] = field(default_factory=dict)   # key -> why its image was rejected
     temp_removed: list[str] = field(default_factory=list)    # names of deleted temp files
-    orphans: list[str] = field(default_factory=list)         # keys with an image but no done row
+    orphans: list[str] = field(default_factory=list)         # keys with an image and a job not done
+    strays: list[str] = field(default_factory=list)          # keys with an image and no job at all
 
     def repaired_text(self, consequence: str) -> str:
         """'N finished image(s) were missing, damaged or changed (n why, ...) <consequence>', or ''."""
@@ -137,6 +138,15 @@ class Reconciled:
             return ""
         return (f"{len(self.orphans)} image file(s) in images/ belong to no finished job (written just before an "
                 f"interruption recorded them, or put there by hand) {consequence}")
+
+    def strays_text(self) -> str:
+        """'N image file(s) in images/ belong to no job this folder records (...)', or '' when none do."""
+        if not self.strays:
+            return ""
+        return (f"{len(self.strays)} image file(s) in images/ belong to no job this folder records (an earlier "
+                "version's, written just before an interruption recorded them, or put there by hand): no report "
+                "counts them and no run replaces them unless the experiment plans them again; delete them if "
+                f"they are not needed (the first: images/{self.strays[0]}.png)")
 
 
 @dataclass(frozen=True)

@@ -498,8 +498,9 @@ class Ledger:
         replaced or edited by hand) goes back to pending, its scores removed
         and, with `remove_damaged` (a run about to remake it), its file too.
         A done job with no recorded digest (a ledger from before digests were
-        kept) adopts its file's. Images without a done row are reported as
-        orphans and left alone (a rerun overwrites them).
+        kept) adopts its file's. Images of jobs not done are reported as
+        orphans and left alone (a rerun overwrites them), and so are images
+        of no job at all, as strays.
         """
         if self.readonly:
             raise LedgerError("reconcile() changes the ledger; open it without readonly=True")
@@ -524,8 +525,9 @@ class Ledger:
             for key, why in requeued.items():
                 if why != "missing" and remove_damaged:
                     self.image_path(key).unlink(missing_ok=True)
-            orphans = sorted(on_disk - done - requeued.keys() - earlier.keys())
-        return Reconciled(requeued, temp_removed, orphans)
+            unrecorded = on_disk - done - requeued.keys() - earlier.keys()
+            jobs = {r[0] for r in self._read("SELECT key FROM jobs")} if unrecorded else set()
+        return Reconciled(requeued, temp_removed, sorted(unrecorded & jobs), sorted(unrecorded - jobs))
 
     # ---------------------------------------------------------------- the current plan
 
