@@ -33,7 +33,8 @@ class Checker:
 
     def refused(self, key: str, value: Any, expected: str, exc: OSError) -> None:
         code = errno.errorcode.get(exc.errno or 0)
-        self.bad(key, value, f"{expected}; the file system refused it: {exc.strerror or exc}{f' ({code})' if code else ''}")
+        named = f" ({code})" if code else ""
+        self.bad(key, value, f"{expected}; the file system refused it: {exc.strerror or exc}{named}")
 
     def distinct(self, key: str, values: list) -> None:
         """A list whose entries must differ (a repeated strength or metric would make or score twice)."""

@@ -183,6 +183,20 @@ class PlanFmt(str, Enum):
     jsonl = "jsonl"
 
 
+def _given_device(value: Optional[str]) -> Optional[str]:
+    """--device as written; an empty one is refused (it would quietly mean the experiment's own)."""
+    if value is not None and not value.strip():
+        raise typer.BadParameter("empty; expected auto, cpu, cuda, cuda:N or mps (or leave --device out to take "
+                                 "the experiment's device)")
+    return value
+
+
+DEVICE_OPTION = typer.Option(None, "--device", callback=_given_device, help="auto | cpu | cuda | cuda:N | mps")
+
+
+MAX_SHARDS = 1_000_000
+
+
 def _parse_shard(shard: Optional[str]) -> Optional[tuple[int, int]]:
     if shard is None:
         return None
@@ -192,6 +206,8 @@ def _parse_shard(shard: Optional[str]) -> Optional[tuple[int, int]]:
         fail(f"--shard {shard!r}: expected i/n, for example 0/4")
     if not 0 <= i < n:
         fail(f"--shard {shard!r}: expected 0 <= i < n")
+    if n > MAX_SHARDS:
+        fail(f"--shard {shard!r}: expected at most {MAX_SHARDS:,} shards (a shard of a plan split finer is empty)")
     return i, n
 
 
@@ -338,7 +354,7 @@ def run(
     out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default reports/<name>)."),
     force: bool = typer.Option(False, "--force", help="Regenerate images that are already done."),
     exact: bool = typer.Option(False, "--exact", help="One image per pipeline call: bitwise repeatable."),
-    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N | mps"),
+    device: Optional[str] = DEVICE_OPTION,
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Override the batch size."),
     shard: Optional[str] = typer.Option(None, "--shard", help="Run only shard i/n of the plan (by key)."),
     executor: str = typer.Option("local", "--executor", help="local | ray"),

@@ -81,6 +81,14 @@ class CompareFmt(str, Enum):
     markdown = "markdown"
 
 
+def _given_metric(value: Optional[str]) -> Optional[str]:
+    """--metric as written; an empty one is refused (it would quietly mean the default metric)."""
+    if value is not None and not value.strip():
+        raise typer.BadParameter("empty; expected a metric name or spec such as clip_score:model=ViT-L-14 (or "
+                                 "leave --metric out for the default one)")
+    return value
+
+
 _CUT_OFF = ("the report stopped part way: each file it wrote is whole, and the files it did not get to are the "
             "earlier report's (or missing)")
 
@@ -90,7 +98,7 @@ def report(
     run_dir: Path = typer.Argument(..., help="Run folder."),
     rows: Optional[str] = typer.Option(None, "--rows", help="Contact-sheet rows: a factor, seed, checkpoint..."),
     cols: Optional[str] = typer.Option(None, "--cols", help="Contact-sheet columns."),
-    metric: Optional[str] = typer.Option(None, "--metric", help="Metric for the comparisons."),
+    metric: Optional[str] = typer.Option(None, "--metric", callback=_given_metric, help="Metric for the comparisons."),
     no_html: bool = typer.Option(False, "--no-html", help="Tables only."),
 ) -> None:
     """Tables (csv/parquet/md), paired comparisons, plots and index.html, rebuilt from the ledger."""
@@ -187,7 +195,8 @@ def compare(
     factor: str = typer.Option(..., "--factor", help="Factor to compare (a grammar factor name, or checkpoint)."),
     baseline: Optional[str] = typer.Option(None, "--baseline", help="Baseline level (default: the empty "
                                                                       "level, else the first)."),
-    metric: Optional[str] = typer.Option(None, "--metric", help="Metric name or id (default: the experiment's "
+    metric: Optional[str] = typer.Option(None, "--metric", callback=_given_metric,
+                                         help="Metric name or id (default: the experiment's "
                                          "first compare_metrics, else an oracle, else CLIP score)."),
     fmt: CompareFmt = typer.Option(CompareFmt.text, "--format", help="text | json | markdown"),
     n_boot: int = typer.Option(2000, "--n-boot", min=100, max=1_000_000,

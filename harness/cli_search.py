@@ -11,7 +11,7 @@ from typing import List, Optional
 
 import typer
 
-from .cli import _user_errors, app, check_grammars, fail, interrupted, read_at_path
+from .cli import DEVICE_OPTION, _user_errors, app, check_grammars, fail, interrupted, read_at_path
 
 
 class MutateFmt(str, Enum):
@@ -167,7 +167,7 @@ def mutate(
 def evolve(
     experiment: Path = typer.Argument(..., help="experiment .toml with a \\[search] table"),
     out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default reports/<name>)."),
-    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N | mps"),
+    device: Optional[str] = DEVICE_OPTION,
 ) -> None:
     """Evolve prompts against metrics (resumable); writes search tables and a trajectory plot."""
     from .search import SearchError, _fmt
@@ -204,7 +204,7 @@ def ablate(
     out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default reports/<name>)."),
     metric: List[str] = typer.Option([], "--metric", "-m", help="Metric spec (repeatable; default: the "
                                                                  "experiment's, minus health and watermark)."),
-    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N | mps"),
+    device: Optional[str] = DEVICE_OPTION,
     n_boot: int = typer.Option(2000, "--n-boot", min=100, max=1_000_000,
                                 help="Bootstrap resamples (100 to 1,000,000)."),
     seed: int = typer.Option(0, "--seed", min=0, help="Bootstrap seed (0 or more)."),

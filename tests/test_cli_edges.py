@@ -218,3 +218,21 @@ def test_a_signal_while_the_command_line_is_imported_is_one_line(monkeypatch, ca
         signal.signal(signal.SIGTERM, before)
     assert stopped.value.code == code
     assert capsys.readouterr().err == "interrupted before the command began; nothing was done\n"
+
+
+@pytest.mark.parametrize("command, option", [("run", "--device"), ("evolve", "--device"), ("ablate", "--device"),
+                                             ("compare", "--metric"), ("report", "--metric")])
+def test_an_empty_device_or_metric_is_refused_not_read_as_the_default(tmp_path, command, option):
+    target = {"run": "experiments/demo.toml", "evolve": "experiments/search.toml",
+              "ablate": "experiments/ablation.toml"}.get(command, str(tmp_path / "run"))
+    extra = ["--factor", "color"] if command == "compare" else [] if command == "report" else \
+        ["--out", str(tmp_path / "run")]
+    r = invoke(command, target, *extra, option, " ")
+    assert r.exit_code == 2 and f"Invalid value for '{option}': empty; expected" in r.output, r.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_shard_count_past_a_million_is_refused(tmp_path):
+    r = invoke("run", "experiments/demo.toml", "--out", tmp_path / "run", "--shard", "0/99999999999999999999")
+    assert r.exit_code == 2 and "expected at most 1,000,000 shards" in r.output, r.output
+    assert not (tmp_path / "run").exists()
