@@ -145,23 +145,29 @@ def resolve_dim(table: pd.DataFrame, name: str, what: str) -> str:
 def where(table: pd.DataFrame, conditions: Sequence[str]) -> pd.DataFrame:
     """The rows of `table` that hold every `NAME=LEVEL` of `conditions` (a factor, without `f.`, or a
     parameter; the level as tables show it: `(empty)` for the empty one, `0.4` for a strength, `\\n` for a
-    line break). A name holding `=` (a factor named after its options) is found at the `=` that ends a name."""
+    line break). A name holding `=` (a factor named after its options) is found at the `=` that ends a name.
+    Each condition is checked against every image, and conditions that no image meets together are an
+    error that says so (two levels of one factor, or levels never made together)."""
     from .stats.table import matching_levels
 
+    every = table
     for text in conditions:
-        column, level = _where_parts(table, text)
-        labels = table[column].map(level_label)
+        column, level = _where_parts(every, text)
         wanted = level.strip() or EMPTY
-        values = list(table[column].unique())
+        values = list(every[column].unique())
         present = [v for v in values if not is_missing(v)]
         found = {level_label(v) for v in matching_levels(present, wanted)}
         if wanted == MISSING and len(present) < len(values):  # the images the factor does not apply to
             found.add(MISSING)
         if not found:
-            shown = ", ".join(level_label(v) for v in sorted_levels(table[column].unique())) or "(none)"
+            shown = ", ".join(level_label(v) for v in sorted_levels(every[column].unique())) or "(none)"
             raise ValueError(f"--where {text!r}: {dim_name(column)} has no level {wanted!r} among the images; "
                              f"its levels: {shown}")
-        table = table[labels.isin(found)]
+        table = table[table[column].map(level_label).isin(found)]
+    if len(conditions) > 1 and table.empty and not every.empty:
+        given = " ".join(f"--where {c.strip()!r}" for c in conditions)
+        raise ValueError(f"{given}: each holds for some images, but no image meets them all (two levels of one "
+                         "factor, or levels never made together); an image must meet every --where")
     return table
 
 

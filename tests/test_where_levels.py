@@ -38,6 +38,18 @@ def test_levels_are_named_as_the_tables_show_them(condition, keys):
     assert where(t, [condition]).index.tolist() == keys
 
 
+def test_conditions_no_image_meets_together_are_an_error_naming_them_and_each_level_is_checked_on_all_images():
+    t = table()
+    assert where(t, ["strength=0.4", "seed=2"]).index.tolist() == [4, 5]
+    with pytest.raises(ValueError) as e:  # both levels are there: it used to say strength has no level 0.6
+        where(t, ["strength=0.4", "strength=0.6"])
+    assert str(e.value) == ("--where 'strength=0.4' --where 'strength=0.6': each holds for some images, but no image "
+                            "meets them all (two levels of one factor, or levels never made together); an image "
+                            "must meet every --where")
+    with pytest.raises(ValueError, match=r"finish has no level 'glossy' among the images; its levels: "):
+        where(t, ["strength=0.4", "finish=glossy"])  # a level no image has is named as before
+
+
 def test_nan_is_not_a_name_for_the_images_a_factor_does_not_apply_to():
     with pytest.raises(ValueError, match=r"finish has no level 'nan' among the images"):
         where(table(), ["finish=nan"])
