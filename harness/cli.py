@@ -242,7 +242,8 @@ def plan(
     from .experiment import load_experiment
     from .ledger import Ledger, LedgerError
     from .plan import make_plan, shard as shard_jobs
-    from .run import _folder_shard, check_folder_experiment, default_run_dir
+    from .ledger.store import check_folder
+    from .run import _folder_shard, check_folder_experiment, check_not_someone_elses, default_run_dir
 
     try:
         exp = load_experiment(experiment)
@@ -253,6 +254,8 @@ def plan(
             made = planned_stages(exp, list(p.jobs), p.checkpoints)
             groups = shard_groups(exp, made)
         run_dir = out or default_run_dir(exp)
+        check_folder(run_dir)  # a folder `harness run` would refuse is refused here too
+        check_not_someone_elses(run_dir, "run")
         if (run_dir / "ledger.sqlite").is_file():  # refused as `harness run` refuses it, not priced by its timings
             with contextlib.suppress(LedgerError, OSError), Ledger.open(run_dir, readonly=True) as ledger:
                 check_folder_experiment(ledger, exp)  # (an unreadable ledger is noted with the estimates)

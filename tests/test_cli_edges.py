@@ -236,3 +236,16 @@ def test_a_shard_count_past_a_million_is_refused(tmp_path):
     r = invoke("run", "experiments/demo.toml", "--out", tmp_path / "run", "--shard", "0/99999999999999999999")
     assert r.exit_code == 2 and "expected at most 1,000,000 shards" in r.output, r.output
     assert not (tmp_path / "run").exists()
+
+
+def test_plan_out_refuses_the_folders_run_out_refuses(tmp_path):
+    """`plan --out` is a dry run of `run --out`: a file, or a folder of someone's files, is refused by both."""
+    (tmp_path / "afile").write_text("notes")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "index.html").write_text("my page")
+    for out, said in ((tmp_path / "afile", "the run folder is a file, not a folder"),
+                      (tmp_path / "mine", "is not a run folder (no ledger.sqlite) and holds files (index.html)")):
+        for command in ("plan", "run"):
+            r = invoke(command, "experiments/search.toml", "--out", out)
+            assert r.exit_code == 2 and said in r.output, (command, r.output)
+    assert (tmp_path / "afile").read_text() == "notes" and os.listdir(tmp_path / "mine") == ["index.html"]

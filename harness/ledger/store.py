@@ -104,7 +104,7 @@ def _open_for_reading(db: Path) -> sqlite3.Connection:
     return connect("?mode=ro&immutable=1")
 
 
-def _check_folder(run_dir: Path) -> None:
+def check_folder(run_dir: Path) -> None:
     """A run folder to be made must not be, or lie under, something that is not a folder."""
     for place in (run_dir, *run_dir.parents):
         if place.exists() or place.is_symlink():
@@ -141,7 +141,7 @@ class Ledger:
             conn = _open_for_reading(db)
             ledger = cls(run_dir, conn, readonly=True, lock_fd=None)
         else:
-            _check_folder(run_dir)
+            check_folder(run_dir)
             for d in (run_dir, run_dir / IMAGES_DIR, run_dir / TABLES_DIR):
                 d.mkdir(parents=True, exist_ok=True)
             lock_fd = _acquire_writer_lock(run_dir)
