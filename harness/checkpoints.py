@@ -37,6 +37,7 @@ from typing import Callable
 
 from .checkpoint_files import (SD2_REPOS, CheckpointError, check_pipeline_folder, folder_family, sd2_assumption,
                                single_file_config_repo, single_file_family, single_file_keys)
+from .checks import path_kind
 from .fingerprints import HASH_LENGTH, a1111_hash, file_sha256, folder_fingerprint
 
 CACHE_ENV = "HARNESS_CACHE"
@@ -259,11 +260,7 @@ def locate(spec: str, *, base_dir: Path | None = None, config: str | None = None
     base = Path(base_dir) if base_dir is not None else Path.cwd()
     path = Path(spec_s).expanduser()
     path = (path if path.is_absolute() else base / path).resolve()
-    try:
-        is_dir, is_file = path.is_dir(), path.is_file()
-    except OSError as exc:  # a name longer than the file system allows, a folder that cannot be searched
-        raise CheckpointError(f"checkpoint {spec!r}: the file system refused {path}: {exc.strerror or exc}; "
-                              "give a path it can open") from None
+    is_dir, is_file = path_kind(path, CheckpointError, f"checkpoint {spec!r}")
     if is_dir:
         if not (path / "model_index.json").is_file():
             raise CheckpointError(f"checkpoint {spec!r}: folder {path} has no model_index.json, so it is not a "

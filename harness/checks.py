@@ -12,7 +12,17 @@ import difflib
 import errno
 import math
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
+
+
+def path_kind(path: Path, refused: Callable[[str], Exception], what: str) -> tuple[bool, bool]:
+    """(is a folder, is a file) for a path a user gave; a path the file system refuses (a name longer than it
+    allows, a folder that cannot be searched) raises `refused` with a message that starts with `what`."""
+    try:
+        return path.is_dir(), path.is_file()
+    except OSError as exc:
+        raise refused(f"{what}: the file system refused {path}: {exc.strerror or exc}; give a path it can "
+                      "open") from None
 
 
 class Checker:

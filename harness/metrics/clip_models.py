@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from harness.checks import path_kind
 from harness.metrics.base import cache_dir
 from harness.provenance import file_sha256
 
@@ -148,11 +149,7 @@ def check_names(model: str, pretrained: str, device: str = "auto") -> None:
     if pretrained == TINY or pretrained in BUILTIN_LOADERS:
         raise ClipLoadError(f"pretrained={pretrained!r} goes with model={pretrained!r} only, not model={model!r}")
     path = Path(pretrained).expanduser()
-    try:
-        is_dir, is_file = path.is_dir(), path.is_file()
-    except OSError as exc:  # a name longer than the file system allows, a folder that cannot be searched
-        raise ClipLoadError(f"pretrained={pretrained!r}: the file system refused {path}: {exc.strerror or exc}; "
-                            "give a path it can open") from None
+    is_dir, is_file = path_kind(path, ClipLoadError, f"pretrained={pretrained!r}")
     if is_dir:
         if not (path / "open_clip_config.json").is_file():
             raise ClipLoadError(f"pretrained folder {path} has no open_clip_config.json; a folder must hold "
