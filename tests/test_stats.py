@@ -661,7 +661,8 @@ def test_a_metric_that_does_not_apply_to_txt2img_images_says_so_not_that_the_pro
     c = paired_compare(df, factor="style", metric=metric, rng=np.random.default_rng(0), n_boot=20)
     note = c.rows[0].note
     assert note.endswith("(all NaN: 4 at a, 4 at (empty); the metric does not apply to them: it compares each "
-                         "image with its init image (img2img) or its parent (a stage's image), and they have none)"), note
+                         "image with its init image (img2img) or its parent (a stage's image), and they have "
+                         "none)"), note
     assert c.n_excluded["not_applicable"] == 12
 
 
