@@ -79,9 +79,11 @@ def someone_elses(run_dir: Path) -> list[str]:
     rewrite plots/, thumbs/ and index.html and remove what they did not write)."""
     if not run_dir.is_dir() or (run_dir / LEDGER_FILE).exists():
         return []
-    left = {IMAGES_DIR, TABLES_DIR, LOCK_FILE}
-    return sorted(p.name for p in run_dir.iterdir()
-                  if not p.name.startswith(".") and not (p.name in left and not (p.is_dir() and any(p.iterdir()))))
+
+    def left_by_set_up(p: Path) -> bool:
+        return p.name == LOCK_FILE or (p.name in (IMAGES_DIR, TABLES_DIR) and p.is_dir() and not any(p.iterdir()))
+
+    return sorted(p.name for p in run_dir.iterdir() if not p.name.startswith(".") and not left_by_set_up(p))
 
 
 def check_not_someone_elses(run_dir: Path, action: str) -> None:
