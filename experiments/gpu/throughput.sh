@@ -1,12 +1,14 @@
 #!/bin/bash
-# Usage (on a CUDA machine, from the repository root): bash experiments/gpu/throughput.sh [runner|sd2|unet|attention|all] [OUT]
+# Usage (on a CUDA machine, from the repository root): bash experiments/gpu/throughput.sh [runner|sd2|unet|attention|geglu|all] [OUT]
 # The GPU figures of the README's Throughput section, each command's output also saved under OUT
 # (default gpu-figures/). `runner`: the harness against the naive loop on SD1.5's shapes (random
 # weights, 512x512, 50 steps; two alternated rounds), then the compiled rows; `sd2`: the same sweep on
 # SD v2's shapes, with the timesteps-on-the-card and compiled + CUDA graphs rows; `unet`: the UNet
 # alone for SD v1 and SD v2 shapes, eager, compiled and compiled with CUDA graphs, SD v1 in bf16, SD v1
 # compiled with and without the skip-connection layout (harness/layouts.py); `attention`: SD v1's 40-wide
-# heads through the Triton kernel of narrow_heads_kernel.py against SDPA, alone and in the compiled UNet.
+# heads through the Triton kernel of narrow_heads_kernel.py against SDPA, alone and in the compiled UNet;
+# `geglu`: the feed-forward's GEGLU projections through geglu_kernel.py against the compiled module, alone
+# and in the compiled UNet (with the narrow-head kernel too).
 # Each part fits in ten minutes on an H100; every command has its own time limit so one that hangs
 # leaves the next its turn.
 set -o pipefail
@@ -37,4 +39,7 @@ if [[ $part == unet || $part == all ]]; then
 fi
 if [[ $part == attention || $part == all ]]; then
   timeout 400 python3 experiments/gpu/narrow_heads.py --unet 2>&1 | tee "$out/narrow_heads.txt"
+fi
+if [[ $part == geglu || $part == all ]]; then
+  timeout 590 python3 experiments/gpu/geglu.py --unet 2>&1 | tee "$out/geglu.txt"
 fi

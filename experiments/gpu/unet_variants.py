@@ -8,6 +8,7 @@ channels_last and fused QKV projections as `harness bench-unet` builds it):
     base   plain torch.compile, without the harness's skip-connection layout
     cdt    coordinate-descent tuning of the generated element-wise and reduction kernels
     gemm   matrix products autotuned among Triton templates and cuBLAS, element-wise tails fused into them
+    mm     gemm with the convolutions left to cuDNN (no convolution templates to compile and time)
     nocl   plain torch.compile of the UNet left in the contiguous layout
     nd     element-wise kernels tiled in two dimensions wherever Inductor can (coalesced layout changes)
     ndcdt  nd and cdt together
@@ -15,6 +16,9 @@ channels_last and fused QKV projections as `harness bench-unet` builds it):
            compiles the UNet (harness/layouts.py)
     narrow skips, and SD v1's 40-wide self-attention heads through a Triton kernel that splits them
            into 32 + 16 instead of padding them to 64 (narrow_heads_kernel.py)
+    geglu  skips, and each feed-forward's GEGLU projection through a Triton kernel that gates it in its
+           epilogue, writing half the columns (geglu_kernel.py)
+    kernels  skips, narrow and geglu together
     cat    concatenations as copies into one buffer, never as masked element-wise loads (a buffer
            that takes its inputs' channels_last layout)
 
@@ -32,12 +36,16 @@ VARIANTS = {
     "base": {},
     "cdt": {"coordinate_descent_tuning": True},
     "gemm": {"max_autotune_gemm": True, "max_autotune_gemm_backends": "TRITON,ATEN"},
+    "mm": {"max_autotune_gemm": True, "max_autotune_gemm_backends": "TRITON,ATEN",
+           "max_autotune_conv_backends": "ATEN"},
     "nocl": {},
     "nd": {"triton.prefer_nd_tiling": True},
     "ndcdt": {"triton.prefer_nd_tiling": True, "coordinate_descent_tuning": True},
     "cat": {"max_pointwise_cat_inputs": 1, "max_complex_pointwise_cat_inputs": 1},
     "skips": {},
     "narrow": {},
+    "geglu": {},
+    "kernels": {},
 }
 
 
@@ -98,11 +106,14 @@ def main(argv: list[str] | None = None) -> int:
     for i, name in enumerate(names):
         unet.to(memory_format=torch.contiguous_format if name == "nocl" else torch.channels_last)
         torch._dynamo.reset()
-        hooks = channels_last_skips(unet) if name in ("skips", "narrow") else []
+        hooks = channels_last_skips(unet) if name in ("skips", "narrow", "geglu", "kernels") else []
         processors = unet.attn_processors
-        if name == "narrow":
+        if name in ("narrow", "kernels"):
             from narrow_heads_kernel import narrow_heads  # beside this script
-            print(f"narrow: {narrow_heads(unet)} self-attentions through the kernel", flush=True)
+            print(f"{name}: {narrow_heads(unet)} self-attentions through the narrow-head kernel", flush=True)
+        if name in ("geglu", "kernels"):
+            from geglu_kernel import geglu
+            print(f"{name}: {geglu(unet)} GEGLU projections through the kernel", flush=True)
         compiled = torch.compile(unet)
 
         def forward(f=compiled):
@@ -126,6 +137,9 @@ def main(argv: list[str] | None = None) -> int:
         for hook in hooks:
             hook.remove()
         unet.set_attn_processor(processors)
+        if name in ("geglu", "kernels"):
+            from geglu_kernel import unroute
+            unroute(unet)
     return 0
 
 
