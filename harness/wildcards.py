@@ -57,10 +57,16 @@ class WildcardLibrary:
         return None
 
     def searched(self) -> str:
-        """The folders searched, for an error message; with none, where they can come from."""
-        return (", ".join(str(p) for p in self.search_path)
-                or "(no wildcard folder: none of the template's folder, --grammars DIR, $HARNESS_GRAMMARS or "
-                   "./grammars exists)")
+        """The folders searched, for an error message; with none, where they can come from. An entry of
+        $HARNESS_GRAMMARS that is no folder (a wildcard file named instead of its folder, a typo) is named."""
+        where = (", ".join(str(p) for p in self.search_path)
+                 or "(no wildcard folder: none of the template's folder, --grammars DIR, $HARNESS_GRAMMARS or "
+                    "./grammars exists)")
+        for entry in _env_entries():
+            if not _is_dir(entry):
+                what = "a file, not a folder" if entry.exists() else "no such folder"
+                where += f"; $HARNESS_GRAMMARS names {entry}: {what}, left out"
+        return where
 
     def folders_named(self, name: str) -> list[Path]:
         """Folders where the wildcard `name`'s file would be (`NAME.txt` made as a folder), for an error."""
@@ -115,8 +121,10 @@ def default_search_path(template_dir: Path | None = None, extra: Iterable[Path |
     if template_dir is not None:
         dirs.append(Path(template_dir))
     dirs.extend(Path(d) for d in extra)
-    env = os.environ.get("HARNESS_GRAMMARS")
-    if env:
-        dirs.extend(Path(d) for d in env.split(os.pathsep) if d)
+    dirs.extend(_env_entries())
     dirs.append(Path.cwd() / "grammars")
     return dirs
+
+
+def _env_entries() -> list[Path]:
+    return [Path(d) for d in os.environ.get("HARNESS_GRAMMARS", "").split(os.pathsep) if d]

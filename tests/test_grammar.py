@@ -1,5 +1,7 @@
 """Parser behaviour: each syntax element and each error, by name."""
 
+import os
+
 import pytest
 
 from harness.grammar import GrammarError, parse, render
@@ -544,6 +546,21 @@ def test_compile_template_without_a_library_searches_harness_grammars_then_cwd_g
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HARNESS_GRAMMARS", str(tmp_path / "env"))
     assert prompts("a __hue__ __thing__") == ["a teal kite", "a ocher kite"]
+
+
+def test_harness_grammars_naming_a_file_or_nothing_is_named_when_a_wildcard_is_unknown(tmp_path, monkeypatch):
+    """A wildcard file (or a mistyped folder) in $HARNESS_GRAMMARS is left out of the search, and the
+    unknown-wildcard error says so rather than listing the folders as if it had been searched."""
+    (tmp_path / "hue.txt").write_text("teal\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HARNESS_GRAMMARS", os.pathsep.join([str(tmp_path / "hue.txt"), str(tmp_path / "gramars")]))
+    e = error("a __hue__ kite")
+    assert (e.line, e.column) == (1, 3)
+    assert (f"$HARNESS_GRAMMARS names {tmp_path / 'hue.txt'}: a file, not a folder, left out; "
+            f"$HARNESS_GRAMMARS names {tmp_path / 'gramars'}: no such folder, left out") in e.message, e.message
+    monkeypatch.setenv("HARNESS_GRAMMARS", str(tmp_path))
+    assert prompts("a __hue__ kite") == ["a teal kite"]
+    assert "HARNESS_GRAMMARS names" not in error("a __nope__ kite").message
 
 
 def test_a_choose_k_of_zero_is_an_error_at_its_count():
