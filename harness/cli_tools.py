@@ -71,7 +71,8 @@ LOSSY_SUFFIXES = {".jpg": "compression", ".jpeg": "compression", ".webp": "compr
 @watermark_app.command("embed")
 def watermark_embed(
     src: Path = typer.Argument(..., help="Input image."),
-    dst: Path = typer.Argument(..., help="Output image (PNG keeps the mark; JPEG destroys most of it)."),
+    dst: Path = typer.Argument(..., help="Output image (PNG keeps the mark; JPEG destroys most of it), or a folder "
+                                         "to write it into under the input's name."),
     message: str = typer.Option("sdv1", "--message", help="sdv1 | sdv2 | sdxl | any TEXT"),
 ) -> None:
     """Embed a message the way the reference SD scripts do (dwtDct, BGR)."""
@@ -81,6 +82,13 @@ def watermark_embed(
         check_preset_case(message)
     except ValueError as e:
         fail(f"error: --message: {e}")
+    if src.is_dir():
+        fail(f"error: {src}: a folder; expected the image file to mark")
+    if dst.is_dir():  # as cp does: into the folder, under the source's name
+        if (dst / src.name).resolve() == src.resolve():
+            fail(f"error: {dst}: marking {src.name} into its own folder would overwrite it; name the output file "
+                 "(give the source's own name to overwrite it on purpose)")
+        dst = dst / src.name
     if not dst.parent.is_dir():  # a typo in the path would otherwise make a folder nobody looks in
         fail(f"error: {dst}: the output folder {dst.parent} does not exist; create it first or fix the path")
     try:

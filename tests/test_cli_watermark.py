@@ -118,6 +118,32 @@ def test_embed_refuses_a_missing_output_folder_and_warns_that_gif_loses_the_mark
     assert gif.stderr.startswith("warning: .gif palette (256 colours) removes most of the mark"), gif.stderr
 
 
+def test_embed_into_a_folder_writes_the_source_name_there_and_never_over_the_source(tmp_path):
+    """OUT a folder means into it under IN's name, as cp does; the source's own folder would overwrite the
+    source, which is refused (naming the source itself overwrites it on purpose). IN a folder is named."""
+    from typer.testing import CliRunner
+
+    from harness.cli import app
+
+    clean = photo(tmp_path)
+    before = clean.read_bytes()
+    (tmp_path / "out").mkdir()
+    cli = CliRunner()
+    done = cli.invoke(app, ["watermark", "embed", str(clean), str(tmp_path / "out")])
+    assert done.exit_code == 0, done.output
+    assert done.stdout == f"wrote {tmp_path / 'out' / 'clean.png'} with message sdv1\n"
+    r = harness("watermark", "detect", tmp_path / "out" / "clean.png", "--format", "jsonl")
+    assert json.loads(r.stdout)["detected"] is True, r.stdout
+    same = cli.invoke(app, ["watermark", "embed", str(clean), str(tmp_path)])
+    assert same.exit_code == 2 and same.stderr == (
+        f"error: {tmp_path}: marking clean.png into its own folder would overwrite it; name the output file "
+        "(give the source's own name to overwrite it on purpose)\n"), same.output
+    assert clean.read_bytes() == before
+    folder = cli.invoke(app, ["watermark", "embed", str(tmp_path / "out"), str(tmp_path / "x.png")])
+    assert folder.exit_code == 2 and folder.stderr == f"error: {tmp_path / 'out'}: a folder; expected the image file to mark\n"
+    assert not (tmp_path / "x.png").exists()
+
+
 def test_embed_warns_when_the_mark_is_found_alone_but_not_among_the_presets(tmp_path):
     """A noisy saturated red carries sdv1 weakly: looked for alone it is found (p just under 1e-3), but
     `detect` without --message looks for three presets and corrects for them, and does not find it. The
