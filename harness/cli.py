@@ -64,6 +64,10 @@ def fail(message: str, code: int = 2, *, out_of_space: str = _RUN_OUT_OF_SPACE) 
         message = f"error: {where}{exc.strerror or exc} ({name})"
         if exc.errno in {errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC)}:
             message += f"; {out_of_space}"
+        elif exc.errno == errno.EEXIST and exc.filename is not None and not Path(exc.filename).is_dir():
+            # a folder the run folder keeps (images/, tables/, thumbs/, plots/) is a file there
+            message = (f"error: {exc.filename}: a file stands where this folder must be; move or rename it, "
+                       "then run the command again")
     typer.echo(message, err=True)
     raise typer.Exit(code)
 

@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -170,6 +171,28 @@ def test_a_folder_of_someone_elses_files_is_never_taken_over(tmp_path):
     (started / "ledger.lock").write_text("")
     (started / ".DS_Store").write_bytes(b"")
     assert run_experiment(exp, out=started, progress=False, evaluate_after=False).generated == 16
+
+
+def test_a_file_where_the_run_folder_keeps_a_folder_is_named_and_nothing_changes(tmp_path):
+    """tables/ or thumbs/ made a file (a stray copy, a mistyped mv): `run` and `report` say which path must
+    be a folder, exit 2, and leave the images and the ledger as they were."""
+    exp = experiment(tmp_path)
+    run = tmp_path / "run"
+    run_experiment(exp, out=run, progress=False, evaluate_after=False)
+    images = {p.name: p.read_bytes() for p in (run / "images").iterdir()}
+    for name in ("tables", "thumbs"):
+        shutil.rmtree(run / name, ignore_errors=True)
+        (run / name).write_text("not a folder")
+        for args in (["report", str(run)], ["run", str(exp), "--out", str(run)]):
+            if name == "thumbs" and args[0] == "run":
+                continue  # a run makes no thumbnails
+            r = CliRunner().invoke(app, args)
+            assert r.exit_code == 2, r.output
+            assert r.stderr == (f"error: {run / name}: a file stands where this folder must be; move or rename it, "
+                                "then run the command again\n"), r.output
+        (run / name).unlink()
+    assert {p.name: p.read_bytes() for p in (run / "images").iterdir()} == images
+    assert CliRunner().invoke(app, ["report", str(run)]).exit_code == 0
 
 
 def test_editing_experiment_adds_only_new_jobs(tmp_path):
