@@ -369,13 +369,18 @@ def experiment_from_dict(raw: Mapping[str, Any], path: Path) -> Experiment:
         checkpoints = [checkpoints]
     per_checkpoint = checkpoint_tables(c, raw.get("checkpoint", {}), [x for x in checkpoints if isinstance(x, str)]
                                        if isinstance(checkpoints, list) else [])
-    if not (isinstance(checkpoints, list) and checkpoints and all(isinstance(x, str) and x for x in checkpoints)):
+    if not (isinstance(checkpoints, list) and checkpoints):
         c.bad("checkpoints", checkpoints, "a non-empty list of checkpoint names, hub ids or paths")
         checkpoints = ["tiny"]
-    else:
-        if len(set(checkpoints)) != len(checkpoints):
+    else:  # each entry checked on its own, so one of the wrong type hides no misspelt name beside it
+        for i, x in enumerate(checkpoints):
+            if not (isinstance(x, str) and x):
+                c.bad(f"checkpoints[{i}]", x, "a checkpoint name, hub id or path")
+        named = [x for x in checkpoints if isinstance(x, str) and x]
+        if len(set(named)) != len(named):
             c.bad("checkpoints", checkpoints, "each checkpoint listed once")
         check_checkpoints(c, raw["checkpoints"] if "checkpoints" in raw else checkpoints, base, per_checkpoint)
+        checkpoints = named or ["tiny"]
 
     modes = raw.get("mode", "txt2img")
     modes = [modes] if isinstance(modes, str) else modes
@@ -427,17 +432,25 @@ def experiment_from_dict(raw: Mapping[str, Any], path: Path) -> Experiment:
     watermark = c.choice(raw, "watermark", "none", WATERMARKS)
     emphasis = c.choice(raw, "emphasis", "a1111", EMPHASIS_MODES)
     metrics = raw.get("metrics", [])
-    if not (isinstance(metrics, list) and all(isinstance(m, str) and m for m in metrics)):
+    if not isinstance(metrics, list):
         c.bad("metrics", metrics, "a list of metric names such as \"clip_score\"")
         metrics = []
-    metrics = [pinned_weights(spec, base) for spec in metrics]
-    c.distinct("metrics", metrics)
-    ids: dict[str, int] = {}
+    kept: list[str] = []  # each entry checked on its own: one of the wrong type hides no unknown name beside it
+    at: list[int] = []  # the position in `metrics` of each entry of `kept`
+    ids: dict[str, int] = {}  # metric id -> the first entry of `kept` that is it
     for i, spec in enumerate(metrics):
+        if not (isinstance(spec, str) and spec):
+            c.bad(f"metrics[{i}]", spec, "a metric name such as \"clip_score\"")
+            continue
+        spec = pinned_weights(spec, base)
+        kept.append(spec)
+        at.append(i)
         metric = c.metric(f"metrics[{i}]", spec)
-        if metric is not None and spec != metrics[ids.setdefault(metric.id, i)]:
-            c.problems.append(f"key 'metrics[{i}]': {spec!r} is {metrics[ids[metric.id]]!r} (metrics[{ids[metric.id]}]) "
+        if metric is not None and spec != kept[first := ids.setdefault(metric.id, len(kept) - 1)]:
+            c.problems.append(f"key 'metrics[{i}]': {spec!r} is {kept[first]!r} (metrics[{at[first]}]) "
                               f"written another way (both are {metric.id}); give each metric once")
+    metrics = kept
+    c.distinct("metrics", metrics)
     compare_metrics = raw.get("compare_metrics", [])
     if isinstance(compare_metrics, list):
         compare_metrics = [pinned_weights(m, base) if isinstance(m, str) else m for m in compare_metrics]

@@ -212,6 +212,8 @@ def check_checkpoints(c: Checker, given, base: Path, per_checkpoint) -> None:
 
     specs = [given] if isinstance(given, str) else given
     for i, spec in enumerate(specs):
+        if not (isinstance(spec, str) and spec):
+            continue  # named by the caller as an entry of the wrong type
         table = per_checkpoint.get(spec) if isinstance(per_checkpoint, dict) else None
         if isinstance(table, dict) and "config" in table:
             continue

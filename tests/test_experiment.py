@@ -34,6 +34,23 @@ def problems(tmp_path, text):
     return e.value.problems, str(e.value)
 
 
+def test_an_entry_of_the_wrong_type_hides_no_other_entrys_problem(tmp_path):
+    """A number among the checkpoints or metrics is a problem of its own entry; the names beside it are still
+    checked (a misspelt one gets its "did you mean"), each under its own index."""
+    found, _ = problems(tmp_path, 'prompt = "a"\ncheckpoints = ["tiny", 5, "tinny"]\n'
+                                  'metrics = ["health", 3, "clip_scor", [], "health", "watermark:alpha=0.001", "watermark"]')
+    assert found[0] == "key 'checkpoints[1]': got 5, expected a checkpoint name, hub id or path"
+    assert found[1].startswith("key 'checkpoints[2]': unknown checkpoint 'tinny' (did you mean 'tiny'?)")
+    assert found[2] == "key 'metrics[1]': got 3, expected a metric name such as \"clip_score\""
+    assert found[3].startswith("key 'metrics[2]': 'clip_scor': unknown metric 'clip_scor' (did you mean 'clip_score'?)")
+    assert found[4:] == [
+        "key 'metrics[3]': got [], expected a metric name such as \"clip_score\"",
+        "key 'metrics[6]': 'watermark' is 'watermark:alpha=0.001' (metrics[5]) written another way (both are "
+        "watermark[messages=sdv1+sdv2+sdxl,alpha=0.001]); give each metric once",
+        "key 'metrics': got ['health', 'clip_scor', 'health', 'watermark:alpha=0.001', 'watermark'], expected each "
+        "entry once (repeated: 'health')"], found
+
+
 def test_demo_experiment_loads_and_plans():
     exp = load_experiment(ROOT / "experiments" / "demo.toml")
     plan = make_plan(exp, resolve=fake_resolve, init_hash=fake_hash)
