@@ -80,14 +80,53 @@ def probe() -> dict:
     return found
 
 
-@pytest.fixture(scope="module")
-def found() -> dict:
-    code = "import json, sys; sys.path[:0] = sys.argv[1:]; import test_geglu_kernel as t; print(json.dumps(t.probe()))"
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    done = subprocess.run([sys.executable, "-c", code, str(HERE), str(GPU_DIR)], env=env, capture_output=True,
-                          text=True, timeout=600)
+def traced() -> dict:
+    """What `torch.compile(fullgraph=True)` captures of a routed feed-forward, without running it (so in a
+    process Triton did not take its interpreted mode in, where a kernel can be traced but not launched on
+    CPU)."""
+    import torch
+    from diffusers.models.attention import FeedForward
+
+    import geglu_kernel as gk
+
+    torch.manual_seed(0)
+    ff = FeedForward(64, activation_fn="geglu").half().eval().requires_grad_(False)
+    gk.geglu(ff)
+    gk.servable = lambda *args: True  # as on CUDA
+    graphs = []
+
+    def backend(gm, inputs):
+        graphs.append([str(n.target) for n in gm.graph.nodes if n.op == "call_function"])
+
+        def never(*args):
+            raise RuntimeError("captured, not run")
+        return never
+
+    try:
+        with torch.no_grad():
+            torch.compile(ff, fullgraph=True, backend=backend)(torch.randn(2, 50, 64).half())
+        outcome = "ran"
+    except RuntimeError as exc:
+        outcome = str(exc)
+    return {"graphs": graphs, "outcome": outcome}
+
+
+def in_process(probe_name: str, *, interpret: bool) -> dict:
+    """A probe's findings, from a fresh process with Triton's interpreter on or off."""
+    code = (f"import json, sys; sys.path[:0] = sys.argv[1:]; import test_geglu_kernel as t; "
+            f"print(json.dumps(t.{probe_name}()))")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    if interpret:
+        env["TRITON_INTERPRET"] = "1"
+    done = subprocess.run([sys.executable, "-c", code, str(HERE), str(GPU_DIR)], env=env,
+                          capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def found() -> dict:
+    return in_process("probe", interpret=True)
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -114,3 +153,13 @@ def test_routing_serves_geglu_modules_alone_and_undoes(found):
     assert row["cpu falls back"]
     assert row["kernel ran"] and row["diff"] < 2e-3 * row["scale"]
     assert row["unrouted"] == [1, 0] and row["own forward again"] and row["kinds after"] == ["GEGLU"]
+
+
+def test_a_compiled_feed_forward_takes_the_kernel_as_one_op_in_one_graph():
+    """No graph break at the routed module (a break would leave the feed-forward to run eagerly, and a
+    compiled UNet would be timed in pieces): the op is in the one graph, where the projection was."""
+    found = in_process("traced", interpret=False)
+    assert found["outcome"] == "captured, not run"
+    (graph,) = found["graphs"]
+    assert "experiments.geglu_projection.default" in graph
+    assert sum("linear" in target for target in graph) == 1  # the second projection; the first is the kernel's

@@ -46,7 +46,7 @@ def kernel(X, W, Bias, Out, M, N, K, stride_xm, stride_wn, stride_om, HAS_BIAS: 
     tile_m = first_m + (pid % per_group) % group_m
     tile_n = (pid % per_group) // group_m
 
-    rows = tile_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rows = (tile_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)  # rows x stride passes 2^31 at large batches
     cols = tile_n * BLOCK_N + tl.arange(0, BLOCK_N)
     ks = tl.arange(0, BLOCK_K)
     row_ok = rows[:, None] < M
@@ -128,11 +128,14 @@ def op():
 
 
 def servable(module, hidden_states) -> bool:
-    """What the kernel serves: CUDA tensors of the weight's half-precision dtype."""
+    """What the kernel serves: CUDA tensors of the weight's half-precision dtype, with no gradient to
+    take (the op has no backward)."""
     import torch
 
+    weight = module.proj.weight
     return (hidden_states.is_cuda and hidden_states.dtype in (torch.float16, torch.bfloat16)
-            and module.proj.weight.dtype == hidden_states.dtype)
+            and weight.dtype == hidden_states.dtype
+            and not (torch.is_grad_enabled() and (hidden_states.requires_grad or weight.requires_grad)))
 
 
 @functools.cache
@@ -140,11 +143,13 @@ def routed_class():
     """diffusers' GEGLU with its forward through the kernel where `servable`, its own elsewhere."""
     from diffusers.models.activations import GEGLU
 
+    projection = op()  # taken here: a call to the cached `op()` inside forward would break a compiled graph
+
     class RoutedGEGLU(GEGLU):
         def forward(self, hidden_states, *args, **kwargs):
             if args or kwargs or not servable(self, hidden_states):
                 return super().forward(hidden_states, *args, **kwargs)
-            return op()(hidden_states, self.proj.weight, self.proj.bias)
+            return projection(hidden_states, self.proj.weight, self.proj.bias)
 
     return RoutedGEGLU
 

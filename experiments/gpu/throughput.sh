@@ -9,8 +9,8 @@
 # heads through the Triton kernel of narrow_heads_kernel.py against SDPA, alone and in the compiled UNet;
 # `geglu`: the feed-forward's GEGLU projections through geglu_kernel.py against the compiled module, alone
 # and in the compiled UNet (with the narrow-head kernel too).
-# Each part fits in ten minutes on an H100; every command has its own time limit so one that hangs
-# leaves the next its turn.
+# Each part fits in ten minutes on an H100 (`geglu` is expected to, not yet run there); every command has
+# its own time limit so one that hangs leaves the next its turn.
 set -o pipefail
 part=${1:-all}
 out=${2:-gpu-figures}
