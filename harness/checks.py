@@ -46,14 +46,16 @@ class Checker:
         named = f" ({code})" if code else ""
         self.bad(key, value, f"{expected}; the file system refused it: {exc.strerror or exc}{named}")
 
-    def distinct(self, key: str, values: list) -> None:
-        """A list whose entries must differ (a repeated strength or metric would make or score twice)."""
+    def distinct(self, key: str, values: list, shown: list | None = None) -> None:
+        """A list whose entries must differ (a repeated strength or metric would make or score twice);
+        `shown`, where given, is the list as the file holds it (`values` less entries named otherwise)."""
         repeated: list = []  # by equality, so entries that cannot be hashed (a list, a table) are named too
         for i, v in enumerate(values):
             if v in values[:i] and v not in repeated:
                 repeated.append(v)
         if repeated:
-            self.bad(key, values, f"each entry once (repeated: {', '.join(map(repr, repeated))})")
+            self.bad(key, values if shown is None else shown,
+                     f"each entry once (repeated: {', '.join(map(repr, repeated))})")
 
     def unknown(self, table: Mapping, allowed: set[str], prefix: str = "") -> None:
         for k in table:

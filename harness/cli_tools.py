@@ -84,11 +84,18 @@ def watermark_embed(
         fail(f"error: --message: {e}")
     if src.is_dir():
         fail(f"error: {src}: a folder; expected the image file to mark")
+    if not src.exists():
+        fail(f"error: {src}: no such file")
     if dst.is_dir():  # as cp does: into the folder, under the source's name
         if (dst / src.name).resolve() == src.resolve():
             fail(f"error: {dst}: marking {src.name} into its own folder would overwrite it; name the output file "
                  "(give the source's own name to overwrite it on purpose)")
         dst = dst / src.name
+        if dst.is_dir():
+            fail(f"error: {dst}: a folder of that name is in the way; name the output file")
+    elif not dst.suffix and not dst.exists():
+        fail(f"error: {dst}: no such folder, and the name has no image suffix to write a file by; give an existing "
+             "folder or a file name such as marked.png")
     if not dst.parent.is_dir():  # a typo in the path would otherwise make a folder nobody looks in
         fail(f"error: {dst}: the output folder {dst.parent} does not exist; create it first or fix the path")
     try:

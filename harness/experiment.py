@@ -375,7 +375,8 @@ def experiment_from_dict(raw: Mapping[str, Any], path: Path) -> Experiment:
     else:  # each entry checked on its own, so one of the wrong type hides no misspelt name beside it
         for i, x in enumerate(checkpoints):
             if not (isinstance(x, str) and x):
-                c.bad(f"checkpoints[{i}]", x, "a checkpoint name, hub id or path")
+                c.bad("checkpoints" if isinstance(raw.get("checkpoints"), str) else f"checkpoints[{i}]", x,
+                      "a checkpoint name, hub id or path")
         named = [x for x in checkpoints if isinstance(x, str) and x]
         if len(set(named)) != len(named):
             c.bad("checkpoints", checkpoints, "each checkpoint listed once")
@@ -449,8 +450,8 @@ def experiment_from_dict(raw: Mapping[str, Any], path: Path) -> Experiment:
         if metric is not None and spec != kept[first := ids.setdefault(metric.id, len(kept) - 1)]:
             c.problems.append(f"key 'metrics[{i}]': {spec!r} is {kept[first]!r} (metrics[{at[first]}]) "
                               f"written another way (both are {metric.id}); give each metric once")
+    c.distinct("metrics", kept, shown=metrics)
     metrics = kept
-    c.distinct("metrics", metrics)
     compare_metrics = raw.get("compare_metrics", [])
     if isinstance(compare_metrics, list):
         compare_metrics = [pinned_weights(m, base) if isinstance(m, str) else m for m in compare_metrics]

@@ -31,11 +31,14 @@ class WildcardFile:
 class WildcardLibrary:
     def __init__(self, search_path: Iterable[Path | str] = ()):
         seen: list[Path] = []
-        for d in search_path:
-            p = Path(d).resolve()
+        given = [Path(d) for d in search_path]
+        for d in given:
+            p = d.resolve()
             if p.is_dir() and p not in seen:
                 seen.append(p)
         self.search_path = tuple(seen)
+        # entries of $HARNESS_GRAMMARS on this path that are no folder: named when a wildcard is unknown
+        self.left_out = tuple(d for d in dict.fromkeys(_env_entries()) if d in given and not _is_dir(d))
         self._cache: dict[str, WildcardFile | None] = {}
 
     def get(self, name: str) -> WildcardFile | None:
@@ -62,10 +65,9 @@ class WildcardLibrary:
         where = (", ".join(str(p) for p in self.search_path)
                  or "(no wildcard folder: none of the template's folder, --grammars DIR, $HARNESS_GRAMMARS or "
                     "./grammars exists)")
-        for entry in _env_entries():
-            if not _is_dir(entry):
-                what = "a file, not a folder" if entry.exists() else "no such folder"
-                where += f"; $HARNESS_GRAMMARS names {entry}: {what}, left out"
+        for entry in self.left_out:
+            what = "a file, not a folder" if entry.exists() else "no such folder"
+            where += f"; $HARNESS_GRAMMARS names {entry}: {what}, left out"
         return where
 
     def folders_named(self, name: str) -> list[Path]:

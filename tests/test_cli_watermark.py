@@ -142,6 +142,16 @@ def test_embed_into_a_folder_writes_the_source_name_there_and_never_over_the_sou
     folder = cli.invoke(app, ["watermark", "embed", str(tmp_path / "out"), str(tmp_path / "x.png")])
     assert folder.exit_code == 2 and folder.stderr == f"error: {tmp_path / 'out'}: a folder; expected the image file to mark\n"
     assert not (tmp_path / "x.png").exists()
+    (tmp_path / "in-the-way" / "clean.png").mkdir(parents=True)
+    blocked = cli.invoke(app, ["watermark", "embed", str(clean), str(tmp_path / "in-the-way")])
+    assert blocked.exit_code == 2 and blocked.stderr == (
+        f"error: {tmp_path / 'in-the-way' / 'clean.png'}: a folder of that name is in the way; name the output file\n")
+    typo = cli.invoke(app, ["watermark", "embed", str(clean), str(tmp_path / "ouy") + "/"])
+    assert typo.exit_code == 2 and typo.stderr == (
+        f"error: {tmp_path / 'ouy'}: no such folder, and the name has no image suffix to write a file by; give an "
+        "existing folder or a file name such as marked.png\n"), typo.output
+    gone = cli.invoke(app, ["watermark", "embed", str(tmp_path / "gone.png"), str(tmp_path)])
+    assert gone.exit_code == 2 and gone.stderr == f"error: {tmp_path / 'gone.png'}: no such file\n"
 
 
 def test_embed_warns_when_the_mark_is_found_alone_but_not_among_the_presets(tmp_path):

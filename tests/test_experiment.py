@@ -47,8 +47,10 @@ def test_an_entry_of_the_wrong_type_hides_no_other_entrys_problem(tmp_path):
         "key 'metrics[3]': got [], expected a metric name such as \"clip_score\"",
         "key 'metrics[6]': 'watermark' is 'watermark:alpha=0.001' (metrics[5]) written another way (both are "
         "watermark[messages=sdv1+sdv2+sdxl,alpha=0.001]); give each metric once",
-        "key 'metrics': got ['health', 'clip_scor', 'health', 'watermark:alpha=0.001', 'watermark'], expected each "
-        "entry once (repeated: 'health')"], found
+        "key 'metrics': got ['health', 3, 'clip_scor', [], 'health', 'watermark:alpha=0.001', 'watermark'], expected "
+        "each entry once (repeated: 'health')"], found
+    found, _ = problems(tmp_path, 'prompt = "a"\ncheckpoints = ""')  # one name, not a list: no index
+    assert found == ["key 'checkpoints': got '', expected a checkpoint name, hub id or path"]
 
 
 def test_demo_experiment_loads_and_plans():

@@ -558,6 +558,10 @@ def test_harness_grammars_naming_a_file_or_nothing_is_named_when_a_wildcard_is_u
     assert (e.line, e.column) == (1, 3)
     assert (f"$HARNESS_GRAMMARS names {tmp_path / 'hue.txt'}: a file, not a folder, left out; "
             f"$HARNESS_GRAMMARS names {tmp_path / 'gramars'}: no such folder, left out") in e.message, e.message
+    from harness.wildcards import WildcardLibrary  # a library given its own path never read the variable
+
+    e = error("a __hue__ kite", library=WildcardLibrary([tmp_path / "elsewhere"]))
+    assert "unknown wildcard __hue__" in e.message and "HARNESS_GRAMMARS names" not in e.message
     monkeypatch.setenv("HARNESS_GRAMMARS", str(tmp_path))
     assert prompts("a __hue__ kite") == ["a teal kite"]
     assert "HARNESS_GRAMMARS names" not in error("a __nope__ kite").message

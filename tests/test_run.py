@@ -174,24 +174,31 @@ def test_a_folder_of_someone_elses_files_is_never_taken_over(tmp_path):
 
 
 def test_a_file_where_the_run_folder_keeps_a_folder_is_named_and_nothing_changes(tmp_path):
-    """tables/ or thumbs/ made a file (a stray copy, a mistyped mv): `run` and `report` say which path must
-    be a folder, exit 2, and leave the images and the ledger as they were."""
+    """images/, tables/ or thumbs/ made a file (a stray copy, a mistyped mv): `run` and `report` say which
+    path must be a folder, exit 2, and leave the images and the ledger as they were."""
     exp = experiment(tmp_path)
     run = tmp_path / "run"
     run_experiment(exp, out=run, progress=False, evaluate_after=False)
     images = {p.name: p.read_bytes() for p in (run / "images").iterdir()}
-    for name in ("tables", "thumbs"):
-        shutil.rmtree(run / name, ignore_errors=True)
+    ledger = (run / "ledger.sqlite").read_bytes()
+    for name in ("images", "tables", "thumbs"):
+        if (run / name).is_dir():
+            shutil.move(run / name, tmp_path / "aside")
         (run / name).write_text("not a folder")
-        for args in (["report", str(run)], ["run", str(exp), "--out", str(run)]):
-            if name == "thumbs" and args[0] == "run":
+        for command in ("report", "run"):
+            if name == "thumbs" and command == "run":
                 continue  # a run makes no thumbnails
-            r = CliRunner().invoke(app, args)
+            r = CliRunner().invoke(app, [command, str(exp if command == "run" else run), "--out", str(run)]
+                                   if command == "run" else [command, str(run)])
             assert r.exit_code == 2, r.output
-            assert r.stderr == (f"error: {run / name}: a file stands where this folder must be; move or rename it, "
+            prefix = "error: " if command == "report" else ""  # as each command writes its other errors
+            assert r.stderr == (f"{prefix}{run / name}: a file stands where this folder must be; move or rename it, "
                                 "then run the command again\n"), r.output
         (run / name).unlink()
+        if (tmp_path / "aside").exists():
+            shutil.move(tmp_path / "aside", run / name)
     assert {p.name: p.read_bytes() for p in (run / "images").iterdir()} == images
+    assert (run / "ledger.sqlite").read_bytes() == ledger
     assert CliRunner().invoke(app, ["report", str(run)]).exit_code == 0
 
 

@@ -115,6 +115,16 @@ def check_folder(run_dir: Path) -> None:
             return
 
 
+def check_layout(run_dir: Path) -> None:
+    """The folders a run folder keeps its images and tables in must not be files (a stray copy, a mistyped
+    mv): reading would take every image for unreadable, writing would fail at the first one."""
+    for name in (IMAGES_DIR, TABLES_DIR):
+        place = run_dir / name
+        if (place.exists() or place.is_symlink()) and not place.is_dir():
+            raise LedgerError(f"{place}: a file stands where this folder must be; move or rename it, then run the "
+                              "command again")
+
+
 class Ledger:
     """The SQLite store of one run folder. Open with :meth:`Ledger.open`."""
 
@@ -138,10 +148,12 @@ class Ledger:
             if not db.is_file():
                 raise FileNotFoundError(f"no ledger at {db}; a run folder is made by "
                                         "Ledger.open(run_dir) without readonly=True")
+            check_layout(run_dir)
             conn = _open_for_reading(db)
             ledger = cls(run_dir, conn, readonly=True, lock_fd=None)
         else:
             check_folder(run_dir)
+            check_layout(run_dir)
             for d in (run_dir, run_dir / IMAGES_DIR, run_dir / TABLES_DIR):
                 d.mkdir(parents=True, exist_ok=True)
             lock_fd = _acquire_writer_lock(run_dir)
