@@ -105,6 +105,20 @@ def _timer(device: str):
     return measure
 
 
+def time_candidate(run, exact, measure, iters: int) -> tuple[float, float] | str:
+    """(seconds per call, largest difference from `exact`) of one configuration of a hand-written kernel
+    (experiments/gpu), or why it did not run: a configuration the card cannot hold (shared memory,
+    registers) fails when it compiles or launches, and is named rather than stopping the sweep."""
+    import torch
+
+    try:
+        with torch.no_grad():
+            diff = (run().float() - exact).abs().max().item()
+        return measure(run, iters), diff
+    except Exception as exc:
+        return f"{type(exc).__name__}: {str(exc)[:80]}"
+
+
 def kernel_classes(profile_events) -> dict[str, float]:
     """GPU microseconds by kind of kernel, from torch.profiler key averages."""
     out: dict[str, float] = {}

@@ -199,3 +199,19 @@ def test_sd2_random_has_sd2_shapes():
     assert round(sum(p.numel() for p in text.parameters()) / 1e6) == 340
     assert {s.head_dim for s in attention_shapes(SD2_UNET, 64)} == {64}
     assert unet_config("sd2") == SD2_UNET
+
+
+def test_time_candidate_times_a_kernel_and_names_a_configuration_that_cannot_run():
+    import torch
+
+    from harness.bench_unet import _timer, time_candidate
+
+    exact = torch.ones(4)
+    sec, diff = time_candidate(lambda: torch.ones(4, dtype=torch.float16) * 1.5, exact, _timer("cpu"), 2)
+    assert sec > 0 and diff == 0.5
+
+    def too_big():
+        raise RuntimeError("out of resource: shared memory, required: 262144, hardware limit: 232448")
+
+    assert time_candidate(too_big, exact, _timer("cpu"), 2) == (
+        "RuntimeError: out of resource: shared memory, required: 262144, hardware limit: 232448")

@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     from diffusers.models.activations import GEGLU
 
     import geglu_kernel as kernel
-    from harness.bench_unet import _timer, attention_shapes, unet_config
+    from harness.bench_unet import _timer, attention_shapes, time_candidate, unet_config
 
     measure = _timer(a.device)
     gen = torch.Generator(a.device).manual_seed(0)
@@ -73,15 +73,11 @@ def main(argv: list[str] | None = None) -> int:
                   f"max |diff| from fp32 {diff:.2e}", flush=True)
 
             def timed(config):
-                def run():
-                    return kernel.launch(x, w, b, config=config)
-                try:
-                    with torch.no_grad():
-                        diff = (run().float() - exact).abs().max().item()
-                    sec = measure(run, a.iters)
-                except Exception as exc:  # a configuration this card cannot hold (shared memory, registers)
-                    print(f"{label} {config}: {type(exc).__name__}: {str(exc)[:80]}")
+                got = time_candidate(lambda: kernel.launch(x, w, b, config=config), exact, measure, a.iters)
+                if isinstance(got, str):
+                    print(f"{label} {config}: {got}")
                     return float("inf")
+                sec, diff = got
                 print(f"{label} kernel {str(config):<33} {sec * 1e3:7.3f} ms {flop / sec / 1e12:6.1f} TFLOP/s  "
                       f"max |diff| from fp32 {diff:.2e}", flush=True)
                 return sec

@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch.nn.functional as F
 
     import narrow_heads_kernel as attention
-    from harness.bench_unet import _timer
+    from harness.bench_unet import _timer, time_candidate
 
     heads, d = 8, 40
     gen = torch.Generator("cuda").manual_seed(0)
@@ -62,14 +62,12 @@ def main(argv: list[str] | None = None) -> int:
               f"max |diff| from fp32 {diff:.2e}", flush=True)
 
         def timed(config, fast, ones):
-            def run():
-                return attention.launch(q, k, v, heads, config=config, fast=fast, ones=ones)
-            try:
-                diff = (run().float() - exact).abs().max().item()
-                sec = measure(run, a.iters)
-            except Exception as exc:  # a configuration this card cannot hold (shared memory, registers)
-                print(f"{str(dtype):<15} {config}: {type(exc).__name__}: {str(exc)[:80]}")
+            got = time_candidate(lambda: attention.launch(q, k, v, heads, config=config, fast=fast, ones=ones),
+                                 exact, measure, a.iters)
+            if isinstance(got, str):
+                print(f"{str(dtype):<15} {config}: {got}")
                 return float("inf")
+            sec, diff = got
             print(f"{str(dtype):<15} {str(config):<18} {'f16x2' if fast else 'fp32 '} {'ones' if ones else 'sum '} "
                   f"{sec * 1e3:7.3f} ms {flop / sec / 1e12:6.1f} TFLOP/s  max |diff| from fp32 {diff:.2e}", flush=True)
             return sec
