@@ -176,7 +176,8 @@ def test_a_folder_of_someone_elses_files_is_never_taken_over(tmp_path):
 def test_a_file_where_the_run_folder_keeps_a_folder_is_named_and_nothing_changes(tmp_path):
     """images/, tables/ or thumbs/ made a file (a stray copy, a mistyped mv): `run` and `report` say which
     path must be a folder, exit 2, and leave the images and the ledger as they were."""
-    exp = experiment(tmp_path)
+    exp = experiment(tmp_path, text=SMALL.replace('mode = ["txt2img", "img2img"]', 'mode = "txt2img"')
+                     .replace('init_images = "init.png"\nstrengths = [0.5]\n', "").replace("seeds = [1, 2]", "seeds = [1]"))
     run = tmp_path / "run"
     run_experiment(exp, out=run, progress=False, evaluate_after=False)
     images = {p.name: p.read_bytes() for p in (run / "images").iterdir()}
