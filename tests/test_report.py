@@ -4,8 +4,6 @@ import html
 import itertools
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +18,21 @@ from harness.tables import image_table
 
 ROOT = Path(__file__).resolve().parents[1]
 METRIC = "clip_score[model=tiny,pretrained=tiny,scale=100,clamp=image]"
+
+
+def harness(*args):
+    """A `harness` command run in this process as a user runs it: exit code, stdout and stderr apart. An
+    exception the command does not handle is raised here, so a traceback cannot pass for a clean error."""
+    from types import SimpleNamespace
+
+    from typer.testing import CliRunner
+
+    from harness.cli import app
+
+    r = CliRunner().invoke(app, [str(a) for a in args])
+    if r.exception is not None and not isinstance(r.exception, SystemExit):
+        raise r.exception
+    return SimpleNamespace(returncode=r.exit_code, stdout=r.stdout, stderr=r.stderr)
 
 # Hand-made scores: artist "by x" adds exactly +2 except in one pair (+0 -> a tie at margin 0).
 SCORES = {  # (color, seed, artist) -> score
@@ -118,11 +131,9 @@ def test_comparison_tables_name_baseline_direction_and_pairs_and_skips_are_repor
     assert artist["pair_on"] == "f.color,checkpoint,seed,stage" and artist["n_boot"] == 2000
     assert sorted((f, m) for f, m, _ in r.skipped) == [("f.artist", "nosuch:x=1"), ("f.color", "nosuch:x=1")]
     assert all("nosuch" in why for _, _, why in r.skipped)
-    cli = subprocess.run([sys.executable, "-m", "harness", "report", str(crafted_run), "--no-html"],
-                         capture_output=True, text=True, cwd=ROOT)
+    cli = harness("report", str(crafted_run), "--no-html")
     assert cli.returncode == 0 and "not compared: f.color on nosuch:x=1" in cli.stdout
-    bad = subprocess.run([sys.executable, "-m", "harness", "report", str(crafted_run), "--no-html",
-                          "--metric", "nosuch:x=1"], capture_output=True, text=True, cwd=ROOT)
+    bad = harness("report", str(crafted_run), "--no-html", "--metric", "nosuch:x=1")
     assert bad.returncode != 0 and "nosuch" in bad.stderr and "Traceback" not in bad.stderr
 
 
@@ -181,8 +192,7 @@ def test_prompts_cut_to_the_clip_limit_are_marked_and_noted_in_comparisons(craft
     assert "it read only their first 30 tokens" in artist.to_text()
     assert "it read only their first 30 tokens" in pd.read_csv(crafted_run / "tables" / "comparisons.csv",
                                                                 keep_default_na=False)["comparison_notes"][0]
-    cli = subprocess.run([sys.executable, "-m", "harness", "report", str(crafted_run), "--no-html"],
-                         capture_output=True, text=True, cwd=ROOT)
+    cli = harness("report", str(crafted_run), "--no-html")
     assert f"4 images have prompts longer than a CLIP metric reads ({METRIC} reads 30 tokens)" in cli.stdout
 
 
@@ -196,14 +206,12 @@ def test_report_is_rebuilt_from_the_ledger(crafted_run):
 
 
 def test_compare_cli_json_and_errors(crafted_run):
-    r = subprocess.run([sys.executable, "-m", "harness", "compare", str(crafted_run), "--factor", "artist",
-                        "--metric", "clip_score", "--format", "json", "--n-boot", "200"],
-                       capture_output=True, text=True, cwd=ROOT)
+    r = harness("compare", str(crafted_run), "--factor", "artist", "--metric", "clip_score", "--format", "json",
+                "--n-boot", "200")
     assert r.returncode == 0, r.stderr
     data = json.loads(r.stdout)
     assert data["rows"][0]["n_pairs"] == 4 and data["rows"][0]["mean_diff"] == pytest.approx(1.5)
-    bad = subprocess.run([sys.executable, "-m", "harness", "compare", str(crafted_run), "--factor", "artsit"],
-                         capture_output=True, text=True, cwd=ROOT)
+    bad = harness("compare", str(crafted_run), "--factor", "artsit")
     assert bad.returncode == 2 and "artist" in bad.stderr
 
 
@@ -244,8 +252,7 @@ def test_a_misspelt_metric_is_an_error_and_no_comparisons_outlive_their_run(craf
         build_report(crafted_run, html=False, metric="watermark")
     with pytest.raises(ValueError, match="-m 'toy_style_match:want=ian mcque' scores it"):
         build_report(crafted_run, html=False, metric="toy_style_match[want=ian mcque]")  # pasteable into a shell
-    r = subprocess.run([sys.executable, "-m", "harness", "report", str(crafted_run), "--no-html",
-                        "--metric", "clip_scor"], capture_output=True, text=True, cwd=ROOT)
+    r = harness("report", str(crafted_run), "--no-html", "--metric", "clip_scor")
     assert r.returncode != 0 and "unknown metric 'clip_scor'" in r.stderr
     assert build_report(crafted_run, html=False, compare_factors=[]).comparisons == []
     assert not list(tables.glob("comparisons.*")) and not list(tables.glob(".*tmp*"))
@@ -266,8 +273,7 @@ def test_a_metric_that_cannot_load_stores_nothing_and_the_next_eval_tries_again(
             assert led.scored_keys(summary.metric) == set()
         (health,) = evaluate(led, ["health"], log=lambda m: None)
         assert health.scored == 8 and health.skipped == 1  # per-image outcomes are stored as before
-    r = subprocess.run([sys.executable, "-m", "harness", "eval", str(crafted_run), "-m", spec],
-                       capture_output=True, text=True, cwd=ROOT)
+    r = harness("eval", str(crafted_run), "-m", spec)
     assert r.returncode == 1 and "(0 in this pass)" in r.stdout
     assert "not scored: 9 images" in r.stderr and "could not load CLIP" in r.stderr
 
@@ -291,8 +297,7 @@ def test_eval_scale_rescales_the_experiments_clip_score_not_a_default_model(craf
     assert scaled_clip_specs([], 2.5, ["health"]) == ["clip_score:scale=2.5"]
     with Ledger.open(crafted_run) as led:
         led.set_meta("experiment", canonical_json({"metrics": ["health", "clip_score:model=tiny,cache=none"]}))
-    r = subprocess.run([sys.executable, "-m", "harness", "eval", str(crafted_run), "--scale", "2.5"],
-                       capture_output=True, text=True, cwd=ROOT)
+    r = harness("eval", str(crafted_run), "--scale", "2.5")
     assert r.returncode == 0, r.stderr
     with Ledger.open(crafted_run, readonly=True) as led:
         new = set(led.scores_frame()["metric"]) - {METRIC, "health"}
@@ -308,8 +313,7 @@ def test_default_comparison_metric_is_the_prompt_clip_score_not_a_fixed_probe(cr
     assert {c.metric for c in build_report(crafted_run, html=False).comparisons} == {f"m.{METRIC}"}
     # `harness compare` without --metric takes the experiment's first compare_metrics, as the report does
     (crafted_run / "experiment.toml").write_text(f'prompt = "x"\ncompare_metrics = ["{probe}"]\n')
-    r = subprocess.run([sys.executable, "-m", "harness", "compare", str(crafted_run), "--factor", "artist",
-                        "--format", "json", "--n-boot", "100"], capture_output=True, text=True, cwd=ROOT)
+    r = harness("compare", str(crafted_run), "--factor", "artist", "--format", "json", "--n-boot", "100")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["metric"] == f"m.{probe}"
 
@@ -338,8 +342,7 @@ def test_comparison_tables_carry_the_caveats_and_rankings_and_unpairable_factors
     assert "comparison_notes" in levels.columns
     ranks = pd.read_csv(run / "tables" / "rankings.csv", keep_default_na=False)
     assert list(ranks.sort_values("rank")["level"]) == ["ink", "oil", ""]
-    cli = subprocess.run([sys.executable, "-m", "harness", "report", str(run), "--no-html"],
-                         capture_output=True, text=True, cwd=ROOT)
+    cli = harness("report", str(run), "--no-html")
     assert "not compared: f.breed" in cli.stdout and "f.subject never take(s) the same value" in cli.stdout
     # fewer than three levels now: the rankings of the earlier report go
     build_report(run, html=False, compare_factors=["subject"])
@@ -499,8 +502,7 @@ def test_a_misspelt_grid_axis_fails_before_any_table_is_rewritten(crafted_run):
         build_report(crafted_run, metric="nope")
     assert {p.name: p.stat().st_mtime_ns for p in (crafted_run / "tables").iterdir()} == before
     for bad in (["--rows", "colr", "--no-html"], ["--metric", "nope"]):
-        cli = subprocess.run([sys.executable, "-m", "harness", "report", str(crafted_run), *bad],
-                             capture_output=True, text=True, cwd=ROOT)
+        cli = harness("report", str(crafted_run), *bad)
         assert cli.returncode == 2 and "Traceback" not in cli.stderr, cli.stderr
     assert {p.name: p.stat().st_mtime_ns for p in (crafted_run / "tables").iterdir()} == before
 
