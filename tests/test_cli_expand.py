@@ -1,17 +1,13 @@
 """`harness expand` as a user runs it: a real subprocess."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from commands import harness
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def harness(*args, cwd=ROOT):
-    return subprocess.run([sys.executable, "-m", "harness", *args], capture_output=True, text=True, cwd=cwd)
 
 
 def test_expand_jsonl_prints_one_object_per_prompt_with_factors():

@@ -7,12 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from commands import harness
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def harness(*args):
-    return subprocess.run([sys.executable, "-m", "harness", *map(str, args)], capture_output=True, text=True,
-                          cwd=ROOT)
 
 
 def test_plan_prints_counts_groups_and_stages():

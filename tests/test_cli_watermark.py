@@ -1,21 +1,16 @@
 """`harness watermark detect/embed` on real files, as a user runs them."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from commands import harness
+
 ROOT = Path(__file__).resolve().parents[1]
 skimage_data = pytest.importorskip("skimage.data", reason="scikit-image provides the natural test photos")
-
-
-def harness(*args):
-    return subprocess.run([sys.executable, "-m", "harness", *map(str, args)], capture_output=True, text=True,
-                          cwd=ROOT)
 
 
 def photo(tmp_path) -> Path:

@@ -17,6 +17,8 @@ from harness.expand import compile_template
 from harness.grammar import escape_text
 from harness.wildcards import WildcardLibrary
 
+from commands import harness
+
 ROOT = Path(__file__).resolve().parents[1]
 LIBRARY = WildcardLibrary([ROOT / "grammars"])
 RESOURCES = mu.Resources.load(LIBRARY)
@@ -353,10 +355,6 @@ def test_clause_splitting_is_idempotent(prompt):
 
 
 # ----------------------------------------------------------------------------- CLI
-
-
-def harness(*args):
-    return subprocess.run([sys.executable, "-m", "harness", *args], capture_output=True, text=True, cwd=ROOT)
 
 
 def test_mutate_away_from_the_shipped_lists_says_swap_and_insert_have_nothing_to_draw(tmp_path):

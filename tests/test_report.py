@@ -16,23 +16,11 @@ from harness.provenance import write_png_atomic
 from harness.report import build_report, compare
 from harness.tables import image_table
 
+from commands import harness
+
 ROOT = Path(__file__).resolve().parents[1]
 METRIC = "clip_score[model=tiny,pretrained=tiny,scale=100,clamp=image]"
 
-
-def harness(*args):
-    """A `harness` command run in this process as a user runs it: exit code, stdout and stderr apart. An
-    exception the command does not handle is raised here, so a traceback cannot pass for a clean error."""
-    from types import SimpleNamespace
-
-    from typer.testing import CliRunner
-
-    from harness.cli import app
-
-    r = CliRunner().invoke(app, [str(a) for a in args])
-    if r.exception is not None and not isinstance(r.exception, SystemExit):
-        raise r.exception
-    return SimpleNamespace(returncode=r.exit_code, stdout=r.stdout, stderr=r.stderr)
 
 # Hand-made scores: artist "by x" adds exactly +2 except in one pair (+0 -> a tie at margin 0).
 SCORES = {  # (color, seed, artist) -> score
