@@ -65,7 +65,8 @@ def fail(message: str, code: int = 2, *, out_of_space: str = _RUN_OUT_OF_SPACE) 
         if exc.errno in {errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC)}:
             message += f"; {out_of_space}"
         elif exc.errno == errno.EEXIST and exc.filename is not None and not Path(exc.filename).is_dir():
-            # a folder the run folder keeps (images/, tables/, thumbs/, plots/) is a file there
+            # a folder a report writes (thumbs/, plots/) is a file there; images/ and tables/ are checked when
+            # the ledger opens
             message = (f"error: {exc.filename}: a file stands where this folder must be; move or rename it, "
                        "then run the command again")
     typer.echo(message, err=True)
